@@ -1,0 +1,1 @@
+"""On-site calibration of thresholds and quantiles from normal frames."""

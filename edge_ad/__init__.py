@@ -1,0 +1,9 @@
+"""edge-ad: visual anomaly detection next to factory cameras (runtime; never imports torch)."""
+
+__version__ = "0.1.0"
+
+from .bundle import Bundle, load_bundle  # noqa: E402
+from .detector import Detector, Result  # noqa: E402
+from .errors import EdgeAdError  # noqa: E402
+
+__all__ = ["Bundle", "Detector", "EdgeAdError", "Result", "__version__", "load_bundle"]

@@ -1,0 +1,135 @@
+"""The `edge-ad` command. Subcommands that need torch import the export package lazily."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import EdgeAdError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _train(args: argparse.Namespace) -> None:
+    from export.train import TrainConfig, train
+
+    config = TrainConfig(
+        data=args.data,
+        input_size=args.input_size,
+        prototypes=args.prototypes,
+        seed=args.seed,
+        skip_bad=args.skip_bad,
+    )
+    run = train(config, Path(args.out))
+    print(f"run written to {run}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from export.onnx_export import export_bundle
+
+    bundle = export_bundle(Path(args.run), Path(args.out))
+    print(f"bundle written to {bundle}")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from export.evaluate import evaluate, write_report
+
+    report = evaluate(args.bundle, args.data)
+    if args.json:
+        write_report(report, Path(args.json))
+    print(json.dumps(report, indent=2))
+
+
+def _run(args: argparse.Namespace) -> None:
+    from .detector import Detector
+    from .runner import run_stream
+
+    detector = Detector.load(args.bundle)
+    summary = run_stream(
+        detector,
+        args.input,
+        events=Path(args.events) if args.events else None,
+        snapshots=Path(args.snapshots) if args.snapshots else None,
+        max_frames=args.max_frames,
+    )
+    print(
+        f"frames {summary.frames}  seconds {summary.seconds:.2f}  fps {summary.fps:.1f}  "
+        f"anomalies {summary.anomalies}  snapshots {summary.snapshots}"
+    )
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from export.demo import demo
+
+    demo(Path(args.workdir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-ad", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"edge-ad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model on normal images (workstation, needs torch)")
+    p.add_argument("--data", required=True, help="'elpv', a folder of normal images, or an MVTec category")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--input-size", type=_positive_int, default=256, help="square model input side in pixels")
+    p.add_argument("--prototypes", type=_positive_int, default=2048, help="number of normal prototypes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images and list them")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("export", help="export a training run to a bundle of ONNX graphs")
+    p.add_argument("--run", required=True, help="run folder written by 'edge-ad train'")
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("eval", help="evaluate a bundle on a test split")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--data", required=True, help="'elpv' or an MVTec category folder")
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("run", help="score a stream: test://[pattern], a video file or an image folder")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--events", help="JSON-lines file, one line per frame")
+    p.add_argument("--snapshots", help="folder for overlays of anomalous frames")
+    p.add_argument("--max-frames", type=_positive_int)
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("demo", help="train, export, evaluate and stream on ELPV end to end")
+    p.add_argument("--workdir", default="edge-ad-demo", help="folder for the run, bundle and outputs")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except EdgeAdError as exc:
+        print(f"edge-ad: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        print(f"edge-ad: error: '{args.command}' needs the Python package '{exc.name}', which is not "
+              "installed (pip install 'edge-ad[train]' for train/export/eval/demo)", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"edge-ad: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edge-ad: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

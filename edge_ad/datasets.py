@@ -1,0 +1,146 @@
+"""Dataset adapters: a folder of normal images, an MVTec-layout category, and ELPV.
+
+ELPV follows ../shared/benchmarks/README.md exactly: normal = probability 0,
+anomalous = probability 1, train = the first 1,131 of a seeded permutation of
+the normal indices, test = the other 377 normal images and all anomalous ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import cv2
+import numpy as np
+
+from .errors import DataError, ImageError
+from .images import is_image_file, read_image, to_rgb
+
+ELPV_TRAIN_SIZE = 1131
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a dataset: a name to report, a label (0 normal, 1 anomalous) and a group."""
+
+    name: str
+    label: int
+    group: str
+    _load: Callable[[], np.ndarray]
+    mask_path: Path | None = None
+
+    def image(self) -> np.ndarray:
+        """The image as uint8 RGB."""
+        return self._load()
+
+    def mask(self, height: int, width: int) -> np.ndarray:
+        """Ground-truth mask as bool (height, width); all False for normal images or missing masks."""
+        if self.mask_path is None:
+            return np.zeros((height, width), bool)
+        mask = cv2.imread(str(self.mask_path), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise ImageError(f"{self.mask_path}: not a readable mask image")
+        if mask.shape != (height, width):
+            mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+        return mask > 127
+
+
+def _file_sample(path: Path, label: int, group: str, mask_path: Path | None = None) -> Sample:
+    return Sample(str(path), label, group, lambda: read_image(path), mask_path)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
+
+
+def is_mvtec_category(root: Path) -> bool:
+    return (root / "train" / "good").is_dir()
+
+
+def _mvtec_mask(root: Path, defect: str, image: Path) -> Path | None:
+    mask = root / "ground_truth" / defect / f"{image.stem}_mask.png"
+    return mask if mask.is_file() else None
+
+
+def _folder_samples(root: Path, split: str) -> list[Sample]:
+    if not root.exists():
+        raise DataError(f"{root}: no such dataset folder")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder (expected 'elpv', a folder of normal images or an MVTec category)")
+    if is_mvtec_category(root):
+        if split == "train":
+            return [_file_sample(p, 0, "good") for p in _images_in(root / "train" / "good")]
+        test = root / "test"
+        if not test.is_dir():
+            raise DataError(f"{root}: MVTec layout without a test/ folder")
+        samples = []
+        for defect_dir in sorted(d for d in test.iterdir() if d.is_dir()):
+            defect = defect_dir.name
+            for p in _images_in(defect_dir):
+                if defect == "good":
+                    samples.append(_file_sample(p, 0, defect))
+                else:
+                    samples.append(_file_sample(p, 1, defect, _mvtec_mask(root, defect, p)))
+        return samples
+    if split == "test":
+        raise DataError(
+            f"{root}: a folder of normal images has no test split; evaluation needs an MVTec-layout "
+            "category (train/good, test/<defect>, ground_truth/<defect>) or 'elpv'"
+        )
+    return [_file_sample(p, 0, "good") for p in _images_in(root)]
+
+
+def elpv_split() -> tuple[list[Sample], list[Sample]]:
+    """(train, test) samples of the ELPV protocol; groups are the module types 'mono' and 'poly'."""
+    try:
+        from elpv_dataset.utils import load_dataset
+    except ImportError as exc:
+        raise DataError("elpv: the 'elpv-dataset' package is not installed (pip install 'edge-ad[data]')") from exc
+    images, probs, types = load_dataset()
+    normal = np.flatnonzero(probs == 0)
+    anomalous = np.flatnonzero(probs == 1.0)
+    perm = np.random.default_rng(0).permutation(normal)
+    train_idx, test_normal = perm[:ELPV_TRAIN_SIZE], perm[ELPV_TRAIN_SIZE:]
+
+    def sample(i: int, label: int) -> Sample:
+        return Sample(f"elpv:{i:04d}", label, str(types[i]), lambda i=i: to_rgb(images[i], "GRAY"))
+
+    train = [sample(int(i), 0) for i in train_idx]
+    test = [sample(int(i), 0) for i in test_normal] + [sample(int(i), 1) for i in anomalous]
+    return train, test
+
+
+def load_samples(data: str, split: str) -> list[Sample]:
+    """Samples of `split` ('train' or 'test') for 'elpv' or a dataset folder (layout detected)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if data == "elpv":
+        train, test = elpv_split()
+        samples = train if split == "train" else test
+    else:
+        samples = _folder_samples(Path(data), split)
+    if not samples:
+        raise DataError(f"{data}: no images found for the {split} split")
+    return samples
+
+
+def read_all(
+    samples: Iterable[Sample], skip_bad: bool, progress: Callable[[Iterable[Sample]], Iterable[Sample]] = iter
+) -> tuple[list[Sample], list[np.ndarray], list[str]]:
+    """Load every sample; returns (good samples, their images, messages about bad files).
+
+    Without skip_bad any bad file raises one DataError that lists every bad file,
+    so a user fixes the folder in one pass instead of one file at a time.
+    """
+    kept, images, bad = [], [], []
+    for sample in progress(samples):
+        try:
+            images.append(sample.image())
+            kept.append(sample)
+        except ImageError as exc:
+            bad.append(str(exc))
+    if bad and not skip_bad:
+        listing = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise DataError(f"{len(bad)} unreadable image(s), rerun with --skip-bad to leave them out: {listing}")
+    return kept, images, bad

@@ -1,0 +1,92 @@
+"""Reading image files and turning frames into the uint8 RGB input the graphs expect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import ImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+COLOR_ORDERS = ("BGR", "RGB", "GRAY")
+
+_JPEG_END = b"\xff\xd9"
+_PNG_END = b"IEND\xaeB`\x82"
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _check_complete(path: Path, data: bytes) -> None:
+    """OpenCV decodes truncated JPEG and some truncated PNG files without failing; check the end marker."""
+    suffix = path.suffix.lower()
+    tail = data[-1024:]
+    if suffix in (".jpg", ".jpeg") and _JPEG_END not in tail:
+        raise ImageError(f"{path}: truncated JPEG (no end-of-image marker)")
+    if suffix == ".png" and _PNG_END not in tail:
+        raise ImageError(f"{path}: truncated PNG (no IEND chunk)")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as uint8 RGB (H, W, 3); grey images become three equal channels."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if not data:
+        raise ImageError(f"{path}: empty file")
+    _check_complete(path, data)
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None:
+        raise ImageError(f"{path}: not a decodable image")
+    if decoded.dtype == np.uint16:
+        decoded = (decoded / 257.0).round().astype(np.uint8)
+    if decoded.dtype != np.uint8:
+        raise ImageError(f"{path}: unsupported pixel type {decoded.dtype}")
+    if decoded.ndim == 2:
+        return to_rgb(decoded, "GRAY")
+    return to_rgb(decoded[..., :3] if decoded.shape[2] == 4 else decoded, "BGR")
+
+
+def check_frame(frame: object, name: str = "frame") -> np.ndarray:
+    """Validate a frame array: uint8, (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), non-empty."""
+    if not isinstance(frame, np.ndarray):
+        raise ImageError(f"{name}: expected a numpy array, got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise ImageError(f"{name}: dtype {frame.dtype}, expected uint8")
+    if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (1, 3, 4)):
+        raise ImageError(f"{name}: shape {frame.shape}, expected (H, W) or (H, W, 1|3|4)")
+    if frame.shape[0] < 8 or frame.shape[1] < 8:
+        raise ImageError(f"{name}: shape {frame.shape} is too small (at least 8x8 pixels)")
+    return frame
+
+
+def to_rgb(frame: np.ndarray, color: str = "BGR") -> np.ndarray:
+    """Convert a validated uint8 frame in the given channel order to contiguous RGB."""
+    if color not in COLOR_ORDERS:
+        raise ImageError(f"color order {color!r} is not one of {', '.join(COLOR_ORDERS)}")
+    frame = check_frame(frame)
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[..., 0]
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+    if frame.shape[2] == 4:
+        frame = frame[..., :3]
+    if color == "RGB":
+        return np.ascontiguousarray(frame)
+    if color == "GRAY":
+        raise ImageError(f"frame: shape {frame.shape} has colour channels but color='GRAY' was given")
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def resize_to_input(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize an RGB frame to the model input; area interpolation when shrinking avoids aliasing."""
+    if rgb.shape[:2] == (height, width):
+        return rgb
+    shrinking = rgb.shape[0] > height or rgb.shape[1] > width
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (width, height), interpolation=interp)

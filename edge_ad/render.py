@@ -1,0 +1,33 @@
+"""Heat-map overlays of a Result on its frame."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .detector import Result
+
+OK_COLOUR = (80, 200, 80)  # BGR
+NG_COLOUR = (40, 40, 230)
+
+
+def overlay(frame_bgr: np.ndarray, result: Result, alpha: float = 0.45) -> np.ndarray:
+    """The frame with the anomaly map blended in (inferno colour map, perceptually uniform),
+    contours around regions above the threshold, and the score with OK/NG."""
+    if frame_bgr.ndim == 2:
+        frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
+    # Colour scale: 0 = normal quantile q_alpha, threshold at mid-scale, twice the threshold saturates.
+    top = max(2.0 * result.threshold, 1e-6)
+    scaled = np.clip(result.map / top * 255.0, 0, 255).astype(np.uint8)
+    heat = cv2.applyColorMap(scaled, cv2.COLORMAP_INFERNO)
+    out = cv2.addWeighted(frame_bgr, 1.0 - alpha, heat, alpha, 0.0)
+    above = (result.map >= result.threshold).astype(np.uint8)
+    contours, _ = cv2.findContours(above, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    colour = NG_COLOUR if result.is_anomaly else OK_COLOUR
+    thickness = max(1, round(min(out.shape[:2]) / 200))
+    cv2.drawContours(out, contours, -1, colour, thickness)
+    text = f"{'NG' if result.is_anomaly else 'OK'} {result.score:.3f}"
+    scale = max(0.4, min(out.shape[:2]) / 400)
+    cv2.putText(out, text, (8, int(30 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2)
+    cv2.putText(out, text, (8, int(30 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness)
+    return out

@@ -1,0 +1,83 @@
+"""The streaming loop behind `edge-ad run`: source -> detector -> events and snapshots."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+
+from .detector import Detector
+from .errors import EdgeAdError
+from .render import overlay
+from .sources import open_source
+
+
+@dataclass
+class RunSummary:
+    frames: int
+    seconds: float
+    anomalies: int
+    snapshots: int
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def _open_events(path: Path | None):
+    if path is None:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "w")
+    except OSError as exc:
+        raise EdgeAdError(f"{path}: cannot write events ({exc.strerror or exc})") from exc
+
+
+def run_stream(
+    detector: Detector,
+    uri: str,
+    events: Path | None = None,
+    snapshots: Path | None = None,
+    max_frames: int | None = None,
+) -> RunSummary:
+    """Score frames from `uri` until it ends or `max_frames` frames; write one JSON line per frame
+    to `events` and the overlay of each anomalous frame to `snapshots`."""
+    source = open_source(uri)
+    event_file = _open_events(events)
+    if snapshots is not None:
+        snapshots.mkdir(parents=True, exist_ok=True)
+    frames = anomalies = saved = 0
+    start = time.perf_counter()
+    try:
+        for frame in source:
+            t0 = time.perf_counter()
+            result = detector(frame.image)
+            latency_ms = (time.perf_counter() - t0) * 1e3
+            frames += 1
+            anomalies += result.is_anomaly
+            if event_file is not None:
+                event = {
+                    "source": uri,
+                    "frame": frame.index,
+                    "name": frame.name,
+                    "timestamp": round(frame.timestamp, 6),
+                    "score": round(result.score, 6),
+                    "anomaly": result.is_anomaly,
+                    "threshold": result.threshold,
+                    "latency_ms": round(latency_ms, 3),
+                }
+                event_file.write(json.dumps(event) + "\n")
+            if snapshots is not None and result.is_anomaly:
+                cv2.imwrite(str(snapshots / f"frame{frame.index:06d}.jpg"), overlay(frame.image, result))
+                saved += 1
+            if max_frames is not None and frames >= max_frames:
+                break
+    finally:
+        source.close()
+        if event_file is not None:
+            event_file.close()
+    return RunSummary(frames, time.perf_counter() - start, anomalies, saved)

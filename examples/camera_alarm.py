@@ -1,0 +1,20 @@
+"""Camera to alarm in ten lines: score every frame of a source, print the anomalous ones.
+
+    python examples/camera_alarm.py BUNDLE [SOURCE] [MAX_FRAMES]
+SOURCE is test:// (default), a video file or an image folder.
+"""
+
+import sys
+
+from edge_ad import Detector
+from edge_ad.sources import open_source
+
+bundle, source = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "test://"
+max_frames = int(sys.argv[3]) if len(sys.argv) > 3 else 100
+
+detector = Detector.load(bundle)
+for frame in open_source(source):
+    result = detector(frame.image)
+    print(f"frame {frame.index}: score {result.score:.3f} {'ANOMALY' if result.is_anomaly else 'ok'}")
+    if frame.index + 1 >= max_frames:
+        break

@@ -1,0 +1,1 @@
+"""Workstation side: training, ONNX export and evaluation (needs torch)."""

@@ -1,0 +1,105 @@
+"""Training of the nearest-prototype baseline from normal images."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from edge_ad import __version__
+from edge_ad.datasets import load_samples, read_all
+from edge_ad.errors import DataError
+from edge_ad.images import resize_to_input
+
+from .backbone import FeatureEncoder
+from .prototype import greedy_coreset
+
+CHECKPOINT = "model.pt"
+CONFIG = "config.yaml"
+VALIDATION = "validation.npz"
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    input_size: int = 256
+    prototypes: int = 2048
+    val_fraction: float = 0.1
+    seed: int = 0
+    skip_bad: bool = False
+    batch_size: int = 16
+
+
+def prepare_inputs(images: list[np.ndarray], size: int) -> np.ndarray:
+    """RGB images of any size -> (N, size, size, 3) uint8, the same resize the runtime uses."""
+    return np.stack([resize_to_input(image, size, size) for image in images])
+
+
+@torch.no_grad()
+def extract_features(encoder: FeatureEncoder, inputs: np.ndarray, batch_size: int, desc: str) -> torch.Tensor:
+    """Unstandardised features (N, C, h, w) with a progress bar."""
+    chunks = []
+    for start in tqdm(range(0, len(inputs), batch_size), desc=desc, unit="batch"):
+        chunks.append(encoder.raw_features(torch.from_numpy(inputs[start : start + batch_size])))
+    return torch.cat(chunks)
+
+
+def train(config: TrainConfig, out: Path) -> Path:
+    """Train the prototype model on the normal training images of `config.data`; returns the run folder."""
+    started = time.time()
+    torch.manual_seed(config.seed)
+    samples = load_samples(config.data, "train")
+    kept, images, bad = read_all(samples, config.skip_bad, lambda s: tqdm(s, desc="reading images", unit="img"))
+    for message in bad:
+        print(f"skipped: {message}")
+    if len(kept) < 2:
+        raise DataError(f"{config.data}: training needs at least 2 readable normal images, found {len(kept)}")
+    inputs = prepare_inputs(images, config.input_size)
+    order = np.random.default_rng(config.seed).permutation(len(inputs))
+    n_val = min(max(1, round(config.val_fraction * len(inputs))), len(inputs) - 1)
+    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+
+    encoder = FeatureEncoder((config.input_size, config.input_size))
+    feats = extract_features(encoder, inputs[train_idx], config.batch_size, "features")
+    mean, std = feats.mean(dim=(0, 2, 3)), feats.std(dim=(0, 2, 3))
+    encoder.set_statistics(mean, std)
+    standardised = (feats - encoder.feature_mean.view(1, -1, 1, 1)) / encoder.feature_std.view(1, -1, 1, 1)
+    patches = standardised.permute(0, 2, 3, 1).reshape(-1, standardised.shape[1])
+    del feats, standardised
+    prototypes = greedy_coreset(patches, config.prototypes, config.seed)
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {"feature_mean": encoder.feature_mean, "feature_std": encoder.feature_std, "prototypes": prototypes},
+        out / CHECKPOINT,
+    )
+    np.savez_compressed(out / VALIDATION, inputs=inputs[val_idx])
+    record = {
+        "model": "prototype",
+        "edge_ad_version": __version__,
+        "config": asdict(config),
+        "train_images": int(len(train_idx)),
+        "validation_images": int(len(val_idx)),
+        "skipped": bad,
+        "prototypes": int(prototypes.shape[0]),
+        "train_seconds": round(time.time() - started, 1),
+    }
+    (out / CONFIG).write_text(yaml.safe_dump(record, sort_keys=False))
+    return out
+
+
+def load_run(run: Path) -> tuple[dict, dict, np.ndarray]:
+    """(config record, checkpoint tensors, validation inputs) of a training run folder."""
+    for name in (CONFIG, CHECKPOINT, VALIDATION):
+        if not (run / name).is_file():
+            raise DataError(f"{run}: not a training run (missing {name}); create one with 'edge-ad train'")
+    record = yaml.safe_load((run / CONFIG).read_text())
+    checkpoint = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)
+    with np.load(run / VALIDATION) as validation:
+        inputs = validation["inputs"]
+    return record, checkpoint, inputs

@@ -1,0 +1,77 @@
+"""Shared fixtures: real ELPV images in small folders and one tiny trained bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_ad.datasets import elpv_split
+
+TINY_INPUT = 128
+TINY_PROTOTYPES = 64
+
+
+@pytest.fixture(scope="session")
+def elpv_samples():
+    return elpv_split()
+
+
+def _bgr(sample) -> np.ndarray:
+    return cv2.cvtColor(sample.image(), cv2.COLOR_RGB2BGR)
+
+
+def add_spot(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A dark elliptical spot with its mask: a crude but real-looking cell defect."""
+    out = image.copy()
+    mask = np.zeros(image.shape[:2], np.uint8)
+    h, w = mask.shape
+    centre = (int(rng.integers(w // 4, 3 * w // 4)), int(rng.integers(h // 4, 3 * h // 4)))
+    axes = (int(rng.integers(w // 12, w // 6)), int(rng.integers(h // 12, h // 6)))
+    cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 255, -1)
+    out[mask > 0] = (out[mask > 0] * 0.2).astype(np.uint8)
+    return out, mask
+
+
+@pytest.fixture(scope="session")
+def normal_folder(tmp_path_factory, elpv_samples) -> Path:
+    """Twelve real ELPV normal training images as PNG files."""
+    folder = tmp_path_factory.mktemp("normal")
+    for sample in elpv_samples[0][:12]:
+        cv2.imwrite(str(folder / f"{sample.name.split(':')[1]}.png"), _bgr(sample))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mvtec_category(tmp_path_factory, elpv_samples) -> Path:
+    """An MVTec-layout category from real ELPV normal images, with synthetic spots as defects."""
+    root = tmp_path_factory.mktemp("mvtec") / "cell"
+    train, test = elpv_samples
+    normals = [s for s in test if s.label == 0]
+    rng = np.random.default_rng(0)
+    (root / "train" / "good").mkdir(parents=True)
+    for sample in train[:12]:
+        cv2.imwrite(str(root / "train" / "good" / f"{sample.name[5:]}.png"), _bgr(sample))
+    for folder in ("test/good", "test/spot", "ground_truth/spot"):
+        (root / folder).mkdir(parents=True)
+    for i, sample in enumerate(normals[:4]):
+        cv2.imwrite(str(root / "test" / "good" / f"{i:03d}.png"), _bgr(sample))
+    for i, sample in enumerate(normals[4:8]):
+        image, mask = add_spot(_bgr(sample), rng)
+        cv2.imwrite(str(root / "test" / "spot" / f"{i:03d}.png"), image)
+        cv2.imwrite(str(root / "ground_truth" / "spot" / f"{i:03d}_mask.png"), mask)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, mvtec_category) -> Path:
+    """A real bundle trained on the tiny category's twelve normal images (128 px, 64 prototypes)."""
+    from export.onnx_export import export_bundle
+    from export.train import TrainConfig, train
+
+    work = tmp_path_factory.mktemp("tiny")
+    config = TrainConfig(data=str(mvtec_category), input_size=TINY_INPUT, prototypes=TINY_PROTOTYPES)
+    run = train(config, work / "run")
+    return export_bundle(run, work / "bundle")

@@ -1,0 +1,71 @@
+import shutil
+import tarfile
+
+import pytest
+import yaml
+
+from edge_ad.bundle import load_bundle
+from edge_ad.errors import BundleError
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path):
+    return shutil.copytree(tiny_bundle, tmp_path / "bundle")
+
+
+def _edit(bundle, change):
+    path = bundle / "bundle.yaml"
+    spec = yaml.safe_load(path.read_text())
+    change(spec)
+    path.write_text(yaml.safe_dump(spec))
+
+
+def test_exported_bundle_loads_with_its_numbers(tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    assert bundle.input_size == (128, 128)
+    assert set(bundle.graphs) == {"encoder", "head"}
+    assert bundle.quantiles.value_beta > bundle.quantiles.value_alpha
+    assert bundle.spec["provenance"]["parity_onnxruntime_vs_torch"]["max_abs_diff"] < 1e-3
+
+
+def test_tar_bundle_loads(tiny_bundle, tmp_path):
+    archive = tmp_path / "bundle.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tiny_bundle, arcname="bundle")
+    assert load_bundle(archive).input_size == (128, 128)
+
+
+def test_missing_field_is_named(bundle_copy):
+    _edit(bundle_copy, lambda s: s["input"].pop("height"))
+    with pytest.raises(BundleError, match=r"bundle.yaml: missing field 'input.height'"):
+        load_bundle(bundle_copy)
+
+
+def test_wrong_type_is_named(bundle_copy):
+    _edit(bundle_copy, lambda s: s["normalization"].update(value_alpha="low"))
+    with pytest.raises(BundleError, match=r"field 'normalization.value_alpha' must be int or float"):
+        load_bundle(bundle_copy)
+
+
+def test_changed_graph_fails_its_hash(bundle_copy):
+    with open(bundle_copy / "head.onnx", "ab") as handle:
+        handle.write(b"\x00")
+    with pytest.raises(BundleError, match=r"head.onnx: SHA-256 does not match field 'graphs.head.sha256'"):
+        load_bundle(bundle_copy)
+
+
+def test_missing_graph_and_malformed_yaml(bundle_copy):
+    (bundle_copy / "encoder.onnx").unlink()
+    with pytest.raises(BundleError, match="'graphs.encoder.file' names encoder.onnx, which is missing"):
+        load_bundle(bundle_copy)
+    (bundle_copy / "bundle.yaml").write_text("input: [unclosed\n  height: 3\n")
+    with pytest.raises(BundleError, match=r"bundle.yaml: malformed YAML at line"):
+        load_bundle(bundle_copy)
+
+
+def test_other_schema_version_and_not_a_bundle(bundle_copy, tmp_path):
+    _edit(bundle_copy, lambda s: s.update(schema_version=99))
+    with pytest.raises(BundleError, match="schema_version' is 99"):
+        load_bundle(bundle_copy)
+    with pytest.raises(BundleError, match="no bundle.yaml"):
+        load_bundle(tmp_path)

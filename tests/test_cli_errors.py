@@ -1,0 +1,55 @@
+"""Every failure ends in one line on stderr naming the input, with a non-zero exit (no traceback)."""
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+
+
+def edge_ad(*args):
+    return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True)
+
+
+def _one_line_error(result, *fragments):
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()  # progress bars may come first
+    errors = [line for line in lines if "error" in line.lower()]
+    assert len(errors) == 1 and lines[-1].startswith("edge-ad: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1]
+
+
+def test_missing_data_folder(tmp_path):
+    _one_line_error(edge_ad("train", "--data", tmp_path / "nope", "--out", tmp_path / "r"), "nope", "no such")
+
+
+def test_bad_images_stop_training_unless_skipped(tmp_path, normal_folder):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, path in enumerate(sorted(normal_folder.glob("*.png"))[:4]):
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "zz_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x13" * 100)
+    _one_line_error(edge_ad("train", "--data", folder, "--out", tmp_path / "r", "--input-size", 64,
+                            "--prototypes", 8), "zz_corrupt.jpg", "--skip-bad")
+    ok = edge_ad("train", "--data", folder, "--out", tmp_path / "r", "--input-size", 64, "--prototypes", 8,
+                 "--skip-bad")
+    assert ok.returncode == 0, ok.stderr
+    assert "skipped:" in ok.stdout and "zz_corrupt.jpg" in ok.stdout
+
+
+def test_bad_bundle_and_bad_input(tmp_path, tiny_bundle):
+    _one_line_error(edge_ad("run", "--bundle", tmp_path / "none", "--input", "test://"), "none")
+    _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", tmp_path / "missing.mp4"), "missing.mp4")
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("not a video")
+    _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", not_video), "notes.mp4")
+
+
+def test_export_of_a_folder_that_is_not_a_run(tmp_path):
+    _one_line_error(edge_ad("export", "--run", tmp_path, "--out", tmp_path / "b"), "not a training run")
+
+
+def test_eval_needs_a_test_split(tmp_path, tiny_bundle):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((16, 16), np.uint8))
+    _one_line_error(edge_ad("eval", "--bundle", tiny_bundle, "--data", tmp_path), "no test split")

@@ -1,0 +1,54 @@
+import cv2
+import numpy as np
+import pytest
+
+from edge_ad.datasets import ELPV_TRAIN_SIZE, load_samples, read_all
+from edge_ad.errors import DataError
+
+
+def test_elpv_split_follows_the_protocol(elpv_samples):
+    train, test = elpv_samples
+    assert len(train) == ELPV_TRAIN_SIZE == 1131
+    assert sum(s.label == 0 for s in test) == 377
+    assert sum(s.label == 1 for s in test) == 715
+    assert not {s.name for s in train} & {s.name for s in test}
+    assert {s.group for s in test} == {"mono", "poly"}
+    image = train[0].image()
+    assert image.shape == (300, 300, 3) and image.dtype == np.uint8
+    assert (image[..., 0] == image[..., 1]).all()  # grey became three channels
+
+
+def test_mvtec_layout_is_detected(mvtec_category):
+    train = load_samples(str(mvtec_category), "train")
+    test = load_samples(str(mvtec_category), "test")
+    assert len(train) == 12 and all(s.label == 0 for s in train)
+    assert [s.label for s in test] == [0] * 4 + [1] * 4
+    defect = test[-1]
+    assert defect.group == "spot"
+    mask = defect.mask(300, 300)
+    assert mask.dtype == bool and 0 < mask.sum() < mask.size
+    assert not test[0].mask(300, 300).any()
+
+
+def test_normal_folder_has_train_but_no_test(normal_folder):
+    assert len(load_samples(str(normal_folder), "train")) == 12
+    with pytest.raises(DataError, match="no test split"):
+        load_samples(str(normal_folder), "test")
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(DataError, match="no such dataset folder"):
+        load_samples(str(tmp_path / "nope"), "train")
+    with pytest.raises(DataError, match="no images found"):
+        load_samples(str(tmp_path), "train")
+
+
+def test_bad_files_are_listed_and_skipped_only_when_asked(tmp_path):
+    cv2.imwrite(str(tmp_path / "good.png"), np.full((32, 32), 100, np.uint8))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    samples = load_samples(str(tmp_path), "train")
+    with pytest.raises(DataError, match=r"1 unreadable image.*--skip-bad.*broken\.png"):
+        read_all(samples, skip_bad=False)
+    kept, images, bad = read_all(samples, skip_bad=True)
+    assert [s.name.endswith("good.png") for s in kept] == [True]
+    assert len(images) == 1 and "broken.png" in bad[0]

@@ -1,0 +1,61 @@
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from edge_ad import Detector
+from edge_ad.errors import ImageError
+from export.backbone import FeatureEncoder
+from export.prototype import PrototypeHead
+from export.train import load_run
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_bundle):
+    return Detector.load(tiny_bundle)
+
+
+def test_any_frame_size_and_colour_order(detector, mvtec_category):
+    bgr = cv2.imread(str(sorted((mvtec_category / "test" / "good").iterdir())[0]))
+    for frame in (bgr, cv2.resize(bgr, (640, 480)), bgr[..., 0]):
+        result = detector(frame, color="GRAY" if frame.ndim == 2 else "BGR")
+        assert result.map.shape == frame.shape[:2] and result.map.dtype == np.float32
+        assert result.raw_map.shape == (128, 128)
+        assert 0.0 <= result.map.min() and result.map.max() <= 1.0
+        assert result.is_anomaly == (result.score >= detector.threshold)
+    same = detector(bgr[..., ::-1].copy(), color="RGB")
+    assert same.score == pytest.approx(detector(bgr).score, rel=1e-6)
+
+
+def test_onnx_runtime_matches_torch(detector, tiny_bundle, mvtec_category):
+    run = tiny_bundle.parent / "run"
+    record, checkpoint, inputs = load_run(run)
+    encoder = FeatureEncoder((128, 128))
+    encoder.set_statistics(checkpoint["feature_mean"], checkpoint["feature_std"])
+    head = PrototypeHead(checkpoint["prototypes"])
+    frames = np.stack([detector.preprocess(cv2.imread(str(p))) for p in sorted(mvtec_category.rglob("test/*/*.png"))])
+    with torch.no_grad():
+        reference = head(encoder(torch.from_numpy(frames))).numpy()
+    onnx_maps = detector.grid_maps(frames)
+    assert np.abs(reference - onnx_maps).max() <= 1e-4 * np.abs(reference).max()
+
+
+def test_spots_score_above_normal_images(detector, mvtec_category):
+    def scores(folder):
+        return [detector(cv2.imread(str(p))).score for p in sorted((mvtec_category / "test" / folder).iterdir())]
+
+    assert min(scores("spot")) > max(scores("good"))
+
+
+def test_bad_frame_then_good_frame(detector):
+    with pytest.raises(ImageError, match="dtype float64"):
+        detector(np.zeros((64, 64, 3)))
+    assert np.isfinite(detector(np.full((64, 64, 3), 128, np.uint8)).score)
+
+
+def test_batch_equals_single(detector):
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (100 + 10 * i, 120, 3), dtype=np.uint8) for i in range(3)]
+    batched = [r.score for r in detector.batch(frames)]
+    single = [detector(f).score for f in frames]
+    assert batched == pytest.approx(single, rel=1e-5)

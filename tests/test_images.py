@@ -1,0 +1,73 @@
+import cv2
+import numpy as np
+import pytest
+
+from edge_ad.errors import ImageError
+from edge_ad.images import check_frame, read_image, resize_to_input, to_rgb
+
+
+def test_grey_png_becomes_three_equal_channels(tmp_path):
+    grey = np.tile(np.arange(64, dtype=np.uint8), (32, 1))
+    cv2.imwrite(str(tmp_path / "g.png"), grey)
+    rgb = read_image(tmp_path / "g.png")
+    assert rgb.shape == (32, 64, 3)
+    assert (rgb[..., 0] == grey).all() and (rgb[..., 2] == grey).all()
+
+
+def test_colour_file_is_returned_as_rgb(tmp_path):
+    bgr = np.zeros((16, 16, 3), np.uint8)
+    bgr[..., 0] = 200  # blue in OpenCV order
+    cv2.imwrite(str(tmp_path / "b.png"), bgr)
+    rgb = read_image(tmp_path / "b.png")
+    assert rgb[0, 0].tolist() == [0, 0, 200]
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_truncated_files_are_named(tmp_path, suffix):
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    path = tmp_path / f"cut{suffix}"
+    cv2.imwrite(str(path), image)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match=f"cut{suffix}.*truncated"):
+        read_image(path)
+
+
+def test_not_an_image_and_empty_and_missing(tmp_path):
+    (tmp_path / "text.png").write_bytes(b"hello, not a picture" * 100 + b"IEND\xaeB`\x82")
+    with pytest.raises(ImageError, match="text.png: not a decodable image"):
+        read_image(tmp_path / "text.png")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageError, match="empty.jpg: empty file"):
+        read_image(tmp_path / "empty.jpg")
+    with pytest.raises(ImageError, match="missing.png: cannot read"):
+        read_image(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize(
+    "frame, message",
+    [
+        (np.zeros((32, 32, 3), np.float32), "dtype float32"),
+        (np.zeros((32, 32, 2), np.uint8), "shape"),
+        (np.zeros((0, 32, 3), np.uint8), "too small"),
+        ([[0, 1]], "numpy array"),
+    ],
+)
+def test_bad_frames_are_explained(frame, message):
+    with pytest.raises(ImageError, match=message):
+        check_frame(frame)
+
+
+def test_channel_orders():
+    bgr = np.zeros((10, 12, 3), np.uint8)
+    bgr[..., 0] = 255
+    assert to_rgb(bgr, "BGR")[0, 0].tolist() == [0, 0, 255]
+    assert to_rgb(bgr, "RGB")[0, 0].tolist() == [255, 0, 0]
+    assert to_rgb(np.full((10, 12), 7, np.uint8), "GRAY").shape == (10, 12, 3)
+    with pytest.raises(ImageError, match="color"):
+        to_rgb(bgr, "HSV")
+
+
+def test_resize_to_input_any_size():
+    assert resize_to_input(np.zeros((300, 500, 3), np.uint8), 128, 128).shape == (128, 128, 3)
+    assert resize_to_input(np.zeros((40, 50, 3), np.uint8), 128, 96).shape == (128, 96, 3)

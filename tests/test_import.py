@@ -1,0 +1,17 @@
+import subprocess
+import sys
+
+
+def test_runtime_import_does_not_pull_in_torch():
+    code = (
+        "import sys, edge_ad, edge_ad.cli, edge_ad.runner, edge_ad.sources, edge_ad.render, "
+        "edge_ad.datasets, edge_ad.metrics, calibration.threshold; "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_version_command():
+    out = subprocess.run([sys.executable, "-m", "edge_ad", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert out.stdout.strip().startswith("edge-ad 0.")
