@@ -66,6 +66,23 @@ def _run(args: argparse.Namespace) -> None:
     )
 
 
+def _defects(args: argparse.Namespace) -> None:
+    import cv2
+
+    from export.defects import gallery
+    from .datasets import load_samples, read_all
+
+    samples = load_samples(args.data, "train")[: args.images]
+    _, images, _ = read_all(samples, skip_bad=True)
+    if not images:
+        raise EdgeAdError(f"{args.data}: no readable training images for the gallery")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), gallery(images, args.seed)):
+        raise EdgeAdError(f"{out}: cannot write the gallery picture (use a .png or .jpg name)")
+    print(f"gallery of synthetic defects written to {out}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from export.demo import demo
 
@@ -104,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshots", help="folder for overlays of anomalous frames")
     p.add_argument("--max-frames", type=_positive_int)
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("defects", help="write a gallery picture of the synthetic training defects")
+    p.add_argument("--data", required=True, help="'elpv', a folder of normal images, or an MVTec category")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--images", type=_positive_int, default=50, help="how many training images to draw from")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_defects)
 
     p = sub.add_parser("demo", help="train, export, evaluate and stream on ELPV end to end")
     p.add_argument("--workdir", default="edge-ad-demo", help="folder for the run, bundle and outputs")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+from tqdm import tqdm
 
 from .detector import Detector
 from .errors import EdgeAdError
@@ -43,6 +44,7 @@ def run_stream(
     events: Path | None = None,
     snapshots: Path | None = None,
     max_frames: int | None = None,
+    progress: bool = True,
 ) -> RunSummary:
     """Score frames from `uri` until it ends or `max_frames` frames; write one JSON line per frame
     to `events` and the overlay of each anomalous frame to `snapshots`."""
@@ -52,6 +54,7 @@ def run_stream(
         snapshots.mkdir(parents=True, exist_ok=True)
     frames = anomalies = saved = 0
     start = time.perf_counter()
+    bar = tqdm(total=max_frames, desc="frames", unit="frame", disable=not progress, leave=False)
     try:
         for frame in source:
             t0 = time.perf_counter()
@@ -59,6 +62,7 @@ def run_stream(
             latency_ms = (time.perf_counter() - t0) * 1e3
             frames += 1
             anomalies += result.is_anomaly
+            bar.update()
             if event_file is not None:
                 event = {
                     "source": uri,
@@ -77,6 +81,7 @@ def run_stream(
             if max_frames is not None and frames >= max_frames:
                 break
     finally:
+        bar.close()
         source.close()
         if event_file is not None:
             event_file.close()
