@@ -83,6 +83,19 @@ def _defects(args: argparse.Namespace) -> None:
     print(f"gallery of synthetic defects written to {out}")
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from .bench import bench
+    from .detector import Detector
+
+    detector = Detector.load(args.bundle)
+    height, width = detector.bundle.input_size
+    report = bench(detector, args.frames, args.warmup, args.height or height, args.width or width)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from export.demo import demo
 
@@ -121,6 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshots", help="folder for overlays of anomalous frames")
     p.add_argument("--max-frames", type=_positive_int)
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("bench", help="per-stage latency, fps and peak memory on synthetic frames")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--frames", type=_positive_int, default=1000, help="timed frames (after warm-up)")
+    p.add_argument("--warmup", type=_positive_int, default=50)
+    p.add_argument("--height", type=_positive_int, help="frame height (default: the bundle's input size)")
+    p.add_argument("--width", type=_positive_int, help="frame width (default: the bundle's input size)")
+    p.add_argument("--json", help="also write the report to this JSON file")
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("defects", help="write a gallery picture of the synthetic training defects")
     p.add_argument("--data", required=True, help="'elpv', a folder of normal images, or an MVTec category")

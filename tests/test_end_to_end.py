@@ -78,3 +78,15 @@ def test_examples_run_against_a_bundle(cli_bundle, normal_folder, tmp_path):
     assert rows[0] == "image,score,anomaly" and len(rows) == 13
     scores = np.array([float(r.split(",")[1]) for r in rows[1:]])
     assert np.isfinite(scores).all()
+
+
+def test_bench_reports_stages_fps_and_memory(tiny_bundle, tmp_path):
+    edge_ad("bench", "--bundle", tiny_bundle, "--frames", 20, "--warmup", 2, "--json", tmp_path / "b.json")
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["frames"] == 20 and report["fps"] > 0
+    assert set(report["stages_ms"]) == {"preprocess_ms", "encoder_ms", "head_ms", "upsample_ms", "normalise_ms"}
+    for stage in report["stages_ms"].values():
+        assert 0 <= stage["p50"] <= stage["p99"]
+    assert report["latency_ms"]["p50"] >= report["stages_ms"]["encoder_ms"]["p50"]
+    assert 0 < report["share_outside_graphs"] < 1
+    assert report["peak_rss_mib"] > 50
