@@ -44,17 +44,24 @@ def run_stream(
     events: Path | None = None,
     snapshots: Path | None = None,
     max_frames: int | None = None,
-    progress: bool = True,
 ) -> RunSummary:
     """Score frames from `uri` until it ends or `max_frames` frames; write one JSON line per frame
     to `events` and the overlay of each anomalous frame to `snapshots`."""
-    source = open_source(uri)
-    event_file = _open_events(events)
     if snapshots is not None:
-        snapshots.mkdir(parents=True, exist_ok=True)
+        try:
+            snapshots.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EdgeAdError(f"{snapshots}: cannot create the snapshot folder ({exc.strerror or exc})") from exc
+    event_file = _open_events(events)
+    try:
+        source = open_source(uri)
+    except BaseException:
+        if event_file is not None:
+            event_file.close()
+        raise
     frames = anomalies = saved = 0
     start = time.perf_counter()
-    bar = tqdm(total=max_frames, desc="frames", unit="frame", disable=not progress, leave=False)
+    bar = tqdm(total=max_frames, desc="frames", unit="frame", leave=False)
     try:
         for frame in source:
             t0 = time.perf_counter()

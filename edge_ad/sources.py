@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import EdgeAdError, ImageError, SourceError
+from .errors import ImageError, SourceError
 from .images import is_image_file, read_image
 
 TEST_SIZE = (640, 480)
@@ -69,10 +69,10 @@ def pipeline_for(uri: str) -> str:
 class GstSource:
     """Pulls every decoded frame from a GStreamer pipeline; offline sources are not throttled."""
 
-    def __init__(self, uri: str, description: str | None = None):
+    def __init__(self, uri: str):
         Gst = self._Gst = _gst()
         self.uri = uri
-        self.description = description or pipeline_for(uri)
+        self.description = pipeline_for(uri)
         try:
             self.pipeline = Gst.parse_launch(self.description)
         except Exception as exc:  # GLib.Error carries GStreamer's own message
@@ -165,5 +165,5 @@ def open_source(uri: str) -> GstSource | FolderSource:
     if Path(uri).is_dir():
         return FolderSource(Path(uri))
     if "://" in uri and not uri.startswith("test://"):
-        raise EdgeAdError(f"{uri}: this source type is not supported yet (use test://, a video file or a folder)")
+        raise SourceError(f"{uri}: this source type is not supported yet (use test://, a video file or a folder)")
     return GstSource(uri)

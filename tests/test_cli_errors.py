@@ -53,3 +53,11 @@ def test_export_of_a_folder_that_is_not_a_run(tmp_path):
 def test_eval_needs_a_test_split(tmp_path, tiny_bundle):
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((16, 16), np.uint8))
     _one_line_error(edge_ad("eval", "--bundle", tiny_bundle, "--data", tmp_path), "no test split")
+
+
+def test_unsupported_source_and_unwritable_events(tmp_path, tiny_bundle):
+    _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", "rtsp://127.0.0.1:1/x"), "rtsp://", "not supported")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", "test://", "--events", blocker / "ev.jsonl"),
+                    "ev.jsonl", "cannot write events")
