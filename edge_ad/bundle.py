@@ -22,6 +22,8 @@ from .normalize import Quantiles
 SCHEMA_VERSION = 1
 BUNDLE_FILE = "bundle.yaml"
 GRAPH_NAMES = ("encoder", "head")
+# Models whose bundles are an encoder graph and a head graph (features -> raw map grid).
+MODEL_TYPES = ("prototype", "gmm-bridge")
 
 
 def file_sha256(path: Path) -> str:
@@ -124,6 +126,9 @@ def load_bundle(path: str | Path) -> Bundle:
     version = fields.get("schema_version", int)
     if version != SCHEMA_VERSION:
         raise BundleError(f"{yaml_path}: field 'schema_version' is {version}, this edge-ad reads {SCHEMA_VERSION}")
+    model_type = fields.get("model.type", str)
+    if model_type not in MODEL_TYPES:
+        raise BundleError(f"{yaml_path}: field 'model.type' is {model_type!r}, this edge-ad runs {', '.join(MODEL_TYPES)}")
     for key, expected in (("input.layout", "NHWC"), ("input.color", "RGB"), ("input.dtype", "uint8")):
         if fields.get(key, str) != expected:
             raise BundleError(f"{yaml_path}: field '{key}' must be {expected!r}")

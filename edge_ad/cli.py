@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .bundle import MODEL_TYPES
 from .errors import EdgeAdError
 
 
@@ -23,6 +24,7 @@ def _train(args: argparse.Namespace) -> None:
 
     config = TrainConfig(
         data=args.data,
+        model=args.model,
         input_size=args.input_size,
         prototypes=args.prototypes,
         seed=args.seed,
@@ -110,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on normal images (workstation, needs torch)")
     p.add_argument("--data", required=True, help="'elpv', a folder of normal images, or an MVTec category")
     p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--model", choices=MODEL_TYPES, default="prototype",
+                   help="nearest prototype (baseline) or the closed-form Gaussian-mixture bridge over prototypes")
     p.add_argument("--input-size", type=_positive_int, default=256, help="square model input side in pixels")
     p.add_argument("--prototypes", type=_positive_int, default=2048, help="number of normal prototypes")
     p.add_argument("--seed", type=int, default=0)

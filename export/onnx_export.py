@@ -19,6 +19,7 @@ from edge_ad.errors import EdgeAdError
 from edge_ad.normalize import fit_quantiles
 
 from .backbone import FeatureEncoder
+from .gmm_bridge import SHRINK, GmmBridgeHead
 from .prototype import PrototypeHead
 from .train import load_run
 
@@ -57,24 +58,31 @@ def export_bundle(run: Path, out: Path) -> Path:
     size = int(record["config"]["input_size"])
     encoder = FeatureEncoder((size, size))
     encoder.set_statistics(checkpoint["feature_mean"], checkpoint["feature_std"])
-    head = PrototypeHead(checkpoint["prototypes"]).eval()
+    model = record["model"]
+    if model == "gmm-bridge":
+        head = GmmBridgeHead(checkpoint["prototypes"], float(checkpoint["tau"])).eval()
+        model_extra = {"tau": float(checkpoint["tau"]), "shrink": SHRINK}
+    else:
+        head = PrototypeHead(checkpoint["prototypes"]).eval()
+        model_extra = {}
 
     out.mkdir(parents=True, exist_ok=True)
     example = torch.from_numpy(val_inputs[:1])
     with torch.no_grad():
         features = encoder(example)
     _export_graph(encoder, example, out / "encoder.onnx", "image", "features")
-    _export_graph(head, features, out / "head.onnx", "features", "distance")
+    _export_graph(head, features, out / "head.onnx", "features", "raw_map")
 
     spec = {
         "schema_version": SCHEMA_VERSION,
         "edge_ad_version": __version__,
         "model": {
-            "type": "prototype",
+            "type": model,
             "backbone": "efficientnet-lite0",
             "feature_stride": 8,
             "channels": encoder.channels,
             "prototypes": int(checkpoint["prototypes"].shape[0]),
+            **model_extra,
         },
         "input": {"height": size, "width": size, "layout": "NHWC", "color": "RGB", "dtype": "uint8"},
         "graphs": {
@@ -116,7 +124,7 @@ def export_bundle(run: Path, out: Path) -> Path:
 
 
 @torch.no_grad()
-def _parity(encoder: FeatureEncoder, head: PrototypeHead, detector: Detector, inputs: np.ndarray) -> dict:
+def _parity(encoder: FeatureEncoder, head: torch.nn.Module, detector: Detector, inputs: np.ndarray) -> dict:
     """Largest and mean absolute difference of the raw grid maps, ONNX Runtime against torch."""
     reference = head(encoder(torch.from_numpy(inputs))).numpy()
     onnx_maps = detector.grid_maps(inputs)

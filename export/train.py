@@ -12,11 +12,13 @@ import yaml
 from tqdm import tqdm
 
 from edge_ad import __version__
+from edge_ad.bundle import MODEL_TYPES
 from edge_ad.datasets import load_samples, read_all
 from edge_ad.errors import DataError
 from edge_ad.images import resize_to_input
 
 from .backbone import FeatureEncoder
+from .gmm_bridge import gate_temperature
 from .prototype import greedy_coreset
 
 CHECKPOINT = "model.pt"
@@ -27,6 +29,7 @@ VALIDATION = "validation.npz"
 @dataclass
 class TrainConfig:
     data: str
+    model: str = "prototype"
     input_size: int = 256
     prototypes: int = 2048
     val_fraction: float = 0.1
@@ -50,7 +53,9 @@ def extract_features(encoder: FeatureEncoder, inputs: np.ndarray, batch_size: in
 
 
 def train(config: TrainConfig, out: Path) -> Path:
-    """Train the prototype model on the normal training images of `config.data`; returns the run folder."""
+    """Train `config.model` on the normal training images of `config.data`; returns the run folder."""
+    if config.model not in MODEL_TYPES:
+        raise DataError(f"model {config.model!r} is not one of {', '.join(MODEL_TYPES)}")
     started = time.time()
     torch.manual_seed(config.seed)
     samples = load_samples(config.data, "train")
@@ -72,15 +77,15 @@ def train(config: TrainConfig, out: Path) -> Path:
     patches = standardised.permute(0, 2, 3, 1).reshape(-1, standardised.shape[1])
     del feats, standardised
     prototypes = greedy_coreset(patches, config.prototypes, config.seed)
+    checkpoint = {"feature_mean": encoder.feature_mean, "feature_std": encoder.feature_std, "prototypes": prototypes}
+    if config.model == "gmm-bridge":
+        checkpoint["tau"] = torch.tensor(gate_temperature(patches, prototypes, config.seed))
 
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {"feature_mean": encoder.feature_mean, "feature_std": encoder.feature_std, "prototypes": prototypes},
-        out / CHECKPOINT,
-    )
+    torch.save(checkpoint, out / CHECKPOINT)
     np.savez_compressed(out / VALIDATION, inputs=inputs[val_idx])
     record = {
-        "model": "prototype",
+        "model": config.model,
         "edge_ad_version": __version__,
         "config": asdict(config),
         "train_images": int(len(train_idx)),

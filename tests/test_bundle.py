@@ -63,6 +63,12 @@ def test_missing_graph_and_malformed_yaml(bundle_copy):
         load_bundle(bundle_copy)
 
 
+def test_unknown_model_type_is_named(bundle_copy):
+    _edit(bundle_copy, lambda s: s["model"].update(type="bridge-v9"))
+    with pytest.raises(BundleError, match=r"field 'model.type' is 'bridge-v9'"):
+        load_bundle(bundle_copy)
+
+
 def test_other_schema_version_and_not_a_bundle(bundle_copy, tmp_path):
     _edit(bundle_copy, lambda s: s.update(schema_version=99))
     with pytest.raises(BundleError, match="schema_version' is 99"):
