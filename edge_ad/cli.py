@@ -10,6 +10,7 @@ from pathlib import Path
 from . import __version__
 from .bundle import MODEL_TYPES
 from .errors import EdgeAdError
+from .reports import write_report
 
 
 def _positive_int(text: str) -> int:
@@ -41,13 +42,16 @@ def _export(args: argparse.Namespace) -> None:
     print(f"bundle written to {bundle}")
 
 
-def _eval(args: argparse.Namespace) -> None:
-    from export.evaluate import evaluate, write_report
-
-    report = evaluate(args.bundle, args.data)
-    if args.json:
-        write_report(report, Path(args.json))
+def _print_report(report: dict, json_path: str | None) -> None:
+    if json_path:
+        write_report(report, Path(json_path))
     print(json.dumps(report, indent=2))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from export.evaluate import evaluate
+
+    _print_report(evaluate(args.bundle, args.data), args.json)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -91,11 +95,7 @@ def _bench(args: argparse.Namespace) -> None:
 
     detector = Detector.load(args.bundle)
     height, width = detector.bundle.input_size
-    report = bench(detector, args.frames, args.warmup, args.height or height, args.width or width)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    _print_report(bench(detector, args.frames, args.warmup, args.height or height, args.width or width), args.json)
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +29,7 @@ class RunSummary:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def _open_events(path: Path | None):
-    if path is None:
-        return None
+def _open_events(path: Path):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return open(path, "w")
@@ -52,17 +51,13 @@ def run_stream(
             snapshots.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise EdgeAdError(f"{snapshots}: cannot create the snapshot folder ({exc.strerror or exc})") from exc
-    event_file = _open_events(events)
-    try:
-        source = open_source(uri)
-    except BaseException:
-        if event_file is not None:
-            event_file.close()
-        raise
     frames = anomalies = saved = 0
-    start = time.perf_counter()
-    bar = tqdm(total=max_frames, desc="frames", unit="frame", leave=False)
-    try:
+    with ExitStack() as stack:  # closes whatever was opened, in reverse order, however the run ends
+        event_file = stack.enter_context(_open_events(events)) if events is not None else None
+        source = open_source(uri)
+        stack.callback(source.close)
+        bar = stack.enter_context(tqdm(total=max_frames, desc="frames", unit="frame", leave=False))
+        start = time.perf_counter()
         for frame in source:
             t0 = time.perf_counter()
             result = detector(frame.image)
@@ -87,9 +82,4 @@ def run_stream(
                 saved += 1
             if max_frames is not None and frames >= max_frames:
                 break
-    finally:
-        bar.close()
-        source.close()
-        if event_file is not None:
-            event_file.close()
     return RunSummary(frames, time.perf_counter() - start, anomalies, saved)

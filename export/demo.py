@@ -15,9 +15,10 @@ import numpy as np
 
 from edge_ad.datasets import elpv_split
 from edge_ad.detector import Detector
+from edge_ad.reports import write_report
 from edge_ad.runner import run_stream
 
-from .evaluate import evaluate, write_report
+from .evaluate import evaluate
 from .onnx_export import export_bundle
 from .train import TrainConfig, train
 

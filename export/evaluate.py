@@ -3,7 +3,6 @@ pixel AUROC and AUPRO where ground-truth masks exist. Runs the bundle as the dev
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +64,3 @@ def evaluate(bundle: str | Path, data: str, batch_size: int = 8) -> dict:
         report["pixel_auroc"] = auroc(masks_array, maps_array)
         report["aupro_0.3"] = aupro(masks_array, maps_array, 0.3)
     return report
-
-
-def write_report(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
