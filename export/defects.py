@@ -68,9 +68,8 @@ def _blend(image: np.ndarray, fill: np.ndarray, mask: np.ndarray, opacity: float
 
 def _perlin_texture(image, other, rng, grey):
     mask = perlin_mask(*image.shape[:2], rng)
-    texture = cv2.resize(other, image.shape[1::-1])
-    texture = np.rot90(texture, int(rng.integers(4)))
-    texture = cv2.resize(np.ascontiguousarray(texture), image.shape[1::-1])
+    texture = np.ascontiguousarray(np.rot90(other, int(rng.integers(4))))
+    texture = cv2.resize(texture, image.shape[1::-1])
     return _blend(image, _recolour(texture, rng, grey), mask, rng.uniform(0.5, 1.0)), mask
 
 
