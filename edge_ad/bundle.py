@@ -2,6 +2,12 @@
 
 Loading checks every field the runtime uses and the SHA-256 of every graph, and
 fails with the file and the field named.
+
+Graphs per model type: prototype and gmm-bridge bundles hold `encoder` (image -> features) and
+`head` (features -> raw map); bridge bundles hold `encoder`, `prior` (features -> GMM map and
+the condition), `step` (features, condition, coefficients (t, dt) -> next features) and `head`
+(features, restored -> raw map). A bridge bundle stores one schedule per supported number of
+steps K, each with its own normalisation and threshold; the runtime picks K at load time.
 """
 
 from __future__ import annotations
@@ -10,20 +16,29 @@ import hashlib
 import os
 import tarfile
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from .errors import BundleError
 from .normalize import Quantiles
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUNDLE_FILE = "bundle.yaml"
-GRAPH_NAMES = ("encoder", "head")
-# Models whose bundles are an encoder graph and a head graph (features -> raw map grid).
-MODEL_TYPES = ("prototype", "gmm-bridge")
+CALIBRATION_FILE = "calibration.yaml"  # written on site; overrides the bundle's quantiles and threshold
+GRAPH_NAMES = {
+    "prototype": ("encoder", "head"),
+    "gmm-bridge": ("encoder", "head"),
+    "bridge": ("encoder", "prior", "step", "head"),
+}
+MODEL_TYPES = tuple(GRAPH_NAMES)
+PRECISIONS = ("fp32", "int8")
+# Raw-map branches each model's graphs produce, in order; each has its own quantiles.
+BRANCHES = {"prototype": ("head",), "gmm-bridge": ("head",), "bridge": ("prior", "bridge")}
 
 
 def file_sha256(path: Path) -> str:
@@ -42,6 +57,7 @@ def write_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
             yaml.safe_dump(data, handle, sort_keys=False)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a bundle is read by other users and services
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -52,12 +68,18 @@ def write_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
 class Bundle:
     root: Path
     spec: dict[str, Any]
+    model_type: str
+    precision: str  # fp32 or int8 (the quantised graphs; see bundle.yaml 'quantization')
     input_height: int
     input_width: int
     graphs: dict[str, Path]
     smoothing_sigma: float
-    quantiles: Quantiles
+    branches: tuple[str, ...]  # names of the raw-map branches, in graph output order
+    quantiles: tuple[Quantiles, ...]  # one per branch
     threshold: float
+    steps: int | None = None  # bridge steps K in use (bridge bundles only)
+    coefficients: np.ndarray | None = None  # (K, 2) rows (t, dt) of the step graph
+    calibration: Path | None = None  # the calibration.yaml in use, if any
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -67,13 +89,16 @@ class Bundle:
 class _Fields:
     """Typed access to bundle.yaml that names the field in every error."""
 
-    def __init__(self, path: Path, data: dict[str, Any]):
+    def __init__(self, path: Path, data: dict[str, Any], prefix: str = ""):
         self.path = path
         self.data = data
+        self.prefix = prefix  # where `data` sits in the file, for the messages
 
     def get(self, dotted: str, kind: type | tuple[type, ...]) -> Any:
         node: Any = self.data
-        for part in dotted.split("."):
+        parts = dotted.split(".")
+        dotted = self.prefix + dotted
+        for part in parts:
             if not isinstance(node, dict) or part not in node:
                 raise BundleError(f"{self.path}: missing field '{dotted}'")
             node = node[part]
@@ -85,7 +110,7 @@ class _Fields:
     def positive(self, dotted: str, kind: type | tuple[type, ...] = (int, float)) -> Any:
         value = self.get(dotted, kind)
         if value <= 0:
-            raise BundleError(f"{self.path}: field '{dotted}' must be positive, got {value!r}")
+            raise BundleError(f"{self.path}: field '{self.prefix}{dotted}' must be positive, got {value!r}")
         return value
 
 
@@ -102,8 +127,8 @@ def _open_tar(path: Path) -> Path:
     return found[0].parent
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Load and validate a bundle folder or .tar archive."""
+def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
+    """Load and validate a bundle folder or .tar archive; `steps` picks a bridge bundle's K."""
     path = Path(path)
     if path.is_file() and tarfile.is_tarfile(path):
         root = _open_tar(path)
@@ -114,14 +139,7 @@ def load_bundle(path: str | Path) -> Bundle:
     yaml_path = root / BUNDLE_FILE
     if not yaml_path.is_file():
         raise BundleError(f"{path}: no {BUNDLE_FILE} inside")
-    try:
-        data = yaml.safe_load(yaml_path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise BundleError(f"{yaml_path}: malformed YAML{where}") from exc
-    if not isinstance(data, dict):
-        raise BundleError(f"{yaml_path}: expected a mapping at the top level")
+    data = _read_yaml(yaml_path)
     fields = _Fields(yaml_path, data)
     version = fields.get("schema_version", int)
     if version != SCHEMA_VERSION:
@@ -132,8 +150,13 @@ def load_bundle(path: str | Path) -> Bundle:
     for key, expected in (("input.layout", "NHWC"), ("input.color", "RGB"), ("input.dtype", "uint8")):
         if fields.get(key, str) != expected:
             raise BundleError(f"{yaml_path}: field '{key}' must be {expected!r}")
+    precision = fields.get("precision", str)
+    if precision not in PRECISIONS:
+        raise BundleError(f"{yaml_path}: field 'precision' is {precision!r}, this edge-ad runs {', '.join(PRECISIONS)}")
     graphs = {}
-    for name in GRAPH_NAMES:
+    if steps is not None and model_type != "bridge":
+        raise BundleError(f"{yaml_path}: a {model_type} bundle has no bridge steps to choose")
+    for name in GRAPH_NAMES[model_type]:
         file = root / fields.get(f"graphs.{name}.file", str)
         expected_hash = fields.get(f"graphs.{name}.sha256", str)
         if not file.is_file():
@@ -141,21 +164,98 @@ def load_bundle(path: str | Path) -> Bundle:
         if file_sha256(file) != expected_hash:
             raise BundleError(f"{file}: SHA-256 does not match field 'graphs.{name}.sha256' (file changed or corrupt)")
         graphs[name] = file
-    quantiles = Quantiles(
-        alpha=fields.positive("normalization.q_alpha"),
-        beta=fields.positive("normalization.q_beta"),
-        value_alpha=fields.get("normalization.value_alpha", (int, float)),
-        value_beta=fields.get("normalization.value_beta", (int, float)),
-    )
-    if not quantiles.value_beta > quantiles.value_alpha:
-        raise BundleError(f"{yaml_path}: field 'normalization.value_beta' must exceed 'normalization.value_alpha'")
+    selected, coefficients = fields, None
+    if model_type == "bridge":
+        steps, coefficients, selected = _bridge_schedule(fields, steps)
+    calibration = _calibration(root / CALIBRATION_FILE, steps)
+    if calibration is not None:
+        selected = calibration
+    names, quantiles = _branches(selected)
+    if names != BRANCHES[model_type]:
+        raise BundleError(
+            f"{selected.path}: normalisation branches {list(names)} do not match a {model_type} model's {list(BRANCHES[model_type])}"
+        )
     return Bundle(
         root=root,
         spec=data,
+        model_type=model_type,
+        precision=precision,
         input_height=fields.positive("input.height", int),
         input_width=fields.positive("input.width", int),
         graphs=graphs,
         smoothing_sigma=float(fields.get("postprocess.smoothing_sigma", (int, float))),
+        branches=names,
         quantiles=quantiles,
-        threshold=float(fields.get("threshold", (int, float))),
+        threshold=float(selected.get("threshold", (int, float))),
+        steps=steps,
+        coefficients=coefficients,
+        calibration=None if calibration is None else calibration.path,
     )
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise BundleError(f"{path}: malformed YAML{where}") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _calibration(path: Path, steps: int | None) -> _Fields | None:
+    """The site calibration, when there is one for these bridge steps (a calibration made at
+    another K does not describe this K's maps, so it is set aside with a warning)."""
+    if not path.is_file():
+        return None
+    data = _read_yaml(path)
+    if data.get("steps") != steps:
+        warnings.warn(f"{path}: made for {data.get('steps')} bridge steps, not {steps}; using the bundle's own numbers")
+        return None
+    return _Fields(path, data)
+
+
+def _bridge_schedule(fields: _Fields, steps: int | None) -> tuple[int, np.ndarray, _Fields]:
+    """(K, coefficients, fields of the schedule entry) for the asked K, or the bundle's default K."""
+    schedules = fields.get("bridge.schedules", dict)
+    steps = steps if steps is not None else fields.positive("bridge.default_steps", int)
+    if steps not in schedules:
+        supported = ", ".join(str(k) for k in sorted(schedules))
+        raise BundleError(f"{fields.path}: no schedule for {steps} bridge steps; this bundle supports K = {supported}")
+    if not isinstance(schedules[steps], dict):
+        raise BundleError(f"{fields.path}: field 'bridge.schedules.{steps}' must be a mapping")
+    entry = _Fields(fields.path, schedules[steps], f"bridge.schedules.{steps}.")
+    rows = entry.get("coefficients", list)
+    try:
+        coefficients = np.asarray(rows, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{fields.path}: field 'bridge.schedules.{steps}.coefficients' is not a table of numbers") from exc
+    if coefficients.shape != (steps, 2) or not np.all(np.isfinite(coefficients)):
+        raise BundleError(
+            f"{fields.path}: field 'bridge.schedules.{steps}.coefficients' must be {steps} rows of (t, dt), "
+            f"got shape {coefficients.shape}"
+        )
+    return steps, coefficients, entry
+
+
+def _branches(fields: _Fields) -> tuple[tuple[str, ...], tuple[Quantiles, ...]]:
+    """Branch names and quantiles from a normalisation block (see Quantiles)."""
+    where = f"{fields.prefix}normalization"
+    alpha = fields.positive("normalization.q_alpha")
+    beta = fields.positive("normalization.q_beta")
+    entries = fields.get("normalization.branches", list)
+    if not entries:
+        raise BundleError(f"{fields.path}: field '{where}.branches' is empty")
+    names, quantiles = [], []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise BundleError(f"{fields.path}: field '{where}.branches[{i}]' must be a mapping")
+        branch = _Fields(fields.path, entry, f"{where}.branches[{i}].")
+        q = Quantiles(alpha, beta, branch.get("value_alpha", (int, float)), branch.get("value_beta", (int, float)))
+        if not q.value_beta > q.value_alpha:
+            raise BundleError(f"{fields.path}: field '{where}.branches[{i}].value_beta' must exceed value_alpha")
+        names.append(branch.get("name", str))
+        quantiles.append(q)
+    return tuple(names), tuple(quantiles)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .backends import BACKENDS
 from .bundle import MODEL_TYPES
 from .errors import EdgeAdError
 from .reports import write_report
@@ -30,6 +31,9 @@ def _train(args: argparse.Namespace) -> None:
         prototypes=args.prototypes,
         seed=args.seed,
         skip_bad=args.skip_bad,
+        steps=args.steps,
+        distill_steps=args.distill_steps,
+        resume=args.resume,
     )
     run = train(config, Path(args.out))
     print(f"run written to {run}")
@@ -38,7 +42,10 @@ def _train(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from export.onnx_export import export_bundle
 
-    bundle = export_bundle(Path(args.run), Path(args.out))
+    from export.onnx_export import CalibrationConfig
+
+    calibration = CalibrationConfig(args.calib_data, args.calib_images, args.calib_method)
+    bundle = export_bundle(Path(args.run), Path(args.out), args.steps, args.precision, calibration)
     print(f"bundle written to {bundle}")
 
 
@@ -51,14 +58,14 @@ def _print_report(report: dict, json_path: str | None) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from export.evaluate import evaluate
 
-    _print_report(evaluate(args.bundle, args.data), args.json)
+    _print_report(evaluate(args.bundle, args.data, steps=args.steps, backend=args.backend), args.json)
 
 
 def _run(args: argparse.Namespace) -> None:
     from .detector import Detector
     from .runner import run_stream
 
-    detector = Detector.load(args.bundle)
+    detector = Detector.load(args.bundle, backend=args.backend, steps=args.steps)
     summary = run_stream(
         detector,
         args.input,
@@ -93,7 +100,7 @@ def _bench(args: argparse.Namespace) -> None:
     from .bench import bench
     from .detector import Detector
 
-    detector = Detector.load(args.bundle)
+    detector = Detector.load(args.bundle, backend=args.backend, steps=args.steps)
     height, width = detector.bundle.input_size
     _print_report(bench(detector, args.frames, args.warmup, args.height or height, args.width or width), args.json)
 
@@ -113,22 +120,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="'elpv', a folder of normal images, or an MVTec category")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--model", choices=MODEL_TYPES, default="prototype",
-                   help="nearest prototype (baseline) or the closed-form Gaussian-mixture bridge over prototypes")
+                   help="nearest prototype (baseline), the closed-form Gaussian-mixture bridge over prototypes "
+                        "(training-free), or the learned few-step bridge (teacher and distilled student)")
     p.add_argument("--input-size", type=_positive_int, default=256, help="square model input side in pixels")
     p.add_argument("--prototypes", type=_positive_int, default=2048, help="number of normal prototypes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images and list them")
+    p.add_argument("--steps", type=_positive_int, default=2000, help="bridge: teacher training iterations")
+    p.add_argument("--distill-steps", type=_positive_int, default=1000, help="bridge: student distillation iterations")
+    p.add_argument("--resume", action="store_true", help="bridge: continue from the run folder's last checkpoint")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("export", help="export a training run to a bundle of ONNX graphs")
     p.add_argument("--run", required=True, help="run folder written by 'edge-ad train'")
     p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--steps", type=_positive_int, default=2, help="bridge: default sampling steps K (1, 2 or 4)")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                   help="int8: Q/DQ graphs from ONNX Runtime's static quantiser (TensorRT explicit quantisation)")
+    p.add_argument("--calib-data", help="INT8 calibration frames: 'elpv', an image folder, an MVTec category or a "
+                                        "video file (default: the run's training data)")
+    p.add_argument("--calib-images", type=_positive_int, default=300, help="INT8 calibration frames")
+    p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("eval", help="evaluate a bundle on a test split")
     p.add_argument("--bundle", required=True)
     p.add_argument("--data", required=True, help="'elpv' or an MVTec category folder")
     p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--steps", type=_positive_int, help="bridge steps K (default: the bundle's)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs the graphs (pytorch: the reference)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("run", help="score a stream: test://[pattern], a video file or an image folder")
@@ -137,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", help="JSON-lines file, one line per frame")
     p.add_argument("--snapshots", help="folder for overlays of anomalous frames")
     p.add_argument("--max-frames", type=_positive_int)
+    p.add_argument("--steps", type=_positive_int, help="bridge steps K (default: the bundle's)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs the graphs (pytorch: the reference)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("bench", help="per-stage latency, fps and peak memory on synthetic frames")
@@ -146,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=_positive_int, help="frame height (default: the bundle's input size)")
     p.add_argument("--width", type=_positive_int, help="frame width (default: the bundle's input size)")
     p.add_argument("--json", help="also write the report to this JSON file")
+    p.add_argument("--steps", type=_positive_int, help="bridge steps K (default: the bundle's)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs the graphs (pytorch: the reference)")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("defects", help="write a gallery picture of the synthetic training defects")

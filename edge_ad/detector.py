@@ -10,6 +10,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .backends import load_graphs
 from .bundle import Bundle, load_bundle
 from .errors import BundleError, EdgeAdError
 from .images import resize_to_input, to_rgb
@@ -21,8 +22,8 @@ class Result:
 
     score: maximum of the normalised map (not clipped); is_anomaly: score >= threshold;
     map: normalised map in frame coordinates, clipped to [0, 1] for display;
-    raw_map: smoothed raw map at the model input size; times_ms: milliseconds per stage
-    (preprocess, encoder, head, upsample, normalise).
+    raw_map: smoothed raw maps at the model input size, one per branch (branches, H, W);
+    times_ms: milliseconds per stage (preprocess, encoder, [prior, bridge,] head, upsample, normalise).
     """
 
     score: float
@@ -33,23 +34,6 @@ class Result:
     times_ms: dict[str, float] = field(default_factory=dict)
 
 
-class _OnnxGraph:
-    def __init__(self, path: Path, threads: int | None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types per failure
-            raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({exc})") from exc
-        self.input_names = [i.name for i in self.session.get_inputs()]
-
-    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
-        return self.session.run(None, dict(zip(self.input_names, arrays)))[0]
-
-
 class Detector:
     """Runs a bundle on frames of any size (uint8; BGR, RGB or grey).
 
@@ -58,56 +42,97 @@ class Detector:
     >>> result.score, result.is_anomaly
     """
 
-    backend = "onnxruntime"
-    precision = "fp32"
-
-    def __init__(self, bundle: Bundle, threads: int | None = None):
+    def __init__(self, bundle: Bundle, backend: str = "auto", threads: int | None = None):
         self.bundle = bundle
+        self.precision = bundle.precision
         self.threshold = bundle.threshold
-        self._encoder = _OnnxGraph(bundle.graphs["encoder"], threads)
-        self._head = _OnnxGraph(bundle.graphs["head"], threads)
+        self.backend, self._graphs = load_graphs(bundle, backend, threads)
 
     @classmethod
-    def load(cls, bundle: str | Path, threads: int | None = None) -> "Detector":
-        return cls(load_bundle(bundle), threads)
+    def load(
+        cls,
+        bundle: str | Path,
+        backend: str = "auto",
+        precision: str | None = None,
+        steps: int | None = None,
+        threads: int | None = None,
+    ) -> "Detector":
+        """Load a bundle. backend: auto, onnxruntime or pytorch (the FP32 reference); precision:
+        the precision the caller expects (None: whatever the bundle holds; a bundle holds one,
+        chosen at export); steps: a bridge bundle's K (default: the bundle's)."""
+        loaded = load_bundle(bundle, steps)
+        if precision is not None and precision != loaded.precision:
+            raise BundleError(
+                f"{bundle}: holds {loaded.precision} graphs, not {precision} (export with --precision {precision})"
+            )
+        return cls(loaded, backend, threads)
+
+    @property
+    def steps(self) -> int | None:
+        return self.bundle.steps
 
     def preprocess(self, frame: np.ndarray, color: str = "BGR") -> np.ndarray:
         """Frame -> uint8 RGB at the model input size (the encoder normalises inside the graph)."""
         return resize_to_input(to_rgb(frame, color), *self.bundle.input_size)
 
-    def grid_maps(self, inputs: np.ndarray, times: dict[str, float] | None = None) -> np.ndarray:
-        """Batch of preprocessed inputs (B, H, W, 3) -> raw maps on the feature grid (B, 1, h, w).
+    def restore(self, features: np.ndarray, condition: np.ndarray) -> np.ndarray:
+        """The bridge sampler: K deterministic steps from the input features toward normal ones."""
+        x = features
+        for coefficients in self.bundle.coefficients:
+            x = self._graphs["step"](x, condition, coefficients)[0]
+        return x
 
-        With `times`, the milliseconds of each graph are added under encoder_ms and head_ms.
+    def grid_maps(self, inputs: np.ndarray, times: dict[str, float] | None = None) -> np.ndarray:
+        """Batch of preprocessed inputs (B, H, W, 3) -> raw maps on the feature grid (B, branches, h, w).
+
+        With `times`, the milliseconds of each stage are added (encoder_ms, prior_ms, bridge_ms, head_ms).
         """
-        start = time.perf_counter()
-        features = self._encoder(inputs)
-        mid = time.perf_counter()
-        grids = self._head(features)
-        if times is not None:
-            times["encoder_ms"] = (mid - start) * 1e3
-            times["head_ms"] = (time.perf_counter() - mid) * 1e3
-        return grids
+        clock = [time.perf_counter()]
+
+        def lap(name: str) -> None:
+            clock.append(time.perf_counter())
+            if times is not None:
+                times[name] = (clock[-1] - clock[-2]) * 1e3
+
+        features = self._graphs["encoder"](inputs)[0]
+        lap("encoder_ms")
+        if self.bundle.model_type != "bridge":
+            grids = self._graphs["head"](features)[0]
+            lap("head_ms")
+            return grids
+        prior_map, condition = self._graphs["prior"](features)
+        lap("prior_ms")
+        restored = self.restore(features, condition)
+        lap("bridge_ms")
+        bridge_map = self._graphs["head"](features, restored)[0]
+        lap("head_ms")
+        return np.concatenate([prior_map, bridge_map], axis=1)
 
     def raw_maps(self, inputs: np.ndarray, times: dict[str, float] | None = None) -> np.ndarray:
-        """Batch of preprocessed inputs (B, H, W, 3) -> smoothed raw maps at input size (B, H, W)."""
+        """Batch of preprocessed inputs (B, H, W, 3) -> smoothed raw maps at input size (B, branches, H, W)."""
         grids = self.grid_maps(inputs, times)
         start = time.perf_counter()
         height, width = self.bundle.input_size
         sigma = self.bundle.smoothing_sigma
-        maps = np.empty((len(grids), height, width), np.float32)
-        for i, grid in enumerate(grids[:, 0]):
-            up = cv2.resize(grid, (width, height), interpolation=cv2.INTER_LINEAR)
-            maps[i] = cv2.GaussianBlur(up, (0, 0), sigma) if sigma > 0 else up
+        maps = np.empty((*grids.shape[:2], height, width), np.float32)
+        for i in range(grids.shape[0]):
+            for b in range(grids.shape[1]):
+                up = cv2.resize(grids[i, b], (width, height), interpolation=cv2.INTER_LINEAR)
+                maps[i, b] = cv2.GaussianBlur(up, (0, 0), sigma) if sigma > 0 else up
         if not np.all(np.isfinite(maps)):
             raise EdgeAdError(f"{self.bundle.root}: the graphs returned NaN or infinite values")
         if times is not None:
             times["upsample_ms"] = (time.perf_counter() - start) * 1e3
         return maps
 
+    def normalise(self, raw: np.ndarray) -> np.ndarray:
+        """Raw maps of one frame (branches, H, W) -> the normalised map (H, W): each branch
+        mapped by its quantiles (q_alpha -> 0, q_beta -> 0.1), then the branches averaged."""
+        return sum(q.apply(branch) for q, branch in zip(self.bundle.quantiles, raw)) / len(raw)
+
     def _result(self, raw: np.ndarray, frame_shape: tuple[int, ...], times: dict[str, float]) -> Result:
         start = time.perf_counter()
-        normalised = self.bundle.quantiles.apply(raw)
+        normalised = self.normalise(raw)
         score = float(normalised.max())
         display = cv2.resize(normalised, (frame_shape[1], frame_shape[0]), interpolation=cv2.INTER_LINEAR)
         np.clip(display, 0.0, 1.0, out=display)

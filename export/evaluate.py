@@ -28,9 +28,11 @@ def _group_aurocs(samples: list[Sample], scores: np.ndarray) -> dict[str, float]
     return out
 
 
-def evaluate(bundle: str | Path, data: str, batch_size: int = 8) -> dict:
-    """Score every test image of `data` with the bundle and return the metrics."""
-    detector = Detector.load(bundle)
+def evaluate(
+    bundle: str | Path, data: str, batch_size: int = 8, steps: int | None = None, backend: str = "auto"
+) -> dict:
+    """Score every test image of `data` with the bundle (at `steps` bridge steps) and return the metrics."""
+    detector = Detector.load(bundle, backend=backend, steps=steps)
     samples = load_samples(data, "test")
     height, width = detector.bundle.input_size
     with_masks = any(s.mask_path is not None for s in samples)
@@ -40,7 +42,7 @@ def evaluate(bundle: str | Path, data: str, batch_size: int = 8) -> dict:
         for sample, result in zip(chunk, detector.batch([s.image() for s in chunk], color="RGB")):
             scores.append(result.score)
             if with_masks:
-                maps.append(detector.bundle.quantiles.apply(result.raw_map))
+                maps.append(detector.normalise(result.raw_map))
                 masks.append(sample.mask(height, width))
     scores = np.array(scores)
     labels = np.array([s.label for s in samples])
@@ -50,6 +52,7 @@ def evaluate(bundle: str | Path, data: str, batch_size: int = 8) -> dict:
         "bundle": str(bundle),
         "backend": detector.backend,
         "precision": detector.precision,
+        "bridge_steps": detector.steps,
         "test_images": len(samples),
         "normal_images": int((labels == 0).sum()),
         "anomalous_images": int((labels == 1).sum()),

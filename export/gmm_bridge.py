@@ -47,10 +47,25 @@ class GmmBridgeHead(nn.Module):
         self.inv_tau = 1.0 / tau
         self.shrink = shrink
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """The bridge endpoint y(x) of every patch, (B, C, h, w)."""
         batch, channels, height, width = features.shape
         patches = features.flatten(2).transpose(1, 2)  # (B, h*w, C)
         weights = torch.softmax(patches @ self.prototypes.T * self.inv_tau + self.logit_bias, dim=-1)
         endpoint = (1 - self.shrink) * (weights @ self.prototypes) + self.shrink * patches
-        distance = ((patches - endpoint) ** 2).sum(-1).clamp_min(0).sqrt()
-        return distance.reshape(batch, 1, height, width)
+        return endpoint.transpose(1, 2).reshape(batch, channels, height, width)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.project(features)).pow(2).sum(1, keepdim=True).clamp_min(0).sqrt()
+
+
+class BridgePrior(nn.Module):
+    """Features -> (GMM bridge map, GMM endpoint): the prior branch and the learned bridge's condition."""
+
+    def __init__(self, gmm: GmmBridgeHead) -> None:
+        super().__init__()
+        self.gmm = gmm
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        endpoint = self.gmm.project(features)
+        return (features - endpoint).pow(2).sum(1, keepdim=True).clamp_min(0).sqrt(), endpoint

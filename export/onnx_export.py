@@ -4,43 +4,66 @@ from __future__ import annotations
 
 import datetime
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import torch
 from onnxsim import simplify
+from tqdm import tqdm
 
 from calibration.threshold import threshold_at_false_alarm_rate
 from edge_ad import __version__
-from edge_ad.bundle import BUNDLE_FILE, SCHEMA_VERSION, file_sha256, write_yaml_atomic
+from edge_ad.bundle import BRANCHES, BUNDLE_FILE, SCHEMA_VERSION, file_sha256, write_yaml_atomic
+from edge_ad.datasets import load_samples, read_all
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError
 from edge_ad.normalize import fit_quantiles
 
 from .backbone import FeatureEncoder
-from .gmm_bridge import SHRINK, GmmBridgeHead
+from .bridge import COSINE_WEIGHT, BridgeStep, Denoiser, RestorationHead, sample, schedule
+from .bridge_train import STUDENT_STEPS, TEACHER_STEPS
+from .gmm_bridge import SHRINK, BridgePrior, GmmBridgeHead
 from .prototype import PrototypeHead
-from .train import load_run
+from .quantize import QUANTISED_GRAPHS, quantize_graph
+from .train import load_run, prepare_inputs
 
 OPSET = 17  # the newest opset TensorRT 8.6 (JetPack 6.0) parses; TensorRT 10.x reads it too
 SMOOTHING_SIGMA = 4.0  # Gaussian sigma in input pixels, as PatchCore at 256 px
 BUNDLE_FALSE_ALARM_RATE = 0.01  # initial image threshold; replaced on site by calibration
+REFERENCE_FILE = "reference.pt"  # training checkpoint for the pytorch backend (student only)
+DEFAULT_STEPS = 2
+PRECISIONS = ("fp32", "int8")
+CALIBRATION_BATCH = 8
+STEP_CALIBRATION_IMAGES = 64  # images whose sampler trajectories calibrate the step graph  # bridge steps a bridge bundle runs unless the runtime asks for another K
 
 
-def _export_graph(module: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str) -> None:
+def _export_graph(
+    module: torch.nn.Module,
+    examples: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: dict[str, bool],
+    outputs: list[str],
+) -> None:
+    """Export with TorchScript tracing and onnxsim; `inputs` maps each input name to whether it
+    has a dynamic batch axis (every output has one)."""
+    dynamic = {name: {0: "batch"} for name, batched in inputs.items() if batched}
+    dynamic.update({name: {0: "batch"} for name in outputs})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             module,
-            (example,),
+            examples,
             str(path),
             dynamo=False,
             opset_version=OPSET,
-            input_names=[input_name],
-            output_names=[output_name],
-            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+            input_names=list(inputs),
+            output_names=outputs,
+            dynamic_axes=dynamic,
         )
     model, ok = simplify(onnx.load(str(path)))
     if not ok:
@@ -52,65 +75,245 @@ def _graph_entry(root: Path, name: str) -> dict:
     return {"file": name, "sha256": file_sha256(root / name), "precision": "fp32"}
 
 
-def export_bundle(run: Path, out: Path) -> Path:
-    """Write the bundle for training run `run` into folder `out`; returns `out`."""
-    record, checkpoint, val_inputs = load_run(run)
-    size = int(record["config"]["input_size"])
-    encoder = FeatureEncoder((size, size))
-    encoder.set_statistics(checkpoint["feature_mean"], checkpoint["feature_std"])
-    model = record["model"]
-    if model == "gmm-bridge":
-        head = GmmBridgeHead(checkpoint["prototypes"], float(checkpoint["tau"])).eval()
-        model_extra = {"tau": float(checkpoint["tau"]), "shrink": SHRINK}
+class _Model:
+    """The torch side of a run: encoder plus the graphs of its model type, and its reference maps."""
+
+    def __init__(self, record: dict, checkpoint: dict) -> None:
+        self.type = record["model"]
+        self.size = int(record["config"]["input_size"])
+        self.encoder = FeatureEncoder((self.size, self.size))
+        self.encoder.set_statistics(checkpoint["feature_mean"], checkpoint["feature_std"])
+        self.extra: dict = {}
+        if self.type == "prototype":
+            self.head = PrototypeHead(checkpoint["prototypes"]).eval()
+            return
+        gmm = GmmBridgeHead(checkpoint["prototypes"], float(checkpoint["tau"])).eval()
+        self.extra = {"tau": float(checkpoint["tau"]), "shrink": SHRINK}
+        if self.type == "gmm-bridge":
+            self.head = gmm
+            return
+        self.prior = BridgePrior(gmm).eval()
+        self.denoiser = Denoiser(self.encoder.channels)
+        self.denoiser.load_state_dict(checkpoint["student"])
+        self.denoiser.eval()
+        self.head = RestorationHead().eval()
+        self.extra["cosine_weight"] = COSINE_WEIGHT
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The modules behind each graph, with the graphs' inputs and outputs."""
+        if self.type != "bridge":
+            return {"encoder": self.encoder, "head": self.head}
+        return {"encoder": self.encoder, "prior": self.prior, "step": BridgeStep(self.denoiser), "head": self.head}
+
+    def export(self, example: np.ndarray, out: Path) -> dict:
+        """Write the graphs into `out`; returns their bundle entries."""
+        image = torch.from_numpy(example)
+        with torch.no_grad():
+            features = self.encoder(image)
+        _export_graph(self.encoder, (image,), out / "encoder.onnx", {"image": True}, ["features"])
+        names = ["encoder", "head"]
+        if self.type != "bridge":
+            _export_graph(self.head, (features,), out / "head.onnx", {"features": True}, ["raw_map"])
+        else:
+            with torch.no_grad():
+                _, condition = self.prior(features)
+            coefficients = torch.from_numpy(schedule(2)[0])
+            _export_graph(self.prior, (features,), out / "prior.onnx", {"features": True}, ["prior_map", "condition"])
+            _export_graph(
+                BridgeStep(self.denoiser),
+                (features, condition, coefficients),
+                out / "step.onnx",
+                {"state": True, "condition": True, "coefficients": False},
+                ["next_state"],
+            )
+            _export_graph(self.head, (features, features), out / "head.onnx", {"features": True, "restored": True}, ["raw_map"])
+            names = ["encoder", "prior", "step", "head"]
+        return {name: _graph_entry(out, f"{name}.onnx") for name in names}
+
+    @torch.no_grad()
+    def calibration_batches(self, inputs: np.ndarray) -> dict[str, list[dict[str, np.ndarray]]]:
+        """Inputs of the quantised graphs on calibration images: the images for the encoder, and
+        for the step graph the states of every supported K's trajectory (first STEP_CALIBRATION_IMAGES)."""
+        batches: dict[str, list[dict[str, np.ndarray]]] = {"encoder": [], "step": []}
+        for start in range(0, len(inputs), CALIBRATION_BATCH):
+            batch = inputs[start : start + CALIBRATION_BATCH]
+            batches["encoder"].append({"image": batch})
+            if self.type != "bridge" or start >= STEP_CALIBRATION_IMAGES:
+                continue
+            features = self.encoder(torch.from_numpy(batch))
+            _, condition = self.prior(features)
+            for steps in STUDENT_STEPS:
+                x = features
+                for row in schedule(steps):
+                    coefficients = torch.from_numpy(row)
+                    batches["step"].append(
+                        {"state": x.numpy(), "condition": condition.numpy(), "coefficients": row}
+                    )
+                    x = BridgeStep(self.denoiser)(x, condition, coefficients)
+        return batches
+
+    def quantize(self, out: Path, graphs: dict, calibration: "CalibrationConfig") -> dict:
+        """Replace the convolution graphs in `graphs` (and `out`) by Q/DQ INT8 ones; returns the
+        bundle's `quantization` record."""
+        inputs = calibration_inputs(calibration, self.size)
+        batches = self.calibration_batches(inputs)
+        quantised = [name for name in QUANTISED_GRAPHS if name in graphs]
+        for name in tqdm(quantised, desc=f"INT8 calibration ({calibration.method})", unit="graph"):
+            fp32 = out / graphs[name]["file"]
+            int8 = out / f"{name}.int8.onnx"
+            quantize_graph(fp32, int8, batches[name], calibration.method)
+            fp32.unlink()
+            graphs[name] = {**_graph_entry(out, int8.name), "precision": "int8"}
+        return {
+            "format": "QDQ, signed INT8, symmetric, per-channel weights (ONNX Runtime quantize_static)",
+            "calibration_method": calibration.method,
+            "calibration_source": calibration.data,
+            "calibration_images": int(len(inputs)),
+            "quantised_graphs": quantised,
+            "fp32_graphs": [name for name in graphs if name not in quantised],
+        }
+
+    @torch.no_grad()
+    def grid_maps(self, inputs: np.ndarray, steps: int | None) -> np.ndarray:
+        """The torch reference of Detector.grid_maps."""
+        features = self.encoder(torch.from_numpy(inputs))
+        if self.type != "bridge":
+            return self.head(features).numpy()
+        prior_map, condition = self.prior(features)
+        restored = sample(self.denoiser, features, condition, steps)
+        return torch.cat([prior_map, self.head(features, restored)], dim=1).numpy()
+
+
+@dataclass
+class CalibrationConfig:
+    """Where INT8 calibration frames come from: a data set ('elpv', a folder, an MVTec category;
+    its training split) or a video file (None: the run's training data), and how many frames
+    (evenly spaced over a data set, the first ones of a video)."""
+
+    data: str | None = None
+    images: int = 300
+    method: str = "minmax"
+
+
+def calibration_inputs(config: CalibrationConfig, size: int) -> np.ndarray:
+    """(N, size, size, 3) uint8 RGB calibration inputs, with a progress bar."""
+    if Path(config.data).is_file():
+        from edge_ad.sources import open_source
+
+        images = []
+        with tqdm(total=config.images, desc="calibration frames", unit="frame") as bar:
+            source = open_source(config.data)
+            try:
+                for frame in source:
+                    images.append(cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB))
+                    bar.update()
+                    if len(images) >= config.images:
+                        break
+            finally:
+                source.close()
     else:
-        head = PrototypeHead(checkpoint["prototypes"]).eval()
-        model_extra = {}
+        samples = load_samples(config.data, "train")
+        pick = np.linspace(0, len(samples) - 1, min(config.images, len(samples))).round().astype(int)
+        _, images, _ = read_all([samples[i] for i in pick], True, lambda s: tqdm(s, desc="calibration images", unit="img"))
+    if len(images) < 8:
+        raise EdgeAdError(f"{config.data}: INT8 calibration needs at least 8 readable frames, found {len(images)}")
+    return prepare_inputs(images, size)
 
+
+def reference_modules(record: dict, checkpoint: dict) -> dict[str, torch.nn.Module]:
+    """The PyTorch reference of a bundle's graphs (edge_ad's pytorch backend)."""
+    return _Model(record, checkpoint).modules()
+
+
+def _calibrate(detector: Detector, val_inputs: np.ndarray) -> dict:
+    """Per-branch quantiles and the image threshold from the validation images, run through the
+    exported graphs themselves."""
+    raw = np.concatenate([detector.raw_maps(val_inputs[i : i + 8]) for i in range(0, len(val_inputs), 8)])
+    quantiles = [fit_quantiles(raw[:, b], 0.9, 0.995) for b in range(raw.shape[1])]
+    scores = np.array([(sum(q.apply(m) for q, m in zip(quantiles, maps)) / len(maps)).max() for maps in raw])
+    branches = [
+        {"name": name, "value_alpha": q.value_alpha, "value_beta": q.value_beta}
+        for name, q in zip(BRANCHES[detector.bundle.model_type], quantiles)
+    ]
+    return {
+        "normalization": {"q_alpha": quantiles[0].alpha, "q_beta": quantiles[0].beta, "branches": branches},
+        "threshold": threshold_at_false_alarm_rate(scores, BUNDLE_FALSE_ALARM_RATE),
+    }
+
+
+def _provisional(model_type: str) -> dict:
+    """Identity normalisation and a zero threshold, replaced once the exported graphs have
+    scored the validation images (the quantiles must come from the graphs themselves)."""
+    branches = [{"name": name, "value_alpha": 0.0, "value_beta": 1.0} for name in BRANCHES[model_type]]
+    return {"normalization": {"q_alpha": 0.9, "q_beta": 0.995, "branches": branches}, "threshold": 0.0}
+
+
+def export_bundle(
+    run: Path,
+    out: Path,
+    default_steps: int = DEFAULT_STEPS,
+    precision: str = "fp32",
+    calibration: CalibrationConfig | None = None,
+) -> Path:
+    """Write the bundle for training run `run` into folder `out`; returns `out`.
+
+    precision int8 quantises the encoder and step graphs (export/quantize.py) on calibration
+    frames; the bundle's quantiles and thresholds then come from the INT8 graphs themselves.
+    """
+    if precision not in PRECISIONS:
+        raise EdgeAdError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    record, checkpoint, val_inputs = load_run(run)
+    model = _Model(record, checkpoint)
+    if model.type == "bridge" and default_steps not in STUDENT_STEPS:
+        raise EdgeAdError(f"--steps {default_steps}: the student is distilled for K in {STUDENT_STEPS}")
     out.mkdir(parents=True, exist_ok=True)
-    example = torch.from_numpy(val_inputs[:1])
-    with torch.no_grad():
-        features = encoder(example)
-    _export_graph(encoder, example, out / "encoder.onnx", "image", "features")
-    _export_graph(head, features, out / "head.onnx", "features", "raw_map")
-
+    graphs = model.export(val_inputs[:1], out)
+    quantization = None
+    if precision == "int8":
+        calibration = calibration or CalibrationConfig()
+        if calibration.data is None:
+            calibration = CalibrationConfig(record["config"]["data"], calibration.images, calibration.method)
+        quantization = model.quantize(out, graphs, calibration)
+    torch.save({k: v for k, v in checkpoint.items() if k != "teacher"}, out / REFERENCE_FILE)
     spec = {
         "schema_version": SCHEMA_VERSION,
         "edge_ad_version": __version__,
         "model": {
-            "type": model,
+            "type": model.type,
             "backbone": "efficientnet-lite0",
             "feature_stride": 8,
-            "channels": encoder.channels,
+            "channels": model.encoder.channels,
             "prototypes": int(checkpoint["prototypes"].shape[0]),
-            **model_extra,
+            **model.extra,
         },
-        "input": {"height": size, "width": size, "layout": "NHWC", "color": "RGB", "dtype": "uint8"},
-        "graphs": {
-            "opset": OPSET,
-            "encoder": _graph_entry(out, "encoder.onnx"),
-            "head": _graph_entry(out, "head.onnx"),
-        },
+        "input": {"height": model.size, "width": model.size, "layout": "NHWC", "color": "RGB", "dtype": "uint8"},
+        "precision": precision,
+        "graphs": {"opset": OPSET, **graphs},
+        "reference": {"file": REFERENCE_FILE, "sha256": file_sha256(out / REFERENCE_FILE)},
         "postprocess": {"smoothing_sigma": SMOOTHING_SIGMA},
-        # Provisional identity normalisation, replaced below once the graphs have scored the
-        # validation images: the quantiles must come from the exported graphs themselves.
-        "normalization": {"q_alpha": 0.9, "q_beta": 0.995, "value_alpha": 0.0, "value_beta": 1.0},
-        "threshold": 0.0,
+        **_provisional(model.type),
     }
+    if quantization is not None:
+        spec["quantization"] = quantization
+    steps_list: list[int | None] = [None]
+    if model.type == "bridge":
+        steps_list = list(STUDENT_STEPS)
+        spec["bridge"] = {
+            "default_steps": default_steps,
+            "teacher_steps": TEACHER_STEPS,
+            "schedules": {k: {"coefficients": schedule(k).tolist(), **_provisional(model.type)} for k in STUDENT_STEPS},
+        }
     write_yaml_atomic(out / BUNDLE_FILE, spec)
 
-    detector = Detector.load(out)
-    raw = np.concatenate([detector.raw_maps(val_inputs[i : i + 8]) for i in range(0, len(val_inputs), 8)])
-    quantiles = fit_quantiles(raw, 0.9, 0.995)
-    scores = np.array([quantiles.apply(m).max() for m in raw])
-    parity = _parity(encoder, head, detector, val_inputs[:8])
-
-    spec["normalization"] = {
-        "q_alpha": quantiles.alpha,
-        "q_beta": quantiles.beta,
-        "value_alpha": quantiles.value_alpha,
-        "value_beta": quantiles.value_beta,
-    }
-    spec["threshold"] = threshold_at_false_alarm_rate(scores, BUNDLE_FALSE_ALARM_RATE)
+    parity = {}
+    for steps in steps_list:
+        detector = Detector.load(out, steps=steps)
+        calibrated = _calibrate(detector, val_inputs)
+        if steps is None or steps == default_steps:
+            spec.update(calibrated)
+        if steps is not None:
+            spec["bridge"]["schedules"][steps].update(calibrated)
+        parity[f"K={steps}" if steps else "maps"] = _parity(model, detector, val_inputs[:8], steps)
     spec["provenance"] = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "run": str(run.resolve()),
@@ -123,10 +326,14 @@ def export_bundle(run: Path, out: Path) -> Path:
     return out
 
 
-@torch.no_grad()
-def _parity(encoder: FeatureEncoder, head: torch.nn.Module, detector: Detector, inputs: np.ndarray) -> dict:
-    """Largest and mean absolute difference of the raw grid maps, ONNX Runtime against torch."""
-    reference = head(encoder(torch.from_numpy(inputs))).numpy()
-    onnx_maps = detector.grid_maps(inputs)
-    diff = np.abs(reference - onnx_maps)
-    return {"images": int(len(inputs)), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
+def _parity(model: _Model, detector: Detector, inputs: np.ndarray, steps: int | None) -> dict:
+    """Largest and mean absolute difference of the raw grid maps, ONNX Runtime against torch,
+    and the largest relative one (to the largest map value)."""
+    reference = model.grid_maps(inputs, steps)
+    diff = np.abs(reference - detector.grid_maps(inputs))
+    return {
+        "images": int(len(inputs)),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "max_rel_diff": float(diff.max() / np.abs(reference).max()),
+    }

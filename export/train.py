@@ -1,4 +1,5 @@
-"""Training of the nearest-prototype baseline from normal images."""
+"""Training from normal images: prototypes (all models), the GMM temperature (gmm-bridge, bridge),
+and the learned bridge's teacher and student (bridge)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from edge_ad.errors import DataError
 from edge_ad.images import resize_to_input
 
 from .backbone import FeatureEncoder
-from .gmm_bridge import gate_temperature
+from .bridge_train import BridgeTrainer, build_pairs, load_resume_state
+from .gmm_bridge import GmmBridgeHead, gate_temperature
 from .prototype import greedy_coreset
 
 CHECKPOINT = "model.pt"
@@ -36,6 +38,11 @@ class TrainConfig:
     seed: int = 0
     skip_bad: bool = False
     batch_size: int = 16
+    steps: int = 2000  # bridge: teacher training iterations
+    distill_steps: int = 1000  # bridge: student (distillation) iterations
+    variants: int = 2  # bridge: synthetic defects per training image
+    distill_targets: int = 512  # bridge: pairs the teacher restores for distillation
+    resume: bool = False  # bridge: continue from the run folder's last checkpoint
 
 
 def prepare_inputs(images: list[np.ndarray], size: int) -> np.ndarray:
@@ -78,10 +85,14 @@ def train(config: TrainConfig, out: Path) -> Path:
     del feats, standardised
     prototypes = greedy_coreset(patches, config.prototypes, config.seed)
     checkpoint = {"feature_mean": encoder.feature_mean, "feature_std": encoder.feature_std, "prototypes": prototypes}
-    if config.model == "gmm-bridge":
+    timings = {"prototypes_seconds": round(time.time() - started, 1)}
+    if config.model in ("gmm-bridge", "bridge"):
         checkpoint["tau"] = torch.tensor(gate_temperature(patches, prototypes, config.seed))
-
+    del patches
     out.mkdir(parents=True, exist_ok=True)
+    losses = {}
+    if config.model == "bridge":
+        losses = _train_bridge(config, encoder, checkpoint, inputs[train_idx], out)
     torch.save(checkpoint, out / CHECKPOINT)
     np.savez_compressed(out / VALIDATION, inputs=inputs[val_idx])
     record = {
@@ -93,9 +104,35 @@ def train(config: TrainConfig, out: Path) -> Path:
         "skipped": bad,
         "prototypes": int(prototypes.shape[0]),
         "train_seconds": round(time.time() - started, 1),
+        **timings,
+        **losses,
     }
     (out / CONFIG).write_text(yaml.safe_dump(record, sort_keys=False))
     return out
+
+
+def _train_bridge(config: TrainConfig, encoder: FeatureEncoder, checkpoint: dict, inputs: np.ndarray, out: Path) -> dict:
+    """Teacher and student into `checkpoint`; returns their final losses for the config record."""
+    resume = load_resume_state(out) if config.resume else None
+    if config.resume and resume is None:
+        print(f"{out}: no bridge checkpoint to resume from, starting from the beginning")
+    prior = GmmBridgeHead(checkpoint["prototypes"], float(checkpoint["tau"]))
+    clock = time.time()
+    pairs = build_pairs(encoder, prior, inputs, config.variants, config.seed, config.batch_size)
+    trainer = BridgeTrainer(pairs, encoder.channels, out, config.seed, config.batch_size)
+    pairs_seconds, clock = time.time() - clock, time.time()
+    teacher, teacher_losses = trainer.train_teacher(config.steps, resume)
+    teacher_seconds, clock = time.time() - clock, time.time()
+    student, student_losses = trainer.train_student(teacher, config.distill_steps, config.distill_targets, resume)
+    checkpoint["teacher"] = teacher.state_dict()
+    checkpoint["student"] = student.state_dict()
+    return {
+        "pairs_seconds": round(pairs_seconds, 1),
+        "teacher_seconds": round(teacher_seconds, 1),
+        "student_seconds": round(time.time() - clock, 1),
+        "teacher_final_loss": round(float(np.mean(teacher_losses[-50:])), 5) if teacher_losses else None,
+        "student_final_loss": round(float(np.mean(student_losses[-50:])), 5) if student_losses else None,
+    }
 
 
 def load_run(run: Path) -> tuple[dict, dict, np.ndarray]:

@@ -75,3 +75,18 @@ def tiny_bundle(tmp_path_factory, mvtec_category) -> Path:
     config = TrainConfig(data=str(mvtec_category), input_size=TINY_INPUT, prototypes=TINY_PROTOTYPES)
     run = train(config, work / "run")
     return export_bundle(run, work / "bundle")
+
+
+@pytest.fixture(scope="session")
+def tiny_bridge_bundle(tmp_path_factory, mvtec_category) -> Path:
+    """A real bridge bundle from the tiny category: teacher and student trained for a few iterations."""
+    from export.onnx_export import export_bundle
+    from export.train import TrainConfig, train
+
+    work = tmp_path_factory.mktemp("tiny-bridge")
+    config = TrainConfig(
+        data=str(mvtec_category), model="bridge", input_size=TINY_INPUT, prototypes=TINY_PROTOTYPES,
+        steps=40, distill_steps=20, variants=1, distill_targets=16,
+    )
+    run = train(config, work / "run")
+    return export_bundle(run, work / "bundle")

@@ -24,8 +24,9 @@ def test_exported_bundle_loads_with_its_numbers(tiny_bundle):
     bundle = load_bundle(tiny_bundle)
     assert bundle.input_size == (128, 128)
     assert set(bundle.graphs) == {"encoder", "head"}
-    assert bundle.quantiles.value_beta > bundle.quantiles.value_alpha
-    assert bundle.spec["provenance"]["parity_onnxruntime_vs_torch"]["max_abs_diff"] < 1e-3
+    assert bundle.branches == ("head",) and bundle.steps is None
+    assert bundle.quantiles[0].value_beta > bundle.quantiles[0].value_alpha
+    assert bundle.spec["provenance"]["parity_onnxruntime_vs_torch"]["maps"]["max_abs_diff"] < 1e-3
 
 
 def test_tar_bundle_loads(tiny_bundle, tmp_path):
@@ -42,8 +43,8 @@ def test_missing_field_is_named(bundle_copy):
 
 
 def test_wrong_type_is_named(bundle_copy):
-    _edit(bundle_copy, lambda s: s["normalization"].update(value_alpha="low"))
-    with pytest.raises(BundleError, match=r"field 'normalization.value_alpha' must be int or float"):
+    _edit(bundle_copy, lambda s: s["normalization"]["branches"][0].update(value_alpha="low"))
+    with pytest.raises(BundleError, match=r"field 'normalization.branches\[0\].value_alpha' must be int or float"):
         load_bundle(bundle_copy)
 
 
@@ -75,3 +76,19 @@ def test_other_schema_version_and_not_a_bundle(bundle_copy, tmp_path):
         load_bundle(bundle_copy)
     with pytest.raises(BundleError, match="no bundle.yaml"):
         load_bundle(tmp_path)
+
+
+def test_site_calibration_overrides_quantiles_and_threshold(bundle_copy):
+    spec = yaml.safe_load((bundle_copy / "bundle.yaml").read_text())
+    calibration = {"steps": None, "normalization": spec["normalization"], "threshold": 0.75}
+    calibration["normalization"]["branches"][0]["value_beta"] += 1.0
+    (bundle_copy / "calibration.yaml").write_text(yaml.safe_dump(calibration))
+    bundle = load_bundle(bundle_copy)
+    assert bundle.threshold == 0.75 and bundle.calibration == bundle_copy / "calibration.yaml"
+    assert bundle.quantiles[0].value_beta == calibration["normalization"]["branches"][0]["value_beta"]
+    (bundle_copy / "calibration.yaml").write_text(yaml.safe_dump({**calibration, "steps": 4}))
+    with pytest.warns(UserWarning, match="made for 4 bridge steps, not None"):
+        assert load_bundle(bundle_copy).threshold == spec["threshold"]
+    (bundle_copy / "calibration.yaml").write_text("threshold: [0.5\n")
+    with pytest.raises(BundleError, match=r"calibration.yaml: malformed YAML"):
+        load_bundle(bundle_copy)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from edge_ad import Detector
-from edge_ad.errors import ImageError
+from edge_ad.errors import BundleError, EdgeAdError, ImageError
 from export.backbone import FeatureEncoder
 from export.prototype import PrototypeHead
 from export.train import load_run
@@ -20,7 +20,7 @@ def test_any_frame_size_and_colour_order(detector, mvtec_category):
     for frame in (bgr, cv2.resize(bgr, (640, 480)), bgr[..., 0]):
         result = detector(frame, color="GRAY" if frame.ndim == 2 else "BGR")
         assert result.map.shape == frame.shape[:2] and result.map.dtype == np.float32
-        assert result.raw_map.shape == (128, 128)
+        assert result.raw_map.shape == (1, 128, 128)
         assert 0.0 <= result.map.min() and result.map.max() <= 1.0
         assert result.is_anomaly == (result.score >= detector.threshold)
     same = detector(bgr[..., ::-1].copy(), color="RGB")
@@ -59,3 +59,23 @@ def test_batch_equals_single(detector):
     batched = [r.score for r in detector.batch(frames)]
     single = [detector(f).score for f in frames]
     assert batched == pytest.approx(single, rel=1e-5)
+
+
+@pytest.mark.parametrize("bundle_name", ["tiny_bundle", "tiny_bridge_bundle"])
+def test_pytorch_reference_backend_agrees_with_onnx_runtime(bundle_name, request, mvtec_category):
+    bundle = request.getfixturevalue(bundle_name)
+    onnx = Detector.load(bundle, backend="onnxruntime")
+    reference = Detector.load(bundle, backend="pytorch")
+    assert (onnx.backend, reference.backend) == ("onnxruntime", "pytorch")
+    for path in sorted(mvtec_category.rglob("test/*/*.png")):
+        frame = cv2.imread(str(path))
+        a, b = onnx(frame), reference(frame)
+        assert np.corrcoef(a.raw_map.ravel(), b.raw_map.ravel())[0, 1] >= 0.999
+        assert a.score == pytest.approx(b.score, rel=1e-3, abs=1e-6)
+
+
+def test_unknown_backend_and_missing_precision_are_refused(tiny_bundle):
+    with pytest.raises(EdgeAdError, match="backend 'cuda-magic' is not one of auto, onnxruntime, pytorch"):
+        Detector.load(tiny_bundle, backend="cuda-magic")
+    with pytest.raises(BundleError, match=r"holds fp32 graphs, not int8 \(export with --precision int8\)"):
+        Detector.load(tiny_bundle, precision="int8")

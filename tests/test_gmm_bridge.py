@@ -56,6 +56,6 @@ def test_train_export_and_run_gmm_bridge(mvtec_category, tmp_path):
     detector = Detector.load(bundle)
     assert detector.bundle.spec["model"]["type"] == "gmm-bridge"
     assert detector.bundle.spec["model"]["tau"] > 0
-    assert detector.bundle.spec["provenance"]["parity_onnxruntime_vs_torch"]["max_abs_diff"] < 1e-3
+    assert detector.bundle.spec["provenance"]["parity_onnxruntime_vs_torch"]["maps"]["max_abs_diff"] < 1e-3
     result = detector(np.full((80, 100, 3), 120, np.uint8))
     assert np.isfinite(result.score) and result.map.shape == (80, 100)

@@ -5,10 +5,18 @@ import sys
 def test_runtime_import_does_not_pull_in_torch():
     code = (
         "import sys, edge_ad, edge_ad.cli, edge_ad.runner, edge_ad.sources, edge_ad.render, "
-        "edge_ad.datasets, edge_ad.metrics, edge_ad.bench, edge_ad.reports, calibration.threshold; "
+        "edge_ad.datasets, edge_ad.metrics, edge_ad.bench, edge_ad.reports, edge_ad.backends, calibration.threshold; "
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_running_a_bridge_bundle_does_not_pull_in_torch(tiny_bridge_bundle):
+    code = (
+        "import sys, numpy, edge_ad; d = edge_ad.Detector.load(sys.argv[1]); "
+        "d(numpy.zeros((90, 120, 3), numpy.uint8)); sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code, str(tiny_bridge_bundle)]).returncode == 0
 
 
 def test_version_command():

@@ -1,0 +1,88 @@
+"""Backends: what runs a bundle's graphs. Each graph is a callable `(*arrays) -> list of arrays`
+with the inputs and outputs of the ONNX graph of that name, so the detector is the same code on
+every backend.
+
+- onnxruntime: ONNX Runtime, with the CUDA provider where it is installed, else CPU.
+- pytorch: the reference, rebuilt from the training checkpoint the bundle carries
+  (`reference.file`); needs torch and the `export` package (pip install 'edge-ad[train]').
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .bundle import Bundle, file_sha256
+from .errors import BundleError, EdgeAdError
+
+Graph = Callable[..., list[np.ndarray]]
+BACKENDS = ("auto", "onnxruntime", "pytorch")
+
+
+class OnnxGraph:
+    def __init__(self, path: Path, threads: int | None, providers: list[str]):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types per failure
+            raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({exc})") from exc
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, dict(zip(self.input_names, arrays)))
+
+
+def onnxruntime_providers() -> list[str]:
+    """CUDA first when this ONNX Runtime build has it (onnxruntime-gpu), CPU always."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def onnxruntime_graphs(bundle: Bundle, threads: int | None) -> dict[str, Graph]:
+    providers = onnxruntime_providers()
+    return {name: OnnxGraph(path, threads, providers) for name, path in bundle.graphs.items()}
+
+
+def pytorch_graphs(bundle: Bundle) -> dict[str, Graph]:
+    """The torch modules of the training run, wrapped to take and return numpy arrays."""
+    try:
+        import torch
+
+        from export.onnx_export import reference_modules
+    except ModuleNotFoundError as exc:
+        raise EdgeAdError(f"the pytorch backend needs '{exc.name}': pip install 'edge-ad[train]'") from exc
+    entry = bundle.spec.get("reference")
+    record = bundle.spec.get("provenance", {}).get("training")
+    if not isinstance(entry, dict) or not {"file", "sha256"} <= set(entry) or not isinstance(record, dict):
+        raise BundleError(f"{bundle.root}: bundle.yaml has no 'reference' checkpoint, so no pytorch backend")
+    path = bundle.root / entry["file"]
+    if not path.is_file() or file_sha256(path) != entry["sha256"]:
+        raise BundleError(f"{path}: reference checkpoint missing or does not match field 'reference.sha256'")
+    modules = reference_modules(record, torch.load(path, map_location="cpu", weights_only=True))
+
+    def wrap(module: torch.nn.Module) -> Graph:
+        @torch.no_grad()
+        def run(*arrays: np.ndarray) -> list[np.ndarray]:
+            out = module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))
+            return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+        return run
+
+    return {name: wrap(module) for name, module in modules.items()}
+
+
+def load_graphs(bundle: Bundle, backend: str, threads: int | None) -> tuple[str, dict[str, Graph]]:
+    """(backend actually used, graphs). `auto` is ONNX Runtime until TensorRT engines exist."""
+    if backend not in BACKENDS:
+        raise EdgeAdError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "pytorch":
+        return backend, pytorch_graphs(bundle)
+    return "onnxruntime", onnxruntime_graphs(bundle, threads)

@@ -1,0 +1,188 @@
+"""The bridge ablation on a benchmark, in one command:
+
+    python -m export.ablate --data elpv --seeds 0 1 --out ablation
+
+For each seed it trains one bridge run (which also holds the prototypes and the GMM temperature)
+and scores the test split with: the nearest-prototype baseline, the closed-form GMM bridge, the
+teacher (TEACHER_STEPS steps) and the student at K = 1, 2, 4 (both combined with the GMM branch
+the way the runtime does: quantile-normalised branches averaged), and the K=2 student's bridge
+branch alone. It writes ablation.json and ablation.md (the README table) into --out.
+Scoring runs the torch models (the same maps as the exported graphs; parity is checked at export).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from edge_ad.datasets import load_samples, read_all
+from edge_ad.metrics import auroc
+from edge_ad.normalize import fit_quantiles
+
+from .backbone import FeatureEncoder
+from .bridge import Denoiser, RestorationHead, sample
+from .bridge_train import STUDENT_STEPS, TEACHER_STEPS
+from .evaluate import _group_aurocs
+from .gmm_bridge import GmmBridgeHead
+from .onnx_export import SMOOTHING_SIGMA
+from .prototype import PrototypeHead
+from .train import TrainConfig, load_run, prepare_inputs, train
+
+BATCH = 32
+TIMING_IMAGES = 20
+
+
+def _smooth(grids: torch.Tensor, size: int) -> np.ndarray:
+    """Grid maps (N, 1, h, w) -> upsampled and smoothed maps (N, size, size), as the runtime does."""
+    out = np.empty((len(grids), size, size), np.float32)
+    for i, grid in enumerate(grids[:, 0].numpy()):
+        out[i] = cv2.GaussianBlur(cv2.resize(grid, (size, size), interpolation=cv2.INTER_LINEAR), (0, 0), SMOOTHING_SIGMA)
+    return out
+
+
+class _Scorer:
+    def __init__(self, run: Path, record: dict, checkpoint: dict) -> None:
+        self.size = int(record["config"]["input_size"])
+        self.encoder = FeatureEncoder((self.size, self.size))
+        self.encoder.set_statistics(checkpoint["feature_mean"], checkpoint["feature_std"])
+        self.prototype = PrototypeHead(checkpoint["prototypes"]).eval()
+        self.gmm = GmmBridgeHead(checkpoint["prototypes"], float(checkpoint["tau"])).eval()
+        self.head = RestorationHead()
+        self.nets = {}
+        for name in ("teacher", "student"):
+            net = Denoiser(self.encoder.channels)
+            net.load_state_dict(checkpoint[name])
+            self.nets[name] = net.eval()
+
+    @torch.no_grad()
+    def features(self, inputs: np.ndarray) -> torch.Tensor:
+        return torch.cat([self.encoder(torch.from_numpy(inputs[i : i + BATCH])) for i in range(0, len(inputs), BATCH)])
+
+    @torch.no_grad()
+    def maps(self, features: torch.Tensor, desc: str) -> dict[str, np.ndarray]:
+        """Smoothed raw maps of every branch: prototype, gmm, and the bridge branch per (net, K)."""
+        grids: dict[str, list[torch.Tensor]] = {}
+        runs = [("teacher", TEACHER_STEPS)] + [("student", k) for k in STUDENT_STEPS]
+        for start in tqdm(range(0, len(features), BATCH), desc=desc, unit="batch"):
+            x = features[start : start + BATCH]
+            grids.setdefault("prototype", []).append(self.prototype(x))
+            gmm_map, condition = self.gmm(x), self.gmm.project(x)
+            grids.setdefault("gmm", []).append(gmm_map)
+            for name, steps in runs:
+                restored = sample(self.nets[name], x, condition, steps)
+                grids.setdefault(f"{name}{steps}", []).append(self.head(x, restored))
+        return {key: _smooth(torch.cat(value), self.size) for key, value in grids.items()}
+
+    @torch.no_grad()
+    def bridge_ms(self, features: torch.Tensor, name: str, steps: int) -> float:
+        """CPU milliseconds per image (batch 1) of the bridge part: GMM projection, K steps, map."""
+        times = []
+        for x in features[:TIMING_IMAGES].split(1):
+            start = time.perf_counter()
+            condition = self.gmm.project(x)
+            self.head(x, sample(self.nets[name], x, condition, steps))
+            times.append(time.perf_counter() - start)
+        return float(np.median(times) * 1e3)
+
+
+def _scores(maps: list[np.ndarray], normal: list[np.ndarray]) -> np.ndarray:
+    """Image scores: max of the average of the quantile-normalised branches (ULSAD 3.5)."""
+    total = 0
+    for branch, reference in zip(maps, normal):
+        total = total + fit_quantiles(reference).apply(branch)
+    return (total / len(maps)).reshape(len(total), -1).max(axis=1)
+
+
+def ablate_seed(seed: int, config: TrainConfig, out: Path, test_inputs: np.ndarray, samples) -> list[dict]:
+    run = train(TrainConfig(**{**asdict(config), "seed": seed}), out / f"run-seed{seed}")
+    record, checkpoint, val_inputs = load_run(run)
+    scorer = _Scorer(run, record, checkpoint)
+    test_maps = scorer.maps(scorer.features(test_inputs), f"scoring test (seed {seed})")
+    val_maps = scorer.maps(scorer.features(val_inputs), f"scoring validation (seed {seed})")
+    timing_features = scorer.features(test_inputs[:TIMING_IMAGES])
+    labels = np.array([s.label for s in samples])
+    t = record
+    base_minutes = t["prototypes_seconds"] / 60
+    teacher_minutes = (t["prototypes_seconds"] + t["pairs_seconds"] + t["teacher_seconds"]) / 60
+    rows = [
+        ("nearest prototype", "-", ["prototype"], base_minutes, None),
+        ("GMM bridge (closed form)", "1", ["gmm"], base_minutes, None),
+        ("teacher + GMM branch", str(TEACHER_STEPS), ["gmm", f"teacher{TEACHER_STEPS}"], teacher_minutes, ("teacher", TEACHER_STEPS)),
+        *[
+            ("student + GMM branch", str(k), ["gmm", f"student{k}"], t["train_seconds"] / 60, ("student", k))
+            for k in STUDENT_STEPS
+        ],
+        ("student, bridge branch only", "2", ["student2"], t["train_seconds"] / 60, ("student", 2)),
+    ]
+    results = []
+    for name, steps, branches, minutes, timed in rows:
+        scores = _scores([test_maps[b] for b in branches], [val_maps[b] for b in branches])
+        results.append({
+            "seed": seed,
+            "model": name,
+            "steps": steps,
+            "image_auroc": auroc(labels, scores),
+            "per_group": _group_aurocs(samples, scores),
+            "train_minutes": round(minutes, 1),
+            "bridge_ms_per_image": round(scorer.bridge_ms(timing_features, *timed), 1) if timed else None,
+        })
+        print(f"seed {seed} {name} K={steps}: image AUROC {results[-1]['image_auroc']:.4f}")
+    return results
+
+
+def markdown(results: list[dict]) -> str:
+    seeds = sorted({r["seed"] for r in results})
+    first = [r for r in results if r["seed"] == seeds[0]]
+    header = ["model", "K", *[f"AUROC seed {s}" for s in seeds]]
+    if len(seeds) > 1:
+        header.append("seed spread")
+    groups = sorted(first[0]["per_group"])
+    header += [f"{g} (seed {seeds[0]})" for g in groups] + ["train min", "bridge ms/img"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in first:
+        same = [r for r in results if r["model"] == row["model"] and r["steps"] == row["steps"]]
+        values = [r["image_auroc"] for r in same]
+        cells = [row["model"], row["steps"], *[f"{v:.4f}" for v in values]]
+        if len(seeds) > 1:
+            cells.append(f"{max(values) - min(values):.4f}")
+        cells += [f"{row['per_group'][g]:.4f}" for g in groups]
+        cells += [f"{row['train_minutes']:.1f}", "-" if row["bridge_ms_per_image"] is None else f"{row['bridge_ms_per_image']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m export.ablate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="'elpv', an MVTec category folder or a folder of normal images")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--out", type=Path, default=Path("ablation"))
+    parser.add_argument("--input-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="teacher training iterations")
+    parser.add_argument("--distill-steps", type=int, default=TrainConfig.distill_steps)
+    args = parser.parse_args(argv)
+    config = TrainConfig(
+        data=args.data, model="bridge", input_size=args.input_size, steps=args.steps, distill_steps=args.distill_steps
+    )
+    samples = load_samples(args.data, "test")
+    _, images, _ = read_all(samples, False, lambda s: tqdm(s, desc="reading test images", unit="img"))
+    test_inputs = prepare_inputs(images, args.input_size)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for seed in args.seeds:
+        results += ablate_seed(seed, config, args.out, test_inputs, samples)
+        (args.out / "ablation.json").write_text(json.dumps(results, indent=2))
+    table = markdown(results)
+    (args.out / "ablation.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

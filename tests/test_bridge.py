@@ -1,0 +1,86 @@
+"""The learned bridge: schedules, sampler, training with resume, export, and the runtime sampler."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from edge_ad import Detector
+from edge_ad.errors import BundleError
+from edge_ad.metrics import auroc
+from export.bridge import Denoiser, RestorationHead, sample, schedule
+from export.bridge_train import STATE_FILE
+from export.onnx_export import _Model
+from export.train import TrainConfig, load_run, train
+
+
+def test_schedule_runs_from_one_to_zero():
+    for k in (1, 2, 4, 50):
+        rows = schedule(k)
+        assert rows.shape == (k, 2)
+        assert rows[0, 0] == 1.0 and rows[:, 1].sum() == pytest.approx(1.0)
+        assert np.allclose(rows[1:, 0], rows[:-1, 0] - rows[:-1, 1])  # each step starts where the last ended
+    with pytest.raises(ValueError, match="at least 1"):
+        schedule(0)
+
+
+def test_untrained_bridge_is_identity_and_map_is_zero_on_identity():
+    net = Denoiser(8, width=16)
+    x = torch.randn(2, 8, 6, 6)
+    assert torch.equal(sample(net, x, torch.randn_like(x), 4), x)
+    assert RestorationHead()(x, x).abs().max() < 1e-5
+    far = RestorationHead(cosine_weight=1.0)(x, -x)  # opposite vectors: L2 = 2|x| and cosine distance 2
+    assert torch.allclose(far, 2 * x.norm(dim=1, keepdim=True) + 2, atol=1e-4)
+
+
+def test_runtime_sampler_matches_torch_for_every_k(tiny_bridge_bundle, mvtec_category):
+    record, checkpoint, _ = load_run(tiny_bridge_bundle.parent / "run")
+    model = _Model(record, checkpoint)
+    frames = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted(mvtec_category.rglob("test/*/*.png"))])
+    for k in (1, 2, 4):
+        detector = Detector.load(tiny_bridge_bundle, steps=k)
+        inputs = np.stack([detector.preprocess(f, "RGB") for f in frames])
+        reference = model.grid_maps(inputs, k)
+        runtime = detector.grid_maps(inputs)
+        assert runtime.shape == reference.shape == (len(frames), 2, 16, 16)
+        assert np.abs(reference - runtime).max() <= 1e-4 * np.abs(reference).max()
+    # the steps change the restoration, so K is a real choice
+    assert not np.allclose(model.grid_maps(inputs, 1)[:, 1], model.grid_maps(inputs, 4)[:, 1])
+
+
+def test_k_is_picked_at_load_time_with_its_own_calibration(tiny_bridge_bundle):
+    spec = yaml.safe_load((tiny_bridge_bundle / "bundle.yaml").read_text())
+    assert spec["bridge"]["default_steps"] == 2 and sorted(spec["bridge"]["schedules"]) == [1, 2, 4]
+    assert Detector.load(tiny_bridge_bundle).steps == 2
+    four = Detector.load(tiny_bridge_bundle, steps=4)
+    assert four.bundle.coefficients.shape == (4, 2)
+    assert four.threshold == spec["bridge"]["schedules"][4]["threshold"]
+    assert four.bundle.branches == ("prior", "bridge")
+    with pytest.raises(BundleError, match="no schedule for 3 bridge steps; this bundle supports K = 1, 2, 4"):
+        Detector.load(tiny_bridge_bundle, steps=3)
+
+
+def test_bridge_bundle_separates_spots_from_normal(tiny_bridge_bundle, mvtec_category):
+    detector = Detector.load(tiny_bridge_bundle)
+    paths = sorted(mvtec_category.rglob("test/*/*.png"))
+    scores = [detector(cv2.imread(str(p))).score for p in paths]
+    labels = [int(p.parent.name != "good") for p in paths]
+    assert auroc(np.array(labels), np.array(scores)) >= 0.9
+    result = detector(cv2.imread(str(paths[0])))
+    assert result.raw_map.shape == (2, 128, 128)
+    assert {"prior_ms", "bridge_ms", "head_ms"} <= set(result.times_ms)
+
+
+def test_training_resumes_from_its_checkpoint(mvtec_category, tmp_path):
+    config = TrainConfig(data=str(mvtec_category), model="bridge", input_size=64, prototypes=16,
+                         steps=6, distill_steps=4, variants=1, distill_targets=8)
+    run = train(config, tmp_path / "run")
+    first = torch.load(run / STATE_FILE, weights_only=True)
+    assert (first["phase"], first["iteration"], len(first["losses"])) == ("student", 4, 4)
+    config.distill_steps, config.resume = 7, True
+    train(config, run)
+    resumed = torch.load(run / STATE_FILE, weights_only=True)
+    record = yaml.safe_load((run / "config.yaml").read_text())
+    assert record["teacher_final_loss"] is None  # the teacher came from the checkpoint, not retrained
+    assert resumed["iteration"] == 7 and resumed["losses"][:4] == first["losses"]

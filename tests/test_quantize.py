@@ -1,0 +1,55 @@
+"""INT8 export: Q/DQ graphs from ONNX Runtime's static quantiser, run by the same detector."""
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import yaml
+
+from edge_ad import Detector
+from edge_ad.errors import BundleError
+from edge_ad.metrics import auroc
+from export.onnx_export import CalibrationConfig, export_bundle
+from export.quantize import quantize_graph
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tiny_bridge_bundle, mvtec_category, tmp_path_factory):
+    run = tiny_bridge_bundle.parent / "run"
+    calibration = CalibrationConfig(str(mvtec_category), images=12, method="minmax")
+    return export_bundle(run, tmp_path_factory.mktemp("int8") / "bundle", precision="int8", calibration=calibration)
+
+
+def _ops(path):
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_int8_bundle_has_qdq_convolution_graphs_and_fp32_distance_graphs(int8_bundle):
+    spec = yaml.safe_load((int8_bundle / "bundle.yaml").read_text())
+    assert spec["precision"] == "int8"
+    assert spec["quantization"]["quantised_graphs"] == ["encoder", "step"]
+    assert spec["quantization"]["calibration_images"] == 12
+    for name in ("encoder", "step"):
+        assert spec["graphs"][name]["precision"] == "int8"
+        assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(int8_bundle / spec["graphs"][name]["file"])
+    for name in ("prior", "head"):
+        assert "QuantizeLinear" not in _ops(int8_bundle / spec["graphs"][name]["file"])
+
+
+def test_int8_detector_agrees_with_fp32_and_still_finds_spots(int8_bundle, tiny_bridge_bundle, mvtec_category):
+    int8 = Detector.load(int8_bundle, precision="int8", steps=4)
+    fp32 = Detector.load(tiny_bridge_bundle, steps=4)
+    assert int8.precision == "int8" and fp32.precision == "fp32"
+    paths = sorted(mvtec_category.rglob("test/*/*.png"))
+    a = np.array([int8(cv2.imread(str(p))).raw_map for p in paths])
+    b = np.array([fp32(cv2.imread(str(p))).raw_map for p in paths])
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95
+    labels = np.array([int(p.parent.name != "good") for p in paths])
+    assert auroc(labels, np.array([int8(cv2.imread(str(p))).score for p in paths])) >= 0.9
+    with pytest.raises(BundleError, match="holds int8 graphs, not fp32"):
+        Detector.load(int8_bundle, precision="fp32")
+
+
+def test_unknown_calibration_method_is_refused(tiny_bridge_bundle, tmp_path):
+    with pytest.raises(ValueError, match="calibration method 'median' is not one of minmax, entropy, percentile"):
+        quantize_graph(tiny_bridge_bundle / "head.onnx", tmp_path / "x.onnx", [], "median")
