@@ -44,7 +44,7 @@ def _export(args: argparse.Namespace) -> None:
 
     from export.onnx_export import CalibrationConfig
 
-    calibration = CalibrationConfig(args.calib_data, args.calib_images, args.calib_method)
+    calibration = CalibrationConfig(args.calib_data, args.calib_images, args.calib_method, args.int8_activations)
     bundle = export_bundle(Path(args.run), Path(args.out), args.steps, args.precision, calibration)
     print(f"bundle written to {bundle}")
 
@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "video file (default: the run's training data)")
     p.add_argument("--calib-images", type=_positive_int, default=300, help="INT8 calibration frames")
     p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--int8-activations", choices=("int8", "uint8"), default="int8",
+                   help="int8: symmetric, for TensorRT (default); uint8: asymmetric, faster on ONNX Runtime CPUs")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("eval", help="evaluate a bundle on a test split")

@@ -49,7 +49,7 @@ def _smooth(grids: torch.Tensor, size: int) -> np.ndarray:
 
 
 class _Scorer:
-    def __init__(self, run: Path, record: dict, checkpoint: dict) -> None:
+    def __init__(self, record: dict, checkpoint: dict) -> None:
         self.size = int(record["config"]["input_size"])
         self.encoder = FeatureEncoder((self.size, self.size))
         self.encoder.set_statistics(checkpoint["feature_mean"], checkpoint["feature_std"])
@@ -104,7 +104,7 @@ def _scores(maps: list[np.ndarray], normal: list[np.ndarray]) -> np.ndarray:
 def ablate_seed(seed: int, config: TrainConfig, out: Path, test_inputs: np.ndarray, samples) -> list[dict]:
     run = train(TrainConfig(**{**asdict(config), "seed": seed}), out / f"run-seed{seed}")
     record, checkpoint, val_inputs = load_run(run)
-    scorer = _Scorer(run, record, checkpoint)
+    scorer = _Scorer(record, checkpoint)
     test_maps = scorer.maps(scorer.features(test_inputs), f"scoring test (seed {seed})")
     val_maps = scorer.maps(scorer.features(val_inputs), f"scoring validation (seed {seed})")
     timing_features = scorer.features(test_inputs[:TIMING_IMAGES])

@@ -139,7 +139,6 @@ class BridgeTrainer:
             optimiser.load_state_dict(resume["optimiser"])
             scheduler.load_state_dict(resume["scheduler"])
             start, losses = resume["iteration"], resume["losses"]
-            torch.set_rng_state(resume["torch_rng"])
         rng = np.random.default_rng([self.seed, start, 0 if phase == "teacher" else 1])
         bar = tqdm(range(start, iterations), desc=phase, unit="it", initial=start, total=iterations)
         for iteration in bar:
@@ -162,7 +161,6 @@ class BridgeTrainer:
             "optimiser": optimiser.state_dict(),
             "scheduler": scheduler.state_dict(),
             "losses": losses,
-            "torch_rng": torch.get_rng_state(),
         }
         if phase == "student":
             state["teacher"] = self.teacher_state

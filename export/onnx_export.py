@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -161,11 +161,13 @@ class _Model:
         for name in tqdm(quantised, desc=f"INT8 calibration ({calibration.method})", unit="graph"):
             fp32 = out / graphs[name]["file"]
             int8 = out / f"{name}.int8.onnx"
-            quantize_graph(fp32, int8, batches[name], calibration.method)
+            quantize_graph(fp32, int8, batches[name], calibration.method, calibration.activations)
             fp32.unlink()
             graphs[name] = {**_graph_entry(out, int8.name), "precision": "int8"}
         return {
-            "format": "QDQ, signed INT8, symmetric, per-channel weights (ONNX Runtime quantize_static)",
+            "format": "QDQ, per-channel symmetric INT8 weights (ONNX Runtime quantize_static)",
+            "activations": calibration.activations,
+            "tensorrt_compatible": calibration.activations == "int8",
             "calibration_method": calibration.method,
             "calibration_source": calibration.data,
             "calibration_images": int(len(inputs)),
@@ -193,6 +195,7 @@ class CalibrationConfig:
     data: str | None = None
     images: int = 300
     method: str = "minmax"
+    activations: str = "int8"  # int8: symmetric, for TensorRT; uint8: faster on ONNX Runtime CPUs
 
 
 def calibration_inputs(config: CalibrationConfig, size: int) -> np.ndarray:
@@ -272,7 +275,7 @@ def export_bundle(
     if precision == "int8":
         calibration = calibration or CalibrationConfig()
         if calibration.data is None:
-            calibration = CalibrationConfig(record["config"]["data"], calibration.images, calibration.method)
+            calibration = replace(calibration, data=record["config"]["data"])
         quantization = model.quantize(out, graphs, calibration)
     torch.save({k: v for k, v in checkpoint.items() if k != "teacher"}, out / REFERENCE_FILE)
     spec = {

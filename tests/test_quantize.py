@@ -53,3 +53,20 @@ def test_int8_detector_agrees_with_fp32_and_still_finds_spots(int8_bundle, tiny_
 def test_unknown_calibration_method_is_refused(tiny_bridge_bundle, tmp_path):
     with pytest.raises(ValueError, match="calibration method 'median' is not one of minmax, entropy, percentile"):
         quantize_graph(tiny_bridge_bundle / "head.onnx", tmp_path / "x.onnx", [], "median")
+
+
+def test_uint8_activations_for_onnx_runtime_cpus(tiny_bundle, mvtec_category, tmp_path):
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    images = np.stack([cv2.resize(cv2.imread(str(p))[..., ::-1], (128, 128)) for p in sorted(mvtec_category.rglob("*.png"))[:8]])
+    out = tmp_path / "encoder.u8.onnx"
+    quantize_graph(tiny_bundle / "encoder.onnx", out, [{"image": images}], "minmax", "uint8")
+    model = onnx.load(str(out))
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    zero_points = [consts[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and all(z.dtype == np.uint8 for z in zero_points)
+    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images})[0]
+    assert np.corrcoef(run(out).ravel(), run(tiny_bundle / "encoder.onnx").ravel())[0, 1] > 0.95
+    with pytest.raises(ValueError, match="activation type 'int4' is not one of int8, uint8"):
+        quantize_graph(tiny_bundle / "encoder.onnx", out, [], "minmax", "int4")
