@@ -1,4 +1,5 @@
-"""Export a training run to a bundle: ONNX graphs (onnxsim applied), parity check, quantiles, threshold."""
+"""Export a training run to a bundle: ONNX graphs (onnxsim applied; INT8 Q/DQ on request),
+parity check, per-branch quantiles and thresholds (per bridge K)."""
 
 from __future__ import annotations
 
@@ -34,10 +35,10 @@ OPSET = 17  # the newest opset TensorRT 8.6 (JetPack 6.0) parses; TensorRT 10.x 
 SMOOTHING_SIGMA = 4.0  # Gaussian sigma in input pixels, as PatchCore at 256 px
 BUNDLE_FALSE_ALARM_RATE = 0.01  # initial image threshold; replaced on site by calibration
 REFERENCE_FILE = "reference.pt"  # training checkpoint for the pytorch backend (student only)
-DEFAULT_STEPS = 2
+DEFAULT_STEPS = 2  # bridge steps a bridge bundle runs unless the runtime asks for another K
 PRECISIONS = ("fp32", "int8")
 CALIBRATION_BATCH = 8
-STEP_CALIBRATION_IMAGES = 64  # images whose sampler trajectories calibrate the step graph  # bridge steps a bridge bundle runs unless the runtime asks for another K
+STEP_CALIBRATION_IMAGES = 64  # images whose sampler trajectories calibrate the step graph
 
 
 def _export_graph(
@@ -142,14 +143,12 @@ class _Model:
                 continue
             features = self.encoder(torch.from_numpy(batch))
             _, condition = self.prior(features)
+            step = BridgeStep(self.denoiser)
             for steps in STUDENT_STEPS:
                 x = features
                 for row in schedule(steps):
-                    coefficients = torch.from_numpy(row)
-                    batches["step"].append(
-                        {"state": x.numpy(), "condition": condition.numpy(), "coefficients": row}
-                    )
-                    x = BridgeStep(self.denoiser)(x, condition, coefficients)
+                    batches["step"].append({"state": x.numpy(), "condition": condition.numpy(), "coefficients": row})
+                    x = step(x, condition, torch.from_numpy(row))
         return batches
 
     def quantize(self, out: Path, graphs: dict, calibration: "CalibrationConfig") -> dict:
