@@ -28,6 +28,9 @@ class OnnxGraph:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        # A detector runs several sessions one after another; threads left spinning by one
+        # session steal the cores from the next (bridge bundles: the prior graph took 2.5x longer).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types per failure
