@@ -105,6 +105,30 @@ def _bench(args: argparse.Namespace) -> None:
     _print_report(bench(detector, args.frames, args.warmup, args.height or height, args.width or width), args.json)
 
 
+def _build(args: argparse.Namespace) -> None:
+    from .bundle import load_bundle
+    from .engines import build_engines
+
+    workspace = args.workspace_mib
+    if args.target:
+        target = _read_target(Path(args.target))
+        workspace = workspace or target.get("tensorrt", {}).get("memory_pool_mib")
+    folder = build_engines(load_bundle(args.bundle), args.precision, args.dla_core, workspace or 1024, args.max_batch, args.force)
+    print(f"engines in {folder}")
+
+
+def _read_target(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise EdgeAdError(f"{path}: malformed YAML") from exc
+    if not isinstance(data, dict):
+        raise EdgeAdError(f"{path}: expected a mapping at the top level")
+    return data
+
+
 def _demo(args: argparse.Namespace) -> None:
     from export.demo import demo
 
@@ -173,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, help="bridge steps K (default: the bundle's)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs the graphs (pytorch: the reference)")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("build", help="build TensorRT engines for this device (needs TensorRT and an NVIDIA GPU)")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--precision", choices=("fp16", "int8"), default="fp16",
+                   help="fp16: builder flag on FP32 graphs; int8: a bundle exported with --precision int8")
+    p.add_argument("--target", help="firmware_configs/<device>.yaml (memory-pool limit)")
+    p.add_argument("--dla-core", type=int, help="build for this DLA core, GPU fallback for unsupported layers")
+    p.add_argument("--workspace-mib", type=_positive_int, help="TensorRT memory-pool limit (default 1024 or the target's)")
+    p.add_argument("--max-batch", type=_positive_int, default=8, help="largest batch of the optimisation profile")
+    p.add_argument("--force", action="store_true", help="rebuild even when matching engines are cached")
+    p.set_defaults(func=_build)
 
     p = sub.add_parser("defects", help="write a gallery picture of the synthetic training defects")
     p.add_argument("--data", required=True, help="'elpv', a folder of normal images, or an MVTec category")

@@ -167,9 +167,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="teacher training iterations")
     parser.add_argument("--distill-steps", type=int, default=TrainConfig.distill_steps)
+    parser.add_argument("--feature-variants", type=int, default=TrainConfig.feature_variants)
     args = parser.parse_args(argv)
     config = TrainConfig(
-        data=args.data, model="bridge", input_size=args.input_size, steps=args.steps, distill_steps=args.distill_steps
+        data=args.data,
+        model="bridge",
+        input_size=args.input_size,
+        steps=args.steps,
+        distill_steps=args.distill_steps,
+        feature_variants=args.feature_variants,
     )
     samples = load_samples(args.data, "test")
     _, images, _ = read_all(samples, False, lambda s: tqdm(s, desc="reading test images", unit="img"))

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .backbone import FeatureEncoder
 from .bridge import Denoiser, sample
-from .defects import synthesize
+from .defects import perlin_mask, synthesize
 from .gmm_bridge import GmmBridgeHead
 
 STUDENT_STEPS = (1, 2, 4)
@@ -73,11 +73,34 @@ def _project(prior: GmmBridgeHead, features: torch.Tensor, desc: str, batch: int
     return torch.cat([prior.project(features[i : i + batch].float()).half() for i in tqdm(chunks, desc=desc, unit="batch")])
 
 
+def _feature_corruption(clean: torch.Tensor, i: int, v: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """A defect made in feature space (BRIDGE_NOTES section 5): inside a Perlin mask on the grid,
+    Gaussian noise of 0.5-2 channel standard deviations, or the features of another image."""
+    rng = np.random.default_rng([seed, i, v])
+    height, width = clean.shape[-2:]
+    mask = perlin_mask(height, width, rng)
+    inside = torch.from_numpy(mask)
+    out = clean[i].clone()
+    if rng.random() < 0.5:
+        noise = torch.from_numpy(rng.standard_normal(out.shape).astype(np.float32)) * float(rng.uniform(0.5, 2.0))
+        out[:, inside] += noise[:, inside]
+    else:
+        out[:, inside] = clean[int(rng.integers(len(clean)))][:, inside]
+    return out, mask.astype(np.float32)
+
+
 @torch.no_grad()
 def build_pairs(
-    encoder: FeatureEncoder, prior: GmmBridgeHead, inputs: np.ndarray, variants: int, seed: int, batch_size: int
+    encoder: FeatureEncoder,
+    prior: GmmBridgeHead,
+    inputs: np.ndarray,
+    variants: int,
+    seed: int,
+    batch_size: int,
+    feature_variants: int = 0,
 ) -> Pairs:
-    """Features of `inputs` (N, H, W, 3 uint8 RGB) and of `variants` corrupted copies of each."""
+    """Features of `inputs` (N, H, W, 3 uint8 RGB), of `variants` copies of each with a synthetic
+    image defect, and of `feature_variants` copies with a defect made in feature space."""
     n = len(inputs)
     clean = torch.cat([encoder(torch.from_numpy(inputs[i : i + batch_size])) for i in range(0, n, batch_size)])
     grid = clean.shape[-2:]
@@ -91,8 +114,15 @@ def build_pairs(
                 image, mask, _ = synthesize(inputs[i], other, rng)
                 images.append(image)
                 masks.append(cv2.resize(mask.astype(np.float32), (grid[1], grid[0]), interpolation=cv2.INTER_AREA))
-        corrupted.append(encoder(torch.from_numpy(np.stack(images))).half())
-        weight.append(torch.from_numpy(1 + (DEFECT_WEIGHT - 1) * (np.stack(masks) > 0)).unsqueeze(1).half())
+        features = encoder(torch.from_numpy(np.stack(images))).reshape(-1, variants, *clean.shape[1:])
+        masks_t = torch.from_numpy(np.stack(masks)).reshape(-1, variants, *grid)
+        if feature_variants:
+            made = [_feature_corruption(clean, i, variants + v, seed) for i in range(start, start + len(features)) for v in range(feature_variants)]
+            extra = torch.stack([f for f, _ in made]).reshape(len(features), feature_variants, *clean.shape[1:])
+            extra_masks = torch.from_numpy(np.stack([m for _, m in made])).reshape(len(features), feature_variants, *grid)
+            features, masks_t = torch.cat([features, extra], 1), torch.cat([masks_t, extra_masks], 1)
+        corrupted.append(features.flatten(0, 1).half())
+        weight.append((1 + (DEFECT_WEIGHT - 1) * (masks_t.flatten(0, 1) > 0).float()).unsqueeze(1).half())
     corrupted_t = torch.cat(corrupted)
     return Pairs(
         clean=clean.half(),
@@ -100,7 +130,7 @@ def build_pairs(
         corrupted=corrupted_t,
         corrupted_condition=_project(prior, corrupted_t, "conditions (defects)"),
         weight=torch.cat(weight),
-        variants=variants,
+        variants=variants + feature_variants,
     )
 
 

@@ -40,7 +40,8 @@ class TrainConfig:
     batch_size: int = 16
     steps: int = 2000  # bridge: teacher training iterations
     distill_steps: int = 1000  # bridge: student (distillation) iterations
-    variants: int = 2  # bridge: synthetic defects per training image
+    variants: int = 2  # bridge: synthetic image defects per training image
+    feature_variants: int = 0  # bridge: defects made in feature space per training image
     distill_targets: int = 512  # bridge: pairs the teacher restores for distillation
     resume: bool = False  # bridge: continue from the run folder's last checkpoint
 
@@ -118,7 +119,9 @@ def _train_bridge(config: TrainConfig, encoder: FeatureEncoder, checkpoint: dict
         print(f"{out}: no bridge checkpoint to resume from, starting from the beginning")
     prior = GmmBridgeHead(checkpoint["prototypes"], float(checkpoint["tau"]))
     clock = time.time()
-    pairs = build_pairs(encoder, prior, inputs, config.variants, config.seed, config.batch_size)
+    pairs = build_pairs(
+        encoder, prior, inputs, config.variants, config.seed, config.batch_size, config.feature_variants
+    )
     trainer = BridgeTrainer(pairs, encoder.channels, out, config.seed, config.batch_size)
     pairs_seconds, clock = time.time() - clock, time.time()
     teacher, teacher_losses = trainer.train_teacher(config.steps, resume)

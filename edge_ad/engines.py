@@ -1,0 +1,172 @@
+"""TensorRT engines for a bundle, built on the device that will run them (TensorRT 8.6 and 10.x).
+
+An engine only runs on the GPU model, compute capability and TensorRT version it was built
+with, so engines live in `<bundle>/engines/<key>/` under a key made of those and the precision
+(and the DLA core), with a manifest that also records the SHA-256 of each source graph. A cached
+engine whose manifest does not match this device and this bundle is never loaded.
+
+FP16 is a builder flag on the FP32 graphs. INT8 is explicit quantisation: the Q/DQ graphs of a
+bundle exported with `--precision int8` (symmetric activations), built with the INT8 flag and
+FP16 for the layers left in float. The distance graphs (prior, and the head of prototype and
+GMM bundles) are built in FP32 whatever the precision: GMM logits overflow FP16
+(BRIDGE_NOTES section 3). The timing cache is kept in the bundle so rebuilds are fast.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from .bundle import Bundle, write_yaml_atomic
+from .errors import EdgeAdError
+
+ENGINES_DIR = "engines"
+MANIFEST = "manifest.yaml"
+TIMING_CACHE = "timing.cache"
+BUILD_PRECISIONS = ("fp16", "int8")
+REDUCED_PRECISION_GRAPHS = ("encoder", "step")  # the others stay FP32 (distances, softmax gates)
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    gpu: str
+    compute_capability: str  # "8.7" for Orin
+    tensorrt: str
+    precision: str
+    dla_core: int | None = None
+
+    @property
+    def slug(self) -> str:
+        gpu = re.sub(r"[^a-z0-9]+", "-", self.gpu.lower()).strip("-")
+        dla = f"-dla{self.dla_core}" if self.dla_core is not None else ""
+        return f"{gpu}-sm{self.compute_capability.replace('.', '')}-trt{self.tensorrt}-{self.precision}{dla}"
+
+
+def mismatch(manifest: dict, key: EngineKey, bundle: Bundle) -> str | None:
+    """Why cached engines described by `manifest` must not run here, or None when they may."""
+    for field, wanted in asdict(key).items():
+        if manifest.get("key", {}).get(field) != wanted:
+            return f"built for {field} {manifest.get('key', {}).get(field)!r}, this device has {wanted!r}"
+    for name, path in bundle.graphs.items():
+        expected = bundle.spec["graphs"][name]["sha256"]
+        if manifest.get("graphs", {}).get(name, {}).get("source_sha256") != expected:
+            return f"engine for graph '{name}' was built from another version of {path.name}"
+    return None
+
+
+def _tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise EdgeAdError(
+            f"TensorRT engines need the tensorrt package and an NVIDIA GPU ({exc}); "
+            "pip install 'edge-ad[tensorrt]' on the device, or run with --backend onnxruntime"
+        ) from exc
+    return trt
+
+
+def device_key(precision: str, dla_core: int | None) -> EngineKey:
+    """The key of this device: GPU name and compute capability from CUDA, TensorRT's version."""
+    trt = _tensorrt()
+    try:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        device = cuda.Device(0)
+        name, (major, minor) = device.name(), device.compute_capability()
+    except Exception as exc:  # pycuda raises its own error types when there is no GPU or driver
+        raise EdgeAdError(f"no usable NVIDIA GPU for TensorRT ({exc})") from exc
+    return EngineKey(name, f"{major}.{minor}", trt.__version__, precision, dla_core)
+
+
+def cached_engines(bundle: Bundle, key: EngineKey) -> dict[str, Path] | None:
+    """The engines of `bundle` for `key` when they exist and match, else None."""
+    folder = bundle.root / ENGINES_DIR / key.slug
+    if not (folder / MANIFEST).is_file():
+        return None
+    manifest = yaml.safe_load((folder / MANIFEST).read_text()) or {}
+    if mismatch(manifest, key, bundle) is not None:
+        return None
+    return {name: folder / entry["file"] for name, entry in manifest["graphs"].items()}
+
+
+def other_engines(bundle: Bundle, key: EngineKey) -> list[str]:
+    """One line per cached engine folder that must not run here, saying why."""
+    lines = []
+    for manifest_path in sorted((bundle.root / ENGINES_DIR).glob(f"*/{MANIFEST}")):
+        if manifest_path.parent.name == key.slug:
+            continue
+        reason = mismatch(yaml.safe_load(manifest_path.read_text()) or {}, key, bundle)
+        lines.append(f"{manifest_path.parent}: not used here, {reason or 'built with other settings'}")
+    return lines
+
+
+def build_engines(
+    bundle: Bundle,
+    precision: str,
+    dla_core: int | None = None,
+    workspace_mib: int = 1024,
+    max_batch: int = 8,
+    force: bool = False,
+) -> Path:
+    """Build one engine per graph of `bundle` for this device (unless matching engines are
+    cached and not `force`); returns the engine folder."""
+    if precision not in BUILD_PRECISIONS:
+        raise EdgeAdError(f"engine precision {precision!r} is not one of {', '.join(BUILD_PRECISIONS)}")
+    if precision == "int8" and bundle.precision != "int8":
+        raise EdgeAdError(f"{bundle.root}: INT8 engines are built from Q/DQ graphs; export with --precision int8")
+    if bundle.spec.get("quantization", {}).get("tensorrt_compatible") is False:
+        raise EdgeAdError(f"{bundle.root}: its INT8 graphs use unsigned activations, which TensorRT does not read")
+    trt = _tensorrt()
+    key = device_key(precision, dla_core)
+    for line in other_engines(bundle, key):
+        print(line)
+    folder = bundle.root / ENGINES_DIR / key.slug
+    if not force and cached_engines(bundle, key) is not None:
+        print(f"{folder}: engines for this device and bundle are up to date")
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    cache_path = bundle.root / ENGINES_DIR / TIMING_CACHE
+    entries = {}
+    for name, path in bundle.graphs.items():
+        # EXPLICIT_BATCH is required by 8.6 and the only mode (flag ignored) in 10.x.
+        flag = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        network = builder.create_network(flag)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse(path.read_bytes()):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise EdgeAdError(f"{path}: TensorRT cannot parse this graph ({errors})")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+        if name in REDUCED_PRECISION_GRAPHS:
+            config.set_flag(trt.BuilderFlag.FP16)
+            if precision == "int8":
+                config.set_flag(trt.BuilderFlag.INT8)
+        if dla_core is not None:
+            config.default_device_type = trt.DeviceType.DLA
+            config.DLA_core = dla_core
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+        profile = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            tensor = network.get_input(i)
+            shape = tuple(tensor.shape)
+            if shape and shape[0] == -1:  # dynamic batch
+                rest = shape[1:]
+                profile.set_shape(tensor.name, (1, *rest), (1, *rest), (max_batch, *rest))
+        config.add_optimization_profile(profile)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise EdgeAdError(f"{path}: TensorRT could not build an engine (see the TensorRT log above)")
+        engine = folder / f"{name}.engine"
+        engine.write_bytes(bytes(serialized))
+        cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+        entries[name] = {"file": engine.name, "source_sha256": bundle.spec["graphs"][name]["sha256"]}
+    write_yaml_atomic(folder / MANIFEST, {"key": asdict(key), "graphs": entries, "max_batch": max_batch})
+    return folder

@@ -1,0 +1,72 @@
+"""TensorRT engine cache: keys, refusal of engines from another device or bundle, and the build
+command. Building itself needs TensorRT and an NVIDIA GPU and is skipped without them."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from edge_ad.bundle import load_bundle
+from edge_ad.engines import ENGINES_DIR, MANIFEST, EngineKey, build_engines, cached_engines, mismatch, other_engines
+from edge_ad.errors import EdgeAdError
+
+ORIN = EngineKey("Orin (nvgpu)", "8.7", "10.3.0", "fp16")
+
+
+def _manifest(bundle, key):
+    graphs = {name: {"file": f"{name}.engine", "source_sha256": bundle.spec["graphs"][name]["sha256"]} for name in bundle.graphs}
+    return {"key": vars(key).copy(), "graphs": graphs}
+
+
+def test_key_names_gpu_capability_tensorrt_and_precision():
+    assert ORIN.slug == "orin-nvgpu-sm87-trt10.3.0-fp16"
+    assert EngineKey("NVIDIA H100 80GB HBM3", "9.0", "8.6.1", "int8", 0).slug == "nvidia-h100-80gb-hbm3-sm90-trt8.6.1-int8-dla0"
+
+
+def test_engines_from_another_device_or_bundle_are_refused_with_the_reason(tiny_bundle, tmp_path):
+    bundle = load_bundle(shutil.copytree(tiny_bundle, tmp_path / "b"))
+    manifest = _manifest(bundle, ORIN)
+    assert mismatch(manifest, ORIN, bundle) is None
+    other_trt = EngineKey("Orin (nvgpu)", "8.7", "8.6.2", "fp16")
+    assert mismatch(manifest, other_trt, bundle) == "built for tensorrt '10.3.0', this device has '8.6.2'"
+    manifest["graphs"]["head"]["source_sha256"] = "0" * 64
+    assert "engine for graph 'head' was built from another version of head.onnx" == mismatch(manifest, ORIN, bundle)
+
+    folder = bundle.root / ENGINES_DIR / ORIN.slug
+    folder.mkdir(parents=True)
+    (folder / MANIFEST).write_text(yaml.safe_dump(_manifest(bundle, ORIN)))
+    assert set(cached_engines(bundle, ORIN)) == {"encoder", "head"}
+    assert cached_engines(bundle, other_trt) is None
+    [line] = other_engines(bundle, other_trt)
+    assert ORIN.slug in line and "not used here, built for tensorrt '10.3.0'" in line
+
+
+def test_int8_engines_need_tensorrt_form_qdq_graphs(tiny_bundle):
+    with pytest.raises(EdgeAdError, match="INT8 engines are built from Q/DQ graphs; export with --precision int8"):
+        build_engines(load_bundle(tiny_bundle), "int8")
+    with pytest.raises(EdgeAdError, match="engine precision 'fp64'"):
+        build_engines(load_bundle(tiny_bundle), "fp64")
+
+
+def test_build_without_tensorrt_fails_with_one_line(tiny_bundle):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    out = subprocess.run([sys.executable, "-m", "edge_ad", "build", "--bundle", str(tiny_bundle)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "TensorRT engines need the tensorrt package" in out.stderr
+
+
+def test_build_engines_on_a_gpu(tiny_bundle, tmp_path):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (no NVIDIA GPU here)")
+    pytest.importorskip("pycuda.driver", reason="pycuda is not installed")
+    bundle = load_bundle(shutil.copytree(tiny_bundle, tmp_path / "b"))
+    folder = build_engines(bundle, "fp16")
+    manifest = yaml.safe_load((folder / MANIFEST).read_text())
+    assert set(manifest["graphs"]) == {"encoder", "head"}
+    assert all((folder / e["file"]).stat().st_size > 0 for e in manifest["graphs"].values())
+    assert (bundle.root / ENGINES_DIR / "timing.cache").is_file()
