@@ -139,7 +139,7 @@ def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
     yaml_path = root / BUNDLE_FILE
     if not yaml_path.is_file():
         raise BundleError(f"{path}: no {BUNDLE_FILE} inside")
-    data = _read_yaml(yaml_path)
+    data = read_yaml(yaml_path)
     fields = _Fields(yaml_path, data)
     version = fields.get("schema_version", int)
     if version != SCHEMA_VERSION:
@@ -193,7 +193,8 @@ def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
     )
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; a malformed one is named with its line."""
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -210,7 +211,7 @@ def _calibration(path: Path, steps: int | None) -> _Fields | None:
     another K does not describe this K's maps, so it is set aside with a warning)."""
     if not path.is_file():
         return None
-    data = _read_yaml(path)
+    data = read_yaml(path)
     if data.get("steps") != steps:
         warnings.warn(f"{path}: made for {data.get('steps')} bridge steps, not {steps}; using the bundle's own numbers")
         return None

@@ -106,33 +106,27 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _build(args: argparse.Namespace) -> None:
-    from .bundle import load_bundle
+    from .bundle import load_bundle, read_yaml
     from .engines import build_engines
 
     workspace = args.workspace_mib
     if args.target:
-        target = _read_target(Path(args.target))
+        target = read_yaml(Path(args.target))
         workspace = workspace or target.get("tensorrt", {}).get("memory_pool_mib")
     folder = build_engines(load_bundle(args.bundle), args.precision, args.dla_core, workspace or 1024, args.max_batch, args.force)
     print(f"engines in {folder}")
-
-
-def _read_target(path: Path) -> dict:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise EdgeAdError(f"{path}: malformed YAML") from exc
-    if not isinstance(data, dict):
-        raise EdgeAdError(f"{path}: expected a mapping at the top level")
-    return data
 
 
 def _demo(args: argparse.Namespace) -> None:
     from export.demo import demo
 
     demo(Path(args.workdir))
+
+
+def _add_detector_options(p: argparse.ArgumentParser) -> None:
+    """The options of every command that loads a detector: bridge steps and backend."""
+    p.add_argument("--steps", type=_positive_int, help="bridge steps K (default: the bundle's)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs the graphs (pytorch: the reference)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,8 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True)
     p.add_argument("--data", required=True, help="'elpv' or an MVTec category folder")
     p.add_argument("--json", help="also write the metrics to this JSON file")
-    p.add_argument("--steps", type=_positive_int, help="bridge steps K (default: the bundle's)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs the graphs (pytorch: the reference)")
+    _add_detector_options(p)
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("run", help="score a stream: test://[pattern], a video file or an image folder")
@@ -183,8 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", help="JSON-lines file, one line per frame")
     p.add_argument("--snapshots", help="folder for overlays of anomalous frames")
     p.add_argument("--max-frames", type=_positive_int)
-    p.add_argument("--steps", type=_positive_int, help="bridge steps K (default: the bundle's)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs the graphs (pytorch: the reference)")
+    _add_detector_options(p)
     p.set_defaults(func=_run)
 
     p = sub.add_parser("bench", help="per-stage latency, fps and peak memory on synthetic frames")
@@ -194,8 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=_positive_int, help="frame height (default: the bundle's input size)")
     p.add_argument("--width", type=_positive_int, help="frame width (default: the bundle's input size)")
     p.add_argument("--json", help="also write the report to this JSON file")
-    p.add_argument("--steps", type=_positive_int, help="bridge steps K (default: the bundle's)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs the graphs (pytorch: the reference)")
+    _add_detector_options(p)
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("build", help="build TensorRT engines for this device (needs TensorRT and an NVIDIA GPU)")
