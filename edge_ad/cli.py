@@ -62,17 +62,60 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .detector import Detector
-    from .runner import run_stream
+    import logging
 
-    detector = Detector.load(args.bundle, backend=args.backend, steps=args.steps)
-    summary = run_stream(
-        detector,
-        args.input,
+    from .pipelines import SourceOptions, output_pipeline, rtsp_launch, source_pipeline
+    from .runner import RunConfig, Stream, streams_from_yaml
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    jetson = {"auto": None, "jetson": True, "generic": False}[args.platform]
+    options = SourceOptions(args.input_width, args.input_height, args.input_framerate, args.input_codec,
+                            args.latency, args.timeout)
+    if args.sources:
+        if args.input or args.pipeline or args.output:
+            raise EdgeAdError("--sources: give the inputs and outputs in the YAML file, not also on the command line")
+        streams = streams_from_yaml(Path(args.sources), options)
+    else:
+        inputs = args.input or ([""] if args.pipeline else [])
+        if not inputs:
+            raise EdgeAdError("run: give --input (repeat it for several cameras), --pipeline or --sources")
+        outputs = args.output or []
+        if outputs and len(outputs) != len(inputs):
+            raise EdgeAdError(f"--output: give one per --input ({len(inputs)}), got {len(outputs)}")
+        streams = [Stream(uri, output=out, options=options, pipeline=args.pipeline)
+                   for uri, out in zip(inputs, outputs or [None] * len(inputs))]
+    if args.print_pipeline:
+        for stream in streams:
+            description = stream.pipeline or source_pipeline(stream.input, stream.options, jetson).description
+            print(f"{stream.name}: {description}")
+            if stream.output:
+                size = (stream.options.width or 1280, stream.options.height or 720, stream.options.framerate or 30)
+                out = rtsp_launch(*size, jetson) if stream.output.startswith("rtsp://") else output_pipeline(
+                    stream.output, *size, jetson)
+                print(f"{stream.name} -> {stream.output}: {out}")
+        return
+    from .detector import Detector
+    from .runner import run
+
+    config = RunConfig(
         events=Path(args.events) if args.events else None,
+        events_max_mb=args.events_max_mb,
         snapshots=Path(args.snapshots) if args.snapshots else None,
+        snapshot_interval_s=args.snapshot_interval,
+        snapshot_quota_mb=args.snapshot_quota_mb,
+        on_anomaly=args.on_anomaly,
+        metrics=Path(args.metrics) if args.metrics else None,
+        metrics_port=args.metrics_port,
         max_frames=args.max_frames,
+        jetson=jetson,
     )
+    summary = run(Detector.load(args.bundle, backend=args.backend, steps=args.steps), streams, config)
+    for s in summary.sources:
+        print(f"{s.name}: frames {s.frames}  dropped {s.dropped}  reconnects {s.reconnects}  anomalies {s.anomalies}  "
+              f"snapshots {s.snapshots}  latency p50 {s.latency(50):.1f} ms p99 {s.latency(99):.1f} ms"
+              + (f"  error: {s.error}" if s.error else ""))
+    for sink, errors in summary.sink_errors.items():
+        print(f"{sink}: {errors} failed writes")
     print(
         f"frames {summary.frames}  seconds {summary.seconds:.2f}  fps {summary.fps:.1f}  "
         f"anomalies {summary.anomalies}  snapshots {summary.snapshots}"
@@ -170,12 +213,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detector_options(p)
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("run", help="score a stream: test://[pattern], a video file or an image folder")
+    p = sub.add_parser("run", help="score live or recorded video: cameras, RTSP/RTP, files, folders, test://")
     p.add_argument("--bundle", required=True)
-    p.add_argument("--input", required=True)
-    p.add_argument("--events", help="JSON-lines file, one line per frame")
-    p.add_argument("--snapshots", help="folder for overlays of anomalous frames")
-    p.add_argument("--max-frames", type=_positive_int)
+    p.add_argument("--input", action="append",
+                   help="test://[pattern], csi://N, /dev/videoN, rtsp://..., rtp://@:port, a video file or an image "
+                        "folder; repeat for several cameras")
+    p.add_argument("--output", action="append",
+                   help="overlay video per --input: a .mp4/.mkv file, rtp://host:port, rtsp://@:port/path, display://0")
+    p.add_argument("--sources", help="YAML file listing several sources (input, name, output, options)")
+    p.add_argument("--pipeline", help="your own GStreamer source pipeline ending in 'appsink name=sink' (BGR)")
+    p.add_argument("--print-pipeline", action="store_true", help="print the GStreamer pipelines and exit")
+    p.add_argument("--platform", choices=("auto", "jetson", "generic"), default="auto",
+                   help="NVMM elements (jetson) or generic ones; auto detects a Jetson")
+    p.add_argument("--input-width", type=_positive_int)
+    p.add_argument("--input-height", type=_positive_int)
+    p.add_argument("--input-framerate", type=_positive_int)
+    p.add_argument("--input-codec", choices=("h264", "h265", "mjpeg", "raw"),
+                   help="camera or stream codec (default: raw for V4L2, h264 for RTSP/RTP)")
+    p.add_argument("--latency", type=int, default=200, help="RTSP/RTP jitter-buffer latency in ms")
+    p.add_argument("--timeout", type=float, default=5.0, help="a live source silent this many seconds reconnects")
+    p.add_argument("--events", help="JSON-lines file, one line per frame (rotated by size)")
+    p.add_argument("--events-max-mb", type=float, default=100.0, help="rotate the events file at this size")
+    p.add_argument("--snapshots", help="folder for the frame and overlay of anomalous frames")
+    p.add_argument("--snapshot-interval", type=float, default=1.0, help="at most one snapshot per source per N seconds")
+    p.add_argument("--snapshot-quota-mb", type=float, default=500.0, help="oldest snapshots go beyond this size")
+    p.add_argument("--on-anomaly", help="command run (not waited for) for an anomalous frame; EDGE_AD_* variables")
+    p.add_argument("--metrics", help="file rewritten every 5 s with Prometheus-format metrics")
+    p.add_argument("--metrics-port", type=int, help="serve the metrics on http://0.0.0.0:PORT/metrics")
+    p.add_argument("--max-frames", type=_positive_int, help="stop each source after this many frames")
     _add_detector_options(p)
     p.set_defaults(func=_run)
 

@@ -1,40 +1,328 @@
-"""The streaming loop behind `edge-ad run`: source -> detector -> events and snapshots."""
+"""The streaming loop behind `edge-ad run`: sources -> one detector -> events, snapshots, video.
+
+Each source is read by its own capture thread into a one-frame slot: a live source's newest
+frame replaces one not yet scored (counted as dropped), a file's frames all wait their turn.
+The main thread scores the frames that are ready, in one batch when several sources have one,
+and hands each result to that source's sinks. SIGINT and SIGTERM stop the run within a second;
+every sink is then flushed and closed and the summary returned.
+"""
 
 from __future__ import annotations
 
-import json
+import logging
+import queue
+import signal
+import threading
 import time
-from contextlib import ExitStack
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import cv2
+import numpy as np
 from tqdm import tqdm
 
-from .detector import Detector
-from .errors import EdgeAdError
+from .bundle import read_yaml
+from .detector import Detector, Result
+from .errors import EdgeAdError, SourceError
+from .outputs import open_output
+from .pipelines import SourceOptions, output_pipeline
+from .regions import regions
 from .render import overlay
-from .sources import open_source
+from .sinks import AnomalyHook, EventLog, Guarded, Snapshots
+from .sources import Frame, Source, open_source
+from .telemetry import SourceStats, Telemetry
+
+log = logging.getLogger("edge_ad.runner")
+
+DEFAULT_FPS = 30  # output frame rate for sources that do not say theirs (image folders)
+
+
+@dataclass
+class Stream:
+    """One source of a run and its own video output."""
+
+    input: str
+    name: str = ""
+    output: str | None = None
+    options: SourceOptions = field(default_factory=SourceOptions)
+    pipeline: str | None = None  # the user's own GStreamer pipeline ending in appsink name=sink
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.input or "pipeline"
+
+
+@dataclass
+class RunConfig:
+    """The sinks and limits of a run, shared by its streams."""
+
+    events: Path | None = None
+    events_max_mb: float = 100.0
+    snapshots: Path | None = None
+    snapshot_interval_s: float = 1.0
+    snapshot_quota_mb: float = 500.0
+    on_anomaly: str | None = None
+    metrics: Path | None = None
+    metrics_port: int | None = None
+    max_frames: int | None = None  # per source
+    jetson: bool | None = None  # None: detect
 
 
 @dataclass
 class RunSummary:
-    frames: int
     seconds: float
-    anomalies: int
-    snapshots: int
+    sources: list[SourceStats]
+    sink_errors: dict[str, int]
+
+    @property
+    def frames(self) -> int:
+        return sum(s.frames for s in self.sources)
+
+    @property
+    def anomalies(self) -> int:
+        return sum(s.anomalies for s in self.sources)
+
+    @property
+    def snapshots(self) -> int:
+        return sum(s.snapshots for s in self.sources)
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def _open_events(path: Path):
+class _Capture(threading.Thread):
+    """Reads one source into a one-frame slot until the source ends or the run stops."""
+
+    def __init__(self, stream: Stream, source: Source, ready: threading.Event):
+        super().__init__(name=f"capture {stream.name}", daemon=True)
+        self.stream, self.source, self.ready = stream, source, ready
+        self.stop = threading.Event()
+        self.slot: queue.Queue[Frame] = queue.Queue(maxsize=1)
+        self.replaced = 0  # live frames replaced in the slot by a newer one before being scored
+        self.error: str | None = None
+        self.delivered = 0
+        self.finished = False
+
+    def run(self) -> None:
+        try:
+            for frame in self.source.frames(self.stop):
+                if self.source.live:
+                    try:
+                        self.slot.put_nowait(frame)
+                    except queue.Full:
+                        try:
+                            self.slot.get_nowait()
+                            self.replaced += 1
+                        except queue.Empty:
+                            pass
+                        self.slot.put_nowait(frame)
+                else:
+                    while not self.stop.is_set():
+                        try:
+                            self.slot.put(frame, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                self.delivered += 1
+                self.ready.set()
+        except (EdgeAdError, OSError) as exc:
+            self.error = str(exc)
+            if self.delivered:  # a source that never delivered fails the run, or shows in its summary
+                log.error("%s", exc)
+        finally:
+            self.finished = True
+            self.ready.set()
+
+    def take(self) -> Frame | None:
+        try:
+            return self.slot.get_nowait()
+        except queue.Empty:
+            return None
+
+    @property
+    def dropped(self) -> int:
+        return self.source.dropped + self.replaced
+
+
+class _VideoSink:
+    """Opens the video output at the first frame (its size) and writes overlays to it; an output
+    that cannot open is tried again after RETRY_S."""
+
+    RETRY_S = 5.0
+
+    def __init__(self, stream: Stream, source: Source, jetson: bool | None):
+        self.stream, self.source, self.jetson = stream, source, jetson
+        self.output = None
+        self._next_try = 0.0
+
+    def __call__(self, frame: Frame, picture: np.ndarray) -> None:
+        if self.output is None:
+            if time.monotonic() < self._next_try:
+                return
+            self._next_try = time.monotonic() + self.RETRY_S
+            height, width = picture.shape[:2]
+            fps = round(self.source.fps or self.stream.options.framerate or DEFAULT_FPS)
+            self.output = open_output(self.stream.output, width, height, max(fps, 1), self.jetson)
+            log.info("%s: video output %s", self.stream.name, self.output.description)
+        self.output.write(picture, frame.timestamp)
+
+    def close(self) -> None:
+        if self.output is not None:
+            self.output.close()
+
+
+class _Sinks:
+    """Everything a scored frame goes to: events, snapshots, the anomaly hook (shared by the
+    streams) and each stream's video output, each guarded so that its failures are counted."""
+
+    def __init__(self, config: RunConfig, stack: ExitStack):
+        self.guards: list[Guarded] = []
+        self.events = self.snapshots = self.hook = None
+        self.videos: dict[str, Guarded] = {}
+        self.jetson = config.jetson
+        self.stack = stack
+        if config.events is not None:
+            events = EventLog(config.events, int(config.events_max_mb * (1 << 20)))
+            stack.callback(events.close)
+            self.events = self._guard(f"events {config.events}", events.write)
+        if config.snapshots is not None:
+            self.folder = Snapshots(config.snapshots, config.snapshot_interval_s, int(config.snapshot_quota_mb * (1 << 20)))
+            self.snapshots = self._guard(f"snapshots {config.snapshots}", self.folder.save)
+        if config.on_anomaly:
+            hook = AnomalyHook(config.on_anomaly)
+            stack.callback(hook.close)
+            self.hook = self._guard("--on-anomaly", hook)
+
+    def _guard(self, name: str, call) -> Guarded:
+        self.guards.append(Guarded(name, call))
+        return self.guards[-1]
+
+    def add_video(self, stream: Stream, source: Source) -> None:
+        video = _VideoSink(stream, source, self.jetson)
+        self.stack.callback(video.close)
+        self.videos[stream.name] = self._guard(f"output {stream.output}", video)
+
+    def errors(self) -> dict[str, int]:
+        return {g.name: g.errors for g in self.guards}
+
+    def deliver(self, stream: Stream, frame: Frame, result: Result, latency_ms: float, record: SourceStats) -> None:
+        event = _event(stream, frame, result, latency_ms)
+        if self.events is not None:
+            self.events(event)
+        picture = None
+        if stream.name in self.videos:
+            picture = overlay(frame.image, result)
+            self.videos[stream.name](frame, picture)
+        if not result.is_anomaly:
+            return
+        if self.snapshots is not None and self.folder.due(stream.name, time.monotonic()):
+            saved = self.folder.saved
+            self.snapshots(stream.name, frame.index, frame.image, picture if picture is not None else overlay(frame.image, result))
+            record.snapshots += self.folder.saved - saved
+        if self.hook is not None:
+            self.hook(event)
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event):
+    """SIGINT and SIGTERM set `stop` (in the main thread; elsewhere the caller sets it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, _: (log.warning("%s: stopping", signal.Signals(signum).name), stop.set()))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "w")
-    except OSError as exc:
-        raise EdgeAdError(f"{path}: cannot write events ({exc.strerror or exc})") from exc
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _event(stream: Stream, frame: Frame, result: Result, latency_ms: float) -> dict:
+    return {
+        "source": stream.name,
+        "frame": frame.index,
+        "name": frame.name,
+        "timestamp": round(frame.captured, 6),
+        "pts": round(frame.timestamp, 6),
+        "score": round(result.score, 6),
+        "anomaly": result.is_anomaly,
+        "threshold": result.threshold,
+        "regions": regions(result.map, result.threshold) if result.is_anomaly else [],
+        "latency_ms": round(latency_ms, 3),
+        "inference_ms": round(sum(result.times_ms.values()), 3),
+    }
+
+
+def run(detector: Detector, streams: list[Stream], config: RunConfig, stop: threading.Event | None = None) -> RunSummary:
+    """Score every stream until all end, `max_frames` per stream, or `stop` (also set by SIGINT
+    and SIGTERM). A source that fails to open stops the run before it starts; a sink that fails
+    later is reported and inference goes on."""
+    if not streams:
+        raise EdgeAdError("run: no --input given")
+    names = [s.name for s in streams]
+    if len(set(names)) != len(names):
+        raise EdgeAdError(f"run: source names must differ, got {names}")
+    for stream in streams:  # an unknown output type fails now, not after the first frame
+        if stream.output and not stream.output.startswith("rtsp://"):
+            output_pipeline(stream.output, 64, 64, DEFAULT_FPS, config.jetson)
+    stop = stop or threading.Event()
+    ready = threading.Event()
+    stats = {s.name: SourceStats(s.name) for s in streams}
+    with ExitStack() as stack, _stop_on_signals(stop):
+        sinks = _Sinks(config, stack)
+        telemetry = None
+        if config.metrics is not None or config.metrics_port is not None:
+            telemetry = Telemetry(lambda: list(stats.values()), sinks.errors, config.metrics, config.metrics_port)
+            stack.callback(telemetry.close)
+            stack.callback(telemetry.tick, True)
+        captures: list[_Capture] = []
+        for stream in streams:
+            source = open_source(stream.input, stream.options, stream.pipeline, config.jetson)
+            stack.callback(source.close)
+            log.info("%s: %s", stream.name, source.description)
+            captures.append(_Capture(stream, source, ready))
+            if stream.output:
+                sinks.add_video(stream, source)
+        stack.callback(lambda: [c.join(timeout=2.0) for c in captures])
+        stack.callback(lambda: [c.stop.set() for c in captures])  # runs first: stop, then join
+
+        bar = stack.enter_context(tqdm(desc="frames", unit="frame", leave=False))
+        start = time.perf_counter()
+        for capture in captures:
+            capture.start()
+        while not stop.is_set():
+            # A capture stopped at max_frames may still hold a frame: it is not scored.
+            ready_frames = [(c, f) for c in captures if not c.stop.is_set() and (f := c.take()) is not None]
+            if not ready_frames:
+                if all(c.finished and (c.stop.is_set() or c.slot.empty()) for c in captures):
+                    break
+                ready.wait(0.1)
+                ready.clear()
+                continue
+            results = detector.batch([f.image for _, f in ready_frames])  # one batch across the sources
+            done = time.time()
+            for (capture, frame), result in zip(ready_frames, results):
+                record = stats[capture.stream.name]
+                latency_ms = (done - frame.captured) * 1e3
+                record.add(latency_ms, result.is_anomaly)
+                sinks.deliver(capture.stream, frame, result, latency_ms, record)
+                if config.max_frames is not None and record.frames >= config.max_frames:
+                    capture.stop.set()
+            for capture in captures:
+                record = stats[capture.stream.name]
+                record.dropped, record.reconnects = capture.dropped, capture.source.reconnects
+            bar.update(len(ready_frames))
+            if telemetry is not None:
+                telemetry.tick()
+        seconds = time.perf_counter() - start
+    for capture in captures:
+        stats[capture.stream.name].error = capture.error
+    failed = [c for c in captures if c.error]
+    if failed and len(failed) == len(captures) and not any(stats[c.stream.name].frames for c in captures):
+        raise SourceError(failed[0].error)
+    return RunSummary(seconds, list(stats.values()), {name: n for name, n in sinks.errors().items() if n})
 
 
 def run_stream(
@@ -44,42 +332,35 @@ def run_stream(
     snapshots: Path | None = None,
     max_frames: int | None = None,
 ) -> RunSummary:
-    """Score frames from `uri` until it ends or `max_frames` frames; write one JSON line per frame
-    to `events` and the overlay of each anomalous frame to `snapshots`."""
-    if snapshots is not None:
-        try:
-            snapshots.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise EdgeAdError(f"{snapshots}: cannot create the snapshot folder ({exc.strerror or exc})") from exc
-    frames = anomalies = saved = 0
-    with ExitStack() as stack:  # closes whatever was opened, in reverse order, however the run ends
-        event_file = stack.enter_context(_open_events(events)) if events is not None else None
-        source = open_source(uri)
-        stack.callback(source.close)
-        bar = stack.enter_context(tqdm(total=max_frames, desc="frames", unit="frame", leave=False))
-        start = time.perf_counter()
-        for frame in source:
-            t0 = time.perf_counter()
-            result = detector(frame.image)
-            latency_ms = (time.perf_counter() - t0) * 1e3
-            frames += 1
-            anomalies += result.is_anomaly
-            bar.update()
-            if event_file is not None:
-                event = {
-                    "source": uri,
-                    "frame": frame.index,
-                    "name": frame.name,
-                    "timestamp": round(frame.timestamp, 6),
-                    "score": round(result.score, 6),
-                    "anomaly": result.is_anomaly,
-                    "threshold": result.threshold,
-                    "latency_ms": round(latency_ms, 3),
-                }
-                event_file.write(json.dumps(event) + "\n")
-            if snapshots is not None and result.is_anomaly:
-                cv2.imwrite(str(snapshots / f"frame{frame.index:06d}.jpg"), overlay(frame.image, result))
-                saved += 1
-            if max_frames is not None and frames >= max_frames:
-                break
-    return RunSummary(frames, time.perf_counter() - start, anomalies, saved)
+    """One source, events and snapshots: the short form of `run` used by the demo."""
+    return run(detector, [Stream(uri)], RunConfig(events=events, snapshots=snapshots, max_frames=max_frames))
+
+
+STREAM_KEYS = {"input", "name", "output", "pipeline"}
+OPTION_KEYS = {"width", "height", "framerate", "codec", "latency_ms", "timeout_s", "pattern"}
+
+
+def streams_from_yaml(path: Path, defaults: SourceOptions) -> list[Stream]:
+    """Streams from a YAML file: `sources:` a list of mappings with `input` (or `pipeline`) and
+    optional `name`, `output` and source options (width, height, framerate, codec, latency_ms,
+    timeout_s, pattern); options left out take the command line's values."""
+    data = read_yaml(path)
+    entries = data.get("sources")
+    if not isinstance(entries, list) or not entries:
+        raise EdgeAdError(f"{path}: expected 'sources:' with a list of sources")
+    streams = []
+    for number, entry in enumerate(entries, 1):
+        where = f"{path}: source {number}"
+        if not isinstance(entry, dict):
+            raise EdgeAdError(f"{where}: expected a mapping with 'input'")
+        unknown = set(entry) - STREAM_KEYS - OPTION_KEYS
+        if unknown:
+            raise EdgeAdError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(STREAM_KEYS | OPTION_KEYS)})")
+        if not entry.get("input") and not entry.get("pipeline"):
+            raise EdgeAdError(f"{where}: needs 'input' (a URI, file or folder) or 'pipeline'")
+        options = replace(defaults, **{k: entry[k] for k in OPTION_KEYS & set(entry)})
+        streams.append(
+            Stream(str(entry.get("input") or ""), str(entry.get("name") or ""), entry.get("output"), options,
+                   entry.get("pipeline"))
+        )
+    return streams

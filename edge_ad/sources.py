@@ -1,13 +1,20 @@
 """Frame sources: GStreamer pipelines (through PyGObject) into an appsink, and image folders.
 
-`test://[pattern]` is videotestsrc, a file path is decoded with decodebin, a folder
-of images is read with OpenCV. Frames come out as uint8 BGR, as OpenCV uses them.
+Live sources (cameras, RTSP/RTP streams, test://) keep only the newest frame in the appsink
+(drop, max-buffers 1, no sync), so inference never falls behind the camera; the frames the
+appsink dropped are counted. When a live source fails (error, EOS, or no frame for
+`timeout_s`) it reconnects with exponential back-off and a log line per attempt. Files end at
+their EOS and every frame of them is delivered. Frames come out as uint8 BGR, as OpenCV uses them.
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -15,21 +22,31 @@ import numpy as np
 
 from .errors import ImageError, SourceError
 from .images import is_image_file, read_image
+from .pipelines import SourceOptions, SourcePipeline, source_pipeline
 
-TEST_SIZE = (640, 480)
-TEST_FPS = 30
-PULL_TIMEOUT_S = 10.0
+log = logging.getLogger("edge_ad.sources")
+
+POLL_S = 0.2  # appsink pulls wait this long at most, so a stop request is seen within it
+BACKOFF_S = (1.0, 30.0)  # first and largest wait between reconnection attempts
 
 
 @dataclass
 class Frame:
     index: int
-    timestamp: float  # seconds: stream time for GStreamer sources, wall time for folders
+    timestamp: float  # seconds: stream time (PTS) for GStreamer sources, wall time for folders
     image: np.ndarray  # uint8 BGR (H, W, 3)
     name: str = ""
+    captured: float = field(default_factory=time.time)  # wall-clock seconds when the frame arrived
 
 
 def _gst():
+    # libgstreamer links libunwind, whose _Unwind_* symbols would then win over libgcc_s's for
+    # every C++ library loaded later (ONNX Runtime, torch), and their exceptions would abort the
+    # process. Loading libgcc_s first, globally, keeps C++ exceptions working.
+    try:
+        ctypes.CDLL("libgcc_s.so.1", mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        pass  # not a glibc system: nothing to keep apart
     try:
         import gi
 
@@ -46,58 +63,112 @@ def _gst():
     return Gst
 
 
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def pipeline_for(uri: str) -> str:
-    """The GStreamer pipeline description for a source URI, ending in an appsink named 'sink'."""
-    sink = "videoconvert ! video/x-raw,format=BGR ! appsink name=sink"
-    if uri.startswith("test://"):
-        pattern = uri[len("test://") :] or "smpte"
-        width, height = TEST_SIZE
-        return (
-            f"videotestsrc pattern={pattern} ! "
-            f"video/x-raw,width={width},height={height},framerate={TEST_FPS}/1 ! {sink}"
-        )
-    path = Path(uri)
-    if not path.is_file():
-        raise SourceError(f"{uri}: no such file, folder or supported source URI")
-    return f"filesrc location={_quote(str(path))} ! decodebin ! {sink}"
+class _Failure(Exception):
+    """A live pipeline stopped delivering; the source reconnects."""
 
 
 class GstSource:
-    """Pulls every decoded frame from a GStreamer pipeline; offline sources are not throttled."""
+    """Frames from a GStreamer pipeline ending in `appsink name=sink`.
 
-    def __init__(self, uri: str):
-        Gst = self._Gst = _gst()
+    `uri` is a source URI (see `edge_ad.pipelines.source_pipeline`) or, with `pipeline`, a name
+    for the user's own pipeline description. Counters: `dropped` frames, `reconnects`.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        options: SourceOptions | None = None,
+        pipeline: str | None = None,
+        jetson: bool | None = None,
+    ):
+        self._Gst = _gst()
         self.uri = uri
-        self.description = pipeline_for(uri)
+        self.options = options or SourceOptions()
+        if pipeline is not None:
+            if "appsink" not in pipeline or "name=sink" not in pipeline:
+                raise SourceError(f"--pipeline '{pipeline}': it must end in 'appsink name=sink' (BGR frames)")
+            self.spec = SourcePipeline(pipeline, live=False)
+            self._custom = True
+        else:
+            self.spec = source_pipeline(uri, self.options, jetson)
+            self._custom = False
+        self.description = self.spec.description
+        self.reconnects = 0
+        self.fps: float | None = None  # from the caps of the first frame (None: variable or unknown)
+        self._dropped_before = 0  # frames the appsinks of earlier connections dropped
+        self._arrived_before = 0  # frames that reached the appsinks of earlier connections
+        self._arrived_here = self._pulled_here = 0
+        self._numbers: deque[tuple[int, int]] = deque(maxlen=16)  # (pts, arrival number) of recent buffers
+        self.pipeline = None
+        self._start()  # the first start fails loudly: a wrong URI should not retry for ever
+
+    @property
+    def live(self) -> bool:
+        return self.spec.live
+
+    @property
+    def dropped(self) -> int:
+        """Frames the appsink dropped because a newer one arrived before they were pulled."""
+        if not self.live:
+            return 0  # files and other non-live sources never drop
+        # One arrived frame may still wait in the appsink: count it as not dropped.
+        return self._dropped_before + max(0, self._arrived_here - self._pulled_here - 1)
+
+    def _start(self) -> None:
+        Gst = self._Gst
         try:
             self.pipeline = Gst.parse_launch(self.description)
         except Exception as exc:  # GLib.Error carries GStreamer's own message
-            raise SourceError(f"{uri}: cannot build pipeline '{self.description}': {exc}") from exc
+            raise SourceError(f"{self.uri}: cannot build pipeline '{self.description}': {exc}") from exc
         self.appsink = self.pipeline.get_by_name("sink")
         if self.appsink is None:
-            raise SourceError(f"{uri}: pipeline has no appsink named 'sink'")
-        # Files and test patterns: every frame, as fast as inference takes them.
-        self.appsink.set_property("sync", False)
-        self.appsink.set_property("max-buffers", 2)
-        self.appsink.set_property("drop", False)
-        if self.pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+            raise SourceError(f"{self.uri}: pipeline has no appsink named 'sink'")
+        state = self.pipeline.set_state(Gst.State.PAUSED)
+        if state == Gst.StateChangeReturn.FAILURE:
+            error = self._bus_error() or "pipeline failed to start"
             self.close()
-            raise SourceError(f"{uri}: {self._bus_error() or 'pipeline failed to start'}")
+            raise SourceError(f"{self.uri}: {error}")
+        if self._custom:  # a live source does not preroll: that is how GStreamer tells them apart
+            self.spec.live = state == Gst.StateChangeReturn.NO_PREROLL
+        live = self.spec.live
+        self.appsink.set_property("sync", False)
+        self.appsink.set_property("drop", live)
+        self.appsink.set_property("max-buffers", 1 if live else 2)
+        self._dropped_before = self.dropped
+        self._arrived_before += self._arrived_here
+        self._arrived_here = self._pulled_here = 0
+        self.appsink.get_static_pad("sink").add_probe(self._Gst.PadProbeType.BUFFER, self._count_arrival)
+        if self.pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+            error = self._bus_error() or "pipeline failed to start"
+            self.close()
+            raise SourceError(f"{self.uri}: {error}")
+
+    def _count_arrival(self, pad, info):
+        self._numbers.append((info.get_buffer().pts, self._arrived_before + self._arrived_here))
+        self._arrived_here += 1
+        return self._Gst.PadProbeReturn.OK
+
+    def _number(self, pts: int, fallback: int) -> int:
+        """The arrival number of the buffer with this PTS: the source's frame number, with the
+        frames dropped before it counted, so gaps in the numbers show the drops."""
+        for buffer_pts, number in reversed(self._numbers):
+            if buffer_pts == pts:
+                return number
+        return fallback
 
     def _bus_error(self) -> str | None:
         message = self.pipeline.get_bus().pop_filtered(self._Gst.MessageType.ERROR)
         if message is None:
             return None
-        error, debug = message.parse_error()
+        error, _ = message.parse_error()
         return f"{error.message} ({message.src.get_name()})"
 
     def _to_array(self, sample) -> np.ndarray:
         structure = sample.get_caps().get_structure(0)
         width, height = structure.get_value("width"), structure.get_value("height")
+        ok, num, den = structure.get_fraction("framerate")
+        if ok and num > 0 and den > 0:
+            self.fps = num / den
         buffer = sample.get_buffer()
         ok, info = buffer.map(self._Gst.MapFlags.READ)
         if not ok:
@@ -109,61 +180,130 @@ class GstSource:
         finally:
             buffer.unmap(info)
 
-    def __iter__(self) -> Iterator[Frame]:
+    def _pull(self, stop: threading.Event):
+        """The next sample; None at the end of a file or on stop; _Failure when a live source fails."""
         Gst = self._Gst
-        index = 0
+        waited = 0.0
+        while not stop.is_set():
+            sample = self.appsink.try_pull_sample(int(POLL_S * Gst.SECOND))
+            if sample is not None:
+                self._pulled_here += 1
+                return sample
+            error = self._bus_error()
+            if error:
+                if self.live:
+                    raise _Failure(error)
+                raise SourceError(f"{self.uri}: {error}")
+            if self.appsink.is_eos():
+                if self.live:
+                    raise _Failure("end of stream")
+                return None
+            waited += POLL_S
+            if waited >= self.options.timeout_s:
+                if self.live:
+                    raise _Failure(f"no frame for {self.options.timeout_s:g} s")
+                raise SourceError(f"{self.uri}: no frame for {self.options.timeout_s:g} s")
+        return None
+
+    def _reconnect(self, reason: str, stop: threading.Event) -> None:
+        """Restart the pipeline until it starts, waiting 1, 2, 4 ... 30 s between attempts."""
+        wait, attempt = BACKOFF_S[0], 0
+        self.close()
+        log.warning("%s: %s; reconnecting", self.uri, reason)
+        while not stop.is_set():
+            attempt += 1
+            if stop.wait(wait):
+                return
+            log.warning("%s: reconnection attempt %d", self.uri, attempt)
+            try:
+                self._start()
+            except SourceError as exc:
+                log.warning("%s: attempt %d failed: %s; next in %.0f s", self.uri, attempt, exc, min(2 * wait, BACKOFF_S[1]))
+                wait = min(2 * wait, BACKOFF_S[1])
+                continue
+            self.reconnects += 1
+            return
+
+    def frames(self, stop: threading.Event | None = None) -> Iterator[Frame]:
+        """Frames until the file ends or `stop` is set; live sources reconnect when they fail."""
+        Gst = self._Gst
+        stop = stop or threading.Event()
+        index = -1
         try:
-            while True:
-                sample = self.appsink.try_pull_sample(int(PULL_TIMEOUT_S * Gst.SECOND))
+            while not stop.is_set():
+                if self.pipeline is None:
+                    self._start()
+                try:
+                    sample = self._pull(stop)
+                except _Failure as failure:
+                    self._reconnect(str(failure), stop)
+                    continue
                 if sample is None:
-                    error = self._bus_error()
-                    if error:
-                        raise SourceError(f"{self.uri}: {error}")
-                    if self.appsink.is_eos():
-                        return
-                    raise SourceError(f"{self.uri}: no frame for {PULL_TIMEOUT_S:.0f} s")
+                    return
                 pts = sample.get_buffer().pts
                 timestamp = pts / Gst.SECOND if pts != Gst.CLOCK_TIME_NONE else time.time()
+                index = max(index + 1, self._number(pts, index + 1))
                 yield Frame(index, timestamp, self._to_array(sample), self.uri)
-                index += 1
         finally:
             self.close()
 
+    def __iter__(self) -> Iterator[Frame]:
+        return self.frames()
+
     def close(self) -> None:
-        self.pipeline.set_state(self._Gst.State.NULL)
+        if self.pipeline is not None:
+            self.pipeline.set_state(self._Gst.State.NULL)
+            self.pipeline = None
 
 
 class FolderSource:
     """Image files of a folder in name order; unreadable files are reported and skipped."""
 
+    live = False
+    dropped = reconnects = 0
+    fps = None
+
     def __init__(self, folder: Path):
         self.uri = str(folder)
+        self.description = f"image folder {folder}"
         self.files = sorted(p for p in folder.iterdir() if is_image_file(p))
         if not self.files:
             raise SourceError(f"{folder}: no image files in folder")
         self.skipped: list[str] = []
 
-    def __iter__(self) -> Iterator[Frame]:
+    def frames(self, stop: threading.Event | None = None) -> Iterator[Frame]:
         index = 0
         for path in self.files:
+            if stop is not None and stop.is_set():
+                return
             try:
                 rgb = read_image(path)
             except ImageError as exc:
                 self.skipped.append(str(exc))
+                log.warning("%s", exc)
                 continue
             yield Frame(index, time.time(), np.ascontiguousarray(rgb[..., ::-1]), path.name)
             index += 1
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self.frames()
 
     def close(self) -> None:
         """Nothing to release; present so every source can be closed the same way."""
 
 
-def open_source(uri: str) -> GstSource | FolderSource:
-    """A frame source for `test://[pattern]`, a video file or an image folder."""
+Source = GstSource | FolderSource
+
+
+def open_source(
+    uri: str, options: SourceOptions | None = None, pipeline: str | None = None, jetson: bool | None = None
+) -> Source:
+    """A frame source for a URI (test://, csi://N, /dev/videoN, rtsp://, rtp://, a video file), an
+    image folder, or the user's own GStreamer `pipeline` ending in `appsink name=sink`."""
+    if pipeline is not None:
+        return GstSource(uri or "pipeline", options, pipeline=pipeline)
     if not uri:
         raise SourceError("empty --input")
     if Path(uri).is_dir():
         return FolderSource(Path(uri))
-    if "://" in uri and not uri.startswith("test://"):
-        raise SourceError(f"{uri}: this source type is not supported yet (use test://, a video file or a folder)")
-    return GstSource(uri)
+    return GstSource(uri, options, jetson=jetson)

@@ -1,7 +1,7 @@
 """Camera to alarm in ten lines: score every frame of a source, print the anomalous ones.
 
     python examples/camera_alarm.py BUNDLE [SOURCE] [MAX_FRAMES]
-SOURCE is test:// (default), a video file or an image folder.
+SOURCE is test:// (default), csi://0, /dev/video0, rtsp://..., rtp://@:5000, a video file or an image folder.
 """
 
 import sys

@@ -56,7 +56,9 @@ def test_eval_needs_a_test_split(tmp_path, tiny_bundle):
 
 
 def test_unsupported_source_and_unwritable_events(tmp_path, tiny_bundle):
-    _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", "rtsp://127.0.0.1:1/x"), "rtsp://", "not supported")
+    _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", "http://127.0.0.1:1/x"), "http://", "unknown source")
+    _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", "test://", "--output", tmp_path / "o.avi"),
+                    "o.avi", ".mp4 or .mkv")
     blocker = tmp_path / "file"
     blocker.write_text("")
     _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", "test://", "--events", blocker / "ev.jsonl"),

@@ -33,14 +33,19 @@ def _events(path: Path) -> list[dict]:
 
 def test_test_pattern_stream(cli_bundle, tmp_path):
     out = edge_ad("run", "--bundle", cli_bundle, "--input", "test://", "--max-frames", 40,
-                  "--events", tmp_path / "ev.jsonl", "--snapshots", tmp_path / "snaps")
+                  "--events", tmp_path / "ev.jsonl", "--snapshots", tmp_path / "snaps", "--snapshot-interval", 0.5)
     assert "frames 40" in out.stdout and "fps" in out.stdout
     events = _events(tmp_path / "ev.jsonl")
-    assert [e["frame"] for e in events] == list(range(40))
-    assert events[1]["timestamp"] == pytest.approx(1 / 30, abs=1e-3)  # stream time of videotestsrc
-    # Colour bars are nothing like solar cells: every frame alarms and leaves an overlay.
+    frames = [e["frame"] for e in events]
+    assert len(frames) == 40 and frames == sorted(set(frames))  # live: the newest frame, gaps are drops
+    # Frame numbers are the source's (videotestsrc at 30 fps), dropped frames included.
+    assert all(b["pts"] - a["pts"] == pytest.approx((b["frame"] - a["frame"]) / 30, abs=1e-3)
+               for a, b in zip(events, events[1:]))
+    # Colour bars are nothing like solar cells: every frame alarms; snapshots at most every 0.5 s.
     assert all(e["anomaly"] for e in events)
-    assert len(list((tmp_path / "snaps").glob("*.jpg"))) == 40
+    seconds = events[-1]["timestamp"] - events[0]["timestamp"]
+    snapshots = len(list((tmp_path / "snaps").glob("*_overlay.jpg")))
+    assert 1 <= snapshots <= seconds / 0.5 + 1
 
 
 def test_video_file_through_decodebin(cli_bundle, normal_folder, tmp_path):

@@ -1,0 +1,132 @@
+"""Video outputs of `edge-ad run`: the overlay video to a file, an RTP or RTSP stream, or a display.
+
+Frames are pushed into an appsrc with their source's timestamps, so the video plays at the input
+frame rate; H.264 comes from nvv4l2h264enc on a Jetson and x264enc elsewhere. RTSP outputs are
+served by gst-rtsp-server (gir1.2-gst-rtsp-server-1.0) to every client that connects.
+"""
+
+from __future__ import annotations
+
+import threading
+from urllib.parse import urlparse
+
+import numpy as np
+
+from .errors import SourceError
+from .pipelines import output_pipeline, rtsp_launch
+from .sources import _gst
+
+EOS_WAIT_S = 1.0  # how long close() waits for the muxer to finish a file
+
+
+class VideoOutput:
+    """A GStreamer pipeline from `appsrc name=src` to a file, an RTP stream or a display."""
+
+    def __init__(self, uri: str, width: int, height: int, fps: int, jetson: bool | None = None):
+        Gst = self._Gst = _gst()
+        self.uri, self.size = uri, (width, height)
+        self.description = output_pipeline(uri, width, height, fps, jetson)
+        try:
+            self.pipeline = Gst.parse_launch(self.description)
+        except Exception as exc:
+            raise SourceError(f"{uri}: cannot build output pipeline '{self.description}': {exc}") from exc
+        self.appsrc = self.pipeline.get_by_name("src")
+        if self.pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+            error = self._bus_error() or "output pipeline failed to start"
+            self.pipeline.set_state(Gst.State.NULL)
+            raise SourceError(f"{uri}: {error}")
+        self.frame_s = 1.0 / fps
+        self._first: float | None = None
+
+    def _bus_error(self) -> str | None:
+        message = self.pipeline.get_bus().pop_filtered(self._Gst.MessageType.ERROR)
+        if message is None:
+            return None
+        error, _ = message.parse_error()
+        return f"{error.message} ({message.src.get_name()})"
+
+    def write(self, image: np.ndarray, timestamp: float) -> None:
+        """Push one BGR frame; `timestamp` in seconds (the source's), re-based to start at 0."""
+        Gst = self._Gst
+        error = self._bus_error()
+        if error:
+            raise SourceError(f"{self.uri}: {error}")
+        if image.shape[1::-1] != self.size or image.ndim != 3:
+            raise SourceError(f"{self.uri}: frame of shape {image.shape} does not match the output's {self.size}")
+        if self._first is None:
+            self._first = timestamp
+        buffer = Gst.Buffer.new_wrapped(np.ascontiguousarray(image).tobytes())
+        buffer.pts = int(max(0.0, timestamp - self._first) * Gst.SECOND)
+        buffer.duration = int(self.frame_s * Gst.SECOND)
+        flow = self.appsrc.emit("push-buffer", buffer)
+        if flow != Gst.FlowReturn.OK:
+            raise SourceError(f"{self.uri}: the output pipeline refused a frame ({flow.value_nick})")
+
+    def close(self) -> None:
+        """Send end-of-stream so files are finished (MP4 needs its index), then stop."""
+        Gst = self._Gst
+        self.appsrc.emit("end-of-stream")
+        self.pipeline.get_bus().timed_pop_filtered(
+            int(EOS_WAIT_S * Gst.SECOND), Gst.MessageType.EOS | Gst.MessageType.ERROR
+        )
+        self.pipeline.set_state(Gst.State.NULL)
+
+
+class RtspOutput:
+    """rtsp://@:port/path: a gst-rtsp-server mount that every client shares; frames are dropped
+    while no client is connected."""
+
+    def __init__(self, uri: str, width: int, height: int, fps: int, jetson: bool | None = None):
+        self._Gst = _gst()
+        try:
+            import gi
+
+            gi.require_version("GstRtspServer", "1.0")
+            from gi.repository import GLib, GstRtspServer
+        except (ImportError, ValueError) as exc:
+            raise SourceError(f"{uri}: RTSP output needs gst-rtsp-server (apt-get install gir1.2-gst-rtsp-server-1.0)") from exc
+        parsed = urlparse(uri)
+        if parsed.port is None or not parsed.path.strip("/"):
+            raise SourceError(f"{uri}: an RTSP output needs a port and a path, as in rtsp://@:8554/inspection")
+        self.uri, self.size = uri, (width, height)
+        self.description = rtsp_launch(width, height, fps, jetson)
+        self.server = GstRtspServer.RTSPServer()
+        self.server.set_service(str(parsed.port))
+        factory = GstRtspServer.RTSPMediaFactory()
+        factory.set_launch(self.description)
+        factory.set_shared(True)
+        factory.connect("media-configure", self._configure)
+        self.server.get_mount_points().add_factory("/" + parsed.path.strip("/"), factory)
+        self.context = GLib.MainContext.new()
+        self.source_id = self.server.attach(self.context)
+        if self.source_id == 0:
+            raise SourceError(f"{uri}: cannot listen on port {parsed.port} (in use?)")
+        self.loop = GLib.MainLoop.new(self.context, False)
+        self.thread = threading.Thread(target=self.loop.run, name=f"rtsp {uri}", daemon=True)
+        self.thread.start()
+        self.appsrc = None
+
+    def _configure(self, factory, media) -> None:
+        self.appsrc = media.get_element().get_by_name("src")
+        media.connect("unprepared", self._unprepared)
+
+    def _unprepared(self, media) -> None:
+        self.appsrc = None
+
+    def write(self, image: np.ndarray, timestamp: float) -> None:
+        appsrc = self.appsrc
+        if appsrc is None:
+            return
+        buffer = self._Gst.Buffer.new_wrapped(np.ascontiguousarray(image).tobytes())
+        appsrc.emit("push-buffer", buffer)  # the appsrc timestamps it (do-timestamp): clients join any time
+
+    def close(self) -> None:
+        self.loop.quit()
+        self.thread.join(timeout=1.0)
+
+
+def open_output(uri: str, width: int, height: int, fps: int, jetson: bool | None = None) -> VideoOutput | RtspOutput:
+    """The video output for `--output URI` at the first frame's size and the source's frame rate."""
+    if uri.startswith("rtsp://"):
+        return RtspOutput(uri, width, height, fps, jetson)
+    return VideoOutput(uri, width, height, fps, jetson)

@@ -1,0 +1,216 @@
+"""GStreamer pipeline descriptions for source and output URIs, as jetson-utils names them.
+
+On a Jetson the pipelines use the NVMM elements (nvarguscamerasrc, nvv4l2decoder, nvvidconv,
+nvv4l2h264enc); elsewhere the generic ones (v4l2src, avdec_h264, videoconvert, x264enc).
+Sources end in `appsink name=sink` delivering BGR; outputs start with `appsrc name=src` taking BGR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+from .errors import SourceError
+
+CODECS = ("h264", "h265", "mjpeg", "raw")
+VIDEO_CONTAINERS = {".mp4": "mp4mux", ".mkv": "matroskamux"}
+BGR_SINK = "videoconvert ! video/x-raw,format=BGR ! appsink name=sink"
+# nvvidconv copies NVMM (or system) memory to BGRx; videoconvert drops the x.
+JETSON_BGR_SINK = "nvvidconv ! video/x-raw,format=BGRx ! " + BGR_SINK
+
+
+@dataclass
+class SourceOptions:
+    """How to open a source: the `--input-*` options of `edge-ad run` (None: the source's default)."""
+
+    width: int | None = None
+    height: int | None = None
+    framerate: int | None = None
+    codec: str | None = None  # h264, h265, mjpeg or raw
+    latency_ms: int = 200  # rtspsrc / rtpjitterbuffer latency
+    timeout_s: float = 5.0  # a live source with no frame for this long reconnects
+    pattern: str | None = None  # test:// pattern when the URI does not name one
+
+
+@dataclass
+class SourcePipeline:
+    description: str
+    live: bool  # live sources keep only the newest frame and reconnect; files end at EOS
+
+
+def is_jetson() -> bool:
+    """True on an NVIDIA Jetson (L4T writes /etc/nv_tegra_release)."""
+    model = Path("/proc/device-tree/model")
+    return Path("/etc/nv_tegra_release").exists() or (model.exists() and "jetson" in model.read_text().lower())
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _codec(uri: str, options: SourceOptions, default: str, allowed: tuple[str, ...]) -> str:
+    codec = (options.codec or default).lower()
+    if codec not in allowed:
+        raise SourceError(f"{uri}: codec '{codec}' is not supported for this source (use one of {', '.join(allowed)})")
+    return codec
+
+
+def _decode(codec: str, jetson: bool) -> str:
+    """Depayloaded H.264/H.265 elementary stream -> BGR appsink."""
+    parse = f"{codec}parse"
+    if jetson:
+        return f"{parse} ! nvv4l2decoder ! {JETSON_BGR_SINK}"
+    return f"{parse} ! avdec_{codec} ! {BGR_SINK}"
+
+
+def _caps(kind: str, options: SourceOptions, defaults: tuple[int, int, int] | None = None) -> str:
+    width, height, rate = defaults or (None, None, None)
+    width, height, rate = options.width or width, options.height or height, options.framerate or rate
+    fields = [kind] + [f"{k}={v}" for k, v in (("width", width), ("height", height)) if v]
+    if rate:
+        fields.append(f"framerate={rate}/1")
+    return ",".join(fields)
+
+
+def _test(uri: str, options: SourceOptions) -> SourcePipeline:
+    parsed = urlparse(uri)
+    query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+    pattern = parsed.netloc or parsed.path.strip("/") or options.pattern or "smpte"
+    try:
+        width = int(query.get("width", options.width or 640))
+        height = int(query.get("height", options.height or 480))
+        rate = int(query.get("fps", options.framerate or 30))
+    except ValueError as exc:
+        raise SourceError(f"{uri}: width, height and fps must be integers") from exc
+    caps = f"video/x-raw,width={width},height={height},framerate={rate}/1"
+    # is-live: frames come at the frame rate, like a camera's, and the newest one wins.
+    return SourcePipeline(f"videotestsrc is-live=true pattern={pattern} ! {caps} ! {BGR_SINK}", True)
+
+
+def _v4l2(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
+    device = uri[len("v4l2://") :] if uri.startswith("v4l2://") else uri
+    codec = _codec(uri, options, "raw", ("raw", "mjpeg", "h264"))
+    if codec == "mjpeg":
+        decode = "nvv4l2decoder mjpeg=1 ! " + JETSON_BGR_SINK if jetson else "jpegdec ! " + BGR_SINK
+        caps = _caps("image/jpeg", options)
+    elif codec == "h264":
+        decode, caps = _decode("h264", jetson), _caps("video/x-h264", options)
+    else:
+        decode, caps = BGR_SINK, _caps("video/x-raw", options)
+    return SourcePipeline(f"v4l2src device={_quote(device)} ! {caps} ! {decode}", True)
+
+
+def _csi(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
+    if not jetson:
+        raise SourceError(f"{uri}: CSI cameras need a Jetson (nvarguscamerasrc); this machine is not one")
+    sensor = uri[len("csi://") :] or "0"
+    if not sensor.isdigit():
+        raise SourceError(f"{uri}: the CSI sensor must be a number, as in csi://0")
+    caps = _caps("video/x-raw(memory:NVMM)", options, (1280, 720, 30))
+    return SourcePipeline(f"nvarguscamerasrc sensor-id={sensor} ! {caps},format=NV12 ! {JETSON_BGR_SINK}", True)
+
+
+def _rtsp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
+    codec = _codec(uri, options, "h264", ("h264", "h265"))
+    depay = f"rtp{codec}depay"
+    return SourcePipeline(
+        f"rtspsrc location={_quote(uri)} latency={options.latency_ms} ! {depay} ! {_decode(codec, jetson)}", True
+    )
+
+
+def _rtp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
+    parsed = urlparse(uri)
+    if parsed.port is None:
+        raise SourceError(f"{uri}: an RTP source needs a port, as in rtp://@:5000")
+    codec = _codec(uri, options, "h264", ("h264", "h265"))
+    address = "" if parsed.hostname in (None, "@", "") else f" address={parsed.hostname}"
+    caps = f"application/x-rtp,media=video,clock-rate=90000,encoding-name={codec.upper()},payload=96"
+    return SourcePipeline(
+        f'udpsrc port={parsed.port}{address} caps="{caps}" ! rtpjitterbuffer latency={options.latency_ms} ! '
+        f"rtp{codec}depay ! {_decode(codec, jetson)}",
+        True,
+    )
+
+
+def _file(uri: str, jetson: bool) -> SourcePipeline:
+    path = Path(uri[len("file://") :] if uri.startswith("file://") else uri)
+    if not path.is_file():
+        raise SourceError(f"{uri}: no such file, folder or supported source URI")
+    tail = JETSON_BGR_SINK if jetson else BGR_SINK
+    return SourcePipeline(f"filesrc location={_quote(str(path))} ! decodebin ! {tail}", False)
+
+
+def source_pipeline(uri: str, options: SourceOptions | None = None, jetson: bool | None = None) -> SourcePipeline:
+    """The pipeline for a source URI: test://[pattern][?width=&height=&fps=], csi://N, /dev/videoN,
+    v4l2:///dev/videoN, rtsp://..., rtp://[host]:port, or a video file."""
+    options = options or SourceOptions()
+    jetson = is_jetson() if jetson is None else jetson
+    if uri.startswith("test://"):
+        return _test(uri, options)
+    if uri.startswith("csi://"):
+        return _csi(uri, options, jetson)
+    if uri.startswith("v4l2://") or uri.startswith("/dev/video"):
+        return _v4l2(uri, options, jetson)
+    if uri.startswith(("rtsp://", "rtsps://")):
+        return _rtsp(uri, options, jetson)
+    if uri.startswith("rtp://"):
+        return _rtp(uri, options, jetson)
+    if "://" in uri and not uri.startswith("file://"):
+        raise SourceError(
+            f"{uri}: unknown source type (use test://, csi://N, /dev/videoN, rtsp://, rtp://, a video file or a folder)"
+        )
+    return _file(uri, jetson)
+
+
+def _encoder(fps: int, jetson: bool) -> str:
+    """BGR from appsrc -> H.264 elementary stream, a key frame every second."""
+    if jetson:
+        return (
+            "videoconvert ! video/x-raw,format=BGRx ! nvvidconv ! video/x-raw(memory:NVMM),format=NV12 ! "
+            f"nvv4l2h264enc insert-sps-pps=true iframeinterval={fps} ! h264parse"
+        )
+    return (
+        "videoconvert ! video/x-raw,format=I420 ! "
+        f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} ! h264parse"
+    )
+
+
+def appsrc_caps(width: int, height: int, fps: int) -> str:
+    return f"video/x-raw,format=BGR,width={width},height={height},framerate={fps}/1"
+
+
+def output_pipeline(uri: str, width: int, height: int, fps: int, jetson: bool | None = None) -> str:
+    """The pipeline of a video output: a .mp4/.mkv file, rtp://host:port or display://N.
+    (rtsp://@:port/path is served by gst-rtsp-server: see `rtsp_launch`.)"""
+    jetson = is_jetson() if jetson is None else jetson
+    src = f"appsrc name=src is-live=true format=time caps={appsrc_caps(width, height, fps)}"
+    if uri.startswith("display://"):
+        sink = "nvvidconv ! nv3dsink sync=false" if jetson else "videoconvert ! autovideosink sync=false"
+        return f"{src} ! {sink}"
+    if uri.startswith("rtp://"):
+        parsed = urlparse(uri)
+        if not parsed.hostname or parsed.port is None:
+            raise SourceError(f"{uri}: an RTP output needs a host and a port, as in rtp://192.168.1.10:5000")
+        return (
+            f"{src} ! {_encoder(fps, jetson)} ! rtph264pay config-interval=1 pt=96 ! "
+            f"udpsink host={parsed.hostname} port={parsed.port} sync=false async=false"
+        )
+    if "://" in uri:
+        raise SourceError(f"{uri}: unknown output type (use a .mp4/.mkv file, rtp://host:port, rtsp://@:port/path "
+                          "or display://0)")
+    path = Path(uri)
+    muxer = VIDEO_CONTAINERS.get(path.suffix.lower())
+    if muxer is None:
+        raise SourceError(f"{uri}: video outputs are .mp4 or .mkv files")
+    return f"{src} ! {_encoder(fps, jetson)} ! {muxer} ! filesink location={_quote(str(path))}"
+
+
+def rtsp_launch(width: int, height: int, fps: int, jetson: bool | None = None) -> str:
+    """The gst-rtsp-server media description for rtsp://@:port/path outputs (payloader pay0)."""
+    jetson = is_jetson() if jetson is None else jetson
+    caps = appsrc_caps(width, height, fps)
+    return (
+        f"( appsrc name=src is-live=true format=time do-timestamp=true caps={caps} ! {_encoder(fps, jetson)} ! "
+        "rtph264pay name=pay0 pt=96 config-interval=1 )"
+    )

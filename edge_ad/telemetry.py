@@ -1,0 +1,119 @@
+"""Run metrics for a Prometheus scraper or a person: frames, drops, reconnects, anomalies,
+sink errors, frames per second and latency percentiles per source.
+
+`--metrics FILE` rewrites FILE atomically in the Prometheus text format (node_exporter's
+textfile collector reads it; `cat` works too); `--metrics-port N` serves the same on
+http://host:N/metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .errors import EdgeAdError
+
+WINDOW = 1000  # frames behind the latency percentiles and the frame rate
+
+
+@dataclass
+class SourceStats:
+    """What happened to one source during a run."""
+
+    name: str
+    frames: int = 0
+    anomalies: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    snapshots: int = 0
+    error: str | None = None
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+    _done: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+
+    def add(self, latency_ms: float, anomaly: bool) -> None:
+        self.frames += 1
+        self.anomalies += anomaly
+        self.latencies_ms.append(latency_ms)
+        self._done.append(time.monotonic())
+
+    @property
+    def fps(self) -> float:
+        """Frames per second over the last WINDOW frames."""
+        if len(self._done) < 2:
+            return 0.0
+        return (len(self._done) - 1) / max(self._done[-1] - self._done[0], 1e-9)
+
+    def latency(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else 0.0
+
+
+class _Collector:
+    def __init__(self, stats: Callable[[], Iterable[SourceStats]], sink_errors: Callable[[], dict[str, int]]):
+        self.stats, self.sink_errors = stats, sink_errors
+
+    def collect(self):
+        counters = {
+            name: CounterMetricFamily(f"edge_ad_{name}", text, labels=["source"])
+            for name, text in (
+                ("frames", "Frames scored"),
+                ("anomalies", "Frames flagged anomalous"),
+                ("dropped", "Frames dropped because a newer one arrived first"),
+                ("reconnects", "Reconnections of a live source"),
+            )
+        }
+        fps = GaugeMetricFamily("edge_ad_fps", "Frames per second over the last 1000 frames", labels=["source"])
+        latency = GaugeMetricFamily(
+            "edge_ad_latency_ms", "Capture-to-result latency percentile over the last 1000 frames",
+            labels=["source", "quantile"],
+        )
+        for s in self.stats():
+            for name, family in counters.items():
+                family.add_metric([s.name], getattr(s, name))
+            fps.add_metric([s.name], s.fps)
+            for q in (0.5, 0.99):
+                latency.add_metric([s.name, str(q)], s.latency(100 * q))
+        errors = CounterMetricFamily("edge_ad_sink_errors", "Failed writes per sink", labels=["sink"])
+        for sink, count in self.sink_errors().items():
+            errors.add_metric([sink], count)
+        yield from (*counters.values(), fps, latency, errors)
+
+
+class Telemetry:
+    """Publishes the run's statistics to a file every `interval_s` and/or on an HTTP port."""
+
+    def __init__(
+        self,
+        stats: Callable[[], Iterable[SourceStats]],
+        sink_errors: Callable[[], dict[str, int]],
+        path: Path | None = None,
+        port: int | None = None,
+        interval_s: float = 5.0,
+    ):
+        self.registry = CollectorRegistry()
+        self.registry.register(_Collector(stats, sink_errors))
+        self.path, self.interval_s = path, interval_s
+        self._written = -float("inf")
+        self.server = None
+        if port is not None:
+            try:
+                self.server, _ = start_http_server(port, registry=self.registry)
+            except OSError as exc:
+                raise EdgeAdError(f"--metrics-port {port}: cannot listen ({exc.strerror or exc})") from exc
+
+    def tick(self, force: bool = False) -> None:
+        """Rewrite the metrics file when `interval_s` has passed (or now, with `force`)."""
+        now = time.monotonic()
+        if self.path is not None and (force or now - self._written >= self.interval_s):
+            self._written = now
+            write_to_textfile(str(self.path), self.registry)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()

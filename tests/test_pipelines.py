@@ -1,0 +1,82 @@
+"""Pipeline descriptions per URI and per platform (Jetson NVMM elements or generic ones)."""
+
+import pytest
+
+from edge_ad.errors import SourceError
+from edge_ad.pipelines import SourceOptions, output_pipeline, rtsp_launch, source_pipeline
+
+
+def test_test_pattern_is_live_with_size_and_rate_from_the_uri():
+    spec = source_pipeline("test://ball?width=320&height=240&fps=15", jetson=False)
+    assert spec.live
+    assert spec.description.startswith("videotestsrc is-live=true pattern=ball ! ")
+    assert "width=320,height=240,framerate=15/1" in spec.description
+    assert spec.description.endswith("video/x-raw,format=BGR ! appsink name=sink")
+
+
+@pytest.mark.parametrize(
+    "uri, options, generic, jetson",
+    [
+        ("rtsp://cam/stream", SourceOptions(latency_ms=100), "rtph264depay ! h264parse ! avdec_h264 ! videoconvert",
+         "rtph264depay ! h264parse ! nvv4l2decoder ! nvvidconv ! video/x-raw,format=BGRx"),
+        ("rtsp://cam/stream", SourceOptions(codec="h265"), "rtph265depay ! h265parse ! avdec_h265",
+         "h265parse ! nvv4l2decoder"),
+        ("rtp://@:5000", SourceOptions(), "udpsrc port=5000 caps=", "rtpjitterbuffer latency=200 ! rtph264depay"),
+        ("/dev/video1", SourceOptions(codec="mjpeg", width=1280, height=720, framerate=30),
+         'v4l2src device="/dev/video1" ! image/jpeg,width=1280,height=720,framerate=30/1 ! jpegdec',
+         "nvv4l2decoder mjpeg=1 ! nvvidconv"),
+        ("v4l2:///dev/video0", SourceOptions(), 'v4l2src device="/dev/video0" ! video/x-raw ! videoconvert',
+         'v4l2src device="/dev/video0" ! video/x-raw ! videoconvert'),
+    ],
+)
+def test_live_sources_use_nvmm_elements_only_on_a_jetson(uri, options, generic, jetson):
+    on_pc, on_jetson = source_pipeline(uri, options, jetson=False), source_pipeline(uri, options, jetson=True)
+    assert on_pc.live and on_jetson.live
+    assert generic in on_pc.description and "nv" not in on_pc.description.replace("videoconvert", "")
+    assert jetson in on_jetson.description
+    assert on_pc.description.endswith("appsink name=sink") and on_jetson.description.endswith("appsink name=sink")
+
+
+def test_rtsp_latency_and_csi_camera():
+    assert "latency=100" in source_pipeline("rtsp://cam/s", SourceOptions(latency_ms=100), jetson=False).description
+    csi = source_pipeline("csi://1", jetson=True).description
+    assert csi.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),width=1280,height=720")
+
+
+def test_a_file_is_not_live(tmp_path):
+    video = tmp_path / "line 3.mp4"
+    video.write_bytes(b"x")
+    spec = source_pipeline(str(video), jetson=False)
+    assert not spec.live and f'filesrc location="{video}" ! decodebin' in spec.description
+
+
+@pytest.mark.parametrize(
+    "uri, options, message",
+    [
+        ("csi://0", SourceOptions(), "need a Jetson"),
+        ("rtp://@", SourceOptions(), "needs a port"),
+        ("rtsp://cam/s", SourceOptions(codec="mjpeg"), "codec 'mjpeg' is not supported"),
+        ("http://cam/stream", SourceOptions(), "unknown source type"),
+        ("/nowhere/missing.mp4", SourceOptions(), "no such file"),
+        ("test://ball?fps=fast", SourceOptions(), "must be integers"),
+    ],
+)
+def test_bad_source_uris_are_named(uri, options, message):
+    with pytest.raises(SourceError, match=message) as error:
+        source_pipeline(uri, options, jetson=False)
+    assert uri.split("?")[0] in str(error.value)
+
+
+def test_outputs_per_platform():
+    mp4 = output_pipeline("out.mp4", 640, 480, 25, jetson=False)
+    assert mp4.startswith("appsrc name=src is-live=true format=time caps=video/x-raw,format=BGR,width=640,height=480,framerate=25/1")
+    assert "x264enc" in mp4 and mp4.endswith('mp4mux ! filesink location="out.mp4"')
+    assert "nvv4l2h264enc" in output_pipeline("out.mkv", 640, 480, 25, jetson=True)
+    assert "matroskamux" in output_pipeline("out.mkv", 640, 480, 25, jetson=False)
+    rtp = output_pipeline("rtp://10.0.0.2:5004", 640, 480, 25, jetson=False)
+    assert "rtph264pay config-interval=1 pt=96 ! udpsink host=10.0.0.2 port=5004" in rtp
+    assert "autovideosink" in output_pipeline("display://0", 640, 480, 25, jetson=False)
+    assert "rtph264pay name=pay0" in rtsp_launch(640, 480, 25, jetson=False)
+    for bad, message in (("out.avi", ".mp4 or .mkv"), ("rtp://:5004", "host and a port"), ("ftp://x/y", "unknown output")):
+        with pytest.raises(SourceError, match=message):
+            output_pipeline(bad, 640, 480, 25, jetson=False)

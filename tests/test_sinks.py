@@ -1,0 +1,111 @@
+"""Event lines, snapshots, the anomaly hook, regions and metrics, without a stream."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from edge_ad.errors import EdgeAdError
+from edge_ad.regions import regions
+from edge_ad.runner import streams_from_yaml
+from edge_ad.pipelines import SourceOptions
+from edge_ad.sinks import AnomalyHook, EventLog, Guarded, Snapshots
+from edge_ad.telemetry import SourceStats, Telemetry
+
+
+def test_regions_are_connected_areas_above_threshold_largest_first():
+    m = np.zeros((20, 30), np.float32)
+    m[2:4, 3:6] = 0.5  # 2 x 3 = 6 pixels
+    m[10:15, 20:30] = 0.2  # 5 x 10 = 50 pixels, peak 0.9 inside
+    m[12, 25] = 0.9
+    m[18, 0] = 0.09  # below threshold
+    found = regions(m, 0.1)
+    assert found == [
+        {"x": 20, "y": 10, "width": 10, "height": 5, "area": 50, "peak": pytest.approx(0.9)},
+        {"x": 3, "y": 2, "width": 3, "height": 2, "area": 6, "peak": 0.5},
+    ]
+    assert regions(m, 1.0) == []
+
+
+def test_event_log_appends_and_rotates_by_size(tmp_path):
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path, max_bytes=200, backups=2)
+    for i in range(20):
+        log.write({"frame": i, "pad": "x" * 20})
+    log.close()
+    files = sorted(tmp_path.iterdir())
+    assert [p.name for p in files] == ["events.jsonl", "events.jsonl.1", "events.jsonl.2"]
+    assert all(p.stat().st_size <= 200 + 40 for p in files)
+    kept = [json.loads(line)["frame"] for p in reversed(files) for line in p.read_text().splitlines()]
+    assert kept == list(range(kept[0], 20)) and kept[0] > 0  # newest lines kept in order, oldest gone
+    EventLog(path).write({"frame": 20})  # a restarted run appends
+    assert json.loads(path.read_text().splitlines()[-1])["frame"] == 20
+
+
+def test_a_full_disk_is_reported_and_retried_not_raised(caplog):
+    log = EventLog(__import__("pathlib").Path("/dev/full"))
+    guarded = Guarded("events /dev/full", log.write)
+    for i in range(3):
+        guarded({"frame": i})
+    assert guarded.errors == 3
+    assert "events /dev/full failed" in caplog.text and "No space left" in caplog.text
+    assert caplog.text.count("failed") == 1  # reported once, not per frame
+
+
+def test_snapshots_keep_a_rate_limit_and_a_disk_quota(tmp_path):
+    frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)  # noise: JPEG of a few KB
+    snaps = Snapshots(tmp_path, interval_s=0.0, quota_bytes=40_000)
+    for i in range(12):
+        snaps.save("cam 1", i, frame, frame)
+    files = sorted(p.name for p in tmp_path.glob("*.jpg"))
+    assert sum((tmp_path / f).stat().st_size for f in files) <= 40_000
+    assert "cam-1_00000011_frame.jpg" in files and "cam-1_00000011_overlay.jpg" in files
+    assert "cam-1_00000000_frame.jpg" not in files  # the oldest went first
+    limited = Snapshots(tmp_path / "limited", interval_s=60.0)
+    for i in range(5):
+        limited.save("a", i, frame, frame)
+        limited.save("b", i, frame, frame)
+    assert limited.saved == 2  # one per source per minute
+
+
+def test_anomaly_hook_gets_the_event_in_its_environment(tmp_path):
+    out = tmp_path / "hook.txt"
+    script = f"import os; open({str(out)!r}, 'w').write(os.environ['EDGE_AD_SOURCE'] + ' ' + os.environ['EDGE_AD_SCORE'])"
+    hook = AnomalyHook(f"{sys.executable} -c \"{script}\"")
+    hook({"source": "cam1", "frame": 7, "score": 0.42, "threshold": 0.3, "timestamp": 1.0})
+    hook.close()
+    assert out.read_text() == "cam1 0.42"
+    with pytest.raises(EdgeAdError, match="no-such-command"):
+        AnomalyHook("no-such-command --x")({"source": "a", "frame": 0, "score": 1, "threshold": 0, "timestamp": 0})
+
+
+def test_metrics_file_in_prometheus_format(tmp_path):
+    stats = SourceStats("cam1")
+    for latency in range(1, 101):
+        stats.add(float(latency), anomaly=latency > 90)
+    stats.dropped, stats.reconnects = 4, 1
+    telemetry = Telemetry(lambda: [stats], lambda: {"events e.jsonl": 2}, tmp_path / "m.prom")
+    telemetry.tick()
+    text = (tmp_path / "m.prom").read_text()
+    for line in ('edge_ad_frames_total{source="cam1"} 100.0', 'edge_ad_anomalies_total{source="cam1"} 10.0',
+                 'edge_ad_dropped_total{source="cam1"} 4.0', 'edge_ad_reconnects_total{source="cam1"} 1.0',
+                 'edge_ad_sink_errors_total{sink="events e.jsonl"} 2.0'):
+        assert line in text
+    assert f'edge_ad_latency_ms{{quantile="0.99",source="cam1"}} {np.percentile(range(1, 101), 99)}' in text
+
+
+def test_sources_yaml(tmp_path):
+    good = tmp_path / "cams.yaml"
+    good.write_text("sources:\n  - {input: 'test://ball', name: line1, output: l1.mp4, latency_ms: 50}\n"
+                    "  - {input: 'rtsp://cam2/s', codec: h265}\n")
+    first, second = streams_from_yaml(good, SourceOptions(timeout_s=3.0))
+    assert (first.name, first.output, first.options.latency_ms, first.options.timeout_s) == ("line1", "l1.mp4", 50, 3.0)
+    assert (second.name, second.options.codec) == ("rtsp://cam2/s", "h265")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sources:\n  - {input: 'test://', fps: 30}\n")
+    with pytest.raises(EdgeAdError, match=r"bad.yaml: source 1: unknown keys \['fps'\]"):
+        streams_from_yaml(bad, SourceOptions())
+    bad.write_text("sources: [\n")
+    with pytest.raises(EdgeAdError, match="malformed YAML"):
+        streams_from_yaml(bad, SourceOptions())

@@ -1,0 +1,220 @@
+"""Real GStreamer streams through the full run: test patterns, an MP4, an RTP loopback that dies
+and comes back, an RTSP output read back, two sources at once, signals and a full disk."""
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_ad.detector import Detector
+from edge_ad.runner import RunConfig, Stream, run
+from edge_ad.pipelines import SourceOptions
+from edge_ad.sources import open_source
+
+GST_LAUNCH = shutil.which("gst-launch-1.0")
+pytestmark = pytest.mark.skipif(GST_LAUNCH is None, reason="gst-launch-1.0 is not installed")
+
+
+def _free_port(kind=socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _events(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_bundle):
+    return Detector.load(tiny_bundle)
+
+
+@pytest.fixture(scope="module")
+def mp4(tmp_path_factory):
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    subprocess.run([GST_LAUNCH, "-q", "videotestsrc", "num-buffers=30", "pattern=ball", "!",
+                    "video/x-raw,width=320,height=240,framerate=15/1", "!", "x264enc", "!", "mp4mux", "!",
+                    "filesink", f"location={path}"], check=True, timeout=60)
+    return path
+
+
+def _run_in_thread(detector, streams, config):
+    stop, box = threading.Event(), {}
+    thread = threading.Thread(target=lambda: box.update(summary=run(detector, streams, config, stop)))
+    thread.start()
+    return stop, thread, box
+
+
+def _wait_for(condition, timeout_s: float) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_live_source_keeps_only_the_newest_frame_and_counts_drops():
+    source = open_source("test://ball?width=64&height=48&fps=60")
+    indices, pts = [], []
+    for frame in source.frames():
+        indices.append(frame.index)
+        pts.append(frame.timestamp)
+        time.sleep(0.1)  # a slow consumer: six frames arrive per pull
+        if len(indices) == 5:
+            break
+    source.close()
+    assert source.dropped >= 10
+    assert indices[-1] - indices[0] >= 4 + 10  # frame numbers count the dropped frames
+    # What is pulled is fresh: consecutive frames are ~0.1 s apart in stream time, not 1/60 s.
+    assert min(b - a for a, b in zip(pts, pts[1:])) > 0.05
+
+
+def test_mp4_in_every_frame_scored_overlay_video_out(detector, mp4, tmp_path):
+    out = tmp_path / "overlay.mkv"
+    summary = run(detector, [Stream(str(mp4), output=str(out))],
+                  RunConfig(events=tmp_path / "ev.jsonl", snapshots=tmp_path / "snaps", snapshot_interval_s=0.0))
+    (stats,) = summary.sources
+    assert (stats.frames, stats.dropped, stats.reconnects, stats.error) == (30, 0, 0, None)
+    events = _events(tmp_path / "ev.jsonl")
+    assert [e["frame"] for e in events] == list(range(30))
+    assert events[2]["pts"] - events[1]["pts"] == pytest.approx(1 / 15, abs=1e-3)
+    for e in events:
+        assert {"source", "frame", "timestamp", "score", "anomaly", "threshold", "regions", "latency_ms"} <= set(e)
+        if e["anomaly"]:  # the regions lie inside the frame and hold the frame's peak
+            assert e["regions"] and max(r["peak"] for r in e["regions"]) == pytest.approx(e["score"], rel=1e-3)
+            assert min(r["peak"] for r in e["regions"]) >= e["threshold"]
+            assert all(r["x"] + r["width"] <= 320 and r["y"] + r["height"] <= 240 for r in e["regions"])
+    assert len(list((tmp_path / "snaps").glob("*_overlay.jpg"))) == sum(e["anomaly"] for e in events) > 0
+    played = list(open_source(str(out)))
+    assert len(played) == 30 and played[0].image.shape == (240, 320, 3)
+    assert played[-1].timestamp == pytest.approx(29 / 15, abs=1e-2)  # the input's frame rate
+
+
+def test_rtp_loopback_killed_and_restarted_reconnects(detector, tmp_path):
+    port = _free_port()
+    sender_args = [GST_LAUNCH, "-q", "videotestsrc", "is-live=true", "pattern=ball", "!",
+                   "video/x-raw,width=160,height=120,framerate=20/1", "!", "x264enc", "tune=zerolatency",
+                   "key-int-max=10", "!", "rtph264pay", "config-interval=1", "pt=96", "!",
+                   "udpsink", "host=127.0.0.1", f"port={port}"]
+    sender = subprocess.Popen(sender_args)
+    stream = Stream(f"rtp://@:{port}", options=SourceOptions(timeout_s=1.0, latency_ms=50))
+    stop, thread, box = _run_in_thread(detector, [stream], RunConfig(events=tmp_path / "ev.jsonl"))
+    try:
+        events = lambda: _events(tmp_path / "ev.jsonl") if (tmp_path / "ev.jsonl").exists() else []  # noqa: E731
+        assert _wait_for(lambda: len(events()) >= 10, 30), "no frames from the RTP stream"
+        sender.kill()
+        sender.wait()
+        time.sleep(2.5)  # silent for longer than the timeout: the source reconnects
+        before = len(events())
+        sender = subprocess.Popen(sender_args)
+        assert _wait_for(lambda: len(events()) >= before + 10, 30), "no frames after the sender came back"
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        sender.kill()
+    (stats,) = box["summary"].sources
+    assert stats.reconnects >= 1 and stats.error is None
+    assert stats.frames == len(events())
+
+
+def test_rtsp_output_served_and_read_back(detector, tmp_path):
+    pytest.importorskip("gi")
+    import gi
+
+    try:
+        gi.require_version("GstRtspServer", "1.0")
+    except ValueError:
+        pytest.skip("gir1.2-gst-rtsp-server-1.0 is not installed")
+    port = _free_port(socket.SOCK_STREAM)
+    stream = Stream("test://ball?width=160&height=120&fps=20", output=f"rtsp://@:{port}/inspection")
+    stop, thread, box = _run_in_thread(detector, [stream], RunConfig())
+    try:
+        time.sleep(1.0)
+        viewer = open_source(f"rtsp://127.0.0.1:{port}/inspection", SourceOptions(latency_ms=50, timeout_s=10))
+        frames = []
+        for frame in viewer.frames():
+            frames.append(frame)
+            if len(frames) == 5:
+                break
+        viewer.close()
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert frames[0].image.shape == (120, 160, 3)
+    assert box["summary"].sink_errors == {}
+
+
+def test_two_sources_at_once(detector, mp4, tmp_path):
+    streams = [Stream("test://ball?width=160&height=120&fps=30", name="cam-a"), Stream(str(mp4), name="line-b")]
+    summary = run(detector, streams, RunConfig(events=tmp_path / "ev.jsonl", max_frames=20))
+    assert [(s.name, s.frames) for s in summary.sources] == [("cam-a", 20), ("line-b", 20)]
+    events = _events(tmp_path / "ev.jsonl")
+    assert sorted({e["source"] for e in events}) == ["cam-a", "line-b"]
+    assert [e["frame"] for e in events if e["source"] == "line-b"] == list(range(20))
+
+
+def test_a_full_disk_does_not_stop_inference(detector, tmp_path):
+    summary = run(detector, [Stream("test://?width=64&height=48")], RunConfig(events=Path("/dev/full"), max_frames=10))
+    assert summary.frames == 10
+    assert summary.sink_errors == {"events /dev/full": 10}
+
+
+def test_sigterm_stops_within_a_second_and_finishes_the_video(tiny_bundle, tmp_path):
+    out, events = tmp_path / "out.mp4", tmp_path / "ev.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge_ad", "run", "--bundle", str(tiny_bundle), "--input", "test://ball?width=160&height=120",
+         "--output", str(out), "--events", str(events), "--metrics", str(tmp_path / "m.prom")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert _wait_for(lambda: events.exists() and len(events.read_text().splitlines()) >= 10, 60)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=30)
+    stopped_s = time.monotonic() - sent
+    assert process.returncode == 0, stderr
+    assert "SIGTERM: stopping" in stderr and "frames " in stdout
+    frames = int(stdout.split("test://ball?width=160&height=120: frames ")[1].split()[0])
+    assert len(list(open_source(str(out)))) == frames  # the MP4 was finished: every scored frame plays
+    assert 'edge_ad_frames_total{source="test://ball?width=160&height=120"}' in (tmp_path / "m.prom").read_text()
+    print(f"stopped {stopped_s:.2f} s after SIGTERM")  # the stop itself; interpreter exit adds to it
+
+
+def test_anomaly_hook_runs_from_the_stream(detector, tmp_path):
+    calls = tmp_path / "calls.txt"
+    hook = f"{sys.executable} -c \"import os; open({str(calls)!r}, 'a').write(os.environ['EDGE_AD_FRAME'] + '\\n')\""
+    summary = run(detector, [Stream("test://?width=64&height=48", name="cam")], RunConfig(on_anomaly=hook, max_frames=15))
+    assert summary.anomalies == 15  # colour bars: every frame alarms
+    assert 1 <= len(calls.read_text().split()) <= 15  # one call at a time, none waited for
+
+
+def test_print_pipeline_and_source_options_from_the_command_line(tiny_bundle):
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_ad", "run", "--bundle", str(tiny_bundle), "--input", "rtsp://cam/live",
+         "--input-codec", "h265", "--latency", "80", "--platform", "jetson", "--output", "rtp://10.0.0.9:5000",
+         "--print-pipeline"], capture_output=True, text=True, check=True,
+    ).stdout.splitlines()
+    assert out[0] == ('rtsp://cam/live: rtspsrc location="rtsp://cam/live" latency=80 ! rtph265depay ! h265parse ! '
+                      "nvv4l2decoder ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
+                      "appsink name=sink")
+    assert "nvv4l2h264enc" in out[1] and "udpsink host=10.0.0.9 port=5000" in out[1]
+
+
+def test_soak_script_reports_memory_drops_and_latency(tiny_bundle, tmp_path):
+    result = subprocess.run([sys.executable, "benchmarks/soak.py", "--bundle", str(tiny_bundle), "--seconds", "12",
+                             "--fps", "15", "--width", "160", "--height", "120", "--out", str(tmp_path)],
+                            capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "soak.json").read_text())
+    assert report["frames"] + report["dropped"] >= 0.8 * report["frames_expected"]
+    assert report["latency_ms_p99"] >= report["latency_ms_p50"] > 0
+    assert report["rss_mib_end"] > 0 and "rss_growth_percent" in report
+    assert (tmp_path / "soak.png").stat().st_size > 10_000
