@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import SourceError
 from .pipelines import output_pipeline, rtsp_launch
-from .sources import _gst
+from .sources import bus_error, load_gst
 
 EOS_WAIT_S = 1.0  # how long close() waits for the muxer to finish a file
 
@@ -23,7 +23,7 @@ class VideoOutput:
     """A GStreamer pipeline from `appsrc name=src` to a file, an RTP stream or a display."""
 
     def __init__(self, uri: str, width: int, height: int, fps: int, jetson: bool | None = None):
-        Gst = self._Gst = _gst()
+        Gst = self._Gst = load_gst()
         self.uri, self.size = uri, (width, height)
         self.description = output_pipeline(uri, width, height, fps, jetson)
         try:
@@ -32,23 +32,16 @@ class VideoOutput:
             raise SourceError(f"{uri}: cannot build output pipeline '{self.description}': {exc}") from exc
         self.appsrc = self.pipeline.get_by_name("src")
         if self.pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
-            error = self._bus_error() or "output pipeline failed to start"
+            error = bus_error(self.pipeline) or "output pipeline failed to start"
             self.pipeline.set_state(Gst.State.NULL)
             raise SourceError(f"{uri}: {error}")
         self.frame_s = 1.0 / fps
         self._first: float | None = None
 
-    def _bus_error(self) -> str | None:
-        message = self.pipeline.get_bus().pop_filtered(self._Gst.MessageType.ERROR)
-        if message is None:
-            return None
-        error, _ = message.parse_error()
-        return f"{error.message} ({message.src.get_name()})"
-
     def write(self, image: np.ndarray, timestamp: float) -> None:
         """Push one BGR frame; `timestamp` in seconds (the source's), re-based to start at 0."""
         Gst = self._Gst
-        error = self._bus_error()
+        error = bus_error(self.pipeline)
         if error:
             raise SourceError(f"{self.uri}: {error}")
         if image.shape[1::-1] != self.size or image.ndim != 3:
@@ -77,7 +70,7 @@ class RtspOutput:
     while no client is connected."""
 
     def __init__(self, uri: str, width: int, height: int, fps: int, jetson: bool | None = None):
-        self._Gst = _gst()
+        self._Gst = load_gst()
         try:
             import gi
 

@@ -39,7 +39,7 @@ class Frame:
     captured: float = field(default_factory=time.time)  # wall-clock seconds when the frame arrived
 
 
-def _gst():
+def load_gst():
     # libgstreamer links libunwind, whose _Unwind_* symbols would then win over libgcc_s's for
     # every C++ library loaded later (ONNX Runtime, torch), and their exceptions would abort the
     # process. Loading libgcc_s first, globally, keeps C++ exceptions working.
@@ -63,6 +63,15 @@ def _gst():
     return Gst
 
 
+def bus_error(pipeline) -> str | None:
+    """GStreamer's message for the first error posted on a pipeline's bus, naming the element."""
+    message = pipeline.get_bus().pop_filtered(load_gst().MessageType.ERROR)
+    if message is None:
+        return None
+    error, _ = message.parse_error()
+    return f"{error.message} ({message.src.get_name()})"
+
+
 class _Failure(Exception):
     """A live pipeline stopped delivering; the source reconnects."""
 
@@ -81,7 +90,7 @@ class GstSource:
         pipeline: str | None = None,
         jetson: bool | None = None,
     ):
-        self._Gst = _gst()
+        self._Gst = load_gst()
         self.uri = uri
         self.options = options or SourceOptions()
         if pipeline is not None:
@@ -125,7 +134,7 @@ class GstSource:
             raise SourceError(f"{self.uri}: pipeline has no appsink named 'sink'")
         state = self.pipeline.set_state(Gst.State.PAUSED)
         if state == Gst.StateChangeReturn.FAILURE:
-            error = self._bus_error() or "pipeline failed to start"
+            error = bus_error(self.pipeline) or "pipeline failed to start"
             self.close()
             raise SourceError(f"{self.uri}: {error}")
         if self._custom:  # a live source does not preroll: that is how GStreamer tells them apart
@@ -139,7 +148,7 @@ class GstSource:
         self._arrived_here = self._pulled_here = 0
         self.appsink.get_static_pad("sink").add_probe(self._Gst.PadProbeType.BUFFER, self._count_arrival)
         if self.pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
-            error = self._bus_error() or "pipeline failed to start"
+            error = bus_error(self.pipeline) or "pipeline failed to start"
             self.close()
             raise SourceError(f"{self.uri}: {error}")
 
@@ -155,13 +164,6 @@ class GstSource:
             if buffer_pts == pts:
                 return number
         return fallback
-
-    def _bus_error(self) -> str | None:
-        message = self.pipeline.get_bus().pop_filtered(self._Gst.MessageType.ERROR)
-        if message is None:
-            return None
-        error, _ = message.parse_error()
-        return f"{error.message} ({message.src.get_name()})"
 
     def _to_array(self, sample) -> np.ndarray:
         structure = sample.get_caps().get_structure(0)
@@ -189,7 +191,7 @@ class GstSource:
             if sample is not None:
                 self._pulled_here += 1
                 return sample
-            error = self._bus_error()
+            error = bus_error(self.pipeline)
             if error:
                 if self.live:
                     raise _Failure(error)
