@@ -122,6 +122,46 @@ def _run(args: argparse.Namespace) -> None:
     )
 
 
+def _calibrate(args: argparse.Namespace) -> None:
+    from calibration.report import write_report
+    from calibration.site import calibrate, collect, record, save
+
+    from .detector import Detector
+    from .pipelines import SourceOptions
+    from .sources import open_source
+
+    detector = Detector.load(args.bundle, backend=args.backend, steps=args.steps)
+    source = open_source(args.input, SourceOptions(args.input_width, args.input_height, args.input_framerate))
+    try:
+        kept = collect(detector, (f.image for f in source.frames()), args.frames)
+    finally:
+        source.close()
+    if len(kept.samples) < args.frames:
+        print(f"{args.input}: ended after {len(kept.samples)} of {args.frames} frames")
+    defects = None
+    if args.defects:
+        defect_source = open_source(args.defects)
+        defects = [f.image for f in defect_source.frames()]
+        defect_source.close()
+    result = calibrate(detector, kept, args.target_far, args.confidence, defects)
+    data = record(result, detector, args.input, use_f1=args.threshold == "f1")
+    path, backup = save(detector.bundle.root, data)
+    report = write_report(result, data["threshold"], detector.bundle.root / "calibration_report.png")
+    print(f"normal frames {result.frames}  threshold {data['threshold']:.4f} ({data['threshold_from']})  "
+          f"false-alarm rate <= {result.threshold.far_bound:.2g} at {args.confidence:.0%} confidence "
+          f"({result.threshold.exceedances} normal frames above it)")
+    if result.defects is not None:
+        d = result.defects
+        print(f"known defects {len(defects)}: recall {d.recall:.2f} at this threshold; F1-best threshold "
+              f"{d.f1_threshold:.4f} (F1 {d.f1:.2f}, recall {d.f1_recall:.2f}, false alarms {d.f1_false_alarm_rate:.2%})"
+              + ("" if args.threshold == "f1" else "; use it with --threshold f1"))
+    print("split-half disagreement: " + ", ".join(f"{k} {v:.1%}" for k, v in result.agreement.items()))
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    print(f"calibration written to {path}" + (f" (previous one kept as {backup.name})" if backup else "")
+          + f"; report {report}")
+
+
 def _defects(args: argparse.Namespace) -> None:
     import cv2
 
@@ -243,6 +283,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=_positive_int, help="stop each source after this many frames")
     _add_detector_options(p)
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("calibrate", help="thresholds and quantiles on site from frames declared normal")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--input", required=True, help="normal frames: a camera or stream URI, a video file or a folder")
+    p.add_argument("--frames", type=_positive_int, default=3000, help="normal frames to collect")
+    p.add_argument("--target-far", type=float, default=0.001, help="false-alarm rate to guarantee (default 1 in 1000)")
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence of the false-alarm bound")
+    p.add_argument("--defects", help="a few known defects (image folder or clip): recall and the F1-best threshold")
+    p.add_argument("--threshold", choices=("far", "f1"), default="far",
+                   help="write the false-alarm threshold (default) or the F1-best one (needs --defects)")
+    p.add_argument("--input-width", type=_positive_int)
+    p.add_argument("--input-height", type=_positive_int)
+    p.add_argument("--input-framerate", type=_positive_int)
+    _add_detector_options(p)
+    p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("bench", help="per-stage latency, fps and peak memory on synthetic frames")
     p.add_argument("--bundle", required=True)

@@ -1,0 +1,50 @@
+"""calibration_report.png: the normal-score histogram with the threshold (and the known defects
+when given), and overlays of the highest-scoring normal frames, for a person to check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from edge_ad.render import overlay  # noqa: E402
+
+from .site import Calibration, overlay_result  # noqa: E402
+
+
+def write_report(calibration: Calibration, threshold: float, path: Path) -> Path:
+    columns = max(len(calibration.top), 1)
+    figure = plt.figure(figsize=(3.2 * max(columns, 3), 7.5))
+    grid = figure.add_gridspec(2, columns, height_ratios=[1.1, 1])
+    hist = figure.add_subplot(grid[0, :])
+    scores = calibration.scores
+    bins = 60
+    hist.hist(scores, bins=bins, color="tab:blue", alpha=0.75, label=f"normal frames ({scores.size})")
+    if calibration.defect_scores is not None:
+        hist.hist(calibration.defect_scores, bins=bins, color="tab:red", alpha=0.6,
+                  label=f"known defects ({calibration.defect_scores.size})")
+        hist.axvline(calibration.defects.f1_threshold, color="tab:orange", linestyle=":",
+                     label=f"F1-best {calibration.defects.f1_threshold:.3f} (F1 {calibration.defects.f1:.2f})")
+    hist.axvline(threshold, color="black", linestyle="--",
+                 label=f"threshold {threshold:.3f} (false alarms <= {calibration.threshold.far_bound:.2g} "
+                       f"at {calibration.confidence:.0%})")
+    hist.set_yscale("log")
+    hist.set_xlabel("image score")
+    hist.set_ylabel("frames")
+    hist.set_title(f"calibration on {calibration.frames} normal frames"
+                   + (f"  -  {len(calibration.warnings)} warning(s)" if calibration.warnings else ""))
+    hist.legend(fontsize=8)
+    for column, (score, frame, normalised) in enumerate(calibration.top):
+        ax = figure.add_subplot(grid[1, column])
+        picture = overlay(frame, overlay_result(score, threshold, frame, normalised))
+        ax.imshow(cv2.cvtColor(picture, cv2.COLOR_BGR2RGB))
+        ax.set_title(f"normal #{column + 1}: {score:.3f}", fontsize=9)
+        ax.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path

@@ -1,0 +1,241 @@
+"""`edge-ad calibrate`: quantiles and an image threshold from frames the operator declares
+normal, measured through the bundle's own graphs on this camera, written into the bundle's
+calibration.yaml (which the runtime then uses instead of the bundle's numbers)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import cv2
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from edge_ad.bundle import BUNDLE_FILE, BRANCHES, CALIBRATION_FILE, file_sha256
+from edge_ad.detector import Detector, Result
+from edge_ad.normalize import Quantiles, fit_quantiles
+
+from .statistics import (
+    BIMODALITY_LIMIT,
+    DUPLICATE_SHARE,
+    CalibrationError,
+    DefectCheck,
+    Threshold,
+    bimodality,
+    check_defects,
+    near_duplicates,
+    split_half,
+    threshold_for_far,
+)
+
+PIXELS_PER_FRAME = 2048  # raw-map values per frame and branch pooled for the quantiles
+POOL = 4  # raw maps are kept max-pooled by this factor to rescore frames with the new quantiles
+TOP_FRAMES = 4  # highest-scoring normal frames shown in the report
+DRIFT_WINDOW = 300  # frames behind the rolling median that `edge-ad run --drift` watches
+SPLIT_HALF_LIMIT = 0.10  # relative disagreement of the halves above which a warning is given
+Q_ALPHA, Q_BETA = 0.9, 0.995  # ULSAD 3.5
+
+
+@dataclass
+class Collected:
+    """What calibration keeps of each normal frame: a sample of raw-map values, the max-pooled
+    raw maps, a thumbnail, and the frames themselves for the few highest scores."""
+
+    samples: list[np.ndarray] = field(default_factory=list)  # (branches, PIXELS_PER_FRAME) per frame
+    pooled: list[np.ndarray] = field(default_factory=list)  # (branches, H/POOL, W/POOL) per frame
+    thumbnails: list[np.ndarray] = field(default_factory=list)
+    top: list[tuple[float, int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (score, i, frame, raw)
+
+
+def _pool(raw: np.ndarray) -> np.ndarray:
+    """Block maximum over POOL x POOL pixels: the max of a pooled map never undershoots the max
+    of the full map, so thresholds from it err towards fewer false alarms."""
+    b, h, w = raw.shape
+    padded = np.full((b, -(-h // POOL) * POOL, -(-w // POOL) * POOL), -np.inf, np.float32)
+    padded[:, :h, :w] = raw
+    return padded.reshape(b, padded.shape[1] // POOL, POOL, -1, POOL).max(axis=(2, 4))
+
+
+def collect(detector: Detector, frames: Iterable[np.ndarray], count: int, seed: int = 0) -> Collected:
+    """Run the detector on up to `count` normal BGR frames (progress bar)."""
+    rng = np.random.default_rng(seed)
+    kept = Collected()
+    for i, frame in enumerate(tqdm(frames, total=count, desc="normal frames", unit="frame")):
+        if i >= count:
+            break
+        result = detector(frame)
+        raw = result.raw_map
+        flat = raw.reshape(raw.shape[0], -1)
+        kept.samples.append(flat[:, rng.integers(0, flat.shape[1], PIXELS_PER_FRAME)].astype(np.float32))
+        kept.pooled.append(_pool(raw))
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+        kept.thumbnails.append(cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA))
+        item = (result.score, i, frame, raw)
+        if len(kept.top) < TOP_FRAMES:
+            heapq.heappush(kept.top, item)
+        elif result.score > kept.top[0][0]:
+            heapq.heapreplace(kept.top, item)
+    return kept
+
+
+def _fit(samples: np.ndarray) -> list[Quantiles]:
+    return [fit_quantiles(samples[:, b], Q_ALPHA, Q_BETA) for b in range(samples.shape[1])]
+
+
+def _scores(pooled: np.ndarray, quantiles: list[Quantiles]) -> np.ndarray:
+    """Image scores under `quantiles`: max of the branch average of the normalised maps."""
+    maps = sum(q.apply(pooled[:, b]) for b, q in enumerate(quantiles)) / len(quantiles)
+    return maps.reshape(len(pooled), -1).max(axis=1)
+
+
+@dataclass
+class Calibration:
+    frames: int
+    quantiles: list[Quantiles]
+    scores: np.ndarray
+    threshold: Threshold
+    far: float
+    confidence: float
+    agreement: dict[str, float]  # split-half relative disagreements
+    warnings: list[str]
+    top: list[tuple[float, np.ndarray, np.ndarray]]  # (score, frame, normalised map) highest first
+    defects: DefectCheck | None = None
+    defect_scores: np.ndarray | None = None
+
+
+def calibrate(
+    detector: Detector,
+    kept: Collected,
+    far: float,
+    confidence: float,
+    defect_frames: list[np.ndarray] | None = None,
+) -> Calibration:
+    """Quantiles, scores and the threshold from what `collect` kept; stability warnings; and,
+    with `defect_frames`, recall at the threshold and the F1-best threshold."""
+    n = len(kept.samples)
+    if n < 4:
+        raise CalibrationError(f"only {n} normal frames were read; calibration needs many more")
+    samples, pooled = np.stack(kept.samples), np.stack(kept.pooled)
+    quantiles = _fit(samples)
+    scores = _scores(pooled, quantiles)
+    threshold = threshold_for_far(scores, far, confidence)
+
+    half = n // 2
+    first, second = _fit(samples[:half]), _fit(samples[half:])
+    agreement = {}
+    for name, a, b in zip(detector.bundle.branches, first, second):
+        agreement[f"{name}.value_alpha"] = split_half(a.value_alpha, b.value_alpha)
+        agreement[f"{name}.value_beta"] = split_half(a.value_beta, b.value_beta)
+    level = 1.0 - max(far, 1.0 / half)  # the highest quantile each half can resolve
+    agreement["score_quantile"] = split_half(*(float(np.quantile(s, level)) for s in (scores[:half], scores[half:])))
+
+    warnings = [
+        f"split-half disagreement of {key} is {value:.0%} (over {SPLIT_HALF_LIMIT:.0%}): the scene changed during "
+        "calibration, or too few frames"
+        for key, value in agreement.items() if value > SPLIT_HALF_LIMIT
+    ]
+    duplicates = near_duplicates(np.stack(kept.thumbnails))
+    if duplicates > DUPLICATE_SHARE:
+        warnings.append(f"{duplicates:.0%} of consecutive frames are near-identical: a frozen camera or an empty "
+                        "line? The false-alarm bound assumes independent frames")
+    coefficient = bimodality(scores)
+    if coefficient > BIMODALITY_LIMIT:
+        warnings.append(f"the normal scores look bimodal (bimodality coefficient {coefficient:.2f} > "
+                        f"{BIMODALITY_LIMIT}): two products or a light change? Calibrate each condition apart")
+
+    top = []
+    for score, _, frame, raw in sorted(kept.top, key=lambda item: -item[0]):
+        normalised = sum(q.apply(branch) for q, branch in zip(quantiles, raw)) / len(raw)
+        top.append((float(normalised.max()), frame, normalised))
+    calibration = Calibration(n, quantiles, scores, threshold, far, confidence, agreement, warnings, top)
+    if defect_frames:
+        defect_scores = _scores(np.stack([_pool(detector(f).raw_map) for f in defect_frames]), quantiles)
+        calibration.defects = check_defects(scores, defect_scores, threshold.value)
+        calibration.defect_scores = defect_scores
+    return calibration
+
+
+def record(calibration: Calibration, detector: Detector, source: str, use_f1: bool = False) -> dict:
+    """The calibration.yaml content: what the runtime reads (steps, normalization, threshold)
+    and what a person auditing it wants (source, time, frames, bundle hash, bounds, warnings)."""
+    bundle = detector.bundle
+    threshold = calibration.threshold.value
+    if use_f1:
+        if calibration.defects is None:
+            raise CalibrationError("--threshold f1 needs --defects")
+        threshold = calibration.defects.f1_threshold
+    scores = calibration.scores
+    data = {
+        "steps": bundle.steps,
+        "normalization": {
+            "q_alpha": Q_ALPHA,
+            "q_beta": Q_BETA,
+            "branches": [
+                {"name": name, "value_alpha": q.value_alpha, "value_beta": q.value_beta}
+                for name, q in zip(BRANCHES[bundle.model_type], calibration.quantiles)
+            ],
+        },
+        "threshold": float(threshold),
+        "threshold_from": "f1" if use_f1 else "false-alarm rate",
+        "target_false_alarm_rate": calibration.far,
+        "confidence": calibration.confidence,
+        "false_alarm_rate_bound": calibration.threshold.far_bound,
+        "normal_frames_above_threshold": calibration.threshold.exceedances,
+        "frames": calibration.frames,
+        "source": source,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "bundle_sha256": file_sha256(bundle.root / BUNDLE_FILE),
+        "split_half": {k: round(v, 4) for k, v in calibration.agreement.items()},
+        "warnings": calibration.warnings,
+        "normal_scores": {q: float(np.quantile(scores, p)) for q, p in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9))},
+        # `edge-ad run --drift`: the rolling median of normal-looking scores should stay in this band.
+        "drift": {"window": DRIFT_WINDOW, "low": float(np.quantile(scores, 0.1)), "high": float(np.quantile(scores, 0.9))},
+    }
+    if calibration.defects is not None:
+        d = calibration.defects
+        data["defects"] = {"frames": int(calibration.defect_scores.size), "recall": d.recall,
+                           "f1_threshold": d.f1_threshold, "f1": d.f1, "f1_recall": d.f1_recall,
+                           "f1_false_alarm_rate": d.f1_false_alarm_rate}
+    return data
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write a temporary file beside `path`, flush it to disk, then rename it over `path`: after a
+    power cut the file is the old one or the new one, never a mix."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def save(bundle_root: Path, data: dict) -> tuple[Path, Path | None]:
+    """calibration.yaml into the bundle, the previous one kept as calibration.yaml.bak; returns
+    both paths (no backup when there was no previous calibration)."""
+    path = bundle_root / CALIBRATION_FILE
+    backup = path.with_name(path.name + ".bak") if path.is_file() else None
+    try:
+        if backup is not None:
+            _write_atomically(backup, path.read_text())
+        _write_atomically(path, yaml.safe_dump(data, sort_keys=False))
+    except OSError as exc:
+        raise CalibrationError(f"{path}: cannot write the calibration ({exc.strerror or exc}); the bundle keeps "
+                               "its previous one") from exc
+    return path, backup
+
+
+def overlay_result(score: float, threshold: float, frame: np.ndarray, normalised: np.ndarray) -> Result:
+    """A Result for `edge_ad.render.overlay` from a map normalised with the new quantiles."""
+    display = np.clip(cv2.resize(normalised, frame.shape[1::-1], interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+    return Result(score, score >= threshold, threshold, display, normalised[None])

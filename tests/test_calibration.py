@@ -1,0 +1,114 @@
+"""On-site calibration: the false-alarm bound, stability checks, defects, and calibration.yaml."""
+
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from calibration import site
+from calibration.statistics import (
+    CalibrationError,
+    bimodality,
+    check_defects,
+    far_upper_bound,
+    frames_needed,
+    near_duplicates,
+    threshold_for_far,
+)
+from edge_ad.detector import Detector
+
+
+def test_the_false_alarm_bound_by_hand():
+    # No exceedance in N frames: P(all N below | rate p) = (1 - p)^N = 1 - confidence.
+    assert far_upper_bound(0, 3000, 0.95) == pytest.approx(1 - 0.05 ** (1 / 3000), rel=1e-9)
+    assert frames_needed(0.001, 0.95) == 2995  # the "rule of three": about 3 / rate
+    assert far_upper_bound(2995, 2995, 0.95) == 1.0
+
+
+def test_threshold_keeps_the_bound_and_is_the_lowest_that_does():
+    scores = np.random.default_rng(0).normal(size=20_000)
+    t = threshold_for_far(scores, 0.001, 0.95)
+    assert t.exceedances == int((scores >= t.value).sum())
+    assert t.far_bound <= 0.001 < far_upper_bound(t.exceedances + 1, scores.size, 0.95)
+    assert 5 <= t.exceedances <= 15  # about 0.0007 * 20000: below the asked rate, by the bound's margin
+
+
+def test_too_few_frames_are_refused_with_what_to_do():
+    with pytest.raises(CalibrationError, match=r"500 normal frames .* at least 2995 are needed .* --target-far 0.006"):
+        threshold_for_far(np.zeros(500), 0.001, 0.95)
+
+
+def test_defects_recall_and_f1_best_threshold_by_hand():
+    normal = np.array([0.1, 0.2, 0.3, 0.4])
+    defects = np.array([0.35, 0.5, 0.6])
+    check = check_defects(normal, defects, threshold=0.45)
+    assert check.recall == pytest.approx(2 / 3)
+    # At 0.35: TP 3, FP 1 (0.4) -> F1 6/7; at 0.5: TP 2, FP 0, FN 1 -> 4/5.
+    assert (check.f1_threshold, check.f1, check.f1_recall, check.f1_false_alarm_rate) == (0.35, pytest.approx(6 / 7), 1.0, 0.25)
+
+
+def test_frozen_camera_and_two_populations_are_noticed():
+    rng = np.random.default_rng(0)
+    frozen = np.repeat(rng.integers(0, 255, (1, 32, 32), np.uint8), 50, axis=0)
+    assert near_duplicates(frozen) == 1.0
+    assert near_duplicates(rng.integers(0, 255, (50, 32, 32), np.uint8)) == 0.0
+    assert bimodality(np.concatenate([rng.normal(0, 1, 500), rng.normal(8, 1, 500)])) > 0.555
+    assert bimodality(rng.gumbel(size=1000)) < 0.555  # max-type scores of one population
+
+
+def _edge_ad(*args):
+    return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True)
+
+
+def test_calibrate_command_writes_calibration_the_runtime_uses(tiny_bundle, normal_folder, mvtec_category, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    defects = mvtec_category / "test" / "spot"
+    args = ["calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 12, "--target-far", 0.3,
+            "--confidence", 0.9, "--defects", defects]
+    out = _edge_ad(*args)
+    assert out.returncode == 0, out.stderr
+    assert "known defects 4: recall" in out.stdout
+    data = yaml.safe_load((bundle / "calibration.yaml").read_text())
+    assert data["frames"] == 12 and data["source"] == str(normal_folder)
+    assert data["false_alarm_rate_bound"] <= 0.3 and data["defects"]["frames"] == 4
+    assert data["drift"]["low"] <= data["normal_scores"]["p50"] <= data["drift"]["high"]
+    assert (bundle / "calibration_report.png").stat().st_size > 10_000
+    detector = Detector.load(bundle)
+    assert detector.bundle.calibration == bundle / "calibration.yaml"
+    assert detector.threshold == pytest.approx(data["threshold"])
+    assert detector.bundle.quantiles[0].value_beta == pytest.approx(data["normalization"]["branches"][0]["value_beta"])
+    # The calibrated false-alarm count holds on the frames it was made from (max-pooled scores err high).
+    scores = [detector(cv2.imread(str(p))).score for p in sorted(normal_folder.glob("*.png"))]
+    assert sum(s >= data["threshold"] for s in scores) <= data["normal_frames_above_threshold"]
+
+    first = (bundle / "calibration.yaml").read_text()
+    assert _edge_ad(*args, "--threshold", "f1").returncode == 0
+    assert (bundle / "calibration.yaml.bak").read_text() == first
+    assert yaml.safe_load((bundle / "calibration.yaml").read_text())["threshold_from"] == "f1"
+
+
+def test_too_few_frames_on_the_command_line(tiny_bundle, normal_folder, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    out = _edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 12)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("edge-ad: error: 12 normal frames cannot show")
+    assert not (bundle / "calibration.yaml").exists()
+
+
+def test_a_failed_write_leaves_the_old_calibration(tmp_path, monkeypatch):
+    path = tmp_path / "calibration.yaml"
+    path.write_text("threshold: 0.5\n")
+
+    def power_cut(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(site.os, "replace", power_cut)
+    with pytest.raises(CalibrationError, match="No space left on device"):
+        site.save(tmp_path, {"threshold": 0.7})
+    assert path.read_text() == "threshold: 0.5\n"
