@@ -108,6 +108,7 @@ def _run(args: argparse.Namespace) -> None:
         metrics_port=args.metrics_port,
         max_frames=args.max_frames,
         jetson=jetson,
+        drift=args.drift,
     )
     summary = run(Detector.load(args.bundle, backend=args.backend, steps=args.steps), streams, config)
     for s in summary.sources:
@@ -281,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", help="file rewritten every 5 s with Prometheus-format metrics")
     p.add_argument("--metrics-port", type=int, help="serve the metrics on http://0.0.0.0:PORT/metrics")
     p.add_argument("--max-frames", type=_positive_int, help="stop each source after this many frames")
+    p.add_argument("--drift", action="store_true",
+                   help="event when the rolling median of normal scores leaves the band 'edge-ad calibrate' measured")
     _add_detector_options(p)
     p.set_defaults(func=_run)
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from .bundle import read_yaml
 from .detector import Detector, Result
+from .drift import DriftWatch
 from .errors import EdgeAdError, SourceError
 from .outputs import open_output
 from .pipelines import SourceOptions, output_pipeline
@@ -65,6 +66,7 @@ class RunConfig:
     metrics_port: int | None = None
     max_frames: int | None = None  # per source
     jetson: bool | None = None  # None: detect
+    drift: bool = False  # watch the rolling median of normal scores against the calibrated band
 
 
 @dataclass
@@ -175,8 +177,10 @@ class _Sinks:
     """Everything a scored frame goes to: events, snapshots, the anomaly hook (shared by the
     streams) and each stream's video output, each guarded so that its failures are counted."""
 
-    def __init__(self, config: RunConfig, stack: ExitStack):
+    def __init__(self, config: RunConfig, stack: ExitStack, drift: DriftWatch | None = None):
         self.guards: list[Guarded] = []
+        self.drift = drift  # the calibrated band; each stream gets its own watch over it
+        self.watches: dict[str, DriftWatch] = {}
         self.events = self.snapshots = self.hook = None
         self.videos: dict[str, Guarded] = {}
         self.jetson = config.jetson
@@ -202,6 +206,21 @@ class _Sinks:
         self.stack.callback(video.close)
         self.videos[stream.name] = self._guard(f"output {stream.output}", video)
 
+    def _watch_drift(self, stream: Stream, frame: Frame, result: Result) -> None:
+        if stream.name not in self.watches:
+            self.watches[stream.name] = DriftWatch(self.drift.low, self.drift.high, self.drift.window)
+        drift = self.watches[stream.name].add(result.score, result.is_anomaly)
+        if drift is None:
+            return
+        drift = {"source": stream.name, "frame": frame.index, "timestamp": round(frame.captured, 6), **drift}
+        if drift["state"] == "outside":
+            log.warning("%s: drift: median normal score %.4f left the calibrated band [%.4f, %.4f]; recalibrate "
+                        "(edge-ad calibrate)", stream.name, drift["median"], drift["low"], drift["high"])
+        else:
+            log.info("%s: drift: median normal score %.4f is back in the calibrated band", stream.name, drift["median"])
+        if self.events is not None:
+            self.events(drift)
+
     def errors(self) -> dict[str, int]:
         return {g.name: g.errors for g in self.guards}
 
@@ -209,6 +228,8 @@ class _Sinks:
         event = _event(stream, frame, result, latency_ms)
         if self.events is not None:
             self.events(event)
+        if self.drift is not None:
+            self._watch_drift(stream, frame, result)
         picture = None
         if stream.name in self.videos:
             picture = overlay(frame.image, result)
@@ -241,6 +262,7 @@ def _stop_on_signals(stop: threading.Event):
 
 def _event(stream: Stream, frame: Frame, result: Result, latency_ms: float) -> dict:
     return {
+        "event": "frame",
         "source": stream.name,
         "frame": frame.index,
         "name": frame.name,
@@ -271,7 +293,7 @@ def run(detector: Detector, streams: list[Stream], config: RunConfig, stop: thre
     ready = threading.Event()
     stats = {s.name: SourceStats(s.name) for s in streams}
     with ExitStack() as stack, _stop_on_signals(stop):
-        sinks = _Sinks(config, stack)
+        sinks = _Sinks(config, stack, DriftWatch.from_bundle(detector.bundle) if config.drift else None)
         telemetry = None
         if config.metrics is not None or config.metrics_port is not None:
             telemetry = Telemetry(lambda: list(stats.values()), sinks.errors, config.metrics, config.metrics_port)

@@ -112,3 +112,39 @@ def test_a_failed_write_leaves_the_old_calibration(tmp_path, monkeypatch):
     with pytest.raises(CalibrationError, match="No space left on device"):
         site.save(tmp_path, {"threshold": 0.7})
     assert path.read_text() == "threshold: 0.5\n"
+
+
+def test_drift_watch_raises_once_per_crossing():
+    from edge_ad.drift import CHECK_EVERY, DriftWatch
+
+    watch = DriftWatch(0.1, 0.2, window=60)
+    events = [watch.add(0.15, anomaly=False) for _ in range(120)]
+    assert not any(events)  # inside the band
+    assert watch.add(5.0, anomaly=True) is None  # anomalous frames do not move the median
+    events = [e for e in (watch.add(0.3, anomaly=False) for _ in range(120)) if e]
+    assert len(events) == 1 and events[0]["state"] == "outside" and events[0]["median"] > 0.2
+    events = [e for e in (watch.add(0.15, anomaly=False) for _ in range(120)) if e]
+    assert [e["state"] for e in events] == ["back"]
+    assert CHECK_EVERY < 60
+
+
+def test_run_drift_needs_a_calibration_and_then_reports(tiny_bundle, normal_folder, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    no_band = _edge_ad("run", "--bundle", bundle, "--input", normal_folder, "--drift")
+    assert no_band.returncode == 2 and "needs a site calibration" in no_band.stderr
+    (bundle / "calibration.yaml").write_text(yaml.safe_dump(
+        {"steps": None, "threshold": 100.0, "drift": {"low": -2.0, "high": -1.0, "window": 2},  # a band no frame fits
+         "normalization": yaml.safe_load((tiny_bundle / "bundle.yaml").read_text())["normalization"]}))
+    events = tmp_path / "ev.jsonl"
+    frames = sorted(normal_folder.glob("*.png")) * 3  # 36 frames: CHECK_EVERY (30) is reached once
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, p in enumerate(frames):
+        shutil.copy(p, folder / f"{i:03d}.png")
+    out = _edge_ad("run", "--bundle", bundle, "--input", folder, "--drift", "--events", events)
+    assert out.returncode == 0, out.stderr
+    lines = [yaml.safe_load(line) for line in events.read_text().splitlines()]
+    drift = [e for e in lines if e["event"] == "drift"]
+    assert len(drift) == 1 and drift[0]["state"] == "outside" and "left the calibrated band" in out.stderr
+    assert sum(e["event"] == "frame" for e in lines) == len(frames)
