@@ -7,16 +7,16 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import cv2
 import numpy as np
-import yaml
 from tqdm import tqdm
 
-from edge_ad.bundle import BUNDLE_FILE, BRANCHES, CALIBRATION_FILE, file_sha256
+from edge_ad.bundle import BUNDLE_FILE, BRANCHES, CALIBRATION_FILE, file_sha256, write_yaml_atomic
 from edge_ad.detector import Detector, Result
 from edge_ad.normalize import Quantiles, fit_quantiles
 
@@ -204,31 +204,17 @@ def record(calibration: Calibration, detector: Detector, source: str, use_f1: bo
     return data
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write a temporary file beside `path`, flush it to disk, then rename it over `path`: after a
-    power cut the file is the old one or the new one, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 def save(bundle_root: Path, data: dict) -> tuple[Path, Path | None]:
     """calibration.yaml into the bundle, the previous one kept as calibration.yaml.bak; returns
     both paths (no backup when there was no previous calibration)."""
     path = bundle_root / CALIBRATION_FILE
     backup = path.with_name(path.name + ".bak") if path.is_file() else None
     try:
-        if backup is not None:
-            _write_atomically(backup, path.read_text())
-        _write_atomically(path, yaml.safe_dump(data, sort_keys=False))
+        if backup is not None:  # copied, then renamed into place: the backup is never half-written either
+            tmp = backup.with_name(f".{backup.name}.tmp")
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, backup)
+        write_yaml_atomic(path, data)
     except OSError as exc:
         raise CalibrationError(f"{path}: cannot write the calibration ({exc.strerror or exc}); the bundle keeps "
                                "its previous one") from exc

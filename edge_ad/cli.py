@@ -163,6 +163,19 @@ def _calibrate(args: argparse.Namespace) -> None:
           + f"; report {report}")
 
 
+def _doctor(args: argparse.Namespace) -> None:
+    from .doctor import doctor
+
+    report = doctor(args.bundle, args.target)
+    for line in report.lines:
+        print(line)
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    print(f"{len(report.problems)} problem(s)" if report.problems else "no problems found")
+    if report.problems:
+        sys.exit(1)
+
+
 def _defects(args: argparse.Namespace) -> None:
     import cv2
 
@@ -322,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=_positive_int, default=8, help="largest batch of the optimisation profile")
     p.add_argument("--force", action="store_true", help="rebuild even when matching engines are cached")
     p.set_defaults(func=_build)
+
+    p = sub.add_parser("doctor", help="what this device is and has, and whether a bundle can run on it")
+    p.add_argument("--bundle", help="also check this bundle and its engines against this device")
+    p.add_argument("--target", help="firmware_configs/<device>.yaml instead of the detected one")
+    p.set_defaults(func=_doctor)
 
     p = sub.add_parser("defects", help="write a gallery picture of the synthetic training defects")
     p.add_argument("--data", required=True, help="'elpv', a folder of normal images, or an MVTec category")

@@ -1,0 +1,132 @@
+"""What machine this is, and which `firmware_configs/` target describes it.
+
+A Jetson is told by its device tree: the module part number in /proc/device-tree/compatible
+(p3767-0000 is an Orin NX 16GB), else the model string and the memory size; its L4T release
+from /etc/nv_tegra_release. An x86 GPU is told by nvidia-smi. Everything else is the CPU target.
+Every reader takes a root folder, so tests feed recorded files from each module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .bundle import read_yaml
+from .errors import EdgeAdError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "firmware_configs"
+
+
+@dataclass
+class Device:
+    kind: str  # jetson, x86-gpu or cpu
+    model: str = ""  # /proc/device-tree/model, or the GPU name
+    part_numbers: list[str] = field(default_factory=list)  # module part numbers from the device tree
+    memory_gb: float | None = None
+    l4t: str | None = None  # e.g. 36.4.3
+    gpu: str | None = None
+    compute_capability: str | None = None
+
+
+def _read(root: Path, path: str) -> str | None:
+    file = root / path.lstrip("/")
+    try:
+        return file.read_bytes().decode(errors="replace")
+    except OSError:
+        return None
+
+
+def _memory_gb(root: Path) -> float | None:
+    meminfo = _read(root, "/proc/meminfo") or ""
+    match = re.search(r"^MemTotal:\s+(\d+) kB", meminfo, re.M)
+    return int(match.group(1)) / (1 << 20) if match else None
+
+
+def l4t_release(text: str) -> str | None:
+    """'# R36 (release), REVISION: 4.3, ...' -> '36.4.3'."""
+    match = re.search(r"R(\d+) \(release\), REVISION: ([\d.]+)", text)
+    return f"{match.group(1)}.{match.group(2)}" if match else None
+
+
+def nvidia_smi() -> str | None:
+    """`nvidia-smi` CSV of the first GPU: name, compute capability, memory (None without one)."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def detect(root: Path = Path("/"), smi: Callable[[], str | None] = nvidia_smi) -> Device:
+    """The device at `root` (the real one by default)."""
+    model = (_read(root, "/proc/device-tree/model") or "").strip("\x00\n ")
+    compatible = _read(root, "/proc/device-tree/compatible") or ""
+    release = _read(root, "/etc/nv_tegra_release")
+    if "tegra" in compatible or release is not None or "jetson" in model.lower():
+        parts = sorted(set(re.findall(r"p\d{4}-\d{4}", compatible)))
+        return Device("jetson", model, parts, _memory_gb(root), l4t_release(release or ""))
+    csv = smi()
+    if csv and csv.strip():
+        name, capability, memory = (field.strip() for field in csv.strip().splitlines()[0].split(","))
+        return Device("x86-gpu", name, memory_gb=float(memory) / 1024, gpu=name, compute_capability=capability)
+    return Device("cpu", memory_gb=_memory_gb(root))
+
+
+def load_configs(folder: Path = CONFIGS) -> dict[str, dict]:
+    """Every target YAML in `folder`, checked against its schema.json."""
+    import jsonschema
+
+    try:
+        schema = json.loads((folder / "schema.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise EdgeAdError(f"{folder / 'schema.json'}: cannot read the target schema ({exc})") from exc
+    configs = {}
+    for path in sorted(folder.glob("*.yaml")):
+        config = read_yaml(path)
+        try:
+            jsonschema.validate(config, schema)
+        except jsonschema.ValidationError as exc:
+            where = ".".join(str(p) for p in exc.absolute_path) or "top level"
+            raise EdgeAdError(f"{path}: field '{where}': {exc.message}") from exc
+        if config["name"] != path.stem:
+            raise EdgeAdError(f"{path}: field 'name' is {config['name']!r}, the file name says {path.stem!r}")
+        configs[config["name"]] = config
+    if not configs:
+        raise EdgeAdError(f"{folder}: no target YAML files")
+    return configs
+
+
+def pick_config(device: Device, configs: dict[str, dict]) -> dict:
+    """The target for `device`: by module part number, else by model string and the nearest
+    memory size; x86 GPUs and everything else get their generic targets."""
+    if device.kind != "jetson":
+        return configs["x86-nvidia-gpu" if device.kind == "x86-gpu" else "cpu"]
+    jetsons = [c for c in configs.values() if c["kind"] == "jetson"]
+    for config in jetsons:
+        if set(device.part_numbers) & set(config["module"]["part_numbers"]):
+            return config
+    named = [c for c in jetsons if any(m.lower() in device.model.lower() for m in c["module"]["model_contains"])]
+    if named and device.memory_gb is not None:
+        # MemTotal is a little below the module's memory (carve-outs): the smallest module that holds it.
+        fitting = [c for c in named if c["module"]["memory_gb"] >= device.memory_gb] or named
+        return min(fitting, key=lambda c: c["module"]["memory_gb"])
+    raise EdgeAdError(f"unknown Jetson module '{device.model}' (parts {device.part_numbers or 'none'}): add a "
+                      f"target YAML to {CONFIGS} or pass --target")
+
+
+def jetpack(device: Device, config: dict) -> dict | None:
+    """The JetPack release of the target whose L4T version this device runs (longest match)."""
+    if device.l4t is None:
+        return None
+    matches = [r for r in config["software"]["releases"] if r["l4t"] and (device.l4t + ".").startswith(r["l4t"] + ".")]
+    return max(matches, key=lambda r: len(r["l4t"]), default=None)

@@ -1,0 +1,192 @@
+"""`edge-ad doctor`: what this machine is and has, whether a bundle can run here, and one line
+per problem saying what to do."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .device import Device, detect, jetpack, load_configs, pick_config
+from .errors import EdgeAdError
+
+# The Debian/Ubuntu package that provides each GStreamer element edge-ad may use.
+ELEMENT_PACKAGES = {
+    "appsink": "gstreamer1.0-plugins-base", "appsrc": "gstreamer1.0-plugins-base",
+    "videoconvert": "gstreamer1.0-plugins-base", "videotestsrc": "gstreamer1.0-plugins-base",
+    "decodebin": "gstreamer1.0-plugins-base", "udpsrc": "gstreamer1.0-plugins-good",
+    "rtspsrc": "gstreamer1.0-plugins-good", "rtph264depay": "gstreamer1.0-plugins-good",
+    "rtph264pay": "gstreamer1.0-plugins-good", "mp4mux": "gstreamer1.0-plugins-good",
+    "v4l2src": "gstreamer1.0-plugins-good", "jpegdec": "gstreamer1.0-plugins-good",
+    "h264parse": "gstreamer1.0-plugins-bad", "x264enc": "gstreamer1.0-plugins-ugly",
+    "avdec_h264": "gstreamer1.0-libav",
+    "nvarguscamerasrc": "nvidia-l4t-gstreamer (JetPack)", "nvv4l2decoder": "nvidia-l4t-gstreamer (JetPack)",
+    "nvvidconv": "nvidia-l4t-gstreamer (JetPack)", "nvv4l2h264enc": "nvidia-l4t-gstreamer (JetPack)",
+}
+STREAMING_ELEMENTS = ("appsink", "appsrc", "videoconvert", "videotestsrc", "decodebin", "udpsrc", "rtspsrc",
+                      "rtph264depay", "rtph264pay", "h264parse", "mp4mux")
+MIN_FREE_GIB = 1.0
+
+
+@dataclass
+class Report:
+    lines: list[str] = field(default_factory=list)  # what was found
+    problems: list[str] = field(default_factory=list)  # one line each, with what to do
+
+    def found(self, name: str, value: str) -> None:
+        self.lines.append(f"{name:<12} {value}")
+
+
+def _run(argv: list[str]) -> str | None:
+    if shutil.which(argv[0]) is None:
+        return None
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _tensorrt_version() -> str | None:
+    try:
+        import tensorrt
+    except ImportError:
+        return None
+    return tensorrt.__version__
+
+
+def _cuda_version(root: Path) -> str | None:
+    try:
+        return json.loads((root / "usr/local/cuda/version.json").read_text())["cuda"]["version"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _check_software(report: Report, device: Device, config: dict, root: Path) -> None:
+    release = jetpack(device, config)
+    if device.kind == "jetson":
+        if release is None:
+            known = ", ".join(f"{r['jetpack']} (L4T {r['l4t']})" for r in config["software"]["releases"])
+            report.problems.append(f"L4T {device.l4t or 'unknown'} is not a JetPack release edge-ad supports on this "
+                                   f"module ({known}): flash JetPack 6 with SDK Manager")
+        report.found("JetPack", f"{release['jetpack']} (L4T {device.l4t})" if release else f"unknown (L4T {device.l4t})")
+    tensorrt = _tensorrt_version()
+    report.found("TensorRT", tensorrt or "not installed")
+    if config["backend"] == "tensorrt" and tensorrt is None:
+        fix = ("sudo apt-get install python3-libnvinfer (part of JetPack)" if device.kind == "jetson"
+               else "pip install 'edge-ad[tensorrt]'")
+        report.problems.append(f"TensorRT's Python bindings are missing, so engines cannot be built or run: {fix}")
+    elif release and tensorrt and not tensorrt.startswith(release["tensorrt"].rsplit(".", 1)[0]):
+        report.problems.append(f"TensorRT {tensorrt} is not JetPack {release['jetpack']}'s {release['tensorrt']}: "
+                               "reinstall JetPack's TensorRT (mixed versions cannot load each other's engines)")
+    report.found("CUDA", _cuda_version(root) or "not found")
+    import onnxruntime
+
+    report.found("ONNXRuntime", f"{onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())})")
+
+
+def _check_gstreamer(report: Report, config: dict) -> None:
+    try:
+        from .sources import load_gst
+
+        Gst = load_gst()
+    except EdgeAdError as exc:
+        report.problems.append(str(exc))
+        return
+    report.found("GStreamer", Gst.version_string())
+    wanted = dict.fromkeys([*STREAMING_ELEMENTS, *config["gstreamer"].values()])
+    missing = [e.split()[0] for e in wanted if Gst.ElementFactory.find(e.split()[0]) is None]
+    report.found("elements", f"{len(wanted) - len(missing)} of {len(wanted)} present"
+                             + (f", missing {', '.join(missing)}" if missing else ""))
+    for element in missing:
+        report.problems.append(f"GStreamer element {element} is missing: install {ELEMENT_PACKAGES.get(element, 'its plugin')}")
+
+
+def _check_power(report: Report, device: Device, config: dict, root: Path) -> None:
+    if device.kind == "jetson":
+        out = _run(["nvpmodel", "-q"])
+        mode = re.search(r"NV Power Mode:\s*(\S+)", out or "")
+        wanted = config["power_mode"]
+        report.found("power mode", mode.group(1) if mode else "unknown (nvpmodel not readable)")
+        if mode and wanted and mode.group(1) != wanted["name"]:
+            report.problems.append(f"power mode {mode.group(1)}, this target wants {wanted['name']}: "
+                                   f"sudo nvpmodel -m {wanted['nvpmodel_id']} (check the id with nvpmodel -p --verbose)")
+    freqs = []
+    for cpu in sorted((root / "sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq")):
+        try:
+            freqs.append((int((cpu / "scaling_cur_freq").read_text()), int((cpu / "cpuinfo_max_freq").read_text())))
+        except (OSError, ValueError):
+            continue
+    if freqs:
+        report.found("CPU clocks", f"{len(freqs)} cores at {min(f for f, _ in freqs) / 1e6:.2f}-"
+                                   f"{max(f for f, _ in freqs) / 1e6:.2f} GHz of {max(m for _, m in freqs) / 1e6:.2f}")
+    for gpu in sorted((root / "sys/class/devfreq").glob("*gpu*")):
+        try:
+            cur, top = int((gpu / "cur_freq").read_text()), int((gpu / "max_freq").read_text())
+        except (OSError, ValueError):
+            continue
+        report.found("GPU clock", f"{cur / 1e6:.0f} of {top / 1e6:.0f} MHz" + (" (sudo jetson_clocks pins it)" if cur < top else ""))
+
+
+def _check_bundle(report: Report, bundle_path: str | None, device: Device, config: dict) -> None:
+    folder = Path(bundle_path or ".")
+    free = shutil.disk_usage(folder if folder.exists() else Path(".")).free / (1 << 30)
+    report.found("free disk", f"{free:.1f} GiB at {folder.resolve()}")
+    if free < MIN_FREE_GIB:
+        report.problems.append(f"only {free:.1f} GiB free at {folder.resolve()}: events, snapshots and engines need "
+                               "room; free space or point --events/--snapshots to another disk")
+    if bundle_path is None:
+        return
+    from .bundle import load_bundle
+
+    try:
+        bundle = load_bundle(bundle_path)
+    except EdgeAdError as exc:
+        report.problems.append(f"the bundle cannot be used: {exc}")
+        return
+    report.found("bundle", f"{bundle.model_type}, {bundle.precision}, {bundle.input_height}x{bundle.input_width}, "
+                           f"calibration: {bundle.calibration or 'from export'}")
+    if config["backend"] != "tensorrt":
+        report.found("engines", "not needed: ONNX Runtime runs the bundle's graphs on this CPU-only target")
+        return
+    from .engines import cached_engines, device_key, other_engines
+
+    try:
+        key = device_key("int8" if bundle.precision == "int8" else "fp16", None)
+    except EdgeAdError as exc:
+        report.problems.append(f"engines cannot be checked: {exc}")
+        return
+    engines = cached_engines(bundle, key)
+    report.found("engines", f"{key.slug}: " + ("ready" if engines else "none"))
+    if engines is None:
+        report.problems.append(f"no engines for this device ({key.slug}): edge-ad build --bundle {bundle_path} "
+                               f"--precision {key.precision}")
+    for line in other_engines(bundle, key):
+        report.found("", line)
+
+
+def doctor(bundle: str | None = None, target: str | None = None, root: Path = Path("/")) -> Report:
+    """Everything `edge-ad doctor` prints, for this machine (or the files under `root`)."""
+    report = Report()
+    device = detect(root)
+    configs = load_configs()
+    if target is not None:
+        from .bundle import read_yaml
+
+        config = read_yaml(Path(target))
+    else:
+        config = pick_config(device, configs)
+    memory = f", {device.memory_gb:.1f} GB" if device.memory_gb else ""
+    report.found("device", f"{device.kind}: {device.model or 'no NVIDIA module or GPU'}{memory}"
+                           + (f", parts {', '.join(device.part_numbers)}" if device.part_numbers else ""))
+    report.found("target", f"{config['name']} ({config['description']}); backend {config['backend']}, "
+                           f"precision {'/'.join(config['precision'])}, input {config['input_size']}, "
+                           f"K={config['bridge_steps']}")
+    _check_software(report, device, config, root)
+    _check_gstreamer(report, config)
+    _check_power(report, device, config, root)
+    _check_bundle(report, bundle, device, config)
+    return report

@@ -1,0 +1,100 @@
+"""Device detection from recorded module strings, the target configs, and `edge-ad doctor`."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from edge_ad.device import detect, jetpack, l4t_release, load_configs, pick_config, CONFIGS
+from edge_ad.doctor import doctor
+from edge_ad.errors import EdgeAdError
+
+RELEASE = "# R36 (release), REVISION: {}, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025\n"
+
+# (model, compatible, L4T revision of R36, MemTotal kB) as the modules report them.
+MODULES = {
+    "orin-nano-4gb": ("NVIDIA Jetson Orin Nano Engineering Reference Developer Kit",
+                      "nvidia,p3768-0000+p3767-0004\0nvidia,p3767-0004\0nvidia,tegra234\0", "3.0", 3_722_000),
+    "orin-nano-8gb": ("NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super",
+                      "nvidia,p3768-0000+p3767-0005-super\0nvidia,p3767-0005\0nvidia,tegra234\0", "4.3", 7_802_716),
+    "orin-nx-8gb": ("NVIDIA Jetson Orin NX Engineering Reference Developer Kit",
+                    "nvidia,p3768-0000+p3767-0001\0nvidia,p3767-0001\0nvidia,tegra234\0", "4.0", 7_620_000),
+    "orin-nx-16gb": ("NVIDIA Jetson Orin NX Engineering Reference Developer Kit",
+                     "nvidia,p3768-0000+p3767-0000\0nvidia,p3767-0000\0nvidia,tegra234\0", "3.0", 15_655_000),
+    "agx-orin-32gb": ("Jetson AGX Orin Developer Kit",
+                      "nvidia,p3737-0000+p3701-0000\0nvidia,p3701-0000\0nvidia,tegra234\0", "4.0", 30_536_000),
+    "agx-orin-64gb": ("Jetson AGX Orin Developer Kit",
+                      "nvidia,p3737-0000+p3701-0005\0nvidia,p3701-0005\0nvidia,tegra234\0", "4.3", 64_335_000),
+}
+
+
+def _jetson_root(tmp_path, model, compatible, revision, mem_kb):
+    (tmp_path / "proc/device-tree").mkdir(parents=True)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "proc/device-tree/model").write_bytes(model.encode() + b"\0")
+    (tmp_path / "proc/device-tree/compatible").write_bytes(compatible.encode())
+    (tmp_path / "etc/nv_tegra_release").write_text(RELEASE.format(revision))
+    (tmp_path / "proc/meminfo").write_text(f"MemTotal:       {mem_kb} kB\nMemFree:         1000 kB\n")
+    return tmp_path
+
+
+def test_every_target_config_follows_the_schema():
+    configs = load_configs()
+    assert set(configs) == {*MODULES, "x86-nvidia-gpu", "cpu"}
+    for name in MODULES:
+        assert configs[name]["gstreamer"]["decoder"] == "nvv4l2decoder"
+    assert [configs[n]["dla_cores"] for n in MODULES] == [0, 0, 1, 2, 2, 2]
+
+
+def test_a_broken_config_names_its_field(tmp_path):
+    folder = tmp_path / "configs"
+    shutil.copytree(CONFIGS, folder)
+    config = yaml.safe_load((folder / "cpu.yaml").read_text())
+    config["bridge_steps"] = 3
+    (folder / "cpu.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(EdgeAdError, match=r"cpu.yaml: field 'bridge_steps': 3 is not one of \[1, 2, 4\]"):
+        load_configs(folder)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_each_jetson_module_is_recognised(name, tmp_path):
+    model, compatible, revision, mem_kb = MODULES[name]
+    device = detect(_jetson_root(tmp_path, model, compatible, revision, mem_kb), smi=lambda: pytest.fail("no nvidia-smi on a Jetson"))
+    config = pick_config(device, load_configs())
+    assert device.kind == "jetson" and config["name"] == name
+    assert jetpack(device, config)["jetpack"] == {"3.0": "6.0", "4.0": "6.1", "4.3": "6.2"}[revision]
+
+
+def test_unknown_part_falls_back_to_model_and_memory(tmp_path):
+    root = _jetson_root(tmp_path, "NVIDIA Jetson AGX Orin", "nvidia,tegra234\0", "4.0", 62_000_000)
+    assert pick_config(detect(root), load_configs())["name"] == "agx-orin-64gb"
+
+
+def test_x86_gpu_and_cpu_only(tmp_path):
+    gpu = detect(tmp_path, smi=lambda: "NVIDIA H100 80GB HBM3, 9.0, 81559\n")
+    assert (gpu.kind, gpu.gpu, gpu.compute_capability) == ("x86-gpu", "NVIDIA H100 80GB HBM3", "9.0")
+    assert pick_config(gpu, load_configs())["name"] == "x86-nvidia-gpu"
+    assert pick_config(detect(tmp_path, smi=lambda: None), load_configs())["name"] == "cpu"
+    assert l4t_release(RELEASE.format("4.3")) == "36.4.3"
+
+
+def test_doctor_on_a_jetpack_5_jetson_says_what_to_do(tmp_path):
+    model, compatible, _, mem_kb = MODULES["orin-nx-16gb"]
+    root = _jetson_root(tmp_path, model, compatible, "3.0", mem_kb)
+    (root / "etc/nv_tegra_release").write_text(RELEASE.replace("R36", "R35").format("4.1"))
+    report = doctor(root=root)
+    assert any(line.startswith("target       orin-nx-16gb") for line in report.lines)
+    assert any("L4T 35.4.1 is not a JetPack release" in p and "flash JetPack 6" in p for p in report.problems)
+    assert any("TensorRT's Python bindings are missing" in p and "python3-libnvinfer" in p for p in report.problems)
+
+
+def test_doctor_here_reports_the_cpu_target_and_the_bundle(tiny_bundle):
+    out = subprocess.run([sys.executable, "-m", "edge_ad", "doctor", "--bundle", str(tiny_bundle)],
+                         capture_output=True, text=True)
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("target       cpu") for line in lines), out.stdout
+    assert any(line.startswith("bundle       prototype, fp32, 128x128") for line in lines)
+    assert any("engines      not needed" in line for line in lines)
+    assert out.returncode == (1 if any(line.startswith("problem:") for line in lines) else 0)
