@@ -34,6 +34,7 @@ def _train(args: argparse.Namespace) -> None:
         steps=args.steps,
         distill_steps=args.distill_steps,
         resume=args.resume,
+        defects=args.defects,
     )
     run = train(config, Path(args.out))
     print(f"run written to {run}")
@@ -244,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=2000, help="bridge: teacher training iterations")
     p.add_argument("--distill-steps", type=_positive_int, default=1000, help="bridge: student distillation iterations")
     p.add_argument("--resume", action="store_true", help="bridge: continue from the run folder's last checkpoint")
+    p.add_argument("--defects", help="a few known defect images (a folder, or elpv:M for the few-shot protocol): "
+                                     "the prototypes they land on are taken out (DPDL's push-away)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("export", help="export a training run to a bundle of ONNX graphs")

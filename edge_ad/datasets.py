@@ -111,6 +111,34 @@ def elpv_split() -> tuple[list[Sample], list[Sample]]:
     return train, test
 
 
+def elpv_few_shot(count: int) -> list[Sample]:
+    """The ELPV few-shot protocol's known defects (shared/benchmarks/README.md): `count`
+    anomalous images drawn with numpy.random.default_rng(1) from the sorted anomalous indices;
+    they join training and leave the test set."""
+    _, test = elpv_split()
+    anomalous = sorted((s for s in test if s.label == 1), key=lambda s: s.name)
+    if not 0 < count <= len(anomalous):
+        raise DataError(f"elpv:{count}: the few-shot protocol draws 1 to {len(anomalous)} known defects")
+    picked = np.random.default_rng(1).choice(len(anomalous), count, replace=False)
+    return [anomalous[i] for i in picked]
+
+
+def load_defects(spec: str) -> list[Sample]:
+    """Known defect images: 'elpv:M' (the few-shot protocol's M) or a folder of images."""
+    if spec.startswith("elpv:"):
+        try:
+            return elpv_few_shot(int(spec[len("elpv:") :]))
+        except ValueError as exc:
+            raise DataError(f"{spec}: expected elpv:<count>, e.g. elpv:10") from exc
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise DataError(f"{spec}: not a folder of defect images (or elpv:<count>)")
+    samples = [_file_sample(p, 1, "defect") for p in _images_in(folder)]
+    if not samples:
+        raise DataError(f"{spec}: no image files in the folder")
+    return samples
+
+
 def load_samples(data: str, split: str) -> list[Sample]:
     """Samples of `split` ('train' or 'test') for 'elpv' or a dataset folder (layout detected)."""
     if split not in ("train", "test"):

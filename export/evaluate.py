@@ -29,11 +29,17 @@ def _group_aurocs(samples: list[Sample], scores: np.ndarray) -> dict[str, float]
 
 
 def evaluate(
-    bundle: str | Path, data: str, batch_size: int = 8, steps: int | None = None, backend: str = "auto"
+    bundle: str | Path,
+    data: str,
+    batch_size: int = 8,
+    steps: int | None = None,
+    backend: str = "auto",
+    exclude: frozenset[str] = frozenset(),
 ) -> dict:
-    """Score every test image of `data` with the bundle (at `steps` bridge steps) and return the metrics."""
+    """Score every test image of `data` with the bundle (at `steps` bridge steps) and return the
+    metrics; samples named in `exclude` (known defects used in training) are left out."""
     detector = Detector.load(bundle, backend=backend, steps=steps)
-    samples = load_samples(data, "test")
+    samples = [s for s in load_samples(data, "test") if s.name not in exclude]
     height, width = detector.bundle.input_size
     with_masks = any(s.mask_path is not None for s in samples)
     scores, maps, masks = [], [], []

@@ -14,13 +14,14 @@ from tqdm import tqdm
 
 from edge_ad import __version__
 from edge_ad.bundle import MODEL_TYPES
-from edge_ad.datasets import load_samples, read_all
+from edge_ad.datasets import load_defects, load_samples, read_all
 from edge_ad.errors import DataError
 from edge_ad.images import resize_to_input
 
 from .backbone import FeatureEncoder
 from .bridge_train import BridgeTrainer, build_pairs, load_resume_state
 from .gmm_bridge import GmmBridgeHead, gate_temperature
+from .known_defects import anomalous_patches, push_away
 from .prototype import greedy_coreset
 
 CHECKPOINT = "model.pt"
@@ -44,6 +45,7 @@ class TrainConfig:
     feature_variants: int = 0  # bridge: defects made in feature space per training image
     distill_targets: int = 512  # bridge: pairs the teacher restores for distillation
     resume: bool = False  # bridge: continue from the run folder's last checkpoint
+    defects: str | None = None  # known defect images (a folder, or elpv:M): prototypes they use are taken out
 
 
 def prepare_inputs(images: list[np.ndarray], size: int) -> np.ndarray:
@@ -85,8 +87,11 @@ def train(config: TrainConfig, out: Path) -> Path:
     patches = standardised.permute(0, 2, 3, 1).reshape(-1, standardised.shape[1])
     del feats, standardised
     prototypes = greedy_coreset(patches, config.prototypes, config.seed)
+    timings = {}
+    if config.defects:
+        prototypes, timings["prototypes_removed_by_defects"] = _push_away_defects(config, encoder, prototypes, patches)
     checkpoint = {"feature_mean": encoder.feature_mean, "feature_std": encoder.feature_std, "prototypes": prototypes}
-    timings = {"prototypes_seconds": round(time.time() - started, 1)}
+    timings["prototypes_seconds"] = round(time.time() - started, 1)
     if config.model in ("gmm-bridge", "bridge"):
         checkpoint["tau"] = torch.tensor(gate_temperature(patches, prototypes, config.seed))
     del patches
@@ -110,6 +115,19 @@ def train(config: TrainConfig, out: Path) -> Path:
     }
     (out / CONFIG).write_text(yaml.safe_dump(record, sort_keys=False))
     return out
+
+
+def _push_away_defects(
+    config: TrainConfig, encoder: FeatureEncoder, prototypes: torch.Tensor, patches: torch.Tensor
+) -> tuple[torch.Tensor, int]:
+    """The prototypes without those the known defects of `config.defects` keep landing on."""
+    samples = load_defects(config.defects)
+    _, images, _ = read_all(samples, skip_bad=False)
+    feats = extract_features(encoder, prepare_inputs(images, config.input_size), config.batch_size, "defect features")
+    standardised = (feats - encoder.feature_mean.view(1, -1, 1, 1)) / encoder.feature_std.view(1, -1, 1, 1)
+    kept, removed = push_away(prototypes, patches, anomalous_patches(standardised, prototypes), config.seed)
+    print(f"known defects: {len(images)} images; {removed} of {prototypes.shape[0]} prototypes taken out")
+    return kept, removed
 
 
 def _train_bridge(config: TrainConfig, encoder: FeatureEncoder, checkpoint: dict, inputs: np.ndarray, out: Path) -> dict:

@@ -1,0 +1,57 @@
+"""Known defects at training time: the few-shot protocol's picks and the DPDL-style push-away."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from edge_ad.datasets import elpv_few_shot, load_defects
+from edge_ad.errors import DataError
+from export.known_defects import TOP_FRACTION, anomalous_patches, push_away
+
+
+def test_few_shot_protocol_picks_are_fixed_anomalies():
+    ten = elpv_few_shot(10)
+    assert len({s.name for s in ten}) == 10 and all(s.label == 1 for s in ten)
+    assert [s.name for s in ten] == [s.name for s in elpv_few_shot(10)]
+    with pytest.raises(DataError, match="elpv:x: expected elpv:<count>"):
+        load_defects("elpv:x")
+    with pytest.raises(DataError, match="not a folder"):
+        load_defects("/nowhere")
+
+
+def test_push_away_takes_out_only_the_prototype_the_defects_land_on():
+    g = torch.Generator().manual_seed(0)
+    normal = torch.randn(20_000, 8, generator=g)
+    prototypes = torch.cat([normal[:63], torch.full((1, 8), 6.0)])  # the last one: a contaminated training patch
+    defect = torch.full((200, 8), 6.0) + 0.1 * torch.randn(200, 8, generator=g)
+    kept, removed = push_away(prototypes, normal, defect, seed=0)
+    assert removed == 1 and not (kept == 6.0).all(dim=1).any()
+    # A defect patch or two on a well-used normal prototype is no evidence: nothing goes.
+    kept, removed = push_away(prototypes[:63], normal, normal[:2] + 0.01, seed=0)
+    assert removed == 0 and kept.shape[0] == 63
+
+
+def test_anomalous_patches_are_the_farthest_tenth_of_each_image():
+    prototypes = torch.zeros(1, 4)
+    features = torch.zeros(2, 4, 10, 10)
+    features[0, :, 0, :] = 5.0  # image 0: its first row is far from the prototype
+    features[1, :, :, 0] = 7.0  # image 1: its first column
+    picked = anomalous_patches(features, prototypes)
+    assert picked.shape == (2 * round(TOP_FRACTION * 100), 4)
+    assert set(picked[:, 0].tolist()) == {5.0, 7.0}
+
+
+def test_train_with_defects_records_what_it_took_out(mvtec_category, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_ad", "train", "--data", str(mvtec_category), "--out", str(tmp_path / "run"),
+         "--input-size", "128", "--prototypes", "64", "--defects", str(mvtec_category / "test" / "spot")],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    removed = record["prototypes_removed_by_defects"]
+    assert record["prototypes"] == 64 - removed
+    assert f"known defects: 4 images; {removed} of 64 prototypes taken out" in out.stdout
