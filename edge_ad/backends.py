@@ -5,10 +5,16 @@ every backend.
 - onnxruntime: ONNX Runtime, with the CUDA provider where it is installed, else CPU.
 - pytorch: the reference, rebuilt from the training checkpoint the bundle carries
   (`reference.file`); needs torch and the `export` package (pip install 'edge-ad[train]').
+- tensorrt: the engines `edge-ad build` made for this GPU (edge_ad/tensorrt_backend.py). Its
+  step graph also has `restore(features, condition, coefficients)`: all K steps on the device.
+
+`auto` is TensorRT when it is installed, a GPU is there and the bundle holds engines for it,
+else ONNX Runtime.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +24,7 @@ from .bundle import Bundle, file_sha256
 from .errors import BundleError, EdgeAdError
 
 Graph = Callable[..., list[np.ndarray]]
-BACKENDS = ("auto", "onnxruntime", "pytorch")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "pytorch")
 
 
 class OnnxGraph:
@@ -82,10 +88,23 @@ def pytorch_graphs(bundle: Bundle) -> dict[str, Graph]:
     return {name: wrap(module) for name, module in modules.items()}
 
 
+def _has_engines(bundle: Bundle) -> bool:
+    return any((bundle.root / "engines").glob("*/manifest.yaml"))
+
+
 def load_graphs(bundle: Bundle, backend: str, threads: int | None) -> tuple[str, dict[str, Graph]]:
-    """(backend actually used, graphs). `auto` is ONNX Runtime until TensorRT engines exist."""
+    """(backend actually used, graphs)."""
     if backend not in BACKENDS:
         raise EdgeAdError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "pytorch":
         return backend, pytorch_graphs(bundle)
+    if backend == "tensorrt" or (backend == "auto" and _has_engines(bundle)):
+        from .tensorrt_backend import tensorrt_graphs
+
+        try:
+            return "tensorrt", tensorrt_graphs(bundle)
+        except EdgeAdError as exc:
+            if backend == "tensorrt":
+                raise
+            warnings.warn(f"TensorRT not used, ONNX Runtime runs the bundle: {exc}")
     return "onnxruntime", onnxruntime_graphs(bundle, threads)

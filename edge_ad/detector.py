@@ -76,7 +76,11 @@ class Detector:
         return resize_to_input(to_rgb(frame, color), *self.bundle.input_size)
 
     def restore(self, features: np.ndarray, condition: np.ndarray) -> np.ndarray:
-        """The bridge sampler: K deterministic steps from the input features toward normal ones."""
+        """The bridge sampler: K deterministic steps from the input features toward normal ones
+        (on the device, without host copies between steps, when the backend can: TensorRT)."""
+        on_device = getattr(self._graphs["step"], "restore", None)
+        if on_device is not None:
+            return on_device(features, condition, self.bundle.coefficients)
         x = features
         for coefficients in self.bundle.coefficients:
             x = self._graphs["step"](x, condition, coefficients)[0]

@@ -1,0 +1,174 @@
+"""The TensorRT backend: the engines `edge-ad build` made for this device, run with the tensor
+API that TensorRT 8.6 and 10.x share (set_input_shape, set_tensor_address, execute_async_v3).
+
+Each graph owns device buffers sized for its largest batch and pinned host buffers, and all
+graphs share one CUDA stream (pycuda), so a call is: copy in, run, copy out, synchronise once.
+The bridge's K steps run on the device without a host copy in between: the step engine reads
+x from one buffer and writes the next x to the other, K times, with every step's coefficients
+uploaded once. Imported only when TensorRT is asked for or found, so the CPU runtime never
+loads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import Bundle
+from .engines import cached_engines, device_key, other_engines
+from .errors import EdgeAdError
+
+
+def _cuda():
+    try:
+        import pycuda.driver as cuda
+    except ImportError as exc:
+        raise EdgeAdError("the TensorRT backend needs pycuda (pip install 'edge-ad[tensorrt]')") from exc
+    cuda.init()
+    return cuda
+
+
+class _Context:
+    """The GPU's primary CUDA context, made current around each call: the detector may be
+    driven from any thread (the run loop, a test, a user's worker)."""
+
+    def __init__(self, cuda):
+        self.context = cuda.Device(0).retain_primary_context()
+
+    def __enter__(self):
+        self.context.push()
+
+    def __exit__(self, *exc) -> None:
+        self.context.pop()
+
+
+class TrtGraph:
+    """One engine: `(*arrays) -> list of arrays`, like every backend's graphs."""
+
+    def __init__(self, path: Path, trt, runtime, cuda, stream, context: _Context):
+        self.path, self.trt, self.cuda, self.stream, self.ctx = path, trt, cuda, stream, context
+        with context:
+            self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+            if self.engine is None:
+                raise EdgeAdError(f"{path}: TensorRT cannot load this engine (built by another TensorRT or GPU?)")
+            self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.max_shapes = {}
+        for name in self.inputs:
+            shape = tuple(self.engine.get_tensor_shape(name))
+            if -1 in shape:
+                shape = tuple(self.engine.get_tensor_profile_shape(name, 0)[2])  # (min, opt, max)
+            self.max_shapes[name] = shape
+            self.context.set_input_shape(name, shape)
+        for name in self.outputs:
+            self.max_shapes[name] = tuple(self.context.get_tensor_shape(name))
+        with context:
+            self.device = {n: cuda.mem_alloc(max(1, int(np.prod(s)) * self.dtypes[n].itemsize))
+                           for n, s in self.max_shapes.items()}
+            self.host = {n: cuda.pagelocked_empty(int(np.prod(s)), self.dtypes[n]) for n, s in self.max_shapes.items()}
+
+    def _check(self, name: str, array: np.ndarray) -> np.ndarray:
+        limit = self.max_shapes[name]
+        if array.ndim != len(limit) or any(a > m for a, m in zip(array.shape, limit)):
+            raise EdgeAdError(f"{self.path}: input '{name}' of shape {array.shape} exceeds the engine's profile {limit}")
+        return np.ascontiguousarray(array, dtype=self.dtypes[name])
+
+    def run_on_device(self, addresses: dict[str, int], shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """Enqueue the engine on device buffers (tensor name -> address); returns the output shapes."""
+        for name in self.inputs:
+            self.context.set_input_shape(name, shapes[name])
+        for name in self.inputs + self.outputs:
+            self.context.set_tensor_address(name, int(addresses.get(name, self.device[name])))
+        if not self.context.execute_async_v3(self.stream.handle):
+            raise EdgeAdError(f"{self.path}: TensorRT failed to run the engine")
+        return {name: tuple(self.context.get_tensor_shape(name)) for name in self.outputs}
+
+    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        cuda = self.cuda
+        with self.ctx:
+            shapes = {}
+            for name, array in zip(self.inputs, arrays):
+                array = self._check(name, array)
+                host = self.host[name][: array.size]
+                host[:] = array.ravel()
+                cuda.memcpy_htod_async(self.device[name], host, self.stream)
+                shapes[name] = array.shape
+            out_shapes = self.run_on_device({}, shapes)
+            results = []
+            for name in self.outputs:
+                size = int(np.prod(out_shapes[name]))
+                cuda.memcpy_dtoh_async(self.host[name][:size], self.device[name], self.stream)
+                results.append((name, size))
+            self.stream.synchronize()
+            return [self.host[name][:size].reshape(out_shapes[name]).copy() for name, size in results]
+
+
+class TrtStepGraph(TrtGraph):
+    """The bridge step engine (inputs x, condition, coefficients; output the next x), which can
+    also run all K steps on the device (`restore`)."""
+
+    MAX_STEPS = 16
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        x_name, _, k_name = self.inputs
+        with self.ctx:  # the second x buffer of the ping-pong, and room for every step's coefficients
+            self.other = self.cuda.mem_alloc(int(np.prod(self.max_shapes[x_name])) * self.dtypes[x_name].itemsize)
+            self.steps = self.cuda.mem_alloc(self.MAX_STEPS * int(np.prod(self.max_shapes[k_name])) * self.dtypes[k_name].itemsize)
+
+    def restore(self, features: np.ndarray, condition: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+        cuda = self.cuda
+        x_name, c_name, k_name = self.inputs
+        (out_name,) = self.outputs
+        with self.ctx:
+            features, condition = self._check(x_name, features), self._check(c_name, condition)
+            table = np.ascontiguousarray(coefficients, dtype=self.dtypes[k_name])
+            if len(table) > self.MAX_STEPS:
+                raise EdgeAdError(f"{self.path}: {len(table)} bridge steps, at most {self.MAX_STEPS} run on the device")
+            x_host = self.host[x_name][: features.size]
+            x_host[:] = features.ravel()
+            c_host = self.host[c_name][: condition.size]
+            c_host[:] = condition.ravel()
+            cuda.memcpy_htod_async(self.device[x_name], x_host, self.stream)
+            cuda.memcpy_htod_async(self.device[c_name], c_host, self.stream)
+            cuda.memcpy_htod_async(self.steps, table, self.stream)
+            buffers = [int(self.device[x_name]), int(self.other)]
+            shapes = {x_name: features.shape, c_name: condition.shape, k_name: table.shape[1:]}
+            row = table.itemsize * table.shape[1]
+            for i in range(len(table)):
+                self.run_on_device(
+                    {x_name: buffers[i % 2], c_name: int(self.device[c_name]), k_name: int(self.steps) + i * row,
+                     out_name: buffers[(i + 1) % 2]},
+                    shapes,
+                )
+            result = self.host[out_name][: features.size]
+            cuda.memcpy_dtoh_async(result, buffers[len(table) % 2], self.stream)
+            self.stream.synchronize()
+            return result.reshape(features.shape).copy()
+
+
+def tensorrt_graphs(bundle: Bundle) -> dict[str, TrtGraph]:
+    """The bundle's engines for this device; refuses, saying why, when there are none that match."""
+    from .engines import _tensorrt
+
+    trt = _tensorrt()
+    cuda = _cuda()
+    precision = "int8" if bundle.precision == "int8" else "fp16"
+    key = device_key(precision, None)
+    engines = cached_engines(bundle, key)
+    if engines is None:
+        reasons = "; ".join(other_engines(bundle, key)) or "no engines in the bundle"
+        raise EdgeAdError(f"{bundle.root}: no TensorRT engines for this device ({key.slug}): {reasons}. "
+                          f"Build them here: edge-ad build --bundle {bundle.root} --precision {precision}")
+    context = _Context(cuda)
+    with context:
+        stream = cuda.Stream()
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    return {
+        name: (TrtStepGraph if name == "step" else TrtGraph)(path, trt, runtime, cuda, stream, context)
+        for name, path in engines.items()
+    }
