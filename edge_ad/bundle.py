@@ -207,13 +207,19 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _calibration(path: Path, steps: int | None) -> _Fields | None:
-    """The site calibration, when there is one for these bridge steps (a calibration made at
-    another K does not describe this K's maps, so it is set aside with a warning)."""
+    """The site calibration, when there is one for these bridge steps and this bundle (a
+    calibration made at another K, or for another bundle copied over this one, does not describe
+    these maps, so it is set aside with a warning)."""
     if not path.is_file():
         return None
     data = read_yaml(path)
     if data.get("steps") != steps:
         warnings.warn(f"{path}: made for {data.get('steps')} bridge steps, not {steps}; using the bundle's own numbers")
+        return None
+    made_for = data.get("bundle_sha256")
+    if made_for is not None and made_for != file_sha256(path.parent / BUNDLE_FILE):
+        warnings.warn(f"{path}: made for another bundle (field 'bundle_sha256' does not match {BUNDLE_FILE}); "
+                      "using the bundle's own numbers until 'edge-ad calibrate' is run again")
         return None
     return _Fields(path, data)
 

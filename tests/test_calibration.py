@@ -148,3 +148,14 @@ def test_run_drift_needs_a_calibration_and_then_reports(tiny_bundle, normal_fold
     drift = [e for e in lines if e["event"] == "drift"]
     assert len(drift) == 1 and drift[0]["state"] == "outside" and "left the calibrated band" in out.stderr
     assert sum(e["event"] == "frame" for e in lines) == len(frames)
+
+
+def test_a_calibration_of_another_bundle_is_set_aside(tiny_bundle, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    spec = yaml.safe_load((tiny_bundle / "bundle.yaml").read_text())
+    calibration = {"steps": None, "threshold": 123.0, "normalization": spec["normalization"], "bundle_sha256": "0" * 64}
+    (bundle / "calibration.yaml").write_text(yaml.safe_dump(calibration))
+    with pytest.warns(UserWarning, match="made for another bundle"):
+        detector = Detector.load(bundle)
+    assert detector.bundle.calibration is None and detector.threshold == spec["threshold"]
