@@ -36,7 +36,7 @@ GRAPH_NAMES = {
     "bridge": ("encoder", "prior", "step", "head"),
 }
 MODEL_TYPES = tuple(GRAPH_NAMES)
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")
 # Raw-map branches each model's graphs produce, in order; each has its own quantiles.
 BRANCHES = {"prototype": ("head",), "gmm-bridge": ("head",), "bridge": ("prior", "bridge")}
 
@@ -69,7 +69,7 @@ class Bundle:
     root: Path
     spec: dict[str, Any]
     model_type: str
-    precision: str  # fp32 or int8 (the quantised graphs; see bundle.yaml 'quantization')
+    precision: str  # fp32, fp16 or int8 (the reduced-precision graphs; see quantization or half_precision)
     input_height: int
     input_width: int
     graphs: dict[str, Path]

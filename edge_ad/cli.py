@@ -62,38 +62,49 @@ def _eval(args: argparse.Namespace) -> None:
     _print_report(evaluate(args.bundle, args.data, steps=args.steps, backend=args.backend), args.json)
 
 
-def _run(args: argparse.Namespace) -> None:
-    import logging
+def _streams(args: argparse.Namespace) -> list:
+    """The run's streams from --sources, or from --input / --output / --pipeline."""
+    from .pipelines import SourceOptions
+    from .runner import Stream, streams_from_yaml
 
-    from .pipelines import SourceOptions, output_pipeline, rtsp_launch, source_pipeline
-    from .runner import RunConfig, Stream, streams_from_yaml
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    jetson = {"auto": None, "jetson": True, "generic": False}[args.platform]
     options = SourceOptions(args.input_width, args.input_height, args.input_framerate, args.input_codec,
                             args.latency, args.timeout)
     if args.sources:
         if args.input or args.pipeline or args.output:
             raise EdgeAdError("--sources: give the inputs and outputs in the YAML file, not also on the command line")
-        streams = streams_from_yaml(Path(args.sources), options)
-    else:
-        inputs = args.input or ([""] if args.pipeline else [])
-        if not inputs:
-            raise EdgeAdError("run: give --input (repeat it for several cameras), --pipeline or --sources")
-        outputs = args.output or []
-        if outputs and len(outputs) != len(inputs):
-            raise EdgeAdError(f"--output: give one per --input ({len(inputs)}), got {len(outputs)}")
-        streams = [Stream(uri, output=out, options=options, pipeline=args.pipeline)
-                   for uri, out in zip(inputs, outputs or [None] * len(inputs))]
+        return streams_from_yaml(Path(args.sources), options)
+    inputs = args.input or ([""] if args.pipeline else [])
+    if not inputs:
+        raise EdgeAdError("run: give --input (repeat it for several cameras), --pipeline or --sources")
+    outputs = args.output or [None] * len(inputs)
+    if len(outputs) != len(inputs):
+        raise EdgeAdError(f"--output: give one per --input ({len(inputs)}), got {len(outputs)}")
+    return [Stream(uri, output=out, options=options, pipeline=args.pipeline) for uri, out in zip(inputs, outputs)]
+
+
+def _print_pipelines(streams: list, jetson: bool | None) -> None:
+    """The GStreamer pipelines of each stream (outputs at the input's size, else 1280x720)."""
+    from .pipelines import output_pipeline, rtsp_launch, source_pipeline
+
+    for stream in streams:
+        print(f"{stream.name}: {stream.pipeline or source_pipeline(stream.input, stream.options, jetson).description}")
+        if stream.output:
+            size = (stream.options.width or 1280, stream.options.height or 720, stream.options.framerate or 30)
+            out = (rtsp_launch(*size, jetson) if stream.output.startswith("rtsp://")
+                   else output_pipeline(stream.output, *size, jetson))
+            print(f"{stream.name} -> {stream.output}: {out}")
+
+
+def _run(args: argparse.Namespace) -> None:
+    import logging
+
+    from .runner import RunConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    jetson = {"auto": None, "jetson": True, "generic": False}[args.platform]
+    streams = _streams(args)
     if args.print_pipeline:
-        for stream in streams:
-            description = stream.pipeline or source_pipeline(stream.input, stream.options, jetson).description
-            print(f"{stream.name}: {description}")
-            if stream.output:
-                size = (stream.options.width or 1280, stream.options.height or 720, stream.options.framerate or 30)
-                out = rtsp_launch(*size, jetson) if stream.output.startswith("rtsp://") else output_pipeline(
-                    stream.output, *size, jetson)
-                print(f"{stream.name} -> {stream.output}: {out}")
+        _print_pipelines(streams, jetson)
         return
     from .detector import Detector
     from .runner import run
@@ -253,8 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder written by 'edge-ad train'")
     p.add_argument("--out", required=True, help="bundle folder to write")
     p.add_argument("--steps", type=_positive_int, default=2, help="bridge: default sampling steps K (1, 2 or 4)")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
-                   help="int8: Q/DQ graphs from ONNX Runtime's static quantiser (TensorRT explicit quantisation)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="int8: Q/DQ graphs from ONNX Runtime's static quantiser (TensorRT explicit quantisation); "
+                        "fp16: FP16 convolution graphs for ONNX Runtime's CUDA provider")
     p.add_argument("--calib-data", help="INT8 calibration frames: 'elpv', an image folder, an MVTec category or a "
                                         "video file (default: the run's training data)")
     p.add_argument("--calib-images", type=_positive_int, default=300, help="INT8 calibration frames")

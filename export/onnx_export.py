@@ -28,6 +28,7 @@ from .bridge import COSINE_WEIGHT, BridgeStep, Denoiser, RestorationHead, sample
 from .bridge_train import STUDENT_STEPS, TEACHER_STEPS
 from .gmm_bridge import SHRINK, BridgePrior, GmmBridgeHead
 from .prototype import PrototypeHead
+from .half import REDUCED_GRAPHS, to_fp16
 from .quantize import QUANTISED_GRAPHS, quantize_graph
 from .train import load_run, prepare_inputs
 
@@ -36,7 +37,7 @@ SMOOTHING_SIGMA = 4.0  # Gaussian sigma in input pixels, as PatchCore at 256 px
 BUNDLE_FALSE_ALARM_RATE = 0.01  # initial image threshold; replaced on site by calibration
 REFERENCE_FILE = "reference.pt"  # training checkpoint for the pytorch backend (student only)
 DEFAULT_STEPS = 2  # bridge steps a bridge bundle runs unless the runtime asks for another K
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_BATCH = 8
 STEP_CALIBRATION_IMAGES = 64  # images whose sampler trajectories calibrate the step graph
 
@@ -151,6 +152,22 @@ class _Model:
                     x = step(x, condition, torch.from_numpy(row))
         return batches
 
+    def half(self, out: Path, graphs: dict) -> dict:
+        """Replace the convolution graphs in `graphs` (and `out`) by FP16 ones (export/half.py);
+        returns the bundle's `half_precision` record."""
+        converted = [name for name in REDUCED_GRAPHS if name in graphs]
+        for name in converted:
+            fp32 = out / graphs[name]["file"]
+            fp16 = out / f"{name}.fp16.onnx"
+            to_fp16(fp32, fp16)
+            fp32.unlink()
+            graphs[name] = {**_graph_entry(out, fp16.name), "precision": "fp16"}
+        return {
+            "format": "FP16 weights and arithmetic, FP32 inputs and outputs (onnxconverter-common)",
+            "fp16_graphs": converted,
+            "fp32_graphs": [name for name in graphs if name not in converted],
+        }
+
     def quantize(self, out: Path, graphs: dict, calibration: "CalibrationConfig") -> dict:
         """Replace the convolution graphs in `graphs` (and `out`) by Q/DQ INT8 ones; returns the
         bundle's `quantization` record."""
@@ -260,7 +277,8 @@ def export_bundle(
     """Write the bundle for training run `run` into folder `out`; returns `out`.
 
     precision int8 quantises the encoder and step graphs (export/quantize.py) on calibration
-    frames; the bundle's quantiles and thresholds then come from the INT8 graphs themselves.
+    frames, fp16 converts them (export/half.py); the bundle's quantiles and thresholds then
+    come from those graphs themselves.
     """
     if precision not in PRECISIONS:
         raise EdgeAdError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -270,7 +288,9 @@ def export_bundle(
         raise EdgeAdError(f"--steps {default_steps}: the student is distilled for K in {STUDENT_STEPS}")
     out.mkdir(parents=True, exist_ok=True)
     graphs = model.export(val_inputs[:1], out)
-    quantization = None
+    quantization = half = None
+    if precision == "fp16":
+        half = model.half(out, graphs)
     if precision == "int8":
         calibration = calibration or CalibrationConfig()
         if calibration.data is None:
@@ -297,6 +317,8 @@ def export_bundle(
     }
     if quantization is not None:
         spec["quantization"] = quantization
+    if half is not None:
+        spec["half_precision"] = half
     steps_list: list[int | None] = [None]
     if model.type == "bridge":
         steps_list = list(STUDENT_STEPS)

@@ -70,3 +70,17 @@ def test_uint8_activations_for_onnx_runtime_cpus(tiny_bundle, mvtec_category, tm
     assert np.corrcoef(run(out).ravel(), run(tiny_bundle / "encoder.onnx").ravel())[0, 1] > 0.95
     with pytest.raises(ValueError, match="activation type 'int4' is not one of int8, uint8"):
         quantize_graph(tiny_bundle / "encoder.onnx", out, [], "minmax", "int4")
+
+
+def test_fp16_bundle_converts_the_convolution_graphs_and_agrees_with_fp32(tiny_bridge_bundle, mvtec_category, tmp_path):
+    fp16_bundle = export_bundle(tiny_bridge_bundle.parent / "run", tmp_path / "fp16", precision="fp16")
+    spec = yaml.safe_load((fp16_bundle / "bundle.yaml").read_text())
+    assert spec["precision"] == "fp16" and spec["half_precision"]["fp16_graphs"] == ["encoder", "step"]
+    for name in ("encoder", "step"):
+        graph = onnx.load(str(fp16_bundle / spec["graphs"][name]["file"])).graph
+        assert {t.data_type for t in graph.initializer} & {onnx.TensorProto.FLOAT16}
+        assert graph.input[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT16  # FP32 or uint8 in
+    fp16, fp32 = Detector.load(fp16_bundle, precision="fp16"), Detector.load(tiny_bridge_bundle)
+    frames = [cv2.imread(str(p)) for p in sorted((mvtec_category / "test").rglob("*.png"))]
+    for a, b in zip(fp16.batch(frames), fp32.batch(frames)):
+        assert np.corrcoef(a.raw_map.ravel(), b.raw_map.ravel())[0, 1] >= 0.999
