@@ -75,7 +75,7 @@ def test_pytorch_reference_backend_agrees_with_onnx_runtime(bundle_name, request
 
 
 def test_unknown_backend_and_missing_precision_are_refused(tiny_bundle):
-    with pytest.raises(EdgeAdError, match="backend 'cuda-magic' is not one of auto, onnxruntime, pytorch"):
+    with pytest.raises(EdgeAdError, match="backend .cuda-magic. is not one of auto, onnxruntime, tensorrt, pytorch"):
         Detector.load(tiny_bundle, backend="cuda-magic")
     with pytest.raises(BundleError, match=r"holds fp32 graphs, not int8 \(export with --precision int8\)"):
         Detector.load(tiny_bundle, precision="int8")
