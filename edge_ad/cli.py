@@ -45,7 +45,8 @@ def _export(args: argparse.Namespace) -> None:
 
     from export.onnx_export import CalibrationConfig
 
-    calibration = CalibrationConfig(args.calib_data, args.calib_images, args.calib_method, args.int8_activations)
+    calibration = CalibrationConfig(args.calib_data, args.calib_images, args.calib_method, args.int8_activations,
+                                    tuple(args.keep_fp32 or ()), args.keep_fp32_below)
     bundle = export_bundle(Path(args.run), Path(args.out), args.steps, args.precision, calibration)
     print(f"bundle written to {bundle}")
 
@@ -273,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
     p.add_argument("--int8-activations", choices=("int8", "uint8"), default="int8",
                    help="int8: symmetric, for TensorRT (default); uint8: asymmetric, faster on ONNX Runtime CPUs")
+    p.add_argument("--keep-fp32", nargs="+", metavar="GRAPH:NODE",
+                   help="int8: leave these nodes in FP32, e.g. encoder:/blocks.0/_depthwise_conv/Conv")
+    p.add_argument("--keep-fp32-below", type=float, metavar="DB",
+                   help="int8: also leave in FP32 every node whose output SQNR is below DB (sensitivity search)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("eval", help="evaluate a bundle on a test split")

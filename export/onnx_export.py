@@ -174,10 +174,18 @@ class _Model:
         inputs = calibration_inputs(calibration, self.size)
         batches = self.calibration_batches(inputs)
         quantised = [name for name in QUANTISED_GRAPHS if name in graphs]
+        unknown = [n for n in calibration.keep_fp32 if n.split(":", 1)[0] not in quantised or ":" not in n]
+        if unknown:
+            raise EdgeAdError(f"--keep-fp32 {' '.join(unknown)}: name nodes as GRAPH:NODE, GRAPH one of {', '.join(quantised)}")
+        sensitivity = {}
         for name in tqdm(quantised, desc=f"INT8 calibration ({calibration.method})", unit="graph"):
             fp32 = out / graphs[name]["file"]
             int8 = out / f"{name}.int8.onnx"
-            quantize_graph(fp32, int8, batches[name], calibration.method, calibration.activations)
+            sensitivity[name] = quantize_graph(
+                fp32, int8, batches[name], calibration.method, calibration.activations,
+                [n.split(":", 1)[1] for n in calibration.keep_fp32 if n.split(":", 1)[0] == name],
+                calibration.keep_below_db,
+            )
             fp32.unlink()
             graphs[name] = {**_graph_entry(out, int8.name), "precision": "int8"}
         return {
@@ -188,6 +196,9 @@ class _Model:
             "calibration_source": calibration.data,
             "calibration_images": int(len(inputs)),
             "quantised_graphs": quantised,
+            "kept_fp32": {name: r["kept_fp32"] for name, r in sensitivity.items()},
+            "keep_fp32_below_sqnr_db": calibration.keep_below_db,
+            "worst_sqnr_db": {name: r["worst_sqnr_db"] for name, r in sensitivity.items()},
             "fp32_graphs": [name for name in graphs if name not in quantised],
         }
 
@@ -212,6 +223,8 @@ class CalibrationConfig:
     images: int = 300
     method: str = "minmax"
     activations: str = "int8"  # int8: symmetric, for TensorRT; uint8: faster on ONNX Runtime CPUs
+    keep_fp32: tuple[str, ...] = ()  # GRAPH:NODE names left in FP32
+    keep_below_db: float | None = None  # also leave in FP32 every node whose output SQNR is below this
 
 
 def calibration_inputs(config: CalibrationConfig, size: int) -> np.ndarray:

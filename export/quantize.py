@@ -18,10 +18,20 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.qdq_loss_debug import (
+    collect_activations,
+    compute_activation_error,
+    create_activation_matching,
+    modify_model_output_intermediate_tensors,
+)
 from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from edge_ad.errors import EdgeAdError
 
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -40,10 +50,41 @@ class _Batches(CalibrationDataReader):
         return next(self._batches, None)
 
 
+SENSITIVITY_BATCHES = 2  # calibration batches that measure each layer's quantisation noise
+
+
+def layer_sqnr(fp32: Path, int8: Path, batches: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Signal-to-quantisation-noise ratio (dB) of each quantised node's own output, from ONNX
+    Runtime's QDQ debugging tools: the node's output in the Q/DQ graph against its Q/DQ-free
+    value (the "qdq_err" of onnxruntime.quantization.qdq_loss_debug)."""
+    model = onnx.load(str(fp32))
+    producer = {out: node.name for node in model.graph.node for out in node.output}
+    with tempfile.TemporaryDirectory() as tmp:
+        float_aug, int8_aug = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        modify_model_output_intermediate_tensors(fp32, float_aug)
+        modify_model_output_intermediate_tensors(int8, int8_aug)
+        sample = batches[:SENSITIVITY_BATCHES]
+        matched = create_activation_matching(
+            collect_activations(str(int8_aug), _Batches(sample)), collect_activations(str(float_aug), _Batches(sample))
+        )
+    errors = compute_activation_error(matched)
+    return {producer[t]: float(e["qdq_err"]) for t, e in errors.items() if t in producer and "qdq_err" in e}
+
+
 def quantize_graph(
-    fp32: Path, int8: Path, batches: list[dict[str, np.ndarray]], method: str, activations: str = "int8"
-) -> None:
-    """Write the Q/DQ INT8 version of graph `fp32` to `int8`, calibrated on `batches` (graph inputs)."""
+    fp32: Path,
+    int8: Path,
+    batches: list[dict[str, np.ndarray]],
+    method: str,
+    activations: str = "int8",
+    keep_fp32: Sequence[str] = (),
+    keep_below_db: float | None = None,
+) -> dict:
+    """Write the Q/DQ INT8 version of graph `fp32` to `int8`, calibrated on `batches` (graph
+    inputs). Nodes named in `keep_fp32` stay FP32; with `keep_below_db`, so does every node whose
+    own output has a signal-to-quantisation-noise ratio below it (measured on a first
+    quantisation, then quantised again without them). Returns {"kept_fp32": [...],
+    "worst_sqnr_db": {node: dB} of the five noisiest quantised nodes of the written graph}."""
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"calibration method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
     if activations not in ACTIVATION_TYPES:
@@ -52,14 +93,33 @@ def quantize_graph(
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepared),
-            str(int8),
-            _Batches(batches),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=activation_type,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CALIBRATION_METHODS[method],
-            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
-        )
+        names = {node.name for node in onnx.load(str(prepared)).graph.node}
+        unknown = sorted(set(keep_fp32) - names)
+        if unknown:
+            raise EdgeAdError(f"{fp32.name}: no nodes named {', '.join(unknown)} (--keep-fp32)")
+
+        def quantise(excluded: list[str]) -> None:
+            quantize_static(
+                str(prepared),
+                str(int8),
+                _Batches(batches),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=activation_type,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CALIBRATION_METHODS[method],
+                nodes_to_exclude=excluded,
+                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+            )
+
+        kept = sorted(keep_fp32)
+        quantise(kept)
+        sqnr = layer_sqnr(prepared, int8, batches)
+        if keep_below_db is not None:
+            noisy = sorted(name for name, db in sqnr.items() if db < keep_below_db and name not in kept)
+            if noisy:
+                kept = sorted(kept + noisy)
+                quantise(kept)
+                sqnr = layer_sqnr(prepared, int8, batches)
+    worst = dict(sorted(sqnr.items(), key=lambda item: item[1])[:5])
+    return {"kept_fp32": kept, "worst_sqnr_db": {name: round(db, 2) for name, db in worst.items()}}

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from edge_ad import Detector
-from edge_ad.errors import BundleError
+from edge_ad.errors import BundleError, EdgeAdError
 from edge_ad.metrics import auroc
 from export.onnx_export import CalibrationConfig, export_bundle
 from export.quantize import quantize_graph
@@ -84,3 +84,29 @@ def test_fp16_bundle_converts_the_convolution_graphs_and_agrees_with_fp32(tiny_b
     frames = [cv2.imread(str(p)) for p in sorted((mvtec_category / "test").rglob("*.png"))]
     for a, b in zip(fp16.batch(frames), fp32.batch(frames)):
         assert np.corrcoef(a.raw_map.ravel(), b.raw_map.ravel())[0, 1] >= 0.999
+
+
+def _quantised_convs(path) -> set[str]:
+    """Conv nodes whose weights come through a DequantizeLinear (quantised), by name."""
+    graph = onnx.load(str(path)).graph
+    dequantised = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    return {n.name for n in graph.node if n.op_type == "Conv" and n.input[1] in dequantised}
+
+
+def test_sensitive_layers_stay_fp32_by_name_or_by_measured_noise(tiny_bundle, mvtec_category, tmp_path):
+    images = np.stack([cv2.resize(cv2.imread(str(p))[..., ::-1], (128, 128)) for p in sorted(mvtec_category.rglob("*.png"))[:8]])
+    batches = [{"image": images[:4]}, {"image": images[4:]}]
+    plain = quantize_graph(tiny_bundle / "encoder.onnx", tmp_path / "a.onnx", batches, "minmax")
+    convs = _quantised_convs(tmp_path / "a.onnx")
+    assert plain["kept_fp32"] == [] and len(plain["worst_sqnr_db"]) == 5
+    noisiest = next(iter(plain["worst_sqnr_db"]))  # lowest SQNR first
+    assert noisiest in convs or noisiest.endswith(("Relu", "Clip", "Add"))
+    target = sorted(convs)[0]
+    by_name = quantize_graph(tiny_bundle / "encoder.onnx", tmp_path / "b.onnx", batches, "minmax", keep_fp32=[target])
+    assert by_name["kept_fp32"] == [target] and _quantised_convs(tmp_path / "b.onnx") == convs - {target}
+    limit = sorted(plain["worst_sqnr_db"].values())[2]  # the two noisiest nodes are below it
+    searched = quantize_graph(tiny_bundle / "encoder.onnx", tmp_path / "c.onnx", batches, "minmax", keep_below_db=limit)
+    assert sorted(searched["kept_fp32"]) == sorted(list(plain["worst_sqnr_db"])[:2])
+    assert not set(searched["kept_fp32"]) & set(searched["worst_sqnr_db"])  # measured again, without them
+    with pytest.raises(EdgeAdError, match="no nodes named /nope"):
+        quantize_graph(tiny_bundle / "encoder.onnx", tmp_path / "d.onnx", batches, "minmax", keep_fp32=["/nope"])
