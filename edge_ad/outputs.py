@@ -114,6 +114,10 @@ class RtspOutput:
         appsrc.emit("push-buffer", buffer)  # the appsrc timestamps it (do-timestamp): clients join any time
 
     def close(self) -> None:
+        """Stop serving: the listening socket is released with the server's GLib source."""
+        source = self.context.find_source_by_id(self.source_id)
+        if source is not None:
+            source.destroy()
         self.loop.quit()
         self.thread.join(timeout=1.0)
 

@@ -196,9 +196,9 @@ class _Model:
             "calibration_source": calibration.data,
             "calibration_images": int(len(inputs)),
             "quantised_graphs": quantised,
-            "kept_fp32": {name: r["kept_fp32"] for name, r in sensitivity.items()},
             "keep_fp32_below_sqnr_db": calibration.keep_below_db,
-            "worst_sqnr_db": {name: r["worst_sqnr_db"] for name, r in sensitivity.items()},
+            **{key: {name: r[key] for name, r in sensitivity.items()}
+               for key in ("kept_fp32", "search_rejected", "output_sqnr_db", "worst_sqnr_db")},
             "fp32_graphs": [name for name in graphs if name not in quantised],
         }
 

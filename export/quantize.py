@@ -71,6 +71,19 @@ def layer_sqnr(fp32: Path, int8: Path, batches: list[dict[str, np.ndarray]]) -> 
     return {producer[t]: float(e["qdq_err"]) for t, e in errors.items() if t in producer and "qdq_err" in e}
 
 
+def output_sqnr(fp32: Path, int8: Path, batches: list[dict[str, np.ndarray]]) -> float:
+    """Signal-to-noise ratio (dB) of the graph's first output, Q/DQ graph against FP32."""
+    import onnxruntime as ort
+
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, int8)]
+    signal = noise = 0.0
+    for batch in batches[:SENSITIVITY_BATCHES]:
+        reference, quantised = (s.run(None, batch)[0].astype(np.float64) for s in sessions)
+        signal += float((reference**2).sum())
+        noise += float(((quantised - reference) ** 2).sum())
+    return float(10 * np.log10(signal / max(noise, 1e-30)))
+
+
 def quantize_graph(
     fp32: Path,
     int8: Path,
@@ -81,10 +94,13 @@ def quantize_graph(
     keep_below_db: float | None = None,
 ) -> dict:
     """Write the Q/DQ INT8 version of graph `fp32` to `int8`, calibrated on `batches` (graph
-    inputs). Nodes named in `keep_fp32` stay FP32; with `keep_below_db`, so does every node whose
-    own output has a signal-to-quantisation-noise ratio below it (measured on a first
-    quantisation, then quantised again without them). Returns {"kept_fp32": [...],
-    "worst_sqnr_db": {node: dB} of the five noisiest quantised nodes of the written graph}."""
+    inputs). Nodes named in `keep_fp32` stay FP32. With `keep_below_db`, every node whose own
+    output has a signal-to-quantisation-noise ratio below it is a candidate (measured on a first
+    quantisation); the graph is quantised again without them and that is kept only if the
+    graph's output comes closer to FP32 (a node's own noise need not be the output's: a
+    convolution's noise before a ReLU6 is mostly cut away). Returns kept_fp32, search_rejected
+    (candidates left quantised because keeping them made the output worse), output_sqnr_db, and
+    worst_sqnr_db (the five noisiest quantised nodes of the written graph)."""
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"calibration method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
     if activations not in ACTIVATION_TYPES:
@@ -115,11 +131,23 @@ def quantize_graph(
         kept = sorted(keep_fp32)
         quantise(kept)
         sqnr = layer_sqnr(prepared, int8, batches)
+        output_db = output_sqnr(prepared, int8, batches)
+        rejected: list[str] = []
         if keep_below_db is not None:
             noisy = sorted(name for name, db in sqnr.items() if db < keep_below_db and name not in kept)
             if noisy:
-                kept = sorted(kept + noisy)
-                quantise(kept)
-                sqnr = layer_sqnr(prepared, int8, batches)
+                quantise(kept + noisy)
+                searched_db = output_sqnr(prepared, int8, batches)
+                if searched_db > output_db:
+                    kept, output_db = sorted(kept + noisy), searched_db
+                    sqnr = layer_sqnr(prepared, int8, batches)
+                else:  # a node's own noise is not the graph's: keeping these made the output worse
+                    rejected = noisy
+                    quantise(kept)
     worst = dict(sorted(sqnr.items(), key=lambda item: item[1])[:5])
-    return {"kept_fp32": kept, "worst_sqnr_db": {name: round(db, 2) for name, db in worst.items()}}
+    return {
+        "kept_fp32": kept,
+        "search_rejected": rejected,
+        "output_sqnr_db": round(output_db, 2),
+        "worst_sqnr_db": {name: round(db, 2) for name, db in worst.items()},
+    }

@@ -108,5 +108,18 @@ def test_sensitive_layers_stay_fp32_by_name_or_by_measured_noise(tiny_bundle, mv
     searched = quantize_graph(tiny_bundle / "encoder.onnx", tmp_path / "c.onnx", batches, "minmax", keep_below_db=limit)
     assert sorted(searched["kept_fp32"]) == sorted(list(plain["worst_sqnr_db"])[:2])
     assert not set(searched["kept_fp32"]) & set(searched["worst_sqnr_db"])  # measured again, without them
+    assert searched["output_sqnr_db"] > plain["output_sqnr_db"] and searched["search_rejected"] == []
     with pytest.raises(EdgeAdError, match="no nodes named /nope"):
         quantize_graph(tiny_bundle / "encoder.onnx", tmp_path / "d.onnx", batches, "minmax", keep_fp32=["/nope"])
+
+
+def test_a_search_that_makes_the_output_worse_is_undone(tiny_bundle, mvtec_category, tmp_path, monkeypatch):
+    import export.quantize as quantize
+
+    images = np.stack([cv2.resize(cv2.imread(str(p))[..., ::-1], (128, 128)) for p in sorted(mvtec_category.rglob("*.png"))[:8]])
+    measured = iter([30.0, 12.0])  # the output SNR before and after keeping the noisy nodes
+    monkeypatch.setattr(quantize, "output_sqnr", lambda *args: next(measured))
+    result = quantize_graph(tiny_bundle / "encoder.onnx", tmp_path / "e.onnx", [{"image": images}], "minmax",
+                            keep_below_db=1000.0)
+    assert result["kept_fp32"] == [] and result["search_rejected"] and result["output_sqnr_db"] == 30.0
+    assert _quantised_convs(tmp_path / "e.onnx")  # written again fully quantised

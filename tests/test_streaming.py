@@ -218,3 +218,21 @@ def test_soak_script_reports_memory_drops_and_latency(tiny_bundle, tmp_path):
     assert report["latency_ms_p99"] >= report["latency_ms_p50"] > 0
     assert report["rss_mib_end"] > 0 and "rss_growth_percent" in report
     assert (tmp_path / "soak.png").stat().st_size > 10_000
+
+
+def test_rtsp_output_releases_its_port_when_closed():
+    pytest.importorskip("gi")
+    import gi
+
+    try:
+        gi.require_version("GstRtspServer", "1.0")
+    except ValueError:
+        pytest.skip("gir1.2-gst-rtsp-server-1.0 is not installed")
+    from edge_ad.outputs import RtspOutput
+
+    port = _free_port(socket.SOCK_STREAM)
+    RtspOutput(f"rtsp://@:{port}/a", 64, 48, 10).close()
+    again = RtspOutput(f"rtsp://@:{port}/a", 64, 48, 10)  # the same port serves again
+    again.close()
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", port))  # and is free afterwards
