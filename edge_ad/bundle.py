@@ -80,6 +80,7 @@ class Bundle:
     steps: int | None = None  # bridge steps K in use (bridge bundles only)
     coefficients: np.ndarray | None = None  # (K, 2) rows (t, dt) of the step graph
     calibration: Path | None = None  # the calibration.yaml in use, if any
+    fused_steps: int | None = None  # K of the optional fused graph (graphs["fused"]: all K steps in one)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -157,16 +158,15 @@ def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
     if steps is not None and model_type != "bridge":
         raise BundleError(f"{yaml_path}: a {model_type} bundle has no bridge steps to choose")
     for name in GRAPH_NAMES[model_type]:
-        file = root / fields.get(f"graphs.{name}.file", str)
-        expected_hash = fields.get(f"graphs.{name}.sha256", str)
-        if not file.is_file():
-            raise BundleError(f"{yaml_path}: field 'graphs.{name}.file' names {file.name}, which is missing")
-        if file_sha256(file) != expected_hash:
-            raise BundleError(f"{file}: SHA-256 does not match field 'graphs.{name}.sha256' (file changed or corrupt)")
-        graphs[name] = file
-    selected, coefficients = fields, None
+        graphs[name] = _graph_file(root, fields, name)
+    selected, coefficients, fused_steps = fields, None, None
     if model_type == "bridge":
         steps, coefficients, selected = _bridge_schedule(fields, steps)
+        fused_steps = fields.data["bridge"].get("fused_steps")
+        if fused_steps is not None:
+            if fused_steps not in fields.get("bridge.schedules", dict):
+                raise BundleError(f"{yaml_path}: field 'bridge.fused_steps' is {fused_steps!r}, not a K of bridge.schedules")
+            graphs["fused"] = _graph_file(root, fields, "fused")
     calibration = _calibration(root / CALIBRATION_FILE, steps)
     if calibration is not None:
         selected = calibration
@@ -190,7 +190,19 @@ def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
         steps=steps,
         coefficients=coefficients,
         calibration=None if calibration is None else calibration.path,
+        fused_steps=fused_steps,
     )
+
+
+def _graph_file(root: Path, fields: _Fields, name: str) -> Path:
+    """The graph file of `name`, checked against its SHA-256 in bundle.yaml."""
+    file = root / fields.get(f"graphs.{name}.file", str)
+    expected_hash = fields.get(f"graphs.{name}.sha256", str)
+    if not file.is_file():
+        raise BundleError(f"{fields.path}: field 'graphs.{name}.file' names {file.name}, which is missing")
+    if file_sha256(file) != expected_hash:
+        raise BundleError(f"{file}: SHA-256 does not match field 'graphs.{name}.sha256' (file changed or corrupt)")
+    return file
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -47,7 +47,7 @@ def _export(args: argparse.Namespace) -> None:
 
     calibration = CalibrationConfig(args.calib_data, args.calib_images, args.calib_method, args.int8_activations,
                                     tuple(args.keep_fp32 or ()), args.keep_fp32_below)
-    bundle = export_bundle(Path(args.run), Path(args.out), args.steps, args.precision, calibration)
+    bundle = export_bundle(Path(args.run), Path(args.out), args.steps, args.precision, calibration, args.fuse_steps)
     print(f"bundle written to {bundle}")
 
 
@@ -265,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder written by 'edge-ad train'")
     p.add_argument("--out", required=True, help="bundle folder to write")
     p.add_argument("--steps", type=_positive_int, default=2, help="bridge: default sampling steps K (1, 2 or 4)")
+    p.add_argument("--fuse-steps", type=_positive_int, metavar="K",
+                   help="bridge: also write one graph running all K steps (used when the runtime runs that K)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                    help="int8: Q/DQ graphs from ONNX Runtime's static quantiser (TensorRT explicit quantisation); "
                         "fp16: FP16 convolution graphs for ONNX Runtime's CUDA provider")

@@ -77,7 +77,10 @@ class Detector:
 
     def restore(self, features: np.ndarray, condition: np.ndarray) -> np.ndarray:
         """The bridge sampler: K deterministic steps from the input features toward normal ones
-        (on the device, without host copies between steps, when the backend can: TensorRT)."""
+        (one graph call when the bundle has a fused graph for this K; on the device, without host
+        copies between steps, when the backend can: TensorRT)."""
+        if self.bundle.fused_steps == self.bundle.steps and "fused" in self._graphs:
+            return self._graphs["fused"](features, condition)[0]
         on_device = getattr(self._graphs["step"], "restore", None)
         if on_device is not None:
             return on_device(features, condition, self.bundle.coefficients)

@@ -27,7 +27,7 @@ ENGINES_DIR = "engines"
 MANIFEST = "manifest.yaml"
 TIMING_CACHE = "timing.cache"
 BUILD_PRECISIONS = ("fp16", "int8")
-REDUCED_PRECISION_GRAPHS = ("encoder", "step")  # the others stay FP32 (distances, softmax gates)
+REDUCED_PRECISION_GRAPHS = ("encoder", "step", "fused")  # the others stay FP32 (distances, softmax gates)
 
 
 @dataclass(frozen=True)

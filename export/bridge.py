@@ -99,6 +99,18 @@ class BridgeStep(nn.Module):
         return x - coefficients[1] * self.denoiser(x, condition, coefficients[0:1])
 
 
+class FusedBridge(nn.Module):
+    """All K sampler steps in one exportable graph, the schedule baked in: (x, condition) -> restored."""
+
+    def __init__(self, denoiser: Denoiser, steps: int) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.steps = steps
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        return sample(self.denoiser, x, condition, self.steps)
+
+
 def sample(denoiser: Denoiser, x1: torch.Tensor, condition: torch.Tensor, steps: int) -> torch.Tensor:
     """Restored features after `steps` deterministic steps from the input features x1."""
     x = x1

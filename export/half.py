@@ -16,7 +16,6 @@ from pathlib import Path
 import onnx
 from onnxconverter_common import float16
 
-from .quantize import QUANTISED_GRAPHS as REDUCED_GRAPHS
 
 
 def to_fp16(fp32: Path, fp16: Path) -> None:

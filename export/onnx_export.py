@@ -24,11 +24,11 @@ from edge_ad.errors import EdgeAdError
 from edge_ad.normalize import fit_quantiles
 
 from .backbone import FeatureEncoder
-from .bridge import COSINE_WEIGHT, BridgeStep, Denoiser, RestorationHead, sample, schedule
+from .bridge import COSINE_WEIGHT, BridgeStep, Denoiser, FusedBridge, RestorationHead, sample, schedule
 from .bridge_train import STUDENT_STEPS, TEACHER_STEPS
 from .gmm_bridge import SHRINK, BridgePrior, GmmBridgeHead
 from .prototype import PrototypeHead
-from .half import REDUCED_GRAPHS, to_fp16
+from .half import to_fp16
 from .quantize import QUANTISED_GRAPHS, quantize_graph
 from .train import load_run, prepare_inputs
 
@@ -107,8 +107,9 @@ class _Model:
             return {"encoder": self.encoder, "head": self.head}
         return {"encoder": self.encoder, "prior": self.prior, "step": BridgeStep(self.denoiser), "head": self.head}
 
-    def export(self, example: np.ndarray, out: Path) -> dict:
-        """Write the graphs into `out`; returns their bundle entries."""
+    def export(self, example: np.ndarray, out: Path, fuse_steps: int | None = None) -> dict:
+        """Write the graphs into `out` (and, with `fuse_steps`, the fused K-step graph); returns
+        their bundle entries."""
         image = torch.from_numpy(example)
         with torch.no_grad():
             features = self.encoder(image)
@@ -130,13 +131,17 @@ class _Model:
             )
             _export_graph(self.head, (features, features), out / "head.onnx", {"features": True, "restored": True}, ["raw_map"])
             names = ["encoder", "prior", "step", "head"]
+            if fuse_steps is not None:
+                _export_graph(FusedBridge(self.denoiser, fuse_steps), (features, condition), out / "fused.onnx",
+                              {"state": True, "condition": True}, ["restored"])
+                names.append("fused")
         return {name: _graph_entry(out, f"{name}.onnx") for name in names}
 
     @torch.no_grad()
     def calibration_batches(self, inputs: np.ndarray) -> dict[str, list[dict[str, np.ndarray]]]:
         """Inputs of the quantised graphs on calibration images: the images for the encoder, and
         for the step graph the states of every supported K's trajectory (first STEP_CALIBRATION_IMAGES)."""
-        batches: dict[str, list[dict[str, np.ndarray]]] = {"encoder": [], "step": []}
+        batches: dict[str, list[dict[str, np.ndarray]]] = {"encoder": [], "step": [], "fused": []}
         for start in range(0, len(inputs), CALIBRATION_BATCH):
             batch = inputs[start : start + CALIBRATION_BATCH]
             batches["encoder"].append({"image": batch})
@@ -144,6 +149,7 @@ class _Model:
                 continue
             features = self.encoder(torch.from_numpy(batch))
             _, condition = self.prior(features)
+            batches["fused"].append({"state": features.numpy(), "condition": condition.numpy()})
             step = BridgeStep(self.denoiser)
             for steps in STUDENT_STEPS:
                 x = features
@@ -155,7 +161,7 @@ class _Model:
     def half(self, out: Path, graphs: dict) -> dict:
         """Replace the convolution graphs in `graphs` (and `out`) by FP16 ones (export/half.py);
         returns the bundle's `half_precision` record."""
-        converted = [name for name in REDUCED_GRAPHS if name in graphs]
+        converted = [name for name in QUANTISED_GRAPHS if name in graphs]  # the same convolution graphs
         for name in converted:
             fp32 = out / graphs[name]["file"]
             fp16 = out / f"{name}.fp16.onnx"
@@ -286,6 +292,7 @@ def export_bundle(
     default_steps: int = DEFAULT_STEPS,
     precision: str = "fp32",
     calibration: CalibrationConfig | None = None,
+    fuse_steps: int | None = None,
 ) -> Path:
     """Write the bundle for training run `run` into folder `out`; returns `out`.
 
@@ -299,8 +306,10 @@ def export_bundle(
     model = _Model(record, checkpoint)
     if model.type == "bridge" and default_steps not in STUDENT_STEPS:
         raise EdgeAdError(f"--steps {default_steps}: the student is distilled for K in {STUDENT_STEPS}")
+    if fuse_steps is not None and (model.type != "bridge" or fuse_steps not in STUDENT_STEPS):
+        raise EdgeAdError(f"--fuse-steps {fuse_steps}: fused graphs are for bridge runs, K in {STUDENT_STEPS}")
     out.mkdir(parents=True, exist_ok=True)
-    graphs = model.export(val_inputs[:1], out)
+    graphs = model.export(val_inputs[:1], out, fuse_steps)
     quantization = half = None
     if precision == "fp16":
         half = model.half(out, graphs)
@@ -337,6 +346,7 @@ def export_bundle(
         steps_list = list(STUDENT_STEPS)
         spec["bridge"] = {
             "default_steps": default_steps,
+            "fused_steps": fuse_steps,
             "teacher_steps": TEACHER_STEPS,
             "schedules": {k: {"coefficients": schedule(k).tolist(), **_provisional(model.type)} for k in STUDENT_STEPS},
         }

@@ -38,7 +38,7 @@ CALIBRATION_METHODS = {
     "entropy": CalibrationMethod.Entropy,
     "percentile": CalibrationMethod.Percentile,
 }
-QUANTISED_GRAPHS = ("encoder", "step")
+QUANTISED_GRAPHS = ("encoder", "step", "fused")
 ACTIVATION_TYPES = {"int8": (QuantType.QInt8, True), "uint8": (QuantType.QUInt8, False)}  # (type, symmetric)
 
 

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from edge_ad import Detector
-from edge_ad.errors import BundleError
+from edge_ad.errors import BundleError, EdgeAdError
 from edge_ad.metrics import auroc
 from export.bridge import Denoiser, RestorationHead, sample, schedule
 from export.bridge_train import STATE_FILE
@@ -84,3 +84,22 @@ def test_training_resumes_from_its_checkpoint(mvtec_category, tmp_path):
     record = yaml.safe_load((run / "config.yaml").read_text())
     assert record["teacher_final_loss"] is None  # the teacher came from the checkpoint, not retrained
     assert resumed["iteration"] == 7 and resumed["losses"][:4] == first["losses"]
+
+
+def test_fused_graph_runs_all_k_steps_in_one_call(tiny_bridge_bundle, tmp_path):
+    from export.onnx_export import export_bundle
+
+    bundle = export_bundle(tiny_bridge_bundle.parent / "run", tmp_path / "fused", fuse_steps=2)
+    spec = yaml.safe_load((bundle / "bundle.yaml").read_text())
+    assert spec["bridge"]["fused_steps"] == 2 and (bundle / spec["graphs"]["fused"]["file"]).is_file()
+    detector = Detector.load(bundle, steps=2)
+    assert detector.bundle.fused_steps == 2 and "fused" in detector._graphs
+    features = detector._graphs["encoder"](np.random.default_rng(0).integers(0, 255, (2, 128, 128, 3), np.uint8))[0]
+    _, condition = detector._graphs["prior"](features)
+    x = features
+    for coefficients in detector.bundle.coefficients:
+        x = detector._graphs["step"](x, condition, coefficients)[0]
+    np.testing.assert_allclose(detector.restore(features, condition), x, rtol=1e-4, atol=1e-5)
+    assert Detector.load(bundle, steps=4).bundle.steps == 4  # other K: the step graph, as before
+    with pytest.raises(EdgeAdError, match="--fuse-steps 3"):
+        export_bundle(tiny_bridge_bundle.parent / "run", tmp_path / "bad", fuse_steps=3)

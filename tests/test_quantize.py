@@ -17,7 +17,8 @@ from export.quantize import quantize_graph
 def int8_bundle(tiny_bridge_bundle, mvtec_category, tmp_path_factory):
     run = tiny_bridge_bundle.parent / "run"
     calibration = CalibrationConfig(str(mvtec_category), images=12, method="minmax")
-    return export_bundle(run, tmp_path_factory.mktemp("int8") / "bundle", precision="int8", calibration=calibration)
+    return export_bundle(run, tmp_path_factory.mktemp("int8") / "bundle", precision="int8", calibration=calibration,
+                         fuse_steps=2)
 
 
 def _ops(path):
@@ -27,9 +28,9 @@ def _ops(path):
 def test_int8_bundle_has_qdq_convolution_graphs_and_fp32_distance_graphs(int8_bundle):
     spec = yaml.safe_load((int8_bundle / "bundle.yaml").read_text())
     assert spec["precision"] == "int8"
-    assert spec["quantization"]["quantised_graphs"] == ["encoder", "step"]
+    assert spec["quantization"]["quantised_graphs"] == ["encoder", "step", "fused"]
     assert spec["quantization"]["calibration_images"] == 12
-    for name in ("encoder", "step"):
+    for name in ("encoder", "step", "fused"):
         assert spec["graphs"][name]["precision"] == "int8"
         assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(int8_bundle / spec["graphs"][name]["file"])
     for name in ("prior", "head"):
