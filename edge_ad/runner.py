@@ -347,17 +347,6 @@ def run(detector: Detector, streams: list[Stream], config: RunConfig, stop: thre
     return RunSummary(seconds, list(stats.values()), {name: n for name, n in sinks.errors().items() if n})
 
 
-def run_stream(
-    detector: Detector,
-    uri: str,
-    events: Path | None = None,
-    snapshots: Path | None = None,
-    max_frames: int | None = None,
-) -> RunSummary:
-    """One source, events and snapshots: the short form of `run` used by the demo."""
-    return run(detector, [Stream(uri)], RunConfig(events=events, snapshots=snapshots, max_frames=max_frames))
-
-
 STREAM_KEYS = {"input", "name", "output", "pipeline"}
 OPTION_KEYS = {"width", "height", "framerate", "codec", "latency_ms", "timeout_s", "pattern"}
 

@@ -16,7 +16,8 @@ import numpy as np
 from edge_ad.datasets import elpv_split
 from edge_ad.detector import Detector
 from edge_ad.reports import write_report
-from edge_ad.runner import run_stream
+from edge_ad.runner import RunConfig, Stream
+from edge_ad.runner import run as run_stream
 
 from .evaluate import evaluate
 from .onnx_export import export_bundle
@@ -67,9 +68,9 @@ def demo(workdir: Path) -> None:
 
     video = workdir / "elpv_test.avi"
     frames = write_test_video(video)
-    summary = run_stream(
-        Detector.load(bundle), str(video), events=workdir / "events.jsonl", snapshots=workdir / "snapshots"
-    )
+    # Every anomalous frame leaves an overlay here (no snapshot rate limit): the demo is for looking.
+    config = RunConfig(events=workdir / "events.jsonl", snapshots=workdir / "snapshots", snapshot_interval_s=0.0)
+    summary = run_stream(Detector.load(bundle), [Stream(str(video))], config)
 
     groups = report["image_auroc_per_group"]
     rows = [
