@@ -46,6 +46,15 @@ def mp4(tmp_path_factory):
     return path
 
 
+def _need_rtsp_server() -> None:
+    import gi
+
+    try:
+        gi.require_version("GstRtspServer", "1.0")
+    except ValueError:
+        pytest.skip("gir1.2-gst-rtsp-server-1.0 is not installed")
+
+
 def _run_in_thread(detector, streams, config):
     stop, box = threading.Event(), {}
     thread = threading.Thread(target=lambda: box.update(summary=run(detector, streams, config, stop)))
@@ -127,13 +136,7 @@ def test_rtp_loopback_killed_and_restarted_reconnects(detector, tmp_path):
 
 
 def test_rtsp_output_served_and_read_back(detector, tmp_path):
-    pytest.importorskip("gi")
-    import gi
-
-    try:
-        gi.require_version("GstRtspServer", "1.0")
-    except ValueError:
-        pytest.skip("gir1.2-gst-rtsp-server-1.0 is not installed")
+    _need_rtsp_server()
     port = _free_port(socket.SOCK_STREAM)
     stream = Stream("test://ball?width=160&height=120&fps=20", output=f"rtsp://@:{port}/inspection")
     stop, thread, box = _run_in_thread(detector, [stream], RunConfig())
@@ -221,13 +224,7 @@ def test_soak_script_reports_memory_drops_and_latency(tiny_bundle, tmp_path):
 
 
 def test_rtsp_output_releases_its_port_when_closed():
-    pytest.importorskip("gi")
-    import gi
-
-    try:
-        gi.require_version("GstRtspServer", "1.0")
-    except ValueError:
-        pytest.skip("gir1.2-gst-rtsp-server-1.0 is not installed")
+    _need_rtsp_server()
     from edge_ad.outputs import RtspOutput
 
     port = _free_port(socket.SOCK_STREAM)
