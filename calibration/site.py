@@ -149,7 +149,7 @@ def calibrate(
                         f"{BIMODALITY_LIMIT}): two products or a light change? Calibrate each condition apart")
 
     top = []
-    for score, _, frame, raw in sorted(kept.top, key=lambda item: -item[0]):
+    for _, _, frame, raw in sorted(kept.top, key=lambda item: -item[0]):  # by the bundle's own scores
         normalised = sum(q.apply(branch) for q, branch in zip(quantiles, raw)) / len(raw)
         top.append((float(normalised.max()), frame, normalised))
     calibration = Calibration(n, quantiles, scores, threshold, far, confidence, agreement, warnings, top)
