@@ -125,7 +125,8 @@ def _run(args: argparse.Namespace) -> None:
     )
     summary = run(Detector.load(args.bundle, backend=args.backend, steps=args.steps), streams, config)
     for s in summary.sources:
-        print(f"{s.name}: frames {s.frames}  dropped {s.dropped}  reconnects {s.reconnects}  anomalies {s.anomalies}  "
+        print(f"{s.name}: frames {s.frames}  dropped {s.dropped}  failed {s.failed}  reconnects {s.reconnects}  "
+              f"anomalies {s.anomalies}  "
               f"snapshots {s.snapshots}  latency p50 {s.latency(50):.1f} ms p99 {s.latency(99):.1f} ms"
               + (f"  error: {s.error}" if s.error else ""))
     for sink, errors in summary.sink_errors.items():

@@ -277,6 +277,27 @@ def _event(stream: Stream, frame: Frame, result: Result, latency_ms: float) -> d
     }
 
 
+def _score(detector: Detector, ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats]) -> list:
+    """Results of the ready frames, in one batch across the sources; when the batch fails (a
+    frame the detector refuses, NaN maps from a broken graph) each frame is scored alone, and
+    the ones that fail are counted, logged and skipped (None): the run goes on."""
+    try:
+        return detector.batch([frame.image for _, frame in ready])
+    except EdgeAdError:
+        pass
+    results = []
+    for capture, frame in ready:
+        try:
+            results.append(detector(frame.image))
+        except EdgeAdError as exc:
+            record = stats[capture.stream.name]
+            record.failed += 1
+            if record.failed == 1 or record.failed % 100 == 0:
+                log.error("%s: frame %d not scored (%d so far): %s", capture.stream.name, frame.index, record.failed, exc)
+            results.append(None)
+    return results
+
+
 def run(detector: Detector, streams: list[Stream], config: RunConfig, stop: threading.Event | None = None) -> RunSummary:
     """Score every stream until all end, `max_frames` per stream, or `stop` (also set by SIGINT
     and SIGTERM). A source that fails to open stops the run before it starts; a sink that fails
@@ -323,9 +344,11 @@ def run(detector: Detector, streams: list[Stream], config: RunConfig, stop: thre
                 ready.wait(0.1)
                 ready.clear()
                 continue
-            results = detector.batch([f.image for _, f in ready_frames])  # one batch across the sources
+            results = _score(detector, ready_frames, stats)
             done = time.time()
             for (capture, frame), result in zip(ready_frames, results):
+                if result is None:
+                    continue
                 record = stats[capture.stream.name]
                 latency_ms = (done - frame.captured) * 1e3
                 record.add(latency_ms, result.is_anomaly)

@@ -33,6 +33,7 @@ class SourceStats:
     dropped: int = 0
     reconnects: int = 0
     snapshots: int = 0
+    failed: int = 0  # frames the detector could not score (logged and skipped)
     error: str | None = None
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
     _done: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
@@ -66,6 +67,7 @@ class _Collector:
                 ("anomalies", "Frames flagged anomalous"),
                 ("dropped", "Frames dropped because a newer one arrived first"),
                 ("reconnects", "Reconnections of a live source"),
+                ("failed", "Frames the detector could not score"),
             )
         }
         fps = GaugeMetricFamily("edge_ad_fps", "Frames per second over the last 1000 frames", labels=["source"])

@@ -233,3 +233,22 @@ def test_rtsp_output_releases_its_port_when_closed():
     again.close()
     with socket.socket() as s:
         s.bind(("0.0.0.0", port))  # and is free afterwards
+
+
+def test_a_frame_the_detector_refuses_is_skipped_and_the_run_goes_on(detector, tmp_path, monkeypatch):
+    from edge_ad.errors import EdgeAdError
+
+    score = detector.batch
+
+    def flaky(frames, color="BGR"):
+        if any(hash(f.tobytes()) % 3 == 0 for f in frames):  # about a third of the frames: NaN maps
+            raise EdgeAdError("bundle: the graphs returned NaN or infinite values")
+        return score(frames, color)
+
+    monkeypatch.setattr(detector, "batch", flaky)
+    summary = run(detector, [Stream("test://ball?width=64&height=48", name="cam")],
+                  RunConfig(events=tmp_path / "ev.jsonl", metrics=tmp_path / "m.prom", max_frames=12))
+    (stats,) = summary.sources
+    assert stats.frames == 12 and stats.failed >= 1
+    assert len(_events(tmp_path / "ev.jsonl")) == 12
+    assert 'edge_ad_failed_total{source="cam"}' in (tmp_path / "m.prom").read_text()
