@@ -41,6 +41,12 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    if args.via == "torch-tensorrt":
+        from export.torch_trt import export_torch_tensorrt
+
+        out = export_torch_tensorrt(Path(args.run), Path(args.out), args.precision, args.steps)
+        print(f"Torch-TensorRT programs written to {out}")
+        return
     from export.onnx_export import export_bundle
 
     from export.onnx_export import CalibrationConfig
@@ -266,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder written by 'edge-ad train'")
     p.add_argument("--out", required=True, help="bundle folder to write")
     p.add_argument("--steps", type=_positive_int, default=2, help="bridge: default sampling steps K (1, 2 or 4)")
+    p.add_argument("--via", choices=("onnx", "torch-tensorrt"), default="onnx",
+                   help="onnx: the edge_ad bundle (default); torch-tensorrt: compiled PyTorch programs for x86 GPUs")
     p.add_argument("--fuse-steps", type=_positive_int, metavar="K",
                    help="bridge: also write one graph running all K steps (used when the runtime runs that K)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",

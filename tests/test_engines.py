@@ -70,3 +70,25 @@ def test_build_engines_on_a_gpu(tiny_bundle, tmp_path):
     assert set(manifest["graphs"]) == {"encoder", "head"}
     assert all((folder / e["file"]).stat().st_size > 0 for e in manifest["graphs"].values())
     assert (bundle.root / ENGINES_DIR / "timing.cache").is_file()
+
+
+def test_torch_tensorrt_path_without_it_is_one_line(tiny_bundle, tmp_path):
+    try:
+        import torch_tensorrt  # noqa: F401
+        pytest.skip("Torch-TensorRT is installed here")
+    except ImportError:
+        pass
+    out = subprocess.run([sys.executable, "-m", "edge_ad", "export", "--run", str(tiny_bundle.parent / "run"),
+                          "--out", str(tmp_path / "trt"), "--via", "torch-tensorrt"], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "--via torch-tensorrt needs the torch-tensorrt package" in out.stderr
+
+
+def test_torch_tensorrt_path_on_a_gpu(tiny_bridge_bundle, tmp_path):
+    pytest.importorskip("torch_tensorrt", reason="Torch-TensorRT is not installed (no NVIDIA GPU here)")
+    from export.torch_trt import export_torch_tensorrt
+
+    out = export_torch_tensorrt(tiny_bridge_bundle.parent / "run", tmp_path / "trt", "fp16", steps=2)
+    report = yaml.safe_load((out / "torch_tensorrt.yaml").read_text())
+    assert set(report["files"]) == {"encoder", "prior", "fused", "head"}
+    assert report["parity_torch_tensorrt_vs_eager"]["max_rel_diff"] < 1e-2
