@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from edge_ad.detector import Detector  # noqa: E402
-from edge_ad.runner import RunConfig, Stream, run  # noqa: E402
+from edge_ad.runner import RunConfig, run  # noqa: E402
+from edge_ad.streams import Stream  # noqa: E402
 
 SAMPLE_S = 5.0
 

@@ -72,7 +72,7 @@ def _eval(args: argparse.Namespace) -> None:
 def _streams(args: argparse.Namespace) -> list:
     """The run's streams from --sources, or from --input / --output / --pipeline."""
     from .pipelines import SourceOptions
-    from .runner import Stream, streams_from_yaml
+    from .streams import Stream, streams_from_yaml
 
     options = SourceOptions(args.input_width, args.input_height, args.input_framerate, args.input_codec,
                             args.latency, args.timeout)

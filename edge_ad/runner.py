@@ -15,41 +15,27 @@ import signal
 import threading
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from .bundle import read_yaml
 from .detector import Detector, Result
 from .drift import DriftWatch
 from .errors import EdgeAdError, SourceError
 from .outputs import open_output
-from .pipelines import SourceOptions, output_pipeline
+from .pipelines import output_pipeline
 from .regions import regions
 from .render import overlay
 from .sinks import AnomalyHook, EventLog, Guarded, Snapshots
 from .sources import Frame, Source, open_source
+from .streams import Stream
 from .telemetry import SourceStats, Telemetry
 
 log = logging.getLogger("edge_ad.runner")
 
 DEFAULT_FPS = 30  # output frame rate for sources that do not say theirs (image folders)
-
-
-@dataclass
-class Stream:
-    """One source of a run and its own video output."""
-
-    input: str
-    name: str = ""
-    output: str | None = None
-    options: SourceOptions = field(default_factory=SourceOptions)
-    pipeline: str | None = None  # the user's own GStreamer pipeline ending in appsink name=sink
-
-    def __post_init__(self) -> None:
-        self.name = self.name or self.input or "pipeline"
 
 
 @dataclass
@@ -368,33 +354,3 @@ def run(detector: Detector, streams: list[Stream], config: RunConfig, stop: thre
     if failed and len(failed) == len(captures) and not any(stats[c.stream.name].frames for c in captures):
         raise SourceError(failed[0].error)
     return RunSummary(seconds, list(stats.values()), {name: n for name, n in sinks.errors().items() if n})
-
-
-STREAM_KEYS = {"input", "name", "output", "pipeline"}
-OPTION_KEYS = {"width", "height", "framerate", "codec", "latency_ms", "timeout_s", "pattern"}
-
-
-def streams_from_yaml(path: Path, defaults: SourceOptions) -> list[Stream]:
-    """Streams from a YAML file: `sources:` a list of mappings with `input` (or `pipeline`) and
-    optional `name`, `output` and source options (width, height, framerate, codec, latency_ms,
-    timeout_s, pattern); options left out take the command line's values."""
-    data = read_yaml(path)
-    entries = data.get("sources")
-    if not isinstance(entries, list) or not entries:
-        raise EdgeAdError(f"{path}: expected 'sources:' with a list of sources")
-    streams = []
-    for number, entry in enumerate(entries, 1):
-        where = f"{path}: source {number}"
-        if not isinstance(entry, dict):
-            raise EdgeAdError(f"{where}: expected a mapping with 'input'")
-        unknown = set(entry) - STREAM_KEYS - OPTION_KEYS
-        if unknown:
-            raise EdgeAdError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(STREAM_KEYS | OPTION_KEYS)})")
-        if not entry.get("input") and not entry.get("pipeline"):
-            raise EdgeAdError(f"{where}: needs 'input' (a URI, file or folder) or 'pipeline'")
-        options = replace(defaults, **{k: entry[k] for k in OPTION_KEYS & set(entry)})
-        streams.append(
-            Stream(str(entry.get("input") or ""), str(entry.get("name") or ""), entry.get("output"), options,
-                   entry.get("pipeline"))
-        )
-    return streams

@@ -16,8 +16,9 @@ import numpy as np
 from edge_ad.datasets import elpv_split
 from edge_ad.detector import Detector
 from edge_ad.reports import write_report
-from edge_ad.runner import RunConfig, Stream
+from edge_ad.runner import RunConfig
 from edge_ad.runner import run as run_stream
+from edge_ad.streams import Stream
 
 from .evaluate import evaluate
 from .onnx_export import export_bundle

@@ -8,7 +8,7 @@ import pytest
 
 from edge_ad.errors import EdgeAdError
 from edge_ad.regions import regions
-from edge_ad.runner import streams_from_yaml
+from edge_ad.streams import streams_from_yaml
 from edge_ad.pipelines import SourceOptions
 from edge_ad.sinks import AnomalyHook, EventLog, Guarded, Snapshots
 from edge_ad.telemetry import SourceStats, Telemetry

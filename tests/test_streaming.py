@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from edge_ad.detector import Detector
-from edge_ad.runner import RunConfig, Stream, run
+from edge_ad.runner import RunConfig, run
+from edge_ad.streams import Stream
 from edge_ad.pipelines import SourceOptions
 from edge_ad.sources import open_source
 
