@@ -253,3 +253,22 @@ def test_a_frame_the_detector_refuses_is_skipped_and_the_run_goes_on(detector, t
     assert stats.frames == 12 and stats.failed >= 1
     assert len(_events(tmp_path / "ev.jsonl")) == 12
     assert 'edge_ad_failed_total{source="cam"}' in (tmp_path / "m.prom").read_text()
+
+
+def test_rtp_output_read_back_by_an_rtp_source(detector):
+    port = _free_port()
+    viewer = open_source(f"rtp://@:{port}", SourceOptions(latency_ms=50, timeout_s=10))  # listening first
+    stream = Stream("test://ball?width=160&height=120&fps=20", output=f"rtp://127.0.0.1:{port}")
+    stop, thread, box = _run_in_thread(detector, [stream], RunConfig())
+    try:
+        frames = []
+        for frame in viewer.frames():
+            frames.append(frame)
+            if len(frames) == 5:
+                break
+        viewer.close()
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert frames[0].image.shape == (120, 160, 3)  # the overlay video, decoded again
+    assert box["summary"].sink_errors == {}
