@@ -63,6 +63,17 @@ def _run_in_thread(detector, streams, config):
     return stop, thread, box
 
 
+def _first_frames(source, count: int) -> list:
+    """The first `count` frames of a source, which is then closed."""
+    frames = []
+    for frame in source.frames():
+        frames.append(frame)
+        if len(frames) == count:
+            break
+    source.close()
+    return frames
+
+
 def _wait_for(condition, timeout_s: float) -> bool:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
@@ -144,12 +155,7 @@ def test_rtsp_output_served_and_read_back(detector, tmp_path):
     try:
         time.sleep(1.0)
         viewer = open_source(f"rtsp://127.0.0.1:{port}/inspection", SourceOptions(latency_ms=50, timeout_s=10))
-        frames = []
-        for frame in viewer.frames():
-            frames.append(frame)
-            if len(frames) == 5:
-                break
-        viewer.close()
+        frames = _first_frames(viewer, 5)
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -261,12 +267,7 @@ def test_rtp_output_read_back_by_an_rtp_source(detector):
     stream = Stream("test://ball?width=160&height=120&fps=20", output=f"rtp://127.0.0.1:{port}")
     stop, thread, box = _run_in_thread(detector, [stream], RunConfig())
     try:
-        frames = []
-        for frame in viewer.frames():
-            frames.append(frame)
-            if len(frames) == 5:
-                break
-        viewer.close()
+        frames = _first_frames(viewer, 5)
     finally:
         stop.set()
         thread.join(timeout=10)
