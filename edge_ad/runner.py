@@ -176,8 +176,8 @@ class _Sinks:
             stack.callback(events.close)
             self.events = self._guard(f"events {config.events}", events.write)
         if config.snapshots is not None:
-            self.folder = Snapshots(config.snapshots, config.snapshot_interval_s, int(config.snapshot_quota_mb * (1 << 20)))
-            self.snapshots = self._guard(f"snapshots {config.snapshots}", self.folder.save)
+            folder = Snapshots(config.snapshots, config.snapshot_interval_s, int(config.snapshot_quota_mb * (1 << 20)))
+            self.snapshots = self._guard(f"snapshots {config.snapshots}", folder.save)
         if config.on_anomaly:
             hook = AnomalyHook(config.on_anomaly)
             stack.callback(hook.close)
@@ -211,7 +211,9 @@ class _Sinks:
         return {g.name: g.errors for g in self.guards}
 
     def deliver(self, stream: Stream, frame: Frame, result: Result, latency_ms: float, record: SourceStats) -> None:
-        event = _event(stream, frame, result, latency_ms)
+        # The event (with its regions) and the overlay are made only when a sink takes them.
+        wants_event = self.events is not None or (self.hook is not None and result.is_anomaly)
+        event = _event(stream, frame, result, latency_ms) if wants_event else None
         if self.events is not None:
             self.events(event)
         if self.drift is not None:
@@ -222,10 +224,9 @@ class _Sinks:
             self.videos[stream.name](frame, picture)
         if not result.is_anomaly:
             return
-        if self.snapshots is not None and self.folder.due(stream.name, time.monotonic()):
-            saved = self.folder.saved
-            self.snapshots(stream.name, frame.index, frame.image, picture if picture is not None else overlay(frame.image, result))
-            record.snapshots += self.folder.saved - saved
+        if self.snapshots is not None:
+            drawn = (lambda: picture) if picture is not None else (lambda: overlay(frame.image, result))
+            record.snapshots += bool(self.snapshots(stream.name, frame.index, frame.image, drawn))
         if self.hook is not None:
             self.hook(event)
 

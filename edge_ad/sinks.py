@@ -36,9 +36,10 @@ class Guarded:
         self.errors = 0
         self._reported = -REPORT_EVERY_S
 
-    def __call__(self, *args) -> None:
+    def __call__(self, *args) -> object:
+        """The sink's own return value, or None when it failed."""
         try:
-            self.call(*args)
+            return self.call(*args)
         except (OSError, EdgeAdError) as exc:
             self.errors += 1
             now = time.monotonic()
@@ -98,16 +99,14 @@ class Snapshots:
         self.saved = 0
         self._last: dict[str, float] = {}
 
-    def due(self, source: str, now: float) -> bool:
-        return now - self._last.get(source, -float("inf")) >= self.interval_s
-
-    def save(self, source: str, index: int, frame: np.ndarray, overlay: np.ndarray) -> None:
+    def save(self, source: str, index: int, frame: np.ndarray, overlay: Callable[[], np.ndarray]) -> bool:
+        """Save the frame and its overlay (drawn only now, when one is due); True when saved."""
         now = time.monotonic()
-        if not self.due(source, now):
-            return
+        if now - self._last.get(source, -float("inf")) < self.interval_s:
+            return False
         self._last[source] = now
         stem = f"{_slug(source)}_{index:08d}"
-        for suffix, image in (("frame", frame), ("overlay", overlay)):
+        for suffix, image in (("frame", frame), ("overlay", overlay())):
             ok, data = cv2.imencode(".jpg", image)
             if not ok:
                 raise EdgeAdError(f"{self.folder}: cannot encode snapshot {stem}_{suffix}.jpg")
@@ -120,6 +119,7 @@ class Snapshots:
             path, size = self.files.popleft()
             path.unlink(missing_ok=True)
             self.used -= size
+        return True
 
 
 class AnomalyHook:

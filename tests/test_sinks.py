@@ -57,15 +57,15 @@ def test_snapshots_keep_a_rate_limit_and_a_disk_quota(tmp_path):
     frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)  # noise: JPEG of a few KB
     snaps = Snapshots(tmp_path, interval_s=0.0, quota_bytes=40_000)
     for i in range(12):
-        snaps.save("cam 1", i, frame, frame)
+        snaps.save("cam 1", i, frame, lambda: frame)
     files = sorted(p.name for p in tmp_path.glob("*.jpg"))
     assert sum((tmp_path / f).stat().st_size for f in files) <= 40_000
     assert "cam-1_00000011_frame.jpg" in files and "cam-1_00000011_overlay.jpg" in files
     assert "cam-1_00000000_frame.jpg" not in files  # the oldest went first
     limited = Snapshots(tmp_path / "limited", interval_s=60.0)
     for i in range(5):
-        limited.save("a", i, frame, frame)
-        limited.save("b", i, frame, frame)
+        limited.save("a", i, frame, lambda: frame)
+        limited.save("b", i, frame, lambda: frame)
     assert limited.saved == 2  # one per source per minute
 
 
