@@ -53,28 +53,35 @@ def l4t_release(text: str) -> str | None:
     return f"{match.group(1)}.{match.group(2)}" if match else None
 
 
-def nvidia_smi() -> str | None:
-    """`nvidia-smi` CSV of the first GPU: name, compute capability, memory (None without one)."""
-    if shutil.which("nvidia-smi") is None:
+def run_command(argv: list[str]) -> str | None:
+    """A tool's standard output, or None when it is not installed, fails or hangs (10 s)."""
+    if shutil.which(argv[0]) is None:
         return None
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10,
-        )
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout if out.returncode == 0 else None
 
 
+def nvidia_smi() -> str | None:
+    """`nvidia-smi` CSV of the first GPU: name, compute capability, memory (None without one)."""
+    return run_command(["nvidia-smi", "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader,nounits"])
+
+
+def is_jetson(root: Path = Path("/")) -> bool:
+    """True on an NVIDIA Jetson: a Tegra device tree, L4T's release file, or a Jetson model string."""
+    model = (_read(root, "/proc/device-tree/model") or "").lower()
+    compatible = _read(root, "/proc/device-tree/compatible") or ""
+    return "tegra" in compatible or _read(root, "/etc/nv_tegra_release") is not None or "jetson" in model
+
+
 def detect(root: Path = Path("/"), smi: Callable[[], str | None] = nvidia_smi) -> Device:
     """The device at `root` (the real one by default)."""
-    model = (_read(root, "/proc/device-tree/model") or "").strip("\x00\n ")
-    compatible = _read(root, "/proc/device-tree/compatible") or ""
-    release = _read(root, "/etc/nv_tegra_release")
-    if "tegra" in compatible or release is not None or "jetson" in model.lower():
-        parts = sorted(set(re.findall(r"p\d{4}-\d{4}", compatible)))
-        return Device("jetson", model, parts, _memory_gb(root), l4t_release(release or ""))
+    if is_jetson(root):
+        model = (_read(root, "/proc/device-tree/model") or "").strip("\x00\n ")
+        parts = sorted(set(re.findall(r"p\d{4}-\d{4}", _read(root, "/proc/device-tree/compatible") or "")))
+        return Device("jetson", model, parts, _memory_gb(root), l4t_release(_read(root, "/etc/nv_tegra_release") or ""))
     csv = smi()
     if csv and csv.strip():
         name, capability, memory = (field.strip() for field in csv.strip().splitlines()[0].split(","))

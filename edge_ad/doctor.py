@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .device import Device, detect, jetpack, load_configs, pick_config
+from .device import Device, detect, jetpack, load_configs, pick_config, run_command
 from .errors import EdgeAdError
 
 # The Debian/Ubuntu package that provides each GStreamer element edge-ad may use.
@@ -38,16 +37,6 @@ class Report:
 
     def found(self, name: str, value: str) -> None:
         self.lines.append(f"{name:<12} {value}")
-
-
-def _run(argv: list[str]) -> str | None:
-    if shutil.which(argv[0]) is None:
-        return None
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout if out.returncode == 0 else None
 
 
 def _tensorrt_version() -> str | None:
@@ -107,7 +96,7 @@ def _check_gstreamer(report: Report, config: dict) -> None:
 
 def _check_power(report: Report, device: Device, config: dict, root: Path) -> None:
     if device.kind == "jetson":
-        out = _run(["nvpmodel", "-q"])
+        out = run_command(["nvpmodel", "-q"])
         mode = re.search(r"NV Power Mode:\s*(\S+)", out or "")
         wanted = config["power_mode"]
         report.found("power mode", mode.group(1) if mode else "unknown (nvpmodel not readable)")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+from .device import is_jetson
 from .errors import SourceError
 
 CODECS = ("h264", "h265", "mjpeg", "raw")
@@ -37,12 +38,6 @@ class SourceOptions:
 class SourcePipeline:
     description: str
     live: bool  # live sources keep only the newest frame and reconnect; files end at EOS
-
-
-def is_jetson() -> bool:
-    """True on an NVIDIA Jetson (L4T writes /etc/nv_tegra_release)."""
-    model = Path("/proc/device-tree/model")
-    return Path("/etc/nv_tegra_release").exists() or (model.exists() and "jetson" in model.read_text().lower())
 
 
 def _quote(value: str) -> str:

@@ -10,6 +10,7 @@ their EOS and every frame of them is delivered. Frames come out as uint8 BGR, as
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import threading
 import time
@@ -39,7 +40,9 @@ class Frame:
     captured: float = field(default_factory=time.time)  # wall-clock seconds when the frame arrived
 
 
+@functools.cache
 def load_gst():
+    """The initialised Gst module (loaded once: outputs ask for it on every frame)."""
     # libgstreamer links libunwind, whose _Unwind_* symbols would then win over libgcc_s's for
     # every C++ library loaded later (ONNX Runtime, torch), and their exceptions would abort the
     # process. Loading libgcc_s first, globally, keeps C++ exceptions working.
