@@ -264,6 +264,14 @@ def _event(stream: Stream, frame: Frame, result: Result, latency_ms: float) -> d
     }
 
 
+def _current(stats: dict[str, SourceStats], captures: list[_Capture]) -> list[SourceStats]:
+    """The statistics with the sources' own counters (drops, reconnects) read now."""
+    for capture in captures:
+        record = stats[capture.stream.name]
+        record.dropped, record.reconnects = capture.dropped, capture.source.reconnects
+    return list(stats.values())
+
+
 def _score(detector: Detector, ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats]) -> list:
     """Results of the ready frames, in one batch across the sources; when the batch fails (a
     frame the detector refuses, NaN maps from a broken graph) each frame is scored alone, and
@@ -302,12 +310,12 @@ def run(detector: Detector, streams: list[Stream], config: RunConfig, stop: thre
     stats = {s.name: SourceStats(s.name) for s in streams}
     with ExitStack() as stack, _stop_on_signals(stop):
         sinks = _Sinks(config, stack, DriftWatch.from_bundle(detector.bundle) if config.drift else None)
+        captures: list[_Capture] = []
         telemetry = None
         if config.metrics is not None or config.metrics_port is not None:
-            telemetry = Telemetry(lambda: list(stats.values()), sinks.errors, config.metrics, config.metrics_port)
+            telemetry = Telemetry(lambda: _current(stats, captures), sinks.errors, config.metrics, config.metrics_port)
             stack.callback(telemetry.close)
             stack.callback(telemetry.tick, True)
-        captures: list[_Capture] = []
         for stream in streams:
             source = open_source(stream.input, stream.options, stream.pipeline, config.jetson)
             stack.callback(source.close)
@@ -342,13 +350,11 @@ def run(detector: Detector, streams: list[Stream], config: RunConfig, stop: thre
                 sinks.deliver(capture.stream, frame, result, latency_ms, record)
                 if config.max_frames is not None and record.frames >= config.max_frames:
                     capture.stop.set()
-            for capture in captures:
-                record = stats[capture.stream.name]
-                record.dropped, record.reconnects = capture.dropped, capture.source.reconnects
             bar.update(len(ready_frames))
             if telemetry is not None:
                 telemetry.tick()
         seconds = time.perf_counter() - start
+    _current(stats, captures)
     for capture in captures:
         stats[capture.stream.name].error = capture.error
     failed = [c for c in captures if c.error]

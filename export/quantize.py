@@ -31,6 +31,7 @@ from onnxruntime.quantization.qdq_loss_debug import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from edge_ad.engines import REDUCED_PRECISION_GRAPHS
 from edge_ad.errors import EdgeAdError
 
 CALIBRATION_METHODS = {
@@ -38,7 +39,7 @@ CALIBRATION_METHODS = {
     "entropy": CalibrationMethod.Entropy,
     "percentile": CalibrationMethod.Percentile,
 }
-QUANTISED_GRAPHS = ("encoder", "step", "fused")
+QUANTISED_GRAPHS = REDUCED_PRECISION_GRAPHS  # the graphs TensorRT builds in reduced precision too
 ACTIVATION_TYPES = {"int8": (QuantType.QInt8, True), "uint8": (QuantType.QUInt8, False)}  # (type, symmetric)
 
 
