@@ -223,13 +223,14 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _build(args: argparse.Namespace) -> None:
-    from .bundle import load_bundle, read_yaml
+    from .bundle import load_bundle
+    from .device import load_config
     from .engines import build_engines
 
     workspace = args.workspace_mib
     if args.target:
-        target = read_yaml(Path(args.target))
-        workspace = workspace or target.get("tensorrt", {}).get("memory_pool_mib")
+        target = load_config(Path(args.target))
+        workspace = workspace or (target["tensorrt"] or {}).get("memory_pool_mib")
     folder = build_engines(load_bundle(args.bundle), args.precision, args.dla_core, workspace or 1024, args.max_batch, args.force)
     print(f"engines in {folder}")
 

@@ -89,22 +89,28 @@ def detect(root: Path = Path("/"), smi: Callable[[], str | None] = nvidia_smi) -
     return Device("cpu", memory_gb=_memory_gb(root))
 
 
-def load_configs(folder: Path = CONFIGS) -> dict[str, dict]:
-    """Every target YAML in `folder`, checked against its schema.json."""
+def load_config(path: Path, schema_path: Path = CONFIGS / "schema.json") -> dict:
+    """One target YAML, checked against the schema; errors name the file and the field."""
     import jsonschema
 
     try:
-        schema = json.loads((folder / "schema.json").read_text())
+        schema = json.loads(schema_path.read_text())
     except (OSError, ValueError) as exc:
-        raise EdgeAdError(f"{folder / 'schema.json'}: cannot read the target schema ({exc})") from exc
+        raise EdgeAdError(f"{schema_path}: cannot read the target schema ({exc})") from exc
+    config = read_yaml(path)
+    try:
+        jsonschema.validate(config, schema)
+    except jsonschema.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.absolute_path) or "top level"
+        raise EdgeAdError(f"{path}: field '{where}': {exc.message}") from exc
+    return config
+
+
+def load_configs(folder: Path = CONFIGS) -> dict[str, dict]:
+    """Every target YAML in `folder`, checked against its schema.json."""
     configs = {}
     for path in sorted(folder.glob("*.yaml")):
-        config = read_yaml(path)
-        try:
-            jsonschema.validate(config, schema)
-        except jsonschema.ValidationError as exc:
-            where = ".".join(str(p) for p in exc.absolute_path) or "top level"
-            raise EdgeAdError(f"{path}: field '{where}': {exc.message}") from exc
+        config = load_config(path, folder / "schema.json")
         if config["name"] != path.stem:
             raise EdgeAdError(f"{path}: field 'name' is {config['name']!r}, the file name says {path.stem!r}")
         configs[config["name"]] = config

@@ -9,7 +9,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .device import Device, detect, jetpack, load_configs, pick_config, run_command
+from .device import Device, detect, jetpack, load_config, load_configs, pick_config, run_command
 from .errors import EdgeAdError
 
 # The Debian/Ubuntu package that provides each GStreamer element edge-ad may use.
@@ -161,13 +161,7 @@ def doctor(bundle: str | None = None, target: str | None = None, root: Path = Pa
     """Everything `edge-ad doctor` prints, for this machine (or the files under `root`)."""
     report = Report()
     device = detect(root)
-    configs = load_configs()
-    if target is not None:
-        from .bundle import read_yaml
-
-        config = read_yaml(Path(target))
-    else:
-        config = pick_config(device, configs)
+    config = load_config(Path(target)) if target is not None else pick_config(device, load_configs())
     memory = f", {device.memory_gb:.1f} GB" if device.memory_gb else ""
     report.found("device", f"{device.kind}: {device.model or 'no NVIDIA module or GPU'}{memory}"
                            + (f", parts {', '.join(device.part_numbers)}" if device.part_numbers else ""))

@@ -98,3 +98,10 @@ def test_doctor_here_reports_the_cpu_target_and_the_bundle(tiny_bundle):
     assert any(line.startswith("bundle       prototype, fp32, 128x128") for line in lines)
     assert any("engines      not needed" in line for line in lines)
     assert out.returncode == (1 if any(line.startswith("problem:") for line in lines) else 0)
+
+
+def test_a_given_target_is_checked_against_the_schema(tmp_path):
+    bad = tmp_path / "line3.yaml"
+    bad.write_text("name: line3\n")
+    out = subprocess.run([sys.executable, "-m", "edge_ad", "doctor", "--target", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 2 and "line3.yaml: field 'top level': 'description' is a required property" in out.stderr
