@@ -16,7 +16,7 @@ from edge_ad.render import overlay  # noqa: E402
 from .site import Calibration, overlay_result  # noqa: E402
 
 
-def write_report(calibration: Calibration, threshold: float, path: Path) -> Path:
+def write_calibration_report(calibration: Calibration, threshold: float, path: Path) -> Path:
     columns = max(len(calibration.top), 1)
     figure = plt.figure(figsize=(3.2 * max(columns, 3), 7.5))
     grid = figure.add_gridspec(2, columns, height_ratios=[1.1, 1])

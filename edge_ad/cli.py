@@ -47,9 +47,7 @@ def _export(args: argparse.Namespace) -> None:
         out = export_torch_tensorrt(Path(args.run), Path(args.out), args.precision, args.steps)
         print(f"Torch-TensorRT programs written to {out}")
         return
-    from export.onnx_export import export_bundle
-
-    from export.onnx_export import CalibrationConfig
+    from export.onnx_export import CalibrationConfig, export_bundle
 
     calibration = CalibrationConfig(args.calib_data, args.calib_images, args.calib_method, args.int8_activations,
                                     tuple(args.keep_fp32 or ()), args.keep_fp32_below)
@@ -144,7 +142,7 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
-    from calibration.report import write_report
+    from calibration.report import write_calibration_report
     from calibration.site import calibrate, collect, record, save
 
     from .detector import Detector
@@ -167,7 +165,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     result = calibrate(detector, kept, args.target_far, args.confidence, defects)
     data = record(result, detector, args.input, use_f1=args.threshold == "f1")
     path, backup = save(detector.bundle.root, data)
-    report = write_report(result, data["threshold"], detector.bundle.root / "calibration_report.png")
+    report = write_calibration_report(result, data["threshold"], detector.bundle.root / "calibration_report.png")
     print(f"normal frames {result.frames}  threshold {data['threshold']:.4f} ({data['threshold_from']})  "
           f"false-alarm rate <= {result.threshold.far_bound:.2g} at {args.confidence:.0%} confidence "
           f"({result.threshold.exceedances} normal frames above it)")
