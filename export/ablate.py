@@ -3,7 +3,8 @@
     python -m export.ablate --data elpv --seeds 0 1 --out ablation
 
 For each seed it trains one bridge run (which also holds the prototypes and the GMM temperature)
-and scores the test split with: the nearest-prototype baseline, the closed-form GMM bridge, the
+and scores the test split with: the nearest-prototype baseline (also without position whitening,
+from a second, prototype-only run), the closed-form GMM bridge, the
 teacher (TEACHER_STEPS steps) and the student at K = 1, 2, 4 (both combined with the GMM branch
 the way the runtime does: quantile-normalised branches averaged), and the K=2 student's bridge
 branch alone. It writes ablation.json and ablation.md (the README table) into --out.
@@ -27,7 +28,7 @@ from edge_ad.datasets import load_samples, read_all
 from edge_ad.metrics import auroc
 from edge_ad.normalize import fit_quantiles
 
-from .backbone import FeatureEncoder
+from .backbone import encoder_from_checkpoint
 from .bridge import Denoiser, RestorationHead, sample
 from .bridge_train import STUDENT_STEPS, TEACHER_STEPS
 from .evaluate import _group_aurocs
@@ -51,8 +52,7 @@ def _smooth(grids: torch.Tensor, size: int) -> np.ndarray:
 class _Scorer:
     def __init__(self, record: dict, checkpoint: dict) -> None:
         self.size = int(record["config"]["input_size"])
-        self.encoder = FeatureEncoder((self.size, self.size))
-        self.encoder.set_statistics(checkpoint["feature_mean"], checkpoint["feature_std"])
+        self.encoder = encoder_from_checkpoint(self.size, checkpoint)
         self.prototype = PrototypeHead(checkpoint["prototypes"]).eval()
         self.gmm = GmmBridgeHead(checkpoint["prototypes"], float(checkpoint["tau"])).eval()
         self.head = RestorationHead()
@@ -101,18 +101,38 @@ def _scores(maps: list[np.ndarray], normal: list[np.ndarray]) -> np.ndarray:
     return (total / len(maps)).reshape(len(total), -1).max(axis=1)
 
 
+@torch.no_grad()
+def _unwhitened_prototype_maps(config: TrainConfig, seed: int, out: Path, test_inputs: np.ndarray) -> tuple[dict, float]:
+    """Test and validation maps of the nearest-prototype model without position whitening, and
+    its training minutes: the baseline before whitening (same seed, same validation split)."""
+    run = train(TrainConfig(**{**asdict(config), "seed": seed, "model": "prototype", "position_whitening": False}),
+                out / f"prototype-unwhitened-seed{seed}")
+    record, checkpoint, val_inputs = load_run(run)
+    size = int(record["config"]["input_size"])
+    encoder = encoder_from_checkpoint(size, checkpoint)
+    head = PrototypeHead(checkpoint["prototypes"]).eval()
+    maps = {}
+    for split, inputs in (("test", test_inputs), ("validation", val_inputs)):
+        grids = [head(encoder(torch.from_numpy(inputs[i : i + BATCH]))) for i in range(0, len(inputs), BATCH)]
+        maps[split] = _smooth(torch.cat(grids), size)
+    return maps, record["prototypes_seconds"] / 60
+
+
 def ablate_seed(seed: int, config: TrainConfig, out: Path, test_inputs: np.ndarray, samples) -> list[dict]:
+    unwhitened, unwhitened_minutes = _unwhitened_prototype_maps(config, seed, out, test_inputs)
     run = train(TrainConfig(**{**asdict(config), "seed": seed}), out / f"run-seed{seed}")
     record, checkpoint, val_inputs = load_run(run)
     scorer = _Scorer(record, checkpoint)
     test_maps = scorer.maps(scorer.features(test_inputs), f"scoring test (seed {seed})")
     val_maps = scorer.maps(scorer.features(val_inputs), f"scoring validation (seed {seed})")
+    test_maps["unwhitened"], val_maps["unwhitened"] = unwhitened["test"], unwhitened["validation"]
     timing_features = scorer.features(test_inputs[:TIMING_IMAGES])
     labels = np.array([s.label for s in samples])
     t = record
     base_minutes = t["prototypes_seconds"] / 60
     teacher_minutes = (t["prototypes_seconds"] + t["pairs_seconds"] + t["teacher_seconds"]) / 60
     rows = [
+        ("nearest prototype, no position whitening", "-", ["unwhitened"], unwhitened_minutes, None),
         ("nearest prototype", "-", ["prototype"], base_minutes, None),
         ("GMM bridge (closed form)", "1", ["gmm"], base_minutes, None),
         ("teacher + GMM branch", str(TEACHER_STEPS), ["gmm", f"teacher{TEACHER_STEPS}"], teacher_minutes, ("teacher", TEACHER_STEPS)),

@@ -22,6 +22,32 @@ LITE_STD = 128.0
 # Indices of the MBConv blocks whose outputs are the stride-8 (40 ch) and stride-16 (112 ch) stages.
 LITE0_TAPS = (4, 10)
 LITE0_TAP_CHANNELS = (40, 112)
+# Added to every position's covariance before whitening (PaDiM's regulariser; the features are
+# standardised per channel first, so it is 1 % of a channel's variance).
+WHITENING_EPS = 0.01
+
+
+def position_whitening(features: torch.Tensor, eps: float = WHITENING_EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per grid position mean (L, C) and whitening transform (L, C, C) of features (N, C, h, w).
+
+    z = (x - mean) @ transform has identity covariance at every position on the training
+    images, so |z| is PaDiM's Mahalanobis distance. transform = L^-T for the Cholesky factor L
+    of the covariance plus eps I. One image gives a zero covariance (only the regulariser).
+    eps also bounds how much the whitening amplifies noise in the features (INT8 encoders):
+    by at most 1 / sqrt(eps) along directions where normal images hardly vary.
+    """
+    if eps <= 0:
+        raise ValueError(f"whitening eps must be positive, got {eps}")
+    n, channels = features.shape[:2]
+    patches = features.double().flatten(2).permute(2, 0, 1)  # (L, N, C)
+    mean = patches.mean(1)
+    centred = patches - mean[:, None]
+    covariance = centred.transpose(1, 2) @ centred / max(n - 1, 1)
+    covariance += eps * torch.eye(channels, dtype=torch.double)
+    factor = torch.linalg.cholesky(covariance)
+    identity = torch.eye(channels, dtype=torch.double).expand_as(factor)
+    inverse = torch.linalg.solve_triangular(factor, identity, upper=False)
+    return mean.float(), inverse.transpose(1, 2).float().contiguous()
 
 
 def lite0_weights_path() -> Path:
@@ -56,7 +82,9 @@ class FeatureEncoder(nn.Module):
     """uint8 NHWC RGB images -> standardised stride-8 patch features (B, 152, H/8, W/8).
 
     Stride-8 and stride-16 stages are concatenated on the stride-8 grid, averaged
-    over a 3x3 neighbourhood and standardised per channel with training statistics.
+    over a 3x3 neighbourhood and standardised per channel with training statistics; with
+    `set_whitening`, then whitened per grid position (`position_whitening`): on parts that sit
+    in the same place in every frame, what is normal at one position is not normal at another.
     """
 
     def __init__(self, image_size: tuple[int, int]) -> None:
@@ -69,6 +97,8 @@ class FeatureEncoder(nn.Module):
         channels = sum(LITE0_TAP_CHANNELS)
         self.register_buffer("feature_mean", torch.zeros(channels))
         self.register_buffer("feature_std", torch.ones(channels))
+        self.register_buffer("position_mean", None)
+        self.register_buffer("position_whitening", None)
         self.requires_grad_(False)
         self.eval()
 
@@ -96,8 +126,29 @@ class FeatureEncoder(nn.Module):
         self.feature_mean.copy_(mean)
         self.feature_std.copy_(std.clamp_min(1e-6))
 
+    def set_whitening(self, mean: torch.Tensor, transform: torch.Tensor) -> None:
+        self.position_mean = mean.float()
+        self.position_whitening = transform.float()
+
+    def standardise(self, feats: torch.Tensor) -> torch.Tensor:
+        """Raw features (B, C, h, w) -> the encoder's output features."""
+        feats = (feats - self.feature_mean.view(1, -1, 1, 1)) / self.feature_std.view(1, -1, 1, 1)
+        if self.position_whitening is None:
+            return feats
+        batch, channels, height, width = feats.shape
+        if self.position_mean.shape[0] != height * width:
+            raise ValueError(f"whitening fitted on {self.position_mean.shape[0]} positions, features have {height}x{width}")
+        patches = feats.flatten(2).permute(2, 0, 1) - self.position_mean[:, None]  # (L, B, C)
+        return (patches @ self.position_whitening).permute(1, 2, 0).reshape(batch, channels, height, width)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        feats = self.raw_features(images)
-        mean = self.feature_mean.view(1, -1, 1, 1)
-        std = self.feature_std.view(1, -1, 1, 1)
-        return (feats - mean) / std
+        return self.standardise(self.raw_features(images))
+
+
+def encoder_from_checkpoint(size: int, checkpoint: dict) -> FeatureEncoder:
+    """The encoder of a training run: statistics, and the position whitening when it has one."""
+    encoder = FeatureEncoder((size, size))
+    encoder.set_statistics(checkpoint["feature_mean"], checkpoint["feature_std"])
+    if "position_whitening" in checkpoint:
+        encoder.set_whitening(checkpoint["position_mean"], checkpoint["position_whitening"])
+    return encoder

@@ -23,7 +23,7 @@ from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError
 from edge_ad.normalize import fit_quantiles
 
-from .backbone import FeatureEncoder
+from .backbone import encoder_from_checkpoint
 from .bridge import COSINE_WEIGHT, BridgeStep, Denoiser, FusedBridge, RestorationHead, sample, schedule
 from .bridge_train import STUDENT_STEPS, TEACHER_STEPS
 from .gmm_bridge import SHRINK, BridgePrior, GmmBridgeHead
@@ -83,8 +83,7 @@ class _Model:
     def __init__(self, record: dict, checkpoint: dict) -> None:
         self.type = record["model"]
         self.size = int(record["config"]["input_size"])
-        self.encoder = FeatureEncoder((self.size, self.size))
-        self.encoder.set_statistics(checkpoint["feature_mean"], checkpoint["feature_std"])
+        self.encoder = encoder_from_checkpoint(self.size, checkpoint)
         self.extra: dict = {}
         if self.type == "prototype":
             self.head = PrototypeHead(checkpoint["prototypes"]).eval()

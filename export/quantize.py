@@ -85,6 +85,16 @@ def output_sqnr(fp32: Path, int8: Path, batches: list[dict[str, np.ndarray]]) ->
     return float(10 * np.log10(signal / max(noise, 1e-30)))
 
 
+def _whitening_nodes(graph: onnx.GraphProto) -> list[str]:
+    """The encoder's per-position whitening: MatMuls by a constant of shape (positions, C, C).
+
+    They stay FP32: each transform inverts its position's covariance, so a small weight error
+    becomes a large one along directions where normal images hardly vary, and per-channel INT8
+    weights would share one scale across all positions."""
+    ranks = {init.name: len(init.dims) for init in graph.initializer}
+    return [node.name for node in graph.node if node.op_type == "MatMul" and ranks.get(node.input[1]) == 3]
+
+
 def quantize_graph(
     fp32: Path,
     int8: Path,
@@ -110,10 +120,12 @@ def quantize_graph(
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        names = {node.name for node in onnx.load(str(prepared)).graph.node}
+        graph = onnx.load(str(prepared)).graph
+        names = {node.name for node in graph.node}
         unknown = sorted(set(keep_fp32) - names)
         if unknown:
             raise EdgeAdError(f"{fp32.name}: no nodes named {', '.join(unknown)} (--keep-fp32)")
+        keep_fp32 = sorted(set(keep_fp32) | set(_whitening_nodes(graph)))
 
         def quantise(excluded: list[str]) -> None:
             quantize_static(

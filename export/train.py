@@ -18,7 +18,7 @@ from edge_ad.datasets import load_defects, load_samples, read_all
 from edge_ad.errors import DataError
 from edge_ad.images import resize_to_input
 
-from .backbone import FeatureEncoder
+from .backbone import WHITENING_EPS, FeatureEncoder, position_whitening
 from .bridge_train import BridgeTrainer, build_pairs, load_resume_state
 from .gmm_bridge import GmmBridgeHead, gate_temperature
 from .known_defects import anomalous_patches, push_away
@@ -39,6 +39,8 @@ class TrainConfig:
     seed: int = 0
     skip_bad: bool = False
     batch_size: int = 16
+    position_whitening: bool = True  # whiten features per grid position (aligned parts)
+    whitening_eps: float = WHITENING_EPS  # regulariser of each position's covariance
     steps: int = 2000  # bridge: teacher training iterations
     distill_steps: int = 1000  # bridge: student (distillation) iterations
     variants: int = 2  # bridge: synthetic image defects per training image
@@ -83,7 +85,9 @@ def train(config: TrainConfig, out: Path) -> Path:
     feats = extract_features(encoder, inputs[train_idx], config.batch_size, "features")
     mean, std = feats.mean(dim=(0, 2, 3)), feats.std(dim=(0, 2, 3))
     encoder.set_statistics(mean, std)
-    standardised = (feats - encoder.feature_mean.view(1, -1, 1, 1)) / encoder.feature_std.view(1, -1, 1, 1)
+    if config.position_whitening:
+        encoder.set_whitening(*position_whitening(encoder.standardise(feats), config.whitening_eps))
+    standardised = encoder.standardise(feats)
     patches = standardised.permute(0, 2, 3, 1).reshape(-1, standardised.shape[1])
     del feats, standardised
     prototypes = greedy_coreset(patches, config.prototypes, config.seed)
@@ -91,6 +95,9 @@ def train(config: TrainConfig, out: Path) -> Path:
     if config.defects:
         prototypes, timings["prototypes_removed_by_defects"] = _push_away_defects(config, encoder, prototypes, patches)
     checkpoint = {"feature_mean": encoder.feature_mean, "feature_std": encoder.feature_std, "prototypes": prototypes}
+    if config.position_whitening:
+        checkpoint["position_mean"] = encoder.position_mean
+        checkpoint["position_whitening"] = encoder.position_whitening
     timings["prototypes_seconds"] = round(time.time() - started, 1)
     if config.model in ("gmm-bridge", "bridge"):
         checkpoint["tau"] = torch.tensor(gate_temperature(patches, prototypes, config.seed))
@@ -124,7 +131,7 @@ def _push_away_defects(
     samples = load_defects(config.defects)
     _, images, _ = read_all(samples, skip_bad=False)
     feats = extract_features(encoder, prepare_inputs(images, config.input_size), config.batch_size, "defect features")
-    standardised = (feats - encoder.feature_mean.view(1, -1, 1, 1)) / encoder.feature_std.view(1, -1, 1, 1)
+    standardised = encoder.standardise(feats)
     kept, removed = push_away(prototypes, patches, anomalous_patches(standardised, prototypes), config.seed)
     print(f"known defects: {len(images)} images; {removed} of {prototypes.shape[0]} prototypes taken out")
     return kept, removed

@@ -8,7 +8,16 @@ import pytest
 import torch
 from skimage import data
 
-from export.backbone import LITE_MEAN, LITE_STD, FeatureEncoder, lite0_weights_path, load_lite0, verify_weights
+from export.backbone import (
+    LITE_MEAN,
+    LITE_STD,
+    WHITENING_EPS,
+    FeatureEncoder,
+    lite0_weights_path,
+    load_lite0,
+    position_whitening,
+    verify_weights,
+)
 
 
 def _classify(model, image_rgb: np.ndarray) -> int:
@@ -44,3 +53,37 @@ def test_feature_encoder_grid_and_standardisation():
     standardised = encoder(images)
     assert torch.allclose(standardised.mean(dim=(0, 2, 3)), torch.zeros(152), atol=1e-4)
     assert torch.allclose(standardised.std(dim=(0, 2, 3)), torch.ones(152), atol=1e-3)
+
+
+def test_position_whitening_gives_mahalanobis_distance_per_position():
+    rng = np.random.default_rng(0)
+    # 200 samples of 3 channels on a 2x2 grid, each position with its own mean and covariance.
+    mixing = rng.normal(size=(4, 3, 3))
+    offsets = rng.normal(size=(4, 3)) * 5
+    samples = np.einsum("lcd,nld->nlc", mixing, rng.normal(size=(200, 4, 3))) + offsets
+    features = torch.from_numpy(samples.transpose(0, 2, 1).reshape(200, 3, 2, 2)).float()
+    mean, transform = position_whitening(features)
+    query = rng.normal(size=3) * 3
+    for position in range(4):
+        covariance = np.cov(samples[:, position].T) + WHITENING_EPS * np.eye(3)
+        delta = query - samples[:, position].mean(0)
+        expected = np.sqrt(delta @ np.linalg.solve(covariance, delta))
+        z = (torch.from_numpy(query).float() - mean[position]) @ transform[position]
+        assert float(z.norm()) == pytest.approx(expected, rel=1e-4)
+
+
+def test_whitened_encoder_output_has_unit_covariance_and_checks_the_grid():
+    encoder = FeatureEncoder((64, 64))
+    images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (40, 64, 64, 3), dtype=np.uint8))
+    raw = encoder.raw_features(images)
+    encoder.set_statistics(raw.mean(dim=(0, 2, 3)), raw.std(dim=(0, 2, 3)))
+    encoder.set_whitening(*position_whitening(encoder.standardise(raw)))
+    whitened = encoder(images)
+    assert whitened.shape == raw.shape
+    assert torch.allclose(whitened.mean(0), torch.zeros_like(whitened[0]), atol=1e-3)
+    # 40 images in 152 dimensions: the covariance is rank 39 plus the regulariser, so the
+    # whitened variance sums to at most 39 per position, never more.
+    total_variance = whitened.var(0).sum(0)
+    assert float(total_variance.max()) <= 39.5
+    with pytest.raises(ValueError, match="whitening fitted on 64 positions, features have 4x4"):
+        encoder.standardise(raw[:, :, :4, :4])

@@ -63,3 +63,19 @@ def test_unsupported_source_and_unwritable_events(tmp_path, tiny_bundle):
     blocker.write_text("")
     _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", "test://", "--events", blocker / "ev.jsonl"),
                     "ev.jsonl", "cannot write events")
+
+
+def test_position_whitening_is_on_by_default_and_can_be_turned_off(tmp_path, normal_folder):
+    import torch
+    import yaml
+
+    refused = edge_ad("train", "--data", normal_folder, "--out", tmp_path / "r", "--whitening-eps", "0")
+    assert refused.returncode == 2 and "--whitening-eps: must be a positive number, got 0" in refused.stderr
+    for name, flags in (("default", []), ("off", ["--no-position-whitening"])):
+        ok = edge_ad("train", "--data", normal_folder, "--out", tmp_path / name, "--input-size", 64,
+                     "--prototypes", 8, *flags)
+        assert ok.returncode == 0, ok.stderr
+    whitened = torch.load(tmp_path / "default" / "model.pt", weights_only=True)
+    assert whitened["position_whitening"].shape == (64, 152, 152)  # 8x8 grid at 64 px
+    assert "position_whitening" not in torch.load(tmp_path / "off" / "model.pt", weights_only=True)
+    assert yaml.safe_load((tmp_path / "off" / "config.yaml").read_text())["config"]["position_whitening"] is False

@@ -5,7 +5,7 @@ import torch
 
 from edge_ad import Detector
 from edge_ad.errors import BundleError, EdgeAdError, ImageError
-from export.backbone import FeatureEncoder
+from export.backbone import encoder_from_checkpoint
 from export.prototype import PrototypeHead
 from export.train import load_run
 
@@ -30,8 +30,7 @@ def test_any_frame_size_and_colour_order(detector, mvtec_category):
 def test_onnx_runtime_matches_torch(detector, tiny_bundle, mvtec_category):
     run = tiny_bundle.parent / "run"
     record, checkpoint, inputs = load_run(run)
-    encoder = FeatureEncoder((128, 128))
-    encoder.set_statistics(checkpoint["feature_mean"], checkpoint["feature_std"])
+    encoder = encoder_from_checkpoint(128, checkpoint)
     head = PrototypeHead(checkpoint["prototypes"])
     frames = np.stack([detector.preprocess(cv2.imread(str(p))) for p in sorted(mvtec_category.rglob("test/*/*.png"))])
     with torch.no_grad():

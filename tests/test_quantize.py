@@ -87,6 +87,14 @@ def test_fp16_bundle_converts_the_convolution_graphs_and_agrees_with_fp32(tiny_b
         assert np.corrcoef(a.raw_map.ravel(), b.raw_map.ravel())[0, 1] >= 0.999
 
 
+def _whitening_matmul(path) -> str:
+    """The one MatMul by a (positions, C, C) constant: the encoder's per-position whitening."""
+    graph = onnx.load(str(path)).graph
+    ranks = {init.name: len(init.dims) for init in graph.initializer}
+    (name,) = [n.name for n in graph.node if n.op_type == "MatMul" and ranks.get(n.input[1]) == 3]
+    return name
+
+
 def _quantised_convs(path) -> set[str]:
     """Conv nodes whose weights come through a DequantizeLinear (quantised), by name."""
     graph = onnx.load(str(path)).graph
@@ -99,15 +107,17 @@ def test_sensitive_layers_stay_fp32_by_name_or_by_measured_noise(tiny_bundle, mv
     batches = [{"image": images[:4]}, {"image": images[4:]}]
     plain = quantize_graph(tiny_bundle / "encoder.onnx", tmp_path / "a.onnx", batches, "minmax")
     convs = _quantised_convs(tmp_path / "a.onnx")
-    assert plain["kept_fp32"] == [] and len(plain["worst_sqnr_db"]) == 5
+    whitening = _whitening_matmul(tiny_bundle / "encoder.onnx")
+    assert whitening == _whitening_matmul(tmp_path / "a.onnx")  # its weight is not behind a DequantizeLinear
+    assert plain["kept_fp32"] == [whitening] and len(plain["worst_sqnr_db"]) == 5
     noisiest = next(iter(plain["worst_sqnr_db"]))  # lowest SQNR first
     assert noisiest in convs or noisiest.endswith(("Relu", "Clip", "Add"))
     target = sorted(convs)[0]
     by_name = quantize_graph(tiny_bundle / "encoder.onnx", tmp_path / "b.onnx", batches, "minmax", keep_fp32=[target])
-    assert by_name["kept_fp32"] == [target] and _quantised_convs(tmp_path / "b.onnx") == convs - {target}
+    assert by_name["kept_fp32"] == sorted([target, whitening]) and _quantised_convs(tmp_path / "b.onnx") == convs - {target}
     limit = sorted(plain["worst_sqnr_db"].values())[2]  # the two noisiest nodes are below it
     searched = quantize_graph(tiny_bundle / "encoder.onnx", tmp_path / "c.onnx", batches, "minmax", keep_below_db=limit)
-    assert sorted(searched["kept_fp32"]) == sorted(list(plain["worst_sqnr_db"])[:2])
+    assert searched["kept_fp32"] == sorted([*list(plain["worst_sqnr_db"])[:2], whitening])
     assert not set(searched["kept_fp32"]) & set(searched["worst_sqnr_db"])  # measured again, without them
     assert searched["output_sqnr_db"] > plain["output_sqnr_db"] and searched["search_rejected"] == []
     with pytest.raises(EdgeAdError, match="no nodes named /nope"):
@@ -122,5 +132,5 @@ def test_a_search_that_makes_the_output_worse_is_undone(tiny_bundle, mvtec_categ
     monkeypatch.setattr(quantize, "output_sqnr", lambda *args: next(measured))
     result = quantize_graph(tiny_bundle / "encoder.onnx", tmp_path / "e.onnx", [{"image": images}], "minmax",
                             keep_below_db=1000.0)
-    assert result["kept_fp32"] == [] and result["search_rejected"] and result["output_sqnr_db"] == 30.0
+    assert result["kept_fp32"] == [_whitening_matmul(tiny_bundle / "encoder.onnx")] and result["search_rejected"] and result["output_sqnr_db"] == 30.0
     assert _quantised_convs(tmp_path / "e.onnx")  # written again fully quantised
