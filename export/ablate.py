@@ -188,11 +188,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="teacher training iterations")
     parser.add_argument("--distill-steps", type=int, default=TrainConfig.distill_steps)
     parser.add_argument("--feature-variants", type=int, default=TrainConfig.feature_variants)
+    parser.add_argument("--prototypes", type=int, default=TrainConfig.prototypes)
+    parser.add_argument("--whitening-eps", type=float, default=TrainConfig.whitening_eps)
     args = parser.parse_args(argv)
     config = TrainConfig(
         data=args.data,
         model="bridge",
         input_size=args.input_size,
+        prototypes=args.prototypes,
+        whitening_eps=args.whitening_eps,
         steps=args.steps,
         distill_steps=args.distill_steps,
         feature_variants=args.feature_variants,
