@@ -133,8 +133,10 @@ class FeatureEncoder(nn.Module):
     def standardise(self, feats: torch.Tensor) -> torch.Tensor:
         """Raw features (B, C, h, w) -> the encoder's output features."""
         feats = (feats - self.feature_mean.view(1, -1, 1, 1)) / self.feature_std.view(1, -1, 1, 1)
-        if self.position_whitening is None:
-            return feats
+        return feats if self.position_whitening is None else self.whiten(feats)
+
+    def whiten(self, feats: torch.Tensor) -> torch.Tensor:
+        """Per-channel standardised features (B, C, h, w) -> whitened per grid position."""
         batch, channels, height, width = feats.shape
         if self.position_mean.shape[0] != height * width:
             raise ValueError(f"whitening fitted on {self.position_mean.shape[0]} positions, features have {height}x{width}")

@@ -85,9 +85,10 @@ def train(config: TrainConfig, out: Path) -> Path:
     feats = extract_features(encoder, inputs[train_idx], config.batch_size, "features")
     mean, std = feats.mean(dim=(0, 2, 3)), feats.std(dim=(0, 2, 3))
     encoder.set_statistics(mean, std)
+    standardised = encoder.standardise(feats)  # per channel: no whitening fitted yet
     if config.position_whitening:
-        encoder.set_whitening(*position_whitening(encoder.standardise(feats), config.whitening_eps))
-    standardised = encoder.standardise(feats)
+        encoder.set_whitening(*position_whitening(standardised, config.whitening_eps))
+        standardised = encoder.whiten(standardised)
     patches = standardised.permute(0, 2, 3, 1).reshape(-1, standardised.shape[1])
     del feats, standardised
     prototypes = greedy_coreset(patches, config.prototypes, config.seed)
