@@ -34,19 +34,26 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(array, 50)), "p99": float(np.percentile(array, 99))}
 
 
-def bench(detector: Detector, frames: int, warmup: int, height: int, width: int) -> dict:
-    """Score `warmup` + `frames` synthetic frames one at a time; report the timed ones."""
+def bench(detector: Detector, frames: int, warmup: int, height: int, width: int, batch: int = 1) -> dict:
+    """Score `warmup` + `frames` synthetic frames, `batch` frames per detector call (as the run
+    command does when several cameras have a frame ready); report the timed ones. Latency and
+    stage times are per call; frames is rounded up to whole calls."""
+    if batch < 1:
+        raise ValueError(f"bench batch must be at least 1, got {batch}")
     pool = synthetic_frames(height, width)
-    for i in range(warmup):
-        detector(pool[i % len(pool)])
+    calls = -(-frames // batch)
+    for i in range(-(-warmup // batch)):
+        detector.batch([pool[(i * batch + j) % len(pool)] for j in range(batch)])
     stages: dict[str, list[float]] = {}
     totals = []
     start = time.perf_counter()
-    for i in tqdm(range(frames), desc="bench", unit="frame"):
+    for i in tqdm(range(calls), desc="bench", unit="call" if batch > 1 else "frame"):
+        chunk = [pool[(i * batch + j) % len(pool)] for j in range(batch)]
         t0 = time.perf_counter()
-        result = detector(pool[i % len(pool)])
+        results = detector.batch(chunk)
         totals.append((time.perf_counter() - t0) * 1e3)
-        for name, value in result.times_ms.items():
+        times = dict(results[0].times_ms, normalise_ms=sum(r.times_ms["normalise_ms"] for r in results))
+        for name, value in times.items():
             stages.setdefault(name, []).append(value)
     elapsed = time.perf_counter() - start
     graph_ms = sum(np.sum(stages[k]) for k in stages if k in GRAPH_STAGES)
@@ -57,9 +64,10 @@ def bench(detector: Detector, frames: int, warmup: int, height: int, width: int)
         "bridge_steps": detector.steps,
         "frame_size": [height, width],
         "input_size": list(detector.bundle.input_size),
-        "frames": frames,
+        "batch": batch,
+        "frames": calls * batch,
         "warmup": warmup,
-        "fps": frames / elapsed,
+        "fps": calls * batch / elapsed,
         "latency_ms": _percentiles(totals),
         "stages_ms": {name: _percentiles(values) for name, values in stages.items()},
         "share_outside_graphs": float(1.0 - graph_ms / np.sum(totals)),

@@ -95,3 +95,11 @@ def test_bench_reports_stages_fps_and_memory(tiny_bundle, tmp_path):
     assert report["latency_ms"]["p50"] >= report["stages_ms"]["encoder_ms"]["p50"]
     assert 0 < report["share_outside_graphs"] < 1
     assert report["peak_rss_mib"] > 50
+
+
+def test_bench_batches_frames_per_call(tiny_bundle, tmp_path):
+    edge_ad("bench", "--bundle", tiny_bundle, "--frames", 10, "--warmup", 2, "--batch", 4, "--json", tmp_path / "b.json")
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["batch"] == 4 and report["frames"] == 12  # rounded up to whole calls of 4 frames
+    assert report["latency_ms"]["p50"] >= report["stages_ms"]["encoder_ms"]["p50"]
+    assert 0 < report["share_outside_graphs"] < 1

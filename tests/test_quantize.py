@@ -9,7 +9,7 @@ import yaml
 from edge_ad import Detector
 from edge_ad.errors import BundleError, EdgeAdError
 from edge_ad.metrics import auroc
-from export.onnx_export import CalibrationConfig, export_bundle
+from export.onnx_export import CalibrationConfig, calibration_count, export_bundle
 from export.quantize import quantize_graph
 
 
@@ -49,6 +49,27 @@ def test_int8_detector_agrees_with_fp32_and_still_finds_spots(int8_bundle, tiny_
     assert auroc(labels, np.array([int8(cv2.imread(str(p))).score for p in paths])) >= 0.9
     with pytest.raises(BundleError, match="holds int8 graphs, not fp32"):
         Detector.load(int8_bundle, precision="fp32")
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histogram_calibration_with_a_short_last_batch(tiny_bridge_bundle, mvtec_category, tmp_path, method):
+    run = tiny_bridge_bundle.parent / "run"
+    calibration = CalibrationConfig(str(mvtec_category), images=11, method=method)  # batches of 8: 8 + 3
+    bundle = export_bundle(run, tmp_path / "bundle", precision="int8", calibration=calibration)
+    spec = yaml.safe_load((bundle / "bundle.yaml").read_text())["quantization"]
+    assert spec["calibration_method"] == method and spec["calibration_images"] == 11
+    int8, fp32 = Detector.load(bundle, precision="int8"), Detector.load(tiny_bridge_bundle)
+    paths = sorted(mvtec_category.rglob("test/*/*.png"))
+    a = np.array([int8(cv2.imread(str(p))).raw_map for p in paths])
+    b = np.array([fp32(cv2.imread(str(p))).raw_map for p in paths])
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95
+
+
+def test_histogram_calibration_is_capped_to_what_fits_in_memory():
+    assert calibration_count(CalibrationConfig("elpv", images=300, method="minmax"), 256) == 300
+    assert calibration_count(CalibrationConfig("elpv", images=300, method="percentile"), 256) == 64
+    assert calibration_count(CalibrationConfig("elpv", images=300, method="entropy"), 128) == 256
+    assert calibration_count(CalibrationConfig("elpv", images=300, method="entropy"), 1024) == 8  # one batch
 
 
 def test_unknown_calibration_method_is_refused(tiny_bridge_bundle, tmp_path):
