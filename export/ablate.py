@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="teacher training iterations")
     parser.add_argument("--distill-steps", type=int, default=TrainConfig.distill_steps)
     parser.add_argument("--feature-variants", type=int, default=TrainConfig.feature_variants)
-    parser.add_argument("--prototypes", type=int, default=TrainConfig.prototypes)
+    parser.add_argument("--prototypes", type=int, help="default: train's, for each run's features")
     parser.add_argument("--whitening-eps", type=float, default=TrainConfig.whitening_eps)
     args = parser.parse_args(argv)
     config = TrainConfig(

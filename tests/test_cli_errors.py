@@ -72,10 +72,15 @@ def test_position_whitening_is_on_by_default_and_can_be_turned_off(tmp_path, nor
     refused = edge_ad("train", "--data", normal_folder, "--out", tmp_path / "r", "--whitening-eps", "0")
     assert refused.returncode == 2 and "--whitening-eps: must be a positive number, got 0" in refused.stderr
     for name, flags in (("default", []), ("off", ["--no-position-whitening"])):
-        ok = edge_ad("train", "--data", normal_folder, "--out", tmp_path / name, "--input-size", 64,
-                     "--prototypes", 8, *flags)
+        ok = edge_ad("train", "--data", normal_folder, "--out", tmp_path / name, "--input-size", 64, *flags)
         assert ok.returncode == 0, ok.stderr
     whitened = torch.load(tmp_path / "default" / "model.pt", weights_only=True)
     assert whitened["position_whitening"].shape == (64, 152, 152)  # 8x8 grid at 64 px
-    assert "position_whitening" not in torch.load(tmp_path / "off" / "model.pt", weights_only=True)
-    assert yaml.safe_load((tmp_path / "off" / "config.yaml").read_text())["config"]["position_whitening"] is False
+    unwhitened = torch.load(tmp_path / "off" / "model.pt", weights_only=True)
+    assert "position_whitening" not in unwhitened
+    record = yaml.safe_load((tmp_path / "off" / "config.yaml").read_text())
+    assert record["config"]["position_whitening"] is False
+    # default prototype counts: 256 whitened; unwhitened 2048, here capped by the 11 x 64 training patches
+    assert whitened["prototypes"].shape[0] == 256
+    assert unwhitened["prototypes"].shape[0] == record["prototypes"] == record["train_images"] * 64 < 2048
+    assert yaml.safe_load((tmp_path / "default" / "config.yaml").read_text())["config"]["whitening_eps"] == 0.1
