@@ -9,7 +9,7 @@ import yaml
 from edge_ad import Detector
 from edge_ad.errors import BundleError, EdgeAdError
 from edge_ad.metrics import auroc
-from export.onnx_export import CalibrationConfig, calibration_count, export_bundle
+from export.onnx_export import SYMMETRIC_ENCODER_FP32, CalibrationConfig, calibration_count, export_bundle
 from export.quantize import quantize_graph
 
 
@@ -35,6 +35,10 @@ def test_int8_bundle_has_qdq_convolution_graphs_and_fp32_distance_graphs(int8_bu
         assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(int8_bundle / spec["graphs"][name]["file"])
     for name in ("prior", "head"):
         assert "QuantizeLinear" not in _ops(int8_bundle / spec["graphs"][name]["file"])
+    # symmetric activations: the encoder's first layers stay FP32, their weights not dequantised
+    assert set(SYMMETRIC_ENCODER_FP32) <= set(spec["quantization"]["kept_fp32"]["encoder"])
+    assert not set(SYMMETRIC_ENCODER_FP32) & _quantised_convs(int8_bundle / spec["graphs"]["encoder"]["file"])
+    assert _quantised_convs(int8_bundle / spec["graphs"]["encoder"]["file"])
 
 
 def test_int8_detector_agrees_with_fp32_and_still_finds_spots(int8_bundle, tiny_bridge_bundle, mvtec_category):
