@@ -295,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=2, help="bridge: default sampling steps K (1, 2 or 4)")
     p.add_argument("--via", choices=("onnx", "torch-tensorrt"), default="onnx",
                    help="onnx: the edge_ad bundle (default); torch-tensorrt: compiled PyTorch programs for x86 GPUs")
-    p.add_argument("--fuse-steps", type=_positive_int, metavar="K",
-                   help="bridge: also write one graph running all K steps (used when the runtime runs that K)")
+    p.add_argument("--fuse-steps", type=int, choices=(0, 1, 2, 4), metavar="K",
+                   help="bridge: also write one graph running all K steps, used when the runtime runs that K "
+                        "(default: the --steps K; 0: none)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                    help="int8: Q/DQ graphs from ONNX Runtime's static quantiser (TensorRT explicit quantisation); "
                         "fp16: FP16 convolution graphs for ONNX Runtime's CUDA provider")

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .channels import channel_cosine, channel_distance
+
 TIME_FREQUENCIES = 8  # sinusoidal time features 2 pi k t, k = 1..8
 COSINE_WEIGHT = 1.0  # lambda of ULSAD Eq. 2
 
@@ -127,6 +129,5 @@ class RestorationHead(nn.Module):
         self.cosine_weight = cosine_weight
 
     def forward(self, features: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
-        distance = (features - restored).pow(2).sum(1, keepdim=True).clamp_min(0).sqrt()
-        cosine = F.cosine_similarity(features, restored, dim=1, eps=1e-6).unsqueeze(1)
-        return distance + self.cosine_weight * (1 - cosine)
+        cosine = channel_cosine(features, restored)
+        return channel_distance(features, restored) + self.cosine_weight * (1 - cosine)

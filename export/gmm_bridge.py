@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .channels import channel_distance
+
 SHRINK = 0.1  # s: how much of the input the endpoint keeps (LightSB's S_k > 0)
 TAU_SAMPLE = 20_000  # training patches used to set tau
 
@@ -56,7 +58,7 @@ class GmmBridgeHead(nn.Module):
         return endpoint.transpose(1, 2).reshape(batch, channels, height, width)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return (features - self.project(features)).pow(2).sum(1, keepdim=True).clamp_min(0).sqrt()
+        return channel_distance(features, self.project(features))
 
 
 class BridgePrior(nn.Module):
@@ -68,4 +70,4 @@ class BridgePrior(nn.Module):
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         endpoint = self.gmm.project(features)
-        return (features - endpoint).pow(2).sum(1, keepdim=True).clamp_min(0).sqrt(), endpoint
+        return channel_distance(features, endpoint), endpoint

@@ -5,10 +5,11 @@ INT8, symmetric activations and weights (zero point 0), per-channel weights. ONN
 CPUs runs that form slower than FP32 (its fast integer kernels want unsigned activations; on
 this project's 2-core EPYC the encoder takes 8.0 ms against 4.7 ms FP32), so activations
 "uint8" (asymmetric, 3.3 ms) is offered for bundles that will run on ONNX Runtime on a CPU;
-TensorRT does not read those. The convolution graphs
-(encoder, bridge step) are quantised; the graphs built on distances to prototypes and
-softmax gates (prior, prototype/GMM head) and the restoration map stay FP32: their work is a
-few matrix products, and BRIDGE_NOTES warns that GMM logits need full precision.
+TensorRT does not read those. In uint8 graphs the encoder's per-position whitening is dynamic
+INT8 (a quarter of the memory it reads per call) and average pooling stays FP32. The
+convolution graphs (encoder, bridge step) are quantised; the graphs built on distances to
+prototypes and softmax gates (prior, prototype/GMM head) and the restoration map stay FP32:
+their work is a few matrix products, and BRIDGE_NOTES warns that GMM logits need full precision.
 
 Calibration activations come from real frames: the encoder sees the images, the step graph
 sees the states along the sampler's trajectory for every supported K.
@@ -40,6 +41,10 @@ CALIBRATION_METHODS = {
     "percentile": CalibrationMethod.Percentile,
 }
 QUANTISED_GRAPHS = REDUCED_PRECISION_GRAPHS  # the graphs TensorRT builds in reduced precision too
+# Ops left FP32 in uint8 (ONNX Runtime CPU) graphs because ONNX Runtime's integer kernel is the
+# slower one: QLinearAveragePool took 1.0 ms against 0.13 ms FP32 for the encoder's 3x3 pool at
+# 256 px on this project's 2-core EPYC. TensorRT fuses pooling into its INT8 kernels.
+ORT_FLOAT_OPS = ("AveragePool",)
 ACTIVATION_TYPES = {"int8": (QuantType.QInt8, True), "uint8": (QuantType.QUInt8, False)}  # (type, symmetric)
 
 
@@ -88,11 +93,54 @@ def output_sqnr(fp32: Path, int8: Path, batches: list[dict[str, np.ndarray]]) ->
 def _whitening_nodes(graph: onnx.GraphProto) -> list[str]:
     """The encoder's per-position whitening: MatMuls by a constant of shape (positions, C, C).
 
-    They stay FP32: each transform inverts its position's covariance, so a small weight error
-    becomes a large one along directions where normal images hardly vary, and per-channel INT8
-    weights would share one scale across all positions."""
+    The static Q/DQ pass leaves them out: its per-channel INT8 weights would share one scale
+    across all positions. They stay FP32 in TensorRT's form and become dynamic INT8 with one
+    scale per (position, column) in ONNX Runtime's (`integer_whitening`)."""
     ranks = {init.name: len(init.dims) for init in graph.initializer}
     return [node.name for node in graph.node if node.op_type == "MatMul" and ranks.get(node.input[1]) == 3]
+
+
+def integer_whitening(path: Path, nodes: Sequence[str]) -> None:
+    """Rewrite the whitening MatMuls of the graph at `path` as ONNX Runtime's dynamic INT8 form.
+
+    Used for uint8 (ONNX Runtime CPU) graphs only: a (positions, C, C) FP32 transform is read
+    from memory on every call (95 MB at 256 px, most of the CPU encoder's time at batch 1); as
+    INT8 it is a quarter of that. Each (position, column) gets its own symmetric weight scale,
+    which keeps the weight error of every output channel to 1/254 of that column's largest
+    entry; the input is quantised per call (DynamicQuantizeLinear, uint8, per tensor). TensorRT
+    does not read MatMulInteger, so symmetric (TensorRT) graphs keep FP32 whitening."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    rewritten = []
+    for node in graph.node:
+        if node.name not in nodes:
+            rewritten.append(node)
+            continue
+        source, weight_name = node.input
+        weight = onnx.numpy_helper.to_array(weights[weight_name]).astype(np.float32)
+        scale = np.maximum(np.abs(weight).max(axis=1, keepdims=True), 1e-12) / 127.0  # (positions, 1, C)
+        quantised = np.clip(np.round(weight / scale), -127, 127).astype(np.int8)
+        graph.initializer.remove(weights[weight_name])
+        prefix = f"{node.name}_int8"
+        graph.initializer.extend(
+            [
+                onnx.numpy_helper.from_array(quantised, f"{prefix}_weight"),
+                onnx.numpy_helper.from_array(scale.astype(np.float32), f"{prefix}_weight_scale"),
+            ]
+        )
+        make = onnx.helper.make_node
+        rewritten += [
+            make("DynamicQuantizeLinear", [source], [f"{prefix}_x", f"{prefix}_x_scale", f"{prefix}_x_zero"], name=f"{prefix}_quantize"),
+            make("MatMulInteger", [f"{prefix}_x", f"{prefix}_weight", f"{prefix}_x_zero"], [f"{prefix}_product"], name=f"{prefix}_matmul"),
+            make("Cast", [f"{prefix}_product"], [f"{prefix}_float"], name=f"{prefix}_cast", to=onnx.TensorProto.FLOAT),
+            make("Mul", [f"{prefix}_x_scale", f"{prefix}_weight_scale"], [f"{prefix}_scale"], name=f"{prefix}_scale"),
+            make("Mul", [f"{prefix}_float", f"{prefix}_scale"], list(node.output), name=f"{prefix}_rescale"),
+        ]
+    del graph.node[:]
+    graph.node.extend(rewritten)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def quantize_graph(
@@ -110,7 +158,8 @@ def quantize_graph(
     quantisation); the graph is quantised again without them and that is kept only if the
     graph's output comes closer to FP32 (a node's own noise need not be the output's: a
     convolution's noise before a ReLU6 is mostly cut away). Returns kept_fp32, search_rejected
-    (candidates left quantised because keeping them made the output worse), output_sqnr_db, and
+    (candidates left quantised because keeping them made the output worse), dynamic_int8 (the
+    whitening MatMuls of uint8 graphs, see `integer_whitening`), output_sqnr_db, and
     worst_sqnr_db (the five noisiest quantised nodes of the written graph)."""
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"calibration method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
@@ -125,7 +174,10 @@ def quantize_graph(
         unknown = sorted(set(keep_fp32) - names)
         if unknown:
             raise EdgeAdError(f"{fp32.name}: no nodes named {', '.join(unknown)} (--keep-fp32)")
-        keep_fp32 = sorted(set(keep_fp32) | set(_whitening_nodes(graph)))
+        whitening = _whitening_nodes(graph)
+        dynamic = [] if symmetric else whitening
+        slow_integer = [] if symmetric else [node.name for node in graph.node if node.op_type in ORT_FLOAT_OPS]
+        keep_fp32 = sorted(set(keep_fp32) | set(whitening) | set(slow_integer))
 
         def quantise(excluded: list[str]) -> None:
             quantize_static(
@@ -140,6 +192,8 @@ def quantize_graph(
                 nodes_to_exclude=excluded,
                 extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
             )
+            if dynamic:
+                integer_whitening(int8, dynamic)
 
         kept = sorted(keep_fp32)
         quantise(kept)
@@ -159,7 +213,8 @@ def quantize_graph(
                     quantise(kept)
     worst = dict(sorted(sqnr.items(), key=lambda item: item[1])[:5])
     return {
-        "kept_fp32": kept,
+        "kept_fp32": sorted(set(kept) - set(dynamic)),
+        "dynamic_int8": dynamic,
         "search_rejected": rejected,
         "output_sqnr_db": round(output_db, 2),
         "worst_sqnr_db": {name: round(db, 2) for name, db in worst.items()},

@@ -89,7 +89,7 @@ def test_training_resumes_from_its_checkpoint(mvtec_category, tmp_path):
 def test_fused_graph_runs_all_k_steps_in_one_call(tiny_bridge_bundle, tmp_path):
     from export.onnx_export import export_bundle
 
-    bundle = export_bundle(tiny_bridge_bundle.parent / "run", tmp_path / "fused", fuse_steps=2)
+    bundle = tiny_bridge_bundle  # exported with the defaults: K=2, fused
     spec = yaml.safe_load((bundle / "bundle.yaml").read_text())
     assert spec["bridge"]["fused_steps"] == 2 and (bundle / spec["graphs"]["fused"]["file"]).is_file()
     detector = Detector.load(bundle, steps=2)
@@ -101,5 +101,8 @@ def test_fused_graph_runs_all_k_steps_in_one_call(tiny_bridge_bundle, tmp_path):
         x = detector._graphs["step"](x, condition, coefficients)[0]
     np.testing.assert_allclose(detector.restore(features, condition), x, rtol=1e-4, atol=1e-5)
     assert Detector.load(bundle, steps=4).bundle.steps == 4  # other K: the step graph, as before
+    unfused = export_bundle(tiny_bridge_bundle.parent / "run", tmp_path / "unfused", fuse_steps=0)
+    spec = yaml.safe_load((unfused / "bundle.yaml").read_text())
+    assert spec["bridge"]["fused_steps"] is None and "fused" not in spec["graphs"]
     with pytest.raises(EdgeAdError, match="--fuse-steps 3"):
         export_bundle(tiny_bridge_bundle.parent / "run", tmp_path / "bad", fuse_steps=3)
