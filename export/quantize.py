@@ -43,7 +43,7 @@ CALIBRATION_METHODS = {
 QUANTISED_GRAPHS = REDUCED_PRECISION_GRAPHS  # the graphs TensorRT builds in reduced precision too
 # Ops left FP32 in uint8 (ONNX Runtime CPU) graphs because ONNX Runtime's integer kernel is the
 # slower one: QLinearAveragePool took 1.0 ms against 0.13 ms FP32 for the encoder's 3x3 pool at
-# 256 px on this project's 2-core EPYC. TensorRT fuses pooling into its INT8 kernels.
+# 256 px on this project's 2-core EPYC. Symmetric (TensorRT) graphs keep them quantised.
 ORT_FLOAT_OPS = ("AveragePool",)
 ACTIVATION_TYPES = {"int8": (QuantType.QInt8, True), "uint8": (QuantType.QUInt8, False)}  # (type, symmetric)
 
