@@ -108,7 +108,11 @@ def integer_whitening(path: Path, nodes: Sequence[str]) -> None:
     INT8 it is a quarter of that. Each (position, column) gets its own symmetric weight scale,
     which keeps the weight error of every output channel to 1/254 of that column's largest
     entry; the input is quantised per call (DynamicQuantizeLinear, uint8, per tensor). TensorRT
-    does not read MatMulInteger, so symmetric (TensorRT) graphs keep FP32 whitening."""
+    does not read MatMulInteger, so symmetric (TensorRT) graphs keep FP32 whitening.
+    Written by hand because ONNX Runtime's `quantize_dynamic` cannot give these scales: with
+    per_channel it writes a graph its own DynamicQuantizeMatMul refuses ("b zero point is not
+    valid"), and one scale per tensor has 5.3 % error against 4.2 % on ELPV frames at eps 0.1,
+    growing as a smaller eps lets single entries reach 1/sqrt(eps)."""
     model = onnx.load(str(path))
     graph = model.graph
     weights = {init.name: init for init in graph.initializer}
