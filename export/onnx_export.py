@@ -29,7 +29,7 @@ from .bridge_train import STUDENT_STEPS, TEACHER_STEPS
 from .gmm_bridge import SHRINK, BridgePrior, GmmBridgeHead
 from .prototype import PrototypeHead
 from .half import to_fp16
-from .quantize import QUANTISED_GRAPHS, quantize_graph
+from .quantize import QUANTISED_GRAPHS, quantize_distance_graph, quantize_graph
 from .train import load_run, prepare_inputs
 
 OPSET = 17  # the newest opset TensorRT 8.6 (JetPack 6.0) parses; TensorRT 10.x reads it too
@@ -190,8 +190,9 @@ class _Model:
         }
 
     def quantize(self, out: Path, graphs: dict, calibration: "CalibrationConfig") -> dict:
-        """Replace the convolution graphs in `graphs` (and `out`) by Q/DQ INT8 ones; returns the
-        bundle's `quantization` record."""
+        """Replace the convolution graphs in `graphs` (and `out`) by Q/DQ INT8 ones, and for
+        uint8 activations the distance graphs' prototype products by dynamic INT8 ones; returns
+        the bundle's `quantization` record."""
         inputs = calibration_inputs(calibration, self.size)
         batches = self.calibration_batches(inputs)
         quantised = [name for name in QUANTISED_GRAPHS if name in graphs]
@@ -210,6 +211,12 @@ class _Model:
             )
             fp32.unlink()
             graphs[name] = {**_graph_entry(out, int8.name), "precision": "int8"}
+        dynamic = []
+        if calibration.activations == "uint8":
+            for name in [n for n in graphs if n not in quantised]:
+                if quantize_distance_graph(out / graphs[name]["file"]):
+                    graphs[name] = {**_graph_entry(out, graphs[name]["file"]), "precision": "int8"}
+                    dynamic.append(name)
         return {
             "format": "QDQ, per-channel symmetric INT8 weights (ONNX Runtime quantize_static)",
             "activations": calibration.activations,
@@ -221,7 +228,8 @@ class _Model:
             "keep_fp32_below_sqnr_db": calibration.keep_below_db,
             **{key: {name: r[key] for name, r in sensitivity.items()}
                for key in ("kept_fp32", "dynamic_int8", "search_rejected", "output_sqnr_db", "worst_sqnr_db")},
-            "fp32_graphs": [name for name in graphs if name not in quantised],
+            "dynamic_int8_graphs": dynamic,
+            "fp32_graphs": [name for name in graphs if name not in quantised and name not in dynamic],
         }
 
     @torch.no_grad()

@@ -10,7 +10,7 @@ from edge_ad import Detector
 from edge_ad.errors import BundleError, EdgeAdError
 from edge_ad.metrics import auroc
 from export.onnx_export import SYMMETRIC_ENCODER_FP32, CalibrationConfig, calibration_count, export_bundle
-from export.quantize import integer_whitening, quantize_graph
+from export.quantize import integer_whitening, quantize_distance_graph, quantize_graph
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,42 @@ def test_histogram_calibration_is_capped_to_what_fits_in_memory():
 def test_unknown_calibration_method_is_refused(tiny_bridge_bundle, tmp_path):
     with pytest.raises(ValueError, match="calibration method 'median' is not one of minmax, entropy, percentile"):
         quantize_graph(tiny_bridge_bundle / "head.onnx", tmp_path / "x.onnx", [], "median")
+
+
+def test_uint8_bundle_runs_the_prior_as_dynamic_int8_and_agrees_with_fp32(tiny_bridge_bundle, mvtec_category, tmp_path):
+    calibration = CalibrationConfig(str(mvtec_category), images=8, method="minmax", activations="uint8")
+    bundle = export_bundle(tiny_bridge_bundle.parent / "run", tmp_path / "u8", precision="int8", calibration=calibration)
+    spec = yaml.safe_load((bundle / "bundle.yaml").read_text())
+    quantization = spec["quantization"]
+    # the GMM prior's prototype products are dynamic INT8; the restoration head has none, stays FP32
+    assert quantization["dynamic_int8_graphs"] == ["prior"] and quantization["fp32_graphs"] == ["head"]
+    assert "MatMulInteger" in _ops(bundle / spec["graphs"]["prior"]["file"])
+    assert "MatMulInteger" not in _ops(bundle / spec["graphs"]["head"]["file"])
+    u8, fp32 = Detector.load(bundle, precision="int8"), Detector.load(tiny_bridge_bundle)
+    paths = sorted((mvtec_category / "test").rglob("*.png"))
+    frames = [cv2.imread(str(p)) for p in paths]
+    # on the same features, the dynamic INT8 prior gives the FP32 prior's map and endpoint
+    features = fp32._graphs["encoder"](np.stack([fp32.preprocess(f) for f in frames]))[0]
+    (u8_map, u8_end), (map_, end) = u8._graphs["prior"](features), fp32._graphs["prior"](features)
+    assert np.corrcoef(u8_map.ravel(), map_.ravel())[0, 1] > 0.99
+    assert np.linalg.norm(u8_end - end) / np.linalg.norm(end) < 0.05
+    labels = np.array([int(p.parent.name != "good") for p in paths])
+    assert auroc(labels, np.array([r.score for r in u8.batch(frames)])) >= 0.9  # the whole uint8 bundle still finds spots
+
+
+def test_dynamic_int8_prototype_distances_match_fp32(tiny_bundle, tmp_path):
+    import shutil
+
+    import onnxruntime as ort
+
+    head = tmp_path / "head.onnx"
+    shutil.copy(tiny_bundle / "head.onnx", head)
+    assert quantize_distance_graph(head) and "MatMulInteger" in _ops(head)
+    shape = ort.InferenceSession(str(head), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+    features = np.random.default_rng(0).standard_normal((2, *shape[1:])).astype(np.float32)
+    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"features": features})[0]
+    reference, dynamic = run(tiny_bundle / "head.onnx"), run(head)
+    assert np.linalg.norm(dynamic - reference) / np.linalg.norm(reference) < 0.02
 
 
 def test_uint8_activations_for_onnx_runtime_cpus(tiny_bundle, mvtec_category, tmp_path):
