@@ -1,8 +1,11 @@
 """INT8 export: Q/DQ graphs from ONNX Runtime's static quantiser, run by the same detector."""
 
+import shutil
+
 import cv2
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import yaml
 
@@ -10,7 +13,7 @@ from edge_ad import Detector
 from edge_ad.errors import BundleError, EdgeAdError
 from edge_ad.metrics import auroc
 from export.onnx_export import SYMMETRIC_ENCODER_FP32, CalibrationConfig, calibration_count, export_bundle
-from export.quantize import integer_whitening, quantize_distance_graph, quantize_graph
+from export.quantize import _whitening_nodes, integer_whitening, quantize_distance_graph, quantize_graph
 
 
 @pytest.fixture(scope="module")
@@ -103,22 +106,16 @@ def test_uint8_bundle_runs_the_prior_as_dynamic_int8_and_agrees_with_fp32(tiny_b
 
 
 def test_dynamic_int8_prototype_distances_match_fp32(tiny_bundle, tmp_path):
-    import shutil
-
-    import onnxruntime as ort
-
     head = tmp_path / "head.onnx"
     shutil.copy(tiny_bundle / "head.onnx", head)
     assert quantize_distance_graph(head) and "MatMulInteger" in _ops(head)
     shape = ort.InferenceSession(str(head), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
-    features = np.random.default_rng(0).standard_normal((2, *shape[1:])).astype(np.float32)
-    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"features": features})[0]
-    reference, dynamic = run(tiny_bundle / "head.onnx"), run(head)
+    features = {"features": np.random.default_rng(0).standard_normal((2, *shape[1:])).astype(np.float32)}
+    reference, dynamic = _run(tiny_bundle / "head.onnx", features), _run(head, features)
     assert np.linalg.norm(dynamic - reference) / np.linalg.norm(reference) < 0.02
 
 
 def test_uint8_activations_for_onnx_runtime_cpus(tiny_bundle, mvtec_category, tmp_path):
-    import onnxruntime as ort
     from onnx import numpy_helper
 
     images = np.stack([cv2.resize(cv2.imread(str(p))[..., ::-1], (128, 128)) for p in sorted(mvtec_category.rglob("*.png"))[:8]])
@@ -128,8 +125,8 @@ def test_uint8_activations_for_onnx_runtime_cpus(tiny_bundle, mvtec_category, tm
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     zero_points = [consts[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert zero_points and all(z.dtype == np.uint8 for z in zero_points)
-    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images})[0]
-    assert np.corrcoef(run(out).ravel(), run(tiny_bundle / "encoder.onnx").ravel())[0, 1] > 0.95
+    feeds = {"image": images}
+    assert np.corrcoef(_run(out, feeds).ravel(), _run(tiny_bundle / "encoder.onnx", feeds).ravel())[0, 1] > 0.95
     # the whitening became dynamic INT8 (int8 transform, no FP32 copy); the pooling has no Q/DQ around it
     assert result["dynamic_int8"] == [_whitening_matmul(tiny_bundle / "encoder.onnx")]
     (matmul,) = [n for n in model.graph.node if n.op_type == "MatMulInteger"]
@@ -159,24 +156,22 @@ def test_fp16_bundle_converts_the_convolution_graphs_and_agrees_with_fp32(tiny_b
 
 def _whitening_matmul(path) -> str:
     """The one MatMul by a (positions, C, C) constant: the encoder's per-position whitening."""
-    graph = onnx.load(str(path)).graph
-    ranks = {init.name: len(init.dims) for init in graph.initializer}
-    (name,) = [n.name for n in graph.node if n.op_type == "MatMul" and ranks.get(n.input[1]) == 3]
+    (name,) = _whitening_nodes(onnx.load(str(path)).graph)
     return name
 
 
+def _run(path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """The first output of the graph at `path` on ONNX Runtime's CPU provider."""
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
 def test_integer_whitening_matches_the_fp32_transform(tiny_bundle, mvtec_category, tmp_path):
-    import shutil
-
-    import onnxruntime as ort
-
     images = np.stack([cv2.resize(cv2.imread(str(p))[..., ::-1], (128, 128)) for p in sorted(mvtec_category.rglob("*.png"))[:4]])
     rewritten = tmp_path / "encoder.onnx"
     shutil.copy(tiny_bundle / "encoder.onnx", rewritten)
     integer_whitening(rewritten, [_whitening_matmul(rewritten)])
     assert "MatMulInteger" in _ops(rewritten) and rewritten.stat().st_size < (tiny_bundle / "encoder.onnx").stat().st_size / 2
-    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images})[0]
-    reference, integer = run(tiny_bundle / "encoder.onnx"), run(rewritten)
+    reference, integer = _run(tiny_bundle / "encoder.onnx", {"image": images}), _run(rewritten, {"image": images})
     # uint8 input and int8 weights: a few percent error (4.2 % on ELPV at 256 px); a transposed or
     # mis-scaled transform would be off by about 100 %
     assert np.linalg.norm(integer - reference) / np.linalg.norm(reference) < 0.05
