@@ -14,6 +14,7 @@ from .backends import load_graphs
 from .bundle import Bundle, load_bundle
 from .errors import BundleError, EdgeAdError
 from .images import resize_to_input, to_rgb
+from .upsample import upsample_maps
 
 
 @dataclass
@@ -119,15 +120,9 @@ class Detector:
         """Batch of preprocessed inputs (B, H, W, 3) -> smoothed raw maps at input size (B, branches, H, W)."""
         grids = self.grid_maps(inputs, times)
         start = time.perf_counter()
-        height, width = self.bundle.input_size
-        sigma = self.bundle.smoothing_sigma
-        maps = np.empty((*grids.shape[:2], height, width), np.float32)
-        for i in range(grids.shape[0]):
-            for b in range(grids.shape[1]):
-                up = cv2.resize(grids[i, b], (width, height), interpolation=cv2.INTER_LINEAR)
-                maps[i, b] = cv2.GaussianBlur(up, (0, 0), sigma) if sigma > 0 else up
-        if not np.all(np.isfinite(maps)):
+        if not np.all(np.isfinite(grids)):
             raise EdgeAdError(f"{self.bundle.root}: the graphs returned NaN or infinite values")
+        maps = upsample_maps(grids, self.bundle.input_size, self.bundle.smoothing_sigma)
         if times is not None:
             times["upsample_ms"] = (time.perf_counter() - start) * 1e3
         return maps

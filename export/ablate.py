@@ -19,7 +19,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -27,6 +26,7 @@ from tqdm import tqdm
 from edge_ad.datasets import load_samples, read_all
 from edge_ad.metrics import auroc
 from edge_ad.normalize import fit_quantiles
+from edge_ad.upsample import upsample_maps
 
 from .backbone import encoder_from_checkpoint
 from .bridge import Denoiser, RestorationHead, sample
@@ -43,10 +43,7 @@ TIMING_IMAGES = 20
 
 def _smooth(grids: torch.Tensor, size: int) -> np.ndarray:
     """Grid maps (N, 1, h, w) -> upsampled and smoothed maps (N, size, size), as the runtime does."""
-    out = np.empty((len(grids), size, size), np.float32)
-    for i, grid in enumerate(grids[:, 0].numpy()):
-        out[i] = cv2.GaussianBlur(cv2.resize(grid, (size, size), interpolation=cv2.INTER_LINEAR), (0, 0), SMOOTHING_SIGMA)
-    return out
+    return upsample_maps(grids[:, 0].numpy(), (size, size), SMOOTHING_SIGMA)
 
 
 class _Scorer:
