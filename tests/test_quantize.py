@@ -117,7 +117,6 @@ def test_dynamic_int8_prototype_distances_match_fp32(tiny_bundle, tmp_path):
 
 
 def test_uint8_activations_for_onnx_runtime_cpus(tiny_bundle, mvtec_category, tmp_path):
-
     images = np.stack([cv2.resize(cv2.imread(str(p))[..., ::-1], (128, 128)) for p in sorted(mvtec_category.rglob("*.png"))[:8]])
     out = tmp_path / "encoder.u8.onnx"
     result = quantize_graph(tiny_bundle / "encoder.onnx", out, [{"image": images}], "minmax", "uint8")
