@@ -217,8 +217,11 @@ class _Model:
                 if quantize_distance_graph(out / graphs[name]["file"]):
                     graphs[name] = {**_graph_entry(out, graphs[name]["file"]), "precision": "int8"}
                     dynamic.append(name)
+        form = "QDQ, per-channel symmetric INT8 weights (ONNX Runtime quantize_static)"
+        if calibration.activations == "uint8":
+            form += "; the products in dynamic_int8 and dynamic_int8_graphs as dynamic INT8 (MatMulInteger)"
         return {
-            "format": "QDQ, per-channel symmetric INT8 weights (ONNX Runtime quantize_static)",
+            "format": form,
             "activations": calibration.activations,
             "tensorrt_compatible": calibration.activations == "int8",
             "calibration_method": calibration.method,

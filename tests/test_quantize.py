@@ -34,6 +34,7 @@ def test_int8_bundle_has_qdq_convolution_graphs_and_fp32_distance_graphs(int8_bu
     assert spec["precision"] == "int8"
     assert spec["quantization"]["quantised_graphs"] == ["encoder", "step", "fused"]
     assert spec["quantization"]["calibration_images"] == 12
+    assert spec["quantization"]["tensorrt_compatible"] and "dynamic" not in spec["quantization"]["format"]
     for name in ("encoder", "step", "fused"):
         assert spec["graphs"][name]["precision"] == "int8"
         assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(int8_bundle / spec["graphs"][name]["file"])
@@ -92,6 +93,7 @@ def test_uint8_bundle_runs_the_prior_as_dynamic_int8_and_agrees_with_fp32(tiny_b
     quantization = spec["quantization"]
     # the GMM prior's prototype products are dynamic INT8; the restoration head has none, stays FP32
     assert quantization["dynamic_int8_graphs"] == ["prior"] and quantization["fp32_graphs"] == ["head"]
+    assert "dynamic INT8" in quantization["format"] and not quantization["tensorrt_compatible"]
     assert "MatMulInteger" in _ops(bundle / spec["graphs"]["prior"]["file"])
     assert "MatMulInteger" not in _ops(bundle / spec["graphs"]["head"]["file"])
     u8, fp32 = Detector.load(bundle, precision="int8"), Detector.load(tiny_bridge_bundle)
