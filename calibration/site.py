@@ -34,7 +34,6 @@ from .statistics import (
 )
 
 PIXELS_PER_FRAME = 2048  # raw-map values per frame and branch pooled for the quantiles
-POOL = 4  # raw maps are kept max-pooled by this factor to rescore frames with the new quantiles
 TOP_FRAMES = 4  # highest-scoring normal frames shown in the report
 DRIFT_WINDOW = 300  # frames behind the rolling median that `edge-ad run --drift` watches
 SPLIT_HALF_LIMIT = 0.10  # relative disagreement of the halves above which a warning is given
@@ -43,22 +42,14 @@ Q_ALPHA, Q_BETA = 0.9, 0.995  # ULSAD 3.5
 
 @dataclass
 class Collected:
-    """What calibration keeps of each normal frame: a sample of raw-map values, the max-pooled
-    raw maps, a thumbnail, and the frames themselves for the few highest scores."""
+    """What calibration keeps of each normal frame: a sample of raw-map values, the raw maps on
+    the feature grid (small; the frame is rescored from them with the new quantiles exactly as
+    the runtime scores it), a thumbnail, and the frames themselves for the few highest scores."""
 
     samples: list[np.ndarray] = field(default_factory=list)  # (branches, PIXELS_PER_FRAME) per frame
-    pooled: list[np.ndarray] = field(default_factory=list)  # (branches, H/POOL, W/POOL) per frame
+    grids: list[np.ndarray] = field(default_factory=list)  # (branches, h, w) per frame
     thumbnails: list[np.ndarray] = field(default_factory=list)
-    top: list[tuple[float, int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (score, i, frame, raw)
-
-
-def _pool(raw: np.ndarray) -> np.ndarray:
-    """Block maximum over POOL x POOL pixels: the max of a pooled map never undershoots the max
-    of the full map, so thresholds from it err towards fewer false alarms."""
-    b, h, w = raw.shape
-    padded = np.full((b, -(-h // POOL) * POOL, -(-w // POOL) * POOL), -np.inf, np.float32)
-    padded[:, :h, :w] = raw
-    return padded.reshape(b, padded.shape[1] // POOL, POOL, -1, POOL).max(axis=(2, 4))
+    top: list[tuple[float, int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (score, i, frame, grid)
 
 
 def collect(detector: Detector, frames: Iterable[np.ndarray], count: int, seed: int = 0) -> Collected:
@@ -72,10 +63,10 @@ def collect(detector: Detector, frames: Iterable[np.ndarray], count: int, seed: 
         raw = result.raw_map
         flat = raw.reshape(raw.shape[0], -1)
         kept.samples.append(flat[:, rng.integers(0, flat.shape[1], PIXELS_PER_FRAME)].astype(np.float32))
-        kept.pooled.append(_pool(raw))
+        kept.grids.append(result.grid_map)
         grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
         kept.thumbnails.append(cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA))
-        item = (result.score, i, frame, raw)
+        item = (result.score, i, frame, result.grid_map)
         if len(kept.top) < TOP_FRAMES:
             heapq.heappush(kept.top, item)
         elif result.score > kept.top[0][0]:
@@ -87,10 +78,10 @@ def _fit(samples: np.ndarray) -> list[Quantiles]:
     return [fit_quantiles(samples[:, b], Q_ALPHA, Q_BETA) for b in range(samples.shape[1])]
 
 
-def _scores(pooled: np.ndarray, quantiles: list[Quantiles]) -> np.ndarray:
-    """Image scores under `quantiles`: max of the branch average of the normalised maps."""
-    maps = sum(q.apply(pooled[:, b]) for b, q in enumerate(quantiles)) / len(quantiles)
-    return maps.reshape(len(pooled), -1).max(axis=1)
+def _scores(detector: Detector, grids: list[np.ndarray], quantiles: list[Quantiles]) -> np.ndarray:
+    """Image scores under `quantiles`, frame by frame as the runtime computes them (the same
+    operations, so the same floats: the threshold sits one step above a normal score)."""
+    return np.array([detector.normalised_maps(grid[None], quantiles).max() for grid in grids])
 
 
 @dataclass
@@ -120,9 +111,9 @@ def calibrate(
     n = len(kept.samples)
     if n < 4:
         raise CalibrationError(f"only {n} normal frames were read; calibration needs many more")
-    samples, pooled = np.stack(kept.samples), np.stack(kept.pooled)
+    samples = np.stack(kept.samples)
     quantiles = _fit(samples)
-    scores = _scores(pooled, quantiles)
+    scores = _scores(detector, kept.grids, quantiles)
     threshold = threshold_for_far(scores, far, confidence)
 
     half = n // 2
@@ -149,12 +140,12 @@ def calibrate(
                         f"{BIMODALITY_LIMIT}): two products or a light change? Calibrate each condition apart")
 
     top = []
-    for _, _, frame, raw in sorted(kept.top, key=lambda item: -item[0]):  # by the bundle's own scores
-        normalised = sum(q.apply(branch) for q, branch in zip(quantiles, raw)) / len(raw)
+    for _, _, frame, grid in sorted(kept.top, key=lambda item: -item[0]):  # by the bundle's own scores
+        normalised = detector.normalised_maps(grid[None], quantiles)[0]
         top.append((float(normalised.max()), frame, normalised))
     calibration = Calibration(n, quantiles, scores, threshold, far, confidence, agreement, warnings, top)
     if defect_frames:
-        defect_scores = _scores(np.stack([_pool(detector(f).raw_map) for f in defect_frames]), quantiles)
+        defect_scores = _scores(detector, [detector(f).grid_map for f in defect_frames], quantiles)
         calibration.defects = check_defects(scores, defect_scores, threshold.value)
         calibration.defect_scores = defect_scores
     return calibration
@@ -222,6 +213,7 @@ def save(bundle_root: Path, data: dict) -> tuple[Path, Path | None]:
 
 
 def overlay_result(score: float, threshold: float, frame: np.ndarray, normalised: np.ndarray) -> Result:
-    """A Result for `edge_ad.render.overlay` from a map normalised with the new quantiles."""
+    """A Result for `edge_ad.render.overlay` from a map normalised with the new quantiles (its
+    raw map is that map, already at the input size and smoothed)."""
     display = np.clip(cv2.resize(normalised, frame.shape[1::-1], interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
-    return Result(score, score >= threshold, threshold, display, normalised[None])
+    return Result(score, score >= threshold, threshold, display, normalised[None], normalised.shape, 0.0)

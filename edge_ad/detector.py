@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -14,6 +15,7 @@ from .backends import load_graphs
 from .bundle import Bundle, load_bundle
 from .errors import BundleError, EdgeAdError
 from .images import resize_to_input, to_rgb
+from .normalize import Quantiles
 from .upsample import upsample_maps
 
 
@@ -23,7 +25,8 @@ class Result:
 
     score: maximum of the normalised map (not clipped); is_anomaly: score >= threshold;
     map: normalised map in frame coordinates, clipped to [0, 1] for display;
-    raw_map: smoothed raw maps at the model input size, one per branch (branches, H, W);
+    grid_map: raw maps on the feature grid, one per branch (branches, h, w);
+    raw_map: those maps upsampled to input_size and smoothed (branches, H, W), made on first use;
     times_ms: milliseconds per stage (preprocess, encoder, [prior, bridge,] head, upsample, normalise).
     """
 
@@ -31,8 +34,14 @@ class Result:
     is_anomaly: bool
     threshold: float
     map: np.ndarray
-    raw_map: np.ndarray
+    grid_map: np.ndarray
+    input_size: tuple[int, int]
+    smoothing_sigma: float
     times_ms: dict[str, float] = field(default_factory=dict)
+
+    @cached_property
+    def raw_map(self) -> np.ndarray:
+        return upsample_maps(self.grid_map, self.input_size, self.smoothing_sigma)
 
 
 class Detector:
@@ -116,30 +125,46 @@ class Detector:
         lap("head_ms")
         return np.concatenate([prior_map, bridge_map], axis=1)
 
-    def raw_maps(self, inputs: np.ndarray, times: dict[str, float] | None = None) -> np.ndarray:
-        """Batch of preprocessed inputs (B, H, W, 3) -> smoothed raw maps at input size (B, branches, H, W)."""
+    def finite_grid_maps(self, inputs: np.ndarray, times: dict[str, float] | None = None) -> np.ndarray:
+        """grid_maps, refused when a graph returned NaN or infinite values."""
         grids = self.grid_maps(inputs, times)
-        start = time.perf_counter()
         if not np.all(np.isfinite(grids)):
             raise EdgeAdError(f"{self.bundle.root}: the graphs returned NaN or infinite values")
-        maps = upsample_maps(grids, self.bundle.input_size, self.bundle.smoothing_sigma)
-        if times is not None:
-            times["upsample_ms"] = (time.perf_counter() - start) * 1e3
-        return maps
+        return grids
 
-    def normalise(self, raw: np.ndarray) -> np.ndarray:
-        """Raw maps of one frame (branches, H, W) -> the normalised map (H, W): each branch
-        mapped by its quantiles (q_alpha -> 0, q_beta -> 0.1), then the branches averaged."""
-        return sum(q.apply(branch) for q, branch in zip(self.bundle.quantiles, raw)) / len(raw)
+    def upsample(self, grids: np.ndarray) -> np.ndarray:
+        """Maps on the feature grid (..., h, w) -> upsampled to the input size and smoothed."""
+        return upsample_maps(grids, self.bundle.input_size, self.bundle.smoothing_sigma)
 
-    def _result(self, raw: np.ndarray, frame_shape: tuple[int, ...], times: dict[str, float]) -> Result:
+    def raw_maps(self, inputs: np.ndarray) -> np.ndarray:
+        """Batch of preprocessed inputs (B, H, W, 3) -> smoothed raw maps at input size (B, branches, H, W)."""
+        return self.upsample(self.finite_grid_maps(inputs))
+
+    def normalise(self, raw: np.ndarray, quantiles: Sequence[Quantiles] | None = None) -> np.ndarray:
+        """Raw maps of one frame (branches, ...) -> the normalised map (...): each branch
+        mapped by its quantiles (the bundle's unless given; q_alpha -> 0, q_beta -> 0.1), then
+        the branches averaged."""
+        quantiles = self.bundle.quantiles if quantiles is None else quantiles
+        return sum(q.apply(branch) for q, branch in zip(quantiles, raw)) / len(raw)
+
+    def normalised_maps(self, grids: np.ndarray, quantiles: Sequence[Quantiles] | None = None) -> np.ndarray:
+        """Grid maps (B, branches, h, w) -> normalised maps at the input size (B, H, W); their
+        maxima are the image scores.
+
+        Normalising and upsampling are both linear and upsampling keeps constants, so the
+        branches are normalised and averaged on the grid and one map per frame is upsampled:
+        the same values to float rounding as normalising the upsampled raw maps (ULSAD 3.5 as
+        written), at half the upsampling and none of the per-pixel arithmetic."""
+        return self.upsample(self.normalise(grids.swapaxes(0, 1), quantiles))
+
+    def _result(self, normalised: np.ndarray, grids: np.ndarray, frame_shape: tuple[int, ...], times: dict[str, float]) -> Result:
         start = time.perf_counter()
-        normalised = self.normalise(raw)
         score = float(normalised.max())
         display = cv2.resize(normalised, (frame_shape[1], frame_shape[0]), interpolation=cv2.INTER_LINEAR)
         np.clip(display, 0.0, 1.0, out=display)
         times = dict(times, normalise_ms=(time.perf_counter() - start) * 1e3)
-        return Result(score, score >= self.threshold, self.threshold, display, raw, times)
+        bundle = self.bundle
+        return Result(score, score >= self.threshold, self.threshold, display, grids, bundle.input_size, bundle.smoothing_sigma, times)
 
     def __call__(self, frame: np.ndarray, color: str = "BGR") -> Result:
         return self.batch([frame], color)[0]
@@ -149,5 +174,8 @@ class Detector:
         start = time.perf_counter()
         inputs = np.stack([self.preprocess(f, color) for f in frames])
         times = {"preprocess_ms": (time.perf_counter() - start) * 1e3}
-        raws = self.raw_maps(inputs, times)
-        return [self._result(raw, frame.shape, times) for raw, frame in zip(raws, frames)]
+        grids = self.finite_grid_maps(inputs, times)
+        start = time.perf_counter()
+        normalised = self.normalised_maps(grids)
+        times["upsample_ms"] = (time.perf_counter() - start) * 1e3
+        return [self._result(n, g, frame.shape, times) for n, g, frame in zip(normalised, grids, frames)]

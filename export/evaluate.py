@@ -48,7 +48,7 @@ def evaluate(
         for sample, result in zip(chunk, detector.batch([s.image() for s in chunk], color="RGB")):
             scores.append(result.score)
             if with_masks:
-                maps.append(detector.normalise(result.raw_map))
+                maps.append(detector.normalised_maps(result.grid_map[None])[0])
                 masks.append(sample.mask(height, width))
     scores = np.array(scores)
     labels = np.array([s.label for s in samples])

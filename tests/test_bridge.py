@@ -67,9 +67,16 @@ def test_bridge_bundle_separates_spots_from_normal(tiny_bridge_bundle, mvtec_cat
     scores = [detector(cv2.imread(str(p))).score for p in paths]
     labels = [int(p.parent.name != "good") for p in paths]
     assert auroc(np.array(labels), np.array(scores)) >= 0.9
-    result = detector(cv2.imread(str(paths[0])))
+    frame = cv2.imread(str(paths[-1]))
+    result = detector(cv2.resize(frame, (200, 150)))
     assert result.raw_map.shape == (2, 128, 128)
     assert {"prior_ms", "bridge_ms", "head_ms"} <= set(result.times_ms)
+    # the branches are normalised and averaged on the grid, then upsampled: the same as the
+    # raw maps upsampled, normalised and averaged (ULSAD 3.5 as written)
+    full = detector.normalise(result.raw_map)
+    assert result.score == pytest.approx(float(full.max()), rel=1e-5)
+    display = np.clip(cv2.resize(full, (200, 150), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+    assert np.abs(result.map - display).max() <= 1e-5
 
 
 def test_training_resumes_from_its_checkpoint(mvtec_category, tmp_path):
