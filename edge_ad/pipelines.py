@@ -14,7 +14,6 @@ from urllib.parse import parse_qs, urlparse
 from .device import is_jetson
 from .errors import SourceError
 
-CODECS = ("h264", "h265", "mjpeg", "raw")
 VIDEO_CONTAINERS = {".mp4": "mp4mux", ".mkv": "matroskamux"}
 BGR_SINK = "videoconvert ! video/x-raw,format=BGR ! appsink name=sink"
 # nvvidconv copies NVMM (or system) memory to BGRx; videoconvert drops the x.
