@@ -1,6 +1,6 @@
 """Soak benchmark: `edge-ad run` on a live test:// source for a long time, events and snapshots on.
 
-    python benchmarks/soak.py --bundle B [--seconds 1800] [--fps 30] [--out soak-out]
+    python benchmarks/soak.py --bundle B [--seconds 1800] [--fps 30] [--out soak-out] [--no-spin]
 
 Reports frames processed, drops, reconnects, sink errors, resident-memory growth after warm-up
 (target under 5 %) and capture-to-result latency p50/p99, in `soak.json`, and draws memory and
@@ -35,11 +35,11 @@ def resident_mib() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def soak(bundle: str, seconds: float, fps: int, out: Path, width: int, height: int) -> dict:
+def soak(bundle: str, seconds: float, fps: int, out: Path, width: int, height: int, spin: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     events = out / "events.jsonl"
     events.unlink(missing_ok=True)
-    detector = Detector.load(bundle)
+    detector = Detector.load(bundle, spin=spin)
     stream = Stream(f"test://ball?width={width}&height={height}&fps={fps}", name="soak")
     config = RunConfig(events=events, snapshots=out / "snapshots", metrics=out / "metrics.prom")
     stop, samples, box = threading.Event(), [], {}
@@ -62,6 +62,7 @@ def soak(bundle: str, seconds: float, fps: int, out: Path, width: int, height: i
     report = {
         "seconds": round(summary.seconds, 1),
         "source_fps": fps,
+        "onnxruntime_spin": detector.spin,
         "frames": stats.frames,
         "frames_expected": int(summary.seconds * fps),
         "dropped": stats.dropped,
@@ -100,8 +101,10 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--out", default="soak-out")
+    parser.add_argument("--no-spin", action="store_true", help="as edge-ad run --no-spin")
     args = parser.parse_args()
-    print(json.dumps(soak(args.bundle, args.seconds, args.fps, Path(args.out), args.width, args.height), indent=2))
+    report = soak(args.bundle, args.seconds, args.fps, Path(args.out), args.width, args.height, not args.no_spin)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ BACKENDS = ("auto", "onnxruntime", "tensorrt", "pytorch")
 
 
 class OnnxGraph:
-    def __init__(self, path: Path, threads: int | None, providers: list[str]):
+    def __init__(self, path: Path, threads: int | None, providers: list[str], spin: bool = True):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -39,8 +39,11 @@ class OnnxGraph:
         # their session's run took the cores from the next session (the prior graph 2.5x
         # slower). So they spin during a run and stop when it returns: bridge K=2 INT8 uint8
         # on the 2-core EPYC, about 120 fps median against 100 with spinning off (README, Speed).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        options.add_session_config_entry("session.force_spinning_stop", "1")
+        # Without spinning (spin=False) a single 30 fps camera's p99 latency was lower there,
+        # 20-22 ms against 30-32, at about 1 ms more p50: spinning threads compete with GStreamer's.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        if spin:
+            options.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types per failure
@@ -59,9 +62,9 @@ def onnxruntime_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def onnxruntime_graphs(bundle: Bundle, threads: int | None) -> dict[str, Graph]:
+def onnxruntime_graphs(bundle: Bundle, threads: int | None, spin: bool = True) -> dict[str, Graph]:
     providers = onnxruntime_providers()
-    return {name: OnnxGraph(path, threads, providers) for name, path in bundle.graphs.items()}
+    return {name: OnnxGraph(path, threads, providers, spin) for name, path in bundle.graphs.items()}
 
 
 def pytorch_graphs(bundle: Bundle) -> dict[str, Graph]:
@@ -96,8 +99,8 @@ def _has_engines(bundle: Bundle) -> bool:
     return any((bundle.root / "engines").glob("*/manifest.yaml"))
 
 
-def load_graphs(bundle: Bundle, backend: str, threads: int | None) -> tuple[str, dict[str, Graph]]:
-    """(backend actually used, graphs)."""
+def load_graphs(bundle: Bundle, backend: str, threads: int | None, spin: bool = True) -> tuple[str, dict[str, Graph]]:
+    """(backend actually used, graphs). threads and spin set ONNX Runtime's intra-op threads."""
     if backend not in BACKENDS:
         raise EdgeAdError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "pytorch":
@@ -111,4 +114,4 @@ def load_graphs(bundle: Bundle, backend: str, threads: int | None) -> tuple[str,
             if backend == "tensorrt":
                 raise
             warnings.warn(f"TensorRT not used, ONNX Runtime runs the bundle: {exc}")
-    return "onnxruntime", onnxruntime_graphs(bundle, threads)
+    return "onnxruntime", onnxruntime_graphs(bundle, threads, spin)

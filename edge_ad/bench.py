@@ -60,6 +60,7 @@ def bench(detector: Detector, frames: int, warmup: int, height: int, width: int,
     return {
         "bundle": str(detector.bundle.root),
         "backend": detector.backend,
+        "onnxruntime_spin": detector.spin,
         "precision": detector.precision,
         "bridge_steps": detector.steps,
         "frame_size": [height, width],

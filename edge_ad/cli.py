@@ -140,7 +140,8 @@ def _run(args: argparse.Namespace) -> None:
         jetson=jetson,
         drift=args.drift,
     )
-    summary = run(Detector.load(args.bundle, backend=args.backend, steps=args.steps), streams, config)
+    detector = Detector.load(args.bundle, backend=args.backend, steps=args.steps, spin=not args.no_spin)
+    summary = run(detector, streams, config)
     for s in summary.sources:
         print(f"{s.name}: frames {s.frames}  dropped {s.dropped}  failed {s.failed}  reconnects {s.reconnects}  "
               f"anomalies {s.anomalies}  "
@@ -228,7 +229,7 @@ def _bench(args: argparse.Namespace) -> None:
     from .bench import bench
     from .detector import Detector
 
-    detector = Detector.load(args.bundle, backend=args.backend, steps=args.steps)
+    detector = Detector.load(args.bundle, backend=args.backend, steps=args.steps, spin=not args.no_spin)
     height, width = detector.bundle.input_size
     report = bench(detector, args.frames, args.warmup, args.height or height, args.width or width, args.batch)
     _print_report(report, args.json)
@@ -257,6 +258,13 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
     """The options of every command that loads a detector: bridge steps and backend."""
     p.add_argument("--steps", type=_positive_int, help="bridge steps K (default: the bundle's)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs the graphs (pytorch: the reference)")
+
+
+def _add_spin_option(p: argparse.ArgumentParser) -> None:
+    """The option of the commands where speed matters (run, bench): ONNX Runtime thread spinning."""
+    p.add_argument("--no-spin", action="store_true",
+                   help="ONNX Runtime threads sleep between operators instead of spinning: fewer frames per second, "
+                        "a lower latency tail for one camera at its frame rate on a CPU (README, Streaming soak)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -352,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=_positive_int, help="stop each source after this many frames")
     p.add_argument("--drift", action="store_true",
                    help="event when the rolling median of normal scores leaves the band 'edge-ad calibrate' measured")
+    _add_spin_option(p)
     _add_detector_options(p)
     p.set_defaults(func=_run)
 
@@ -379,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=_positive_int, help="frame height (default: the bundle's input size)")
     p.add_argument("--width", type=_positive_int, help="frame width (default: the bundle's input size)")
     p.add_argument("--json", help="also write the report to this JSON file")
+    _add_spin_option(p)
     _add_detector_options(p)
     p.set_defaults(func=_bench)
 

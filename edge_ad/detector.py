@@ -52,11 +52,12 @@ class Detector:
     >>> result.score, result.is_anomaly
     """
 
-    def __init__(self, bundle: Bundle, backend: str = "auto", threads: int | None = None):
+    def __init__(self, bundle: Bundle, backend: str = "auto", threads: int | None = None, spin: bool = True):
         self.bundle = bundle
         self.precision = bundle.precision
         self.threshold = bundle.threshold
-        self.backend, self._graphs = load_graphs(bundle, backend, threads)
+        self.backend, self._graphs = load_graphs(bundle, backend, threads, spin)
+        self.spin = spin and self.backend == "onnxruntime"
 
     @classmethod
     def load(
@@ -66,16 +67,20 @@ class Detector:
         precision: str | None = None,
         steps: int | None = None,
         threads: int | None = None,
+        spin: bool = True,
     ) -> "Detector":
         """Load a bundle. backend: auto, onnxruntime or pytorch (the FP32 reference); precision:
         the precision the caller expects (None: whatever the bundle holds; a bundle holds one,
-        chosen at export); steps: a bridge bundle's K (default: the bundle's)."""
+        chosen at export); steps: a bridge bundle's K (default: the bundle's); threads and spin:
+        ONNX Runtime's intra-op threads per graph (None: one per core) and whether they spin
+        while a graph runs (more frames per second; False: a lower latency tail for one camera
+        at its frame rate on a CPU, README "Streaming soak")."""
         loaded = load_bundle(bundle, steps)
         if precision is not None and precision != loaded.precision:
             raise BundleError(
                 f"{bundle}: holds {loaded.precision} graphs, not {precision} (export with --precision {precision})"
             )
-        return cls(loaded, backend, threads)
+        return cls(loaded, backend, threads, spin)
 
     @property
     def steps(self) -> int | None:

@@ -89,6 +89,7 @@ def test_bench_reports_stages_fps_and_memory(tiny_bundle, tmp_path):
     edge_ad("bench", "--bundle", tiny_bundle, "--frames", 20, "--warmup", 2, "--json", tmp_path / "b.json")
     report = json.loads((tmp_path / "b.json").read_text())
     assert report["frames"] == 20 and report["fps"] > 0
+    assert report["backend"] == "onnxruntime" and report["onnxruntime_spin"] is True
     assert set(report["stages_ms"]) == {"preprocess_ms", "encoder_ms", "head_ms", "upsample_ms", "normalise_ms"}
     for stage in report["stages_ms"].values():
         assert 0 <= stage["p50"] <= stage["p99"]
@@ -98,8 +99,10 @@ def test_bench_reports_stages_fps_and_memory(tiny_bundle, tmp_path):
 
 
 def test_bench_batches_frames_per_call(tiny_bundle, tmp_path):
-    edge_ad("bench", "--bundle", tiny_bundle, "--frames", 10, "--warmup", 2, "--batch", 4, "--json", tmp_path / "b.json")
+    edge_ad("bench", "--bundle", tiny_bundle, "--frames", 10, "--warmup", 2, "--batch", 4, "--no-spin",
+            "--json", tmp_path / "b.json")
     report = json.loads((tmp_path / "b.json").read_text())
     assert report["batch"] == 4 and report["frames"] == 12  # rounded up to whole calls of 4 frames
+    assert report["onnxruntime_spin"] is False
     assert report["latency_ms"]["p50"] >= report["stages_ms"]["encoder_ms"]["p50"]
     assert 0 < report["share_outside_graphs"] < 1

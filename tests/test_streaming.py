@@ -220,13 +220,14 @@ def test_print_pipeline_and_source_options_from_the_command_line(tiny_bundle):
 
 def test_soak_script_reports_memory_drops_and_latency(tiny_bundle, tmp_path):
     result = subprocess.run([sys.executable, "benchmarks/soak.py", "--bundle", str(tiny_bundle), "--seconds", "12",
-                             "--fps", "15", "--width", "160", "--height", "120", "--out", str(tmp_path)],
+                             "--fps", "15", "--width", "160", "--height", "120", "--out", str(tmp_path), "--no-spin"],
                             capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "soak.json").read_text())
     assert report["frames"] + report["dropped"] >= 0.8 * report["frames_expected"]
     assert report["latency_ms_p99"] >= report["latency_ms_p50"] > 0
     assert report["rss_mib_end"] > 0 and "rss_growth_percent" in report
+    assert report["onnxruntime_spin"] is False
     assert (tmp_path / "soak.png").stat().st_size > 10_000
 
 
