@@ -28,7 +28,7 @@ BACKENDS = ("auto", "onnxruntime", "tensorrt", "pytorch")
 
 
 class OnnxGraph:
-    def __init__(self, path: Path, threads: int | None, providers: list[str], spin: bool = True):
+    def __init__(self, path: Path, threads: int | None, providers: list[str], spin: bool):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -62,7 +62,7 @@ def onnxruntime_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def onnxruntime_graphs(bundle: Bundle, threads: int | None, spin: bool = True) -> dict[str, Graph]:
+def onnxruntime_graphs(bundle: Bundle, threads: int | None, spin: bool) -> dict[str, Graph]:
     providers = onnxruntime_providers()
     return {name: OnnxGraph(path, threads, providers, spin) for name, path in bundle.graphs.items()}
 
@@ -99,7 +99,7 @@ def _has_engines(bundle: Bundle) -> bool:
     return any((bundle.root / "engines").glob("*/manifest.yaml"))
 
 
-def load_graphs(bundle: Bundle, backend: str, threads: int | None, spin: bool = True) -> tuple[str, dict[str, Graph]]:
+def load_graphs(bundle: Bundle, backend: str, threads: int | None, spin: bool) -> tuple[str, dict[str, Graph]]:
     """(backend actually used, graphs). threads and spin set ONNX Runtime's intra-op threads."""
     if backend not in BACKENDS:
         raise EdgeAdError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
