@@ -48,6 +48,7 @@ def _train(args: argparse.Namespace) -> None:
         distill_steps=args.distill_steps,
         resume=args.resume,
         defects=args.defects,
+        defect_kinds=args.defect_kinds,
     )
     run = train(config, Path(args.out))
     print(f"run written to {run}")
@@ -293,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=2000, help="bridge: teacher training iterations")
     p.add_argument("--distill-steps", type=_positive_int, default=1000, help="bridge: student distillation iterations")
     p.add_argument("--resume", action="store_true", help="bridge: continue from the run folder's last checkpoint")
+    p.add_argument("--defect-kinds", nargs="+", metavar="KIND",
+                   help="bridge: the synthetic defect kinds to train on (default: all of perlin_texture, "
+                        "perlin_shift, cutpaste, scratch, spot; 'edge-ad defects' draws them)")
     p.add_argument("--defects", help="a few known defect images (a folder, or elpv:M for the few-shot protocol): "
                                      "the prototypes they land on are taken out (DPDL's push-away)")
     p.set_defaults(func=_train)

@@ -9,6 +9,7 @@ Every reader takes a root folder, so tests feed recorded files from each module.
 from __future__ import annotations
 
 import json
+import platform
 import re
 import shutil
 import subprocess
@@ -45,6 +46,16 @@ def _memory_gb(root: Path) -> float | None:
     meminfo = _read(root, "/proc/meminfo") or ""
     match = re.search(r"^MemTotal:\s+(\d+) kB", meminfo, re.M)
     return int(match.group(1)) / (1 << 20) if match else None
+
+
+def int8_saturates(root: Path = Path("/"), machine: str = platform.machine()) -> bool:
+    """True on an x86 CPU without VNNI: ONNX Runtime's integer kernels there add uint8 x int8
+    products in pairs into int16, which saturates (its quantization docs), so INT8 graphs drift
+    from FP32 (README "x86 CPUs without VNNI")."""
+    if machine.lower() not in ("x86_64", "amd64"):
+        return False
+    flags = re.search(r"^flags\s*:(.*)$", _read(root, "/proc/cpuinfo") or "", re.M)
+    return flags is not None and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags.group(1).split())
 
 
 def l4t_release(text: str) -> str | None:

@@ -41,12 +41,12 @@ BATCH = 32
 TIMING_IMAGES = 20
 
 
-def _smooth(grids: torch.Tensor, size: int) -> np.ndarray:
+def smooth(grids: torch.Tensor, size: int) -> np.ndarray:
     """Grid maps (N, 1, h, w) -> upsampled and smoothed maps (N, size, size), as the runtime does."""
     return upsample_maps(grids[:, 0].numpy(), (size, size), SMOOTHING_SIGMA)
 
 
-class _Scorer:
+class Scorer:
     def __init__(self, record: dict, checkpoint: dict) -> None:
         self.size = int(record["config"]["input_size"])
         self.encoder = encoder_from_checkpoint(self.size, checkpoint)
@@ -64,10 +64,14 @@ class _Scorer:
         return torch.cat([self.encoder(torch.from_numpy(inputs[i : i + BATCH])) for i in range(0, len(inputs), BATCH)])
 
     @torch.no_grad()
-    def maps(self, features: torch.Tensor, desc: str) -> dict[str, np.ndarray]:
-        """Smoothed raw maps of every branch: prototype, gmm, and the bridge branch per (net, K)."""
+    def maps(
+        self, features: torch.Tensor, desc: str, runs: list[tuple[str, int]] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Smoothed raw maps of every branch: prototype, gmm, and the bridge branch per (net, K)
+        in `runs` (default: the teacher and the student at every K), keyed f"{net}{K}"."""
         grids: dict[str, list[torch.Tensor]] = {}
-        runs = [("teacher", TEACHER_STEPS)] + [("student", k) for k in STUDENT_STEPS]
+        if runs is None:
+            runs = [("teacher", TEACHER_STEPS)] + [("student", k) for k in STUDENT_STEPS]
         for start in tqdm(range(0, len(features), BATCH), desc=desc, unit="batch"):
             x = features[start : start + BATCH]
             grids.setdefault("prototype", []).append(self.prototype(x))
@@ -76,7 +80,7 @@ class _Scorer:
             for name, steps in runs:
                 restored = sample(self.nets[name], x, condition, steps)
                 grids.setdefault(f"{name}{steps}", []).append(self.head(x, restored))
-        return {key: _smooth(torch.cat(value), self.size) for key, value in grids.items()}
+        return {key: smooth(torch.cat(value), self.size) for key, value in grids.items()}
 
     @torch.no_grad()
     def bridge_ms(self, features: torch.Tensor, name: str, steps: int) -> float:
@@ -90,12 +94,19 @@ class _Scorer:
         return float(np.median(times) * 1e3)
 
 
-def _scores(maps: list[np.ndarray], normal: list[np.ndarray]) -> np.ndarray:
-    """Image scores: max of the average of the quantile-normalised branches (ULSAD 3.5)."""
+def combined_maps(maps: list[np.ndarray], normal: list[np.ndarray]) -> np.ndarray:
+    """The average of the branches' maps, each quantile-normalised with the maps of normal
+    validation images (ULSAD 3.5), as the runtime combines them."""
     total = 0
     for branch, reference in zip(maps, normal):
         total = total + fit_quantiles(reference).apply(branch)
-    return (total / len(maps)).reshape(len(total), -1).max(axis=1)
+    return total / len(maps)
+
+
+def image_scores(maps: list[np.ndarray], normal: list[np.ndarray]) -> np.ndarray:
+    """Image scores: the max of the combined map."""
+    combined = combined_maps(maps, normal)
+    return combined.reshape(len(combined), -1).max(axis=1)
 
 
 @torch.no_grad()
@@ -111,7 +122,7 @@ def _unwhitened_prototype_maps(config: TrainConfig, seed: int, out: Path, test_i
     maps = {}
     for split, inputs in (("test", test_inputs), ("validation", val_inputs)):
         grids = [head(encoder(torch.from_numpy(inputs[i : i + BATCH]))) for i in range(0, len(inputs), BATCH)]
-        maps[split] = _smooth(torch.cat(grids), size)
+        maps[split] = smooth(torch.cat(grids), size)
     return maps, record["prototypes_seconds"] / 60
 
 
@@ -119,7 +130,7 @@ def ablate_seed(seed: int, config: TrainConfig, out: Path, test_inputs: np.ndarr
     unwhitened, unwhitened_minutes = _unwhitened_prototype_maps(config, seed, out, test_inputs)
     run = train(TrainConfig(**{**asdict(config), "seed": seed}), out / f"run-seed{seed}")
     record, checkpoint, val_inputs = load_run(run)
-    scorer = _Scorer(record, checkpoint)
+    scorer = Scorer(record, checkpoint)
     test_maps = scorer.maps(scorer.features(test_inputs), f"scoring test (seed {seed})")
     val_maps = scorer.maps(scorer.features(val_inputs), f"scoring validation (seed {seed})")
     test_maps["unwhitened"], val_maps["unwhitened"] = unwhitened["test"], unwhitened["validation"]
@@ -141,7 +152,7 @@ def ablate_seed(seed: int, config: TrainConfig, out: Path, test_inputs: np.ndarr
     ]
     results = []
     for name, steps, branches, minutes, timed in rows:
-        scores = _scores([test_maps[b] for b in branches], [val_maps[b] for b in branches])
+        scores = image_scores([test_maps[b] for b in branches], [val_maps[b] for b in branches])
         results.append({
             "seed": seed,
             "model": name,

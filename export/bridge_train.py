@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .backbone import FeatureEncoder
 from .bridge import Denoiser, sample
-from .defects import perlin_mask, synthesize
+from .defects import KINDS, perlin_mask, synthesize
 from .gmm_bridge import GmmBridgeHead
 
 STUDENT_STEPS = (1, 2, 4)
@@ -98,9 +98,11 @@ def build_pairs(
     seed: int,
     batch_size: int,
     feature_variants: int = 0,
+    kinds: tuple[str, ...] = KINDS,
 ) -> Pairs:
     """Features of `inputs` (N, H, W, 3 uint8 RGB), of `variants` copies of each with a synthetic
-    image defect, and of `feature_variants` copies with a defect made in feature space."""
+    image defect (one of `kinds`), and of `feature_variants` copies with a defect made in feature
+    space."""
     n = len(inputs)
     clean = torch.cat([encoder(torch.from_numpy(inputs[i : i + batch_size])) for i in range(0, n, batch_size)])
     grid = clean.shape[-2:]
@@ -111,7 +113,7 @@ def build_pairs(
             for v in range(variants):
                 rng = np.random.default_rng([seed, i, v])  # per image and variant: order-free
                 other = inputs[int(rng.integers(n))]
-                image, mask, _ = synthesize(inputs[i], other, rng)
+                image, mask, _ = synthesize(inputs[i], other, rng, kinds=kinds)
                 images.append(image)
                 masks.append(cv2.resize(mask.astype(np.float32), (grid[1], grid[0]), interpolation=cv2.INTER_AREA))
         features = encoder(torch.from_numpy(np.stack(images))).reshape(-1, variants, *clean.shape[1:])

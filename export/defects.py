@@ -125,13 +125,18 @@ _MAKERS = {
 
 
 def synthesize(
-    image: np.ndarray, other: np.ndarray, rng: np.random.Generator, kind: str | None = None
+    image: np.ndarray,
+    other: np.ndarray,
+    rng: np.random.Generator,
+    kind: str | None = None,
+    kinds: tuple[str, ...] = KINDS,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """(corrupted uint8 RGB image, bool mask, kind) for one normal RGB image.
 
-    `other` is a second normal image, used as foreign texture.
+    `other` is a second normal image, used as foreign texture. Without `kind`, one of `kinds`
+    is drawn from `rng`.
     """
-    kind = kind or str(rng.choice(KINDS))
+    kind = kind or str(rng.choice(kinds))
     grey = _is_grey(image)
     corrupted, mask = _MAKERS[kind](image, other, rng, grey)
     if grey:

@@ -20,6 +20,7 @@ from edge_ad.images import resize_to_input
 
 from .backbone import WHITENING_EPS, FeatureEncoder, position_whitening
 from .bridge_train import BridgeTrainer, build_pairs, load_resume_state
+from .defects import KINDS
 from .gmm_bridge import GmmBridgeHead, gate_temperature
 from .known_defects import anomalous_patches, push_away
 from .prototype import greedy_coreset
@@ -50,6 +51,7 @@ class TrainConfig:
     distill_steps: int = 1000  # bridge: student (distillation) iterations
     variants: int = 2  # bridge: synthetic image defects per training image
     feature_variants: int = 0  # bridge: defects made in feature space per training image
+    defect_kinds: list[str] | None = None  # bridge: synthetic defect kinds to train on (None: all of KINDS)
     distill_targets: int = 512  # bridge: pairs the teacher restores for distillation
     resume: bool = False  # bridge: continue from the run folder's last checkpoint
     defects: str | None = None  # known defect images (a folder, or elpv:M): prototypes they use are taken out
@@ -80,6 +82,9 @@ def train(config: TrainConfig, out: Path) -> Path:
     """Train `config.model` on the normal training images of `config.data`; returns the run folder."""
     if config.model not in MODEL_TYPES:
         raise DataError(f"model {config.model!r} is not one of {', '.join(MODEL_TYPES)}")
+    kinds = config.defect_kinds
+    if kinds is not None and (not kinds or set(kinds) - set(KINDS)):
+        raise DataError(f"defect kinds {kinds}: pick one or more of {', '.join(KINDS)}")
     started = time.time()
     torch.manual_seed(config.seed)
     samples = load_samples(config.data, "train")
@@ -158,7 +163,8 @@ def _train_bridge(config: TrainConfig, encoder: FeatureEncoder, checkpoint: dict
     prior = GmmBridgeHead(checkpoint["prototypes"], float(checkpoint["tau"]))
     clock = time.time()
     pairs = build_pairs(
-        encoder, prior, inputs, config.variants, config.seed, config.batch_size, config.feature_variants
+        encoder, prior, inputs, config.variants, config.seed, config.batch_size, config.feature_variants,
+        tuple(config.defect_kinds or KINDS),
     )
     trainer = BridgeTrainer(pairs, encoder.channels, out, config.seed, config.batch_size)
     pairs_seconds, clock = time.time() - clock, time.time()

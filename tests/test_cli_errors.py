@@ -24,6 +24,13 @@ def test_missing_data_folder(tmp_path):
     _one_line_error(edge_ad("train", "--data", tmp_path / "nope", "--out", tmp_path / "r"), "nope", "no such")
 
 
+def test_unknown_defect_kind(tmp_path, normal_folder):
+    result = edge_ad("train", "--data", normal_folder, "--out", tmp_path / "r", "--model", "bridge",
+                     "--defect-kinds", "spot", "scrach")
+    _one_line_error(result, "scrach", "pick one or more of perlin_texture")
+    assert not (tmp_path / "r").exists()
+
+
 def test_bad_images_stop_training_unless_skipped(tmp_path, normal_folder):
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -34,6 +34,12 @@ def test_deterministic_under_a_seed(cells):
     assert a[2] == b[2] and (a[0] == b[0]).all() and (a[1] == b[1]).all()
 
 
+def test_only_the_kinds_asked_for_are_drawn(cells):
+    drawn = {synthesize(cells[0], cells[1], np.random.default_rng(seed), kinds=("spot", "cutpaste"))[2]
+             for seed in range(20)}
+    assert drawn == {"spot", "cutpaste"}
+
+
 def test_colour_images_get_colour_defects(cells):
     rng = np.random.default_rng(0)
     colour = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)

@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from edge_ad.device import detect, jetpack, l4t_release, load_configs, pick_config, CONFIGS
+from edge_ad.device import detect, int8_saturates, jetpack, l4t_release, load_configs, pick_config, CONFIGS
 from edge_ad.doctor import doctor
 from edge_ad.errors import EdgeAdError
 
@@ -105,3 +105,15 @@ def test_a_given_target_is_checked_against_the_schema(tmp_path):
     bad.write_text("name: line3\n")
     out = subprocess.run([sys.executable, "-m", "edge_ad", "doctor", "--target", str(bad)], capture_output=True, text=True)
     assert out.returncode == 2 and "line3.yaml: field 'top level': 'description' is a required property" in out.stderr
+
+
+@pytest.mark.parametrize("flags, machine, saturates", [
+    ("fpu sse2 avx2 avx512f avx512bw", "x86_64", True),  # Skylake-SP: AVX-512 without VNNI
+    ("fpu sse2 avx2 avx512f avx512bw avx512_vnni", "x86_64", False),
+    ("fpu sse2 avx2 avx_vnni", "x86_64", False),
+    ("fp asimd asimddp", "aarch64", False),  # a Jetson's ARM cores
+])
+def test_int8_saturation_is_told_from_the_cpu_flags(tmp_path, flags, machine, saturates):
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert int8_saturates(tmp_path, machine) is saturates

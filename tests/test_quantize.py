@@ -1,6 +1,7 @@
 """INT8 export: Q/DQ graphs from ONNX Runtime's static quantiser, run by the same detector."""
 
 import shutil
+import warnings
 
 import cv2
 import numpy as np
@@ -11,10 +12,16 @@ import yaml
 from onnx import numpy_helper
 
 from edge_ad import Detector
+from edge_ad.device import int8_saturates
 from edge_ad.errors import BundleError, EdgeAdError
 from edge_ad.metrics import auroc
 from export.onnx_export import SYMMETRIC_ENCODER_FP32, CalibrationConfig, calibration_count, export_bundle
 from export.quantize import _whitening_nodes, integer_whitening, quantize_distance_graph, quantize_graph
+
+
+needs_vnni = pytest.mark.skipif(
+    int8_saturates(), reason="x86 CPU without VNNI: ONNX Runtime's INT8 kernels saturate, outputs drift from FP32"
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +53,16 @@ def test_int8_bundle_has_qdq_convolution_graphs_and_fp32_distance_graphs(int8_bu
     assert _quantised_convs(int8_bundle / spec["graphs"]["encoder"]["file"])
 
 
+def test_int8_bundle_on_a_cpu_that_saturates_warns(int8_bundle, tiny_bridge_bundle, monkeypatch):
+    monkeypatch.setattr("edge_ad.detector.int8_saturates", lambda: True)
+    with pytest.warns(UserWarning, match="x86 CPU without VNNI.*use an FP32 bundle"):
+        Detector.load(int8_bundle)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Detector.load(tiny_bridge_bundle)  # FP32: nothing to say
+
+
+@needs_vnni
 def test_int8_detector_agrees_with_fp32_and_still_finds_spots(int8_bundle, tiny_bridge_bundle, mvtec_category):
     int8 = Detector.load(int8_bundle, precision="int8", steps=4)
     fp32 = Detector.load(tiny_bridge_bundle, steps=4)
@@ -60,6 +77,7 @@ def test_int8_detector_agrees_with_fp32_and_still_finds_spots(int8_bundle, tiny_
         Detector.load(int8_bundle, precision="fp32")
 
 
+@needs_vnni
 @pytest.mark.parametrize("method", ["percentile", "entropy"])
 def test_histogram_calibration_with_a_short_last_batch(tiny_bridge_bundle, mvtec_category, tmp_path, method):
     run = tiny_bridge_bundle.parent / "run"
@@ -118,6 +136,7 @@ def test_dynamic_int8_prototype_distances_match_fp32(tiny_bundle, tmp_path):
     assert np.linalg.norm(dynamic - reference) / np.linalg.norm(reference) < 0.02
 
 
+@needs_vnni
 def test_uint8_activations_for_onnx_runtime_cpus(tiny_bundle, mvtec_category, tmp_path):
     images = np.stack([cv2.resize(cv2.imread(str(p))[..., ::-1], (128, 128)) for p in sorted(mvtec_category.rglob("*.png"))[:8]])
     out = tmp_path / "encoder.u8.onnx"
@@ -190,6 +209,7 @@ def _quantised_convs(path) -> set[str]:
     return {n.name for n in graph.node if n.op_type == "Conv" and n.input[1] in dequantised}
 
 
+@needs_vnni
 def test_sensitive_layers_stay_fp32_by_name_or_by_measured_noise(tiny_bundle, mvtec_category, tmp_path):
     images = np.stack([cv2.resize(cv2.imread(str(p))[..., ::-1], (128, 128)) for p in sorted(mvtec_category.rglob("*.png"))[:8]])
     batches = [{"image": images[:4]}, {"image": images[4:]}]
