@@ -89,13 +89,13 @@ def synthetic_eval(run: Path, steps: int = 2, seed: int = 777) -> dict:
         defect_maps = combined_maps([maps["defective"][key.get(b, b)] for b in branches], reference)
         normal_scores = normal_maps.reshape(len(normal), -1).max(axis=1)
         defect_scores = defect_maps.reshape(len(made), -1).max(axis=1)
-        normal_pixels = _shrink(normal_maps, side).ravel()
+        normal_pixels, defect_small = _shrink(normal_maps, side).ravel(), _shrink(defect_maps, side)
         rows = {}
         for kind in (*KINDS, "all"):
             chosen = np.ones(len(made), bool) if kind == "all" else kinds == kind
             labels = np.r_[np.zeros(len(normal)), np.ones(chosen.sum())]
             pixel_labels = np.r_[np.zeros(normal_pixels.size), truth[chosen].ravel()]
-            pixels = np.r_[normal_pixels, _shrink(defect_maps[chosen], side).ravel()]
+            pixels = np.r_[normal_pixels, defect_small[chosen].ravel()]
             rows[kind] = {
                 "image_auroc": auroc(labels, np.r_[normal_scores, defect_scores[chosen]]),
                 "pixel_auroc": auroc(pixel_labels, pixels),
