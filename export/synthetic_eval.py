@@ -78,15 +78,15 @@ def synthetic_eval(run: Path, steps: int = 2, seed: int = 777) -> dict:
         split: scorer.maps(scorer.features(x), f"scoring {split} images", [("student", steps)])
         for split, x in (("validation", val_inputs), ("normal", normal), ("defective", made))
     }
-    key = {"student": f"student{steps}"}
     side = max(1, scorer.size // 4)
     truth = _shrink(masks, side) > 0.5
     trained = config.get("defect_kinds") or list(KINDS)
     result = {"steps": steps, "seed": seed, "normal_images": len(normal), "trained_kinds": trained, "models": {}}
     for model, branches in MODELS.items():
-        reference = [maps["validation"][key.get(b, b)] for b in branches]
-        normal_maps = combined_maps([maps["normal"][key.get(b, b)] for b in branches], reference)
-        defect_maps = combined_maps([maps["defective"][key.get(b, b)] for b in branches], reference)
+        branches = [f"student{steps}" if b == "student" else b for b in branches]  # the keys of Scorer.maps
+        reference = [maps["validation"][b] for b in branches]
+        normal_maps = combined_maps([maps["normal"][b] for b in branches], reference)
+        defect_maps = combined_maps([maps["defective"][b] for b in branches], reference)
         normal_scores = normal_maps.reshape(len(normal), -1).max(axis=1)
         defect_scores = defect_maps.reshape(len(made), -1).max(axis=1)
         normal_pixels, defect_small = _shrink(normal_maps, side).ravel(), _shrink(defect_maps, side)
