@@ -10,11 +10,11 @@ from edge_ad import Detector
 from edge_ad.sources import open_source
 
 bundle, source = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "test://"
-max_frames = int(sys.argv[3]) if len(sys.argv) > 3 else 100
+max_frames = int(sys.argv[3]) if len(sys.argv) > 3 else 100  # frames scored; a live source skips the ones it drops
 
 detector = Detector.load(bundle)
-for frame in open_source(source):
+for scored, frame in enumerate(open_source(source), start=1):
     result = detector(frame.image)
     print(f"frame {frame.index}: score {result.score:.3f} {'ANOMALY' if result.is_anomaly else 'ok'}")
-    if frame.index + 1 >= max_frames:
+    if scored >= max_frames:
         break
