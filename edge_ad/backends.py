@@ -16,22 +16,39 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from .bundle import Bundle, file_sha256
+from .device import int8_saturates
 from .errors import BundleError, EdgeAdError
 
 Graph = Callable[..., list[np.ndarray]]
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "pytorch")
 
 
+def exact_int8_kernels(options: Any) -> bool:
+    """On an x86 CPU without VNNI, have ONNX Runtime run the INT8 products of sessions made with
+    `options` (onnxruntime.SessionOptions) in its exact U8U8 kernels; returns whether it did.
+
+    Its default uint8 x int8 kernels there add products in pairs into int16 (vpmaddubsw), which
+    saturates: on such a Xeon the uint8 ELPV bundles scored 0.66 (prototype) and 0.75 (bridge)
+    instead of 0.92. With `session.x64quantprecision` it turns the int8 weights into uint8 ones
+    at load and computes exactly what a CPU with VNNI does, more slowly (README, "x86 CPUs
+    without VNNI"). Elsewhere (VNNI, ARM, GPUs) nothing changes."""
+    if not int8_saturates():
+        return False
+    options.add_session_config_entry("session.x64quantprecision", "1")
+    return True
+
+
 class OnnxGraph:
-    def __init__(self, path: Path, threads: int | None, providers: list[str], spin: bool):
+    def __init__(self, path: Path, threads: int | None, providers: list[str], spin: bool, int8: bool):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        self.u8u8 = int8 and exact_int8_kernels(options)  # INT8 products in the exact U8U8 kernels
         if threads:
             options.intra_op_num_threads = threads
         # A detector runs several sessions one after another per frame. Threads that spin
@@ -47,7 +64,11 @@ class OnnxGraph:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types per failure
-            raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({exc})") from exc
+            hint = ""
+            if self.u8u8:  # INT8 graphs exported before export.quantize.unshare_weights
+                hint = ("; its exact INT8 kernels for this x86 CPU without VNNI need each node to hold its own "
+                        "weights: export the bundle again with this edge-ad")
+            raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({exc}){hint}") from exc
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
@@ -64,7 +85,8 @@ def onnxruntime_providers() -> list[str]:
 
 def onnxruntime_graphs(bundle: Bundle, threads: int | None, spin: bool) -> dict[str, Graph]:
     providers = onnxruntime_providers()
-    return {name: OnnxGraph(path, threads, providers, spin) for name, path in bundle.graphs.items()}
+    int8 = bundle.precision == "int8"
+    return {name: OnnxGraph(path, threads, providers, spin, int8) for name, path in bundle.graphs.items()}
 
 
 def pytorch_graphs(bundle: Bundle) -> dict[str, Graph]:

@@ -61,6 +61,7 @@ def bench(detector: Detector, frames: int, warmup: int, height: int, width: int,
         "bundle": str(detector.bundle.root),
         "backend": detector.backend,
         "onnxruntime_spin": detector.spin,
+        "onnxruntime_u8u8": detector.u8u8,  # INT8 in the exact, slower kernels of x86 CPUs without VNNI
         "precision": detector.precision,
         "bridge_steps": detector.steps,
         "frame_size": [height, width],

@@ -49,9 +49,9 @@ def _memory_gb(root: Path) -> float | None:
 
 
 def int8_saturates(root: Path = Path("/"), machine: str = platform.machine()) -> bool:
-    """True on an x86 CPU without VNNI: ONNX Runtime's integer kernels there add uint8 x int8
-    products in pairs into int16, which saturates (its quantization docs), so INT8 graphs drift
-    from FP32 (README "x86 CPUs without VNNI")."""
+    """True on an x86 CPU without VNNI: ONNX Runtime's default integer kernels there add uint8 x
+    int8 products in pairs into int16, which saturates (its quantization docs), so the runtime
+    asks for its exact ones (`backends.exact_int8_kernels`; README "x86 CPUs without VNNI")."""
     if machine.lower() not in ("x86_64", "amd64"):
         return False
     flags = re.search(r"^flags\s*:(.*)$", _read(root, "/proc/cpuinfo") or "", re.M)

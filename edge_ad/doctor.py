@@ -9,7 +9,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .device import Device, detect, jetpack, load_config, load_configs, pick_config, run_command
+from .device import Device, detect, int8_saturates, jetpack, load_config, load_configs, pick_config, run_command
 from .errors import EdgeAdError
 
 # The Debian/Ubuntu package that provides each GStreamer element edge-ad may use.
@@ -120,7 +120,7 @@ def _check_power(report: Report, device: Device, config: dict, root: Path) -> No
         report.found("GPU clock", f"{cur / 1e6:.0f} of {top / 1e6:.0f} MHz" + (" (sudo jetson_clocks pins it)" if cur < top else ""))
 
 
-def _check_bundle(report: Report, bundle_path: str | None, device: Device, config: dict) -> None:
+def _check_bundle(report: Report, bundle_path: str | None, device: Device, config: dict, root: Path) -> None:
     folder = Path(bundle_path or ".")
     free = shutil.disk_usage(folder if folder.exists() else Path(".")).free / (1 << 30)
     report.found("free disk", f"{free:.1f} GiB at {folder.resolve()}")
@@ -140,6 +140,9 @@ def _check_bundle(report: Report, bundle_path: str | None, device: Device, confi
                            f"calibration: {bundle.calibration or 'from export'}")
     if config["backend"] != "tensorrt":
         report.found("engines", "not needed: ONNX Runtime runs the bundle's graphs on this CPU-only target")
+        if bundle.precision == "int8" and int8_saturates(root):
+            report.found("int8", "this x86 CPU has no VNNI: ONNX Runtime runs INT8 in its exact U8U8 kernels, "
+                                 "slower than FP32 on such CPUs (README): export FP32 for this one")
         return
     from .engines import cached_engines, device_key, other_engines
 
@@ -171,5 +174,5 @@ def doctor(bundle: str | None = None, target: str | None = None, root: Path = Pa
     _check_software(report, device, config, root)
     _check_gstreamer(report, config)
     _check_power(report, device, config, root)
-    _check_bundle(report, bundle, device, config)
+    _check_bundle(report, bundle, device, config, root)
     return report

@@ -41,6 +41,7 @@ from onnxruntime.quantization.qdq_loss_debug import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from edge_ad.backends import exact_int8_kernels
 from edge_ad.engines import REDUCED_PRECISION_GRAPHS
 from edge_ad.errors import EdgeAdError
 
@@ -92,7 +93,9 @@ def output_sqnr(fp32: Path, int8: Path, batches: list[dict[str, np.ndarray]]) ->
     """Signal-to-noise ratio (dB) of the graph's first output, Q/DQ graph against FP32."""
     import onnxruntime as ort
 
-    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, int8)]
+    options = ort.SessionOptions()
+    exact_int8_kernels(options)  # on x86 CPUs without VNNI, measure what the bundle will run
+    sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in (fp32, int8)]
     signal = noise = 0.0
     for batch in batches[:SENSITIVITY_BATCHES]:
         reference, quantised = (s.run(None, batch)[0].astype(np.float64) for s in sessions)
@@ -204,6 +207,31 @@ def quantize_distance_graph(path: Path) -> bool:
     return True
 
 
+def unshare_weights(path: Path) -> None:
+    """Give each node of the graph at `path` its own copy of the constant inputs it shares with
+    another (the fused graph's K steps share the step's weights).
+
+    ONNX Runtime's exact INT8 kernels for x86 CPUs without VNNI (`edge_ad.backends.
+    exact_int8_kernels`) convert each quantised weight for its node, and refuse to load a graph
+    in which two nodes hold one ("Attempt to replace the existing tensor"). The copies cost the
+    fused graph (K - 1) times the step's weights, 0.3 M parameters each."""
+    model = onnx.load(str(path))
+    constants = {init.name: init for init in model.graph.initializer}
+    seen: set[str] = set()
+    for index, node in enumerate(model.graph.node):
+        for slot, name in enumerate(node.input):
+            if name not in constants:
+                continue
+            if name in seen:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(constants[name])
+                copy.name = f"{name}_node{index}_input{slot}"
+                model.graph.initializer.append(copy)
+                node.input[slot] = copy.name
+            seen.add(name)
+    onnx.save(model, str(path))
+
+
 def quantize_graph(
     fp32: Path,
     int8: Path,
@@ -230,6 +258,7 @@ def quantize_graph(
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        unshare_weights(prepared)
         graph = onnx.load(str(prepared)).graph
         names = {node.name for node in graph.node}
         unknown = sorted(set(keep_fp32) - names)

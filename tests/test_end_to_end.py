@@ -90,6 +90,7 @@ def test_bench_reports_stages_fps_and_memory(tiny_bundle, tmp_path):
     report = json.loads((tmp_path / "b.json").read_text())
     assert report["frames"] == 20 and report["fps"] > 0
     assert report["backend"] == "onnxruntime" and report["onnxruntime_spin"] is True
+    assert report["onnxruntime_u8u8"] is False  # FP32 bundle
     assert set(report["stages_ms"]) == {"preprocess_ms", "encoder_ms", "head_ms", "upsample_ms", "normalise_ms"}
     for stage in report["stages_ms"].values():
         assert 0 <= stage["p50"] <= stage["p99"]

@@ -1,7 +1,8 @@
 """INT8 export: Q/DQ graphs from ONNX Runtime's static quantiser, run by the same detector."""
 
+import platform
 import shutil
-import warnings
+from collections import Counter
 
 import cv2
 import numpy as np
@@ -12,16 +13,13 @@ import yaml
 from onnx import numpy_helper
 
 from edge_ad import Detector
-from edge_ad.device import int8_saturates
+from edge_ad.backends import exact_int8_kernels
+from edge_ad.device import CONFIGS
+from edge_ad.doctor import doctor
 from edge_ad.errors import BundleError, EdgeAdError
 from edge_ad.metrics import auroc
 from export.onnx_export import SYMMETRIC_ENCODER_FP32, CalibrationConfig, calibration_count, export_bundle
 from export.quantize import _whitening_nodes, integer_whitening, quantize_distance_graph, quantize_graph
-
-
-needs_vnni = pytest.mark.skipif(
-    int8_saturates(), reason="x86 CPU without VNNI: ONNX Runtime's INT8 kernels saturate, outputs drift from FP32"
-)
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +49,44 @@ def test_int8_bundle_has_qdq_convolution_graphs_and_fp32_distance_graphs(int8_bu
     assert set(SYMMETRIC_ENCODER_FP32) <= set(spec["quantization"]["kept_fp32"]["encoder"])
     assert not set(SYMMETRIC_ENCODER_FP32) & _quantised_convs(int8_bundle / spec["graphs"]["encoder"]["file"])
     assert _quantised_convs(int8_bundle / spec["graphs"]["encoder"]["file"])
+    # the fused graph's K steps hold their own copies of the step's weights: ONNX Runtime's exact
+    # kernels for x86 CPUs without VNNI cannot load weights two nodes share
+    fused = onnx.load(str(int8_bundle / spec["graphs"]["fused"]["file"])).graph
+    dequantise = {n.output[0]: n.input[0] for n in fused.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in fused.node if n.op_type == "Conv" and n.input[1] in dequantise]
+    assert len(convs) == 2 * len(_quantised_convs(int8_bundle / spec["graphs"]["step"]["file"]))  # K = 2
+    weights = {n.input[1] for n in convs} | {dequantise[n.input[1]] for n in convs}
+    uses = Counter(name for node in fused.node for name in node.input if name in weights)
+    assert len(weights) == 2 * len(convs) and set(uses.values()) == {1}
 
 
-def test_int8_bundle_on_a_cpu_that_saturates_warns(int8_bundle, tiny_bridge_bundle, monkeypatch):
-    monkeypatch.setattr("edge_ad.detector.int8_saturates", lambda: True)
-    with pytest.warns(UserWarning, match="x86 CPU without VNNI.*use an FP32 bundle"):
-        Detector.load(int8_bundle)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        Detector.load(tiny_bridge_bundle)  # FP32: nothing to say
+@pytest.mark.parametrize("saturates", [True, False])
+def test_int8_products_run_in_exact_kernels_on_a_cpu_that_saturates(int8_bundle, tiny_bridge_bundle, monkeypatch, saturates):
+    # On an x86 CPU without VNNI the default U8S8 kernels saturate (README); the tests that compare
+    # INT8 with FP32 below fail there without the exact U8U8 kernels.
+    monkeypatch.setattr("edge_ad.backends.int8_saturates", lambda: saturates)
+    detector = Detector.load(int8_bundle)
+    assert detector.u8u8 is saturates
+    for graph in detector._graphs.values():
+        options = graph.session.get_session_options()
+        if saturates:
+            assert options.get_session_config_entry("session.x64quantprecision") == "1"
+        else:  # not set: ONNX Runtime's default kernels
+            with pytest.raises(RuntimeError, match="does not have configuration"):
+                options.get_session_config_entry("session.x64quantprecision")
+    assert Detector.load(tiny_bridge_bundle).u8u8 is False  # FP32: no INT8 products
 
 
-@needs_vnni
+@pytest.mark.parametrize("flags, slower", [("fpu avx2 avx512f avx512bw", True), ("fpu avx2 avx512f avx512_vnni", False)])
+def test_doctor_says_when_int8_runs_in_the_slower_exact_kernels(int8_bundle, tmp_path, flags, slower):
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the check reads x86 CPU flags")
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    lines = doctor(str(int8_bundle), target=str(CONFIGS / "cpu.yaml"), root=tmp_path).lines
+    assert any(line.startswith("int8") and "no VNNI" in line and "U8U8" in line for line in lines) is slower
+
+
 def test_int8_detector_agrees_with_fp32_and_still_finds_spots(int8_bundle, tiny_bridge_bundle, mvtec_category):
     int8 = Detector.load(int8_bundle, precision="int8", steps=4)
     fp32 = Detector.load(tiny_bridge_bundle, steps=4)
@@ -77,7 +101,6 @@ def test_int8_detector_agrees_with_fp32_and_still_finds_spots(int8_bundle, tiny_
         Detector.load(int8_bundle, precision="fp32")
 
 
-@needs_vnni
 @pytest.mark.parametrize("method", ["percentile", "entropy"])
 def test_histogram_calibration_with_a_short_last_batch(tiny_bridge_bundle, mvtec_category, tmp_path, method):
     run = tiny_bridge_bundle.parent / "run"
@@ -136,7 +159,6 @@ def test_dynamic_int8_prototype_distances_match_fp32(tiny_bundle, tmp_path):
     assert np.linalg.norm(dynamic - reference) / np.linalg.norm(reference) < 0.02
 
 
-@needs_vnni
 def test_uint8_activations_for_onnx_runtime_cpus(tiny_bundle, mvtec_category, tmp_path):
     images = np.stack([cv2.resize(cv2.imread(str(p))[..., ::-1], (128, 128)) for p in sorted(mvtec_category.rglob("*.png"))[:8]])
     out = tmp_path / "encoder.u8.onnx"
@@ -181,8 +203,11 @@ def _whitening_matmul(path) -> str:
 
 
 def _run(path, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    """The first output of the graph at `path` on ONNX Runtime's CPU provider."""
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    """The first output of the graph at `path` on ONNX Runtime's CPU provider, with the INT8
+    kernels the runtime picks for this CPU."""
+    options = ort.SessionOptions()
+    exact_int8_kernels(options)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
 
 
 def test_integer_whitening_matches_the_fp32_transform(tiny_bundle, mvtec_category, tmp_path):
@@ -209,7 +234,6 @@ def _quantised_convs(path) -> set[str]:
     return {n.name for n in graph.node if n.op_type == "Conv" and n.input[1] in dequantised}
 
 
-@needs_vnni
 def test_sensitive_layers_stay_fp32_by_name_or_by_measured_noise(tiny_bundle, mvtec_category, tmp_path):
     images = np.stack([cv2.resize(cv2.imread(str(p))[..., ::-1], (128, 128)) for p in sorted(mvtec_category.rglob("*.png"))[:8]])
     batches = [{"image": images[:4]}, {"image": images[4:]}]
