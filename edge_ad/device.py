@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Callable
 
@@ -48,6 +49,7 @@ def _memory_gb(root: Path) -> float | None:
     return int(match.group(1)) / (1 << 20) if match else None
 
 
+@cache  # read once per process: every graph of an INT8 bundle asks at load
 def int8_saturates(root: Path = Path("/"), machine: str = platform.machine()) -> bool:
     """True on an x86 CPU without VNNI: ONNX Runtime's default integer kernels there add uint8 x
     int8 products in pairs into int16, which saturates (its quantization docs), so the runtime
