@@ -207,15 +207,14 @@ def quantize_distance_graph(path: Path) -> bool:
     return True
 
 
-def unshare_weights(path: Path) -> None:
-    """Give each node of the graph at `path` its own copy of the constant inputs it shares with
+def unshare_weights(model: onnx.ModelProto) -> None:
+    """Give each node of `model` its own copy of the constant inputs it shares with
     another (the fused graph's K steps share the step's weights).
 
     ONNX Runtime's exact INT8 kernels for x86 CPUs without VNNI (`edge_ad.backends.
     exact_int8_kernels`) convert each quantised weight for its node, and refuse to load a graph
     in which two nodes hold one ("Attempt to replace the existing tensor"). The copies cost the
     fused graph (K - 1) times the step's weights, 0.3 M parameters each."""
-    model = onnx.load(str(path))
     constants = {init.name: init for init in model.graph.initializer}
     seen: set[str] = set()
     for index, node in enumerate(model.graph.node):
@@ -229,7 +228,6 @@ def unshare_weights(path: Path) -> None:
                 model.graph.initializer.append(copy)
                 node.input[slot] = copy.name
             seen.add(name)
-    onnx.save(model, str(path))
 
 
 def quantize_graph(
@@ -258,8 +256,10 @@ def quantize_graph(
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        unshare_weights(prepared)
-        graph = onnx.load(str(prepared)).graph
+        model = onnx.load(str(prepared))
+        unshare_weights(model)
+        onnx.save(model, str(prepared))
+        graph = model.graph
         names = {node.name for node in graph.node}
         unknown = sorted(set(keep_fp32) - names)
         if unknown:
