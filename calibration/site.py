@@ -29,6 +29,7 @@ from .statistics import (
     bimodality,
     check_defects,
     near_duplicates,
+    score_percentiles,
     split_half,
     threshold_for_far,
 )
@@ -137,7 +138,8 @@ def calibrate(
     coefficient = bimodality(scores)
     if coefficient > BIMODALITY_LIMIT:
         warnings.append(f"the normal scores look bimodal (bimodality coefficient {coefficient:.2f} > "
-                        f"{BIMODALITY_LIMIT}): two products or a light change? Calibrate each condition apart")
+                        f"{BIMODALITY_LIMIT}): two products or a light change? Calibrate each condition apart "
+                        "(two products: one bundle per variant, README 'Several variants on one line')")
 
     top = []
     for _, _, frame, grid in sorted(kept.top, key=lambda item: -item[0]):  # by the bundle's own scores
@@ -161,6 +163,7 @@ def record(calibration: Calibration, detector: Detector, source: str, use_f1: bo
             raise CalibrationError("--threshold f1 needs --defects")
         threshold = calibration.defects.f1_threshold
     scores = calibration.scores
+    percentiles = score_percentiles(scores)
     data = {
         "steps": bundle.steps,
         "normalization": {
@@ -183,9 +186,9 @@ def record(calibration: Calibration, detector: Detector, source: str, use_f1: bo
         "bundle_sha256": file_sha256(bundle.root / BUNDLE_FILE),
         "split_half": {k: round(v, 4) for k, v in calibration.agreement.items()},
         "warnings": calibration.warnings,
-        "normal_scores": {q: float(np.quantile(scores, p)) for q, p in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9))},
+        "normal_scores": percentiles,
         # `edge-ad run --drift`: the rolling median of normal-looking scores should stay in this band.
-        "drift": {"window": DRIFT_WINDOW, "low": float(np.quantile(scores, 0.1)), "high": float(np.quantile(scores, 0.9))},
+        "drift": {"window": DRIFT_WINDOW, "low": percentiles["p10"], "high": percentiles["p90"]},
     }
     if calibration.defects is not None:
         d = calibration.defects

@@ -65,6 +65,12 @@ def threshold_for_far(scores: np.ndarray, far: float, confidence: float) -> Thre
     return Threshold(value, k, far_upper_bound(k, n, confidence))
 
 
+def score_percentiles(scores: np.ndarray) -> dict[str, float]:
+    """The 10th, 50th and 90th percentile of normal image scores, as bundles and calibrations
+    record them (drift band; the scale on which VariantDetector compares variants)."""
+    return {q: float(np.quantile(scores, p)) for q, p in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9))}
+
+
 def bimodality(scores: np.ndarray) -> float:
     """Sarle's bimodality coefficient (skewness^2 + 1) / kurtosis, bias-corrected; above 0.555
     the scores likely come from two populations (two products, a light change)."""

@@ -81,6 +81,7 @@ class Bundle:
     coefficients: np.ndarray | None = None  # (K, 2) rows (t, dt) of the step graph
     calibration: Path | None = None  # the calibration.yaml in use, if any
     fused_steps: int | None = None  # K of the optional fused graph (graphs["fused"]: all K steps in one)
+    normal_scores: tuple[float, float] | None = None  # (p50, p90) of normal image scores, where recorded
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -191,6 +192,7 @@ def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
         coefficients=coefficients,
         calibration=None if calibration is None else calibration.path,
         fused_steps=fused_steps,
+        normal_scores=_normal_scores(selected),
     )
 
 
@@ -257,6 +259,17 @@ def _bridge_schedule(fields: _Fields, steps: int | None) -> tuple[int, np.ndarra
             f"got shape {coefficients.shape}"
         )
     return steps, coefficients, entry
+
+
+def _normal_scores(fields: _Fields) -> tuple[float, float] | None:
+    """(p50, p90) of the normal image scores behind the threshold, where the block records them
+    (bundles and calibrations written since one bundle per variant runs as a VariantDetector)."""
+    if "normal_scores" not in fields.data:
+        return None
+    p50, p90 = fields.get("normal_scores.p50", (int, float)), fields.get("normal_scores.p90", (int, float))
+    if p90 < p50:
+        raise BundleError(f"{fields.path}: field '{fields.prefix}normal_scores.p90' must not be below p50")
+    return float(p50), float(p90)
 
 
 def _branches(fields: _Fields) -> tuple[tuple[str, ...], tuple[Quantiles, ...]]:

@@ -125,8 +125,8 @@ def _run(args: argparse.Namespace) -> None:
     if args.print_pipeline:
         _print_pipelines(streams, jetson)
         return
-    from .detector import Detector
     from .runner import run
+    from .variants import load_detector
 
     config = RunConfig(
         events=Path(args.events) if args.events else None,
@@ -141,7 +141,7 @@ def _run(args: argparse.Namespace) -> None:
         jetson=jetson,
         drift=args.drift,
     )
-    detector = Detector.load(args.bundle, backend=args.backend, steps=args.steps, spin=not args.no_spin)
+    detector = load_detector(args.bundle, backend=args.backend, steps=args.steps, spin=not args.no_spin)
     summary = run(detector, streams, config)
     for s in summary.sources:
         print(f"{s.name}: frames {s.frames}  dropped {s.dropped}  failed {s.failed}  reconnects {s.reconnects}  "
@@ -255,6 +255,12 @@ def _demo(args: argparse.Namespace) -> None:
     demo(Path(args.workdir))
 
 
+def _add_variant_bundles(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", required=True, action="append",
+                   help="the bundle; repeat as NAME=BUNDLE for one bundle per product variant: each frame is "
+                        "judged by the variant that explains it best (README 'Several variants on one line')")
+
+
 def _add_detector_options(p: argparse.ArgumentParser) -> None:
     """The options of every command that loads a detector: bridge steps and backend."""
     p.add_argument("--steps", type=_positive_int, help="bridge steps K (default: the bundle's)")
@@ -274,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model on normal images (workstation, needs torch)")
-    p.add_argument("--data", required=True, help="'elpv', a folder of normal images, or an MVTec category")
+    p.add_argument("--data", required=True,
+                   help="'elpv' (or elpv:mono, elpv:poly), a folder of normal images, or an MVTec category")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--model", choices=MODEL_TYPES, default="prototype",
                    help="nearest prototype (baseline), the closed-form Gaussian-mixture bridge over prototypes "
@@ -328,14 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_export)
 
     p = sub.add_parser("eval", help="evaluate a bundle on a test split")
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--data", required=True, help="'elpv' or an MVTec category folder")
+    _add_variant_bundles(p)
+    p.add_argument("--data", required=True, help="'elpv' (or elpv:mono, elpv:poly) or an MVTec category folder")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     _add_detector_options(p)
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("run", help="score live or recorded video: cameras, RTSP/RTP, files, folders, test://")
-    p.add_argument("--bundle", required=True)
+    _add_variant_bundles(p)
     p.add_argument("--input", action="append",
                    help="test://[pattern], csi://N, /dev/videoN, rtsp://..., rtp://@:port, a video file or an image "
                         "folder; repeat for several cameras")
@@ -413,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_doctor)
 
     p = sub.add_parser("defects", help="write a gallery picture of the synthetic training defects")
-    p.add_argument("--data", required=True, help="'elpv', a folder of normal images, or an MVTec category")
+    p.add_argument("--data", required=True,
+                   help="'elpv' (or elpv:mono, elpv:poly), a folder of normal images, or an MVTec category")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--images", type=_positive_int, default=50, help="how many training images to draw from")
     p.add_argument("--seed", type=int, default=0)

@@ -18,6 +18,7 @@ from .errors import DataError, ImageError
 from .images import is_image_file, read_image, to_rgb
 
 ELPV_TRAIN_SIZE = 1131
+ELPV_TYPES = ("mono", "poly")  # module types; 'elpv:<type>' is the protocol restricted to one
 
 
 @dataclass(frozen=True)
@@ -140,12 +141,17 @@ def load_defects(spec: str) -> list[Sample]:
 
 
 def load_samples(data: str, split: str) -> list[Sample]:
-    """Samples of `split` ('train' or 'test') for 'elpv' or a dataset folder (layout detected)."""
+    """Samples of `split` ('train' or 'test') for 'elpv', 'elpv:mono' or 'elpv:poly' (the ELPV
+    protocol's images of one module type: one product variant) or a dataset folder (layout detected)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if data == "elpv":
+    if data == "elpv" or data.startswith("elpv:"):
+        module_type = data.partition(":")[2]
+        if module_type and module_type not in ELPV_TYPES:
+            raise DataError(f"{data}: ELPV's module types are {', '.join(ELPV_TYPES)} (elpv:mono, elpv:poly), "
+                            "or 'elpv' for all")
         train, test = elpv_split()
-        samples = train if split == "train" else test
+        samples = [s for s in (train if split == "train" else test) if module_type in ("", s.group)]
     else:
         samples = _folder_samples(Path(data), split)
     if not samples:

@@ -27,7 +27,8 @@ class Result:
     map: normalised map in frame coordinates, clipped to [0, 1] for display;
     grid_map: raw maps on the feature grid, one per branch (branches, h, w);
     raw_map: those maps upsampled to input_size and smoothed (branches, H, W), made on first use;
-    times_ms: milliseconds per stage (preprocess, encoder, [prior, bridge,] head, upsample, normalise).
+    times_ms: milliseconds per stage (preprocess, encoder, [prior, bridge,] head, upsample, normalise);
+    variant: the product variant whose bundle gave the result (VariantDetector), else None.
     """
 
     score: float
@@ -38,6 +39,7 @@ class Result:
     input_size: tuple[int, int]
     smoothing_sigma: float
     times_ms: dict[str, float] = field(default_factory=dict)
+    variant: str | None = None
 
     @cached_property
     def raw_map(self) -> np.ndarray:

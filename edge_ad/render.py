@@ -13,7 +13,7 @@ NG_COLOUR = (40, 40, 230)
 
 def overlay(frame_bgr: np.ndarray, result: Result, alpha: float = 0.45) -> np.ndarray:
     """The frame with the anomaly map blended in (inferno colour map, perceptually uniform),
-    contours around regions above the threshold, and the score with OK/NG."""
+    contours around regions above the threshold, and the score with OK/NG (and the variant, if any)."""
     if frame_bgr.ndim == 2:
         frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
     # Colour scale: 0 = normal quantile q_alpha, threshold at mid-scale, twice the threshold saturates.
@@ -27,6 +27,8 @@ def overlay(frame_bgr: np.ndarray, result: Result, alpha: float = 0.45) -> np.nd
     thickness = max(1, round(min(out.shape[:2]) / 200))
     cv2.drawContours(out, contours, -1, colour, thickness)
     text = f"{'NG' if result.is_anomaly else 'OK'} {result.score:.3f}"
+    if result.variant is not None:
+        text += f" {result.variant}"
     scale = max(0.4, min(out.shape[:2]) / 400)
     cv2.putText(out, text, (8, int(30 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2)
     cv2.putText(out, text, (8, int(30 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness)

@@ -32,6 +32,7 @@ from .sinks import AnomalyHook, EventLog, Guarded, Snapshots
 from .sources import Frame, Source, open_source
 from .streams import Stream
 from .telemetry import SourceStats, Telemetry
+from .variants import VariantDetector
 
 log = logging.getLogger("edge_ad.runner")
 
@@ -163,10 +164,10 @@ class _Sinks:
     """Everything a scored frame goes to: events, snapshots, the anomaly hook (shared by the
     streams) and each stream's video output, each guarded so that its failures are counted."""
 
-    def __init__(self, config: RunConfig, stack: ExitStack, drift: DriftWatch | None = None):
+    def __init__(self, config: RunConfig, stack: ExitStack, drift: dict[str | None, DriftWatch] | None = None):
         self.guards: list[Guarded] = []
-        self.drift = drift  # the calibrated band; each stream gets its own watch over it
-        self.watches: dict[str, DriftWatch] = {}
+        self.drift = drift  # the calibrated band per variant (None: one bundle); each stream gets its own watch
+        self.watches: dict[tuple[str, str | None], DriftWatch] = {}
         self.events = self.snapshots = self.hook = None
         self.videos: dict[str, Guarded] = {}
         self.jetson = config.jetson
@@ -193,17 +194,22 @@ class _Sinks:
         self.videos[stream.name] = self._guard(f"output {stream.output}", video)
 
     def _watch_drift(self, stream: Stream, frame: Frame, result: Result) -> None:
-        if stream.name not in self.watches:
-            self.watches[stream.name] = DriftWatch(self.drift.low, self.drift.high, self.drift.window)
-        drift = self.watches[stream.name].add(result.score, result.is_anomaly)
+        key = (stream.name, result.variant)
+        if key not in self.watches:
+            band = self.drift[result.variant]
+            self.watches[key] = DriftWatch(band.low, band.high, band.window)
+        drift = self.watches[key].add(result.score, result.is_anomaly)
         if drift is None:
             return
         drift = {"source": stream.name, "frame": frame.index, "timestamp": round(frame.captured, 6), **drift}
+        where = stream.name if result.variant is None else f"{stream.name} ({result.variant})"
+        if result.variant is not None:
+            drift["variant"] = result.variant
         if drift["state"] == "outside":
             log.warning("%s: drift: median normal score %.4f left the calibrated band [%.4f, %.4f]; recalibrate "
-                        "(edge-ad calibrate)", stream.name, drift["median"], drift["low"], drift["high"])
+                        "(edge-ad calibrate)", where, drift["median"], drift["low"], drift["high"])
         else:
-            log.info("%s: drift: median normal score %.4f is back in the calibrated band", stream.name, drift["median"])
+            log.info("%s: drift: median normal score %.4f is back in the calibrated band", where, drift["median"])
         if self.events is not None:
             self.events(drift)
 
@@ -261,6 +267,7 @@ def _event(stream: Stream, frame: Frame, result: Result, latency_ms: float) -> d
         "regions": regions(result.map, result.threshold) if result.is_anomaly else [],
         "latency_ms": round(latency_ms, 3),
         "inference_ms": round(sum(result.times_ms.values()), 3),
+        **({"variant": result.variant} if result.variant is not None else {}),
     }
 
 
@@ -272,7 +279,9 @@ def _current(stats: dict[str, SourceStats], captures: list[_Capture]) -> list[So
     return list(stats.values())
 
 
-def _score(detector: Detector, ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats]) -> list:
+def _score(
+    detector: Detector | VariantDetector, ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats]
+) -> list:
     """Results of the ready frames, in one batch across the sources; when the batch fails (a
     frame the detector refuses, NaN maps from a broken graph) each frame is scored alone, and
     the ones that fail are counted, logged and skipped (None): the run goes on."""
@@ -293,7 +302,16 @@ def _score(detector: Detector, ready: list[tuple[_Capture, Frame]], stats: dict[
     return results
 
 
-def run(detector: Detector, streams: list[Stream], config: RunConfig, stop: threading.Event | None = None) -> RunSummary:
+def drift_bands(detector: Detector | VariantDetector) -> dict[str | None, DriftWatch]:
+    """Each bundle's calibrated drift band, keyed by variant (None for a single bundle)."""
+    if isinstance(detector, VariantDetector):
+        return {name: DriftWatch.from_bundle(d.bundle) for name, d in detector.detectors.items()}
+    return {None: DriftWatch.from_bundle(detector.bundle)}
+
+
+def run(
+    detector: Detector | VariantDetector, streams: list[Stream], config: RunConfig, stop: threading.Event | None = None
+) -> RunSummary:
     """Score every stream until all end, `max_frames` per stream, or `stop` (also set by SIGINT
     and SIGTERM). A source that fails to open stops the run before it starts; a sink that fails
     later is reported and inference goes on."""
@@ -309,7 +327,7 @@ def run(detector: Detector, streams: list[Stream], config: RunConfig, stop: thre
     ready = threading.Event()
     stats = {s.name: SourceStats(s.name) for s in streams}
     with ExitStack() as stack, _stop_on_signals(stop):
-        sinks = _Sinks(config, stack, DriftWatch.from_bundle(detector.bundle) if config.drift else None)
+        sinks = _Sinks(config, stack, drift_bands(detector) if config.drift else None)
         captures: list[_Capture] = []
         telemetry = None
         if config.metrics is not None or config.metrics_port is not None:

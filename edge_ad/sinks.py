@@ -125,7 +125,8 @@ class Snapshots:
 class AnomalyHook:
     """Runs a command for an anomalous frame, without waiting for it; the frame's facts are in
     its environment (EDGE_AD_SOURCE, EDGE_AD_FRAME, EDGE_AD_SCORE, EDGE_AD_THRESHOLD,
-    EDGE_AD_TIMESTAMP). While the previous call still runs, further anomalies are skipped."""
+    EDGE_AD_TIMESTAMP, and EDGE_AD_VARIANT with one bundle per variant). While the previous call
+    still runs, further anomalies are skipped."""
 
     def __init__(self, command: str):
         self.argv = shlex.split(command)
@@ -145,6 +146,7 @@ class AnomalyHook:
             EDGE_AD_SCORE=str(event["score"]),
             EDGE_AD_THRESHOLD=str(event["threshold"]),
             EDGE_AD_TIMESTAMP=str(event["timestamp"]),
+            **({"EDGE_AD_VARIANT": str(event["variant"])} if "variant" in event else {}),
         )
         try:
             self.process = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL)

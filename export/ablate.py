@@ -9,6 +9,12 @@ teacher (TEACHER_STEPS steps) and the student at K = 1, 2, 4 (both combined with
 the way the runtime does: quantile-normalised branches averaged), and the K=2 student's bridge
 branch alone. It writes ablation.json and ablation.md (the README table) into --out.
 Scoring runs the torch models (the same maps as the exported graphs; parity is checked at export).
+
+With several --data (one per product variant, e.g. elpv:mono elpv:poly), every variant gets its
+own runs and the table gives each row over all test images, each image scored by its own
+variant's models: one bundle per variant, as a line that makes several runs them. Each variant's
+image scores are first put on the scale on which the runtime's VariantDetector compares variants:
+the median of its validation images' scores -> 0, their 90th percentile -> 1.
 """
 
 from __future__ import annotations
@@ -126,7 +132,16 @@ def _unwhitened_prototype_maps(config: TrainConfig, seed: int, out: Path, test_i
     return maps, record["prototypes_seconds"] / 60
 
 
-def ablate_seed(seed: int, config: TrainConfig, out: Path, test_inputs: np.ndarray, samples) -> list[dict]:
+def standardised(scores: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    """Image scores with the median of the normal images' scores -> 0 and their 90th percentile -> 1."""
+    p50, p90 = np.quantile(normal, [0.5, 0.9])
+    return (scores - p50) / (p90 - p50)
+
+
+def ablate_seed(
+    seed: int, config: TrainConfig, out: Path, test_inputs: np.ndarray, samples
+) -> tuple[list[dict], list[np.ndarray]]:
+    """Every row's result for one seed, and its standardised test image scores (same order)."""
     unwhitened, unwhitened_minutes = _unwhitened_prototype_maps(config, seed, out, test_inputs)
     run = train(TrainConfig(**{**asdict(config), "seed": seed}), out / f"run-seed{seed}")
     record, checkpoint, val_inputs = load_run(run)
@@ -150,11 +165,14 @@ def ablate_seed(seed: int, config: TrainConfig, out: Path, test_inputs: np.ndarr
         ],
         ("student, bridge branch only", "2", ["student2"], t["train_seconds"] / 60, ("student", 2)),
     ]
-    results = []
+    results, all_scores = [], []
     for name, steps, branches, minutes, timed in rows:
         scores = image_scores([test_maps[b] for b in branches], [val_maps[b] for b in branches])
+        normal = image_scores([val_maps[b] for b in branches], [val_maps[b] for b in branches])
+        all_scores.append(standardised(scores, normal))
         results.append({
             "seed": seed,
+            "data": config.data,
             "model": name,
             "steps": steps,
             "image_auroc": auroc(labels, scores),
@@ -162,8 +180,29 @@ def ablate_seed(seed: int, config: TrainConfig, out: Path, test_inputs: np.ndarr
             "train_minutes": round(minutes, 1),
             "bridge_ms_per_image": round(scorer.bridge_ms(timing_features, *timed), 1) if timed else None,
         })
-        print(f"seed {seed} {name} K={steps}: image AUROC {results[-1]['image_auroc']:.4f}")
-    return results
+        print(f"seed {seed} {config.data} {name} K={steps}: image AUROC {results[-1]['image_auroc']:.4f}")
+    return results, all_scores
+
+
+def over_variants(per_variant: list[tuple[list[dict], list[np.ndarray], list]]) -> list[dict]:
+    """One seed's rows over the test images of every variant, from (results, standardised image
+    scores, samples) per variant: AUROC of the pooled scores, each variant's own AUROCs as its
+    groups, training minutes summed and bridge milliseconds averaged over the variants."""
+    labels = np.concatenate([[s.label for s in samples] for _, _, samples in per_variant])
+    merged = []
+    for i, first in enumerate(per_variant[0][0]):
+        rows = [results[i] for results, _, _ in per_variant]
+        timed = [r["bridge_ms_per_image"] for r in rows if r["bridge_ms_per_image"] is not None]
+        merged.append({
+            **first,
+            "data": [r["data"] for r in rows],
+            "image_auroc": auroc(labels, np.concatenate([scores[i] for _, scores, _ in per_variant])),
+            "per_group": {g: v for r in rows for g, v in r["per_group"].items()},
+            "per_variant": {r["data"]: r["image_auroc"] for r in rows},
+            "train_minutes": round(sum(r["train_minutes"] for r in rows), 1),
+            "bridge_ms_per_image": round(float(np.mean(timed)), 1) if timed else None,
+        })
+    return merged
 
 
 def markdown(results: list[dict]) -> str:
@@ -189,7 +228,9 @@ def markdown(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m export.ablate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="'elpv', an MVTec category folder or a folder of normal images")
+    parser.add_argument("--data", required=True, nargs="+",
+                        help="'elpv', 'elpv:mono', an MVTec category folder or a folder of normal images; "
+                             "several: one per product variant, each with its own models")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", type=Path, default=Path("ablation"))
     parser.add_argument("--input-size", type=int, default=256)
@@ -200,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--whitening-eps", type=float, default=TrainConfig.whitening_eps)
     args = parser.parse_args(argv)
     config = TrainConfig(
-        data=args.data,
+        data=args.data[0],
         model="bridge",
         input_size=args.input_size,
         prototypes=args.prototypes,
@@ -209,13 +250,23 @@ def main(argv: list[str] | None = None) -> None:
         distill_steps=args.distill_steps,
         feature_variants=args.feature_variants,
     )
-    samples = load_samples(args.data, "test")
-    _, images, _ = read_all(samples, False, lambda s: tqdm(s, desc="reading test images", unit="img"))
-    test_inputs = prepare_inputs(images, args.input_size)
+    variants = []
+    for data in args.data:
+        samples = load_samples(data, "test")
+        _, images, _ = read_all(samples, False, lambda s: tqdm(s, desc=f"reading test images of {data}", unit="img"))
+        out = args.out if len(args.data) == 1 else args.out / data.replace(":", "-").replace("/", "-").strip("-.")
+        inputs = prepare_inputs(images, args.input_size)
+        variants.append((TrainConfig(**{**asdict(config), "data": data}), out, inputs, samples))
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for seed in args.seeds:
-        results += ablate_seed(seed, config, args.out, test_inputs, samples)
+        per_variant = [
+            (*ablate_seed(seed, cfg, out, inputs, samples), samples) for cfg, out, inputs, samples in variants
+        ]
+        if len(per_variant) == 1:
+            results += per_variant[0][0]
+        else:
+            results += over_variants(per_variant)
         (args.out / "ablation.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)
     (args.out / "ablation.md").write_text(table)

@@ -1,5 +1,6 @@
-"""Evaluation of a bundle on a test split: image AUROC (overall and per group), F1-max, and
-pixel AUROC and AUPRO where ground-truth masks exist. Runs the bundle as the device does."""
+"""Evaluation of a bundle, or of one bundle per product variant, on a test split: image AUROC
+(overall and per group), F1-max, and pixel AUROC and AUPRO where ground-truth masks exist. Runs
+the bundles as the device does."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_ad.datasets import Sample, load_samples
-from edge_ad.detector import Detector
+from edge_ad.errors import DataError
 from edge_ad.metrics import aupro, auroc, f1_max
+from edge_ad.variants import VariantDetector, load_detector, parse_variants
 
 
 def _group_aurocs(samples: list[Sample], scores: np.ndarray) -> dict[str, float]:
@@ -29,7 +31,7 @@ def _group_aurocs(samples: list[Sample], scores: np.ndarray) -> dict[str, float]
 
 
 def evaluate(
-    bundle: str | Path,
+    bundle: str | Path | list[str],
     data: str,
     batch_size: int = 8,
     steps: int | None = None,
@@ -37,28 +39,50 @@ def evaluate(
     exclude: frozenset[str] = frozenset(),
 ) -> dict:
     """Score every test image of `data` with the bundle (at `steps` bridge steps) and return the
-    metrics; samples named in `exclude` (known defects used in training) are left out."""
-    detector = Detector.load(bundle, backend=backend, steps=steps)
+    metrics; samples named in `exclude` (known defects used in training) are left out.
+
+    Several bundles ('NAME=BUNDLE', one per product variant) run as a VariantDetector: scores and
+    maps are taken relative to each variant's normal images (the scale on which it compares
+    variants), and the report says which variant took each group's images."""
+    specs = [str(bundle)] if isinstance(bundle, (str, Path)) else list(bundle)
+    loaded = load_detector(specs, backend=backend, steps=steps)
+    detector, variants = (None, loaded) if isinstance(loaded, VariantDetector) else (loaded, None)
+    models = [detector] if variants is None else list(variants.detectors.values())
     samples = [s for s in load_samples(data, "test") if s.name not in exclude]
-    height, width = detector.bundle.input_size
     with_masks = any(s.mask_path is not None for s in samples)
-    scores, maps, masks = [], [], []
+    if with_masks and len({m.bundle.input_size for m in models}) > 1:
+        raise DataError(f"{data}: pixel metrics over variants need bundles of one input size, got "
+                        f"{sorted({m.bundle.input_size for m in models})}")
+    scores, maps, masks, taken = [], [], [], {}
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluating", unit="batch"):
         chunk = samples[start : start + batch_size]
-        for sample, result in zip(chunk, detector.batch([s.image() for s in chunk], color="RGB")):
-            scores.append(result.score)
+        for sample, result in zip(chunk, loaded.batch([s.image() for s in chunk], color="RGB")):
+            model, scale = detector, (lambda values: values)
+            if variants is not None:
+                model, scale = variants.detector_of(result), (lambda values: variants.relative(values, result.variant))
+                group = taken.setdefault(sample.group, {})
+                group[result.variant] = group.get(result.variant, 0) + 1
+            scores.append(scale(result.score))
             if with_masks:
-                maps.append(detector.normalised_maps(result.grid_map[None])[0])
-                masks.append(sample.mask(height, width))
+                maps.append(scale(model.normalised_maps(result.grid_map[None])[0]))
+                masks.append(sample.mask(*model.bundle.input_size))
     scores = np.array(scores)
     labels = np.array([s.label for s in samples])
     f1, f1_threshold = f1_max(labels, scores)
+    if detector is not None:
+        described = {"bundle": specs[0], "backend": detector.backend, "precision": detector.precision,
+                     "bridge_steps": detector.steps}
+    else:
+        described = {
+            "bundles": {name: str(path) for name, path in parse_variants(specs).items()},
+            "variant_taking_each_group": taken,
+            "backend": sorted({d.backend for d in models}),
+            "precision": sorted({d.precision for d in models}),
+            "bridge_steps": sorted({d.steps for d in models if d.steps is not None}),
+        }
     report = {
         "data": data,
-        "bundle": str(bundle),
-        "backend": detector.backend,
-        "precision": detector.precision,
-        "bridge_steps": detector.steps,
+        **described,
         "test_images": len(samples),
         "normal_images": int((labels == 0).sum()),
         "anomalous_images": int((labels == 1).sum()),
@@ -66,8 +90,9 @@ def evaluate(
         "image_auroc_per_group": _group_aurocs(samples, scores),
         "image_f1_max": f1,
         "image_f1_threshold": f1_threshold,
-        "bundle_threshold": detector.threshold,
     }
+    if detector is not None:
+        report["bundle_threshold"] = detector.threshold
     if with_masks:
         maps_array, masks_array = np.stack(maps), np.stack(masks)
         report["pixel_auroc"] = auroc(masks_array, maps_array)

@@ -15,6 +15,7 @@ import torch
 from onnxsim import simplify
 from tqdm import tqdm
 
+from calibration.statistics import score_percentiles
 from calibration.threshold import threshold_at_false_alarm_rate
 from edge_ad import __version__
 from edge_ad.bundle import BRANCHES, BUNDLE_FILE, SCHEMA_VERSION, file_sha256, write_yaml_atomic
@@ -306,8 +307,8 @@ def reference_modules(record: dict, checkpoint: dict) -> dict[str, torch.nn.Modu
 
 
 def _calibrate(detector: Detector, val_inputs: np.ndarray) -> dict:
-    """Per-branch quantiles and the image threshold from the validation images, run through the
-    exported graphs themselves."""
+    """Per-branch quantiles, the image threshold and the percentiles of image scores from the
+    validation images, run through the exported graphs themselves."""
     raw = np.concatenate([detector.raw_maps(val_inputs[i : i + 8]) for i in range(0, len(val_inputs), 8)])
     quantiles = [fit_quantiles(raw[:, b], 0.9, 0.995) for b in range(raw.shape[1])]
     scores = np.array([(sum(q.apply(m) for q, m in zip(quantiles, maps)) / len(maps)).max() for maps in raw])
@@ -318,6 +319,7 @@ def _calibrate(detector: Detector, val_inputs: np.ndarray) -> dict:
     return {
         "normalization": {"q_alpha": quantiles[0].alpha, "q_beta": quantiles[0].beta, "branches": branches},
         "threshold": threshold_at_false_alarm_rate(scores, BUNDLE_FALSE_ALARM_RATE),
+        "normal_scores": score_percentiles(scores),
     }
 
 

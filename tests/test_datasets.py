@@ -18,6 +18,19 @@ def test_elpv_split_follows_the_protocol(elpv_samples):
     assert (image[..., 0] == image[..., 1]).all()  # grey became three channels
 
 
+def test_elpv_module_type_is_one_variant_of_the_same_protocol(elpv_samples):
+    train, test = elpv_samples
+    for module_type in ("mono", "poly"):
+        for split, full in (("train", train), ("test", test)):
+            part = load_samples(f"elpv:{module_type}", split)
+            assert [s.name for s in part] == [s.name for s in full if s.group == module_type]
+            assert part and {s.group for s in part} == {module_type}
+    mono_test = load_samples("elpv:mono", "test")
+    assert {s.label for s in mono_test} == {0, 1}
+    with pytest.raises(DataError, match=r"elpv:cigs: ELPV's module types are mono, poly"):
+        load_samples("elpv:cigs", "train")
+
+
 def test_mvtec_layout_is_detected(mvtec_category):
     train = load_samples(str(mvtec_category), "train")
     test = load_samples(str(mvtec_category), "test")

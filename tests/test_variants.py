@@ -1,0 +1,156 @@
+"""One bundle per product variant: ELPV mono and poly cells as two variants on one line."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from conftest import TINY_INPUT, TINY_PROTOTYPES, add_spot
+from edge_ad.detector import Detector
+from edge_ad.errors import BundleError, EdgeAdError
+from edge_ad.runner import RunConfig, drift_bands, run
+from edge_ad.streams import Stream
+from edge_ad.variants import VariantDetector, load_detector, parse_variants
+
+TYPES = ("mono", "poly")
+
+
+@pytest.fixture(scope="module")
+def variant_bundles(tmp_path_factory, elpv_samples) -> dict[str, str]:
+    """A tiny bundle per module type, each trained on twelve normal cells of that type only (four of
+    them validation images: the spread of normal scores that comparing variants needs)."""
+    from export.onnx_export import export_bundle
+    from export.train import TrainConfig, train
+
+    bundles = {}
+    for module_type in TYPES:
+        folder = tmp_path_factory.mktemp(f"good-{module_type}")
+        for sample in [s for s in elpv_samples[0] if s.group == module_type][:12]:
+            cv2.imwrite(str(folder / f"{sample.name[5:]}.png"), cv2.cvtColor(sample.image(), cv2.COLOR_RGB2BGR))
+        config = TrainConfig(data=str(folder), input_size=TINY_INPUT, prototypes=TINY_PROTOTYPES, val_fraction=0.34)
+        run_folder = train(config, folder.parent / f"run-{module_type}")
+        bundles[module_type] = str(export_bundle(run_folder, folder.parent / f"bundle-{module_type}"))
+    return bundles
+
+
+@pytest.fixture(scope="module")
+def test_cells(elpv_samples) -> dict[str, list[np.ndarray]]:
+    """Six normal test cells of each type (BGR), none seen in training."""
+    normal = [s for s in elpv_samples[1] if s.label == 0]
+    return {t: [cv2.cvtColor(s.image(), cv2.COLOR_RGB2BGR) for s in normal if s.group == t][:6] for t in TYPES}
+
+
+def test_each_cell_is_judged_by_its_own_module_type(variant_bundles, test_cells):
+    variants = VariantDetector({t: Detector.load(variant_bundles[t]) for t in TYPES})
+    alone = {t: Detector.load(variant_bundles[t]) for t in TYPES}
+    normal = {t: alone[t].bundle.normal_scores for t in TYPES}  # (p50, p90) of validation image scores
+    assert all(p50 < p90 for p50, p90 in normal.values())
+    rng = np.random.default_rng(0)
+    for module_type, cells in test_cells.items():
+        spotted = [add_spot(cell, rng)[0] for cell in cells[:3]]
+        frames = cells + spotted
+        results = variants.batch(frames)
+        assert [r.variant for r in results[: len(cells)]] == [module_type] * len(cells)
+        for frame, result in zip(frames, results):
+            own = {t: alone[t](frame) for t in TYPES}
+            chosen = own[result.variant]
+            assert result.score == pytest.approx(chosen.score) and result.threshold == chosen.threshold
+            assert np.allclose(result.map, chosen.map, atol=1e-5)  # batch of nine against one frame
+            # the variant to which the frame looks most normal gives the result, its threshold the verdict
+            relative = {t: (own[t].score - p50) / (p90 - p50) for t, (p50, p90) in normal.items()}
+            assert result.variant == min(TYPES, key=relative.get)
+            assert variants.relative(result.score, result.variant) == pytest.approx(relative[result.variant])
+            assert result.is_anomaly == (chosen.score >= chosen.threshold) == chosen.is_anomaly
+            assert {k.split("/")[0] for k in result.times_ms} == set(TYPES)
+            assert "mono/encoder_ms" in result.times_ms and "poly/encoder_ms" in result.times_ms
+    one = variants(test_cells["poly"][0])
+    assert one.variant == "poly"
+
+
+def test_bundles_without_a_spread_of_normal_scores_are_refused(variant_bundles, tmp_path):
+    spec = yaml.safe_load((Path(variant_bundles["poly"]) / "bundle.yaml").read_text())
+    for name, scores in (("older", None), ("flat", {"p10": 0.1, "p50": 0.2, "p90": 0.2})):
+        bundle = tmp_path / name
+        shutil.copytree(variant_bundles["poly"], bundle)
+        changed = {k: v for k, v in spec.items() if k != "normal_scores"}
+        if scores is not None:
+            changed["normal_scores"] = scores
+        (bundle / "bundle.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+        with pytest.raises(EdgeAdError, match=f"variant '{name}': .*{name} records no spread of normal image scores"):
+            load_detector([variant_bundles["mono"], f"{name}={bundle}"])
+    (tmp_path / "flat" / "bundle.yaml").write_text(yaml.safe_dump({**spec, "normal_scores": {"p50": 0.3, "p90": 0.2}}))
+    with pytest.raises(BundleError, match="field 'normal_scores.p90' must not be below p50"):
+        Detector.load(tmp_path / "flat")
+
+
+def test_bundle_names_and_a_single_bundle(variant_bundles):
+    mono, poly = variant_bundles["mono"], variant_bundles["poly"]
+    assert parse_variants([f"a={mono}", poly]) == {"a": Path(mono), "bundle-poly": Path(poly)}
+    assert parse_variants(["/lines/run=3/cells.tar"]) == {"cells": Path("/lines/run=3/cells.tar")}
+    with pytest.raises(EdgeAdError, match="a variant named 'a' is already given"):
+        parse_variants([f"a={mono}", f"a={poly}"])
+    with pytest.raises(EdgeAdError, match="expected NAME=BUNDLE"):
+        parse_variants([f"={mono}"])
+    with pytest.raises(EdgeAdError, match="at least two variants"):
+        VariantDetector({"mono": Detector.load(mono)})
+    assert isinstance(load_detector([f"mono={mono}"]), Detector)
+    assert isinstance(load_detector([mono, poly]), VariantDetector)
+
+
+def test_stream_events_name_the_variant_and_drift_needs_each_calibration(variant_bundles, test_cells, tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for module_type in TYPES:
+        for i, cell in enumerate(test_cells[module_type][:3]):
+            cv2.imwrite(str(folder / f"{module_type}-{i}.png"), cell)
+    detector = load_detector([f"{t}={variant_bundles[t]}" for t in TYPES])
+    summary = run(detector, [Stream(str(folder), name="line")], RunConfig(events=tmp_path / "ev.jsonl"))
+    assert summary.frames == 6
+    events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    frames = [e for e in events if e["event"] == "frame"]
+    assert [e["variant"] for e in frames] == [Path(e["name"]).name.split("-")[0] for e in frames]
+    with pytest.raises(EdgeAdError, match="bundle-mono.*needs a site calibration"):
+        drift_bands(detector)
+
+
+def test_drift_is_watched_per_variant_against_its_own_band(variant_bundles, test_cells, tmp_path):
+    bands = {"mono": {"low": -2.0, "high": -1.0, "window": 2},  # a band no frame fits
+             "poly": {"low": -100.0, "high": 100.0, "window": 2}}  # one every frame fits
+    specs = []
+    for module_type, band in bands.items():
+        bundle = tmp_path / f"bundle-{module_type}"
+        shutil.copytree(variant_bundles[module_type], bundle)
+        spec = yaml.safe_load((bundle / "bundle.yaml").read_text())
+        (bundle / "calibration.yaml").write_text(yaml.safe_dump(
+            {"steps": None, "threshold": 100.0, "drift": band, "normalization": spec["normalization"],
+             "normal_scores": spec["normal_scores"]}))
+        specs.append(f"{module_type}={bundle}")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(33):  # CHECK_EVERY (30) frames of each variant: each watch checks its median once
+        for module_type in TYPES:
+            cv2.imwrite(str(folder / f"{i:02d}-{module_type}.png"), test_cells[module_type][i % 6])
+    run(load_detector(specs), [Stream(str(folder), name="line")], RunConfig(events=tmp_path / "ev.jsonl", drift=True))
+    events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    drift = [e for e in events if e["event"] == "drift"]
+    assert len(drift) == 1 and drift[0]["variant"] == "mono" and drift[0]["state"] == "outside"
+    assert sum(e["event"] == "frame" for e in events) == 66
+
+
+def test_eval_of_two_variant_bundles_from_the_command_line(variant_bundles, mvtec_category, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_ad", "eval", "--data", str(mvtec_category), "--json", str(tmp_path / "r.json"),
+         "--bundle", f"mono={variant_bundles['mono']}", "--bundle", f"poly={variant_bundles['poly']}"],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert set(report["bundles"]) == set(TYPES) and report["test_images"] == 8
+    assert sum(n for group in report["variant_taking_each_group"].values() for n in group.values()) == 8
+    assert report["image_auroc"] > 0.8 and report["pixel_auroc"] > 0.9  # the spots are plain to see
