@@ -80,10 +80,11 @@ class VariantDetector:
         per_variant = {name: detector.batch(frames, color) for name, detector in self.detectors.items()}
         chosen = []
         for i in range(len(frames)):
-            results = {name: replace(results[i], variant=name) for name, results in per_variant.items()}
-            best = min(results, key=lambda name: self.relative(results[name].score, name))
-            times = {f"{name}/{stage}": ms for name, result in results.items() for stage, ms in result.times_ms.items()}
-            chosen.append(replace(results[best], times_ms=times))
+            best = min(per_variant, key=lambda name: self.relative(per_variant[name][i].score, name))
+            times = {
+                f"{name}/{stage}": ms for name, results in per_variant.items() for stage, ms in results[i].times_ms.items()
+            }
+            chosen.append(replace(per_variant[best][i], variant=best, times_ms=times))
         return chosen
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from calibration.statistics import score_percentiles
 from edge_ad.datasets import load_samples, read_all
 from edge_ad.metrics import auroc
 from edge_ad.normalize import fit_quantiles
@@ -133,9 +134,10 @@ def _unwhitened_prototype_maps(config: TrainConfig, seed: int, out: Path, test_i
 
 
 def standardised(scores: np.ndarray, normal: np.ndarray) -> np.ndarray:
-    """Image scores with the median of the normal images' scores -> 0 and their 90th percentile -> 1."""
-    p50, p90 = np.quantile(normal, [0.5, 0.9])
-    return (scores - p50) / (p90 - p50)
+    """Image scores with the median of the normal images' scores -> 0 and their 90th percentile ->
+    1, the percentiles a bundle records (VariantDetector.relative)."""
+    percentiles = score_percentiles(normal)
+    return (scores - percentiles["p50"]) / (percentiles["p90"] - percentiles["p50"])
 
 
 def ablate_seed(
