@@ -57,8 +57,9 @@ class VariantDetector:
             if normal is None or not normal[1] > normal[0]:
                 where = detector.bundle.calibration or detector.bundle.root
                 raise EdgeAdError(
-                    f"variant {name!r}: {where} records no spread of normal image scores (normal_scores p50 < p90), "
-                    "which comparing variants needs; export the bundle again with this edge-ad, or calibrate it on site"
+                    f"variant {name!r}: {where} records no spread of normal image scores (comparing variants "
+                    "needs normal_scores with p50 below p90); export the bundle again with this edge-ad, or "
+                    "calibrate it on site"
                 )
         self.detectors = detectors
 
