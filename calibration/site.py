@@ -19,6 +19,7 @@ from tqdm import tqdm
 from edge_ad.bundle import BUNDLE_FILE, BRANCHES, CALIBRATION_FILE, file_sha256, write_yaml_atomic
 from edge_ad.detector import Detector, Result
 from edge_ad.normalize import Quantiles, fit_quantiles
+from edge_ad.variants import VariantDetector
 
 from .statistics import (
     BIMODALITY_LIMIT,
@@ -52,26 +53,32 @@ class Collected:
     thumbnails: list[np.ndarray] = field(default_factory=list)
     top: list[tuple[float, int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (score, i, frame, grid)
 
+    def add(self, i: int, frame: np.ndarray, result: Result, rng: np.random.Generator) -> None:
+        flat = result.raw_map.reshape(result.raw_map.shape[0], -1)
+        self.samples.append(flat[:, rng.integers(0, flat.shape[1], PIXELS_PER_FRAME)].astype(np.float32))
+        self.grids.append(result.grid_map)
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+        self.thumbnails.append(cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA))
+        item = (result.score, i, frame, result.grid_map)
+        if len(self.top) < TOP_FRAMES:
+            heapq.heappush(self.top, item)
+        elif result.score > self.top[0][0]:
+            heapq.heapreplace(self.top, item)
 
-def collect(detector: Detector, frames: Iterable[np.ndarray], count: int, seed: int = 0) -> Collected:
-    """Run the detector on up to `count` normal BGR frames (progress bar)."""
+
+def collect(
+    detector: Detector | VariantDetector, frames: Iterable[np.ndarray], count: int, seed: int = 0
+) -> dict[str | None, Collected]:
+    """Run the detector on up to `count` normal BGR frames (progress bar). What is kept of each
+    frame goes to the variant that took it (a VariantDetector: each variant is then calibrated
+    on its own frames), or under None for a single bundle."""
     rng = np.random.default_rng(seed)
-    kept = Collected()
+    kept: dict[str | None, Collected] = {}
     for i, frame in enumerate(tqdm(frames, total=count, desc="normal frames", unit="frame")):
         if i >= count:
             break
         result = detector(frame)
-        raw = result.raw_map
-        flat = raw.reshape(raw.shape[0], -1)
-        kept.samples.append(flat[:, rng.integers(0, flat.shape[1], PIXELS_PER_FRAME)].astype(np.float32))
-        kept.grids.append(result.grid_map)
-        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
-        kept.thumbnails.append(cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA))
-        item = (result.score, i, frame, result.grid_map)
-        if len(kept.top) < TOP_FRAMES:
-            heapq.heappush(kept.top, item)
-        elif result.score > kept.top[0][0]:
-            heapq.heapreplace(kept.top, item)
+        kept.setdefault(result.variant, Collected()).add(i, frame, result, rng)
     return kept
 
 

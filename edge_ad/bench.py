@@ -1,4 +1,5 @@
-"""`edge-ad bench`: per-stage latency, end-to-end frames per second and peak memory of a bundle."""
+"""`edge-ad bench`: per-stage latency, end-to-end frames per second and peak memory of a bundle,
+or of one bundle per product variant run together (stages then keyed 'variant/stage')."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .detector import Detector
+from .variants import VariantDetector
 
 SYNTHETIC_FRAMES = 8
 
@@ -34,7 +36,24 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(array, 50)), "p99": float(np.percentile(array, 99))}
 
 
-def bench(detector: Detector, frames: int, warmup: int, height: int, width: int, batch: int = 1) -> dict:
+def _describe(detector: Detector) -> dict:
+    return {
+        "bundle": str(detector.bundle.root),
+        "backend": detector.backend,
+        "onnxruntime_spin": detector.spin,
+        "onnxruntime_u8u8": detector.u8u8,  # INT8 in the exact, slower kernels of x86 CPUs without VNNI
+        "precision": detector.precision,
+        "bridge_steps": detector.steps,
+        "input_size": list(detector.bundle.input_size),
+    }
+
+
+def _stage(key: str) -> str:
+    """'encoder_ms' or, for a variant, 'mono/encoder_ms' -> 'encoder_ms'."""
+    return key.rpartition("/")[2]
+
+
+def bench(detector: Detector | VariantDetector, frames: int, warmup: int, height: int, width: int, batch: int = 1) -> dict:
     """Score `warmup` + `frames` synthetic frames, `batch` frames per detector call (as the run
     command does when several cameras have a frame ready); report the timed ones. Latency and
     stage times are per call; frames is rounded up to whole calls."""
@@ -52,20 +71,19 @@ def bench(detector: Detector, frames: int, warmup: int, height: int, width: int,
         t0 = time.perf_counter()
         results = detector.batch(chunk)
         totals.append((time.perf_counter() - t0) * 1e3)
-        times = dict(results[0].times_ms, normalise_ms=sum(r.times_ms["normalise_ms"] for r in results))
-        for name, value in times.items():
+        for name, value in results[0].times_ms.items():  # per call, but normalising is per frame
+            if _stage(name) == "normalise_ms":
+                value = sum(r.times_ms[name] for r in results)
             stages.setdefault(name, []).append(value)
     elapsed = time.perf_counter() - start
-    graph_ms = sum(np.sum(stages[k]) for k in stages if k in GRAPH_STAGES)
+    graph_ms = sum(np.sum(stages[k]) for k in stages if _stage(k) in GRAPH_STAGES)
+    if isinstance(detector, VariantDetector):
+        described = {"variants": {name: _describe(d) for name, d in detector.detectors.items()}}
+    else:
+        described = _describe(detector)
     return {
-        "bundle": str(detector.bundle.root),
-        "backend": detector.backend,
-        "onnxruntime_spin": detector.spin,
-        "onnxruntime_u8u8": detector.u8u8,  # INT8 in the exact, slower kernels of x86 CPUs without VNNI
-        "precision": detector.precision,
-        "bridge_steps": detector.steps,
+        **described,
         "frame_size": [height, width],
-        "input_size": list(detector.bundle.input_size),
         "batch": batch,
         "frames": calls * batch,
         "warmup": warmup,

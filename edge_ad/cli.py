@@ -6,12 +6,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .backends import BACKENDS
 from .bundle import MODEL_TYPES
 from .errors import EdgeAdError
 from .reports import write_report
+
+if TYPE_CHECKING:  # the commands import what they need when they run
+    from calibration.site import Collected
+
+    from .detector import Detector
 
 
 def _positive_float(text: str) -> float:
@@ -157,27 +163,56 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
-    from calibration.report import write_calibration_report
-    from calibration.site import calibrate, collect, record, save
+    from calibration.site import collect
 
-    from .detector import Detector
     from .pipelines import SourceOptions
     from .sources import open_source
+    from .variants import VariantDetector, load_detector
 
-    detector = Detector.load(args.bundle, backend=args.backend, steps=args.steps)
+    detector = load_detector(args.bundle, backend=args.backend, steps=args.steps)
     source = open_source(args.input, SourceOptions(args.input_width, args.input_height, args.input_framerate))
     try:
         kept = collect(detector, (f.image for f in source.frames()), args.frames)
     finally:
         source.close()
-    if len(kept.samples) < args.frames:
-        print(f"{args.input}: ended after {len(kept.samples)} of {args.frames} frames")
-    defects = None
+    read = sum(len(k.samples) for k in kept.values())
+    if read < args.frames:
+        print(f"{args.input}: ended after {read} of {args.frames} frames")
+    defects = []
     if args.defects:
         defect_source = open_source(args.defects)
         defects = [f.image for f in defect_source.frames()]
         defect_source.close()
-    result = calibrate(detector, kept, args.target_far, args.confidence, defects)
+    if not isinstance(detector, VariantDetector):
+        _calibrate_bundle(detector, kept.get(None), defects, args)
+        return
+    defects_of: dict[str, list] = {}
+    for frame in defects:  # each known defect counts for the variant that judges it, as in `run`
+        defects_of.setdefault(detector(frame).variant, []).append(frame)
+    print("normal frames per variant: " + ", ".join(f"{n} {len(kept[n].samples) if n in kept else 0}"
+                                                    for n in detector.detectors))
+    failed = []
+    for name, variant in detector.detectors.items():
+        print(f"variant {name} ({variant.bundle.root}):")
+        try:
+            _calibrate_bundle(variant, kept.get(name), defects_of.get(name), args)
+        except EdgeAdError as exc:
+            print(f"variant {name} not calibrated: {exc}")
+            failed.append(name)
+    if failed:
+        raise EdgeAdError(f"not calibrated: {', '.join(failed)} (above); the other variants were. Give more frames "
+                          "of those variants, or calibrate each alone (--bundle BUNDLE) on frames of that variant")
+
+
+def _calibrate_bundle(detector: Detector, kept: Collected | None, defects: list | None, args: argparse.Namespace) -> None:
+    """Calibrate one bundle on what `collect` kept of its frames; write calibration.yaml and the report."""
+    from calibration.report import write_calibration_report
+    from calibration.site import Collected, calibrate, record, save
+    from calibration.statistics import CalibrationError
+
+    if args.threshold == "f1" and args.defects and not defects:
+        raise CalibrationError("--threshold f1: none of the --defects frames were judged by this bundle")
+    result = calibrate(detector, kept or Collected(), args.target_far, args.confidence, defects)
     data = record(result, detector, args.input, use_f1=args.threshold == "f1")
     path, backup = save(detector.bundle.root, data)
     report = write_calibration_report(result, data["threshold"], detector.bundle.root / "calibration_report.png")
@@ -228,10 +263,11 @@ def _defects(args: argparse.Namespace) -> None:
 
 def _bench(args: argparse.Namespace) -> None:
     from .bench import bench
-    from .detector import Detector
+    from .variants import VariantDetector, load_detector
 
-    detector = Detector.load(args.bundle, backend=args.backend, steps=args.steps, spin=not args.no_spin)
-    height, width = detector.bundle.input_size
+    detector = load_detector(args.bundle, backend=args.backend, steps=args.steps, spin=not args.no_spin)
+    first = next(iter(detector.detectors.values())) if isinstance(detector, VariantDetector) else detector
+    height, width = first.bundle.input_size
     report = bench(detector, args.frames, args.warmup, args.height or height, args.width or width, args.batch)
     _print_report(report, args.json)
 
@@ -376,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run)
 
     p = sub.add_parser("calibrate", help="thresholds and quantiles on site from frames declared normal")
-    p.add_argument("--bundle", required=True)
+    _add_variant_bundles(p)  # several: each variant is calibrated on the frames it takes
     p.add_argument("--input", required=True, help="normal frames: a camera or stream URI, a video file or a folder")
     p.add_argument("--frames", type=_positive_int, default=3000, help="normal frames to collect")
     p.add_argument("--target-far", type=float, default=0.001, help="false-alarm rate to guarantee (default 1 in 1000)")
@@ -391,13 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("bench", help="per-stage latency, fps and peak memory on synthetic frames")
-    p.add_argument("--bundle", required=True)
+    _add_variant_bundles(p)
     p.add_argument("--frames", type=_positive_int, default=1000, help="timed frames (after warm-up)")
     p.add_argument("--warmup", type=_positive_int, default=50)
     p.add_argument("--batch", type=_positive_int, default=1,
                    help="frames per detector call, as several cameras give (latency and stages are per call)")
-    p.add_argument("--height", type=_positive_int, help="frame height (default: the bundle's input size)")
-    p.add_argument("--width", type=_positive_int, help="frame width (default: the bundle's input size)")
+    p.add_argument("--height", type=_positive_int, help="frame height (default: the (first) bundle's input size)")
+    p.add_argument("--width", type=_positive_int, help="frame width (default: the (first) bundle's input size)")
     p.add_argument("--json", help="also write the report to this JSON file")
     _add_spin_option(p)
     _add_detector_options(p)

@@ -9,6 +9,8 @@ teacher (TEACHER_STEPS steps) and the student at K = 1, 2, 4 (both combined with
 the way the runtime does: quantile-normalised branches averaged), and the K=2 student's bridge
 branch alone. It writes ablation.json and ablation.md (the README table) into --out.
 Scoring runs the torch models (the same maps as the exported graphs; parity is checked at export).
+A training run already finished in --out with the same config is reused: run the command again
+after a stop and it trains only what is missing.
 
 With several --data (one per product variant, e.g. elpv:mono elpv:poly), every variant gets its
 own runs and the table gives each row over all test images, each image scored by its own
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 
 from calibration.statistics import score_percentiles
@@ -42,7 +45,7 @@ from .evaluate import _group_aurocs
 from .gmm_bridge import GmmBridgeHead
 from .onnx_export import SMOOTHING_SIGMA
 from .prototype import PrototypeHead
-from .train import TrainConfig, load_run, prepare_inputs, train
+from .train import CHECKPOINT, CONFIG, VALIDATION, TrainConfig, load_run, prepare_inputs, train
 
 BATCH = 32
 TIMING_IMAGES = 20
@@ -116,12 +119,23 @@ def image_scores(maps: list[np.ndarray], normal: list[np.ndarray]) -> np.ndarray
     return combined.reshape(len(combined), -1).max(axis=1)
 
 
+def trained(config: TrainConfig, out: Path) -> Path:
+    """The run folder `out`, trained with `config` unless it already holds a finished run of exactly
+    that config: an ablation stopped part-way picks up where it stopped when run again."""
+    if (out / CONFIG).is_file() and (out / CHECKPOINT).is_file() and (out / VALIDATION).is_file():
+        if yaml.safe_load((out / CONFIG).read_text()).get("config") == asdict(config):
+            print(f"{out}: reusing the finished run of the same config")
+            return out
+        print(f"{out}: holds a run of another config, training again")
+    return train(config, out)
+
+
 @torch.no_grad()
 def _unwhitened_prototype_maps(config: TrainConfig, seed: int, out: Path, test_inputs: np.ndarray) -> tuple[dict, float]:
     """Test and validation maps of the nearest-prototype model without position whitening, and
     its training minutes: the baseline before whitening (same seed, same validation split)."""
-    run = train(TrainConfig(**{**asdict(config), "seed": seed, "model": "prototype", "position_whitening": False}),
-                out / f"prototype-unwhitened-seed{seed}")
+    run = trained(TrainConfig(**{**asdict(config), "seed": seed, "model": "prototype", "position_whitening": False}),
+                  out / f"prototype-unwhitened-seed{seed}")
     record, checkpoint, val_inputs = load_run(run)
     size = int(record["config"]["input_size"])
     encoder = encoder_from_checkpoint(size, checkpoint)
@@ -145,7 +159,7 @@ def ablate_seed(
 ) -> tuple[list[dict], list[np.ndarray]]:
     """Every row's result for one seed, and its standardised test image scores (same order)."""
     unwhitened, unwhitened_minutes = _unwhitened_prototype_maps(config, seed, out, test_inputs)
-    run = train(TrainConfig(**{**asdict(config), "seed": seed}), out / f"run-seed{seed}")
+    run = trained(TrainConfig(**{**asdict(config), "seed": seed}), out / f"run-seed{seed}")
     record, checkpoint, val_inputs = load_run(run)
     scorer = Scorer(record, checkpoint)
     test_maps = scorer.maps(scorer.features(test_inputs), f"scoring test (seed {seed})")

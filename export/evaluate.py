@@ -43,7 +43,7 @@ def evaluate(
 
     Several bundles ('NAME=BUNDLE', one per product variant) run as a VariantDetector: scores and
     maps are taken relative to each variant's normal images (the scale on which it compares
-    variants), and the report says which variant took each group's images."""
+    variants), and the report says which variant took each group's normal and anomalous images."""
     specs = [str(bundle)] if isinstance(bundle, (str, Path)) else list(bundle)
     loaded = load_detector(specs, backend=backend, steps=steps)
     detector, variants = (None, loaded) if isinstance(loaded, VariantDetector) else (loaded, None)
@@ -60,8 +60,8 @@ def evaluate(
             model, scale = detector, (lambda values: values)
             if variants is not None:
                 model, scale = variants.detector_of(result), (lambda values: variants.relative(values, result.variant))
-                group = taken.setdefault(sample.group, {})
-                group[result.variant] = group.get(result.variant, 0) + 1
+                kind = taken.setdefault(sample.group, {}).setdefault("anomalous" if sample.label else "normal", {})
+                kind[result.variant] = kind.get(result.variant, 0) + 1
             scores.append(scale(result.score))
             if with_masks:
                 maps.append(scale(model.normalised_maps(result.grid_map[None])[0]))

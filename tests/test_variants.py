@@ -152,5 +152,82 @@ def test_eval_of_two_variant_bundles_from_the_command_line(variant_bundles, mvte
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert set(report["bundles"]) == set(TYPES) and report["test_images"] == 8
-    assert sum(n for group in report["variant_taking_each_group"].values() for n in group.values()) == 8
+    taken = report["variant_taking_each_group"]  # MVTec layout: group "good" is normal, "spot" anomalous
+    assert set(taken) == {"good", "spot"} and set(taken["good"]) == {"normal"} and set(taken["spot"]) == {"anomalous"}
+    assert sum(n for group in taken.values() for kind in group.values() for n in kind.values()) == 8
     assert report["image_auroc"] > 0.8 and report["pixel_auroc"] > 0.9  # the spots are plain to see
+
+
+def _edge_ad(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True)
+
+
+def _copies(variant_bundles, tmp_path) -> list[str]:
+    """NAME=BUNDLE of copies of both bundles (calibration writes into them)."""
+    specs = []
+    for module_type in TYPES:
+        shutil.copytree(variant_bundles[module_type], tmp_path / f"bundle-{module_type}")
+        specs.append(f"{module_type}={tmp_path / f'bundle-{module_type}'}")
+    return specs
+
+
+def test_calibrate_gives_each_variant_the_frames_it_takes(variant_bundles, test_cells, elpv_samples, tmp_path):
+    folder, defects = tmp_path / "normal", tmp_path / "defects"
+    folder.mkdir()
+    defects.mkdir()
+    for i in range(6):  # a line making both products in turn
+        for module_type in TYPES:
+            cv2.imwrite(str(folder / f"{i}-{module_type}.png"), test_cells[module_type][i])
+    cracked = [s for s in elpv_samples[1] if s.label == 1][:3]
+    for s in cracked:
+        cv2.imwrite(str(defects / f"{s.name[5:]}.png"), cv2.cvtColor(s.image(), cv2.COLOR_RGB2BGR))
+    specs = _copies(variant_bundles, tmp_path)
+    out = _edge_ad("calibrate", *[a for s in specs for a in ("--bundle", s)], "--input", folder, "--frames", 12,
+                   "--target-far", 0.35, "--confidence", 0.9, "--defects", defects)
+    assert out.returncode == 0, out.stderr
+    assert "normal frames per variant: mono 6, poly 6" in out.stdout
+    known, above = 0, {}
+    for module_type in TYPES:
+        bundle = tmp_path / f"bundle-{module_type}"
+        data = yaml.safe_load((bundle / "calibration.yaml").read_text())
+        assert data["frames"] == 6 and data["source"] == str(folder)
+        assert (bundle / "calibration_report.png").is_file()
+        known += data.get("defects", {}).get("frames", 0)
+        above[module_type] = data["normal_frames_above_threshold"]
+        # the variant is then compared on its site frames' scores, and judged by its site threshold
+        loaded = Detector.load(bundle).bundle
+        assert loaded.normal_scores == (data["normal_scores"]["p50"], data["normal_scores"]["p90"])
+    assert known == len(cracked)  # each known defect counted once, for the variant that judges it
+    detector = load_detector(specs)
+    for module_type in TYPES:
+        results = detector.batch(test_cells[module_type])
+        assert {r.variant for r in results} == {module_type}
+        assert sum(r.is_anomaly for r in results) == above[module_type]  # exact on the frames it was made from
+
+
+def test_calibrate_keeps_the_variants_it_can_and_names_the_ones_it_cannot(variant_bundles, test_cells, tmp_path):
+    folder = tmp_path / "normal"
+    folder.mkdir()
+    for i, cell in enumerate(test_cells["mono"]):  # the poly line was idle while calibrating
+        cv2.imwrite(str(folder / f"{i}.png"), cell)
+    specs = _copies(variant_bundles, tmp_path)
+    out = _edge_ad("calibrate", "--bundle", specs[0], "--bundle", specs[1], "--input", folder, "--frames", 6,
+                   "--target-far", 0.35, "--confidence", 0.9)
+    assert out.returncode == 2
+    assert "variant poly not calibrated: only 0 normal frames were read" in out.stdout
+    assert "not calibrated: poly (above); the other variants were" in out.stderr.strip().splitlines()[-1]
+    assert yaml.safe_load((tmp_path / "bundle-mono" / "calibration.yaml").read_text())["frames"] == 6
+    assert not (tmp_path / "bundle-poly" / "calibration.yaml").exists()
+
+
+def test_bench_of_two_variants_times_both(variant_bundles, tmp_path):
+    out = _edge_ad("bench", "--bundle", f"mono={variant_bundles['mono']}", "--bundle", f"poly={variant_bundles['poly']}",
+                   "--frames", 6, "--warmup", 1, "--batch", 2, "--json", tmp_path / "b.json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert set(report["variants"]) == set(TYPES) and report["frames"] == 6
+    assert report["variants"]["poly"]["bundle"] == variant_bundles["poly"]
+    stages = ("preprocess_ms", "encoder_ms", "head_ms", "upsample_ms", "normalise_ms")
+    assert set(report["stages_ms"]) == {f"{t}/{s}" for t in TYPES for s in stages}
+    assert report["latency_ms"]["p50"] >= max(report["stages_ms"][f"{t}/encoder_ms"]["p50"] for t in TYPES)
+    assert 0 < report["share_outside_graphs"] < 1
