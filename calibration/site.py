@@ -112,10 +112,11 @@ def calibrate(
     kept: Collected,
     far: float,
     confidence: float,
-    defect_frames: list[np.ndarray] | None = None,
+    defect_grids: list[np.ndarray] | None = None,
 ) -> Calibration:
     """Quantiles, scores and the threshold from what `collect` kept; stability warnings; and,
-    with `defect_frames`, recall at the threshold and the F1-best threshold."""
+    with `defect_grids` (Result.grid_map of known defect frames), recall at the threshold and
+    the F1-best threshold."""
     n = len(kept.samples)
     if n < 4:
         raise CalibrationError(f"only {n} normal frames were read; calibration needs many more")
@@ -153,8 +154,8 @@ def calibrate(
         normalised = detector.normalised_maps(grid[None], quantiles)[0]
         top.append((float(normalised.max()), frame, normalised))
     calibration = Calibration(n, quantiles, scores, threshold, far, confidence, agreement, warnings, top)
-    if defect_frames:
-        defect_scores = _scores(detector, [detector(f).grid_map for f in defect_frames], quantiles)
+    if defect_grids:
+        defect_scores = _scores(detector, defect_grids, quantiles)
         calibration.defects = check_defects(scores, defect_scores, threshold.value)
         calibration.defect_scores = defect_scores
     return calibration

@@ -178,24 +178,22 @@ def _calibrate(args: argparse.Namespace) -> None:
     read = sum(len(k.samples) for k in kept.values())
     if read < args.frames:
         print(f"{args.input}: ended after {read} of {args.frames} frames")
-    defects = []
+    defects: dict[str | None, list] = {}  # known defects' grid maps, by the variant that judges each, as in `run`
     if args.defects:
         defect_source = open_source(args.defects)
-        defects = [f.image for f in defect_source.frames()]
+        for result in (detector(f.image) for f in defect_source.frames()):
+            defects.setdefault(result.variant, []).append(result.grid_map)
         defect_source.close()
     if not isinstance(detector, VariantDetector):
-        _calibrate_bundle(detector, kept.get(None), defects, args)
+        _calibrate_bundle(detector, kept.get(None), defects.get(None), args)
         return
-    defects_of: dict[str, list] = {}
-    for frame in defects:  # each known defect counts for the variant that judges it, as in `run`
-        defects_of.setdefault(detector(frame).variant, []).append(frame)
     print("normal frames per variant: " + ", ".join(f"{n} {len(kept[n].samples) if n in kept else 0}"
                                                     for n in detector.detectors))
     failed = []
     for name, variant in detector.detectors.items():
         print(f"variant {name} ({variant.bundle.root}):")
         try:
-            _calibrate_bundle(variant, kept.get(name), defects_of.get(name), args)
+            _calibrate_bundle(variant, kept.get(name), defects.get(name), args)
         except EdgeAdError as exc:
             print(f"variant {name} not calibrated: {exc}")
             failed.append(name)
@@ -205,7 +203,8 @@ def _calibrate(args: argparse.Namespace) -> None:
 
 
 def _calibrate_bundle(detector: Detector, kept: Collected | None, defects: list | None, args: argparse.Namespace) -> None:
-    """Calibrate one bundle on what `collect` kept of its frames; write calibration.yaml and the report."""
+    """Calibrate one bundle on what `collect` kept of its frames and its known defects' grid maps;
+    write calibration.yaml and the report."""
     from calibration.report import write_calibration_report
     from calibration.site import Collected, calibrate, record, save
     from calibration.statistics import CalibrationError

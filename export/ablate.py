@@ -45,7 +45,7 @@ from .evaluate import _group_aurocs
 from .gmm_bridge import GmmBridgeHead
 from .onnx_export import SMOOTHING_SIGMA
 from .prototype import PrototypeHead
-from .train import CHECKPOINT, CONFIG, VALIDATION, TrainConfig, load_run, prepare_inputs, train
+from .train import CONFIG, RUN_FILES, TrainConfig, load_run, prepare_inputs, train
 
 BATCH = 32
 TIMING_IMAGES = 20
@@ -122,7 +122,7 @@ def image_scores(maps: list[np.ndarray], normal: list[np.ndarray]) -> np.ndarray
 def trained(config: TrainConfig, out: Path) -> Path:
     """The run folder `out`, trained with `config` unless it already holds a finished run of exactly
     that config: an ablation stopped part-way picks up where it stopped when run again."""
-    if (out / CONFIG).is_file() and (out / CHECKPOINT).is_file() and (out / VALIDATION).is_file():
+    if all((out / name).is_file() for name in RUN_FILES):
         if yaml.safe_load((out / CONFIG).read_text()).get("config") == asdict(config):
             print(f"{out}: reusing the finished run of the same config")
             return out

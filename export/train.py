@@ -33,6 +33,7 @@ UNWHITENED_PROTOTYPES = 2048
 CHECKPOINT = "model.pt"
 CONFIG = "config.yaml"
 VALIDATION = "validation.npz"
+RUN_FILES = (CONFIG, CHECKPOINT, VALIDATION)  # what a finished training run folder holds
 
 
 @dataclass
@@ -184,7 +185,7 @@ def _train_bridge(config: TrainConfig, encoder: FeatureEncoder, checkpoint: dict
 
 def load_run(run: Path) -> tuple[dict, dict, np.ndarray]:
     """(config record, checkpoint tensors, validation inputs) of a training run folder."""
-    for name in (CONFIG, CHECKPOINT, VALIDATION):
+    for name in RUN_FILES:
         if not (run / name).is_file():
             raise DataError(f"{run}: not a training run (missing {name}); create one with 'edge-ad train'")
     record = yaml.safe_load((run / CONFIG).read_text())
