@@ -233,7 +233,7 @@ def _calibrate_bundle(detector: Detector, kept: Collected | None, defects: list 
 def _doctor(args: argparse.Namespace) -> None:
     from .doctor import doctor
 
-    report = doctor(args.bundle, args.target)
+    report = doctor(args.bundle or (), args.target)
     for line in report.lines:
         print(line)
     for problem in report.problems:
@@ -450,7 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_build)
 
     p = sub.add_parser("doctor", help="what this device is and has, and whether a bundle can run on it")
-    p.add_argument("--bundle", help="also check this bundle and its engines against this device")
+    p.add_argument("--bundle", action="append",
+                   help="also check this bundle and its engines against this device; repeat as NAME=BUNDLE "
+                        "for one bundle per product variant, as `run` takes them")
     p.add_argument("--target", help="firmware_configs/<device>.yaml instead of the detected one")
     p.set_defaults(func=_doctor)
 

@@ -8,9 +8,12 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
+from .bundle import Bundle, load_bundle
 from .device import Device, detect, int8_saturates, jetpack, load_config, load_configs, pick_config, run_command
 from .errors import EdgeAdError
+from .variants import comparability_problem, parse_variants
 
 # The Debian/Ubuntu package that provides each GStreamer element edge-ad may use.
 ELEMENT_PACKAGES = {
@@ -120,48 +123,70 @@ def _check_power(report: Report, device: Device, config: dict, root: Path) -> No
         report.found("GPU clock", f"{cur / 1e6:.0f} of {top / 1e6:.0f} MHz" + (" (sudo jetson_clocks pins it)" if cur < top else ""))
 
 
-def _check_bundle(report: Report, bundle_path: str | None, device: Device, config: dict, root: Path) -> None:
-    folder = Path(bundle_path or ".")
+def _check_disk(report: Report, folder: Path) -> None:
     free = shutil.disk_usage(folder if folder.exists() else Path(".")).free / (1 << 30)
     report.found("free disk", f"{free:.1f} GiB at {folder.resolve()}")
     if free < MIN_FREE_GIB:
         report.problems.append(f"only {free:.1f} GiB free at {folder.resolve()}: events, snapshots and engines need "
                                "room; free space or point --events/--snapshots to another disk")
-    if bundle_path is None:
-        return
-    from .bundle import load_bundle
 
+
+def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: dict, root: Path) -> Bundle | None:
+    """Report one bundle (variant `name`, None for a lone bundle) and its engines; the bundle, if it loads."""
+    label = "bundle" if name is None else f"bundle {name}"
     try:
         bundle = load_bundle(bundle_path)
     except EdgeAdError as exc:
-        report.problems.append(f"the bundle cannot be used: {exc}")
-        return
-    report.found("bundle", f"{bundle.model_type}, {bundle.precision}, {bundle.input_height}x{bundle.input_width}, "
-                           f"calibration: {bundle.calibration or 'from export'}")
+        report.problems.append(f"{label} cannot be used: {exc}")
+        return None
+    report.found(label, f"{bundle.model_type}, {bundle.precision}, {bundle.input_height}x{bundle.input_width}, "
+                        f"calibration: {bundle.calibration or 'from export'}")
     if config["backend"] != "tensorrt":
         report.found("engines", "not needed: ONNX Runtime runs the bundle's graphs on this CPU-only target")
         if bundle.precision == "int8" and int8_saturates(root):
             report.found("int8", "this x86 CPU has no VNNI: ONNX Runtime runs INT8 in its exact U8U8 kernels, "
                                  "slower than FP32 on such CPUs (README): export FP32 for this one")
-        return
+        return bundle
     from .engines import cached_engines, device_key, other_engines
 
     try:
         key = device_key("int8" if bundle.precision == "int8" else "fp16", None)
     except EdgeAdError as exc:
-        report.problems.append(f"engines cannot be checked: {exc}")
-        return
+        report.problems.append(f"engines of {label} cannot be checked: {exc}")
+        return bundle
     engines = cached_engines(bundle, key)
     report.found("engines", f"{key.slug}: " + ("ready" if engines else "none"))
     if engines is None:
-        report.problems.append(f"no engines for this device ({key.slug}): edge-ad build --bundle {bundle_path} "
-                               f"--precision {key.precision}")
+        report.problems.append(f"no engines for {label} on this device ({key.slug}): edge-ad build --bundle "
+                               f"{bundle_path} --precision {key.precision}")
     for line in other_engines(bundle, key):
         report.found("", line)
+    return bundle
 
 
-def doctor(bundle: str | None = None, target: str | None = None, root: Path = Path("/")) -> Report:
-    """Everything `edge-ad doctor` prints, for this machine (or the files under `root`)."""
+def _check_bundles(report: Report, specs: str | Sequence[str], config: dict, root: Path) -> None:
+    """One bundle, or one per product variant ('NAME=BUNDLE', as `edge-ad run` takes them): each is
+    checked, and several must also be comparable with each other."""
+    try:
+        variants = parse_variants(specs)
+    except EdgeAdError as exc:
+        report.problems.append(str(exc))
+        return
+    for folder in list(variants.values()) or [Path(".")]:
+        _check_disk(report, folder)
+    if len(variants) == 1:
+        _check_bundle(report, None, next(iter(variants.values())), config, root)
+        return
+    for name, path in variants.items():
+        bundle = _check_bundle(report, name, path, config, root)
+        problem = None if bundle is None else comparability_problem(name, bundle)
+        if problem is not None:
+            report.problems.append(problem)
+
+
+def doctor(bundles: str | Sequence[str] = (), target: str | None = None, root: Path = Path("/")) -> Report:
+    """Everything `edge-ad doctor` prints, for this machine (or the files under `root`), with the
+    bundles given as `edge-ad run` takes them: 'BUNDLE', or 'NAME=BUNDLE' for each product variant."""
     report = Report()
     device = detect(root)
     config = load_config(Path(target)) if target is not None else pick_config(device, load_configs())
@@ -174,5 +199,5 @@ def doctor(bundle: str | None = None, target: str | None = None, root: Path = Pa
     _check_software(report, device, config, root)
     _check_gstreamer(report, config)
     _check_power(report, device, config, root)
-    _check_bundle(report, bundle, device, config, root)
+    _check_bundles(report, bundles, config, root)
     return report

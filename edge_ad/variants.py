@@ -22,12 +22,15 @@ from typing import Sequence
 
 import numpy as np
 
+from .bundle import Bundle
 from .detector import Detector, Result
 from .errors import EdgeAdError
 
 
-def parse_variants(specs: Sequence[str]) -> dict[str, Path]:
+def parse_variants(specs: str | Sequence[str]) -> dict[str, Path]:
     """'NAME=BUNDLE' or 'BUNDLE' (named after its folder or archive) -> {name: bundle path}."""
+    if isinstance(specs, str):  # one bundle, not a sequence of its characters
+        specs = [specs]
     variants: dict[str, Path] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
@@ -39,6 +42,16 @@ def parse_variants(specs: Sequence[str]) -> dict[str, Path]:
             raise EdgeAdError(f"--bundle {spec!r}: a variant named {name!r} is already given; name them NAME=BUNDLE")
         variants[name] = Path(path)
     return variants
+
+
+def comparability_problem(name: str, bundle: Bundle) -> str | None:
+    """Why variant `name`'s bundle cannot be compared with other variants' bundles, or None."""
+    normal = bundle.normal_scores
+    if normal is not None and normal[1] > normal[0]:
+        return None
+    return (f"variant {name!r}: {bundle.calibration or bundle.root} records no spread of normal image scores "
+            "(comparing variants needs normal_scores with p50 below p90); export the bundle again with this "
+            "edge-ad, or calibrate it on site")
 
 
 class VariantDetector:
@@ -53,14 +66,9 @@ class VariantDetector:
         if len(detectors) < 2:
             raise EdgeAdError(f"variants: need bundles of at least two variants, got {len(detectors)}")
         for name, detector in detectors.items():
-            normal = detector.bundle.normal_scores
-            if normal is None or not normal[1] > normal[0]:
-                where = detector.bundle.calibration or detector.bundle.root
-                raise EdgeAdError(
-                    f"variant {name!r}: {where} records no spread of normal image scores (comparing variants "
-                    "needs normal_scores with p50 below p90); export the bundle again with this edge-ad, or "
-                    "calibrate it on site"
-                )
+            problem = comparability_problem(name, detector.bundle)
+            if problem is not None:
+                raise EdgeAdError(problem)
         self.detectors = detectors
 
     def relative(self, values: float | np.ndarray, variant: str) -> float | np.ndarray:
@@ -89,7 +97,7 @@ class VariantDetector:
         return chosen
 
 
-def load_detector(bundles: Sequence[str], **options) -> Detector | VariantDetector:
+def load_detector(bundles: str | Sequence[str], **options) -> Detector | VariantDetector:
     """One bundle ('BUNDLE' or 'NAME=BUNDLE'): its Detector; several, one per product variant: a
     VariantDetector. `options` go to Detector.load (backend, steps, threads, spin)."""
     variants = parse_variants(bundles)

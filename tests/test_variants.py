@@ -13,6 +13,7 @@ import yaml
 
 from conftest import TINY_INPUT, TINY_PROTOTYPES, add_spot
 from edge_ad.detector import Detector
+from edge_ad.doctor import doctor
 from edge_ad.errors import BundleError, EdgeAdError
 from edge_ad.runner import RunConfig, drift_bands, run
 from edge_ad.streams import Stream
@@ -89,10 +90,31 @@ def test_bundles_without_a_spread_of_normal_scores_are_refused(variant_bundles, 
         Detector.load(tmp_path / "flat")
 
 
+def test_doctor_checks_each_variant_and_that_they_can_be_compared(variant_bundles, tmp_path):
+    older = tmp_path / "older"
+    shutil.copytree(variant_bundles["poly"], older)
+    spec = yaml.safe_load((older / "bundle.yaml").read_text())
+    (older / "bundle.yaml").write_text(yaml.safe_dump({k: v for k, v in spec.items() if k != "normal_scores"}))
+    cpu = str(Path(__file__).parents[1] / "firmware_configs" / "cpu.yaml")
+
+    report = doctor([f"mono={variant_bundles['mono']}", f"poly={variant_bundles['poly']}"], target=cpu)
+    assert [line.split()[1] for line in report.lines if line.startswith("bundle ")] == ["mono", "poly"]
+    assert sum(line.startswith("free disk") for line in report.lines) == 2
+    assert not [p for p in report.problems if "variant" in p or "bundle" in p]
+
+    report = doctor([f"mono={variant_bundles['mono']}", f"poly={older}", f"cells={tmp_path / 'missing'}"], target=cpu)
+    assert [line.split()[1] for line in report.lines if line.startswith("bundle ")] == ["mono", "poly"]
+    found = [p for p in report.problems if "variant" in p or "bundle" in p]
+    assert len(found) == 2, found
+    assert found[0].startswith(f"variant 'poly': {older} records no spread of normal image scores")
+    assert found[1].startswith("bundle cells cannot be used: ") and "missing" in found[1]
+
+
 def test_bundle_names_and_a_single_bundle(variant_bundles):
     mono, poly = variant_bundles["mono"], variant_bundles["poly"]
     assert parse_variants([f"a={mono}", poly]) == {"a": Path(mono), "bundle-poly": Path(poly)}
     assert parse_variants(["/lines/run=3/cells.tar"]) == {"cells": Path("/lines/run=3/cells.tar")}
+    assert parse_variants(mono) == {"bundle-mono": Path(mono)}  # a lone string is one bundle
     with pytest.raises(EdgeAdError, match="a variant named 'a' is already given"):
         parse_variants([f"a={mono}", f"a={poly}"])
     with pytest.raises(EdgeAdError, match="expected NAME=BUNDLE"):
