@@ -174,12 +174,10 @@ def _check_bundles(report: Report, specs: str | Sequence[str], config: dict, roo
         return
     for folder in list(variants.values()) or [Path(".")]:
         _check_disk(report, folder)
-    if len(variants) == 1:
-        _check_bundle(report, None, next(iter(variants.values())), config, root)
-        return
+    several = len(variants) > 1
     for name, path in variants.items():
-        bundle = _check_bundle(report, name, path, config, root)
-        problem = None if bundle is None else comparability_problem(name, bundle)
+        bundle = _check_bundle(report, name if several else None, path, config, root)
+        problem = comparability_problem(name, bundle) if several and bundle is not None else None
         if problem is not None:
             report.problems.append(problem)
 
