@@ -9,7 +9,7 @@ train`'s defaults: `--model gmm-bridge` (its nearest-prototype and GMM maps are 
 the nearest prototype with `--no-position-whitening`. Every run is scored on the whole test split
 with the torch models, as `export.ablate` scores them. Writes training_images.json, a markdown
 table (training_images.md) and a plot of AUROC against N (training_images.png) into --out.
-Finished runs in --out are reused.
+Finished runs and image folders in --out are reused.
 """
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ def plot(results: list[dict], data: str, path: Path) -> None:
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for model in MODELS:
         rows = [r for r in results if r["model"] == model]
-        sizes = sorted({r["images"] for r in rows})
-        means = [np.mean([r["image_auroc"] for r in rows if r["images"] == s]) for s in sizes]
-        line, = axes.plot(sizes, means, marker="o", label=model)
+        model_sizes = sorted({r["images"] for r in rows})
+        means = [np.mean([r["image_auroc"] for r in rows if r["images"] == s]) for s in model_sizes]
+        line, = axes.plot(model_sizes, means, marker="o", label=model)
         axes.scatter([r["images"] for r in rows], [r["image_auroc"] for r in rows], color=line.get_color(), s=12, alpha=0.5)
     axes.set_xscale("log")
     sizes = sorted({r["images"] for r in results})
@@ -132,11 +132,13 @@ def main(argv: list[str] | None = None) -> None:
                                 prepare_inputs(images, args.input_size), 16, "test features")
     del images
     args.out.mkdir(parents=True, exist_ok=True)
+    # Image folders are named after the data set too: a finished one is reused as it is.
+    images = args.out / "images" / args.data.replace(":", "-").replace("/", "-").strip("-.")
     results = []
     for seed in args.seeds:
         order = np.random.default_rng(seed).permutation(len(train_samples))
         for size in sorted(args.sizes):
-            folder = write_subset(train_samples, order, size, args.out / f"images-seed{seed}" / f"{size}")
+            folder = write_subset(train_samples, order, size, images / f"seed{seed}" / f"{size}")
             base = TrainConfig(data=str(folder), input_size=args.input_size, prototypes=args.prototypes, seed=seed)
             whitened = trained(TrainConfig(**{**asdict(base), "model": "gmm-bridge"}), args.out / f"run-seed{seed}-{size}")
             plain = trained(TrainConfig(**{**asdict(base), "position_whitening": False}),

@@ -27,11 +27,13 @@ def test_larger_collections_hold_the_smaller_and_every_model_is_scored(mvtec_cat
     _script().main(["--data", str(mvtec_category), "--sizes", "12", "4", "--seeds", "0", "--out", str(out),
                     "--input-size", str(TINY_INPUT), "--prototypes", str(TINY_PROTOTYPES)])
 
-    small, full = (sorted(p.name for p in (out / "images-seed0" / n).iterdir()) for n in ("4", "12"))
+    [dataset] = (out / "images").iterdir()  # one folder per data set
+    images = dataset / "seed0"
+    small, full = (sorted(p.name for p in (images / n).iterdir()) for n in ("4", "12"))
     assert len(small) == 4 and len(full) == 12 and set(small) < set(full)
     train = load_samples(str(mvtec_category), "train")
     for name in small:  # the very pixels of the training image the name points at
-        written = cv2.cvtColor(cv2.imread(str(out / "images-seed0" / "4" / name)), cv2.COLOR_BGR2RGB)
+        written = cv2.cvtColor(cv2.imread(str(images / "4" / name)), cv2.COLOR_BGR2RGB)
         assert np.array_equal(written, train[int(name.split(".")[0])].image())
 
     results = json.loads((out / "training_images.json").read_text())
