@@ -31,7 +31,7 @@ from tqdm import tqdm  # noqa: E402
 from edge_ad.datasets import load_samples, read_all  # noqa: E402
 from edge_ad.errors import DataError  # noqa: E402
 from edge_ad.metrics import auroc  # noqa: E402
-from export.ablate import BATCH, image_scores, smooth, trained  # noqa: E402
+from export.ablate import BATCH, folder_name, image_scores, smooth, trained  # noqa: E402
 from export.backbone import FeatureEncoder, encoder_from_checkpoint  # noqa: E402
 from export.evaluate import _group_aurocs  # noqa: E402
 from export.gmm_bridge import GmmBridgeHead  # noqa: E402
@@ -133,12 +133,12 @@ def main(argv: list[str] | None = None) -> None:
     del images
     args.out.mkdir(parents=True, exist_ok=True)
     # Image folders are named after the data set too: a finished one is reused as it is.
-    images = args.out / "images" / args.data.replace(":", "-").replace("/", "-").strip("-.")
+    image_root = args.out / "images" / folder_name(args.data)
     results = []
     for seed in args.seeds:
         order = np.random.default_rng(seed).permutation(len(train_samples))
         for size in sorted(args.sizes):
-            folder = write_subset(train_samples, order, size, images / f"seed{seed}" / f"{size}")
+            folder = write_subset(train_samples, order, size, image_root / f"seed{seed}" / f"{size}")
             base = TrainConfig(data=str(folder), input_size=args.input_size, prototypes=args.prototypes, seed=seed)
             whitened = trained(TrainConfig(**{**asdict(base), "model": "gmm-bridge"}), args.out / f"run-seed{seed}-{size}")
             plain = trained(TrainConfig(**{**asdict(base), "position_whitening": False}),

@@ -119,6 +119,11 @@ def image_scores(maps: list[np.ndarray], normal: list[np.ndarray]) -> np.ndarray
     return combined.reshape(len(combined), -1).max(axis=1)
 
 
+def folder_name(data: str) -> str:
+    """A folder name for a data set spec: 'elpv:mono' -> 'elpv-mono', '/data/cell' -> 'data-cell'."""
+    return data.replace(":", "-").replace("/", "-").strip("-.")
+
+
 def trained(config: TrainConfig, out: Path) -> Path:
     """The run folder `out`, trained with `config` unless it already holds a finished run of exactly
     that config: an ablation stopped part-way picks up where it stopped when run again."""
@@ -270,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     for data in args.data:
         samples = load_samples(data, "test")
         _, images, _ = read_all(samples, False, lambda s: tqdm(s, desc=f"reading test images of {data}", unit="img"))
-        out = args.out if len(args.data) == 1 else args.out / data.replace(":", "-").replace("/", "-").strip("-.")
+        out = args.out if len(args.data) == 1 else args.out / folder_name(data)
         inputs = prepare_inputs(images, args.input_size)
         variants.append((TrainConfig(**{**asdict(config), "data": data}), out, inputs, samples))
     args.out.mkdir(parents=True, exist_ok=True)
