@@ -31,7 +31,7 @@ from tqdm import tqdm  # noqa: E402
 from edge_ad.datasets import load_samples, read_all  # noqa: E402
 from edge_ad.errors import DataError  # noqa: E402
 from edge_ad.metrics import auroc  # noqa: E402
-from export.ablate import BATCH, folder_name, image_scores, smooth, trained  # noqa: E402
+from export.ablate import folder_name, image_scores, in_batches, smooth, trained  # noqa: E402
 from export.backbone import FeatureEncoder, encoder_from_checkpoint  # noqa: E402
 from export.evaluate import _group_aurocs  # noqa: E402
 from export.gmm_bridge import GmmBridgeHead  # noqa: E402
@@ -54,7 +54,6 @@ def write_subset(samples: list, order: np.ndarray, size: int, folder: Path) -> P
     return folder
 
 
-@torch.no_grad()
 def branch_scores(run: Path, raw_test: torch.Tensor) -> dict[str, np.ndarray]:
     """Test image scores of the run's nearest-prototype map and, when it has one, its GMM map."""
     record, checkpoint, val_inputs = load_run(run)
@@ -63,14 +62,9 @@ def branch_scores(run: Path, raw_test: torch.Tensor) -> dict[str, np.ndarray]:
     heads = {"prototype": PrototypeHead(checkpoint["prototypes"]).eval()}
     if "tau" in checkpoint:
         heads["gmm"] = GmmBridgeHead(checkpoint["prototypes"], float(checkpoint["tau"])).eval()
-    val = torch.cat([encoder(torch.from_numpy(val_inputs[i : i + BATCH])) for i in range(0, len(val_inputs), BATCH)])
-    test = [encoder.standardise(raw_test[i : i + BATCH]) for i in range(0, len(raw_test), BATCH)]
-    scores = {}
-    for name, head in heads.items():
-        test_maps = smooth(torch.cat([head(x) for x in test]), size)
-        val_maps = smooth(torch.cat([head(val[i : i + BATCH]) for i in range(0, len(val), BATCH)]), size)
-        scores[name] = image_scores([test_maps], [val_maps])
-    return scores
+    val, test = in_batches(encoder, val_inputs), in_batches(encoder.standardise, raw_test)
+    return {name: image_scores([smooth(in_batches(head, test), size)], [smooth(in_batches(head, val), size)])
+            for name, head in heads.items()}
 
 
 def markdown(results: list[dict]) -> str:

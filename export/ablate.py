@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -51,6 +52,14 @@ BATCH = 32
 TIMING_IMAGES = 20
 
 
+@torch.no_grad()
+def in_batches(module: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """`module` applied to `inputs` BATCH at a time along the first axis, the outputs concatenated."""
+    if isinstance(inputs, np.ndarray):
+        inputs = torch.from_numpy(inputs)
+    return torch.cat([module(inputs[i : i + BATCH]) for i in range(0, len(inputs), BATCH)])
+
+
 def smooth(grids: torch.Tensor, size: int) -> np.ndarray:
     """Grid maps (N, 1, h, w) -> upsampled and smoothed maps (N, size, size), as the runtime does."""
     return upsample_maps(grids[:, 0].numpy(), (size, size), SMOOTHING_SIGMA)
@@ -69,9 +78,8 @@ class Scorer:
             net.load_state_dict(checkpoint[name])
             self.nets[name] = net.eval()
 
-    @torch.no_grad()
     def features(self, inputs: np.ndarray) -> torch.Tensor:
-        return torch.cat([self.encoder(torch.from_numpy(inputs[i : i + BATCH])) for i in range(0, len(inputs), BATCH)])
+        return in_batches(self.encoder, inputs)
 
     @torch.no_grad()
     def maps(
@@ -135,7 +143,6 @@ def trained(config: TrainConfig, out: Path) -> Path:
     return train(config, out)
 
 
-@torch.no_grad()
 def _unwhitened_prototype_maps(config: TrainConfig, seed: int, out: Path, test_inputs: np.ndarray) -> tuple[dict, float]:
     """Test and validation maps of the nearest-prototype model without position whitening, and
     its training minutes: the baseline before whitening (same seed, same validation split)."""
@@ -145,10 +152,8 @@ def _unwhitened_prototype_maps(config: TrainConfig, seed: int, out: Path, test_i
     size = int(record["config"]["input_size"])
     encoder = encoder_from_checkpoint(size, checkpoint)
     head = PrototypeHead(checkpoint["prototypes"]).eval()
-    maps = {}
-    for split, inputs in (("test", test_inputs), ("validation", val_inputs)):
-        grids = [head(encoder(torch.from_numpy(inputs[i : i + BATCH]))) for i in range(0, len(inputs), BATCH)]
-        maps[split] = smooth(torch.cat(grids), size)
+    maps = {split: smooth(in_batches(lambda x: head(encoder(x)), inputs), size)
+            for split, inputs in (("test", test_inputs), ("validation", val_inputs))}
     return maps, record["prototypes_seconds"] / 60
 
 
