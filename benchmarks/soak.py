@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from edge_ad.detector import Detector  # noqa: E402
+from edge_ad.errors import report_errors  # noqa: E402
 from edge_ad.runner import RunConfig, run  # noqa: E402
 from edge_ad.streams import Stream  # noqa: E402
 
@@ -108,4 +110,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors("benchmarks/soak.py", main))

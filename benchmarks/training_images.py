@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from edge_ad.datasets import load_samples, read_all  # noqa: E402
-from edge_ad.errors import DataError  # noqa: E402
+from edge_ad.errors import DataError, report_errors  # noqa: E402
 from edge_ad.metrics import auroc  # noqa: E402
 from export.ablate import folder_name, image_scores, in_batches, smooth, trained  # noqa: E402
 from export.backbone import FeatureEncoder, encoder_from_checkpoint  # noqa: E402
@@ -152,4 +153,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors("benchmarks/training_images.py", main))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .backends import BACKENDS
 from .bundle import MODEL_TYPES
-from .errors import EdgeAdError
+from .errors import EdgeAdError, report_errors
 from .reports import write_report
 
 if TYPE_CHECKING:  # the commands import what they need when they run
@@ -472,22 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except EdgeAdError as exc:
-        print(f"edge-ad: error: {exc}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as exc:
-        print(f"edge-ad: error: '{args.command}' needs the Python package '{exc.name}', which is not "
-              "installed (pip install 'edge-ad[train]' for train/export/eval/demo)", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"edge-ad: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("edge-ad: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return report_errors("edge-ad", lambda: args.func(args))
 
 
 if __name__ == "__main__":

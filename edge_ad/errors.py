@@ -1,5 +1,10 @@
 """Errors that the CLI prints as one line: each names the input and what is wrong."""
 
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
 
 class EdgeAdError(Exception):
     """Base class for every error edge-ad reports to a user."""
@@ -19,3 +24,26 @@ class DataError(EdgeAdError):
 
 class SourceError(EdgeAdError):
     """A video source cannot be opened or fails while streaming."""
+
+
+def report_errors(program: str, run: Callable[[], object]) -> int:
+    """Run a command and return its exit code. An error meant for the user (EdgeAdError, a missing
+    optional package, a file-system error) becomes one line `<program>: error: <what>` on stderr
+    and exit code 2, not a traceback; Ctrl-C exits with 130. Every edge-ad command and benchmark
+    script ends this way."""
+    try:
+        run()
+    except EdgeAdError as exc:
+        print(f"{program}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        print(f"{program}: error: needs the Python package '{exc.name}', which is not installed "
+              "(pip install 'edge-ad[train]' for train/export/eval/demo and the benchmarks)", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{program}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 from calibration.statistics import score_percentiles
 from edge_ad.datasets import load_samples, read_all
+from edge_ad.errors import report_errors
 from edge_ad.metrics import auroc
 from edge_ad.normalize import fit_quantiles
 from edge_ad.upsample import upsample_maps
@@ -300,4 +302,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors("python -m export.ablate", main))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import yaml
 
 from edge_ad.bundle import MODEL_TYPES
 from edge_ad.datasets import elpv_few_shot
+from edge_ad.errors import report_errors
 
 from .evaluate import evaluate
 from .onnx_export import export_bundle
@@ -34,10 +36,10 @@ def _train_and_export(config: TrainConfig, folder: Path) -> tuple[Path, dict]:
 
 
 def few_shot(shots: list[int], model: str, out: Path, seed: int = 0) -> list[dict]:
+    known_by_shots = {m: frozenset(s.name for s in elpv_few_shot(m)) for m in shots}  # bad counts fail here
     baseline, _ = _train_and_export(TrainConfig(data="elpv", model=model, seed=seed), out / "baseline")
     rows = []
-    for m in shots:
-        known = frozenset(s.name for s in elpv_few_shot(m))
+    for m, known in known_by_shots.items():
         bundle, record = _train_and_export(TrainConfig(data="elpv", model=model, seed=seed, defects=f"elpv:{m}"), out / f"shots{m}")
         before, after = evaluate(baseline, "elpv", exclude=known), evaluate(bundle, "elpv", exclude=known)
         rows.append({
@@ -75,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors("python -m export.fewshot", main))

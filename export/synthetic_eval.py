@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -25,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_ad.datasets import load_samples, read_all
-from edge_ad.errors import DataError
+from edge_ad.errors import DataError, report_errors
 from edge_ad.metrics import auroc
 
 from .ablate import Scorer, combined_maps
@@ -134,4 +135,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors("python -m export.synthetic_eval", main))

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,11 +12,11 @@ def edge_ad(*args):
     return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True)
 
 
-def _one_line_error(result, *fragments):
+def _one_line_error(result, *fragments, program="edge-ad"):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()  # progress bars may come first
     errors = [line for line in lines if "error" in line.lower()]
-    assert len(errors) == 1 and lines[-1].startswith("edge-ad: error: "), result.stderr
+    assert len(errors) == 1 and lines[-1].startswith(f"{program}: error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[-1]
 
@@ -51,6 +52,16 @@ def test_bad_bundle_and_bad_input(tmp_path, tiny_bundle):
     not_video = tmp_path / "notes.mp4"
     not_video.write_text("not a video")
     _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", not_video), "notes.mp4")
+
+
+def test_benchmark_scripts_end_in_one_line_too(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    ablate = subprocess.run([sys.executable, "-m", "export.ablate", "--data", tmp_path / "nope", "--out", tmp_path / "a"],
+                            capture_output=True, text=True, cwd=root)
+    _one_line_error(ablate, "nope", "no such dataset folder", program="python -m export.ablate")
+    curve = subprocess.run([sys.executable, root / "benchmarks" / "training_images.py", "--data", tmp_path / "nope",
+                            "--sizes", "5", "--out", tmp_path / "t"], capture_output=True, text=True, cwd=root)
+    _one_line_error(curve, "nope", program="benchmarks/training_images.py")
 
 
 def test_export_of_a_folder_that_is_not_a_run(tmp_path):

@@ -22,6 +22,14 @@ def test_few_shot_protocol_picks_are_fixed_anomalies():
         load_defects("/nowhere")
 
 
+def test_few_shot_benchmark_refuses_a_bad_count_before_training(tmp_path):
+    from export.fewshot import few_shot
+
+    with pytest.raises(DataError, match="elpv:0: the few-shot protocol draws 1 to"):
+        few_shot([10, 0], "prototype", tmp_path)
+    assert not (tmp_path / "baseline").exists()
+
+
 def test_push_away_takes_out_only_the_prototype_the_defects_land_on():
     g = torch.Generator().manual_seed(0)
     normal = torch.randn(20_000, 8, generator=g)
