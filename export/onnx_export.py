@@ -4,6 +4,8 @@ parity check, per-branch quantiles and thresholds (per bridge K)."""
 from __future__ import annotations
 
 import datetime
+import os
+import shutil
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -347,9 +349,35 @@ def export_bundle(
     precision int8 quantises the encoder and step graphs (export/quantize.py) on calibration
     frames, fp16 converts them (export/half.py); the bundle's quantiles and thresholds then
     come from those graphs themselves.
+
+    The bundle is written to a hidden folder beside `out` and its files are moved into `out`
+    only when all of them are done, bundle.yaml last, so a failed export (wrong calibration
+    data, a full disk) leaves a bundle already in `out` as it was. Files of that bundle which
+    the export does not write stay: the runtime sets aside a site calibration made for other
+    graphs, and uses built engines only with the graphs they were built from.
     """
     if precision not in PRECISIONS:
         raise EdgeAdError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if out.exists() and not out.is_dir():
+        raise EdgeAdError(f"{out}: exists and is not a folder; give a folder for the bundle")
+    target = out.resolve()
+    staging = target.parent / f".{target.name}.export-partial"
+    shutil.rmtree(staging, ignore_errors=True)  # left by an export that was killed
+    staging.mkdir(parents=True)
+    try:
+        _write_bundle(run, staging, default_steps, precision, calibration, fuse_steps)
+        out.mkdir(exist_ok=True)
+        for file in sorted(staging.iterdir(), key=lambda f: f.name == BUNDLE_FILE):
+            os.replace(file, out / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _write_bundle(
+    run: Path, out: Path, default_steps: int, precision: str, calibration: CalibrationConfig | None, fuse_steps: int | None
+) -> None:
+    """export_bundle's work, into the empty folder `out`."""
     record, checkpoint, val_inputs = load_run(run)
     model = _Model(record, checkpoint)
     if model.type == "bridge" and default_steps not in STUDENT_STEPS:
@@ -358,7 +386,6 @@ def export_bundle(
         fuse_steps = default_steps if model.type == "bridge" else 0
     if fuse_steps and (model.type != "bridge" or fuse_steps not in STUDENT_STEPS):
         raise EdgeAdError(f"--fuse-steps {fuse_steps}: fused graphs are for bridge runs, K in {STUDENT_STEPS}")
-    out.mkdir(parents=True, exist_ok=True)
     graphs = model.export(val_inputs[:1], out, fuse_steps or None)
     quantization = half = None
     if precision == "fp16":
@@ -420,7 +447,6 @@ def export_bundle(
         "parity_onnxruntime_vs_torch": parity,
     }
     write_yaml_atomic(out / BUNDLE_FILE, spec)
-    return out
 
 
 def _parity(model: _Model, detector: Detector, inputs: np.ndarray, steps: int | None) -> dict:

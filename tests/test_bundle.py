@@ -92,3 +92,21 @@ def test_site_calibration_overrides_quantiles_and_threshold(bundle_copy):
     (bundle_copy / "calibration.yaml").write_text("threshold: [0.5\n")
     with pytest.raises(BundleError, match=r"calibration.yaml: malformed YAML"):
         load_bundle(bundle_copy)
+
+
+def test_a_failed_export_leaves_the_bundle_in_its_folder_as_it_was(bundle_copy, tiny_bridge_bundle):
+    from edge_ad.errors import DataError
+    from export.onnx_export import CalibrationConfig, export_bundle
+
+    bridge_run = tiny_bridge_bundle.parent / "run"
+    before = {f.name: f.read_bytes() for f in bundle_copy.iterdir()}
+    bad_data = bundle_copy.parent / "no-such-images"
+    with pytest.raises(DataError, match="no-such-images"):  # fails after the graphs are written
+        export_bundle(bridge_run, bundle_copy, precision="int8", calibration=CalibrationConfig(data=str(bad_data)))
+    assert {f.name: f.read_bytes() for f in bundle_copy.iterdir()} == before
+    assert load_bundle(bundle_copy).model_type == "prototype"
+    assert sorted(p.name for p in bundle_copy.parent.iterdir()) == ["bundle"]  # nothing half-written beside it
+
+    export_bundle(bridge_run, bundle_copy)  # a finished export replaces it
+    assert load_bundle(bundle_copy).model_type == "bridge"
+    assert sorted(p.name for p in bundle_copy.parent.iterdir()) == ["bundle"]
