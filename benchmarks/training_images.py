@@ -32,12 +32,12 @@ from tqdm import tqdm  # noqa: E402
 from edge_ad.datasets import load_samples, read_all  # noqa: E402
 from edge_ad.errors import DataError, report_errors  # noqa: E402
 from edge_ad.metrics import auroc  # noqa: E402
-from export.ablate import folder_name, image_scores, in_batches, smooth, trained  # noqa: E402
+from export.ablate import BATCH, folder_name, image_scores, smooth, trained  # noqa: E402
 from export.backbone import FeatureEncoder, encoder_from_checkpoint  # noqa: E402
 from export.evaluate import _group_aurocs  # noqa: E402
 from export.gmm_bridge import GmmBridgeHead  # noqa: E402
 from export.prototype import PrototypeHead  # noqa: E402
-from export.train import TrainConfig, extract_features, load_run, prepare_inputs  # noqa: E402
+from export.train import TrainConfig, in_batches, load_run, prepare_inputs  # noqa: E402
 
 MODELS = ("nearest prototype", "GMM bridge", "nearest prototype, no position whitening")
 
@@ -63,8 +63,8 @@ def branch_scores(run: Path, raw_test: torch.Tensor) -> dict[str, np.ndarray]:
     heads = {"prototype": PrototypeHead(checkpoint["prototypes"]).eval()}
     if "tau" in checkpoint:
         heads["gmm"] = GmmBridgeHead(checkpoint["prototypes"], float(checkpoint["tau"])).eval()
-    val, test = in_batches(encoder, val_inputs), in_batches(encoder.standardise, raw_test)
-    return {name: image_scores([smooth(in_batches(head, test), size)], [smooth(in_batches(head, val), size)])
+    val, test = in_batches(encoder, val_inputs, BATCH), in_batches(encoder.standardise, raw_test, BATCH)
+    return {name: image_scores([smooth(in_batches(head, test, BATCH), size)], [smooth(in_batches(head, val, BATCH), size)])
             for name, head in heads.items()}
 
 
@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     test_samples = load_samples(args.data, "test")
     labels = np.array([s.label for s in test_samples])
     _, images, _ = read_all(test_samples, False, lambda s: tqdm(s, desc="reading test images", unit="img"))
-    raw_test = extract_features(FeatureEncoder((args.input_size, args.input_size)),
-                                prepare_inputs(images, args.input_size), 16, "test features")
+    raw_test = in_batches(FeatureEncoder((args.input_size, args.input_size)).raw_features,
+                          prepare_inputs(images, args.input_size), 16, "test features")
     del images
     args.out.mkdir(parents=True, exist_ok=True)
     # Image folders are named after the data set too: a finished one is reused as it is.

@@ -25,7 +25,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -48,18 +47,10 @@ from .evaluate import _group_aurocs
 from .gmm_bridge import GmmBridgeHead
 from .onnx_export import SMOOTHING_SIGMA
 from .prototype import PrototypeHead
-from .train import CONFIG, RUN_FILES, TrainConfig, load_run, prepare_inputs, train
+from .train import CONFIG, RUN_FILES, TrainConfig, in_batches, load_run, prepare_inputs, train
 
 BATCH = 32
 TIMING_IMAGES = 20
-
-
-@torch.no_grad()
-def in_batches(module: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """`module` applied to `inputs` BATCH at a time along the first axis, the outputs concatenated."""
-    if isinstance(inputs, np.ndarray):
-        inputs = torch.from_numpy(inputs)
-    return torch.cat([module(inputs[i : i + BATCH]) for i in range(0, len(inputs), BATCH)])
 
 
 def smooth(grids: torch.Tensor, size: int) -> np.ndarray:
@@ -81,7 +72,7 @@ class Scorer:
             self.nets[name] = net.eval()
 
     def features(self, inputs: np.ndarray) -> torch.Tensor:
-        return in_batches(self.encoder, inputs)
+        return in_batches(self.encoder, inputs, BATCH)
 
     @torch.no_grad()
     def maps(
@@ -154,7 +145,7 @@ def _unwhitened_prototype_maps(config: TrainConfig, seed: int, out: Path, test_i
     size = int(record["config"]["input_size"])
     encoder = encoder_from_checkpoint(size, checkpoint)
     head = PrototypeHead(checkpoint["prototypes"]).eval()
-    maps = {split: smooth(in_batches(lambda x: head(encoder(x)), inputs), size)
+    maps = {split: smooth(in_batches(lambda x: head(encoder(x)), inputs, BATCH), size)
             for split, inputs in (("test", test_inputs), ("validation", val_inputs))}
     return maps, record["prototypes_seconds"] / 60
 

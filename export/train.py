@@ -4,6 +4,7 @@ and the learned bridge's teacher and student (bridge)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -64,12 +65,17 @@ def prepare_inputs(images: list[np.ndarray], size: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def extract_features(encoder: FeatureEncoder, inputs: np.ndarray, batch_size: int, desc: str) -> torch.Tensor:
-    """Unstandardised features (N, C, h, w) with a progress bar."""
-    chunks = []
-    for start in tqdm(range(0, len(inputs), batch_size), desc=desc, unit="batch"):
-        chunks.append(encoder.raw_features(torch.from_numpy(inputs[start : start + batch_size])))
-    return torch.cat(chunks)
+def in_batches(
+    module: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor | np.ndarray, batch_size: int, desc: str | None = None
+) -> torch.Tensor:
+    """`module` applied to `inputs` batch_size at a time along the first axis, the outputs
+    concatenated; with `desc`, under a progress bar of that name."""
+    if isinstance(inputs, np.ndarray):
+        inputs = torch.from_numpy(inputs)
+    starts = range(0, len(inputs), batch_size)
+    if desc is not None:
+        starts = tqdm(starts, desc=desc, unit="batch")
+    return torch.cat([module(inputs[i : i + batch_size]) for i in starts])
 
 
 def prototype_count(config: TrainConfig) -> int:
@@ -100,7 +106,7 @@ def train(config: TrainConfig, out: Path) -> Path:
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
 
     encoder = FeatureEncoder((config.input_size, config.input_size))
-    feats = extract_features(encoder, inputs[train_idx], config.batch_size, "features")
+    feats = in_batches(encoder.raw_features, inputs[train_idx], config.batch_size, "features")
     mean, std = feats.mean(dim=(0, 2, 3)), feats.std(dim=(0, 2, 3))
     encoder.set_statistics(mean, std)
     standardised = encoder.standardise(feats)  # per channel: no whitening fitted yet
@@ -149,7 +155,8 @@ def _push_away_defects(
     """The prototypes without those the known defects of `config.defects` keep landing on."""
     samples = load_defects(config.defects)
     _, images, _ = read_all(samples, skip_bad=False)
-    feats = extract_features(encoder, prepare_inputs(images, config.input_size), config.batch_size, "defect features")
+    feats = in_batches(encoder.raw_features, prepare_inputs(images, config.input_size), config.batch_size,
+                       "defect features")
     standardised = encoder.standardise(feats)
     kept, removed = push_away(prototypes, patches, anomalous_patches(standardised, prototypes), config.seed)
     print(f"known defects: {len(images)} images; {removed} of {prototypes.shape[0]} prototypes taken out")
