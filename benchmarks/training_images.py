@@ -34,10 +34,11 @@ from edge_ad.errors import DataError, report_errors  # noqa: E402
 from edge_ad.metrics import auroc  # noqa: E402
 from export.ablate import BATCH, folder_name, image_scores, smooth, trained  # noqa: E402
 from export.backbone import FeatureEncoder, encoder_from_checkpoint  # noqa: E402
+from export.batching import in_batches  # noqa: E402
 from export.evaluate import _group_aurocs  # noqa: E402
 from export.gmm_bridge import GmmBridgeHead  # noqa: E402
 from export.prototype import PrototypeHead  # noqa: E402
-from export.train import TrainConfig, in_batches, load_run, prepare_inputs  # noqa: E402
+from export.train import TrainConfig, load_run, prepare_inputs  # noqa: E402
 
 MODELS = ("nearest prototype", "GMM bridge", "nearest prototype, no position whitening")
 

@@ -41,13 +41,14 @@ from edge_ad.normalize import fit_quantiles
 from edge_ad.upsample import upsample_maps
 
 from .backbone import encoder_from_checkpoint
+from .batching import in_batches
 from .bridge import Denoiser, RestorationHead, sample
 from .bridge_train import STUDENT_STEPS, TEACHER_STEPS
 from .evaluate import _group_aurocs
 from .gmm_bridge import GmmBridgeHead
 from .onnx_export import SMOOTHING_SIGMA
 from .prototype import PrototypeHead
-from .train import CONFIG, RUN_FILES, TrainConfig, in_batches, load_run, prepare_inputs, train
+from .train import CONFIG, RUN_FILES, TrainConfig, load_run, prepare_inputs, train
 
 BATCH = 32
 TIMING_IMAGES = 20

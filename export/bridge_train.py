@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .backbone import FeatureEncoder
+from .batching import in_batches
 from .bridge import Denoiser, sample
 from .defects import KINDS, perlin_mask, synthesize
 from .gmm_bridge import GmmBridgeHead
@@ -66,11 +67,9 @@ class Pairs:
         return x0, x1, condition, weight
 
 
-@torch.no_grad()
 def _project(prior: GmmBridgeHead, features: torch.Tensor, desc: str, batch: int = 64) -> torch.Tensor:
     """GMM projections of features, in float16."""
-    chunks = range(0, len(features), batch)
-    return torch.cat([prior.project(features[i : i + batch].float()).half() for i in tqdm(chunks, desc=desc, unit="batch")])
+    return in_batches(lambda x: prior.project(x.float()).half(), features, batch, desc)
 
 
 def _feature_corruption(clean: torch.Tensor, i: int, v: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:

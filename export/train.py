@@ -4,7 +4,6 @@ and the learned bridge's teacher and student (bridge)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from edge_ad.errors import DataError
 from edge_ad.images import resize_to_input
 
 from .backbone import WHITENING_EPS, FeatureEncoder, position_whitening
+from .batching import in_batches
 from .bridge_train import BridgeTrainer, build_pairs, load_resume_state
 from .defects import KINDS
 from .gmm_bridge import GmmBridgeHead, gate_temperature
@@ -62,20 +62,6 @@ class TrainConfig:
 def prepare_inputs(images: list[np.ndarray], size: int) -> np.ndarray:
     """RGB images of any size -> (N, size, size, 3) uint8, the same resize the runtime uses."""
     return np.stack([resize_to_input(image, size, size) for image in images])
-
-
-@torch.no_grad()
-def in_batches(
-    module: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor | np.ndarray, batch_size: int, desc: str | None = None
-) -> torch.Tensor:
-    """`module` applied to `inputs` batch_size at a time along the first axis, the outputs
-    concatenated; with `desc`, under a progress bar of that name."""
-    if isinstance(inputs, np.ndarray):
-        inputs = torch.from_numpy(inputs)
-    starts = range(0, len(inputs), batch_size)
-    if desc is not None:
-        starts = tqdm(starts, desc=desc, unit="batch")
-    return torch.cat([module(inputs[i : i + batch_size]) for i in starts])
 
 
 def prototype_count(config: TrainConfig) -> int:

@@ -1,0 +1,23 @@
+"""Running a torch module over many images or feature maps, a batch at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+@torch.no_grad()
+def in_batches(
+    module: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor | np.ndarray, batch_size: int, desc: str | None = None
+) -> torch.Tensor:
+    """`module` applied to `inputs` batch_size at a time along the first axis, the outputs
+    concatenated; with `desc`, under a progress bar of that name."""
+    if isinstance(inputs, np.ndarray):
+        inputs = torch.from_numpy(inputs)
+    starts = range(0, len(inputs), batch_size)
+    if desc is not None:
+        starts = tqdm(starts, desc=desc, unit="batch")
+    return torch.cat([module(inputs[i : i + batch_size]) for i in starts])
