@@ -38,7 +38,8 @@ def report_errors(program: str, run: Callable[[], object]) -> int:
         return 2
     except ModuleNotFoundError as exc:
         print(f"{program}: error: needs the Python package '{exc.name}', which is not installed "
-              "(pip install 'edge-ad[train]' for train/export/eval/demo and the benchmarks)", file=sys.stderr)
+              "(pip install the extra that has it: 'edge-ad[train]' for torch and ONNX, "
+              "'edge-ad[gst]' for GStreamer, 'edge-ad[data]' for ELPV, 'edge-ad[tensorrt]' for TensorRT)", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"{program}: error: {exc}", file=sys.stderr)
