@@ -37,6 +37,8 @@ GRAPH_NAMES = {
 }
 MODEL_TYPES = tuple(GRAPH_NAMES)
 PRECISIONS = ("fp32", "fp16", "int8")
+# Feature encoders 'edge-ad train' offers, the default first (export/backbone.py builds them).
+BACKBONES = ("efficientnet-lite0", "efficientnet-lite1")
 # Raw-map branches each model's graphs produce, in order; each has its own quantiles.
 BRANCHES = {"prototype": ("head",), "gmm-bridge": ("head",), "bridge": ("prior", "bridge")}
 

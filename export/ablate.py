@@ -34,6 +34,7 @@ import yaml
 from tqdm import tqdm
 
 from calibration.statistics import score_percentiles
+from edge_ad.bundle import BACKBONES
 from edge_ad.datasets import load_samples, read_all
 from edge_ad.errors import report_errors
 from edge_ad.metrics import auroc
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
                              "several: one per product variant, each with its own models")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", type=Path, default=Path("ablation"))
+    parser.add_argument("--backbone", choices=BACKBONES, default=TrainConfig.backbone)
     parser.add_argument("--input-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="teacher training iterations")
     parser.add_argument("--distill-steps", type=int, default=TrainConfig.distill_steps)
@@ -263,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     config = TrainConfig(
         data=args.data[0],
         model="bridge",
+        backbone=args.backbone,
         input_size=args.input_size,
         prototypes=args.prototypes,
         whitening_eps=args.whitening_eps,

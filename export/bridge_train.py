@@ -150,11 +150,12 @@ def _save_state(path: Path, state: dict) -> None:
 class BridgeTrainer:
     """Teacher then student, with checkpoints in `run` and resume from them."""
 
-    def __init__(self, pairs: Pairs, channels: int, run: Path, seed: int, batch_size: int = 16) -> None:
+    def __init__(self, pairs: Pairs, channels: int, run: Path, seed: int, settings: dict, batch_size: int = 16) -> None:
         self.pairs = pairs
         self.channels = channels
         self.state_path = run / STATE_FILE
         self.seed = seed
+        self.settings = settings  # stored with every checkpoint: what a resumed run must match
         self.batch_size = batch_size
 
     def _rows(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -192,6 +193,7 @@ class BridgeTrainer:
             "optimiser": optimiser.state_dict(),
             "scheduler": scheduler.state_dict(),
             "losses": losses,
+            "settings": self.settings,
         }
         if phase == "student":
             state["teacher"] = self.teacher_state

@@ -48,7 +48,8 @@ STEP_CALIBRATION_IMAGES = 64  # images whose sampler trajectories calibrate the 
 # encoder's first, high-resolution layers lose most from it. Left in FP32 (FP16 on TensorRT),
 # these four raised the whitened ELPV encoder's output SQNR from 1.6 to 4.3 dB and brought the
 # prototype and GMM models from 0.014-0.016 below FP32 to within 0.002 (README). uint8 does not
-# need it. The names are EfficientNet-Lite0's, the same for every input size.
+# need it. The names are those of EfficientNet-Lite0's first blocks, which Lite1 has too (there
+# they keep its prototype model within 0.004 of FP32: README); the same for every input size.
 SYMMETRIC_ENCODER_FP32 = (
     "/stem/stem.0/Conv",
     "/blocks.0/_depthwise_conv/Conv",
@@ -401,7 +402,7 @@ def _write_bundle(
         "edge_ad_version": __version__,
         "model": {
             "type": model.type,
-            "backbone": "efficientnet-lite0",
+            "backbone": model.encoder.backbone,
             "feature_stride": 8,
             "channels": model.encoder.channels,
             "prototypes": int(checkpoint["prototypes"].shape[0]),

@@ -18,7 +18,7 @@ from edge_ad.datasets import load_defects, load_samples, read_all
 from edge_ad.errors import DataError
 from edge_ad.images import resize_to_input
 
-from .backbone import WHITENING_EPS, FeatureEncoder, position_whitening
+from .backbone import BACKBONE_SPECS, DEFAULT_BACKBONE, WHITENING_EPS, FeatureEncoder, position_whitening
 from .batching import in_batches
 from .bridge_train import BridgeTrainer, build_pairs, load_resume_state
 from .defects import KINDS
@@ -41,6 +41,7 @@ RUN_FILES = (CONFIG, CHECKPOINT, VALIDATION)  # what a finished training run fol
 class TrainConfig:
     data: str
     model: str = "prototype"
+    backbone: str = DEFAULT_BACKBONE  # feature encoder: efficientnet-lite0 or efficientnet-lite1
     input_size: int = 256
     prototypes: int | None = None  # None: WHITENED_PROTOTYPES with position whitening, else UNWHITENED_PROTOTYPES
     val_fraction: float = 0.1
@@ -75,9 +76,12 @@ def train(config: TrainConfig, out: Path) -> Path:
     """Train `config.model` on the normal training images of `config.data`; returns the run folder."""
     if config.model not in MODEL_TYPES:
         raise DataError(f"model {config.model!r} is not one of {', '.join(MODEL_TYPES)}")
+    if config.backbone not in BACKBONE_SPECS:
+        raise DataError(f"backbone {config.backbone!r} is not one of {', '.join(BACKBONE_SPECS)}")
     kinds = config.defect_kinds
     if kinds is not None and (not kinds or set(kinds) - set(KINDS)):
         raise DataError(f"defect kinds {kinds}: pick one or more of {', '.join(KINDS)}")
+    resume = _resume_state(config, out) if config.model == "bridge" and config.resume else None
     started = time.time()
     torch.manual_seed(config.seed)
     samples = load_samples(config.data, "train")
@@ -91,7 +95,7 @@ def train(config: TrainConfig, out: Path) -> Path:
     n_val = min(max(1, round(config.val_fraction * len(inputs))), len(inputs) - 1)
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
 
-    encoder = FeatureEncoder((config.input_size, config.input_size))
+    encoder = FeatureEncoder((config.input_size, config.input_size), config.backbone)
     feats = in_batches(encoder.raw_features, inputs[train_idx], config.batch_size, "features")
     mean, std = feats.mean(dim=(0, 2, 3)), feats.std(dim=(0, 2, 3))
     encoder.set_statistics(mean, std)
@@ -105,7 +109,12 @@ def train(config: TrainConfig, out: Path) -> Path:
     timings = {}
     if config.defects:
         prototypes, timings["prototypes_removed_by_defects"] = _push_away_defects(config, encoder, prototypes, patches)
-    checkpoint = {"feature_mean": encoder.feature_mean, "feature_std": encoder.feature_std, "prototypes": prototypes}
+    checkpoint = {
+        "backbone": config.backbone,
+        "feature_mean": encoder.feature_mean,
+        "feature_std": encoder.feature_std,
+        "prototypes": prototypes,
+    }
     if config.position_whitening:
         checkpoint["position_mean"] = encoder.position_mean
         checkpoint["position_whitening"] = encoder.position_whitening
@@ -116,7 +125,7 @@ def train(config: TrainConfig, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     losses = {}
     if config.model == "bridge":
-        losses = _train_bridge(config, encoder, checkpoint, inputs[train_idx], out)
+        losses = _train_bridge(config, encoder, checkpoint, inputs[train_idx], out, resume)
     torch.save(checkpoint, out / CHECKPOINT)
     np.savez_compressed(out / VALIDATION, inputs=inputs[val_idx])
     record = {
@@ -149,18 +158,43 @@ def _push_away_defects(
     return kept, removed
 
 
-def _train_bridge(config: TrainConfig, encoder: FeatureEncoder, checkpoint: dict, inputs: np.ndarray, out: Path) -> dict:
-    """Teacher and student into `checkpoint`; returns their final losses for the config record."""
-    resume = load_resume_state(out) if config.resume else None
-    if config.resume and resume is None:
+def _resume_settings(config: TrainConfig) -> dict:
+    """The settings a bridge checkpoint is only valid for: everything that shapes the features and
+    the training pairs. The iteration counts may change on resume (to train longer)."""
+    return {k: v for k, v in asdict(config).items() if k not in ("resume", "steps", "distill_steps")}
+
+
+def _resume_state(config: TrainConfig, out: Path) -> dict | None:
+    """The run folder's bridge checkpoint, refused if it was trained with other settings."""
+    resume = load_resume_state(out)
+    if resume is None:
         print(f"{out}: no bridge checkpoint to resume from, starting from the beginning")
+        return None
+    settings = _resume_settings(config)
+    recorded = resume.get("settings", settings)  # checkpoints from before settings were stored: not checked
+    changed = [k for k in settings if recorded.get(k) != settings[k]]
+    if changed:
+        raise DataError(
+            f"{out}: its bridge checkpoint was trained with "
+            + ", ".join(f"{k}={recorded.get(k)!r}" for k in changed)
+            + "; this run asks for " + ", ".join(f"{k}={settings[k]!r}" for k in changed)
+            + ". Resume with the same settings, or train into a new folder"
+        )
+    return resume
+
+
+def _train_bridge(
+    config: TrainConfig, encoder: FeatureEncoder, checkpoint: dict, inputs: np.ndarray, out: Path, resume: dict | None
+) -> dict:
+    """Teacher and student into `checkpoint` (continuing from `resume`); returns their final losses
+    for the config record."""
     prior = GmmBridgeHead(checkpoint["prototypes"], float(checkpoint["tau"]))
     clock = time.time()
     pairs = build_pairs(
         encoder, prior, inputs, config.variants, config.seed, config.batch_size, config.feature_variants,
         tuple(config.defect_kinds or KINDS),
     )
-    trainer = BridgeTrainer(pairs, encoder.channels, out, config.seed, config.batch_size)
+    trainer = BridgeTrainer(pairs, encoder.channels, out, config.seed, _resume_settings(config), config.batch_size)
     pairs_seconds, clock = time.time() - clock, time.time()
     teacher, teacher_losses = trainer.train_teacher(config.steps, resume)
     teacher_seconds, clock = time.time() - clock, time.time()

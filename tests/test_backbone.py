@@ -1,4 +1,4 @@
-"""The backbone is the real ImageNet EfficientNet-Lite0: it recognises known photographs."""
+"""The backbones are the real ImageNet EfficientNet-Lite0 and Lite1: they recognise known photographs."""
 
 import shutil
 
@@ -8,15 +8,18 @@ import pytest
 import torch
 from skimage import data
 
+from edge_ad.bundle import BACKBONES
 from export.backbone import (
+    BACKBONE_SPECS,
+    DEFAULT_BACKBONE,
     LITE_MEAN,
     LITE_STD,
     WHITENING_EPS,
     FeatureEncoder,
-    lite0_weights_path,
-    load_lite0,
+    load_backbone,
     position_whitening,
     verify_weights,
+    weights_path,
 )
 
 
@@ -28,24 +31,33 @@ def _classify(model, image_rgb: np.ndarray) -> int:
     return int(logits.argmax())
 
 
-def test_pretrained_weights_classify_known_images():
-    model = load_lite0()
+def test_the_command_line_offers_every_backbone_export_can_build():
+    assert tuple(BACKBONE_SPECS) == BACKBONES and DEFAULT_BACKBONE == "efficientnet-lite0"
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_pretrained_weights_classify_known_images(backbone):
+    model = load_backbone(backbone)
     assert 281 <= _classify(model, data.chelsea()) <= 285  # ImageNet cat classes
     assert _classify(model, data.coffee()) == 967  # espresso
 
 
 def test_tampered_weight_file_is_refused(tmp_path):
     copy = tmp_path / "lite0.pth"
-    shutil.copy(lite0_weights_path(), copy)
+    shutil.copy(weights_path(), copy)
     with open(copy, "r+b") as handle:
         handle.seek(1000)
         handle.write(b"\x00" * 16)
-    with pytest.raises(ValueError, match="not the EfficientNet-Lite0 checkpoint"):
+    with pytest.raises(ValueError, match="not the efficientnet-lite0 checkpoint"):
         verify_weights(copy)
+    # Each backbone has its own checkpoint: Lite1's file is not taken for Lite0.
+    with pytest.raises(ValueError, match="not the efficientnet-lite0 checkpoint"):
+        verify_weights(weights_path("efficientnet-lite1"), "efficientnet-lite0")
 
 
-def test_feature_encoder_grid_and_standardisation():
-    encoder = FeatureEncoder((128, 96))
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_feature_encoder_grid_and_standardisation(backbone):
+    encoder = FeatureEncoder((128, 96), backbone)
     images = torch.randint(0, 256, (2, 128, 96, 3), dtype=torch.uint8)
     raw = encoder.raw_features(images)
     assert raw.shape == (2, 152, 16, 12)

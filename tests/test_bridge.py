@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from edge_ad import Detector
-from edge_ad.errors import BundleError, EdgeAdError
+from edge_ad.errors import BundleError, DataError, EdgeAdError
 from edge_ad.metrics import auroc
 from export.bridge import Denoiser, RestorationHead, sample, schedule
 from export.bridge_train import STATE_FILE
@@ -91,6 +91,12 @@ def test_training_resumes_from_its_checkpoint(mvtec_category, tmp_path):
     record = yaml.safe_load((run / "config.yaml").read_text())
     assert record["teacher_final_loss"] is None  # the teacher came from the checkpoint, not retrained
     assert resumed["iteration"] == 7 and resumed["losses"][:4] == first["losses"]
+    # A checkpoint of other features or pairs is refused before any work, and kept as it was.
+    config.backbone = "efficientnet-lite1"
+    with pytest.raises(DataError, match="trained with backbone='efficientnet-lite0'; this run asks for "
+                                        "backbone='efficientnet-lite1'"):
+        train(config, run)
+    assert torch.load(run / STATE_FILE, weights_only=True)["losses"] == resumed["losses"]
 
 
 def test_fused_graph_runs_all_k_steps_in_one_call(tiny_bridge_bundle, tmp_path):

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from edge_ad import Detector
-from edge_ad.errors import BundleError, EdgeAdError, ImageError
+from edge_ad.errors import BundleError, DataError, EdgeAdError, ImageError
 from export.backbone import encoder_from_checkpoint
+from export.onnx_export import export_bundle
 from export.prototype import PrototypeHead
-from export.train import load_run
+from export.train import TrainConfig, load_run, train
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,36 @@ def test_onnx_runtime_matches_torch(detector, tiny_bundle, mvtec_category):
         reference = head(encoder(torch.from_numpy(frames))).numpy()
     onnx_maps = detector.grid_maps(frames)
     assert np.abs(reference - onnx_maps).max() <= 1e-4 * np.abs(reference).max()
+
+
+def test_a_lite1_run_is_exported_and_scored_on_lite1_features(mvtec_category, tmp_path):
+    config = TrainConfig(data=str(mvtec_category), backbone="efficientnet-lite1", input_size=128, prototypes=64)
+    run = train(config, tmp_path / "run")
+    record, checkpoint, _ = load_run(run)
+    assert checkpoint["backbone"] == record["config"]["backbone"] == "efficientnet-lite1"
+    detector = Detector.load(export_bundle(run, tmp_path / "bundle"))
+    assert detector.bundle.spec["model"]["backbone"] == "efficientnet-lite1"
+
+    paths = sorted(mvtec_category.rglob("test/*/*.png"))
+    frames = np.stack([detector.preprocess(cv2.imread(str(p))) for p in paths])
+    head = PrototypeHead(checkpoint["prototypes"])
+    with torch.no_grad():
+        lite1 = head(encoder_from_checkpoint(128, checkpoint)(torch.from_numpy(frames))).numpy()
+        lite0 = head(encoder_from_checkpoint(128, {**checkpoint, "backbone": "efficientnet-lite0"})(
+            torch.from_numpy(frames))).numpy()
+    onnx_maps = detector.grid_maps(frames)
+    assert np.abs(lite1 - onnx_maps).max() <= 1e-4 * np.abs(lite1).max()
+    assert np.abs(lite0 - onnx_maps).max() > 0.1 * np.abs(lite1).max()  # the graph is not Lite0's
+    scores = {p.parent.name: [] for p in paths}
+    for path in paths:
+        scores[path.parent.name].append(detector(cv2.imread(str(path))).score)
+    assert min(scores["spot"]) > max(scores["good"])
+
+
+def test_an_unknown_backbone_is_refused_before_any_image_is_read(tmp_path):
+    with pytest.raises(DataError, match="backbone 'resnet18' is not one of efficientnet-lite0, efficientnet-lite1"):
+        train(TrainConfig(data=str(tmp_path / "nowhere"), backbone="resnet18"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_spots_score_above_normal_images(detector, mvtec_category):
