@@ -13,7 +13,7 @@ import yaml
 from tqdm import tqdm
 
 from edge_ad import __version__
-from edge_ad.bundle import MODEL_TYPES
+from edge_ad.bundle import MODEL_TYPES, write_yaml_atomic
 from edge_ad.datasets import load_defects, load_samples, read_all
 from edge_ad.errors import DataError
 from edge_ad.images import resize_to_input
@@ -126,6 +126,10 @@ def train(config: TrainConfig, out: Path) -> Path:
     losses = {}
     if config.model == "bridge":
         losses = _train_bridge(config, encoder, checkpoint, inputs[train_idx], out, resume)
+    # config.yaml marks a finished run (load_run and ablate look for it), so it goes first and comes
+    # back last: a run stopped while writing (a full disk, Ctrl-C) is never taken for a finished one
+    # with an earlier run's files beside its own.
+    (out / CONFIG).unlink(missing_ok=True)
     torch.save(checkpoint, out / CHECKPOINT)
     np.savez_compressed(out / VALIDATION, inputs=inputs[val_idx])
     record = {
@@ -140,7 +144,7 @@ def train(config: TrainConfig, out: Path) -> Path:
         **timings,
         **losses,
     }
-    (out / CONFIG).write_text(yaml.safe_dump(record, sort_keys=False))
+    write_yaml_atomic(out / CONFIG, record)
     return out
 
 

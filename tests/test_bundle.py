@@ -110,3 +110,28 @@ def test_a_failed_export_leaves_the_bundle_in_its_folder_as_it_was(bundle_copy, 
     export_bundle(bridge_run, bundle_copy)  # a finished export replaces it
     assert load_bundle(bundle_copy).model_type == "bridge"
     assert sorted(p.name for p in bundle_copy.parent.iterdir()) == ["bundle"]
+
+
+def test_a_training_run_stopped_while_writing_is_not_taken_for_a_finished_one(tiny_bundle, tmp_path, monkeypatch):
+    import numpy as np
+
+    from edge_ad.errors import DataError
+    from export.train import TrainConfig, load_run, train
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bundle.parent / "run", run)  # a finished run of 64 prototypes
+    record, _, _ = load_run(run)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", full_disk)  # after model.pt, before validation.npz
+    config = TrainConfig(**{**record["config"], "prototypes": 32})
+    with pytest.raises(OSError, match="No space left"):
+        train(config, run)
+    # The new model.pt is beside the old validation images: no config.yaml, so not a run.
+    with pytest.raises(DataError, match="not a training run .missing config.yaml."):
+        load_run(run)
+    monkeypatch.undo()
+    train(config, run)
+    assert load_run(run)[1]["prototypes"].shape[0] == 32
