@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from edge_ad.errors import DataError
+
 from .backbone import FeatureEncoder
 from .batching import in_batches
 from .bridge import Denoiser, sample
@@ -244,8 +246,20 @@ class BridgeTrainer:
         return student.eval(), losses
 
 
-def load_resume_state(run: Path) -> dict | None:
+def load_resume_state(run: Path, settings: dict) -> dict | None:
+    """The run folder's checkpoint, or None when it has none; refused if it was trained with other
+    `settings` (checkpoints from before settings were stored are not checked)."""
     path = run / STATE_FILE
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    recorded = state.get("settings", settings)
+    changed = [k for k in settings if recorded.get(k) != settings[k]]
+    if changed:
+        raise DataError(
+            f"{run}: its bridge checkpoint was trained with "
+            + ", ".join(f"{k}={recorded.get(k)!r}" for k in changed)
+            + "; this run asks for " + ", ".join(f"{k}={settings[k]!r}" for k in changed)
+            + ". Resume with the same settings, or train into a new folder"
+        )
+    return state

@@ -170,20 +170,9 @@ def _resume_settings(config: TrainConfig) -> dict:
 
 def _resume_state(config: TrainConfig, out: Path) -> dict | None:
     """The run folder's bridge checkpoint, refused if it was trained with other settings."""
-    resume = load_resume_state(out)
+    resume = load_resume_state(out, _resume_settings(config))
     if resume is None:
         print(f"{out}: no bridge checkpoint to resume from, starting from the beginning")
-        return None
-    settings = _resume_settings(config)
-    recorded = resume.get("settings", settings)  # checkpoints from before settings were stored: not checked
-    changed = [k for k in settings if recorded.get(k) != settings[k]]
-    if changed:
-        raise DataError(
-            f"{out}: its bridge checkpoint was trained with "
-            + ", ".join(f"{k}={recorded.get(k)!r}" for k in changed)
-            + "; this run asks for " + ", ".join(f"{k}={settings[k]!r}" for k in changed)
-            + ". Resume with the same settings, or train into a new folder"
-        )
     return resume
 
 
