@@ -37,10 +37,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+# The learned bridge's training options: with another model they would be silently ignored.
+BRIDGE_TRAIN_OPTIONS = {"steps": "--steps", "distill_steps": "--distill-steps", "resume": "--resume",
+                        "defect_kinds": "--defect-kinds"}
+
+
 def _train(args: argparse.Namespace) -> None:
     from export.train import TrainConfig, train
 
-    eps = {} if args.whitening_eps is None else {"whitening_eps": args.whitening_eps}
+    given = [flag for name, flag in BRIDGE_TRAIN_OPTIONS.items() if getattr(args, name) not in (None, False)]
+    if given and args.model != "bridge":
+        raise EdgeAdError(f"{', '.join(given)}: only for --model bridge; --model {args.model} has no training "
+                          "iterations, checkpoint to resume or synthetic defects")
+    defaults = ("whitening_eps", "steps", "distill_steps")  # None: TrainConfig's default
+    optional = {name: getattr(args, name) for name in defaults if getattr(args, name) is not None}
     config = TrainConfig(
         data=args.data,
         model=args.model,
@@ -48,11 +58,9 @@ def _train(args: argparse.Namespace) -> None:
         input_size=args.input_size,
         prototypes=args.prototypes,
         position_whitening=not args.no_position_whitening,
-        **eps,
+        **optional,
         seed=args.seed,
         skip_bad=args.skip_bad,
-        steps=args.steps,
-        distill_steps=args.distill_steps,
         resume=args.resume,
         defects=args.defects,
         defect_kinds=args.defect_kinds,
@@ -337,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "symmetric INT8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images and list them")
-    p.add_argument("--steps", type=_positive_int, default=2000, help="bridge: teacher training iterations")
-    p.add_argument("--distill-steps", type=_positive_int, default=1000, help="bridge: student distillation iterations")
+    p.add_argument("--steps", type=_positive_int, help="bridge: teacher training iterations (default 2000)")
+    p.add_argument("--distill-steps", type=_positive_int,
+                   help="bridge: student distillation iterations (default 1000)")
     p.add_argument("--resume", action="store_true", help="bridge: continue from the run folder's last checkpoint")
     p.add_argument("--defect-kinds", nargs="+", metavar="KIND",
                    help="bridge: the synthetic defect kinds to train on (default: all of perlin_texture, "

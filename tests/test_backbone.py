@@ -9,6 +9,7 @@ import torch
 from skimage import data
 
 from edge_ad.bundle import BACKBONES
+from edge_ad.errors import EdgeAdError
 from export.backbone import (
     BACKBONE_SPECS,
     DEFAULT_BACKBONE,
@@ -48,10 +49,10 @@ def test_tampered_weight_file_is_refused(tmp_path):
     with open(copy, "r+b") as handle:
         handle.seek(1000)
         handle.write(b"\x00" * 16)
-    with pytest.raises(ValueError, match="not the efficientnet-lite0 checkpoint"):
+    with pytest.raises(EdgeAdError, match="not the efficientnet-lite0 checkpoint"):
         verify_weights(copy)
     # Each backbone has its own checkpoint: Lite1's file is not taken for Lite0.
-    with pytest.raises(ValueError, match="not the efficientnet-lite0 checkpoint"):
+    with pytest.raises(EdgeAdError, match="not the efficientnet-lite0 checkpoint"):
         verify_weights(weights_path("efficientnet-lite1"), "efficientnet-lite0")
 
 

@@ -97,6 +97,11 @@ def test_training_resumes_from_its_checkpoint(mvtec_category, tmp_path):
                                         "backbone='efficientnet-lite1'"):
         train(config, run)
     assert torch.load(run / STATE_FILE, weights_only=True)["losses"] == resumed["losses"]
+    # A checkpoint cut short (a disk error, a copy interrupted) is named, not a torch traceback.
+    (run / STATE_FILE).write_bytes((run / STATE_FILE).read_bytes()[:1000])
+    config.backbone = "efficientnet-lite0"
+    with pytest.raises(DataError, match=f"{STATE_FILE}: not a readable PyTorch checkpoint"):
+        train(config, run)
 
 
 def test_fused_graph_runs_all_k_steps_in_one_call(tiny_bridge_bundle, tmp_path):

@@ -1,5 +1,6 @@
 """Every failure ends in one line on stderr naming the input, with a non-zero exit (no traceback)."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,8 +65,34 @@ def test_benchmark_scripts_end_in_one_line_too(tmp_path):
     _one_line_error(curve, "nope", program="benchmarks/training_images.py")
 
 
+def test_bridge_training_options_are_refused_for_other_models(tmp_path, normal_folder):
+    for model in ("prototype", "gmm-bridge"):
+        result = edge_ad("train", "--data", normal_folder, "--out", tmp_path / "r", "--model", model,
+                         "--resume", "--steps", 50)
+        _one_line_error(result, "--steps, --resume", "only for --model bridge", f"--model {model}")
+        assert not (tmp_path / "r").exists()
+
+
 def test_export_of_a_folder_that_is_not_a_run(tmp_path):
     _one_line_error(edge_ad("export", "--run", tmp_path, "--out", tmp_path / "b"), "not a training run")
+
+
+def test_export_names_the_corrupt_file_of_a_training_run(tmp_path, normal_folder):
+    run = tmp_path / "run"
+    trained = edge_ad("train", "--data", normal_folder, "--out", run, "--input-size", 64, "--prototypes", 8)
+    assert trained.returncode == 0, trained.stderr
+    damaged = {
+        "config.yaml": lambda path: path.write_text("config: [unclosed\n"),
+        "model.pt": lambda path: path.write_bytes(path.read_bytes()[:1000]),  # a copy cut short
+        "validation.npz": lambda path: path.write_bytes(b"not an archive"),
+    }
+    for name, damage in damaged.items():
+        copy = tmp_path / f"run-{name}"
+        shutil.copytree(run, copy)
+        damage(copy / name)
+        _one_line_error(edge_ad("export", "--run", copy, "--out", tmp_path / "b"), str(copy / name))
+        assert not (tmp_path / "b").exists()
+    assert edge_ad("export", "--run", run, "--out", tmp_path / "b").returncode == 0
 
 
 def test_eval_needs_a_test_split(tmp_path, tiny_bundle):
