@@ -280,6 +280,14 @@ def _bench(args: argparse.Namespace) -> None:
     _print_report(report, args.json)
 
 
+def _deepstream(args: argparse.Namespace) -> None:
+    from export.deepstream import CONFIG_FILE, write_deepstream
+
+    out = write_deepstream(Path(args.bundle), args.out and Path(args.out), args.steps, args.precision, args.build)
+    print(f"DeepStream network and nvinfer config written to {out}: "
+          f"nvinfer config-file-path={out / CONFIG_FILE}")
+
+
 def _build(args: argparse.Namespace) -> None:
     from .bundle import load_bundle
     from .device import load_config
@@ -461,6 +469,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=_positive_int, default=8, help="largest batch of the optimisation profile")
     p.add_argument("--force", action="store_true", help="rebuild even when matching engines are cached")
     p.set_defaults(func=_build)
+
+    p = sub.add_parser("deepstream", help="write the bundle as one network with a Gst-nvinfer config for DeepStream")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--out", help="folder for the network, config and engine (default: the bundle's deepstream/)")
+    p.add_argument("--steps", type=_positive_int, help="bridge steps K built into the network (default: the bundle's)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"),
+                   help="engine precision (default: the bundle's; an FP32 bundle may run as fp16)")
+    p.add_argument("--build", action="store_true",
+                   help="also build the TensorRT engine (on the device: needs TensorRT and an NVIDIA GPU); "
+                        "required for fp16 and int8")
+    p.set_defaults(func=_deepstream)
 
     p = sub.add_parser("doctor", help="what this device is and has, and whether a bundle can run on it")
     p.add_argument("--bundle", action="append",

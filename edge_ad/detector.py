@@ -46,7 +46,55 @@ class Result:
         return upsample_maps(self.grid_map, self.input_size, self.smoothing_sigma)
 
 
-class Detector:
+class MapScorer:
+    """A bundle's post-processing, from raw maps on the feature grid to a Result: upsampling and
+    smoothing, quantile normalisation (the site calibration's, when the bundle has one), score and
+    threshold. The Detector runs the graphs first; a DeepStream pipeline, where nvinfer runs them
+    (`edge_ad.deepstream`), uses this alone."""
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        self.threshold = bundle.threshold
+
+    def upsample(self, grids: np.ndarray) -> np.ndarray:
+        """Maps on the feature grid (..., h, w) -> upsampled to the input size and smoothed."""
+        return upsample_maps(grids, self.bundle.input_size, self.bundle.smoothing_sigma)
+
+    def normalise(self, raw: np.ndarray, quantiles: Sequence[Quantiles] | None = None) -> np.ndarray:
+        """Raw maps of one frame (branches, ...) -> the normalised map (...): each branch
+        mapped by its quantiles (the bundle's unless given; q_alpha -> 0, q_beta -> 0.1), then
+        the branches averaged."""
+        quantiles = self.bundle.quantiles if quantiles is None else quantiles
+        return sum(q.apply(branch) for q, branch in zip(quantiles, raw)) / len(raw)
+
+    def normalised_maps(self, grids: np.ndarray, quantiles: Sequence[Quantiles] | None = None) -> np.ndarray:
+        """Grid maps (B, branches, h, w) -> normalised maps at the input size (B, H, W); their
+        maxima are the image scores.
+
+        Normalising and upsampling are both linear and upsampling keeps constants, so the
+        branches are normalised and averaged on the grid and one map per frame is upsampled:
+        the same values to float rounding as normalising the upsampled raw maps (ULSAD 3.5 as
+        written), at half the upsampling and none of the per-pixel arithmetic."""
+        return self.upsample(self.normalise(grids.swapaxes(0, 1), quantiles))
+
+    def _result(self, normalised: np.ndarray, grids: np.ndarray, frame_shape: tuple[int, ...], times: dict[str, float]) -> Result:
+        start = time.perf_counter()
+        score = float(normalised.max())
+        display = cv2.resize(normalised, (frame_shape[1], frame_shape[0]), interpolation=cv2.INTER_LINEAR)
+        np.clip(display, 0.0, 1.0, out=display)
+        times = dict(times, normalise_ms=(time.perf_counter() - start) * 1e3)
+        bundle = self.bundle
+        return Result(score, score >= self.threshold, self.threshold, display, grids, bundle.input_size, bundle.smoothing_sigma, times)
+
+    def score_grids(self, grids: np.ndarray, frame_shapes: Sequence[tuple[int, ...]], times: dict[str, float] | None = None) -> list[Result]:
+        """Grid maps (B, branches, h, w) of B frames of `frame_shapes` -> their Results."""
+        start = time.perf_counter()
+        normalised = self.normalised_maps(grids)
+        times = dict(times or {}, upsample_ms=(time.perf_counter() - start) * 1e3)
+        return [self._result(n, g, shape, times) for n, g, shape in zip(normalised, grids, frame_shapes)]
+
+
+class Detector(MapScorer):
     """Runs a bundle on frames of any size (uint8; BGR, RGB or grey).
 
     >>> detector = Detector.load("bundle")
@@ -55,9 +103,8 @@ class Detector:
     """
 
     def __init__(self, bundle: Bundle, backend: str = "auto", threads: int | None = None, spin: bool = True):
-        self.bundle = bundle
+        super().__init__(bundle)
         self.precision = bundle.precision
-        self.threshold = bundle.threshold
         self.backend, self._graphs = load_graphs(bundle, backend, threads, spin)
         self.spin = spin and self.backend == "onnxruntime"
         # ONNX Runtime runs the INT8 products in its exact but slower U8U8 kernels (x86 without VNNI)
@@ -141,39 +188,9 @@ class Detector:
             raise EdgeAdError(f"{self.bundle.root}: the graphs returned NaN or infinite values")
         return grids
 
-    def upsample(self, grids: np.ndarray) -> np.ndarray:
-        """Maps on the feature grid (..., h, w) -> upsampled to the input size and smoothed."""
-        return upsample_maps(grids, self.bundle.input_size, self.bundle.smoothing_sigma)
-
     def raw_maps(self, inputs: np.ndarray) -> np.ndarray:
         """Batch of preprocessed inputs (B, H, W, 3) -> smoothed raw maps at input size (B, branches, H, W)."""
         return self.upsample(self.finite_grid_maps(inputs))
-
-    def normalise(self, raw: np.ndarray, quantiles: Sequence[Quantiles] | None = None) -> np.ndarray:
-        """Raw maps of one frame (branches, ...) -> the normalised map (...): each branch
-        mapped by its quantiles (the bundle's unless given; q_alpha -> 0, q_beta -> 0.1), then
-        the branches averaged."""
-        quantiles = self.bundle.quantiles if quantiles is None else quantiles
-        return sum(q.apply(branch) for q, branch in zip(quantiles, raw)) / len(raw)
-
-    def normalised_maps(self, grids: np.ndarray, quantiles: Sequence[Quantiles] | None = None) -> np.ndarray:
-        """Grid maps (B, branches, h, w) -> normalised maps at the input size (B, H, W); their
-        maxima are the image scores.
-
-        Normalising and upsampling are both linear and upsampling keeps constants, so the
-        branches are normalised and averaged on the grid and one map per frame is upsampled:
-        the same values to float rounding as normalising the upsampled raw maps (ULSAD 3.5 as
-        written), at half the upsampling and none of the per-pixel arithmetic."""
-        return self.upsample(self.normalise(grids.swapaxes(0, 1), quantiles))
-
-    def _result(self, normalised: np.ndarray, grids: np.ndarray, frame_shape: tuple[int, ...], times: dict[str, float]) -> Result:
-        start = time.perf_counter()
-        score = float(normalised.max())
-        display = cv2.resize(normalised, (frame_shape[1], frame_shape[0]), interpolation=cv2.INTER_LINEAR)
-        np.clip(display, 0.0, 1.0, out=display)
-        times = dict(times, normalise_ms=(time.perf_counter() - start) * 1e3)
-        bundle = self.bundle
-        return Result(score, score >= self.threshold, self.threshold, display, grids, bundle.input_size, bundle.smoothing_sigma, times)
 
     def __call__(self, frame: np.ndarray, color: str = "BGR") -> Result:
         return self.batch([frame], color)[0]
@@ -184,7 +201,4 @@ class Detector:
         inputs = np.stack([self.preprocess(f, color) for f in frames])
         times = {"preprocess_ms": (time.perf_counter() - start) * 1e3}
         grids = self.finite_grid_maps(inputs, times)
-        start = time.perf_counter()
-        normalised = self.normalised_maps(grids)
-        times["upsample_ms"] = (time.perf_counter() - start) * 1e3
-        return [self._result(n, g, frame.shape, times) for n, g, frame in zip(normalised, grids, frames)]
+        return self.score_grids(grids, [frame.shape for frame in frames], times)

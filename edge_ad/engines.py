@@ -120,7 +120,6 @@ def build_engines(
         raise EdgeAdError(f"{bundle.root}: INT8 engines are built from Q/DQ graphs; export with --precision int8")
     if bundle.spec.get("quantization", {}).get("tensorrt_compatible") is False:
         raise EdgeAdError(f"{bundle.root}: its INT8 graphs use unsigned activations, which TensorRT does not read")
-    trt = _tensorrt()
     key = device_key(precision, dla_core)
     for line in other_engines(bundle, key):
         print(line)
@@ -129,44 +128,75 @@ def build_engines(
         print(f"{folder}: engines for this device and bundle are up to date")
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
     cache_path = bundle.root / ENGINES_DIR / TIMING_CACHE
     entries = {}
     for name, path in bundle.graphs.items():
-        # EXPLICIT_BATCH is required by 8.6 and the only mode (flag ignored) in 10.x.
-        flag = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-        network = builder.create_network(flag)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse(path.read_bytes()):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise EdgeAdError(f"{path}: TensorRT cannot parse this graph ({errors})")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-        if name in REDUCED_PRECISION_GRAPHS:
-            config.set_flag(trt.BuilderFlag.FP16)
-            if precision == "int8":
-                config.set_flag(trt.BuilderFlag.INT8)
-        if dla_core is not None:
-            config.default_device_type = trt.DeviceType.DLA
-            config.DLA_core = dla_core
-            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-        profile = builder.create_optimization_profile()
-        for i in range(network.num_inputs):
-            tensor = network.get_input(i)
-            shape = tuple(tensor.shape)
-            if shape and shape[0] == -1:  # dynamic batch
-                rest = shape[1:]
-                profile.set_shape(tensor.name, (1, *rest), (1, *rest), (max_batch, *rest))
-        config.add_optimization_profile(profile)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise EdgeAdError(f"{path}: TensorRT could not build an engine (see the TensorRT log above)")
+        graph_precision = precision if name in REDUCED_PRECISION_GRAPHS else "fp32"
+        serialized = build_serialized_engine(path, graph_precision, dla_core=dla_core, workspace_mib=workspace_mib,
+                                             max_batch=max_batch, timing_cache=cache_path)
         engine = folder / f"{name}.engine"
-        engine.write_bytes(bytes(serialized))
-        cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+        engine.write_bytes(serialized)
         entries[name] = {"file": engine.name, "source_sha256": bundle.spec["graphs"][name]["sha256"]}
     write_yaml_atomic(folder / MANIFEST, {"key": asdict(key), "graphs": entries, "max_batch": max_batch})
     return folder
+
+
+def build_serialized_engine(
+    path: Path,
+    precision: str,
+    fp32_layers: tuple[str, ...] = (),
+    dla_core: int | None = None,
+    workspace_mib: int = 1024,
+    max_batch: int = 8,
+    timing_cache: Path | None = None,
+) -> bytes:
+    """One ONNX graph -> a serialized engine for this device. precision: fp32 (no flag), fp16 (the
+    FP16 flag) or int8 (Q/DQ: the INT8 and FP16 flags); layers whose names start with one of
+    `fp32_layers` are asked to stay FP32 (the distance layers of a joined graph); a dynamic batch
+    gets a profile up to `max_batch`; `timing_cache` is read and updated when given."""
+    trt = _tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # EXPLICIT_BATCH is required by 8.6 and the only mode (flag ignored) in 10.x.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EdgeAdError(f"{path}: TensorRT cannot parse this graph ({errors})")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+    if fp32_layers and precision != "fp32":
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+        floats = (trt.float32, trt.float16)
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            outputs = range(layer.num_outputs)
+            if layer.name.startswith(fp32_layers) and all(layer.get_output_type(j) in floats for j in outputs):
+                layer.precision = trt.float32
+                for j in outputs:
+                    layer.set_output_type(j, trt.float32)
+    if dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    if timing_cache is not None:
+        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = tuple(tensor.shape)
+        if shape and shape[0] == -1:  # dynamic batch
+            rest = shape[1:]
+            profile.set_shape(tensor.name, (1, *rest), (1, *rest), (max_batch, *rest))
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EdgeAdError(f"{path}: TensorRT could not build an engine (see the TensorRT log above)")
+    if timing_cache is not None:
+        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)

@@ -1,0 +1,192 @@
+"""A bundle as one network for DeepStream's Gst-nvinfer, with its nvinfer config.
+
+nvinfer runs one network per element, on RGB planes it has scaled to the network's size itself
+(`y = net-scale-factor * (x - offsets)`, here 1 and 0: float pixels 0-255). So the bundle's
+graphs become one ONNX graph: the encoder without its uint8 NHWC entry, then the head (and for a
+bridge bundle the GMM prior and the K bridge steps at the bundle's K, the schedule built in),
+ending in the raw maps on the feature grid, `grid_maps` (batch, branches, h, w). nvinfer attaches
+them to each frame (`network-type=100`, `output-tensor-meta=1`) and `edge_ad.deepstream` turns
+them into the same score, map and alarm as the Detector, with the bundle's quantiles, its site
+calibration and its threshold.
+
+nvinfer builds an FP32 bundle's engine from the ONNX itself. FP16 and INT8 engines are built here
+(`build=True`, on the device) and the config names only them (`model-engine-file`): nvinfer would
+put the distance layers in FP16 too, where GMM logits overflow, and it sets TensorRT's INT8 flag
+only with a calibration file, which Q/DQ graphs do not have.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_ad import __version__
+from edge_ad.bundle import Bundle, load_bundle
+from edge_ad.deepstream import OUTPUT
+from edge_ad.engines import build_serialized_engine
+from edge_ad.errors import EdgeAdError
+
+INPUT = "input"
+MODEL_FILE = "edge_ad.onnx"
+CONFIG_FILE = "config_infer_edge_ad.txt"
+NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer's network-mode
+# The engine precisions a bundle's graphs can be built in: Q/DQ graphs need the INT8 flag, and
+# half graphs are FP16 already
+ENGINE_PRECISIONS = {"fp32": ("fp32", "fp16"), "fp16": ("fp16",), "int8": ("int8",)}
+# Layers kept in FP32 in an FP16 or INT8 engine: the distances and GMM gates (edge_ad.engines)
+DISTANCE_LAYERS = ("head/", "prior/")
+
+
+def _rewired(model: onnx.ModelProto, prefix: str, inputs: dict[str, str], outputs: dict[str, str]) -> onnx.GraphProto:
+    """`model`'s graph with every name prefixed, except its inputs and outputs, which are renamed
+    to the tensors they are joined to (`inputs` / `outputs`: graph name -> tensor name). Every
+    node gets a name, so that TensorRT's layers carry the prefix (`DISTANCE_LAYERS`)."""
+    for i, node in enumerate(model.graph.node):
+        node.name = node.name or f"{node.op_type}_{i}"
+    graph = onnx.compose.add_prefix(model, prefix).graph
+    rename = {prefix + old: new for old, new in (inputs | outputs).items()}
+    for node in graph.node:
+        node.input[:] = [rename.get(name, name) for name in node.input]
+        node.output[:] = [rename.get(name, name) for name in node.output]
+    return graph
+
+
+def _read_planes(encoder: onnx.ModelProto) -> None:
+    """Make the encoder read float RGB planes (batch, 3, H, W) named INPUT instead of uint8 NHWC:
+    its leading Transpose goes, and the Cast behind it now casts float pixels."""
+    graph = encoder.graph
+    entry = graph.input[0].name
+    readers = [node for node in graph.node if entry in node.input]
+    perms = [list(helper.get_attribute_value(a)) for a in readers[0].attribute if a.name == "perm"] if readers else []
+    if len(readers) != 1 or readers[0].op_type != "Transpose" or perms != [[0, 3, 1, 2]]:
+        raise EdgeAdError("the bundle's encoder graph does not start with its NHWC-to-NCHW Transpose; "
+                          "export the bundle again with this edge-ad version")
+    transpose = readers[0]
+    for node in graph.node:
+        node.input[:] = [INPUT if name == transpose.output[0] else name for name in node.input]
+    graph.node.remove(transpose)
+
+
+def single_graph(bundle: Bundle) -> onnx.ModelProto:
+    """The bundle's graphs joined into one: float RGB planes 0-255 in, the raw grid maps out."""
+    height, width = bundle.input_size
+    encoder = onnx.load(bundle.graphs["encoder"])
+    _read_planes(encoder)
+    models = [encoder]
+    nodes, initializers = list(encoder.graph.node), list(encoder.graph.initializer)
+
+    def add(name: str, prefix: str, inputs: dict[str, str], outputs: dict[str, str]) -> None:
+        model = onnx.load(bundle.graphs[name])
+        models.append(model)
+        graph = _rewired(model, prefix, inputs, outputs)
+        nodes.extend(graph.node)
+        initializers.extend(graph.initializer)
+
+    if bundle.model_type != "bridge":
+        add("head", "head/", {"features": "features"}, {"raw_map": OUTPUT})
+    else:
+        add("prior", "prior/", {"features": "features"}, {"prior_map": "prior_map", "condition": "condition"})
+        if bundle.fused_steps == bundle.steps and "fused" in bundle.graphs:  # as the Detector runs it
+            add("fused", "fused/", {"state": "features", "condition": "condition"}, {"restored": "restored"})
+        else:
+            state = "features"
+            for k, coefficients in enumerate(bundle.coefficients):
+                prefix = f"step{k}/"
+                initializers.append(numpy_helper.from_array(coefficients.astype(np.float32), prefix + "schedule"))
+                out = "restored" if k == len(bundle.coefficients) - 1 else prefix + "out"
+                add("step", prefix, {"state": state, "condition": "condition", "coefficients": prefix + "schedule"},
+                    {"next_state": out})
+                state = out
+        add("head", "head/", {"features": "features", "restored": "restored"}, {"raw_map": "bridge_map"})
+        nodes.append(helper.make_node("Concat", ["prior_map", "bridge_map"], [OUTPUT], axis=1, name="head/branches"))
+    opsets: dict[str, int] = {}
+    for model in models:
+        for opset in model.opset_import:
+            opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
+    grid = [d.dim_value or d.dim_param for d in encoder.graph.output[0].type.tensor_type.shape.dim[2:]]
+    graph = helper.make_graph(
+        nodes,
+        "edge_ad",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", 3, height, width])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", len(bundle.branches), *grid])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+                              producer_name="edge-ad", producer_version=__version__)
+    model.ir_version = encoder.ir_version
+    onnx.checker.check_model(model)
+    return model
+
+
+def nvinfer_config(bundle: Bundle, precision: str, engine: str | None) -> str:
+    """Gst-nvinfer's config for the single graph: primary mode on whole frames, stretched to the
+    model input as the Detector resizes them (with the bilinear filter, not nearest-neighbour), RGB
+    planes 0-255, the raw output attached as tensor meta. An FP16 or INT8 engine is named alone (built by `--build` with the distance layers in
+    FP32), so that nvinfer never builds one of its own with them in FP16."""
+    height, width = bundle.input_size
+    lines = [
+        f"# edge-ad {__version__}: {bundle.model_type} bundle {bundle.root}, {bundle.precision} graphs"
+        + (f", K={bundle.steps}" if bundle.steps else "") + f", {precision} engine",
+        "# nvinfer runs the network; edge_ad.deepstream scores its 'grid_maps' tensor meta (README 'DeepStream')",
+        "[property]",
+        "gpu-id=0",
+        *([f"onnx-file={MODEL_FILE}"] if precision == "fp32" else []),
+        *([f"model-engine-file={engine}"] if engine else []),
+        f"network-mode={NETWORK_MODES[precision]}",
+        "batch-size=1",
+        "process-mode=1",
+        "network-type=100",
+        "output-tensor-meta=1",
+        f"output-blob-names={OUTPUT}",
+        "gie-unique-id=1",
+        "model-color-format=0",
+        "net-scale-factor=1.0",
+        "offsets=0;0;0",
+        f"infer-dims=3;{height};{width}",
+        "network-input-order=0",
+        "maintain-aspect-ratio=0",
+        "scaling-filter=1",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def engine_name(precision: str) -> str:
+    """The name nvinfer gives an engine it builds from MODEL_FILE (batch 1, GPU 0)."""
+    return f"{MODEL_FILE}_b1_gpu0_{precision}.engine"
+
+
+def write_deepstream(
+    bundle_path: Path, out: Path | None = None, steps: int | None = None, precision: str | None = None,
+    build: bool = False,
+) -> Path:
+    """Write the single graph and its nvinfer config into `out` (default: the bundle folder's
+    `deepstream/`). precision: the engine's (default: the bundle's; an FP32 bundle may run as
+    FP16); with `build` (on the device), the TensorRT engine is built too."""
+    bundle = load_bundle(bundle_path, steps)
+    precision = precision or bundle.precision
+    if precision not in ENGINE_PRECISIONS[bundle.precision]:
+        raise EdgeAdError(f"{bundle.root}: {bundle.precision} graphs run as a "
+                          f"{' or '.join(ENGINE_PRECISIONS[bundle.precision])} engine, not {precision}")
+    if bundle.spec.get("quantization", {}).get("tensorrt_compatible") is False:
+        raise EdgeAdError(f"{bundle.root}: its INT8 graphs use unsigned activations, which TensorRT does not read; "
+                          "export with --precision int8 and the default --int8-activations")
+    if out is None:
+        if not Path(bundle_path).is_dir():
+            raise EdgeAdError(f"{bundle_path}: a bundle archive; give --out for the DeepStream files")
+        out = Path(bundle_path) / "deepstream"
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = out / MODEL_FILE
+    onnx.save(single_graph(bundle), model_path)
+    engine = engine_name(precision) if build or precision != "fp32" else None
+    if build:
+        print("building the TensorRT engine, this can take minutes")
+        serialized = build_serialized_engine(model_path, precision, fp32_layers=DISTANCE_LAYERS, max_batch=1)
+        (out / engine).write_bytes(serialized)
+    elif engine:
+        print(f"{out / CONFIG_FILE} names {engine}: build it on the device with "
+              f"'edge-ad deepstream --bundle {bundle_path} --precision {precision} --build'")
+    (out / CONFIG_FILE).write_text(nvinfer_config(bundle, precision, engine))
+    return out

@@ -1,0 +1,102 @@
+"""DeepStream: the bundle as one nvinfer network, its config, and scoring nvinfer's tensor meta."""
+
+import configparser
+import subprocess
+import sys
+import tarfile
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edge_ad import Detector, MapScorer, load_bundle
+from edge_ad.deepstream import OUTPUT, layer_array
+from edge_ad.errors import EdgeAdError
+from export.deepstream import CONFIG_FILE, MODEL_FILE, engine_name, write_deepstream
+
+
+def _nvinfer_config(folder):
+    parser = configparser.ConfigParser()
+    parser.read(folder / CONFIG_FILE)
+    return parser["property"]
+
+
+def _frames(mvtec_category):
+    paths = sorted((mvtec_category / "test").glob("*/*.png"))
+    return [cv2.imread(str(p)) for p in (paths[0], paths[-1])]  # a normal image and a spot
+
+
+@pytest.mark.parametrize("bundle_name, steps", [("tiny_bundle", None), ("tiny_bridge_bundle", None),
+                                                ("tiny_bridge_bundle", 4)])
+def test_the_single_network_scores_frames_as_the_detector_does(bundle_name, steps, request, mvtec_category, tmp_path):
+    bundle = request.getfixturevalue(bundle_name)
+    out = write_deepstream(bundle, tmp_path / "ds", steps)
+    settings = _nvinfer_config(out)
+    detector = Detector.load(bundle, steps=steps)
+    height, width = detector.bundle.input_size
+    assert settings["infer-dims"] == f"3;{height};{width}" and settings["output-blob-names"] == OUTPUT
+    assert (settings["network-type"], settings["output-tensor-meta"], settings["network-mode"]) == ("100", "1", "0")
+    assert (settings["maintain-aspect-ratio"], settings["scaling-filter"]) == ("0", "1")  # stretched, bilinear
+    assert (out / settings["onnx-file"]).is_file() and "model-engine-file" not in settings
+
+    # What nvinfer feeds the network with net-scale-factor 1 and offsets 0: float RGB planes 0-255.
+    frames = _frames(mvtec_category)
+    inputs = np.stack([detector.preprocess(frame) for frame in frames])
+    session = ort.InferenceSession(str(out / MODEL_FILE), providers=["CPUExecutionProvider"])
+    grids = session.run([OUTPUT], {"input": inputs.transpose(0, 3, 1, 2).astype(np.float32)})[0]
+    np.testing.assert_allclose(grids, detector.grid_maps(inputs), rtol=1e-4, atol=1e-5)
+    assert grids.shape[1] == len(detector.bundle.branches)
+
+    # The probe's scorer, without any graph, gives the Detector's results from those maps.
+    scorer = MapScorer(load_bundle(bundle, steps))
+    results = scorer.score_grids(grids, [frame.shape for frame in frames])
+    expected = detector.batch(frames)
+    for got, want in zip(results, expected):
+        assert got.score == pytest.approx(want.score, rel=1e-4)
+        assert got.is_anomaly == want.is_anomaly and got.map.shape == want.map.shape
+    assert results[1].score > results[0].score  # the spot
+
+
+def test_reduced_precision_engines_are_named_and_built_on_the_device(tiny_bundle, tmp_path):
+    out = write_deepstream(tiny_bundle, tmp_path / "ds", precision="fp16")
+    settings = _nvinfer_config(out)
+    # nvinfer must not build its own FP16 engine from the ONNX (distance layers in FP16): no onnx-file.
+    assert "onnx-file" not in settings and settings["model-engine-file"] == engine_name("fp16")
+    assert settings["network-mode"] == "2"
+    with pytest.raises(EdgeAdError, match="fp32 graphs run as a fp32 or fp16 engine, not int8"):
+        write_deepstream(tiny_bundle, tmp_path / "ds8", precision="int8")
+    assert not (tmp_path / "ds8").exists()
+
+
+def test_a_bundle_archive_needs_an_out_folder(tiny_bundle, tmp_path):
+    archive = tmp_path / "bundle.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tiny_bundle, arcname="bundle")
+    result = subprocess.run([sys.executable, "-m", "edge_ad", "deepstream", "--bundle", archive],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "bundle.tar: a bundle archive; give --out" in result.stderr
+    assert write_deepstream(archive, tmp_path / "ds").joinpath(MODEL_FILE).is_file()
+
+
+@pytest.mark.parametrize("dtype, code", [(np.float32, 0), (np.float16, 1)])
+def test_tensor_meta_layers_are_copied_out_of_nvinfers_buffer(dtype, code):
+    # The fields pyds gives an NvDsInferLayerInfo; the data lie at the address pyds.get_ptr returns.
+    maps = np.arange(2 * 4 * 5, dtype=dtype).reshape(2, 4, 5)
+    layer = SimpleNamespace(layerName=OUTPUT, dataType=code, inferDims=SimpleNamespace(numDims=3, d=[2, 4, 5, 0]))
+    got = layer_array(layer, maps.ctypes.data)
+    assert got.dtype == np.float32 and got.shape == (2, 4, 5)
+    np.testing.assert_array_equal(got, maps.astype(np.float32))
+    maps[:] = 0  # nvinfer reuses its buffers: the array is a copy
+    assert got.max() == 39
+    with pytest.raises(EdgeAdError, match="data type 3, expected FLOAT or HALF"):
+        layer_array(SimpleNamespace(layerName=OUTPUT, dataType=3, inferDims=layer.inferDims), maps.ctypes.data)
+
+
+def test_engine_build_on_a_gpu(tiny_bridge_bundle, tmp_path):
+    trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (no NVIDIA GPU here)")
+    out = write_deepstream(tiny_bridge_bundle, tmp_path / "ds", precision="fp16", build=True)
+    engine = out / engine_name("fp16")
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    assert runtime.deserialize_cuda_engine(engine.read_bytes()) is not None
