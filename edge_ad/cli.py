@@ -281,7 +281,9 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _deepstream(args: argparse.Namespace) -> None:
-    from export.deepstream import CONFIG_FILE, write_deepstream
+    from export.deepstream import write_deepstream
+
+    from .deepstream import CONFIG_FILE
 
     out = write_deepstream(Path(args.bundle), args.out and Path(args.out), args.steps, args.precision, args.build)
     print(f"DeepStream network and nvinfer config written to {out}: "

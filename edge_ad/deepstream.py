@@ -14,15 +14,36 @@ imported only here, when a frame is read.
 
 from __future__ import annotations
 
+import configparser
 import ctypes
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import EdgeAdError
 
-OUTPUT = "grid_maps"  # the output tensor of the network `edge-ad deepstream` writes
+DEEPSTREAM_DIR = "deepstream"  # in a bundle folder: what `edge-ad deepstream` writes
+MODEL_FILE = "edge_ad.onnx"
+CONFIG_FILE = "config_infer_edge_ad.txt"
+OUTPUT = "grid_maps"  # the output tensor of that network
 LAYER_DTYPES = {0: np.float32, 1: np.float16}  # NvDsInferDataType FLOAT, HALF
+
+
+def engine_name(precision: str) -> str:
+    """The name nvinfer gives an engine it builds from MODEL_FILE (batch 1, GPU 0)."""
+    return f"{MODEL_FILE}_b1_gpu0_{precision}.engine"
+
+
+def missing_engine(config: Path) -> str | None:
+    """The engine file that an nvinfer config names and that is not beside it, or None."""
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(config)
+        engine = parser.get("property", "model-engine-file", fallback=None)
+    except configparser.Error as exc:
+        raise EdgeAdError(f"{config}: not a readable nvinfer config ({str(exc).splitlines()[0]})") from exc
+    return engine if engine and not (config.parent / engine).is_file() else None
 
 
 def layer_array(layer: Any, address: int) -> np.ndarray:

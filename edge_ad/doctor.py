@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .bundle import Bundle, load_bundle
+from .deepstream import CONFIG_FILE, DEEPSTREAM_DIR, missing_engine
 from .device import Device, detect, int8_saturates, jetpack, load_config, load_configs, pick_config, run_command
 from .errors import EdgeAdError
 from .variants import comparability_problem, parse_variants
@@ -141,6 +142,7 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
         return None
     report.found(label, f"{bundle.model_type}, {bundle.precision}, {bundle.input_height}x{bundle.input_width}, "
                         f"calibration: {bundle.calibration or 'from export'}")
+    _check_deepstream(report, bundle_path)
     if config["backend"] != "tensorrt":
         report.found("engines", "not needed: ONNX Runtime runs the bundle's graphs on this CPU-only target")
         if bundle.precision == "int8" and int8_saturates(root):
@@ -162,6 +164,23 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
     for line in other_engines(bundle, key):
         report.found("", line)
     return bundle
+
+
+def _check_deepstream(report: Report, bundle_path: Path) -> None:
+    """Report the nvinfer network `edge-ad deepstream` wrote into the bundle, if it wrote one."""
+    config = bundle_path / DEEPSTREAM_DIR / CONFIG_FILE
+    if not config.is_file():
+        return
+    try:
+        engine = missing_engine(config)
+    except EdgeAdError as exc:
+        report.problems.append(str(exc))
+        return
+    if engine:
+        report.problems.append(f"{config} names {engine}, which is not built: edge-ad deepstream --bundle "
+                               f"{bundle_path} --build (with the same --precision and --steps)")
+    else:
+        report.found("deepstream", f"nvinfer config {config}")
 
 
 def _check_bundles(report: Report, specs: str | Sequence[str], config: dict, root: Path) -> None:

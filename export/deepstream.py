@@ -25,13 +25,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge_ad import __version__
 from edge_ad.bundle import Bundle, load_bundle
-from edge_ad.deepstream import OUTPUT
+from edge_ad.deepstream import CONFIG_FILE, DEEPSTREAM_DIR, MODEL_FILE, OUTPUT, engine_name
 from edge_ad.engines import build_serialized_engine
 from edge_ad.errors import EdgeAdError
 
 INPUT = "input"
-MODEL_FILE = "edge_ad.onnx"
-CONFIG_FILE = "config_infer_edge_ad.txt"
 NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer's network-mode
 # The engine precisions a bundle's graphs can be built in: Q/DQ graphs need the INT8 flag, and
 # half graphs are FP16 already
@@ -153,11 +151,6 @@ def nvinfer_config(bundle: Bundle, precision: str, engine: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def engine_name(precision: str) -> str:
-    """The name nvinfer gives an engine it builds from MODEL_FILE (batch 1, GPU 0)."""
-    return f"{MODEL_FILE}_b1_gpu0_{precision}.engine"
-
-
 def write_deepstream(
     bundle_path: Path, out: Path | None = None, steps: int | None = None, precision: str | None = None,
     build: bool = False,
@@ -176,7 +169,7 @@ def write_deepstream(
     if out is None:
         if not Path(bundle_path).is_dir():
             raise EdgeAdError(f"{bundle_path}: a bundle archive; give --out for the DeepStream files")
-        out = Path(bundle_path) / "deepstream"
+        out = Path(bundle_path) / DEEPSTREAM_DIR
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / MODEL_FILE
     onnx.save(single_graph(bundle), model_path)

@@ -1,6 +1,7 @@
 """DeepStream: the bundle as one nvinfer network, its config, and scoring nvinfer's tensor meta."""
 
 import configparser
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -12,9 +13,10 @@ import onnxruntime as ort
 import pytest
 
 from edge_ad import Detector, MapScorer, load_bundle
-from edge_ad.deepstream import OUTPUT, layer_array
+from edge_ad.deepstream import CONFIG_FILE, MODEL_FILE, OUTPUT, engine_name, layer_array
+from edge_ad.doctor import doctor
 from edge_ad.errors import EdgeAdError
-from export.deepstream import CONFIG_FILE, MODEL_FILE, engine_name, write_deepstream
+from export.deepstream import write_deepstream
 
 
 def _nvinfer_config(folder):
@@ -68,6 +70,20 @@ def test_reduced_precision_engines_are_named_and_built_on_the_device(tiny_bundle
     with pytest.raises(EdgeAdError, match="fp32 graphs run as a fp32 or fp16 engine, not int8"):
         write_deepstream(tiny_bundle, tmp_path / "ds8", precision="int8")
     assert not (tmp_path / "ds8").exists()
+
+
+def test_doctor_names_an_engine_the_config_needs_and_nobody_built(tiny_bundle, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    write_deepstream(bundle, precision="fp16")
+    report = doctor([str(bundle)])
+    assert any(engine_name("fp16") in p and "edge-ad deepstream --bundle" in p and "--build" in p for p in report.problems)
+    (bundle / "deepstream" / engine_name("fp16")).write_bytes(b"an engine")
+    report = doctor([str(bundle)])
+    assert not any("deepstream" in p for p in report.problems)
+    assert any(line.startswith("deepstream") for line in report.lines)
+    (bundle / "deepstream" / CONFIG_FILE).write_text("model-engine-file=x.engine\n")  # no [property] header
+    assert any("not a readable nvinfer config" in p for p in doctor([str(bundle)]).problems)
 
 
 def test_a_bundle_archive_needs_an_out_folder(tiny_bundle, tmp_path):
