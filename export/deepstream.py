@@ -12,7 +12,7 @@ calibration and its threshold.
 nvinfer builds an FP32 bundle's engine from the ONNX itself. FP16 and INT8 engines are built here
 (`build=True`, on the device) and the config names only them (`model-engine-file`): nvinfer would
 put the distance layers in FP16 too, where GMM logits overflow, and it sets TensorRT's INT8 flag
-only with a calibration file, which Q/DQ graphs do not have.
+only with a calibration file, which Q/DQ graphs do not need.
 """
 
 from __future__ import annotations
@@ -121,14 +121,15 @@ def single_graph(bundle: Bundle) -> onnx.ModelProto:
 
 def nvinfer_config(bundle: Bundle, precision: str, engine: str | None) -> str:
     """Gst-nvinfer's config for the single graph: primary mode on whole frames, stretched to the
-    model input as the Detector resizes them (with the bilinear filter, not nearest-neighbour), RGB
-    planes 0-255, the raw output attached as tensor meta. An FP16 or INT8 engine is named alone (built by `--build` with the distance layers in
-    FP32), so that nvinfer never builds one of its own with them in FP16."""
+    model input as the Detector resizes them (with the bilinear filter, not nearest-neighbour),
+    RGB planes 0-255, the raw output attached as tensor meta. An FP16 or INT8 engine is named
+    alone (built by `--build` with the distance layers in FP32), so that nvinfer never builds one
+    of its own with them in FP16."""
     height, width = bundle.input_size
     lines = [
-        f"# edge-ad {__version__}: {bundle.model_type} bundle {bundle.root}, {bundle.precision} graphs"
+        f"# edge-ad {__version__}: {bundle.model_type} bundle, {bundle.precision} graphs"
         + (f", K={bundle.steps}" if bundle.steps else "") + f", {precision} engine",
-        "# nvinfer runs the network; edge_ad.deepstream scores its 'grid_maps' tensor meta (README 'DeepStream')",
+        f"# nvinfer runs the network; edge_ad.deepstream scores its '{OUTPUT}' tensor meta (README: edge-ad deepstream)",
         "[property]",
         "gpu-id=0",
         *([f"onnx-file={MODEL_FILE}"] if precision == "fp32" else []),
