@@ -4,12 +4,13 @@
 (`export/deepstream.py`). nvinfer runs it and attaches its output, the raw maps on the feature
 grid, to every frame as tensor meta. In a pad probe after nvinfer (examples/deepstream_probe.py):
 
-    scorer = MapScorer(load_bundle("bundle"))   # quantiles, site calibration, threshold
-    grids = frame_grid_maps(frame_meta)         # (branches, h, w), or None
-    result = scorer.score_grids(grids[None], [(frame_meta.source_frame_height, frame_meta.source_frame_width)])[0]
+    scorer = DeepStreamScorer("bundle")   # or ["mono=bundle-mono", "poly=bundle-poly"]
+    result = scorer(frame_meta)           # the Detector's Result, or None for a frame not inferred
 
-gives the Detector's Result: score, map, is_anomaly. pyds (DeepStream's Python bindings) is
-imported only here, when a frame is read.
+with the bundle's quantiles, its site calibration and its threshold. With one bundle per product
+variant, the i-th bundle's network runs in the nvinfer element with unique-id i, and the result
+is that of the variant to which the frame looks most normal, as with `edge-ad run`. pyds
+(DeepStream's Python bindings) is imported only here, when a frame is read.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from __future__ import annotations
 import configparser
 import ctypes
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from .bundle import load_bundle
+from .detector import MapScorer, Result
 from .errors import EdgeAdError
+from .variants import check_comparable, parse_variants, pick_variant
 
 DEEPSTREAM_DIR = "deepstream"  # in a bundle folder: what `edge-ad deepstream` writes
 MODEL_FILE = "edge_ad.onnx"
@@ -78,3 +82,28 @@ def frame_grid_maps(frame_meta: Any, unique_id: int = 1) -> np.ndarray | None:
         except StopIteration:
             break
     return None
+
+
+class DeepStreamScorer:
+    """Results for frames whose edge-ad network nvinfer ran: one bundle, or one per product
+    variant ('NAME=BUNDLE', as `edge-ad run` takes them), the i-th read from the nvinfer element
+    with unique-id i. `steps`: the K the networks were written with (`deepstream --steps`)."""
+
+    def __init__(self, bundles: str | Sequence[str], steps: int | None = None) -> None:
+        self.scorers = {name: MapScorer(load_bundle(path, steps)) for name, path in parse_variants(bundles).items()}
+        self.bundles = {name: scorer.bundle for name, scorer in self.scorers.items()}
+        if len(self.scorers) > 1:
+            check_comparable(self.bundles)
+
+    def score(self, grids: Sequence[np.ndarray], frame_shape: tuple[int, ...]) -> Result:
+        """One frame's raw grid maps, one (branches, h, w) array per bundle in order -> its Result."""
+        results = {name: scorer.score_grids(grid[None], [frame_shape])[0]
+                   for (name, scorer), grid in zip(self.scorers.items(), grids, strict=True)}
+        return next(iter(results.values())) if len(results) == 1 else pick_variant(results, self.bundles)
+
+    def __call__(self, frame_meta: Any) -> Result | None:
+        """The Result of one frame (pyds NvDsFrameMeta), or None when a network left it out."""
+        grids = [frame_grid_maps(frame_meta, unique_id) for unique_id in range(1, len(self.scorers) + 1)]
+        if any(grid is None for grid in grids):
+            return None
+        return self.score(grids, (frame_meta.source_frame_height, frame_meta.source_frame_width))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -54,6 +54,30 @@ def comparability_problem(name: str, bundle: Bundle) -> str | None:
             "edge-ad, or calibrate it on site")
 
 
+def check_comparable(bundles: Mapping[str, Bundle]) -> None:
+    """Refuse variants that cannot be compared: fewer than two, or one without normal scores."""
+    if len(bundles) < 2:
+        raise EdgeAdError(f"variants: need bundles of at least two variants, got {len(bundles)}")
+    for name, bundle in bundles.items():
+        problem = comparability_problem(name, bundle)
+        if problem is not None:
+            raise EdgeAdError(problem)
+
+
+def relative_score(values: float | np.ndarray, bundle: Bundle) -> float | np.ndarray:
+    """A score (or map) relative to `bundle`'s normal images' scores: (x - p50) / (p90 - p50)."""
+    p50, p90 = bundle.normal_scores
+    return (values - p50) / (p90 - p50)
+
+
+def pick_variant(results: Mapping[str, Result], bundles: Mapping[str, Bundle]) -> Result:
+    """One frame's result from every variant -> that of the variant with the lowest relative score,
+    with `variant` set and every variant's stage times ('variant/stage')."""
+    best = min(results, key=lambda name: relative_score(results[name].score, bundles[name]))
+    times = {f"{name}/{stage}": ms for name, result in results.items() for stage, ms in result.times_ms.items()}
+    return replace(results[best], variant=best, times_ms=times)
+
+
 class VariantDetector:
     """Bundles of several product variants run as one detector (see the module docstring).
 
@@ -63,18 +87,12 @@ class VariantDetector:
     """
 
     def __init__(self, detectors: dict[str, Detector]) -> None:
-        if len(detectors) < 2:
-            raise EdgeAdError(f"variants: need bundles of at least two variants, got {len(detectors)}")
-        for name, detector in detectors.items():
-            problem = comparability_problem(name, detector.bundle)
-            if problem is not None:
-                raise EdgeAdError(problem)
+        check_comparable({name: detector.bundle for name, detector in detectors.items()})
         self.detectors = detectors
 
     def relative(self, values: float | np.ndarray, variant: str) -> float | np.ndarray:
         """A score (or map) of `variant` relative to its normal images' scores: (x - p50) / (p90 - p50)."""
-        p50, p90 = self.detectors[variant].bundle.normal_scores
-        return (values - p50) / (p90 - p50)
+        return relative_score(values, self.detectors[variant].bundle)
 
     def detector_of(self, result: Result) -> Detector:
         """The detector of the variant that gave `result`."""
@@ -87,14 +105,9 @@ class VariantDetector:
         """Score the frames with every variant; each frame's result is that of the variant with the
         lowest relative score, with `variant` set and every variant's stage times ('variant/stage')."""
         per_variant = {name: detector.batch(frames, color) for name, detector in self.detectors.items()}
-        chosen = []
-        for i in range(len(frames)):
-            best = min(per_variant, key=lambda name: self.relative(per_variant[name][i].score, name))
-            times = {
-                f"{name}/{stage}": ms for name, results in per_variant.items() for stage, ms in results[i].times_ms.items()
-            }
-            chosen.append(replace(per_variant[best][i], variant=best, times_ms=times))
-        return chosen
+        bundles = {name: detector.bundle for name, detector in self.detectors.items()}
+        return [pick_variant({name: results[i] for name, results in per_variant.items()}, bundles)
+                for i in range(len(frames))]
 
 
 def load_detector(bundles: str | Sequence[str], **options) -> Detector | VariantDetector:

@@ -1,9 +1,12 @@
 """DeepStream: nvinfer runs the edge-ad network, a pad probe scores every frame with the bundle.
 
-    edge-ad deepstream --bundle BUNDLE        # once; on the device add --build for FP16 or INT8
-    python3 examples/deepstream_probe.py BUNDLE file:///path/to/video.mp4
+    edge-ad deepstream --bundle BUNDLE        # once per bundle; on the device add --build for FP16 or INT8
+    python3 examples/deepstream_probe.py file:///path/to/video.mp4 BUNDLE
+    python3 examples/deepstream_probe.py file:///path/to/video.mp4 mono=BUNDLE_MONO poly=BUNDLE_POLY
 Needs DeepStream with its Python bindings (pyds). The score, map and alarm are the Detector's:
-the bundle's quantiles, its site calibration (calibration.yaml) and its threshold.
+the bundle's quantiles, its site calibration (calibration.yaml) and its threshold; with one
+bundle per product variant, each runs in its own nvinfer element and the variant that explains
+the frame best gives the result.
 """
 
 import sys
@@ -14,11 +17,11 @@ gi.require_version("Gst", "1.0")
 import pyds
 from gi.repository import GLib, Gst
 
-from edge_ad import MapScorer, load_bundle
-from edge_ad.deepstream import frame_grid_maps
+from edge_ad.deepstream import CONFIG_FILE, DEEPSTREAM_DIR, DeepStreamScorer
+from edge_ad.variants import parse_variants
 
-bundle, uri = sys.argv[1], sys.argv[2]
-scorer = MapScorer(load_bundle(bundle))  # load_bundle(bundle, steps=K) if the network was written with --steps K
+uri, bundles = sys.argv[1], sys.argv[2:]
+scorer = DeepStreamScorer(bundles)  # steps=K if the networks were written with --steps K
 
 
 def score_frames(pad, info):
@@ -26,11 +29,10 @@ def score_frames(pad, info):
     item = batch.frame_meta_list
     while item is not None:
         frame = pyds.NvDsFrameMeta.cast(item.data)
-        grids = frame_grid_maps(frame)
-        if grids is not None:
-            shape = (frame.source_frame_height, frame.source_frame_width)
-            result = scorer.score_grids(grids[None], [shape])[0]
-            print(f"frame {frame.frame_num}: score {result.score:.3f} {'ANOMALY' if result.is_anomaly else 'ok'}")
+        result = scorer(frame)
+        if result is not None:
+            variant = f" ({result.variant})" if result.variant else ""
+            print(f"frame {frame.frame_num}{variant}: score {result.score:.3f} {'ANOMALY' if result.is_anomaly else 'ok'}")
         try:
             item = item.next
         except StopIteration:
@@ -39,11 +41,15 @@ def score_frames(pad, info):
 
 
 Gst.init(None)
+networks = " ! ".join(  # the i-th bundle's network in the nvinfer element with unique-id i
+    f"nvinfer config-file-path={path}/{DEEPSTREAM_DIR}/{CONFIG_FILE} unique-id={i}"
+    for i, path in enumerate(parse_variants(bundles).values(), start=1)
+)
 pipeline = Gst.parse_launch(
     f"uridecodebin uri={uri} ! mux.sink_0 nvstreammux name=mux batch-size=1 width=1280 height=720 "
-    f"! nvinfer name=infer config-file-path={bundle}/deepstream/config_infer_edge_ad.txt ! fakesink"
+    f"! {networks} ! fakesink name=sink"
 )
-pipeline.get_by_name("infer").get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, score_frames)
+pipeline.get_by_name("sink").get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, score_frames)
 loop = GLib.MainLoop()
 bus = pipeline.get_bus()
 bus.add_signal_watch()

@@ -12,8 +12,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge_ad import Detector, MapScorer, load_bundle
-from edge_ad.deepstream import CONFIG_FILE, MODEL_FILE, OUTPUT, engine_name, layer_array
+from edge_ad import Detector
+from edge_ad.deepstream import CONFIG_FILE, MODEL_FILE, OUTPUT, DeepStreamScorer, engine_name, layer_array
 from edge_ad.doctor import doctor
 from edge_ad.errors import EdgeAdError
 from export.deepstream import write_deepstream
@@ -52,8 +52,8 @@ def test_the_single_network_scores_frames_as_the_detector_does(bundle_name, step
     assert grids.shape[1] == len(detector.bundle.branches)
 
     # The probe's scorer, without any graph, gives the Detector's results from those maps.
-    scorer = MapScorer(load_bundle(bundle, steps))
-    results = scorer.score_grids(grids, [frame.shape for frame in frames])
+    scorer = DeepStreamScorer(str(bundle), steps)
+    results = [scorer.score([grid], frame.shape) for grid, frame in zip(grids, frames)]
     expected = detector.batch(frames)
     for got, want in zip(results, expected):
         assert got.score == pytest.approx(want.score, rel=1e-4)

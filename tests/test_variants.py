@@ -8,16 +8,18 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 import pytest
 import yaml
 
 from conftest import TINY_INPUT, TINY_PROTOTYPES, add_spot
+from edge_ad.deepstream import MODEL_FILE, OUTPUT, DeepStreamScorer
 from edge_ad.detector import Detector
 from edge_ad.doctor import doctor
 from edge_ad.errors import BundleError, EdgeAdError
 from edge_ad.runner import RunConfig, drift_bands, run
 from edge_ad.streams import Stream
-from edge_ad.variants import VariantDetector, load_detector, parse_variants
+from edge_ad.variants import VariantDetector, check_comparable, load_detector, parse_variants
 
 TYPES = ("mono", "poly")
 
@@ -253,3 +255,26 @@ def test_bench_of_two_variants_times_both(variant_bundles, tmp_path):
     assert set(report["stages_ms"]) == {f"{t}/{s}" for t in TYPES for s in stages}
     assert report["latency_ms"]["p50"] >= max(report["stages_ms"][f"{t}/encoder_ms"]["p50"] for t in TYPES)
     assert 0 < report["share_outside_graphs"] < 1
+
+
+def test_deepstream_networks_of_the_variants_are_judged_as_the_variant_detector_judges(variant_bundles, test_cells,
+                                                                                      tmp_path):
+    from export.deepstream import write_deepstream
+
+    specs = [f"{t}={variant_bundles[t]}" for t in TYPES]
+    sessions = [ort.InferenceSession(str(write_deepstream(Path(variant_bundles[t]), tmp_path / t) / MODEL_FILE),
+                                     providers=["CPUExecutionProvider"]) for t in TYPES]
+    scorer, variants = DeepStreamScorer(specs), load_detector(specs)
+    frames = test_cells["mono"][:2] + test_cells["poly"][:2]
+    chosen = []
+    for frame, expected in zip(frames, variants.batch(frames)):
+        # what nvinfer feeds each network: the frame stretched to the input, float RGB planes
+        planes = variants.detectors["mono"].preprocess(frame).transpose(2, 0, 1)[None].astype(np.float32)
+        grids = [session.run([OUTPUT], {"input": planes})[0][0] for session in sessions]
+        result = scorer.score(grids, frame.shape)
+        assert result.variant == expected.variant and result.score == pytest.approx(expected.score, rel=1e-5)
+        assert result.is_anomaly == expected.is_anomaly and result.map.shape == frame.shape[:2]
+        chosen.append(result.variant)
+    assert chosen == ["mono", "mono", "poly", "poly"]
+    with pytest.raises(EdgeAdError, match="at least two variants"):
+        check_comparable({"mono": scorer.bundles["mono"]})
