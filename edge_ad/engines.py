@@ -104,6 +104,13 @@ def other_engines(bundle: Bundle, key: EngineKey) -> list[str]:
     return lines
 
 
+def refuse_unsigned_int8(bundle: Bundle) -> None:
+    """Refuse a bundle whose INT8 graphs TensorRT cannot read (`export --int8-activations uint8`)."""
+    if bundle.spec.get("quantization", {}).get("tensorrt_compatible") is False:
+        raise EdgeAdError(f"{bundle.root}: its INT8 graphs use unsigned activations, which TensorRT does not read; "
+                          "export with --precision int8 and the default --int8-activations")
+
+
 def build_engines(
     bundle: Bundle,
     precision: str,
@@ -118,8 +125,7 @@ def build_engines(
         raise EdgeAdError(f"engine precision {precision!r} is not one of {', '.join(BUILD_PRECISIONS)}")
     if precision == "int8" and bundle.precision != "int8":
         raise EdgeAdError(f"{bundle.root}: INT8 engines are built from Q/DQ graphs; export with --precision int8")
-    if bundle.spec.get("quantization", {}).get("tensorrt_compatible") is False:
-        raise EdgeAdError(f"{bundle.root}: its INT8 graphs use unsigned activations, which TensorRT does not read")
+    refuse_unsigned_int8(bundle)
     key = device_key(precision, dla_core)
     for line in other_engines(bundle, key):
         print(line)

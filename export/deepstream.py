@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edge_ad import __version__
 from edge_ad.bundle import Bundle, load_bundle
 from edge_ad.deepstream import CONFIG_FILE, DEEPSTREAM_DIR, MODEL_FILE, OUTPUT, engine_name
-from edge_ad.engines import build_serialized_engine
+from edge_ad.engines import build_serialized_engine, refuse_unsigned_int8
 from edge_ad.errors import EdgeAdError
 
 INPUT = "input"
@@ -164,9 +164,7 @@ def write_deepstream(
     if precision not in ENGINE_PRECISIONS[bundle.precision]:
         raise EdgeAdError(f"{bundle.root}: {bundle.precision} graphs run as a "
                           f"{' or '.join(ENGINE_PRECISIONS[bundle.precision])} engine, not {precision}")
-    if bundle.spec.get("quantization", {}).get("tensorrt_compatible") is False:
-        raise EdgeAdError(f"{bundle.root}: its INT8 graphs use unsigned activations, which TensorRT does not read; "
-                          "export with --precision int8 and the default --int8-activations")
+    refuse_unsigned_int8(bundle)
     if out is None:
         if not Path(bundle_path).is_dir():
             raise EdgeAdError(f"{bundle_path}: a bundle archive; give --out for the DeepStream files")

@@ -12,12 +12,14 @@ import pytest
 import yaml
 from onnx import numpy_helper
 
-from edge_ad import Detector
+from edge_ad import Detector, load_bundle
 from edge_ad.backends import exact_int8_kernels
 from edge_ad.device import CONFIGS
 from edge_ad.doctor import doctor
+from edge_ad.engines import build_engines
 from edge_ad.errors import BundleError, EdgeAdError
 from edge_ad.metrics import auroc
+from export.deepstream import write_deepstream
 from export.onnx_export import SYMMETRIC_ENCODER_FP32, CalibrationConfig, calibration_count, export_bundle
 from export.quantize import _whitening_nodes, integer_whitening, quantize_distance_graph, quantize_graph
 
@@ -147,6 +149,11 @@ def test_uint8_bundle_runs_the_prior_as_dynamic_int8_and_agrees_with_fp32(tiny_b
     assert np.linalg.norm(u8_end - end) / np.linalg.norm(end) < 0.05
     labels = np.array([int(p.parent.name != "good") for p in paths])
     assert auroc(labels, np.array([r.score for r in u8.batch(frames)])) >= 0.9  # the whole uint8 bundle still finds spots
+    # TensorRT does not read unsigned activations: engines and DeepStream networks are refused up front
+    for refused in (lambda: build_engines(load_bundle(bundle), "int8"), lambda: write_deepstream(bundle, tmp_path / "ds")):
+        with pytest.raises(EdgeAdError, match="unsigned activations, which TensorRT does not read"):
+            refused()
+    assert not (tmp_path / "ds").exists()
 
 
 def test_dynamic_int8_prototype_distances_match_fp32(tiny_bundle, tmp_path):
