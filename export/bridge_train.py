@@ -19,7 +19,6 @@ resumes from it; the pairs are rebuilt from the seed, so a resumed run sees the 
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from edge_ad.errors import DataError
 from .backbone import FeatureEncoder
 from .batching import in_batches
 from .bridge import Denoiser, sample
+from .checkpoint import load_checkpoint
 from .defects import KINDS, perlin_mask, synthesize
 from .gmm_bridge import GmmBridgeHead
 
@@ -253,11 +253,7 @@ def load_resume_state(run: Path, settings: dict) -> dict | None:
     path = run / STATE_FILE
     if not path.is_file():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable PyTorch checkpoint (corrupt or cut short); delete it to "
-                        "train from the beginning") from exc
+    state = load_checkpoint(path, "delete it to train from the beginning")
     recorded = state.get("settings", settings)
     changed = [k for k in settings if recorded.get(k) != settings[k]]
     if changed:

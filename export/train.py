@@ -3,7 +3,6 @@ and the learned bridge's teacher and student (bridge)."""
 
 from __future__ import annotations
 
-import pickle
 import time
 import zipfile
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ from edge_ad.images import resize_to_input
 from .backbone import BACKBONE_SPECS, DEFAULT_BACKBONE, WHITENING_EPS, FeatureEncoder, position_whitening
 from .batching import in_batches
 from .bridge_train import BridgeTrainer, build_pairs, load_resume_state
+from .checkpoint import load_checkpoint
 from .defects import KINDS
 from .gmm_bridge import GmmBridgeHead, gate_temperature
 from .known_defects import anomalous_patches, push_away
@@ -211,21 +211,15 @@ def load_run(run: Path) -> tuple[dict, dict, np.ndarray]:
         if not (run / name).is_file():
             raise DataError(f"{run}: not a training run (missing {name}); create one with 'edge-ad train'")
     record = read_yaml(run / CONFIG)
-    try:
-        checkpoint = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise _unreadable(run / CHECKPOINT, "PyTorch checkpoint") from exc
+    checkpoint = load_checkpoint(run / CHECKPOINT, "train the run again")
     try:
         with np.load(run / VALIDATION) as validation:
             inputs = validation["inputs"]
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise _unreadable(run / VALIDATION, "NumPy archive of validation images") from exc
+        raise DataError(f"{run / VALIDATION}: not a readable NumPy archive of validation images (corrupt or cut "
+                        "short); train the run again") from exc
     backbone = checkpoint.get("backbone", DEFAULT_BACKBONE)
     if backbone not in BACKBONE_SPECS:
         raise DataError(f"{run / CHECKPOINT}: backbone {backbone!r} is not one of {', '.join(BACKBONE_SPECS)} "
                         f"(trained by another edge-ad version?)")
     return record, checkpoint, inputs
-
-
-def _unreadable(path: Path, what: str) -> DataError:
-    return DataError(f"{path}: not a readable {what} (corrupt or cut short); train the run again")
