@@ -57,13 +57,14 @@ def mismatch(manifest: dict, key: EngineKey, bundle: Bundle) -> str | None:
     return None
 
 
-def _tensorrt():
+def _tensorrt(alternative: str = ""):
+    """The tensorrt module; without it, an error that says how to install it, then `alternative`."""
     try:
         import tensorrt as trt
     except ImportError as exc:
         raise EdgeAdError(
             f"TensorRT engines need the tensorrt package and an NVIDIA GPU ({exc}); "
-            "pip install 'edge-ad[tensorrt]' on the device, or run with --backend onnxruntime"
+            f"pip install 'edge-ad[tensorrt]' on the device{alternative}"
         ) from exc
     return trt
 

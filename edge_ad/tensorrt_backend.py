@@ -155,7 +155,7 @@ def tensorrt_graphs(bundle: Bundle) -> dict[str, TrtGraph]:
     """The bundle's engines for this device; refuses, saying why, when there are none that match."""
     from .engines import _tensorrt
 
-    trt = _tensorrt()
+    trt = _tensorrt(", or run with --backend onnxruntime")
     cuda = _cuda()
     precision = "int8" if bundle.precision == "int8" else "fp16"
     key = device_key(precision, None)

@@ -173,12 +173,12 @@ def write_deepstream(
     model_path = out / MODEL_FILE
     onnx.save(single_graph(bundle), model_path)
     engine = engine_name(precision) if build or precision != "fp32" else None
-    if build:
+    (out / CONFIG_FILE).write_text(nvinfer_config(bundle, precision, engine))
+    if build:  # after the network and config are written: a failed build loses neither
         print("building the TensorRT engine, this can take minutes")
         serialized = build_serialized_engine(model_path, precision, fp32_layers=DISTANCE_LAYERS, max_batch=1)
         (out / engine).write_bytes(serialized)
     elif engine:
         print(f"{out / CONFIG_FILE} names {engine}: build it on the device with "
               f"'edge-ad deepstream --bundle {bundle_path} --precision {precision} --build'")
-    (out / CONFIG_FILE).write_text(nvinfer_config(bundle, precision, engine))
     return out

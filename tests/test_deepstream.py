@@ -110,6 +110,21 @@ def test_tensor_meta_layers_are_copied_out_of_nvinfers_buffer(dtype, code):
         layer_array(SimpleNamespace(layerName=OUTPUT, dataType=3, inferDims=layer.inferDims), maps.ctypes.data)
 
 
+def test_a_build_without_tensorrt_keeps_the_network_and_config(tiny_bundle, tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    out = tmp_path / "ds"
+    result = subprocess.run([sys.executable, "-m", "edge_ad", "deepstream", "--bundle", tiny_bundle, "--out", out,
+                             "--precision", "fp16", "--build"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "TensorRT engines need the tensorrt package" in result.stderr and "--backend" not in result.stderr
+    assert (out / MODEL_FILE).is_file() and _nvinfer_config(out)["model-engine-file"] == engine_name("fp16")
+    assert not (out / engine_name("fp16")).exists()
+
+
 def test_engine_build_on_a_gpu(tiny_bridge_bundle, tmp_path):
     trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (no NVIDIA GPU here)")
     out = write_deepstream(tiny_bridge_bundle, tmp_path / "ds", precision="fp16", build=True)

@@ -59,6 +59,7 @@ def test_build_without_tensorrt_fails_with_one_line(tiny_bundle):
     out = subprocess.run([sys.executable, "-m", "edge_ad", "build", "--bundle", str(tiny_bundle)], capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "TensorRT engines need the tensorrt package" in out.stderr
+    assert "--backend" not in out.stderr  # build has no backend to switch
 
 
 def test_build_engines_on_a_gpu(tiny_bundle, tmp_path):

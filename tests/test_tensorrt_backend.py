@@ -28,6 +28,7 @@ def test_asking_for_tensorrt_without_it_is_one_line(tiny_bundle):
                           "tensorrt", "--frames", "1", "--warmup", "1"], capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "TensorRT engines need the tensorrt package" in out.stderr
+    assert "or run with --backend onnxruntime" in out.stderr
 
 
 @pytest.mark.skipif(_tensorrt_here(), reason="TensorRT is installed here")
