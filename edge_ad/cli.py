@@ -285,7 +285,8 @@ def _deepstream(args: argparse.Namespace) -> None:
 
     from .deepstream import CONFIG_FILE
 
-    out = write_deepstream(Path(args.bundle), args.out and Path(args.out), args.steps, args.precision, args.build)
+    out = write_deepstream(Path(args.bundle), args.out and Path(args.out), args.steps, args.precision, args.build,
+                           args.batch_size)
     print(f"DeepStream network and nvinfer config written to {out}: "
           f"nvinfer config-file-path={out / CONFIG_FILE}")
 
@@ -481,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build", action="store_true",
                    help="also build the TensorRT engine (on the device: needs TensorRT and an NVIDIA GPU); "
                         "required for fp16 and int8")
+    p.add_argument("--batch-size", type=_positive_int, default=1,
+                   help="frames per nvinfer call, e.g. the number of cameras nvstreammux batches (default 1)")
     p.set_defaults(func=_deepstream)
 
     p = sub.add_parser("doctor", help="what this device is and has, and whether a bundle can run on it")

@@ -34,9 +34,9 @@ OUTPUT = "grid_maps"  # the output tensor of that network
 LAYER_DTYPES = {0: np.float32, 1: np.float16}  # NvDsInferDataType FLOAT, HALF
 
 
-def engine_name(precision: str) -> str:
-    """The name nvinfer gives an engine it builds from MODEL_FILE (batch 1, GPU 0)."""
-    return f"{MODEL_FILE}_b1_gpu0_{precision}.engine"
+def engine_name(precision: str, batch_size: int = 1) -> str:
+    """The name nvinfer gives an engine it builds from MODEL_FILE for up to `batch_size` frames on GPU 0."""
+    return f"{MODEL_FILE}_b{batch_size}_gpu0_{precision}.engine"
 
 
 def missing_engine(config: Path) -> str | None:

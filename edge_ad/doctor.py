@@ -178,7 +178,7 @@ def _check_deepstream(report: Report, bundle_path: Path) -> None:
         return
     if engine:
         report.problems.append(f"{config} names {engine}, which is not built: edge-ad deepstream --bundle "
-                               f"{bundle_path} --build (with the same --precision and --steps)")
+                               f"{bundle_path} --build (with the same --precision, --steps and --batch-size)")
     else:
         report.found("deepstream", f"nvinfer config {config}")
 

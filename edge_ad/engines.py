@@ -156,11 +156,13 @@ def build_serialized_engine(
     workspace_mib: int = 1024,
     max_batch: int = 8,
     timing_cache: Path | None = None,
+    opt_batch: int = 1,
 ) -> bytes:
     """One ONNX graph -> a serialized engine for this device. precision: fp32 (no flag), fp16 (the
     FP16 flag) or int8 (Q/DQ: the INT8 and FP16 flags); layers whose names start with one of
     `fp32_layers` are asked to stay FP32 (the distance layers of a joined graph); a dynamic batch
-    gets a profile up to `max_batch`; `timing_cache` is read and updated when given."""
+    gets a profile from 1 to `max_batch`, tuned for `opt_batch`; `timing_cache` is read and
+    updated when given."""
     trt = _tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -199,7 +201,7 @@ def build_serialized_engine(
         shape = tuple(tensor.shape)
         if shape and shape[0] == -1:  # dynamic batch
             rest = shape[1:]
-            profile.set_shape(tensor.name, (1, *rest), (1, *rest), (max_batch, *rest))
+            profile.set_shape(tensor.name, (1, *rest), (opt_batch, *rest), (max_batch, *rest))
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

@@ -1,15 +1,16 @@
 """DeepStream: nvinfer runs the edge-ad network, a pad probe scores every frame with the bundle.
 
     edge-ad deepstream --bundle BUNDLE        # once per bundle; on the device add --build for FP16 or INT8
-    python3 examples/deepstream_probe.py file:///path/to/video.mp4 BUNDLE
-    python3 examples/deepstream_probe.py file:///path/to/video.mp4 mono=BUNDLE_MONO poly=BUNDLE_POLY
+    python3 examples/deepstream_probe.py --bundle BUNDLE file:///path/to/video.mp4
+    python3 examples/deepstream_probe.py --bundle mono=BUNDLE_MONO --bundle poly=BUNDLE_POLY rtsp://cam1 rtsp://cam2
 Needs DeepStream with its Python bindings (pyds). The score, map and alarm are the Detector's:
 the bundle's quantiles, its site calibration (calibration.yaml) and its threshold; with one
 bundle per product variant, each runs in its own nvinfer element and the variant that explains
-the frame best gives the result.
+the frame best gives the result. Several cameras go through one nvstreammux batch; nvinfer runs
+it in calls of the config's batch-size (`edge-ad deepstream --batch-size N` for N cameras).
 """
 
-import sys
+import argparse
 
 import gi
 
@@ -20,8 +21,11 @@ from gi.repository import GLib, Gst
 from edge_ad.deepstream import CONFIG_FILE, DEEPSTREAM_DIR, DeepStreamScorer
 from edge_ad.variants import parse_variants
 
-uri, bundles = sys.argv[1], sys.argv[2:]
-scorer = DeepStreamScorer(bundles)  # steps=K if the networks were written with --steps K
+parser = argparse.ArgumentParser(description="score every frame of one or more cameras with edge-ad in DeepStream")
+parser.add_argument("--bundle", action="append", required=True, help="BUNDLE, or NAME=BUNDLE once per product variant")
+parser.add_argument("uris", nargs="+", help="one URI per camera or video (file://, rtsp://)")
+args = parser.parse_args()
+scorer = DeepStreamScorer(args.bundle)  # steps=K if the networks were written with --steps K
 
 
 def score_frames(pad, info):
@@ -32,7 +36,8 @@ def score_frames(pad, info):
         result = scorer(frame)
         if result is not None:
             variant = f" ({result.variant})" if result.variant else ""
-            print(f"frame {frame.frame_num}{variant}: score {result.score:.3f} {'ANOMALY' if result.is_anomaly else 'ok'}")
+            print(f"{args.uris[frame.source_id]} frame {frame.frame_num}{variant}: "
+                  f"score {result.score:.3f} {'ANOMALY' if result.is_anomaly else 'ok'}")
         try:
             item = item.next
         except StopIteration:
@@ -43,10 +48,11 @@ def score_frames(pad, info):
 Gst.init(None)
 networks = " ! ".join(  # the i-th bundle's network in the nvinfer element with unique-id i
     f"nvinfer config-file-path={path}/{DEEPSTREAM_DIR}/{CONFIG_FILE} unique-id={i}"
-    for i, path in enumerate(parse_variants(bundles).values(), start=1)
+    for i, path in enumerate(parse_variants(args.bundle).values(), start=1)
 )
+cameras = " ".join(f"uridecodebin uri={uri} ! mux.sink_{i}" for i, uri in enumerate(args.uris))
 pipeline = Gst.parse_launch(
-    f"uridecodebin uri={uri} ! mux.sink_0 nvstreammux name=mux batch-size=1 width=1280 height=720 "
+    f"{cameras} nvstreammux name=mux batch-size={len(args.uris)} batched-push-timeout=33000 width=1280 height=720 "
     f"! {networks} ! fakesink name=sink"
 )
 pipeline.get_by_name("sink").get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, score_frames)

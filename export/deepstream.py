@@ -119,7 +119,7 @@ def single_graph(bundle: Bundle) -> onnx.ModelProto:
     return model
 
 
-def nvinfer_config(bundle: Bundle, precision: str, engine: str | None) -> str:
+def nvinfer_config(bundle: Bundle, precision: str, engine: str | None, batch_size: int = 1) -> str:
     """Gst-nvinfer's config for the single graph: primary mode on whole frames, stretched to the
     model input as the Detector resizes them (with the bilinear filter, not nearest-neighbour),
     RGB planes 0-255, the raw output attached as tensor meta. An FP16 or INT8 engine is named
@@ -135,7 +135,7 @@ def nvinfer_config(bundle: Bundle, precision: str, engine: str | None) -> str:
         *([f"onnx-file={MODEL_FILE}"] if precision == "fp32" else []),
         *([f"model-engine-file={engine}"] if engine else []),
         f"network-mode={NETWORK_MODES[precision]}",
-        "batch-size=1",
+        f"batch-size={batch_size}",
         "process-mode=1",
         "network-type=100",
         "output-tensor-meta=1",
@@ -154,11 +154,12 @@ def nvinfer_config(bundle: Bundle, precision: str, engine: str | None) -> str:
 
 def write_deepstream(
     bundle_path: Path, out: Path | None = None, steps: int | None = None, precision: str | None = None,
-    build: bool = False,
+    build: bool = False, batch_size: int = 1,
 ) -> Path:
     """Write the single graph and its nvinfer config into `out` (default: the bundle folder's
     `deepstream/`). precision: the engine's (default: the bundle's; an FP32 bundle may run as
-    FP16); with `build` (on the device), the TensorRT engine is built too."""
+    FP16); with `build` (on the device), the TensorRT engine is built too. batch_size: frames per
+    nvinfer call; nvinfer splits a larger nvstreammux batch (more cameras) into calls of this size."""
     bundle = load_bundle(bundle_path, steps)
     precision = precision or bundle.precision
     if precision not in ENGINE_PRECISIONS[bundle.precision]:
@@ -172,13 +173,14 @@ def write_deepstream(
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / MODEL_FILE
     onnx.save(single_graph(bundle), model_path)
-    engine = engine_name(precision) if build or precision != "fp32" else None
-    (out / CONFIG_FILE).write_text(nvinfer_config(bundle, precision, engine))
+    engine = engine_name(precision, batch_size) if build or precision != "fp32" else None
+    (out / CONFIG_FILE).write_text(nvinfer_config(bundle, precision, engine, batch_size))
     if build:  # after the network and config are written: a failed build loses neither
         print("building the TensorRT engine, this can take minutes")
-        serialized = build_serialized_engine(model_path, precision, fp32_layers=DISTANCE_LAYERS, max_batch=1)
+        serialized = build_serialized_engine(model_path, precision, fp32_layers=DISTANCE_LAYERS,
+                                             max_batch=batch_size, opt_batch=batch_size)
         (out / engine).write_bytes(serialized)
     elif engine:
         print(f"{out / CONFIG_FILE} names {engine}: build it on the device with "
-              f"'edge-ad deepstream --bundle {bundle_path} --precision {precision} --build'")
+              f"'edge-ad deepstream --bundle {bundle_path} --precision {precision} --batch-size {batch_size} --build'")
     return out

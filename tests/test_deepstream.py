@@ -42,6 +42,7 @@ def test_the_single_network_scores_frames_as_the_detector_does(bundle_name, step
     assert (settings["network-type"], settings["output-tensor-meta"], settings["network-mode"]) == ("100", "1", "0")
     assert (settings["maintain-aspect-ratio"], settings["scaling-filter"]) == ("0", "1")  # stretched, bilinear
     assert (out / settings["onnx-file"]).is_file() and "model-engine-file" not in settings
+    assert settings["batch-size"] == "1"
 
     # What nvinfer feeds the network with net-scale-factor 1 and offsets 0: float RGB planes 0-255.
     frames = _frames(mvtec_category)
@@ -67,6 +68,9 @@ def test_reduced_precision_engines_are_named_and_built_on_the_device(tiny_bundle
     # nvinfer must not build its own FP16 engine from the ONNX (distance layers in FP16): no onnx-file.
     assert "onnx-file" not in settings and settings["model-engine-file"] == engine_name("fp16")
     assert settings["network-mode"] == "2"
+    # Four cameras per nvinfer call: the engine must be built for that batch, and is named for it.
+    settings = _nvinfer_config(write_deepstream(tiny_bundle, tmp_path / "ds4", precision="fp16", batch_size=4))
+    assert settings["batch-size"] == "4" and settings["model-engine-file"] == engine_name("fp16", 4)
     with pytest.raises(EdgeAdError, match="fp32 graphs run as a fp32 or fp16 engine, not int8"):
         write_deepstream(tiny_bundle, tmp_path / "ds8", precision="int8")
     assert not (tmp_path / "ds8").exists()
@@ -77,7 +81,8 @@ def test_doctor_names_an_engine_the_config_needs_and_nobody_built(tiny_bundle, t
     shutil.copytree(tiny_bundle, bundle)
     write_deepstream(bundle, precision="fp16")
     report = doctor([str(bundle)])
-    assert any(engine_name("fp16") in p and "edge-ad deepstream --bundle" in p and "--build" in p for p in report.problems)
+    assert any(engine_name("fp16") in p and "edge-ad deepstream --bundle" in p and "--build" in p and "--batch-size" in p
+               for p in report.problems)
     (bundle / "deepstream" / engine_name("fp16")).write_bytes(b"an engine")
     report = doctor([str(bundle)])
     assert not any("deepstream" in p for p in report.problems)
@@ -127,7 +132,9 @@ def test_a_build_without_tensorrt_keeps_the_network_and_config(tiny_bundle, tmp_
 
 def test_engine_build_on_a_gpu(tiny_bridge_bundle, tmp_path):
     trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (no NVIDIA GPU here)")
-    out = write_deepstream(tiny_bridge_bundle, tmp_path / "ds", precision="fp16", build=True)
-    engine = out / engine_name("fp16")
+    out = write_deepstream(tiny_bridge_bundle, tmp_path / "ds", precision="fp16", build=True, batch_size=2)
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    assert runtime.deserialize_cuda_engine(engine.read_bytes()) is not None
+    engine = runtime.deserialize_cuda_engine((out / engine_name("fp16", 2)).read_bytes())
+    assert engine is not None
+    smallest, tuned, largest = engine.get_tensor_profile_shape("input", 0)
+    assert (smallest[0], tuned[0], largest[0]) == (1, 2, 2)
