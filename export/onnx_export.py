@@ -4,9 +4,12 @@ parity check, per-branch quantiles and thresholds (per bridge K)."""
 from __future__ import annotations
 
 import datetime
+import fcntl
 import os
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -333,6 +336,26 @@ def _provisional(model_type: str) -> dict:
     return {"normalization": {"q_alpha": 0.9, "q_beta": 0.995, "branches": branches}, "threshold": 0.0}
 
 
+@contextmanager
+def _only_export_into(target: Path) -> Iterator[None]:
+    """Held while an export writes the bundle folder `target`: a second export into it is refused
+    instead of both writing one staging folder. The kernel drops the lock of a killed export; the
+    lock file is removed at the end, and a lock taken on a file already removed does not count."""
+    path = target.parent / f".{target.name}.export-lock"
+    busy = EdgeAdError(f"{target}: another export is writing this bundle now; wait for it or give another --out")
+    with open(path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path).st_ino != os.fstat(lock.fileno()).st_ino:
+                raise busy
+        except (BlockingIOError, FileNotFoundError):
+            raise busy from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
+
 def export_bundle(
     run: Path,
     out: Path,
@@ -353,25 +376,28 @@ def export_bundle(
 
     The bundle is written to a hidden folder beside `out` and its files are moved into `out`
     only when all of them are done, bundle.yaml last, so a failed export (wrong calibration
-    data, a full disk) leaves a bundle already in `out` as it was. Files of that bundle which
-    the export does not write stay: the runtime sets aside a site calibration made for other
-    graphs, and uses built engines only with the graphs they were built from.
+    data, a full disk) leaves a bundle already in `out` as it was; a second export into `out`
+    while one runs is refused. Files of that bundle which the export does not write stay: the
+    runtime sets aside a site calibration made for other graphs, and uses built engines only
+    with the graphs they were built from.
     """
     if precision not in PRECISIONS:
         raise EdgeAdError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if out.exists() and not out.is_dir():
         raise EdgeAdError(f"{out}: exists and is not a folder; give a folder for the bundle")
     target = out.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.export-partial"
-    shutil.rmtree(staging, ignore_errors=True)  # left by an export that was killed
-    staging.mkdir(parents=True)
-    try:
-        _write_bundle(run, staging, default_steps, precision, calibration, fuse_steps)
-        out.mkdir(exist_ok=True)
-        for file in sorted(staging.iterdir(), key=lambda f: f.name == BUNDLE_FILE):
-            os.replace(file, out / file.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _only_export_into(target):
+        shutil.rmtree(staging, ignore_errors=True)  # left by an export that was killed
+        staging.mkdir()
+        try:
+            _write_bundle(run, staging, default_steps, precision, calibration, fuse_steps)
+            out.mkdir(exist_ok=True)
+            for file in sorted(staging.iterdir(), key=lambda f: f.name == BUNDLE_FILE):
+                os.replace(file, out / file.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

@@ -112,6 +112,26 @@ def test_a_failed_export_leaves_the_bundle_in_its_folder_as_it_was(bundle_copy, 
     assert sorted(p.name for p in bundle_copy.parent.iterdir()) == ["bundle"]
 
 
+def test_a_second_export_into_a_bundle_being_written_is_refused(bundle_copy, tiny_bridge_bundle):
+    from edge_ad.errors import EdgeAdError
+    from export.onnx_export import _only_export_into, export_bundle
+
+    bridge_run = tiny_bridge_bundle.parent / "run"
+    before = {f.name: f.read_bytes() for f in bundle_copy.iterdir()}
+    with _only_export_into(bundle_copy.resolve()):  # as an export that is still writing holds it
+        staging = bundle_copy.parent / ".bundle.export-partial"
+        staging.mkdir()
+        (staging / "encoder.onnx").write_bytes(b"half written")
+        with pytest.raises(EdgeAdError, match="another export is writing this bundle now"):
+            export_bundle(bridge_run, bundle_copy)
+        assert {f.name: f.read_bytes() for f in bundle_copy.iterdir()} == before
+        assert (staging / "encoder.onnx").read_bytes() == b"half written"  # the running export's files
+        shutil.rmtree(staging)
+    export_bundle(bridge_run, bundle_copy)  # once it is done
+    assert load_bundle(bundle_copy).model_type == "bridge"
+    assert sorted(p.name for p in bundle_copy.parent.iterdir()) == ["bundle"]  # no lock file left
+
+
 def test_a_training_run_stopped_while_writing_is_not_taken_for_a_finished_one(tiny_bundle, tmp_path, monkeypatch):
     import numpy as np
 
