@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tarfile
 import tempfile
 import warnings
@@ -118,14 +119,40 @@ class _Fields:
         return value
 
 
-def _open_tar(path: Path) -> Path:
-    target = Path(tempfile.mkdtemp(prefix="edge-ad-bundle-"))
+def cache_dir() -> Path:
+    """edge-ad's folder for what it keeps on this machine: $EDGE_AD_CACHE, else
+    $XDG_CACHE_HOME/edge-ad, else ~/.cache/edge-ad."""
+    if os.environ.get("EDGE_AD_CACHE"):
+        return Path(os.environ["EDGE_AD_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-ad"
+
+
+def _unpacked(path: Path) -> Path:
+    """The bundle folder inside archive `path`, unpacked once per archive content into the cache.
+    The folder persists, so the engines `edge-ad build` makes for the archive and the site
+    calibration `edge-ad calibrate` writes for it are there the next time it is loaded. It is
+    unpacked into a hidden folder and renamed into place whole: never half an archive."""
+    bundles = cache_dir() / "bundles"
     try:
-        with tarfile.open(path) as archive:
-            archive.extractall(target, filter="data")
-    except (tarfile.TarError, OSError) as exc:
+        folder = bundles / file_sha256(path)[:16]
+        if not folder.is_dir():
+            bundles.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=bundles, prefix=".unpacking-"))
+            try:
+                with tarfile.open(path) as archive:
+                    archive.extractall(staging, filter="data")
+                os.rename(staging, folder)
+            except OSError:
+                if not folder.is_dir():  # else another process unpacked it first, and its folder stays
+                    raise
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except tarfile.TarError as exc:
         raise BundleError(f"{path}: not a readable bundle archive ({exc})") from exc
-    found = sorted(target.rglob(BUNDLE_FILE))
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot unpack the archive into {bundles} ({exc.strerror or exc}); "
+                          "set EDGE_AD_CACHE to a writable folder with room for it") from exc
+    found = sorted(folder.rglob(BUNDLE_FILE))
     if not found:
         raise BundleError(f"{path}: archive has no {BUNDLE_FILE}")
     return found[0].parent
@@ -135,7 +162,7 @@ def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
     """Load and validate a bundle folder or .tar archive; `steps` picks a bridge bundle's K."""
     path = Path(path)
     if path.is_file() and tarfile.is_tarfile(path):
-        root = _open_tar(path)
+        root = _unpacked(path)
     elif path.is_dir():
         root = path
     else:

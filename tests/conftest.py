@@ -14,6 +14,15 @@ TINY_INPUT = 128
 TINY_PROTOTYPES = 64
 
 
+@pytest.fixture(scope="session", autouse=True)
+def edge_ad_cache(tmp_path_factory) -> Path:
+    """Bundle archives unpack into a cache of the test session's own, not the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("edge-ad-cache")
+        patch.setenv("EDGE_AD_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def elpv_samples():
     return elpv_split()

@@ -1,4 +1,6 @@
 import shutil
+import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -34,6 +36,39 @@ def test_tar_bundle_loads(tiny_bundle, tmp_path):
     with tarfile.open(archive, "w") as tar:
         tar.add(tiny_bundle, arcname="bundle")
     assert load_bundle(archive).input_size == (128, 128)
+
+
+def test_an_archive_unpacks_once_and_keeps_what_is_written_for_it(tiny_bundle, normal_folder, tmp_path, edge_ad_cache):
+    archive = tmp_path / "bundle.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tiny_bundle, arcname="bundle")
+    first = load_bundle(archive)
+    assert first.root.is_relative_to(edge_ad_cache) and first.calibration is None
+    # A site calibration of the archive (as engines built for it) is there when it is loaded again.
+    out = subprocess.run([sys.executable, "-m", "edge_ad", "calibrate", "--bundle", archive, "--input", normal_folder,
+                          "--frames", "12", "--target-far", "0.3", "--confidence", "0.9"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    again = load_bundle(archive)
+    assert again.root == first.root and again.calibration == first.root / "calibration.yaml"
+    assert str(again.calibration) in out.stdout
+    assert again.threshold == yaml.safe_load(again.calibration.read_text())["threshold"] != first.threshold
+    unpacked = sorted((edge_ad_cache / "bundles").iterdir())
+
+    cut_short = tmp_path / "cut.tar"
+    cut_short.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(BundleError, match="cut.tar: not a readable bundle archive"):
+        load_bundle(cut_short)
+    assert sorted((edge_ad_cache / "bundles").iterdir()) == unpacked  # nothing half unpacked
+
+
+def test_an_archive_without_a_writable_cache_is_refused_in_one_line(tiny_bundle, tmp_path, monkeypatch):
+    archive = tmp_path / "bundle.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tiny_bundle, arcname="bundle")
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("EDGE_AD_CACHE", str(tmp_path / "a-file"))
+    with pytest.raises(BundleError, match="bundle.tar: cannot unpack the archive into .*set EDGE_AD_CACHE"):
+        load_bundle(archive)
 
 
 def test_missing_field_is_named(bundle_copy):
