@@ -31,6 +31,7 @@ class Device:
     part_numbers: list[str] = field(default_factory=list)  # module part numbers from the device tree
     memory_gb: float | None = None
     l4t: str | None = None  # e.g. 36.4.3
+    module: str | None = None  # the module's part number (p3767-0005), without the carrier board's
     gpu: str | None = None
     compute_capability: str | None = None
 
@@ -93,8 +94,13 @@ def detect(root: Path = Path("/"), smi: Callable[[], str | None] = nvidia_smi) -
     """The device at `root` (the real one by default)."""
     if is_jetson(root):
         model = (_read(root, "/proc/device-tree/model") or "").strip("\x00\n ")
-        parts = sorted(set(re.findall(r"p\d{4}-\d{4}", _read(root, "/proc/device-tree/compatible") or "")))
-        return Device("jetson", model, parts, _memory_gb(root), l4t_release(_read(root, "/etc/nv_tegra_release") or ""))
+        compatible = _read(root, "/proc/device-tree/compatible") or ""
+        parts = sorted(set(re.findall(r"p\d{4}-\d{4}", compatible)))
+        # "nvidia,<carrier>+<module>\0nvidia,<module>\0nvidia,tegra234": the module is listed alone, or after '+'.
+        module = (re.search(r"(?:^|\0)nvidia,(p\d{4}-\d{4})(?:-\w+)?(?:\0|$)", compatible)
+                  or re.search(r"\+(p\d{4}-\d{4})", compatible))
+        return Device("jetson", model, parts, _memory_gb(root), l4t_release(_read(root, "/etc/nv_tegra_release") or ""),
+                      module=module.group(1) if module else None)
     csv = smi()
     if csv and csv.strip():
         name, capability, memory = (field.strip() for field in csv.strip().splitlines()[0].split(","))

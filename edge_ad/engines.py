@@ -2,7 +2,7 @@
 
 An engine only runs on the GPU model, compute capability and TensorRT version it was built
 with, so engines live in `<bundle>/engines/<key>/` under a key made of those and the precision
-(and the DLA core), with a manifest that also records the SHA-256 of each source graph. A cached
+(and the DLA core; on a Jetson also the module part number and L4T release), with a manifest that also records the SHA-256 of each source graph. A cached
 engine whose manifest does not match this device and this bundle is never loaded.
 
 FP16 is a builder flag on the FP32 graphs. INT8 is explicit quantisation: the Q/DQ graphs of a
@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from .bundle import Bundle, write_yaml_atomic
+from .device import detect, is_jetson
 from .errors import EdgeAdError
 
 ENGINES_DIR = "engines"
@@ -37,12 +38,17 @@ class EngineKey:
     tensorrt: str
     precision: str
     dla_core: int | None = None
+    # On a Jetson every module's GPU is "Orin" 8.7, with different SM counts and clocks per module;
+    # the module part number and the L4T release (CUDA and driver) tell them apart. None on x86.
+    module: str | None = None
+    l4t: str | None = None
 
     @property
     def slug(self) -> str:
         gpu = re.sub(r"[^a-z0-9]+", "-", self.gpu.lower()).strip("-")
+        jetson = (f"-{self.module}" if self.module else "") + (f"-l4t{self.l4t}" if self.l4t else "")
         dla = f"-dla{self.dla_core}" if self.dla_core is not None else ""
-        return f"{gpu}-sm{self.compute_capability.replace('.', '')}-trt{self.tensorrt}-{self.precision}{dla}"
+        return f"{gpu}-sm{self.compute_capability.replace('.', '')}{jetson}-trt{self.tensorrt}-{self.precision}{dla}"
 
 
 def mismatch(manifest: dict, key: EngineKey, bundle: Bundle) -> str | None:
@@ -70,7 +76,8 @@ def _tensorrt(alternative: str = ""):
 
 
 def device_key(precision: str, dla_core: int | None) -> EngineKey:
-    """The key of this device: GPU name and compute capability from CUDA, TensorRT's version."""
+    """The key of this device: GPU name and compute capability from CUDA, TensorRT's version, and
+    on a Jetson the module part number and L4T release from the device tree."""
     trt = _tensorrt()
     try:
         import pycuda.driver as cuda
@@ -80,7 +87,9 @@ def device_key(precision: str, dla_core: int | None) -> EngineKey:
         name, (major, minor) = device.name(), device.compute_capability()
     except Exception as exc:  # pycuda raises its own error types when there is no GPU or driver
         raise EdgeAdError(f"no usable NVIDIA GPU for TensorRT ({exc})") from exc
-    return EngineKey(name, f"{major}.{minor}", trt.__version__, precision, dla_core)
+    jetson = detect() if is_jetson() else None
+    module, l4t = (jetson.module, jetson.l4t) if jetson else (None, None)
+    return EngineKey(name, f"{major}.{minor}", trt.__version__, precision, dla_core, module, l4t)
 
 
 def cached_engines(bundle: Bundle, key: EngineKey) -> dict[str, Path] | None:
@@ -132,8 +141,11 @@ def build_engines(
         print(line)
     folder = bundle.root / ENGINES_DIR / key.slug
     if not force and cached_engines(bundle, key) is not None:
-        print(f"{folder}: engines for this device and bundle are up to date")
-        return folder
+        built_for = (yaml.safe_load((folder / MANIFEST).read_text()) or {}).get("max_batch")
+        if built_for == max_batch:
+            print(f"{folder}: engines for this device and bundle are up to date")
+            return folder
+        print(f"{folder}: engines built for batches up to {built_for}; building them again for {max_batch}")
     folder.mkdir(parents=True, exist_ok=True)
     cache_path = bundle.root / ENGINES_DIR / TIMING_CACHE
     entries = {}

@@ -65,11 +65,17 @@ def test_each_jetson_module_is_recognised(name, tmp_path):
     config = pick_config(device, load_configs())
     assert device.kind == "jetson" and config["name"] == name
     assert jetpack(device, config)["jetpack"] == {"3.0": "6.0", "4.0": "6.1", "4.3": "6.2"}[revision]
+    # The module's part number, not the carrier board's (p3768, p3737): it keys TensorRT engines.
+    assert device.module in config["module"]["part_numbers"] and device.module.startswith(("p3767", "p3701"))
 
 
 def test_unknown_part_falls_back_to_model_and_memory(tmp_path):
     root = _jetson_root(tmp_path, "NVIDIA Jetson AGX Orin", "nvidia,tegra234\0", "4.0", 62_000_000)
     assert pick_config(detect(root), load_configs())["name"] == "agx-orin-64gb"
+    assert detect(root).module is None
+    only_pair = _jetson_root(tmp_path / "pair", "NVIDIA Jetson", "nvidia,p3768-0000+p3767-0005-super\0nvidia,tegra234\0",
+                             "4.3", 7_802_716)
+    assert detect(only_pair).module == "p3767-0005"
 
 
 def test_x86_gpu_and_cpu_only(tmp_path):

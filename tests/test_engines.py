@@ -23,6 +23,18 @@ def _manifest(bundle, key):
 def test_key_names_gpu_capability_tensorrt_and_precision():
     assert ORIN.slug == "orin-nvgpu-sm87-trt10.3.0-fp16"
     assert EngineKey("NVIDIA H100 80GB HBM3", "9.0", "8.6.1", "int8", 0).slug == "nvidia-h100-80gb-hbm3-sm90-trt8.6.1-int8-dla0"
+    nano = EngineKey("Orin (nvgpu)", "8.7", "10.3.0", "fp16", None, "p3767-0005", "36.4.3")
+    assert nano.slug == "orin-nvgpu-sm87-p3767-0005-l4t36.4.3-trt10.3.0-fp16"
+
+
+def test_engines_of_another_jetson_module_or_l4t_release_are_refused(tiny_bundle):
+    # Every Orin module's GPU is "Orin" 8.7: an Orin NX engine must not run on an Orin Nano.
+    bundle = load_bundle(tiny_bundle)
+    nx = EngineKey("Orin (nvgpu)", "8.7", "10.3.0", "fp16", None, "p3767-0000", "36.4.3")
+    nano = EngineKey("Orin (nvgpu)", "8.7", "10.3.0", "fp16", None, "p3767-0005", "36.4.3")
+    assert mismatch(_manifest(bundle, nx), nano, bundle) == "built for module 'p3767-0000', this device has 'p3767-0005'"
+    older_l4t = EngineKey("Orin (nvgpu)", "8.7", "10.3.0", "fp16", None, "p3767-0000", "36.4.0")
+    assert mismatch(_manifest(bundle, older_l4t), nx, bundle) == "built for l4t '36.4.0', this device has '36.4.3'"
 
 
 def test_engines_from_another_device_or_bundle_are_refused_with_the_reason(tiny_bundle, tmp_path):
@@ -66,11 +78,16 @@ def test_build_engines_on_a_gpu(tiny_bundle, tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT is not installed (no NVIDIA GPU here)")
     pytest.importorskip("pycuda.driver", reason="pycuda is not installed")
     bundle = load_bundle(shutil.copytree(tiny_bundle, tmp_path / "b"))
-    folder = build_engines(bundle, "fp16")
+    folder = build_engines(bundle, "fp16", max_batch=2)
     manifest = yaml.safe_load((folder / MANIFEST).read_text())
     assert set(manifest["graphs"]) == {"encoder", "head"}
     assert all((folder / e["file"]).stat().st_size > 0 for e in manifest["graphs"].values())
     assert (bundle.root / ENGINES_DIR / "timing.cache").is_file()
+    built = (folder / "encoder.engine").stat().st_mtime_ns
+    build_engines(bundle, "fp16", max_batch=2)  # up to date
+    assert (folder / "encoder.engine").stat().st_mtime_ns == built
+    build_engines(bundle, "fp16", max_batch=4)  # a larger batch than the engines take: built again
+    assert yaml.safe_load((folder / MANIFEST).read_text())["max_batch"] == 4
 
 
 def test_torch_tensorrt_path_without_it_is_one_line(tiny_bundle, tmp_path):
