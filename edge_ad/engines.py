@@ -2,8 +2,9 @@
 
 An engine only runs on the GPU model, compute capability and TensorRT version it was built
 with, so engines live in `<bundle>/engines/<key>/` under a key made of those and the precision
-(and the DLA core; on a Jetson also the module part number and L4T release), with a manifest that also records the SHA-256 of each source graph. A cached
-engine whose manifest does not match this device and this bundle is never loaded.
+(and the DLA core; on a Jetson also the module part number and L4T release), with a manifest
+that also records the SHA-256 of each source graph. A cached engine whose manifest does not
+match this device and this bundle is never loaded.
 
 FP16 is a builder flag on the FP32 graphs. INT8 is explicit quantisation: the Q/DQ graphs of a
 bundle exported with `--precision int8` (symmetric activations), built with the INT8 flag and
