@@ -5,11 +5,12 @@ every backend.
 - onnxruntime: ONNX Runtime, with the CUDA provider where it is installed, else CPU.
 - pytorch: the reference, rebuilt from the training checkpoint the bundle carries
   (`reference.file`); needs torch and the `export` package (pip install 'edge-ad[train]').
-- tensorrt: the engines `edge-ad build` made for this GPU (edge_ad/tensorrt_backend.py). Its
-  step graph also has `restore(features, condition, coefficients)`: all K steps on the device.
+- tensorrt: the engines `edge-ad build` made for this GPU, or for a DLA core when one is given
+  (edge_ad/tensorrt_backend.py). Its step graph also has `restore(features, condition,
+  coefficients)`: all K steps on the device.
 
-`auto` is TensorRT when it is installed, a GPU is there and the bundle holds engines for it,
-else ONNX Runtime.
+`auto` is TensorRT when it is installed, a GPU is there and the bundle holds engines for it (or
+a DLA core is asked for), else ONNX Runtime with a warning that says why.
 """
 
 from __future__ import annotations
@@ -121,17 +122,22 @@ def _has_engines(bundle: Bundle) -> bool:
     return any((bundle.root / "engines").glob("*/manifest.yaml"))
 
 
-def load_graphs(bundle: Bundle, backend: str, threads: int | None, spin: bool) -> tuple[str, dict[str, Graph]]:
-    """(backend actually used, graphs). threads and spin set ONNX Runtime's intra-op threads."""
+def load_graphs(
+    bundle: Bundle, backend: str, threads: int | None, spin: bool, dla_core: int | None = None
+) -> tuple[str, dict[str, Graph]]:
+    """(backend actually used, graphs). threads and spin set ONNX Runtime's intra-op threads;
+    dla_core: run the TensorRT engines `build --dla-core` made for that DLA core."""
     if backend not in BACKENDS:
         raise EdgeAdError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if dla_core is not None and backend not in ("auto", "tensorrt"):
+        raise EdgeAdError(f"--dla-core runs TensorRT engines; the {backend} backend has no DLA")
     if backend == "pytorch":
         return backend, pytorch_graphs(bundle)
-    if backend == "tensorrt" or (backend == "auto" and _has_engines(bundle)):
+    if backend == "tensorrt" or (backend == "auto" and (_has_engines(bundle) or dla_core is not None)):
         from .tensorrt_backend import tensorrt_graphs
 
         try:
-            return "tensorrt", tensorrt_graphs(bundle)
+            return "tensorrt", tensorrt_graphs(bundle, dla_core)
         except EdgeAdError as exc:
             if backend == "tensorrt":
                 raise

@@ -93,7 +93,8 @@ def _print_report(report: dict, json_path: str | None) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from export.evaluate import evaluate
 
-    _print_report(evaluate(args.bundle, args.data, steps=args.steps, backend=args.backend), args.json)
+    _print_report(evaluate(args.bundle, args.data, steps=args.steps, backend=args.backend, dla_core=args.dla_core),
+                  args.json)
 
 
 def _streams(args: argparse.Namespace) -> list:
@@ -156,7 +157,8 @@ def _run(args: argparse.Namespace) -> None:
         jetson=jetson,
         drift=args.drift,
     )
-    detector = load_detector(args.bundle, backend=args.backend, steps=args.steps, spin=not args.no_spin)
+    detector = load_detector(args.bundle, backend=args.backend, steps=args.steps, spin=not args.no_spin,
+                             dla_core=args.dla_core)
     summary = run(detector, streams, config)
     for s in summary.sources:
         print(f"{s.name}: frames {s.frames}  dropped {s.dropped}  failed {s.failed}  reconnects {s.reconnects}  "
@@ -178,7 +180,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     from .sources import open_source
     from .variants import VariantDetector, load_detector
 
-    detector = load_detector(args.bundle, backend=args.backend, steps=args.steps)
+    detector = load_detector(args.bundle, backend=args.backend, steps=args.steps, dla_core=args.dla_core)
     source = open_source(args.input, SourceOptions(args.input_width, args.input_height, args.input_framerate))
     try:
         kept = collect(detector, (f.image for f in source.frames()), args.frames)
@@ -273,7 +275,8 @@ def _bench(args: argparse.Namespace) -> None:
     from .bench import bench
     from .variants import VariantDetector, load_detector
 
-    detector = load_detector(args.bundle, backend=args.backend, steps=args.steps, spin=not args.no_spin)
+    detector = load_detector(args.bundle, backend=args.backend, steps=args.steps, spin=not args.no_spin,
+                             dla_core=args.dla_core)
     first = next(iter(detector.detectors.values())) if isinstance(detector, VariantDetector) else detector
     height, width = first.bundle.input_size
     report = bench(detector, args.frames, args.warmup, args.height or height, args.width or width, args.batch)
@@ -317,9 +320,11 @@ def _add_variant_bundles(p: argparse.ArgumentParser) -> None:
 
 
 def _add_detector_options(p: argparse.ArgumentParser) -> None:
-    """The options of every command that loads a detector: bridge steps and backend."""
+    """The options of every command that loads a detector: bridge steps, backend and DLA core."""
     p.add_argument("--steps", type=_positive_int, help="bridge steps K (default: the bundle's)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs the graphs (pytorch: the reference)")
+    p.add_argument("--dla-core", type=int, choices=(0, 1),
+                   help="run the TensorRT engines built for this DLA core (edge-ad build --dla-core N)")
 
 
 def _add_spin_option(p: argparse.ArgumentParser) -> None:
@@ -467,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp16", "int8"), default="fp16",
                    help="fp16: builder flag on FP32 graphs; int8: a bundle exported with --precision int8")
     p.add_argument("--target", help="firmware_configs/<device>.yaml (memory-pool limit)")
-    p.add_argument("--dla-core", type=int, help="build for this DLA core, GPU fallback for unsupported layers")
+    p.add_argument("--dla-core", type=int, choices=(0, 1),
+                   help="build for this DLA core, GPU fallback for unsupported layers (run with --dla-core N too)")
     p.add_argument("--workspace-mib", type=_positive_int, help="TensorRT memory-pool limit (default 1024 or the target's)")
     p.add_argument("--max-batch", type=_positive_int, default=8, help="largest batch of the optimisation profile")
     p.add_argument("--force", action="store_true", help="rebuild even when matching engines are cached")

@@ -102,10 +102,13 @@ class Detector(MapScorer):
     >>> result.score, result.is_anomaly
     """
 
-    def __init__(self, bundle: Bundle, backend: str = "auto", threads: int | None = None, spin: bool = True):
+    def __init__(
+        self, bundle: Bundle, backend: str = "auto", threads: int | None = None, spin: bool = True,
+        dla_core: int | None = None,
+    ):
         super().__init__(bundle)
         self.precision = bundle.precision
-        self.backend, self._graphs = load_graphs(bundle, backend, threads, spin)
+        self.backend, self._graphs = load_graphs(bundle, backend, threads, spin, dla_core)
         self.spin = spin and self.backend == "onnxruntime"
         # ONNX Runtime runs the INT8 products in its exact but slower U8U8 kernels (x86 without VNNI)
         self.u8u8 = any(getattr(graph, "u8u8", False) for graph in self._graphs.values())
@@ -119,19 +122,21 @@ class Detector(MapScorer):
         steps: int | None = None,
         threads: int | None = None,
         spin: bool = True,
+        dla_core: int | None = None,
     ) -> "Detector":
         """Load a bundle. backend: auto, onnxruntime or pytorch (the FP32 reference); precision:
         the precision the caller expects (None: whatever the bundle holds; a bundle holds one,
         chosen at export); steps: a bridge bundle's K (default: the bundle's); threads and spin:
         ONNX Runtime's intra-op threads per graph (None: one per core) and whether they spin
         while a graph runs (more frames per second; False: a lower latency tail for one camera
-        at its frame rate on a CPU, README "Streaming soak")."""
+        at its frame rate on a CPU, README "Streaming soak"); dla_core: run the TensorRT engines
+        built for that DLA core (`edge-ad build --dla-core`)."""
         loaded = load_bundle(bundle, steps)
         if precision is not None and precision != loaded.precision:
             raise BundleError(
                 f"{bundle}: holds {loaded.precision} graphs, not {precision} (export with --precision {precision})"
             )
-        return cls(loaded, backend, threads, spin)
+        return cls(loaded, backend, threads, spin, dla_core)
 
     @property
     def steps(self) -> int | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -158,7 +158,8 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
         return bundle
     engines = cached_engines(bundle, key)
     report.found("engines", f"{key.slug}: " + ("ready" if engines else "none"))
-    if engines is None:
+    on_dla = [core for core in (0, 1) if cached_engines(bundle, replace(key, dla_core=core)) is not None]
+    if engines is None and not on_dla:
         report.problems.append(f"no engines for {label} on this device ({key.slug}): edge-ad build --bundle "
                                f"{bundle_path} --precision {key.precision}")
     for line in other_engines(bundle, key):

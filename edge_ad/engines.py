@@ -55,8 +55,14 @@ class EngineKey:
 def mismatch(manifest: dict, key: EngineKey, bundle: Bundle) -> str | None:
     """Why cached engines described by `manifest` must not run here, or None when they may."""
     for field, wanted in asdict(key).items():
-        if manifest.get("key", {}).get(field) != wanted:
-            return f"built for {field} {manifest.get('key', {}).get(field)!r}, this device has {wanted!r}"
+        built = manifest.get("key", {}).get(field)
+        if built == wanted:
+            continue
+        if field == "dla_core":
+            where = "the GPU" if built is None else f"DLA core {built}"
+            return f"built for {where}" + (f": run with --dla-core {built}" if built is not None else
+                                           f", not DLA core {wanted}")
+        return f"built for {field} {built!r}, this device has {wanted!r}"
     for name, path in bundle.graphs.items():
         expected = bundle.spec["graphs"][name]["sha256"]
         if manifest.get("graphs", {}).get(name, {}).get("source_sha256") != expected:

@@ -151,14 +151,15 @@ class TrtStepGraph(TrtGraph):
             return result.reshape(features.shape).copy()
 
 
-def tensorrt_graphs(bundle: Bundle) -> dict[str, TrtGraph]:
-    """The bundle's engines for this device; refuses, saying why, when there are none that match."""
+def tensorrt_graphs(bundle: Bundle, dla_core: int | None = None) -> dict[str, TrtGraph]:
+    """The bundle's engines for this device (for its GPU, or for DLA core `dla_core`); refuses,
+    saying why, when there are none that match."""
     from .engines import _tensorrt
 
     trt = _tensorrt(", or run with --backend onnxruntime")
     cuda = _cuda()
     precision = "int8" if bundle.precision == "int8" else "fp16"
-    key = device_key(precision, None)
+    key = device_key(precision, dla_core)
     engines = cached_engines(bundle, key)
     if engines is None:
         reasons = "; ".join(other_engines(bundle, key)) or "no engines in the bundle"
@@ -168,6 +169,8 @@ def tensorrt_graphs(bundle: Bundle) -> dict[str, TrtGraph]:
     with context:
         stream = cuda.Stream()
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    if dla_core is not None:
+        runtime.DLA_core = dla_core  # the core a DLA engine runs on is the runtime's, not the build's
     return {
         name: (TrtStepGraph if name == "step" else TrtGraph)(path, trt, runtime, cuda, stream, context)
         for name, path in engines.items()

@@ -112,7 +112,7 @@ class VariantDetector:
 
 def load_detector(bundles: str | Sequence[str], **options) -> Detector | VariantDetector:
     """One bundle ('BUNDLE' or 'NAME=BUNDLE'): its Detector; several, one per product variant: a
-    VariantDetector. `options` go to Detector.load (backend, steps, threads, spin)."""
+    VariantDetector. `options` go to Detector.load (backend, steps, threads, spin, dla_core)."""
     variants = parse_variants(bundles)
     if len(variants) == 1:
         return Detector.load(next(iter(variants.values())), **options)

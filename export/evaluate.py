@@ -37,6 +37,7 @@ def evaluate(
     steps: int | None = None,
     backend: str = "auto",
     exclude: frozenset[str] = frozenset(),
+    dla_core: int | None = None,
 ) -> dict:
     """Score every test image of `data` with the bundle (at `steps` bridge steps) and return the
     metrics; samples named in `exclude` (known defects used in training) are left out.
@@ -45,7 +46,7 @@ def evaluate(
     maps are taken relative to each variant's normal images (the scale on which it compares
     variants), and the report says which variant took each group's normal and anomalous images."""
     specs = [str(bundle)] if isinstance(bundle, (str, Path)) else list(bundle)
-    loaded = load_detector(specs, backend=backend, steps=steps)
+    loaded = load_detector(specs, backend=backend, steps=steps, dla_core=dla_core)
     detector, variants = (None, loaded) if isinstance(loaded, VariantDetector) else (loaded, None)
     models = [detector] if variants is None else list(variants.detectors.values())
     samples = [s for s in load_samples(data, "test") if s.name not in exclude]

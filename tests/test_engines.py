@@ -4,12 +4,15 @@ command. Building itself needs TensorRT and an NVIDIA GPU and is skipped without
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import yaml
 
 from edge_ad.bundle import load_bundle
 from edge_ad.engines import ENGINES_DIR, MANIFEST, EngineKey, build_engines, cached_engines, mismatch, other_engines
+from edge_ad.device import CONFIGS
+from edge_ad.doctor import doctor
 from edge_ad.errors import EdgeAdError
 
 ORIN = EngineKey("Orin (nvgpu)", "8.7", "10.3.0", "fp16")
@@ -35,6 +38,32 @@ def test_engines_of_another_jetson_module_or_l4t_release_are_refused(tiny_bundle
     assert mismatch(_manifest(bundle, nx), nano, bundle) == "built for module 'p3767-0000', this device has 'p3767-0005'"
     older_l4t = EngineKey("Orin (nvgpu)", "8.7", "10.3.0", "fp16", None, "p3767-0000", "36.4.0")
     assert mismatch(_manifest(bundle, older_l4t), nx, bundle) == "built for l4t '36.4.0', this device has '36.4.3'"
+
+
+def test_dla_engines_say_how_to_run_them(tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    agx = EngineKey("Orin (nvgpu)", "8.7", "10.3.0", "fp16", None, "p3701-0005", "36.4.3")
+    on_dla0 = EngineKey("Orin (nvgpu)", "8.7", "10.3.0", "fp16", 0, "p3701-0005", "36.4.3")
+    on_dla1 = EngineKey("Orin (nvgpu)", "8.7", "10.3.0", "fp16", 1, "p3701-0005", "36.4.3")
+    assert mismatch(_manifest(bundle, on_dla0), agx, bundle) == "built for DLA core 0: run with --dla-core 0"
+    assert mismatch(_manifest(bundle, agx), on_dla1, bundle) == "built for the GPU, not DLA core 1"
+    assert mismatch(_manifest(bundle, on_dla0), on_dla1, bundle) == "built for DLA core 0: run with --dla-core 0"
+
+
+def test_doctor_takes_dla_engines_for_engines(tiny_bundle, tmp_path, monkeypatch):
+    bundle = load_bundle(shutil.copytree(tiny_bundle, tmp_path / "b"))
+    agx = EngineKey("Orin (nvgpu)", "8.7", "10.3.0", "fp16", None, "p3701-0005", "36.4.3")
+    folder = bundle.root / ENGINES_DIR / replace(agx, dla_core=0).slug
+    folder.mkdir(parents=True)
+    (folder / MANIFEST).write_text(yaml.safe_dump(_manifest(bundle, replace(agx, dla_core=0))))
+    # This machine has no GPU: the device key is the AGX Orin's, as TensorRT and CUDA would give it there.
+    monkeypatch.setattr("edge_ad.engines.device_key", lambda precision, dla_core: replace(agx, precision=precision))
+    target = str(CONFIGS / "agx-orin-64gb.yaml")
+    report = doctor([str(bundle.root)], target=target)
+    assert not any("no engines for bundle" in p for p in report.problems)
+    assert any("built for DLA core 0: run with --dla-core 0" in line for line in report.lines)
+    shutil.rmtree(folder)
+    assert any("no engines for bundle on this device" in p for p in doctor([str(bundle.root)], target=target).problems)
 
 
 def test_engines_from_another_device_or_bundle_are_refused_with_the_reason(tiny_bundle, tmp_path):

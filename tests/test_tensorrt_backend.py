@@ -11,6 +11,7 @@ import yaml
 
 from edge_ad.bundle import load_bundle
 from edge_ad.detector import Detector
+from edge_ad.errors import EdgeAdError
 
 
 def _tensorrt_here() -> bool:
@@ -42,6 +43,20 @@ def test_auto_falls_back_to_onnxruntime_when_engines_cannot_run(tiny_bundle, tmp
         detector = Detector.load(bundle)
     assert detector.backend == "onnxruntime"
     assert any("TensorRT not used" in str(w.message) for w in caught)
+
+
+def test_a_dla_core_is_refused_by_the_backends_without_one(tiny_bundle):
+    with pytest.raises(EdgeAdError, match="--dla-core runs TensorRT engines; the onnxruntime backend has no DLA"):
+        Detector.load(tiny_bundle, backend="onnxruntime", dla_core=0)
+
+
+@pytest.mark.skipif(_tensorrt_here(), reason="TensorRT is installed here")
+def test_auto_with_a_dla_core_tries_tensorrt_and_says_why_not(tiny_bundle):
+    # The bundle holds no engines, but a DLA core was asked for: auto says why TensorRT does not run.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert Detector.load(tiny_bundle, dla_core=0).backend == "onnxruntime"
+    assert any("TensorRT not used" in str(w.message) and "tensorrt package" in str(w.message) for w in caught)
 
 
 def _frames(n: int) -> list[np.ndarray]:
