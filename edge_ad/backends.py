@@ -9,8 +9,9 @@ every backend.
   (edge_ad/tensorrt_backend.py). Its step graph also has `restore(features, condition,
   coefficients)`: all K steps on the device.
 
-`auto` is TensorRT when it is installed, a GPU is there and the bundle holds engines for it (or
-a DLA core is asked for), else ONNX Runtime with a warning that says why.
+`auto` tries TensorRT when the bundle holds engines or a DLA core is asked for, and runs it when
+it is installed, a GPU is there and the engines are for it; else ONNX Runtime (with a warning
+saying why, when TensorRT was tried).
 """
 
 from __future__ import annotations
