@@ -303,7 +303,8 @@ def _build(args: argparse.Namespace) -> None:
     if args.target:
         target = load_config(Path(args.target))
         workspace = workspace or (target["tensorrt"] or {}).get("memory_pool_mib")
-    folder = build_engines(load_bundle(args.bundle), args.precision, args.dla_core, workspace or 1024, args.max_batch, args.force)
+    folder = build_engines(load_bundle(args.bundle), args.precision, args.dla_core, workspace or 1024, args.max_batch,
+                           args.force, args.calib_data, args.calib_images)
     print(f"engines in {folder}")
 
 
@@ -474,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="firmware_configs/<device>.yaml (memory-pool limit)")
     p.add_argument("--dla-core", type=int, choices=(0, 1),
                    help="build for this DLA core, GPU fallback for unsupported layers (run with --dla-core N too)")
+    p.add_argument("--calib-data", help="INT8 on a DLA core: frames TensorRT calibrates an FP32 bundle on ('elpv', "
+                                        "an image folder, an MVTec category or a video file)")
+    p.add_argument("--calib-images", type=_positive_int, default=300, help="INT8 on a DLA core: calibration frames")
     p.add_argument("--workspace-mib", type=_positive_int, help="TensorRT memory-pool limit (default 1024 or the target's)")
     p.add_argument("--max-batch", type=_positive_int, default=8, help="largest batch of the optimisation profile")
     p.add_argument("--force", action="store_true", help="rebuild even when matching engines are cached")

@@ -178,3 +178,29 @@ def read_all(
         listing = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise DataError(f"{len(bad)} unreadable image(s), rerun with --skip-bad to leave them out: {listing}")
     return kept, images, bad
+
+
+def calibration_frames(data: str, count: int) -> list[np.ndarray]:
+    """Up to `count` RGB frames to calibrate INT8 on, with a progress bar: the first frames of a
+    video file, or images evenly spaced over the training split of a data set ('elpv', a folder,
+    an MVTec category; unreadable images are left out)."""
+    from tqdm import tqdm
+
+    if not Path(data).is_file():
+        samples = load_samples(data, "train")
+        pick = np.linspace(0, len(samples) - 1, min(count, len(samples))).round().astype(int)
+        return read_all([samples[i] for i in pick], True, lambda s: tqdm(s, desc="calibration images", unit="img"))[1]
+    from .sources import open_source
+
+    images = []
+    with tqdm(total=count, desc="calibration frames", unit="frame") as bar:
+        source = open_source(data)
+        try:
+            for frame in source:
+                images.append(cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB))
+                bar.update()
+                if len(images) >= count:
+                    break
+        finally:
+            source.close()
+    return images

@@ -149,7 +149,7 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
             report.found("int8", "this x86 CPU has no VNNI: ONNX Runtime runs INT8 in its exact U8U8 kernels, "
                                  "slower than FP32 on such CPUs (README): export FP32 for this one")
         return bundle
-    from .engines import cached_engines, device_key, other_engines
+    from .engines import cached_engines, device_key, engine_precisions, other_engines
 
     try:
         key = device_key("int8" if bundle.precision == "int8" else "fp16", None)
@@ -158,7 +158,8 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
         return bundle
     engines = cached_engines(bundle, key)
     report.found("engines", f"{key.slug}: " + ("ready" if engines else "none"))
-    on_dla = [core for core in (0, 1) if cached_engines(bundle, replace(key, dla_core=core)) is not None]
+    on_dla = [core for core in (0, 1) for precision in engine_precisions(bundle, core)
+              if cached_engines(bundle, replace(key, precision=precision, dla_core=core)) is not None]
     if engines is None and not on_dla:
         report.problems.append(f"no engines for {label} on this device ({key.slug}): edge-ad build --bundle "
                                f"{bundle_path} --precision {key.precision}")

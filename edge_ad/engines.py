@@ -8,18 +8,25 @@ match this device and this bundle is never loaded.
 
 FP16 is a builder flag on the FP32 graphs. INT8 is explicit quantisation: the Q/DQ graphs of a
 bundle exported with `--precision int8` (symmetric activations), built with the INT8 flag and
-FP16 for the layers left in float. The distance graphs (prior, and the head of prototype and
+FP16 for the layers left in float. On a DLA core INT8 comes from TensorRT's own calibration of
+an FP32 bundle instead (edge_ad/dla_int8.py), which the DLA of JetPack 6 requires. The distance graphs (prior, and the head of prototype and
 GMM bundles) are built in FP32 whatever the precision: GMM logits overflow FP16
 (BRIDGE_NOTES section 3). The timing cache is kept in the bundle so rebuilds are fast.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import yaml
+from tqdm import tqdm
 
 from .bundle import Bundle, write_yaml_atomic
 from .device import detect, is_jetson
@@ -99,6 +106,15 @@ def device_key(precision: str, dla_core: int | None) -> EngineKey:
     return EngineKey(name, f"{major}.{minor}", trt.__version__, precision, dla_core, module, l4t)
 
 
+def engine_precisions(bundle: Bundle, dla_core: int | None) -> tuple[str, ...]:
+    """The precisions of engines that may run `bundle`, the preferred first: an INT8 bundle's INT8
+    engines; an FP32 or FP16 bundle's FP16 ones, and on a DLA core first the INT8 engines that
+    TensorRT calibrated from an FP32 bundle."""
+    if bundle.precision == "int8":
+        return ("int8",)
+    return ("int8", "fp16") if dla_core is not None and bundle.precision == "fp32" else ("fp16",)
+
+
 def cached_engines(bundle: Bundle, key: EngineKey) -> dict[str, Path] | None:
     """The engines of `bundle` for `key` when they exist and match, else None."""
     folder = bundle.root / ENGINES_DIR / key.slug
@@ -128,6 +144,27 @@ def refuse_unsigned_int8(bundle: Bundle) -> None:
                           "export with --precision int8 and the default --int8-activations")
 
 
+def check_int8_route(bundle: Bundle, precision: str, dla_core: int | None, calib_data: str | None) -> bool:
+    """Refuse a build whose INT8 cannot come out right; True when TensorRT calibrates it. On the
+    GPU, INT8 comes from a bundle's Q/DQ graphs; on a DLA core, from TensorRT's own calibration
+    of an FP32 bundle on `calib_data` (edge_ad/dla_int8.py)."""
+    calibrated = precision == "int8" and dla_core is not None
+    if calibrated and bundle.precision != "fp32":
+        raise EdgeAdError(f"{bundle.root}: the DLA takes INT8 from TensorRT's calibration, not from "
+                          f"{bundle.precision} graphs; build an FP32 bundle of the run with --precision int8 "
+                          f"--dla-core {dla_core} --calib-data FRAMES")
+    if calibrated and calib_data is None:
+        raise EdgeAdError("INT8 on a DLA core is calibrated on this device: give --calib-data (frames of the line: "
+                          "an image folder, a data set or a video)")
+    if calib_data is not None and not calibrated:
+        raise EdgeAdError("--calib-data is for INT8 on a DLA core (--precision int8 --dla-core N); INT8 on the GPU "
+                          "comes from a bundle exported with --precision int8")
+    if precision == "int8" and not calibrated and bundle.precision != "int8":
+        raise EdgeAdError(f"{bundle.root}: INT8 engines are built from Q/DQ graphs; export with --precision int8")
+    refuse_unsigned_int8(bundle)
+    return calibrated
+
+
 def build_engines(
     bundle: Bundle,
     precision: str,
@@ -135,36 +172,70 @@ def build_engines(
     workspace_mib: int = 1024,
     max_batch: int = 8,
     force: bool = False,
+    calib_data: str | None = None,
+    calib_images: int = 300,
 ) -> Path:
     """Build one engine per graph of `bundle` for this device (unless matching engines are
-    cached and not `force`); returns the engine folder."""
+    cached and not `force`); returns the engine folder. INT8 on a DLA core is calibrated by
+    TensorRT on up to `calib_images` frames of `calib_data` (check_int8_route)."""
     if precision not in BUILD_PRECISIONS:
         raise EdgeAdError(f"engine precision {precision!r} is not one of {', '.join(BUILD_PRECISIONS)}")
-    if precision == "int8" and bundle.precision != "int8":
-        raise EdgeAdError(f"{bundle.root}: INT8 engines are built from Q/DQ graphs; export with --precision int8")
-    refuse_unsigned_int8(bundle)
+    calibrated = check_int8_route(bundle, precision, dla_core, calib_data)
     key = device_key(precision, dla_core)
     for line in other_engines(bundle, key):
         print(line)
+    inputs, calibration = None, None
+    if calibrated:
+        from .dla_int8 import calibration_inputs
+
+        inputs = calibration_inputs(bundle, calib_data, calib_images)
+        calibration = {"source": calib_data, "frames": len(inputs),
+                       "sha256": hashlib.sha256(inputs.tobytes()).hexdigest()[:16]}
     folder = bundle.root / ENGINES_DIR / key.slug
     if not force and cached_engines(bundle, key) is not None:
-        built_for = (yaml.safe_load((folder / MANIFEST).read_text()) or {}).get("max_batch")
-        if built_for == max_batch:
+        manifest = yaml.safe_load((folder / MANIFEST).read_text()) or {}
+        if (manifest.get("max_batch"), manifest.get("calibration")) == (max_batch, calibration):
             print(f"{folder}: engines for this device and bundle are up to date")
             return folder
-        print(f"{folder}: engines built for batches up to {built_for}; building them again for {max_batch}")
+        calibrated_on = (manifest.get("calibration") or {}).get("source")
+        print(f"{folder}: engines built for batches up to {manifest.get('max_batch')}"
+              + (f", calibrated on {calibrated_on}" if calibrated_on else "") + "; building them again for "
+              + f"batches up to {max_batch}" + (f", calibrated on {calib_data}" if calibrated else ""))
     folder.mkdir(parents=True, exist_ok=True)
     cache_path = bundle.root / ENGINES_DIR / TIMING_CACHE
     entries = {}
-    for name, path in bundle.graphs.items():
-        graph_precision = precision if name in REDUCED_PRECISION_GRAPHS else "fp32"
-        serialized = build_serialized_engine(path, graph_precision, dla_core=dla_core, workspace_mib=workspace_mib,
-                                             max_batch=max_batch, timing_cache=cache_path)
-        engine = folder / f"{name}.engine"
-        engine.write_bytes(serialized)
-        entries[name] = {"file": engine.name, "source_sha256": bundle.spec["graphs"][name]["sha256"]}
-    write_yaml_atomic(folder / MANIFEST, {"key": asdict(key), "graphs": entries, "max_batch": max_batch})
+    print(f"building {len(bundle.graphs)} TensorRT engines into {folder}, this can take minutes")
+    with _calibrators(bundle, inputs, folder, calibration) as calibrators:
+        for name, path in tqdm(bundle.graphs.items(), desc="TensorRT engines", unit="graph"):
+            graph_precision = precision if name in REDUCED_PRECISION_GRAPHS else "fp32"
+            serialized = build_serialized_engine(path, graph_precision, dla_core=dla_core, workspace_mib=workspace_mib,
+                                                 max_batch=max_batch, timing_cache=cache_path,
+                                                 calibrator=calibrators.get(name))
+            engine = folder / f"{name}.engine"
+            engine.write_bytes(serialized)
+            entries[name] = {"file": engine.name, "source_sha256": bundle.spec["graphs"][name]["sha256"]}
+    write_yaml_atomic(folder / MANIFEST, {"key": asdict(key), "graphs": entries, "max_batch": max_batch,
+                                          "calibration": calibration})
     return folder
+
+
+@contextmanager
+def _calibrators(bundle: Bundle, inputs: np.ndarray | None, folder: Path, calibration: dict | None) -> Iterator[dict]:
+    """TensorRT calibrators of the graphs built in INT8 on a DLA core, by graph name (none when
+    `inputs` is None), with the GPU's CUDA context current while they are in use. Each keeps its
+    calibration cache in `folder`, named for the calibration frames."""
+    if inputs is None:
+        yield {}
+        return
+    from .dla_int8 import entropy_calibrator, graph_batches
+    from .tensorrt_backend import PrimaryContext, cuda_driver
+
+    trt, cuda = _tensorrt(), cuda_driver()
+    with PrimaryContext(cuda):
+        yield {
+            name: entropy_calibrator(trt, cuda, batches, folder / f"{name}.{calibration['sha256']}.calibration.cache")
+            for name, batches in graph_batches(bundle, inputs).items()
+        }
 
 
 def build_serialized_engine(
@@ -176,12 +247,14 @@ def build_serialized_engine(
     max_batch: int = 8,
     timing_cache: Path | None = None,
     opt_batch: int = 1,
+    calibrator: Any = None,
 ) -> bytes:
     """One ONNX graph -> a serialized engine for this device. precision: fp32 (no flag), fp16 (the
     FP16 flag) or int8 (Q/DQ: the INT8 and FP16 flags); layers whose names start with one of
     `fp32_layers` are asked to stay FP32 (the distance layers of a joined graph); a dynamic batch
     gets a profile from 1 to `max_batch`, tuned for `opt_batch`; `timing_cache` is read and
-    updated when given."""
+    updated when given; an int8 `calibrator` (edge_ad/dla_int8.py) gives TensorRT the scales,
+    measured at its batches' shapes (the calibration profile)."""
     trt = _tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -222,6 +295,15 @@ def build_serialized_engine(
             rest = shape[1:]
             profile.set_shape(tensor.name, (1, *rest), (opt_batch, *rest), (max_batch, *rest))
     config.add_optimization_profile(profile)
+    if calibrator is not None:
+        config.int8_calibrator = calibrator
+        shapes = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            tensor = network.get_input(i)
+            if tuple(tensor.shape)[:1] == (-1,):
+                shape = calibrator.shapes[tensor.name]
+                shapes.set_shape(tensor.name, shape, shape, shape)
+        config.set_calibration_profile(shapes)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EdgeAdError(f"{path}: TensorRT could not build an engine (see the TensorRT log above)")

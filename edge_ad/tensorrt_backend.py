@@ -11,16 +11,18 @@ loads it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from .bundle import Bundle
-from .engines import cached_engines, device_key, other_engines
+from .engines import cached_engines, device_key, engine_precisions, other_engines
 from .errors import EdgeAdError
 
 
-def _cuda():
+def cuda_driver():
+    """pycuda's driver module, initialised (an error naming the package when it is missing)."""
     try:
         import pycuda.driver as cuda
     except ImportError as exc:
@@ -29,7 +31,7 @@ def _cuda():
     return cuda
 
 
-class _Context:
+class PrimaryContext:
     """The GPU's primary CUDA context, made current around each call: the detector may be
     driven from any thread (the run loop, a test, a user's worker)."""
 
@@ -46,7 +48,7 @@ class _Context:
 class TrtGraph:
     """One engine: `(*arrays) -> list of arrays`, like every backend's graphs."""
 
-    def __init__(self, path: Path, trt, runtime, cuda, stream, context: _Context):
+    def __init__(self, path: Path, trt, runtime, cuda, stream, context: PrimaryContext):
         self.path, self.trt, self.cuda, self.stream, self.ctx = path, trt, cuda, stream, context
         with context:
             self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
@@ -157,15 +159,17 @@ def tensorrt_graphs(bundle: Bundle, dla_core: int | None = None) -> dict[str, Tr
     from .engines import _tensorrt
 
     trt = _tensorrt(", or run with --backend onnxruntime")
-    cuda = _cuda()
-    precision = "int8" if bundle.precision == "int8" else "fp16"
-    key = device_key(precision, dla_core)
-    engines = cached_engines(bundle, key)
+    cuda = cuda_driver()
+    precisions = engine_precisions(bundle, dla_core)
+    key = device_key(precisions[-1], dla_core)
+    found = (cached_engines(bundle, replace(key, precision=p)) for p in precisions)
+    engines = next((e for e in found if e is not None), None)
     if engines is None:
         reasons = "; ".join(other_engines(bundle, key)) or "no engines in the bundle"
+        dla = f" --dla-core {dla_core}" if dla_core is not None else ""
         raise EdgeAdError(f"{bundle.root}: no TensorRT engines for this device ({key.slug}): {reasons}. "
-                          f"Build them here: edge-ad build --bundle {bundle.root} --precision {precision}")
-    context = _Context(cuda)
+                          f"Build them here: edge-ad build --bundle {bundle.root} --precision {key.precision}{dla}")
+    context = PrimaryContext(cuda)
     with context:
         stream = cuda.Stream()
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import torch
@@ -24,7 +23,7 @@ from calibration.statistics import score_percentiles
 from calibration.threshold import threshold_at_false_alarm_rate
 from edge_ad import __version__
 from edge_ad.bundle import BRANCHES, BUNDLE_FILE, SCHEMA_VERSION, file_sha256, write_yaml_atomic
-from edge_ad.datasets import load_samples, read_all
+from edge_ad.datasets import calibration_frames
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError
 from edge_ad.normalize import fit_quantiles
@@ -283,24 +282,7 @@ def calibration_inputs(config: CalibrationConfig, size: int) -> np.ndarray:
     if count < config.images:
         print(f"{config.method} calibration holds every activation in memory: {count} of the {config.images} "
               f"frames at {size} px (minmax uses them all)")
-    if Path(config.data).is_file():
-        from edge_ad.sources import open_source
-
-        images = []
-        with tqdm(total=count, desc="calibration frames", unit="frame") as bar:
-            source = open_source(config.data)
-            try:
-                for frame in source:
-                    images.append(cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB))
-                    bar.update()
-                    if len(images) >= count:
-                        break
-            finally:
-                source.close()
-    else:
-        samples = load_samples(config.data, "train")
-        pick = np.linspace(0, len(samples) - 1, min(count, len(samples))).round().astype(int)
-        _, images, _ = read_all([samples[i] for i in pick], True, lambda s: tqdm(s, desc="calibration images", unit="img"))
+    images = calibration_frames(config.data, count)
     if len(images) < CALIBRATION_BATCH:
         raise EdgeAdError(f"{config.data}: INT8 calibration needs at least {CALIBRATION_BATCH} readable frames, "
                           f"found {len(images)}")
