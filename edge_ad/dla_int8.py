@@ -65,16 +65,18 @@ def graph_batches(bundle: Bundle, inputs: np.ndarray) -> dict[str, list[dict[str
     return batches
 
 
-def entropy_calibrator(trt: Any, cuda: Any, batches: list[dict[str, np.ndarray]], cache: Path) -> Any:
+def entropy_calibrator(trt: Any, memory: Any, batches: list[dict[str, np.ndarray]], cache: Path) -> Any:
     """TensorRT's IInt8EntropyCalibrator2 over `batches` (one dict of input arrays per batch),
     reading and writing its calibration cache at `cache`. `shapes` holds each input's shape for
-    the build's calibration profile. Device buffers are pycuda's, in the current CUDA context."""
+    the build's calibration profile. `memory` (edge_ad/cuda_memory.py) holds its device buffers;
+    its CUDA context must be current while TensorRT builds."""
 
     class Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.shapes = {name: array.shape for name, array in batches[0].items()}
-            self.device = {name: cuda.mem_alloc(array.nbytes) for name, array in batches[0].items()}
+            self.device = {name: memory.alloc(array.nbytes) for name, array in batches[0].items()}
+            self.stream = memory.stream()
             self.pending = iter(batches)
 
         def get_batch_size(self) -> int:
@@ -85,7 +87,8 @@ def entropy_calibrator(trt: Any, cuda: Any, batches: list[dict[str, np.ndarray]]
             if batch is None:
                 return None
             for name in names:
-                cuda.memcpy_htod(self.device[name], np.ascontiguousarray(batch[name]))
+                memory.to_device(self.device[name], np.ascontiguousarray(batch[name]), self.stream)
+            self.stream.synchronize()
             return [int(self.device[name]) for name in names]
 
         def read_calibration_cache(self) -> bytes | None:

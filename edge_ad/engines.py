@@ -29,6 +29,7 @@ import yaml
 from tqdm import tqdm
 
 from .bundle import Bundle, write_yaml_atomic
+from .cuda_memory import cuda_memory
 from .device import detect, is_jetson
 from .errors import EdgeAdError
 
@@ -93,17 +94,10 @@ def device_key(precision: str, dla_core: int | None) -> EngineKey:
     """The key of this device: GPU name and compute capability from CUDA, TensorRT's version, and
     on a Jetson the module part number and L4T release from the device tree."""
     trt = _tensorrt()
-    try:
-        import pycuda.driver as cuda
-
-        cuda.init()
-        device = cuda.Device(0)
-        name, (major, minor) = device.name(), device.compute_capability()
-    except Exception as exc:  # pycuda raises its own error types when there is no GPU or driver
-        raise EdgeAdError(f"no usable NVIDIA GPU for TensorRT ({exc})") from exc
+    name, capability = cuda_memory().gpu()
     jetson = detect() if is_jetson() else None
     module, l4t = (jetson.module, jetson.l4t) if jetson else (None, None)
-    return EngineKey(name, f"{major}.{minor}", trt.__version__, precision, dla_core, module, l4t)
+    return EngineKey(name, capability, trt.__version__, precision, dla_core, module, l4t)
 
 
 def engine_precisions(bundle: Bundle, dla_core: int | None) -> tuple[str, ...]:
@@ -228,12 +222,11 @@ def _calibrators(bundle: Bundle, inputs: np.ndarray | None, folder: Path, calibr
         yield {}
         return
     from .dla_int8 import entropy_calibrator, graph_batches
-    from .tensorrt_backend import PrimaryContext, cuda_driver
 
-    trt, cuda = _tensorrt(), cuda_driver()
-    with PrimaryContext(cuda):
+    trt, memory = _tensorrt(), cuda_memory()
+    with memory.current():
         yield {
-            name: entropy_calibrator(trt, cuda, batches, folder / f"{name}.{calibration['sha256']}.calibration.cache")
+            name: entropy_calibrator(trt, memory, batches, folder / f"{name}.{calibration['sha256']}.calibration.cache")
             for name, batches in graph_batches(bundle, inputs).items()
         }
 

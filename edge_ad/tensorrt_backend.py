@@ -2,7 +2,8 @@
 API that TensorRT 8.6 and 10.x share (set_input_shape, set_tensor_address, execute_async_v3).
 
 Each graph owns device buffers sized for its largest batch and pinned host buffers, and all
-graphs share one CUDA stream (pycuda), so a call is: copy in, run, copy out, synchronise once.
+graphs share one CUDA stream (pycuda or cuda-python: edge_ad/cuda_memory.py), so a call is: copy
+in, run, copy out, synchronise once.
 The bridge's K steps run on the device without a host copy in between: the step engine reads
 x from one buffer and writes the next x to the other, K times, with every step's coefficients
 uploaded once. Imported only when TensorRT is asked for or found, so the CPU runtime never
@@ -17,40 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import Bundle
+from .cuda_memory import CudaPythonMemory, PyCudaMemory, cuda_memory
 from .engines import cached_engines, device_key, engine_precisions, other_engines
 from .errors import EdgeAdError
-
-
-def cuda_driver():
-    """pycuda's driver module, initialised (an error naming the package when it is missing)."""
-    try:
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        raise EdgeAdError("the TensorRT backend needs pycuda (pip install 'edge-ad[tensorrt]')") from exc
-    cuda.init()
-    return cuda
-
-
-class PrimaryContext:
-    """The GPU's primary CUDA context, made current around each call: the detector may be
-    driven from any thread (the run loop, a test, a user's worker)."""
-
-    def __init__(self, cuda):
-        self.context = cuda.Device(0).retain_primary_context()
-
-    def __enter__(self):
-        self.context.push()
-
-    def __exit__(self, *exc) -> None:
-        self.context.pop()
 
 
 class TrtGraph:
     """One engine: `(*arrays) -> list of arrays`, like every backend's graphs."""
 
-    def __init__(self, path: Path, trt, runtime, cuda, stream, context: PrimaryContext):
-        self.path, self.trt, self.cuda, self.stream, self.ctx = path, trt, cuda, stream, context
-        with context:
+    def __init__(self, path: Path, trt, runtime, memory: PyCudaMemory | CudaPythonMemory, stream):
+        self.path, self.trt, self.memory, self.stream = path, trt, memory, stream
+        with memory.current():
             self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
             if self.engine is None:
                 raise EdgeAdError(f"{path}: TensorRT cannot load this engine (built by another TensorRT or GPU?)")
@@ -68,10 +46,9 @@ class TrtGraph:
             self.context.set_input_shape(name, shape)
         for name in self.outputs:
             self.max_shapes[name] = tuple(self.context.get_tensor_shape(name))
-        with context:
-            self.device = {n: cuda.mem_alloc(max(1, int(np.prod(s)) * self.dtypes[n].itemsize))
-                           for n, s in self.max_shapes.items()}
-            self.host = {n: cuda.pagelocked_empty(int(np.prod(s)), self.dtypes[n]) for n, s in self.max_shapes.items()}
+        with memory.current():
+            self.device = {n: memory.alloc(int(np.prod(s)) * self.dtypes[n].itemsize) for n, s in self.max_shapes.items()}
+            self.host = {n: memory.pinned(int(np.prod(s)), self.dtypes[n]) for n, s in self.max_shapes.items()}
 
     def _check(self, name: str, array: np.ndarray) -> np.ndarray:
         limit = self.max_shapes[name]
@@ -90,20 +67,20 @@ class TrtGraph:
         return {name: tuple(self.context.get_tensor_shape(name)) for name in self.outputs}
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
-        cuda = self.cuda
-        with self.ctx:
+        memory = self.memory
+        with memory.current():
             shapes = {}
             for name, array in zip(self.inputs, arrays):
                 array = self._check(name, array)
                 host = self.host[name][: array.size]
                 host[:] = array.ravel()
-                cuda.memcpy_htod_async(self.device[name], host, self.stream)
+                memory.to_device(self.device[name], host, self.stream)
                 shapes[name] = array.shape
             out_shapes = self.run_on_device({}, shapes)
             results = []
             for name in self.outputs:
                 size = int(np.prod(out_shapes[name]))
-                cuda.memcpy_dtoh_async(self.host[name][:size], self.device[name], self.stream)
+                memory.to_host(self.host[name][:size], self.device[name], self.stream)
                 results.append((name, size))
             self.stream.synchronize()
             return [self.host[name][:size].reshape(out_shapes[name]).copy() for name, size in results]
@@ -118,15 +95,15 @@ class TrtStepGraph(TrtGraph):
     def __init__(self, *args):
         super().__init__(*args)
         x_name, _, k_name = self.inputs
-        with self.ctx:  # the second x buffer of the ping-pong, and room for every step's coefficients
-            self.other = self.cuda.mem_alloc(int(np.prod(self.max_shapes[x_name])) * self.dtypes[x_name].itemsize)
-            self.steps = self.cuda.mem_alloc(self.MAX_STEPS * int(np.prod(self.max_shapes[k_name])) * self.dtypes[k_name].itemsize)
+        with self.memory.current():  # the second x buffer of the ping-pong, and room for every step's coefficients
+            self.other = self.memory.alloc(int(np.prod(self.max_shapes[x_name])) * self.dtypes[x_name].itemsize)
+            self.steps = self.memory.alloc(self.MAX_STEPS * int(np.prod(self.max_shapes[k_name])) * self.dtypes[k_name].itemsize)
 
     def restore(self, features: np.ndarray, condition: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
-        cuda = self.cuda
+        memory = self.memory
         x_name, c_name, k_name = self.inputs
         (out_name,) = self.outputs
-        with self.ctx:
+        with memory.current():
             features, condition = self._check(x_name, features), self._check(c_name, condition)
             table = np.ascontiguousarray(coefficients, dtype=self.dtypes[k_name])
             if len(table) > self.MAX_STEPS:
@@ -135,9 +112,9 @@ class TrtStepGraph(TrtGraph):
             x_host[:] = features.ravel()
             c_host = self.host[c_name][: condition.size]
             c_host[:] = condition.ravel()
-            cuda.memcpy_htod_async(self.device[x_name], x_host, self.stream)
-            cuda.memcpy_htod_async(self.device[c_name], c_host, self.stream)
-            cuda.memcpy_htod_async(self.steps, table, self.stream)
+            memory.to_device(self.device[x_name], x_host, self.stream)
+            memory.to_device(self.device[c_name], c_host, self.stream)
+            memory.to_device(self.steps, table, self.stream)
             buffers = [int(self.device[x_name]), int(self.other)]
             shapes = {x_name: features.shape, c_name: condition.shape, k_name: table.shape[1:]}
             row = table.itemsize * table.shape[1]
@@ -148,7 +125,7 @@ class TrtStepGraph(TrtGraph):
                     shapes,
                 )
             result = self.host[out_name][: features.size]
-            cuda.memcpy_dtoh_async(result, buffers[len(table) % 2], self.stream)
+            memory.to_host(result, buffers[len(table) % 2], self.stream)
             self.stream.synchronize()
             return result.reshape(features.shape).copy()
 
@@ -159,7 +136,7 @@ def tensorrt_graphs(bundle: Bundle, dla_core: int | None = None) -> dict[str, Tr
     from .engines import _tensorrt
 
     trt = _tensorrt(", or run with --backend onnxruntime")
-    cuda = cuda_driver()
+    memory = cuda_memory()
     precisions = engine_precisions(bundle, dla_core)
     key = device_key(precisions[-1], dla_core)
     found = (cached_engines(bundle, replace(key, precision=p)) for p in precisions)
@@ -169,13 +146,12 @@ def tensorrt_graphs(bundle: Bundle, dla_core: int | None = None) -> dict[str, Tr
         dla = f" --dla-core {dla_core}" if dla_core is not None else ""
         raise EdgeAdError(f"{bundle.root}: no TensorRT engines for this device ({key.slug}): {reasons}. "
                           f"Build them here: edge-ad build --bundle {bundle.root} --precision {key.precision}{dla}")
-    context = PrimaryContext(cuda)
-    with context:
-        stream = cuda.Stream()
+    with memory.current():
+        stream = memory.stream()
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     if dla_core is not None:
         runtime.DLA_core = dla_core  # the core a DLA engine runs on is the runtime's, not the build's
     return {
-        name: (TrtStepGraph if name == "step" else TrtGraph)(path, trt, runtime, cuda, stream, context)
+        name: (TrtStepGraph if name == "step" else TrtGraph)(path, trt, runtime, memory, stream)
         for name, path in engines.items()
     }

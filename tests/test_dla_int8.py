@@ -11,6 +11,7 @@ import pytest
 
 from edge_ad.backends import onnxruntime_graphs
 from edge_ad.bundle import load_bundle
+from edge_ad.cuda_memory import cuda_memory, cuda_memory_installed
 from edge_ad.detector import Detector
 from edge_ad.dla_int8 import CALIBRATION_BATCH, calibration_inputs, graph_batches
 from edge_ad.engines import build_engines, check_int8_route
@@ -71,18 +72,18 @@ def test_int8_engines_take_the_route_their_target_can_run(tiny_bundle):
 
 def test_calibrated_int8_engine_on_a_gpu(tiny_bundle, normal_folder, tmp_path):
     trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (no NVIDIA GPU here)")
-    pytest.importorskip("pycuda.driver", reason="pycuda is not installed")
+    if not cuda_memory_installed():
+        pytest.skip("neither pycuda nor cuda-python is installed")
     from edge_ad.dla_int8 import entropy_calibrator
     from edge_ad.engines import build_serialized_engine
-    from edge_ad.tensorrt_backend import PrimaryContext, cuda_driver
 
     # The DLA route's calibrator and calibration profile, on the GPU (no DLA on a data-centre GPU).
     bundle = load_bundle(tiny_bundle)
     batches = graph_batches(bundle, calibration_inputs(bundle, str(normal_folder), 12))["encoder"]
     cache = tmp_path / "encoder.calibration.cache"
-    cuda = cuda_driver()
-    with PrimaryContext(cuda):
+    memory = cuda_memory()
+    with memory.current():
         serialized = build_serialized_engine(bundle.graphs["encoder"], "int8",
-                                             calibrator=entropy_calibrator(trt, cuda, batches, cache))
+                                             calibrator=entropy_calibrator(trt, memory, batches, cache))
     assert cache.stat().st_size > 0
     assert trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(serialized) is not None

@@ -7,7 +7,7 @@ def test_runtime_import_does_not_pull_in_torch():
         "import sys, edge_ad, edge_ad.cli, edge_ad.runner, edge_ad.sources, edge_ad.render, "
         "edge_ad.datasets, edge_ad.metrics, edge_ad.bench, edge_ad.reports, edge_ad.backends, edge_ad.outputs, "
         "edge_ad.telemetry, edge_ad.drift, edge_ad.device, edge_ad.doctor, edge_ad.streams, edge_ad.variants, "
-        "edge_ad.deepstream, edge_ad.engines, edge_ad.dla_int8, edge_ad.tensorrt_backend, "
+        "edge_ad.deepstream, edge_ad.engines, edge_ad.dla_int8, edge_ad.tensorrt_backend, edge_ad.cuda_memory, "
         "calibration.threshold, calibration.site, calibration.report; "
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )

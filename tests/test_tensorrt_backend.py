@@ -1,5 +1,6 @@
 """The TensorRT backend: refusals without TensorRT here; agreement with ONNX Runtime on a GPU."""
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -11,16 +12,18 @@ import yaml
 
 from edge_ad.bundle import load_bundle
 from edge_ad.detector import Detector
+from edge_ad.cuda_memory import cuda_memory, cuda_memory_installed
 from edge_ad.errors import EdgeAdError
 
 
 def _tensorrt_here() -> bool:
-    try:
-        import pycuda.driver  # noqa: F401
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("tensorrt") is not None and cuda_memory_installed()
+
+
+@pytest.mark.skipif(cuda_memory_installed(), reason="pycuda or cuda-python is installed here")
+def test_cuda_memory_without_pycuda_or_cuda_python_names_both():
+    with pytest.raises(EdgeAdError, match="needs pycuda or cuda-python"):
+        cuda_memory()
 
 
 @pytest.mark.skipif(_tensorrt_here(), reason="TensorRT is installed here")
@@ -64,7 +67,7 @@ def _frames(n: int) -> list[np.ndarray]:
     return [rng.integers(0, 255, (200, 240, 3), np.uint8) for _ in range(n)]
 
 
-@pytest.mark.skipif(not _tensorrt_here(), reason="TensorRT and pycuda are not installed (no NVIDIA GPU here)")
+@pytest.mark.skipif(not _tensorrt_here(), reason="TensorRT, pycuda or cuda-python not installed (no NVIDIA GPU here)")
 @pytest.mark.parametrize("fixture", ["tiny_bundle", "tiny_bridge_bundle"])
 def test_tensorrt_agrees_with_onnxruntime(fixture, request, tmp_path):
     from edge_ad.engines import build_engines

@@ -1,0 +1,162 @@
+"""CUDA memory for the TensorRT paths, through pycuda or cuda-python, whichever is installed.
+
+The product card names pycuda; NVIDIA's current TensorRT samples use cuda-python, which has
+wheels for the Jetson where pycuda is compiled on the device. Both give the few calls TensorRT
+needs here: the GPU's name and compute capability, device buffers, page-locked host arrays, a
+stream, and copies between them. Nothing else in the runtime imports either package.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import weakref
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import numpy as np
+
+from .errors import EdgeAdError
+
+
+def cuda_memory() -> PyCudaMemory | CudaPythonMemory:
+    """pycuda's memory when pycuda is installed, else cuda-python's; an error naming both when neither is."""
+    if _installed("pycuda.driver"):
+        return PyCudaMemory()
+    if _installed("cuda.bindings.runtime"):
+        return CudaPythonMemory()
+    raise EdgeAdError("TensorRT on the GPU needs pycuda or cuda-python for its memory "
+                      "(pip install 'edge-ad[tensorrt]', or pip install cuda-python)")
+
+
+def cuda_memory_installed() -> bool:
+    """Whether pycuda or cuda-python is installed (without loading CUDA)."""
+    return _installed("pycuda.driver") or _installed("cuda.bindings.runtime")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # its parent package is missing
+        return False
+
+
+class PyCudaMemory:
+    """pycuda's driver API, with the GPU's primary context made current around each use (the
+    detector may be driven from any thread)."""
+
+    def __init__(self) -> None:
+        import pycuda.driver as driver
+
+        try:
+            driver.init()
+            self.device = driver.Device(0)
+        except Exception as exc:  # pycuda raises its own error types when there is no GPU or driver
+            raise EdgeAdError(f"no usable NVIDIA GPU for TensorRT ({exc})") from exc
+        self.driver = driver
+        self.context = self.device.retain_primary_context()
+
+    def gpu(self) -> tuple[str, str]:
+        """The GPU's name and compute capability ("8.7" on Orin)."""
+        major, minor = self.device.compute_capability()
+        return self.device.name(), f"{major}.{minor}"
+
+    def current(self) -> AbstractContextManager:
+        return _Pushed(self.context)
+
+    def alloc(self, nbytes: int) -> Any:
+        """A device buffer; int() of it is its address; freed when it is no longer referenced."""
+        return self.driver.mem_alloc(max(1, nbytes))
+
+    def pinned(self, size: int, dtype: np.dtype) -> np.ndarray:
+        return self.driver.pagelocked_empty(size, dtype)
+
+    def stream(self) -> Any:
+        """A CUDA stream: `.handle` for TensorRT, `.synchronize()`."""
+        return self.driver.Stream()
+
+    def to_device(self, address: Any, host: np.ndarray, stream: Any) -> None:
+        self.driver.memcpy_htod_async(int(address), host, stream)
+
+    def to_host(self, host: np.ndarray, address: Any, stream: Any) -> None:
+        self.driver.memcpy_dtoh_async(host, int(address), stream)
+
+
+class _Pushed:
+    def __init__(self, context: Any) -> None:
+        self.context = context
+
+    def __enter__(self) -> None:
+        self.context.push()
+
+    def __exit__(self, *exc: object) -> None:
+        self.context.pop()
+
+
+class CudaPythonMemory:
+    """cuda-python's runtime API, as NVIDIA's TensorRT samples use it (the runtime API works in
+    the GPU's primary context, current in every thread)."""
+
+    def __init__(self) -> None:
+        from cuda.bindings import runtime
+
+        self.rt = runtime
+        self._call(runtime.cudaSetDevice(0), "select the GPU")
+
+    def _call(self, result: tuple, what: str) -> Any:
+        error, *values = result
+        if error != self.rt.cudaError_t.cudaSuccess:
+            raise EdgeAdError(f"CUDA could not {what}: {getattr(error, 'name', error)}")
+        return values[0] if len(values) == 1 else values
+
+    def gpu(self) -> tuple[str, str]:
+        """The GPU's name and compute capability ("8.7" on Orin)."""
+        properties = self._call(self.rt.cudaGetDeviceProperties(0), "read the GPU's properties")
+        name = properties.name.decode(errors="replace") if isinstance(properties.name, bytes) else str(properties.name)
+        return name.rstrip("\x00"), f"{properties.major}.{properties.minor}"
+
+    def current(self) -> AbstractContextManager:
+        return nullcontext()
+
+    def alloc(self, nbytes: int) -> _DeviceBuffer:
+        """A device buffer; int() of it is its address; freed when it is no longer referenced."""
+        return _DeviceBuffer(self, self._call(self.rt.cudaMalloc(max(1, nbytes)), f"allocate {nbytes} bytes"))
+
+    def pinned(self, size: int, dtype: np.dtype) -> np.ndarray:
+        """A page-locked host array, freed when it and its views are no longer referenced."""
+        dtype = np.dtype(dtype)
+        address = self._call(self.rt.cudaMallocHost(max(1, size * dtype.itemsize)), "allocate page-locked memory")
+        pointer = ctypes.cast(address, ctypes.POINTER(np.ctypeslib.as_ctypes_type(dtype)))
+        array = np.ctypeslib.as_array(pointer, (size,))
+        weakref.finalize(array, self.rt.cudaFreeHost, address)
+        return array
+
+    def stream(self) -> _Stream:
+        return _Stream(self, self._call(self.rt.cudaStreamCreate(), "create a stream"))
+
+    def to_device(self, address: Any, host: np.ndarray, stream: _Stream) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._call(self.rt.cudaMemcpyAsync(int(address), host.ctypes.data, host.nbytes, kind, stream.stream),
+                   "copy to the GPU")
+
+    def to_host(self, host: np.ndarray, address: Any, stream: _Stream) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._call(self.rt.cudaMemcpyAsync(host.ctypes.data, int(address), host.nbytes, kind, stream.stream),
+                   "copy from the GPU")
+
+
+class _DeviceBuffer:
+    def __init__(self, memory: CudaPythonMemory, address: int) -> None:
+        self.address = int(address)
+        weakref.finalize(self, memory.rt.cudaFree, self.address)
+
+    def __int__(self) -> int:
+        return self.address
+
+
+class _Stream:
+    def __init__(self, memory: CudaPythonMemory, stream: Any) -> None:
+        self.memory, self.stream, self.handle = memory, stream, int(stream)
+
+    def synchronize(self) -> None:
+        self.memory._call(self.memory.rt.cudaStreamSynchronize(self.stream), "finish the stream")
