@@ -9,9 +9,10 @@ match this device and this bundle is never loaded.
 FP16 is a builder flag on the FP32 graphs. INT8 is explicit quantisation: the Q/DQ graphs of a
 bundle exported with `--precision int8` (symmetric activations), built with the INT8 flag and
 FP16 for the layers left in float. On a DLA core INT8 comes from TensorRT's own calibration of
-an FP32 bundle instead (edge_ad/dla_int8.py), which the DLA of JetPack 6 requires. The distance graphs (prior, and the head of prototype and
-GMM bundles) are built in FP32 whatever the precision: GMM logits overflow FP16
-(BRIDGE_NOTES section 3). The timing cache is kept in the bundle so rebuilds are fast.
+an FP32 bundle instead (edge_ad/dla_int8.py), which the DLA of JetPack 6 requires. The distance
+graphs (prior, and the head of prototype and GMM bundles) are built in FP32 whatever the
+precision: GMM logits overflow FP16 (BRIDGE_NOTES section 3). The timing cache is kept in the
+bundle so rebuilds are fast.
 """
 
 from __future__ import annotations
