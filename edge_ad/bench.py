@@ -1,15 +1,18 @@
 """`edge-ad bench`: per-stage latency, end-to-end frames per second and peak memory of a bundle,
-or of one bundle per product variant run together (stages then keyed 'variant/stage')."""
+or of one bundle per product variant run together (stages then keyed 'variant/stage'), with the
+board's temperatures and rail power at the end (a Jetson throttles when hot)."""
 
 from __future__ import annotations
 
 import resource
 import time
+from dataclasses import asdict
 
 import numpy as np
 from tqdm import tqdm
 
 from .detector import Detector
+from .device import read_sensors
 from .variants import VariantDetector
 
 SYNTHETIC_FRAMES = 8
@@ -92,4 +95,5 @@ def bench(detector: Detector | VariantDetector, frames: int, warmup: int, height
         "stages_ms": {name: _percentiles(values) for name, values in stages.items()},
         "share_outside_graphs": float(1.0 - graph_ms / np.sum(totals)),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "sensors": asdict(read_sensors()),  # at the end of the timed frames: heat and power beside the fps
     }

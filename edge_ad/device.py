@@ -61,6 +61,51 @@ def int8_saturates(root: Path = Path("/"), machine: str = platform.machine()) ->
     return flags is not None and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags.group(1).split())
 
 
+@dataclass
+class Sensors:
+    """What the board says about its heat and power (tegrastats shows the same)."""
+
+    temperatures_c: dict[str, float] = field(default_factory=dict)  # thermal zone type -> degrees C
+    power_w: dict[str, float] = field(default_factory=dict)  # INA3221 rail (VDD_IN, ...) -> watts
+
+
+def read_sensors(root: Path = Path("/")) -> Sensors:
+    """Thermal zones from /sys/class/thermal and, on a Jetson, the rails of its INA3221 power
+    monitors (channel label, millivolts times milliamps) from /sys/class/hwmon; empty where the
+    machine has none (a VM). Unreadable entries are left out."""
+    sensors = Sensors()
+    zones = sorted((root / "sys/class/thermal").glob("thermal_zone*"), key=lambda p: int(p.name[12:] or 0))
+    for zone in zones:
+        kind, millidegrees = _text(zone / "type"), _int(zone / "temp")
+        if kind and millidegrees is not None:
+            name = kind if kind not in sensors.temperatures_c else f"{kind}-{zone.name[12:]}"
+            sensors.temperatures_c[name] = millidegrees / 1000
+    for hwmon in sorted((root / "sys/class/hwmon").glob("hwmon*")):
+        if "ina3221" not in (_text(hwmon / "name") or ""):
+            continue
+        for label_path in sorted(hwmon.glob("in*_label")):
+            channel = label_path.name[2 : -len("_label")]
+            label, millivolts, milliamps = _text(label_path), _int(hwmon / f"in{channel}_input"), _int(hwmon / f"curr{channel}_input")
+            if label and millivolts is not None and milliamps is not None:
+                sensors.power_w[label] = millivolts * milliamps / 1e6
+    return sensors
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return None
+
+
+def _int(path: Path) -> int | None:
+    text = _text(path)
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
 def l4t_release(text: str) -> str | None:
     """'# R36 (release), REVISION: 4.3, ...' -> '36.4.3'."""
     match = re.search(r"R(\d+) \(release\), REVISION: ([\d.]+)", text)

@@ -12,7 +12,8 @@ from typing import Sequence
 
 from .bundle import Bundle, load_bundle
 from .deepstream import CONFIG_FILE, DEEPSTREAM_DIR, missing_engine
-from .device import Device, detect, int8_saturates, jetpack, load_config, load_configs, pick_config, run_command
+from .device import (Device, detect, int8_saturates, jetpack, load_config, load_configs, pick_config, read_sensors,
+                     run_command)
 from .errors import EdgeAdError
 from .variants import comparability_problem, parse_variants
 
@@ -116,6 +117,11 @@ def _check_power(report: Report, device: Device, config: dict, root: Path) -> No
     if freqs:
         report.found("CPU clocks", f"{len(freqs)} cores at {min(f for f, _ in freqs) / 1e6:.2f}-"
                                    f"{max(f for f, _ in freqs) / 1e6:.2f} GHz of {max(m for _, m in freqs) / 1e6:.2f}")
+    sensors = read_sensors(root)
+    if sensors.temperatures_c:
+        report.found("temperature", ", ".join(f"{zone} {c:.1f} C" for zone, c in sensors.temperatures_c.items()))
+    if sensors.power_w:
+        report.found("power", ", ".join(f"{rail} {w:.2f} W" for rail, w in sensors.power_w.items()))
     for gpu in sorted((root / "sys/class/devfreq").glob("*gpu*")):
         try:
             cur, top = int((gpu / "cur_freq").read_text()), int((gpu / "max_freq").read_text())

@@ -1,5 +1,6 @@
 """Run metrics for a Prometheus scraper or a person: frames, drops, reconnects, anomalies,
-sink errors, frames per second and latency percentiles per source.
+sink errors, frames per second and latency percentiles per source, and beside them the board's
+temperatures and, on a Jetson, the power of its rails (edge_ad.device.read_sensors).
 
 `--metrics FILE` rewrites FILE atomically in the Prometheus text format (node_exporter's
 textfile collector reads it; `cat` works too); `--metrics-port N` serves the same on
@@ -18,6 +19,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from .device import Sensors, read_sensors
 from .errors import EdgeAdError
 
 WINDOW = 1000  # frames behind the latency percentiles and the frame rate
@@ -56,8 +58,9 @@ class SourceStats:
 
 
 class _Collector:
-    def __init__(self, stats: Callable[[], Iterable[SourceStats]], sink_errors: Callable[[], dict[str, int]]):
-        self.stats, self.sink_errors = stats, sink_errors
+    def __init__(self, stats: Callable[[], Iterable[SourceStats]], sink_errors: Callable[[], dict[str, int]],
+                 sensors: Callable[[], Sensors]):
+        self.stats, self.sink_errors, self.sensors = stats, sink_errors, sensors
 
     def collect(self):
         counters = {
@@ -84,7 +87,15 @@ class _Collector:
         errors = CounterMetricFamily("edge_ad_sink_errors", "Failed writes per sink", labels=["sink"])
         for sink, count in self.sink_errors().items():
             errors.add_metric([sink], count)
-        yield from (*counters.values(), fps, latency, errors)
+        sensors = self.sensors()
+        temperature = GaugeMetricFamily("edge_ad_temperature_celsius", "Thermal zone temperature", labels=["zone"])
+        for zone, celsius in sensors.temperatures_c.items():
+            temperature.add_metric([zone], celsius)
+        power = GaugeMetricFamily("edge_ad_power_watts", "Power of a rail of the board's INA3221 monitors",
+                                  labels=["rail"])
+        for rail, watts in sensors.power_w.items():
+            power.add_metric([rail], watts)
+        yield from (*counters.values(), fps, latency, errors, temperature, power)
 
 
 class Telemetry:
@@ -97,9 +108,10 @@ class Telemetry:
         path: Path | None = None,
         port: int | None = None,
         interval_s: float = 5.0,
+        sensors: Callable[[], Sensors] = read_sensors,
     ):
         self.registry = CollectorRegistry()
-        self.registry.register(_Collector(stats, sink_errors))
+        self.registry.register(_Collector(stats, sink_errors, sensors))
         self.path, self.interval_s = path, interval_s
         self._written = -float("inf")
         self.server = None

@@ -7,7 +7,8 @@ import sys
 import pytest
 import yaml
 
-from edge_ad.device import detect, int8_saturates, jetpack, l4t_release, load_configs, pick_config, CONFIGS
+from edge_ad.device import (CONFIGS, Sensors, detect, int8_saturates, jetpack, l4t_release, load_configs, pick_config,
+                            read_sensors)
 from edge_ad.doctor import doctor
 from edge_ad.errors import EdgeAdError
 
@@ -84,6 +85,43 @@ def test_x86_gpu_and_cpu_only(tmp_path):
     assert pick_config(gpu, load_configs())["name"] == "x86-nvidia-gpu"
     assert pick_config(detect(tmp_path, smi=lambda: None), load_configs())["name"] == "cpu"
     assert l4t_release(RELEASE.format("4.3")) == "36.4.3"
+
+
+def _sysfs_sensors(root):
+    """Thermal zones and INA3221 rails as an Orin's sysfs shows them (values as the kernel writes them)."""
+    for i, (kind, temp) in enumerate([("cpu-thermal", "47500"), ("gpu-thermal", "45312"), ("tj-thermal", "48000"),
+                                      ("cpu-thermal", "46000"), ("soc0-thermal", "")]):
+        zone = root / f"sys/class/thermal/thermal_zone{i}"
+        zone.mkdir(parents=True)
+        (zone / "type").write_text(kind + "\n")
+        if temp:
+            (zone / "temp").write_text(temp + "\n")
+    ina = root / "sys/class/hwmon/hwmon1"
+    ina.mkdir(parents=True)
+    (ina / "name").write_text("ina3221\n")
+    for channel, (label, mv, ma) in enumerate([("VDD_IN", 5032, 1240), ("VDD_CPU_GPU_CV", 5024, 400)], start=1):
+        (ina / f"in{channel}_label").write_text(label + "\n")
+        (ina / f"in{channel}_input").write_text(f"{mv}\n")
+        (ina / f"curr{channel}_input").write_text(f"{ma}\n")
+    (ina / "in3_label").write_text("VDD_SOC\n")  # a channel whose readings are missing
+    other = root / "sys/class/hwmon/hwmon0"
+    other.mkdir(parents=True)
+    (other / "name").write_text("tmp451\n")
+    (other / "in1_label").write_text("not a rail\n")
+
+
+def test_temperatures_and_rail_power_are_read_from_sysfs(tmp_path):
+    model, compatible, revision, mem_kb = MODULES["agx-orin-64gb"]
+    root = _jetson_root(tmp_path, model, compatible, revision, mem_kb)
+    _sysfs_sensors(root)
+    sensors = read_sensors(root)
+    assert sensors.temperatures_c == {"cpu-thermal": 47.5, "gpu-thermal": 45.312, "tj-thermal": 48.0,
+                                      "cpu-thermal-3": 46.0}
+    assert sensors.power_w == pytest.approx({"VDD_IN": 5.032 * 1.24, "VDD_CPU_GPU_CV": 5.024 * 0.4})
+    lines = doctor(root=root).lines
+    assert any(line.startswith("temperature") and "cpu-thermal 47.5 C" in line for line in lines)
+    assert any(line.startswith("power") and "VDD_IN 6.24 W" in line for line in lines)
+    assert read_sensors(tmp_path / "a-vm") == Sensors()  # nothing to read: nothing reported
 
 
 def test_doctor_on_a_jetpack_5_jetson_says_what_to_do(tmp_path):

@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_ad.device import read_sensors
+
 pytest.importorskip("gi", reason="GStreamer Python bindings (PyGObject) are not installed")
 
 
@@ -97,6 +99,9 @@ def test_bench_reports_stages_fps_and_memory(tiny_bundle, tmp_path):
     assert report["latency_ms"]["p50"] >= report["stages_ms"]["encoder_ms"]["p50"]
     assert 0 < report["share_outside_graphs"] < 1
     assert report["peak_rss_mib"] > 50
+    here = read_sensors()  # this machine's thermal zones and rails (none in a VM); their values move
+    assert set(report["sensors"]["temperatures_c"]) == set(here.temperatures_c)
+    assert set(report["sensors"]["power_w"]) == set(here.power_w)
 
 
 def test_bench_batches_frames_per_call(tiny_bundle, tmp_path):
