@@ -103,7 +103,7 @@ def _streams(args: argparse.Namespace) -> list:
     from .streams import Stream, streams_from_yaml
 
     options = SourceOptions(args.input_width, args.input_height, args.input_framerate, args.input_codec,
-                            args.latency, args.timeout)
+                            args.latency, args.timeout, transport=args.rtsp_transport)
     if args.sources:
         if args.input or args.pipeline or args.output:
             raise EdgeAdError("--sources: give the inputs and outputs in the YAML file, not also on the command line")
@@ -424,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-codec", choices=("h264", "h265", "mjpeg", "raw"),
                    help="camera or stream codec (default: raw for V4L2, h264 for RTSP/RTP)")
     p.add_argument("--latency", type=int, default=200, help="RTSP/RTP jitter-buffer latency in ms")
+    p.add_argument("--rtsp-transport", choices=("tcp", "udp"),
+                   help="RTSP over TCP (through firewalls and NAT) or UDP (default: UDP, then TCP if UDP fails)")
     p.add_argument("--timeout", type=float, default=5.0, help="a live source silent this many seconds reconnects")
     p.add_argument("--events", help="JSON-lines file, one line per frame (rotated by size)")
     p.add_argument("--events-max-mb", type=float, default=100.0, help="rotate the events file at this size")

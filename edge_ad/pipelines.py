@@ -31,6 +31,7 @@ class SourceOptions:
     latency_ms: int = 200  # rtspsrc / rtpjitterbuffer latency
     timeout_s: float = 5.0  # a live source with no frame for this long reconnects
     pattern: str | None = None  # test:// pattern when the URI does not name one
+    transport: str | None = None  # RTSP over tcp or udp (None: rtspsrc tries UDP, then TCP)
 
 
 @dataclass
@@ -106,10 +107,16 @@ def _csi(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
 
 
 def _rtsp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
+    """rtspsrc dropping packets that come later than the latency (a live source keeps the newest
+    frame), over the transport asked for: TCP through firewalls and NAT, UDP for the least delay."""
     codec = _codec(uri, options, "h264", ("h264", "h265"))
-    depay = f"rtp{codec}depay"
+    if options.transport not in (None, "tcp", "udp"):
+        raise SourceError(f"{uri}: RTSP transport '{options.transport}' is not tcp or udp")
+    protocols = f" protocols={options.transport}" if options.transport else ""
     return SourcePipeline(
-        f"rtspsrc location={_quote(uri)} latency={options.latency_ms} ! {depay} ! {_decode(codec, jetson)}", True
+        f"rtspsrc location={_quote(uri)} latency={options.latency_ms} drop-on-latency=true{protocols} ! "
+        f"rtp{codec}depay ! {_decode(codec, jetson)}",
+        True,
     )
 
 

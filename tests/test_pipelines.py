@@ -38,7 +38,10 @@ def test_live_sources_use_nvmm_elements_only_on_a_jetson(uri, options, generic, 
 
 
 def test_rtsp_latency_and_csi_camera():
-    assert "latency=100" in source_pipeline("rtsp://cam/s", SourceOptions(latency_ms=100), jetson=False).description
+    rtsp = source_pipeline("rtsp://cam/s", SourceOptions(latency_ms=100), jetson=False).description
+    assert "latency=100 drop-on-latency=true !" in rtsp  # late packets dropped; rtspsrc picks the transport
+    tcp = source_pipeline("rtsp://cam/s", SourceOptions(transport="tcp"), jetson=False).description
+    assert "drop-on-latency=true protocols=tcp !" in tcp
     csi = source_pipeline("csi://1", jetson=True).description
     assert csi.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),width=1280,height=720")
 
@@ -56,6 +59,7 @@ def test_a_file_is_not_live(tmp_path):
         ("csi://0", SourceOptions(), "need a Jetson"),
         ("rtp://@", SourceOptions(), "needs a port"),
         ("rtsp://cam/s", SourceOptions(codec="mjpeg"), "codec 'mjpeg' is not supported"),
+        ("rtsp://cam/s", SourceOptions(transport="quic"), "RTSP transport 'quic' is not tcp or udp"),
         ("http://cam/stream", SourceOptions(), "unknown source type"),
         ("/nowhere/missing.mp4", SourceOptions(), "no such file"),
         ("test://ball?fps=fast", SourceOptions(), "must be integers"),

@@ -147,14 +147,16 @@ def test_rtp_loopback_killed_and_restarted_reconnects(detector, tmp_path):
     assert stats.frames == len(events())
 
 
-def test_rtsp_output_served_and_read_back(detector, tmp_path):
+@pytest.mark.parametrize("transport", [None, "tcp"])  # rtspsrc's choice (UDP first), and TCP as through a firewall
+def test_rtsp_output_served_and_read_back(detector, tmp_path, transport):
     _need_rtsp_server()
     port = _free_port(socket.SOCK_STREAM)
     stream = Stream("test://ball?width=160&height=120&fps=20", output=f"rtsp://@:{port}/inspection")
     stop, thread, box = _run_in_thread(detector, [stream], RunConfig())
     try:
         time.sleep(1.0)
-        viewer = open_source(f"rtsp://127.0.0.1:{port}/inspection", SourceOptions(latency_ms=50, timeout_s=10))
+        viewer = open_source(f"rtsp://127.0.0.1:{port}/inspection",
+                             SourceOptions(latency_ms=50, timeout_s=10, transport=transport))
         frames = _first_frames(viewer, 5)
     finally:
         stop.set()
@@ -209,10 +211,11 @@ def test_anomaly_hook_runs_from_the_stream(detector, tmp_path):
 def test_print_pipeline_and_source_options_from_the_command_line(tiny_bundle):
     out = subprocess.run(
         [sys.executable, "-m", "edge_ad", "run", "--bundle", str(tiny_bundle), "--input", "rtsp://cam/live",
-         "--input-codec", "h265", "--latency", "80", "--platform", "jetson", "--output", "rtp://10.0.0.9:5000",
-         "--print-pipeline"], capture_output=True, text=True, check=True,
+         "--input-codec", "h265", "--latency", "80", "--rtsp-transport", "tcp", "--platform", "jetson",
+         "--output", "rtp://10.0.0.9:5000", "--print-pipeline"], capture_output=True, text=True, check=True,
     ).stdout.splitlines()
-    assert out[0] == ('rtsp://cam/live: rtspsrc location="rtsp://cam/live" latency=80 ! rtph265depay ! h265parse ! '
+    assert out[0] == ('rtsp://cam/live: rtspsrc location="rtsp://cam/live" latency=80 drop-on-latency=true '
+                      'protocols=tcp ! rtph265depay ! h265parse ! '
                       "nvv4l2decoder ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
                       "appsink name=sink")
     assert "nvv4l2h264enc" in out[1] and "udpsink host=10.0.0.9 port=5000" in out[1]
