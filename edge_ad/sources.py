@@ -139,7 +139,7 @@ class GstSource:
         if state == Gst.StateChangeReturn.FAILURE:
             error = bus_error(self.pipeline) or "pipeline failed to start"
             self.close()
-            raise SourceError(f"{self.uri}: {error}")
+            raise SourceError(f"{self.uri}: {with_argus_hint(self.description, error)}")
         if self._custom:  # a live source does not preroll: that is how GStreamer tells them apart
             self.spec.live = state == Gst.StateChangeReturn.NO_PREROLL
         live = self.spec.live
@@ -153,7 +153,7 @@ class GstSource:
         if self.pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
             error = bus_error(self.pipeline) or "pipeline failed to start"
             self.close()
-            raise SourceError(f"{self.uri}: {error}")
+            raise SourceError(f"{self.uri}: {with_argus_hint(self.description, error)}")
 
     def _count_arrival(self, pad, info):
         self._numbers.append((info.get_buffer().pts, self._arrived_before + self._arrived_here))
@@ -196,6 +196,7 @@ class GstSource:
                 return sample
             error = bus_error(self.pipeline)
             if error:
+                error = with_argus_hint(self.description, error)
                 if self.live:
                     raise _Failure(error)
                 raise SourceError(f"{self.uri}: {error}")
@@ -259,6 +260,15 @@ class GstSource:
         if self.pipeline is not None:
             self.pipeline.set_state(self._Gst.State.NULL)
             self.pipeline = None
+
+
+def with_argus_hint(description: str, error: str) -> str:
+    """`error`, with what helps when a CSI camera's nvarguscamerasrc fails: Argus can keep the
+    capture session of a process that ended ("Failed to create CaptureSession"), and only a
+    restart of its daemon frees it. Live sources retry by themselves; this says what else to do."""
+    if "nvarguscamerasrc" not in description:
+        return error
+    return f"{error} (if the camera keeps failing: sudo systemctl restart nvargus-daemon)"
 
 
 class FolderSource:

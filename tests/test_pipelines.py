@@ -4,6 +4,7 @@ import pytest
 
 from edge_ad.errors import SourceError
 from edge_ad.pipelines import SourceOptions, output_pipeline, rtsp_launch, source_pipeline
+from edge_ad.sources import with_argus_hint
 
 
 def test_test_pattern_is_live_with_size_and_rate_from_the_uri():
@@ -44,6 +45,14 @@ def test_rtsp_latency_and_csi_camera():
     assert "drop-on-latency=true protocols=tcp !" in tcp
     csi = source_pipeline("csi://1", jetson=True).description
     assert csi.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),width=1280,height=720")
+
+
+def test_a_failing_csi_camera_says_what_frees_it():
+    csi = source_pipeline("csi://0", jetson=True).description
+    error = "Failed to create CaptureSession"
+    assert with_argus_hint(csi, error) == f"{error} (if the camera keeps failing: sudo systemctl restart nvargus-daemon)"
+    rtsp = source_pipeline("rtsp://cam/s", jetson=True).description
+    assert with_argus_hint(rtsp, "Could not open resource") == "Could not open resource"
 
 
 def test_a_file_is_not_live(tmp_path):
