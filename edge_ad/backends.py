@@ -24,6 +24,7 @@ import numpy as np
 
 from .bundle import Bundle, file_sha256
 from .device import int8_saturates
+from .engines import MANIFEST, engine_dirs
 from .errors import BundleError, EdgeAdError
 
 Graph = Callable[..., list[np.ndarray]]
@@ -120,7 +121,7 @@ def pytorch_graphs(bundle: Bundle) -> dict[str, Graph]:
 
 
 def _has_engines(bundle: Bundle) -> bool:
-    return any((bundle.root / "engines").glob("*/manifest.yaml"))
+    return any(any(folder.glob(f"*/{MANIFEST}")) for folder in engine_dirs(bundle))
 
 
 def load_graphs(

@@ -1,7 +1,8 @@
 """TensorRT engines for a bundle, built on the device that will run them (TensorRT 8.6 and 10.x).
 
 An engine only runs on the GPU model, compute capability and TensorRT version it was built
-with, so engines live in `<bundle>/engines/<key>/` under a key made of those and the precision
+with, so engines live in `<bundle>/engines/<key>/` (or in edge-ad's cache when the bundle folder
+cannot be written: engine_dirs) under a key made of those and the precision
 (and the DLA core; on a Jetson also the module part number and L4T release), with a manifest
 that also records the SHA-256 of each source graph. A cached engine whose manifest does not
 match this device and this bundle is never loaded.
@@ -18,6 +19,7 @@ bundle so rebuilds are fast.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +31,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from .bundle import Bundle, write_yaml_atomic
+from .bundle import BUNDLE_FILE, Bundle, cache_dir, file_sha256, write_yaml_atomic
 from .cuda_memory import cuda_memory
 from .device import detect, is_jetson
 from .errors import EdgeAdError
@@ -110,21 +112,40 @@ def engine_precisions(bundle: Bundle, dla_core: int | None) -> tuple[str, ...]:
     return ("int8", "fp16") if dla_core is not None and bundle.precision == "fp32" else ("fp16",)
 
 
+def engine_dirs(bundle: Bundle) -> list[Path]:
+    """Where engines of `bundle` may be: its own engines/ folder, then edge-ad's cache, where they
+    go when the bundle folder cannot be written (a read-only mount, another user's files)."""
+    return [bundle.root / ENGINES_DIR, cache_dir() / ENGINES_DIR / file_sha256(bundle.root / BUNDLE_FILE)[:16]]
+
+
+def writable_engine_dir(bundle: Bundle) -> Path:
+    """The first of engine_dirs that this process can write, created if needed."""
+    for folder in engine_dirs(bundle):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK):
+            return folder
+    raise EdgeAdError(f"{bundle.root}: neither its engines folder nor {cache_dir()} can be written; "
+                      "set EDGE_AD_CACHE to a writable folder")
+
+
 def cached_engines(bundle: Bundle, key: EngineKey) -> dict[str, Path] | None:
     """The engines of `bundle` for `key` when they exist and match, else None."""
-    folder = bundle.root / ENGINES_DIR / key.slug
-    if not (folder / MANIFEST).is_file():
-        return None
-    manifest = yaml.safe_load((folder / MANIFEST).read_text()) or {}
-    if mismatch(manifest, key, bundle) is not None:
-        return None
-    return {name: folder / entry["file"] for name, entry in manifest["graphs"].items()}
+    for folder in (root / key.slug for root in engine_dirs(bundle)):
+        if not (folder / MANIFEST).is_file():
+            continue
+        manifest = yaml.safe_load((folder / MANIFEST).read_text()) or {}
+        if mismatch(manifest, key, bundle) is None:
+            return {name: folder / entry["file"] for name, entry in manifest["graphs"].items()}
+    return None
 
 
 def other_engines(bundle: Bundle, key: EngineKey) -> list[str]:
     """One line per cached engine folder that must not run here, saying why."""
     lines = []
-    for manifest_path in sorted((bundle.root / ENGINES_DIR).glob(f"*/{MANIFEST}")):
+    for manifest_path in (path for root in engine_dirs(bundle) for path in sorted(root.glob(f"*/{MANIFEST}"))):
         if manifest_path.parent.name == key.slug:
             continue
         reason = mismatch(yaml.safe_load(manifest_path.read_text()) or {}, key, bundle)
@@ -186,8 +207,9 @@ def build_engines(
         inputs = calibration_inputs(bundle, calib_data, calib_images)
         calibration = {"source": calib_data, "frames": len(inputs),
                        "sha256": hashlib.sha256(inputs.tobytes()).hexdigest()[:16]}
-    folder = bundle.root / ENGINES_DIR / key.slug
-    if not force and cached_engines(bundle, key) is not None:
+    cached = cached_engines(bundle, key)
+    if not force and cached is not None:
+        folder = next(iter(cached.values())).parent
         manifest = yaml.safe_load((folder / MANIFEST).read_text()) or {}
         if (manifest.get("max_batch"), manifest.get("calibration")) == (max_batch, calibration):
             print(f"{folder}: engines for this device and bundle are up to date")
@@ -196,8 +218,10 @@ def build_engines(
         print(f"{folder}: engines built for batches up to {manifest.get('max_batch')}"
               + (f", calibrated on {calibrated_on}" if calibrated_on else "") + "; building them again for "
               + f"batches up to {max_batch}" + (f", calibrated on {calib_data}" if calibrated else ""))
+    root = writable_engine_dir(bundle)
+    folder = root / key.slug
     folder.mkdir(parents=True, exist_ok=True)
-    cache_path = bundle.root / ENGINES_DIR / TIMING_CACHE
+    cache_path = root / TIMING_CACHE
     entries = {}
     print(f"building {len(bundle.graphs)} TensorRT engines into {folder}, this can take minutes")
     with _calibrators(bundle, inputs, folder, calibration) as calibrators:

@@ -5,12 +5,14 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import yaml
 
 from edge_ad.bundle import load_bundle
-from edge_ad.engines import ENGINES_DIR, MANIFEST, EngineKey, build_engines, cached_engines, mismatch, other_engines
+from edge_ad.engines import (ENGINES_DIR, MANIFEST, EngineKey, build_engines, cached_engines, engine_dirs, mismatch,
+                             other_engines, writable_engine_dir)
 from edge_ad.cuda_memory import cuda_memory_installed
 from edge_ad.device import CONFIGS
 from edge_ad.doctor import doctor
@@ -83,6 +85,21 @@ def test_engines_from_another_device_or_bundle_are_refused_with_the_reason(tiny_
     assert cached_engines(bundle, other_trt) is None
     [line] = other_engines(bundle, other_trt)
     assert ORIN.slug in line and "not used here, built for tensorrt '10.3.0'" in line
+
+
+def test_engines_of_a_bundle_folder_that_cannot_be_written_go_to_the_cache(tiny_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGE_AD_CACHE", str(tmp_path / "cache"))  # this test's own: other tests see no engines
+    bundle = load_bundle(shutil.copytree(tiny_bundle, tmp_path / "b"))
+    assert writable_engine_dir(bundle) == bundle.root / ENGINES_DIR
+    # As a read-only mount or another user's folder: the engines go to edge-ad's cache, and are found there.
+    monkeypatch.setattr("edge_ad.engines.os.access", lambda path, mode: not Path(path).is_relative_to(bundle.root))
+    folder = writable_engine_dir(bundle)
+    assert folder == engine_dirs(bundle)[1] and folder.is_relative_to(tmp_path / "cache")
+    (folder / ORIN.slug).mkdir()
+    (folder / ORIN.slug / MANIFEST).write_text(yaml.safe_dump(_manifest(bundle, ORIN)))
+    assert set(cached_engines(bundle, ORIN)) == {"encoder", "head"}
+    other_trt = EngineKey("Orin (nvgpu)", "8.7", "8.6.2", "fp16")
+    assert [line.split(":")[0] for line in other_engines(bundle, other_trt)] == [str(folder / ORIN.slug)]
 
 
 def test_int8_engines_need_tensorrt_form_qdq_graphs(tiny_bundle):
