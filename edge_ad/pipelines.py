@@ -1,18 +1,21 @@
 """GStreamer pipeline descriptions for source and output URIs, as jetson-utils names them.
 
 On a Jetson the pipelines use the NVMM elements (nvarguscamerasrc, nvv4l2decoder, nvvidconv,
-nvv4l2h264enc); elsewhere the generic ones (v4l2src, avdec_h264, videoconvert, x264enc).
+nvv4l2h264enc); elsewhere the generic ones (v4l2src, avdec_h264, videoconvert, x264enc). The
+Orin Nano has no hardware video encoder: its outputs encode with x264enc (its target's
+gstreamer.encoder).
 Sources end in `appsink name=sink` delivering BGR; outputs start with `appsrc name=src` taking BGR.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from .device import is_jetson
-from .errors import SourceError
+from .errors import EdgeAdError, SourceError
 
 VIDEO_CONTAINERS = {".mp4": "mp4mux", ".mkv": "matroskamux"}
 BGR_SINK = "videoconvert ! video/x-raw,format=BGR ! appsink name=sink"
@@ -164,9 +167,25 @@ def source_pipeline(uri: str, options: SourceOptions | None = None, jetson: bool
     return _file(uri, jetson)
 
 
+@functools.cache
+def hardware_encoder(root: Path = Path("/")) -> bool:
+    """Whether this Jetson encodes H.264 in hardware: its firmware target's gstreamer.encoder is
+    not x264enc (every Orin but the Nano). True elsewhere, where `--platform jetson` asks for the
+    pipelines of a Jetson that has one."""
+    from .device import detect, load_configs, pick_config
+
+    device = detect(root)
+    if device.kind != "jetson":
+        return True
+    try:
+        return pick_config(device, load_configs())["gstreamer"]["encoder"] != "x264enc"
+    except EdgeAdError:  # a module no target describes: the encoder every other Orin has
+        return True
+
+
 def _encoder(fps: int, jetson: bool) -> str:
     """BGR from appsrc -> H.264 elementary stream, a key frame every second."""
-    if jetson:
+    if jetson and hardware_encoder():
         return (
             "videoconvert ! video/x-raw,format=BGRx ! nvvidconv ! video/x-raw(memory:NVMM),format=NV12 ! "
             f"nvv4l2h264enc insert-sps-pps=true iframeinterval={fps} ! h264parse"

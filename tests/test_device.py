@@ -10,6 +10,7 @@ import yaml
 from edge_ad.device import (CONFIGS, Sensors, detect, int8_saturates, jetpack, l4t_release, load_configs, pick_config,
                             read_sensors)
 from edge_ad.doctor import doctor
+from edge_ad.pipelines import hardware_encoder
 from edge_ad.errors import EdgeAdError
 
 RELEASE = "# R36 (release), REVISION: {}, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025\n"
@@ -68,6 +69,13 @@ def test_each_jetson_module_is_recognised(name, tmp_path):
     assert jetpack(device, config)["jetpack"] == {"3.0": "6.0", "4.0": "6.1", "4.3": "6.2"}[revision]
     # The module's part number, not the carrier board's (p3768, p3737): it keys TensorRT engines.
     assert device.module in config["module"]["part_numbers"] and device.module.startswith(("p3767", "p3701"))
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_only_the_orin_nano_lacks_a_hardware_encoder(name, tmp_path):
+    model, compatible, revision, mem_kb = MODULES[name]
+    root = _jetson_root(tmp_path, model, compatible, revision, mem_kb)
+    assert hardware_encoder(root) is not name.startswith("orin-nano")
 
 
 def test_unknown_part_falls_back_to_model_and_memory(tmp_path):

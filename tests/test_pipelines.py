@@ -80,6 +80,12 @@ def test_bad_source_uris_are_named(uri, options, message):
     assert uri.split("?")[0] in str(error.value)
 
 
+def test_a_jetson_without_a_hardware_encoder_encodes_with_x264(monkeypatch):
+    monkeypatch.setattr("edge_ad.pipelines.hardware_encoder", lambda: False)  # an Orin Nano
+    for out in (output_pipeline("out.mp4", 640, 480, 25, jetson=True), rtsp_launch(640, 480, 25, jetson=True)):
+        assert "x264enc tune=zerolatency speed-preset=ultrafast" in out and "nvv4l2h264enc" not in out
+
+
 def test_outputs_per_platform():
     mp4 = output_pipeline("out.mp4", 640, 480, 25, jetson=False)
     assert mp4.startswith("appsrc name=src is-live=true format=time caps=video/x-raw,format=BGR,width=640,height=480,framerate=25/1")
