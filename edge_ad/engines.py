@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .bundle import BUNDLE_FILE, Bundle, cache_dir, file_sha256, write_yaml_atomic
 from .cuda_memory import cuda_memory
-from .device import detect, is_jetson
+from .device import detect, is_jetson, load_configs, pick_config
 from .errors import EdgeAdError
 
 ENGINES_DIR = "engines"
@@ -101,6 +101,21 @@ def device_key(precision: str, dla_core: int | None) -> EngineKey:
     jetson = detect() if is_jetson() else None
     module, l4t = (jetson.module, jetson.l4t) if jetson else (None, None)
     return EngineKey(name, capability, trt.__version__, precision, dla_core, module, l4t)
+
+
+def check_dla_core(dla_core: int | None, root: Path = Path("/")) -> None:
+    """Refuse a DLA core this device does not have, by its firmware target: the Orin Nano and x86
+    GPUs have none, the Orin NX 8GB one, the Orin NX 16GB and AGX Orin two."""
+    if dla_core is None:
+        return
+    try:
+        target = pick_config(detect(root), load_configs())
+    except EdgeAdError:  # a module no target describes: TensorRT will say
+        return
+    cores = target["dla_cores"]
+    if dla_core >= cores:
+        raise EdgeAdError(f"--dla-core {dla_core}: this {target['name']} has "
+                          + (f"DLA cores 0 to {cores - 1}" if cores else "no DLA") + "; leave --dla-core out to use the GPU")
 
 
 def engine_precisions(bundle: Bundle, dla_core: int | None) -> tuple[str, ...]:
@@ -197,6 +212,7 @@ def build_engines(
     if precision not in BUILD_PRECISIONS:
         raise EdgeAdError(f"engine precision {precision!r} is not one of {', '.join(BUILD_PRECISIONS)}")
     calibrated = check_int8_route(bundle, precision, dla_core, calib_data)
+    check_dla_core(dla_core)
     key = device_key(precision, dla_core)
     for line in other_engines(bundle, key):
         print(line)

@@ -19,7 +19,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .cuda_memory import CudaPythonMemory, PyCudaMemory, cuda_memory
-from .engines import cached_engines, device_key, engine_precisions, other_engines
+from .engines import cached_engines, check_dla_core, device_key, engine_precisions, other_engines
 from .errors import EdgeAdError
 
 
@@ -136,6 +136,7 @@ def tensorrt_graphs(bundle: Bundle, dla_core: int | None = None) -> dict[str, Tr
     from .engines import _tensorrt
 
     trt = _tensorrt(", or run with --backend onnxruntime")
+    check_dla_core(dla_core)
     memory = cuda_memory()
     precisions = engine_precisions(bundle, dla_core)
     key = device_key(precisions[-1], dla_core)

@@ -10,6 +10,7 @@ import yaml
 from edge_ad.device import (CONFIGS, Sensors, detect, int8_saturates, jetpack, l4t_release, load_configs, pick_config,
                             read_sensors)
 from edge_ad.doctor import doctor
+from edge_ad.engines import check_dla_core
 from edge_ad.pipelines import hardware_encoder
 from edge_ad.errors import EdgeAdError
 
@@ -76,6 +77,20 @@ def test_only_the_orin_nano_lacks_a_hardware_encoder(name, tmp_path):
     model, compatible, revision, mem_kb = MODULES[name]
     root = _jetson_root(tmp_path, model, compatible, revision, mem_kb)
     assert hardware_encoder(root) is not name.startswith("orin-nano")
+
+
+def test_a_dla_core_the_module_lacks_is_refused(tmp_path):
+    roots = {}
+    for name in ("orin-nano-8gb", "orin-nx-8gb", "agx-orin-64gb"):
+        model, compatible, revision, mem_kb = MODULES[name]
+        roots[name] = _jetson_root(tmp_path / name, model, compatible, revision, mem_kb)
+    with pytest.raises(EdgeAdError, match="--dla-core 0: this orin-nano-8gb has no DLA; leave --dla-core out"):
+        check_dla_core(0, roots["orin-nano-8gb"])
+    check_dla_core(0, roots["orin-nx-8gb"])
+    with pytest.raises(EdgeAdError, match="--dla-core 1: this orin-nx-8gb has DLA cores 0 to 0"):
+        check_dla_core(1, roots["orin-nx-8gb"])
+    check_dla_core(1, roots["agx-orin-64gb"])
+    check_dla_core(None, roots["orin-nano-8gb"])
 
 
 def test_unknown_part_falls_back_to_model_and_memory(tmp_path):
