@@ -85,7 +85,8 @@ def read_sensors(root: Path = Path("/")) -> Sensors:
             continue
         for label_path in sorted(hwmon.glob("in*_label")):
             channel = label_path.name[2 : -len("_label")]
-            label, millivolts, milliamps = _text(label_path), _int(hwmon / f"in{channel}_input"), _int(hwmon / f"curr{channel}_input")
+            label = _text(label_path)
+            millivolts, milliamps = _int(hwmon / f"in{channel}_input"), _int(hwmon / f"curr{channel}_input")
             if label and millivolts is not None and milliamps is not None:
                 sensors.power_w[label] = millivolts * milliamps / 1e6
     return sensors

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from .device import is_jetson
+from .device import detect, is_jetson, load_configs, pick_config
 from .errors import EdgeAdError, SourceError
 
 VIDEO_CONTAINERS = {".mp4": "mp4mux", ".mkv": "matroskamux"}
@@ -172,8 +172,6 @@ def hardware_encoder(root: Path = Path("/")) -> bool:
     """Whether this Jetson encodes H.264 in hardware: its firmware target's gstreamer.encoder is
     not x264enc (every Orin but the Nano). True elsewhere, where `--platform jetson` asks for the
     pipelines of a Jetson that has one."""
-    from .device import detect, load_configs, pick_config
-
     device = detect(root)
     if device.kind != "jetson":
         return True
