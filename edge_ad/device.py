@@ -76,33 +76,27 @@ def read_sensors(root: Path = Path("/")) -> Sensors:
     sensors = Sensors()
     zones = sorted((root / "sys/class/thermal").glob("thermal_zone*"), key=lambda p: int(p.name[12:] or 0))
     for zone in zones:
-        kind, millidegrees = _text(zone / "type"), _int(zone / "temp")
+        kind, millidegrees = (_read(zone, "type") or "").strip(), _int(zone, "temp")
         if kind and millidegrees is not None:
             name = kind if kind not in sensors.temperatures_c else f"{kind}-{zone.name[12:]}"
             sensors.temperatures_c[name] = millidegrees / 1000
     for hwmon in sorted((root / "sys/class/hwmon").glob("hwmon*")):
-        if "ina3221" not in (_text(hwmon / "name") or ""):
+        if "ina3221" not in (_read(hwmon, "name") or ""):
             continue
         for label_path in sorted(hwmon.glob("in*_label")):
             channel = label_path.name[2 : -len("_label")]
-            label = _text(label_path)
-            millivolts, milliamps = _int(hwmon / f"in{channel}_input"), _int(hwmon / f"curr{channel}_input")
+            label = (_read(hwmon, label_path.name) or "").strip()
+            millivolts, milliamps = _int(hwmon, f"in{channel}_input"), _int(hwmon, f"curr{channel}_input")
             if label and millivolts is not None and milliamps is not None:
                 sensors.power_w[label] = millivolts * milliamps / 1e6
     return sensors
 
 
-def _text(path: Path) -> str | None:
+def _int(folder: Path, name: str) -> int | None:
+    """The integer in file `name` of `folder` (a sysfs value), or None."""
+    text = _read(folder, name)
     try:
-        return path.read_text(errors="replace").strip()
-    except OSError:
-        return None
-
-
-def _int(path: Path) -> int | None:
-    text = _text(path)
-    try:
-        return int(text) if text is not None else None
+        return int(text.strip()) if text is not None else None
     except ValueError:
         return None
 
