@@ -147,14 +147,18 @@ def writable_engine_dir(bundle: Bundle) -> Path:
 
 
 def cached_engines(bundle: Bundle, key: EngineKey) -> dict[str, Path] | None:
-    """The engines of `bundle` for `key` when they exist and match, else None."""
+    """The engines of `bundle` for `key` when they exist and match (the newest build, when both
+    engine_dirs hold one), else None."""
+    matching = {}
     for folder in (root / key.slug for root in engine_dirs(bundle)):
-        if not (folder / MANIFEST).is_file():
-            continue
-        manifest = yaml.safe_load((folder / MANIFEST).read_text()) or {}
-        if mismatch(manifest, key, bundle) is None:
-            return {name: folder / entry["file"] for name, entry in manifest["graphs"].items()}
-    return None
+        if (folder / MANIFEST).is_file():
+            manifest = yaml.safe_load((folder / MANIFEST).read_text()) or {}
+            if mismatch(manifest, key, bundle) is None:
+                matching[folder] = manifest
+    if not matching:
+        return None
+    folder = max(matching, key=lambda f: (f / MANIFEST).stat().st_mtime)
+    return {name: folder / entry["file"] for name, entry in matching[folder]["graphs"].items()}
 
 
 def other_engines(bundle: Bundle, key: EngineKey) -> list[str]:

@@ -1,6 +1,7 @@
 """TensorRT engine cache: keys, refusal of engines from another device or bundle, and the build
 command. Building itself needs TensorRT and an NVIDIA GPU and is skipped without them."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,12 @@ def test_engines_of_a_bundle_folder_that_cannot_be_written_go_to_the_cache(tiny_
     assert set(cached_engines(bundle, ORIN)) == {"encoder", "head"}
     other_trt = EngineKey("Orin (nvgpu)", "8.7", "8.6.2", "fp16")
     assert [line.split(":")[0] for line in other_engines(bundle, other_trt)] == [str(folder / ORIN.slug)]
+    # Engines for this device in both places (an older build in the bundle folder): the newest run.
+    own = bundle.root / ENGINES_DIR / ORIN.slug
+    own.mkdir(parents=True)
+    (own / MANIFEST).write_text(yaml.safe_dump(_manifest(bundle, ORIN)))
+    os.utime(own / MANIFEST, (1, 1))
+    assert cached_engines(bundle, ORIN)["encoder"].parent == folder / ORIN.slug
 
 
 def test_int8_engines_need_tensorrt_form_qdq_graphs(tiny_bundle):
