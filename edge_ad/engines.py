@@ -146,9 +146,9 @@ def writable_engine_dir(bundle: Bundle) -> Path:
                       "set EDGE_AD_CACHE to a writable folder")
 
 
-def cached_engines(bundle: Bundle, key: EngineKey) -> dict[str, Path] | None:
-    """The engines of `bundle` for `key` when they exist and match (the newest build, when both
-    engine_dirs hold one), else None."""
+def _newest_match(bundle: Bundle, key: EngineKey) -> tuple[Path, dict] | None:
+    """The engine folder of `bundle` for `key` that matches, with its manifest (the newest build,
+    when both engine_dirs hold one), else None."""
     matching = {}
     for folder in (root / key.slug for root in engine_dirs(bundle)):
         if (folder / MANIFEST).is_file():
@@ -158,7 +158,16 @@ def cached_engines(bundle: Bundle, key: EngineKey) -> dict[str, Path] | None:
     if not matching:
         return None
     folder = max(matching, key=lambda f: (f / MANIFEST).stat().st_mtime)
-    return {name: folder / entry["file"] for name, entry in matching[folder]["graphs"].items()}
+    return folder, matching[folder]
+
+
+def cached_engines(bundle: Bundle, key: EngineKey) -> dict[str, Path] | None:
+    """The engines of `bundle` for `key` when they exist and match, else None."""
+    found = _newest_match(bundle, key)
+    if found is None:
+        return None
+    folder, manifest = found
+    return {name: folder / entry["file"] for name, entry in manifest["graphs"].items()}
 
 
 def other_engines(bundle: Bundle, key: EngineKey) -> list[str]:
@@ -227,10 +236,9 @@ def build_engines(
         inputs = calibration_inputs(bundle, calib_data, calib_images)
         calibration = {"source": calib_data, "frames": len(inputs),
                        "sha256": hashlib.sha256(inputs.tobytes()).hexdigest()[:16]}
-    cached = cached_engines(bundle, key)
+    cached = _newest_match(bundle, key)
     if not force and cached is not None:
-        folder = next(iter(cached.values())).parent
-        manifest = yaml.safe_load((folder / MANIFEST).read_text()) or {}
+        folder, manifest = cached
         if (manifest.get("max_batch"), manifest.get("calibration")) == (max_batch, calibration):
             print(f"{folder}: engines for this device and bundle are up to date")
             return folder
