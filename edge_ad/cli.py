@@ -103,7 +103,7 @@ def _streams(args: argparse.Namespace) -> list:
     from .streams import Stream, streams_from_yaml
 
     options = SourceOptions(args.input_width, args.input_height, args.input_framerate, args.input_codec,
-                            args.latency, args.timeout, transport=args.rtsp_transport)
+                            args.latency, args.timeout, transport=args.rtsp_transport, realtime=args.realtime)
     if args.sources:
         if args.input or args.pipeline or args.output:
             raise EdgeAdError("--sources: give the inputs and outputs in the YAML file, not also on the command line")
@@ -427,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtsp-transport", choices=("tcp", "udp"),
                    help="RTSP over TCP (through firewalls and NAT) or UDP (default: UDP, then TCP if UDP fails)")
     p.add_argument("--timeout", type=float, default=5.0, help="a live source silent this many seconds reconnects")
+    p.add_argument("--realtime", action="store_true",
+                   help="video files play no faster than their own frame rate (default: every frame as soon "
+                        "as the detector takes it)")
     p.add_argument("--events", help="JSON-lines file, one line per frame (rotated by size)")
     p.add_argument("--events-max-mb", type=float, default=100.0, help="rotate the events file at this size")
     p.add_argument("--snapshots", help="folder for the frame and overlay of anomalous frames")

@@ -35,6 +35,7 @@ class SourceOptions:
     timeout_s: float = 5.0  # a live source with no frame for this long reconnects
     pattern: str | None = None  # test:// pattern when the URI does not name one
     transport: str | None = None  # RTSP over tcp or udp (None: rtspsrc tries UDP, then TCP)
+    realtime: bool = False  # video files play no faster than their own frame rate (appsink sync)
 
 
 @dataclass

@@ -4,7 +4,9 @@ Live sources (cameras, RTSP/RTP streams, test://) keep only the newest frame in 
 (drop, max-buffers 1, no sync), so inference never falls behind the camera; the frames the
 appsink dropped are counted. When a live source fails (error, EOS, or no frame for
 `timeout_s`) it reconnects with exponential back-off and a log line per attempt. Files end at
-their EOS and every frame of them is delivered. Frames come out as uint8 BGR, as OpenCV uses them.
+their EOS and every frame of them is delivered: as fast as it is pulled, or with
+`SourceOptions.realtime` no faster than the file's own frame rate. Frames come out as uint8 BGR,
+as OpenCV uses them.
 """
 
 from __future__ import annotations
@@ -143,7 +145,9 @@ class GstSource:
         if self._custom:  # a live source does not preroll: that is how GStreamer tells them apart
             self.spec.live = state == Gst.StateChangeReturn.NO_PREROLL
         live = self.spec.live
-        self.appsink.set_property("sync", False)
+        # A file with `realtime` plays at its own pace: the appsink waits for each frame's time
+        # (and hands on late ones: appsink keeps max-lateness -1). Live sources never wait.
+        self.appsink.set_property("sync", self.options.realtime and not live)
         self.appsink.set_property("drop", live)
         self.appsink.set_property("max-buffers", 1 if live else 2)
         self._dropped_before = self.dropped

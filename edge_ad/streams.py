@@ -25,13 +25,13 @@ class Stream:
 
 
 STREAM_KEYS = {"input", "name", "output", "pipeline"}
-OPTION_KEYS = {"width", "height", "framerate", "codec", "latency_ms", "timeout_s", "pattern", "transport"}
+OPTION_KEYS = {"width", "height", "framerate", "codec", "latency_ms", "timeout_s", "pattern", "transport", "realtime"}
 
 
 def streams_from_yaml(path: Path, defaults: SourceOptions) -> list[Stream]:
     """Streams from a YAML file: `sources:` a list of mappings with `input` (or `pipeline`) and
     optional `name`, `output` and source options (width, height, framerate, codec, latency_ms,
-    timeout_s, pattern, transport); options left out take the command line's values."""
+    timeout_s, pattern, transport, realtime); options left out take the command line's values."""
     data = read_yaml(path)
     entries = data.get("sources")
     if not isinstance(entries, list) or not entries:
@@ -46,6 +46,8 @@ def streams_from_yaml(path: Path, defaults: SourceOptions) -> list[Stream]:
             raise EdgeAdError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(STREAM_KEYS | OPTION_KEYS)})")
         if not entry.get("input") and not entry.get("pipeline"):
             raise EdgeAdError(f"{where}: needs 'input' (a URI, file or folder) or 'pipeline'")
+        if not isinstance(entry.get("realtime", False), bool):
+            raise EdgeAdError(f"{where}: 'realtime' must be true or false, not {entry['realtime']!r}")
         options = replace(defaults, **{k: entry[k] for k in OPTION_KEYS & set(entry)})
         streams.append(
             Stream(str(entry.get("input") or ""), str(entry.get("name") or ""), entry.get("output"), options,

@@ -165,6 +165,21 @@ def test_rtsp_output_served_and_read_back(detector, tmp_path, transport):
     assert box["summary"].sink_errors == {}
 
 
+def test_a_file_plays_at_its_own_pace_with_realtime(mp4):
+    """--realtime: each frame comes no earlier than its time in the file, as from a camera;
+    without it the 2 s clip is read as fast as it decodes. Every frame either way."""
+    clip_s = 29 / 15
+    for realtime in (True, False):
+        frames = list(open_source(str(mp4), SourceOptions(realtime=realtime)))
+        assert [f.index for f in frames] == list(range(30))
+        waited = [f.captured - frames[0].captured for f in frames]
+        if realtime:
+            assert all(w >= f.timestamp - frames[0].timestamp - 0.02 for w, f in zip(waited, frames))
+            assert waited[-1] >= clip_s - 0.02
+        else:
+            assert waited[-1] < clip_s / 2
+
+
 def test_two_sources_at_once(detector, mp4, tmp_path):
     streams = [Stream("test://ball?width=160&height=120&fps=30", name="cam-a"), Stream(str(mp4), name="line-b")]
     summary = run(detector, streams, RunConfig(events=tmp_path / "ev.jsonl", max_frames=20))
