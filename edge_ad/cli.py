@@ -12,6 +12,7 @@ from . import __version__
 from .backends import BACKENDS
 from .bundle import BACKBONES, MODEL_TYPES
 from .errors import EdgeAdError, report_errors
+from .pipelines import FLIPS, SourceOptions
 from .reports import write_report
 
 if TYPE_CHECKING:  # the commands import what they need when they run
@@ -97,13 +98,18 @@ def _eval(args: argparse.Namespace) -> None:
                   args.json)
 
 
+def _source_options(args: argparse.Namespace) -> SourceOptions:
+    """The SourceOptions of `run` and `calibrate` (see _add_source_options)."""
+    return SourceOptions(args.input_width, args.input_height, args.input_framerate, args.input_codec,
+                         args.latency, args.timeout, transport=args.rtsp_transport, flip=args.input_flip,
+                         realtime=getattr(args, "realtime", False))
+
+
 def _streams(args: argparse.Namespace) -> list:
     """The run's streams from --sources, or from --input / --output / --pipeline."""
-    from .pipelines import SourceOptions
     from .streams import Stream, streams_from_yaml
 
-    options = SourceOptions(args.input_width, args.input_height, args.input_framerate, args.input_codec,
-                            args.latency, args.timeout, transport=args.rtsp_transport, realtime=args.realtime)
+    options = _source_options(args)
     if args.sources:
         if args.input or args.pipeline or args.output:
             raise EdgeAdError("--sources: give the inputs and outputs in the YAML file, not also on the command line")
@@ -176,19 +182,20 @@ def _run(args: argparse.Namespace) -> None:
 def _calibrate(args: argparse.Namespace) -> None:
     from calibration.site import collect
 
-    from .pipelines import SourceOptions
     from .sources import open_source
     from .variants import VariantDetector, load_detector
 
+    if not args.input and not args.pipeline:
+        raise EdgeAdError("calibrate: give --input (normal frames: a camera, stream, video file or folder) or --pipeline")
     detector = load_detector(args.bundle, backend=args.backend, steps=args.steps, dla_core=args.dla_core)
-    source = open_source(args.input, SourceOptions(args.input_width, args.input_height, args.input_framerate))
+    source = open_source(args.input or "", _source_options(args), pipeline=args.pipeline)
     try:
         kept = collect(detector, (f.image for f in source.frames()), args.frames)
     finally:
         source.close()
     read = sum(len(k.samples) for k in kept.values())
     if read < args.frames:
-        print(f"{args.input}: ended after {read} of {args.frames} frames")
+        print(f"{args.input or 'the pipeline'}: ended after {read} of {args.frames} frames")
     defects: dict[str | None, list] = {}  # known defects' grid maps, by the variant that judges each, as in `run`
     if args.defects:
         defect_source = open_source(args.defects)
@@ -223,7 +230,7 @@ def _calibrate_bundle(detector: Detector, kept: Collected | None, defects: list 
     if args.threshold == "f1" and args.defects and not defects:
         raise CalibrationError("--threshold f1: none of the --defects frames were judged by this bundle")
     result = calibrate(detector, kept or Collected(), args.target_far, args.confidence, defects)
-    data = record(result, detector, args.input, use_f1=args.threshold == "f1")
+    data = record(result, detector, args.input or args.pipeline, use_f1=args.threshold == "f1")
     path, backup = save(detector.bundle.root, data)
     report = write_calibration_report(result, data["threshold"], detector.bundle.root / "calibration_report.png")
     print(f"normal frames {result.frames}  threshold {data['threshold']:.4f} ({data['threshold_from']})  "
@@ -318,6 +325,21 @@ def _add_variant_bundles(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", required=True, action="append",
                    help="the bundle; repeat as NAME=BUNDLE for one bundle per product variant: each frame is "
                         "judged by the variant that explains it best (README 'Several variants on one line')")
+
+
+def _add_source_options(p: argparse.ArgumentParser) -> None:
+    """How `run` and `calibrate` open a camera or stream (jetson-utils' --input-* names)."""
+    p.add_argument("--input-width", type=_positive_int)
+    p.add_argument("--input-height", type=_positive_int)
+    p.add_argument("--input-framerate", type=_positive_int)
+    p.add_argument("--input-codec", choices=("h264", "h265", "mjpeg", "raw"),
+                   help="camera or stream codec (default: raw for V4L2, h264 for RTSP/RTP)")
+    p.add_argument("--input-flip", choices=tuple(FLIPS), default="none",
+                   help="rotate or mirror the frames, for a camera mounted turned (nvvidconv on a Jetson)")
+    p.add_argument("--latency", type=int, default=200, help="RTSP/RTP jitter-buffer latency in ms")
+    p.add_argument("--rtsp-transport", choices=("tcp", "udp"),
+                   help="RTSP over TCP (through firewalls and NAT) or UDP (default: UDP, then TCP if UDP fails)")
+    p.add_argument("--timeout", type=float, default=5.0, help="a live source silent this many seconds reconnects")
 
 
 def _add_detector_options(p: argparse.ArgumentParser) -> None:
@@ -418,15 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-pipeline", action="store_true", help="print the GStreamer pipelines and exit")
     p.add_argument("--platform", choices=("auto", "jetson", "generic"), default="auto",
                    help="NVMM elements (jetson) or generic ones; auto detects a Jetson")
-    p.add_argument("--input-width", type=_positive_int)
-    p.add_argument("--input-height", type=_positive_int)
-    p.add_argument("--input-framerate", type=_positive_int)
-    p.add_argument("--input-codec", choices=("h264", "h265", "mjpeg", "raw"),
-                   help="camera or stream codec (default: raw for V4L2, h264 for RTSP/RTP)")
-    p.add_argument("--latency", type=int, default=200, help="RTSP/RTP jitter-buffer latency in ms")
-    p.add_argument("--rtsp-transport", choices=("tcp", "udp"),
-                   help="RTSP over TCP (through firewalls and NAT) or UDP (default: UDP, then TCP if UDP fails)")
-    p.add_argument("--timeout", type=float, default=5.0, help="a live source silent this many seconds reconnects")
+    _add_source_options(p)
     p.add_argument("--realtime", action="store_true",
                    help="video files play no faster than their own frame rate (default: every frame as soon "
                         "as the detector takes it)")
@@ -447,16 +461,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="thresholds and quantiles on site from frames declared normal")
     _add_variant_bundles(p)  # several: each variant is calibrated on the frames it takes
-    p.add_argument("--input", required=True, help="normal frames: a camera or stream URI, a video file or a folder")
+    p.add_argument("--input", help="normal frames: a camera or stream URI, a video file or a folder")
+    p.add_argument("--pipeline", help="or your own GStreamer source pipeline ending in 'appsink name=sink' (BGR)")
     p.add_argument("--frames", type=_positive_int, default=3000, help="normal frames to collect")
     p.add_argument("--target-far", type=float, default=0.001, help="false-alarm rate to guarantee (default 1 in 1000)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence of the false-alarm bound")
     p.add_argument("--defects", help="a few known defects (image folder or clip): recall and the F1-best threshold")
     p.add_argument("--threshold", choices=("far", "f1"), default="far",
                    help="write the false-alarm threshold (default) or the F1-best one (needs --defects)")
-    p.add_argument("--input-width", type=_positive_int)
-    p.add_argument("--input-height", type=_positive_int)
-    p.add_argument("--input-framerate", type=_positive_int)
+    _add_source_options(p)  # the camera as `run` opens it
     _add_detector_options(p)
     p.set_defaults(func=_calibrate)
 

@@ -19,8 +19,18 @@ from .errors import EdgeAdError, SourceError
 
 VIDEO_CONTAINERS = {".mp4": "mp4mux", ".mkv": "matroskamux"}
 BGR_SINK = "videoconvert ! video/x-raw,format=BGR ! appsink name=sink"
-# nvvidconv copies NVMM (or system) memory to BGRx; videoconvert drops the x.
-JETSON_BGR_SINK = "nvvidconv ! video/x-raw,format=BGRx ! " + BGR_SINK
+# Camera rotations and mirrorings by jetson-utils' --input-flip names: nvvidconv's flip-method
+# on a Jetson (the VIC does it), videoflip's video-direction elsewhere.
+FLIPS = {
+    "none": (None, None),
+    "counterclockwise": ("counterclockwise", "90l"),
+    "rotate-180": ("rotate-180", "180"),
+    "clockwise": ("clockwise", "90r"),
+    "horizontal": ("horizontal-flip", "horiz"),
+    "vertical": ("vertical-flip", "vert"),
+    "upper-right-diagonal": ("upper-right-diagonal", "ur-ll"),
+    "upper-left-diagonal": ("upper-left-diagonal", "ul-lr"),
+}
 
 
 @dataclass
@@ -35,6 +45,7 @@ class SourceOptions:
     timeout_s: float = 5.0  # a live source with no frame for this long reconnects
     pattern: str | None = None  # test:// pattern when the URI does not name one
     transport: str | None = None  # RTSP over tcp or udp (None: rtspsrc tries UDP, then TCP)
+    flip: str = "none"  # rotate or mirror the frames: a key of FLIPS
     realtime: bool = False  # video files play no faster than their own frame rate (appsink sync)
 
 
@@ -55,12 +66,27 @@ def _codec(uri: str, options: SourceOptions, default: str, allowed: tuple[str, .
     return codec
 
 
-def _decode(codec: str, jetson: bool) -> str:
+def _bgr_sink(uri: str, options: SourceOptions, jetson: bool) -> str:
+    """Raw video -> BGR appsink, rotated or mirrored as options.flip asks. On a Jetson nvvidconv
+    copies NVMM (or system) memory to BGRx, flipping on the way; videoconvert drops the x."""
+    if options.flip not in FLIPS:
+        raise SourceError(f"{uri}: flip '{options.flip}' is not one of {', '.join(FLIPS)}")
+    flip_method, direction = FLIPS[options.flip]
+    if jetson:
+        flip = f" flip-method={flip_method}" if flip_method else ""
+        return f"nvvidconv{flip} ! video/x-raw,format=BGRx ! {BGR_SINK}"
+    if direction is None:
+        return BGR_SINK
+    # Flipped after the conversion to BGR, so no chroma is resampled: the frame is exactly the
+    # unflipped one, rotated or mirrored.
+    return f"videoconvert ! video/x-raw,format=BGR ! videoflip video-direction={direction} ! appsink name=sink"
+
+
+def _decode(uri: str, codec: str, options: SourceOptions, jetson: bool) -> str:
     """Depayloaded H.264/H.265 elementary stream -> BGR appsink."""
     parse = f"{codec}parse"
-    if jetson:
-        return f"{parse} ! nvv4l2decoder ! {JETSON_BGR_SINK}"
-    return f"{parse} ! avdec_{codec} ! {BGR_SINK}"
+    decoder = "nvv4l2decoder" if jetson else f"avdec_{codec}"
+    return f"{parse} ! {decoder} ! {_bgr_sink(uri, options, jetson)}"
 
 
 def _caps(kind: str, options: SourceOptions, defaults: tuple[int, int, int] | None = None) -> str:
@@ -84,19 +110,21 @@ def _test(uri: str, options: SourceOptions) -> SourcePipeline:
         raise SourceError(f"{uri}: width, height and fps must be integers") from exc
     caps = f"video/x-raw,width={width},height={height},framerate={rate}/1"
     # is-live: frames come at the frame rate, like a camera's, and the newest one wins.
-    return SourcePipeline(f"videotestsrc is-live=true pattern={pattern} ! {caps} ! {BGR_SINK}", True)
+    return SourcePipeline(f"videotestsrc is-live=true pattern={pattern} ! {caps} ! {_bgr_sink(uri, options, False)}",
+                          True)
 
 
 def _v4l2(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     device = uri[len("v4l2://") :] if uri.startswith("v4l2://") else uri
     codec = _codec(uri, options, "raw", ("raw", "mjpeg", "h264"))
+    sink = _bgr_sink(uri, options, jetson)
     if codec == "mjpeg":
-        decode = "nvv4l2decoder mjpeg=1 ! " + JETSON_BGR_SINK if jetson else "jpegdec ! " + BGR_SINK
+        decode = ("nvv4l2decoder mjpeg=1 ! " if jetson else "jpegdec ! ") + sink
         caps = _caps("image/jpeg", options)
     elif codec == "h264":
-        decode, caps = _decode("h264", jetson), _caps("video/x-h264", options)
-    else:
-        decode, caps = BGR_SINK, _caps("video/x-raw", options)
+        decode, caps = _decode(uri, "h264", options, jetson), _caps("video/x-h264", options)
+    else:  # raw frames stay in system memory: videoconvert (and videoflip) are enough
+        decode, caps = _bgr_sink(uri, options, False), _caps("video/x-raw", options)
     return SourcePipeline(f"v4l2src device={_quote(device)} ! {caps} ! {decode}", True)
 
 
@@ -107,7 +135,9 @@ def _csi(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     if not sensor.isdigit():
         raise SourceError(f"{uri}: the CSI sensor must be a number, as in csi://0")
     caps = _caps("video/x-raw(memory:NVMM)", options, (1280, 720, 30))
-    return SourcePipeline(f"nvarguscamerasrc sensor-id={sensor} ! {caps},format=NV12 ! {JETSON_BGR_SINK}", True)
+    return SourcePipeline(
+        f"nvarguscamerasrc sensor-id={sensor} ! {caps},format=NV12 ! {_bgr_sink(uri, options, True)}", True
+    )
 
 
 def _rtsp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
@@ -119,7 +149,7 @@ def _rtsp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     protocols = f" protocols={options.transport}" if options.transport else ""
     return SourcePipeline(
         f"rtspsrc location={_quote(uri)} latency={options.latency_ms} drop-on-latency=true{protocols} ! "
-        f"rtp{codec}depay ! {_decode(codec, jetson)}",
+        f"rtp{codec}depay ! {_decode(uri, codec, options, jetson)}",
         True,
     )
 
@@ -133,17 +163,17 @@ def _rtp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     caps = f"application/x-rtp,media=video,clock-rate=90000,encoding-name={codec.upper()},payload=96"
     return SourcePipeline(
         f'udpsrc port={parsed.port}{address} caps="{caps}" ! rtpjitterbuffer latency={options.latency_ms} ! '
-        f"rtp{codec}depay ! {_decode(codec, jetson)}",
+        f"rtp{codec}depay ! {_decode(uri, codec, options, jetson)}",
         True,
     )
 
 
-def _file(uri: str, jetson: bool) -> SourcePipeline:
+def _file(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     path = Path(uri[len("file://") :] if uri.startswith("file://") else uri)
     if not path.is_file():
         raise SourceError(f"{uri}: no such file, folder or supported source URI")
-    tail = JETSON_BGR_SINK if jetson else BGR_SINK
-    return SourcePipeline(f"filesrc location={_quote(str(path))} ! decodebin ! {tail}", False)
+    return SourcePipeline(f"filesrc location={_quote(str(path))} ! decodebin ! {_bgr_sink(uri, options, jetson)}",
+                          False)
 
 
 def source_pipeline(uri: str, options: SourceOptions | None = None, jetson: bool | None = None) -> SourcePipeline:
@@ -165,7 +195,7 @@ def source_pipeline(uri: str, options: SourceOptions | None = None, jetson: bool
         raise SourceError(
             f"{uri}: unknown source type (use test://, csi://N, /dev/videoN, rtsp://, rtp://, a video file or a folder)"
         )
-    return _file(uri, jetson)
+    return _file(uri, options, jetson)
 
 
 @functools.cache

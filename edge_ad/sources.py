@@ -101,6 +101,9 @@ class GstSource:
         if pipeline is not None:
             if "appsink" not in pipeline or "name=sink" not in pipeline:
                 raise SourceError(f"--pipeline '{pipeline}': it must end in 'appsink name=sink' (BGR frames)")
+            if self.options.flip != "none":
+                raise SourceError(f"--pipeline '{pipeline}': --input-flip turns the sources edge-ad builds; "
+                                  "put videoflip (nvvidconv flip-method on a Jetson) in your own pipeline")
             self.spec = SourcePipeline(pipeline, live=False)
             self._custom = True
         else:
@@ -275,6 +278,19 @@ def with_argus_hint(description: str, error: str) -> str:
     return f"{error} (if the camera keeps failing: sudo systemctl restart nvargus-daemon)"
 
 
+# The flips of edge_ad.pipelines.FLIPS on an (H, W, C) array, as GStreamer makes them.
+FRAME_FLIPS = {
+    "none": lambda a: a,
+    "counterclockwise": lambda a: np.rot90(a, 1),
+    "rotate-180": lambda a: a[::-1, ::-1],
+    "clockwise": lambda a: np.rot90(a, -1),
+    "horizontal": lambda a: a[:, ::-1],
+    "vertical": lambda a: a[::-1],
+    "upper-right-diagonal": lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    "upper-left-diagonal": lambda a: a.transpose(1, 0, 2),
+}
+
+
 class FolderSource:
     """Image files of a folder in name order; unreadable files are reported and skipped."""
 
@@ -282,9 +298,12 @@ class FolderSource:
     dropped = reconnects = 0
     fps = None
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, flip: str = "none"):
         self.uri = str(folder)
-        self.description = f"image folder {folder}"
+        self.description = f"image folder {folder}" + (f", flipped {flip}" if flip != "none" else "")
+        if flip not in FRAME_FLIPS:
+            raise SourceError(f"{folder}: flip '{flip}' is not one of {', '.join(FRAME_FLIPS)}")
+        self.flip = FRAME_FLIPS[flip]
         self.files = sorted(p for p in folder.iterdir() if is_image_file(p))
         if not self.files:
             raise SourceError(f"{folder}: no image files in folder")
@@ -301,7 +320,7 @@ class FolderSource:
                 self.skipped.append(str(exc))
                 log.warning("%s", exc)
                 continue
-            yield Frame(index, time.time(), np.ascontiguousarray(rgb[..., ::-1]), path.name)
+            yield Frame(index, time.time(), np.ascontiguousarray(self.flip(rgb[..., ::-1])), path.name)
             index += 1
 
     def __iter__(self) -> Iterator[Frame]:
@@ -324,5 +343,5 @@ def open_source(
     if not uri:
         raise SourceError("empty --input")
     if Path(uri).is_dir():
-        return FolderSource(Path(uri))
+        return FolderSource(Path(uri), (options or SourceOptions()).flip)
     return GstSource(uri, options, jetson=jetson)

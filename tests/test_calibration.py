@@ -93,6 +93,26 @@ def test_calibrate_command_writes_calibration_the_runtime_uses(tiny_bundle, norm
     assert yaml.safe_load((bundle / "calibration.yaml").read_text())["threshold_from"] == "f1"
 
 
+def test_calibrate_opens_the_camera_as_run_does(tiny_bundle, tmp_path):
+    """Calibrate takes run's source options and own pipelines: the frames it calibrates on are
+    the frames run will score."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    pipeline = ("videotestsrc num-buffers=12 pattern=ball ! video/x-raw,width=128,height=96 ! videoconvert ! "
+                "video/x-raw,format=BGR ! appsink name=sink")
+    out = _edge_ad("calibrate", "--bundle", bundle, "--pipeline", pipeline, "--frames", 12, "--target-far", 0.3,
+                   "--confidence", 0.9)
+    assert out.returncode == 0, out.stderr
+    data = yaml.safe_load((bundle / "calibration.yaml").read_text())
+    assert (data["source"], data["frames"]) == (pipeline, 12)
+    out = _edge_ad("calibrate", "--bundle", bundle, "--pipeline", pipeline, "--input-flip", "clockwise")
+    assert out.returncode == 2 and "put videoflip (nvvidconv flip-method on a Jetson) in your own pipeline" in out.stderr
+    out = _edge_ad("calibrate", "--bundle", bundle, "--input", "rtsp://cam/s", "--input-codec", "mjpeg")
+    assert out.returncode == 2 and "rtsp://cam/s: codec 'mjpeg' is not supported" in out.stderr
+    out = _edge_ad("calibrate", "--bundle", bundle)
+    assert out.returncode == 2 and "calibrate: give --input" in out.stderr
+
+
 def test_too_few_frames_on_the_command_line(tiny_bundle, normal_folder, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

@@ -47,6 +47,21 @@ def test_rtsp_latency_and_csi_camera():
     assert csi.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),width=1280,height=720")
 
 
+def test_a_turned_camera_is_flipped_by_nvvidconv_on_a_jetson_and_videoflip_elsewhere(tmp_path):
+    turned = SourceOptions(flip="clockwise")
+    csi = source_pipeline("csi://0", turned, jetson=True).description
+    assert "nvvidconv flip-method=clockwise ! video/x-raw,format=BGRx" in csi and "videoflip" not in csi
+    rtsp = source_pipeline("rtsp://cam/s", SourceOptions(flip="horizontal"), jetson=False).description
+    assert rtsp.endswith("video/x-raw,format=BGR ! videoflip video-direction=horiz ! appsink name=sink")
+    assert "flip" not in source_pipeline("rtsp://cam/s", jetson=True).description  # none: nothing added
+    # Raw V4L2 frames stay in system memory on a Jetson too: flipped there by videoflip.
+    assert "videoflip video-direction=90r" in source_pipeline("/dev/video0", turned, jetson=True).description
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"x")
+    with pytest.raises(SourceError, match=f"{video}: flip 'upside-down' is not one of none, counterclockwise"):
+        source_pipeline(str(video), SourceOptions(flip="upside-down"), jetson=False)
+
+
 def test_a_failing_csi_camera_says_what_frees_it():
     csi = source_pipeline("csi://0", jetson=True).description
     error = "Failed to create CaptureSession"
