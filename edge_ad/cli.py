@@ -99,10 +99,11 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _source_options(args: argparse.Namespace) -> SourceOptions:
-    """The SourceOptions of `run` and `calibrate` (see _add_source_options)."""
+    """The SourceOptions of `run` and `calibrate` (see _add_source_options; --realtime and
+    --input-loop are run's alone)."""
     return SourceOptions(args.input_width, args.input_height, args.input_framerate, args.input_codec,
                          args.latency, args.timeout, transport=args.rtsp_transport, flip=args.input_flip,
-                         realtime=getattr(args, "realtime", False))
+                         realtime=getattr(args, "realtime", False), loop=getattr(args, "input_loop", 0))
 
 
 def _streams(args: argparse.Namespace) -> list:
@@ -444,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true",
                    help="video files play no faster than their own frame rate (default: every frame as soon "
                         "as the detector takes it)")
+    p.add_argument("--input-loop", type=int, default=0, metavar="N",
+                   help="files and folders play N more times after the first (-1: for ever), as in jetson-utils")
     p.add_argument("--events", help="JSON-lines file, one line per frame (rotated by size)")
     p.add_argument("--events-max-mb", type=float, default=100.0, help="rotate the events file at this size")
     p.add_argument("--snapshots", help="folder for the frame and overlay of anomalous frames")

@@ -47,6 +47,7 @@ class SourceOptions:
     transport: str | None = None  # RTSP over tcp or udp (None: rtspsrc tries UDP, then TCP)
     flip: str = "none"  # rotate or mirror the frames: a key of FLIPS
     realtime: bool = False  # video files play no faster than their own frame rate (appsink sync)
+    loop: int = 0  # files and folders play again this many times after the first (-1: for ever)
 
 
 @dataclass

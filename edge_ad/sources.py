@@ -111,6 +111,7 @@ class GstSource:
             self._custom = False
         self.description = self.spec.description
         self.reconnects = 0
+        self.passes = 0  # how many times a file has started playing in frames() (options.loop)
         self.fps: float | None = None  # from the caps of the first frame (None: variable or unknown)
         self._dropped_before = 0  # frames the appsinks of earlier connections dropped
         self._arrived_before = 0  # frames that reached the appsinks of earlier connections
@@ -242,6 +243,11 @@ class GstSource:
         Gst = self._Gst
         stop = stop or threading.Event()
         index = -1
+        self.passes = 1
+        # Stream time goes on over the passes of a looped file: a new pass starts one frame after
+        # the last one's last frame.
+        offset = last = gap = 0.0
+        next_pass_at: float | None = None
         try:
             while not stop.is_set():
                 if self.pipeline is None:
@@ -252,13 +258,28 @@ class GstSource:
                     self._reconnect(str(failure), stop)
                     continue
                 if sample is None:
-                    return
+                    if stop.is_set() or not self._play_again():
+                        return
+                    self.close()  # the next pass starts the pipeline again; frame numbers go on
+                    next_pass_at = last + (1 / self.fps if self.fps else gap)
+                    continue
                 pts = sample.get_buffer().pts
-                timestamp = pts / Gst.SECOND if pts != Gst.CLOCK_TIME_NONE else time.time()
+                if next_pass_at is not None and pts != Gst.CLOCK_TIME_NONE:
+                    offset, next_pass_at = next_pass_at - pts / Gst.SECOND, None
+                timestamp = offset + pts / Gst.SECOND if pts != Gst.CLOCK_TIME_NONE else time.time()
+                gap, last = timestamp - last, timestamp
                 index = max(index + 1, self._number(pts, index + 1))
                 yield Frame(index, timestamp, self._to_array(sample), self.uri)
         finally:
             self.close()
+
+    def _play_again(self) -> bool:
+        """At the end of a file: whether `options.loop` asks for another pass (counted). A pass
+        that gave no frame ends it: looping over nothing would only spin."""
+        if self._pulled_here == 0 or (self.options.loop != -1 and self.passes > self.options.loop):
+            return False
+        self.passes += 1
+        return True
 
     def __iter__(self) -> Iterator[Frame]:
         return self.frames()
@@ -292,14 +313,16 @@ FRAME_FLIPS = {
 
 
 class FolderSource:
-    """Image files of a folder in name order; unreadable files are reported and skipped."""
+    """Image files of a folder in name order, `loop` more times after the first (-1: for ever);
+    unreadable files are reported and skipped."""
 
     live = False
     dropped = reconnects = 0
     fps = None
 
-    def __init__(self, folder: Path, flip: str = "none"):
+    def __init__(self, folder: Path, flip: str = "none", loop: int = 0):
         self.uri = str(folder)
+        self.loop = loop
         self.description = f"image folder {folder}" + (f", flipped {flip}" if flip != "none" else "")
         if flip not in FRAME_FLIPS:
             raise SourceError(f"{folder}: flip '{flip}' is not one of {', '.join(FRAME_FLIPS)}")
@@ -310,18 +333,23 @@ class FolderSource:
         self.skipped: list[str] = []
 
     def frames(self, stop: threading.Event | None = None) -> Iterator[Frame]:
-        index = 0
-        for path in self.files:
-            if stop is not None and stop.is_set():
+        index = passes = 0
+        while index > 0 or passes == 0:  # a pass without one readable image ends it
+            passes += 1
+            for path in self.files:
+                if stop is not None and stop.is_set():
+                    return
+                try:
+                    rgb = read_image(path)
+                except ImageError as exc:
+                    if passes == 1:
+                        self.skipped.append(str(exc))
+                        log.warning("%s", exc)
+                    continue
+                yield Frame(index, time.time(), np.ascontiguousarray(self.flip(rgb[..., ::-1])), path.name)
+                index += 1
+            if self.loop != -1 and passes > self.loop:
                 return
-            try:
-                rgb = read_image(path)
-            except ImageError as exc:
-                self.skipped.append(str(exc))
-                log.warning("%s", exc)
-                continue
-            yield Frame(index, time.time(), np.ascontiguousarray(self.flip(rgb[..., ::-1])), path.name)
-            index += 1
 
     def __iter__(self) -> Iterator[Frame]:
         return self.frames()
@@ -338,10 +366,13 @@ def open_source(
 ) -> Source:
     """A frame source for a URI (test://, csi://N, /dev/videoN, rtsp://, rtp://, a video file), an
     image folder, or the user's own GStreamer `pipeline` ending in `appsink name=sink`."""
+    options = options or SourceOptions()
+    if isinstance(options.loop, bool) or not isinstance(options.loop, int) or options.loop < -1:
+        raise SourceError(f"{uri or 'pipeline'}: loop {options.loop!r} is not a number of repeats (-1: for ever)")
     if pipeline is not None:
         return GstSource(uri or "pipeline", options, pipeline=pipeline)
     if not uri:
         raise SourceError("empty --input")
     if Path(uri).is_dir():
-        return FolderSource(Path(uri), (options or SourceOptions()).flip)
+        return FolderSource(Path(uri), options.flip, options.loop)
     return GstSource(uri, options, jetson=jetson)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from edge_ad.detector import Detector
+from edge_ad.errors import SourceError
 from edge_ad.runner import RunConfig, run
 from edge_ad.streams import Stream
 from edge_ad.pipelines import SourceOptions
@@ -180,6 +181,28 @@ def test_a_file_plays_at_its_own_pace_with_realtime(mp4):
             assert waited[-1] >= clip_s - 0.02
         else:
             assert waited[-1] < clip_s / 2
+
+
+def test_files_and_folders_play_again_with_loop(mp4, normal_folder, tmp_path):
+    """--input-loop N: N more passes; frame numbers and stream time go on (a video output of a
+    looped file stays playable); -1 plays for ever. A folder loops the same way and reports a
+    bad file once."""
+    frames = list(open_source(str(mp4), SourceOptions(loop=1)))
+    assert [f.index for f in frames] == list(range(60))
+    # 30 frames at 15 fps: the second pass is the first, 2 s after it started.
+    passes = [f.timestamp for f in frames[:30]], [f.timestamp for f in frames[30:]]
+    assert passes[1] == pytest.approx([t - passes[0][0] + passes[0][-1] + 1 / 15 for t in passes[0]], abs=1e-6)
+    np.testing.assert_array_equal(frames[31].image, frames[1].image)
+    assert [f.index for f in _first_frames(open_source(str(mp4), SourceOptions(loop=-1)), 75)] == list(range(75))
+    folder = tmp_path / "stills"
+    shutil.copytree(normal_folder, folder)
+    (folder / "zz_broken.png").write_bytes(b"\x89PNG not an image")
+    source = open_source(str(folder), SourceOptions(loop=2))
+    names = [f.name for f in source]
+    assert len(names) == 3 * len(list(normal_folder.glob("*.png"))) and names[: len(names) // 3] * 3 == names
+    assert len(source.skipped) == 1 and "zz_broken.png" in source.skipped[0]
+    with pytest.raises(SourceError, match=f"{mp4}: loop -2 is not a number of repeats"):
+        open_source(str(mp4), SourceOptions(loop=-2))
 
 
 def test_flipped_frames_are_the_frames_turned(mp4, tmp_path):
