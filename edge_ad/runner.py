@@ -28,6 +28,7 @@ from .outputs import open_output
 from .pipelines import output_pipeline
 from .regions import regions
 from .render import overlay
+from .service import ServiceNotifier
 from .sinks import AnomalyHook, EventLog, Guarded, Snapshots
 from .sources import Frame, Source, open_source
 from .streams import Stream
@@ -279,6 +280,12 @@ def _current(stats: dict[str, SourceStats], captures: list[_Capture]) -> list[So
     return list(stats.values())
 
 
+def _status(stats: list[SourceStats]) -> str:
+    """One line for `systemctl status`: each source's frames and rate, and the anomalies."""
+    sources = ", ".join(f"{s.name} {s.frames} frames {s.fps:.1f} fps" for s in stats)
+    return f"{sources}; {sum(s.anomalies for s in stats)} anomalies"
+
+
 def _score(
     detector: Detector | VariantDetector, ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats]
 ) -> list:
@@ -344,11 +351,17 @@ def run(
         stack.callback(lambda: [c.join(timeout=2.0) for c in captures])
         stack.callback(lambda: [c.stop.set() for c in captures])  # runs first: stop, then join
 
-        bar = stack.enter_context(tqdm(desc="frames", unit="frame", leave=False))
+        # A bar for a person at a terminal; none into a log (journald under systemd, a file).
+        bar = stack.enter_context(tqdm(desc="frames", unit="frame", leave=False, disable=None))
         start = time.perf_counter()
         for capture in captures:
             capture.start()
+        notifier = ServiceNotifier()  # under systemd: READY=1 now, the watchdog from the loop
+        stack.callback(notifier.close)
+        notifier.ready(f"scoring {', '.join(names)}")
+        stack.callback(notifier.stopping, "stopping: finishing the outputs")  # runs first on the way out
         while not stop.is_set():
+            notifier.alive(lambda: _status(_current(stats, captures)))
             # A capture stopped at max_frames may still hold a frame: it is not scored.
             ready_frames = [(c, f) for c in captures if not c.stop.is_set() and (f := c.take()) is not None]
             if not ready_frames:

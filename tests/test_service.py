@@ -1,0 +1,163 @@
+"""`edge-ad run` under systemd: READY, the watchdog from the scoring loop, STATUS, STOPPING,
+spoken to a real unix datagram socket as systemd listens on one."""
+
+import configparser
+import os
+import shlex
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_ad.cli import build_parser
+from edge_ad.detector import Detector
+from edge_ad.runner import RunConfig, run
+from edge_ad.service import ServiceNotifier
+from edge_ad.streams import Stream
+
+
+class Manager:
+    """A stand-in for systemd's end of $NOTIFY_SOCKET: collects (arrival time, fields)."""
+
+    def __init__(self, address: str):
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(address)
+        self.socket.settimeout(0.05)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.socket.recv(4096)
+            except socket.timeout:
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+            self.messages.append((time.monotonic(), fields))
+
+    def close(self) -> list[tuple[float, dict[str, str]]]:
+        time.sleep(0.1)  # the last datagrams in flight
+        self._stop.set()
+        self._thread.join()
+        self.socket.close()
+        return self.messages
+
+    def pings(self) -> list[float]:
+        return [t for t, fields in self.messages if fields.get("WATCHDOG") == "1"]
+
+
+@pytest.fixture
+def manager(tmp_path):
+    manager = Manager(str(tmp_path / "notify"))
+    yield manager
+    if not manager._stop.is_set():
+        manager.close()
+
+
+def test_messages_and_their_pace(manager, tmp_path, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("edge_ad.service.time.monotonic", lambda: clock[0])
+    environ = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())}
+    notifier = ServiceNotifier(environ)
+    assert notifier.watchdog_s == 2.0 and notifier.interval_s == 1.0  # pinged at half the timeout
+    notifier.ready("scoring line1")
+    for step in range(1, 31):  # 3 s of loop turns every 0.1 s
+        clock[0] = 100.0 + 0.1 * step
+        notifier.alive(lambda: f"line1 {step} frames")
+    notifier.stopping("stopping")
+    notifier.close()
+    messages = [fields for _, fields in manager.close()]
+    assert messages[0] == {"READY": "1", "STATUS": "scoring line1"}
+    assert messages[1:4] == [{"WATCHDOG": "1", "STATUS": f"line1 {n} frames"} for n in (10, 20, 30)]
+    assert messages[4:] == [{"STOPPING": "1", "STATUS": "stopping"}]
+
+
+def test_no_watchdog_for_another_process_and_silence_outside_systemd(manager, tmp_path, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("edge_ad.service.time.monotonic", lambda: clock[0])
+    notifier = ServiceNotifier({"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "2000000",
+                                "WATCHDOG_PID": str(os.getpid() + 1)})  # systemd meant the parent shell
+    assert notifier.watchdog_s is None
+    notifier.ready("up")
+    clock[0] = 6.0
+    notifier.alive(lambda: "status only")
+    assert [fields for _, fields in manager.close()] == [{"READY": "1", "STATUS": "up"}, {"STATUS": "status only"}]
+    outside = ServiceNotifier({})
+    outside.ready("up")  # nothing to send to, nothing raised
+    assert outside.watchdog_s is None
+
+
+def test_an_abstract_socket_address(monkeypatch):
+    name = f"edge-ad-test-{os.getpid()}"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind("\0" + name)
+    server.settimeout(2)
+    notifier = ServiceNotifier({"NOTIFY_SOCKET": "@" + name})
+    notifier.ready("up")
+    assert server.recv(4096) == b"READY=1\nSTATUS=up"
+    server.close()
+    notifier.close()
+
+
+class _Slow:
+    """A detector whose every call hangs `seconds` first, as a wedged graph call would."""
+
+    def __init__(self, detector: Detector, seconds: float):
+        self.detector, self.seconds = detector, seconds
+
+    def batch(self, images):
+        time.sleep(self.seconds)
+        return self.detector.batch(images)
+
+    def __getattr__(self, name):
+        return getattr(self.detector, name)
+
+
+@pytest.mark.skipif(shutil.which("gst-launch-1.0") is None, reason="GStreamer is not installed")
+def test_the_watchdog_follows_the_scoring_loop_not_the_camera(tiny_bundle, manager, tmp_path, monkeypatch):
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # a ping every 0.2 s (the loop turns every 0.1 s or faster)
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    detector = Detector.load(tiny_bundle)
+    # A camera that sends nothing (an RTP port nobody streams to): the loop waits, and pings.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stop = threading.Event()
+    threading.Timer(1.5, stop.set).start()
+    run(detector, [Stream(f"rtp://@:{port}", name="away")], RunConfig(), stop)
+    away = manager.pings()
+    assert len(away) >= 5 and max(b - a for a, b in zip(away, away[1:])) < 0.35
+    # A loop stuck 0.6 s in every detector call: no ping while it is stuck, so systemd's
+    # watchdog (0.4 s here) would restart it.
+    before = len(manager.messages)
+    run(_Slow(detector, 0.6), [Stream("test://ball?width=64&height=48&fps=30", name="line1")],
+        RunConfig(max_frames=3))
+    messages = manager.close()[before:]
+    assert messages[0][1] == {"READY": "1", "STATUS": "scoring line1"}
+    assert messages[-1][1]["STOPPING"] == "1"
+    stuck = [t for t, fields in messages if fields.get("WATCHDOG") == "1"]
+    assert stuck and max(b - a for a, b in zip(stuck, stuck[1:])) >= 0.55
+    assert any("line1" in fields["STATUS"] and "frames" in fields["STATUS"] for _, fields in messages[1:-1])
+
+
+def test_the_example_unit_runs_a_valid_edge_ad_command_under_the_watchdog():
+    """examples/edge-ad.service: what systemd needs for the above, and a command line that
+    `edge-ad run` accepts (so the example does not rot as the options change)."""
+    unit = configparser.ConfigParser(interpolation=None, strict=False)
+    unit.optionxform = str
+    unit.read(Path(__file__).parents[1] / "examples" / "edge-ad.service")
+    service = unit["Service"]
+    assert (service["Type"], service["Restart"]) == ("notify", "on-failure") and int(service["WatchdogSec"]) >= 10
+    argv = shlex.split(service["ExecStart"].replace("\\\n", " "))
+    assert argv[0].endswith("/.venv/bin/edge-ad") and argv[1] == "run"
+    args = build_parser().parse_args(argv[1:])
+    state = Path("/var/lib") / service["StateDirectory"]  # systemd creates it, writable for the run
+    assert all(Path(p).parent == state for p in (args.events, args.snapshots, args.metrics))
+    assert dict(line.split("=", 1) for line in service["Environment"].split())["EDGE_AD_CACHE"] == (
+        "/var/cache/" + service["CacheDirectory"])
