@@ -1,6 +1,8 @@
 # Two entry points, both from a fresh Debian/Ubuntu machine as root:
 #   make demo   train, export, evaluate and stream on ELPV (the main job)
 #   make test   the test suite
+# and one for the device at the line (a Jetson with JetPack 6, or any Debian/Ubuntu box):
+#   make runtime   the runtime alone, no torch (README "On the device")
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,14 +12,28 @@ SYSTEM_PACKAGES := python3-venv python3-dev gcc pkg-config libgirepository1.0-de
 	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
 	gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-rtsp-server-1.0
 
-.PHONY: demo test system-packages venv clean
+# The runtime takes the system's GStreamer bindings (python3-gi) and, on a Jetson, JetPack's
+# TensorRT (python3-libnvinfer) through a venv of the system Python with its site-packages.
+RUNTIME_PYTHON ?= /usr/bin/python3
+RUNTIME_PACKAGES := python3-venv python3-gi \
+	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
+	gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-rtsp-server-1.0
+# CUDA buffers for the TensorRT backend on JetPack 6 (CUDA 12.6): cuda-python 13 needs CUDA 13.
+JETSON_CUDA_PYTHON := cuda-python>=12.6.1,<13
 
-system-packages:
-	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+.PHONY: demo test runtime system-packages venv clean
+
+define install_missing
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages: $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+endef
+
+system-packages:
+	$(call install_missing,$(SYSTEM_PACKAGES))
 
 $(VENV)/.installed: pyproject.toml | system-packages
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +49,13 @@ demo: system-packages venv
 
 test: system-packages venv
 	$(PY) -m pytest -q
+
+runtime:
+	$(call install_missing,$(RUNTIME_PACKAGES))
+	$(RUNTIME_PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q -e .
+	@if [ -e /etc/nv_tegra_release ]; then $(PY) -m pip install -q "$(JETSON_CUDA_PYTHON)"; fi
+	$(VENV)/bin/edge-ad doctor
 
 clean:
 	rm -rf $(VENV) edge-ad-demo
