@@ -94,8 +94,8 @@ def _print_report(report: dict, json_path: str | None) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from export.evaluate import evaluate
 
-    _print_report(evaluate(args.bundle, args.data, steps=args.steps, backend=args.backend, dla_core=args.dla_core),
-                  args.json)
+    _print_report(evaluate(args.bundle, args.data, steps=args.steps, backend=args.backend, dla_core=args.dla_core,
+                           picture=Path(args.report) if args.report else None), args.json)
 
 
 def _source_options(args: argparse.Namespace) -> SourceOptions:
@@ -426,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_variant_bundles(p)
     p.add_argument("--data", required=True, help="'elpv' (or elpv:mono, elpv:poly) or an MVTec category folder")
     p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--report", help="PNG: score histograms with the thresholds, the ROC curve, and overlays of the "
+                                    "highest-scoring normal and lowest-scoring anomalous images")
     _add_detector_options(p)
     p.set_defaults(func=_eval)
 

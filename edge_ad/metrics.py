@@ -1,4 +1,4 @@
-"""Anomaly-detection metrics in numpy: image/pixel AUROC, AUPRO and F1-max.
+"""Anomaly-detection metrics in numpy: image/pixel AUROC (and its ROC curve), AUPRO and F1-max.
 
 Kept here (not in scikit-learn) so that evaluation and on-site calibration run
 on the device without extra dependencies; tests compare them to scikit-learn.
@@ -26,13 +26,17 @@ def _ranked_counts(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, 
     return tps, fps, scores[last_of_tie]
 
 
-def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve; ties count half, as in scikit-learn's roc_auc_score."""
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
     tps, fps, _ = _ranked_counts(labels, scores)
     if tps[-1] == 0 or fps[-1] == 0:
         raise ValueError("AUROC needs both normal and anomalous samples")
-    tpr = np.r_[0.0, tps / tps[-1]]
-    fpr = np.r_[0.0, fps / fps[-1]]
+    return np.r_[0.0, fps / fps[-1]], np.r_[0.0, tps / tps[-1]]
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve; ties count half, as in scikit-learn's roc_auc_score."""
+    fpr, tpr = roc_curve(labels, scores)
     return float(np.trapezoid(tpr, fpr))
 
 

@@ -63,7 +63,7 @@ def demo(workdir: Path) -> None:
     timings["export"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    report = evaluate(bundle, "elpv")
+    report = evaluate(bundle, "elpv", picture=workdir / "eval_report.png")
     write_report(report, workdir / "eval.json")
     timings["eval"] = time.perf_counter() - t0
 
@@ -84,6 +84,7 @@ def demo(workdir: Path) -> None:
         ("train / export / eval seconds", " / ".join(f"{timings[k]:.0f}" for k in ("train", "export", "eval"))),
         ("bundle", str(bundle)),
         ("metrics", str(workdir / "eval.json")),
+        ("histograms, ROC, worst images", report["picture"]),
         ("events", str(workdir / "events.jsonl")),
         ("overlays", str(workdir / "snapshots")),
     ]

@@ -12,7 +12,10 @@ from tqdm import tqdm
 from edge_ad.datasets import Sample, load_samples
 from edge_ad.errors import DataError
 from edge_ad.metrics import aupro, auroc, f1_max
+from edge_ad.render import overlay
 from edge_ad.variants import VariantDetector, load_detector, parse_variants
+
+from .eval_report import worst_cases, write_eval_report
 
 
 def _group_aurocs(samples: list[Sample], scores: np.ndarray) -> dict[str, float]:
@@ -38,9 +41,11 @@ def evaluate(
     backend: str = "auto",
     exclude: frozenset[str] = frozenset(),
     dla_core: int | None = None,
+    picture: Path | None = None,
 ) -> dict:
     """Score every test image of `data` with the bundle (at `steps` bridge steps) and return the
-    metrics; samples named in `exclude` (known defects used in training) are left out.
+    metrics; samples named in `exclude` (known defects used in training) are left out. With
+    `picture`, also draw them there (export/eval_report.py).
 
     Several bundles ('NAME=BUNDLE', one per product variant) run as a VariantDetector: scores and
     maps are taken relative to each variant's normal images (the scale on which it compares
@@ -98,4 +103,16 @@ def evaluate(
         maps_array, masks_array = np.stack(maps), np.stack(masks)
         report["pixel_auroc"] = auroc(masks_array, maps_array)
         report["aupro_0.3"] = aupro(masks_array, maps_array, 0.3)
+    if picture is not None:
+        overlays = tuple([_overlay(loaded, samples[i], scores[i]) for i in indices]
+                         for indices in worst_cases(labels, scores))
+        threshold = detector.threshold if detector is not None else None
+        report["picture"] = str(write_eval_report(report, labels, scores, threshold, overlays, Path(picture)))
     return report
+
+
+def _overlay(loaded, sample: Sample, score: float) -> tuple[str, np.ndarray]:
+    """A title and the heat-map overlay of one test image, scored again for its map."""
+    image = sample.image()
+    (result,) = loaded.batch([image], color="RGB")
+    return f"{sample.name} ({sample.group}): {score:.3f}", overlay(np.ascontiguousarray(image[..., ::-1]), result)

@@ -63,8 +63,12 @@ def test_video_file_through_decodebin(cli_bundle, normal_folder, tmp_path):
 
 
 def test_eval_on_mvtec_layout_reports_all_metrics(tiny_bundle, mvtec_category, tmp_path):
-    edge_ad("eval", "--bundle", tiny_bundle, "--data", mvtec_category, "--json", tmp_path / "m.json")
+    edge_ad("eval", "--bundle", tiny_bundle, "--data", mvtec_category, "--json", tmp_path / "m.json",
+            "--report", tmp_path / "eval.png")
     report = json.loads((tmp_path / "m.json").read_text())
+    # The picture: histograms and ROC above, two rows of four overlays below (13 x 10.5 in at 80 dpi).
+    assert report["picture"] == str(tmp_path / "eval.png")
+    assert cv2.imread(report["picture"]).shape == (840, 1040, 3)
     assert report["backend"] == "onnxruntime" and report["precision"] == "fp32"
     assert report["test_images"] == 8
     assert report["image_auroc"] > 0.9  # dark spots on cells are easy

@@ -4,8 +4,10 @@ import cv2
 import numpy as np
 import pytest
 from sklearn.metrics import precision_recall_curve, roc_auc_score
+from sklearn.metrics import roc_curve as sklearn_roc_curve
 
-from edge_ad.metrics import aupro, auroc, f1_max
+from edge_ad.metrics import aupro, auroc, f1_max, roc_curve
+from export.eval_report import worst_cases
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -14,6 +16,18 @@ def test_auroc_matches_sklearn_with_ties(seed):
     labels = rng.integers(0, 2, 300)
     scores = np.round(rng.normal(labels * 0.7, 1.0), 1)  # rounding makes many ties
     assert auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_roc_curve_matches_sklearn_and_worst_cases_are_picked():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(rng.normal(labels, 1.0), 1)
+    fpr, tpr = roc_curve(labels, scores)
+    expected_fpr, expected_tpr, _ = sklearn_roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, expected_fpr)
+    np.testing.assert_allclose(tpr, expected_tpr)
+    labels, scores = np.array([0, 1, 0, 1, 0, 1]), np.array([0.9, 0.1, 0.2, 0.8, 0.5, 0.3])
+    assert worst_cases(labels, scores, 2) == ([0, 4], [1, 5])  # normal 0.9, 0.5; anomalous 0.1, 0.3
 
 
 def test_auroc_needs_both_classes_and_finite_scores():

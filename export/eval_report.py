@@ -1,0 +1,76 @@
+"""eval_report.png: what `edge-ad eval` measured, for a person to look at. The score histograms
+of the normal and anomalous test images with the thresholds, the ROC curve, and heat-map
+overlays of the normal images that score highest (the false alarms, if any) and of the
+anomalous images that score lowest (the misses)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from edge_ad.metrics import roc_curve  # noqa: E402
+
+SHOWN = 4  # overlays per row
+
+
+def worst_cases(labels: np.ndarray, scores: np.ndarray, count: int = SHOWN) -> tuple[list[int], list[int]]:
+    """Indices of the `count` highest-scoring normal and the `count` lowest-scoring anomalous
+    samples, worst first."""
+    normal, anomalous = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    highest = normal[np.argsort(-scores[normal], kind="stable")][:count]
+    lowest = anomalous[np.argsort(scores[anomalous], kind="stable")][:count]
+    return highest.tolist(), lowest.tolist()
+
+
+def write_eval_report(
+    report: dict,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    threshold: float | None,
+    overlays: tuple[list[tuple[str, np.ndarray]], list[tuple[str, np.ndarray]]],
+    path: Path,
+) -> Path:
+    """The picture of an evaluation: `report` is evaluate()'s, `scores` on the scale its AUROC
+    was measured on, `threshold` the bundle's on that scale (None where there is none, as with
+    one bundle per variant), `overlays` (title, BGR picture) of the worst normal and anomalous
+    images."""
+    figure = plt.figure(figsize=(13, 10.5))
+    grid = figure.add_gridspec(3, 2 * SHOWN, height_ratios=[1.2, 1, 1])
+    hist = figure.add_subplot(grid[0, :SHOWN])
+    bins = np.histogram_bin_edges(scores, bins=60)
+    for label, name, colour in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
+        hist.hist(scores[labels == label], bins=bins, color=colour, alpha=0.6,
+                  label=f"{name} ({int((labels == label).sum())})")
+    if threshold is not None:
+        hist.axvline(threshold, color="black", linestyle="--", label=f"bundle threshold {threshold:.3f}")
+    hist.axvline(report["image_f1_threshold"], color="tab:orange", linestyle=":",
+                 label=f"F1-best {report['image_f1_threshold']:.3f} (F1 {report['image_f1_max']:.3f})")
+    hist.set_xlabel("image score" + (" (relative to the variant's normal images)" if threshold is None else ""))
+    hist.set_ylabel("test images")
+    hist.set_title(f"{report['data']}: {report['test_images']} test images")
+    hist.legend(fontsize=8)
+    roc = figure.add_subplot(grid[0, SHOWN:])
+    fpr, tpr = roc_curve(labels, scores)
+    groups = ", ".join(f"{g} {v:.4f}" for g, v in report["image_auroc_per_group"].items())
+    roc.plot(fpr, tpr, color="tab:red", label=f"AUROC {report['image_auroc']:.4f}" + (f"\n({groups})" if groups else ""))
+    roc.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    roc.set_xlabel("false-alarm rate (normal images flagged)")
+    roc.set_ylabel("detection rate (anomalous images flagged)")
+    roc.set_title("ROC")
+    roc.legend(fontsize=8, loc="lower right")
+    for row, (kind, pictures) in enumerate(zip(("highest-scoring normal", "lowest-scoring anomalous"), overlays), 1):
+        for column, (title, picture) in enumerate(pictures):
+            ax = figure.add_subplot(grid[row, 2 * column : 2 * column + 2])
+            ax.imshow(cv2.cvtColor(picture, cv2.COLOR_BGR2RGB))
+            ax.set_title(f"{kind} #{column + 1}\n{title}", fontsize=8)
+            ax.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
