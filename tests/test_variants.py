@@ -170,11 +170,13 @@ def test_drift_is_watched_per_variant_against_its_own_band(variant_bundles, test
 def test_eval_of_two_variant_bundles_from_the_command_line(variant_bundles, mvtec_category, tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "edge_ad", "eval", "--data", str(mvtec_category), "--json", str(tmp_path / "r.json"),
-         "--bundle", f"mono={variant_bundles['mono']}", "--bundle", f"poly={variant_bundles['poly']}"],
+         "--bundle", f"mono={variant_bundles['mono']}", "--bundle", f"poly={variant_bundles['poly']}",
+         "--report", str(tmp_path / "r.png")],
         capture_output=True, text=True,
     )
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "r.json").read_text())
+    assert (tmp_path / "r.png").stat().st_size > 20_000  # relative scores, no one threshold to draw
     assert set(report["bundles"]) == set(TYPES) and report["test_images"] == 8
     taken = report["variant_taking_each_group"]  # MVTec layout: group "good" is normal, "spot" anomalous
     assert set(taken) == {"good", "spot"} and set(taken["good"]) == {"normal"} and set(taken["spot"]) == {"anomalous"}
