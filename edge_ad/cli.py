@@ -124,7 +124,7 @@ def _streams(args: argparse.Namespace) -> list:
     return [Stream(uri, output=out, options=options, pipeline=args.pipeline) for uri, out in zip(inputs, outputs)]
 
 
-def _print_pipelines(streams: list, jetson: bool | None) -> None:
+def _print_pipelines(streams: list, jetson: bool | None, bitrate_kbps: int | None) -> None:
     """The GStreamer pipelines of each stream (outputs at the input's size, else 1280x720)."""
     from .pipelines import output_pipeline, rtsp_launch, source_pipeline
 
@@ -132,8 +132,8 @@ def _print_pipelines(streams: list, jetson: bool | None) -> None:
         print(f"{stream.name}: {stream.pipeline or source_pipeline(stream.input, stream.options, jetson).description}")
         if stream.output:
             size = (stream.options.width or 1280, stream.options.height or 720, stream.options.framerate or 30)
-            out = (rtsp_launch(*size, jetson) if stream.output.startswith("rtsp://")
-                   else output_pipeline(stream.output, *size, jetson))
+            out = (rtsp_launch(*size, jetson, bitrate_kbps) if stream.output.startswith("rtsp://")
+                   else output_pipeline(stream.output, *size, jetson, bitrate_kbps))
             print(f"{stream.name} -> {stream.output}: {out}")
 
 
@@ -146,7 +146,7 @@ def _run(args: argparse.Namespace) -> None:
     jetson = {"auto": None, "jetson": True, "generic": False}[args.platform]
     streams = _streams(args)
     if args.print_pipeline:
-        _print_pipelines(streams, jetson)
+        _print_pipelines(streams, jetson, args.output_bitrate)
         return
     from .runner import run
     from .variants import load_detector
@@ -163,6 +163,7 @@ def _run(args: argparse.Namespace) -> None:
         max_frames=args.max_frames,
         jetson=jetson,
         drift=args.drift,
+        output_bitrate_kbps=args.output_bitrate,
     )
     detector = load_detector(args.bundle, backend=args.backend, steps=args.steps, spin=not args.no_spin,
                              dla_core=args.dla_core)
@@ -438,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder; repeat for several cameras")
     p.add_argument("--output", action="append",
                    help="overlay video per --input: a .mp4/.mkv file, rtp://host:port, rtsp://@:port/path, display://0")
+    p.add_argument("--output-bitrate", type=_positive_int, metavar="KBPS",
+                   help="H.264 bit rate of the video outputs in kbit/s (default: the encoder's, 4000 for "
+                        "nvv4l2h264enc, 2048 for x264enc)")
     p.add_argument("--sources", help="YAML file listing several sources (input, name, output, options)")
     p.add_argument("--pipeline", help="your own GStreamer source pipeline ending in 'appsink name=sink' (BGR)")
     p.add_argument("--print-pipeline", action="store_true", help="print the GStreamer pipelines and exit")

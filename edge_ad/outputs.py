@@ -22,10 +22,11 @@ EOS_WAIT_S = 1.0  # how long close() waits for the muxer to finish a file
 class VideoOutput:
     """A GStreamer pipeline from `appsrc name=src` to a file, an RTP stream or a display."""
 
-    def __init__(self, uri: str, width: int, height: int, fps: int, jetson: bool | None = None):
+    def __init__(self, uri: str, width: int, height: int, fps: int, jetson: bool | None = None,
+                 bitrate_kbps: int | None = None):
         Gst = self._Gst = load_gst()
         self.uri, self.size = uri, (width, height)
-        self.description = output_pipeline(uri, width, height, fps, jetson)
+        self.description = output_pipeline(uri, width, height, fps, jetson, bitrate_kbps)
         try:
             self.pipeline = Gst.parse_launch(self.description)
         except Exception as exc:
@@ -69,7 +70,8 @@ class RtspOutput:
     """rtsp://@:port/path: a gst-rtsp-server mount that every client shares; frames are dropped
     while no client is connected."""
 
-    def __init__(self, uri: str, width: int, height: int, fps: int, jetson: bool | None = None):
+    def __init__(self, uri: str, width: int, height: int, fps: int, jetson: bool | None = None,
+                 bitrate_kbps: int | None = None):
         self._Gst = load_gst()
         try:
             import gi
@@ -82,7 +84,7 @@ class RtspOutput:
         if parsed.port is None or not parsed.path.strip("/"):
             raise SourceError(f"{uri}: an RTSP output needs a port and a path, as in rtsp://@:8554/inspection")
         self.uri, self.size = uri, (width, height)
-        self.description = rtsp_launch(width, height, fps, jetson)
+        self.description = rtsp_launch(width, height, fps, jetson, bitrate_kbps)
         self.server = GstRtspServer.RTSPServer()
         self.server.set_service(str(parsed.port))
         factory = GstRtspServer.RTSPMediaFactory()
@@ -122,8 +124,11 @@ class RtspOutput:
         self.thread.join(timeout=1.0)
 
 
-def open_output(uri: str, width: int, height: int, fps: int, jetson: bool | None = None) -> VideoOutput | RtspOutput:
-    """The video output for `--output URI` at the first frame's size and the source's frame rate."""
+def open_output(
+    uri: str, width: int, height: int, fps: int, jetson: bool | None = None, bitrate_kbps: int | None = None
+) -> VideoOutput | RtspOutput:
+    """The video output for `--output URI` at the first frame's size and the source's frame rate,
+    H.264 at `bitrate_kbps` (None: the encoder's default)."""
     if uri.startswith("rtsp://"):
-        return RtspOutput(uri, width, height, fps, jetson)
-    return VideoOutput(uri, width, height, fps, jetson)
+        return RtspOutput(uri, width, height, fps, jetson, bitrate_kbps)
+    return VideoOutput(uri, width, height, fps, jetson, bitrate_kbps)

@@ -213,16 +213,19 @@ def hardware_encoder(root: Path = Path("/")) -> bool:
         return True
 
 
-def _encoder(fps: int, jetson: bool) -> str:
-    """BGR from appsrc -> H.264 elementary stream, a key frame every second."""
+def _encoder(fps: int, jetson: bool, bitrate_kbps: int | None = None) -> str:
+    """BGR from appsrc -> H.264 elementary stream, a key frame every second, at `bitrate_kbps`
+    (None: the encoder's default, 4 Mbit/s for nvv4l2h264enc, 2 for x264enc)."""
     if jetson and hardware_encoder():
+        bitrate = f" bitrate={bitrate_kbps * 1000}" if bitrate_kbps else ""  # bits per second
         return (
             "videoconvert ! video/x-raw,format=BGRx ! nvvidconv ! video/x-raw(memory:NVMM),format=NV12 ! "
-            f"nvv4l2h264enc insert-sps-pps=true iframeinterval={fps} ! h264parse"
+            f"nvv4l2h264enc insert-sps-pps=true iframeinterval={fps}{bitrate} ! h264parse"
         )
+    bitrate = f" bitrate={bitrate_kbps}" if bitrate_kbps else ""  # kbit per second
     return (
         "videoconvert ! video/x-raw,format=I420 ! "
-        f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} ! h264parse"
+        f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps}{bitrate} ! h264parse"
     )
 
 
@@ -230,7 +233,9 @@ def appsrc_caps(width: int, height: int, fps: int) -> str:
     return f"video/x-raw,format=BGR,width={width},height={height},framerate={fps}/1"
 
 
-def output_pipeline(uri: str, width: int, height: int, fps: int, jetson: bool | None = None) -> str:
+def output_pipeline(
+    uri: str, width: int, height: int, fps: int, jetson: bool | None = None, bitrate_kbps: int | None = None
+) -> str:
     """The pipeline of a video output: a .mp4/.mkv file, rtp://host:port or display://N.
     (rtsp://@:port/path is served by gst-rtsp-server: see `rtsp_launch`.)"""
     jetson = is_jetson() if jetson is None else jetson
@@ -243,7 +248,7 @@ def output_pipeline(uri: str, width: int, height: int, fps: int, jetson: bool | 
         if not parsed.hostname or parsed.port is None:
             raise SourceError(f"{uri}: an RTP output needs a host and a port, as in rtp://192.168.1.10:5000")
         return (
-            f"{src} ! {_encoder(fps, jetson)} ! rtph264pay config-interval=1 pt=96 ! "
+            f"{src} ! {_encoder(fps, jetson, bitrate_kbps)} ! rtph264pay config-interval=1 pt=96 ! "
             f"udpsink host={parsed.hostname} port={parsed.port} sync=false async=false"
         )
     if "://" in uri:
@@ -253,14 +258,15 @@ def output_pipeline(uri: str, width: int, height: int, fps: int, jetson: bool | 
     muxer = VIDEO_CONTAINERS.get(path.suffix.lower())
     if muxer is None:
         raise SourceError(f"{uri}: video outputs are .mp4 or .mkv files")
-    return f"{src} ! {_encoder(fps, jetson)} ! {muxer} ! filesink location={_quote(str(path))}"
+    return f"{src} ! {_encoder(fps, jetson, bitrate_kbps)} ! {muxer} ! filesink location={_quote(str(path))}"
 
 
-def rtsp_launch(width: int, height: int, fps: int, jetson: bool | None = None) -> str:
+def rtsp_launch(width: int, height: int, fps: int, jetson: bool | None = None, bitrate_kbps: int | None = None) -> str:
     """The gst-rtsp-server media description for rtsp://@:port/path outputs (payloader pay0)."""
     jetson = is_jetson() if jetson is None else jetson
     caps = appsrc_caps(width, height, fps)
     return (
-        f"( appsrc name=src is-live=true format=time do-timestamp=true caps={caps} ! {_encoder(fps, jetson)} ! "
+        f"( appsrc name=src is-live=true format=time do-timestamp=true caps={caps} ! "
+        f"{_encoder(fps, jetson, bitrate_kbps)} ! "
         "rtph264pay name=pay0 pt=96 config-interval=1 )"
     )

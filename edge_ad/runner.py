@@ -54,6 +54,7 @@ class RunConfig:
     metrics_port: int | None = None
     max_frames: int | None = None  # per source
     jetson: bool | None = None  # None: detect
+    output_bitrate_kbps: int | None = None  # H.264 of the video outputs (None: the encoder's default)
     drift: bool = False  # watch the rolling median of normal scores against the calibrated band
 
 
@@ -140,8 +141,8 @@ class _VideoSink:
 
     RETRY_S = 5.0
 
-    def __init__(self, stream: Stream, source: Source, jetson: bool | None):
-        self.stream, self.source, self.jetson = stream, source, jetson
+    def __init__(self, stream: Stream, source: Source, jetson: bool | None, bitrate_kbps: int | None):
+        self.stream, self.source, self.jetson, self.bitrate_kbps = stream, source, jetson, bitrate_kbps
         self.output = None
         self._next_try = 0.0
 
@@ -152,7 +153,7 @@ class _VideoSink:
             self._next_try = time.monotonic() + self.RETRY_S
             height, width = picture.shape[:2]
             fps = round(self.source.fps or self.stream.options.framerate or DEFAULT_FPS)
-            self.output = open_output(self.stream.output, width, height, max(fps, 1), self.jetson)
+            self.output = open_output(self.stream.output, width, height, max(fps, 1), self.jetson, self.bitrate_kbps)
             log.info("%s: video output %s", self.stream.name, self.output.description)
         self.output.write(picture, frame.timestamp)
 
@@ -171,7 +172,7 @@ class _Sinks:
         self.watches: dict[tuple[str, str | None], DriftWatch] = {}
         self.events = self.snapshots = self.hook = None
         self.videos: dict[str, Guarded] = {}
-        self.jetson = config.jetson
+        self.jetson, self.bitrate_kbps = config.jetson, config.output_bitrate_kbps
         self.stack = stack
         if config.events is not None:
             events = EventLog(config.events, int(config.events_max_mb * (1 << 20)))
@@ -190,7 +191,7 @@ class _Sinks:
         return self.guards[-1]
 
     def add_video(self, stream: Stream, source: Source) -> None:
-        video = _VideoSink(stream, source, self.jetson)
+        video = _VideoSink(stream, source, self.jetson, self.bitrate_kbps)
         self.stack.callback(video.close)
         self.videos[stream.name] = self._guard(f"output {stream.output}", video)
 

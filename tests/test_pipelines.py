@@ -101,6 +101,14 @@ def test_a_jetson_without_a_hardware_encoder_encodes_with_x264(monkeypatch):
         assert "x264enc tune=zerolatency speed-preset=ultrafast" in out and "nvv4l2h264enc" not in out
 
 
+def test_output_bitrate_in_each_encoders_unit(monkeypatch):
+    monkeypatch.setattr("edge_ad.pipelines.hardware_encoder", lambda: True)
+    assert "nvv4l2h264enc insert-sps-pps=true iframeinterval=25 bitrate=1500000 !" in output_pipeline(
+        "out.mp4", 640, 480, 25, jetson=True, bitrate_kbps=1500)  # bits per second
+    assert "key-int-max=25 bitrate=1500 !" in rtsp_launch(640, 480, 25, jetson=False, bitrate_kbps=1500)  # kbit/s
+    assert "bitrate" not in output_pipeline("rtp://10.0.0.2:5004", 640, 480, 25, jetson=False)
+
+
 def test_outputs_per_platform():
     mp4 = output_pipeline("out.mp4", 640, 480, 25, jetson=False)
     assert mp4.startswith("appsrc name=src is-live=true format=time caps=video/x-raw,format=BGR,width=640,height=480,framerate=25/1")

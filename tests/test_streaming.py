@@ -205,6 +205,22 @@ def test_files_and_folders_play_again_with_loop(mp4, normal_folder, tmp_path):
         open_source(str(mp4), SourceOptions(loop=-2))
 
 
+def test_output_bitrate_sets_the_size_of_the_video(tmp_path):
+    """Two seconds of noise (which no encoder can squeeze) at 200 and at 2,000 kbit/s."""
+    from edge_ad.outputs import open_output
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(50)]
+    sizes = {}
+    for kbps in (200, 2000):
+        output = open_output(str(tmp_path / f"{kbps}.mp4"), 320, 240, 25, jetson=False, bitrate_kbps=kbps)
+        for number, frame in enumerate(frames):
+            output.write(frame, number / 25)
+        output.close()
+        sizes[kbps] = (tmp_path / f"{kbps}.mp4").stat().st_size * 8 / 2 / 1000  # kbit/s over the 2 s
+    assert 100 < sizes[200] < 400 and 1000 < sizes[2000] < 3000, sizes
+
+
 def test_flipped_frames_are_the_frames_turned(mp4, tmp_path):
     """Every --input-flip of GStreamer (videoflip here) gives the unflipped frame turned as
     FRAME_FLIPS turns it, which image folders use: a camera and its recorded stills agree."""
