@@ -17,6 +17,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-ad"
 
 
+STALE_STAGING_S = 24 * 3600  # an unpack folder this old was left by a process killed mid-unpack
+
+
+def _remove_stale_staging(bundles: Path) -> None:
+    """Delete what unpacks killed half-way left behind (a running unpack's folder is minutes old)."""
+    for staging in bundles.glob(".unpacking-*"):
+        try:
+            if time.time() - staging.stat().st_mtime > STALE_STAGING_S:
+                shutil.rmtree(staging, ignore_errors=True)
+        except OSError:  # removed meanwhile by another process
+            continue
+
+
 def _unpacked(path: Path) -> Path:
     """The bundle folder inside archive `path`, unpacked once per archive content into the cache.
     The folder persists, so the engines `edge-ad build` makes for the archive and the site
@@ -137,6 +151,7 @@ def _unpacked(path: Path) -> Path:
         folder = bundles / file_sha256(path)[:16]
         if not folder.is_dir():
             bundles.mkdir(parents=True, exist_ok=True)
+            _remove_stale_staging(bundles)
             staging = Path(tempfile.mkdtemp(dir=bundles, prefix=".unpacking-"))
             try:
                 with tarfile.open(path) as archive:

@@ -1,7 +1,9 @@
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 import yaml
@@ -59,6 +61,20 @@ def test_an_archive_unpacks_once_and_keeps_what_is_written_for_it(tiny_bundle, n
     with pytest.raises(BundleError, match="cut.tar: not a readable bundle archive"):
         load_bundle(cut_short)
     assert sorted((edge_ad_cache / "bundles").iterdir()) == unpacked  # nothing half unpacked
+
+
+def test_an_unpack_cleans_up_after_unpacks_killed_half_way(tiny_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGE_AD_CACHE", str(tmp_path / "cache"))
+    bundles = tmp_path / "cache" / "bundles"
+    old, running = bundles / ".unpacking-killed", bundles / ".unpacking-running"
+    for staging in (old, running):
+        (staging / "bundle").mkdir(parents=True)
+    os.utime(old, (time.time() - 2 * 24 * 3600,) * 2)  # left two days ago
+    archive = tmp_path / "bundle.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tiny_bundle, arcname="bundle")
+    assert load_bundle(archive).input_size == (128, 128)
+    assert not old.exists() and running.is_dir()  # another process may be unpacking into that one
 
 
 def test_an_archive_without_a_writable_cache_is_refused_in_one_line(tiny_bundle, tmp_path, monkeypatch):
