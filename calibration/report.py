@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from edge_ad.render import overlay  # noqa: E402
+from edge_ad.render import overlay, show  # noqa: E402
 
 from .site import Calibration, overlay_result  # noqa: E402
 
@@ -39,11 +38,8 @@ def write_calibration_report(calibration: Calibration, threshold: float, path: P
                    + (f"  -  {len(calibration.warnings)} warning(s)" if calibration.warnings else ""))
     hist.legend(fontsize=8)
     for column, (score, frame, normalised) in enumerate(calibration.top):
-        ax = figure.add_subplot(grid[1, column])
         picture = overlay(frame, overlay_result(score, threshold, frame, normalised))
-        ax.imshow(cv2.cvtColor(picture, cv2.COLOR_BGR2RGB))
-        ax.set_title(f"normal #{column + 1}: {score:.3f}", fontsize=9)
-        ax.axis("off")
+        show(figure.add_subplot(grid[1, column]), picture, f"normal #{column + 1}: {score:.3f}", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)

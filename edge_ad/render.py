@@ -33,3 +33,10 @@ def overlay(frame_bgr: np.ndarray, result: Result, alpha: float = 0.45) -> np.nd
     cv2.putText(out, text, (8, int(30 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2)
     cv2.putText(out, text, (8, int(30 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness)
     return out
+
+
+def show(ax, picture_bgr: np.ndarray, title: str, fontsize: int = 8) -> None:
+    """A BGR picture on a matplotlib axis of a report figure, titled, without axes."""
+    ax.imshow(cv2.cvtColor(picture_bgr, cv2.COLOR_BGR2RGB))
+    ax.set_title(title, fontsize=fontsize)
+    ax.axis("off")

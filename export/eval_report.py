@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import matplotlib
 import numpy as np
 
@@ -15,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from edge_ad.metrics import roc_curve  # noqa: E402
+from edge_ad.render import show  # noqa: E402
 
 SHOWN = 4  # overlays per row
 
@@ -66,10 +66,7 @@ def write_eval_report(
     roc.legend(fontsize=8, loc="lower right")
     for row, (kind, pictures) in enumerate(zip(("highest-scoring normal", "lowest-scoring anomalous"), overlays), 1):
         for column, (title, picture) in enumerate(pictures):
-            ax = figure.add_subplot(grid[row, 2 * column : 2 * column + 2])
-            ax.imshow(cv2.cvtColor(picture, cv2.COLOR_BGR2RGB))
-            ax.set_title(f"{kind} #{column + 1}\n{title}", fontsize=8)
-            ax.axis("off")
+            show(figure.add_subplot(grid[row, 2 * column : 2 * column + 2]), picture, f"{kind} #{column + 1}\n{title}")
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)
