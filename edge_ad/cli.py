@@ -263,6 +263,19 @@ def _doctor(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def _record(args: argparse.Namespace) -> None:
+    from .record import record
+    from .sources import open_source
+
+    if not args.input and not args.pipeline:
+        raise EdgeAdError("record: give --input (a camera, stream or video file) or --pipeline")
+    source = open_source(args.input or "", _source_options(args), pipeline=args.pipeline)
+    saved = record(source, Path(args.out), args.frames, args.interval, args.format)
+    print(f"{len(saved)} pictures in {args.out}" + (f" ({saved[0].name} ... {saved[-1].name})" if saved else ""))
+    if saved:
+        print(f"train on them once they show only good parts: edge-ad train --data {args.out} --out RUN")
+
+
 def _defects(args: argparse.Namespace) -> None:
     import cv2
 
@@ -529,6 +542,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "for one bundle per product variant, as `run` takes them")
     p.add_argument("--target", help="firmware_configs/<device>.yaml instead of the detected one")
     p.set_defaults(func=_doctor)
+
+    p = sub.add_parser("record", help="save pictures of good parts from the line camera, to train on")
+    p.add_argument("--input", help="a camera or stream URI, or a video file")
+    p.add_argument("--pipeline", help="or your own GStreamer source pipeline ending in 'appsink name=sink' (BGR)")
+    p.add_argument("--out", required=True, help="folder for the pictures")
+    p.add_argument("--frames", type=_positive_int, default=300, help="pictures to save")
+    p.add_argument("--interval", type=float, default=1.0,
+                   help="seconds between pictures at least (of the video for a file), so they show different parts")
+    p.add_argument("--format", choices=("png", "jpg"), default="png", help="png: lossless (default)")
+    _add_source_options(p)  # the camera as `run` opens it
+    p.set_defaults(func=_record)
 
     p = sub.add_parser("defects", help="write a gallery picture of the synthetic training defects")
     p.add_argument("--data", required=True,

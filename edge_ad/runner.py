@@ -240,7 +240,7 @@ class _Sinks:
 
 
 @contextmanager
-def _stop_on_signals(stop: threading.Event):
+def stop_on_signals(stop: threading.Event):
     """SIGINT and SIGTERM set `stop` (in the main thread; elsewhere the caller sets it)."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -334,7 +334,7 @@ def run(
     stop = stop or threading.Event()
     ready = threading.Event()
     stats = {s.name: SourceStats(s.name) for s in streams}
-    with ExitStack() as stack, _stop_on_signals(stop):
+    with ExitStack() as stack, stop_on_signals(stop):
         sinks = _Sinks(config, stack, drift_bands(detector) if config.drift else None)
         captures: list[_Capture] = []
         telemetry = None

@@ -79,7 +79,8 @@ class EventLog:
         self.file.close()
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """A file-name-safe form of a source name (its last 40 characters)."""
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[-40:] or "source"
 
 
@@ -105,7 +106,7 @@ class Snapshots:
         if now - self._last.get(source, -float("inf")) < self.interval_s:
             return False
         self._last[source] = now
-        stem = f"{_slug(source)}_{index:08d}"
+        stem = f"{slug(source)}_{index:08d}"
         for suffix, image in (("frame", frame), ("overlay", overlay())):
             ok, data = cv2.imencode(".jpg", image)
             if not ok:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from edge_ad.detector import Detector
-from edge_ad.errors import SourceError
+from edge_ad.errors import EdgeAdError, SourceError
 from edge_ad.runner import RunConfig, run
 from edge_ad.streams import Stream
 from edge_ad.pipelines import SourceOptions
@@ -219,6 +219,42 @@ def test_output_bitrate_sets_the_size_of_the_video(tmp_path):
         output.close()
         sizes[kbps] = (tmp_path / f"{kbps}.mp4").stat().st_size * 8 / 2 / 1000  # kbit/s over the 2 s
     assert 100 < sizes[200] < 400 and 1000 < sizes[2000] < 3000, sizes
+
+
+def test_record_saves_one_picture_per_interval_as_run_would_see_it(mp4, tmp_path):
+    """edge-ad record: pictures one per --interval of the video, lossless and turned as --input-flip
+    turns run's frames, named by source and frame; --frames stops it; then train takes the folder."""
+    out = tmp_path / "good"
+    done = subprocess.run([sys.executable, "-m", "edge_ad", "record", "--input", str(mp4), "--out", str(out),
+                           "--interval", "0.5", "--frames", "3", "--input-flip", "rotate-180"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    pictures = sorted(out.glob("*.png"))
+    assert [int(p.stem.rsplit("_", 1)[1]) for p in pictures] == [0, 8, 16]  # 15 fps: 0, 0.53, 1.07 s, each 0.5 s or more after the last
+    frames = list(open_source(str(mp4), SourceOptions(flip="rotate-180")))
+    for picture in pictures:
+        np.testing.assert_array_equal(cv2.imread(str(picture)), frames[int(picture.stem.rsplit("_", 1)[1])].image)
+    assert f"3 pictures in {out}" in done.stdout and "edge-ad train --data" in done.stdout
+
+
+def test_record_keeps_what_it_saved_when_the_disk_fills(mp4, tmp_path, monkeypatch):
+    from pathlib import Path as RealPath
+
+    from edge_ad.record import record
+
+    written = []
+
+    def write_bytes(self, data):
+        if len(written) == 2:
+            raise OSError(28, "No space left on device")
+        written.append(self)
+        with open(self, "wb") as f:
+            f.write(data)
+
+    monkeypatch.setattr(RealPath, "write_bytes", write_bytes)
+    with pytest.raises(EdgeAdError, match=r"_00000002\.png: cannot write \(No space left on device\); the 2 pictures"):
+        record(open_source(str(mp4)), tmp_path / "good", count=10, interval_s=0.0)
+    assert sorted(p.name for p in (tmp_path / "good").iterdir()) == sorted(p.name for p in written)
 
 
 def test_flipped_frames_are_the_frames_turned(mp4, tmp_path):

@@ -1,0 +1,65 @@
+"""`edge-ad record`: pictures of good parts from the line camera, to train and calibrate on.
+
+Frames come through the same sources as `edge-ad run` (the same camera options and flip, so
+the pictures are the frames `run` will score), at most one per `interval_s` (of the video's
+time for a file, of the clock for a camera), as lossless PNG (or JPEG) files named after the source and frame number. Recording stops after
+`count` pictures, at the end of a file, or on SIGINT / SIGTERM, and keeps every picture saved.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
+from .errors import EdgeAdError
+from .runner import stop_on_signals
+from .sinks import slug
+from .sources import Source
+
+FORMATS = ("png", "jpg")
+
+
+def record(
+    source: Source, folder: Path, count: int, interval_s: float = 1.0, fmt: str = "png",
+    stop: threading.Event | None = None,
+) -> list[Path]:
+    """Save up to `count` frames of `source` into `folder`, one per `interval_s` at most; the
+    paths written, in order."""
+    if fmt not in FORMATS:
+        raise EdgeAdError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgeAdError(f"{folder}: cannot create the folder ({exc.strerror or exc})") from exc
+    stop = stop or threading.Event()
+    saved: list[Path] = []
+    last = -float("inf")
+    with stop_on_signals(stop), tqdm(total=count, desc="recording", unit="picture") as bar:
+        try:
+            for frame in source.frames(stop):
+                # Stream time for files; the arrival time for live sources, whose stream time starts
+                # again when they reconnect.
+                moment = frame.captured if source.live else frame.timestamp
+                if moment - last < interval_s - 1e-3:  # frame times are rounded to the nanosecond
+                    continue
+                last = moment
+                path = folder / f"{slug(source.uri)}_{frame.index:08d}.{fmt}"
+                ok, data = cv2.imencode(f".{fmt}", frame.image)
+                if not ok:
+                    raise EdgeAdError(f"{path}: cannot encode the frame ({frame.image.shape})")
+                try:
+                    path.write_bytes(data.tobytes())
+                except OSError as exc:
+                    path.unlink(missing_ok=True)  # never half a picture
+                    raise EdgeAdError(f"{path}: cannot write ({exc.strerror or exc}); the {len(saved)} pictures "
+                                      "saved before it are kept") from exc
+                saved.append(path)
+                bar.update()
+                if len(saved) == count:
+                    break
+        finally:
+            source.close()
+    return saved
