@@ -99,7 +99,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _source_options(args: argparse.Namespace) -> SourceOptions:
-    """The SourceOptions of `run` and `calibrate` (see _add_source_options; --realtime and
+    """The SourceOptions of `run`, `calibrate` and `record` (see _add_source_options; --realtime and
     --input-loop are run's alone)."""
     return SourceOptions(args.input_width, args.input_height, args.input_framerate, args.input_codec,
                          args.latency, args.timeout, transport=args.rtsp_transport, flip=args.input_flip,
@@ -343,7 +343,7 @@ def _add_variant_bundles(p: argparse.ArgumentParser) -> None:
 
 
 def _add_source_options(p: argparse.ArgumentParser) -> None:
-    """How `run` and `calibrate` open a camera or stream (jetson-utils' --input-* names)."""
+    """How `run`, `calibrate` and `record` open a camera or stream (jetson-utils' --input-* names)."""
     p.add_argument("--input-width", type=_positive_int)
     p.add_argument("--input-height", type=_positive_int)
     p.add_argument("--input-framerate", type=_positive_int)
