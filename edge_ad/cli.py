@@ -188,7 +188,8 @@ def _calibrate(args: argparse.Namespace) -> None:
     from .variants import VariantDetector, load_detector
 
     if not args.input and not args.pipeline:
-        raise EdgeAdError("calibrate: give --input (normal frames: a camera, stream, video file or folder) or --pipeline")
+        raise EdgeAdError("calibrate: give --input (normal frames: a camera, stream, video file or folder) "
+                          "or --pipeline")
     detector = load_detector(args.bundle, backend=args.backend, steps=args.steps, dla_core=args.dla_core)
     source = open_source(args.input or "", _source_options(args), pipeline=args.pipeline)
     try:

@@ -2,8 +2,9 @@
 
 Frames come through the same sources as `edge-ad run` (the same camera options and flip, so
 the pictures are the frames `run` will score), at most one per `interval_s` (of the video's
-time for a file, of the clock for a camera), as lossless PNG (or JPEG) files named after the source and frame number. Recording stops after
-`count` pictures, at the end of a file, or on SIGINT / SIGTERM, and keeps every picture saved.
+time for a file, of the clock for a camera), as lossless PNG (or JPEG) files named after the
+source and frame number. Recording stops after `count` pictures, at the end of a file, or on
+SIGINT / SIGTERM, and keeps every picture saved.
 """
 
 from __future__ import annotations

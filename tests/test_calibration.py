@@ -106,7 +106,8 @@ def test_calibrate_opens_the_camera_as_run_does(tiny_bundle, tmp_path):
     data = yaml.safe_load((bundle / "calibration.yaml").read_text())
     assert (data["source"], data["frames"]) == (pipeline, 12)
     out = _edge_ad("calibrate", "--bundle", bundle, "--pipeline", pipeline, "--input-flip", "clockwise")
-    assert out.returncode == 2 and "put videoflip (nvvidconv flip-method on a Jetson) in your own pipeline" in out.stderr
+    assert out.returncode == 2
+    assert "put videoflip (nvvidconv flip-method on a Jetson) in your own pipeline" in out.stderr
     out = _edge_ad("calibrate", "--bundle", bundle, "--input", "rtsp://cam/s", "--input-codec", "mjpeg")
     assert out.returncode == 2 and "rtsp://cam/s: codec 'mjpeg' is not supported" in out.stderr
     out = _edge_ad("calibrate", "--bundle", bundle)

@@ -223,14 +223,15 @@ def test_output_bitrate_sets_the_size_of_the_video(tmp_path):
 
 def test_record_saves_one_picture_per_interval_as_run_would_see_it(mp4, tmp_path):
     """edge-ad record: pictures one per --interval of the video, lossless and turned as --input-flip
-    turns run's frames, named by source and frame; --frames stops it; then train takes the folder."""
+    turns run's frames, named by source and frame; --frames stops it; it says how to train on them."""
     out = tmp_path / "good"
     done = subprocess.run([sys.executable, "-m", "edge_ad", "record", "--input", str(mp4), "--out", str(out),
                            "--interval", "0.5", "--frames", "3", "--input-flip", "rotate-180"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     pictures = sorted(out.glob("*.png"))
-    assert [int(p.stem.rsplit("_", 1)[1]) for p in pictures] == [0, 8, 16]  # 15 fps: 0, 0.53, 1.07 s, each 0.5 s or more after the last
+    # 15 fps: frames at 0, 0.53 and 1.07 s, each 0.5 s or more after the last.
+    assert [int(p.stem.rsplit("_", 1)[1]) for p in pictures] == [0, 8, 16]
     frames = list(open_source(str(mp4), SourceOptions(flip="rotate-180")))
     for picture in pictures:
         np.testing.assert_array_equal(cv2.imread(str(picture)), frames[int(picture.stem.rsplit("_", 1)[1])].image)
