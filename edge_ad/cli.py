@@ -187,12 +187,9 @@ def _calibrate(args: argparse.Namespace) -> None:
     from .sources import open_source
     from .variants import VariantDetector, load_detector
 
-    if not args.input and not args.pipeline:
-        raise EdgeAdError("calibrate: give --input (normal frames: a camera, stream, video file or folder) "
-                          "or --pipeline")
-    detector = load_detector(args.bundle, backend=args.backend, steps=args.steps, dla_core=args.dla_core)
-    source = open_source(args.input or "", _source_options(args), pipeline=args.pipeline)
+    source = open_source(args.input or "", _source_options(args), pipeline=args.pipeline)  # a bad input fails first
     try:
+        detector = load_detector(args.bundle, backend=args.backend, steps=args.steps, dla_core=args.dla_core)
         kept = collect(detector, (f.image for f in source.frames()), args.frames)
     finally:
         source.close()
@@ -268,8 +265,6 @@ def _record(args: argparse.Namespace) -> None:
     from .record import record
     from .sources import open_source
 
-    if not args.input and not args.pipeline:
-        raise EdgeAdError("record: give --input (a camera, stream or video file) or --pipeline")
     source = open_source(args.input or "", _source_options(args), pipeline=args.pipeline)
     saved = record(source, Path(args.out), args.frames, args.interval, args.format)
     print(f"{len(saved)} pictures in {args.out}" + (f" ({saved[0].name} ... {saved[-1].name})" if saved else ""))

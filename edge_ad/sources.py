@@ -372,7 +372,7 @@ def open_source(
     if pipeline is not None:
         return GstSource(uri or "pipeline", options, pipeline=pipeline)
     if not uri:
-        raise SourceError("empty --input")
+        raise SourceError("no input: give --input (a camera, stream, video file or folder) or --pipeline")
     if Path(uri).is_dir():
         return FolderSource(Path(uri), options.flip, options.loop)
     return GstSource(uri, options, jetson=jetson)

@@ -111,7 +111,8 @@ def test_calibrate_opens_the_camera_as_run_does(tiny_bundle, tmp_path):
     out = _edge_ad("calibrate", "--bundle", bundle, "--input", "rtsp://cam/s", "--input-codec", "mjpeg")
     assert out.returncode == 2 and "rtsp://cam/s: codec 'mjpeg' is not supported" in out.stderr
     out = _edge_ad("calibrate", "--bundle", bundle)
-    assert out.returncode == 2 and "calibrate: give --input" in out.stderr
+    assert out.returncode == 2
+    assert "no input: give --input (a camera, stream, video file or folder) or --pipeline" in out.stderr
 
 
 def test_too_few_frames_on_the_command_line(tiny_bundle, normal_folder, tmp_path):
