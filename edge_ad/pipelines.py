@@ -12,24 +12,39 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import parse_qs, urlparse
+
+import numpy as np
 
 from .device import detect, is_jetson, load_configs, pick_config
 from .errors import EdgeAdError, SourceError
 
 VIDEO_CONTAINERS = {".mp4": "mp4mux", ".mkv": "matroskamux"}
 BGR_SINK = "videoconvert ! video/x-raw,format=BGR ! appsink name=sink"
-# Camera rotations and mirrorings by jetson-utils' --input-flip names: nvvidconv's flip-method
-# on a Jetson (the VIC does it), videoflip's video-direction elsewhere.
+
+
+@dataclass(frozen=True)
+class Flip:
+    """A camera rotation or mirroring (`--input-flip`): nvvidconv's flip-method on a Jetson (the
+    VIC does it), videoflip's video-direction elsewhere, and the same turn of an (H, W, C) array
+    for image folders."""
+
+    nvvidconv: str | None
+    videoflip: str | None
+    turn: Callable[[np.ndarray], np.ndarray]
+
+
+# By jetson-utils' --input-flip names.
 FLIPS = {
-    "none": (None, None),
-    "counterclockwise": ("counterclockwise", "90l"),
-    "rotate-180": ("rotate-180", "180"),
-    "clockwise": ("clockwise", "90r"),
-    "horizontal": ("horizontal-flip", "horiz"),
-    "vertical": ("vertical-flip", "vert"),
-    "upper-right-diagonal": ("upper-right-diagonal", "ur-ll"),
-    "upper-left-diagonal": ("upper-left-diagonal", "ul-lr"),
+    "none": Flip(None, None, lambda a: a),
+    "counterclockwise": Flip("counterclockwise", "90l", lambda a: np.rot90(a, 1)),
+    "rotate-180": Flip("rotate-180", "180", lambda a: a[::-1, ::-1]),
+    "clockwise": Flip("clockwise", "90r", lambda a: np.rot90(a, -1)),
+    "horizontal": Flip("horizontal-flip", "horiz", lambda a: a[:, ::-1]),
+    "vertical": Flip("vertical-flip", "vert", lambda a: a[::-1]),
+    "upper-right-diagonal": Flip("upper-right-diagonal", "ur-ll", lambda a: a[::-1, ::-1].transpose(1, 0, 2)),
+    "upper-left-diagonal": Flip("upper-left-diagonal", "ul-lr", lambda a: a.transpose(1, 0, 2)),
 }
 
 
@@ -45,7 +60,7 @@ class SourceOptions:
     timeout_s: float = 5.0  # a live source with no frame for this long reconnects
     pattern: str | None = None  # test:// pattern when the URI does not name one
     transport: str | None = None  # RTSP over tcp or udp (None: rtspsrc tries UDP, then TCP)
-    flip: str = "none"  # rotate or mirror the frames: a key of FLIPS
+    flip: str = "none"  # rotate or mirror the frames: a name in FLIPS
     realtime: bool = False  # video files play no faster than their own frame rate (appsink sync)
     loop: int = 0  # files and folders play again this many times after the first (-1: for ever)
 
@@ -67,20 +82,25 @@ def _codec(uri: str, options: SourceOptions, default: str, allowed: tuple[str, .
     return codec
 
 
+def flip_of(uri: str, name: str) -> Flip:
+    """The flip called `name`, for the source `uri` (named in the error)."""
+    if name not in FLIPS:
+        raise SourceError(f"{uri}: flip '{name}' is not one of {', '.join(FLIPS)}")
+    return FLIPS[name]
+
+
 def _bgr_sink(uri: str, options: SourceOptions, jetson: bool) -> str:
     """Raw video -> BGR appsink, rotated or mirrored as options.flip asks. On a Jetson nvvidconv
     copies NVMM (or system) memory to BGRx, flipping on the way; videoconvert drops the x."""
-    if options.flip not in FLIPS:
-        raise SourceError(f"{uri}: flip '{options.flip}' is not one of {', '.join(FLIPS)}")
-    flip_method, direction = FLIPS[options.flip]
+    flip = flip_of(uri, options.flip)
     if jetson:
-        flip = f" flip-method={flip_method}" if flip_method else ""
-        return f"nvvidconv{flip} ! video/x-raw,format=BGRx ! {BGR_SINK}"
-    if direction is None:
+        method = f" flip-method={flip.nvvidconv}" if flip.nvvidconv else ""
+        return f"nvvidconv{method} ! video/x-raw,format=BGRx ! {BGR_SINK}"
+    if flip.videoflip is None:
         return BGR_SINK
     # Flipped after the conversion to BGR, so no chroma is resampled: the frame is exactly the
     # unflipped one, rotated or mirrored.
-    return f"videoconvert ! video/x-raw,format=BGR ! videoflip video-direction={direction} ! appsink name=sink"
+    return f"videoconvert ! video/x-raw,format=BGR ! videoflip video-direction={flip.videoflip} ! appsink name=sink"
 
 
 def _decode(uri: str, codec: str, options: SourceOptions, jetson: bool) -> str:

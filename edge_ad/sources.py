@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import ImageError, SourceError
 from .images import is_image_file, read_image
-from .pipelines import SourceOptions, SourcePipeline, source_pipeline
+from .pipelines import SourceOptions, SourcePipeline, flip_of, source_pipeline
 
 log = logging.getLogger("edge_ad.sources")
 
@@ -299,19 +299,6 @@ def with_argus_hint(description: str, error: str) -> str:
     return f"{error} (if the camera keeps failing: sudo systemctl restart nvargus-daemon)"
 
 
-# The flips of edge_ad.pipelines.FLIPS on an (H, W, C) array, as GStreamer makes them.
-FRAME_FLIPS = {
-    "none": lambda a: a,
-    "counterclockwise": lambda a: np.rot90(a, 1),
-    "rotate-180": lambda a: a[::-1, ::-1],
-    "clockwise": lambda a: np.rot90(a, -1),
-    "horizontal": lambda a: a[:, ::-1],
-    "vertical": lambda a: a[::-1],
-    "upper-right-diagonal": lambda a: a[::-1, ::-1].transpose(1, 0, 2),
-    "upper-left-diagonal": lambda a: a.transpose(1, 0, 2),
-}
-
-
 class FolderSource:
     """Image files of a folder in name order, `loop` more times after the first (-1: for ever);
     unreadable files are reported and skipped."""
@@ -324,9 +311,7 @@ class FolderSource:
         self.uri = str(folder)
         self.loop = loop
         self.description = f"image folder {folder}" + (f", flipped {flip}" if flip != "none" else "")
-        if flip not in FRAME_FLIPS:
-            raise SourceError(f"{folder}: flip '{flip}' is not one of {', '.join(FRAME_FLIPS)}")
-        self.flip = FRAME_FLIPS[flip]
+        self.turn = flip_of(str(folder), flip).turn
         self.files = sorted(p for p in folder.iterdir() if is_image_file(p))
         if not self.files:
             raise SourceError(f"{folder}: no image files in folder")
@@ -346,7 +331,7 @@ class FolderSource:
                         self.skipped.append(str(exc))
                         log.warning("%s", exc)
                     continue
-                yield Frame(index, time.time(), np.ascontiguousarray(self.flip(rgb[..., ::-1])), path.name)
+                yield Frame(index, time.time(), np.ascontiguousarray(self.turn(rgb[..., ::-1])), path.name)
                 index += 1
             if self.loop != -1 and passes > self.loop:
                 return

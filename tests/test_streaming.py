@@ -19,8 +19,8 @@ from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError, SourceError
 from edge_ad.runner import RunConfig, run
 from edge_ad.streams import Stream
-from edge_ad.pipelines import SourceOptions
-from edge_ad.sources import FRAME_FLIPS, open_source
+from edge_ad.pipelines import FLIPS, SourceOptions
+from edge_ad.sources import open_source
 
 GST_LAUNCH = shutil.which("gst-launch-1.0")
 pytestmark = pytest.mark.skipif(GST_LAUNCH is None, reason="gst-launch-1.0 is not installed")
@@ -259,17 +259,17 @@ def test_record_keeps_what_it_saved_when_the_disk_fills(mp4, tmp_path, monkeypat
 
 
 def test_flipped_frames_are_the_frames_turned(mp4, tmp_path):
-    """Every --input-flip of GStreamer (videoflip here) gives the unflipped frame turned as
-    FRAME_FLIPS turns it, which image folders use: a camera and its recorded stills agree."""
+    """Every --input-flip of GStreamer (videoflip here) gives the unflipped frame turned as the
+    flip's numpy turn, which image folders use: a camera and its recorded stills agree."""
     (upright,) = _first_frames(open_source(str(mp4)), 1)
     cv2.imwrite(str(tmp_path / "still.png"), upright.image)
-    for flip, turn in FRAME_FLIPS.items():
-        (frame,) = _first_frames(open_source(str(mp4), SourceOptions(flip=flip)), 1)
-        np.testing.assert_array_equal(frame.image, turn(upright.image), err_msg=flip)
-        (still,) = list(open_source(str(tmp_path), SourceOptions(flip=flip)))
-        np.testing.assert_array_equal(still.image, turn(upright.image), err_msg=flip)
-    assert FRAME_FLIPS["clockwise"](upright.image).shape == (320, 240, 3)
-    assert len({FRAME_FLIPS[f](upright.image).tobytes() for f in FRAME_FLIPS}) == len(FRAME_FLIPS)  # all differ
+    for name, flip in FLIPS.items():
+        (frame,) = _first_frames(open_source(str(mp4), SourceOptions(flip=name)), 1)
+        np.testing.assert_array_equal(frame.image, flip.turn(upright.image), err_msg=name)
+        (still,) = list(open_source(str(tmp_path), SourceOptions(flip=name)))
+        np.testing.assert_array_equal(still.image, flip.turn(upright.image), err_msg=name)
+    assert FLIPS["clockwise"].turn(upright.image).shape == (320, 240, 3)
+    assert len({flip.turn(upright.image).tobytes() for flip in FLIPS.values()}) == len(FLIPS)  # all differ
 
 
 def test_two_sources_at_once(detector, mp4, tmp_path):
