@@ -31,6 +31,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _crop(text: str) -> tuple[int, int, int, int]:
+    try:
+        x, y, width, height = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be X,Y,WIDTH,HEIGHT in pixels, got {text}") from None
+    if min(x, y) < 0 or min(width, height) <= 0:
+        raise argparse.ArgumentTypeError(f"needs X, Y of 0 or more and WIDTH, HEIGHT above 0, got {text}")
+    return x, y, width, height
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -103,6 +113,7 @@ def _source_options(args: argparse.Namespace) -> SourceOptions:
     --input-loop are run's alone)."""
     return SourceOptions(args.input_width, args.input_height, args.input_framerate, args.input_codec,
                          args.latency, args.timeout, transport=args.rtsp_transport, flip=args.input_flip,
+                         crop=args.input_crop,
                          realtime=getattr(args, "realtime", False), loop=getattr(args, "input_loop", 0))
 
 
@@ -347,6 +358,8 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
                    help="camera or stream codec (default: raw for V4L2, h264 for RTSP/RTP)")
     p.add_argument("--input-flip", choices=tuple(FLIPS), default="none",
                    help="rotate or mirror the frames, for a camera mounted turned (nvvidconv on a Jetson)")
+    p.add_argument("--input-crop", type=_crop, metavar="X,Y,W,H",
+                   help="keep only this part of each (turned) frame, in pixels: the part on the line")
     p.add_argument("--latency", type=int, default=200, help="RTSP/RTP jitter-buffer latency in ms")
     p.add_argument("--rtsp-transport", choices=("tcp", "udp"),
                    help="RTSP over TCP (through firewalls and NAT) or UDP (default: UDP, then TCP if UDP fails)")

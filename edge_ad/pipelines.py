@@ -61,6 +61,7 @@ class SourceOptions:
     pattern: str | None = None  # test:// pattern when the URI does not name one
     transport: str | None = None  # RTSP over tcp or udp (None: rtspsrc tries UDP, then TCP)
     flip: str = "none"  # rotate or mirror the frames: a name in FLIPS
+    crop: tuple[int, int, int, int] | None = None  # x, y, width, height kept of the (turned) frame
     realtime: bool = False  # video files play no faster than their own frame rate (appsink sync)
     loop: int = 0  # files and folders play again this many times after the first (-1: for ever)
 
@@ -80,6 +81,18 @@ def _codec(uri: str, options: SourceOptions, default: str, allowed: tuple[str, .
     if codec not in allowed:
         raise SourceError(f"{uri}: codec '{codec}' is not supported for this source (use one of {', '.join(allowed)})")
     return codec
+
+
+def check_crop(uri: str, crop: object) -> tuple[int, int, int, int] | None:
+    """`crop` as (x, y, width, height): whole numbers, the corner not negative, the size positive."""
+    if crop is None:
+        return None
+    values = list(crop) if isinstance(crop, (list, tuple)) else []
+    if len(values) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values) \
+            or min(values[:2]) < 0 or min(values[2:]) <= 0:
+        raise SourceError(f"{uri}: crop {crop!r} is not x, y, width, height in pixels (whole numbers, size above 0)")
+    x, y, width, height = values
+    return x, y, width, height
 
 
 def flip_of(uri: str, name: str) -> Flip:

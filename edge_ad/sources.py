@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import ImageError, SourceError
 from .images import is_image_file, read_image
-from .pipelines import SourceOptions, SourcePipeline, flip_of, source_pipeline
+from .pipelines import SourceOptions, SourcePipeline, check_crop, flip_of, source_pipeline
 
 log = logging.getLogger("edge_ad.sources")
 
@@ -269,7 +269,8 @@ class GstSource:
                 timestamp = offset + pts / Gst.SECOND if pts != Gst.CLOCK_TIME_NONE else time.time()
                 gap, last = timestamp - last, timestamp
                 index = max(index + 1, self._number(pts, index + 1))
-                yield Frame(index, timestamp, self._to_array(sample), self.uri)
+                yield Frame(index, timestamp, crop_frame(self._to_array(sample), self.options.crop, self.uri),
+                            self.uri)
         finally:
             self.close()
 
@@ -299,6 +300,17 @@ def with_argus_hint(description: str, error: str) -> str:
     return f"{error} (if the camera keeps failing: sudo systemctl restart nvargus-daemon)"
 
 
+def crop_frame(image: np.ndarray, crop: tuple[int, int, int, int] | None, uri: str) -> np.ndarray:
+    """The part of the frame `crop` (x, y, width, height) keeps; all of it without a crop."""
+    if crop is None:
+        return image
+    x, y, width, height = crop
+    if x + width > image.shape[1] or y + height > image.shape[0]:
+        raise SourceError(f"{uri}: --input-crop {x},{y},{width},{height} reaches outside the "
+                          f"{image.shape[1]}x{image.shape[0]} frame")
+    return np.ascontiguousarray(image[y : y + height, x : x + width])
+
+
 class FolderSource:
     """Image files of a folder in name order, `loop` more times after the first (-1: for ever);
     unreadable files are reported and skipped."""
@@ -307,9 +319,9 @@ class FolderSource:
     dropped = reconnects = 0
     fps = None
 
-    def __init__(self, folder: Path, flip: str = "none", loop: int = 0):
+    def __init__(self, folder: Path, flip: str = "none", loop: int = 0, crop: tuple[int, int, int, int] | None = None):
         self.uri = str(folder)
-        self.loop = loop
+        self.loop, self.crop = loop, crop
         self.description = f"image folder {folder}" + (f", flipped {flip}" if flip != "none" else "")
         self.turn = flip_of(str(folder), flip).turn
         self.files = sorted(p for p in folder.iterdir() if is_image_file(p))
@@ -331,7 +343,8 @@ class FolderSource:
                         self.skipped.append(str(exc))
                         log.warning("%s", exc)
                     continue
-                yield Frame(index, time.time(), np.ascontiguousarray(self.turn(rgb[..., ::-1])), path.name)
+                image = crop_frame(np.ascontiguousarray(self.turn(rgb[..., ::-1])), self.crop, str(path))
+                yield Frame(index, time.time(), image, path.name)
                 index += 1
             if self.loop != -1 and passes > self.loop:
                 return
@@ -352,6 +365,7 @@ def open_source(
     """A frame source for a URI (test://, csi://N, /dev/videoN, rtsp://, rtp://, a video file), an
     image folder, or the user's own GStreamer `pipeline` ending in `appsink name=sink`."""
     options = options or SourceOptions()
+    options = replace(options, crop=check_crop(uri or "pipeline", options.crop))  # a YAML list becomes a tuple
     if isinstance(options.loop, bool) or not isinstance(options.loop, int) or options.loop < -1:
         raise SourceError(f"{uri or 'pipeline'}: loop {options.loop!r} is not a number of repeats (-1: for ever)")
     if pipeline is not None:
@@ -359,5 +373,5 @@ def open_source(
     if not uri:
         raise SourceError("no input: give --input (a camera, stream, video file or folder) or --pipeline")
     if Path(uri).is_dir():
-        return FolderSource(Path(uri), options.flip, options.loop)
+        return FolderSource(Path(uri), options.flip, options.loop, options.crop)
     return GstSource(uri, options, jetson=jetson)

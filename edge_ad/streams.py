@@ -26,13 +26,13 @@ class Stream:
 
 STREAM_KEYS = {"input", "name", "output", "pipeline"}
 OPTION_KEYS = {"width", "height", "framerate", "codec", "latency_ms", "timeout_s", "pattern", "transport", "flip",
-               "realtime", "loop"}
+               "crop", "realtime", "loop"}
 
 
 def streams_from_yaml(path: Path, defaults: SourceOptions) -> list[Stream]:
     """Streams from a YAML file: `sources:` a list of mappings with `input` (or `pipeline`) and
     optional `name`, `output` and source options (width, height, framerate, codec, latency_ms,
-    timeout_s, pattern, transport, flip, realtime, loop); options left out take the command line's values."""
+    timeout_s, pattern, transport, flip, crop, realtime, loop); options left out take the command line's values."""
     data = read_yaml(path)
     entries = data.get("sources")
     if not isinstance(entries, list) or not entries:

@@ -108,6 +108,10 @@ def test_unsupported_source_and_unwritable_events(tmp_path, tiny_bundle):
     blocker.write_text("")
     _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", "test://", "--events", blocker / "ev.jsonl"),
                     "ev.jsonl", "cannot write events")
+    _one_line_error(edge_ad("record", "--input", "test://", "--out", tmp_path / "good", "--input-crop", "0,0,64"),
+                    "--input-crop", "X,Y,WIDTH,HEIGHT", program="edge-ad record")
+    _one_line_error(edge_ad("record", "--input", "test://", "--out", tmp_path / "good", "--input-crop", "0,0,0,9"),
+                    "WIDTH, HEIGHT above 0", program="edge-ad record")
 
 
 def test_position_whitening_is_on_by_default_and_can_be_turned_off(tmp_path, normal_folder):

@@ -102,12 +102,13 @@ def test_sources_yaml(tmp_path):
     good = tmp_path / "cams.yaml"
     good.write_text("sources:\n  - {input: 'test://ball', name: line1, output: l1.mp4, latency_ms: 50}\n"
                     "  - {input: 'rtsp://cam2/s', codec: h265, transport: tcp}\n"
-                    "  - {input: clip.mp4, realtime: true, flip: rotate-180, loop: -1}\n")
+                    "  - {input: clip.mp4, realtime: true, flip: rotate-180, loop: -1, crop: [8, 0, 64, 48]}\n")
     first, second, third = streams_from_yaml(good, SourceOptions(timeout_s=3.0))
     assert (first.name, first.output, first.options.latency_ms, first.options.timeout_s) == ("line1", "l1.mp4", 50, 3.0)
     assert (second.name, second.options.codec, second.options.transport) == ("rtsp://cam2/s", "h265", "tcp")
     assert (first.options.realtime, first.options.loop) == (False, 0)
     assert (third.options.realtime, third.options.flip, third.options.loop) == (True, "rotate-180", -1)
+    assert third.options.crop == [8, 0, 64, 48] and first.options.crop is None
     bad = tmp_path / "bad.yaml"
     bad.write_text("sources:\n  - {input: 'test://', fps: 30}\n")
     with pytest.raises(EdgeAdError, match=r"bad.yaml: source 1: unknown keys \['fps'\]"):

@@ -272,6 +272,21 @@ def test_flipped_frames_are_the_frames_turned(mp4, tmp_path):
     assert len({flip.turn(upright.image).tobytes() for flip in FLIPS.values()}) == len(FLIPS)  # all differ
 
 
+def test_a_crop_keeps_that_part_of_the_turned_frame(mp4, tmp_path):
+    (upright,) = _first_frames(open_source(str(mp4)), 1)
+    cv2.imwrite(str(tmp_path / "still.png"), upright.image)
+    part = FLIPS["clockwise"].turn(upright.image)[20:70, 10:110]  # x 10, y 20, 100 x 50 of the turned frame
+    turned_and_cropped = SourceOptions(flip="clockwise", crop=(10, 20, 100, 50))
+    (frame,) = _first_frames(open_source(str(mp4), turned_and_cropped), 1)
+    np.testing.assert_array_equal(frame.image, part)
+    (still,) = list(open_source(str(tmp_path), turned_and_cropped))
+    np.testing.assert_array_equal(still.image, part)
+    with pytest.raises(SourceError, match=r"--input-crop 300,0,100,10 reaches outside the 320x240 frame"):
+        list(open_source(str(mp4), SourceOptions(crop=(300, 0, 100, 10))))
+    with pytest.raises(SourceError, match=r"crop \[0, 0, 0, 5\] is not x, y, width, height in pixels"):
+        open_source(str(mp4), SourceOptions(crop=[0, 0, 0, 5]))  # as a YAML list would give it
+
+
 def test_two_sources_at_once(detector, mp4, tmp_path):
     streams = [Stream("test://ball?width=160&height=120&fps=30", name="cam-a"), Stream(str(mp4), name="line-b")]
     summary = run(detector, streams, RunConfig(events=tmp_path / "ev.jsonl", max_frames=20))
