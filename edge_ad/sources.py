@@ -177,6 +177,7 @@ class GstSource:
         return fallback
 
     def _to_array(self, sample) -> np.ndarray:
+        """The sample's frame (only the part `options.crop` keeps), copied out of the buffer."""
         structure = sample.get_caps().get_structure(0)
         width, height = structure.get_value("width"), structure.get_value("height")
         ok, num, den = structure.get_fraction("framerate")
@@ -189,7 +190,7 @@ class GstSource:
         try:
             stride = info.size // height  # rows are padded to 4 bytes for odd widths
             rows = np.frombuffer(info.data, np.uint8, count=stride * height).reshape(height, stride)
-            return rows[:, : width * 3].reshape(height, width, 3).copy()
+            return np.array(crop_frame(rows[:, : width * 3].reshape(height, width, 3), self.options.crop, self.uri))
         finally:
             buffer.unmap(info)
 
@@ -269,8 +270,7 @@ class GstSource:
                 timestamp = offset + pts / Gst.SECOND if pts != Gst.CLOCK_TIME_NONE else time.time()
                 gap, last = timestamp - last, timestamp
                 index = max(index + 1, self._number(pts, index + 1))
-                yield Frame(index, timestamp, crop_frame(self._to_array(sample), self.options.crop, self.uri),
-                            self.uri)
+                yield Frame(index, timestamp, self._to_array(sample), self.uri)
         finally:
             self.close()
 
@@ -301,14 +301,14 @@ def with_argus_hint(description: str, error: str) -> str:
 
 
 def crop_frame(image: np.ndarray, crop: tuple[int, int, int, int] | None, uri: str) -> np.ndarray:
-    """The part of the frame `crop` (x, y, width, height) keeps; all of it without a crop."""
+    """The part of the frame `crop` (x, y, width, height) keeps, as a view; all of it without a crop."""
     if crop is None:
         return image
     x, y, width, height = crop
     if x + width > image.shape[1] or y + height > image.shape[0]:
         raise SourceError(f"{uri}: --input-crop {x},{y},{width},{height} reaches outside the "
                           f"{image.shape[1]}x{image.shape[0]} frame")
-    return np.ascontiguousarray(image[y : y + height, x : x + width])
+    return image[y : y + height, x : x + width]
 
 
 class FolderSource:
@@ -343,7 +343,7 @@ class FolderSource:
                         self.skipped.append(str(exc))
                         log.warning("%s", exc)
                     continue
-                image = crop_frame(np.ascontiguousarray(self.turn(rgb[..., ::-1])), self.crop, str(path))
+                image = np.ascontiguousarray(crop_frame(self.turn(rgb[..., ::-1]), self.crop, str(path)))
                 yield Frame(index, time.time(), image, path.name)
                 index += 1
             if self.loop != -1 and passes > self.loop:
