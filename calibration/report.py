@@ -38,7 +38,7 @@ def write_calibration_report(calibration: Calibration, threshold: float, path: P
                    + (f"  -  {len(calibration.warnings)} warning(s)" if calibration.warnings else ""))
     hist.legend(fontsize=8)
     for column, (score, frame, normalised) in enumerate(calibration.top):
-        picture = overlay(frame, overlay_result(score, threshold, frame, normalised))
+        picture = overlay(frame, overlay_result(score, threshold, frame, normalised, calibration.mask))
         show(figure.add_subplot(grid[1, column]), picture, f"normal #{column + 1}: {score:.3f}", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=90)

@@ -17,7 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_ad.bundle import BUNDLE_FILE, BRANCHES, CALIBRATION_FILE, file_sha256, write_yaml_atomic
-from edge_ad.detector import Detector, Result
+from edge_ad.detector import Detector, Result, frame_map
+from edge_ad.masks import InspectionMask
 from edge_ad.normalize import Quantiles, fit_quantiles
 from edge_ad.variants import VariantDetector
 
@@ -52,10 +53,12 @@ class Collected:
     grids: list[np.ndarray] = field(default_factory=list)  # (branches, h, w) per frame
     thumbnails: list[np.ndarray] = field(default_factory=list)
     top: list[tuple[float, int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (score, i, frame, grid)
+    mask: InspectionMask | None = None  # the frames' inspection mask: quantiles and scores are of its white part
 
     def add(self, i: int, frame: np.ndarray, result: Result, rng: np.random.Generator) -> None:
-        flat = result.raw_map.reshape(result.raw_map.shape[0], -1)
-        self.samples.append(flat[:, rng.integers(0, flat.shape[1], PIXELS_PER_FRAME)].astype(np.float32))
+        raw = result.raw_map
+        inside = raw[:, self.mask.at(*raw.shape[1:])] if self.mask is not None else raw.reshape(raw.shape[0], -1)
+        self.samples.append(inside[:, rng.integers(0, inside.shape[1], PIXELS_PER_FRAME)].astype(np.float32))
         self.grids.append(result.grid_map)
         grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
         self.thumbnails.append(cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA))
@@ -67,18 +70,19 @@ class Collected:
 
 
 def collect(
-    detector: Detector | VariantDetector, frames: Iterable[np.ndarray], count: int, seed: int = 0
+    detector: Detector | VariantDetector, frames: Iterable[np.ndarray], count: int, seed: int = 0,
+    mask: InspectionMask | None = None,
 ) -> dict[str | None, Collected]:
-    """Run the detector on up to `count` normal BGR frames (progress bar). What is kept of each
-    frame goes to the variant that took it (a VariantDetector: each variant is then calibrated
-    on its own frames), or under None for a single bundle."""
+    """Run the detector on up to `count` normal BGR frames (progress bar), within `mask` if given.
+    What is kept of each frame goes to the variant that took it (a VariantDetector: each variant
+    is then calibrated on its own frames), or under None for a single bundle."""
     rng = np.random.default_rng(seed)
     kept: dict[str | None, Collected] = {}
     for i, frame in enumerate(tqdm(frames, total=count, desc="normal frames", unit="frame")):
         if i >= count:
             break
-        result = detector(frame)
-        kept.setdefault(result.variant, Collected()).add(i, frame, result, rng)
+        result = detector(frame, mask=mask)
+        kept.setdefault(result.variant, Collected(mask=mask)).add(i, frame, result, rng)
     return kept
 
 
@@ -86,10 +90,12 @@ def _fit(samples: np.ndarray) -> list[Quantiles]:
     return [fit_quantiles(samples[:, b], Q_ALPHA, Q_BETA) for b in range(samples.shape[1])]
 
 
-def _scores(detector: Detector, grids: list[np.ndarray], quantiles: list[Quantiles]) -> np.ndarray:
+def _scores(
+    detector: Detector, grids: list[np.ndarray], quantiles: list[Quantiles], mask: InspectionMask | None
+) -> np.ndarray:
     """Image scores under `quantiles`, frame by frame as the runtime computes them (the same
     operations, so the same floats: the threshold sits one step above a normal score)."""
-    return np.array([detector.normalised_maps(grid[None], quantiles).max() for grid in grids])
+    return np.array([detector.image_score(detector.normalised_maps(grid[None], quantiles)[0], mask) for grid in grids])
 
 
 @dataclass
@@ -105,6 +111,7 @@ class Calibration:
     top: list[tuple[float, np.ndarray, np.ndarray]]  # (score, frame, normalised map) highest first
     defects: DefectCheck | None = None
     defect_scores: np.ndarray | None = None
+    mask: InspectionMask | None = None
 
 
 def calibrate(
@@ -122,7 +129,7 @@ def calibrate(
         raise CalibrationError(f"only {n} normal frames were read; calibration needs many more")
     samples = np.stack(kept.samples)
     quantiles = _fit(samples)
-    scores = _scores(detector, kept.grids, quantiles)
+    scores = _scores(detector, kept.grids, quantiles, kept.mask)
     threshold = threshold_for_far(scores, far, confidence)
 
     half = n // 2
@@ -152,10 +159,11 @@ def calibrate(
     top = []
     for _, _, frame, grid in sorted(kept.top, key=lambda item: -item[0]):  # by the bundle's own scores
         normalised = detector.normalised_maps(grid[None], quantiles)[0]
-        top.append((float(normalised.max()), frame, normalised))
-    calibration = Calibration(n, quantiles, scores, threshold, far, confidence, agreement, warnings, top)
+        top.append((detector.image_score(normalised, kept.mask), frame, normalised))
+    calibration = Calibration(n, quantiles, scores, threshold, far, confidence, agreement, warnings, top,
+                              mask=kept.mask)
     if defect_grids:
-        defect_scores = _scores(detector, defect_grids, quantiles)
+        defect_scores = _scores(detector, defect_grids, quantiles, kept.mask)
         calibration.defects = check_defects(scores, defect_scores, threshold.value)
         calibration.defect_scores = defect_scores
     return calibration
@@ -198,6 +206,8 @@ def record(calibration: Calibration, detector: Detector, source: str, use_f1: bo
         # `edge-ad run --drift`: the rolling median of normal-looking scores should stay in this band.
         "drift": {"window": DRIFT_WINDOW, "low": percentiles["p10"], "high": percentiles["p90"]},
     }
+    if calibration.mask is not None:  # `edge-ad run` warns when it scores with another mask
+        data["mask"] = calibration.mask.describe()
     if calibration.defects is not None:
         d = calibration.defects
         data["defects"] = {"frames": int(calibration.defect_scores.size), "recall": d.recall,
@@ -223,8 +233,10 @@ def save(bundle_root: Path, data: dict) -> tuple[Path, Path | None]:
     return path, backup
 
 
-def overlay_result(score: float, threshold: float, frame: np.ndarray, normalised: np.ndarray) -> Result:
+def overlay_result(
+    score: float, threshold: float, frame: np.ndarray, normalised: np.ndarray, mask: InspectionMask | None = None
+) -> Result:
     """A Result for `edge_ad.render.overlay` from a map normalised with the new quantiles (its
-    raw map is that map, already at the input size and smoothed)."""
-    display = np.clip(cv2.resize(normalised, frame.shape[1::-1], interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
-    return Result(score, score >= threshold, threshold, display, normalised[None], normalised.shape, 0.0)
+    raw map is that map, already at the input size and smoothed), zero outside `mask`."""
+    display = frame_map(normalised, frame.shape, mask)
+    return Result(score, score >= threshold, threshold, display, normalised[None], normalised.shape, 0.0, mask=mask)

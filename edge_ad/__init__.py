@@ -5,9 +5,10 @@ __version__ = "0.1.0"
 from .bundle import Bundle, load_bundle  # noqa: E402
 from .detector import Detector, MapScorer, Result  # noqa: E402
 from .errors import EdgeAdError  # noqa: E402
+from .masks import InspectionMask  # noqa: E402
 from .variants import VariantDetector, load_detector  # noqa: E402
 
 __all__ = [
-    "Bundle", "Detector", "EdgeAdError", "MapScorer", "Result", "VariantDetector", "__version__", "load_bundle",
-    "load_detector",
+    "Bundle", "Detector", "EdgeAdError", "InspectionMask", "MapScorer", "Result", "VariantDetector", "__version__",
+    "load_bundle", "load_detector",
 ]

@@ -125,14 +125,15 @@ def _streams(args: argparse.Namespace) -> list:
     if args.sources:
         if args.input or args.pipeline or args.output:
             raise EdgeAdError("--sources: give the inputs and outputs in the YAML file, not also on the command line")
-        return streams_from_yaml(Path(args.sources), options)
+        return streams_from_yaml(Path(args.sources), options, args.mask)
     inputs = args.input or ([""] if args.pipeline else [])
     if not inputs:
         raise EdgeAdError("run: give --input (repeat it for several cameras), --pipeline or --sources")
     outputs = args.output or [None] * len(inputs)
     if len(outputs) != len(inputs):
         raise EdgeAdError(f"--output: give one per --input ({len(inputs)}), got {len(outputs)}")
-    return [Stream(uri, output=out, options=options, pipeline=args.pipeline) for uri, out in zip(inputs, outputs)]
+    return [Stream(uri, output=out, options=options, pipeline=args.pipeline, mask=args.mask)
+            for uri, out in zip(inputs, outputs)]
 
 
 def _print_pipelines(streams: list, jetson: bool | None, bitrate_kbps: int | None) -> None:
@@ -195,13 +196,15 @@ def _run(args: argparse.Namespace) -> None:
 def _calibrate(args: argparse.Namespace) -> None:
     from calibration.site import collect
 
+    from .masks import InspectionMask
     from .sources import open_source
     from .variants import VariantDetector, load_detector
 
+    mask = InspectionMask.load(args.mask) if args.mask else None
     source = open_source(args.input or "", _source_options(args), pipeline=args.pipeline)  # a bad input fails first
     try:
         detector = load_detector(args.bundle, backend=args.backend, steps=args.steps, dla_core=args.dla_core)
-        kept = collect(detector, (f.image for f in source.frames()), args.frames)
+        kept = collect(detector, (f.image for f in source.frames()), args.frames, mask=mask)
     finally:
         source.close()
     read = sum(len(k.samples) for k in kept.values())
@@ -210,7 +213,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     defects: dict[str | None, list] = {}  # known defects' grid maps, by the variant that judges each, as in `run`
     if args.defects:
         defect_source = open_source(args.defects)
-        for result in (detector(f.image) for f in defect_source.frames()):
+        for result in (detector(f.image, mask=mask) for f in defect_source.frames()):
             defects.setdefault(result.variant, []).append(result.grid_map)
         defect_source.close()
     if not isinstance(detector, VariantDetector):
@@ -366,6 +369,13 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=5.0, help="a live source silent this many seconds reconnects")
 
 
+def _add_mask_option(p: argparse.ArgumentParser) -> None:
+    """Where `run` and `calibrate` look on the frame."""
+    p.add_argument("--mask", metavar="IMAGE",
+                   help="inspection mask, a frame of this camera (as scored: turned and cropped) painted white "
+                        "where to inspect and black where not (README 'Inspection mask')")
+
+
 def _add_detector_options(p: argparse.ArgumentParser) -> None:
     """The options of every command that loads a detector: bridge steps, backend and DLA core."""
     p.add_argument("--steps", type=_positive_int, help="bridge steps K (default: the bundle's)")
@@ -486,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=_positive_int, help="stop each source after this many frames")
     p.add_argument("--drift", action="store_true",
                    help="event when the rolling median of normal scores leaves the band 'edge-ad calibrate' measured")
+    _add_mask_option(p)
     _add_spin_option(p)
     _add_detector_options(p)
     p.set_defaults(func=_run)
@@ -501,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", choices=("far", "f1"), default="far",
                    help="write the false-alarm threshold (default) or the F1-best one (needs --defects)")
     _add_source_options(p)  # the camera as `run` opens it
+    _add_mask_option(p)
     _add_detector_options(p)
     p.set_defaults(func=_calibrate)
 

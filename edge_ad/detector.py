@@ -15,6 +15,7 @@ from .backends import load_graphs
 from .bundle import Bundle, load_bundle
 from .errors import BundleError, EdgeAdError
 from .images import resize_to_input, to_rgb
+from .masks import InspectionMask
 from .normalize import Quantiles
 from .upsample import upsample_maps
 
@@ -28,7 +29,8 @@ class Result:
     grid_map: raw maps on the feature grid, one per branch (branches, h, w);
     raw_map: those maps upsampled to input_size and smoothed (branches, H, W), made on first use;
     times_ms: milliseconds per stage (preprocess, encoder, [prior, bridge,] head, upsample, normalise);
-    variant: the product variant whose bundle gave the result (VariantDetector), else None.
+    variant: the product variant whose bundle gave the result (VariantDetector), else None;
+    mask: the inspection mask the frame was scored with (score and map cover its white part only).
     """
 
     score: float
@@ -40,10 +42,21 @@ class Result:
     smoothing_sigma: float
     times_ms: dict[str, float] = field(default_factory=dict)
     variant: str | None = None
+    mask: InspectionMask | None = None
 
     @cached_property
     def raw_map(self) -> np.ndarray:
         return upsample_maps(self.grid_map, self.input_size, self.smoothing_sigma)
+
+
+def frame_map(normalised: np.ndarray, frame_shape: tuple[int, ...], mask: InspectionMask | None = None) -> np.ndarray:
+    """A normalised map at the input size -> at the frame's size, clipped to [0, 1] for display,
+    zero outside the inspection mask."""
+    display = cv2.resize(normalised, (frame_shape[1], frame_shape[0]), interpolation=cv2.INTER_LINEAR)
+    np.clip(display, 0.0, 1.0, out=display)
+    if mask is not None:
+        display[~mask.inspect] = 0.0
+    return display
 
 
 class MapScorer:
@@ -77,21 +90,38 @@ class MapScorer:
         written), at half the upsampling and none of the per-pixel arithmetic."""
         return self.upsample(self.normalise(grids.swapaxes(0, 1), quantiles))
 
-    def _result(self, normalised: np.ndarray, grids: np.ndarray, frame_shape: tuple[int, ...], times: dict[str, float]) -> Result:
+    @staticmethod
+    def image_score(normalised: np.ndarray, mask: InspectionMask | None = None) -> float:
+        """The image score of a normalised map at the input size: its maximum (over the mask's
+        inspected pixels, with a mask)."""
+        return float(normalised.max() if mask is None else normalised[mask.at(*normalised.shape)].max())
+
+    def _result(
+        self, normalised: np.ndarray, grids: np.ndarray, frame_shape: tuple[int, ...], times: dict[str, float],
+        mask: InspectionMask | None = None,
+    ) -> Result:
         start = time.perf_counter()
-        score = float(normalised.max())
-        display = cv2.resize(normalised, (frame_shape[1], frame_shape[0]), interpolation=cv2.INTER_LINEAR)
-        np.clip(display, 0.0, 1.0, out=display)
+        if mask is not None:
+            mask.check(frame_shape, "frame")
+        score = self.image_score(normalised, mask)
+        display = frame_map(normalised, frame_shape, mask)
         times = dict(times, normalise_ms=(time.perf_counter() - start) * 1e3)
         bundle = self.bundle
-        return Result(score, score >= self.threshold, self.threshold, display, grids, bundle.input_size, bundle.smoothing_sigma, times)
+        return Result(score, score >= self.threshold, self.threshold, display, grids, bundle.input_size,
+                      bundle.smoothing_sigma, times, mask=mask)
 
-    def score_grids(self, grids: np.ndarray, frame_shapes: Sequence[tuple[int, ...]], times: dict[str, float] | None = None) -> list[Result]:
-        """Grid maps (B, branches, h, w) of B frames of `frame_shapes` -> their Results."""
+    def score_grids(
+        self, grids: np.ndarray, frame_shapes: Sequence[tuple[int, ...]], times: dict[str, float] | None = None,
+        masks: Sequence[InspectionMask | None] | None = None,
+    ) -> list[Result]:
+        """Grid maps (B, branches, h, w) of B frames of `frame_shapes` (and inspection `masks`,
+        one or None per frame) -> their Results."""
         start = time.perf_counter()
         normalised = self.normalised_maps(grids)
         times = dict(times or {}, upsample_ms=(time.perf_counter() - start) * 1e3)
-        return [self._result(n, g, shape, times) for n, g, shape in zip(normalised, grids, frame_shapes)]
+        masks = masks or [None] * len(frame_shapes)
+        return [self._result(n, g, shape, times, mask)
+                for n, g, shape, mask in zip(normalised, grids, frame_shapes, masks)]
 
 
 class Detector(MapScorer):
@@ -197,13 +227,16 @@ class Detector(MapScorer):
         """Batch of preprocessed inputs (B, H, W, 3) -> smoothed raw maps at input size (B, branches, H, W)."""
         return self.upsample(self.finite_grid_maps(inputs))
 
-    def __call__(self, frame: np.ndarray, color: str = "BGR") -> Result:
-        return self.batch([frame], color)[0]
+    def __call__(self, frame: np.ndarray, color: str = "BGR", mask: InspectionMask | None = None) -> Result:
+        return self.batch([frame], color, [mask])[0]
 
-    def batch(self, frames: Sequence[np.ndarray], color: str = "BGR") -> list[Result]:
-        """Score several frames in one graph call; stage times are per batch, normalise_ms per frame."""
+    def batch(
+        self, frames: Sequence[np.ndarray], color: str = "BGR", masks: Sequence[InspectionMask | None] | None = None
+    ) -> list[Result]:
+        """Score several frames in one graph call, each within its inspection mask where `masks`
+        gives one; stage times are per batch, normalise_ms per frame."""
         start = time.perf_counter()
         inputs = np.stack([self.preprocess(f, color) for f in frames])
         times = {"preprocess_ms": (time.perf_counter() - start) * 1e3}
         grids = self.finite_grid_maps(inputs, times)
-        return self.score_grids(grids, [frame.shape for frame in frames], times)
+        return self.score_grids(grids, [frame.shape for frame in frames], times, masks)

@@ -9,11 +9,13 @@ from .detector import Result
 
 OK_COLOUR = (80, 200, 80)  # BGR
 NG_COLOUR = (40, 40, 230)
+MASK_COLOUR = (230, 170, 50)  # the edge of an inspection mask: blue
 
 
 def overlay(frame_bgr: np.ndarray, result: Result, alpha: float = 0.45) -> np.ndarray:
     """The frame with the anomaly map blended in (inferno colour map, perceptually uniform),
-    contours around regions above the threshold, and the score with OK/NG (and the variant, if any)."""
+    contours around regions above the threshold, the edge of the inspection mask (if any), and the
+    score with OK/NG (and the variant, if any)."""
     if frame_bgr.ndim == 2:
         frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
     # Colour scale: 0 = normal quantile q_alpha, threshold at mid-scale, twice the threshold saturates.
@@ -26,6 +28,8 @@ def overlay(frame_bgr: np.ndarray, result: Result, alpha: float = 0.45) -> np.nd
     colour = NG_COLOUR if result.is_anomaly else OK_COLOUR
     thickness = max(1, round(min(out.shape[:2]) / 200))
     cv2.drawContours(out, contours, -1, colour, thickness)
+    if result.mask is not None:  # where the inspection ends
+        cv2.drawContours(out, result.mask.outline, -1, MASK_COLOUR, thickness)
     text = f"{'NG' if result.is_anomaly else 'OK'} {result.score:.3f}"
     if result.variant is not None:
         text += f" {result.variant}"

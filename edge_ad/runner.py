@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .bundle import Bundle, read_yaml
 from .detector import Detector, Result
 from .drift import DriftWatch
 from .errors import EdgeAdError, SourceError
+from .masks import InspectionMask, calibration_mismatch
 from .outputs import open_output
 from .pipelines import output_pipeline
 from .regions import regions
@@ -84,9 +86,9 @@ class RunSummary:
 class _Capture(threading.Thread):
     """Reads one source into a one-frame slot until the source ends or the run stops."""
 
-    def __init__(self, stream: Stream, source: Source, ready: threading.Event):
+    def __init__(self, stream: Stream, source: Source, ready: threading.Event, mask: InspectionMask | None = None):
         super().__init__(name=f"capture {stream.name}", daemon=True)
-        self.stream, self.source, self.ready = stream, source, ready
+        self.stream, self.source, self.ready, self.mask = stream, source, ready, mask
         self.stop = threading.Event()
         self.slot: queue.Queue[Frame] = queue.Queue(maxsize=1)
         self.replaced = 0  # live frames replaced in the slot by a newer one before being scored
@@ -97,6 +99,8 @@ class _Capture(threading.Thread):
     def run(self) -> None:
         try:
             for frame in self.source.frames(self.stop):
+                if self.mask is not None:  # a mask of another size stops this source at its first frame
+                    self.mask.check(frame.image.shape, self.stream.name)
                 if self.source.live:
                     try:
                         self.slot.put_nowait(frame)
@@ -294,13 +298,13 @@ def _score(
     frame the detector refuses, NaN maps from a broken graph) each frame is scored alone, and
     the ones that fail are counted, logged and skipped (None): the run goes on."""
     try:
-        return detector.batch([frame.image for _, frame in ready])
+        return detector.batch([frame.image for _, frame in ready], masks=[capture.mask for capture, _ in ready])
     except EdgeAdError:
         pass
     results = []
     for capture, frame in ready:
         try:
-            results.append(detector(frame.image))
+            results.append(detector(frame.image, mask=capture.mask))
         except EdgeAdError as exc:
             record = stats[capture.stream.name]
             record.failed += 1
@@ -310,11 +314,32 @@ def _score(
     return results
 
 
+def _bundles(detector: Detector | VariantDetector) -> dict[str | None, Bundle]:
+    """The detector's bundles, keyed by variant (None for a single bundle)."""
+    if isinstance(detector, VariantDetector):
+        return {name: d.bundle for name, d in detector.detectors.items()}
+    return {None: detector.bundle}
+
+
 def drift_bands(detector: Detector | VariantDetector) -> dict[str | None, DriftWatch]:
     """Each bundle's calibrated drift band, keyed by variant (None for a single bundle)."""
-    if isinstance(detector, VariantDetector):
-        return {name: DriftWatch.from_bundle(d.bundle) for name, d in detector.detectors.items()}
-    return {None: DriftWatch.from_bundle(detector.bundle)}
+    return {variant: DriftWatch.from_bundle(bundle) for variant, bundle in _bundles(detector).items()}
+
+
+def load_masks(detector: Detector | VariantDetector, streams: list[Stream]) -> dict[str, InspectionMask | None]:
+    """Each stream's inspection mask, read before any source opens; a warning where a bundle's
+    site calibration was made with another mask or none (its threshold was set on other maps)."""
+    masks = {s.name: InspectionMask.load(s.mask) if s.mask else None for s in streams}
+    for bundle in _bundles(detector).values():
+        if bundle.calibration is None:
+            continue
+        calibrated = read_yaml(bundle.calibration).get("mask")
+        for name, mask in masks.items():
+            mismatch = calibration_mismatch(calibrated, mask)
+            if mismatch:
+                log.warning("%s: %s: %s; the threshold may not fit (calibrate with the same --mask)",
+                            name, bundle.calibration, mismatch)
+    return masks
 
 
 def run(
@@ -331,6 +356,7 @@ def run(
     for stream in streams:  # an unknown output type fails now, not after the first frame
         if stream.output and not stream.output.startswith("rtsp://"):
             output_pipeline(stream.output, 64, 64, DEFAULT_FPS, config.jetson)
+    masks = load_masks(detector, streams)
     stop = stop or threading.Event()
     ready = threading.Event()
     stats = {s.name: SourceStats(s.name) for s in streams}
@@ -346,7 +372,7 @@ def run(
             source = open_source(stream.input, stream.options, stream.pipeline, config.jetson)
             stack.callback(source.close)
             log.info("%s: %s", stream.name, source.description)
-            captures.append(_Capture(stream, source, ready))
+            captures.append(_Capture(stream, source, ready, masks[stream.name]))
             if stream.output:
                 sinks.add_video(stream, source)
         stack.callback(lambda: [c.join(timeout=2.0) for c in captures])

@@ -19,20 +19,22 @@ class Stream:
     output: str | None = None
     options: SourceOptions = field(default_factory=SourceOptions)
     pipeline: str | None = None  # the user's own GStreamer pipeline ending in appsink name=sink
+    mask: str | None = None  # inspection mask image (edge_ad.masks): the part of the frame scored
 
     def __post_init__(self) -> None:
         self.name = self.name or self.input or "pipeline"
 
 
-STREAM_KEYS = {"input", "name", "output", "pipeline"}
+STREAM_KEYS = {"input", "name", "output", "pipeline", "mask"}
 OPTION_KEYS = {"width", "height", "framerate", "codec", "latency_ms", "timeout_s", "pattern", "transport", "flip",
                "crop", "realtime", "loop"}
 
 
-def streams_from_yaml(path: Path, defaults: SourceOptions) -> list[Stream]:
+def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | None = None) -> list[Stream]:
     """Streams from a YAML file: `sources:` a list of mappings with `input` (or `pipeline`) and
-    optional `name`, `output` and source options (width, height, framerate, codec, latency_ms,
-    timeout_s, pattern, transport, flip, crop, realtime, loop); options left out take the command line's values."""
+    optional `name`, `output`, `mask` and source options (width, height, framerate, codec, latency_ms,
+    timeout_s, pattern, transport, flip, crop, realtime, loop); options and a mask left out take the command
+    line's values."""
     data = read_yaml(path)
     entries = data.get("sources")
     if not isinstance(entries, list) or not entries:
@@ -49,9 +51,11 @@ def streams_from_yaml(path: Path, defaults: SourceOptions) -> list[Stream]:
             raise EdgeAdError(f"{where}: needs 'input' (a URI, file or folder) or 'pipeline'")
         if not isinstance(entry.get("realtime", False), bool):
             raise EdgeAdError(f"{where}: 'realtime' must be true or false, not {entry['realtime']!r}")
+        if not isinstance(entry.get("mask", ""), str):
+            raise EdgeAdError(f"{where}: 'mask' must be an image file name, not {entry['mask']!r}")
         options = replace(defaults, **{k: entry[k] for k in OPTION_KEYS & set(entry)})
         streams.append(
             Stream(str(entry.get("input") or ""), str(entry.get("name") or ""), entry.get("output"), options,
-                   entry.get("pipeline"))
+                   entry.get("pipeline"), entry.get("mask", default_mask))
         )
     return streams

@@ -25,6 +25,7 @@ import numpy as np
 from .bundle import Bundle
 from .detector import Detector, Result
 from .errors import EdgeAdError
+from .masks import InspectionMask
 
 
 def parse_variants(specs: str | Sequence[str]) -> dict[str, Path]:
@@ -98,13 +99,16 @@ class VariantDetector:
         """The detector of the variant that gave `result`."""
         return self.detectors[result.variant]
 
-    def __call__(self, frame: np.ndarray, color: str = "BGR") -> Result:
-        return self.batch([frame], color)[0]
+    def __call__(self, frame: np.ndarray, color: str = "BGR", mask: InspectionMask | None = None) -> Result:
+        return self.batch([frame], color, [mask])[0]
 
-    def batch(self, frames: Sequence[np.ndarray], color: str = "BGR") -> list[Result]:
-        """Score the frames with every variant; each frame's result is that of the variant with the
-        lowest relative score, with `variant` set and every variant's stage times ('variant/stage')."""
-        per_variant = {name: detector.batch(frames, color) for name, detector in self.detectors.items()}
+    def batch(
+        self, frames: Sequence[np.ndarray], color: str = "BGR", masks: Sequence[InspectionMask | None] | None = None
+    ) -> list[Result]:
+        """Score the frames (within their inspection `masks`, if given) with every variant; each
+        frame's result is that of the variant with the lowest relative score, with `variant` set and
+        every variant's stage times ('variant/stage')."""
+        per_variant = {name: detector.batch(frames, color, masks) for name, detector in self.detectors.items()}
         bundles = {name: detector.bundle for name, detector in self.detectors.items()}
         return [pick_variant({name: results[i] for name, results in per_variant.items()}, bundles)
                 for i in range(len(frames))]

@@ -1,0 +1,163 @@
+"""Inspection masks: what lies outside the white part of the mask does not count, in the
+detector, in `edge-ad run` and in `edge-ad calibrate`; a mask that cannot apply is refused."""
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from edge_ad.detector import Detector
+from edge_ad.errors import EdgeAdError, ImageError, SourceError
+from edge_ad.masks import InspectionMask
+from edge_ad.pipelines import SourceOptions
+from edge_ad.render import MASK_COLOUR, overlay
+from edge_ad.runner import RunConfig, load_masks, run
+from edge_ad.streams import Stream, streams_from_yaml
+
+SIZE = 300  # ELPV cells
+INSPECTED_FROM = 200  # the mask keeps columns 200-299: the right third
+
+
+def _edge_ad(*args):
+    return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True)
+
+
+def _spot(image: np.ndarray, x: int) -> np.ndarray:
+    """A dark ellipse centred at column x: a defect the tiny model sees at once."""
+    out = image.copy()
+    cv2.ellipse(out, (x, SIZE // 2), (30, 40), 0, 0, 360, (20, 20, 20), -1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_bundle):
+    return Detector.load(tiny_bundle)
+
+
+@pytest.fixture(scope="module")
+def cells(normal_folder):
+    return [cv2.imread(str(p)) for p in sorted(normal_folder.glob("*.png"))[:4]]
+
+
+@pytest.fixture
+def mask_file(tmp_path):
+    picture = np.zeros((SIZE, SIZE, 3), np.uint8)
+    picture[:, INSPECTED_FROM:] = 255
+    path = tmp_path / "mask.png"
+    cv2.imwrite(str(path), picture)
+    return path
+
+
+def test_a_defect_outside_the_mask_does_not_count_one_inside_does(detector, cells, mask_file):
+    mask = InspectionMask.load(mask_file)
+    assert mask.shape == (SIZE, SIZE) and mask.share == pytest.approx(1 / 3, abs=0.01)
+    for cell in cells:
+        clean, clean_masked = detector(cell), detector(cell, mask=mask)
+        outside, inside = _spot(cell, 60), _spot(cell, 250)
+        jump = detector(outside).score - clean.score
+        assert jump > 0.5  # the spot stands out without a mask
+        # With the mask alone it is below the threshold; the features see 40-100 px around them, so
+        # a spot 110 px left of the edge (the tiny model's 128 px input: 47 px) still lifts the
+        # inspected part a little.
+        outside_masked = detector(outside, mask=mask)
+        assert outside_masked.score - clean_masked.score < 0.15 * jump
+        assert not outside_masked.is_anomaly
+        assert not outside_masked.map[:, :INSPECTED_FROM].any()  # nothing shown where nothing is inspected
+        assert outside_masked.mask is mask
+        assert detector(inside, mask=mask).score - clean_masked.score > 0.5
+        assert clean_masked.score <= clean.score
+
+
+def test_masks_that_cannot_apply_are_refused(detector, cells, mask_file, tmp_path):
+    mask = InspectionMask.load(mask_file)
+    with pytest.raises(ImageError, match=r"mask.png is 300x300 pixels, but the frames are 150x300"):
+        detector(cells[0][:, :150], mask=mask)
+    black = tmp_path / "black.png"
+    cv2.imwrite(str(black), np.zeros((SIZE, SIZE), np.uint8))
+    with pytest.raises(ImageError, match="black.png: the mask is black everywhere"):
+        InspectionMask.load(black)
+    speck = np.zeros((SIZE, SIZE), bool)
+    speck[10, 10] = True  # one frame pixel: less than half of any pixel of the model's input
+    with pytest.raises(ImageError, match="too small to keep a pixel of the model's 128x128 input"):
+        detector(cells[0], mask=InspectionMask(speck, "speck"))
+    with pytest.raises(ImageError, match="missing.png: cannot read"):
+        InspectionMask.load(tmp_path / "missing.png")
+
+
+def test_overlay_outlines_the_inspected_part(detector, cells, mask_file):
+    result = detector(cells[0], mask=InspectionMask.load(mask_file))
+    picture = overlay(cells[0], result)
+    edge = np.all(picture == MASK_COLOUR, axis=2)
+    assert edge[:, INSPECTED_FROM - 2 : INSPECTED_FROM + 3].sum() > SIZE // 2  # the mask's left edge
+    assert not edge[:, 20:INSPECTED_FROM - 20].any()
+
+
+def test_run_scores_each_source_within_its_mask(detector, cells, mask_file, tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, cell in enumerate(cells):  # a spot outside the inspected part, then one inside it
+        cv2.imwrite(str(folder / f"{2 * i}.png"), _spot(cell, 60))
+        cv2.imwrite(str(folder / f"{2 * i + 1}.png"), _spot(cell, 250))
+    events = tmp_path / "events.jsonl"
+    streams = [Stream(str(folder), "masked", mask=str(mask_file)), Stream(str(folder), "whole")]
+    summary = run(detector, streams, RunConfig(events=events))
+    assert summary.frames == 4 * len(cells)
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    whole = [e["anomaly"] for e in lines if e["source"] == "whole"]
+    masked = [e for e in lines if e["source"] == "masked"]
+    assert all(whole) and len(whole) == 2 * len(cells)  # every spot, seen without a mask
+    assert [e["anomaly"] for e in masked] == [False, True] * len(cells)
+    regions = [r for e in masked for r in e["regions"]]
+    assert regions and all(r["x"] >= INSPECTED_FROM for r in regions)
+
+    wrong = tmp_path / "wrong.png"
+    cv2.imwrite(str(wrong), np.full((240, 320), 255, np.uint8))
+    with pytest.raises(SourceError, match=r"masked: --mask .*wrong.png is 320x240 pixels, but the frames are 300x300"):
+        run(detector, [Stream(str(folder), "masked", mask=str(wrong))], RunConfig())
+
+
+def test_calibrate_within_a_mask_and_run_warns_on_another(tiny_bundle, normal_folder, mask_file, tmp_path, caplog):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    out = _edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 12, "--target-far", 0.3,
+                   "--confidence", 0.9, "--mask", mask_file)
+    assert out.returncode == 0, out.stderr
+    data = yaml.safe_load((bundle / "calibration.yaml").read_text())
+    assert data["mask"]["file"] == str(mask_file) and data["mask"]["inspected"] == pytest.approx(1 / 3, abs=0.01)
+    assert len(data["mask"]["sha256"]) == 64
+    # The false-alarm count is exact for the frames scored within the mask, as `run` scores them.
+    detector, mask = Detector.load(bundle), InspectionMask.load(mask_file)
+    scores = [detector(cv2.imread(str(p)), mask=mask).score for p in sorted(normal_folder.glob("*.png"))]
+    assert sum(s >= data["threshold"] for s in scores) == data["normal_frames_above_threshold"]
+    unmasked = [detector(cv2.imread(str(p))).score for p in sorted(normal_folder.glob("*.png"))]
+    assert scores != unmasked
+
+    other, copy = tmp_path / "other.png", tmp_path / "copy.bmp"
+    cv2.imwrite(str(other), np.full((SIZE, SIZE), 255, np.uint8))
+    cv2.imwrite(str(copy), cv2.imread(str(mask_file), cv2.IMREAD_GRAYSCALE))  # the same pixels in another file
+    streams = [Stream("a", "same", mask=str(mask_file)), Stream("b", "none"), Stream("c", "other", mask=str(other)),
+               Stream("d", "copy", mask=str(copy))]
+    with caplog.at_level(logging.WARNING, logger="edge_ad.runner"):
+        masks = load_masks(detector, streams)
+    assert masks["none"] is None and masks["same"].shape == (SIZE, SIZE)
+    assert f"none: {bundle / 'calibration.yaml'}: calibrated with --mask {mask_file}, scored without one" in caplog.text
+    assert f"other: {bundle / 'calibration.yaml'}: scored with --mask {other}, calibrated with another mask" in caplog.text
+    assert "same: " not in caplog.text and "copy: " not in caplog.text
+
+
+def test_masks_from_the_command_line_and_sources_yaml(tiny_bundle, tmp_path, mask_file):
+    sources = tmp_path / "cams.yaml"
+    sources.write_text(f"sources:\n  - {{input: a.mp4, mask: {mask_file}}}\n  - {{input: b.mp4}}\n")
+    first, second = streams_from_yaml(sources, SourceOptions(), default_mask="all.png")
+    assert (first.mask, second.mask) == (str(mask_file), "all.png")
+    sources.write_text("sources:\n  - {input: a.mp4, mask: [0, 0, 10, 10]}\n")
+    with pytest.raises(EdgeAdError, match=r"cams.yaml: source 1: 'mask' must be an image file name"):
+        streams_from_yaml(sources, SourceOptions())
+    out = _edge_ad("run", "--bundle", tiny_bundle, "--input", "test://", "--mask", tmp_path / "none.png")
+    assert out.returncode == 2 and "none.png: cannot read (No such file or directory)" in out.stderr
