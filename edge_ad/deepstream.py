@@ -25,6 +25,7 @@ import numpy as np
 from .bundle import load_bundle
 from .detector import MapScorer, Result
 from .errors import EdgeAdError
+from .masks import InspectionMask
 from .variants import check_comparable, parse_variants, pick_variant
 
 DEEPSTREAM_DIR = "deepstream"  # in a bundle folder: what `edge-ad deepstream` writes
@@ -95,15 +96,19 @@ class DeepStreamScorer:
         if len(self.scorers) > 1:
             check_comparable(self.bundles)
 
-    def score(self, grids: Sequence[np.ndarray], frame_shape: tuple[int, ...]) -> Result:
-        """One frame's raw grid maps, one (branches, h, w) array per bundle in order -> its Result."""
-        results = {name: scorer.score_grids(grid[None], [frame_shape])[0]
+    def score(
+        self, grids: Sequence[np.ndarray], frame_shape: tuple[int, ...], mask: InspectionMask | None = None
+    ) -> Result:
+        """One frame's raw grid maps, one (branches, h, w) array per bundle in order -> its Result
+        (within `mask`, an inspection mask in the source frame's pixels, if given)."""
+        results = {name: scorer.score_grids(grid[None], [frame_shape], masks=[mask])[0]
                    for (name, scorer), grid in zip(self.scorers.items(), grids, strict=True)}
         return next(iter(results.values())) if len(results) == 1 else pick_variant(results, self.bundles)
 
-    def __call__(self, frame_meta: Any) -> Result | None:
-        """The Result of one frame (pyds NvDsFrameMeta), or None when a network left it out."""
+    def __call__(self, frame_meta: Any, mask: InspectionMask | None = None) -> Result | None:
+        """The Result of one frame (pyds NvDsFrameMeta), within `mask` if given, or None when a
+        network left it out."""
         grids = [frame_grid_maps(frame_meta, unique_id) for unique_id in range(1, len(self.scorers) + 1)]
         if any(grid is None for grid in grids):
             return None
-        return self.score(grids, (frame_meta.source_frame_height, frame_meta.source_frame_width))
+        return self.score(grids, (frame_meta.source_frame_height, frame_meta.source_frame_width), mask)

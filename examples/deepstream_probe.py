@@ -18,14 +18,17 @@ gi.require_version("Gst", "1.0")
 import pyds
 from gi.repository import GLib, Gst
 
+from edge_ad import InspectionMask
 from edge_ad.deepstream import CONFIG_FILE, DEEPSTREAM_DIR, DeepStreamScorer
 from edge_ad.variants import parse_variants
 
 parser = argparse.ArgumentParser(description="score every frame of one or more cameras with edge-ad in DeepStream")
 parser.add_argument("--bundle", action="append", required=True, help="BUNDLE, or NAME=BUNDLE once per product variant")
+parser.add_argument("--mask", help="inspection mask for every camera, in its frames' pixels (README 'Inspection mask')")
 parser.add_argument("uris", nargs="+", help="one URI per camera or video (file://, rtsp://)")
 args = parser.parse_args()
 scorer = DeepStreamScorer(args.bundle)  # steps=K if the networks were written with --steps K
+mask = InspectionMask.load(args.mask) if args.mask else None
 
 
 def score_frames(pad, info):
@@ -33,7 +36,7 @@ def score_frames(pad, info):
     item = batch.frame_meta_list
     while item is not None:
         frame = pyds.NvDsFrameMeta.cast(item.data)
-        result = scorer(frame)
+        result = scorer(frame, mask)
         if result is not None:
             variant = f" ({result.variant})" if result.variant else ""
             print(f"{args.uris[frame.source_id]} frame {frame.frame_num}{variant}: "

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge_ad import Detector
+from edge_ad import Detector, InspectionMask
 from edge_ad.deepstream import CONFIG_FILE, MODEL_FILE, OUTPUT, DeepStreamScorer, engine_name, layer_array
 from edge_ad.doctor import doctor
 from edge_ad.errors import EdgeAdError
@@ -60,6 +60,14 @@ def test_the_single_network_scores_frames_as_the_detector_does(bundle_name, step
         assert got.score == pytest.approx(want.score, rel=1e-4)
         assert got.is_anomaly == want.is_anomaly and got.map.shape == want.map.shape
     assert results[1].score > results[0].score  # the spot
+
+    # Within an inspection mask, as the Detector scores it.
+    keep = np.zeros(frames[1].shape[:2], bool)
+    keep[:, : keep.shape[1] // 2] = True
+    mask = InspectionMask(keep, "left half")
+    got, want = scorer.score([grids[1]], frames[1].shape, mask), detector(frames[1], mask=mask)
+    assert got.score == pytest.approx(want.score, rel=1e-4) and got.score <= results[1].score
+    assert not got.map[:, keep.shape[1] // 2 :].any()
 
 
 def test_reduced_precision_engines_are_named_and_built_on_the_device(tiny_bundle, tmp_path):
