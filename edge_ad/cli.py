@@ -138,15 +138,14 @@ def _streams(args: argparse.Namespace) -> list:
 
 def _print_pipelines(streams: list, jetson: bool | None, bitrate_kbps: int | None) -> None:
     """The GStreamer pipelines of each stream (outputs at the input's size, else 1280x720)."""
-    from .pipelines import output_pipeline, rtsp_launch, source_pipeline
+    from .outputs import output_description
+    from .pipelines import source_pipeline
 
     for stream in streams:
         print(f"{stream.name}: {stream.pipeline or source_pipeline(stream.input, stream.options, jetson).description}")
         if stream.output:
             size = (stream.options.width or 1280, stream.options.height or 720, stream.options.framerate or 30)
-            out = (rtsp_launch(*size, jetson, bitrate_kbps) if stream.output.startswith("rtsp://")
-                   else output_pipeline(stream.output, *size, jetson, bitrate_kbps))
-            print(f"{stream.name} -> {stream.output}: {out}")
+            print(f"{stream.name} -> {stream.output}: {output_description(stream.output, *size, jetson, bitrate_kbps)}")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -470,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test://[pattern], csi://N, /dev/videoN, rtsp://..., rtp://@:port, a video file or an image "
                         "folder; repeat for several cameras")
     p.add_argument("--output", action="append",
-                   help="overlay video per --input: a .mp4/.mkv file, rtp://host:port, rtsp://@:port/path, display://0")
+                   help="overlay video per --input: a .mp4/.mkv file, rtp://host:port, rtsp://@:port/path, "
+                        "http://@:port/path (MJPEG for a web browser), display://0")
     p.add_argument("--output-bitrate", type=_positive_int, metavar="KBPS",
                    help="H.264 bit rate of the video outputs in kbit/s (default: the encoder's, 4000 for "
                         "nvv4l2h264enc, 2048 for x264enc)")

@@ -285,8 +285,8 @@ def output_pipeline(
             f"udpsink host={parsed.hostname} port={parsed.port} sync=false async=false"
         )
     if "://" in uri:
-        raise SourceError(f"{uri}: unknown output type (use a .mp4/.mkv file, rtp://host:port, rtsp://@:port/path "
-                          "or display://0)")
+        raise SourceError(f"{uri}: unknown output type (use a .mp4/.mkv file, rtp://host:port, rtsp://@:port/path, "
+                          "http://@:port/path or display://0)")
     path = Path(uri)
     muxer = VIDEO_CONTAINERS.get(path.suffix.lower())
     if muxer is None:

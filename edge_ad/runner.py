@@ -26,8 +26,7 @@ from .detector import Detector, Result
 from .drift import DriftWatch
 from .errors import EdgeAdError, SourceError
 from .masks import InspectionMask, calibration_mismatch
-from .outputs import open_output
-from .pipelines import output_pipeline
+from .outputs import open_output, output_description
 from .regions import regions
 from .render import overlay
 from .service import ServiceNotifier
@@ -354,8 +353,8 @@ def run(
     if len(set(names)) != len(names):
         raise EdgeAdError(f"run: source names must differ, got {names}")
     for stream in streams:  # an unknown output type fails now, not after the first frame
-        if stream.output and not stream.output.startswith("rtsp://"):
-            output_pipeline(stream.output, 64, 64, DEFAULT_FPS, config.jetson)
+        if stream.output:
+            output_description(stream.output, 64, 64, DEFAULT_FPS, config.jetson)
     masks = load_masks(detector, streams)
     stop = stop or threading.Event()
     ready = threading.Event()

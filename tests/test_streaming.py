@@ -400,3 +400,78 @@ def test_rtp_output_read_back_by_an_rtp_source(detector):
         thread.join(timeout=10)
     assert frames[0].image.shape == (120, 160, 3)  # the overlay video, decoded again
     assert box["summary"].sink_errors == {}
+
+
+def _mjpeg_parts(response, count: int) -> list[tuple[float, np.ndarray]]:
+    """The first `count` JPEG pictures of a multipart/x-mixed-replace response, with their arrival times."""
+    parts = []
+    while len(parts) < count:
+        assert response.readline() == b"--frame\r\n"
+        headers = {}
+        while (line := response.readline()) != b"\r\n":
+            key, _, value = line.decode().partition(":")
+            headers[key.lower()] = value.strip()
+        assert headers["content-type"] == "image/jpeg"
+        data = response.read(int(headers["content-length"]))
+        assert response.readline() == b"\r\n"
+        parts.append((time.monotonic(), cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)))
+    return parts
+
+
+def test_http_output_shows_the_overlay_in_a_browser(detector):
+    """http://@:port/path serves the overlay as MJPEG, at most MJPEG_FPS pictures a second."""
+    import urllib.error
+    import urllib.request
+
+    from edge_ad.outputs import MJPEG_FPS
+
+    port = _free_port(socket.SOCK_STREAM)
+    stream = Stream("test://ball?width=160&height=120&fps=30", output=f"http://@:{port}/line1")
+    stop, thread, box = _run_in_thread(detector, [stream], RunConfig())
+    try:
+        assert _wait_for(lambda: box or _port_open(port), 10)
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/line1", timeout=5) as response:
+            assert response.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=frame"
+            parts = _mjpeg_parts(response, 8)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert all(picture.shape == (120, 160, 3) for _, picture in parts)
+    # The overlay, not the bare frame: the score's text is drawn in OK green or NG red.
+    assert any(np.any(np.all(np.abs(picture.astype(int) - colour) < 40, axis=2))
+               for _, picture in parts for colour in ((80, 200, 80), (40, 40, 230)))
+    seconds = parts[-1][0] - parts[0][0]
+    assert seconds >= (len(parts) - 1) / MJPEG_FPS * 0.8  # 30 fps in, no more than MJPEG_FPS out
+    assert box["summary"].sink_errors == {}
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_http_output_lets_clients_go_and_its_port_free():
+    from edge_ad.outputs import MjpegOutput
+
+    port = _free_port(socket.SOCK_STREAM)
+    output = MjpegOutput(f"http://@:{port}/", 64, 48, 10)
+    picture = np.zeros((48, 64, 3), np.uint8)
+    output.write(picture, 0.0)
+    assert output.sequence == 0  # nobody watches: nothing is encoded
+    with pytest.raises(SourceError, match=f"cannot listen on port {port}"):
+        MjpegOutput(f"http://@:{port}/", 64, 48, 10)
+    client = socket.create_connection(("127.0.0.1", port))
+    client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert _wait_for(lambda: output.clients == 1, 5)
+    client.close()  # a client that leaves does not stop the writer
+    for i in range(30):
+        output.write(picture, i / 10)
+        time.sleep(0.01)
+    assert _wait_for(lambda: output.clients == 0, 5)
+    output.close()
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", port))
+    with pytest.raises(SourceError, match="an HTTP output needs a port"):
+        MjpegOutput("http://camera/line1", 64, 48, 10)
