@@ -110,9 +110,9 @@ class _Slow:
     def __init__(self, detector: Detector, seconds: float):
         self.detector, self.seconds = detector, seconds
 
-    def batch(self, images):
+    def batch(self, images, color="BGR", masks=None):
         time.sleep(self.seconds)
-        return self.detector.batch(images)
+        return self.detector.batch(images, color, masks)
 
     def __getattr__(self, name):
         return getattr(self.detector, name)

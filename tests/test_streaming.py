@@ -374,10 +374,10 @@ def test_a_frame_the_detector_refuses_is_skipped_and_the_run_goes_on(detector, t
     score = detector.batch
     refused: dict[bytes, bool] = {}  # every third distinct frame, decided once so a retry fails too
 
-    def flaky(frames, color="BGR"):
+    def flaky(frames, color="BGR", masks=None):
         if any(refused.setdefault(f.tobytes(), len(refused) % 3 == 2) for f in frames):  # NaN maps
             raise EdgeAdError("bundle: the graphs returned NaN or infinite values")
-        return score(frames, color)
+        return score(frames, color, masks)
 
     monkeypatch.setattr(detector, "batch", flaky)
     summary = run(detector, [Stream("test://ball?width=64&height=48", name="cam")],
