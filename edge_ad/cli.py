@@ -285,6 +285,25 @@ def _record(args: argparse.Namespace) -> None:
         print(f"train on them once they show only good parts: edge-ad train --data {args.out} --out RUN")
 
 
+def _mask(args: argparse.Namespace) -> None:
+    import cv2
+
+    from .images import read_image
+    from .masks import InspectionMask, draw_mask, preview
+
+    frame = cv2.cvtColor(read_image(args.frame), cv2.COLOR_RGB2BGR)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    picture = draw_mask(frame.shape, args.keep or [], args.ignore or [])
+    mask = InspectionMask(picture >= 128, str(out))  # refuses a mask with nothing left to inspect
+    look = out.with_name(f"{out.stem}_preview.png")
+    for path, image in ((out, picture), (look, preview(frame, mask))):
+        if not cv2.imwrite(str(path), image):
+            raise EdgeAdError(f"{path}: cannot write the picture")
+    print(f"mask {out} ({mask.share:.0%} of the frame inspected); check it in {look}, then paint it further in "
+          f"any editor (white: inspect, black: ignore) or use it: --mask {out}")
+
+
 def _defects(args: argparse.Namespace) -> None:
     import cv2
 
@@ -574,6 +593,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="png: lossless (default)")
     _add_source_options(p)  # the camera as `run` opens it
     p.set_defaults(func=_record)
+
+    p = sub.add_parser("mask", help="draw an inspection mask from rectangles on a frame of the camera, with a preview")
+    p.add_argument("--frame", required=True, help="a frame of the camera as it is scored (edge-ad record --frames 1)")
+    p.add_argument("--keep", type=_crop, action="append", metavar="X,Y,W,H",
+                   help="inspect only inside this rectangle (repeat for several; default: the whole frame)")
+    p.add_argument("--ignore", type=_crop, action="append", metavar="X,Y,W,H",
+                   help="do not inspect inside this rectangle (repeat for several)")
+    p.add_argument("--out", required=True, help="the mask PNG to write; NAME_preview.png beside it shows it on the frame")
+    p.set_defaults(func=_mask)
 
     p = sub.add_parser("defects", help="write a gallery picture of the synthetic training defects")
     p.add_argument("--data", required=True,

@@ -25,6 +25,7 @@ from .errors import ImageError
 from .images import read_image
 
 INSPECT_LEVEL = 128  # grey levels at or above it are inspected; below it, ignored
+MASK_COLOUR = (230, 170, 50)  # BGR: the edge of the inspected part in overlays and previews, blue
 
 
 class InspectionMask:
@@ -111,3 +112,31 @@ def calibration_mismatch(calibrated: dict | None, mask: InspectionMask | None) -
     if calibrated.get("sha256") != mask.sha256:
         return f"scored with --mask {mask.name}, calibrated with another mask ({calibrated.get('file')})"
     return None
+
+
+def draw_mask(
+    shape: tuple[int, ...], keep: list[tuple[int, int, int, int]], ignore: list[tuple[int, int, int, int]]
+) -> np.ndarray:
+    """A mask picture (uint8, 255 inspect, 0 ignore) of a frame of `shape` from rectangles (x, y,
+    width, height): inspect everything, or only the `keep` rectangles when there are any; then
+    ignore the `ignore` rectangles. A rectangle reaching outside the frame is refused."""
+    height, width = shape[:2]
+    for x, y, w, h in [*keep, *ignore]:
+        if x + w > width or y + h > height:
+            raise ImageError(f"rectangle {x},{y},{w},{h} reaches outside the {width}x{height} frame")
+    picture = np.full((height, width), 0 if keep else 255, np.uint8)
+    for x, y, w, h in keep:
+        picture[y : y + h, x : x + w] = 255
+    for x, y, w, h in ignore:
+        picture[y : y + h, x : x + w] = 0
+    return picture
+
+
+def preview(frame: np.ndarray, mask: InspectionMask) -> np.ndarray:
+    """The frame (BGR) with the ignored part darkened and the inspected part outlined, to check a mask."""
+    mask.check(frame.shape, "preview")
+    out = frame.copy()
+    out[~mask.inspect] //= 3
+    thickness = max(1, round(min(out.shape[:2]) / 200))
+    cv2.drawContours(out, mask.outline, -1, MASK_COLOUR, thickness)
+    return out

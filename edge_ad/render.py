@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 
 from .detector import Result
+from .masks import MASK_COLOUR
 
 OK_COLOUR = (80, 200, 80)  # BGR
 NG_COLOUR = (40, 40, 230)
-MASK_COLOUR = (230, 170, 50)  # the edge of an inspection mask: blue
 
 
 def overlay(frame_bgr: np.ndarray, result: Result, alpha: float = 0.45) -> np.ndarray:

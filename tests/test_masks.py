@@ -14,9 +14,9 @@ import yaml
 
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError, ImageError, SourceError
-from edge_ad.masks import InspectionMask
+from edge_ad.masks import MASK_COLOUR, InspectionMask
 from edge_ad.pipelines import SourceOptions
-from edge_ad.render import MASK_COLOUR, overlay
+from edge_ad.render import overlay
 from edge_ad.runner import RunConfig, load_masks, run
 from edge_ad.streams import Stream, streams_from_yaml
 
@@ -161,3 +161,26 @@ def test_masks_from_the_command_line_and_sources_yaml(tiny_bundle, tmp_path, mas
         streams_from_yaml(sources, SourceOptions())
     out = _edge_ad("run", "--bundle", tiny_bundle, "--input", "test://", "--mask", tmp_path / "none.png")
     assert out.returncode == 2 and "none.png: cannot read (No such file or directory)" in out.stderr
+
+
+def test_mask_command_draws_rectangles_and_a_preview(normal_folder, tmp_path):
+    frame = sorted(normal_folder.glob("*.png"))[0]
+    out = tmp_path / "masks" / "line1.png"
+    done = _edge_ad("mask", "--frame", frame, "--keep", "100,0,200,300", "--ignore", "150,100,50,50", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert f"--mask {out}" in done.stdout and "(64% of the frame inspected)" in done.stdout
+    mask = InspectionMask.load(out)
+    expected = np.zeros((SIZE, SIZE), bool)
+    expected[:, 100:] = True
+    expected[100:150, 150:200] = False
+    assert np.array_equal(mask.inspect, expected)
+    look = cv2.imread(str(tmp_path / "masks" / "line1_preview.png"))
+    original = cv2.imread(str(frame))
+    assert np.array_equal(look[5:95, 5:95], original[5:95, 5:95] // 3)  # ignored: darkened
+    assert np.array_equal(look[5:95, 110:290], original[5:95, 110:290])  # inspected: as it is
+    assert np.all(look[50, 100] == MASK_COLOUR)  # the edge of the inspected part
+
+    outside = _edge_ad("mask", "--frame", frame, "--ignore", "250,0,100,10", "--out", out)
+    assert outside.returncode == 2 and "rectangle 250,0,100,10 reaches outside the 300x300 frame" in outside.stderr
+    nothing = _edge_ad("mask", "--frame", frame, "--ignore", "0,0,300,300", "--out", out)
+    assert nothing.returncode == 2 and "the mask is black everywhere" in nothing.stderr
