@@ -175,20 +175,21 @@ def _run(args: argparse.Namespace) -> None:
         jetson=jetson,
         drift=args.drift,
         output_bitrate_kbps=args.output_bitrate,
+        alarm_frames=args.alarm_frames,
     )
     detector = load_detector(args.bundle, backend=args.backend, steps=args.steps, spin=not args.no_spin,
                              dla_core=args.dla_core)
     summary = run(detector, streams, config)
     for s in summary.sources:
         print(f"{s.name}: frames {s.frames}  dropped {s.dropped}  failed {s.failed}  reconnects {s.reconnects}  "
-              f"anomalies {s.anomalies}  "
+              f"anomalies {s.anomalies}  alarms {s.alarms}  "
               f"snapshots {s.snapshots}  latency p50 {s.latency(50):.1f} ms p99 {s.latency(99):.1f} ms"
               + (f"  error: {s.error}" if s.error else ""))
     for sink, errors in summary.sink_errors.items():
         print(f"{sink}: {errors} failed writes")
     print(
         f"frames {summary.frames}  seconds {summary.seconds:.2f}  fps {summary.fps:.1f}  "
-        f"anomalies {summary.anomalies}  snapshots {summary.snapshots}"
+        f"anomalies {summary.anomalies}  alarms {summary.alarms}  snapshots {summary.snapshots}"
     )
 
 
@@ -506,10 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="files and folders play N more times after the first (-1: for ever), as in jetson-utils")
     p.add_argument("--events", help="JSON-lines file, one line per frame (rotated by size)")
     p.add_argument("--events-max-mb", type=float, default=100.0, help="rotate the events file at this size")
-    p.add_argument("--snapshots", help="folder for the frame and overlay of anomalous frames")
+    p.add_argument("--snapshots", help="folder for the frame and overlay of alarm frames (see --alarm-frames)")
     p.add_argument("--snapshot-interval", type=float, default=1.0, help="at most one snapshot per source per N seconds")
     p.add_argument("--snapshot-quota-mb", type=float, default=500.0, help="oldest snapshots go beyond this size")
-    p.add_argument("--on-anomaly", help="command run (not waited for) for an anomalous frame; EDGE_AD_* variables")
+    p.add_argument("--on-anomaly", help="command run (not waited for) for an alarm frame; EDGE_AD_* variables")
+    p.add_argument("--alarm-frames", type=_positive_int, default=1, metavar="K",
+                   help="a frame raises an alarm (snapshot, --on-anomaly) when it and the K-1 frames of its source "
+                        "before it are anomalous (default 1: every anomalous frame)")
     p.add_argument("--metrics", help="file rewritten every 5 s with Prometheus-format metrics")
     p.add_argument("--metrics-port", type=int, help="serve the metrics on http://0.0.0.0:PORT/metrics")
     p.add_argument("--max-frames", type=_positive_int, help="stop each source after this many frames")

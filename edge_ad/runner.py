@@ -57,6 +57,7 @@ class RunConfig:
     jetson: bool | None = None  # None: detect
     output_bitrate_kbps: int | None = None  # H.264 of the video outputs (None: the encoder's default)
     drift: bool = False  # watch the rolling median of normal scores against the calibrated band
+    alarm_frames: int = 1  # anomalous frames in a row from a source before snapshots and the hook act
 
 
 @dataclass
@@ -72,6 +73,10 @@ class RunSummary:
     @property
     def anomalies(self) -> int:
         return sum(s.anomalies for s in self.sources)
+
+    @property
+    def alarms(self) -> int:
+        return sum(s.alarms for s in self.sources)
 
     @property
     def snapshots(self) -> int:
@@ -221,10 +226,14 @@ class _Sinks:
     def errors(self) -> dict[str, int]:
         return {g.name: g.errors for g in self.guards}
 
-    def deliver(self, stream: Stream, frame: Frame, result: Result, latency_ms: float, record: SourceStats) -> None:
+    def deliver(
+        self, stream: Stream, frame: Frame, result: Result, latency_ms: float, record: SourceStats, alarm: bool
+    ) -> None:
+        """Hand a scored frame to the sinks: events and video every frame, snapshots and the hook
+        only for an `alarm` (RunConfig.alarm_frames anomalous frames in a row)."""
         # The event (with its regions) and the overlay are made only when a sink takes them.
-        wants_event = self.events is not None or (self.hook is not None and result.is_anomaly)
-        event = _event(stream, frame, result, latency_ms) if wants_event else None
+        wants_event = self.events is not None or (self.hook is not None and alarm)
+        event = _event(stream, frame, result, latency_ms, alarm) if wants_event else None
         if self.events is not None:
             self.events(event)
         if self.drift is not None:
@@ -233,7 +242,7 @@ class _Sinks:
         if stream.name in self.videos:
             picture = overlay(frame.image, result)
             self.videos[stream.name](frame, picture)
-        if not result.is_anomaly:
+        if not alarm:
             return
         if self.snapshots is not None:
             drawn = (lambda: picture) if picture is not None else (lambda: overlay(frame.image, result))
@@ -258,7 +267,7 @@ def stop_on_signals(stop: threading.Event):
             signal.signal(sig, handler)
 
 
-def _event(stream: Stream, frame: Frame, result: Result, latency_ms: float) -> dict:
+def _event(stream: Stream, frame: Frame, result: Result, latency_ms: float, alarm: bool) -> dict:
     return {
         "event": "frame",
         "source": stream.name,
@@ -268,6 +277,7 @@ def _event(stream: Stream, frame: Frame, result: Result, latency_ms: float) -> d
         "pts": round(frame.timestamp, 6),
         "score": round(result.score, 6),
         "anomaly": result.is_anomaly,
+        "alarm": alarm,
         "threshold": result.threshold,
         "regions": regions(result.map, result.threshold) if result.is_anomaly else [],
         "latency_ms": round(latency_ms, 3),
@@ -403,8 +413,8 @@ def run(
                     continue
                 record = stats[capture.stream.name]
                 latency_ms = (done - frame.captured) * 1e3
-                record.add(latency_ms, result.is_anomaly)
-                sinks.deliver(capture.stream, frame, result, latency_ms, record)
+                alarm = record.add(latency_ms, result.is_anomaly, config.alarm_frames)
+                sinks.deliver(capture.stream, frame, result, latency_ms, record, alarm)
                 if config.max_frames is not None and record.frames >= config.max_frames:
                     capture.stop.set()
             bar.update(len(ready_frames))

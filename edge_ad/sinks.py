@@ -85,8 +85,9 @@ def slug(text: str) -> str:
 
 
 class Snapshots:
-    """The frame and its overlay as JPEG for anomalous frames: at most one per `interval_s` per
-    source, and the oldest snapshots are deleted when the folder passes `quota_bytes`."""
+    """The frame and its overlay as JPEG for alarm frames (anomalous ones, by default): at most one
+    per `interval_s` per source, and the oldest snapshots are deleted when the folder passes
+    `quota_bytes`."""
 
     def __init__(self, folder: Path, interval_s: float = 1.0, quota_bytes: int = 500 << 20):
         self.folder, self.interval_s, self.quota_bytes = folder, interval_s, quota_bytes
@@ -124,10 +125,10 @@ class Snapshots:
 
 
 class AnomalyHook:
-    """Runs a command for an anomalous frame, without waiting for it; the frame's facts are in
-    its environment (EDGE_AD_SOURCE, EDGE_AD_FRAME, EDGE_AD_SCORE, EDGE_AD_THRESHOLD,
-    EDGE_AD_TIMESTAMP, and EDGE_AD_VARIANT with one bundle per variant). While the previous call
-    still runs, further anomalies are skipped."""
+    """Runs a command for an alarm frame (an anomalous one, by default), without waiting for it;
+    the frame's facts are in its environment (EDGE_AD_SOURCE, EDGE_AD_FRAME, EDGE_AD_SCORE,
+    EDGE_AD_THRESHOLD, EDGE_AD_TIMESTAMP, and EDGE_AD_VARIANT with one bundle per variant). While
+    the previous call still runs, further alarms are skipped."""
 
     def __init__(self, command: str):
         self.argv = shlex.split(command)

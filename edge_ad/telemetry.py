@@ -32,6 +32,8 @@ class SourceStats:
     name: str
     frames: int = 0
     anomalies: int = 0
+    alarms: int = 0  # alarm frames: anomalous, and so were the --alarm-frames - 1 before them (edge_ad.runner)
+    streak: int = 0  # anomalous frames in a row up to the last one
     dropped: int = 0
     reconnects: int = 0
     snapshots: int = 0
@@ -40,11 +42,17 @@ class SourceStats:
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
     _done: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
 
-    def add(self, latency_ms: float, anomaly: bool) -> None:
+    def add(self, latency_ms: float, anomaly: bool, alarm_frames: int = 1) -> bool:
+        """Count a scored frame; returns whether it raises an alarm: it is anomalous, and so were
+        the `alarm_frames` - 1 frames of this source before it."""
         self.frames += 1
         self.anomalies += anomaly
+        self.streak = self.streak + 1 if anomaly else 0
+        alarm = self.streak >= alarm_frames
+        self.alarms += alarm
         self.latencies_ms.append(latency_ms)
         self._done.append(time.monotonic())
+        return alarm
 
     @property
     def fps(self) -> float:
@@ -68,6 +76,7 @@ class _Collector:
             for name, text in (
                 ("frames", "Frames scored"),
                 ("anomalies", "Frames flagged anomalous"),
+                ("alarms", "Anomalous frames that raised an alarm (--alarm-frames anomalous frames in a row)"),
                 ("dropped", "Frames dropped because a newer one arrived first"),
                 ("reconnects", "Reconnections of a live source"),
                 ("failed", "Frames the detector could not score"),
