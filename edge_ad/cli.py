@@ -104,8 +104,11 @@ def _print_report(report: dict, json_path: str | None) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from export.evaluate import evaluate
 
+    from .masks import InspectionMask
+
+    mask = InspectionMask.load(args.mask) if args.mask else None
     _print_report(evaluate(args.bundle, args.data, steps=args.steps, backend=args.backend, dla_core=args.dla_core,
-                           picture=Path(args.report) if args.report else None), args.json)
+                           picture=Path(args.report) if args.report else None, mask=mask), args.json)
 
 
 def _source_options(args: argparse.Namespace) -> SourceOptions:
@@ -480,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--report", help="PNG: score histograms with the thresholds, the ROC curve, and overlays of the "
                                     "highest-scoring normal and lowest-scoring anomalous images")
+    _add_mask_option(p)
     _add_detector_options(p)
     p.set_defaults(func=_eval)
 

@@ -54,16 +54,20 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     return float(f1[best]), float(thresholds[best])
 
 
-def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
+def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3, valid: np.ndarray | None = None) -> float:
     """Area under the per-region-overlap curve up to `fpr_limit`, normalised to [0, 1].
 
     masks: bool (N, H, W); maps: float (N, H, W). Regions are 8-connected
     components of each mask; every region weighs the same whatever its size.
+    valid: bool (H, W), the pixels that count (an inspection mask's); the others are neither
+    region nor normal pixels.
     """
     masks = np.asarray(masks).astype(bool)
     maps = np.asarray(maps, dtype=np.float64)
     if masks.shape != maps.shape:
         raise ValueError(f"masks {masks.shape} and maps {maps.shape} differ in shape")
+    if valid is not None:
+        masks = masks & valid
     region_weight = np.zeros(masks.shape, np.float64)
     n_regions = 0
     for i, mask in enumerate(masks):
@@ -72,7 +76,7 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
             member = labels == region
             region_weight[i][member] = 1.0 / member.sum()
         n_regions += count - 1
-    negatives = ~masks
+    negatives = ~masks if valid is None else ~masks & valid
     n_negative = int(negatives.sum())
     if n_regions == 0 or n_negative == 0:
         raise ValueError("AUPRO needs anomalous regions and normal pixels")

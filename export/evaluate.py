@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from edge_ad.datasets import Sample, load_samples
 from edge_ad.errors import DataError
+from edge_ad.masks import InspectionMask
 from edge_ad.metrics import aupro, auroc, f1_max
 from edge_ad.render import overlay
 from edge_ad.variants import VariantDetector, load_detector, parse_variants
@@ -42,10 +43,13 @@ def evaluate(
     exclude: frozenset[str] = frozenset(),
     dla_core: int | None = None,
     picture: Path | None = None,
+    mask: InspectionMask | None = None,
 ) -> dict:
     """Score every test image of `data` with the bundle (at `steps` bridge steps) and return the
     metrics; samples named in `exclude` (known defects used in training) are left out. With
-    `picture`, also draw them there (export/eval_report.py).
+    `picture`, also draw them there (export/eval_report.py). With an inspection `mask` (test
+    images of its size), images are scored as `edge-ad run --mask` scores frames, and the pixel
+    metrics count its inspected pixels only.
 
     Several bundles ('NAME=BUNDLE', one per product variant) run as a VariantDetector: scores and
     maps are taken relative to each variant's normal images (the scale on which it compares
@@ -62,7 +66,8 @@ def evaluate(
     scores, maps, masks, taken = [], [], [], {}
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluating", unit="batch"):
         chunk = samples[start : start + batch_size]
-        for sample, result in zip(chunk, loaded.batch([s.image() for s in chunk], color="RGB")):
+        results = loaded.batch([s.image() for s in chunk], color="RGB", masks=[mask] * len(chunk))
+        for sample, result in zip(chunk, results):
             model, scale = detector, (lambda values: values)
             if variants is not None:
                 model, scale = variants.detector_of(result), (lambda values: variants.relative(values, result.variant))
@@ -99,20 +104,24 @@ def evaluate(
     }
     if detector is not None:
         report["bundle_threshold"] = detector.threshold
+    if mask is not None:
+        report["mask"] = mask.describe()
     if with_masks:
         maps_array, masks_array = np.stack(maps), np.stack(masks)
-        report["pixel_auroc"] = auroc(masks_array, maps_array)
-        report["aupro_0.3"] = aupro(masks_array, maps_array, 0.3)
+        valid = None if mask is None else mask.at(*maps_array.shape[1:])
+        pixels = (masks_array, maps_array) if valid is None else (masks_array[:, valid], maps_array[:, valid])
+        report["pixel_auroc"] = auroc(*pixels)
+        report["aupro_0.3"] = aupro(masks_array, maps_array, 0.3, valid)
     if picture is not None:
-        overlays = tuple([_overlay(loaded, samples[i], scores[i]) for i in indices]
+        overlays = tuple([_overlay(loaded, samples[i], scores[i], mask) for i in indices]
                          for indices in worst_cases(labels, scores))
         threshold = detector.threshold if detector is not None else None
         report["picture"] = str(write_eval_report(report, labels, scores, threshold, overlays, Path(picture)))
     return report
 
 
-def _overlay(loaded, sample: Sample, score: float) -> tuple[str, np.ndarray]:
+def _overlay(loaded, sample: Sample, score: float, mask: InspectionMask | None) -> tuple[str, np.ndarray]:
     """A title and the heat-map overlay of one test image, scored again for its map."""
     image = sample.image()
-    (result,) = loaded.batch([image], color="RGB")
+    (result,) = loaded.batch([image], color="RGB", masks=[mask])
     return f"{sample.name} ({sample.group}): {score:.3f}", overlay(np.ascontiguousarray(image[..., ::-1]), result)

@@ -75,6 +75,16 @@ def test_eval_on_mvtec_layout_reports_all_metrics(tiny_bundle, mvtec_category, t
     assert set(report["image_auroc_per_group"]) == {"spot"}
     assert 0.5 < report["pixel_auroc"] <= 1.0 and 0.0 < report["aupro_0.3"] <= 1.0
 
+    # Within an inspection mask, as `run --mask` scores: the maps and pixel metrics of its part only.
+    keep = np.zeros((300, 300), np.uint8)
+    keep[:, :150] = 255
+    cv2.imwrite(str(tmp_path / "mask.png"), keep)
+    edge_ad("eval", "--bundle", tiny_bundle, "--data", mvtec_category, "--json", tmp_path / "masked.json",
+            "--mask", tmp_path / "mask.png")
+    masked = json.loads((tmp_path / "masked.json").read_text())
+    assert masked["mask"]["inspected"] == 0.5 and masked["test_images"] == 8
+    assert masked["pixel_auroc"] != report["pixel_auroc"] and 0.0 < masked["aupro_0.3"] <= 1.0
+
 
 def test_examples_run_against_a_bundle(cli_bundle, normal_folder, tmp_path):
     root = Path(__file__).resolve().parents[1] / "examples"

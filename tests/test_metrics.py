@@ -94,3 +94,15 @@ def test_aupro_perfect_and_region_weighting():
     only_large = np.zeros_like(masks, float)
     only_large[0, :10, :10] = 1.0
     assert aupro(masks, only_large, 0.3) == pytest.approx(0.575)
+
+
+def test_aupro_over_valid_pixels_is_aupro_of_those_pixels():
+    rng = np.random.default_rng(3)
+    masks = np.zeros((3, 20, 30), bool)
+    masks[0, 2:6, 3:9] = masks[1, 10:15, 20:28] = masks[2, 5:12, 12:18] = True
+    maps = rng.random(masks.shape) + masks * rng.random(masks.shape)
+    valid = np.zeros((20, 30), bool)
+    valid[:, :16] = True  # cuts the third region in two and leaves the second out
+    expected = aupro(masks[:, :, :16], maps[:, :, :16], 0.3)
+    assert aupro(masks, maps, 0.3, valid=valid) == pytest.approx(expected, abs=1e-12)
+    assert expected != pytest.approx(aupro(masks, maps, 0.3))
