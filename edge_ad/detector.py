@@ -55,7 +55,7 @@ def frame_map(normalised: np.ndarray, frame_shape: tuple[int, ...], mask: Inspec
     display = cv2.resize(normalised, (frame_shape[1], frame_shape[0]), interpolation=cv2.INTER_LINEAR)
     np.clip(display, 0.0, 1.0, out=display)
     if mask is not None:
-        display[~mask.inspect] = 0.0
+        display *= mask.inspect  # in place: no per-frame copy of a frame-sized array
     return display
 
 
