@@ -379,8 +379,9 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-width", type=_positive_int)
     p.add_argument("--input-height", type=_positive_int)
     p.add_argument("--input-framerate", type=_positive_int)
-    p.add_argument("--input-codec", choices=("h264", "h265", "mjpeg", "raw"),
-                   help="camera or stream codec (default: raw for V4L2, h264 for RTSP/RTP)")
+    p.add_argument("--input-codec", choices=("h264", "h265", "mjpeg", "raw", "bayer"),
+                   help="camera or stream codec (default: raw for V4L2 and GenICam, h264 for RTSP/RTP; bayer: a "
+                        "GenICam colour camera sending its sensor's mosaic)")
     p.add_argument("--input-flip", choices=tuple(FLIPS), default="none",
                    help="rotate or mirror the frames, for a camera mounted turned (nvvidconv on a Jetson)")
     p.add_argument("--input-crop", type=_crop, metavar="X,Y,W,H",
@@ -490,8 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="score live or recorded video: cameras, RTSP/RTP, files, folders, test://")
     _add_variant_bundles(p)
     p.add_argument("--input", action="append",
-                   help="test://[pattern], csi://N, /dev/videoN, rtsp://..., rtp://@:port, a video file or an image "
-                        "folder; repeat for several cameras")
+                   help="test://[pattern], csi://N, /dev/videoN, genicam://[CAMERA], rtsp://..., rtp://@:port, a video "
+                        "file or an image folder; repeat for several cameras")
     p.add_argument("--output", action="append",
                    help="overlay video per --input: a .mp4/.mkv file, rtp://host:port, rtsp://@:port/path, "
                         "http://@:port/path (MJPEG for a web browser), display://0")

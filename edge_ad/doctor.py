@@ -26,7 +26,7 @@ ELEMENT_PACKAGES = {
     "rtph264pay": "gstreamer1.0-plugins-good", "mp4mux": "gstreamer1.0-plugins-good",
     "v4l2src": "gstreamer1.0-plugins-good", "jpegdec": "gstreamer1.0-plugins-good",
     "h264parse": "gstreamer1.0-plugins-bad", "x264enc": "gstreamer1.0-plugins-ugly",
-    "avdec_h264": "gstreamer1.0-libav",
+    "avdec_h264": "gstreamer1.0-libav", "aravissrc": "libaravis-0.8-0",
     "nvarguscamerasrc": "nvidia-l4t-gstreamer (JetPack)", "nvv4l2decoder": "nvidia-l4t-gstreamer (JetPack)",
     "nvvidconv": "nvidia-l4t-gstreamer (JetPack)", "nvv4l2h264enc": "nvidia-l4t-gstreamer (JetPack)",
 }
@@ -97,6 +97,9 @@ def _check_gstreamer(report: Report, config: dict) -> None:
                              + (f", missing {', '.join(missing)}" if missing else ""))
     for element in missing:
         report.problems.append(f"GStreamer element {element} is missing: install {ELEMENT_PACKAGES.get(element, 'its plugin')}")
+    # Optional: only genicam:// inputs need it.
+    report.found("GenICam", "aravissrc present, for genicam:// inputs" if Gst.ElementFactory.find("aravissrc")
+                 else f"aravissrc missing: genicam:// inputs need apt-get install {ELEMENT_PACKAGES['aravissrc']}")
 
 
 def _check_power(report: Report, device: Device, config: dict, root: Path) -> None:

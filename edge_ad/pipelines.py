@@ -55,7 +55,7 @@ class SourceOptions:
     width: int | None = None
     height: int | None = None
     framerate: int | None = None
-    codec: str | None = None  # h264, h265, mjpeg or raw
+    codec: str | None = None  # h264, h265, mjpeg, raw, or bayer (GenICam colour cameras)
     latency_ms: int = 200  # rtspsrc / rtpjitterbuffer latency
     timeout_s: float = 5.0  # a live source with no frame for this long reconnects
     pattern: str | None = None  # test:// pattern when the URI does not name one
@@ -162,6 +162,20 @@ def _v4l2(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     return SourcePipeline(f"v4l2src device={_quote(device)} ! {caps} ! {decode}", True)
 
 
+def _genicam(uri: str, options: SourceOptions) -> SourcePipeline:
+    """genicam://[CAMERA]: a GigE Vision or USB3 Vision camera through Aravis (aravissrc), the
+    cameras of factory lines. CAMERA is its id as `arv-tool-0.8` lists it (vendor-model-serial)
+    or its IP address; without one, the first camera found. Mono and RGB frames come raw; a
+    colour camera that sends its sensor's Bayer mosaic needs `--input-codec bayer` (bayer2rgb).
+    `--input-width/height/framerate` set the camera's region and rate through the caps."""
+    camera = uri[len("genicam://") :].strip("/")
+    codec = _codec(uri, options, "raw", ("raw", "bayer"))
+    name = f" camera-name={_quote(camera)}" if camera else ""
+    caps = _caps("video/x-bayer" if codec == "bayer" else "video/x-raw", options)
+    demosaic = "bayer2rgb ! " if codec == "bayer" else ""
+    return SourcePipeline(f"aravissrc{name} ! {caps} ! {demosaic}{_bgr_sink(uri, options, False)}", True)
+
+
 def _csi(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     if not jetson:
         raise SourceError(f"{uri}: CSI cameras need a Jetson (nvarguscamerasrc); this machine is not one")
@@ -212,7 +226,7 @@ def _file(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
 
 def source_pipeline(uri: str, options: SourceOptions | None = None, jetson: bool | None = None) -> SourcePipeline:
     """The pipeline for a source URI: test://[pattern][?width=&height=&fps=], csi://N, /dev/videoN,
-    v4l2:///dev/videoN, rtsp://..., rtp://[host]:port, or a video file."""
+    v4l2:///dev/videoN, genicam://[CAMERA], rtsp://..., rtp://[host]:port, or a video file."""
     options = options or SourceOptions()
     jetson = is_jetson() if jetson is None else jetson
     if uri.startswith("test://"):
@@ -221,13 +235,16 @@ def source_pipeline(uri: str, options: SourceOptions | None = None, jetson: bool
         return _csi(uri, options, jetson)
     if uri.startswith("v4l2://") or uri.startswith("/dev/video"):
         return _v4l2(uri, options, jetson)
+    if uri.startswith("genicam://"):
+        return _genicam(uri, options)
     if uri.startswith(("rtsp://", "rtsps://")):
         return _rtsp(uri, options, jetson)
     if uri.startswith("rtp://"):
         return _rtp(uri, options, jetson)
     if "://" in uri and not uri.startswith("file://"):
         raise SourceError(
-            f"{uri}: unknown source type (use test://, csi://N, /dev/videoN, rtsp://, rtp://, a video file or a folder)"
+            f"{uri}: unknown source type (use test://, csi://N, /dev/videoN, genicam://, rtsp://, rtp://, a video file "
+            "or a folder)"
         )
     return _file(uri, options, jetson)
 

@@ -137,7 +137,9 @@ class GstSource:
         try:
             self.pipeline = Gst.parse_launch(self.description)
         except Exception as exc:  # GLib.Error carries GStreamer's own message
-            raise SourceError(f"{self.uri}: cannot build pipeline '{self.description}': {exc}") from exc
+            hint = " (GenICam cameras need Aravis's GStreamer plugin: apt-get install libaravis-0.8-0)" \
+                if "aravissrc" in str(exc) else ""
+            raise SourceError(f"{self.uri}: cannot build pipeline '{self.description}': {exc}{hint}") from exc
         self.appsink = self.pipeline.get_by_name("sink")
         if self.appsink is None:
             raise SourceError(f"{self.uri}: pipeline has no appsink named 'sink'")

@@ -1,0 +1,116 @@
+"""GenICam cameras (GigE Vision, USB3 Vision) through Aravis: Aravis's own simulated GigE Vision
+camera (arv-fake-gv-camera-0.8) on 127.0.0.1 streams real GVSP packets to aravissrc."""
+
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+
+from edge_ad.detector import Detector
+from edge_ad.errors import SourceError
+from edge_ad.pipelines import SourceOptions, source_pipeline
+from edge_ad.runner import RunConfig, run
+from edge_ad.sources import load_gst, open_source
+from edge_ad.streams import Stream
+
+FAKE_CAMERA = shutil.which("arv-fake-gv-camera-0.8")
+
+
+def _aravis_plugin() -> bool:
+    try:
+        return load_gst().ElementFactory.find("aravissrc") is not None
+    except Exception:
+        return False
+
+
+needs_camera = pytest.mark.skipif(FAKE_CAMERA is None or not _aravis_plugin(),
+                                  reason="Aravis (libaravis-0.8-0, aravis-tools) is not installed")
+
+
+def _start_camera() -> subprocess.Popen:
+    camera = subprocess.Popen([FAKE_CAMERA, "-i", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # it answers discovery and control once its sockets are bound
+    return camera
+
+
+@pytest.fixture
+def camera():
+    process = _start_camera()
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_genicam_pipelines():
+    plain = source_pipeline("genicam://Basler-acA1920-40gc-23456789", SourceOptions(width=1920, height=1200),
+                            jetson=True)
+    assert plain.live and plain.description == (
+        'aravissrc camera-name="Basler-acA1920-40gc-23456789" ! video/x-raw,width=1920,height=1200 ! '
+        "videoconvert ! video/x-raw,format=BGR ! appsink name=sink")
+    bayer = source_pipeline("genicam://", SourceOptions(codec="bayer", flip="rotate-180"), jetson=False)
+    assert bayer.description == ("aravissrc ! video/x-bayer ! bayer2rgb ! videoconvert ! video/x-raw,format=BGR ! "
+                                 "videoflip video-direction=180 ! appsink name=sink")
+    with pytest.raises(SourceError, match="codec 'h264' is not supported for this source"):
+        source_pipeline("genicam://cam", SourceOptions(codec="h264"))
+
+
+@needs_camera
+def test_a_gige_camera_is_scored_at_the_size_and_rate_asked(camera, tiny_bundle, tmp_path):
+    source = open_source("genicam://127.0.0.1", SourceOptions(width=160, height=120, framerate=20))
+    frames = []
+    for frame in source.frames():
+        frames.append(frame)
+        if len(frames) == 5:
+            break
+    source.close()
+    assert all(f.image.shape == (120, 160, 3) for f in frames) and source.fps == 20
+    assert [f.index for f in frames] == sorted({f.index for f in frames})  # numbered in order, none twice
+
+    events = tmp_path / "events.jsonl"
+    summary = run(Detector.load(tiny_bundle), [Stream("genicam://127.0.0.1", "line1")],
+                  RunConfig(events=events, max_frames=10))
+    (stats,) = summary.sources
+    assert stats.frames == 10 and stats.error is None
+    assert len(events.read_text().splitlines()) == 10
+
+
+@needs_camera
+def test_a_camera_that_goes_away_is_reconnected():
+    camera = _start_camera()
+    source = open_source("genicam://127.0.0.1", SourceOptions(width=128, height=96, framerate=20, timeout_s=1.0))
+    start, arrivals, stop = time.monotonic(), [], threading.Event()
+
+    def unplug_and_plug_back():
+        nonlocal camera
+        time.sleep(1.5)
+        camera.kill()
+        camera.wait()
+        time.sleep(2.0)
+        camera = _start_camera()
+
+    helper = threading.Thread(target=unplug_and_plug_back)
+    helper.start()
+    deadline = threading.Timer(30.0, stop.set)  # a camera that never comes back ends the test, failed
+    deadline.start()
+    try:
+        for _ in source.frames(stop):
+            arrivals.append(time.monotonic() - start)
+            if arrivals[-1] > 3.5 and len([t for t in arrivals if t > 3.5]) >= 10:
+                break  # ten frames after the camera came back
+    finally:
+        deadline.cancel()
+        source.close()
+        helper.join()
+        camera.kill()
+        camera.wait()
+    assert source.reconnects >= 1
+    assert max(b - a for a, b in zip(arrivals, arrivals[1:])) > 1.0  # the gap while it was away
+    assert len([t for t in arrivals if t > 3.5]) >= 10
+
+
+@needs_camera
+def test_an_unknown_camera_is_named():
+    with pytest.raises(SourceError, match=r'genicam://line-camera-7: .*Could not find camera "line-camera-7"'):
+        open_source("genicam://line-camera-7")
