@@ -1,29 +1,24 @@
 """Video outputs of `edge-ad run`: the overlay video to a file, an RTP or RTSP stream, a display,
-or a web browser.
+or a web browser (edge_ad.mjpeg).
 
 Frames are pushed into an appsrc with their source's timestamps, so the video plays at the input
 frame rate; H.264 comes from nvv4l2h264enc on a Jetson and x264enc elsewhere. RTSP outputs are
-served by gst-rtsp-server (gir1.2-gst-rtsp-server-1.0) to every client that connects. HTTP
-outputs serve the overlay as MJPEG, which a browser shows without a player or a plug-in.
+served by gst-rtsp-server (gir1.2-gst-rtsp-server-1.0) to every client that connects.
 """
 
 from __future__ import annotations
 
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
-import cv2
 import numpy as np
 
 from .errors import SourceError
+from .mjpeg import MjpegOutput, mjpeg_description
 from .pipelines import output_pipeline, rtsp_launch
 from .sources import bus_error, load_gst
 
 EOS_WAIT_S = 1.0  # how long close() waits for the muxer to finish a file
-MJPEG_FPS = 10.0  # HTTP outputs send at most this many pictures a second: enough to watch, a third of the bandwidth
-MJPEG_QUALITY = 80
 
 
 class VideoOutput:
@@ -129,99 +124,6 @@ class RtspOutput:
             source.destroy()
         self.loop.quit()
         self.thread.join(timeout=1.0)
-
-
-class MjpegOutput:
-    """http://@:port/path: the overlay as MJPEG (multipart/x-mixed-replace) for web browsers. Each
-    picture is encoded once, only while someone watches, at most MJPEG_FPS a second, and every
-    client gets the newest one: a slow client skips pictures, it never holds up the run."""
-
-    def __init__(self, uri: str, width: int, height: int, fps: int, jetson: bool | None = None,
-                 bitrate_kbps: int | None = None):
-        self.uri, self.size = uri, (width, height)
-        self.description = mjpeg_description(uri)
-        parsed = urlparse(uri)
-        self.path = "/" + parsed.path.strip("/")
-        self.changed = threading.Condition()
-        self.jpeg: bytes | None = None
-        self.sequence = 0
-        self.clients = 0
-        self.closed = False
-        self._next_s = 0.0
-        output = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.rstrip("/") != output.path.rstrip("/"):
-                    self.send_error(404, f"the overlay is at {output.path}")
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.send_header("Cache-Control", "no-cache, no-store")
-                self.end_headers()
-                output.serve(self.wfile)
-
-            def log_message(self, *args) -> None:  # no line per request on stderr
-                pass
-
-        try:
-            self.server = ThreadingHTTPServer((parsed.hostname or "", parsed.port), Handler)
-        except OSError as exc:
-            raise SourceError(f"{uri}: cannot listen on port {parsed.port} ({exc.strerror or exc})") from exc
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name=f"http {uri}", daemon=True)
-        self.thread.start()
-
-    def serve(self, stream) -> None:
-        """Send the newest picture each time there is a new one, until the client leaves or the output closes."""
-        with self.changed:
-            self.clients += 1
-        seen = 0  # sequence 0: no picture yet
-        try:
-            while True:
-                with self.changed:
-                    self.changed.wait_for(lambda: self.closed or self.sequence != seen, timeout=1.0)
-                    if self.closed:
-                        return
-                    if self.sequence == seen:
-                        continue
-                    jpeg, seen = self.jpeg, self.sequence
-                stream.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg))
-                stream.write(jpeg + b"\r\n")
-                stream.flush()
-        except OSError:  # the client left (broken pipe, reset)
-            return
-        finally:
-            with self.changed:
-                self.clients -= 1
-
-    def write(self, image: np.ndarray, timestamp: float) -> None:
-        if self.clients == 0 or time.monotonic() < self._next_s:
-            return
-        self._next_s = time.monotonic() + 1.0 / MJPEG_FPS
-        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, MJPEG_QUALITY])
-        if not ok:
-            raise SourceError(f"{self.uri}: cannot encode a frame of shape {image.shape} as JPEG")
-        with self.changed:
-            self.jpeg, self.sequence = data.tobytes(), self.sequence + 1
-            self.changed.notify_all()
-
-    def close(self) -> None:
-        """Stop serving: clients are let go and the port is released."""
-        with self.changed:
-            self.closed = True
-            self.changed.notify_all()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def mjpeg_description(uri: str) -> str:
-    """What an http:// output is, after checking that it names a port."""
-    parsed = urlparse(uri)
-    if parsed.port is None:
-        raise SourceError(f"{uri}: an HTTP output needs a port, as in http://@:8080/line1")
-    return (f"MJPEG over HTTP on port {parsed.port}, path /{parsed.path.strip('/')}, at most {MJPEG_FPS:g} "
-            f"pictures a second (JPEG quality {MJPEG_QUALITY})")
 
 
 def output_description(

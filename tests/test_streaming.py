@@ -418,33 +418,41 @@ def _mjpeg_parts(response, count: int) -> list[tuple[float, np.ndarray]]:
     return parts
 
 
-def test_http_output_shows_the_overlay_in_a_browser(detector):
-    """http://@:port/path serves the overlay as MJPEG, at most MJPEG_FPS pictures a second."""
+def test_http_outputs_show_the_overlays_in_a_browser(detector):
+    """http://@:port/path serves a source's overlay as MJPEG, at most MJPEG_FPS pictures a second;
+    two sources share the port, and its / is a page showing both."""
     import urllib.error
     import urllib.request
 
-    from edge_ad.outputs import MJPEG_FPS
+    from edge_ad.mjpeg import MJPEG_FPS
 
     port = _free_port(socket.SOCK_STREAM)
-    stream = Stream("test://ball?width=160&height=120&fps=30", output=f"http://@:{port}/line1")
-    stop, thread, box = _run_in_thread(detector, [stream], RunConfig())
+    streams = [Stream("test://ball?width=160&height=120&fps=30", "line1", output=f"http://@:{port}/line1"),
+               Stream("test://smpte?width=96&height=64&fps=30", "line2", output=f"http://@:{port}/line2")]
+    stop, thread, box = _run_in_thread(detector, streams, RunConfig())
     try:
         assert _wait_for(lambda: box or _port_open(port), 10)
         with pytest.raises(urllib.error.HTTPError, match="404"):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=5)
+        assert _wait_for(lambda: b"/line2" in urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read(), 5)
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+        assert '<img src="/line1"' in page and '<img src="/line2"' in page
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/line1", timeout=5) as response:
             assert response.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=frame"
             parts = _mjpeg_parts(response, 8)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/line2", timeout=5) as response:
+            (_, other), = _mjpeg_parts(response, 1)
     finally:
         stop.set()
         thread.join(timeout=10)
-    assert all(picture.shape == (120, 160, 3) for _, picture in parts)
+    assert all(picture.shape == (120, 160, 3) for _, picture in parts) and other.shape == (64, 96, 3)
     # The overlay, not the bare frame: the score's text is drawn in OK green or NG red.
     assert any(np.any(np.all(np.abs(picture.astype(int) - colour) < 40, axis=2))
                for _, picture in parts for colour in ((80, 200, 80), (40, 40, 230)))
     seconds = parts[-1][0] - parts[0][0]
     assert seconds >= (len(parts) - 1) / MJPEG_FPS * 0.8  # 30 fps in, no more than MJPEG_FPS out
     assert box["summary"].sink_errors == {}
+    assert not _port_open(port)  # the last output on the port released it
 
 
 def _port_open(port: int) -> bool:
@@ -453,15 +461,15 @@ def _port_open(port: int) -> bool:
 
 
 def test_http_output_lets_clients_go_and_its_port_free():
-    from edge_ad.outputs import MjpegOutput
+    from edge_ad.mjpeg import MjpegOutput
 
     port = _free_port(socket.SOCK_STREAM)
     output = MjpegOutput(f"http://@:{port}/", 64, 48, 10)
     picture = np.zeros((48, 64, 3), np.uint8)
     output.write(picture, 0.0)
     assert output.sequence == 0  # nobody watches: nothing is encoded
-    with pytest.raises(SourceError, match=f"cannot listen on port {port}"):
-        MjpegOutput(f"http://@:{port}/", 64, 48, 10)
+    with pytest.raises(SourceError, match=f"another output already serves / on port {port}"):
+        MjpegOutput(f"http://@:{port}", 64, 48, 10)
     client = socket.create_connection(("127.0.0.1", port))
     client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert _wait_for(lambda: output.clients == 1, 5)
@@ -473,5 +481,8 @@ def test_http_output_lets_clients_go_and_its_port_free():
     output.close()
     with socket.socket() as s:
         s.bind(("0.0.0.0", port))
+        s.listen()
+        with pytest.raises(SourceError, match=f"cannot listen on port {port}"):
+            MjpegOutput(f"http://@:{port}/a", 64, 48, 10)
     with pytest.raises(SourceError, match="an HTTP output needs a port"):
         MjpegOutput("http://camera/line1", 64, 48, 10)

@@ -1,0 +1,160 @@
+"""`--output http://@:port/path`: the overlay as MJPEG (multipart/x-mixed-replace), which a web
+browser shows without a player or a plug-in.
+
+The outputs on one port share one HTTP server, each at its own path, and the server's `/` is a
+page showing every one of them: a line with several cameras gives each `http://@:8080/NAME` and
+opens `http://DEVICE:8080/` once. A picture is encoded once, only while someone watches, at most
+MJPEG_FPS a second, and every client gets the newest one: a slow client skips pictures, it never
+holds up the run.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
+
+import cv2
+import numpy as np
+
+from .errors import SourceError
+
+MJPEG_FPS = 10.0  # at most this many pictures a second: enough to watch, a third of a camera's bandwidth
+MJPEG_QUALITY = 80
+
+
+def mjpeg_description(uri: str) -> str:
+    """What an http:// output is, after checking that it names a port."""
+    parsed = urlparse(uri)
+    if parsed.port is None:
+        raise SourceError(f"{uri}: an HTTP output needs a port, as in http://@:8080/line1")
+    return (f"MJPEG over HTTP on port {parsed.port}, path /{parsed.path.strip('/')}, at most {MJPEG_FPS:g} "
+            f"pictures a second (JPEG quality {MJPEG_QUALITY})")
+
+
+class _Server:
+    """The HTTP server of one port: each output at its path, and a page of them all at `/`."""
+
+    def __init__(self, uri: str, host: str, port: int):
+        self.outputs: dict[str, MjpegOutput] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = "/" + self.path.split("?")[0].strip("/")
+                output = server.outputs.get(path)
+                if output is not None:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                    self.send_header("Cache-Control", "no-cache, no-store")
+                    self.end_headers()
+                    output.serve(self.wfile)
+                elif path == "/":
+                    page = server.index().encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html; charset=utf-8")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
+                else:
+                    self.send_error(404, f"the overlays are at {', '.join(sorted(server.outputs))}")
+
+            def log_message(self, *args) -> None:  # no line per request on stderr
+                pass
+
+        try:
+            self.http = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise SourceError(f"{uri}: cannot listen on port {port} ({exc.strerror or exc})") from exc
+        self.http.daemon_threads = True
+        self.thread = threading.Thread(target=self.http.serve_forever, name=f"http :{port}", daemon=True)
+        self.thread.start()
+
+    def index(self) -> str:
+        figures = "".join(
+            f'<figure><img src="{html.escape(path)}" alt="{html.escape(path)}"><figcaption>{html.escape(path)}'
+            "</figcaption></figure>" for path in sorted(self.outputs)
+        )
+        return ("<!doctype html><meta charset=utf-8><title>edge-ad</title>"
+                "<style>body{background:#111;color:#ddd;font-family:sans-serif}img{max-width:45vw}"
+                "figure{display:inline-block;margin:8px}</style><body>" + figures)
+
+    def stop(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+_servers: dict[tuple[str, int], _Server] = {}
+_servers_lock = threading.Lock()
+
+
+class MjpegOutput:
+    """http://[host]:port/path (host @ or none: every interface): the overlay of one source."""
+
+    def __init__(self, uri: str, width: int, height: int, fps: int, jetson: bool | None = None,
+                 bitrate_kbps: int | None = None):
+        self.uri, self.size = uri, (width, height)
+        self.description = mjpeg_description(uri)
+        parsed = urlparse(uri)
+        self.path = "/" + parsed.path.strip("/")
+        self.key = ("" if parsed.hostname in (None, "@") else parsed.hostname, parsed.port)
+        self.changed = threading.Condition()
+        self.jpeg: bytes | None = None
+        self.sequence = 0
+        self.clients = 0
+        self.closed = False
+        self._next_s = 0.0
+        with _servers_lock:
+            server = _servers.get(self.key) or _Server(uri, *self.key)
+            if self.path in server.outputs:
+                raise SourceError(f"{uri}: another output already serves {self.path} on port {self.key[1]}")
+            server.outputs[self.path] = self
+            _servers[self.key] = server
+        self.server = server
+
+    def serve(self, stream) -> None:
+        """Send the newest picture each time there is a new one, until the client leaves or the output closes."""
+        with self.changed:
+            self.clients += 1
+        seen = 0  # sequence 0: no picture yet
+        try:
+            while True:
+                with self.changed:
+                    self.changed.wait_for(lambda: self.closed or self.sequence != seen, timeout=1.0)
+                    if self.closed:
+                        return
+                    if self.sequence == seen:
+                        continue
+                    jpeg, seen = self.jpeg, self.sequence
+                stream.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg))
+                stream.write(jpeg + b"\r\n")
+                stream.flush()
+        except OSError:  # the client left (broken pipe, reset)
+            return
+        finally:
+            with self.changed:
+                self.clients -= 1
+
+    def write(self, image: np.ndarray, timestamp: float) -> None:
+        if self.clients == 0 or time.monotonic() < self._next_s:
+            return
+        self._next_s = time.monotonic() + 1.0 / MJPEG_FPS
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, MJPEG_QUALITY])
+        if not ok:
+            raise SourceError(f"{self.uri}: cannot encode a frame of shape {image.shape} as JPEG")
+        with self.changed:
+            self.jpeg, self.sequence = data.tobytes(), self.sequence + 1
+            self.changed.notify_all()
+
+    def close(self) -> None:
+        """Stop serving this path: its clients are let go; the last output on a port releases it."""
+        with self.changed:
+            self.closed = True
+            self.changed.notify_all()
+        with _servers_lock:
+            self.server.outputs.pop(self.path, None)
+            if not self.server.outputs:
+                self.server.stop()
+                _servers.pop(self.key, None)
