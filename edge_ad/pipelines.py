@@ -10,6 +10,7 @@ Sources end in `appsink name=sink` delivering BGR; outputs start with `appsrc na
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -163,17 +164,41 @@ def _v4l2(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
 
 
 def _genicam(uri: str, options: SourceOptions) -> SourcePipeline:
-    """genicam://[CAMERA]: a GigE Vision or USB3 Vision camera through Aravis (aravissrc), the
-    cameras of factory lines. CAMERA is its id as `arv-tool-0.8` lists it (vendor-model-serial)
-    or its IP address; without one, the first camera found. Mono and RGB frames come raw; a
-    colour camera that sends its sensor's Bayer mosaic needs `--input-codec bayer` (bayer2rgb).
-    `--input-width/height/framerate` set the camera's region and rate through the caps."""
-    camera = uri[len("genicam://") :].strip("/")
+    """genicam://[CAMERA][?exposure=US&gain=DB&feature=NAME=VALUE...]: a GigE Vision or USB3 Vision
+    camera through Aravis (aravissrc), the cameras of factory lines. CAMERA is its id as
+    `arv-tool-0.8` lists it (vendor-model-serial) or its IP address; without one, the first camera
+    found. `exposure` (microseconds) and `gain` (dB) fix what an automatic exposure would change
+    from part to part; each `feature` sets one more GenICam feature (BalanceWhiteAuto=Off, ...).
+    Mono and RGB frames come raw; a colour camera that sends its sensor's Bayer mosaic needs
+    `--input-codec bayer` (bayer2rgb). `--input-width/height/framerate` set the camera's region
+    and rate through the caps."""
+    camera, _, query = uri[len("genicam://") :].partition("?")
+    settings = parse_qs(query, keep_blank_values=True)
+    unknown = set(settings) - {"exposure", "gain", "feature"}
+    if unknown:
+        raise SourceError(f"{uri}: unknown settings {sorted(unknown)} (known: exposure, gain, feature)")
+    properties = [f"camera-name={_quote(camera.strip('/'))}"] if camera.strip("/") else []
+    for name, least in (("exposure", "above 0"), ("gain", "0 or more")):
+        if name in settings:
+            try:
+                value = float(settings[name][-1])
+            except ValueError:
+                value = -1.0
+            if value < 0 or (value == 0 and name == "exposure"):
+                raise SourceError(f"{uri}: {name} must be a number {least}, got {settings[name][-1]!r}")
+            properties.append(f"{name}={value}")
+    features = settings.get("feature", [])
+    for feature in features:
+        if not re.fullmatch(r"[A-Za-z]\w*=\S+", feature):
+            raise SourceError(f"{uri}: feature {feature!r} is not NAME=VALUE (a GenICam feature, as in "
+                              "BalanceWhiteAuto=Off)")
+    if features:
+        properties.append(f"features={_quote(' '.join(features))}")
     codec = _codec(uri, options, "raw", ("raw", "bayer"))
-    name = f" camera-name={_quote(camera)}" if camera else ""
     caps = _caps("video/x-bayer" if codec == "bayer" else "video/x-raw", options)
     demosaic = "bayer2rgb ! " if codec == "bayer" else ""
-    return SourcePipeline(f"aravissrc{name} ! {caps} ! {demosaic}{_bgr_sink(uri, options, False)}", True)
+    source = " ".join(["aravissrc", *properties])
+    return SourcePipeline(f"{source} ! {caps} ! {demosaic}{_bgr_sink(uri, options, False)}", True)
 
 
 def _csi(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:

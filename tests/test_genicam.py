@@ -16,6 +16,7 @@ from edge_ad.sources import load_gst, open_source
 from edge_ad.streams import Stream
 
 FAKE_CAMERA = shutil.which("arv-fake-gv-camera-0.8")
+ARV_TOOL = shutil.which("arv-tool-0.8")
 
 
 def _aravis_plugin() -> bool:
@@ -54,6 +55,15 @@ def test_genicam_pipelines():
                                  "videoflip video-direction=180 ! appsink name=sink")
     with pytest.raises(SourceError, match="codec 'h264' is not supported for this source"):
         source_pipeline("genicam://cam", SourceOptions(codec="h264"))
+    fixed = source_pipeline("genicam://cam?exposure=5000&gain=0&feature=BalanceWhiteAuto=Off&feature=GammaEnable=0")
+    assert fixed.description.startswith('aravissrc camera-name="cam" exposure=5000.0 gain=0.0 '
+                                        'features="BalanceWhiteAuto=Off GammaEnable=0" ! ')
+    for uri, error in (("genicam://cam?exposure=0", "exposure must be a number above 0, got '0'"),
+                       ("genicam://cam?gain=high", "gain must be a number 0 or more, got 'high'"),
+                       ("genicam://cam?feature=Off", "feature 'Off' is not NAME=VALUE"),
+                       ("genicam://cam?fps=5", r"unknown settings \['fps'\]")):
+        with pytest.raises(SourceError, match=error):
+            source_pipeline(uri)
 
 
 @needs_camera
@@ -74,6 +84,19 @@ def test_a_gige_camera_is_scored_at_the_size_and_rate_asked(camera, tiny_bundle,
     (stats,) = summary.sources
     assert stats.frames == 10 and stats.error is None
     assert len(events.read_text().splitlines()) == 10
+
+
+@needs_camera
+@pytest.mark.skipif(ARV_TOOL is None, reason="arv-tool-0.8 (aravis-tools-cli) is not installed")
+def test_exposure_gain_and_features_reach_the_camera(camera):
+    """What an automatic exposure would change from part to part is fixed on the camera itself:
+    read back from it with Aravis's own tool while edge-ad streams."""
+    source = open_source("genicam://127.0.0.1?exposure=5000&gain=2&feature=TestRegister=42")
+    next(iter(source.frames()))
+    read = subprocess.run([ARV_TOOL, "-a", "127.0.0.1", "control", "ExposureTimeAbs", "GainRaw", "TestRegister"],
+                          capture_output=True, text=True, timeout=10).stdout
+    source.close()
+    assert "ExposureTimeAbs = 5000" in read and "GainRaw = 2" in read and "TestRegister = 42" in read
 
 
 @needs_camera
