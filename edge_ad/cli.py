@@ -41,6 +41,13 @@ def _crop(text: str) -> tuple[int, int, int, int]:
     return x, y, width, height
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -389,7 +396,9 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency", type=int, default=200, help="RTSP/RTP jitter-buffer latency in ms")
     p.add_argument("--rtsp-transport", choices=("tcp", "udp"),
                    help="RTSP over TCP (through firewalls and NAT) or UDP (default: UDP, then TCP if UDP fails)")
-    p.add_argument("--timeout", type=float, default=5.0, help="a live source silent this many seconds reconnects")
+    p.add_argument("--timeout", type=_non_negative, default=5.0,
+                   help="a live source silent this many seconds reconnects (0: never, for a camera triggered by "
+                        "the parts, silent between them)")
 
 
 def _add_mask_option(p: argparse.ArgumentParser) -> None:

@@ -58,7 +58,7 @@ class SourceOptions:
     framerate: int | None = None
     codec: str | None = None  # h264, h265, mjpeg, raw, or bayer (GenICam colour cameras)
     latency_ms: int = 200  # rtspsrc / rtpjitterbuffer latency
-    timeout_s: float = 5.0  # a live source with no frame for this long reconnects
+    timeout_s: float = 5.0  # a live source with no frame for this long reconnects (0: never)
     pattern: str | None = None  # test:// pattern when the URI does not name one
     transport: str | None = None  # RTSP over tcp or udp (None: rtspsrc tries UDP, then TCP)
     flip: str = "none"  # rotate or mirror the frames: a name in FLIPS

@@ -150,6 +150,25 @@ def test_rtp_loopback_killed_and_restarted_reconnects(detector, tmp_path):
     assert stats.frames == len(events())
 
 
+def test_timeout_0_keeps_a_silent_camera_waiting():
+    """A camera triggered by the parts is silent between them: with --timeout 0 that is not a
+    failure, while a timeout reconnects the same silent source."""
+
+    def reconnects_in(seconds: float, timeout_s: float) -> int:
+        source = open_source(f"rtp://@:{_free_port()}", SourceOptions(timeout_s=timeout_s))
+        stop = threading.Event()
+        reader = threading.Thread(target=lambda: list(source.frames(stop)))
+        reader.start()
+        time.sleep(seconds)
+        stop.set()
+        reader.join(timeout=10)
+        source.close()
+        return source.reconnects
+
+    assert reconnects_in(2.5, 0.3) >= 1
+    assert reconnects_in(2.5, 0) == 0
+
+
 @pytest.mark.parametrize("transport", [None, "tcp"])  # rtspsrc's choice (UDP first), and TCP as through a firewall
 def test_rtsp_output_served_and_read_back(detector, tmp_path, transport):
     _need_rtsp_server()
