@@ -3,9 +3,9 @@ browser shows without a player or a plug-in.
 
 The outputs on one port share one HTTP server, each at its own path, and the server's `/` is a
 page showing every one of them: a line with several cameras gives each `http://@:8080/NAME` and
-opens `http://DEVICE:8080/` once. A picture is encoded once, only while someone watches, at most
-MJPEG_FPS a second, and every client gets the newest one: a slow client skips pictures, it never
-holds up the run.
+opens `http://DEVICE:8080/` once. Pictures are taken only while someone watches, at most
+MJPEG_FPS a second, and encoded once each in the serving threads, not in the scoring loop; every
+client gets the newest one: a slow client skips pictures, it never holds up the run.
 """
 
 from __future__ import annotations
@@ -101,8 +101,10 @@ class MjpegOutput:
         self.path = "/" + parsed.path.strip("/")
         self.key = ("" if parsed.hostname in (None, "@") else parsed.hostname, parsed.port)
         self.changed = threading.Condition()
-        self.jpeg: bytes | None = None
-        self.sequence = 0
+        self.picture: np.ndarray | None = None  # the newest overlay, BGR
+        self.sequence = 0  # of self.picture; 0: none yet
+        self.encoding = threading.Lock()
+        self._jpeg, self._jpeg_sequence = b"", 0
         self.clients = 0
         self.closed = False
         self._next_s = 0.0
@@ -127,7 +129,8 @@ class MjpegOutput:
                         return
                     if self.sequence == seen:
                         continue
-                    jpeg, seen = self.jpeg, self.sequence
+                    picture, seen = self.picture, self.sequence
+                jpeg = self._encoded(picture, seen)
                 stream.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg))
                 stream.write(jpeg + b"\r\n")
                 stream.flush()
@@ -137,15 +140,23 @@ class MjpegOutput:
             with self.changed:
                 self.clients -= 1
 
+    def _encoded(self, picture: np.ndarray, sequence: int) -> bytes:
+        """The JPEG of picture number `sequence`, encoded by the first client thread that needs it."""
+        with self.encoding:
+            if self._jpeg_sequence != sequence:
+                ok, data = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, MJPEG_QUALITY])
+                if not ok:
+                    raise OSError(f"{self.uri}: cannot encode a picture of shape {picture.shape} as JPEG")
+                self._jpeg, self._jpeg_sequence = data.tobytes(), sequence
+            return self._jpeg
+
     def write(self, image: np.ndarray, timestamp: float) -> None:
+        """Offer the newest overlay (not copied: the caller makes a new one for every frame)."""
         if self.clients == 0 or time.monotonic() < self._next_s:
             return
         self._next_s = time.monotonic() + 1.0 / MJPEG_FPS
-        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, MJPEG_QUALITY])
-        if not ok:
-            raise SourceError(f"{self.uri}: cannot encode a frame of shape {image.shape} as JPEG")
         with self.changed:
-            self.jpeg, self.sequence = data.tobytes(), self.sequence + 1
+            self.picture, self.sequence = image, self.sequence + 1
             self.changed.notify_all()
 
     def close(self) -> None:
