@@ -306,7 +306,7 @@ def _mask(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     picture = draw_mask(frame.shape, args.keep or [], args.ignore or [])
-    mask = InspectionMask(picture >= 128, str(out))  # refuses a mask with nothing left to inspect
+    mask = InspectionMask(picture > 0, str(out))  # refuses a mask with nothing left to inspect
     look = out.with_name(f"{out.stem}_preview.png")
     for path, image in ((out, picture), (look, preview(frame, mask))):
         if not cv2.imwrite(str(path), image):
@@ -402,7 +402,7 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_mask_option(p: argparse.ArgumentParser) -> None:
-    """Where `run` and `calibrate` look on the frame."""
+    """Where `run`, `calibrate` and `eval` look on the frame."""
     p.add_argument("--mask", metavar="IMAGE",
                    help="inspection mask, a frame of this camera (as scored: turned and cropped) painted white "
                         "where to inspect and black where not (README 'Inspection mask')")

@@ -10,6 +10,7 @@ Sources end in `appsink name=sink` delivering BGR; outputs start with `appsrc na
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,8 +184,8 @@ def _genicam(uri: str, options: SourceOptions) -> SourcePipeline:
             try:
                 value = float(settings[name][-1])
             except ValueError:
-                value = -1.0
-            if value < 0 or (value == 0 and name == "exposure"):
+                value = math.nan
+            if not value >= 0 or value == math.inf or (value == 0 and name == "exposure"):
                 raise SourceError(f"{uri}: {name} must be a number {least}, got {settings[name][-1]!r}")
             properties.append(f"{name}={value}")
     features = settings.get("feature", [])

@@ -60,6 +60,7 @@ def test_genicam_pipelines():
                                         'features="BalanceWhiteAuto=Off GammaEnable=0" ! ')
     for uri, error in (("genicam://cam?exposure=0", "exposure must be a number above 0, got '0'"),
                        ("genicam://cam?gain=high", "gain must be a number 0 or more, got 'high'"),
+                       ("genicam://cam?exposure=nan", "exposure must be a number above 0, got 'nan'"),
                        ("genicam://cam?feature=Off", "feature 'Off' is not NAME=VALUE"),
                        ("genicam://cam?fps=5", r"unknown settings \['fps'\]")):
         with pytest.raises(SourceError, match=error):
