@@ -8,12 +8,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 # libaravis-0.8-0: aravissrc for genicam:// inputs; aravis-tools(-cli): a simulated GigE camera and
-# arv-tool, for the tests.
+# arv-tool, for the tests; mosquitto: an MQTT broker, for the tests.
 SYSTEM_PACKAGES := python3-venv python3-dev gcc pkg-config libgirepository1.0-dev libcairo2-dev \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
 	gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-rtsp-server-1.0 \
-	libaravis-0.8-0 aravis-tools aravis-tools-cli
+	libaravis-0.8-0 aravis-tools aravis-tools-cli mosquitto
 
 # The runtime takes the system's GStreamer bindings (python3-gi) and, on a Jetson, JetPack's
 # TensorRT (python3-libnvinfer) through a venv of the system Python with its site-packages.
@@ -42,7 +42,7 @@ $(VENV)/.installed: pyproject.toml | system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[train,gst,data,dev]"
+	$(PY) -m pip install -q -e ".[train,gst,data,mqtt,dev]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -56,7 +56,7 @@ test: system-packages venv
 runtime:
 	$(call install_missing,$(RUNTIME_PACKAGES))
 	$(RUNTIME_PYTHON) -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e ".[mqtt]"
 	@if [ -e /etc/nv_tegra_release ]; then $(PY) -m pip install -q "$(JETSON_CUDA_PYTHON)"; fi
 	$(VENV)/bin/edge-ad doctor
 

@@ -186,6 +186,7 @@ def _run(args: argparse.Namespace) -> None:
         drift=args.drift,
         output_bitrate_kbps=args.output_bitrate,
         alarm_frames=args.alarm_frames,
+        mqtt=args.mqtt,
     )
     detector = load_detector(args.bundle, backend=args.backend, steps=args.steps, spin=not args.no_spin,
                              dla_core=args.dla_core)
@@ -528,6 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alarm-frames", type=_positive_int, default=1, metavar="K",
                    help="a frame raises an alarm (snapshot, --on-anomaly) when it and the K-1 frames of its source "
                         "before it are anomalous (default 1: every anomalous frame)")
+    p.add_argument("--mqtt", metavar="URL",
+                   help="mqtt://[user[:password]@]host[:port]/TOPIC: alarm and drift events as JSON to "
+                        "TOPIC/SOURCE/alarm and TOPIC/SOURCE/drift (needs edge-ad[mqtt])")
     p.add_argument("--metrics", help="file rewritten every 5 s with Prometheus-format metrics")
     p.add_argument("--metrics-port", type=int, help="serve the metrics on http://0.0.0.0:PORT/metrics")
     p.add_argument("--max-frames", type=_positive_int, help="stop each source after this many frames")

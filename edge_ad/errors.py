@@ -39,7 +39,8 @@ def report_errors(program: str, run: Callable[[], object]) -> int:
     except ModuleNotFoundError as exc:
         print(f"{program}: error: needs the Python package '{exc.name}', which is not installed "
               "(pip install the extra that has it: 'edge-ad[train]' for torch and ONNX, "
-              "'edge-ad[gst]' for GStreamer, 'edge-ad[data]' for ELPV, 'edge-ad[tensorrt]' for TensorRT)", file=sys.stderr)
+              "'edge-ad[gst]' for GStreamer, 'edge-ad[data]' for ELPV, 'edge-ad[tensorrt]' for TensorRT, "
+              "'edge-ad[mqtt]' for MQTT)", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"{program}: error: {exc}", file=sys.stderr)

@@ -57,7 +57,8 @@ class RunConfig:
     jetson: bool | None = None  # None: detect
     output_bitrate_kbps: int | None = None  # H.264 of the video outputs (None: the encoder's default)
     drift: bool = False  # watch the rolling median of normal scores against the calibrated band
-    alarm_frames: int = 1  # anomalous frames in a row from a source before snapshots and the hook act
+    alarm_frames: int = 1  # anomalous frames in a row from a source before snapshots, hook and MQTT act
+    mqtt: str | None = None  # mqtt://host[:port]/topic: alarms and drift events to a broker (edge_ad.mqtt)
 
 
 @dataclass
@@ -178,7 +179,7 @@ class _Sinks:
         self.guards: list[Guarded] = []
         self.drift = drift  # the calibrated band per variant (None: one bundle); each stream gets its own watch
         self.watches: dict[tuple[str, str | None], DriftWatch] = {}
-        self.events = self.snapshots = self.hook = None
+        self.events = self.snapshots = self.hook = self.mqtt = None
         self.videos: dict[str, Guarded] = {}
         self.jetson, self.bitrate_kbps = config.jetson, config.output_bitrate_kbps
         self.stack = stack
@@ -193,6 +194,12 @@ class _Sinks:
             hook = AnomalyHook(config.on_anomaly)
             stack.callback(hook.close)
             self.hook = self._guard("--on-anomaly", hook)
+        if config.mqtt:
+            from .mqtt import MqttPublisher  # paho-mqtt, only when asked for
+
+            publisher = MqttPublisher(config.mqtt)
+            stack.callback(publisher.close)
+            self.mqtt = self._guard(f"mqtt {config.mqtt}", publisher.publish)
 
     def _guard(self, name: str, call) -> Guarded:
         self.guards.append(Guarded(name, call))
@@ -222,6 +229,8 @@ class _Sinks:
             log.info("%s: drift: median normal score %.4f is back in the calibrated band", where, drift["median"])
         if self.events is not None:
             self.events(drift)
+        if self.mqtt is not None:
+            self.mqtt(drift)
 
     def errors(self) -> dict[str, int]:
         return {g.name: g.errors for g in self.guards}
@@ -229,10 +238,10 @@ class _Sinks:
     def deliver(
         self, stream: Stream, frame: Frame, result: Result, latency_ms: float, record: SourceStats, alarm: bool
     ) -> None:
-        """Hand a scored frame to the sinks: events and video every frame, snapshots and the hook
-        only for an `alarm` (RunConfig.alarm_frames anomalous frames in a row)."""
+        """Hand a scored frame to the sinks: events and video every frame, snapshots, the hook and
+        MQTT only for an `alarm` (RunConfig.alarm_frames anomalous frames in a row)."""
         # The event (with its regions) and the overlay are made only when a sink takes them.
-        wants_event = self.events is not None or (self.hook is not None and alarm)
+        wants_event = self.events is not None or (alarm and (self.hook is not None or self.mqtt is not None))
         event = _event(stream, frame, result, latency_ms, alarm) if wants_event else None
         if self.events is not None:
             self.events(event)
@@ -249,6 +258,8 @@ class _Sinks:
             record.snapshots += bool(self.snapshots(stream.name, frame.index, frame.image, drawn))
         if self.hook is not None:
             self.hook(event)
+        if self.mqtt is not None:
+            self.mqtt(event)
 
 
 @contextmanager

@@ -1,0 +1,98 @@
+"""--mqtt: alarm and drift events to a real MQTT broker (Mosquitto on 127.0.0.1), read back by a
+subscriber; a broker that is away does not stop the run."""
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import cv2
+import pytest
+
+from edge_ad.detector import Detector
+from edge_ad.errors import EdgeAdError
+from edge_ad.mqtt import parse_mqtt_url
+from edge_ad.runner import RunConfig, run
+from edge_ad.streams import Stream
+
+MOSQUITTO = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
+needs_broker = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")
+PATTERN = [False, True, False, True, True, False, True, True, True]  # frames with a spot
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def broker():
+    port = _free_port()
+    process = subprocess.Popen([MOSQUITTO, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    yield port
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture
+def frames(normal_folder, tmp_path):
+    cell = cv2.imread(str(sorted(normal_folder.glob("*.png"))[0]))
+    spotted = cell.copy()
+    cv2.ellipse(spotted, (150, 150), (30, 40), 0, 0, 360, (20, 20, 20), -1)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, spot in enumerate(PATTERN):
+        cv2.imwrite(str(folder / f"{i}.png"), spotted if spot else cell)
+    return folder
+
+
+def test_mqtt_urls():
+    assert parse_mqtt_url("mqtt://broker.local/line1") == ("broker.local", 1883, "line1", None, None)
+    assert parse_mqtt_url("mqtt://qa:p%40ss@10.0.0.2:1884/plant/line2/") == ("10.0.0.2", 1884, "plant/line2", "qa", "p@ss")
+    for url in ("mqtt://broker.local", "http://broker.local/line1", "mqtt:///line1", "mqtt://b/line/#"):
+        with pytest.raises(EdgeAdError, match=f"--mqtt {url}"):
+            parse_mqtt_url(url)
+
+
+@needs_broker
+def test_alarms_reach_the_broker(broker, frames, tiny_bundle):
+    import paho.mqtt.client as mqtt
+
+    received, subscribed = [], threading.Event()
+    subscriber = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    subscriber.on_subscribe = lambda *args: subscribed.set()
+    subscriber.on_message = lambda client, userdata, message: received.append((message.topic, message.payload))
+    subscriber.connect("127.0.0.1", broker)
+    subscriber.subscribe("plant/#", qos=1)
+    subscriber.loop_start()
+    try:
+        assert subscribed.wait(5)
+        config = RunConfig(alarm_frames=2, mqtt=f"mqtt://127.0.0.1:{broker}/plant/line1")
+        summary = run(Detector.load(tiny_bundle), [Stream(str(frames), "cam 1")], config)
+        deadline = time.monotonic() + 5
+        while len(received) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        subscriber.loop_stop()
+    assert summary.alarms == 3 and summary.sink_errors == {}
+    assert {topic for topic, _ in received} == {"plant/line1/cam-1/alarm"}
+    events = [json.loads(payload) for _, payload in received]
+    assert sorted(e["frame"] for e in events) == [4, 7, 8]
+    assert all(e["alarm"] and e["anomaly"] and e["source"] == "cam 1" and e["score"] >= e["threshold"] for e in events)
+
+
+@needs_broker
+def test_a_broker_that_is_away_does_not_stop_the_run(frames, tiny_bundle):
+    config = RunConfig(alarm_frames=2, mqtt=f"mqtt://127.0.0.1:{_free_port()}/plant/line1")  # nobody listens
+    summary = run(Detector.load(tiny_bundle), [Stream(str(frames), "cam")], config)
+    assert summary.frames == len(PATTERN) and summary.alarms == 3
+    assert summary.sink_errors == {}  # the three alarms wait in paho's queue for the broker
