@@ -301,7 +301,8 @@ def _mask(args: argparse.Namespace) -> None:
     import cv2
 
     from .images import read_image
-    from .masks import InspectionMask, draw_mask, preview
+    from .masks import InspectionMask, draw_mask
+    from .render import mask_preview
 
     frame = cv2.cvtColor(read_image(args.frame), cv2.COLOR_RGB2BGR)
     out = Path(args.out)
@@ -309,7 +310,7 @@ def _mask(args: argparse.Namespace) -> None:
     picture = draw_mask(frame.shape, args.keep or [], args.ignore or [])
     mask = InspectionMask(picture > 0, str(out))  # refuses a mask with nothing left to inspect
     look = out.with_name(f"{out.stem}_preview.png")
-    for path, image in ((out, picture), (look, preview(frame, mask))):
+    for path, image in ((out, picture), (look, mask_preview(frame, mask))):
         if not cv2.imwrite(str(path), image):
             raise EdgeAdError(f"{path}: cannot write the picture")
     print(f"mask {out} ({mask.share:.0%} of the frame inspected); check it in {look}, then paint it further in "

@@ -25,7 +25,6 @@ from .errors import ImageError
 from .images import read_image
 
 INSPECT_LEVEL = 128  # grey levels at or above it are inspected; below it, ignored
-MASK_COLOUR = (230, 170, 50)  # BGR: the edge of the inspected part in overlays and previews, blue
 
 
 class InspectionMask:
@@ -131,12 +130,3 @@ def draw_mask(
         picture[y : y + h, x : x + w] = 0
     return picture
 
-
-def preview(frame: np.ndarray, mask: InspectionMask) -> np.ndarray:
-    """The frame (BGR) with the ignored part darkened and the inspected part outlined, to check a mask."""
-    mask.check(frame.shape, "preview")
-    out = frame.copy()
-    out[~mask.inspect] //= 3
-    thickness = max(1, round(min(out.shape[:2]) / 200))
-    cv2.drawContours(out, mask.outline, -1, MASK_COLOUR, thickness)
-    return out

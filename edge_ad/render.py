@@ -1,4 +1,4 @@
-"""Heat-map overlays of a Result on its frame."""
+"""Pictures of results on their frames: heat-map overlays, and previews of inspection masks."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import cv2
 import numpy as np
 
 from .detector import Result
-from .masks import MASK_COLOUR
+from .masks import InspectionMask
 
 OK_COLOUR = (80, 200, 80)  # BGR
 NG_COLOUR = (40, 40, 230)
+MASK_COLOUR = (230, 170, 50)  # the edge of the inspected part of an inspection mask: blue
 
 
 def overlay(frame_bgr: np.ndarray, result: Result, alpha: float = 0.45) -> np.ndarray:
@@ -26,7 +27,7 @@ def overlay(frame_bgr: np.ndarray, result: Result, alpha: float = 0.45) -> np.nd
     above = (result.map >= result.threshold).astype(np.uint8)
     contours, _ = cv2.findContours(above, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     colour = NG_COLOUR if result.is_anomaly else OK_COLOUR
-    thickness = max(1, round(min(out.shape[:2]) / 200))
+    thickness = _thickness(out)
     cv2.drawContours(out, contours, -1, colour, thickness)
     if result.mask is not None:  # where the inspection ends
         cv2.drawContours(out, result.mask.outline, -1, MASK_COLOUR, thickness)
@@ -37,6 +38,20 @@ def overlay(frame_bgr: np.ndarray, result: Result, alpha: float = 0.45) -> np.nd
     cv2.putText(out, text, (8, int(30 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2)
     cv2.putText(out, text, (8, int(30 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness)
     return out
+
+
+def mask_preview(frame_bgr: np.ndarray, mask: InspectionMask) -> np.ndarray:
+    """The frame with the ignored part darkened and the inspected part outlined, to check a mask."""
+    mask.check(frame_bgr.shape, "preview")
+    out = frame_bgr.copy()
+    out[~mask.inspect] //= 3
+    cv2.drawContours(out, mask.outline, -1, MASK_COLOUR, _thickness(out))
+    return out
+
+
+def _thickness(picture: np.ndarray) -> int:
+    """Line width of contours on a picture: about 1/200 of its smaller side."""
+    return max(1, round(min(picture.shape[:2]) / 200))
 
 
 def show(ax, picture_bgr: np.ndarray, title: str, fontsize: int = 8) -> None:

@@ -14,9 +14,9 @@ import yaml
 
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError, ImageError, SourceError
-from edge_ad.masks import MASK_COLOUR, InspectionMask
+from edge_ad.masks import InspectionMask
 from edge_ad.pipelines import SourceOptions
-from edge_ad.render import overlay
+from edge_ad.render import MASK_COLOUR, overlay
 from edge_ad.runner import RunConfig, load_masks, run
 from edge_ad.streams import Stream, streams_from_yaml
 
