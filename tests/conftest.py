@@ -99,3 +99,20 @@ def tiny_bridge_bundle(tmp_path_factory, mvtec_category) -> Path:
     )
     run = train(config, work / "run")
     return export_bundle(run, work / "bundle")
+
+
+SPOT_PATTERN = (False, True, False, True, True, False, True, True, True)  # which frames of `spotted_frames` have the spot
+
+
+@pytest.fixture
+def spotted_frames(normal_folder, tmp_path) -> Path:
+    """A folder of nine frames of one real cell, a dark spot in those SPOT_PATTERN marks: runs of
+    one, two and three anomalous frames, for alarms that need several in a row."""
+    cell = cv2.imread(str(sorted(normal_folder.glob("*.png"))[0]))
+    spotted = cell.copy()
+    cv2.ellipse(spotted, (150, 150), (30, 40), 0, 0, 360, (20, 20, 20), -1)
+    folder = tmp_path / "spotted-frames"
+    folder.mkdir()
+    for i, spot in enumerate(SPOT_PATTERN):
+        cv2.imwrite(str(folder / f"{i}.png"), spotted if spot else cell)
+    return folder

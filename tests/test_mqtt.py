@@ -8,7 +8,6 @@ import subprocess
 import threading
 import time
 
-import cv2
 import pytest
 
 from edge_ad.detector import Detector
@@ -17,9 +16,10 @@ from edge_ad.mqtt import parse_mqtt_url
 from edge_ad.runner import RunConfig, run
 from edge_ad.streams import Stream
 
+from conftest import SPOT_PATTERN
+
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
 needs_broker = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")
-PATTERN = [False, True, False, True, True, False, True, True, True]  # frames with a spot
 
 
 def _free_port() -> int:
@@ -43,18 +43,6 @@ def broker():
     process.wait()
 
 
-@pytest.fixture
-def frames(normal_folder, tmp_path):
-    cell = cv2.imread(str(sorted(normal_folder.glob("*.png"))[0]))
-    spotted = cell.copy()
-    cv2.ellipse(spotted, (150, 150), (30, 40), 0, 0, 360, (20, 20, 20), -1)
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i, spot in enumerate(PATTERN):
-        cv2.imwrite(str(folder / f"{i}.png"), spotted if spot else cell)
-    return folder
-
-
 def test_mqtt_urls():
     assert parse_mqtt_url("mqtt://broker.local/line1") == ("broker.local", 1883, "line1", None, None)
     assert parse_mqtt_url("mqtt://qa:p%40ss@10.0.0.2:1884/plant/line2/") == ("10.0.0.2", 1884, "plant/line2", "qa", "p@ss")
@@ -64,7 +52,7 @@ def test_mqtt_urls():
 
 
 @needs_broker
-def test_alarms_reach_the_broker(broker, frames, tiny_bundle):
+def test_alarms_reach_the_broker(broker, spotted_frames, tiny_bundle):
     import paho.mqtt.client as mqtt
 
     received, subscribed = [], threading.Event()
@@ -77,7 +65,7 @@ def test_alarms_reach_the_broker(broker, frames, tiny_bundle):
     try:
         assert subscribed.wait(5)
         config = RunConfig(alarm_frames=2, mqtt=f"mqtt://127.0.0.1:{broker}/plant/line1")
-        summary = run(Detector.load(tiny_bundle), [Stream(str(frames), "cam 1")], config)
+        summary = run(Detector.load(tiny_bundle), [Stream(str(spotted_frames), "cam 1")], config)
         deadline = time.monotonic() + 5
         while len(received) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -91,8 +79,8 @@ def test_alarms_reach_the_broker(broker, frames, tiny_bundle):
 
 
 @needs_broker
-def test_a_broker_that_is_away_does_not_stop_the_run(frames, tiny_bundle):
+def test_a_broker_that_is_away_does_not_stop_the_run(spotted_frames, tiny_bundle):
     config = RunConfig(alarm_frames=2, mqtt=f"mqtt://127.0.0.1:{_free_port()}/plant/line1")  # nobody listens
-    summary = run(Detector.load(tiny_bundle), [Stream(str(frames), "cam")], config)
-    assert summary.frames == len(PATTERN) and summary.alarms == 3
+    summary = run(Detector.load(tiny_bundle), [Stream(str(spotted_frames), "cam")], config)
+    assert summary.frames == len(SPOT_PATTERN) and summary.alarms == 3
     assert summary.sink_errors == {}  # the three alarms wait in paho's queue for the broker

@@ -14,6 +14,8 @@ from edge_ad.pipelines import SourceOptions
 from edge_ad.sinks import AnomalyHook, EventLog, Guarded, Snapshots
 from edge_ad.telemetry import SourceStats, Telemetry
 
+from conftest import SPOT_PATTERN
+
 
 def test_regions_are_connected_areas_above_threshold_largest_first():
     m = np.zeros((20, 30), np.float32)
@@ -121,28 +123,18 @@ def test_sources_yaml(tmp_path):
         streams_from_yaml(bad, SourceOptions())
 
 
-def test_an_alarm_needs_alarm_frames_anomalous_frames_in_a_row(tiny_bundle, normal_folder, tmp_path):
+def test_an_alarm_needs_alarm_frames_anomalous_frames_in_a_row(tiny_bundle, spotted_frames, tmp_path):
     """--alarm-frames 2: snapshots and the hook act on the second anomalous frame in a row and
     after it, not on a lone one; every frame's own verdict stays in the events."""
-    import cv2
-
     from edge_ad.detector import Detector
     from edge_ad.runner import RunConfig, run
     from edge_ad.streams import Stream
 
-    cell = cv2.imread(str(sorted(normal_folder.glob("*.png"))[0]))
-    spotted = cell.copy()
-    cv2.ellipse(spotted, (150, 150), (30, 40), 0, 0, 360, (20, 20, 20), -1)
-    pattern = [False, True, False, True, True, False, True, True, True]  # frames with the spot
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i, spot in enumerate(pattern):
-        cv2.imwrite(str(folder / f"{i}.png"), spotted if spot else cell)
     config = RunConfig(events=tmp_path / "ev.jsonl", snapshots=tmp_path / "snaps", snapshot_interval_s=0.0,
                        metrics=tmp_path / "m.prom", alarm_frames=2)
-    summary = run(Detector.load(tiny_bundle), [Stream(str(folder), "line")], config)
+    summary = run(Detector.load(tiny_bundle), [Stream(str(spotted_frames), "line")], config)
     events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
-    assert [e["anomaly"] for e in events] == pattern
+    assert [e["anomaly"] for e in events] == list(SPOT_PATTERN)
     assert [e["alarm"] for e in events] == [False, False, False, False, True, False, False, True, True]
     (stats,) = summary.sources
     assert (stats.anomalies, stats.alarms, stats.snapshots) == (6, 3, 3)
