@@ -2,7 +2,10 @@
 MQTT broker, where a plant's PLC gateway, SCADA or Node-RED takes them.
 
 Each alarm frame's event (the JSON of an events line) goes to TOPIC/SOURCE/alarm and each drift
-event to TOPIC/SOURCE/drift (SOURCE as snapshots name it), at QoS 1. paho-mqtt's own thread
+event to TOPIC/SOURCE/drift (SOURCE as snapshots name it), at QoS 1. TOPIC/status holds, retained,
+"online" while the run is connected and "offline" after it: said by the run when it ends, and by
+the broker itself (MQTT's last will) when the run dies or its network goes, so a PLC or SCADA
+knows whether the inspection is alive. paho-mqtt's own thread
 connects, reconnects with back-off (1 to 30 s) and keeps up to QUEUED_MESSAGES messages while the
 broker is away, sent when it comes back; beyond that a message is dropped, which the runner
 counts and reports as a failed write of this sink. A broker that is down does not stop the run.
@@ -20,7 +23,7 @@ from .sinks import slug
 log = logging.getLogger("edge_ad.mqtt")
 
 QUEUED_MESSAGES = 1000  # kept while the broker is away
-CLOSE_WAIT_S = 1.0  # how long close() waits for the last message to reach the broker
+CLOSE_WAIT_S = 1.0  # how long close() waits for its "offline" to reach the broker
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int, str, str | None, str | None]:
@@ -55,15 +58,16 @@ class MqttPublisher:
         self.client.on_connect_fail = lambda client, userdata: log.warning(
             "--mqtt %s: cannot reach the broker; trying again, messages wait meanwhile", url)
         self.client.on_disconnect = self._disconnected
+        self.client.will_set(f"{self.topic}/status", "offline", qos=1, retain=True)
         self.client.connect_async(host, port)
         self.client.loop_start()
-        self._last = None
 
     def _connected(self, client, userdata, flags, reason, properties) -> None:
         if reason.is_failure:
             log.error("--mqtt %s: the broker refused the connection (%s)", self.url, reason)
         else:
             log.info("--mqtt %s: connected", self.url)
+            client.publish(f"{self.topic}/status", "online", qos=1, retain=True)
 
     def _disconnected(self, client, userdata, flags, reason, properties) -> None:
         if reason.is_failure:
@@ -76,13 +80,14 @@ class MqttPublisher:
         if info.rc not in (self._mqtt.MQTT_ERR_SUCCESS, self._mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: queued
             raise EdgeAdError(f"--mqtt {self.url}: message dropped ({self._mqtt.error_string(info.rc)}; "
                               f"{QUEUED_MESSAGES} already wait for the broker)")
-        self._last = info
 
     def close(self) -> None:
-        """Give the last message a moment to reach the broker, then disconnect."""
-        if self._last is not None and self.client.is_connected():
+        """Say "offline" (after the alarms, which go out in order), give it a moment to reach the
+        broker, then disconnect."""
+        if self.client.is_connected():
+            offline = self.client.publish(f"{self.topic}/status", "offline", qos=1, retain=True)
             try:
-                self._last.wait_for_publish(CLOSE_WAIT_S)
+                offline.wait_for_publish(CLOSE_WAIT_S)
             except (RuntimeError, ValueError):  # not sent: the broker went away meanwhile
                 pass
         self.client.disconnect()
