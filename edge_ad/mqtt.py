@@ -49,6 +49,7 @@ class MqttPublisher:
         self._mqtt = mqtt
         self.url = url
         host, port, self.topic, user, password = parse_mqtt_url(url)
+        self.status_topic = f"{self.topic}/status"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         if user is not None:
             self.client.username_pw_set(user, password)
@@ -58,7 +59,7 @@ class MqttPublisher:
         self.client.on_connect_fail = lambda client, userdata: log.warning(
             "--mqtt %s: cannot reach the broker; trying again, messages wait meanwhile", url)
         self.client.on_disconnect = self._disconnected
-        self.client.will_set(f"{self.topic}/status", "offline", qos=1, retain=True)
+        self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
         self.client.connect_async(host, port)
         self.client.loop_start()
 
@@ -67,7 +68,7 @@ class MqttPublisher:
             log.error("--mqtt %s: the broker refused the connection (%s)", self.url, reason)
         else:
             log.info("--mqtt %s: connected", self.url)
-            client.publish(f"{self.topic}/status", "online", qos=1, retain=True)
+            client.publish(self.status_topic, "online", qos=1, retain=True)
 
     def _disconnected(self, client, userdata, flags, reason, properties) -> None:
         if reason.is_failure:
@@ -85,7 +86,7 @@ class MqttPublisher:
         """Say "offline" (after the alarms, which go out in order), give it a moment to reach the
         broker, then disconnect."""
         if self.client.is_connected():
-            offline = self.client.publish(f"{self.topic}/status", "offline", qos=1, retain=True)
+            offline = self.client.publish(self.status_topic, "offline", qos=1, retain=True)
             try:
                 offline.wait_for_publish(CLOSE_WAIT_S)
             except (RuntimeError, ValueError):  # not sent: the broker went away meanwhile
