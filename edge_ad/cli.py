@@ -146,6 +146,29 @@ def _streams(args: argparse.Namespace) -> list:
             for uri, out in zip(inputs, outputs)]
 
 
+def _the_stream(args: argparse.Namespace):
+    """The one source `calibrate` and `record` read: the --sources entry named --source (its input,
+    options, mask and bundle, as `run` takes them), or --input / --pipeline with the command line's."""
+    from .streams import Stream, streams_from_yaml
+
+    mask = getattr(args, "mask", None)
+    if not args.sources:
+        if args.source:
+            raise EdgeAdError(f"--source {args.source}: needs --sources FILE, the file that names it")
+        return Stream(args.input or "", options=_source_options(args), pipeline=args.pipeline, mask=mask)
+    if args.input or args.pipeline:
+        raise EdgeAdError("--sources: the source is in the YAML file (choose it with --source NAME), not also --input "
+                          "or --pipeline")
+    streams = {s.name: s for s in streams_from_yaml(Path(args.sources), _source_options(args), mask)}
+    if args.source is None and len(streams) == 1:
+        return next(iter(streams.values()))
+    if args.source not in streams:
+        raise EdgeAdError(f"--source {args.source}: {args.sources} names the sources {sorted(streams)}; give one of them"
+                          if args.source else f"--sources {args.sources} has {len(streams)} sources: choose one with "
+                          f"--source NAME ({', '.join(sorted(streams))})")
+    return streams[args.source]
+
+
 def _print_pipelines(streams: list, jetson: bool | None, bitrate_kbps: int | None) -> None:
     """The GStreamer pipelines of each stream (outputs at the input's size, else 1280x720)."""
     from .outputs import output_description
@@ -169,8 +192,7 @@ def _run(args: argparse.Namespace) -> None:
     if args.print_pipeline:
         _print_pipelines(streams, jetson, args.output_bitrate)
         return
-    from .runner import run
-    from .variants import load_detector
+    from .runner import load_detectors, run
 
     config = RunConfig(
         events=Path(args.events) if args.events else None,
@@ -188,9 +210,9 @@ def _run(args: argparse.Namespace) -> None:
         alarm_frames=args.alarm_frames,
         mqtt=args.mqtt,
     )
-    detector = load_detector(args.bundle, backend=args.backend, steps=args.steps, spin=not args.no_spin,
-                             dla_core=args.dla_core)
-    summary = run(detector, streams, config)
+    detectors = load_detectors(streams, args.bundle, backend=args.backend, steps=args.steps, spin=not args.no_spin,
+                               dla_core=args.dla_core)
+    summary = run(detectors, streams, config)
     for s in summary.sources:
         print(f"{s.name}: frames {s.frames}  dropped {s.dropped}  failed {s.failed}  reconnects {s.reconnects}  "
               f"anomalies {s.anomalies}  alarms {s.alarms}  "
@@ -211,16 +233,21 @@ def _calibrate(args: argparse.Namespace) -> None:
     from .sources import open_source
     from .variants import VariantDetector, load_detector
 
-    mask = InspectionMask.load(args.mask) if args.mask else None
-    source = open_source(args.input or "", _source_options(args), pipeline=args.pipeline)  # a bad input fails first
+    stream = _the_stream(args)
+    bundle = stream.bundle or args.bundle
+    if not bundle:
+        raise EdgeAdError(f"{stream.name}: no bundle to calibrate: give --bundle, or 'bundle:' for this source in "
+                          "--sources")
+    mask = InspectionMask.load(stream.mask) if stream.mask else None
+    source = open_source(stream.input, stream.options, pipeline=stream.pipeline)  # a bad input fails first
     try:
-        detector = load_detector(args.bundle, backend=args.backend, steps=args.steps, dla_core=args.dla_core)
+        detector = load_detector(bundle, backend=args.backend, steps=args.steps, dla_core=args.dla_core)
         kept = collect(detector, (f.image for f in source.frames()), args.frames, mask=mask)
     finally:
         source.close()
     read = sum(len(k.samples) for k in kept.values())
     if read < args.frames:
-        print(f"{args.input or 'the pipeline'}: ended after {read} of {args.frames} frames")
+        print(f"{stream.name}: ended after {read} of {args.frames} frames")
     defects: dict[str | None, list] = {}  # known defects' grid maps, by the variant that judges each, as in `run`
     if args.defects:
         defect_source = open_source(args.defects)
@@ -228,7 +255,7 @@ def _calibrate(args: argparse.Namespace) -> None:
             defects.setdefault(result.variant, []).append(result.grid_map)
         defect_source.close()
     if not isinstance(detector, VariantDetector):
-        _calibrate_bundle(detector, kept.get(None), defects.get(None), args)
+        _calibrate_bundle(detector, kept.get(None), defects.get(None), stream.input or stream.pipeline, args)
         return
     print("normal frames per variant: " + ", ".join(f"{n} {len(kept[n].samples) if n in kept else 0}"
                                                     for n in detector.detectors))
@@ -236,7 +263,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     for name, variant in detector.detectors.items():
         print(f"variant {name} ({variant.bundle.root}):")
         try:
-            _calibrate_bundle(variant, kept.get(name), defects.get(name), args)
+            _calibrate_bundle(variant, kept.get(name), defects.get(name), stream.input or stream.pipeline, args)
         except EdgeAdError as exc:
             print(f"variant {name} not calibrated: {exc}")
             failed.append(name)
@@ -245,9 +272,11 @@ def _calibrate(args: argparse.Namespace) -> None:
                           "of those variants, or calibrate each alone (--bundle BUNDLE) on frames of that variant")
 
 
-def _calibrate_bundle(detector: Detector, kept: Collected | None, defects: list | None, args: argparse.Namespace) -> None:
-    """Calibrate one bundle on what `collect` kept of its frames and its known defects' grid maps;
-    write calibration.yaml and the report."""
+def _calibrate_bundle(
+    detector: Detector, kept: Collected | None, defects: list | None, source: str, args: argparse.Namespace
+) -> None:
+    """Calibrate one bundle on what `collect` kept of its frames from `source` and its known
+    defects' grid maps; write calibration.yaml and the report."""
     from calibration.report import write_calibration_report
     from calibration.site import Collected, calibrate, record, save
     from calibration.statistics import CalibrationError
@@ -255,7 +284,7 @@ def _calibrate_bundle(detector: Detector, kept: Collected | None, defects: list 
     if args.threshold == "f1" and args.defects and not defects:
         raise CalibrationError("--threshold f1: none of the --defects frames were judged by this bundle")
     result = calibrate(detector, kept or Collected(), args.target_far, args.confidence, defects)
-    data = record(result, detector, args.input or args.pipeline, use_f1=args.threshold == "f1")
+    data = record(result, detector, source, use_f1=args.threshold == "f1")
     path, backup = save(detector.bundle.root, data)
     report = write_calibration_report(result, data["threshold"], detector.bundle.root / "calibration_report.png")
     print(f"normal frames {result.frames}  threshold {data['threshold']:.4f} ({data['threshold_from']})  "
@@ -290,7 +319,8 @@ def _record(args: argparse.Namespace) -> None:
     from .record import record
     from .sources import open_source
 
-    source = open_source(args.input or "", _source_options(args), pipeline=args.pipeline)
+    stream = _the_stream(args)
+    source = open_source(stream.input, stream.options, pipeline=stream.pipeline)
     saved = record(source, Path(args.out), args.frames, args.interval, args.format)
     print(f"{len(saved)} pictures in {args.out}" + (f" ({saved[0].name} ... {saved[-1].name})" if saved else ""))
     if saved:
@@ -377,10 +407,11 @@ def _demo(args: argparse.Namespace) -> None:
     demo(Path(args.workdir))
 
 
-def _add_variant_bundles(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bundle", required=True, action="append",
+def _add_variant_bundles(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--bundle", required=required, action="append",
                    help="the bundle; repeat as NAME=BUNDLE for one bundle per product variant: each frame is "
-                        "judged by the variant that explains it best (README 'Several variants on one line')")
+                        "judged by the variant that explains it best (README 'Several variants on one line')"
+                        + ("" if required else "; needed for sources that do not name their own in --sources"))
 
 
 def _add_source_options(p: argparse.ArgumentParser) -> None:
@@ -401,6 +432,13 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=_non_negative, default=5.0,
                    help="a live source silent this many seconds reconnects (0: never, for a camera triggered by "
                         "the parts, silent between them)")
+
+
+def _add_sources_choice(p: argparse.ArgumentParser) -> None:
+    """`calibrate` and `record` read one source of run's --sources file, opened as run opens it."""
+    p.add_argument("--sources", metavar="FILE", help="run's --sources YAML file: read the source --source names, "
+                                                     "with its options (and for calibrate its mask and bundle)")
+    p.add_argument("--source", metavar="NAME", help="which source of --sources (needed when it has several)")
 
 
 def _add_mask_option(p: argparse.ArgumentParser) -> None:
@@ -500,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("run", help="score live or recorded video: cameras, RTSP/RTP, files, folders, test://")
-    _add_variant_bundles(p)
+    _add_variant_bundles(p, required=False)  # --sources may name each source's own
     p.add_argument("--input", action="append",
                    help="test://[pattern], csi://N, /dev/videoN, genicam://[CAMERA], rtsp://..., rtp://@:port, a video "
                         "file or an image folder; repeat for several cameras")
@@ -510,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-bitrate", type=_positive_int, metavar="KBPS",
                    help="H.264 bit rate of the video outputs in kbit/s (default: the encoder's, 4000 for "
                         "nvv4l2h264enc, 2048 for x264enc)")
-    p.add_argument("--sources", help="YAML file listing several sources (input, name, output, options)")
+    p.add_argument("--sources", help="YAML file listing several sources (input, name, output, bundle, mask, options)")
     p.add_argument("--pipeline", help="your own GStreamer source pipeline ending in 'appsink name=sink' (BGR)")
     p.add_argument("--print-pipeline", action="store_true", help="print the GStreamer pipelines and exit")
     p.add_argument("--platform", choices=("auto", "jetson", "generic"), default="auto",
@@ -544,9 +582,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run)
 
     p = sub.add_parser("calibrate", help="thresholds and quantiles on site from frames declared normal")
-    _add_variant_bundles(p)  # several: each variant is calibrated on the frames it takes
+    _add_variant_bundles(p, required=False)  # several: each variant is calibrated on the frames it takes
     p.add_argument("--input", help="normal frames: a camera or stream URI, a video file or a folder")
     p.add_argument("--pipeline", help="or your own GStreamer source pipeline ending in 'appsink name=sink' (BGR)")
+    _add_sources_choice(p)
     p.add_argument("--frames", type=_positive_int, default=3000, help="normal frames to collect")
     p.add_argument("--target-far", type=float, default=0.001, help="false-alarm rate to guarantee (default 1 in 1000)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence of the false-alarm bound")
@@ -609,6 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("record", help="save pictures of good parts from the line camera, to train on")
     p.add_argument("--input", help="a camera or stream URI, or a video file")
     p.add_argument("--pipeline", help="or your own GStreamer source pipeline ending in 'appsink name=sink' (BGR)")
+    _add_sources_choice(p)
     p.add_argument("--out", required=True, help="folder for the pictures")
     p.add_argument("--frames", type=_positive_int, default=300, help="pictures to save")
     p.add_argument("--interval", type=float, default=1.0,

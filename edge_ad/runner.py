@@ -1,10 +1,11 @@
-"""The streaming loop behind `edge-ad run`: sources -> one detector -> events, snapshots, video.
+"""The streaming loop behind `edge-ad run`: sources -> their detector -> events, snapshots, video.
 
 Each source is read by its own capture thread into a one-frame slot: a live source's newest
 frame replaces one not yet scored (counted as dropped), a file's frames all wait their turn.
-The main thread scores the frames that are ready, in one batch when several sources have one,
-and hands each result to that source's sinks. SIGINT and SIGTERM stop the run within a second;
-every sink is then flushed and closed and the summary returned.
+The main thread scores the frames that are ready, in one batch per detector when several
+sources have one (sources may share a detector or each have their own, for cameras that look at
+different parts or views), and hands each result to that source's sinks. SIGINT and SIGTERM
+stop the run within a second; every sink is then flushed and closed and the summary returned.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -34,9 +36,11 @@ from .sinks import AnomalyHook, EventLog, Guarded, Snapshots
 from .sources import Frame, Source, open_source
 from .streams import Stream
 from .telemetry import SourceStats, Telemetry
-from .variants import VariantDetector
+from .variants import VariantDetector, load_detector
 
 log = logging.getLogger("edge_ad.runner")
+
+AnyDetector = Detector | VariantDetector
 
 DEFAULT_FPS = 30  # output frame rate for sources that do not say theirs (image folders)
 
@@ -89,11 +93,13 @@ class RunSummary:
 
 
 class _Capture(threading.Thread):
-    """Reads one source into a one-frame slot until the source ends or the run stops."""
+    """Reads one source into a one-frame slot until the source ends or the run stops; its frames
+    are scored by `detector` within `mask`."""
 
-    def __init__(self, stream: Stream, source: Source, ready: threading.Event, mask: InspectionMask | None = None):
+    def __init__(self, stream: Stream, source: Source, ready: threading.Event, detector: AnyDetector,
+                 mask: InspectionMask | None = None):
         super().__init__(name=f"capture {stream.name}", daemon=True)
-        self.stream, self.source, self.ready, self.mask = stream, source, ready, mask
+        self.stream, self.source, self.ready, self.detector, self.mask = stream, source, ready, detector, mask
         self.stop = threading.Event()
         self.slot: queue.Queue[Frame] = queue.Queue(maxsize=1)
         self.replaced = 0  # live frames replaced in the slot by a newer one before being scored
@@ -175,9 +181,10 @@ class _Sinks:
     """Everything a scored frame goes to: events, snapshots, the anomaly hook (shared by the
     streams) and each stream's video output, each guarded so that its failures are counted."""
 
-    def __init__(self, config: RunConfig, stack: ExitStack, drift: dict[str | None, DriftWatch] | None = None):
+    def __init__(self, config: RunConfig, stack: ExitStack,
+                 drift: dict[str, dict[str | None, DriftWatch]] | None = None):
         self.guards: list[Guarded] = []
-        self.drift = drift  # the calibrated band per variant (None: one bundle); each stream gets its own watch
+        self.drift = drift  # per stream, its bundles' calibrated bands by variant (None: one bundle); a watch each
         self.watches: dict[tuple[str, str | None], DriftWatch] = {}
         self.events = self.snapshots = self.hook = self.mqtt = None
         self.videos: dict[str, Guarded] = {}
@@ -213,7 +220,7 @@ class _Sinks:
     def _watch_drift(self, stream: Stream, frame: Frame, result: Result) -> None:
         key = (stream.name, result.variant)
         if key not in self.watches:
-            band = self.drift[result.variant]
+            band = self.drift[stream.name][result.variant]
             self.watches[key] = DriftWatch(band.low, band.high, band.window)
         drift = self.watches[key].add(result.score, result.is_anomaly)
         if drift is None:
@@ -311,11 +318,22 @@ def _status(stats: list[SourceStats]) -> str:
     return f"{sources}; {sum(s.anomalies for s in stats)} anomalies"
 
 
-def _score(
-    detector: Detector | VariantDetector, ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats]
-) -> list:
-    """Results of the ready frames, in one batch across the sources; when the batch fails (a
-    frame the detector refuses, NaN maps from a broken graph) each frame is scored alone, and
+def _score(ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats]) -> list:
+    """Results of the ready frames, each by its source's detector, in one batch per detector."""
+    groups: dict[int, list[int]] = {}
+    for i, (capture, _) in enumerate(ready):
+        groups.setdefault(id(capture.detector), []).append(i)
+    results: list = [None] * len(ready)
+    for indices in groups.values():
+        group = [ready[i] for i in indices]
+        for i, result in zip(indices, _score_batch(group[0][0].detector, group, stats)):
+            results[i] = result
+    return results
+
+
+def _score_batch(detector: AnyDetector, ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats]) -> list:
+    """Results of `detector`'s ready frames, in one batch across its sources; when the batch fails
+    (a frame the detector refuses, NaN maps from a broken graph) each frame is scored alone, and
     the ones that fail are counted, logged and skipped (None): the run goes on."""
     try:
         return detector.batch([frame.image for _, frame in ready], masks=[capture.mask for capture, _ in ready])
@@ -334,40 +352,86 @@ def _score(
     return results
 
 
-def _bundles(detector: Detector | VariantDetector) -> dict[str | None, Bundle]:
+def _bundles(detector: AnyDetector) -> dict[str | None, Bundle]:
     """The detector's bundles, keyed by variant (None for a single bundle)."""
     if isinstance(detector, VariantDetector):
         return {name: d.bundle for name, d in detector.detectors.items()}
     return {None: detector.bundle}
 
 
-def drift_bands(detector: Detector | VariantDetector) -> dict[str | None, DriftWatch]:
+def drift_bands(detector: AnyDetector) -> dict[str | None, DriftWatch]:
     """Each bundle's calibrated drift band, keyed by variant (None for a single bundle)."""
     return {variant: DriftWatch.from_bundle(bundle) for variant, bundle in _bundles(detector).items()}
 
 
-def load_masks(detector: Detector | VariantDetector, streams: list[Stream]) -> dict[str, InspectionMask | None]:
-    """Each stream's inspection mask, read before any source opens; a warning where a bundle's
-    site calibration was made with another mask or none (its threshold was set on other maps)."""
+def load_masks(detectors: Mapping[str, AnyDetector], streams: list[Stream]) -> dict[str, InspectionMask | None]:
+    """Each stream's inspection mask, read before any source opens; a warning where the site
+    calibration of the stream's bundle was made with another mask or none (its threshold was set
+    on other maps)."""
     masks = {s.name: InspectionMask.load(s.mask) if s.mask else None for s in streams}
-    for bundle in _bundles(detector).values():
-        if bundle.calibration is None:
-            continue
-        calibrated = read_yaml(bundle.calibration).get("mask")
-        for name, mask in masks.items():
-            mismatch = calibration_mismatch(calibrated, mask)
+    for name, mask in masks.items():
+        for bundle in _bundles(detectors[name]).values():
+            if bundle.calibration is None:
+                continue
+            mismatch = calibration_mismatch(read_yaml(bundle.calibration).get("mask"), mask)
             if mismatch:
                 log.warning("%s: %s: %s; the threshold may not fit (calibrate with the same --mask)",
                             name, bundle.calibration, mismatch)
     return masks
 
 
+def load_detectors(
+    streams: list[Stream], bundle: str | Sequence[str] | None = None, **options
+) -> dict[str, AnyDetector]:
+    """Each stream's detector: of the bundle it names (`Stream.bundle`, `bundle:` in --sources),
+    else of `bundle` ('BUNDLE', or 'NAME=BUNDLE' per product variant). A bundle named by several
+    streams is loaded once, and their frames are scored in one batch. `options` go to Detector.load."""
+    default = (bundle,) if isinstance(bundle, str) else tuple(bundle or ())
+    loaded: dict[tuple[str, ...], AnyDetector] = {}
+    detectors = {}
+    for stream in streams:
+        specs = stream.bundle or default
+        if not specs:
+            raise EdgeAdError(f"{stream.name}: no bundle to score it with: give --bundle, or 'bundle:' for this "
+                              "source in --sources")
+        if specs not in loaded:
+            loaded[specs] = load_detector(specs, **options)
+        detectors[stream.name] = loaded[specs]
+    return detectors
+
+
+def detectors_of(detector: AnyDetector | Mapping[str, AnyDetector], streams: list[Stream]) -> dict[str, AnyDetector]:
+    """Each stream's detector: `detector` for all of them, or a mapping from stream names (as
+    `load_detectors` gives). One detector for streams that name their own bundle is refused."""
+    if isinstance(detector, Mapping):
+        missing = [s.name for s in streams if s.name not in detector]
+        if missing:
+            raise EdgeAdError(f"run: no detector for source(s) {missing} (detectors are given for {sorted(detector)})")
+        return {s.name: detector[s.name] for s in streams}
+    own = [s.name for s in streams if s.bundle]
+    if own:
+        raise EdgeAdError(f"run: source(s) {own} name their own bundle, but one detector was given for every source; "
+                          "load each source's with edge_ad.runner.load_detectors(streams, ...)")
+    return {s.name: detector for s in streams}
+
+
+def _drift_bands(detectors: Mapping[str, AnyDetector]) -> dict[str, dict[str | None, DriftWatch]]:
+    """Each stream's calibrated drift bands, read once per detector."""
+    bands: dict[int, dict[str | None, DriftWatch]] = {}
+    for detector in detectors.values():
+        if id(detector) not in bands:
+            bands[id(detector)] = drift_bands(detector)
+    return {name: bands[id(detector)] for name, detector in detectors.items()}
+
+
 def run(
-    detector: Detector | VariantDetector, streams: list[Stream], config: RunConfig, stop: threading.Event | None = None
+    detector: AnyDetector | Mapping[str, AnyDetector], streams: list[Stream], config: RunConfig,
+    stop: threading.Event | None = None,
 ) -> RunSummary:
     """Score every stream until all end, `max_frames` per stream, or `stop` (also set by SIGINT
-    and SIGTERM). A source that fails to open stops the run before it starts; a sink that fails
-    later is reported and inference goes on."""
+    and SIGTERM). `detector` scores every stream, or a mapping gives each stream name its own
+    (streams sharing one are scored in one batch). A source that fails to open stops the run
+    before it starts; a sink that fails later is reported and inference goes on."""
     if not streams:
         raise EdgeAdError("run: no --input given")
     names = [s.name for s in streams]
@@ -376,12 +440,14 @@ def run(
     for stream in streams:  # an unknown output type fails now, not after the first frame
         if stream.output:
             output_description(stream.output, 64, 64, DEFAULT_FPS, config.jetson)
-    masks = load_masks(detector, streams)
+    detectors = detectors_of(detector, streams)
+    masks = load_masks(detectors, streams)
+    several = len({id(d) for d in detectors.values()}) > 1
     stop = stop or threading.Event()
     ready = threading.Event()
     stats = {s.name: SourceStats(s.name) for s in streams}
     with ExitStack() as stack, stop_on_signals(stop):
-        sinks = _Sinks(config, stack, drift_bands(detector) if config.drift else None)
+        sinks = _Sinks(config, stack, _drift_bands(detectors) if config.drift else None)
         captures: list[_Capture] = []
         telemetry = None
         if config.metrics is not None or config.metrics_port is not None:
@@ -392,7 +458,10 @@ def run(
             source = open_source(stream.input, stream.options, stream.pipeline, config.jetson)
             stack.callback(source.close)
             log.info("%s: %s", stream.name, source.description)
-            captures.append(_Capture(stream, source, ready, masks[stream.name]))
+            if several:
+                roots = [str(bundle.root) for bundle in _bundles(detectors[stream.name]).values()]
+                log.info("%s: scored by %s", stream.name, ", ".join(roots))
+            captures.append(_Capture(stream, source, ready, detectors[stream.name], masks[stream.name]))
             if stream.output:
                 sinks.add_video(stream, source)
         stack.callback(lambda: [c.join(timeout=2.0) for c in captures])
@@ -417,7 +486,7 @@ def run(
                 ready.wait(0.1)
                 ready.clear()
                 continue
-            results = _score(detector, ready_frames, stats)
+            results = _score(ready_frames, stats)
             done = time.time()
             for (capture, frame), result in zip(ready_frames, results):
                 if result is None:

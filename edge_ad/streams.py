@@ -8,6 +8,7 @@ from pathlib import Path
 from .bundle import read_yaml
 from .errors import EdgeAdError
 from .pipelines import SourceOptions
+from .variants import parse_variants
 
 
 @dataclass
@@ -20,21 +21,25 @@ class Stream:
     options: SourceOptions = field(default_factory=SourceOptions)
     pipeline: str | None = None  # the user's own GStreamer pipeline ending in appsink name=sink
     mask: str | None = None  # inspection mask image (edge_ad.masks): the part of the frame scored
+    bundle: tuple[str, ...] | None = None  # its own bundle (BUNDLE, or NAME=BUNDLE per variant); None: the run's
 
     def __post_init__(self) -> None:
         self.name = self.name or self.input or "pipeline"
+        if isinstance(self.bundle, str):
+            self.bundle = (self.bundle,)
 
 
-STREAM_KEYS = {"input", "name", "output", "pipeline", "mask"}
+STREAM_KEYS = {"input", "name", "output", "pipeline", "mask", "bundle"}
 OPTION_KEYS = {"width", "height", "framerate", "codec", "latency_ms", "timeout_s", "pattern", "transport", "flip",
                "crop", "realtime", "loop"}
 
 
 def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | None = None) -> list[Stream]:
     """Streams from a YAML file: `sources:` a list of mappings with `input` (or `pipeline`) and
-    optional `name`, `output`, `mask` and source options (width, height, framerate, codec, latency_ms,
-    timeout_s, pattern, transport, flip, crop, realtime, loop); options and a mask left out take the command
-    line's values."""
+    optional `name`, `output`, `mask`, `bundle` (a path, or a list of NAME=PATH for one bundle per
+    product variant) and source options (width, height, framerate, codec, latency_ms, timeout_s,
+    pattern, transport, flip, crop, realtime, loop); options, a mask and a bundle left out take the
+    command line's values."""
     data = read_yaml(path)
     entries = data.get("sources")
     if not isinstance(entries, list) or not entries:
@@ -56,6 +61,20 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
         options = replace(defaults, **{k: entry[k] for k in OPTION_KEYS & set(entry)})
         streams.append(
             Stream(str(entry.get("input") or ""), str(entry.get("name") or ""), entry.get("output"), options,
-                   entry.get("pipeline"), entry.get("mask", default_mask))
+                   entry.get("pipeline"), entry.get("mask", default_mask), _bundle(entry.get("bundle"), where))
         )
     return streams
+
+
+def _bundle(value: object, where: str) -> tuple[str, ...] | None:
+    """A source's `bundle:`: a path, or a list of NAME=PATH (one bundle per product variant)."""
+    if value is None:
+        return None
+    specs = [value] if isinstance(value, str) else value
+    if not isinstance(specs, list) or not specs or not all(isinstance(s, str) and s for s in specs):
+        raise EdgeAdError(f"{where}: 'bundle' must be a bundle path or a list of NAME=PATH, not {value!r}")
+    try:
+        parse_variants(specs)
+    except EdgeAdError as exc:
+        raise EdgeAdError(f"{where}: {exc}") from None
+    return tuple(specs)

@@ -12,6 +12,7 @@ from edge_ad.datasets import elpv_split
 
 TINY_INPUT = 128
 TINY_PROTOTYPES = 64
+MODULE_TYPES = ("mono", "poly")  # ELPV's two module types: two product variants
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -99,6 +100,31 @@ def tiny_bridge_bundle(tmp_path_factory, mvtec_category) -> Path:
     )
     run = train(config, work / "run")
     return export_bundle(run, work / "bundle")
+
+
+@pytest.fixture(scope="session")
+def variant_bundles(tmp_path_factory, elpv_samples) -> dict[str, str]:
+    """A tiny bundle per module type, each trained on twelve normal cells of that type only (four of
+    them validation images: the spread of normal scores that comparing variants needs)."""
+    from export.onnx_export import export_bundle
+    from export.train import TrainConfig, train
+
+    bundles = {}
+    for module_type in MODULE_TYPES:
+        folder = tmp_path_factory.mktemp(f"good-{module_type}")
+        for sample in [s for s in elpv_samples[0] if s.group == module_type][:12]:
+            cv2.imwrite(str(folder / f"{sample.name[5:]}.png"), _bgr(sample))
+        config = TrainConfig(data=str(folder), input_size=TINY_INPUT, prototypes=TINY_PROTOTYPES, val_fraction=0.34)
+        run_folder = train(config, folder.parent / f"run-{module_type}")
+        bundles[module_type] = str(export_bundle(run_folder, folder.parent / f"bundle-{module_type}"))
+    return bundles
+
+
+@pytest.fixture(scope="session")
+def test_cells(elpv_samples) -> dict[str, list[np.ndarray]]:
+    """Six normal test cells of each module type (BGR), none seen in training."""
+    normal = [s for s in elpv_samples[1] if s.label == 0]
+    return {t: [_bgr(s) for s in normal if s.group == t][:6] for t in MODULE_TYPES}
 
 
 SPOT_PATTERN = (False, True, False, True, True, False, True, True, True)  # which frames of `spotted_frames` have the spot

@@ -17,7 +17,7 @@ from edge_ad.errors import EdgeAdError, ImageError, SourceError
 from edge_ad.masks import InspectionMask
 from edge_ad.pipelines import SourceOptions
 from edge_ad.render import MASK_COLOUR, overlay
-from edge_ad.runner import RunConfig, load_masks, run
+from edge_ad.runner import RunConfig, detectors_of, load_masks, run
 from edge_ad.streams import Stream, streams_from_yaml
 
 SIZE = 300  # ELPV cells
@@ -144,7 +144,7 @@ def test_calibrate_within_a_mask_and_run_warns_on_another(tiny_bundle, normal_fo
     streams = [Stream("a", "same", mask=str(mask_file)), Stream("b", "none"), Stream("c", "other", mask=str(other)),
                Stream("d", "copy", mask=str(copy))]
     with caplog.at_level(logging.WARNING, logger="edge_ad.runner"):
-        masks = load_masks(detector, streams)
+        masks = load_masks(detectors_of(detector, streams), streams)
     assert masks["none"] is None and masks["same"].shape == (SIZE, SIZE)
     assert f"none: {bundle / 'calibration.yaml'}: calibrated with --mask {mask_file}, scored without one" in caplog.text
     assert f"other: {bundle / 'calibration.yaml'}: scored with --mask {other}, calibrated with another mask" in caplog.text

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import yaml
 
-from conftest import TINY_INPUT, TINY_PROTOTYPES, add_spot
+from conftest import MODULE_TYPES as TYPES, add_spot
 from edge_ad.deepstream import MODEL_FILE, OUTPUT, DeepStreamScorer
 from edge_ad.detector import Detector
 from edge_ad.doctor import doctor
@@ -20,33 +20,6 @@ from edge_ad.errors import BundleError, EdgeAdError
 from edge_ad.runner import RunConfig, drift_bands, run
 from edge_ad.streams import Stream
 from edge_ad.variants import VariantDetector, check_comparable, load_detector, parse_variants
-
-TYPES = ("mono", "poly")
-
-
-@pytest.fixture(scope="module")
-def variant_bundles(tmp_path_factory, elpv_samples) -> dict[str, str]:
-    """A tiny bundle per module type, each trained on twelve normal cells of that type only (four of
-    them validation images: the spread of normal scores that comparing variants needs)."""
-    from export.onnx_export import export_bundle
-    from export.train import TrainConfig, train
-
-    bundles = {}
-    for module_type in TYPES:
-        folder = tmp_path_factory.mktemp(f"good-{module_type}")
-        for sample in [s for s in elpv_samples[0] if s.group == module_type][:12]:
-            cv2.imwrite(str(folder / f"{sample.name[5:]}.png"), cv2.cvtColor(sample.image(), cv2.COLOR_RGB2BGR))
-        config = TrainConfig(data=str(folder), input_size=TINY_INPUT, prototypes=TINY_PROTOTYPES, val_fraction=0.34)
-        run_folder = train(config, folder.parent / f"run-{module_type}")
-        bundles[module_type] = str(export_bundle(run_folder, folder.parent / f"bundle-{module_type}"))
-    return bundles
-
-
-@pytest.fixture(scope="module")
-def test_cells(elpv_samples) -> dict[str, list[np.ndarray]]:
-    """Six normal test cells of each type (BGR), none seen in training."""
-    normal = [s for s in elpv_samples[1] if s.label == 0]
-    return {t: [cv2.cvtColor(s.image(), cv2.COLOR_RGB2BGR) for s in normal if s.group == t][:6] for t in TYPES}
 
 
 def test_each_cell_is_judged_by_its_own_module_type(variant_bundles, test_cells):

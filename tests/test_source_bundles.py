@@ -1,0 +1,133 @@
+"""Cameras that look at different parts or views, each with its own bundle, in one run; and
+`calibrate` / `record` reading one source of run's --sources file as run opens it."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from conftest import MODULE_TYPES
+from edge_ad.detector import Detector
+from edge_ad.errors import EdgeAdError
+from edge_ad.pipelines import SourceOptions
+from edge_ad.runner import RunConfig, load_detectors, run
+from edge_ad.streams import Stream, streams_from_yaml
+from edge_ad.variants import VariantDetector
+
+
+def _edge_ad(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture
+def cell_folders(test_cells, tmp_path) -> dict[str, Path]:
+    """A folder of four normal test cells per module type: a camera on each type's line."""
+    folders = {}
+    for module_type in MODULE_TYPES:
+        folders[module_type] = tmp_path / f"frames-{module_type}"
+        folders[module_type].mkdir()
+        for i, cell in enumerate(test_cells[module_type][:4]):
+            cv2.imwrite(str(folders[module_type] / f"{i}.png"), cell)
+    return folders
+
+
+def test_each_source_is_scored_by_its_own_bundle(variant_bundles, cell_folders, tmp_path):
+    mono, poly = variant_bundles["mono"], variant_bundles["poly"]
+    sources = tmp_path / "cams.yaml"
+    sources.write_text(yaml.safe_dump({"sources": [
+        {"input": str(cell_folders["mono"]), "name": "cam-mono", "bundle": mono},
+        {"input": str(cell_folders["poly"]), "name": "cam-poly", "bundle": poly},
+        {"input": str(cell_folders["poly"]), "name": "cam-either", "bundle": [f"mono={mono}", f"poly={poly}"]},
+        {"input": str(cell_folders["mono"]), "name": "cam-default"},  # the command line's bundle
+    ]}))
+    streams = streams_from_yaml(sources, SourceOptions())
+    detectors = load_detectors(streams, poly)
+    assert detectors["cam-default"] is detectors["cam-poly"]  # one bundle named twice is loaded once
+    assert isinstance(detectors["cam-either"], VariantDetector)
+
+    events = tmp_path / "events.jsonl"
+    summary = run(detectors, streams, RunConfig(events=events))
+    assert [(s.name, s.frames) for s in summary.sources] == [(s.name, 4) for s in streams]
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    scores = {s.name: [e["score"] for e in lines if e["source"] == s.name] for s in streams}
+
+    alone = {t: Detector.load(variant_bundles[t]) for t in MODULE_TYPES}
+    expected = {t: {u: [alone[t](cv2.imread(str(p))).score for p in sorted(cell_folders[u].glob("*.png"))]
+                    for u in MODULE_TYPES} for t in MODULE_TYPES}  # bundle t on cells of type u
+    assert not np.allclose(expected["mono"]["mono"], expected["poly"]["mono"], atol=1e-3)  # the bundles disagree
+    np.testing.assert_allclose(scores["cam-mono"], expected["mono"]["mono"], atol=1e-5)
+    np.testing.assert_allclose(scores["cam-poly"], expected["poly"]["poly"], atol=1e-5)
+    np.testing.assert_allclose(scores["cam-default"], expected["poly"]["mono"], atol=1e-5)
+    # The variants' source: each normal poly cell judged by the poly bundle, as that bundle alone scores it.
+    assert [e["variant"] for e in lines if e["source"] == "cam-either"] == ["poly"] * 4
+    np.testing.assert_allclose(scores["cam-either"], expected["poly"]["poly"], atol=1e-5)
+    assert all("variant" not in e for e in lines if e["source"] != "cam-either")
+
+
+def test_bundles_in_sources_are_checked_before_anything_opens(variant_bundles, tiny_bundle, tmp_path):
+    sources = tmp_path / "cams.yaml"
+    for bundle, error in [
+        (3, r"cams.yaml: source 1: 'bundle' must be a bundle path or a list of NAME=PATH, not 3"),
+        ([], r"cams.yaml: source 1: 'bundle' must be a bundle path or a list of NAME=PATH, not \[\]"),
+        (["a=x", "a=y"], r"cams.yaml: source 1: --bundle 'a=y': a variant named 'a' is already given"),
+    ]:
+        sources.write_text(yaml.safe_dump({"sources": [{"input": "test://", "bundle": bundle}]}))
+        with pytest.raises(EdgeAdError, match=error):
+            streams_from_yaml(sources, SourceOptions())
+
+    streams = [Stream("test://", "own", bundle=variant_bundles["mono"]), Stream("test://?width=64", "other")]
+    with pytest.raises(EdgeAdError, match=r"other: no bundle to score it with: give --bundle, or 'bundle:'"):
+        load_detectors(streams)
+    with pytest.raises(EdgeAdError, match=r"source\(s\) \['own'\] name their own bundle, but one detector was given"):
+        run(Detector.load(tiny_bundle), streams, RunConfig())
+    with pytest.raises(EdgeAdError, match=r"no detector for source\(s\) \['other'\]"):
+        run({"own": Detector.load(tiny_bundle)}, streams, RunConfig())
+
+    out = _edge_ad("run", "--input", "test://", "--max-frames", 1)
+    assert out.returncode != 0 and "test://: no bundle to score it with" in out.stderr
+
+
+def test_calibrate_and_record_take_a_source_from_the_sources_file(variant_bundles, cell_folders, tmp_path):
+    bundles = {t: tmp_path / f"bundle-{t}" for t in MODULE_TYPES}
+    for module_type, bundle in bundles.items():
+        shutil.copytree(variant_bundles[module_type], bundle)
+    mask = tmp_path / "mask.png"  # the size of the cropped frames: calibration fails unless the crop is applied
+    cv2.imwrite(str(mask), np.full((200, 250), 255, np.uint8))
+    sources = tmp_path / "cams.yaml"
+    sources.write_text(yaml.safe_dump({"sources": [
+        {"input": str(cell_folders["mono"]), "name": "line1", "bundle": str(bundles["mono"])},
+        {"input": str(cell_folders["poly"]), "name": "line2", "bundle": str(bundles["poly"]),
+         "crop": [20, 30, 250, 200], "mask": str(mask)},
+    ]}))
+    out = _edge_ad("calibrate", "--sources", sources, "--source", "line2", "--frames", 4, "--target-far", 0.5,
+                   "--confidence", 0.5)
+    assert out.returncode == 0, out.stderr
+    data = yaml.safe_load((bundles["poly"] / "calibration.yaml").read_text())
+    assert data["source"] == str(cell_folders["poly"]) and data["frames"] == 4
+    assert data["mask"]["file"] == str(mask) and data["mask"]["inspected"] == 1.0
+    assert not (bundles["mono"] / "calibration.yaml").exists()  # only the named source's bundle
+
+    out = _edge_ad("record", "--sources", sources, "--source", "line2", "--out", tmp_path / "pictures",
+                   "--interval", 0)
+    assert out.returncode == 0, out.stderr
+    pictures = sorted((tmp_path / "pictures").glob("*.png"))
+    first = cv2.imread(str(sorted(cell_folders["poly"].glob("*.png"))[0]))
+    assert len(pictures) == 4
+    np.testing.assert_array_equal(cv2.imread(str(pictures[0])), first[30:230, 20:270])  # cropped as run crops
+
+    for args, error in [
+        (["--source", "line3"], "--source line3: {} names the sources ['line1', 'line2']; give one of them"),
+        ([], "--sources {} has 2 sources: choose one with --source NAME (line1, line2)"),
+        (["--source", "line1", "--input", "x.mp4"], "--sources: the source is in the YAML file"),
+    ]:
+        out = _edge_ad("calibrate", "--sources", sources, *args)
+        assert out.returncode != 0 and error.format(sources) in out.stderr, out.stderr
+    out = _edge_ad("calibrate", "--bundle", bundles["mono"], "--input", cell_folders["mono"], "--source", "line1")
+    assert out.returncode != 0 and "--source line1: needs --sources FILE" in out.stderr
