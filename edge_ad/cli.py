@@ -242,7 +242,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     source = open_source(stream.input, stream.options, pipeline=stream.pipeline)  # a bad input fails first
     try:
         detector = load_detector(bundle, backend=args.backend, steps=args.steps, dla_core=args.dla_core)
-        kept = collect(detector, (f.image for f in source.frames()), args.frames, mask=mask)
+        kept = collect(detector, _checked_frames(source, mask, stream.name), args.frames, mask=mask)
     finally:
         source.close()
     read = sum(len(k.samples) for k in kept.values())
@@ -270,6 +270,14 @@ def _calibrate(args: argparse.Namespace) -> None:
     if failed:
         raise EdgeAdError(f"not calibrated: {', '.join(failed)} (above); the other variants were. Give more frames "
                           "of those variants, or calibrate each alone (--bundle BUNDLE) on frames of that variant")
+
+
+def _checked_frames(source, mask, name: str):
+    """The source's frames (BGR arrays); with a mask, one of another size stops it, naming the source."""
+    for frame in source.frames():
+        if mask is not None:
+            mask.check(frame.image.shape, name)
+        yield frame.image
 
 
 def _calibrate_bundle(

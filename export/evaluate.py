@@ -66,7 +66,11 @@ def evaluate(
     scores, maps, masks, taken = [], [], [], {}
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluating", unit="batch"):
         chunk = samples[start : start + batch_size]
-        results = loaded.batch([s.image() for s in chunk], color="RGB", masks=[mask] * len(chunk))
+        images = [s.image() for s in chunk]
+        if mask is not None:  # a test image of another size is named
+            for sample, image in zip(chunk, images):
+                mask.check(image.shape, sample.name)
+        results = loaded.batch(images, color="RGB", masks=[mask] * len(chunk))
         for sample, result in zip(chunk, results):
             model, scale = detector, (lambda values: values)
             if variants is not None:

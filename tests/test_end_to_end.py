@@ -84,6 +84,11 @@ def test_eval_on_mvtec_layout_reports_all_metrics(tiny_bundle, mvtec_category, t
     masked = json.loads((tmp_path / "masked.json").read_text())
     assert masked["mask"]["inspected"] == 0.5 and masked["test_images"] == 8
     assert masked["pixel_auroc"] != report["pixel_auroc"] and 0.0 < masked["aupro_0.3"] <= 1.0
+    cv2.imwrite(str(tmp_path / "half.png"), keep[:150])  # a mask of another size names the first test image
+    out = edge_ad("eval", "--bundle", tiny_bundle, "--data", mvtec_category, "--mask", tmp_path / "half.png",
+                  check=False)
+    assert out.returncode == 2 and "half.png is 300x150 pixels, but the frames are 300x300" in out.stderr
+    assert f"{mvtec_category / 'test' / 'good' / '000.png'}: --mask" in out.stderr, out.stderr
 
 
 def test_examples_run_against_a_bundle(cli_bundle, normal_folder, tmp_path):
