@@ -61,7 +61,7 @@ class RunConfig:
     jetson: bool | None = None  # None: detect
     output_bitrate_kbps: int | None = None  # H.264 of the video outputs (None: the encoder's default)
     drift: bool = False  # watch the rolling median of normal scores against the calibrated band
-    alarm_frames: int = 1  # anomalous frames in a row from a source before snapshots, hook and MQTT act
+    alarm_frames: int = 1  # anomalous frames in a row from a source before snapshots, hook and MQTT act (or Stream's)
     mqtt: str | None = None  # mqtt://host[:port]/topic: alarms and drift events to a broker (edge_ad.mqtt)
 
 
@@ -493,7 +493,7 @@ def run(
                     continue
                 record = stats[capture.stream.name]
                 latency_ms = (done - frame.captured) * 1e3
-                alarm = record.add(latency_ms, result.is_anomaly, config.alarm_frames)
+                alarm = record.add(latency_ms, result.is_anomaly, capture.stream.alarm_frames or config.alarm_frames)
                 sinks.deliver(capture.stream, frame, result, latency_ms, record, alarm)
                 if config.max_frames is not None and record.frames >= config.max_frames:
                     capture.stop.set()

@@ -22,6 +22,7 @@ class Stream:
     pipeline: str | None = None  # the user's own GStreamer pipeline ending in appsink name=sink
     mask: str | None = None  # inspection mask image (edge_ad.masks): the part of the frame scored
     bundle: tuple[str, ...] | None = None  # its own bundle (BUNDLE, or NAME=BUNDLE per variant); None: the run's
+    alarm_frames: int | None = None  # anomalous frames in a row before an alarm (RunConfig); None: the run's
 
     def __post_init__(self) -> None:
         self.name = self.name or self.input or "pipeline"
@@ -29,7 +30,7 @@ class Stream:
             self.bundle = (self.bundle,)
 
 
-STREAM_KEYS = {"input", "name", "output", "pipeline", "mask", "bundle"}
+STREAM_KEYS = {"input", "name", "output", "pipeline", "mask", "bundle", "alarm_frames"}
 OPTION_KEYS = {"width", "height", "framerate", "codec", "latency_ms", "timeout_s", "pattern", "transport", "flip",
                "crop", "realtime", "loop"}
 
@@ -37,9 +38,9 @@ OPTION_KEYS = {"width", "height", "framerate", "codec", "latency_ms", "timeout_s
 def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | None = None) -> list[Stream]:
     """Streams from a YAML file: `sources:` a list of mappings with `input` (or `pipeline`) and
     optional `name`, `output`, `mask`, `bundle` (a path, or a list of NAME=PATH for one bundle per
-    product variant) and source options (width, height, framerate, codec, latency_ms, timeout_s,
-    pattern, transport, flip, crop, realtime, loop); options, a mask and a bundle left out take the
-    command line's values."""
+    product variant), `alarm_frames` and source options (width, height, framerate, codec, latency_ms,
+    timeout_s, pattern, transport, flip, crop, realtime, loop); what is left out takes the command
+    line's values."""
     data = read_yaml(path)
     entries = data.get("sources")
     if not isinstance(entries, list) or not entries:
@@ -58,10 +59,14 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
             raise EdgeAdError(f"{where}: 'realtime' must be true or false, not {entry['realtime']!r}")
         if not isinstance(entry.get("mask", ""), str):
             raise EdgeAdError(f"{where}: 'mask' must be an image file name, not {entry['mask']!r}")
+        alarm_frames = entry.get("alarm_frames")
+        if alarm_frames is not None and (type(alarm_frames) is not int or alarm_frames < 1):
+            raise EdgeAdError(f"{where}: 'alarm_frames' must be a whole number, 1 or more, not {alarm_frames!r}")
         options = replace(defaults, **{k: entry[k] for k in OPTION_KEYS & set(entry)})
         streams.append(
             Stream(str(entry.get("input") or ""), str(entry.get("name") or ""), entry.get("output"), options,
-                   entry.get("pipeline"), entry.get("mask", default_mask), _bundle(entry.get("bundle"), where))
+                   entry.get("pipeline"), entry.get("mask", default_mask), _bundle(entry.get("bundle"), where),
+                   alarm_frames)
         )
     return streams
 

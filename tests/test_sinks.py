@@ -140,3 +140,14 @@ def test_an_alarm_needs_alarm_frames_anomalous_frames_in_a_row(tiny_bundle, spot
     assert (stats.anomalies, stats.alarms, stats.snapshots) == (6, 3, 3)
     assert len(list((tmp_path / "snaps").glob("*_overlay.jpg"))) == 3
     assert 'edge_ad_alarms_total{source="line"} 3.0' in (tmp_path / "m.prom").read_text()
+
+    # A source's own alarm_frames (in --sources) before the run's: 3 in a row alarms at frame 8 only.
+    sources = tmp_path / "cams.yaml"
+    sources.write_text(f"sources:\n  - {{input: {spotted_frames}, name: slow, alarm_frames: 3}}\n"
+                       f"  - {{input: {spotted_frames}, name: default}}\n")
+    summary = run(Detector.load(tiny_bundle), streams_from_yaml(sources, SourceOptions()), RunConfig(alarm_frames=2))
+    assert {s.name: s.alarms for s in summary.sources} == {"slow": 1, "default": 3}
+    for value in (0, 1.5, "2"):
+        sources.write_text(f"sources:\n  - {{input: x.mp4, alarm_frames: {value!r}}}\n")
+        with pytest.raises(EdgeAdError, match=r"source 1: 'alarm_frames' must be a whole number, 1 or more"):
+            streams_from_yaml(sources, SourceOptions())
