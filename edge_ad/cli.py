@@ -192,6 +192,7 @@ def _run(args: argparse.Namespace) -> None:
     if args.print_pipeline:
         _print_pipelines(streams, jetson, args.output_bitrate)
         return
+    from .mqtt import MqttTls
     from .runner import load_detectors, run
 
     config = RunConfig(
@@ -209,6 +210,7 @@ def _run(args: argparse.Namespace) -> None:
         output_bitrate_kbps=args.output_bitrate,
         alarm_frames=args.alarm_frames,
         mqtt=args.mqtt,
+        mqtt_tls=MqttTls(*(Path(f) if f else None for f in (args.mqtt_ca, args.mqtt_cert, args.mqtt_key))),
     )
     detectors = load_detectors(streams, args.bundle, backend=args.backend, steps=args.steps, spin=not args.no_spin,
                                dla_core=args.dla_core)
@@ -577,8 +579,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a frame raises an alarm (snapshot, --on-anomaly) when it and the K-1 frames of its source "
                         "before it are anomalous (default 1: every anomalous frame)")
     p.add_argument("--mqtt", metavar="URL",
-                   help="mqtt://[user[:password]@]host[:port]/TOPIC: alarm and drift events as JSON to "
-                        "TOPIC/SOURCE/alarm and TOPIC/SOURCE/drift (needs edge-ad[mqtt])")
+                   help="mqtt[s]://[user[:password]@]host[:port]/TOPIC: alarm and drift events as JSON to "
+                        "TOPIC/SOURCE/alarm and TOPIC/SOURCE/drift (needs edge-ad[mqtt]; mqtts: TLS; a user's "
+                        "password may come from EDGE_AD_MQTT_PASSWORD instead)")
+    p.add_argument("--mqtt-ca", metavar="PEM", help="mqtts://: the CA that signed the broker's certificate "
+                                                    "(default: the system's CAs)")
+    p.add_argument("--mqtt-cert", metavar="PEM", help="mqtts://: this device's client certificate")
+    p.add_argument("--mqtt-key", metavar="PEM", help="mqtts://: the client certificate's private key (if not in it)")
     p.add_argument("--metrics", help="file rewritten every 5 s with Prometheus-format metrics")
     p.add_argument("--metrics-port", type=int, help="serve the metrics on http://0.0.0.0:PORT/metrics")
     p.add_argument("--max-frames", type=_positive_int, help="stop each source after this many frames")

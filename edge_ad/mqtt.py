@@ -1,5 +1,11 @@
-"""`edge-ad run --mqtt mqtt://[user[:password]@]host[:port]/TOPIC`: alarms and drift events to an
+"""`edge-ad run --mqtt mqtt[s]://[user[:password]@]host[:port]/TOPIC`: alarms and drift events to an
 MQTT broker, where a plant's PLC gateway, SCADA or Node-RED takes them.
+
+mqtts:// speaks TLS (port 8883 by default) and checks the broker's certificate against the
+system's CAs or a plant's own (`--mqtt-ca`); `--mqtt-cert` and `--mqtt-key` give the client
+certificate that brokers which authenticate devices ask for. A password can come from the
+environment (EDGE_AD_MQTT_PASSWORD, for a user in the URL without one) rather than the command
+line, where `ps` shows it; logs and metrics name the broker by its URL without the password.
 
 Each alarm frame's event (the JSON of an events line) goes to TOPIC/SOURCE/alarm and each drift
 event to TOPIC/SOURCE/drift (SOURCE as snapshots name it), at QoS 1. TOPIC/status holds, retained,
@@ -15,6 +21,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import ssl
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from .errors import EdgeAdError
@@ -24,44 +35,111 @@ log = logging.getLogger("edge_ad.mqtt")
 
 QUEUED_MESSAGES = 1000  # kept while the broker is away
 CLOSE_WAIT_S = 1.0  # how long close() waits for its "offline" to reach the broker
+PASSWORD_VARIABLE = "EDGE_AD_MQTT_PASSWORD"  # the password of a user named in the URL without one
 
 
-def parse_mqtt_url(url: str) -> tuple[str, int, str, str | None, str | None]:
-    """(host, port, topic, user, password) of mqtt://[user[:password]@]host[:port]/topic."""
+@dataclass(frozen=True)
+class MqttBroker:
+    """Where --mqtt publishes: parse_mqtt_url's reading of the URL."""
+
+    host: str
+    port: int
+    topic: str
+    user: str | None
+    password: str | None
+    tls: bool
+    shown: str  # the URL without its password, for logs and metrics
+
+
+@dataclass(frozen=True)
+class MqttTls:
+    """The files of an mqtts:// connection: the CA that signed the broker's certificate (None: the
+    system's CAs) and the client certificate and key, for brokers that authenticate devices."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+
+def parse_mqtt_url(url: str) -> MqttBroker:
+    """The broker and topic of mqtt[s]://[user[:password]@]host[:port]/topic; a user without a
+    password takes it from the environment variable EDGE_AD_MQTT_PASSWORD, if set."""
     parsed = urlparse(url)
     topic = parsed.path.strip("/")
-    if parsed.scheme != "mqtt" or not parsed.hostname or not topic:
-        raise EdgeAdError(f"--mqtt {url}: expected mqtt://[user[:password]@]host[:port]/topic, as in "
-                          "mqtt://broker.local/line1")
+    shown = url if parsed.password is None else url.replace(f":{parsed.password}@", ":***@", 1)
+    if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname or not topic:
+        raise EdgeAdError(f"--mqtt {shown}: expected mqtt[s]://[user[:password]@]host[:port]/topic, as in "
+                          "mqtt://broker.local/line1 (mqtts: TLS)")
     if "+" in topic or "#" in url:  # urlparse takes # for a fragment
-        raise EdgeAdError(f"--mqtt {url}: the topic may not hold the wildcards + or #")
+        raise EdgeAdError(f"--mqtt {shown}: the topic may not hold the wildcards + or #")
     user = unquote(parsed.username) if parsed.username else None
     password = unquote(parsed.password) if parsed.password else None
-    return parsed.hostname, parsed.port or 1883, topic, user, password
+    if user is not None and password is None:
+        password = os.environ.get(PASSWORD_VARIABLE)
+    tls = parsed.scheme == "mqtts"
+    return MqttBroker(parsed.hostname, parsed.port or (8883 if tls else 1883), topic, user, password, tls, shown)
+
+
+def _tls_context(broker: MqttBroker, tls: MqttTls) -> ssl.SSLContext | None:
+    """The TLS context of an mqtts:// broker (None for mqtt://); files that are missing or not
+    certificates and keys are refused by name, before the run starts."""
+    given = {flag: path for flag, path in (("--mqtt-ca", tls.ca), ("--mqtt-cert", tls.cert), ("--mqtt-key", tls.key))
+             if path is not None}
+    if not broker.tls:
+        if given:
+            raise EdgeAdError(f"{', '.join(given)}: TLS files need an mqtts:// URL, not {broker.shown}")
+        return None
+    if tls.key is not None and tls.cert is None:
+        raise EdgeAdError("--mqtt-key: give the client certificate too (--mqtt-cert)")
+    for flag, path in given.items():
+        if not Path(path).is_file():
+            raise EdgeAdError(f"{flag} {path}: no such file")
+    try:  # the plant's CA alone when given, else the system's
+        context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca is not None else None)
+    except (ssl.SSLError, OSError) as exc:
+        raise EdgeAdError(f"--mqtt-ca {tls.ca}: not a PEM certificate ({exc})") from None
+    if tls.cert is not None:
+        try:
+            context.load_cert_chain(str(tls.cert), str(tls.key) if tls.key is not None else None)
+        except (ssl.SSLError, OSError) as exc:
+            files = f"--mqtt-cert {tls.cert}" + (f", --mqtt-key {tls.key}" if tls.key is not None else "")
+            raise EdgeAdError(f"{files}: not a PEM certificate and its private key ({exc})") from None
+    return context
 
 
 class MqttPublisher:
     """Publishes events to TOPIC/SOURCE/alarm and TOPIC/SOURCE/drift (see the module docstring)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, tls: MqttTls = MqttTls()):
+        broker = parse_mqtt_url(url)
+        context = _tls_context(broker, tls)
         import paho.mqtt.client as mqtt
 
         self._mqtt = mqtt
-        self.url = url
-        host, port, self.topic, user, password = parse_mqtt_url(url)
+        self.url, self.topic = broker.shown, broker.topic
+        self._hint = ""  # why a broker may close a TLS connection at once
+        if broker.tls and tls.cert is None:
+            self._hint = "; a broker that asks for a client certificate closes the connection so (--mqtt-cert)"
         self.status_topic = f"{self.topic}/status"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        if user is not None:
-            self.client.username_pw_set(user, password)
+        if broker.user is not None:
+            self.client.username_pw_set(broker.user, broker.password)
+        if context is not None:
+            self.client.tls_set_context(context)
         self.client.max_queued_messages_set(QUEUED_MESSAGES)
         self.client.reconnect_delay_set(1, 30)
         self.client.on_connect = self._connected
-        self.client.on_connect_fail = lambda client, userdata: log.warning(
-            "--mqtt %s: cannot reach the broker; trying again, messages wait meanwhile", url)
+        self.client.on_connect_fail = self._connect_failed
         self.client.on_disconnect = self._disconnected
         self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
-        self.client.connect_async(host, port)
+        self.client.connect_async(broker.host, broker.port)
         self.client.loop_start()
+
+    def _connect_failed(self, client, userdata) -> None:
+        # paho calls this while it handles the connection's OSError (refused, TLS failed, ...).
+        reason = sys.exc_info()[1]
+        log.warning("--mqtt %s: cannot connect to the broker (%s); trying again, messages wait meanwhile",
+                    self.url, reason or "no reason given")
 
     def _connected(self, client, userdata, flags, reason, properties) -> None:
         if reason.is_failure:
@@ -72,7 +150,7 @@ class MqttPublisher:
 
     def _disconnected(self, client, userdata, flags, reason, properties) -> None:
         if reason.is_failure:
-            log.warning("--mqtt %s: disconnected (%s); reconnecting", self.url, reason)
+            log.warning("--mqtt %s: disconnected (%s)%s; reconnecting", self.url, reason, self._hint)
 
     def publish(self, event: dict) -> None:
         """One event: a frame's (an alarm) or a drift event."""

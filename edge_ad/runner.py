@@ -28,6 +28,7 @@ from .detector import Detector, Result
 from .drift import DriftWatch
 from .errors import EdgeAdError, SourceError
 from .masks import InspectionMask, calibration_mismatch
+from .mqtt import MqttTls
 from .outputs import open_output, output_description
 from .regions import regions
 from .render import overlay
@@ -62,7 +63,8 @@ class RunConfig:
     output_bitrate_kbps: int | None = None  # H.264 of the video outputs (None: the encoder's default)
     drift: bool = False  # watch the rolling median of normal scores against the calibrated band
     alarm_frames: int = 1  # anomalous frames in a row from a source before snapshots, hook and MQTT act (or Stream's)
-    mqtt: str | None = None  # mqtt://host[:port]/topic: alarms and drift events to a broker (edge_ad.mqtt)
+    mqtt: str | None = None  # mqtt[s]://host[:port]/topic: alarms and drift events to a broker (edge_ad.mqtt)
+    mqtt_tls: MqttTls = MqttTls()  # mqtts://: the plant's CA, a client certificate and key
 
 
 @dataclass
@@ -204,9 +206,9 @@ class _Sinks:
         if config.mqtt:
             from .mqtt import MqttPublisher  # paho-mqtt, only when asked for
 
-            publisher = MqttPublisher(config.mqtt)
+            publisher = MqttPublisher(config.mqtt, config.mqtt_tls)
             stack.callback(publisher.close)
-            self.mqtt = self._guard(f"mqtt {config.mqtt}", publisher.publish)
+            self.mqtt = self._guard(f"mqtt {publisher.url}", publisher.publish)  # without its password
 
     def _guard(self, name: str, call) -> Guarded:
         self.guards.append(Guarded(name, call))

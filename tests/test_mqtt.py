@@ -1,19 +1,22 @@
 """--mqtt: alarm and drift events to a real MQTT broker (Mosquitto on 127.0.0.1), read back by a
 subscriber; a broker that is away does not stop the run."""
 
+import getpass
 import json
+import logging
 import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError
-from edge_ad.mqtt import parse_mqtt_url
+from edge_ad.mqtt import PASSWORD_VARIABLE, MqttPublisher, MqttTls, parse_mqtt_url
 from edge_ad.runner import RunConfig, run
 from edge_ad.streams import Stream
 
@@ -44,20 +47,37 @@ def broker():
     process.wait()
 
 
-def test_mqtt_urls():
-    assert parse_mqtt_url("mqtt://broker.local/line1") == ("broker.local", 1883, "line1", None, None)
-    assert parse_mqtt_url("mqtt://qa:p%40ss@10.0.0.2:1884/plant/line2/") == ("10.0.0.2", 1884, "plant/line2", "qa", "p@ss")
+def test_mqtt_urls(monkeypatch):
+    monkeypatch.delenv(PASSWORD_VARIABLE, raising=False)
+    plain = parse_mqtt_url("mqtt://broker.local/line1")
+    assert (plain.host, plain.port, plain.topic, plain.user, plain.password, plain.tls) == \
+        ("broker.local", 1883, "line1", None, None, False)
+    secret = parse_mqtt_url("mqtt://qa:p%40ss@10.0.0.2:1884/plant/line2/")
+    assert (secret.host, secret.port, secret.topic, secret.user, secret.password) == \
+        ("10.0.0.2", 1884, "plant/line2", "qa", "p@ss")
+    assert secret.shown == "mqtt://qa:***@10.0.0.2:1884/plant/line2/"  # what logs and metrics show
+    tls = parse_mqtt_url("mqtts://qa@broker.local/line1")
+    assert (tls.port, tls.tls, tls.password) == (8883, True, None)
+    monkeypatch.setenv(PASSWORD_VARIABLE, "from-env")  # kept off the command line, where ps shows it
+    assert parse_mqtt_url("mqtts://qa@broker.local/line1").password == "from-env"
+    assert parse_mqtt_url("mqtts://qa:given@broker.local/line1").password == "given"
     for url in ("mqtt://broker.local", "http://broker.local/line1", "mqtt:///line1", "mqtt://b/line/#"):
         with pytest.raises(EdgeAdError, match=f"--mqtt {url}"):
             parse_mqtt_url(url)
+    with pytest.raises(EdgeAdError, match=r"--mqtt mqtt://qa:\*\*\*@b: expected") as error:
+        parse_mqtt_url("mqtt://qa:hunter2@b")
+    assert "hunter2" not in str(error.value)
 
 
-def _subscribe(port: int, topic: str) -> tuple[object, list[tuple[str, bytes]]]:
-    """A started subscriber to `topic` on the broker at `port`, and the list its messages go to."""
+def _subscribe(port: int, topic: str, tls: dict | None = None) -> tuple[object, list[tuple[str, bytes]]]:
+    """A started subscriber to `topic` on the broker at `port` (over TLS with `tls`, paho's
+    tls_set arguments), and the list its messages go to."""
     import paho.mqtt.client as mqtt
 
     received, subscribed = [], threading.Event()
     subscriber = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    if tls is not None:
+        subscriber.tls_set(**tls)
     subscriber.on_subscribe = lambda *args: subscribed.set()
     subscriber.on_message = lambda client, userdata, message: received.append((message.topic, message.payload))
     subscriber.connect("127.0.0.1", port)
@@ -116,3 +136,91 @@ def test_the_broker_says_offline_when_the_run_dies(broker, tiny_bundle):
         process.kill()
         process.wait()
         subscriber.loop_stop()
+
+
+OPENSSL = shutil.which("openssl")
+
+
+@pytest.fixture
+def tls_files(tmp_path) -> dict[str, Path]:
+    """A plant CA, the broker's certificate for 127.0.0.1 and a device's client certificate signed
+    by it, and a second CA that signed neither (openssl)."""
+    if OPENSSL is None:
+        pytest.skip("openssl is not installed")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for ca in ("ca", "other-ca"):
+        subprocess.run([OPENSSL, "req", "-x509", *ec, "-keyout", tmp_path / f"{ca}.key", "-out", tmp_path / f"{ca}.pem",
+                        "-days", "2", "-subj", f"/CN={ca}"], check=True, capture_output=True)
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        subprocess.run([OPENSSL, "req", *ec, "-keyout", tmp_path / f"{name}.key", "-out", tmp_path / f"{name}.csr",
+                        "-subj", f"/CN={name}"], check=True, capture_output=True)
+        subprocess.run([OPENSSL, "x509", "-req", "-in", tmp_path / f"{name}.csr", "-CA", tmp_path / "ca.pem", "-CAkey",
+                        tmp_path / "ca.key", "-CAcreateserial", "-out", tmp_path / f"{name}.pem", "-days", "2",
+                        "-extfile", tmp_path / "san.ext"], check=True, capture_output=True)
+    return {f.stem if f.suffix == ".pem" else f.name: f for f in tmp_path.iterdir() if f.suffix in (".pem", ".key")}
+
+
+@pytest.fixture
+def tls_broker(tls_files, tmp_path):
+    """Mosquitto on 127.0.0.1 speaking TLS only, asking every client for a certificate of the plant CA."""
+    port = _free_port()
+    config = tmp_path / "mosquitto.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nrequire_certificate true\n"
+                      f"cafile {tls_files['ca']}\ncertfile {tls_files['server']}\nkeyfile {tls_files['server.key']}\n"
+                      f"user {getpass.getuser()}\n")  # as root, read the files as root
+    process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _wait_for(lambda: _listening(port)), "mosquitto did not start"
+    yield port
+    process.kill()
+    process.wait()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@needs_broker
+def test_alarms_reach_a_tls_broker_with_a_client_certificate(tls_broker, tls_files, spotted_frames, tiny_bundle,
+                                                              caplog):
+    device = MqttTls(tls_files["ca"], tls_files["client"], tls_files["client.key"])
+    subscriber, received = _subscribe(tls_broker, "plant/#", {"ca_certs": str(tls_files["ca"]),
+                                                              "certfile": str(tls_files["client"]),
+                                                              "keyfile": str(tls_files["client.key"])})
+    try:
+        config = RunConfig(alarm_frames=2, mqtt=f"mqtts://127.0.0.1:{tls_broker}/plant/line1", mqtt_tls=device)
+        summary = run(Detector.load(tiny_bundle), [Stream(str(spotted_frames), "cam")], config)
+        assert _wait_for(lambda: (received[-1:] or [("", b"")])[-1][1] == b"offline")
+        assert summary.alarms == 3 and summary.sink_errors == {}
+        assert sorted(json.loads(p)["frame"] for t, p in received if t == "plant/line1/cam/alarm") == [4, 7, 8]
+
+        # A broker whose certificate another CA signed is not trusted: nothing is sent, the run goes on.
+        received.clear()
+        stranger = MqttTls(tls_files["other-ca"], tls_files["client"], tls_files["client.key"])
+        config = RunConfig(mqtt=f"mqtts://127.0.0.1:{tls_broker}/plant/line2", mqtt_tls=stranger)
+        with caplog.at_level(logging.WARNING, logger="edge_ad.mqtt"):
+            summary = run(Detector.load(tiny_bundle), [Stream(str(spotted_frames), "cam")], config)
+            assert _wait_for(lambda: "certificate verify failed" in caplog.text)
+        assert summary.frames == len(SPOT_PATTERN) and summary.alarms == 6
+        assert not any(topic.startswith("plant/line2") for topic, _ in received)
+    finally:
+        subscriber.loop_stop()
+
+
+def test_tls_files_are_checked_before_the_run(tls_files, tmp_path):
+    url = "mqtts://qa:hunter2@127.0.0.1:1/plant"
+    for tls, error in [
+        (MqttTls(tmp_path / "none.pem"), f"--mqtt-ca {tmp_path / 'none.pem'}: no such file"),
+        (MqttTls(tmp_path / "san.ext"), f"--mqtt-ca {tmp_path / 'san.ext'}: not a PEM certificate"),
+        (MqttTls(tls_files["ca"], tls_files["client"], tls_files["server.key"]),
+         f"--mqtt-cert {tls_files['client']}, --mqtt-key {tls_files['server.key']}: not a PEM certificate and its "
+         "private key"),
+        (MqttTls(key=tls_files["client.key"]), "--mqtt-key: give the client certificate too (--mqtt-cert)"),
+    ]:
+        with pytest.raises(EdgeAdError) as raised:
+            MqttPublisher(url, tls)
+        assert error in str(raised.value)
+    with pytest.raises(EdgeAdError) as raised:
+        MqttPublisher("mqtt://qa:hunter2@127.0.0.1:1/plant", MqttTls(tls_files["ca"]))
+    assert str(raised.value) == "--mqtt-ca: TLS files need an mqtts:// URL, not mqtt://qa:***@127.0.0.1:1/plant"
