@@ -337,6 +337,30 @@ def _record(args: argparse.Namespace) -> None:
         print(f"train on them once they show only good parts: edge-ad train --data {args.out} --out RUN")
 
 
+def _time(text: str) -> float:
+    """A local date and time (ISO 8601, as 2026-12-03T06:00 or 2026-12-03 06:00) as Unix seconds."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date and time such as 2026-12-03T06:00") from None
+
+
+def _report(args: argparse.Namespace) -> None:
+    from .events_report import read_events, write_events_report
+
+    events = Path(args.events)
+    read = read_events(events, args.since, args.until)
+    for record in read.sources.values():
+        print(record.summary())
+    if read.skipped_count:
+        print(f"{read.skipped_count} of {read.lines} lines skipped: " + "; ".join(read.skipped)
+              + (" ..." if read.skipped_count > len(read.skipped) else ""))
+    out = Path(args.out) if args.out else events.with_name(f"{events.name.split('.')[0]}_report.png")
+    print(f"report {write_events_report(read, out)}")
+
+
 def _mask(args: argparse.Namespace) -> None:
     import cv2
 
@@ -671,6 +695,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="png: lossless (default)")
     _add_source_options(p)  # the camera as `run` opens it
     p.set_defaults(func=_record)
+
+    p = sub.add_parser("report", help="a picture of what a run saw, from its --events file: scores over time per "
+                                      "source against the threshold, alarms, drift; and the counts")
+    p.add_argument("--events", required=True, help="the events file of edge-ad run (its rotated .1 ... .5 are read too)")
+    p.add_argument("--out", help="PNG to write (default: beside the events file, <name>_report.png)")
+    p.add_argument("--since", type=_time, metavar="TIME", help="only events from this local time on (2026-12-03T06:00)")
+    p.add_argument("--until", type=_time, metavar="TIME", help="only events up to this local time")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("mask", help="draw an inspection mask from rectangles on a frame of the camera, with a preview")
     p.add_argument("--frame", required=True, help="a frame of the camera as it is scored (edge-ad record --frames 1)")

@@ -1,0 +1,189 @@
+"""`edge-ad report`: what a run saw, from its events file, for the person who looks after the line.
+
+`edge-ad run --events FILE` writes a JSON line per frame (and per drift event), appending across
+runs and rotating to FILE.1 ... FILE.5. This reads them back in time order and draws, per source,
+the scores over time against the threshold, with anomalies, alarms and drift events marked, and
+the histogram of the scores; the counts come as text too. A line that is not an event (one cut
+short by a power loss, a file edited by hand) is skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .errors import EdgeAdError
+
+ROTATED_FILES = 5  # EventLog's backups: FILE.1 (newest) ... FILE.5 (oldest)
+SHOWN_SKIPS = 5  # skipped lines named in the summary; the rest are counted
+
+
+@dataclass
+class SourceEvents:
+    """One source's frames (in time order) and drift events."""
+
+    name: str
+    times: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    thresholds: list[float] = field(default_factory=list)
+    anomalies: list[bool] = field(default_factory=list)
+    alarms: list[bool] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    drift: list[tuple[float, str]] = field(default_factory=list)  # (timestamp, "outside" | "back")
+
+    @property
+    def frames(self) -> int:
+        return len(self.times)
+
+    def summary(self) -> str:
+        """One line of counts: frames, anomalies, alarms, time span, longest silence, latency, drift."""
+        if not self.times:
+            return f"{self.name}: no frames; {len(self.drift)} drift events"
+        anomalies, alarms = sum(self.anomalies), sum(self.alarms)
+        start, end = min(self.times), max(self.times)
+        gaps = np.diff(np.sort(self.times))
+        latency = f"  latency p50 {np.percentile(self.latencies_ms, 50):.1f} ms p99 " \
+                  f"{np.percentile(self.latencies_ms, 99):.1f} ms" if self.latencies_ms else ""
+        return (f"{self.name}: frames {self.frames}  anomalies {anomalies} ({anomalies / self.frames:.2%})  "
+                f"alarms {alarms}  from {_clock(start)} to {_clock(end)}  "
+                f"longest gap {gaps.max() if gaps.size else 0.0:.1f} s{latency}  "
+                f"drift events {len(self.drift)} ({sum(state == 'outside' for _, state in self.drift)} outside)")
+
+
+@dataclass
+class EventsRead:
+    sources: dict[str, SourceEvents]
+    lines: int
+    skipped: list[str]  # "FILE:LINE: why", the first SHOWN_SKIPS
+    skipped_count: int
+
+
+def event_files(path: Path) -> list[Path]:
+    """The events file and those it was rotated to, oldest first."""
+    rotated = [path.with_name(f"{path.name}.{n}") for n in range(ROTATED_FILES, 0, -1)]
+    files = [f for f in [*rotated, path] if f.is_file()]
+    if not files:
+        raise EdgeAdError(f"--events {path}: no such file (nor {path.name}.1 ... .{ROTATED_FILES})")
+    return files
+
+
+def _problem(event: object) -> str | None:
+    """Why a parsed line is not a frame or drift event of `edge-ad run`, or None."""
+    if not isinstance(event, dict):
+        return "not a JSON object"
+    kind = event.get("event", "frame")
+    needs = {"frame": ("source", "timestamp", "score", "anomaly", "threshold"), "drift": ("source", "timestamp", "state")}
+    if kind not in needs:
+        return f"unknown event {kind!r}"
+    missing = [key for key in needs[kind] if key not in event]
+    if missing:
+        return f"a {kind} event without {', '.join(missing)}"
+    numbers = ("timestamp", "score", "threshold") if kind == "frame" else ("timestamp",)
+    if not all(isinstance(event[key], (int, float)) and not isinstance(event[key], bool) for key in numbers):
+        return f"{', '.join(numbers)} must be numbers"
+    return None
+
+
+def read_events(path: Path, since: float | None = None, until: float | None = None) -> EventsRead:
+    """Every event of `path` and its rotated files between `since` and `until` (Unix seconds)."""
+    files = event_files(path)
+    sources: dict[str, SourceEvents] = {}
+    skipped: list[str] = []
+    skipped_count = lines = 0
+    with tqdm(total=sum(f.stat().st_size for f in files), desc="reading events", unit="B", unit_scale=True,
+              disable=None) as bar:
+        for file in files:
+            with open(file, "rb") as handle:
+                for number, raw in enumerate(handle, 1):
+                    bar.update(len(raw))
+                    lines += 1
+                    try:
+                        event = json.loads(raw)
+                        problem = _problem(event)
+                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        problem = "not JSON (cut short?)"
+                    if problem is not None:
+                        skipped_count += 1
+                        if len(skipped) < SHOWN_SKIPS:
+                            skipped.append(f"{file}:{number}: {problem}")
+                        continue
+                    if (since is not None and event["timestamp"] < since) or (until is not None and event["timestamp"] > until):
+                        continue
+                    _add(sources.setdefault(str(event["source"]), SourceEvents(str(event["source"]))), event)
+    for record in sources.values():  # files are appended by run after run: put each source in time order
+        order = np.argsort(record.times, kind="stable")
+        for name in ("times", "scores", "thresholds", "anomalies", "alarms"):
+            setattr(record, name, [getattr(record, name)[i] for i in order])
+        record.drift.sort()
+    return EventsRead(sources, lines, skipped, skipped_count)
+
+
+def _add(record: SourceEvents, event: dict) -> None:
+    if event.get("event", "frame") == "drift":
+        record.drift.append((float(event["timestamp"]), str(event["state"])))
+        return
+    record.times.append(float(event["timestamp"]))
+    record.scores.append(float(event["score"]))
+    record.thresholds.append(float(event["threshold"]))
+    record.anomalies.append(bool(event["anomaly"]))
+    record.alarms.append(bool(event.get("alarm", event["anomaly"])))  # events from before --alarm-frames
+    if isinstance(event.get("latency_ms"), (int, float)):
+        record.latencies_ms.append(float(event["latency_ms"]))
+
+
+def _clock(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def write_events_report(read: EventsRead, path: Path) -> Path:
+    """The picture: a row per source, its scores over (local) time and their histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker as ticker
+
+    sources = [s for s in read.sources.values() if s.frames]
+    if not sources:
+        raise EdgeAdError("report: no frame events to draw (in this time range)")
+    figure, axes = plt.subplots(len(sources), 2, figsize=(15, 3.6 * len(sources)), squeeze=False,
+                                gridspec_kw={"width_ratios": [4, 1]})
+    for (timeline, histogram), record in zip(axes, sources):
+        times = np.array([datetime.fromtimestamp(t) for t in record.times])
+        scores, anomalies, alarms = np.array(record.scores), np.array(record.anomalies), np.array(record.alarms)
+        for kind, marker, size, colour, label in (
+            (~anomalies, ".", 2, "tab:blue", "normal"),
+            (anomalies & ~alarms, ".", 4, "tab:orange", "anomalous, no alarm"),
+            (alarms, "x", 6, "tab:red", "alarm"),
+        ):
+            if kind.any():  # a kind without frames stays out of the legend too
+                timeline.plot(times[kind], scores[kind], marker, markersize=size, color=colour, rasterized=True,
+                              label=f"{label} ({kind.sum()})")
+        timeline.step(times, record.thresholds, where="post", color="black", linewidth=1, label="threshold")
+        for timestamp, state in record.drift:
+            timeline.axvline(datetime.fromtimestamp(timestamp), color="tab:purple" if state == "outside" else "tab:green",
+                             linestyle="--", linewidth=1)
+        timeline.set_title(record.summary().split("  from ")[0], fontsize=9, loc="left")
+        timeline.set_ylabel("score")
+        timeline.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M:%S"))
+        timeline.tick_params(axis="x", labelrotation=20, labelsize=8)
+        timeline.legend(loc="upper left", fontsize=7, markerscale=2)
+        histogram.hist(scores, bins=60, color="tab:blue", alpha=0.8, orientation="horizontal", log=True)
+        histogram.axhline(record.thresholds[-1], color="black", linewidth=1)
+        histogram.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        histogram.xaxis.set_minor_formatter(ticker.NullFormatter())
+        histogram.set_xlabel("frames (log scale)")
+        histogram.sharey(timeline)
+    if any(record.drift for record in sources):
+        figure.text(0.01, 0.005, "dashed lines: drift out of the calibrated band (purple), back in it (green)", fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -1,0 +1,110 @@
+"""`edge-ad report`: the events of runs read back in time order, across rotated files and damaged
+lines, drawn per source and counted."""
+
+import json
+import subprocess
+import sys
+from datetime import datetime
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import SPOT_PATTERN
+from edge_ad.errors import EdgeAdError
+from edge_ad.events_report import read_events, write_events_report
+
+ALARM_RED = (40, 39, 214)  # matplotlib's tab:red, BGR
+
+
+def _edge_ad(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def _frame(source: str, t: float, score: float, anomaly: bool, **extra) -> dict:
+    return {"event": "frame", "source": source, "frame": 0, "timestamp": t, "score": score, "anomaly": anomaly,
+            "threshold": 0.5, **extra}
+
+
+def _write(path, events) -> None:
+    path.write_text("".join(e if isinstance(e, str) else json.dumps(e) + "\n" for e in events))
+
+
+def _red_pixels(path) -> int:
+    picture = cv2.imread(str(path))
+    return int(np.all(np.abs(picture.astype(int) - ALARM_RED) <= 12, axis=2).sum())
+
+
+def test_report_of_a_run(tiny_bundle, spotted_frames, tmp_path):
+    events = tmp_path / "events.jsonl"
+    out = _edge_ad("run", "--bundle", tiny_bundle, "--input", spotted_frames, "--events",
+                   events, "--alarm-frames", 2)
+    assert out.returncode == 0, out.stderr
+    out = _edge_ad("report", "--events", events)
+    assert out.returncode == 0, out.stderr
+    assert f"{spotted_frames}: frames 9  anomalies 6 (66.67%)  alarms 3  from " in out.stdout
+    report = tmp_path / "events_report.png"
+    assert f"report {report}" in out.stdout
+    picture = cv2.imread(str(report))
+    assert picture.shape == (360, 1500, 3)  # one row: one source
+    assert _red_pixels(report) > 20  # the three alarms are marked
+
+
+def test_events_across_rotated_files_runs_and_damaged_lines(tmp_path):
+    t0 = datetime(2026, 12, 3, 6, 0).timestamp()
+    events = tmp_path / "events.jsonl"
+    # Oldest in events.jsonl.2, then .1, then the file itself; two runs appended to .1 (frames restart).
+    _write(tmp_path / "events.jsonl.2", [_frame("cam", t0 + s, 0.1, False) for s in range(3)])
+    _write(tmp_path / "events.jsonl.1", [
+        _frame("cam", t0 + 10, 0.9, True, alarm=False),
+        _frame("cam", t0 + 11, 0.8, True),  # an event from before --alarm-frames: its anomaly is its alarm
+        "{\"event\": \"frame\", \"source\": \"cam\", \"timesta\n",  # cut short by a power loss
+        {"event": "drift", "source": "cam", "timestamp": t0 + 12, "state": "outside", "median": 0.3},
+        _frame("other", t0 + 12, 0.2, False, latency_ms=20.0),
+    ])
+    _write(events, [
+        _frame("cam", t0 + 3600, 0.1, False, alarm=False),
+        "[1, 2]\n",
+        {"event": "frame", "source": "cam", "timestamp": "noon", "score": 0.1, "anomaly": False, "threshold": 0.5},
+        {"event": "heartbeat", "source": "cam", "timestamp": t0},
+    ])
+    read = read_events(events)
+    cam, other = read.sources["cam"], read.sources["other"]
+    assert cam.times == [t0, t0 + 1, t0 + 2, t0 + 10, t0 + 11, t0 + 3600]
+    assert (cam.anomalies, cam.alarms) == ([False] * 3 + [True, True, False], [False] * 3 + [False, True, False])
+    assert cam.drift == [(t0 + 12, "outside")] and other.frames == 1 and other.latencies_ms == [20.0]
+    assert read.lines == 12 and read.skipped_count == 4
+    assert read.skipped == [f"{tmp_path / 'events.jsonl.1'}:3: not JSON (cut short?)",
+                            f"{events}:2: not a JSON object",
+                            f"{events}:3: timestamp, score, threshold must be numbers",
+                            f"{events}:4: unknown event 'heartbeat'"]
+    line = cam.summary()
+    assert line.startswith("cam: frames 6  anomalies 2 (33.33%)  alarms 1  from 2026-12-03 06:00:00 to 2026-12-03 "
+                           "07:00:00  longest gap 3589.0 s")
+    assert line.endswith("drift events 1 (1 outside)")
+
+    shift = read_events(events, since=t0 + 5, until=t0 + 60)  # a time range: only the frames in it
+    assert shift.sources["cam"].times == [t0 + 10, t0 + 11] and shift.sources["other"].frames == 1
+    picture = write_events_report(shift, tmp_path / "shift.png")
+    assert cv2.imread(str(picture)).shape == (720, 1500, 3)  # two sources, a row each
+    assert _red_pixels(picture) > 0
+    quiet = read_events(events, since=t0 + 3000)
+    assert _red_pixels(write_events_report(quiet, tmp_path / "quiet.png")) == 0  # no alarm, none drawn
+
+    out = _edge_ad("report", "--events", events, "--since", "2026-12-03T06:00:05", "--until", "2026-12-03 06:01",
+                   "--out", tmp_path / "r.png")
+    assert out.returncode == 0, out.stderr
+    assert "cam: frames 2  anomalies 2 (100.00%)  alarms 1" in out.stdout
+    assert f"4 of 12 lines skipped: {tmp_path / 'events.jsonl.1'}:3: not JSON (cut short?);" in out.stdout
+
+
+def test_report_errors_name_what_is_wrong(tmp_path):
+    with pytest.raises(EdgeAdError, match=r"--events .*none.jsonl: no such file \(nor none.jsonl.1 ... .5\)"):
+        read_events(tmp_path / "none.jsonl")
+    empty = tmp_path / "events.jsonl"
+    _write(empty, [{"event": "drift", "source": "cam", "timestamp": 1.0, "state": "back"}])
+    with pytest.raises(EdgeAdError, match="report: no frame events to draw"):
+        write_events_report(read_events(empty), tmp_path / "r.png")
+    out = _edge_ad("report", "--events", empty, "--since", "yesterday")
+    assert out.returncode == 2 and "'yesterday' is not a date and time such as 2026-12-03T06:00" in out.stderr
