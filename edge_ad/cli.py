@@ -175,7 +175,10 @@ def _print_pipelines(streams: list, jetson: bool | None, bitrate_kbps: int | Non
     from .pipelines import source_pipeline
 
     for stream in streams:
-        print(f"{stream.name}: {stream.pipeline or source_pipeline(stream.input, stream.options, jetson).description}")
+        if not stream.pipeline and Path(stream.input).is_dir():
+            print(f"{stream.name}: image folder, read with OpenCV")
+        else:
+            print(f"{stream.name}: {stream.pipeline or source_pipeline(stream.input, stream.options, jetson).description}")
         if stream.output:
             size = (stream.options.width or 1280, stream.options.height or 720, stream.options.framerate or 30)
             print(f"{stream.name} -> {stream.output}: {output_description(stream.output, *size, jetson, bitrate_kbps)}")
@@ -315,7 +318,13 @@ def _calibrate_bundle(
 def _doctor(args: argparse.Namespace) -> None:
     from .doctor import doctor
 
-    report = doctor(args.bundle or (), args.target)
+    sources = None
+    if args.sources:
+        from .pipelines import SourceOptions
+        from .streams import streams_from_yaml
+
+        sources = streams_from_yaml(Path(args.sources), SourceOptions())
+    report = doctor(args.bundle or (), args.target, sources=sources)
     for line in report.lines:
         print(line)
     for problem in report.problems:
@@ -682,6 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also check this bundle and its engines against this device; repeat as NAME=BUNDLE "
                         "for one bundle per product variant, as `run` takes them")
     p.add_argument("--target", help="firmware_configs/<device>.yaml instead of the detected one")
+    p.add_argument("--sources", metavar="FILE",
+                   help="check run's --sources file as `run` would start it, without opening a camera: each "
+                        "source's pipeline and output elements, mask, and bundle (--bundle for those without one)")
     p.set_defaults(func=_doctor)
 
     p = sub.add_parser("record", help="save pictures of good parts from the line camera, to train on")

@@ -15,6 +15,7 @@ from .deepstream import CONFIG_FILE, DEEPSTREAM_DIR, missing_engine
 from .device import (Device, detect, int8_saturates, jetpack, load_config, load_configs, pick_config, read_sensors,
                      run_command)
 from .errors import EdgeAdError
+from .streams import Stream
 from .variants import comparability_problem, parse_variants
 
 # The Debian/Ubuntu package that provides each GStreamer element edge-ad may use.
@@ -212,9 +213,83 @@ def _check_bundles(report: Report, specs: str | Sequence[str], config: dict, roo
             report.problems.append(problem)
 
 
-def doctor(bundles: str | Sequence[str] = (), target: str | None = None, root: Path = Path("/")) -> Report:
+def _elements(description: str) -> list[str]:
+    """The element names of a gst-launch description (none for what is not a pipeline)."""
+    if "!" not in description:
+        return []
+    names = (part.strip().strip("()").split() for part in description.split("!"))
+    return [words[0] for words in names if words and "/" not in words[0] and "=" not in words[0]]
+
+
+def _check_source(report: Report, stream: Stream, jetson: bool) -> None:
+    """One source of a --sources file as `edge-ad run` would start it, without opening it: its
+    pipeline and output (and their GStreamer elements), and its inspection mask."""
+    from .masks import InspectionMask
+    from .outputs import output_description
+    from .pipelines import source_pipeline
+
+    try:
+        if stream.pipeline:
+            pipelines, kind = [stream.pipeline], "own pipeline"
+        elif Path(stream.input).is_dir():
+            pipelines, kind = [], "image folder"
+        else:
+            pipelines, kind = [source_pipeline(stream.input, stream.options, jetson).description], stream.input
+        if stream.output:
+            pipelines.append(output_description(stream.output, 64, 64, 30, jetson))
+            if stream.output.startswith("rtsp://"):
+                _require_rtsp_server()
+        mask = InspectionMask.load(stream.mask) if stream.mask else None
+    except EdgeAdError as exc:
+        report.problems.append(f"source {stream.name}: {exc}")
+        return
+    report.found("source", f"{stream.name}: {kind}" + (f" -> {stream.output}" if stream.output else "")
+                           + (f", mask {stream.mask} ({mask.describe()['inspected']:.0%} inspected)" if mask else ""))
+    try:
+        from .sources import load_gst
+
+        Gst = load_gst()
+    except EdgeAdError:  # reported once by _check_gstreamer
+        return
+    for element in dict.fromkeys(e for p in pipelines for e in _elements(p)):
+        if Gst.ElementFactory.find(element) is None:
+            report.problems.append(f"source {stream.name}: GStreamer element {element} is missing: install "
+                                   f"{ELEMENT_PACKAGES.get(element, 'its plugin')}")
+
+
+def _require_rtsp_server() -> None:
+    try:
+        import gi
+
+        gi.require_version("GstRtspServer", "1.0")
+    except (ImportError, ValueError) as exc:
+        raise EdgeAdError("an RTSP output needs gst-rtsp-server (apt-get install gir1.2-gst-rtsp-server-1.0)") from exc
+
+
+def _check_sources(report: Report, streams: Sequence[Stream], bundles: Sequence[str], config: dict, root: Path,
+                   jetson: bool) -> None:
+    """Every source of a --sources file, and each bundle once, for the sources it scores (their
+    own `bundle:`, else `bundles`, as `edge-ad run` takes them)."""
+    scored_by: dict[tuple[str, ...], list[str]] = {}
+    for stream in streams:
+        _check_source(report, stream, jetson)
+        spec = stream.bundle or tuple(bundles)
+        if spec:
+            scored_by.setdefault(spec, []).append(stream.name)
+        else:
+            report.problems.append(f"source {stream.name}: no bundle to score it with: give --bundle, or 'bundle:' "
+                                   "for this source in --sources")
+    for spec, names in scored_by.items():
+        report.found("scores", ", ".join(names))
+        _check_bundles(report, spec, config, root)
+
+
+def doctor(bundles: str | Sequence[str] = (), target: str | None = None, root: Path = Path("/"),
+           sources: Sequence[Stream] | None = None) -> Report:
     """Everything `edge-ad doctor` prints, for this machine (or the files under `root`), with the
-    bundles given as `edge-ad run` takes them: 'BUNDLE', or 'NAME=BUNDLE' for each product variant."""
+    bundles given as `edge-ad run` takes them: 'BUNDLE', or 'NAME=BUNDLE' for each product variant.
+    With `sources` (a --sources file's streams), each source and the bundle of each is checked
+    as `edge-ad run --sources` would start them."""
     report = Report()
     device = detect(root)
     config = load_config(Path(target)) if target is not None else pick_config(device, load_configs())
@@ -227,5 +302,9 @@ def doctor(bundles: str | Sequence[str] = (), target: str | None = None, root: P
     _check_software(report, device, config, root)
     _check_gstreamer(report, config)
     _check_power(report, device, config, root)
-    _check_bundles(report, bundles, config, root)
+    if sources is None:
+        _check_bundles(report, bundles, config, root)
+    else:
+        _check_sources(report, sources, [bundles] if isinstance(bundles, str) else list(bundles), config, root,
+                       device.kind == "jetson")
     return report
