@@ -33,7 +33,7 @@ from .outputs import open_output, output_description
 from .regions import regions
 from .render import overlay
 from .service import ServiceNotifier
-from .sinks import AnomalyHook, EventLog, Guarded, Snapshots
+from .sinks import AnomalyHook, EventLog, Guarded, Snapshot, Snapshots
 from .sources import Frame, Source, open_source
 from .streams import Stream
 from .telemetry import SourceStats, Telemetry
@@ -248,23 +248,26 @@ class _Sinks:
         self, stream: Stream, frame: Frame, result: Result, latency_ms: float, record: SourceStats, alarm: bool
     ) -> None:
         """Hand a scored frame to the sinks: events and video every frame, snapshots, the hook and
-        MQTT only for an `alarm` (RunConfig.alarm_frames anomalous frames in a row)."""
-        # The event (with its regions) and the overlay are made only when a sink takes them.
-        wants_event = self.events is not None or (alarm and (self.hook is not None or self.mqtt is not None))
-        event = _event(stream, frame, result, latency_ms, alarm) if wants_event else None
-        if self.events is not None:
-            self.events(event)
-        if self.drift is not None:
-            self._watch_drift(stream, frame, result)
+        MQTT only for an `alarm` (RunConfig.alarm_frames anomalous frames in a row). A snapshot is
+        saved first, so that the event names its files."""
         picture = None
         if stream.name in self.videos:
             picture = overlay(frame.image, result)
             self.videos[stream.name](frame, picture)
+        snapshot = None
+        if alarm and self.snapshots is not None:
+            drawn = (lambda: picture) if picture is not None else (lambda: overlay(frame.image, result))
+            snapshot = self.snapshots(stream.name, frame.index, frame.image, drawn)
+            record.snapshots += snapshot is not None
+        # The event (with its regions) and the overlay are made only when a sink takes them.
+        wants_event = self.events is not None or (alarm and (self.hook is not None or self.mqtt is not None))
+        event = _event(stream, frame, result, latency_ms, alarm, snapshot) if wants_event else None
+        if self.events is not None:
+            self.events(event)
+        if self.drift is not None:
+            self._watch_drift(stream, frame, result)
         if not alarm:
             return
-        if self.snapshots is not None:
-            drawn = (lambda: picture) if picture is not None else (lambda: overlay(frame.image, result))
-            record.snapshots += bool(self.snapshots(stream.name, frame.index, frame.image, drawn))
         if self.hook is not None:
             self.hook(event)
         if self.mqtt is not None:
@@ -287,7 +290,9 @@ def stop_on_signals(stop: threading.Event):
             signal.signal(sig, handler)
 
 
-def _event(stream: Stream, frame: Frame, result: Result, latency_ms: float, alarm: bool) -> dict:
+def _event(
+    stream: Stream, frame: Frame, result: Result, latency_ms: float, alarm: bool, snapshot: Snapshot | None
+) -> dict:
     return {
         "event": "frame",
         "source": stream.name,
@@ -303,6 +308,7 @@ def _event(stream: Stream, frame: Frame, result: Result, latency_ms: float, alar
         "latency_ms": round(latency_ms, 3),
         "inference_ms": round(sum(result.times_ms.values()), 3),
         **({"variant": result.variant} if result.variant is not None else {}),
+        **({"snapshot": str(snapshot.frame), "overlay": str(snapshot.overlay)} if snapshot is not None else {}),
     }
 
 

@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import cv2
 import numpy as np
@@ -84,13 +84,20 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[-40:] or "source"
 
 
+class Snapshot(NamedTuple):
+    """The files of one saved snapshot (absolute paths, for events, hooks and MQTT)."""
+
+    frame: Path
+    overlay: Path
+
+
 class Snapshots:
     """The frame and its overlay as JPEG for alarm frames (anomalous ones, by default): at most one
     per `interval_s` per source, and the oldest snapshots are deleted when the folder passes
     `quota_bytes`."""
 
     def __init__(self, folder: Path, interval_s: float = 1.0, quota_bytes: int = 500 << 20):
-        self.folder, self.interval_s, self.quota_bytes = folder, interval_s, quota_bytes
+        self.folder, self.interval_s, self.quota_bytes = folder.absolute(), interval_s, quota_bytes
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -101,18 +108,19 @@ class Snapshots:
         self.saved = 0
         self._last: dict[str, float] = {}
 
-    def save(self, source: str, index: int, frame: np.ndarray, overlay: Callable[[], np.ndarray]) -> bool:
-        """Save the frame and its overlay (drawn only now, when one is due); True when saved."""
+    def save(self, source: str, index: int, frame: np.ndarray, overlay: Callable[[], np.ndarray]) -> Snapshot | None:
+        """Save the frame and its overlay (drawn only now, when one is due); their files, or None
+        when the source had one less than `interval_s` ago."""
         now = time.monotonic()
         if now - self._last.get(source, -float("inf")) < self.interval_s:
-            return False
+            return None
         self._last[source] = now
         stem = f"{slug(source)}_{index:08d}"
-        for suffix, image in (("frame", frame), ("overlay", overlay())):
+        saved = Snapshot(self.folder / f"{stem}_frame.jpg", self.folder / f"{stem}_overlay.jpg")
+        for path, image in zip(saved, (frame, overlay())):
             ok, data = cv2.imencode(".jpg", image)
             if not ok:
-                raise EdgeAdError(f"{self.folder}: cannot encode snapshot {stem}_{suffix}.jpg")
-            path = self.folder / f"{stem}_{suffix}.jpg"
+                raise EdgeAdError(f"{self.folder}: cannot encode snapshot {path.name}")
             path.write_bytes(data.tobytes())
             self.files.append((path, len(data)))
             self.used += len(data)
@@ -121,14 +129,15 @@ class Snapshots:
             path, size = self.files.popleft()
             path.unlink(missing_ok=True)
             self.used -= size
-        return True
+        return saved
 
 
 class AnomalyHook:
     """Runs a command for an alarm frame (an anomalous one, by default), without waiting for it;
     the frame's facts are in its environment (EDGE_AD_SOURCE, EDGE_AD_FRAME, EDGE_AD_SCORE,
-    EDGE_AD_THRESHOLD, EDGE_AD_TIMESTAMP, and EDGE_AD_VARIANT with one bundle per variant). While
-    the previous call still runs, further alarms are skipped."""
+    EDGE_AD_THRESHOLD, EDGE_AD_TIMESTAMP; EDGE_AD_VARIANT with one bundle per variant;
+    EDGE_AD_SNAPSHOT and EDGE_AD_OVERLAY, the JPEG files, when --snapshots saved the frame).
+    While the previous call still runs, further alarms are skipped."""
 
     def __init__(self, command: str):
         self.argv = shlex.split(command)
@@ -149,6 +158,8 @@ class AnomalyHook:
             EDGE_AD_THRESHOLD=str(event["threshold"]),
             EDGE_AD_TIMESTAMP=str(event["timestamp"]),
             **({"EDGE_AD_VARIANT": str(event["variant"])} if "variant" in event else {}),
+            **({"EDGE_AD_SNAPSHOT": event["snapshot"], "EDGE_AD_OVERLAY": event["overlay"]}
+               if "snapshot" in event else {}),
         )
         try:
             self.process = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL)

@@ -3,6 +3,7 @@
 import json
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
@@ -59,8 +60,8 @@ def test_a_full_disk_is_reported_and_retried_not_raised(caplog):
 def test_snapshots_keep_a_rate_limit_and_a_disk_quota(tmp_path):
     frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)  # noise: JPEG of a few KB
     snaps = Snapshots(tmp_path, interval_s=0.0, quota_bytes=40_000)
-    for i in range(12):
-        snaps.save("cam 1", i, frame, lambda: frame)
+    saved = [snaps.save("cam 1", i, frame, lambda: frame) for i in range(12)]
+    assert saved[-1] == (tmp_path / "cam-1_00000011_frame.jpg", tmp_path / "cam-1_00000011_overlay.jpg")
     files = sorted(p.name for p in tmp_path.glob("*.jpg"))
     assert sum((tmp_path / f).stat().st_size for f in files) <= 40_000
     assert "cam-1_00000011_frame.jpg" in files and "cam-1_00000011_overlay.jpg" in files
@@ -70,6 +71,7 @@ def test_snapshots_keep_a_rate_limit_and_a_disk_quota(tmp_path):
         limited.save("a", i, frame, lambda: frame)
         limited.save("b", i, frame, lambda: frame)
     assert limited.saved == 2  # one per source per minute
+    assert limited.save("a", 5, frame, lambda: frame) is None
 
 
 def test_anomaly_hook_gets_the_event_in_its_environment(tmp_path):
@@ -79,6 +81,12 @@ def test_anomaly_hook_gets_the_event_in_its_environment(tmp_path):
     hook({"source": "cam1", "frame": 7, "score": 0.42, "threshold": 0.3, "timestamp": 1.0})
     hook.close()
     assert out.read_text() == "cam1 0.42"
+    script = f"import os; open({str(out)!r}, 'w').write(os.environ['EDGE_AD_SNAPSHOT'] + ' ' + os.environ['EDGE_AD_OVERLAY'])"
+    hook = AnomalyHook(f"{sys.executable} -c \"{script}\"")  # with --snapshots: the alarm's pictures
+    hook({"source": "cam1", "frame": 7, "score": 0.42, "threshold": 0.3, "timestamp": 1.0,
+          "snapshot": "/s/cam1_00000007_frame.jpg", "overlay": "/s/cam1_00000007_overlay.jpg"})
+    hook.close()
+    assert out.read_text() == "/s/cam1_00000007_frame.jpg /s/cam1_00000007_overlay.jpg"
     with pytest.raises(EdgeAdError, match="no-such-command"):
         AnomalyHook("no-such-command --x")({"source": "a", "frame": 0, "score": 1, "threshold": 0, "timestamp": 0})
 
@@ -136,6 +144,12 @@ def test_an_alarm_needs_alarm_frames_anomalous_frames_in_a_row(tiny_bundle, spot
     events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
     assert [e["anomaly"] for e in events] == list(SPOT_PATTERN)
     assert [e["alarm"] for e in events] == [False, False, False, False, True, False, False, True, True]
+    # An alarm's event names its snapshot's files (absolute paths, for a hook, MQTT or a person).
+    snapped = [(e["frame"], e["snapshot"], e["overlay"]) for e in events if "snapshot" in e]
+    assert [frame for frame, _, _ in snapped] == [4, 7, 8]
+    for frame, picture, drawn in snapped:
+        assert picture == str((tmp_path / "snaps" / f"line_{frame:08d}_frame.jpg").absolute())
+        assert cv2.imread(picture).shape == cv2.imread(drawn).shape == (300, 300, 3)
     (stats,) = summary.sources
     assert (stats.anomalies, stats.alarms, stats.snapshots) == (6, 3, 3)
     assert len(list((tmp_path / "snaps").glob("*_overlay.jpg"))) == 3
