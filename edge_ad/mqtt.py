@@ -11,7 +11,9 @@ Each alarm frame's event (the JSON of an events line) goes to TOPIC/SOURCE/alarm
 event to TOPIC/SOURCE/drift (SOURCE as snapshots name it), at QoS 1. TOPIC/status holds, retained,
 "online" while the run is connected and "offline" after it: said by the run when it ends, and by
 the broker itself (MQTT's last will) when the run dies or its network goes, so a PLC or SCADA
-knows whether the inspection is alive. paho-mqtt's own thread
+knows whether the inspection is alive. With one bundle per product variant, the run listens on
+TOPIC/SOURCE/variant: a variant's name there (retained, as a PLC publishes its recipe) has that
+source's frames scored by that variant's bundle alone, an empty message by all of them again. paho-mqtt's own thread
 connects, reconnects with back-off (1 to 30 s) and keeps up to QUEUED_MESSAGES messages while the
 broker is away, sent when it comes back; beyond that a message is dropped, which the runner
 counts and reports as a failed write of this sink. A broker that is down does not stop the run.
@@ -26,6 +28,7 @@ import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import unquote, urlparse
 
 from .errors import EdgeAdError
@@ -107,10 +110,22 @@ def _tls_context(broker: MqttBroker, tls: MqttTls) -> ssl.SSLContext | None:
     return context
 
 
-class MqttPublisher:
-    """Publishes events to TOPIC/SOURCE/alarm and TOPIC/SOURCE/drift (see the module docstring)."""
+def variant_message(topic: str, message_topic: str, payload: bytes) -> tuple[str, str | None] | None:
+    """(source, variant) of a message on TOPIC/SOURCE/variant; variant None for an empty one (every
+    bundle scores again); None for a payload that is not text."""
+    try:
+        variant = payload.decode().strip() or None
+    except UnicodeDecodeError:
+        return None
+    return message_topic[len(topic) + 1 : -len("/variant")], variant
 
-    def __init__(self, url: str, tls: MqttTls = MqttTls()):
+
+class MqttPublisher:
+    """Publishes events to TOPIC/SOURCE/alarm and TOPIC/SOURCE/drift and, with `on_variant`, hands
+    it what the line says on TOPIC/SOURCE/variant (see the module docstring)."""
+
+    def __init__(self, url: str, tls: MqttTls = MqttTls(),
+                 on_variant: Callable[[str, str | None], None] | None = None):
         broker = parse_mqtt_url(url)
         context = _tls_context(broker, tls)
         import paho.mqtt.client as mqtt
@@ -119,7 +134,7 @@ class MqttPublisher:
         self.url, self.topic = broker.shown, broker.topic
         self._hint = ""  # why a broker may close a TLS connection at once
         if broker.tls and tls.cert is None:
-            self._hint = "; a broker that asks for a client certificate closes the connection so (--mqtt-cert)"
+            self._hint = "; a broker that wants a client certificate (--mqtt-cert) closes the connection this way"
         self.status_topic = f"{self.topic}/status"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         if broker.user is not None:
@@ -131,6 +146,8 @@ class MqttPublisher:
         self.client.on_connect = self._connected
         self.client.on_connect_fail = self._connect_failed
         self.client.on_disconnect = self._disconnected
+        self.on_variant = on_variant  # (source as topics spell it, variant or None) from TOPIC/SOURCE/variant
+        self.client.on_message = self._message
         self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
         self.client.connect_async(broker.host, broker.port)
         self.client.loop_start()
@@ -147,6 +164,17 @@ class MqttPublisher:
         else:
             log.info("--mqtt %s: connected", self.url)
             client.publish(self.status_topic, "online", qos=1, retain=True)
+            if self.on_variant is not None:  # again after each reconnection: the retained variants come anew
+                client.subscribe(f"{self.topic}/+/variant", qos=1)
+
+    def _message(self, client, userdata, message) -> None:
+        said = variant_message(self.topic, message.topic, message.payload)
+        if said is None:
+            log.warning("--mqtt %s: %s is not text; ignored", self.url, message.topic)
+            return
+        source, variant = said
+        log.info("--mqtt %s: %s: the line makes %s", self.url, source, variant or "any variant (all bundles score)")
+        self.on_variant(source, variant)
 
     def _disconnected(self, client, userdata, flags, reason, properties) -> None:
         if reason.is_failure:

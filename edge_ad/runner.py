@@ -33,7 +33,7 @@ from .outputs import open_output, output_description
 from .regions import regions
 from .render import overlay
 from .service import ServiceNotifier
-from .sinks import AnomalyHook, EventLog, Guarded, Snapshot, Snapshots
+from .sinks import AnomalyHook, EventLog, Guarded, Snapshot, Snapshots, slug
 from .sources import Frame, Source, open_source
 from .streams import Stream
 from .telemetry import SourceStats, Telemetry
@@ -184,7 +184,7 @@ class _Sinks:
     streams) and each stream's video output, each guarded so that its failures are counted."""
 
     def __init__(self, config: RunConfig, stack: ExitStack,
-                 drift: dict[str, dict[str | None, DriftWatch]] | None = None):
+                 drift: dict[str, dict[str | None, DriftWatch]] | None = None, hints: VariantHints | None = None):
         self.guards: list[Guarded] = []
         self.drift = drift  # per stream, its bundles' calibrated bands by variant (None: one bundle); a watch each
         self.watches: dict[tuple[str, str | None], DriftWatch] = {}
@@ -206,7 +206,7 @@ class _Sinks:
         if config.mqtt:
             from .mqtt import MqttPublisher  # paho-mqtt, only when asked for
 
-            publisher = MqttPublisher(config.mqtt, config.mqtt_tls)
+            publisher = MqttPublisher(config.mqtt, config.mqtt_tls, on_variant=hints.set if hints else None)
             stack.callback(publisher.close)
             self.mqtt = self._guard(f"mqtt {publisher.url}", publisher.publish)  # without its password
 
@@ -326,7 +326,35 @@ def _status(stats: list[SourceStats]) -> str:
     return f"{sources}; {sum(s.anomalies for s in stats)} anomalies"
 
 
-def _score(ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats]) -> list:
+class VariantHints:
+    """The product variant each source's line makes now, as the line says it (MQTT
+    TOPIC/SOURCE/variant, edge_ad.mqtt): its frames are then scored by that variant's bundle alone,
+    not by all of them. A name that is none of the source's variants is warned about once and
+    ignored; an empty one (None) goes back to every bundle."""
+
+    def __init__(self) -> None:
+        self.said: dict[str, str | None] = {}  # by source name as topics spell it (sinks.slug)
+        self._warned: set[tuple[str, str]] = set()
+
+    def set(self, source: str, variant: str | None) -> None:
+        self.said[source] = variant
+
+    def of(self, capture: _Capture) -> str | None:
+        variant = self.said.get(slug(capture.stream.name))
+        if variant is None:
+            return None
+        detector = capture.detector
+        if isinstance(detector, VariantDetector) and variant in detector.detectors:
+            return variant
+        if (capture.stream.name, variant) not in self._warned:
+            self._warned.add((capture.stream.name, variant))
+            known = ", ".join(detector.detectors) if isinstance(detector, VariantDetector) else "it has one bundle"
+            log.warning("%s: the line says variant %r, which is none of its variants (%s); scoring with all",
+                        capture.stream.name, variant, known)
+        return None
+
+
+def _score(ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats], hints: VariantHints | None) -> list:
     """Results of the ready frames, each by its source's detector, in one batch per detector."""
     groups: dict[int, list[int]] = {}
     for i, (capture, _) in enumerate(ready):
@@ -334,23 +362,30 @@ def _score(ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats]) -
     results: list = [None] * len(ready)
     for indices in groups.values():
         group = [ready[i] for i in indices]
-        for i, result in zip(indices, _score_batch(group[0][0].detector, group, stats)):
+        for i, result in zip(indices, _score_batch(group[0][0].detector, group, stats, hints)):
             results[i] = result
     return results
 
 
-def _score_batch(detector: AnyDetector, ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats]) -> list:
-    """Results of `detector`'s ready frames, in one batch across its sources; when the batch fails
-    (a frame the detector refuses, NaN maps from a broken graph) each frame is scored alone, and
-    the ones that fail are counted, logged and skipped (None): the run goes on."""
+def _score_batch(
+    detector: AnyDetector, ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats],
+    hints: VariantHints | None,
+) -> list:
+    """Results of `detector`'s ready frames, in one batch across its sources (each frame by the
+    variant its line makes, where `hints` knows it); when the batch fails (a frame the detector
+    refuses, NaN maps from a broken graph) each frame is scored alone, and the ones that fail are
+    counted, logged and skipped (None): the run goes on."""
+    variants = None
+    if hints is not None and isinstance(detector, VariantDetector):
+        variants = [hints.of(capture) for capture, _ in ready]
     try:
-        return detector.batch([frame.image for _, frame in ready], masks=[capture.mask for capture, _ in ready])
+        return _batch(detector, [frame.image for _, frame in ready], [capture.mask for capture, _ in ready], variants)
     except EdgeAdError:
         pass
     results = []
-    for capture, frame in ready:
+    for n, (capture, frame) in enumerate(ready):
         try:
-            results.append(detector(frame.image, mask=capture.mask))
+            results.append(_batch(detector, [frame.image], [capture.mask], variants and variants[n : n + 1])[0])
         except EdgeAdError as exc:
             record = stats[capture.stream.name]
             record.failed += 1
@@ -358,6 +393,14 @@ def _score_batch(detector: AnyDetector, ready: list[tuple[_Capture, Frame]], sta
                 log.error("%s: frame %d not scored (%d so far): %s", capture.stream.name, frame.index, record.failed, exc)
             results.append(None)
     return results
+
+
+def _batch(
+    detector: AnyDetector, frames: list[np.ndarray], masks: list[InspectionMask | None], variants: list | None
+) -> list[Result]:
+    if variants is None:
+        return detector.batch(frames, masks=masks)
+    return detector.batch(frames, masks=masks, variants=variants)
 
 
 def _bundles(detector: AnyDetector) -> dict[str | None, Bundle]:
@@ -455,7 +498,10 @@ def run(
     ready = threading.Event()
     stats = {s.name: SourceStats(s.name) for s in streams}
     with ExitStack() as stack, stop_on_signals(stop):
-        sinks = _Sinks(config, stack, _drift_bands(detectors) if config.drift else None)
+        # With variants and MQTT, the line can say which variant each source sees (TOPIC/SOURCE/variant).
+        variants = any(isinstance(d, VariantDetector) for d in detectors.values())
+        hints = VariantHints() if config.mqtt and variants else None
+        sinks = _Sinks(config, stack, _drift_bands(detectors) if config.drift else None, hints)
         captures: list[_Capture] = []
         telemetry = None
         if config.metrics is not None or config.metrics_port is not None:
@@ -494,7 +540,7 @@ def run(
                 ready.wait(0.1)
                 ready.clear()
                 continue
-            results = _score(ready_frames, stats)
+            results = _score(ready_frames, stats, hints)
             done = time.time()
             for (capture, frame), result in zip(ready_frames, results):
                 if result is None:

@@ -99,15 +99,40 @@ class VariantDetector:
         """The detector of the variant that gave `result`."""
         return self.detectors[result.variant]
 
-    def __call__(self, frame: np.ndarray, color: str = "BGR", mask: InspectionMask | None = None) -> Result:
-        return self.batch([frame], color, [mask])[0]
+    def __call__(
+        self, frame: np.ndarray, color: str = "BGR", mask: InspectionMask | None = None, variant: str | None = None
+    ) -> Result:
+        return self.batch([frame], color, [mask], [variant])[0]
 
     def batch(
-        self, frames: Sequence[np.ndarray], color: str = "BGR", masks: Sequence[InspectionMask | None] | None = None
+        self, frames: Sequence[np.ndarray], color: str = "BGR", masks: Sequence[InspectionMask | None] | None = None,
+        variants: Sequence[str | None] | None = None,
     ) -> list[Result]:
         """Score the frames (within their inspection `masks`, if given) with every variant; each
         frame's result is that of the variant with the lowest relative score, with `variant` set and
-        every variant's stage times ('variant/stage')."""
+        every variant's stage times ('variant/stage'). A frame whose variant is known (`variants`,
+        as a line's PLC says which product it makes) is scored by that variant's bundle alone."""
+        masks = list(masks) if masks is not None else [None] * len(frames)
+        known = list(variants) if variants is not None else [None] * len(frames)
+        unknown = sorted({v for v in known if v is not None and v not in self.detectors})
+        if unknown:
+            raise EdgeAdError(f"variants {unknown} are none of this detector's ({', '.join(self.detectors)})")
+        results: list[Result | None] = [None] * len(frames)
+        for variant in dict.fromkeys(known):
+            indices = [i for i, v in enumerate(known) if v == variant]
+            group, group_masks = [frames[i] for i in indices], [masks[i] for i in indices]
+            if variant is None:
+                scored = self._best_of_all(group, color, group_masks)
+            else:
+                scored = [replace(r, variant=variant, times_ms={f"{variant}/{k}": ms for k, ms in r.times_ms.items()})
+                          for r in self.detectors[variant].batch(group, color, group_masks)]
+            for i, result in zip(indices, scored):
+                results[i] = result
+        return results
+
+    def _best_of_all(
+        self, frames: Sequence[np.ndarray], color: str, masks: Sequence[InspectionMask | None]
+    ) -> list[Result]:
         per_variant = {name: detector.batch(frames, color, masks) for name, detector in self.detectors.items()}
         bundles = {name: detector.bundle for name, detector in self.detectors.items()}
         return [pick_variant({name: results[i] for name, results in per_variant.items()}, bundles)

@@ -16,11 +16,13 @@ import pytest
 
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError
-from edge_ad.mqtt import PASSWORD_VARIABLE, MqttPublisher, MqttTls, parse_mqtt_url
+from edge_ad.mqtt import PASSWORD_VARIABLE, MqttPublisher, MqttTls, parse_mqtt_url, variant_message
 from edge_ad.runner import RunConfig, run
+from edge_ad.sources import open_source
 from edge_ad.streams import Stream
+from edge_ad.variants import VariantDetector
 
-from conftest import SPOT_PATTERN
+from conftest import MODULE_TYPES, SPOT_PATTERN
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
 needs_broker = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")
@@ -224,3 +226,44 @@ def test_tls_files_are_checked_before_the_run(tls_files, tmp_path):
     with pytest.raises(EdgeAdError) as raised:
         MqttPublisher("mqtt://qa:hunter2@127.0.0.1:1/plant", MqttTls(tls_files["ca"]))
     assert str(raised.value) == "--mqtt-ca: TLS files need an mqtts:// URL, not mqtt://qa:***@127.0.0.1:1/plant"
+
+
+def _publish_retained(port: int, topic: str, payload: str) -> None:
+    import paho.mqtt.client as mqtt
+
+    plc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    plc.connect("127.0.0.1", port)
+    plc.loop_start()
+    plc.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+    plc.disconnect()
+    plc.loop_stop()
+
+
+@needs_broker
+def test_the_line_says_which_variant_each_source_sees(broker, variant_bundles, tmp_path, caplog):
+    """A PLC publishes its recipe, retained, on TOPIC/SOURCE/variant: that source's frames are then
+    scored by that variant's bundle alone; a name that is none of the variants is ignored."""
+    detector = VariantDetector({t: Detector.load(variant_bundles[t]) for t in MODULE_TYPES})
+    pattern = "test://?width=160&height=120"
+    (first,) = [f.image for f, _ in zip(open_source(pattern).frames(), range(1))]
+    chosen = detector(first).variant  # which bundle the test pattern looks most normal to
+    told = next(t for t in MODULE_TYPES if t != chosen)
+    _publish_retained(broker, "plant/line1/cam-a/variant", told)
+    _publish_retained(broker, "plant/line1/cam-b/variant", "tray")
+    events = tmp_path / "events.jsonl"
+    config = RunConfig(mqtt=f"mqtt://127.0.0.1:{broker}/plant/line1", events=events, max_frames=45)
+    with caplog.at_level(logging.INFO):
+        run(detector, [Stream(pattern, "cam-a"), Stream(pattern, "cam-b")], config)  # 1.5 s of a live camera
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    said = [e["variant"] for e in lines if e["source"] == "cam-a"]
+    assert said[-30:] == [told] * 30  # once the retained message arrived (within ms of connecting)
+    assert [e["variant"] for e in lines if e["source"] == "cam-b"][-30:] == [chosen] * 30
+    assert f"cam-a: the line makes {told}" in caplog.text
+    assert "cam-b: the line says variant 'tray', which is none of its variants (mono, poly); scoring with all" \
+        in caplog.text
+
+
+def test_a_variant_message_names_its_source():
+    assert variant_message("plant/line1", "plant/line1/cam-1/variant", b" poly\n") == ("cam-1", "poly")
+    assert variant_message("plant/line1", "plant/line1/cam-1/variant", b"") == ("cam-1", None)  # every bundle again
+    assert variant_message("plant/line1", "plant/line1/cam-1/variant", b"\xff") is None  # not text: ignored

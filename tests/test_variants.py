@@ -253,3 +253,18 @@ def test_deepstream_networks_of_the_variants_are_judged_as_the_variant_detector_
     assert chosen == ["mono", "mono", "poly", "poly"]
     with pytest.raises(EdgeAdError, match="at least two variants"):
         check_comparable({"mono": scorer.bundles["mono"]})
+
+
+def test_a_frame_of_a_known_variant_is_scored_by_that_bundle_alone(variant_bundles, test_cells):
+    detector = load_detector([f"{t}={variant_bundles[t]}" for t in TYPES])
+    alone = {t: Detector.load(variant_bundles[t]) for t in TYPES}
+    cells = test_cells["poly"][:2] + test_cells["mono"][:2]
+    results = detector.batch(cells, variants=["mono", None, "poly", None])
+    assert [r.variant for r in results] == ["mono", "poly", "poly", "mono"]  # told, then each to its own type
+    assert results[0].score == pytest.approx(alone["mono"](cells[0]).score, abs=1e-6)  # a poly cell, as mono sees it
+    assert results[2].score == pytest.approx(alone["poly"](cells[2]).score, abs=1e-6)
+    assert {k.split("/")[0] for k in results[0].times_ms} == {"mono"}  # only that bundle ran
+    assert {k.split("/")[0] for k in results[1].times_ms} == set(TYPES)
+    assert detector(cells[0], variant="mono").variant == "mono"
+    with pytest.raises(EdgeAdError, match=r"variants \['tray'\] are none of this detector's \(mono, poly\)"):
+        detector.batch(cells[:1], variants=["tray"])
