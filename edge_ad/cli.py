@@ -335,15 +335,44 @@ def _doctor(args: argparse.Namespace) -> None:
 
 
 def _record(args: argparse.Namespace) -> None:
-    from .record import record
+    from .record import record, record_sources
+    from .sinks import slug
     from .sources import open_source
 
+    if args.sources and not args.source and not args.input and not args.pipeline:
+        from .streams import streams_from_yaml
+
+        streams = streams_from_yaml(Path(args.sources), _source_options(args))
+        if len(streams) > 1:  # every camera at once, a folder each
+            sources = {}
+            try:
+                for stream in streams:  # a bad input fails before any recording
+                    sources[stream.name] = open_source(stream.input, stream.options, pipeline=stream.pipeline)
+            except EdgeAdError:
+                for source in sources.values():
+                    source.close()
+                raise
+            outcome = record_sources(sources, Path(args.out), args.frames, args.interval, args.format)
+            for name, saved in outcome.items():
+                _recorded(Path(args.out) / slug(name), saved, name)
+            failed = [name for name, saved in outcome.items() if isinstance(saved, EdgeAdError)]
+            if failed:
+                raise EdgeAdError(f"recording stopped early for {', '.join(failed)} (above); the pictures saved are kept")
+            return
     stream = _the_stream(args)
     source = open_source(stream.input, stream.options, pipeline=stream.pipeline)
-    saved = record(source, Path(args.out), args.frames, args.interval, args.format)
-    print(f"{len(saved)} pictures in {args.out}" + (f" ({saved[0].name} ... {saved[-1].name})" if saved else ""))
+    _recorded(Path(args.out), record(source, Path(args.out), args.frames, args.interval, args.format))
+
+
+def _recorded(folder: Path, saved: list | EdgeAdError, name: str | None = None) -> None:
+    """What `record` saved into `folder` (of source `name`, with several), and what to do next."""
+    where = f"{name}: " if name else ""
+    if isinstance(saved, EdgeAdError):
+        print(f"{where}{saved}")
+        return
+    print(f"{where}{len(saved)} pictures in {folder}" + (f" ({saved[0].name} ... {saved[-1].name})" if saved else ""))
     if saved:
-        print(f"train on them once they show only good parts: edge-ad train --data {args.out} --out RUN")
+        print(f"{where}train on them once they show only good parts: edge-ad train --data {folder} --out RUN")
 
 
 def _time(text: str) -> float:
@@ -481,7 +510,8 @@ def _add_sources_choice(p: argparse.ArgumentParser) -> None:
     """`calibrate` and `record` read one source of run's --sources file, opened as run opens it."""
     p.add_argument("--sources", metavar="FILE", help="run's --sources YAML file: read the source --source names, "
                                                      "with its options (and for calibrate its mask and bundle)")
-    p.add_argument("--source", metavar="NAME", help="which source of --sources (needed when it has several)")
+    p.add_argument("--source", metavar="NAME", help="which source of --sources (calibrate: needed when it has "
+                                                    "several; record: without it, every source, a folder each)")
 
 
 def _add_mask_option(p: argparse.ArgumentParser) -> None:

@@ -4,7 +4,8 @@ Frames come through the same sources as `edge-ad run` (the same camera options a
 the pictures are the frames `run` will score), at most one per `interval_s` (of the video's
 time for a file, of the clock for a camera), as lossless PNG (or JPEG) files named after the
 source and frame number. Recording stops after `count` pictures, at the end of a file, or on
-SIGINT / SIGTERM, and keeps every picture saved.
+SIGINT / SIGTERM, and keeps every picture saved. `record_sources` records several cameras at
+once (a run's --sources), each into its own folder, for a bundle per camera.
 """
 
 from __future__ import annotations
@@ -25,20 +26,23 @@ FORMATS = ("png", "jpg")
 
 def record(
     source: Source, folder: Path, count: int, interval_s: float = 1.0, fmt: str = "png",
-    stop: threading.Event | None = None,
+    stop: threading.Event | None = None, label: str = "recording", position: int | None = None,
 ) -> list[Path]:
     """Save up to `count` frames of `source` into `folder`, one per `interval_s` at most; the
-    paths written, in order."""
+    paths written, in order. `label` and `position` place its progress bar. The source is closed
+    at the end, also when it could not start."""
     if fmt not in FORMATS:
+        source.close()
         raise EdgeAdError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        source.close()
         raise EdgeAdError(f"{folder}: cannot create the folder ({exc.strerror or exc})") from exc
     stop = stop or threading.Event()
     saved: list[Path] = []
     last = -float("inf")
-    with stop_on_signals(stop), tqdm(total=count, desc="recording", unit="picture") as bar:
+    with stop_on_signals(stop), tqdm(total=count, desc=label, unit="picture", position=position) as bar:
         try:
             for frame in source.frames(stop):
                 # Stream time for files; the arrival time for live sources, whose stream time starts
@@ -64,3 +68,31 @@ def record(
         finally:
             source.close()
     return saved
+
+
+def record_sources(
+    sources: dict[str, Source], folder: Path, count: int, interval_s: float = 1.0, fmt: str = "png"
+) -> dict[str, list[Path] | EdgeAdError]:
+    """Record every source at once, each into `folder`/<source name> (as `record` does, `count`
+    pictures each); per source, the paths written or the error that stopped it (the others go
+    on). SIGINT / SIGTERM stop them all, keeping what they saved."""
+    stop = threading.Event()
+    outcome: dict[str, list[Path] | EdgeAdError] = {}
+
+    def one(name: str, source: Source, position: int) -> None:
+        try:
+            outcome[name] = record(source, folder / slug(name), count, interval_s, fmt, stop, name, position)
+        except EdgeAdError as exc:
+            outcome[name] = exc
+        except OSError as exc:  # the source's own failure, which `run` would reconnect
+            outcome[name] = EdgeAdError(f"{name}: {exc.strerror or exc}")
+
+    threads = [threading.Thread(target=one, args=(name, source, i), name=f"record {name}", daemon=True)
+               for i, (name, source) in enumerate(sources.items())]
+    with stop_on_signals(stop):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():  # in short waits, so that a signal is handled at once
+                thread.join(0.2)
+    return {name: outcome[name] for name in sources}
