@@ -225,7 +225,7 @@ def _check_source(report: Report, stream: Stream, jetson: bool) -> None:
     """One source of a --sources file as `edge-ad run` would start it, without opening it: its
     pipeline and output (and their GStreamer elements), and its inspection mask."""
     from .masks import InspectionMask
-    from .outputs import output_description
+    from .outputs import output_description, rtsp_server
     from .pipelines import source_pipeline
 
     try:
@@ -238,7 +238,7 @@ def _check_source(report: Report, stream: Stream, jetson: bool) -> None:
         if stream.output:
             pipelines.append(output_description(stream.output, 64, 64, 30, jetson))
             if stream.output.startswith("rtsp://"):
-                _require_rtsp_server()
+                rtsp_server(stream.output)
         mask = InspectionMask.load(stream.mask) if stream.mask else None
     except EdgeAdError as exc:
         report.problems.append(f"source {stream.name}: {exc}")
@@ -255,15 +255,6 @@ def _check_source(report: Report, stream: Stream, jetson: bool) -> None:
         if Gst.ElementFactory.find(element) is None:
             report.problems.append(f"source {stream.name}: GStreamer element {element} is missing: install "
                                    f"{ELEMENT_PACKAGES.get(element, 'its plugin')}")
-
-
-def _require_rtsp_server() -> None:
-    try:
-        import gi
-
-        gi.require_version("GstRtspServer", "1.0")
-    except (ImportError, ValueError) as exc:
-        raise EdgeAdError("an RTSP output needs gst-rtsp-server (apt-get install gir1.2-gst-rtsp-server-1.0)") from exc
 
 
 def _check_sources(report: Report, streams: Sequence[Stream], bundles: Sequence[str], config: dict, root: Path,

@@ -77,7 +77,8 @@ def _problem(event: object) -> str | None:
     if not isinstance(event, dict):
         return "not a JSON object"
     kind = event.get("event", "frame")
-    needs = {"frame": ("source", "timestamp", "score", "anomaly", "threshold"), "drift": ("source", "timestamp", "state")}
+    needs = {"frame": ("source", "timestamp", "score", "anomaly", "threshold"),
+             "drift": ("source", "timestamp", "state")}
     if kind not in needs:
         return f"unknown event {kind!r}"
     missing = [key for key in needs[kind] if key not in event]
@@ -112,7 +113,8 @@ def read_events(path: Path, since: float | None = None, until: float | None = No
                         if len(skipped) < SHOWN_SKIPS:
                             skipped.append(f"{file}:{number}: {problem}")
                         continue
-                    if (since is not None and event["timestamp"] < since) or (until is not None and event["timestamp"] > until):
+                    moment = event["timestamp"]
+                    if (since is not None and moment < since) or (until is not None and moment > until):
                         continue
                     _add(sources.setdefault(str(event["source"]), SourceEvents(str(event["source"]))), event)
     for record in sources.values():  # files are appended by run after run: put each source in time order
@@ -167,8 +169,8 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
                               label=f"{label} ({kind.sum()})")
         timeline.step(times, record.thresholds, where="post", color="black", linewidth=1, label="threshold")
         for timestamp, state in record.drift:
-            timeline.axvline(datetime.fromtimestamp(timestamp), color="tab:purple" if state == "outside" else "tab:green",
-                             linestyle="--", linewidth=1)
+            colour = "tab:purple" if state == "outside" else "tab:green"
+            timeline.axvline(datetime.fromtimestamp(timestamp), color=colour, linestyle="--", linewidth=1)
         timeline.set_title(record.summary().split("  from ")[0], fontsize=9, loc="left")
         timeline.set_ylabel("score")
         timeline.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M:%S"))
@@ -181,7 +183,8 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         histogram.set_xlabel("frames (log scale)")
         histogram.sharey(timeline)
     if any(record.drift for record in sources):
-        figure.text(0.01, 0.005, "dashed lines: drift out of the calibrated band (purple), back in it (green)", fontsize=8)
+        figure.text(0.01, 0.005, "dashed lines: drift out of the calibrated band (purple), back in it (green)",
+                    fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

@@ -68,6 +68,18 @@ class VideoOutput:
         self.pipeline.set_state(Gst.State.NULL)
 
 
+def rtsp_server(uri: str):
+    """GLib and GstRtspServer, for an RTSP output `uri`; what to install when they are missing."""
+    try:
+        import gi
+
+        gi.require_version("GstRtspServer", "1.0")
+        from gi.repository import GLib, GstRtspServer
+    except (ImportError, ValueError) as exc:
+        raise SourceError(f"{uri}: RTSP output needs gst-rtsp-server (apt-get install gir1.2-gst-rtsp-server-1.0)") from exc
+    return GLib, GstRtspServer
+
+
 class RtspOutput:
     """rtsp://@:port/path: a gst-rtsp-server mount that every client shares; frames are dropped
     while no client is connected."""
@@ -75,13 +87,7 @@ class RtspOutput:
     def __init__(self, uri: str, width: int, height: int, fps: int, jetson: bool | None = None,
                  bitrate_kbps: int | None = None):
         self._Gst = load_gst()
-        try:
-            import gi
-
-            gi.require_version("GstRtspServer", "1.0")
-            from gi.repository import GLib, GstRtspServer
-        except (ImportError, ValueError) as exc:
-            raise SourceError(f"{uri}: RTSP output needs gst-rtsp-server (apt-get install gir1.2-gst-rtsp-server-1.0)") from exc
+        GLib, GstRtspServer = rtsp_server(uri)
         parsed = urlparse(uri)
         if parsed.port is None or not parsed.path.strip("/"):
             raise SourceError(f"{uri}: an RTSP output needs a port and a path, as in rtsp://@:8554/inspection")

@@ -133,6 +133,41 @@ def test_calibrate_and_record_take_a_source_from_the_sources_file(variant_bundle
     assert out.returncode != 0 and "--source line1: needs --sources FILE" in out.stderr
 
 
+def test_doctor_checks_a_sources_file_as_run_would_start_it(variant_bundles, cell_folders, tmp_path):
+    mask = tmp_path / "mask.png"
+    cv2.imwrite(str(mask), np.full((300, 300), 255, np.uint8))
+    sources = tmp_path / "cams.yaml"
+    sources.write_text(yaml.safe_dump({"sources": [
+        {"input": str(cell_folders["mono"]), "name": "cam-mono", "bundle": variant_bundles["mono"], "mask": str(mask)},
+        {"input": "test://ball", "name": "cam-test", "output": str(tmp_path / "out.mp4")},
+        {"pipeline": "videotestsrc ! nosuchelement ! videoconvert ! appsink name=sink", "name": "cam-own",
+         "bundle": variant_bundles["mono"]},
+        {"input": "foo://x", "name": "cam-bad", "bundle": variant_bundles["poly"]},
+        {"input": "test://", "name": "cam-masked", "bundle": variant_bundles["poly"], "mask": str(tmp_path / "no.png")},
+    ]}))
+    out = _edge_ad("doctor", "--sources", sources, "--bundle", variant_bundles["poly"])
+    assert out.returncode == 1, out.stderr
+    lines = out.stdout.splitlines()
+    assert f"source       cam-mono: image folder, mask {mask} (100% inspected)" in lines
+    assert f"source       cam-test: test://ball -> {tmp_path / 'out.mp4'}" in lines
+    # Each bundle once, for the sources it scores (--bundle for those without their own).
+    assert lines.count("scores       cam-mono, cam-own") == 1
+    assert lines.count("scores       cam-test, cam-bad, cam-masked") == 1
+    assert sum(line.startswith("bundle ") for line in lines) == 2
+    problems = [line for line in lines if line.startswith("problem:")]
+    assert problems == [
+        "problem: source cam-own: GStreamer element nosuchelement is missing: install its plugin",
+        "problem: source cam-bad: foo://x: unknown source type (use test://, csi://N, /dev/videoN, genicam://, "
+        "rtsp://, rtp://, a video file or a folder)",
+        f"problem: source cam-masked: {tmp_path / 'no.png'}: cannot read (No such file or directory)",
+    ]
+
+    out = _edge_ad("doctor", "--sources", sources)  # cam-test has no bundle of its own
+    assert "problem: source cam-test: no bundle to score it with" in out.stdout
+    out = _edge_ad("run", "--sources", sources, "--print-pipeline")
+    assert out.stdout.splitlines()[0] == "cam-mono: image folder, read with OpenCV"
+
+
 def test_record_takes_every_source_at_once_into_a_folder_each(cell_folders, tmp_path):
     sources = tmp_path / "cams.yaml"
     sources.write_text(yaml.safe_dump({"sources": [
