@@ -21,6 +21,7 @@ from .errors import EdgeAdError
 
 ROTATED_FILES = 5  # EventLog's backups: FILE.1 (newest) ... FILE.5 (oldest)
 SHOWN_SKIPS = 5  # skipped lines named in the summary; the rest are counted
+MEDIAN_BINS, MIN_PER_BIN = 200, 10  # the median line over time: only where frames are dense enough
 
 
 @dataclass
@@ -138,6 +139,19 @@ def _add(record: SourceEvents, event: dict) -> None:
         record.latencies_ms.append(float(event["latency_ms"]))
 
 
+def binned_medians(times: np.ndarray, scores: np.ndarray, bins: int = MEDIAN_BINS):
+    """(bin centres, median score per bin, bin width in seconds) over the time range; NaN (a break
+    in the line) for bins of fewer than MIN_PER_BIN frames, as where a camera was away. None for
+    too few frames or an instant."""
+    span = times[-1] - times[0]
+    if times.size < bins * MIN_PER_BIN or span <= 0:
+        return None
+    index = np.minimum(((times - times[0]) / span * bins).astype(int), bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    medians = np.array([np.median(scores[index == b]) if counts[b] >= MIN_PER_BIN else np.nan for b in range(bins)])
+    return times[0] + (np.arange(bins) + 0.5) * span / bins, medians, span / bins
+
+
 def _clock(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -168,6 +182,10 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
                 timeline.plot(times[kind], scores[kind], marker, markersize=size, color=colour, rasterized=True,
                               label=f"{label} ({kind.sum()})")
         timeline.step(times, record.thresholds, where="post", color="black", linewidth=1, label="threshold")
+        middle = binned_medians(np.array(record.times), scores)
+        if middle is not None:  # many frames hide their middle in a solid cloud: drift shows here
+            timeline.plot([datetime.fromtimestamp(t) for t in middle[0]], middle[1], color="navy", linewidth=1.2,
+                          label=f"median per {middle[2]:.0f} s")
         for timestamp, state in record.drift:
             colour = "tab:purple" if state == "outside" else "tab:green"
             timeline.axvline(datetime.fromtimestamp(timestamp), color=colour, linestyle="--", linewidth=1)

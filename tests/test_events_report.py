@@ -12,7 +12,7 @@ import pytest
 
 from conftest import SPOT_PATTERN
 from edge_ad.errors import EdgeAdError
-from edge_ad.events_report import read_events, write_events_report
+from edge_ad.events_report import binned_medians, read_events, write_events_report
 
 ALARM_RED = (40, 39, 214)  # matplotlib's tab:red, BGR
 
@@ -108,3 +108,15 @@ def test_report_errors_name_what_is_wrong(tmp_path):
         write_events_report(read_events(empty), tmp_path / "r.png")
     out = _edge_ad("report", "--events", empty, "--since", "yesterday")
     assert out.returncode == 2 and "'yesterday' is not a date and time such as 2026-12-03T06:00" in out.stderr
+
+
+def test_the_median_line_follows_a_shift_and_breaks_where_the_camera_was_away():
+    times = np.arange(0.0, 4000.0)  # one frame a second
+    scores = np.where(times < 2000, 0.1, 0.3) + np.random.default_rng(0).normal(0, 0.01, times.size)
+    away = (times >= 1000) & (times < 1400)
+    centres, medians, width = binned_medians(times[~away], scores[~away], bins=40)
+    assert width == pytest.approx(3999 / 40)
+    gap = (centres > 1000 + width) & (centres < 1400 - width)
+    assert gap.any() and np.isnan(medians[gap]).all()  # no line across the dropout
+    assert np.allclose(medians[centres < 900], 0.1, atol=0.01) and np.allclose(medians[centres > 2100], 0.3, atol=0.01)
+    assert binned_medians(times[:100], scores[:100], bins=40) is None  # too few frames for a line
