@@ -344,6 +344,13 @@ def _record(args: argparse.Namespace) -> None:
 
         streams = streams_from_yaml(Path(args.sources), _source_options(args))
         if len(streams) > 1:  # every camera at once, a folder each
+            folders: dict[str, list[str]] = {}
+            for stream in streams:
+                folders.setdefault(slug(stream.name), []).append(stream.name)
+            shared = next((names for names in folders.values() if len(names) > 1), None)
+            if shared:
+                raise EdgeAdError(f"record: sources {shared} would share the folder {slug(shared[0])}; give them names "
+                                  "that differ in letters or digits")
             sources = {}
             try:
                 for stream in streams:  # a bad input fails before any recording

@@ -186,3 +186,7 @@ def test_record_takes_every_source_at_once_into_a_folder_each(cell_folders, tmp_
     assert f"line 1: 4 pictures in {tmp_path / 'good' / 'line-1'}" in out.stdout
     assert f"line 3: {tmp_path / 'good' / 'line-3'}: cannot create the folder" in out.stdout
     assert "recording stopped early for line 3 (above); the pictures saved are kept" in out.stderr
+    sources.write_text(yaml.safe_dump({"sources": [{"input": str(cell_folders["mono"]), "name": "line 1"},
+                                                   {"input": str(cell_folders["poly"]), "name": "line-1"}]}))
+    out = _edge_ad("record", "--sources", sources, "--out", tmp_path / "more")
+    assert out.returncode == 2 and "sources ['line 1', 'line-1'] would share the folder line-1" in out.stderr
