@@ -236,13 +236,11 @@ def _calibrate(args: argparse.Namespace) -> None:
 
     from .masks import InspectionMask
     from .sources import open_source
+    from .streams import bundle_of
     from .variants import VariantDetector, load_detector
 
     stream = _the_stream(args)
-    bundle = stream.bundle or args.bundle
-    if not bundle:
-        raise EdgeAdError(f"{stream.name}: no bundle to calibrate: give --bundle, or 'bundle:' for this source in "
-                          "--sources")
+    bundle = bundle_of(stream, args.bundle or ())
     mask = InspectionMask.load(stream.mask) if stream.mask else None
     source = open_source(stream.input, stream.options, pipeline=stream.pipeline)  # a bad input fails first
     try:

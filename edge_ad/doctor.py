@@ -15,7 +15,7 @@ from .deepstream import CONFIG_FILE, DEEPSTREAM_DIR, missing_engine
 from .device import (Device, detect, int8_saturates, jetpack, load_config, load_configs, pick_config, read_sensors,
                      run_command)
 from .errors import EdgeAdError
-from .streams import Stream
+from .streams import Stream, bundle_of
 from .variants import comparability_problem, parse_variants
 
 # The Debian/Ubuntu package that provides each GStreamer element edge-ad may use.
@@ -264,12 +264,10 @@ def _check_sources(report: Report, streams: Sequence[Stream], bundles: Sequence[
     scored_by: dict[tuple[str, ...], list[str]] = {}
     for stream in streams:
         _check_source(report, stream, jetson)
-        spec = stream.bundle or tuple(bundles)
-        if spec:
-            scored_by.setdefault(spec, []).append(stream.name)
-        else:
-            report.problems.append(f"source {stream.name}: no bundle to score it with: give --bundle, or 'bundle:' "
-                                   "for this source in --sources")
+        try:
+            scored_by.setdefault(bundle_of(stream, bundles), []).append(stream.name)
+        except EdgeAdError as exc:
+            report.problems.append(f"source {exc}")
     for spec, names in scored_by.items():
         report.found("scores", ", ".join(names))
         _check_bundles(report, spec, config, root)

@@ -35,7 +35,7 @@ from .render import overlay
 from .service import ServiceNotifier
 from .sinks import AnomalyHook, EventLog, Guarded, Snapshot, Snapshots, slug
 from .sources import Frame, Source, open_source
-from .streams import Stream
+from .streams import Stream, bundle_of
 from .telemetry import SourceStats, Telemetry
 from .variants import VariantDetector, load_detector
 
@@ -340,6 +340,8 @@ class VariantHints:
         self.said[source] = variant
 
     def of(self, capture: _Capture) -> str | None:
+        if not self.said:  # nothing said yet: no work per frame
+            return None
         variant = self.said.get(slug(capture.stream.name))
         if variant is None:
             return None
@@ -441,10 +443,7 @@ def load_detectors(
     loaded: dict[tuple[str, ...], AnyDetector] = {}
     detectors = {}
     for stream in streams:
-        specs = stream.bundle or default
-        if not specs:
-            raise EdgeAdError(f"{stream.name}: no bundle to score it with: give --bundle, or 'bundle:' for this "
-                              "source in --sources")
+        specs = bundle_of(stream, default)
         if specs not in loaded:
             loaded[specs] = load_detector(specs, **options)
         detectors[stream.name] = loaded[specs]

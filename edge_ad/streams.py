@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 from .bundle import read_yaml
 from .errors import EdgeAdError
@@ -33,6 +34,15 @@ class Stream:
 STREAM_KEYS = {"input", "name", "output", "pipeline", "mask", "bundle", "alarm_frames"}
 OPTION_KEYS = {"width", "height", "framerate", "codec", "latency_ms", "timeout_s", "pattern", "transport", "flip",
                "crop", "realtime", "loop"}
+
+
+def bundle_of(stream: Stream, default: Sequence[str] = ()) -> tuple[str, ...]:
+    """The bundle that scores `stream`: its own (`bundle:` in --sources), else `default` (--bundle)."""
+    specs = stream.bundle or tuple(default)
+    if not specs:
+        raise EdgeAdError(f"{stream.name}: no bundle to score it with: give --bundle, or 'bundle:' for this source "
+                          "in --sources")
+    return specs
 
 
 def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | None = None) -> list[Stream]:
