@@ -41,17 +41,21 @@ class SourceEvents:
     def frames(self) -> int:
         return len(self.times)
 
+    def counts(self) -> str:
+        """Frames, anomalies (and their rate) and alarms, as the picture's titles show them."""
+        anomalies = sum(self.anomalies)
+        return (f"{self.name}: frames {self.frames}  anomalies {anomalies} ({anomalies / self.frames:.2%})  "
+                f"alarms {sum(self.alarms)}")
+
     def summary(self) -> str:
         """One line of counts: frames, anomalies, alarms, time span, longest silence, latency, drift."""
         if not self.times:
             return f"{self.name}: no frames; {len(self.drift)} drift events"
-        anomalies, alarms = sum(self.anomalies), sum(self.alarms)
         start, end = min(self.times), max(self.times)
         gaps = np.diff(np.sort(self.times))
         latency = f"  latency p50 {np.percentile(self.latencies_ms, 50):.1f} ms p99 " \
                   f"{np.percentile(self.latencies_ms, 99):.1f} ms" if self.latencies_ms else ""
-        return (f"{self.name}: frames {self.frames}  anomalies {anomalies} ({anomalies / self.frames:.2%})  "
-                f"alarms {alarms}  from {_clock(start)} to {_clock(end)}  "
+        return (f"{self.counts()}  from {_clock(start)} to {_clock(end)}  "
                 f"longest gap {gaps.max() if gaps.size else 0.0:.1f} s{latency}  "
                 f"drift events {len(self.drift)} ({sum(state == 'outside' for _, state in self.drift)} outside)")
 
@@ -140,15 +144,15 @@ def _add(record: SourceEvents, event: dict) -> None:
 
 
 def binned_medians(times: np.ndarray, scores: np.ndarray, bins: int = MEDIAN_BINS):
-    """(bin centres, median score per bin, bin width in seconds) over the time range; NaN (a break
-    in the line) for bins of fewer than MIN_PER_BIN frames, as where a camera was away. None for
-    too few frames or an instant."""
+    """(bin centres, median score per bin, bin width in seconds) over the time range of `times` (in
+    order); NaN (a break in the line) for bins of fewer than MIN_PER_BIN frames, as where a camera
+    was away. None for too few frames or an instant."""
     span = times[-1] - times[0]
     if times.size < bins * MIN_PER_BIN or span <= 0:
         return None
     index = np.minimum(((times - times[0]) / span * bins).astype(int), bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    medians = np.array([np.median(scores[index == b]) if counts[b] >= MIN_PER_BIN else np.nan for b in range(bins)])
+    edges = np.searchsorted(index, np.arange(bins + 1))  # each bin's frames are one slice: times are in order
+    medians = np.array([np.median(scores[a:b]) if b - a >= MIN_PER_BIN else np.nan for a, b in zip(edges, edges[1:])])
     return times[0] + (np.arange(bins) + 0.5) * span / bins, medians, span / bins
 
 
@@ -189,7 +193,7 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         for timestamp, state in record.drift:
             colour = "tab:purple" if state == "outside" else "tab:green"
             timeline.axvline(datetime.fromtimestamp(timestamp), color=colour, linestyle="--", linewidth=1)
-        timeline.set_title(record.summary().split("  from ")[0], fontsize=9, loc="left")
+        timeline.set_title(record.counts(), fontsize=9, loc="left")
         timeline.set_ylabel("score")
         timeline.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M:%S"))
         timeline.tick_params(axis="x", labelrotation=20, labelsize=8)
