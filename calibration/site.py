@@ -216,20 +216,22 @@ def record(calibration: Calibration, detector: Detector, source: str, use_f1: bo
     return data
 
 
-def save(bundle_root: Path, data: dict) -> tuple[Path, Path | None]:
-    """calibration.yaml into the bundle, the previous one kept as calibration.yaml.bak; returns
-    both paths (no backup when there was no previous calibration)."""
-    path = bundle_root / CALIBRATION_FILE
+def save(folder: Path, data: dict) -> tuple[Path, Path | None]:
+    """calibration.yaml into `folder` (the bundle, or one camera's folder, made if missing), the
+    previous one kept as calibration.yaml.bak; returns both paths (no backup when there was no
+    previous calibration)."""
+    path = folder / CALIBRATION_FILE
     backup = path.with_name(path.name + ".bak") if path.is_file() else None
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         if backup is not None:  # copied, then renamed into place: the backup is never half-written either
             tmp = backup.with_name(f".{backup.name}.tmp")
             shutil.copyfile(path, tmp)
             os.replace(tmp, backup)
         write_yaml_atomic(path, data)
     except OSError as exc:
-        raise CalibrationError(f"{path}: cannot write the calibration ({exc.strerror or exc}); the bundle keeps "
-                               "its previous one") from exc
+        raise CalibrationError(f"{path}: cannot write the calibration ({exc.strerror or exc}); the previous one "
+                               "stays in use") from exc
     return path, backup
 
 

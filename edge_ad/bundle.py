@@ -19,7 +19,7 @@ import tarfile
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -212,14 +212,9 @@ def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
             if fused_steps not in fields.get("bridge.schedules", dict):
                 raise BundleError(f"{yaml_path}: field 'bridge.fused_steps' is {fused_steps!r}, not a K of bridge.schedules")
             graphs["fused"] = _graph_file(root, fields, "fused")
-    calibration = _calibration(root / CALIBRATION_FILE, steps)
-    if calibration is not None:
-        selected = calibration
-    names, quantiles = _branches(selected)
-    if names != BRANCHES[model_type]:
-        raise BundleError(
-            f"{selected.path}: normalisation branches {list(names)} do not match a {model_type} model's {list(BRANCHES[model_type])}"
-        )
+    calibration, problem = _calibration(root / CALIBRATION_FILE, steps, yaml_path)
+    if problem is not None:
+        warnings.warn(f"{problem}; using the bundle's own numbers until 'edge-ad calibrate' is run again")
     return Bundle(
         root=root,
         spec=data,
@@ -229,15 +224,37 @@ def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
         input_width=fields.positive("input.width", int),
         graphs=graphs,
         smoothing_sigma=float(fields.get("postprocess.smoothing_sigma", (int, float))),
-        branches=names,
-        quantiles=quantiles,
-        threshold=float(selected.get("threshold", (int, float))),
         steps=steps,
         coefficients=coefficients,
         calibration=None if calibration is None else calibration.path,
         fused_steps=fused_steps,
-        normal_scores=_normal_scores(selected),
+        **_numbers(selected if calibration is None else calibration, model_type),
     )
+
+
+def site_calibrated(bundle: Bundle, folder: str | Path) -> tuple[Bundle, str | None]:
+    """`bundle` with the site calibration in `folder` (calibration.yaml) in place of its own
+    numbers: one camera's, where several cameras share one bundle (`calibration:` in --sources).
+    While `folder` holds none that describes this bundle's maps, `bundle` as loaded, and why."""
+    path = Path(folder) / CALIBRATION_FILE
+    if not path.is_file():
+        return bundle, f"{folder}: no {CALIBRATION_FILE} yet"
+    calibration, problem = _calibration(path, bundle.steps, bundle.root / BUNDLE_FILE)
+    if calibration is None:
+        return bundle, problem
+    return replace(bundle, calibration=path, **_numbers(calibration, bundle.model_type)), None
+
+
+def _numbers(selected: _Fields, model_type: str) -> dict[str, Any]:
+    """The Bundle fields a site calibration replaces (branches, quantiles, threshold, normal
+    scores), from the bundle's own numbers (bundle.yaml, or a bridge schedule's entry) or a
+    calibration.yaml."""
+    names, quantiles = _branches(selected)
+    if names != BRANCHES[model_type]:
+        raise BundleError(f"{selected.path}: normalisation branches {list(names)} do not match a "
+                          f"{model_type} model's {list(BRANCHES[model_type])}")
+    return {"branches": names, "quantiles": quantiles, "threshold": float(selected.get("threshold", (int, float))),
+            "normal_scores": _normal_scores(selected)}
 
 
 def _graph_file(root: Path, fields: _Fields, name: str) -> Path:
@@ -264,22 +281,19 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _calibration(path: Path, steps: int | None) -> _Fields | None:
-    """The site calibration, when there is one for these bridge steps and this bundle (a
-    calibration made at another K, or for another bundle copied over this one, does not describe
-    these maps, so it is set aside with a warning)."""
+def _calibration(path: Path, steps: int | None, bundle_yaml: Path) -> tuple[_Fields | None, str | None]:
+    """The site calibration at `path`, when there is one for these bridge steps and this bundle;
+    else None and, when there is a file, why it is set aside (a calibration made at another K, or
+    for another bundle, does not describe these maps)."""
     if not path.is_file():
-        return None
+        return None, None
     data = read_yaml(path)
     if data.get("steps") != steps:
-        warnings.warn(f"{path}: made for {data.get('steps')} bridge steps, not {steps}; using the bundle's own numbers")
-        return None
+        return None, f"{path}: made for {data.get('steps')} bridge steps, not {steps}"
     made_for = data.get("bundle_sha256")
-    if made_for is not None and made_for != file_sha256(path.parent / BUNDLE_FILE):
-        warnings.warn(f"{path}: made for another bundle (field 'bundle_sha256' does not match {BUNDLE_FILE}); "
-                      "using the bundle's own numbers until 'edge-ad calibrate' is run again")
-        return None
-    return _Fields(path, data)
+    if made_for is not None and made_for != file_sha256(bundle_yaml):
+        return None, f"{path}: made for another bundle (field 'bundle_sha256' does not match {bundle_yaml})"
+    return _Fields(path, data), None
 
 
 def _bridge_schedule(fields: _Fields, steps: int | None) -> tuple[int, np.ndarray, _Fields]:

@@ -245,6 +245,8 @@ def _calibrate(args: argparse.Namespace) -> None:
     source = open_source(stream.input, stream.options, pipeline=stream.pipeline)  # a bad input fails first
     try:
         detector = load_detector(bundle, backend=args.backend, steps=args.steps, dla_core=args.dla_core)
+        if stream.calibration:  # variants are told apart by this camera's numbers, as `run` will
+            detector, _ = detector.calibrated(stream.calibration)
         kept = collect(detector, _checked_frames(source, mask, stream.name), args.frames, mask=mask)
     finally:
         source.close()
@@ -257,8 +259,10 @@ def _calibrate(args: argparse.Namespace) -> None:
         for result in (detector(f.image, mask=mask) for f in defect_source.frames()):
             defects.setdefault(result.variant, []).append(result.grid_map)
         defect_source.close()
+    source_name = stream.input or stream.pipeline
     if not isinstance(detector, VariantDetector):
-        _calibrate_bundle(detector, kept.get(None), defects.get(None), stream.input or stream.pipeline, args)
+        folder = Path(stream.calibration) if stream.calibration else detector.bundle.root
+        _calibrate_bundle(detector, kept.get(None), defects.get(None), source_name, folder, args)
         return
     print("normal frames per variant: " + ", ".join(f"{n} {len(kept[n].samples) if n in kept else 0}"
                                                     for n in detector.detectors))
@@ -266,7 +270,8 @@ def _calibrate(args: argparse.Namespace) -> None:
     for name, variant in detector.detectors.items():
         print(f"variant {name} ({variant.bundle.root}):")
         try:
-            _calibrate_bundle(variant, kept.get(name), defects.get(name), stream.input or stream.pipeline, args)
+            folder = Path(stream.calibration) / name if stream.calibration else variant.bundle.root
+            _calibrate_bundle(variant, kept.get(name), defects.get(name), source_name, folder, args)
         except EdgeAdError as exc:
             print(f"variant {name} not calibrated: {exc}")
             failed.append(name)
@@ -284,10 +289,12 @@ def _checked_frames(source, mask, name: str):
 
 
 def _calibrate_bundle(
-    detector: Detector, kept: Collected | None, defects: list | None, source: str, args: argparse.Namespace
+    detector: Detector, kept: Collected | None, defects: list | None, source: str, folder: Path,
+    args: argparse.Namespace,
 ) -> None:
     """Calibrate one bundle on what `collect` kept of its frames from `source` and its known
-    defects' grid maps; write calibration.yaml and the report."""
+    defects' grid maps; write calibration.yaml and the report into `folder` (the bundle's, or
+    the camera's own: `calibration:` in --sources)."""
     from calibration.report import write_calibration_report
     from calibration.site import Collected, calibrate, record, save
     from calibration.statistics import CalibrationError
@@ -296,8 +303,8 @@ def _calibrate_bundle(
         raise CalibrationError("--threshold f1: none of the --defects frames were judged by this bundle")
     result = calibrate(detector, kept or Collected(), args.target_far, args.confidence, defects)
     data = record(result, detector, source, use_f1=args.threshold == "f1")
-    path, backup = save(detector.bundle.root, data)
-    report = write_calibration_report(result, data["threshold"], detector.bundle.root / "calibration_report.png")
+    path, backup = save(folder, data)
+    report = write_calibration_report(result, data["threshold"], folder / "calibration_report.png")
     print(f"normal frames {result.frames}  threshold {data['threshold']:.4f} ({data['threshold_from']})  "
           f"false-alarm rate <= {result.threshold.far_bound:.2g} at {args.confidence:.0%} confidence "
           f"({result.threshold.exceedances} normal frames above it)")
@@ -514,7 +521,8 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
 def _add_sources_choice(p: argparse.ArgumentParser) -> None:
     """`calibrate` and `record` read one source of run's --sources file, opened as run opens it."""
     p.add_argument("--sources", metavar="FILE", help="run's --sources YAML file: read the source --source names, "
-                                                     "with its options (and for calibrate its mask and bundle)")
+                                                     "with its options (and for calibrate its mask, bundle and "
+                                                     "calibration folder)")
     p.add_argument("--source", metavar="NAME", help="which source of --sources (calibrate: needed when it has "
                                                     "several; record: without it, every source, a folder each)")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -12,7 +13,7 @@ import cv2
 import numpy as np
 
 from .backends import load_graphs
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, load_bundle, site_calibrated
 from .errors import BundleError, EdgeAdError
 from .images import resize_to_input, to_rgb
 from .masks import InspectionMask
@@ -171,6 +172,18 @@ class Detector(MapScorer):
     @property
     def steps(self) -> int | None:
         return self.bundle.steps
+
+    def calibrated(self, folder: str | Path) -> tuple["Detector", str | None]:
+        """This detector with the site calibration in `folder` (one camera's, where several
+        share the bundle; `edge_ad.bundle.site_calibrated`): the same graphs, not loaded again,
+        with that camera's quantiles and threshold. While `folder` holds no calibration that
+        fits, this detector itself and why."""
+        bundle, problem = site_calibrated(self.bundle, folder)
+        if problem is not None:
+            return self, problem
+        view = copy.copy(self)
+        view.bundle, view.threshold = bundle, bundle.threshold
+        return view, None
 
     def preprocess(self, frame: np.ndarray, color: str = "BGR") -> np.ndarray:
         """Frame -> uint8 RGB at the model input size (the encoder normalises inside the graph)."""

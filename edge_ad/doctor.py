@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, load_bundle, site_calibrated
 from .deepstream import CONFIG_FILE, DEEPSTREAM_DIR, missing_engine
 from .device import (Device, detect, int8_saturates, jetpack, load_config, load_configs, pick_config, read_sensors,
                      run_command)
@@ -195,22 +195,41 @@ def _check_deepstream(report: Report, bundle_path: Path) -> None:
         report.found("deepstream", f"nvinfer config {config}")
 
 
-def _check_bundles(report: Report, specs: str | Sequence[str], config: dict, root: Path) -> None:
+def _check_bundles(report: Report, specs: str | Sequence[str], config: dict, root: Path) -> dict[str | None, Bundle]:
     """One bundle, or one per product variant ('NAME=BUNDLE', as `edge-ad run` takes them): each is
-    checked, and several must also be comparable with each other."""
+    checked, and several must also be comparable with each other. The bundles that load, by
+    variant name (None for a lone bundle)."""
     try:
         variants = parse_variants(specs)
     except EdgeAdError as exc:
         report.problems.append(str(exc))
-        return
+        return {}
     for folder in list(variants.values()) or [Path(".")]:
         _check_disk(report, folder)
     several = len(variants) > 1
+    loaded: dict[str | None, Bundle] = {}
     for name, path in variants.items():
         bundle = _check_bundle(report, name if several else None, path, config, root)
-        problem = comparability_problem(name, bundle) if several and bundle is not None else None
+        if bundle is None:
+            continue
+        loaded[name if several else None] = bundle
+        problem = comparability_problem(name, bundle) if several else None
         if problem is not None:
             report.problems.append(problem)
+    return loaded
+
+
+def _check_calibration(report: Report, stream: Stream, bundles: dict[str | None, Bundle]) -> None:
+    """A source's own site calibration of its bundles (`calibration:`): there, and made for them."""
+    for name, bundle in bundles.items():
+        folder = Path(stream.calibration) if name is None else Path(stream.calibration) / name
+        calibrated, problem = site_calibrated(bundle, folder)
+        label = stream.name if name is None else f"{stream.name}, variant {name}"
+        if problem is not None:
+            report.problems.append(f"source {label}: {problem}: edge-ad calibrate --sources ... --source {stream.name} "
+                                   "(until then it is scored with the bundle's own numbers)")
+        else:
+            report.found("calibration", f"{label}: {calibrated.calibration}, threshold {calibrated.threshold:.4f}")
 
 
 def _elements(description: str) -> list[str]:
@@ -270,7 +289,10 @@ def _check_sources(report: Report, streams: Sequence[Stream], bundles: Sequence[
             report.problems.append(f"source {exc}")
     for spec, names in scored_by.items():
         report.found("scores", ", ".join(names))
-        _check_bundles(report, spec, config, root)
+        bundles = _check_bundles(report, spec, config, root)
+        for stream in streams:
+            if stream.name in names and stream.calibration:
+                _check_calibration(report, stream, bundles)
 
 
 def doctor(bundles: str | Sequence[str] = (), target: str | None = None, root: Path = Path("/"),

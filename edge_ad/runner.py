@@ -437,16 +437,28 @@ def load_detectors(
     streams: list[Stream], bundle: str | Sequence[str] | None = None, **options
 ) -> dict[str, AnyDetector]:
     """Each stream's detector: of the bundle it names (`Stream.bundle`, `bundle:` in --sources),
-    else of `bundle` ('BUNDLE', or 'NAME=BUNDLE' per product variant). A bundle named by several
-    streams is loaded once, and their frames are scored in one batch. `options` go to Detector.load."""
+    else of `bundle` ('BUNDLE', or 'NAME=BUNDLE' per product variant), with the stream's own site
+    calibration where it has one (`Stream.calibration`). A bundle named by several streams is
+    loaded once; their frames are scored in one batch where they also share the calibration.
+    `options` go to Detector.load."""
     default = (bundle,) if isinstance(bundle, str) else tuple(bundle or ())
     loaded: dict[tuple[str, ...], AnyDetector] = {}
+    calibrated: dict[tuple[tuple[str, ...], str], AnyDetector] = {}
     detectors = {}
     for stream in streams:
         specs = bundle_of(stream, default)
         if specs not in loaded:
             loaded[specs] = load_detector(specs, **options)
         detectors[stream.name] = loaded[specs]
+        if stream.calibration is None:
+            continue
+        key = (specs, stream.calibration)
+        if key not in calibrated:
+            calibrated[key], problem = loaded[specs].calibrated(stream.calibration)
+            if problem is not None:
+                log.warning("%s: %s; scored with the bundle's own numbers until 'edge-ad calibrate --sources ... "
+                            "--source %s'", stream.name, problem, stream.name)
+        detectors[stream.name] = calibrated[key]
     return detectors
 
 
@@ -458,10 +470,10 @@ def detectors_of(detector: AnyDetector | Mapping[str, AnyDetector], streams: lis
         if missing:
             raise EdgeAdError(f"run: no detector for source(s) {missing} (detectors are given for {sorted(detector)})")
         return {s.name: detector[s.name] for s in streams}
-    own = [s.name for s in streams if s.bundle]
+    own = [s.name for s in streams if s.bundle or s.calibration]
     if own:
-        raise EdgeAdError(f"run: source(s) {own} name their own bundle, but one detector was given for every source; "
-                          "load each source's with edge_ad.runner.load_detectors(streams, ...)")
+        raise EdgeAdError(f"run: source(s) {own} name their own bundle or calibration, but one detector was given for "
+                          "every source; load each source's with edge_ad.runner.load_detectors(streams, ...)")
     return {s.name: detector for s in streams}
 
 
@@ -512,7 +524,8 @@ def run(
             stack.callback(source.close)
             log.info("%s: %s", stream.name, source.description)
             if several:
-                roots = [str(bundle.root) for bundle in _bundles(detectors[stream.name]).values()]
+                roots = [f"{b.root} (calibration {b.calibration or 'from export'})"
+                         for b in _bundles(detectors[stream.name]).values()]
                 log.info("%s: scored by %s", stream.name, ", ".join(roots))
             captures.append(_Capture(stream, source, ready, detectors[stream.name], masks[stream.name]))
             if stream.output:

@@ -24,6 +24,7 @@ class Stream:
     mask: str | None = None  # inspection mask image (edge_ad.masks): the part of the frame scored
     bundle: tuple[str, ...] | None = None  # its own bundle (BUNDLE, or NAME=BUNDLE per variant); None: the run's
     alarm_frames: int | None = None  # anomalous frames in a row before an alarm (RunConfig); None: the run's
+    calibration: str | None = None  # folder of its own site calibration of a shared bundle; None: the bundle's
 
     def __post_init__(self) -> None:
         self.name = self.name or self.input or "pipeline"
@@ -31,7 +32,7 @@ class Stream:
             self.bundle = (self.bundle,)
 
 
-STREAM_KEYS = {"input", "name", "output", "pipeline", "mask", "bundle", "alarm_frames"}
+STREAM_KEYS = {"input", "name", "output", "pipeline", "mask", "bundle", "alarm_frames", "calibration"}
 OPTION_KEYS = {"width", "height", "framerate", "codec", "latency_ms", "timeout_s", "pattern", "transport", "flip",
                "crop", "realtime", "loop"}
 
@@ -48,7 +49,8 @@ def bundle_of(stream: Stream, default: Sequence[str] = ()) -> tuple[str, ...]:
 def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | None = None) -> list[Stream]:
     """Streams from a YAML file: `sources:` a list of mappings with `input` (or `pipeline`) and
     optional `name`, `output`, `mask`, `bundle` (a path, or a list of NAME=PATH for one bundle per
-    product variant), `alarm_frames` and source options (width, height, framerate, codec, latency_ms,
+    product variant), `calibration` (a folder for this camera's own site calibration of its
+    bundle), `alarm_frames` and source options (width, height, framerate, codec, latency_ms,
     timeout_s, pattern, transport, flip, crop, realtime, loop); what is left out takes the command
     line's values."""
     data = read_yaml(path)
@@ -69,6 +71,8 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
             raise EdgeAdError(f"{where}: 'realtime' must be true or false, not {entry['realtime']!r}")
         if not isinstance(entry.get("mask", ""), str):
             raise EdgeAdError(f"{where}: 'mask' must be an image file name, not {entry['mask']!r}")
+        if "calibration" in entry and not (isinstance(entry["calibration"], str) and entry["calibration"]):
+            raise EdgeAdError(f"{where}: 'calibration' must be a folder, not {entry['calibration']!r}")
         alarm_frames = entry.get("alarm_frames")
         if alarm_frames is not None and (type(alarm_frames) is not int or alarm_frames < 1):
             raise EdgeAdError(f"{where}: 'alarm_frames' must be a whole number, 1 or more, not {alarm_frames!r}")
@@ -76,7 +80,7 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
         streams.append(
             Stream(str(entry.get("input") or ""), str(entry.get("name") or ""), entry.get("output"), options,
                    entry.get("pipeline"), entry.get("mask", default_mask), _bundle(entry.get("bundle"), where),
-                   alarm_frames)
+                   alarm_frames, entry.get("calibration"))
         )
     return streams
 

@@ -95,6 +95,18 @@ class VariantDetector:
         """A score (or map) of `variant` relative to its normal images' scores: (x - p50) / (p90 - p50)."""
         return relative_score(values, self.detectors[variant].bundle)
 
+    def calibrated(self, folder: str | Path) -> tuple["VariantDetector", str | None]:
+        """Every variant's detector with its site calibration in `folder`/NAME (Detector.calibrated:
+        one camera's numbers on the shared graphs); why, for the variants that have none there."""
+        views, problems = {}, []
+        for name, detector in self.detectors.items():
+            views[name], problem = detector.calibrated(Path(folder) / name)
+            if problem is not None:
+                problems.append(f"variant {name}: {problem}")
+        if len(problems) == len(views):  # none there: this detector itself, which batches with its other sources
+            return self, "; ".join(problems)
+        return VariantDetector(views), "; ".join(problems) or None
+
     def detector_of(self, result: Result) -> Detector:
         """The detector of the variant that gave `result`."""
         return self.detectors[result.variant]

@@ -85,7 +85,7 @@ def test_bundles_in_sources_are_checked_before_anything_opens(variant_bundles, t
     streams = [Stream("test://", "own", bundle=variant_bundles["mono"]), Stream("test://?width=64", "other")]
     with pytest.raises(EdgeAdError, match=r"other: no bundle to score it with: give --bundle, or 'bundle:'"):
         load_detectors(streams)
-    with pytest.raises(EdgeAdError, match=r"source\(s\) \['own'\] name their own bundle, but one detector was given"):
+    with pytest.raises(EdgeAdError, match=r"source\(s\) \['own'\] name their own bundle or calibration, but one detector was given"):
         run(Detector.load(tiny_bundle), streams, RunConfig())
     with pytest.raises(EdgeAdError, match=r"no detector for source\(s\) \['other'\]"):
         run({"own": Detector.load(tiny_bundle)}, streams, RunConfig())

@@ -1,0 +1,170 @@
+"""Cameras that share one bundle, each with its own site calibration (`calibration:` in
+--sources): calibrated one camera at a time, scored on one copy of the graphs."""
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from conftest import MODULE_TYPES
+from edge_ad.detector import Detector
+from edge_ad.errors import EdgeAdError
+from edge_ad.pipelines import SourceOptions
+from edge_ad.runner import RunConfig, load_detectors, run
+from edge_ad.streams import Stream, streams_from_yaml
+from edge_ad.variants import VariantDetector
+
+
+def _edge_ad(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def _calibrate(sources: Path, name: str, frames: int = 6) -> None:
+    out = _edge_ad("calibrate", "--sources", sources, "--source", name, "--frames", frames, "--target-far", 0.5,
+                   "--confidence", 0.5)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.fixture
+def lit_cells(test_cells, tmp_path) -> dict[str, Path]:
+    """Six normal poly cells as two cameras see them: one in full light, one in dim light."""
+    folders = {}
+    for name, gain in (("bright", 1.0), ("dim", 0.55)):
+        folders[name] = tmp_path / f"frames-{name}"
+        folders[name].mkdir()
+        for i, cell in enumerate(test_cells["poly"]):
+            cv2.imwrite(str(folders[name] / f"{i}.png"), np.round(cell * gain).astype(np.uint8))
+    return folders
+
+
+def test_cameras_sharing_a_bundle_each_get_their_own_calibration(variant_bundles, lit_cells, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(variant_bundles["poly"], bundle)
+    sources = tmp_path / "cams.yaml"
+    sources.write_text(yaml.safe_dump({"sources": [
+        {"input": str(lit_cells["bright"]), "name": "bright", "bundle": str(bundle),
+         "calibration": str(tmp_path / "calib" / "bright")},
+        {"input": str(lit_cells["dim"]), "name": "dim", "bundle": str(bundle),
+         "calibration": str(tmp_path / "calib" / "dim")},
+        {"input": str(lit_cells["dim"]), "name": "plain", "bundle": str(bundle)},  # the bundle's own numbers
+    ]}))
+    for name in ("bright", "dim"):
+        _calibrate(sources, name)
+    written = {name: tmp_path / "calib" / name / "calibration.yaml" for name in ("bright", "dim")}
+    data = {name: yaml.safe_load(path.read_text()) for name, path in written.items()}
+    assert data["dim"]["source"] == str(lit_cells["dim"]) and data["dim"]["frames"] == 6
+    assert (tmp_path / "calib" / "dim" / "calibration_report.png").is_file()
+    assert not (bundle / "calibration.yaml").exists()  # the shared bundle is left as exported
+    assert data["bright"]["threshold"] != data["dim"]["threshold"]  # the light changed what normal scores
+
+    streams = streams_from_yaml(sources, SourceOptions())
+    detectors = load_detectors(streams)
+    bright, dim, plain = (detectors[name] for name in ("bright", "dim", "plain"))
+    assert bright._graphs is dim._graphs is plain._graphs  # one copy of the graphs
+    assert (bright.bundle.calibration, dim.bundle.calibration, plain.bundle.calibration) == (
+        written["bright"], written["dim"], None)
+    events = tmp_path / "events.jsonl"
+    summary = run(detectors, streams, RunConfig(events=events))
+    assert [s.frames for s in summary.sources] == [6, 6, 6]
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+
+    # Each camera is scored as a bundle holding that camera's calibration would score it.
+    for name, frames in (("bright", lit_cells["bright"]), ("dim", lit_cells["dim"])):
+        copy = tmp_path / f"bundle-{name}"
+        shutil.copytree(bundle, copy)
+        shutil.copy(written[name], copy / "calibration.yaml")
+        alone = Detector.load(copy)
+        expected = [alone(cv2.imread(str(p))) for p in sorted(frames.glob("*.png"))]
+        ours = [e for e in lines if e["source"] == name]
+        np.testing.assert_allclose([e["score"] for e in ours], [r.score for r in expected], atol=1e-5)
+        assert {e["threshold"] for e in ours} == {data[name]["threshold"]}
+    exported = yaml.safe_load((bundle / "bundle.yaml").read_text())["threshold"]
+    assert {e["threshold"] for e in lines if e["source"] == "plain"} == {exported}
+    dim_scores = [e["score"] for e in lines if e["source"] == "dim"]
+    plain_scores = [e["score"] for e in lines if e["source"] == "plain"]
+    assert not np.allclose(dim_scores, plain_scores, atol=1e-3)  # same frames, other quantiles
+
+
+def test_variants_of_a_camera_are_calibrated_into_its_folder(variant_bundles, test_cells, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for module_type in MODULE_TYPES:
+        for i, cell in enumerate(test_cells[module_type]):
+            cv2.imwrite(str(frames / f"{module_type}-{i}.png"), cell)
+    folder = tmp_path / "calib" / "line"
+    sources = tmp_path / "cams.yaml"
+    sources.write_text(yaml.safe_dump({"sources": [
+        {"input": str(frames), "name": "line", "calibration": str(folder),
+         "bundle": [f"{t}={variant_bundles[t]}" for t in MODULE_TYPES]},
+    ]}))
+    _calibrate(sources, "line", frames=12)
+    for module_type in MODULE_TYPES:
+        assert yaml.safe_load((folder / module_type / "calibration.yaml").read_text())["frames"] == 6
+        assert not (Path(variant_bundles[module_type]) / "calibration.yaml").exists()
+    detector = load_detectors(streams_from_yaml(sources, SourceOptions()))["line"]
+    assert isinstance(detector, VariantDetector)
+    assert {n: d.bundle.calibration for n, d in detector.detectors.items()} == {
+        t: folder / t / "calibration.yaml" for t in MODULE_TYPES}
+
+
+def test_a_missing_or_foreign_calibration_is_said_and_the_bundle_numbers_used(
+    variant_bundles, lit_cells, tmp_path, caplog
+):
+    poly = tmp_path / "bundle-poly"
+    shutil.copytree(variant_bundles["poly"], poly)
+    foreign = tmp_path / "calib" / "foreign"  # a calibration of the mono bundle, put where a poly camera's goes
+    foreign.mkdir(parents=True)
+    sources = tmp_path / "cams.yaml"
+    sources.write_text(yaml.safe_dump({"sources": [
+        {"input": str(lit_cells["bright"]), "name": "mono-cam", "bundle": variant_bundles["mono"],
+         "calibration": str(foreign)},
+    ]}))
+    _calibrate(sources, "mono-cam")
+    variants = [f"{t}={variant_bundles[t]}" for t in MODULE_TYPES]
+    sources.write_text(yaml.safe_dump({"sources": [
+        {"input": str(lit_cells["bright"]), "name": "new", "bundle": str(poly), "calibration": str(tmp_path / "none")},
+        {"input": str(lit_cells["dim"]), "name": "moved", "bundle": str(poly), "calibration": str(foreign)},
+        {"input": str(lit_cells["dim"]), "name": "plain", "bundle": str(poly)},
+        {"input": str(lit_cells["dim"]), "name": "either", "bundle": variants},
+        {"input": str(lit_cells["dim"]), "name": "either-new", "bundle": variants, "calibration": str(tmp_path / "none")},
+    ]}))
+    streams = streams_from_yaml(sources, SourceOptions())
+    with caplog.at_level(logging.WARNING, logger="edge_ad.runner"):
+        detectors = load_detectors(streams)
+    assert detectors["new"] is detectors["moved"] is detectors["plain"]  # nothing fits: one detector, one batch
+    assert detectors["plain"].bundle.calibration is None
+    assert detectors["either-new"] is detectors["either"]
+    warned = [r.getMessage() for r in caplog.records]
+    assert (f"new: {tmp_path / 'none'}: no calibration.yaml yet; scored with the bundle's own numbers until "
+            "'edge-ad calibrate --sources ... --source new'") in warned
+    assert any(m.startswith(f"moved: {foreign / 'calibration.yaml'}: made for another bundle") for m in warned)
+    assert (f"either-new: variant mono: {tmp_path / 'none' / 'mono'}: no calibration.yaml yet; variant poly: "
+            f"{tmp_path / 'none' / 'poly'}: no calibration.yaml yet; scored with") in " ".join(warned)
+
+    out = _edge_ad("doctor", "--sources", sources)
+    problems = [line for line in out.stdout.splitlines() if line.startswith("problem:")]
+    assert problems[0] == (f"problem: source new: {tmp_path / 'none'}: no calibration.yaml yet: edge-ad calibrate "
+                           "--sources ... --source new (until then it is scored with the bundle's own numbers)")
+    assert problems[1].startswith(f"problem: source moved: {foreign / 'calibration.yaml'}: made for another bundle")
+    assert [p.partition(f": {tmp_path}")[0] for p in problems[2:]] == ["problem: source either-new, variant mono",
+                                                      "problem: source either-new, variant poly"]
+    sources.write_text(yaml.safe_dump({"sources": [
+        {"input": str(lit_cells["bright"]), "name": "mono-cam", "bundle": variant_bundles["mono"],
+         "calibration": str(foreign)}]}))
+    out = _edge_ad("doctor", "--sources", sources)
+    threshold = yaml.safe_load((foreign / "calibration.yaml").read_text())["threshold"]
+    assert f"calibration  mono-cam: {foreign / 'calibration.yaml'}, threshold {threshold:.4f}" in out.stdout
+
+    sources.write_text(yaml.safe_dump({"sources": [{"input": "test://", "calibration": 3}]}))
+    with pytest.raises(EdgeAdError, match=r"cams.yaml: source 1: 'calibration' must be a folder, not 3"):
+        streams_from_yaml(sources, SourceOptions())
+    with pytest.raises(EdgeAdError, match=r"source\(s\) \['cam'\] name their own bundle or calibration"):
+        run(Detector.load(poly), [Stream("test://", "cam", calibration=str(foreign))], RunConfig())
