@@ -162,10 +162,8 @@ def _the_stream(args: argparse.Namespace):
     streams = {s.name: s for s in streams_from_yaml(Path(args.sources), _source_options(args), mask)}
     if args.source is None and len(streams) == 1:
         return next(iter(streams.values()))
-    if args.source not in streams:
-        raise EdgeAdError(f"--source {args.source}: {args.sources} names the sources {sorted(streams)}; give one of them"
-                          if args.source else f"--sources {args.sources} has {len(streams)} sources: choose one with "
-                          f"--source NAME ({', '.join(sorted(streams))})")
+    if args.source not in streams:  # (without --source, calibrate and record take every source)
+        raise EdgeAdError(f"--source {args.source}: {args.sources} names the sources {sorted(streams)}; give one of them")
     return streams[args.source]
 
 
@@ -232,14 +230,55 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
+    if args.sources and not args.source and not args.input and not args.pipeline:
+        from .streams import streams_from_yaml
+
+        streams = streams_from_yaml(Path(args.sources), _source_options(args), args.mask)
+        if len(streams) > 1:  # every camera, one after the other
+            _calibrate_sources(streams, args)
+            return
+    _calibrate_stream(_the_stream(args), args)
+
+
+def _calibrate_sources(streams: list, args: argparse.Namespace) -> None:
+    """`calibrate --sources FILE` without --source: each source in turn on its own frames, into
+    its own calibration folder; one that fails is named at the end and the others go on."""
+    from .streams import bundle_of, calibration_folder
+    from .variants import parse_variants
+
+    if args.defects:
+        raise EdgeAdError("--defects: known defects are one camera's; calibrate that camera with --source NAME")
+    writers: dict[Path, list[str]] = {}  # where each source's calibration.yaml would go
+    for stream in streams:
+        variants = parse_variants(bundle_of(stream, args.bundle or ()))
+        for name, path in variants.items():
+            folder = calibration_folder(stream, name if len(variants) > 1 else None) or path  # else the bundle's
+            writers.setdefault(folder.resolve(), []).append(stream.name)
+    shared = next(((folder, names) for folder, names in writers.items() if len(names) > 1), None)
+    if shared:
+        raise EdgeAdError(f"calibrate: sources {shared[1]} would write one calibration ({shared[0]}); give each a "
+                          f"'calibration:' folder of its own in {args.sources}, or calibrate one with --source NAME")
+    failed = []
+    for stream in streams:
+        print(f"{stream.name}:")
+        try:
+            _calibrate_stream(stream, args)
+        except EdgeAdError as exc:
+            print(f"{stream.name} not calibrated: {exc}")
+            failed.append(stream.name)
+    if failed:
+        raise EdgeAdError(f"not calibrated: {', '.join(failed)} (above); the other sources were")
+
+
+def _calibrate_stream(stream, args: argparse.Namespace) -> None:
+    """Calibrate the bundle(s) of one source on its frames (into its calibration folder, if any)."""
     from calibration.site import collect
 
     from .masks import InspectionMask
     from .sources import open_source
-    from .streams import bundle_of
+    from .streams import bundle_of, calibration_folder
     from .variants import VariantDetector, load_detector
 
-    stream = _the_stream(args)
     bundle = bundle_of(stream, args.bundle or ())
     mask = InspectionMask.load(stream.mask) if stream.mask else None
     source = open_source(stream.input, stream.options, pipeline=stream.pipeline)  # a bad input fails first
@@ -261,7 +300,7 @@ def _calibrate(args: argparse.Namespace) -> None:
         defect_source.close()
     source_name = stream.input or stream.pipeline
     if not isinstance(detector, VariantDetector):
-        folder = Path(stream.calibration) if stream.calibration else detector.bundle.root
+        folder = calibration_folder(stream) or detector.bundle.root
         _calibrate_bundle(detector, kept.get(None), defects.get(None), source_name, folder, args)
         return
     print("normal frames per variant: " + ", ".join(f"{n} {len(kept[n].samples) if n in kept else 0}"
@@ -270,7 +309,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     for name, variant in detector.detectors.items():
         print(f"variant {name} ({variant.bundle.root}):")
         try:
-            folder = Path(stream.calibration) / name if stream.calibration else variant.bundle.root
+            folder = calibration_folder(stream, name) or variant.bundle.root
             _calibrate_bundle(variant, kept.get(name), defects.get(name), source_name, folder, args)
         except EdgeAdError as exc:
             print(f"variant {name} not calibrated: {exc}")
@@ -523,8 +562,9 @@ def _add_sources_choice(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sources", metavar="FILE", help="run's --sources YAML file: read the source --source names, "
                                                      "with its options (and for calibrate its mask, bundle and "
                                                      "calibration folder)")
-    p.add_argument("--source", metavar="NAME", help="which source of --sources (calibrate: needed when it has "
-                                                    "several; record: without it, every source, a folder each)")
+    p.add_argument("--source", metavar="NAME", help="which source of --sources; without it, every source (calibrate: "
+                                                    "one after the other, each into its 'calibration:' folder; "
+                                                    "record: all at once, a folder each)")
 
 
 def _add_mask_option(p: argparse.ArgumentParser) -> None:

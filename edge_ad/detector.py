@@ -248,8 +248,14 @@ class Detector(MapScorer):
     ) -> list[Result]:
         """Score several frames in one graph call, each within its inspection mask where `masks`
         gives one; stage times are per batch, normalise_ms per frame."""
+        grids, times = self.frame_grid_maps(frames, color)
+        return self.score_grids(grids, [frame.shape for frame in frames], times, masks)
+
+    def frame_grid_maps(self, frames: Sequence[np.ndarray], color: str = "BGR") -> tuple[np.ndarray, dict[str, float]]:
+        """Frames -> their raw maps on the feature grid (B, branches, h, w), in one graph call, and
+        the stage times: what `batch` does before the bundle's calibration applies (so that the
+        grids of cameras with their own calibrations, `calibrated`, are made in one batch)."""
         start = time.perf_counter()
         inputs = np.stack([self.preprocess(f, color) for f in frames])
         times = {"preprocess_ms": (time.perf_counter() - start) * 1e3}
-        grids = self.finite_grid_maps(inputs, times)
-        return self.score_grids(grids, [frame.shape for frame in frames], times, masks)
+        return self.finite_grid_maps(inputs, times), times

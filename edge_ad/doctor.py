@@ -15,7 +15,7 @@ from .deepstream import CONFIG_FILE, DEEPSTREAM_DIR, missing_engine
 from .device import (Device, detect, int8_saturates, jetpack, load_config, load_configs, pick_config, read_sensors,
                      run_command)
 from .errors import EdgeAdError
-from .streams import Stream, bundle_of
+from .streams import Stream, bundle_of, calibration_folder
 from .variants import comparability_problem, parse_variants
 
 # The Debian/Ubuntu package that provides each GStreamer element edge-ad may use.
@@ -222,8 +222,7 @@ def _check_bundles(report: Report, specs: str | Sequence[str], config: dict, roo
 def _check_calibration(report: Report, stream: Stream, bundles: dict[str | None, Bundle]) -> None:
     """A source's own site calibration of its bundles (`calibration:`): there, and made for them."""
     for name, bundle in bundles.items():
-        folder = Path(stream.calibration) if name is None else Path(stream.calibration) / name
-        calibrated, problem = site_calibrated(bundle, folder)
+        calibrated, problem = site_calibrated(bundle, calibration_folder(stream, name))
         label = stream.name if name is None else f"{stream.name}, variant {name}"
         if problem is not None:
             report.problems.append(f"source {label}: {problem}: edge-ad calibrate --sources ... --source {stream.name} "

@@ -356,38 +356,41 @@ class VariantHints:
         return None
 
 
+def _graphs_of(detector: AnyDetector) -> int:
+    """What frames can share a batch by: a Detector's graphs (those of its calibrated views too)."""
+    return id(detector._graphs) if isinstance(detector, Detector) else id(detector)
+
+
 def _score(ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats], hints: VariantHints | None) -> list:
-    """Results of the ready frames, each by its source's detector, in one batch per detector."""
+    """Results of the ready frames, each by its source's detector, in one batch per detector (per
+    set of graphs: cameras with their own calibration of one bundle share a batch)."""
     groups: dict[int, list[int]] = {}
     for i, (capture, _) in enumerate(ready):
-        groups.setdefault(id(capture.detector), []).append(i)
+        groups.setdefault(_graphs_of(capture.detector), []).append(i)
     results: list = [None] * len(ready)
     for indices in groups.values():
-        group = [ready[i] for i in indices]
-        for i, result in zip(indices, _score_batch(group[0][0].detector, group, stats, hints)):
+        for i, result in zip(indices, _score_batch([ready[i] for i in indices], stats, hints)):
             results[i] = result
     return results
 
 
-def _score_batch(
-    detector: AnyDetector, ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats],
-    hints: VariantHints | None,
-) -> list:
-    """Results of `detector`'s ready frames, in one batch across its sources (each frame by the
-    variant its line makes, where `hints` knows it); when the batch fails (a frame the detector
-    refuses, NaN maps from a broken graph) each frame is scored alone, and the ones that fail are
-    counted, logged and skipped (None): the run goes on."""
+def _score_batch(ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats], hints: VariantHints | None) -> list:
+    """Results of ready frames whose detectors share graphs, in one batch across their sources
+    (each frame by the variant its line makes, where `hints` knows it); when the batch fails (a
+    frame the detector refuses, NaN maps from a broken graph) each frame is scored alone, and the
+    ones that fail are counted, logged and skipped (None): the run goes on."""
+    detectors = [capture.detector for capture, _ in ready]
     variants = None
-    if hints is not None and isinstance(detector, VariantDetector):
+    if hints is not None and isinstance(detectors[0], VariantDetector):
         variants = [hints.of(capture) for capture, _ in ready]
     try:
-        return _batch(detector, [frame.image for _, frame in ready], [capture.mask for capture, _ in ready], variants)
+        return _batch(detectors, [frame.image for _, frame in ready], [capture.mask for capture, _ in ready], variants)
     except EdgeAdError:
         pass
     results = []
     for n, (capture, frame) in enumerate(ready):
         try:
-            results.append(_batch(detector, [frame.image], [capture.mask], variants and variants[n : n + 1])[0])
+            results.append(_batch([capture.detector], [frame.image], [capture.mask], variants and variants[n : n + 1])[0])
         except EdgeAdError as exc:
             record = stats[capture.stream.name]
             record.failed += 1
@@ -398,11 +401,21 @@ def _score_batch(
 
 
 def _batch(
-    detector: AnyDetector, frames: list[np.ndarray], masks: list[InspectionMask | None], variants: list | None
+    detectors: list[AnyDetector], frames: list[np.ndarray], masks: list[InspectionMask | None], variants: list | None
 ) -> list[Result]:
-    if variants is None:
-        return detector.batch(frames, masks=masks)
-    return detector.batch(frames, masks=masks, variants=variants)
+    """Each frame scored by its detector; the detectors share graphs (one, or a Detector's
+    calibrated views: the grids are made in one batch, then each view's calibration applies)."""
+    first = detectors[0]
+    if isinstance(first, VariantDetector):
+        return first.batch(frames, masks=masks) if variants is None else first.batch(frames, masks=masks, variants=variants)
+    grids, times = first.frame_grid_maps(frames)
+    results: list = [None] * len(frames)
+    for view in {id(d): d for d in detectors}.values():
+        indices = [i for i, d in enumerate(detectors) if d is view]
+        scored = view.score_grids(grids[indices], [frames[i].shape for i in indices], times, [masks[i] for i in indices])
+        for i, result in zip(indices, scored):
+            results[i] = result
+    return results
 
 
 def _bundles(detector: AnyDetector) -> dict[str | None, Bundle]:
@@ -439,8 +452,9 @@ def load_detectors(
     """Each stream's detector: of the bundle it names (`Stream.bundle`, `bundle:` in --sources),
     else of `bundle` ('BUNDLE', or 'NAME=BUNDLE' per product variant), with the stream's own site
     calibration where it has one (`Stream.calibration`). A bundle named by several streams is
-    loaded once; their frames are scored in one batch where they also share the calibration.
-    `options` go to Detector.load."""
+    loaded once and their frames are scored in one batch, also with calibrations of their own
+    (for a bundle per variant, only the streams that share the calibration too). `options` go to
+    Detector.load."""
     default = (bundle,) if isinstance(bundle, str) else tuple(bundle or ())
     loaded: dict[tuple[str, ...], AnyDetector] = {}
     calibrated: dict[tuple[tuple[str, ...], str], AnyDetector] = {}

@@ -46,6 +46,14 @@ def bundle_of(stream: Stream, default: Sequence[str] = ()) -> tuple[str, ...]:
     return specs
 
 
+def calibration_folder(stream: Stream, variant: str | None = None) -> Path | None:
+    """Where `stream`'s own site calibration of its bundle is (`calibration:` in --sources; one
+    folder per product variant in it, `variant` None for a lone bundle); None when it has none."""
+    if stream.calibration is None:
+        return None
+    return Path(stream.calibration) if variant is None else Path(stream.calibration) / variant
+
+
 def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | None = None) -> list[Stream]:
     """Streams from a YAML file: `sources:` a list of mappings with `input` (or `pipeline`) and
     optional `name`, `output`, `mask`, `bundle` (a path, or a list of NAME=PATH for one bundle per

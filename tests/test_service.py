@@ -105,14 +105,14 @@ def test_an_abstract_socket_address(monkeypatch):
 
 
 class _Slow:
-    """A detector whose every call hangs `seconds` first, as a wedged graph call would."""
+    """A detector whose every graph call hangs `seconds` first, as a wedged one would."""
 
     def __init__(self, detector: Detector, seconds: float):
         self.detector, self.seconds = detector, seconds
 
-    def batch(self, images, color="BGR", masks=None):
+    def frame_grid_maps(self, images, color="BGR"):
         time.sleep(self.seconds)
-        return self.detector.batch(images, color, masks)
+        return self.detector.frame_grid_maps(images, color)
 
     def __getattr__(self, name):
         return getattr(self.detector, name)

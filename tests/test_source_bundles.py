@@ -124,7 +124,6 @@ def test_calibrate_and_record_take_a_source_from_the_sources_file(variant_bundle
 
     for args, error in [
         (["--source", "line3"], "--source line3: {} names the sources ['line1', 'line2']; give one of them"),
-        ([], "--sources {} has 2 sources: choose one with --source NAME (line1, line2)"),
         (["--source", "line1", "--input", "x.mp4"], "--sources: the source is in the YAML file"),
     ]:
         out = _edge_ad("calibrate", "--sources", sources, *args)

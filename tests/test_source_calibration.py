@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -17,8 +18,10 @@ from conftest import MODULE_TYPES
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError
 from edge_ad.pipelines import SourceOptions
+from edge_ad import runner
 from edge_ad.runner import RunConfig, load_detectors, run
 from edge_ad.streams import Stream, streams_from_yaml
+from edge_ad.telemetry import SourceStats
 from edge_ad.variants import VariantDetector
 
 
@@ -91,6 +94,37 @@ def test_cameras_sharing_a_bundle_each_get_their_own_calibration(variant_bundles
     dim_scores = [e["score"] for e in lines if e["source"] == "dim"]
     plain_scores = [e["score"] for e in lines if e["source"] == "plain"]
     assert not np.allclose(dim_scores, plain_scores, atol=1e-3)  # same frames, other quantiles
+
+
+def test_frames_of_calibrated_views_share_one_graph_call(variant_bundles, lit_cells, tmp_path, monkeypatch):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(variant_bundles["poly"], bundle)
+    sources = tmp_path / "cams.yaml"
+    sources.write_text(yaml.safe_dump({"sources": [
+        {"input": str(lit_cells["dim"]), "name": name, "bundle": str(bundle), "calibration": str(tmp_path / name)}
+        for name in ("low", "high")] + [{"input": str(lit_cells["dim"]), "name": "plain", "bundle": str(bundle)}]}))
+    _calibrate(sources, "low")
+    calibration = yaml.safe_load((tmp_path / "low" / "calibration.yaml").read_text())
+    calibration["threshold"] *= 3  # another camera's threshold, on the same maps
+    (tmp_path / "high").mkdir()
+    (tmp_path / "high" / "calibration.yaml").write_text(yaml.safe_dump(calibration))
+    streams = streams_from_yaml(sources, SourceOptions())
+    detectors = load_detectors(streams)
+
+    calls = []
+    graphs = Detector.frame_grid_maps
+    monkeypatch.setattr(Detector, "frame_grid_maps", lambda self, frames, color="BGR": (
+        calls.append(len(frames)) or graphs(self, frames, color)))
+    frames = [cv2.imread(str(p)) for p in sorted(lit_cells["dim"].glob("*.png"))[:3]]
+    ready = [(SimpleNamespace(detector=detectors[s.name], mask=None, stream=s), SimpleNamespace(image=f, index=0))
+             for s, f in zip(streams, frames)]
+    results = runner._score(ready, {s.name: SourceStats(s.name) for s in streams}, None)
+    assert calls == [3]  # one batch for the three cameras
+    for (capture, frame), result in zip(ready, results):
+        alone = capture.detector(frame.image)  # its own calibration, alone
+        assert result.threshold == alone.threshold and result.score == pytest.approx(alone.score, abs=1e-6)
+    assert results[1].threshold == pytest.approx(3 * results[0].threshold)
+    assert results[2].threshold == detectors["plain"].bundle.threshold != results[0].threshold
 
 
 def test_variants_of_a_camera_are_calibrated_into_its_folder(variant_bundles, test_cells, tmp_path):
@@ -168,3 +202,38 @@ def test_a_missing_or_foreign_calibration_is_said_and_the_bundle_numbers_used(
         streams_from_yaml(sources, SourceOptions())
     with pytest.raises(EdgeAdError, match=r"source\(s\) \['cam'\] name their own bundle or calibration"):
         run(Detector.load(poly), [Stream("test://", "cam", calibration=str(foreign))], RunConfig())
+
+
+def test_calibrate_takes_every_source_in_turn(variant_bundles, lit_cells, tmp_path):
+    bundle, own = tmp_path / "bundle", tmp_path / "bundle-own"
+    shutil.copytree(variant_bundles["poly"], bundle)
+    shutil.copytree(variant_bundles["poly"], own)
+    few = tmp_path / "few"
+    few.mkdir()
+    shutil.copy(sorted(lit_cells["dim"].glob("*.png"))[0], few / "0.png")
+    entries = [
+        {"input": str(lit_cells["bright"]), "name": "bright", "calibration": str(tmp_path / "calib" / "bright")},
+        {"input": str(few), "name": "short", "calibration": str(tmp_path / "calib" / "short")},
+        {"input": str(lit_cells["dim"]), "name": "dim", "calibration": str(tmp_path / "calib" / "dim")},
+        {"input": str(lit_cells["dim"]), "name": "own", "bundle": str(own)},  # into its bundle
+    ]
+    sources = tmp_path / "cams.yaml"
+    sources.write_text(yaml.safe_dump({"sources": entries}))
+    out = _edge_ad("calibrate", "--sources", sources, "--bundle", bundle, "--frames", 6, "--target-far", 0.5,
+                   "--confidence", 0.5)
+    assert out.returncode == 2
+    assert "edge-ad: error: not calibrated: short (above); the other sources were" in out.stderr
+    assert "short not calibrated: only 1 normal frames were read" in out.stdout
+    written = [tmp_path / "calib" / "bright", tmp_path / "calib" / "dim", own]
+    thresholds = [yaml.safe_load((folder / "calibration.yaml").read_text())["threshold"] for folder in written]
+    assert thresholds[0] != thresholds[1] and thresholds[1] == pytest.approx(thresholds[2], abs=1e-6)  # same frames
+    assert not (tmp_path / "calib" / "short").exists() and not (bundle / "calibration.yaml").exists()
+
+    entries[3].pop("bundle")  # now two sources would write the shared bundle's calibration.yaml
+    entries.append({"input": str(lit_cells["dim"]), "name": "other"})
+    sources.write_text(yaml.safe_dump({"sources": entries}))
+    out = _edge_ad("calibrate", "--sources", sources, "--bundle", bundle)
+    assert out.returncode == 2 and (f"calibrate: sources ['own', 'other'] would write one calibration ({bundle}); "
+                                    f"give each a 'calibration:' folder of its own in {sources}") in out.stderr
+    out = _edge_ad("calibrate", "--sources", sources, "--bundle", bundle, "--defects", few)
+    assert out.returncode == 2 and "--defects: known defects are one camera's" in out.stderr

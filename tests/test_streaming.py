@@ -390,15 +390,15 @@ def test_rtsp_output_releases_its_port_when_closed():
 def test_a_frame_the_detector_refuses_is_skipped_and_the_run_goes_on(detector, tmp_path, monkeypatch):
     from edge_ad.errors import EdgeAdError
 
-    score = detector.batch
+    graphs = detector.frame_grid_maps
     refused: dict[bytes, bool] = {}  # every third distinct frame, decided once so a retry fails too
 
-    def flaky(frames, color="BGR", masks=None):
+    def flaky(frames, color="BGR"):
         if any(refused.setdefault(f.tobytes(), len(refused) % 3 == 2) for f in frames):  # NaN maps
             raise EdgeAdError("bundle: the graphs returned NaN or infinite values")
-        return score(frames, color, masks)
+        return graphs(frames, color)
 
-    monkeypatch.setattr(detector, "batch", flaky)
+    monkeypatch.setattr(detector, "frame_grid_maps", flaky)
     summary = run(detector, [Stream("test://ball?width=64&height=48", name="cam")],
                   RunConfig(events=tmp_path / "ev.jsonl", metrics=tmp_path / "m.prom", max_frames=12))
     (stats,) = summary.sources
