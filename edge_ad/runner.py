@@ -108,10 +108,12 @@ class _Capture(threading.Thread):
         self.error: str | None = None
         self.delivered = 0
         self.finished = False
+        self.shape: tuple[int, ...] | None = None  # of its last frame
 
     def run(self) -> None:
         try:
             for frame in self.source.frames(self.stop):
+                self.shape = frame.image.shape
                 if self.mask is not None:  # a mask of another size stops this source at its first frame
                     self.mask.check(frame.image.shape, self.stream.name)
                 if self.source.live:
@@ -275,14 +277,20 @@ class _Sinks:
 
 
 @contextmanager
-def stop_on_signals(stop: threading.Event):
-    """SIGINT and SIGTERM set `stop` (in the main thread; elsewhere the caller sets it)."""
+def stop_on_signals(stop: threading.Event, reload: threading.Event | None = None):
+    """SIGINT and SIGTERM set `stop`, and SIGHUP sets `reload` when one is given (in the main
+    thread; elsewhere the caller sets them)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        signal.signal(sig, lambda signum, _: (log.warning("%s: stopping", signal.Signals(signum).name), stop.set()))
+    handlers = dict.fromkeys((signal.SIGINT, signal.SIGTERM),
+                             lambda signum, _: (log.warning("%s: stopping", signal.Signals(signum).name), stop.set()))
+    if reload is not None:
+        handlers[signal.SIGHUP] = lambda signum, _: (log.warning("SIGHUP: reading the calibrations and masks again"),
+                                                     reload.set())
+    previous = {sig: signal.getsignal(sig) for sig in handlers}
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
     try:
         yield
     finally:
@@ -436,14 +444,62 @@ def load_masks(detectors: Mapping[str, AnyDetector], streams: list[Stream]) -> d
     on other maps)."""
     masks = {s.name: InspectionMask.load(s.mask) if s.mask else None for s in streams}
     for name, mask in masks.items():
-        for bundle in _bundles(detectors[name]).values():
-            if bundle.calibration is None:
-                continue
-            mismatch = calibration_mismatch(read_yaml(bundle.calibration).get("mask"), mask)
-            if mismatch:
-                log.warning("%s: %s: %s; the threshold may not fit (calibrate with the same --mask)",
-                            name, bundle.calibration, mismatch)
+        _check_mask(name, detectors[name], mask)
     return masks
+
+
+def _check_mask(name: str, detector: AnyDetector, mask: InspectionMask | None) -> None:
+    """A warning where a calibration of `detector` was made with another mask than `mask`, or none."""
+    for bundle in _bundles(detector).values():
+        if bundle.calibration is None:
+            continue
+        mismatch = calibration_mismatch(read_yaml(bundle.calibration).get("mask"), mask)
+        if mismatch:
+            log.warning("%s: %s: %s; the threshold may not fit (calibrate with the same --mask)",
+                        name, bundle.calibration, mismatch)
+
+
+def _recalibrated(detector: AnyDetector, stream: Stream) -> tuple[AnyDetector, str | None]:
+    """`detector` with the site calibration now written for `stream`: in its own folder
+    (`calibration:`), else in its bundle (each variant's); where there is none that fits, the
+    numbers it had, and why."""
+    if stream.calibration:
+        return detector.calibrated(stream.calibration)
+    if isinstance(detector, VariantDetector):
+        return detector.calibrated({name: d.bundle.root for name, d in detector.detectors.items()})
+    return detector.calibrated(detector.bundle.root)
+
+
+def _thresholds(detector: AnyDetector) -> str:
+    return ", ".join(f"{variant} {b.threshold:.4f}" if variant else f"{b.threshold:.4f}"
+                     for variant, b in _bundles(detector).items())
+
+
+def _reload(captures: list[_Capture], sinks: _Sinks) -> None:
+    """Each source's calibration and mask read again (SIGHUP: `systemctl reload`), as written
+    by `edge-ad calibrate` since the run started, without stopping the cameras or loading the
+    graphs again. A file that cannot be used is named, and that source keeps what it had."""
+    renewed: dict[tuple[int, str | None], AnyDetector] = {}  # sources that shared a detector still do
+    for capture in captures:
+        stream, before = capture.stream, capture.detector
+        key = (id(before), stream.calibration)
+        try:
+            if key not in renewed:
+                renewed[key], problem = _recalibrated(before, stream)
+                if problem is not None:
+                    log.warning("%s: %s; keeps the numbers it had", stream.name, problem)
+            mask = InspectionMask.load(stream.mask) if stream.mask else None
+            if mask is not None and capture.shape is not None:  # one that would stop the source is refused
+                mask.check(capture.shape, stream.name)
+        except EdgeAdError as exc:
+            log.error("%s: not reloaded, keeps its calibration and mask: %s", stream.name, exc)
+            continue
+        capture.detector, capture.mask = renewed[key], mask
+        log.info("%s: threshold %s, was %s", stream.name, _thresholds(capture.detector), _thresholds(before))
+        _check_mask(stream.name, capture.detector, mask)
+    if sinks.drift is not None:  # the bands of the new calibrations, watched from the start
+        sinks.drift = _drift_bands({c.stream.name: c.detector for c in captures})
+        sinks.watches.clear()
 
 
 def load_detectors(
@@ -502,12 +558,13 @@ def _drift_bands(detectors: Mapping[str, AnyDetector]) -> dict[str, dict[str | N
 
 def run(
     detector: AnyDetector | Mapping[str, AnyDetector], streams: list[Stream], config: RunConfig,
-    stop: threading.Event | None = None,
+    stop: threading.Event | None = None, reload: threading.Event | None = None,
 ) -> RunSummary:
     """Score every stream until all end, `max_frames` per stream, or `stop` (also set by SIGINT
     and SIGTERM). `detector` scores every stream, or a mapping gives each stream name its own
-    (streams sharing one are scored in one batch). A source that fails to open stops the run
-    before it starts; a sink that fails later is reported and inference goes on."""
+    (streams sharing one are scored in one batch). `reload` (also set by SIGHUP) has every
+    stream's calibration and mask read again (_reload). A source that fails to open stops the
+    run before it starts; a sink that fails later is reported and inference goes on."""
     if not streams:
         raise EdgeAdError("run: no --input given")
     names = [s.name for s in streams]
@@ -519,10 +576,10 @@ def run(
     detectors = detectors_of(detector, streams)
     masks = load_masks(detectors, streams)
     several = len({id(d) for d in detectors.values()}) > 1
-    stop = stop or threading.Event()
+    stop, reload = stop or threading.Event(), reload or threading.Event()
     ready = threading.Event()
     stats = {s.name: SourceStats(s.name) for s in streams}
-    with ExitStack() as stack, stop_on_signals(stop):
+    with ExitStack() as stack, stop_on_signals(stop, reload):
         # With variants and MQTT, the line can say which variant each source sees (TOPIC/SOURCE/variant).
         variants = any(isinstance(d, VariantDetector) for d in detectors.values())
         hints = VariantHints() if config.mqtt and variants else None
@@ -558,6 +615,9 @@ def run(
         stack.callback(notifier.stopping, "stopping: finishing the outputs")  # runs first on the way out
         while not stop.is_set():
             notifier.alive(lambda: _status(_current(stats, captures)))
+            if reload.is_set():
+                reload.clear()
+                _reload(captures, sinks)
             # A capture stopped at max_frames may still hold a frame: it is not scored.
             ready_frames = [(c, f) for c in captures if not c.stop.is_set() and (f := c.take()) is not None]
             if not ready_frames:

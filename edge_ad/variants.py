@@ -95,12 +95,14 @@ class VariantDetector:
         """A score (or map) of `variant` relative to its normal images' scores: (x - p50) / (p90 - p50)."""
         return relative_score(values, self.detectors[variant].bundle)
 
-    def calibrated(self, folder: str | Path) -> tuple["VariantDetector", str | None]:
-        """Every variant's detector with its site calibration in `folder`/NAME (Detector.calibrated:
-        one camera's numbers on the shared graphs); why, for the variants that have none there."""
+    def calibrated(self, folders: str | Path | Mapping[str, Path]) -> tuple["VariantDetector", str | None]:
+        """Every variant's detector with its site calibration in `folders`/NAME (one camera's,
+        Detector.calibrated: the same graphs), or in a folder given per variant; why, for the
+        variants that have none there."""
         views, problems = {}, []
         for name, detector in self.detectors.items():
-            views[name], problem = detector.calibrated(Path(folder) / name)
+            folder = folders[name] if isinstance(folders, Mapping) else Path(folders) / name
+            views[name], problem = detector.calibrated(folder)
             if problem is not None:
                 problems.append(f"variant {name}: {problem}")
         if len(problems) == len(views):  # none there: this detector itself, which batches with its other sources

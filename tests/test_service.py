@@ -154,6 +154,7 @@ def test_the_example_unit_runs_a_valid_edge_ad_command_under_the_watchdog():
     unit.read(Path(__file__).parents[1] / "examples" / "edge-ad.service")
     service = unit["Service"]
     assert (service["Type"], service["Restart"]) == ("notify", "on-failure") and int(service["WatchdogSec"]) >= 10
+    assert shlex.split(service["ExecReload"]) == ["/bin/kill", "-HUP", "$MAINPID"]  # the run's reload signal
     argv = shlex.split(service["ExecStart"].replace("\\\n", " "))
     assert argv[0].endswith("/.venv/bin/edge-ad") and argv[1] == "run"
     args = build_parser().parse_args(argv[1:])

@@ -4,8 +4,11 @@
 import json
 import logging
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -237,3 +240,84 @@ def test_calibrate_takes_every_source_in_turn(variant_bundles, lit_cells, tmp_pa
                                     f"give each a 'calibration:' folder of its own in {sources}") in out.stderr
     out = _edge_ad("calibrate", "--sources", sources, "--bundle", bundle, "--defects", few)
     assert out.returncode == 2 and "--defects: known defects are one camera's" in out.stderr
+
+
+def _frame_events(path: Path, source: str) -> list[dict]:
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return [e for e in lines if e["event"] == "frame" and e["source"] == source]
+
+
+def test_sighup_reads_the_calibrations_again_while_the_cameras_go_on(variant_bundles, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(variant_bundles["poly"], bundle)
+    sources = tmp_path / "cams.yaml"
+    sources.write_text(yaml.safe_dump({"sources": [
+        {"input": "test://ball?width=160&height=120&fps=30", "name": "cam", "calibration": str(tmp_path / "cam")},
+        {"input": "test://smpte?width=160&height=120&fps=30", "name": "other"},  # the bundle's numbers
+    ]}))
+    out = _edge_ad("calibrate", "--sources", sources, "--source", "cam", "--bundle", bundle, "--frames", 30,
+                   "--target-far", 0.5, "--confidence", 0.5)
+    assert out.returncode == 0, out.stderr
+    written = tmp_path / "cam" / "calibration.yaml"
+    before = yaml.safe_load(written.read_text())["threshold"]
+    events = tmp_path / "events.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", "edge_ad", "run", "--sources", str(sources), "--bundle",
+                                str(bundle), "--events", str(events)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_frame_events(events, "cam")) < 10 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        calibration = yaml.safe_load(written.read_text())
+        calibration["threshold"] = 2 * before  # `calibrate` run again, while the line runs
+        written.write_text(yaml.safe_dump(calibration))
+        (bundle / "calibration.yaml").write_text("threshold: [0.5\n")  # cut short: unusable
+        process.send_signal(signal.SIGHUP)
+        while {e["threshold"] for e in _frame_events(events, "cam")} != {before, 2 * before}:
+            assert time.monotonic() < deadline, "the new threshold never came"
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, log = process.communicate(timeout=30)
+    assert process.returncode == 0, log
+    cam = _frame_events(events, "cam")
+    thresholds = [e["threshold"] for e in cam]
+    changed = thresholds.index(2 * before)
+    assert set(thresholds[:changed]) == {before} and set(thresholds[changed:]) == {2 * before}
+    assert [e["frame"] for e in cam] == sorted({e["frame"] for e in cam})  # one run: the camera went on
+    exported = yaml.safe_load((bundle / "bundle.yaml").read_text())["threshold"]
+    assert {e["threshold"] for e in _frame_events(events, "other")} == {exported}
+    assert "SIGHUP: reading the calibrations and masks again" in log
+    assert f"cam: threshold {2 * before:.4f}, was {before:.4f}" in log
+    assert f"other: not reloaded, keeps its calibration and mask: {bundle / 'calibration.yaml'}: malformed YAML" in log
+
+
+def test_a_reloaded_mask_of_another_size_is_refused_and_the_camera_goes_on(tiny_bundle, tmp_path, caplog):
+    mask = tmp_path / "mask.png"
+    cv2.imwrite(str(mask), np.full((120, 160), 255, np.uint8))
+    stream = Stream("test://ball?width=160&height=120&fps=30", "cam", mask=str(mask))
+    detector = Detector.load(tiny_bundle)
+    events = tmp_path / "events.jsonl"
+    stop, reload = threading.Event(), threading.Event()
+    worker = threading.Thread(target=run, args=(detector, [stream], RunConfig(events=events), stop, reload))
+    with caplog.at_level(logging.INFO, logger="edge_ad.runner"):
+        worker.start()
+        try:
+            deadline = time.monotonic() + 30
+            while len(_frame_events(events, "cam")) < 5 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            cv2.imwrite(str(mask), np.full((240, 320), 255, np.uint8))  # painted on a frame of another camera
+            reload.set()
+            while not any("not reloaded" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            reloaded_at = len(_frame_events(events, "cam"))
+            while len(_frame_events(events, "cam")) < reloaded_at + 10 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            worker.join(timeout=10)
+    assert len(_frame_events(events, "cam")) >= reloaded_at + 10  # scored on with the mask it had
+    assert (f"cam: not reloaded, keeps its calibration and mask: cam: --mask {mask} is 320x240 pixels, but the "
+            "frames are 160x120") in " ".join(r.getMessage() for r in caplog.records)
