@@ -173,6 +173,11 @@ class Detector(MapScorer):
     def steps(self) -> int | None:
         return self.bundle.steps
 
+    @property
+    def graphs(self) -> dict:
+        """The bundle's loaded graphs by name, shared with its calibrated views."""
+        return self._graphs
+
     def calibrated(self, folder: str | Path) -> tuple["Detector", str | None]:
         """This detector with the site calibration in `folder` (one camera's, where several
         share the bundle; `edge_ad.bundle.site_calibrated`): the same graphs, not loaded again,

@@ -366,7 +366,7 @@ class VariantHints:
 
 def _graphs_of(detector: AnyDetector) -> int:
     """What frames can share a batch by: a Detector's graphs (those of its calibrated views too)."""
-    return id(detector._graphs) if isinstance(detector, Detector) else id(detector)
+    return id(detector.graphs) if isinstance(detector, Detector) else id(detector)
 
 
 def _score(ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats], hints: VariantHints | None) -> list:
@@ -491,15 +491,17 @@ def _reload(captures: list[_Capture], sinks: _Sinks) -> None:
             mask = InspectionMask.load(stream.mask) if stream.mask else None
             if mask is not None and capture.shape is not None:  # one that would stop the source is refused
                 mask.check(capture.shape, stream.name)
-        except EdgeAdError as exc:
+            _check_mask(stream.name, renewed[key], mask)
+            bands = drift_bands(renewed[key]) if sinks.drift is not None else None
+        except (EdgeAdError, OSError) as exc:  # OSError: a file removed while it was read
             log.error("%s: not reloaded, keeps its calibration and mask: %s", stream.name, exc)
             continue
         capture.detector, capture.mask = renewed[key], mask
         log.info("%s: threshold %s, was %s", stream.name, _thresholds(capture.detector), _thresholds(before))
-        _check_mask(stream.name, capture.detector, mask)
-    if sinks.drift is not None:  # the bands of the new calibrations, watched from the start
-        sinks.drift = _drift_bands({c.stream.name: c.detector for c in captures})
-        sinks.watches.clear()
+        if bands is not None:  # the new calibration's band, watched from the start
+            sinks.drift[stream.name] = bands
+            for watched in [w for w in sinks.watches if w[0] == stream.name]:
+                del sinks.watches[watched]
 
 
 def load_detectors(

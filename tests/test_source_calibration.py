@@ -74,7 +74,7 @@ def test_cameras_sharing_a_bundle_each_get_their_own_calibration(variant_bundles
     streams = streams_from_yaml(sources, SourceOptions())
     detectors = load_detectors(streams)
     bright, dim, plain = (detectors[name] for name in ("bright", "dim", "plain"))
-    assert bright._graphs is dim._graphs is plain._graphs  # one copy of the graphs
+    assert bright.graphs is dim.graphs is plain.graphs  # one copy of the graphs
     assert (bright.bundle.calibration, dim.bundle.calibration, plain.bundle.calibration) == (
         written["bright"], written["dim"], None)
     events = tmp_path / "events.jsonl"
@@ -294,30 +294,60 @@ def test_sighup_reads_the_calibrations_again_while_the_cameras_go_on(variant_bun
     assert f"other: not reloaded, keeps its calibration and mask: {bundle / 'calibration.yaml'}: malformed YAML" in log
 
 
-def test_a_reloaded_mask_of_another_size_is_refused_and_the_camera_goes_on(tiny_bundle, tmp_path, caplog):
+def test_a_reload_that_cannot_be_used_leaves_the_source_as_it_was(tiny_bundle, tmp_path, caplog):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
     mask = tmp_path / "mask.png"
     cv2.imwrite(str(mask), np.full((120, 160), 255, np.uint8))
-    stream = Stream("test://ball?width=160&height=120&fps=30", "cam", mask=str(mask))
-    detector = Detector.load(tiny_bundle)
+    sources = tmp_path / "cams.yaml"
+    sources.write_text(yaml.safe_dump({"sources": [{"input": "test://ball?width=160&height=120&fps=30", "name": "cam",
+                                                    "mask": str(mask), "calibration": str(tmp_path / "cam")}]}))
+    out = _edge_ad("calibrate", "--sources", sources, "--bundle", bundle, "--frames", 30, "--target-far", 0.5,
+                   "--confidence", 0.5)
+    assert out.returncode == 0, out.stderr
+    written = tmp_path / "cam" / "calibration.yaml"
+    calibration = yaml.safe_load(written.read_text())
+    (stream,) = streams_from_yaml(sources, SourceOptions())
+    detectors = load_detectors([stream], str(bundle))
     events = tmp_path / "events.jsonl"
     stop, reload = threading.Event(), threading.Event()
-    worker = threading.Thread(target=run, args=(detector, [stream], RunConfig(events=events), stop, reload))
+    worker = threading.Thread(target=run, args=(detectors, [stream], RunConfig(events=events, drift=True), stop, reload))
+    deadline = time.monotonic() + 60
+
+    def reload_and_wait(said: str) -> int:
+        """Reload, wait until the log says `said`, then for ten more frames; the frames scored
+        before the reload was asked for."""
+        before = len(_frame_events(events, "cam"))
+        reload.set()
+        while not any(said in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, f"never logged: {said}"
+            time.sleep(0.1)
+        reloaded_at = len(_frame_events(events, "cam"))
+        while len(_frame_events(events, "cam")) < reloaded_at + 10:
+            assert time.monotonic() < deadline, "the camera stopped"
+            time.sleep(0.1)
+        return before
+
     with caplog.at_level(logging.INFO, logger="edge_ad.runner"):
         worker.start()
         try:
-            deadline = time.monotonic() + 30
-            while len(_frame_events(events, "cam")) < 5 and time.monotonic() < deadline:
+            while len(_frame_events(events, "cam")) < 5:
+                assert time.monotonic() < deadline
                 time.sleep(0.1)
             cv2.imwrite(str(mask), np.full((240, 320), 255, np.uint8))  # painted on a frame of another camera
-            reload.set()
-            while not any("not reloaded" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            reloaded_at = len(_frame_events(events, "cam"))
-            while len(_frame_events(events, "cam")) < reloaded_at + 10 and time.monotonic() < deadline:
-                time.sleep(0.1)
+            reload_and_wait(f"cam: not reloaded, keeps its calibration and mask: cam: --mask {mask} is 320x240 "
+                            "pixels, but the frames are 160x120")
+            cv2.imwrite(str(mask), np.full((120, 160), 255, np.uint8))
+            written.write_text(yaml.safe_dump({k: v for k, v in calibration.items() if k != "drift"}
+                                              | {"threshold": 2 * calibration["threshold"]}))  # from an older edge-ad
+            reload_and_wait(f"cam: not reloaded, keeps its calibration and mask: {written}: no 'drift' band")
+            written.write_text(yaml.safe_dump(calibration | {"threshold": 2 * calibration["threshold"]}))
+            asked_at = reload_and_wait(f"cam: threshold {2 * calibration['threshold']:.4f}, was")
         finally:
             stop.set()
             worker.join(timeout=10)
-    assert len(_frame_events(events, "cam")) >= reloaded_at + 10  # scored on with the mask it had
-    assert (f"cam: not reloaded, keeps its calibration and mask: cam: --mask {mask} is 320x240 pixels, but the "
-            "frames are 160x120") in " ".join(r.getMessage() for r in caplog.records)
+    thresholds = [e["threshold"] for e in _frame_events(events, "cam")]
+    changed = thresholds.index(2 * calibration["threshold"])
+    assert changed >= asked_at >= 25  # the unusable files changed nothing for 20 frames and more
+    assert set(thresholds[:changed]) == {calibration["threshold"]}
+    assert set(thresholds[changed:]) == {2 * calibration["threshold"]}
