@@ -321,10 +321,11 @@ def _event(
 
 
 def _current(stats: dict[str, SourceStats], captures: list[_Capture]) -> list[SourceStats]:
-    """The statistics with the sources' own counters (drops, reconnects) read now."""
+    """The statistics with the sources' own counters (drops, reconnects) and thresholds read now."""
     for capture in captures:
         record = stats[capture.stream.name]
         record.dropped, record.reconnects = capture.dropped, capture.source.reconnects
+        record.thresholds = {variant or "": b.threshold for variant, b in _bundles(capture.detector).items()}
     return list(stats.values())
 
 

@@ -1,5 +1,6 @@
 """Run metrics for a Prometheus scraper or a person: frames, drops, reconnects, anomalies,
-sink errors, frames per second and latency percentiles per source, and beside them the board's
+sink errors, frames per second, latency percentiles and the threshold in use per source, and
+beside them the board's
 temperatures and, on a Jetson, the power of its rails (edge_ad.device.read_sensors).
 
 `--metrics FILE` rewrites FILE atomically in the Prometheus text format (node_exporter's
@@ -39,6 +40,7 @@ class SourceStats:
     snapshots: int = 0
     failed: int = 0  # frames the detector could not score (logged and skipped)
     error: str | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)  # in use, by variant ("" for a lone bundle)
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
     _done: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
 
@@ -87,12 +89,16 @@ class _Collector:
             "edge_ad_latency_ms", "Capture-to-result latency percentile over the last 1000 frames",
             labels=["source", "quantile"],
         )
+        threshold = GaugeMetricFamily("edge_ad_threshold", "Image-score threshold in use (the site calibration's; "
+                                      "it changes when the run reloads)", labels=["source", "variant"])
         for s in self.stats():
             for name, family in counters.items():
                 family.add_metric([s.name], getattr(s, name))
             fps.add_metric([s.name], s.fps)
             for q in (0.5, 0.99):
                 latency.add_metric([s.name, str(q)], s.latency(100 * q))
+            for variant, value in s.thresholds.items():
+                threshold.add_metric([s.name, variant], value)
         errors = CounterMetricFamily("edge_ad_sink_errors", "Failed writes per sink", labels=["sink"])
         for sink, count in self.sink_errors().items():
             errors.add_metric([sink], count)
@@ -104,7 +110,7 @@ class _Collector:
                                   labels=["rail"])
         for rail, watts in sensors.power_w.items():
             power.add_metric([rail], watts)
-        yield from (*counters.values(), fps, latency, errors, temperature, power)
+        yield from (*counters.values(), fps, latency, threshold, errors, temperature, power)
 
 
 class Telemetry:

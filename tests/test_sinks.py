@@ -96,6 +96,7 @@ def test_metrics_file_in_prometheus_format(tmp_path):
     for latency in range(1, 101):
         stats.add(float(latency), anomaly=latency > 90)
     stats.dropped, stats.reconnects = 4, 1
+    stats.thresholds = {"mono": 0.25, "poly": 0.3}
     sensors = Sensors({"cpu-thermal": 47.5}, {"VDD_IN": 6.25})
     telemetry = Telemetry(lambda: [stats], lambda: {"events e.jsonl": 2}, tmp_path / "m.prom", sensors=lambda: sensors)
     telemetry.tick()
@@ -103,7 +104,9 @@ def test_metrics_file_in_prometheus_format(tmp_path):
     for line in ('edge_ad_frames_total{source="cam1"} 100.0', 'edge_ad_anomalies_total{source="cam1"} 10.0',
                  'edge_ad_dropped_total{source="cam1"} 4.0', 'edge_ad_reconnects_total{source="cam1"} 1.0',
                  'edge_ad_sink_errors_total{sink="events e.jsonl"} 2.0',
-                 'edge_ad_temperature_celsius{zone="cpu-thermal"} 47.5', 'edge_ad_power_watts{rail="VDD_IN"} 6.25'):
+                 'edge_ad_temperature_celsius{zone="cpu-thermal"} 47.5', 'edge_ad_power_watts{rail="VDD_IN"} 6.25',
+                 'edge_ad_threshold{source="cam1",variant="mono"} 0.25',
+                 'edge_ad_threshold{source="cam1",variant="poly"} 0.3'):
         assert line in text
     assert f'edge_ad_latency_ms{{quantile="0.99",source="cam1"}} {np.percentile(range(1, 101), 99)}' in text
 

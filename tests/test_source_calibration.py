@@ -311,7 +311,8 @@ def test_a_reload_that_cannot_be_used_leaves_the_source_as_it_was(tiny_bundle, t
     detectors = load_detectors([stream], str(bundle))
     events = tmp_path / "events.jsonl"
     stop, reload = threading.Event(), threading.Event()
-    worker = threading.Thread(target=run, args=(detectors, [stream], RunConfig(events=events, drift=True), stop, reload))
+    config = RunConfig(events=events, drift=True, metrics=tmp_path / "m.prom")
+    worker = threading.Thread(target=run, args=(detectors, [stream], config, stop, reload))
     deadline = time.monotonic() + 60
 
     def reload_and_wait(said: str) -> int:
@@ -351,3 +352,4 @@ def test_a_reload_that_cannot_be_used_leaves_the_source_as_it_was(tiny_bundle, t
     assert changed >= asked_at >= 25  # the unusable files changed nothing for 20 frames and more
     assert set(thresholds[:changed]) == {calibration["threshold"]}
     assert set(thresholds[changed:]) == {2 * calibration["threshold"]}
+    assert f'edge_ad_threshold{{source="cam",variant=""}} {2 * calibration["threshold"]}' in config.metrics.read_text()
