@@ -7,7 +7,8 @@ grid, to every frame as tensor meta. In a pad probe after nvinfer (examples/deep
     scorer = DeepStreamScorer("bundle")   # or ["mono=bundle-mono", "poly=bundle-poly"]
     result = scorer(frame_meta)           # the Detector's Result, or None for a frame not inferred
 
-with the bundle's quantiles, its site calibration and its threshold. With one bundle per product
+with the bundle's quantiles, its site calibration and its threshold (or each camera's own
+calibration, `calibrations=`, by the frame's source_id). With one bundle per product
 variant, the i-th bundle's network runs in the nvinfer element with unique-id i, and the result
 is that of the variant to which the frame looks most normal, as with `edge-ad run`. pyds
 (DeepStream's Python bindings) is imported only here, when a frame is read.
@@ -17,12 +18,13 @@ from __future__ import annotations
 
 import configparser
 import ctypes
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .bundle import load_bundle
+from .bundle import load_bundle, site_calibrated
 from .detector import MapScorer, Result
 from .errors import EdgeAdError
 from .masks import InspectionMask
@@ -88,22 +90,46 @@ def frame_grid_maps(frame_meta: Any, unique_id: int = 1) -> np.ndarray | None:
 class DeepStreamScorer:
     """Results for frames whose edge-ad network nvinfer ran: one bundle, or one per product
     variant ('NAME=BUNDLE', as `edge-ad run` takes them), the i-th read from the nvinfer element
-    with unique-id i. `steps`: the K the networks were written with (`deepstream --steps`)."""
+    with unique-id i. `steps`: the K the networks were written with (`deepstream --steps`).
+    `calibrations`: per camera, in nvstreammux pad order (the frames' source_id), the folder of
+    its own site calibration (`calibration:` in --sources, NAME/ per variant), or None for the
+    bundle's; a folder without a calibration that fits is warned about and the bundle's used."""
 
-    def __init__(self, bundles: str | Sequence[str], steps: int | None = None) -> None:
+    def __init__(
+        self, bundles: str | Sequence[str], steps: int | None = None,
+        calibrations: Sequence[str | Path | None] = (),
+    ) -> None:
         self.scorers = {name: MapScorer(load_bundle(path, steps)) for name, path in parse_variants(bundles).items()}
-        self.bundles = {name: scorer.bundle for name, scorer in self.scorers.items()}
-        if len(self.scorers) > 1:
-            check_comparable(self.bundles)
+        self.cameras: dict[int, dict[str, MapScorer]] = {}  # by source_id, where a camera has its own calibration
+        for source_id, folder in enumerate(calibrations):
+            if folder is not None:
+                self.cameras[source_id] = self._calibrated(source_id, Path(folder))
+        for scorers in (self.scorers, *self.cameras.values()):
+            if len(scorers) > 1:
+                check_comparable({name: scorer.bundle for name, scorer in scorers.items()})
+
+    def _calibrated(self, source_id: int, folder: Path) -> dict[str, MapScorer]:
+        scorers = {}
+        for name, scorer in self.scorers.items():
+            bundle, problem = site_calibrated(scorer.bundle, folder / name if len(self.scorers) > 1 else folder)
+            if problem is not None:
+                warnings.warn(f"camera {source_id}: {problem}; it is scored with the bundle's own numbers")
+            scorers[name] = MapScorer(bundle)
+        return scorers
 
     def score(
-        self, grids: Sequence[np.ndarray], frame_shape: tuple[int, ...], mask: InspectionMask | None = None
+        self, grids: Sequence[np.ndarray], frame_shape: tuple[int, ...], mask: InspectionMask | None = None,
+        source_id: int | None = None,
     ) -> Result:
         """One frame's raw grid maps, one (branches, h, w) array per bundle in order -> its Result
-        (within `mask`, an inspection mask in the source frame's pixels, if given)."""
+        (within `mask`, an inspection mask in the source frame's pixels, if given), by camera
+        `source_id`'s own calibration where it has one."""
+        scorers = self.cameras.get(source_id, self.scorers)
         results = {name: scorer.score_grids(grid[None], [frame_shape], masks=[mask])[0]
-                   for (name, scorer), grid in zip(self.scorers.items(), grids, strict=True)}
-        return next(iter(results.values())) if len(results) == 1 else pick_variant(results, self.bundles)
+                   for (name, scorer), grid in zip(scorers.items(), grids, strict=True)}
+        if len(results) == 1:
+            return next(iter(results.values()))
+        return pick_variant(results, {name: scorer.bundle for name, scorer in scorers.items()})
 
     def __call__(self, frame_meta: Any, mask: InspectionMask | None = None) -> Result | None:
         """The Result of one frame (pyds NvDsFrameMeta), within `mask` if given, or None when a
@@ -111,4 +137,5 @@ class DeepStreamScorer:
         grids = [frame_grid_maps(frame_meta, unique_id) for unique_id in range(1, len(self.scorers) + 1)]
         if any(grid is None for grid in grids):
             return None
-        return self.score(grids, (frame_meta.source_frame_height, frame_meta.source_frame_width), mask)
+        shape = (frame_meta.source_frame_height, frame_meta.source_frame_width)
+        return self.score(grids, shape, mask, frame_meta.source_id)

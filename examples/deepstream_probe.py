@@ -3,11 +3,14 @@
     edge-ad deepstream --bundle BUNDLE        # once per bundle; on the device add --build for FP16 or INT8
     python3 examples/deepstream_probe.py --bundle BUNDLE file:///path/to/video.mp4
     python3 examples/deepstream_probe.py --bundle mono=BUNDLE_MONO --bundle poly=BUNDLE_POLY rtsp://cam1 rtsp://cam2
+    python3 examples/deepstream_probe.py --bundle B --calibration calib/a --calibration calib/b rtsp://a rtsp://b
 Needs DeepStream with its Python bindings (pyds). The score, map and alarm are the Detector's:
 the bundle's quantiles, its site calibration (calibration.yaml) and its threshold; with one
 bundle per product variant, each runs in its own nvinfer element and the variant that explains
 the frame best gives the result. Several cameras go through one nvstreammux batch; nvinfer runs
-it in calls of the config's batch-size (`edge-ad deepstream --batch-size N` for N cameras).
+it in calls of the config's batch-size (`edge-ad deepstream --batch-size N` for N cameras). A
+camera with its own site calibration of the bundle (`calibration:` in --sources) is judged by
+it: `--calibration FOLDER` once per URI, in their order ('-' for one on the bundle's numbers).
 """
 
 import argparse
@@ -25,9 +28,14 @@ from edge_ad.variants import parse_variants
 parser = argparse.ArgumentParser(description="score every frame of one or more cameras with edge-ad in DeepStream")
 parser.add_argument("--bundle", action="append", required=True, help="BUNDLE, or NAME=BUNDLE once per product variant")
 parser.add_argument("--mask", help="inspection mask for every camera, in its frames' pixels (README 'Inspection mask')")
+parser.add_argument("--calibration", action="append", default=[], metavar="FOLDER",
+                    help="once per URI, in their order: the camera's own site calibration folder, '-' for the bundle's")
 parser.add_argument("uris", nargs="+", help="one URI per camera or video (file://, rtsp://)")
 args = parser.parse_args()
-scorer = DeepStreamScorer(args.bundle)  # steps=K if the networks were written with --steps K
+if args.calibration and len(args.calibration) != len(args.uris):
+    parser.error(f"--calibration: give one per URI ({len(args.uris)}), got {len(args.calibration)}")
+calibrations = [None if folder == "-" else folder for folder in args.calibration]
+scorer = DeepStreamScorer(args.bundle, calibrations=calibrations)  # steps=K if the networks were written with --steps K
 mask = InspectionMask.load(args.mask) if args.mask else None
 
 

@@ -146,3 +146,31 @@ def test_engine_build_on_a_gpu(tiny_bridge_bundle, tmp_path):
     assert engine is not None
     smallest, tuned, largest = engine.get_tensor_profile_shape("input", 0)
     assert (smallest[0], tuned[0], largest[0]) == (1, 2, 2)
+
+
+def test_each_camera_of_the_batch_is_judged_by_its_own_calibration(tiny_bundle, mvtec_category, tmp_path):
+    from calibration.site import calibrate, collect, record, save
+
+    detector = Detector.load(tiny_bundle)
+    normal = [cv2.imread(str(p)) for p in sorted((mvtec_category / "train" / "good").glob("*.png"))[:6]]
+    dim = [np.round(frame * 0.6).astype(np.uint8) for frame in normal]  # a camera in dimmer light
+    kept = collect(detector, dim, len(dim))[None]
+    folder = tmp_path / "calib" / "cam1"
+    save(folder, record(calibrate(detector, kept, 0.5, 0.5), detector, "cam1"))
+    with pytest.warns(UserWarning, match=r"camera 2: .*nowhere: no calibration.yaml yet; it is scored with the bundle"):
+        scorer = DeepStreamScorer(str(tiny_bundle), calibrations=[None, folder, tmp_path / "nowhere"])
+
+    frames = _frames(mvtec_category)
+    grids = detector.grid_maps(np.stack([detector.preprocess(frame) for frame in frames]))
+    camera1 = detector.calibrated(folder)[0]
+    for grid, frame in zip(grids, frames):
+        own, bundle = camera1(frame), detector(frame)
+        assert own.threshold != bundle.threshold
+        for source_id, expected in ((0, bundle), (1, own), (2, bundle), (None, bundle)):
+            got = scorer.score([grid], frame.shape, source_id=source_id)
+            assert got.threshold == expected.threshold and got.score == pytest.approx(expected.score, rel=1e-5)
+
+    meta = SimpleNamespace(source_id=1, source_frame_height=frames[1].shape[0], source_frame_width=frames[1].shape[1])
+    with pytest.MonkeyPatch.context() as patch:  # nvinfer's tensor meta, as frame_grid_maps reads it
+        patch.setattr("edge_ad.deepstream.frame_grid_maps", lambda frame_meta, unique_id: grids[1])
+        assert scorer(meta).threshold == camera1.threshold

@@ -252,7 +252,7 @@ def test_deepstream_networks_of_the_variants_are_judged_as_the_variant_detector_
         chosen.append(result.variant)
     assert chosen == ["mono", "mono", "poly", "poly"]
     with pytest.raises(EdgeAdError, match="at least two variants"):
-        check_comparable({"mono": scorer.bundles["mono"]})
+        check_comparable({"mono": scorer.scorers["mono"].bundle})
 
 
 def test_a_frame_of_a_known_variant_is_scored_by_that_bundle_alone(variant_bundles, test_cells):
