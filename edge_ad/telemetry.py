@@ -1,7 +1,7 @@
 """Run metrics for a Prometheus scraper or a person: frames, drops, reconnects, anomalies,
 sink errors, frames per second, latency percentiles and the threshold in use per source, and
-beside them the board's
-temperatures and, on a Jetson, the power of its rails (edge_ad.device.read_sensors).
+beside them the board's temperatures and, on a Jetson, the power of its rails
+(edge_ad.device.read_sensors).
 
 `--metrics FILE` rewrites FILE atomically in the Prometheus text format (node_exporter's
 textfile collector reads it; `cat` works too); `--metrics-port N` serves the same on
