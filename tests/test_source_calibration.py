@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from conftest import MODULE_TYPES
+from edge_ad import runner
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError
 from edge_ad.pipelines import SourceOptions
-from edge_ad import runner
 from edge_ad.runner import RunConfig, load_detectors, run
 from edge_ad.streams import Stream, streams_from_yaml
 from edge_ad.telemetry import SourceStats
