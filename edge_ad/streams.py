@@ -9,7 +9,7 @@ from typing import Sequence
 from .bundle import read_yaml
 from .errors import EdgeAdError
 from .pipelines import SourceOptions
-from .variants import parse_variants
+from .variants import parse_variants, split_spec
 
 
 @dataclass
@@ -60,7 +60,7 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
     product variant), `calibration` (a folder for this camera's own site calibration of its
     bundle), `alarm_frames` and source options (width, height, framerate, codec, latency_ms,
     timeout_s, pattern, transport, flip, crop, realtime, loop); what is left out takes the command
-    line's values."""
+    line's values. Relative paths in the file are from its folder (_from_folder)."""
     data = read_yaml(path)
     entries = data.get("sources")
     if not isinstance(entries, list) or not entries:
@@ -85,15 +85,28 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
         if alarm_frames is not None and (type(alarm_frames) is not int or alarm_frames < 1):
             raise EdgeAdError(f"{where}: 'alarm_frames' must be a whole number, 1 or more, not {alarm_frames!r}")
         options = replace(defaults, **{k: entry[k] for k in OPTION_KEYS & set(entry)})
+        folder, written = path.parent, str(entry.get("input") or "")
+        mask = _from_folder(entry["mask"], folder) if "mask" in entry else default_mask
         streams.append(
-            Stream(str(entry.get("input") or ""), str(entry.get("name") or ""), entry.get("output"), options,
-                   entry.get("pipeline"), entry.get("mask", default_mask), _bundle(entry.get("bundle"), where),
-                   alarm_frames, entry.get("calibration"))
+            Stream(_from_folder(written, folder), str(entry.get("name") or written),
+                   _from_folder(entry.get("output"), folder), options, entry.get("pipeline"), mask,
+                   _bundle(entry.get("bundle"), where, folder), alarm_frames,
+                   _from_folder(entry.get("calibration"), folder))
         )
     return streams
 
 
-def _bundle(value: object, where: str) -> tuple[str, ...] | None:
+def _from_folder(value: str | None, folder: Path) -> str | None:
+    """A path written in a --sources file, taken from the file's folder: the service, `calibrate`,
+    `record` and `doctor` read one file from wherever they run, and must find (and write) the same
+    bundles, masks, calibrations and clips. URIs and absolute paths are kept as written (the
+    source's name too, when it has none of its own)."""
+    if not value or "://" in value or Path(value).is_absolute():
+        return value
+    return str(folder / value)
+
+
+def _bundle(value: object, where: str, folder: Path) -> tuple[str, ...] | None:
     """A source's `bundle:`: a path, or a list of NAME=PATH (one bundle per product variant)."""
     if value is None:
         return None
@@ -104,4 +117,6 @@ def _bundle(value: object, where: str) -> tuple[str, ...] | None:
         parse_variants(specs)
     except EdgeAdError as exc:
         raise EdgeAdError(f"{where}: {exc}") from None
-    return tuple(specs)
+    named = [split_spec(spec) for spec in specs]
+    return tuple(_from_folder(path, folder) if name is None else f"{name}={_from_folder(path, folder)}"
+                 for name, path in named)

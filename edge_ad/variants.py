@@ -28,15 +28,21 @@ from .errors import EdgeAdError
 from .masks import InspectionMask
 
 
+def split_spec(spec: str) -> tuple[str | None, str]:
+    """'NAME=BUNDLE' -> (NAME, BUNDLE); 'BUNDLE' (also a path with '=' in it) -> (None, BUNDLE)."""
+    name, sep, path = spec.partition("=")
+    return (name, path) if sep and "/" not in name else (None, spec)
+
+
 def parse_variants(specs: str | Sequence[str]) -> dict[str, Path]:
     """'NAME=BUNDLE' or 'BUNDLE' (named after its folder or archive) -> {name: bundle path}."""
     if isinstance(specs, str):  # one bundle, not a sequence of its characters
         specs = [specs]
     variants: dict[str, Path] = {}
     for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or "/" in name:  # a path with '=' in it
-            name, path = Path(spec.rstrip("/")).name.removesuffix(".tar"), spec
+        name, path = split_spec(spec)
+        if name is None:
+            name = Path(spec.rstrip("/")).name.removesuffix(".tar")
         if not name or not path:
             raise EdgeAdError(f"--bundle {spec!r}: expected NAME=BUNDLE or BUNDLE")
         if name in variants:

@@ -117,10 +117,12 @@ def test_sources_yaml(tmp_path):
                     "  - {input: 'rtsp://cam2/s', codec: h265, transport: tcp}\n"
                     "  - {input: clip.mp4, realtime: true, flip: rotate-180, loop: -1, crop: [8, 0, 64, 48]}\n")
     first, second, third = streams_from_yaml(good, SourceOptions(timeout_s=3.0))
-    assert (first.name, first.output, first.options.latency_ms, first.options.timeout_s) == ("line1", "l1.mp4", 50, 3.0)
+    assert (first.name, first.output, first.options.latency_ms, first.options.timeout_s) == (
+        "line1", str(tmp_path / "l1.mp4"), 50, 3.0)  # from the file's folder
     assert (second.name, second.options.codec, second.options.transport) == ("rtsp://cam2/s", "h265", "tcp")
     assert (first.options.realtime, first.options.loop) == (False, 0)
     assert (third.options.realtime, third.options.flip, third.options.loop) == (True, "rotate-180", -1)
+    assert (third.name, third.input) == ("clip.mp4", str(tmp_path / "clip.mp4"))  # named as written
     assert third.options.crop == [8, 0, 64, 48] and first.options.crop is None
     bad = tmp_path / "bad.yaml"
     bad.write_text("sources:\n  - {input: 'test://', fps: 30}\n")

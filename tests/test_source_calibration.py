@@ -353,3 +353,35 @@ def test_a_reload_that_cannot_be_used_leaves_the_source_as_it_was(tiny_bundle, t
     assert set(thresholds[:changed]) == {calibration["threshold"]}
     assert set(thresholds[changed:]) == {2 * calibration["threshold"]}
     assert f'edge_ad_threshold{{source="cam",variant=""}} {2 * calibration["threshold"]}' in config.metrics.read_text()
+
+
+def test_paths_in_the_sources_file_are_taken_from_its_folder(variant_bundles, lit_cells, tmp_path):
+    line = tmp_path / "line"
+    line.mkdir()
+    shutil.copytree(variant_bundles["poly"], line / "bundle")
+    shutil.copytree(lit_cells["dim"], line / "frames")
+    cv2.imwrite(str(line / "mask.png"), np.full(cv2.imread(str(line / "frames" / "0.png")).shape[:2], 255, np.uint8))
+    sources = line / "cams.yaml"
+    sources.write_text(yaml.safe_dump({"sources": [
+        {"input": "frames", "bundle": "bundle", "mask": "mask.png", "calibration": "calib/cam", "output": "cam.mp4"},
+        {"input": "test://ball?width=64&height=48", "name": "test", "bundle": ["a=bundle", "b=/abs/b"]},
+    ]}))
+    cam, test = streams_from_yaml(sources, SourceOptions())
+    assert (cam.name, cam.input, cam.mask, cam.output) == ("frames", str(line / "frames"), str(line / "mask.png"),
+                                                          str(line / "cam.mp4"))
+    assert (cam.bundle, cam.calibration) == ((str(line / "bundle"),), str(line / "calib" / "cam"))
+    assert (test.input, test.bundle) == ("test://ball?width=64&height=48", (f"a={line / 'bundle'}", "b=/abs/b"))
+
+    elsewhere = tmp_path / "elsewhere"  # where the operator's shell is, not the service's folder
+    elsewhere.mkdir()
+    sources.write_text(yaml.safe_dump({"sources": [
+        {"input": "frames", "name": "cam", "bundle": "bundle", "mask": "mask.png", "calibration": "calib/cam",
+         "output": "cam.mp4"}]}))
+    for command in (["calibrate", "--frames", 6, "--target-far", 0.5, "--confidence", 0.5],
+                    ["run", "--events", "events.jsonl"]):
+        out = subprocess.run([sys.executable, "-m", "edge_ad", command[0], "--sources", str(sources),
+                              *map(str, command[1:])], cwd=elsewhere, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+    threshold = yaml.safe_load((line / "calib" / "cam" / "calibration.yaml").read_text())["threshold"]
+    assert {e["threshold"] for e in _frame_events(elsewhere / "events.jsonl", "cam")} == {threshold}
+    assert (line / "cam.mp4").stat().st_size > 0 and sorted(p.name for p in elsewhere.iterdir()) == ["events.jsonl"]
