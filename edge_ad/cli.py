@@ -285,7 +285,10 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
     try:
         detector = load_detector(bundle, backend=args.backend, steps=args.steps, dla_core=args.dla_core)
         if stream.calibration:  # variants are told apart by this camera's numbers, as `run` will
-            detector, _ = detector.calibrated(stream.calibration)
+            try:
+                detector, _ = detector.calibrated(stream.calibration)
+            except EdgeAdError as exc:  # one that cannot be read is what this calibration replaces
+                print(f"{stream.name}: {exc}; it is replaced by the calibration made now")
         kept = collect(detector, _checked_frames(source, mask, stream.name), args.frames, mask=mask)
     finally:
         source.close()

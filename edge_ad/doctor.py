@@ -222,8 +222,12 @@ def _check_bundles(report: Report, specs: str | Sequence[str], config: dict, roo
 def _check_calibration(report: Report, stream: Stream, bundles: dict[str | None, Bundle]) -> None:
     """A source's own site calibration of its bundles (`calibration:`): there, and made for them."""
     for name, bundle in bundles.items():
-        calibrated, problem = site_calibrated(bundle, calibration_folder(stream, name))
         label = stream.name if name is None else f"{stream.name}, variant {name}"
+        try:
+            calibrated, problem = site_calibrated(bundle, calibration_folder(stream, name))
+        except EdgeAdError as exc:  # a file that cannot be read: `run` refuses to start
+            report.problems.append(f"source {label}: {exc}")
+            continue
         if problem is not None:
             report.problems.append(f"source {label}: {problem}: edge-ad calibrate --sources ... --source {stream.name} "
                                    "(until then it is scored with the bundle's own numbers)")

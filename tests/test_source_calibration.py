@@ -206,6 +206,18 @@ def test_a_missing_or_foreign_calibration_is_said_and_the_bundle_numbers_used(
     with pytest.raises(EdgeAdError, match=r"source\(s\) \['cam'\] name their own bundle or calibration"):
         run(Detector.load(poly), [Stream("test://", "cam", calibration=str(foreign))], RunConfig())
 
+    broken = tmp_path / "broken"  # a calibration cut short: run refuses it by name, calibrate replaces it
+    broken.mkdir()
+    (broken / "calibration.yaml").write_text("threshold: [0.5\n")
+    sources.write_text(yaml.safe_dump({"sources": [
+        {"input": str(lit_cells["dim"]), "name": "cam", "bundle": str(poly), "calibration": str(broken)}]}))
+    with pytest.raises(EdgeAdError, match=r"broken/calibration.yaml: malformed YAML at line 2"):
+        load_detectors(streams_from_yaml(sources, SourceOptions()))
+    out = _edge_ad("doctor", "--sources", sources)
+    assert f"problem: source cam: {broken / 'calibration.yaml'}: malformed YAML at line 2" in out.stdout
+    _calibrate(sources, "cam")
+    assert yaml.safe_load((broken / "calibration.yaml").read_text())["frames"] == 6
+
 
 def test_calibrate_takes_every_source_in_turn(variant_bundles, lit_cells, tmp_path):
     bundle, own = tmp_path / "bundle", tmp_path / "bundle-own"
