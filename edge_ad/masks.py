@@ -59,15 +59,17 @@ class InspectionMask:
         """The inspected share of the frame."""
         return float(self.inspect.mean())
 
-    def check(self, frame_shape: tuple[int, ...], where: str) -> None:
-        """Refuse frames of another size than the mask, naming both."""
-        if tuple(frame_shape[:2]) != self.shape:
-            height, width = self.shape
-            raise ImageError(
-                f"{where}: --mask {self.name} is {width}x{height} pixels, but the frames are "
-                f"{frame_shape[1]}x{frame_shape[0]} (after --input-flip and --input-crop); paint the mask on a "
-                "frame of this camera as it is scored ('edge-ad record --frames 1' with the same options saves one)"
-            )
+    def check(self, frame_shape: tuple[int, ...], where: str, of_camera: bool = True) -> None:
+        """Refuse frames of another size than the mask, naming both: frames a source delivers
+        (after its flip and crop), or with `of_camera` False images read from files (`eval`)."""
+        if tuple(frame_shape[:2]) == self.shape:
+            return
+        size = f"{frame_shape[1]}x{frame_shape[0]}"
+        seen = (f"the frames are {size} (after --input-flip and --input-crop); paint the mask on a frame of this "
+                "camera as it is scored ('edge-ad record --frames 1' with the same options saves one)" if of_camera
+                else f"the image is {size}; the mask applies to images of its own size, the camera's frames")
+        height, width = self.shape
+        raise ImageError(f"{where}: --mask {self.name} is {width}x{height} pixels, but {seen}")
 
     def at(self, height: int, width: int) -> np.ndarray:
         """The mask at another size (the model input's): a pixel there is inspected when at least

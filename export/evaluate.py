@@ -69,7 +69,7 @@ def evaluate(
         images = [s.image() for s in chunk]
         if mask is not None:  # a test image of another size is named
             for sample, image in zip(chunk, images):
-                mask.check(image.shape, sample.name)
+                mask.check(image.shape, sample.name, of_camera=False)
         results = loaded.batch(images, color="RGB", masks=[mask] * len(chunk))
         for sample, result in zip(chunk, results):
             model, scale = detector, (lambda values: values)

@@ -87,7 +87,7 @@ def test_eval_on_mvtec_layout_reports_all_metrics(tiny_bundle, mvtec_category, t
     cv2.imwrite(str(tmp_path / "half.png"), keep[:150])  # a mask of another size names the first test image
     out = edge_ad("eval", "--bundle", tiny_bundle, "--data", mvtec_category, "--mask", tmp_path / "half.png",
                   check=False)
-    assert out.returncode == 2 and "half.png is 300x150 pixels, but the frames are 300x300" in out.stderr
+    assert out.returncode == 2 and "half.png is 300x150 pixels, but the image is 300x300; the mask applies" in out.stderr
     assert f"{mvtec_category / 'test' / 'good' / '000.png'}: --mask" in out.stderr, out.stderr
 
 
