@@ -205,6 +205,7 @@ def _run(args: argparse.Namespace) -> None:
         on_anomaly=args.on_anomaly,
         metrics=Path(args.metrics) if args.metrics else None,
         metrics_port=args.metrics_port,
+        modbus_port=args.modbus_port,
         max_frames=args.max_frames,
         jetson=jetson,
         drift=args.drift,
@@ -707,6 +708,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-key", metavar="PEM", help="mqtts://: the client certificate's private key (if not in it)")
     p.add_argument("--metrics", help="file rewritten every 5 s with Prometheus-format metrics")
     p.add_argument("--metrics-port", type=int, help="serve the metrics on http://0.0.0.0:PORT/metrics")
+    p.add_argument("--modbus-port", type=int, metavar="PORT",
+                   help="serve each source's last result as Modbus TCP registers and its alarm as a latched coil, "
+                        "for the line's PLC (502 is Modbus's port; map in README)")
     p.add_argument("--max-frames", type=_positive_int, help="stop each source after this many frames")
     p.add_argument("--drift", action="store_true",
                    help="event when the rolling median of normal scores leaves the band 'edge-ad calibrate' measured")

@@ -58,6 +58,7 @@ class RunConfig:
     on_anomaly: str | None = None
     metrics: Path | None = None
     metrics_port: int | None = None
+    modbus_port: int | None = None  # each source's last result as Modbus TCP registers, for a PLC (edge_ad.modbus)
     max_frames: int | None = None  # per source
     jetson: bool | None = None  # None: detect
     output_bitrate_kbps: int | None = None  # H.264 of the video outputs (None: the encoder's default)
@@ -190,7 +191,7 @@ class _Sinks:
         self.guards: list[Guarded] = []
         self.drift = drift  # per stream, its bundles' calibrated bands by variant (None: one bundle); a watch each
         self.watches: dict[tuple[str, str | None], DriftWatch] = {}
-        self.events = self.snapshots = self.hook = self.mqtt = None
+        self.events = self.snapshots = self.hook = self.mqtt = self.modbus = None
         self.videos: dict[str, Guarded] = {}
         self.jetson, self.bitrate_kbps = config.jetson, config.output_bitrate_kbps
         self.stack = stack
@@ -211,6 +212,14 @@ class _Sinks:
             publisher = MqttPublisher(config.mqtt, config.mqtt_tls, on_variant=hints.set if hints else None)
             stack.callback(publisher.close)
             self.mqtt = self._guard(f"mqtt {publisher.url}", publisher.publish)  # without its password
+
+    def serve_modbus(self, port: int, variants: dict[str, list[str]]) -> None:
+        """Registers and alarm latches for a PLC (edge_ad.modbus), one block per source of
+        `variants` (source name -> its variants' names, none for one bundle), in that order."""
+        from .modbus import ModbusServer
+
+        self.modbus = ModbusServer(port, list(variants), variants)
+        self.stack.callback(self.modbus.close)
 
     def _guard(self, name: str, call) -> Guarded:
         self.guards.append(Guarded(name, call))
@@ -268,6 +277,9 @@ class _Sinks:
             self.events(event)
         if self.drift is not None:
             self._watch_drift(stream, frame, result)
+        if self.modbus is not None:
+            self.modbus.update(stream.name, frame.index, result.score, result.threshold, result.is_anomaly, alarm,
+                               result.variant, record.anomalies, record.alarms)
         if not alarm:
             return
         if self.hook is not None:
@@ -587,6 +599,9 @@ def run(
         variants = any(isinstance(d, VariantDetector) for d in detectors.values())
         hints = VariantHints() if config.mqtt and variants else None
         sinks = _Sinks(config, stack, _drift_bands(detectors) if config.drift else None, hints)
+        if config.modbus_port is not None:
+            sinks.serve_modbus(config.modbus_port, {s.name: [v for v in _bundles(detectors[s.name]) if v is not None]
+                                                    for s in streams})
         captures: list[_Capture] = []
         telemetry = None
         if config.metrics is not None or config.metrics_port is not None:

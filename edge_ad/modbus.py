@@ -1,0 +1,262 @@
+"""`edge-ad run --modbus-port N`: each source's last result as Modbus TCP registers, for the line's PLC.
+
+Smart cameras on a line serve their results over Modbus TCP and the PLC polls them (no broker or
+gateway in between); edge-ad does the same. Source i (0, 1, ... in the order of `--input` or of
+the `--sources` file) has the 16 input registers from address 16 * i (function 4; the same values
+through function 3, holding registers, for clients that read only those):
+
+    +0      frames scored (mod 65536): changes with every frame, for the PLC's watchdog
+    +1      the last frame: 0 normal, 1 anomalous, 2 alarm (anomalous, and --alarm-frames in a row)
+    +2      its score x 1000 (0 to 65535)
+    +3      the threshold it was judged by x 1000
+    +4      anomalous frames (mod 65536)
+    +5      alarm frames (mod 65536)
+    +6, +7  its frame number (32 bits, high word first)
+    +8      the variant whose bundle scored it (1 for the first --bundle NAME=..., 2 ...; 0 for one bundle)
+    +9      tenths of a second since a frame was last scored (65535 before the first): a camera away
+    +10-15  0 (kept for later fields)
+
+and coil i, its alarm latch: 1 from the source's alarm frame on, until the PLC writes 0 (function
+5 or 15), so that an alarm between two polls is not missed (+5 says how many there were).
+
+The server is the standard library's socketserver with the few functions above: MBAP framing,
+read coils (1), read holding and input registers (3, 4), write one or several coils (5, 15);
+other functions get exception 1, addresses outside the map exception 2, bad counts or values
+exception 3. Any unit id is answered. pymodbus's server and datastore API was renamed in 3.10 and
+deprecated for a simulator API in 3.16, and the runtime needs nothing more than this; the tests
+read the server with pymodbus's client.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from .errors import EdgeAdError
+
+log = logging.getLogger("edge_ad.modbus")
+
+REGISTERS_PER_SOURCE = 16
+NEVER = 0xFFFF  # register +9 before a source's first frame, and its largest value
+NORMAL, ANOMALOUS, ALARM = 0, 1, 2
+MAX_READ_REGISTERS, MAX_READ_COILS, MAX_WRITE_COILS = 125, 2000, 1968  # the protocol's limits per request
+ILLEGAL_FUNCTION, ILLEGAL_ADDRESS, ILLEGAL_VALUE = 1, 2, 3
+
+
+@dataclass
+class _Last:
+    """What a source's registers show: its last scored frame and its counts."""
+
+    frames: int = 0
+    verdict: int = NORMAL
+    score: float = 0.0
+    threshold: float = 0.0
+    anomalies: int = 0
+    alarms: int = 0
+    frame: int = 0
+    variant: int = 0
+    scored_at: float | None = None  # time.monotonic()
+
+
+def _milli(value: float) -> int:
+    return min(max(round(value * 1000), 0), 0xFFFF)
+
+
+class ModbusServer:
+    """Serves the registers and alarm latches of `sources` (names, in register order) on `port`
+    (0: any free port, see `.port`); `variants` gives, per source, its bundles' variant names in
+    order (register +8)."""
+
+    def __init__(self, port: int, sources: Sequence[str], variants: dict[str, Sequence[str]] | None = None,
+                 host: str = "0.0.0.0"):
+        self.sources = list(sources)
+        self.variants = {name: list(names) for name, names in (variants or {}).items()}
+        self._last = {name: _Last() for name in self.sources}
+        self._latches = [False] * len(self.sources)
+        self._lock = threading.Lock()
+        try:
+            self._server = _TcpServer((host, port), _Connection, self)
+        except OSError as exc:
+            hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if port and port < 1024 else ""
+            raise EdgeAdError(f"--modbus-port {port}: cannot listen ({exc.strerror or exc}){hint}") from exc
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="modbus", daemon=True)
+        self._thread.start()
+        log.info("modbus: serving on port %d: %s", self.port, "; ".join(
+            f"{name} input registers {REGISTERS_PER_SOURCE * i}-{REGISTERS_PER_SOURCE * (i + 1) - 1}, coil {i}"
+            for i, name in enumerate(self.sources)))
+
+    def update(self, source: str, frame: int, score: float, threshold: float, anomaly: bool, alarm: bool,
+               variant: str | None, anomalies: int, alarms: int) -> None:
+        """A scored frame of `source`, with its counts so far; an alarm sets the source's latch."""
+        variants = self.variants.get(source, [])
+        with self._lock:
+            last = self._last[source]
+            last.frames += 1
+            last.verdict = ALARM if alarm else ANOMALOUS if anomaly else NORMAL
+            last.score, last.threshold, last.frame = score, threshold, frame
+            last.anomalies, last.alarms = anomalies, alarms
+            last.variant = variants.index(variant) + 1 if variant in variants else 0
+            last.scored_at = time.monotonic()
+            if alarm:
+                self._latches[self.sources.index(source)] = True
+
+    def registers(self) -> list[int]:
+        """Every source's registers as the PLC reads them now."""
+        now = time.monotonic()
+        values: list[int] = []
+        with self._lock:
+            for name in self.sources:
+                last = self._last[name]
+                silent = NEVER if last.scored_at is None else min(round((now - last.scored_at) * 10), NEVER)
+                values += [last.frames & 0xFFFF, last.verdict, _milli(last.score), _milli(last.threshold),
+                           last.anomalies & 0xFFFF, last.alarms & 0xFFFF, (last.frame >> 16) & 0xFFFF,
+                           last.frame & 0xFFFF, last.variant, silent]
+                values += [0] * (REGISTERS_PER_SOURCE - 10)
+        return values
+
+    def latches(self) -> list[bool]:
+        with self._lock:
+            return list(self._latches)
+
+    def write_latches(self, start: int, values: Sequence[bool]) -> None:
+        with self._lock:
+            self._latches[start : start + len(values)] = values
+
+    def answer(self, pdu: bytes) -> bytes:
+        """The response PDU to a request PDU (function code and data)."""
+        function, data = pdu[0], pdu[1:]
+        if function in (1, 3, 4):
+            if len(data) != 4:
+                return _error(function, ILLEGAL_VALUE)
+            start, count = struct.unpack(">HH", data)
+            if function == 1:
+                return self._read_coils(start, count)
+            return self._read_registers(function, start, count)
+        if function == 5:
+            if len(data) != 4:
+                return _error(function, ILLEGAL_VALUE)
+            address, value = struct.unpack(">HH", data)
+            if value not in (0x0000, 0xFF00):
+                return _error(function, ILLEGAL_VALUE)
+            if address >= len(self.sources):
+                return _error(function, ILLEGAL_ADDRESS)
+            self.write_latches(address, [value == 0xFF00])
+            return pdu
+        if function == 15:
+            return self._write_coils(data)
+        return _error(function, ILLEGAL_FUNCTION)
+
+    def _read_registers(self, function: int, start: int, count: int) -> bytes:
+        if not 1 <= count <= MAX_READ_REGISTERS:
+            return _error(function, ILLEGAL_VALUE)
+        values = self.registers()
+        if start + count > len(values):
+            return _error(function, ILLEGAL_ADDRESS)
+        return struct.pack(f">BB{count}H", function, 2 * count, *values[start : start + count])
+
+    def _read_coils(self, start: int, count: int) -> bytes:
+        if not 1 <= count <= MAX_READ_COILS:
+            return _error(1, ILLEGAL_VALUE)
+        latches = self.latches()
+        if start + count > len(latches):
+            return _error(1, ILLEGAL_ADDRESS)
+        packed = _pack_bits(latches[start : start + count])
+        return bytes([1, len(packed)]) + packed
+
+    def _write_coils(self, data: bytes) -> bytes:
+        if len(data) < 5:
+            return _error(15, ILLEGAL_VALUE)
+        start, count, size = struct.unpack(">HHB", data[:5])
+        if not 1 <= count <= MAX_WRITE_COILS or size != (count + 7) // 8 or len(data) != 5 + size:
+            return _error(15, ILLEGAL_VALUE)
+        if start + count > len(self.sources):
+            return _error(15, ILLEGAL_ADDRESS)
+        bits = [bool(data[5 + i // 8] >> (i % 8) & 1) for i in range(count)]
+        self.write_latches(start, bits)
+        return struct.pack(">BHH", 15, start, count)
+
+    def close(self) -> None:
+        """Stop serving and close the PLC's connections."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._server.close_connections()
+        self._thread.join(timeout=2.0)
+
+
+def _error(function: int, code: int) -> bytes:
+    return bytes([function | 0x80, code])
+
+
+def _pack_bits(bits: Sequence[bool]) -> bytes:
+    """Coils as Modbus packs them: eight to a byte, the first in the lowest bit."""
+    packed = bytearray((len(bits) + 7) // 8)
+    for i, bit in enumerate(bits):
+        packed[i // 8] |= bit << (i % 8)
+    return bytes(packed)
+
+
+class _TcpServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type, modbus: ModbusServer):
+        self.modbus = modbus
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def close_connections(self) -> None:
+        with self.connections_lock:
+            for connection in self.connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:  # already gone
+                    pass
+
+
+class _Connection(socketserver.BaseRequestHandler):
+    """One client (a PLC, an HMI): requests answered in turn until it hangs up."""
+
+    server: _TcpServer
+
+    def handle(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.add(self.request)
+        try:
+            while True:
+                header = _receive(self.request, 7)
+                if header is None:
+                    return
+                transaction, protocol, length, unit = struct.unpack(">HHHB", header)
+                if protocol != 0 or not 2 <= length <= 254:  # not Modbus TCP: nothing sensible to answer
+                    log.warning("modbus: %s sent a frame that is not Modbus TCP; closing its connection",
+                                self.client_address[0])
+                    return
+                pdu = _receive(self.request, length - 1)
+                if pdu is None:
+                    return
+                response = self.server.modbus.answer(pdu)
+                self.request.sendall(struct.pack(">HHHB", transaction, 0, len(response) + 1, unit) + response)
+        except OSError:  # the client went away mid-request
+            return
+        finally:
+            with self.server.connections_lock:
+                self.server.connections.discard(self.request)
+
+
+def _receive(connection: socket.socket, size: int) -> bytes | None:
+    """Exactly `size` bytes, or None when the connection closes first."""
+    data = b""
+    while len(data) < size:
+        chunk = connection.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
