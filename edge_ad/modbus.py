@@ -14,14 +14,17 @@ through function 3, holding registers, for clients that read only those):
     +6, +7  its frame number (32 bits, high word first)
     +8      the variant whose bundle scored it (1 for the first --bundle NAME=..., 2 ...; 0 for one bundle)
     +9      tenths of a second since a frame was last scored (65535 before the first): a camera away
-    +10-15  0 (kept for later fields)
+    +10     the variant the line makes now, as the PLC writes it (function 6 or 16; with one bundle
+            per variant only): i for the i-th NAME=BUNDLE, whose bundle alone then scores the
+            source's frames (as MQTT's TOPIC/SOURCE/variant), 0 for any (every bundle scores)
+    +11-15  0 (kept for later fields)
 
 and coil i, its alarm latch: 1 from the source's alarm frame on, until the PLC writes 0 (function
 5 or 15), so that an alarm between two polls is not missed (+5 says how many there were).
 
 The server is the standard library's socketserver with the few functions above: MBAP framing,
-read coils (1), read holding and input registers (3, 4), write one or several coils (5, 15);
-other functions get exception 1, addresses outside the map exception 2, bad counts or values
+read coils (1), read holding and input registers (3, 4), write one or several coils (5, 15)
+and the variant registers (6, 16); other functions get exception 1, addresses outside the map exception 2, bad counts or values
 exception 3. Any unit id is answered. pymodbus's server and datastore API was renamed in 3.10 and
 deprecated for a simulator API in 3.16, and the runtime needs nothing more than this; the tests
 read the server with pymodbus's client.
@@ -36,16 +39,17 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .errors import EdgeAdError
 
 log = logging.getLogger("edge_ad.modbus")
 
 REGISTERS_PER_SOURCE = 16
+VARIANT_REGISTER = 10  # of each source's block: the one the PLC writes
 NEVER = 0xFFFF  # register +9 before a source's first frame, and its largest value
 NORMAL, ANOMALOUS, ALARM = 0, 1, 2
-MAX_READ_REGISTERS, MAX_READ_COILS, MAX_WRITE_COILS = 125, 2000, 1968  # the protocol's limits per request
+MAX_READ_REGISTERS, MAX_READ_COILS, MAX_WRITE_COILS, MAX_WRITE_REGISTERS = 125, 2000, 1968, 123  # per request
 ILLEGAL_FUNCTION, ILLEGAL_ADDRESS, ILLEGAL_VALUE = 1, 2, 3
 
 
@@ -71,14 +75,17 @@ def _milli(value: float) -> int:
 class ModbusServer:
     """Serves the registers and alarm latches of `sources` (names, in register order) on `port`
     (0: any free port, see `.port`); `variants` gives, per source, its bundles' variant names in
-    order (register +8)."""
+    order (registers +8 and +10); `on_variant(source, variant or None)` is told what the PLC writes
+    into a source's register +10 (none: the register cannot be written)."""
 
     def __init__(self, port: int, sources: Sequence[str], variants: dict[str, Sequence[str]] | None = None,
-                 host: str = "0.0.0.0"):
+                 host: str = "0.0.0.0", on_variant: Callable[[str, str | None], None] | None = None):
         self.sources = list(sources)
         self.variants = {name: list(names) for name, names in (variants or {}).items()}
+        self.on_variant = on_variant
         self._last = {name: _Last() for name in self.sources}
         self._latches = [False] * len(self.sources)
+        self._made = [0] * len(self.sources)  # register +10: the variant the PLC says the line makes
         self._lock = threading.Lock()
         try:
             self._server = _TcpServer((host, port), _Connection, self)
@@ -112,13 +119,13 @@ class ModbusServer:
         now = time.monotonic()
         values: list[int] = []
         with self._lock:
-            for name in self.sources:
+            for name, made in zip(self.sources, self._made):
                 last = self._last[name]
                 silent = NEVER if last.scored_at is None else min(round((now - last.scored_at) * 10), NEVER)
                 values += [last.frames & 0xFFFF, last.verdict, _milli(last.score), _milli(last.threshold),
                            last.anomalies & 0xFFFF, last.alarms & 0xFFFF, (last.frame >> 16) & 0xFFFF,
-                           last.frame & 0xFFFF, last.variant, silent]
-                values += [0] * (REGISTERS_PER_SOURCE - 10)
+                           last.frame & 0xFFFF, last.variant, silent, made]
+                values += [0] * (REGISTERS_PER_SOURCE - 11)
         return values
 
     def latches(self) -> list[bool]:
@@ -151,6 +158,14 @@ class ModbusServer:
             return pdu
         if function == 15:
             return self._write_coils(data)
+        if function == 6:
+            if len(data) != 4:
+                return _error(function, ILLEGAL_VALUE)
+            address, value = struct.unpack(">HH", data)
+            problem = self._write_variants(address, [value])
+            return pdu if problem is None else _error(function, problem)
+        if function == 16:
+            return self._write_registers(data)
         return _error(function, ILLEGAL_FUNCTION)
 
     def _read_registers(self, function: int, start: int, count: int) -> bytes:
@@ -181,6 +196,37 @@ class ModbusServer:
         bits = [bool(data[5 + i // 8] >> (i % 8) & 1) for i in range(count)]
         self.write_latches(start, bits)
         return struct.pack(">BHH", 15, start, count)
+
+    def _write_registers(self, data: bytes) -> bytes:
+        if len(data) < 5:
+            return _error(16, ILLEGAL_VALUE)
+        start, count, size = struct.unpack(">HHB", data[:5])
+        if not 1 <= count <= MAX_WRITE_REGISTERS or size != 2 * count or len(data) != 5 + size:
+            return _error(16, ILLEGAL_VALUE)
+        problem = self._write_variants(start, struct.unpack(f">{count}H", data[5:]))
+        return struct.pack(">BHH", 16, start, count) if problem is None else _error(16, problem)
+
+    def _write_variants(self, start: int, values: Sequence[int]) -> int | None:
+        """Registers +10 written by the PLC: every address must be one, of a source with variants,
+        and every value one of its variants or 0; else nothing is written and the exception code
+        is returned."""
+        writes = []
+        for address, value in enumerate(values, start):
+            index, offset = divmod(address, REGISTERS_PER_SOURCE)
+            names = self.variants.get(self.sources[index], []) if index < len(self.sources) else []
+            if offset != VARIANT_REGISTER or not names or self.on_variant is None:
+                return ILLEGAL_ADDRESS
+            if value > len(names):
+                return ILLEGAL_VALUE
+            writes.append((index, value, names))
+        for index, value, names in writes:
+            name = self.sources[index]
+            variant = names[value - 1] if value else None
+            with self._lock:
+                self._made[index] = value
+            log.info("modbus: the PLC says %s makes %s", name, variant or "any variant (all bundles score)")
+            self.on_variant(name, variant)
+        return None
 
     def close(self) -> None:
         """Stop serving and close the PLC's connections."""

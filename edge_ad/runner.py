@@ -213,12 +213,14 @@ class _Sinks:
             stack.callback(publisher.close)
             self.mqtt = self._guard(f"mqtt {publisher.url}", publisher.publish)  # without its password
 
-    def serve_modbus(self, port: int, variants: dict[str, list[str]]) -> None:
+    def serve_modbus(self, port: int, variants: dict[str, list[str]], hints: VariantHints | None) -> None:
         """Registers and alarm latches for a PLC (edge_ad.modbus), one block per source of
-        `variants` (source name -> its variants' names, none for one bundle), in that order."""
+        `variants` (source name -> its variants' names, none for one bundle), in that order; the
+        variant the PLC says a source's line makes goes to `hints`."""
         from .modbus import ModbusServer
 
-        self.modbus = ModbusServer(port, list(variants), variants)
+        told = (lambda source, variant: hints.set(slug(source), variant)) if hints is not None else None
+        self.modbus = ModbusServer(port, list(variants), variants, on_variant=told)
         self.stack.callback(self.modbus.close)
 
     def _guard(self, name: str, call) -> Guarded:
@@ -349,7 +351,7 @@ def _status(stats: list[SourceStats]) -> str:
 
 class VariantHints:
     """The product variant each source's line makes now, as the line says it (MQTT
-    TOPIC/SOURCE/variant, edge_ad.mqtt): its frames are then scored by that variant's bundle alone,
+    TOPIC/SOURCE/variant, edge_ad.mqtt; Modbus register +10, edge_ad.modbus): its frames are then scored by that variant's bundle alone,
     not by all of them. A name that is none of the source's variants is warned about once and
     ignored; an empty one (None) goes back to every bundle."""
 
@@ -595,13 +597,13 @@ def run(
     ready = threading.Event()
     stats = {s.name: SourceStats(s.name) for s in streams}
     with ExitStack() as stack, stop_on_signals(stop, reload):
-        # With variants and MQTT, the line can say which variant each source sees (TOPIC/SOURCE/variant).
+        # With variants, the line can say which variant each source sees (MQTT TOPIC/SOURCE/variant, Modbus +10).
         variants = any(isinstance(d, VariantDetector) for d in detectors.values())
-        hints = VariantHints() if config.mqtt and variants else None
+        hints = VariantHints() if (config.mqtt or config.modbus_port is not None) and variants else None
         sinks = _Sinks(config, stack, _drift_bands(detectors) if config.drift else None, hints)
         if config.modbus_port is not None:
             sinks.serve_modbus(config.modbus_port, {s.name: [v for v in _bundles(detectors[s.name]) if v is not None]
-                                                    for s in streams})
+                                                    for s in streams}, hints)
         captures: list[_Capture] = []
         telemetry = None
         if config.metrics is not None or config.metrics_port is not None:

@@ -7,16 +7,22 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ConnectionException
 
+from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError
-from edge_ad.modbus import REGISTERS_PER_SOURCE, ModbusServer
+from edge_ad.modbus import REGISTERS_PER_SOURCE, VARIANT_REGISTER, ModbusServer
+from edge_ad.runner import RunConfig, run
+from edge_ad.sources import open_source
+from edge_ad.streams import Stream
+from edge_ad.variants import VariantDetector
 
-from conftest import SPOT_PATTERN
+from conftest import MODULE_TYPES, SPOT_PATTERN
 
 
 def _free_port() -> int:
@@ -29,6 +35,17 @@ def _client(port: int) -> ModbusTcpClient:
     client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
     assert client.connect()
     return client
+
+
+def _connect(port: int, within_s: float = 60.0) -> ModbusTcpClient:
+    """A client of the server a run starts on `port`, once it listens."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
+        if client.connect():
+            return client
+        time.sleep(0.2)
+    raise AssertionError(f"nothing served Modbus on port {port} within {within_s:.0f} s")
 
 
 def _registers(client: ModbusTcpClient, start: int, count: int, function: int = 4) -> list[int]:
@@ -79,12 +96,60 @@ def test_registers_show_each_sources_last_frame_and_latch_its_alarms():
         assert _registers(client, 9, 1)[0] >= 3  # tenths of a second since "top" last scored
 
         for response, code in ((client.read_input_registers(30, count=3), 2),  # past the 32 registers
-                               (client.write_register(0, 7), 1),  # registers are the run's: read-only
+                               (client.write_register(0, 7), 2),  # the run's registers: read-only
                                (client.write_coil(2, True), 2)):  # a third source's latch
             assert response.isError() and response.exception_code == code
     finally:
         client.close()
         server.close()
+
+
+def test_the_plc_says_which_variant_each_source_makes():
+    told = []
+    server = ModbusServer(0, ["top", "side"], {"top": [], "side": ["mono", "poly"]}, host="127.0.0.1",
+                          on_variant=lambda source, variant: told.append((source, variant)))
+    client = _client(server.port)
+    side = REGISTERS_PER_SOURCE + VARIANT_REGISTER
+    try:
+        assert not client.write_register(side, 2).isError()
+        assert told == [("side", "poly")] and _registers(client, side, 1) == [2]
+        assert not client.write_registers(side, [0]).isError()  # function 16; 0: every bundle again
+        assert told[-1] == ("side", None) and _registers(client, side, 1) == [0]
+        for response, code in ((client.write_register(VARIANT_REGISTER, 1), 2),  # "top" has one bundle
+                               (client.write_register(side, 3), 3),  # "side" has two variants
+                               (client.write_registers(side - 1, [0, 1]), 2),  # +9 is the run's
+                               (client.write_register(side + REGISTERS_PER_SOURCE, 1), 2)):  # no third source
+            assert response.isError() and response.exception_code == code
+        assert len(told) == 2 and _registers(client, side, 1) == [0]  # a refused write changes nothing
+    finally:
+        client.close()
+        server.close()
+
+
+def test_the_plc_chooses_the_variant_a_run_scores_with(variant_bundles, tmp_path):
+    """Two live cameras on the mono and poly bundles; the PLC writes camera a's register +10:
+    its frames are scored by the variant it names from then on, camera b's by the bundle they
+    look most normal to."""
+    detector = VariantDetector({t: Detector.load(variant_bundles[t]) for t in MODULE_TYPES})
+    pattern = "test://?width=160&height=120"
+    (first,) = [f.image for f, _ in zip(open_source(pattern).frames(), range(1))]
+    chosen = detector(first).variant  # which bundle the test pattern looks most normal to
+    told = next(t for t in MODULE_TYPES if t != chosen)
+    port, events = _free_port(), tmp_path / "events.jsonl"
+    config = RunConfig(modbus_port=port, events=events, max_frames=90)  # 3 s of live cameras
+    streams = [Stream(pattern, "cam-a"), Stream(pattern, "cam-b")]
+    thread = threading.Thread(target=run, args=(detector, streams, config))
+    thread.start()
+    client = _connect(port)
+    try:
+        assert not client.write_register(VARIANT_REGISTER, MODULE_TYPES.index(told) + 1).isError()
+        thread.join(timeout=60)
+    finally:
+        client.close()
+    assert not thread.is_alive()
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [e["variant"] for e in lines if e["source"] == "cam-a"][-30:] == [told] * 30
+    assert [e["variant"] for e in lines if e["source"] == "cam-b"][-30:] == [chosen] * 30
 
 
 def test_malformed_requests_are_refused_by_the_protocols_exceptions():
@@ -130,13 +195,8 @@ def test_a_plc_reads_what_the_run_scored(spotted_frames, tiny_bundle, tmp_path):
          "--modbus-port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
+        client = _connect(port)
         deadline = time.monotonic() + 60
-        client = None
-        while client is None and time.monotonic() < deadline:
-            attempt = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
-            client = attempt if attempt.connect() else None
-            time.sleep(0.2)
-        assert client is not None, "the run never served Modbus"
         while time.monotonic() < deadline and _registers(client, 0, 1)[0] < 2 * len(SPOT_PATTERN):
             time.sleep(0.1)
         block, latch = _registers(client, 0, REGISTERS_PER_SOURCE), _coils(client, 1)
