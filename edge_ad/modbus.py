@@ -51,6 +51,9 @@ NEVER = 0xFFFF  # register +9 before a source's first frame, and its largest val
 NORMAL, ANOMALOUS, ALARM = 0, 1, 2
 MAX_READ_REGISTERS, MAX_READ_COILS, MAX_WRITE_COILS, MAX_WRITE_REGISTERS = 125, 2000, 1968, 123  # per request
 ILLEGAL_FUNCTION, ILLEGAL_ADDRESS, ILLEGAL_VALUE = 1, 2, 3
+# TCP keepalive: the connection of a PLC that went without closing it (rebooted, unplugged) is
+# dropped after about IDLE + COUNT * INTERVAL seconds, not Linux's two hours.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 30, 10, 3
 
 
 @dataclass
@@ -271,6 +274,13 @@ class _Connection(socketserver.BaseRequestHandler):
     """One client (a PLC, an HMI): requests answered in turn until it hangs up."""
 
     server: _TcpServer
+
+    def setup(self) -> None:
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                              ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
+            if hasattr(socket, option):  # Linux has all three
+                self.request.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
     def handle(self) -> None:
         with self.server.connections_lock:

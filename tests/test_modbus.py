@@ -16,7 +16,7 @@ from pymodbus.exceptions import ConnectionException
 
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError
-from edge_ad.modbus import REGISTERS_PER_SOURCE, VARIANT_REGISTER, ModbusServer
+from edge_ad.modbus import KEEPALIVE_IDLE_S, REGISTERS_PER_SOURCE, VARIANT_REGISTER, ModbusServer
 from edge_ad.runner import RunConfig, run
 from edge_ad.sources import open_source
 from edge_ad.streams import Stream
@@ -166,6 +166,9 @@ def test_malformed_requests_are_refused_by_the_protocols_exceptions():
             assert raw.recv(16) == b""
         client = _client(server.port)
         assert _registers(client, 0, REGISTERS_PER_SOURCE)[9] == 0xFFFF
+        (connection,) = server._server.connections  # a PLC that vanishes without closing: dropped in a minute
+        assert connection.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE_S
         server.close()  # closes the PLC's connection too, so a PLC sees the inspection go
         with pytest.raises(ConnectionException):
             client.read_input_registers(0, count=1)
