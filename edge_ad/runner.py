@@ -37,7 +37,7 @@ from .sinks import AnomalyHook, EventLog, Guarded, Snapshot, Snapshots, slug
 from .sources import Frame, Source, open_source
 from .streams import Stream, bundle_of
 from .telemetry import SourceStats, Telemetry
-from .variants import VariantDetector, load_detector
+from .variants import VariantDetector, load_detector, score_views
 
 log = logging.getLogger("edge_ad.runner")
 
@@ -379,15 +379,17 @@ class VariantHints:
         return None
 
 
-def _graphs_of(detector: AnyDetector) -> int:
-    """What frames can share a batch by: a Detector's graphs (those of its calibrated views too)."""
-    return id(detector.graphs) if isinstance(detector, Detector) else id(detector)
+def _graphs_of(detector: AnyDetector) -> tuple[int, ...]:
+    """What frames can share a batch by: a Detector's graphs, or those of each variant of a
+    VariantDetector (the same for its calibrated views)."""
+    detectors = detector.detectors.values() if isinstance(detector, VariantDetector) else [detector]
+    return tuple(id(d.graphs) for d in detectors)
 
 
 def _score(ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats], hints: VariantHints | None) -> list:
     """Results of the ready frames, each by its source's detector, in one batch per detector (per
     set of graphs: cameras with their own calibration of one bundle share a batch)."""
-    groups: dict[int, list[int]] = {}
+    groups: dict[tuple[int, ...], list[int]] = {}
     for i, (capture, _) in enumerate(ready):
         groups.setdefault(_graphs_of(capture.detector), []).append(i)
     results: list = [None] * len(ready)
@@ -426,11 +428,11 @@ def _score_batch(ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceSta
 def _batch(
     detectors: list[AnyDetector], frames: list[np.ndarray], masks: list[InspectionMask | None], variants: list | None
 ) -> list[Result]:
-    """Each frame scored by its detector; the detectors share graphs (one, or a Detector's
-    calibrated views: the grids are made in one batch, then each view's calibration applies)."""
+    """Each frame scored by its detector; the detectors share graphs (one, or its calibrated
+    views: the grids are made in one batch, then each view's calibration applies)."""
     first = detectors[0]
     if isinstance(first, VariantDetector):
-        return first.batch(frames, masks=masks) if variants is None else first.batch(frames, masks=masks, variants=variants)
+        return score_views(detectors, frames, masks=masks, variants=variants)
     grids, times = first.frame_grid_maps(frames)
     results: list = [None] * len(frames)
     for view in {id(d): d for d in detectors}.values():
@@ -525,9 +527,8 @@ def load_detectors(
     """Each stream's detector: of the bundle it names (`Stream.bundle`, `bundle:` in --sources),
     else of `bundle` ('BUNDLE', or 'NAME=BUNDLE' per product variant), with the stream's own site
     calibration where it has one (`Stream.calibration`). A bundle named by several streams is
-    loaded once and their frames are scored in one batch, also with calibrations of their own
-    (for a bundle per variant, only the streams that share the calibration too). `options` go to
-    Detector.load."""
+    loaded once and their frames are scored in one batch, also with calibrations of their own.
+    `options` go to Detector.load."""
     default = (bundle,) if isinstance(bundle, str) else tuple(bundle or ())
     loaded: dict[tuple[str, ...], AnyDetector] = {}
     calibrated: dict[tuple[tuple[str, ...], str], AnyDetector] = {}

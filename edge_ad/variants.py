@@ -132,31 +132,37 @@ class VariantDetector:
         frame's result is that of the variant with the lowest relative score, with `variant` set and
         every variant's stage times ('variant/stage'). A frame whose variant is known (`variants`,
         as a line's PLC says which product it makes) is scored by that variant's bundle alone."""
-        masks = list(masks) if masks is not None else [None] * len(frames)
-        known = list(variants) if variants is not None else [None] * len(frames)
-        unknown = sorted({v for v in known if v is not None and v not in self.detectors})
-        if unknown:
-            raise EdgeAdError(f"variants {unknown} are none of this detector's ({', '.join(self.detectors)})")
-        results: list[Result | None] = [None] * len(frames)
-        for variant in dict.fromkeys(known):
-            indices = [i for i, v in enumerate(known) if v == variant]
-            group, group_masks = [frames[i] for i in indices], [masks[i] for i in indices]
-            if variant is None:
-                scored = self._best_of_all(group, color, group_masks)
-            else:
-                scored = [replace(r, variant=variant, times_ms={f"{variant}/{k}": ms for k, ms in r.times_ms.items()})
-                          for r in self.detectors[variant].batch(group, color, group_masks)]
-            for i, result in zip(indices, scored):
-                results[i] = result
-        return results
+        return score_views([self] * len(frames), frames, color, masks, variants)
 
-    def _best_of_all(
-        self, frames: Sequence[np.ndarray], color: str, masks: Sequence[InspectionMask | None]
-    ) -> list[Result]:
-        per_variant = {name: detector.batch(frames, color, masks) for name, detector in self.detectors.items()}
-        bundles = {name: detector.bundle for name, detector in self.detectors.items()}
-        return [pick_variant({name: results[i] for name, results in per_variant.items()}, bundles)
-                for i in range(len(frames))]
+
+def score_views(
+    views: Sequence[VariantDetector], frames: Sequence[np.ndarray], color: str = "BGR",
+    masks: Sequence[InspectionMask | None] | None = None, variants: Sequence[str | None] | None = None,
+) -> list[Result]:
+    """Each frame scored by its own detector of `views`: one VariantDetector and its calibrated
+    views (cameras with their own site calibration of the same bundles, which share each
+    variant's graphs). Each variant's graphs run once for all the frames it scores, then each
+    frame's own calibration of that variant applies; the result is VariantDetector.batch's."""
+    masks = list(masks) if masks is not None else [None] * len(frames)
+    known = list(variants) if variants is not None else [None] * len(frames)
+    names = list(views[0].detectors)
+    unknown = sorted({v for v in known if v is not None and v not in names})
+    if unknown:
+        raise EdgeAdError(f"variants {unknown} are none of this detector's ({', '.join(names)})")
+    scored: list[dict[str, Result]] = [{} for _ in frames]
+    for name in names:
+        indices = [i for i, v in enumerate(known) if v in (None, name)]
+        if not indices:
+            continue
+        grids, times = views[indices[0]].detectors[name].frame_grid_maps([frames[i] for i in indices], color)
+        for view in {id(views[i]): views[i] for i in indices}.values():
+            mine = [k for k, i in enumerate(indices) if views[i] is view]
+            results = view.detectors[name].score_grids(grids[mine], [frames[indices[k]].shape for k in mine], times,
+                                                       [masks[indices[k]] for k in mine])
+            for k, result in zip(mine, results):
+                scored[indices[k]][name] = result
+    return [pick_variant(results, {name: views[i].detectors[name].bundle for name in results})
+            for i, results in enumerate(scored)]
 
 
 def load_detector(bundles: str | Sequence[str], **options) -> Detector | VariantDetector:

@@ -130,6 +130,58 @@ def test_frames_of_calibrated_views_share_one_graph_call(variant_bundles, lit_ce
     assert results[2].threshold == detectors["plain"].bundle.threshold != results[0].threshold
 
 
+def test_cameras_with_their_own_calibration_of_variant_bundles_share_each_variants_graph_call(
+    variant_bundles, test_cells, tmp_path, monkeypatch
+):
+    """Three cameras on the mono and poly bundles, two with calibrations of their own: a frame of
+    each goes through each variant's graphs in one call, and each result is its camera's alone."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for module_type in MODULE_TYPES:
+        for i, cell in enumerate(test_cells[module_type]):
+            cv2.imwrite(str(frames / f"{module_type}-{i}.png"), cell)
+    bundles = [f"{t}={variant_bundles[t]}" for t in MODULE_TYPES]
+    sources = tmp_path / "cams.yaml"
+    sources.write_text(yaml.safe_dump({"sources": [
+        {"input": str(frames), "name": name, "bundle": bundles, "calibration": str(tmp_path / name)}
+        for name in ("low", "high")] + [{"input": str(frames), "name": "plain", "bundle": bundles}]}))
+    _calibrate(sources, "low", frames=12)
+    for module_type in MODULE_TYPES:  # another camera's thresholds, on the same maps
+        calibration = yaml.safe_load((tmp_path / "low" / module_type / "calibration.yaml").read_text())
+        calibration["threshold"] *= 3
+        (tmp_path / "high" / module_type).mkdir(parents=True)
+        (tmp_path / "high" / module_type / "calibration.yaml").write_text(yaml.safe_dump(calibration))
+    streams = streams_from_yaml(sources, SourceOptions())
+    detectors = load_detectors(streams)
+    low, high, plain = (detectors[name] for name in ("low", "high", "plain"))
+    for module_type in MODULE_TYPES:
+        assert low.detectors[module_type].graphs is high.detectors[module_type].graphs is \
+            plain.detectors[module_type].graphs
+
+    calls = []
+    graphs = Detector.frame_grid_maps
+    monkeypatch.setattr(Detector, "frame_grid_maps", lambda self, frames, color="BGR": (
+        calls.append(len(frames)) or graphs(self, frames, color)))
+    cells = [test_cells["mono"][0], test_cells["poly"][0], test_cells["mono"][1]]
+    ready = [(SimpleNamespace(detector=detectors[s.name], mask=None, stream=s), SimpleNamespace(image=c, index=0))
+             for s, c in zip(streams, cells)]
+    results = runner._score(ready, {s.name: SourceStats(s.name) for s in streams}, None)
+    assert calls == [3, 3]  # each variant's graphs once, for the three cameras
+    for (capture, frame), result in zip(ready, results):
+        alone = capture.detector(frame.image)  # its own calibrations, alone
+        assert (result.variant, result.threshold) == (alone.variant, alone.threshold)
+        assert result.score == pytest.approx(alone.score, abs=1e-6)
+    assert [r.variant for r in results] == ["mono", "poly", "mono"]
+    assert results[1].threshold == pytest.approx(3 * low.detectors["poly"].threshold)
+    assert results[2].threshold == plain.detectors["mono"].bundle.threshold != low.detectors["mono"].threshold
+
+    # The line says camera low sees poly: its frame goes through poly's graphs only.
+    calls.clear()
+    told = runner._batch([low, high, plain], cells, [None] * 3, ["poly", None, None])
+    assert calls == [2, 3] and [r.variant for r in told] == ["poly", "poly", "mono"]
+    assert told[0].threshold == low.detectors["poly"].threshold
+
+
 def test_variants_of_a_camera_are_calibrated_into_its_folder(variant_bundles, test_cells, tmp_path):
     frames = tmp_path / "frames"
     frames.mkdir()
