@@ -30,6 +30,7 @@ from .statistics import (
     Threshold,
     bimodality,
     check_defects,
+    frames_per_draw,
     near_duplicates,
     score_percentiles,
     split_half,
@@ -130,7 +131,7 @@ def calibrate(
     samples = np.stack(kept.samples)
     quantiles = _fit(samples)
     scores = _scores(detector, kept.grids, quantiles, kept.mask)
-    threshold = threshold_for_far(scores, far, confidence)
+    threshold = threshold_for_far(scores, far, confidence, frames_per_draw(scores))
 
     half = n // 2
     first, second = _fit(samples[:half]), _fit(samples[half:])
@@ -149,7 +150,7 @@ def calibrate(
     duplicates = near_duplicates(np.stack(kept.thumbnails))
     if duplicates > DUPLICATE_SHARE:
         warnings.append(f"{duplicates:.0%} of consecutive frames are near-identical: a frozen camera or an empty "
-                        "line? The false-alarm bound assumes independent frames")
+                        "line? They show one scene, not many normal parts")
     coefficient = bimodality(scores)
     if coefficient > BIMODALITY_LIMIT:
         warnings.append(f"the normal scores look bimodal (bimodality coefficient {coefficient:.2f} > "
@@ -197,6 +198,7 @@ def record(calibration: Calibration, detector: Detector, source: str, use_f1: bo
         "false_alarm_rate_bound": calibration.threshold.far_bound,
         "normal_frames_above_threshold": calibration.threshold.exceedances,
         "frames": calibration.frames,
+        "frames_per_independent_frame": round(calibration.threshold.per_draw, 2),  # what the bound counted as one
         "source": source,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "bundle_sha256": file_sha256(bundle.root / BUNDLE_FILE),

@@ -14,6 +14,12 @@ from edge_ad.errors import EdgeAdError
 BIMODALITY_LIMIT = 0.555  # the bimodality coefficient of a uniform distribution; above: two modes likely
 DUPLICATE_LEVELS = 1.0  # mean absolute difference (grey levels, 32x32 thumbnails) below which frames match
 DUPLICATE_SHARE = 0.5  # warn when more than this share of consecutive frames match
+# Frames per independent draw (frames_per_draw): Sokal's window, and the estimate below which (or
+# with fewer frames than which) consecutive frames count as independent: estimated on independent
+# scores, 3 % of 100-frame series reach 2 (none of 3,000-frame ones pass 1.4).
+SOKAL_WINDOW = 5.0
+CORRELATED_FROM = 2.0
+CORRELATION_MIN_FRAMES = 100
 
 
 class CalibrationError(EdgeAdError):
@@ -26,9 +32,10 @@ def frames_needed(far: float, confidence: float) -> int:
     return math.ceil(math.log(1.0 - confidence) / math.log(1.0 - far))
 
 
-def far_upper_bound(exceedances: int, frames: int, confidence: float) -> float:
+def far_upper_bound(exceedances: float, frames: float, confidence: float) -> float:
     """One-sided Clopper-Pearson upper bound on the false-alarm rate after `exceedances` of
-    `frames` normal frames scored at or above the threshold."""
+    `frames` normal frames scored at or above the threshold (counts of independent draws: not
+    whole numbers when consecutive frames are alike, frames_per_draw)."""
     if exceedances >= frames:
         return 1.0
     return float(stats.beta.ppf(confidence, exceedances + 1, frames - exceedances))
@@ -39,12 +46,14 @@ class Threshold:
     value: float
     exceedances: int  # calibration frames at or above it
     far_bound: float  # upper confidence bound on the false-alarm rate
+    per_draw: float = 1.0  # consecutive frames that counted as one independent draw (frames_per_draw)
 
 
-def threshold_for_far(scores: np.ndarray, far: float, confidence: float) -> Threshold:
+def threshold_for_far(scores: np.ndarray, far: float, confidence: float, per_draw: float = 1.0) -> Threshold:
     """The lowest threshold whose false-alarm rate is at most `far` with `confidence`, counting
-    the normal frames at or above it (frames are treated as independent draws: a camera
-    repeating one view gives fewer independent frames than it seems; see `near_duplicates`).
+    the normal frames at or above it as independent draws, `per_draw` consecutive frames (scores
+    in capture order, frames_per_draw) as one: a part in view for 15 frames is one normal part
+    seen, not 15. (A camera repeating one still view is not caught this way: `near_duplicates`.)
 
     Refuses, naming the frames needed, when even a threshold above every normal score cannot
     show that rate."""
@@ -52,17 +61,47 @@ def threshold_for_far(scores: np.ndarray, far: float, confidence: float) -> Thre
         raise CalibrationError(f"--target-far {far} and --confidence {confidence} must lie in (0, 1)")
     ordered = np.sort(np.asarray(scores, np.float64))[::-1]
     n = ordered.size
-    if n < frames_needed(far, confidence):
+    draws, needed = n / per_draw, frames_needed(far, confidence)
+    if draws < needed:
+        if per_draw > 1:
+            frames = (f"{n} normal frames, about {per_draw:.0f} in a row scoring alike (a part in view that long), are "
+                      f"worth about {draws:.0f} independent ones: they")
+            more = (f"at least {needed} independent ones are needed (about {needed * per_draw:.0f} frames at this "
+                    "pace: collect more with --frames, over more parts")
+        else:
+            frames, more = f"{n} normal frames", f"at least {needed} are needed (collect more with --frames"
         raise CalibrationError(
-            f"{n} normal frames cannot show a false-alarm rate of {far:g} with {confidence:.0%} confidence: "
-            f"at least {frames_needed(far, confidence)} are needed (collect more with --frames, or ask for "
-            f"--target-far {1 - (1 - confidence) ** (1 / n):.2g} or more)"
+            f"{frames} cannot show a false-alarm rate of {far:g} with {confidence:.0%} confidence: {more}, or ask "
+            f"for --target-far {1 - (1 - confidence) ** (1 / draws):.2g} or more)"
         )
     k = 0  # the largest count of normal frames above the threshold that the bound allows
-    while k + 1 < n and far_upper_bound(k + 1, n, confidence) <= far:
+    while k + 1 < n and far_upper_bound((k + 1) / per_draw, draws, confidence) <= far:
         k += 1
     value = float(np.nextafter(ordered[k], np.inf))  # just above the (k+1)-th highest normal score
-    return Threshold(value, k, far_upper_bound(k, n, confidence))
+    above = int((ordered >= value).sum())  # k, or fewer where scores tie (frames that repeat)
+    return Threshold(value, above, far_upper_bound(above / per_draw, draws, confidence), per_draw)
+
+
+def frames_per_draw(scores: np.ndarray) -> float:
+    """How many consecutive frames count as one independent draw of a normal frame: the
+    integrated autocorrelation time tau of the scores in capture order, 1 for frames of different
+    parts, about 20 when each part stays in view for 20 frames. Sokal's automatic window (as
+    emcee's `integrated_time`): tau = 1 + 2 (rho_1 + ... + rho_M) at the first lag M >= 5 tau.
+    1 below CORRELATED_FROM or with fewer than CORRELATION_MIN_FRAMES frames, where independent
+    frames' own estimates reach it."""
+    x = np.asarray(scores, np.float64)
+    n = x.size
+    x = x - x.mean()
+    variance = float(x @ x) / max(n, 1)
+    if n < CORRELATION_MIN_FRAMES or variance <= 0:
+        return 1.0
+    size = 1 << (2 * n - 1).bit_length()  # zero-padded: the circular correlation is the linear one
+    spectrum = np.fft.rfft(x, size)
+    rho = np.fft.irfft(spectrum * np.conj(spectrum), size)[:n] / (n * variance)
+    taus = 2.0 * np.cumsum(rho) - 1.0  # tau with the window at each lag
+    inside = np.arange(n) >= SOKAL_WINDOW * taus
+    tau = float(taus[int(np.argmax(inside))] if inside.any() else taus[-1])
+    return tau if tau >= CORRELATED_FROM else 1.0
 
 
 def score_percentiles(scores: np.ndarray) -> dict[str, float]:

@@ -350,7 +350,9 @@ def _calibrate_bundle(
     report = write_calibration_report(result, data["threshold"], folder / "calibration_report.png")
     print(f"normal frames {result.frames}  threshold {data['threshold']:.4f} ({data['threshold_from']})  "
           f"false-alarm rate <= {result.threshold.far_bound:.2g} at {args.confidence:.0%} confidence "
-          f"({result.threshold.exceedances} normal frames above it)")
+          f"({result.threshold.exceedances} normal frames above it"
+          + (f"; about {result.frames / result.threshold.per_draw:.0f} independent frames, consecutive ones scoring "
+             "alike" if result.threshold.per_draw > 1 else "") + ")")
     if result.defects is not None:
         d = result.defects
         print(f"known defects {len(defects)}: recall {d.recall:.2f} at this threshold; F1-best threshold "

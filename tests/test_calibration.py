@@ -16,6 +16,7 @@ from calibration.statistics import (
     check_defects,
     far_upper_bound,
     frames_needed,
+    frames_per_draw,
     near_duplicates,
     threshold_for_far,
 )
@@ -58,6 +59,58 @@ def test_frozen_camera_and_two_populations_are_noticed():
     assert near_duplicates(rng.integers(0, 255, (50, 32, 32), np.uint8)) == 0.0
     assert bimodality(np.concatenate([rng.normal(0, 1, 500), rng.normal(8, 1, 500)])) > 0.555
     assert bimodality(rng.gumbel(size=1000)) < 0.555  # max-type scores of one population
+
+
+def test_frames_that_score_alike_count_as_fewer_independent_ones():
+    rng = np.random.default_rng(0)
+    assert frames_per_draw(rng.gumbel(size=3000)) == 1.0  # frames of different parts
+    assert frames_per_draw(np.repeat(rng.gumbel(size=1000), 10)) == pytest.approx(10, rel=0.25)  # 10 frames a part
+    ar = np.zeros(20_000)  # scores that follow a slow change: AR(1), rho 0.8, tau = (1 + rho) / (1 - rho) = 9
+    for i, noise in enumerate(rng.normal(size=ar.size - 1), start=1):
+        ar[i] = 0.8 * ar[i - 1] + noise
+    assert frames_per_draw(ar) == pytest.approx(9, rel=0.2)
+    assert frames_per_draw(np.repeat(rng.gumbel(size=9), 10)) == 1.0  # 90 frames: too few to tell
+
+
+def test_a_threshold_counts_frames_that_repeat_as_one():
+    """Each score ten times in a row (a part in view for ten frames) gives the threshold of the
+    scores once each: the bound counts parts, not frames."""
+    scores = np.random.default_rng(1).gumbel(size=4000)
+    once, repeated = threshold_for_far(scores, 0.005, 0.95), threshold_for_far(np.repeat(scores, 10), 0.005, 0.95, 10)
+    assert repeated.value == once.value and repeated.exceedances == 10 * once.exceedances
+    assert repeated.far_bound <= 0.005 and repeated.per_draw == 10
+    assert threshold_for_far(np.repeat(scores, 10), 0.005, 0.95).value < once.value  # as if 40,000 parts
+    with pytest.raises(CalibrationError, match=r"40000 normal frames, about 10 in a row scoring alike .* worth about "
+                                               r"4000 independent ones: .* at least 5990 independent ones are needed "
+                                               r"\(about 59900 frames at this pace"):
+        threshold_for_far(np.repeat(scores, 10), 0.0005, 0.95, 10)
+
+
+def test_calibrating_on_a_slow_line_counts_its_parts(tiny_bundle, normal_folder, tmp_path):
+    """Twelve cells, each in view for ten frames in a row: the threshold's bound counts about
+    twelve independent frames, not 120, and a rate that twelve cannot show is refused."""
+    bundle, frames = tmp_path / "bundle", tmp_path / "slow-line"
+    shutil.copytree(tiny_bundle, bundle)
+    frames.mkdir()
+    for i, path in enumerate(sorted(normal_folder.glob("*.png"))):
+        for j in range(10):
+            shutil.copy(path, frames / f"{10 * i + j:03d}.png")
+    calibrate = ["calibrate", "--bundle", bundle, "--input", frames, "--frames", 120, "--confidence", 0.9]
+    out = _edge_ad(*calibrate, "--target-far", 0.3)
+    assert out.returncode == 0, out.stderr
+    data = yaml.safe_load((bundle / "calibration.yaml").read_text())
+    per_draw, above = data["frames_per_independent_frame"], data["normal_frames_above_threshold"]
+    assert 3 <= per_draw <= 15  # ten in truth; estimated from twelve cells
+    assert data["false_alarm_rate_bound"] == pytest.approx(far_upper_bound(above / per_draw, 120 / per_draw, 0.9),
+                                                           rel=1e-3)
+    assert data["false_alarm_rate_bound"] <= 0.3
+    assert far_upper_bound(above + 10, 120, 0.9) <= 0.3  # as independent frames, a cell more would pass
+    assert f"about {120 / per_draw:.0f} independent frames" in out.stdout
+
+    refused = _edge_ad(*calibrate, "--target-far", 0.1)  # 22 independent frames needed
+    assert refused.returncode == 2
+    assert f"are worth about {120 / per_draw:.0f} independent ones" in refused.stderr
+    assert "at least 22 independent ones are needed" in refused.stderr
 
 
 def _edge_ad(*args):
