@@ -34,7 +34,9 @@ def write_calibration_report(calibration: Calibration, threshold: float, path: P
     hist.set_yscale("log")
     hist.set_xlabel("image score")
     hist.set_ylabel("frames")
+    per_draw = calibration.threshold.per_draw
     hist.set_title(f"calibration on {calibration.frames} normal frames"
+                   + (f" (about {calibration.frames / per_draw:.0f} independent)" if per_draw > 1 else "")
                    + (f"  -  {len(calibration.warnings)} warning(s)" if calibration.warnings else ""))
     hist.legend(fontsize=8)
     for column, (score, frame, normalised) in enumerate(calibration.top):
