@@ -351,9 +351,10 @@ def _status(stats: list[SourceStats]) -> str:
 
 class VariantHints:
     """The product variant each source's line makes now, as the line says it (MQTT
-    TOPIC/SOURCE/variant, edge_ad.mqtt; Modbus register +10, edge_ad.modbus): its frames are then scored by that variant's bundle alone,
-    not by all of them. A name that is none of the source's variants is warned about once and
-    ignored; an empty one (None) goes back to every bundle."""
+    TOPIC/SOURCE/variant, edge_ad.mqtt; Modbus register +10, edge_ad.modbus): its frames are
+    then scored by that variant's bundle alone, not by all of them. A name that is none of the
+    source's variants is warned about once and ignored; an empty one (None) goes back to every
+    bundle."""
 
     def __init__(self) -> None:
         self.said: dict[str, str | None] = {}  # by source name as topics spell it (sinks.slug)
