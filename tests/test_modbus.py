@@ -2,6 +2,7 @@
 coil, read and acknowledged by pymodbus's client as a PLC would."""
 
 import json
+import re
 import signal
 import socket
 import struct
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from pymodbus.client import ModbusTcpClient
@@ -150,6 +152,24 @@ def test_the_plc_chooses_the_variant_a_run_scores_with(variant_bundles, tmp_path
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     assert [e["variant"] for e in lines if e["source"] == "cam-a"][-30:] == [told] * 30
     assert [e["variant"] for e in lines if e["source"] == "cam-b"][-30:] == [chosen] * 30
+
+
+def test_the_plc_example_prints_and_acknowledges_alarms():
+    server = ModbusServer(0, ["top", "side"], host="127.0.0.1")
+    try:
+        server.update("top", 3, 0.05, 0.18, anomaly=False, alarm=False, variant=None, anomalies=0, alarms=0)
+        server.update("side", 7, 0.42, 0.18, anomaly=True, alarm=True, variant=None, anomalies=1, alarms=1)
+        example = Path(__file__).parents[1] / "examples" / "plc_modbus.py"
+        out = subprocess.run([sys.executable, example, f"127.0.0.1:{server.port}", "2", "0.5"], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        alarm, top, side = out.stdout.splitlines()  # the alarm once: then acknowledged
+        assert alarm == "source 1: ALARM  frame 7  score 0.420 (threshold 0.180)  alarms so far 1"
+        assert re.fullmatch(r"source 0: 1 frames scored, the last \(3\) normal; last frame \d+\.\d s ago", top)
+        assert re.fullmatch(r"source 1: 1 frames scored, the last \(7\) alarm; last frame \d+\.\d s ago", side)
+        assert server.latches() == [False, False]
+    finally:
+        server.close()
 
 
 def test_malformed_requests_are_refused_by_the_protocols_exceptions():

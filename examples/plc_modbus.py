@@ -1,0 +1,36 @@
+"""What the line's PLC sees of `edge-ad run --modbus-port`: each source's alarms, acknowledged as a
+PLC acknowledges them (0 written to the source's latch coil), and at the end its frames and
+state. To check the wiring and the register map (README) before the PLC program is written.
+Needs pymodbus (pip install pymodbus).
+
+    python examples/plc_modbus.py HOST[:PORT] [SOURCES] [SECONDS]
+"""
+
+import sys
+import time
+
+from pymodbus.client import ModbusTcpClient
+
+host, _, port = sys.argv[1].partition(":")
+sources = int(sys.argv[2]) if len(sys.argv) > 2 else 1  # in the order of --input or of the --sources file
+seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 10.0
+
+client = ModbusTcpClient(host, port=int(port or 502))
+if not client.connect():
+    sys.exit(f"{sys.argv[1]}: no Modbus server answers there (edge-ad run --modbus-port PORT)")
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    latches = client.read_coils(0, count=sources).bits
+    for i in range(sources):
+        if latches[i]:
+            r = client.read_input_registers(16 * i, count=10).registers
+            print(f"source {i}: ALARM  frame {r[6] << 16 | r[7]}  score {r[2] / 1000:.3f} (threshold {r[3] / 1000:.3f})"
+                  f"  alarms so far {r[5]}")
+            client.write_coil(i, False)  # acknowledged: the latch waits for the next alarm
+    time.sleep(0.1)  # a PLC's poll cycle
+for i in range(sources):
+    r = client.read_input_registers(16 * i, count=10).registers
+    state = ["normal", "anomalous", "alarm"][r[1]]
+    silent = "no frame yet" if r[9] == 0xFFFF else f"last frame {r[9] / 10:.1f} s ago"
+    print(f"source {i}: {r[0]} frames scored, the last ({r[6] << 16 | r[7]}) {state}; {silent}")
+client.close()
