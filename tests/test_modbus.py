@@ -33,14 +33,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _client(port: int) -> ModbusTcpClient:
-    client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
-    assert client.connect()
-    return client
-
-
 def _connect(port: int, within_s: float = 60.0) -> ModbusTcpClient:
-    """A client of the server a run starts on `port`, once it listens."""
+    """A client of the server on `port`, once it listens (a run starts it after loading its bundles)."""
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
@@ -65,7 +59,7 @@ def _coils(client: ModbusTcpClient, count: int) -> list[bool]:
 
 def test_registers_show_each_sources_last_frame_and_latch_its_alarms():
     server = ModbusServer(0, ["top", "side"], {"top": [], "side": ["mono", "poly"]}, host="127.0.0.1")
-    client = _client(server.port)
+    client = _connect(server.port)
     try:
         before = _registers(client, 0, 2 * REGISTERS_PER_SOURCE)
         assert before[:9] == [0] * 9 and before[9] == 0xFFFF  # no frame yet: silent "for ever"
@@ -110,7 +104,7 @@ def test_the_plc_says_which_variant_each_source_makes():
     told = []
     server = ModbusServer(0, ["top", "side"], {"top": [], "side": ["mono", "poly"]}, host="127.0.0.1",
                           on_variant=lambda source, variant: told.append((source, variant)))
-    client = _client(server.port)
+    client = _connect(server.port)
     side = REGISTERS_PER_SOURCE + VARIANT_REGISTER
     try:
         assert not client.write_register(side, 2).isError()
@@ -184,7 +178,7 @@ def test_malformed_requests_are_refused_by_the_protocols_exceptions():
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
             raw.sendall(struct.pack(">HHHB", 1, 1, 6, 1) + bytes([4, 0, 0, 0, 1]))
             assert raw.recv(16) == b""
-        client = _client(server.port)
+        client = _connect(server.port)
         assert _registers(client, 0, REGISTERS_PER_SOURCE)[9] == 0xFFFF
         (connection,) = server._server.connections  # a PLC that vanishes without closing: dropped in a minute
         assert connection.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
