@@ -24,10 +24,11 @@ and coil i, its alarm latch: 1 from the source's alarm frame on, until the PLC w
 
 The server is the standard library's socketserver with the few functions above: MBAP framing, read
 coils (1), read holding and input registers (3, 4), write one or several coils (5, 15) and the
-variant registers (6, 16); other functions get exception 1, addresses outside the map or writes
-to the run's own registers exception 2, bad counts or values exception 3. Any unit id is answered. pymodbus's server and datastore API was
-renamed in 3.10 and deprecated for a simulator API in 3.16, and the runtime needs nothing more
-than this; the tests read the server with pymodbus's client.
+variant registers (6, 16); other functions get exception 1, addresses outside the map or writes to
+the run's own registers exception 2, bad counts or values exception 3. Any unit id is answered.
+pymodbus's server and datastore API was renamed in 3.10 and deprecated for a simulator API in
+3.16, and the runtime needs nothing more than this; the tests read the server with pymodbus's
+client.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from pathlib import Path
 
 import cv2
@@ -125,6 +127,13 @@ def test_cells(elpv_samples) -> dict[str, list[np.ndarray]]:
     """Six normal test cells of each module type (BGR), none seen in training."""
     normal = [s for s in elpv_samples[1] if s.label == 0]
     return {t: [_bgr(s) for s in normal if s.group == t][:6] for t in MODULE_TYPES}
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port on 127.0.0.1 that nothing listens on now (TCP, or UDP with socket.SOCK_DGRAM)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 SPOT_PATTERN = (False, True, False, True, True, False, True, True, True)  # which frames of `spotted_frames` have the spot

@@ -24,13 +24,7 @@ from edge_ad.sources import open_source
 from edge_ad.streams import Stream
 from edge_ad.variants import VariantDetector
 
-from conftest import MODULE_TYPES, SPOT_PATTERN
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import MODULE_TYPES, SPOT_PATTERN, free_port
 
 
 def _connect(port: int, within_s: float = 60.0) -> ModbusTcpClient:
@@ -131,7 +125,7 @@ def test_the_plc_chooses_the_variant_a_run_scores_with(variant_bundles, tmp_path
     (first,) = [f.image for f, _ in zip(open_source(pattern).frames(), range(1))]
     chosen = detector(first).variant  # which bundle the test pattern looks most normal to
     told = next(t for t in MODULE_TYPES if t != chosen)
-    port, events = _free_port(), tmp_path / "events.jsonl"
+    port, events = free_port(), tmp_path / "events.jsonl"
     config = RunConfig(modbus_port=port, events=events, max_frames=90)  # 3 s of live cameras
     streams = [Stream(pattern, "cam-a"), Stream(pattern, "cam-b")]
     thread = threading.Thread(target=run, args=(detector, streams, config))
@@ -205,7 +199,7 @@ def test_a_plc_reads_what_the_run_scored(spotted_frames, tiny_bundle, tmp_path):
     the registers a client reads are those of the frame they name, as the events file has it
     (score, threshold, verdict, counts so far), the alarm latch is set, and SIGTERM ends the run
     and the PLC's connection."""
-    port, events = _free_port(), tmp_path / "events.jsonl"
+    port, events = free_port(), tmp_path / "events.jsonl"
     process = subprocess.Popen(
         [sys.executable, "-m", "edge_ad", "run", "--bundle", str(tiny_bundle), "--input", str(spotted_frames),
          "--input-loop", "-1", "--alarm-frames", "2", "--events", str(events),

@@ -22,21 +22,15 @@ from edge_ad.sources import open_source
 from edge_ad.streams import Stream
 from edge_ad.variants import VariantDetector
 
-from conftest import MODULE_TYPES, SPOT_PATTERN
+from conftest import MODULE_TYPES, SPOT_PATTERN, free_port
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
 needs_broker = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def broker():
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([MOSQUITTO, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
@@ -117,7 +111,7 @@ def test_alarms_reach_the_broker(broker, spotted_frames, tiny_bundle):
 
 @needs_broker
 def test_a_broker_that_is_away_does_not_stop_the_run(spotted_frames, tiny_bundle):
-    config = RunConfig(alarm_frames=2, mqtt=f"mqtt://127.0.0.1:{_free_port()}/plant/line1")  # nobody listens
+    config = RunConfig(alarm_frames=2, mqtt=f"mqtt://127.0.0.1:{free_port()}/plant/line1")  # nobody listens
     summary = run(Detector.load(tiny_bundle), [Stream(str(spotted_frames), "cam")], config)
     assert summary.frames == len(SPOT_PATTERN) and summary.alarms == 3
     assert summary.sink_errors == {}  # the three alarms wait in paho's queue for the broker
@@ -166,7 +160,7 @@ def tls_files(tmp_path) -> dict[str, Path]:
 @pytest.fixture
 def tls_broker(tls_files, tmp_path):
     """Mosquitto on 127.0.0.1 speaking TLS only, asking every client for a certificate of the plant CA."""
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "mosquitto.conf"
     config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nrequire_certificate true\n"
                       f"cafile {tls_files['ca']}\ncertfile {tls_files['server']}\nkeyfile {tls_files['server.key']}\n"

@@ -22,14 +22,10 @@ from edge_ad.streams import Stream
 from edge_ad.pipelines import FLIPS, SourceOptions
 from edge_ad.sources import open_source
 
+from conftest import free_port
+
 GST_LAUNCH = shutil.which("gst-launch-1.0")
 pytestmark = pytest.mark.skipif(GST_LAUNCH is None, reason="gst-launch-1.0 is not installed")
-
-
-def _free_port(kind=socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _events(path):
@@ -124,7 +120,7 @@ def test_mp4_in_every_frame_scored_overlay_video_out(detector, mp4, tmp_path):
 
 
 def test_rtp_loopback_killed_and_restarted_reconnects(detector, tmp_path):
-    port = _free_port()
+    port = free_port(socket.SOCK_DGRAM)
     sender_args = [GST_LAUNCH, "-q", "videotestsrc", "is-live=true", "pattern=ball", "!",
                    "video/x-raw,width=160,height=120,framerate=20/1", "!", "x264enc", "tune=zerolatency",
                    "key-int-max=10", "!", "rtph264pay", "config-interval=1", "pt=96", "!",
@@ -155,7 +151,7 @@ def test_timeout_0_keeps_a_silent_camera_waiting():
     failure, while a timeout reconnects the same silent source."""
 
     def reconnects_in(seconds: float, timeout_s: float) -> int:
-        source = open_source(f"rtp://@:{_free_port()}", SourceOptions(timeout_s=timeout_s))
+        source = open_source(f"rtp://@:{free_port(socket.SOCK_DGRAM)}", SourceOptions(timeout_s=timeout_s))
         stop = threading.Event()
         reader = threading.Thread(target=lambda: list(source.frames(stop)))
         reader.start()
@@ -172,7 +168,7 @@ def test_timeout_0_keeps_a_silent_camera_waiting():
 @pytest.mark.parametrize("transport", [None, "tcp"])  # rtspsrc's choice (UDP first), and TCP as through a firewall
 def test_rtsp_output_served_and_read_back(detector, tmp_path, transport):
     _need_rtsp_server()
-    port = _free_port(socket.SOCK_STREAM)
+    port = free_port()
     stream = Stream("test://ball?width=160&height=120&fps=20", output=f"rtsp://@:{port}/inspection")
     stop, thread, box = _run_in_thread(detector, [stream], RunConfig())
     try:
@@ -379,7 +375,7 @@ def test_rtsp_output_releases_its_port_when_closed():
     _need_rtsp_server()
     from edge_ad.outputs import RtspOutput
 
-    port = _free_port(socket.SOCK_STREAM)
+    port = free_port()
     RtspOutput(f"rtsp://@:{port}/a", 64, 48, 10).close()
     again = RtspOutput(f"rtsp://@:{port}/a", 64, 48, 10)  # the same port serves again
     again.close()
@@ -408,7 +404,7 @@ def test_a_frame_the_detector_refuses_is_skipped_and_the_run_goes_on(detector, t
 
 
 def test_rtp_output_read_back_by_an_rtp_source(detector):
-    port = _free_port()
+    port = free_port(socket.SOCK_DGRAM)
     viewer = open_source(f"rtp://@:{port}", SourceOptions(latency_ms=50, timeout_s=10))  # listening first
     stream = Stream("test://ball?width=160&height=120&fps=20", output=f"rtp://127.0.0.1:{port}")
     stop, thread, box = _run_in_thread(detector, [stream], RunConfig())
@@ -445,7 +441,7 @@ def test_http_outputs_show_the_overlays_in_a_browser(detector):
 
     from edge_ad.mjpeg import MJPEG_FPS
 
-    port = _free_port(socket.SOCK_STREAM)
+    port = free_port()
     streams = [Stream("test://ball?width=160&height=120&fps=30", "line1", output=f"http://@:{port}/line1"),
                Stream("test://smpte?width=96&height=64&fps=30", "line2", output=f"http://@:{port}/line2")]
     stop, thread, box = _run_in_thread(detector, streams, RunConfig())
@@ -482,7 +478,7 @@ def _port_open(port: int) -> bool:
 def test_http_output_lets_clients_go_and_its_port_free():
     from edge_ad.mjpeg import MjpegOutput
 
-    port = _free_port(socket.SOCK_STREAM)
+    port = free_port()
     output = MjpegOutput(f"http://@:{port}/", 64, 48, 10)
     picture = np.zeros((48, 64, 3), np.uint8)
     output.write(picture, 0.0)
