@@ -41,6 +41,7 @@ PIXELS_PER_FRAME = 2048  # raw-map values per frame and branch pooled for the qu
 TOP_FRAMES = 4  # highest-scoring normal frames shown in the report
 DRIFT_WINDOW = 300  # frames behind the rolling median that `edge-ad run --drift` watches
 SPLIT_HALF_LIMIT = 0.10  # relative disagreement of the halves above which a warning is given
+PACE_EVERY, PACE_FROM = 250, 500  # frames between estimates of independent frames while collecting; the first
 Q_ALPHA, Q_BETA = 0.9, 0.995  # ULSAD 3.5
 
 
@@ -72,18 +73,37 @@ class Collected:
 
 def collect(
     detector: Detector | VariantDetector, frames: Iterable[np.ndarray], count: int, seed: int = 0,
-    mask: InspectionMask | None = None,
+    mask: InspectionMask | None = None, needed: int | None = None,
 ) -> dict[str | None, Collected]:
     """Run the detector on up to `count` normal BGR frames (progress bar), within `mask` if given.
     What is kept of each frame goes to the variant that took it (a VariantDetector: each variant
-    is then calibrated on its own frames), or under None for a single bundle."""
+    is then calibrated on its own frames), or under None for a single bundle. The bar shows about
+    how many independent frames there are so far; when `count` frames will not give a variant the
+    `needed` independent ones at this pace, that is said once, early, with the frames that would."""
     rng = np.random.default_rng(seed)
     kept: dict[str | None, Collected] = {}
-    for i, frame in enumerate(tqdm(frames, total=count, desc="normal frames", unit="frame")):
+    scores: dict[str | None, list[float]] = {}  # the bundle's own, in capture order: their pace
+    said = False
+    bar = tqdm(frames, total=count, desc="normal frames", unit="frame")
+    for i, frame in enumerate(bar):
         if i >= count:
             break
         result = detector(frame, mask=mask)
         kept.setdefault(result.variant, Collected(mask=mask)).add(i, frame, result, rng)
+        scores.setdefault(result.variant, []).append(result.score)
+        if (i + 1) % PACE_EVERY or i + 1 < PACE_FROM:
+            continue
+        per_draw = {variant: frames_per_draw(np.array(values)) for variant, values in scores.items()}
+        bar.set_postfix(independent=round(sum(len(scores[v]) / per_draw[v] for v in scores)))
+        for variant, values in scores.items():
+            projected = len(values) / per_draw[variant] * count / (i + 1)
+            if needed is not None and not said and projected < needed:
+                said = True
+                who = "" if variant is None else f"variant {variant}: "
+                bar.write(f"{who}about {per_draw[variant]:.0f} frames in a row score alike, so the {count} frames "
+                          f"will be worth about {projected:.0f} independent ones, of the {needed} needed: "
+                          f"--frames {needed * per_draw[variant] * (i + 1) / len(values):.0f} would do "
+                          "(Ctrl-C and start again), or a larger --target-far")
     return kept
 
 

@@ -55,6 +55,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _rate(text: str) -> float:
+    """A probability strictly between 0 and 1 (--target-far, --confidence)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
+    return value
+
+
 # The learned bridge's training options: with another model they would be silently ignored.
 BRIDGE_TRAIN_OPTIONS = {"steps": "--steps", "distill_steps": "--distill-steps", "resume": "--resume",
                         "defect_kinds": "--defect-kinds"}
@@ -274,6 +285,7 @@ def _calibrate_sources(streams: list, args: argparse.Namespace) -> None:
 def _calibrate_stream(stream, args: argparse.Namespace) -> None:
     """Calibrate the bundle(s) of one source on its frames (into its calibration folder, if any)."""
     from calibration.site import collect
+    from calibration.statistics import frames_needed
 
     from .masks import InspectionMask
     from .sources import open_source
@@ -290,7 +302,8 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
                 detector, _ = detector.calibrated(stream.calibration)
             except EdgeAdError as exc:  # one that cannot be read is what this calibration replaces
                 print(f"{stream.name}: {exc}; it is replaced by the calibration made now")
-        kept = collect(detector, _checked_frames(source, mask, stream.name), args.frames, mask=mask)
+        kept = collect(detector, _checked_frames(source, mask, stream.name), args.frames, mask=mask,
+                       needed=frames_needed(args.target_far, args.confidence))
     finally:
         source.close()
     read = sum(len(k.samples) for k in kept.values())
@@ -727,8 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", help="or your own GStreamer source pipeline ending in 'appsink name=sink' (BGR)")
     _add_sources_choice(p)
     p.add_argument("--frames", type=_positive_int, default=3000, help="normal frames to collect")
-    p.add_argument("--target-far", type=float, default=0.001, help="false-alarm rate to guarantee (default 1 in 1000)")
-    p.add_argument("--confidence", type=float, default=0.95, help="confidence of the false-alarm bound")
+    p.add_argument("--target-far", type=_rate, default=0.001, help="false-alarm rate to guarantee (default 1 in 1000)")
+    p.add_argument("--confidence", type=_rate, default=0.95, help="confidence of the false-alarm bound")
     p.add_argument("--defects", help="a few known defects (image folder or clip): recall and the F1-best threshold")
     p.add_argument("--threshold", choices=("far", "f1"), default="far",
                    help="write the false-alarm threshold (default) or the F1-best one (needs --defects)")

@@ -1,5 +1,6 @@
 """On-site calibration: the false-alarm bound, stability checks, defects, and calibration.yaml."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -111,6 +112,22 @@ def test_calibrating_on_a_slow_line_counts_its_parts(tiny_bundle, normal_folder,
     assert refused.returncode == 2
     assert f"are worth about {120 / per_draw:.0f} independent ones" in refused.stderr
     assert "at least 22 independent ones are needed" in refused.stderr
+
+
+def test_collecting_says_early_when_the_frames_will_not_be_enough(tiny_bundle, normal_folder, monkeypatch, capsys):
+    monkeypatch.setattr(site, "PACE_EVERY", 20)
+    monkeypatch.setattr(site, "PACE_FROM", 100)
+    detector = Detector.load(tiny_bundle)
+    cells = [cv2.imread(str(p)) for p in sorted(normal_folder.glob("*.png"))]
+    slow_line = [cell for cell in cells for _ in range(10)]  # each cell in view for ten frames
+    kept = site.collect(detector, iter(slow_line), 120, needed=60)
+    assert len(kept[None].samples) == 120
+    (said,) = [line for line in capsys.readouterr().out.splitlines() if "score alike" in line]  # once
+    assert re.fullmatch(r"about \d+ frames in a row score alike, so the 120 frames will be worth about \d+ independent "
+                        r"ones, of the 60 needed: --frames \d+ would do \(Ctrl-C and start again\), or a larger "
+                        r"--target-far", said)
+    site.collect(detector, iter(slow_line), 120, needed=5)  # enough at this pace: nothing to say
+    assert "score alike" not in capsys.readouterr().out
 
 
 def _edge_ad(*args):

@@ -133,3 +133,9 @@ def test_position_whitening_is_on_by_default_and_can_be_turned_off(tmp_path, nor
     assert whitened["prototypes"].shape[0] == 256
     assert unwhitened["prototypes"].shape[0] == record["prototypes"] == record["train_images"] * 64 < 2048
     assert yaml.safe_load((tmp_path / "default" / "config.yaml").read_text())["config"]["whitening_eps"] == 0.1
+
+
+def test_calibration_rates_outside_0_to_1_are_refused_before_any_frame(tiny_bundle):
+    for flag, value in (("--target-far", "0"), ("--confidence", "1.5"), ("--target-far", "1e-3x")):
+        result = edge_ad("calibrate", "--bundle", tiny_bundle, "--input", "test://", flag, value)
+        _one_line_error(result, f"argument {flag}", value, program="edge-ad calibrate")
