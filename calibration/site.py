@@ -41,7 +41,7 @@ PIXELS_PER_FRAME = 2048  # raw-map values per frame and branch pooled for the qu
 TOP_FRAMES = 4  # highest-scoring normal frames shown in the report
 DRIFT_WINDOW = 300  # frames behind the rolling median that `edge-ad run --drift` watches
 SPLIT_HALF_LIMIT = 0.10  # relative disagreement of the halves above which a warning is given
-PACE_EVERY, PACE_FROM = 250, 500  # frames between estimates of independent frames while collecting; the first
+PACE_EVERY, PACE_FROM = 250, 500  # while collecting: frames between estimates of independent frames, and the first
 Q_ALPHA, Q_BETA = 0.9, 0.995  # ULSAD 3.5
 
 
@@ -97,7 +97,7 @@ def collect(
         bar.set_postfix(independent=round(sum(len(scores[v]) / per_draw[v] for v in scores)))
         for variant, values in scores.items():
             projected = len(values) / per_draw[variant] * count / (i + 1)
-            if needed is not None and not said and projected < needed:
+            if needed is not None and not said and per_draw[variant] > 1 and projected < needed:
                 said = True
                 who = "" if variant is None else f"variant {variant}: "
                 bar.write(f"{who}about {per_draw[variant]:.0f} frames in a row score alike, so the {count} frames "

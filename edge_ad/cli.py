@@ -242,6 +242,14 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
+    from calibration.statistics import CalibrationError, frames_needed
+
+    needed = frames_needed(args.target_far, args.confidence)
+    if args.frames < needed:  # fewer frames than independent ones needed: refused before any is read
+        raise CalibrationError(f"--frames {args.frames} cannot show a false-alarm rate of {args.target_far:g} with "
+                               f"{args.confidence:.0%} confidence: at least {needed} normal frames are needed, more "
+                               f"where consecutive ones score alike (or ask for --target-far "
+                               f"{1 - (1 - args.confidence) ** (1 / args.frames):.2g} or more)")
     if args.sources and not args.source and not args.input and not args.pipeline:
         from .streams import streams_from_yaml
 

@@ -188,9 +188,13 @@ def test_calibrate_opens_the_camera_as_run_does(tiny_bundle, tmp_path):
 def test_too_few_frames_on_the_command_line(tiny_bundle, normal_folder, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    out = _edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 12)
-    assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1].startswith("edge-ad: error: 12 normal frames cannot show")
+    asked = _edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 12)  # 2995 needed
+    assert asked.returncode == 2 and "normal frames:" not in asked.stderr  # no progress bar: refused before reading
+    assert asked.stderr.strip().splitlines()[-1].startswith("edge-ad: error: --frames 12 cannot show a false-alarm "
+                                                            "rate of 0.001 with 95% confidence: at least 2995")
+    read = _edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 30, "--target-far", 0.1)
+    assert read.returncode == 2  # the folder ends after 12 of the 30 frames asked for, 29 needed
+    assert read.stderr.strip().splitlines()[-1].startswith("edge-ad: error: 12 normal frames cannot show")
     assert not (bundle / "calibration.yaml").exists()
 
 

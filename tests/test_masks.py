@@ -139,7 +139,8 @@ def test_calibrate_within_a_mask_and_run_warns_on_another(tiny_bundle, normal_fo
     assert scores != unmasked
     wrong = tmp_path / "wrong.png"  # a mask of another size: the input is named, the calibration kept
     cv2.imwrite(str(wrong), np.full((100, 100), 255, np.uint8))
-    out = _edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 12, "--mask", wrong)
+    out = _edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 12, "--target-far", 0.3,
+                   "--mask", wrong)
     assert out.returncode == 2 and f"{normal_folder}: --mask {wrong} is 100x100 pixels, but the frames are" in out.stderr
     assert yaml.safe_load((bundle / "calibration.yaml").read_text()) == data
 
