@@ -39,9 +39,10 @@ def write_calibration_report(calibration: Calibration, threshold: float, path: P
                    + (f" (about {calibration.frames / per_draw:.0f} independent)" if per_draw > 1 else "")
                    + (f"  -  {len(calibration.warnings)} warning(s)" if calibration.warnings else ""))
     hist.legend(fontsize=8)
-    for column, (score, frame, normalised) in enumerate(calibration.top):
+    for column, (score, index, frame, normalised) in enumerate(calibration.top):
         picture = overlay(frame, overlay_result(score, threshold, frame, normalised, calibration.mask))
-        show(figure.add_subplot(grid[1, column]), picture, f"normal #{column + 1}: {score:.3f}", fontsize=9)
+        show(figure.add_subplot(grid[1, column]), picture, f"normal #{column + 1}, frame {index}: {score:.3f}",
+             fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)

@@ -5,7 +5,7 @@ calibration.yaml (which the runtime then uses instead of the bundle's numbers)."
 from __future__ import annotations
 
 import datetime as dt
-import heapq
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -38,10 +38,12 @@ from .statistics import (
 )
 
 PIXELS_PER_FRAME = 2048  # raw-map values per frame and branch pooled for the quantiles
-TOP_FRAMES = 4  # highest-scoring normal frames shown in the report
+TOP_FRAMES = 4  # highest-scoring normal frames shown in the report, each of another part
+CANDIDATES = 2 * TOP_FRAMES  # frames kept while collecting, for those
 DRIFT_WINDOW = 300  # frames behind the rolling median that `edge-ad run --drift` watches
 SPLIT_HALF_LIMIT = 0.10  # relative disagreement of the halves above which a warning is given
 PACE_EVERY, PACE_FROM = 250, 500  # while collecting: frames between estimates of independent frames, and the first
+APART_EVERY, APART_FROM = 10, 20  # frames between rough estimates of the frames of one part, for the report
 Q_ALPHA, Q_BETA = 0.9, 0.995  # ULSAD 3.5
 
 
@@ -49,13 +51,15 @@ Q_ALPHA, Q_BETA = 0.9, 0.995  # ULSAD 3.5
 class Collected:
     """What calibration keeps of each normal frame: a sample of raw-map values, the raw maps on
     the feature grid (small; the frame is rescored from them with the new quantiles exactly as
-    the runtime scores it), a thumbnail, and the frames themselves for the few highest scores."""
+    the runtime scores it), a thumbnail, and the frames themselves for the few highest scores,
+    one per part where a part stays in view for several frames."""
 
     samples: list[np.ndarray] = field(default_factory=list)  # (branches, PIXELS_PER_FRAME) per frame
     grids: list[np.ndarray] = field(default_factory=list)  # (branches, h, w) per frame
     thumbnails: list[np.ndarray] = field(default_factory=list)
     top: list[tuple[float, int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (score, i, frame, grid)
     mask: InspectionMask | None = None  # the frames' inspection mask: quantiles and scores are of its white part
+    apart: int = 1  # frames fewer than this apart show one part (`frames_of_one_part`), for `top`
 
     def add(self, i: int, frame: np.ndarray, result: Result, rng: np.random.Generator) -> None:
         raw = result.raw_map
@@ -64,11 +68,35 @@ class Collected:
         self.grids.append(result.grid_map)
         grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
         self.thumbnails.append(cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA))
-        item = (result.score, i, frame, result.grid_map)
-        if len(self.top) < TOP_FRAMES:
-            heapq.heappush(self.top, item)
-        elif result.score > self.top[0][0]:
-            heapq.heapreplace(self.top, item)
+        same_part = [item for item in self.top if i - item[1] < self.apart]
+        if any(item[0] >= result.score for item in same_part):
+            return
+        self.top = [item for item in self.top if i - item[1] >= self.apart]
+        self.top.append((result.score, i, frame, result.grid_map))
+        self.top.sort(key=lambda item: -item[0])
+        del self.top[CANDIDATES:]
+
+    def set_apart(self, apart: int) -> None:
+        """A new estimate of how many frames show one part: the frames kept for the report that
+        now count as one part are one frame, the highest-scoring."""
+        self.apart = apart
+        self.top = one_per_part(self.top, apart)
+
+
+def frames_of_one_part(per_draw: float) -> int:
+    """Frames fewer than this apart are taken to show one part: twice the frames that score
+    alike in a row (`frames_per_draw`), or 1 where frames are independent."""
+    return 1 if per_draw <= 1 else math.ceil(2 * per_draw)
+
+
+def one_per_part(items: list, apart: int) -> list:
+    """Items (score, frame index, ...) highest score first, without any that is fewer than
+    `apart` frames from a higher-scoring one."""
+    chosen: list = []
+    for item in sorted(items, key=lambda item: -item[0]):
+        if all(abs(item[1] - other[1]) >= apart for other in chosen):
+            chosen.append(item)
+    return chosen
 
 
 def collect(
@@ -90,7 +118,10 @@ def collect(
             break
         result = detector(frame, mask=mask)
         kept.setdefault(result.variant, Collected(mask=mask)).add(i, frame, result, rng)
-        scores.setdefault(result.variant, []).append(result.score)
+        values = scores.setdefault(result.variant, [])
+        values.append(result.score)
+        if len(values) % APART_EVERY == 0:
+            kept[result.variant].set_apart(frames_of_one_part(frames_per_draw(np.array(values), APART_FROM)))
         if (i + 1) % PACE_EVERY or i + 1 < PACE_FROM:
             continue
         per_draw = {variant: frames_per_draw(np.array(values)) for variant, values in scores.items()}
@@ -129,7 +160,7 @@ class Calibration:
     confidence: float
     agreement: dict[str, float]  # split-half relative disagreements
     warnings: list[str]
-    top: list[tuple[float, np.ndarray, np.ndarray]]  # (score, frame, normalised map) highest first
+    top: list[tuple[float, int, np.ndarray, np.ndarray]]  # (score, frame index, frame, normalised map), one per part
     defects: DefectCheck | None = None
     defect_scores: np.ndarray | None = None
     mask: InspectionMask | None = None
@@ -151,7 +182,8 @@ def calibrate(
     samples = np.stack(kept.samples)
     quantiles = _fit(samples)
     scores = _scores(detector, kept.grids, quantiles, kept.mask)
-    threshold = threshold_for_far(scores, far, confidence, frames_per_draw(scores))
+    per_draw = frames_per_draw(scores)
+    threshold = threshold_for_far(scores, far, confidence, per_draw)
 
     half = n // 2
     first, second = _fit(samples[:half]), _fit(samples[half:])
@@ -169,8 +201,9 @@ def calibrate(
     ]
     duplicates = near_duplicates(np.stack(kept.thumbnails))
     if duplicates > DUPLICATE_SHARE:
-        warnings.append(f"{duplicates:.0%} of consecutive frames are near-identical: a frozen camera or an empty "
-                        "line? They show one scene, not many normal parts")
+        warnings.append(f"{duplicates:.0%} of consecutive frames are near-identical: a frozen camera, an empty "
+                        f"line, or parts at rest in view? The bound counts them as about {n / per_draw:.0f} "
+                        "independent frames: check in the report that they show parts")
     coefficient = bimodality(scores)
     if coefficient > BIMODALITY_LIMIT:
         warnings.append(f"the normal scores look bimodal (bimodality coefficient {coefficient:.2f} > "
@@ -178,9 +211,9 @@ def calibrate(
                         "(two products: one bundle per variant, README 'Several variants on one line')")
 
     top = []
-    for _, _, frame, grid in sorted(kept.top, key=lambda item: -item[0]):  # by the bundle's own scores
+    for _, i, frame, grid in one_per_part(kept.top, frames_of_one_part(per_draw))[:TOP_FRAMES]:  # by own scores
         normalised = detector.normalised_maps(grid[None], quantiles)[0]
-        top.append((detector.image_score(normalised, kept.mask), frame, normalised))
+        top.append((detector.image_score(normalised, kept.mask), i, frame, normalised))
     calibration = Calibration(n, quantiles, scores, threshold, far, confidence, agreement, warnings, top,
                               mask=kept.mask)
     if defect_grids:

@@ -82,18 +82,18 @@ def threshold_for_far(scores: np.ndarray, far: float, confidence: float, per_dra
     return Threshold(value, above, far_upper_bound(above / per_draw, draws, confidence), per_draw)
 
 
-def frames_per_draw(scores: np.ndarray) -> float:
+def frames_per_draw(scores: np.ndarray, min_frames: int = CORRELATION_MIN_FRAMES) -> float:
     """How many consecutive frames count as one independent draw of a normal frame: the
     integrated autocorrelation time tau of the scores in capture order, 1 for frames of different
     parts, about 20 when each part stays in view for 20 frames. Sokal's automatic window (as
     emcee's `integrated_time`): tau = 1 + 2 (rho_1 + ... + rho_M) at the first lag M >= 5 tau.
-    1 below CORRELATED_FROM or with fewer than CORRELATION_MIN_FRAMES frames, where independent
-    frames' own estimates reach it."""
+    1 below CORRELATED_FROM or with fewer than `min_frames` frames, where independent frames' own
+    estimates reach it (a smaller `min_frames` gives a rougher estimate sooner)."""
     x = np.asarray(scores, np.float64)
     n = x.size
     x = x - x.mean()
     variance = float(x @ x) / max(n, 1)
-    if n < CORRELATION_MIN_FRAMES or variance <= 0:
+    if n < min_frames or variance <= 0:
         return 1.0
     size = 1 << (2 * n - 1).bit_length()  # zero-padded: the circular correlation is the linear one
     spectrum = np.fft.rfft(x, size)

@@ -130,6 +130,24 @@ def test_collecting_says_early_when_the_frames_will_not_be_enough(tiny_bundle, n
     assert "score alike" not in capsys.readouterr().out
 
 
+def test_the_report_shows_different_parts(tiny_bundle, normal_folder):
+    """The report's highest-scoring normal frames: on a slow line (each cell in view for ten
+    frames) the highest-scoring frame of four different cells, not four frames of one cell; with
+    a cell per frame, the four highest-scoring frames."""
+    detector = Detector.load(tiny_bundle)
+    cells = [cv2.imread(str(p)) for p in sorted(normal_folder.glob("*.png"))]
+    ranked = np.argsort([-detector(cell).score for cell in cells])
+
+    slow_line = [cell for cell in cells for _ in range(10)]
+    calibration = site.calibrate(detector, site.collect(detector, iter(slow_line), 120)[None], 0.3, 0.9)
+    shown = [i // 10 for _, i, _, _ in calibration.top]
+    assert len(set(shown)) == len(shown) == site.TOP_FRAMES
+    assert shown[0] == ranked[0]
+
+    calibration = site.calibrate(detector, site.collect(detector, iter(cells), 12)[None], 0.3, 0.9)
+    assert [i for _, i, _, _ in calibration.top] == list(ranked[: site.TOP_FRAMES])
+
+
 def _edge_ad(*args):
     return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True)
 
