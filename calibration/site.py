@@ -20,6 +20,7 @@ from edge_ad.bundle import BUNDLE_FILE, BRANCHES, CALIBRATION_FILE, file_sha256,
 from edge_ad.detector import Detector, Result, frame_map
 from edge_ad.masks import InspectionMask
 from edge_ad.normalize import Quantiles, fit_quantiles
+from edge_ad.regions import input_area
 from edge_ad.variants import VariantDetector
 
 from .statistics import (
@@ -57,6 +58,7 @@ class Collected:
     samples: list[np.ndarray] = field(default_factory=list)  # (branches, PIXELS_PER_FRAME) per frame
     grids: list[np.ndarray] = field(default_factory=list)  # (branches, h, w) per frame
     thumbnails: list[np.ndarray] = field(default_factory=list)
+    shapes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) per frame
     top: list[tuple[float, int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (score, i, frame, grid)
     mask: InspectionMask | None = None  # the frames' inspection mask: quantiles and scores are of its white part
     apart: int = 1  # frames fewer than this apart show one part (`frames_of_one_part`), for `top`
@@ -68,6 +70,7 @@ class Collected:
         self.grids.append(result.grid_map)
         grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
         self.thumbnails.append(cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA))
+        self.shapes.append(frame.shape[:2])
         same_part = [item for item in self.top if i - item[1] < self.apart]
         if any(item[0] >= result.score for item in same_part):
             return
@@ -143,11 +146,21 @@ def _fit(samples: np.ndarray) -> list[Quantiles]:
 
 
 def _scores(
-    detector: Detector, grids: list[np.ndarray], quantiles: list[Quantiles], mask: InspectionMask | None
+    detector: Detector, grids: list[np.ndarray], shapes: list[tuple[int, int]], quantiles: list[Quantiles],
+    mask: InspectionMask | None, min_defect_area: int | None,
 ) -> np.ndarray:
-    """Image scores under `quantiles`, frame by frame as the runtime computes them (the same
-    operations, so the same floats: the threshold sits one step above a normal score)."""
-    return np.array([detector.image_score(detector.normalised_maps(grid[None], quantiles)[0], mask) for grid in grids])
+    """Image scores under `quantiles` (and the least defect area, frame pixels), frame by frame
+    as the runtime computes them (the same operations, so the same floats: the threshold sits one
+    step above a normal score)."""
+    return np.array([
+        detector.image_score(detector.normalised_maps(grid[None], quantiles)[0], mask,
+                             _min_area(detector, min_defect_area, shape))
+        for grid, shape in zip(grids, shapes)
+    ])
+
+
+def _min_area(detector: Detector, min_defect_area: int | None, frame_shape: tuple[int, ...]) -> int:
+    return 1 if min_defect_area is None else input_area(min_defect_area, frame_shape, detector.bundle.input_size)
 
 
 @dataclass
@@ -164,6 +177,7 @@ class Calibration:
     defects: DefectCheck | None = None
     defect_scores: np.ndarray | None = None
     mask: InspectionMask | None = None
+    min_defect_area: int | None = None  # frame pixels a region above the threshold must cover
 
 
 def calibrate(
@@ -171,17 +185,25 @@ def calibrate(
     kept: Collected,
     far: float,
     confidence: float,
-    defect_grids: list[np.ndarray] | None = None,
+    defects: list[tuple[np.ndarray, tuple[int, int]]] | None = None,
+    min_defect_area: int | None = None,
 ) -> Calibration:
     """Quantiles, scores and the threshold from what `collect` kept; stability warnings; and,
-    with `defect_grids` (Result.grid_map of known defect frames), recall at the threshold and
-    the F1-best threshold."""
+    with `defects` (Result.grid_map and frame shape of each known defect frame), recall at the
+    threshold and the F1-best threshold. With `min_defect_area` (frame pixels), a frame's score
+    is the highest level at which a region of its map that large lies above it, so the threshold
+    flags a frame when such a region reaches it."""
     n = len(kept.samples)
     if n < 4:
         raise CalibrationError(f"only {n} normal frames were read; calibration needs many more")
+    height, width = kept.shapes[0]
+    inspected = int(kept.mask.inspect.sum()) if kept.mask is not None else height * width
+    if min_defect_area is not None and min_defect_area > inspected:
+        raise CalibrationError(f"--min-defect-area {min_defect_area}: more pixels than the frames inspect "
+                               f"({inspected} of {width}x{height})")
     samples = np.stack(kept.samples)
     quantiles = _fit(samples)
-    scores = _scores(detector, kept.grids, quantiles, kept.mask)
+    scores = _scores(detector, kept.grids, kept.shapes, quantiles, kept.mask, min_defect_area)
     per_draw = frames_per_draw(scores)
     threshold = threshold_for_far(scores, far, confidence, per_draw)
 
@@ -213,11 +235,13 @@ def calibrate(
     top = []
     for _, i, frame, grid in one_per_part(kept.top, frames_of_one_part(per_draw))[:TOP_FRAMES]:  # by own scores
         normalised = detector.normalised_maps(grid[None], quantiles)[0]
-        top.append((detector.image_score(normalised, kept.mask), i, frame, normalised))
+        area = _min_area(detector, min_defect_area, frame.shape)
+        top.append((detector.image_score(normalised, kept.mask, area), i, frame, normalised))
     calibration = Calibration(n, quantiles, scores, threshold, far, confidence, agreement, warnings, top,
-                              mask=kept.mask)
-    if defect_grids:
-        defect_scores = _scores(detector, defect_grids, quantiles, kept.mask)
+                              mask=kept.mask, min_defect_area=min_defect_area)
+    if defects:
+        grids, shapes = zip(*defects)
+        defect_scores = _scores(detector, list(grids), list(shapes), quantiles, kept.mask, min_defect_area)
         calibration.defects = check_defects(scores, defect_scores, threshold.value)
         calibration.defect_scores = defect_scores
     return calibration
@@ -263,6 +287,8 @@ def record(calibration: Calibration, detector: Detector, source: str, use_f1: bo
     }
     if calibration.mask is not None:  # `edge-ad run` warns when it scores with another mask
         data["mask"] = calibration.mask.describe()
+    if calibration.min_defect_area is not None:  # the scores, and so the threshold, are of regions that large
+        data["min_defect_area"] = calibration.min_defect_area
     if calibration.defects is not None:
         d = calibration.defects
         data["defects"] = {"frames": int(calibration.defect_scores.size), "recall": d.recall,

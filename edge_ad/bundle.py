@@ -86,6 +86,7 @@ class Bundle:
     calibration: Path | None = None  # the calibration.yaml in use, if any
     fused_steps: int | None = None  # K of the optional fused graph (graphs["fused"]: all K steps in one)
     normal_scores: tuple[float, float] | None = None  # (p50, p90) of normal image scores, where recorded
+    min_defect_area: int | None = None  # frame pixels a region above the threshold must cover (site calibration)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -247,14 +248,15 @@ def site_calibrated(bundle: Bundle, folder: str | Path) -> tuple[Bundle, str | N
 
 def _numbers(selected: _Fields, model_type: str) -> dict[str, Any]:
     """The Bundle fields a site calibration replaces (branches, quantiles, threshold, normal
-    scores), from the bundle's own numbers (bundle.yaml, or a bridge schedule's entry) or a
-    calibration.yaml."""
+    scores, least defect area), from the bundle's own numbers (bundle.yaml, or a bridge schedule's
+    entry) or a calibration.yaml."""
     names, quantiles = _branches(selected)
     if names != BRANCHES[model_type]:
         raise BundleError(f"{selected.path}: normalisation branches {list(names)} do not match a "
                           f"{model_type} model's {list(BRANCHES[model_type])}")
+    area = selected.positive("min_defect_area", int) if "min_defect_area" in selected.data else None
     return {"branches": names, "quantiles": quantiles, "threshold": float(selected.get("threshold", (int, float))),
-            "normal_scores": _normal_scores(selected)}
+            "normal_scores": _normal_scores(selected), "min_defect_area": area}
 
 
 def _graph_file(root: Path, fields: _Fields, name: str) -> Path:

@@ -126,7 +126,8 @@ def _eval(args: argparse.Namespace) -> None:
 
     mask = InspectionMask.load(args.mask) if args.mask else None
     _print_report(evaluate(args.bundle, args.data, steps=args.steps, backend=args.backend, dla_core=args.dla_core,
-                           picture=Path(args.report) if args.report else None, mask=mask), args.json)
+                           picture=Path(args.report) if args.report else None, mask=mask,
+                           min_defect_area=args.min_defect_area), args.json)
 
 
 def _source_options(args: argparse.Namespace) -> SourceOptions:
@@ -317,11 +318,12 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
     read = sum(len(k.samples) for k in kept.values())
     if read < args.frames:
         print(f"{stream.name}: ended after {read} of {args.frames} frames")
-    defects: dict[str | None, list] = {}  # known defects' grid maps, by the variant that judges each, as in `run`
+    defects: dict[str | None, list] = {}  # known defects' grid maps and sizes, by the variant that judges each
     if args.defects:
         defect_source = open_source(args.defects)
-        for result in (detector(f.image, mask=mask) for f in defect_source.frames()):
-            defects.setdefault(result.variant, []).append(result.grid_map)
+        for frame in defect_source.frames():
+            result = detector(frame.image, mask=mask)
+            defects.setdefault(result.variant, []).append((result.grid_map, frame.image.shape[:2]))
         defect_source.close()
     source_name = stream.input or stream.pipeline
     if not isinstance(detector, VariantDetector):
@@ -365,15 +367,21 @@ def _calibrate_bundle(
 
     if args.threshold == "f1" and args.defects and not defects:
         raise CalibrationError("--threshold f1: none of the --defects frames were judged by this bundle")
-    result = calibrate(detector, kept or Collected(), args.target_far, args.confidence, defects)
+    result = calibrate(detector, kept or Collected(), args.target_far, args.confidence, defects, args.min_defect_area)
     data = record(result, detector, source, use_f1=args.threshold == "f1")
+    replaced = detector.bundle.min_defect_area  # that of the calibration this one replaces
     path, backup = save(folder, data)
     report = write_calibration_report(result, data["threshold"], folder / "calibration_report.png")
     print(f"normal frames {result.frames}  threshold {data['threshold']:.4f} ({data['threshold_from']})  "
           f"false-alarm rate <= {result.threshold.far_bound:.2g} at {args.confidence:.0%} confidence "
           f"({result.threshold.exceedances} normal frames above it"
           + (f"; about {result.frames / result.threshold.per_draw:.0f} independent frames, consecutive ones scoring "
-             "alike" if result.threshold.per_draw > 1 else "") + ")")
+             "alike" if result.threshold.per_draw > 1 else "") + ")"
+          + (f"; a frame is flagged where a region of at least {args.min_defect_area} pixels reaches it"
+             if args.min_defect_area else ""))
+    if replaced is not None and args.min_defect_area is None:
+        print(f"note: the calibration this replaces flagged regions of at least {replaced} pixels only; this one "
+              f"flags any (--min-defect-area {replaced} to keep that)")
     if result.defects is not None:
         d = result.defects
         print(f"known defects {len(defects)}: recall {d.recall:.2f} at this threshold; F1-best threshold "
@@ -594,6 +602,10 @@ def _add_sources_choice(p: argparse.ArgumentParser) -> None:
                                                     "record: all at once, a folder each)")
 
 
+def _add_min_defect_area(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--min-defect-area", type=_positive_int, metavar="PIXELS", help=help_text)
+
+
 def _add_mask_option(p: argparse.ArgumentParser) -> None:
     """Where `run`, `calibrate` and `eval` look on the frame."""
     p.add_argument("--mask", metavar="IMAGE",
@@ -687,6 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="PNG: score histograms with the thresholds, the ROC curve, and overlays of the "
                                     "highest-scoring normal and lowest-scoring anomalous images")
     _add_mask_option(p)
+    _add_min_defect_area(p, "score each image by its regions at least this large (pixels of the image), as a "
+                            "calibration with --min-defect-area would (default: the bundle's calibration's)")
     _add_detector_options(p)
     p.set_defaults(func=_eval)
 
@@ -753,6 +767,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defects", help="a few known defects (image folder or clip): recall and the F1-best threshold")
     p.add_argument("--threshold", choices=("far", "f1"), default="far",
                    help="write the false-alarm threshold (default) or the F1-best one (needs --defects)")
+    _add_min_defect_area(p, "flag a frame only where a region of the map at least this large (frame pixels) "
+                            "reaches the threshold; recorded in calibration.yaml, which `run` then follows")
     _add_source_options(p)  # the camera as `run` opens it
     _add_mask_option(p)
     _add_detector_options(p)

@@ -18,6 +18,7 @@ from .errors import BundleError, EdgeAdError
 from .images import resize_to_input, to_rgb
 from .masks import InspectionMask
 from .normalize import Quantiles
+from .regions import input_area, region_score
 from .upsample import upsample_maps
 
 
@@ -25,7 +26,8 @@ from .upsample import upsample_maps
 class Result:
     """What the detector says about one frame.
 
-    score: maximum of the normalised map (not clipped); is_anomaly: score >= threshold;
+    score: maximum of the normalised map (not clipped; with a least defect area, the highest level
+    at which a region of the map that large lies above it); is_anomaly: score >= threshold;
     map: normalised map in frame coordinates, clipped to [0, 1] for display;
     grid_map: raw maps on the feature grid, one per branch (branches, h, w);
     raw_map: those maps upsampled to input_size and smoothed (branches, H, W), made on first use;
@@ -92,10 +94,17 @@ class MapScorer:
         return self.upsample(self.normalise(grids.swapaxes(0, 1), quantiles))
 
     @staticmethod
-    def image_score(normalised: np.ndarray, mask: InspectionMask | None = None) -> float:
+    def image_score(normalised: np.ndarray, mask: InspectionMask | None = None, min_area: int = 1) -> float:
         """The image score of a normalised map at the input size: its maximum (over the mask's
-        inspected pixels, with a mask)."""
-        return float(normalised.max() if mask is None else normalised[mask.at(*normalised.shape)].max())
+        inspected pixels, with a mask); with a least area (pixels of the map), the highest level
+        at which a connected region that large lies above it (`edge_ad.regions.region_score`)."""
+        return region_score(normalised, min_area, None if mask is None else mask.at(*normalised.shape))
+
+    def min_area(self, frame_shape: tuple[int, ...]) -> int:
+        """The site calibration's least defect area (frame pixels) in pixels of the map at the
+        input size, for a frame of `frame_shape`; 1 without one."""
+        area = self.bundle.min_defect_area
+        return 1 if area is None else input_area(area, frame_shape, self.bundle.input_size)
 
     def _result(
         self, normalised: np.ndarray, grids: np.ndarray, frame_shape: tuple[int, ...], times: dict[str, float],
@@ -104,7 +113,7 @@ class MapScorer:
         start = time.perf_counter()
         if mask is not None:
             mask.check(frame_shape, "frame")
-        score = self.image_score(normalised, mask)
+        score = self.image_score(normalised, mask, self.min_area(frame_shape))
         display = frame_map(normalised, frame_shape, mask)
         times = dict(times, normalise_ms=(time.perf_counter() - start) * 1e3)
         bundle = self.bundle

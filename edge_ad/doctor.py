@@ -151,7 +151,7 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
         report.problems.append(f"{label} cannot be used: {exc}")
         return None
     report.found(label, f"{bundle.model_type}, {bundle.precision}, {bundle.input_height}x{bundle.input_width}, "
-                        f"calibration: {bundle.calibration or 'from export'}")
+                        f"calibration: {bundle.calibration or 'from export'}{_least_area(bundle)}")
     _check_deepstream(report, bundle_path)
     if config["backend"] != "tensorrt":
         report.found("engines", "not needed: ONNX Runtime runs the bundle's graphs on this CPU-only target")
@@ -232,7 +232,14 @@ def _check_calibration(report: Report, stream: Stream, bundles: dict[str | None,
             report.problems.append(f"source {label}: {problem}: edge-ad calibrate --sources ... --source {stream.name} "
                                    "(until then it is scored with the bundle's own numbers)")
         else:
-            report.found("calibration", f"{label}: {calibrated.calibration}, threshold {calibrated.threshold:.4f}")
+            report.found("calibration", f"{label}: {calibrated.calibration}, threshold {calibrated.threshold:.4f}"
+                                        f"{_least_area(calibrated)}")
+
+
+def _least_area(bundle: Bundle) -> str:
+    """How a calibration with `--min-defect-area` flags frames, for the lines above."""
+    area = bundle.min_defect_area
+    return "" if area is None else f", flags regions of at least {area} pixels"
 
 
 def _elements(description: str) -> list[str]:

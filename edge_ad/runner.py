@@ -620,6 +620,10 @@ def run(
                 roots = [f"{b.root} (calibration {b.calibration or 'from export'})"
                          for b in _bundles(detectors[stream.name]).values()]
                 log.info("%s: scored by %s", stream.name, ", ".join(roots))
+            areas = sorted({b.min_defect_area for b in _bundles(detectors[stream.name]).values()} - {None})
+            if areas:
+                log.info("%s: a frame is flagged where a region of at least %s pixels reaches the threshold "
+                         "(calibration)", stream.name, " / ".join(map(str, areas)))
             captures.append(_Capture(stream, source, ready, detectors[stream.name], masks[stream.name]))
             if stream.output:
                 sinks.add_video(stream, source)

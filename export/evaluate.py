@@ -4,6 +4,7 @@ the bundles as the device does."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +45,15 @@ def evaluate(
     dla_core: int | None = None,
     picture: Path | None = None,
     mask: InspectionMask | None = None,
+    min_defect_area: int | None = None,
 ) -> dict:
     """Score every test image of `data` with the bundle (at `steps` bridge steps) and return the
     metrics; samples named in `exclude` (known defects used in training) are left out. With
     `picture`, also draw them there (export/eval_report.py). With an inspection `mask` (test
     images of its size), images are scored as `edge-ad run --mask` scores frames, and the pixel
-    metrics count its inspected pixels only.
+    metrics count its inspected pixels only. With `min_defect_area` (pixels of the image), each
+    image is scored by its regions of at least that area, as a calibration with that least area
+    scores frames (in place of the bundle's calibration's).
 
     Several bundles ('NAME=BUNDLE', one per product variant) run as a VariantDetector: scores and
     maps are taken relative to each variant's normal images (the scale on which it compares
@@ -58,6 +62,9 @@ def evaluate(
     loaded = load_detector(specs, backend=backend, steps=steps, dla_core=dla_core)
     detector, variants = (None, loaded) if isinstance(loaded, VariantDetector) else (loaded, None)
     models = [detector] if variants is None else list(variants.detectors.values())
+    if min_defect_area is not None:
+        for model in models:
+            model.bundle = replace(model.bundle, min_defect_area=min_defect_area)
     samples = [s for s in load_samples(data, "test") if s.name not in exclude]
     with_masks = any(s.mask_path is not None for s in samples)
     if with_masks and len({m.bundle.input_size for m in models}) > 1:
@@ -110,6 +117,10 @@ def evaluate(
         report["bundle_threshold"] = detector.threshold
     if mask is not None:
         report["mask"] = mask.describe()
+    if detector is not None and detector.bundle.min_defect_area is not None:
+        report["min_defect_area"] = detector.bundle.min_defect_area
+    elif variants is not None and any(m.bundle.min_defect_area is not None for m in models):
+        report["min_defect_area"] = {name: m.bundle.min_defect_area for name, m in variants.detectors.items()}
     if with_masks:
         maps_array, masks_array = np.stack(maps), np.stack(masks)
         valid = None if mask is None else mask.at(*maps_array.shape[1:])
