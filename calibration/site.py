@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edge_ad.bundle import BUNDLE_FILE, BRANCHES, CALIBRATION_FILE, file_sha256, write_yaml_atomic
+from edge_ad.bundle import BUNDLE_FILE, BRANCHES, CALIBRATION_FILE, Bundle, file_sha256, read_yaml, write_yaml_atomic
 from edge_ad.detector import Detector, Result, frame_map
 from edge_ad.masks import InspectionMask
 from edge_ad.normalize import Quantiles, fit_quantiles
@@ -59,6 +59,7 @@ class Collected:
     grids: list[np.ndarray] = field(default_factory=list)  # (branches, h, w) per frame
     thumbnails: list[np.ndarray] = field(default_factory=list)
     shapes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) per frame
+    scores: list[float] = field(default_factory=list)  # the bundle's own, in capture order: their pace
     top: list[tuple[float, int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (score, i, frame, grid)
     mask: InspectionMask | None = None  # the frames' inspection mask: quantiles and scores are of its white part
     apart: int = 1  # frames fewer than this apart show one part (`frames_of_one_part`), for `top`
@@ -71,6 +72,9 @@ class Collected:
         grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
         self.thumbnails.append(cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA))
         self.shapes.append(frame.shape[:2])
+        self.scores.append(result.score)
+        if len(self.scores) % APART_EVERY == 0:  # how many frames show one part, roughly, so far
+            self.set_apart(frames_of_one_part(frames_per_draw(np.array(self.scores), APART_FROM)))
         same_part = [item for item in self.top if i - item[1] < self.apart]
         if any(item[0] >= result.score for item in same_part):
             return
@@ -113,7 +117,6 @@ def collect(
     `needed` independent ones at this pace, that is said once, early, with the frames that would."""
     rng = np.random.default_rng(seed)
     kept: dict[str | None, Collected] = {}
-    scores: dict[str | None, list[float]] = {}  # the bundle's own, in capture order: their pace
     said = False
     bar = tqdm(frames, total=count, desc="normal frames", unit="frame")
     for i, frame in enumerate(bar):
@@ -121,12 +124,9 @@ def collect(
             break
         result = detector(frame, mask=mask)
         kept.setdefault(result.variant, Collected(mask=mask)).add(i, frame, result, rng)
-        values = scores.setdefault(result.variant, [])
-        values.append(result.score)
-        if len(values) % APART_EVERY == 0:
-            kept[result.variant].set_apart(frames_of_one_part(frames_per_draw(np.array(values), APART_FROM)))
         if (i + 1) % PACE_EVERY or i + 1 < PACE_FROM:
             continue
+        scores = {variant: collected.scores for variant, collected in kept.items()}
         per_draw = {variant: frames_per_draw(np.array(values)) for variant, values in scores.items()}
         bar.set_postfix(independent=round(sum(len(scores[v]) / per_draw[v] for v in scores)))
         for variant, values in scores.items():
@@ -314,6 +314,46 @@ def save(folder: Path, data: dict) -> tuple[Path, Path | None]:
         raise CalibrationError(f"{path}: cannot write the calibration ({exc.strerror or exc}); the previous one "
                                "stays in use") from exc
     return path, backup
+
+
+@dataclass
+class Written:
+    """A calibration made and written: what it measured, its calibration.yaml content, and where
+    that file, the previous one (if any) and the report went."""
+
+    calibration: Calibration
+    data: dict
+    path: Path
+    backup: Path | None
+    report: Path
+
+
+def calibrate_into(
+    folder: Path, detector: Detector, kept: Collected | None, far: float, confidence: float, source: str,
+    defects: list[tuple[np.ndarray, tuple[int, int]]] | None = None, min_defect_area: int | None = None,
+    use_f1: bool = False,
+) -> Written:
+    """Calibrate `detector` on what was kept of its normal frames from `source` (`calibrate`),
+    then write calibration.yaml and calibration_report.png into `folder`: what `edge-ad
+    calibrate` and a calibration asked of a running `edge-ad run` both do."""
+    from .report import write_calibration_report  # matplotlib; the report draws a Calibration
+
+    calibration = calibrate(detector, kept or Collected(), far, confidence, defects, min_defect_area)
+    data = record(calibration, detector, source, use_f1=use_f1)
+    path, backup = save(folder, data)
+    report = write_calibration_report(calibration, data["threshold"], folder / "calibration_report.png")
+    return Written(calibration, data, path, backup, report)
+
+
+def recorded_settings(bundle: Bundle) -> dict:
+    """The rate, confidence, frames and least defect area of the site calibration `bundle` uses
+    (calibration.yaml), for a calibration made again the same way; {} without one."""
+    if bundle.calibration is None:
+        return {}
+    data = read_yaml(bundle.calibration)
+    keys = {"target_false_alarm_rate": "far", "confidence": "confidence", "frames": "frames",
+            "min_defect_area": "min_defect_area"}
+    return {name: data[key] for key, name in keys.items() if key in data}
 
 
 def overlay_result(

@@ -225,6 +225,7 @@ def _run(args: argparse.Namespace) -> None:
         alarm_frames=args.alarm_frames,
         mqtt=args.mqtt,
         mqtt_tls=MqttTls(*(Path(f) if f else None for f in (args.mqtt_ca, args.mqtt_cert, args.mqtt_key))),
+        calibration_frames=args.calibration_frames,
     )
     detectors = load_detectors(streams, args.bundle, backend=args.backend, steps=args.steps, spin=not args.no_spin,
                                dla_core=args.dla_core)
@@ -361,17 +362,15 @@ def _calibrate_bundle(
     """Calibrate one bundle on what `collect` kept of its frames from `source` and its known
     defects' grid maps; write calibration.yaml and the report into `folder` (the bundle's, or
     the camera's own: `calibration:` in --sources)."""
-    from calibration.report import write_calibration_report
-    from calibration.site import Collected, calibrate, record, save
+    from calibration.site import calibrate_into
     from calibration.statistics import CalibrationError
 
     if args.threshold == "f1" and args.defects and not defects:
         raise CalibrationError("--threshold f1: none of the --defects frames were judged by this bundle")
-    result = calibrate(detector, kept or Collected(), args.target_far, args.confidence, defects, args.min_defect_area)
-    data = record(result, detector, source, use_f1=args.threshold == "f1")
     replaced = detector.bundle.min_defect_area  # that of the calibration this one replaces
-    path, backup = save(folder, data)
-    report = write_calibration_report(result, data["threshold"], folder / "calibration_report.png")
+    written = calibrate_into(folder, detector, kept, args.target_far, args.confidence, source, defects,
+                             args.min_defect_area, use_f1=args.threshold == "f1")
+    result, data, path, backup = written.calibration, written.data, written.path, written.backup
     print(f"normal frames {result.frames}  threshold {data['threshold']:.4f} ({data['threshold_from']})  "
           f"false-alarm rate <= {result.threshold.far_bound:.2g} at {args.confidence:.0%} confidence "
           f"({result.threshold.exceedances} normal frames above it"
@@ -391,7 +390,7 @@ def _calibrate_bundle(
     for warning in result.warnings:
         print(f"warning: {warning}")
     print(f"calibration written to {path}" + (f" (previous one kept as {backup.name})" if backup else "")
-          + f"; report {report}")
+          + f"; report {written.report}")
 
 
 def _doctor(args: argparse.Namespace) -> None:
@@ -749,6 +748,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve each source's last result as Modbus TCP registers and its alarm as a latched coil, "
                         "for the line's PLC (502 is Modbus's port; map in README)")
     p.add_argument("--max-frames", type=_positive_int, help="stop each source after this many frames")
+    p.add_argument("--calibration-frames", type=_positive_int, metavar="N",
+                   help="frames a calibration on the line keeps (asked by SIGUSR1 or Modbus register +11; default: "
+                        "as many as the calibration it replaces, else 3000)")
     p.add_argument("--drift", action="store_true",
                    help="event when the rolling median of normal scores leaves the band 'edge-ad calibrate' measured")
     _add_mask_option(p)

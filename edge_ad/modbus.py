@@ -17,15 +17,21 @@ through function 3, holding registers, for clients that read only those):
     +10     the variant the line makes now, as the PLC writes it (function 6 or 16; with one bundle
             per variant only): i for the i-th NAME=BUNDLE, whose bundle alone then scores the
             source's frames (as MQTT's TOPIC/SOURCE/variant), 0 for any (every bundle scores)
-    +11-15  0 (kept for later fields)
+    +11     calibration on the line (edge_ad.line_calibration): the PLC writes 1 to have the run
+            calibrate the source on its next frames, which must show good parts, or 0 to cancel;
+            it reads 0 idle, 1 calibrating, 2 calibrated (the new threshold is in use), 3 refused
+            (the log says why)
+    +12     normal frames kept so far by that calibration (mod 65536)
+    +13-15  0 (kept for later fields)
 
 and coil i, its alarm latch: 1 from the source's alarm frame on, until the PLC writes 0 (function
 5 or 15), so that an alarm between two polls is not missed (+5 says how many there were).
 
 The server is the standard library's socketserver with the few functions above: MBAP framing, read
 coils (1), read holding and input registers (3, 4), write one or several coils (5, 15) and the
-variant registers (6, 16); other functions get exception 1, addresses outside the map or writes to
-the run's own registers exception 2, bad counts or values exception 3. Any unit id is answered.
+variant and calibration registers (6, 16); other functions get exception 1, addresses outside the
+map or writes to the run's own registers exception 2, bad counts or values exception 3. Any unit
+id is answered.
 pymodbus's server and datastore API was renamed in 3.10 and deprecated for a simulator API in
 3.16, and the runtime needs nothing more than this; the tests read the server with pymodbus's
 client.
@@ -47,7 +53,7 @@ from .errors import EdgeAdError
 log = logging.getLogger("edge_ad.modbus")
 
 REGISTERS_PER_SOURCE = 16
-VARIANT_REGISTER = 10  # of each source's block: the one the PLC writes
+VARIANT_REGISTER, CALIBRATE_REGISTER = 10, 11  # of each source's block: the ones the PLC writes
 NEVER = 0xFFFF  # register +9 before a source's first frame, and its largest value
 NORMAL, ANOMALOUS, ALARM = 0, 1, 2
 MAX_READ_REGISTERS, MAX_READ_COILS, MAX_WRITE_COILS, MAX_WRITE_REGISTERS = 125, 2000, 1968, 123  # per request
@@ -70,6 +76,8 @@ class _Last:
     frame: int = 0
     variant: int = 0
     scored_at: float | None = None  # time.monotonic()
+    calibration: int = 0  # register +11: the state of a calibration on the line
+    calibration_frames: int = 0
 
 
 def _milli(value: float) -> int:
@@ -80,13 +88,15 @@ class ModbusServer:
     """Serves the registers and alarm latches of `sources` (names, in register order) on `port`
     (0: any free port, see `.port`); `variants` gives, per source, its bundles' variant names in
     order (registers +8 and +10); `on_variant(source, variant or None)` is told what the PLC writes
-    into a source's register +10 (none: the register cannot be written)."""
+    into a source's register +10, and `on_calibrate(source, start)` a 1 (True) or 0 written into
+    its register +11 (none: the register cannot be written)."""
 
     def __init__(self, port: int, sources: Sequence[str], variants: dict[str, Sequence[str]] | None = None,
-                 host: str = "0.0.0.0", on_variant: Callable[[str, str | None], None] | None = None):
+                 host: str = "0.0.0.0", on_variant: Callable[[str, str | None], None] | None = None,
+                 on_calibrate: Callable[[str, bool], None] | None = None):
         self.sources = list(sources)
         self.variants = {name: list(names) for name, names in (variants or {}).items()}
-        self.on_variant = on_variant
+        self.on_variant, self.on_calibrate = on_variant, on_calibrate
         self._last = {name: _Last() for name in self.sources}
         self._latches = [False] * len(self.sources)
         self._made = [0] * len(self.sources)  # register +10: the variant the PLC says the line makes
@@ -118,6 +128,12 @@ class ModbusServer:
             if alarm:
                 self._latches[self.sources.index(source)] = True
 
+    def set_calibration(self, source: str, state: int, frames: int) -> None:
+        """Registers +11 and +12 of `source`: its calibration on the line and the frames it kept."""
+        with self._lock:
+            last = self._last[source]
+            last.calibration, last.calibration_frames = state, frames
+
     def registers(self) -> list[int]:
         """Every source's registers as the PLC reads them now."""
         now = time.monotonic()
@@ -128,8 +144,9 @@ class ModbusServer:
                 silent = NEVER if last.scored_at is None else min(round((now - last.scored_at) * 10), NEVER)
                 values += [last.frames & 0xFFFF, last.verdict, _milli(last.score), _milli(last.threshold),
                            last.anomalies & 0xFFFF, last.alarms & 0xFFFF, (last.frame >> 16) & 0xFFFF,
-                           last.frame & 0xFFFF, last.variant, silent, made]
-                values += [0] * (REGISTERS_PER_SOURCE - 11)
+                           last.frame & 0xFFFF, last.variant, silent, made, last.calibration,
+                           last.calibration_frames & 0xFFFF]
+                values += [0] * (REGISTERS_PER_SOURCE - 13)
         return values
 
     def latches(self) -> list[bool]:
@@ -166,7 +183,7 @@ class ModbusServer:
             if len(data) != 4:
                 return _error(function, ILLEGAL_VALUE)
             address, value = struct.unpack(">HH", data)
-            problem = self._write_variants(address, [value])
+            problem = self._write(address, [value])
             return pdu if problem is None else _error(function, problem)
         if function == 16:
             return self._write_registers(data)
@@ -207,24 +224,33 @@ class ModbusServer:
         start, count, size = struct.unpack(">HHB", data[:5])
         if not 1 <= count <= MAX_WRITE_REGISTERS or size != 2 * count or len(data) != 5 + size:
             return _error(16, ILLEGAL_VALUE)
-        problem = self._write_variants(start, struct.unpack(f">{count}H", data[5:]))
+        problem = self._write(start, struct.unpack(f">{count}H", data[5:]))
         return struct.pack(">BHH", 16, start, count) if problem is None else _error(16, problem)
 
-    def _write_variants(self, start: int, values: Sequence[int]) -> int | None:
-        """Registers +10 written by the PLC: every address must be one, of a source with variants,
-        and every value one of its variants or 0; else nothing is written and the exception code
-        is returned."""
+    def _write(self, start: int, values: Sequence[int]) -> int | None:
+        """Registers written by the PLC: every address must be a +10 (of a source with variants;
+        a value one of its variants or 0) or a +11 (a value 0 or 1); else nothing is written and
+        the exception code is returned."""
         writes = []
         for address, value in enumerate(values, start):
             index, offset = divmod(address, REGISTERS_PER_SOURCE)
             names = self.variants.get(self.sources[index], []) if index < len(self.sources) else []
-            if offset != VARIANT_REGISTER or not names or self.on_variant is None:
+            if offset == VARIANT_REGISTER and names and self.on_variant is not None:
+                if value > len(names):
+                    return ILLEGAL_VALUE
+            elif offset == CALIBRATE_REGISTER and index < len(self.sources) and self.on_calibrate is not None:
+                if value > 1:
+                    return ILLEGAL_VALUE
+            else:
                 return ILLEGAL_ADDRESS
-            if value > len(names):
-                return ILLEGAL_VALUE
-            writes.append((index, value, names))
-        for index, value, names in writes:
+            writes.append((index, offset, value, names))
+        for index, offset, value, names in writes:
             name = self.sources[index]
+            if offset == CALIBRATE_REGISTER:
+                log.info("modbus: the PLC asks to %s %s on its next frames",
+                         "calibrate" if value else "stop calibrating", name)
+                self.on_calibrate(name, bool(value))
+                continue
             variant = names[value - 1] if value else None
             with self._lock:
                 self._made[index] = value

@@ -18,15 +18,16 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from .bundle import Bundle, read_yaml
+from .bundle import read_yaml
 from .detector import Detector, Result
 from .drift import DriftWatch
 from .errors import EdgeAdError, SourceError
+from .line_calibration import LineCalibration
 from .masks import InspectionMask, calibration_mismatch
 from .mqtt import MqttTls
 from .outputs import open_output, output_description
@@ -37,7 +38,7 @@ from .sinks import AnomalyHook, EventLog, Guarded, Snapshot, Snapshots, slug
 from .sources import Frame, Source, open_source
 from .streams import Stream, bundle_of
 from .telemetry import SourceStats, Telemetry
-from .variants import VariantDetector, load_detector, score_views
+from .variants import VariantDetector, bundles_of, load_detector, score_views
 
 log = logging.getLogger("edge_ad.runner")
 
@@ -66,6 +67,7 @@ class RunConfig:
     alarm_frames: int = 1  # anomalous frames in a row from a source before snapshots, hook and MQTT act (or Stream's)
     mqtt: str | None = None  # mqtt[s]://host[:port]/topic: alarms and drift events to a broker (edge_ad.mqtt)
     mqtt_tls: MqttTls = MqttTls()  # mqtts://: the plant's CA, a client certificate and key
+    calibration_frames: int | None = None  # a calibration on the line (SIGUSR1, Modbus +11): frames it keeps
 
 
 @dataclass
@@ -213,14 +215,17 @@ class _Sinks:
             stack.callback(publisher.close)
             self.mqtt = self._guard(f"mqtt {publisher.url}", publisher.publish)  # without its password
 
-    def serve_modbus(self, port: int, variants: dict[str, list[str]], hints: VariantHints | None) -> None:
+    def serve_modbus(self, port: int, variants: dict[str, list[str]], hints: VariantHints | None,
+                     line: dict[str, LineCalibration]) -> None:
         """Registers and alarm latches for a PLC (edge_ad.modbus), one block per source of
         `variants` (source name -> its variants' names, none for one bundle), in that order; the
-        variant the PLC says a source's line makes goes to `hints`."""
+        variant the PLC says a source's line makes goes to `hints`, and a calibration it asks for
+        to that source's `line` calibration."""
         from .modbus import ModbusServer
 
         told = (lambda source, variant: hints.set(slug(source), variant)) if hints is not None else None
-        self.modbus = ModbusServer(port, list(variants), variants, on_variant=told)
+        self.modbus = ModbusServer(port, list(variants), variants, on_variant=told,
+                                   on_calibrate=lambda source, start: line[source].ask(start))
         self.stack.callback(self.modbus.close)
 
     def _guard(self, name: str, call) -> Guarded:
@@ -291,9 +296,10 @@ class _Sinks:
 
 
 @contextmanager
-def stop_on_signals(stop: threading.Event, reload: threading.Event | None = None):
-    """SIGINT and SIGTERM set `stop`, and SIGHUP sets `reload` when one is given (in the main
-    thread; elsewhere the caller sets them)."""
+def stop_on_signals(stop: threading.Event, reload: threading.Event | None = None,
+                    calibrate: Callable[[], None] | None = None):
+    """SIGINT and SIGTERM set `stop`, SIGHUP sets `reload` and SIGUSR1 calls `calibrate`, when
+    they are given (in the main thread; elsewhere the caller does it)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -302,6 +308,9 @@ def stop_on_signals(stop: threading.Event, reload: threading.Event | None = None
     if reload is not None:
         handlers[signal.SIGHUP] = lambda signum, _: (log.warning("SIGHUP: reading the calibrations and masks again"),
                                                      reload.set())
+    if calibrate is not None:
+        handlers[signal.SIGUSR1] = lambda signum, _: (log.warning("SIGUSR1: calibrating every source on its next "
+                                                                  "frames"), calibrate())
     previous = {sig: signal.getsignal(sig) for sig in handlers}
     for sig, handler in handlers.items():
         signal.signal(sig, handler)
@@ -339,7 +348,7 @@ def _current(stats: dict[str, SourceStats], captures: list[_Capture]) -> list[So
     for capture in captures:
         record = stats[capture.stream.name]
         record.dropped, record.reconnects = capture.dropped, capture.source.reconnects
-        record.thresholds = {variant or "": b.threshold for variant, b in _bundles(capture.detector).items()}
+        record.thresholds = {variant or "": b.threshold for variant, b in bundles_of(capture.detector).items()}
     return list(stats.values())
 
 
@@ -444,16 +453,9 @@ def _batch(
     return results
 
 
-def _bundles(detector: AnyDetector) -> dict[str | None, Bundle]:
-    """The detector's bundles, keyed by variant (None for a single bundle)."""
-    if isinstance(detector, VariantDetector):
-        return {name: d.bundle for name, d in detector.detectors.items()}
-    return {None: detector.bundle}
-
-
 def drift_bands(detector: AnyDetector) -> dict[str | None, DriftWatch]:
     """Each bundle's calibrated drift band, keyed by variant (None for a single bundle)."""
-    return {variant: DriftWatch.from_bundle(bundle) for variant, bundle in _bundles(detector).items()}
+    return {variant: DriftWatch.from_bundle(bundle) for variant, bundle in bundles_of(detector).items()}
 
 
 def load_masks(detectors: Mapping[str, AnyDetector], streams: list[Stream]) -> dict[str, InspectionMask | None]:
@@ -468,7 +470,7 @@ def load_masks(detectors: Mapping[str, AnyDetector], streams: list[Stream]) -> d
 
 def _check_mask(name: str, detector: AnyDetector, mask: InspectionMask | None) -> None:
     """A warning where a calibration of `detector` was made with another mask than `mask`, or none."""
-    for bundle in _bundles(detector).values():
+    for bundle in bundles_of(detector).values():
         if bundle.calibration is None:
             continue
         mismatch = calibration_mismatch(read_yaml(bundle.calibration).get("mask"), mask)
@@ -490,7 +492,7 @@ def _recalibrated(detector: AnyDetector, stream: Stream) -> tuple[AnyDetector, s
 
 def _thresholds(detector: AnyDetector) -> str:
     return ", ".join(f"{variant} {b.threshold:.4f}" if variant else f"{b.threshold:.4f}"
-                     for variant, b in _bundles(detector).items())
+                     for variant, b in bundles_of(detector).items())
 
 
 def _reload(captures: list[_Capture], sinks: _Sinks) -> None:
@@ -578,12 +580,16 @@ def _drift_bands(detectors: Mapping[str, AnyDetector]) -> dict[str, dict[str | N
 def run(
     detector: AnyDetector | Mapping[str, AnyDetector], streams: list[Stream], config: RunConfig,
     stop: threading.Event | None = None, reload: threading.Event | None = None,
+    line: dict[str, LineCalibration] | None = None,
 ) -> RunSummary:
     """Score every stream until all end, `max_frames` per stream, or `stop` (also set by SIGINT
     and SIGTERM). `detector` scores every stream, or a mapping gives each stream name its own
     (streams sharing one are scored in one batch). `reload` (also set by SIGHUP) has every
-    stream's calibration and mask read again (_reload). A source that fails to open stops the
-    run before it starts; a sink that fails later is reported and inference goes on."""
+    stream's calibration and mask read again (_reload). Each stream can be calibrated on its own
+    frames as they are scored (edge_ad.line_calibration): SIGUSR1 asks it of all, the PLC of one
+    (Modbus register +11), and a caller through the `line` it passes (stream name ->
+    LineCalibration; made here when None). A source that fails to open stops the run before it
+    starts; a sink that fails later is reported and inference goes on."""
     if not streams:
         raise EdgeAdError("run: no --input given")
     names = [s.name for s in streams]
@@ -598,14 +604,25 @@ def run(
     stop, reload = stop or threading.Event(), reload or threading.Event()
     ready = threading.Event()
     stats = {s.name: SourceStats(s.name) for s in streams}
-    with ExitStack() as stack, stop_on_signals(stop, reload):
+    line = line if line is not None else {s.name: LineCalibration(s, config.calibration_frames) for s in streams}
+    for calibration in line.values():
+        calibration.on_written = reload.set  # read in as SIGHUP reads a calibration
+
+    def calibrate_all() -> None:
+        for calibration in line.values():
+            calibration.ask(True)
+
+    with ExitStack() as stack, stop_on_signals(stop, reload, calibrate_all):
+        stack.callback(lambda: [calibration.join(timeout=60.0) for calibration in line.values()])
         # With variants, the line can say which variant each source sees (MQTT TOPIC/SOURCE/variant, Modbus +10).
         variants = any(isinstance(d, VariantDetector) for d in detectors.values())
         hints = VariantHints() if (config.mqtt or config.modbus_port is not None) and variants else None
         sinks = _Sinks(config, stack, _drift_bands(detectors) if config.drift else None, hints)
         if config.modbus_port is not None:
-            sinks.serve_modbus(config.modbus_port, {s.name: [v for v in _bundles(detectors[s.name]) if v is not None]
-                                                    for s in streams}, hints)
+            sinks.serve_modbus(config.modbus_port, {s.name: [v for v in bundles_of(detectors[s.name]) if v is not None]
+                                                    for s in streams}, hints, line)
+            for name, calibration in line.items():
+                calibration.on_change = lambda state, kept, name=name: sinks.modbus.set_calibration(name, state, kept)
         captures: list[_Capture] = []
         telemetry = None
         if config.metrics is not None or config.metrics_port is not None:
@@ -618,9 +635,9 @@ def run(
             log.info("%s: %s", stream.name, source.description)
             if several:
                 roots = [f"{b.root} (calibration {b.calibration or 'from export'})"
-                         for b in _bundles(detectors[stream.name]).values()]
+                         for b in bundles_of(detectors[stream.name]).values()]
                 log.info("%s: scored by %s", stream.name, ", ".join(roots))
-            areas = sorted({b.min_defect_area for b in _bundles(detectors[stream.name]).values()} - {None})
+            areas = sorted({b.min_defect_area for b in bundles_of(detectors[stream.name]).values()} - {None})
             if areas:
                 log.info("%s: a frame is flagged where a region of at least %s pixels reaches the threshold "
                          "(calibration)", stream.name, " / ".join(map(str, areas)))
@@ -661,6 +678,7 @@ def run(
                 latency_ms = (done - frame.captured) * 1e3
                 alarm = record.add(latency_ms, result.is_anomaly, capture.stream.alarm_frames or config.alarm_frames)
                 sinks.deliver(capture.stream, frame, result, latency_ms, record, alarm)
+                line[capture.stream.name].take(capture.detector, capture.mask, frame.image, result)
                 if config.max_frames is not None and record.frames >= config.max_frames:
                     capture.stop.set()
             bar.update(len(ready_frames))

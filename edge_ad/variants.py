@@ -165,6 +165,13 @@ def score_views(
             for i, results in enumerate(scored)]
 
 
+def bundles_of(detector: Detector | VariantDetector) -> dict[str | None, Bundle]:
+    """The detector's bundles, keyed by variant (None for a single bundle)."""
+    if isinstance(detector, VariantDetector):
+        return {name: d.bundle for name, d in detector.detectors.items()}
+    return {None: detector.bundle}
+
+
 def load_detector(bundles: str | Sequence[str], **options) -> Detector | VariantDetector:
     """One bundle ('BUNDLE' or 'NAME=BUNDLE'): its Detector; several, one per product variant: a
     VariantDetector. `options` go to Detector.load (backend, steps, threads, spin, dla_core)."""

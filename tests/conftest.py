@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from pymodbus.client import ModbusTcpClient
 
 from edge_ad.datasets import elpv_split
 
@@ -133,6 +135,24 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def modbus_client(port: int, within_s: float = 60.0) -> ModbusTcpClient:
+    """A client of the server on `port`, once it listens (a run starts it after loading its bundles)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
+        if client.connect():
+            return client
+        time.sleep(0.2)
+    raise AssertionError(f"nothing served Modbus on port {port} within {within_s:.0f} s")
+
+
+def input_registers(client: ModbusTcpClient, start: int, count: int, function: int = 4) -> list[int]:
+    read = client.read_input_registers if function == 4 else client.read_holding_registers
+    response = read(start, count=count)
+    assert not response.isError(), response
+    return response.registers
 
 
 SPOT_PATTERN = (False, True, False, True, True, False, True, True, True)  # which frames of `spotted_frames` have the spot

@@ -24,25 +24,7 @@ from edge_ad.sources import open_source
 from edge_ad.streams import Stream
 from edge_ad.variants import VariantDetector
 
-from conftest import MODULE_TYPES, SPOT_PATTERN, free_port
-
-
-def _connect(port: int, within_s: float = 60.0) -> ModbusTcpClient:
-    """A client of the server on `port`, once it listens (a run starts it after loading its bundles)."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
-        if client.connect():
-            return client
-        time.sleep(0.2)
-    raise AssertionError(f"nothing served Modbus on port {port} within {within_s:.0f} s")
-
-
-def _registers(client: ModbusTcpClient, start: int, count: int, function: int = 4) -> list[int]:
-    read = client.read_input_registers if function == 4 else client.read_holding_registers
-    response = read(start, count=count)
-    assert not response.isError(), response
-    return response.registers
+from conftest import MODULE_TYPES, SPOT_PATTERN, free_port, input_registers, modbus_client
 
 
 def _coils(client: ModbusTcpClient, count: int) -> list[bool]:
@@ -53,37 +35,37 @@ def _coils(client: ModbusTcpClient, count: int) -> list[bool]:
 
 def test_registers_show_each_sources_last_frame_and_latch_its_alarms():
     server = ModbusServer(0, ["top", "side"], {"top": [], "side": ["mono", "poly"]}, host="127.0.0.1")
-    client = _connect(server.port)
+    client = modbus_client(server.port)
     try:
-        before = _registers(client, 0, 2 * REGISTERS_PER_SOURCE)
+        before = input_registers(client, 0, 2 * REGISTERS_PER_SOURCE)
         assert before[:9] == [0] * 9 and before[9] == 0xFFFF  # no frame yet: silent "for ever"
         assert _coils(client, 2) == [False, False]
 
         server.update("side", 70_000, 0.1234, 0.18, anomaly=False, alarm=False, variant="poly", anomalies=3, alarms=1)
-        side = _registers(client, REGISTERS_PER_SOURCE, REGISTERS_PER_SOURCE)
+        side = input_registers(client, REGISTERS_PER_SOURCE, REGISTERS_PER_SOURCE)
         assert side[:9] == [1, 0, 123, 180, 3, 1, 1, 70_000 - 65_536, 2]  # frame number: high word, low word
         assert side[9] <= 10 and side[10:] == [0] * 6  # scored within the last second
-        assert _registers(client, REGISTERS_PER_SOURCE, 4, function=3) == side[:4]  # holding registers: the same
-        assert _registers(client, 0, 1) == [0]  # the other source has not scored yet
+        assert input_registers(client, REGISTERS_PER_SOURCE, 4, function=3) == side[:4]  # holding registers: the same
+        assert input_registers(client, 0, 1) == [0]  # the other source has not scored yet
 
         server.update("top", 5, 80.0, 0.18, anomaly=True, alarm=True, variant=None, anomalies=1, alarms=1)
-        assert _registers(client, 1, 3) == [2, 0xFFFF, 180]  # an alarm, its score clipped at 65.535
+        assert input_registers(client, 1, 3) == [2, 0xFFFF, 180]  # an alarm, its score clipped at 65.535
         assert _coils(client, 2) == [True, False]
         server.update("top", 6, -0.5, 0.18, anomaly=False, alarm=False, variant=None, anomalies=1, alarms=1)
-        assert _registers(client, 1, 2) == [0, 0]  # normal again, a negative score shown as 0
+        assert input_registers(client, 1, 2) == [0, 0]  # normal again, a negative score shown as 0
         assert _coils(client, 2) == [True, False]  # the latch holds until the PLC acknowledges
 
         assert not client.write_coil(0, False).isError()
         assert _coils(client, 2) == [False, False]
         server.update("side", 70_001, 0.5, 0.18, anomaly=True, alarm=False, variant="mono", anomalies=4, alarms=1)
         assert _coils(client, 2) == [False, False]  # anomalous, not (yet) an alarm
-        assert _registers(client, REGISTERS_PER_SOURCE + 1, 1) == [1]
-        assert _registers(client, REGISTERS_PER_SOURCE + 8, 1) == [1]  # the first variant
+        assert input_registers(client, REGISTERS_PER_SOURCE + 1, 1) == [1]
+        assert input_registers(client, REGISTERS_PER_SOURCE + 8, 1) == [1]  # the first variant
         assert not client.write_coils(0, [True, True]).isError()  # a PLC testing its reject path
         assert _coils(client, 2) == [True, True]
 
         time.sleep(0.35)
-        assert _registers(client, 9, 1)[0] >= 3  # tenths of a second since "top" last scored
+        assert input_registers(client, 9, 1)[0] >= 3  # tenths of a second since "top" last scored
 
         for response, code in ((client.read_input_registers(30, count=3), 2),  # past the 32 registers
                                (client.write_register(0, 7), 2),  # the run's registers: read-only
@@ -98,19 +80,19 @@ def test_the_plc_says_which_variant_each_source_makes():
     told = []
     server = ModbusServer(0, ["top", "side"], {"top": [], "side": ["mono", "poly"]}, host="127.0.0.1",
                           on_variant=lambda source, variant: told.append((source, variant)))
-    client = _connect(server.port)
+    client = modbus_client(server.port)
     side = REGISTERS_PER_SOURCE + VARIANT_REGISTER
     try:
         assert not client.write_register(side, 2).isError()
-        assert told == [("side", "poly")] and _registers(client, side, 1) == [2]
+        assert told == [("side", "poly")] and input_registers(client, side, 1) == [2]
         assert not client.write_registers(side, [0]).isError()  # function 16; 0: every bundle again
-        assert told[-1] == ("side", None) and _registers(client, side, 1) == [0]
+        assert told[-1] == ("side", None) and input_registers(client, side, 1) == [0]
         for response, code in ((client.write_register(VARIANT_REGISTER, 1), 2),  # "top" has one bundle
                                (client.write_register(side, 3), 3),  # "side" has two variants
                                (client.write_registers(side - 1, [0, 1]), 2),  # +9 is the run's
                                (client.write_register(side + REGISTERS_PER_SOURCE, 1), 2)):  # no third source
             assert response.isError() and response.exception_code == code
-        assert len(told) == 2 and _registers(client, side, 1) == [0]  # a refused write changes nothing
+        assert len(told) == 2 and input_registers(client, side, 1) == [0]  # a refused write changes nothing
     finally:
         client.close()
         server.close()
@@ -130,7 +112,7 @@ def test_the_plc_chooses_the_variant_a_run_scores_with(variant_bundles, tmp_path
     streams = [Stream(pattern, "cam-a"), Stream(pattern, "cam-b")]
     thread = threading.Thread(target=run, args=(detector, streams, config))
     thread.start()
-    client = _connect(port)
+    client = modbus_client(port)
     try:
         assert not client.write_register(VARIANT_REGISTER, MODULE_TYPES.index(told) + 1).isError()
         thread.join(timeout=60)
@@ -172,8 +154,8 @@ def test_malformed_requests_are_refused_by_the_protocols_exceptions():
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
             raw.sendall(struct.pack(">HHHB", 1, 1, 6, 1) + bytes([4, 0, 0, 0, 1]))
             assert raw.recv(16) == b""
-        client = _connect(server.port)
-        assert _registers(client, 0, REGISTERS_PER_SOURCE)[9] == 0xFFFF
+        client = modbus_client(server.port)
+        assert input_registers(client, 0, REGISTERS_PER_SOURCE)[9] == 0xFFFF
         (connection,) = server._server.connections  # a PLC that vanishes without closing: dropped in a minute
         assert connection.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE_S
@@ -206,11 +188,11 @@ def test_a_plc_reads_what_the_run_scored(spotted_frames, tiny_bundle, tmp_path):
          "--modbus-port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        client = _connect(port)
+        client = modbus_client(port)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _registers(client, 0, 1)[0] < 2 * len(SPOT_PATTERN):
+        while time.monotonic() < deadline and input_registers(client, 0, 1)[0] < 2 * len(SPOT_PATTERN):
             time.sleep(0.1)
-        block, latch = _registers(client, 0, REGISTERS_PER_SOURCE), _coils(client, 1)
+        block, latch = input_registers(client, 0, REGISTERS_PER_SOURCE), _coils(client, 1)
         assert block[0] >= 2 * len(SPOT_PATTERN), "the run scored too few frames in a minute"
         frame = block[6] << 16 | block[7]
         lines = [json.loads(line) for line in events.read_text().splitlines()]

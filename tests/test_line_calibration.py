@@ -1,0 +1,157 @@
+"""A calibration on the line: `edge-ad run` calibrates a source on the frames it scores, asked by
+SIGUSR1 or by the PLC (Modbus register +11), writes it as `calibrate` would and judges by it."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import numpy as np
+import yaml
+from pymodbus.client import ModbusTcpClient
+
+from calibration.site import calibrate_into, collect
+from edge_ad.detector import Detector
+from edge_ad.line_calibration import CALIBRATED, CALIBRATING, REFUSED, LineCalibration
+from edge_ad.modbus import CALIBRATE_REGISTER, REGISTERS_PER_SOURCE
+from edge_ad.pipelines import SourceOptions
+from edge_ad.runner import RunConfig, load_detectors, run
+from edge_ad.streams import Stream
+
+from conftest import free_port, input_registers, modbus_client
+
+
+def _calibrated_copy(tiny_bundle, normal_folder, folder):
+    """The tiny bundle with a site calibration on the normal cells at a rate twelve frames can show."""
+    shutil.copytree(tiny_bundle, folder)
+    detector = Detector.load(folder)
+    kept = collect(detector, (cv2.imread(str(p)) for p in sorted(normal_folder.glob("*.png"))), 12)
+    calibrate_into(folder, detector, kept[None], 0.3, 0.9, "cells")
+    return folder
+
+
+def _darker(normal_folder, folder):
+    """The cells under less light: the line after a lamp aged, which the old calibration does not fit."""
+    folder.mkdir()
+    for path in sorted(normal_folder.glob("*.png")):
+        cv2.imwrite(str(folder / path.name), (cv2.imread(str(path)) * 0.6).astype(np.uint8))
+    return folder
+
+
+def _stop_once(calibration: LineCalibration, stop: threading.Event) -> None:
+    """Stop the run a second after the calibration is in (frames judged by it), or after a minute."""
+    deadline = time.monotonic() + 60
+    while calibration.state != CALIBRATED and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    stop.set()
+
+
+def test_a_run_calibrates_a_source_on_its_own_frames(tiny_bundle, normal_folder, tmp_path):
+    bundle = _calibrated_copy(tiny_bundle, normal_folder, tmp_path / "bundle")
+    before = yaml.safe_load((bundle / "calibration.yaml").read_text())
+    stream = Stream(str(_darker(normal_folder, tmp_path / "darker")), name="cam", options=SourceOptions(loop=-1))
+    line = {"cam": LineCalibration(stream, frames=60)}
+    line["cam"].ask(True)  # from the first frame on, as SIGUSR1 or the PLC would ask
+    stop = threading.Event()
+    threading.Thread(target=_stop_once, args=(line["cam"], stop), daemon=True).start()
+    events = tmp_path / "events.jsonl"
+    run(Detector.load(bundle), [stream], RunConfig(events=events), stop=stop, line=line)
+
+    assert line["cam"].state == CALIBRATED
+    after = yaml.safe_load((bundle / "calibration.yaml").read_text())
+    assert after["source"] == f"{stream.input} (edge-ad run)" and after["frames"] == 60
+    assert (after["target_false_alarm_rate"], after["confidence"]) == (0.3, 0.9)  # as the calibration it replaces
+    assert after["threshold"] != before["threshold"]
+    assert yaml.safe_load((bundle / "calibration.yaml.bak").read_text())["threshold"] == before["threshold"]
+    assert (bundle / "calibration_report.png").is_file()
+    thresholds = [json.loads(line)["threshold"] for line in events.read_text().splitlines()]
+    assert thresholds[0] == before["threshold"]  # judged by the calibration in use meanwhile
+    assert thresholds[-1] == after["threshold"]  # then by the new one, read in without a restart
+    assert thresholds.index(after["threshold"]) >= 60
+
+
+def test_a_calibration_the_frames_cannot_support_is_refused(tiny_bundle, normal_folder, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)  # no calibration yet: calibrate's defaults, 1 in 1,000 at 95 %
+    stream = Stream(str(normal_folder), name="cam")
+    line = {"cam": LineCalibration(stream, frames=10)}
+    line["cam"].ask(True)
+    run(Detector.load(bundle), [stream], RunConfig(), line=line)
+    assert line["cam"].state == REFUSED and not (bundle / "calibration.yaml").exists()
+
+
+def _wait_for(client: ModbusTcpClient, state: int, within_s: float = 90.0) -> list[int]:
+    """Registers +11 and +12 of the first source once +11 shows `state`."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        values = input_registers(client, CALIBRATE_REGISTER, 2)
+        if values[0] == state:
+            return values
+        time.sleep(0.1)
+    raise AssertionError(f"register +11 did not show {state} within {within_s:.0f} s: {values}")
+
+
+def test_the_plc_or_a_signal_asks_a_running_run_to_calibrate(tiny_bundle, normal_folder, tmp_path):
+    bundle = _calibrated_copy(tiny_bundle, normal_folder, tmp_path / "bundle")
+    before = yaml.safe_load((bundle / "calibration.yaml").read_text())["threshold"]
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge_ad", "run", "--bundle", str(bundle), "--input",
+         str(_darker(normal_folder, tmp_path / "darker")), "--input-loop", "-1",
+         "--modbus-port", str(port), "--calibration-frames", "40"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        client = modbus_client(port)
+        assert input_registers(client, CALIBRATE_REGISTER, 2) == [0, 0]
+        refused = client.write_register(CALIBRATE_REGISTER, 2)
+        assert refused.isError() and refused.exception_code == 3
+        assert not client.write_register(CALIBRATE_REGISTER, 1).isError()
+        assert _wait_for(client, CALIBRATED) == [CALIBRATED, 40]
+        deadline = time.monotonic() + 30
+        while input_registers(client, 3, 1)[0] == round(before * 1000) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the next frames are judged by the new threshold
+        after = yaml.safe_load((bundle / "calibration.yaml").read_text())["threshold"]
+        assert input_registers(client, 3, 1) == [round(after * 1000)] != [round(before * 1000)]
+
+        process.send_signal(signal.SIGUSR1)  # every source, from the service manager
+        assert _wait_for(client, CALIBRATING)[0] == CALIBRATING
+        assert _wait_for(client, CALIBRATED) == [CALIBRATED, 40]
+        outside = client.write_register(REGISTERS_PER_SOURCE + CALIBRATE_REGISTER, 1)  # no second source
+        assert outside.isError() and outside.exception_code == 2
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, log = process.communicate(timeout=60)
+    client.close()
+    assert process.returncode == 0, log
+    assert "modbus: the PLC asks to calibrate" in log and "SIGUSR1: calibrating every source" in log
+    assert log.count("calibrated on 40 frames") == 2
+
+
+def test_with_a_bundle_per_variant_the_variant_the_line_made_is_calibrated(variant_bundles, test_cells, tmp_path):
+    """A camera with its own calibration folder, on the mono and poly bundles, sees mono cells
+    while it calibrates on the line: mono's calibration is made again, poly's stays as it was."""
+    folder, frames = tmp_path / "calibration", tmp_path / "mono-cells"
+    for module_type, cells in test_cells.items():
+        detector = Detector.load(variant_bundles[module_type])
+        kept = collect(detector, iter(cells * 2), 12)[None]
+        calibrate_into(folder / module_type, detector, kept, 0.3, 0.9, "cells")
+    frames.mkdir()
+    for i, cell in enumerate(test_cells["mono"]):
+        cv2.imwrite(str(frames / f"{i}.png"), cell)
+    stream = Stream(str(frames), name="cam", options=SourceOptions(loop=-1), calibration=str(folder),
+                    bundle=tuple(f"{t}={path}" for t, path in variant_bundles.items()))
+    line = {"cam": LineCalibration(stream, frames=30)}
+    line["cam"].ask(True)
+    stop = threading.Event()
+    threading.Thread(target=_stop_once, args=(line["cam"], stop), daemon=True).start()
+    run(load_detectors([stream]), [stream], RunConfig(), stop=stop, line=line)
+
+    assert line["cam"].state == CALIBRATED
+    mono, poly = (yaml.safe_load((folder / t / "calibration.yaml").read_text()) for t in ("mono", "poly"))
+    assert mono["source"] == f"{frames} (edge-ad run)" and mono["frames"] == 30
+    assert poly["source"] == "cells" and not (folder / "poly" / "calibration.yaml.bak").exists()
