@@ -1,8 +1,8 @@
 """A source calibrated on its own frames while `edge-ad run` goes on scoring them.
 
 `edge-ad calibrate` opens the camera itself, and a CSI, USB or GigE Vision camera takes one
-client: the run would have to stop. Asked instead (SIGUSR1 for every source, or the PLC through
-Modbus register +11 for one), the run keeps the next frames it scores of that source as normal
+client: the run would have to stop. Asked instead (SIGUSR1 for every source, or the line for
+one: Modbus register +11, MQTT's TOPIC/SOURCE/calibrate), the run keeps the next frames it scores of that source as normal
 ones, as `calibrate` keeps them, then makes the calibration in a thread, writes it where
 `calibrate` would (the source's `calibration:` folder, else its bundle; each variant's with one
 bundle per variant) and reads it in as SIGHUP does. Meanwhile the frames are judged by the
@@ -35,7 +35,7 @@ DEFAULTS = {"far": 0.001, "confidence": 0.95, "frames": 3000}  # edge-ad calibra
 
 class LineCalibration:
     """One source's calibration on its own frames during a run. `ask` (any thread: a signal
-    handler, the Modbus server) starts or cancels it; the scoring loop calls `take` for each of
+    handler, the Modbus server, MQTT's) starts or cancels it; the scoring loop calls `take` for each of
     the source's scored frames; `on_change(state, frames kept)` hears of every change (Modbus
     registers) and `on_written()` when new calibration files are there to read in."""
 

@@ -13,7 +13,11 @@ event to TOPIC/SOURCE/drift (SOURCE as snapshots name it), at QoS 1. TOPIC/statu
 the broker itself (MQTT's last will) when the run dies or its network goes, so a PLC or SCADA
 knows whether the inspection is alive. With one bundle per product variant, the run listens on
 TOPIC/SOURCE/variant: a variant's name there (retained, as a PLC publishes its recipe) has that
-source's frames scored by that variant's bundle alone, an empty message by all of them again. paho-mqtt's own thread
+source's frames scored by that variant's bundle alone, an empty message by all of them again.
+"start" on TOPIC/SOURCE/calibrate has the run calibrate that source on its next frames, "cancel"
+stops that (edge_ad.line_calibration; not retained: a retained one would start a calibration at
+every connection, and is ignored), and TOPIC/SOURCE/calibration holds, retained, how that
+calibration stands: {"source", "state": idle|calibrating|calibrated|refused, "frames"}. paho-mqtt's own thread
 connects, reconnects with back-off (1 to 30 s) and keeps up to QUEUED_MESSAGES messages while the
 broker is away, sent when it comes back; beyond that a message is dropped, which the runner
 counts and reports as a failed write of this sink. A broker that is down does not stop the run.
@@ -110,6 +114,10 @@ def _tls_context(broker: MqttBroker, tls: MqttTls) -> ssl.SSLContext | None:
     return context
 
 
+CALIBRATION_STATES = ("idle", "calibrating", "calibrated", "refused")  # edge_ad.line_calibration's, by number
+CALIBRATE_COMMANDS = {"start": True, "cancel": False}
+
+
 def variant_message(topic: str, message_topic: str, payload: bytes) -> tuple[str, str | None] | None:
     """(source, variant) of a message on TOPIC/SOURCE/variant; variant None for an empty one (every
     bundle scores again); None for a payload that is not text."""
@@ -122,10 +130,12 @@ def variant_message(topic: str, message_topic: str, payload: bytes) -> tuple[str
 
 class MqttPublisher:
     """Publishes events to TOPIC/SOURCE/alarm and TOPIC/SOURCE/drift and, with `on_variant`, hands
-    it what the line says on TOPIC/SOURCE/variant (see the module docstring)."""
+    it what the line says on TOPIC/SOURCE/variant; with `on_calibrate`, (source, True) for "start"
+    and (source, False) for "cancel" on TOPIC/SOURCE/calibrate (see the module docstring)."""
 
     def __init__(self, url: str, tls: MqttTls = MqttTls(),
-                 on_variant: Callable[[str, str | None], None] | None = None):
+                 on_variant: Callable[[str, str | None], None] | None = None,
+                 on_calibrate: Callable[[str, bool], None] | None = None):
         broker = parse_mqtt_url(url)
         context = _tls_context(broker, tls)
         import paho.mqtt.client as mqtt
@@ -147,6 +157,7 @@ class MqttPublisher:
         self.client.on_connect_fail = self._connect_failed
         self.client.on_disconnect = self._disconnected
         self.on_variant = on_variant  # (source as topics spell it, variant or None) from TOPIC/SOURCE/variant
+        self.on_calibrate = on_calibrate  # (source as topics spell it, start) from TOPIC/SOURCE/calibrate
         self.client.on_message = self._message
         self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
         self.client.connect_async(broker.host, broker.port)
@@ -166,8 +177,13 @@ class MqttPublisher:
             client.publish(self.status_topic, "online", qos=1, retain=True)
             if self.on_variant is not None:  # again after each reconnection: the retained variants come anew
                 client.subscribe(f"{self.topic}/+/variant", qos=1)
+            if self.on_calibrate is not None:
+                client.subscribe(f"{self.topic}/+/calibrate", qos=1)
 
     def _message(self, client, userdata, message) -> None:
+        if message.topic.endswith("/calibrate"):
+            self._calibrate(message)
+            return
         said = variant_message(self.topic, message.topic, message.payload)
         if said is None:
             log.warning("--mqtt %s: %s is not text; ignored", self.url, message.topic)
@@ -175,6 +191,22 @@ class MqttPublisher:
         source, variant = said
         log.info("--mqtt %s: %s: the line makes %s", self.url, source, variant or "any variant (all bundles score)")
         self.on_variant(source, variant)
+
+    def _calibrate(self, message) -> None:
+        source = message.topic[len(self.topic) + 1 : -len("/calibrate")]
+        command = message.payload.decode(errors="replace").strip().lower()
+        if message.retain:
+            log.warning("--mqtt %s: %s is retained, so it would calibrate %s at every connection; ignored (publish "
+                        "it without retain)", self.url, message.topic, source)
+        elif command not in CALIBRATE_COMMANDS:
+            log.warning("--mqtt %s: %s: %r is neither 'start' nor 'cancel'; ignored", self.url, message.topic, command)
+        else:
+            self.on_calibrate(source, CALIBRATE_COMMANDS[command])
+
+    def publish_calibration(self, source: str, state: int, frames: int) -> None:
+        """How a calibration on the line stands, retained on TOPIC/SOURCE/calibration."""
+        message = {"source": source, "state": CALIBRATION_STATES[state], "frames": frames}
+        self.client.publish(f"{self.topic}/{slug(source)}/calibration", json.dumps(message), qos=1, retain=True)
 
     def _disconnected(self, client, userdata, flags, reason, properties) -> None:
         if reason.is_failure:

@@ -189,8 +189,11 @@ class _Sinks:
     streams) and each stream's video output, each guarded so that its failures are counted."""
 
     def __init__(self, config: RunConfig, stack: ExitStack,
-                 drift: dict[str, dict[str | None, DriftWatch]] | None = None, hints: VariantHints | None = None):
+                 drift: dict[str, dict[str | None, DriftWatch]] | None = None, hints: VariantHints | None = None,
+                 line: dict[str, LineCalibration] | None = None):
         self.guards: list[Guarded] = []
+        self.line = line or {}  # each source's calibration on the line, which MQTT and Modbus can ask for
+        self.publisher = None
         self.drift = drift  # per stream, its bundles' calibrated bands by variant (None: one bundle); a watch each
         self.watches: dict[tuple[str, str | None], DriftWatch] = {}
         self.events = self.snapshots = self.hook = self.mqtt = self.modbus = None
@@ -211,21 +214,44 @@ class _Sinks:
         if config.mqtt:
             from .mqtt import MqttPublisher  # paho-mqtt, only when asked for
 
-            publisher = MqttPublisher(config.mqtt, config.mqtt_tls, on_variant=hints.set if hints else None)
+            publisher = MqttPublisher(config.mqtt, config.mqtt_tls, on_variant=hints.set if hints else None,
+                                      on_calibrate=self._calibrate_asked)
             stack.callback(publisher.close)
             self.mqtt = self._guard(f"mqtt {publisher.url}", publisher.publish)  # without its password
+            self.publisher = publisher
 
-    def serve_modbus(self, port: int, variants: dict[str, list[str]], hints: VariantHints | None,
-                     line: dict[str, LineCalibration]) -> None:
+    def _calibrate_asked(self, source: str, start: bool) -> None:
+        """MQTT's TOPIC/SOURCE/calibrate (SOURCE as topics spell it)."""
+        names = {slug(name): name for name in self.line}
+        if source in names:
+            self.line[names[source]].ask(start)
+        else:
+            log.warning("mqtt: asked to calibrate %r, which is none of the sources (%s)", source, ", ".join(names))
+
+    def calibration_told(self, source: str) -> Callable[[int, int], None]:
+        """What a source's calibration on the line says as it goes: Modbus registers +11 and +12
+        at every frame, MQTT's TOPIC/SOURCE/calibration at every change of state."""
+        said = [None]
+
+        def told(state: int, kept: int) -> None:
+            if self.modbus is not None:
+                self.modbus.set_calibration(source, state, kept)
+            if self.publisher is not None and state != said[0]:
+                said[0] = state
+                self.publisher.publish_calibration(source, state, kept)
+
+        return told
+
+    def serve_modbus(self, port: int, variants: dict[str, list[str]], hints: VariantHints | None) -> None:
         """Registers and alarm latches for a PLC (edge_ad.modbus), one block per source of
         `variants` (source name -> its variants' names, none for one bundle), in that order; the
         variant the PLC says a source's line makes goes to `hints`, and a calibration it asks for
-        to that source's `line` calibration."""
+        to that source's calibration on the line."""
         from .modbus import ModbusServer
 
         told = (lambda source, variant: hints.set(slug(source), variant)) if hints is not None else None
         self.modbus = ModbusServer(port, list(variants), variants, on_variant=told,
-                                   on_calibrate=lambda source, start: line[source].ask(start))
+                                   on_calibrate=lambda source, start: self.line[source].ask(start))
         self.stack.callback(self.modbus.close)
 
     def _guard(self, name: str, call) -> Guarded:
@@ -617,12 +643,12 @@ def run(
         # With variants, the line can say which variant each source sees (MQTT TOPIC/SOURCE/variant, Modbus +10).
         variants = any(isinstance(d, VariantDetector) for d in detectors.values())
         hints = VariantHints() if (config.mqtt or config.modbus_port is not None) and variants else None
-        sinks = _Sinks(config, stack, _drift_bands(detectors) if config.drift else None, hints)
+        sinks = _Sinks(config, stack, _drift_bands(detectors) if config.drift else None, hints, line)
         if config.modbus_port is not None:
             sinks.serve_modbus(config.modbus_port, {s.name: [v for v in bundles_of(detectors[s.name]) if v is not None]
-                                                    for s in streams}, hints, line)
-            for name, calibration in line.items():
-                calibration.on_change = lambda state, kept, name=name: sinks.modbus.set_calibration(name, state, kept)
+                                                    for s in streams}, hints)
+        for name, calibration in line.items():
+            calibration.on_change = sinks.calibration_told(name)
         captures: list[_Capture] = []
         telemetry = None
         if config.metrics is not None or config.metrics_port is not None:

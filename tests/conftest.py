@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -11,7 +12,9 @@ import numpy as np
 import pytest
 from pymodbus.client import ModbusTcpClient
 
+from calibration.site import calibrate_into, collect
 from edge_ad.datasets import elpv_split
+from edge_ad.detector import Detector
 
 TINY_INPUT = 128
 TINY_PROTOTYPES = 64
@@ -153,6 +156,15 @@ def input_registers(client: ModbusTcpClient, start: int, count: int, function: i
     response = read(start, count=count)
     assert not response.isError(), response
     return response.registers
+
+
+def calibrated_copy(tiny_bundle: Path, normal_folder: Path, folder: Path) -> Path:
+    """The tiny bundle with a site calibration on the normal cells at a rate twelve frames can show."""
+    shutil.copytree(tiny_bundle, folder)
+    detector = Detector.load(folder)
+    kept = collect(detector, (cv2.imread(str(p)) for p in sorted(normal_folder.glob("*.png"))), 12)
+    calibrate_into(folder, detector, kept[None], 0.3, 0.9, "cells")
+    return folder
 
 
 SPOT_PATTERN = (False, True, False, True, True, False, True, True, True)  # which frames of `spotted_frames` have the spot

@@ -22,16 +22,7 @@ from edge_ad.pipelines import SourceOptions
 from edge_ad.runner import RunConfig, load_detectors, run
 from edge_ad.streams import Stream
 
-from conftest import free_port, input_registers, modbus_client
-
-
-def _calibrated_copy(tiny_bundle, normal_folder, folder):
-    """The tiny bundle with a site calibration on the normal cells at a rate twelve frames can show."""
-    shutil.copytree(tiny_bundle, folder)
-    detector = Detector.load(folder)
-    kept = collect(detector, (cv2.imread(str(p)) for p in sorted(normal_folder.glob("*.png"))), 12)
-    calibrate_into(folder, detector, kept[None], 0.3, 0.9, "cells")
-    return folder
+from conftest import calibrated_copy, free_port, input_registers, modbus_client
 
 
 def _darker(normal_folder, folder):
@@ -52,7 +43,7 @@ def _stop_once(calibration: LineCalibration, stop: threading.Event) -> None:
 
 
 def test_a_run_calibrates_a_source_on_its_own_frames(tiny_bundle, normal_folder, tmp_path):
-    bundle = _calibrated_copy(tiny_bundle, normal_folder, tmp_path / "bundle")
+    bundle = calibrated_copy(tiny_bundle, normal_folder, tmp_path / "bundle")
     before = yaml.safe_load((bundle / "calibration.yaml").read_text())
     stream = Stream(str(_darker(normal_folder, tmp_path / "darker")), name="cam", options=SourceOptions(loop=-1))
     line = {"cam": LineCalibration(stream, frames=60)}
@@ -97,7 +88,7 @@ def _wait_for(client: ModbusTcpClient, state: int, within_s: float = 90.0) -> li
 
 
 def test_the_plc_or_a_signal_asks_a_running_run_to_calibrate(tiny_bundle, normal_folder, tmp_path):
-    bundle = _calibrated_copy(tiny_bundle, normal_folder, tmp_path / "bundle")
+    bundle = calibrated_copy(tiny_bundle, normal_folder, tmp_path / "bundle")
     before = yaml.safe_load((bundle / "calibration.yaml").read_text())["threshold"]
     port = free_port()
     process = subprocess.Popen(

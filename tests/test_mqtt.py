@@ -13,16 +13,18 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError
 from edge_ad.mqtt import PASSWORD_VARIABLE, MqttPublisher, MqttTls, parse_mqtt_url, variant_message
+from edge_ad.pipelines import SourceOptions
 from edge_ad.runner import RunConfig, run
 from edge_ad.sources import open_source
 from edge_ad.streams import Stream
 from edge_ad.variants import VariantDetector
 
-from conftest import MODULE_TYPES, SPOT_PATTERN, free_port
+from conftest import MODULE_TYPES, SPOT_PATTERN, calibrated_copy, free_port
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
 needs_broker = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")
@@ -223,14 +225,7 @@ def test_tls_files_are_checked_before_the_run(tls_files, tmp_path):
 
 
 def _publish_retained(port: int, topic: str, payload: str) -> None:
-    import paho.mqtt.client as mqtt
-
-    plc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    plc.connect("127.0.0.1", port)
-    plc.loop_start()
-    plc.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
-    plc.disconnect()
-    plc.loop_stop()
+    _publish(port, topic, payload, retain=True)
 
 
 @needs_broker
@@ -261,3 +256,51 @@ def test_a_variant_message_names_its_source():
     assert variant_message("plant/line1", "plant/line1/cam-1/variant", b" poly\n") == ("cam-1", "poly")
     assert variant_message("plant/line1", "plant/line1/cam-1/variant", b"") == ("cam-1", None)  # every bundle again
     assert variant_message("plant/line1", "plant/line1/cam-1/variant", b"\xff") is None  # not text: ignored
+
+
+@needs_broker
+def test_the_line_asks_a_source_to_calibrate(broker, tiny_bundle, normal_folder, tmp_path, caplog):
+    """"start" on TOPIC/SOURCE/calibrate has the run calibrate that source on its next frames and
+    TOPIC/SOURCE/calibration say how it stands; a retained "start" (which would calibrate at
+    every connection) is ignored."""
+    bundle = calibrated_copy(tiny_bundle, normal_folder, tmp_path / "bundle")
+    _publish_retained(broker, "plant/line1/cam/calibrate", "start")
+    subscriber, received = _subscribe(broker, "plant/line1/cam/calibration")
+    states = lambda: [json.loads(payload)["state"] for _, payload in received]  # noqa: E731
+    stop, before = threading.Event(), []
+
+    def line() -> None:
+        time.sleep(1.5)  # the retained "start" came at the run's connection
+        before.extend(states())
+        _publish(broker, "plant/line1/cam/calibrate", "start")
+        _wait_for(lambda: "calibrated" in states(), 60)
+        time.sleep(0.5)
+        stop.set()
+
+    threading.Thread(target=line, daemon=True).start()
+    stream = Stream(str(normal_folder), "cam", options=SourceOptions(loop=-1))
+    config = RunConfig(mqtt=f"mqtt://127.0.0.1:{broker}/plant/line1", calibration_frames=30)
+    try:
+        with caplog.at_level(logging.INFO):
+            run(Detector.load(bundle), [stream], config, stop=stop)
+    finally:
+        subscriber.disconnect()
+        subscriber.loop_stop()
+    assert before == []
+    assert "plant/line1/cam/calibrate is retained, so it would calibrate cam at every connection; ignored" \
+        in caplog.text
+    assert states() == ["calibrating", "calibrated"]
+    assert json.loads(received[-1][1]) == {"source": "cam", "state": "calibrated", "frames": 30}
+    assert yaml.safe_load((bundle / "calibration.yaml").read_text())["source"] == f"{normal_folder} (edge-ad run)"
+
+
+def _publish(port: int, topic: str, payload: str, retain: bool = False) -> None:
+    """One message from a PLC's gateway, as it publishes it."""
+    import paho.mqtt.client as mqtt
+
+    plc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    plc.connect("127.0.0.1", port)
+    plc.loop_start()
+    plc.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+    plc.disconnect()
+    plc.loop_stop()
