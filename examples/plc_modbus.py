@@ -1,9 +1,11 @@
 """What the line's PLC sees of `edge-ad run --modbus-port`: each source's alarms, acknowledged as a
 PLC acknowledges them (0 written to the source's latch coil), and at the end its frames and
-state. To check the wiring and the register map (README) before the PLC program is written.
-Needs pymodbus (pip install pymodbus).
+state. With CALIBRATE (a source's number), it first asks the run to calibrate that source on its
+next frames (1 written to its register +11: good parts must pass the camera meanwhile) and prints
+how that goes. To check the wiring and the register map (README) before the PLC program is
+written. Needs pymodbus (pip install pymodbus).
 
-    python examples/plc_modbus.py HOST[:PORT] [SOURCES] [SECONDS]
+    python examples/plc_modbus.py HOST[:PORT] [SOURCES] [SECONDS] [CALIBRATE]
 """
 
 import sys
@@ -11,13 +13,21 @@ import time
 
 from pymodbus.client import ModbusTcpClient
 
+STATES = ["idle", "calibrating", "calibrated", "refused (the run's log says why)"]  # register +11
+
 host, _, port = sys.argv[1].partition(":")
 sources = int(sys.argv[2]) if len(sys.argv) > 2 else 1  # in the order of --input or of the --sources file
 seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 10.0
+calibrate = int(sys.argv[4]) if len(sys.argv) > 4 else None
 
 client = ModbusTcpClient(host, port=int(port or 502))
 if not client.connect():
     sys.exit(f"{sys.argv[1]}: no Modbus server answers there (edge-ad run --modbus-port PORT)")
+if calibrate is not None:
+    if client.write_register(16 * calibrate + 11, 1).isError():
+        sys.exit(f"source {calibrate}: the run refused to calibrate it (is there such a source?)")
+    print(f"source {calibrate}: calibration asked")
+shown = None  # the calibration's state last printed
 end = time.monotonic() + seconds
 while time.monotonic() < end:
     latches = client.read_coils(0, count=sources).bits
@@ -27,6 +37,11 @@ while time.monotonic() < end:
             print(f"source {i}: ALARM  frame {r[6] << 16 | r[7]}  score {r[2] / 1000:.3f} (threshold {r[3] / 1000:.3f})"
                   f"  alarms so far {r[5]}")
             client.write_coil(i, False)  # acknowledged: the latch waits for the next alarm
+    if calibrate is not None:
+        now, kept = client.read_input_registers(16 * calibrate + 11, count=2).registers
+        if now != shown:
+            shown = now
+            print(f"source {calibrate}: calibration {STATES[now]}, {kept} frames kept")
     time.sleep(0.1)  # a PLC's poll cycle
 for i in range(sources):
     r = client.read_input_registers(16 * i, count=10).registers

@@ -18,6 +18,7 @@ from pymodbus.exceptions import ConnectionException
 
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError
+from edge_ad.line_calibration import CALIBRATED, CALIBRATING
 from edge_ad.modbus import KEEPALIVE_IDLE_S, REGISTERS_PER_SOURCE, VARIANT_REGISTER, ModbusServer
 from edge_ad.runner import RunConfig, run
 from edge_ad.sources import open_source
@@ -138,6 +139,31 @@ def test_the_plc_example_prints_and_acknowledges_alarms():
         assert re.fullmatch(r"source 0: 1 frames scored, the last \(3\) normal; last frame \d+\.\d s ago", top)
         assert re.fullmatch(r"source 1: 1 frames scored, the last \(7\) alarm; last frame \d+\.\d s ago", side)
         assert server.latches() == [False, False]
+    finally:
+        server.close()
+
+
+def test_the_plc_example_asks_a_calibration_and_follows_it():
+    asked = []
+
+    def calibrate(source: str, start: bool) -> None:  # as a run goes: calibrating at once, calibrated later
+        asked.append((source, start))
+        server.set_calibration(source, CALIBRATING, 0)
+        threading.Timer(0.3, server.set_calibration, (source, CALIBRATED, 40)).start()
+
+    server = ModbusServer(0, ["top", "side"], host="127.0.0.1", on_calibrate=calibrate)
+    try:
+        example = Path(__file__).parents[1] / "examples" / "plc_modbus.py"
+        out = subprocess.run([sys.executable, example, f"127.0.0.1:{server.port}", "2", "1.0", "1"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines()[:3] == ["source 1: calibration asked",
+                                               "source 1: calibration calibrating, 0 frames kept",
+                                               "source 1: calibration calibrated, 40 frames kept"]
+        assert asked == [("side", True)]
+        refused = subprocess.run([sys.executable, example, f"127.0.0.1:{server.port}", "2", "0.1", "2"],
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1 and "source 2: the run refused to calibrate it" in refused.stderr
     finally:
         server.close()
 
