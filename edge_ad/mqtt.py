@@ -17,10 +17,12 @@ source's frames scored by that variant's bundle alone, an empty message by all o
 "start" on TOPIC/SOURCE/calibrate has the run calibrate that source on its next frames, "cancel"
 stops that (edge_ad.line_calibration; not retained: a retained one would start a calibration at
 every connection, and is ignored), and TOPIC/SOURCE/calibration holds, retained, how that
-calibration stands: {"source", "state": idle|calibrating|calibrated|refused, "frames"}. paho-mqtt's own thread
-connects, reconnects with back-off (1 to 30 s) and keeps up to QUEUED_MESSAGES messages while the
-broker is away, sent when it comes back; beyond that a message is dropped, which the runner
-counts and reports as a failed write of this sink. A broker that is down does not stop the run.
+calibration stands: {"source", "state": idle|calibrating|calibrated|refused, "frames"}.
+
+paho-mqtt's own thread connects, reconnects with back-off (1 to 30 s) and keeps up to
+QUEUED_MESSAGES messages while the broker is away, sent when it comes back; beyond that a message
+is dropped, which the runner counts and reports as a failed write of this sink. A broker that is
+down does not stop the run.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class RunConfig:
     alarm_frames: int = 1  # anomalous frames in a row from a source before snapshots, hook and MQTT act (or Stream's)
     mqtt: str | None = None  # mqtt[s]://host[:port]/topic: alarms and drift events to a broker (edge_ad.mqtt)
     mqtt_tls: MqttTls = MqttTls()  # mqtts://: the plant's CA, a client certificate and key
-    calibration_frames: int | None = None  # a calibration on the line (SIGUSR1, Modbus +11): frames it keeps
+    calibration_frames: int | None = None  # a calibration on the line (SIGUSR1, Modbus, MQTT): frames it keeps
 
 
 @dataclass
@@ -612,9 +612,9 @@ def run(
     and SIGTERM). `detector` scores every stream, or a mapping gives each stream name its own
     (streams sharing one are scored in one batch). `reload` (also set by SIGHUP) has every
     stream's calibration and mask read again (_reload). Each stream can be calibrated on its own
-    frames as they are scored (edge_ad.line_calibration): SIGUSR1 asks it of all, the PLC of one
-    (Modbus register +11), and a caller through the `line` it passes (stream name ->
-    LineCalibration; made here when None). A source that fails to open stops the run before it
+    frames as they are scored (edge_ad.line_calibration): SIGUSR1 asks it of all, the line of one
+    (Modbus register +11, MQTT's TOPIC/SOURCE/calibrate), and a caller through the `line` it
+    passes (stream name -> LineCalibration; made here when None). A source that fails to open stops the run before it
     starts; a sink that fails later is reported and inference goes on."""
     if not streams:
         raise EdgeAdError("run: no --input given")
