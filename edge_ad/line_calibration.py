@@ -142,8 +142,8 @@ class LineCalibration:
             try:
                 written = calibrate_into(folder, one, collected, settings["far"], settings["confidence"], source,
                                          min_defect_area=settings.get("min_defect_area"))
-            except (EdgeAdError, OSError) as exc:
-                log.error("%s: not calibrated: %s", who, exc)
+            except (EdgeAdError, OSError) as exc:  # --frames, if it says so, is --calibration-frames here
+                log.error("%s: not calibrated: %s", who, str(exc).replace("--frames", "--calibration-frames"))
                 refused.append(variant)
                 continue
             except Exception:  # a fault of edge-ad's own: said, and the run goes on with the calibration in use
