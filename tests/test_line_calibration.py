@@ -2,6 +2,7 @@
 SIGUSR1 or by the PLC (Modbus register +11), writes it as `calibrate` would and judges by it."""
 
 import json
+import logging
 import shutil
 import signal
 import subprocess
@@ -33,13 +34,21 @@ def _darker(normal_folder, folder):
     return folder
 
 
-def _stop_once(calibration: LineCalibration, stop: threading.Event) -> None:
-    """Stop the run a second after the calibration is in (frames judged by it), or after a minute."""
-    deadline = time.monotonic() + 60
-    while calibration.state != CALIBRATED and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)
-    stop.set()
+def _stop_at(calibration: LineCalibration, state: int) -> threading.Event:
+    """An event for a run's `stop`, set a second after `calibration` reaches `state` (calibrated:
+    frames judged by it), or after a minute. Runs on looped files: a file that ended first would
+    end the run before the calibration."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while calibration.state != state and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        stop.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    return stop
 
 
 def test_a_run_calibrates_a_source_on_its_own_frames(tiny_bundle, normal_folder, tmp_path):
@@ -48,8 +57,7 @@ def test_a_run_calibrates_a_source_on_its_own_frames(tiny_bundle, normal_folder,
     stream = Stream(str(_darker(normal_folder, tmp_path / "darker")), name="cam", options=SourceOptions(loop=-1))
     line = {"cam": LineCalibration(stream, frames=60)}
     line["cam"].ask(True)  # from the first frame on, as SIGUSR1 or the PLC would ask
-    stop = threading.Event()
-    threading.Thread(target=_stop_once, args=(line["cam"], stop), daemon=True).start()
+    stop = _stop_at(line["cam"], CALIBRATED)
     events = tmp_path / "events.jsonl"
     run(Detector.load(bundle), [stream], RunConfig(events=events), stop=stop, line=line)
 
@@ -69,11 +77,38 @@ def test_a_run_calibrates_a_source_on_its_own_frames(tiny_bundle, normal_folder,
 def test_a_calibration_the_frames_cannot_support_is_refused(tiny_bundle, normal_folder, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)  # no calibration yet: calibrate's defaults, 1 in 1,000 at 95 %
-    stream = Stream(str(normal_folder), name="cam")
+    stream = Stream(str(normal_folder), name="cam", options=SourceOptions(loop=-1))
     line = {"cam": LineCalibration(stream, frames=10)}
     line["cam"].ask(True)
-    run(Detector.load(bundle), [stream], RunConfig(), line=line)
+    run(Detector.load(bundle), [stream], RunConfig(), stop=_stop_at(line["cam"], REFUSED), line=line)
     assert line["cam"].state == REFUSED and not (bundle / "calibration.yaml").exists()
+
+
+def test_frames_that_score_alike_can_refuse_a_calibration_at_its_end(tiny_bundle, normal_folder, tmp_path,
+                                                                  caplog):
+    """A line where each cell stays in view for ten frames: 120 frames are worth about 20
+    independent ones, too few for the rate of the calibration in use (1 in 20 needs 45); it is
+    refused, naming the run's own option, and the calibration in use stays."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    detector = Detector.load(bundle)
+    cells = [cv2.imread(str(p)) for p in sorted(normal_folder.glob("*.png"))]
+    calibrate_into(bundle, detector, collect(detector, iter(cells * 4), 48)[None], 0.05, 0.9, "cells")
+    before = (bundle / "calibration.yaml").read_text()
+    slow = tmp_path / "slow-line"
+    slow.mkdir()
+    for i, cell in enumerate(cells):
+        for j in range(10):
+            cv2.imwrite(str(slow / f"{10 * i + j:03d}.png"), cell)
+    stream = Stream(str(slow), name="cam", options=SourceOptions(loop=-1))
+    line = {"cam": LineCalibration(stream, frames=120)}
+    line["cam"].ask(True)
+    with caplog.at_level(logging.INFO):
+        run(Detector.load(bundle), [stream], RunConfig(), stop=_stop_at(line["cam"], REFUSED), line=line)
+    assert line["cam"].state == REFUSED
+    assert (bundle / "calibration.yaml").read_text() == before
+    (refusal,) = [r.getMessage() for r in caplog.records if "not calibrated" in r.getMessage()]
+    assert "independent ones" in refusal and "--calibration-frames" in refusal and " --frames" not in refusal
 
 
 def _wait_for(client: ModbusTcpClient, state: int, within_s: float = 90.0) -> list[int]:
@@ -138,8 +173,7 @@ def test_with_a_bundle_per_variant_the_variant_the_line_made_is_calibrated(varia
                     bundle=tuple(f"{t}={path}" for t, path in variant_bundles.items()))
     line = {"cam": LineCalibration(stream, frames=30)}
     line["cam"].ask(True)
-    stop = threading.Event()
-    threading.Thread(target=_stop_once, args=(line["cam"], stop), daemon=True).start()
+    stop = _stop_at(line["cam"], CALIBRATED)
     run(load_detectors([stream]), [stream], RunConfig(), stop=stop, line=line)
 
     assert line["cam"].state == CALIBRATED
