@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edge_ad.bundle import BUNDLE_FILE, BRANCHES, CALIBRATION_FILE, Bundle, file_sha256, read_yaml, write_yaml_atomic
+from edge_ad.bundle import BRANCHES, CALIBRATION_FILE, Bundle, read_yaml, write_yaml_atomic
 from edge_ad.detector import Detector, Result, frame_map
 from edge_ad.masks import InspectionMask
 from edge_ad.normalize import Quantiles, fit_quantiles
@@ -278,7 +278,7 @@ def record(calibration: Calibration, detector: Detector, source: str, use_f1: bo
         "frames_per_independent_frame": round(calibration.threshold.per_draw, 2),  # what the bound counted as one
         "source": source,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "bundle_sha256": file_sha256(bundle.root / BUNDLE_FILE),
+        "bundle_sha256": bundle.sha256,  # the model whose maps these are, even if another is on disk by now
         "split_half": {k: round(v, 4) for k, v in calibration.agreement.items()},
         "warnings": calibration.warnings,
         "normal_scores": percentiles,

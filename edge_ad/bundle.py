@@ -81,6 +81,7 @@ class Bundle:
     branches: tuple[str, ...]  # names of the raw-map branches, in graph output order
     quantiles: tuple[Quantiles, ...]  # one per branch
     threshold: float
+    sha256: str  # of bundle.yaml as it was read: the model this is, whatever is on disk by now
     steps: int | None = None  # bridge steps K in use (bridge bundles only)
     coefficients: np.ndarray | None = None  # (K, 2) rows (t, dt) of the step graph
     calibration: Path | None = None  # the calibration.yaml in use, if any
@@ -174,8 +175,8 @@ def _unpacked(path: Path) -> Path:
     return found[0].parent
 
 
-def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
-    """Load and validate a bundle folder or .tar archive; `steps` picks a bridge bundle's K."""
+def bundle_yaml(path: str | Path) -> Path:
+    """The bundle.yaml of bundle `path`: a folder, or a .tar archive (unpacked into the cache)."""
     path = Path(path)
     if path.is_file() and tarfile.is_tarfile(path):
         root = _unpacked(path)
@@ -186,6 +187,13 @@ def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
     yaml_path = root / BUNDLE_FILE
     if not yaml_path.is_file():
         raise BundleError(f"{path}: no {BUNDLE_FILE} inside")
+    return yaml_path
+
+
+def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
+    """Load and validate a bundle folder or .tar archive; `steps` picks a bridge bundle's K."""
+    yaml_path = bundle_yaml(path)
+    root, sha256 = yaml_path.parent, file_sha256(yaml_path)
     data = read_yaml(yaml_path)
     fields = _Fields(yaml_path, data)
     version = fields.get("schema_version", int)
@@ -213,7 +221,7 @@ def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
             if fused_steps not in fields.get("bridge.schedules", dict):
                 raise BundleError(f"{yaml_path}: field 'bridge.fused_steps' is {fused_steps!r}, not a K of bridge.schedules")
             graphs["fused"] = _graph_file(root, fields, "fused")
-    calibration, problem = _calibration(root / CALIBRATION_FILE, steps, yaml_path)
+    calibration, problem = _calibration(root / CALIBRATION_FILE, steps, yaml_path, sha256)
     if problem is not None:
         warnings.warn(f"{problem}; using the bundle's own numbers until 'edge-ad calibrate' is run again")
     return Bundle(
@@ -229,6 +237,7 @@ def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
         coefficients=coefficients,
         calibration=None if calibration is None else calibration.path,
         fused_steps=fused_steps,
+        sha256=sha256,
         **_numbers(selected if calibration is None else calibration, model_type),
     )
 
@@ -240,7 +249,7 @@ def site_calibrated(bundle: Bundle, folder: str | Path) -> tuple[Bundle, str | N
     path = Path(folder) / CALIBRATION_FILE
     if not path.is_file():
         return bundle, f"{folder}: no {CALIBRATION_FILE} yet"
-    calibration, problem = _calibration(path, bundle.steps, bundle.root / BUNDLE_FILE)
+    calibration, problem = _calibration(path, bundle.steps, bundle.root / BUNDLE_FILE, bundle.sha256)
     if calibration is None:
         return bundle, problem
     return replace(bundle, calibration=path, **_numbers(calibration, bundle.model_type)), None
@@ -283,17 +292,18 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _calibration(path: Path, steps: int | None, bundle_yaml: Path) -> tuple[_Fields | None, str | None]:
-    """The site calibration at `path`, when there is one for these bridge steps and this bundle;
-    else None and, when there is a file, why it is set aside (a calibration made at another K, or
-    for another bundle, does not describe these maps)."""
+def _calibration(path: Path, steps: int | None, bundle_yaml: Path, sha256: str) -> tuple[_Fields | None, str | None]:
+    """The site calibration at `path`, when there is one for these bridge steps and this bundle
+    (its bundle.yaml at `bundle_yaml`, with `sha256` when it was read); else None and, when there is
+    a file, why it is set aside (a calibration made at another K, or for another bundle, does not
+    describe these maps)."""
     if not path.is_file():
         return None, None
     data = read_yaml(path)
     if data.get("steps") != steps:
         return None, f"{path}: made for {data.get('steps')} bridge steps, not {steps}"
     made_for = data.get("bundle_sha256")
-    if made_for is not None and made_for != file_sha256(bundle_yaml):
+    if made_for is not None and made_for != sha256:
         return None, f"{path}: made for another bundle (field 'bundle_sha256' does not match {bundle_yaml})"
     return _Fields(path, data), None
 

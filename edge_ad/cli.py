@@ -205,6 +205,7 @@ def _run(args: argparse.Namespace) -> None:
     if args.print_pipeline:
         _print_pipelines(streams, jetson, args.output_bitrate)
         return
+    from .bundle_swap import BundlePaths
     from .mqtt import MqttTls
     from .runner import load_detectors, run
 
@@ -227,9 +228,9 @@ def _run(args: argparse.Namespace) -> None:
         mqtt_tls=MqttTls(*(Path(f) if f else None for f in (args.mqtt_ca, args.mqtt_cert, args.mqtt_key))),
         calibration_frames=args.calibration_frames,
     )
-    detectors = load_detectors(streams, args.bundle, backend=args.backend, steps=args.steps, spin=not args.no_spin,
-                               dla_core=args.dla_core)
-    summary = run(detectors, streams, config)
+    options = {"backend": args.backend, "steps": args.steps, "spin": not args.no_spin, "dla_core": args.dla_core}
+    detectors = load_detectors(streams, args.bundle, **options)
+    summary = run(detectors, streams, config, paths=BundlePaths(tuple(args.bundle or ()), options))
     for s in summary.sources:
         print(f"{s.name}: frames {s.frames}  dropped {s.dropped}  failed {s.failed}  reconnects {s.reconnects}  "
               f"anomalies {s.anomalies}  alarms {s.alarms}  "

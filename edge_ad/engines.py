@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from .bundle import BUNDLE_FILE, Bundle, cache_dir, file_sha256, write_yaml_atomic
+from .bundle import Bundle, cache_dir, write_yaml_atomic
 from .cuda_memory import cuda_memory
 from .device import detect, is_jetson, load_configs, pick_config
 from .errors import EdgeAdError
@@ -130,7 +130,7 @@ def engine_precisions(bundle: Bundle, dla_core: int | None) -> tuple[str, ...]:
 def engine_dirs(bundle: Bundle) -> list[Path]:
     """Where engines of `bundle` may be: its own engines/ folder, then edge-ad's cache, where they
     go when the bundle folder cannot be written (a read-only mount, another user's files)."""
-    return [bundle.root / ENGINES_DIR, cache_dir() / ENGINES_DIR / file_sha256(bundle.root / BUNDLE_FILE)[:16]]
+    return [bundle.root / ENGINES_DIR, cache_dir() / ENGINES_DIR / bundle.sha256[:16]]
 
 
 def writable_engine_dir(bundle: Bundle) -> Path:

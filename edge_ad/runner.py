@@ -24,10 +24,11 @@ import numpy as np
 from tqdm import tqdm
 
 from .bundle import read_yaml
-from .detector import Detector, Result
+from .bundle_swap import BundlePaths, BundleSwap, Specs
+from .detector import Result
 from .drift import DriftWatch
 from .errors import EdgeAdError, SourceError
-from .line_calibration import LineCalibration
+from .line_calibration import CALIBRATING, LineCalibration
 from .masks import InspectionMask, calibration_mismatch
 from .mqtt import MqttTls
 from .outputs import open_output, output_description
@@ -36,13 +37,11 @@ from .render import overlay
 from .service import ServiceNotifier
 from .sinks import AnomalyHook, EventLog, Guarded, Snapshot, Snapshots, slug
 from .sources import Frame, Source, open_source
-from .streams import Stream, bundle_of
+from .streams import Stream
 from .telemetry import SourceStats, Telemetry
-from .variants import VariantDetector, bundles_of, load_detector, score_views
+from .variants import AnyDetector, VariantDetector, bundles_of, score_views
 
 log = logging.getLogger("edge_ad.runner")
-
-AnyDetector = Detector | VariantDetector
 
 DEFAULT_FPS = 30  # output frame rate for sources that do not say theirs (image folders)
 
@@ -263,6 +262,12 @@ class _Sinks:
         self.stack.callback(video.close)
         self.videos[stream.name] = self._guard(f"output {stream.output}", video)
 
+    def watch_anew(self, name: str, bands: dict[str | None, DriftWatch]) -> None:
+        """Source `name` judged by a new calibration or bundle: its `bands`, watched from the start."""
+        self.drift[name] = bands
+        for watched in [w for w in self.watches if w[0] == name]:
+            del self.watches[watched]
+
     def _watch_drift(self, stream: Stream, frame: Frame, result: Result) -> None:
         key = (stream.name, result.variant)
         if key not in self.watches:
@@ -332,8 +337,8 @@ def stop_on_signals(stop: threading.Event, reload: threading.Event | None = None
     handlers = dict.fromkeys((signal.SIGINT, signal.SIGTERM),
                              lambda signum, _: (log.warning("%s: stopping", signal.Signals(signum).name), stop.set()))
     if reload is not None:
-        handlers[signal.SIGHUP] = lambda signum, _: (log.warning("SIGHUP: reading the calibrations and masks again"),
-                                                     reload.set())
+        handlers[signal.SIGHUP] = lambda signum, _: (log.warning("SIGHUP: reading the calibrations, masks and changed "
+                                                                 "bundles again"), reload.set())
     if calibrate is not None:
         handlers[signal.SIGUSR1] = lambda signum, _: (log.warning("SIGUSR1: calibrating every source on its next "
                                                                   "frames"), calibrate())
@@ -544,10 +549,31 @@ def _reload(captures: list[_Capture], sinks: _Sinks) -> None:
             continue
         capture.detector, capture.mask = renewed[key], mask
         log.info("%s: threshold %s, was %s", stream.name, _thresholds(capture.detector), _thresholds(before))
-        if bands is not None:  # the new calibration's band, watched from the start
-            sinks.drift[stream.name] = bands
-            for watched in [w for w in sinks.watches if w[0] == stream.name]:
-                del sinks.watches[watched]
+        if bands is not None:
+            sinks.watch_anew(stream.name, bands)
+
+
+def _swap_bundles(captures: list[_Capture], loaded: dict[Specs, AnyDetector], paths: BundlePaths, sinks: _Sinks,
+                  line: dict[str, LineCalibration]) -> None:
+    """The sources of bundles loaded again (BundleSwap) scored by them from the next frame, each
+    with its own site calibration where it has one that fits them. A calibration on the line
+    that is keeping frames is cancelled: they were scored by the bundle that goes."""
+    renewed: dict[tuple[Specs, str | None], AnyDetector] = {}
+    for capture in captures:
+        stream, specs = capture.stream, paths.of(capture.stream)
+        if specs not in loaded:
+            continue
+        key = (specs, stream.calibration)
+        if key not in renewed:
+            renewed[key] = _own_calibration(loaded[specs], stream)
+        _check_mask(stream.name, renewed[key], capture.mask)
+        if line[stream.name].state == CALIBRATING:
+            line[stream.name].ask(False)
+        before, capture.detector = capture.detector, renewed[key]
+        log.info("%s: scored by the new %s from now on: threshold %s, was %s", stream.name, " ".join(specs),
+                 _thresholds(capture.detector), _thresholds(before))
+        if sinks.drift is not None:
+            sinks.watch_anew(stream.name, drift_bands(capture.detector))
 
 
 def load_detectors(
@@ -558,25 +584,31 @@ def load_detectors(
     calibration where it has one (`Stream.calibration`). A bundle named by several streams is
     loaded once and their frames are scored in one batch, also with calibrations of their own.
     `options` go to Detector.load."""
-    default = (bundle,) if isinstance(bundle, str) else tuple(bundle or ())
-    loaded: dict[tuple[str, ...], AnyDetector] = {}
-    calibrated: dict[tuple[tuple[str, ...], str], AnyDetector] = {}
+    paths = BundlePaths((bundle,) if isinstance(bundle, str) else tuple(bundle or ()), options)
+    loaded: dict[Specs, AnyDetector] = {}
+    calibrated: dict[tuple[Specs, str | None], AnyDetector] = {}
     detectors = {}
     for stream in streams:
-        specs = bundle_of(stream, default)
+        specs = paths.of(stream)
         if specs not in loaded:
-            loaded[specs] = load_detector(specs, **options)
-        detectors[stream.name] = loaded[specs]
-        if stream.calibration is None:
-            continue
+            loaded[specs] = paths.load(specs)
         key = (specs, stream.calibration)
         if key not in calibrated:
-            calibrated[key], problem = loaded[specs].calibrated(stream.calibration)
-            if problem is not None:
-                log.warning("%s: %s; scored with the bundle's own numbers until 'edge-ad calibrate --sources ... "
-                            "--source %s'", stream.name, problem, stream.name)
+            calibrated[key] = _own_calibration(loaded[specs], stream)
         detectors[stream.name] = calibrated[key]
     return detectors
+
+
+def _own_calibration(detector: AnyDetector, stream: Stream) -> AnyDetector:
+    """`detector` with `stream`'s own site calibration (`calibration:` in --sources) where it has
+    one that fits, else as it is (the reason logged)."""
+    if stream.calibration is None:
+        return detector
+    calibrated, problem = detector.calibrated(stream.calibration)
+    if problem is not None:
+        log.warning("%s: %s; scored with the bundle's own numbers until 'edge-ad calibrate --sources ... "
+                    "--source %s'", stream.name, problem, stream.name)
+    return calibrated
 
 
 def detectors_of(detector: AnyDetector | Mapping[str, AnyDetector], streams: list[Stream]) -> dict[str, AnyDetector]:
@@ -606,7 +638,7 @@ def _drift_bands(detectors: Mapping[str, AnyDetector]) -> dict[str, dict[str | N
 def run(
     detector: AnyDetector | Mapping[str, AnyDetector], streams: list[Stream], config: RunConfig,
     stop: threading.Event | None = None, reload: threading.Event | None = None,
-    line: dict[str, LineCalibration] | None = None,
+    line: dict[str, LineCalibration] | None = None, paths: BundlePaths | None = None,
 ) -> RunSummary:
     """Score every stream until all end, `max_frames` per stream, or `stop` (also set by SIGINT
     and SIGTERM). `detector` scores every stream, or a mapping gives each stream name its own
@@ -614,8 +646,11 @@ def run(
     stream's calibration and mask read again (_reload). Each stream can be calibrated on its own
     frames as they are scored (edge_ad.line_calibration): SIGUSR1 asks it of all, the line of one
     (Modbus register +11, MQTT's TOPIC/SOURCE/calibrate), and a caller through the `line` it
-    passes (stream name -> LineCalibration; made here when None). A source that fails to open stops the run before it
-    starts; a sink that fails later is reported and inference goes on."""
+    passes (stream name -> LineCalibration; made here when None). Given where the bundles are
+    (`paths`, as `load_detectors` was given them), `reload` also has the bundles changed on disk
+    loaded again, in a thread, and the sources scored by them once they are (edge_ad.bundle_swap).
+    A source that fails to open stops the run before it starts; a sink that fails later is reported
+    and inference goes on."""
     if not streams:
         raise EdgeAdError("run: no --input given")
     names = [s.name for s in streams]
@@ -633,6 +668,7 @@ def run(
     line = line if line is not None else {s.name: LineCalibration(s, config.calibration_frames) for s in streams}
     for calibration in line.values():
         calibration.on_written = reload.set  # read in as SIGHUP reads a calibration
+    swap = BundleSwap(paths) if paths is not None else None
 
     def calibrate_all() -> None:
         for calibration in line.values():
@@ -687,6 +723,10 @@ def run(
             if reload.is_set():
                 reload.clear()
                 _reload(captures, sinks)
+                if swap is not None:
+                    swap.ask({paths.of(c.stream): c.detector for c in captures})
+            if swap is not None and (loaded := swap.take()):
+                _swap_bundles(captures, loaded, paths, sinks, line)
             # A capture stopped at max_frames may still hold a frame: it is not scored.
             ready_frames = [(c, f) for c in captures if not c.stop.is_set() and (f := c.take()) is not None]
             if not ready_frames:

@@ -165,7 +165,10 @@ def score_views(
             for i, results in enumerate(scored)]
 
 
-def bundles_of(detector: Detector | VariantDetector) -> dict[str | None, Bundle]:
+AnyDetector = Detector | VariantDetector
+
+
+def bundles_of(detector: AnyDetector) -> dict[str | None, Bundle]:
     """The detector's bundles, keyed by variant (None for a single bundle)."""
     if isinstance(detector, VariantDetector):
         return {name: d.bundle for name, d in detector.detectors.items()}

@@ -353,7 +353,7 @@ def test_sighup_reads_the_calibrations_again_while_the_cameras_go_on(variant_bun
     assert [e["frame"] for e in cam] == sorted({e["frame"] for e in cam})  # one run: the camera went on
     exported = yaml.safe_load((bundle / "bundle.yaml").read_text())["threshold"]
     assert {e["threshold"] for e in _frame_events(events, "other")} == {exported}
-    assert "SIGHUP: reading the calibrations and masks again" in log
+    assert "SIGHUP: reading the calibrations, masks and changed bundles again" in log
     assert f"cam: threshold {2 * before:.4f}, was {before:.4f}" in log
     assert f"other: not reloaded, keeps its calibration and mask: {bundle / 'calibration.yaml'}: malformed YAML" in log
 
