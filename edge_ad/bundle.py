@@ -85,6 +85,7 @@ class Bundle:
     steps: int | None = None  # bridge steps K in use (bridge bundles only)
     coefficients: np.ndarray | None = None  # (K, 2) rows (t, dt) of the step graph
     calibration: Path | None = None  # the calibration.yaml in use, if any
+    calibration_sha256: str | None = None  # of that file as it was read
     fused_steps: int | None = None  # K of the optional fused graph (graphs["fused"]: all K steps in one)
     normal_scores: tuple[float, float] | None = None  # (p50, p90) of normal image scores, where recorded
     min_defect_area: int | None = None  # frame pixels a region above the threshold must cover (site calibration)
@@ -97,10 +98,11 @@ class Bundle:
 class _Fields:
     """Typed access to bundle.yaml that names the field in every error."""
 
-    def __init__(self, path: Path, data: dict[str, Any], prefix: str = ""):
+    def __init__(self, path: Path, data: dict[str, Any], prefix: str = "", sha256: str | None = None):
         self.path = path
         self.data = data
         self.prefix = prefix  # where `data` sits in the file, for the messages
+        self.sha256 = sha256  # of the file as it was read, where that matters (a site calibration)
 
     def get(self, dotted: str, kind: type | tuple[type, ...]) -> Any:
         node: Any = self.data
@@ -193,8 +195,8 @@ def bundle_yaml(path: str | Path) -> Path:
 def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
     """Load and validate a bundle folder or .tar archive; `steps` picks a bridge bundle's K."""
     yaml_path = bundle_yaml(path)
-    root, sha256 = yaml_path.parent, file_sha256(yaml_path)
-    data = read_yaml(yaml_path)
+    root = yaml_path.parent
+    data, sha256 = _read_hashed(yaml_path)
     fields = _Fields(yaml_path, data)
     version = fields.get("schema_version", int)
     if version != SCHEMA_VERSION:
@@ -236,6 +238,7 @@ def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
         steps=steps,
         coefficients=coefficients,
         calibration=None if calibration is None else calibration.path,
+        calibration_sha256=None if calibration is None else calibration.sha256,
         fused_steps=fused_steps,
         sha256=sha256,
         **_numbers(selected if calibration is None else calibration, model_type),
@@ -252,7 +255,8 @@ def site_calibrated(bundle: Bundle, folder: str | Path) -> tuple[Bundle, str | N
     calibration, problem = _calibration(path, bundle.steps, bundle.root / BUNDLE_FILE, bundle.sha256)
     if calibration is None:
         return bundle, problem
-    return replace(bundle, calibration=path, **_numbers(calibration, bundle.model_type)), None
+    return replace(bundle, calibration=path, calibration_sha256=calibration.sha256,
+                   **_numbers(calibration, bundle.model_type)), None
 
 
 def _numbers(selected: _Fields, model_type: str) -> dict[str, Any]:
@@ -281,8 +285,18 @@ def _graph_file(root: Path, fields: _Fields, name: str) -> Path:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML file that must hold a mapping; a malformed one is named with its line."""
+    return _mapping(path, path.read_bytes())
+
+
+def _read_hashed(path: Path) -> tuple[dict[str, Any], str]:
+    """read_yaml, and the SHA-256 of the very bytes read (the file may be replaced meanwhile)."""
+    raw = path.read_bytes()
+    return _mapping(path, raw), hashlib.sha256(raw).hexdigest()
+
+
+def _mapping(path: Path, raw: bytes) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -299,13 +313,13 @@ def _calibration(path: Path, steps: int | None, bundle_yaml: Path, sha256: str) 
     describe these maps)."""
     if not path.is_file():
         return None, None
-    data = read_yaml(path)
+    data, calibration_sha256 = _read_hashed(path)
     if data.get("steps") != steps:
         return None, f"{path}: made for {data.get('steps')} bridge steps, not {steps}"
     made_for = data.get("bundle_sha256")
     if made_for is not None and made_for != sha256:
         return None, f"{path}: made for another bundle (field 'bundle_sha256' does not match {bundle_yaml})"
-    return _Fields(path, data), None
+    return _Fields(path, data, sha256=calibration_sha256), None
 
 
 def _bridge_schedule(fields: _Fields, steps: int | None) -> tuple[int, np.ndarray, _Fields]:

@@ -478,6 +478,8 @@ def _report(args: argparse.Namespace) -> None:
     read = read_events(events, args.since, args.until)
     for record in read.sources.values():
         print(record.summary())
+        for line in record.judged_by():
+            print(line)
     if read.skipped_count:
         print(f"{read.skipped_count} of {read.lines} lines skipped: " + "; ".join(read.skipped)
               + (" ..." if read.skipped_count > len(read.skipped) else ""))

@@ -36,6 +36,7 @@ class SourceEvents:
     alarms: list[bool] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     drift: list[tuple[float, str]] = field(default_factory=list)  # (timestamp, "outside" | "back")
+    judges: list[tuple[str, str | None] | None] = field(default_factory=list)  # per frame: (bundle, calibration)
 
     @property
     def frames(self) -> int:
@@ -58,6 +59,22 @@ class SourceEvents:
         return (f"{self.counts()}  from {_clock(start)} to {_clock(end)}  "
                 f"longest gap {gaps.max() if gaps.size else 0.0:.1f} s{latency}  "
                 f"drift events {len(self.drift)} ({sum(state == 'outside' for _, state in self.drift)} outside)")
+
+    def judged_by(self) -> list[str]:
+        """One line per stretch of frames judged by one bundle and calibration (the events' short
+        SHA-256 of bundle.yaml and calibration.yaml), in time order: which model passed which parts.
+        Frames of runs from before events named them are left out."""
+        lines = []
+        start = 0
+        for end in range(1, self.frames + 1):
+            if end < self.frames and self.judges[end] == self.judges[start]:
+                continue
+            if self.judges[start] is not None:
+                bundle, calibration = self.judges[start]
+                lines.append(f"  bundle {bundle}, calibration {calibration or 'of the bundle'}: "
+                             f"{_clock(self.times[start])} to {_clock(self.times[end - 1])}, {end - start} frames")
+            start = end
+        return lines
 
 
 @dataclass
@@ -101,6 +118,7 @@ def read_events(path: Path, since: float | None = None, until: float | None = No
     sources: dict[str, SourceEvents] = {}
     skipped: list[str] = []
     skipped_count = lines = 0
+    judges: dict = {}
     with tqdm(total=sum(f.stat().st_size for f in files), desc="reading events", unit="B", unit_scale=True,
               disable=None) as bar:
         for file in files:
@@ -121,16 +139,18 @@ def read_events(path: Path, since: float | None = None, until: float | None = No
                     moment = event["timestamp"]
                     if (since is not None and moment < since) or (until is not None and moment > until):
                         continue
-                    _add(sources.setdefault(str(event["source"]), SourceEvents(str(event["source"]))), event)
+                    _add(sources.setdefault(str(event["source"]), SourceEvents(str(event["source"]))), event, judges)
     for record in sources.values():  # files are appended by run after run: put each source in time order
         order = np.argsort(record.times, kind="stable")
-        for name in ("times", "scores", "thresholds", "anomalies", "alarms"):
+        for name in ("times", "scores", "thresholds", "anomalies", "alarms", "judges"):
             setattr(record, name, [getattr(record, name)[i] for i in order])
         record.drift.sort()
     return EventsRead(sources, lines, skipped, skipped_count)
 
 
-def _add(record: SourceEvents, event: dict) -> None:
+def _add(record: SourceEvents, event: dict, judges: dict) -> None:
+    """`event` added to `record`; `judges` keeps one tuple per bundle and calibration, which every
+    frame they judged shares (a report of a million frames holds a few)."""
     if event.get("event", "frame") == "drift":
         record.drift.append((float(event["timestamp"]), str(event["state"])))
         return
@@ -141,6 +161,10 @@ def _add(record: SourceEvents, event: dict) -> None:
     record.alarms.append(bool(event.get("alarm", event["anomaly"])))  # events from before --alarm-frames
     if isinstance(event.get("latency_ms"), (int, float)):
         record.latencies_ms.append(float(event["latency_ms"]))
+    judge = None  # events of runs from before they named it
+    if "bundle" in event:
+        judge = (str(event["bundle"]), event.get("calibration") and str(event["calibration"]))
+    record.judges.append(judges.setdefault(judge, judge))
 
 
 def binned_medians(times: np.ndarray, scores: np.ndarray, bins: int = MEDIAN_BINS):

@@ -23,7 +23,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .bundle import read_yaml
+from .bundle import Bundle, read_yaml
 from .bundle_swap import BundlePaths, BundleSwap, Specs
 from .detector import Result
 from .drift import DriftWatch
@@ -44,6 +44,7 @@ from .variants import AnyDetector, VariantDetector, bundles_of, score_views
 log = logging.getLogger("edge_ad.runner")
 
 DEFAULT_FPS = 30  # output frame rate for sources that do not say theirs (image folders)
+SHORT_SHA256 = 12  # hex digits of a file's SHA-256 that name it in the events (as short git hashes)
 
 
 @dataclass
@@ -294,11 +295,13 @@ class _Sinks:
         return {g.name: g.errors for g in self.guards}
 
     def deliver(
-        self, stream: Stream, frame: Frame, result: Result, latency_ms: float, record: SourceStats, alarm: bool
+        self, stream: Stream, frame: Frame, result: Result, latency_ms: float, record: SourceStats, alarm: bool,
+        bundle: Bundle,
     ) -> None:
-        """Hand a scored frame to the sinks: events and video every frame, snapshots, the hook and
-        MQTT only for an `alarm` (RunConfig.alarm_frames anomalous frames in a row). A snapshot is
-        saved first, so that the event names its files."""
+        """Hand a scored frame, judged by `bundle` (and its calibration), to the sinks: events and
+        video every frame, snapshots, the hook and MQTT only for an `alarm`
+        (RunConfig.alarm_frames anomalous frames in a row). A snapshot is saved first, so that the
+        event names its files."""
         picture = None
         if stream.name in self.videos:
             picture = overlay(frame.image, result)
@@ -310,7 +313,7 @@ class _Sinks:
             record.snapshots += snapshot is not None
         # The event (with its regions) and the overlay are made only when a sink takes them.
         wants_event = self.events is not None or (alarm and (self.hook is not None or self.mqtt is not None))
-        event = _event(stream, frame, result, latency_ms, alarm, snapshot) if wants_event else None
+        event = _event(stream, frame, result, latency_ms, alarm, snapshot, bundle) if wants_event else None
         if self.events is not None:
             self.events(event)
         if self.drift is not None:
@@ -353,8 +356,13 @@ def stop_on_signals(stop: threading.Event, reload: threading.Event | None = None
 
 
 def _event(
-    stream: Stream, frame: Frame, result: Result, latency_ms: float, alarm: bool, snapshot: Snapshot | None
+    stream: Stream, frame: Frame, result: Result, latency_ms: float, alarm: bool, snapshot: Snapshot | None,
+    bundle: Bundle,
 ) -> dict:
+    """A frame's event. `bundle` and `calibration` say what judged it, for a record of which model
+    and threshold passed each part: the first digits of the SHA-256 of the bundle's bundle.yaml and
+    of the calibration.yaml in use (None: the bundle's own numbers), as `sha256sum` prints them."""
+    calibration = bundle.calibration_sha256
     return {
         "event": "frame",
         "source": stream.name,
@@ -369,9 +377,16 @@ def _event(
         "regions": regions(result.map, result.threshold) if result.is_anomaly else [],
         "latency_ms": round(latency_ms, 3),
         "inference_ms": round(sum(result.times_ms.values()), 3),
+        "bundle": bundle.sha256[:SHORT_SHA256],
+        "calibration": calibration and calibration[:SHORT_SHA256],
         **({"variant": result.variant} if result.variant is not None else {}),
         **({"snapshot": str(snapshot.frame), "overlay": str(snapshot.overlay)} if snapshot is not None else {}),
     }
+
+
+def _judged_by(detector: AnyDetector, result: Result) -> Bundle:
+    """The bundle (with its calibration) that gave `result`."""
+    return detector.detector_of(result).bundle if isinstance(detector, VariantDetector) else detector.bundle
 
 
 def _current(stats: dict[str, SourceStats], captures: list[_Capture]) -> list[SourceStats]:
@@ -743,7 +758,8 @@ def run(
                 record = stats[capture.stream.name]
                 latency_ms = (done - frame.captured) * 1e3
                 alarm = record.add(latency_ms, result.is_anomaly, capture.stream.alarm_frames or config.alarm_frames)
-                sinks.deliver(capture.stream, frame, result, latency_ms, record, alarm)
+                sinks.deliver(capture.stream, frame, result, latency_ms, record, alarm,
+                              _judged_by(capture.detector, result))
                 line[capture.stream.name].take(capture.detector, capture.mask, frame.image, result)
                 if config.max_frames is not None and record.frames >= config.max_frames:
                     capture.stop.set()

@@ -1,5 +1,6 @@
 """A new bundle put on the line without stopping the run: replaced on disk, read in at SIGHUP."""
 
+import hashlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import yaml
 from calibration.site import calibrate_into, collect
 from edge_ad.bundle_swap import BundlePaths
 from edge_ad.detector import Detector
+from edge_ad.events_report import read_events
 from edge_ad.line_calibration import CALIBRATING, IDLE, LineCalibration
 from edge_ad.pipelines import SourceOptions
 from edge_ad.runner import RunConfig, run
@@ -42,6 +44,11 @@ def _bundles(variant_bundles, tmp_path) -> tuple[Path, Path, Path]:
 
 def _threshold(bundle: Path) -> float:
     return yaml.safe_load((bundle / "bundle.yaml").read_text())["threshold"]
+
+
+def _sha(bundle: Path) -> str:
+    """How the events name a bundle: the first digits of its bundle.yaml's SHA-256."""
+    return hashlib.sha256((bundle / "bundle.yaml").read_bytes()).hexdigest()[:12]
 
 
 def _frames(events: Path) -> list[dict]:
@@ -122,6 +129,10 @@ def test_a_bundle_that_cannot_be_loaded_leaves_the_line_as_it_was(variant_bundle
     assert "encoder.onnx" in refused
     assert any("calibration cancelled after" in r.getMessage() for r in caplog.records)
     assert {e["threshold"] for e in _frames(events)} == {_threshold(old), _threshold(new)}
+    judged = read_events(events).sources["cam"].judged_by()  # what `edge-ad report` says judged the frames
+    assert [line.split(":")[0] for line in judged] == [f"  bundle {_sha(old)}, calibration of the bundle",
+                                                       f"  bundle {_sha(new)}, calibration of the bundle"]
+    assert sum(int(line.split(", ")[-1].split()[0]) for line in judged) == len(_frames(events))
 
 
 def test_a_calibration_made_with_the_bundle_that_goes_does_not_pass_to_the_new_one(variant_bundles, test_cells,

@@ -1,6 +1,7 @@
 """`edge-ad report`: the events of runs read back in time order, across rotated files and damaged
 lines, drawn per source and counted."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -44,6 +45,8 @@ def test_report_of_a_run(tiny_bundle, spotted_frames, tmp_path):
     out = _edge_ad("report", "--events", events)
     assert out.returncode == 0, out.stderr
     assert f"{spotted_frames}: frames 9  anomalies 6 (66.67%)  alarms 3  from " in out.stdout
+    judged_by = hashlib.sha256((tiny_bundle / "bundle.yaml").read_bytes()).hexdigest()[:12]  # as sha256sum prints it
+    assert f"\n  bundle {judged_by}, calibration " in out.stdout and ", 9 frames\n" in out.stdout
     report = tmp_path / "events_report.png"
     assert f"report {report}" in out.stdout
     picture = cv2.imread(str(report))
@@ -55,16 +58,18 @@ def test_events_across_rotated_files_runs_and_damaged_lines(tmp_path):
     t0 = datetime(2026, 12, 3, 6, 0).timestamp()
     events = tmp_path / "events.jsonl"
     # Oldest in events.jsonl.2, then .1, then the file itself; two runs appended to .1 (frames restart).
-    _write(tmp_path / "events.jsonl.2", [_frame("cam", t0 + s, 0.1, False) for s in range(3)])
+    judged = {"bundle": "3f2a9c1b7d0e", "calibration": "a1b2c3d4e5f6"}
+    _write(tmp_path / "events.jsonl.2", [_frame("cam", t0 + s, 0.1, False, bundle="90e7d5c3b1a2", calibration=None)
+                                         for s in range(3)])
     _write(tmp_path / "events.jsonl.1", [
-        _frame("cam", t0 + 10, 0.9, True, alarm=False),
-        _frame("cam", t0 + 11, 0.8, True),  # an event from before --alarm-frames: its anomaly is its alarm
+        _frame("cam", t0 + 10, 0.9, True, alarm=False, **judged),
+        _frame("cam", t0 + 11, 0.8, True),  # an event from before --alarm-frames (and the bundle fields)
         "{\"event\": \"frame\", \"source\": \"cam\", \"timesta\n",  # cut short by a power loss
         {"event": "drift", "source": "cam", "timestamp": t0 + 12, "state": "outside", "median": 0.3},
         _frame("other", t0 + 12, 0.2, False, latency_ms=20.0),
     ])
     _write(events, [
-        _frame("cam", t0 + 3600, 0.1, False, alarm=False),
+        _frame("cam", t0 + 3600, 0.1, False, alarm=False, **judged),
         "[1, 2]\n",
         {"event": "frame", "source": "cam", "timestamp": "noon", "score": 0.1, "anomaly": False, "threshold": 0.5},
         {"event": "heartbeat", "source": "cam", "timestamp": t0},
@@ -83,6 +88,11 @@ def test_events_across_rotated_files_runs_and_damaged_lines(tmp_path):
     assert line.startswith("cam: frames 6  anomalies 2 (33.33%)  alarms 1  from 2026-12-03 06:00:00 to 2026-12-03 "
                            "07:00:00  longest gap 3589.0 s")
     assert line.endswith("drift events 1 (1 outside)")
+    assert cam.judged_by() == [  # in time order; the frames of runs from before events named them left out
+        "  bundle 90e7d5c3b1a2, calibration of the bundle: 2026-12-03 06:00:00 to 2026-12-03 06:00:02, 3 frames",
+        "  bundle 3f2a9c1b7d0e, calibration a1b2c3d4e5f6: 2026-12-03 06:00:10 to 2026-12-03 06:00:10, 1 frames",
+        "  bundle 3f2a9c1b7d0e, calibration a1b2c3d4e5f6: 2026-12-03 07:00:00 to 2026-12-03 07:00:00, 1 frames",
+    ]
 
     shift = read_events(events, since=t0 + 5, until=t0 + 60)  # a time range: only the frames in it
     assert shift.sources["cam"].times == [t0 + 10, t0 + 11] and shift.sources["other"].frames == 1

@@ -1,6 +1,7 @@
 """A calibration on the line: `edge-ad run` calibrates a source on the frames it scores, asked by
 SIGUSR1 or by the PLC (Modbus register +11), writes it as `calibrate` would and judges by it."""
 
+import hashlib
 import json
 import logging
 import shutil
@@ -68,10 +69,14 @@ def test_a_run_calibrates_a_source_on_its_own_frames(tiny_bundle, normal_folder,
     assert after["threshold"] != before["threshold"]
     assert yaml.safe_load((bundle / "calibration.yaml.bak").read_text())["threshold"] == before["threshold"]
     assert (bundle / "calibration_report.png").is_file()
-    thresholds = [json.loads(line)["threshold"] for line in events.read_text().splitlines()]
+    frames = [json.loads(line) for line in events.read_text().splitlines()]
+    thresholds = [e["threshold"] for e in frames]
     assert thresholds[0] == before["threshold"]  # judged by the calibration in use meanwhile
     assert thresholds[-1] == after["threshold"]  # then by the new one, read in without a restart
     assert thresholds.index(after["threshold"]) >= 60
+    named = [hashlib.sha256((bundle / name).read_bytes()).hexdigest()[:12]
+             for name in ("calibration.yaml.bak", "calibration.yaml")]
+    assert (frames[0]["calibration"], frames[-1]["calibration"]) == tuple(named)  # the events say which
 
 
 def test_a_calibration_the_frames_cannot_support_is_refused(tiny_bundle, normal_folder, tmp_path):
