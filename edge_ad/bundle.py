@@ -39,6 +39,7 @@ GRAPH_NAMES = {
 }
 MODEL_TYPES = tuple(GRAPH_NAMES)
 PRECISIONS = ("fp32", "fp16", "int8")
+SHORT_SHA256 = 12  # hex digits of a file's SHA-256 that name it (as short git hashes do)
 # Feature encoders 'edge-ad train' offers, the default first (export/backbone.py builds them).
 BACKBONES = ("efficientnet-lite0", "efficientnet-lite1")
 # Raw-map branches each model's graphs produce, in order; each has its own quantiles.
@@ -93,6 +94,14 @@ class Bundle:
     @property
     def input_size(self) -> tuple[int, int]:
         return self.input_height, self.input_width
+
+    @property
+    def short_ids(self) -> tuple[str, str | None]:
+        """How events and `doctor` name this bundle and its calibration: the first hex digits of the
+        SHA-256 of its bundle.yaml and of the calibration.yaml in use (None: the bundle's own
+        numbers), as `sha256sum` prints them."""
+        calibration = self.calibration_sha256
+        return self.sha256[:SHORT_SHA256], calibration and calibration[:SHORT_SHA256]
 
 
 class _Fields:

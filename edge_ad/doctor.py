@@ -150,8 +150,11 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
     except EdgeAdError as exc:
         report.problems.append(f"{label} cannot be used: {exc}")
         return None
+    model, calibration = bundle.short_ids  # as the events name them
     report.found(label, f"{bundle.model_type}, {bundle.precision}, {bundle.input_height}x{bundle.input_width}, "
-                        f"calibration: {bundle.calibration or 'from export'}{_least_area(bundle)}")
+                        f"bundle.yaml {model}, calibration: "
+                        + (f"{bundle.calibration} ({calibration})" if calibration else "from export")
+                        + _least_area(bundle))
     _check_deepstream(report, bundle_path)
     if config["backend"] != "tensorrt":
         report.found("engines", "not needed: ONNX Runtime runs the bundle's graphs on this CPU-only target")
@@ -232,8 +235,8 @@ def _check_calibration(report: Report, stream: Stream, bundles: dict[str | None,
             report.problems.append(f"source {label}: {problem}: edge-ad calibrate --sources ... --source {stream.name} "
                                    "(until then it is scored with the bundle's own numbers)")
         else:
-            report.found("calibration", f"{label}: {calibrated.calibration}, threshold {calibrated.threshold:.4f}"
-                                        f"{_least_area(calibrated)}")
+            report.found("calibration", f"{label}: {calibrated.calibration} ({calibrated.short_ids[1]}), threshold "
+                                        f"{calibrated.threshold:.4f}{_least_area(calibrated)}")
 
 
 def _least_area(bundle: Bundle) -> str:

@@ -44,7 +44,6 @@ from .variants import AnyDetector, VariantDetector, bundles_of, score_views
 log = logging.getLogger("edge_ad.runner")
 
 DEFAULT_FPS = 30  # output frame rate for sources that do not say theirs (image folders)
-SHORT_SHA256 = 12  # hex digits of a file's SHA-256 that name it in the events (as short git hashes)
 
 
 @dataclass
@@ -359,10 +358,9 @@ def _event(
     stream: Stream, frame: Frame, result: Result, latency_ms: float, alarm: bool, snapshot: Snapshot | None,
     bundle: Bundle,
 ) -> dict:
-    """A frame's event. `bundle` and `calibration` say what judged it, for a record of which model
-    and threshold passed each part: the first digits of the SHA-256 of the bundle's bundle.yaml and
-    of the calibration.yaml in use (None: the bundle's own numbers), as `sha256sum` prints them."""
-    calibration = bundle.calibration_sha256
+    """A frame's event. `bundle` and `calibration` say what judged it (Bundle.short_ids), for a
+    record of which model and threshold passed each part."""
+    model, calibration = bundle.short_ids
     return {
         "event": "frame",
         "source": stream.name,
@@ -377,8 +375,8 @@ def _event(
         "regions": regions(result.map, result.threshold) if result.is_anomaly else [],
         "latency_ms": round(latency_ms, 3),
         "inference_ms": round(sum(result.times_ms.values()), 3),
-        "bundle": bundle.sha256[:SHORT_SHA256],
-        "calibration": calibration and calibration[:SHORT_SHA256],
+        "bundle": model,
+        "calibration": calibration,
         **({"variant": result.variant} if result.variant is not None else {}),
         **({"snapshot": str(snapshot.frame), "overlay": str(snapshot.overlay)} if snapshot is not None else {}),
     }

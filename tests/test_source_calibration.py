@@ -1,6 +1,7 @@
 """Cameras that share one bundle, each with its own site calibration (`calibration:` in
 --sources): calibrated one camera at a time, scored on one copy of the graphs."""
 
+import hashlib
 import json
 import logging
 import shutil
@@ -250,7 +251,8 @@ def test_a_missing_or_foreign_calibration_is_said_and_the_bundle_numbers_used(
          "calibration": str(foreign)}]}))
     out = _edge_ad("doctor", "--sources", sources)
     threshold = yaml.safe_load((foreign / "calibration.yaml").read_text())["threshold"]
-    assert f"calibration  mono-cam: {foreign / 'calibration.yaml'}, threshold {threshold:.4f}" in out.stdout
+    named = hashlib.sha256((foreign / "calibration.yaml").read_bytes()).hexdigest()[:12]  # as the events name it
+    assert f"calibration  mono-cam: {foreign / 'calibration.yaml'} ({named}), threshold {threshold:.4f}" in out.stdout
 
     sources.write_text(yaml.safe_dump({"sources": [{"input": "test://", "calibration": 3}]}))
     with pytest.raises(EdgeAdError, match=r"cams.yaml: source 1: 'calibration' must be a folder, not 3"):
