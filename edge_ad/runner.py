@@ -392,7 +392,9 @@ def _current(stats: dict[str, SourceStats], captures: list[_Capture]) -> list[So
     for capture in captures:
         record = stats[capture.stream.name]
         record.dropped, record.reconnects = capture.dropped, capture.source.reconnects
-        record.thresholds = {variant or "": b.threshold for variant, b in bundles_of(capture.detector).items()}
+        in_use = bundles_of(capture.detector).items()
+        record.thresholds = {variant or "": b.threshold for variant, b in in_use}
+        record.bundles = {variant or "": b.short_ids for variant, b in in_use}
     return list(stats.values())
 
 

@@ -1,5 +1,5 @@
 """Run metrics for a Prometheus scraper or a person: frames, drops, reconnects, anomalies,
-sink errors, frames per second, latency percentiles and the threshold in use per source, and
+sink errors, frames per second, latency percentiles and the bundle and threshold in use per source, and
 beside them the board's temperatures and, on a Jetson, the power of its rails
 (edge_ad.device.read_sensors).
 
@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 from .device import Sensors, read_sensors
 from .errors import EdgeAdError
@@ -41,6 +41,7 @@ class SourceStats:
     failed: int = 0  # frames the detector could not score (logged and skipped)
     error: str | None = None
     thresholds: dict[str, float] = field(default_factory=dict)  # in use, by variant ("" for a lone bundle)
+    bundles: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # Bundle.short_ids in use, by variant
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
     _done: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
 
@@ -91,6 +92,8 @@ class _Collector:
         )
         threshold = GaugeMetricFamily("edge_ad_threshold", "Image-score threshold in use (the site calibration's; "
                                       "it changes when the run reloads)", labels=["source", "variant"])
+        bundle = InfoMetricFamily("edge_ad_bundle", "The bundle and calibration in use (the short SHA-256 of their "
+                                  "files, as the events name them)", labels=["source", "variant"])
         for s in self.stats():
             for name, family in counters.items():
                 family.add_metric([s.name], getattr(s, name))
@@ -99,6 +102,8 @@ class _Collector:
                 latency.add_metric([s.name, str(q)], s.latency(100 * q))
             for variant, value in s.thresholds.items():
                 threshold.add_metric([s.name, variant], value)
+            for variant, (model, calibration) in s.bundles.items():
+                bundle.add_metric([s.name, variant], {"bundle": model, "calibration": calibration or ""})
         errors = CounterMetricFamily("edge_ad_sink_errors", "Failed writes per sink", labels=["sink"])
         for sink, count in self.sink_errors().items():
             errors.add_metric([sink], count)
@@ -110,7 +115,7 @@ class _Collector:
                                   labels=["rail"])
         for rail, watts in sensors.power_w.items():
             power.add_metric([rail], watts)
-        yield from (*counters.values(), fps, latency, threshold, errors, temperature, power)
+        yield from (*counters.values(), fps, latency, threshold, bundle, errors, temperature, power)
 
 
 class Telemetry:

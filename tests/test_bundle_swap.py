@@ -105,7 +105,8 @@ def test_a_bundle_that_cannot_be_loaded_leaves_the_line_as_it_was(variant_bundle
     line["cam"].ask(True)
     stop, reload = threading.Event(), threading.Event()
     paths = BundlePaths((str(current),))
-    runner = threading.Thread(target=run, args=(paths.load(paths.of(stream)), [stream], RunConfig(events=events)),
+    config = RunConfig(events=events, metrics=tmp_path / "metrics.prom")
+    runner = threading.Thread(target=run, args=(paths.load(paths.of(stream)), [stream], config),
                               kwargs={"stop": stop, "reload": reload, "line": line, "paths": paths})
     with caplog.at_level(logging.INFO):
         runner.start()
@@ -133,6 +134,8 @@ def test_a_bundle_that_cannot_be_loaded_leaves_the_line_as_it_was(variant_bundle
     assert [line.split(":")[0] for line in judged] == [f"  bundle {_sha(old)}, calibration of the bundle",
                                                        f"  bundle {_sha(new)}, calibration of the bundle"]
     assert sum(int(line.split(", ")[-1].split()[0]) for line in judged) == len(_frames(events))
+    metric = f'edge_ad_bundle_info{{bundle="{_sha(new)}",calibration="",source="cam",variant=""}} 1.0'
+    assert metric in config.metrics.read_text()
 
 
 def test_a_calibration_made_with_the_bundle_that_goes_does_not_pass_to_the_new_one(variant_bundles, test_cells,

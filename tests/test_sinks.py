@@ -97,6 +97,7 @@ def test_metrics_file_in_prometheus_format(tmp_path):
         stats.add(float(latency), anomaly=latency > 90)
     stats.dropped, stats.reconnects = 4, 1
     stats.thresholds = {"mono": 0.25, "poly": 0.3}
+    stats.bundles = {"mono": ("3f2a9c1b7d0e", "a1b2c3d4e5f6"), "poly": ("90e7d5c3b1a2", None)}
     sensors = Sensors({"cpu-thermal": 47.5}, {"VDD_IN": 6.25})
     telemetry = Telemetry(lambda: [stats], lambda: {"events e.jsonl": 2}, tmp_path / "m.prom", sensors=lambda: sensors)
     telemetry.tick()
@@ -106,7 +107,9 @@ def test_metrics_file_in_prometheus_format(tmp_path):
                  'edge_ad_sink_errors_total{sink="events e.jsonl"} 2.0',
                  'edge_ad_temperature_celsius{zone="cpu-thermal"} 47.5', 'edge_ad_power_watts{rail="VDD_IN"} 6.25',
                  'edge_ad_threshold{source="cam1",variant="mono"} 0.25',
-                 'edge_ad_threshold{source="cam1",variant="poly"} 0.3'):
+                 'edge_ad_threshold{source="cam1",variant="poly"} 0.3',
+                 'edge_ad_bundle_info{bundle="3f2a9c1b7d0e",calibration="a1b2c3d4e5f6",source="cam1",variant="mono"} 1.0',
+                 'edge_ad_bundle_info{bundle="90e7d5c3b1a2",calibration="",source="cam1",variant="poly"} 1.0'):
         assert line in text
     assert f'edge_ad_latency_ms{{quantile="0.99",source="cam1"}} {np.percentile(range(1, 101), 99)}' in text
 
