@@ -215,6 +215,9 @@ def _run(args: argparse.Namespace) -> None:
         snapshots=Path(args.snapshots) if args.snapshots else None,
         snapshot_interval_s=args.snapshot_interval,
         snapshot_quota_mb=args.snapshot_quota_mb,
+        samples=Path(args.samples) if args.samples else None,
+        sample_interval_s=args.sample_interval,
+        sample_quota_mb=args.sample_quota_mb,
         on_anomaly=args.on_anomaly,
         metrics=Path(args.metrics) if args.metrics else None,
         metrics_port=args.metrics_port,
@@ -733,6 +736,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshots", help="folder for the frame and overlay of alarm frames (see --alarm-frames)")
     p.add_argument("--snapshot-interval", type=float, default=1.0, help="at most one snapshot per source per N seconds")
     p.add_argument("--snapshot-quota-mb", type=float, default=500.0, help="oldest snapshots go beyond this size")
+    p.add_argument("--samples", metavar="DIR",
+                   help="good pictures from the line, to train and calibrate a new bundle on: frames judged normal, "
+                        "lossless PNG, into DIR/<source>")
+    p.add_argument("--sample-interval", type=float, default=60.0, help="at most one sample per source per N seconds")
+    p.add_argument("--sample-quota-mb", type=float, default=2000.0, help="oldest samples go beyond this size")
     p.add_argument("--on-anomaly", help="command run (not waited for) for an alarm frame; EDGE_AD_* variables")
     p.add_argument("--alarm-frames", type=_positive_int, default=1, metavar="K",
                    help="a frame raises an alarm (snapshot, --on-anomaly) when it and the K-1 frames of its source "

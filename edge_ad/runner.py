@@ -35,7 +35,7 @@ from .outputs import open_output, output_description
 from .regions import regions
 from .render import overlay
 from .service import ServiceNotifier
-from .sinks import AnomalyHook, EventLog, Guarded, Snapshot, Snapshots, slug
+from .sinks import AnomalyHook, EventLog, Guarded, Samples, Snapshot, Snapshots, slug
 from .sources import Frame, Source, open_source
 from .streams import Stream
 from .telemetry import SourceStats, Telemetry
@@ -55,6 +55,9 @@ class RunConfig:
     snapshots: Path | None = None
     snapshot_interval_s: float = 1.0
     snapshot_quota_mb: float = 500.0
+    samples: Path | None = None  # good pictures from the line: frames judged normal (edge_ad.sinks.Samples)
+    sample_interval_s: float = 60.0
+    sample_quota_mb: float = 2000.0
     on_anomaly: str | None = None
     metrics: Path | None = None
     metrics_port: int | None = None
@@ -195,7 +198,7 @@ class _Sinks:
         self.publisher = None
         self.drift = drift  # per stream, its bundles' calibrated bands by variant (None: one bundle); a watch each
         self.watches: dict[tuple[str, str | None], DriftWatch] = {}
-        self.events = self.snapshots = self.hook = self.mqtt = self.modbus = None
+        self.events = self.snapshots = self.samples = self.hook = self.mqtt = self.modbus = None
         self.videos: dict[str, Guarded] = {}
         self.jetson, self.bitrate_kbps = config.jetson, config.output_bitrate_kbps
         self.stack = stack
@@ -206,6 +209,10 @@ class _Sinks:
         if config.snapshots is not None:
             folder = Snapshots(config.snapshots, config.snapshot_interval_s, int(config.snapshot_quota_mb * (1 << 20)))
             self.snapshots = self._guard(f"snapshots {config.snapshots}", folder.save)
+        if config.samples is not None:
+            samples = Samples(config.samples, config.sample_interval_s, int(config.sample_quota_mb * (1 << 20)))
+            stack.callback(samples.close)
+            self.samples = self._guard(f"samples {config.samples}", samples.save)
         if config.on_anomaly:
             hook = AnomalyHook(config.on_anomaly)
             stack.callback(hook.close)
@@ -317,6 +324,8 @@ class _Sinks:
             self.events(event)
         if self.drift is not None:
             self._watch_drift(stream, frame, result)
+        if self.samples is not None and not result.is_anomaly:
+            self.samples(stream.name, frame.index, frame.captured, frame.image, result.variant)
         if self.modbus is not None:
             self.modbus.update(stream.name, frame.index, result.score, result.threshold, result.is_anomaly, alarm,
                                result.variant, record.anomalies, record.alarms)

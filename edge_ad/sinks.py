@@ -12,11 +12,13 @@ import logging
 import os
 import re
 import shlex
+import queue
 import subprocess
+import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 import cv2
 import numpy as np
@@ -91,45 +93,125 @@ class Snapshot(NamedTuple):
     overlay: Path
 
 
+class _Quota:
+    """The files a sink keeps in its folder, those found there at the start first: past
+    `quota_bytes` the oldest are deleted, never the `keep` written last."""
+
+    def __init__(self, existing: Iterable[Path], quota_bytes: int, keep: int):
+        self.files = deque((p, p.stat().st_size) for p in sorted(existing, key=lambda p: p.stat().st_mtime))
+        self.used = sum(size for _, size in self.files)
+        self.quota_bytes, self.keep = quota_bytes, keep
+
+    def write(self, path: Path, image: np.ndarray, ext: str) -> None:
+        """`image` encoded (`ext`: .jpg, .png) into `path`, then the oldest deleted past the quota."""
+        ok, data = cv2.imencode(ext, image)
+        if not ok:
+            raise EdgeAdError(f"{path}: cannot encode the picture ({image.shape})")
+        path.write_bytes(data.tobytes())
+        self.files.append((path, len(data)))
+        self.used += len(data)
+        while self.used > self.quota_bytes and len(self.files) > self.keep:
+            old, size = self.files.popleft()
+            old.unlink(missing_ok=True)
+            self.used -= size
+
+
+def _made(folder: Path, what: str) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgeAdError(f"{folder}: cannot create the {what} folder ({exc.strerror or exc})") from exc
+    return folder.absolute()
+
+
+class _PerSource:
+    """At most one picture per `interval_s` per source."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+
+    def due(self, source: str) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(source, -float("inf")) < self.interval_s:
+            return False
+        self._last[source] = now
+        return True
+
+
 class Snapshots:
     """The frame and its overlay as JPEG for alarm frames (anomalous ones, by default): at most one
     per `interval_s` per source, and the oldest snapshots are deleted when the folder passes
     `quota_bytes`."""
 
     def __init__(self, folder: Path, interval_s: float = 1.0, quota_bytes: int = 500 << 20):
-        self.folder, self.interval_s, self.quota_bytes = folder.absolute(), interval_s, quota_bytes
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise EdgeAdError(f"{folder}: cannot create the snapshot folder ({exc.strerror or exc})") from exc
-        existing = sorted(folder.glob("*.jpg"), key=lambda p: p.stat().st_mtime)
-        self.files = deque((p, p.stat().st_size) for p in existing)
-        self.used = sum(size for _, size in self.files)
+        self.folder = _made(folder, "snapshot")
+        self.rate = _PerSource(interval_s)
+        self.quota = _Quota(self.folder.glob("*.jpg"), quota_bytes, keep=2)
         self.saved = 0
-        self._last: dict[str, float] = {}
 
     def save(self, source: str, index: int, frame: np.ndarray, overlay: Callable[[], np.ndarray]) -> Snapshot | None:
         """Save the frame and its overlay (drawn only now, when one is due); their files, or None
         when the source had one less than `interval_s` ago."""
-        now = time.monotonic()
-        if now - self._last.get(source, -float("inf")) < self.interval_s:
+        if not self.rate.due(source):
             return None
-        self._last[source] = now
         stem = f"{slug(source)}_{index:08d}"
         saved = Snapshot(self.folder / f"{stem}_frame.jpg", self.folder / f"{stem}_overlay.jpg")
         for path, image in zip(saved, (frame, overlay())):
-            ok, data = cv2.imencode(".jpg", image)
-            if not ok:
-                raise EdgeAdError(f"{self.folder}: cannot encode snapshot {path.name}")
-            path.write_bytes(data.tobytes())
-            self.files.append((path, len(data)))
-            self.used += len(data)
+            self.quota.write(path, image, ".jpg")
         self.saved += 1
-        while self.used > self.quota_bytes and len(self.files) > 2:
-            path, size = self.files.popleft()
-            path.unlink(missing_ok=True)
-            self.used -= size
         return saved
+
+
+class Samples:
+    """Good pictures from a running line: a frame judged normal, as lossless PNG, at most one per
+    `interval_s` per source, into a folder per source (`edge-ad record --sources` names them the
+    same way) and, with one bundle per variant, per variant in it, to train a new bundle on and to
+    calibrate or evaluate it before it goes on the line.
+    Past `quota_bytes` the oldest go, so the folder holds the latest pictures of the line. Files
+    are named after the source, the capture time and the frame, so the runs of a service that
+    restarts do not overwrite each other's. A thread writes them: a 1080p PNG takes 60 ms, two
+    frames of a 30 fps camera that the scoring loop would drop. `close` writes the last one."""
+
+    def __init__(self, folder: Path, interval_s: float = 60.0, quota_bytes: int = 2000 << 20):
+        self.folder = _made(folder, "samples")
+        self.rate = _PerSource(interval_s)
+        self.quota = _Quota(self.folder.rglob("*.png"), quota_bytes, keep=1)
+        self.saved = 0
+        self._pending: queue.Queue[tuple[Path, np.ndarray] | None] = queue.Queue(maxsize=1)
+        self._failed: Exception | None = None  # the writer's, raised at the next save (Guarded reports it)
+        self._writer = threading.Thread(target=self._write, daemon=True, name="samples")
+        self._writer.start()
+
+    def save(self, source: str, index: int, captured: float, frame: np.ndarray, variant: str | None = None
+             ) -> Path | None:
+        """The frame (captured at Unix time `captured`, judged normal by `variant`'s bundle) handed
+        to the writer; its path, or None when the source had one less than `interval_s` ago or the
+        writer is still busy with the last one."""
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
+        if self._pending.full() or not self.rate.due(source):
+            return None
+        folder = self.folder / slug(source) if variant is None else self.folder / slug(source) / slug(variant)
+        when = time.strftime("%Y%m%d-%H%M%S", time.localtime(captured))
+        path = folder / f"{slug(source)}_{when}_{index:08d}.png"
+        self._pending.put((path, frame))
+        return path
+
+    def _write(self) -> None:
+        while (item := self._pending.get()) is not None:
+            path, frame = item
+            try:
+                _made(path.parent, "samples")
+                self.quota.write(path, frame, ".png")
+                self.saved += 1
+            except (EdgeAdError, OSError) as exc:  # a full disk: said at the next sample, retried then
+                self._failed = exc
+
+    def close(self) -> None:
+        self._pending.put(None)
+        self._writer.join()
 
 
 class AnomalyHook:

@@ -2,6 +2,7 @@
 
 import json
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -12,7 +13,10 @@ from edge_ad.errors import EdgeAdError
 from edge_ad.regions import regions
 from edge_ad.streams import streams_from_yaml
 from edge_ad.pipelines import SourceOptions
-from edge_ad.sinks import AnomalyHook, EventLog, Guarded, Snapshots
+from edge_ad.detector import Detector
+from edge_ad.runner import RunConfig, run
+from edge_ad.sinks import AnomalyHook, EventLog, Guarded, Samples, Snapshots
+from edge_ad.streams import Stream
 from edge_ad.telemetry import SourceStats, Telemetry
 
 from conftest import SPOT_PATTERN
@@ -72,6 +76,66 @@ def test_snapshots_keep_a_rate_limit_and_a_disk_quota(tmp_path):
         limited.save("b", i, frame, lambda: frame)
     assert limited.saved == 2  # one per source per minute
     assert limited.save("a", 5, frame, lambda: frame) is None
+
+
+def test_samples_keep_good_frames_losslessly_per_source_within_a_quota(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (48, 64, 3), np.uint8) for _ in range(6)]  # noise: PNG of about 9 KB
+    samples = Samples(tmp_path, interval_s=0.0, quota_bytes=40_000)
+    saved = [_saved(samples, "line 1", i, 1796280000.0 + i, frame) for i, frame in enumerate(frames)]
+    assert saved[0].parent == tmp_path / "line-1" and saved[0].name.endswith("_00000000.png")
+    assert len({p.name for p in saved}) == 6  # the capture time in the name: another run's frame 0 is another file
+    kept = sorted(tmp_path.rglob("*.png"))
+    assert kept == saved[-len(kept):] and 2 <= len(kept) < 6  # the oldest went first
+    assert sum(p.stat().st_size for p in kept) <= 40_000
+    assert np.array_equal(cv2.imread(str(saved[-1])), frames[-1])  # lossless
+    by_variant = _saved(samples, "line 1", 6, 1796280006.0, frames[0], variant="mono")
+    assert by_variant.parent == tmp_path / "line-1" / "mono" and by_variant.is_file()
+    samples.close()
+    again = Samples(tmp_path, interval_s=60.0, quota_bytes=40_000)  # a new run takes over the quota
+    assert again.quota.used == sum(p.stat().st_size for p in tmp_path.rglob("*.png"))
+    assert _saved(again, "line 1", 0, 0.0, frames[0]) is not None and again.save("line 1", 1, 0.0, frames[1]) is None
+    again.close()
+
+
+def test_a_sample_that_cannot_be_written_is_said_at_the_next_one(tmp_path):
+    samples = Samples(tmp_path, interval_s=0.0)
+    (tmp_path / "cam").write_text("a file where the source's folder would go")
+    frame = np.zeros((8, 8, 3), np.uint8)
+    samples.save("cam", 0, 0.0, frame)
+    guarded = Guarded("samples", samples.save)
+    deadline = time.monotonic() + 10
+    while not guarded.errors and time.monotonic() < deadline:  # the writer fails meanwhile; a later sample says so
+        guarded("cam", 1, 0.0, frame)
+        time.sleep(0.01)
+    assert guarded.errors == 1 and samples.saved == 0
+    samples.close()
+
+
+def _saved(samples: Samples, *args, **kwargs):
+    """Samples.save, once the writer took the sample before (not skipped as busy), and written."""
+    deadline = time.monotonic() + 10
+    while samples._pending.full():
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    before = samples.saved
+    path = samples.save(*args, **kwargs)
+    while samples.saved == before:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    return path
+
+
+def test_a_run_samples_the_frames_it_judges_normal(tiny_bundle, spotted_frames, tmp_path):
+    events, folder = tmp_path / "events.jsonl", tmp_path / "samples"
+    stream = Stream(str(spotted_frames), name="cam")
+    run(Detector.load(tiny_bundle), [stream], RunConfig(events=events, samples=folder, sample_interval_s=0.0))
+    normal = [e["frame"] for e in map(json.loads, events.read_text().splitlines()) if not e["anomaly"]]
+    assert normal == [i for i, spot in enumerate(SPOT_PATTERN) if not spot]
+    saved = sorted((folder / "cam").glob("*.png"))
+    assert [int(p.stem.rsplit("_", 1)[1]) for p in saved] == normal
+    first = cv2.imread(str(sorted(spotted_frames.glob("*.png"))[0]))
+    assert all(np.array_equal(cv2.imread(str(p)), first) for p in saved)  # the frames as scored
 
 
 def test_anomaly_hook_gets_the_event_in_its_environment(tmp_path):
