@@ -315,9 +315,9 @@ def _mapping(path: Path, raw: bytes) -> dict[str, Any]:
     return data
 
 
-def _calibration(path: Path, steps: int | None, bundle_yaml: Path, sha256: str) -> tuple[_Fields | None, str | None]:
+def _calibration(path: Path, steps: int | None, bundle_file: Path, sha256: str) -> tuple[_Fields | None, str | None]:
     """The site calibration at `path`, when there is one for these bridge steps and this bundle
-    (its bundle.yaml at `bundle_yaml`, with `sha256` when it was read); else None and, when there is
+    (its bundle.yaml at `bundle_file`, with `sha256` when it was read); else None and, when there is
     a file, why it is set aside (a calibration made at another K, or for another bundle, does not
     describe these maps)."""
     if not path.is_file():
@@ -327,7 +327,7 @@ def _calibration(path: Path, steps: int | None, bundle_yaml: Path, sha256: str) 
         return None, f"{path}: made for {data.get('steps')} bridge steps, not {steps}"
     made_for = data.get("bundle_sha256")
     if made_for is not None and made_for != sha256:
-        return None, f"{path}: made for another bundle (field 'bundle_sha256' does not match {bundle_yaml})"
+        return None, f"{path}: made for another bundle (field 'bundle_sha256' does not match {bundle_file})"
     return _Fields(path, data, sha256=calibration_sha256), None
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import re
 import shlex
-import queue
 import subprocess
 import threading
 import time
@@ -167,11 +167,11 @@ class Samples:
     """Good pictures from a running line: a frame judged normal, as lossless PNG, at most one per
     `interval_s` per source, into a folder per source (`edge-ad record --sources` names them the
     same way) and, with one bundle per variant, per variant in it, to train a new bundle on and to
-    calibrate or evaluate it before it goes on the line.
-    Past `quota_bytes` the oldest go, so the folder holds the latest pictures of the line. Files
-    are named after the source, the capture time and the frame, so the runs of a service that
-    restarts do not overwrite each other's. A thread writes them: a 1080p PNG takes 60 ms, two
-    frames of a 30 fps camera that the scoring loop would drop. `close` writes the last one."""
+    calibrate or evaluate it before it goes on the line. Past `quota_bytes` the oldest go, so the
+    folder holds the latest pictures of the line. Files are named after the source, the capture
+    time and the frame, so the runs of a service that restarts do not overwrite each other's. A
+    thread writes them: a 1080p PNG takes 60 ms, two frames of a 30 fps camera that the scoring
+    loop would drop. `close` writes the last one."""
 
     def __init__(self, folder: Path, interval_s: float = 60.0, quota_bytes: int = 2000 << 20):
         self.folder = _made(folder, "samples")
