@@ -561,7 +561,8 @@ def _reload(captures: list[_Capture], sinks: _Sinks) -> None:
         try:
             if key not in renewed:
                 renewed[key], problem = _recalibrated(before, stream)
-                if problem is not None:
+                calibrated = stream.calibration or any(b.calibration for b in bundles_of(before).values())
+                if problem is not None and calibrated:  # not for a bundle that never had one
                     log.warning("%s: %s; keeps the numbers it had", stream.name, problem)
             mask = InspectionMask.load(stream.mask) if stream.mask else None
             if mask is not None and capture.shape is not None:  # one that would stop the source is refused

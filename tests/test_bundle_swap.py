@@ -91,6 +91,7 @@ def test_sighup_puts_a_new_bundle_on_the_line_while_the_camera_goes_on(variant_b
     assert f"bundles: {current} changed on disk; loading while the run goes on" in log
     assert f"bundles: {current} loaded, run by onnxruntime" in log  # no engines built for it here
     assert f"scored by the new {current} from now on: threshold {_threshold(new):.4f}" in log
+    assert "keeps the numbers it had" not in log  # no calibration in use or on disk: nothing to warn of
 
 
 def test_a_bundle_that_cannot_be_loaded_leaves_the_line_as_it_was(variant_bundles, normal_folder, tmp_path, caplog):
