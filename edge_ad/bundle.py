@@ -90,6 +90,7 @@ class Bundle:
     fused_steps: int | None = None  # K of the optional fused graph (graphs["fused"]: all K steps in one)
     normal_scores: tuple[float, float] | None = None  # (p50, p90) of normal image scores, where recorded
     min_defect_area: int | None = None  # frame pixels a region above the threshold must cover (site calibration)
+    check: Path | None = None  # images scored at load and their reference maps (edge_ad.self_check); older bundles: none
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -223,7 +224,7 @@ def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
     if steps is not None and model_type != "bridge":
         raise BundleError(f"{yaml_path}: a {model_type} bundle has no bridge steps to choose")
     for name in GRAPH_NAMES[model_type]:
-        graphs[name] = _graph_file(root, fields, name)
+        graphs[name] = _listed_file(root, fields, f"graphs.{name}")
     selected, coefficients, fused_steps = fields, None, None
     if model_type == "bridge":
         steps, coefficients, selected = _bridge_schedule(fields, steps)
@@ -231,7 +232,7 @@ def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
         if fused_steps is not None:
             if fused_steps not in fields.get("bridge.schedules", dict):
                 raise BundleError(f"{yaml_path}: field 'bridge.fused_steps' is {fused_steps!r}, not a K of bridge.schedules")
-            graphs["fused"] = _graph_file(root, fields, "fused")
+            graphs["fused"] = _listed_file(root, fields, "graphs.fused")
     calibration, problem = _calibration(root / CALIBRATION_FILE, steps, yaml_path, sha256)
     if problem is not None:
         warnings.warn(f"{problem}; using the bundle's own numbers until 'edge-ad calibrate' is run again")
@@ -249,6 +250,7 @@ def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
         calibration=None if calibration is None else calibration.path,
         calibration_sha256=None if calibration is None else calibration.sha256,
         fused_steps=fused_steps,
+        check=_listed_file(root, fields, "check") if "check" in data else None,
         sha256=sha256,
         **_numbers(selected if calibration is None else calibration, model_type),
     )
@@ -281,14 +283,14 @@ def _numbers(selected: _Fields, model_type: str) -> dict[str, Any]:
             "normal_scores": _normal_scores(selected), "min_defect_area": area}
 
 
-def _graph_file(root: Path, fields: _Fields, name: str) -> Path:
-    """The graph file of `name`, checked against its SHA-256 in bundle.yaml."""
-    file = root / fields.get(f"graphs.{name}.file", str)
-    expected_hash = fields.get(f"graphs.{name}.sha256", str)
+def _listed_file(root: Path, fields: _Fields, entry: str) -> Path:
+    """The file bundle.yaml lists at `entry` (`graphs.encoder`, `check`), checked against its SHA-256 there."""
+    file = root / fields.get(f"{entry}.file", str)
+    expected_hash = fields.get(f"{entry}.sha256", str)
     if not file.is_file():
-        raise BundleError(f"{fields.path}: field 'graphs.{name}.file' names {file.name}, which is missing")
+        raise BundleError(f"{fields.path}: field '{entry}.file' names {file.name}, which is missing")
     if file_sha256(file) != expected_hash:
-        raise BundleError(f"{file}: SHA-256 does not match field 'graphs.{name}.sha256' (file changed or corrupt)")
+        raise BundleError(f"{file}: SHA-256 does not match field '{entry}.sha256' (file changed or corrupt)")
     return file
 
 

@@ -19,6 +19,7 @@ from .images import resize_to_input, to_rgb
 from .masks import InspectionMask
 from .normalize import Quantiles
 from .regions import input_area, region_score
+from .self_check import check_maps
 from .upsample import upsample_maps
 
 
@@ -152,6 +153,9 @@ class Detector(MapScorer):
         self.spin = spin and self.backend == "onnxruntime"
         # ONNX Runtime runs the INT8 products in its exact but slower U8U8 kernels (x86 without VNNI)
         self.u8u8 = any(getattr(graph, "u8u8", False) for graph in self._graphs.values())
+        if bundle.check is not None:
+            with np.load(bundle.check) as check:
+                check_maps(self, dict(check), bundle.steps, f"{bundle.root} on {self.backend}")
 
     @classmethod
     def load(

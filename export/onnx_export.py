@@ -27,6 +27,7 @@ from edge_ad.datasets import calibration_frames
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError
 from edge_ad.normalize import fit_quantiles
+from edge_ad.self_check import CHECK_FILE, maps_key
 
 from .backbone import encoder_from_checkpoint
 from .bridge import COSINE_WEIGHT, BridgeStep, Denoiser, FusedBridge, RestorationHead, sample, schedule
@@ -45,6 +46,7 @@ DEFAULT_STEPS = 2  # bridge steps a bridge bundle runs unless the runtime asks f
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_BATCH = 8
 HISTOGRAM_PIXELS = 64 * 256 * 256  # entropy / percentile calibration: 64 frames at 256 px (calibration_count)
+CHECK_IMAGES = 4  # validation images scored at every load against their reference maps (check.npz)
 STEP_CALIBRATION_IMAGES = 64  # images whose sampler trajectories calibrate the step graph
 # Symmetric INT8 activations (TensorRT's form) spend a bit on the sign of ReLU6 outputs; the
 # encoder's first, high-resolution layers lose most from it. Left in FP32 (FP16 on TensorRT),
@@ -447,6 +449,7 @@ def _write_bundle(
         if steps is not None:
             spec["bridge"]["schedules"][steps].update(calibrated)
         parity[f"K={steps}" if steps else "maps"] = _parity(model, detector, val_inputs[:8], steps)
+    spec["check"] = _write_check(model, val_inputs[:CHECK_IMAGES], out, steps_list)
     spec["provenance"] = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "run": str(run.resolve()),
@@ -456,6 +459,15 @@ def _write_bundle(
         "parity_onnxruntime_vs_torch": parity,
     }
     write_yaml_atomic(out / BUNDLE_FILE, spec)
+    Detector.load(out)  # its graphs pass their own check here, on ONNX Runtime, or the export fails
+
+
+def _write_check(model: _Model, inputs: np.ndarray, out: Path, steps_list: list[int | None]) -> dict:
+    """`inputs` (validation images) and the grid maps the FP32 reference gives them, per bridge K,
+    which loading compares with the graphs' maps on the device (edge_ad.self_check)."""
+    maps = {maps_key(steps): model.grid_maps(inputs, steps).astype(np.float32) for steps in steps_list}
+    np.savez_compressed(out / CHECK_FILE, inputs=inputs, **maps)
+    return {"file": CHECK_FILE, "sha256": file_sha256(out / CHECK_FILE), "images": int(len(inputs))}
 
 
 def _parity(model: _Model, detector: Detector, inputs: np.ndarray, steps: int | None) -> dict:

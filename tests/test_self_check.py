@@ -1,0 +1,67 @@
+"""A bundle's check images, scored at load: a backend that gives broken maps is refused before it
+judges a part, one that gives the exported maps passes."""
+
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+import edge_ad.detector
+from edge_ad.detector import Detector
+from edge_ad.errors import BundleError
+from edge_ad.self_check import CHECK_FILE
+
+
+def _broken(monkeypatch, change) -> None:
+    """Every head graph loaded from now on hands back `change(maps)`: an engine or buffer copy gone wrong."""
+    load_graphs = edge_ad.detector.load_graphs
+
+    def load(*args, **kwargs):
+        backend, graphs = load_graphs(*args, **kwargs)
+        head = graphs["head"]
+        graphs["head"] = lambda *inputs: [change(head(*inputs)[0]), *head(*inputs)[1:]]
+        return backend, graphs
+
+    monkeypatch.setattr(edge_ad.detector, "load_graphs", load)
+
+
+def test_export_stores_validation_images_and_their_reference_maps(tiny_bundle, tiny_bridge_bundle):
+    bridge_keys = {"grid_maps_k1", "grid_maps_k2", "grid_maps_k4"}  # each K gives its own maps
+    for bundle, keys, in_use in ((tiny_bundle, {"grid_maps"}, "grid_maps"),
+                                 (tiny_bridge_bundle, bridge_keys, "grid_maps_k2")):  # K=2: the default
+        spec = yaml.safe_load((bundle / "bundle.yaml").read_text())
+        validation = spec["provenance"]["validation_images"]  # the tiny runs have one; four at most are kept
+        assert spec["check"]["file"] == CHECK_FILE and spec["check"]["images"] == min(4, validation) >= 1
+        with np.load(bundle / CHECK_FILE) as check:
+            assert set(check.files) == {"inputs"} | keys
+            assert check["inputs"].shape == (spec["check"]["images"], 128, 128, 3) and check["inputs"].dtype == np.uint8
+            maps = Detector.load(bundle).grid_maps(check["inputs"])
+            assert np.allclose(maps, check[in_use], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("change, why", [
+    (np.zeros_like, "correlation 0.00"),  # an engine that hands back zeros would pass every part
+    (lambda maps: maps * 0.1, "scale 0.10"),  # a lost scale factor: every score ten times too low
+    (lambda maps: np.flip(maps, axis=(2, 3)), "correlation"),  # a scrambled layout
+])
+def test_a_backend_with_broken_maps_is_refused_at_load(tiny_bundle, monkeypatch, change, why):
+    _broken(monkeypatch, change)
+    with pytest.raises(BundleError, match=r"maps of the bundle's \d check images are not those it was exported with "
+                                          rf"\(branch 0: .*{why}.*\): the graphs or engines give wrong results here"):
+        Detector.load(tiny_bundle)
+
+
+def test_a_changed_check_file_fails_its_hash_and_older_bundles_load_without_one(tiny_bundle, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    with np.load(bundle / CHECK_FILE) as check:
+        changed = dict(check)
+    changed["grid_maps"] = changed["grid_maps"] * 2
+    np.savez_compressed(bundle / CHECK_FILE, **changed)
+    with pytest.raises(BundleError, match=r"check.npz: SHA-256 does not match field 'check.sha256'"):
+        Detector.load(bundle)
+    spec = yaml.safe_load((bundle / "bundle.yaml").read_text())
+    del spec["check"]  # as bundles exported before the check
+    (bundle / "bundle.yaml").write_text(yaml.safe_dump(spec))
+    assert Detector.load(bundle).bundle.check is None
