@@ -12,6 +12,7 @@ from typing import Sequence
 
 from .bundle import Bundle, load_bundle, site_calibrated
 from .deepstream import CONFIG_FILE, DEEPSTREAM_DIR, missing_engine
+from .detector import Detector
 from .device import (Device, detect, int8_saturates, jetpack, load_config, load_configs, pick_config, read_sensors,
                      run_command)
 from .errors import EdgeAdError
@@ -161,6 +162,7 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
         if bundle.precision == "int8" and int8_saturates(root):
             report.found("int8", "this x86 CPU has no VNNI: ONNX Runtime runs INT8 in its exact U8U8 kernels, "
                                  "slower than FP32 on such CPUs (README): export FP32 for this one")
+        _self_check(report, label, bundle)
         return bundle
     from .engines import cached_engines, device_key, engine_precisions, other_engines
 
@@ -178,7 +180,21 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
                                f"{bundle_path} --precision {key.precision}")
     for line in other_engines(bundle, key):
         report.found("", line)
+    _self_check(report, label, bundle)
     return bundle
+
+
+def _self_check(report: Report, label: str, bundle: Bundle) -> None:
+    """The bundle's check images scored on the backend `run` would use (edge_ad.self_check)."""
+    if bundle.check is None:
+        report.found("check", f"{label}: none (exported before bundles had check images)")
+        return
+    try:
+        backend = Detector(bundle).backend
+    except EdgeAdError as exc:
+        report.problems.append(f"{label} cannot be used: {exc}")
+        return
+    report.found("check", f"{label}: its check images give the maps it was exported with, on {backend}")
 
 
 def _check_deepstream(report: Report, bundle_path: Path) -> None:

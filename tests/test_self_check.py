@@ -1,6 +1,7 @@
 """A bundle's check images, scored at load: a backend that gives broken maps is refused before it
 judges a part, one that gives the exported maps passes."""
 
+import re
 import shutil
 
 import numpy as np
@@ -9,6 +10,7 @@ import yaml
 
 import edge_ad.detector
 from edge_ad.detector import Detector
+from edge_ad.doctor import doctor
 from edge_ad.errors import BundleError
 from edge_ad.self_check import CHECK_FILE
 
@@ -46,10 +48,15 @@ def test_export_stores_validation_images_and_their_reference_maps(tiny_bundle, t
     (lambda maps: np.flip(maps, axis=(2, 3)), "correlation"),  # a scrambled layout
 ])
 def test_a_backend_with_broken_maps_is_refused_at_load(tiny_bundle, monkeypatch, change, why):
+    assert any(line.startswith("check        bundle: its check images give the maps it was exported with, on "
+                               "onnxruntime") for line in doctor(str(tiny_bundle)).lines)
     _broken(monkeypatch, change)
-    with pytest.raises(BundleError, match=r"maps of the bundle's \d check images are not those it was exported with "
-                                          rf"\(branch 0: .*{why}.*\): the graphs or engines give wrong results here"):
+    refusal = (r"maps of the bundle's \d check images are not those it was exported with "
+               rf"\(branch 0: .*{why}.*\): the graphs or engines give wrong results here")
+    with pytest.raises(BundleError, match=refusal):
         Detector.load(tiny_bundle)
+    (problem,) = [p for p in doctor(str(tiny_bundle)).problems if "check images" in p]  # the device's pre-flight check
+    assert re.search(refusal, problem) and problem.startswith("bundle cannot be used: ")
 
 
 def test_a_changed_check_file_fails_its_hash_and_older_bundles_load_without_one(tiny_bundle, tmp_path):
