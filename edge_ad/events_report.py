@@ -60,21 +60,25 @@ class SourceEvents:
                 f"longest gap {gaps.max() if gaps.size else 0.0:.1f} s{latency}  "
                 f"drift events {len(self.drift)} ({sum(state == 'outside' for _, state in self.drift)} outside)")
 
-    def judged_by(self) -> list[str]:
-        """One line per stretch of frames judged by one bundle and calibration (the events' short
-        SHA-256 of bundle.yaml and calibration.yaml), in time order: which model passed which parts.
-        Frames of runs from before events named them are left out."""
-        lines = []
+    def stretches(self) -> list[tuple[tuple[str, str | None], int, int]]:
+        """((bundle, calibration), first frame, frame after the last) of each stretch of frames one
+        bundle and calibration judged (the events' short SHA-256 of bundle.yaml and calibration.yaml),
+        in time order. Frames of runs from before events named them are left out."""
+        found = []
         start = 0
         for end in range(1, self.frames + 1):
             if end < self.frames and self.judges[end] == self.judges[start]:
                 continue
             if self.judges[start] is not None:
-                bundle, calibration = self.judges[start]
-                lines.append(f"  bundle {bundle}, calibration {calibration or 'of the bundle'}: "
-                             f"{_clock(self.times[start])} to {_clock(self.times[end - 1])}, {end - start} frames")
+                found.append((self.judges[start], start, end))
             start = end
-        return lines
+        return found
+
+    def judged_by(self) -> list[str]:
+        """One line per stretch (`stretches`): which model passed which parts."""
+        return [f"  bundle {bundle}, calibration {calibration or 'of the bundle'}: {_clock(self.times[start])} to "
+                f"{_clock(self.times[end - 1])}, {end - start} frames"
+                for (bundle, calibration), start, end in self.stretches()]
 
 
 @dataclass
@@ -217,6 +221,11 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         for timestamp, state in record.drift:
             colour = "tab:purple" if state == "outside" else "tab:green"
             timeline.axvline(datetime.fromtimestamp(timestamp), color=colour, linestyle="--", linewidth=1)
+        for n, ((bundle, calibration), start, _) in enumerate(record.stretches()):
+            if n:  # where another bundle or calibration took over; the first is named too
+                timeline.axvline(times[start], color="tab:brown", linestyle=":", linewidth=1.5)
+            timeline.annotate(f" {bundle[:8]} / {(calibration or 'own')[:8]}", (times[start], 1.0),
+                              xycoords=("data", "axes fraction"), rotation=90, fontsize=6, va="top", ha="left")
         timeline.set_title(record.counts(), fontsize=9, loc="left")
         timeline.set_ylabel("score")
         timeline.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M:%S"))
@@ -228,9 +237,13 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         histogram.xaxis.set_minor_formatter(ticker.NullFormatter())
         histogram.set_xlabel("frames (log scale)")
         histogram.sharey(timeline)
+    notes = []
     if any(record.drift for record in sources):
-        figure.text(0.01, 0.005, "dashed lines: drift out of the calibrated band (purple), back in it (green)",
-                    fontsize=8)
+        notes.append("dashed lines: drift out of the calibrated band (purple), back in it (green)")
+    if any(len(record.stretches()) > 1 for record in sources):
+        notes.append("dotted lines: another bundle / calibration judged from there (short SHA-256, 'own': the bundle's)")
+    if notes:
+        figure.text(0.01, 0.005, "; ".join(notes), fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import SPOT_PATTERN
 from edge_ad.errors import EdgeAdError
 from edge_ad.events_report import binned_medians, read_events, write_events_report
 
 ALARM_RED = (40, 39, 214)  # matplotlib's tab:red, BGR
+BUNDLE_BROWN = (75, 86, 140)  # tab:brown: the line where another bundle or calibration judged from
 
 
 def _edge_ad(*args) -> subprocess.CompletedProcess:
@@ -32,9 +32,13 @@ def _write(path, events) -> None:
     path.write_text("".join(e if isinstance(e, str) else json.dumps(e) + "\n" for e in events))
 
 
-def _red_pixels(path) -> int:
+def _pixels(path, colour) -> int:
     picture = cv2.imread(str(path))
-    return int(np.all(np.abs(picture.astype(int) - ALARM_RED) <= 12, axis=2).sum())
+    return int(np.all(np.abs(picture.astype(int) - colour) <= 12, axis=2).sum())
+
+
+def _red_pixels(path) -> int:
+    return _pixels(path, ALARM_RED)
 
 
 def test_report_of_a_run(tiny_bundle, spotted_frames, tmp_path):
@@ -99,6 +103,8 @@ def test_events_across_rotated_files_runs_and_damaged_lines(tmp_path):
     picture = write_events_report(shift, tmp_path / "shift.png")
     assert cv2.imread(str(picture)).shape == (720, 1500, 3)  # two sources, a row each
     assert _red_pixels(picture) > 0
+    assert _pixels(picture, BUNDLE_BROWN) == 0  # one bundle and calibration judged these: no line
+    assert _pixels(write_events_report(read, tmp_path / "all.png"), BUNDLE_BROWN) > 50  # where others took over
     quiet = read_events(events, since=t0 + 3000)
     assert _red_pixels(write_events_report(quiet, tmp_path / "quiet.png")) == 0  # no alarm, none drawn
 
