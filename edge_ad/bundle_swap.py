@@ -90,8 +90,6 @@ class BundleSwap:
             self._loaded.put(loaded)
 
     def take(self) -> dict[Specs, AnyDetector]:
-        """Bundles loaded since the last call, by specs; usually none."""
-        try:
-            return self._loaded.get_nowait()
-        except queue.Empty:
-            return {}
+        """Bundles loaded since the last call, by specs; usually none (the loop asks every turn:
+        a look, not a raised and caught queue.Empty)."""
+        return {} if self._loaded.empty() else self._loaded.get_nowait()

@@ -202,6 +202,7 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         raise EdgeAdError("report: no frame events to draw (in this time range)")
     figure, axes = plt.subplots(len(sources), 2, figsize=(15, 3.6 * len(sources)), squeeze=False,
                                 gridspec_kw={"width_ratios": [4, 1]})
+    changes = False  # another bundle or calibration took over somewhere: the picture says what the lines mean
     for (timeline, histogram), record in zip(axes, sources):
         times = np.array([datetime.fromtimestamp(t) for t in record.times])
         scores, anomalies, alarms = np.array(record.scores), np.array(record.anomalies), np.array(record.alarms)
@@ -221,7 +222,9 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         for timestamp, state in record.drift:
             colour = "tab:purple" if state == "outside" else "tab:green"
             timeline.axvline(datetime.fromtimestamp(timestamp), color=colour, linestyle="--", linewidth=1)
-        for n, ((bundle, calibration), start, _) in enumerate(record.stretches()):
+        stretches = record.stretches()
+        changes |= len(stretches) > 1
+        for n, ((bundle, calibration), start, _) in enumerate(stretches):
             if n:  # where another bundle or calibration took over; the first is named too
                 timeline.axvline(times[start], color="tab:brown", linestyle=":", linewidth=1.5)
             timeline.annotate(f" {bundle[:8]} / {(calibration or 'own')[:8]}", (times[start], 1.0),
@@ -240,7 +243,7 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
     notes = []
     if any(record.drift for record in sources):
         notes.append("dashed lines: drift out of the calibrated band (purple), back in it (green)")
-    if any(len(record.stretches()) > 1 for record in sources):
+    if changes:
         notes.append("dotted lines: another bundle / calibration judged from there (short SHA-256, 'own': the bundle's)")
     if notes:
         figure.text(0.01, 0.005, "; ".join(notes), fontsize=8)
