@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from calibration.site import calibrate_into, collect
-from edge_ad.bundle_swap import BundlePaths
+from edge_ad.bundle_swap import BundlePaths, changed_on_disk
 from edge_ad.detector import Detector
 from edge_ad.events_report import read_events
 from edge_ad.line_calibration import CALIBRATING, IDLE, LineCalibration
@@ -137,6 +137,19 @@ def test_a_bundle_that_cannot_be_loaded_leaves_the_line_as_it_was(variant_bundle
     assert sum(int(line.split(", ")[-1].split()[0]) for line in judged) == len(_frames(events))
     metric = f'edge_ad_bundle_info{{bundle="{_sha(new)}",calibration="",source="cam",variant=""}} 1.0'
     assert metric in config.metrics.read_text()
+
+
+def test_with_a_bundle_per_variant_the_replaced_one_is_named(variant_bundles, tmp_path):
+    old, new, _ = _bundles(variant_bundles, tmp_path)
+    mono, poly = tmp_path / "mono", tmp_path / "poly"
+    _point(mono, old)
+    _point(poly, new)
+    specs = (f"mono={mono}", f"poly={poly}")
+    paths = BundlePaths(specs)
+    in_use = paths.load(specs)
+    assert changed_on_disk(specs, in_use) == []
+    _point(poly, old)  # poly's path now holds another bundle; mono's is as it was
+    assert changed_on_disk(specs, in_use) == [str(poly)]
 
 
 def test_a_calibration_made_with_the_bundle_that_goes_does_not_pass_to_the_new_one(variant_bundles, test_cells,
