@@ -22,7 +22,11 @@ through function 3, holding registers, for clients that read only those):
             it reads 0 idle, 1 calibrating, 2 calibrated (the new threshold is in use), 3 refused
             (the log says why)
     +12     normal frames kept so far by that calibration (mod 65536)
-    +13-15  0 (kept for later fields)
+    +13, +14  the bundle that judged it: the first 8 hex digits of its bundle.yaml's SHA-256, as
+            the events and `doctor` name it (32 bits, high word first), for a part's record of
+            which model passed it
+    +15     its calibration: the first 4 hex digits of its calibration.yaml's SHA-256 (0: the
+            bundle's own numbers)
 
 and coil i, its alarm latch: 1 from the source's alarm frame on, until the PLC writes 0 (function
 5 or 15), so that an alarm between two polls is not missed (+5 says how many there were).
@@ -78,6 +82,16 @@ class _Last:
     scored_at: float | None = None  # time.monotonic()
     calibration: int = 0  # register +11: the state of a calibration on the line
     calibration_frames: int = 0
+    bundle_id: int = 0  # registers +13, +14: the first 32 bits of the bundle.yaml's SHA-256
+    calibration_id: int = 0  # register +15: the first 16 bits of the calibration.yaml's
+
+
+def _ids(judged_by: tuple[str, str | None] | None) -> tuple[int, int]:
+    """Registers +13/+14 and +15 from Bundle.short_ids (hex digits); 0 where not given."""
+    if judged_by is None:
+        return 0, 0
+    bundle, calibration = judged_by
+    return int(bundle[:8], 16), int(calibration[:4], 16) if calibration else 0
 
 
 def _milli(value: float) -> int:
@@ -114,8 +128,10 @@ class ModbusServer:
             for i, name in enumerate(self.sources)))
 
     def update(self, source: str, frame: int, score: float, threshold: float, anomaly: bool, alarm: bool,
-               variant: str | None, anomalies: int, alarms: int) -> None:
-        """A scored frame of `source`, with its counts so far; an alarm sets the source's latch."""
+               variant: str | None, anomalies: int, alarms: int, judged_by: tuple[str, str | None] | None = None
+               ) -> None:
+        """A scored frame of `source`, with its counts so far and the short SHA-256 of the bundle and
+        calibration that judged it (Bundle.short_ids); an alarm sets the source's latch."""
         variants = self.variants.get(source, [])
         with self._lock:
             last = self._last[source]
@@ -125,6 +141,7 @@ class ModbusServer:
             last.anomalies, last.alarms = anomalies, alarms
             last.variant = variants.index(variant) + 1 if variant in variants else 0
             last.scored_at = time.monotonic()
+            last.bundle_id, last.calibration_id = _ids(judged_by)
             if alarm:
                 self._latches[self.sources.index(source)] = True
 
@@ -145,8 +162,8 @@ class ModbusServer:
                 values += [last.frames & 0xFFFF, last.verdict, _milli(last.score), _milli(last.threshold),
                            last.anomalies & 0xFFFF, last.alarms & 0xFFFF, (last.frame >> 16) & 0xFFFF,
                            last.frame & 0xFFFF, last.variant, silent, made, last.calibration,
-                           last.calibration_frames & 0xFFFF]
-                values += [0] * (REGISTERS_PER_SOURCE - 13)
+                           last.calibration_frames & 0xFFFF, last.bundle_id >> 16, last.bundle_id & 0xFFFF,
+                           last.calibration_id]
         return values
 
     def latches(self) -> list[bool]:

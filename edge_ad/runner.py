@@ -328,7 +328,7 @@ class _Sinks:
             self.samples(stream.name, frame.index, frame.captured, frame.image, result.variant)
         if self.modbus is not None:
             self.modbus.update(stream.name, frame.index, result.score, result.threshold, result.is_anomaly, alarm,
-                               result.variant, record.anomalies, record.alarms)
+                               result.variant, record.anomalies, record.alarms, bundle.short_ids)
         if not alarm:
             return
         if self.hook is not None:

@@ -42,18 +42,22 @@ def test_registers_show_each_sources_last_frame_and_latch_its_alarms():
         assert before[:9] == [0] * 9 and before[9] == 0xFFFF  # no frame yet: silent "for ever"
         assert _coils(client, 2) == [False, False]
 
-        server.update("side", 70_000, 0.1234, 0.18, anomaly=False, alarm=False, variant="poly", anomalies=3, alarms=1)
+        server.update("side", 70_000, 0.1234, 0.18, anomaly=False, alarm=False, variant="poly", anomalies=3, alarms=1,
+                      judged_by=("9bb4b4eb279b", "bfb4c6d3e4c6"))
         side = input_registers(client, REGISTERS_PER_SOURCE, REGISTERS_PER_SOURCE)
         assert side[:9] == [1, 0, 123, 180, 3, 1, 1, 70_000 - 65_536, 2]  # frame number: high word, low word
-        assert side[9] <= 10 and side[10:] == [0] * 6  # scored within the last second
+        assert side[9] <= 10 and side[10:13] == [0] * 3  # scored within the last second
+        assert side[13:] == [0x9BB4, 0xB4EB, 0xBFB4]  # what judged it: the events' 9bb4b4eb..., bfb4...
         assert input_registers(client, REGISTERS_PER_SOURCE, 4, function=3) == side[:4]  # holding registers: the same
         assert input_registers(client, 0, 1) == [0]  # the other source has not scored yet
 
         server.update("top", 5, 80.0, 0.18, anomaly=True, alarm=True, variant=None, anomalies=1, alarms=1)
         assert input_registers(client, 1, 3) == [2, 0xFFFF, 180]  # an alarm, its score clipped at 65.535
         assert _coils(client, 2) == [True, False]
-        server.update("top", 6, -0.5, 0.18, anomaly=False, alarm=False, variant=None, anomalies=1, alarms=1)
+        server.update("top", 6, -0.5, 0.18, anomaly=False, alarm=False, variant=None, anomalies=1, alarms=1,
+                      judged_by=("03f2a9c1b7d0", None))
         assert input_registers(client, 1, 2) == [0, 0]  # normal again, a negative score shown as 0
+        assert input_registers(client, 13, 3) == [0x03F2, 0xA9C1, 0]  # the bundle's own numbers: calibration 0
         assert _coils(client, 2) == [True, False]  # the latch holds until the PLC acknowledges
 
         assert not client.write_coil(0, False).isError()
@@ -232,6 +236,8 @@ def test_a_plc_reads_what_the_run_scored(spotted_frames, tiny_bundle, tmp_path):
         assert block[4] == sum(e["anomaly"] for e in upto) and block[5] == sum(e["alarm"] for e in upto)
         assert block[5] >= 3 and latch == [True]  # three alarm frames per pass over the folder
         assert block[8] == 0 and block[9] < 50
+        assert f"{block[13]:04x}{block[14]:04x}" == event["bundle"][:8]  # the bundle the events name
+        assert block[15] == (int(event["calibration"][:4], 16) if event["calibration"] else 0)
     finally:
         process.send_signal(signal.SIGTERM)
         _, log = process.communicate(timeout=30)
