@@ -44,8 +44,9 @@ while time.monotonic() < end:
             print(f"source {calibrate}: calibration {STATES[now]}, {kept} frames kept")
     time.sleep(0.1)  # a PLC's poll cycle
 for i in range(sources):
-    r = client.read_input_registers(16 * i, count=10).registers
+    r = client.read_input_registers(16 * i, count=16).registers
     state = ["normal", "anomalous", "alarm"][r[1]]
     silent = "no frame yet" if r[9] == 0xFFFF else f"last frame {r[9] / 10:.1f} s ago"
-    print(f"source {i}: {r[0]} frames scored, the last ({r[6] << 16 | r[7]}) {state}; {silent}")
+    judged = f"bundle {r[13]:04x}{r[14]:04x}, calibration " + (f"{r[15]:04x}" if r[15] else "of the bundle")
+    print(f"source {i}: {r[0]} frames scored, the last ({r[6] << 16 | r[7]}) {state} by {judged}; {silent}")
 client.close()

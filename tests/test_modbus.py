@@ -132,16 +132,20 @@ def test_the_plc_chooses_the_variant_a_run_scores_with(variant_bundles, tmp_path
 def test_the_plc_example_prints_and_acknowledges_alarms():
     server = ModbusServer(0, ["top", "side"], host="127.0.0.1")
     try:
-        server.update("top", 3, 0.05, 0.18, anomaly=False, alarm=False, variant=None, anomalies=0, alarms=0)
-        server.update("side", 7, 0.42, 0.18, anomaly=True, alarm=True, variant=None, anomalies=1, alarms=1)
+        server.update("top", 3, 0.05, 0.18, anomaly=False, alarm=False, variant=None, anomalies=0, alarms=0,
+                      judged_by=("9bb4b4eb279b", None))
+        server.update("side", 7, 0.42, 0.18, anomaly=True, alarm=True, variant=None, anomalies=1, alarms=1,
+                      judged_by=("946779c47e79", "bfb4c6d3e4c6"))
         example = Path(__file__).parents[1] / "examples" / "plc_modbus.py"
         out = subprocess.run([sys.executable, example, f"127.0.0.1:{server.port}", "2", "0.5"], capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         alarm, top, side = out.stdout.splitlines()  # the alarm once: then acknowledged
         assert alarm == "source 1: ALARM  frame 7  score 0.420 (threshold 0.180)  alarms so far 1"
-        assert re.fullmatch(r"source 0: 1 frames scored, the last \(3\) normal; last frame \d+\.\d s ago", top)
-        assert re.fullmatch(r"source 1: 1 frames scored, the last \(7\) alarm; last frame \d+\.\d s ago", side)
+        assert re.fullmatch(r"source 0: 1 frames scored, the last \(3\) normal by bundle 9bb4b4eb, calibration of "
+                            r"the bundle; last frame \d+\.\d s ago", top)
+        assert re.fullmatch(r"source 1: 1 frames scored, the last \(7\) alarm by bundle 946779c4, calibration bfb4; "
+                            r"last frame \d+\.\d s ago", side)
         assert server.latches() == [False, False]
     finally:
         server.close()
