@@ -52,9 +52,11 @@ def _sha(bundle: Path) -> str:
 
 
 def _frames(events: Path) -> list[dict]:
+    """The frame events written so far (a line the run is still writing left out)."""
     if not events.exists():
         return []
-    return [e for e in map(json.loads, events.read_text().splitlines()) if e["event"] == "frame"]
+    lines = [json.loads(line) for line in events.read_text().splitlines() if line.endswith("}")]
+    return [e for e in lines if e["event"] == "frame"]
 
 
 def _wait(condition, what: str, within_s: float = 60.0) -> None:
