@@ -181,16 +181,19 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
     for line in other_engines(bundle, key):
         report.found("", line)
     _self_check(report, label, bundle)
+    for core in sorted(set(on_dla)):  # DLA engines quantise on their own (dla_int8): check them as run would use them
+        _self_check(report, f"{label} on DLA core {core}", bundle, core)
     return bundle
 
 
-def _self_check(report: Report, label: str, bundle: Bundle) -> None:
-    """The bundle's check images scored on the backend `run` would use (edge_ad.self_check)."""
+def _self_check(report: Report, label: str, bundle: Bundle, dla_core: int | None = None) -> None:
+    """The bundle's check images scored on the backend `run` would use (edge_ad.self_check), or
+    by its engines for `dla_core`."""
     if bundle.check is None:
         report.found("check", f"{label}: none (exported before bundles had check images)")
         return
     try:
-        backend = Detector(bundle).backend
+        backend = Detector(bundle, "auto" if dla_core is None else "tensorrt", dla_core=dla_core).backend
     except EdgeAdError as exc:
         report.problems.append(f"{label} cannot be used: {exc}")
         return

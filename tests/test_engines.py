@@ -8,9 +8,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
+from edge_ad.backends import onnxruntime_graphs
 from edge_ad.bundle import load_bundle
 from edge_ad.engines import (ENGINES_DIR, MANIFEST, EngineKey, build_engines, cached_engines, engine_dirs, mismatch,
                              other_engines, writable_engine_dir)
@@ -63,9 +65,27 @@ def test_doctor_takes_dla_engines_for_engines(tiny_bundle, tmp_path, monkeypatch
     # This machine has no GPU: the device key is the AGX Orin's, as TensorRT and CUDA would give it there.
     monkeypatch.setattr("edge_ad.engines.device_key", lambda precision, dla_core: replace(agx, precision=precision))
     target = str(CONFIGS / "agx-orin-64gb.yaml")
+    # Nor a DLA: its engines stand in as ONNX Runtime's graphs, right and then handing back zeros.
+    head_of = {"maps": lambda head: head, "zeros": lambda head: lambda *x: [np.zeros_like(head(*x)[0])]}
+    engines = "maps"
+
+    def dla_engines(bundle, dla_core):
+        if dla_core is None:  # the GPU, which has no engines here: ONNX Runtime runs the bundle
+            raise EdgeAdError("no engines for this GPU")
+        graphs = onnxruntime_graphs(bundle, None, True)
+        return {**graphs, "head": head_of[engines](graphs["head"])}
+
+    monkeypatch.setattr("edge_ad.tensorrt_backend.tensorrt_graphs", dla_engines)
     report = doctor([str(bundle.root)], target=target)
     assert not any("no engines for bundle" in p for p in report.problems)
     assert any("built for DLA core 0: run with --dla-core 0" in line for line in report.lines)
+    assert any(line.endswith("bundle on DLA core 0: its check images give the maps it was exported with, on tensorrt")
+               for line in report.lines)
+    engines = "zeros"
+    assert [p for p in doctor([str(bundle.root)], target=target).problems if "DLA" in p] == [
+        f"bundle on DLA core 0 cannot be used: {bundle.root} on tensorrt: the maps of the bundle's 1 check images are "
+        "not those it was exported with (branch 0: correlation 0.00 (at least 0.5), scale 0.00 (0.5 to 2.0)): the "
+        "graphs or engines give wrong results here"]
     shutil.rmtree(folder)
     assert any("no engines for bundle on this device" in p for p in doctor([str(bundle.root)], target=target).problems)
 
