@@ -24,7 +24,7 @@ import numpy as np
 
 from .bundle import Bundle, file_sha256
 from .device import int8_saturates
-from .engines import MANIFEST, engine_dirs
+from .engines import engine_builds
 from .errors import BundleError, EdgeAdError
 
 Graph = Callable[..., list[np.ndarray]]
@@ -120,10 +120,6 @@ def pytorch_graphs(bundle: Bundle) -> dict[str, Graph]:
     return {name: wrap(module) for name, module in modules.items()}
 
 
-def _has_engines(bundle: Bundle) -> bool:
-    return any(any(folder.glob(f"*/{MANIFEST}")) for folder in engine_dirs(bundle))
-
-
 def load_graphs(
     bundle: Bundle, backend: str, threads: int | None, spin: bool, dla_core: int | None = None
 ) -> tuple[str, dict[str, Graph]]:
@@ -135,7 +131,7 @@ def load_graphs(
         raise EdgeAdError(f"--dla-core runs TensorRT engines; the {backend} backend has no DLA")
     if backend == "pytorch":
         return backend, pytorch_graphs(bundle)
-    if backend == "tensorrt" or (backend == "auto" and (_has_engines(bundle) or dla_core is not None)):
+    if backend == "tensorrt" or (backend == "auto" and (engine_builds(bundle) or dla_core is not None)):
         from .tensorrt_backend import tensorrt_graphs
 
         try:

@@ -4,7 +4,8 @@ A bundle replaced on disk (a symbolic link pointed at a new export, an archive c
 old one) is read in at the next SIGHUP, as calibrations are: the run loads it in a thread while
 it goes on scoring with the bundle it has, and takes it in between two frames. A bundle that
 cannot be loaded (half copied, broken, for another GPU) is named in the log, and the sources
-keep the one they have.
+keep the one they have. Engines built for a bundle in use (`edge-ad build`) are taken the same
+way.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Mapping
 from .bundle import bundle_yaml, file_sha256
 from .errors import EdgeAdError
 from .streams import Stream, bundle_of
-from .variants import AnyDetector, VariantDetector, bundles_of, load_detector, parse_variants
+from .variants import AnyDetector, detectors_of, load_detector, parse_variants
 
 log = logging.getLogger("edge_ad.bundles")
 
@@ -42,19 +43,19 @@ class BundlePaths:
 
 def changed_on_disk(specs: Specs, detector: AnyDetector) -> list[str]:
     """The bundles of `specs` whose bundle.yaml on disk is no longer the one `detector` was loaded
-    from (its graphs' hashes are in it, so a new export always changes it)."""
+    from (its graphs' hashes are in it, so a new export always changes it), or for which engines
+    were built since (the first engines of a bundle ONNX Runtime has been running, say)."""
     changed = []
-    for path, bundle in zip(parse_variants(specs).values(), bundles_of(detector).values()):
+    for path, one in zip(parse_variants(specs).values(), detectors_of(detector).values()):
         now = bundle_yaml(path)
-        if now.parent != bundle.root or file_sha256(now) != bundle.sha256:
+        if now.parent != one.bundle.root or file_sha256(now) != one.bundle.sha256 or one.engines_changed():
             changed.append(str(path))
     return changed
 
 
 def _backends(detector: AnyDetector) -> str:
     """What runs the graphs (without engines built for a bundle, ONNX Runtime: say so on a Jetson)."""
-    detectors = detector.detectors.values() if isinstance(detector, VariantDetector) else [detector]
-    return ", ".join(sorted({d.backend for d in detectors}))
+    return ", ".join(sorted({d.backend for d in detectors_of(detector).values()}))
 
 
 class BundleSwap:

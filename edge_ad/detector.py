@@ -14,6 +14,7 @@ import numpy as np
 
 from .backends import load_graphs
 from .bundle import Bundle, load_bundle, site_calibrated
+from .engines import engine_builds
 from .errors import BundleError, EdgeAdError
 from .images import resize_to_input, to_rgb
 from .masks import InspectionMask
@@ -149,6 +150,8 @@ class Detector(MapScorer):
     ):
         super().__init__(bundle)
         self.precision = bundle.precision
+        # The engine builds there were as it loaded: a SIGHUP after `build` takes new ones (bundle_swap).
+        self.engine_builds = engine_builds(bundle) if backend in ("auto", "tensorrt") else None
         self.backend, self._graphs = load_graphs(bundle, backend, threads, spin, dla_core)
         self.spin = spin and self.backend == "onnxruntime"
         # ONNX Runtime runs the INT8 products in its exact but slower U8U8 kernels (x86 without VNNI)
@@ -202,6 +205,11 @@ class Detector(MapScorer):
         view = copy.copy(self)
         view.bundle, view.threshold = bundle, bundle.threshold
         return view, None
+
+    def engines_changed(self) -> bool:
+        """Whether engines were built for its bundle (or removed) since it loaded, where its
+        backend would take them."""
+        return self.engine_builds is not None and engine_builds(self.bundle) != self.engine_builds
 
     def preprocess(self, frame: np.ndarray, color: str = "BGR") -> np.ndarray:
         """Frame -> uint8 RGB at the model input size (the encoder normalises inside the graph)."""

@@ -22,7 +22,7 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +131,16 @@ def engine_dirs(bundle: Bundle) -> list[Path]:
     """Where engines of `bundle` may be: its own engines/ folder, then edge-ad's cache, where they
     go when the bundle folder cannot be written (a read-only mount, another user's files)."""
     return [bundle.root / ENGINES_DIR, cache_dir() / ENGINES_DIR / bundle.sha256[:16]]
+
+
+def engine_builds(bundle: Bundle) -> frozenset[tuple[Path, int]]:
+    """The engine builds of `bundle` on disk: each manifest (which `build` writes last) with its
+    modification time, so that another build, or one removed, changes the set."""
+    builds = set()
+    for manifest in (path for folder in engine_dirs(bundle) for path in folder.glob(f"*/{MANIFEST}")):
+        with suppress(FileNotFoundError):  # removed while listed
+            builds.add((manifest, manifest.stat().st_mtime_ns))
+    return frozenset(builds)
 
 
 def writable_engine_dir(bundle: Bundle) -> Path:

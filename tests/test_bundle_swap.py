@@ -15,8 +15,9 @@ from pathlib import Path
 import yaml
 
 from calibration.site import calibrate_into, collect
-from edge_ad.bundle_swap import BundlePaths, changed_on_disk
+from edge_ad.bundle_swap import BundlePaths, BundleSwap, changed_on_disk
 from edge_ad.detector import Detector
+from edge_ad.engines import ENGINES_DIR, MANIFEST
 from edge_ad.events_report import read_events
 from edge_ad.line_calibration import CALIBRATING, IDLE, LineCalibration
 from edge_ad.pipelines import SourceOptions
@@ -167,3 +168,29 @@ def test_a_calibration_made_with_the_bundle_that_goes_does_not_pass_to_the_new_o
     assert in_use.calibrated(folder)[1] is None
     _, problem = Detector.load(current).calibrated(folder)
     assert "made for another bundle" in problem
+
+
+def test_engines_built_for_a_bundle_in_use_are_taken_at_sighup(variant_bundles, tmp_path, caplog):
+    """`edge-ad build` beside a running line (ONNX Runtime runs the bundle until it has engines),
+    then SIGHUP: the bundle is loaded again, with its engines where TensorRT can run them."""
+    bundle = shutil.copytree(variant_bundles["mono"], tmp_path / "bundle")
+    specs = (str(bundle),)
+    swap = BundleSwap(BundlePaths(specs))
+    in_use = swap.paths.load(specs)
+    by_onnxruntime = Detector.load(bundle, backend="onnxruntime")  # asked for ONNX Runtime: engines do not matter
+    assert changed_on_disk(specs, in_use) == []
+    built = bundle / ENGINES_DIR / "orin-sm87-trt10.3.0-fp16" / MANIFEST  # `build` writes its manifest last
+    built.parent.mkdir(parents=True)
+    built.write_text("key: {}\n")
+    assert changed_on_disk(specs, in_use) == [str(bundle)]
+    assert changed_on_disk(specs, by_onnxruntime) == []
+    caplog.set_level(logging.INFO, logger="edge_ad.bundles")
+    swap.ask({specs: in_use})
+    swap._worker.join(60)
+    (reloaded,) = swap.take().values()
+    assert f"bundles: {bundle} changed on disk; loading while the run goes on" in caplog.text
+    # No TensorRT here: the engines are not for this machine, and ONNX Runtime goes on. The
+    # reloaded bundle knows the build, so the next SIGHUP does not load it again.
+    assert reloaded.backend == "onnxruntime" and changed_on_disk(specs, reloaded) == []
+    built.unlink()
+    assert changed_on_disk(specs, reloaded) == [str(bundle)]
