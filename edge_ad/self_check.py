@@ -3,11 +3,11 @@ this device are refused before they judge a part.
 
 The worst way an inspection can fail is silently: a TensorRT engine, a driver or a buffer copy
 that hands back zeros, stale or scrambled maps scores every part as good. Export stores a few
-validation images and the maps its FP32 reference gives them (`check.npz`); loading runs them
-through the graphs as they will run, on this device's backend, and compares. The rule is loose
-on purpose: it tells broken from right, not FP32 from INT8 (INT8 on ONNX Runtime keeps a median
-correlation of 0.92 with the FP32 maps of ELPV validation images, 0.75 at worst; `eval` measures
-what precision costs).
+validation images, each with a synthetic defect, and the maps its FP32 reference gives them
+(`check.npz`); loading runs them through the graphs as they will run, on this device's backend,
+and compares. The rule is loose on purpose: it tells broken from right, not FP32 from INT8 (INT8
+on ONNX Runtime keeps a correlation of at least 0.73 with the FP32 maps of such images on ELPV;
+`eval` measures what precision costs).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from edge_ad.self_check import CHECK_FILE, maps_key
 from .backbone import encoder_from_checkpoint
 from .bridge import COSINE_WEIGHT, BridgeStep, Denoiser, FusedBridge, RestorationHead, sample, schedule
 from .bridge_train import STUDENT_STEPS, TEACHER_STEPS
+from .defects import synthesize
 from .gmm_bridge import SHRINK, BridgePrior, GmmBridgeHead
 from .prototype import PrototypeHead
 from .half import to_fp16
@@ -47,6 +48,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_BATCH = 8
 HISTOGRAM_PIXELS = 64 * 256 * 256  # entropy / percentile calibration: 64 frames at 256 px (calibration_count)
 CHECK_IMAGES = 4  # validation images scored at every load against their reference maps (check.npz)
+CHECK_DEFECTS = ("perlin_texture", "cutpaste", "scratch", "spot")  # one synthetic defect per check image
 STEP_CALIBRATION_IMAGES = 64  # images whose sampler trajectories calibrate the step graph
 # Symmetric INT8 activations (TensorRT's form) spend a bit on the sign of ReLU6 outputs; the
 # encoder's first, high-resolution layers lose most from it. Left in FP32 (FP16 on TensorRT),
@@ -449,7 +451,7 @@ def _write_bundle(
         if steps is not None:
             spec["bridge"]["schedules"][steps].update(calibrated)
         parity[f"K={steps}" if steps else "maps"] = _parity(model, detector, val_inputs[:8], steps)
-    spec["check"] = _write_check(model, val_inputs[:CHECK_IMAGES], out, steps_list)
+    spec["check"] = _write_check(model, _check_images(val_inputs), out, steps_list)
     spec["provenance"] = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "run": str(run.resolve()),
@@ -462,12 +464,24 @@ def _write_bundle(
     Detector.load(out)  # its graphs pass their own check here, on ONNX Runtime, or the export fails
 
 
+def _check_images(val_inputs: np.ndarray) -> np.ndarray:
+    """The first validation images, each with a synthetic defect (seed 0, the next image as foreign
+    texture). The maps of a normal image are mostly noise, which INT8 moves about; a defect gives
+    them a place that it does not, so correct INT8 graphs stay far from the refusal line (README,
+    "Bundles")."""
+    rng = np.random.default_rng(0)
+    count = min(CHECK_IMAGES, len(val_inputs))
+    return np.stack([synthesize(val_inputs[i], val_inputs[(i + 1) % len(val_inputs)], rng, CHECK_DEFECTS[i])[0]
+                     for i in range(count)])
+
+
 def _write_check(model: _Model, inputs: np.ndarray, out: Path, steps_list: list[int | None]) -> dict:
-    """`inputs` (validation images) and the grid maps the FP32 reference gives them, per bridge K,
+    """`inputs` (the check images) and the grid maps the FP32 reference gives them, per bridge K,
     which loading compares with the graphs' maps on the device (edge_ad.self_check)."""
     maps = {maps_key(steps): model.grid_maps(inputs, steps).astype(np.float32) for steps in steps_list}
     np.savez_compressed(out / CHECK_FILE, inputs=inputs, **maps)
-    return {"file": CHECK_FILE, "sha256": file_sha256(out / CHECK_FILE), "images": int(len(inputs))}
+    return {"file": CHECK_FILE, "sha256": file_sha256(out / CHECK_FILE), "images": int(len(inputs)),
+            "defects": list(CHECK_DEFECTS[:len(inputs)])}
 
 
 def _parity(model: _Model, detector: Detector, inputs: np.ndarray, steps: int | None) -> dict:

@@ -13,6 +13,7 @@ from edge_ad.detector import Detector
 from edge_ad.doctor import doctor
 from edge_ad.errors import BundleError
 from edge_ad.self_check import CHECK_FILE
+from export.onnx_export import CHECK_DEFECTS
 
 
 def _broken(monkeypatch, change) -> None:
@@ -28,16 +29,21 @@ def _broken(monkeypatch, change) -> None:
     monkeypatch.setattr(edge_ad.detector, "load_graphs", load)
 
 
-def test_export_stores_validation_images_and_their_reference_maps(tiny_bundle, tiny_bridge_bundle):
+def test_export_stores_validation_images_with_defects_and_their_reference_maps(tiny_bundle, tiny_bridge_bundle):
     bridge_keys = {"grid_maps_k1", "grid_maps_k2", "grid_maps_k4"}  # each K gives its own maps
     for bundle, keys, in_use in ((tiny_bundle, {"grid_maps"}, "grid_maps"),
                                  (tiny_bridge_bundle, bridge_keys, "grid_maps_k2")):  # K=2: the default
         spec = yaml.safe_load((bundle / "bundle.yaml").read_text())
         validation = spec["provenance"]["validation_images"]  # the tiny runs have one; four at most are kept
-        assert spec["check"]["file"] == CHECK_FILE and spec["check"]["images"] == min(4, validation) >= 1
-        with np.load(bundle / CHECK_FILE) as check:
+        count = spec["check"]["images"]
+        assert spec["check"]["file"] == CHECK_FILE and count == min(4, validation) >= 1
+        assert spec["check"]["defects"] == list(CHECK_DEFECTS[:count])
+        with np.load(bundle / CHECK_FILE) as check, np.load(spec["provenance"]["run"] + "/validation.npz") as run:
             assert set(check.files) == {"inputs"} | keys
-            assert check["inputs"].shape == (spec["check"]["images"], 128, 128, 3) and check["inputs"].dtype == np.uint8
+            assert check["inputs"].shape == (count, 128, 128, 3) and check["inputs"].dtype == np.uint8
+            # each is its validation image with a defect in one region: maps with a place to agree on
+            changed = (check["inputs"] != run["inputs"][:count]).any(axis=-1).mean(axis=(1, 2))
+            assert ((0.002 < changed) & (changed < 0.5)).all(), changed
             maps = Detector.load(bundle).grid_maps(check["inputs"])
             assert np.allclose(maps, check[in_use], rtol=1e-3, atol=1e-4)
 
