@@ -26,7 +26,7 @@ through function 3, holding registers, for clients that read only those):
             the events and `doctor` name it (32 bits, high word first), for a part's record of
             which model passed it
     +15     its calibration: the first 4 hex digits of its calibration.yaml's SHA-256 (0: the
-            bundle's own numbers)
+            bundle's own numbers; a calibration whose digits are 0000 reads 1)
 
 and coil i, its alarm latch: 1 from the source's alarm frame on, until the PLC writes 0 (function
 5 or 15), so that an alarm between two polls is not missed (+5 says how many there were).
@@ -91,7 +91,7 @@ def _ids(judged_by: tuple[str, str | None] | None) -> tuple[int, int]:
     if judged_by is None:
         return 0, 0
     bundle, calibration = judged_by
-    return int(bundle[:8], 16), int(calibration[:4], 16) if calibration else 0
+    return int(bundle[:8], 16), max(int(calibration[:4], 16), 1) if calibration else 0
 
 
 def _milli(value: float) -> int:

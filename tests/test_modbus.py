@@ -58,6 +58,9 @@ def test_registers_show_each_sources_last_frame_and_latch_its_alarms():
                       judged_by=("03f2a9c1b7d0", None))
         assert input_registers(client, 1, 2) == [0, 0]  # normal again, a negative score shown as 0
         assert input_registers(client, 13, 3) == [0x03F2, 0xA9C1, 0]  # the bundle's own numbers: calibration 0
+        server.update("top", 7, -0.5, 0.18, anomaly=False, alarm=False, variant=None, anomalies=1, alarms=1,
+                      judged_by=("03f2a9c1b7d0", "0000c6d3e4c6"))
+        assert input_registers(client, 15, 1) == [1]  # 0 says "the bundle's own numbers" and nothing else
         assert _coils(client, 2) == [True, False]  # the latch holds until the PLC acknowledges
 
         assert not client.write_coil(0, False).isError()
@@ -241,7 +244,7 @@ def test_a_plc_reads_what_the_run_scored(spotted_frames, tiny_bundle, tmp_path):
         assert block[5] >= 3 and latch == [True]  # three alarm frames per pass over the folder
         assert block[8] == 0 and block[9] < 50
         assert f"{block[13]:04x}{block[14]:04x}" == event["bundle"][:8]  # the bundle the events name
-        assert block[15] == (int(event["calibration"][:4], 16) if event["calibration"] else 0)
+        assert block[15] == (max(int(event["calibration"][:4], 16), 1) if event["calibration"] else 0)
     finally:
         process.send_signal(signal.SIGTERM)
         _, log = process.communicate(timeout=30)
