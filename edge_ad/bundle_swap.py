@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from .bundle import bundle_yaml, file_sha256
 from .errors import EdgeAdError
 from .streams import Stream, bundle_of
-from .variants import AnyDetector, detectors_of, load_detector, parse_variants
+from .variants import AnyDetector, detectors_by_variant, load_detector, parse_variants
 
 log = logging.getLogger("edge_ad.bundles")
 
@@ -46,7 +46,7 @@ def changed_on_disk(specs: Specs, detector: AnyDetector) -> list[str]:
     from (its graphs' hashes are in it, so a new export always changes it), or for which engines
     were built since (the first engines of a bundle ONNX Runtime has been running, say)."""
     changed = []
-    for path, one in zip(parse_variants(specs).values(), detectors_of(detector).values()):
+    for path, one in zip(parse_variants(specs).values(), detectors_by_variant(detector).values()):
         now = bundle_yaml(path)
         if now.parent != one.bundle.root or file_sha256(now) != one.bundle.sha256 or one.engines_changed():
             changed.append(str(path))
@@ -55,7 +55,7 @@ def changed_on_disk(specs: Specs, detector: AnyDetector) -> list[str]:
 
 def _backends(detector: AnyDetector) -> str:
     """What runs the graphs (without engines built for a bundle, ONNX Runtime: say so on a Jetson)."""
-    return ", ".join(sorted({d.backend for d in detectors_of(detector).values()}))
+    return ", ".join(sorted({d.backend for d in detectors_by_variant(detector).values()}))
 
 
 class BundleSwap:

@@ -168,14 +168,14 @@ def score_views(
 AnyDetector = Detector | VariantDetector
 
 
-def detectors_of(detector: AnyDetector) -> dict[str | None, Detector]:
+def detectors_by_variant(detector: AnyDetector) -> dict[str | None, Detector]:
     """The detector's one-bundle detectors, keyed by variant (None for a single bundle)."""
     return dict(detector.detectors) if isinstance(detector, VariantDetector) else {None: detector}
 
 
 def bundles_of(detector: AnyDetector) -> dict[str | None, Bundle]:
     """The detector's bundles, keyed by variant (None for a single bundle)."""
-    return {name: d.bundle for name, d in detectors_of(detector).items()}
+    return {name: d.bundle for name, d in detectors_by_variant(detector).items()}
 
 
 def load_detector(bundles: str | Sequence[str], **options) -> Detector | VariantDetector:
