@@ -130,6 +130,18 @@ class TrtStepGraph(TrtGraph):
             return result.reshape(features.shape).copy()
 
 
+def engine_graph(path: Path) -> TrtGraph:
+    """One engine file built for this GPU, ready to run (`edge-ad deepstream --build` checks the
+    maps of the engine it built this way)."""
+    from .engines import _tensorrt
+
+    trt = _tensorrt()
+    memory = cuda_memory()
+    with memory.current():
+        stream = memory.stream()
+    return TrtGraph(path, trt, trt.Runtime(trt.Logger(trt.Logger.WARNING)), memory, stream)
+
+
 def tensorrt_graphs(bundle: Bundle, dla_core: int | None = None) -> dict[str, TrtGraph]:
     """The bundle's engines for this device (for its GPU, or for DLA core `dla_core`); refuses,
     saying why, when there are none that match."""

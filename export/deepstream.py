@@ -12,15 +12,20 @@ calibration and its threshold.
 nvinfer builds an FP32 bundle's engine from the ONNX itself. FP16 and INT8 engines are built here
 (`build=True`, on the device) and the config names only them (`model-engine-file`): nvinfer would
 put the distance layers in FP16 too, where GMM logits overflow, and it sets TensorRT's INT8 flag
-only with a calibration file, which Q/DQ graphs do not need.
+only with a calibration file, which Q/DQ graphs do not need. nvinfer hands edge-ad the maps only,
+so the joined network, and the engine built here, score the bundle's check images before they
+are written (edge_ad.self_check).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_ad import __version__
@@ -28,6 +33,7 @@ from edge_ad.bundle import Bundle, load_bundle
 from edge_ad.deepstream import CONFIG_FILE, DEEPSTREAM_DIR, MODEL_FILE, OUTPUT, engine_name
 from edge_ad.engines import build_serialized_engine, refuse_unsigned_int8
 from edge_ad.errors import EdgeAdError
+from edge_ad.self_check import check_maps
 
 INPUT = "input"
 NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer's network-mode
@@ -152,6 +158,40 @@ def nvinfer_config(bundle: Bundle, precision: str, engine: str | None, batch_siz
     return "\n".join(lines) + "\n"
 
 
+class _Network:
+    """The joined network as the check scores it: uint8 RGB images in, fed as nvinfer feeds them."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray]):
+        self.run = run
+
+    def grid_maps(self, inputs: np.ndarray) -> np.ndarray:
+        return self.run(inputs.transpose(0, 3, 1, 2).astype(np.float32))
+
+
+def _check_network(bundle: Bundle, run: Callable[[np.ndarray], np.ndarray], where: str) -> None:
+    """The bundle's check images through the joined network, against the maps it was exported
+    with (edge_ad.self_check): nvinfer hands edge-ad maps only, so they are checked here."""
+    if bundle.check is not None:
+        with np.load(bundle.check) as check:
+            check_maps(_Network(run), dict(check), bundle.steps, where)
+
+
+def _place_checked_engine(bundle: Bundle, serialized: bytes, path: Path) -> None:
+    """Write the engine where the nvinfer config names it once its maps pass the bundle's check
+    (an FP16 engine whose GMM logits overflowed would pass every part)."""
+    from edge_ad.tensorrt_backend import engine_graph
+
+    staged = path.with_name(path.name + ".new")
+    staged.write_bytes(serialized)
+    try:
+        graph = engine_graph(staged)
+        _check_network(bundle, lambda planes: graph(planes)[0], f"{path} on tensorrt")
+    except BaseException:
+        staged.unlink()
+        raise
+    os.replace(staged, path)
+
+
 def write_deepstream(
     bundle_path: Path, out: Path | None = None, steps: int | None = None, precision: str | None = None,
     build: bool = False, batch_size: int = 1,
@@ -172,14 +212,17 @@ def write_deepstream(
         out = Path(bundle_path) / DEEPSTREAM_DIR
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / MODEL_FILE
-    onnx.save(single_graph(bundle), model_path)
+    model = single_graph(bundle)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    _check_network(bundle, lambda planes: session.run([OUTPUT], {INPUT: planes})[0], f"{model_path} on onnxruntime")
+    onnx.save(model, model_path)
     engine = engine_name(precision, batch_size) if build or precision != "fp32" else None
     (out / CONFIG_FILE).write_text(nvinfer_config(bundle, precision, engine, batch_size))
     if build:  # after the network and config are written: a failed build loses neither
         print("building the TensorRT engine, this can take minutes")
         serialized = build_serialized_engine(model_path, precision, fp32_layers=DISTANCE_LAYERS,
                                              max_batch=batch_size, opt_batch=batch_size)
-        (out / engine).write_bytes(serialized)
+        _place_checked_engine(bundle, serialized, out / engine)
     elif engine:
         print(f"{out / CONFIG_FILE} names {engine}: build it on the device with "
               f"'edge-ad deepstream --bundle {bundle_path} --precision {precision} --batch-size {batch_size} --build'")

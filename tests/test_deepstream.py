@@ -11,11 +11,13 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
+from onnx import helper, numpy_helper
 
+import export.deepstream
 from edge_ad import Detector, InspectionMask
 from edge_ad.deepstream import CONFIG_FILE, MODEL_FILE, OUTPUT, DeepStreamScorer, engine_name, layer_array
 from edge_ad.doctor import doctor
-from edge_ad.errors import EdgeAdError
+from edge_ad.errors import BundleError, EdgeAdError
 from export.deepstream import write_deepstream
 
 
@@ -136,6 +138,28 @@ def test_a_build_without_tensorrt_keeps_the_network_and_config(tiny_bundle, tmp_
     assert "TensorRT engines need the tensorrt package" in result.stderr and "--backend" not in result.stderr
     assert (out / MODEL_FILE).is_file() and _nvinfer_config(out)["model-engine-file"] == engine_name("fp16")
     assert not (out / engine_name("fp16")).exists()
+
+
+def test_a_joined_network_with_wrong_maps_is_not_written(tiny_bundle, tmp_path, monkeypatch):
+    """nvinfer hands edge-ad maps only: the joined network is checked against the bundle's check
+    images before it is written (and a built engine before it goes where the config names it)."""
+    join = export.deepstream.single_graph
+
+    def scaled(bundle):  # a join gone wrong: every map a tenth of what it should be
+        model = join(bundle)
+        (last,) = [n for n in model.graph.node if OUTPUT in n.output]
+        last.output[:] = ["unscaled"]
+        model.graph.initializer.append(numpy_helper.from_array(np.array(0.1, np.float32), "tenth"))
+        model.graph.node.append(helper.make_node("Mul", ["unscaled", "tenth"], [OUTPUT]))
+        return model
+
+    monkeypatch.setattr(export.deepstream, "single_graph", scaled)
+    out = tmp_path / "ds"
+    with pytest.raises(BundleError, match=rf"{out / MODEL_FILE} on onnxruntime: the maps of the bundle's 1 check "
+                                          r"images are not those it was exported with \(branch 0: correlation 1.00 "
+                                          r"\(at least 0.5\), scale 0.10"):
+        write_deepstream(tiny_bundle, out)
+    assert not (out / MODEL_FILE).exists() and not (out / CONFIG_FILE).exists()
 
 
 def test_engine_build_on_a_gpu(tiny_bridge_bundle, tmp_path):
