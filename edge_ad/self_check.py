@@ -6,7 +6,7 @@ that hands back zeros, stale or scrambled maps scores every part as good. Export
 validation images, each with a synthetic defect, and the maps its FP32 reference gives them
 (`check.npz`); loading runs them through the graphs as they will run, on this device's backend,
 and compares. The rule is loose on purpose: it tells broken from right, not FP32 from INT8 (INT8
-on ONNX Runtime keeps a correlation of at least 0.73 with the FP32 maps of such images on ELPV;
+on ONNX Runtime keeps a correlation of at least 0.82 with the FP32 maps of such images on ELPV;
 `eval` measures what precision costs).
 """
 
