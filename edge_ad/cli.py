@@ -230,6 +230,7 @@ def _run(args: argparse.Namespace) -> None:
         mqtt=args.mqtt,
         mqtt_tls=MqttTls(*(Path(f) if f else None for f in (args.mqtt_ca, args.mqtt_cert, args.mqtt_key))),
         calibration_frames=args.calibration_frames,
+        self_check_interval_s=args.self_check_interval,
     )
     options = {"backend": args.backend, "steps": args.steps, "spin": not args.no_spin, "dla_core": args.dla_core}
     detectors = load_detectors(streams, args.bundle, **options)
@@ -741,6 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "lossless PNG, into DIR/<source>")
     p.add_argument("--sample-interval", type=float, default=60.0, help="at most one sample per source per N seconds")
     p.add_argument("--sample-quota-mb", type=float, default=2000.0, help="oldest samples go beyond this size")
+    p.add_argument("--self-check-interval", type=float, default=600.0, metavar="SECONDS",
+                   help="score the bundles' check images again this often; maps that are not those it was exported "
+                        "with stop the run (default 600; 0: only at load)")
     p.add_argument("--on-anomaly", help="command run (not waited for) for an alarm frame; EDGE_AD_* variables")
     p.add_argument("--alarm-frames", type=_positive_int, default=1, metavar="K",
                    help="a frame raises an alarm (snapshot, --on-anomaly) when it and the K-1 frames of its source "

@@ -156,9 +156,17 @@ class Detector(MapScorer):
         self.spin = spin and self.backend == "onnxruntime"
         # ONNX Runtime runs the INT8 products in its exact but slower U8U8 kernels (x86 without VNNI)
         self.u8u8 = any(getattr(graph, "u8u8", False) for graph in self._graphs.values())
-        if bundle.check is not None:
+        self._check: dict[str, np.ndarray] | None = None
+        if bundle.check is not None:  # kept: the file read (and its hash checked) now is the one a run checks against
             with np.load(bundle.check) as check:
-                check_maps(self, dict(check), bundle.steps, f"{bundle.root} on {self.backend}")
+                self._check = dict(check)
+        self.self_check()
+
+    def self_check(self) -> None:
+        """Score the bundle's check images and refuse (BundleError) maps that are not those it was
+        exported with (edge_ad.self_check): at load, and every --self-check-interval in a run."""
+        if self._check is not None:
+            check_maps(self, self._check, self.bundle.steps, f"{self.bundle.root} on {self.backend}")
 
     @classmethod
     def load(

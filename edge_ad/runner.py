@@ -27,7 +27,7 @@ from .bundle import Bundle, read_yaml
 from .bundle_swap import BundlePaths, BundleSwap, Specs
 from .detector import Result
 from .drift import DriftWatch
-from .errors import EdgeAdError, SourceError
+from .errors import BundleError, EdgeAdError, SourceError
 from .line_calibration import CALIBRATING, LineCalibration
 from .masks import InspectionMask, calibration_mismatch
 from .mqtt import MqttTls
@@ -39,7 +39,7 @@ from .sinks import AnomalyHook, EventLog, Guarded, Samples, Snapshot, Snapshots,
 from .sources import Frame, Source, open_source
 from .streams import Stream
 from .telemetry import SourceStats, Telemetry
-from .variants import AnyDetector, VariantDetector, bundles_of, score_views
+from .variants import AnyDetector, VariantDetector, bundles_of, detectors_by_variant, score_views
 
 log = logging.getLogger("edge_ad.runner")
 
@@ -70,6 +70,7 @@ class RunConfig:
     mqtt: str | None = None  # mqtt[s]://host[:port]/topic: alarms and drift events to a broker (edge_ad.mqtt)
     mqtt_tls: MqttTls = MqttTls()  # mqtts://: the plant's CA, a client certificate and key
     calibration_frames: int | None = None  # a calibration on the line (SIGUSR1, Modbus, MQTT): frames it keeps
+    self_check_interval_s: float = 600.0  # the bundles' check images scored again this often (0: at load only)
 
 
 @dataclass
@@ -578,6 +579,28 @@ def _reload(captures: list[_Capture], sinks: _Sinks) -> None:
             sinks.watch_anew(stream.name, bands)
 
 
+class _SelfChecks:
+    """The check images through every detector in use again, every `interval` seconds
+    (Detector.self_check): an engine, a driver or a GPU that goes wrong hours into a run stops it
+    (and systemd starts it again, where loading checks the same) rather than pass parts in silence."""
+
+    def __init__(self, interval: float):
+        self.interval, self.last = interval, time.monotonic()
+
+    def run_if_due(self, captures: list[_Capture]) -> None:
+        if not self.interval or time.monotonic() - self.last < self.interval:
+            return
+        # A detector shared by several sources, or the calibrated views of one bundle's graphs, once each
+        detectors = {id(d): d for c in captures for d in detectors_by_variant(c.detector).values()}
+        for detector in detectors.values():
+            try:
+                detector.self_check()
+            except BundleError as exc:
+                raise BundleError(f"self-check during the run: {exc}; the run stops rather than judge parts with "
+                                  "them") from exc
+        self.last = time.monotonic()
+
+
 def _swap_bundles(captures: list[_Capture], loaded: dict[Specs, AnyDetector], paths: BundlePaths, sinks: _Sinks,
                   line: dict[str, LineCalibration]) -> None:
     """The sources of bundles loaded again (BundleSwap) scored by them from the next frame, each
@@ -675,7 +698,8 @@ def run(
     (`paths`, as `load_detectors` was given them), `reload` also has the bundles changed on disk
     loaded again, in a thread, and the sources scored by them once they are (edge_ad.bundle_swap).
     A source that fails to open stops the run before it starts; a sink that fails later is reported
-    and inference goes on."""
+    and inference goes on; maps that fail the bundles' check images, scored again every
+    `self_check_interval_s`, stop it (BundleError)."""
     if not streams:
         raise EdgeAdError("run: no --input given")
     names = [s.name for s in streams]
@@ -694,6 +718,7 @@ def run(
     for calibration in line.values():
         calibration.on_written = reload.set  # read in as SIGHUP reads a calibration
     swap = BundleSwap(paths) if paths is not None else None
+    checks = _SelfChecks(config.self_check_interval_s)
 
     def calibrate_all() -> None:
         for calibration in line.values():
@@ -776,6 +801,7 @@ def run(
             bar.update(len(ready_frames))
             if telemetry is not None:
                 telemetry.tick()
+            checks.run_if_due(captures)
         seconds = time.perf_counter() - start
     _current(stats, captures)
     for capture in captures:

@@ -1,6 +1,7 @@
 """A bundle's check images, scored at load: a backend that gives broken maps is refused before it
 judges a part, one that gives the exported maps passes."""
 
+import json
 import re
 import shutil
 
@@ -12,7 +13,10 @@ import edge_ad.detector
 from edge_ad.detector import Detector
 from edge_ad.doctor import doctor
 from edge_ad.errors import BundleError
+from edge_ad.pipelines import SourceOptions
+from edge_ad.runner import RunConfig, run
 from edge_ad.self_check import CHECK_FILE
+from edge_ad.streams import Stream
 from export.onnx_export import CHECK_DEFECTS
 
 
@@ -78,3 +82,31 @@ def test_a_changed_check_file_fails_its_hash_and_older_bundles_load_without_one(
     del spec["check"]  # as bundles exported before the check
     (bundle / "bundle.yaml").write_text(yaml.safe_dump(spec))
     assert Detector.load(bundle).bundle.check is None
+
+
+def test_maps_that_go_wrong_during_a_run_stop_it(tiny_bundle, normal_folder, tmp_path, monkeypatch):
+    """An engine, a driver or a GPU that goes wrong hours into a run: the next self-check stops
+    it (systemd starts it again), and what it scored before is in the events."""
+    stream = Stream(str(normal_folder), name="cam", options=SourceOptions(loop=-1))
+    events = tmp_path / "events.jsonl"
+    healthy = run(Detector.load(tiny_bundle), [stream], RunConfig(max_frames=40, self_check_interval_s=0.01))
+    assert healthy.frames == 40 and not healthy.sink_errors  # checks between frames disturb nothing
+
+    calls = 0
+
+    def from_the_20th_call(maps):
+        nonlocal calls
+        calls += 1
+        return maps if calls < 20 else np.zeros_like(maps)
+
+    _broken(monkeypatch, from_the_20th_call)
+    detector = Detector.load(tiny_bundle)  # its load check passes: the 1st call
+    refusal = (rf"self-check during the run: {tiny_bundle} on onnxruntime: the maps of the bundle's 1 check images are "
+               r"not those it was exported with \(branch 0: correlation 0.00 .*; the run stops rather than judge parts "
+               r"with them")
+    with pytest.raises(BundleError, match=refusal):
+        run(detector, [stream], RunConfig(events=events, self_check_interval_s=0.01))
+    frames = [json.loads(line)["frame"] for line in events.read_text().splitlines()]
+    # Every frame scored before it stopped is in the events, and it stopped soon after the maps went
+    # wrong: the 20th graph call of frames and checks together.
+    assert frames == list(range(len(frames))) and 5 < len(frames) < 20 <= calls
