@@ -742,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "lossless PNG, into DIR/<source>")
     p.add_argument("--sample-interval", type=float, default=60.0, help="at most one sample per source per N seconds")
     p.add_argument("--sample-quota-mb", type=float, default=2000.0, help="oldest samples go beyond this size")
-    p.add_argument("--self-check-interval", type=float, default=600.0, metavar="SECONDS",
+    p.add_argument("--self-check-interval", type=_non_negative, default=600.0, metavar="SECONDS",
                    help="score the bundles' check images again this often; maps that are not those it was exported "
                         "with stop the run (default 600; 0: only at load)")
     p.add_argument("--on-anomaly", help="command run (not waited for) for an alarm frame; EDGE_AD_* variables")
