@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -130,26 +131,32 @@ class TrtStepGraph(TrtGraph):
             return result.reshape(features.shape).copy()
 
 
-def engine_graph(path: Path) -> TrtGraph:
-    """One engine file built for this GPU, ready to run (`edge-ad deepstream --build` checks the
-    maps of the engine it built this way)."""
+def _runtime(dla_core: int | None = None) -> tuple[Any, Any, PyCudaMemory | CudaPythonMemory, Any]:
+    """What TrtGraph runs on: TensorRT, a runtime (set to `dla_core`: the core a DLA engine runs on
+    is the runtime's, not the build's), CUDA memory and one stream."""
     from .engines import _tensorrt
 
-    trt = _tensorrt()
+    trt = _tensorrt(", or run with --backend onnxruntime")
     memory = cuda_memory()
     with memory.current():
         stream = memory.stream()
-    return TrtGraph(path, trt, trt.Runtime(trt.Logger(trt.Logger.WARNING)), memory, stream)
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    if dla_core is not None:
+        runtime.DLA_core = dla_core
+    return trt, runtime, memory, stream
+
+
+def engine_graph(path: Path) -> TrtGraph:
+    """One engine file built for this GPU, ready to run (`edge-ad deepstream --build` checks the
+    maps of the engine it built this way)."""
+    return TrtGraph(path, *_runtime())
 
 
 def tensorrt_graphs(bundle: Bundle, dla_core: int | None = None) -> dict[str, TrtGraph]:
     """The bundle's engines for this device (for its GPU, or for DLA core `dla_core`); refuses,
     saying why, when there are none that match."""
-    from .engines import _tensorrt
-
-    trt = _tensorrt(", or run with --backend onnxruntime")
+    runtime = _runtime(dla_core)
     check_dla_core(dla_core)
-    memory = cuda_memory()
     precisions = engine_precisions(bundle, dla_core)
     key = device_key(precisions[-1], dla_core)
     found = (cached_engines(bundle, replace(key, precision=p)) for p in precisions)
@@ -159,12 +166,4 @@ def tensorrt_graphs(bundle: Bundle, dla_core: int | None = None) -> dict[str, Tr
         dla = f" --dla-core {dla_core}" if dla_core is not None else ""
         raise EdgeAdError(f"{bundle.root}: no TensorRT engines for this device ({key.slug}): {reasons}. "
                           f"Build them here: edge-ad build --bundle {bundle.root} --precision {key.precision}{dla}")
-    with memory.current():
-        stream = memory.stream()
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    if dla_core is not None:
-        runtime.DLA_core = dla_core  # the core a DLA engine runs on is the runtime's, not the build's
-    return {
-        name: (TrtStepGraph if name == "step" else TrtGraph)(path, trt, runtime, memory, stream)
-        for name, path in engines.items()
-    }
+    return {name: (TrtStepGraph if name == "step" else TrtGraph)(path, *runtime) for name, path in engines.items()}
