@@ -448,8 +448,7 @@ class VariantHints:
 def _graphs_of(detector: AnyDetector) -> tuple[int, ...]:
     """What frames can share a batch by: a Detector's graphs, or those of each variant of a
     VariantDetector (the same for its calibrated views)."""
-    detectors = detector.detectors.values() if isinstance(detector, VariantDetector) else [detector]
-    return tuple(id(d.graphs) for d in detectors)
+    return tuple(id(d.graphs) for d in detectors_by_variant(detector).values())
 
 
 def _score(ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats], hints: VariantHints | None) -> list:
@@ -590,8 +589,8 @@ class _SelfChecks:
     def run_if_due(self, captures: list[_Capture]) -> None:
         if not self.interval or time.monotonic() - self.last < self.interval:
             return
-        # A detector shared by several sources, or the calibrated views of one bundle's graphs, once each
-        detectors = {id(d): d for c in captures for d in detectors_by_variant(c.detector).values()}
+        # Graphs shared by several sources, or by the calibrated views of one bundle, once each (as _batch keys them)
+        detectors = {id(d.graphs): d for c in captures for d in detectors_by_variant(c.detector).values()}
         for detector in detectors.values():
             try:
                 detector.self_check()
