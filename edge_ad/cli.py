@@ -482,7 +482,7 @@ def _report(args: argparse.Namespace) -> None:
     read = read_events(events, args.since, args.until)
     for record in read.sources.values():
         print(record.summary())
-        for line in record.judged_by():
+        for line in [*record.judged_by(), *record.failed_checks()]:
             print(line)
     if read.skipped_count:
         print(f"{read.skipped_count} of {read.lines} lines skipped: " + "; ".join(read.skipped)
@@ -750,9 +750,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a frame raises an alarm (snapshot, --on-anomaly) when it and the K-1 frames of its source "
                         "before it are anomalous (default 1: every anomalous frame)")
     p.add_argument("--mqtt", metavar="URL",
-                   help="mqtt[s]://[user[:password]@]host[:port]/TOPIC: alarm and drift events as JSON to "
-                        "TOPIC/SOURCE/alarm and TOPIC/SOURCE/drift (needs edge-ad[mqtt]; mqtts: TLS; a user's "
-                        "password may come from EDGE_AD_MQTT_PASSWORD instead)")
+                   help="mqtt[s]://[user[:password]@]host[:port]/TOPIC: alarm, drift and failed self-check "
+                        "events as JSON to TOPIC/SOURCE/alarm, /drift and /self_check (needs edge-ad[mqtt]; mqtts: "
+                        "TLS; a user's password may come from EDGE_AD_MQTT_PASSWORD instead)")
     p.add_argument("--mqtt-ca", metavar="PEM", help="mqtts://: the CA that signed the broker's certificate "
                                                     "(default: the system's CAs)")
     p.add_argument("--mqtt-cert", metavar="PEM", help="mqtts://: this device's client certificate")
@@ -855,7 +855,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_record)
 
     p = sub.add_parser("report", help="a picture of what a run saw, from its --events file: scores over time per "
-                                      "source against the threshold, alarms, drift; and the counts")
+                                      "source against the threshold, alarms, drift, failed self-checks; and the "
+                                      "counts")
     p.add_argument("--events", required=True, help="the events file of edge-ad run (its rotated .1 ... .5 are read too)")
     p.add_argument("--out", help="PNG to write (default: beside the events file, <name>_report.png)")
     p.add_argument("--since", type=_time, metavar="TIME", help="only events from this local time on (2026-12-03T06:00)")

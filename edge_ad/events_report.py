@@ -1,8 +1,10 @@
 """`edge-ad report`: what a run saw, from its events file, for the person who looks after the line.
 
-`edge-ad run --events FILE` writes a JSON line per frame (and per drift event), appending across
+`edge-ad run --events FILE` writes a JSON line per frame (and per drift event, and per source
+of a self-check that failed and stopped the run), appending across
 runs and rotating to FILE.1 ... FILE.5. This reads them back in time order and draws, per source,
-the scores over time against the threshold, with anomalies, alarms and drift events marked, and
+the scores over time against the threshold, with anomalies, alarms, drift events and failed
+self-checks marked, and
 the histogram of the scores; the counts come as text too. A line that is not an event (one cut
 short by a power loss, a file edited by hand) is skipped and counted, never fatal.
 """
@@ -26,7 +28,7 @@ MEDIAN_BINS, MIN_PER_BIN = 200, 10  # the median line over time: only where fram
 
 @dataclass
 class SourceEvents:
-    """One source's frames (in time order) and drift events."""
+    """One source's frames (in time order), drift events and failed self-checks."""
 
     name: str
     times: list[float] = field(default_factory=list)
@@ -36,6 +38,7 @@ class SourceEvents:
     alarms: list[bool] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     drift: list[tuple[float, str]] = field(default_factory=list)  # (timestamp, "outside" | "back")
+    self_checks: list[tuple[float, str, str]] = field(default_factory=list)  # failed: (timestamp, bundle, problem)
     judges: list[tuple[str, str | None] | None] = field(default_factory=list)  # per frame: (bundle, calibration)
 
     @property
@@ -49,16 +52,19 @@ class SourceEvents:
                 f"alarms {sum(self.alarms)}")
 
     def summary(self) -> str:
-        """One line of counts: frames, anomalies, alarms, time span, longest silence, latency, drift."""
+        """One line of counts: frames, anomalies, alarms, time span, longest silence, latency, drift
+        and (where any) failed self-checks."""
+        failed = f"  failed self-checks {len(self.self_checks)}" if self.self_checks else ""
         if not self.times:
-            return f"{self.name}: no frames; {len(self.drift)} drift events"
+            return f"{self.name}: no frames; {len(self.drift)} drift events{failed}"
         start, end = min(self.times), max(self.times)
         gaps = np.diff(np.sort(self.times))
         latency = f"  latency p50 {np.percentile(self.latencies_ms, 50):.1f} ms p99 " \
                   f"{np.percentile(self.latencies_ms, 99):.1f} ms" if self.latencies_ms else ""
         return (f"{self.counts()}  from {_clock(start)} to {_clock(end)}  "
                 f"longest gap {gaps.max() if gaps.size else 0.0:.1f} s{latency}  "
-                f"drift events {len(self.drift)} ({sum(state == 'outside' for _, state in self.drift)} outside)")
+                f"drift events {len(self.drift)} ({sum(state == 'outside' for _, state in self.drift)} outside)"
+                f"{failed}")
 
     def stretches(self) -> list[tuple[tuple[str, str | None], int, int]]:
         """((bundle, calibration), first frame, frame after the last) of each stretch of frames one
@@ -73,6 +79,11 @@ class SourceEvents:
                 found.append((self.judges[start], start, end))
             start = end
         return found
+
+    def failed_checks(self) -> list[str]:
+        """One line per self-check that failed during a run (and stopped it)."""
+        return [f"  self-check failed {_clock(moment)}, bundle {bundle}: {problem}"
+                for moment, bundle, problem in self.self_checks]
 
     def judged_by(self) -> list[str]:
         """One line per stretch (`stretches`): which model passed which parts."""
@@ -99,12 +110,13 @@ def event_files(path: Path) -> list[Path]:
 
 
 def _problem(event: object) -> str | None:
-    """Why a parsed line is not a frame or drift event of `edge-ad run`, or None."""
+    """Why a parsed line is not a frame, drift or self-check event of `edge-ad run`, or None."""
     if not isinstance(event, dict):
         return "not a JSON object"
     kind = event.get("event", "frame")
     needs = {"frame": ("source", "timestamp", "score", "anomaly", "threshold"),
-             "drift": ("source", "timestamp", "state")}
+             "drift": ("source", "timestamp", "state"),
+             "self_check": ("source", "timestamp", "bundle", "problem")}
     if kind not in needs:
         return f"unknown event {kind!r}"
     missing = [key for key in needs[kind] if key not in event]
@@ -149,6 +161,7 @@ def read_events(path: Path, since: float | None = None, until: float | None = No
         for name in ("times", "scores", "thresholds", "anomalies", "alarms", "judges"):
             setattr(record, name, [getattr(record, name)[i] for i in order])
         record.drift.sort()
+        record.self_checks.sort()
     return EventsRead(sources, lines, skipped, skipped_count)
 
 
@@ -157,6 +170,9 @@ def _add(record: SourceEvents, event: dict, judges: dict) -> None:
     frame they judged shares (a report of a million frames holds a few)."""
     if event.get("event", "frame") == "drift":
         record.drift.append((float(event["timestamp"]), str(event["state"])))
+        return
+    if event.get("event") == "self_check":
+        record.self_checks.append((float(event["timestamp"]), str(event["bundle"]), str(event["problem"])))
         return
     record.times.append(float(event["timestamp"]))
     record.scores.append(float(event["score"]))
@@ -222,6 +238,8 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         for timestamp, state in record.drift:
             colour = "tab:purple" if state == "outside" else "tab:green"
             timeline.axvline(datetime.fromtimestamp(timestamp), color=colour, linestyle="--", linewidth=1)
+        for timestamp, _, _ in record.self_checks:
+            timeline.axvline(datetime.fromtimestamp(timestamp), color="red", linewidth=2)
         stretches = record.stretches()
         changes |= len(stretches) > 1
         for n, ((bundle, calibration), start, _) in enumerate(stretches):
@@ -243,6 +261,8 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
     notes = []
     if any(record.drift for record in sources):
         notes.append("dashed lines: drift out of the calibrated band (purple), back in it (green)")
+    if any(record.self_checks for record in sources):
+        notes.append("solid red lines: a self-check failed and the run stopped (edge-ad report prints why)")
     if changes:
         notes.append("dotted lines: another bundle / calibration judged from there (short SHA-256, 'own': the bundle's)")
     if notes:

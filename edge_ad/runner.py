@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .bundle import Bundle, read_yaml
 from .bundle_swap import BundlePaths, BundleSwap, Specs
-from .detector import Result
+from .detector import Detector, Result
 from .drift import DriftWatch
 from .errors import BundleError, EdgeAdError, SourceError
 from .line_calibration import CALIBRATING, LineCalibration
@@ -67,7 +67,7 @@ class RunConfig:
     output_bitrate_kbps: int | None = None  # H.264 of the video outputs (None: the encoder's default)
     drift: bool = False  # watch the rolling median of normal scores against the calibrated band
     alarm_frames: int = 1  # anomalous frames in a row from a source before snapshots, hook and MQTT act (or Stream's)
-    mqtt: str | None = None  # mqtt[s]://host[:port]/topic: alarms and drift events to a broker (edge_ad.mqtt)
+    mqtt: str | None = None  # mqtt[s]://host[:port]/topic: alarm, drift, self-check events to a broker (edge_ad.mqtt)
     mqtt_tls: MqttTls = MqttTls()  # mqtts://: the plant's CA, a client certificate and key
     calibration_frames: int | None = None  # a calibration on the line (SIGUSR1, Modbus, MQTT): frames it keeps
     self_check_interval_s: float = 600.0  # the bundles' check images scored again this often (0: at load only)
@@ -297,6 +297,18 @@ class _Sinks:
             self.events(drift)
         if self.mqtt is not None:
             self.mqtt(drift)
+
+    def self_check_failed(self, sources: list[str], bundle: Bundle, problem: str) -> None:
+        """A self-check that failed during the run (`problem`: what Detector.self_check said), as an
+        event of each of `sources` in the events file and on MQTT's TOPIC/SOURCE/self_check: the run
+        stops next, and the record of the frames it judged says why."""
+        for source in sources:
+            event = {"event": "self_check", "source": source, "timestamp": round(time.time(), 6),
+                     "bundle": bundle.short_ids[0], "problem": problem}
+            if self.events is not None:
+                self.events(event)
+            if self.mqtt is not None:
+                self.mqtt(event)
 
     def errors(self) -> dict[str, int]:
         return {g.name: g.errors for g in self.guards}
@@ -586,15 +598,22 @@ class _SelfChecks:
     def __init__(self, interval: float):
         self.interval, self.last = interval, time.monotonic()
 
-    def run_if_due(self, captures: list[_Capture]) -> None:
+    def run_if_due(self, captures: list[_Capture], sinks: _Sinks) -> None:
+        """A failure is told to the sinks, as an event of each source those graphs score, then raised."""
         if not self.interval or time.monotonic() - self.last < self.interval:
             return
         # Graphs shared by several sources, or by the calibrated views of one bundle, once each (as _batch keys them)
-        detectors = {id(d.graphs): d for c in captures for d in detectors_by_variant(c.detector).values()}
-        for detector in detectors.values():
+        detectors: dict[int, Detector] = {}
+        sources: dict[int, dict[str, None]] = {}  # the sources each scores, in order, once each
+        for capture in captures:
+            for detector in detectors_by_variant(capture.detector).values():
+                detectors[id(detector.graphs)] = detector
+                sources.setdefault(id(detector.graphs), {})[capture.stream.name] = None
+        for key, detector in detectors.items():
             try:
                 detector.self_check()
             except BundleError as exc:
+                sinks.self_check_failed(list(sources[key]), detector.bundle, str(exc))
                 raise BundleError(f"self-check during the run: {exc}; the run stops rather than judge parts with "
                                   "them") from exc
         self.last = time.monotonic()
@@ -800,7 +819,7 @@ def run(
             bar.update(len(ready_frames))
             if telemetry is not None:
                 telemetry.tick()
-            checks.run_if_due(captures)
+            checks.run_if_due(captures, sinks)
         seconds = time.perf_counter() - start
     _current(stats, captures)
     for capture in captures:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from edge_ad.detector import Detector
-from edge_ad.errors import EdgeAdError
+from edge_ad.errors import BundleError, EdgeAdError
 from edge_ad.mqtt import PASSWORD_VARIABLE, MqttPublisher, MqttTls, parse_mqtt_url, variant_message
 from edge_ad.pipelines import SourceOptions
 from edge_ad.runner import RunConfig, run
@@ -109,6 +109,31 @@ def test_alarms_reach_the_broker(broker, spotted_frames, tiny_bundle):
     events = [json.loads(payload) for _, payload in alarms]
     assert sorted(e["frame"] for e in events) == [4, 7, 8]
     assert all(e["alarm"] and e["anomaly"] and e["source"] == "cam 1" and e["score"] >= e["threshold"] for e in events)
+
+
+@needs_broker
+def test_a_self_check_that_fails_is_told_before_offline(broker, normal_folder, tiny_bundle, monkeypatch):
+    """Why the inspection went offline reaches the PLC or SCADA before the status says it."""
+    detector = Detector.load(tiny_bundle)  # its load check passed
+
+    def wrong_maps(self):
+        raise BundleError(f"{self.bundle.root} on onnxruntime: the maps are not those it was exported with")
+
+    monkeypatch.setattr(Detector, "self_check", wrong_maps)  # the engine went wrong during the run
+    subscriber, received = _subscribe(broker, "plant/#")
+    try:
+        config = RunConfig(mqtt=f"mqtt://127.0.0.1:{broker}/plant/line1", self_check_interval_s=0.01)
+        stream = Stream(str(normal_folder), "cam 1", options=SourceOptions(loop=-1))
+        with pytest.raises(BundleError, match="self-check during the run"):
+            run(detector, [stream], config)
+        assert _wait_for(lambda: (received[-1:] or [("", b"")])[-1][1] == b"offline")
+    finally:
+        subscriber.loop_stop()
+    told = [(topic, payload) for topic, payload in received if not topic.endswith("/alarm")]
+    assert [topic for topic, _ in told] == ["plant/line1/status", "plant/line1/cam-1/self_check", "plant/line1/status"]
+    event = json.loads(told[1][1])
+    assert (event["event"], event["source"], event["bundle"]) == ("self_check", "cam 1", detector.bundle.short_ids[0])
+    assert event["problem"] == f"{tiny_bundle} on onnxruntime: the maps are not those it was exported with"
 
 
 @needs_broker

@@ -13,6 +13,7 @@ import edge_ad.detector
 from edge_ad.detector import Detector
 from edge_ad.doctor import doctor
 from edge_ad.errors import BundleError
+from edge_ad.events_report import read_events, write_events_report
 from edge_ad.pipelines import SourceOptions
 from edge_ad.runner import RunConfig, run
 from edge_ad.self_check import CHECK_FILE
@@ -106,7 +107,19 @@ def test_maps_that_go_wrong_during_a_run_stop_it(tiny_bundle, normal_folder, tmp
                r"with them")
     with pytest.raises(BundleError, match=refusal):
         run(detector, [stream], RunConfig(events=events, self_check_interval_s=0.01))
-    frames = [json.loads(line)["frame"] for line in events.read_text().splitlines()]
+    *scored, failed = [json.loads(line) for line in events.read_text().splitlines()]
+    frames = [event["frame"] for event in scored]
     # Every frame scored before it stopped is in the events, and it stopped soon after the maps went
     # wrong: the 20th graph call of frames and checks together.
     assert frames == list(range(len(frames))) and 5 < len(frames) < 20 <= calls
+    # The last line says why: the record of what passed the parts shows where it stopped
+    assert failed.keys() == {"event", "source", "timestamp", "bundle", "problem"}
+    assert (failed["event"], failed["source"], failed["bundle"]) == ("self_check", "cam", scored[-1]["bundle"])
+    assert failed["timestamp"] >= scored[-1]["timestamp"] and re.match(refusal[len("self-check during the run: "):]
+                                                                       .split(r"; the run")[0], failed["problem"])
+    read = read_events(events)
+    assert not read.skipped_count and read.sources["cam"].frames == len(frames)
+    assert read.sources["cam"].summary().endswith("failed self-checks 1")
+    (line,) = read.sources["cam"].failed_checks()
+    assert line.startswith("  self-check failed ") and f"bundle {failed['bundle']}: {failed['problem']}" in line
+    assert write_events_report(read, tmp_path / "report.png").stat().st_size > 0
