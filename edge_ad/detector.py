@@ -153,6 +153,7 @@ class Detector(MapScorer):
         # The engine builds there were as it loaded: a SIGHUP after `build` takes new ones (bundle_swap).
         self.engine_builds = engine_builds(bundle) if backend in ("auto", "tensorrt") else None
         self.backend, self._graphs = load_graphs(bundle, backend, threads, spin, dla_core)
+        self.dla_core = dla_core
         self.spin = spin and self.backend == "onnxruntime"
         # ONNX Runtime runs the INT8 products in its exact but slower U8U8 kernels (x86 without VNNI)
         self.u8u8 = any(getattr(graph, "u8u8", False) for graph in self._graphs.values())
@@ -166,7 +167,18 @@ class Detector(MapScorer):
         """Score the bundle's check images and refuse (BundleError) maps that are not those it was
         exported with (edge_ad.self_check): at load, and every --self-check-interval in a run."""
         if self._check is not None:
-            check_maps(self, self._check, self.bundle.steps, f"{self.bundle.root} on {self.backend}")
+            check_maps(self, self._check, self.bundle.steps, f"{self.bundle.root} on {self.backend}", self._remedy())
+
+    def _remedy(self) -> str:
+        """What to do when the check images fail on this backend."""
+        if self.backend == "tensorrt":
+            core = f" --dla-core {self.dla_core}" if self.dla_core is not None else ""
+            return (f"build its engines again (edge-ad build --bundle {self.bundle.root}{core} --force); "
+                    "--backend onnxruntime runs its graphs without them meanwhile")
+        graphs = "graphs" if self.backend == "onnxruntime" else "reference.pt"
+        # Their files are intact (load checks each SHA-256): what differs from export is the runtime
+        return (f"its {graphs} gave the stored maps at export and their files are intact: suspect the {self.backend} "
+                "installed here (edge-ad doctor names its version)")
 
     @classmethod
     def load(

@@ -614,8 +614,8 @@ class _SelfChecks:
                 detector.self_check()
             except BundleError as exc:
                 sinks.self_check_failed(list(sources[key]), detector.bundle, str(exc))
-                raise BundleError(f"self-check during the run: {exc}; the run stops rather than judge parts with "
-                                  "them") from exc
+                raise BundleError(f"self-check during the run: {exc}. The run stops rather than judge parts "
+                                  "with wrong maps") from exc
         self.last = time.monotonic()
 
 

@@ -32,8 +32,10 @@ def maps_key(steps: int | None) -> str:
     return "grid_maps" if steps is None else f"grid_maps_k{steps}"
 
 
-def check_maps(detector: _Scores, check: dict[str, np.ndarray], steps: int | None, where: str) -> None:
-    """Refuse (BundleError) a detector whose maps of the check images are not the reference's."""
+def check_maps(detector: _Scores, check: dict[str, np.ndarray], steps: int | None, where: str,
+               remedy: str) -> None:
+    """Refuse (BundleError) a detector whose maps of the check images are not the reference's,
+    saying where (`where`) and what to do (`remedy`)."""
     if maps_key(steps) not in check:
         raise BundleError(f"{where}: the bundle's {CHECK_FILE} has no reference maps for {steps} bridge steps")
     expected = check[maps_key(steps)].astype(np.float64)
@@ -48,7 +50,8 @@ def check_maps(detector: _Scores, check: dict[str, np.ndarray], steps: int | Non
                             f"scale {scale:.2f} ({SCALE[0]} to {SCALE[1]})")
     if problems:
         raise BundleError(f"{where}: the maps of the bundle's {len(expected)} check images are not those it was "
-                          f"exported with ({'; '.join(problems)}): the graphs or engines give wrong results here")
+                          f"exported with ({'; '.join(problems)}): the graphs or engines give wrong results here; "
+                          f"{remedy}")
 
 
 def _correlation(expected: np.ndarray, got: np.ndarray) -> float:

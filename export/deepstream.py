@@ -168,12 +168,12 @@ class _Network:
         return self.run(inputs.transpose(0, 3, 1, 2).astype(np.float32))
 
 
-def _check_network(bundle: Bundle, run: Callable[[np.ndarray], np.ndarray], where: str) -> None:
+def _check_network(bundle: Bundle, run: Callable[[np.ndarray], np.ndarray], where: str, remedy: str) -> None:
     """The bundle's check images through the joined network, against the maps it was exported
     with (edge_ad.self_check): nvinfer hands edge-ad maps only, so they are checked here."""
     if bundle.check is not None:
         with np.load(bundle.check) as check:
-            check_maps(_Network(run), dict(check), bundle.steps, where)
+            check_maps(_Network(run), dict(check), bundle.steps, where, remedy)
 
 
 def _place_checked_engine(bundle: Bundle, serialized: bytes, path: Path) -> None:
@@ -185,7 +185,8 @@ def _place_checked_engine(bundle: Bundle, serialized: bytes, path: Path) -> None
     staged.write_bytes(serialized)
     try:
         graph = engine_graph(staged)
-        _check_network(bundle, lambda planes: graph(planes)[0], f"{path} on tensorrt")
+        _check_network(bundle, lambda planes: graph(planes)[0], f"{path} on tensorrt",
+                       "the engine is not placed; build it again, or at another --precision")
     except BaseException:
         staged.unlink()
         raise
@@ -214,7 +215,8 @@ def write_deepstream(
     model_path = out / MODEL_FILE
     model = single_graph(bundle)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    _check_network(bundle, lambda planes: session.run([OUTPUT], {INPUT: planes})[0], f"{model_path} on onnxruntime")
+    _check_network(bundle, lambda planes: session.run([OUTPUT], {INPUT: planes})[0], f"{model_path} on onnxruntime",
+                   "nothing is written; where edge-ad doctor passes the bundle itself, the join is at fault")
     onnx.save(model, model_path)
     engine = engine_name(precision, batch_size) if build or precision != "fp32" else None
     (out / CONFIG_FILE).write_text(nvinfer_config(bundle, precision, engine, batch_size))

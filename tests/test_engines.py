@@ -85,7 +85,8 @@ def test_doctor_takes_dla_engines_for_engines(tiny_bundle, tmp_path, monkeypatch
     assert [p for p in doctor([str(bundle.root)], target=target).problems if "DLA" in p] == [
         f"bundle on DLA core 0 cannot be used: {bundle.root} on tensorrt: the maps of the bundle's 1 check images are "
         "not those it was exported with (branch 0: correlation 0.00 (at least 0.5), scale 0.00 (0.5 to 2.0)): the "
-        "graphs or engines give wrong results here"]
+        f"graphs or engines give wrong results here; build its engines again (edge-ad build --bundle {bundle.root} "
+        "--dla-core 0 --force); --backend onnxruntime runs its graphs without them meanwhile"]
     shutil.rmtree(folder)
     assert any("no engines for bundle on this device" in p for p in doctor([str(bundle.root)], target=target).problems)
 
