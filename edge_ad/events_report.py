@@ -1,10 +1,9 @@
 """`edge-ad report`: what a run saw, from its events file, for the person who looks after the line.
 
 `edge-ad run --events FILE` writes a JSON line per frame (and per drift event, and per source
-of a self-check that failed and stopped the run), appending across
-runs and rotating to FILE.1 ... FILE.5. This reads them back in time order and draws, per source,
-the scores over time against the threshold, with anomalies, alarms, drift events and failed
-self-checks marked, and
+of a self-check that failed and stopped the run), appending across runs and rotating to FILE.1
+... FILE.5. This reads them back in time order and draws, per source, the scores over time
+against the threshold, with anomalies, alarms, drift events and failed self-checks marked, and
 the histogram of the scores; the counts come as text too. A line that is not an event (one cut
 short by a power loss, a file edited by hand) is skipped and counted, never fatal.
 """
