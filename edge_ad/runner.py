@@ -293,22 +293,22 @@ class _Sinks:
                         "(edge-ad calibrate)", where, drift["median"], drift["low"], drift["high"])
         else:
             log.info("%s: drift: median normal score %.4f is back in the calibrated band", where, drift["median"])
-        if self.events is not None:
-            self.events(drift)
-        if self.mqtt is not None:
-            self.mqtt(drift)
+        self._tell(drift)
 
     def self_check_failed(self, sources: list[str], bundle: Bundle, problem: str) -> None:
         """A self-check that failed during the run (`problem`: what Detector.self_check said), as an
         event of each of `sources` in the events file and on MQTT's TOPIC/SOURCE/self_check: the run
         stops next, and the record of the frames it judged says why."""
         for source in sources:
-            event = {"event": "self_check", "source": source, "timestamp": round(time.time(), 6),
-                     "bundle": bundle.short_ids[0], "problem": problem}
-            if self.events is not None:
-                self.events(event)
-            if self.mqtt is not None:
-                self.mqtt(event)
+            self._tell({"event": "self_check", "source": source, "timestamp": round(time.time(), 6),
+                        "bundle": bundle.short_ids[0], "problem": problem})
+
+    def _tell(self, event: dict) -> None:
+        """An event that is not a frame's (drift, self-check) to the events file and MQTT."""
+        if self.events is not None:
+            self.events(event)
+        if self.mqtt is not None:
+            self.mqtt(event)
 
     def errors(self) -> dict[str, int]:
         return {g.name: g.errors for g in self.guards}
