@@ -580,9 +580,13 @@ def _add_variant_bundles(p: argparse.ArgumentParser, required: bool = True) -> N
 
 def _add_source_options(p: argparse.ArgumentParser) -> None:
     """How `run`, `calibrate` and `record` open a camera or stream (jetson-utils' --input-* names)."""
-    p.add_argument("--input-width", type=_positive_int)
-    p.add_argument("--input-height", type=_positive_int)
-    p.add_argument("--input-framerate", type=_positive_int)
+    p.add_argument("--input-width", type=_positive_int,
+                   help="frame width the camera is asked for (V4L2, GenICam region, CSI default 1280, test:// "
+                        "default 640); streams and files keep their own")
+    p.add_argument("--input-height", type=_positive_int,
+                   help="frame height the camera is asked for (CSI default 720, test:// default 480)")
+    p.add_argument("--input-framerate", type=_positive_int,
+                   help="frames per second the camera is asked for (CSI and test:// default 30)")
     p.add_argument("--input-codec", choices=("h264", "h265", "mjpeg", "raw", "bayer"),
                    help="camera or stream codec (default: raw for V4L2 and GenICam, h264 for RTSP/RTP; bayer: a "
                         "GenICam colour camera sending its sensor's mosaic)")
@@ -659,7 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="regulariser added to each position's covariance, relative to a channel's variance "
                         "(default 0.1; PaDiM's 0.01 is 0.002 AUROC better in FP32 on ELPV, 0.02-0.03 worse in "
                         "symmetric INT8)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the prototype choice, the split of validation images and bridge training: "
+                        "the same seed and data give the same run")
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images and list them")
     p.add_argument("--steps", type=_positive_int, help="bridge: teacher training iterations (default 2000)")
     p.add_argument("--distill-steps", type=_positive_int,
@@ -689,7 +695,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-images", type=_positive_int, default=300,
                    help="INT8 calibration frames (entropy and percentile use at most 64 at 256 px, fewer for "
                         "larger inputs: they hold every activation in memory)")
-    p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                   help="int8: how ONNX Runtime's calibrator sets activation ranges from the calibration frames "
+                        "(entropy and percentile hold every activation in memory: see --calib-images)")
     p.add_argument("--int8-activations", choices=("int8", "uint8"), default="int8",
                    help="int8: symmetric, for TensorRT (default); uint8: asymmetric, faster on ONNX Runtime CPUs")
     p.add_argument("--keep-fp32", nargs="+", metavar="GRAPH:NODE",
@@ -794,7 +802,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="per-stage latency, fps and peak memory on synthetic frames")
     _add_variant_bundles(p)
     p.add_argument("--frames", type=_positive_int, default=1000, help="timed frames (after warm-up)")
-    p.add_argument("--warmup", type=_positive_int, default=50)
+    p.add_argument("--warmup", type=_positive_int, default=50,
+                   help="untimed frames first (engine start-up, caches, CPU clocks)")
     p.add_argument("--batch", type=_positive_int, default=1,
                    help="frames per detector call, as several cameras give (latency and stages are per call)")
     p.add_argument("--height", type=_positive_int, help="frame height (default: the (first) bundle's input size)")
@@ -805,7 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("build", help="build TensorRT engines for this device (needs TensorRT and an NVIDIA GPU)")
-    p.add_argument("--bundle", required=True)
+    p.add_argument("--bundle", required=True, help="the bundle folder; its engines are written into it")
     p.add_argument("--precision", choices=("fp16", "int8"), default="fp16",
                    help="fp16: builder flag on FP32 graphs; int8: a bundle exported with --precision int8")
     p.add_argument("--target", help="firmware_configs/<device>.yaml (memory-pool limit)")
@@ -820,7 +829,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_build)
 
     p = sub.add_parser("deepstream", help="write the bundle as one network with a Gst-nvinfer config for DeepStream")
-    p.add_argument("--bundle", required=True)
+    p.add_argument("--bundle", required=True, help="the bundle folder to join into one network")
     p.add_argument("--out", help="folder for the network, config and engine (default: the bundle's deepstream/)")
     p.add_argument("--steps", type=_positive_int, help="bridge steps K built into the network (default: the bundle's)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"),
@@ -877,7 +886,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'elpv' (or elpv:mono, elpv:poly), a folder of normal images, or an MVTec category")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--images", type=_positive_int, default=50, help="how many training images to draw from")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the same seed draws the same gallery")
     p.set_defaults(func=_defects)
 
     p = sub.add_parser("demo", help="train, export, evaluate and stream on ELPV end to end")

@@ -26,3 +26,14 @@ def test_version_command():
     out = subprocess.run([sys.executable, "-m", "edge_ad", "--version"], capture_output=True, text=True)
     assert out.returncode == 0
     assert out.stdout.strip().startswith("edge-ad 0.")
+
+
+def test_every_command_line_option_says_what_it_does():
+    import argparse
+
+    from edge_ad.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    silent = [f"{name} {action.option_strings[-1]}" for name, parser in commands.items()
+              for action in parser._actions if action.option_strings and not action.help]
+    assert len(commands) >= 14 and not silent, silent
