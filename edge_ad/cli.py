@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .backends import BACKENDS
-from .bundle import BACKBONES, MODEL_TYPES
+from .bundle import BACKBONES, MODEL_TYPES, load_bundle
 from .errors import EdgeAdError, report_errors
 from .pipelines import FLIPS, SourceOptions
 from .reports import write_report
@@ -111,6 +111,9 @@ def _export(args: argparse.Namespace) -> None:
                                     tuple(args.keep_fp32 or ()), args.keep_fp32_below)
     bundle = export_bundle(Path(args.run), Path(args.out), args.steps, args.precision, calibration, args.fuse_steps)
     print(f"bundle written to {bundle}")
+    note = load_bundle(bundle).export_threshold_note()
+    if note:
+        print(f"note: {note}")
 
 
 def _print_report(report: dict, json_path: str | None) -> None:
@@ -552,7 +555,6 @@ def _deepstream(args: argparse.Namespace) -> None:
 
 
 def _build(args: argparse.Namespace) -> None:
-    from .bundle import load_bundle
     from .device import load_config
     from .engines import build_engines
 

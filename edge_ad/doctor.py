@@ -156,6 +156,9 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
                         f"bundle.yaml {model}, calibration: "
                         + (f"{bundle.calibration} ({calibration})" if calibration else "from export")
                         + _least_area(bundle))
+    note = bundle.export_threshold_note()
+    if note:
+        report.found("threshold", f"{label}: {note}")
     _check_deepstream(report, bundle_path)
     if config["backend"] != "tensorrt":
         report.found("engines", "not needed: ONNX Runtime runs the bundle's graphs on this CPU-only target")

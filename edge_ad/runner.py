@@ -767,6 +767,10 @@ def run(
                 roots = [f"{b.root} (calibration {b.calibration or 'from export'})"
                          for b in bundles_of(detectors[stream.name]).values()]
                 log.info("%s: scored by %s", stream.name, ", ".join(roots))
+            for bundle in bundles_of(detectors[stream.name]).values():
+                note = bundle.export_threshold_note()
+                if note:
+                    log.warning("%s: bundle %s: %s", stream.name, bundle.root, note)
             areas = sorted({b.min_defect_area for b in bundles_of(detectors[stream.name]).values()} - {None})
             if areas:
                 log.info("%s: a frame is flagged where a region of at least %s pixels reaches the threshold "

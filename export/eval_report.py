@@ -48,7 +48,9 @@ def write_eval_report(
         hist.hist(scores[labels == label], bins=bins, color=colour, alpha=0.6,
                   label=f"{name} ({int((labels == label).sum())})")
     if threshold is not None:
-        hist.axvline(threshold, color="black", linestyle="--", label=f"bundle threshold {threshold:.3f}")
+        flagged = report["normal_images_flagged_by_bundle_threshold"]
+        hist.axvline(threshold, color="black", linestyle="--",
+                     label=f"bundle threshold {threshold:.3f} ({flagged} normal flagged)")
     hist.axvline(report["image_f1_threshold"], color="tab:orange", linestyle=":",
                  label=f"F1-best {report['image_f1_threshold']:.3f} (F1 {report['image_f1_max']:.3f})")
     hist.set_xlabel("image score" + (" (relative to the variant's normal images)" if threshold is None else ""))

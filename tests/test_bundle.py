@@ -145,6 +145,22 @@ def test_site_calibration_overrides_quantiles_and_threshold(bundle_copy):
         load_bundle(bundle_copy)
 
 
+def test_a_threshold_from_too_few_validation_images_says_so_until_a_site_calibration(bundle_copy):
+    # The tiny bundle was trained on 12 images: one of them held out, whose score is the threshold.
+    note = load_bundle(bundle_copy).export_threshold_note()
+    assert note is not None and "the score of its one validation image" in note
+    assert "about 1 good part in 2 exceeds (1% false alarms need 99 validation images)" in note
+    _edit(bundle_copy, lambda spec: spec["provenance"].update(validation_images=99))  # enough for 1 %
+    assert load_bundle(bundle_copy).export_threshold_note() is None
+    _edit(bundle_copy, lambda spec: spec["provenance"].update(validation_images=20))
+    assert "the highest score of only 20 validation images, which about 1 good part in 21" in \
+        load_bundle(bundle_copy).export_threshold_note()
+    spec = yaml.safe_load((bundle_copy / "bundle.yaml").read_text())
+    (bundle_copy / "calibration.yaml").write_text(yaml.safe_dump(
+        {"steps": None, "normalization": spec["normalization"], "threshold": 0.75}))
+    assert load_bundle(bundle_copy).export_threshold_note() is None  # the site's threshold judges now
+
+
 def test_a_failed_export_leaves_the_bundle_in_its_folder_as_it_was(bundle_copy, tiny_bridge_bundle):
     from edge_ad.errors import DataError
     from export.onnx_export import CalibrationConfig, export_bundle

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_ad import Detector
 from edge_ad.device import read_sensors
 
 pytest.importorskip("gi", reason="GStreamer Python bindings (PyGObject) are not installed")
@@ -31,6 +32,20 @@ def cli_bundle(tmp_path_factory, normal_folder):
 
 def _events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_threshold_set_on_too_few_images_is_called_so_by_export_run_and_doctor(cli_bundle, normal_folder, tmp_path):
+    """Twelve training images hold out one: its score is the threshold, which about every second
+    good part exceeds. Each command that a user meets the bundle through says so."""
+    said = "is the score of its one validation image, which about 1 good part in 2 exceeds"
+    export = edge_ad("export", "--run", cli_bundle.parent / "run", "--out", tmp_path / "bundle")
+    assert "note: the threshold from export (" in export.stdout and said in export.stdout
+    run = edge_ad("run", "--bundle", cli_bundle, "--input", normal_folder)
+    assert f"WARNING {normal_folder}: bundle {cli_bundle}: the threshold from export" in run.stderr
+    assert said in run.stderr
+    doctor = edge_ad("doctor", "--bundle", cli_bundle, check=False)
+    assert any(line.startswith("threshold    bundle: the threshold from export") and said in line
+               for line in doctor.stdout.splitlines()), doctor.stdout
 
 
 def test_test_pattern_stream(cli_bundle, tmp_path):
@@ -74,6 +89,11 @@ def test_eval_on_mvtec_layout_reports_all_metrics(tiny_bundle, mvtec_category, t
     assert report["image_auroc"] > 0.9  # dark spots on cells are easy
     assert set(report["image_auroc_per_group"]) == {"spot"}
     assert 0.5 < report["pixel_auroc"] <= 1.0 and 0.0 < report["aupro_0.3"] <= 1.0
+    detector = Detector.load(tiny_bundle)  # the good parts the bundle's own threshold would reject
+    normals = [cv2.imread(str(path)) for path in sorted((mvtec_category / "test" / "good").glob("*.png"))]
+    assert report["bundle_threshold"] == detector.threshold
+    assert report["normal_images_flagged_by_bundle_threshold"] == sum(detector(i).score >= detector.threshold
+                                                                      for i in normals)
 
     # Within an inspection mask, as `run --mask` scores: the maps and pixel metrics of its part only.
     keep = np.zeros((300, 300), np.uint8)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from calibration.threshold import threshold_at_false_alarm_rate
+from calibration.threshold import expected_rate_above, threshold_at_false_alarm_rate
 from edge_ad.normalize import Quantiles, fit_quantiles
 
 
@@ -37,3 +37,17 @@ def test_threshold_at_false_alarm_rate():
     assert threshold_at_false_alarm_rate(scores[:50], 0.001) == 49.0
     with pytest.raises(ValueError):
         threshold_at_false_alarm_rate([], 0.01)
+
+
+@pytest.mark.parametrize("frames", [6, 30, 400])
+def test_the_rate_a_threshold_stands_for_is_what_new_normal_frames_exceed(frames):
+    """Skewed scores (as maxima of maps are): the share of new normal frames at or above a
+    threshold set on `frames` of them, over many draws, is expected_rate_above's."""
+    rng = np.random.default_rng(frames)
+    shares = []
+    for _ in range(4000 if frames < 100 else 1000):
+        threshold = threshold_at_false_alarm_rate(rng.gamma(2.0, 1.0, frames), 0.01)
+        shares.append(np.mean(rng.gamma(2.0, 1.0, 200) >= threshold))
+    expected = expected_rate_above(frames, 0.01)
+    assert expected == (1 / (frames + 1) if frames < 99 else 0.01)
+    assert np.mean(shares) == pytest.approx(expected, rel=0.1)
