@@ -102,20 +102,19 @@ class Bundle:
     def export_threshold_note(self) -> str | None:
         """What the threshold from export stands for where it was set on fewer validation images
         than its false-alarm rate needs (a small training set): their highest score, which good
-        parts exceed far more often than that rate. None where it stands for the rate, once a site
+        parts exceed far more often than that rate. None with enough of them, once a site
         calibration judges, and for bundles that do not record their validation images."""
         provenance = self.spec.get("provenance") or {}
         images, rate = provenance.get("validation_images"), provenance.get("threshold_false_alarm_rate")
         if self.calibration is not None or not isinstance(images, int) or not isinstance(rate, float):
             return None
-        if expected_rate_above(images, rate) <= rate:
+        if images >= 1 / rate:
             return None
         basis = "the score of its one validation image" if images == 1 else \
             f"the highest score of only {images} validation images"
-        needed = math.ceil(1 / rate) - 1
-        return (f"the threshold from export ({self.threshold:.3f}) is {basis}, which about 1 good part in {images + 1} "
-                f"exceeds ({rate:.0%} false alarms need {needed} validation images); 'edge-ad calibrate' sets one on "
-                "the camera's frames")
+        return (f"the threshold from export ({self.threshold:.3f}) is {basis}, which about 1 good part in "
+                f"{round(1 / expected_rate_above(images, rate))} exceeds (its {rate:.0%} false-alarm rate needs "
+                f"{math.ceil(1 / rate)} validation images); 'edge-ad calibrate' sets one on the camera's frames")
 
     @property
     def short_ids(self) -> tuple[str, str | None]:

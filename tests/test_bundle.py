@@ -149,8 +149,8 @@ def test_a_threshold_from_too_few_validation_images_says_so_until_a_site_calibra
     # The tiny bundle was trained on 12 images: one of them held out, whose score is the threshold.
     note = load_bundle(bundle_copy).export_threshold_note()
     assert note is not None and "the score of its one validation image" in note
-    assert "about 1 good part in 2 exceeds (1% false alarms need 99 validation images)" in note
-    _edit(bundle_copy, lambda spec: spec["provenance"].update(validation_images=99))  # enough for 1 %
+    assert "about 1 good part in 2 exceeds (its 1% false-alarm rate needs 100 validation images)" in note
+    _edit(bundle_copy, lambda spec: spec["provenance"].update(validation_images=100))  # enough for 1 %
     assert load_bundle(bundle_copy).export_threshold_note() is None
     _edit(bundle_copy, lambda spec: spec["provenance"].update(validation_images=20))
     assert "the highest score of only 20 validation images, which about 1 good part in 21" in \
