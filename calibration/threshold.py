@@ -16,9 +16,15 @@ def threshold_at_false_alarm_rate(normal_scores: np.ndarray, rate: float) -> flo
         raise ValueError("no normal scores to set a threshold from")
     if not 0.0 < rate < 1.0:
         raise ValueError(f"false-alarm rate must be in (0, 1), got {rate}")
-    if scores.size < 1.0 / rate:
+    if not resolves(scores.size, rate):
         return float(scores.max())
     return float(np.quantile(scores, 1.0 - rate))
+
+
+def resolves(normal_frames: int, rate: float) -> bool:
+    """Whether `normal_frames` scores are enough to place a threshold at `rate` (1/rate of them);
+    with fewer, threshold_at_false_alarm_rate is their maximum."""
+    return normal_frames >= 1.0 / rate
 
 
 def expected_rate_above(normal_frames: int, rate: float) -> float:
@@ -27,5 +33,5 @@ def expected_rate_above(normal_frames: int, rate: float) -> float:
     probability (n + 1 - k) / (n + 1), so their maximum 1 / (n + 1), and the interpolated
     quantile somewhat more than `rate` (1.9 % for rate 0.01 and 113 frames)."""
     n = normal_frames
-    position = n - 1 if n < 1.0 / rate else (n - 1) * (1.0 - rate)  # 0-based, between order statistics
+    position = (n - 1) * (1.0 - rate) if resolves(n, rate) else n - 1  # 0-based, between order statistics
     return (n - position) / (n + 1)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from calibration.threshold import expected_rate_above
+from calibration.threshold import expected_rate_above, resolves
 
 from .errors import BundleError
 from .normalize import Quantiles
@@ -108,7 +108,7 @@ class Bundle:
         images, rate = provenance.get("validation_images"), provenance.get("threshold_false_alarm_rate")
         if self.calibration is not None or not isinstance(images, int) or not isinstance(rate, float):
             return None
-        if images >= 1 / rate:
+        if resolves(images, rate):
             return None
         basis = "the score of its one validation image" if images == 1 else \
             f"the highest score of only {images} validation images"

@@ -763,15 +763,15 @@ def run(
             source = open_source(stream.input, stream.options, stream.pipeline, config.jetson)
             stack.callback(source.close)
             log.info("%s: %s", stream.name, source.description)
+            bundles = bundles_of(detectors[stream.name]).values()
             if several:
-                roots = [f"{b.root} (calibration {b.calibration or 'from export'})"
-                         for b in bundles_of(detectors[stream.name]).values()]
+                roots = [f"{b.root} (calibration {b.calibration or 'from export'})" for b in bundles]
                 log.info("%s: scored by %s", stream.name, ", ".join(roots))
-            for bundle in bundles_of(detectors[stream.name]).values():
+            for bundle in bundles:
                 note = bundle.export_threshold_note()
                 if note:
                     log.warning("%s: bundle %s: %s", stream.name, bundle.root, note)
-            areas = sorted({b.min_defect_area for b in bundles_of(detectors[stream.name]).values()} - {None})
+            areas = sorted({b.min_defect_area for b in bundles} - {None})
             if areas:
                 log.info("%s: a frame is flagged where a region of at least %s pixels reaches the threshold "
                          "(calibration)", stream.name, " / ".join(map(str, areas)))
