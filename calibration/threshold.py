@@ -9,7 +9,8 @@ def threshold_at_false_alarm_rate(normal_scores: np.ndarray, rate: float) -> flo
     """The score above which a fraction `rate` of normal frames lies.
 
     With fewer than 1/rate frames the empirical quantile cannot resolve the rate;
-    the maximum normal score is then the threshold (no normal frame is flagged).
+    the maximum normal score is then the threshold: none of these frames is flagged,
+    and a new normal one with probability 1 / (n + 1) (expected_rate_above).
     """
     scores = np.asarray(normal_scores, dtype=np.float64).ravel()
     if scores.size == 0:
