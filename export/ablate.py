@@ -17,6 +17,10 @@ own runs and the table gives each row over all test images, each image scored by
 variant's models: one bundle per variant, as a line that makes several runs them. Each variant's
 image scores are first put on the scale on which the runtime's VariantDetector compares variants:
 the median of its validation images' scores -> 0, their 90th percentile -> 1.
+
+Every row is also compared with the nearest prototype of the same seed on the same test images:
+the AUROC difference and its 95 % confidence interval (DeLong), which says how large a gap
+between two rows the test set can tell from chance. The seed spread says the same of training.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import stats
 from tqdm import tqdm
 
 from calibration.statistics import score_percentiles
@@ -52,6 +57,7 @@ from .train import CONFIG, RUN_FILES, TrainConfig, load_run, prepare_inputs, tra
 
 BATCH = 32
 TIMING_IMAGES = 20
+BASELINE = "nearest prototype"  # the row every other row is compared with
 
 
 def smooth(grids: torch.Tensor, size: int) -> np.ndarray:
@@ -176,7 +182,7 @@ def ablate_seed(
     teacher_minutes = (t["prototypes_seconds"] + t["pairs_seconds"] + t["teacher_seconds"]) / 60
     rows = [
         ("nearest prototype, no position whitening", "-", ["unwhitened"], unwhitened_minutes, None),
-        ("nearest prototype", "-", ["prototype"], base_minutes, None),
+        (BASELINE, "-", ["prototype"], base_minutes, None),
         ("GMM bridge (closed form)", "1", ["gmm"], base_minutes, None),
         ("teacher + GMM branch", str(TEACHER_STEPS), ["gmm", f"teacher{TEACHER_STEPS}"], teacher_minutes, ("teacher", TEACHER_STEPS)),
         *[
@@ -204,11 +210,47 @@ def ablate_seed(
     return results, all_scores
 
 
+def auroc_difference(labels: np.ndarray, scores: np.ndarray, baseline: np.ndarray) -> tuple[float, float, float]:
+    """AUROC(scores) - AUROC(baseline) over the same images, with its 95 % confidence interval
+    (DeLong, DeLong and Clarke-Pearson 1988, in Sun and Xu's form): the two scores of an image
+    are correlated, which the variance of the difference counts. Deterministic."""
+    labels = np.asarray(labels, bool)
+    both = np.stack([scores, baseline]).astype(np.float64)
+    anomalous, normal = both[:, labels], both[:, ~labels]
+    m, n = anomalous.shape[1], normal.shape[1]
+    ranks = stats.rankdata(np.concatenate([anomalous, normal], axis=1), axis=1)  # midranks: ties count half
+    # Each image's share of the pairs it wins: anomalous ones over normal ones, normal ones under.
+    wins_anomalous = (ranks[:, :m] - stats.rankdata(anomalous, axis=1)) / n
+    wins_normal = 1.0 - (ranks[:, m:] - stats.rankdata(normal, axis=1)) / m
+    covariance = np.cov(wins_anomalous) / m + np.cov(wins_normal) / n
+    difference = float(wins_anomalous[0].mean() - wins_anomalous[1].mean())
+    spread = float(np.sqrt(max(covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1], 0.0)))
+    half = float(stats.norm.ppf(0.975)) * spread
+    return difference, difference - half, difference + half
+
+
+def pooled(per_variant: list[tuple[list[dict], list[np.ndarray], list]]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Labels and each row's standardised image scores over the test images of every variant."""
+    labels = np.concatenate([[s.label for s in samples] for _, _, samples in per_variant]).astype(bool)
+    rows = len(per_variant[0][1])
+    return labels, [np.concatenate([scores[i] for _, scores, _ in per_variant]) for i in range(rows)]
+
+
+def compared_with_baseline(results: list[dict], labels: np.ndarray, scores: list[np.ndarray]) -> list[dict]:
+    """One seed's rows, each but the baseline's with `vs_baseline`: its AUROC minus the nearest
+    prototype's on the same images, and that difference's 95 % confidence interval."""
+    base = next(i for i, row in enumerate(results) if row["model"] == BASELINE)
+    return [
+        row if i == base else {**row, "vs_baseline": auroc_difference(labels, scores[i], scores[base])}
+        for i, row in enumerate(results)
+    ]
+
+
 def over_variants(per_variant: list[tuple[list[dict], list[np.ndarray], list]]) -> list[dict]:
     """One seed's rows over the test images of every variant, from (results, standardised image
     scores, samples) per variant: AUROC of the pooled scores, each variant's own AUROCs as its
     groups, training minutes summed and bridge milliseconds averaged over the variants."""
-    labels = np.concatenate([[s.label for s in samples] for _, _, samples in per_variant])
+    labels, scores = pooled(per_variant)
     merged = []
     for i, first in enumerate(per_variant[0][0]):
         rows = [results[i] for results, _, _ in per_variant]
@@ -216,7 +258,7 @@ def over_variants(per_variant: list[tuple[list[dict], list[np.ndarray], list]]) 
         merged.append({
             **first,
             "data": [r["data"] for r in rows],
-            "image_auroc": auroc(labels, np.concatenate([scores[i] for _, scores, _ in per_variant])),
+            "image_auroc": auroc(labels, scores[i]),
             "per_group": {g: v for r in rows for g, v in r["per_group"].items()},
             "per_variant": {r["data"]: r["image_auroc"] for r in rows},
             "train_minutes": round(sum(r["train_minutes"] for r in rows), 1),
@@ -233,6 +275,7 @@ def markdown(results: list[dict]) -> str:
         header.append("seed spread")
     groups = sorted(first[0]["per_group"])
     header += [f"{g} (seed {seeds[0]})" for g in groups] + ["train min", "bridge ms/img"]
+    header += [f"minus nearest prototype, seed {s} (95 % CI)" for s in seeds]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in first:
         same = [r for r in results if r["model"] == row["model"] and r["steps"] == row["steps"]]
@@ -242,8 +285,13 @@ def markdown(results: list[dict]) -> str:
             cells.append(f"{max(values) - min(values):.4f}")
         cells += [f"{row['per_group'][g]:.4f}" for g in groups]
         cells += [f"{row['train_minutes']:.1f}", "-" if row["bridge_ms_per_image"] is None else f"{row['bridge_ms_per_image']:.1f}"]
+        cells += [_gap(r.get("vs_baseline")) for r in same]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _gap(difference: tuple[float, float, float] | None) -> str:
+    return "-" if difference is None else "{:+.4f} ({:+.4f} to {:+.4f})".format(*difference)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -285,10 +333,8 @@ def main(argv: list[str] | None = None) -> None:
         per_variant = [
             (*ablate_seed(seed, cfg, out, inputs, samples), samples) for cfg, out, inputs, samples in variants
         ]
-        if len(per_variant) == 1:
-            results += per_variant[0][0]
-        else:
-            results += over_variants(per_variant)
+        rows = per_variant[0][0] if len(per_variant) == 1 else over_variants(per_variant)
+        results += compared_with_baseline(rows, *pooled(per_variant))
         (args.out / "ablation.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)
     (args.out / "ablation.md").write_text(table)
