@@ -12,8 +12,8 @@ from .errors import ImageError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 COLOR_ORDERS = ("BGR", "RGB", "GRAY")
 
-_JPEG_END = b"\xff\xd9"
-_PNG_END = b"IEND\xaeB`\x82"
+_JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
 
 
 def is_image_file(path: Path) -> bool:
@@ -21,12 +21,12 @@ def is_image_file(path: Path) -> bool:
 
 
 def _check_complete(path: Path, data: bytes) -> None:
-    """OpenCV decodes truncated JPEG and some truncated PNG files without failing; check the end marker."""
-    suffix = path.suffix.lower()
+    """OpenCV decodes truncated JPEG and some truncated PNG files without failing; check the end
+    marker of the format the first bytes say, not the name (JPEG files named .png are common)."""
     tail = data[-1024:]
-    if suffix in (".jpg", ".jpeg") and _JPEG_END not in tail:
+    if data.startswith(_JPEG_START) and _JPEG_END not in tail:
         raise ImageError(f"{path}: truncated JPEG (no end-of-image marker)")
-    if suffix == ".png" and _PNG_END not in tail:
+    if data.startswith(_PNG_START) and _PNG_END not in tail:
         raise ImageError(f"{path}: truncated PNG (no IEND chunk)")
 
 

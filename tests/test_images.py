@@ -33,8 +33,22 @@ def test_truncated_files_are_named(tmp_path, suffix):
         read_image(path)
 
 
+def test_format_is_read_from_the_bytes_not_the_name(tmp_path):
+    """A JPEG saved as .png (and the other way round) is read; cut short, it is named by its real format."""
+    columns, rows = np.meshgrid(np.arange(64), np.arange(48))
+    image = np.stack([columns * 3, rows * 4, np.full_like(rows, 90)], axis=2).astype(np.uint8)
+    jpeg, png = cv2.imencode(".jpg", image)[1].tobytes(), cv2.imencode(".png", image)[1].tobytes()
+    (tmp_path / "jpeg.png").write_bytes(jpeg)
+    (tmp_path / "png.jpg").write_bytes(png)
+    assert (read_image(tmp_path / "png.jpg") == image[..., ::-1]).all()
+    assert np.abs(read_image(tmp_path / "jpeg.png").astype(int) - image[..., ::-1]).max() <= 8
+    (tmp_path / "cut.png").write_bytes(jpeg[: len(jpeg) // 2])
+    with pytest.raises(ImageError, match="cut.png: truncated JPEG"):
+        read_image(tmp_path / "cut.png")
+
+
 def test_not_an_image_and_empty_and_missing(tmp_path):
-    (tmp_path / "text.png").write_bytes(b"hello, not a picture" * 100 + b"IEND\xaeB`\x82")
+    (tmp_path / "text.png").write_bytes(b"hello, not a picture" * 100)
     with pytest.raises(ImageError, match="text.png: not a decodable image"):
         read_image(tmp_path / "text.png")
     (tmp_path / "empty.jpg").write_bytes(b"")
