@@ -641,7 +641,7 @@ def _add_spin_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-ad", description=__doc__)
+    parser = argparse.ArgumentParser(prog="edge-ad", description=__doc__, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"edge-ad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -894,6 +894,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train, export, evaluate and stream on ELPV end to end")
     p.add_argument("--workdir", default="edge-ad-demo", help="folder for the run, bundle and outputs")
     p.set_defaults(func=_demo)
+    # No abbreviated options: `run --source cam1` would be taken as `--sources cam1` (a YAML file),
+    # while `calibrate --source NAME` picks one source of that file.
+    for subparser in sub.choices.values():
+        subparser.allow_abbrev = False
     return parser
 
 

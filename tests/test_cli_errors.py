@@ -22,6 +22,12 @@ def _one_line_error(result, *fragments, program="edge-ad"):
         assert fragment in lines[-1]
 
 
+def test_options_are_not_abbreviated():
+    """`run` has --sources and no --source: an option that is not one is named, not taken as another."""
+    _one_line_error(edge_ad("run", "--source", "cam1"), "unrecognized arguments: --source cam1")
+    _one_line_error(edge_ad("calibrate", "--bundle", "b", "--frame", "10"), "unrecognized arguments: --frame 10")
+
+
 def test_missing_data_folder(tmp_path):
     _one_line_error(edge_ad("train", "--data", tmp_path / "nope", "--out", tmp_path / "r"), "nope", "no such")
 
