@@ -4,6 +4,7 @@ parity check, per-branch quantiles and thresholds (per bridge K)."""
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import os
 import shutil
@@ -378,7 +379,13 @@ def export_bundle(
         shutil.rmtree(staging, ignore_errors=True)  # left by an export that was killed
         staging.mkdir()
         try:
-            _write_bundle(run, staging, default_steps, precision, calibration, fuse_steps)
+            try:
+                _write_bundle(run, staging, default_steps, precision, calibration, fuse_steps)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise EdgeAdError(f"{out}: cannot write the bundle ({exc.strerror}); the folder was "
+                                  "left as it was and the partial files removed") from exc
             out.mkdir(exist_ok=True)
             for file in sorted(staging.iterdir(), key=lambda f: f.name == BUNDLE_FILE):
                 os.replace(file, out / file.name)

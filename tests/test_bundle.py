@@ -179,6 +179,23 @@ def test_a_failed_export_leaves_the_bundle_in_its_folder_as_it_was(bundle_copy, 
     assert sorted(p.name for p in bundle_copy.parent.iterdir()) == ["bundle"]
 
 
+def test_a_full_disk_during_export_is_named_and_changes_nothing(bundle_copy, tiny_bundle, monkeypatch):
+    import torch
+
+    from edge_ad.errors import EdgeAdError
+    from export.onnx_export import export_bundle
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    before = {f.name: f.read_bytes() for f in bundle_copy.iterdir()}
+    monkeypatch.setattr(torch.onnx, "export", full_disk)
+    with pytest.raises(EdgeAdError, match=r"bundle: cannot write the bundle \(No space left on device\)"):
+        export_bundle(tiny_bundle.parent / "run", bundle_copy)
+    assert {f.name: f.read_bytes() for f in bundle_copy.iterdir()} == before
+    assert sorted(p.name for p in bundle_copy.parent.iterdir()) == ["bundle"]
+
+
 def test_a_second_export_into_a_bundle_being_written_is_refused(bundle_copy, tiny_bridge_bundle):
     from edge_ad.errors import EdgeAdError
     from export.onnx_export import _only_export_into, export_bundle
