@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from edge_ad.files import save_figure  # noqa: E402
 from edge_ad.render import overlay, show  # noqa: E402
 
 from .site import Calibration, overlay_result  # noqa: E402
@@ -44,6 +45,6 @@ def write_calibration_report(calibration: Calibration, threshold: float, path: P
         show(figure.add_subplot(grid[1, column]), picture, f"normal #{column + 1}, frame {index}: {score:.3f}",
              fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=90)
+    save_figure(figure, path, dpi=90)
     plt.close(figure)
     return path

@@ -30,6 +30,7 @@ import yaml
 from calibration.threshold import expected_rate_above, resolves
 
 from .errors import BundleError
+from .files import write_atomic
 from .normalize import Quantiles
 
 SCHEMA_VERSION = 2
@@ -59,17 +60,7 @@ def file_sha256(path: Path) -> str:
 
 def write_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write YAML so that a crash leaves the old file or the new one, never half of either."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            yaml.safe_dump(data, handle, sort_keys=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a bundle is read by other users and services
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, yaml.safe_dump(data, sort_keys=False).encode())
 
 
 @dataclass(frozen=True)

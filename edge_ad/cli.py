@@ -497,37 +497,33 @@ def _report(args: argparse.Namespace) -> None:
 def _mask(args: argparse.Namespace) -> None:
     import cv2
 
+    from .files import write_picture
     from .images import read_image
     from .masks import InspectionMask, draw_mask
     from .render import mask_preview
 
     frame = cv2.cvtColor(read_image(args.frame), cv2.COLOR_RGB2BGR)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     picture = draw_mask(frame.shape, args.keep or [], args.ignore or [])
     mask = InspectionMask(picture > 0, str(out))  # refuses a mask with nothing left to inspect
     look = out.with_name(f"{out.stem}_preview.png")
     for path, image in ((out, picture), (look, mask_preview(frame, mask))):
-        if not cv2.imwrite(str(path), image):
-            raise EdgeAdError(f"{path}: cannot write the picture")
+        write_picture(path, image)
     print(f"mask {out} ({mask.share:.0%} of the frame inspected); check it in {look}, then paint it further in "
           f"any editor (white: inspect, black: ignore) or use it: --mask {out}")
 
 
 def _defects(args: argparse.Namespace) -> None:
-    import cv2
-
     from export.defects import gallery
     from .datasets import load_samples, read_all
+    from .files import write_picture
 
     samples = load_samples(args.data, "train")[: args.images]
     _, images, _ = read_all(samples, skip_bad=True)
     if not images:
         raise EdgeAdError(f"{args.data}: no readable training images for the gallery")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), gallery(images, args.seed)):
-        raise EdgeAdError(f"{out}: cannot write the gallery picture (use a .png or .jpg name)")
+    write_picture(out, gallery(images, args.seed))
     print(f"gallery of synthetic defects written to {out}")
 
 

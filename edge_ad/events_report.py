@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import EdgeAdError
+from .files import save_figure
 
 ROTATED_FILES = 5  # EventLog's backups: FILE.1 (newest) ... FILE.5 (oldest)
 SHOWN_SKIPS = 5  # skipped lines named in the summary; the rest are counted
@@ -267,7 +268,6 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
     if notes:
         figure.text(0.01, 0.005, "; ".join(notes), fontsize=8)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path, dpi=100)
     plt.close(figure)
     return path

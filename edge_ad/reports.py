@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .files import write_atomic
+
 
 def write_report(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_atomic(path, (json.dumps(report, indent=2) + "\n").encode())

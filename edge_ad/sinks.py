@@ -107,7 +107,11 @@ class _Quota:
         ok, data = cv2.imencode(ext, image)
         if not ok:
             raise EdgeAdError(f"{path}: cannot encode the picture ({image.shape})")
-        path.write_bytes(data.tobytes())
+        try:
+            path.write_bytes(data.tobytes())
+        except OSError:
+            path.unlink(missing_ok=True)  # never half a picture
+            raise
         self.files.append((path, len(data)))
         self.used += len(data)
         while self.used > self.quota_bytes and len(self.files) > self.keep:

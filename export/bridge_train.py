@@ -32,7 +32,7 @@ from edge_ad.errors import DataError
 from .backbone import FeatureEncoder
 from .batching import in_batches
 from .bridge import Denoiser, sample
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .defects import KINDS, perlin_mask, synthesize
 from .gmm_bridge import GmmBridgeHead
 
@@ -144,12 +144,6 @@ def _draw_times(count: int, rng: np.random.Generator) -> np.ndarray:
     return np.where(on_grid, rng.choice(grid, count), 1.0 - rng.random(count)).astype(np.float32)
 
 
-def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
 class BridgeTrainer:
     """Teacher then student, with checkpoints in `run` and resume from them."""
 
@@ -200,7 +194,7 @@ class BridgeTrainer:
         }
         if phase == "student":
             state["teacher"] = self.teacher_state
-        _save_state(self.state_path, state)
+        save_checkpoint(self.state_path, state)
 
     def _teacher_loss(self, net: Denoiser, rng: np.random.Generator) -> torch.Tensor:
         x0, x1, condition, weight = self.pairs.batch(*self._rows(rng))

@@ -1,14 +1,32 @@
-"""Reading the torch checkpoints a training run writes: a corrupt one (a copy cut short, a disk
-error) is named in a DataError, not a torch traceback."""
+"""The files a training run and an export write with torch and numpy: written whole or not at all,
+a full disk named with the file (torch.save into a file then raises a RuntimeError that names
+neither); read back, a corrupt one (a copy cut short, a disk error) is named in a DataError, not a
+torch traceback."""
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edge_ad.errors import DataError
+from edge_ad.files import write_atomic
+
+
+def save_checkpoint(path: Path, tensors: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(tensors, buffer)
+    write_atomic(path, buffer.getvalue())
+
+
+def save_arrays(path: Path, **arrays: np.ndarray) -> None:
+    """np.savez_compressed, through edge_ad.files."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    write_atomic(path, buffer.getvalue())
 
 
 def load_checkpoint(path: Path, remedy: str) -> dict:

@@ -33,6 +33,7 @@ from edge_ad.bundle import Bundle, load_bundle
 from edge_ad.deepstream import CONFIG_FILE, DEEPSTREAM_DIR, MODEL_FILE, OUTPUT, engine_name
 from edge_ad.engines import build_serialized_engine, refuse_unsigned_int8
 from edge_ad.errors import EdgeAdError
+from edge_ad.files import write_atomic
 from edge_ad.self_check import check_maps
 
 INPUT = "input"
@@ -217,9 +218,9 @@ def write_deepstream(
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     _check_network(bundle, lambda planes: session.run([OUTPUT], {INPUT: planes})[0], f"{model_path} on onnxruntime",
                    "nothing is written; where edge-ad doctor passes the bundle itself, the join is at fault")
-    onnx.save(model, model_path)
+    write_atomic(model_path, model.SerializeToString())
     engine = engine_name(precision, batch_size) if build or precision != "fp32" else None
-    (out / CONFIG_FILE).write_text(nvinfer_config(bundle, precision, engine, batch_size))
+    write_atomic(out / CONFIG_FILE, nvinfer_config(bundle, precision, engine, batch_size).encode())
     if build:  # after the network and config are written: a failed build loses neither
         print("building the TensorRT engine, this can take minutes")
         serialized = build_serialized_engine(model_path, precision, fp32_layers=DISTANCE_LAYERS,

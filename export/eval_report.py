@@ -13,6 +13,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from edge_ad.files import save_figure  # noqa: E402
 from edge_ad.metrics import roc_curve  # noqa: E402
 from edge_ad.render import show  # noqa: E402
 
@@ -71,6 +72,6 @@ def write_eval_report(
         for column, (title, picture) in enumerate(pictures):
             show(figure.add_subplot(grid[row, 2 * column : 2 * column + 2]), picture, f"{kind} #{column + 1}\n{title}")
     figure.tight_layout()
-    figure.savefig(path, dpi=80)
+    save_figure(figure, path, dpi=80)
     plt.close(figure)
     return path

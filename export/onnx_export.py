@@ -33,6 +33,7 @@ from edge_ad.self_check import CHECK_FILE, maps_key
 from .backbone import encoder_from_checkpoint
 from .bridge import COSINE_WEIGHT, BridgeStep, Denoiser, FusedBridge, RestorationHead, sample, schedule
 from .bridge_train import STUDENT_STEPS, TEACHER_STEPS
+from .checkpoint import save_arrays, save_checkpoint
 from .defects import synthesize
 from .gmm_bridge import SHRINK, BridgePrior, GmmBridgeHead
 from .prototype import PrototypeHead
@@ -415,7 +416,7 @@ def _write_bundle(
         if calibration.data is None:
             calibration = replace(calibration, data=record["config"]["data"])
         quantization = model.quantize(out, graphs, calibration)
-    torch.save({k: v for k, v in checkpoint.items() if k != "teacher"}, out / REFERENCE_FILE)
+    save_checkpoint(out / REFERENCE_FILE, {k: v for k, v in checkpoint.items() if k != "teacher"})
     spec = {
         "schema_version": SCHEMA_VERSION,
         "edge_ad_version": __version__,
@@ -486,7 +487,7 @@ def _write_check(model: _Model, inputs: np.ndarray, out: Path, steps_list: list[
     """`inputs` (the check images) and the grid maps the FP32 reference gives them, per bridge K,
     which loading compares with the graphs' maps on the device (edge_ad.self_check)."""
     maps = {maps_key(steps): model.grid_maps(inputs, steps).astype(np.float32) for steps in steps_list}
-    np.savez_compressed(out / CHECK_FILE, inputs=inputs, **maps)
+    save_arrays(out / CHECK_FILE, inputs=inputs, **maps)
     return {"file": CHECK_FILE, "sha256": file_sha256(out / CHECK_FILE), "images": int(len(inputs)),
             "defects": list(CHECK_DEFECTS[:len(inputs)])}
 

@@ -21,7 +21,7 @@ from edge_ad.images import resize_to_input
 from .backbone import BACKBONE_SPECS, DEFAULT_BACKBONE, WHITENING_EPS, FeatureEncoder, position_whitening
 from .batching import in_batches
 from .bridge_train import BridgeTrainer, build_pairs, load_resume_state
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, save_arrays, save_checkpoint
 from .defects import KINDS
 from .gmm_bridge import GmmBridgeHead, gate_temperature
 from .known_defects import anomalous_patches, push_away
@@ -131,8 +131,8 @@ def train(config: TrainConfig, out: Path) -> Path:
     # back last: a run stopped while writing (a full disk, Ctrl-C) is never taken for a finished one
     # with an earlier run's files beside its own.
     (out / CONFIG).unlink(missing_ok=True)
-    torch.save(checkpoint, out / CHECKPOINT)
-    np.savez_compressed(out / VALIDATION, inputs=inputs[val_idx])
+    save_checkpoint(out / CHECKPOINT, checkpoint)
+    save_arrays(out / VALIDATION, inputs=inputs[val_idx])
     record = {
         "model": config.model,
         "edge_ad_version": __version__,

@@ -78,6 +78,21 @@ def test_snapshots_keep_a_rate_limit_and_a_disk_quota(tmp_path):
     assert limited.save("a", 5, frame, lambda: frame) is None
 
 
+def test_a_snapshot_cut_short_by_a_full_disk_is_not_left(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    def half_then_full(path, data):
+        with open(path, "wb") as handle:
+            handle.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    frame = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(OSError, match="No space left"):
+        Snapshots(tmp_path, interval_s=0.0).save("cam", 0, frame, lambda: frame)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_samples_keep_good_frames_losslessly_per_source_within_a_quota(tmp_path):
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (48, 64, 3), np.uint8) for _ in range(6)]  # noise: PNG of about 9 KB

@@ -1,0 +1,54 @@
+"""Output files are written whole or not at all, and a failed write names the file."""
+
+import errno
+import os
+
+import cv2
+import matplotlib
+import numpy as np
+import pytest
+
+from edge_ad.errors import EdgeAdError
+from edge_ad.files import save_figure, write_atomic, write_picture
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def test_a_write_cut_short_keeps_the_old_file_and_names_the_new_one(tmp_path, monkeypatch):
+    path = tmp_path / "report.json"
+    write_atomic(path, b"old")
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        write_atomic(path, b"new and longer")
+    assert raised.value.filename == str(path) and raised.value.errno == errno.ENOSPC
+    assert path.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [path]  # no temporary file left
+    monkeypatch.undo()
+    write_atomic(tmp_path / "new" / "folder" / "report.json", b"new")  # its folder is made
+    assert (tmp_path / "new" / "folder" / "report.json").read_bytes() == b"new"
+    assert (path.stat().st_mode & 0o777) == 0o644
+
+
+def test_pictures_take_their_kind_from_the_name(tmp_path):
+    image = np.zeros((16, 24, 3), np.uint8)
+    image[4:8, 4:8] = (255, 0, 0)
+    write_picture(tmp_path / "a.png", image)
+    assert np.array_equal(cv2.imread(str(tmp_path / "a.png")), image)
+    with pytest.raises(EdgeAdError, match=r"a\.xyz: cannot write a picture of that kind"):
+        write_picture(tmp_path / "a.xyz", image)
+    assert not (tmp_path / "a.xyz").exists()
+
+
+def test_figures_take_their_kind_from_the_name(tmp_path):
+    figure = plt.figure(figsize=(2, 1))
+    save_figure(figure, tmp_path / "f.png", dpi=50)
+    assert cv2.imread(str(tmp_path / "f.png")).shape == (50, 100, 3)
+    save_figure(figure, tmp_path / "f.svg", dpi=50)
+    assert (tmp_path / "f.svg").read_text().lstrip().startswith("<?xml")
+    with pytest.raises(EdgeAdError, match=r"f\.xyz: cannot write a picture of that kind"):
+        save_figure(figure, tmp_path / "f.xyz", dpi=50)
+    plt.close(figure)
