@@ -13,6 +13,7 @@ steps K, each with its own normalisation and threshold; the runtime picks K at l
 from __future__ import annotations
 
 import hashlib
+import lzma
 import math
 import os
 import shutil
@@ -20,6 +21,7 @@ import tarfile
 import tempfile
 import time
 import warnings
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -187,9 +189,11 @@ def _unpacked(path: Path) -> Path:
                     raise
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-    except tarfile.TarError as exc:
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:  # EOFError: a compressed archive cut short
         raise BundleError(f"{path}: not a readable bundle archive ({exc})") from exc
     except OSError as exc:
+        if exc.errno is None:  # the archive's compression is corrupt (bz2's "Invalid data stream", gzip's BadGzipFile)
+            raise BundleError(f"{path}: not a readable bundle archive ({exc})") from exc
         raise BundleError(f"{path}: cannot unpack the archive into {bundles} ({exc.strerror or exc}); "
                           "set EDGE_AD_CACHE to a writable folder with room for it") from exc
     found = sorted(folder.rglob(BUNDLE_FILE))
@@ -201,12 +205,15 @@ def _unpacked(path: Path) -> Path:
 def bundle_yaml(path: str | Path) -> Path:
     """The bundle.yaml of bundle `path`: a folder, or a .tar archive (unpacked into the cache)."""
     path = Path(path)
-    if path.is_file() and tarfile.is_tarfile(path):
-        root = _unpacked(path)
-    elif path.is_dir():
+    if path.is_dir():
         root = path
+    elif path.is_file():
+        if not tarfile.is_tarfile(path):
+            raise BundleError(f"{path}: not a readable bundle archive (.tar, compressed or not): damaged, or "
+                              "another kind of file; a bundle is a folder or such an archive of one")
+        root = _unpacked(path)
     else:
-        raise BundleError(f"{path}: not a bundle folder or .tar archive")
+        raise BundleError(f"{path}: no such bundle folder or archive")
     yaml_path = root / BUNDLE_FILE
     if not yaml_path.is_file():
         raise BundleError(f"{path}: no {BUNDLE_FILE} inside")

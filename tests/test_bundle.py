@@ -5,6 +5,7 @@ import sys
 import tarfile
 import time
 
+import numpy as np
 import pytest
 import yaml
 
@@ -61,6 +62,26 @@ def test_an_archive_unpacks_once_and_keeps_what_is_written_for_it(tiny_bundle, n
     with pytest.raises(BundleError, match="cut.tar: not a readable bundle archive"):
         load_bundle(cut_short)
     assert sorted((edge_ad_cache / "bundles").iterdir()) == unpacked  # nothing half unpacked
+
+
+@pytest.mark.parametrize("compression, damage", [("gz", "cut"), ("xz", "cut"), ("bz2", "cut"), ("bz2", "flip")])
+def test_a_damaged_compressed_archive_is_named(tiny_bundle, tmp_path, monkeypatch, compression, damage):
+    monkeypatch.setenv("EDGE_AD_CACHE", str(tmp_path / "cache"))
+    archive = tmp_path / f"bundle.tar.{compression}"
+    graph = tmp_path / "encoder.onnx"  # 1 MB that does not compress, in place of the 27 MB graph (quicker)
+    graph.write_bytes(np.random.default_rng(0).bytes(1 << 20))
+    with tarfile.open(archive, f"w:{compression}") as tar:
+        tar.add(tiny_bundle / "bundle.yaml", arcname="bundle/bundle.yaml")
+        tar.add(graph, arcname="bundle/encoder.onnx")
+    data = bytearray(archive.read_bytes())
+    if damage == "cut":
+        data = data[: len(data) // 3]
+    else:  # bytes changed in the compressed stream, as a bad copy does
+        data[len(data) // 3 : len(data) // 3 + 2000] = bytes(b ^ 0x5A for b in data[len(data) // 3 : len(data) // 3 + 2000])
+    archive.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=rf"bundle\.tar\.{compression}: not a readable bundle archive"):
+        load_bundle(archive)
+    assert not list((tmp_path / "cache").rglob("bundle.yaml"))  # nothing half unpacked
 
 
 def test_an_unpack_cleans_up_after_unpacks_killed_half_way(tiny_bundle, tmp_path, monkeypatch):
