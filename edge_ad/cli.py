@@ -128,9 +128,15 @@ def _eval(args: argparse.Namespace) -> None:
     from .masks import InspectionMask
 
     mask = InspectionMask.load(args.mask) if args.mask else None
-    _print_report(evaluate(args.bundle, args.data, steps=args.steps, backend=args.backend, dla_core=args.dla_core,
-                           picture=Path(args.report) if args.report else None, mask=mask,
-                           min_defect_area=args.min_defect_area), args.json)
+    report = evaluate(args.bundle, args.data, steps=args.steps, backend=args.backend, dla_core=args.dla_core,
+                      picture=Path(args.report) if args.report else None, mask=mask,
+                      min_defect_area=args.min_defect_area)
+    _print_report(report, args.json)
+    unmasked = report.get("anomalous_images_without_mask", [])
+    if unmasked:
+        print(f"note: {len(unmasked)} anomalous image(s) have no ground-truth mask (ground_truth/<defect>/<image>_mask.png) "
+              f"and are left out of the pixel metrics: {', '.join(unmasked[:3])}{' ...' if len(unmasked) > 3 else ''}",
+              file=sys.stderr)
 
 
 def _source_options(args: argparse.Namespace) -> SourceOptions:

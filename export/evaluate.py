@@ -67,6 +67,8 @@ def evaluate(
             model.bundle = replace(model.bundle, min_defect_area=min_defect_area)
     samples = [s for s in load_samples(data, "test") if s.name not in exclude]
     with_masks = any(s.mask_path is not None for s in samples)
+    # Pixel metrics count a defect image only with its mask: without one, all its pixels would count as normal.
+    unmasked = [s.name for s in samples if with_masks and s.label == 1 and s.mask_path is None]
     if with_masks and len({m.bundle.input_size for m in models}) > 1:
         raise DataError(f"{data}: pixel metrics over variants need bundles of one input size, got "
                         f"{sorted({m.bundle.input_size for m in models})}")
@@ -85,7 +87,7 @@ def evaluate(
                 kind = taken.setdefault(sample.group, {}).setdefault("anomalous" if sample.label else "normal", {})
                 kind[result.variant] = kind.get(result.variant, 0) + 1
             scores.append(scale(result.score))
-            if with_masks:
+            if with_masks and (sample.label == 0 or sample.mask_path is not None):
                 maps.append(scale(model.normalised_maps(result.grid_map[None])[0]))
                 masks.append(sample.mask(*model.bundle.input_size))
     scores = np.array(scores)
@@ -128,6 +130,8 @@ def evaluate(
         pixels = (masks_array, maps_array) if valid is None else (masks_array[:, valid], maps_array[:, valid])
         report["pixel_auroc"] = auroc(*pixels)
         report["aupro_0.3"] = aupro(masks_array, maps_array, 0.3, valid)
+        if unmasked:
+            report["anomalous_images_without_mask"] = unmasked
     if picture is not None:
         overlays = tuple([_overlay(loaded, samples[i], scores[i], mask) for i in indices]
                          for indices in worst_cases(labels, scores))

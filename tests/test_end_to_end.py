@@ -111,6 +111,23 @@ def test_eval_on_mvtec_layout_reports_all_metrics(tiny_bundle, mvtec_category, t
     assert f"{mvtec_category / 'test' / 'good' / '000.png'}: --mask" in out.stderr, out.stderr
 
 
+def test_a_defect_image_without_its_mask_is_left_out_of_the_pixel_metrics(tiny_bundle, mvtec_category, tmp_path):
+    import shutil
+
+    from export.evaluate import evaluate
+
+    category = shutil.copytree(mvtec_category, tmp_path / "cell")
+    (category / "ground_truth" / "spot" / "001_mask.png").unlink()
+    out = edge_ad("eval", "--bundle", tiny_bundle, "--data", category, "--json", tmp_path / "m.json")
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["test_images"] == 8 and report["anomalous_images_without_mask"] == [str(category / "test/spot/001.png")]
+    assert "note: 1 anomalous image(s) have no ground-truth mask" in out.stderr and "001.png" in out.stderr
+    # Its pixels are not counted as normal ones: the pixel metrics are those of the other images.
+    without = evaluate(tiny_bundle, str(category), exclude=frozenset(report["anomalous_images_without_mask"]))
+    assert (report["pixel_auroc"], report["aupro_0.3"]) == (without["pixel_auroc"], without["aupro_0.3"])
+    assert "anomalous_images_without_mask" not in without
+
+
 def test_examples_run_against_a_bundle(cli_bundle, normal_folder, tmp_path):
     root = Path(__file__).resolve().parents[1] / "examples"
     out = subprocess.run([sys.executable, root / "camera_alarm.py", cli_bundle, "test://", "5"],
