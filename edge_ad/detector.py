@@ -231,9 +231,9 @@ class Detector(MapScorer):
         backend would take them."""
         return self.engine_builds is not None and engine_builds(self.bundle) != self.engine_builds
 
-    def preprocess(self, frame: np.ndarray, color: str = "BGR") -> np.ndarray:
+    def preprocess(self, frame: np.ndarray, color: str = "BGR", name: str = "frame") -> np.ndarray:
         """Frame -> uint8 RGB at the model input size (the encoder normalises inside the graph)."""
-        return resize_to_input(to_rgb(frame, color), *self.bundle.input_size)
+        return resize_to_input(to_rgb(frame, color, name), *self.bundle.input_size)
 
     def restore(self, features: np.ndarray, condition: np.ndarray) -> np.ndarray:
         """The bridge sampler: K deterministic steps from the input features toward normal ones
@@ -294,6 +294,8 @@ class Detector(MapScorer):
     ) -> list[Result]:
         """Score several frames in one graph call, each within its inspection mask where `masks`
         gives one; stage times are per batch, normalise_ms per frame."""
+        if not len(frames):
+            return []
         grids, times = self.frame_grid_maps(frames, color)
         return self.score_grids(grids, [frame.shape for frame in frames], times, masks)
 
@@ -302,6 +304,7 @@ class Detector(MapScorer):
         the stage times: what `batch` does before the bundle's calibration applies (so that the
         grids of cameras with their own calibrations, `calibrated`, are made in one batch)."""
         start = time.perf_counter()
-        inputs = np.stack([self.preprocess(f, color) for f in frames])
+        names = [f"frames[{i}]" for i in range(len(frames))] if len(frames) > 1 else ["frame"]
+        inputs = np.stack([self.preprocess(f, color, name) for f, name in zip(frames, names)])
         times = {"preprocess_ms": (time.perf_counter() - start) * 1e3}
         return self.finite_grid_maps(inputs, times), times

@@ -65,11 +65,11 @@ def check_frame(frame: object, name: str = "frame") -> np.ndarray:
     return frame
 
 
-def to_rgb(frame: np.ndarray, color: str = "BGR") -> np.ndarray:
-    """Convert a validated uint8 frame in the given channel order to contiguous RGB."""
+def to_rgb(frame: np.ndarray, color: str = "BGR", name: str = "frame") -> np.ndarray:
+    """Convert a validated uint8 frame in the given channel order to contiguous RGB; errors call it `name`."""
     if color not in COLOR_ORDERS:
         raise ImageError(f"color order {color!r} is not one of {', '.join(COLOR_ORDERS)}")
-    frame = check_frame(frame)
+    frame = check_frame(frame, name)
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[..., 0]
     if frame.ndim == 2:
@@ -79,7 +79,7 @@ def to_rgb(frame: np.ndarray, color: str = "BGR") -> np.ndarray:
     if color == "RGB":
         return np.ascontiguousarray(frame)
     if color == "GRAY":
-        raise ImageError(f"frame: shape {frame.shape} has colour channels but color='GRAY' was given")
+        raise ImageError(f"{name}: shape {frame.shape} has colour channels but color='GRAY' was given")
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 

@@ -132,6 +132,8 @@ class VariantDetector:
         frame's result is that of the variant with the lowest relative score, with `variant` set and
         every variant's stage times ('variant/stage'). A frame whose variant is known (`variants`,
         as a line's PLC says which product it makes) is scored by that variant's bundle alone."""
+        if not len(frames):
+            return []
         return score_views([self] * len(frames), frames, color, masks, variants)
 
 

@@ -89,6 +89,9 @@ def test_batch_equals_single(detector):
     batched = [r.score for r in detector.batch(frames)]
     single = [detector(f).score for f in frames]
     assert batched == pytest.approx(single, rel=1e-5)
+    assert detector.batch([]) == []  # no frame ready on any camera
+    with pytest.raises(ImageError, match=r"frames\[1\]: dtype float32"):
+        detector.batch([frames[0], frames[1].astype(np.float32)])
 
 
 @pytest.mark.parametrize("bundle_name", ["tiny_bundle", "tiny_bridge_bundle"])

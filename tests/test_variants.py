@@ -98,6 +98,7 @@ def test_bundle_names_and_a_single_bundle(variant_bundles):
         VariantDetector({"mono": Detector.load(mono)})
     assert isinstance(load_detector([f"mono={mono}"]), Detector)
     assert isinstance(load_detector([mono, poly]), VariantDetector)
+    assert load_detector([mono, poly]).batch([]) == []
 
 
 def test_stream_events_name_the_variant_and_drift_needs_each_calibration(variant_bundles, test_cells, tmp_path):
