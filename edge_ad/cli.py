@@ -557,12 +557,12 @@ def _deepstream(args: argparse.Namespace) -> None:
 
 
 def _build(args: argparse.Namespace) -> None:
-    from .device import load_config
+    from .device import target_config
     from .engines import build_engines
 
     workspace = args.workspace_mib
     if args.target:
-        target = load_config(Path(args.target))
+        target = target_config(args.target)
         workspace = workspace or (target["tensorrt"] or {}).get("memory_pool_mib")
     folder = build_engines(load_bundle(args.bundle), args.precision, args.dla_core, workspace or 1024, args.max_batch,
                            args.force, args.calib_data, args.calib_images)
@@ -821,7 +821,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True, help="the bundle folder; its engines are written into it")
     p.add_argument("--precision", choices=("fp16", "int8"), default="fp16",
                    help="fp16: builder flag on FP32 graphs; int8: a bundle exported with --precision int8")
-    p.add_argument("--target", help="firmware_configs/<device>.yaml (memory-pool limit)")
+    p.add_argument("--target", help="a target YAML, or the name of one in firmware_configs/ such as orin-nano-8gb "
+                   "(memory-pool limit)")
     p.add_argument("--dla-core", type=int, choices=(0, 1),
                    help="build for this DLA core, GPU fallback for unsupported layers (run with --dla-core N too)")
     p.add_argument("--calib-data", help="INT8 on a DLA core: frames TensorRT calibrates an FP32 bundle on ('elpv', "
@@ -849,7 +850,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", action="append",
                    help="also check this bundle and its engines against this device; repeat as NAME=BUNDLE "
                         "for one bundle per product variant, as `run` takes them")
-    p.add_argument("--target", help="firmware_configs/<device>.yaml instead of the detected one")
+    p.add_argument("--target", help="a target YAML, or the name of one in firmware_configs/ such as orin-nano-8gb, "
+                   "instead of the detected one")
     p.add_argument("--sources", metavar="FILE",
                    help="check run's --sources file as `run` would start it, without opening a camera: each "
                         "source's pipeline and output elements, mask, and bundle (--bundle for those without one)")

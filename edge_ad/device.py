@@ -165,6 +165,17 @@ def load_config(path: Path, schema_path: Path = CONFIGS / "schema.json") -> dict
     return config
 
 
+def target_config(target: str) -> dict:
+    """`--target`: a target YAML, or the name of one of firmware_configs/ (`orin-nano-8gb`)."""
+    path = Path(target)
+    if not path.exists() and (CONFIGS / f"{target}.yaml").is_file():
+        path = CONFIGS / f"{target}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+        raise EdgeAdError(f"--target {target}: no such target YAML file, nor a target of {CONFIGS} ({names})")
+    return load_config(path)
+
+
 def load_configs(folder: Path = CONFIGS) -> dict[str, dict]:
     """Every target YAML in `folder`, checked against its schema.json."""
     configs = {}

@@ -13,8 +13,8 @@ from typing import Sequence
 from .bundle import Bundle, load_bundle, site_calibrated
 from .deepstream import CONFIG_FILE, DEEPSTREAM_DIR, missing_engine
 from .detector import Detector
-from .device import (Device, detect, int8_saturates, jetpack, load_config, load_configs, pick_config, read_sensors,
-                     run_command)
+from .device import (Device, detect, int8_saturates, jetpack, load_configs, pick_config, read_sensors,
+                     run_command, target_config)
 from .errors import EdgeAdError
 from .streams import Stream, bundle_of, calibration_folder
 from .variants import comparability_problem, parse_variants
@@ -338,7 +338,7 @@ def doctor(bundles: str | Sequence[str] = (), target: str | None = None, root: P
     as `edge-ad run --sources` would start them."""
     report = Report()
     device = detect(root)
-    config = load_config(Path(target)) if target is not None else pick_config(device, load_configs())
+    config = target_config(target) if target is not None else pick_config(device, load_configs())
     memory = f", {device.memory_gb:.1f} GB" if device.memory_gb else ""
     report.found("device", f"{device.kind}: {device.model or 'no NVIDIA module or GPU'}{memory}"
                            + (f", parts {', '.join(device.part_numbers)}" if device.part_numbers else ""))

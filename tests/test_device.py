@@ -177,6 +177,18 @@ def test_a_given_target_is_checked_against_the_schema(tmp_path):
     assert out.returncode == 2 and "line3.yaml: field 'top level': 'description' is a required property" in out.stderr
 
 
+def test_a_target_is_a_yaml_file_or_the_name_of_a_shipped_one(tmp_path):
+    from edge_ad.device import load_config, target_config
+
+    assert target_config("orin-nano-8gb") == load_config(CONFIGS / "orin-nano-8gb.yaml")
+    own = tmp_path / "orin-nano-8gb"  # a file of that name, where the command runs, is the one meant
+    shutil.copy(CONFIGS / "cpu.yaml", own)
+    assert target_config(str(own))["name"] == "cpu"
+    with pytest.raises(EdgeAdError, match=r"--target orin-nano-9gb: no such target YAML file, nor a target of .*"
+                                          r"\(agx-orin-32gb, .*orin-nano-8gb, .*x86-nvidia-gpu\)"):
+        target_config("orin-nano-9gb")
+
+
 @pytest.mark.parametrize("flags, machine, saturates", [
     ("fpu sse2 avx2 avx512f avx512bw", "x86_64", True),  # Skylake-SP: AVX-512 without VNNI
     ("fpu sse2 avx2 avx512f avx512bw avx512_vnni", "x86_64", False),
