@@ -488,6 +488,8 @@ def _report(args: argparse.Namespace) -> None:
     from .events_report import read_events, write_events_report
 
     events = Path(args.events)
+    if args.since is not None and args.until is not None and args.since > args.until:
+        raise EdgeAdError("--since is after --until: no event lies between them")
     read = read_events(events, args.since, args.until)
     for record in read.sources.values():
         print(record.summary())
@@ -863,7 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sources_choice(p)
     p.add_argument("--out", required=True, help="folder for the pictures")
     p.add_argument("--frames", type=_positive_int, default=300, help="pictures to save")
-    p.add_argument("--interval", type=float, default=1.0,
+    p.add_argument("--interval", type=_non_negative, default=1.0,
                    help="seconds between pictures at least (of the video for a file), so they show different parts")
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="png: lossless (default)")
     _add_source_options(p)  # the camera as `run` opens it

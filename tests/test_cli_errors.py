@@ -26,6 +26,8 @@ def test_options_are_not_abbreviated():
     """`run` has --sources and no --source: an option that is not one is named, not taken as another."""
     _one_line_error(edge_ad("run", "--source", "cam1"), "unrecognized arguments: --source cam1")
     _one_line_error(edge_ad("calibrate", "--bundle", "b", "--frame", "10"), "unrecognized arguments: --frame 10")
+    _one_line_error(edge_ad("record", "--input", "test://", "--out", "good", "--interval", "-1"),
+                    "--interval: must be 0 or more, got -1", program="edge-ad record")
 
 
 def test_missing_data_folder(tmp_path):

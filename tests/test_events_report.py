@@ -124,6 +124,8 @@ def test_report_errors_name_what_is_wrong(tmp_path):
         write_events_report(read_events(empty), tmp_path / "r.png")
     out = _edge_ad("report", "--events", empty, "--since", "yesterday")
     assert out.returncode == 2 and "'yesterday' is not a date and time such as 2026-12-03T06:00" in out.stderr
+    out = _edge_ad("report", "--events", empty, "--since", "2026-12-03T18:00", "--until", "2026-12-03T17:00")
+    assert out.returncode == 2 and "--since is after --until" in out.stderr
 
 
 def test_the_median_line_follows_a_shift_and_breaks_where_the_camera_was_away():
