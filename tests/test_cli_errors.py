@@ -22,8 +22,9 @@ def _one_line_error(result, *fragments, program="edge-ad"):
         assert fragment in lines[-1]
 
 
-def test_options_are_not_abbreviated():
-    """`run` has --sources and no --source: an option that is not one is named, not taken as another."""
+def test_options_that_are_not_ones_or_out_of_range_are_named():
+    """`run` has --sources and no --source: an option that is not one is named, not taken as another
+    by abbreviation."""
     _one_line_error(edge_ad("run", "--source", "cam1"), "unrecognized arguments: --source cam1")
     _one_line_error(edge_ad("calibrate", "--bundle", "b", "--frame", "10"), "unrecognized arguments: --frame 10")
     _one_line_error(edge_ad("record", "--input", "test://", "--out", "good", "--interval", "-1"),
