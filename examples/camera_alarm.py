@@ -9,6 +9,8 @@ import sys
 from edge_ad import Detector
 from edge_ad.sources import open_source
 
+if not 2 <= len(sys.argv) <= 4:
+    sys.exit(__doc__)
 bundle, source = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "test://"
 max_frames = int(sys.argv[3]) if len(sys.argv) > 3 else 100  # frames scored; a live source skips the ones it drops
 

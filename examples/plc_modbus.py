@@ -15,6 +15,8 @@ from pymodbus.client import ModbusTcpClient
 
 STATES = ["idle", "calibrating", "calibrated", "refused (the run's log says why)"]  # register +11
 
+if not 2 <= len(sys.argv) <= 5:
+    sys.exit(__doc__)
 host, _, port = sys.argv[1].partition(":")
 sources = int(sys.argv[2]) if len(sys.argv) > 2 else 1  # in the order of --input or of the --sources file
 seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 10.0

@@ -13,6 +13,8 @@ from edge_ad import Detector
 from edge_ad.render import overlay
 from edge_ad.sources import open_source
 
+if len(sys.argv) != 4:
+    sys.exit(__doc__)
 bundle, folder, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 out.mkdir(parents=True, exist_ok=True)
 detector = Detector.load(bundle)
