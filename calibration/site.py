@@ -319,13 +319,15 @@ def save(folder: Path, data: dict) -> tuple[Path, Path | None]:
 @dataclass
 class Written:
     """A calibration made and written: what it measured, its calibration.yaml content, and where
-    that file, the previous one (if any) and the report went."""
+    that file, the previous one (if any) and the report went; a report that could not be written
+    (a full disk) is None, and `report_problem` says why."""
 
     calibration: Calibration
     data: dict
     path: Path
     backup: Path | None
-    report: Path
+    report: Path | None
+    report_problem: str | None = None
 
 
 def calibrate_into(
@@ -341,7 +343,11 @@ def calibrate_into(
     calibration = calibrate(detector, kept or Collected(), far, confidence, defects, min_defect_area)
     data = record(calibration, detector, source, use_f1=use_f1)
     path, backup = save(folder, data)
-    report = write_calibration_report(calibration, data["threshold"], folder / "calibration_report.png")
+    try:
+        report = write_calibration_report(calibration, data["threshold"], folder / "calibration_report.png")
+    except OSError as exc:  # calibration.yaml is written and judges from now on: the picture is for a person
+        return Written(calibration, data, path, backup, None,
+                       f"{folder / 'calibration_report.png'}: not written ({exc.strerror or exc})")
     return Written(calibration, data, path, backup, report)
 
 

@@ -404,7 +404,9 @@ def _calibrate_bundle(
     for warning in result.warnings:
         print(f"warning: {warning}")
     print(f"calibration written to {path}" + (f" (previous one kept as {backup.name})" if backup else "")
-          + f"; report {written.report}")
+          + (f"; report {written.report}" if written.report else ""))
+    if written.report_problem:
+        print(f"warning: {written.report_problem}")
 
 
 def _doctor(args: argparse.Namespace) -> None:

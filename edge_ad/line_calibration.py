@@ -153,6 +153,8 @@ class LineCalibration:
             log.info("%s: calibrated on %d frames: threshold %.4f, false-alarm rate <= %.2g at %.0f%% confidence; "
                      "written to %s", who, written.calibration.frames, written.data["threshold"],
                      written.calibration.threshold.far_bound, 100 * settings["confidence"], written.path)
+            if written.report_problem:
+                log.warning("%s: %s", who, written.report_problem)
         untouched = [v for v in bundles if v not in self._collected]
         if untouched:
             log.info("%s: variant(s) %s took none of the frames and keep their calibration", self.stream.name,

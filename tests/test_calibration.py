@@ -229,6 +229,23 @@ def test_a_failed_write_leaves_the_old_calibration(tmp_path, monkeypatch):
     assert path.read_text() == "threshold: 0.5\n"
 
 
+def test_a_report_that_cannot_be_written_leaves_the_calibration_written(tiny_bundle, normal_folder, tmp_path,
+                                                                         monkeypatch):
+    import calibration.report
+
+    def full_disk(figure, path, dpi):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(calibration.report, "save_figure", full_disk)
+    folder = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    detector = Detector.load(folder)
+    kept = site.collect(detector, (cv2.imread(str(p)) for p in sorted(normal_folder.glob("*.png"))), 12)
+    written = site.calibrate_into(folder, detector, kept[None], 0.3, 0.9, "cells")
+    assert written.report is None and written.report_problem == \
+        f"{folder / 'calibration_report.png'}: not written (No space left on device)"
+    assert Detector.load(folder).threshold == written.data["threshold"]  # in force
+
+
 def test_drift_watch_raises_once_per_crossing():
     from edge_ad.drift import CHECK_EVERY, DriftWatch
 
