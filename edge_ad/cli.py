@@ -117,9 +117,9 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _print_report(report: dict, json_path: str | None) -> None:
+    print(json.dumps(report, indent=2))  # first: a JSON file the disk has no room for loses nothing measured
     if json_path:
         write_report(report, Path(json_path))
-    print(json.dumps(report, indent=2))
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -132,6 +132,8 @@ def _eval(args: argparse.Namespace) -> None:
                       picture=Path(args.report) if args.report else None, mask=mask,
                       min_defect_area=args.min_defect_area)
     _print_report(report, args.json)
+    if "picture_problem" in report:
+        print(f"warning: {report['picture_problem']}", file=sys.stderr)
     unmasked = report.get("anomalous_images_without_mask", [])
     if unmasked:
         print(f"note: {len(unmasked)} anomalous image(s) have no ground-truth mask (ground_truth/<defect>/<image>_mask.png) "

@@ -136,7 +136,10 @@ def evaluate(
         overlays = tuple([_overlay(loaded, samples[i], scores[i], mask) for i in indices]
                          for indices in worst_cases(labels, scores))
         threshold = detector.threshold if detector is not None else None
-        report["picture"] = str(write_eval_report(report, labels, scores, threshold, overlays, Path(picture)))
+        try:
+            report["picture"] = str(write_eval_report(report, labels, scores, threshold, overlays, Path(picture)))
+        except OSError as exc:  # a full disk: the metrics measured are still given
+            report["picture_problem"] = f"{picture}: not written ({exc.strerror or exc})"
     return report
 
 

@@ -128,6 +128,19 @@ def test_a_defect_image_without_its_mask_is_left_out_of_the_pixel_metrics(tiny_b
     assert "anomalous_images_without_mask" not in without
 
 
+def test_an_eval_picture_the_disk_has_no_room_for_loses_no_metric(tiny_bundle, mvtec_category, tmp_path, monkeypatch):
+    import export.eval_report
+    from export.evaluate import evaluate
+
+    def full_disk(figure, path, dpi):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export.eval_report, "save_figure", full_disk)
+    report = evaluate(tiny_bundle, str(mvtec_category), picture=tmp_path / "eval.png")
+    assert report["picture_problem"] == f"{tmp_path / 'eval.png'}: not written (No space left on device)"
+    assert "picture" not in report and report["test_images"] == 8 and report["image_auroc"] > 0.9
+
+
 def test_examples_run_against_a_bundle(cli_bundle, normal_folder, tmp_path):
     root = Path(__file__).resolve().parents[1] / "examples"
     out = subprocess.run([sys.executable, root / "camera_alarm.py", cli_bundle, "test://", "5"],
