@@ -343,12 +343,12 @@ def calibrate_into(
     calibration = calibrate(detector, kept or Collected(), far, confidence, defects, min_defect_area)
     data = record(calibration, detector, source, use_f1=use_f1)
     path, backup = save(folder, data)
+    report, problem = folder / "calibration_report.png", None
     try:
-        report = write_calibration_report(calibration, data["threshold"], folder / "calibration_report.png")
+        write_calibration_report(calibration, data["threshold"], report)
     except OSError as exc:  # calibration.yaml is written and judges from now on: the picture is for a person
-        return Written(calibration, data, path, backup, None,
-                       f"{folder / 'calibration_report.png'}: not written ({exc.strerror or exc})")
-    return Written(calibration, data, path, backup, report)
+        report, problem = None, f"{report}: not written ({exc.strerror or exc})"
+    return Written(calibration, data, path, backup, report, problem)
 
 
 def recorded_settings(bundle: Bundle) -> dict:

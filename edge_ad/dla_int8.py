@@ -22,6 +22,7 @@ from .backends import onnxruntime_graphs
 from .bundle import Bundle
 from .datasets import calibration_frames
 from .errors import EdgeAdError
+from .files import write_atomic
 from .images import resize_to_input
 
 CALIBRATION_BATCH = 8  # frames per calibration batch: the calibration profile has this one batch size
@@ -95,6 +96,6 @@ def entropy_calibrator(trt: Any, memory: Any, batches: list[dict[str, np.ndarray
             return cache.read_bytes() if cache.is_file() else None
 
         def write_calibration_cache(self, data: Any) -> None:
-            cache.write_bytes(bytes(data))
+            write_atomic(cache, bytes(data))  # half a cache would give the next build wrong INT8 scales
 
     return Calibrator()

@@ -35,6 +35,7 @@ from .bundle import Bundle, cache_dir, write_yaml_atomic
 from .cuda_memory import cuda_memory
 from .device import detect, is_jetson, load_configs, pick_config
 from .errors import EdgeAdError
+from .files import write_atomic
 
 ENGINES_DIR = "engines"
 MANIFEST = "manifest.yaml"
@@ -269,7 +270,7 @@ def build_engines(
                                                  max_batch=max_batch, timing_cache=cache_path,
                                                  calibrator=calibrators.get(name))
             engine = folder / f"{name}.engine"
-            engine.write_bytes(serialized)
+            write_atomic(engine, serialized)
             entries[name] = {"file": engine.name, "source_sha256": bundle.spec["graphs"][name]["sha256"]}
     write_yaml_atomic(folder / MANIFEST, {"key": asdict(key), "graphs": entries, "max_batch": max_batch,
                                           "calibration": calibration})
@@ -364,5 +365,5 @@ def build_serialized_engine(
     if serialized is None:
         raise EdgeAdError(f"{path}: TensorRT could not build an engine (see the TensorRT log above)")
     if timing_cache is not None:
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))  # never half a cache to read next time
     return bytes(serialized)

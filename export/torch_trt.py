@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from edge_ad.bundle import write_yaml_atomic
 from edge_ad.errors import EdgeAdError
 
 from .bridge import FusedBridge
@@ -107,6 +108,6 @@ def export_torch_tensorrt(run: Path, out: Path, precision: str = "fp16", steps: 
         "files": files,
         "parity_torch_tensorrt_vs_eager": parity,
     }
-    (out / "torch_tensorrt.yaml").write_text(yaml.safe_dump(report, sort_keys=False))
+    write_yaml_atomic(out / "torch_tensorrt.yaml", report)
     print(yaml.safe_dump({"parity_torch_tensorrt_vs_eager": parity}, sort_keys=False).strip())
     return out
