@@ -9,6 +9,7 @@ served by gst-rtsp-server (gir1.2-gst-rtsp-server-1.0) to every client that conn
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
@@ -29,6 +30,8 @@ class VideoOutput:
         Gst = self._Gst = load_gst()
         self.uri, self.size = uri, (width, height)
         self.description = output_pipeline(uri, width, height, fps, jetson, bitrate_kbps)
+        if "://" not in uri:  # a file: its folder is made, as for --events and --snapshots
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
         try:
             self.pipeline = Gst.parse_launch(self.description)
         except Exception as exc:

@@ -754,11 +754,13 @@ def run(
         for name, calibration in line.items():
             calibration.on_change = sinks.calibration_told(name)
         captures: list[_Capture] = []
-        telemetry = None
+        tick = None
         if config.metrics is not None or config.metrics_port is not None:
             telemetry = Telemetry(lambda: _current(stats, captures), sinks.errors, config.metrics, config.metrics_port)
             stack.callback(telemetry.close)
-            stack.callback(telemetry.tick, True)
+            # The file's writes fail as other sinks' do (a full disk): reported, counted, and the run goes on.
+            tick = sinks._guard(f"metrics {config.metrics}", telemetry.tick) if config.metrics else telemetry.tick
+            stack.callback(tick, True)
         for stream in streams:
             source = open_source(stream.input, stream.options, stream.pipeline, config.jetson)
             stack.callback(source.close)
@@ -821,8 +823,8 @@ def run(
                 if config.max_frames is not None and record.frames >= config.max_frames:
                     capture.stop.set()
             bar.update(len(ready_frames))
-            if telemetry is not None:
-                telemetry.tick()
+            if tick is not None:
+                tick()
             checks.run_if_due(captures, sinks)
         seconds = time.perf_counter() - start
     _current(stats, captures)

@@ -133,6 +133,11 @@ class Telemetry:
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(stats, sink_errors, sensors))
         self.path, self.interval_s = path, interval_s
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise EdgeAdError(f"--metrics {path}: cannot create its folder ({exc.strerror or exc})") from exc
         self._written = -float("inf")
         self.server = None
         if port is not None:

@@ -218,6 +218,19 @@ def test_sources_yaml(tmp_path):
         streams_from_yaml(bad, SourceOptions())
 
 
+def test_a_metrics_file_that_cannot_be_written_is_counted_and_the_run_goes_on(tiny_bundle, spotted_frames, tmp_path):
+    from edge_ad.detector import Detector
+    from edge_ad.runner import RunConfig, run
+    from edge_ad.streams import Stream
+
+    (tmp_path / "m.prom").mkdir()  # a folder where the file would go: every write fails, as on a full disk
+    config = RunConfig(metrics=tmp_path / "m.prom", events=tmp_path / "new" / "ev.jsonl")
+    summary = run(Detector.load(tiny_bundle), [Stream(str(spotted_frames), "line")], config)
+    assert summary.sources[0].frames == len(SPOT_PATTERN)
+    assert summary.sink_errors[f"metrics {tmp_path / 'm.prom'}"] >= 2  # the first write and the last
+    assert len((tmp_path / "new" / "ev.jsonl").read_text().splitlines()) == len(SPOT_PATTERN)
+
+
 def test_an_alarm_needs_alarm_frames_anomalous_frames_in_a_row(tiny_bundle, spotted_frames, tmp_path):
     """--alarm-frames 2: snapshots and the hook act on the second anomalous frame in a row and
     after it, not on a lone one; every frame's own verdict stays in the events."""

@@ -228,11 +228,11 @@ def test_output_bitrate_sets_the_size_of_the_video(tmp_path):
     frames = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(50)]
     sizes = {}
     for kbps in (200, 2000):
-        output = open_output(str(tmp_path / f"{kbps}.mp4"), 320, 240, 25, jetson=False, bitrate_kbps=kbps)
+        output = open_output(str(tmp_path / "new" / f"{kbps}.mp4"), 320, 240, 25, jetson=False, bitrate_kbps=kbps)
         for number, frame in enumerate(frames):
             output.write(frame, number / 25)
         output.close()
-        sizes[kbps] = (tmp_path / f"{kbps}.mp4").stat().st_size * 8 / 2 / 1000  # kbit/s over the 2 s
+        sizes[kbps] = (tmp_path / "new" / f"{kbps}.mp4").stat().st_size * 8 / 2 / 1000  # kbit/s over the 2 s (its folder made)
     assert 100 < sizes[200] < 400 and 1000 < sizes[2000] < 3000, sizes
 
 
