@@ -12,6 +12,8 @@ import yaml
 from edge_ad.bundle import load_bundle
 from edge_ad.errors import BundleError
 
+from conftest import full_disk
+
 
 @pytest.fixture
 def bundle_copy(tiny_bundle, tmp_path):
@@ -206,9 +208,6 @@ def test_a_full_disk_during_export_is_named_and_changes_nothing(bundle_copy, tin
     from edge_ad.errors import EdgeAdError
     from export.onnx_export import export_bundle
 
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
     before = {f.name: f.read_bytes() for f in bundle_copy.iterdir()}
     monkeypatch.setattr(torch.onnx, "export", full_disk)
     with pytest.raises(EdgeAdError, match=r"bundle: cannot write the bundle \(No space left on device\)"):
@@ -246,10 +245,6 @@ def test_a_training_run_stopped_while_writing_is_not_taken_for_a_finished_one(ti
     run = tmp_path / "run"
     shutil.copytree(tiny_bundle.parent / "run", run)  # a finished run of 64 prototypes
     record, _, _ = load_run(run)
-
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
     monkeypatch.setattr(np, "savez_compressed", full_disk)  # after model.pt, before validation.npz
     config = TrainConfig(**{**record["config"], "prototypes": 32})
     with pytest.raises(OSError, match="No space left"):

@@ -23,6 +23,8 @@ from calibration.statistics import (
 )
 from edge_ad.detector import Detector
 
+from conftest import full_disk
+
 
 def test_the_false_alarm_bound_by_hand():
     # No exceedance in N frames: P(all N below | rate p) = (1 - p)^N = 1 - confidence.
@@ -219,11 +221,7 @@ def test_too_few_frames_on_the_command_line(tiny_bundle, normal_folder, tmp_path
 def test_a_failed_write_leaves_the_old_calibration(tmp_path, monkeypatch):
     path = tmp_path / "calibration.yaml"
     path.write_text("threshold: 0.5\n")
-
-    def power_cut(src, dst):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(site.os, "replace", power_cut)
+    monkeypatch.setattr(site.os, "replace", full_disk)
     with pytest.raises(CalibrationError, match="No space left on device"):
         site.save(tmp_path, {"threshold": 0.7})
     assert path.read_text() == "threshold: 0.5\n"
@@ -232,9 +230,6 @@ def test_a_failed_write_leaves_the_old_calibration(tmp_path, monkeypatch):
 def test_a_report_that_cannot_be_written_leaves_the_calibration_written(tiny_bundle, normal_folder, tmp_path,
                                                                          monkeypatch):
     import calibration.report
-
-    def full_disk(figure, path, dpi):
-        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(calibration.report, "save_figure", full_disk)
     folder = shutil.copytree(tiny_bundle, tmp_path / "bundle")

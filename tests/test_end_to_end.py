@@ -12,6 +12,8 @@ import pytest
 from edge_ad import Detector
 from edge_ad.device import read_sensors
 
+from conftest import full_disk
+
 pytest.importorskip("gi", reason="GStreamer Python bindings (PyGObject) are not installed")
 
 
@@ -131,9 +133,6 @@ def test_a_defect_image_without_its_mask_is_left_out_of_the_pixel_metrics(tiny_b
 def test_an_eval_picture_the_disk_has_no_room_for_loses_no_metric(tiny_bundle, mvtec_category, tmp_path, monkeypatch):
     import export.eval_report
     from export.evaluate import evaluate
-
-    def full_disk(figure, path, dpi):
-        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(export.eval_report, "save_figure", full_disk)
     report = evaluate(tiny_bundle, str(mvtec_category), picture=tmp_path / "eval.png")

@@ -11,6 +11,8 @@ import pytest
 from edge_ad.errors import EdgeAdError
 from edge_ad.files import save_figure, write_atomic, write_picture
 
+from conftest import full_disk
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -18,10 +20,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 def test_a_write_cut_short_keeps_the_old_file_and_names_the_new_one(tmp_path, monkeypatch):
     path = tmp_path / "report.json"
     write_atomic(path, b"old")
-
-    def full_disk(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
     monkeypatch.setattr(os, "fsync", full_disk)
     with pytest.raises(OSError, match="No space left on device") as raised:
         write_atomic(path, b"new and longer")
