@@ -691,7 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a training run to a bundle of ONNX graphs")
     p.add_argument("--run", required=True, help="run folder written by 'edge-ad train'")
     p.add_argument("--out", required=True, help="bundle folder to write")
-    p.add_argument("--steps", type=_positive_int, default=2, help="bridge: default sampling steps K (1, 2 or 4)")
+    p.add_argument("--steps", type=_positive_int, help="bridge: default sampling steps K (1, 2 or 4; default 2)")
     p.add_argument("--via", choices=("onnx", "torch-tensorrt"), default="onnx",
                    help="onnx: the edge_ad bundle (default); torch-tensorrt: compiled PyTorch programs for x86 GPUs")
     p.add_argument("--fuse-steps", type=int, choices=(0, 1, 2, 4), metavar="K",

@@ -20,7 +20,7 @@ from edge_ad.bundle import write_yaml_atomic
 from edge_ad.errors import EdgeAdError
 
 from .bridge import FusedBridge
-from .onnx_export import DEFAULT_STEPS, _Model
+from .onnx_export import _Model, bridge_steps
 from .train import load_run
 
 PARITY_IMAGES = 8
@@ -58,7 +58,7 @@ def _maps(modules: dict, model_type: str, inputs: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def export_torch_tensorrt(run: Path, out: Path, precision: str = "fp16", steps: int = DEFAULT_STEPS,
+def export_torch_tensorrt(run: Path, out: Path, precision: str = "fp16", steps: int | None = None,
                           max_batch: int = 8) -> Path:
     """Compile and save the run's modules; returns `out`."""
     if precision not in ("fp32", "fp16"):
@@ -66,6 +66,7 @@ def export_torch_tensorrt(run: Path, out: Path, precision: str = "fp16", steps: 
     torch_tensorrt = _torch_tensorrt()
     record, checkpoint, val_inputs = load_run(run)
     model = _Model(record, checkpoint)
+    steps = bridge_steps(model.type, steps)
     eager = _modules(model, steps)
     image = torch.from_numpy(val_inputs[:1]).cuda()
     examples = {"encoder": (image,)}

@@ -82,6 +82,13 @@ def test_bridge_training_options_are_refused_for_other_models(tmp_path, normal_f
         assert not (tmp_path / "r").exists()
 
 
+def test_export_refuses_steps_for_a_model_without_them(tmp_path, tiny_bundle):
+    """A nearest-prototype run has no bridge steps: `--steps` is refused, not silently ignored."""
+    result = edge_ad("export", "--run", tiny_bundle.parent / "run", "--out", tmp_path / "b", "--steps", 4)
+    _one_line_error(result, "--steps 4", "only for bridge runs", "model is prototype")
+    assert not (tmp_path / "b").exists()
+
+
 def test_export_of_a_folder_that_is_not_a_run(tmp_path):
     _one_line_error(edge_ad("export", "--run", tmp_path, "--out", tmp_path / "b"), "not a training run")
 
