@@ -663,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", choices=BACKBONES, default=BACKBONES[0],
                    help="frozen ImageNet feature encoder: Lite1 scored 0.005-0.009 higher on ELPV in FP32 (less in INT8) "
                         "for about a fifth more time per frame (README, 'A larger backbone')")
-    p.add_argument("--input-size", type=_positive_int, default=256, help="square model input side in pixels")
+    p.add_argument("--input-size", type=_positive_int, default=256, help="square model input side in pixels (64 or more)")
     p.add_argument("--prototypes", type=_positive_int,
                    help="number of normal prototypes (default: 256 with position whitening, 2048 without)")
     p.add_argument("--no-position-whitening", action="store_true",

@@ -36,6 +36,9 @@ CHECKPOINT = "model.pt"
 CONFIG = "config.yaml"
 VALIDATION = "validation.npz"
 RUN_FILES = (CONFIG, CHECKPOINT, VALIDATION)  # what a finished training run folder holds
+# The feature grid is an eighth of the input: below 64 px it has fewer than 8 x 8 cells, and the
+# 3x3 local average and the smoothing then spread one defect over much of the part.
+MIN_INPUT_SIZE = 64
 
 
 @dataclass
@@ -79,6 +82,9 @@ def train(config: TrainConfig, out: Path) -> Path:
         raise DataError(f"model {config.model!r} is not one of {', '.join(MODEL_TYPES)}")
     if config.backbone not in BACKBONE_SPECS:
         raise DataError(f"backbone {config.backbone!r} is not one of {', '.join(BACKBONE_SPECS)}")
+    if config.input_size < MIN_INPUT_SIZE:
+        raise DataError(f"input size {config.input_size} px: at least {MIN_INPUT_SIZE}; the feature grid is an "
+                        f"eighth of it ({-(-config.input_size // 8)} cells across), too coarse to place a defect")
     kinds = config.defect_kinds
     if kinds is not None and (not kinds or set(kinds) - set(KINDS)):
         raise DataError(f"defect kinds {kinds}: pick one or more of {', '.join(KINDS)}")

@@ -35,6 +35,12 @@ def test_missing_data_folder(tmp_path):
     _one_line_error(edge_ad("train", "--data", tmp_path / "nope", "--out", tmp_path / "r"), "nope", "no such")
 
 
+def test_input_size_too_small_for_a_feature_grid(tmp_path, normal_folder):
+    result = edge_ad("train", "--data", normal_folder, "--out", tmp_path / "r", "--input-size", 30)
+    _one_line_error(result, "input size 30 px", "at least 64")
+    assert not (tmp_path / "r").exists()
+
+
 def test_unknown_defect_kind(tmp_path, normal_folder):
     result = edge_ad("train", "--data", normal_folder, "--out", tmp_path / "r", "--model", "bridge",
                      "--defect-kinds", "spot", "scrach")
