@@ -1,6 +1,7 @@
 """Device detection from recorded module strings, the target configs, and `edge-ad doctor`."""
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -187,6 +188,30 @@ def test_a_target_is_a_yaml_file_or_the_name_of_a_shipped_one(tmp_path):
     with pytest.raises(EdgeAdError, match=r"--target orin-nano-9gb: no such target YAML file, nor a target of .*"
                                           r"\(agx-orin-32gb, .*orin-nano-8gb, .*x86-nvidia-gpu\)"):
         target_config("orin-nano-9gb")
+
+
+def test_an_installed_copy_has_the_targets(tmp_path):
+    """`pip install .` (not -e), as a Jetson image or a wheel from the workstation has it, keeps
+    firmware_configs/ beside edge_ad/, so `--target NAME` and `doctor` find every target."""
+    root = CONFIGS.parent
+    source = tmp_path / "source"  # a copy: the build writes build/ and *.egg-info beside its sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source)
+    for package in ("edge_ad", "export", "calibration", "firmware_configs"):
+        shutil.copytree(root / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    site = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                              "--target", str(site), str(source)], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    check = ("import edge_ad.device as d; "
+             "print(d.__file__); print(' '.join(sorted(d.load_configs()))); print(d.target_config('orin-nx-16gb')['name'])")
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(site)})
+    assert out.returncode == 0, out.stderr
+    where, names, picked = out.stdout.splitlines()
+    assert where.startswith(str(site))
+    assert names.split() == sorted(p.stem for p in CONFIGS.glob("*.yaml")) and picked == "orin-nx-16gb"
 
 
 @pytest.mark.parametrize("flags, machine, saturates", [
