@@ -1,10 +1,12 @@
 """DeepStream: the bundle as one nvinfer network, its config, and scoring nvinfer's tensor meta."""
 
 import configparser
+import errno
 import shutil
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -15,6 +17,7 @@ from onnx import helper, numpy_helper
 
 import export.deepstream
 from edge_ad import Detector, InspectionMask
+from edge_ad.bundle import load_bundle
 from edge_ad.deepstream import CONFIG_FILE, MODEL_FILE, OUTPUT, DeepStreamScorer, engine_name, layer_array
 from edge_ad.doctor import doctor
 from edge_ad.errors import BundleError, EdgeAdError
@@ -160,6 +163,20 @@ def test_a_joined_network_with_wrong_maps_is_not_written(tiny_bundle, tmp_path, 
                                           r"\(at least 0.5\), scale 0.10"):
         write_deepstream(tiny_bundle, out)
     assert not (out / MODEL_FILE).exists() and not (out / CONFIG_FILE).exists()
+
+
+def test_an_engine_the_disk_has_no_room_for_leaves_nothing_behind(tiny_bundle, tmp_path, monkeypatch):
+    written = Path.write_bytes
+
+    def half_then_full(self, data):
+        written(self, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    engine = tmp_path / engine_name("fp16")
+    with pytest.raises(OSError, match="No space left on device"):
+        export.deepstream._place_checked_engine(load_bundle(tiny_bundle), b"engine" * 1000, engine)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_engine_build_on_a_gpu(tiny_bridge_bundle, tmp_path):
