@@ -31,6 +31,9 @@ log = logging.getLogger("edge_ad.sources")
 
 POLL_S = 0.2  # appsink pulls wait this long at most, so a stop request is seen within it
 BACKOFF_S = (1.0, 30.0)  # first and largest wait between reconnection attempts
+# A file whose last frame ends this much, and 5 % of it, before the duration its header gives was
+# cut short; less is a container's rounding, or a sound track a little longer than the video.
+CUT_SHORT_S = 1.0
 
 
 @dataclass
@@ -251,6 +254,7 @@ class GstSource:
         # the last one's last frame.
         offset = last = gap = 0.0
         next_pass_at: float | None = None
+        pts = Gst.CLOCK_TIME_NONE
         try:
             while not stop.is_set():
                 if self.pipeline is None:
@@ -261,6 +265,8 @@ class GstSource:
                     self._reconnect(str(failure), stop)
                     continue
                 if sample is None:
+                    if self.passes == 1 and not stop.is_set():
+                        self._warn_if_cut_short(pts)
                     if stop.is_set() or not self._play_again():
                         return
                     self.close()  # the next pass starts the pipeline again; frame numbers go on
@@ -275,6 +281,21 @@ class GstSource:
                 yield Frame(index, timestamp, self._to_array(sample), self.uri)
         finally:
             self.close()
+
+    def _warn_if_cut_short(self, last_pts: int) -> None:
+        """At the end of a file: a warning when its last frame (`last_pts`) ends well before the
+        duration its header gives. GStreamer ends a file cut short (a copy not finished, a
+        recording stopped by a full disk) with an end of stream, not an error, so without this the
+        frames it lacks would go unmentioned."""
+        Gst = self._Gst
+        ok, duration = self.pipeline.query_duration(Gst.Format.TIME)
+        if last_pts == Gst.CLOCK_TIME_NONE or not ok or duration <= 0:
+            return  # no frame, or a stream without a duration (an elementary .h264)
+        end = last_pts / Gst.SECOND + (1 / self.fps if self.fps else 0.0)
+        total = duration / Gst.SECOND
+        if total - end > max(CUT_SHORT_S, 0.05 * total):
+            log.warning("%s: ended at %.1f s of the %.1f s its header gives; the file may be cut short",
+                        self.uri, end, total)
 
     def _play_again(self) -> bool:
         """At the end of a file: whether `options.loop` asks for another pass (counted). A pass

@@ -2,6 +2,7 @@
 and comes back, an RTSP output read back, two sources at once, signals and a full disk."""
 
 import json
+import logging
 import shutil
 import signal
 import socket
@@ -117,6 +118,24 @@ def test_mp4_in_every_frame_scored_overlay_video_out(detector, mp4, tmp_path):
     played = list(open_source(str(out)))
     assert len(played) == 30 and played[0].image.shape == (240, 320, 3)
     assert played[-1].timestamp == pytest.approx(29 / 15, abs=1e-2)  # the input's frame rate
+
+
+def test_a_file_cut_short_plays_the_frames_it_has_and_says_so(tmp_path, caplog):
+    """GStreamer ends a file cut short with an end of stream, not an error: the source compares
+    where it ended with the duration in the file's header."""
+    whole, cut = tmp_path / "whole.mkv", tmp_path / "cut.mkv"
+    subprocess.run([GST_LAUNCH, "-q", "videotestsrc", "num-buffers=60", "!",
+                    "video/x-raw,width=160,height=120,framerate=15/1", "!", "jpegenc", "!", "matroskamux", "!",
+                    "filesink", f"location={whole}"], check=True, timeout=60)
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # a copy that stopped half-way
+    with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
+        assert len(list(open_source(str(whole)))) == 60
+        assert not caplog.records
+        played = len(list(open_source(str(cut))))
+    assert 20 < played < 40
+    (warning,) = caplog.records
+    assert warning.getMessage().startswith(f"{cut}: ended at ")
+    assert warning.getMessage().endswith(" s of the 4.0 s its header gives; the file may be cut short")
 
 
 def test_rtp_loopback_killed_and_restarted_reconnects(detector, tmp_path):
