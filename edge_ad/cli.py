@@ -55,6 +55,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _input_size(text: str) -> int | list[int]:
+    """`train --input-size`: a square's side (256), or WIDTH x HEIGHT (448x256) as cameras name
+    frame sizes; a rectangle is returned as [height, width], the order of the run and bundle."""
+    width, _, height = text.lower().partition("x")
+    try:
+        sides = [int(width), int(height or width)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a side in pixels (256) or WIDTHxHEIGHT (448x256), got {text}") from None
+    if min(sides) <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return sides[0] if sides[0] == sides[1] else sides[::-1]
+
+
 def _rate(text: str) -> float:
     """A probability strictly between 0 and 1 (--target-far, --confidence)."""
     try:
@@ -663,7 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", choices=BACKBONES, default=BACKBONES[0],
                    help="frozen ImageNet feature encoder: Lite1 scored 0.005-0.009 higher on ELPV in FP32 (less in INT8) "
                         "for about a fifth more time per frame (README, 'A larger backbone')")
-    p.add_argument("--input-size", type=_positive_int, default=256, help="square model input side in pixels (64 or more)")
+    p.add_argument("--input-size", type=_input_size, default=256,
+                   help="model input in pixels: a square's side, or WIDTHxHEIGHT (448x256); each side 64 or more")
     p.add_argument("--prototypes", type=_positive_int,
                    help="number of normal prototypes (default: 256 with position whitening, 2048 without)")
     p.add_argument("--no-position-whitening", action="store_true",

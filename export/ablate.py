@@ -45,7 +45,7 @@ from edge_ad.metrics import auroc
 from edge_ad.normalize import fit_quantiles
 from edge_ad.upsample import upsample_maps
 
-from .backbone import encoder_from_checkpoint
+from .backbone import encoder_from_checkpoint, input_shape
 from .batching import in_batches
 from .bridge import Denoiser, RestorationHead, sample
 from .bridge_train import STUDENT_STEPS, TEACHER_STEPS
@@ -60,14 +60,14 @@ TIMING_IMAGES = 20
 BASELINE = "nearest prototype"  # the row every other row is compared with
 
 
-def smooth(grids: torch.Tensor, size: int) -> np.ndarray:
-    """Grid maps (N, 1, h, w) -> upsampled and smoothed maps (N, size, size), as the runtime does."""
-    return upsample_maps(grids[:, 0].numpy(), (size, size), SMOOTHING_SIGMA)
+def smooth(grids: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Grid maps (N, 1, h, w) -> upsampled and smoothed maps (N, height, width), as the runtime does."""
+    return upsample_maps(grids[:, 0].numpy(), size, SMOOTHING_SIGMA)
 
 
 class Scorer:
     def __init__(self, record: dict, checkpoint: dict) -> None:
-        self.size = int(record["config"]["input_size"])
+        self.size = input_shape(record["config"]["input_size"])  # (height, width)
         self.encoder = encoder_from_checkpoint(self.size, checkpoint)
         self.prototype = PrototypeHead(checkpoint["prototypes"]).eval()
         self.gmm = GmmBridgeHead(checkpoint["prototypes"], float(checkpoint["tau"])).eval()
@@ -149,7 +149,7 @@ def _unwhitened_prototype_maps(config: TrainConfig, seed: int, out: Path, test_i
     run = trained(TrainConfig(**{**asdict(config), "seed": seed, "model": "prototype", "position_whitening": False}),
                   out / f"prototype-unwhitened-seed{seed}")
     record, checkpoint, val_inputs = load_run(run)
-    size = int(record["config"]["input_size"])
+    size = input_shape(record["config"]["input_size"])
     encoder = encoder_from_checkpoint(size, checkpoint)
     head = PrototypeHead(checkpoint["prototypes"]).eval()
     maps = {split: smooth(in_batches(lambda x: head(encoder(x)), inputs, BATCH), size)

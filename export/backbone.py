@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +106,21 @@ def load_backbone(backbone: str = DEFAULT_BACKBONE, image_size: list[int] | None
     return model.eval()
 
 
+def input_shape(size: int | Sequence[int]) -> tuple[int, int]:
+    """(height, width) of the model input: a square's side, or [height, width] as a run records
+    a rectangle (`edge-ad train --input-size WxH`)."""
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def size_text(size: int | Sequence[int]) -> str:
+    """An input size as a user writes it: `256` for a square, `448x256` (width x height) else."""
+    height, width = input_shape(size)
+    return str(height) if height == width else f"{width}x{height}"
+
+
 class FeatureEncoder(nn.Module):
     """uint8 NHWC RGB images -> standardised stride-8 patch features (B, 152, H/8, W/8).
 
@@ -176,10 +192,11 @@ class FeatureEncoder(nn.Module):
         return self.standardise(self.raw_features(images))
 
 
-def encoder_from_checkpoint(size: int, checkpoint: dict) -> FeatureEncoder:
-    """The encoder of a training run: backbone, statistics, and the position whitening when it has
-    one. Runs from before the backbone choice have no 'backbone' entry: they are all Lite0."""
-    encoder = FeatureEncoder((size, size), checkpoint.get("backbone", DEFAULT_BACKBONE))
+def encoder_from_checkpoint(size: int | Sequence[int], checkpoint: dict) -> FeatureEncoder:
+    """The encoder of a training run whose input is `size` (see `input_shape`): backbone,
+    statistics, and the position whitening when it has one. Runs from before the backbone choice
+    have no 'backbone' entry: they are all Lite0."""
+    encoder = FeatureEncoder(input_shape(size), checkpoint.get("backbone", DEFAULT_BACKBONE))
     encoder.set_statistics(checkpoint["feature_mean"], checkpoint["feature_std"])
     if "position_whitening" in checkpoint:
         encoder.set_whitening(checkpoint["position_mean"], checkpoint["position_whitening"])

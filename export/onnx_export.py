@@ -30,7 +30,7 @@ from edge_ad.errors import EdgeAdError
 from edge_ad.normalize import fit_quantiles
 from edge_ad.self_check import CHECK_FILE, maps_key
 
-from .backbone import encoder_from_checkpoint
+from .backbone import encoder_from_checkpoint, input_shape, size_text
 from .bridge import COSINE_WEIGHT, BridgeStep, Denoiser, FusedBridge, RestorationHead, sample, schedule
 from .bridge_train import STUDENT_STEPS, TEACHER_STEPS
 from .checkpoint import save_arrays, save_checkpoint
@@ -106,7 +106,7 @@ class _Model:
 
     def __init__(self, record: dict, checkpoint: dict) -> None:
         self.type = record["model"]
-        self.size = int(record["config"]["input_size"])
+        self.size = input_shape(record["config"]["input_size"])  # (height, width)
         self.encoder = encoder_from_checkpoint(self.size, checkpoint)
         self.extra: dict = {}
         if self.type == "prototype":
@@ -272,22 +272,23 @@ class CalibrationConfig:
     keep_below_db: float | None = None  # also leave in FP32 every node whose output SQNR is below this
 
 
-def calibration_count(config: CalibrationConfig, size: int) -> int:
+def calibration_count(config: CalibrationConfig, size: tuple[int, int]) -> int:
     """Frames to calibrate on: as asked, but for the histogram methods (entropy, percentile) at
     most HISTOGRAM_PIXELS worth. ONNX Runtime's histogram calibrators hold every activation of
     every frame in memory at once (6.2 GB peak for 64 frames at 256 px; 300 were killed on a
     24 GiB machine); min-max keeps only running extremes."""
     if config.method == "minmax":
         return config.images
-    return min(config.images, max(CALIBRATION_BATCH, HISTOGRAM_PIXELS // (size * size)))
+    return min(config.images, max(CALIBRATION_BATCH, HISTOGRAM_PIXELS // (size[0] * size[1])))
 
 
-def calibration_inputs(config: CalibrationConfig, size: int) -> np.ndarray:
-    """(N, size, size, 3) uint8 RGB calibration inputs, with a progress bar."""
+def calibration_inputs(config: CalibrationConfig, size: tuple[int, int]) -> np.ndarray:
+    """(N, height, width, 3) uint8 RGB calibration inputs for an input of `size` (height, width),
+    with a progress bar."""
     count = calibration_count(config, size)
     if count < config.images:
         print(f"{config.method} calibration holds every activation in memory: {count} of the {config.images} "
-              f"frames at {size} px (minmax uses them all)")
+              f"frames at {size_text(size)} px (minmax uses them all)")
     images = calibration_frames(config.data, count)
     if len(images) < CALIBRATION_BATCH:
         raise EdgeAdError(f"{config.data}: INT8 calibration needs at least {CALIBRATION_BATCH} readable frames, "
@@ -446,7 +447,7 @@ def _write_bundle(
             "prototypes": int(checkpoint["prototypes"].shape[0]),
             **model.extra,
         },
-        "input": {"height": model.size, "width": model.size, "layout": "NHWC", "color": "RGB", "dtype": "uint8"},
+        "input": {"height": model.size[0], "width": model.size[1], "layout": "NHWC", "color": "RGB", "dtype": "uint8"},
         "precision": precision,
         "graphs": {"opset": OPSET, **graphs},
         "reference": {"file": REFERENCE_FILE, "sha256": file_sha256(out / REFERENCE_FILE)},

@@ -42,7 +42,7 @@ MODELS = {
 
 
 def synthetic_defects(normal: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One copy of every normal input (N, S, S, 3) per defect kind: (images, masks, kind names),
+    """One copy of every normal input (N, H, W, 3) per defect kind: (images, masks, kind names),
     kind by kind; the foreign texture comes from another normal input."""
     images, masks, kinds = [], [], []
     for k, kind in enumerate(KINDS):
@@ -55,8 +55,9 @@ def synthetic_defects(normal: np.ndarray, seed: int) -> tuple[np.ndarray, np.nda
     return np.stack(images), np.stack(masks), np.array(kinds)
 
 
-def _shrink(maps: np.ndarray, side: int) -> np.ndarray:
-    return np.stack([cv2.resize(m.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA) for m in maps])
+def _shrink(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Maps or masks (N, H, W) -> (N, height, width) for `size` (height, width)."""
+    return np.stack([cv2.resize(m.astype(np.float32), size[::-1], interpolation=cv2.INTER_AREA) for m in maps])
 
 
 def synthetic_eval(run: Path, steps: int = 2, seed: int = 777) -> dict:
@@ -79,8 +80,8 @@ def synthetic_eval(run: Path, steps: int = 2, seed: int = 777) -> dict:
         split: scorer.maps(scorer.features(x), f"scoring {split} images", [("student", steps)])
         for split, x in (("validation", val_inputs), ("normal", normal), ("defective", made))
     }
-    side = max(1, scorer.size // 4)
-    truth = _shrink(masks, side) > 0.5
+    small = (max(1, scorer.size[0] // 4), max(1, scorer.size[1] // 4))
+    truth = _shrink(masks, small) > 0.5
     trained = config.get("defect_kinds") or list(KINDS)
     result = {"steps": steps, "seed": seed, "normal_images": len(normal), "trained_kinds": trained, "models": {}}
     for model, branches in MODELS.items():
@@ -90,7 +91,7 @@ def synthetic_eval(run: Path, steps: int = 2, seed: int = 777) -> dict:
         defect_maps = combined_maps([maps["defective"][b] for b in branches], reference)
         normal_scores = normal_maps.reshape(len(normal), -1).max(axis=1)
         defect_scores = defect_maps.reshape(len(made), -1).max(axis=1)
-        normal_pixels, defect_small = _shrink(normal_maps, side).ravel(), _shrink(defect_maps, side)
+        normal_pixels, defect_small = _shrink(normal_maps, small).ravel(), _shrink(defect_maps, small)
         rows = {}
         for kind in (*KINDS, "all"):
             chosen = np.ones(len(made), bool) if kind == "all" else kinds == kind

@@ -18,7 +18,8 @@ from edge_ad.datasets import load_defects, load_samples, read_all
 from edge_ad.errors import DataError
 from edge_ad.images import resize_to_input
 
-from .backbone import BACKBONE_SPECS, DEFAULT_BACKBONE, WHITENING_EPS, FeatureEncoder, position_whitening
+from .backbone import (BACKBONE_SPECS, DEFAULT_BACKBONE, WHITENING_EPS, FeatureEncoder, input_shape, position_whitening,
+                       size_text)
 from .batching import in_batches
 from .bridge_train import BridgeTrainer, build_pairs, load_resume_state
 from .checkpoint import load_checkpoint, save_arrays, save_checkpoint
@@ -46,7 +47,7 @@ class TrainConfig:
     data: str
     model: str = "prototype"
     backbone: str = DEFAULT_BACKBONE  # feature encoder: efficientnet-lite0 or efficientnet-lite1
-    input_size: int = 256
+    input_size: int | list[int] = 256  # the side of a square input, or [height, width]
     prototypes: int | None = None  # None: WHITENED_PROTOTYPES with position whitening, else UNWHITENED_PROTOTYPES
     val_fraction: float = 0.1
     seed: int = 0
@@ -64,9 +65,11 @@ class TrainConfig:
     defects: str | None = None  # known defect images (a folder, or elpv:M): prototypes they use are taken out
 
 
-def prepare_inputs(images: list[np.ndarray], size: int) -> np.ndarray:
-    """RGB images of any size -> (N, size, size, 3) uint8, the same resize the runtime uses."""
-    return np.stack([resize_to_input(image, size, size) for image in images])
+def prepare_inputs(images: list[np.ndarray], size: int | list[int] | tuple[int, int]) -> np.ndarray:
+    """RGB images of any size -> (N, height, width, 3) uint8 for an input of `size` (see
+    `input_shape`), the same resize the runtime uses."""
+    height, width = input_shape(size)
+    return np.stack([resize_to_input(image, height, width) for image in images])
 
 
 def prototype_count(config: TrainConfig) -> int:
@@ -82,9 +85,11 @@ def train(config: TrainConfig, out: Path) -> Path:
         raise DataError(f"model {config.model!r} is not one of {', '.join(MODEL_TYPES)}")
     if config.backbone not in BACKBONE_SPECS:
         raise DataError(f"backbone {config.backbone!r} is not one of {', '.join(BACKBONE_SPECS)}")
-    if config.input_size < MIN_INPUT_SIZE:
-        raise DataError(f"input size {config.input_size} px: at least {MIN_INPUT_SIZE}; the feature grid is an "
-                        f"eighth of it ({-(-config.input_size // 8)} cells across), too coarse to place a defect")
+    height, width = input_shape(config.input_size)
+    if min(height, width) < MIN_INPUT_SIZE:
+        raise DataError(f"input size {size_text(config.input_size)} px: each side at least {MIN_INPUT_SIZE}; the "
+                        f"feature grid is an eighth of it ({-(-width // 8)} x {-(-height // 8)} cells), too coarse "
+                        "to place a defect")
     kinds = config.defect_kinds
     if kinds is not None and (not kinds or set(kinds) - set(KINDS)):
         raise DataError(f"defect kinds {kinds}: pick one or more of {', '.join(KINDS)}")
@@ -102,7 +107,7 @@ def train(config: TrainConfig, out: Path) -> Path:
     n_val = min(max(1, round(config.val_fraction * len(inputs))), len(inputs) - 1)
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
 
-    encoder = FeatureEncoder((config.input_size, config.input_size), config.backbone)
+    encoder = FeatureEncoder((height, width), config.backbone)
     feats = in_batches(encoder.raw_features, inputs[train_idx], config.batch_size, "features")
     mean, std = feats.mean(dim=(0, 2, 3)), feats.std(dim=(0, 2, 3))
     encoder.set_statistics(mean, std)

@@ -11,7 +11,7 @@ from edge_ad.errors import BundleError, DataError, EdgeAdError
 from edge_ad.metrics import auroc
 from export.bridge import Denoiser, RestorationHead, sample, schedule
 from export.bridge_train import STATE_FILE
-from export.onnx_export import _Model
+from export.onnx_export import _Model, export_bundle
 from export.train import TrainConfig, load_run, train
 
 
@@ -77,6 +77,20 @@ def test_bridge_bundle_separates_spots_from_normal(tiny_bridge_bundle, mvtec_cat
     assert result.score == pytest.approx(float(full.max()), rel=1e-5)
     display = np.clip(cv2.resize(full, (200, 150), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
     assert np.abs(result.map - display).max() <= 1e-5
+
+
+def test_a_rectangular_bridge_runs_as_its_torch_model(mvtec_category, tmp_path):
+    config = TrainConfig(data=str(mvtec_category), model="bridge", input_size=[64, 96], prototypes=16,
+                         steps=6, distill_steps=4, variants=1, distill_targets=8)
+    run = export_bundle(train(config, tmp_path / "run"), tmp_path / "bundle").parent / "run"
+    model = _Model(*load_run(run)[:2])
+    detector = Detector.load(tmp_path / "bundle")
+    frames = [cv2.imread(str(p)) for p in sorted(mvtec_category.rglob("test/*/*.png"))]
+    inputs = np.stack([detector.preprocess(f) for f in frames])
+    reference, runtime = model.grid_maps(inputs, 2), detector.grid_maps(inputs)
+    assert runtime.shape == reference.shape == (len(frames), 2, 8, 12)
+    assert np.abs(reference - runtime).max() <= 1e-4 * np.abs(reference).max()
+    assert detector(cv2.resize(frames[0], (300, 200))).map.shape == (200, 300)
 
 
 def test_training_resumes_from_its_checkpoint(mvtec_category, tmp_path):

@@ -64,6 +64,36 @@ def test_a_lite1_run_is_exported_and_scored_on_lite1_features(mvtec_category, tm
     assert min(scores["spot"]) > max(scores["good"])
 
 
+def test_a_rectangular_input_keeps_the_frames_aspect(mvtec_category, tmp_path):
+    """`train --input-size 192x96` (width x height): a wide camera frame is not squeezed into a
+    square; the grid, the graphs and the maps are 96 x 192."""
+    from edge_ad.cli import build_parser
+
+    size = build_parser().parse_args(["train", "--data", "d", "--out", "r", "--input-size", "192x96"]).input_size
+    assert size == [96, 192]
+    assert build_parser().parse_args(["train", "--data", "d", "--out", "r", "--input-size", "128x128"]).input_size == 128
+    run = train(TrainConfig(data=str(mvtec_category), input_size=size, prototypes=64), tmp_path / "run")
+    record, checkpoint, inputs = load_run(run)
+    assert record["config"]["input_size"] == [96, 192] and inputs.shape[1:] == (96, 192, 3)
+    detector = Detector.load(export_bundle(run, tmp_path / "bundle"))
+    assert detector.bundle.input_size == (96, 192)
+
+    paths = sorted(mvtec_category.rglob("test/*/*.png"))
+    frames = np.stack([detector.preprocess(cv2.imread(str(p))) for p in paths])
+    with torch.no_grad():
+        reference = PrototypeHead(checkpoint["prototypes"])(encoder_from_checkpoint(size, checkpoint)(
+            torch.from_numpy(frames))).numpy()
+    onnx_maps = detector.grid_maps(frames)
+    assert onnx_maps.shape[-2:] == (12, 24)
+    assert np.abs(reference - onnx_maps).max() <= 1e-4 * np.abs(reference).max()
+    wide = cv2.resize(cv2.imread(str(paths[0])), (640, 320))
+    assert detector(wide).map.shape == (320, 640)
+    scores = {p.parent.name: [] for p in paths}
+    for path in paths:
+        scores[path.parent.name].append(detector(cv2.imread(str(path))).score)
+    assert min(scores["spot"]) > max(scores["good"])
+
+
 def test_an_unknown_backbone_is_refused_before_any_image_is_read(tmp_path):
     with pytest.raises(DataError, match="backbone 'resnet18' is not one of efficientnet-lite0, efficientnet-lite1"):
         train(TrainConfig(data=str(tmp_path / "nowhere"), backbone="resnet18"), tmp_path / "run")

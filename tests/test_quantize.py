@@ -118,10 +118,11 @@ def test_histogram_calibration_with_a_short_last_batch(tiny_bridge_bundle, mvtec
 
 
 def test_histogram_calibration_is_capped_to_what_fits_in_memory():
-    assert calibration_count(CalibrationConfig("elpv", images=300, method="minmax"), 256) == 300
-    assert calibration_count(CalibrationConfig("elpv", images=300, method="percentile"), 256) == 64
-    assert calibration_count(CalibrationConfig("elpv", images=300, method="entropy"), 128) == 256
-    assert calibration_count(CalibrationConfig("elpv", images=300, method="entropy"), 1024) == 8  # one batch
+    assert calibration_count(CalibrationConfig("elpv", images=300, method="minmax"), (256, 256)) == 300
+    assert calibration_count(CalibrationConfig("elpv", images=300, method="percentile"), (256, 256)) == 64
+    assert calibration_count(CalibrationConfig("elpv", images=300, method="entropy"), (128, 128)) == 256
+    assert calibration_count(CalibrationConfig("elpv", images=300, method="entropy"), (128, 512)) == 64
+    assert calibration_count(CalibrationConfig("elpv", images=300, method="entropy"), (1024, 1024)) == 8  # one batch
 
 
 def test_unknown_calibration_method_is_refused(tiny_bridge_bundle, tmp_path):
