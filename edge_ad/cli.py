@@ -55,7 +55,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _input_size(text: str) -> int | list[int]:
+def parse_input_size(text: str) -> int | list[int]:
     """`train --input-size`: a square's side (256), or WIDTH x HEIGHT (448x256) as cameras name
     frame sizes; a rectangle is returned as [height, width], the order of the run and bundle."""
     width, _, height = text.lower().partition("x")
@@ -676,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", choices=BACKBONES, default=BACKBONES[0],
                    help="frozen ImageNet feature encoder: Lite1 scored 0.005-0.009 higher on ELPV in FP32 (less in INT8) "
                         "for about a fifth more time per frame (README, 'A larger backbone')")
-    p.add_argument("--input-size", type=_input_size, default=256,
+    p.add_argument("--input-size", type=parse_input_size, default=256,
                    help="model input in pixels: a square's side, or WIDTHxHEIGHT (448x256); each side 64 or more")
     p.add_argument("--prototypes", type=_positive_int,
                    help="number of normal prototypes (default: 256 with position whitening, 2048 without)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import zipfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,7 +66,7 @@ class TrainConfig:
     defects: str | None = None  # known defect images (a folder, or elpv:M): prototypes they use are taken out
 
 
-def prepare_inputs(images: list[np.ndarray], size: int | list[int] | tuple[int, int]) -> np.ndarray:
+def prepare_inputs(images: list[np.ndarray], size: int | Sequence[int]) -> np.ndarray:
     """RGB images of any size -> (N, height, width, 3) uint8 for an input of `size` (see
     `input_shape`), the same resize the runtime uses."""
     height, width = input_shape(size)
