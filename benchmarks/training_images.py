@@ -33,7 +33,7 @@ from edge_ad.datasets import load_samples, read_all  # noqa: E402
 from edge_ad.errors import DataError, report_errors  # noqa: E402
 from edge_ad.metrics import auroc  # noqa: E402
 from export.ablate import BATCH, folder_name, image_scores, smooth, trained  # noqa: E402
-from export.backbone import FeatureEncoder, encoder_from_checkpoint  # noqa: E402
+from export.backbone import FeatureEncoder, encoder_from_checkpoint, input_shape  # noqa: E402
 from export.batching import in_batches  # noqa: E402
 from export.evaluate import _group_aurocs  # noqa: E402
 from export.gmm_bridge import GmmBridgeHead  # noqa: E402
@@ -59,7 +59,7 @@ def write_subset(samples: list, order: np.ndarray, size: int, folder: Path) -> P
 def branch_scores(run: Path, raw_test: torch.Tensor) -> dict[str, np.ndarray]:
     """Test image scores of the run's nearest-prototype map and, when it has one, its GMM map."""
     record, checkpoint, val_inputs = load_run(run)
-    size = int(record["config"]["input_size"])
+    size = input_shape(record["config"]["input_size"])
     encoder = encoder_from_checkpoint(size, checkpoint)
     heads = {"prototype": PrototypeHead(checkpoint["prototypes"]).eval()}
     if "tau" in checkpoint:
