@@ -41,7 +41,9 @@ def test_each_cell_is_judged_by_its_own_module_type(variant_bundles, test_cells)
             # the variant to which the frame looks most normal gives the result, its threshold the verdict
             relative = {t: (own[t].score - p50) / (p90 - p50) for t, (p50, p90) in normal.items()}
             assert result.variant == min(TYPES, key=relative.get)
-            assert variants.relative(result.score, result.variant) == pytest.approx(relative[result.variant])
+            # the scores of a batch of nine and of one frame agree to float rounding, which a relative
+            # score near 0 (a frame near its variant's median) turns into a large relative difference
+            assert variants.relative(result.score, result.variant) == pytest.approx(relative[result.variant], abs=1e-5)
             assert result.is_anomaly == (chosen.score >= chosen.threshold) == chosen.is_anomaly
             assert {k.split("/")[0] for k in result.times_ms} == set(TYPES)
             assert "mono/encoder_ms" in result.times_ms and "poly/encoder_ms" in result.times_ms
