@@ -6,6 +6,7 @@ import torch
 from edge_ad import Detector
 from edge_ad.errors import BundleError, DataError, EdgeAdError, ImageError
 from export.backbone import encoder_from_checkpoint
+from export.evaluate import evaluate
 from export.onnx_export import export_bundle
 from export.prototype import PrototypeHead
 from export.train import TrainConfig, load_run, train
@@ -92,6 +93,9 @@ def test_a_rectangular_input_keeps_the_frames_aspect(mvtec_category, tmp_path):
     for path in paths:
         scores[path.parent.name].append(detector(cv2.imread(str(path))).score)
     assert min(scores["spot"]) > max(scores["good"])
+    # the maps lie over the spots' masks, not transposed or stretched across them
+    report = evaluate(str(tmp_path / "bundle"), str(mvtec_category))
+    assert report["pixel_auroc"] > 0.9
 
 
 def test_an_unknown_backbone_is_refused_before_any_image_is_read(tmp_path):
