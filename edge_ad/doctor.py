@@ -152,7 +152,7 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
         report.problems.append(f"{label} cannot be used: {exc}")
         return None
     model, calibration = bundle.short_ids  # as the events name them
-    report.found(label, f"{bundle.model_type}, {bundle.precision}, {bundle.input_height}x{bundle.input_width}, "
+    report.found(label, f"{bundle.model_type}, {bundle.precision}, {bundle.input_width}x{bundle.input_height}, "
                         f"bundle.yaml {model}, calibration: "
                         + (f"{bundle.calibration} ({calibration})" if calibration else "from export")
                         + _least_area(bundle))

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from edge_ad import Detector
+from edge_ad.doctor import doctor
 from edge_ad.errors import BundleError, DataError, EdgeAdError, ImageError
 from export.backbone import encoder_from_checkpoint
 from export.evaluate import evaluate
@@ -96,6 +97,8 @@ def test_a_rectangular_input_keeps_the_frames_aspect(mvtec_category, tmp_path):
     # the maps lie over the spots' masks, not transposed or stretched across them
     report = evaluate(str(tmp_path / "bundle"), str(mvtec_category))
     assert report["pixel_auroc"] > 0.9
+    lines = doctor(str(tmp_path / "bundle"), root=tmp_path).lines  # width x height, as --input-size takes it
+    assert any(line.startswith("bundle       prototype, fp32, 192x96, ") for line in lines)
 
 
 def test_an_unknown_backbone_is_refused_before_any_image_is_read(tmp_path):
