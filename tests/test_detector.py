@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -10,7 +13,11 @@ from export.backbone import encoder_from_checkpoint
 from export.evaluate import evaluate
 from export.onnx_export import export_bundle
 from export.prototype import PrototypeHead
-from export.train import TrainConfig, load_run, train
+from export.train import TrainConfig, load_run, shape_note, train
+
+
+def edge_ad(*args):
+    return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +106,24 @@ def test_a_rectangular_input_keeps_the_frames_aspect(mvtec_category, tmp_path):
     assert report["pixel_auroc"] > 0.9
     lines = doctor(str(tmp_path / "bundle"), root=tmp_path).lines  # width x height, as --input-size takes it
     assert any(line.startswith("bundle       prototype, fp32, 192x96, ") for line in lines)
+
+
+def test_train_says_when_a_square_input_squeezes_the_images(normal_folder, tmp_path):
+    rows = tmp_path / "rows"  # three cells side by side, as a picture of a module row shows them
+    rows.mkdir()
+    cells = [cv2.imread(str(p)) for p in sorted(normal_folder.glob("*.png"))]
+    for i in range(0, len(cells), 3):
+        cv2.imwrite(str(rows / f"{i:03d}.png"), np.hstack(cells[i : i + 3]))
+    flags = ["--input-size", 128, "--prototypes", 8]
+    wide = edge_ad("train", "--data", rows, "--out", tmp_path / "wide", *flags)
+    assert wide.returncode == 0, wide.stderr
+    assert ("note: the training images are 3 times as wide as high (median); the square 128 px input squeezes "
+            "them") in wide.stdout and "--input-size 224x64 keeps their shape" in wide.stdout
+    square = edge_ad("train", "--data", normal_folder, "--out", tmp_path / "square", *flags)
+    assert square.returncode == 0 and "note:" not in square.stdout
+    tall = [np.zeros((900, 300, 3), np.uint8)] * 2
+    assert "3 times as high as wide" in shape_note(tall, 256) and "--input-size 160x448" in shape_note(tall, 256)
+    assert shape_note(tall, [448, 160]) is None  # already a rectangle: the user chose it
 
 
 def test_an_unknown_backbone_is_refused_before_any_image_is_read(tmp_path):
