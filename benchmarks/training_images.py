@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from edge_ad.cli import parse_input_size  # noqa: E402
 from edge_ad.datasets import load_samples, read_all  # noqa: E402
 from edge_ad.errors import DataError, report_errors  # noqa: E402
 from edge_ad.metrics import auroc  # noqa: E402
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", required=True, help="numbers of normal training images")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", type=Path, default=Path("training-images"))
-    parser.add_argument("--input-size", type=int, default=256)
+    parser.add_argument("--input-size", type=parse_input_size, default=256, help="as edge-ad train takes it: 256, 448x256")
     parser.add_argument("--prototypes", type=int, help="default: train's, for each run's features")
     args = parser.parse_args(argv)
 
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     test_samples = load_samples(args.data, "test")
     labels = np.array([s.label for s in test_samples])
     _, images, _ = read_all(test_samples, False, lambda s: tqdm(s, desc="reading test images", unit="img"))
-    raw_test = in_batches(FeatureEncoder((args.input_size, args.input_size)).raw_features,
+    raw_test = in_batches(FeatureEncoder(input_shape(args.input_size)).raw_features,
                           prepare_inputs(images, args.input_size), 16, "test features")
     del images
     args.out.mkdir(parents=True, exist_ok=True)

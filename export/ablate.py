@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from calibration.statistics import score_percentiles
 from edge_ad.bundle import BACKBONES, read_yaml
+from edge_ad.cli import parse_input_size
 from edge_ad.datasets import load_samples, read_all
 from edge_ad.errors import report_errors
 from edge_ad.metrics import auroc
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", type=Path, default=Path("ablation"))
     parser.add_argument("--backbone", choices=BACKBONES, default=TrainConfig.backbone)
-    parser.add_argument("--input-size", type=int, default=256)
+    parser.add_argument("--input-size", type=parse_input_size, default=256, help="as edge-ad train takes it: 256, 448x256")
     parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="teacher training iterations")
     parser.add_argument("--distill-steps", type=int, default=TrainConfig.distill_steps)
     parser.add_argument("--feature-variants", type=int, default=TrainConfig.feature_variants)
