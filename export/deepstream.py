@@ -183,13 +183,13 @@ def _place_checked_engine(bundle: Bundle, serialized: bytes, path: Path) -> None
     from edge_ad.tensorrt_backend import engine_graph
 
     staged = path.with_name(path.name + ".new")
+    write_atomic(staged, serialized)  # whole and synced, or not at all (a full disk, a power cut)
     try:
-        staged.write_bytes(serialized)
         graph = engine_graph(staged)
         _check_network(bundle, lambda planes: graph(planes)[0], f"{path} on tensorrt",
                        "the engine is not placed; build it again, or at another --precision")
     except BaseException:
-        staged.unlink(missing_ok=True)  # also what a full disk left of it
+        staged.unlink()
         raise
     os.replace(staged, path)
 

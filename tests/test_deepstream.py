@@ -1,12 +1,11 @@
 """DeepStream: the bundle as one nvinfer network, its config, and scoring nvinfer's tensor meta."""
 
 import configparser
-import errno
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -22,6 +21,8 @@ from edge_ad.deepstream import CONFIG_FILE, MODEL_FILE, OUTPUT, DeepStreamScorer
 from edge_ad.doctor import doctor
 from edge_ad.errors import BundleError, EdgeAdError
 from export.deepstream import write_deepstream
+
+from conftest import full_disk
 
 
 def _nvinfer_config(folder):
@@ -166,13 +167,7 @@ def test_a_joined_network_with_wrong_maps_is_not_written(tiny_bundle, tmp_path, 
 
 
 def test_an_engine_the_disk_has_no_room_for_leaves_nothing_behind(tiny_bundle, tmp_path, monkeypatch):
-    written = Path.write_bytes
-
-    def half_then_full(self, data):
-        written(self, data[: len(data) // 2])
-        raise OSError(errno.ENOSPC, "No space left on device", str(self))
-
-    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    monkeypatch.setattr(os, "fsync", full_disk)  # the engine's bytes are written, then the disk is full
     engine = tmp_path / engine_name("fp16")
     with pytest.raises(OSError, match="No space left on device"):
         export.deepstream._place_checked_engine(load_bundle(tiny_bundle), b"engine" * 1000, engine)
