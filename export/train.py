@@ -44,6 +44,11 @@ MIN_INPUT_SIZE = 64
 # Images this much wider than high (or higher than wide) lose detail in a square input: on ELPV
 # cells three in a row (3:1), 448x160 scored 0.019 above 256 at 7 % fewer frames per second (README).
 WIDE = 1.5
+# Training images whose brightest pixel is this or less (a quarter of the range) are too dark for
+# the line camera's 8-bit frames: 16-bit files of a 12-bit camera read at the full 16-bit range
+# come out at 16 of 255 at most, and a bundle trained on such files flagged every normal 8-bit
+# ELPV frame (README: 16-bit pictures).
+DARK = 64
 
 
 @dataclass
@@ -91,6 +96,18 @@ def shape_note(images: list[np.ndarray], size: int | Sequence[int]) -> str | Non
             "(README: Frames far from square)")
 
 
+def brightness_note(images: list[np.ndarray]) -> str | None:
+    """What to say when the training images are far darker than a camera's 8-bit frames; None otherwise."""
+    brightest = max(int(image.max()) for image in images)
+    if brightest > DARK:
+        return None
+    return (f"the brightest pixel of all {len(images)} training images is {brightest} of 255. 16-bit files of a "
+            "10-, 12- or 14-bit camera read this dark (16-bit pictures are read at their full range, value / 257), "
+            "as do pictures taken without light; the camera's 8-bit frames on the line would all look anomalous "
+            "to this model. Train on 8-bit pictures (edge-ad record saves them) or shift such files up to 16 bits "
+            "first (README: 16-bit pictures)")
+
+
 def prototype_count(config: TrainConfig) -> int:
     """The run's number of prototypes: the configured one, else the default for its features."""
     if config.prototypes is not None:
@@ -121,9 +138,9 @@ def train(config: TrainConfig, out: Path) -> Path:
         print(f"skipped: {message}")
     if len(kept) < 2:
         raise DataError(f"{config.data}: training needs at least 2 readable normal images, found {len(kept)}")
-    note = shape_note(images, config.input_size)
-    if note:
-        print(f"note: {note}")
+    for note in (brightness_note(images), shape_note(images, config.input_size)):
+        if note:
+            print(f"note: {note}")
     inputs = prepare_inputs(images, config.input_size)
     order = np.random.default_rng(config.seed).permutation(len(inputs))
     n_val = min(max(1, round(config.val_fraction * len(inputs))), len(inputs) - 1)

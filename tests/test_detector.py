@@ -9,11 +9,12 @@ import torch
 from edge_ad import Detector
 from edge_ad.doctor import doctor
 from edge_ad.errors import BundleError, DataError, EdgeAdError, ImageError
+from edge_ad.images import read_image
 from export.backbone import encoder_from_checkpoint
 from export.evaluate import evaluate
 from export.onnx_export import export_bundle
 from export.prototype import PrototypeHead
-from export.train import TrainConfig, load_run, shape_note, train
+from export.train import TrainConfig, brightness_note, load_run, shape_note, train
 
 
 def edge_ad(*args):
@@ -124,6 +125,25 @@ def test_train_says_when_a_square_input_squeezes_the_images(normal_folder, tmp_p
     tall = [np.zeros((900, 300, 3), np.uint8)] * 2
     assert "3 times as high as wide" in shape_note(tall, 256) and "--input-size 160x448" in shape_note(tall, 256)
     assert shape_note(tall, [448, 160]) is None  # already a rectangle: the user chose it
+
+
+def test_train_says_when_16_bit_pictures_of_a_12_bit_camera_read_too_dark(normal_folder, tmp_path):
+    twelve_bit = tmp_path / "mono12"  # as a camera tool saves Mono12: 0-4095 in 16-bit files
+    twelve_bit.mkdir()
+    for path in sorted(normal_folder.glob("*.png")):
+        grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).astype(np.uint32)
+        cv2.imwrite(str(twelve_bit / path.name), (grey * 4095 // 255).astype(np.uint16))
+    brightest = max(int(read_image(p).max()) for p in twelve_bit.glob("*.png"))
+    assert brightest <= 16  # read at the full 16-bit range, value / 257
+    dark = edge_ad("train", "--data", twelve_bit, "--out", tmp_path / "dark", "--input-size", 128, "--prototypes", 8)
+    assert dark.returncode == 0, dark.stderr
+    assert (f"note: the brightest pixel of all 12 training images is {brightest} of 255. 16-bit files of a 10-, "
+            "12- or 14-bit camera read this dark") in dark.stdout
+    # the README's remedy, shifting the values up to 16 bits, gives back the 8-bit pictures exactly
+    for path in twelve_bit.glob("*.png"):
+        cv2.imwrite(str(path), cv2.imread(str(path), cv2.IMREAD_UNCHANGED) << 4)
+        assert np.array_equal(read_image(path), read_image(normal_folder / path.name))
+    assert brightness_note([read_image(p) for p in twelve_bit.glob("*.png")]) is None
 
 
 def test_an_unknown_backbone_is_refused_before_any_image_is_read(tmp_path):
