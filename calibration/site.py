@@ -37,12 +37,19 @@ from .statistics import (
     split_half,
     threshold_for_far,
 )
+from .threshold import expected_rate_above
 
 PIXELS_PER_FRAME = 2048  # raw-map values per frame and branch pooled for the quantiles
 TOP_FRAMES = 4  # highest-scoring normal frames shown in the report, each of another part
 CANDIDATES = 2 * TOP_FRAMES  # frames kept while collecting, for those
 DRIFT_WINDOW = 300  # frames behind the rolling median that `edge-ad run --drift` watches
 SPLIT_HALF_LIMIT = 0.10  # relative disagreement of the halves above which a warning is given
+# Frames declared normal of which this share or more score above the threshold set on the training
+# pictures' held-out images look unlike those pictures (README "calibrate"). Only checked where that
+# threshold rests on at least UNLIKE_MIN_VALIDATION images: it is then below the median normal score
+# by chance at most 1 time in 2 ** 10.
+UNLIKE_SHARE = 0.5
+UNLIKE_MIN_VALIDATION = 10
 PACE_EVERY, PACE_FROM = 250, 500  # while collecting: frames between estimates of independent frames, and the first
 APART_EVERY, APART_FROM = 10, 20  # frames between rough estimates of the frames of one part, for the report
 Q_ALPHA, Q_BETA = 0.9, 0.995  # ULSAD 3.5
@@ -180,6 +187,27 @@ class Calibration:
     min_defect_area: int | None = None  # frame pixels a region above the threshold must cover
 
 
+def unlike_training(bundle: Bundle, scores: list[float]) -> str | None:
+    """What to say when most of the frames declared normal score above the threshold export set
+    on the training pictures' held-out images: the camera's frames then look unlike the pictures
+    the model learned, and a site threshold above them would hide it. None otherwise, and where
+    that threshold is not the one judging (a calibration in use) or rests on too few images."""
+    provenance = bundle.spec.get("provenance") or {}
+    images, rate = provenance.get("validation_images"), provenance.get("threshold_false_alarm_rate")
+    if bundle.calibration is not None or not isinstance(images, int) or not isinstance(rate, float):
+        return None
+    share = float(np.mean(np.asarray(scores) > bundle.threshold))
+    if images < UNLIKE_MIN_VALIDATION or share < UNLIKE_SHARE:
+        return None
+    return (f"{share:.0%} of these normal frames score above the threshold set on the training pictures "
+            f"({bundle.threshold:.3f}), which about {expected_rate_above(images, rate):.0%} of pictures like those "
+            "exceed: the frames look unlike them. The camera may have moved or changed (position, focus, exposure, "
+            "gain, noise) or the light changed since, or the pictures were not this camera's as mounted (16-bit "
+            "files, colour against grey). This calibration sets the threshold above such frames, and a defect must "
+            "then stand out further to be found: look at the report's frames, and train on pictures from this "
+            "camera as it is mounted (edge-ad record)")
+
+
 def calibrate(
     detector: Detector,
     kept: Collected,
@@ -226,6 +254,9 @@ def calibrate(
         warnings.append(f"{duplicates:.0%} of consecutive frames are near-identical: a frozen camera, an empty "
                         f"line, or parts at rest in view? The bound counts them as about {n / per_draw:.0f} "
                         "independent frames: check in the report that they show parts")
+    unlike = unlike_training(detector.bundle, kept.scores)
+    if unlike:
+        warnings.append(unlike)
     coefficient = bimodality(scores)
     if coefficient > BIMODALITY_LIMIT:
         warnings.append(f"the normal scores look bimodal (bimodality coefficient {coefficient:.2f} > "

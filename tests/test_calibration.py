@@ -286,3 +286,36 @@ def test_a_calibration_of_another_bundle_is_set_aside(tiny_bundle, tmp_path):
     with pytest.warns(UserWarning, match="made for another bundle"):
         detector = Detector.load(bundle)
     assert detector.bundle.calibration is None and detector.threshold == spec["threshold"]
+
+
+def test_calibrating_on_frames_unlike_the_training_pictures_warns(elpv_samples, tmp_path):
+    """A bundle whose export threshold rests on 12 held-out images, calibrated on frames of other
+    cells: as 8-bit frames like its training pictures, without a word; as a 12-bit camera's
+    16-bit files read (at most 16 of 255), with the warning, which names the share of them above
+    that threshold. A bundle already calibrated on site is not judged by that threshold."""
+    from export.onnx_export import export_bundle
+    from export.train import TrainConfig, train
+
+    train_split, test_split = elpv_samples
+    folder = tmp_path / "good"
+    folder.mkdir()
+    for sample in train_split[:24]:
+        cv2.imwrite(str(folder / f"{sample.name[5:]}.png"), cv2.cvtColor(sample.image(), cv2.COLOR_RGB2BGR))
+    config = TrainConfig(data=str(folder), input_size=128, prototypes=16, val_fraction=0.5)
+    bundle = export_bundle(train(config, tmp_path / "run"), tmp_path / "bundle")
+    detector = Detector.load(bundle)
+    assert detector.bundle.spec["provenance"]["validation_images"] == 12 >= site.UNLIKE_MIN_VALIDATION
+
+    cells = [cv2.cvtColor(s.image(), cv2.COLOR_RGB2BGR) for s in test_split if s.label == 0][:16]
+    dark = [((cell.astype(np.uint32) * 4095 // 255) / 257).round().astype(np.uint8) for cell in cells]
+    like = site.calibrate(detector, site.collect(detector, iter(cells), 16)[None], 0.3, 0.9)
+    assert not any("look unlike" in w for w in like.warnings)
+    unlike = site.calibrate(detector, site.collect(detector, iter(dark), 16)[None], 0.3, 0.9)
+    said = [w for w in unlike.warnings if "look unlike" in w]
+    assert len(said) == 1 and said[0].startswith(
+        f"100% of these normal frames score above the threshold set on the training pictures ({detector.threshold:.3f})")
+
+    site.calibrate_into(bundle, detector, site.collect(detector, iter(cells), 16)[None], 0.3, 0.9, "cells")
+    calibrated = Detector.load(bundle)
+    assert calibrated.bundle.calibration is not None
+    assert site.unlike_training(calibrated.bundle, [10.0] * 16) is None
