@@ -40,7 +40,7 @@ def greedy_coreset(features: torch.Tensor, count: int, seed: int) -> torch.Tenso
     first = int(torch.randint(features.shape[0], (1,), generator=generator))
     selected = [first]
     min_dist = sq_dist_to(first)
-    for _ in tqdm(range(count - 1), desc="coreset", unit="proto", leave=False):
+    for _ in tqdm(range(count - 1), desc="coreset", unit="proto"):
         index = int(torch.argmax(min_dist))
         selected.append(index)
         torch.minimum(min_dist, sq_dist_to(index), out=min_dist)
