@@ -184,7 +184,8 @@ class FeatureEncoder(nn.Module):
         """Per-channel standardised features (B, C, h, w) -> whitened per grid position."""
         batch, channels, height, width = feats.shape
         if self.position_mean.shape[0] != height * width:
-            raise ValueError(f"whitening fitted on {self.position_mean.shape[0]} positions, features have {height}x{width}")
+            raise ValueError(f"whitening fitted on {self.position_mean.shape[0]} grid positions; these features have "
+                             f"{height * width} ({width}x{height} cells)")
         patches = feats.flatten(2).permute(2, 0, 1) - self.position_mean[:, None]  # (L, B, C)
         return (patches @ self.position_whitening).permute(1, 2, 0).reshape(batch, channels, height, width)
 

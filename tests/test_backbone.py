@@ -98,5 +98,5 @@ def test_whitened_encoder_output_has_unit_covariance_and_checks_the_grid():
     # whitened variance sums to at most 39 per position, never more.
     total_variance = whitened.var(0).sum(0)
     assert float(total_variance.max()) <= 39.5
-    with pytest.raises(ValueError, match="whitening fitted on 64 positions, features have 4x4"):
-        encoder.standardise(raw[:, :, :4, :4])
+    with pytest.raises(ValueError, match=r"whitening fitted on 64 grid positions; these features have 8 \(2x4 cells\)"):
+        encoder.standardise(raw[:, :, :4, :2])  # 4 high, 2 wide
