@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .errors import DataError, ImageError
-from .images import is_image_file, read_image, to_rgb
+from .images import is_image_file, no_images_in, read_image, to_rgb
 
 ELPV_TRAIN_SIZE = 1131
 ELPV_TYPES = ("mono", "poly")  # module types; 'elpv:<type>' is the protocol restricted to one
@@ -51,8 +51,12 @@ def _file_sample(path: Path, label: int, group: str, mask_path: Path | None = No
     return Sample(str(path), label, group, lambda: read_image(path), mask_path)
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if is_image_file(p))
+def _images_in(folder: Path, required: bool = False) -> list[Path]:
+    """The folder's image files, sorted; `required`: none is an error that says where they are."""
+    images = sorted(p for p in folder.iterdir() if is_image_file(p))
+    if required and not images:
+        raise DataError(no_images_in(folder))
+    return images
 
 
 def is_mvtec_category(root: Path) -> bool:
@@ -71,7 +75,7 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
         raise DataError(f"{root}: not a folder (expected 'elpv', a folder of normal images or an MVTec category)")
     if is_mvtec_category(root):
         if split == "train":
-            return [_file_sample(p, 0, "good") for p in _images_in(root / "train" / "good")]
+            return [_file_sample(p, 0, "good") for p in _images_in(root / "train" / "good", required=True)]
         test = root / "test"
         if not test.is_dir():
             raise DataError(f"{root}: MVTec layout without a test/ folder")
@@ -89,7 +93,7 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
             f"{root}: a folder of normal images has no test split; evaluation needs an MVTec-layout "
             "category (train/good, test/<defect>, ground_truth/<defect>) or 'elpv'"
         )
-    return [_file_sample(p, 0, "good") for p in _images_in(root)]
+    return [_file_sample(p, 0, "good") for p in _images_in(root, required=True)]
 
 
 def elpv_split() -> tuple[list[Sample], list[Sample]]:
@@ -134,10 +138,7 @@ def load_defects(spec: str) -> list[Sample]:
     folder = Path(spec)
     if not folder.is_dir():
         raise DataError(f"{spec}: not a folder of defect images (or elpv:<count>)")
-    samples = [_file_sample(p, 1, "defect") for p in _images_in(folder)]
-    if not samples:
-        raise DataError(f"{spec}: no image files in the folder")
-    return samples
+    return [_file_sample(p, 1, "defect") for p in _images_in(folder, required=True)]
 
 
 def load_samples(data: str, split: str) -> list[Sample]:

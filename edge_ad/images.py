@@ -20,6 +20,21 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def no_images_in(folder: Path) -> str:
+    """The error for a folder without image files: the suffixes read, and which of its subfolders
+    hold some (`run --samples` keeps each source's pictures in a subfolder of its own)."""
+    holding = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        try:
+            count = sum(is_image_file(p) for p in sub.iterdir())
+        except OSError:  # a subfolder that cannot be listed holds nothing to offer
+            count = 0
+        if count:
+            holding.append(f"{sub.name} ({count})")
+    found = f"; its subfolders {', '.join(holding)} hold some: give one of them" if holding else ""
+    return f"{folder}: no image files ({' '.join(IMAGE_SUFFIXES)}) in the folder{found}"
+
+
 def _check_complete(path: Path, data: bytes) -> None:
     """OpenCV decodes truncated JPEG and some truncated PNG files without failing; check the end
     marker of the format the first bytes say, not the name (JPEG files named .png are common)."""

@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import ImageError, SourceError
-from .images import is_image_file, read_image
+from .images import is_image_file, no_images_in, read_image
 from .pipelines import SourceOptions, SourcePipeline, check_crop, flip_of, source_pipeline
 
 log = logging.getLogger("edge_ad.sources")
@@ -349,7 +349,7 @@ class FolderSource:
         self.turn = flip_of(str(folder), flip).turn
         self.files = sorted(p for p in folder.iterdir() if is_image_file(p))
         if not self.files:
-            raise SourceError(f"{folder}: no image files in folder")
+            raise SourceError(no_images_in(folder))
         self.skipped: list[str] = []
 
     def frames(self, stop: threading.Event | None = None) -> Iterator[Frame]:

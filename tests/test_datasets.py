@@ -1,9 +1,12 @@
+import re
+
 import cv2
 import numpy as np
 import pytest
 
-from edge_ad.datasets import ELPV_TRAIN_SIZE, load_samples, read_all
-from edge_ad.errors import DataError
+from edge_ad.datasets import ELPV_TRAIN_SIZE, load_defects, load_samples, read_all
+from edge_ad.errors import DataError, SourceError
+from edge_ad.sources import open_source
 
 
 def test_elpv_split_follows_the_protocol(elpv_samples):
@@ -52,8 +55,21 @@ def test_normal_folder_has_train_but_no_test(normal_folder):
 def test_missing_and_empty_folders(tmp_path):
     with pytest.raises(DataError, match="no such dataset folder"):
         load_samples(str(tmp_path / "nope"), "train")
-    with pytest.raises(DataError, match="no images found"):
+    with pytest.raises(DataError, match=r"no image files \(.png .jpg .jpeg .bmp .tif .tiff\) in the folder$"):
         load_samples(str(tmp_path), "train")
+    # pictures one level down, as `run --samples` keeps each source's: the message says where
+    for source, count in (("cam1", 2), ("cam2", 1)):
+        (tmp_path / source).mkdir()
+        for i in range(count):
+            cv2.imwrite(str(tmp_path / source / f"{i}.png"), np.full((32, 32), 100, np.uint8))
+    (tmp_path / "notes").mkdir()
+    where = "in the folder; its subfolders cam1 (2), cam2 (1) hold some: give one of them"
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path}: no image files (.png .jpg .jpeg .bmp .tif .tiff) {where}")):
+        load_samples(str(tmp_path), "train")
+    with pytest.raises(SourceError, match=re.escape(where)):
+        open_source(str(tmp_path))
+    with pytest.raises(DataError, match=re.escape(where)):
+        load_defects(str(tmp_path))
 
 
 def test_bad_files_are_listed_and_skipped_only_when_asked(tmp_path):
