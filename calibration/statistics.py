@@ -130,6 +130,21 @@ def near_duplicates(thumbnails: np.ndarray) -> float:
     return float((diffs < DUPLICATE_LEVELS).mean())
 
 
+def near_copies(thumbnails: np.ndarray, block: int = 1024) -> np.ndarray:
+    """Which of the (N, 32, 32) grey thumbnails have a near-copy among the others, in any order:
+    a root-mean-square difference under DUPLICATE_LEVELS grey levels. Pairwise in blocks of rows,
+    so thousands of pictures take a few megabytes at a time."""
+    flat = thumbnails.reshape(len(thumbnails), -1).astype(np.float64)
+    squared = (flat**2).sum(1)
+    found = np.zeros(len(flat), bool)
+    for start in range(0, len(flat), block):
+        rows = slice(start, start + block)
+        distance = squared[rows, None] + squared[None] - 2 * flat[rows] @ flat.T  # summed squared differences
+        distance[np.arange(distance.shape[0]), np.arange(start, start + distance.shape[0])] = np.inf
+        found[rows] = distance.min(1) < DUPLICATE_LEVELS**2 * flat.shape[1]
+    return found
+
+
 def split_half(values_first: float, values_second: float) -> float:
     """Relative disagreement of a number fitted on the first and on the second half of the frames."""
     scale = max(abs(values_first), abs(values_second), 1e-12)

@@ -9,10 +9,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from calibration.statistics import near_copies
 from edge_ad import __version__
 from edge_ad.bundle import MODEL_TYPES, read_yaml, write_yaml_atomic
 from edge_ad.datasets import load_defects, load_samples, read_all
@@ -49,6 +51,10 @@ WIDE = 1.5
 # come out at 16 of 255 at most, and a bundle trained on such files flagged every normal 8-bit
 # ELPV frame (README: 16-bit pictures).
 DARK = 64
+# Training pictures of which this share or more have a near-copy among the others show fewer parts
+# than pictures: 12 ELPV cells pictured 10 times each gave a bundle whose threshold from export
+# flagged all 377 normal test cells (README: near-copies).
+COPIES_SHARE = 0.2
 
 
 @dataclass
@@ -108,6 +114,19 @@ def brightness_note(images: list[np.ndarray]) -> str | None:
             "first (README: 16-bit pictures)")
 
 
+def copies_note(images: list[np.ndarray]) -> str | None:
+    """What to say when many training pictures are near-copies of others; None otherwise."""
+    thumbnails = np.stack([cv2.resize(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), (32, 32), interpolation=cv2.INTER_AREA)
+                           for image in images])
+    copies = int(near_copies(thumbnails).sum())
+    if copies < COPIES_SHARE * len(images):
+        return None
+    return (f"{copies} of the {len(images)} training pictures are near-copies of another (parts at rest in view, "
+            "a stopped line, a picture saved twice). The model sees fewer parts than pictures, and held-out pictures "
+            "with a copy in training set the threshold from export too low. Record while parts pass "
+            "(edge-ad record --interval), or leave the copies out (README: near-copies)")
+
+
 def prototype_count(config: TrainConfig) -> int:
     """The run's number of prototypes: the configured one, else the default for its features."""
     if config.prototypes is not None:
@@ -138,7 +157,7 @@ def train(config: TrainConfig, out: Path) -> Path:
         print(f"skipped: {message}")
     if len(kept) < 2:
         raise DataError(f"{config.data}: training needs at least 2 readable normal images, found {len(kept)}")
-    for note in (brightness_note(images), shape_note(images, config.input_size)):
+    for note in (brightness_note(images), copies_note(images), shape_note(images, config.input_size)):
         if note:
             print(f"note: {note}")
     inputs = prepare_inputs(images, config.input_size)

@@ -18,12 +18,24 @@ from calibration.statistics import (
     far_upper_bound,
     frames_needed,
     frames_per_draw,
+    near_copies,
     near_duplicates,
     threshold_for_far,
 )
 from edge_ad.detector import Detector
 
 from conftest import full_disk
+
+
+def test_near_copies_are_found_in_any_order():
+    rng = np.random.default_rng(0)
+    parts = rng.integers(0, 256, (5, 32, 32)).astype(np.float64)
+    pictures = np.clip(parts[[0, 3, 1, 0, 2, 4, 3]] + rng.normal(0, 0.5, (7, 32, 32)), 0, 255)  # camera noise
+    copies = [True, True, False, True, False, False, True]  # parts 0 and 3 twice, far apart
+    assert near_copies(pictures).tolist() == copies
+    assert near_copies(pictures, block=2).tolist() == copies  # blocks of rows find the same
+    assert not near_copies(parts).any() and not near_copies(parts[:1]).any()
+    assert not near_copies(np.stack([parts[0], parts[0] + 1.5])).any()  # 1.5 grey levels apart everywhere
 
 
 def test_the_false_alarm_bound_by_hand():

@@ -14,7 +14,7 @@ from export.backbone import encoder_from_checkpoint
 from export.evaluate import evaluate
 from export.onnx_export import export_bundle
 from export.prototype import PrototypeHead
-from export.train import TrainConfig, brightness_note, load_run, shape_note, train
+from export.train import TrainConfig, brightness_note, copies_note, load_run, shape_note, train
 
 
 def edge_ad(*args):
@@ -144,6 +144,17 @@ def test_train_says_when_16_bit_pictures_of_a_12_bit_camera_read_too_dark(normal
         cv2.imwrite(str(path), cv2.imread(str(path), cv2.IMREAD_UNCHANGED) << 4)
         assert np.array_equal(read_image(path), read_image(normal_folder / path.name))
     assert brightness_note([read_image(p) for p in twelve_bit.glob("*.png")]) is None
+
+
+def test_train_says_when_many_pictures_are_near_copies(normal_folder):
+    cells = [read_image(p) for p in sorted(normal_folder.glob("*.png"))]
+    rng = np.random.default_rng(0)
+    twice = [np.clip(cell + rng.normal(0, 2, cell.shape), 0, 255).astype(np.uint8) for cell in cells for _ in range(2)]
+    assert copies_note(twice).startswith("24 of the 24 training pictures are near-copies of another")
+    assert copies_note(cells + twice[:4]) == copies_note(twice[:4] + cells)  # in any order
+    assert copies_note(cells + twice[:4]).startswith("6 of the 16 training pictures")  # 2 cells, 3 times each
+    assert copies_note(cells + twice[:1]) is None  # 2 of 13, under a fifth
+    assert copies_note(cells) is None
 
 
 def test_an_unknown_backbone_is_refused_before_any_image_is_read(tmp_path):
