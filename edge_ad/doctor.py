@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
-from .bundle import Bundle, load_bundle, site_calibrated
+from .bundle import Bundle, load_bundle, read_yaml, site_calibrated
 from .deepstream import CONFIG_FILE, DEEPSTREAM_DIR, missing_engine
 from .detector import Detector
 from .device import (Device, detect, int8_saturates, jetpack, load_configs, pick_config, read_sensors,
@@ -156,6 +156,7 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
                         f"bundle.yaml {model}, calibration: "
                         + (f"{bundle.calibration} ({calibration})" if calibration else "from export")
                         + _least_area(bundle))
+    _calibration_warnings(report, label, bundle)
     note = bundle.export_threshold_note()
     if note:
         report.found("threshold", f"{label}: {note}")
@@ -259,6 +260,20 @@ def _check_calibration(report: Report, stream: Stream, bundles: dict[str | None,
         else:
             report.found("calibration", f"{label}: {calibrated.calibration} ({calibrated.short_ids[1]}), threshold "
                                         f"{calibrated.threshold:.4f}{_least_area(calibrated)}")
+            _calibration_warnings(report, label, calibrated)
+
+
+def _calibration_warnings(report: Report, label: str, bundle: Bundle) -> None:
+    """What `calibrate` warned of when it made the calibration in use (it records them), for
+    whoever checks the device later: frames unlike the training pictures, a frozen camera, ..."""
+    if bundle.calibration is None:
+        return
+    try:
+        warnings = read_yaml(bundle.calibration).get("warnings") or []
+    except (OSError, EdgeAdError):  # replaced or removed since it was loaded: the next run reads it again
+        return
+    for warning in warnings:
+        report.found("calibration", f"{label}: made with the warning: {warning}")
 
 
 def _least_area(bundle: Bundle) -> str:

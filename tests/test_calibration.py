@@ -23,6 +23,7 @@ from calibration.statistics import (
     threshold_for_far,
 )
 from edge_ad.detector import Detector
+from edge_ad.doctor import doctor
 
 from conftest import full_disk
 
@@ -327,7 +328,10 @@ def test_calibrating_on_frames_unlike_the_training_pictures_warns(elpv_samples, 
     assert len(said) == 1 and said[0].startswith(
         f"100% of these normal frames score above the threshold set on the training pictures ({detector.threshold:.3f})")
 
-    site.calibrate_into(bundle, detector, site.collect(detector, iter(cells), 16)[None], 0.3, 0.9, "cells")
+    site.calibrate_into(bundle, detector, site.collect(detector, iter(dark), 16)[None], 0.3, 0.9, "dark cells")
     calibrated = Detector.load(bundle)
     assert calibrated.bundle.calibration is not None
     assert site.unlike_training(calibrated.bundle, [10.0] * 16) is None
+    # the calibration records the warning, and `doctor` shows it to whoever checks the device later
+    assert any(line.startswith("calibration  bundle: made with the warning: 100% of these normal frames score above")
+               for line in doctor(str(bundle)).lines)
