@@ -23,6 +23,7 @@ import time
 import warnings
 import zlib
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ from .normalize import Quantiles
 SCHEMA_VERSION = 2
 BUNDLE_FILE = "bundle.yaml"
 CALIBRATION_FILE = "calibration.yaml"  # written on site; overrides the bundle's quantiles and threshold
+# A device clock this far behind a bundle's export time is wrong, not merely unlike the
+# workstation's (clocks kept by NTP differ by seconds).
+CLOCK_SLACK = timedelta(hours=1)
 GRAPH_NAMES = {
     "prototype": ("encoder", "head"),
     "gmm-bridge": ("encoder", "head"),
@@ -108,6 +112,22 @@ class Bundle:
         return (f"the threshold from export ({self.threshold:.3f}) is {basis}, which about 1 good part in "
                 f"{round(1 / expected_rate_above(images, rate))} exceeds (its {rate:.0%} false-alarm rate needs "
                 f"{math.ceil(1 / rate)} validation images); 'edge-ad calibrate' sets one on the camera's frames")
+
+    def clock_note(self, now: datetime | None = None) -> str | None:
+        """What to say when this machine's clock is behind the time the bundle was exported, so
+        that events, snapshots and reports would carry wrong times (a Jetson without a time server
+        or a clock battery starts from the last time it saved). None otherwise, and for bundles
+        that do not record that time."""
+        try:
+            made = datetime.fromisoformat((self.spec.get("provenance") or {}).get("created"))
+        except (TypeError, ValueError):
+            return None
+        now = now or datetime.now(timezone.utc)
+        if made.tzinfo is None or now >= made - CLOCK_SLACK:
+            return None
+        return (f"this machine's clock says {now:%Y-%m-%d %H:%M} UTC, before bundle {self.root} was exported "
+                f"({made:%Y-%m-%d %H:%M} UTC): events, snapshots and reports would carry wrong times. Set the clock: "
+                "a time server on the plant network (timedatectl set-ntp true), else timedatectl set-time")
 
     @property
     def short_ids(self) -> tuple[str, str | None]:

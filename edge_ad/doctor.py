@@ -157,6 +157,9 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
                         + (f"{bundle.calibration} ({calibration})" if calibration else "from export")
                         + _least_area(bundle))
     _calibration_warnings(report, label, bundle)
+    clock = bundle.clock_note()
+    if clock:
+        report.problems.append(clock)
     note = bundle.export_threshold_note()
     if note:
         report.found("threshold", f"{label}: {note}")

@@ -761,6 +761,9 @@ def run(
             # The file's writes fail as other sinks' do (a full disk): reported, counted, and the run goes on.
             tick = sinks._guard(f"metrics {config.metrics}", telemetry.tick) if config.metrics else telemetry.tick
             stack.callback(tick, True)
+        clock = next(filter(None, (b.clock_note() for d in detectors.values() for b in bundles_of(d).values())), None)
+        if clock:
+            log.warning("%s", clock)
         for stream in streams:
             source = open_source(stream.input, stream.options, stream.pipeline, config.jetson)
             stack.callback(source.close)

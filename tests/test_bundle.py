@@ -4,12 +4,14 @@ import subprocess
 import sys
 import tarfile
 import time
+from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
 import yaml
 
 from edge_ad.bundle import load_bundle
+from edge_ad.doctor import doctor
 from edge_ad.errors import BundleError
 
 from conftest import full_disk
@@ -182,6 +184,22 @@ def test_a_threshold_from_too_few_validation_images_says_so_until_a_site_calibra
     (bundle_copy / "calibration.yaml").write_text(yaml.safe_dump(
         {"steps": None, "normalization": spec["normalization"], "threshold": 0.75}))
     assert load_bundle(bundle_copy).export_threshold_note() is None  # the site's threshold judges now
+
+
+def test_a_clock_behind_the_export_is_named_by_doctor_and_run(bundle_copy, normal_folder):
+    bundle = load_bundle(bundle_copy)
+    made = datetime.fromisoformat(bundle.spec["provenance"]["created"])
+    assert bundle.clock_note() is None  # exported a moment ago, on this machine
+    assert bundle.clock_note(made - timedelta(minutes=30)) is None  # another machine's clock, a little behind
+    assert f"clock says {made - timedelta(days=400):%Y-%m-%d %H:%M} UTC, before bundle {bundle_copy} was exported " \
+           f"({made:%Y-%m-%d %H:%M} UTC)" in bundle.clock_note(made - timedelta(days=400))
+    # a device that starts from the last time it saved, months behind: as if the bundle came from the future
+    _edit(bundle_copy, lambda spec: spec["provenance"].update(created="2099-01-01T00:00:00+00:00"))
+    said = "before bundle %s was exported (2099-01-01 00:00 UTC): events, snapshots and reports would carry wrong times"
+    assert any(said % bundle_copy in problem for problem in doctor(str(bundle_copy)).problems)
+    out = subprocess.run([sys.executable, "-m", "edge_ad", "run", "--bundle", str(bundle_copy), "--input",
+                          str(normal_folder), "--max-frames", "2"], capture_output=True, text=True)
+    assert out.returncode == 0 and (said % bundle_copy) in out.stderr, out.stderr
 
 
 def test_a_failed_export_leaves_the_bundle_in_its_folder_as_it_was(bundle_copy, tiny_bridge_bundle):
