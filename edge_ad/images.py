@@ -61,7 +61,7 @@ def read_image(path: str | Path) -> np.ndarray:
     if decoded.dtype == np.uint16:
         decoded = (decoded / 257.0).round().astype(np.uint8)
     if decoded.dtype != np.uint8:
-        raise ImageError(f"{path}: unsupported pixel type {decoded.dtype}")
+        raise ImageError(f"{path}: {decoded.dtype} pixels are not read; save pictures with 8 or 16 bits per channel")
     if decoded.ndim == 2:
         return to_rgb(decoded, "GRAY")
     return to_rgb(decoded[..., :3] if decoded.shape[2] == 4 else decoded, "BGR")

@@ -22,6 +22,16 @@ def test_colour_file_is_returned_as_rgb(tmp_path):
     assert rgb[0, 0].tolist() == [0, 0, 200]
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_pictures_are_read_at_their_full_range(tmp_path, suffix):
+    values = np.tile(np.array([0, 257, 4095, 32768, 65535], np.uint16), (8, 2))  # 4095: a 12-bit camera's brightest
+    cv2.imwrite(str(tmp_path / f"p{suffix}"), values)
+    assert read_image(tmp_path / f"p{suffix}")[0, :5, 0].tolist() == [0, 1, 16, 128, 255]
+    cv2.imwrite(str(tmp_path / "f.tif"), values.astype(np.float32))
+    with pytest.raises(ImageError, match=r"f.tif: float32 pixels are not read; save pictures with 8 or 16 bits"):
+        read_image(tmp_path / "f.tif")
+
+
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
 def test_truncated_files_are_named(tmp_path, suffix):
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
