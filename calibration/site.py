@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from edge_ad.bundle import BRANCHES, CALIBRATION_FILE, Bundle, read_yaml, write_yaml_atomic
 from edge_ad.detector import Detector, Result, frame_map
+from edge_ad.images import thumbnail
 from edge_ad.masks import InspectionMask
 from edge_ad.normalize import Quantiles, fit_quantiles
 from edge_ad.regions import input_area
@@ -76,8 +76,7 @@ class Collected:
         inside = raw[:, self.mask.at(*raw.shape[1:])] if self.mask is not None else raw.reshape(raw.shape[0], -1)
         self.samples.append(inside[:, rng.integers(0, inside.shape[1], PIXELS_PER_FRAME)].astype(np.float32))
         self.grids.append(result.grid_map)
-        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
-        self.thumbnails.append(cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA))
+        self.thumbnails.append(thumbnail(frame))
         self.shapes.append(frame.shape[:2])
         self.scores.append(result.score)
         if len(self.scores) % APART_EVERY == 0:  # how many frames show one part, roughly, so far

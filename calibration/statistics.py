@@ -14,6 +14,10 @@ from edge_ad.errors import EdgeAdError
 BIMODALITY_LIMIT = 0.555  # the bimodality coefficient of a uniform distribution; above: two modes likely
 DUPLICATE_LEVELS = 1.0  # mean absolute difference (grey levels, 32x32 thumbnails) below which frames match
 DUPLICATE_SHARE = 0.5  # warn when more than this share of consecutive frames match
+# Pictures to train on of which this share or more are near-copies show fewer parts than pictures:
+# 12 ELPV cells pictured 10 times each gave a bundle whose threshold from export flagged all 377
+# normal test cells (README: near-copies). `train` and `record` say so.
+COPIES_SHARE = 0.2
 # Frames per independent draw (frames_per_draw): Sokal's window, and the estimate below which (or
 # with fewer frames than which) consecutive frames count as independent: estimated on independent
 # scores, 3 % of 100-frame series reach 2 (none of 3,000-frame ones pass 1.4).

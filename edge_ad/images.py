@@ -98,6 +98,13 @@ def to_rgb(frame: np.ndarray, color: str = "BGR", name: str = "frame") -> np.nda
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
+def thumbnail(frame: np.ndarray, color: str = "BGR") -> np.ndarray:
+    """A 32 x 32 grey thumbnail of a uint8 frame (BGR or RGB as `color` says, or grey), as the
+    near-copy checks of `calibrate`, `record` and `train` compare pictures."""
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY if color == "BGR" else cv2.COLOR_RGB2GRAY) if frame.ndim == 3 else frame
+    return cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA)
+
+
 def resize_to_input(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize an RGB frame to the model input; area interpolation when shrinking avoids aliasing."""
     if rgb.shape[:2] == (height, width):

@@ -14,9 +14,13 @@ import threading
 from pathlib import Path
 
 import cv2
+import numpy as np
 from tqdm import tqdm
 
+from calibration.statistics import COPIES_SHARE, near_duplicates
+
 from .errors import EdgeAdError
+from .images import thumbnail
 from .runner import stop_on_signals
 from .sinks import slug
 from .sources import Source
@@ -29,8 +33,9 @@ def record(
     stop: threading.Event | None = None, label: str = "recording", position: int | None = None,
 ) -> list[Path]:
     """Save up to `count` frames of `source` into `folder`, one per `interval_s` at most; the
-    paths written, in order. `label` and `position` place its progress bar. The source is closed
-    at the end, also when it could not start."""
+    paths written, in order. `label` and `position` place its progress bar. At the end it says
+    when many pictures are near-copies of the one before. The source is closed at the end, also
+    when it could not start."""
     if fmt not in FORMATS:
         source.close()
         raise EdgeAdError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
@@ -41,6 +46,7 @@ def record(
         raise EdgeAdError(f"{folder}: cannot create the folder ({exc.strerror or exc})") from exc
     stop = stop or threading.Event()
     saved: list[Path] = []
+    thumbnails = []
     last = -float("inf")
     with stop_on_signals(stop), tqdm(total=count, desc=label, unit="picture", position=position) as bar:
         try:
@@ -62,11 +68,17 @@ def record(
                     raise EdgeAdError(f"{path}: cannot write ({exc.strerror or exc}); the {len(saved)} pictures "
                                       "saved before it are kept") from exc
                 saved.append(path)
+                thumbnails.append(thumbnail(frame.image))
                 bar.update()
                 if len(saved) == count:
                     break
         finally:
             source.close()
+        share = near_duplicates(np.stack(thumbnails)) if thumbnails else 0.0
+        if share >= COPIES_SHARE:
+            bar.write(f"{label}: {share:.0%} of the pictures after the first are near-copies of the one before (parts "
+                      "at rest in view, a stopped line): they show fewer parts than pictures, and a model trained on "
+                      "them learns fewer. Record while parts pass, or with a longer --interval")
     return saved
 
 

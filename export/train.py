@@ -9,17 +9,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from calibration.statistics import near_copies
+from calibration.statistics import COPIES_SHARE, near_copies
 from edge_ad import __version__
 from edge_ad.bundle import MODEL_TYPES, read_yaml, write_yaml_atomic
 from edge_ad.datasets import load_defects, load_samples, read_all
 from edge_ad.errors import DataError
-from edge_ad.images import resize_to_input
+from edge_ad.images import resize_to_input, thumbnail
 
 from .backbone import (BACKBONE_SPECS, DEFAULT_BACKBONE, WHITENING_EPS, FeatureEncoder, input_shape, position_whitening,
                        size_text)
@@ -51,10 +50,6 @@ WIDE = 1.5
 # come out at 16 of 255 at most, and a bundle trained on such files flagged every normal 8-bit
 # ELPV frame (README: 16-bit pictures).
 DARK = 64
-# Training pictures of which this share or more have a near-copy among the others show fewer parts
-# than pictures: 12 ELPV cells pictured 10 times each gave a bundle whose threshold from export
-# flagged all 377 normal test cells (README: near-copies).
-COPIES_SHARE = 0.2
 
 
 @dataclass
@@ -116,9 +111,7 @@ def brightness_note(images: list[np.ndarray]) -> str | None:
 
 def copies_note(images: list[np.ndarray]) -> str | None:
     """What to say when many training pictures are near-copies of others; None otherwise."""
-    thumbnails = np.stack([cv2.resize(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), (32, 32), interpolation=cv2.INTER_AREA)
-                           for image in images])
-    copies = int(near_copies(thumbnails).sum())
+    copies = int(near_copies(np.stack([thumbnail(image, "RGB") for image in images])).sum())
     if copies < COPIES_SHARE * len(images):
         return None
     return (f"{copies} of the {len(images)} training pictures are near-copies of another (parts at rest in view, "

@@ -272,6 +272,20 @@ def test_record_saves_one_picture_per_interval_as_run_would_see_it(mp4, tmp_path
     assert f"3 pictures in {out}" in done.stdout and "edge-ad train --data" in done.stdout
 
 
+def test_record_says_when_its_pictures_are_near_copies(normal_folder, tmp_path, capsys):
+    from edge_ad.record import record
+
+    still = tmp_path / "still"  # a part at rest in view: the same picture, frame after frame
+    still.mkdir()
+    for i in range(6):
+        shutil.copy(sorted(normal_folder.glob("*.png"))[0], still / f"{i}.png")
+    assert len(record(open_source(str(still)), tmp_path / "a", count=6, interval_s=0.0)) == 6
+    assert ("recording: 100% of the pictures after the first are near-copies of the one before (parts at rest in "
+            "view, a stopped line)") in capsys.readouterr().out
+    assert len(record(open_source(str(normal_folder)), tmp_path / "b", count=6, interval_s=0.0)) == 6
+    assert "near-copies" not in capsys.readouterr().out  # six different cells
+
+
 def test_record_keeps_what_it_saved_when_the_disk_fills(mp4, tmp_path, monkeypatch):
     from pathlib import Path as RealPath
 
