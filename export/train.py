@@ -150,9 +150,10 @@ def train(config: TrainConfig, out: Path) -> Path:
         print(f"skipped: {message}")
     if len(kept) < 2:
         raise DataError(f"{config.data}: training needs at least 2 readable normal images, found {len(kept)}")
-    for note in (brightness_note(images), copies_note(images), shape_note(images, config.input_size)):
-        if note:
-            print(f"note: {note}")
+    notes = [note for note in (brightness_note(images), copies_note(images), shape_note(images, config.input_size))
+             if note]
+    for note in notes:
+        print(f"note: {note}")
     inputs = prepare_inputs(images, config.input_size)
     order = np.random.default_rng(config.seed).permutation(len(inputs))
     n_val = min(max(1, round(config.val_fraction * len(inputs))), len(inputs) - 1)
@@ -202,6 +203,7 @@ def train(config: TrainConfig, out: Path) -> Path:
         "train_images": int(len(train_idx)),
         "validation_images": int(len(val_idx)),
         "skipped": bad,
+        "notes": notes,  # what training said of its pictures; the bundle keeps them and `doctor` shows them
         "prototypes": int(prototypes.shape[0]),
         "train_seconds": round(time.time() - started, 1),
         **timings,

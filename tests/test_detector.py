@@ -137,8 +137,12 @@ def test_train_says_when_16_bit_pictures_of_a_12_bit_camera_read_too_dark(normal
     assert brightest <= 16  # read at the full 16-bit range, value / 257
     dark = edge_ad("train", "--data", twelve_bit, "--out", tmp_path / "dark", "--input-size", 128, "--prototypes", 8)
     assert dark.returncode == 0, dark.stderr
-    assert (f"note: the brightest pixel of all 12 training images is {brightest} of 255. 16-bit files of a 10-, "
-            "12- or 14-bit camera read this dark") in dark.stdout
+    said = (f"the brightest pixel of all 12 training images is {brightest} of 255. 16-bit files of a 10-, "
+            "12- or 14-bit camera read this dark")
+    assert f"note: {said}" in dark.stdout
+    # the run and its bundle keep what training said, and `doctor` shows it wherever the bundle goes
+    export_bundle(tmp_path / "dark", tmp_path / "bundle")
+    assert any(line.startswith(f"training     bundle: {said}") for line in doctor(str(tmp_path / "bundle")).lines)
     # the README's remedy, shifting the values up to 16 bits, gives back the 8-bit pictures exactly
     for path in twelve_bit.glob("*.png"):
         cv2.imwrite(str(path), cv2.imread(str(path), cv2.IMREAD_UNCHANGED) << 4)
