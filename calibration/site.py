@@ -191,10 +191,10 @@ def unlike_training(bundle: Bundle, scores: list[float]) -> str | None:
     on the training pictures' held-out images: the camera's frames then look unlike the pictures
     the model learned, and a site threshold above them would hide it. None otherwise, and where
     that threshold is not the one judging (a calibration in use) or rests on too few images."""
-    provenance = bundle.spec.get("provenance") or {}
-    images, rate = provenance.get("validation_images"), provenance.get("threshold_false_alarm_rate")
-    if bundle.calibration is not None or not isinstance(images, int) or not isinstance(rate, float):
+    basis = bundle.export_threshold_basis()
+    if basis is None:
         return None
+    images, rate = basis
     share = float(np.mean(np.asarray(scores) > bundle.threshold))
     if images < UNLIKE_MIN_VALIDATION or share < UNLIKE_SHARE:
         return None

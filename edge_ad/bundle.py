@@ -96,17 +96,25 @@ class Bundle:
     def input_size(self) -> tuple[int, int]:
         return self.input_height, self.input_width
 
-    def export_threshold_note(self) -> str | None:
-        """What the threshold from export stands for where it was set on fewer validation images
-        than its false-alarm rate needs (a small training set): their highest score, which good
-        parts exceed far more often than that rate. None with enough of them, once a site
-        calibration judges, and for bundles that do not record their validation images."""
+    def export_threshold_basis(self) -> tuple[int, float] | None:
+        """The held-out training images the threshold from export was set on and its false-alarm
+        rate, while that threshold judges: None once a site calibration does, and for bundles that
+        do not record them."""
         provenance = self.spec.get("provenance") or {}
         images, rate = provenance.get("validation_images"), provenance.get("threshold_false_alarm_rate")
         if self.calibration is not None or not isinstance(images, int) or not isinstance(rate, float):
             return None
-        if resolves(images, rate):
+        return images, rate
+
+    def export_threshold_note(self) -> str | None:
+        """What the threshold from export stands for where it was set on fewer validation images
+        than its false-alarm rate needs (a small training set): their highest score, which good
+        parts exceed far more often than that rate. None with enough of them, and where
+        `export_threshold_basis` is None."""
+        recorded = self.export_threshold_basis()
+        if recorded is None or resolves(*recorded):
             return None
+        images, rate = recorded
         basis = "the score of its one validation image" if images == 1 else \
             f"the highest score of only {images} validation images"
         return (f"the threshold from export ({self.threshold:.3f}) is {basis}, which about 1 good part in "
