@@ -46,7 +46,9 @@ def _check_complete(path: Path, data: bytes) -> None:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 RGB (H, W, 3); grey images become three equal channels."""
+    """Read an image file as uint8 RGB (H, W, 3); grey images become three equal channels, and a
+    picture whose EXIF data says it was taken turned (a phone or a camera held upright) is turned
+    as every image viewer shows it, so that it looks as the camera frames of the same view."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -55,16 +57,16 @@ def read_image(path: str | Path) -> np.ndarray:
     if not data:
         raise ImageError(f"{path}: empty file")
     _check_complete(path, data)
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    # Any depth and any colour keeps 16-bit and grey pictures as they are, drops alpha, and (unlike
+    # IMREAD_UNCHANGED) applies the EXIF orientation.
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if decoded is None:
         raise ImageError(f"{path}: not a decodable image")
     if decoded.dtype == np.uint16:
         decoded = (decoded / 257.0).round().astype(np.uint8)
     if decoded.dtype != np.uint8:
         raise ImageError(f"{path}: {decoded.dtype} pixels are not read; save pictures with 8 or 16 bits per channel")
-    if decoded.ndim == 2:
-        return to_rgb(decoded, "GRAY")
-    return to_rgb(decoded[..., :3] if decoded.shape[2] == 4 else decoded, "BGR")
+    return to_rgb(decoded, "GRAY" if decoded.ndim == 2 else "BGR")
 
 
 def check_frame(frame: object, name: str = "frame") -> np.ndarray:

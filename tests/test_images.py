@@ -32,6 +32,22 @@ def test_16_bit_pictures_are_read_at_their_full_range(tmp_path, suffix):
         read_image(tmp_path / "f.tif")
 
 
+def test_pictures_taken_turned_are_read_as_a_viewer_shows_them(tmp_path):
+    """A phone or a camera held upright stores a landscape JPEG and an EXIF orientation (6: turn a
+    quarter clockwise); read without it, such pictures train and score lying on their side."""
+    from PIL import Image
+
+    landscape = np.zeros((40, 80, 3), np.uint8)
+    landscape[:10, :20] = 255  # a bright top-left corner
+    picture = Image.fromarray(landscape)
+    exif = picture.getexif()
+    exif[0x0112] = 6
+    picture.save(tmp_path / "upright.jpg", exif=exif.tobytes(), quality=95)
+    rgb = read_image(tmp_path / "upright.jpg")
+    assert rgb.shape == (80, 40, 3)
+    assert rgb[:20, -10:].mean() > 200 and rgb[-20:, :10].mean() < 50  # the corner is now top right
+
+
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
 def test_truncated_files_are_named(tmp_path, suffix):
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
