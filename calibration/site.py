@@ -253,9 +253,8 @@ def calibrate(
         warnings.append(f"{duplicates:.0%} of consecutive frames are near-identical: a frozen camera, an empty "
                         f"line, or parts at rest in view? The bound counts them as about {n / per_draw:.0f} "
                         "independent frames: check in the report that they show parts")
-    unlike = unlike_training(detector.bundle, kept.scores)
-    if unlike:
-        warnings.append(unlike)
+    warnings += filter(None, [detector.bundle.frame_shape_note(kept.shapes[0]),
+                              unlike_training(detector.bundle, kept.scores)])
     coefficient = bimodality(scores)
     if coefficient > BIMODALITY_LIMIT:
         warnings.append(f"the normal scores look bimodal (bimodality coefficient {coefficient:.2f} > "

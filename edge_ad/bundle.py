@@ -42,6 +42,11 @@ CALIBRATION_FILE = "calibration.yaml"  # written on site; overrides the bundle's
 # A device clock this far behind a bundle's export time is wrong, not merely unlike the
 # workstation's (clocks kept by NTP differ by seconds).
 CLOCK_SLACK = timedelta(hours=1)
+# Frames whose width-to-height ratio is a fifth or more off the training pictures' show another
+# view than the model learned (the camera sees more than the part, or is turned): a bundle trained
+# on square ELPV cells flagged every normal cell shown in a 4:3 frame with background beside it.
+# Cameras of one view differ by less (4:3 against 5:4 is 7 %).
+ASPECT_SLACK = 1.2
 GRAPH_NAMES = {
     "prototype": ("encoder", "head"),
     "gmm-bridge": ("encoder", "head"),
@@ -136,6 +141,27 @@ class Bundle:
         return (f"this machine's clock says {now:%Y-%m-%d %H:%M} UTC, before bundle {self.root} was exported "
                 f"({made:%Y-%m-%d %H:%M} UTC): events, snapshots and reports would carry wrong times. Set the clock: "
                 "a time server on the plant network (timedatectl set-ntp true), else timedatectl set-time")
+
+    def frame_shape_note(self, shape: tuple[int, ...]) -> str | None:
+        """What to say when frames of `shape` (as scored: turned and cropped) are shaped unlike the
+        pictures the bundle was trained on (median height and width, `provenance.training.image_shape`).
+        None otherwise, and for bundles that do not record that shape."""
+        training = (self.spec.get("provenance") or {}).get("training")
+        trained = training.get("image_shape") if isinstance(training, dict) else None
+        if not (isinstance(trained, list) and len(trained) == 2 and all(isinstance(v, int) and v > 0 for v in trained)):
+            return None
+        (trained_height, trained_width), (height, width) = trained, shape[:2]
+        aspect, trained_aspect = width / height, trained_width / trained_height
+        if 1 / ASPECT_SLACK < aspect / trained_aspect < ASPECT_SLACK:
+            return None
+        # turned a quarter, the frames would have the training pictures' shape
+        turned = ", or is turned a quarter (--input-flip)" if 1 / ASPECT_SLACK < aspect * trained_aspect < ASPECT_SLACK \
+            else ""
+        return (f"frames of {width}x{height} are shaped unlike the pictures bundle {self.root} was trained on "
+                f"({trained_width}x{trained_height}, median): the camera shows more or less around the part than the "
+                f"model learned{turned}, and normal parts may all look anomalous. Crop the frames to "
+                "what the training pictures showed (--input-crop X,Y,W,H), or train on pictures of this camera as "
+                "run scores them (edge-ad record with the same options)")
 
     @property
     def short_ids(self) -> tuple[str, str | None]:

@@ -203,6 +203,8 @@ def train(config: TrainConfig, out: Path) -> Path:
         "train_images": int(len(train_idx)),
         "validation_images": int(len(val_idx)),
         "skipped": bad,
+        # the pictures as read, before resizing: `run` and `calibrate` compare the camera's frames with it
+        "image_shape": [int(np.median([image.shape[axis] for image in images])) for axis in (0, 1)],
         "notes": notes,  # what training said of its pictures; the bundle keeps them and `doctor` shows them
         "prototypes": int(prototypes.shape[0]),
         "train_seconds": round(time.time() - started, 1),

@@ -202,6 +202,42 @@ def test_a_clock_behind_the_export_is_named_by_doctor_and_run(bundle_copy, norma
     assert out.returncode == 0 and (said % bundle_copy) in out.stderr, out.stderr
 
 
+def test_frames_shaped_unlike_the_training_pictures_are_named_by_run_and_calibrate(bundle_copy, normal_folder,
+                                                                                  tmp_path):
+    """A camera that sees more than the part (its training pictures were cropped to the part) or is
+    turned a quarter: `run` says so at a source's first frame, and `calibrate` among its warnings."""
+    import cv2
+
+    from calibration import site
+    from edge_ad.detector import Detector
+
+    bundle = load_bundle(bundle_copy)
+    assert bundle.spec["provenance"]["training"]["image_shape"] == [300, 300]  # ELPV cells
+    assert bundle.frame_shape_note((300, 300, 3)) is None
+    assert bundle.frame_shape_note((480, 560, 3)) is None  # less than a fifth wider
+    said = f"frames of 400x300 are shaped unlike the pictures bundle {bundle_copy} was trained on (300x300, median)"
+    assert bundle.frame_shape_note((300, 400, 3)).startswith(said)
+    assert "turned" not in bundle.frame_shape_note((300, 400, 3))
+
+    wide = tmp_path / "wide"  # the cells in the middle of 4:3 frames, a grey background beside them
+    wide.mkdir()
+    for picture in sorted(normal_folder.iterdir()):
+        frame = cv2.copyMakeBorder(cv2.imread(str(picture)), 0, 0, 50, 50, cv2.BORDER_CONSTANT, value=(128,) * 3)
+        cv2.imwrite(str(wide / picture.name), frame)
+    out = subprocess.run([sys.executable, "-m", "edge_ad", "run", "--bundle", str(bundle_copy), "--input", str(wide),
+                          "--max-frames", "3"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stderr.count(said) == 1, out.stderr  # once, at the first frame
+    detector = Detector.load(bundle_copy)
+    frames = [cv2.imread(str(p)) for p in sorted(wide.iterdir())]
+    calibration = site.calibrate(detector, site.collect(detector, iter(frames), len(frames))[None], 0.3, 0.9)
+    assert any(w.startswith(said) for w in calibration.warnings)
+
+    _edit(bundle_copy, lambda spec: spec["provenance"]["training"].update(image_shape=[100, 300]))  # rows of cells
+    assert ", or is turned a quarter (--input-flip)" in load_bundle(bundle_copy).frame_shape_note((300, 100, 3))
+    _edit(bundle_copy, lambda spec: spec["provenance"]["training"].pop("image_shape"))  # a bundle from before
+    assert load_bundle(bundle_copy).frame_shape_note((300, 900, 3)) is None
+
+
 def test_a_failed_export_leaves_the_bundle_in_its_folder_as_it_was(bundle_copy, tiny_bridge_bundle):
     from edge_ad.errors import DataError
     from export.onnx_export import CalibrationConfig, export_bundle
