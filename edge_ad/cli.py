@@ -206,10 +206,10 @@ def _the_stream(args: argparse.Namespace):
 def _print_pipelines(streams: list, jetson: bool | None, bitrate_kbps: int | None) -> None:
     """The GStreamer pipelines of each stream (outputs at the input's size, else 1280x720)."""
     from .outputs import output_description
-    from .pipelines import source_pipeline
+    from .pipelines import local_path, source_pipeline
 
     for stream in streams:
-        if not stream.pipeline and Path(stream.input).is_dir():
+        if not stream.pipeline and local_path(stream.input).is_dir():
             print(f"{stream.name}: image folder, read with OpenCV")
         else:
             print(f"{stream.name}: {stream.pipeline or source_pipeline(stream.input, stream.options, jetson).description}")

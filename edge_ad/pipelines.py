@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 
@@ -242,8 +242,20 @@ def _rtp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     )
 
 
+def local_path(uri: str) -> Path:
+    """The path of a video file or folder given as a path or a file:// URI, which file managers
+    and GStreamer write percent-encoded (file:///data/line%203/a.mp4) and may name the host
+    (file://localhost/...); another machine's file is not this machine's to read."""
+    if not uri.startswith("file://"):
+        return Path(uri)
+    parsed = urlparse(uri)
+    if parsed.netloc not in ("", "localhost"):
+        raise SourceError(f"{uri}: a file on host '{parsed.netloc}': give a path on this machine (mount the share)")
+    return Path(unquote(parsed.path))
+
+
 def _file(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
-    path = Path(uri[len("file://") :] if uri.startswith("file://") else uri)
+    path = local_path(uri)
     if not path.is_file():
         raise SourceError(f"{uri}: no such file, folder or supported source URI")
     return SourcePipeline(f"filesrc location={_quote(str(path))} ! decodebin ! {_bgr_sink(uri, options, jetson)}",

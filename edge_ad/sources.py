@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import ImageError, SourceError
 from .images import is_image_file, no_images_in, read_image
-from .pipelines import SourceOptions, SourcePipeline, check_crop, flip_of, source_pipeline
+from .pipelines import SourceOptions, SourcePipeline, check_crop, flip_of, local_path, source_pipeline
 
 log = logging.getLogger("edge_ad.sources")
 
@@ -395,6 +395,6 @@ def open_source(
         return GstSource(uri or "pipeline", options, pipeline=pipeline)
     if not uri:
         raise SourceError("no input: give --input (a camera, stream, video file or folder) or --pipeline")
-    if Path(uri).is_dir():
-        return FolderSource(Path(uri), options.flip, options.loop, options.crop)
+    if local_path(uri).is_dir():
+        return FolderSource(local_path(uri), options.flip, options.loop, options.crop)
     return GstSource(uri, options, jetson=jetson)

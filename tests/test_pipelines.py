@@ -3,7 +3,7 @@
 import pytest
 
 from edge_ad.errors import SourceError
-from edge_ad.pipelines import SourceOptions, output_pipeline, rtsp_launch, source_pipeline
+from edge_ad.pipelines import SourceOptions, local_path, output_pipeline, rtsp_launch, source_pipeline
 from edge_ad.sources import with_argus_hint
 
 
@@ -75,6 +75,20 @@ def test_a_file_is_not_live(tmp_path):
     video.write_bytes(b"x")
     spec = source_pipeline(str(video), jetson=False)
     assert not spec.live and f'filesrc location="{video}" ! decodebin' in spec.description
+
+
+def test_file_uris_are_read_as_file_managers_write_them(tmp_path):
+    """Percent-encoded, with or without the host: the same file; a folder too."""
+    video = tmp_path / "line 3" / "50% speed.mp4"
+    video.parent.mkdir()
+    video.write_bytes(b"x")
+    uri = video.as_uri()  # file:///.../line%203/50%25%20speed.mp4, as GStreamer and file managers write it
+    assert "%20" in uri
+    for given in (uri, uri.replace("file://", "file://localhost"), f"file://{video}"):
+        assert f'filesrc location="{video}"' in source_pipeline(given, jetson=False).description
+    assert local_path(video.parent.as_uri()) == video.parent
+    with pytest.raises(SourceError, match="file on host 'nas': give a path on this machine"):
+        source_pipeline("file://nas/videos/line3.mp4", jetson=False)
 
 
 @pytest.mark.parametrize(
