@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import cv2
 import numpy as np
 
 from .errors import DataError, ImageError
-from .images import is_image_file, no_images_in, read_image, to_rgb
+from .images import is_image_file, no_images_in, read_image, resize_to_input, to_rgb
 
 ELPV_TRAIN_SIZE = 1131
 ELPV_TYPES = ("mono", "poly")  # module types; 'elpv:<type>' is the protocol restricted to one
@@ -161,9 +161,13 @@ def load_samples(data: str, split: str) -> list[Sample]:
 
 
 def read_all(
-    samples: Iterable[Sample], skip_bad: bool, progress: Callable[[Iterable[Sample]], Iterable[Sample]] = iter
-) -> tuple[list[Sample], list[np.ndarray], list[str]]:
-    """Load every sample; returns (good samples, their images, messages about bad files).
+    samples: Iterable[Sample], skip_bad: bool, progress: Callable[[Iterable[Sample]], Iterable[Sample]] = iter,
+    keep: Callable[[np.ndarray], Any] | None = None,
+) -> tuple[list[Sample], list, list[str]]:
+    """Load every sample; returns (good samples, their images, messages about bad files). With
+    `keep`, what it returns for each image is kept instead of the image (the model input it
+    needs), so that large pictures are not all held at once: a 12-megapixel camera's take 36 MB
+    each, and 1,000 of them more memory than most workstations have.
 
     Without skip_bad any bad file raises one DataError that lists every bad file,
     so a user fixes the folder in one pass instead of one file at a time.
@@ -171,7 +175,8 @@ def read_all(
     kept, images, bad = [], [], []
     for sample in progress(samples):
         try:
-            images.append(sample.image())
+            image = sample.image()
+            images.append(keep(image) if keep else image)
             kept.append(sample)
         except ImageError as exc:
             bad.append(str(exc))
@@ -181,16 +186,21 @@ def read_all(
     return kept, images, bad
 
 
-def calibration_frames(data: str, count: int) -> list[np.ndarray]:
-    """Up to `count` RGB frames to calibrate INT8 on, with a progress bar: the first frames of a
-    video file, or images evenly spaced over the training split of a data set ('elpv', a folder,
-    an MVTec category; unreadable images are left out)."""
+def calibration_frames(data: str, count: int, size: tuple[int, int]) -> list[np.ndarray]:
+    """Up to `count` RGB frames to calibrate INT8 on, resized to the model input `size` (height,
+    width) as they are read, with a progress bar: the first frames of a video file, or images
+    evenly spaced over the training split of a data set ('elpv', a folder, an MVTec category;
+    unreadable images are left out)."""
     from tqdm import tqdm
+
+    def resized(image: np.ndarray) -> np.ndarray:
+        return resize_to_input(image, *size)
 
     if not Path(data).is_file():
         samples = load_samples(data, "train")
         pick = np.linspace(0, len(samples) - 1, min(count, len(samples))).round().astype(int)
-        return read_all([samples[i] for i in pick], True, lambda s: tqdm(s, desc="calibration images", unit="img"))[1]
+        return read_all([samples[i] for i in pick], True, lambda s: tqdm(s, desc="calibration images", unit="img"),
+                        resized)[1]
     from .sources import open_source
 
     images = []
@@ -198,7 +208,7 @@ def calibration_frames(data: str, count: int) -> list[np.ndarray]:
         source = open_source(data)
         try:
             for frame in source:
-                images.append(cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB))
+                images.append(resized(cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)))
                 bar.update()
                 if len(images) >= count:
                     break

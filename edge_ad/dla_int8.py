@@ -23,7 +23,6 @@ from .bundle import Bundle
 from .datasets import calibration_frames
 from .errors import EdgeAdError
 from .files import write_atomic
-from .images import resize_to_input
 
 CALIBRATION_BATCH = 8  # frames per calibration batch: the calibration profile has this one batch size
 STEP_CALIBRATION_FRAMES = 64  # frames whose sampler trajectories calibrate the step and fused graphs
@@ -33,11 +32,11 @@ def calibration_inputs(bundle: Bundle, data: str, count: int) -> np.ndarray:
     """(N, H, W, 3) uint8 RGB frames at the bundle's input size from `data` (a data set's training
     split or a video, as `export --calib-data` takes them), N a multiple of CALIBRATION_BATCH:
     the last batch is filled up with the first frames again."""
-    frames = calibration_frames(data, count)
+    frames = calibration_frames(data, count, bundle.input_size)
     if len(frames) < CALIBRATION_BATCH:
         raise EdgeAdError(f"{data}: INT8 calibration needs at least {CALIBRATION_BATCH} readable frames, "
                           f"found {len(frames)}")
-    inputs = np.stack([resize_to_input(frame, *bundle.input_size) for frame in frames])
+    inputs = np.stack(frames)
     batches = -(-len(inputs) // CALIBRATION_BATCH)
     return inputs[np.arange(batches * CALIBRATION_BATCH) % len(inputs)]
 

@@ -39,7 +39,7 @@ from .gmm_bridge import SHRINK, BridgePrior, GmmBridgeHead
 from .prototype import PrototypeHead
 from .half import to_fp16
 from .quantize import QUANTISED_GRAPHS, quantize_distance_graph, quantize_graph
-from .train import load_run, prepare_inputs
+from .train import load_run
 
 OPSET = 17  # the newest opset TensorRT 8.6 (JetPack 6.0) parses; TensorRT 10.x reads it too
 SMOOTHING_SIGMA = 4.0  # Gaussian sigma in input pixels, as PatchCore at 256 px
@@ -289,11 +289,11 @@ def calibration_inputs(config: CalibrationConfig, size: tuple[int, int]) -> np.n
     if count < config.images:
         print(f"{config.method} calibration holds every activation in memory: {count} of the {config.images} "
               f"frames at {size_text(size)} px (minmax uses them all)")
-    images = calibration_frames(config.data, count)
-    if len(images) < CALIBRATION_BATCH:
+    inputs = calibration_frames(config.data, count, size)
+    if len(inputs) < CALIBRATION_BATCH:
         raise EdgeAdError(f"{config.data}: INT8 calibration needs at least {CALIBRATION_BATCH} readable frames, "
-                          f"found {len(images)}")
-    return prepare_inputs(images, size)
+                          f"found {len(inputs)}")
+    return np.stack(inputs)
 
 
 def reference_modules(record: dict, checkpoint: dict) -> dict[str, torch.nn.Module]:

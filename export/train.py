@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import zipfile
 from collections.abc import Sequence
+from typing import NamedTuple
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,11 +83,27 @@ def prepare_inputs(images: list[np.ndarray], size: int | Sequence[int]) -> np.nd
     return np.stack([resize_to_input(image, height, width) for image in images])
 
 
-def shape_note(images: list[np.ndarray], size: int | Sequence[int]) -> str | None:
-    """What to say when a square input would squeeze images far from square: the rectangle of
+class Picture(NamedTuple):
+    """What training keeps of each picture it reads: the model input, and what its notes read of
+    the picture. The picture itself goes: a 12-megapixel camera's take 36 MB each."""
+
+    input: np.ndarray  # (height, width, 3) uint8 RGB, resized to the model input
+    shape: tuple[int, int]  # the picture's (height, width)
+    brightest: int  # its brightest pixel value
+    thumbnail: np.ndarray  # 32 x 32 grey, for near-copies
+
+
+def picture(image: np.ndarray, size: int | Sequence[int]) -> Picture:
+    """What training keeps of the RGB `image` for a model input of `size` (see `input_shape`)."""
+    height, width = input_shape(size)
+    return Picture(resize_to_input(image, height, width), image.shape[:2], int(image.max()), thumbnail(image, "RGB"))
+
+
+def shape_note(pictures: list[Picture], size: int | Sequence[int]) -> str | None:
+    """What to say when a square input would squeeze pictures far from square: the rectangle of
     their median shape with about as many pixels (sides multiples of 32); None otherwise."""
     height, width = input_shape(size)
-    aspect = float(np.median([image.shape[1] / image.shape[0] for image in images]))
+    aspect = float(np.median([p.shape[1] / p.shape[0] for p in pictures]))
     if height != width or 1 / WIDE < aspect < WIDE:
         return None
     sides = [max(MIN_INPUT_SIZE, 32 * round(height * ratio / 32)) for ratio in (np.sqrt(aspect), 1 / np.sqrt(aspect))]
@@ -97,24 +114,24 @@ def shape_note(images: list[np.ndarray], size: int | Sequence[int]) -> str | Non
             "(README: Frames far from square)")
 
 
-def brightness_note(images: list[np.ndarray]) -> str | None:
-    """What to say when the training images are far darker than a camera's 8-bit frames; None otherwise."""
-    brightest = max(int(image.max()) for image in images)
+def brightness_note(pictures: list[Picture]) -> str | None:
+    """What to say when the training pictures are far darker than a camera's 8-bit frames; None otherwise."""
+    brightest = max(p.brightest for p in pictures)
     if brightest > DARK:
         return None
-    return (f"the brightest pixel of all {len(images)} training images is {brightest} of 255. 16-bit files of a "
+    return (f"the brightest pixel of all {len(pictures)} training images is {brightest} of 255. 16-bit files of a "
             "10-, 12- or 14-bit camera read this dark (16-bit pictures are read at their full range, value / 257), "
             "as do pictures taken without light; the camera's 8-bit frames on the line would all look anomalous "
             "to this model. Train on 8-bit pictures (edge-ad record saves them) or shift such files up to 16 bits "
             "first (README: 16-bit pictures)")
 
 
-def copies_note(images: list[np.ndarray]) -> str | None:
+def copies_note(pictures: list[Picture]) -> str | None:
     """What to say when many training pictures are near-copies of others; None otherwise."""
-    copies = int(near_copies(np.stack([thumbnail(image, "RGB") for image in images])).sum())
-    if copies < COPIES_SHARE * len(images):
+    copies = int(near_copies(np.stack([p.thumbnail for p in pictures])).sum())
+    if copies < COPIES_SHARE * len(pictures):
         return None
-    return (f"{copies} of the {len(images)} training pictures are near-copies of another (parts at rest in view, "
+    return (f"{copies} of the {len(pictures)} training pictures are near-copies of another (parts at rest in view, "
             "a stopped line, a picture saved twice). The model sees fewer parts than pictures, and held-out pictures "
             "with a copy in training set the threshold from export too low. Record while parts pass "
             "(edge-ad record --interval), or leave the copies out (README: near-copies)")
@@ -145,16 +162,17 @@ def train(config: TrainConfig, out: Path) -> Path:
     started = time.time()
     torch.manual_seed(config.seed)
     samples = load_samples(config.data, "train")
-    kept, images, bad = read_all(samples, config.skip_bad, lambda s: tqdm(s, desc="reading images", unit="img"))
+    kept, pictures, bad = read_all(samples, config.skip_bad, lambda s: tqdm(s, desc="reading images", unit="img"),
+                                   lambda image: picture(image, config.input_size))
     for message in bad:
         print(f"skipped: {message}")
     if len(kept) < 2:
         raise DataError(f"{config.data}: training needs at least 2 readable normal images, found {len(kept)}")
-    notes = [note for note in (brightness_note(images), copies_note(images), shape_note(images, config.input_size))
+    notes = [note for note in (brightness_note(pictures), copies_note(pictures), shape_note(pictures, config.input_size))
              if note]
     for note in notes:
         print(f"note: {note}")
-    inputs = prepare_inputs(images, config.input_size)
+    inputs = np.stack([p.input for p in pictures])
     order = np.random.default_rng(config.seed).permutation(len(inputs))
     n_val = min(max(1, round(config.val_fraction * len(inputs))), len(inputs) - 1)
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
@@ -204,7 +222,7 @@ def train(config: TrainConfig, out: Path) -> Path:
         "validation_images": int(len(val_idx)),
         "skipped": bad,
         # the pictures as read, before resizing: `run` and `calibrate` compare the camera's frames with it
-        "image_shape": [int(np.median([image.shape[axis] for image in images])) for axis in (0, 1)],
+        "image_shape": [int(np.median([p.shape[axis] for p in pictures])) for axis in (0, 1)],
         "notes": notes,  # what training said of its pictures; the bundle keeps them and `doctor` shows them
         "prototypes": int(prototypes.shape[0]),
         "train_seconds": round(time.time() - started, 1),
@@ -220,12 +238,11 @@ def _push_away_defects(
 ) -> tuple[torch.Tensor, int]:
     """The prototypes without those the known defects of `config.defects` keep landing on."""
     samples = load_defects(config.defects)
-    _, images, _ = read_all(samples, skip_bad=False)
-    feats = in_batches(encoder.raw_features, prepare_inputs(images, config.input_size), config.batch_size,
-                       "defect features")
+    _, inputs, _ = read_all(samples, False, keep=lambda image: resize_to_input(image, *input_shape(config.input_size)))
+    feats = in_batches(encoder.raw_features, np.stack(inputs), config.batch_size, "defect features")
     standardised = encoder.standardise(feats)
     kept, removed = push_away(prototypes, patches, anomalous_patches(standardised, prototypes), config.seed)
-    print(f"known defects: {len(images)} images; {removed} of {prototypes.shape[0]} prototypes taken out")
+    print(f"known defects: {len(inputs)} images; {removed} of {prototypes.shape[0]} prototypes taken out")
     return kept, removed
 
 

@@ -14,7 +14,7 @@ from export.backbone import encoder_from_checkpoint
 from export.evaluate import evaluate
 from export.onnx_export import export_bundle
 from export.prototype import PrototypeHead
-from export.train import TrainConfig, brightness_note, copies_note, load_run, shape_note, train
+from export.train import TrainConfig, brightness_note, copies_note, load_run, picture, shape_note, train
 
 
 def edge_ad(*args):
@@ -122,7 +122,7 @@ def test_train_says_when_a_square_input_squeezes_the_images(normal_folder, tmp_p
             "them") in wide.stdout and "--input-size 224x64 keeps their shape" in wide.stdout
     square = edge_ad("train", "--data", normal_folder, "--out", tmp_path / "square", *flags)
     assert square.returncode == 0 and "note:" not in square.stdout
-    tall = [np.zeros((900, 300, 3), np.uint8)] * 2
+    tall = [picture(np.zeros((900, 300, 3), np.uint8), 256)] * 2
     assert "3 times as high as wide" in shape_note(tall, 256) and "--input-size 160x448" in shape_note(tall, 256)
     assert shape_note(tall, [448, 160]) is None  # already a rectangle: the user chose it
 
@@ -147,13 +147,15 @@ def test_train_says_when_16_bit_pictures_of_a_12_bit_camera_read_too_dark(normal
     for path in twelve_bit.glob("*.png"):
         cv2.imwrite(str(path), cv2.imread(str(path), cv2.IMREAD_UNCHANGED) << 4)
         assert np.array_equal(read_image(path), read_image(normal_folder / path.name))
-    assert brightness_note([read_image(p) for p in twelve_bit.glob("*.png")]) is None
+    assert brightness_note([picture(read_image(p), 128) for p in twelve_bit.glob("*.png")]) is None
 
 
 def test_train_says_when_many_pictures_are_near_copies(normal_folder):
-    cells = [read_image(p) for p in sorted(normal_folder.glob("*.png"))]
+    images = [read_image(p) for p in sorted(normal_folder.glob("*.png"))]
     rng = np.random.default_rng(0)
-    twice = [np.clip(cell + rng.normal(0, 2, cell.shape), 0, 255).astype(np.uint8) for cell in cells for _ in range(2)]
+    twice = [picture(np.clip(image + rng.normal(0, 2, image.shape), 0, 255).astype(np.uint8), 64)
+             for image in images for _ in range(2)]
+    cells = [picture(image, 64) for image in images]
     assert copies_note(twice).startswith("24 of the 24 training pictures are near-copies of another")
     assert copies_note(cells + twice[:4]) == copies_note(twice[:4] + cells)  # in any order
     assert copies_note(cells + twice[:4]).startswith("6 of the 16 training pictures")  # 2 cells, 3 times each
