@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_ad.datasets import ELPV_TRAIN_SIZE, load_defects, load_samples, read_all
+from edge_ad.datasets import ELPV_TRAIN_SIZE, calibration_frames, load_defects, load_samples, read_all
 from edge_ad.errors import DataError, SourceError
 from edge_ad.sources import open_source
 
@@ -81,3 +81,15 @@ def test_bad_files_are_listed_and_skipped_only_when_asked(tmp_path):
     kept, images, bad = read_all(samples, skip_bad=True)
     assert [s.name.endswith("good.png") for s in kept] == [True]
     assert len(images) == 1 and "broken.png" in bad[0]
+
+
+def test_large_pictures_are_kept_at_the_model_input_as_they_are_read(tmp_path):
+    """What `keep` makes of each picture is all that is held (training and INT8 calibration keep the
+    model input), not the full-size pictures of a camera."""
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((600, 800, 3), 40 * i, np.uint8))
+    samples = load_samples(str(tmp_path), "train")
+    kept, shapes, bad = read_all(samples, False, keep=lambda image: image.shape)
+    assert len(kept) == 3 and shapes == [(600, 800, 3)] * 3 and not bad
+    frames = calibration_frames(str(tmp_path), 2, (64, 96))
+    assert [frame.shape for frame in frames] == [(64, 96, 3)] * 2 and frames[1][0, 0, 0] == 80  # the first and last
