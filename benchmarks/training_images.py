@@ -27,10 +27,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from edge_ad.cli import parse_input_size  # noqa: E402
-from edge_ad.datasets import load_samples, read_all  # noqa: E402
+from edge_ad.datasets import load_samples  # noqa: E402
 from edge_ad.errors import DataError, report_errors  # noqa: E402
 from edge_ad.metrics import auroc  # noqa: E402
 from export.ablate import BATCH, folder_name, image_scores, smooth, trained  # noqa: E402
@@ -39,7 +38,7 @@ from export.batching import in_batches  # noqa: E402
 from export.evaluate import _group_aurocs  # noqa: E402
 from export.gmm_bridge import GmmBridgeHead  # noqa: E402
 from export.prototype import PrototypeHead  # noqa: E402
-from export.train import TrainConfig, load_run, prepare_inputs  # noqa: E402
+from export.train import TrainConfig, load_run, read_inputs  # noqa: E402
 
 MODELS = ("nearest prototype", "GMM bridge", "nearest prototype, no position whitening")
 
@@ -124,10 +123,8 @@ def main(argv: list[str] | None = None) -> None:
                         "each size must be from 2 to that")
     test_samples = load_samples(args.data, "test")
     labels = np.array([s.label for s in test_samples])
-    _, images, _ = read_all(test_samples, False, lambda s: tqdm(s, desc="reading test images", unit="img"))
     raw_test = in_batches(FeatureEncoder(input_shape(args.input_size)).raw_features,
-                          prepare_inputs(images, args.input_size), 16, "test features")
-    del images
+                          read_inputs(test_samples, args.input_size, "test images"), 16, "test features")
     args.out.mkdir(parents=True, exist_ok=True)
     # Image folders are named after the data set too: a finished one is reused as it is.
     image_root = args.out / "images" / folder_name(args.data)

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from calibration.statistics import score_percentiles
 from edge_ad.bundle import BACKBONES, read_yaml
 from edge_ad.cli import parse_input_size
-from edge_ad.datasets import load_samples, read_all
+from edge_ad.datasets import load_samples
 from edge_ad.errors import report_errors
 from edge_ad.metrics import auroc
 from edge_ad.normalize import fit_quantiles
@@ -54,7 +54,7 @@ from .evaluate import _group_aurocs
 from .gmm_bridge import GmmBridgeHead
 from .onnx_export import SMOOTHING_SIGMA
 from .prototype import PrototypeHead
-from .train import CONFIG, RUN_FILES, TrainConfig, load_run, prepare_inputs, train
+from .train import CONFIG, RUN_FILES, TrainConfig, load_run, read_inputs, train
 
 BATCH = 32
 TIMING_IMAGES = 20
@@ -324,9 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     variants = []
     for data in args.data:
         samples = load_samples(data, "test")
-        _, images, _ = read_all(samples, False, lambda s: tqdm(s, desc=f"reading test images of {data}", unit="img"))
+        inputs = read_inputs(samples, args.input_size, f"test images of {data}")
         out = args.out if len(args.data) == 1 else args.out / folder_name(data)
-        inputs = prepare_inputs(images, args.input_size)
         variants.append((TrainConfig(**{**asdict(config), "data": data}), out, inputs, samples))
     args.out.mkdir(parents=True, exist_ok=True)
     results = []

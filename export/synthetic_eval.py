@@ -25,13 +25,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edge_ad.datasets import load_samples, read_all
+from edge_ad.datasets import load_samples
 from edge_ad.errors import DataError, report_errors
 from edge_ad.metrics import auroc
 
 from .ablate import Scorer, combined_maps
 from .defects import KINDS, synthesize
-from .train import load_run, prepare_inputs
+from .train import load_run, read_inputs
 
 MODELS = {
     "nearest prototype": ["prototype"],
@@ -72,9 +72,8 @@ def synthetic_eval(run: Path, steps: int = 2, seed: int = 777) -> dict:
     normal_samples = [s for s in samples if s.label == 0]
     if len(normal_samples) < 2:
         raise DataError(f"{config['data']}: the test split needs at least 2 normal images, found {len(normal_samples)}")
-    _, images, _ = read_all(normal_samples, False, lambda s: tqdm(s, desc="reading normal test images", unit="img"))
     scorer = Scorer(record, checkpoint)
-    normal = prepare_inputs(images, scorer.size)
+    normal = read_inputs(normal_samples, scorer.size, "normal test images")
     made, masks, kinds = synthetic_defects(normal, seed)
     maps = {
         split: scorer.maps(scorer.features(x), f"scoring {split} images", [("student", steps)])

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from calibration.statistics import COPIES_SHARE, near_copies
 from edge_ad import __version__
 from edge_ad.bundle import MODEL_TYPES, read_yaml, write_yaml_atomic
-from edge_ad.datasets import load_defects, load_samples, read_all
+from edge_ad.datasets import Sample, load_defects, load_samples, read_all
 from edge_ad.errors import DataError
 from edge_ad.images import resize_to_input, thumbnail
 
@@ -76,11 +76,14 @@ class TrainConfig:
     defects: str | None = None  # known defect images (a folder, or elpv:M): prototypes they use are taken out
 
 
-def prepare_inputs(images: list[np.ndarray], size: int | Sequence[int]) -> np.ndarray:
-    """RGB images of any size -> (N, height, width, 3) uint8 for an input of `size` (see
-    `input_shape`), the same resize the runtime uses."""
+def read_inputs(samples: list[Sample], size: int | Sequence[int], what: str) -> np.ndarray:
+    """(N, height, width, 3) uint8 model inputs of `samples` for an input of `size` (see
+    `input_shape`), each picture resized as it is read (the resize the runtime uses); any
+    unreadable one stops with all of them named. `what` names them on the progress bar."""
     height, width = input_shape(size)
-    return np.stack([resize_to_input(image, height, width) for image in images])
+    _, inputs, _ = read_all(samples, False, lambda s: tqdm(s, desc=f"reading {what}", unit="img"),
+                            lambda image: resize_to_input(image, height, width))
+    return np.stack(inputs)
 
 
 class Picture(NamedTuple):
@@ -238,8 +241,8 @@ def _push_away_defects(
 ) -> tuple[torch.Tensor, int]:
     """The prototypes without those the known defects of `config.defects` keep landing on."""
     samples = load_defects(config.defects)
-    _, inputs, _ = read_all(samples, False, keep=lambda image: resize_to_input(image, *input_shape(config.input_size)))
-    feats = in_batches(encoder.raw_features, np.stack(inputs), config.batch_size, "defect features")
+    inputs = read_inputs(samples, config.input_size, "known defects")
+    feats = in_batches(encoder.raw_features, inputs, config.batch_size, "defect features")
     standardised = encoder.standardise(feats)
     kept, removed = push_away(prototypes, patches, anomalous_patches(standardised, prototypes), config.seed)
     print(f"known defects: {len(inputs)} images; {removed} of {prototypes.shape[0]} prototypes taken out")
