@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_ad.bundle import BRANCHES, CALIBRATION_FILE, Bundle, read_yaml, write_yaml_atomic
-from edge_ad.detector import Detector, Result, frame_map
+from edge_ad.detector import Detector, Result
 from edge_ad.images import thumbnail
 from edge_ad.masks import InspectionMask
 from edge_ad.normalize import Quantiles, fit_quantiles
@@ -396,5 +396,5 @@ def overlay_result(
 ) -> Result:
     """A Result for `edge_ad.render.overlay` from a map normalised with the new quantiles (its
     raw map is that map, already at the input size and smoothed), zero outside `mask`."""
-    display = frame_map(normalised, frame.shape, mask)
-    return Result(score, score >= threshold, threshold, display, normalised[None], normalised.shape, 0.0, mask=mask)
+    return Result(score, score >= threshold, threshold, normalised, frame.shape, normalised[None], normalised.shape, 0.0,
+                  mask=mask)

@@ -16,7 +16,7 @@ from .backends import load_graphs
 from .bundle import Bundle, load_bundle, site_calibrated
 from .engines import engine_builds
 from .errors import BundleError, EdgeAdError
-from .images import resize_to_input, to_rgb
+from .images import to_rgb
 from .masks import InspectionMask
 from .normalize import Quantiles
 from .regions import input_area, region_score
@@ -30,7 +30,9 @@ class Result:
 
     score: maximum of the normalised map (not clipped; with a least defect area, the highest level
     at which a region of the map that large lies above it); is_anomaly: score >= threshold;
-    map: normalised map in frame coordinates, clipped to [0, 1] for display;
+    normalised: the normalised map at the input size (H, W), of a frame of frame_shape;
+    map: that map in frame coordinates, clipped to [0, 1] for display, made on first use (a
+    12-megapixel frame's takes 10 ms, and most frames are normal and never drawn);
     grid_map: raw maps on the feature grid, one per branch (branches, h, w);
     raw_map: those maps upsampled to input_size and smoothed (branches, H, W), made on first use;
     times_ms: milliseconds per stage (preprocess, encoder, [prior, bridge,] head, upsample, normalise);
@@ -41,13 +43,18 @@ class Result:
     score: float
     is_anomaly: bool
     threshold: float
-    map: np.ndarray
+    normalised: np.ndarray
+    frame_shape: tuple[int, ...]
     grid_map: np.ndarray
     input_size: tuple[int, int]
     smoothing_sigma: float
     times_ms: dict[str, float] = field(default_factory=dict)
     variant: str | None = None
     mask: InspectionMask | None = None
+
+    @cached_property
+    def map(self) -> np.ndarray:
+        return frame_map(self.normalised, self.frame_shape, self.mask)
 
     @cached_property
     def raw_map(self) -> np.ndarray:
@@ -116,11 +123,10 @@ class MapScorer:
         if mask is not None:
             mask.check(frame_shape, "frame")
         score = self.image_score(normalised, mask, self.min_area(frame_shape))
-        display = frame_map(normalised, frame_shape, mask)
         times = dict(times, normalise_ms=(time.perf_counter() - start) * 1e3)
         bundle = self.bundle
-        return Result(score, score >= self.threshold, self.threshold, display, grids, bundle.input_size,
-                      bundle.smoothing_sigma, times, mask=mask)
+        return Result(score, score >= self.threshold, self.threshold, normalised, frame_shape, grids,
+                      bundle.input_size, bundle.smoothing_sigma, times, mask=mask)
 
     def score_grids(
         self, grids: np.ndarray, frame_shapes: Sequence[tuple[int, ...]], times: dict[str, float] | None = None,
@@ -233,7 +239,7 @@ class Detector(MapScorer):
 
     def preprocess(self, frame: np.ndarray, color: str = "BGR", name: str = "frame") -> np.ndarray:
         """Frame -> uint8 RGB at the model input size (the encoder normalises inside the graph)."""
-        return resize_to_input(to_rgb(frame, color, name), *self.bundle.input_size)
+        return to_rgb(frame, color, name, self.bundle.input_size)
 
     def restore(self, features: np.ndarray, condition: np.ndarray) -> np.ndarray:
         """The bridge sampler: K deterministic steps from the input features toward normal ones

@@ -48,6 +48,20 @@ def test_pictures_taken_turned_are_read_as_a_viewer_shows_them(tmp_path):
     assert rgb[:20, -10:].mean() > 200 and rgb[-20:, :10].mean() < 50  # the corner is now top right
 
 
+def test_frames_resized_before_their_colours_change_give_the_same_input():
+    """The detector resizes a frame before it converts its colour order (cheaper for large
+    frames): the same pixels as converting the whole frame first, for every frame layout."""
+    rng = np.random.default_rng(0)
+    frames = [(rng.integers(0, 256, (301, 403, channels), np.uint8), color)
+              for channels, color in ((3, "BGR"), (3, "RGB"), (4, "BGR"), (1, "GRAY"))]
+    frames.append((rng.integers(0, 256, (90, 70), np.uint8), "GRAY"))  # grey and smaller than the input: enlarged
+    for frame, color in frames:
+        for size in ((128, 128), (96, 160)):
+            assert np.array_equal(to_rgb(frame, color, size=size), resize_to_input(to_rgb(frame, color), *size))
+    with pytest.raises(ImageError, match=r"shape \(301, 403, 3\) has colour channels but color='GRAY'"):
+        to_rgb(frames[0][0], "GRAY", size=(128, 128))
+
+
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
 def test_truncated_files_are_named(tmp_path, suffix):
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
