@@ -15,7 +15,6 @@ whitening, exported (FP32) and scored by `eval`. Writes moving_parts.json and mo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 from edge_ad.datasets import load_samples
 from edge_ad.errors import report_errors
-from export.ablate import trained
+from export.ablate import trained, write_results
 from export.evaluate import evaluate
 from export.onnx_export import export_bundle
 from export.train import TrainConfig
@@ -85,10 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         results.append(row)
         print(f"moved up to {move} px: image AUROC {row['position_whitening']:.4f} with position whitening, "
               f"{row['no_position_whitening']:.4f} without")
-        (args.out / "moving_parts.json").write_text(json.dumps(results, indent=2))
-    table = markdown(results)
-    (args.out / "moving_parts.md").write_text(table)
-    print(table)
+        write_results(args.out, "moving_parts", results)
+    write_results(args.out, "moving_parts", results, markdown(results))
 
 
 if __name__ == "__main__":

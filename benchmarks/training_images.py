@@ -15,7 +15,6 @@ Finished runs and image folders in --out are reused.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -32,7 +31,7 @@ from edge_ad.cli import parse_input_size  # noqa: E402
 from edge_ad.datasets import load_samples  # noqa: E402
 from edge_ad.errors import DataError, report_errors  # noqa: E402
 from edge_ad.metrics import auroc  # noqa: E402
-from export.ablate import BATCH, folder_name, image_scores, smooth, trained  # noqa: E402
+from export.ablate import BATCH, folder_name, image_scores, smooth, trained, write_results  # noqa: E402
 from export.backbone import FeatureEncoder, encoder_from_checkpoint, input_shape  # noqa: E402
 from export.batching import in_batches  # noqa: E402
 from export.evaluate import _group_aurocs  # noqa: E402
@@ -144,11 +143,9 @@ def main(argv: list[str] | None = None) -> None:
                                 "image_auroc": auroc(labels, scores[key]),
                                 "per_group": _group_aurocs(test_samples, scores[key])})
                 print(f"seed {seed}, {size} images, {model}: image AUROC {results[-1]['image_auroc']:.4f}")
-            (args.out / "training_images.json").write_text(json.dumps(results, indent=2))
-    table = markdown(results)
-    (args.out / "training_images.md").write_text(table)
+            write_results(args.out, "training_images", results)
     plot(results, args.data, args.out / "training_images.png")
-    print(table)
+    write_results(args.out, "training_images", results, markdown(results))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ into --out; finished runs and the folder of rows are reused.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from edge_ad.bench import bench
 from edge_ad.cli import parse_input_size
 from edge_ad.datasets import Sample, load_samples
 from edge_ad.errors import report_errors
-from export.ablate import trained
+from export.ablate import trained, write_results
 from export.backbone import input_shape, size_text
 from export.evaluate import evaluate
 from export.onnx_export import export_bundle
@@ -104,10 +103,8 @@ def main(argv: list[str] | None = None) -> None:
                         "image_auroc": report["image_auroc"], "fps": timing["fps"],
                         "p50_ms": timing["latency_ms"]["p50"], "test_images": report["test_images"]})
         print(f"{size_text(size)}: image AUROC {report['image_auroc']:.4f}, {timing['fps']:.1f} fps")
-        (args.out / "wide_frames.json").write_text(json.dumps(results, indent=2))
-    table = markdown(results)
-    (args.out / "wide_frames.md").write_text(table)
-    print(table)
+        write_results(args.out, "wide_frames", results)
+    write_results(args.out, "wide_frames", results, markdown(results))
 
 
 if __name__ == "__main__":

@@ -133,6 +133,15 @@ def folder_name(data: str) -> str:
     return data.replace(":", "-").replace("/", "-").strip("-.")
 
 
+def write_results(out: Path, stem: str, results: list[dict], table: str | None = None) -> None:
+    """The rows so far as out/STEM.json (after each row, so that a run stopped part-way keeps its
+    rows), and with `table`, the finished markdown table as out/STEM.md, printed too."""
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    if table is not None:
+        (out / f"{stem}.md").write_text(table)
+        print(table)
+
+
 def trained(config: TrainConfig, out: Path) -> Path:
     """The run folder `out`, trained with `config` unless it already holds a finished run of exactly
     that config: an ablation stopped part-way picks up where it stopped when run again."""
@@ -335,10 +344,8 @@ def main(argv: list[str] | None = None) -> None:
         ]
         rows = per_variant[0][0] if len(per_variant) == 1 else over_variants(per_variant)
         results += compared_with_baseline(rows, *pooled(per_variant))
-        (args.out / "ablation.json").write_text(json.dumps(results, indent=2))
-    table = markdown(results)
-    (args.out / "ablation.md").write_text(table)
-    print(table)
+        write_results(args.out, "ablation", results)
+    write_results(args.out, "ablation", results, markdown(results))
 
 
 if __name__ == "__main__":
