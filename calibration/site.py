@@ -396,5 +396,5 @@ def overlay_result(
 ) -> Result:
     """A Result for `edge_ad.render.overlay` from a map normalised with the new quantiles (its
     raw map is that map, already at the input size and smoothed), zero outside `mask`."""
-    return Result(score, score >= threshold, threshold, normalised, frame.shape, normalised[None], normalised.shape, 0.0,
-                  mask=mask)
+    return Result(score, score >= threshold, threshold, normalised, frame.shape, normalised[None], normalised.shape,
+                  0.0, mask=mask)

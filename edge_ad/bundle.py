@@ -154,9 +154,8 @@ class Bundle:
         aspect, trained_aspect = width / height, trained_width / trained_height
         if 1 / ASPECT_SLACK < aspect / trained_aspect < ASPECT_SLACK:
             return None
-        # turned a quarter, the frames would have the training pictures' shape
-        turned = ", or is turned a quarter (--input-flip)" if 1 / ASPECT_SLACK < aspect * trained_aspect < ASPECT_SLACK \
-            else ""
+        turned_fits = 1 / ASPECT_SLACK < aspect * trained_aspect < ASPECT_SLACK  # turned a quarter, they would fit
+        turned = ", or is turned a quarter (--input-flip)" if turned_fits else ""
         return (f"frames of {width}x{height} are shaped unlike the pictures bundle {self.root} was trained on "
                 f"({trained_width}x{trained_height}, median): the camera shows more or less around the part than the "
                 f"model learned{turned}, and normal parts may all look anomalous. Crop the frames to "

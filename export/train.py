@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 import zipfile
 from collections.abc import Sequence
-from typing import NamedTuple
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -171,8 +171,8 @@ def train(config: TrainConfig, out: Path) -> Path:
         print(f"skipped: {message}")
     if len(kept) < 2:
         raise DataError(f"{config.data}: training needs at least 2 readable normal images, found {len(kept)}")
-    notes = [note for note in (brightness_note(pictures), copies_note(pictures), shape_note(pictures, config.input_size))
-             if note]
+    notes = [note for note in (brightness_note(pictures), copies_note(pictures),
+                               shape_note(pictures, config.input_size)) if note]
     for note in notes:
         print(f"note: {note}")
     inputs = np.stack([p.input for p in pictures])
