@@ -251,6 +251,8 @@ def local_path(uri: str) -> Path:
     parsed = urlparse(uri)
     if parsed.netloc not in ("", "localhost"):
         raise SourceError(f"{uri}: a file on host '{parsed.netloc}': give a path on this machine (mount the share)")
+    if not parsed.path:  # Path("") would be the current folder
+        raise SourceError(f"{uri}: names no file or folder")
     return Path(unquote(parsed.path))
 
 

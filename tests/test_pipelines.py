@@ -89,6 +89,8 @@ def test_file_uris_are_read_as_file_managers_write_them(tmp_path):
     assert local_path(video.parent.as_uri()) == video.parent
     with pytest.raises(SourceError, match="file on host 'nas': give a path on this machine"):
         source_pipeline("file://nas/videos/line3.mp4", jetson=False)
+    with pytest.raises(SourceError, match="file://: names no file or folder"):  # not the current folder
+        local_path("file://")
 
 
 @pytest.mark.parametrize(
