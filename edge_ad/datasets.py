@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import DataError, ImageError
 from .images import is_image_file, no_images_in, read_image, resize_to_input, to_rgb
+from .pipelines import local_path
 
 ELPV_TRAIN_SIZE = 1131
 ELPV_TYPES = ("mono", "poly")  # module types; 'elpv:<type>' is the protocol restricted to one
@@ -196,7 +197,7 @@ def calibration_frames(data: str, count: int, size: tuple[int, int]) -> list[np.
     def resized(image: np.ndarray) -> np.ndarray:
         return resize_to_input(image, *size)
 
-    if not Path(data).is_file():
+    if not local_path(data).is_file():
         samples = load_samples(data, "train")
         pick = np.linspace(0, len(samples) - 1, min(count, len(samples))).round().astype(int)
         return read_all([samples[i] for i in pick], True, lambda s: tqdm(s, desc="calibration images", unit="img"),

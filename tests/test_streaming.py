@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_ad.datasets import calibration_frames
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError, SourceError
 from edge_ad.runner import RunConfig, run
@@ -118,6 +119,15 @@ def test_mp4_in_every_frame_scored_overlay_video_out(detector, mp4, tmp_path):
     played = list(open_source(str(out)))
     assert len(played) == 30 and played[0].image.shape == (240, 320, 3)
     assert played[-1].timestamp == pytest.approx(29 / 15, abs=1e-2)  # the input's frame rate
+
+
+def test_int8_calibration_frames_from_a_video_given_as_a_file_uri(mp4, tmp_path):
+    """`export --calib-data` takes a video as `run --input` does, file:// URIs included."""
+    video = tmp_path / "line 3" / "clip.mp4"
+    video.parent.mkdir()
+    shutil.copy(mp4, video)
+    frames = calibration_frames(video.as_uri(), 5, (64, 96))  # file:///.../line%203/clip.mp4
+    assert len(frames) == 5 and all(frame.shape == (64, 96, 3) for frame in frames)
 
 
 def test_a_file_cut_short_plays_the_frames_it_has_and_says_so(tmp_path, caplog):
