@@ -21,6 +21,7 @@ from edge_ad.errors import EdgeAdError
 from edge_ad.line_calibration import CALIBRATED, CALIBRATING
 from edge_ad.modbus import KEEPALIVE_IDLE_S, REGISTERS_PER_SOURCE, VARIANT_REGISTER, ModbusServer
 from edge_ad.runner import RunConfig, run
+from edge_ad.sinks import Snapshots
 from edge_ad.sources import open_source
 from edge_ad.streams import Stream
 from edge_ad.variants import VariantDetector
@@ -32,6 +33,40 @@ def _coils(client: ModbusTcpClient, count: int) -> list[bool]:
     response = client.read_coils(0, count=count)
     assert not response.isError(), response
     return response.bits[:count]
+
+
+def test_the_plc_has_an_alarm_while_its_snapshot_is_still_being_written(spotted_frames, tiny_bundle, tmp_path,
+                                                                       monkeypatch):
+    """A reject gate acts on the registers, so an alarm frame's verdict reaches them before its
+    snapshot is drawn and written (about 300 ms for a 12-megapixel frame)."""
+    writing, written = [], threading.Event()
+    save = Snapshots.save
+
+    def slow_save(self, source, index, frame, overlay):
+        writing.append(index)
+        written.wait(30)
+        return save(self, source, index, frame, overlay)
+
+    monkeypatch.setattr(Snapshots, "save", slow_save)
+    port = free_port()
+    config = RunConfig(modbus_port=port, snapshots=tmp_path / "snapshots", snapshot_interval_s=0.0,
+                       max_frames=len(SPOT_PATTERN))
+    runner = threading.Thread(target=run, args=(Detector.load(tiny_bundle), [Stream(str(spotted_frames))], config))
+    runner.start()
+    try:
+        client = modbus_client(port)
+        deadline = time.monotonic() + 60
+        while not writing and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert writing, "no alarm frame in a minute"
+        block = input_registers(client, 0, REGISTERS_PER_SOURCE)
+        assert (block[6] << 16 | block[7], block[1], _coils(client, 1)) == (writing[0], 2, [True])
+        assert SPOT_PATTERN[writing[0]]
+    finally:
+        written.set()
+        runner.join(60)
+    client.close()
+    assert len(list((tmp_path / "snapshots").glob("*_overlay.jpg"))) == len(writing) == sum(SPOT_PATTERN)
 
 
 def test_registers_show_each_sources_last_frame_and_latch_its_alarms():
