@@ -2,8 +2,9 @@
 
 Frames come through the same sources as `edge-ad run` (the same camera options and flip, so
 the pictures are the frames `run` will score), at most one per `interval_s` (of the video's
-time for a file, of the clock for a camera), as lossless PNG (or JPEG) files named after the
-source and frame number. Recording stops after `count` pictures, at the end of a file, or on
+time for a file, of the clock for a camera), as lossless PNG (or JPEG) files named as `run`'s
+snapshots are, after the source, the capture time and the frame number, so that a second
+recording into the same folder adds to the first. Recording stops after `count` pictures, at the end of a file, or on
 SIGINT / SIGTERM, and keeps every picture saved. `record_sources` records several cameras at
 once (a run's --sources), each into its own folder, for a bundle per camera.
 """
@@ -22,7 +23,7 @@ from calibration.statistics import COPIES_SHARE, near_duplicates
 from .errors import EdgeAdError
 from .images import thumbnail
 from .runner import stop_on_signals
-from .sinks import slug
+from .sinks import picture_stem, slug
 from .sources import Source
 
 FORMATS = ("png", "jpg")
@@ -57,7 +58,7 @@ def record(
                 if moment - last < interval_s - 1e-3:  # frame times are rounded to the nanosecond
                     continue
                 last = moment
-                path = folder / f"{slug(source.uri)}_{frame.index:08d}.{fmt}"
+                path = folder / f"{picture_stem(source.uri, frame.captured, frame.index)}.{fmt}"
                 ok, data = cv2.imencode(f".{fmt}", frame.image)
                 if not ok:
                     raise EdgeAdError(f"{path}: cannot encode the frame ({frame.image.shape})")

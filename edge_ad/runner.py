@@ -342,7 +342,7 @@ class _Sinks:
         snapshot = None
         if alarm and self.snapshots is not None:
             drawn = (lambda: picture) if picture is not None else (lambda: overlay(frame.image, result))
-            snapshot = self.snapshots(stream.name, frame.index, frame.image, drawn)
+            snapshot = self.snapshots(stream.name, frame.index, frame.captured, frame.image, drawn)
             record.snapshots += snapshot is not None
         # The event (with its regions) and the overlay are made only when a sink takes them.
         wants_event = self.events is not None or (alarm and (self.hook is not None or self.mqtt is not None))

@@ -86,6 +86,15 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[-40:] or "source"
 
 
+def picture_stem(source: str, captured: float, index: int) -> str:
+    """How saved pictures are named: the source, the capture time (Unix time, written local to the
+    second) and the frame number, which starts again at 0 in every run. Without the time a
+    service that restarts, or a second recording into the same folder, would overwrite the
+    pictures of the one before, and the events of that run would name another part's picture."""
+    when = time.strftime("%Y%m%d-%H%M%S", time.localtime(captured))
+    return f"{slug(source)}_{when}_{index:08d}"
+
+
 class Snapshot(NamedTuple):
     """The files of one saved snapshot (absolute paths, for events, hooks and MQTT)."""
 
@@ -154,12 +163,13 @@ class Snapshots:
         self.quota = _Quota(self.folder.glob("*.jpg"), quota_bytes, keep=2)
         self.saved = 0
 
-    def save(self, source: str, index: int, frame: np.ndarray, overlay: Callable[[], np.ndarray]) -> Snapshot | None:
-        """Save the frame and its overlay (drawn only now, when one is due); their files, or None
-        when the source had one less than `interval_s` ago."""
+    def save(self, source: str, index: int, captured: float, frame: np.ndarray, overlay: Callable[[], np.ndarray]
+             ) -> Snapshot | None:
+        """Save the frame (captured at Unix time `captured`) and its overlay (drawn only now, when
+        one is due); their files, or None when the source had one less than `interval_s` ago."""
         if not self.rate.due(source):
             return None
-        stem = f"{slug(source)}_{index:08d}"
+        stem = picture_stem(source, captured, index)
         saved = Snapshot(self.folder / f"{stem}_frame.jpg", self.folder / f"{stem}_overlay.jpg")
         for path, image in zip(saved, (frame, overlay())):
             self.quota.write(path, image, ".jpg")
@@ -172,8 +182,8 @@ class Samples:
     `interval_s` per source, into a folder per source (`edge-ad record --sources` names them the
     same way) and, with one bundle per variant, per variant in it, to train a new bundle on and to
     calibrate or evaluate it before it goes on the line. Past `quota_bytes` the oldest go, so the
-    folder holds the latest pictures of the line. Files are named after the source, the capture
-    time and the frame, so the runs of a service that restarts do not overwrite each other's. A
+    folder holds the latest pictures of the line. Files are named as snapshots are
+    (`picture_stem`), so the runs of a service that restarts do not overwrite each other's. A
     thread writes them: a 1080p PNG takes 60 ms, two frames of a 30 fps camera that the scoring
     loop would drop. `close` writes the last one."""
 
@@ -198,8 +208,7 @@ class Samples:
         if self._pending.full() or not self.rate.due(source):
             return None
         folder = self.folder / slug(source) if variant is None else self.folder / slug(source) / slug(variant)
-        when = time.strftime("%Y%m%d-%H%M%S", time.localtime(captured))
-        path = folder / f"{slug(source)}_{when}_{index:08d}.png"
+        path = folder / f"{picture_stem(source, captured, index)}.png"
         self._pending.put((path, frame))
         return path
 

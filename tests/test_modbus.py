@@ -42,10 +42,10 @@ def test_the_plc_has_an_alarm_while_its_snapshot_is_still_being_written(spotted_
     writing, written = [], threading.Event()
     save = Snapshots.save
 
-    def slow_save(self, source, index, frame, overlay):
+    def slow_save(self, source, index, captured, frame, overlay):
         writing.append(index)
         written.wait(30)
-        return save(self, source, index, frame, overlay)
+        return save(self, source, index, captured, frame, overlay)
 
     monkeypatch.setattr(Snapshots, "save", slow_save)
     port = free_port()

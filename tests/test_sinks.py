@@ -1,6 +1,7 @@
 """Event lines, snapshots, the anomaly hook, regions and metrics, without a stream."""
 
 import json
+import re
 import sys
 import time
 
@@ -64,18 +65,38 @@ def test_a_full_disk_is_reported_and_retried_not_raised(caplog):
 def test_snapshots_keep_a_rate_limit_and_a_disk_quota(tmp_path):
     frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)  # noise: JPEG of a few KB
     snaps = Snapshots(tmp_path, interval_s=0.0, quota_bytes=40_000)
-    saved = [snaps.save("cam 1", i, frame, lambda: frame) for i in range(12)]
-    assert saved[-1] == (tmp_path / "cam-1_00000011_frame.jpg", tmp_path / "cam-1_00000011_overlay.jpg")
+    captured = time.mktime((2026, 12, 4, 6, 15, 12, 0, 0, -1))  # local time, as the names write it
+    saved = [snaps.save("cam 1", i, captured, frame, lambda: frame) for i in range(12)]
+    stem = "cam-1_20261204-061512"
+    assert saved[-1] == (tmp_path / f"{stem}_00000011_frame.jpg", tmp_path / f"{stem}_00000011_overlay.jpg")
     files = sorted(p.name for p in tmp_path.glob("*.jpg"))
     assert sum((tmp_path / f).stat().st_size for f in files) <= 40_000
-    assert "cam-1_00000011_frame.jpg" in files and "cam-1_00000011_overlay.jpg" in files
-    assert "cam-1_00000000_frame.jpg" not in files  # the oldest went first
+    assert f"{stem}_00000011_frame.jpg" in files and f"{stem}_00000011_overlay.jpg" in files
+    assert f"{stem}_00000000_frame.jpg" not in files  # the oldest went first
     limited = Snapshots(tmp_path / "limited", interval_s=60.0)
     for i in range(5):
-        limited.save("a", i, frame, lambda: frame)
-        limited.save("b", i, frame, lambda: frame)
+        limited.save("a", i, captured, frame, lambda: frame)
+        limited.save("b", i, captured, frame, lambda: frame)
     assert limited.saved == 2  # one per source per minute
-    assert limited.save("a", 5, frame, lambda: frame) is None
+    assert limited.save("a", 5, captured, frame, lambda: frame) is None
+
+
+def test_a_restarted_run_keeps_the_snapshots_its_events_name(tiny_bundle, spotted_frames, tmp_path):
+    """Frame numbers start at 0 in every run: a service restarted (or run again on the camera)
+    adds its snapshots beside those of the run before, and each event's files show its frame."""
+    detector = Detector.load(tiny_bundle)
+    config = RunConfig(events=tmp_path / "ev.jsonl", snapshots=tmp_path / "snaps", snapshot_interval_s=0.0)
+    run(detector, [Stream(str(spotted_frames), "line")], config)
+    first = {p: p.read_bytes() for p in (tmp_path / "snaps").iterdir()}
+    time.sleep(1.0)  # the names hold the capture time to the second
+    spotted = spotted_frames / f"{SPOT_PATTERN.index(True)}.png"
+    cv2.imwrite(str(spotted), cv2.flip(cv2.imread(str(spotted)), 1))  # another part at that frame number
+    run(detector, [Stream(str(spotted_frames), "line")], config)
+    events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    snapped = [e for e in events if "snapshot" in e]
+    assert [e["frame"] for e in snapped] == [i for i, spot in enumerate(SPOT_PATTERN) if spot] * 2
+    assert all(first[p] == p.read_bytes() for p in first)  # the first run's, untouched
+    assert len({e["snapshot"] for e in snapped}) == len(snapped) == len(list((tmp_path / "snaps").glob("*_frame.jpg")))
 
 
 def test_a_snapshot_cut_short_by_a_full_disk_is_not_left(tmp_path, monkeypatch):
@@ -89,7 +110,7 @@ def test_a_snapshot_cut_short_by_a_full_disk_is_not_left(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "write_bytes", half_then_full)
     frame = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(OSError, match="No space left"):
-        Snapshots(tmp_path, interval_s=0.0).save("cam", 0, frame, lambda: frame)
+        Snapshots(tmp_path, interval_s=0.0).save("cam", 0, time.time(), frame, lambda: frame)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -248,7 +269,7 @@ def test_an_alarm_needs_alarm_frames_anomalous_frames_in_a_row(tiny_bundle, spot
     snapped = [(e["frame"], e["snapshot"], e["overlay"]) for e in events if "snapshot" in e]
     assert [frame for frame, _, _ in snapped] == [4, 7, 8]
     for frame, picture, drawn in snapped:
-        assert picture == str((tmp_path / "snaps" / f"line_{frame:08d}_frame.jpg").absolute())
+        assert re.fullmatch(rf"{re.escape(str(tmp_path / 'snaps'))}/line_\d{{8}}-\d{{6}}_{frame:08d}_frame\.jpg", picture)
         assert cv2.imread(picture).shape == cv2.imread(drawn).shape == (300, 300, 3)
     (stats,) = summary.sources
     assert (stats.anomalies, stats.alarms, stats.snapshots) == (6, 3, 3)

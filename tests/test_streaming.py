@@ -267,7 +267,8 @@ def test_output_bitrate_sets_the_size_of_the_video(tmp_path):
 
 def test_record_saves_one_picture_per_interval_as_run_would_see_it(mp4, tmp_path):
     """edge-ad record: pictures one per --interval of the video, lossless and turned as --input-flip
-    turns run's frames, named by source and frame; --frames stops it; it says how to train on them."""
+    turns run's frames, named by source, capture time and frame; --frames stops it; it says how to
+    train on them. A second recording into the folder adds to the first."""
     out = tmp_path / "good"
     done = subprocess.run([sys.executable, "-m", "edge_ad", "record", "--input", str(mp4), "--out", str(out),
                            "--interval", "0.5", "--frames", "3", "--input-flip", "rotate-180"],
@@ -280,6 +281,12 @@ def test_record_saves_one_picture_per_interval_as_run_would_see_it(mp4, tmp_path
     for picture in pictures:
         np.testing.assert_array_equal(cv2.imread(str(picture)), frames[int(picture.stem.rsplit("_", 1)[1])].image)
     assert f"3 pictures in {out}" in done.stdout and "edge-ad train --data" in done.stdout
+    first = {p: p.read_bytes() for p in pictures}
+    time.sleep(1.0)  # the names hold the capture time to the second
+    again = subprocess.run([sys.executable, "-m", "edge_ad", "record", "--input", str(mp4), "--out", str(out),
+                            "--interval", "0.5", "--frames", "3"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert len(list(out.glob("*.png"))) == 6 and all(p.read_bytes() == data for p, data in first.items())
 
 
 def test_record_says_when_its_pictures_are_near_copies(normal_folder, tmp_path, capsys):
