@@ -23,7 +23,7 @@ from calibration.statistics import COPIES_SHARE, near_duplicates
 from .errors import EdgeAdError
 from .images import thumbnail
 from .runner import stop_on_signals
-from .sinks import picture_stem, slug
+from .sinks import picture_paths, slug
 from .sources import Source
 
 FORMATS = ("png", "jpg")
@@ -58,7 +58,7 @@ def record(
                 if moment - last < interval_s - 1e-3:  # frame times are rounded to the nanosecond
                     continue
                 last = moment
-                path = folder / f"{picture_stem(source.uri, frame.captured, frame.index)}.{fmt}"
+                (path,) = picture_paths(folder, source.uri, frame.captured, frame.index, (f".{fmt}",))
                 ok, data = cv2.imencode(f".{fmt}", frame.image)
                 if not ok:
                     raise EdgeAdError(f"{path}: cannot encode the frame ({frame.image.shape})")

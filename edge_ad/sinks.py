@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -86,13 +86,19 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[-40:] or "source"
 
 
-def picture_stem(source: str, captured: float, index: int) -> str:
-    """How saved pictures are named: the source, the capture time (Unix time, written local to the
-    second) and the frame number, which starts again at 0 in every run. Without the time a
-    service that restarts, or a second recording into the same folder, would overwrite the
-    pictures of the one before, and the events of that run would name another part's picture."""
-    when = time.strftime("%Y%m%d-%H%M%S", time.localtime(captured))
-    return f"{slug(source)}_{when}_{index:08d}"
+def picture_paths(folder: Path, source: str, captured: float, index: int, endings: Sequence[str]) -> list[Path]:
+    """The files of one saved picture (a name per ending) in `folder`, named after the source, the
+    capture time (Unix time, written local to the second) and the frame number, which starts
+    again at 0 in every run. Without the time a service that restarts, or a second recording into
+    the same folder, would overwrite the pictures of the one before, and the events of that run
+    would name another part's picture. A clock that starts again from the same time after a power
+    cut (no time server, no clock battery) can still repeat a name: -2, -3, ... is added then."""
+    stem = f"{slug(source)}_{time.strftime('%Y%m%d-%H%M%S', time.localtime(captured))}_{index:08d}"
+    paths, n = [folder / f"{stem}{ending}" for ending in endings], 1
+    while any(path.exists() for path in paths):
+        n += 1
+        paths = [folder / f"{stem}-{n}{ending}" for ending in endings]
+    return paths
 
 
 class Snapshot(NamedTuple):
@@ -169,8 +175,7 @@ class Snapshots:
         one is due); their files, or None when the source had one less than `interval_s` ago."""
         if not self.rate.due(source):
             return None
-        stem = picture_stem(source, captured, index)
-        saved = Snapshot(self.folder / f"{stem}_frame.jpg", self.folder / f"{stem}_overlay.jpg")
+        saved = Snapshot(*picture_paths(self.folder, source, captured, index, ("_frame.jpg", "_overlay.jpg")))
         for path, image in zip(saved, (frame, overlay())):
             self.quota.write(path, image, ".jpg")
         self.saved += 1
@@ -183,7 +188,7 @@ class Samples:
     same way) and, with one bundle per variant, per variant in it, to train a new bundle on and to
     calibrate or evaluate it before it goes on the line. Past `quota_bytes` the oldest go, so the
     folder holds the latest pictures of the line. Files are named as snapshots are
-    (`picture_stem`), so the runs of a service that restarts do not overwrite each other's. A
+    (`picture_paths`), so the runs of a service that restarts do not overwrite each other's. A
     thread writes them: a 1080p PNG takes 60 ms, two frames of a 30 fps camera that the scoring
     loop would drop. `close` writes the last one."""
 
@@ -208,7 +213,7 @@ class Samples:
         if self._pending.full() or not self.rate.due(source):
             return None
         folder = self.folder / slug(source) if variant is None else self.folder / slug(source) / slug(variant)
-        path = folder / f"{picture_stem(source, captured, index)}.png"
+        (path,) = picture_paths(folder, source, captured, index, (".png",))
         self._pending.put((path, frame))
         return path
 

@@ -81,6 +81,18 @@ def test_snapshots_keep_a_rate_limit_and_a_disk_quota(tmp_path):
     assert limited.save("a", 5, captured, frame, lambda: frame) is None
 
 
+def test_a_clock_that_repeats_a_time_overwrites_no_picture(tmp_path):
+    """After a power cut, a device without a time server or clock battery may start its clock
+    from the same saved time again: a name already taken gets -2, -3, ..."""
+    captured = time.mktime((2026, 12, 4, 6, 15, 12, 0, 0, -1))
+    frames = [np.full((32, 32, 3), level, np.uint8) for level in (0, 100, 200)]
+    saved = [Snapshots(tmp_path, interval_s=0.0).save("cam", 0, captured, f, lambda f=f: f) for f in frames]
+    assert [s.overlay.name for s in saved] == ["cam_20261204-061512_00000000_overlay.jpg",
+                                               "cam_20261204-061512_00000000-2_overlay.jpg",
+                                               "cam_20261204-061512_00000000-3_overlay.jpg"]
+    assert [int(cv2.imread(str(s.frame))[0, 0, 0]) for s in saved] == [0, 100, 200]
+
+
 def test_a_restarted_run_keeps_the_snapshots_its_events_name(tiny_bundle, spotted_frames, tmp_path):
     """Frame numbers start at 0 in every run: a service restarted (or run again on the camera)
     adds its snapshots beside those of the run before, and each event's files show its frame."""
