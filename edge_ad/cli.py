@@ -445,7 +445,7 @@ def _doctor(args: argparse.Namespace) -> None:
 
 def _record(args: argparse.Namespace) -> None:
     from .record import record, record_sources
-    from .sinks import slug
+    from .sinks import shared_slugs, slug
     from .sources import open_source
 
     if args.sources and not args.source and not args.input and not args.pipeline:
@@ -453,10 +453,7 @@ def _record(args: argparse.Namespace) -> None:
 
         streams = streams_from_yaml(Path(args.sources), _source_options(args))
         if len(streams) > 1:  # every camera at once, a folder each
-            folders: dict[str, list[str]] = {}
-            for stream in streams:
-                folders.setdefault(slug(stream.name), []).append(stream.name)
-            shared = next((names for names in folders.values() if len(names) > 1), None)
+            shared = shared_slugs(stream.name for stream in streams)
             if shared:
                 raise EdgeAdError(f"record: sources {shared} would share the folder {slug(shared[0])}; give them names "
                                   "that differ in letters or digits")

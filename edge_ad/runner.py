@@ -35,7 +35,7 @@ from .outputs import open_output, output_description
 from .regions import regions
 from .render import overlay
 from .service import ServiceNotifier
-from .sinks import AnomalyHook, EventLog, Guarded, Samples, Snapshot, Snapshots, slug
+from .sinks import AnomalyHook, EventLog, Guarded, Samples, Snapshot, Snapshots, shared_slugs, slug
 from .sources import Frame, Source, open_source
 from .streams import Stream
 from .telemetry import SourceStats, Telemetry
@@ -734,6 +734,9 @@ def run(
     names = [s.name for s in streams]
     if len(set(names)) != len(names):
         raise EdgeAdError(f"run: source names must differ, got {names}")
+    if shared := shared_slugs(names):
+        raise EdgeAdError(f"run: sources {shared} would share the name {slug(shared[0])} in snapshot and sample files "
+                          "and MQTT topics; give them names that differ in letters or digits")
     for stream in streams:  # an unknown output type fails now, not after the first frame
         if stream.output:
             output_description(stream.output, 64, 64, DEFAULT_FPS, config.jetson)

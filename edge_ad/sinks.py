@@ -7,6 +7,7 @@ frame, so it recovers by itself when the disk has room again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -81,9 +82,27 @@ class EventLog:
         self.file.close()
 
 
+SLUG_CHARS = 40
+
+
 def slug(text: str) -> str:
-    """A file-name-safe form of a source name (its last 40 characters)."""
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[-40:] or "source"
+    """A file-name-safe form of a source name, for file and folder names and MQTT topics: its
+    letters and digits, other runs of characters as "-". A longer one than SLUG_CHARS keeps its
+    end and adds 8 hex digits of the name's SHA-256: cameras of one make differ only in their
+    address, at the start (rtsp://10.0.0.21:554/cam/realmonitor?channel=1&subtype=0)."""
+    cleaned = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+    if len(cleaned) <= SLUG_CHARS:
+        return cleaned or "source"
+    return f"{cleaned[-SLUG_CHARS + 9:].strip('-')}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def shared_slugs(names: Iterable[str]) -> list[str] | None:
+    """The first names that `slug` spells alike ('line 1', 'line-1'), which would share files,
+    folders and topics; None when all differ."""
+    spelt: dict[str, list[str]] = {}
+    for name in names:
+        spelt.setdefault(slug(name), []).append(name)
+    return next((alike for alike in spelt.values() if len(alike) > 1), None)
 
 
 def picture_paths(folder: Path, source: str, captured: float, index: int, endings: Sequence[str]) -> list[Path]:

@@ -16,7 +16,7 @@ from edge_ad.streams import streams_from_yaml
 from edge_ad.pipelines import SourceOptions
 from edge_ad.detector import Detector
 from edge_ad.runner import RunConfig, run
-from edge_ad.sinks import AnomalyHook, EventLog, Guarded, Samples, Snapshots
+from edge_ad.sinks import AnomalyHook, EventLog, Guarded, Samples, Snapshots, slug
 from edge_ad.streams import Stream
 from edge_ad.telemetry import SourceStats, Telemetry
 
@@ -91,6 +91,18 @@ def test_a_clock_that_repeats_a_time_overwrites_no_picture(tmp_path):
                                                "cam_20261204-061512_00000000-2_overlay.jpg",
                                                "cam_20261204-061512_00000000-3_overlay.jpg"]
     assert [int(cv2.imread(str(s.frame))[0, 0, 0]) for s in saved] == [0, 100, 200]
+
+
+def test_cameras_of_one_make_get_names_of_their_own(tiny_bundle):
+    """Source names are the inputs by default, and the URIs of one make of camera differ only in
+    the address at their start: each still gets its own files, folders and MQTT topics. Names that
+    spell the same (`line 1`, `line-1`) are refused before the run starts."""
+    uris = [f"rtsp://admin:pw@192.168.1.{n}:554/cam/realmonitor?channel=1&subtype=0" for n in (21, 22)]
+    names = [slug(uri) for uri in uris]
+    assert names[0] != names[1] and all(len(n) == 40 and n.startswith("realmonitor-channel-1-subtype-0-") for n in names)
+    assert (slug("line 1"), slug("/data/line1/cam.mp4"), slug("")) == ("line-1", "data-line1-cam-mp4", "source")
+    with pytest.raises(EdgeAdError, match=r"sources \['line 1', 'line-1'\] would share the name line-1"):
+        run(Detector.load(tiny_bundle), [Stream("test://", "line 1"), Stream("test://", "line-1")], RunConfig())
 
 
 def test_a_restarted_run_keeps_the_snapshots_its_events_name(tiny_bundle, spotted_frames, tmp_path):
