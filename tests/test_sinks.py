@@ -101,6 +101,7 @@ def test_cameras_of_one_make_get_names_of_their_own(tiny_bundle):
     names = [slug(uri) for uri in uris]
     assert names[0] != names[1] and all(len(n) == 40 and n.startswith("realmonitor-channel-1-subtype-0-") for n in names)
     assert (slug("line 1"), slug("/data/line1/cam.mp4"), slug("")) == ("line-1", "data-line1-cam-mp4", "source")
+    assert (slug("左相机"), slug("右相机"), slug("Linie Ä_2")) == ("左相机", "右相机", "Linie-Ä-2")  # left, right camera
     with pytest.raises(EdgeAdError, match=r"sources \['line 1', 'line-1'\] would share the name line-1"):
         run(Detector.load(tiny_bundle), [Stream("test://", "line 1"), Stream("test://", "line-1")], RunConfig())
 
