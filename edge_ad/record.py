@@ -4,8 +4,8 @@ Frames come through the same sources as `edge-ad run` (the same camera options a
 the pictures are the frames `run` will score), at most one per `interval_s` (of the video's
 time for a file, of the clock for a camera), as lossless PNG (or JPEG) files named as `run`'s
 snapshots are, after the source, the capture time and the frame number, so that a second
-recording into the same folder adds to the first. Recording stops after `count` pictures, at the end of a file, or on
-SIGINT / SIGTERM, and keeps every picture saved. `record_sources` records several cameras at
+recording into the same folder adds to the first. Recording stops after `count` pictures, at
+the end of a file, or on SIGINT / SIGTERM, and keeps every picture saved. `record_sources` records several cameras at
 once (a run's --sources), each into its own folder, for a bundle per camera.
 """
 

@@ -83,18 +83,20 @@ class EventLog:
 
 
 SLUG_CHARS = 40
+SLUG_HASH_DIGITS = 8
 
 
 def slug(text: str) -> str:
     """A file-name-safe form of a source name, for file and folder names and MQTT topics: its
     letters and digits, of any script (左相机 stays as it is), other runs of characters as "-". A
-    longer one than SLUG_CHARS keeps its end and adds 8 hex digits of the name's SHA-256: cameras
+    longer one than SLUG_CHARS keeps its end and adds hex digits of the name's SHA-256: cameras
     of one make differ only in their address, at the start of their URIs
     (rtsp://10.0.0.21:554/cam/realmonitor?channel=1&subtype=0)."""
     cleaned = re.sub(r"[\W_]+", "-", text).strip("-")
     if len(cleaned) <= SLUG_CHARS:
         return cleaned or "source"
-    return f"{cleaned[-SLUG_CHARS + 9:].strip('-')}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    end = cleaned[-(SLUG_CHARS - SLUG_HASH_DIGITS - 1):].strip("-")
+    return f"{end}-{hashlib.sha256(text.encode()).hexdigest()[:SLUG_HASH_DIGITS]}"
 
 
 def shared_slugs(names: Iterable[str]) -> list[str] | None:
