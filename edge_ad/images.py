@@ -74,12 +74,23 @@ def check_frame(frame: object, name: str = "frame") -> np.ndarray:
     if not isinstance(frame, np.ndarray):
         raise ImageError(f"{name}: expected a numpy array, got {type(frame).__name__}")
     if frame.dtype != np.uint8:
-        raise ImageError(f"{name}: dtype {frame.dtype}, expected uint8")
+        raise ImageError(f"{name}: dtype {frame.dtype}, expected uint8 (0-255, as a camera's 8-bit frames)"
+                         f"{_to_8_bits(frame)}")
     if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (1, 3, 4)):
         raise ImageError(f"{name}: shape {frame.shape}, expected (H, W) or (H, W, 1|3|4)")
     if frame.shape[0] < 8 or frame.shape[1] < 8:
         raise ImageError(f"{name}: shape {frame.shape} is too small (at least 8x8 pixels)")
     return frame
+
+
+def _to_8_bits(frame: np.ndarray) -> str:
+    """How to make a frame of another dtype the 8-bit frame the model expects; "" when unclear."""
+    if frame.dtype == np.uint16:
+        return ("; a 10-, 12- or 14-bit camera's values scale down as its 8-bit output would: "
+                "(frame >> (bits - 8)).astype(np.uint8), or (frame // 257).astype(np.uint8) for the full 16-bit range")
+    if frame.dtype.kind == "f":
+        return "; values from 0 to 1: (frame * 255).round().astype(np.uint8)"
+    return ""
 
 
 def to_rgb(frame: np.ndarray, color: str = "BGR", name: str = "frame", size: tuple[int, int] | None = None

@@ -101,7 +101,8 @@ def test_not_an_image_and_empty_and_missing(tmp_path):
 @pytest.mark.parametrize(
     "frame, message",
     [
-        (np.zeros((32, 32, 3), np.float32), "dtype float32"),
+        (np.zeros((32, 32, 3), np.float32), r"dtype float32, expected uint8 .* \(frame \* 255\)"),
+        (np.zeros((32, 32), np.uint16), r"dtype uint16, expected uint8 .* \(frame >> \(bits - 8\)\)"),
         (np.zeros((32, 32, 2), np.uint8), "shape"),
         (np.zeros((0, 32, 3), np.uint8), "too small"),
         ([[0, 1]], "numpy array"),
