@@ -158,6 +158,8 @@ class _Quota:
 
 
 def _made(folder: Path, what: str) -> Path:
+    if folder.exists() and not folder.is_dir():
+        raise EdgeAdError(f"{folder}: is a file, not a {what} folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -138,6 +138,8 @@ class Telemetry:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise EdgeAdError(f"--metrics {path}: cannot create its folder ({exc.strerror or exc})") from exc
+            if path.is_dir():
+                raise EdgeAdError(f"--metrics {path}: is a folder; give a file name (metrics.prom in it)")
         self._written = -float("inf")
         self.server = None
         if port is not None:

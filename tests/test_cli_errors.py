@@ -130,6 +130,13 @@ def test_unsupported_source_and_unwritable_events(tmp_path, tiny_bundle):
     blocker.write_text("")
     _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", "test://", "--events", blocker / "ev.jsonl"),
                     "ev.jsonl", "cannot write events")
+    # A file where a folder goes and a folder where a file goes, said before the run starts
+    _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", "test://", "--snapshots", blocker),
+                    f"{blocker}: is a file, not a snapshot folder")
+    _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", "test://", "--samples", blocker),
+                    f"{blocker}: is a file, not a samples folder")
+    _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", "test://", "--metrics", tmp_path),
+                    f"--metrics {tmp_path}: is a folder; give a file name")
     _one_line_error(edge_ad("record", "--input", "test://", "--out", tmp_path / "good", "--input-crop", "0,0,64"),
                     "--input-crop", "X,Y,WIDTH,HEIGHT", program="edge-ad record")
     _one_line_error(edge_ad("record", "--input", "test://", "--out", tmp_path / "good", "--input-crop", "0,0,0,9"),
