@@ -40,6 +40,19 @@ def overlay(frame_bgr: np.ndarray, result: Result, alpha: float = 0.45) -> np.nd
     return out
 
 
+def fit(picture: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`picture` scaled to fit height x width whole, centred on black (as video players show
+    another aspect), when its size is not that one; else itself."""
+    if picture.shape[:2] == (height, width):
+        return picture
+    scale = min(height / picture.shape[0], width / picture.shape[1])
+    h, w = max(1, round(picture.shape[0] * scale)), max(1, round(picture.shape[1] * scale))
+    canvas = np.zeros((height, width) + picture.shape[2:], picture.dtype)
+    top, left = (height - h) // 2, (width - w) // 2
+    canvas[top:top + h, left:left + w] = cv2.resize(picture, (w, h), interpolation=cv2.INTER_AREA)
+    return canvas
+
+
 def mask_preview(frame_bgr: np.ndarray, mask: InspectionMask) -> np.ndarray:
     """The frame with the ignored part darkened and the inspected part outlined, to check a mask."""
     mask.check(frame_bgr.shape, "preview")

@@ -33,7 +33,7 @@ from .masks import InspectionMask, calibration_mismatch
 from .mqtt import MqttTls
 from .outputs import open_output, output_description
 from .regions import regions
-from .render import overlay
+from .render import fit, overlay
 from .service import ServiceNotifier
 from .sinks import AnomalyHook, EventLog, Guarded, Samples, Snapshot, Snapshots, shared_slugs, slug
 from .sources import Frame, Source, open_source
@@ -166,8 +166,9 @@ class _Capture(threading.Thread):
 
 
 class _VideoSink:
-    """Opens the video output at the first frame (its size) and writes overlays to it; an output
-    that cannot open is tried again after RETRY_S."""
+    """Opens the video output at the first frame (its size) and writes overlays to it, each fitted
+    to that size (an image folder of pictures of several sizes, a camera set to another
+    resolution); an output that cannot open is tried again after RETRY_S."""
 
     RETRY_S = 5.0
 
@@ -185,7 +186,7 @@ class _VideoSink:
             fps = round(self.source.fps or self.stream.options.framerate or DEFAULT_FPS)
             self.output = open_output(self.stream.output, width, height, max(fps, 1), self.jetson, self.bitrate_kbps)
             log.info("%s: video output %s", self.stream.name, self.output.description)
-        self.output.write(picture, frame.timestamp)
+        self.output.write(fit(picture, self.output.size[1], self.output.size[0]), frame.timestamp)
 
     def close(self) -> None:
         if self.output is not None:

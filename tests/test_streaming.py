@@ -121,6 +121,23 @@ def test_mp4_in_every_frame_scored_overlay_video_out(detector, mp4, tmp_path):
     assert played[-1].timestamp == pytest.approx(29 / 15, abs=1e-2)  # the input's frame rate
 
 
+def test_pictures_of_several_sizes_all_reach_the_video_fitted_to_the_first(detector, normal_folder, tmp_path):
+    """An image folder of pictures of several sizes: each frame goes into the video (at the first
+    frame's size, scaled whole onto black), none is refused by the output."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    cells = [cv2.imread(str(p)) for p in sorted(normal_folder.glob("*.png"))[:3]]
+    cells[1] = cv2.resize(cells[1], (400, 300))  # 4:3 between two square ones
+    for i, cell in enumerate(cells):
+        cv2.imwrite(str(folder / f"{i}.png"), cell)
+    out = tmp_path / "overlay.mkv"
+    summary = run(detector, [Stream(str(folder), output=str(out))], RunConfig())
+    assert not summary.sink_errors
+    played = [frame.image for frame in open_source(str(out))]
+    assert len(played) == 3 and all(p.shape == (300, 300, 3) for p in played)
+    assert played[1][:30].max() < 40 and played[1][-30:].max() < 40 and played[1][100:200].mean() > 60  # bars
+
+
 def test_int8_calibration_frames_from_a_video_given_as_a_file_uri(mp4, tmp_path):
     """`export --calib-data` takes a video as `run --input` does, file:// URIs included."""
     video = tmp_path / "line 3" / "clip.mp4"
