@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +22,16 @@ from edge_ad.detector import Detector
 TINY_INPUT = 128
 TINY_PROTOTYPES = 64
 MODULE_TYPES = ("mono", "poly")  # ELPV's two module types: two product variants
+
+
+def edge_ad(*args, check: bool = False) -> subprocess.CompletedProcess:
+    """`edge-ad ARGS` run as a user runs it (python -m edge_ad), its output captured; with `check`,
+    it must succeed."""
+    result = subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True,
+                            timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
 
 
 @pytest.fixture(scope="session", autouse=True)

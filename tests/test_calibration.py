@@ -2,8 +2,6 @@
 
 import re
 import shutil
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -25,7 +23,7 @@ from calibration.statistics import (
 from edge_ad.detector import Detector
 from edge_ad.doctor import doctor
 
-from conftest import full_disk
+from conftest import edge_ad, full_disk
 
 
 def test_near_copies_are_found_in_any_order():
@@ -112,7 +110,7 @@ def test_calibrating_on_a_slow_line_counts_its_parts(tiny_bundle, normal_folder,
         for j in range(10):
             shutil.copy(path, frames / f"{10 * i + j:03d}.png")
     calibrate = ["calibrate", "--bundle", bundle, "--input", frames, "--frames", 120, "--confidence", 0.9]
-    out = _edge_ad(*calibrate, "--target-far", 0.3)
+    out = edge_ad(*calibrate, "--target-far", 0.3)
     assert out.returncode == 0, out.stderr
     data = yaml.safe_load((bundle / "calibration.yaml").read_text())
     per_draw, above = data["frames_per_independent_frame"], data["normal_frames_above_threshold"]
@@ -123,7 +121,7 @@ def test_calibrating_on_a_slow_line_counts_its_parts(tiny_bundle, normal_folder,
     assert far_upper_bound(above + 10, 120, 0.9) <= 0.3  # as independent frames, a cell more would pass
     assert f"about {120 / per_draw:.0f} independent frames" in out.stdout
 
-    refused = _edge_ad(*calibrate, "--target-far", 0.1)  # 22 independent frames needed
+    refused = edge_ad(*calibrate, "--target-far", 0.1)  # 22 independent frames needed
     assert refused.returncode == 2
     assert f"are worth about {120 / per_draw:.0f} independent ones" in refused.stderr
     assert "at least 22 independent ones are needed" in refused.stderr
@@ -163,17 +161,13 @@ def test_the_report_shows_different_parts(tiny_bundle, normal_folder):
     assert [i for _, i, _, _ in calibration.top] == list(ranked[: site.TOP_FRAMES])
 
 
-def _edge_ad(*args):
-    return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True)
-
-
 def test_calibrate_command_writes_calibration_the_runtime_uses(tiny_bundle, normal_folder, mvtec_category, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     defects = mvtec_category / "test" / "spot"
     args = ["calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 12, "--target-far", 0.3,
             "--confidence", 0.9, "--defects", defects]
-    out = _edge_ad(*args)
+    out = edge_ad(*args)
     assert out.returncode == 0, out.stderr
     assert "known defects 4: recall" in out.stdout
     data = yaml.safe_load((bundle / "calibration.yaml").read_text())
@@ -191,7 +185,7 @@ def test_calibrate_command_writes_calibration_the_runtime_uses(tiny_bundle, norm
     assert sum(s >= data["threshold"] for s in scores) == data["normal_frames_above_threshold"]
 
     first = (bundle / "calibration.yaml").read_text()
-    assert _edge_ad(*args, "--threshold", "f1").returncode == 0
+    assert edge_ad(*args, "--threshold", "f1").returncode == 0
     assert (bundle / "calibration.yaml.bak").read_text() == first
     assert yaml.safe_load((bundle / "calibration.yaml").read_text())["threshold_from"] == "f1"
 
@@ -203,17 +197,17 @@ def test_calibrate_opens_the_camera_as_run_does(tiny_bundle, tmp_path):
     shutil.copytree(tiny_bundle, bundle)
     pipeline = ("videotestsrc num-buffers=12 pattern=ball ! video/x-raw,width=128,height=96 ! videoconvert ! "
                 "video/x-raw,format=BGR ! appsink name=sink")
-    out = _edge_ad("calibrate", "--bundle", bundle, "--pipeline", pipeline, "--frames", 12, "--target-far", 0.3,
-                   "--confidence", 0.9)
+    out = edge_ad("calibrate", "--bundle", bundle, "--pipeline", pipeline, "--frames", 12, "--target-far", 0.3,
+                  "--confidence", 0.9)
     assert out.returncode == 0, out.stderr
     data = yaml.safe_load((bundle / "calibration.yaml").read_text())
     assert (data["source"], data["frames"]) == (pipeline, 12)
-    out = _edge_ad("calibrate", "--bundle", bundle, "--pipeline", pipeline, "--input-flip", "clockwise")
+    out = edge_ad("calibrate", "--bundle", bundle, "--pipeline", pipeline, "--input-flip", "clockwise")
     assert out.returncode == 2
     assert "put videoflip (nvvidconv flip-method on a Jetson) in your own pipeline" in out.stderr
-    out = _edge_ad("calibrate", "--bundle", bundle, "--input", "rtsp://cam/s", "--input-codec", "mjpeg")
+    out = edge_ad("calibrate", "--bundle", bundle, "--input", "rtsp://cam/s", "--input-codec", "mjpeg")
     assert out.returncode == 2 and "rtsp://cam/s: codec 'mjpeg' is not supported" in out.stderr
-    out = _edge_ad("calibrate", "--bundle", bundle)
+    out = edge_ad("calibrate", "--bundle", bundle)
     assert out.returncode == 2
     assert "no input: give --input (a camera, stream, video file or folder) or --pipeline" in out.stderr
 
@@ -221,11 +215,11 @@ def test_calibrate_opens_the_camera_as_run_does(tiny_bundle, tmp_path):
 def test_too_few_frames_on_the_command_line(tiny_bundle, normal_folder, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    asked = _edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 12)  # 2995 needed
+    asked = edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 12)  # 2995 needed
     assert asked.returncode == 2 and "normal frames:" not in asked.stderr  # no progress bar: refused before reading
     assert asked.stderr.strip().splitlines()[-1].startswith("edge-ad: error: --frames 12 cannot show a false-alarm "
                                                             "rate of 0.001 with 95% confidence: at least 2995")
-    read = _edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 30, "--target-far", 0.1)
+    read = edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 30, "--target-far", 0.1)
     assert read.returncode == 2  # the folder ends after 12 of the 30 frames asked for, 29 needed
     assert read.stderr.strip().splitlines()[-1].startswith("edge-ad: error: 12 normal frames cannot show")
     assert not (bundle / "calibration.yaml").exists()
@@ -271,7 +265,7 @@ def test_drift_watch_raises_once_per_crossing():
 def test_run_drift_needs_a_calibration_and_then_reports(tiny_bundle, normal_folder, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    no_band = _edge_ad("run", "--bundle", bundle, "--input", normal_folder, "--drift")
+    no_band = edge_ad("run", "--bundle", bundle, "--input", normal_folder, "--drift")
     assert no_band.returncode == 2 and "needs a site calibration" in no_band.stderr
     (bundle / "calibration.yaml").write_text(yaml.safe_dump(
         {"steps": None, "threshold": 100.0, "drift": {"low": -2.0, "high": -1.0, "window": 2},  # a band no frame fits
@@ -282,7 +276,7 @@ def test_run_drift_needs_a_calibration_and_then_reports(tiny_bundle, normal_fold
     folder.mkdir()
     for i, p in enumerate(frames):
         shutil.copy(p, folder / f"{i:03d}.png")
-    out = _edge_ad("run", "--bundle", bundle, "--input", folder, "--drift", "--events", events)
+    out = edge_ad("run", "--bundle", bundle, "--input", folder, "--drift", "--events", events)
     assert out.returncode == 0, out.stderr
     lines = [yaml.safe_load(line) for line in events.read_text().splitlines()]
     drift = [e for e in lines if e["event"] == "drift"]

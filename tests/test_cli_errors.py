@@ -8,9 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-
-def edge_ad(*args):
-    return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True)
+from conftest import edge_ad
 
 
 def _one_line_error(result, *fragments, program="edge-ad"):

@@ -1,6 +1,3 @@
-import subprocess
-import sys
-
 import cv2
 import numpy as np
 import pytest
@@ -17,9 +14,7 @@ from export.onnx_export import export_bundle
 from export.prototype import PrototypeHead
 from export.train import TrainConfig, brightness_note, copies_note, load_run, picture, shape_note, train
 
-
-def edge_ad(*args):
-    return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True)
+from conftest import edge_ad
 
 
 @pytest.fixture(scope="module")

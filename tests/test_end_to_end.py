@@ -12,23 +12,17 @@ import pytest
 from edge_ad import Detector
 from edge_ad.device import read_sensors
 
-from conftest import full_disk
+from conftest import edge_ad, full_disk
 
 pytest.importorskip("gi", reason="GStreamer Python bindings (PyGObject) are not installed")
-
-
-def edge_ad(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 @pytest.fixture(scope="module")
 def cli_bundle(tmp_path_factory, normal_folder):
     work = tmp_path_factory.mktemp("cli")
-    edge_ad("train", "--data", normal_folder, "--out", work / "run", "--input-size", 128, "--prototypes", 64)
-    edge_ad("export", "--run", work / "run", "--out", work / "bundle")
+    edge_ad("train", "--data", normal_folder, "--out", work / "run", "--input-size", 128, "--prototypes", 64,
+            check=True)
+    edge_ad("export", "--run", work / "run", "--out", work / "bundle", check=True)
     return work / "bundle"
 
 
@@ -40,19 +34,19 @@ def test_a_threshold_set_on_too_few_images_is_called_so_by_export_run_and_doctor
     """Twelve training images hold out one: its score is the threshold, which about every second
     good part exceeds. Each command that a user meets the bundle through says so."""
     said = "is the score of its one validation image, which about 1 good part in 2 exceeds"
-    export = edge_ad("export", "--run", cli_bundle.parent / "run", "--out", tmp_path / "bundle")
+    export = edge_ad("export", "--run", cli_bundle.parent / "run", "--out", tmp_path / "bundle", check=True)
     assert "note: the threshold from export (" in export.stdout and said in export.stdout
-    run = edge_ad("run", "--bundle", cli_bundle, "--input", normal_folder)
+    run = edge_ad("run", "--bundle", cli_bundle, "--input", normal_folder, check=True)
     assert f"WARNING {normal_folder}: bundle {cli_bundle}: the threshold from export" in run.stderr
     assert said in run.stderr
-    doctor = edge_ad("doctor", "--bundle", cli_bundle, check=False)
+    doctor = edge_ad("doctor", "--bundle", cli_bundle)
     assert any(line.startswith("threshold    bundle: the threshold from export") and said in line
                for line in doctor.stdout.splitlines()), doctor.stdout
 
 
 def test_test_pattern_stream(cli_bundle, tmp_path):
     out = edge_ad("run", "--bundle", cli_bundle, "--input", "test://", "--max-frames", 40,
-                  "--events", tmp_path / "ev.jsonl", "--snapshots", tmp_path / "snaps", "--snapshot-interval", 0.5)
+                  "--events", tmp_path / "ev.jsonl", "--snapshots", tmp_path / "snaps", "--snapshot-interval", 0.5, check=True)
     assert "frames 40" in out.stdout and "fps" in out.stdout
     events = _events(tmp_path / "ev.jsonl")
     frames = [e["frame"] for e in events]
@@ -74,14 +68,14 @@ def test_video_file_through_decodebin(cli_bundle, normal_folder, tmp_path):
     for image in images:
         writer.write(image)
     writer.release()
-    out = edge_ad("run", "--bundle", cli_bundle, "--input", video, "--events", tmp_path / "ev.jsonl")
+    out = edge_ad("run", "--bundle", cli_bundle, "--input", video, "--events", tmp_path / "ev.jsonl", check=True)
     assert f"frames {len(images)}" in out.stdout
     assert len(_events(tmp_path / "ev.jsonl")) == len(images)
 
 
 def test_eval_on_mvtec_layout_reports_all_metrics(tiny_bundle, mvtec_category, tmp_path):
     edge_ad("eval", "--bundle", tiny_bundle, "--data", mvtec_category, "--json", tmp_path / "m.json",
-            "--report", tmp_path / "eval.png")
+            "--report", tmp_path / "eval.png", check=True)
     report = json.loads((tmp_path / "m.json").read_text())
     # The picture: histograms and ROC above, two rows of four overlays below (13 x 10.5 in at 80 dpi).
     assert report["picture"] == str(tmp_path / "eval.png")
@@ -102,13 +96,12 @@ def test_eval_on_mvtec_layout_reports_all_metrics(tiny_bundle, mvtec_category, t
     keep[:, :150] = 255
     cv2.imwrite(str(tmp_path / "mask.png"), keep)
     edge_ad("eval", "--bundle", tiny_bundle, "--data", mvtec_category, "--json", tmp_path / "masked.json",
-            "--mask", tmp_path / "mask.png")
+            "--mask", tmp_path / "mask.png", check=True)
     masked = json.loads((tmp_path / "masked.json").read_text())
     assert masked["mask"]["inspected"] == 0.5 and masked["test_images"] == 8
     assert masked["pixel_auroc"] != report["pixel_auroc"] and 0.0 < masked["aupro_0.3"] <= 1.0
     cv2.imwrite(str(tmp_path / "half.png"), keep[:150])  # a mask of another size names the first test image
-    out = edge_ad("eval", "--bundle", tiny_bundle, "--data", mvtec_category, "--mask", tmp_path / "half.png",
-                  check=False)
+    out = edge_ad("eval", "--bundle", tiny_bundle, "--data", mvtec_category, "--mask", tmp_path / "half.png")
     assert out.returncode == 2 and "half.png is 300x150 pixels, but the image is 300x300; the mask applies" in out.stderr
     assert f"{mvtec_category / 'test' / 'good' / '000.png'}: --mask" in out.stderr, out.stderr
 
@@ -120,7 +113,7 @@ def test_a_defect_image_without_its_mask_is_left_out_of_the_pixel_metrics(tiny_b
 
     category = shutil.copytree(mvtec_category, tmp_path / "cell")
     (category / "ground_truth" / "spot" / "001_mask.png").unlink()
-    out = edge_ad("eval", "--bundle", tiny_bundle, "--data", category, "--json", tmp_path / "m.json")
+    out = edge_ad("eval", "--bundle", tiny_bundle, "--data", category, "--json", tmp_path / "m.json", check=True)
     report = json.loads((tmp_path / "m.json").read_text())
     assert report["test_images"] == 8 and report["anomalous_images_without_mask"] == [str(category / "test/spot/001.png")]
     assert "note: 1 anomalous image(s) have no ground-truth mask" in out.stderr and "001.png" in out.stderr
@@ -156,7 +149,8 @@ def test_examples_run_against_a_bundle(cli_bundle, normal_folder, tmp_path):
 
 
 def test_bench_reports_stages_fps_and_memory(tiny_bundle, tmp_path):
-    edge_ad("bench", "--bundle", tiny_bundle, "--frames", 20, "--warmup", 2, "--json", tmp_path / "b.json")
+    edge_ad("bench", "--bundle", tiny_bundle, "--frames", 20, "--warmup", 2, "--json", tmp_path / "b.json",
+            check=True)
     report = json.loads((tmp_path / "b.json").read_text())
     assert report["frames"] == 20 and report["fps"] > 0
     assert report["backend"] == "onnxruntime" and report["onnxruntime_spin"] is True
@@ -174,7 +168,7 @@ def test_bench_reports_stages_fps_and_memory(tiny_bundle, tmp_path):
 
 def test_bench_batches_frames_per_call(tiny_bundle, tmp_path):
     edge_ad("bench", "--bundle", tiny_bundle, "--frames", 10, "--warmup", 2, "--batch", 4, "--no-spin",
-            "--json", tmp_path / "b.json")
+            "--json", tmp_path / "b.json", check=True)
     report = json.loads((tmp_path / "b.json").read_text())
     assert report["batch"] == 4 and report["frames"] == 12  # rounded up to whole calls of 4 frames
     assert report["onnxruntime_spin"] is False

@@ -3,8 +3,6 @@ lines, drawn per source and counted."""
 
 import hashlib
 import json
-import subprocess
-import sys
 from datetime import datetime
 
 import cv2
@@ -14,13 +12,10 @@ import pytest
 from edge_ad.errors import EdgeAdError
 from edge_ad.events_report import binned_medians, read_events, write_events_report
 
+from conftest import edge_ad
+
 ALARM_RED = (40, 39, 214)  # matplotlib's tab:red, BGR
 BUNDLE_BROWN = (75, 86, 140)  # tab:brown: the line where another bundle or calibration judged from
-
-
-def _edge_ad(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
 
 
 def _frame(source: str, t: float, score: float, anomaly: bool, **extra) -> dict:
@@ -43,10 +38,10 @@ def _red_pixels(path) -> int:
 
 def test_report_of_a_run(tiny_bundle, spotted_frames, tmp_path):
     events = tmp_path / "events.jsonl"
-    out = _edge_ad("run", "--bundle", tiny_bundle, "--input", spotted_frames, "--events",
-                   events, "--alarm-frames", 2)
+    out = edge_ad("run", "--bundle", tiny_bundle, "--input", spotted_frames, "--events",
+                  events, "--alarm-frames", 2)
     assert out.returncode == 0, out.stderr
-    out = _edge_ad("report", "--events", events)
+    out = edge_ad("report", "--events", events)
     assert out.returncode == 0, out.stderr
     assert f"{spotted_frames}: frames 9  anomalies 6 (66.67%)  alarms 3  from " in out.stdout
     judged_by = hashlib.sha256((tiny_bundle / "bundle.yaml").read_bytes()).hexdigest()[:12]  # as sha256sum prints it
@@ -108,8 +103,8 @@ def test_events_across_rotated_files_runs_and_damaged_lines(tmp_path):
     quiet = read_events(events, since=t0 + 3000)
     assert _red_pixels(write_events_report(quiet, tmp_path / "quiet.png")) == 0  # no alarm, none drawn
 
-    out = _edge_ad("report", "--events", events, "--since", "2026-12-03T06:00:05", "--until", "2026-12-03 06:01",
-                   "--out", tmp_path / "r.png")
+    out = edge_ad("report", "--events", events, "--since", "2026-12-03T06:00:05", "--until", "2026-12-03 06:01",
+                  "--out", tmp_path / "r.png")
     assert out.returncode == 0, out.stderr
     assert "cam: frames 2  anomalies 2 (100.00%)  alarms 1" in out.stdout
     assert f"4 of 12 lines skipped: {tmp_path / 'events.jsonl.1'}:3: not JSON (cut short?);" in out.stdout
@@ -122,9 +117,9 @@ def test_report_errors_name_what_is_wrong(tmp_path):
     _write(empty, [{"event": "drift", "source": "cam", "timestamp": 1.0, "state": "back"}])
     with pytest.raises(EdgeAdError, match="report: no frame events to draw"):
         write_events_report(read_events(empty), tmp_path / "r.png")
-    out = _edge_ad("report", "--events", empty, "--since", "yesterday")
+    out = edge_ad("report", "--events", empty, "--since", "yesterday")
     assert out.returncode == 2 and "'yesterday' is not a date and time such as 2026-12-03T06:00" in out.stderr
-    out = _edge_ad("report", "--events", empty, "--since", "2026-12-03T18:00", "--until", "2026-12-03T17:00")
+    out = edge_ad("report", "--events", empty, "--since", "2026-12-03T18:00", "--until", "2026-12-03T17:00")
     assert out.returncode == 2 and "--since is after --until" in out.stderr
 
 

@@ -4,8 +4,6 @@ detector, in `edge-ad run` and in `edge-ad calibrate`; a mask that cannot apply 
 import json
 import logging
 import shutil
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -20,12 +18,10 @@ from edge_ad.render import MASK_COLOUR, overlay
 from edge_ad.runner import RunConfig, detectors_of, load_masks, run
 from edge_ad.streams import Stream, streams_from_yaml
 
+from conftest import edge_ad
+
 SIZE = 300  # ELPV cells
 INSPECTED_FROM = 200  # the mask keeps columns 200-299: the right third
-
-
-def _edge_ad(*args):
-    return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True)
 
 
 def _spot(image: np.ndarray, x: int) -> np.ndarray:
@@ -125,8 +121,8 @@ def test_run_scores_each_source_within_its_mask(detector, cells, mask_file, tmp_
 def test_calibrate_within_a_mask_and_run_warns_on_another(tiny_bundle, normal_folder, mask_file, tmp_path, caplog):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    out = _edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 12, "--target-far", 0.3,
-                   "--confidence", 0.9, "--mask", mask_file)
+    out = edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 12, "--target-far", 0.3,
+                  "--confidence", 0.9, "--mask", mask_file)
     assert out.returncode == 0, out.stderr
     data = yaml.safe_load((bundle / "calibration.yaml").read_text())
     assert data["mask"]["file"] == str(mask_file) and data["mask"]["inspected"] == pytest.approx(1 / 3, abs=0.01)
@@ -139,8 +135,8 @@ def test_calibrate_within_a_mask_and_run_warns_on_another(tiny_bundle, normal_fo
     assert scores != unmasked
     wrong = tmp_path / "wrong.png"  # a mask of another size: the input is named, the calibration kept
     cv2.imwrite(str(wrong), np.full((100, 100), 255, np.uint8))
-    out = _edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 12, "--target-far", 0.3,
-                   "--mask", wrong)
+    out = edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 12, "--target-far", 0.3,
+                  "--mask", wrong)
     assert out.returncode == 2 and f"{normal_folder}: --mask {wrong} is 100x100 pixels, but the frames are" in out.stderr
     assert yaml.safe_load((bundle / "calibration.yaml").read_text()) == data
 
@@ -165,14 +161,14 @@ def test_masks_from_the_command_line_and_sources_yaml(tiny_bundle, tmp_path, mas
     sources.write_text("sources:\n  - {input: a.mp4, mask: [0, 0, 10, 10]}\n")
     with pytest.raises(EdgeAdError, match=r"cams.yaml: source 1: 'mask' must be an image file name"):
         streams_from_yaml(sources, SourceOptions())
-    out = _edge_ad("run", "--bundle", tiny_bundle, "--input", "test://", "--mask", tmp_path / "none.png")
+    out = edge_ad("run", "--bundle", tiny_bundle, "--input", "test://", "--mask", tmp_path / "none.png")
     assert out.returncode == 2 and "none.png: cannot read (No such file or directory)" in out.stderr
 
 
 def test_mask_command_draws_rectangles_and_a_preview(normal_folder, tmp_path):
     frame = sorted(normal_folder.glob("*.png"))[0]
     out = tmp_path / "masks" / "line1.png"
-    done = _edge_ad("mask", "--frame", frame, "--keep", "100,0,200,300", "--ignore", "150,100,50,50", "--out", out)
+    done = edge_ad("mask", "--frame", frame, "--keep", "100,0,200,300", "--ignore", "150,100,50,50", "--out", out)
     assert done.returncode == 0, done.stderr
     assert f"--mask {out}" in done.stdout and "(64% of the frame inspected)" in done.stdout
     mask = InspectionMask.load(out)
@@ -186,7 +182,7 @@ def test_mask_command_draws_rectangles_and_a_preview(normal_folder, tmp_path):
     assert np.array_equal(look[5:95, 110:290], original[5:95, 110:290])  # inspected: as it is
     assert np.all(look[50, 100] == MASK_COLOUR)  # the edge of the inspected part
 
-    outside = _edge_ad("mask", "--frame", frame, "--ignore", "250,0,100,10", "--out", out)
+    outside = edge_ad("mask", "--frame", frame, "--ignore", "250,0,100,10", "--out", out)
     assert outside.returncode == 2 and "rectangle 250,0,100,10 reaches outside the 300x300 frame" in outside.stderr
-    nothing = _edge_ad("mask", "--frame", frame, "--ignore", "0,0,300,300", "--out", out)
+    nothing = edge_ad("mask", "--frame", frame, "--ignore", "0,0,300,300", "--out", out)
     assert nothing.returncode == 2 and "the mask is black everywhere" in nothing.stderr

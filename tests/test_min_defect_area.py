@@ -4,8 +4,6 @@ of its map that large reaches the threshold, in the detector, `run` and `eval`."
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -19,11 +17,9 @@ from edge_ad.errors import BundleError
 from edge_ad.regions import input_area, region_score
 from export.evaluate import evaluate
 
+from conftest import edge_ad
+
 AREA = 5000  # frame pixels of a 300 x 300 ELPV cell: 910 of the tiny model's 128 x 128 map
-
-
-def _edge_ad(*args):
-    return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True)
 
 
 def _largest_region(above: np.ndarray) -> int:
@@ -54,7 +50,7 @@ def test_a_calibrated_area_flags_frames_by_their_regions(tiny_bundle, normal_fol
     shutil.copytree(tiny_bundle, bundle)
     calibrate = ["calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 12, "--target-far", 0.3,
                  "--confidence", 0.9]
-    out = _edge_ad(*calibrate, "--min-defect-area", AREA)
+    out = edge_ad(*calibrate, "--min-defect-area", AREA)
     assert out.returncode == 0, out.stderr
     assert f"a frame is flagged where a region of at least {AREA} pixels reaches it" in out.stdout
     assert yaml.safe_load((bundle / "calibration.yaml").read_text())["min_defect_area"] == AREA
@@ -76,13 +72,13 @@ def test_a_calibrated_area_flags_frames_by_their_regions(tiny_bundle, normal_fol
     assert any(r and not v for r, v in zip(reaching[:6], verdicts[:6]))  # normal maps reach it in small patches only
 
     events = tmp_path / "events.jsonl"
-    ran = _edge_ad("run", "--bundle", bundle, "--input", frames, "--events", events)
+    ran = edge_ad("run", "--bundle", bundle, "--input", frames, "--events", events)
     assert ran.returncode == 0, ran.stderr
     assert f"a frame is flagged where a region of at least {AREA} pixels reaches the threshold" in ran.stderr
     assert [json.loads(line)["anomaly"] for line in events.read_text().splitlines()] == verdicts
 
     assert evaluate(str(bundle), str(mvtec_category))["min_defect_area"] == AREA
-    doctor = _edge_ad("doctor", "--bundle", bundle)
+    doctor = edge_ad("doctor", "--bundle", bundle)
     named = hashlib.sha256((bundle / "calibration.yaml").read_bytes()).hexdigest()[:12]
     assert f"calibration: {bundle / 'calibration.yaml'} ({named}), flags regions of at least {AREA} pixels" in doctor.stdout
 
@@ -92,7 +88,7 @@ def test_a_calibrated_area_flags_frames_by_their_regions(tiny_bundle, normal_fol
     with pytest.raises(BundleError, match=r"field 'min_defect_area' must be positive, got -5"):
         site_calibrated(detector.bundle, bundle / "broken")
 
-    again = _edge_ad(*calibrate)  # without it: said, since the line's rule changes
+    again = edge_ad(*calibrate)  # without it: said, since the line's rule changes
     assert again.returncode == 0, again.stderr
     assert f"the calibration this replaces flagged regions of at least {AREA} pixels only" in again.stdout
     assert "min_defect_area" not in yaml.safe_load((bundle / "calibration.yaml").read_text())
@@ -103,8 +99,8 @@ def test_a_calibrated_area_flags_frames_by_their_regions(tiny_bundle, normal_fol
 def test_an_area_that_cannot_apply_is_refused(tiny_bundle, normal_folder, tmp_path, area, said):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    out = _edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 12, "--target-far", 0.3,
-                   "--min-defect-area", area)
+    out = edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 12, "--target-far", 0.3,
+                  "--min-defect-area", area)
     assert out.returncode == 2
     assert said in out.stderr
     assert not (bundle / "calibration.yaml").exists()

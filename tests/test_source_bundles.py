@@ -3,8 +3,6 @@
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -12,18 +10,13 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import MODULE_TYPES
+from conftest import MODULE_TYPES, edge_ad
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError
 from edge_ad.pipelines import SourceOptions
 from edge_ad.runner import RunConfig, load_detectors, run
 from edge_ad.streams import Stream, streams_from_yaml
 from edge_ad.variants import VariantDetector
-
-
-def _edge_ad(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
 
 
 @pytest.fixture
@@ -90,7 +83,7 @@ def test_bundles_in_sources_are_checked_before_anything_opens(variant_bundles, t
     with pytest.raises(EdgeAdError, match=r"no detector for source\(s\) \['other'\]"):
         run({"own": Detector.load(tiny_bundle)}, streams, RunConfig())
 
-    out = _edge_ad("run", "--input", "test://", "--max-frames", 1)
+    out = edge_ad("run", "--input", "test://", "--max-frames", 1)
     assert out.returncode != 0 and "test://: no bundle to score it with" in out.stderr
 
 
@@ -106,16 +99,16 @@ def test_calibrate_and_record_take_a_source_from_the_sources_file(variant_bundle
         {"input": str(cell_folders["poly"]), "name": "line2", "bundle": str(bundles["poly"]),
          "crop": [20, 30, 250, 200], "mask": str(mask)},
     ]}))
-    out = _edge_ad("calibrate", "--sources", sources, "--source", "line2", "--frames", 4, "--target-far", 0.5,
-                   "--confidence", 0.5)
+    out = edge_ad("calibrate", "--sources", sources, "--source", "line2", "--frames", 4, "--target-far", 0.5,
+                  "--confidence", 0.5)
     assert out.returncode == 0, out.stderr
     data = yaml.safe_load((bundles["poly"] / "calibration.yaml").read_text())
     assert data["source"] == str(cell_folders["poly"]) and data["frames"] == 4
     assert data["mask"]["file"] == str(mask) and data["mask"]["inspected"] == 1.0
     assert not (bundles["mono"] / "calibration.yaml").exists()  # only the named source's bundle
 
-    out = _edge_ad("record", "--sources", sources, "--source", "line2", "--out", tmp_path / "pictures",
-                   "--interval", 0)
+    out = edge_ad("record", "--sources", sources, "--source", "line2", "--out", tmp_path / "pictures",
+                  "--interval", 0)
     assert out.returncode == 0, out.stderr
     pictures = sorted((tmp_path / "pictures").glob("*.png"))
     first = cv2.imread(str(sorted(cell_folders["poly"].glob("*.png"))[0]))
@@ -126,9 +119,9 @@ def test_calibrate_and_record_take_a_source_from_the_sources_file(variant_bundle
         (["--source", "line3"], "--source line3: {} names the sources ['line1', 'line2']; give one of them"),
         (["--source", "line1", "--input", "x.mp4"], "--sources: the source is in the YAML file"),
     ]:
-        out = _edge_ad("calibrate", "--sources", sources, *args)
+        out = edge_ad("calibrate", "--sources", sources, *args)
         assert out.returncode != 0 and error.format(sources) in out.stderr, out.stderr
-    out = _edge_ad("calibrate", "--bundle", bundles["mono"], "--input", cell_folders["mono"], "--source", "line1")
+    out = edge_ad("calibrate", "--bundle", bundles["mono"], "--input", cell_folders["mono"], "--source", "line1")
     assert out.returncode != 0 and "--source line1: needs --sources FILE" in out.stderr
 
 
@@ -144,7 +137,7 @@ def test_doctor_checks_a_sources_file_as_run_would_start_it(variant_bundles, cel
         {"input": "foo://x", "name": "cam-bad", "bundle": variant_bundles["poly"]},
         {"input": "test://", "name": "cam-masked", "bundle": variant_bundles["poly"], "mask": str(tmp_path / "no.png")},
     ]}))
-    out = _edge_ad("doctor", "--sources", sources, "--bundle", variant_bundles["poly"])
+    out = edge_ad("doctor", "--sources", sources, "--bundle", variant_bundles["poly"])
     assert out.returncode == 1, out.stderr
     lines = out.stdout.splitlines()
     assert f"source       cam-mono: image folder, mask {mask} (100% inspected)" in lines
@@ -161,9 +154,9 @@ def test_doctor_checks_a_sources_file_as_run_would_start_it(variant_bundles, cel
         f"problem: source cam-masked: {tmp_path / 'no.png'}: cannot read (No such file or directory)",
     ]
 
-    out = _edge_ad("doctor", "--sources", sources)  # cam-test has no bundle of its own
+    out = edge_ad("doctor", "--sources", sources)  # cam-test has no bundle of its own
     assert "problem: source cam-test: no bundle to score it with" in out.stdout
-    out = _edge_ad("run", "--sources", sources, "--print-pipeline")
+    out = edge_ad("run", "--sources", sources, "--print-pipeline")
     assert out.stdout.splitlines()[0] == "cam-mono: image folder, read with OpenCV"
 
 
@@ -176,7 +169,7 @@ def test_record_takes_every_source_at_once_into_a_folder_each(cell_folders, tmp_
     ]}))
     (tmp_path / "good").mkdir()
     (tmp_path / "good" / "line-3").write_text("a file where line 3's folder would go")  # that one cannot record
-    out = _edge_ad("record", "--sources", sources, "--out", tmp_path / "good", "--interval", 0)
+    out = edge_ad("record", "--sources", sources, "--out", tmp_path / "good", "--interval", 0)
     assert out.returncode == 2, out.stderr
     folders = {name: sorted((tmp_path / "good" / name).glob("*.png")) for name in ("line-1", "line-2")}
     assert [len(pictures) for pictures in folders.values()] == [4, 4]  # the others went on
@@ -187,5 +180,5 @@ def test_record_takes_every_source_at_once_into_a_folder_each(cell_folders, tmp_
     assert "recording stopped early for line 3 (above); the pictures saved are kept" in out.stderr
     sources.write_text(yaml.safe_dump({"sources": [{"input": str(cell_folders["mono"]), "name": "line 1"},
                                                    {"input": str(cell_folders["poly"]), "name": "line-1"}]}))
-    out = _edge_ad("record", "--sources", sources, "--out", tmp_path / "more")
+    out = edge_ad("record", "--sources", sources, "--out", tmp_path / "more")
     assert out.returncode == 2 and "sources ['line 1', 'line-1'] would share the folder line-1" in out.stderr

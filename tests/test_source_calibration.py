@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import MODULE_TYPES
+from conftest import MODULE_TYPES, edge_ad
 from edge_ad import runner
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError
@@ -29,14 +29,9 @@ from edge_ad.telemetry import SourceStats
 from edge_ad.variants import VariantDetector
 
 
-def _edge_ad(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
-
-
 def _calibrate(sources: Path, name: str, frames: int = 6) -> None:
-    out = _edge_ad("calibrate", "--sources", sources, "--source", name, "--frames", frames, "--target-far", 0.5,
-                   "--confidence", 0.5)
+    out = edge_ad("calibrate", "--sources", sources, "--source", name, "--frames", frames, "--target-far", 0.5,
+                  "--confidence", 0.5)
     assert out.returncode == 0, out.stderr
 
 
@@ -239,7 +234,7 @@ def test_a_missing_or_foreign_calibration_is_said_and_the_bundle_numbers_used(
     assert (f"either-new: variant mono: {tmp_path / 'none' / 'mono'}: no calibration.yaml yet; variant poly: "
             f"{tmp_path / 'none' / 'poly'}: no calibration.yaml yet; scored with") in " ".join(warned)
 
-    out = _edge_ad("doctor", "--sources", sources)
+    out = edge_ad("doctor", "--sources", sources)
     problems = [line for line in out.stdout.splitlines() if line.startswith("problem:")]
     assert problems[0] == (f"problem: source new: {tmp_path / 'none'}: no calibration.yaml yet: edge-ad calibrate "
                            "--sources ... --source new (until then it is scored with the bundle's own numbers)")
@@ -249,7 +244,7 @@ def test_a_missing_or_foreign_calibration_is_said_and_the_bundle_numbers_used(
     sources.write_text(yaml.safe_dump({"sources": [
         {"input": str(lit_cells["bright"]), "name": "mono-cam", "bundle": variant_bundles["mono"],
          "calibration": str(foreign)}]}))
-    out = _edge_ad("doctor", "--sources", sources)
+    out = edge_ad("doctor", "--sources", sources)
     threshold = yaml.safe_load((foreign / "calibration.yaml").read_text())["threshold"]
     named = hashlib.sha256((foreign / "calibration.yaml").read_bytes()).hexdigest()[:12]  # as the events name it
     assert f"calibration  mono-cam: {foreign / 'calibration.yaml'} ({named}), threshold {threshold:.4f}" in out.stdout
@@ -267,7 +262,7 @@ def test_a_missing_or_foreign_calibration_is_said_and_the_bundle_numbers_used(
         {"input": str(lit_cells["dim"]), "name": "cam", "bundle": str(poly), "calibration": str(broken)}]}))
     with pytest.raises(EdgeAdError, match=r"broken/calibration.yaml: malformed YAML at line 2"):
         load_detectors(streams_from_yaml(sources, SourceOptions()))
-    out = _edge_ad("doctor", "--sources", sources)
+    out = edge_ad("doctor", "--sources", sources)
     assert f"problem: source cam: {broken / 'calibration.yaml'}: malformed YAML at line 2" in out.stdout
     _calibrate(sources, "cam")
     assert yaml.safe_load((broken / "calibration.yaml").read_text())["frames"] == 6
@@ -288,8 +283,8 @@ def test_calibrate_takes_every_source_in_turn(variant_bundles, lit_cells, tmp_pa
     ]
     sources = tmp_path / "cams.yaml"
     sources.write_text(yaml.safe_dump({"sources": entries}))
-    out = _edge_ad("calibrate", "--sources", sources, "--bundle", bundle, "--frames", 6, "--target-far", 0.5,
-                   "--confidence", 0.5)
+    out = edge_ad("calibrate", "--sources", sources, "--bundle", bundle, "--frames", 6, "--target-far", 0.5,
+                  "--confidence", 0.5)
     assert out.returncode == 2
     assert "edge-ad: error: not calibrated: short (above); the other sources were" in out.stderr
     assert "short not calibrated: only 1 normal frames were read" in out.stdout
@@ -301,10 +296,10 @@ def test_calibrate_takes_every_source_in_turn(variant_bundles, lit_cells, tmp_pa
     entries[3].pop("bundle")  # now two sources would write the shared bundle's calibration.yaml
     entries.append({"input": str(lit_cells["dim"]), "name": "other"})
     sources.write_text(yaml.safe_dump({"sources": entries}))
-    out = _edge_ad("calibrate", "--sources", sources, "--bundle", bundle)
+    out = edge_ad("calibrate", "--sources", sources, "--bundle", bundle)
     assert out.returncode == 2 and (f"calibrate: sources ['own', 'other'] would write one calibration ({bundle}); "
                                     f"give each a 'calibration:' folder of its own in {sources}") in out.stderr
-    out = _edge_ad("calibrate", "--sources", sources, "--bundle", bundle, "--defects", few)
+    out = edge_ad("calibrate", "--sources", sources, "--bundle", bundle, "--defects", few)
     assert out.returncode == 2 and "--defects: known defects are one camera's" in out.stderr
 
 
@@ -323,8 +318,8 @@ def test_sighup_reads_the_calibrations_again_while_the_cameras_go_on(variant_bun
         {"input": "test://ball?width=160&height=120&fps=30", "name": "cam", "calibration": str(tmp_path / "cam")},
         {"input": "test://smpte?width=160&height=120&fps=30", "name": "other"},  # the bundle's numbers
     ]}))
-    out = _edge_ad("calibrate", "--sources", sources, "--source", "cam", "--bundle", bundle, "--frames", 30,
-                   "--target-far", 0.5, "--confidence", 0.5)
+    out = edge_ad("calibrate", "--sources", sources, "--source", "cam", "--bundle", bundle, "--frames", 30,
+                  "--target-far", 0.5, "--confidence", 0.5)
     assert out.returncode == 0, out.stderr
     written = tmp_path / "cam" / "calibration.yaml"
     before = yaml.safe_load(written.read_text())["threshold"]
@@ -368,8 +363,8 @@ def test_a_reload_that_cannot_be_used_leaves_the_source_as_it_was(tiny_bundle, t
     sources = tmp_path / "cams.yaml"
     sources.write_text(yaml.safe_dump({"sources": [{"input": "test://ball?width=160&height=120&fps=30", "name": "cam",
                                                     "mask": str(mask), "calibration": str(tmp_path / "cam")}]}))
-    out = _edge_ad("calibrate", "--sources", sources, "--bundle", bundle, "--frames", 30, "--target-far", 0.5,
-                   "--confidence", 0.5)
+    out = edge_ad("calibrate", "--sources", sources, "--bundle", bundle, "--frames", 30, "--target-far", 0.5,
+                  "--confidence", 0.5)
     assert out.returncode == 0, out.stderr
     written = tmp_path / "cam" / "calibration.yaml"
     calibration = yaml.safe_load(written.read_text())

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import yaml
 
-from conftest import MODULE_TYPES as TYPES, add_spot
+from conftest import MODULE_TYPES as TYPES, add_spot, edge_ad
 from edge_ad.deepstream import MODEL_FILE, OUTPUT, DeepStreamScorer
 from edge_ad.detector import Detector
 from edge_ad.doctor import doctor
@@ -160,10 +160,6 @@ def test_eval_of_two_variant_bundles_from_the_command_line(variant_bundles, mvte
     assert report["image_auroc"] > 0.8 and report["pixel_auroc"] > 0.9  # the spots are plain to see
 
 
-def _edge_ad(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge_ad", *map(str, args)], capture_output=True, text=True)
-
-
 def _copies(variant_bundles, tmp_path) -> list[str]:
     """NAME=BUNDLE of copies of both bundles (calibration writes into them)."""
     specs = []
@@ -184,8 +180,8 @@ def test_calibrate_gives_each_variant_the_frames_it_takes(variant_bundles, test_
     for s in cracked:
         cv2.imwrite(str(defects / f"{s.name[5:]}.png"), cv2.cvtColor(s.image(), cv2.COLOR_RGB2BGR))
     specs = _copies(variant_bundles, tmp_path)
-    out = _edge_ad("calibrate", *[a for s in specs for a in ("--bundle", s)], "--input", folder, "--frames", 12,
-                   "--target-far", 0.35, "--confidence", 0.9, "--defects", defects)
+    out = edge_ad("calibrate", *[a for s in specs for a in ("--bundle", s)], "--input", folder, "--frames", 12,
+                  "--target-far", 0.35, "--confidence", 0.9, "--defects", defects)
     assert out.returncode == 0, out.stderr
     assert "normal frames per variant: mono 6, poly 6" in out.stdout
     known, above = 0, {}
@@ -213,8 +209,8 @@ def test_calibrate_keeps_the_variants_it_can_and_names_the_ones_it_cannot(varian
     for i, cell in enumerate(test_cells["mono"]):  # the poly line was idle while calibrating
         cv2.imwrite(str(folder / f"{i}.png"), cell)
     specs = _copies(variant_bundles, tmp_path)
-    out = _edge_ad("calibrate", "--bundle", specs[0], "--bundle", specs[1], "--input", folder, "--frames", 6,
-                   "--target-far", 0.35, "--confidence", 0.9)
+    out = edge_ad("calibrate", "--bundle", specs[0], "--bundle", specs[1], "--input", folder, "--frames", 6,
+                  "--target-far", 0.35, "--confidence", 0.9)
     assert out.returncode == 2
     assert "variant poly not calibrated: only 0 normal frames were read" in out.stdout
     assert "not calibrated: poly (above); the other variants were" in out.stderr.strip().splitlines()[-1]
@@ -223,8 +219,8 @@ def test_calibrate_keeps_the_variants_it_can_and_names_the_ones_it_cannot(varian
 
 
 def test_bench_of_two_variants_times_both(variant_bundles, tmp_path):
-    out = _edge_ad("bench", "--bundle", f"mono={variant_bundles['mono']}", "--bundle", f"poly={variant_bundles['poly']}",
-                   "--frames", 6, "--warmup", 1, "--batch", 2, "--json", tmp_path / "b.json")
+    out = edge_ad("bench", "--bundle", f"mono={variant_bundles['mono']}", "--bundle", f"poly={variant_bundles['poly']}",
+                  "--frames", 6, "--warmup", 1, "--batch", 2, "--json", tmp_path / "b.json")
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "b.json").read_text())
     assert set(report["variants"]) == set(TYPES) and report["frames"] == 6
