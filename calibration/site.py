@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from edge_ad.bundle import BRANCHES, CALIBRATION_FILE, Bundle, read_yaml, write_yaml_atomic
 from edge_ad.detector import Detector, Result
+from edge_ad.errors import without_passwords
 from edge_ad.images import thumbnail
 from edge_ad.masks import InspectionMask
 from edge_ad.normalize import Quantiles, fit_quantiles
@@ -305,7 +306,7 @@ def record(calibration: Calibration, detector: Detector, source: str, use_f1: bo
         "normal_frames_above_threshold": calibration.threshold.exceedances,
         "frames": calibration.frames,
         "frames_per_independent_frame": round(calibration.threshold.per_draw, 2),  # what the bound counted as one
-        "source": source,
+        "source": without_passwords(source),  # a camera's URI, without the password it may hold
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "bundle_sha256": bundle.sha256,  # the model whose maps these are, even if another is on disk by now
         "split_half": {k: round(v, 4) for k, v in calibration.agreement.items()},

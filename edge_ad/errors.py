@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
+
+_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:'\"]*):[^\s/@'\"]*@")
+
+
+def without_passwords(text: str) -> str:
+    """`text` with the password of every URI in it (scheme://user:password@host) written as ***.
+    Cameras take theirs in the URI (rtsp://admin:...@10.0.0.5/...), and a source is named by its
+    URI: its name goes to logs, events, snapshot names, MQTT, metrics and calibration files."""
+    return _PASSWORD.sub(r"\1:***@", text)
 
 
 class EdgeAdError(Exception):
@@ -34,7 +44,7 @@ def report_errors(program: str, run: Callable[[], object]) -> int:
     try:
         run()
     except EdgeAdError as exc:
-        print(f"{program}: error: {exc}", file=sys.stderr)
+        print(f"{program}: error: {without_passwords(str(exc))}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
         print(f"{program}: error: needs the Python package '{exc.name}', which is not installed "

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlparse
 
-from .errors import EdgeAdError
+from .errors import EdgeAdError, without_passwords
 from .sinks import slug
 
 log = logging.getLogger("edge_ad.mqtt")
@@ -76,7 +76,7 @@ def parse_mqtt_url(url: str) -> MqttBroker:
     password takes it from the environment variable EDGE_AD_MQTT_PASSWORD, if set."""
     parsed = urlparse(url)
     topic = parsed.path.strip("/")
-    shown = url if parsed.password is None else url.replace(f":{parsed.password}@", ":***@", 1)
+    shown = without_passwords(url)
     if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname or not topic:
         raise EdgeAdError(f"--mqtt {shown}: expected mqtt[s]://[user[:password]@]host[:port]/topic, as in "
                           "mqtt://broker.local/line1 (mqtts: TLS)")

@@ -58,7 +58,7 @@ def record(
                 if moment - last < interval_s - 1e-3:  # frame times are rounded to the nanosecond
                     continue
                 last = moment
-                (path,) = picture_paths(folder, source.uri, frame.captured, frame.index, (f".{fmt}",))
+                (path,) = picture_paths(folder, source.shown, frame.captured, frame.index, (f".{fmt}",))
                 ok, data = cv2.imencode(f".{fmt}", frame.image)
                 if not ok:
                     raise EdgeAdError(f"{path}: cannot encode the frame ({frame.image.shape})")

@@ -27,7 +27,7 @@ from .bundle import Bundle, read_yaml
 from .bundle_swap import BundlePaths, BundleSwap, Specs
 from .detector import Detector, Result
 from .drift import DriftWatch
-from .errors import BundleError, EdgeAdError, SourceError
+from .errors import BundleError, EdgeAdError, SourceError, without_passwords
 from .line_calibration import CALIBRATING, LineCalibration
 from .masks import InspectionMask, calibration_mismatch
 from .mqtt import MqttTls
@@ -147,9 +147,9 @@ class _Capture(threading.Thread):
                 self.delivered += 1
                 self.ready.set()
         except (EdgeAdError, OSError) as exc:
-            self.error = str(exc)
+            self.error = without_passwords(str(exc))
             if self.delivered:  # a source that never delivered fails the run, or shows in its summary
-                log.error("%s", exc)
+                log.error("%s", self.error)
         finally:
             self.finished = True
             self.ready.set()
@@ -782,7 +782,7 @@ def run(
         for stream in streams:
             source = open_source(stream.input, stream.options, stream.pipeline, config.jetson)
             stack.callback(source.close)
-            log.info("%s: %s", stream.name, source.description)
+            log.info("%s: %s", stream.name, without_passwords(source.description))
             bundles = bundles_of(detectors[stream.name]).values()
             if several:
                 roots = [f"{b.root} (calibration {b.calibration or 'from export'})" for b in bundles]

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import ImageError, SourceError
+from .errors import ImageError, SourceError, without_passwords
 from .images import is_image_file, no_images_in, read_image
 from .pipelines import SourceOptions, SourcePipeline, check_crop, flip_of, local_path, source_pipeline
 
@@ -100,6 +100,7 @@ class GstSource:
     ):
         self._Gst = load_gst()
         self.uri = uri
+        self.shown = without_passwords(uri)  # for logs
         self.options = options or SourceOptions()
         if pipeline is not None:
             if "appsink" not in pipeline or "name=sink" not in pipeline:
@@ -114,6 +115,7 @@ class GstSource:
             self._custom = False
         self.description = self.spec.description
         self.reconnects = 0
+        self._wait, self._attempt = BACKOFF_S[0], 0  # before the next reconnection attempt; its number
         self.passes = 0  # how many times a file has started playing in frames() (options.loop)
         self.fps: float | None = None  # from the caps of the first frame (None: variable or unknown)
         self._dropped_before = 0  # frames the appsinks of earlier connections dropped
@@ -142,15 +144,16 @@ class GstSource:
         except Exception as exc:  # GLib.Error carries GStreamer's own message
             hint = " (GenICam cameras need Aravis's GStreamer plugin: apt-get install libaravis-0.8-0)" \
                 if "aravissrc" in str(exc) else ""
-            raise SourceError(f"{self.uri}: cannot build pipeline '{self.description}': {exc}{hint}") from exc
+            raise SourceError(f"{self.shown}: cannot build pipeline '{without_passwords(self.description)}': "
+                              f"{exc}{hint}") from exc
         self.appsink = self.pipeline.get_by_name("sink")
         if self.appsink is None:
-            raise SourceError(f"{self.uri}: pipeline has no appsink named 'sink'")
+            raise SourceError(f"{self.shown}: pipeline has no appsink named 'sink'")
         state = self.pipeline.set_state(Gst.State.PAUSED)
         if state == Gst.StateChangeReturn.FAILURE:
             error = bus_error(self.pipeline) or "pipeline failed to start"
             self.close()
-            raise SourceError(f"{self.uri}: {with_argus_hint(self.description, error)}")
+            raise SourceError(f"{self.shown}: {with_argus_hint(self.description, error)}")
         if self._custom:  # a live source does not preroll: that is how GStreamer tells them apart
             self.spec.live = state == Gst.StateChangeReturn.NO_PREROLL
         live = self.spec.live
@@ -166,7 +169,7 @@ class GstSource:
         if self.pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
             error = bus_error(self.pipeline) or "pipeline failed to start"
             self.close()
-            raise SourceError(f"{self.uri}: {with_argus_hint(self.description, error)}")
+            raise SourceError(f"{self.shown}: {with_argus_hint(self.description, error)}")
 
     def _count_arrival(self, pad, info):
         self._numbers.append((info.get_buffer().pts, self._arrived_before + self._arrived_here))
@@ -191,11 +194,11 @@ class GstSource:
         buffer = sample.get_buffer()
         ok, info = buffer.map(self._Gst.MapFlags.READ)
         if not ok:
-            raise SourceError(f"{self.uri}: cannot map a video buffer")
+            raise SourceError(f"{self.shown}: cannot map a video buffer")
         try:
             stride = info.size // height  # rows are padded to 4 bytes for odd widths
             rows = np.frombuffer(info.data, np.uint8, count=stride * height).reshape(height, stride)
-            return np.array(crop_frame(rows[:, : width * 3].reshape(height, width, 3), self.options.crop, self.uri))
+            return np.array(crop_frame(rows[:, : width * 3].reshape(height, width, 3), self.options.crop, self.shown))
         finally:
             buffer.unmap(info)
 
@@ -207,13 +210,14 @@ class GstSource:
             sample = self.appsink.try_pull_sample(int(POLL_S * Gst.SECOND))
             if sample is not None:
                 self._pulled_here += 1
+                self._wait, self._attempt = BACKOFF_S[0], 0  # connected: the next failure starts over
                 return sample
             error = bus_error(self.pipeline)
             if error:
                 error = with_argus_hint(self.description, error)
                 if self.live:
                     raise _Failure(error)
-                raise SourceError(f"{self.uri}: {error}")
+                raise SourceError(f"{self.shown}: {error}")
             if self.appsink.is_eos():
                 if self.live:
                     raise _Failure("end of stream")
@@ -222,24 +226,28 @@ class GstSource:
             if 0 < self.options.timeout_s <= waited:  # 0: silence is normal (a camera triggered by the parts)
                 if self.live:
                     raise _Failure(f"no frame for {self.options.timeout_s:g} s")
-                raise SourceError(f"{self.uri}: no frame for {self.options.timeout_s:g} s")
+                raise SourceError(f"{self.shown}: no frame for {self.options.timeout_s:g} s")
         return None
 
     def _reconnect(self, reason: str, stop: threading.Event) -> None:
-        """Restart the pipeline until it starts, waiting 1, 2, 4 ... 30 s between attempts."""
-        wait, attempt = BACKOFF_S[0], 0
+        """Restart the pipeline until it starts, waiting 1, 2, 4 ... 30 s between attempts. The
+        wait goes on growing until a frame comes, not only until the pipeline starts: an RTSP
+        camera that is off, or refuses the login, lets rtspsrc start and fails it a moment later,
+        and must not be asked again every second (cameras lock an account out after a few failed
+        logins, and each attempt logs two lines)."""
         self.close()
-        log.warning("%s: %s; reconnecting", self.uri, reason)
+        log.warning("%s: %s; reconnecting in %.0f s", self.shown, reason, self._wait)
         while not stop.is_set():
-            attempt += 1
-            if stop.wait(wait):
+            self._attempt += 1
+            if stop.wait(self._wait):
                 return
-            log.warning("%s: reconnection attempt %d", self.uri, attempt)
+            self._wait = min(2 * self._wait, BACKOFF_S[1])
+            log.warning("%s: reconnection attempt %d", self.shown, self._attempt)
             try:
                 self._start()
             except SourceError as exc:
-                log.warning("%s: attempt %d failed: %s; next in %.0f s", self.uri, attempt, exc, min(2 * wait, BACKOFF_S[1]))
-                wait = min(2 * wait, BACKOFF_S[1])
+                log.warning("%s: attempt %d failed: %s; next in %.0f s", self.shown, self._attempt,
+                            without_passwords(str(exc)), self._wait)
                 continue
             self.reconnects += 1
             return
@@ -278,7 +286,7 @@ class GstSource:
                 timestamp = offset + pts / Gst.SECOND if pts != Gst.CLOCK_TIME_NONE else time.time()
                 gap, last = timestamp - last, timestamp
                 index = max(index + 1, self._number(pts, index + 1))
-                yield Frame(index, timestamp, self._to_array(sample), self.uri)
+                yield Frame(index, timestamp, self._to_array(sample), self.shown)
         finally:
             self.close()
 
@@ -295,7 +303,7 @@ class GstSource:
         total = duration / Gst.SECOND
         if total - end > max(CUT_SHORT_S, 0.05 * total):
             log.warning("%s: ended at %.1f s of the %.1f s its header gives; the file may be cut short",
-                        self.uri, end, total)
+                        self.shown, end, total)
 
     def _play_again(self) -> bool:
         """At the end of a file: whether `options.loop` asks for another pass (counted). A pass
@@ -343,7 +351,7 @@ class FolderSource:
     fps = None
 
     def __init__(self, folder: Path, flip: str = "none", loop: int = 0, crop: tuple[int, int, int, int] | None = None):
-        self.uri = str(folder)
+        self.uri = self.shown = str(folder)
         self.loop, self.crop = loop, crop
         self.description = f"image folder {folder}" + (f", flipped {flip}" if flip != "none" else "")
         self.turn = flip_of(str(folder), flip).turn

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .bundle import read_yaml
-from .errors import EdgeAdError
+from .errors import EdgeAdError, without_passwords
 from .pipelines import SourceOptions
 from .variants import parse_variants, split_spec
 
@@ -27,7 +27,7 @@ class Stream:
     calibration: str | None = None  # folder of its own site calibration of a shared bundle; None: the bundle's
 
     def __post_init__(self) -> None:
-        self.name = self.name or self.input or "pipeline"
+        self.name = self.name or without_passwords(self.input or "") or "pipeline"
         if isinstance(self.bundle, str):
             self.bundle = (self.bundle,)
 

@@ -242,7 +242,8 @@ def test_a_report_that_cannot_be_written_leaves_the_calibration_written(tiny_bun
     folder = shutil.copytree(tiny_bundle, tmp_path / "bundle")
     detector = Detector.load(folder)
     kept = site.collect(detector, (cv2.imread(str(p)) for p in sorted(normal_folder.glob("*.png"))), 12)
-    written = site.calibrate_into(folder, detector, kept[None], 0.3, 0.9, "cells")
+    written = site.calibrate_into(folder, detector, kept[None], 0.3, 0.9, "rtsp://qa:Secret123@10.0.0.5/line")
+    assert written.data["source"] == "rtsp://qa:***@10.0.0.5/line"  # calibration.yaml keeps no camera password
     assert written.report is None and written.report_problem == \
         f"{folder / 'calibration_report.png'}: not written (No space left on device)"
     assert Detector.load(folder).threshold == written.data["threshold"]  # in force

@@ -229,6 +229,47 @@ def test_rtsp_output_served_and_read_back(detector, tmp_path, transport):
     assert box["summary"].sink_errors == {}
 
 
+def test_a_camera_password_in_its_uri_stays_out_of_what_the_run_writes(detector, tmp_path, caplog):
+    """Cameras take their login in the RTSP URI, and a source is named by its URI: the password
+    goes into none of the logs, events, snapshot names and metrics."""
+    _need_rtsp_server()
+    port = free_port()
+    camera = Stream("test://ball?width=160&height=120&fps=20", output=f"rtsp://@:{port}/line")
+    stop, thread, _ = _run_in_thread(detector, [camera], RunConfig())
+    config = RunConfig(events=tmp_path / "ev.jsonl", snapshots=tmp_path / "snaps", snapshot_interval_s=0.0,
+                       metrics=tmp_path / "m.prom", max_frames=5)
+    try:
+        time.sleep(1.0)
+        with caplog.at_level(logging.INFO):
+            summary = run(detector, [Stream(f"rtsp://admin:Secret123@127.0.0.1:{port}/line",
+                                            options=SourceOptions(latency_ms=50, timeout_s=10))], config)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    (stats,) = summary.sources
+    assert (stats.name, stats.frames) == (f"rtsp://admin:***@127.0.0.1:{port}/line", 5)
+    written = [caplog.text, (tmp_path / "ev.jsonl").read_text(), (tmp_path / "m.prom").read_text(),
+               *(p.name for p in (tmp_path / "snaps").iterdir())]
+    assert len(written) > 3 and "admin:***@" in caplog.text and not any("Secret123" in text for text in written)
+
+
+def test_a_camera_that_is_off_is_asked_less_and_less_often(caplog):
+    """An RTSP camera that is off lets rtspsrc start and fails it a moment later: the wait between
+    attempts still doubles (1, 2, 4 ... 30 s) until a frame comes, so that a camera which locks an
+    account out after a few failed logins is not asked every second."""
+    source = open_source(f"rtsp://127.0.0.1:{free_port()}/line", SourceOptions(timeout_s=1.0))
+    stop = threading.Event()
+    reader = threading.Thread(target=lambda: list(source.frames(stop)))
+    with caplog.at_level(logging.WARNING):
+        reader.start()
+        time.sleep(9.5)
+        stop.set()
+        reader.join(timeout=10)
+    attempts = [r.created for r in caplog.records if "reconnection attempt" in r.getMessage()]
+    gaps = np.diff(attempts)
+    assert len(attempts) == 3 and gaps[1] > 1.5 * gaps[0]  # at about 1, 3 and 7 s (every 1.2 s before)
+
+
 def test_a_file_plays_at_its_own_pace_with_realtime(mp4):
     """--realtime: each frame comes no earlier than its time in the file, as from a camera;
     without it the 2 s clip is read as fast as it decodes. Every frame either way."""
