@@ -100,7 +100,7 @@ class GstSource:
     ):
         self._Gst = load_gst()
         self.uri = uri
-        self.shown = without_passwords(uri)  # for logs
+        self.shown = without_passwords(uri)  # for logs, errors and frame names
         self.options = options or SourceOptions()
         if pipeline is not None:
             if "appsink" not in pipeline or "name=sink" not in pipeline:
