@@ -20,7 +20,7 @@ from edge_ad.sinks import AnomalyHook, EventLog, Guarded, Samples, Snapshots, sl
 from edge_ad.streams import Stream
 from edge_ad.telemetry import SourceStats, Telemetry
 
-from conftest import SPOT_PATTERN
+from conftest import SPOT_PATTERN, full_disk
 
 
 def test_regions_are_connected_areas_above_threshold_largest_first():
@@ -264,12 +264,9 @@ def test_sources_yaml(tmp_path):
         streams_from_yaml(bad, SourceOptions())
 
 
-def test_a_metrics_file_that_cannot_be_written_is_counted_and_the_run_goes_on(tiny_bundle, spotted_frames, tmp_path):
-    from edge_ad.detector import Detector
-    from edge_ad.runner import RunConfig, run
-    from edge_ad.streams import Stream
-
-    (tmp_path / "m.prom").mkdir()  # a folder where the file would go: every write fails, as on a full disk
+def test_a_metrics_file_that_cannot_be_written_is_counted_and_the_run_goes_on(tiny_bundle, spotted_frames, tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.setattr("edge_ad.telemetry.write_to_textfile", full_disk)  # every write fails
     config = RunConfig(metrics=tmp_path / "m.prom", events=tmp_path / "new" / "ev.jsonl")
     summary = run(Detector.load(tiny_bundle), [Stream(str(spotted_frames), "line")], config)
     assert summary.sources[0].frames == len(SPOT_PATTERN)
