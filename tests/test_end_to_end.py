@@ -46,7 +46,8 @@ def test_a_threshold_set_on_too_few_images_is_called_so_by_export_run_and_doctor
 
 def test_test_pattern_stream(cli_bundle, tmp_path):
     out = edge_ad("run", "--bundle", cli_bundle, "--input", "test://", "--max-frames", 40,
-                  "--events", tmp_path / "ev.jsonl", "--snapshots", tmp_path / "snaps", "--snapshot-interval", 0.5, check=True)
+                  "--events", tmp_path / "ev.jsonl", "--snapshots", tmp_path / "snaps", "--snapshot-interval", 0.5,
+                  check=True)
     assert "frames 40" in out.stdout and "fps" in out.stdout
     events = _events(tmp_path / "ev.jsonl")
     frames = [e["frame"] for e in events]

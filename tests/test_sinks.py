@@ -99,7 +99,8 @@ def test_cameras_of_one_make_get_names_of_their_own(tiny_bundle):
     spell the same (`line 1`, `line-1`) are refused before the run starts."""
     uris = [f"rtsp://admin:pw@192.168.1.{n}:554/cam/realmonitor?channel=1&subtype=0" for n in (21, 22)]
     names = [slug(uri) for uri in uris]
-    assert names[0] != names[1] and all(len(n) == 40 and n.startswith("realmonitor-channel-1-subtype-0-") for n in names)
+    assert names[0] != names[1]
+    assert all(len(n) == 40 and n.startswith("realmonitor-channel-1-subtype-0-") for n in names)
     assert (slug("line 1"), slug("/data/line1/cam.mp4"), slug("")) == ("line-1", "data-line1-cam-mp4", "source")
     assert (slug("左相机"), slug("右相机"), slug("Linie Ä_2")) == ("左相机", "右相机", "Linie-Ä-2")  # left, right camera
     with pytest.raises(EdgeAdError, match=r"sources \['line 1', 'line-1'\] would share the name line-1"):
@@ -291,7 +292,8 @@ def test_an_alarm_needs_alarm_frames_anomalous_frames_in_a_row(tiny_bundle, spot
     snapped = [(e["frame"], e["snapshot"], e["overlay"]) for e in events if "snapshot" in e]
     assert [frame for frame, _, _ in snapped] == [4, 7, 8]
     for frame, picture, drawn in snapped:
-        assert re.fullmatch(rf"{re.escape(str(tmp_path / 'snaps'))}/line_\d{{8}}-\d{{6}}_{frame:08d}_frame\.jpg", picture)
+        named = rf"{re.escape(str(tmp_path / 'snaps'))}/line_\d{{8}}-\d{{6}}_{frame:08d}_frame\.jpg"
+        assert re.fullmatch(named, picture)
         assert cv2.imread(picture).shape == cv2.imread(drawn).shape == (300, 300, 3)
     (stats,) = summary.sources
     assert (stats.anomalies, stats.alarms, stats.snapshots) == (6, 3, 3)
