@@ -15,7 +15,7 @@ from .deepstream import CONFIG_FILE, DEEPSTREAM_DIR, missing_engine
 from .detector import Detector
 from .device import (Device, detect, int8_saturates, jetpack, load_configs, pick_config, read_sensors,
                      run_command, target_config)
-from .errors import EdgeAdError
+from .errors import EdgeAdError, without_passwords
 from .streams import Stream, bundle_of, calibration_folder
 from .variants import comparability_problem, parse_variants
 
@@ -310,14 +310,15 @@ def _check_source(report: Report, stream: Stream, jetson: bool) -> None:
         elif Path(stream.input).is_dir():
             pipelines, kind = [], "image folder"
         else:
-            pipelines, kind = [source_pipeline(stream.input, stream.options, jetson).description], stream.input
+            pipelines = [source_pipeline(stream.input, stream.options, jetson).description]
+            kind = without_passwords(stream.input)  # doctor's output goes into support tickets
         if stream.output:
             pipelines.append(output_description(stream.output, 64, 64, 30, jetson))
             if stream.output.startswith("rtsp://"):
                 rtsp_server(stream.output)
         mask = InspectionMask.load(stream.mask) if stream.mask else None
     except EdgeAdError as exc:
-        report.problems.append(f"source {stream.name}: {exc}")
+        report.problems.append(f"source {stream.name}: {without_passwords(str(exc))}")
         return
     report.found("source", f"{stream.name}: {kind}" + (f" -> {stream.output}" if stream.output else "")
                            + (f", mask {stream.mask} ({mask.describe()['inspected']:.0%} inspected)" if mask else ""))

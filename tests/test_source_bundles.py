@@ -136,6 +136,7 @@ def test_doctor_checks_a_sources_file_as_run_would_start_it(variant_bundles, cel
          "bundle": variant_bundles["mono"]},
         {"input": "foo://x", "name": "cam-bad", "bundle": variant_bundles["poly"]},
         {"input": "test://", "name": "cam-masked", "bundle": variant_bundles["poly"], "mask": str(tmp_path / "no.png")},
+        {"input": "rtsp://admin:Secret123@10.0.0.5/line", "name": "cam-rtsp", "bundle": variant_bundles["mono"]},
     ]}))
     out = edge_ad("doctor", "--sources", sources, "--bundle", variant_bundles["poly"])
     assert out.returncode == 1, out.stderr
@@ -143,7 +144,8 @@ def test_doctor_checks_a_sources_file_as_run_would_start_it(variant_bundles, cel
     assert f"source       cam-mono: image folder, mask {mask} (100% inspected)" in lines
     assert f"source       cam-test: test://ball -> {tmp_path / 'out.mp4'}" in lines
     # Each bundle once, for the sources it scores (--bundle for those without their own).
-    assert lines.count("scores       cam-mono, cam-own") == 1
+    assert "source       cam-rtsp: rtsp://admin:***@10.0.0.5/line" in lines and "Secret123" not in out.stdout
+    assert lines.count("scores       cam-mono, cam-own, cam-rtsp") == 1
     assert lines.count("scores       cam-test, cam-bad, cam-masked") == 1
     assert sum(line.startswith("bundle ") for line in lines) == 2
     problems = [line for line in lines if line.startswith("problem:")]
