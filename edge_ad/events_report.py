@@ -37,7 +37,7 @@ class SourceEvents:
     anomalies: list[bool] = field(default_factory=list)
     alarms: list[bool] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
-    drift: list[tuple[float, str]] = field(default_factory=list)  # (timestamp, "outside" | "back")
+    drift: list[tuple[float, str]] = field(default_factory=list)  # (timestamp, "outside" | "flagged" | "back")
     self_checks: list[tuple[float, str, str]] = field(default_factory=list)  # failed: (timestamp, bundle, problem)
     judges: list[tuple[str, str | None] | None] = field(default_factory=list)  # per frame: (bundle, calibration)
 
@@ -63,7 +63,7 @@ class SourceEvents:
                   f"{np.percentile(self.latencies_ms, 99):.1f} ms" if self.latencies_ms else ""
         return (f"{self.counts()}  from {_clock(start)} to {_clock(end)}  "
                 f"longest gap {gaps.max() if gaps.size else 0.0:.1f} s{latency}  "
-                f"drift events {len(self.drift)} ({sum(state == 'outside' for _, state in self.drift)} outside)"
+                f"drift events {len(self.drift)} ({sum(state != 'back' for _, state in self.drift)} outside)"
                 f"{failed}")
 
     def stretches(self) -> list[tuple[tuple[str, str | None], int, int]]:
@@ -236,7 +236,7 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
             timeline.plot([datetime.fromtimestamp(t) for t in middle[0]], middle[1], color="navy", linewidth=1.2,
                           label=f"median per {middle[2]:.0f} s")
         for timestamp, state in record.drift:
-            colour = "tab:purple" if state == "outside" else "tab:green"
+            colour = "tab:green" if state == "back" else "tab:purple"
             timeline.axvline(datetime.fromtimestamp(timestamp), color=colour, linestyle="--", linewidth=1)
         for timestamp, _, _ in record.self_checks:
             timeline.axvline(datetime.fromtimestamp(timestamp), color="red", linewidth=2)
@@ -260,7 +260,7 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         histogram.sharey(timeline)
     notes = []
     if any(record.drift for record in sources):
-        notes.append("dashed lines: drift out of the calibrated band (purple), back in it (green)")
+        notes.append("dashed lines: drift out of the calibrated band or most frames flagged (purple), back (green)")
     if any(record.self_checks for record in sources):
         notes.append("solid red lines: a self-check failed and the run stopped (edge-ad report prints why)")
     if changes:

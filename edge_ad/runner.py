@@ -297,6 +297,10 @@ class _Sinks:
         if drift["state"] == "outside":
             log.warning("%s: drift: median normal score %.4f left the calibrated band [%.4f, %.4f]; recalibrate "
                         "(edge-ad calibrate)", where, drift["median"], drift["low"], drift["high"])
+        elif drift["state"] == "flagged":
+            log.warning("%s: drift: %.0f%% of the last %d frames flagged: has the view changed (a covered lens, a "
+                        "light out, the camera moved)? Look at the camera before the parts", where,
+                        100 * drift["flagged"], drift["window"])
         else:
             log.info("%s: drift: median normal score %.4f is back in the calibrated band", where, drift["median"])
         self._tell(drift)

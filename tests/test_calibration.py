@@ -263,6 +263,20 @@ def test_drift_watch_raises_once_per_crossing():
     assert CHECK_EVERY < 60
 
 
+def test_drift_watch_says_when_most_frames_are_flagged():
+    """A covered lens or a light that failed flags every frame: the median of the normal-looking
+    scores then sees none, and the share of flagged frames says it instead."""
+    from edge_ad.drift import FLAGGED_SHARE, DriftWatch
+
+    watch = DriftWatch(0.1, 0.2, window=60)
+    assert not any(watch.add(0.15, anomaly=False) for _ in range(120))
+    assert not any(watch.add(0.15, anomaly=i % 4 == 0) for i in range(120))  # a defect in one part of four
+    events = [e for e in (watch.add(0.9, anomaly=True) for _ in range(300)) if e]
+    assert [e["state"] for e in events] == ["flagged"] and events[0]["flagged"] >= FLAGGED_SHARE
+    events = [e for e in (watch.add(0.15, anomaly=False) for _ in range(120)) if e]
+    assert [(e["state"], e["median"]) for e in events] == [("back", 0.15)]
+
+
 def test_run_drift_needs_a_calibration_and_then_reports(tiny_bundle, normal_folder, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
@@ -283,6 +297,15 @@ def test_run_drift_needs_a_calibration_and_then_reports(tiny_bundle, normal_fold
     drift = [e for e in lines if e["event"] == "drift"]
     assert len(drift) == 1 and drift[0]["state"] == "outside" and "left the calibrated band" in out.stderr
     assert sum(e["event"] == "frame" for e in lines) == len(frames)
+    # Every frame flagged (a threshold no frame stays below): the view, not the band, is what changed.
+    calibration = yaml.safe_load((bundle / "calibration.yaml").read_text())
+    (bundle / "calibration.yaml").write_text(yaml.safe_dump({**calibration, "threshold": -100.0}))
+    out = edge_ad("run", "--bundle", bundle, "--input", folder, "--drift", "--events", tmp_path / "flagged.jsonl")
+    assert out.returncode == 0, out.stderr
+    lines = [yaml.safe_load(line) for line in (tmp_path / "flagged.jsonl").read_text().splitlines()]
+    drift = [e for e in lines if e["event"] == "drift"]
+    assert [(e["state"], e["flagged"]) for e in drift] == [("flagged", 1.0)]
+    assert "100% of the last 2 frames flagged: has the view changed" in out.stderr
 
 
 def test_a_calibration_of_another_bundle_is_set_aside(tiny_bundle, tmp_path):
