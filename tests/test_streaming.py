@@ -266,8 +266,8 @@ def test_a_camera_that_is_off_is_asked_less_and_less_often(caplog):
         stop.set()
         reader.join(timeout=10)
     attempts = [r.created for r in caplog.records if "reconnection attempt" in r.getMessage()]
-    gaps = np.diff(attempts)
-    assert len(attempts) == 3 and gaps[1] > 1.5 * gaps[0]  # at about 1, 3 and 7 s (every 1.2 s before)
+    gaps = np.diff(attempts)  # attempts at about 1, 3 and 7 s: 7 of them, every 1.2 s, before
+    assert 2 <= len(attempts) <= 3 and gaps[0] > 1.5 and all(b > 1.5 * a for a, b in zip(gaps, gaps[1:]))
 
 
 def test_a_file_plays_at_its_own_pace_with_realtime(mp4):
