@@ -6,7 +6,8 @@ import re
 import sys
 from collections.abc import Callable
 
-_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:'\"]*):[^\s/@'\"]*@")
+# scheme://user:password@host: the password runs to the last @ before the path (some hold an @)
+_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:'\"]*):[^\s/'\"]*@")
 
 
 def without_passwords(text: str) -> str:

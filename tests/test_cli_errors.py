@@ -8,7 +8,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_ad.errors import without_passwords
+
 from conftest import edge_ad
+
+
+def test_passwords_in_uris_are_masked_in_messages():
+    assert without_passwords("rtsp://admin:p@ss:1@10.0.0.5:554/a@b x") == "rtsp://admin:***@10.0.0.5:554/a@b x"
+    assert without_passwords('location="rtsp://u:p@h/x" ! mqtt://qa:s%40x@b/t') == \
+        'location="rtsp://u:***@h/x" ! mqtt://qa:***@b/t'
+    for untouched in ("rtsp://admin@h/x", "rtsp://10.0.0.5:554/x@y", "file:///a/b:c@d", "/data/a:b@c.mp4"):
+        assert without_passwords(untouched) == untouched
 
 
 def _one_line_error(result, *fragments, program="edge-ad"):
