@@ -248,6 +248,18 @@ def test_a_port_that_is_taken_is_refused_by_name():
             ModbusServer(port, ["cam"], host="127.0.0.1")
 
 
+def _frame_events_through(events: Path, frame: int) -> list[dict]:
+    """The frame events of the events file once it holds `frame`: the registers are set as a frame
+    is scored, before its event line is written, so the file may lag them by a batch."""
+    deadline = time.monotonic() + 30
+    while True:
+        lines = [json.loads(line) for line in events.read_text().split("\n")[:-1]]  # whole lines only
+        frames = [e for e in lines if e["event"] == "frame"]
+        if any(e["frame"] >= frame for e in frames) or time.monotonic() > deadline:
+            return frames
+        time.sleep(0.05)
+
+
 def test_a_plc_reads_what_the_run_scored(spotted_frames, tiny_bundle, tmp_path):
     """`edge-ad run --modbus-port`, a folder of real cells with a spot in some, played in a loop:
     the registers a client reads are those of the frame they name, as the events file has it
@@ -267,8 +279,8 @@ def test_a_plc_reads_what_the_run_scored(spotted_frames, tiny_bundle, tmp_path):
         block, latch = input_registers(client, 0, REGISTERS_PER_SOURCE), _coils(client, 1)
         assert block[0] >= 2 * len(SPOT_PATTERN), "the run scored too few frames in a minute"
         frame = block[6] << 16 | block[7]
-        lines = [json.loads(line) for line in events.read_text().splitlines()]
-        upto = [e for e in lines if e["event"] == "frame" and e["frame"] <= frame]
+        lines = _frame_events_through(events, frame)
+        upto = [e for e in lines if e["frame"] <= frame]
         event = upto[-1]
         assert event["frame"] == frame
         assert block[1] == (2 if event["alarm"] else 1 if event["anomaly"] else 0)
