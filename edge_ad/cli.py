@@ -147,11 +147,13 @@ def _eval(args: argparse.Namespace) -> None:
     _print_report(report, args.json)
     if "picture_problem" in report:
         print(f"warning: {report['picture_problem']}", file=sys.stderr)
-    unmasked = report.get("anomalous_images_without_mask", [])
-    if unmasked:
-        print(f"note: {len(unmasked)} anomalous image(s) have no ground-truth mask (ground_truth/<defect>/<image>_mask.png) "
-              f"and are left out of the pixel metrics: {', '.join(unmasked[:3])}{' ...' if len(unmasked) > 3 else ''}",
-              file=sys.stderr)
+    for key, what in (("anomalous_images_without_mask", "have no ground-truth mask (ground_truth/<defect>/<image>_mask.png)"),
+                      ("anomalous_images_with_empty_mask", "have a ground-truth mask that marks no pixel at the "
+                                                           "bundle's input size")):
+        names = report.get(key, [])
+        if names:
+            print(f"note: {len(names)} anomalous image(s) {what} and are left out of the pixel metrics: "
+                  f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}", file=sys.stderr)
 
 
 def _source_options(args: argparse.Namespace) -> SourceOptions:

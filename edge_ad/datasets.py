@@ -20,6 +20,8 @@ from .pipelines import local_path
 
 ELPV_TRAIN_SIZE = 1131
 ELPV_TYPES = ("mono", "poly")  # module types; 'elpv:<type>' is the protocol restricted to one
+DEFECT_LEVEL = 128  # ground-truth masks: grey levels at or above it mark a defect (MVTec's masks hold 0 and 255)
+ASPECT_TOLERANCE = 0.01  # a mask scaled from its image keeps its aspect within rounding
 
 
 @dataclass(frozen=True)
@@ -36,16 +38,24 @@ class Sample:
         """The image as uint8 RGB."""
         return self._load()
 
-    def mask(self, height: int, width: int) -> np.ndarray:
-        """Ground-truth mask as bool (height, width); all False for normal images or missing masks."""
+    def mask(self, height: int, width: int, image_shape: tuple[int, ...]) -> np.ndarray:
+        """Ground-truth mask as bool (height, width); all False for normal images or missing masks.
+
+        A defect is where the mask is at DEFECT_LEVEL or above; a mask with no pixel that bright
+        marks it with any value above 0 (masks saved as 0 and 1, or as class numbers), which would
+        otherwise read as no defect at all. A mask of another aspect than its image (`image_shape`)
+        is refused: stretched over the image, it would mark the wrong pixels."""
         if self.mask_path is None:
             return np.zeros((height, width), bool)
         mask = cv2.imread(str(self.mask_path), cv2.IMREAD_GRAYSCALE)
         if mask is None:
             raise ImageError(f"{self.mask_path}: not a readable mask image")
-        if mask.shape != (height, width):
-            mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
-        return mask > 127
+        (mask_h, mask_w), (image_h, image_w) = mask.shape, image_shape[:2]
+        if abs(mask_w * image_h / (mask_h * image_w) - 1) > ASPECT_TOLERANCE:
+            raise ImageError(f"{self.mask_path}: a {mask_w}x{mask_h} mask for the {image_w}x{image_h} image "
+                             f"{self.name}; a mask has its image's size (or its aspect): is it that image's mask?")
+        defect = mask >= (DEFECT_LEVEL if mask.max() >= DEFECT_LEVEL else 1)
+        return cv2.resize(defect.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
 
 
 def _file_sample(path: Path, label: int, group: str, mask_path: Path | None = None) -> Sample:

@@ -72,7 +72,7 @@ def evaluate(
     if with_masks and len({m.bundle.input_size for m in models}) > 1:
         raise DataError(f"{data}: pixel metrics over variants need bundles of one input size, got "
                         f"{sorted({m.bundle.input_size for m in models})}")
-    scores, maps, masks, taken = [], [], [], {}
+    scores, maps, masks, taken, empty = [], [], [], {}, []
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluating", unit="batch"):
         chunk = samples[start : start + batch_size]
         images = [s.image() for s in chunk]
@@ -80,7 +80,7 @@ def evaluate(
             for sample, image in zip(chunk, images):
                 mask.check(image.shape, sample.name, of_camera=False)
         results = loaded.batch(images, color="RGB", masks=[mask] * len(chunk))
-        for sample, result in zip(chunk, results):
+        for sample, image, result in zip(chunk, images, results):
             model, scale = detector, (lambda values: values)
             if variants is not None:
                 model, scale = variants.detector_of(result), (lambda values: variants.relative(values, result.variant))
@@ -88,8 +88,12 @@ def evaluate(
                 kind[result.variant] = kind.get(result.variant, 0) + 1
             scores.append(scale(result.score))
             if with_masks and (sample.label == 0 or sample.mask_path is not None):
-                maps.append(scale(model.normalised_maps(result.grid_map[None])[0]))
-                masks.append(sample.mask(*model.bundle.input_size))
+                truth = sample.mask(*model.bundle.input_size, image.shape)
+                if sample.label == 1 and not truth.any():
+                    empty.append(sample.name)  # it marks no defect: left out, as an image without its mask
+                else:
+                    maps.append(scale(model.normalised_maps(result.grid_map[None])[0]))
+                    masks.append(truth)
     scores = np.array(scores)
     labels = np.array([s.label for s in samples])
     f1, f1_threshold = f1_max(labels, scores)
@@ -128,10 +132,13 @@ def evaluate(
         maps_array, masks_array = np.stack(maps), np.stack(masks)
         valid = None if mask is None else mask.at(*maps_array.shape[1:])
         pixels = (masks_array, maps_array) if valid is None else (masks_array[:, valid], maps_array[:, valid])
-        report["pixel_auroc"] = auroc(*pixels)
-        report["aupro_0.3"] = aupro(masks_array, maps_array, 0.3, valid)
+        if pixels[0].any():  # else no mask marks a defect where it is inspected: no pixel metric to give
+            report["pixel_auroc"] = auroc(*pixels)
+            report["aupro_0.3"] = aupro(masks_array, maps_array, 0.3, valid)
         if unmasked:
             report["anomalous_images_without_mask"] = unmasked
+        if empty:
+            report["anomalous_images_with_empty_mask"] = empty
     if picture is not None:
         overlays = tuple([_overlay(loaded, samples[i], scores[i], mask) for i in indices]
                          for indices in worst_cases(labels, scores))

@@ -41,9 +41,33 @@ def test_mvtec_layout_is_detected(mvtec_category):
     assert [s.label for s in test] == [0] * 4 + [1] * 4
     defect = test[-1]
     assert defect.group == "spot"
-    mask = defect.mask(300, 300)
+    mask = defect.mask(300, 300, defect.image().shape)
     assert mask.dtype == bool and 0 < mask.sum() < mask.size
-    assert not test[0].mask(300, 300).any()
+    assert not test[0].mask(300, 300, test[0].image().shape).any()
+
+
+def test_a_ground_truth_mask_is_read_as_its_dataset_drew_it(mvtec_category, tmp_path):
+    """Masks saved as 0 and 1 (or class numbers) mark the same defect as MVTec's 0 and 255; a mask
+    scaled with its image is scaled back; a mask of another aspect is refused by name."""
+    import shutil
+
+    from edge_ad.errors import ImageError
+
+    category = shutil.copytree(mvtec_category, tmp_path / "cell")
+    defect = load_samples(str(category), "test")[-1]
+    shape = defect.image().shape
+    drawn = defect.mask(128, 128, shape)
+    assert 0 < drawn.sum() < drawn.size
+    saved = cv2.imread(str(defect.mask_path), cv2.IMREAD_GRAYSCALE)
+    for low in ((saved > 127).astype(np.uint8), (saved > 127).astype(np.uint8) * 3):
+        cv2.imwrite(str(defect.mask_path), low)
+        assert (defect.mask(128, 128, shape) == drawn).all()
+    cv2.imwrite(str(defect.mask_path), cv2.resize(saved, (150, 150), interpolation=cv2.INTER_NEAREST))
+    assert (defect.mask(128, 128, shape) == drawn).mean() > 0.99  # half the size, the same defect
+    cv2.imwrite(str(defect.mask_path), saved[:, :200])
+    with pytest.raises(ImageError, match=re.escape(f"{defect.mask_path}: a 200x300 mask for the 300x300 image "
+                                                   f"{defect.name}; a mask has its image's size")):
+        defect.mask(128, 128, shape)
 
 
 def test_normal_folder_has_train_but_no_test(normal_folder):

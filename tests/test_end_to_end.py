@@ -124,6 +124,29 @@ def test_a_defect_image_without_its_mask_is_left_out_of_the_pixel_metrics(tiny_b
     assert "anomalous_images_without_mask" not in without
 
 
+def test_masks_saved_as_zero_and_one_count_and_an_empty_one_is_left_out(tiny_bundle, mvtec_category, tmp_path):
+    """Masks saved as 0 and 1 give the pixel metrics of the same masks saved as 0 and 255 (they
+    read as no defect at all before); a defect image whose mask marks nothing is left out of the
+    pixel metrics and named, as one without its mask."""
+    import shutil
+
+    from export.evaluate import evaluate
+
+    drawn = evaluate(tiny_bundle, str(mvtec_category))
+    category = shutil.copytree(mvtec_category, tmp_path / "cell")
+    for path in sorted((category / "ground_truth" / "spot").glob("*_mask.png")):
+        cv2.imwrite(str(path), (cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 127).astype(np.uint8))
+    ones = evaluate(tiny_bundle, str(category))
+    assert (ones["pixel_auroc"], ones["aupro_0.3"]) == (drawn["pixel_auroc"], drawn["aupro_0.3"])
+    cv2.imwrite(str(category / "ground_truth" / "spot" / "001_mask.png"), np.zeros((300, 300), np.uint8))
+    out = edge_ad("eval", "--bundle", tiny_bundle, "--data", category, "--json", tmp_path / "m.json", check=True)
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["anomalous_images_with_empty_mask"] == [str(category / "test/spot/001.png")]
+    assert "note: 1 anomalous image(s) have a ground-truth mask that marks no pixel" in out.stderr
+    without = evaluate(tiny_bundle, str(category), exclude=frozenset(report["anomalous_images_with_empty_mask"]))
+    assert (report["pixel_auroc"], report["aupro_0.3"]) == (without["pixel_auroc"], without["aupro_0.3"])
+
+
 def test_an_eval_picture_the_disk_has_no_room_for_loses_no_metric(tiny_bundle, mvtec_category, tmp_path, monkeypatch):
     import export.eval_report
     from export.evaluate import evaluate
