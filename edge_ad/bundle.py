@@ -101,6 +101,13 @@ class Bundle:
     def input_size(self) -> tuple[int, int]:
         return self.input_height, self.input_width
 
+    @property
+    def trained_on_grey(self) -> bool:
+        """Whether every training picture was grey (`provenance.training.grey_pictures`; older
+        bundles do not say, and are taken as colour ones)."""
+        training = (self.spec.get("provenance") or {}).get("training")
+        return isinstance(training, dict) and training.get("grey_pictures") is True
+
     def export_threshold_basis(self) -> tuple[int, float] | None:
         """The held-out training images the threshold from export was set on and its false-alarm
         rate, while that threshold judges: None once a site calibration does, and for bundles that

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .errors import DataError, ImageError
-from .images import is_image_file, no_images_in, read_image, resize_to_input, to_rgb
+from .images import as_grey, is_image_file, no_images_in, read_image, resize_to_input, to_rgb
 from .pipelines import local_path
 
 ELPV_TRAIN_SIZE = 1131
@@ -197,15 +197,17 @@ def read_all(
     return kept, images, bad
 
 
-def calibration_frames(data: str, count: int, size: tuple[int, int]) -> list[np.ndarray]:
+def calibration_frames(data: str, count: int, size: tuple[int, int], grey: bool = False) -> list[np.ndarray]:
     """Up to `count` RGB frames to calibrate INT8 on, resized to the model input `size` (height,
     width) as they are read, with a progress bar: the first frames of a video file, or images
     evenly spaced over the training split of a data set ('elpv', a folder, an MVTec category;
-    unreadable images are left out)."""
+    unreadable images are left out). `grey`: in grey, as the runtime scores frames for a bundle
+    trained on grey pictures (Bundle.trained_on_grey)."""
     from tqdm import tqdm
 
     def resized(image: np.ndarray) -> np.ndarray:
-        return resize_to_input(image, *size)
+        image = resize_to_input(image, *size)
+        return as_grey(image) if grey else image
 
     if not local_path(data).is_file():
         samples = load_samples(data, "train")

@@ -16,7 +16,7 @@ from .backends import load_graphs
 from .bundle import Bundle, load_bundle, site_calibrated
 from .engines import engine_builds
 from .errors import BundleError, EdgeAdError
-from .images import to_rgb
+from .images import as_grey, to_rgb
 from .masks import InspectionMask
 from .normalize import Quantiles
 from .regions import input_area, region_score
@@ -238,8 +238,11 @@ class Detector(MapScorer):
         return self.engine_builds is not None and engine_builds(self.bundle) != self.engine_builds
 
     def preprocess(self, frame: np.ndarray, color: str = "BGR", name: str = "frame") -> np.ndarray:
-        """Frame -> uint8 RGB at the model input size (the encoder normalises inside the graph)."""
-        return to_rgb(frame, color, name, self.bundle.input_size)
+        """Frame -> uint8 RGB at the model input size (the encoder normalises inside the graph).
+        A bundle trained on grey pictures sees a colour camera's frames in grey: in colour, a cast
+        of a few percent that the model never saw made every normal part anomalous (README)."""
+        rgb = to_rgb(frame, color, name, self.bundle.input_size)
+        return as_grey(rgb) if self.bundle.trained_on_grey else rgb
 
     def restore(self, features: np.ndarray, condition: np.ndarray) -> np.ndarray:
         """The bridge sampler: K deterministic steps from the input features toward normal ones

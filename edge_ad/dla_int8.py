@@ -32,7 +32,7 @@ def calibration_inputs(bundle: Bundle, data: str, count: int) -> np.ndarray:
     """(N, H, W, 3) uint8 RGB frames at the bundle's input size from `data` (a data set's training
     split or a video, as `export --calib-data` takes them), N a multiple of CALIBRATION_BATCH:
     the last batch is filled up with the first frames again."""
-    frames = calibration_frames(data, count, bundle.input_size)
+    frames = calibration_frames(data, count, bundle.input_size, bundle.trained_on_grey)
     if len(frames) < CALIBRATION_BATCH:
         raise EdgeAdError(f"{data}: INT8 calibration needs at least {CALIBRATION_BATCH} readable frames, "
                           f"found {len(frames)}")

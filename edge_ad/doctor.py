@@ -152,7 +152,8 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
         report.problems.append(f"{label} cannot be used: {exc}")
         return None
     model, calibration = bundle.short_ids  # as the events name them
-    report.found(label, f"{bundle.model_type}, {bundle.precision}, {bundle.input_width}x{bundle.input_height}, "
+    grey = ", trained on grey pictures (frames scored in grey)" if bundle.trained_on_grey else ""
+    report.found(label, f"{bundle.model_type}, {bundle.precision}, {bundle.input_width}x{bundle.input_height}{grey}, "
                         f"bundle.yaml {model}, calibration: "
                         + (f"{bundle.calibration} ({calibration})" if calibration else "from export")
                         + _least_area(bundle))

@@ -11,6 +11,7 @@ from .errors import ImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 COLOR_ORDERS = ("BGR", "RGB", "GRAY")
+GREY_TOLERANCE = 2  # grey levels between the channels of a grey picture (a colour JPEG of one rounds them)
 
 _JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
 _PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
@@ -115,6 +116,19 @@ def to_rgb(frame: np.ndarray, color: str = "BGR", name: str = "frame", size: tup
     if color == "RGB":
         return np.ascontiguousarray(frame)
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def is_grey(rgb: np.ndarray) -> bool:
+    """Whether an RGB picture is grey: its three channels equal, within GREY_TOLERANCE (a grey
+    picture saved as a colour JPEG)."""
+    channels = rgb.astype(np.int16)
+    return bool(np.abs(channels[..., 1:] - channels[..., :1]).max() <= GREY_TOLERANCE)
+
+
+def as_grey(rgb: np.ndarray) -> np.ndarray:
+    """An RGB frame's grey picture (luma, as OpenCV weighs the channels) in three equal channels:
+    a grey picture is itself."""
+    return cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
 
 
 def thumbnail(frame: np.ndarray, color: str = "BGR") -> np.ndarray:

@@ -43,6 +43,7 @@ NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer's network-mode
 ENGINE_PRECISIONS = {"fp32": ("fp32", "fp16"), "fp16": ("fp16",), "int8": ("int8",)}
 # Layers kept in FP32 in an FP16 or INT8 engine: the distances and GMM gates (edge_ad.engines)
 DISTANCE_LAYERS = ("head/", "prior/")
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # luma of R, G, B (ITU-R BT.601), as OpenCV's RGB-to-grey weighs them
 
 
 def _rewired(model: onnx.ModelProto, prefix: str, inputs: dict[str, str], outputs: dict[str, str]) -> onnx.GraphProto:
@@ -75,11 +76,24 @@ def _read_planes(encoder: onnx.ModelProto) -> None:
     graph.node.remove(transpose)
 
 
+def _see_in_grey(encoder: onnx.ModelProto) -> None:
+    """Make the encoder see its RGB planes in grey, as the Detector shows a colour camera's frames
+    to a bundle trained on grey pictures: a 1x1 convolution whose three outputs are each the luma."""
+    graph = encoder.graph
+    weight = np.tile(np.array(GREY_WEIGHTS, np.float32), (3, 1)).reshape(3, 3, 1, 1)
+    graph.initializer.append(numpy_helper.from_array(weight, "grey/weight"))
+    for node in graph.node:
+        node.input[:] = ["grey/planes" if name == INPUT else name for name in node.input]
+    graph.node.insert(0, helper.make_node("Conv", [INPUT, "grey/weight"], ["grey/planes"], name="grey/luma"))
+
+
 def single_graph(bundle: Bundle) -> onnx.ModelProto:
     """The bundle's graphs joined into one: float RGB planes 0-255 in, the raw grid maps out."""
     height, width = bundle.input_size
     encoder = onnx.load(bundle.graphs["encoder"])
     _read_planes(encoder)
+    if bundle.trained_on_grey:
+        _see_in_grey(encoder)
     models = [encoder]
     nodes, initializers = list(encoder.graph.node), list(encoder.graph.initializer)
 

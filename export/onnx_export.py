@@ -107,6 +107,7 @@ class _Model:
     def __init__(self, record: dict, checkpoint: dict) -> None:
         self.type = record["model"]
         self.size = input_shape(record["config"]["input_size"])  # (height, width)
+        self.grey = record.get("grey_pictures") is True  # frames are scored in grey (Bundle.trained_on_grey)
         self.encoder = encoder_from_checkpoint(self.size, checkpoint)
         self.extra: dict = {}
         if self.type == "prototype":
@@ -205,7 +206,7 @@ class _Model:
         """Replace the convolution graphs in `graphs` (and `out`) by Q/DQ INT8 ones, and for
         uint8 activations the distance graphs' prototype products by dynamic INT8 ones; returns
         the bundle's `quantization` record."""
-        inputs = calibration_inputs(calibration, self.size)
+        inputs = calibration_inputs(calibration, self.size, self.grey)
         batches = self.calibration_batches(inputs)
         quantised = [name for name in QUANTISED_GRAPHS if name in graphs]
         unknown = [n for n in calibration.keep_fp32 if n.split(":", 1)[0] not in quantised or ":" not in n]
@@ -282,14 +283,14 @@ def calibration_count(config: CalibrationConfig, size: tuple[int, int]) -> int:
     return min(config.images, max(CALIBRATION_BATCH, HISTOGRAM_PIXELS // (size[0] * size[1])))
 
 
-def calibration_inputs(config: CalibrationConfig, size: tuple[int, int]) -> np.ndarray:
+def calibration_inputs(config: CalibrationConfig, size: tuple[int, int], grey: bool = False) -> np.ndarray:
     """(N, height, width, 3) uint8 RGB calibration inputs for an input of `size` (height, width),
-    with a progress bar."""
+    with a progress bar; `grey`: in grey (`calibration_frames`)."""
     count = calibration_count(config, size)
     if count < config.images:
         print(f"{config.method} calibration holds every activation in memory: {count} of the {config.images} "
               f"frames at {size_text(size)} px (minmax uses them all)")
-    inputs = calibration_frames(config.data, count, size)
+    inputs = calibration_frames(config.data, count, size, grey)
     if len(inputs) < CALIBRATION_BATCH:
         raise EdgeAdError(f"{config.data}: INT8 calibration needs at least {CALIBRATION_BATCH} readable frames, "
                           f"found {len(inputs)}")

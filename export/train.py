@@ -19,7 +19,7 @@ from edge_ad import __version__
 from edge_ad.bundle import MODEL_TYPES, read_yaml, write_yaml_atomic
 from edge_ad.datasets import Sample, load_defects, load_samples, read_all
 from edge_ad.errors import DataError
-from edge_ad.images import resize_to_input, thumbnail
+from edge_ad.images import is_grey, resize_to_input, thumbnail
 
 from .backbone import (BACKBONE_SPECS, DEFAULT_BACKBONE, WHITENING_EPS, FeatureEncoder, input_shape, position_whitening,
                        size_text)
@@ -226,6 +226,8 @@ def train(config: TrainConfig, out: Path) -> Path:
         "skipped": bad,
         # the pictures as read, before resizing: `run` and `calibrate` compare the camera's frames with it
         "image_shape": [int(np.median([p.shape[axis] for p in pictures])) for axis in (0, 1)],
+        # all grey: `run` scores a colour camera's frames in grey (Bundle.trained_on_grey)
+        "grey_pictures": all(is_grey(p.input) for p in pictures),
         "notes": notes,  # what training said of its pictures; the bundle keeps them and `doctor` shows them
         "prototypes": int(prototypes.shape[0]),
         "train_seconds": round(time.time() - started, 1),

@@ -6,6 +6,7 @@ import pytest
 
 from edge_ad.datasets import ELPV_TRAIN_SIZE, calibration_frames, load_defects, load_samples, read_all
 from edge_ad.errors import DataError, SourceError
+from edge_ad.images import as_grey, is_grey
 from edge_ad.sources import open_source
 
 
@@ -117,3 +118,14 @@ def test_large_pictures_are_kept_at_the_model_input_as_they_are_read(tmp_path):
     assert len(kept) == 3 and shapes == [(600, 800, 3)] * 3 and not bad
     frames = calibration_frames(str(tmp_path), 2, (64, 96))
     assert [frame.shape for frame in frames] == [(64, 96, 3)] * 2 and frames[1][0, 0, 0] == 80  # the first and last
+
+
+def test_int8_calibration_frames_of_a_grey_bundle_are_grey(tmp_path):
+    """A colour camera's frames calibrate a bundle trained on grey pictures as the runtime shows
+    them to it: in grey."""
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), rng.integers(0, 256, (60, 80, 3), np.uint8))
+    colour, grey = (calibration_frames(str(tmp_path), 3, (32, 32), grey) for grey in (False, True))
+    assert not any(is_grey(frame) for frame in colour)
+    assert all(is_grey(frame) and np.array_equal(frame, as_grey(rgb)) for frame, rgb in zip(grey, colour))

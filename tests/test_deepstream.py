@@ -20,6 +20,7 @@ from edge_ad.bundle import load_bundle
 from edge_ad.deepstream import CONFIG_FILE, MODEL_FILE, OUTPUT, DeepStreamScorer, engine_name, layer_array
 from edge_ad.doctor import doctor
 from edge_ad.errors import BundleError, EdgeAdError
+from edge_ad.images import to_rgb
 from export.deepstream import write_deepstream
 
 from conftest import full_disk
@@ -57,6 +58,14 @@ def test_the_single_network_scores_frames_as_the_detector_does(bundle_name, step
     grids = session.run([OUTPUT], {"input": inputs.transpose(0, 3, 1, 2).astype(np.float32)})[0]
     np.testing.assert_allclose(grids, detector.grid_maps(inputs), rtol=1e-4, atol=1e-5)
     assert grids.shape[1] == len(detector.bundle.branches)
+
+    # A colour camera's frame: the bundle was trained on grey cells, so the network sees its planes
+    # in grey, as the Detector does (which rounds the grey to whole levels first).
+    cast = np.clip(frames[0] * np.array([0.9, 1.0, 1.1]), 0, 255).astype(np.uint8)
+    planes = to_rgb(cast, "BGR", size=(height, width))[None]
+    got = session.run([OUTPUT], {"input": planes.transpose(0, 3, 1, 2).astype(np.float32)})[0]
+    want = detector.grid_maps(detector.preprocess(cast)[None])
+    assert np.abs(got - want).max() < 0.1 * np.abs(detector.grid_maps(planes) - want).max()
 
     # The probe's scorer, without any graph, gives the Detector's results from those maps.
     scorer = DeepStreamScorer(str(bundle), steps)

@@ -165,7 +165,8 @@ def test_doctor_here_reports_the_cpu_target_and_the_bundle(tiny_bundle):
     lines = out.stdout.splitlines()
     assert any(line.startswith("target       cpu") for line in lines), out.stdout
     named = hashlib.sha256((tiny_bundle / "bundle.yaml").read_bytes()).hexdigest()[:12]  # as the events name it
-    assert any(line.startswith(f"bundle       prototype, fp32, 128x128, bundle.yaml {named}, calibration: ")
+    assert any(line.startswith(f"bundle       prototype, fp32, 128x128, trained on grey pictures (frames scored in "
+                               f"grey), bundle.yaml {named}, calibration: ")
                for line in lines), out.stdout
     assert any("engines      not needed" in line for line in lines)
     assert out.returncode == (1 if any(line.startswith("problem:") for line in lines) else 0)

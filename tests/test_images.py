@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from edge_ad.errors import ImageError
-from edge_ad.images import check_frame, read_image, resize_to_input, to_rgb
+from edge_ad.images import as_grey, check_frame, is_grey, read_image, resize_to_input, to_rgb
 
 
 def test_grey_png_becomes_three_equal_channels(tmp_path):
@@ -12,6 +12,18 @@ def test_grey_png_becomes_three_equal_channels(tmp_path):
     rgb = read_image(tmp_path / "g.png")
     assert rgb.shape == (32, 64, 3)
     assert (rgb[..., 0] == grey).all() and (rgb[..., 2] == grey).all()
+
+
+def test_grey_pictures_are_told_from_colour_ones(tmp_path):
+    """A grey picture is grey also through a colour JPEG (its channels then differ by rounding);
+    a colour one, even one of a grey part under a light a little warm, is not. A grey picture's
+    grey picture is itself."""
+    grey = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (64, 64), np.uint8), (5, 5), 2)
+    cv2.imwrite(str(tmp_path / "grey.jpg"), cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
+    assert is_grey(read_image(tmp_path / "grey.jpg")) and is_grey(cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB))
+    warm = np.clip(cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB) * np.array([1.05, 1.0, 0.95]), 0, 255).astype(np.uint8)
+    assert not is_grey(warm)
+    assert is_grey(as_grey(warm)) and np.array_equal(as_grey(as_grey(warm)), as_grey(warm))
 
 
 def test_colour_file_is_returned_as_rgb(tmp_path):
