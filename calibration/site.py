@@ -255,6 +255,7 @@ def calibrate(
                         f"line, or parts at rest in view? The bound counts them as about {n / per_draw:.0f} "
                         "independent frames: check in the report that they show parts")
     warnings += filter(None, [detector.bundle.frame_shape_note(kept.shapes[0]),
+                              detector.bundle.frame_colour_note(kept.top[0][2]) if kept.top else None,
                               unlike_training(detector.bundle, kept.scores)])
     coefficient = bimodality(scores)
     if coefficient > BIMODALITY_LIMIT:

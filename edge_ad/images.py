@@ -119,9 +119,11 @@ def to_rgb(frame: np.ndarray, color: str = "BGR", name: str = "frame", size: tup
 
 
 def is_grey(rgb: np.ndarray) -> bool:
-    """Whether an RGB picture is grey: its three channels equal, within GREY_TOLERANCE (a grey
-    picture saved as a colour JPEG)."""
-    channels = rgb.astype(np.int16)
+    """Whether an RGB (or BGR) picture is grey: one channel, or three equal within GREY_TOLERANCE
+    (a grey picture saved as a colour JPEG)."""
+    if rgb.ndim == 2 or rgb.shape[2] == 1:
+        return True
+    channels = rgb[..., :3].astype(np.int16)
     return bool(np.abs(channels[..., 1:] - channels[..., :1]).max() <= GREY_TOLERANCE)
 
 

@@ -122,9 +122,9 @@ class _Capture(threading.Thread):
                 self.shape = frame.image.shape
                 if not self.delivered:
                     for bundle in bundles_of(self.detector).values():
-                        note = bundle.frame_shape_note(frame.image.shape)
-                        if note:
-                            log.warning("%s: %s", self.stream.name, note)
+                        for note in (bundle.frame_shape_note(frame.image.shape), bundle.frame_colour_note(frame.image)):
+                            if note:
+                                log.warning("%s: %s", self.stream.name, note)
                 if self.mask is not None:  # a mask of another size stops this source at its first frame
                     self.mask.check(frame.image.shape, self.stream.name)
                 if self.source.live:

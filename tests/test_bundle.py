@@ -238,6 +238,35 @@ def test_frames_shaped_unlike_the_training_pictures_are_named_by_run_and_calibra
     assert load_bundle(bundle_copy).frame_shape_note((300, 900, 3)) is None
 
 
+def test_a_grey_camera_in_front_of_a_bundle_trained_on_colour_is_named_by_run_and_calibrate(bundle_copy,
+                                                                                            normal_folder):
+    """A bundle trained on colour pictures (ELPV cells tinted blue: 74 % of normal cells flagged
+    when shown in grey) and a camera that sends grey frames: `run` says so at a source's first
+    frame, and `calibrate` among its warnings. Colour frames, and bundles that were trained on grey
+    pictures or do not say, are not named."""
+    import cv2
+
+    from calibration import site
+    from edge_ad.detector import Detector
+
+    assert load_bundle(bundle_copy).frame_colour_note(np.full((8, 8, 3), 100, np.uint8)) is None  # grey cells
+    _edit(bundle_copy, lambda spec: spec["provenance"]["training"].update(grey_pictures=False))
+    bundle = load_bundle(bundle_copy)
+    said = f"the frames are grey, but bundle {bundle_copy} was trained on colour pictures"
+    frames = [cv2.imread(str(p)) for p in sorted(normal_folder.iterdir())]
+    assert bundle.frame_colour_note(frames[0]).startswith(said) and bundle.frame_colour_note(frames[0][..., 0])
+    tinted = np.clip(frames[0] * np.array([1.25, 1.0, 0.8]), 0, 255).astype(np.uint8)
+    assert bundle.frame_colour_note(tinted) is None
+    out = subprocess.run([sys.executable, "-m", "edge_ad", "run", "--bundle", str(bundle_copy), "--input",
+                          str(normal_folder), "--max-frames", "3"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stderr.count(said) == 1, out.stderr  # once, at the first frame
+    detector = Detector.load(bundle_copy)
+    calibration = site.calibrate(detector, site.collect(detector, iter(frames), len(frames))[None], 0.3, 0.9)
+    assert any(w.startswith(said) for w in calibration.warnings)
+    _edit(bundle_copy, lambda spec: spec["provenance"]["training"].pop("grey_pictures"))  # a bundle from before
+    assert load_bundle(bundle_copy).frame_colour_note(frames[0]) is None
+
+
 def test_a_failed_export_leaves_the_bundle_in_its_folder_as_it_was(bundle_copy, tiny_bridge_bundle):
     from edge_ad.errors import DataError
     from export.onnx_export import CalibrationConfig, export_bundle
