@@ -3,13 +3,15 @@
 Five kinds, each returning the corrupted image and its mask: Perlin-noise regions filled with a
 foreign texture (another normal image, rotated and recoloured) or with shifted content of the
 same image, cut-paste patches, scratches, and spots. Deterministic for a given generator; grey
-images (three equal channels) stay grey.
+images (three equal channels, as `edge_ad.images.is_grey` takes them) stay grey.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from edge_ad.images import is_grey
 
 KINDS = ("perlin_texture", "perlin_shift", "cutpaste", "scratch", "spot")
 
@@ -49,10 +51,6 @@ def _ellipse_mask(height: int, width: int, rng: np.random.Generator) -> np.ndarr
     axes = (int(rng.integers(max(2, width // 40), width // 8)), int(rng.integers(max(2, height // 40), height // 8)))
     cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
     return mask.astype(bool)
-
-
-def _is_grey(image: np.ndarray) -> bool:
-    return bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
 
 
 def _recolour(image: np.ndarray, rng: np.random.Generator, grey: bool) -> np.ndarray:
@@ -137,7 +135,7 @@ def synthesize(
     is drawn from `rng`.
     """
     kind = kind or str(rng.choice(kinds))
-    grey = _is_grey(image)
+    grey = is_grey(image)
     corrupted, mask = _MAKERS[kind](image, other, rng, grey)
     if grey:
         corrupted = np.repeat(corrupted[..., :1], 3, axis=2)
