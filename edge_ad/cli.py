@@ -147,9 +147,10 @@ def _eval(args: argparse.Namespace) -> None:
     _print_report(report, args.json)
     if "picture_problem" in report:
         print(f"warning: {report['picture_problem']}", file=sys.stderr)
-    for key, what in (("anomalous_images_without_mask", "have no ground-truth mask (ground_truth/<defect>/<image>_mask.png)"),
-                      ("anomalous_images_with_empty_mask", "have a ground-truth mask that marks no pixel at the "
-                                                           "bundle's input size")):
+    for key, what in (
+        ("anomalous_images_without_mask", "have no ground-truth mask (ground_truth/<defect>/<image>_mask.png or <image>.png)"),
+        ("anomalous_images_with_empty_mask", "have a ground-truth mask that marks no pixel at the bundle's input size"),
+    ):
         names = report.get(key, [])
         if names:
             print(f"note: {len(names)} anomalous image(s) {what} and are left out of the pixel metrics: "

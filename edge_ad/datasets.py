@@ -21,6 +21,7 @@ from .pipelines import local_path
 ELPV_TRAIN_SIZE = 1131
 ELPV_TYPES = ("mono", "poly")  # module types; 'elpv:<type>' is the protocol restricted to one
 DEFECT_LEVEL = 128  # ground-truth masks: grey levels at or above it mark a defect (MVTec's masks hold 0 and 255)
+NORMAL_FOLDERS = ("good", "ok")  # MVTec AD and VisA name the normal pictures' folder good; BTAD, ok
 ASPECT_TOLERANCE = 0.01  # a mask scaled from its image keeps its aspect within rounding
 
 
@@ -70,13 +71,22 @@ def _images_in(folder: Path, required: bool = False) -> list[Path]:
     return images
 
 
+def _normal_folder(root: Path) -> str | None:
+    """The name of an MVTec-layout category's normal pictures' folder (train/NAME, test/NAME)."""
+    return next((name for name in NORMAL_FOLDERS if (root / "train" / name).is_dir()), None)
+
+
 def is_mvtec_category(root: Path) -> bool:
-    return (root / "train" / "good").is_dir()
+    return _normal_folder(root) is not None
 
 
-def _mvtec_mask(root: Path, defect: str, image: Path) -> Path | None:
-    mask = root / "ground_truth" / defect / f"{image.stem}_mask.png"
-    return mask if mask.is_file() else None
+def _mvtec_masks(root: Path, defect: str) -> dict[str, Path]:
+    """The masks of test/<defect> by the name of their image: `ground_truth/<defect>/<image>_mask.png`
+    (MVTec AD), else a mask of the image's own name (VisA as anomalib lays it out, BTAD)."""
+    folder = root / "ground_truth" / defect
+    files = {p.stem: p for p in _images_in(folder)} if folder.is_dir() else {}
+    return {stem: files[stem] for stem in files if not stem.endswith("_mask")} | \
+        {stem[: -len("_mask")]: path for stem, path in files.items() if stem.endswith("_mask")}
 
 
 def _folder_samples(root: Path, split: str) -> list[Sample]:
@@ -84,20 +94,22 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
         raise DataError(f"{root}: no such dataset folder")
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (expected 'elpv', a folder of normal images or an MVTec category)")
-    if is_mvtec_category(root):
+    normal = _normal_folder(root)
+    if normal is not None:
         if split == "train":
-            return [_file_sample(p, 0, "good") for p in _images_in(root / "train" / "good", required=True)]
+            return [_file_sample(p, 0, "good") for p in _images_in(root / "train" / normal, required=True)]
         test = root / "test"
         if not test.is_dir():
             raise DataError(f"{root}: MVTec layout without a test/ folder")
         samples = []
         for defect_dir in sorted(d for d in test.iterdir() if d.is_dir()):
             defect = defect_dir.name
+            masks = {} if defect == normal else _mvtec_masks(root, defect)
             for p in _images_in(defect_dir):
-                if defect == "good":
-                    samples.append(_file_sample(p, 0, defect))
+                if defect == normal:
+                    samples.append(_file_sample(p, 0, "good"))
                 else:
-                    samples.append(_file_sample(p, 1, defect, _mvtec_mask(root, defect, p)))
+                    samples.append(_file_sample(p, 1, defect, masks.get(p.stem)))
         return samples
     if split == "test":
         raise DataError(

@@ -1,4 +1,5 @@
 import re
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -45,6 +46,33 @@ def test_mvtec_layout_is_detected(mvtec_category):
     mask = defect.mask(300, 300, defect.image().shape)
     assert mask.dtype == bool and 0 < mask.sum() < mask.size
     assert not test[0].mask(300, 300, test[0].image().shape).any()
+
+
+@pytest.mark.parametrize("normal, defect, mask_name", [("good", "spot", "{}.png"),  # VisA as anomalib lays it out
+                                                       ("ok", "ko", "{}.png"),  # BTAD's 01 and 02
+                                                       ("ok", "ko", "{}.bmp")])  # BTAD's 03
+def test_visa_and_btad_layouts_are_read_as_mvtec_ones(mvtec_category, tmp_path, normal, defect, mask_name):
+    """Normal pictures in train/ok and test/ok (BTAD), defects in test/ko, and masks named as their
+    image (both): the same samples and masks as the MVTec category they were made from."""
+    import shutil
+
+    expected = load_samples(str(mvtec_category), "test")
+    root = tmp_path / "category"
+    for split in ("train", "test"):
+        shutil.copytree(mvtec_category / split / "good", root / split / normal)
+    shutil.copytree(mvtec_category / "test" / "spot", root / "test" / defect)
+    (root / "ground_truth" / defect).mkdir(parents=True)
+    for mask in (mvtec_category / "ground_truth" / "spot").iterdir():
+        name = mask_name.format(mask.stem.removesuffix("_mask"))
+        cv2.imwrite(str(root / "ground_truth" / defect / name), cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE))
+    assert len(load_samples(str(root), "train")) == 12
+    test = sorted(load_samples(str(root), "test"), key=lambda s: s.label)  # BTAD's ko comes before ok
+    assert [(s.label, s.group) for s in test] == [(0, "good")] * 4 + [(1, defect)] * 4
+    for got, want in zip(test, expected):
+        assert Path(got.name).name == Path(want.name).name
+        shape = want.image().shape
+        assert (got.mask_path is None) == (want.mask_path is None)
+        assert np.array_equal(got.mask(64, 64, shape), want.mask(64, 64, shape))
 
 
 def test_a_ground_truth_mask_is_read_as_its_dataset_drew_it(mvtec_category, tmp_path):
