@@ -18,7 +18,9 @@ _PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
 
 
 def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+    """A file with an image suffix that is not hidden: a folder copied from a Mac onto a USB stick
+    or a network share holds a `._NAME.png` of metadata beside each picture (AppleDouble)."""
+    return not path.name.startswith(".") and path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def no_images_in(folder: Path) -> str:

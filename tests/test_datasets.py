@@ -136,6 +136,23 @@ def test_bad_files_are_listed_and_skipped_only_when_asked(tmp_path):
     assert len(images) == 1 and "broken.png" in bad[0]
 
 
+def test_the_metadata_files_a_mac_leaves_beside_each_picture_are_not_pictures(tmp_path):
+    """A folder copied from a Mac onto a USB stick or a share holds `._NAME.png` beside each
+    picture (AppleDouble metadata): training stopped on them as unreadable images, and a run
+    warned of each. Hidden files are not read, by training, evaluation or `run --input`."""
+    for name in ("a", "b"):
+        cv2.imwrite(str(tmp_path / f"{name}.png"), np.full((32, 32), 100, np.uint8))
+        (tmp_path / f"._{name}.png").write_bytes(bytes.fromhex("0005160700020000") + b"Mac OS X" + bytes(100))
+    samples = load_samples(str(tmp_path), "train")
+    assert [Path(s.name).name for s in samples] == ["a.png", "b.png"]
+    assert len(read_all(samples, skip_bad=False)[1]) == 2
+    assert [Path(f.name).name for f in open_source(str(tmp_path)).frames()] == ["a.png", "b.png"]
+    (tmp_path / "a.png").unlink()
+    (tmp_path / "b.png").unlink()
+    with pytest.raises(DataError, match="no image files"):
+        load_samples(str(tmp_path), "train")
+
+
 def test_large_pictures_are_kept_at_the_model_input_as_they_are_read(tmp_path):
     """What `keep` makes of each picture is all that is held (training and INT8 calibration keep the
     model input), not the full-size pictures of a camera."""
