@@ -130,6 +130,16 @@ def test_eval_needs_a_test_split(tmp_path, tiny_bundle):
     _one_line_error(edge_ad("eval", "--bundle", tiny_bundle, "--data", tmp_path), "no test split")
 
 
+def test_eval_needs_normal_and_anomalous_test_images(tmp_path, tiny_bundle, mvtec_category):
+    """A category with defect pictures only in its test split (or good ones only) ended in a traceback
+    from the metrics ("AUROC needs both normal and anomalous samples")."""
+    for kind, counts in (("good", "0 normal and 4 anomalous"), ("spot", "4 normal and 0 anomalous")):
+        category = shutil.copytree(mvtec_category, tmp_path / kind)
+        shutil.rmtree(category / "test" / kind)
+        _one_line_error(edge_ad("eval", "--bundle", tiny_bundle, "--data", category),
+                        f"{category}: its test split has {counts} images", "needs some of each")
+
+
 def test_unsupported_source_and_unwritable_events(tmp_path, tiny_bundle):
     _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", "http://127.0.0.1:1/x"), "http://", "unknown source")
     _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", "test://", "--output", tmp_path / "o.avi"),
