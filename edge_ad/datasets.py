@@ -111,6 +111,11 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
                 else:
                     samples.append(_file_sample(p, 1, defect, masks.get(p.stem)))
         return samples
+    categories = sorted(d.name for d in root.iterdir() if d.is_dir() and is_mvtec_category(d))
+    if categories:  # a data set's root (MVTec AD, VisA, BTAD), not one of its categories
+        listed = ", ".join(categories[:5]) + (" ..." if len(categories) > 5 else "")
+        raise DataError(f"{root}: a folder of {len(categories)} MVTec-layout categories ({listed}); "
+                        f"give one of them, as {root / categories[0]}")
     if split == "test":
         raise DataError(
             f"{root}: a folder of normal images has no test split; evaluation needs an MVTec-layout "

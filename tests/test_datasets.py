@@ -75,6 +75,19 @@ def test_visa_and_btad_layouts_are_read_as_mvtec_ones(mvtec_category, tmp_path, 
         assert np.array_equal(got.mask(64, 64, shape), want.mask(64, 64, shape))
 
 
+def test_a_data_sets_root_names_its_categories(mvtec_category, tmp_path):
+    """`--data` at MVTec AD's (or BTAD's) root rather than a category: training said "no image files",
+    and eval "a folder of normal images has no test split"."""
+    import shutil
+
+    for name in ("screw", "bottle"):
+        shutil.copytree(mvtec_category, tmp_path / name)
+    for split in ("train", "test"):
+        with pytest.raises(DataError, match=re.escape(f"{tmp_path}: a folder of 2 MVTec-layout categories (bottle, "
+                                                      f"screw); give one of them, as {tmp_path / 'bottle'}")):
+            load_samples(str(tmp_path), split)
+
+
 def test_a_ground_truth_mask_is_read_as_its_dataset_drew_it(mvtec_category, tmp_path):
     """Masks saved as 0 and 1 (or class numbers) mark the same defect as MVTec's 0 and 255; a mask
     scaled with its image is scaled back; a mask of another aspect is refused by name."""
