@@ -240,7 +240,7 @@ class Detector(MapScorer):
     def preprocess(self, frame: np.ndarray, color: str = "BGR", name: str = "frame") -> np.ndarray:
         """Frame -> uint8 RGB at the model input size (the encoder normalises inside the graph).
         A bundle trained on grey pictures sees a colour camera's frames in grey: in colour, a cast
-        of a few percent that the model never saw made every normal part anomalous (README)."""
+        of 5-10 % that the model never saw flagged a third to nearly all normal parts (README)."""
         rgb = to_rgb(frame, color, name, self.bundle.input_size)
         return as_grey(rgb) if self.bundle.trained_on_grey else rgb
 
