@@ -103,11 +103,16 @@ class Bundle:
         return self.input_height, self.input_width
 
     @property
-    def trained_on_grey(self) -> bool:
-        """Whether every training picture was grey (`provenance.training.grey_pictures`; older
-        bundles do not say, and are taken as colour ones)."""
+    def training(self) -> dict:
+        """What training recorded of the run (`provenance.training`); empty where the bundle does not say."""
         training = (self.spec.get("provenance") or {}).get("training")
-        return isinstance(training, dict) and training.get("grey_pictures") is True
+        return training if isinstance(training, dict) else {}
+
+    @property
+    def trained_on_grey(self) -> bool:
+        """Whether every training picture was grey (`grey_pictures`; older bundles do not say, and
+        are taken as colour ones)."""
+        return self.training.get("grey_pictures") is True
 
     def export_threshold_basis(self) -> tuple[int, float] | None:
         """The held-out training images the threshold from export was set on and its false-alarm
@@ -154,8 +159,7 @@ class Bundle:
         """What to say when a grey camera's `frame` meets a bundle trained on colour pictures: on
         ELPV cells tinted blue, 74 % of normal ones shown in grey were flagged (README). None
         otherwise, and for bundles that do not say (`provenance.training.grey_pictures`)."""
-        training = (self.spec.get("provenance") or {}).get("training")
-        if not isinstance(training, dict) or training.get("grey_pictures") is not False or not is_grey(frame[::4, ::4]):
+        if self.training.get("grey_pictures") is not False or not is_grey(frame[::4, ::4]):
             return None
         return (f"the frames are grey, but bundle {self.root} was trained on colour pictures, and normal parts may "
                 "all look anomalous. Set the camera to send colour (a GenICam colour camera's mosaic: --input-codec "
@@ -165,8 +169,7 @@ class Bundle:
         """What to say when frames of `shape` (as scored: turned and cropped) are shaped unlike the
         pictures the bundle was trained on (median height and width, `provenance.training.image_shape`).
         None otherwise, and for bundles that do not record that shape."""
-        training = (self.spec.get("provenance") or {}).get("training")
-        trained = training.get("image_shape") if isinstance(training, dict) else None
+        trained = self.training.get("image_shape")
         if not (isinstance(trained, list) and len(trained) == 2 and all(isinstance(v, int) and v > 0 for v in trained)):
             return None
         (trained_height, trained_width), (height, width) = trained, shape[:2]

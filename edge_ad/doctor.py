@@ -157,8 +157,7 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
                         f"bundle.yaml {model}, calibration: "
                         + (f"{bundle.calibration} ({calibration})" if calibration else "from export")
                         + _least_area(bundle))
-    training = (bundle.spec.get("provenance") or {}).get("training")
-    notes = training.get("notes") if isinstance(training, dict) else None  # bundles from before notes: none
+    notes = bundle.training.get("notes")  # bundles from before notes: none
     for note in notes or []:
         report.found("training", f"{label}: {note}")
     _calibration_warnings(report, label, bundle)
