@@ -80,6 +80,15 @@ def is_mvtec_category(root: Path) -> bool:
     return _normal_folder(root) is not None
 
 
+def _holds_a_category(path: Path) -> bool:
+    """Whether `path` is an MVTec-layout category; a folder that cannot be looked into (lost+found
+    at a disk's root, for anyone but root) is not."""
+    try:
+        return path.is_dir() and is_mvtec_category(path)
+    except OSError:
+        return False
+
+
 def _mvtec_masks(root: Path, defect: str) -> dict[str, Path]:
     """The masks of test/<defect> by the name of their image: `ground_truth/<defect>/<image>_mask.png`
     (MVTec AD), else a mask of the image's own name (VisA as anomalib lays it out, BTAD)."""
@@ -111,7 +120,7 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
                 else:
                     samples.append(_file_sample(p, 1, defect, masks.get(p.stem)))
         return samples
-    categories = sorted(d.name for d in root.iterdir() if d.is_dir() and is_mvtec_category(d))
+    categories = sorted(d.name for d in root.iterdir() if _holds_a_category(d))
     if categories:  # a data set's root (MVTec AD, VisA, BTAD), not one of its categories
         listed = ", ".join(categories[:5]) + (" ..." if len(categories) > 5 else "")
         raise DataError(f"{root}: a folder of {len(categories)} MVTec-layout categories ({listed}); "

@@ -88,6 +88,24 @@ def test_a_data_sets_root_names_its_categories(mvtec_category, tmp_path):
             load_samples(str(tmp_path), split)
 
 
+def test_a_folder_that_cannot_be_looked_into_is_no_category(normal_folder, tmp_path, monkeypatch):
+    """Pictures at a disk's root beside lost+found, which only root may list: looking for categories
+    there must not stop training (the tests run as root, so the refusal is made here)."""
+    import shutil
+
+    folder = shutil.copytree(normal_folder, tmp_path / "disk")
+    (folder / "lost+found").mkdir()
+    is_dir = Path.is_dir
+
+    def refused(path: Path) -> bool:
+        if "lost+found" in path.parts and path.name != "lost+found":
+            raise PermissionError(13, "Permission denied", str(path))
+        return is_dir(path)
+
+    monkeypatch.setattr(Path, "is_dir", refused)
+    assert len(load_samples(str(folder), "train")) == 12
+
+
 def test_a_ground_truth_mask_is_read_as_its_dataset_drew_it(mvtec_category, tmp_path):
     """Masks saved as 0 and 1 (or class numbers) mark the same defect as MVTec's 0 and 255; a mask
     scaled with its image is scaled back; a mask of another aspect is refused by name."""
