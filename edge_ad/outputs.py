@@ -22,16 +22,29 @@ from .sources import bus_error, load_gst
 EOS_WAIT_S = 1.0  # how long close() waits for the muxer to finish a file
 
 
+def unused_path(path: Path) -> Path:
+    """`path`, or `path` with -2, -3, ... added to its stem when a file has that name: a run that
+    starts again (a service restarted after a failure, a second run by hand) keeps the video of
+    the one before, which shows what led up to the failure."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
 class VideoOutput:
-    """A GStreamer pipeline from `appsrc name=src` to a file, an RTP stream or a display."""
+    """A GStreamer pipeline from `appsrc name=src` to a file (a new one: see `unused_path`), an
+    RTP stream or a display."""
 
     def __init__(self, uri: str, width: int, height: int, fps: int, jetson: bool | None = None,
                  bitrate_kbps: int | None = None):
         Gst = self._Gst = load_gst()
-        self.uri, self.size = uri, (width, height)
-        self.description = output_pipeline(uri, width, height, fps, jetson, bitrate_kbps)
         if "://" not in uri:  # a file: its folder is made, as for --events and --snapshots
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            uri = str(unused_path(Path(uri)))
+        self.uri, self.size = uri, (width, height)
+        self.description = output_pipeline(uri, width, height, fps, jetson, bitrate_kbps)
         try:
             self.pipeline = Gst.parse_launch(self.description)
         except Exception as exc:

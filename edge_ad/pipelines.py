@@ -22,7 +22,12 @@ import numpy as np
 from .device import detect, is_jetson, load_configs, pick_config
 from .errors import EdgeAdError, SourceError
 
-VIDEO_CONTAINERS = {".mp4": "mp4mux", ".mkv": "matroskamux"}
+# A plain MP4 has its index written at the end, so a run that is killed (a power cut, the
+# service's watchdog, the OOM killer) would leave a file that nothing plays. A fragmented one is
+# playable up to its last fragment; Matroska is playable as far as it was written. The filesink
+# writes unbuffered, else up to 64 KiB (seconds of a still scene) would die with the process.
+MP4_FRAGMENT_MS = 1000
+VIDEO_CONTAINERS = {".mp4": f"mp4mux fragment-duration={MP4_FRAGMENT_MS}", ".mkv": "matroskamux"}
 BGR_SINK = "videoconvert ! video/x-raw,format=BGR ! appsink name=sink"
 
 
@@ -348,7 +353,7 @@ def output_pipeline(
     muxer = VIDEO_CONTAINERS.get(path.suffix.lower())
     if muxer is None:
         raise SourceError(f"{uri}: video outputs are .mp4 or .mkv files")
-    return f"{src} ! {_encoder(fps, jetson, bitrate_kbps)} ! {muxer} ! filesink location={_quote(str(path))}"
+    return f"{src} ! {_encoder(fps, jetson, bitrate_kbps)} ! {muxer} ! filesink buffer-mode=unbuffered location={_quote(str(path))}"
 
 
 def rtsp_launch(width: int, height: int, fps: int, jetson: bool | None = None, bitrate_kbps: int | None = None) -> str:

@@ -186,6 +186,9 @@ class _VideoSink:
             fps = round(self.source.fps or self.stream.options.framerate or DEFAULT_FPS)
             self.output = open_output(self.stream.output, width, height, max(fps, 1), self.jetson, self.bitrate_kbps)
             log.info("%s: video output %s", self.stream.name, self.output.description)
+            if self.output.uri != self.stream.output:
+                log.info("%s: %s holds an earlier run's video; this run's goes to %s", self.stream.name,
+                         self.stream.output, self.output.uri)
         self.output.write(fit(picture, self.output.size[1], self.output.size[0]), frame.timestamp)
 
     def close(self) -> None:

@@ -445,6 +445,26 @@ def test_sigterm_stops_within_a_second_and_finishes_the_video(tiny_bundle, tmp_p
     print(f"stopped {stopped_s:.2f} s after SIGTERM")  # the stop itself; interpreter exit adds to it
 
 
+def test_a_killed_run_leaves_a_playable_mp4_and_the_next_run_keeps_it(tiny_bundle, tmp_path):
+    """A power cut, the service's watchdog or the OOM killer ends a run without SIGTERM; the service
+    then starts it again with the same --output."""
+    out, events = tmp_path / "out.mp4", tmp_path / "ev.jsonl"
+    command = [sys.executable, "-m", "edge_ad", "run", "--bundle", str(tiny_bundle),
+               "--input", "test://ball?width=160&height=120", "--output", str(out), "--events", str(events)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _wait_for(lambda: events.exists() and len(events.read_text().splitlines()) >= 90, 60)  # 3 s at 30 fps
+    process.kill()
+    process.wait(timeout=30)
+    killed = out.read_bytes()
+    played = list(open_source(str(out)))
+    assert len(played) >= 30 and played[0].image.shape == (120, 160, 3)  # all but the last second or so
+    again = subprocess.run(command + ["--max-frames", "20"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert f"{out} holds an earlier run's video; this run's goes to {tmp_path / 'out-2.mp4'}" in again.stderr
+    assert out.read_bytes() == killed
+    assert len(list(open_source(str(tmp_path / "out-2.mp4")))) == 20
+
+
 def test_anomaly_hook_runs_from_the_stream(detector, tmp_path):
     calls = tmp_path / "calls.txt"
     hook = f"{sys.executable} -c \"import os; open({str(calls)!r}, 'a').write(os.environ['EDGE_AD_FRAME'] + '\\n')\""
