@@ -71,13 +71,13 @@ def _images_in(folder: Path, required: bool = False) -> list[Path]:
     return images
 
 
-def _normal_folder(root: Path) -> str | None:
+def normal_folder(root: Path) -> str | None:
     """The name of an MVTec-layout category's normal pictures' folder (train/NAME, test/NAME)."""
     return next((name for name in NORMAL_FOLDERS if (root / "train" / name).is_dir()), None)
 
 
 def is_mvtec_category(root: Path) -> bool:
-    return _normal_folder(root) is not None
+    return normal_folder(root) is not None
 
 
 def _holds_a_category(path: Path) -> bool:
@@ -103,7 +103,7 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
         raise DataError(f"{root}: no such dataset folder")
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (expected 'elpv', a folder of normal images or an MVTec category)")
-    normal = _normal_folder(root)
+    normal = normal_folder(root)
     if normal is not None:
         if split == "train":
             return [_file_sample(p, 0, "good") for p in _images_in(root / "train" / normal, required=True)]

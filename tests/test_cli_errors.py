@@ -137,7 +137,11 @@ def test_eval_needs_normal_and_anomalous_test_images(tmp_path, tiny_bundle, mvte
         category = shutil.copytree(mvtec_category, tmp_path / kind)
         shutil.rmtree(category / "test" / kind)
         _one_line_error(edge_ad("eval", "--bundle", tiny_bundle, "--data", category),
-                        f"{category}: its test split has {counts} images", "needs some of each")
+                        f"{category}: its test split has {counts} images", "needs some of each (test/good and")
+    btad = shutil.copytree(mvtec_category, tmp_path / "btad")  # BTAD names the normal folders ok
+    (btad / "train" / "good").rename(btad / "train" / "ok")
+    shutil.rmtree(btad / "test" / "good")
+    _one_line_error(edge_ad("eval", "--bundle", tiny_bundle, "--data", btad), "needs some of each (test/ok and")
 
 
 def test_unsupported_source_and_unwritable_events(tmp_path, tiny_bundle):
