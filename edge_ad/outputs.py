@@ -8,7 +8,9 @@ served by gst-rtsp-server (gir1.2-gst-rtsp-server-1.0) to every client that conn
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -17,17 +19,49 @@ import numpy as np
 from .errors import SourceError
 from .mjpeg import MjpegOutput, mjpeg_description
 from .pipelines import output_pipeline, rtsp_launch
+from .sinks import REPORT_EVERY_S
 from .sources import bus_error, load_gst
 
+log = logging.getLogger("edge_ad.outputs")
+
 EOS_WAIT_S = 1.0  # how long close() waits for the muxer to finish a file
+QUEUED_FRAMES = 10  # frames that may wait for an output's encoder; more are left out or waited for
+STALL_S = 10.0  # how long a write waits for an encoder that takes no frame before it gives up
+
+
+def push_frame(Gst, appsrc, image: np.ndarray, pts_s: float | None = None, duration_s: float | None = None):
+    """Queue BGR `image` in `appsrc`: the flow it returned, or None when the frame was left out
+    because QUEUED_FRAMES frames wait already. appsrc keeps every frame it is given, so an
+    encoder that falls behind (x264enc on a board without a hardware encoder) would otherwise
+    hold the frames that come faster than it in memory until none is left."""
+    if appsrc.get_property("current-level-bytes") >= QUEUED_FRAMES * image.nbytes:
+        return None
+    buffer = Gst.Buffer.new_wrapped(np.ascontiguousarray(image).tobytes())
+    if pts_s is not None and duration_s is not None:
+        buffer.pts, buffer.duration = int(pts_s * Gst.SECOND), int(duration_s * Gst.SECOND)
+    return appsrc.emit("push-buffer", buffer)
+
+
+class _LeftOut:
+    """Counts the frames an output left out, and says so at once, then at most every REPORT_EVERY_S."""
+
+    def __init__(self, uri: str):
+        self.uri, self.frames, self._said = uri, 0, -REPORT_EVERY_S
+
+    def add(self) -> None:
+        self.frames += 1
+        if time.monotonic() - self._said >= REPORT_EVERY_S:
+            self._said = time.monotonic()
+            log.warning("output %s: its encoder falls behind the frames; %d left out of the video so far",
+                        self.uri, self.frames)
 
 
 def unused_path(path: Path) -> Path:
     """`path`, or `path` with -2, -3, ... added to its stem when a file has that name: a run that
     starts again (a service restarted after a failure, a second run by hand) keeps the video of
-    the one before, which shows what led up to the failure."""
+    the one before, which shows what led up to the failure. A named pipe is written into."""
     candidate, n = path, 1
-    while candidate.exists():
+    while candidate.is_file():
         n += 1
         candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
     return candidate
@@ -35,10 +69,13 @@ def unused_path(path: Path) -> Path:
 
 class VideoOutput:
     """A GStreamer pipeline from `appsrc name=src` to a file (a new one: see `unused_path`), an
-    RTP stream or a display."""
+    RTP stream or a display. The frames of a `live` source (a camera) that find QUEUED_FRAMES
+    waiting for the encoder are left out, as a camera drops the frames nobody takes; else (a
+    video file scored faster than it encodes) `write` waits for the encoder, so that every frame
+    is in the video."""
 
     def __init__(self, uri: str, width: int, height: int, fps: int, jetson: bool | None = None,
-                 bitrate_kbps: int | None = None):
+                 bitrate_kbps: int | None = None, live: bool = False):
         Gst = self._Gst = load_gst()
         if "://" not in uri:  # a file: its folder is made, as for --events and --snapshots
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
@@ -54,34 +91,55 @@ class VideoOutput:
             error = bus_error(self.pipeline) or "output pipeline failed to start"
             self.pipeline.set_state(Gst.State.NULL)
             raise SourceError(f"{uri}: {error}")
-        self.frame_s = 1.0 / fps
+        self.frame_s, self.live = 1.0 / fps, live
         self._first: float | None = None
+        self.error: str | None = None  # the pipeline's, once it stopped: every later write raises it
+        self.left_out = _LeftOut(uri)
+
+    def _raise_if_stopped(self) -> None:
+        error = self.error or bus_error(self.pipeline)
+        if error:
+            self.error = error  # a stopped pipeline's appsrc would take and keep every later frame
+            raise SourceError(f"{self.uri}: {error}")
+
+    def _wait_for_room(self, frame_bytes: int) -> None:
+        given_up = time.monotonic() + STALL_S
+        while self.appsrc.get_property("current-level-bytes") >= QUEUED_FRAMES * frame_bytes:
+            self._raise_if_stopped()
+            if time.monotonic() > given_up:
+                self.error = f"the encoder took no frame in {STALL_S:.0f} s"
+                raise SourceError(f"{self.uri}: {self.error}")
+            time.sleep(0.005)
 
     def write(self, image: np.ndarray, timestamp: float) -> None:
         """Push one BGR frame; `timestamp` in seconds (the source's), re-based to start at 0."""
         Gst = self._Gst
-        error = bus_error(self.pipeline)
-        if error:
-            raise SourceError(f"{self.uri}: {error}")
+        self._raise_if_stopped()
         if image.shape[1::-1] != self.size or image.ndim != 3:
             raise SourceError(f"{self.uri}: frame of shape {image.shape} does not match the output's {self.size}")
         if self._first is None:
             self._first = timestamp
-        buffer = Gst.Buffer.new_wrapped(np.ascontiguousarray(image).tobytes())
-        buffer.pts = int(max(0.0, timestamp - self._first) * Gst.SECOND)
-        buffer.duration = int(self.frame_s * Gst.SECOND)
-        flow = self.appsrc.emit("push-buffer", buffer)
-        if flow != Gst.FlowReturn.OK:
+        if not self.live:
+            self._wait_for_room(image.nbytes)
+        flow = push_frame(Gst, self.appsrc, image, max(0.0, timestamp - self._first), self.frame_s)
+        if flow is None:
+            self.left_out.add()
+        elif flow != Gst.FlowReturn.OK:
             raise SourceError(f"{self.uri}: the output pipeline refused a frame ({flow.value_nick})")
 
     def close(self) -> None:
-        """Send end-of-stream so files are finished (MP4 needs its index), then stop."""
+        """Send end-of-stream so files are finished (MP4 needs its index), then stop. A file that
+        nothing was written into (a full disk) is removed."""
         Gst = self._Gst
-        self.appsrc.emit("end-of-stream")
-        self.pipeline.get_bus().timed_pop_filtered(
-            int(EOS_WAIT_S * Gst.SECOND), Gst.MessageType.EOS | Gst.MessageType.ERROR
-        )
+        if self.error is None:
+            self.appsrc.emit("end-of-stream")
+            self.pipeline.get_bus().timed_pop_filtered(
+                int(EOS_WAIT_S * Gst.SECOND), Gst.MessageType.EOS | Gst.MessageType.ERROR
+            )
         self.pipeline.set_state(Gst.State.NULL)
+        path = Path(self.uri)
+        if "://" not in self.uri and path.is_file() and path.stat().st_size == 0:
+            path.unlink()
 
 
 def rtsp_server(uri: str):
@@ -124,6 +182,7 @@ class RtspOutput:
         self.thread = threading.Thread(target=self.loop.run, name=f"rtsp {uri}", daemon=True)
         self.thread.start()
         self.appsrc = None
+        self.left_out = _LeftOut(uri)
 
     def _configure(self, factory, media) -> None:
         self.appsrc = media.get_element().get_by_name("src")
@@ -136,8 +195,8 @@ class RtspOutput:
         appsrc = self.appsrc
         if appsrc is None:
             return
-        buffer = self._Gst.Buffer.new_wrapped(np.ascontiguousarray(image).tobytes())
-        appsrc.emit("push-buffer", buffer)  # the appsrc timestamps it (do-timestamp): clients join any time
+        if push_frame(self._Gst, appsrc, image) is None:  # the appsrc timestamps it (do-timestamp): clients join any time
+            self.left_out.add()
 
     def close(self) -> None:
         """Stop serving: the listening socket is released with the server's GLib source."""
@@ -161,12 +220,15 @@ def output_description(
 
 
 def open_output(
-    uri: str, width: int, height: int, fps: int, jetson: bool | None = None, bitrate_kbps: int | None = None
+    uri: str, width: int, height: int, fps: int, jetson: bool | None = None, bitrate_kbps: int | None = None,
+    live: bool = False,
 ) -> VideoOutput | RtspOutput | MjpegOutput:
     """The video output for `--output URI` at the first frame's size and the source's frame rate,
-    H.264 at `bitrate_kbps` (None: the encoder's default; MJPEG outputs have their own quality)."""
+    H.264 at `bitrate_kbps` (None: the encoder's default; MJPEG outputs have their own quality);
+    `live`: the frames come from a camera (see VideoOutput). Viewers of RTSP and MJPEG outputs
+    are shown the frames their encoder keeps up with."""
     if uri.startswith("rtsp://"):
         return RtspOutput(uri, width, height, fps, jetson, bitrate_kbps)
     if uri.startswith("http://"):
         return MjpegOutput(uri, width, height, fps, jetson, bitrate_kbps)
-    return VideoOutput(uri, width, height, fps, jetson, bitrate_kbps)
+    return VideoOutput(uri, width, height, fps, jetson, bitrate_kbps, live)

@@ -168,7 +168,8 @@ class _Capture(threading.Thread):
 class _VideoSink:
     """Opens the video output at the first frame (its size) and writes overlays to it, each fitted
     to that size (an image folder of pictures of several sizes, a camera set to another
-    resolution); an output that cannot open is tried again after RETRY_S."""
+    resolution); an output that cannot open, or whose pipeline stops (a full disk), is opened
+    again after RETRY_S (a file: under a new name, the one before kept as far as it was written)."""
 
     RETRY_S = 5.0
 
@@ -176,6 +177,7 @@ class _VideoSink:
         self.stream, self.source, self.jetson, self.bitrate_kbps = stream, source, jetson, bitrate_kbps
         self.output = None
         self._next_try = 0.0
+        self._said: str | None = None  # the output last named in the log
 
     def __call__(self, frame: Frame, picture: np.ndarray) -> None:
         if self.output is None:
@@ -184,16 +186,25 @@ class _VideoSink:
             self._next_try = time.monotonic() + self.RETRY_S
             height, width = picture.shape[:2]
             fps = round(self.source.fps or self.stream.options.framerate or DEFAULT_FPS)
-            self.output = open_output(self.stream.output, width, height, max(fps, 1), self.jetson, self.bitrate_kbps)
-            log.info("%s: video output %s", self.stream.name, self.output.description)
-            if self.output.uri != self.stream.output:
-                log.info("%s: %s holds an earlier run's video; this run's goes to %s", self.stream.name,
-                         self.stream.output, self.output.uri)
-        self.output.write(fit(picture, self.output.size[1], self.output.size[0]), frame.timestamp)
+            self.output = open_output(self.stream.output, width, height, max(fps, 1), self.jetson, self.bitrate_kbps,
+                                      self.source.live)
+            if self.output.uri != self._said:  # once, not at each try on a full disk
+                log.info("%s: video output %s", self.stream.name, self.output.description)
+                if self.output.uri != self.stream.output:
+                    log.info("%s: %s holds an earlier video; this one goes to %s", self.stream.name,
+                             self.stream.output, self.output.uri)
+                self._said = self.output.uri
+        try:
+            self.output.write(fit(picture, self.output.size[1], self.output.size[0]), frame.timestamp)
+        except SourceError:
+            self.close()
+            self.output, self._next_try = None, time.monotonic() + self.RETRY_S
+            raise
 
     def close(self) -> None:
         if self.output is not None:
             self.output.close()
+            self.output = None
 
 
 class _Sinks:

@@ -19,10 +19,12 @@ import pytest
 from edge_ad.datasets import calibration_frames
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError, SourceError
+from edge_ad import runner
+from edge_ad.outputs import QUEUED_FRAMES, VideoOutput
 from edge_ad.runner import RunConfig, run
 from edge_ad.streams import Stream
 from edge_ad.pipelines import FLIPS, SourceOptions
-from edge_ad.sources import open_source
+from edge_ad.sources import load_gst, open_source
 
 from conftest import free_port
 
@@ -460,9 +462,83 @@ def test_a_killed_run_leaves_a_playable_mp4_and_the_next_run_keeps_it(tiny_bundl
     assert len(played) >= 30 and played[0].image.shape == (120, 160, 3)  # all but the last second or so
     again = subprocess.run(command + ["--max-frames", "20"], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
-    assert f"{out} holds an earlier run's video; this run's goes to {tmp_path / 'out-2.mp4'}" in again.stderr
+    assert f"{out} holds an earlier video; this one goes to {tmp_path / 'out-2.mp4'}" in again.stderr
     assert out.read_bytes() == killed
     assert len(list(open_source(str(tmp_path / "out-2.mp4")))) == 20
+
+
+def test_an_output_that_stopped_takes_no_more_frames(tmp_path):
+    """A full disk stops an output's pipeline; its appsrc would then keep every later frame in memory."""
+    (tmp_path / "full.mkv").symlink_to("/dev/full")  # every write: no space left on the device
+    output = VideoOutput(str(tmp_path / "full.mkv"), 64, 48, 30, jetson=False)
+    frame = np.zeros((48, 64, 3), np.uint8)
+    failed = []
+    for i in range(100):
+        try:
+            output.write(frame, i / 30)
+        except SourceError as exc:
+            failed.append(str(exc))
+            if len(failed) == 10:
+                break
+        time.sleep(0.02)
+    assert len(failed) == 10 and "No space left" in failed[0]  # the first failure, then the same at each write
+    assert set(failed[1:]) == {failed[0]} and output.appsrc.get_property("current-level-bytes") == 0
+    output.close()
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_an_encoder_that_falls_behind_holds_few_frames(tmp_path, live):
+    """appsrc keeps every frame it is given: an encoder slower than the frames would hold them all.
+    A camera's frames are left out then; a video file's wait, so that each is in the video."""
+    Gst = load_gst()
+    output = VideoOutput(str(tmp_path / "slow.mkv"), 64, 48, 30, jetson=False, live=live)
+    pad = output.appsrc.get_static_pad("src")
+    stalled = pad.add_probe(Gst.PadProbeType.BLOCK_DOWNSTREAM, lambda pad, info: Gst.PadProbeReturn.OK)
+    levels = []
+    if not live:  # the encoder takes frames again a second after they stopped going in
+        threading.Timer(1.0, pad.remove_probe, (stalled,)).start()
+    frames = [np.full((48, 64, 3), i, np.uint8) for i in range(40)]
+    for i, frame in enumerate(frames):
+        output.write(frame, i / 30)
+        levels.append(output.appsrc.get_property("current-level-bytes"))
+    assert max(levels) <= QUEUED_FRAMES * frames[0].nbytes
+    if live:
+        assert 40 - QUEUED_FRAMES - 1 <= output.left_out.frames <= 40 - QUEUED_FRAMES
+        pad.remove_probe(stalled)
+    else:
+        assert output.left_out.frames == 0
+    output.close()
+    assert len(list(open_source(str(tmp_path / "slow.mkv")))) == 40 - output.left_out.frames  # each queued one
+
+
+def test_an_output_that_stopped_is_opened_again(detector, tmp_path, monkeypatch):
+    """Room on the disk again (the snapshot quota deleted some): the video goes on, into a new file."""
+    monkeypatch.setattr(runner._VideoSink, "RETRY_S", 0.2)
+    video = tmp_path / "out.mkv"
+    video.symlink_to("/dev/full")
+    failed = threading.Event()
+
+    class _Failures(logging.Handler):
+        def emit(self, record):
+            if "failed" in record.getMessage():
+                failed.set()
+
+    def room_again():
+        if failed.wait(30):
+            video.unlink()
+
+    handler = _Failures()
+    logging.getLogger("edge_ad.sinks").addHandler(handler)
+    freed = threading.Thread(target=room_again)
+    freed.start()
+    try:
+        summary = run(detector, [Stream("test://ball?width=64&height=48", output=str(video))], RunConfig(max_frames=150))
+    finally:
+        logging.getLogger("edge_ad.sinks").removeHandler(handler)
+        freed.join()
+    assert summary.frames == 150 and summary.sink_errors[f"output {video}"] >= 1
+    assert video.is_file() and not video.is_symlink()
+    assert 10 <= len(list(open_source(str(video)))) < 150
 
 
 def test_anomaly_hook_runs_from_the_stream(detector, tmp_path):
