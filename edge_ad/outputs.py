@@ -9,6 +9,8 @@ served by gst-rtsp-server (gir1.2-gst-rtsp-server-1.0) to every client that conn
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -27,6 +29,9 @@ log = logging.getLogger("edge_ad.outputs")
 EOS_WAIT_S = 1.0  # how long close() waits for the muxer to finish a file
 QUEUED_FRAMES = 10  # frames that may wait for an output's encoder; more are left out or waited for
 STALL_S = 10.0  # how long a write waits for an encoder that takes no frame before it gives up
+DISK_RESERVE_BYTES = 1 << 30  # what a video file leaves free on its disk, for events and pictures
+ROTATE_BYTES = 64 << 20  # a video file this large goes on in a new one while its disk is short
+ROOM_CHECK_S = 1.0  # how often the free room on a video file's disk is looked at
 
 
 def push_frame(Gst, appsrc, image: np.ndarray, pts_s: float | None = None, duration_s: float | None = None):
@@ -56,15 +61,52 @@ class _LeftOut:
                         self.uri, self.frames)
 
 
+def _numbered(path: Path) -> dict[Path, int]:
+    """The files `path` (x.mp4, number 1) and x-2.mp4, x-3.mp4, ... by their number."""
+    named = re.compile(re.escape(path.stem) + r"(?:-([0-9]+))?" + re.escape(path.suffix))
+    found = ((p, named.fullmatch(p.name)) for p in path.parent.iterdir())
+    return {p: int(match.group(1) or 1) for p, match in found if match and p.is_file()}
+
+
 def unused_path(path: Path) -> Path:
-    """`path`, or `path` with -2, -3, ... added to its stem when a file has that name: a run that
-    starts again (a service restarted after a failure, a second run by hand) keeps the video of
-    the one before, which shows what led up to the failure. A named pipe is written into."""
-    candidate, n = path, 1
-    while candidate.is_file():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate
+    """`path` (x.mp4), or when it or a file numbered after it is there, x-N.mp4 numbered one past
+    the highest: a run that starts again (a service restarted after a failure, a second run by
+    hand) keeps the video of the one before, which shows what led up to the failure, and the
+    numbers follow the order the videos were made in. A named pipe is written into."""
+    numbers = _numbered(path).values()
+    return path.with_name(f"{path.stem}-{max(numbers) + 1}{path.suffix}") if numbers else path
+
+
+class DiskRoom:
+    """Keeps the video files of `--output x.mp4` from filling the disk that events, snapshots and
+    samples share, as a video recorder does: while less than DISK_RESERVE_BYTES is free, the oldest
+    of them go (an earlier run's too), and `check` asks for a new file when the one being written
+    is the only one left to delete and has grown to ROTATE_BYTES. Room taken by anything else is
+    not theirs to make: the video then stops at a full disk as any file would."""
+
+    def __init__(self, path: Path):
+        self.path, self._next = path, 0.0
+
+    def _short(self) -> bool:
+        return shutil.disk_usage(self.path.parent).free < DISK_RESERVE_BYTES
+
+    def check(self, current: Path) -> bool:
+        """Whether to close `current` and go on in a new file; looks every ROOM_CHECK_S."""
+        if time.monotonic() < self._next:
+            return False
+        self._next = time.monotonic() + ROOM_CHECK_S
+        if not self._short():
+            return False
+        numbered = _numbered(self.path)
+        for old in sorted(numbered, key=numbered.get):  # the oldest first
+            if old != current:
+                size = old.stat().st_size
+                old.unlink(missing_ok=True)
+                log.warning("output %s: under %d MB free on its disk: deleted its oldest video %s (%d MB)",
+                            self.path, DISK_RESERVE_BYTES >> 20, old, size >> 20)
+                if not self._short():
+                    return False
+        return current.stat().st_size >= ROTATE_BYTES
 
 
 class VideoOutput:

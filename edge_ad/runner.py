@@ -31,7 +31,7 @@ from .errors import BundleError, EdgeAdError, SourceError, without_passwords
 from .line_calibration import CALIBRATING, LineCalibration
 from .masks import InspectionMask, calibration_mismatch
 from .mqtt import MqttTls
-from .outputs import open_output, output_description
+from .outputs import DiskRoom, open_output, output_description
 from .regions import regions
 from .render import fit, overlay
 from .service import ServiceNotifier
@@ -178,6 +178,7 @@ class _VideoSink:
         self.output = None
         self._next_try = 0.0
         self._said: str | None = None  # the output last named in the log
+        self.room = DiskRoom(Path(stream.output)) if "://" not in stream.output else None  # a file
 
     def __call__(self, frame: Frame, picture: np.ndarray) -> None:
         if self.output is None:
@@ -200,6 +201,9 @@ class _VideoSink:
             self.close()
             self.output, self._next_try = None, time.monotonic() + self.RETRY_S
             raise
+        if self.room is not None and self.room.check(Path(self.output.uri)):
+            self.close()  # the next frame opens the next file (see DiskRoom)
+            self._next_try = 0.0
 
     def close(self) -> None:
         if self.output is not None:

@@ -3,6 +3,7 @@ and comes back, an RTSP output read back, two sources at once, signals and a ful
 
 import json
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -19,8 +21,8 @@ import pytest
 from edge_ad.datasets import calibration_frames
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError, SourceError
-from edge_ad import runner
-from edge_ad.outputs import QUEUED_FRAMES, VideoOutput
+from edge_ad import outputs, runner
+from edge_ad.outputs import QUEUED_FRAMES, VideoOutput, unused_path
 from edge_ad.runner import RunConfig, run
 from edge_ad.streams import Stream
 from edge_ad.pipelines import FLIPS, SourceOptions
@@ -539,6 +541,56 @@ def test_an_output_that_stopped_is_opened_again(detector, tmp_path, monkeypatch)
     assert summary.frames == 150 and summary.sink_errors[f"output {video}"] >= 1
     assert video.is_file() and not video.is_symlink()
     assert 10 <= len(list(open_source(str(video)))) < 150
+
+
+def test_a_new_video_file_is_numbered_past_the_others(tmp_path):
+    assert unused_path(tmp_path / "x.mp4") == tmp_path / "x.mp4"
+    for name in ("x.mp4", "x-3.mp4", "xy.mp4", "x-9.mkv", "x-10.mp4.part"):
+        (tmp_path / name).write_bytes(b"video")
+    assert unused_path(tmp_path / "x.mp4") == tmp_path / "x-4.mp4"
+    (tmp_path / "x.mp4").unlink()  # deleted for room: the next is still numbered after the newest
+    assert unused_path(tmp_path / "x.mp4") == tmp_path / "x-4.mp4"
+    os.mkfifo(tmp_path / "pipe.mkv")  # another program reads the video from a named pipe
+    assert unused_path(tmp_path / "pipe.mkv") == tmp_path / "pipe.mkv"
+
+
+def _free_bytes(monkeypatch, free) -> None:
+    """The video outputs see `free()` bytes free on their disk."""
+    monkeypatch.setattr(outputs, "shutil", SimpleNamespace(disk_usage=lambda path: SimpleNamespace(free=free())))
+
+
+def test_video_files_make_room_on_a_short_disk(tmp_path, monkeypatch):
+    """Less than DISK_RESERVE_BYTES free: the oldest videos go, then the one being written is closed."""
+    for number, name in enumerate(("x.mp4", "x-2.mp4", "x-3.mp4")):
+        (tmp_path / name).write_bytes(bytes(1000 * (number + 1)))
+    monkeypatch.setattr(outputs, "ROOM_CHECK_S", 0.0)
+    monkeypatch.setattr(outputs, "ROTATE_BYTES", 3000)
+    room, current = outputs.DiskRoom(tmp_path / "x.mp4"), tmp_path / "x-3.mp4"
+    _free_bytes(monkeypatch, lambda: outputs.DISK_RESERVE_BYTES)
+    assert not room.check(current)  # room enough: nothing goes
+    _free_bytes(monkeypatch, lambda: outputs.DISK_RESERVE_BYTES - (tmp_path / "x.mp4").exists())
+    assert not room.check(current)  # short until the oldest went
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-2.mp4", "x-3.mp4"]
+    _free_bytes(monkeypatch, lambda: 0)
+    assert room.check(current)  # still short: the older one goes, and the one being written is closed
+    assert [p.name for p in tmp_path.iterdir()] == ["x-3.mp4"]
+    current.write_bytes(bytes(2999))  # too small to be worth a new file: written on
+    assert not room.check(current) and current.exists()
+
+
+def test_a_run_keeps_its_video_files_off_a_short_disk(detector, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(outputs, "ROOM_CHECK_S", 0.2)
+    monkeypatch.setattr(outputs, "ROTATE_BYTES", 1)
+    _free_bytes(monkeypatch, lambda: 0)
+    (tmp_path / "out.mkv").write_bytes(b"an earlier run's video")
+    with caplog.at_level(logging.WARNING, logger="edge_ad.outputs"):
+        summary = run(detector, [Stream("test://ball?width=64&height=48", output=str(tmp_path / "out.mkv"))],
+                      RunConfig(max_frames=90))
+    assert summary.frames == 90 and not summary.sink_errors
+    left = sorted(tmp_path.glob("out*.mkv"), key=lambda p: int(p.stem.partition("-")[2] or 1))
+    assert not (tmp_path / "out.mkv").exists() and len(left) <= 2  # the newest one or two of several
+    assert int(left[-1].stem.partition("-")[2]) >= 4
+    assert "deleted its oldest video" in caplog.text and all(len(list(open_source(str(p)))) >= 1 for p in left)
 
 
 def test_anomaly_hook_runs_from_the_stream(detector, tmp_path):
