@@ -134,7 +134,8 @@ class VideoOutput:
             self.pipeline.set_state(Gst.State.NULL)
             raise SourceError(f"{uri}: {error}")
         self.frame_s, self.live = 1.0 / fps, live
-        self._first: float | None = None
+        self._first: float | None = None  # the source's time at the video's start
+        self._last = -1.0  # the video time of the last frame pushed
         self.error: str | None = None  # the pipeline's, once it stopped: every later write raises it
         self.left_out = _LeftOut(uri)
 
@@ -161,13 +162,19 @@ class VideoOutput:
             raise SourceError(f"{self.uri}: frame of shape {image.shape} does not match the output's {self.size}")
         if self._first is None:
             self._first = timestamp
+        if timestamp - self._first <= self._last:
+            # The source's time went back (a camera reconnected starts again at 0), which the MP4
+            # muxer refuses: the video goes on one frame after the last one.
+            self._first = timestamp - self._last - self.frame_s
         if not self.live:
             self._wait_for_room(image.nbytes)
-        flow = push_frame(Gst, self.appsrc, image, max(0.0, timestamp - self._first), self.frame_s)
+        flow = push_frame(Gst, self.appsrc, image, timestamp - self._first, self.frame_s)
         if flow is None:
             self.left_out.add()
         elif flow != Gst.FlowReturn.OK:
             raise SourceError(f"{self.uri}: the output pipeline refused a frame ({flow.value_nick})")
+        else:
+            self._last = timestamp - self._first
 
     def close(self) -> None:
         """Send end-of-stream so files are finished (MP4 needs its index), then stop. A file that

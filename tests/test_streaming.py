@@ -543,6 +543,18 @@ def test_an_output_that_stopped_is_opened_again(detector, tmp_path, monkeypatch)
     assert 10 <= len(list(open_source(str(video)))) < 150
 
 
+def test_a_source_whose_time_starts_again_goes_on_in_the_same_video(tmp_path):
+    """A camera that reconnects starts its stream time again at 0; the MP4 muxer refused the frames
+    ("Could not multiplex stream") and the video stopped."""
+    output = VideoOutput(str(tmp_path / "out.mp4"), 64, 48, 10, jetson=False)
+    for timestamp in [5.0 + i / 10 for i in range(10)] + [i / 10 for i in range(10)]:  # 5.0-5.9 s, then 0-0.9 s
+        output.write(np.zeros((48, 64, 3), np.uint8), timestamp)
+        time.sleep(0.01)
+    output.close()
+    played = [frame.timestamp for frame in open_source(str(tmp_path / "out.mp4"))]
+    assert played == pytest.approx([i / 10 for i in range(20)], abs=1e-3)  # one after the other
+
+
 def test_a_new_video_file_is_numbered_past_the_others(tmp_path):
     assert unused_path(tmp_path / "x.mp4") == tmp_path / "x.mp4"
     for name in ("x.mp4", "x-3.mp4", "xy.mp4", "x-9.mkv", "x-10.mp4.part"):
