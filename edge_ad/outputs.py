@@ -133,6 +133,12 @@ class VideoOutput:
             error = bus_error(self.pipeline) or "output pipeline failed to start"
             self.pipeline.set_state(Gst.State.NULL)
             raise SourceError(f"{uri}: {error}")
+        display = self.pipeline.get_by_name("display")  # autovideosink; a Jetson's nv3dsink says itself
+        if display is not None and display.get_child_by_index(0).get_factory().get_name() == "fakesink":
+            self.pipeline.set_state(Gst.State.NULL)
+            raise SourceError(f"{uri}: no screen to show the video on (no X11, Wayland or KMS display that "
+                              "GStreamer's video sinks could open, as under a service or in an ssh session); set "
+                              "DISPLAY to the desktop's (DISPLAY=:0), or watch in a browser: --output http://@:8080/NAME")
         self.frame_s, self.live = 1.0 / fps, live
         self._first: float | None = None  # the source's time at the video's start
         self._last = -1.0  # the video time of the last frame pushed

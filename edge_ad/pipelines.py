@@ -336,7 +336,7 @@ def output_pipeline(
     jetson = is_jetson() if jetson is None else jetson
     src = f"appsrc name=src is-live=true format=time caps={appsrc_caps(width, height, fps)}"
     if uri.startswith("display://"):
-        sink = "nvvidconv ! nv3dsink sync=false" if jetson else "videoconvert ! autovideosink sync=false"
+        sink = "nvvidconv ! nv3dsink sync=false" if jetson else "videoconvert ! autovideosink name=display sync=false"
         return f"{src} ! {sink}"
     if uri.startswith("rtp://"):
         parsed = urlparse(uri)

@@ -760,9 +760,15 @@ def run(
     if shared := shared_slugs(names):
         raise EdgeAdError(f"run: sources {shared} would share the name {slug(shared[0])} in snapshot and sample files "
                           "and MQTT topics; give them names that differ in letters or digits")
+    writers: dict[str, str] = {}  # output -> the source that writes it
     for stream in streams:  # an unknown output type fails now, not after the first frame
         if stream.output:
             output_description(stream.output, 64, 64, DEFAULT_FPS, config.jetson)
+            written = stream.output if "://" in stream.output else str(Path(stream.output).resolve())
+            if written in writers and not stream.output.startswith("display://"):  # windows can share a screen
+                raise EdgeAdError(f"run: sources {writers[written]} and {stream.name} would both write {stream.output} "
+                                  "(a copied line in the sources file?); give each its own output")
+            writers[written] = stream.name
     detectors = detectors_of(detector, streams)
     masks = load_masks(detectors, streams)
     several = len({id(d) for d in detectors.values()}) > 1

@@ -68,6 +68,11 @@ def load_gst():
         ) from exc
     if not Gst.is_initialized():
         Gst.init(None)
+        # DirectFB's sink (Debian's plugins-bad) crashes the process where there is no screen, and
+        # autovideosink tries it when the others cannot open one: a display output under a service.
+        directfb = Gst.Registry.get().lookup_feature("dfbvideosink")
+        if directfb is not None:
+            directfb.set_rank(Gst.Rank.NONE)
     return Gst
 
 

@@ -107,6 +107,19 @@ def test_cameras_of_one_make_get_names_of_their_own(tiny_bundle):
         run(Detector.load(tiny_bundle), [Stream("test://", "line 1"), Stream("test://", "line-1")], RunConfig())
 
 
+def test_two_sources_may_not_write_one_output(tiny_bundle, tmp_path, monkeypatch):
+    """A line copied in a sources file: both videos went into one file, or into x.mp4 and x-2.mp4."""
+    monkeypatch.chdir(tmp_path)
+    detector = Detector.load(tiny_bundle)
+    for first, second in (("line.mp4", str(tmp_path / "line.mp4")), ("rtp://10.0.0.9:5000", "rtp://10.0.0.9:5000")):
+        with pytest.raises(EdgeAdError, match=f"sources a and b would both write {re.escape(second)}"):
+            run(detector, [Stream("test://", "a", output=first), Stream("test://", "b", output=second)],
+                RunConfig(max_frames=1))
+    summary = run(detector, [Stream("test://", "a", output="display://0"), Stream("test://", "b", output="a.mkv"),
+                             Stream("test://", "c", output="display://0")], RunConfig(max_frames=1))
+    assert summary.frames == 3 and (tmp_path / "a.mkv").is_file()  # windows on one screen may share it
+
+
 def test_a_restarted_run_keeps_the_snapshots_its_events_name(tiny_bundle, spotted_frames, tmp_path):
     """Frame numbers start at 0 in every run: a service restarted (or run again on the camera)
     adds its snapshots beside those of the run before, and each event's files show its frame."""

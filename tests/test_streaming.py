@@ -555,6 +555,18 @@ def test_a_source_whose_time_starts_again_goes_on_in_the_same_video(tmp_path):
     assert played == pytest.approx([i / 10 for i in range(20)], abs=1e-3)  # one after the other
 
 
+def test_a_display_output_without_a_screen_says_so():
+    """Under a service or over ssh: autovideosink tried DirectFB's sink last, which crashed the
+    run (a segmentation fault), or played into a fakesink without a word."""
+    try:
+        output = VideoOutput("display://0", 64, 48, 30, jetson=False)
+    except SourceError as exc:
+        assert "display://0: no screen to show the video on" in str(exc) and "http://@:8080/NAME" in str(exc)
+    else:  # a machine with a screen shows it
+        assert output.pipeline.get_by_name("display").get_child_by_index(0).get_factory().get_name() != "fakesink"
+        output.close()
+
+
 def test_a_new_video_file_is_numbered_past_the_others(tmp_path):
     assert unused_path(tmp_path / "x.mp4") == tmp_path / "x.mp4"
     for name in ("x.mp4", "x-3.mp4", "xy.mp4", "x-9.mkv", "x-10.mp4.part"):
