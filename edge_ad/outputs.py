@@ -106,7 +106,8 @@ class DiskRoom:
                             self.path, DISK_RESERVE_BYTES >> 20, old, size >> 20)
                 if not self._short():
                     return False
-        return current.stat().st_size >= ROTATE_BYTES
+        # A file deleted by hand to make room frees it only once closed.
+        return not current.exists() or current.stat().st_size >= ROTATE_BYTES
 
 
 class VideoOutput:
