@@ -21,7 +21,7 @@ import numpy as np
 from .errors import SourceError
 from .mjpeg import MjpegOutput, mjpeg_description
 from .pipelines import output_pipeline, rtsp_launch
-from .sinks import REPORT_EVERY_S
+from .sinks import ReportDue
 from .sources import bus_error, load_gst
 
 log = logging.getLogger("edge_ad.outputs")
@@ -48,15 +48,14 @@ def push_frame(Gst, appsrc, image: np.ndarray, pts_s: float | None = None, durat
 
 
 class _LeftOut:
-    """Counts the frames an output left out, and says so at once, then at most every REPORT_EVERY_S."""
+    """Counts the frames an output left out, and says so (see ReportDue)."""
 
     def __init__(self, uri: str):
-        self.uri, self.frames, self._said = uri, 0, -REPORT_EVERY_S
+        self.uri, self.frames, self._report_due = uri, 0, ReportDue()
 
     def add(self) -> None:
         self.frames += 1
-        if time.monotonic() - self._said >= REPORT_EVERY_S:
-            self._said = time.monotonic()
+        if self._report_due():
             log.warning("output %s: its encoder falls behind the frames; %d left out of the video so far",
                         self.uri, self.frames)
 

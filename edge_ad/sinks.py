@@ -28,7 +28,21 @@ from .errors import EdgeAdError
 
 log = logging.getLogger("edge_ad.sinks")
 
-REPORT_EVERY_S = 30.0  # a failing sink is reported at once, then at most this often
+REPORT_EVERY_S = 30.0  # what fails at every frame is reported at once, then at most this often
+
+
+class ReportDue:
+    """Whether a message that would come at every frame is due: at once, then every REPORT_EVERY_S."""
+
+    def __init__(self):
+        self._reported = -REPORT_EVERY_S
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self._reported < REPORT_EVERY_S:
+            return False
+        self._reported = now
+        return True
 
 
 class Guarded:
@@ -37,7 +51,7 @@ class Guarded:
     def __init__(self, name: str, call: Callable[..., object]):
         self.name, self.call = name, call
         self.errors = 0
-        self._reported = -REPORT_EVERY_S
+        self._report_due = ReportDue()
 
     def __call__(self, *args) -> object:
         """The sink's own return value, or None when it failed."""
@@ -45,9 +59,7 @@ class Guarded:
             return self.call(*args)
         except (OSError, EdgeAdError) as exc:
             self.errors += 1
-            now = time.monotonic()
-            if now - self._reported >= REPORT_EVERY_S:
-                self._reported = now
+            if self._report_due():
                 log.error("%s failed (%d so far), inference goes on: %s", self.name, self.errors, exc)
 
 
