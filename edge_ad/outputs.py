@@ -137,8 +137,9 @@ class VideoOutput:
         if display is not None and display.get_child_by_index(0).get_factory().get_name() == "fakesink":
             self.pipeline.set_state(Gst.State.NULL)
             raise SourceError(f"{uri}: no screen to show the video on (no X11, Wayland or KMS display that "
-                              "GStreamer's video sinks could open, as under a service or in an ssh session); set "
-                              "DISPLAY to the desktop's (DISPLAY=:0), or watch in a browser: --output http://@:8080/NAME")
+                              "GStreamer's video sinks could open, as under a service or in an ssh session); "
+                              "set DISPLAY to the desktop's (DISPLAY=:0), or watch in a browser: "
+                              "--output http://@:8080/NAME")
         self.frame_s, self.live = 1.0 / fps, live
         self._first: float | None = None  # the source's time at the video's start
         self._last = -1.0  # the video time of the last frame pushed
@@ -250,7 +251,8 @@ class RtspOutput:
         appsrc = self.appsrc
         if appsrc is None:
             return
-        if push_frame(self._Gst, appsrc, image) is None:  # the appsrc timestamps it (do-timestamp): clients join any time
+        # No time given: the appsrc timestamps it (do-timestamp), so clients can join at any time.
+        if push_frame(self._Gst, appsrc, image) is None:
             self.left_out.add()
 
     def close(self) -> None:

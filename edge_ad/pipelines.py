@@ -353,7 +353,8 @@ def output_pipeline(
     muxer = VIDEO_CONTAINERS.get(path.suffix.lower())
     if muxer is None:
         raise SourceError(f"{uri}: video outputs are .mp4 or .mkv files")
-    return f"{src} ! {_encoder(fps, jetson, bitrate_kbps)} ! {muxer} ! filesink buffer-mode=unbuffered location={_quote(str(path))}"
+    sink = f"filesink buffer-mode=unbuffered location={_quote(str(path))}"
+    return f"{src} ! {_encoder(fps, jetson, bitrate_kbps)} ! {muxer} ! {sink}"
 
 
 def rtsp_launch(width: int, height: int, fps: int, jetson: bool | None = None, bitrate_kbps: int | None = None) -> str:

@@ -69,8 +69,9 @@ def evaluate(
     counts = [sum(s.label == label for s in samples) for label in (0, 1)]
     if not all(counts):  # before any image is scored: AUROC and F1 compare the two kinds
         normal = normal_folder(Path(data)) or "good"
-        raise DataError(f"{data}: its test split has {counts[0]} normal and {counts[1]} anomalous images; eval compares "
-                        f"the scores of both kinds, so it needs some of each (test/{normal} and test/<defect>)")
+        raise DataError(f"{data}: its test split has {counts[0]} normal and {counts[1]} anomalous images; eval "
+                        "compares the scores of both kinds, so it needs some of each "
+                        f"(test/{normal} and test/<defect>)")
     with_masks = any(s.mask_path is not None for s in samples)
     # Pixel metrics count a defect image only with its mask: without one, all its pixels would count as normal.
     unmasked = [s.name for s in samples if with_masks and s.label == 1 and s.mask_path is None]
