@@ -35,7 +35,7 @@ from .outputs import DiskRoom, open_output, output_description
 from .regions import regions
 from .render import fit, overlay
 from .service import ServiceNotifier
-from .sinks import AnomalyHook, EventLog, Guarded, Samples, Snapshot, Snapshots, shared_slugs, slug
+from .sinks import AnomalyHook, EventLog, Guarded, InOrder, Samples, Snapshot, Snapshots, shared_slugs, slug
 from .sources import Frame, Source, open_source
 from .streams import Stream
 from .telemetry import SourceStats, Telemetry
@@ -44,6 +44,9 @@ from .variants import AnyDetector, VariantDetector, bundles_of, detectors_by_var
 log = logging.getLogger("edge_ad.runner")
 
 DEFAULT_FPS = 30  # output frame rate for sources that do not say theirs (image folders)
+# Frames whose events, snapshots, hook call and MQTT message wait for the sinks' thread: a
+# 12-megapixel snapshot (300 ms to write) is two frames of a 6 fps camera.
+SINK_QUEUE = 4
 
 
 @dataclass
@@ -213,7 +216,9 @@ class _VideoSink:
 
 class _Sinks:
     """Everything a scored frame goes to: events, snapshots, the anomaly hook (shared by the
-    streams) and each stream's video output, each guarded so that its failures are counted."""
+    streams) and each stream's video output, each guarded so that its failures are counted. The
+    PLC's registers and the video are given the frame in the scoring loop, the others in the
+    order of the frames by a thread of their own (`later`)."""
 
     def __init__(self, config: RunConfig, stack: ExitStack,
                  drift: dict[str, dict[str | None, DriftWatch]] | None = None, hints: VariantHints | None = None,
@@ -250,6 +255,8 @@ class _Sinks:
             stack.callback(publisher.close)
             self.mqtt = self._guard(f"mqtt {publisher.url}", publisher.publish)  # without its password
             self.publisher = publisher
+        self.later = InOrder("sinks", SINK_QUEUE)
+        stack.callback(self.later.close)  # before the sinks close: what waits is written first
 
     def _calibrate_asked(self, source: str, start: bool) -> None:
         """MQTT's TOPIC/SOURCE/calibrate (SOURCE as topics spell it)."""
@@ -295,7 +302,11 @@ class _Sinks:
         self.videos[stream.name] = self._guard(f"output {stream.output}", video)
 
     def watch_anew(self, name: str, bands: dict[str | None, DriftWatch]) -> None:
-        """Source `name` judged by a new calibration or bundle: its `bands`, watched from the start."""
+        """Source `name` judged by a new calibration or bundle: its `bands`, watched from the start
+        (from its next frame: the frames before are watched in the sinks' thread first)."""
+        self.later.call(self._watch_anew, name, bands)
+
+    def _watch_anew(self, name: str, bands: dict[str | None, DriftWatch]) -> None:
         self.drift[name] = bands
         for watched in [w for w in self.watches if w[0] == name]:
             del self.watches[watched]
@@ -328,8 +339,8 @@ class _Sinks:
         event of each of `sources` in the events file and on MQTT's TOPIC/SOURCE/self_check: the run
         stops next, and the record of the frames it judged says why."""
         for source in sources:
-            self._tell({"event": "self_check", "source": source, "timestamp": round(time.time(), 6),
-                        "bundle": bundle.short_ids[0], "problem": problem})
+            self.later.call(self._tell, {"event": "self_check", "source": source, "timestamp": round(time.time(), 6),
+                                         "bundle": bundle.short_ids[0], "problem": problem})
 
     def _tell(self, event: dict) -> None:
         """An event that is not a frame's (drift, self-check) to the events file and MQTT."""
@@ -345,7 +356,7 @@ class _Sinks:
                  bundle: Bundle) -> None:
         """A scored frame's verdict to the Modbus registers, before `deliver` draws or writes
         anything for any frame of the batch: a reject gate acts on them, and a 12-megapixel
-        snapshot takes about 300 ms to write."""
+        frame's overlay for the video takes about 100 ms to draw."""
         if self.modbus is not None:
             self.modbus.update(stream.name, frame.index, result.score, result.threshold, result.is_anomaly, alarm,
                                result.variant, record.anomalies, record.alarms, bundle.short_ids)
@@ -354,14 +365,21 @@ class _Sinks:
         self, stream: Stream, frame: Frame, result: Result, latency_ms: float, record: SourceStats, alarm: bool,
         bundle: Bundle,
     ) -> None:
-        """Hand a scored frame, judged by `bundle` (and its calibration), to the sinks: events and
-        video every frame, snapshots, the hook and MQTT only for an `alarm`
-        (RunConfig.alarm_frames anomalous frames in a row). A snapshot is saved first, so that the
-        event names its files. The PLC has the verdict already (`tell_plc`)."""
+        """Hand a scored frame, judged by `bundle` (and its calibration), to the sinks: video now,
+        the others in the sinks' thread (`later`). The PLC has the verdict already (`tell_plc`)."""
         picture = None
         if stream.name in self.videos:
             picture = overlay(frame.image, result)
             self.videos[stream.name](frame, picture)
+        self.later.call(self._deliver_later, stream, frame, result, latency_ms, record, alarm, bundle, picture)
+
+    def _deliver_later(
+        self, stream: Stream, frame: Frame, result: Result, latency_ms: float, record: SourceStats, alarm: bool,
+        bundle: Bundle, picture: np.ndarray | None,
+    ) -> None:
+        """Events every frame, snapshots, the hook and MQTT only for an `alarm`
+        (RunConfig.alarm_frames anomalous frames in a row). A snapshot is saved first, so that the
+        event names files that are there."""
         snapshot = None
         if alarm and self.snapshots is not None:
             drawn = (lambda: picture) if picture is not None else (lambda: overlay(frame.image, result))
@@ -804,6 +822,7 @@ def run(
             # The file's writes fail as other sinks' do (a full disk): reported, counted, and the run goes on.
             tick = sinks._guard(f"metrics {config.metrics}", telemetry.tick) if config.metrics else telemetry.tick
             stack.callback(tick, True)
+            stack.callback(sinks.later.wait)  # runs before that last tick: it counts every frame's snapshot
         clock = next(filter(None, (b.clock_note() for d in detectors.values() for b in bundles_of(d).values())), None)
         if clock:
             log.warning("%s", clock)

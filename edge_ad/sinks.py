@@ -63,6 +63,52 @@ class Guarded:
                 log.error("%s failed (%d so far), inference goes on: %s", self.name, self.errors, exc)
 
 
+class InOrder:
+    """Calls made by a thread of their own, one after another in the order they were given: what
+    the scoring loop hands on after the PLC and the video (events, snapshots, the hook, MQTT), so
+    that writing a 12-megapixel snapshot (300 ms) does not hold the next frames back. At most
+    `waiting` calls wait; the next one waits for room, as the loop waited for the sinks before. A
+    call that raises (sinks are Guarded, so a bug) is raised again at the next `call` or `wait`;
+    the calls after it are still made, so that nothing waits on a thread that stopped."""
+
+    def __init__(self, name: str, waiting: int):
+        self._calls: queue.Queue[tuple[Callable[..., object], tuple] | None] = queue.Queue(maxsize=waiting)
+        self._failed: Exception | None = None
+        self._thread = threading.Thread(target=self._make_calls, daemon=True, name=name)
+        self._thread.start()
+
+    def call(self, function: Callable[..., object], *args) -> None:
+        self._raise_failure()
+        self._calls.put((function, args))
+
+    def wait(self) -> None:
+        """Until every call given so far has been made."""
+        self._calls.join()
+        self._raise_failure()
+
+    def close(self) -> None:
+        """The calls given so far made, then the thread ended."""
+        self._calls.put(None)
+        self._thread.join()
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
+
+    def _make_calls(self) -> None:
+        while (item := self._calls.get()) is not None:
+            function, args = item
+            try:
+                function(*args)
+            except Exception as exc:  # raised in the caller's thread, which stops the run
+                self._failed = self._failed or exc
+            finally:
+                self._calls.task_done()
+        self._calls.task_done()
+
+
 class EventLog:
     """JSON lines, one per frame, each appended by one unbuffered write (a line that fails on a
     full disk is lost whole, never left half-written or retried twice); the file is rotated when

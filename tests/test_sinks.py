@@ -230,6 +230,46 @@ def test_anomaly_hook_gets_the_event_in_its_environment(tmp_path):
         AnomalyHook("no-such-command --x")({"source": "a", "frame": 0, "score": 1, "threshold": 0, "timestamp": 0})
 
 
+def test_the_hook_hears_of_an_alarm_once_its_snapshot_is_written(tiny_bundle, spotted_frames, tmp_path, monkeypatch):
+    """Snapshots are written in the sinks' thread while the scoring goes on: the hook (and MQTT)
+    still hear of an alarm only once the files it names are whole, and events keep frame order."""
+    write = Snapshots.save
+
+    def slow_save(self, *args):  # a 12-megapixel snapshot's 300 ms
+        time.sleep(0.2)
+        return write(self, *args)
+
+    monkeypatch.setattr(Snapshots, "save", slow_save)
+    found = tmp_path / "found.txt"
+    script = (f"import os; open({str(found)!r}, 'a').write(str(all(os.path.isfile(p) and os.path.getsize(p) > 0 "
+              "for p in (os.environ['EDGE_AD_SNAPSHOT'], os.environ['EDGE_AD_OVERLAY']))) + chr(10))")
+    config = RunConfig(events=tmp_path / "ev.jsonl", snapshots=tmp_path / "snaps", snapshot_interval_s=0.0,
+                       on_anomaly=f"{sys.executable} -c \"{script}\"")
+    summary = run(Detector.load(tiny_bundle), [Stream(str(spotted_frames), "line")], config)
+    events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert [e["frame"] for e in events] == list(range(len(SPOT_PATTERN)))
+    assert [("snapshot" in e) for e in events] == list(SPOT_PATTERN) and summary.snapshots == sum(SPOT_PATTERN)
+    told = found.read_text().split()
+    assert told and set(told) == {"True"}  # one call at a time: alarms while one runs are skipped
+
+
+def test_a_sink_that_raises_stops_the_run_with_its_error(tiny_bundle, spotted_frames, tmp_path, monkeypatch):
+    """A bug in what the sinks' thread calls is not lost with that thread, even at the last frame."""
+    from edge_ad import runner
+
+    made = runner._event
+
+    def fails_at_the_last_frame(stream, frame, *args):
+        if frame.index == len(SPOT_PATTERN) - 1:
+            raise RuntimeError(f"no event for frame {frame.index}")
+        return made(stream, frame, *args)
+
+    monkeypatch.setattr(runner, "_event", fails_at_the_last_frame)
+    with pytest.raises(RuntimeError, match=f"no event for frame {len(SPOT_PATTERN) - 1}"):
+        run(Detector.load(tiny_bundle), [Stream(str(spotted_frames), "line")], RunConfig(events=tmp_path / "ev.jsonl"))
+    assert len((tmp_path / "ev.jsonl").read_text().splitlines()) == len(SPOT_PATTERN) - 1
+
+
 def test_metrics_file_in_prometheus_format(tmp_path):
     stats = SourceStats("cam1")
     for latency in range(1, 101):
