@@ -150,9 +150,13 @@ class MjpegOutput:
                 self._jpeg, self._jpeg_sequence = data.tobytes(), sequence
             return self._jpeg
 
+    def wants_frame(self) -> bool:
+        """Whether a browser watches and its next picture is due (at most MJPEG_FPS a second)."""
+        return self.clients > 0 and time.monotonic() >= self._next_s
+
     def write(self, image: np.ndarray, timestamp: float) -> None:
         """Offer the newest overlay (not copied: the caller makes a new one for every frame)."""
-        if self.clients == 0 or time.monotonic() < self._next_s:
+        if not self.wants_frame():
             return
         self._next_s = time.monotonic() + 1.0 / MJPEG_FPS
         with self.changed:

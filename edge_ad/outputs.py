@@ -161,6 +161,10 @@ class VideoOutput:
                 raise SourceError(f"{self.uri}: {self.error}")
             time.sleep(0.005)
 
+    def wants_frame(self) -> bool:
+        """Whether `write` would use a frame now (RtspOutput and MjpegOutput leave out most)."""
+        return True
+
     def write(self, image: np.ndarray, timestamp: float) -> None:
         """Push one BGR frame; `timestamp` in seconds (the source's), re-based to start at 0."""
         Gst = self._Gst
@@ -246,6 +250,10 @@ class RtspOutput:
 
     def _unprepared(self, media) -> None:
         self.appsrc = None
+
+    def wants_frame(self) -> bool:
+        """Whether a client is connected (frames are left out while none is)."""
+        return self.appsrc is not None
 
     def write(self, image: np.ndarray, timestamp: float) -> None:
         appsrc = self.appsrc

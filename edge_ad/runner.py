@@ -183,12 +183,15 @@ class _VideoSink:
         self._said: str | None = None  # the output last named in the log
         self.room = DiskRoom(Path(stream.output)) if "://" not in stream.output else None  # a file
 
-    def __call__(self, frame: Frame, picture: np.ndarray) -> None:
+    def __call__(self, frame: Frame, draw: Callable[[], np.ndarray]) -> np.ndarray | None:
+        """The frame's overlay, drawn by `draw` (of the frame's size) only when the output takes
+        it: an RTSP or browser output nobody watches costs nothing (a 12-megapixel overlay takes
+        100 ms or more); None when none was drawn."""
         if self.output is None:
             if time.monotonic() < self._next_try:
-                return
+                return None
             self._next_try = time.monotonic() + self.RETRY_S
-            height, width = picture.shape[:2]
+            height, width = frame.image.shape[:2]
             fps = round(self.source.fps or self.stream.options.framerate or DEFAULT_FPS)
             self.output = open_output(self.stream.output, width, height, max(fps, 1), self.jetson, self.bitrate_kbps,
                                       self.source.live)
@@ -198,6 +201,9 @@ class _VideoSink:
                     log.info("%s: %s holds an earlier video; this one goes to %s", self.stream.name,
                              self.stream.output, self.output.uri)
                 self._said = self.output.uri
+        if not self.output.wants_frame():
+            return None
+        picture = draw()
         try:
             self.output.write(fit(picture, self.output.size[1], self.output.size[0]), frame.timestamp)
         except SourceError:
@@ -207,6 +213,7 @@ class _VideoSink:
         if self.room is not None and self.room.check(Path(self.output.uri)):
             self.close()  # the next frame opens the next file (see DiskRoom)
             self._next_try = 0.0
+        return picture
 
     def close(self) -> None:
         if self.output is not None:
@@ -369,8 +376,7 @@ class _Sinks:
         the others in the sinks' thread (`later`). The PLC has the verdict already (`tell_plc`)."""
         picture = None
         if stream.name in self.videos:
-            picture = overlay(frame.image, result)
-            self.videos[stream.name](frame, picture)
+            picture = self.videos[stream.name](frame, lambda: overlay(frame.image, result))
         self.later.call(self._deliver_later, stream, frame, result, latency_ms, record, alarm, bundle, picture)
 
     def _deliver_later(

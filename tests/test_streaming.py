@@ -752,6 +752,23 @@ def test_http_outputs_show_the_overlays_in_a_browser(detector):
     assert not _port_open(port)  # the last output on the port released it
 
 
+def test_outputs_nobody_watches_draw_no_overlays(detector, tmp_path, monkeypatch):
+    """A 12-megapixel frame's overlay takes 100 ms or more: an http output with no browser on it
+    held a run that scores 6.5 frames a second at 2.1. RTSP likewise, with no client."""
+    drawn = []
+    monkeypatch.setattr(runner, "overlay", lambda frame, result: drawn.append(frame.shape) or frame.copy())
+    streams = [Stream("test://?width=96&height=64", "file", output=str(tmp_path / "seen.mkv")),
+               Stream("test://?width=64&height=48", "web", output=f"http://@:{free_port()}/web")]
+    try:
+        outputs.rtsp_server("rtsp://@:1/x")
+        streams.append(Stream("test://?width=64&height=48", "rtsp", output=f"rtsp://@:{free_port()}/rtsp"))
+    except SourceError:  # gir1.2-gst-rtsp-server-1.0 is not installed
+        pass
+    summary = run(detector, streams, RunConfig(max_frames=20))
+    assert summary.frames == 20 * len(streams) and summary.sink_errors == {}
+    assert drawn == [(64, 96, 3)] * 20  # the file's
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
