@@ -207,8 +207,9 @@ def _the_stream(args: argparse.Namespace):
 
 
 def _print_pipelines(streams: list, jetson: bool | None, bitrate_kbps: int | None) -> None:
-    """The GStreamer pipelines of each stream (outputs at the input's size, else 1280x720)."""
-    from .outputs import output_description
+    """The GStreamer pipelines of each stream (outputs at the input's size, else 1280x720, as
+    `run` fits it: `output_size`)."""
+    from .outputs import output_description, output_size
     from .pipelines import local_path, source_pipeline
 
     for stream in streams:
@@ -217,8 +218,9 @@ def _print_pipelines(streams: list, jetson: bool | None, bitrate_kbps: int | Non
         else:
             print(f"{stream.name}: {stream.pipeline or source_pipeline(stream.input, stream.options, jetson).description}")
         if stream.output:
-            size = (stream.options.width or 1280, stream.options.height or 720, stream.options.framerate or 30)
-            print(f"{stream.name} -> {stream.output}: {output_description(stream.output, *size, jetson, bitrate_kbps)}")
+            size = output_size(stream.options.width or 1280, stream.options.height or 720)
+            pipeline = output_description(stream.output, *size, stream.options.framerate or 30, jetson, bitrate_kbps)
+            print(f"{stream.name} -> {stream.output}: {pipeline}")
 
 
 def _run(args: argparse.Namespace) -> None:

@@ -32,6 +32,9 @@ STALL_S = 10.0  # how long a write waits for an encoder that takes no frame befo
 DISK_RESERVE_BYTES = 1 << 30  # what a video file leaves free on its disk, for events and pictures
 ROTATE_BYTES = 64 << 20  # a video file this large goes on in a new one while its disk is short
 ROOM_CHECK_S = 1.0  # how often the free room on a video file's disk is looked at
+# The largest video picture (width, height): what a screen or a browser shows whole, and a
+# Jetson's encoder takes at the camera's rate. Snapshots keep a larger camera's full frame.
+OUTPUT_LIMIT = (1920, 1080)
 
 
 def push_frame(Gst, appsrc, image: np.ndarray, pts_s: float | None = None, duration_s: float | None = None):
@@ -282,6 +285,15 @@ def output_description(
     if uri.startswith("http://"):
         return mjpeg_description(uri)
     return output_pipeline(uri, width, height, fps, jetson, bitrate_kbps)
+
+
+def output_size(width: int, height: int) -> tuple[int, int]:
+    """The (width, height) of the video of frames width x height: the frame whole, at most
+    OUTPUT_LIMIT (turned for frames higher than wide), sides even (H.264's 4:2:0 needs them:
+    x264enc refused a 321 x 241 crop)."""
+    limit_width, limit_height = OUTPUT_LIMIT if width >= height else OUTPUT_LIMIT[::-1]
+    scale = min(1.0, limit_width / width, limit_height / height)
+    return max(2, 2 * int(width * scale / 2)), max(2, 2 * int(height * scale / 2))
 
 
 def open_output(

@@ -31,9 +31,9 @@ from .errors import BundleError, EdgeAdError, SourceError, without_passwords
 from .line_calibration import CALIBRATING, LineCalibration
 from .masks import InspectionMask, calibration_mismatch
 from .mqtt import MqttTls
-from .outputs import DiskRoom, open_output, output_description
+from .outputs import DiskRoom, open_output, output_description, output_size
 from .regions import regions
-from .render import fit, overlay
+from .render import fit, fitted_size, overlay
 from .service import ServiceNotifier
 from .sinks import AnomalyHook, EventLog, Guarded, InOrder, Samples, Snapshot, Snapshots, shared_slugs, slug
 from .sources import Frame, Source, open_source
@@ -169,9 +169,9 @@ class _Capture(threading.Thread):
 
 
 class _VideoSink:
-    """Opens the video output at the first frame (its size) and writes overlays to it, each fitted
-    to that size (an image folder of pictures of several sizes, a camera set to another
-    resolution); an output that cannot open, or whose pipeline stops (a full disk), is opened
+    """Opens the video output at the first frame (its size, at most OUTPUT_LIMIT: `output_size`)
+    and writes overlays to it, each drawn to fit that size whole (an image folder of pictures of
+    several sizes, a camera set to another resolution); an output that cannot open, or whose pipeline stops (a full disk), is opened
     again after RETRY_S (a file: under a new name, the one before kept as far as it was written)."""
 
     RETRY_S = 5.0
@@ -183,15 +183,15 @@ class _VideoSink:
         self._said: str | None = None  # the output last named in the log
         self.room = DiskRoom(Path(stream.output)) if "://" not in stream.output else None  # a file
 
-    def __call__(self, frame: Frame, draw: Callable[[], np.ndarray]) -> np.ndarray | None:
-        """The frame's overlay, drawn by `draw` (of the frame's size) only when the output takes
-        it: an RTSP or browser output nobody watches costs nothing (a 12-megapixel overlay takes
-        100 ms or more); None when none was drawn."""
+    def __call__(self, frame: Frame, draw: Callable[[tuple[int, int]], np.ndarray]) -> np.ndarray | None:
+        """The frame's overlay, drawn by `draw` at the (width, height) it is shown at, only when
+        the output takes it: an RTSP or browser output nobody watches costs nothing (a
+        12-megapixel overlay takes 100 ms or more); None when none was drawn."""
         if self.output is None:
             if time.monotonic() < self._next_try:
                 return None
             self._next_try = time.monotonic() + self.RETRY_S
-            height, width = frame.image.shape[:2]
+            width, height = output_size(frame.image.shape[1], frame.image.shape[0])
             fps = round(self.source.fps or self.stream.options.framerate or DEFAULT_FPS)
             self.output = open_output(self.stream.output, width, height, max(fps, 1), self.jetson, self.bitrate_kbps,
                                       self.source.live)
@@ -200,10 +200,13 @@ class _VideoSink:
                 if self.output.uri != self.stream.output:
                     log.info("%s: %s holds an earlier video; this one goes to %s", self.stream.name,
                              self.stream.output, self.output.uri)
+                if (width, height) != frame.image.shape[1::-1]:
+                    log.info("%s: the video shows its %dx%d frames at %dx%d", self.stream.name,
+                             frame.image.shape[1], frame.image.shape[0], width, height)
                 self._said = self.output.uri
         if not self.output.wants_frame():
             return None
-        picture = draw()
+        picture = draw(fitted_size(frame.image.shape, self.output.size[1], self.output.size[0]))
         try:
             self.output.write(fit(picture, self.output.size[1], self.output.size[0]), frame.timestamp)
         except SourceError:
@@ -376,7 +379,7 @@ class _Sinks:
         the others in the sinks' thread (`later`). The PLC has the verdict already (`tell_plc`)."""
         picture = None
         if stream.name in self.videos:
-            picture = self.videos[stream.name](frame, lambda: overlay(frame.image, result))
+            picture = self.videos[stream.name](frame, lambda size: overlay(frame.image, result, size=size))
         self.later.call(self._deliver_later, stream, frame, result, latency_ms, record, alarm, bundle, picture)
 
     def _deliver_later(
@@ -388,7 +391,8 @@ class _Sinks:
         event names files that are there."""
         snapshot = None
         if alarm and self.snapshots is not None:
-            drawn = (lambda: picture) if picture is not None else (lambda: overlay(frame.image, result))
+            whole = picture is not None and picture.shape[:2] == frame.image.shape[:2]  # the video's, not smaller
+            drawn = (lambda: picture) if whole else (lambda: overlay(frame.image, result))
             snapshot = self.snapshots(stream.name, frame.index, frame.captured, frame.image, drawn)
             record.snapshots += snapshot is not None
         # The event (with its regions) and the overlay are made only when a sink takes them.

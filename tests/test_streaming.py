@@ -756,7 +756,7 @@ def test_outputs_nobody_watches_draw_no_overlays(detector, tmp_path, monkeypatch
     """A 12-megapixel frame's overlay takes 100 ms or more: an http output with no browser on it
     held a run that scores 6.5 frames a second at 2.1. RTSP likewise, with no client."""
     drawn = []
-    monkeypatch.setattr(runner, "overlay", lambda frame, result: drawn.append(frame.shape) or frame.copy())
+    monkeypatch.setattr(runner, "overlay", lambda frame, result, size=None: drawn.append(size) or frame.copy())
     streams = [Stream("test://?width=96&height=64", "file", output=str(tmp_path / "seen.mkv")),
                Stream("test://?width=64&height=48", "web", output=f"http://@:{free_port()}/web")]
     try:
@@ -766,7 +766,23 @@ def test_outputs_nobody_watches_draw_no_overlays(detector, tmp_path, monkeypatch
         pass
     summary = run(detector, streams, RunConfig(max_frames=20))
     assert summary.frames == 20 * len(streams) and summary.sink_errors == {}
-    assert drawn == [(64, 96, 3)] * 20  # the file's
+    assert drawn == [(96, 64)] * 20  # the file's
+
+
+def test_videos_of_frames_of_an_odd_size_or_larger_than_1080p(detector, tmp_path):
+    """x264enc refused frames of an odd size (a crop of 321 x 241 wrote no video at all), and a
+    large camera's video was as large as its frames: 12 megapixels for a browser, a screen or a
+    Jetson's encoder, with an overlay drawn at that size for every frame."""
+    streams = [Stream("test://ball?width=640&height=480", "odd", output=str(tmp_path / "odd.mkv"),
+                      options=SourceOptions(crop=(11, 11, 321, 241))),
+               Stream("test://smpte?width=2592&height=1944", "large", output=str(tmp_path / "large.mkv"))]
+    summary = run(detector, streams, RunConfig(max_frames=5, snapshots=tmp_path / "snaps", snapshot_interval_s=0.0))
+    assert summary.frames == 10 and summary.sink_errors == {}
+    shapes = {name: {f.image.shape for f in _first_frames(open_source(str(tmp_path / f"{name}.mkv")), 5)}
+              for name in ("odd", "large")}
+    assert shapes == {"odd": {(240, 320, 3)}, "large": {(1080, 1440, 3)}}
+    snapshot = next((tmp_path / "snaps").glob("large_*_overlay.jpg"))  # an alarm's: the whole frame
+    assert cv2.imread(str(snapshot)).shape == (1944, 2592, 3)
 
 
 def _port_open(port: int) -> bool:
