@@ -94,12 +94,14 @@ class Picture(NamedTuple):
     shape: tuple[int, int]  # the picture's (height, width)
     brightest: int  # its brightest pixel value
     thumbnail: np.ndarray  # 32 x 32 grey, for near-copies
+    grey: bool  # its three channels equal (`is_grey`)
 
 
 def picture(image: np.ndarray, size: int | Sequence[int]) -> Picture:
     """What training keeps of the RGB `image` for a model input of `size` (see `input_shape`)."""
     height, width = input_shape(size)
-    return Picture(resize_to_input(image, height, width), image.shape[:2], int(image.max()), thumbnail(image, "RGB"))
+    model_input = resize_to_input(image, height, width)
+    return Picture(model_input, image.shape[:2], int(image.max()), thumbnail(image, "RGB"), is_grey(model_input))
 
 
 def shape_note(pictures: list[Picture], size: int | Sequence[int]) -> str | None:
@@ -140,6 +142,20 @@ def copies_note(pictures: list[Picture]) -> str | None:
             "(edge-ad record --interval), or leave the copies out (README: near-copies)")
 
 
+def colour_note(pictures: list[Picture], names: list[str]) -> str | None:
+    """What to say when some training pictures are grey and the others colour; None otherwise."""
+    grey = [name for p, name in zip(pictures, names) if p.grey]
+    colour = [name for p, name in zip(pictures, names) if not p.grey]
+    if not grey or not colour:
+        return None
+    kind, fewer, other = ("grey", grey, "colour") if len(grey) <= len(colour) else ("colour", colour, "grey")
+    listed = ", ".join(fewer[:3]) + (", ..." if len(fewer) > 3 else "")
+    return (f"{len(fewer)} of the {len(pictures)} training pictures are {kind} and the others {other} ({listed}): "
+            "pictures of two cameras, or some saved in grey. The model learns both kinds as normal, so a part whose "
+            "only fault is its colour may pass for a grey picture, and a camera sends one kind. Train on pictures "
+            "of the line's camera alone (edge-ad record), or leave the others out")
+
+
 def prototype_count(config: TrainConfig) -> int:
     """The run's number of prototypes: the configured one, else the default for its features."""
     if config.prototypes is not None:
@@ -171,8 +187,8 @@ def train(config: TrainConfig, out: Path) -> Path:
         print(f"skipped: {message}")
     if len(kept) < 2:
         raise DataError(f"{config.data}: training needs at least 2 readable normal images, found {len(kept)}")
-    notes = [note for note in (brightness_note(pictures), copies_note(pictures),
-                               shape_note(pictures, config.input_size)) if note]
+    notes = [note for note in (brightness_note(pictures), copies_note(pictures), shape_note(pictures, config.input_size),
+                               colour_note(pictures, [s.name for s in kept])) if note]
     for note in notes:
         print(f"note: {note}")
     inputs = np.stack([p.input for p in pictures])
@@ -227,7 +243,7 @@ def train(config: TrainConfig, out: Path) -> Path:
         # the pictures as read, before resizing: `run` and `calibrate` compare the camera's frames with it
         "image_shape": [int(np.median([p.shape[axis] for p in pictures])) for axis in (0, 1)],
         # all grey: `run` scores a colour camera's frames in grey (Bundle.trained_on_grey)
-        "grey_pictures": all(is_grey(p.input) for p in pictures),
+        "grey_pictures": all(p.grey for p in pictures),
         "notes": notes,  # what training said of its pictures; the bundle keeps them and `doctor` shows them
         "prototypes": int(prototypes.shape[0]),
         "train_seconds": round(time.time() - started, 1),

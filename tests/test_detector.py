@@ -12,7 +12,7 @@ from export.backbone import encoder_from_checkpoint
 from export.evaluate import evaluate
 from export.onnx_export import export_bundle
 from export.prototype import PrototypeHead
-from export.train import TrainConfig, brightness_note, copies_note, load_run, picture, shape_note, train
+from export.train import TrainConfig, brightness_note, colour_note, copies_note, load_run, picture, shape_note, train
 
 from conftest import edge_ad
 
@@ -173,6 +173,21 @@ def test_train_says_when_many_pictures_are_near_copies(normal_folder):
     assert copies_note(cells + twice[:4]).startswith("6 of the 16 training pictures")  # 2 cells, 3 times each
     assert copies_note(cells + twice[:1]) is None  # 2 of 13, under a fifth
     assert copies_note(cells) is None
+
+
+def test_train_says_when_some_pictures_are_grey_and_the_others_colour(normal_folder):
+    """A folder of two cameras' pictures, or some saved in grey: the bundle records colour, and a
+    grey camera's frames are then scored in colour by a model that learned grey ones as normal."""
+    cells = [read_image(p) for p in sorted(normal_folder.glob("*.png"))]  # ELPV's: grey
+    tinted = [np.clip(cell * (0.9, 1.0, 1.1), 0, 255).astype(np.uint8) for cell in cells]  # a colour camera's
+    names = [f"{i}.png" for i in range(len(cells))]
+    few_grey = colour_note([picture(image, 64) for image in tinted[:-2] + cells[-2:]], names)
+    assert few_grey.startswith("2 of the 12 training pictures are grey and the others colour (10.png, 11.png): ")
+    few_colour = colour_note([picture(image, 64) for image in tinted[:4] + cells[4:]], names)
+    assert few_colour.startswith("4 of the 12 training pictures are colour and the others grey (0.png, 1.png, 2.png, "
+                                 "...): ")
+    assert colour_note([picture(image, 64) for image in cells], names) is None
+    assert colour_note([picture(image, 64) for image in tinted], names) is None
 
 
 def test_an_unknown_backbone_is_refused_before_any_image_is_read(tmp_path):
