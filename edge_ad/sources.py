@@ -85,6 +85,28 @@ def bus_error(pipeline) -> str | None:
     return f"{error.message} ({message.src.get_name()})"
 
 
+def rtsp_codec(pipeline) -> str | None:
+    """The codec of the video an RTSP camera sends into `pipeline`'s rtspsrc, as its stream
+    describes it (RTP caps: encoding-name, lower case: h264, h265, jpeg), or None (no rtspsrc,
+    nothing described yet)."""
+    Gst = load_gst()
+    elements = pipeline.iterate_elements()
+    while True:
+        result, element = elements.next()
+        if result != Gst.IteratorResult.OK:
+            return None
+        if element.get_factory().get_name() != "rtspsrc":
+            continue
+        for pad in element.srcpads:
+            caps = pad.get_current_caps()
+            described = caps.get_structure(0) if caps is not None and caps.get_size() else None
+            if described is not None and described.get_string("media") == "video":
+                return (described.get_string("encoding-name") or "").lower() or None
+
+
+RTSP_CODECS = {"h264": "H.264", "h265": "H.265"}  # what edge-ad reads from an RTSP camera (pipelines._rtsp)
+
+
 class _Failure(Exception):
     """A live pipeline stopped delivering; the source reconnects."""
 
@@ -118,6 +140,7 @@ class GstSource:
         else:
             self.spec = source_pipeline(uri, self.options, jetson)
             self._custom = False
+        self._jetson = jetson
         self.description = self.spec.description
         self.reconnects = 0
         self._wait, self._attempt = BACKOFF_S[0], 0  # before the next reconnection attempt; its number
@@ -221,8 +244,10 @@ class GstSource:
             if error:
                 error = with_argus_hint(self.description, error)
                 if self.live:
-                    raise _Failure(error)
+                    raise _Failure(self._codec_mismatch() or error)
                 raise SourceError(f"{self.shown}: {error}")
+            if self.live and not self._pulled_here and (mismatch := self._codec_mismatch()):
+                raise _Failure(mismatch)  # some stop without an error, and say no more
             if self.appsink.is_eos():
                 if self.live:
                     raise _Failure("end of stream")
@@ -233,6 +258,27 @@ class GstSource:
                     raise _Failure(f"no frame for {self.options.timeout_s:g} s")
                 raise SourceError(f"{self.shown}: no frame for {self.options.timeout_s:g} s")
         return None
+
+    def _codec_mismatch(self) -> str | None:
+        """What to say when an RTSP camera's video is not in the codec its pipeline reads (H.264
+        unless --input-codec says otherwise; many cameras send H.265), which says no more than
+        "Internal data stream error", or nothing at all: the pipeline is then made for the codec
+        the camera sends, when edge-ad reads it, and the reconnection reads it. None when the
+        codecs agree, or the camera has not said yet."""
+        if self._custom or not self.uri.startswith(("rtsp://", "rtsps://")):
+            return None
+        sent, reading = rtsp_codec(self.pipeline), (self.options.codec or "h264").lower()
+        if sent is None or sent == reading:
+            return None
+        if sent not in RTSP_CODECS:
+            return (f"the camera sends {sent.upper()} video, which edge-ad does not read from RTSP; set the camera's "
+                    f"stream to {' or '.join(RTSP_CODECS.values())}")
+        self.options = replace(self.options, codec=sent)
+        self.spec = source_pipeline(self.uri, self.options, self._jetson)
+        self.description = self.spec.description
+        return (f"the camera sends {RTSP_CODECS[sent]} video, not {RTSP_CODECS.get(reading, reading)}: read as "
+                f"{RTSP_CODECS[sent]} from now on (--input-codec {sent}, or codec: {sent} in --sources, reads it so "
+                "from the start)")
 
     def _reconnect(self, reason: str, stop: threading.Event) -> None:
         """Restart the pipeline until it starts, waiting 1, 2, 4 ... 30 s between attempts. The

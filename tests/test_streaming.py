@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -231,6 +232,62 @@ def test_rtsp_output_served_and_read_back(detector, tmp_path, transport):
         thread.join(timeout=10)
     assert frames[0].image.shape == (120, 160, 3)
     assert box["summary"].sink_errors == {}
+
+
+@contextmanager
+def _rtsp_camera(launch: str):
+    """An RTSP camera at rtsp://127.0.0.1:PORT/cam serving gst-rtsp-server's `launch`; its URI."""
+    _need_rtsp_server()
+    from gi.repository import GLib, GstRtspServer
+
+    port = free_port()
+    server = GstRtspServer.RTSPServer()
+    server.set_service(str(port))
+    factory = GstRtspServer.RTSPMediaFactory()
+    factory.set_launch(launch)
+    factory.set_shared(True)
+    server.get_mount_points().add_factory("/cam", factory)
+    context = GLib.MainContext.new()
+    source_id = server.attach(context)
+    loop = GLib.MainLoop.new(context, False)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        yield f"rtsp://127.0.0.1:{port}/cam"
+    finally:
+        context.find_source_by_id(source_id).destroy()
+        loop.quit()
+        thread.join(timeout=5)
+
+
+def _frames_within(source, count: int, seconds: float) -> list:
+    """Up to `count` frames of a live source that reconnects on failure, within `seconds`."""
+    stop, frames = threading.Event(), []
+    timer = threading.Timer(seconds, stop.set)
+    timer.start()
+    for frame in source.frames(stop):
+        frames.append(frame)
+        if len(frames) == count:
+            break
+    timer.cancel()
+    source.close()
+    return frames
+
+
+def test_an_rtsp_camera_is_read_in_the_codec_it_sends(caplog):
+    """Many IP cameras send H.265. Read as H.264 (the default), all their pipeline said was
+    "Internal data stream error", at every reconnection, for ever."""
+    if load_gst().ElementFactory.find("x265enc") is None:
+        pytest.skip("x265enc (gstreamer1.0-plugins-bad) is not installed")
+    frames = "videotestsrc is-live=true ! video/x-raw,format=I420,width=96,height=64,framerate=15/1"
+    with _rtsp_camera(f"( {frames} ! x265enc tune=zerolatency speed-preset=ultrafast ! rtph265pay name=pay0 )") as uri:
+        read = _frames_within(open_source(uri, SourceOptions(timeout_s=5)), 3, 30)
+    assert [frame.image.shape for frame in read] == [(64, 96, 3)] * 3
+    assert "the camera sends H.265 video, not H.264: read as H.265 from now on (--input-codec h265" in caplog.text
+    with _rtsp_camera(f"( {frames} ! jpegenc ! rtpjpegpay name=pay0 )") as uri:
+        assert _frames_within(open_source(uri, SourceOptions(timeout_s=5)), 1, 3) == []
+    assert "the camera sends JPEG video, which edge-ad does not read from RTSP; set the camera's stream to H.264 " \
+           "or H.265" in caplog.text
 
 
 def test_a_camera_password_in_its_uri_stays_out_of_what_the_run_writes(detector, tmp_path, caplog):
