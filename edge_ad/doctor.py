@@ -25,6 +25,7 @@ ELEMENT_PACKAGES = {
     "videoconvert": "gstreamer1.0-plugins-base", "videotestsrc": "gstreamer1.0-plugins-base",
     "decodebin": "gstreamer1.0-plugins-base", "udpsrc": "gstreamer1.0-plugins-good",
     "rtspsrc": "gstreamer1.0-plugins-good", "rtph264depay": "gstreamer1.0-plugins-good",
+    "rtph265depay": "gstreamer1.0-plugins-good", "h265parse": "gstreamer1.0-plugins-bad",
     "rtph264pay": "gstreamer1.0-plugins-good", "mp4mux": "gstreamer1.0-plugins-good",
     "v4l2src": "gstreamer1.0-plugins-good", "jpegdec": "gstreamer1.0-plugins-good",
     "h264parse": "gstreamer1.0-plugins-bad", "x264enc": "gstreamer1.0-plugins-ugly",
@@ -33,7 +34,8 @@ ELEMENT_PACKAGES = {
     "nvvidconv": "nvidia-l4t-gstreamer (JetPack)", "nvv4l2h264enc": "nvidia-l4t-gstreamer (JetPack)",
 }
 STREAMING_ELEMENTS = ("appsink", "appsrc", "videoconvert", "videotestsrc", "decodebin", "udpsrc", "rtspsrc",
-                      "rtph264depay", "rtph264pay", "h264parse", "mp4mux")
+                      "rtph264depay", "rtph264pay", "h264parse", "mp4mux",
+                      "rtph265depay", "h265parse")  # H.265 cameras (many IP cameras' default)
 MIN_FREE_GIB = 1.0
 
 
