@@ -171,8 +171,9 @@ class _Capture(threading.Thread):
 class _VideoSink:
     """Opens the video output at the first frame (its size, at most OUTPUT_LIMIT: `output_size`)
     and writes overlays to it, each drawn to fit that size whole (an image folder of pictures of
-    several sizes, a camera set to another resolution); an output that cannot open, or whose pipeline stops (a full disk), is opened
-    again after RETRY_S (a file: under a new name, the one before kept as far as it was written)."""
+    several sizes, a camera set to another resolution); an output that cannot open, or whose
+    pipeline stops (a full disk), is opened again after RETRY_S (a file: under a new name, the
+    one before kept as far as it was written)."""
 
     RETRY_S = 5.0
 
@@ -364,9 +365,9 @@ class _Sinks:
 
     def tell_plc(self, stream: Stream, frame: Frame, result: Result, record: SourceStats, alarm: bool,
                  bundle: Bundle) -> None:
-        """A scored frame's verdict to the Modbus registers, before `deliver` draws or writes
-        anything for any frame of the batch: a reject gate acts on them, and a 12-megapixel
-        frame's overlay for the video takes about 100 ms to draw."""
+        """A scored frame's verdict to the Modbus registers, before `deliver` draws or hands on
+        anything for any frame of the batch: a reject gate acts on them, and need not wait for
+        the videos' overlays of several sources."""
         if self.modbus is not None:
             self.modbus.update(stream.name, frame.index, result.score, result.threshold, result.is_anomaly, alarm,
                                result.variant, record.anomalies, record.alarms, bundle.short_ids)

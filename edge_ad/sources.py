@@ -247,7 +247,7 @@ class GstSource:
                     raise _Failure(self._codec_mismatch() or error)
                 raise SourceError(f"{self.shown}: {error}")
             if self.live and not self._pulled_here and (mismatch := self._codec_mismatch()):
-                raise _Failure(mismatch)  # some stop without an error, and say no more
+                raise _Failure(mismatch)  # before any error: some post none (a JPEG camera's stream)
             if self.appsink.is_eos():
                 if self.live:
                     raise _Failure("end of stream")

@@ -187,8 +187,9 @@ def train(config: TrainConfig, out: Path) -> Path:
         print(f"skipped: {message}")
     if len(kept) < 2:
         raise DataError(f"{config.data}: training needs at least 2 readable normal images, found {len(kept)}")
-    notes = [note for note in (brightness_note(pictures), copies_note(pictures), shape_note(pictures, config.input_size),
-                               colour_note(pictures, [s.name for s in kept])) if note]
+    notes = [note for note in (brightness_note(pictures), copies_note(pictures),
+                               shape_note(pictures, config.input_size), colour_note(pictures, [s.name for s in kept]))
+             if note]
     for note in notes:
         print(f"note: {note}")
     inputs = np.stack([p.input for p in pictures])

@@ -95,7 +95,8 @@ def test_overlay_outlines_the_inspected_part(detector, cells, mask_file):
     half = SIZE // 2
     small = overlay(cells[0], result, size=(half, half))  # as a video of a larger camera shows it
     edge = np.all(small == MASK_COLOUR, axis=2)
-    assert small.shape == (half, half, 3) and edge[:, INSPECTED_FROM // 2 - 2 : INSPECTED_FROM // 2 + 3].sum() > half // 2
+    assert small.shape == (half, half, 3)
+    assert edge[:, INSPECTED_FROM // 2 - 2 : INSPECTED_FROM // 2 + 3].sum() > half // 2
     assert not edge[:, 10:INSPECTED_FROM // 2 - 10].any()
     shrunk = cv2.resize(picture, (half, half), interpolation=cv2.INTER_AREA)
     assert np.abs(small.astype(int) - shrunk).mean() < 8  # the same picture, smaller
