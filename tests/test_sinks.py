@@ -249,6 +249,9 @@ def test_the_hook_hears_of_an_alarm_once_its_snapshot_is_written(tiny_bundle, sp
     events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
     assert [e["frame"] for e in events] == list(range(len(SPOT_PATTERN)))
     assert [("snapshot" in e) for e in events] == list(SPOT_PATTERN) and summary.snapshots == sum(SPOT_PATTERN)
+    deadline = time.monotonic() + 30  # the last call may still run: close waits 1 s for it
+    while not (found.is_file() and found.read_text().endswith("\n")) and time.monotonic() < deadline:
+        time.sleep(0.05)
     told = found.read_text().split()
     assert told and set(told) == {"True"}  # one call at a time: alarms while one runs are skipped
 

@@ -285,7 +285,7 @@ def test_an_rtsp_camera_is_read_in_the_codec_it_sends(caplog):
     assert [frame.image.shape for frame in read] == [(64, 96, 3)] * 3
     assert "the camera sends H.265 video, not H.264: read as H.265 from now on (--input-codec h265" in caplog.text
     with _rtsp_camera(f"( {frames} ! jpegenc ! rtpjpegpay name=pay0 )") as uri:
-        assert _frames_within(open_source(uri, SourceOptions(timeout_s=5)), 1, 3) == []
+        assert _frames_within(open_source(uri, SourceOptions(timeout_s=5)), 1, 6) == []
     assert "the camera sends JPEG video, which edge-ad does not read from RTSP; set the camera's stream to H.264 " \
            "or H.265" in caplog.text
 
