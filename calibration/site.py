@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -22,6 +23,7 @@ from edge_ad.images import thumbnail
 from edge_ad.masks import InspectionMask
 from edge_ad.normalize import Quantiles, fit_quantiles
 from edge_ad.regions import input_area
+from edge_ad.render import fitted_size
 from edge_ad.variants import VariantDetector
 
 from .statistics import (
@@ -43,6 +45,9 @@ from .threshold import expected_rate_above
 PIXELS_PER_FRAME = 2048  # raw-map values per frame and branch pooled for the quantiles
 TOP_FRAMES = 4  # highest-scoring normal frames shown in the report, each of another part
 CANDIDATES = 2 * TOP_FRAMES  # frames kept while collecting, for those
+# The largest (width, height) those frames are kept at: the report's tiles are smaller, and a
+# 12-megapixel camera's frames take 36 MB each (calibrating one peaked at 1.5 GB).
+REPORT_FRAME = (960, 720)
 DRIFT_WINDOW = 300  # frames behind the rolling median that `edge-ad run --drift` watches
 SPLIT_HALF_LIMIT = 0.10  # relative disagreement of the halves above which a warning is given
 # Frames declared normal of which this share or more score above the threshold set on the training
@@ -61,7 +66,7 @@ class Collected:
     """What calibration keeps of each normal frame: a sample of raw-map values, the raw maps on
     the feature grid (small; the frame is rescored from them with the new quantiles exactly as
     the runtime scores it), a thumbnail, and the frames themselves for the few highest scores,
-    one per part where a part stays in view for several frames."""
+    one per part where a part stays in view for several frames (at most REPORT_FRAME)."""
 
     samples: list[np.ndarray] = field(default_factory=list)  # (branches, PIXELS_PER_FRAME) per frame
     grids: list[np.ndarray] = field(default_factory=list)  # (branches, h, w) per frame
@@ -86,7 +91,7 @@ class Collected:
         if any(item[0] >= result.score for item in same_part):
             return
         self.top = [item for item in self.top if i - item[1] >= self.apart]
-        self.top.append((result.score, i, frame, result.grid_map))
+        self.top.append((result.score, i, _for_report(frame), result.grid_map))
         self.top.sort(key=lambda item: -item[0])
         del self.top[CANDIDATES:]
 
@@ -95,6 +100,14 @@ class Collected:
         now count as one part are one frame, the highest-scoring."""
         self.apart = apart
         self.top = one_per_part(self.top, apart)
+
+
+def _for_report(frame: np.ndarray) -> np.ndarray:
+    """The frame made to fit REPORT_FRAME, when it is larger."""
+    width, height = REPORT_FRAME
+    if frame.shape[1] <= width and frame.shape[0] <= height:
+        return frame
+    return cv2.resize(frame, fitted_size(frame.shape, height, width), interpolation=cv2.INTER_AREA)
 
 
 def frames_of_one_part(per_draw: float) -> int:
@@ -397,6 +410,8 @@ def overlay_result(
     score: float, threshold: float, frame: np.ndarray, normalised: np.ndarray, mask: InspectionMask | None = None
 ) -> Result:
     """A Result for `edge_ad.render.overlay` from a map normalised with the new quantiles (its
-    raw map is that map, already at the input size and smoothed), zero outside `mask`."""
-    return Result(score, score >= threshold, threshold, normalised, frame.shape, normalised[None], normalised.shape,
+    raw map is that map, already at the input size and smoothed), zero outside `mask`. `frame`
+    may be smaller than the frame scored (REPORT_FRAME), whose shape the mask has."""
+    scored = mask.shape if mask is not None else frame.shape[:2]
+    return Result(score, score >= threshold, threshold, normalised, scored, normalised[None], normalised.shape,
                   0.0, mask=mask)

@@ -19,18 +19,22 @@ def overlay(frame_bgr: np.ndarray, result: Result, alpha: float = 0.45, size: tu
     contours around regions above the threshold, the edge of the inspection mask (if any), and the
     score with OK/NG (and the variant, if any). With `size` (width, height), drawn on the frame
     scaled to that size, at that size's cost: a video of a 12-megapixel camera is shown smaller,
-    and its overlay at full size takes 100 ms or more."""
+    and its overlay at full size takes 100 ms or more. The frame may be one already made smaller
+    than the one scored (`result.frame_shape`), as calibration keeps them for its report."""
     if frame_bgr.ndim == 2:
         frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
     shown = result.map
     outline = result.mask.outline if result.mask is not None else ()  # where the inspection ends
-    height, width = frame_bgr.shape[:2]
-    if size is not None and size != (width, height):
+    size = size or (frame_bgr.shape[1], frame_bgr.shape[0])
+    if size != (frame_bgr.shape[1], frame_bgr.shape[0]):
         frame_bgr = cv2.resize(frame_bgr, size, interpolation=cv2.INTER_AREA)
+    scored_height, scored_width = result.frame_shape[:2]
+    if size != (scored_width, scored_height):
         shown = frame_map(result.normalised, frame_bgr.shape)
         if result.mask is not None:
             shown *= cv2.resize(result.mask.inspect.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
-            outline = tuple(np.round(c * (size[0] / width, size[1] / height)).astype(np.int32) for c in outline)
+            scale = (size[0] / scored_width, size[1] / scored_height)
+            outline = tuple(np.round(c * scale).astype(np.int32) for c in outline)
     # Colour scale: 0 = normal quantile q_alpha, threshold at mid-scale, twice the threshold saturates.
     top = max(2.0 * result.threshold, 1e-6)
     scaled = np.clip(shown / top * 255.0, 0, 255).astype(np.uint8)

@@ -161,6 +161,29 @@ def test_the_report_shows_different_parts(tiny_bundle, normal_folder):
     assert [i for _, i, _, _ in calibration.top] == list(ranked[: site.TOP_FRAMES])
 
 
+def test_a_large_cameras_frames_are_kept_small_for_the_report(tiny_bundle, normal_folder, tmp_path):
+    """The report's candidate frames were kept whole: calibrating a 12-megapixel camera peaked
+    at 1.5 GB (536 MB now). They are kept at most REPORT_FRAME, and the report draws them with
+    the mask the frames were scored in."""
+    from edge_ad.masks import InspectionMask
+    from edge_ad.render import MASK_COLOUR, overlay
+
+    detector = Detector.load(tiny_bundle)
+    large = [cv2.resize(cv2.imread(str(p)), (1800, 1500)) for p in sorted(normal_folder.glob("*.png"))]
+    inspect = np.zeros((1500, 1800), bool)
+    inspect[:, 600:] = True  # the right two thirds
+    mask = InspectionMask(inspect, "right")
+    kept = site.collect(detector, iter(large), 12, mask=mask)[None]
+    written = site.calibrate_into(tmp_path, detector, kept, 0.3, 0.9, "large")
+    assert written.report is not None and written.report.stat().st_size > 10_000
+    (score, _, frame, normalised), *_ = written.calibration.top
+    assert frame.shape == (720, 864, 3)  # 1800 x 1500 made to fit 960 x 720
+    drawn = overlay(frame, site.overlay_result(score, 0.3, frame, normalised, mask))
+    edge = np.all(drawn == MASK_COLOUR, axis=2)
+    assert drawn.shape == frame.shape and edge[:, 286:291].sum() > 600  # the mask's edge, at 600 * 864 / 1800
+    assert not edge[:, 10:270].any()
+
+
 def test_calibrate_command_writes_calibration_the_runtime_uses(tiny_bundle, normal_folder, mvtec_category, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
