@@ -94,14 +94,12 @@ class Picture(NamedTuple):
     shape: tuple[int, int]  # the picture's (height, width)
     brightest: int  # its brightest pixel value
     thumbnail: np.ndarray  # 32 x 32 grey, for near-copies
-    grey: bool  # its three channels equal (`is_grey`)
 
 
 def picture(image: np.ndarray, size: int | Sequence[int]) -> Picture:
     """What training keeps of the RGB `image` for a model input of `size` (see `input_shape`)."""
     height, width = input_shape(size)
-    model_input = resize_to_input(image, height, width)
-    return Picture(model_input, image.shape[:2], int(image.max()), thumbnail(image, "RGB"), is_grey(model_input))
+    return Picture(resize_to_input(image, height, width), image.shape[:2], int(image.max()), thumbnail(image, "RGB"))
 
 
 def shape_note(pictures: list[Picture], size: int | Sequence[int]) -> str | None:
@@ -144,8 +142,9 @@ def copies_note(pictures: list[Picture]) -> str | None:
 
 def colour_note(pictures: list[Picture], names: list[str]) -> str | None:
     """What to say when some training pictures are grey and the others colour; None otherwise."""
-    grey = [name for p, name in zip(pictures, names) if p.grey]
-    colour = [name for p, name in zip(pictures, names) if not p.grey]
+    flags = [is_grey(p.input) for p in pictures]
+    grey = [name for name, flag in zip(names, flags) if flag]
+    colour = [name for name, flag in zip(names, flags) if not flag]
     if not grey or not colour:
         return None
     kind, fewer, other = ("grey", grey, "colour") if len(grey) <= len(colour) else ("colour", colour, "grey")
@@ -244,7 +243,7 @@ def train(config: TrainConfig, out: Path) -> Path:
         # the pictures as read, before resizing: `run` and `calibrate` compare the camera's frames with it
         "image_shape": [int(np.median([p.shape[axis] for p in pictures])) for axis in (0, 1)],
         # all grey: `run` scores a colour camera's frames in grey (Bundle.trained_on_grey)
-        "grey_pictures": all(p.grey for p in pictures),
+        "grey_pictures": all(is_grey(p.input) for p in pictures),
         "notes": notes,  # what training said of its pictures; the bundle keeps them and `doctor` shows them
         "prototypes": int(prototypes.shape[0]),
         "train_seconds": round(time.time() - started, 1),
