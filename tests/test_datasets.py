@@ -139,7 +139,7 @@ def test_normal_folder_has_train_but_no_test(normal_folder):
 def test_missing_and_empty_folders(tmp_path):
     with pytest.raises(DataError, match="no such dataset folder"):
         load_samples(str(tmp_path / "nope"), "train")
-    with pytest.raises(DataError, match=r"no image files \(.png .jpg .jpeg .bmp .tif .tiff\) in the folder$"):
+    with pytest.raises(DataError, match=r"no image files \(.png .jpg .jpeg .bmp .tif .tiff .webp\) in the folder$"):
         load_samples(str(tmp_path), "train")
     # pictures one level down, as `run --samples` keeps each source's: the message says where
     for source, count in (("cam1", 2), ("cam2", 1)):
@@ -148,7 +148,7 @@ def test_missing_and_empty_folders(tmp_path):
             cv2.imwrite(str(tmp_path / source / f"{i}.png"), np.full((32, 32), 100, np.uint8))
     (tmp_path / "notes").mkdir()
     where = "in the folder; its subfolders cam1 (2), cam2 (1) hold some: give one of them"
-    with pytest.raises(DataError, match=re.escape(f"{tmp_path}: no image files (.png .jpg .jpeg .bmp .tif .tiff) {where}")):
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path}: no image files (.png .jpg .jpeg .bmp .tif .tiff .webp) {where}")):
         load_samples(str(tmp_path), "train")
     with pytest.raises(SourceError, match=re.escape(where)):
         open_source(str(tmp_path))

@@ -44,6 +44,20 @@ def test_16_bit_pictures_are_read_at_their_full_range(tmp_path, suffix):
         read_image(tmp_path / "f.tif")
 
 
+def test_webp_pictures_in_a_folder_are_read(tmp_path):
+    """Pictures saved from a browser or exported by a labelling tool are often WebP; a folder that
+    mixes them with PNGs is read whole, not only its PNGs."""
+    from edge_ad.sources import FolderSource
+
+    bgr = np.random.default_rng(1).integers(0, 256, (24, 32, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), bgr)
+    cv2.imwrite(str(tmp_path / "b.webp"), bgr, [cv2.IMWRITE_WEBP_QUALITY, 101])  # above 100: lossless
+    assert np.array_equal(read_image(tmp_path / "b.webp"), bgr[..., ::-1])
+    frames = list(FolderSource(tmp_path))
+    assert [f.name for f in frames] == ["a.png", "b.webp"]
+    assert np.array_equal(frames[1].image, bgr)
+
+
 def test_pictures_taken_turned_are_read_as_a_viewer_shows_them(tmp_path):
     """A phone or a camera held upright stores a landscape JPEG and an EXIF orientation (6: turn a
     quarter clockwise); read without it, such pictures train and score lying on their side."""
