@@ -21,6 +21,7 @@ from tqdm import tqdm
 from calibration.statistics import COPIES_SHARE, near_duplicates
 
 from .errors import EdgeAdError
+from .files import write_atomic
 from .images import thumbnail
 from .runner import stop_on_signals
 from .sinks import picture_paths, slug
@@ -63,9 +64,8 @@ def record(
                 if not ok:
                     raise EdgeAdError(f"{path}: cannot encode the frame ({frame.image.shape})")
                 try:
-                    path.write_bytes(data.tobytes())
+                    write_atomic(path, data.tobytes())  # a power cut or a full disk leaves no half picture
                 except OSError as exc:
-                    path.unlink(missing_ok=True)  # never half a picture
                     raise EdgeAdError(f"{path}: cannot write ({exc.strerror or exc}); the {len(saved)} pictures "
                                       "saved before it are kept") from exc
                 saved.append(path)

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from .errors import EdgeAdError
+from .files import write_atomic
 
 log = logging.getLogger("edge_ad.sinks")
 
@@ -202,11 +203,7 @@ class _Quota:
         ok, data = cv2.imencode(ext, image)
         if not ok:
             raise EdgeAdError(f"{path}: cannot encode the picture ({image.shape})")
-        try:
-            path.write_bytes(data.tobytes())
-        except OSError:
-            path.unlink(missing_ok=True)  # never half a picture
-            raise
+        write_atomic(path, data.tobytes())  # a power cut or a full disk leaves no half picture
         self.files.append((path, len(data)))
         self.used += len(data)
         while self.used > self.quota_bytes and len(self.files) > self.keep:

@@ -139,14 +139,9 @@ def test_a_restarted_run_keeps_the_snapshots_its_events_name(tiny_bundle, spotte
 
 
 def test_a_snapshot_cut_short_by_a_full_disk_is_not_left(tmp_path, monkeypatch):
-    from pathlib import Path
+    import os
 
-    def half_then_full(path, data):
-        with open(path, "wb") as handle:
-            handle.write(data[: len(data) // 2])
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    monkeypatch.setattr(os, "fsync", full_disk)  # the picture's bytes are written, then the disk is full
     frame = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(OSError, match="No space left"):
         Snapshots(tmp_path, interval_s=0.0).save("cam", 0, time.time(), frame, lambda: frame)

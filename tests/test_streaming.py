@@ -423,23 +423,42 @@ def test_record_says_when_its_pictures_are_near_copies(normal_folder, tmp_path, 
 
 
 def test_record_keeps_what_it_saved_when_the_disk_fills(mp4, tmp_path, monkeypatch):
-    from pathlib import Path as RealPath
-
     from edge_ad.record import record
 
-    written = []
+    synced = []
+    real_fsync = os.fsync
 
-    def write_bytes(self, data):
-        if len(written) == 2:
+    def fsync(fd):
+        if len(synced) == 2:
             raise OSError(28, "No space left on device")
-        written.append(self)
-        with open(self, "wb") as f:
-            f.write(data)
+        synced.append(fd)
+        real_fsync(fd)
 
-    monkeypatch.setattr(RealPath, "write_bytes", write_bytes)
+    monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises(EdgeAdError, match=r"_00000002\.png: cannot write \(No space left on device\); the 2 pictures"):
         record(open_source(str(mp4)), tmp_path / "good", count=10, interval_s=0.0)
-    assert sorted(p.name for p in (tmp_path / "good").iterdir()) == sorted(p.name for p in written)
+    kept = sorted((tmp_path / "good").iterdir())  # the two whole pictures, and nothing of the third
+    assert [p.name[-13:] for p in kept] == ["_00000000.png", "_00000001.png"]
+    assert all(cv2.imread(str(p)) is not None for p in kept)
+
+
+def test_a_recording_killed_while_it_writes_leaves_no_picture_cut_short(tmp_path):
+    """A power cut or a kill while `record` writes a picture: the folder is trained on next, and a
+    picture cut short there stopped training (or was left out with --skip-bad). The process is
+    killed by the kernel part-way through writing its first picture (a file size limit, SIGXFSZ)."""
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (240, 320, 3), np.uint8)  # a PNG of about 230 KB
+    cv2.imwrite(str(folder / "0.png"), noise)
+    script = ("import resource, signal, sys\n"
+              "from edge_ad.cli import main\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_DFL)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
+              "main(sys.argv[1:])\n")
+    killed = subprocess.run([sys.executable, "-c", script, "record", "--input", str(folder), "--out", str(tmp_path / "good"),
+                             "--frames", "1", "--interval", "0"], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGXFSZ, killed.stderr
+    assert [p.name for p in (tmp_path / "good").iterdir() if not p.name.startswith(".")] == []
 
 
 def test_flipped_frames_are_the_frames_turned(mp4, tmp_path):
