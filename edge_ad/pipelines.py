@@ -109,18 +109,23 @@ def flip_of(uri: str, name: str) -> Flip:
     return FLIPS[name]
 
 
-def _bgr_sink(uri: str, options: SourceOptions, jetson: bool) -> str:
+def _bgr_sink(uri: str, options: SourceOptions, jetson: bool, tagged: bool = False) -> str:
     """Raw video -> BGR appsink, rotated or mirrored as options.flip asks. On a Jetson nvvidconv
-    copies NVMM (or system) memory to BGRx, flipping on the way; videoconvert drops the x."""
+    copies NVMM (or system) memory to BGRx, flipping on the way; videoconvert drops the x.
+    `tagged`: a video file, first turned as its orientation tag says, as players show it (a phone
+    held upright records frames lying on their side and a tag saying so), then flipped."""
     flip = flip_of(uri, options.flip)
-    if jetson:
+    if jetson and not tagged:
         method = f" flip-method={flip.nvvidconv}" if flip.nvvidconv else ""
         return f"nvvidconv{method} ! video/x-raw,format=BGRx ! {BGR_SINK}"
-    if flip.videoflip is None:
-        return BGR_SINK
-    # Flipped after the conversion to BGR, so no chroma is resampled: the frame is exactly the
-    # unflipped one, rotated or mirrored.
-    return f"videoconvert ! video/x-raw,format=BGR ! videoflip video-direction={flip.videoflip} ! appsink name=sink"
+    # Turned after the conversion to BGR, so no chroma is resampled: the frame is exactly the
+    # unturned one, rotated or mirrored. videoflip passes frames through untouched while it has
+    # nothing to do (a file without an orientation tag).
+    turns = ["videoflip video-direction=auto"] if tagged else []
+    if flip.videoflip is not None:
+        turns.append(f"videoflip video-direction={flip.videoflip}")
+    copy = "nvvidconv ! video/x-raw,format=BGRx ! " if jetson else ""
+    return copy + " ! ".join(["videoconvert ! video/x-raw,format=BGR", *turns, "appsink name=sink"])
 
 
 def _decode(uri: str, codec: str, options: SourceOptions, jetson: bool) -> str:
@@ -265,8 +270,8 @@ def _file(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     path = local_path(uri)
     if not path.is_file():
         raise SourceError(f"{uri}: no such file, folder or supported source URI")
-    return SourcePipeline(f"filesrc location={_quote(str(path))} ! decodebin ! {_bgr_sink(uri, options, jetson)}",
-                          False)
+    sink = _bgr_sink(uri, options, jetson, tagged=True)
+    return SourcePipeline(f"filesrc location={_quote(str(path))} ! decodebin ! {sink}", False)
 
 
 def source_pipeline(uri: str, options: SourceOptions | None = None, jetson: bool | None = None) -> SourcePipeline:

@@ -475,6 +475,25 @@ def test_flipped_frames_are_the_frames_turned(mp4, tmp_path):
     assert len({flip.turn(upright.image).tobytes() for flip in FLIPS.values()}) == len(FLIPS)  # all differ
 
 
+def test_a_video_with_an_orientation_tag_is_read_as_players_show_it(mp4, tmp_path):
+    """A phone held upright records frames lying on their side and a matrix in the file saying
+    to show them turned a quarter clockwise; every player does, and its photos are read turned
+    (EXIF). Read as stored, such a video was scored on its side. --input-flip applies after."""
+    import struct
+
+    data = mp4.read_bytes()
+    identity = struct.pack(">9i", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    at = data.index(identity, data.index(b"tkhd"))
+    quarter_clockwise = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 240 << 16, 0, 0x40000000)
+    upright_video = tmp_path / "phone.mp4"
+    upright_video.write_bytes(data[:at] + quarter_clockwise + data[at + len(identity):])
+    (stored,) = _first_frames(open_source(str(mp4)), 1)
+    (shown,) = _first_frames(open_source(str(upright_video)), 1)
+    np.testing.assert_array_equal(shown.image, np.rot90(stored.image, -1))
+    (mirrored,) = _first_frames(open_source(str(upright_video), SourceOptions(flip="horizontal")), 1)
+    np.testing.assert_array_equal(mirrored.image, FLIPS["horizontal"].turn(np.rot90(stored.image, -1)))
+
+
 def test_a_crop_keeps_that_part_of_the_turned_frame(mp4, tmp_path):
     (upright,) = _first_frames(open_source(str(mp4)), 1)
     cv2.imwrite(str(tmp_path / "still.png"), upright.image)
