@@ -210,11 +210,11 @@ def _print_pipelines(streams: list, jetson: bool | None, bitrate_kbps: int | Non
     """The GStreamer pipelines of each stream (outputs at the input's size, else 1280x720, as
     `run` fits it: `output_size`)."""
     from .outputs import output_description, output_size
-    from .pipelines import local_path, source_pipeline
+    from .pipelines import opencv_input, source_pipeline
 
     for stream in streams:
-        if not stream.pipeline and local_path(stream.input).is_dir():
-            print(f"{stream.name}: image folder, read with OpenCV")
+        if not stream.pipeline and opencv_input(stream.input):
+            print(f"{stream.name}: {opencv_input(stream.input)}, read with OpenCV")
         else:
             print(f"{stream.name}: {stream.pipeline or source_pipeline(stream.input, stream.options, jetson).description}")
         if stream.output:

@@ -304,13 +304,13 @@ def _check_source(report: Report, stream: Stream, jetson: bool) -> None:
     pipeline and output (and their GStreamer elements), and its inspection mask."""
     from .masks import InspectionMask
     from .outputs import output_description, rtsp_server
-    from .pipelines import source_pipeline
+    from .pipelines import opencv_input, source_pipeline
 
     try:
         if stream.pipeline:
             pipelines, kind = [stream.pipeline], "own pipeline"
-        elif Path(stream.input).is_dir():
-            pipelines, kind = [], "image folder"
+        elif opencv_input(stream.input):
+            pipelines, kind = [], opencv_input(stream.input)
         else:
             pipelines = [source_pipeline(stream.input, stream.options, jetson).description]
             kind = without_passwords(stream.input)  # doctor's output goes into support tickets

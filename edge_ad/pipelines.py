@@ -21,6 +21,7 @@ import numpy as np
 
 from .device import detect, is_jetson, load_configs, pick_config
 from .errors import EdgeAdError, SourceError
+from .images import IMAGE_SUFFIXES
 
 # A plain MP4 has its index written at the end, so a run that is killed (a power cut, the
 # service's watchdog, the OOM killer) would leave a file that nothing plays. A fragmented one is
@@ -264,6 +265,18 @@ def local_path(uri: str) -> Path:
     if not parsed.path:  # Path("") would be the current folder
         raise SourceError(f"{uri}: names no file or folder")
     return Path(unquote(parsed.path))
+
+
+def opencv_input(uri: str) -> str | None:
+    """What an input read with OpenCV rather than GStreamer is: "image folder" or "picture" (one
+    image file, as `--input part.jpg` to see what a bundle makes of it; GStreamer read a PNG but
+    no EXIF turn, 16 bits or CMYK JPEG); None for everything GStreamer reads."""
+    path = local_path(uri)
+    if path.is_dir():
+        return "image folder"
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        return "picture"
+    return None
 
 
 def _file(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import ImageError, SourceError, without_passwords
 from .images import is_image_file, no_images_in, read_image
-from .pipelines import SourceOptions, SourcePipeline, check_crop, flip_of, local_path, source_pipeline
+from .pipelines import SourceOptions, SourcePipeline, check_crop, flip_of, local_path, opencv_input, source_pipeline
 
 log = logging.getLogger("edge_ad.sources")
 
@@ -394,8 +394,8 @@ def crop_frame(image: np.ndarray, crop: tuple[int, int, int, int] | None, uri: s
 
 
 class FolderSource:
-    """Image files of a folder in name order, `loop` more times after the first (-1: for ever);
-    unreadable files are reported and skipped."""
+    """Image files of a folder in name order (or one image file), `loop` more times after the first
+    (-1: for ever); unreadable files are reported and skipped."""
 
     live = False
     dropped = reconnects = 0
@@ -404,9 +404,9 @@ class FolderSource:
     def __init__(self, folder: Path, flip: str = "none", loop: int = 0, crop: tuple[int, int, int, int] | None = None):
         self.uri = self.shown = str(folder)
         self.loop, self.crop = loop, crop
-        self.description = f"image folder {folder}" + (f", flipped {flip}" if flip != "none" else "")
+        self.description = f"{opencv_input(str(folder))} {folder}" + (f", flipped {flip}" if flip != "none" else "")
         self.turn = flip_of(str(folder), flip).turn
-        self.files = sorted(p for p in folder.iterdir() if is_image_file(p))
+        self.files = [folder] if folder.is_file() else sorted(p for p in folder.iterdir() if is_image_file(p))
         if not self.files:
             raise SourceError(no_images_in(folder))
         self.skipped: list[str] = []
@@ -428,6 +428,8 @@ class FolderSource:
                 image = np.ascontiguousarray(crop_frame(self.turn(rgb[..., ::-1]), self.crop, str(path)))
                 yield Frame(index, time.time(), image, path.name)
                 index += 1
+            if index == 0:  # a run, a calibration or a recording that saw nothing would seem to have passed
+                raise SourceError(f"{self.uri}: no picture could be read ({len(self.skipped)} unreadable, above)")
             if self.loop != -1 and passes > self.loop:
                 return
 
@@ -454,6 +456,6 @@ def open_source(
         return GstSource(uri or "pipeline", options, pipeline=pipeline)
     if not uri:
         raise SourceError("no input: give --input (a camera, stream, video file or folder) or --pipeline")
-    if local_path(uri).is_dir():
+    if opencv_input(uri):
         return FolderSource(local_path(uri), options.flip, options.loop, options.crop)
     return GstSource(uri, options, jetson=jetson)

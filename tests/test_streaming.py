@@ -368,6 +368,31 @@ def test_files_and_folders_play_again_with_loop(mp4, normal_folder, tmp_path):
         open_source(str(mp4), SourceOptions(loop=-2))
 
 
+def test_one_picture_is_read_as_the_training_pictures_are(tmp_path):
+    """`--input part.jpg`, to see what a bundle makes of one picture, is read with OpenCV as a
+    folder's pictures are: GStreamer stopped at a CMYK JPEG ("Internal data stream error") and did
+    not turn a picture taken upright. A picture or folder none of which can be read is an error,
+    where it was a run of no frames that ended well."""
+    from PIL import Image
+
+    from edge_ad.images import read_image
+    from edge_ad.pipelines import opencv_input
+
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[:10] = 255  # a white band at the top
+    picture = tmp_path / "part.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # taken upright: shown turned a quarter clockwise
+    Image.fromarray(rgb).convert("CMYK").save(picture, exif=exif, quality=95)
+    assert opencv_input(str(picture)) == "picture" and opencv_input(str(tmp_path)) == "image folder"
+    (frame,) = list(open_source(str(picture)))
+    assert frame.image.shape == (60, 40, 3) and frame.image[:, -10:].mean() > 200 > 50 > frame.image[:, :30].mean()
+    np.testing.assert_array_equal(frame.image, read_image(picture)[..., ::-1])
+    (picture.parent / "cut.png").write_bytes(cv2.imencode(".png", rgb)[1].tobytes()[:40])
+    with pytest.raises(SourceError, match=r"cut.png: no picture could be read \(1 unreadable, above\)"):
+        list(open_source(str(picture.parent / "cut.png")))
+
+
 def test_output_bitrate_sets_the_size_of_the_video(tmp_path):
     """Two seconds of noise (which no encoder can squeeze) at 200 and at 2,000 kbit/s."""
     from edge_ad.outputs import open_output
