@@ -283,6 +283,8 @@ def _file(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     path = local_path(uri)
     if not path.is_file():
         raise SourceError(f"{uri}: no such file, folder or supported source URI")
+    if path.stat().st_size == 0:
+        raise SourceError(f"{uri}: empty file")
     sink = _bgr_sink(uri, options, jetson, tagged=True)
     return SourcePipeline(f"filesrc location={_quote(str(path))} ! decodebin ! {sink}", False)
 

@@ -104,6 +104,23 @@ def rtsp_codec(pipeline) -> str | None:
                 return (described.get_string("encoding-name") or "").lower() or None
 
 
+def decoded_media(pipeline) -> list[str]:
+    """The kinds of stream (video, audio, text...) that the decodebin of a pipeline found so far."""
+    Gst = load_gst()
+    kinds: list[str] = []
+    elements = pipeline.iterate_elements()
+    while True:
+        result, element = elements.next()
+        if result != Gst.IteratorResult.OK:
+            return kinds
+        if element.get_factory().get_name() != "decodebin":
+            continue
+        for pad in element.srcpads:
+            caps = pad.get_current_caps()
+            if caps is not None and caps.get_size():
+                kinds.append(caps.get_structure(0).get_name().split("/")[0])
+
+
 RTSP_CODECS = {"h264": "H.264", "h265": "H.265"}  # what edge-ad reads from an RTSP camera (pipelines._rtsp)
 
 
@@ -245,7 +262,7 @@ class GstSource:
                 error = with_argus_hint(self.description, error)
                 if self.live:
                     raise _Failure(self._codec_mismatch() or error)
-                raise SourceError(f"{self.shown}: {error}")
+                raise SourceError(f"{self.shown}: {self._file_error(error)}")
             if self.live and not self._pulled_here and (mismatch := self._codec_mismatch()):
                 raise _Failure(mismatch)  # before any error: some post none (a JPEG camera's stream)
             if self.appsink.is_eos():
@@ -279,6 +296,19 @@ class GstSource:
         return (f"the camera sends {RTSP_CODECS[sent]} video, not {RTSP_CODECS.get(reading, reading)}: read as "
                 f"{RTSP_CODECS[sent]} from now on (--input-codec {sent}, or codec: {sent} in --sources, reads it so "
                 "from the start)")
+
+    def _file_error(self, error: str) -> str:
+        """GStreamer's error for a file, and what it means when the file gave no frame: GStreamer
+        says "Internal data stream error" of a file without video (a sound recording), and "Could
+        not determine type of stream" of one that is no media file at all."""
+        if self._custom or self._pulled_here:
+            return error
+        kinds = decoded_media(self.pipeline)
+        if kinds and "video" not in kinds:
+            return f"the file holds no video, only {' and '.join(sorted(set(kinds)))} ({error})"
+        if error.endswith("(typefind)"):
+            return f"not a video file that GStreamer recognises ({error})"
+        return error
 
     def _reconnect(self, reason: str, stop: threading.Event) -> None:
         """Restart the pipeline until it starts, waiting 1, 2, 4 ... 30 s between attempts. The

@@ -393,6 +393,25 @@ def test_one_picture_is_read_as_the_training_pictures_are(tmp_path):
         list(open_source(str(picture.parent / "cut.png")))
 
 
+def test_a_file_that_is_no_video_says_what_it_is(mp4, tmp_path):
+    """A sound recording, a text file or an empty file given as --input: GStreamer said "Internal
+    data stream error. (oggdemux0)", "Could not determine type of stream" and "Stream contains
+    no data"."""
+    sound = tmp_path / "line.ogg"
+    subprocess.run([GST_LAUNCH, "-q", "audiotestsrc", "num-buffers=20", "!", "audioconvert", "!", "vorbisenc", "!",
+                    "oggmux", "!", "filesink", f"location={sound}"], check=True, timeout=60)
+    with pytest.raises(SourceError, match=rf"{sound}: the file holds no video, only audio \(Internal data stream"):
+        list(open_source(str(sound)))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("camera 3 is the one by the door\n")
+    with pytest.raises(SourceError, match=rf"{notes}: not a video file that GStreamer recognises \(Could not"):
+        list(open_source(str(notes)))
+    (tmp_path / "empty.mp4").touch()
+    with pytest.raises(SourceError, match=r"empty.mp4: empty file$"):
+        open_source(str(tmp_path / "empty.mp4"))
+    assert len(list(open_source(str(mp4)))) == 30  # a video is read as before
+
+
 def test_output_bitrate_sets_the_size_of_the_video(tmp_path):
     """Two seconds of noise (which no encoder can squeeze) at 200 and at 2,000 kbit/s."""
     from edge_ad.outputs import open_output
