@@ -1,9 +1,10 @@
 """`edge-ad report`: what a run saw, from its events file, for the person who looks after the line.
 
-`edge-ad run --events FILE` writes a JSON line per frame (and per drift event, and per source
-of a self-check that failed and stopped the run), appending across runs and rotating to FILE.1
-... FILE.5. This reads them back in time order and draws, per source, the scores over time
-against the threshold, with anomalies, alarms, drift events and failed self-checks marked, and
+`edge-ad run --events FILE` writes a JSON line per frame (and per drift event, per live camera's
+picture that froze or moves again, and per source of a self-check that failed and stopped the
+run), appending across runs and rotating to FILE.1 ... FILE.5. This reads them back in time order
+and draws, per source, the scores over time against the threshold, with anomalies, alarms, drift
+events, frozen pictures and failed self-checks marked, and
 the histogram of the scores; the counts come as text too. A line that is not an event (one cut
 short by a power loss, a file edited by hand) is skipped and counted, never fatal.
 """
@@ -38,6 +39,7 @@ class SourceEvents:
     alarms: list[bool] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     drift: list[tuple[float, str]] = field(default_factory=list)  # (timestamp, "outside" | "flagged" | "back")
+    frozen: list[tuple[float, str]] = field(default_factory=list)  # (timestamp, "frozen" | "back") of the picture
     self_checks: list[tuple[float, str, str]] = field(default_factory=list)  # failed: (timestamp, bundle, problem)
     judges: list[tuple[str, str | None] | None] = field(default_factory=list)  # per frame: (bundle, calibration)
 
@@ -53,10 +55,12 @@ class SourceEvents:
 
     def summary(self) -> str:
         """One line of counts: frames, anomalies, alarms, time span, longest silence, latency, drift
-        and (where any) failed self-checks."""
-        failed = f"  failed self-checks {len(self.self_checks)}" if self.self_checks else ""
+        and (where any) frozen pictures and failed self-checks."""
+        froze = sum(state == "frozen" for _, state in self.frozen)
+        rare = (f"  picture frozen {froze} times" if froze else "") + \
+            (f"  failed self-checks {len(self.self_checks)}" if self.self_checks else "")
         if not self.times:
-            return f"{self.name}: no frames; {len(self.drift)} drift events{failed}"
+            return f"{self.name}: no frames; {len(self.drift)} drift events{rare}"
         start, end = min(self.times), max(self.times)
         gaps = np.diff(np.sort(self.times))
         latency = f"  latency p50 {np.percentile(self.latencies_ms, 50):.1f} ms p99 " \
@@ -64,7 +68,7 @@ class SourceEvents:
         return (f"{self.counts()}  from {_clock(start)} to {_clock(end)}  "
                 f"longest gap {gaps.max() if gaps.size else 0.0:.1f} s{latency}  "
                 f"drift events {len(self.drift)} ({sum(state != 'back' for _, state in self.drift)} outside)"
-                f"{failed}")
+                f"{rare}")
 
     def stretches(self) -> list[tuple[tuple[str, str | None], int, int]]:
         """((bundle, calibration), first frame, frame after the last) of each stretch of frames one
@@ -110,12 +114,13 @@ def event_files(path: Path) -> list[Path]:
 
 
 def _problem(event: object) -> str | None:
-    """Why a parsed line is not a frame, drift or self-check event of `edge-ad run`, or None."""
+    """Why a parsed line is not a frame, drift, frozen or self-check event of `edge-ad run`, or None."""
     if not isinstance(event, dict):
         return "not a JSON object"
     kind = event.get("event", "frame")
     needs = {"frame": ("source", "timestamp", "score", "anomaly", "threshold"),
              "drift": ("source", "timestamp", "state"),
+             "frozen": ("source", "timestamp", "state"),
              "self_check": ("source", "timestamp", "bundle", "problem")}
     if kind not in needs:
         return f"unknown event {kind!r}"
@@ -161,6 +166,7 @@ def read_events(path: Path, since: float | None = None, until: float | None = No
         for name in ("times", "scores", "thresholds", "anomalies", "alarms", "judges"):
             setattr(record, name, [getattr(record, name)[i] for i in order])
         record.drift.sort()
+        record.frozen.sort()
         record.self_checks.sort()
     return EventsRead(sources, lines, skipped, skipped_count)
 
@@ -170,6 +176,9 @@ def _add(record: SourceEvents, event: dict, judges: dict) -> None:
     frame they judged shares (a report of a million frames holds a few)."""
     if event.get("event", "frame") == "drift":
         record.drift.append((float(event["timestamp"]), str(event["state"])))
+        return
+    if event.get("event") == "frozen":
+        record.frozen.append((float(event["timestamp"]), str(event["state"])))
         return
     if event.get("event") == "self_check":
         record.self_checks.append((float(event["timestamp"]), str(event["bundle"]), str(event["problem"])))
@@ -238,6 +247,9 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         for timestamp, state in record.drift:
             colour = "tab:green" if state == "back" else "tab:purple"
             timeline.axvline(datetime.fromtimestamp(timestamp), color=colour, linestyle="--", linewidth=1)
+        for timestamp, state in record.frozen:
+            colour = "tab:green" if state == "back" else "black"
+            timeline.axvline(datetime.fromtimestamp(timestamp), color=colour, linestyle="-.", linewidth=1)
         for timestamp, _, _ in record.self_checks:
             timeline.axvline(datetime.fromtimestamp(timestamp), color="red", linewidth=2)
         stretches = record.stretches()
@@ -261,6 +273,8 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
     notes = []
     if any(record.drift for record in sources):
         notes.append("dashed lines: drift out of the calibrated band or most frames flagged (purple), back (green)")
+    if any(record.frozen for record in sources):
+        notes.append("dash-dot lines: the camera's picture froze (black), changes again (green)")
     if any(record.self_checks for record in sources):
         notes.append("solid red lines: a self-check failed and the run stopped (edge-ad report prints why)")
     if changes:

@@ -9,7 +9,8 @@ import numpy as np
 
 from .errors import ImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # WebP: pictures saved from a browser or a labelling tool
+# WebP: pictures saved from a browser or a labelling tool.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 COLOR_ORDERS = ("BGR", "RGB", "GRAY")
 GREY_TOLERANCE = 2  # grey levels between the channels of a grey picture (a colour JPEG of one rounds them)
 

@@ -8,7 +8,8 @@ environment (EDGE_AD_MQTT_PASSWORD, for a user in the URL without one) rather th
 line, where `ps` shows it; logs and metrics name the broker by its URL without the password.
 
 Each alarm frame's event (the JSON of an events line) goes to TOPIC/SOURCE/alarm, each drift
-event to TOPIC/SOURCE/drift and a self-check that failed during the run (the run stops next) to
+event to TOPIC/SOURCE/drift, a live camera's picture that froze or moves again to
+TOPIC/SOURCE/frozen and a self-check that failed during the run (the run stops next) to
 TOPIC/SOURCE/self_check (SOURCE as snapshots name it), at QoS 1. TOPIC/status holds, retained,
 "online" while the run is connected and "offline" after it: said by the run when it ends, and by
 the broker itself (MQTT's last will) when the run dies or its network goes, so a PLC or SCADA
@@ -132,7 +133,7 @@ def variant_message(topic: str, message_topic: str, payload: bytes) -> tuple[str
 
 
 class MqttPublisher:
-    """Publishes events to TOPIC/SOURCE/alarm, /drift and /self_check and, with `on_variant`, hands
+    """Publishes events to TOPIC/SOURCE/alarm, /drift, /frozen and /self_check and, with `on_variant`, hands
     it what the line says on TOPIC/SOURCE/variant; with `on_calibrate`, (source, True) for "start"
     and (source, False) for "cancel" on TOPIC/SOURCE/calibrate (see the module docstring)."""
 
@@ -216,8 +217,8 @@ class MqttPublisher:
             log.warning("--mqtt %s: disconnected (%s)%s; reconnecting", self.url, reason, self._hint)
 
     def publish(self, event: dict) -> None:
-        """One event: a frame's (an alarm), a drift or a self-check event."""
-        kind = event["event"] if event.get("event") in ("drift", "self_check") else "alarm"
+        """One event: a frame's (an alarm), a drift, frozen or self-check event."""
+        kind = event["event"] if event.get("event") in ("drift", "frozen", "self_check") else "alarm"
         info = self.client.publish(f"{self.topic}/{slug(event['source'])}/{kind}", json.dumps(event), qos=1)
         if info.rc not in (self._mqtt.MQTT_ERR_SUCCESS, self._mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: queued
             raise EdgeAdError(f"--mqtt {self.url}: message dropped ({self._mqtt.error_string(info.rc)}; "

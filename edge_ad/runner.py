@@ -27,6 +27,7 @@ from .bundle import Bundle, read_yaml
 from .bundle_swap import BundlePaths, BundleSwap, Specs
 from .detector import Detector, Result
 from .drift import DriftWatch
+from .freeze import FROZEN_AFTER_S, FreezeWatch
 from .errors import BundleError, EdgeAdError, SourceError, without_passwords
 from .line_calibration import CALIBRATING, LineCalibration
 from .masks import InspectionMask, calibration_mismatch
@@ -70,10 +71,11 @@ class RunConfig:
     output_bitrate_kbps: int | None = None  # H.264 of the video outputs (None: the encoder's default)
     drift: bool = False  # watch the rolling median of normal scores against the calibrated band
     alarm_frames: int = 1  # anomalous frames in a row from a source before snapshots, hook and MQTT act (or Stream's)
-    mqtt: str | None = None  # mqtt[s]://host[:port]/topic: alarm, drift, self-check events to a broker (edge_ad.mqtt)
+    mqtt: str | None = None  # mqtt[s]://host[:port]/topic: alarm, drift, frozen, self-check events (edge_ad.mqtt)
     mqtt_tls: MqttTls = MqttTls()  # mqtts://: the plant's CA, a client certificate and key
     calibration_frames: int | None = None  # a calibration on the line (SIGUSR1, Modbus, MQTT): frames it keeps
     self_check_interval_s: float = 600.0  # the bundles' check images scored again this often (0: at load only)
+    frozen_after_s: float = FROZEN_AFTER_S  # a live camera's picture the same this long is said (0: never)
 
 
 @dataclass
@@ -239,6 +241,7 @@ class _Sinks:
         self.publisher = None
         self.drift = drift  # per stream, its bundles' calibrated bands by variant (None: one bundle); a watch each
         self.watches: dict[tuple[str, str | None], DriftWatch] = {}
+        self.freezes: dict[str, FreezeWatch] = {}  # live cameras' pictures, by source
         self.events = self.snapshots = self.samples = self.hook = self.mqtt = self.modbus = None
         self.videos: dict[str, Guarded] = {}
         self.jetson, self.bitrate_kbps = config.jetson, config.output_bitrate_kbps
@@ -353,8 +356,21 @@ class _Sinks:
             self.later.call(self._tell, {"event": "self_check", "source": source, "timestamp": round(time.time(), 6),
                                          "bundle": bundle.short_ids[0], "problem": problem})
 
+    def _watch_freeze(self, stream: Stream, frame: Frame) -> None:
+        """Whether a live camera's picture froze, or moves again: said in the log, the events and on MQTT."""
+        event = self.freezes[stream.name].add(frame.image, frame.captured)
+        if event is None:
+            return
+        if event["state"] == "frozen":
+            log.warning("%s: the camera has sent the same picture, to the last bit, for %.0f s: a frozen camera or "
+                        "stream, or a covered or blinded lens; parts go by unseen until it changes. Look at the "
+                        "camera", stream.name, event["seconds"])
+        else:
+            log.info("%s: the picture changes again, after %.0f s the same", stream.name, event["seconds"])
+        self._tell({"source": stream.name, "frame": frame.index, "timestamp": round(frame.captured, 6), **event})
+
     def _tell(self, event: dict) -> None:
-        """An event that is not a frame's (drift, self-check) to the events file and MQTT."""
+        """An event that is not a frame's (drift, self-check, frozen) to the events file and MQTT."""
         if self.events is not None:
             self.events(event)
         if self.mqtt is not None:
@@ -403,6 +419,8 @@ class _Sinks:
             self.events(event)
         if self.drift is not None:
             self._watch_drift(stream, frame, result)
+        if stream.name in self.freezes:
+            self._watch_freeze(stream, frame)
         if self.samples is not None and not result.is_anomaly:
             self.samples(stream.name, frame.index, frame.captured, frame.image, result.variant)
         if not alarm:
@@ -854,6 +872,9 @@ def run(
                 log.info("%s: a frame is flagged where a region of at least %s pixels reaches the threshold "
                          "(calibration)", stream.name, " / ".join(map(str, areas)))
             captures.append(_Capture(stream, source, ready, detectors[stream.name], masks[stream.name]))
+            # A test pattern is not a camera: its picture stands still by design.
+            if source.live and config.frozen_after_s > 0 and not (stream.input or "").startswith("test://"):
+                sinks.freezes[stream.name] = FreezeWatch(config.frozen_after_s)
             if stream.output:
                 sinks.add_video(stream, source)
         stack.callback(lambda: [c.join(timeout=2.0) for c in captures])

@@ -148,7 +148,8 @@ def test_missing_and_empty_folders(tmp_path):
             cv2.imwrite(str(tmp_path / source / f"{i}.png"), np.full((32, 32), 100, np.uint8))
     (tmp_path / "notes").mkdir()
     where = "in the folder; its subfolders cam1 (2), cam2 (1) hold some: give one of them"
-    with pytest.raises(DataError, match=re.escape(f"{tmp_path}: no image files (.png .jpg .jpeg .bmp .tif .tiff .webp) {where}")):
+    suffixes = ".png .jpg .jpeg .bmp .tif .tiff .webp"
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path}: no image files ({suffixes}) {where}")):
         load_samples(str(tmp_path), "train")
     with pytest.raises(SourceError, match=re.escape(where)):
         open_source(str(tmp_path))

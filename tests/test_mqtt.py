@@ -137,6 +137,37 @@ def test_a_self_check_that_fails_is_told_before_offline(broker, normal_folder, t
 
 
 @needs_broker
+def test_a_live_camera_whose_picture_froze_is_told(broker, tiny_bundle, tmp_path, caplog):
+    """A live camera that sends the same picture on and on (here a live white picture) is told once
+    in the log, the events and on TOPIC/SOURCE/frozen; one whose picture moves
+    (noise), and a test:// pattern (not a camera), are not."""
+    def live(pattern: str) -> str:
+        return (f"videotestsrc is-live=true pattern={pattern} ! video/x-raw,width=64,height=48,framerate=30/1 ! "
+                "videoconvert ! video/x-raw,format=BGR ! appsink name=sink")
+
+    streams = [Stream("", "still", pipeline=live("white")), Stream("", "moving", pipeline=live("snow")),
+               Stream("test://white?width=64&height=48", "pattern")]
+    subscriber, received = _subscribe(broker, "plant/#")
+    try:
+        config = RunConfig(mqtt=f"mqtt://127.0.0.1:{broker}/plant/line1", events=tmp_path / "ev.jsonl",
+                           frozen_after_s=1.0, max_frames=60)
+        with caplog.at_level(logging.WARNING, logger="edge_ad.runner"):
+            run(Detector.load(tiny_bundle), streams, config)
+        assert _wait_for(lambda: (received[-1:] or [("", b"")])[-1][1] == b"offline")
+    finally:
+        subscriber.loop_stop()
+    events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    frozen = [e for e in events if e.get("event") == "frozen"]
+    assert [(e["source"], e["state"]) for e in frozen] == [("still", "frozen")] and frozen[0]["seconds"] >= 1.0
+    still = [e for e in events if e["source"] == "still" and e["event"] == "frame"]
+    assert still[0]["timestamp"] + 1.0 <= frozen[0]["timestamp"] <= still[-1]["timestamp"]
+    told = [(topic, json.loads(payload)) for topic, payload in received if topic.endswith("/frozen")]
+    assert told == [("plant/line1/still/frozen", frozen[0])]
+    assert "still: the camera has sent the same picture, to the last bit, for 1 s" in caplog.text
+    assert caplog.text.count("the camera has sent the same picture") == 1
+
+
+@needs_broker
 def test_a_broker_that_is_away_does_not_stop_the_run(spotted_frames, tiny_bundle):
     config = RunConfig(alarm_frames=2, mqtt=f"mqtt://127.0.0.1:{free_port()}/plant/line1")  # nobody listens
     summary = run(Detector.load(tiny_bundle), [Stream(str(spotted_frames), "cam")], config)

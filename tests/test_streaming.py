@@ -499,8 +499,9 @@ def test_a_recording_killed_while_it_writes_leaves_no_picture_cut_short(tmp_path
               "signal.signal(signal.SIGXFSZ, signal.SIG_DFL)\n"
               "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
               "main(sys.argv[1:])\n")
-    killed = subprocess.run([sys.executable, "-c", script, "record", "--input", str(folder), "--out", str(tmp_path / "good"),
-                             "--frames", "1", "--interval", "0"], capture_output=True, text=True, timeout=120)
+    killed = subprocess.run([sys.executable, "-c", script, "record", "--input", str(folder), "--out",
+                             str(tmp_path / "good"), "--frames", "1", "--interval", "0"],
+                            capture_output=True, text=True, timeout=120)
     assert killed.returncode == -signal.SIGXFSZ, killed.stderr
     assert [p.name for p in (tmp_path / "good").iterdir() if not p.name.startswith(".")] == []
 
