@@ -102,7 +102,11 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
     if not root.exists():
         raise DataError(f"{root}: no such dataset folder")
     if not root.is_dir():
-        raise DataError(f"{root}: not a folder (expected 'elpv', a folder of normal images or an MVTec category)")
+        hint = ("a picture: training needs a folder of many" if is_image_file(root) else
+                f"if it is a video of the line, 'edge-ad record --input {root} --out DIR' saves its frames into a "
+                "folder to train on")
+        raise DataError(f"{root}: not a folder (expected 'elpv', a folder of normal images or an MVTec category); "
+                        f"{hint}")
     normal = normal_folder(root)
     if normal is not None:
         if split == "train":

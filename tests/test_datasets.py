@@ -139,6 +139,11 @@ def test_normal_folder_has_train_but_no_test(normal_folder):
 def test_missing_and_empty_folders(tmp_path):
     with pytest.raises(DataError, match="no such dataset folder"):
         load_samples(str(tmp_path / "nope"), "train")
+    (tmp_path / "line.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")  # a video of the line: record saves its frames
+    with pytest.raises(DataError, match=re.escape(f"if it is a video of the line, 'edge-ad record --input "
+                                                  f"{tmp_path / 'line.mp4'} --out DIR' saves its frames")):
+        load_samples(str(tmp_path / "line.mp4"), "train")
+    (tmp_path / "line.mp4").unlink()
     with pytest.raises(DataError, match=r"no image files \(.png .jpg .jpeg .bmp .tif .tiff .webp\) in the folder$"):
         load_samples(str(tmp_path), "train")
     # pictures one level down, as `run --samples` keeps each source's: the message says where
