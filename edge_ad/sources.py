@@ -232,6 +232,10 @@ class GstSource:
     def _to_array(self, sample) -> np.ndarray:
         """The sample's frame (only the part `options.crop` keeps), copied out of the buffer."""
         structure = sample.get_caps().get_structure(0)
+        if structure.get_name() != "video/x-raw" or structure.get_string("format") != "BGR":  # an own --pipeline's
+            kind = structure.get_string("format") if structure.get_name() == "video/x-raw" else structure.get_name()
+            raise SourceError(f"{self.shown}: the appsink gets {kind} frames, not BGR: end the pipeline in "
+                              "'... ! videoconvert ! video/x-raw,format=BGR ! appsink name=sink'")
         width, height = structure.get_value("width"), structure.get_value("height")
         ok, num, den = structure.get_fraction("framerate")
         if ok and num > 0 and den > 0:

@@ -412,6 +412,24 @@ def test_a_file_that_is_no_video_says_what_it_is(mp4, tmp_path):
     assert len(list(open_source(str(mp4)))) == 30  # a video is read as before
 
 
+def test_an_own_pipeline_that_hands_other_than_bgr_frames_is_told_how_to_end(tiny_bundle):
+    """`--pipeline` without `format=BGR` before its appsink: GStreamer picks a format (64-bit ABGR
+    with GStreamer 1.22), whose bytes were scored as BGR frames without a word; grey frames stopped the capture
+    with a traceback, and the run ended well, with no frame."""
+    for caps, kind in (("", r"\w+"), (",format=GRAY8", "GRAY8"), (",format=RGBA", "RGBA")):
+        pipeline = f"videotestsrc num-buffers=3 ! video/x-raw,width=64,height=48{caps} ! appsink name=sink"
+        told = (rf"pipeline: the appsink gets {kind} frames, not BGR: end the pipeline in "
+                r"'\.\.\. ! videoconvert ! video/x-raw,format=BGR ! appsink name=sink'")
+        with pytest.raises(SourceError, match=told):
+            list(open_source("", pipeline=pipeline))
+    grey = "videotestsrc num-buffers=3 ! video/x-raw,width=64,height=48,format=GRAY8 ! appsink name=sink"
+    done = subprocess.run([sys.executable, "-m", "edge_ad", "run", "--bundle", str(tiny_bundle), "--pipeline", grey],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "not BGR" in done.stderr
+    bgr = "videotestsrc num-buffers=3 ! video/x-raw,width=64,height=48,format=BGR ! appsink name=sink"
+    assert [f.image.shape for f in open_source("", pipeline=bgr)] == [(48, 64, 3)] * 3
+
+
 def test_output_bitrate_sets_the_size_of_the_video(tmp_path):
     """Two seconds of noise (which no encoder can squeeze) at 200 and at 2,000 kbit/s."""
     from edge_ad.outputs import open_output
