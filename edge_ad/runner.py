@@ -155,6 +155,9 @@ class _Capture(threading.Thread):
             self.error = without_passwords(str(exc))
             if self.delivered:  # a source that never delivered fails the run, or shows in its summary
                 log.error("%s", self.error)
+        except Exception as exc:  # a bug: said with its traceback, and the source fails as above, not ends well
+            log.exception("%s: reading frames failed", self.stream.name)
+            self.error = without_passwords(f"{self.stream.name}: {type(exc).__name__}: {exc}")
         finally:
             self.finished = True
             self.ready.set()

@@ -430,6 +430,20 @@ def test_an_own_pipeline_that_hands_other_than_bgr_frames_is_told_how_to_end(tin
     assert [f.image.shape for f in open_source("", pipeline=bgr)] == [(48, 64, 3)] * 3
 
 
+def test_a_bug_in_reading_frames_fails_the_run_with_its_traceback(detector, normal_folder, monkeypatch, caplog):
+    """An exception no source expects (a bug) ended the capture thread with a traceback on stderr
+    and the run as if the source had ended: exit 0, no frame."""
+    from edge_ad import sources
+
+    def broken(path):
+        raise ValueError("cannot reshape array of size 76800 into shape (240,320,3)")
+
+    monkeypatch.setattr(sources, "read_image", broken)
+    with pytest.raises(SourceError, match=r"^cells: ValueError: cannot reshape array of size 76800"):
+        run(detector, [Stream(str(normal_folder), "cells")], RunConfig())
+    assert "cells: reading frames failed" in caplog.text and "Traceback" in caplog.text
+
+
 def test_output_bitrate_sets_the_size_of_the_video(tmp_path):
     """Two seconds of noise (which no encoder can squeeze) at 200 and at 2,000 kbit/s."""
     from edge_ad.outputs import open_output
