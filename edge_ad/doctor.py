@@ -30,6 +30,8 @@ ELEMENT_PACKAGES = {
     "v4l2src": "gstreamer1.0-plugins-good", "jpegdec": "gstreamer1.0-plugins-good",
     "h264parse": "gstreamer1.0-plugins-bad", "x264enc": "gstreamer1.0-plugins-ugly",
     "avdec_h264": "gstreamer1.0-libav", "aravissrc": "libaravis-0.8-0",
+    "souphttpsrc": "gstreamer1.0-plugins-good", "multipartdemux": "gstreamer1.0-plugins-good",
+    "jpegparse": "gstreamer1.0-plugins-bad",
     "nvarguscamerasrc": "nvidia-l4t-gstreamer (JetPack)", "nvv4l2decoder": "nvidia-l4t-gstreamer (JetPack)",
     "nvvidconv": "nvidia-l4t-gstreamer (JetPack)", "nvv4l2h264enc": "nvidia-l4t-gstreamer (JetPack)",
 }

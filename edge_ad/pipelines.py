@@ -253,6 +253,19 @@ def _rtp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     )
 
 
+def _http(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
+    """An IP camera's MJPEG stream over HTTP (multipart/x-mixed-replace), which many cameras serve
+    besides RTSP (Axis's /axis-cgi/mjpg/video.cgi, ESP32-CAM, another edge-ad's --output http://).
+    A user and password in the URL are sent as HTTP authentication (basic or digest)."""
+    _codec(uri, options, "mjpeg", ("mjpeg",))
+    decode = "nvv4l2decoder mjpeg=1" if jetson else "jpegdec"
+    return SourcePipeline(
+        f"souphttpsrc location={_quote(uri)} is-live=true do-timestamp=true ! multipartdemux ! image/jpeg ! "
+        f"jpegparse ! {decode} ! {_bgr_sink(uri, options, jetson)}",
+        True,
+    )
+
+
 def local_path(uri: str) -> Path:
     """The path of a video file or folder given as a path or a file:// URI, which file managers
     and GStreamer write percent-encoded (file:///data/line%203/a.mp4) and may name the host
@@ -291,7 +304,8 @@ def _file(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
 
 def source_pipeline(uri: str, options: SourceOptions | None = None, jetson: bool | None = None) -> SourcePipeline:
     """The pipeline for a source URI: test://[pattern][?width=&height=&fps=], csi://N, /dev/videoN,
-    v4l2:///dev/videoN, genicam://[CAMERA], rtsp://..., rtp://[host]:port, or a video file."""
+    v4l2:///dev/videoN, genicam://[CAMERA], rtsp://..., rtp://[host]:port, http(s)://... (MJPEG), or a
+    video file."""
     options = options or SourceOptions()
     jetson = is_jetson() if jetson is None else jetson
     if uri.startswith("test://"):
@@ -306,10 +320,12 @@ def source_pipeline(uri: str, options: SourceOptions | None = None, jetson: bool
         return _rtsp(uri, options, jetson)
     if uri.startswith("rtp://"):
         return _rtp(uri, options, jetson)
+    if uri.startswith(("http://", "https://")):
+        return _http(uri, options, jetson)
     if "://" in uri and not uri.startswith("file://"):
         raise SourceError(
-            f"{uri}: unknown source type (use test://, csi://N, /dev/videoN, genicam://, rtsp://, rtp://, a video file "
-            "or a folder)"
+            f"{uri}: unknown source type (use test://, csi://N, /dev/videoN, genicam://, rtsp://, rtp://, http:// "
+            "(MJPEG), a video file or a folder)"
         )
     return _file(uri, options, jetson)
 

@@ -198,7 +198,7 @@ class GstSource:
         if state == Gst.StateChangeReturn.FAILURE:
             error = bus_error(self.pipeline) or "pipeline failed to start"
             self.close()
-            raise SourceError(f"{self.shown}: {with_argus_hint(self.description, error)}")
+            raise SourceError(f"{self.shown}: {with_hint(self.description, error)}")
         if self._custom:  # a live source does not preroll: that is how GStreamer tells them apart
             self.spec.live = state == Gst.StateChangeReturn.NO_PREROLL
         live = self.spec.live
@@ -214,7 +214,7 @@ class GstSource:
         if self.pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
             error = bus_error(self.pipeline) or "pipeline failed to start"
             self.close()
-            raise SourceError(f"{self.shown}: {with_argus_hint(self.description, error)}")
+            raise SourceError(f"{self.shown}: {with_hint(self.description, error)}")
 
     def _count_arrival(self, pad, info):
         self._numbers.append((info.get_buffer().pts, self._arrived_before + self._arrived_here))
@@ -263,7 +263,7 @@ class GstSource:
                 return sample
             error = bus_error(self.pipeline)
             if error:
-                error = with_argus_hint(self.description, error)
+                error = with_hint(self.description, error)
                 if self.live:
                     raise _Failure(self._codec_mismatch() or error)
                 raise SourceError(f"{self.shown}: {self._file_error(error)}")
@@ -407,13 +407,21 @@ class GstSource:
             self.pipeline = None
 
 
-def with_argus_hint(description: str, error: str) -> str:
-    """`error`, with what helps when a CSI camera's nvarguscamerasrc fails: Argus can keep the
-    capture session of a process that ended ("Failed to create CaptureSession"), and only a
-    restart of its daemon frees it. Live sources retry by themselves; this says what else to do."""
-    if "nvarguscamerasrc" not in description:
-        return error
-    return f"{error} (if the camera keeps failing: sudo systemctl restart nvargus-daemon)"
+def with_hint(description: str, error: str) -> str:
+    """`error`, with what helps where GStreamer's message does not. A CSI camera's
+    nvarguscamerasrc: Argus can keep the capture session of a process that ended ("Failed to
+    create CaptureSession"), and only a restart of its daemon frees it. An HTTP camera that does
+    not answer: souphttpsrc says only "Internal data stream error"; one that answers with a still
+    picture or a page, "Could not demultiplex stream". Live sources retry by
+    themselves; this says what else to do."""
+    if "nvarguscamerasrc" in description:
+        return f"{error} (if the camera keeps failing: sudo systemctl restart nvargus-daemon)"
+    if "souphttpsrc" in description and error.startswith("Internal data stream error. (souphttpsrc"):
+        return f"{error}: no answer (is the camera on, and its address and port right?)"
+    if "souphttpsrc" in description and "(multipartdemux" in error:
+        return (f"{error}: the URL answers, but not with an MJPEG stream (multipart/x-mixed-replace): give the "
+                "camera's MJPEG stream, not a still picture or a page, or its rtsp:// URL")
+    return error
 
 
 def crop_frame(image: np.ndarray, crop: tuple[int, int, int, int] | None, uri: str) -> np.ndarray:

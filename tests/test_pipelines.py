@@ -4,7 +4,7 @@ import pytest
 
 from edge_ad.errors import SourceError
 from edge_ad.pipelines import SourceOptions, local_path, output_pipeline, rtsp_launch, source_pipeline
-from edge_ad.sources import with_argus_hint
+from edge_ad.sources import with_hint
 
 
 def test_test_pattern_is_live_with_size_and_rate_from_the_uri():
@@ -65,9 +65,22 @@ def test_a_turned_camera_is_flipped_by_nvvidconv_on_a_jetson_and_videoflip_elsew
 def test_a_failing_csi_camera_says_what_frees_it():
     csi = source_pipeline("csi://0", jetson=True).description
     error = "Failed to create CaptureSession"
-    assert with_argus_hint(csi, error) == f"{error} (if the camera keeps failing: sudo systemctl restart nvargus-daemon)"
+    assert with_hint(csi, error) == f"{error} (if the camera keeps failing: sudo systemctl restart nvargus-daemon)"
     rtsp = source_pipeline("rtsp://cam/s", jetson=True).description
-    assert with_argus_hint(rtsp, "Could not open resource") == "Could not open resource"
+    assert with_hint(rtsp, "Could not open resource") == "Could not open resource"
+
+
+def test_an_http_camera_is_read_as_mjpeg():
+    uri = "http://admin:secret@10.0.0.5/axis-cgi/mjpg/video.cgi"
+    spec = source_pipeline(uri, jetson=False)
+    assert spec.live and spec.description.startswith(f'souphttpsrc location="{uri}" is-live=true')
+    assert "multipartdemux ! image/jpeg ! jpegparse ! jpegdec ! videoconvert" in spec.description
+    assert "nvv4l2decoder mjpeg=1 ! nvvidconv" in source_pipeline(uri, jetson=True).description
+    with pytest.raises(SourceError, match="codec 'h264' is not supported for this source"):
+        source_pipeline(uri, SourceOptions(codec="h264"), jetson=False)
+    unanswered = "Internal data stream error. (souphttpsrc2)"
+    assert with_hint(spec.description, unanswered) == f"{unanswered}: no answer (is the camera on, and its address " \
+                                                      "and port right?)"
 
 
 def test_a_file_is_not_live(tmp_path):
@@ -100,7 +113,7 @@ def test_file_uris_are_read_as_file_managers_write_them(tmp_path):
         ("rtp://@", SourceOptions(), "needs a port"),
         ("rtsp://cam/s", SourceOptions(codec="mjpeg"), "codec 'mjpeg' is not supported"),
         ("rtsp://cam/s", SourceOptions(transport="quic"), "RTSP transport 'quic' is not tcp or udp"),
-        ("http://cam/stream", SourceOptions(), "unknown source type"),
+        ("ftp://cam/stream", SourceOptions(), "unknown source type"),
         ("/nowhere/missing.mp4", SourceOptions(), "no such file"),
         ("test://ball?fps=fast", SourceOptions(), "must be integers"),
     ],

@@ -274,6 +274,73 @@ def _frames_within(source, count: int, seconds: float) -> list:
     return frames
 
 
+@contextmanager
+def _http_camera(picture: np.ndarray, user: str, password: str):
+    """An IP camera serving `picture` as an MJPEG stream (multipart/x-mixed-replace, 20 a second)
+    at http://127.0.0.1:PORT/video to a client that gives `user` and `password` (HTTP basic
+    authentication), and the picture itself at /still.jpg; its http://127.0.0.1:PORT."""
+    import base64
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    login = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    class Camera(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.headers.get("Authorization") != login:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="camera"')
+                self.end_headers()
+                return
+            self.send_response(200)
+            if self.path == "/still.jpg":
+                self.send_header("Content-Type", "image/jpeg")
+                self.end_headers()
+                self.wfile.write(jpeg)
+                return
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=picture")
+            self.end_headers()
+            try:
+                while not server.stopped:
+                    self.wfile.write(b"--picture\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
+                                     % (len(jpeg), jpeg))
+                    time.sleep(0.05)
+            except OSError:  # the client went away
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Camera)
+    server.stopped = False
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.stopped = True
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_http_camera_s_mjpeg_stream_is_read(caplog):
+    """Many IP cameras serve MJPEG over HTTP besides RTSP (and some only that): `--input
+    http://user:password@camera/...` was "unknown source type". A wrong password, and a URL
+    that gives a still picture, are said as such at each reconnection."""
+    picture = np.zeros((48, 64, 3), np.uint8)
+    picture[:, 32:] = (40, 160, 250)
+    with _http_camera(picture, "admin", "p@ss word") as camera:
+        address = camera.replace("http://", "http://admin:p%40ss%20word@")
+        read = _frames_within(open_source(f"{address}/video", SourceOptions(timeout_s=5)), 3, 30)
+        assert [frame.image.shape for frame in read] == [(48, 64, 3)] * 3
+        assert np.abs(read[-1].image.astype(int) - picture).mean() < 3  # the JPEG's picture, in BGR
+        for url, said in ((camera.replace("http://", "http://admin:wrong@") + "/video", "Unauthorized"),
+                          (f"{address}/still.jpg", "the URL answers, but not with an MJPEG stream")):
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
+                assert _frames_within(open_source(url, SourceOptions(timeout_s=5)), 1, 3) == []
+            assert said in caplog.text and "p@ss" not in caplog.text and "wrong" not in caplog.text
+
+
 def test_an_rtsp_camera_is_read_in_the_codec_it_sends(caplog):
     """Many IP cameras send H.265. Read as H.264 (the default), all their pipeline said was
     "Internal data stream error", at every reconnection, for ever."""
