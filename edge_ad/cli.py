@@ -749,8 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="score live or recorded video: cameras, RTSP/RTP, files, folders, test://")
     _add_variant_bundles(p, required=False)  # --sources may name each source's own
     p.add_argument("--input", action="append",
-                   help="test://[pattern], csi://N, /dev/videoN, genicam://[CAMERA], rtsp://..., rtp://@:port, a video "
-                        "file or an image folder; repeat for several cameras")
+                   help="test://[pattern], csi://N, /dev/videoN, genicam://[CAMERA], rtsp://..., rtp://@:port, "
+                        "http://... (MJPEG), a video file, an image folder or a picture; repeat for several cameras")
     p.add_argument("--output", action="append",
                    help="overlay video per --input: a .mp4/.mkv file, rtp://host:port, rtsp://@:port/path, "
                         "http://@:port/path (MJPEG for a web browser), display://0")

@@ -488,8 +488,9 @@ Source = GstSource | FolderSource
 def open_source(
     uri: str, options: SourceOptions | None = None, pipeline: str | None = None, jetson: bool | None = None
 ) -> Source:
-    """A frame source for a URI (test://, csi://N, /dev/videoN, rtsp://, rtp://, a video file), an
-    image folder, or the user's own GStreamer `pipeline` ending in `appsink name=sink`."""
+    """A frame source for a URI (test://, csi://N, /dev/videoN, rtsp://, rtp://, http:// MJPEG, a
+    video file), an image folder or picture, or the user's own GStreamer `pipeline` ending in
+    `appsink name=sink`."""
     options = options or SourceOptions()
     options = replace(options, crop=check_crop(uri or "pipeline", options.crop))  # a YAML list becomes a tuple
     if isinstance(options.loop, bool) or not isinstance(options.loop, int) or options.loop < -1:
