@@ -417,7 +417,9 @@ def with_hint(description: str, error: str) -> str:
     if "nvarguscamerasrc" in description:
         return f"{error} (if the camera keeps failing: sudo systemctl restart nvargus-daemon)"
     if "souphttpsrc" in description and error.startswith("Internal data stream error. (souphttpsrc"):
-        return f"{error}: no answer (is the camera on, and its address and port right?)"
+        tls = (", or a certificate this device does not trust: a camera's own is self-signed; add it to the system's "
+               "(update-ca-certificates) or use http://") if 'location="https://' in description else ""
+        return f"{error}: no answer (is the camera on, and its address and port right?){tls}"
     if "souphttpsrc" in description and "(multipartdemux" in error:
         return (f"{error}: the URL answers, but not with an MJPEG stream (multipart/x-mixed-replace): give the "
                 "camera's MJPEG stream, not a still picture or a page, or its rtsp:// URL")
