@@ -424,7 +424,8 @@ class _Sinks:
             self._watch_drift(stream, frame, result)
         if stream.name in self.freezes:
             self._watch_freeze(stream, frame)
-        if self.samples is not None and not result.is_anomaly:
+        frozen = stream.name in self.freezes and self.freezes[stream.name].frozen  # a picture that shows no new part
+        if self.samples is not None and not result.is_anomaly and not frozen:
             self.samples(stream.name, frame.index, frame.captured, frame.image, result.variant)
         if not alarm:
             return

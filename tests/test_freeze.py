@@ -35,3 +35,24 @@ def test_the_report_marks_a_frozen_picture(tmp_path):
     assert read.skipped_count == 0 and read.sources["cam"].frozen == [(140.0, "frozen")]
     assert read.sources["cam"].summary().endswith("picture frozen 1 times")
     assert write_events_report(read, tmp_path / "report.png").stat().st_size > 0
+
+
+def test_a_frozen_picture_is_not_kept_as_a_sample(tiny_bundle, mvtec_category, tmp_path):
+    """--samples keeps good parts' pictures to train the next bundle on; a frozen camera's picture,
+    judged good at every frame, is no new part: kept until the picture is found frozen, then not."""
+    from edge_ad.detector import Detector
+    from edge_ad.runner import RunConfig, run
+    from edge_ad.streams import Stream
+
+    good = sorted((mvtec_category / "train" / "good").glob("*.png"))[0]
+    frozen = (f'filesrc location="{good}" ! pngdec ! imagefreeze is-live=true ! videoconvert ! '
+              "video/x-raw,format=BGR,framerate=20/1 ! appsink name=sink")
+    config = RunConfig(samples=tmp_path / "samples", sample_interval_s=0.0, events=tmp_path / "ev.jsonl",
+                       frozen_after_s=1.0, max_frames=50)
+    run(Detector.load(tiny_bundle), [Stream("", "cam", pipeline=frozen)], config)
+    events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    (froze,) = [e for e in events if e["event"] == "frozen"]
+    normal = [e for e in events if e["event"] == "frame" and not e["anomaly"]]
+    before = [e for e in normal if e["timestamp"] < froze["timestamp"]]
+    assert len(normal) > len(before) >= 5  # good frames both before and after it froze
+    assert len(list((tmp_path / "samples" / "cam").glob("*.png"))) == len(before)
