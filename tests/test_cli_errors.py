@@ -145,7 +145,7 @@ def test_eval_needs_normal_and_anomalous_test_images(tmp_path, tiny_bundle, mvte
 
 
 def test_unsupported_source_and_unwritable_events(tmp_path, tiny_bundle):
-    _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", "http://127.0.0.1:1/x"), "http://", "unknown source")
+    _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", "ftp://127.0.0.1:1/x"), "ftp://", "unknown source")
     _one_line_error(edge_ad("run", "--bundle", tiny_bundle, "--input", "test://", "--output", tmp_path / "o.avi"),
                     "o.avi", ".mp4 or .mkv")
     blocker = tmp_path / "file"
