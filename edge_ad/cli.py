@@ -214,8 +214,8 @@ def _print_pipelines(streams: list, jetson: bool | None, bitrate_kbps: int | Non
     from .pipelines import opencv_input, source_pipeline
 
     for stream in streams:
-        if not stream.pipeline and opencv_input(stream.input):
-            print(f"{stream.name}: {opencv_input(stream.input)}, read with OpenCV")
+        if not stream.pipeline and (found := opencv_input(stream.input)):
+            print(f"{stream.name}: {found}, read with OpenCV")
         else:
             print(f"{stream.name}: {stream.pipeline or source_pipeline(stream.input, stream.options, jetson).description}")
         if stream.output:

@@ -311,8 +311,8 @@ def _check_source(report: Report, stream: Stream, jetson: bool) -> None:
     try:
         if stream.pipeline:
             pipelines, kind = [stream.pipeline], "own pipeline"
-        elif opencv_input(stream.input):
-            pipelines, kind = [], opencv_input(stream.input)
+        elif found := opencv_input(stream.input):
+            pipelines, kind = [], found
         else:
             pipelines = [source_pipeline(stream.input, stream.options, jetson).description]
             kind = without_passwords(stream.input)  # doctor's output goes into support tickets

@@ -133,9 +133,10 @@ def variant_message(topic: str, message_topic: str, payload: bytes) -> tuple[str
 
 
 class MqttPublisher:
-    """Publishes events to TOPIC/SOURCE/alarm, /drift, /frozen and /self_check and, with `on_variant`, hands
-    it what the line says on TOPIC/SOURCE/variant; with `on_calibrate`, (source, True) for "start"
-    and (source, False) for "cancel" on TOPIC/SOURCE/calibrate (see the module docstring)."""
+    """Publishes events to TOPIC/SOURCE/alarm, /drift, /frozen and /self_check and, with
+    `on_variant`, hands it what the line says on TOPIC/SOURCE/variant; with `on_calibrate`,
+    (source, True) for "start" and (source, False) for "cancel" on TOPIC/SOURCE/calibrate (see
+    the module docstring)."""
 
     def __init__(self, url: str, tls: MqttTls = MqttTls(),
                  on_variant: Callable[[str, str | None], None] | None = None,

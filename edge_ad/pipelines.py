@@ -281,9 +281,9 @@ def local_path(uri: str) -> Path:
 
 
 def opencv_input(uri: str) -> str | None:
-    """What an input read with OpenCV rather than GStreamer is: "image folder" or "picture" (one
-    image file, as `--input part.jpg` to see what a bundle makes of it; GStreamer read a PNG but
-    no EXIF turn, 16 bits or CMYK JPEG); None for everything GStreamer reads."""
+    """What an input read with OpenCV, as training reads pictures, is: "image folder" or "picture"
+    (one image file, `--input part.jpg` to see what a bundle makes of it: GStreamer stopped at a
+    CMYK JPEG and turned no picture by its EXIF data); None for what GStreamer reads."""
     path = local_path(uri)
     if path.is_dir():
         return "image folder"

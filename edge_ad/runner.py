@@ -27,8 +27,8 @@ from .bundle import Bundle, read_yaml
 from .bundle_swap import BundlePaths, BundleSwap, Specs
 from .detector import Detector, Result
 from .drift import DriftWatch
-from .freeze import FROZEN_AFTER_S, FreezeWatch
 from .errors import BundleError, EdgeAdError, SourceError, without_passwords
+from .freeze import FROZEN_AFTER_S, FreezeWatch
 from .line_calibration import CALIBRATING, LineCalibration
 from .masks import InspectionMask, calibration_mismatch
 from .mqtt import MqttTls
@@ -359,9 +359,9 @@ class _Sinks:
             self.later.call(self._tell, {"event": "self_check", "source": source, "timestamp": round(time.time(), 6),
                                          "bundle": bundle.short_ids[0], "problem": problem})
 
-    def _watch_freeze(self, stream: Stream, frame: Frame) -> None:
+    def _watch_freeze(self, stream: Stream, frame: Frame, freeze: FreezeWatch) -> None:
         """Whether a live camera's picture froze, or moves again: said in the log, the events and on MQTT."""
-        event = self.freezes[stream.name].add(frame.image, frame.captured)
+        event = freeze.add(frame.image, frame.captured)
         if event is None:
             return
         if event["state"] == "frozen":
@@ -422,9 +422,10 @@ class _Sinks:
             self.events(event)
         if self.drift is not None:
             self._watch_drift(stream, frame, result)
-        if stream.name in self.freezes:
-            self._watch_freeze(stream, frame)
-        frozen = stream.name in self.freezes and self.freezes[stream.name].frozen  # a picture that shows no new part
+        freeze = self.freezes.get(stream.name)
+        if freeze is not None:
+            self._watch_freeze(stream, frame, freeze)
+        frozen = freeze is not None and freeze.frozen  # a frozen picture shows no new part to train on
         if self.samples is not None and not result.is_anomaly and not frozen:
             self.samples(stream.name, frame.index, frame.captured, frame.image, result.variant)
         if not alarm:

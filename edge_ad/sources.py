@@ -412,8 +412,8 @@ def with_hint(description: str, error: str) -> str:
     nvarguscamerasrc: Argus can keep the capture session of a process that ended ("Failed to
     create CaptureSession"), and only a restart of its daemon frees it. An HTTP camera that does
     not answer: souphttpsrc says only "Internal data stream error"; one that answers with a still
-    picture or a page, "Could not demultiplex stream". Live sources retry by
-    themselves; this says what else to do."""
+    picture or a page, "Could not demultiplex stream". Live sources retry by themselves; this
+    says what else to do."""
     if "nvarguscamerasrc" in description:
         return f"{error} (if the camera keeps failing: sudo systemctl restart nvargus-daemon)"
     if "souphttpsrc" in description and error.startswith("Internal data stream error. (souphttpsrc"):
