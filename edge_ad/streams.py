@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -100,10 +101,12 @@ def _from_folder(value: str | None, folder: Path) -> str | None:
     """A path written in a --sources file, taken from the file's folder: the service, `calibrate`,
     `record` and `doctor` read one file from wherever they run, and must find (and write) the same
     bundles, masks, calibrations and clips. URIs and absolute paths are kept as written (the
-    source's name too, when it has none of its own)."""
+    source's name too, when it has none of its own); `~` is the home folder of the user the run
+    runs as, as a shell reads it (it was taken as a folder named ~ beside the file)."""
     if not value or "://" in value or Path(value).is_absolute():
         return value
-    return str(folder / value)
+    home = os.path.expanduser(value)  # unchanged for a user who has no home here
+    return home if home != value else str(folder / value)
 
 
 def _bundle(value: object, where: str, folder: Path) -> tuple[str, ...] | None:

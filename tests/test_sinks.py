@@ -4,6 +4,7 @@ import json
 import re
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -304,6 +305,11 @@ def test_sources_yaml(tmp_path):
     assert (third.options.realtime, third.options.flip, third.options.loop) == (True, "rotate-180", -1)
     assert (third.name, third.input) == ("clip.mp4", str(tmp_path / "clip.mp4"))  # named as written
     assert third.options.crop == [8, 0, 64, 48] and first.options.crop is None
+    home = tmp_path / "cams-at-home.yaml"  # ~ as a shell reads it, not a folder named ~ beside the file
+    home.write_text("sources:\n  - {input: ~/clips/line.mp4, output: ~/out.mkv, mask: ~nosuchuser/m.png}\n")
+    (at_home,) = streams_from_yaml(home, SourceOptions())
+    assert (at_home.input, at_home.output) == (str(Path.home() / "clips/line.mp4"), str(Path.home() / "out.mkv"))
+    assert at_home.mask == str(tmp_path / "~nosuchuser/m.png")  # no such user: a name like any other
     bad = tmp_path / "bad.yaml"
     bad.write_text("sources:\n  - {input: 'test://', fps: 30}\n")
     with pytest.raises(EdgeAdError, match=r"bad.yaml: source 1: unknown keys \['fps'\]"):
