@@ -292,10 +292,17 @@ def opencv_input(uri: str) -> str | None:
     return None
 
 
+def camera_number_hint(value: object) -> str:
+    """For a camera given by its number, as OpenCV takes it (`0`): what edge-ad calls it."""
+    if str(value).isdigit():
+        return f"; a camera by its number is /dev/video{value} (USB, V4L2) or csi://{value} (a Jetson's CSI camera)"
+    return ""
+
+
 def _file(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     path = local_path(uri)
     if not path.is_file():
-        raise SourceError(f"{uri}: no such file, folder or supported source URI")
+        raise SourceError(f"{uri}: no such file, folder or supported source URI{camera_number_hint(uri)}")
     if path.stat().st_size == 0:
         raise SourceError(f"{uri}: empty file")
     sink = _bgr_sink(uri, options, jetson, tagged=True)

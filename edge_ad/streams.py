@@ -9,7 +9,7 @@ from typing import Sequence
 
 from .bundle import read_yaml
 from .errors import EdgeAdError, without_passwords
-from .pipelines import SourceOptions
+from .pipelines import SourceOptions, camera_number_hint
 from .variants import parse_variants, split_spec
 
 
@@ -74,6 +74,9 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
         unknown = set(entry) - STREAM_KEYS - OPTION_KEYS
         if unknown:
             raise EdgeAdError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(STREAM_KEYS | OPTION_KEYS)})")
+        if entry.get("input") is not None and not isinstance(entry["input"], str):
+            raise EdgeAdError(f"{where}: 'input' must be a URI, file or folder, not {entry['input']!r}"
+                              f"{camera_number_hint(entry['input'])}")
         if not entry.get("input") and not entry.get("pipeline"):
             raise EdgeAdError(f"{where}: needs 'input' (a URI, file or folder) or 'pipeline'")
         if not isinstance(entry.get("realtime", False), bool):

@@ -311,6 +311,10 @@ def test_sources_yaml(tmp_path):
     assert (at_home.input, at_home.output) == (str(Path.home() / "clips/line.mp4"), str(Path.home() / "out.mkv"))
     assert at_home.mask == str(tmp_path / "~nosuchuser/m.png")  # no such user: a name like any other
     bad = tmp_path / "bad.yaml"
+    bad.write_text("sources:\n  - {input: 0}\n")  # OpenCV's camera 0
+    with pytest.raises(EdgeAdError, match=r"bad.yaml: source 1: 'input' must be a URI, file or folder, not 0; a camera "
+                                          r"by its number is /dev/video0 \(USB, V4L2\) or csi://0"):
+        streams_from_yaml(bad, SourceOptions())
     bad.write_text("sources:\n  - {input: 'test://', fps: 30}\n")
     with pytest.raises(EdgeAdError, match=r"bad.yaml: source 1: unknown keys \['fps'\]"):
         streams_from_yaml(bad, SourceOptions())
