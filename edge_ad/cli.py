@@ -12,7 +12,7 @@ from . import __version__
 from .backends import BACKENDS
 from .bundle import BACKBONES, MODEL_TYPES, load_bundle
 from .errors import EdgeAdError, report_errors
-from .freeze import FROZEN_AFTER_S
+from .freeze import FROZEN_WINDOW_S
 from .pipelines import FLIPS, SourceOptions
 from .reports import write_report
 
@@ -261,7 +261,7 @@ def _run(args: argparse.Namespace) -> None:
         mqtt_tls=MqttTls(*(Path(f) if f else None for f in (args.mqtt_ca, args.mqtt_cert, args.mqtt_key))),
         calibration_frames=args.calibration_frames,
         self_check_interval_s=args.self_check_interval,
-        frozen_after_s=args.frozen_after,
+        frozen_window_s=args.frozen_window,
     )
     options = {"backend": args.backend, "steps": args.steps, "spin": not args.no_spin, "dla_core": args.dla_core}
     detectors = load_detectors(streams, args.bundle, **options)
@@ -781,9 +781,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--self-check-interval", type=_non_negative, default=600.0, metavar="SECONDS",
                    help="score the bundles' check images again this often; maps that are not those it was exported "
                         "with stop the run (default 600; 0: only at load)")
-    p.add_argument("--frozen-after", type=_non_negative, default=FROZEN_AFTER_S, metavar="SECONDS",
-                   help="a live camera that sends the same picture, to the last bit, this long is said in the log, "
-                        "the events and on MQTT: a frozen camera or stream, a covered lens (default 30; 0: never)")
+    p.add_argument("--frozen-window", type=_non_negative, default=FROZEN_WINDOW_S, metavar="SECONDS",
+                   help="a live camera whose picture stood still, to the last bit, for half of the last SECONDS is "
+                        "said in the log, the events and on MQTT: a frozen camera or stream, a covered lens "
+                        "(default 30; 0: never)")
     p.add_argument("--on-anomaly", help="command run (not waited for) for an alarm frame; EDGE_AD_* variables")
     p.add_argument("--alarm-frames", type=_positive_int, default=1, metavar="K",
                    help="a frame raises an alarm (snapshot, --on-anomaly) when it and the K-1 frames of its source "

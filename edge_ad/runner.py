@@ -28,7 +28,7 @@ from .bundle_swap import BundlePaths, BundleSwap, Specs
 from .detector import Detector, Result
 from .drift import DriftWatch
 from .errors import BundleError, EdgeAdError, SourceError, without_passwords
-from .freeze import FROZEN_AFTER_S, FreezeWatch
+from .freeze import FROZEN_WINDOW_S, FreezeWatch
 from .line_calibration import CALIBRATING, LineCalibration
 from .masks import InspectionMask, calibration_mismatch
 from .mqtt import MqttTls
@@ -75,7 +75,7 @@ class RunConfig:
     mqtt_tls: MqttTls = MqttTls()  # mqtts://: the plant's CA, a client certificate and key
     calibration_frames: int | None = None  # a calibration on the line (SIGUSR1, Modbus, MQTT): frames it keeps
     self_check_interval_s: float = 600.0  # the bundles' check images scored again this often (0: at load only)
-    frozen_after_s: float = FROZEN_AFTER_S  # a live camera's picture the same this long is said (0: never)
+    frozen_window_s: float = FROZEN_WINDOW_S  # a live camera's picture still half of this long is said (0: never)
 
 
 @dataclass
@@ -365,11 +365,11 @@ class _Sinks:
         if event is None:
             return
         if event["state"] == "frozen":
-            log.warning("%s: the camera has sent the same picture, to the last bit, for %.0f s: a frozen camera or "
-                        "stream, or a covered or blinded lens; parts go by unseen until it changes. Look at the "
-                        "camera", stream.name, event["seconds"])
+            log.warning("%s: the camera's picture stood still, to the last bit, for %.0f s of the last %.0f s: a frozen "
+                        "camera or stream, or a covered or blinded lens; parts go by unseen until it changes. Look at "
+                        "the camera", stream.name, event["still_s"], event["window_s"])
         else:
-            log.info("%s: the picture changes again, after %.0f s the same", stream.name, event["seconds"])
+            log.info("%s: the picture moves again (said frozen for %.0f s)", stream.name, event["frozen_s"])
         self._tell({"source": stream.name, "frame": frame.index, "timestamp": round(frame.captured, 6), **event})
 
     def _tell(self, event: dict) -> None:
@@ -878,8 +878,8 @@ def run(
                          "(calibration)", stream.name, " / ".join(map(str, areas)))
             captures.append(_Capture(stream, source, ready, detectors[stream.name], masks[stream.name]))
             # A test pattern is not a camera: its picture stands still by design.
-            if source.live and config.frozen_after_s > 0 and not (stream.input or "").startswith("test://"):
-                sinks.freezes[stream.name] = FreezeWatch(config.frozen_after_s)
+            if source.live and config.frozen_window_s > 0 and not (stream.input or "").startswith("test://"):
+                sinks.freezes[stream.name] = FreezeWatch(config.frozen_window_s)
             if stream.output:
                 sinks.add_video(stream, source)
         stack.callback(lambda: [c.join(timeout=2.0) for c in captures])

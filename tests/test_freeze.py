@@ -8,28 +8,46 @@ from edge_ad.events_report import read_events, write_events_report
 from edge_ad.freeze import FreezeWatch
 
 
-def test_a_picture_the_same_too_long_is_said_once_and_its_return_too():
+def _said(watch: FreezeWatch, frames) -> list[tuple[float, dict]]:
+    """The events `watch` says for (moment, image) frames, with the moment of each."""
+    return [(moment, event) for moment, image in frames if (event := watch.add(image, moment)) is not None]
+
+
+def test_a_picture_that_stands_still_half_the_window_is_said_once_and_its_return_too():
     rng = np.random.default_rng(0)
     scene = rng.integers(0, 256, (120, 160, 3), np.uint8)
-    watch = FreezeWatch(after_s=30.0)
-    noisy = [np.clip(scene + rng.integers(-2, 3, scene.shape), 0, 255).astype(np.uint8) for _ in range(40)]
-    # A still scene through a live sensor: its noise changes the picture at every frame.
-    assert [watch.add(frame, t) for t, frame in enumerate(noisy)] == [None] * 40
-    said = [watch.add(scene, 40.0 + t / 2) for t in range(120)]  # the same picture, twice a second, for 60 s
-    events = [(i, e) for i, e in enumerate(said) if e is not None]
-    assert events == [(60, {"event": "frozen", "state": "frozen", "seconds": 30.0})]  # once, at 30 s
-    assert watch.add(noisy[0], 100.0) == {"event": "frozen", "state": "back", "seconds": 60.0}
-    assert watch.add(noisy[1], 100.5) is None and watch.add(noisy[1], 200.0) is not None  # and it can freeze again
-    black = np.zeros((8, 8), np.uint8)  # a covered lens: grey frames too
-    covered = FreezeWatch(after_s=1.0)
-    assert [covered.add(black, t) for t in (0.0, 0.5, 1.0)][-1]["state"] == "frozen"
+
+    def noisy():  # a live sensor's frame of the still scene
+        return np.clip(scene + rng.integers(-2, 3, scene.shape), 0, 255).astype(np.uint8)
+
+    watch = FreezeWatch(window_s=30.0)
+    assert _said(watch, [(t / 10, noisy()) for t in range(400)]) == []  # 40 s of a stopped line: not frozen
+    frozen = noisy()
+    said = _said(watch, [(t / 10, frozen) for t in range(400, 1000)])  # frozen from 40 s to 100 s
+    assert said == [(55.0, {"event": "frozen", "state": "frozen", "still_s": 15.0, "window_s": 30.0})]
+    said = _said(watch, [(t / 10, noisy()) for t in range(1000, 1300)])  # moving again from 100 s
+    assert said == [(115.0, {"event": "frozen", "state": "back", "frozen_s": 60.0})]
+
+
+def test_a_frozen_picture_refreshed_at_key_frames_is_frozen_and_doubled_frames_are_not():
+    """An encoder refreshes a frozen picture at each key frame, and its next frames differ a
+    little; a camera that sends each frame twice repeats every other frame."""
+    rng = np.random.default_rng(1)
+    pictures = [rng.integers(0, 256, (60, 80), np.uint8) for _ in range(4)]  # grey frames too
+    # 10 frames a second, a key frame every 2 s: the 3 frames from it differ, the 17 after repeat
+    refreshed = [(t / 10, pictures[min(t % 20, 3)]) for t in range(600)]
+    (moment, event), = _said(FreezeWatch(30.0), refreshed)
+    assert event["state"] == "frozen" and 30.0 <= moment <= 31.0 and 22.0 <= event["still_s"] <= 26.0
+    doubled = [(t / 20, rng.integers(0, 256, (60, 80), np.uint8)) for t in range(0, 1200, 2)]
+    doubled = [frame for pair in zip(doubled, [(t + 0.05, image) for t, image in doubled]) for frame in pair]
+    assert _said(FreezeWatch(30.0), doubled) == []
 
 
 def test_the_report_marks_a_frozen_picture(tmp_path):
     lines = [{"source": "cam", "timestamp": 100.0 + i, "score": 0.1, "anomaly": False, "threshold": 0.5}
              for i in range(60)]
     lines.insert(40, {"event": "frozen", "source": "cam", "frame": 40, "timestamp": 140.0, "state": "frozen",
-                      "seconds": 30.0})
+                      "still_s": 15.0, "window_s": 30.0})
     (tmp_path / "ev.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     read = read_events(tmp_path / "ev.jsonl")
     assert read.skipped_count == 0 and read.sources["cam"].frozen == [(140.0, "frozen")]
@@ -48,7 +66,7 @@ def test_a_frozen_picture_is_not_kept_as_a_sample(tiny_bundle, mvtec_category, t
     frozen = (f'filesrc location="{good}" ! pngdec ! imagefreeze is-live=true ! videoconvert ! '
               "video/x-raw,format=BGR,framerate=20/1 ! appsink name=sink")
     config = RunConfig(samples=tmp_path / "samples", sample_interval_s=0.0, events=tmp_path / "ev.jsonl",
-                       frozen_after_s=1.0, max_frames=50)
+                       frozen_window_s=2.0, max_frames=80)
     run(Detector.load(tiny_bundle), [Stream("", "cam", pipeline=frozen)], config)
     events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
     (froze,) = [e for e in events if e["event"] == "frozen"]
