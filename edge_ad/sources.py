@@ -85,40 +85,35 @@ def bus_error(pipeline) -> str | None:
     return f"{error.message} ({message.src.get_name()})"
 
 
+def _pad_caps(pipeline, factory: str) -> Iterator:
+    """The caps (first structure) of each source pad that the `factory` elements of `pipeline`
+    have negotiated so far."""
+    Gst = load_gst()
+    elements = pipeline.iterate_elements()
+    while True:
+        result, element = elements.next()
+        if result != Gst.IteratorResult.OK:
+            return
+        if element.get_factory().get_name() == factory:
+            for pad in element.srcpads:
+                caps = pad.get_current_caps()
+                if caps is not None and caps.get_size():
+                    yield caps.get_structure(0)
+
+
 def rtsp_codec(pipeline) -> str | None:
     """The codec of the video an RTSP camera sends into `pipeline`'s rtspsrc, as its stream
     describes it (RTP caps: encoding-name, lower case: h264, h265, jpeg), or None (no rtspsrc,
     nothing described yet)."""
-    Gst = load_gst()
-    elements = pipeline.iterate_elements()
-    while True:
-        result, element = elements.next()
-        if result != Gst.IteratorResult.OK:
-            return None
-        if element.get_factory().get_name() != "rtspsrc":
-            continue
-        for pad in element.srcpads:
-            caps = pad.get_current_caps()
-            described = caps.get_structure(0) if caps is not None and caps.get_size() else None
-            if described is not None and described.get_string("media") == "video":
-                return (described.get_string("encoding-name") or "").lower() or None
+    for described in _pad_caps(pipeline, "rtspsrc"):
+        if described.get_string("media") == "video":
+            return (described.get_string("encoding-name") or "").lower() or None
+    return None
 
 
 def decoded_media(pipeline) -> list[str]:
     """The kinds of stream (video, audio, text...) that the decodebin of a pipeline found so far."""
-    Gst = load_gst()
-    kinds: list[str] = []
-    elements = pipeline.iterate_elements()
-    while True:
-        result, element = elements.next()
-        if result != Gst.IteratorResult.OK:
-            return kinds
-        if element.get_factory().get_name() != "decodebin":
-            continue
-        for pad in element.srcpads:
-            caps = pad.get_current_caps()
-            if caps is not None and caps.get_size():
-                kinds.append(caps.get_structure(0).get_name().split("/")[0])
+    return [caps.get_name().split("/")[0] for caps in _pad_caps(pipeline, "decodebin")]
 
 
 RTSP_CODECS = {"h264": "H.264", "h265": "H.265"}  # what edge-ad reads from an RTSP camera (pipelines._rtsp)
