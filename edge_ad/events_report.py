@@ -57,7 +57,7 @@ class SourceEvents:
         """One line of counts: frames, anomalies, alarms, time span, longest silence, latency, drift
         and (where any) frozen pictures and failed self-checks."""
         froze = sum(state == "frozen" for _, state in self.frozen)
-        rare = (f"  picture frozen {froze} times" if froze else "") + \
+        rare = (f"  frozen pictures {froze}" if froze else "") + \
             (f"  failed self-checks {len(self.self_checks)}" if self.self_checks else "")
         if not self.times:
             return f"{self.name}: no frames; {len(self.drift)} drift events{rare}"

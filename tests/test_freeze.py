@@ -51,7 +51,7 @@ def test_the_report_marks_a_frozen_picture(tmp_path):
     (tmp_path / "ev.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     read = read_events(tmp_path / "ev.jsonl")
     assert read.skipped_count == 0 and read.sources["cam"].frozen == [(140.0, "frozen")]
-    assert read.sources["cam"].summary().endswith("picture frozen 1 times")
+    assert read.sources["cam"].summary().endswith("frozen pictures 1")
     assert write_events_report(read, tmp_path / "report.png").stat().st_size > 0
 
 
@@ -73,4 +73,5 @@ def test_a_frozen_picture_is_not_kept_as_a_sample(tiny_bundle, mvtec_category, t
     normal = [e for e in events if e["event"] == "frame" and not e["anomaly"]]
     before = [e for e in normal if e["timestamp"] < froze["timestamp"]]
     assert len(normal) > len(before) >= 5  # good frames both before and after it froze
-    assert len(list((tmp_path / "samples" / "cam").glob("*.png"))) == len(before)
+    kept = [int(p.stem.rsplit("_", 1)[1]) for p in (tmp_path / "samples" / "cam").glob("*.png")]  # their frames
+    assert kept and max(kept) < froze["frame"]  # (a sample is left out while the writer is busy: not all before)
