@@ -365,9 +365,9 @@ class _Sinks:
         if event is None:
             return
         if event["state"] == "frozen":
-            log.warning("%s: the camera's picture stood still, to the last bit, for %.0f s of the last %.0f s: a frozen "
-                        "camera or stream, or a covered or blinded lens; parts go by unseen until it changes. Look at "
-                        "the camera", stream.name, event["still_s"], event["window_s"])
+            log.warning("%s: the camera's picture stood still, to the last bit, for %.0f s of the last %.0f s: a "
+                        "frozen camera or stream, or a covered or blinded lens; parts go by unseen until it changes. "
+                        "Look at the camera", stream.name, event["still_s"], event["window_s"])
         else:
             log.info("%s: the picture moves again (said frozen for %.0f s)", stream.name, event["frozen_s"])
         self._tell({"source": stream.name, "frame": frame.index, "timestamp": round(frame.captured, 6), **event})

@@ -481,8 +481,8 @@ def test_a_file_that_is_no_video_says_what_it_is(mp4, tmp_path):
 
 def test_an_own_pipeline_that_hands_other_than_bgr_frames_is_told_how_to_end(tiny_bundle):
     """`--pipeline` without `format=BGR` before its appsink: GStreamer picks a format (64-bit ABGR
-    with GStreamer 1.22), whose bytes were scored as BGR frames without a word; grey frames stopped the capture
-    with a traceback, and the run ended well, with no frame."""
+    with GStreamer 1.22), whose bytes were scored as BGR frames without a word; grey frames
+    stopped the capture with a traceback, and the run ended well, with no frame."""
     for caps, kind in (("", r"\w+"), (",format=GRAY8", "GRAY8"), (",format=RGBA", "RGBA")):
         pipeline = f"videotestsrc num-buffers=3 ! video/x-raw,width=64,height=48{caps} ! appsink name=sink"
         told = (rf"pipeline: the appsink gets {kind} frames, not BGR: end the pipeline in "
