@@ -245,7 +245,9 @@ def _rtp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
         raise SourceError(f"{uri}: an RTP source needs a port, as in rtp://@:5000")
     codec = _codec(uri, options, "h264", ("h264", "h265"))
     address = "" if parsed.hostname in (None, "@", "") else f" address={parsed.hostname}"
-    caps = f"application/x-rtp,media=video,clock-rate=90000,encoding-name={codec.upper()},payload=96"
+    # No payload type: senders pick their own among the dynamic ones (96 mostly, 97, 102...), and
+    # a pipeline told payload=96 drops every packet of another.
+    caps = f"application/x-rtp,media=video,clock-rate=90000,encoding-name={codec.upper()}"
     return SourcePipeline(
         f'udpsrc port={parsed.port}{address} caps="{caps}" ! rtpjitterbuffer latency={options.latency_ms} ! '
         f"rtp{codec}depay ! {_decode(uri, codec, options, jetson)}",

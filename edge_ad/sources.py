@@ -20,12 +20,14 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlparse
 
 import numpy as np
 
 from .errors import ImageError, SourceError, without_passwords
 from .images import is_image_file, no_images_in, read_image
 from .pipelines import SourceOptions, SourcePipeline, check_crop, flip_of, local_path, opencv_input, source_pipeline
+from .rtp_packets import HEADS, RtpPackets
 
 log = logging.getLogger("edge_ad.sources")
 
@@ -85,9 +87,8 @@ def bus_error(pipeline) -> str | None:
     return f"{error.message} ({message.src.get_name()})"
 
 
-def _pad_caps(pipeline, factory: str) -> Iterator:
-    """The caps (first structure) of each source pad that the `factory` elements of `pipeline`
-    have negotiated so far."""
+def _elements(pipeline, factory: str) -> Iterator:
+    """The elements of `pipeline` made by `factory`."""
     Gst = load_gst()
     elements = pipeline.iterate_elements()
     while True:
@@ -95,10 +96,17 @@ def _pad_caps(pipeline, factory: str) -> Iterator:
         if result != Gst.IteratorResult.OK:
             return
         if element.get_factory().get_name() == factory:
-            for pad in element.srcpads:
-                caps = pad.get_current_caps()
-                if caps is not None and caps.get_size():
-                    yield caps.get_structure(0)
+            yield element
+
+
+def _pad_caps(pipeline, factory: str) -> Iterator:
+    """The caps (first structure) of each source pad that the `factory` elements of `pipeline`
+    have negotiated so far."""
+    for element in _elements(pipeline, factory):
+        for pad in element.srcpads:
+            caps = pad.get_current_caps()
+            if caps is not None and caps.get_size():
+                yield caps.get_structure(0)
 
 
 def rtsp_codec(pipeline) -> str | None:
@@ -116,7 +124,7 @@ def decoded_media(pipeline) -> list[str]:
     return [caps.get_name().split("/")[0] for caps in _pad_caps(pipeline, "decodebin")]
 
 
-RTSP_CODECS = {"h264": "H.264", "h265": "H.265"}  # what edge-ad reads from an RTSP camera (pipelines._rtsp)
+STREAM_CODECS = {"h264": "H.264", "h265": "H.265"}  # what edge-ad reads over RTSP and RTP (pipelines._rtsp, _rtp)
 
 
 class _Failure(Exception):
@@ -163,6 +171,7 @@ class GstSource:
         self._arrived_here = self._pulled_here = 0
         self._numbers: deque[tuple[int, int]] = deque(maxlen=16)  # (pts, arrival number) of recent buffers
         self.pipeline = None
+        self._rtp: RtpPackets | None = None  # an rtp:// source's first packets, of its pipeline now
         self._start()  # the first start fails loudly: a wrong URI should not retry for ever
 
     @property
@@ -189,6 +198,8 @@ class GstSource:
         self.appsink = self.pipeline.get_by_name("sink")
         if self.appsink is None:
             raise SourceError(f"{self.shown}: pipeline has no appsink named 'sink'")
+        if not self._custom and self.uri.startswith("rtp://"):
+            self._rtp = RtpPackets(Gst, next(_elements(self.pipeline, "udpsrc")))
         state = self.pipeline.set_state(Gst.State.PAUSED)
         if state == Gst.StateChangeReturn.FAILURE:
             error = bus_error(self.pipeline) or "pipeline failed to start"
@@ -270,31 +281,61 @@ class GstSource:
                 return None
             waited += POLL_S
             if 0 < self.options.timeout_s <= waited:  # 0: silence is normal (a camera triggered by the parts)
+                silence = f"no frame for {self.options.timeout_s:g} s"
                 if self.live:
-                    raise _Failure(f"no frame for {self.options.timeout_s:g} s")
-                raise SourceError(f"{self.shown}: no frame for {self.options.timeout_s:g} s")
+                    raise _Failure(self._what_rtp_says(silence))
+                raise SourceError(f"{self.shown}: {silence}")
         return None
 
+    def _what_rtp_says(self, silence: str) -> str:
+        """`silence` ("no frame for N s"), with what an RTP source's packets tell of it: none came
+        (a sender sending elsewhere, a firewall), they are not RTP, hold no H.264 or H.265 video, or
+        no key frame came."""
+        if self._rtp is None:
+            return silence
+        port = urlparse(self.uri).port
+        if not self._rtp.packets:
+            return (f"{silence}: no packet came to UDP port {port} (does the sender send to this device's "
+                    f"address and this port, and does a firewall let UDP {port} in?)")
+        if not self._rtp.heads:
+            return f"{silence}: packets come to UDP port {port}, but not RTP ones (MPEG-TS sent straight over UDP?)"
+        if len(self._rtp.heads) >= HEADS and self._rtp.codec() is None:
+            return (f"{silence}: RTP packets come ({self._rtp.payload_name()}), but they hold neither H.264 nor "
+                    "H.265 video")
+        if self._rtp.codec() is not None and not self._pulled_here:
+            return (f"{silence}: RTP packets of {STREAM_CODECS[self._rtp.codec()]} video come, but no key frame with "
+                    "its parameter sets came among them (key frames further apart than --timeout, or parameter "
+                    "sets sent only at the sender's start: rtph264pay/rtph265pay config-interval=-1 sends them with "
+                    "each key frame)")
+        return silence
+
     def _codec_mismatch(self) -> str | None:
-        """What to say when an RTSP camera's video is not in the codec its pipeline reads (H.264
-        unless --input-codec says otherwise; many cameras send H.265), which says no more than
-        "Internal data stream error", or nothing at all: the pipeline is then made for the codec
-        the camera sends, when edge-ad reads it, and the reconnection reads it. None when the
-        codecs agree, or the camera has not said yet."""
-        if self._custom or not self.uri.startswith(("rtsp://", "rtsps://")):
+        """What to say when an RTSP camera's or an RTP sender's video is not in the codec its
+        pipeline reads (H.264 unless --input-codec says otherwise; many cameras send H.265), of
+        which GStreamer says no more than "Internal data stream error", or nothing at all: the
+        pipeline is then made for the codec sent, when edge-ad reads it, and the reconnection
+        reads it. None when the codecs agree, or the camera has not said yet (RTSP: its stream's
+        description; RTP: its first packets, see `rtp_packets`)."""
+        if self._custom:
             return None
-        sent, reading = rtsp_codec(self.pipeline), (self.options.codec or "h264").lower()
+        if self.uri.startswith(("rtsp://", "rtsps://")):
+            sent, sender = rtsp_codec(self.pipeline), "camera"
+        elif self._rtp is not None:
+            sent, sender = self._rtp.codec(), "sender"
+        else:
+            return None
+        reading = (self.options.codec or "h264").lower()
         if sent is None or sent == reading:
             return None
-        if sent not in RTSP_CODECS:
+        if sent not in STREAM_CODECS:
             return (f"the camera sends {sent.upper()} video, which edge-ad does not read from RTSP; set the camera's "
-                    f"stream to {' or '.join(RTSP_CODECS.values())}")
+                    f"stream to {' or '.join(STREAM_CODECS.values())}")
         self.options = replace(self.options, codec=sent)
         self.spec = source_pipeline(self.uri, self.options, self._jetson)
         self.description = self.spec.description
-        return (f"the camera sends {RTSP_CODECS[sent]} video, not {RTSP_CODECS.get(reading, reading)}: read as "
-                f"{RTSP_CODECS[sent]} from now on (--input-codec {sent}, or codec: {sent} in --sources, reads it so "
-                "from the start)")
+        return (f"the {sender} sends {STREAM_CODECS[sent]} video, not {STREAM_CODECS.get(reading, reading)}: read "
+                f"as {STREAM_CODECS[sent]} from now on (--input-codec {sent}, or codec: {sent} in --sources, reads it "
+                "so from the start)")
 
     def _file_error(self, error: str) -> str:
         """GStreamer's error for a file, and what it means when the file gave no frame: GStreamer

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -355,6 +355,53 @@ def test_an_rtsp_camera_is_read_in_the_codec_it_sends(caplog):
         assert _frames_within(open_source(uri, SourceOptions(timeout_s=5)), 1, 6) == []
     assert "the camera sends JPEG video, which edge-ad does not read from RTSP; set the camera's stream to H.264 " \
            "or H.265" in caplog.text
+
+
+@contextmanager
+def _rtp_sender(encode: str):
+    """gst-launch-1.0 sending 96x64 test frames, encoded and put in packets by `encode`, to a UDP
+    port of 127.0.0.1; that port."""
+    port = free_port(socket.SOCK_DGRAM)
+    sender = subprocess.Popen([GST_LAUNCH, "-q", *(
+        f"videotestsrc is-live=true ! video/x-raw,format=I420,width=96,height=64,framerate=15/1 ! {encode} ! "
+        f"udpsink host=127.0.0.1 port={port}").split()])
+    try:
+        yield port
+    finally:
+        sender.kill()
+        sender.wait()
+
+
+def test_an_rtp_stream_is_read_in_the_codec_and_payload_type_it_is_sent_in(caplog):
+    """A bare RTP stream describes nothing: an H.265 sender read as H.264 (the default), or one
+    whose payload type was not 96, gave "no frame for N s" at every reconnection, for ever, as
+    did packets sent to another port, or of MPEG-TS. The first packets tell them apart."""
+    if load_gst().ElementFactory.find("x265enc") is None:
+        pytest.skip("x265enc (gstreamer1.0-plugins-bad) is not installed")
+    options = SourceOptions(timeout_s=2, latency_ms=50)
+    with _rtp_sender("x265enc tune=zerolatency speed-preset=ultrafast key-int-max=15 ! "
+                     "rtph265pay config-interval=1") as port:
+        read = _frames_within(open_source(f"rtp://@:{port}", options), 3, 30)
+    assert [frame.image.shape for frame in read] == [(64, 96, 3)] * 3
+    assert "the sender sends H.265 video, not H.264: read as H.265 from now on (--input-codec h265" in caplog.text
+    with _rtp_sender("x264enc tune=zerolatency key-int-max=15 ! rtph264pay pt=97 config-interval=1") as port:
+        assert len(_frames_within(open_source(f"rtp://@:{port}", options), 3, 30)) == 3
+    for encode, said in (
+            (None, "no frame for 2 s: no packet came to UDP port {port} (does the sender send to this device's "
+                   "address and this port, and does a firewall let UDP {port} in?)"),
+            ("x264enc tune=zerolatency key-int-max=15 ! mpegtsmux ! rtpmp2tpay",
+             "no frame for 2 s: RTP packets come (payload type 33, MPEG-TS), but they hold neither H.264 nor H.265 "
+             "video"),
+            ("x264enc tune=zerolatency key-int-max=15 ! mpegtsmux",
+             "no frame for 2 s: packets come to UDP port {port}, but not RTP ones (MPEG-TS sent straight over UDP?)"),
+            ("x264enc tune=zerolatency key-int-max=1000 ! rtph264pay",
+             "no frame for 2 s: RTP packets of H.264 video come, but no key frame with its parameter sets came")):
+        caplog.clear()
+        with (_rtp_sender(encode) if encode else nullcontext(free_port(socket.SOCK_DGRAM))) as port:
+            time.sleep(1.0)  # the sender's first key frame goes by
+            with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
+                assert _frames_within(open_source(f"rtp://@:{port}", options), 1, 3) == []
+        assert said.format(port=port) in caplog.text
 
 
 def test_a_camera_password_in_its_uri_stays_out_of_what_the_run_writes(detector, tmp_path, caplog):
