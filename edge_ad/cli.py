@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .backends import BACKENDS
 from .bundle import BACKBONES, MODEL_TYPES, load_bundle
-from .errors import EdgeAdError, report_errors
+from .errors import EdgeAdError, report_errors, without_passwords
 from .freeze import FROZEN_WINDOW_S
 from .pipelines import FLIPS, SourceOptions
 from .reports import write_report
@@ -209,7 +209,8 @@ def _the_stream(args: argparse.Namespace):
 
 def _print_pipelines(streams: list, jetson: bool | None, bitrate_kbps: int | None) -> None:
     """The GStreamer pipelines of each stream (outputs at the input's size, else 1280x720, as
-    `run` fits it: `output_size`)."""
+    `run` fits it: `output_size`), with passwords as ***, as the run logs them: printed pipelines
+    get pasted into tickets and forums."""
     from .outputs import output_description, output_size
     from .pipelines import opencv_input, source_pipeline
 
@@ -217,7 +218,11 @@ def _print_pipelines(streams: list, jetson: bool | None, bitrate_kbps: int | Non
         if not stream.pipeline and (found := opencv_input(stream.input)):
             print(f"{stream.name}: {found}, read with OpenCV")
         else:
-            print(f"{stream.name}: {stream.pipeline or source_pipeline(stream.input, stream.options, jetson).description}")
+            pipeline = stream.pipeline or source_pipeline(stream.input, stream.options, jetson).description
+            print(f"{stream.name}: {without_passwords(pipeline)}")
+            if without_passwords(pipeline) != pipeline:
+                print(f"{stream.name}: its password is shown as ***; put it back to run the pipeline with "
+                      "gst-launch-1.0", file=sys.stderr)
         if stream.output:
             size = output_size(stream.options.width or 1280, stream.options.height or 720)
             pipeline = output_description(stream.output, *size, stream.options.framerate or 30, jetson, bitrate_kbps)
@@ -790,9 +795,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a frame raises an alarm (snapshot, --on-anomaly) when it and the K-1 frames of its source "
                         "before it are anomalous (default 1: every anomalous frame)")
     p.add_argument("--mqtt", metavar="URL",
-                   help="mqtt[s]://[user[:password]@]host[:port]/TOPIC: alarm, drift and failed self-check "
-                        "events as JSON to TOPIC/SOURCE/alarm, /drift and /self_check (needs edge-ad[mqtt]; mqtts: "
-                        "TLS; a user's password may come from EDGE_AD_MQTT_PASSWORD instead)")
+                   help="mqtt[s]://[user[:password]@]host[:port]/TOPIC: alarm, drift, frozen-picture and failed "
+                        "self-check events as JSON to TOPIC/SOURCE/alarm, /drift, /frozen and /self_check (needs "
+                        "edge-ad[mqtt]; mqtts: TLS; a user's password may come from EDGE_AD_MQTT_PASSWORD instead)")
     p.add_argument("--mqtt-ca", metavar="PEM", help="mqtts://: the CA that signed the broker's certificate "
                                                     "(default: the system's CAs)")
     p.add_argument("--mqtt-cert", metavar="PEM", help="mqtts://: this device's client certificate")

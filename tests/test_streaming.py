@@ -914,16 +914,21 @@ def test_anomaly_hook_runs_from_the_stream(detector, tmp_path):
 
 
 def test_print_pipeline_and_source_options_from_the_command_line(tiny_bundle):
-    out = subprocess.run(
-        [sys.executable, "-m", "edge_ad", "run", "--bundle", str(tiny_bundle), "--input", "rtsp://cam/live",
+    """The pipelines a run would build; a camera's password as *** (printed pipelines get
+    pasted into tickets), with a word on stderr that it is."""
+    printed = subprocess.run(
+        [sys.executable, "-m", "edge_ad", "run", "--bundle", str(tiny_bundle), "--input", "rtsp://admin:s3cret@cam/live",
          "--input-codec", "h265", "--latency", "80", "--rtsp-transport", "tcp", "--platform", "jetson",
          "--output", "rtp://10.0.0.9:5000", "--print-pipeline"], capture_output=True, text=True, check=True,
-    ).stdout.splitlines()
-    assert out[0] == ('rtsp://cam/live: rtspsrc location="rtsp://cam/live" latency=80 drop-on-latency=true '
-                      'protocols=tcp ! rtph265depay ! h265parse ! '
+    )
+    out = printed.stdout.splitlines()
+    assert out[0] == ('rtsp://admin:***@cam/live: rtspsrc location="rtsp://admin:***@cam/live" latency=80 '
+                      'drop-on-latency=true protocols=tcp ! rtph265depay ! h265parse ! '
                       "nvv4l2decoder ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
                       "appsink name=sink")
     assert "nvv4l2h264enc" in out[1] and "udpsink host=10.0.0.9 port=5000" in out[1]
+    assert "s3cret" not in printed.stdout + printed.stderr
+    assert "its password is shown as ***; put it back to run the pipeline with gst-launch-1.0" in printed.stderr
 
 
 def test_soak_script_reports_memory_drops_and_latency(tiny_bundle, tmp_path):
