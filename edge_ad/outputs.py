@@ -3,14 +3,18 @@ or a web browser (edge_ad.mjpeg).
 
 Frames are pushed into an appsrc with their source's timestamps, so the video plays at the input
 frame rate; H.264 comes from nvv4l2h264enc on a Jetson and x264enc elsewhere. RTSP outputs are
-served by gst-rtsp-server (gir1.2-gst-rtsp-server-1.0) to every client that connects.
+served by gst-rtsp-server (gir1.2-gst-rtsp-server-1.0) to every client that connects; those on one
+port share its server, each at its own path (rtsp://DEVICE:8554/cam1, /cam2), as the MJPEG
+outputs on one port share theirs.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -18,7 +22,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .errors import SourceError
+from .errors import EdgeAdError, SourceError
 from .mjpeg import MjpegOutput, mjpeg_description
 from .pipelines import output_pipeline, rtsp_launch
 from .sinks import ReportDue
@@ -217,6 +221,71 @@ def rtsp_server(uri: str):
     return GLib, GstRtspServer
 
 
+def listen_problem(host: str, port: int) -> str | None:
+    """Why a server cannot listen on TCP `port` of `host` ("": every interface), in the system's
+    words, or None when it can."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            hint = "; ports below 1024 need root or CAP_NET_BIND_SERVICE" if exc.errno == errno.EACCES else ""
+            return f"{exc.strerror or exc}{hint}"
+    return None
+
+
+def check_servable(outputs: list[str]) -> None:
+    """Refuses, before any frame, RTSP and HTTP outputs that could not be served: a port that
+    another program listens on, or that this user may not take (RTSP's own 554), and one port
+    given to outputs of both kinds. (Opened at the first frame, they failed there, and again every
+    few seconds for the whole run, while it scored on.)"""
+    kinds: dict[int, str] = {}  # port -> the first output on it
+    for uri in outputs:
+        if not uri.startswith(("rtsp://", "http://")):
+            continue
+        parsed = urlparse(uri)
+        port = parsed.port
+        if port in kinds:
+            if kinds[port].split("://")[0] != uri.split("://")[0]:
+                raise EdgeAdError(f"--output {uri}: port {port} is taken by --output {kinds[port]}; an RTSP and an "
+                                  "HTTP output need ports of their own (outputs of one kind share theirs)")
+            continue
+        kinds[port] = uri
+        host = "" if uri.startswith("rtsp://") or parsed.hostname in (None, "@") else parsed.hostname
+        if port is not None and (problem := listen_problem(host, port)):
+            raise EdgeAdError(f"--output {uri}: cannot listen on port {port} ({problem})")
+
+
+class _RtspServer:
+    """The gst-rtsp-server of one port, serving in a thread of its own, and its outputs' paths."""
+
+    def __init__(self, uri: str, port: int):
+        GLib, GstRtspServer = rtsp_server(uri)
+        self.port, self.paths = port, set()
+        self.server = GstRtspServer.RTSPServer()
+        self.server.set_service(str(port))
+        self.mounts = self.server.get_mount_points()
+        self.context = GLib.MainContext.new()
+        self.source_id = self.server.attach(self.context)
+        if self.source_id == 0:
+            raise SourceError(f"{uri}: cannot listen on port {port} ({listen_problem('', port) or 'refused'})")
+        self.loop = GLib.MainLoop.new(self.context, False)
+        self.thread = threading.Thread(target=self.loop.run, name=f"rtsp :{port}", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop serving: the listening socket is released with the server's GLib source."""
+        source = self.context.find_source_by_id(self.source_id)
+        if source is not None:
+            source.destroy()
+        self.loop.quit()
+        self.thread.join(timeout=1.0)
+
+
+_rtsp_servers: dict[int, _RtspServer] = {}
+_rtsp_servers_lock = threading.Lock()
+
+
 class RtspOutput:
     """rtsp://@:port/path: a gst-rtsp-server mount that every client shares; frames are dropped
     while no client is connected."""
@@ -224,26 +293,25 @@ class RtspOutput:
     def __init__(self, uri: str, width: int, height: int, fps: int, jetson: bool | None = None,
                  bitrate_kbps: int | None = None):
         self._Gst = load_gst()
-        GLib, GstRtspServer = rtsp_server(uri)
+        _, GstRtspServer = rtsp_server(uri)
         parsed = urlparse(uri)
         if parsed.port is None or not parsed.path.strip("/"):
             raise SourceError(f"{uri}: an RTSP output needs a port and a path, as in rtsp://@:8554/inspection")
         self.uri, self.size = uri, (width, height)
+        self.path = "/" + parsed.path.strip("/")
         self.description = rtsp_launch(width, height, fps, jetson, bitrate_kbps)
-        self.server = GstRtspServer.RTSPServer()
-        self.server.set_service(str(parsed.port))
         factory = GstRtspServer.RTSPMediaFactory()
         factory.set_launch(self.description)
         factory.set_shared(True)
         factory.connect("media-configure", self._configure)
-        self.server.get_mount_points().add_factory("/" + parsed.path.strip("/"), factory)
-        self.context = GLib.MainContext.new()
-        self.source_id = self.server.attach(self.context)
-        if self.source_id == 0:
-            raise SourceError(f"{uri}: cannot listen on port {parsed.port} (in use?)")
-        self.loop = GLib.MainLoop.new(self.context, False)
-        self.thread = threading.Thread(target=self.loop.run, name=f"rtsp {uri}", daemon=True)
-        self.thread.start()
+        with _rtsp_servers_lock:
+            server = _rtsp_servers.get(parsed.port) or _RtspServer(uri, parsed.port)
+            if self.path in server.paths:
+                raise SourceError(f"{uri}: another output already serves {self.path} on port {parsed.port}")
+            server.mounts.add_factory(self.path, factory)
+            server.paths.add(self.path)
+            _rtsp_servers[parsed.port] = server
+        self.server = server
         self.appsrc = None
         self.left_out = _LeftOut(uri)
 
@@ -267,12 +335,13 @@ class RtspOutput:
             self.left_out.add()
 
     def close(self) -> None:
-        """Stop serving: the listening socket is released with the server's GLib source."""
-        source = self.context.find_source_by_id(self.source_id)
-        if source is not None:
-            source.destroy()
-        self.loop.quit()
-        self.thread.join(timeout=1.0)
+        """Stop serving this path; the last output on a port releases it."""
+        with _rtsp_servers_lock:
+            self.server.mounts.remove_factory(self.path)
+            self.server.paths.discard(self.path)
+            if not self.server.paths:
+                self.server.stop()
+                _rtsp_servers.pop(self.server.port, None)
 
 
 def output_description(

@@ -32,7 +32,7 @@ from .freeze import FROZEN_WINDOW_S, FreezeWatch
 from .line_calibration import CALIBRATING, LineCalibration
 from .masks import InspectionMask, calibration_mismatch
 from .mqtt import MqttTls
-from .outputs import DiskRoom, open_output, output_description, output_size
+from .outputs import DiskRoom, check_servable, open_output, output_description, output_size
 from .regions import regions
 from .render import fit, fitted_size, overlay
 from .service import ServiceNotifier
@@ -821,6 +821,7 @@ def run(
                 raise EdgeAdError(f"run: sources {writers[written]} and {stream.name} would both write {stream.output} "
                                   "(a copied line in the sources file?); give each its own output")
             writers[written] = stream.name
+    check_servable([stream.output for stream in streams if stream.output])
     detectors = detectors_of(detector, streams)
     masks = load_masks(detectors, streams)
     several = len({id(d) for d in detectors.values()}) > 1

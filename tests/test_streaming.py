@@ -956,6 +956,48 @@ def test_rtsp_output_releases_its_port_when_closed():
         s.bind(("0.0.0.0", port))  # and is free afterwards
 
 
+def test_rtsp_outputs_on_one_port_are_each_served_at_their_path(detector):
+    """A line serves its cameras as rtsp://DEVICE:8554/cam1, /cam2...: each output had its own
+    server, and every one after the first failed with "cannot listen on port 8554 (in use?)", at
+    its first frame and again every few seconds, while the run went on."""
+    _need_rtsp_server()
+    port = free_port()
+    streams = [Stream(f"test://{pattern}?width=160&height=120&fps=20", output=f"rtsp://@:{port}/{name}")
+               for name, pattern in (("cam1", "ball"), ("cam2", "smpte"))]
+    stop, thread, box = _run_in_thread(detector, streams, RunConfig())
+    try:
+        time.sleep(1.0)
+        read = {name: _frames_within(open_source(f"rtsp://127.0.0.1:{port}/{name}",
+                                                 SourceOptions(latency_ms=50, timeout_s=10)), 3, 30)
+                for name in ("cam1", "cam2")}
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert {name: len(frames) for name, frames in read.items()} == {"cam1": 3, "cam2": 3}
+    assert box["summary"].sink_errors == {}
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", port))  # the last output's close released the port
+
+
+def test_an_output_port_that_cannot_be_served_stops_the_run_before_it_starts(detector):
+    """An RTSP or HTTP output on a port another program listens on (or, for a user, one below
+    1024, as RTSP's 554) failed at its first frame, and every few seconds after, while the run
+    scored on."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for output in (f"rtsp://@:{port}/line", f"http://@:{port}/line"):
+            with pytest.raises(EdgeAdError, match=rf"--output {output}: cannot listen on port {port} \(Address already "
+                                                  r"in use\)"):
+                run(detector, [Stream("test://", output=output)], RunConfig(max_frames=1))
+    free = free_port()
+    with pytest.raises(EdgeAdError, match=f"port {free} is taken by --output rtsp://@:{free}/a; an RTSP and an HTTP "
+                                          "output need ports of their own"):
+        run(detector, [Stream("test://", output=f"rtsp://@:{free}/a"), Stream("test://ball", output=f"http://@:{free}/b")],
+            RunConfig(max_frames=1))
+
+
 def test_a_frame_the_detector_refuses_is_skipped_and_the_run_goes_on(detector, tmp_path, monkeypatch):
     from edge_ad.errors import EdgeAdError
 
