@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import numpy as np
 
@@ -82,6 +82,21 @@ class SourcePipeline:
 
 def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def login_escaped(uri: str) -> str:
+    """A camera's URI with its login percent-encoded when it was written as it is typed into the
+    camera's web page: a password with @, #, ? or a space (rtsp://admin:p@ss#1@10.0.0.5/...),
+    as password rules ask for, made rtspsrc say "Unhandled error" or "Could not open resource".
+    The login ends at the last @ before the first / (a / in it must be written %2F, as the logs
+    take it for the path); one without those characters is left as written, encoded or not."""
+    scheme, separator, rest = uri.partition("://")
+    authority, slash, path = rest.partition("/")
+    login, at, host = authority.rpartition("@")
+    if not separator or not at or not any(c in login for c in "@#? "):
+        return uri
+    user, colon, password = login.partition(":")
+    return f"{scheme}://{quote(user, safe='')}{colon}{quote(password, safe='')}@{host}{slash}{path}"
 
 
 def _codec(uri: str, options: SourceOptions, default: str, allowed: tuple[str, ...]) -> str:
@@ -233,7 +248,7 @@ def _rtsp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
         raise SourceError(f"{uri}: RTSP transport '{options.transport}' is not tcp or udp")
     protocols = f" protocols={options.transport}" if options.transport else ""
     return SourcePipeline(
-        f"rtspsrc location={_quote(uri)} latency={options.latency_ms} drop-on-latency=true{protocols} ! "
+        f"rtspsrc location={_quote(login_escaped(uri))} latency={options.latency_ms} drop-on-latency=true{protocols} ! "
         f"rtp{codec}depay ! {_decode(uri, codec, options, jetson)}",
         True,
     )
@@ -262,7 +277,7 @@ def _http(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     _codec(uri, options, "mjpeg", ("mjpeg",))
     decode = "nvv4l2decoder mjpeg=1" if jetson else "jpegdec"
     return SourcePipeline(
-        f"souphttpsrc location={_quote(uri)} is-live=true do-timestamp=true ! multipartdemux ! image/jpeg ! "
+        f"souphttpsrc location={_quote(login_escaped(uri))} is-live=true do-timestamp=true ! multipartdemux ! image/jpeg ! "
         f"jpegparse ! {decode} ! {_bgr_sink(uri, options, jetson)}",
         True,
     )

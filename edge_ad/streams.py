@@ -9,7 +9,7 @@ from typing import Sequence
 
 from .bundle import read_yaml
 from .errors import EdgeAdError, without_passwords
-from .pipelines import SourceOptions, camera_number_hint
+from .pipelines import SourceOptions, camera_number_hint, login_escaped
 from .variants import parse_variants, split_spec
 
 
@@ -28,6 +28,7 @@ class Stream:
     calibration: str | None = None  # folder of its own site calibration of a shared bundle; None: the bundle's
 
     def __post_init__(self) -> None:
+        self.input = login_escaped(self.input) if self.input else self.input  # its name shows no part of a password
         self.name = self.name or without_passwords(self.input or "") or "pipeline"
         if isinstance(self.bundle, str):
             self.bundle = (self.bundle,)

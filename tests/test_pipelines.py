@@ -3,7 +3,7 @@
 import pytest
 
 from edge_ad.errors import SourceError
-from edge_ad.pipelines import SourceOptions, local_path, output_pipeline, rtsp_launch, source_pipeline
+from edge_ad.pipelines import SourceOptions, local_path, login_escaped, output_pipeline, rtsp_launch, source_pipeline
 from edge_ad.sources import with_hint
 
 
@@ -36,6 +36,15 @@ def test_live_sources_use_nvmm_elements_only_on_a_jetson(uri, options, generic, 
     assert generic in on_pc.description and "nv" not in on_pc.description.replace("videoconvert", "")
     assert jetson in on_jetson.description
     assert on_pc.description.endswith("appsink name=sink") and on_jetson.description.endswith("appsink name=sink")
+
+
+def test_a_login_typed_as_is_is_escaped_and_nothing_else():
+    assert login_escaped("rtsp://admin:p@ss#1@10.0.0.5:554/Streaming/101?t=1") == \
+        "rtsp://admin:p%40ss%231@10.0.0.5:554/Streaming/101?t=1"
+    assert login_escaped("http://admin:a b?c@cam/mjpg") == "http://admin:a%20b%3Fc@cam/mjpg"
+    for left in ("rtsp://admin:p%40ss@cam/x", "rtsp://10.0.0.5:554/x@y#z", "rtsp://admin@cam/x", "file:///a/b:c@d#e",
+                 "/data/a:b@c#d.mp4", "test://ball?width=64", "genicam://Basler-a1@b"):
+        assert login_escaped(left) == left
 
 
 def test_rtsp_latency_and_csi_camera():

@@ -235,8 +235,9 @@ def test_rtsp_output_served_and_read_back(detector, tmp_path, transport):
 
 
 @contextmanager
-def _rtsp_camera(launch: str):
-    """An RTSP camera at rtsp://127.0.0.1:PORT/cam serving gst-rtsp-server's `launch`; its URI."""
+def _rtsp_camera(launch: str, login: tuple[str, str] | None = None):
+    """An RTSP camera at rtsp://127.0.0.1:PORT/cam serving gst-rtsp-server's `launch`, to a
+    client that gives `login` (user, password: basic authentication) if one is given; its URI."""
     _need_rtsp_server()
     from gi.repository import GLib, GstRtspServer
 
@@ -246,6 +247,15 @@ def _rtsp_camera(launch: str):
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(launch)
     factory.set_shared(True)
+    if login is not None:
+        auth, token = GstRtspServer.RTSPAuth(), GstRtspServer.RTSPToken()
+        token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "user")
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(*login), token)
+        server.set_auth(auth)
+        permissions = GstRtspServer.RTSPPermissions()
+        for permission in ("media.factory.access", "media.factory.construct"):
+            permissions.add_permission_for_role("user", permission, True)
+        factory.set_permissions(permissions)
     server.get_mount_points().add_factory("/cam", factory)
     context = GLib.MainContext.new()
     source_id = server.attach(context)
@@ -339,6 +349,22 @@ def test_an_http_camera_s_mjpeg_stream_is_read(caplog):
             with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
                 assert _frames_within(open_source(url, SourceOptions(timeout_s=5)), 1, 3) == []
             assert said in caplog.text and "p@ss" not in caplog.text and "wrong" not in caplog.text
+
+
+def test_a_camera_password_is_read_as_typed_into_the_camera(caplog):
+    """Camera password rules ask for characters that URLs reserve, and people paste the password
+    as they typed it into the camera: rtsp://admin:p@ss#1@camera/... said "Could not open
+    resource for reading and writing" (rtspsrc), at every reconnection, and the source's name in
+    the logs showed the password's end."""
+    frames = "videotestsrc is-live=true ! video/x-raw,width=96,height=64,framerate=15/1"
+    with _rtsp_camera(f"( {frames} ! x264enc tune=zerolatency key-int-max=15 ! rtph264pay name=pay0 )",
+                      ("admin", "p@ss#1 ?")) as uri:
+        for typed in ("admin:p@ss#1 ?", "admin:p%40ss%231%20%3F"):  # as typed, and as a URL writes it
+            stream = Stream(uri.replace("rtsp://", f"rtsp://{typed}@"))
+            assert stream.name == uri.replace("rtsp://", "rtsp://admin:***@")
+            read = _frames_within(open_source(stream.input, SourceOptions(timeout_s=5)), 3, 30)
+            assert [frame.image.shape for frame in read] == [(64, 96, 3)] * 3
+    assert "p@ss" not in caplog.text and "ss#1" not in caplog.text
 
 
 def test_an_rtsp_camera_is_read_in_the_codec_it_sends(caplog):
