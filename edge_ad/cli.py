@@ -755,7 +755,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_variant_bundles(p, required=False)  # --sources may name each source's own
     p.add_argument("--input", action="append",
                    help="test://[pattern], csi://N, /dev/videoN, genicam://[CAMERA], rtsp://..., rtp://@:port, "
-                        "http://... (MJPEG), a video file, an image folder or a picture; repeat for several cameras")
+                        "http://... (MJPEG), a video file, an image folder, a picture or pictures by a wildcard "
+                        "('parts/*.jpg'); repeat for several cameras")
     p.add_argument("--output", action="append",
                    help="overlay video per --input: a .mp4/.mkv file, rtp://host:port, rtsp://@:port/path, "
                         "http://@:port/path (MJPEG for a web browser), display://0")

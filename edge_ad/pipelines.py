@@ -298,14 +298,18 @@ def local_path(uri: str) -> Path:
 
 
 def opencv_input(uri: str) -> str | None:
-    """What an input read with OpenCV, as training reads pictures, is: "image folder" or "picture"
+    """What an input read with OpenCV, as training reads pictures, is: "image folder", "picture"
     (one image file, `--input part.jpg` to see what a bundle makes of it: GStreamer stopped at a
-    CMYK JPEG and turned no picture by its EXIF data); None for what GStreamer reads."""
+    CMYK JPEG and turned no picture by its EXIF data) or "picture pattern" (a path with * ? [ ],
+    `--input 'line1/*.jpg'`, as jetson-utils takes an image sequence); None for what GStreamer
+    reads."""
     path = local_path(uri)
     if path.is_dir():
         return "image folder"
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         return "picture"
+    if "://" not in uri and not path.exists() and any(c in uri for c in "*?["):
+        return "picture pattern"
     return None
 
 

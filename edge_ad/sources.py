@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import glob
 import logging
 import threading
 import time
@@ -25,7 +26,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from .errors import ImageError, SourceError, without_passwords
-from .images import is_image_file, no_images_in, read_image
+from .images import IMAGE_SUFFIXES, is_image_file, no_images_in, read_image
 from .pipelines import SourceOptions, SourcePipeline, check_crop, flip_of, local_path, opencv_input, source_pipeline
 from .rtp_packets import HEADS, RtpPackets
 
@@ -474,8 +475,9 @@ def crop_frame(image: np.ndarray, crop: tuple[int, int, int, int] | None, uri: s
 
 
 class FolderSource:
-    """Image files of a folder in name order (or one image file), `loop` more times after the first
-    (-1: for ever); unreadable files are reported and skipped."""
+    """Image files of a folder in name order (or one image file, or those a pattern matches, in
+    path order), `loop` more times after the first (-1: for ever); unreadable files are reported
+    and skipped."""
 
     live = False
     dropped = reconnects = 0
@@ -486,7 +488,15 @@ class FolderSource:
         self.loop, self.crop = loop, crop
         self.description = f"{opencv_input(str(folder))} {folder}" + (f", flipped {flip}" if flip != "none" else "")
         self.turn = flip_of(str(folder), flip).turn
-        self.files = [folder] if folder.is_file() else sorted(p for p in folder.iterdir() if is_image_file(p))
+        if folder.is_file():
+            self.files = [folder]
+        elif folder.is_dir():
+            self.files = sorted(p for p in folder.iterdir() if is_image_file(p))
+        else:
+            self.files = sorted(p for p in map(Path, glob.glob(str(folder))) if is_image_file(p))
+            if not self.files:
+                raise SourceError(f"{folder}: no picture matches this pattern (the suffixes read: "
+                                  f"{', '.join(IMAGE_SUFFIXES)})")
         if not self.files:
             raise SourceError(no_images_in(folder))
         self.skipped: list[str] = []

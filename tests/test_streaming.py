@@ -533,6 +533,21 @@ def test_one_picture_is_read_as_the_training_pictures_are(tmp_path):
         list(open_source(str(picture.parent / "cut.png")))
 
 
+def test_pictures_by_a_wildcard_are_read_in_path_order(tmp_path):
+    """`--input 'line1/*.jpg'`, as jetson-utils takes an image sequence, was "no such file"."""
+    from edge_ad.pipelines import opencv_input
+
+    for folder, name, shade in (("day1", "b.png", 10), ("day1", "a.png", 20), ("day2", "a.png", 30)):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / folder / name), np.full((8, 8, 3), shade, np.uint8))
+    (tmp_path / "day1" / "notes.txt").write_text("not a picture")
+    pattern = str(tmp_path / "day*" / "*")
+    assert opencv_input(pattern) == "picture pattern" and opencv_input("rtsp://cam/live?channel=1") is None
+    assert [int(frame.image[0, 0, 0]) for frame in open_source(pattern)] == [20, 10, 30]
+    with pytest.raises(SourceError, match=r"day\*/\*.mp4: no picture matches this pattern \(the suffixes read: .png"):
+        open_source(str(tmp_path / "day*" / "*.mp4"))
+
+
 def test_a_file_that_is_no_video_says_what_it_is(mp4, tmp_path):
     """A sound recording, a text file or an empty file given as --input: GStreamer said "Internal
     data stream error. (oggdemux0)", "Could not determine type of stream" and "Stream contains
