@@ -759,7 +759,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "('parts/*.jpg'); repeat for several cameras")
     p.add_argument("--output", action="append",
                    help="overlay video per --input: a .mp4/.mkv file, rtp://host:port, rtsp://@:port/path, "
-                        "http://@:port/path (MJPEG for a web browser), display://0")
+                        "http://@:port/path (MJPEG for a web browser), display://0; or for a file or folder, a "
+                        "picture per frame: out/overlay_%%i.jpg or a folder out/")
     p.add_argument("--output-bitrate", type=_positive_int, metavar="KBPS",
                    help="H.264 bit rate of the video outputs in kbit/s (default: the encoder's, 4000 for "
                         "nvv4l2h264enc, 2048 for x264enc)")

@@ -24,6 +24,7 @@ import numpy as np
 
 from .errors import EdgeAdError, SourceError
 from .mjpeg import MjpegOutput, mjpeg_description
+from .picture_output import is_picture_output, picture_description, picture_name_problem
 from .pipelines import output_pipeline, rtsp_launch
 from .sinks import ReportDue
 from .sources import bus_error, load_gst
@@ -349,6 +350,10 @@ def output_description(
 ) -> str:
     """What `open_output` would run for `uri`: its GStreamer pipeline, or the MJPEG server. An
     unknown or malformed output is refused here, before any frame."""
+    if is_picture_output(uri):
+        return picture_description(uri)
+    if problem := picture_name_problem(uri):
+        raise SourceError(problem)
     if uri.startswith("rtsp://"):
         return rtsp_launch(width, height, fps, jetson, bitrate_kbps)
     if uri.startswith("http://"):

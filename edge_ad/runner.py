@@ -33,6 +33,7 @@ from .line_calibration import CALIBRATING, LineCalibration
 from .masks import InspectionMask, calibration_mismatch
 from .mqtt import MqttTls
 from .outputs import DiskRoom, check_servable, open_output, output_description, output_size
+from .picture_output import PictureOutput, is_picture_output
 from .regions import regions
 from .render import fit, fitted_size, overlay
 from .service import ServiceNotifier
@@ -187,12 +188,20 @@ class _VideoSink:
         self.output = None
         self._next_try = 0.0
         self._said: str | None = None  # the output last named in the log
-        self.room = DiskRoom(Path(stream.output)) if "://" not in stream.output else None  # a file
+        self.pictures = None
+        if is_picture_output(stream.output):
+            self.pictures = PictureOutput(stream.output, getattr(source, "files", []), source.live)
+            log.info("%s: %s", stream.name, self.pictures.description)
+        self.room = DiskRoom(Path(stream.output)) if "://" not in stream.output and not self.pictures else None  # a file
 
     def __call__(self, frame: Frame, draw: Callable[[tuple[int, int]], np.ndarray]) -> np.ndarray | None:
         """The frame's overlay, drawn by `draw` at the (width, height) it is shown at, only when
         the output takes it: an RTSP or browser output nobody watches costs nothing (a
         12-megapixel overlay takes 100 ms or more); None when none was drawn."""
+        if self.pictures is not None:  # each at its frame's own size
+            picture = draw(frame.image.shape[1::-1])
+            self.pictures.write(picture, frame.index, frame.name)
+            return picture
         if self.output is None:
             if time.monotonic() < self._next_try:
                 return None

@@ -548,6 +548,31 @@ def test_pictures_by_a_wildcard_are_read_in_path_order(tmp_path):
         open_source(str(tmp_path / "day*" / "*.mp4"))
 
 
+def test_each_frame_s_overlay_as_a_picture_of_its_own(detector, tmp_path, mp4):
+    """`--output out/%i.jpg` or `--output out/`, as jetson-utils writes an image sequence: the
+    overlay of each picture of a folder at its own size, or of each frame of a video. Before,
+    "video outputs are .mp4 or .mkv files"."""
+    pictures = tmp_path / "parts"
+    pictures.mkdir()
+    for name, (height, width) in (("b.png", (40, 60)), ("a.jpg", (64, 48))):
+        cv2.imwrite(str(pictures / name), np.full((height, width, 3), 90, np.uint8))
+    for output, written in ((tmp_path / "numbered" / "overlay_%03i.jpg", {"overlay_000.jpg": (64, 48),
+                                                                        "overlay_001.jpg": (40, 60)}),
+                           (f"{tmp_path / 'named'}/", {"a.jpg": (64, 48), "b.png": (40, 60)})):
+        summary = run(detector, [Stream(str(pictures), output=str(output))], RunConfig())
+        assert summary.sink_errors == {}
+        folder = Path(output).parent if "%" in str(output) else Path(output)
+        assert {p.name: cv2.imread(str(p)).shape[:2] for p in folder.iterdir()} == written
+    run(detector, [Stream(str(mp4), output=f"{tmp_path / 'video'}/")], RunConfig(max_frames=3))
+    assert sorted(p.name for p in (tmp_path / "video").iterdir()) == ["00000000.jpg", "00000001.jpg", "00000002.jpg"]
+    for stream, said in ((Stream(str(pictures), output=f"{pictures}/"), "the input pictures are in this folder"),
+                         (Stream("test://", output=f"{tmp_path}/live/"), "a picture for every frame of a live source"),
+                         (Stream(str(pictures), output=str(tmp_path / "one.jpg")), "needs one %i in its name")):
+        with pytest.raises(EdgeAdError, match=said):
+            run(detector, [stream], RunConfig(max_frames=1))
+    assert sorted(p.name for p in pictures.iterdir()) == ["a.jpg", "b.png"]
+
+
 def test_a_file_that_is_no_video_says_what_it_is(mp4, tmp_path):
     """A sound recording, a text file or an empty file given as --input: GStreamer said "Internal
     data stream error. (oggdemux0)", "Could not determine type of stream" and "Stream contains

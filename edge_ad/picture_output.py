@@ -1,0 +1,83 @@
+"""`--output DIR/overlay_%i.jpg` or `--output DIR/`: the overlay of each frame of a video file or
+image folder as a picture of its own, as jetson-utils writes an image sequence: run a bundle over
+a folder of pictures and look at each one's heat map, at the picture's own size.
+
+A numbered name takes the frame's number for `%i` (`%d`, `%04i`...); a folder takes the input
+picture's own name (a video's frames: `00000012.jpg`). Cameras are refused: one picture a frame
+fills a disk (`--snapshots` keeps alarm frames within a quota).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EdgeAdError
+from .files import write_picture
+from .images import IMAGE_SUFFIXES
+
+NUMBER = re.compile(r"%(0?\d*)[di]")  # printf's integer directives, as jetson-utils takes them
+
+
+def is_picture_output(uri: str) -> bool:
+    """Whether `--output uri` asks for one picture per frame: a name with %i and an image suffix,
+    or a folder (one that exists, or a path ending in /)."""
+    if "://" in uri:
+        return False
+    path = Path(uri)
+    return uri.endswith("/") or path.is_dir() or (
+        path.suffix.lower() in IMAGE_SUFFIXES and len(NUMBER.findall(path.name)) == 1)
+
+
+def picture_description(uri: str) -> str:
+    return f"overlay pictures, one per frame: {uri}"
+
+
+def picture_name_problem(uri: str) -> str | None:
+    """What is wrong with a picture file given as --output without %i (`overlay.jpg`), or None."""
+    if "://" not in uri and Path(uri).suffix.lower() in IMAGE_SUFFIXES and not is_picture_output(uri):
+        return (f"{uri}: a picture for each frame needs one %i in its name, which the frame's number takes "
+                f"({Path(uri).stem}_%i{Path(uri).suffix}), or give a folder ({Path(uri).parent}/)")
+    return None
+
+
+class PictureOutput:
+    """Writes each frame's overlay into its own picture file (never over the input pictures)."""
+
+    def __init__(self, uri: str, inputs: list[Path], live: bool):
+        """`inputs`: the pictures the source reads (none for a video); `live`: a camera's."""
+        if live:
+            raise EdgeAdError(f"--output {uri}: a picture for every frame of a live source fills the disk; give a "
+                              "video output, or --snapshots for its alarm frames (with a quota)")
+        self.uri = uri
+        self.numbered = not (uri.endswith("/") or Path(uri).is_dir())
+        self.folder = Path(uri).parent if self.numbered else Path(uri)
+        self.description = picture_description(uri)
+        if not self.numbered and any(p.parent.resolve() == self.folder.resolve() for p in inputs):
+            raise EdgeAdError(f"--output {uri}: the input pictures are in this folder, and would be written over by "
+                              "their overlays; give another folder")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EdgeAdError(f"--output {uri}: cannot create the folder ({exc.strerror or exc})") from exc
+        self._inputs = {p.resolve() for p in inputs}
+        self._written: set[Path] = set()
+
+    def path_for(self, index: int, name: str) -> Path:
+        """Where frame number `index`, named `name` by its source, goes."""
+        if self.numbered:
+            return self.folder / NUMBER.sub(lambda m: f"%{m.group(1)}d" % index, Path(self.uri).name)
+        named = Path(name).name
+        path = self.folder / (named if Path(named).suffix.lower() in IMAGE_SUFFIXES else f"{index:08d}.jpg")
+        if path in self._written:  # two folders' a.png, through a wildcard
+            path = path.with_name(f"{path.stem}_{index}{path.suffix}")
+        return path
+
+    def write(self, picture: np.ndarray, index: int, name: str) -> None:
+        path = self.path_for(index, name)
+        if path.resolve() in self._inputs:
+            raise EdgeAdError(f"--output {self.uri}: {path} is an input picture; give another folder")
+        write_picture(path, picture)
+        self._written.add(path)
