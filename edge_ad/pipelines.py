@@ -277,8 +277,8 @@ def _http(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     _codec(uri, options, "mjpeg", ("mjpeg",))
     decode = "nvv4l2decoder mjpeg=1" if jetson else "jpegdec"
     return SourcePipeline(
-        f"souphttpsrc location={_quote(login_escaped(uri))} is-live=true do-timestamp=true ! multipartdemux ! image/jpeg ! "
-        f"jpegparse ! {decode} ! {_bgr_sink(uri, options, jetson)}",
+        f"souphttpsrc location={_quote(login_escaped(uri))} is-live=true do-timestamp=true ! multipartdemux ! "
+        f"image/jpeg ! jpegparse ! {decode} ! {_bgr_sink(uri, options, jetson)}",
         True,
     )
 

@@ -179,7 +179,8 @@ class _VideoSink:
     and writes overlays to it, each drawn to fit that size whole (an image folder of pictures of
     several sizes, a camera set to another resolution); an output that cannot open, or whose
     pipeline stops (a full disk), is opened again after RETRY_S (a file: under a new name, the
-    one before kept as far as it was written)."""
+    one before kept as far as it was written). A picture output (edge_ad.picture_output) takes
+    each overlay at its frame's own size instead."""
 
     RETRY_S = 5.0
 
@@ -192,7 +193,7 @@ class _VideoSink:
         if is_picture_output(stream.output):
             self.pictures = PictureOutput(stream.output, getattr(source, "files", []), source.live)
             log.info("%s: %s", stream.name, self.pictures.description)
-        self.room = DiskRoom(Path(stream.output)) if "://" not in stream.output and not self.pictures else None  # a file
+        self.room = DiskRoom(Path(stream.output)) if "://" not in stream.output and self.pictures is None else None
 
     def __call__(self, frame: Frame, draw: Callable[[tuple[int, int]], np.ndarray]) -> np.ndarray | None:
         """The frame's overlay, drawn by `draw` at the (width, height) it is shown at, only when

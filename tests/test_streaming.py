@@ -983,7 +983,8 @@ def test_print_pipeline_and_source_options_from_the_command_line(tiny_bundle):
     """The pipelines a run would build; a camera's password as *** (printed pipelines get
     pasted into tickets), with a word on stderr that it is."""
     printed = subprocess.run(
-        [sys.executable, "-m", "edge_ad", "run", "--bundle", str(tiny_bundle), "--input", "rtsp://admin:s3cret@cam/live",
+        [sys.executable, "-m", "edge_ad", "run", "--bundle", str(tiny_bundle),
+         "--input", "rtsp://admin:s3cret@cam/live",
          "--input-codec", "h265", "--latency", "80", "--rtsp-transport", "tcp", "--platform", "jetson",
          "--output", "rtp://10.0.0.9:5000", "--print-pipeline"], capture_output=True, text=True, check=True,
     )
@@ -1060,8 +1061,8 @@ def test_an_output_port_that_cannot_be_served_stops_the_run_before_it_starts(det
     free = free_port()
     with pytest.raises(EdgeAdError, match=f"port {free} is taken by --output rtsp://@:{free}/a; an RTSP and an HTTP "
                                           "output need ports of their own"):
-        run(detector, [Stream("test://", output=f"rtsp://@:{free}/a"), Stream("test://ball", output=f"http://@:{free}/b")],
-            RunConfig(max_frames=1))
+        run(detector, [Stream("test://", output=f"rtsp://@:{free}/a"),
+                       Stream("test://ball", output=f"http://@:{free}/b")], RunConfig(max_frames=1))
 
 
 def test_a_frame_the_detector_refuses_is_skipped_and_the_run_goes_on(detector, tmp_path, monkeypatch):
