@@ -9,7 +9,7 @@ from typing import Sequence
 
 from .bundle import read_yaml
 from .errors import EdgeAdError, without_passwords
-from .pipelines import SourceOptions, camera_number_hint, login_escaped
+from .pipelines import SourceOptions, camera_number_hint, local_path, login_escaped
 from .variants import parse_variants, split_spec
 
 
@@ -29,6 +29,8 @@ class Stream:
 
     def __post_init__(self) -> None:
         self.input = login_escaped(self.input) if self.input else self.input  # its name shows no part of a password
+        if self.output and self.output.startswith("file://"):  # as jetson-utils takes it, and as inputs are
+            self.output = str(local_path(self.output))
         self.name = self.name or without_passwords(self.input or "") or "pipeline"
         if isinstance(self.bundle, str):
             self.bundle = (self.bundle,)

@@ -112,7 +112,8 @@ def test_two_sources_may_not_write_one_output(tiny_bundle, tmp_path, monkeypatch
     """A line copied in a sources file: both videos went into one file, or into x.mp4 and x-2.mp4."""
     monkeypatch.chdir(tmp_path)
     detector = Detector.load(tiny_bundle)
-    for first, second in (("line.mp4", str(tmp_path / "line.mp4")), ("rtp://10.0.0.9:5000", "rtp://10.0.0.9:5000")):
+    for first, second in (("line.mp4", str(tmp_path / "line.mp4")), ("rtp://10.0.0.9:5000", "rtp://10.0.0.9:5000"),
+                          (f"file://{tmp_path}/line%201.mp4", str(tmp_path / "line 1.mp4"))):  # file://, as jetson-utils
         with pytest.raises(EdgeAdError, match=f"sources a and b would both write {re.escape(second)}"):
             run(detector, [Stream("test://", "a", output=first), Stream("test://", "b", output=second)],
                 RunConfig(max_frames=1))
