@@ -474,7 +474,7 @@ def crop_frame(image: np.ndarray, crop: tuple[int, int, int, int] | None, uri: s
     return image[y : y + height, x : x + width]
 
 
-class FolderSource:
+class PictureSource:
     """Image files of a folder in name order (or one image file, or those a pattern matches, in
     path order), `loop` more times after the first (-1: for ever); unreadable files are reported
     and skipped."""
@@ -483,22 +483,23 @@ class FolderSource:
     dropped = reconnects = 0
     fps = None
 
-    def __init__(self, folder: Path, flip: str = "none", loop: int = 0, crop: tuple[int, int, int, int] | None = None):
-        self.uri = self.shown = str(folder)
+    def __init__(self, path: Path, flip: str = "none", loop: int = 0, crop: tuple[int, int, int, int] | None = None):
+        """`path`: a folder, a picture or a wildcard (pipelines.opencv_input)."""
+        self.uri = self.shown = str(path)
         self.loop, self.crop = loop, crop
-        self.description = f"{opencv_input(str(folder))} {folder}" + (f", flipped {flip}" if flip != "none" else "")
-        self.turn = flip_of(str(folder), flip).turn
-        if folder.is_file():
-            self.files = [folder]
-        elif folder.is_dir():
-            self.files = sorted(p for p in folder.iterdir() if is_image_file(p))
-        else:
-            self.files = sorted(p for p in map(Path, glob.glob(str(folder))) if is_image_file(p))
+        self.description = f"{opencv_input(str(path))} {path}" + (f", flipped {flip}" if flip != "none" else "")
+        self.turn = flip_of(str(path), flip).turn
+        if path.is_file():
+            self.files = [path]
+        elif path.is_dir():
+            self.files = sorted(p for p in path.iterdir() if is_image_file(p))
             if not self.files:
-                raise SourceError(f"{folder}: no picture matches this pattern (the suffixes read: "
+                raise SourceError(no_images_in(path))
+        else:
+            self.files = sorted(p for p in map(Path, glob.glob(str(path))) if is_image_file(p))
+            if not self.files:
+                raise SourceError(f"{path}: no picture matches this pattern (the suffixes read: "
                                   f"{', '.join(IMAGE_SUFFIXES)})")
-        if not self.files:
-            raise SourceError(no_images_in(folder))
         self.skipped: list[str] = []
 
     def frames(self, stop: threading.Event | None = None) -> Iterator[Frame]:
@@ -530,7 +531,7 @@ class FolderSource:
         """Nothing to release; present so every source can be closed the same way."""
 
 
-Source = GstSource | FolderSource
+Source = GstSource | PictureSource
 
 
 def open_source(
@@ -548,5 +549,5 @@ def open_source(
     if not uri:
         raise SourceError("no input: give --input (a camera, stream, video file or folder) or --pipeline")
     if opencv_input(uri):
-        return FolderSource(local_path(uri), options.flip, options.loop, options.crop)
+        return PictureSource(local_path(uri), options.flip, options.loop, options.crop)
     return GstSource(uri, options, jetson=jetson)

@@ -47,13 +47,13 @@ def test_16_bit_pictures_are_read_at_their_full_range(tmp_path, suffix):
 def test_webp_pictures_in_a_folder_are_read(tmp_path):
     """Pictures saved from a browser or exported by a labelling tool are often WebP; a folder that
     mixes them with PNGs is read whole, not only its PNGs."""
-    from edge_ad.sources import FolderSource
+    from edge_ad.sources import PictureSource
 
     bgr = np.random.default_rng(1).integers(0, 256, (24, 32, 3), np.uint8)
     cv2.imwrite(str(tmp_path / "a.png"), bgr)
     cv2.imwrite(str(tmp_path / "b.webp"), bgr, [cv2.IMWRITE_WEBP_QUALITY, 101])  # above 100: lossless
     assert np.array_equal(read_image(tmp_path / "b.webp"), bgr[..., ::-1])
-    frames = list(FolderSource(tmp_path))
+    frames = list(PictureSource(tmp_path))
     assert [f.name for f in frames] == ["a.png", "b.webp"]
     assert np.array_equal(frames[1].image, bgr)
 
