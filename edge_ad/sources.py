@@ -15,6 +15,7 @@ import ctypes
 import functools
 import glob
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -496,7 +497,7 @@ class PictureSource:
             if not self.files:
                 raise SourceError(no_images_in(path))
         else:
-            self.files = sorted(p for p in map(Path, glob.glob(str(path))) if is_image_file(p))
+            self.files = sorted(p for p in map(Path, glob.glob(os.path.expanduser(path))) if is_image_file(p))  # quoted ~
             if not self.files:
                 raise SourceError(f"{path}: no picture matches this pattern (the suffixes read: "
                                   f"{', '.join(IMAGE_SUFFIXES)})")

@@ -533,7 +533,7 @@ def test_one_picture_is_read_as_the_training_pictures_are(tmp_path):
         list(open_source(str(picture.parent / "cut.png")))
 
 
-def test_pictures_by_a_wildcard_are_read_in_path_order(tmp_path):
+def test_pictures_by_a_wildcard_are_read_in_path_order(tmp_path, monkeypatch):
     """`--input 'line1/*.jpg'`, as jetson-utils takes an image sequence, was "no such file"."""
     from edge_ad.pipelines import opencv_input
 
@@ -544,6 +544,8 @@ def test_pictures_by_a_wildcard_are_read_in_path_order(tmp_path):
     pattern = str(tmp_path / "day*" / "*")
     assert opencv_input(pattern) == "picture pattern" and opencv_input("rtsp://cam/live?channel=1") is None
     assert [int(frame.image[0, 0, 0]) for frame in open_source(pattern)] == [20, 10, 30]
+    monkeypatch.setenv("HOME", str(tmp_path))  # a quoted ~, which no shell expanded
+    assert [int(frame.image[0, 0, 0]) for frame in open_source("~/day2/*.png")] == [30]
     with pytest.raises(SourceError, match=r"day\*/\*.mp4: no picture matches this pattern \(the suffixes read: .png"):
         open_source(str(tmp_path / "day*" / "*.mp4"))
 
