@@ -29,10 +29,12 @@ through function 3, holding registers, for clients that read only those):
             bundle's own numbers; a calibration whose digits are 0000 reads 1)
 
 and coil i, its alarm latch: 1 from the source's alarm frame on, until the PLC writes 0 (function
-5 or 15), so that an alarm between two polls is not missed (+5 says how many there were).
+5 or 15), so that an alarm between two polls is not missed (+5 says how many there were); and
+discrete input i (function 2), 1 while the source's picture is frozen (edge_ad.freeze: a camera
+whose frames come on time but show one picture, which every register above would pass).
 
 The server is the standard library's socketserver with the few functions above: MBAP framing, read
-coils (1), read holding and input registers (3, 4), write one or several coils (5, 15) and the
+coils and discrete inputs (1, 2), read holding and input registers (3, 4), write one or several coils (5, 15) and the
 variant and calibration registers (6, 16); other functions get exception 1, addresses outside the
 map or writes to the run's own registers exception 2, bad counts or values exception 3. Any unit
 id is answered.
@@ -60,7 +62,7 @@ REGISTERS_PER_SOURCE = 16
 VARIANT_REGISTER, CALIBRATE_REGISTER = 10, 11  # of each source's block: the ones the PLC writes
 NEVER = 0xFFFF  # register +9 before a source's first frame, and its largest value
 NORMAL, ANOMALOUS, ALARM = 0, 1, 2
-MAX_READ_REGISTERS, MAX_READ_COILS, MAX_WRITE_COILS, MAX_WRITE_REGISTERS = 125, 2000, 1968, 123  # per request
+MAX_READ_REGISTERS, MAX_READ_BITS, MAX_WRITE_COILS, MAX_WRITE_REGISTERS = 125, 2000, 1968, 123  # per request
 ILLEGAL_FUNCTION, ILLEGAL_ADDRESS, ILLEGAL_VALUE = 1, 2, 3
 # TCP keepalive: the connection of a PLC that went without closing it (rebooted, unplugged) is
 # dropped after about IDLE + COUNT * INTERVAL seconds, not Linux's two hours.
@@ -113,6 +115,7 @@ class ModbusServer:
         self.on_variant, self.on_calibrate = on_variant, on_calibrate
         self._last = {name: _Last() for name in self.sources}
         self._latches = [False] * len(self.sources)
+        self._frozen = [False] * len(self.sources)
         self._made = [0] * len(self.sources)  # register +10: the variant the PLC says the line makes
         self._lock = threading.Lock()
         try:
@@ -124,7 +127,8 @@ class ModbusServer:
         self._thread = threading.Thread(target=self._server.serve_forever, name="modbus", daemon=True)
         self._thread.start()
         log.info("modbus: serving on port %d: %s", self.port, "; ".join(
-            f"{name} input registers {REGISTERS_PER_SOURCE * i}-{REGISTERS_PER_SOURCE * (i + 1) - 1}, coil {i}"
+            f"{name} input registers {REGISTERS_PER_SOURCE * i}-{REGISTERS_PER_SOURCE * (i + 1) - 1}, coil and "
+            f"discrete input {i}"
             for i, name in enumerate(self.sources)))
 
     def update(self, source: str, frame: int, score: float, threshold: float, anomaly: bool, alarm: bool,
@@ -151,6 +155,11 @@ class ModbusServer:
             last = self._last[source]
             last.calibration, last.calibration_frames = state, frames
 
+    def set_frozen(self, source: str, frozen: bool) -> None:
+        """Discrete input of `source`: whether its picture is frozen now."""
+        with self._lock:
+            self._frozen[self.sources.index(source)] = frozen
+
     def registers(self) -> list[int]:
         """Every source's registers as the PLC reads them now."""
         now = time.monotonic()
@@ -170,6 +179,10 @@ class ModbusServer:
         with self._lock:
             return list(self._latches)
 
+    def frozen(self) -> list[bool]:
+        with self._lock:
+            return list(self._frozen)
+
     def write_latches(self, start: int, values: Sequence[bool]) -> None:
         with self._lock:
             self._latches[start : start + len(values)] = values
@@ -177,12 +190,12 @@ class ModbusServer:
     def answer(self, pdu: bytes) -> bytes:
         """The response PDU to a request PDU (function code and data)."""
         function, data = pdu[0], pdu[1:]
-        if function in (1, 3, 4):
+        if function in (1, 2, 3, 4):
             if len(data) != 4:
                 return _error(function, ILLEGAL_VALUE)
             start, count = struct.unpack(">HH", data)
-            if function == 1:
-                return self._read_coils(start, count)
+            if function in (1, 2):
+                return self._read_bits(function, start, count, self.latches() if function == 1 else self.frozen())
             return self._read_registers(function, start, count)
         if function == 5:
             if len(data) != 4:
@@ -214,14 +227,14 @@ class ModbusServer:
             return _error(function, ILLEGAL_ADDRESS)
         return struct.pack(f">BB{count}H", function, 2 * count, *values[start : start + count])
 
-    def _read_coils(self, start: int, count: int) -> bytes:
-        if not 1 <= count <= MAX_READ_COILS:
-            return _error(1, ILLEGAL_VALUE)
-        latches = self.latches()
-        if start + count > len(latches):
-            return _error(1, ILLEGAL_ADDRESS)
-        packed = _pack_bits(latches[start : start + count])
-        return bytes([1, len(packed)]) + packed
+    def _read_bits(self, function: int, start: int, count: int, bits: list[bool]) -> bytes:
+        """Coils (1) or discrete inputs (2) `start` to `start + count - 1` of `bits`."""
+        if not 1 <= count <= MAX_READ_BITS:
+            return _error(function, ILLEGAL_VALUE)
+        if start + count > len(bits):
+            return _error(function, ILLEGAL_ADDRESS)
+        packed = _pack_bits(bits[start : start + count])
+        return bytes([function, len(packed)]) + packed
 
     def _write_coils(self, data: bytes) -> bytes:
         if len(data) < 5:

@@ -370,7 +370,8 @@ class _Sinks:
                                          "bundle": bundle.short_ids[0], "problem": problem})
 
     def _watch_freeze(self, stream: Stream, frame: Frame, freeze: FreezeWatch) -> None:
-        """Whether a live camera's picture froze, or moves again: said in the log, the events and on MQTT."""
+        """Whether a live camera's picture froze, or moves again: said in the log, the events, on MQTT
+        and to the PLC (its Modbus discrete input)."""
         event = freeze.add(frame.image, frame.captured)
         if event is None:
             return
@@ -380,6 +381,8 @@ class _Sinks:
                         "Look at the camera", stream.name, event["still_s"], event["window_s"])
         else:
             log.info("%s: the picture moves again (said frozen for %.0f s)", stream.name, event["frozen_s"])
+        if self.modbus is not None:
+            self.modbus.set_frozen(stream.name, event["state"] == "frozen")
         self._tell({"source": stream.name, "frame": frame.index, "timestamp": round(frame.captured, 6), **event})
 
     def _tell(self, event: dict) -> None:

@@ -1,6 +1,6 @@
 """What the line's PLC sees of `edge-ad run --modbus-port`: each source's alarms, acknowledged as a
-PLC acknowledges them (0 written to the source's latch coil), and at the end its frames and
-state. With CALIBRATE (a source's number), it first asks the run to calibrate that source on its
+PLC acknowledges them (0 written to the source's latch coil), a camera whose picture froze and
+moves again (its discrete input), and at the end its frames and state. With CALIBRATE (a source's number), it first asks the run to calibrate that source on its
 next frames (1 written to its register +11: good parts must pass the camera meanwhile) and prints
 how that goes. To check the wiring and the register map (README) before the PLC program is
 written. Needs pymodbus (pip install pymodbus).
@@ -30,6 +30,7 @@ if calibrate is not None:
         sys.exit(f"source {calibrate}: the run refused to calibrate it (is there such a source?)")
     print(f"source {calibrate}: calibration asked")
 shown = None  # the calibration's state last printed
+frozen = [False] * sources  # as last printed
 end = time.monotonic() + seconds
 while time.monotonic() < end:
     latches = client.read_coils(0, count=sources).bits
@@ -39,6 +40,12 @@ while time.monotonic() < end:
             print(f"source {i}: ALARM  frame {r[6] << 16 | r[7]}  score {r[2] / 1000:.3f} (threshold {r[3] / 1000:.3f})"
                   f"  alarms so far {r[5]}")
             client.write_coil(i, False)  # acknowledged: the latch waits for the next alarm
+    now_frozen = client.read_discrete_inputs(0, count=sources).bits[:sources]
+    for i in range(sources):
+        if now_frozen[i] != frozen[i]:
+            print(f"source {i}: " + ("its picture is FROZEN: look at the camera" if now_frozen[i] else
+                                     "its picture moves again"))
+    frozen = now_frozen
     if calibrate is not None:
         now, kept = client.read_input_registers(16 * calibrate + 11, count=2).registers
         if now != shown:

@@ -128,6 +128,42 @@ def test_registers_show_each_sources_last_frame_and_latch_its_alarms():
         server.close()
 
 
+def test_a_frozen_picture_is_a_discrete_input_the_plc_reads(tiny_bundle):
+    """A camera whose picture froze passes every part, and the registers (a verdict, a score, a
+    frame counter that goes on) could not show it: discrete input i (function 2) is 1 while source
+    i's picture is frozen, from the run's freeze watch."""
+    server = ModbusServer(0, ["top", "side"], host="127.0.0.1")
+    client = modbus_client(server.port)
+    try:
+        assert client.read_discrete_inputs(0, count=2).bits[:2] == [False, False]
+        server.set_frozen("side", True)
+        assert client.read_discrete_inputs(0, count=2).bits[:2] == [False, True]
+        assert client.read_discrete_inputs(1, count=2).exception_code == 2  # past the two sources
+    finally:
+        client.close()
+        server.close()
+
+    still = ("videotestsrc is-live=true pattern=white ! video/x-raw,width=64,height=48,framerate=30/1 ! "
+             "videoconvert ! video/x-raw,format=BGR ! appsink name=sink")
+    port, stop = free_port(), threading.Event()
+    config = RunConfig(modbus_port=port, frozen_window_s=2.0, max_frames=600)  # 20 s at most
+    runner = threading.Thread(target=run, args=(Detector.load(tiny_bundle), [Stream("", "still", pipeline=still)],
+                                                config, stop))
+    runner.start()
+    client = modbus_client(port)
+    try:
+        seen = [client.read_discrete_inputs(0, count=1).bits[0]]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not seen[-1]:
+            time.sleep(0.2)
+            seen.append(client.read_discrete_inputs(0, count=1).bits[0])
+    finally:
+        client.close()
+        stop.set()
+        runner.join(timeout=30)
+    assert seen[0] is False and seen[-1] is True  # said once a full window of still frames went by
+
+
 def test_the_plc_says_which_variant_each_source_makes():
     told = []
     server = ModbusServer(0, ["top", "side"], {"top": [], "side": ["mono", "poly"]}, host="127.0.0.1",
@@ -305,7 +341,7 @@ def test_a_plc_reads_what_the_run_scored(spotted_frames, tiny_bundle, tmp_path):
         process.send_signal(signal.SIGTERM)
         _, log = process.communicate(timeout=30)
     assert process.returncode == 0, log
-    assert f"modbus: serving on port {port}: {spotted_frames} input registers 0-15, coil 0" in log
+    assert f"modbus: serving on port {port}: {spotted_frames} input registers 0-15, coil and discrete input 0" in log
     with pytest.raises(ConnectionException):
         client.read_input_registers(0, count=1)
     client.close()
