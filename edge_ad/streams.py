@@ -108,11 +108,12 @@ def _from_folder(value: str | None, folder: Path) -> str | None:
     `record` and `doctor` read one file from wherever they run, and must find (and write) the same
     bundles, masks, calibrations and clips. URIs and absolute paths are kept as written (the
     source's name too, when it has none of its own); `~` is the home folder of the user the run
-    runs as, as a shell reads it (it was taken as a folder named ~ beside the file)."""
+    runs as, as a shell reads it (it was taken as a folder named ~ beside the file). A trailing /
+    stays: `output: overlays/` is a folder of pictures (edge_ad.picture_output)."""
     if not value or "://" in value or Path(value).is_absolute():
         return value
     home = os.path.expanduser(value)  # unchanged for a user who has no home here
-    return home if home != value else str(folder / value)
+    return home if home != value else str(folder / value) + ("/" if value.endswith("/") else "")
 
 
 def _bundle(value: object, where: str, folder: Path) -> tuple[str, ...] | None:

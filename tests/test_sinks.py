@@ -297,8 +297,10 @@ def test_sources_yaml(tmp_path):
     good = tmp_path / "cams.yaml"
     good.write_text("sources:\n  - {input: 'test://ball', name: line1, output: l1.mp4, latency_ms: 50}\n"
                     "  - {input: 'rtsp://cam2/s', codec: h265, transport: tcp}\n"
-                    "  - {input: clip.mp4, realtime: true, flip: rotate-180, loop: -1, crop: [8, 0, 64, 48]}\n")
-    first, second, third = streams_from_yaml(good, SourceOptions(timeout_s=3.0))
+                    "  - {input: clip.mp4, realtime: true, flip: rotate-180, loop: -1, crop: [8, 0, 64, 48]}\n"
+                    "  - {input: 'parts/*.png', output: overlays/}\n")
+    first, second, third, fourth = streams_from_yaml(good, SourceOptions(timeout_s=3.0))
+    assert (fourth.input, fourth.output) == (str(tmp_path / "parts/*.png"), f"{tmp_path / 'overlays'}/")  # pictures
     assert (first.name, first.output, first.options.latency_ms, first.options.timeout_s) == (
         "line1", str(tmp_path / "l1.mp4"), 50, 3.0)  # from the file's folder
     assert (second.name, second.options.codec, second.options.transport) == ("rtsp://cam2/s", "h265", "tcp")
