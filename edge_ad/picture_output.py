@@ -4,11 +4,14 @@ a folder of pictures and look at each one's heat map, at the picture's own size.
 
 A numbered name takes the frame's number for `%i` (`%d`, `%04i`...); a folder takes the input
 picture's own name (a video's frames: `00000012.jpg`). Cameras are refused: one picture a frame
-fills a disk (`--snapshots` keeps alarm frames within a quota).
+fills a disk (`--snapshots` keeps alarm frames within a quota). The pictures are encoded and
+written (synced, as every picture edge-ad writes) by a thread of their own, not in the scoring
+loop; a file or folder waits for it when QUEUED pictures wait.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -17,7 +20,11 @@ import numpy as np
 from .errors import EdgeAdError
 from .files import write_picture
 from .images import IMAGE_SUFFIXES
+from .sinks import InOrder
 
+log = logging.getLogger("edge_ad.picture_output")
+
+QUEUED = 4  # pictures that wait to be written
 NUMBER = re.compile(r"%(0?\d*)[di]")  # printf's integer directives, as jetson-utils takes them
 
 
@@ -63,7 +70,8 @@ class PictureOutput:
         except OSError as exc:
             raise EdgeAdError(f"--output {uri}: cannot create the folder ({exc.strerror or exc})") from exc
         self._inputs = {p.resolve() for p in inputs}
-        self._written: set[Path] = set()
+        self._named: set[Path] = set()  # the folder's names given so far
+        self._writes = InOrder(f"pictures {uri}", QUEUED)
 
     def path_for(self, index: int, name: str) -> Path:
         """Where frame number `index`, named `name` by its source, goes."""
@@ -71,13 +79,22 @@ class PictureOutput:
             return self.folder / NUMBER.sub(lambda m: f"%{m.group(1)}d" % index, Path(self.uri).name)
         named = Path(name).name
         path = self.folder / (named if Path(named).suffix.lower() in IMAGE_SUFFIXES else f"{index:08d}.jpg")
-        if path in self._written:  # two folders' a.png, through a wildcard
+        if path in self._named:  # two folders' a.png, through a wildcard
             path = path.with_name(f"{path.stem}_{index}{path.suffix}")
+        self._named.add(path)
         return path
 
     def write(self, picture: np.ndarray, index: int, name: str) -> None:
+        """Hands the picture to the writing thread; a write that failed (a full disk) is raised
+        here, at the next picture."""
         path = self.path_for(index, name)
         if path.resolve() in self._inputs:
             raise EdgeAdError(f"--output {self.uri}: {path} is an input picture; give another folder")
-        write_picture(path, picture)
-        self._written.add(path)
+        self._writes.call(write_picture, path, picture)
+
+    def close(self) -> None:
+        """The pictures handed on so far written; a last failure is logged."""
+        try:
+            self._writes.close()
+        except (OSError, EdgeAdError) as exc:
+            log.error("output %s: %s", self.uri, exc)

@@ -238,6 +238,8 @@ class _VideoSink:
         if self.output is not None:
             self.output.close()
             self.output = None
+        if self.pictures is not None:
+            self.pictures.close()
 
 
 class _Sinks:
