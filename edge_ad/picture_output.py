@@ -43,10 +43,12 @@ def picture_description(uri: str) -> str:
 
 
 def picture_name_problem(uri: str) -> str | None:
-    """What is wrong with a picture file given as --output without %i (`overlay.jpg`), or None."""
-    if "://" not in uri and Path(uri).suffix.lower() in IMAGE_SUFFIXES and not is_picture_output(uri):
+    """What is wrong with a picture file given as --output without one %i (`overlay.jpg`), or None."""
+    path = Path(uri)
+    if "://" not in uri and path.suffix.lower() in IMAGE_SUFFIXES and not is_picture_output(uri):
+        stem = NUMBER.sub("", path.stem).strip("_-") or "overlay"
         return (f"{uri}: a picture for each frame needs one %i in its name, which the frame's number takes "
-                f"({Path(uri).stem}_%i{Path(uri).suffix}), or give a folder ({Path(uri).parent}/)")
+                f"({stem}_%i{path.suffix}), or give a folder ({path.parent}/)")
     return None
 
 

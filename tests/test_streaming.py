@@ -569,7 +569,9 @@ def test_each_frame_s_overlay_as_a_picture_of_its_own(detector, tmp_path, mp4):
     assert sorted(p.name for p in (tmp_path / "video").iterdir()) == ["00000000.jpg", "00000001.jpg", "00000002.jpg"]
     for stream, said in ((Stream(str(pictures), output=f"{pictures}/"), "the input pictures are in this folder"),
                          (Stream("test://", output=f"{tmp_path}/live/"), "a picture for every frame of a live source"),
-                         (Stream(str(pictures), output=str(tmp_path / "one.jpg")), "needs one %i in its name")):
+                         (Stream(str(pictures), output=str(tmp_path / "one.jpg")),
+                          r"needs one %i in its name, .*\(one_%i.jpg\)"),
+                         (Stream(str(pictures), output=str(tmp_path / "a_%i_%i.png")), r"\(a_%i.png\)")):
         with pytest.raises(EdgeAdError, match=said):
             run(detector, [stream], RunConfig(max_frames=1))
     assert sorted(p.name for p in pictures.iterdir()) == ["a.jpg", "b.png"]
