@@ -163,8 +163,8 @@ def _source_options(args: argparse.Namespace) -> SourceOptions:
     --input-loop are run's alone)."""
     return SourceOptions(args.input_width, args.input_height, args.input_framerate, args.input_codec,
                          args.latency, args.timeout, transport=args.rtsp_transport, flip=args.input_flip,
-                         crop=args.input_crop,
-                         realtime=getattr(args, "realtime", False), loop=getattr(args, "input_loop", 0))
+                         crop=args.input_crop, realtime=getattr(args, "realtime", False),
+                         loop=getattr(args, "input_loop", 0), follow=args.follow)
 
 
 def _streams(args: argparse.Namespace) -> list:
@@ -211,12 +211,15 @@ def _print_pipelines(streams: list, jetson: bool | None, bitrate_kbps: int | Non
     """The GStreamer pipelines of each stream (outputs at the input's size, else 1280x720, as
     `run` fits it: `output_size`), with passwords as ***, as the run logs them: printed pipelines
     get pasted into tickets and forums."""
+    from .followed_pictures import check_followable
     from .outputs import output_description, output_size
     from .pipelines import opencv_input, source_pipeline
 
     for stream in streams:
+        check_followable("" if stream.pipeline else stream.input, stream.options)
         if not stream.pipeline and (found := opencv_input(stream.input)):
-            print(f"{stream.name}: {found}, read with OpenCV")
+            followed = ", its new pictures as they arrive (--follow)" if stream.options.follow else ""
+            print(f"{stream.name}: {found}{followed}, read with OpenCV")
         else:
             pipeline = stream.pipeline or source_pipeline(stream.input, stream.options, jetson).description
             print(f"{stream.name}: {without_passwords(pipeline)}")
@@ -632,6 +635,9 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=_non_negative, default=5.0,
                    help="a live source silent this many seconds reconnects (0: never, for a camera triggered by "
                         "the parts, silent between them)")
+    p.add_argument("--follow", action="store_true",
+                   help="an image folder or wildcard: read the pictures put into it from now on, each as it arrives "
+                        "(a triggered camera's FTP upload, the line's vision PC); those there already are left alone")
 
 
 def _add_sources_choice(p: argparse.ArgumentParser) -> None:

@@ -304,15 +304,17 @@ def _elements(description: str) -> list[str]:
 def _check_source(report: Report, stream: Stream, jetson: bool) -> None:
     """One source of a --sources file as `edge-ad run` would start it, without opening it: its
     pipeline and output (and their GStreamer elements), and its inspection mask."""
+    from .followed_pictures import check_followable
     from .masks import InspectionMask
     from .outputs import output_description, rtsp_server
     from .pipelines import opencv_input, source_pipeline
 
     try:
+        check_followable("" if stream.pipeline else stream.input, stream.options)
         if stream.pipeline:
             pipelines, kind = [stream.pipeline], "own pipeline"
         elif found := opencv_input(stream.input):
-            pipelines, kind = [], found
+            pipelines, kind = [], found + (", followed" if stream.options.follow else "")
         else:
             pipelines = [source_pipeline(stream.input, stream.options, jetson).description]
             kind = without_passwords(stream.input)  # doctor's output goes into support tickets

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -55,8 +56,9 @@ def picture_name_problem(uri: str) -> str | None:
 class PictureOutput:
     """Writes each frame's overlay into its own picture file (never over the input pictures)."""
 
-    def __init__(self, uri: str, inputs: list[Path], live: bool):
-        """`inputs`: the pictures the source reads (none for a video); `live`: a camera's."""
+    def __init__(self, uri: str, inputs: list[Path], live: bool, followed: Callable[[Path], bool] | None = None):
+        """`inputs`: the pictures the source reads (none for a video); `live`: a camera's;
+        `followed`: whether a folder is one the source reads new pictures from (--follow)."""
         if live:
             raise EdgeAdError(f"--output {uri}: a picture for every frame of a live source fills the disk; give a "
                               "video output, or --snapshots for its alarm frames (with a quota)")
@@ -67,6 +69,9 @@ class PictureOutput:
         if not self.numbered and any(p.parent.resolve() == self.folder.resolve() for p in inputs):
             raise EdgeAdError(f"--output {uri}: the input pictures are in this folder, and would be written over by "
                               "their overlays; give another folder")
+        if followed is not None and followed(self.folder):
+            raise EdgeAdError(f"--output {uri}: this is the folder --follow reads new pictures from, and each overlay "
+                              "would be read as one; give another folder")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

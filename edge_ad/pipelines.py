@@ -72,6 +72,7 @@ class SourceOptions:
     crop: tuple[int, int, int, int] | None = None  # x, y, width, height kept of the (turned) frame
     realtime: bool = False  # video files play no faster than their own frame rate (appsink sync)
     loop: int = 0  # files and folders play again this many times after the first (-1: for ever)
+    follow: bool = False  # an image folder or wildcard: its new pictures as they arrive (edge_ad.followed_pictures)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from .bundle_swap import BundlePaths, BundleSwap, Specs
 from .detector import Detector, Result
 from .drift import DriftWatch
 from .errors import BundleError, EdgeAdError, SourceError, without_passwords
+from .followed_pictures import followed_folder
 from .freeze import FROZEN_WINDOW_S, FreezeWatch
 from .line_calibration import CALIBRATING, LineCalibration
 from .masks import InspectionMask, calibration_mismatch
@@ -191,7 +192,8 @@ class _VideoSink:
         self._said: str | None = None  # the output last named in the log
         self.pictures = None
         if is_picture_output(stream.output):
-            self.pictures = PictureOutput(stream.output, getattr(source, "files", []), source.live)
+            self.pictures = PictureOutput(stream.output, getattr(source, "files", []), source.live,
+                                          followed_folder(source))
             log.info("%s: %s", stream.name, self.pictures.description)
         self.room = DiskRoom(Path(stream.output)) if "://" not in stream.output and self.pictures is None else None
 

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, Union
 from urllib.parse import urlparse
 
 import numpy as np
@@ -30,6 +30,9 @@ from .errors import ImageError, SourceError, without_passwords
 from .images import IMAGE_SUFFIXES, is_image_file, no_images_in, read_image
 from .pipelines import SourceOptions, SourcePipeline, check_crop, flip_of, local_path, opencv_input, source_pipeline
 from .rtp_packets import HEADS, RtpPackets
+
+if TYPE_CHECKING:
+    from .followed_pictures import FollowedPictures
 
 log = logging.getLogger("edge_ad.sources")
 
@@ -532,7 +535,7 @@ class PictureSource:
         """Nothing to release; present so every source can be closed the same way."""
 
 
-Source = GstSource | PictureSource
+Source = Union[GstSource, PictureSource, "FollowedPictures"]
 
 
 def open_source(
@@ -545,10 +548,14 @@ def open_source(
     options = replace(options, crop=check_crop(uri or "pipeline", options.crop))  # a YAML list becomes a tuple
     if isinstance(options.loop, bool) or not isinstance(options.loop, int) or options.loop < -1:
         raise SourceError(f"{uri or 'pipeline'}: loop {options.loop!r} is not a number of repeats (-1: for ever)")
+    if not uri and pipeline is None:
+        raise SourceError("no input: give --input (a camera, stream, video file or folder) or --pipeline")
+    if options.follow:
+        from .followed_pictures import follow  # (here: that module imports this one)
+
+        return follow("" if pipeline is not None else uri, options)
     if pipeline is not None:
         return GstSource(uri or "pipeline", options, pipeline=pipeline)
-    if not uri:
-        raise SourceError("no input: give --input (a camera, stream, video file or folder) or --pipeline")
     if opencv_input(uri):
         return PictureSource(local_path(uri), options.flip, options.loop, options.crop)
     return GstSource(uri, options, jetson=jetson)

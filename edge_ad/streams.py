@@ -38,7 +38,7 @@ class Stream:
 
 STREAM_KEYS = {"input", "name", "output", "pipeline", "mask", "bundle", "alarm_frames", "calibration"}
 OPTION_KEYS = {"width", "height", "framerate", "codec", "latency_ms", "timeout_s", "pattern", "transport", "flip",
-               "crop", "realtime", "loop"}
+               "crop", "realtime", "loop", "follow"}
 
 
 def bundle_of(stream: Stream, default: Sequence[str] = ()) -> tuple[str, ...]:
@@ -63,7 +63,7 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
     optional `name`, `output`, `mask`, `bundle` (a path, or a list of NAME=PATH for one bundle per
     product variant), `calibration` (a folder for this camera's own site calibration of its
     bundle), `alarm_frames` and source options (width, height, framerate, codec, latency_ms,
-    timeout_s, pattern, transport, flip, crop, realtime, loop); what is left out takes the command
+    timeout_s, pattern, transport, flip, crop, realtime, loop, follow); what is left out takes the command
     line's values. Relative paths in the file are from its folder (_from_folder)."""
     data = read_yaml(path)
     entries = data.get("sources")
@@ -82,8 +82,9 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
                               f"{camera_number_hint(entry['input'])}")
         if not entry.get("input") and not entry.get("pipeline"):
             raise EdgeAdError(f"{where}: needs 'input' (a URI, file or folder) or 'pipeline'")
-        if not isinstance(entry.get("realtime", False), bool):
-            raise EdgeAdError(f"{where}: 'realtime' must be true or false, not {entry['realtime']!r}")
+        for key in ("realtime", "follow"):
+            if not isinstance(entry.get(key, False), bool):
+                raise EdgeAdError(f"{where}: '{key}' must be true or false, not {entry[key]!r}")
         if not isinstance(entry.get("mask", ""), str):
             raise EdgeAdError(f"{where}: 'mask' must be an image file name, not {entry['mask']!r}")
         if "calibration" in entry and not (isinstance(entry["calibration"], str) and entry["calibration"]):

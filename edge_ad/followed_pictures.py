@@ -1,0 +1,207 @@
+"""`--input incoming/ --follow` (or `'incoming/*.jpg'`): score each picture put into a folder as
+it arrives. A camera triggered by the part uploads one picture per part by FTP, or the line's
+vision PC saves them to a share; the results go to the PLC, MQTT and the events as a camera's.
+
+The folder is listed every POLL_S, not watched with inotify: it is often a network share (SMB,
+NFS), where inotify hears nothing another machine writes. Only the new names are looked at, so a
+folder of thousands costs a listing. A new picture is read as soon as it reads whole (every
+format read has an end the reader checks, images.read_image); one still being written is tried
+again when its size or time changes, and one unchanged for SETTLE_S that still does not read is
+reported and passed over, as a folder's unreadable pictures are (read if it changes later).
+
+Pictures already there when the run starts are left alone: their parts are gone, and their
+results would reach the PLC as those of the part now at the camera. A folder that cannot be
+listed (a share gone) is tried again with the back-off of a camera; a mount point with nothing
+mounted on it now (a share unmounted, its empty folder left) is waited for as well: were its
+emptiness read, every picture of the share would seem new when it comes back."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .errors import ImageError, SourceError
+from .images import IMAGE_SUFFIXES, read_image
+from .pipelines import SourceOptions, flip_of, local_path, opencv_input
+from .sources import BACKOFF_S, Frame, crop_frame
+
+log = logging.getLogger("edge_ad.followed_pictures")
+
+POLL_S = 0.2  # between listings of the folder
+SETTLE_S = 2.0  # a new picture unchanged this long that does not read is unreadable, not half written
+
+
+def check_followable(uri: str, options: SourceOptions) -> None:
+    """Raise SourceError when `--follow` is given for what cannot be followed."""
+    if not options.follow:
+        return
+    kind = opencv_input(uri) if uri else None
+    if kind is None and uri and ("://" not in uri or uri.startswith("file://")) and not local_path(uri).exists():
+        raise SourceError(f"{uri}: no such folder to follow")
+    if kind not in ("image folder", "picture pattern"):
+        raise SourceError(f"{uri or '--pipeline'}: --follow reads the new pictures of an image folder or of a wildcard "
+                          "('incoming/*.jpg'); cameras and streams are read as they come without it")
+    if options.loop:
+        raise SourceError(f"{uri}: --follow reads each new picture once; it cannot be played again (--input-loop)")
+
+
+@dataclass
+class _Arrival:
+    """A new picture not read yet."""
+
+    stamp: tuple[int, int]  # its size and modification time (ns) when last looked at
+    since: float  # monotonic time it has had this stamp
+    seen: float  # wall-clock time it was first listed: the frame's `captured`
+    error: str = ""  # why it did not read, last time it was tried
+    said: bool = False  # reported as unreadable
+
+
+class FollowedPictures:
+    """The pictures put into a folder (or matching a wildcard) after the start, in the order they
+    arrive, each once; a source that never ends (see the module's docstring)."""
+
+    live = False  # every picture is a part: none is dropped for a newer one
+    dropped = 0
+    fps = None
+
+    def __init__(self, path: Path, flip: str = "none", crop: tuple[int, int, int, int] | None = None):
+        """`path`: a folder, or a wildcard (pipelines.opencv_input) whose folder exists."""
+        self.uri = self.shown = str(path)
+        self.crop, self.turn = crop, flip_of(str(path), flip).turn
+        if path.is_dir():
+            self.folder, self.pattern = path, None
+        else:
+            self.pattern = os.path.expanduser(str(path))  # quoted ~
+            fixed = Path(self.pattern).parent
+            while glob.has_magic(str(fixed)):  # 'cams/*/part_*.jpg' follows cams
+                fixed = fixed.parent
+            self.folder = fixed
+        self._mount_point = os.path.ismount(self.folder)  # a share's: its own folder when unmounted is empty
+        try:
+            present = self._listing()
+        except OSError as exc:
+            raise SourceError(f"{path}: cannot follow {self.folder} ({exc.strerror or exc})") from exc
+        self.reconnects = 0
+        self.skipped: list[str] = []
+        self._done = present  # there at the start, or read: not new
+        self._waiting: dict[Path, _Arrival] = {}
+        flipped = f", flipped {flip}" if flip != "none" else ""
+        self.description = (f"new pictures in {path} as they arrive{flipped} (the {len(present)} there now are left "
+                            "alone)")
+
+    def watches(self, folder: Path) -> bool:
+        """Whether pictures written into `folder` would be read as new ones (an output there would
+        read its own overlays)."""
+        if self.pattern is None:
+            return folder.resolve() == self.folder.resolve()
+        return Path(os.path.abspath(folder)).match(os.path.abspath(Path(self.pattern).parent))
+
+    def _listing(self) -> set[Path]:
+        """The folder's pictures now (OSError when it cannot be listed, or was a mount point at the
+        start and is no longer one)."""
+        if self._mount_point and not os.path.ismount(self.folder):
+            raise OSError("nothing is mounted there now (something was at the start): a network share gone?")
+        if self.pattern is None:
+            with os.scandir(self.folder) as entries:
+                names = [Path(entry.path) for entry in entries]
+        else:
+            self.folder.stat()  # glob says nothing of a folder gone: it finds no picture, as in an empty one
+            names = [Path(name) for name in glob.glob(self.pattern)]
+        return {p for p in names if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES}
+
+    def _arrivals(self, present: set[Path], now: float) -> list[tuple[Path, _Arrival]]:
+        """The new pictures to try now (their stamp changed, or first seen), oldest first; those
+        unchanged for SETTLE_S since a failed try are reported once."""
+        self._done &= present  # names gone from the folder are forgotten (a camera may use them again)
+        for path in list(self._waiting):
+            if path not in present:
+                del self._waiting[path]
+        ready = []
+        for path in present - self._done:
+            try:
+                stat = path.stat()
+            except OSError:  # gone between the listing and now (moved on by the uploader)
+                continue
+            stamp = (stat.st_size, stat.st_mtime_ns)
+            arrival = self._waiting.get(path)
+            if arrival is None:
+                arrival = self._waiting[path] = _Arrival(stamp, now, time.time())
+                ready.append((stat.st_mtime_ns, path, arrival))
+            elif arrival.stamp != stamp:
+                arrival.stamp, arrival.since = stamp, now
+                ready.append((stat.st_mtime_ns, path, arrival))
+        return [(path, arrival) for _, path, arrival in sorted(ready, key=lambda item: item[:2])]
+
+    def _read(self, path: Path, arrival: _Arrival) -> np.ndarray | None:
+        try:
+            rgb = read_image(path)
+        except ImageError as exc:
+            arrival.error = str(exc)  # half written, most likely: tried again when it changes
+            return None
+        del self._waiting[path]
+        self._done.add(path)
+        if arrival.said:
+            log.info("%s: %s reads now", self.uri, path.name)
+        return np.ascontiguousarray(crop_frame(self.turn(rgb[..., ::-1]), self.crop, str(path)))
+
+    def _report_unreadable(self, now: float) -> None:
+        """Those unchanged for SETTLE_S since they did not read, once each."""
+        for path, arrival in self._waiting.items():
+            if not arrival.said and now - arrival.since >= SETTLE_S:
+                arrival.said = True
+                self.skipped.append(arrival.error)
+                log.warning("%s (unchanged for %.0f s: passed over)", arrival.error, SETTLE_S)
+
+    def frames(self, stop: threading.Event | None = None) -> Iterator[Frame]:
+        stop = stop or threading.Event()
+        index, wait = 0, BACKOFF_S[0]
+        failing: str | None = None
+        while not stop.is_set():
+            try:
+                present = self._listing()
+            except OSError as exc:
+                problem = f"cannot list {self.folder} ({exc.strerror or exc})"
+                if problem != failing:
+                    log.warning("%s: %s; trying again, every %.0f s at most", self.uri, problem, BACKOFF_S[1])
+                    failing = problem
+                self.reconnects += 1
+                stop.wait(wait)
+                wait = min(2 * wait, BACKOFF_S[1])
+                continue
+            if failing is not None:
+                log.warning("%s: %s can be listed again", self.uri, self.folder)
+                failing, wait = None, BACKOFF_S[0]
+            now = time.monotonic()
+            for path, arrival in self._arrivals(present, now):
+                if stop.is_set():
+                    return
+                image = self._read(path, arrival)
+                if image is not None:
+                    yield Frame(index, time.time(), image, path.name, captured=arrival.seen)
+                    index += 1
+            self._report_unreadable(now)
+            stop.wait(POLL_S)
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self.frames()
+
+    def close(self) -> None:
+        """Nothing to release; present so every source can be closed the same way."""
+
+
+def followed_folder(source: object) -> Callable[[Path], bool] | None:
+    """For an output: whether a source reads the pictures written into a folder (None: it follows none)."""
+    return source.watches if isinstance(source, FollowedPictures) else None
+
+
+def follow(uri: str, options: SourceOptions) -> FollowedPictures:
+    check_followable(uri, options)
+    return FollowedPictures(local_path(uri), options.flip, options.crop)

@@ -1,0 +1,241 @@
+"""`--follow`: the pictures a triggered camera or the line's vision PC puts into a folder, scored
+as they arrive. Before, a folder was read as it was at the start, and the run ended."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_ad import followed_pictures
+from edge_ad.detector import Detector
+from edge_ad.errors import EdgeAdError, SourceError
+from edge_ad.pipelines import SourceOptions
+from edge_ad.runner import RunConfig, run
+from edge_ad.sources import open_source
+from edge_ad.streams import Stream, streams_from_yaml
+
+from conftest import edge_ad
+
+FOLLOW = SourceOptions(follow=True)
+
+
+def picture(shade: int, height: int = 24, width: int = 32) -> np.ndarray:
+    image = np.full((height, width, 3), shade, np.uint8)
+    image[:, :, 2] = 255 - shade  # not grey: the channel order is checked too
+    return image
+
+
+def encoded(image: np.ndarray, suffix: str = ".png") -> bytes:
+    return cv2.imencode(suffix, image)[1].tobytes()
+
+
+class Reader:
+    """Reads a source's frames in a thread of its own, as the run's capture thread does, for at
+    most 30 s."""
+
+    def __init__(self, source):
+        self.source, self.frames, self.stop = source, [], threading.Event()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        self.timer = threading.Timer(30, self.stop.set)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _read(self) -> None:
+        for frame in self.source.frames(self.stop):
+            self.frames.append(frame)
+
+    def wait_for(self, count: int, within_s: float = 10.0) -> list:
+        given_up = time.monotonic() + within_s
+        while len(self.frames) < count and time.monotonic() < given_up:
+            time.sleep(0.05)
+        return self.frames
+
+    def close(self) -> None:
+        self.stop.set()
+        self.timer.cancel()
+        self.thread.join(5)
+        assert not self.thread.is_alive()
+
+
+def test_new_pictures_are_read_once_in_the_order_they_arrived_and_earlier_ones_left_alone(tmp_path):
+    (tmp_path / "earlier.png").write_bytes(encoded(picture(10)))
+    source = open_source(str(tmp_path), FOLLOW)
+    assert "the 1 there now are left alone" in source.description
+    for name, shade, written in (("b.png", 60, 100), ("a.jpg", 90, 200)):  # b arrived first: its time says so
+        (tmp_path / name).write_bytes(encoded(picture(shade), Path(name).suffix))
+        os.utime(tmp_path / name, ns=(written * 10**9, written * 10**9))
+    (tmp_path / ".c.png").write_bytes(encoded(picture(30)))  # a hidden one (an uploader's temporary name)
+    (tmp_path / "notes.txt").write_text("not a picture")
+    reader = Reader(source)
+    frames = reader.wait_for(2)
+    (tmp_path / "later.png").write_bytes(encoded(picture(120)))
+    frames = reader.wait_for(3)
+    time.sleep(3 * followed_pictures.POLL_S)  # nothing is read twice
+    reader.close()
+    assert [f.name for f in frames] == ["b.png", "a.jpg", "later.png"]
+    assert [f.index for f in frames] == [0, 1, 2]
+    assert np.array_equal(frames[0].image, picture(60)) and np.array_equal(frames[2].image, picture(120))
+    assert source.skipped == []
+
+
+def test_a_picture_still_being_written_is_read_whole_once_it_is(tmp_path):
+    source = open_source(str(tmp_path), FOLLOW)
+    reader = Reader(source)
+    data = encoded(picture(70, 200, 300))
+    with open(tmp_path / "part.png", "wb") as handle:  # as an FTP upload writes it, in pieces
+        handle.write(data[: len(data) // 2])
+        handle.flush()
+        time.sleep(4 * followed_pictures.POLL_S)
+        assert reader.frames == []
+        handle.write(data[len(data) // 2 :])
+    frames = reader.wait_for(1)
+    reader.close()
+    assert len(frames) == 1 and np.array_equal(frames[0].image, picture(70, 200, 300))
+    assert source.skipped == []
+
+
+def test_a_picture_that_does_not_read_is_said_once_passed_over_and_read_if_written_again(tmp_path, monkeypatch,
+                                                                                          caplog):
+    monkeypatch.setattr(followed_pictures, "SETTLE_S", 0.5)
+    source = open_source(str(tmp_path), FOLLOW)
+    reader = Reader(source)
+    (tmp_path / "bad.jpg").write_bytes(b"not a picture")
+    (tmp_path / "good.png").write_bytes(encoded(picture(40)))
+    assert [f.name for f in reader.wait_for(1)] == ["good.png"]
+    given_up = time.monotonic() + 10
+    while not source.skipped and time.monotonic() < given_up:
+        time.sleep(0.05)
+    assert source.skipped == [f"{tmp_path / 'bad.jpg'}: not a decodable image"]
+    assert caplog.text.count("bad.jpg: not a decodable image (unchanged for") == 1
+    (tmp_path / "bad.jpg").write_bytes(encoded(picture(50), ".jpg"))
+    frames = reader.wait_for(2)
+    reader.close()
+    assert [f.name for f in frames] == ["good.png", "bad.jpg"] and len(source.skipped) == 1
+
+
+def test_a_folder_gone_is_waited_for_and_its_earlier_pictures_stay_read(tmp_path):
+    """A network share that goes away and comes back holding what it held: only what is new is read."""
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    (folder / "old.png").write_bytes(encoded(picture(10)))
+    source = open_source(str(folder), FOLLOW)
+    reader = Reader(source)
+    (folder / "first.png").write_bytes(encoded(picture(20)))
+    assert len(reader.wait_for(1)) == 1
+    folder.rename(tmp_path / "away")
+    given_up = time.monotonic() + 10
+    while source.reconnects == 0 and time.monotonic() < given_up:
+        time.sleep(0.05)
+    assert source.reconnects >= 1
+    (tmp_path / "away").rename(folder)
+    (folder / "second.png").write_bytes(encoded(picture(30)))
+    frames = reader.wait_for(2)
+    time.sleep(3 * followed_pictures.POLL_S)
+    reader.close()
+    assert [f.name for f in frames] == ["first.png", "second.png"]
+
+
+def test_an_unmounted_share_s_empty_mount_point_is_not_read_as_the_share(tmp_path, monkeypatch):
+    """Were its emptiness read, every picture of the share would be scored again when it comes
+    back, and its results sent to the PLC as the part's now at the camera."""
+    mounted = {"now": True}
+    monkeypatch.setattr(followed_pictures.os.path, "ismount", lambda path: mounted["now"])
+    (tmp_path / "old.png").write_bytes(encoded(picture(10)))
+    source = open_source(str(tmp_path), FOLLOW)
+    reader = Reader(source)
+    mounted["now"] = False  # the folder as seen now is the mount point's own
+    given_up = time.monotonic() + 10
+    while source.reconnects == 0 and time.monotonic() < given_up:
+        time.sleep(0.05)
+    (tmp_path / "new.png").write_bytes(encoded(picture(20)))
+    time.sleep(3 * followed_pictures.POLL_S)
+    assert source.reconnects >= 1 and reader.frames == []
+    mounted["now"] = True
+    frames = reader.wait_for(1)
+    reader.close()
+    assert [f.name for f in frames] == ["new.png"]
+
+
+def test_a_wildcard_follows_only_the_pictures_it_matches(tmp_path):
+    source = open_source(str(tmp_path / "cam1_*.png"), FOLLOW)
+    assert source.watches(tmp_path) and not source.watches(tmp_path / "overlays")
+    reader = Reader(source)
+    (tmp_path / "cam2_0001.png").write_bytes(encoded(picture(10)))
+    (tmp_path / "cam1_0001.png").write_bytes(encoded(picture(20)))
+    frames = reader.wait_for(1)
+    time.sleep(3 * followed_pictures.POLL_S)
+    reader.close()
+    assert [f.name for f in frames] == ["cam1_0001.png"]
+
+
+def test_what_cannot_be_followed_is_said(tmp_path):
+    (tmp_path / "one.png").write_bytes(encoded(picture(10)))
+    for uri, options, said in (
+        ("rtsp://10.0.0.5/live", FOLLOW, r"rtsp://10.0.0.5/live: --follow reads the new pictures of an image folder"),
+        (str(tmp_path / "one.png"), FOLLOW, r"one.png: --follow reads the new pictures of an image folder"),
+        (str(tmp_path / "missing"), FOLLOW, r"missing: no such folder to follow"),
+        (str(tmp_path / "missing" / "*.png"), FOLLOW, r"cannot follow .*missing \(No such file or directory\)"),
+        (str(tmp_path), SourceOptions(follow=True, loop=2), r"each new picture once; it cannot be played again"),
+    ):
+        with pytest.raises(SourceError, match=said):
+            open_source(uri, options)
+    with pytest.raises(SourceError, match=r"--pipeline: --follow reads the new pictures"):
+        open_source("", FOLLOW, pipeline="videotestsrc ! appsink name=sink")
+
+
+def test_a_sources_file_follows_a_folder(tmp_path):
+    sources = tmp_path / "sources.yaml"
+    sources.write_text("sources:\n  - input: incoming/\n    follow: true\n  - input: other/\n")
+    first, second = streams_from_yaml(sources, SourceOptions())
+    assert first.options.follow and not second.options.follow
+    sources.write_text("sources:\n  - input: incoming/\n    follow: 'yes'\n")
+    with pytest.raises(EdgeAdError, match=r"source 1: 'follow' must be true or false, not 'yes'"):
+        streams_from_yaml(sources, SourceOptions())
+
+
+def test_a_run_scores_each_new_picture_and_writes_no_overlay_where_it_would_be_read(tiny_bundle, tmp_path):
+    detector = Detector.load(tiny_bundle)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    (incoming / "before.png").write_bytes(encoded(picture(10)))
+
+    def arrive() -> None:
+        time.sleep(2)
+        for number in range(2):
+            (incoming / f"part{number}.png").write_bytes(encoded(picture(40 + number, 64, 64)))
+
+    def bounded_run(output: str, max_frames: int):
+        """A followed folder never ends: a run that waits 30 s for a picture is stopped."""
+        stop = threading.Event()
+        timer = threading.Timer(30, stop.set)
+        timer.start()
+        try:
+            return run(detector, [Stream(str(incoming), output=output, options=FOLLOW)], RunConfig(max_frames=max_frames),
+                       stop)
+        finally:
+            timer.cancel()
+
+    uploader = threading.Thread(target=arrive)
+    uploader.start()
+    summary = bounded_run(f"{tmp_path / 'overlays'}/", 2)
+    uploader.join()
+    assert summary.frames == 2 and summary.sink_errors == {}
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == ["part0.png", "part1.png"]
+    for output in (f"{incoming}/", str(incoming / "overlay_%i.jpg")):
+        with pytest.raises(EdgeAdError, match="the folder --follow reads new pictures from"):
+            bounded_run(output, 1)
+    assert sorted(p.name for p in incoming.iterdir()) == ["before.png", "part0.png", "part1.png"]
+
+
+def test_print_pipeline_says_the_folder_is_followed(tmp_path):
+    result = edge_ad("run", "--input", tmp_path, "--follow", "--print-pipeline", check=True)
+    assert result.stdout.strip() == f"{tmp_path}: image folder, its new pictures as they arrive (--follow), read with OpenCV"
+    result = edge_ad("run", "--input", "rtsp://10.0.0.5/live", "--follow", "--print-pipeline")
+    assert result.returncode == 2 and "--follow reads the new pictures of an image folder" in result.stderr
