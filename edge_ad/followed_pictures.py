@@ -94,8 +94,8 @@ class FollowedPictures:
         self._done = present  # there at the start, or read: not new
         self._waiting: dict[str, _Arrival] = {}
         flipped = f", flipped {flip}" if flip != "none" else ""
-        self.description = (f"new pictures in {path} as they arrive{flipped} (the {len(present)} there now are left "
-                            "alone)")
+        there = "none there now" if not present else f"the {len(present)} there now left alone"
+        self.description = f"new pictures in {path} as they arrive{flipped} ({there})"
 
     def watches(self, folder: Path) -> bool:
         """Whether pictures written into `folder` would be read as new ones (an output there would

@@ -67,7 +67,7 @@ class Reader:
 def test_new_pictures_are_read_once_in_the_order_they_arrived_and_earlier_ones_left_alone(tmp_path):
     (tmp_path / "earlier.png").write_bytes(encoded(picture(10)))
     source = open_source(str(tmp_path), FOLLOW)
-    assert "the 1 there now are left alone" in source.description
+    assert source.description == f"new pictures in {tmp_path} as they arrive (the 1 there now left alone)"
     for name, shade, written in (("b.png", 60, 100), ("a.jpg", 90, 200)):  # b arrived first: its time says so
         (tmp_path / name).write_bytes(encoded(picture(shade), Path(name).suffix))
         os.utime(tmp_path / name, ns=(written * 10**9, written * 10**9))
