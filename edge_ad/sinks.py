@@ -314,7 +314,9 @@ class Samples:
 class AnomalyHook:
     """Runs a command for an alarm frame (an anomalous one, by default), without waiting for it;
     the frame's facts are in its environment (EDGE_AD_SOURCE, EDGE_AD_FRAME, EDGE_AD_SCORE,
-    EDGE_AD_THRESHOLD, EDGE_AD_TIMESTAMP; EDGE_AD_VARIANT with one bundle per variant;
+    EDGE_AD_THRESHOLD, EDGE_AD_TIMESTAMP; EDGE_AD_NAME, a picture's file name, for pictures read
+    from a folder (a followed one's: a hook can move the part's picture to rejects); EDGE_AD_VARIANT
+    with one bundle per variant;
     EDGE_AD_SNAPSHOT and EDGE_AD_OVERLAY, the JPEG files, when --snapshots saved the frame).
     While the previous call still runs, further alarms are skipped."""
 
@@ -336,6 +338,7 @@ class AnomalyHook:
             EDGE_AD_SCORE=str(event["score"]),
             EDGE_AD_THRESHOLD=str(event["threshold"]),
             EDGE_AD_TIMESTAMP=str(event["timestamp"]),
+            **({"EDGE_AD_NAME": event["name"]} if event.get("name") else {}),
             **({"EDGE_AD_VARIANT": str(event["variant"])} if "variant" in event else {}),
             **({"EDGE_AD_SNAPSHOT": event["snapshot"], "EDGE_AD_OVERLAY": event["overlay"]}
                if "snapshot" in event else {}),

@@ -212,11 +212,15 @@ def test_a_run_samples_the_frames_it_judges_normal(tiny_bundle, spotted_frames, 
 
 def test_anomaly_hook_gets_the_event_in_its_environment(tmp_path):
     out = tmp_path / "hook.txt"
-    script = f"import os; open({str(out)!r}, 'w').write(os.environ['EDGE_AD_SOURCE'] + ' ' + os.environ['EDGE_AD_SCORE'])"
+    script = (f"import os; open({str(out)!r}, 'w').write(os.environ['EDGE_AD_SOURCE'] + ' ' + os.environ['EDGE_AD_SCORE']"
+              " + ' ' + os.environ.get('EDGE_AD_NAME', '-'))")
     hook = AnomalyHook(f"{sys.executable} -c \"{script}\"")
-    hook({"source": "cam1", "frame": 7, "score": 0.42, "threshold": 0.3, "timestamp": 1.0})
+    hook({"source": "cam1", "frame": 7, "name": "", "score": 0.42, "threshold": 0.3, "timestamp": 1.0})
     hook.close()
-    assert out.read_text() == "cam1 0.42"
+    assert out.read_text() == "cam1 0.42 -"
+    hook({"source": "incoming", "frame": 8, "name": "part_0012.jpg", "score": 0.5, "threshold": 0.3, "timestamp": 2.0})
+    hook.close()  # a picture of a folder: its name, for the hook to move it aside
+    assert out.read_text() == "incoming 0.5 part_0012.jpg"
     script = f"import os; open({str(out)!r}, 'w').write(os.environ['EDGE_AD_SNAPSHOT'] + ' ' + os.environ['EDGE_AD_OVERLAY'])"
     hook = AnomalyHook(f"{sys.executable} -c \"{script}\"")  # with --snapshots: the alarm's pictures
     hook({"source": "cam1", "frame": 7, "score": 0.42, "threshold": 0.3, "timestamp": 1.0,
