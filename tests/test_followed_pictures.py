@@ -163,6 +163,33 @@ def test_an_unmounted_share_s_empty_mount_point_is_not_read_as_the_share(tmp_pat
     assert [f.name for f in frames] == ["new.png"]
 
 
+def test_a_share_mounted_after_the_start_has_its_pictures_left_alone(tmp_path, monkeypatch):
+    """A service started at boot before the share was mounted follows its empty mount point; the
+    share's pictures are not new parts when it comes."""
+    share = {"mount": False, "mounted": False}
+
+    def ismount(path) -> bool:
+        if share["mount"] and not share["mounted"]:  # what the share holds comes with it, all at once
+            for number in range(3):
+                (tmp_path / f"old{number}.png").write_bytes(encoded(picture(10)))
+            share["mounted"] = True
+        return share["mounted"]
+
+    monkeypatch.setattr(followed_pictures.os.path, "ismount", ismount)
+    source = open_source(str(tmp_path), FOLLOW)
+    assert source.description.endswith("(none there now)")
+    reader = Reader(source)
+    time.sleep(2 * followed_pictures.POLL_S)
+    share["mount"] = True
+    time.sleep(3 * followed_pictures.POLL_S)
+    assert share["mounted"]
+    (tmp_path / "new.png").write_bytes(encoded(picture(20)))
+    frames = reader.wait_for(1)
+    time.sleep(3 * followed_pictures.POLL_S)
+    reader.close()
+    assert [f.name for f in frames] == ["new.png"]
+
+
 def test_a_wildcard_follows_only_the_pictures_it_matches(tmp_path):
     source = open_source(str(tmp_path / "cam1_*.png"), FOLLOW)
     assert source.watches(tmp_path) and not source.watches(tmp_path / "overlays")
