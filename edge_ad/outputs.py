@@ -42,12 +42,17 @@ ROOM_CHECK_S = 1.0  # how often the free room on a video file's disk is looked a
 OUTPUT_LIMIT = (1920, 1080)
 
 
+def encoder_behind(appsrc, frame_bytes: int) -> bool:
+    """Whether QUEUED_FRAMES frames of `frame_bytes` wait in `appsrc` for the encoder already."""
+    return appsrc.get_property("current-level-bytes") >= QUEUED_FRAMES * frame_bytes
+
+
 def push_frame(Gst, appsrc, image: np.ndarray, pts_s: float | None = None, duration_s: float | None = None):
     """Queue BGR `image` in `appsrc`: the flow it returned, or None when the frame was left out
     because QUEUED_FRAMES frames wait already. appsrc keeps every frame it is given, so an
     encoder that falls behind (x264enc on a board without a hardware encoder) would otherwise
     hold the frames that come faster than it in memory until none is left."""
-    if appsrc.get_property("current-level-bytes") >= QUEUED_FRAMES * image.nbytes:
+    if encoder_behind(appsrc, image.nbytes):
         return None
     buffer = Gst.Buffer.new_wrapped(np.ascontiguousarray(image).tobytes())
     if pts_s is not None and duration_s is not None:
@@ -162,7 +167,7 @@ class VideoOutput:
 
     def _wait_for_room(self, frame_bytes: int) -> None:
         given_up = time.monotonic() + STALL_S
-        while self.appsrc.get_property("current-level-bytes") >= QUEUED_FRAMES * frame_bytes:
+        while encoder_behind(self.appsrc, frame_bytes):
             self._raise_if_stopped()
             if time.monotonic() > given_up:
                 self.error = f"the encoder took no frame in {STALL_S:.0f} s"
@@ -170,7 +175,12 @@ class VideoOutput:
             time.sleep(0.005)
 
     def wants_frame(self) -> bool:
-        """Whether `write` would use a frame now (RtspOutput and MjpegOutput leave out most)."""
+        """Whether `write` would use a frame now: a live source's is left out (and counted) while
+        the encoder falls behind, before its overlay is drawn for nothing (a 12-megapixel overlay
+        takes 100 ms or more); a file's always is (it waits for the encoder)."""
+        if self.live and encoder_behind(self.appsrc, self.size[0] * self.size[1] * 3):
+            self.left_out.add()
+            return False
         return True
 
     def write(self, image: np.ndarray, timestamp: float) -> None:
@@ -324,8 +334,15 @@ class RtspOutput:
         self.appsrc = None
 
     def wants_frame(self) -> bool:
-        """Whether a client is connected (frames are left out while none is)."""
-        return self.appsrc is not None
+        """Whether a client is connected (frames are left out while none is) and the encoder
+        keeps up (frames are left out, and counted, while it falls behind)."""
+        appsrc = self.appsrc
+        if appsrc is None:
+            return False
+        if encoder_behind(appsrc, self.size[0] * self.size[1] * 3):
+            self.left_out.add()
+            return False
+        return True
 
     def write(self, image: np.ndarray, timestamp: float) -> None:
         appsrc = self.appsrc
