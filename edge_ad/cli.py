@@ -761,6 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_variant_bundles(p, required=False)  # --sources may name each source's own
     p.add_argument("--input", action="append",
                    help="test://[pattern], csi://N, /dev/videoN, genicam://[CAMERA], rtsp://..., rtp://@:port, "
+                        "udp://@:port (MPEG-TS), "
                         "http://... (MJPEG), a video file, an image folder, a picture or pictures by a wildcard "
                         "('parts/*.jpg'); repeat for several cameras")
     p.add_argument("--output", action="append",

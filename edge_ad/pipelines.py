@@ -271,6 +271,21 @@ def _rtp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     )
 
 
+def _udp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
+    """MPEG-TS sent straight over UDP (`udp://@:5000`, or a multicast group `udp://239.0.0.1:5000`),
+    as ffmpeg (`-f mpegts udp://JETSON:5000`), VLC and hardware encoders send it. decodebin reads
+    its H.264 or H.265 as the stream's tables say, as it reads a video file, and leaves its sound."""
+    parsed = urlparse(uri)
+    if parsed.port is None:
+        raise SourceError(f"{uri}: a UDP source needs a port, as in udp://@:5000")
+    address = "" if parsed.hostname in (None, "@", "") else f" address={parsed.hostname}"
+    return SourcePipeline(
+        f'udpsrc port={parsed.port}{address} caps="video/mpegts,systemstream=true" ! decodebin ! '
+        f"{_bgr_sink(uri, options, jetson)}",
+        True,
+    )
+
+
 def _http(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     """An IP camera's MJPEG stream over HTTP (multipart/x-mixed-replace), which many cameras serve
     besides RTSP (Axis's /axis-cgi/mjpg/video.cgi, ESP32-CAM, another edge-ad's --output http://).
@@ -333,8 +348,8 @@ def _file(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
 
 def source_pipeline(uri: str, options: SourceOptions | None = None, jetson: bool | None = None) -> SourcePipeline:
     """The pipeline for a source URI: test://[pattern][?width=&height=&fps=], csi://N, /dev/videoN,
-    v4l2:///dev/videoN, genicam://[CAMERA], rtsp://..., rtp://[host]:port, http(s)://... (MJPEG), or a
-    video file."""
+    v4l2:///dev/videoN, genicam://[CAMERA], rtsp://..., rtp://[host]:port, udp://[host]:port (MPEG-TS),
+    http(s)://... (MJPEG), or a video file."""
     options = options or SourceOptions()
     jetson = is_jetson() if jetson is None else jetson
     if uri.startswith("test://"):
@@ -349,12 +364,14 @@ def source_pipeline(uri: str, options: SourceOptions | None = None, jetson: bool
         return _rtsp(uri, options, jetson)
     if uri.startswith("rtp://"):
         return _rtp(uri, options, jetson)
+    if uri.startswith("udp://"):
+        return _udp(uri, options, jetson)
     if uri.startswith(("http://", "https://")):
         return _http(uri, options, jetson)
     if "://" in uri and not uri.startswith("file://"):
         raise SourceError(
-            f"{uri}: unknown source type (use test://, csi://N, /dev/videoN, genicam://, rtsp://, rtp://, http:// "
-            "(MJPEG), a video file or a folder)"
+            f"{uri}: unknown source type (use test://, csi://N, /dev/videoN, genicam://, rtsp://, rtp://, udp:// "
+            "(MPEG-TS), http:// (MJPEG), a video file or a folder)"
         )
     return _file(uri, options, jetson)
 

@@ -1,6 +1,6 @@
 """Frame sources: GStreamer pipelines (through PyGObject) into an appsink, and image folders.
 
-Live sources (cameras, RTSP/RTP streams, test://) keep only the newest frame in the appsink
+Live sources (cameras, RTSP/RTP/UDP streams, test://) keep only the newest frame in the appsink
 (drop, max-buffers 1, no sync), so inference never falls behind the camera; the frames the
 appsink dropped are counted. When a live source fails (error, EOS, or no frame for
 `timeout_s`) it reconnects with exponential back-off and a log line per attempt. Files end at
@@ -176,7 +176,7 @@ class GstSource:
         self._arrived_here = self._pulled_here = 0
         self._numbers: deque[tuple[int, int]] = deque(maxlen=16)  # (pts, arrival number) of recent buffers
         self.pipeline = None
-        self._rtp: RtpPackets | None = None  # an rtp:// source's first packets, of its pipeline now
+        self._rtp: RtpPackets | None = None  # an rtp:// or udp:// source's first packets, of its pipeline now
         self._start()  # the first start fails loudly: a wrong URI should not retry for ever
 
     @property
@@ -203,7 +203,7 @@ class GstSource:
         self.appsink = self.pipeline.get_by_name("sink")
         if self.appsink is None:
             raise SourceError(f"{self.shown}: pipeline has no appsink named 'sink'")
-        if not self._custom and self.uri.startswith("rtp://"):
+        if not self._custom and self.uri.startswith(("rtp://", "udp://")):
             self._rtp = RtpPackets(Gst, next(_elements(self.pipeline, "udpsrc")))
         state = self.pipeline.set_state(Gst.State.PAUSED)
         if state == Gst.StateChangeReturn.FAILURE:
@@ -288,30 +288,37 @@ class GstSource:
             if 0 < self.options.timeout_s <= waited:  # 0: silence is normal (a camera triggered by the parts)
                 silence = f"no frame for {self.options.timeout_s:g} s"
                 if self.live:
-                    raise _Failure(self._what_rtp_says(silence))
+                    raise _Failure(self._what_packets_say(silence))
                 raise SourceError(f"{self.shown}: {silence}")
         return None
 
-    def _what_rtp_says(self, silence: str) -> str:
-        """`silence` ("no frame for N s"), with what an RTP source's packets tell of it: none came
-        (a sender sending elsewhere, a firewall), they are not RTP, hold no H.264 or H.265 video, or
-        no key frame came."""
+    def _what_packets_say(self, silence: str) -> str:
+        """`silence` ("no frame for N s"), with what an RTP or UDP source's packets tell of it: none
+        came (a sender sending elsewhere, a firewall), they are RTP sent to udp:// or not RTP sent
+        to rtp://, hold no H.264 or H.265 video, or no key frame came."""
         if self._rtp is None:
             return silence
         port = urlparse(self.uri).port
+        no_key_frame = ("no key frame with its parameter sets came among them (key frames further apart than "
+                        "--timeout, or parameter sets sent only at the sender's start: {how} sends them with each "
+                        "key frame)")
         if not self._rtp.packets:
             return (f"{silence}: no packet came to UDP port {port} (does the sender send to this device's "
                     f"address and this port, and does a firewall let UDP {port} in?)")
+        if self.uri.startswith("udp://"):
+            if self._rtp.heads:
+                return f"{silence}: RTP packets come to UDP port {port}: read them as rtp://@:{port}"
+            return f"{silence}: packets come to UDP port {port}, but no picture was decoded: if they are MPEG-TS, " \
+                + no_key_frame.format(how="h264parse/h265parse config-interval=-1, or ffmpeg's -bsf:v dump_extra,")
         if not self._rtp.heads:
-            return f"{silence}: packets come to UDP port {port}, but not RTP ones (MPEG-TS sent straight over UDP?)"
+            return (f"{silence}: packets come to UDP port {port}, but not RTP ones (MPEG-TS sent straight over UDP? "
+                    f"read it as udp://@:{port})")
         if len(self._rtp.heads) >= HEADS and self._rtp.codec() is None:
             return (f"{silence}: RTP packets come ({self._rtp.payload_name()}), but they hold neither H.264 nor "
                     "H.265 video")
         if self._rtp.codec() is not None and not self._pulled_here:
-            return (f"{silence}: RTP packets of {STREAM_CODECS[self._rtp.codec()]} video come, but no key frame with "
-                    "its parameter sets came among them (key frames further apart than --timeout, or parameter "
-                    "sets sent only at the sender's start: rtph264pay/rtph265pay config-interval=-1 sends them with "
-                    "each key frame)")
+            return (f"{silence}: RTP packets of {STREAM_CODECS[self._rtp.codec()]} video come, but "
+                    + no_key_frame.format(how="rtph264pay/rtph265pay config-interval=-1"))
         return silence
 
     def _codec_mismatch(self) -> str | None:
@@ -325,7 +332,7 @@ class GstSource:
             return None
         if self.uri.startswith(("rtsp://", "rtsps://")):
             sent, sender = rtsp_codec(self.pipeline), "camera"
-        elif self._rtp is not None:
+        elif self.uri.startswith("rtp://") and self._rtp is not None:
             sent, sender = self._rtp.codec(), "sender"
         else:
             return None
@@ -541,9 +548,9 @@ Source = Union[GstSource, PictureSource, "FollowedPictures"]
 def open_source(
     uri: str, options: SourceOptions | None = None, pipeline: str | None = None, jetson: bool | None = None
 ) -> Source:
-    """A frame source for a URI (test://, csi://N, /dev/videoN, rtsp://, rtp://, http:// MJPEG, a
-    video file), an image folder or picture, or the user's own GStreamer `pipeline` ending in
-    `appsink name=sink`."""
+    """A frame source for a URI (test://, csi://N, /dev/videoN, rtsp://, rtp://, udp:// MPEG-TS,
+    http:// MJPEG, a video file), an image folder, picture or wildcard (followed with
+    `options.follow`), or the user's own GStreamer `pipeline` ending in `appsink name=sink`."""
     options = options or SourceOptions()
     options = replace(options, crop=check_crop(uri or "pipeline", options.crop))  # a YAML list becomes a tuple
     if isinstance(options.loop, bool) or not isinstance(options.loop, int) or options.loop < -1:

@@ -419,7 +419,8 @@ def test_an_rtp_stream_is_read_in_the_codec_and_payload_type_it_is_sent_in(caplo
              "no frame for 2 s: RTP packets come (payload type 33, MPEG-TS), but they hold neither H.264 nor H.265 "
              "video"),
             ("x264enc tune=zerolatency key-int-max=15 ! mpegtsmux",
-             "no frame for 2 s: packets come to UDP port {port}, but not RTP ones (MPEG-TS sent straight over UDP?)"),
+             "no frame for 2 s: packets come to UDP port {port}, but not RTP ones (MPEG-TS sent straight over UDP? "
+             "read it as udp://@:{port})"),
             ("x264enc tune=zerolatency key-int-max=1000 ! rtph264pay",
              "no frame for 2 s: RTP packets of H.264 video come, but no key frame with its parameter sets came")):
         caplog.clear()
@@ -428,6 +429,34 @@ def test_an_rtp_stream_is_read_in_the_codec_and_payload_type_it_is_sent_in(caplo
             with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
                 assert _frames_within(open_source(f"rtp://@:{port}", options), 1, 3) == []
         assert said.format(port=port) in caplog.text
+
+
+def test_mpeg_ts_sent_straight_over_udp_is_read_as_udp(caplog):
+    """`ffmpeg ... -f mpegts udp://JETSON:5000`, VLC and hardware encoders send MPEG-TS straight
+    over UDP; before, udp:// was "unknown source type", and rtp:// read nothing of it."""
+    if load_gst().ElementFactory.find("x265enc") is None:
+        pytest.skip("x265enc (gstreamer1.0-plugins-bad) is not installed")
+    options = SourceOptions(timeout_s=2)
+    for encode in ("x264enc tune=zerolatency key-int-max=15 ! h264parse ! mpegtsmux",
+                   "x265enc tune=zerolatency speed-preset=ultrafast key-int-max=15 ! h265parse config-interval=-1 ! "
+                   "mpegtsmux"):
+        with _rtp_sender(encode) as port:
+            read = _frames_within(open_source(f"udp://@:{port}", options), 3, 30)
+        assert [frame.image.shape for frame in read] == [(64, 96, 3)] * 3
+    for encode, said in (
+            ("x264enc tune=zerolatency key-int-max=15 ! rtph264pay",
+             "no frame for 2 s: RTP packets come to UDP port {port}: read them as rtp://@:{port}"),
+            ("x265enc tune=zerolatency speed-preset=ultrafast key-int-max=15 ! h265parse ! mpegtsmux",
+             "no frame for 2 s: packets come to UDP port {port}, but no picture was decoded: if they are MPEG-TS, no "
+             "key frame with its parameter sets came among them")):
+        caplog.clear()
+        with _rtp_sender(encode) as port:
+            time.sleep(1.0)  # the sender's first key frame, with the only parameter sets it sends, goes by
+            with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
+                assert _frames_within(open_source(f"udp://@:{port}", options), 1, 3) == []
+        assert said.format(port=port) in caplog.text
+    with pytest.raises(SourceError, match=r"udp://10.0.0.5: a UDP source needs a port, as in udp://@:5000"):
+        open_source("udp://10.0.0.5")
 
 
 def test_a_camera_password_in_its_uri_stays_out_of_what_the_run_writes(detector, tmp_path, caplog):
