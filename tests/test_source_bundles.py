@@ -152,7 +152,7 @@ def test_doctor_checks_a_sources_file_as_run_would_start_it(variant_bundles, cel
     assert problems == [
         "problem: source cam-own: GStreamer element nosuchelement is missing: install its plugin",
         "problem: source cam-bad: foo://x: unknown source type (use test://, csi://N, /dev/videoN, genicam://, "
-        "rtsp://, rtp://, http:// (MJPEG), a video file or a folder)",
+        "rtsp://, rtp://, udp:// (MPEG-TS), http:// (MJPEG), a video file or a folder)",
         f"problem: source cam-masked: {tmp_path / 'no.png'}: cannot read (No such file or directory)",
     ]
 
