@@ -57,6 +57,14 @@ class Reader:
             time.sleep(0.05)
         return self.frames
 
+    def all(self, count: int) -> list:
+        """The frames once `count` came and three listings more went by (a picture read twice, or
+        one not to be read, would be among them); the reader stopped."""
+        frames = self.wait_for(count)
+        time.sleep(3 * followed_pictures.POLL_S)
+        self.close()
+        return frames
+
     def close(self) -> None:
         self.stop.set()
         self.timer.cancel()
@@ -74,11 +82,9 @@ def test_new_pictures_are_read_once_in_the_order_they_arrived_and_earlier_ones_l
     (tmp_path / ".c.png").write_bytes(encoded(picture(30)))  # a hidden one (an uploader's temporary name)
     (tmp_path / "notes.txt").write_text("not a picture")
     reader = Reader(source)
-    frames = reader.wait_for(2)
+    reader.wait_for(2)  # b and a, before later.png is written
     (tmp_path / "later.png").write_bytes(encoded(picture(120)))
-    frames = reader.wait_for(3)
-    time.sleep(3 * followed_pictures.POLL_S)  # nothing is read twice
-    reader.close()
+    frames = reader.all(3)
     assert [f.name for f in frames] == ["b.png", "a.jpg", "later.png"]
     assert [f.index for f in frames] == [0, 1, 2]
     assert np.array_equal(frames[0].image, picture(60)) and np.array_equal(frames[2].image, picture(120))
@@ -95,8 +101,7 @@ def test_a_picture_still_being_written_is_read_whole_once_it_is(tmp_path):
         time.sleep(4 * followed_pictures.POLL_S)
         assert reader.frames == []
         handle.write(data[len(data) // 2 :])
-    frames = reader.wait_for(1)
-    reader.close()
+    frames = reader.all(1)
     assert len(frames) == 1 and np.array_equal(frames[0].image, picture(70, 200, 300))
     assert source.skipped == []
 
@@ -115,8 +120,7 @@ def test_a_picture_that_does_not_read_is_said_once_passed_over_and_read_if_writt
     assert source.skipped == [f"{tmp_path / 'bad.jpg'}: not a decodable image"]
     assert caplog.text.count("bad.jpg: not a decodable image (unchanged for") == 1
     (tmp_path / "bad.jpg").write_bytes(encoded(picture(50), ".jpg"))
-    frames = reader.wait_for(2)
-    reader.close()
+    frames = reader.all(2)
     assert [f.name for f in frames] == ["good.png", "bad.jpg"] and len(source.skipped) == 1
 
 
@@ -136,9 +140,7 @@ def test_a_folder_gone_is_waited_for_and_its_earlier_pictures_stay_read(tmp_path
     assert source.reconnects >= 1
     (tmp_path / "away").rename(folder)
     (folder / "second.png").write_bytes(encoded(picture(30)))
-    frames = reader.wait_for(2)
-    time.sleep(3 * followed_pictures.POLL_S)
-    reader.close()
+    frames = reader.all(2)
     assert [f.name for f in frames] == ["first.png", "second.png"]
 
 
@@ -158,8 +160,7 @@ def test_an_unmounted_share_s_empty_mount_point_is_not_read_as_the_share(tmp_pat
     time.sleep(3 * followed_pictures.POLL_S)
     assert source.reconnects >= 1 and reader.frames == []
     mounted["now"] = True
-    frames = reader.wait_for(1)
-    reader.close()
+    frames = reader.all(1)
     assert [f.name for f in frames] == ["new.png"]
 
 
@@ -184,9 +185,7 @@ def test_a_share_mounted_after_the_start_has_its_pictures_left_alone(tmp_path, m
     time.sleep(3 * followed_pictures.POLL_S)
     assert share["mounted"]
     (tmp_path / "new.png").write_bytes(encoded(picture(20)))
-    frames = reader.wait_for(1)
-    time.sleep(3 * followed_pictures.POLL_S)
-    reader.close()
+    frames = reader.all(1)
     assert [f.name for f in frames] == ["new.png"]
 
 
@@ -196,9 +195,7 @@ def test_a_wildcard_follows_only_the_pictures_it_matches(tmp_path):
     reader = Reader(source)
     (tmp_path / "cam2_0001.png").write_bytes(encoded(picture(10)))
     (tmp_path / "cam1_0001.png").write_bytes(encoded(picture(20)))
-    frames = reader.wait_for(1)
-    time.sleep(3 * followed_pictures.POLL_S)
-    reader.close()
+    frames = reader.all(1)
     assert [f.name for f in frames] == ["cam1_0001.png"]
 
 
