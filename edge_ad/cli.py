@@ -622,9 +622,10 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
                    help="frame height the camera is asked for (CSI default 720, test:// default 480)")
     p.add_argument("--input-framerate", type=_positive_int,
                    help="frames per second the camera is asked for (CSI and test:// default 30)")
-    p.add_argument("--input-codec", choices=("h264", "h265", "mjpeg", "raw", "bayer"),
+    p.add_argument("--input-codec", choices=("h264", "h265", "mjpeg", "raw", "bayer", "mpegts"),
                    help="camera or stream codec (default: raw for V4L2 and GenICam, h264 for RTSP/RTP; bayer: a "
-                        "GenICam colour camera sending its sensor's mosaic)")
+                        "GenICam colour camera sending its sensor's mosaic; mpegts: MPEG-TS over RTP, as VLC sends "
+                        "it)")
     p.add_argument("--input-flip", choices=tuple(FLIPS), default="none",
                    help="rotate or mirror the frames, for a camera mounted turned (nvvidconv on a Jetson)")
     p.add_argument("--input-crop", type=_crop, metavar="X,Y,W,H",

@@ -63,7 +63,7 @@ class SourceOptions:
     width: int | None = None
     height: int | None = None
     framerate: int | None = None
-    codec: str | None = None  # h264, h265, mjpeg, raw, or bayer (GenICam colour cameras)
+    codec: str | None = None  # h264, h265, mjpeg, raw, bayer (GenICam colour cameras), or mpegts (over RTP)
     latency_ms: int = 200  # rtspsrc / rtpjitterbuffer latency
     timeout_s: float = 5.0  # a live source with no frame for this long reconnects (0: never)
     pattern: str | None = None  # test:// pattern when the URI does not name one
@@ -259,14 +259,18 @@ def _rtp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     parsed = urlparse(uri)
     if parsed.port is None:
         raise SourceError(f"{uri}: an RTP source needs a port, as in rtp://@:5000")
-    codec = _codec(uri, options, "h264", ("h264", "h265"))
+    codec = _codec(uri, options, "h264", ("h264", "h265", "mpegts"))
     address = "" if parsed.hostname in (None, "@", "") else f" address={parsed.hostname}"
     # No payload type: senders pick their own among the dynamic ones (96 mostly, 97, 102...), and
     # a pipeline told payload=96 drops every packet of another.
-    caps = f"application/x-rtp,media=video,clock-rate=90000,encoding-name={codec.upper()}"
+    name, depay = ("MP2T", "rtpmp2tdepay") if codec == "mpegts" else (codec.upper(), f"rtp{codec}depay")
+    # MPEG-TS: decodebin reads its H.264 or H.265 as the stream's tables say, as udp:// does.
+    decode = f"decodebin ! {_bgr_sink(uri, options, jetson)}" if codec == "mpegts" else _decode(uri, codec, options,
+                                                                                                  jetson)
+    caps = f"application/x-rtp,media=video,clock-rate=90000,encoding-name={name}"
     return SourcePipeline(
         f'udpsrc port={parsed.port}{address} caps="{caps}" ! rtpjitterbuffer latency={options.latency_ms} ! '
-        f"rtp{codec}depay ! {_decode(uri, codec, options, jetson)}",
+        f"{depay} ! {decode}",
         True,
     )
 

@@ -130,6 +130,7 @@ def decoded_media(pipeline) -> list[str]:
 
 
 STREAM_CODECS = {"h264": "H.264", "h265": "H.265"}  # what edge-ad reads over RTSP and RTP (pipelines._rtsp, _rtp)
+RTP_CODECS = {**STREAM_CODECS, "mpegts": "MPEG-TS"}  # and over RTP alone
 
 
 class _Failure(Exception):
@@ -314,11 +315,13 @@ class GstSource:
             return (f"{silence}: packets come to UDP port {port}, but not RTP ones (MPEG-TS sent straight over UDP? "
                     f"read it as udp://@:{port})")
         if len(self._rtp.heads) >= HEADS and self._rtp.codec() is None:
-            return (f"{silence}: RTP packets come ({self._rtp.payload_name()}), but they hold neither H.264 nor "
-                    "H.265 video")
+            return (f"{silence}: RTP packets come ({self._rtp.payload_name()}), but they hold neither H.264, H.265 "
+                    "nor MPEG-TS video")
         if self._rtp.codec() is not None and not self._pulled_here:
-            return (f"{silence}: RTP packets of {STREAM_CODECS[self._rtp.codec()]} video come, but "
-                    + no_key_frame.format(how="rtph264pay/rtph265pay config-interval=-1"))
+            how = "h264parse/h265parse config-interval=-1 before the muxer" if self._rtp.codec() == "mpegts" \
+                else "rtph264pay/rtph265pay config-interval=-1"
+            return f"{silence}: RTP packets of {RTP_CODECS[self._rtp.codec()]} video come, but " \
+                + no_key_frame.format(how=how)
         return silence
 
     def _codec_mismatch(self) -> str | None:
@@ -339,14 +342,14 @@ class GstSource:
         reading = (self.options.codec or "h264").lower()
         if sent is None or sent == reading:
             return None
-        if sent not in STREAM_CODECS:
+        if sent not in RTP_CODECS:  # an RTSP camera's, by its stream's description (MP2T is not MPEG-TS's name there)
             return (f"the camera sends {sent.upper()} video, which edge-ad does not read from RTSP; set the camera's "
                     f"stream to {' or '.join(STREAM_CODECS.values())}")
         self.options = replace(self.options, codec=sent)
         self.spec = source_pipeline(self.uri, self.options, self._jetson)
         self.description = self.spec.description
-        return (f"the {sender} sends {STREAM_CODECS[sent]} video, not {STREAM_CODECS.get(reading, reading)}: read "
-                f"as {STREAM_CODECS[sent]} from now on (--input-codec {sent}, or codec: {sent} in --sources, reads it "
+        return (f"the {sender} sends {RTP_CODECS[sent]} video, not {RTP_CODECS.get(reading, reading)}: read "
+                f"as {RTP_CODECS[sent]} from now on (--input-codec {sent}, or codec: {sent} in --sources, reads it "
                 "so from the start)")
 
     def _file_error(self, error: str) -> str:

@@ -412,12 +412,16 @@ def test_an_rtp_stream_is_read_in_the_codec_and_payload_type_it_is_sent_in(caplo
     assert "the sender sends H.265 video, not H.264: read as H.265 from now on (--input-codec h265" in caplog.text
     with _rtp_sender("x264enc tune=zerolatency key-int-max=15 ! rtph264pay pt=97 config-interval=1") as port:
         assert len(_frames_within(open_source(f"rtp://@:{port}", options), 3, 30)) == 3
+    caplog.clear()  # MPEG-TS over RTP, as VLC's RTP output sends it: told by its payload type, 33
+    with _rtp_sender("x264enc tune=zerolatency key-int-max=15 ! h264parse ! mpegtsmux ! rtpmp2tpay") as port:
+        assert len(_frames_within(open_source(f"rtp://@:{port}", options), 3, 30)) == 3
+    assert "the sender sends MPEG-TS video, not H.264: read as MPEG-TS from now on (--input-codec mpegts" in caplog.text
     for encode, said in (
             (None, "no frame for 2 s: no packet came to UDP port {port} (does the sender send to this device's "
                    "address and this port, and does a firewall let UDP {port} in?)"),
-            ("x264enc tune=zerolatency key-int-max=15 ! mpegtsmux ! rtpmp2tpay",
-             "no frame for 2 s: RTP packets come (payload type 33, MPEG-TS), but they hold neither H.264 nor H.265 "
-             "video"),
+            ("jpegenc ! rtpjpegpay",
+             "no frame for 2 s: RTP packets come (payload type 26, JPEG), but they hold neither H.264, H.265 nor "
+             "MPEG-TS video"),
             ("x264enc tune=zerolatency key-int-max=15 ! mpegtsmux",
              "no frame for 2 s: packets come to UDP port {port}, but not RTP ones (MPEG-TS sent straight over UDP? "
              "read it as udp://@:{port})"),
