@@ -3,13 +3,18 @@
 A write that fails part-way (a full disk, a quota) raises an OSError that names no file and
 leaves part of one behind, which a later run may take for a good file. These functions write
 into a temporary file beside the target and rename it into place once complete, so the old file
-or the new one is there, never part of either, and their OSError names the target."""
+or the new one is there, never part of either, and their OSError names the target. A process
+killed while writing leaves its hidden temporary file: remove_leftovers deletes those of pictures
+where runs write them."""
 
 from __future__ import annotations
 
 import io
+import logging
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,11 @@ import cv2
 import numpy as np
 
 from .errors import EdgeAdError
+
+log = logging.getLogger("edge_ad.files")
+
+LEFTOVER_S = 60.0  # a temporary picture older than this is no write in progress (one takes well under a second)
+_LEFTOVER = re.compile(r"\..+\.(?:jpe?g|png)\.[a-z0-9_]{8}")  # mkstemp's name for write_atomic: .NAME.XXXXXXXX
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -58,3 +68,24 @@ def save_figure(figure: Any, path: Path, dpi: int) -> None:
     except ValueError as exc:  # matplotlib's "Format 'xyz' is not supported"
         raise EdgeAdError(f"{path}: cannot write a picture of that kind (use a .png, .pdf or .svg name)") from exc
     write_atomic(path, buffer.getvalue())
+
+
+def remove_leftovers(folder: Path, recursive: bool = False) -> None:
+    """Delete the temporary pictures write_atomic left in `folder` (and its subfolders) when the
+    process was killed while writing them (a power cut, the service's watchdog, the OOM killer):
+    hidden, they were counted by no quota and seen by nobody, and each can be a 12-megapixel
+    PNG. Those younger than LEFTOVER_S may be another run's writes, and are left."""
+    removed, size, now = 0, 0, time.time()
+    for path in folder.rglob(".*") if recursive else folder.glob(".*"):
+        if not _LEFTOVER.fullmatch(path.name):
+            continue
+        try:
+            stat = path.stat()
+            if now - stat.st_mtime > LEFTOVER_S:
+                path.unlink()
+                removed, size = removed + 1, size + stat.st_size
+        except OSError:  # gone meanwhile, or not ours to remove: left as it is
+            continue
+    if removed:
+        log.info("%s: removed %d unfinished picture(s), %.1f MB, left by a run stopped while writing them", folder,
+                 removed, size / 1e6)

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import EdgeAdError
-from .files import write_picture
+from .files import remove_leftovers, write_picture
 from .images import IMAGE_SUFFIXES
 from .sinks import InOrder
 
@@ -76,6 +76,7 @@ class PictureOutput:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise EdgeAdError(f"--output {uri}: cannot create the folder ({exc.strerror or exc})") from exc
+        remove_leftovers(self.folder)
         self._inputs = {p.resolve() for p in inputs}
         self._named: set[Path] = set()  # the folder's names given so far
         self._writes = InOrder(f"pictures {uri}", QUEUED)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from calibration.statistics import COPIES_SHARE, near_duplicates
 
 from .errors import EdgeAdError
-from .files import write_atomic
+from .files import remove_leftovers, write_atomic
 from .images import thumbnail
 from .runner import stop_on_signals
 from .sinks import picture_paths, slug
@@ -46,6 +46,7 @@ def record(
     except OSError as exc:
         source.close()
         raise EdgeAdError(f"{folder}: cannot create the folder ({exc.strerror or exc})") from exc
+    remove_leftovers(folder)
     stop = stop or threading.Event()
     saved: list[Path] = []
     thumbnails = []

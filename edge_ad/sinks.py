@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from .errors import EdgeAdError
-from .files import write_atomic
+from .files import remove_leftovers, write_atomic
 
 log = logging.getLogger("edge_ad.sinks")
 
@@ -244,6 +244,7 @@ class Snapshots:
 
     def __init__(self, folder: Path, interval_s: float = 1.0, quota_bytes: int = 500 << 20):
         self.folder = _made(folder, "snapshot")
+        remove_leftovers(self.folder)
         self.rate = _PerSource(interval_s)
         self.quota = _Quota(self.folder.glob("*.jpg"), quota_bytes, keep=2)
         self.saved = 0
@@ -273,6 +274,7 @@ class Samples:
 
     def __init__(self, folder: Path, interval_s: float = 60.0, quota_bytes: int = 2000 << 20):
         self.folder = _made(folder, "samples")
+        remove_leftovers(self.folder, recursive=True)  # a folder per source (and variant)
         self.rate = _PerSource(interval_s)
         self.quota = _Quota(self.folder.rglob("*.png"), quota_bytes, keep=1)
         self.saved = 0

@@ -2,6 +2,10 @@
 
 import errno
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import cv2
 import matplotlib
@@ -10,6 +14,7 @@ import pytest
 
 from edge_ad.errors import EdgeAdError
 from edge_ad.files import save_figure, write_atomic, write_picture
+from edge_ad.sinks import Samples, Snapshots
 
 from conftest import full_disk
 
@@ -50,3 +55,38 @@ def test_figures_take_their_kind_from_the_name(tmp_path):
     with pytest.raises(EdgeAdError, match=r"f\.xyz: cannot write a picture of that kind"):
         save_figure(figure, tmp_path / "f.xyz", dpi=50)
     plt.close(figure)
+
+
+def _killed_while_writing(path: Path) -> Path:
+    """The hidden temporary file a process killed while write_picture wrote `path` leaves (a
+    power cut, the watchdog, the OOM killer): written by a process that is killed in its fsync."""
+    script = ("import os, time, numpy as np; from pathlib import Path; from edge_ad.files import write_picture; "
+              "os.fsync = lambda fd: time.sleep(60); "
+              f"write_picture(Path({str(path)!r}), np.zeros((64, 64, 3), np.uint8))")
+    writer = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        given_up = time.monotonic() + 30
+        while not (found := list(path.parent.glob(f".{path.name}.*"))) and time.monotonic() < given_up:
+            time.sleep(0.05)
+    finally:
+        writer.kill()
+        writer.wait()
+    (leftover,) = found
+    return leftover
+
+
+def test_pictures_a_killed_run_left_unfinished_are_removed_when_the_next_starts(tmp_path):
+    """They were hidden, counted by no quota, and never removed: a service restarted by its
+    watchdog while it wrote snapshots kept every one."""
+    snapshots, samples = tmp_path / "snapshots", tmp_path / "samples"
+    old = [_killed_while_writing(snapshots / "cam1_frame.jpg"), _killed_while_writing(samples / "cam1" / "a.png")]
+    an_hour_ago = time.time() - 3600
+    for path in old:
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    young = _killed_while_writing(snapshots / "cam1_overlay.jpg")  # as another run's write in progress would be
+    mine = snapshots / ".notes.jpg.txt"
+    mine.write_text("not a picture of ours")
+    os.utime(mine, (an_hour_ago, an_hour_ago))
+    Snapshots(snapshots)
+    Samples(samples).close()
+    assert [path.exists() for path in old] == [False, False] and young.exists() and mine.exists()
