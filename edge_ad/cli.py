@@ -212,6 +212,7 @@ def _print_pipelines(streams: list, jetson: bool | None, bitrate_kbps: int | Non
     `run` fits it: `output_size`), with passwords as ***, as the run logs them: printed pipelines
     get pasted into tickets and forums."""
     from .followed_pictures import check_followable
+    from .http_pictures import HttpPictures, is_http_pictures
     from .outputs import output_description, output_size
     from .pipelines import opencv_input, source_pipeline
 
@@ -220,6 +221,8 @@ def _print_pipelines(streams: list, jetson: bool | None, bitrate_kbps: int | Non
         if not stream.pipeline and (found := opencv_input(stream.input)):
             followed = ", its new pictures as they arrive (--follow)" if stream.options.follow else ""
             print(f"{stream.name}: {found}{followed}, read with OpenCV")
+        elif not stream.pipeline and is_http_pictures(stream.input, stream.options):
+            print(f"{stream.name}: {HttpPictures(stream.input, stream.options).description}, fetched with urllib")
         else:
             pipeline = stream.pipeline or source_pipeline(stream.input, stream.options, jetson).description
             print(f"{stream.name}: {without_passwords(pipeline)}")
@@ -622,10 +625,11 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
                    help="frame height the camera is asked for (CSI default 720, test:// default 480)")
     p.add_argument("--input-framerate", type=_positive_int,
                    help="frames per second the camera is asked for (CSI and test:// default 30)")
-    p.add_argument("--input-codec", choices=("h264", "h265", "mjpeg", "raw", "bayer", "mpegts"),
-                   help="camera or stream codec (default: raw for V4L2 and GenICam, h264 for RTSP/RTP; bayer: a "
-                        "GenICam colour camera sending its sensor's mosaic; mpegts: MPEG-TS over RTP, as VLC sends "
-                        "it)")
+    p.add_argument("--input-codec", choices=("h264", "h265", "mjpeg", "raw", "bayer", "mpegts", "jpeg"),
+                   help="camera or stream codec (default: raw for V4L2 and GenICam, h264 for RTSP/RTP, mjpeg for "
+                        "http://; bayer: a GenICam colour camera sending its sensor's mosaic; mpegts: MPEG-TS over "
+                        "RTP, as VLC sends it; jpeg: an http:// URL of the camera's still picture, fetched again "
+                        "and again, --input-framerate a second, 2 without it)")
     p.add_argument("--input-flip", choices=tuple(FLIPS), default="none",
                    help="rotate or mirror the frames, for a camera mounted turned (nvvidconv on a Jetson)")
     p.add_argument("--input-crop", type=_crop, metavar="X,Y,W,H",

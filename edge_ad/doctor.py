@@ -305,6 +305,7 @@ def _check_source(report: Report, stream: Stream, jetson: bool) -> None:
     """One source of a --sources file as `edge-ad run` would start it, without opening it: its
     pipeline and output (and their GStreamer elements), and its inspection mask."""
     from .followed_pictures import check_followable
+    from .http_pictures import HttpPictures, is_http_pictures
     from .masks import InspectionMask
     from .outputs import output_description, rtsp_server
     from .pipelines import opencv_input, source_pipeline
@@ -315,6 +316,8 @@ def _check_source(report: Report, stream: Stream, jetson: bool) -> None:
             pipelines, kind = [stream.pipeline], "own pipeline"
         elif found := opencv_input(stream.input):
             pipelines, kind = [], found + (", followed" if stream.options.follow else "")
+        elif is_http_pictures(stream.input, stream.options):
+            pipelines, kind = [], HttpPictures(stream.input, stream.options).description
         else:
             pipelines = [source_pipeline(stream.input, stream.options, jetson).description]
             kind = without_passwords(stream.input)  # doctor's output goes into support tickets

@@ -39,7 +39,7 @@ def no_images_in(folder: Path) -> str:
     return f"{folder}: no image files ({' '.join(IMAGE_SUFFIXES)}) in the folder{found}"
 
 
-def _check_complete(path: Path, data: bytes) -> None:
+def _check_complete(path: Path | str, data: bytes) -> None:
     """OpenCV decodes truncated JPEG and some truncated PNG files without failing; check the end
     marker of the format the first bytes say, not the name (JPEG files named .png are common)."""
     tail = data[-1024:]
@@ -60,16 +60,21 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     if not data:
         raise ImageError(f"{path}: empty file")
-    _check_complete(path, data)
+    return decode_image(data, path)
+
+
+def decode_image(data: bytes, name: Path | str) -> np.ndarray:
+    """An image file's bytes (named `name` in errors) as read_image reads the file."""
+    _check_complete(name, data)
     # Any depth and any colour keeps 16-bit and grey pictures as they are, drops alpha, and (unlike
     # IMREAD_UNCHANGED) applies the EXIF orientation.
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if decoded is None:
-        raise ImageError(f"{path}: not a decodable image")
+        raise ImageError(f"{name}: not a decodable image")
     if decoded.dtype == np.uint16:
         decoded = (decoded / 257.0).round().astype(np.uint8)
     if decoded.dtype != np.uint8:
-        raise ImageError(f"{path}: {decoded.dtype} pixels are not read; save pictures with 8 or 16 bits per channel")
+        raise ImageError(f"{name}: {decoded.dtype} pixels are not read; save pictures with 8 or 16 bits per channel")
     return to_rgb(decoded, "GRAY" if decoded.ndim == 2 else "BGR")
 
 

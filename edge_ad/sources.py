@@ -33,6 +33,7 @@ from .rtp_packets import HEADS, RtpPackets
 
 if TYPE_CHECKING:
     from .followed_pictures import FollowedPictures
+    from .http_pictures import HttpPictures
 
 log = logging.getLogger("edge_ad.sources")
 
@@ -473,7 +474,8 @@ def with_hint(description: str, error: str) -> str:
         return f"{error}: no answer (is the camera on, and its address and port right?){tls}"
     if "souphttpsrc" in description and "(multipartdemux" in error:
         return (f"{error}: the URL answers, but not with an MJPEG stream (multipart/x-mixed-replace): give the "
-                "camera's MJPEG stream, not a still picture or a page, or its rtsp:// URL")
+                "camera's MJPEG stream or its rtsp:// URL, or for a still picture's URL --input-codec jpeg, which "
+                "fetches it again and again")
     return error
 
 
@@ -545,7 +547,7 @@ class PictureSource:
         """Nothing to release; present so every source can be closed the same way."""
 
 
-Source = Union[GstSource, PictureSource, "FollowedPictures"]
+Source = Union[GstSource, PictureSource, "FollowedPictures", "HttpPictures"]
 
 
 def open_source(
@@ -561,9 +563,13 @@ def open_source(
     if not uri and pipeline is None:
         raise SourceError("no input: give --input (a camera, stream, video file or folder) or --pipeline")
     if options.follow:
-        from .followed_pictures import follow  # (here: that module imports this one)
+        from .followed_pictures import follow  # (here: that module imports this one, as http_pictures does)
 
         return follow("" if pipeline is not None else uri, options)
+    from .http_pictures import HttpPictures, is_http_pictures
+
+    if pipeline is None and is_http_pictures(uri, options):
+        return HttpPictures(uri, options)
     if pipeline is not None:
         return GstSource(uri or "pipeline", options, pipeline=pipeline)
     if opencv_input(uri):

@@ -1,0 +1,112 @@
+"""`--input http://camera/snapshot.jpg --input-codec jpeg`: a camera's still picture, fetched again
+and again. Cameras that serve no MJPEG stream, and most that do, answer a URL with their latest
+picture (Axis's /axis-cgi/jpg/image.cgi, Hikvision's /ISAPI/Streaming/channels/101/picture,
+Dahua's /cgi-bin/snapshot.cgi, ESP32-CAM's /capture), which the MJPEG pipeline refuses.
+
+It is a live source: the newest picture is scored, at most `--input-framerate` a second
+(DEFAULT_FPS without it), so a camera's small web server is not asked faster than that. A user
+and password in the URL are sent as basic or digest authentication, as the camera asks. A
+failed request (no answer, a wrong password, a page or an error instead of a picture) is said
+and tried again with the back-off of a camera, counted as reconnects."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Iterator
+from urllib.parse import unquote, urlparse
+
+from .errors import EdgeAdError, ImageError, SourceError, without_passwords
+from .images import decode_image
+from .pipelines import SourceOptions, flip_of, login_escaped
+from .sources import BACKOFF_S, Frame, crop_frame
+
+log = logging.getLogger("edge_ad.http_pictures")
+
+DEFAULT_FPS = 2
+ANSWER_S = 10.0  # a camera that has not answered in this long is said not to answer
+
+
+def is_http_pictures(uri: str | None, options: SourceOptions) -> bool:
+    """Whether `uri` names a camera's still picture, to fetch again and again (--input-codec jpeg)."""
+    return bool(uri) and uri.startswith(("http://", "https://")) and (options.codec or "").lower() == "jpeg"
+
+
+class HttpPictures:
+    """A camera's still picture URL, read as a camera (see the module's docstring)."""
+
+    live = True
+    dropped = 0
+
+    def __init__(self, uri: str, options: SourceOptions):
+        self.uri, self.shown = uri, without_passwords(uri)
+        parsed = urlparse(login_escaped(uri))
+        if not parsed.hostname:
+            raise SourceError(f"{self.shown}: names no camera (http://[user:password@]camera/path)")
+        host = parsed.netloc.rpartition("@")[2]
+        self.url = parsed._replace(netloc=host).geturl()  # the login goes in headers, not in the request line
+        self.fps = options.framerate or DEFAULT_FPS
+        self.turn, self.crop = flip_of(uri, options.flip).turn, options.crop
+        self.reconnects = 0
+        self.description = f"still pictures of {without_passwords(self.url)}, {self.fps:g} a second at most"
+        logins = urllib.request.HTTPPasswordMgrWithDefaultRealm()
+        logins.add_password(None, self.url, unquote(parsed.username or ""), unquote(parsed.password or ""))
+        self._opener = urllib.request.build_opener(
+            urllib.request.HTTPBasicAuthHandler(logins), urllib.request.HTTPDigestAuthHandler(logins),
+            urllib.request.HTTPSHandler(context=ssl.create_default_context()))
+
+    def _fetch(self):
+        """The camera's picture now, as BGR (EdgeAdError saying why there is none)."""
+        try:
+            with self._opener.open(self.url, timeout=ANSWER_S) as answer:
+                kind, data = answer.headers.get_content_type(), answer.read()
+        except urllib.error.HTTPError as exc:  # (urllib's reason after a digest login failed: "digest auth failed")
+            if exc.code == 401:
+                raise EdgeAdError("the camera refuses the login (HTTP 401: user or password wrong, or none given)") \
+                    from exc
+            raise EdgeAdError(f"the camera answers {exc.code} {exc.reason}") from exc
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            tls = (" (the camera's certificate, self-signed as cameras' are, is not trusted here: use http://, or add "
+                   "its certificate to the system's)") if isinstance(reason, ssl.SSLCertVerificationError) else ""
+            raise EdgeAdError(f"no answer ({getattr(reason, 'strerror', None) or reason}){tls}") from exc
+        except OSError as exc:  # a timeout while reading (TimeoutError), a connection reset
+            raise EdgeAdError(f"no answer ({exc.strerror or exc or 'timed out'})") from exc
+        if not kind.startswith("image/"):
+            raise EdgeAdError(f"the URL answers with {kind}, not a picture: give the camera's still picture URL")
+        try:
+            rgb = decode_image(data, "the picture")
+        except ImageError as exc:
+            raise EdgeAdError(str(exc)) from exc
+        return self.turn(rgb[..., ::-1])
+
+    def frames(self, stop: threading.Event | None = None) -> Iterator[Frame]:
+        stop = stop or threading.Event()
+        index, wait, failing = 0, BACKOFF_S[0], False
+        while not stop.is_set():
+            asked = time.monotonic()
+            try:
+                image = self._fetch()
+            except EdgeAdError as exc:
+                log.warning("%s: %s; trying again in %.0f s", self.shown, exc, wait)
+                self.reconnects += 1
+                failing = True
+                stop.wait(wait)
+                wait = min(2 * wait, BACKOFF_S[1])
+                continue
+            if failing:
+                log.warning("%s: the camera answers again", self.shown)
+                failing, wait = False, BACKOFF_S[0]
+            yield Frame(index, time.time(), crop_frame(image, self.crop, self.shown).copy())
+            index += 1
+            stop.wait(max(0.0, 1.0 / self.fps - (time.monotonic() - asked)))
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self.frames()
+
+    def close(self) -> None:
+        """Nothing held between requests; present so every source can be closed the same way."""

@@ -1,0 +1,144 @@
+"""`--input http://camera/snapshot.jpg --input-codec jpeg`: a camera's still picture, fetched again
+and again. Before, such a URL was refused as "not an MJPEG stream", and cameras that serve no
+stream over HTTP could not be read that way."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import threading
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_ad.errors import SourceError
+from edge_ad.pipelines import SourceOptions
+from edge_ad.sources import open_source
+
+from conftest import edge_ad, free_port
+
+JPEG = SourceOptions(codec="jpeg")
+PAGES = ("/snapshot.jpg", "/", "/video")
+USER, PASSWORD = "admin", "p@ss word"
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def _digest_ok(header: str, method: str) -> bool:
+    """Whether a Digest Authorization header (RFC 7616, MD5, qop=auth) proves USER's PASSWORD."""
+    fields = dict(re.findall(r'(\w+)="?([^",]*)"?', header.removeprefix("Digest ")))
+    if fields.get("username") != USER or not {"uri", "nonce", "nc", "cnonce", "qop"} <= set(fields):
+        return False
+    known = _md5(f"{USER}:camera:{PASSWORD}")
+    asked = _md5(f"{method}:{fields['uri']}")
+    proof = _md5(f"{known}:{fields['nonce']}:{fields['nc']}:{fields['cnonce']}:{fields['qop']}:{asked}")
+    return fields.get("response") == proof
+
+
+@contextmanager
+def _camera(picture: np.ndarray, login: str):
+    """A camera's web server: its picture at /snapshot.jpg (a new JPEG of it at each request, the
+    requests counted), a page at /, and an MJPEG stream's header at /video, to a client that
+    gives USER and PASSWORD by `login` ("basic" or "digest") authentication; its address."""
+    jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+
+    class Camera(BaseHTTPRequestHandler):
+        def do_GET(self):
+            given = self.headers.get("Authorization") or ""
+            if not (given == basic if login == "basic" else _digest_ok(given, "GET")):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="camera"' if login == "basic" else
+                                 'Digest realm="camera", qop="auth", nonce="5f1e2d", algorithm=MD5')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if self.path not in PAGES:
+                self.send_error(404)
+                return
+            body, kind = {"/snapshot.jpg": (jpeg, "image/jpeg"), "/": (b"<html>camera</html>", "text/html"),
+                          "/video": (b"", "multipart/x-mixed-replace; boundary=picture")}[self.path]
+            server.requests += self.path == "/snapshot.jpg"
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Camera)
+    server.requests = 0
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _frames_within(source, count: int, seconds: float) -> list:
+    stop, frames = threading.Event(), []
+    timer = threading.Timer(seconds, stop.set)
+    timer.start()
+    for frame in source.frames(stop):
+        frames.append(frame)
+        if len(frames) == count:
+            break
+    timer.cancel()
+    return frames
+
+
+@pytest.mark.parametrize("login", ["basic", "digest"])
+def test_a_camera_s_still_picture_is_fetched_again_and_again_no_faster_than_asked(login):
+    picture = np.zeros((48, 64, 3), np.uint8)
+    picture[:, 32:] = (40, 160, 250)
+    with _camera(picture, login) as camera:
+        uri = f"http://admin:p%40ss%20word@127.0.0.1:{camera.server_port}/snapshot.jpg"
+        source = open_source(uri, SourceOptions(codec="jpeg", framerate=10))
+        assert source.live and source.description == (f"still pictures of http://127.0.0.1:{camera.server_port}"
+                                                      "/snapshot.jpg, 10 a second at most")
+        started = time.monotonic()
+        read = _frames_within(source, 4, 30)
+        took = time.monotonic() - started
+    assert [frame.image.shape for frame in read] == [(48, 64, 3)] * 4 and [f.index for f in read] == [0, 1, 2, 3]
+    assert np.abs(read[-1].image.astype(int) - picture).mean() < 3  # the JPEG's picture, in BGR
+    assert took >= 0.3 and camera.requests == 4  # three waits of a tenth of a second between four requests
+
+
+def test_what_keeps_a_still_picture_from_coming_is_said_and_tried_again(caplog):
+    with _camera(np.zeros((48, 64, 3), np.uint8), "digest") as camera:
+        address = f"127.0.0.1:{camera.server_port}"
+        for uri, said in (
+            (f"http://admin:n0tit@{address}/snapshot.jpg",
+             "the camera refuses the login (HTTP 401: user or password wrong, or none given)"),
+            (f"http://admin:p%40ss%20word@{address}/nothing.jpg", "the camera answers 404 Not Found"),
+            (f"http://admin:p%40ss%20word@{address}/", "the URL answers with text/html, not a picture"),
+            (f"http://admin:p%40ss%20word@{address}/video", "the URL answers with multipart/x-mixed-replace, not a "
+                                                             "picture"),
+            (f"http://127.0.0.1:{free_port()}/snapshot.jpg", "no answer (Connection refused)"),
+        ):
+            caplog.clear()
+            source = open_source(uri, JPEG)
+            with caplog.at_level(logging.WARNING, logger="edge_ad.http_pictures"):
+                assert _frames_within(source, 1, 1.5) == []
+            assert said in caplog.text and "; trying again in 1 s" in caplog.text and source.reconnects >= 1
+            assert "n0tit" not in caplog.text and "p%40ss" not in caplog.text
+    with pytest.raises(SourceError, match=r"names no camera"):
+        open_source("http:///snapshot.jpg", JPEG)
+
+
+def test_a_still_picture_given_as_a_stream_says_how_to_read_it():
+    result = edge_ad("run", "--input", "http://camera/snapshot.jpg", "--input-codec", "jpeg", "--print-pipeline")
+    assert result.returncode == 0 and result.stdout.strip() == (
+        "http://camera/snapshot.jpg: still pictures of http://camera/snapshot.jpg, 2 a second at most, fetched "
+        "with urllib")
