@@ -4,7 +4,8 @@ picture (Axis's /axis-cgi/jpg/image.cgi, Hikvision's /ISAPI/Streaming/channels/1
 Dahua's /cgi-bin/snapshot.cgi, ESP32-CAM's /capture), which the MJPEG pipeline refuses.
 
 It is a live source: the newest picture is scored, at most `--input-framerate` a second
-(DEFAULT_FPS without it), so a camera's small web server is not asked faster than that. A user
+(DEFAULT_FPS without it), so a camera's small web server is not asked faster than that; one
+that has not answered in `--timeout` seconds is said not to answer. A user
 and password in the URL are sent as basic or digest authentication, as the camera asks. A
 failed request (no answer, a wrong password, a page or an error instead of a picture) is said
 and tried again with the back-off of a camera, counted as reconnects."""
@@ -28,7 +29,7 @@ from .sources import BACKOFF_S, Frame, crop_frame
 log = logging.getLogger("edge_ad.http_pictures")
 
 DEFAULT_FPS = 2
-ANSWER_S = 10.0  # a camera that has not answered in this long is said not to answer
+ANSWER_S = 10.0  # how long a camera may take to answer with --timeout 0 (a request that waits for ever is stuck)
 
 
 def is_http_pictures(uri: str | None, options: SourceOptions) -> bool:
@@ -50,6 +51,7 @@ class HttpPictures:
         host = parsed.netloc.rpartition("@")[2]
         self.url = parsed._replace(netloc=host).geturl()  # the login goes in headers, not in the request line
         self.fps = options.framerate or DEFAULT_FPS
+        self.answer_s = options.timeout_s or ANSWER_S
         self.turn, self.crop = flip_of(uri, options.flip).turn, options.crop
         self.reconnects = 0
         self.description = f"still pictures of {without_passwords(self.url)}, {self.fps:g} a second at most"
@@ -62,7 +64,7 @@ class HttpPictures:
     def _fetch(self):
         """The camera's picture now, as BGR (EdgeAdError saying why there is none)."""
         try:
-            with self._opener.open(self.url, timeout=ANSWER_S) as answer:
+            with self._opener.open(self.url, timeout=self.answer_s) as answer:
                 kind, data = answer.headers.get_content_type(), answer.read()
         except urllib.error.HTTPError as exc:  # (urllib's reason after a digest login failed: "digest auth failed")
             if exc.code == 401:
@@ -71,9 +73,10 @@ class HttpPictures:
             raise EdgeAdError(f"the camera answers {exc.code} {exc.reason}") from exc
         except urllib.error.URLError as exc:
             reason = exc.reason
-            tls = (" (the camera's certificate, self-signed as cameras' are, is not trusted here: use http://, or add "
-                   "its certificate to the system's)") if isinstance(reason, ssl.SSLCertVerificationError) else ""
-            raise EdgeAdError(f"no answer ({getattr(reason, 'strerror', None) or reason}){tls}") from exc
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise EdgeAdError(f"the camera's certificate is not trusted here ({reason.verify_message}, as cameras' "
+                                  "are): use http://, or add its certificate to the system's") from exc
+            raise EdgeAdError(f"no answer ({getattr(reason, 'strerror', None) or reason})") from exc
         except OSError as exc:  # a timeout while reading (TimeoutError), a connection reset
             raise EdgeAdError(f"no answer ({exc.strerror or exc or 'timed out'})") from exc
         if not kind.startswith("image/"):
