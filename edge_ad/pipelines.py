@@ -263,10 +263,10 @@ def _rtp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     address = "" if parsed.hostname in (None, "@", "") else f" address={parsed.hostname}"
     # No payload type: senders pick their own among the dynamic ones (96 mostly, 97, 102...), and
     # a pipeline told payload=96 drops every packet of another.
-    name, depay = ("MP2T", "rtpmp2tdepay") if codec == "mpegts" else (codec.upper(), f"rtp{codec}depay")
-    # MPEG-TS: decodebin reads its H.264 or H.265 as the stream's tables say, as udp:// does.
-    decode = f"decodebin ! {_bgr_sink(uri, options, jetson)}" if codec == "mpegts" else _decode(uri, codec, options,
-                                                                                                  jetson)
+    if codec == "mpegts":  # decodebin reads its H.264 or H.265 as the stream's tables say, as udp:// does
+        name, depay, decode = "MP2T", "rtpmp2tdepay", f"decodebin ! {_bgr_sink(uri, options, jetson)}"
+    else:
+        name, depay, decode = codec.upper(), f"rtp{codec}depay", _decode(uri, codec, options, jetson)
     caps = f"application/x-rtp,media=video,clock-rate=90000,encoding-name={name}"
     return SourcePipeline(
         f'udpsrc port={parsed.port}{address} caps="{caps}" ! rtpjitterbuffer latency={options.latency_ms} ! '
