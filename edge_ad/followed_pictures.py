@@ -33,7 +33,7 @@ import numpy as np
 from .errors import ImageError, SourceError
 from .images import IMAGE_SUFFIXES, read_image
 from .pipelines import SourceOptions, flip_of, local_path, opencv_input
-from .sources import BACKOFF_S, Frame, crop_frame
+from .sources import BACKOFF_S, Backoff, Frame, crop_frame
 
 log = logging.getLogger("edge_ad.followed_pictures")
 
@@ -178,7 +178,7 @@ class FollowedPictures:
 
     def frames(self, stop: threading.Event | None = None) -> Iterator[Frame]:
         stop = stop or threading.Event()
-        index, wait = 0, BACKOFF_S[0]
+        index, backoff = 0, Backoff()
         failing: str | None = None
         while not stop.is_set():
             try:
@@ -189,12 +189,12 @@ class FollowedPictures:
                     log.warning("%s: %s; trying again, every %.0f s at most", self.uri, problem, BACKOFF_S[1])
                     failing = problem
                 self.reconnects += 1
-                stop.wait(wait)
-                wait = min(2 * wait, BACKOFF_S[1])
+                backoff.sleep(stop)
                 continue
             if failing is not None:
                 log.warning("%s: %s can be listed again", self.uri, self.folder)
-                failing, wait = None, BACKOFF_S[0]
+                failing = None
+                backoff.reset()
             now = time.monotonic()
             for path, arrival in self._arrivals(present, now):
                 if stop.is_set():

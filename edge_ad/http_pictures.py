@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlparse
 from .errors import EdgeAdError, ImageError, SourceError, without_passwords
 from .images import decode_image
 from .pipelines import SourceOptions, flip_of, login_escaped
-from .sources import BACKOFF_S, Frame, crop_frame
+from .sources import Backoff, Frame, crop_frame
 
 log = logging.getLogger("edge_ad.http_pictures")
 
@@ -89,21 +89,21 @@ class HttpPictures:
 
     def frames(self, stop: threading.Event | None = None) -> Iterator[Frame]:
         stop = stop or threading.Event()
-        index, wait, failing = 0, BACKOFF_S[0], False
+        index, backoff, failing = 0, Backoff(), False
         while not stop.is_set():
             asked = time.monotonic()
             try:
                 image = self._fetch()
             except EdgeAdError as exc:
-                log.warning("%s: %s; trying again in %.0f s", self.shown, exc, wait)
+                log.warning("%s: %s; trying again in %.0f s", self.shown, exc, backoff.wait)
                 self.reconnects += 1
                 failing = True
-                stop.wait(wait)
-                wait = min(2 * wait, BACKOFF_S[1])
+                backoff.sleep(stop)
                 continue
             if failing:
                 log.warning("%s: the camera answers again", self.shown)
-                failing, wait = False, BACKOFF_S[0]
+                failing = False
+                backoff.reset()
             yield Frame(index, time.time(), crop_frame(image, self.crop, self.shown).copy())
             index += 1
             stop.wait(max(0.0, 1.0 / self.fps - (time.monotonic() - asked)))

@@ -44,6 +44,24 @@ BACKOFF_S = (1.0, 30.0)  # first and largest wait between reconnection attempts
 CUT_SHORT_S = 1.0
 
 
+class Backoff:
+    """The wait before a source's next attempt (a reconnection, a listing, a request):
+    BACKOFF_S[0] seconds, doubled after each up to BACKOFF_S[1], the first again once the source
+    delivers."""
+
+    def __init__(self) -> None:
+        self.wait = BACKOFF_S[0]
+
+    def sleep(self, stop: threading.Event) -> bool:
+        """Wait before the next attempt; True when `stop` was set meanwhile."""
+        stopped = stop.wait(self.wait)
+        self.wait = min(2 * self.wait, BACKOFF_S[1])
+        return stopped
+
+    def reset(self) -> None:
+        self.wait = BACKOFF_S[0]
+
+
 @dataclass
 class Frame:
     index: int
@@ -170,7 +188,7 @@ class GstSource:
         self._jetson = jetson
         self.description = self.spec.description
         self.reconnects = 0
-        self._wait, self._attempt = BACKOFF_S[0], 0  # before the next reconnection attempt; its number
+        self._backoff, self._attempt = Backoff(), 0  # before the next reconnection attempt; its number
         self.passes = 0  # how many times a file has started playing in frames() (options.loop)
         self.fps: float | None = None  # from the caps of the first frame (None: variable or unknown)
         self._dropped_before = 0  # frames the appsinks of earlier connections dropped
@@ -272,7 +290,8 @@ class GstSource:
             sample = self.appsink.try_pull_sample(int(POLL_S * Gst.SECOND))
             if sample is not None:
                 self._pulled_here += 1
-                self._wait, self._attempt = BACKOFF_S[0], 0  # connected: the next failure starts over
+                self._backoff.reset()  # connected: the next failure starts over
+                self._attempt = 0
                 return sample
             error = bus_error(self.pipeline)
             if error:
@@ -373,18 +392,17 @@ class GstSource:
         and must not be asked again every second (cameras lock an account out after a few failed
         logins, and each attempt logs two lines)."""
         self.close()
-        log.warning("%s: %s; reconnecting in %.0f s", self.shown, reason, self._wait)
+        log.warning("%s: %s; reconnecting in %.0f s", self.shown, reason, self._backoff.wait)
         while not stop.is_set():
             self._attempt += 1
-            if stop.wait(self._wait):
+            if self._backoff.sleep(stop):
                 return
-            self._wait = min(2 * self._wait, BACKOFF_S[1])
             log.warning("%s: reconnection attempt %d", self.shown, self._attempt)
             try:
                 self._start()
             except SourceError as exc:
                 log.warning("%s: attempt %d failed: %s; next in %.0f s", self.shown, self._attempt,
-                            without_passwords(str(exc)), self._wait)
+                            without_passwords(str(exc)), self._backoff.wait)
                 continue
             self.reconnects += 1
             return

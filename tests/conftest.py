@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -151,6 +152,21 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def frames_within(source, count: int, seconds: float) -> list:
+    """Up to `count` frames of a live source that reconnects on failure, within `seconds`; the
+    source closed."""
+    stop, frames = threading.Event(), []
+    timer = threading.Timer(seconds, stop.set)
+    timer.start()
+    for frame in source.frames(stop):
+        frames.append(frame)
+        if len(frames) == count:
+            break
+    timer.cancel()
+    source.close()
+    return frames
 
 
 def modbus_client(port: int, within_s: float = 60.0) -> ModbusTcpClient:

@@ -21,7 +21,7 @@ from edge_ad.errors import SourceError
 from edge_ad.pipelines import SourceOptions
 from edge_ad.sources import open_source
 
-from conftest import edge_ad, free_port
+from conftest import edge_ad, frames_within, free_port
 
 JPEG = SourceOptions(codec="jpeg")
 PAGES = ("/snapshot.jpg", "/", "/video")
@@ -86,18 +86,6 @@ def _camera(picture: np.ndarray, login: str):
         server.server_close()
 
 
-def _frames_within(source, count: int, seconds: float) -> list:
-    stop, frames = threading.Event(), []
-    timer = threading.Timer(seconds, stop.set)
-    timer.start()
-    for frame in source.frames(stop):
-        frames.append(frame)
-        if len(frames) == count:
-            break
-    timer.cancel()
-    return frames
-
-
 @pytest.mark.parametrize("login", ["basic", "digest"])
 def test_a_camera_s_still_picture_is_fetched_again_and_again_no_faster_than_asked(login):
     picture = np.zeros((48, 64, 3), np.uint8)
@@ -108,7 +96,7 @@ def test_a_camera_s_still_picture_is_fetched_again_and_again_no_faster_than_aske
         assert source.live and source.description == (f"still pictures of http://127.0.0.1:{camera.server_port}"
                                                       "/snapshot.jpg, 10 a second at most")
         started = time.monotonic()
-        read = _frames_within(source, 4, 30)
+        read = frames_within(source, 4, 30)
         took = time.monotonic() - started
     assert [frame.image.shape for frame in read] == [(48, 64, 3)] * 4 and [f.index for f in read] == [0, 1, 2, 3]
     assert np.abs(read[-1].image.astype(int) - picture).mean() < 3  # the JPEG's picture, in BGR
@@ -130,7 +118,7 @@ def test_what_keeps_a_still_picture_from_coming_is_said_and_tried_again(caplog):
             caplog.clear()
             source = open_source(uri, JPEG)
             with caplog.at_level(logging.WARNING, logger="edge_ad.http_pictures"):
-                assert _frames_within(source, 1, 1.5) == []
+                assert frames_within(source, 1, 1.5) == []
             assert said in caplog.text and "; trying again in 1 s" in caplog.text and source.reconnects >= 1
             assert "n0tit" not in caplog.text and "p%40ss" not in caplog.text
     with pytest.raises(SourceError, match=r"names no camera"):

@@ -29,7 +29,7 @@ from edge_ad.streams import Stream
 from edge_ad.pipelines import FLIPS, SourceOptions
 from edge_ad.sources import load_gst, open_source
 
-from conftest import free_port
+from conftest import frames_within, free_port
 
 GST_LAUNCH = shutil.which("gst-launch-1.0")
 pytestmark = pytest.mark.skipif(GST_LAUNCH is None, reason="gst-launch-1.0 is not installed")
@@ -270,20 +270,6 @@ def _rtsp_camera(launch: str, login: tuple[str, str] | None = None):
         thread.join(timeout=5)
 
 
-def _frames_within(source, count: int, seconds: float) -> list:
-    """Up to `count` frames of a live source that reconnects on failure, within `seconds`."""
-    stop, frames = threading.Event(), []
-    timer = threading.Timer(seconds, stop.set)
-    timer.start()
-    for frame in source.frames(stop):
-        frames.append(frame)
-        if len(frames) == count:
-            break
-    timer.cancel()
-    source.close()
-    return frames
-
-
 @contextmanager
 def _http_camera(picture: np.ndarray, user: str, password: str):
     """An IP camera serving `picture` as an MJPEG stream (multipart/x-mixed-replace, 20 a second)
@@ -340,14 +326,14 @@ def test_an_http_camera_s_mjpeg_stream_is_read(caplog):
     picture[:, 32:] = (40, 160, 250)
     with _http_camera(picture, "admin", "p@ss word") as camera:
         address = camera.replace("http://", "http://admin:p%40ss%20word@")
-        read = _frames_within(open_source(f"{address}/video", SourceOptions(timeout_s=5)), 3, 30)
+        read = frames_within(open_source(f"{address}/video", SourceOptions(timeout_s=5)), 3, 30)
         assert [frame.image.shape for frame in read] == [(48, 64, 3)] * 3
         assert np.abs(read[-1].image.astype(int) - picture).mean() < 3  # the JPEG's picture, in BGR
         for url, said in ((camera.replace("http://", "http://admin:wrong@") + "/video", "Unauthorized"),
                           (f"{address}/still.jpg", "the URL answers, but not with an MJPEG stream")):
             caplog.clear()
             with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
-                assert _frames_within(open_source(url, SourceOptions(timeout_s=5)), 1, 3) == []
+                assert frames_within(open_source(url, SourceOptions(timeout_s=5)), 1, 3) == []
             assert said in caplog.text and "p@ss" not in caplog.text and "wrong" not in caplog.text
 
 
@@ -362,7 +348,7 @@ def test_a_camera_password_is_read_as_typed_into_the_camera(caplog):
         for typed in ("admin:p@ss#1 ?", "admin:p%40ss%231%20%3F"):  # as typed, and as a URL writes it
             stream = Stream(uri.replace("rtsp://", f"rtsp://{typed}@"))
             assert stream.name == uri.replace("rtsp://", "rtsp://admin:***@")
-            read = _frames_within(open_source(stream.input, SourceOptions(timeout_s=5)), 3, 30)
+            read = frames_within(open_source(stream.input, SourceOptions(timeout_s=5)), 3, 30)
             assert [frame.image.shape for frame in read] == [(64, 96, 3)] * 3
     assert "p@ss" not in caplog.text and "ss#1" not in caplog.text
 
@@ -374,11 +360,11 @@ def test_an_rtsp_camera_is_read_in_the_codec_it_sends(caplog):
         pytest.skip("x265enc (gstreamer1.0-plugins-bad) is not installed")
     frames = "videotestsrc is-live=true ! video/x-raw,format=I420,width=96,height=64,framerate=15/1"
     with _rtsp_camera(f"( {frames} ! x265enc tune=zerolatency speed-preset=ultrafast ! rtph265pay name=pay0 )") as uri:
-        read = _frames_within(open_source(uri, SourceOptions(timeout_s=5)), 3, 30)
+        read = frames_within(open_source(uri, SourceOptions(timeout_s=5)), 3, 30)
     assert [frame.image.shape for frame in read] == [(64, 96, 3)] * 3
     assert "the camera sends H.265 video, not H.264: read as H.265 from now on (--input-codec h265" in caplog.text
     with _rtsp_camera(f"( {frames} ! jpegenc ! rtpjpegpay name=pay0 )") as uri:
-        assert _frames_within(open_source(uri, SourceOptions(timeout_s=5)), 1, 6) == []
+        assert frames_within(open_source(uri, SourceOptions(timeout_s=5)), 1, 6) == []
     assert "the camera sends JPEG video, which edge-ad does not read from RTSP; set the camera's stream to H.264 " \
            "or H.265" in caplog.text
 
@@ -407,14 +393,14 @@ def test_an_rtp_stream_is_read_in_the_codec_and_payload_type_it_is_sent_in(caplo
     options = SourceOptions(timeout_s=2, latency_ms=50)
     with _rtp_sender("x265enc tune=zerolatency speed-preset=ultrafast key-int-max=15 ! "
                      "rtph265pay config-interval=1") as port:
-        read = _frames_within(open_source(f"rtp://@:{port}", options), 3, 30)
+        read = frames_within(open_source(f"rtp://@:{port}", options), 3, 30)
     assert [frame.image.shape for frame in read] == [(64, 96, 3)] * 3
     assert "the sender sends H.265 video, not H.264: read as H.265 from now on (--input-codec h265" in caplog.text
     with _rtp_sender("x264enc tune=zerolatency key-int-max=15 ! rtph264pay pt=97 config-interval=1") as port:
-        assert len(_frames_within(open_source(f"rtp://@:{port}", options), 3, 30)) == 3
+        assert len(frames_within(open_source(f"rtp://@:{port}", options), 3, 30)) == 3
     caplog.clear()  # MPEG-TS over RTP, as VLC's RTP output sends it: told by its payload type, 33
     with _rtp_sender("x264enc tune=zerolatency key-int-max=15 ! h264parse ! mpegtsmux ! rtpmp2tpay") as port:
-        assert len(_frames_within(open_source(f"rtp://@:{port}", options), 3, 30)) == 3
+        assert len(frames_within(open_source(f"rtp://@:{port}", options), 3, 30)) == 3
     assert "the sender sends MPEG-TS video, not H.264: read as MPEG-TS from now on (--input-codec mpegts" in caplog.text
     for encode, said in (
             (None, "no frame for 2 s: no packet came to UDP port {port} (does the sender send to this device's "
@@ -431,7 +417,7 @@ def test_an_rtp_stream_is_read_in_the_codec_and_payload_type_it_is_sent_in(caplo
         with (_rtp_sender(encode) if encode else nullcontext(free_port(socket.SOCK_DGRAM))) as port:
             time.sleep(1.0)  # the sender's first key frame goes by
             with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
-                assert _frames_within(open_source(f"rtp://@:{port}", options), 1, 3) == []
+                assert frames_within(open_source(f"rtp://@:{port}", options), 1, 3) == []
         assert said.format(port=port) in caplog.text
 
 
@@ -445,7 +431,7 @@ def test_mpeg_ts_sent_straight_over_udp_is_read_as_udp(caplog):
                    "x265enc tune=zerolatency speed-preset=ultrafast key-int-max=15 ! h265parse config-interval=-1 ! "
                    "mpegtsmux"):
         with _rtp_sender(encode) as port:
-            read = _frames_within(open_source(f"udp://@:{port}", options), 3, 30)
+            read = frames_within(open_source(f"udp://@:{port}", options), 3, 30)
         assert [frame.image.shape for frame in read] == [(64, 96, 3)] * 3
     for encode, said in (
             ("x264enc tune=zerolatency key-int-max=15 ! rtph264pay",
@@ -457,7 +443,7 @@ def test_mpeg_ts_sent_straight_over_udp_is_read_as_udp(caplog):
         with _rtp_sender(encode) as port:
             time.sleep(1.0)  # the sender's first key frame, with the only parameter sets it sends, goes by
             with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
-                assert _frames_within(open_source(f"udp://@:{port}", options), 1, 3) == []
+                assert frames_within(open_source(f"udp://@:{port}", options), 1, 3) == []
         assert said.format(port=port) in caplog.text
     with pytest.raises(SourceError, match=r"udp://10.0.0.5: a UDP source needs a port, as in udp://@:5000"):
         open_source("udp://10.0.0.5")
@@ -1074,7 +1060,7 @@ def test_rtsp_outputs_on_one_port_are_each_served_at_their_path(detector):
     stop, thread, box = _run_in_thread(detector, streams, RunConfig())
     try:
         time.sleep(1.0)
-        read = {name: _frames_within(open_source(f"rtsp://127.0.0.1:{port}/{name}",
+        read = {name: frames_within(open_source(f"rtsp://127.0.0.1:{port}/{name}",
                                                  SourceOptions(latency_ms=50, timeout_s=10)), 3, 30)
                 for name in ("cam1", "cam2")}
     finally:
