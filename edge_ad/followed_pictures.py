@@ -33,7 +33,7 @@ import numpy as np
 from .errors import ImageError, SourceError
 from .images import IMAGE_SUFFIXES, read_image
 from .pipelines import SourceOptions, flip_of, local_path, opencv_input
-from .sources import BACKOFF_S, Backoff, Frame, crop_frame
+from .sources import BACKOFF_S, Backoff, Frame, picture_frame
 
 log = logging.getLogger("edge_ad.followed_pictures")
 
@@ -166,7 +166,7 @@ class FollowedPictures:
         self._done.add(path)
         if arrival.said:
             log.info("%s: %s reads now", self.uri, os.path.basename(path))
-        return np.ascontiguousarray(crop_frame(self.turn(rgb[..., ::-1]), self.crop, path))
+        return picture_frame(rgb, self.turn, self.crop, path)
 
     def _report_unreadable(self, now: float) -> None:
         """Those unchanged for SETTLE_S since they did not read, once each."""

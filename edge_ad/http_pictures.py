@@ -21,10 +21,12 @@ import urllib.request
 from typing import Iterator
 from urllib.parse import unquote, urlparse
 
+import numpy as np
+
 from .errors import EdgeAdError, ImageError, SourceError, without_passwords
 from .images import decode_image
 from .pipelines import SourceOptions, flip_of, login_escaped
-from .sources import Backoff, Frame, crop_frame
+from .sources import Backoff, Frame, picture_frame
 
 log = logging.getLogger("edge_ad.http_pictures")
 
@@ -61,8 +63,8 @@ class HttpPictures:
             urllib.request.HTTPBasicAuthHandler(logins), urllib.request.HTTPDigestAuthHandler(logins),
             urllib.request.HTTPSHandler(context=ssl.create_default_context()))
 
-    def _fetch(self):
-        """The camera's picture now, as BGR (EdgeAdError saying why there is none)."""
+    def _fetch(self) -> np.ndarray:
+        """The camera's picture now, as RGB (EdgeAdError saying why there is none)."""
         try:
             with self._opener.open(self.url, timeout=self.answer_s) as answer:
                 kind, data = answer.headers.get_content_type(), answer.read()
@@ -82,10 +84,9 @@ class HttpPictures:
         if not kind.startswith("image/"):
             raise EdgeAdError(f"the URL answers with {kind}, not a picture: give the camera's still picture URL")
         try:
-            rgb = decode_image(data, "the picture")
+            return decode_image(data, "the picture")
         except ImageError as exc:
             raise EdgeAdError(str(exc)) from exc
-        return self.turn(rgb[..., ::-1])
 
     def frames(self, stop: threading.Event | None = None) -> Iterator[Frame]:
         stop = stop or threading.Event()
@@ -93,7 +94,7 @@ class HttpPictures:
         while not stop.is_set():
             asked = time.monotonic()
             try:
-                image = self._fetch()
+                rgb = self._fetch()
             except EdgeAdError as exc:
                 log.warning("%s: %s; trying again in %.0f s", self.shown, exc, backoff.wait)
                 self.reconnects += 1
@@ -104,7 +105,7 @@ class HttpPictures:
                 log.warning("%s: the camera answers again", self.shown)
                 failing = False
                 backoff.reset()
-            yield Frame(index, time.time(), crop_frame(image, self.crop, self.shown).copy())
+            yield Frame(index, time.time(), picture_frame(rgb, self.turn, self.crop, self.shown))
             index += 1
             stop.wait(max(0.0, 1.0 / self.fps - (time.monotonic() - asked)))
 

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Union
 from urllib.parse import urlparse
 
 import numpy as np
@@ -508,6 +508,13 @@ def crop_frame(image: np.ndarray, crop: tuple[int, int, int, int] | None, uri: s
     return image[y : y + height, x : x + width]
 
 
+def picture_frame(rgb: np.ndarray, turn: Callable[[np.ndarray], np.ndarray], crop: tuple[int, int, int, int] | None,
+                  name: str) -> np.ndarray:
+    """A picture read as RGB (images.read_image) as a frame of its source: BGR, turned as
+    --input-flip asks, cropped as --input-crop asks, in memory of its own."""
+    return np.ascontiguousarray(crop_frame(turn(rgb[..., ::-1]), crop, name))
+
+
 class PictureSource:
     """Image files of a folder in name order (or one image file, or those a pattern matches, in
     path order), `loop` more times after the first (-1: for ever); unreadable files are reported
@@ -550,7 +557,7 @@ class PictureSource:
                         self.skipped.append(str(exc))
                         log.warning("%s", exc)
                     continue
-                image = np.ascontiguousarray(crop_frame(self.turn(rgb[..., ::-1]), self.crop, str(path)))
+                image = picture_frame(rgb, self.turn, self.crop, str(path))
                 yield Frame(index, time.time(), image, path.name)
                 index += 1
             if index == 0:  # a run, a calibration or a recording that saw nothing would seem to have passed
