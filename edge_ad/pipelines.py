@@ -294,7 +294,7 @@ def _http(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     """An IP camera's MJPEG stream over HTTP (multipart/x-mixed-replace), which many cameras serve
     besides RTSP (Axis's /axis-cgi/mjpg/video.cgi, ESP32-CAM, another edge-ad's --output http://).
     A user and password in the URL are sent as HTTP authentication (basic or digest)."""
-    _codec(uri, options, "mjpeg", ("mjpeg",))
+    _codec(uri, options, "mjpeg", ("mjpeg", "jpeg"))  # jpeg: a still picture's URL, read by http_pictures instead
     decode = "nvv4l2decoder mjpeg=1" if jetson else "jpegdec"
     return SourcePipeline(
         f"souphttpsrc location={_quote(login_escaped(uri))} is-live=true do-timestamp=true ! multipartdemux ! "

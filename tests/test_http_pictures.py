@@ -125,8 +125,11 @@ def test_what_keeps_a_still_picture_from_coming_is_said_and_tried_again(caplog):
         open_source("http:///snapshot.jpg", JPEG)
 
 
-def test_a_still_picture_given_as_a_stream_says_how_to_read_it():
+def test_print_pipeline_names_still_pictures_and_an_http_source_s_codecs():
     result = edge_ad("run", "--input", "http://camera/snapshot.jpg", "--input-codec", "jpeg", "--print-pipeline")
     assert result.returncode == 0 and result.stdout.strip() == (
         "http://camera/snapshot.jpg: still pictures of http://camera/snapshot.jpg, 2 a second at most, fetched "
         "with urllib")
+    result = edge_ad("run", "--input", "http://camera/video", "--input-codec", "h264", "--print-pipeline")
+    assert result.returncode == 2 and "codec 'h264' is not supported for this source (use one of mjpeg, jpeg)" in \
+        result.stderr
