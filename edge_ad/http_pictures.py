@@ -12,6 +12,7 @@ and tried again with the back-off of a camera, counted as reconnects."""
 
 from __future__ import annotations
 
+import http.client
 import logging
 import ssl
 import threading
@@ -81,6 +82,11 @@ class HttpPictures:
             raise EdgeAdError(f"no answer ({getattr(reason, 'strerror', None) or reason})") from exc
         except OSError as exc:  # a timeout while reading (TimeoutError), a connection reset
             raise EdgeAdError(f"no answer ({exc.strerror or exc or 'timed out'})") from exc
+        except http.client.IncompleteRead as exc:  # the camera closed the connection part-way
+            raise EdgeAdError(f"the answer was cut short ({len(exc.partial)} bytes, {exc.expected} more expected)") \
+                from exc
+        except http.client.HTTPException as exc:  # a status line that is not HTTP's
+            raise EdgeAdError(f"the answer is not HTTP ({type(exc).__name__}: {str(exc).strip()})") from exc
         if not kind.startswith("image/"):
             raise EdgeAdError(f"the URL answers with {kind}, not a picture: give the camera's still picture URL")
         try:

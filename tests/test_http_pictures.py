@@ -8,6 +8,7 @@ import base64
 import hashlib
 import logging
 import re
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -86,6 +87,30 @@ def _camera(picture: np.ndarray, login: str):
         server.server_close()
 
 
+@contextmanager
+def _answering(reply: bytes):
+    """A server on 127.0.0.1 that answers every request with `reply` and closes; its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stopped = threading.Event()
+
+    def serve() -> None:
+        while not stopped.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed
+                return
+            with connection:
+                connection.recv(4096)
+                connection.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stopped.set()
+        listener.close()
+
+
 @pytest.mark.parametrize("login", ["basic", "digest"])
 def test_a_camera_s_still_picture_is_fetched_again_and_again_no_faster_than_asked(login):
     picture = np.zeros((48, 64, 3), np.uint8)
@@ -121,6 +146,17 @@ def test_what_keeps_a_still_picture_from_coming_is_said_and_tried_again(caplog):
                 assert frames_within(source, 1, 1.5) == []
             assert said in caplog.text and "; trying again in 1 s" in caplog.text and source.reconnects >= 1
             assert "n0tit" not in caplog.text and "p%40ss" not in caplog.text
+    for reply, said in (  # before, the source stopped for good with a traceback ("reading frames failed")
+        (b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\n\xff\xd8" + b"x" * 100,
+         "the answer was cut short (102 bytes, 4898 more expected)"),
+        (b"garbage\r\n\r\n", "the answer is not HTTP (BadStatusLine: garbage)"),
+    ):
+        caplog.clear()
+        with _answering(reply) as port:
+            source = open_source(f"http://127.0.0.1:{port}/snapshot.jpg", JPEG)
+            with caplog.at_level(logging.WARNING, logger="edge_ad.http_pictures"):
+                assert frames_within(source, 1, 1.5) == []
+        assert f"{said}; trying again in 1 s" in caplog.text
     with pytest.raises(SourceError, match=r"names no camera"):
         open_source("http:///snapshot.jpg", JPEG)
 
