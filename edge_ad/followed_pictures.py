@@ -4,10 +4,11 @@ vision PC saves them to a share; the results go to the PLC, MQTT and the events 
 
 The folder is listed every POLL_S, not watched with inotify: it is often a network share (SMB,
 NFS), where inotify hears nothing another machine writes. Only the new names are looked at, so a
-folder of thousands costs a listing. A new picture is read as soon as it reads whole (every
-format read has an end the reader checks, images.read_image); one still being written is tried
-again when its size or time changes, and one unchanged for SETTLE_S that still does not read is
-reported and passed over, as a folder's unreadable pictures are (read if it changes later).
+folder of thousands costs a listing. A new picture is tried as soon as it is seen, and read if
+it reads whole (every format read has an end the reader checks, images.read_image); one still
+being written is tried again once its size and time stood still between two listings, and one
+unchanged for SETTLE_S that still does not read is reported and passed over, as a folder's
+unreadable pictures are (read if it changes later).
 
 Pictures already there when the run starts are left alone: their parts are gone, and their
 results would reach the PLC as those of the part now at the camera. A folder that cannot be
@@ -62,6 +63,7 @@ class _Arrival:
     stamp: tuple[int, int]  # its size and modification time (ns) when last looked at
     since: float  # monotonic time it has had this stamp
     seen: float  # wall-clock time it was first listed: the frame's `captured`
+    tried: bool = False  # read (and found wanting) at this stamp
     error: str = ""  # why it did not read, last time it was tried
     said: bool = False  # reported as unreadable
 
@@ -134,8 +136,10 @@ class FollowedPictures:
         return {path for path in glob.glob(self.pattern) if path.lower().endswith(IMAGE_SUFFIXES)}  # * skips .names
 
     def _arrivals(self, present: set[str], now: float) -> list[tuple[str, _Arrival]]:
-        """The new pictures to try now (their stamp changed, or first seen), oldest first; those
-        unchanged for SETTLE_S since a failed try are reported once."""
+        """The new pictures to try now, oldest first: those first seen (a picture renamed into
+        place is whole at once), and those that stopped changing since their last try (one still
+        being written is not read again at each listing: over a share, each read fetches all of
+        it)."""
         self._done &= present  # names gone from the folder are forgotten (a camera may use them again)
         for path in list(self._waiting):
             if path not in present:
@@ -150,17 +154,19 @@ class FollowedPictures:
             arrival = self._waiting.get(path)
             if arrival is None:
                 arrival = self._waiting[path] = _Arrival(stamp, now, time.time())
-                ready.append((stat.st_mtime_ns, path, arrival))
             elif arrival.stamp != stamp:
-                arrival.stamp, arrival.since = stamp, now
+                arrival.stamp, arrival.since, arrival.tried = stamp, now, False
+                continue
+            if not arrival.tried:
                 ready.append((stat.st_mtime_ns, path, arrival))
         return [(path, arrival) for _, path, arrival in sorted(ready, key=lambda item: item[:2])]
 
     def _read(self, path: str, arrival: _Arrival) -> np.ndarray | None:
+        arrival.tried = True
         try:
             rgb = read_image(path)
         except ImageError as exc:
-            arrival.error = str(exc)  # half written, most likely: tried again when it changes
+            arrival.error = str(exc)  # half written, most likely: tried again once it stops changing
             return None
         del self._waiting[path]
         self._done.add(path)
