@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable
+from urllib.parse import urlparse
 
 # scheme://user:password@host: the password runs to the last @ before the path (some hold an @)
 _PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:'\"]*):[^\s/'\"]*@")
@@ -60,3 +61,13 @@ def report_errors(program: str, run: Callable[[], object]) -> int:
         print(f"{program}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def uri_port(uri: str) -> int | None:
+    """The port a camera's, stream's, output's or broker's URI names (None: none). urllib raises a
+    bare ValueError for a port that is no number or above 65535, which ended the command with a
+    traceback; this names the URI."""
+    try:
+        return urlparse(uri).port
+    except ValueError as exc:
+        raise SourceError(f"{without_passwords(uri)}: the port is not a number from 0 to 65535") from exc

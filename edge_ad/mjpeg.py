@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import cv2
 import numpy as np
 
-from .errors import SourceError
+from .errors import SourceError, uri_port
 
 MJPEG_FPS = 10.0  # at most this many pictures a second: enough to watch, a third of a camera's bandwidth
 MJPEG_QUALITY = 80
@@ -27,10 +27,10 @@ MJPEG_QUALITY = 80
 
 def mjpeg_description(uri: str) -> str:
     """What an http:// output is, after checking that it names a port."""
-    parsed = urlparse(uri)
-    if parsed.port is None:
+    parsed, port = urlparse(uri), uri_port(uri)
+    if port is None:
         raise SourceError(f"{uri}: an HTTP output needs a port, as in http://@:8080/line1")
-    return (f"MJPEG over HTTP on port {parsed.port}, path /{parsed.path.strip('/')}, at most {MJPEG_FPS:g} "
+    return (f"MJPEG over HTTP on port {port}, path /{parsed.path.strip('/')}, at most {MJPEG_FPS:g} "
             f"pictures a second (JPEG quality {MJPEG_QUALITY})")
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlparse
 
-from .errors import EdgeAdError, without_passwords
+from .errors import EdgeAdError, uri_port, without_passwords
 from .sinks import slug
 
 log = logging.getLogger("edge_ad.mqtt")
@@ -88,7 +88,11 @@ def parse_mqtt_url(url: str) -> MqttBroker:
     if user is not None and password is None:
         password = os.environ.get(PASSWORD_VARIABLE)
     tls = parsed.scheme == "mqtts"
-    return MqttBroker(parsed.hostname, parsed.port or (8883 if tls else 1883), topic, user, password, tls, shown)
+    try:
+        port = uri_port(url)
+    except EdgeAdError as exc:
+        raise EdgeAdError(f"--mqtt {exc}") from None
+    return MqttBroker(parsed.hostname, port or (8883 if tls else 1883), topic, user, password, tls, shown)
 
 
 def _tls_context(broker: MqttBroker, tls: MqttTls) -> ssl.SSLContext | None:

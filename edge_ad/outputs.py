@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .errors import EdgeAdError, SourceError
+from .errors import EdgeAdError, SourceError, uri_port
 from .mjpeg import MjpegOutput, mjpeg_description
 from .picture_output import is_picture_output, picture_description, picture_name_problem
 from .pipelines import output_pipeline, rtsp_launch
@@ -254,8 +254,7 @@ def check_servable(outputs: list[str]) -> None:
     for uri in outputs:
         if not uri.startswith(("rtsp://", "http://")):
             continue
-        parsed = urlparse(uri)
-        port = parsed.port
+        parsed, port = urlparse(uri), uri_port(uri)
         if port in kinds:
             if kinds[port].split("://")[0] != uri.split("://")[0]:
                 raise EdgeAdError(f"--output {uri}: port {port} is taken by --output {kinds[port]}; an RTSP and an "
@@ -306,7 +305,7 @@ class RtspOutput:
         self._Gst = load_gst()
         _, GstRtspServer = rtsp_server(uri)
         parsed = urlparse(uri)
-        if parsed.port is None or not parsed.path.strip("/"):
+        if uri_port(uri) is None or not parsed.path.strip("/"):
             raise SourceError(f"{uri}: an RTSP output needs a port and a path, as in rtsp://@:8554/inspection")
         self.uri, self.size = uri, (width, height)
         self.path = "/" + parsed.path.strip("/")

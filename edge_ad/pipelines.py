@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, quote, unquote, urlparse
 import numpy as np
 
 from .device import detect, is_jetson, load_configs, pick_config
-from .errors import EdgeAdError, SourceError
+from .errors import EdgeAdError, SourceError, uri_port
 from .images import IMAGE_SUFFIXES
 
 # A plain MP4 has its index written at the end, so a run that is killed (a power cut, the
@@ -256,8 +256,8 @@ def _rtsp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
 
 
 def _rtp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
-    parsed = urlparse(uri)
-    if parsed.port is None:
+    parsed, port = urlparse(uri), uri_port(uri)
+    if port is None:
         raise SourceError(f"{uri}: an RTP source needs a port, as in rtp://@:5000")
     codec = _codec(uri, options, "h264", ("h264", "h265", "mpegts"))
     address = "" if parsed.hostname in (None, "@", "") else f" address={parsed.hostname}"
@@ -269,7 +269,7 @@ def _rtp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
         name, depay, decode = codec.upper(), f"rtp{codec}depay", _decode(uri, codec, options, jetson)
     caps = f"application/x-rtp,media=video,clock-rate=90000,encoding-name={name}"
     return SourcePipeline(
-        f'udpsrc port={parsed.port}{address} caps="{caps}" ! rtpjitterbuffer latency={options.latency_ms} ! '
+        f'udpsrc port={port}{address} caps="{caps}" ! rtpjitterbuffer latency={options.latency_ms} ! '
         f"{depay} ! {decode}",
         True,
     )
@@ -279,12 +279,12 @@ def _udp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     """MPEG-TS sent straight over UDP (`udp://@:5000`, or a multicast group `udp://239.0.0.1:5000`),
     as ffmpeg (`-f mpegts udp://JETSON:5000`), VLC and hardware encoders send it. decodebin reads
     its H.264 or H.265 as the stream's tables say, as it reads a video file, and leaves its sound."""
-    parsed = urlparse(uri)
-    if parsed.port is None:
+    parsed, port = urlparse(uri), uri_port(uri)
+    if port is None:
         raise SourceError(f"{uri}: a UDP source needs a port, as in udp://@:5000")
     address = "" if parsed.hostname in (None, "@", "") else f" address={parsed.hostname}"
     return SourcePipeline(
-        f'udpsrc port={parsed.port}{address} caps="video/mpegts,systemstream=true" ! decodebin ! '
+        f'udpsrc port={port}{address} caps="video/mpegts,systemstream=true" ! decodebin ! '
         f"{_bgr_sink(uri, options, jetson)}",
         True,
     )
@@ -426,7 +426,7 @@ def output_pipeline(
         return f"{src} ! {sink}"
     if uri.startswith("rtp://"):
         parsed = urlparse(uri)
-        if not parsed.hostname or parsed.port is None:
+        if not parsed.hostname or uri_port(uri) is None:
             raise SourceError(f"{uri}: an RTP output needs a host and a port, as in rtp://192.168.1.10:5000")
         return (
             f"{src} ! {_encoder(fps, jetson, bitrate_kbps)} ! rtph264pay config-interval=1 pt=96 ! "

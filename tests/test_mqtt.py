@@ -65,6 +65,9 @@ def test_mqtt_urls(monkeypatch):
     with pytest.raises(EdgeAdError, match=r"--mqtt mqtt://qa:\*\*\*@b: expected") as error:
         parse_mqtt_url("mqtt://qa:hunter2@b")
     assert "hunter2" not in str(error.value)
+    with pytest.raises(EdgeAdError, match=r"--mqtt mqtt://qa:\*\*\*@b:99999/line: the port is not a number from 0 "
+                                          r"to 65535$"):  # a traceback before, from urllib's ValueError
+        parse_mqtt_url("mqtt://qa:hunter2@b:99999/line")
 
 
 def _subscribe(port: int, topic: str, tls: dict | None = None) -> tuple[object, list[tuple[str, bytes]]]:

@@ -127,6 +127,8 @@ def test_file_uris_are_read_as_file_managers_write_them(tmp_path):
         ("rtsp://cam/s", SourceOptions(codec="mjpeg"), "codec 'mjpeg' is not supported"),
         ("rtsp://cam/s", SourceOptions(transport="quic"), "RTSP transport 'quic' is not tcp or udp"),
         ("ftp://cam/stream", SourceOptions(), "unknown source type"),
+        ("udp://@:99999", SourceOptions(), "the port is not a number from 0 to 65535"),  # a traceback before
+        ("rtp://@:five", SourceOptions(), "the port is not a number from 0 to 65535"),
         ("/nowhere/missing.mp4", SourceOptions(), "no such file"),
         ("1", SourceOptions(), r"no such file.*; a camera by its number is /dev/video1 \(USB, V4L2\) or csi://1"),
         ("test://ball?fps=fast", SourceOptions(), "must be integers"),

@@ -23,7 +23,7 @@ from edge_ad.datasets import calibration_frames
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError, SourceError
 from edge_ad import outputs, runner
-from edge_ad.outputs import QUEUED_FRAMES, VideoOutput, unused_path
+from edge_ad.outputs import QUEUED_FRAMES, VideoOutput, check_servable, output_description, unused_path
 from edge_ad.runner import RunConfig, run
 from edge_ad.streams import Stream
 from edge_ad.pipelines import FLIPS, SourceOptions
@@ -1242,3 +1242,8 @@ def test_http_output_lets_clients_go_and_its_port_free():
             MjpegOutput(f"http://@:{port}/a", 64, 48, 10)
     with pytest.raises(SourceError, match="an HTTP output needs a port"):
         MjpegOutput("http://camera/line1", 64, 48, 10)
+    for uri in ("http://@:99999/line1", "rtsp://@:99999/line1"):  # a traceback before, from urllib's ValueError
+        with pytest.raises(SourceError, match=f"{uri}: the port is not a number from 0 to 65535"):
+            check_servable([uri])
+    with pytest.raises(SourceError, match="rtp://10.0.0.9:99999: the port is not a number from 0 to 65535"):
+        output_description("rtp://10.0.0.9:99999", 64, 48, 10, False)
