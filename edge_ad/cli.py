@@ -56,6 +56,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    """A TCP port to serve on (bind() raised OverflowError, with a traceback, past 65535)."""
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, got {text}")
+    return value
+
+
 def parse_input_size(text: str) -> int | list[int]:
     """`train --input-size`: a square's side (256), or WIDTH x HEIGHT (448x256) as cameras name
     frame sizes; a rectangle is returned as [height, width], the order of the run and bundle."""
@@ -817,8 +825,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-cert", metavar="PEM", help="mqtts://: this device's client certificate")
     p.add_argument("--mqtt-key", metavar="PEM", help="mqtts://: the client certificate's private key (if not in it)")
     p.add_argument("--metrics", help="file rewritten every 5 s with Prometheus-format metrics")
-    p.add_argument("--metrics-port", type=int, help="serve the metrics on http://0.0.0.0:PORT/metrics")
-    p.add_argument("--modbus-port", type=int, metavar="PORT",
+    p.add_argument("--metrics-port", type=_port, help="serve the metrics on http://0.0.0.0:PORT/metrics")
+    p.add_argument("--modbus-port", type=_port, metavar="PORT",
                    help="serve each source's last result as Modbus TCP registers and its alarm as a latched coil, "
                         "for the line's PLC (502 is Modbus's port; map in README)")
     p.add_argument("--max-frames", type=_positive_int, help="stop each source after this many frames")

@@ -37,6 +37,9 @@ def test_options_that_are_not_ones_or_out_of_range_are_named():
     _one_line_error(edge_ad("calibrate", "--bundle", "b", "--frame", "10"), "unrecognized arguments: --frame 10")
     _one_line_error(edge_ad("record", "--input", "test://", "--out", "good", "--interval", "-1"),
                     "--interval: must be 0 or more, got -1", program="edge-ad record")
+    for option in ("--metrics-port", "--modbus-port"):  # bind()'s OverflowError and its traceback before
+        _one_line_error(edge_ad("run", "--input", "test://", option, "70000"),
+                        f"{option}: must be a port from 1 to 65535, got 70000", program="edge-ad run")
 
 
 def test_missing_data_folder(tmp_path):
