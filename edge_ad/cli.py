@@ -635,7 +635,9 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
                    help="frames per second the camera is asked for (CSI and test:// default 30)")
     p.add_argument("--input-codec", choices=("h264", "h265", "mjpeg", "raw", "bayer", "mpegts", "jpeg"),
                    help="camera or stream codec (default: raw for V4L2 and GenICam, h264 for RTSP/RTP, mjpeg for "
-                        "http://; bayer: a GenICam colour camera sending its sensor's mosaic; mpegts: MPEG-TS over "
+                        "http://; an RTSP camera or RTP sender of another is read in it from the first reconnection; "
+                        "mjpeg over RTSP goes over TCP unless --rtsp-transport udp; "
+                        "bayer: a GenICam colour camera sending its sensor's mosaic; mpegts: MPEG-TS over "
                         "RTP, as VLC sends it; jpeg: an http:// URL of the camera's still picture, fetched again "
                         "and again, --input-framerate a second, 2 without it)")
     p.add_argument("--input-flip", choices=tuple(FLIPS), default="none",
@@ -644,7 +646,8 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
                    help="keep only this part of each (turned) frame, in pixels: the part on the line")
     p.add_argument("--latency", type=int, default=200, help="RTSP/RTP jitter-buffer latency in ms")
     p.add_argument("--rtsp-transport", choices=("tcp", "udp"),
-                   help="RTSP over TCP (through firewalls and NAT) or UDP (default: UDP, then TCP if UDP fails)")
+                   help="RTSP over TCP (through firewalls and NAT) or UDP (default: UDP, then TCP if UDP fails; TCP for "
+                        "MJPEG)")
     p.add_argument("--timeout", type=_non_negative, default=5.0,
                    help="a live source silent this many seconds reconnects (0: never, for a camera triggered by "
                         "the parts, silent between them)")

@@ -26,6 +26,7 @@ ELEMENT_PACKAGES = {
     "decodebin": "gstreamer1.0-plugins-base", "udpsrc": "gstreamer1.0-plugins-good",
     "rtspsrc": "gstreamer1.0-plugins-good", "rtph264depay": "gstreamer1.0-plugins-good",
     "rtph265depay": "gstreamer1.0-plugins-good", "h265parse": "gstreamer1.0-plugins-bad",
+    "rtpjpegdepay": "gstreamer1.0-plugins-good", "rtpmp2tdepay": "gstreamer1.0-plugins-good",
     "rtph264pay": "gstreamer1.0-plugins-good", "mp4mux": "gstreamer1.0-plugins-good",
     "v4l2src": "gstreamer1.0-plugins-good", "jpegdec": "gstreamer1.0-plugins-good",
     "h264parse": "gstreamer1.0-plugins-bad", "x264enc": "gstreamer1.0-plugins-ugly",

@@ -30,6 +30,16 @@ from .images import IMAGE_SUFFIXES
 MP4_FRAGMENT_MS = 1000
 VIDEO_CONTAINERS = {".mp4": f"mp4mux fragment-duration={MP4_FRAGMENT_MS}", ".mkv": "matroskamux"}
 BGR_SINK = "videoconvert ! video/x-raw,format=BGR ! appsink name=sink"
+# Each codec's element that takes its frames out of RTP packets, and its name in their caps.
+RTP_DEPAY = {"h264": "rtph264depay", "h265": "rtph265depay", "mjpeg": "rtpjpegdepay"}
+RTP_ENCODING = {"h264": "H264", "h265": "H265", "mjpeg": "JPEG"}
+V4L2_CAPS = {"mjpeg": "image/jpeg", "h264": "video/x-h264"}  # what a USB camera sends in each
+# The kernel's receive buffer asked for UDP video. A picture's packets come in a burst, and those
+# the buffer has no room for are lost, and the picture with them: through the 208 KiB most Linux
+# systems give (rtspsrc asks 512 KiB), no 1080p JPEG of 1.5 MB ever came whole over 127.0.0.1;
+# through 8 MiB every one did. Linux caps the size at net.core.rmem_max unless the process is
+# root (a service), and allocates it only as packets wait.
+UDP_BUFFER_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -146,9 +156,12 @@ def _bgr_sink(uri: str, options: SourceOptions, jetson: bool, tagged: bool = Fal
 
 
 def _decode(uri: str, codec: str, options: SourceOptions, jetson: bool) -> str:
-    """Depayloaded H.264/H.265 elementary stream -> BGR appsink."""
-    parse = f"{codec}parse"
-    decoder = "nvv4l2decoder" if jetson else f"avdec_{codec}"
+    """H.264, H.265 or MJPEG (JPEG pictures one after another) -> BGR appsink. On a Jetson
+    nvv4l2decoder decodes JPEG too, after jpegparse (as NVIDIA's plugin manual asks)."""
+    if codec == "mjpeg":
+        parse, decoder = "jpegparse", "nvv4l2decoder mjpeg=1" if jetson else "jpegdec"
+    else:
+        parse, decoder = f"{codec}parse", "nvv4l2decoder" if jetson else f"avdec_{codec}"
     return f"{parse} ! {decoder} ! {_bgr_sink(uri, options, jetson)}"
 
 
@@ -180,12 +193,8 @@ def _test(uri: str, options: SourceOptions) -> SourcePipeline:
 def _v4l2(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     device = uri[len("v4l2://") :] if uri.startswith("v4l2://") else uri
     codec = _codec(uri, options, "raw", ("raw", "mjpeg", "h264"))
-    sink = _bgr_sink(uri, options, jetson)
-    if codec == "mjpeg":
-        decode = ("nvv4l2decoder mjpeg=1 ! " if jetson else "jpegdec ! ") + sink
-        caps = _caps("image/jpeg", options)
-    elif codec == "h264":
-        decode, caps = _decode(uri, "h264", options, jetson), _caps("video/x-h264", options)
+    if codec in ("mjpeg", "h264"):
+        decode, caps = _decode(uri, codec, options, jetson), _caps(V4L2_CAPS[codec], options)
     else:  # raw frames stay in system memory: videoconvert (and videoflip) are enough
         decode, caps = _bgr_sink(uri, options, False), _caps("video/x-raw", options)
     return SourcePipeline(f"v4l2src device={_quote(device)} ! {caps} ! {decode}", True)
@@ -243,14 +252,20 @@ def _csi(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
 
 def _rtsp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     """rtspsrc dropping packets that come later than the latency (a live source keeps the newest
-    frame), over the transport asked for: TCP through firewalls and NAT, UDP for the least delay."""
-    codec = _codec(uri, options, "h264", ("h264", "h265"))
+    frame), over the transport asked for: TCP through firewalls and NAT, UDP for the least delay.
+    H.264, H.265, or MJPEG as older and many industrial cameras send it (RTP/JPEG, RFC 2435), over
+    TCP unless the transport is given: each JPEG picture is hundreds of packets, and one lost over
+    UDP loses the picture (where H.264 loses a slice of it until the next key frame)."""
+    codec = _codec(uri, options, "h264", ("h264", "h265", "mjpeg"))
     if options.transport not in (None, "tcp", "udp"):
         raise SourceError(f"{uri}: RTSP transport '{options.transport}' is not tcp or udp")
-    protocols = f" protocols={options.transport}" if options.transport else ""
+    transport = options.transport or ("tcp" if codec == "mjpeg" else None)
+    protocols = f" protocols={transport}" if transport else ""
+    buffer = "" if transport == "tcp" else f" udp-buffer-size={UDP_BUFFER_BYTES}"
     return SourcePipeline(
-        f"rtspsrc location={_quote(login_escaped(uri))} latency={options.latency_ms} drop-on-latency=true{protocols} ! "
-        f"rtp{codec}depay ! {_decode(uri, codec, options, jetson)}",
+        f"rtspsrc location={_quote(login_escaped(uri))} latency={options.latency_ms} drop-on-latency=true{protocols}"
+        f"{buffer} ! "
+        f"{RTP_DEPAY[codec]} ! {_decode(uri, codec, options, jetson)}",
         True,
     )
 
@@ -259,17 +274,17 @@ def _rtp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     parsed, port = urlparse(uri), uri_port(uri)
     if port is None:
         raise SourceError(f"{uri}: an RTP source needs a port, as in rtp://@:5000")
-    codec = _codec(uri, options, "h264", ("h264", "h265", "mpegts"))
+    codec = _codec(uri, options, "h264", ("h264", "h265", "mjpeg", "mpegts"))
     address = "" if parsed.hostname in (None, "@", "") else f" address={parsed.hostname}"
     # No payload type: senders pick their own among the dynamic ones (96 mostly, 97, 102...), and
     # a pipeline told payload=96 drops every packet of another.
     if codec == "mpegts":  # decodebin reads its H.264 or H.265 as the stream's tables say, as udp:// does
         name, depay, decode = "MP2T", "rtpmp2tdepay", f"decodebin ! {_bgr_sink(uri, options, jetson)}"
     else:
-        name, depay, decode = codec.upper(), f"rtp{codec}depay", _decode(uri, codec, options, jetson)
+        name, depay, decode = RTP_ENCODING[codec], RTP_DEPAY[codec], _decode(uri, codec, options, jetson)
     caps = f"application/x-rtp,media=video,clock-rate=90000,encoding-name={name}"
     return SourcePipeline(
-        f'udpsrc port={port}{address} caps="{caps}" ! rtpjitterbuffer latency={options.latency_ms} ! '
+        f'udpsrc port={port}{address} buffer-size={UDP_BUFFER_BYTES} caps="{caps}" ! rtpjitterbuffer latency={options.latency_ms} ! '
         f"{depay} ! {decode}",
         True,
     )
@@ -284,7 +299,7 @@ def _udp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
         raise SourceError(f"{uri}: a UDP source needs a port, as in udp://@:5000")
     address = "" if parsed.hostname in (None, "@", "") else f" address={parsed.hostname}"
     return SourcePipeline(
-        f'udpsrc port={port}{address} caps="video/mpegts,systemstream=true" ! decodebin ! '
+        f'udpsrc port={port}{address} buffer-size={UDP_BUFFER_BYTES} caps="video/mpegts,systemstream=true" ! decodebin ! '
         f"{_bgr_sink(uri, options, jetson)}",
         True,
     )
@@ -295,10 +310,9 @@ def _http(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     besides RTSP (Axis's /axis-cgi/mjpg/video.cgi, ESP32-CAM, another edge-ad's --output http://).
     A user and password in the URL are sent as HTTP authentication (basic or digest)."""
     _codec(uri, options, "mjpeg", ("mjpeg", "jpeg"))  # jpeg: a still picture's URL, read by http_pictures instead
-    decode = "nvv4l2decoder mjpeg=1" if jetson else "jpegdec"
     return SourcePipeline(
         f"souphttpsrc location={_quote(login_escaped(uri))} is-live=true do-timestamp=true ! multipartdemux ! "
-        f"image/jpeg ! jpegparse ! {decode} ! {_bgr_sink(uri, options, jetson)}",
+        f"image/jpeg ! {_decode(uri, 'mjpeg', options, jetson)}",
         True,
     )
 

@@ -1,5 +1,5 @@
 """What an `rtp://` source receives, told from its first packets: whether any come at all, and
-whether their payload is H.264 or H.265 video, or MPEG-TS.
+whether their payload is H.264, H.265 or MJPEG video, or MPEG-TS.
 
 An RTP stream on a bare UDP port describes nothing (no SDP, unlike RTSP), so a sender of H.265
 read as H.264 (the default), or a stream sent to another port, gave the same "no frame for N s"
@@ -18,7 +18,7 @@ HEADS = 16  # packets looked at: a second of a small stream at 15 frames a secon
 AGREE = 0.9  # the share of them that must say the same codec
 DYNAMIC_TYPES = 96  # RTP payload types from here on are the sender's to give; H.264 and H.265 take one
 STATIC_TYPES = {26: "JPEG", 32: "MPEG video", 33: "MPEG-TS"}  # the video ones of RFC 3551
-MPEG_TS_TYPE = 33
+STATIC_CODECS = {26: "mjpeg", 33: "mpegts"}  # those read, by their --input-codec name
 
 # NAL unit types an H.265 stream sends as the first of its payload (RFC 7798: slices 0-9 and
 # 16-21, parameter sets, delimiters and SEI 32-40, aggregation packets 48, fragments 49) and an
@@ -38,13 +38,13 @@ def _h264(head: bytes) -> bool:
 
 
 def video_codec(heads: Sequence[bytes], payload_type: int | None) -> str | None:
-    """"mpegts" for MPEG-TS over RTP, which its static payload type says (VLC's RTP output, ffmpeg's
-    rtp_mpegts); "h265" or "h264" when AGREE of the payloads beginning with `heads` (their first
-    two bytes) are of that codec; None before HEADS of them, or when they are none of these (JPEG
-    over RTP; an MPEG-TS payload begins with 0x47 as H.264's parameter sets do, so only its type
-    tells it)."""
-    if payload_type == MPEG_TS_TYPE:
-        return "mpegts"
+    """"mpegts" for MPEG-TS over RTP and "mjpeg" for JPEG, which their static payload types say
+    (VLC's RTP output, ffmpeg's rtp_mpegts; rtpjpegpay, cameras' MJPEG); "h265" or "h264" when
+    AGREE of the payloads beginning with `heads` (their first two bytes) are of that codec; None
+    before HEADS of them, or when they are none of these (VP8, MPEG-4; an MPEG-TS payload begins
+    with 0x47 as H.264's parameter sets do, so only its type tells it)."""
+    if payload_type in STATIC_CODECS:
+        return STATIC_CODECS[payload_type]
     if len(heads) < HEADS or payload_type is None or payload_type < DYNAMIC_TYPES:
         return None
     for codec, looks_so in (("h265", _h265), ("h264", _h264)):

@@ -21,14 +21,15 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Union
 from urllib.parse import urlparse
 
 import numpy as np
 
 from .errors import ImageError, SourceError, without_passwords
 from .images import IMAGE_SUFFIXES, is_image_file, no_images_in, read_image
-from .pipelines import SourceOptions, SourcePipeline, check_crop, flip_of, local_path, opencv_input, source_pipeline
+from .pipelines import (UDP_BUFFER_BYTES, SourceOptions, SourcePipeline, check_crop, flip_of, local_path, opencv_input,
+                        source_pipeline)
 from .rtp_packets import HEADS, RtpPackets
 
 if TYPE_CHECKING:
@@ -135,11 +136,12 @@ def _pad_caps(pipeline, factory: str) -> Iterator:
 
 def rtsp_codec(pipeline) -> str | None:
     """The codec of the video an RTSP camera sends into `pipeline`'s rtspsrc, as its stream
-    describes it (RTP caps: encoding-name, lower case: h264, h265, jpeg), or None (no rtspsrc,
-    nothing described yet)."""
+    describes it (RTP caps: encoding-name, lower case: h264, h265, mp4v-es; JPEG is mjpeg, as
+    --input-codec names it), or None (no rtspsrc, nothing described yet)."""
     for described in _pad_caps(pipeline, "rtspsrc"):
         if described.get_string("media") == "video":
-            return (described.get_string("encoding-name") or "").lower() or None
+            name = (described.get_string("encoding-name") or "").lower()
+            return "mjpeg" if name == "jpeg" else name or None
     return None
 
 
@@ -148,8 +150,14 @@ def decoded_media(pipeline) -> list[str]:
     return [caps.get_name().split("/")[0] for caps in _pad_caps(pipeline, "decodebin")]
 
 
-STREAM_CODECS = {"h264": "H.264", "h265": "H.265"}  # what edge-ad reads over RTSP and RTP (pipelines._rtsp, _rtp)
+STREAM_CODECS = {"h264": "H.264", "h265": "H.265", "mjpeg": "MJPEG"}  # what edge-ad reads over RTSP and RTP
 RTP_CODECS = {**STREAM_CODECS, "mpegts": "MPEG-TS"}  # and over RTP alone
+
+
+def _either(names: Iterable[str]) -> str:
+    """"A, B or C"."""
+    *others, last = names
+    return f"{', '.join(others)} or {last}" if others else last
 
 
 class _Failure(Exception):
@@ -316,7 +324,7 @@ class GstSource:
     def _what_packets_say(self, silence: str) -> str:
         """`silence` ("no frame for N s"), with what an RTP or UDP source's packets tell of it: none
         came (a sender sending elsewhere, a firewall), they are RTP sent to udp:// or not RTP sent
-        to rtp://, hold no H.264 or H.265 video, or no key frame came."""
+        to rtp://, hold video of none of RTP_CODECS, no key frame came, or no MJPEG picture came whole."""
         if self._rtp is None:
             return silence
         port = urlparse(self.uri).port
@@ -335,8 +343,13 @@ class GstSource:
             return (f"{silence}: packets come to UDP port {port}, but not RTP ones (MPEG-TS sent straight over UDP? "
                     f"read it as udp://@:{port})")
         if len(self._rtp.heads) >= HEADS and self._rtp.codec() is None:
-            return (f"{silence}: RTP packets come ({self._rtp.payload_name()}), but they hold neither H.264, H.265 "
-                    "nor MPEG-TS video")
+            return (f"{silence}: RTP packets come ({self._rtp.payload_name()}), but they hold none of "
+                    f"{_either(RTP_CODECS.values())} video")
+        if self._rtp.codec() == "mjpeg" and not self._pulled_here:
+            return (f"{silence}: RTP packets of MJPEG video come, but no picture came whole: a picture is hundreds "
+                    "of packets, and one lost loses it (the kernel's UDP buffer, which edge-ad asks to be "
+                    f"{UDP_BUFFER_BYTES >> 20} MiB, is capped at net.core.rmem_max unless it runs as root: raise that, "
+                    "or lower the sender's resolution or JPEG quality)")
         if self._rtp.codec() is not None and not self._pulled_here:
             how = "h264parse/h265parse config-interval=-1 before the muxer" if self._rtp.codec() == "mpegts" \
                 else "rtph264pay/rtph265pay config-interval=-1"
@@ -364,7 +377,7 @@ class GstSource:
             return None
         if sent not in RTP_CODECS:  # an RTSP camera's, by its stream's description (MP2T is not MPEG-TS's name there)
             return (f"the camera sends {sent.upper()} video, which edge-ad does not read from RTSP; set the camera's "
-                    f"stream to {' or '.join(STREAM_CODECS.values())}")
+                    f"stream to {_either(STREAM_CODECS.values())}")
         self.options = replace(self.options, codec=sent)
         self.spec = source_pipeline(self.uri, self.options, self._jetson)
         self.description = self.spec.description

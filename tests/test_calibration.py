@@ -228,8 +228,8 @@ def test_calibrate_opens_the_camera_as_run_does(tiny_bundle, tmp_path):
     out = edge_ad("calibrate", "--bundle", bundle, "--pipeline", pipeline, "--input-flip", "clockwise")
     assert out.returncode == 2
     assert "put videoflip (nvvidconv flip-method on a Jetson) in your own pipeline" in out.stderr
-    out = edge_ad("calibrate", "--bundle", bundle, "--input", "rtsp://cam/s", "--input-codec", "mjpeg")
-    assert out.returncode == 2 and "rtsp://cam/s: codec 'mjpeg' is not supported" in out.stderr
+    out = edge_ad("calibrate", "--bundle", bundle, "--input", "rtsp://cam/s", "--input-codec", "raw")
+    assert out.returncode == 2 and "rtsp://cam/s: codec 'raw' is not supported" in out.stderr
     out = edge_ad("calibrate", "--bundle", bundle)
     assert out.returncode == 2
     assert "no input: give --input (a camera, stream, video file or folder) or --pipeline" in out.stderr

@@ -22,10 +22,15 @@ def test_test_pattern_is_live_with_size_and_rate_from_the_uri():
          "rtph264depay ! h264parse ! nvv4l2decoder ! nvvidconv ! video/x-raw,format=BGRx"),
         ("rtsp://cam/stream", SourceOptions(codec="h265"), "rtph265depay ! h265parse ! avdec_h265",
          "h265parse ! nvv4l2decoder"),
-        ("rtp://@:5000", SourceOptions(), "udpsrc port=5000 caps=", "rtpjitterbuffer latency=200 ! rtph264depay"),
+        ("rtsp://cam/stream", SourceOptions(codec="mjpeg"), "rtpjpegdepay ! jpegparse ! jpegdec ! videoconvert",
+         "rtpjpegdepay ! jpegparse ! nvv4l2decoder mjpeg=1 ! nvvidconv"),
+        ("rtp://@:5000", SourceOptions(), "udpsrc port=5000 buffer-size=8388608 caps=",
+         "rtpjitterbuffer latency=200 ! rtph264depay"),
+        ("rtp://@:5000", SourceOptions(codec="mjpeg"), "encoding-name=JPEG\" ! rtpjitterbuffer latency=200 ! "
+         "rtpjpegdepay ! jpegparse ! jpegdec", "rtpjpegdepay ! jpegparse ! nvv4l2decoder mjpeg=1 ! nvvidconv"),
         ("/dev/video1", SourceOptions(codec="mjpeg", width=1280, height=720, framerate=30),
-         'v4l2src device="/dev/video1" ! image/jpeg,width=1280,height=720,framerate=30/1 ! jpegdec',
-         "nvv4l2decoder mjpeg=1 ! nvvidconv"),
+         'v4l2src device="/dev/video1" ! image/jpeg,width=1280,height=720,framerate=30/1 ! jpegparse ! jpegdec',
+         "jpegparse ! nvv4l2decoder mjpeg=1 ! nvvidconv"),
         ("v4l2:///dev/video0", SourceOptions(), 'v4l2src device="/dev/video0" ! video/x-raw ! videoconvert',
          'v4l2src device="/dev/video0" ! video/x-raw ! videoconvert'),
     ],
@@ -49,9 +54,13 @@ def test_a_login_typed_as_is_is_escaped_and_nothing_else():
 
 def test_rtsp_latency_and_csi_camera():
     rtsp = source_pipeline("rtsp://cam/s", SourceOptions(latency_ms=100), jetson=False).description
-    assert "latency=100 drop-on-latency=true !" in rtsp  # late packets dropped; rtspsrc picks the transport
+    assert "latency=100 drop-on-latency=true udp-buffer-size=8388608 !" in rtsp  # rtspsrc picks the transport
     tcp = source_pipeline("rtsp://cam/s", SourceOptions(transport="tcp"), jetson=False).description
     assert "drop-on-latency=true protocols=tcp !" in tcp
+    # MJPEG over TCP unless UDP is asked for: one packet lost over UDP loses a whole picture
+    assert " protocols=tcp !" in source_pipeline("rtsp://cam/s", SourceOptions(codec="mjpeg")).description
+    udp = source_pipeline("rtsp://cam/s", SourceOptions(codec="mjpeg", transport="udp")).description
+    assert " protocols=udp " in udp and "tcp" not in udp
     csi = source_pipeline("csi://1", jetson=True).description
     assert csi.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),width=1280,height=720")
 
@@ -124,7 +133,7 @@ def test_file_uris_are_read_as_file_managers_write_them(tmp_path):
     [
         ("csi://0", SourceOptions(), "need a Jetson"),
         ("rtp://@", SourceOptions(), "needs a port"),
-        ("rtsp://cam/s", SourceOptions(codec="mjpeg"), "codec 'mjpeg' is not supported"),
+        ("rtsp://cam/s", SourceOptions(codec="raw"), "codec 'raw' is not supported"),
         ("rtsp://cam/s", SourceOptions(transport="quic"), "RTSP transport 'quic' is not tcp or udp"),
         ("ftp://cam/stream", SourceOptions(), "unknown source type"),
         ("udp://@:99999", SourceOptions(), "the port is not a number from 0 to 65535"),  # a traceback before

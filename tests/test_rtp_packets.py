@@ -45,13 +45,15 @@ def _packets(encode: str, count: int = 200) -> tuple[list[bytes], int]:
     ("x265enc tune=zerolatency speed-preset=ultrafast bitrate=4000 ! rtph265pay mtu=200", "h265"),
     ("x265enc tune=zerolatency speed-preset=ultrafast bitrate=300 ! rtph265pay config-interval=-1", "h265"),
     ("x264enc tune=zerolatency ! mpegtsmux ! rtpmp2tpay", "mpegts"),  # 0x47, as an H.264 SPS: told by type 33
+    ("jpegenc ! rtpjpegpay", "mjpeg"),  # type 26
     ("jpegenc ! rtpjpegpay pt=96", None),
+    ("vp8enc deadline=1 ! rtpvp8pay", None),
 ])
 def test_the_codec_of_real_rtp_packets(encode, codec):
     heads, payload_type = _packets(encode)
     assert video_codec(heads, payload_type) == codec
-    few = video_codec(heads[: HEADS - 1], payload_type)  # too few to say, but MPEG-TS's type says it at once
-    assert few == (codec if codec == "mpegts" else None)
+    few = video_codec(heads[: HEADS - 1], payload_type)  # too few to say, but a static type says it at once
+    assert few == (codec if codec in ("mpegts", "mjpeg") else None)
 
 
 def test_a_mix_of_codecs_is_neither():

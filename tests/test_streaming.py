@@ -355,7 +355,8 @@ def test_a_camera_password_is_read_as_typed_into_the_camera(caplog):
 
 def test_an_rtsp_camera_is_read_in_the_codec_it_sends(caplog):
     """Many IP cameras send H.265. Read as H.264 (the default), all their pipeline said was
-    "Internal data stream error", at every reconnection, for ever."""
+    "Internal data stream error", at every reconnection, for ever. Older and many industrial
+    cameras send MJPEG, which was not read at all."""
     if load_gst().ElementFactory.find("x265enc") is None:
         pytest.skip("x265enc (gstreamer1.0-plugins-bad) is not installed")
     frames = "videotestsrc is-live=true ! video/x-raw,format=I420,width=96,height=64,framerate=15/1"
@@ -364,9 +365,16 @@ def test_an_rtsp_camera_is_read_in_the_codec_it_sends(caplog):
     assert [frame.image.shape for frame in read] == [(64, 96, 3)] * 3
     assert "the camera sends H.265 video, not H.264: read as H.265 from now on (--input-codec h265" in caplog.text
     with _rtsp_camera(f"( {frames} ! jpegenc ! rtpjpegpay name=pay0 )") as uri:
+        read = frames_within(open_source(uri, SourceOptions(timeout_s=5)), 3, 30)
+        assert [frame.image.shape for frame in read] == [(64, 96, 3)] * 3
+        assert "the camera sends MJPEG video, not H.264: read as MJPEG from now on (--input-codec mjpeg" in caplog.text
+        caplog.clear()
+        assert len(frames_within(open_source(uri, SourceOptions(timeout_s=5, codec="mjpeg")), 3, 30)) == 3
+        assert "reconnect" not in caplog.text
+    with _rtsp_camera(f"( {frames} ! vp8enc deadline=1 ! rtpvp8pay name=pay0 )") as uri:
         assert frames_within(open_source(uri, SourceOptions(timeout_s=5)), 1, 6) == []
-    assert "the camera sends JPEG video, which edge-ad does not read from RTSP; set the camera's stream to H.264 " \
-           "or H.265" in caplog.text
+    assert "the camera sends VP8 video, which edge-ad does not read from RTSP; set the camera's stream to " \
+           "H.264, H.265 or MJPEG" in caplog.text
 
 
 @contextmanager
@@ -387,7 +395,7 @@ def _rtp_sender(encode: str):
 def test_an_rtp_stream_is_read_in_the_codec_and_payload_type_it_is_sent_in(caplog):
     """A bare RTP stream describes nothing: an H.265 sender read as H.264 (the default), or one
     whose payload type was not 96, gave "no frame for N s" at every reconnection, for ever, as
-    did packets sent to another port, or of MPEG-TS. The first packets tell them apart."""
+    did packets sent to another port, or of MPEG-TS or MJPEG. The first packets tell them apart."""
     if load_gst().ElementFactory.find("x265enc") is None:
         pytest.skip("x265enc (gstreamer1.0-plugins-bad) is not installed")
     options = SourceOptions(timeout_s=2, latency_ms=50)
@@ -402,11 +410,16 @@ def test_an_rtp_stream_is_read_in_the_codec_and_payload_type_it_is_sent_in(caplo
     with _rtp_sender("x264enc tune=zerolatency key-int-max=15 ! h264parse ! mpegtsmux ! rtpmp2tpay") as port:
         assert len(frames_within(open_source(f"rtp://@:{port}", options), 3, 30)) == 3
     assert "the sender sends MPEG-TS video, not H.264: read as MPEG-TS from now on (--input-codec mpegts" in caplog.text
+    caplog.clear()  # MJPEG, payload type 26
+    with _rtp_sender("jpegenc ! rtpjpegpay") as port:
+        read = frames_within(open_source(f"rtp://@:{port}", options), 3, 30)
+    assert [frame.image.shape for frame in read] == [(64, 96, 3)] * 3
+    assert "the sender sends MJPEG video, not H.264: read as MJPEG from now on (--input-codec mjpeg" in caplog.text
     for encode, said in (
             (None, "no frame for 2 s: no packet came to UDP port {port} (does the sender send to this device's "
                    "address and this port, and does a firewall let UDP {port} in?)"),
-            ("jpegenc ! rtpjpegpay",
-             "no frame for 2 s: RTP packets come (payload type 26, JPEG), but they hold neither H.264, H.265 nor "
+            ("vp8enc deadline=1 ! rtpvp8pay",
+             "no frame for 2 s: RTP packets come (payload type 96), but they hold none of H.264, H.265, MJPEG or "
              "MPEG-TS video"),
             ("x264enc tune=zerolatency key-int-max=15 ! mpegtsmux",
              "no frame for 2 s: packets come to UDP port {port}, but not RTP ones (MPEG-TS sent straight over UDP? "
@@ -419,6 +432,38 @@ def test_an_rtp_stream_is_read_in_the_codec_and_payload_type_it_is_sent_in(caplo
             with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
                 assert frames_within(open_source(f"rtp://@:{port}", options), 1, 3) == []
         assert said.format(port=port) in caplog.text
+
+
+def test_mjpeg_over_rtp_whose_pictures_never_come_whole_is_said(caplog):
+    """A JPEG picture is hundreds of packets, and one lost loses it: packets a UDP buffer too
+    small for a whole picture dropped. Here each picture's last packet (with the marker bit)
+    is never sent."""
+    port, stop = free_port(socket.SOCK_DGRAM), threading.Event()
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sequence = 0
+            for picture in range(200):
+                for offset in range(0, 8000, 1000):  # RFC 2435: type 1, Q 50, 96 x 64 pixels, then the data
+                    header = bytes([0x80, 26]) + sequence.to_bytes(2, "big") + (picture * 6000).to_bytes(4, "big")
+                    jpeg = bytes([0]) + offset.to_bytes(3, "big") + bytes([1, 50, 96 // 8, 64 // 8])
+                    sender.sendto(header + b"\x00\x00\x00\x01" + jpeg + bytes(1000), ("127.0.0.1", port))
+                    sequence += 1
+                if stop.wait(1 / 15):
+                    return
+
+    sending = threading.Thread(target=send, daemon=True)
+    sending.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
+            options = SourceOptions(timeout_s=2, latency_ms=50, codec="mjpeg")
+            assert frames_within(open_source(f"rtp://@:{port}", options), 1, 3) == []
+    finally:
+        stop.set()
+        sending.join()
+    assert "no frame for 2 s: RTP packets of MJPEG video come, but no picture came whole: a picture is hundreds of " \
+           "packets, and one lost loses it (the kernel's UDP buffer, which edge-ad asks to be 8 MiB, is capped at " \
+           "net.core.rmem_max unless it runs as root" in caplog.text
 
 
 def test_mpeg_ts_sent_straight_over_udp_is_read_as_udp(caplog):
