@@ -42,7 +42,7 @@ $(VENV)/.installed: pyproject.toml | system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[train,gst,data,mqtt,dev]"
+	$(PY) -m pip install -q -e ".[train,gst,data,mqtt,opcua,dev]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -56,7 +56,7 @@ test: system-packages venv
 runtime:
 	$(call install_missing,$(RUNTIME_PACKAGES))
 	$(RUNTIME_PYTHON) -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q -e ".[mqtt]"
+	$(PY) -m pip install -q -e ".[mqtt,opcua]"
 	@if [ -e /etc/nv_tegra_release ]; then $(PY) -m pip install -q "$(JETSON_CUDA_PYTHON)"; fi
 	$(VENV)/bin/edge-ad doctor
 

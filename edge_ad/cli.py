@@ -271,6 +271,7 @@ def _run(args: argparse.Namespace) -> None:
         metrics=Path(args.metrics) if args.metrics else None,
         metrics_port=args.metrics_port,
         modbus_port=args.modbus_port,
+        opcua_port=args.opcua_port,
         max_frames=args.max_frames,
         jetson=jetson,
         drift=args.drift,
@@ -832,10 +833,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modbus-port", type=_port, metavar="PORT",
                    help="serve each source's last result as Modbus TCP registers and its alarm as a latched coil, "
                         "for the line's PLC (502 is Modbus's port; map in README)")
+    p.add_argument("--opcua-port", type=_port, metavar="PORT",
+                   help="serve the same as OPC UA variables at opc.tcp://0.0.0.0:PORT/edge-ad/, for SCADA, MES and "
+                        "PLCs that read OPC UA (4840 is OPC UA's port; needs asyncua: pip install 'edge-ad[opcua]')")
     p.add_argument("--max-frames", type=_positive_int, help="stop each source after this many frames")
     p.add_argument("--calibration-frames", type=_positive_int, metavar="N",
-                   help="frames a calibration on the line keeps (asked by SIGUSR1 or Modbus register +11; default: "
-                        "as many as the calibration it replaces, else 3000)")
+                   help="frames a calibration on the line keeps (asked by SIGUSR1, Modbus register +11 or OPC UA "
+                        "Calibrate; default: as many as the calibration it replaces, else 3000)")
     p.add_argument("--drift", action="store_true",
                    help="event when the rolling median of normal scores leaves the band 'edge-ad calibrate' measured")
     _add_mask_option(p)

@@ -68,6 +68,7 @@ class RunConfig:
     metrics: Path | None = None
     metrics_port: int | None = None
     modbus_port: int | None = None  # each source's last result as Modbus TCP registers, for a PLC (edge_ad.modbus)
+    opcua_port: int | None = None  # ... and as OPC UA variables (edge_ad.opcua)
     max_frames: int | None = None  # per source
     jetson: bool | None = None  # None: detect
     output_bitrate_kbps: int | None = None  # H.264 of the video outputs (None: the encoder's default)
@@ -259,7 +260,8 @@ class _Sinks:
         self.drift = drift  # per stream, its bundles' calibrated bands by variant (None: one bundle); a watch each
         self.watches: dict[tuple[str, str | None], DriftWatch] = {}
         self.freezes: dict[str, FreezeWatch] = {}  # live cameras' pictures, by source
-        self.events = self.snapshots = self.samples = self.hook = self.mqtt = self.modbus = None
+        self.events = self.snapshots = self.samples = self.hook = self.mqtt = None
+        self.plcs: list = []  # the Modbus and OPC UA servers (ModbusServer, OpcUaServer), read by PLCs
         self.videos: dict[str, Guarded] = {}
         self.jetson, self.bitrate_kbps = config.jetson, config.output_bitrate_kbps
         self.stack = stack
@@ -303,25 +305,35 @@ class _Sinks:
         said = [None]
 
         def told(state: int, kept: int) -> None:
-            if self.modbus is not None:
-                self.modbus.set_calibration(source, state, kept)
+            for plc in self.plcs:
+                plc.set_calibration(source, state, kept)
             if self.publisher is not None and state != said[0]:
                 said[0] = state
                 self.publisher.publish_calibration(source, state, kept)
 
         return told
 
-    def serve_modbus(self, port: int, variants: dict[str, list[str]], hints: VariantHints | None) -> None:
-        """Registers and alarm latches for a PLC (edge_ad.modbus), one block per source of
-        `variants` (source name -> its variants' names, none for one bundle), in that order; the
-        variant the PLC says a source's line makes goes to `hints`, and a calibration it asks for
-        to that source's calibration on the line."""
-        from .modbus import ModbusServer
-
+    def serve_plcs(self, modbus_port: int | None, opcua_port: int | None, variants: dict[str, list[str]],
+                   hints: VariantHints | None) -> None:
+        """Modbus registers and alarm latches (edge_ad.modbus), OPC UA variables (edge_ad.opcua), or
+        both, for each source of `variants` (source name -> its variants' names, none for one
+        bundle), in that order; the variant a PLC says a source's line makes goes to `hints`, and a
+        calibration it asks for to that source's calibration on the line."""
         told = (lambda source, variant: hints.set(slug(source), variant)) if hints is not None else None
-        self.modbus = ModbusServer(port, list(variants), variants, on_variant=told,
-                                   on_calibrate=lambda source, start: self.line[source].ask(start))
-        self.stack.callback(self.modbus.close)
+
+        def calibrate(source: str, start: bool) -> None:
+            self.line[source].ask(start)
+
+        if modbus_port is not None:
+            from .modbus import ModbusServer
+
+            self.plcs.append(ModbusServer(modbus_port, list(variants), variants, on_variant=told, on_calibrate=calibrate))
+            self.stack.callback(self.plcs[-1].close)
+        if opcua_port is not None:
+            from .opcua import OpcUaServer  # asyncua, only when asked for
+
+            self.plcs.append(OpcUaServer(opcua_port, list(variants), variants, on_variant=told, on_calibrate=calibrate))
+            self.stack.callback(self.plcs[-1].close)
 
     def _guard(self, name: str, call) -> Guarded:
         self.guards.append(Guarded(name, call))
@@ -385,8 +397,8 @@ class _Sinks:
                         "Look at the camera", stream.name, event["still_s"], event["window_s"])
         else:
             log.info("%s: the picture moves again (said frozen for %.0f s)", stream.name, event["frozen_s"])
-        if self.modbus is not None:
-            self.modbus.set_frozen(stream.name, event["state"] == "frozen")
+        for plc in self.plcs:
+            plc.set_frozen(stream.name, event["state"] == "frozen")
         self._tell({"source": stream.name, "frame": frame.index, "timestamp": round(frame.captured, 6), **event})
 
     def _tell(self, event: dict) -> None:
@@ -401,12 +413,12 @@ class _Sinks:
 
     def tell_plc(self, stream: Stream, frame: Frame, result: Result, record: SourceStats, alarm: bool,
                  bundle: Bundle) -> None:
-        """A scored frame's verdict to the Modbus registers, before `deliver` draws or hands on
+        """A scored frame's verdict to the Modbus registers and OPC UA variables, before `deliver` draws or hands on
         anything for any frame of the batch: a reject gate acts on them, and need not wait for
         the videos' overlays of several sources."""
-        if self.modbus is not None:
-            self.modbus.update(stream.name, frame.index, result.score, result.threshold, result.is_anomaly, alarm,
-                               result.variant, record.anomalies, record.alarms, bundle.short_ids)
+        for plc in self.plcs:
+            plc.update(stream.name, frame.index, result.score, result.threshold, result.is_anomaly, alarm,
+                       result.variant, record.anomalies, record.alarms, bundle.short_ids)
 
     def deliver(
         self, stream: Stream, frame: Frame, result: Result, latency_ms: float, record: SourceStats, alarm: bool,
@@ -531,7 +543,8 @@ def _status(stats: list[SourceStats]) -> str:
 
 class VariantHints:
     """The product variant each source's line makes now, as the line says it (MQTT
-    TOPIC/SOURCE/variant, edge_ad.mqtt; Modbus register +10, edge_ad.modbus): its frames are
+    TOPIC/SOURCE/variant, edge_ad.mqtt; Modbus register +10, edge_ad.modbus; OPC UA SetVariant,
+    edge_ad.opcua): its frames are
     then scored by that variant's bundle alone, not by all of them. A name that is none of the
     source's variants is warned about once and ignored; an empty one (None) goes back to every
     bundle."""
@@ -857,13 +870,16 @@ def run(
 
     with ExitStack() as stack, stop_on_signals(stop, reload, calibrate_all):
         stack.callback(lambda: [calibration.join(timeout=60.0) for calibration in line.values()])
-        # With variants, the line can say which variant each source sees (MQTT TOPIC/SOURCE/variant, Modbus +10).
+        # With variants, the line can say which variant each source sees (MQTT TOPIC/SOURCE/variant, Modbus +10,
+        # OPC UA SetVariant).
         variants = any(isinstance(d, VariantDetector) for d in detectors.values())
-        hints = VariantHints() if (config.mqtt or config.modbus_port is not None) and variants else None
+        plcs = config.modbus_port is not None or config.opcua_port is not None
+        hints = VariantHints() if (config.mqtt or plcs) and variants else None
         sinks = _Sinks(config, stack, _drift_bands(detectors) if config.drift else None, hints, line)
-        if config.modbus_port is not None:
-            sinks.serve_modbus(config.modbus_port, {s.name: [v for v in bundles_of(detectors[s.name]) if v is not None]
-                                                    for s in streams}, hints)
+        if plcs:
+            sinks.serve_plcs(config.modbus_port, config.opcua_port,
+                             {s.name: [v for v in bundles_of(detectors[s.name]) if v is not None] for s in streams},
+                             hints)
         for name, calibration in line.items():
             calibration.on_change = sinks.calibration_told(name)
         captures: list[_Capture] = []

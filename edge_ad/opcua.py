@@ -1,0 +1,210 @@
+"""`edge-ad run --opcua-port N`: each source's last result as OPC UA variables, for SCADA, MES and
+the PLCs that read OPC UA (Siemens S7-1500, Beckhoff, Ignition, Kepware) rather than Modbus.
+
+The server (asyncua, an event loop in a thread of its own) listens on opc.tcp://0.0.0.0:N/edge-ad/,
+without security or login, as the Modbus server: a line's network is closed to the outside. In the
+namespace `urn:edge-ad` the object `edge-ad` (under Objects) holds one object per source, named and
+with node id as MQTT spells the source (sinks.slug: `ns=2;s=line1`), and in it, with node ids
+`ns=2;s=line1.Score` and so on:
+
+    Frames             UInt32   frames scored (wraps at 2**32: 4.5 years at 30 frames a second)
+    Anomalous          Boolean  the last frame was anomalous
+    Alarm              Boolean  ... and an alarm (--alarm-frames anomalous frames in a row)
+    Score, Threshold   Double   its score, and the threshold it was judged by
+    AnomalousFrames    UInt32   anomalous frames so far
+    AlarmFrames        UInt32   alarm frames so far
+    FrameNumber        UInt32   its frame number
+    LastScored         DateTime when it was scored: a client compares it with the server's
+                                Server/ServerStatus/CurrentTime to tell a camera gone away
+    Variant            String   the variant whose bundle scored it ("" with one bundle)
+    Bundle             String   the first 8 hex digits of the SHA-256 of its bundle.yaml
+    Calibration        String   ... and of its calibration.yaml ("": the bundle's own numbers)
+    AlarmLatch         Boolean  true from the source's alarm frame on, until a client writes false
+                                (the only variable a client writes), so that an alarm between two
+                                reads is not missed
+    Frozen             Boolean  the source's picture stands still (edge_ad.freeze)
+    CalibrationState   Int32    its calibration on the line: 0 idle, 1 calibrating, 2 calibrated,
+                                3 refused (the log says why)
+    CalibrationFrames  UInt32   normal frames that calibration kept so far
+    LineVariant        String   with one bundle per variant: the variant the line makes now, as
+                                SetVariant set it ("": any, every bundle scores)
+
+and the methods Calibrate(Boolean start) (calibrate on the next frames, which must show good
+parts; false cancels) and, with one bundle per variant, SetVariant(String name) (a variant's
+name, "" for any; another name is answered BadInvalidArgument).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from datetime import datetime, timezone
+from typing import Callable, Sequence
+
+from .errors import EdgeAdError
+from .sinks import slug
+
+log = logging.getLogger("edge_ad.opcua")
+
+NAMESPACE = "urn:edge-ad"
+START_S = 60.0  # asyncua builds its standard address space at the start: 2 s on a 2-core x86
+WRAP = 1 << 32
+
+
+class OpcUaServer:
+    """Serves the variables and methods above for `sources` (names) on `port`; `variants` gives,
+    per source, its bundles' variant names; `on_variant(source, variant or None)` is told what a
+    client's SetVariant says and `on_calibrate(source, start)` what its Calibrate says (none: no
+    such method)."""
+
+    def __init__(self, port: int, sources: Sequence[str], variants: dict[str, Sequence[str]] | None = None,
+                 host: str = "0.0.0.0", on_variant: Callable[[str, str | None], None] | None = None,
+                 on_calibrate: Callable[[str, bool], None] | None = None):
+        try:
+            from asyncua import Server, ua, uamethod  # only when asked for
+        except ImportError as exc:
+            raise EdgeAdError(f"--opcua-port needs asyncua: pip install 'edge-ad[opcua]' ({exc})") from exc
+        # asyncua warns of every client's session timeout, and logs a port in use with a traceback
+        # before __init__ says it in a line.
+        logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+        self._ua, self._uamethod = ua, uamethod
+        self.port, self.url = port, f"opc.tcp://{host}:{port}/edge-ad/"
+        self.sources = list(sources)
+        self.variants = {name: list(names) for name, names in (variants or {}).items()}
+        self.on_variant, self.on_calibrate = on_variant, on_calibrate
+        self._server = Server()
+        self._nodes: dict[str, tuple] = {}  # "line1.Score" -> its NodeId and VariantType
+        self._frames = dict.fromkeys(self.sources, 0)
+        self._ready = threading.Event()
+        self._failure: Exception | None = None
+        self._namespace = 0  # the index of urn:edge-ad, which the server gives
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), name="opcua", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(START_S):
+            raise EdgeAdError(f"--opcua-port {port}: the OPC UA server did not start in {START_S:.0f} s")
+        failure = self._failure
+        if isinstance(failure, OSError):
+            reason = (failure.strerror or str(failure)).rpartition(": ")[2]  # asyncio's "error while ...: address ..."
+            hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if port < 1024 else ""
+            raise EdgeAdError(f"--opcua-port {port}: cannot listen ({reason}){hint}") from failure
+        if failure is not None:
+            raise EdgeAdError(f"--opcua-port {port}: the OPC UA server did not start ({failure!r})") from failure
+        log.info("opcua: serving %s: %s", self.url,
+                 ", ".join(f"ns={self._namespace};s={slug(name)}" for name in self.sources))
+
+    async def _serve(self) -> None:
+        self._loop, self._stopped = asyncio.get_running_loop(), asyncio.Event()
+        try:
+            await self._server.init()
+            self._server.set_endpoint(self.url)
+            self._server.set_server_name("edge-ad")
+            self._server.set_security_policy([self._ua.SecurityPolicyType.NoSecurity])
+            namespace = self._namespace = await self._server.register_namespace(NAMESPACE)
+            top = await self._server.nodes.objects.add_object(self._ua.NodeId("edge-ad", namespace),
+                                                              self._ua.QualifiedName("edge-ad", namespace))
+            for name in self.sources:
+                await self._add_source(top, namespace, name)
+            await self._server.start()
+        except Exception as exc:  # said by __init__, in the caller's thread
+            self._failure = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            await self._stopped.wait()
+        finally:
+            await self._server.stop()
+
+    async def _add_source(self, top, namespace: int, name: str) -> None:
+        ua, key = self._ua, slug(name)
+        source = await top.add_object(ua.NodeId(key, namespace), ua.QualifiedName(key, namespace))
+        variants = self.variants.get(name, [])
+        values = {"Frames": (0, ua.VariantType.UInt32), "Anomalous": (False, ua.VariantType.Boolean),
+                  "Alarm": (False, ua.VariantType.Boolean), "Score": (0.0, ua.VariantType.Double),
+                  "Threshold": (0.0, ua.VariantType.Double), "AnomalousFrames": (0, ua.VariantType.UInt32),
+                  "AlarmFrames": (0, ua.VariantType.UInt32), "FrameNumber": (0, ua.VariantType.UInt32),
+                  "LastScored": (datetime(1970, 1, 1, tzinfo=timezone.utc), ua.VariantType.DateTime),
+                  "Variant": ("", ua.VariantType.String), "Bundle": ("", ua.VariantType.String),
+                  "Calibration": ("", ua.VariantType.String), "AlarmLatch": (False, ua.VariantType.Boolean),
+                  "Frozen": (False, ua.VariantType.Boolean), "CalibrationState": (0, ua.VariantType.Int32),
+                  "CalibrationFrames": (0, ua.VariantType.UInt32)}
+        if variants:
+            values["LineVariant"] = ("", ua.VariantType.String)
+        for variable, (value, kind) in values.items():
+            node_id = ua.NodeId(f"{key}.{variable}", namespace)
+            node = await source.add_variable(node_id, ua.QualifiedName(variable, namespace), ua.Variant(value, kind))
+            if variable == "AlarmLatch":
+                await node.set_writable()
+            self._nodes[f"{name}.{variable}"] = node_id, kind
+        if self.on_calibrate is not None:
+            await source.add_method(ua.NodeId(f"{key}.Calibrate", namespace), ua.QualifiedName("Calibrate", namespace),
+                                    self._uamethod(lambda _parent, start: self._calibrate(name, start)),
+                                    [ua.VariantType.Boolean], [])
+        if variants and self.on_variant is not None:
+            await source.add_method(ua.NodeId(f"{key}.SetVariant", namespace),
+                                    ua.QualifiedName("SetVariant", namespace),
+                                    self._uamethod(lambda _parent, variant: self._set_variant(name, variant)),
+                                    [ua.VariantType.String], [])
+
+    def _calibrate(self, source: str, start: bool) -> None:
+        log.info("opcua: a client asks to %s %s on its next frames", "calibrate" if start else "stop calibrating",
+                 source)
+        self.on_calibrate(source, bool(start))
+
+    def _set_variant(self, source: str, variant: str):
+        """None, or a StatusCode for a name that is none of the source's variants."""
+        names = self.variants[source]
+        if variant and variant not in names:
+            log.warning("opcua: SetVariant(%r) for %s, which has the variants %s", variant, source, ", ".join(names))
+            return self._ua.StatusCode(self._ua.StatusCodes.BadInvalidArgument)
+        log.info("opcua: a client says %s makes %s", source, variant or "any variant (all bundles score)")
+        self._write(source, {"LineVariant": variant})
+        self.on_variant(source, variant or None)
+        return None
+
+    def update(self, source: str, frame: int, score: float, threshold: float, anomaly: bool, alarm: bool,
+               variant: str | None, anomalies: int, alarms: int, judged_by: tuple[str, str | None] | None = None
+               ) -> None:
+        """A scored frame of `source`, as ModbusServer.update takes it; an alarm sets its latch."""
+        bundle_id, calibration_id = judged_by or ("", None)
+        values = {"Anomalous": anomaly, "Alarm": alarm, "Score": float(score), "Threshold": float(threshold),
+                  "AnomalousFrames": anomalies % WRAP, "AlarmFrames": alarms % WRAP, "FrameNumber": frame % WRAP,
+                  "LastScored": datetime.now(timezone.utc), "Variant": variant or "", "Bundle": bundle_id,
+                  "Calibration": calibration_id or ""}
+        if alarm:
+            values["AlarmLatch"] = True
+        self._frames[source] = (self._frames[source] + 1) % WRAP
+        self._write(source, {"Frames": self._frames[source], **values})
+
+    def set_calibration(self, source: str, state: int, frames: int) -> None:
+        self._write(source, {"CalibrationState": state, "CalibrationFrames": frames % WRAP})
+
+    def set_frozen(self, source: str, frozen: bool) -> None:
+        self._write(source, {"Frozen": frozen})
+
+    def _write(self, source: str, values: dict) -> None:
+        """Hands `values` (variable name -> value) of `source` to the server's loop, without waiting:
+        the sinks thread goes on to the next frame."""
+        written = self._written(source, values, datetime.now(timezone.utc))
+        try:
+            asyncio.run_coroutine_threadsafe(written, self._loop)
+        except RuntimeError:  # the server has stopped (the run ends)
+            written.close()
+
+    async def _written(self, source: str, values: dict, now: datetime) -> None:
+        for variable, value in values.items():
+            node_id, kind = self._nodes[f"{source}.{variable}"]
+            await self._server.write_attribute_value(
+                node_id, self._ua.DataValue(self._ua.Variant(value, kind), SourceTimestamp=now, ServerTimestamp=now))
+
+    def close(self) -> None:
+        """Stop serving: clients' sessions end."""
+        if self._loop is not None and self._stopped is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._stopped.set)
+            except RuntimeError:  # the loop ended between the check and the call
+                pass
+        self._thread.join(timeout=5.0)

@@ -1,0 +1,170 @@
+"""--opcua-port: each source's last result as OPC UA variables, read, acknowledged and told the
+line's variant by asyncua's client, as a SCADA system or a PLC's OPC UA client would."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+asyncua = pytest.importorskip("asyncua")  # the [opcua] extra, which the Makefile installs
+from asyncua import ua  # noqa: E402
+from asyncua.sync import Client  # noqa: E402
+
+from edge_ad.errors import EdgeAdError  # noqa: E402
+from edge_ad.opcua import NAMESPACE, OpcUaServer  # noqa: E402
+from edge_ad.sinks import slug  # noqa: E402
+
+from conftest import SPOT_PATTERN, free_port  # noqa: E402
+
+
+def _values(client: Client, source: str, *names: str) -> dict:
+    """The variables `names` of `source` (its node id), read in one request: one frame's values."""
+    ns = client.get_namespace_index(NAMESPACE)
+    nodes = [client.get_node(f"ns={ns};s={source}.{name}") for name in names]
+    return dict(zip(names, client.read_values(nodes)))
+
+
+def _eventually(condition, seconds: float = 10.0) -> bool:
+    """Whether `condition()` holds within `seconds`: the server writes what it is handed a moment later."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.fixture
+def server():
+    """Two sources, the second with two variants; what clients ask for, in `server.asked`."""
+    asked = []
+    served = OpcUaServer(free_port(), ["rtsp://10.0.0.5/cam", "line2"], {"line2": ["mono", "poly"]},
+                         on_variant=lambda *told: asked.append(("variant", *told)),
+                         on_calibrate=lambda *told: asked.append(("calibrate", *told)))
+    served.asked = asked
+    yield served
+    served.close()
+
+
+def test_clients_read_each_sources_last_frame_and_acknowledge_its_alarm(server):
+    server.update("rtsp://10.0.0.5/cam", 41, 0.25, 0.5, False, False, None, 0, 0, ("0123456789ab", None))
+    server.update("rtsp://10.0.0.5/cam", 42, 0.75, 0.5, True, True, None, 1, 1, ("0123456789ab", "fedcba987654"))
+    server.update("line2", 7, 0.1, 0.4, False, False, "poly", 0, 0, ("aaaaaaaaaaaa", None))
+    server.set_frozen("line2", True)
+    server.set_calibration("line2", 1, 250)
+    with Client(f"opc.tcp://127.0.0.1:{server.port}/edge-ad/") as client:
+        cam = "rtsp-10-0-0-5-cam"  # as MQTT topics spell the source
+        assert _eventually(lambda: _values(client, cam, "Frames")["Frames"] == 2)
+        values = _values(client, cam, "Frames", "Anomalous", "Alarm", "Score", "Threshold", "AnomalousFrames",
+                         "AlarmFrames", "FrameNumber", "Variant", "Bundle", "Calibration", "AlarmLatch", "Frozen",
+                         "LastScored")
+        scored = values.pop("LastScored")
+        assert values == {"Frames": 2, "Anomalous": True, "Alarm": True, "Score": 0.75, "Threshold": 0.5,
+                          "AnomalousFrames": 1, "AlarmFrames": 1, "FrameNumber": 42, "Variant": "",
+                          "Bundle": "0123456789ab", "Calibration": "fedcba987654", "AlarmLatch": True, "Frozen": False}
+        assert abs(scored.replace(tzinfo=timezone.utc) - datetime.now(timezone.utc)) < timedelta(seconds=10)
+        assert _eventually(lambda: _values(client, "line2", "Frozen")["Frozen"])
+        assert _values(client, "line2", "Variant", "CalibrationState", "CalibrationFrames", "AlarmLatch") == \
+            {"Variant": "poly", "CalibrationState": 1, "CalibrationFrames": 250, "AlarmLatch": False}
+        ns = client.get_namespace_index(NAMESPACE)
+        latch = client.get_node(f"ns={ns};s={cam}.AlarmLatch")
+        latch.write_value(False)  # acknowledged: stays so over normal frames, until the next alarm
+        server.update("rtsp://10.0.0.5/cam", 43, 0.2, 0.5, False, False, None, 1, 1, ("0123456789ab", None))
+        assert _eventually(lambda: _values(client, cam, "Frames")["Frames"] == 3)
+        assert latch.read_value() is False
+        server.update("rtsp://10.0.0.5/cam", 44, 0.9, 0.5, True, True, None, 2, 2, ("0123456789ab", None))
+        assert _eventually(lambda: latch.read_value() is True)
+        with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):  # the run's own values
+            client.get_node(f"ns={ns};s={cam}.Score").write_value(ua.Variant(0.0, ua.VariantType.Double))
+        with pytest.raises(ua.UaStatusCodeError, match="BadTypeMismatch"):
+            latch.write_value(ua.Variant(0, ua.VariantType.Int32))
+
+
+def test_a_client_tells_the_variant_and_asks_a_calibration(server):
+    with Client(f"opc.tcp://127.0.0.1:{server.port}/edge-ad/") as client:
+        ns = client.get_namespace_index(NAMESPACE)
+        line2 = client.get_node(f"ns={ns};s=line2")
+        line2.call_method(f"{ns}:SetVariant", "mono")
+        line2.call_method(f"{ns}:Calibrate", True)
+        line2.call_method(f"{ns}:SetVariant", "")  # any: every bundle scores
+        with pytest.raises(ua.UaStatusCodeError, match="BadInvalidArgument"):
+            line2.call_method(f"{ns}:SetVariant", "glass")
+        assert _eventually(lambda: _values(client, "line2", "LineVariant")["LineVariant"] == "")
+        cam = client.get_node(f"ns={ns};s=rtsp-10-0-0-5-cam")
+        cam.call_method(f"{ns}:Calibrate", False)
+        with pytest.raises(ua.UaStatusCodeError):  # one bundle: nothing to choose
+            cam.call_method(f"{ns}:SetVariant", "mono")
+    assert server.asked == [("variant", "line2", "mono"), ("calibrate", "line2", True), ("variant", "line2", None),
+                            ("calibrate", "rtsp://10.0.0.5/cam", False)]
+
+
+def test_a_port_that_is_taken_is_refused_by_name_and_a_closed_server_ends_sessions(server):
+    with pytest.raises(EdgeAdError, match=rf"--opcua-port {server.port}: cannot listen \(address already in use\)"):
+        OpcUaServer(server.port, ["other"])
+    client = Client(f"opc.tcp://127.0.0.1:{server.port}/edge-ad/", timeout=5)
+    client.connect()
+    try:
+        assert _values(client, "line2", "Frames") == {"Frames": 0}
+        server.close()
+        server.update("line2", 1, 0.1, 0.4, False, False, "mono", 0, 0, None)  # a frame after: nothing to serve it
+        with pytest.raises((OSError, ua.UaError)):
+            _values(client, "line2", "Frames")
+    finally:
+        client.disconnect()
+
+
+def test_a_client_reads_what_the_run_scored(spotted_frames, tiny_bundle, tmp_path):
+    """`edge-ad run --opcua-port`, a folder of real cells with a spot in some, played in a loop:
+    the variables a client reads in one request are those of the frame they name, as the events
+    file has it, and SIGTERM ends the run and the client's session."""
+    port, events = free_port(), tmp_path / "events.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge_ad", "run", "--bundle", str(tiny_bundle), "--input", str(spotted_frames),
+         "--input-loop", "-1", "--alarm-frames", "2", "--events", str(events), "--opcua-port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    source = slug(str(spotted_frames))  # the node id of the folder's source
+    try:
+        client = Client(f"opc.tcp://127.0.0.1:{port}/edge-ad/", timeout=10)
+        deadline = time.monotonic() + 90
+        while True:  # the server starts as the run does: asyncua builds its address space first
+            try:
+                client.connect()
+                break
+            except OSError:  # refused, or no answer in time (TimeoutError)
+                assert time.monotonic() < deadline, "the OPC UA server did not start in 90 s"
+                time.sleep(0.2)
+        names = ("Frames", "FrameNumber", "Score", "Threshold", "Anomalous", "Alarm", "AnomalousFrames",
+                 "AlarmFrames", "Bundle", "AlarmLatch")
+        assert _eventually(lambda: _values(client, source, "Frames")["Frames"] >= 2 * len(SPOT_PATTERN), 60)
+        values = _values(client, source, *names)
+        client.disconnect()
+        frame = values["FrameNumber"]
+        deadline = time.monotonic() + 30
+        while not any(json.loads(line).get("frame", -1) >= frame for line in events.read_text().splitlines()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        upto = [e for e in map(json.loads, events.read_text().split("\n")[:-1])
+                if e["event"] == "frame" and e["frame"] <= frame]
+        event = upto[-1]
+        assert event["frame"] == frame and values["Frames"] == len(upto)
+        assert (values["Score"], values["Threshold"]) == (pytest.approx(event["score"]),
+                                                          pytest.approx(event["threshold"]))
+        assert (values["Anomalous"], values["Alarm"]) == (event["anomaly"], event["alarm"])
+        assert values["AnomalousFrames"] == sum(e["anomaly"] for e in upto)
+        assert values["AlarmFrames"] == sum(e["alarm"] for e in upto) >= 3  # three alarm frames per pass
+        assert values["AlarmLatch"] is True and values["Bundle"] == event["bundle"][:12]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, log = process.communicate(timeout=30)
+    assert process.returncode == 0, log
+    assert f"opcua: serving opc.tcp://0.0.0.0:{port}/edge-ad/: ns=2;s={source}" in log
+
+
+def test_without_asyncua_the_option_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "asyncua", None)  # as on a device installed without the [opcua] extra
+    with pytest.raises(EdgeAdError, match=r"--opcua-port needs asyncua: pip install 'edge-ad\[opcua\]'"):
+        OpcUaServer(free_port(), ["line1"])
