@@ -16,6 +16,7 @@ import functools
 import glob
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -490,13 +491,32 @@ class GstSource:
             self.pipeline = None
 
 
+RTSP_HINTS = {  # rtspsrc's errors, by their message
+    "Not found": "the camera answers, but has no stream at this path; each make has its own (Hikvision "
+                 "/Streaming/Channels/101, Dahua /cam/realmonitor?channel=1&subtype=0, Axis /axis-media/media.amp): "
+                 "the camera's manual or web page gives it",
+    "Unauthorized": "the camera refused the user and password in the URL (cameras lock an account for a while after "
+                    "a few wrong ones; the retries wait longer each time)",
+    "Could not open resource for reading and writing": "the camera cannot be reached: is its name or address "
+                                                       "right, is it on, and is RTSP on at the URL's port (554 if "
+                                                       "none)?",
+}
+
+
 def with_hint(description: str, error: str) -> str:
     """`error`, with what helps where GStreamer's message does not. A CSI camera's
     nvarguscamerasrc: Argus can keep the capture session of a process that ended ("Failed to
     create CaptureSession"), and only a restart of its daemon frees it. An HTTP camera that does
     not answer: souphttpsrc says only "Internal data stream error"; one that answers with a still
-    picture or a page, "Could not demultiplex stream". Live sources retry by themselves; this
-    says what else to do."""
+    picture or a page, "Could not demultiplex stream". An RTSP camera: rtspsrc's "Not found",
+    "Unauthorized" and "Could not open resource for reading and writing" say no more of a wrong
+    stream path, login, or address. Live sources retry by themselves; this says what else to do."""
+    rtsp = re.fullmatch(r"(.+?)\.? \(rtspsrc\d+\)", error) if description.startswith("rtspsrc ") else None
+    if rtsp and rtsp[1] in RTSP_HINTS:
+        hint = RTSP_HINTS[rtsp[1]]
+        if rtsp[1] == "Unauthorized" and "@" not in urlparse(re.search(r'location="([^"]*)"', description)[1]).netloc:
+            hint = "the camera asks for a login: give it in the URL, rtsp://USER:PASSWORD@camera/..."
+        return f"{error}: {hint}"
     if "nvarguscamerasrc" in description:
         return f"{error} (if the camera keeps failing: sudo systemctl restart nvargus-daemon)"
     if "souphttpsrc" in description and error.startswith("Internal data stream error. (souphttpsrc"):

@@ -85,7 +85,9 @@ def test_a_failing_csi_camera_says_what_frees_it():
     error = "Failed to create CaptureSession"
     assert with_hint(csi, error) == f"{error} (if the camera keeps failing: sudo systemctl restart nvargus-daemon)"
     rtsp = source_pipeline("rtsp://cam/s", jetson=True).description
-    assert with_hint(rtsp, "Could not open resource") == "Could not open resource"
+    assert with_hint(rtsp, "Could not read from resource. (rtspsrc0)") == "Could not read from resource. (rtspsrc0)"
+    assert with_hint(rtsp, "Not found (rtspsrc2)").startswith("Not found (rtspsrc2): the camera answers, but has no "
+                                                               "stream at this path")
 
 
 def test_an_http_camera_is_read_as_mjpeg():

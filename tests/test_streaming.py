@@ -4,6 +4,7 @@ and comes back, an RTSP output read back, two sources at once, signals and a ful
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -351,6 +352,27 @@ def test_a_camera_password_is_read_as_typed_into_the_camera(caplog):
             read = frames_within(open_source(stream.input, SourceOptions(timeout_s=5)), 3, 30)
             assert [frame.image.shape for frame in read] == [(64, 96, 3)] * 3
     assert "p@ss" not in caplog.text and "ss#1" not in caplog.text
+
+
+def test_a_wrong_login_stream_path_or_address_is_said_as_such(caplog):
+    """rtspsrc says "Unauthorized", "Not found" and "Could not open resource for reading and
+    writing", no more, of a wrong password, a missing login, a wrong stream path (each make has
+    its own) and an address nothing answers at."""
+    frames = "videotestsrc is-live=true ! video/x-raw,width=96,height=64,framerate=15/1"
+    with _rtsp_camera(f"( {frames} ! x264enc tune=zerolatency key-int-max=15 ! rtph264pay name=pay0 )",
+                      ("admin", "right")) as uri:
+        unreached = f"rtsp://127.0.0.1:{free_port()}/cam"
+        for url, error, said in (
+                (uri.replace("rtsp://", "rtsp://admin:wrong@"), "Unauthorized", "the camera refused the user and "
+                                                                                "password in the URL"),
+                (uri, "Unauthorized", "the camera asks for a login: give it in the URL, rtsp://USER:PASSWORD@camera/"),
+                (uri.replace("rtsp://", "rtsp://admin:right@") + "2", "Not found", "the camera answers, but has no "
+                                                                                   "stream at this path"),
+                (unreached, "Could not open resource for reading and writing.", "the camera cannot be reached")):
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
+                assert frames_within(open_source(url, SourceOptions(timeout_s=2)), 1, 2) == []
+            assert re.search(rf"{re.escape(error)} \(rtspsrc\d+\): {re.escape(said)}", caplog.text)
 
 
 def test_an_rtsp_camera_is_read_in_the_codec_it_sends(caplog):
