@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 from pathlib import Path
@@ -543,6 +544,28 @@ def _report(args: argparse.Namespace) -> None:
     print(f"report {write_events_report(read, out)}")
 
 
+def _cameras(args: argparse.Namespace) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .onvif import describe, discover, read_streams
+
+    password = args.password
+    if args.user and password is None:
+        if not sys.stdin.isatty():
+            raise EdgeAdError("--user without --password: give --password (it is asked for only at a terminal)")
+        password = getpass.getpass(f"ONVIF password of {args.user}: ")
+    found = discover(args.timeout, args.address)
+    if not found:
+        where = ", ".join(args.address) if args.address else "multicast on this machine's networks"
+        raise EdgeAdError(f"no ONVIF camera answered in {args.timeout:g} s ({where}): a camera on another subnet "
+                          "answers --address IP; else ONVIF may be off in the camera's settings")
+    with ThreadPoolExecutor(8) as pool:  # four requests a camera, each up to --timeout
+        read = pool.map(lambda camera: read_streams(camera, args.user, password or "", args.timeout), found)
+        for camera in read:
+            print("\n".join(describe(camera)))
+    print("--input takes a URL with the login in it: rtsp://USER:PASSWORD@camera/... (the password as typed)")
+
+
 def _mask(args: argparse.Namespace) -> None:
     import cv2
 
@@ -939,6 +962,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=_time, metavar="TIME", help="only events from this local time on (2026-12-03T06:00)")
     p.add_argument("--until", type=_time, metavar="TIME", help="only events up to this local time")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("cameras", help="the IP cameras on the network and the RTSP URLs of their streams (ONVIF)")
+    p.add_argument("--user", help="the cameras' ONVIF user: most list their streams only to a login")
+    p.add_argument("--password", help="its password (asked for at a terminal when --user comes without it)")
+    p.add_argument("--address", action="append", metavar="ADDRESS[:PORT]",
+                   help="ask this camera instead of multicasting to all (one on another subnet); repeat for several")
+    p.add_argument("--timeout", type=_positive_float, default=3.0, help="seconds to wait for the cameras' answers")
+    p.set_defaults(func=_cameras)
 
     p = sub.add_parser("mask", help="draw an inspection mask from rectangles on a frame of the camera, with a preview")
     p.add_argument("--frame", required=True, help="a frame of the camera as it is scored (edge-ad record --frames 1)")

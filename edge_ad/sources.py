@@ -494,7 +494,7 @@ class GstSource:
 RTSP_HINTS = {  # rtspsrc's errors, by their message
     "Not found": "the camera answers, but has no stream at this path; each make has its own (Hikvision "
                  "/Streaming/Channels/101, Dahua /cam/realmonitor?channel=1&subtype=0, Axis /axis-media/media.amp): "
-                 "the camera's manual or web page gives it",
+                 "edge-ad cameras --user USER lists the camera's stream URLs (ONVIF)",
     "Unauthorized": "the camera refused the user and password in the URL (cameras lock an account for a while after "
                     "a few wrong ones; the retries wait longer each time)",
     "Could not open resource for reading and writing": "the camera cannot be reached: is its name or address "

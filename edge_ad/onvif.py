@@ -1,0 +1,294 @@
+"""`edge-ad cameras`: the IP cameras on the network and the RTSP URLs of their streams, by ONVIF.
+
+A camera's RTSP path differs from make to make (and from firmware to firmware), and people find
+it in manuals, forums or a vendor's Windows tool. ONVIF, which nearly every IP camera speaks,
+says it: a WS-Discovery probe (SOAP over UDP, multicast to 239.255.255.250:3702, or sent to one
+address) is answered by each camera with its device service's URL; the device service names the
+media service, whose profiles (main stream, sub stream...) each have an encoder (H.264, H.265,
+JPEG), a size and a rate, and a stream URL (GetStreamUri). A login (WS-UsernameToken, the
+password digested with a nonce and the time) is needed for the profiles by most cameras; the
+time is the camera's own (GetSystemDateAndTime, which needs none), as cameras refuse a login
+whose time is off theirs by more than a few seconds.
+
+The standard library's sockets, urllib and ElementTree, no SOAP library: four requests.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import os
+import socket
+import struct
+import time
+import urllib.error
+import urllib.request
+import uuid
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from urllib.parse import unquote, urlparse
+
+from .errors import EdgeAdError
+
+DISCOVERY = ("239.255.255.250", 3702)
+NS = {
+    "s": "http://www.w3.org/2003/05/soap-envelope",
+    "a": "http://schemas.xmlsoap.org/ws/2004/08/addressing",
+    "d": "http://schemas.xmlsoap.org/ws/2005/04/discovery",
+    "tds": "http://www.onvif.org/ver10/device/wsdl",
+    "trt": "http://www.onvif.org/ver10/media/wsdl",
+    "tt": "http://www.onvif.org/ver10/schema",
+}
+PROBE = f"""<?xml version="1.0" encoding="UTF-8"?>
+<s:Envelope xmlns:s="{NS['s']}" xmlns:a="{NS['a']}" xmlns:d="{NS['d']}" xmlns:dn="http://www.onvif.org/ver10/network/wsdl">
+<s:Header><a:MessageID>uuid:{{id}}</a:MessageID><a:To s:mustUnderstand="true">urn:schemas-xmlsoap-org:ws:2005:04:discovery</a:To>
+<a:Action s:mustUnderstand="true">http://schemas.xmlsoap.org/ws/2005/04/discovery/Probe</a:Action></s:Header>
+<s:Body><d:Probe><d:Types>dn:NetworkVideoTransmitter</d:Types></d:Probe></s:Body></s:Envelope>"""
+WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
+WSU = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
+DIGEST = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0#PasswordDigest"
+BASE64 = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-soap-message-security-1.0#Base64Binary"
+SIOCGIFADDR = 0x8915  # Linux: an interface's IPv4 address
+CODECS = {"H264": "h264", "H265": "h265", "JPEG": "mjpeg"}  # ONVIF's encoding names, as --input-codec names them
+
+
+@dataclass
+class Stream:
+    """One of a camera's media profiles: its name, encoder, size and rate, and stream URL."""
+
+    name: str
+    encoding: str
+    width: int
+    height: int
+    fps: float | None
+    uri: str | None
+    problem: str | None = None  # why the URL is missing
+
+
+@dataclass
+class Camera:
+    """A camera that answered the probe: its device service, what its ONVIF scopes say of it
+    (name, hardware), and its streams or why they could not be read."""
+
+    address: str
+    service: str
+    name: str = ""
+    hardware: str = ""
+    streams: list[Stream] = field(default_factory=list)
+    problem: str | None = None
+
+
+def interface_addresses() -> list[str]:
+    """The IPv4 addresses of this machine's interfaces that are up, but the loopback: a probe goes
+    out through each, so a camera network on a second port (eth1) is probed as well as the
+    default route's."""
+    found = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(probe.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+            except OSError:  # no IPv4 address
+                continue
+            address = socket.inet_ntoa(packed[20:24])
+            if not address.startswith("127."):
+                found.append(address)
+    return found
+
+
+def _target(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":") if address.count(":") == 1 else (address, "", "")
+    try:
+        return socket.gethostbyname(host), int(port) if port else DISCOVERY[1]
+    except (OSError, ValueError) as exc:
+        raise EdgeAdError(f"--address {address}: not an address, or address:port ({exc})") from exc
+
+
+def discover(timeout_s: float, addresses: list[str] | None = None) -> list[Camera]:
+    """The cameras that answer a probe within `timeout_s`: multicast through every interface, or
+    sent to each of `addresses` (ADDRESS or ADDRESS:PORT: cameras on another subnet, which
+    multicast does not reach), in the order they answered, each once."""
+    message = PROBE.format(id=uuid.uuid4()).encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("", 0))
+        if addresses:
+            for address in addresses:
+                sock.sendto(message, _target(address))
+        else:
+            interfaces = interface_addresses()
+            if not interfaces:
+                raise EdgeAdError("no network interface with an IPv4 address is up: connect the camera network")
+            for interface in interfaces:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 2)
+                try:
+                    sock.sendto(message, DISCOVERY)
+                except OSError:  # an interface that cannot multicast
+                    continue
+        cameras: dict[str, Camera] = {}
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                data, (sender, _) = sock.recvfrom(65535)
+            except TimeoutError:
+                break
+            camera = _probe_match(data, sender)
+            if camera is not None and camera.service not in cameras:
+                cameras[camera.service] = camera
+    return list(cameras.values())
+
+
+def _probe_match(data: bytes, sender: str) -> Camera | None:
+    """The camera a ProbeMatch describes (None: not one), its first service URL on the address it
+    answered from when it gives several (a camera lists each of its addresses)."""
+    try:
+        root = ElementTree.fromstring(data)
+    except ElementTree.ParseError:
+        return None
+    match = root.find(".//d:ProbeMatch", NS)
+    addresses = (match.findtext("d:XAddrs", "", NS) if match is not None else "").split()
+    if not addresses:
+        return None
+    service = next((a for a in addresses if urlparse(a).hostname == sender), addresses[0])
+    scopes = (match.findtext("d:Scopes", "", NS) or "").split()
+
+    def scope(kind: str) -> str:
+        said = [s.split(f"onvif://www.onvif.org/{kind}/", 1)[1] for s in scopes if f"onvif://www.onvif.org/{kind}/" in s]
+        return unquote(said[0]).replace("_", " ") if said else ""
+
+    return Camera(urlparse(service).hostname or sender, service, scope("name"), scope("hardware"))
+
+
+class Soap:
+    """Requests to one camera's services, signed with `user` and `password` (none: unsigned) at
+    the camera's time."""
+
+    def __init__(self, user: str | None, password: str, timeout_s: float):
+        self.user, self.password, self.timeout_s = user, password, timeout_s
+        self.clock_offset = timedelta(0)  # the camera's clock minus this machine's
+
+    def call(self, url: str, body: str, signed: bool = True) -> ElementTree.Element:
+        """The SOAP body's answer to `body`; an EdgeAdError that says why there is none."""
+        header = self._security() if signed and self.user else ""
+        envelope = (f'<?xml version="1.0" encoding="UTF-8"?><s:Envelope xmlns:s="{NS["s"]}" '
+                    f'xmlns:tds="{NS["tds"]}" xmlns:trt="{NS["trt"]}" xmlns:tt="{NS["tt"]}">'
+                    f"<s:Header>{header}</s:Header><s:Body>{body}</s:Body></s:Envelope>")
+        request = urllib.request.Request(url, envelope.encode(), {"Content-Type": "application/soap+xml; charset=utf-8"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
+                data = answer.read()
+        except urllib.error.HTTPError as exc:  # a SOAP fault comes with 400 or 500, a refused login often 401
+            data = exc.read()
+            fault = _fault(data)
+            if fault is None:
+                raise EdgeAdError(f"HTTP {exc.code} {exc.reason}") from exc
+            raise EdgeAdError(fault) from exc
+        except (OSError, ValueError) as exc:
+            raise EdgeAdError(f"no answer ({getattr(exc, 'reason', exc)})") from exc
+        try:
+            root = ElementTree.fromstring(data)
+        except ElementTree.ParseError as exc:
+            raise EdgeAdError(f"the answer is not SOAP ({exc})") from exc
+        body_element = root.find("s:Body", NS)
+        if body_element is None or not len(body_element):
+            raise EdgeAdError("the answer has no SOAP body")
+        return body_element[0]
+
+    def _security(self) -> str:
+        nonce = os.urandom(16)
+        created = (datetime.now(timezone.utc) + self.clock_offset).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        digest = base64.b64encode(hashlib.sha1(nonce + created.encode() + self.password.encode()).digest()).decode()
+        user = self.user.replace("&", "&amp;").replace("<", "&lt;")
+        return (f'<Security s:mustUnderstand="1" xmlns="{WSSE}"><UsernameToken><Username>{user}</Username>'
+                f'<Password Type="{DIGEST}">{digest}</Password>'
+                f'<Nonce EncodingType="{BASE64}">{base64.b64encode(nonce).decode()}</Nonce>'
+                f'<Created xmlns="{WSU}">{created}</Created></UsernameToken></Security>')
+
+
+def _fault(data: bytes) -> str | None:
+    """What a SOAP fault says ("NotAuthorized: Sender not Authorized"), or None."""
+    try:
+        fault = ElementTree.fromstring(data).find(".//s:Fault", NS)
+    except ElementTree.ParseError:
+        return None
+    if fault is None:
+        return None
+    codes = [value.rpartition(":")[2] for value in (e.text for e in fault.iter(f"{{{NS['s']}}}Value")) if value]
+    reason = fault.findtext(".//s:Reason/s:Text", "", NS).strip()
+    return ": ".join(filter(None, [codes[-1] if codes else "", reason])) or "a SOAP fault"
+
+
+def _login_hint(problem: str, user: str | None) -> str:
+    """`problem`, with what to do when it is a refused login."""
+    if "NotAuthorized" not in problem:
+        return problem
+    if user is None:
+        return f"{problem} (the camera lists its streams only to a login: give --user and --password)"
+    return f"{problem} (a wrong user or password; or not the camera's ONVIF user, which many cameras keep apart " \
+           "from the web one)"
+
+
+def read_streams(camera: Camera, user: str | None, password: str, timeout_s: float) -> Camera:
+    """`camera` with its streams, or with the problem that kept them from being read."""
+    soap = Soap(user, password, timeout_s)
+    try:
+        soap.clock_offset = _camera_time(soap, camera.service) - datetime.now(timezone.utc)
+        capabilities = soap.call(camera.service, "<tds:GetCapabilities><tds:Category>Media</tds:Category>"
+                                                 "</tds:GetCapabilities>")
+        media = capabilities.findtext(".//tt:Media/tt:XAddr", "", NS).strip()
+        if not media:
+            raise EdgeAdError("the camera names no media service")
+        profiles = soap.call(media, "<trt:GetProfiles/>").findall("trt:Profiles", NS)
+    except EdgeAdError as exc:
+        camera.problem = _login_hint(str(exc), user)
+        return camera
+    for profile in profiles:
+        encoder = profile.find("tt:VideoEncoderConfiguration", NS)
+        if encoder is None:  # an audio or metadata profile
+            continue
+        rate = encoder.findtext("tt:RateControl/tt:FrameRateLimit", "", NS)
+        stream = Stream(profile.findtext("tt:Name", "", NS) or profile.get("token", ""),
+                        encoder.findtext("tt:Encoding", "", NS), int(encoder.findtext("tt:Resolution/tt:Width", "0", NS)),
+                        int(encoder.findtext("tt:Resolution/tt:Height", "0", NS)), float(rate) if rate else None, None)
+        try:
+            answer = soap.call(media, '<trt:GetStreamUri><trt:StreamSetup><tt:Stream>RTP-Unicast</tt:Stream>'
+                                      '<tt:Transport><tt:Protocol>RTSP</tt:Protocol></tt:Transport></trt:StreamSetup>'
+                                      f'<trt:ProfileToken>{profile.get("token", "")}</trt:ProfileToken>'
+                                      "</trt:GetStreamUri>")
+            stream.uri = answer.findtext(".//tt:Uri", "", NS).strip() or None
+        except EdgeAdError as exc:
+            stream.problem = _login_hint(str(exc), user)
+        camera.streams.append(stream)
+    return camera
+
+
+def _camera_time(soap: Soap, service: str) -> datetime:
+    """The camera's clock (UTC), which its logins are checked against; this machine's when it
+    does not say."""
+    answer = soap.call(service, "<tds:GetSystemDateAndTime/>", signed=False)
+    utc = answer.find(".//tt:UTCDateTime", NS)
+    try:
+        date, clock = utc.find("tt:Date", NS), utc.find("tt:Time", NS)
+        return datetime(*(int(date.findtext(f"tt:{k}", "", NS)) for k in ("Year", "Month", "Day")),
+                        *(int(clock.findtext(f"tt:{k}", "", NS)) for k in ("Hour", "Minute", "Second")),
+                        tzinfo=timezone.utc)
+    except (AttributeError, TypeError, ValueError):
+        return datetime.now(timezone.utc)
+
+
+
+def describe(camera: Camera) -> list[str]:
+    """Lines that show a camera and its streams, each stream's URL as --input takes it."""
+    lines = [f"{camera.address}  {' '.join(filter(None, [camera.name, camera.hardware])) or 'an ONVIF camera'}"
+             f"  ({camera.service})"]
+    if camera.problem:
+        lines.append(f"  streams not read: {camera.problem}")
+    for stream in camera.streams:
+        rate = f" {stream.fps:g} fps" if stream.fps else ""
+        codec = CODECS.get(stream.encoding.upper())
+        option = f" --input-codec {codec}" if codec and codec != "h264" else ""
+        where = stream.uri + option if stream.uri else f"(no URL: {stream.problem})"
+        lines.append(f"  {stream.name}: {stream.encoding} {stream.width}x{stream.height}{rate}  {where}")
+    return lines

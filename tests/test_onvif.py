@@ -1,0 +1,184 @@
+"""`edge-ad cameras`: IP cameras found by ONVIF (WS-Discovery) and their streams' RTSP URLs, from a
+camera written here as ONVIF's specifications describe one, login and clock check included."""
+
+import base64
+import hashlib
+import socket
+import subprocess
+import sys
+import threading
+import xml.etree.ElementTree as ElementTree
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from edge_ad.onvif import NS, WSSE, WSU, _probe_match
+
+from conftest import free_port
+
+CAMERA_CLOCK = timedelta(hours=-3)  # the camera's clock is 3 hours behind: a login must be made at its time
+PROFILES = (("mainStream", "101", "H264", 1920, 1080, 25), ("subStream", "102", "JPEG", 640, 360, 10))
+MATCH = """<?xml version="1.0" encoding="UTF-8"?>
+<s:Envelope xmlns:s="{s}" xmlns:a="{a}" xmlns:d="{d}"><s:Body><d:ProbeMatches><d:ProbeMatch>
+<a:EndpointReference><a:Address>urn:uuid:1</a:Address></a:EndpointReference>
+<d:Scopes>onvif://www.onvif.org/type/video_encoder onvif://www.onvif.org/name/HIKVISION%20Line%201
+onvif://www.onvif.org/hardware/DS-2CD2043G2-I</d:Scopes>
+<d:XAddrs>http://10.9.9.9/onvif/device_service http://127.0.0.1:{http}/onvif/device_service</d:XAddrs>
+</d:ProbeMatch></d:ProbeMatches></s:Body></s:Envelope>"""
+
+
+def _answer(body: str) -> bytes:
+    return (f'<?xml version="1.0"?><s:Envelope xmlns:s="{NS["s"]}" xmlns:tds="{NS["tds"]}" xmlns:trt="{NS["trt"]}" '
+            f'xmlns:tt="{NS["tt"]}"><s:Body>{body}</s:Body></s:Envelope>').encode()
+
+
+NOT_AUTHORIZED = _answer('<s:Fault><s:Code><s:Value>s:Sender</s:Value><s:Subcode><s:Value xmlns:ter="http://www.'
+                         'onvif.org/ver10/error">ter:NotAuthorized</s:Value></s:Subcode></s:Code><s:Reason><s:Text '
+                         'xml:lang="en">Sender not Authorized</s:Text></s:Reason></s:Fault>')
+
+
+class _Camera(BaseHTTPRequestHandler):
+    """The device and media services, behind a login of admin / right checked at the camera's time."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        request = ElementTree.fromstring(self.rfile.read(int(self.headers["Content-Length"])))
+        asked = request.find("s:Body", NS)[0]
+        name = asked.tag.rpartition("}")[2]
+        now = datetime.now(timezone.utc) + CAMERA_CLOCK
+        if name == "GetSystemDateAndTime":  # no login needed
+            body = ("<tds:GetSystemDateAndTimeResponse><tds:SystemDateAndTime><tt:UTCDateTime><tt:Time>"
+                    f"<tt:Hour>{now.hour}</tt:Hour><tt:Minute>{now.minute}</tt:Minute><tt:Second>{now.second}"
+                    f"</tt:Second></tt:Time><tt:Date><tt:Year>{now.year}</tt:Year><tt:Month>{now.month}</tt:Month>"
+                    f"<tt:Day>{now.day}</tt:Day></tt:Date></tt:UTCDateTime></tds:SystemDateAndTime>"
+                    "</tds:GetSystemDateAndTimeResponse>")
+            return self._send(200, _answer(body))
+        if not self._logged_in(request, now):
+            return self._send(400, NOT_AUTHORIZED)
+        port = self.server.server_address[1]
+        if name == "GetCapabilities":
+            body = (f"<tds:GetCapabilitiesResponse><tds:Capabilities><tt:Media><tt:XAddr>http://127.0.0.1:{port}"
+                    "/onvif/media</tt:XAddr></tt:Media></tds:Capabilities></tds:GetCapabilitiesResponse>")
+        elif name == "GetProfiles":
+            body = "<trt:GetProfilesResponse>" + "".join(
+                f'<trt:Profiles token="{token}"><tt:Name>{label}</tt:Name><tt:VideoEncoderConfiguration>'
+                f"<tt:Encoding>{encoding}</tt:Encoding><tt:Resolution><tt:Width>{width}</tt:Width><tt:Height>{height}"
+                f"</tt:Height></tt:Resolution><tt:RateControl><tt:FrameRateLimit>{fps}</tt:FrameRateLimit>"
+                "</tt:RateControl></tt:VideoEncoderConfiguration></trt:Profiles>"
+                for label, token, encoding, width, height, fps in PROFILES) + "</trt:GetProfilesResponse>"
+        elif name == "GetStreamUri":
+            token = asked.findtext("trt:ProfileToken", "", NS)
+            body = ("<trt:GetStreamUriResponse><trt:MediaUri><tt:Uri>rtsp://127.0.0.1:554/Streaming/Channels/"
+                    f"{token}</tt:Uri></trt:MediaUri></trt:GetStreamUriResponse>")
+        else:
+            return self._send(400, NOT_AUTHORIZED)
+        self._send(200, _answer(body))
+
+    def _logged_in(self, request: ElementTree.Element, now: datetime) -> bool:
+        token = request.find(f".//{{{WSSE}}}UsernameToken")
+        if token is None or token.findtext(f"{{{WSSE}}}Username") != "admin":
+            return False
+        created = token.findtext(f"{{{WSU}}}Created")
+        nonce = base64.b64decode(token.findtext(f"{{{WSSE}}}Nonce"))
+        digest = base64.b64encode(hashlib.sha1(nonce + created.encode() + b"right").digest()).decode()
+        when = datetime.strptime(created, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+        return token.findtext(f"{{{WSSE}}}Password") == digest and abs(when - now) < timedelta(seconds=5)
+
+    def _send(self, status: int, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/soap+xml")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@contextmanager
+def _onvif_camera():
+    """A camera answering WS-Discovery probes on a UDP port of 127.0.0.1, and its ONVIF services
+    over HTTP; the UDP port."""
+    http = ThreadingHTTPServer(("127.0.0.1", 0), _Camera)
+    probes = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probes.bind(("127.0.0.1", free_port(socket.SOCK_DGRAM)))
+    stop = threading.Event()
+
+    def answer() -> None:
+        probes.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                data, sender = probes.recvfrom(65535)
+            except TimeoutError:
+                continue
+            if b"NetworkVideoTransmitter" in data:
+                reply = MATCH.format(**NS, http=http.server_address[1])
+                probes.sendto(reply.encode(), sender)
+
+    threads = [threading.Thread(target=http.serve_forever, daemon=True), threading.Thread(target=answer, daemon=True)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield probes.getsockname()[1]
+    finally:
+        stop.set()
+        http.shutdown()
+        http.server_close()
+        for thread in threads:
+            thread.join(timeout=5)
+        probes.close()
+
+
+def _cameras(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge_ad", "cameras", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_a_camera_is_found_and_its_streams_listed_with_their_urls():
+    with _onvif_camera() as port:
+        out = _cameras("--address", f"127.0.0.1:{port}", "--user", "admin", "--password", "right", "--timeout", "1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        f"127.0.0.1  HIKVISION Line 1 DS-2CD2043G2-I  (http://127.0.0.1:{_port(out)}/onvif/device_service)",
+        "  mainStream: H264 1920x1080 25 fps  rtsp://127.0.0.1:554/Streaming/Channels/101",
+        "  subStream: JPEG 640x360 10 fps  rtsp://127.0.0.1:554/Streaming/Channels/102 --input-codec mjpeg",
+        "--input takes a URL with the login in it: rtsp://USER:PASSWORD@camera/... (the password as typed)"]
+
+
+def _port(out: subprocess.CompletedProcess) -> str:
+    return out.stdout.split("127.0.0.1:", 1)[1].split("/", 1)[0]
+
+
+def test_a_refused_or_missing_login_is_said_and_the_camera_still_listed():
+    with _onvif_camera() as port:
+        out = _cameras("--address", f"127.0.0.1:{port}", "--user", "admin", "--password", "wrong", "--timeout", "1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1] == (
+        "  streams not read: NotAuthorized: Sender not Authorized (a wrong user or password; or not the camera's ONVIF "
+        "user, which many cameras keep apart from the web one)")
+    with _onvif_camera() as port:
+        out = _cameras("--address", f"127.0.0.1:{port}", "--timeout", "1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1] == ("  streams not read: NotAuthorized: Sender not Authorized (the camera lists "
+                                          "its streams only to a login: give --user and --password)")
+
+
+def test_no_answer_is_an_error_that_says_what_to_try():
+    out = _cameras("--address", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}", "--timeout", "0.5")
+    assert out.returncode != 0 and "no ONVIF camera answered in 0.5 s (127.0.0.1:" in out.stderr
+    assert "a camera on another subnet answers --address IP" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "edge_ad", "cameras", "--user", "admin"], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "--user without --password: give --password (it is asked for only at a " \
+                                   "terminal)" in out.stderr
+    out = _cameras("--address", "no-such-camera.invalid", "--timeout", "0.5")
+    assert out.returncode != 0 and "--address no-such-camera.invalid: not an address, or address:port" in out.stderr
+
+
+def test_a_probe_match_names_the_camera_by_the_address_it_answered_from():
+    match = MATCH.format(**NS, http=8080).encode()
+    camera = _probe_match(match, "127.0.0.1")
+    assert (camera.address, camera.service) == ("127.0.0.1", "http://127.0.0.1:8080/onvif/device_service")
+    assert (camera.name, camera.hardware) == ("HIKVISION Line 1", "DS-2CD2043G2-I")
+    assert _probe_match(match, "10.9.9.9").service == "http://10.9.9.9/onvif/device_service"
+    assert _probe_match(b"<not xml", "127.0.0.1") is None
+    assert _probe_match(b"<a/>", "127.0.0.1") is None
