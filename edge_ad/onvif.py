@@ -18,6 +18,8 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
+import http.client
+import math
 import os
 import socket
 import struct
@@ -121,7 +123,6 @@ def discover(timeout_s: float, addresses: list[str] | None = None) -> list[Camer
                 raise EdgeAdError("no network interface with an IPv4 address is up: connect the camera network")
             for interface in interfaces:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 2)
                 try:
                     sock.sendto(message, DISCOVERY)
                 except OSError:  # an interface that cannot multicast
@@ -185,8 +186,8 @@ class Soap:
             if fault is None:
                 raise EdgeAdError(f"HTTP {exc.code} {exc.reason}") from exc
             raise EdgeAdError(fault) from exc
-        except (OSError, ValueError) as exc:
-            raise EdgeAdError(f"no answer ({getattr(exc, 'reason', exc)})") from exc
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # HTTPException: an answer cut short
+            raise EdgeAdError(f"no answer ({getattr(exc, 'reason', exc)!s})") from exc
         try:
             root = ElementTree.fromstring(data)
         except ElementTree.ParseError as exc:
@@ -248,10 +249,10 @@ def read_streams(camera: Camera, user: str | None, password: str, timeout_s: flo
         encoder = profile.find("tt:VideoEncoderConfiguration", NS)
         if encoder is None:  # an audio or metadata profile
             continue
-        rate = encoder.findtext("tt:RateControl/tt:FrameRateLimit", "", NS)
+        width, height, rate = (_number(encoder.findtext(path, "", NS)) for path in (
+            "tt:Resolution/tt:Width", "tt:Resolution/tt:Height", "tt:RateControl/tt:FrameRateLimit"))
         stream = Stream(profile.findtext("tt:Name", "", NS) or profile.get("token", ""),
-                        encoder.findtext("tt:Encoding", "", NS), int(encoder.findtext("tt:Resolution/tt:Width", "0", NS)),
-                        int(encoder.findtext("tt:Resolution/tt:Height", "0", NS)), float(rate) if rate else None, None)
+                        encoder.findtext("tt:Encoding", "", NS), int(width or 0), int(height or 0), rate, None)
         try:
             answer = soap.call(media, '<trt:GetStreamUri><trt:StreamSetup><tt:Stream>RTP-Unicast</tt:Stream>'
                                       '<tt:Transport><tt:Protocol>RTSP</tt:Protocol></tt:Transport></trt:StreamSetup>'
@@ -262,6 +263,15 @@ def read_streams(camera: Camera, user: str | None, password: str, timeout_s: flo
             stream.problem = _login_hint(str(exc), user)
         camera.streams.append(stream)
     return camera
+
+
+def _number(text: str) -> float | None:
+    """A number a camera wrote, None for none (or one that is not a number)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _camera_time(soap: Soap, service: str) -> datetime:
