@@ -547,6 +547,7 @@ def _report(args: argparse.Namespace) -> None:
 def _cameras(args: argparse.Namespace) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
+    from .genicam_cameras import ARV_TOOL, genicam_cameras
     from .onvif import describe, discover, read_streams
 
     password = args.password
@@ -554,16 +555,25 @@ def _cameras(args: argparse.Namespace) -> None:
         if not sys.stdin.isatty():
             raise EdgeAdError("--user without --password: give --password (it is asked for only at a terminal)")
         password = getpass.getpass(f"ONVIF password of {args.user}: ")
-    found = discover(args.timeout, args.address)
-    if not found:
+    with ThreadPoolExecutor(2) as pool:  # both listen for answers for --timeout
+        genicam = pool.submit(genicam_cameras, args.timeout) if not args.address else None
+        found = discover(args.timeout, args.address)
+        machine_vision = genicam.result() if genicam is not None else []
+    if not found and not machine_vision:
         where = ", ".join(args.address) if args.address else "multicast on this machine's networks"
+        others = "" if args.address else (
+            f"; and Aravis found no GigE Vision or USB3 Vision camera ({ARV_TOOL})" if machine_vision is not None
+            else f"; GigE Vision and USB3 Vision cameras are listed once {ARV_TOOL} is installed (aravis-tools-cli)")
         raise EdgeAdError(f"no ONVIF camera answered in {args.timeout:g} s ({where}): a camera on another subnet "
-                          "answers --address IP; else ONVIF may be off in the camera's settings")
+                          f"answers --address IP; else ONVIF may be off in the camera's settings{others}")
     with ThreadPoolExecutor(8) as pool:  # four requests a camera, each up to --timeout
         read = pool.map(lambda camera: read_streams(camera, args.user, password or "", args.timeout), found)
         for camera in read:
             print("\n".join(describe(camera)))
-    print("--input takes a URL with the login in it: rtsp://USER:PASSWORD@camera/... (the password as typed)")
+    for camera_id, address in machine_vision or []:
+        print(f"{address}  GigE Vision or USB3 Vision camera {camera_id}  genicam://{camera_id}")
+    if found:
+        print("--input takes a URL with the login in it: rtsp://USER:PASSWORD@camera/... (the password as typed)")
 
 
 def _mask(args: argparse.Namespace) -> None:

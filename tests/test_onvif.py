@@ -3,18 +3,24 @@ camera written here as ONVIF's specifications describe one, login and clock chec
 
 import base64
 import hashlib
+import shutil
 import socket
 import subprocess
 import sys
 import threading
+import time
 import xml.etree.ElementTree as ElementTree
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+
 from edge_ad.onvif import NS, WSSE, WSU, _probe_match
 
 from conftest import free_port
+
+FAKE_CAMERA = shutil.which("arv-fake-gv-camera-0.8")
 
 CAMERA_CLOCK = timedelta(hours=-3)  # the camera's clock is 3 hours behind: a login must be made at its time
 PROFILES = (("mainStream", "101", "H264", 1920, 1080, 25), ("subStream", "102", "JPEG", 640, 360, 10))
@@ -182,3 +188,20 @@ def test_a_probe_match_names_the_camera_by_the_address_it_answered_from():
     assert _probe_match(match, "10.9.9.9").service == "http://10.9.9.9/onvif/device_service"
     assert _probe_match(b"<not xml", "127.0.0.1") is None
     assert _probe_match(b"<a/>", "127.0.0.1") is None
+
+
+@pytest.mark.skipif(FAKE_CAMERA is None or shutil.which("arv-tool-0.8") is None,
+                    reason="Aravis's tools (aravis-tools, aravis-tools-cli) are not installed")
+def test_gige_vision_cameras_are_listed_beside_onvif_ones():
+    camera = subprocess.Popen([FAKE_CAMERA, "-i", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)  # it answers discovery once its sockets are bound
+        out = _cameras("--timeout", "1")
+    finally:
+        camera.kill()
+        camera.wait()
+    assert out.returncode == 0, out.stderr
+    assert "127.0.0.1  GigE Vision or USB3 Vision camera Aravis-Fake-GV01  genicam://Aravis-Fake-GV01" in \
+        out.stdout.splitlines()
+    out = _cameras("--timeout", "0.5")  # nothing on this machine's network now
+    assert out.returncode != 0 and "and Aravis found no GigE Vision or USB3 Vision camera (arv-tool-0.8)" in out.stderr
