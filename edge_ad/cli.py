@@ -680,8 +680,8 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
                    help="keep only this part of each (turned) frame, in pixels: the part on the line")
     p.add_argument("--latency", type=int, default=200, help="RTSP/RTP jitter-buffer latency in ms")
     p.add_argument("--rtsp-transport", choices=("tcp", "udp"),
-                   help="RTSP over TCP (through firewalls and NAT) or UDP (default: UDP, then TCP if UDP fails; TCP for "
-                        "MJPEG)")
+                   help="RTSP over TCP (through firewalls and NAT) or UDP (default: UDP, then TCP if UDP fails; "
+                        "TCP for MJPEG)")
     p.add_argument("--timeout", type=_non_negative, default=5.0,
                    help="a live source silent this many seconds reconnects (0: never, for a camera triggered by "
                         "the parts, silent between them)")

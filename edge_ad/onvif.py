@@ -44,8 +44,10 @@ NS = {
     "tt": "http://www.onvif.org/ver10/schema",
 }
 PROBE = f"""<?xml version="1.0" encoding="UTF-8"?>
-<s:Envelope xmlns:s="{NS['s']}" xmlns:a="{NS['a']}" xmlns:d="{NS['d']}" xmlns:dn="http://www.onvif.org/ver10/network/wsdl">
-<s:Header><a:MessageID>uuid:{{id}}</a:MessageID><a:To s:mustUnderstand="true">urn:schemas-xmlsoap-org:ws:2005:04:discovery</a:To>
+<s:Envelope xmlns:s="{NS['s']}" xmlns:a="{NS['a']}" xmlns:d="{NS['d']}"
+ xmlns:dn="http://www.onvif.org/ver10/network/wsdl">
+<s:Header><a:MessageID>uuid:{{id}}</a:MessageID>
+<a:To s:mustUnderstand="true">urn:schemas-xmlsoap-org:ws:2005:04:discovery</a:To>
 <a:Action s:mustUnderstand="true">http://schemas.xmlsoap.org/ws/2005/04/discovery/Probe</a:Action></s:Header>
 <s:Body><d:Probe><d:Types>dn:NetworkVideoTransmitter</d:Types></d:Probe></s:Body></s:Envelope>"""
 WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
@@ -156,7 +158,8 @@ def _probe_match(data: bytes, sender: str) -> Camera | None:
     scopes = (match.findtext("d:Scopes", "", NS) or "").split()
 
     def scope(kind: str) -> str:
-        said = [s.split(f"onvif://www.onvif.org/{kind}/", 1)[1] for s in scopes if f"onvif://www.onvif.org/{kind}/" in s]
+        prefix = f"onvif://www.onvif.org/{kind}/"
+        said = [s[len(prefix):] for s in scopes if s.startswith(prefix)]
         return unquote(said[0]).replace("_", " ") if said else ""
 
     return Camera(urlparse(service).hostname or sender, service, scope("name"), scope("hardware"))
@@ -176,7 +179,8 @@ class Soap:
         envelope = (f'<?xml version="1.0" encoding="UTF-8"?><s:Envelope xmlns:s="{NS["s"]}" '
                     f'xmlns:tds="{NS["tds"]}" xmlns:trt="{NS["trt"]}" xmlns:tt="{NS["tt"]}">'
                     f"<s:Header>{header}</s:Header><s:Body>{body}</s:Body></s:Envelope>")
-        request = urllib.request.Request(url, envelope.encode(), {"Content-Type": "application/soap+xml; charset=utf-8"})
+        request = urllib.request.Request(url, envelope.encode(),
+                                         {"Content-Type": "application/soap+xml; charset=utf-8"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
                 data = answer.read()

@@ -264,8 +264,7 @@ def _rtsp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     buffer = "" if transport == "tcp" else f" udp-buffer-size={UDP_BUFFER_BYTES}"
     return SourcePipeline(
         f"rtspsrc location={_quote(login_escaped(uri))} latency={options.latency_ms} drop-on-latency=true{protocols}"
-        f"{buffer} ! "
-        f"{RTP_DEPAY[codec]} ! {_decode(uri, codec, options, jetson)}",
+        f"{buffer} ! {RTP_DEPAY[codec]} ! {_decode(uri, codec, options, jetson)}",
         True,
     )
 
@@ -284,8 +283,8 @@ def _rtp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
         name, depay, decode = RTP_ENCODING[codec], RTP_DEPAY[codec], _decode(uri, codec, options, jetson)
     caps = f"application/x-rtp,media=video,clock-rate=90000,encoding-name={name}"
     return SourcePipeline(
-        f'udpsrc port={port}{address} buffer-size={UDP_BUFFER_BYTES} caps="{caps}" ! rtpjitterbuffer latency={options.latency_ms} ! '
-        f"{depay} ! {decode}",
+        f'udpsrc port={port}{address} buffer-size={UDP_BUFFER_BYTES} caps="{caps}" ! '
+        f"rtpjitterbuffer latency={options.latency_ms} ! {depay} ! {decode}",
         True,
     )
 
@@ -299,8 +298,8 @@ def _udp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
         raise SourceError(f"{uri}: a UDP source needs a port, as in udp://@:5000")
     address = "" if parsed.hostname in (None, "@", "") else f" address={parsed.hostname}"
     return SourcePipeline(
-        f'udpsrc port={port}{address} buffer-size={UDP_BUFFER_BYTES} caps="video/mpegts,systemstream=true" ! decodebin ! '
-        f"{_bgr_sink(uri, options, jetson)}",
+        f'udpsrc port={port}{address} buffer-size={UDP_BUFFER_BYTES} caps="video/mpegts,systemstream=true" ! '
+        f"decodebin ! {_bgr_sink(uri, options, jetson)}",
         True,
     )
 

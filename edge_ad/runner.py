@@ -327,12 +327,14 @@ class _Sinks:
         if modbus_port is not None:
             from .modbus import ModbusServer
 
-            self.plcs.append(ModbusServer(modbus_port, list(variants), variants, on_variant=told, on_calibrate=calibrate))
+            self.plcs.append(ModbusServer(modbus_port, list(variants), variants, on_variant=told,
+                                          on_calibrate=calibrate))
             self.stack.callback(self.plcs[-1].close)
         if opcua_port is not None:
             from .opcua import OpcUaServer  # asyncua, only when asked for
 
-            self.plcs.append(OpcUaServer(opcua_port, list(variants), variants, on_variant=told, on_calibrate=calibrate))
+            self.plcs.append(OpcUaServer(opcua_port, list(variants), variants, on_variant=told,
+                                         on_calibrate=calibrate))
             self.stack.callback(self.plcs[-1].close)
 
     def _guard(self, name: str, call) -> Guarded:

@@ -84,6 +84,26 @@ def test_clients_read_each_sources_last_frame_and_acknowledge_its_alarm(server):
             latch.write_value(ua.Variant(0, ua.VariantType.Int32))
 
 
+def test_a_subscribed_client_is_told_each_change_without_polling(server):
+    """SCADA systems subscribe rather than poll: the server sends each change it is handed."""
+    told = []
+
+    class Handler:
+        def datachange_notification(self, node, value, data) -> None:
+            told.append(value)
+
+    with Client(f"opc.tcp://127.0.0.1:{server.port}/edge-ad/") as client:
+        ns = client.get_namespace_index(NAMESPACE)
+        subscription = client.create_subscription(50, Handler())
+        subscription.subscribe_data_change(client.get_node(f"ns={ns};s=line2.FrameNumber"))
+        assert _eventually(lambda: told == [0])  # the value at the start
+        for frame in (1, 2, 3):
+            server.update("line2", frame, 0.1, 0.4, False, False, "mono", 0, 0, None)
+            time.sleep(0.2)  # more than the subscription's 50 ms: each change its own notification
+        assert _eventually(lambda: told == [0, 1, 2, 3])
+        subscription.delete()
+
+
 def test_a_client_tells_the_variant_and_asks_a_calibration(server):
     with Client(f"opc.tcp://127.0.0.1:{server.port}/edge-ad/") as client:
         ns = client.get_namespace_index(NAMESPACE)
