@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import sys
 from collections.abc import Callable
@@ -71,3 +72,11 @@ def uri_port(uri: str) -> int | None:
         return urlparse(uri).port
     except ValueError as exc:
         raise SourceError(f"{without_passwords(uri)}: the port is not a number from 0 to 65535") from exc
+
+
+def listen_reason(exc: OSError) -> str:
+    """Why a server could not listen on a port, in the system's words ("Address already in use";
+    asyncio's "error while attempting to bind on address (...)" left out), and for a port that
+    this user may not take, what may."""
+    reason = (exc.strerror or str(exc)).rpartition(": ")[2]
+    return reason + ("; ports below 1024 need root or CAP_NET_BIND_SERVICE" if exc.errno == errno.EACCES else "")

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import cv2
 import numpy as np
 
-from .errors import SourceError, uri_port
+from .errors import SourceError, listen_reason, uri_port
 
 MJPEG_FPS = 10.0  # at most this many pictures a second: enough to watch, a third of a camera's bandwidth
 MJPEG_QUALITY = 80
@@ -67,7 +67,7 @@ class _Server:
         try:
             self.http = ThreadingHTTPServer((host, port), Handler)
         except OSError as exc:
-            raise SourceError(f"{uri}: cannot listen on port {port} ({exc.strerror or exc})") from exc
+            raise SourceError(f"{uri}: cannot listen on port {port} ({listen_reason(exc)})") from exc
         self.http.daemon_threads = True
         self.thread = threading.Thread(target=self.http.serve_forever, name=f"http :{port}", daemon=True)
         self.thread.start()

@@ -54,7 +54,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .errors import EdgeAdError
+from .errors import EdgeAdError, listen_reason
 
 log = logging.getLogger("edge_ad.modbus")
 
@@ -121,8 +121,7 @@ class ModbusServer:
         try:
             self._server = _TcpServer((host, port), _Connection, self)
         except OSError as exc:
-            hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if port and port < 1024 else ""
-            raise EdgeAdError(f"--modbus-port {port}: cannot listen ({exc.strerror or exc}){hint}") from exc
+            raise EdgeAdError(f"--modbus-port {port}: cannot listen ({listen_reason(exc)})") from exc
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="modbus", daemon=True)
         self._thread.start()

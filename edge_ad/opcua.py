@@ -42,7 +42,7 @@ import threading
 from datetime import datetime, timezone
 from typing import Callable, Sequence
 
-from .errors import EdgeAdError
+from .errors import EdgeAdError, listen_reason
 from .sinks import slug
 
 log = logging.getLogger("edge_ad.opcua")
@@ -87,9 +87,7 @@ class OpcUaServer:
             raise EdgeAdError(f"--opcua-port {port}: the OPC UA server did not start in {START_S:.0f} s")
         failure = self._failure
         if isinstance(failure, OSError):
-            reason = (failure.strerror or str(failure)).rpartition(": ")[2]  # asyncio's "error while ...: address ..."
-            hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if port < 1024 else ""
-            raise EdgeAdError(f"--opcua-port {port}: cannot listen ({reason}){hint}") from failure
+            raise EdgeAdError(f"--opcua-port {port}: cannot listen ({listen_reason(failure)})") from failure
         if failure is not None:
             raise EdgeAdError(f"--opcua-port {port}: the OPC UA server did not start ({failure!r})") from failure
         log.info("opcua: serving %s: %s", self.url,

@@ -10,7 +10,6 @@ outputs on one port share theirs.
 
 from __future__ import annotations
 
-import errno
 import logging
 import re
 import shutil
@@ -22,7 +21,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .errors import EdgeAdError, SourceError, uri_port
+from .errors import EdgeAdError, SourceError, listen_reason, uri_port
 from .mjpeg import MjpegOutput, mjpeg_description
 from .picture_output import is_picture_output, picture_description, picture_name_problem
 from .pipelines import output_pipeline, rtsp_launch
@@ -240,8 +239,7 @@ def listen_problem(host: str, port: int) -> str | None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            hint = "; ports below 1024 need root or CAP_NET_BIND_SERVICE" if exc.errno == errno.EACCES else ""
-            return f"{exc.strerror or exc}{hint}"
+            return listen_reason(exc)
     return None
 
 

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, start_http_server, write_to_tex
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 from .device import Sensors, read_sensors
-from .errors import EdgeAdError
+from .errors import EdgeAdError, listen_reason
 
 WINDOW = 1000  # frames behind the latency percentiles and the frame rate
 
@@ -146,7 +146,7 @@ class Telemetry:
             try:
                 self.server, _ = start_http_server(port, registry=self.registry)
             except OSError as exc:
-                raise EdgeAdError(f"--metrics-port {port}: cannot listen ({exc.strerror or exc})") from exc
+                raise EdgeAdError(f"--metrics-port {port}: cannot listen ({listen_reason(exc)})") from exc
 
     def tick(self, force: bool = False) -> None:
         """Rewrite the metrics file when `interval_s` has passed (or now, with `force`)."""

@@ -1,5 +1,6 @@
 """Every failure ends in one line on stderr naming the input, with a non-zero exit (no traceback)."""
 
+import errno
 import shutil
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_ad.errors import without_passwords
+from edge_ad.errors import listen_reason, without_passwords
 
 from conftest import edge_ad
 
@@ -193,3 +194,13 @@ def test_calibration_rates_outside_0_to_1_are_refused_before_any_frame(tiny_bund
     for flag, value in (("--target-far", "0"), ("--confidence", "1.5"), ("--target-far", "1e-3x")):
         result = edge_ad("calibrate", "--bundle", tiny_bundle, "--input", "test://", flag, value)
         _one_line_error(result, f"argument {flag}", value, program="edge-ad calibrate")
+
+
+def test_a_port_a_server_cannot_take_is_said_in_the_systems_words_with_what_takes_a_low_one():
+    """One wording for the Modbus, OPC UA, metrics, RTSP and HTTP servers (three had their own)."""
+    assert listen_reason(OSError(errno.EADDRINUSE, "Address already in use")) == "Address already in use"
+    assert listen_reason(OSError(errno.EACCES, "Permission denied")) == \
+        "Permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE"
+    # asyncio's own wording of bind()'s error (the OPC UA server's)
+    asyncio_said = OSError(errno.EACCES, "error while attempting to bind on address ('0.0.0.0', 502): permission denied")
+    assert listen_reason(asyncio_said) == "permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE"
