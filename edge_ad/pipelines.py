@@ -346,6 +346,14 @@ def opencv_input(uri: str) -> str | None:
     return None
 
 
+def is_v4l2_device(uri: str) -> bool:
+    """Whether `uri` is a V4L2 camera: v4l2://..., /dev/videoN, or a path to a character device:
+    udev's names of each USB camera (/dev/v4l/by-id/usb-...-video-index0, /dev/v4l/by-path/...)
+    and one's own udev rules' (/dev/camera-top), which go on naming the same camera when a reboot
+    or a replug numbers the cameras otherwise (they were "no such file" before)."""
+    return uri.startswith(("v4l2://", "/dev/video", "/dev/v4l/")) or ("://" not in uri and Path(uri).is_char_device())
+
+
 def camera_number_hint(value: object) -> str:
     """For a camera given by its number, as OpenCV takes it (`0`): what edge-ad calls it."""
     if str(value).isdigit():
@@ -373,7 +381,7 @@ def source_pipeline(uri: str, options: SourceOptions | None = None, jetson: bool
         return _test(uri, options)
     if uri.startswith("csi://"):
         return _csi(uri, options, jetson)
-    if uri.startswith("v4l2://") or uri.startswith("/dev/video"):
+    if is_v4l2_device(uri):
         return _v4l2(uri, options, jetson)
     if uri.startswith("genicam://"):
         return _genicam(uri, options)

@@ -503,6 +503,13 @@ RTSP_HINTS = {  # rtspsrc's errors, by their message
 }
 
 
+V4L2_HINTS = {  # v4l2src's errors, by how they start
+    "Cannot identify device": "no such camera now: unplugged, or numbered otherwise since a reboot or a replug "
+                              "(/dev/v4l/by-id/ names each USB camera for good: ls -l /dev/v4l/by-id)",
+    "Could not open device": "is this user in the video group? sudo usermod -aG video $USER, then log in again",
+}
+
+
 def with_hint(description: str, error: str) -> str:
     """`error`, with what helps where GStreamer's message does not. A CSI camera's
     nvarguscamerasrc: Argus can keep the capture session of a process that ended ("Failed to
@@ -510,7 +517,8 @@ def with_hint(description: str, error: str) -> str:
     not answer: souphttpsrc says only "Internal data stream error"; one that answers with a still
     picture or a page, "Could not demultiplex stream". An RTSP camera: rtspsrc's "Not found",
     "Unauthorized" and "Could not open resource for reading and writing" say no more of a wrong
-    stream path, login, or address. Live sources retry by themselves; this says what else to do."""
+    stream path, login, or address. A USB camera: v4l2src's of one gone, busy or not this user's.
+    Live sources retry by themselves; this says what else to do."""
     rtsp = re.fullmatch(r"(.+?)\.? \(rtspsrc\d+\)", error) if description.startswith("rtspsrc ") else None
     if rtsp and rtsp[1] in RTSP_HINTS:
         hint = RTSP_HINTS[rtsp[1]]
@@ -519,6 +527,14 @@ def with_hint(description: str, error: str) -> str:
         return f"{error}: {hint}"
     if "nvarguscamerasrc" in description:
         return f"{error} (if the camera keeps failing: sudo systemctl restart nvargus-daemon)"
+    if description.startswith("v4l2src "):
+        device = re.search(r"'([^']*)'", error)
+        if device and error.startswith("Device ") and "is busy" in error:
+            return (f"{error}: another program has the camera open (another edge-ad run or its service, a viewer): "
+                    f"fuser -v {device[1]} names it")
+        for start, hint in V4L2_HINTS.items():
+            if error.startswith(start):
+                return f"{error}: {hint}"
     if "souphttpsrc" in description and error.startswith("Internal data stream error. (souphttpsrc"):
         tls = (", or a certificate this device does not trust: a camera's own is self-signed; add it to the system's "
                "(update-ca-certificates) or use http://") if 'location="https://' in description else ""

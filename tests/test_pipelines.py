@@ -179,3 +179,22 @@ def test_outputs_per_platform():
     for bad, message in (("out.avi", ".mp4 or .mkv"), ("rtp://:5004", "host and a port"), ("ftp://x/y", "unknown output")):
         with pytest.raises(SourceError, match=message):
             output_pipeline(bad, 640, 480, 25, jetson=False)
+
+
+def test_a_usb_camera_is_taken_by_its_stable_name(tmp_path):
+    """udev names each USB camera for good (/dev/v4l/by-id/...), as one's own udev rules do
+    (/dev/camera-top): a reboot or a replug can number two cameras the other way round. Such
+    names were "no such file, folder or supported source URI"."""
+    for name in ("/dev/v4l/by-id/usb-046d_C920_A1B2C3-video-index0", "/dev/v4l/by-path/platform-3610000.usb-video"):
+        assert source_pipeline(name, jetson=False).description.startswith(f'v4l2src device="{name}" ! video/x-raw')
+    (tmp_path / "camera-top").symlink_to("/dev/null")  # a character device, as a udev rule's link leads to
+    assert source_pipeline(str(tmp_path / "camera-top"), jetson=False).description.startswith("v4l2src device=")
+    with pytest.raises(SourceError, match="no such file, folder or supported source URI"):
+        source_pipeline(str(tmp_path / "camera-gone"), jetson=False)
+    v4l2 = source_pipeline("/dev/video0", jetson=False).description
+    busy = with_hint(v4l2, "Device '/dev/video0' is busy (v4l2src0)")
+    assert busy.endswith("another program has the camera open (another edge-ad run or its service, a viewer): "
+                         "fuser -v /dev/video0 names it")
+    assert with_hint(v4l2, "Could not open device '/dev/video0' for reading and writing. (v4l2src0)").endswith(
+        "is this user in the video group? sudo usermod -aG video $USER, then log in again")
+

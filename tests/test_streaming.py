@@ -1314,3 +1314,9 @@ def test_http_output_lets_clients_go_and_its_port_free():
             check_servable([uri])
     with pytest.raises(SourceError, match="rtp://10.0.0.9:99999: the port is not a number from 0 to 65535"):
         output_description("rtp://10.0.0.9:99999", 64, 48, 10, False)
+
+
+def test_a_usb_camera_that_is_not_there_says_what_names_it_for_good():
+    with pytest.raises(SourceError, match=r"/dev/video93: Cannot identify device '/dev/video93'\. \(v4l2src\d+\): no "
+                                          r"such camera now: unplugged, or numbered otherwise since a reboot"):
+        next(iter(open_source("/dev/video93", SourceOptions(timeout_s=1))))
