@@ -547,7 +547,7 @@ def _report(args: argparse.Namespace) -> None:
 def _cameras(args: argparse.Namespace) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from .genicam_cameras import ARV_TOOL, genicam_cameras
+    from .camera_list import ARV_TOOL, genicam_cameras, v4l2_cameras
     from .onvif import describe, discover, read_streams
 
     password = args.password
@@ -559,19 +559,25 @@ def _cameras(args: argparse.Namespace) -> None:
         genicam = pool.submit(genicam_cameras, args.timeout) if not args.address else None
         found = discover(args.timeout, args.address)
         machine_vision = genicam.result() if genicam is not None else []
-    if not found and not machine_vision:
+    attached = v4l2_cameras() if not args.address else []
+    for uri, what in attached:
+        print(f"{uri}  {what}")
+    if not found and not machine_vision and not attached:
         where = ", ".join(args.address) if args.address else "multicast on this machine's networks"
-        others = "" if args.address else (
-            f"; and Aravis found no GigE Vision or USB3 Vision camera ({ARV_TOOL})" if machine_vision is not None
-            else f"; GigE Vision and USB3 Vision cameras are listed once {ARV_TOOL} is installed (aravis-tools-cli)")
-        raise EdgeAdError(f"no ONVIF camera answered in {args.timeout:g} s ({where}): a camera on another subnet "
-                          f"answers --address IP; else ONVIF may be off in the camera's settings{others}")
+        said = [f"no ONVIF camera answered in {args.timeout:g} s ({where}): a camera on another subnet answers "
+                "--address IP; else ONVIF may be off in the camera's settings"]
+        if not args.address:
+            said.append("no USB or CSI camera is attached (/sys/class/video4linux)")
+            said.append(f"Aravis found no GigE Vision or USB3 Vision camera ({ARV_TOOL})" if machine_vision is not None
+                        else f"GigE Vision and USB3 Vision cameras are listed once {ARV_TOOL} is installed "
+                             "(aravis-tools-cli)")
+        raise EdgeAdError("; ".join(said))
     with ThreadPoolExecutor(8) as pool:  # four requests a camera, each up to --timeout
         read = pool.map(lambda camera: read_streams(camera, args.user, password or "", args.timeout), found)
         for camera in read:
             print("\n".join(describe(camera)))
     for camera_id, address in machine_vision or []:
-        print(f"{address}  GigE Vision or USB3 Vision camera {camera_id}  genicam://{camera_id}")
+        print(f"genicam://{camera_id}  GigE Vision or USB3 Vision camera at {address}")
     if found:
         print("--input takes a URL with the login in it: rtsp://USER:PASSWORD@camera/... (the password as typed)")
 
@@ -973,7 +979,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", type=_time, metavar="TIME", help="only events up to this local time")
     p.set_defaults(func=_report)
 
-    p = sub.add_parser("cameras", help="the IP cameras on the network and the RTSP URLs of their streams (ONVIF)")
+    p = sub.add_parser("cameras", help="the cameras there are and the --input of each: IP cameras' RTSP URLs "
+                                       "(ONVIF), USB, CSI and GigE Vision cameras")
     p.add_argument("--user", help="the cameras' ONVIF user: most list their streams only to a login")
     p.add_argument("--password", help="its password (asked for at a terminal when --user comes without it)")
     p.add_argument("--address", action="append", metavar="ADDRESS[:PORT]",

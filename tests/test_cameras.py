@@ -1,5 +1,6 @@
 """`edge-ad cameras`: IP cameras found by ONVIF (WS-Discovery) and their streams' RTSP URLs, from a
-camera written here as ONVIF's specifications describe one, login and clock check included."""
+camera written here as ONVIF's specifications describe one, login and clock check included; the
+GigE Vision cameras Aravis finds; USB and CSI cameras by the --input that opens them."""
 
 import base64
 import hashlib
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from edge_ad.camera_list import v4l2_cameras
 from edge_ad.onvif import NS, WSSE, WSU, _probe_match
 
 from conftest import free_port
@@ -201,7 +203,31 @@ def test_gige_vision_cameras_are_listed_beside_onvif_ones():
         camera.kill()
         camera.wait()
     assert out.returncode == 0, out.stderr
-    assert "127.0.0.1  GigE Vision or USB3 Vision camera Aravis-Fake-GV01  genicam://Aravis-Fake-GV01" in \
-        out.stdout.splitlines()
+    assert "genicam://Aravis-Fake-GV01  GigE Vision or USB3 Vision camera at 127.0.0.1" in out.stdout.splitlines()
     out = _cameras("--timeout", "0.5")  # nothing on this machine's network now
-    assert out.returncode != 0 and "and Aravis found no GigE Vision or USB3 Vision camera (arv-tool-0.8)" in out.stderr
+    assert out.returncode != 0 and "; no USB or CSI camera is attached (/sys/class/video4linux); Aravis found no " \
+                                   "GigE Vision or USB3 Vision camera (arv-tool-0.8)" in out.stderr
+
+
+def test_usb_and_csi_cameras_are_listed_by_the_input_that_opens_them(tmp_path):
+    """A USB camera by its udev name for good, not its number, which a reboot can change; its
+    metadata node left out; a Jetson's CSI cameras as csi://0, 1 in their order."""
+    nodes = {"video0": ("HD Pro Webcam C920", 0), "video1": ("HD Pro Webcam C920", 1),
+             "video2": ("vi-output, imx219 9-0010", 0), "video10": ("vi-output, imx219 10-0010", 0),
+             "video3": ("USB Camera", 0)}
+    for node, (name, index) in nodes.items():
+        folder = tmp_path / "sys/class/video4linux" / node
+        folder.mkdir(parents=True)
+        (folder / "name").write_text(f"{name}\n")
+        (folder / "index").write_text(f"{index}\n")
+        (tmp_path / "dev").mkdir(exist_ok=True)
+        (tmp_path / "dev" / node).touch()
+    (tmp_path / "dev/v4l/by-id").mkdir(parents=True)
+    for index in (0, 1):
+        (tmp_path / f"dev/v4l/by-id/usb-046d_HD_Pro_Webcam_C920_A1B2C3-video-index{index}").symlink_to(
+            f"../../video{index}")
+    assert v4l2_cameras(tmp_path) == [
+        ("/dev/v4l/by-id/usb-046d_HD_Pro_Webcam_C920_A1B2C3-video-index0", "USB camera HD Pro Webcam C920"),
+        ("csi://0", "CSI camera imx219 9-0010"), ("/dev/video3", "USB camera USB Camera"),
+        ("csi://1", "CSI camera imx219 10-0010")]
+    assert v4l2_cameras(tmp_path / "nothing") == []
