@@ -196,6 +196,8 @@ class Soap:
         body_element = root.find("s:Body", NS)
         if body_element is None or not len(body_element):
             raise EdgeAdError("the answer has no SOAP body")
+        if body_element[0].tag == f"{{{NS['s']}}}Fault":  # some cameras send a fault with 200 OK
+            raise EdgeAdError(_fault(data))
         return body_element[0]
 
     def _security(self) -> str:
@@ -237,6 +239,9 @@ def read_streams(camera: Camera, user: str | None, password: str, timeout_s: flo
     soap = Soap(user, password, timeout_s)
     try:
         soap.clock_offset = _camera_time(soap, camera.service) - datetime.now(timezone.utc)
+    except EdgeAdError:  # a camera that keeps its time to a login too: this machine's, then
+        pass
+    try:
         capabilities = soap.call(camera.service, "<tds:GetCapabilities><tds:Category>Media</tds:Category>"
                                                  "</tds:GetCapabilities>")
         media = capabilities.findtext(".//tt:Media/tt:XAddr", "", NS).strip()
