@@ -168,14 +168,14 @@ class OpcUaServer:
                ) -> None:
         """A scored frame of `source`, as ModbusServer.update takes it; an alarm sets its latch."""
         bundle_id, calibration_id = judged_by or ("", None)
+        now = datetime.now(timezone.utc)
         values = {"Anomalous": anomaly, "Alarm": alarm, "Score": float(score), "Threshold": float(threshold),
                   "AnomalousFrames": anomalies % WRAP, "AlarmFrames": alarms % WRAP, "FrameNumber": frame % WRAP,
-                  "LastScored": datetime.now(timezone.utc), "Variant": variant or "", "Bundle": bundle_id,
-                  "Calibration": calibration_id or ""}
+                  "LastScored": now, "Variant": variant or "", "Bundle": bundle_id, "Calibration": calibration_id or ""}
         if alarm:
             values["AlarmLatch"] = True
         self._frames[source] = (self._frames[source] + 1) % WRAP
-        self._write(source, {"Frames": self._frames[source], **values})
+        self._write(source, {"Frames": self._frames[source], **values}, now)
 
     def set_calibration(self, source: str, state: int, frames: int) -> None:
         self._write(source, {"CalibrationState": state, "CalibrationFrames": frames % WRAP})
@@ -183,10 +183,10 @@ class OpcUaServer:
     def set_frozen(self, source: str, frozen: bool) -> None:
         self._write(source, {"Frozen": frozen})
 
-    def _write(self, source: str, values: dict) -> None:
-        """Hands `values` (variable name -> value) of `source` to the server's loop, without waiting:
-        the sinks thread goes on to the next frame."""
-        written = self._written(source, values, datetime.now(timezone.utc))
+    def _write(self, source: str, values: dict, now: datetime | None = None) -> None:
+        """Hands `values` (variable name -> value) of `source`, stamped `now` (default: now), to the
+        server's loop, without waiting: the sinks thread goes on to the next frame."""
+        written = self._written(source, values, now or datetime.now(timezone.utc))
         try:
             asyncio.run_coroutine_threadsafe(written, self._loop)
         except RuntimeError:  # the server has stopped (the run ends)

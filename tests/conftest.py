@@ -154,6 +154,16 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
+def wait_for(condition, timeout_s: float = 10.0) -> bool:
+    """Whether `condition()` holds within `timeout_s`: what a server or a thread does a moment later."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def frames_within(source, count: int, seconds: float) -> list:
     """Up to `count` frames of a live source that reconnects on failure, within `seconds`; the
     source closed."""

@@ -24,7 +24,7 @@ from edge_ad.sources import open_source
 from edge_ad.streams import Stream
 from edge_ad.variants import VariantDetector
 
-from conftest import MODULE_TYPES, SPOT_PATTERN, calibrated_copy, free_port
+from conftest import MODULE_TYPES, SPOT_PATTERN, calibrated_copy, free_port, wait_for
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
 needs_broker = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")
@@ -88,20 +88,13 @@ def _subscribe(port: int, topic: str, tls: dict | None = None) -> tuple[object, 
     return subscriber, received
 
 
-def _wait_for(condition, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
-
-
 @needs_broker
 def test_alarms_reach_the_broker(broker, spotted_frames, tiny_bundle):
     subscriber, received = _subscribe(broker, "plant/#")
     try:
         config = RunConfig(alarm_frames=2, mqtt=f"mqtt://127.0.0.1:{broker}/plant/line1")
         summary = run(Detector.load(tiny_bundle), [Stream(str(spotted_frames), "cam 1")], config)
-        assert _wait_for(lambda: (received[-1:] or [("", b"")])[-1][1] == b"offline")
+        assert wait_for(lambda: (received[-1:] or [("", b"")])[-1][1] == b"offline")
     finally:
         subscriber.loop_stop()
     assert summary.alarms == 3 and summary.sink_errors == {}
@@ -129,7 +122,7 @@ def test_a_self_check_that_fails_is_told_before_offline(broker, normal_folder, t
         stream = Stream(str(normal_folder), "cam 1", options=SourceOptions(loop=-1))
         with pytest.raises(BundleError, match="self-check during the run"):
             run(detector, [stream], config)
-        assert _wait_for(lambda: (received[-1:] or [("", b"")])[-1][1] == b"offline")
+        assert wait_for(lambda: (received[-1:] or [("", b"")])[-1][1] == b"offline")
     finally:
         subscriber.loop_stop()
     told = [(topic, payload) for topic, payload in received if not topic.endswith("/alarm")]
@@ -156,7 +149,7 @@ def test_a_live_camera_whose_picture_froze_is_told(broker, tiny_bundle, tmp_path
                            frozen_window_s=2.0, max_frames=90)
         with caplog.at_level(logging.WARNING, logger="edge_ad.runner"):
             run(Detector.load(tiny_bundle), streams, config)
-        assert _wait_for(lambda: (received[-1:] or [("", b"")])[-1][1] == b"offline")
+        assert wait_for(lambda: (received[-1:] or [("", b"")])[-1][1] == b"offline")
     finally:
         subscriber.loop_stop()
     events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
@@ -186,9 +179,9 @@ def test_the_broker_says_offline_when_the_run_dies(broker, tiny_bundle):
                                 "test://ball?width=64&height=48", "--mqtt", f"mqtt://127.0.0.1:{broker}/plant/line2"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert _wait_for(lambda: (b"online" in [p for _, p in received]), 30), "the run never said online"
+        assert wait_for(lambda: (b"online" in [p for _, p in received]), 30), "the run never said online"
         process.kill()
-        assert _wait_for(lambda: [p for _, p in received][-1] == b"offline", 10)
+        assert wait_for(lambda: [p for _, p in received][-1] == b"offline", 10)
     finally:
         process.kill()
         process.wait()
@@ -227,7 +220,7 @@ def tls_broker(tls_files, tmp_path):
                       f"cafile {tls_files['ca']}\ncertfile {tls_files['server']}\nkeyfile {tls_files['server.key']}\n"
                       f"user {getpass.getuser()}\n")  # as root, read the files as root
     process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert _wait_for(lambda: _listening(port)), "mosquitto did not start"
+    assert wait_for(lambda: _listening(port)), "mosquitto did not start"
     yield port
     process.kill()
     process.wait()
@@ -248,7 +241,7 @@ def test_alarms_reach_a_tls_broker_with_a_client_certificate(tls_broker, tls_fil
     try:
         config = RunConfig(alarm_frames=2, mqtt=f"mqtts://127.0.0.1:{tls_broker}/plant/line1", mqtt_tls=device)
         summary = run(Detector.load(tiny_bundle), [Stream(str(spotted_frames), "cam")], config)
-        assert _wait_for(lambda: (received[-1:] or [("", b"")])[-1][1] == b"offline")
+        assert wait_for(lambda: (received[-1:] or [("", b"")])[-1][1] == b"offline")
         assert summary.alarms == 3 and summary.sink_errors == {}
         assert sorted(json.loads(p)["frame"] for t, p in received if t == "plant/line1/cam/alarm") == [4, 7, 8]
 
@@ -332,7 +325,7 @@ def test_the_line_asks_a_source_to_calibrate(broker, tiny_bundle, normal_folder,
         time.sleep(1.5)  # the retained "start" came at the run's connection
         before.extend(states())
         _publish(broker, "plant/line1/cam/calibrate", "start")
-        _wait_for(lambda: "calibrated" in states(), 60)
+        wait_for(lambda: "calibrated" in states(), 60)
         time.sleep(0.5)
         stop.set()
 

@@ -18,7 +18,7 @@ from edge_ad.errors import EdgeAdError  # noqa: E402
 from edge_ad.opcua import NAMESPACE, OpcUaServer  # noqa: E402
 from edge_ad.sinks import slug  # noqa: E402
 
-from conftest import SPOT_PATTERN, free_port  # noqa: E402
+from conftest import SPOT_PATTERN, free_port, wait_for  # noqa: E402
 
 
 def _values(client: Client, source: str, *names: str) -> dict:
@@ -26,16 +26,6 @@ def _values(client: Client, source: str, *names: str) -> dict:
     ns = client.get_namespace_index(NAMESPACE)
     nodes = [client.get_node(f"ns={ns};s={source}.{name}") for name in names]
     return dict(zip(names, client.read_values(nodes)))
-
-
-def _eventually(condition, seconds: float = 10.0) -> bool:
-    """Whether `condition()` holds within `seconds`: the server writes what it is handed a moment later."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 @pytest.fixture
@@ -58,7 +48,7 @@ def test_clients_read_each_sources_last_frame_and_acknowledge_its_alarm(server):
     server.set_calibration("line2", 1, 250)
     with Client(f"opc.tcp://127.0.0.1:{server.port}/edge-ad/") as client:
         cam = "rtsp-10-0-0-5-cam"  # as MQTT topics spell the source
-        assert _eventually(lambda: _values(client, cam, "Frames")["Frames"] == 2)
+        assert wait_for(lambda: _values(client, cam, "Frames")["Frames"] == 2)
         values = _values(client, cam, "Frames", "Anomalous", "Alarm", "Score", "Threshold", "AnomalousFrames",
                          "AlarmFrames", "FrameNumber", "Variant", "Bundle", "Calibration", "AlarmLatch", "Frozen",
                          "LastScored")
@@ -67,17 +57,17 @@ def test_clients_read_each_sources_last_frame_and_acknowledge_its_alarm(server):
                           "AnomalousFrames": 1, "AlarmFrames": 1, "FrameNumber": 42, "Variant": "",
                           "Bundle": "0123456789ab", "Calibration": "fedcba987654", "AlarmLatch": True, "Frozen": False}
         assert abs(scored.replace(tzinfo=timezone.utc) - datetime.now(timezone.utc)) < timedelta(seconds=10)
-        assert _eventually(lambda: _values(client, "line2", "Frozen")["Frozen"])
+        assert wait_for(lambda: _values(client, "line2", "Frozen")["Frozen"])
         assert _values(client, "line2", "Variant", "CalibrationState", "CalibrationFrames", "AlarmLatch") == \
             {"Variant": "poly", "CalibrationState": 1, "CalibrationFrames": 250, "AlarmLatch": False}
         ns = client.get_namespace_index(NAMESPACE)
         latch = client.get_node(f"ns={ns};s={cam}.AlarmLatch")
         latch.write_value(False)  # acknowledged: stays so over normal frames, until the next alarm
         server.update("rtsp://10.0.0.5/cam", 43, 0.2, 0.5, False, False, None, 1, 1, ("0123456789ab", None))
-        assert _eventually(lambda: _values(client, cam, "Frames")["Frames"] == 3)
+        assert wait_for(lambda: _values(client, cam, "Frames")["Frames"] == 3)
         assert latch.read_value() is False
         server.update("rtsp://10.0.0.5/cam", 44, 0.9, 0.5, True, True, None, 2, 2, ("0123456789ab", None))
-        assert _eventually(lambda: latch.read_value() is True)
+        assert wait_for(lambda: latch.read_value() is True)
         with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):  # the run's own values
             client.get_node(f"ns={ns};s={cam}.Score").write_value(ua.Variant(0.0, ua.VariantType.Double))
         with pytest.raises(ua.UaStatusCodeError, match="BadTypeMismatch"):
@@ -96,11 +86,11 @@ def test_a_subscribed_client_is_told_each_change_without_polling(server):
         ns = client.get_namespace_index(NAMESPACE)
         subscription = client.create_subscription(50, Handler())
         subscription.subscribe_data_change(client.get_node(f"ns={ns};s=line2.FrameNumber"))
-        assert _eventually(lambda: told == [0])  # the value at the start
+        assert wait_for(lambda: told == [0])  # the value at the start
         for frame in (1, 2, 3):
             server.update("line2", frame, 0.1, 0.4, False, False, "mono", 0, 0, None)
             time.sleep(0.2)  # more than the subscription's 50 ms: each change its own notification
-        assert _eventually(lambda: told == [0, 1, 2, 3])
+        assert wait_for(lambda: told == [0, 1, 2, 3])
         subscription.delete()
 
 
@@ -113,7 +103,7 @@ def test_a_client_tells_the_variant_and_asks_a_calibration(server):
         line2.call_method(f"{ns}:SetVariant", "")  # any: every bundle scores
         with pytest.raises(ua.UaStatusCodeError, match="BadInvalidArgument"):
             line2.call_method(f"{ns}:SetVariant", "glass")
-        assert _eventually(lambda: _values(client, "line2", "LineVariant")["LineVariant"] == "")
+        assert wait_for(lambda: _values(client, "line2", "LineVariant")["LineVariant"] == "")
         cam = client.get_node(f"ns={ns};s=rtsp-10-0-0-5-cam")
         cam.call_method(f"{ns}:Calibrate", False)
         with pytest.raises(ua.UaStatusCodeError):  # one bundle: nothing to choose
@@ -159,7 +149,7 @@ def test_a_client_reads_what_the_run_scored(spotted_frames, tiny_bundle, tmp_pat
                 time.sleep(0.2)
         names = ("Frames", "FrameNumber", "Score", "Threshold", "Anomalous", "Alarm", "AnomalousFrames",
                  "AlarmFrames", "Bundle", "AlarmLatch")
-        assert _eventually(lambda: _values(client, source, "Frames")["Frames"] >= 2 * len(SPOT_PATTERN), 60)
+        assert wait_for(lambda: _values(client, source, "Frames")["Frames"] >= 2 * len(SPOT_PATTERN), 60)
         values = _values(client, source, *names)
         client.disconnect()
         frame = values["FrameNumber"]

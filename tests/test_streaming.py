@@ -30,7 +30,7 @@ from edge_ad.streams import Stream
 from edge_ad.pipelines import FLIPS, SourceOptions
 from edge_ad.sources import load_gst, open_source
 
-from conftest import frames_within, free_port
+from conftest import frames_within, free_port, wait_for
 
 GST_LAUNCH = shutil.which("gst-launch-1.0")
 pytestmark = pytest.mark.skipif(GST_LAUNCH is None, reason="gst-launch-1.0 is not installed")
@@ -79,15 +79,6 @@ def _first_frames(source, count: int) -> list:
             break
     source.close()
     return frames
-
-
-def _wait_for(condition, timeout_s: float) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_live_source_keeps_only_the_newest_frame_and_counts_drops():
@@ -182,13 +173,13 @@ def test_rtp_loopback_killed_and_restarted_reconnects(detector, tmp_path):
     stop, thread, box = _run_in_thread(detector, [stream], RunConfig(events=tmp_path / "ev.jsonl"))
     try:
         events = lambda: _events(tmp_path / "ev.jsonl") if (tmp_path / "ev.jsonl").exists() else []  # noqa: E731
-        assert _wait_for(lambda: len(events()) >= 10, 30), "no frames from the RTP stream"
+        assert wait_for(lambda: len(events()) >= 10, 30), "no frames from the RTP stream"
         sender.kill()
         sender.wait()
         time.sleep(2.5)  # silent for longer than the timeout: the source reconnects
         before = len(events())
         sender = subprocess.Popen(sender_args)
-        assert _wait_for(lambda: len(events()) >= before + 10, 30), "no frames after the sender came back"
+        assert wait_for(lambda: len(events()) >= before + 10, 30), "no frames after the sender came back"
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -878,7 +869,7 @@ def test_sigterm_stops_within_a_second_and_finishes_the_video(tiny_bundle, tmp_p
          "--output", str(out), "--events", str(events), "--metrics", str(tmp_path / "m.prom")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    assert _wait_for(lambda: events.exists() and len(events.read_text().splitlines()) >= 10, 60)
+    assert wait_for(lambda: events.exists() and len(events.read_text().splitlines()) >= 10, 60)
     sent = time.monotonic()
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=30)
@@ -898,7 +889,7 @@ def test_a_killed_run_leaves_a_playable_mp4_and_the_next_run_keeps_it(tiny_bundl
     command = [sys.executable, "-m", "edge_ad", "run", "--bundle", str(tiny_bundle),
                "--input", "test://ball?width=160&height=120", "--output", str(out), "--events", str(events)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert _wait_for(lambda: events.exists() and len(events.read_text().splitlines()) >= 90, 60)  # 3 s at 30 fps
+    assert wait_for(lambda: events.exists() and len(events.read_text().splitlines()) >= 90, 60)  # 3 s at 30 fps
     process.kill()
     process.wait(timeout=30)
     killed = out.read_bytes()
@@ -1221,10 +1212,10 @@ def test_http_outputs_show_the_overlays_in_a_browser(detector):
                Stream("test://smpte?width=96&height=64&fps=30", "line2", output=f"http://@:{port}/line2")]
     stop, thread, box = _run_in_thread(detector, streams, RunConfig())
     try:
-        assert _wait_for(lambda: box or _port_open(port), 10)
+        assert wait_for(lambda: box or _port_open(port), 10)
         with pytest.raises(urllib.error.HTTPError, match="404"):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=5)
-        assert _wait_for(lambda: b"/line2" in urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read(), 5)
+        assert wait_for(lambda: b"/line2" in urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read(), 5)
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
         assert '<img src="/line1"' in page and '<img src="/line2"' in page
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/line1", timeout=5) as response:
@@ -1295,12 +1286,12 @@ def test_http_output_lets_clients_go_and_its_port_free():
         MjpegOutput(f"http://@:{port}", 64, 48, 10)
     client = socket.create_connection(("127.0.0.1", port))
     client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert _wait_for(lambda: output.clients == 1, 5)
+    assert wait_for(lambda: output.clients == 1, 5)
     client.close()  # a client that leaves does not stop the writer
     for i in range(30):
         output.write(picture, i / 10)
         time.sleep(0.01)
-    assert _wait_for(lambda: output.clients == 0, 5)
+    assert wait_for(lambda: output.clients == 0, 5)
     output.close()
     with socket.socket() as s:
         s.bind(("0.0.0.0", port))
