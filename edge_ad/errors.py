@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import errno
+import http.client
 import re
+import ssl
 import sys
+import urllib.error
 from collections.abc import Callable
 from urllib.parse import urlparse
 
@@ -80,3 +83,20 @@ def listen_reason(exc: OSError) -> str:
     this user may not take, what may."""
     reason = (exc.strerror or str(exc)).rpartition(": ")[2]
     return reason + ("; ports below 1024 need root or CAP_NET_BIND_SERVICE" if exc.errno == errno.EACCES else "")
+
+
+def http_failure(exc: Exception) -> str:
+    """What went wrong with a request to a camera over HTTP, but an HTTP status (HTTPError, which
+    each caller says its own way): no answer, a certificate not trusted, an answer cut short, or
+    one that is not HTTP (http.client's errors are not OSErrors)."""
+    if isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return (f"the camera's certificate is not trusted here ({reason.verify_message}, as cameras' are): use "
+                    "http://, or add its certificate to the system's")
+        return f"no answer ({getattr(reason, 'strerror', None) or reason})"
+    if isinstance(exc, http.client.IncompleteRead):  # the camera closed the connection part-way
+        return f"the answer was cut short ({len(exc.partial)} bytes, {exc.expected} more expected)"
+    if isinstance(exc, http.client.HTTPException):  # a status line that is not HTTP's
+        return f"the answer is not HTTP ({type(exc).__name__}: {str(exc).strip()})"
+    return f"no answer ({getattr(exc, 'strerror', None) or str(exc) or 'timed out'})"  # a timeout, a reset

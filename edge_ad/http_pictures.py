@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from .errors import EdgeAdError, ImageError, SourceError, without_passwords
+from .errors import EdgeAdError, ImageError, SourceError, http_failure, without_passwords
 from .images import decode_image
 from .pipelines import SourceOptions, flip_of, login_escaped
 from .sources import Backoff, Frame, picture_frame
@@ -74,19 +74,8 @@ class HttpPictures:
                 raise EdgeAdError("the camera refuses the login (HTTP 401: user or password wrong, or none given)") \
                     from exc
             raise EdgeAdError(f"the camera answers {exc.code} {exc.reason}") from exc
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, ssl.SSLCertVerificationError):
-                raise EdgeAdError(f"the camera's certificate is not trusted here ({reason.verify_message}, as cameras' "
-                                  "are): use http://, or add its certificate to the system's") from exc
-            raise EdgeAdError(f"no answer ({getattr(reason, 'strerror', None) or reason})") from exc
-        except OSError as exc:  # a timeout while reading (TimeoutError), a connection reset
-            raise EdgeAdError(f"no answer ({exc.strerror or exc or 'timed out'})") from exc
-        except http.client.IncompleteRead as exc:  # the camera closed the connection part-way
-            raise EdgeAdError(f"the answer was cut short ({len(exc.partial)} bytes, {exc.expected} more expected)") \
-                from exc
-        except http.client.HTTPException as exc:  # a status line that is not HTTP's
-            raise EdgeAdError(f"the answer is not HTTP ({type(exc).__name__}: {str(exc).strip()})") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise EdgeAdError(http_failure(exc)) from exc
         if not kind.startswith("image/"):
             raise EdgeAdError(f"the URL answers with {kind}, not a picture: give the camera's still picture URL")
         try:

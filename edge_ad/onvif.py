@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from urllib.parse import unquote, urlparse
 
-from .errors import EdgeAdError
+from .errors import EdgeAdError, http_failure
 
 DISCOVERY = ("239.255.255.250", 3702)
 NS = {
@@ -187,8 +187,8 @@ class Soap:
             if fault is None:
                 raise EdgeAdError(f"HTTP {exc.code} {exc.reason}") from exc
             raise EdgeAdError(fault) from exc
-        except (OSError, ValueError, http.client.HTTPException) as exc:  # HTTPException: an answer cut short
-            raise EdgeAdError(f"no answer ({getattr(exc, 'reason', exc)!s})") from exc
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # ValueError: not an http:// URL
+            raise EdgeAdError(http_failure(exc)) from exc
         try:
             root = ElementTree.fromstring(data)
         except ElementTree.ParseError as exc:
