@@ -15,7 +15,8 @@ LISTED = re.compile(r"(\S+) \((.*)\)")  # "Basler-acA1920-40gc-23456789 (192.168
 
 
 def genicam_cameras(timeout_s: float) -> list[tuple[str, str]] | None:
-    """(id, address) of each camera Aravis finds, or None when arv-tool-0.8 is not installed."""
+    """(the --input that opens it, what it is) of each camera Aravis finds, or None when
+    arv-tool-0.8 is not installed."""
     tool = shutil.which(ARV_TOOL)
     if tool is None:
         return None
@@ -23,7 +24,8 @@ def genicam_cameras(timeout_s: float) -> list[tuple[str, str]] | None:
         listed = subprocess.run([tool], capture_output=True, text=True, timeout=timeout_s + 10).stdout
     except subprocess.TimeoutExpired:
         return []
-    return [(match[1], match[2]) for match in map(LISTED.fullmatch, listed.splitlines()) if match]
+    return [(f"genicam://{match[1]}", f"GigE Vision or USB3 Vision camera at {match[2]}")
+            for match in map(LISTED.fullmatch, listed.splitlines()) if match]
 
 
 def v4l2_cameras(root: Path = Path("/")) -> list[tuple[str, str]]:

@@ -576,8 +576,8 @@ def _cameras(args: argparse.Namespace) -> None:
         read = pool.map(lambda camera: read_streams(camera, args.user, password or "", args.timeout), found)
         for camera in read:
             print("\n".join(describe(camera)))
-    for camera_id, address in machine_vision or []:
-        print(f"genicam://{camera_id}  GigE Vision or USB3 Vision camera at {address}")
+    for uri, what in machine_vision or []:
+        print(f"{uri}  {what}")
     if found:
         print("--input takes a URL with the login in it: rtsp://USER:PASSWORD@camera/... (the password as typed)")
 

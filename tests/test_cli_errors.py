@@ -202,5 +202,6 @@ def test_a_port_a_server_cannot_take_is_said_in_the_systems_words_with_what_take
     assert listen_reason(OSError(errno.EACCES, "Permission denied")) == \
         "Permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE"
     # asyncio's own wording of bind()'s error (the OPC UA server's)
-    asyncio_said = OSError(errno.EACCES, "error while attempting to bind on address ('0.0.0.0', 502): permission denied")
+    asyncio_said = OSError(errno.EACCES,
+                           "error while attempting to bind on address ('0.0.0.0', 502): permission denied")
     assert listen_reason(asyncio_said) == "permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE"

@@ -260,8 +260,8 @@ def test_a_run_scores_each_new_picture_and_writes_no_overlay_where_it_would_be_r
         timer = threading.Timer(30, stop.set)
         timer.start()
         try:
-            return run(detector, [Stream(str(incoming), output=output, options=FOLLOW)], RunConfig(max_frames=max_frames),
-                       stop)
+            return run(detector, [Stream(str(incoming), output=output, options=FOLLOW)],
+                       RunConfig(max_frames=max_frames), stop)
         finally:
             timer.cancel()
 
@@ -279,6 +279,7 @@ def test_a_run_scores_each_new_picture_and_writes_no_overlay_where_it_would_be_r
 
 def test_print_pipeline_says_the_folder_is_followed(tmp_path):
     result = edge_ad("run", "--input", tmp_path, "--follow", "--print-pipeline", check=True)
-    assert result.stdout.strip() == f"{tmp_path}: image folder, its new pictures as they arrive (--follow), read with OpenCV"
+    assert result.stdout.strip() == \
+        f"{tmp_path}: image folder, its new pictures as they arrive (--follow), read with OpenCV"
     result = edge_ad("run", "--input", "rtsp://10.0.0.5/live", "--follow", "--print-pipeline")
     assert result.returncode == 2 and "--follow reads the new pictures of an image folder" in result.stderr

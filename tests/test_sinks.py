@@ -212,8 +212,8 @@ def test_a_run_samples_the_frames_it_judges_normal(tiny_bundle, spotted_frames, 
 
 def test_anomaly_hook_gets_the_event_in_its_environment(tmp_path):
     out = tmp_path / "hook.txt"
-    script = (f"import os; open({str(out)!r}, 'w').write(os.environ['EDGE_AD_SOURCE'] + ' ' + os.environ['EDGE_AD_SCORE']"
-              " + ' ' + os.environ.get('EDGE_AD_NAME', '-'))")
+    script = (f"import os; open({str(out)!r}, 'w').write(os.environ['EDGE_AD_SOURCE'] + ' ' "
+              "+ os.environ['EDGE_AD_SCORE'] + ' ' + os.environ.get('EDGE_AD_NAME', '-'))")
     hook = AnomalyHook(f"{sys.executable} -c \"{script}\"")
     hook({"source": "cam1", "frame": 7, "name": "", "score": 0.42, "threshold": 0.3, "timestamp": 1.0})
     hook.close()
