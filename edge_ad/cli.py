@@ -984,7 +984,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", help="the cameras' ONVIF user: most list their streams only to a login")
     p.add_argument("--password", help="its password (asked for at a terminal when --user comes without it)")
     p.add_argument("--address", action="append", metavar="ADDRESS[:PORT]",
-                   help="ask this camera instead of multicasting to all (one on another subnet); repeat for several")
+                   help="ask only this camera (one on another subnet), instead of multicasting to all and listing "
+                        "this device's own; repeat for several")
     p.add_argument("--timeout", type=_positive_float, default=3.0, help="seconds to wait for the cameras' answers")
     p.set_defaults(func=_cameras)
 
