@@ -126,8 +126,7 @@ class CudaPythonMemory:
         """A page-locked host array, freed when it and its views are no longer referenced."""
         dtype = np.dtype(dtype)
         address = self._call(self.rt.cudaMallocHost(max(1, size * dtype.itemsize)), "allocate page-locked memory")
-        pointer = ctypes.cast(address, ctypes.POINTER(np.ctypeslib.as_ctypes_type(dtype)))
-        array = np.ctypeslib.as_array(pointer, (size,))
+        array = host_array(address, size, dtype)
         weakref.finalize(array, self.rt.cudaFreeHost, address)
         return array
 
@@ -143,6 +142,13 @@ class CudaPythonMemory:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         self._call(self.rt.cudaMemcpyAsync(host.ctypes.data, int(address), host.nbytes, kind, stream.stream),
                    "copy from the GPU")
+
+
+def host_array(address: int, size: int, dtype: np.dtype) -> np.ndarray:
+    """The `size` values of `dtype` at `address` as a numpy array over that memory. Through bytes,
+    because numpy has no ctypes type for float16, which FP16 engines take and give."""
+    raw = (ctypes.c_uint8 * (size * np.dtype(dtype).itemsize)).from_address(address)
+    return np.ctypeslib.as_array(raw).view(dtype)
 
 
 class _DeviceBuffer:
