@@ -116,6 +116,7 @@ def _train(args: argparse.Namespace) -> None:
         resume=args.resume,
         defects=args.defects,
         defect_kinds=args.defect_kinds,
+        device=args.device,
     )
     run = train(config, Path(args.out))
     print(f"run written to {run}")
@@ -771,6 +772,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "perlin_shift, cutpaste, scratch, spot; 'edge-ad defects' draws them)")
     p.add_argument("--defects", help="a few known defect images (a folder, or elpv:M for the few-shot protocol): "
                                      "the prototypes they land on are taken out (DPDL's push-away)")
+    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                   help="where the networks run: auto (default) takes the workstation's NVIDIA GPU when torch sees "
+                        "one (a CUDA build of torch), else the CPU")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("export", help="export a training run to a bundle of ONNX graphs")

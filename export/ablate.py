@@ -47,13 +47,14 @@ from edge_ad.normalize import fit_quantiles
 from edge_ad.upsample import upsample_maps
 
 from .backbone import encoder_from_checkpoint, input_shape
-from .batching import in_batches
+from .batching import CPU, in_batches
 from .bridge import Denoiser, RestorationHead, sample
 from .bridge_train import STUDENT_STEPS, TEACHER_STEPS
 from .evaluate import _group_aurocs
 from .gmm_bridge import GmmBridgeHead
 from .onnx_export import SMOOTHING_SIGMA
 from .prototype import PrototypeHead
+from .torch_device import training_device
 from .train import CONFIG, RUN_FILES, TrainConfig, load_run, read_inputs, train
 
 BATCH = 32
@@ -67,7 +68,8 @@ def smooth(grids: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 
 class Scorer:
-    def __init__(self, record: dict, checkpoint: dict) -> None:
+    def __init__(self, record: dict, checkpoint: dict, device: torch.device = CPU) -> None:
+        self.device = device
         self.size = input_shape(record["config"]["input_size"])  # (height, width)
         self.encoder = encoder_from_checkpoint(self.size, checkpoint)
         self.prototype = PrototypeHead(checkpoint["prototypes"]).eval()
@@ -78,9 +80,17 @@ class Scorer:
             net = Denoiser(self.encoder.channels)
             net.load_state_dict(checkpoint[name])
             self.nets[name] = net.eval()
+        self.to(device)
+
+    def to(self, device: torch.device) -> Scorer:
+        """The models moved to `device`, where `features` and `maps` then run."""
+        for module in (self.encoder, self.prototype, self.gmm, self.head, *self.nets.values()):
+            module.to(device)
+        self.device = device
+        return self
 
     def features(self, inputs: np.ndarray) -> torch.Tensor:
-        return in_batches(self.encoder, inputs, BATCH)
+        return in_batches(self.encoder, inputs, BATCH, device=self.device)
 
     @torch.no_grad()
     def maps(
@@ -92,13 +102,13 @@ class Scorer:
         if runs is None:
             runs = [("teacher", TEACHER_STEPS)] + [("student", k) for k in STUDENT_STEPS]
         for start in tqdm(range(0, len(features), BATCH), desc=desc, unit="batch"):
-            x = features[start : start + BATCH]
-            grids.setdefault("prototype", []).append(self.prototype(x))
+            x = features[start : start + BATCH].to(self.device)
+            grids.setdefault("prototype", []).append(self.prototype(x).cpu())
             gmm_map, condition = self.gmm(x), self.gmm.project(x)
-            grids.setdefault("gmm", []).append(gmm_map)
+            grids.setdefault("gmm", []).append(gmm_map.cpu())
             for name, steps in runs:
                 restored = sample(self.nets[name], x, condition, steps)
-                grids.setdefault(f"{name}{steps}", []).append(self.head(x, restored))
+                grids.setdefault(f"{name}{steps}", []).append(self.head(x, restored).cpu())
         return {key: smooth(torch.cat(value), self.size) for key, value in grids.items()}
 
     @torch.no_grad()
@@ -144,13 +154,18 @@ def write_results(out: Path, stem: str, results: list[dict], table: str | None =
 
 def trained(config: TrainConfig, out: Path) -> Path:
     """The run folder `out`, trained with `config` unless it already holds a finished run of exactly
-    that config: an ablation stopped part-way picks up where it stopped when run again."""
+    that config (wherever it was trained): an ablation stopped part-way picks up where it stopped
+    when run again."""
     if all((out / name).is_file() for name in RUN_FILES):
-        if read_yaml(out / CONFIG).get("config") == asdict(config):
+        if _but_device(read_yaml(out / CONFIG).get("config") or {}) == _but_device(asdict(config)):
             print(f"{out}: reusing the finished run of the same config")
             return out
         print(f"{out}: holds a run of another config, training again")
     return train(config, out)
+
+
+def _but_device(config: dict) -> dict:
+    return {key: value for key, value in config.items() if key != "device"}
 
 
 def _unwhitened_prototype_maps(config: TrainConfig, seed: int, out: Path, test_inputs: np.ndarray) -> tuple[dict, float]:
@@ -160,9 +175,10 @@ def _unwhitened_prototype_maps(config: TrainConfig, seed: int, out: Path, test_i
                   out / f"prototype-unwhitened-seed{seed}")
     record, checkpoint, val_inputs = load_run(run)
     size = input_shape(record["config"]["input_size"])
-    encoder = encoder_from_checkpoint(size, checkpoint)
-    head = PrototypeHead(checkpoint["prototypes"]).eval()
-    maps = {split: smooth(in_batches(lambda x: head(encoder(x)), inputs, BATCH), size)
+    device = training_device(config.device)
+    encoder = encoder_from_checkpoint(size, checkpoint).to(device)
+    head = PrototypeHead(checkpoint["prototypes"]).eval().to(device)
+    maps = {split: smooth(in_batches(lambda x: head(encoder(x)), inputs, BATCH, device=device), size)
             for split, inputs in (("test", test_inputs), ("validation", val_inputs))}
     return maps, record["prototypes_seconds"] / 60
 
@@ -181,10 +197,11 @@ def ablate_seed(
     unwhitened, unwhitened_minutes = _unwhitened_prototype_maps(config, seed, out, test_inputs)
     run = trained(TrainConfig(**{**asdict(config), "seed": seed}), out / f"run-seed{seed}")
     record, checkpoint, val_inputs = load_run(run)
-    scorer = Scorer(record, checkpoint)
+    scorer = Scorer(record, checkpoint, training_device(config.device))
     test_maps = scorer.maps(scorer.features(test_inputs), f"scoring test (seed {seed})")
     val_maps = scorer.maps(scorer.features(val_inputs), f"scoring validation (seed {seed})")
     test_maps["unwhitened"], val_maps["unwhitened"] = unwhitened["test"], unwhitened["validation"]
+    scorer.to(CPU)  # the bridge's milliseconds are the CPU's, wherever the maps were computed
     timing_features = scorer.features(test_inputs[:TIMING_IMAGES])
     labels = np.array([s.label for s in samples])
     t = record
@@ -318,6 +335,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--feature-variants", type=int, default=TrainConfig.feature_variants)
     parser.add_argument("--prototypes", type=int, help="default: train's, for each run's features")
     parser.add_argument("--whitening-eps", type=float, default=TrainConfig.whitening_eps)
+    parser.add_argument("--device", default=TrainConfig.device,
+                        help="where training and scoring run: auto (a CUDA GPU when torch sees one), cpu, cuda, "
+                             "cuda:N; the bridge's milliseconds per image are the CPU's in any case")
     args = parser.parse_args(argv)
     config = TrainConfig(
         data=args.data[0],
@@ -329,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         steps=args.steps,
         distill_steps=args.distill_steps,
         feature_variants=args.feature_variants,
+        device=args.device,
     )
     variants = []
     for data in args.data:

@@ -172,8 +172,9 @@ class FeatureEncoder(nn.Module):
         self.feature_std.copy_(std.clamp_min(1e-6))
 
     def set_whitening(self, mean: torch.Tensor, transform: torch.Tensor) -> None:
-        self.position_mean = mean.float()
-        self.position_whitening = transform.float()
+        device = self.feature_mean.device  # where the module is
+        self.position_mean = mean.to(device, torch.float32)
+        self.position_whitening = transform.to(device, torch.float32)
 
     def standardise(self, feats: torch.Tensor) -> torch.Tensor:
         """Raw features (B, C, h, w) -> the encoder's output features."""

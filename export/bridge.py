@@ -116,7 +116,7 @@ class FusedBridge(nn.Module):
 def sample(denoiser: Denoiser, x1: torch.Tensor, condition: torch.Tensor, steps: int) -> torch.Tensor:
     """Restored features after `steps` deterministic steps from the input features x1."""
     x = x1
-    for t, dt in torch.from_numpy(schedule(steps)):
+    for t, dt in torch.from_numpy(schedule(steps)).to(x1.device):
         x = x - dt * denoiser(x, condition, t.reshape(1))
     return x
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from edge_ad.errors import DataError
 
 from .backbone import FeatureEncoder
-from .batching import in_batches
+from .batching import CPU, in_batches
 from .bridge import Denoiser, sample
 from .checkpoint import load_checkpoint, save_checkpoint
 from .defects import KINDS, perlin_mask, synthesize
@@ -56,23 +56,21 @@ class Pairs:
     weight: torch.Tensor  # (N * V, 1, h, w): 1 outside the defect, DEFECT_WEIGHT on it
     variants: int
 
-    def batch(self, rows: np.ndarray, identity: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """(x0, x1, condition, weight) in float32 for corrupted-pair rows; identity pairs where flagged."""
-        image = torch.from_numpy(rows // self.variants)
-        x0 = self.clean[image].float()
-        x1 = self.corrupted[rows].float()
-        condition = self.corrupted_condition[rows].float()
-        weight = self.weight[rows].float()
+    def batch(self, rows: np.ndarray, identity: np.ndarray, device: torch.device = CPU) -> tuple[torch.Tensor, ...]:
+        """(x0, x1, condition, weight) in float32 on `device` for corrupted-pair rows; identity pairs
+        where flagged."""
+        image = rows // self.variants
+        x1, condition, weight = self.corrupted[rows], self.corrupted_condition[rows], self.weight[rows]
         keep = torch.from_numpy(identity)
-        x1[keep] = x0[keep]
-        condition[keep] = self.clean_condition[image[keep]].float()
+        x1[keep] = self.clean[image[identity]]
+        condition[keep] = self.clean_condition[image[identity]]
         weight[keep] = 1.0
-        return x0, x1, condition, weight
+        return tuple(t.to(device).float() for t in (self.clean[image], x1, condition, weight))
 
 
 def _project(prior: GmmBridgeHead, features: torch.Tensor, desc: str, batch: int = 64) -> torch.Tensor:
-    """GMM projections of features, in float16."""
-    return in_batches(lambda x: prior.project(x.float()).half(), features, batch, desc)
+    """GMM projections of features, in float16, computed where `prior` is."""
+    return in_batches(lambda x: prior.project(x.float()).half(), features, batch, desc, prior.prototypes.device)
 
 
 def _feature_corruption(clean: torch.Tensor, i: int, v: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -101,12 +99,13 @@ def build_pairs(
     batch_size: int,
     feature_variants: int = 0,
     kinds: tuple[str, ...] = KINDS,
+    device: torch.device = CPU,
 ) -> Pairs:
     """Features of `inputs` (N, H, W, 3 uint8 RGB), of `variants` copies of each with a synthetic
     image defect (one of `kinds`), and of `feature_variants` copies with a defect made in feature
-    space."""
+    space; the encoder runs on `device`, the pairs are kept in the computer's memory."""
     n = len(inputs)
-    clean = torch.cat([encoder(torch.from_numpy(inputs[i : i + batch_size])) for i in range(0, n, batch_size)])
+    clean = in_batches(encoder, inputs, batch_size, device=device)
     grid = clean.shape[-2:]
     corrupted, weight = [], []
     for start in tqdm(range(0, n, batch_size), desc="synthetic defects", unit="batch"):
@@ -118,7 +117,7 @@ def build_pairs(
                 image, mask, _ = synthesize(inputs[i], other, rng, kinds=kinds)
                 images.append(image)
                 masks.append(cv2.resize(mask.astype(np.float32), (grid[1], grid[0]), interpolation=cv2.INTER_AREA))
-        features = encoder(torch.from_numpy(np.stack(images))).reshape(-1, variants, *clean.shape[1:])
+        features = encoder(torch.from_numpy(np.stack(images)).to(device)).cpu().reshape(-1, variants, *clean.shape[1:])
         masks_t = torch.from_numpy(np.stack(masks)).reshape(-1, variants, *grid)
         if feature_variants:
             made = [_feature_corruption(clean, i, variants + v, seed) for i in range(start, start + len(features)) for v in range(feature_variants)]
@@ -147,8 +146,12 @@ def _draw_times(count: int, rng: np.random.Generator) -> np.ndarray:
 class BridgeTrainer:
     """Teacher then student, with checkpoints in `run` and resume from them."""
 
-    def __init__(self, pairs: Pairs, channels: int, run: Path, seed: int, settings: dict, batch_size: int = 16) -> None:
+    def __init__(
+        self, pairs: Pairs, channels: int, run: Path, seed: int, settings: dict, batch_size: int = 16,
+        device: torch.device = CPU,
+    ) -> None:
         self.pairs = pairs
+        self.device = device  # where the nets train; the pairs stay in the computer's memory
         self.channels = channels
         self.state_path = run / STATE_FILE
         self.seed = seed
@@ -197,14 +200,14 @@ class BridgeTrainer:
         save_checkpoint(self.state_path, state)
 
     def _teacher_loss(self, net: Denoiser, rng: np.random.Generator) -> torch.Tensor:
-        x0, x1, condition, weight = self.pairs.batch(*self._rows(rng))
-        t = torch.from_numpy(_draw_times(len(x0), rng))
+        x0, x1, condition, weight = self.pairs.batch(*self._rows(rng), self.device)
+        t = torch.from_numpy(_draw_times(len(x0), rng)).to(self.device)
         x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * x1
         return (weight * (net(x_t, condition, t) - (x1 - x0)) ** 2).mean()
 
     def train_teacher(self, iterations: int, resume: dict | None) -> tuple[Denoiser, list[float]]:
         torch.manual_seed(self.seed)
-        net = Denoiser(self.channels)
+        net = Denoiser(self.channels).to(self.device)
         if resume is not None and resume["phase"] == "student":
             net.load_state_dict(resume["teacher"])
             return net.eval(), []
@@ -218,8 +221,8 @@ class BridgeTrainer:
         identity = rng.random(len(rows)) < IDENTITY_SHARE
         targets = []
         for start in tqdm(range(0, len(rows), 32), desc=f"teacher K={TEACHER_STEPS}", unit="batch"):
-            _, x1, condition, _ = self.pairs.batch(rows[start : start + 32], identity[start : start + 32])
-            targets.append(sample(teacher, x1, condition, TEACHER_STEPS).half())
+            _, x1, condition, _ = self.pairs.batch(rows[start : start + 32], identity[start : start + 32], self.device)
+            targets.append(sample(teacher, x1, condition, TEACHER_STEPS).half().cpu())
         return rows, identity, torch.cat(targets)
 
     def train_student(
@@ -230,12 +233,12 @@ class BridgeTrainer:
 
         def loss_fn(net: Denoiser, rng: np.random.Generator) -> torch.Tensor:
             pick = rng.integers(len(rows), size=self.batch_size)
-            x0, x1, condition, weight = self.pairs.batch(rows[pick], identity[pick])
+            x0, x1, condition, weight = self.pairs.batch(rows[pick], identity[pick], self.device)
             restored = sample(net, x1, condition, int(rng.choice(STUDENT_STEPS)))
-            to_teacher = (restored - teacher_out[torch.from_numpy(pick)].float()) ** 2
+            to_teacher = (restored - teacher_out[torch.from_numpy(pick)].to(self.device).float()) ** 2
             return (weight * (to_teacher + (restored - x0) ** 2)).mean()
 
-        student = Denoiser(self.channels)
+        student = Denoiser(self.channels).to(self.device)
         student.load_state_dict(self.teacher_state)
         losses = self._loop("student", student, iterations, loss_fn, resume)
         return student.eval(), losses

@@ -17,9 +17,21 @@ from edge_ad.files import write_atomic
 
 
 def save_checkpoint(path: Path, tensors: dict) -> None:
+    """`tensors` (nested dicts and lists of them) saved with every tensor in the computer's memory,
+    wherever it was trained: the file loads on a machine without a GPU."""
     buffer = io.BytesIO()
-    torch.save(tensors, buffer)
+    torch.save(_on_cpu(tensors), buffer)
     write_atomic(path, buffer.getvalue())
+
+
+def _on_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_on_cpu(item) for item in value)
+    return value
 
 
 def save_arrays(path: Path, **arrays: np.ndarray) -> None:

@@ -30,6 +30,7 @@ from .defects import KINDS
 from .gmm_bridge import GmmBridgeHead, gate_temperature
 from .known_defects import anomalous_patches, push_away
 from .prototype import greedy_coreset
+from .torch_device import device_text, training_device
 
 # Whitened features need far fewer prototypes: on ELPV the nearest of 256 scores within 0.001 of
 # the nearest of 2048 whitened, but 0.03-0.04 below it unwhitened; the prototype head's and the
@@ -74,6 +75,7 @@ class TrainConfig:
     distill_targets: int = 512  # bridge: pairs the teacher restores for distillation
     resume: bool = False  # bridge: continue from the run folder's last checkpoint
     defects: str | None = None  # known defect images (a folder, or elpv:M): prototypes they use are taken out
+    device: str = "auto"  # where the networks run: auto (a CUDA GPU when torch sees one), cpu, cuda, cuda:N
 
 
 def read_inputs(samples: list[Sample], size: int | Sequence[int], what: str) -> np.ndarray:
@@ -176,6 +178,7 @@ def train(config: TrainConfig, out: Path) -> Path:
     kinds = config.defect_kinds
     if kinds is not None and (not kinds or set(kinds) - set(KINDS)):
         raise DataError(f"defect kinds {kinds}: pick one or more of {', '.join(KINDS)}")
+    device = training_device(config.device)
     resume = _resume_state(config, out) if config.model == "bridge" and config.resume else None
     started = time.time()
     torch.manual_seed(config.seed)
@@ -196,20 +199,22 @@ def train(config: TrainConfig, out: Path) -> Path:
     n_val = min(max(1, round(config.val_fraction * len(inputs))), len(inputs) - 1)
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
 
-    encoder = FeatureEncoder((height, width), config.backbone)
-    feats = in_batches(encoder.raw_features, inputs[train_idx], config.batch_size, "features")
+    print(f"training on {device_text(device)}")
+    encoder = FeatureEncoder((height, width), config.backbone).to(device)
+    feats = in_batches(encoder.raw_features, inputs[train_idx], config.batch_size, "features", device)
     mean, std = feats.mean(dim=(0, 2, 3)), feats.std(dim=(0, 2, 3))
     encoder.set_statistics(mean, std)
-    standardised = encoder.standardise(feats)  # per channel: no whitening fitted yet
+    standardised = in_batches(encoder.standardise, feats, config.batch_size, device=device)  # no whitening yet
     if config.position_whitening:
         encoder.set_whitening(*position_whitening(standardised, config.whitening_eps))
-        standardised = encoder.whiten(standardised)
+        standardised = in_batches(encoder.whiten, standardised, config.batch_size, device=device)
     patches = standardised.permute(0, 2, 3, 1).reshape(-1, standardised.shape[1])
     del feats, standardised
     prototypes = greedy_coreset(patches, prototype_count(config), config.seed)
     timings = {}
     if config.defects:
-        prototypes, timings["prototypes_removed_by_defects"] = _push_away_defects(config, encoder, prototypes, patches)
+        prototypes, timings["prototypes_removed_by_defects"] = _push_away_defects(config, encoder, prototypes, patches,
+                                                                                  device)
     checkpoint = {
         "backbone": config.backbone,
         "feature_mean": encoder.feature_mean,
@@ -226,7 +231,7 @@ def train(config: TrainConfig, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     losses = {}
     if config.model == "bridge":
-        losses = _train_bridge(config, encoder, checkpoint, inputs[train_idx], out, resume)
+        losses = _train_bridge(config, encoder, checkpoint, inputs[train_idx], out, resume, device)
     # config.yaml marks a finished run (load_run and ablate look for it), so it goes first and comes
     # back last: a run stopped while writing (a full disk, Ctrl-C) is never taken for a finished one
     # with an earlier run's files beside its own.
@@ -237,6 +242,7 @@ def train(config: TrainConfig, out: Path) -> Path:
         "model": config.model,
         "edge_ad_version": __version__,
         "config": asdict(config),
+        "device": device_text(device),
         "train_images": int(len(train_idx)),
         "validation_images": int(len(val_idx)),
         "skipped": bad,
@@ -255,13 +261,13 @@ def train(config: TrainConfig, out: Path) -> Path:
 
 
 def _push_away_defects(
-    config: TrainConfig, encoder: FeatureEncoder, prototypes: torch.Tensor, patches: torch.Tensor
+    config: TrainConfig, encoder: FeatureEncoder, prototypes: torch.Tensor, patches: torch.Tensor,
+    device: torch.device
 ) -> tuple[torch.Tensor, int]:
     """The prototypes without those the known defects of `config.defects` keep landing on."""
     samples = load_defects(config.defects)
     inputs = read_inputs(samples, config.input_size, "known defects")
-    feats = in_batches(encoder.raw_features, inputs, config.batch_size, "defect features")
-    standardised = encoder.standardise(feats)
+    standardised = in_batches(encoder, inputs, config.batch_size, "defect features", device)
     kept, removed = push_away(prototypes, patches, anomalous_patches(standardised, prototypes), config.seed)
     print(f"known defects: {len(inputs)} images; {removed} of {prototypes.shape[0]} prototypes taken out")
     return kept, removed
@@ -269,8 +275,9 @@ def _push_away_defects(
 
 def _resume_settings(config: TrainConfig) -> dict:
     """The settings a bridge checkpoint is only valid for: everything that shapes the features and
-    the training pairs. The iteration counts may change on resume (to train longer)."""
-    return {k: v for k, v in asdict(config).items() if k not in ("resume", "steps", "distill_steps")}
+    the training pairs. The iteration counts may change on resume (to train longer), and the device
+    (a run started on the CPU may go on on a GPU)."""
+    return {k: v for k, v in asdict(config).items() if k not in ("resume", "steps", "distill_steps", "device")}
 
 
 def _resume_state(config: TrainConfig, out: Path) -> dict | None:
@@ -282,17 +289,19 @@ def _resume_state(config: TrainConfig, out: Path) -> dict | None:
 
 
 def _train_bridge(
-    config: TrainConfig, encoder: FeatureEncoder, checkpoint: dict, inputs: np.ndarray, out: Path, resume: dict | None
+    config: TrainConfig, encoder: FeatureEncoder, checkpoint: dict, inputs: np.ndarray, out: Path, resume: dict | None,
+    device: torch.device
 ) -> dict:
     """Teacher and student into `checkpoint` (continuing from `resume`); returns their final losses
     for the config record."""
-    prior = GmmBridgeHead(checkpoint["prototypes"], float(checkpoint["tau"]))
+    prior = GmmBridgeHead(checkpoint["prototypes"], float(checkpoint["tau"])).to(device)
     clock = time.time()
     pairs = build_pairs(
         encoder, prior, inputs, config.variants, config.seed, config.batch_size, config.feature_variants,
-        tuple(config.defect_kinds or KINDS),
+        tuple(config.defect_kinds or KINDS), device,
     )
-    trainer = BridgeTrainer(pairs, encoder.channels, out, config.seed, _resume_settings(config), config.batch_size)
+    trainer = BridgeTrainer(pairs, encoder.channels, out, config.seed, _resume_settings(config), config.batch_size,
+                            device)
     pairs_seconds, clock = time.time() - clock, time.time()
     teacher, teacher_losses = trainer.train_teacher(config.steps, resume)
     teacher_seconds, clock = time.time() - clock, time.time()
