@@ -251,6 +251,8 @@ def _run(args: argparse.Namespace) -> None:
     from .runner import RunConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    if args.opcua_user is not None and args.opcua_port is None:
+        raise EdgeAdError(f"--opcua-user {args.opcua_user}: needs --opcua-port PORT, the server it logs in to")
     jetson = {"auto": None, "jetson": True, "generic": False}[args.platform]
     streams = _streams(args)
     if args.print_pipeline:
@@ -274,6 +276,7 @@ def _run(args: argparse.Namespace) -> None:
         metrics_port=args.metrics_port,
         modbus_port=args.modbus_port,
         opcua_port=args.opcua_port,
+        opcua_user=args.opcua_user,
         max_frames=args.max_frames,
         jetson=jetson,
         drift=args.drift,
@@ -879,6 +882,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opcua-port", type=_port, metavar="PORT",
                    help="serve the same as OPC UA variables at opc.tcp://0.0.0.0:PORT/edge-ad/, for SCADA, MES and "
                         "PLCs that read OPC UA (4840 is OPC UA's port; needs asyncua: pip install 'edge-ad[opcua]')")
+    p.add_argument("--opcua-user", metavar="NAME",
+                   help="--opcua-port: that user's login alone, its password in EDGE_AD_OPCUA_PASSWORD, over "
+                        "Basic256Sha256 signed and encrypted messages only (a self-signed certificate, made once "
+                        "and kept; the log gives its thumbprint)")
     p.add_argument("--max-frames", type=_positive_int, help="stop each source after this many frames")
     p.add_argument("--calibration-frames", type=_positive_int, metavar="N",
                    help="frames a calibration on the line keeps (asked by SIGUSR1, Modbus register +11 or OPC UA "

@@ -2,9 +2,18 @@
 the PLCs that read OPC UA (Siemens S7-1500, Beckhoff, Ignition, Kepware) rather than Modbus.
 
 The server (asyncua, an event loop in a thread of its own) listens on opc.tcp://0.0.0.0:N/edge-ad/,
-without security or login, as the Modbus server: a line's network is closed to the outside. In the
-namespace `urn:edge-ad` the object `edge-ad` (under Objects) holds one object per source, named and
-with node id as MQTT spells the source (sinks.slug: `ns=2;s=line1`), and in it, with node ids
+without security or login, as the Modbus server: a line's network is closed to the outside. With
+`--opcua-user NAME` (its password in EDGE_AD_OPCUA_PASSWORD, not on the command line, where `ps`
+shows it) it takes that user's login alone, over Basic256Sha256 signed and encrypted messages only,
+as plants whose IT asks for OPC UA security set their clients: no anonymous session, no plain
+endpoint. Its certificate is made on the first such start (self-signed, application URI
+urn:edge-ad:HOSTNAME) and kept (`certificate_dir`), so that a client told to trust it once goes
+on trusting it, until it runs out a year later and is made anew; the
+log names the file and its SHA-1 thumbprint, which clients show when they ask. Client
+certificates are not checked: the password is the login.
+
+In the namespace `urn:edge-ad` the object `edge-ad` (under Objects) holds one object per source,
+named and with node id as MQTT spells the source (sinks.slug: `ns=2;s=line1`), and in it, with node ids
 `ns=2;s=line1.Score` and so on:
 
     Frames             UInt32   frames scored (wraps at 2**32: 4.5 years at 30 frames a second)
@@ -37,9 +46,14 @@ name, "" for any; another name is answered BadInvalidArgument).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import os
+import socket
 import threading
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import EdgeAdError, listen_reason
@@ -50,21 +64,31 @@ log = logging.getLogger("edge_ad.opcua")
 NAMESPACE = "urn:edge-ad"
 START_S = 60.0  # asyncua builds its standard address space at the start: 2 s on a 2-core x86
 WRAP = 1 << 32
+PASSWORD_VARIABLE = "EDGE_AD_OPCUA_PASSWORD"  # the password of --opcua-user
+CERTIFICATE, KEY = "server-certificate.der", "server-key.pem"
 
 
 class OpcUaServer:
     """Serves the variables and methods above for `sources` (names) on `port`; `variants` gives,
     per source, its bundles' variant names; `on_variant(source, variant or None)` is told what a
     client's SetVariant says and `on_calibrate(source, start)` what its Calibrate says (none: no
-    such method)."""
+    such method). With `user`, that user's login alone, over signed and encrypted messages (see
+    above)."""
 
     def __init__(self, port: int, sources: Sequence[str], variants: dict[str, Sequence[str]] | None = None,
                  host: str = "0.0.0.0", on_variant: Callable[[str, str | None], None] | None = None,
-                 on_calibrate: Callable[[str, bool], None] | None = None):
+                 on_calibrate: Callable[[str, bool], None] | None = None, user: str | None = None):
         try:
             from asyncua import Server, ua, uamethod  # only when asked for
         except ImportError as exc:
             raise EdgeAdError(f"--opcua-port needs asyncua: pip install 'edge-ad[opcua]' ({exc})") from exc
+        login = None
+        if user is not None:
+            password = os.environ.get(PASSWORD_VARIABLE)
+            if not password:
+                raise EdgeAdError(f"--opcua-user {user}: set the user's password in the environment variable "
+                                  f"{PASSWORD_VARIABLE} (not on the command line, where ps shows it)")
+            login = _Login(user, password)
         # asyncua warns of every client's session timeout, and logs a port in use with a traceback
         # before __init__ says it in a line.
         logging.getLogger("asyncua").setLevel(logging.CRITICAL)
@@ -73,7 +97,8 @@ class OpcUaServer:
         self.sources = list(sources)
         self.variants = {name: list(names) for name, names in (variants or {}).items()}
         self.on_variant, self.on_calibrate = on_variant, on_calibrate
-        self._server = Server()
+        self.user = user
+        self._server = Server(user_manager=login)
         self._nodes: dict[str, tuple] = {}  # "line1.Score" -> its NodeId and VariantType
         self._frames = dict.fromkeys(self.sources, 0)
         self._ready = threading.Event()
@@ -86,6 +111,8 @@ class OpcUaServer:
         if not self._ready.wait(START_S):
             raise EdgeAdError(f"--opcua-port {port}: the OPC UA server did not start in {START_S:.0f} s")
         failure = self._failure
+        if isinstance(failure, EdgeAdError):
+            raise failure
         if isinstance(failure, OSError):
             raise EdgeAdError(f"--opcua-port {port}: cannot listen ({listen_reason(failure)})") from failure
         if failure is not None:
@@ -99,7 +126,10 @@ class OpcUaServer:
             await self._server.init()
             self._server.set_endpoint(self.url)
             self._server.set_server_name("edge-ad")
-            self._server.set_security_policy([self._ua.SecurityPolicyType.NoSecurity])
+            if self.user is None:
+                self._server.set_security_policy([self._ua.SecurityPolicyType.NoSecurity])
+            else:
+                await self._secure()
             namespace = self._namespace = await self._server.register_namespace(NAMESPACE)
             top = await self._server.nodes.objects.add_object(self._ua.NodeId("edge-ad", namespace),
                                                               self._ua.QualifiedName("edge-ad", namespace))
@@ -115,6 +145,30 @@ class OpcUaServer:
             await self._stopped.wait()
         finally:
             await self._server.stop()
+
+    async def _secure(self) -> None:
+        """Basic256Sha256 signed and encrypted, a user's login only, this machine's certificate."""
+        from asyncua.crypto.cert_gen import setup_self_signed_certificate
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
+        host = socket.gethostname()
+        uri = f"urn:edge-ad:{host}"
+        folder = certificate_dir()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            await setup_self_signed_certificate(folder / KEY, folder / CERTIFICATE, uri, host,
+                                                [ExtendedKeyUsageOID.SERVER_AUTH], {"commonName": f"edge-ad {host}"})
+        except OSError as exc:
+            raise EdgeAdError(f"--opcua-user: cannot keep the server's certificate in {folder} "
+                              f"({exc.strerror})") from exc
+        await self._server.set_application_uri(uri)
+        await self._server.load_certificate(str(folder / CERTIFICATE))
+        await self._server.load_private_key(str(folder / KEY))
+        self._server.set_security_policy([self._ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        self._server.set_identity_tokens([self._ua.UserNameIdentityToken])
+        thumbprint = hashlib.sha1((folder / CERTIFICATE).read_bytes()).hexdigest()
+        log.info("opcua: login of %s only, signed and encrypted (Basic256Sha256); certificate %s, SHA-1 %s",
+                 self.user, folder / CERTIFICATE, ":".join(thumbprint[i : i + 2] for i in range(0, 40, 2)))
 
     async def _add_source(self, top, namespace: int, name: str) -> None:
         ua, key = self._ua, slug(name)
@@ -206,3 +260,29 @@ class OpcUaServer:
             except RuntimeError:  # the loop ended between the check and the call
                 pass
         self._thread.join(timeout=5.0)
+
+
+def certificate_dir() -> Path:
+    """Where the server's certificate and key are kept: state that must outlast a restart, not a
+    cache that may be emptied (clients would have to trust a new certificate): systemd's
+    $STATE_DIRECTORY (StateDirectory=edge-ad: /var/lib/edge-ad), else $XDG_STATE_HOME/edge-ad, else
+    ~/.local/state/edge-ad; under `opcua/`."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / "opcua"
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "edge-ad" / "opcua"
+
+
+class _Login:
+    """asyncua's user manager for one user and password: a session of anyone else is refused."""
+
+    def __init__(self, user: str, password: str) -> None:
+        self.user, self.password = user, password
+
+    def get_user(self, iserver, username: str | None = None, password: str | None = None, certificate=None):
+        from asyncua.crypto.permission_rules import User, UserRole
+
+        if username == self.user and password is not None and hmac.compare_digest(password.encode(),
+                                                                                   self.password.encode()):
+            return User(role=UserRole.User, name=username)
+        log.warning("opcua: a client's login as %r was refused", username)
+        return None

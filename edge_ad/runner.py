@@ -69,6 +69,7 @@ class RunConfig:
     metrics_port: int | None = None
     modbus_port: int | None = None  # each source's last result as Modbus TCP registers, for a PLC (edge_ad.modbus)
     opcua_port: int | None = None  # ... and as OPC UA variables (edge_ad.opcua)
+    opcua_user: str | None = None  # ... to that user's login alone, signed and encrypted
     max_frames: int | None = None  # per source
     jetson: bool | None = None  # None: detect
     output_bitrate_kbps: int | None = None  # H.264 of the video outputs (None: the encoder's default)
@@ -314,11 +315,12 @@ class _Sinks:
         return told
 
     def serve_plcs(self, modbus_port: int | None, opcua_port: int | None, variants: dict[str, list[str]],
-                   hints: VariantHints | None) -> None:
-        """Modbus registers and alarm latches (edge_ad.modbus), OPC UA variables (edge_ad.opcua), or
-        both, for each source of `variants` (source name -> its variants' names, none for one
-        bundle), in that order; the variant a PLC says a source's line makes goes to `hints`, and a
-        calibration it asks for to that source's calibration on the line."""
+                   hints: VariantHints | None, opcua_user: str | None = None) -> None:
+        """Modbus registers and alarm latches (edge_ad.modbus), OPC UA variables (edge_ad.opcua; with
+        `opcua_user`, to that user's login alone), or both, for each source of `variants` (source
+        name -> its variants' names, none for one bundle), in that order; the variant a PLC says a
+        source's line makes goes to `hints`, and a calibration it asks for to that source's
+        calibration on the line."""
         told = (lambda source, variant: hints.set(slug(source), variant)) if hints is not None else None
 
         def calibrate(source: str, start: bool) -> None:
@@ -334,7 +336,7 @@ class _Sinks:
             from .opcua import OpcUaServer  # asyncua, only when asked for
 
             self.plcs.append(OpcUaServer(opcua_port, list(variants), variants, on_variant=told,
-                                         on_calibrate=calibrate))
+                                         on_calibrate=calibrate, user=opcua_user))
             self.stack.callback(self.plcs[-1].close)
 
     def _guard(self, name: str, call) -> Guarded:
@@ -881,7 +883,7 @@ def run(
         if plcs:
             sinks.serve_plcs(config.modbus_port, config.opcua_port,
                              {s.name: [v for v in bundles_of(detectors[s.name]) if v is not None] for s in streams},
-                             hints)
+                             hints, config.opcua_user)
         for name, calibration in line.items():
             calibration.on_change = sinks.calibration_told(name)
         captures: list[_Capture] = []

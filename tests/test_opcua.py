@@ -1,6 +1,7 @@
 """--opcua-port: each source's last result as OPC UA variables, read, acknowledged and told the
 line's variant by asyncua's client, as a SCADA system or a PLC's OPC UA client would."""
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -12,13 +13,16 @@ import pytest
 
 asyncua = pytest.importorskip("asyncua")  # the [opcua] extra, which the Makefile installs
 from asyncua import ua  # noqa: E402
+from asyncua.crypto.cert_gen import setup_self_signed_certificate  # noqa: E402
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256  # noqa: E402
 from asyncua.sync import Client  # noqa: E402
+from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
 
 from edge_ad.errors import EdgeAdError  # noqa: E402
 from edge_ad.opcua import NAMESPACE, OpcUaServer  # noqa: E402
 from edge_ad.sinks import slug  # noqa: E402
 
-from conftest import SPOT_PATTERN, free_port, wait_for  # noqa: E402
+from conftest import SPOT_PATTERN, edge_ad, free_port, wait_for  # noqa: E402
 
 
 def _values(client: Client, source: str, *names: str) -> dict:
@@ -27,6 +31,19 @@ def _values(client: Client, source: str, *names: str) -> dict:
     nodes = [client.get_node(f"ns={ns};s={source}.{name}") for name in names]
     return dict(zip(names, client.read_values(nodes)))
 
+
+def _secure_client(port: int, folder, user: str | None, password: str | None) -> Client:
+    """A client as plants set them: Basic256Sha256, signed and encrypted, with its own certificate."""
+    key, certificate = folder / "client-key.pem", folder / "client-certificate.der"
+    asyncio.run(setup_self_signed_certificate(key, certificate, "urn:scada", "scada",
+                                              [ExtendedKeyUsageOID.CLIENT_AUTH], {"commonName": "scada"}))
+    client = Client(f"opc.tcp://127.0.0.1:{port}/edge-ad/", timeout=10)
+    client.set_security(SecurityPolicyBasic256Sha256, str(certificate), str(key),
+                        mode=ua.MessageSecurityMode.SignAndEncrypt)
+    if user is not None:
+        client.set_user(user)
+        client.set_password(password)
+    return client
 
 @pytest.fixture
 def server():
@@ -178,3 +195,40 @@ def test_without_asyncua_the_option_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "asyncua", None)  # as on a device installed without the [opcua] extra
     with pytest.raises(EdgeAdError, match=r"--opcua-port needs asyncua: pip install 'edge-ad\[opcua\]'"):
         OpcUaServer(free_port(), ["line1"])
+
+
+def test_with_a_user_only_its_login_over_encrypted_messages_is_served(tmp_path, monkeypatch):
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))  # as systemd's StateDirectory= sets it
+    monkeypatch.delenv("EDGE_AD_OPCUA_PASSWORD", raising=False)
+    with pytest.raises(EdgeAdError, match="--opcua-user scada: set the user's password in the environment variable "
+                                          "EDGE_AD_OPCUA_PASSWORD"):
+        OpcUaServer(free_port(), ["line1"], user="scada")
+    monkeypatch.setenv("EDGE_AD_OPCUA_PASSWORD", "line 7, not 8")
+    server = OpcUaServer(free_port(), ["line1"], user="scada")
+    try:
+        server.update("line1", 9, 0.8, 0.5, True, True, None, 1, 1, None)
+        with _secure_client(server.port, tmp_path, "scada", "line 7, not 8") as client:
+            assert wait_for(lambda: _values(client, "line1", "Score")["Score"] == 0.8)
+            client.get_node("ns=2;s=line1.AlarmLatch").write_value(False)  # the user may acknowledge
+            assert wait_for(lambda: _values(client, "line1", "AlarmLatch")["AlarmLatch"] is False)
+        for user, password, refused in (("scada", "line 8", "BadUserAccessDenied"), ("mes", "line 7, not 8",
+                                        "BadUserAccessDenied"), (None, None, "BadIdentityTokenRejected")):
+            with pytest.raises(ua.UaStatusCodeError, match=refused):
+                with _secure_client(server.port, tmp_path, user, password):
+                    pass
+        with pytest.raises(ua.UaError, match="No matching endpoints"):  # nothing unencrypted is offered
+            with Client(f"opc.tcp://127.0.0.1:{server.port}/edge-ad/", timeout=10):
+                pass
+    finally:
+        server.close()
+    # The certificate clients were told to trust is kept: the next start serves the same one.
+    certificate = tmp_path / "state" / "opcua" / "server-certificate.der"
+    first = certificate.read_bytes()
+    OpcUaServer(free_port(), ["line1"], user="scada").close()
+    assert certificate.read_bytes() == first
+
+
+def test_a_user_without_a_server_is_refused(tiny_bundle, spotted_frames):
+    out = edge_ad("run", "--bundle", tiny_bundle, "--input", spotted_frames, "--opcua-user", "scada")
+    assert out.returncode != 0 and "--opcua-user scada: needs --opcua-port PORT" in out.stderr
+
