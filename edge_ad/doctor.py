@@ -4,6 +4,7 @@ per problem saying what to do."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass, field, replace
@@ -16,6 +17,7 @@ from .detector import Detector
 from .device import (Device, detect, int8_saturates, jetpack, load_configs, pick_config, read_sensors,
                      run_command, target_config)
 from .errors import EdgeAdError, without_passwords
+from .pipelines import UDP_BUFFER_BYTES
 from .streams import Stream, bundle_of, calibration_folder
 from .variants import comparability_problem, parse_variants
 
@@ -302,9 +304,28 @@ def _elements(description: str) -> list[str]:
     return [words[0] for words in names if words and "/" not in words[0] and "=" not in words[0]]
 
 
-def _check_source(report: Report, stream: Stream, jetson: bool) -> None:
+def _check_udp_buffer(report: Report, name: str, pipelines: list[str], root: Path) -> None:
+    """Video over UDP (RTSP over UDP, rtp://, udp://) asks the kernel for UDP_BUFFER_BYTES of
+    receive buffer (its pipeline says `buffer-size=`); a user other than root gets at most
+    net.core.rmem_max (208 KiB by default), and a picture larger than that never comes whole."""
+    if os.geteuid() == 0 or not any("buffer-size=" in pipeline for pipeline in pipelines):
+        return
+    try:
+        limit = int((root / "proc/sys/net/core/rmem_max").read_text())
+    except (OSError, ValueError):
+        return
+    if limit < UDP_BUFFER_BYTES:
+        report.problems.append(
+            f"source {name}: video over UDP, of which a user other than root gets at most {limit >> 10} KiB of "
+            f"receive buffer here (net.core.rmem_max), not the {UDP_BUFFER_BYTES >> 20} MiB edge-ad asks for: large "
+            f"pictures (a camera's 1080p MJPEG) then never come whole. Raise it (sysctl -w net.core.rmem_max="
+            f"{UDP_BUFFER_BYTES}, and in /etc/sysctl.d/ for good), or run as root, as examples/edge-ad.service does")
+
+
+def _check_source(report: Report, stream: Stream, jetson: bool, root: Path) -> None:
     """One source of a --sources file as `edge-ad run` would start it, without opening it: its
-    pipeline and output (and their GStreamer elements), and its inspection mask."""
+    pipeline and output (and their GStreamer elements, and the UDP buffer its video gets), and its
+    inspection mask."""
     from .followed_pictures import check_followable
     from .http_pictures import HttpPictures, is_http_pictures
     from .masks import InspectionMask
@@ -332,6 +353,7 @@ def _check_source(report: Report, stream: Stream, jetson: bool) -> None:
         return
     report.found("source", f"{stream.name}: {kind}" + (f" -> {stream.output}" if stream.output else "")
                            + (f", mask {stream.mask} ({mask.describe()['inspected']:.0%} inspected)" if mask else ""))
+    _check_udp_buffer(report, stream.name, pipelines, root)
     try:
         from .sources import load_gst
 
@@ -350,7 +372,7 @@ def _check_sources(report: Report, streams: Sequence[Stream], bundles: Sequence[
     own `bundle:`, else `bundles`, as `edge-ad run` takes them)."""
     scored_by: dict[tuple[str, ...], list[str]] = {}
     for stream in streams:
-        _check_source(report, stream, jetson)
+        _check_source(report, stream, jetson, root)
         try:
             scored_by.setdefault(bundle_of(stream, bundles), []).append(stream.name)
         except EdgeAdError as exc:

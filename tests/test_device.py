@@ -225,3 +225,30 @@ def test_int8_saturation_is_told_from_the_cpu_flags(tmp_path, flags, machine, sa
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc" / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
     assert int8_saturates(tmp_path, machine) is saturates
+
+
+def test_doctor_says_when_video_over_udp_gets_too_small_a_buffer(tmp_path, monkeypatch):
+    """A user other than root gets net.core.rmem_max of UDP receive buffer at most (208 KiB by
+    default), and a 1080p MJPEG picture of 1.5 MB never came whole through that (README)."""
+    from edge_ad.pipelines import SourceOptions
+    from edge_ad.streams import streams_from_yaml
+
+    root = tmp_path / "root"
+    (root / "proc/sys/net/core").mkdir(parents=True)
+    sources = tmp_path / "cams.yaml"
+    sources.write_text(yaml.safe_dump({"sources": [
+        {"input": "rtp://@:5004", "name": "cam-rtp"},
+        {"input": "rtsp://10.0.0.5/h264", "name": "cam-rtsp"},  # UDP first, as rtspsrc tries it
+        {"input": "rtsp://10.0.0.6/jpeg", "name": "cam-mjpeg", "codec": "mjpeg"},  # over TCP
+        {"input": "test://ball", "name": "cam-test"},
+    ]}))
+    streams = streams_from_yaml(sources, SourceOptions())
+    for euid, limit, named in ((1000, 212992, ["cam-rtp", "cam-rtsp"]), (1000, 16 << 20, []), (0, 212992, [])):
+        monkeypatch.setattr(os, "geteuid", lambda: euid)
+        (root / "proc/sys/net/core/rmem_max").write_text(f"{limit}\n")
+        problems = [p for p in doctor(root=root, sources=streams).problems if "net.core.rmem_max" in p]
+        assert [p.split(":")[0] for p in problems] == [f"source {name}" for name in named]
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    (root / "proc/sys/net/core/rmem_max").write_text("212992\n")
+    problem = next(p for p in doctor(root=root, sources=streams).problems if "net.core.rmem_max" in p)
+    assert "at most 208 KiB" in problem and "sysctl -w net.core.rmem_max=8388608" in problem

@@ -148,7 +148,8 @@ def test_doctor_checks_a_sources_file_as_run_would_start_it(variant_bundles, cel
     assert lines.count("scores       cam-mono, cam-own, cam-rtsp") == 1
     assert lines.count("scores       cam-test, cam-bad, cam-masked") == 1
     assert sum(line.startswith("bundle ") for line in lines) == 2
-    problems = [line for line in lines if line.startswith("problem:")]
+    # (Run by a user other than root, cam-rtsp's UDP buffer may be one more: test_device has that.)
+    problems = [line for line in lines if line.startswith("problem:") and "net.core.rmem_max" not in line]
     assert problems == [
         "problem: source cam-own: GStreamer element nosuchelement is missing: install its plugin",
         "problem: source cam-bad: foo://x: unknown source type (use test://, csi://N, /dev/videoN, genicam://, "
