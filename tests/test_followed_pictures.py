@@ -125,6 +125,39 @@ def test_a_picture_written_slowly_is_not_read_again_at_each_listing(tmp_path, mo
     assert [f.name for f in frames] == ["part.png"] and len(reads) <= 4
 
 
+def _overwrite(path: Path, image: np.ndarray, second: int) -> None:
+    """As a camera that uploads every part under one name does: the same file written again (its
+    time set apart, as a part's later upload has it, whatever the file system's clock step)."""
+    path.write_bytes(encoded(image, path.suffix))
+    os.utime(path, ns=(second * 10**9, second * 10**9))
+
+
+def test_a_picture_written_over_in_place_is_each_time_a_new_one(tmp_path):
+    _overwrite(tmp_path / "image.png", picture(10), 100)  # the last part's, there at the start
+    (tmp_path / "other.png").write_bytes(encoded(picture(20)))
+    source = open_source(str(tmp_path), FOLLOW)
+    reader = Reader(source)
+    _overwrite(tmp_path / "image.png", picture(60), 200)
+    reader.wait_for(1)
+    _overwrite(tmp_path / "image.png", picture(90), 300)
+    frames = reader.all(2)  # and no more: other.png, unchanged, is not read; nor image.png twice
+    assert [(f.name, int(f.image[0, 0, 0])) for f in frames] == [("image.png", 60), ("image.png", 90)]
+
+
+def test_a_folder_of_many_pictures_is_followed_by_its_new_names_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(followed_pictures, "OVERWRITES_UP_TO", 2)
+    for name in ("a.png", "b.png", "c.png"):
+        _overwrite(tmp_path / name, picture(10), 100)
+    source = open_source(str(tmp_path), FOLLOW)
+    assert source.description.endswith("(the 3 there now left alone; over 2: new names only, not a picture "
+                                       "written over in place)")
+    reader = Reader(source)
+    _overwrite(tmp_path / "a.png", picture(60), 200)  # not looked at in a folder this large
+    time.sleep(3 * followed_pictures.POLL_S)
+    (tmp_path / "d.png").write_bytes(encoded(picture(90)))
+    assert [f.name for f in reader.all(1)] == ["d.png"]
+
+
 def test_a_picture_that_does_not_read_is_said_once_passed_over_and_read_if_written_again(tmp_path, monkeypatch,
                                                                                           caplog):
     monkeypatch.setattr(followed_pictures, "SETTLE_S", 0.5)
