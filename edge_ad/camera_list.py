@@ -9,6 +9,13 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import yaml
+
+from .errors import EdgeAdError
+from .onvif import CODECS
+from .sinks import slug
 
 ARV_TOOL = "arv-tool-0.8"  # apt-get install aravis-tools-cli
 LISTED = re.compile(r"(\S+) \((.*)\)")  # "Basler-acA1920-40gc-23456789 (192.168.10.20)"
@@ -54,3 +61,57 @@ def _read(path: Path) -> str:
         return path.read_text().strip()
     except OSError:
         return ""
+
+
+def sources_file(path: Path, onvif: list, attached: list[tuple[str, str]], user: str | None,
+                 password: str | None) -> int:
+    """Write `path`, a --sources file of the cameras found (never over a file that is there):
+    each ONVIF camera (edge_ad.onvif.Camera) by its first stream with a URL, its main stream on
+    the makes known, with the login in the URL, and each camera of `attached` ((--input, what
+    it is)); a camera whose streams could not be read as a comment that says why. Readable by
+    its owner only when it holds a password. Returns the number of sources written."""
+    lines = ["# Written by `edge-ad cameras --sources`: the cameras found, for `edge-ad run --sources FILE`.",
+             "# Give each its bundle here (bundle: PATH), or one --bundle to run for all; name them as the",
+             "# line knows them (a name is an MQTT topic and an OPC UA node id).", "sources:"]
+    count = 0
+
+    def source(what: str, entry: dict) -> None:
+        nonlocal count
+        lines.append(f"  # {what}")
+        lines.extend("  " + line for line in yaml.safe_dump([entry], sort_keys=False, allow_unicode=True).splitlines())
+        count += 1
+
+    for camera in onvif:
+        named = " ".join(filter(None, [camera.address, camera.name, camera.hardware]))
+        stream = next((s for s in camera.streams if s.uri), None)
+        if stream is None:
+            lines.append(f"  # {named}: no stream URL ({camera.problem or 'none of its streams has one'})")
+            continue
+        entry = {"name": f"camera-{camera.address.replace('.', '-')}", "input": _with_login(stream.uri, user, password)}
+        codec = CODECS.get(stream.encoding.upper())
+        if codec and codec != "h264":
+            entry["codec"] = codec
+        source(f"{named}: {stream.name}, {stream.encoding} {stream.width}x{stream.height}", entry)
+    for uri, what in attached:
+        source(what, {"name": slug(uri.removeprefix("/dev/v4l/by-id/")), "input": uri})
+    secret = password is not None and user is not None
+    try:
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
+    except FileExistsError as exc:
+        raise EdgeAdError(f"--sources {path}: is there already; give a new file (a sources file may have been "
+                          "edited by hand, so it is not written over)") from exc
+    except OSError as exc:
+        raise EdgeAdError(f"--sources {path}: cannot write it ({exc.strerror})") from exc
+    with os.fdopen(handle, "w") as out:
+        out.write("\n".join(lines) + "\n")
+    return count
+
+
+def _with_login(uri: str, user: str | None, password: str | None) -> str:
+    """A camera's stream URL with the login in it (percent-encoded, which --input takes), unless it
+    has one."""
+    parts = urlsplit(uri)
+    if user is None or parts.username is not None:
+        return uri
+    login = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
+    return urlunsplit(parts._replace(netloc=f"{login}@{parts.netloc}"))

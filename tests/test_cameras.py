@@ -17,8 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from edge_ad.camera_list import v4l2_cameras
-from edge_ad.onvif import NS, WSSE, WSU, _probe_match
+from edge_ad.camera_list import sources_file, v4l2_cameras
+from edge_ad.onvif import NS, WSSE, WSU, Camera, Stream, _probe_match
+from edge_ad.pipelines import SourceOptions
+from edge_ad.streams import streams_from_yaml
 
 from conftest import free_port
 
@@ -49,6 +51,7 @@ class _Camera(BaseHTTPRequestHandler):
     """The device and media services, behind a login of admin / right checked at the camera's time."""
 
     fault_status = 400  # what a refused login is sent with (some cameras send 200)
+    password = "right"  # the ONVIF user admin's
 
     def log_message(self, *args) -> None:
         pass
@@ -92,7 +95,7 @@ class _Camera(BaseHTTPRequestHandler):
             return False
         created = token.findtext(f"{{{WSU}}}Created")
         nonce = base64.b64decode(token.findtext(f"{{{WSSE}}}Nonce"))
-        digest = base64.b64encode(hashlib.sha1(nonce + created.encode() + b"right").digest()).decode()
+        digest = base64.b64encode(hashlib.sha1(nonce + created.encode() + self.password.encode()).digest()).decode()
         when = datetime.strptime(created, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
         return token.findtext(f"{{{WSSE}}}Password") == digest and abs(when - now) < timedelta(seconds=5)
 
@@ -152,6 +155,40 @@ def test_a_camera_is_found_and_its_streams_listed_with_their_urls():
         "  mainStream: H264 1920x1080 25 fps  rtsp://127.0.0.1:554/Streaming/Channels/101",
         "  subStream: JPEG 640x360 10 fps  rtsp://127.0.0.1:554/Streaming/Channels/102 --input-codec mjpeg",
         "--input takes a URL with the login in it: rtsp://USER:PASSWORD@camera/... (the password as typed)"]
+
+
+def test_the_cameras_found_are_written_into_a_sources_file_run_takes(tmp_path, monkeypatch):
+    monkeypatch.setattr(_Camera, "password", "p@ss:w/rd")  # percent-encoded in the URL, as --input takes it
+    sources = tmp_path / "cams.yaml"
+    with _onvif_camera() as port:
+        out = _cameras("--address", f"127.0.0.1:{port}", "--user", "admin", "--password", "p@ss:w/rd", "--timeout",
+                       "1", "--sources", str(sources))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == (f"1 source(s) written to {sources} (with the cameras' password in it: "
+                                           f"readable by you only): edge-ad run --sources {sources} --bundle BUNDLE")
+    assert sources.stat().st_mode & 0o777 == 0o600
+    streams = streams_from_yaml(sources, SourceOptions())
+    assert [(s.name, s.input) for s in streams] == [
+        ("camera-127-0-0-1", "rtsp://admin:p%40ss%3Aw%2Frd@127.0.0.1:554/Streaming/Channels/101")]  # the main stream
+    assert "# 127.0.0.1 HIKVISION Line 1 DS-2CD2043G2-I: mainStream, H264 1920x1080" in sources.read_text()
+    with _onvif_camera() as port:  # a file that is there is not written over: it may have been edited by hand
+        out = _cameras("--address", f"127.0.0.1:{port}", "--timeout", "1", "--sources", str(sources))
+    assert out.returncode != 0 and f"--sources {sources}: is there already; give a new file" in out.stderr
+    assert len(streams_from_yaml(sources, SourceOptions())) == 1
+
+
+def test_a_sources_file_names_each_camera_and_why_one_has_no_stream(tmp_path):
+    listed = Camera("10.0.0.5", "http://10.0.0.5/onvif/device_service", "Gate", "", [
+        Stream("profile_1", "JPEG", 1280, 720, 10.0, "rtsp://10.0.0.5/jpeg")])
+    refused = Camera("10.0.0.6", "http://10.0.0.6/onvif/device_service", problem="NotAuthorized: Sender not Authorized")
+    attached = [("csi://0", "CSI camera imx219 9-0010"), ("genicam://Basler-acA1920-40gc-23456789", "GigE camera")]
+    assert sources_file(tmp_path / "cams.yaml", [listed, refused], attached, None, None) == 3
+    assert (tmp_path / "cams.yaml").stat().st_mode & 0o777 == 0o644  # no password in it
+    streams = streams_from_yaml(tmp_path / "cams.yaml", SourceOptions())
+    assert [(s.name, s.input, s.options.codec) for s in streams] == [
+        ("camera-10-0-0-5", "rtsp://10.0.0.5/jpeg", "mjpeg"), ("csi-0", "csi://0", None),
+        ("genicam-Basler-acA1920-40gc-23456789", "genicam://Basler-acA1920-40gc-23456789", None)]
+    assert "# 10.0.0.6: no stream URL (NotAuthorized: Sender not Authorized)" in (tmp_path / "cams.yaml").read_text()
 
 
 def _port(out: subprocess.CompletedProcess) -> str:
