@@ -844,8 +844,8 @@ def run(
     if len(set(names)) != len(names):
         raise EdgeAdError(f"run: source names must differ, got {names}")
     if shared := shared_slugs(names):
-        raise EdgeAdError(f"run: sources {shared} would share the name {slug(shared[0])} in snapshot and sample files "
-                          "and MQTT topics; give them names that differ in letters or digits")
+        raise EdgeAdError(f"run: sources {shared} would share the name {slug(shared[0])} in snapshot and sample files, "
+                          "MQTT topics and OPC UA node ids; give them names that differ in letters or digits")
     writers: dict[str, str] = {}  # output -> the source that writes it
     for stream in streams:  # an unknown output type fails now, not after the first frame
         if stream.output:
