@@ -95,6 +95,8 @@ BRIDGE_TRAIN_OPTIONS = {"steps": "--steps", "distill_steps": "--distill-steps", 
 
 
 def _train(args: argparse.Namespace) -> None:
+    import torch
+
     from export.train import TrainConfig, train
 
     given = [flag for name, flag in BRIDGE_TRAIN_OPTIONS.items() if getattr(args, name) not in (None, False)]
@@ -118,7 +120,12 @@ def _train(args: argparse.Namespace) -> None:
         defect_kinds=args.defect_kinds,
         device=args.device,
     )
-    run = train(config, Path(args.out))
+    try:
+        run = train(config, Path(args.out))
+    except torch.OutOfMemoryError as exc:  # a GPU's: batches of 16 pictures of --input-size go to it
+        said = str(exc).split(". ")[:3]  # "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has ..."
+        raise EdgeAdError(f"--device {args.device}: the GPU ran out of memory ({'. '.join(said)}); train with "
+                          "--device cpu, or a smaller --input-size") from exc
     print(f"run written to {run}")
 
 

@@ -5,6 +5,8 @@ import pytest
 import torch
 import yaml
 
+import export.train
+from edge_ad import cli
 from edge_ad.errors import DataError
 from export.ablate import Scorer
 from export.bridge_train import STATE_FILE
@@ -78,3 +80,20 @@ def test_a_run_started_on_the_cpu_goes_on_on_the_gpu(mvtec_category, tmp_path):
     resumed = torch.load(run / STATE_FILE, weights_only=True)
     assert resumed["iteration"] == 9 and resumed["losses"][:4] == first["losses"]
     assert yaml.safe_load((run / "config.yaml").read_text())["device"].startswith("cuda:0")
+
+
+def test_a_gpu_out_of_memory_says_what_to_do(normal_folder, tmp_path, monkeypatch, capsys):
+    """A workstation's small GPU and a large --input-size: torch's out-of-memory error, which
+    names no option, is said with what to change."""
+    def out_of_memory(config, out):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                                     "3.81 GiB of which 1.20 GiB is free. Including non-PyTorch memory, this process "
+                                     "has 2.60 GiB memory in use.")
+
+    monkeypatch.setattr(export.train, "train", out_of_memory)
+    assert cli.main(["train", "--data", str(normal_folder), "--out", str(tmp_path / "run"), "--device", "cuda",
+                     "--input-size", "1024"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "edge-ad: error: --device cuda: the GPU ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB. GPU "
+        "0 has a total capacity of 3.81 GiB of which 1.20 GiB is free); train with --device cpu, or a smaller "
+        "--input-size")
