@@ -8,13 +8,13 @@ shows it) it takes that user's login alone, over Basic256Sha256 signed and encry
 as plants whose IT asks for OPC UA security set their clients: no anonymous session, no plain
 endpoint. Its certificate is made on the first such start (self-signed, application URI
 urn:edge-ad:HOSTNAME) and kept (`certificate_dir`), so that a client told to trust it once goes
-on trusting it, until it runs out a year later and is made anew; the
-log names the file and its SHA-1 thumbprint, which clients show when they ask. Client
-certificates are not checked: the password is the login.
+on trusting it, until it runs out a year later and is made anew; the log names the file and its
+SHA-1 thumbprint, which clients show when they ask. Client certificates are not checked: the
+password is the login.
 
 In the namespace `urn:edge-ad` the object `edge-ad` (under Objects) holds one object per source,
-named and with node id as MQTT spells the source (sinks.slug: `ns=2;s=line1`), and in it, with node ids
-`ns=2;s=line1.Score` and so on:
+named and with node id as MQTT spells the source (sinks.slug: `ns=2;s=line1`), and in it, with
+node ids `ns=2;s=line1.Score` and so on:
 
     Frames             UInt32   frames scored (wraps at 2**32: 4.5 years at 30 frames a second)
     Anomalous          Boolean  the last frame was anomalous
