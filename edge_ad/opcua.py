@@ -158,12 +158,16 @@ class OpcUaServer:
             folder.mkdir(parents=True, exist_ok=True)
             await setup_self_signed_certificate(folder / KEY, folder / CERTIFICATE, uri, host,
                                                 [ExtendedKeyUsageOID.SERVER_AUTH], {"commonName": f"edge-ad {host}"})
+            await self._server.load_certificate(str(folder / CERTIFICATE))
+            await self._server.load_private_key(str(folder / KEY))
         except OSError as exc:
             raise EdgeAdError(f"--opcua-user: cannot keep the server's certificate in {folder} "
                               f"({exc.strerror})") from exc
+        except ValueError as exc:  # cryptography's word for a file that is not a key or certificate
+            raise EdgeAdError(f"--opcua-user: {folder / KEY} or {folder / CERTIFICATE} does not read (cut short, or "
+                              f"not one edge-ad made: {str(exc).split('. ')[0]}); delete both to have new ones made, "
+                              "which clients must then be told to trust") from exc
         await self._server.set_application_uri(uri)
-        await self._server.load_certificate(str(folder / CERTIFICATE))
-        await self._server.load_private_key(str(folder / KEY))
         self._server.set_security_policy([self._ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
         self._server.set_identity_tokens([self._ua.UserNameIdentityToken])
         thumbprint = hashlib.sha1((folder / CERTIFICATE).read_bytes()).hexdigest()

@@ -226,6 +226,12 @@ def test_with_a_user_only_its_login_over_encrypted_messages_is_served(tmp_path, 
     first = certificate.read_bytes()
     OpcUaServer(free_port(), ["line1"], user="scada").close()
     assert certificate.read_bytes() == first
+    key = certificate.with_name("server-key.pem")
+    key.write_bytes(key.read_bytes()[:100])  # a disk error, a copy cut short: said, not made anew behind clients
+    with pytest.raises(EdgeAdError, match=f"--opcua-user: {key} or {certificate} does not read .*; delete both to "
+                                          "have new ones made, which clients must then be told to trust"):
+        OpcUaServer(free_port(), ["line1"], user="scada")
+    assert certificate.read_bytes() == first
 
 
 def test_a_user_without_a_server_is_refused(tiny_bundle, spotted_frames):
