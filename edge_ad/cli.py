@@ -260,6 +260,8 @@ def _run(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     if args.opcua_user is not None and args.opcua_port is None:
         raise EdgeAdError(f"--opcua-user {args.opcua_user}: needs --opcua-port PORT, the server it logs in to")
+    if args.opcua_user is not None and not args.opcua_user.strip():
+        raise EdgeAdError("--opcua-user: give the user's name (it is empty)")
     jetson = {"auto": None, "jetson": True, "generic": False}[args.platform]
     streams = _streams(args)
     if args.print_pipeline:
