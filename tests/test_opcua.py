@@ -234,7 +234,7 @@ def test_with_a_user_only_its_login_over_encrypted_messages_is_served(tmp_path, 
     assert certificate.read_bytes() == first
 
 
-def test_a_user_without_a_server_is_refused(tiny_bundle, spotted_frames):
+def test_a_user_without_a_server_or_a_name_is_refused(tiny_bundle, spotted_frames):
     out = edge_ad("run", "--bundle", tiny_bundle, "--input", spotted_frames, "--opcua-user", "scada")
     assert out.returncode != 0 and "--opcua-user scada: needs --opcua-port PORT" in out.stderr
     out = edge_ad("run", "--bundle", tiny_bundle, "--input", spotted_frames, "--opcua-port", free_port(),
