@@ -262,6 +262,9 @@ def _run(args: argparse.Namespace) -> None:
         raise EdgeAdError(f"--opcua-user {args.opcua_user}: needs --opcua-port PORT, the server it logs in to")
     if args.opcua_user is not None and not args.opcua_user.strip():
         raise EdgeAdError("--opcua-user: give the user's name (it is empty)")
+    if (args.opcua_certificate is None) != (args.opcua_key is None) or (args.opcua_certificate and not args.opcua_user):
+        raise EdgeAdError("--opcua-certificate and --opcua-key: both, the plant's certificate for the server and its "
+                          "key, and with --opcua-user (without a login the server is not encrypted)")
     jetson = {"auto": None, "jetson": True, "generic": False}[args.platform]
     streams = _streams(args)
     if args.print_pipeline:
@@ -286,6 +289,7 @@ def _run(args: argparse.Namespace) -> None:
         modbus_port=args.modbus_port,
         opcua_port=args.opcua_port,
         opcua_user=args.opcua_user,
+        opcua_certificate=(Path(args.opcua_certificate), Path(args.opcua_key)) if args.opcua_certificate else None,
         max_frames=args.max_frames,
         jetson=jetson,
         drift=args.drift,
@@ -900,6 +904,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--opcua-port: that user's login alone, its password in EDGE_AD_OPCUA_PASSWORD, over "
                         "Basic256Sha256 signed and encrypted messages only (a self-signed certificate, made once "
                         "and kept; the log gives its thumbprint)")
+    p.add_argument("--opcua-certificate", metavar="FILE",
+                   help="--opcua-user: the plant's certificate for the server instead (PEM or DER, with an "
+                        "application URI), from its IT's certificate authority")
+    p.add_argument("--opcua-key", metavar="FILE", help="--opcua-certificate's private key (RSA, unencrypted)")
     p.add_argument("--max-frames", type=_positive_int, help="stop each source after this many frames")
     p.add_argument("--calibration-frames", type=_positive_int, metavar="N",
                    help="frames a calibration on the line keeps (asked by SIGUSR1, Modbus register +11 or OPC UA "

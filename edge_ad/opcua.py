@@ -9,8 +9,9 @@ as plants whose IT asks for OPC UA security set their clients: no anonymous sess
 endpoint. Its certificate is made on the first such start (self-signed, application URI
 urn:edge-ad:HOSTNAME) and kept (`certificate_dir`), so that a client told to trust it once goes
 on trusting it, until it runs out a year later and is made anew; the log names the file and its
-SHA-1 thumbprint, which clients show when they ask. Client certificates are not checked: the
-password is the login.
+SHA-1 thumbprint, which clients show when they ask. A plant whose IT issues certificates gives
+its own with --opcua-certificate and --opcua-key (PEM or DER; the application URI is read from it).
+Client certificates are not checked: the password is the login.
 
 In the namespace `urn:edge-ad` the object `edge-ad` (under Objects) holds one object per source,
 named and with node id as MQTT spells the source (sinks.slug: `ns=2;s=line1`), and in it, with
@@ -73,11 +74,13 @@ class OpcUaServer:
     per source, its bundles' variant names; `on_variant(source, variant or None)` is told what a
     client's SetVariant says and `on_calibrate(source, start)` what its Calibrate says (none: no
     such method). With `user`, that user's login alone, over signed and encrypted messages (see
-    above)."""
+    above), with `certificate` (the plant's certificate file and its key's) or a certificate of its
+    own."""
 
     def __init__(self, port: int, sources: Sequence[str], variants: dict[str, Sequence[str]] | None = None,
                  host: str = "0.0.0.0", on_variant: Callable[[str, str | None], None] | None = None,
-                 on_calibrate: Callable[[str, bool], None] | None = None, user: str | None = None):
+                 on_calibrate: Callable[[str, bool], None] | None = None, user: str | None = None,
+                 certificate: tuple[Path, Path] | None = None):
         try:
             from asyncua import Server, ua, uamethod  # only when asked for
         except ImportError as exc:
@@ -98,6 +101,7 @@ class OpcUaServer:
         self.variants = {name: list(names) for name, names in (variants or {}).items()}
         self.on_variant, self.on_calibrate = on_variant, on_calibrate
         self.user = user
+        self._plant = _plant_certificate(*certificate) if certificate else None  # (certificate, key, its file)
         self._server = Server(user_manager=login)
         self._nodes: dict[str, tuple] = {}  # "line1.Score" -> its NodeId and VariantType
         self._frames = dict.fromkeys(self.sources, 0)
@@ -147,19 +151,44 @@ class OpcUaServer:
             await self._server.stop()
 
     async def _secure(self) -> None:
-        """Basic256Sha256 signed and encrypted, a user's login only, this machine's certificate."""
+        """Basic256Sha256 signed and encrypted, a user's login only, with the plant's certificate
+        (--opcua-certificate) or this machine's own."""
+        certificate, key, shown = self._plant or await self._own_certificate()
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        try:
+            alternative = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            uri = alternative.get_values_for_type(x509.UniformResourceIdentifier)[0]
+        except (x509.ExtensionNotFound, IndexError) as exc:
+            raise EdgeAdError(f"--opcua-certificate {shown}: names no application URI (a URI in its subjectAltName), "
+                              "which OPC UA clients check against the server's") from exc
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        await self._server.set_application_uri(uri)
+        await self._server.load_certificate(der, "der")
+        await self._server.load_private_key(key.private_bytes(serialization.Encoding.PEM,
+                                                              serialization.PrivateFormat.PKCS8,
+                                                              serialization.NoEncryption()), None, "pem")
+        self._server.set_security_policy([self._ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        self._server.set_identity_tokens([self._ua.UserNameIdentityToken])
+        thumbprint = hashlib.sha1(der).hexdigest()
+        log.info("opcua: login of %s only, signed and encrypted (Basic256Sha256); certificate %s (%s), SHA-1 %s",
+                 self.user, shown, uri, ":".join(thumbprint[i : i + 2] for i in range(0, 40, 2)))
+
+    async def _own_certificate(self) -> tuple:
+        """This machine's self-signed certificate and key, made at the first start and kept."""
+        from asyncua.crypto import uacrypto
         from asyncua.crypto.cert_gen import setup_self_signed_certificate
         from cryptography.x509.oid import ExtendedKeyUsageOID
 
         host = socket.gethostname()
-        uri = f"urn:edge-ad:{host}"
         folder = certificate_dir()
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            await setup_self_signed_certificate(folder / KEY, folder / CERTIFICATE, uri, host,
+            await setup_self_signed_certificate(folder / KEY, folder / CERTIFICATE, f"urn:edge-ad:{host}", host,
                                                 [ExtendedKeyUsageOID.SERVER_AUTH], {"commonName": f"edge-ad {host}"})
-            await self._server.load_certificate(str(folder / CERTIFICATE))
-            await self._server.load_private_key(str(folder / KEY))
+            certificate = await uacrypto.load_certificate(folder / CERTIFICATE)
+            return certificate, await uacrypto.load_private_key(folder / KEY), folder / CERTIFICATE
         except OSError as exc:
             raise EdgeAdError(f"--opcua-user: cannot keep the server's certificate in {folder} "
                               f"({exc.strerror})") from exc
@@ -167,12 +196,6 @@ class OpcUaServer:
             raise EdgeAdError(f"--opcua-user: {folder / KEY} or {folder / CERTIFICATE} does not read (cut short, or "
                               f"not one edge-ad made: {str(exc).split('. ')[0]}); delete both to have new ones made, "
                               "which clients must then be told to trust") from exc
-        await self._server.set_application_uri(uri)
-        self._server.set_security_policy([self._ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
-        self._server.set_identity_tokens([self._ua.UserNameIdentityToken])
-        thumbprint = hashlib.sha1((folder / CERTIFICATE).read_bytes()).hexdigest()
-        log.info("opcua: login of %s only, signed and encrypted (Basic256Sha256); certificate %s, SHA-1 %s",
-                 self.user, folder / CERTIFICATE, ":".join(thumbprint[i : i + 2] for i in range(0, 40, 2)))
 
     async def _add_source(self, top, namespace: int, name: str) -> None:
         ua, key = self._ua, slug(name)
@@ -274,6 +297,40 @@ def certificate_dir() -> Path:
     if os.environ.get("STATE_DIRECTORY"):
         return Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / "opcua"
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "edge-ad" / "opcua"
+
+
+def _plant_certificate(certificate_path: Path, key_path: Path) -> tuple:
+    """The plant's certificate and its key (PEM or DER, told apart by their content); refused by
+    file when one does not read, the key is encrypted, or it is not the certificate's key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    read = {}
+    for option, path in (("--opcua-certificate", certificate_path), ("--opcua-key", key_path)):
+        try:
+            data = path.read_bytes()
+            pem = data.lstrip().startswith(b"-----BEGIN")
+            if option == "--opcua-certificate":
+                read[option] = (x509.load_pem_x509_certificate if pem else x509.load_der_x509_certificate)(data)
+            else:
+                load = serialization.load_pem_private_key if pem else serialization.load_der_private_key
+                read[option] = load(data, password=None)
+        except OSError as exc:
+            raise EdgeAdError(f"{option} {path}: cannot read it ({exc.strerror})") from exc
+        except TypeError as exc:  # a key that needs a password
+            raise EdgeAdError(f"{option} {path}: the key is encrypted; give it unencrypted, readable by root "
+                              "only") from exc
+        except ValueError as exc:
+            what = "certificate" if option == "--opcua-certificate" else "private key"
+            raise EdgeAdError(f"{option} {path}: not a {what} in PEM or DER ({str(exc).split('. ')[0]})") from exc
+    certificate, key = read["--opcua-certificate"], read["--opcua-key"]
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise EdgeAdError(f"--opcua-key {key_path}: Basic256Sha256 takes an RSA key, not {type(key).__name__}")
+    public = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if certificate.public_key().public_bytes(*public) != key.public_key().public_bytes(*public):
+        raise EdgeAdError(f"--opcua-key {key_path}: not the key of --opcua-certificate {certificate_path}")
+    return certificate, key, certificate_path
 
 
 class _Login:

@@ -70,6 +70,7 @@ class RunConfig:
     modbus_port: int | None = None  # each source's last result as Modbus TCP registers, for a PLC (edge_ad.modbus)
     opcua_port: int | None = None  # ... and as OPC UA variables (edge_ad.opcua)
     opcua_user: str | None = None  # ... to that user's login alone, signed and encrypted
+    opcua_certificate: tuple[Path, Path] | None = None  # ... with the plant's certificate and key
     max_frames: int | None = None  # per source
     jetson: bool | None = None  # None: detect
     output_bitrate_kbps: int | None = None  # H.264 of the video outputs (None: the encoder's default)
@@ -315,9 +316,11 @@ class _Sinks:
         return told
 
     def serve_plcs(self, modbus_port: int | None, opcua_port: int | None, variants: dict[str, list[str]],
-                   hints: VariantHints | None, opcua_user: str | None = None) -> None:
+                   hints: VariantHints | None, opcua_user: str | None = None,
+                   opcua_certificate: tuple[Path, Path] | None = None) -> None:
         """Modbus registers and alarm latches (edge_ad.modbus), OPC UA variables (edge_ad.opcua; with
-        `opcua_user`, to that user's login alone), or both, for each source of `variants` (source
+        `opcua_user`, to that user's login alone, with `opcua_certificate` or a certificate of its
+        own), or both, for each source of `variants` (source
         name -> its variants' names, none for one bundle), in that order; the variant a PLC says a
         source's line makes goes to `hints`, and a calibration it asks for to that source's
         calibration on the line."""
@@ -336,7 +339,7 @@ class _Sinks:
             from .opcua import OpcUaServer  # asyncua, only when asked for
 
             self.plcs.append(OpcUaServer(opcua_port, list(variants), variants, on_variant=told,
-                                         on_calibrate=calibrate, user=opcua_user))
+                                         on_calibrate=calibrate, user=opcua_user, certificate=opcua_certificate))
             self.stack.callback(self.plcs[-1].close)
 
     def _guard(self, name: str, call) -> Guarded:
@@ -883,7 +886,7 @@ def run(
         if plcs:
             sinks.serve_plcs(config.modbus_port, config.opcua_port,
                              {s.name: [v for v in bundles_of(detectors[s.name]) if v is not None] for s in streams},
-                             hints, config.opcua_user)
+                             hints, config.opcua_user, config.opcua_certificate)
         for name, calibration in line.items():
             calibration.on_change = sinks.calibration_told(name)
         captures: list[_Capture] = []

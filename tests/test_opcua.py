@@ -234,10 +234,47 @@ def test_with_a_user_only_its_login_over_encrypted_messages_is_served(tmp_path, 
     assert certificate.read_bytes() == first
 
 
+def test_the_plants_certificate_is_served_when_given(tmp_path, monkeypatch):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    monkeypatch.setenv("EDGE_AD_OPCUA_PASSWORD", "pw")
+    key, der = tmp_path / "line7-key.pem", tmp_path / "line7.der"  # as the plant's certificate authority issues
+    asyncio.run(setup_self_signed_certificate(key, der, "urn:plant:line7", "edge7", [ExtendedKeyUsageOID.SERVER_AUTH],
+                                              {"commonName": "edge7"}))
+    pem = tmp_path / "line7.crt"  # PEM under a name that does not say so
+    pem.write_bytes(x509.load_der_x509_certificate(der.read_bytes()).public_bytes(serialization.Encoding.PEM))
+    server = OpcUaServer(free_port(), ["line1"], user="scada", certificate=(pem, key))
+    try:
+        with _secure_client(server.port, tmp_path, "scada", "pw") as client:
+            assert _values(client, "line1", "Frames") == {"Frames": 0}
+            endpoint = client.get_endpoints()[0]
+        assert endpoint.ServerCertificate == der.read_bytes() and endpoint.Server.ApplicationUri == "urn:plant:line7"
+    finally:
+        server.close()
+    assert not (tmp_path / "state" / "opcua").exists()  # none of its own made
+    other_key, other = tmp_path / "other-key.pem", tmp_path / "other.der"
+    asyncio.run(setup_self_signed_certificate(other_key, other, "urn:other", "other", [ExtendedKeyUsageOID.SERVER_AUTH],
+                                              {"commonName": "other"}))
+    locked = tmp_path / "locked-key.pem"
+    locked.write_bytes(serialization.load_pem_private_key(key.read_bytes(), None).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"x")))
+    for certificate, its_key, said in (
+            (pem, other_key, f"--opcua-key {other_key}: not the key of --opcua-certificate {pem}"),
+            (key, key, f"--opcua-certificate {key}: not a certificate in PEM or DER"),
+            (pem, locked, f"--opcua-key {locked}: the key is encrypted; give it unencrypted"),
+            (tmp_path / "none.crt", key, f"--opcua-certificate {tmp_path / 'none.crt'}: cannot read it")):
+        with pytest.raises(EdgeAdError, match=said):
+            OpcUaServer(free_port(), ["line1"], user="scada", certificate=(certificate, its_key))
+
 def test_a_user_without_a_server_or_a_name_is_refused(tiny_bundle, spotted_frames):
     out = edge_ad("run", "--bundle", tiny_bundle, "--input", spotted_frames, "--opcua-user", "scada")
     assert out.returncode != 0 and "--opcua-user scada: needs --opcua-port PORT" in out.stderr
     out = edge_ad("run", "--bundle", tiny_bundle, "--input", spotted_frames, "--opcua-port", free_port(),
                   "--opcua-user", " ")
     assert out.returncode != 0 and "--opcua-user: give the user's name (it is empty)" in out.stderr
+    out = edge_ad("run", "--bundle", tiny_bundle, "--input", spotted_frames, "--opcua-port", free_port(),
+                  "--opcua-user", "scada", "--opcua-certificate", "line7.crt")
+    assert out.returncode != 0 and "--opcua-certificate and --opcua-key: both" in out.stderr
 
