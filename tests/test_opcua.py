@@ -236,7 +236,7 @@ def test_with_a_user_only_its_login_over_encrypted_messages_is_served(tmp_path, 
 
 def test_the_plants_certificate_is_served_when_given(tmp_path, monkeypatch):
     from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives import hashes, serialization
 
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
     monkeypatch.setenv("EDGE_AD_OPCUA_PASSWORD", "pw")
@@ -260,7 +260,14 @@ def test_the_plants_certificate_is_served_when_given(tmp_path, monkeypatch):
     locked = tmp_path / "locked-key.pem"
     locked.write_bytes(serialization.load_pem_private_key(key.read_bytes(), None).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"x")))
+    plain = tmp_path / "no-uri.pem"  # a web server's kind of certificate: no application URI
+    private = serialization.load_pem_private_key(key.read_bytes(), None)
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "edge7")])
+    plain.write_bytes(x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(private.public_key())
+                      .serial_number(1).not_valid_before(datetime(2026, 1, 1)).not_valid_after(datetime(2036, 1, 1))
+                      .sign(private, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
     for certificate, its_key, said in (
+            (plain, key, f"--opcua-certificate {plain}: names no application URI"),
             (pem, other_key, f"--opcua-key {other_key}: not the key of --opcua-certificate {pem}"),
             (key, key, f"--opcua-certificate {key}: not a certificate in PEM or DER"),
             (pem, locked, f"--opcua-key {locked}: the key is encrypted; give it unencrypted"),
