@@ -30,7 +30,7 @@ from .defects import KINDS
 from .gmm_bridge import GmmBridgeHead, gate_temperature
 from .known_defects import anomalous_patches, push_away
 from .prototype import greedy_coreset
-from .torch_device import device_text, training_device
+from .torch_device import device_text, training_device, unused_gpu_note
 
 # Whitened features need far fewer prototypes: on ELPV the nearest of 256 scores within 0.001 of
 # the nearest of 2048 whitened, but 0.03-0.04 below it unwhitened; the prototype head's and the
@@ -200,6 +200,8 @@ def train(config: TrainConfig, out: Path) -> Path:
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
 
     print(f"training on {device_text(device)}")
+    if note := unused_gpu_note(device):
+        print(f"note: {note}")
     encoder = FeatureEncoder((height, width), config.backbone).to(device)
     feats = in_batches(encoder.raw_features, inputs[train_idx], config.batch_size, "features", device)
     mean, std = feats.mean(dim=(0, 2, 3)), feats.std(dim=(0, 2, 3))

@@ -10,7 +10,7 @@ from edge_ad import cli
 from edge_ad.errors import DataError
 from export.ablate import Scorer
 from export.bridge_train import STATE_FILE
-from export.torch_device import training_device
+from export.torch_device import training_device, unused_gpu_note
 from export.train import TrainConfig, load_run, train
 
 from conftest import edge_ad
@@ -97,3 +97,15 @@ def test_a_gpu_out_of_memory_says_what_to_do(normal_folder, tmp_path, monkeypatc
         "edge-ad: error: --device cuda: the GPU ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB. GPU "
         "0 has a total capacity of 3.81 GiB of which 1.20 GiB is free); train with --device cpu, or a smaller "
         "--input-size")
+
+
+def test_training_on_the_cpu_beside_a_gpu_it_cannot_use_says_so(tmp_path, monkeypatch):
+    """`make venv` installs torch's CPU wheel: on a workstation with an NVIDIA card, training
+    would take the CPU without a word."""
+    (tmp_path / "proc/driver/nvidia/gpus/0000:01:00.0").mkdir(parents=True)  # what the NVIDIA driver shows
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert "an NVIDIA GPU is here, but this torch is built for the CPU only" in \
+        unused_gpu_note(torch.device("cpu"), tmp_path)
+    assert unused_gpu_note(torch.device("cpu"), tmp_path / "no-driver") is None
+    monkeypatch.setattr(torch.version, "cuda", "13.0")  # a CUDA build: --device cpu was asked for, or auto found none
+    assert unused_gpu_note(torch.device("cpu"), tmp_path) is None
