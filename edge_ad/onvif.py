@@ -28,6 +28,7 @@ import urllib.error
 import urllib.request
 import uuid
 import xml.etree.ElementTree as ElementTree
+from xml.sax.saxutils import escape
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from urllib.parse import unquote, urlparse
@@ -41,6 +42,7 @@ NS = {
     "d": "http://schemas.xmlsoap.org/ws/2005/04/discovery",
     "tds": "http://www.onvif.org/ver10/device/wsdl",
     "trt": "http://www.onvif.org/ver10/media/wsdl",
+    "tr2": "http://www.onvif.org/ver20/media/wsdl",  # Media2 (Profile T): H.265, which Media1 has no word for
     "tt": "http://www.onvif.org/ver10/schema",
 }
 PROBE = f"""<?xml version="1.0" encoding="UTF-8"?>
@@ -174,7 +176,7 @@ class Soap:
         """The SOAP body's answer to `body`; an EdgeAdError that says why there is none."""
         header = self._security() if signed and self.user else ""
         envelope = (f'<?xml version="1.0" encoding="UTF-8"?><s:Envelope xmlns:s="{NS["s"]}" '
-                    f'xmlns:tds="{NS["tds"]}" xmlns:trt="{NS["trt"]}" xmlns:tt="{NS["tt"]}">'
+                    f'xmlns:tds="{NS["tds"]}" xmlns:trt="{NS["trt"]}" xmlns:tr2="{NS["tr2"]}" xmlns:tt="{NS["tt"]}">'
                     f"<s:Header>{header}</s:Header><s:Body>{body}</s:Body></s:Envelope>")
         request = urllib.request.Request(url, envelope.encode(),
                                          {"Content-Type": "application/soap+xml; charset=utf-8"})
@@ -242,34 +244,66 @@ def read_streams(camera: Camera, user: str | None, password: str, timeout_s: flo
     except EdgeAdError:  # a camera that keeps its time to a login too: this machine's, then
         pass
     try:
-        capabilities = soap.call(camera.service, "<tds:GetCapabilities><tds:Category>Media</tds:Category>"
-                                                 "</tds:GetCapabilities>")
-        media = capabilities.findtext(".//tt:Media/tt:XAddr", "", NS).strip()
-        if not media:
-            raise EdgeAdError("the camera names no media service")
-        profiles = soap.call(media, "<trt:GetProfiles/>").findall("trt:Profiles", NS)
+        media, profiles = _profiles(soap, camera.service)
     except EdgeAdError as exc:
         camera.problem = _login_hint(str(exc), user)
         return camera
-    for profile in profiles:
-        encoder = profile.find("tt:VideoEncoderConfiguration", NS)
-        if encoder is None:  # an audio or metadata profile
-            continue
+    for token, name, encoder in profiles:
         width, height, rate = (_number(encoder.findtext(path, "", NS)) for path in (
             "tt:Resolution/tt:Width", "tt:Resolution/tt:Height", "tt:RateControl/tt:FrameRateLimit"))
-        stream = Stream(profile.findtext("tt:Name", "", NS) or profile.get("token", ""),
-                        encoder.findtext("tt:Encoding", "", NS), int(width or 0), int(height or 0), rate, None)
+        stream = Stream(name or token, encoder.findtext("tt:Encoding", "", NS), int(width or 0), int(height or 0),
+                        rate, None)
         try:
-            answer = soap.call(media, '<trt:GetStreamUri><trt:StreamSetup><tt:Stream>RTP-Unicast</tt:Stream>'
-                                      '<tt:Transport><tt:Protocol>RTSP</tt:Protocol></tt:Transport></trt:StreamSetup>'
-                                      f'<trt:ProfileToken>{profile.get("token", "")}</trt:ProfileToken>'
-                                      "</trt:GetStreamUri>")
-            stream.uri = answer.findtext(".//tt:Uri", "", NS).strip() or None
+            stream.uri = _stream_uri(soap, media, token)
         except EdgeAdError as exc:
             stream.problem = _login_hint(str(exc), user)
         camera.streams.append(stream)
     return camera
 
+
+def _profiles(soap: Soap, device: str) -> tuple[tuple[str, str], list[tuple[str, str, ElementTree.Element]]]:
+    """The camera's media service ((its address, "tr2" for Media2 or "trt" for Media1)) and its video
+    profiles (token, name, encoder configuration). Media2 where the camera lists it (GetServices,
+    ONVIF 2.0 on): a camera set to H.265 says so there alone; else Media1 (GetCapabilities)."""
+    try:
+        services = soap.call(device, "<tds:GetServices><tds:IncludeCapability>false</tds:IncludeCapability>"
+                                     "</tds:GetServices>")
+        media2 = next((service.findtext("tds:XAddr", "", NS).strip() for service in services.findall("tds:Service", NS)
+                       if service.findtext("tds:Namespace", "", NS).strip() == NS["tr2"]), "")
+    except EdgeAdError:  # a camera older than GetServices; a refused login is said by the next call
+        media2 = ""
+    if media2:
+        try:
+            answer = soap.call(media2, "<tr2:GetProfiles><tr2:Type>VideoEncoder</tr2:Type></tr2:GetProfiles>")
+            profiles = [(profile.get("token", ""), profile.findtext("tr2:Name", "", NS), encoder)
+                        for profile in answer.findall("tr2:Profiles", NS)
+                        if (encoder := profile.find("tr2:Configurations/tr2:VideoEncoder", NS)) is not None]
+        except EdgeAdError:  # a firmware's Media2 that fails: Media1 says what it can
+            profiles = []
+        if profiles:
+            return (media2, "tr2"), profiles
+    capabilities = soap.call(device, "<tds:GetCapabilities><tds:Category>Media</tds:Category></tds:GetCapabilities>")
+    media = capabilities.findtext(".//tt:Media/tt:XAddr", "", NS).strip()
+    if not media:
+        raise EdgeAdError("the camera names no media service")
+    answer = soap.call(media, "<trt:GetProfiles/>")
+    return (media, "trt"), [(profile.get("token", ""), profile.findtext("tt:Name", "", NS), encoder)
+                            for profile in answer.findall("trt:Profiles", NS)
+                            if (encoder := profile.find("tt:VideoEncoderConfiguration", NS)) is not None]
+
+
+def _stream_uri(soap: Soap, media: tuple[str, str], token: str) -> str | None:
+    """The RTSP URL of a profile, from Media2 or Media1 (whose answers differ in shape)."""
+    address, version = media
+    token = escape(token)
+    if version == "tr2":
+        answer = soap.call(address, f"<tr2:GetStreamUri><tr2:Protocol>RTSP</tr2:Protocol><tr2:ProfileToken>{token}"
+                                    "</tr2:ProfileToken></tr2:GetStreamUri>")
+        return answer.findtext("tr2:Uri", "", NS).strip() or None
+    answer = soap.call(address, "<trt:GetStreamUri><trt:StreamSetup><tt:Stream>RTP-Unicast</tt:Stream><tt:Transport>"
+                                "<tt:Protocol>RTSP</tt:Protocol></tt:Transport></trt:StreamSetup>"
+                                f"<trt:ProfileToken>{token}</trt:ProfileToken></trt:GetStreamUri>")
+    return answer.findtext(".//tt:Uri", "", NS).strip() or None
 
 def _number(text: str) -> float | None:
     """A number a camera wrote, None for none (or one that is not a number)."""

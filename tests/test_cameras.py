@@ -28,6 +28,8 @@ FAKE_CAMERA = shutil.which("arv-fake-gv-camera-0.8")
 
 CAMERA_CLOCK = timedelta(hours=-3)  # the camera's clock is 3 hours behind: a login must be made at its time
 PROFILES = (("mainStream", "101", "H264", 1920, 1080, 25), ("subStream", "102", "JPEG", 640, 360, 10))
+# Media1 has no word for H.265: a camera set to it lists that stream right in Media2 alone.
+PROFILES_T = (("mainStream", "101", "H265", 2560, 1440, 20), ("subStream", "102", "H264", 640, 360, 10))
 MATCH = """<?xml version="1.0" encoding="UTF-8"?>
 <s:Envelope xmlns:s="{s}" xmlns:a="{a}" xmlns:d="{d}"><s:Body><d:ProbeMatches><d:ProbeMatch>
 <a:EndpointReference><a:Address>urn:uuid:1</a:Address></a:EndpointReference>
@@ -39,7 +41,7 @@ onvif://www.onvif.org/hardware/DS-2CD2043G2-I</d:Scopes>
 
 def _answer(body: str) -> bytes:
     return (f'<?xml version="1.0"?><s:Envelope xmlns:s="{NS["s"]}" xmlns:tds="{NS["tds"]}" xmlns:trt="{NS["trt"]}" '
-            f'xmlns:tt="{NS["tt"]}"><s:Body>{body}</s:Body></s:Envelope>').encode()
+            f'xmlns:tr2="{NS["tr2"]}" xmlns:tt="{NS["tt"]}"><s:Body>{body}</s:Body></s:Envelope>').encode()
 
 
 NOT_AUTHORIZED = _answer('<s:Fault><s:Code><s:Value>s:Sender</s:Value><s:Subcode><s:Value xmlns:ter="http://www.'
@@ -52,6 +54,7 @@ class _Camera(BaseHTTPRequestHandler):
 
     fault_status = 400  # what a refused login is sent with (some cameras send 200)
     password = "right"  # the ONVIF user admin's
+    media2 = False  # a Profile T camera: its streams in Media2 too, the main one in H.265
 
     def log_message(self, *args) -> None:
         pass
@@ -71,7 +74,24 @@ class _Camera(BaseHTTPRequestHandler):
         if not self._logged_in(request, now):
             return self._send(self.fault_status, NOT_AUTHORIZED)
         port = self.server.server_address[1]
-        if name == "GetCapabilities":
+        version2 = asked.tag.startswith(f"{{{NS['tr2']}}}")
+        if name == "GetServices":
+            listed = [("tds", "device_service"), ("trt", "media")] + ([("tr2", "media2")] if self.media2 else [])
+            body = "<tds:GetServicesResponse>" + "".join(
+                f"<tds:Service><tds:Namespace>{NS[prefix]}</tds:Namespace><tds:XAddr>http://127.0.0.1:{port}/onvif/"
+                f"{path}</tds:XAddr></tds:Service>" for prefix, path in listed) + "</tds:GetServicesResponse>"
+        elif name == "GetProfiles" and version2:
+            body = "<tr2:GetProfilesResponse>" + "".join(
+                f'<tr2:Profiles token="{token}"><tr2:Name>{label}</tr2:Name><tr2:Configurations>'
+                f'<tr2:VideoEncoder token="enc{token}"><tt:Encoding>{encoding}</tt:Encoding><tt:Resolution><tt:Width>'
+                f"{width}</tt:Width><tt:Height>{height}</tt:Height></tt:Resolution><tt:RateControl><tt:FrameRateLimit>"
+                f"{fps}</tt:FrameRateLimit></tt:RateControl></tr2:VideoEncoder></tr2:Configurations></tr2:Profiles>"
+                for label, token, encoding, width, height, fps in PROFILES_T) + "</tr2:GetProfilesResponse>"
+        elif name == "GetStreamUri" and version2:
+            token = asked.findtext("tr2:ProfileToken", "", NS)
+            body = (f"<tr2:GetStreamUriResponse><tr2:Uri>rtsp://127.0.0.1:554/Streaming/Channels/{token}</tr2:Uri>"
+                    "</tr2:GetStreamUriResponse>")
+        elif name == "GetCapabilities":
             body = (f"<tds:GetCapabilitiesResponse><tds:Capabilities><tt:Media><tt:XAddr>http://127.0.0.1:{port}"
                     "/onvif/media</tt:XAddr></tt:Media></tds:Capabilities></tds:GetCapabilitiesResponse>")
         elif name == "GetProfiles":
@@ -189,6 +209,16 @@ def test_a_sources_file_names_each_camera_and_why_one_has_no_stream(tmp_path):
         ("camera-10-0-0-5", "rtsp://10.0.0.5/jpeg", "mjpeg"), ("csi-0", "csi://0", None),
         ("genicam-Basler-acA1920-40gc-23456789", "genicam://Basler-acA1920-40gc-23456789", None)]
     assert "# 10.0.0.6: no stream URL (NotAuthorized: Sender not Authorized)" in (tmp_path / "cams.yaml").read_text()
+
+
+def test_a_profile_t_camera_is_read_through_media2_where_h265_is_named(monkeypatch):
+    monkeypatch.setattr(_Camera, "media2", True)
+    with _onvif_camera() as port:
+        out = _cameras("--address", f"127.0.0.1:{port}", "--user", "admin", "--password", "right", "--timeout", "1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1:3] == [
+        "  mainStream: H265 2560x1440 20 fps  rtsp://127.0.0.1:554/Streaming/Channels/101 --input-codec h265",
+        "  subStream: H264 640x360 10 fps  rtsp://127.0.0.1:554/Streaming/Channels/102"]
 
 
 def _port(out: subprocess.CompletedProcess) -> str:
