@@ -320,10 +320,9 @@ class _Sinks:
                    opcua_certificate: tuple[Path, Path] | None = None) -> None:
         """Modbus registers and alarm latches (edge_ad.modbus), OPC UA variables (edge_ad.opcua; with
         `opcua_user`, to that user's login alone, with `opcua_certificate` or a certificate of its
-        own), or both, for each source of `variants` (source
-        name -> its variants' names, none for one bundle), in that order; the variant a PLC says a
-        source's line makes goes to `hints`, and a calibration it asks for to that source's
-        calibration on the line."""
+        own), or both, for each source of `variants` (source name -> its variants' names, none for
+        one bundle), in that order; the variant a PLC says a source's line makes goes to `hints`,
+        and a calibration it asks for to that source's calibration on the line."""
         told = (lambda source, variant: hints.set(slug(source), variant)) if hints is not None else None
 
         def calibrate(source: str, start: bool) -> None:

@@ -69,7 +69,6 @@ def smooth(grids: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 class Scorer:
     def __init__(self, record: dict, checkpoint: dict, device: torch.device = CPU) -> None:
-        self.device = device
         self.size = input_shape(record["config"]["input_size"])  # (height, width)
         self.encoder = encoder_from_checkpoint(self.size, checkpoint)
         self.prototype = PrototypeHead(checkpoint["prototypes"]).eval()
