@@ -159,12 +159,14 @@ class FollowedPictures:
         """The pictures read before (or there at the start) whose size or time changed since: written
         over in place. Looked at while the folder holds OVERWRITES_UP_TO pictures at most."""
         many = len(present) > OVERWRITES_UP_TO
-        if many != self._many:
-            self._many = many
-            log.warning("%s: %d pictures in %s: %s", self.uri, len(present), self.folder,
-                        f"over {OVERWRITES_UP_TO}, only new names are read now, not a picture written over in "
-                        "place; have old pictures moved away" if many else "pictures written over in place are "
-                        "read again")
+        if many and not self._many:
+            log.warning("%s: over %d pictures in %s: only new names are read now, not a picture written over in "
+                        "place; have old pictures moved away", self.uri, OVERWRITES_UP_TO, self.folder)
+        elif self._many and not many:  # what was written over meanwhile is no part at the camera now
+            log.warning("%s: %d pictures in %s: pictures written over in place are read again", self.uri,
+                        len(present), self.folder)
+            self._done = self._stamps(set(self._done))
+        self._many = many
         if many:
             return set()
         now = self._stamps(set(self._done))
