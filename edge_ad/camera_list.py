@@ -94,6 +94,8 @@ def sources_file(path: Path, onvif: list, attached: list[tuple[str, str]], user:
         source(f"{named}: {stream.name}, {stream.encoding} {stream.width}x{stream.height}", entry)
     for uri, what in attached:
         source(what, {"name": slug(uri.removeprefix("/dev/v4l/by-id/")), "input": uri})
+    if not count:
+        raise EdgeAdError(f"--sources {path}: not written: no camera's stream URL was read (see above)")
     secret = password is not None and user is not None
     try:
         handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)

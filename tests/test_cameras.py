@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from edge_ad.camera_list import sources_file, v4l2_cameras
+from edge_ad.errors import EdgeAdError
 from edge_ad.onvif import NS, WSSE, WSU, Camera, Stream, _probe_match
 from edge_ad.pipelines import SourceOptions
 from edge_ad.streams import streams_from_yaml
@@ -209,6 +210,9 @@ def test_a_sources_file_names_each_camera_and_why_one_has_no_stream(tmp_path):
         ("camera-10-0-0-5", "rtsp://10.0.0.5/jpeg", "mjpeg"), ("csi-0", "csi://0", None),
         ("genicam-Basler-acA1920-40gc-23456789", "genicam://Basler-acA1920-40gc-23456789", None)]
     assert "# 10.0.0.6: no stream URL (NotAuthorized: Sender not Authorized)" in (tmp_path / "cams.yaml").read_text()
+    with pytest.raises(EdgeAdError, match="no camera's stream URL was read"):  # a file run would refuse: none
+        sources_file(tmp_path / "none.yaml", [refused], [], None, None)
+    assert not (tmp_path / "none.yaml").exists()
 
 
 def test_a_profile_t_camera_is_read_through_media2_where_h265_is_named(monkeypatch):
