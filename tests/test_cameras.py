@@ -193,7 +193,8 @@ def test_the_cameras_found_are_written_into_a_sources_file_run_takes(tmp_path, m
         ("camera-127-0-0-1", "rtsp://admin:p%40ss%3Aw%2Frd@127.0.0.1:554/Streaming/Channels/101")]  # the main stream
     assert "# 127.0.0.1 HIKVISION Line 1 DS-2CD2043G2-I: mainStream, H264 1920x1080" in sources.read_text()
     with _onvif_camera() as port:  # a file that is there is not written over: it may have been edited by hand
-        out = _cameras("--address", f"127.0.0.1:{port}", "--timeout", "1", "--sources", str(sources))
+        out = _cameras("--address", f"127.0.0.1:{port}", "--user", "admin", "--password", "p@ss:w/rd", "--timeout",
+                       "1", "--sources", str(sources))
     assert out.returncode != 0 and f"--sources {sources}: is there already; give a new file" in out.stderr
     assert len(streams_from_yaml(sources, SourceOptions())) == 1
 
