@@ -275,9 +275,7 @@ def _profiles(soap: Soap, device: str) -> tuple[tuple[str, str], list[tuple[str,
     if media2:
         try:
             answer = soap.call(media2, "<tr2:GetProfiles><tr2:Type>VideoEncoder</tr2:Type></tr2:GetProfiles>")
-            profiles = [(profile.get("token", ""), profile.findtext("tr2:Name", "", NS), encoder)
-                        for profile in answer.findall("tr2:Profiles", NS)
-                        if (encoder := profile.find("tr2:Configurations/tr2:VideoEncoder", NS)) is not None]
+            profiles = _video_profiles(answer, "tr2:Profiles", "tr2:Name", "tr2:Configurations/tr2:VideoEncoder")
         except EdgeAdError:  # a firmware's Media2 that fails: Media1 says what it can
             profiles = []
         if profiles:
@@ -287,9 +285,15 @@ def _profiles(soap: Soap, device: str) -> tuple[tuple[str, str], list[tuple[str,
     if not media:
         raise EdgeAdError("the camera names no media service")
     answer = soap.call(media, "<trt:GetProfiles/>")
-    return (media, "trt"), [(profile.get("token", ""), profile.findtext("tt:Name", "", NS), encoder)
-                            for profile in answer.findall("trt:Profiles", NS)
-                            if (encoder := profile.find("tt:VideoEncoderConfiguration", NS)) is not None]
+    return (media, "trt"), _video_profiles(answer, "trt:Profiles", "tt:Name", "tt:VideoEncoderConfiguration")
+
+
+def _video_profiles(answer: ElementTree.Element, profile: str, name: str,
+                    encoder: str) -> list[tuple[str, str, ElementTree.Element]]:
+    """(token, name, video encoder configuration) of each profile in a GetProfiles answer that has
+    one (audio and metadata profiles have none), at Media1's or Media2's paths."""
+    return [(found.get("token", ""), found.findtext(name, "", NS), configuration)
+            for found in answer.findall(profile, NS) if (configuration := found.find(encoder, NS)) is not None]
 
 
 def _stream_uri(soap: Soap, media: tuple[str, str], token: str) -> str | None:

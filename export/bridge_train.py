@@ -56,7 +56,7 @@ class Pairs:
     weight: torch.Tensor  # (N * V, 1, h, w): 1 outside the defect, DEFECT_WEIGHT on it
     variants: int
 
-    def batch(self, rows: np.ndarray, identity: np.ndarray, device: torch.device = CPU) -> tuple[torch.Tensor, ...]:
+    def batch(self, rows: np.ndarray, identity: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
         """(x0, x1, condition, weight) in float32 on `device` for corrupted-pair rows; identity pairs
         where flagged."""
         image = rows // self.variants
