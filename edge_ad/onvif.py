@@ -8,7 +8,9 @@ media service, whose profiles (main stream, sub stream...) each have an encoder 
 JPEG), a size and a rate, and a stream URL (GetStreamUri). A login (WS-UsernameToken, the
 password digested with a nonce and the time) is needed for the profiles by most cameras; the
 time is the camera's own (GetSystemDateAndTime, which needs none), as cameras refuse a login
-whose time is off theirs by more than a few seconds.
+whose time is off theirs by more than a few seconds. A camera set to HTTP digest logins instead
+(ONVIF's other one) answers 401 with a challenge, which urllib's digest handler answers with the
+same user and password.
 
 The standard library's sockets, urllib and ElementTree, no SOAP library: four requests.
 """
@@ -171,6 +173,8 @@ class Soap:
     def __init__(self, user: str | None, password: str, timeout_s: float):
         self.user, self.password, self.timeout_s = user, password, timeout_s
         self.clock_offset = timedelta(0)  # the camera's clock minus this machine's
+        digest = [urllib.request.HTTPDigestAuthHandler(_CameraLogin(user, password))] if user else []
+        self._opener = urllib.request.build_opener(*digest)
 
     def call(self, url: str, body: str, signed: bool = True) -> ElementTree.Element:
         """The SOAP body's answer to `body`; an EdgeAdError that says why there is none."""
@@ -181,15 +185,18 @@ class Soap:
         request = urllib.request.Request(url, envelope.encode(),
                                          {"Content-Type": "application/soap+xml; charset=utf-8"})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
+            with self._opener.open(request, timeout=self.timeout_s) as answer:
                 data = answer.read()
         except urllib.error.HTTPError as exc:  # a SOAP fault comes with 400 or 500, a refused login often 401
             data = exc.read()
             fault = _fault(data)
             if fault is None:
-                raise EdgeAdError(f"HTTP {exc.code} {exc.reason}") from exc
+                refused = "NotAuthorized: " if exc.code == 401 else ""  # an HTTP digest login refused, or missing
+                raise EdgeAdError(f"{refused}HTTP {exc.code} {exc.reason}") from exc
             raise EdgeAdError(fault) from exc
-        except (OSError, ValueError, http.client.HTTPException) as exc:  # ValueError: not an http:// URL
+        except ValueError as exc:  # not an http:// URL, or a digest login urllib cannot make (SHA-256)
+            raise EdgeAdError(str(exc)) from exc
+        except (OSError, http.client.HTTPException) as exc:
             raise EdgeAdError(http_failure(exc)) from exc
         try:
             root = ElementTree.fromstring(data)
@@ -211,6 +218,18 @@ class Soap:
                 f'<Password Type="{DIGEST}">{digest}</Password>'
                 f'<Nonce EncodingType="{BASE64}">{base64.b64encode(nonce).decode()}</Nonce>'
                 f'<Created xmlns="{WSU}">{created}</Created></UsernameToken></Security>')
+
+
+class _CameraLogin(urllib.request.HTTPPasswordMgr):
+    """The user and password for whatever realm a camera's HTTP digest challenge names (one
+    `Soap` speaks to one camera)."""
+
+    def __init__(self, user: str, password: str):
+        super().__init__()
+        self.login = (user, password)
+
+    def find_user_password(self, realm: str, authuri: str) -> tuple[str, str]:
+        return self.login
 
 
 def _fault(data: bytes) -> str | None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import xml.etree.ElementTree as ElementTree
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -27,6 +28,7 @@ from conftest import free_port
 
 FAKE_CAMERA = shutil.which("arv-fake-gv-camera-0.8")
 
+DIGEST_REALM, DIGEST_NONCE = "Login to DS-2CD2043G2-I", "4e4a6b7a4d5451344d5459"
 CAMERA_CLOCK = timedelta(hours=-3)  # the camera's clock is 3 hours behind: a login must be made at its time
 PROFILES = (("mainStream", "101", "H264", 1920, 1080, 25), ("subStream", "102", "JPEG", 640, 360, 10))
 # Media1 has no word for H.265: a camera set to it lists that stream right in Media2 alone.
@@ -56,6 +58,7 @@ class _Camera(BaseHTTPRequestHandler):
     fault_status = 400  # what a refused login is sent with (some cameras send 200)
     password = "right"  # the ONVIF user admin's
     media2 = False  # a Profile T camera: its streams in Media2 too, the main one in H.265
+    http_digest = False  # logins by HTTP digest (RFC 2617, MD5, qop=auth) instead of WS-UsernameToken
 
     def log_message(self, *args) -> None:
         pass
@@ -72,7 +75,10 @@ class _Camera(BaseHTTPRequestHandler):
                     f"<tt:Day>{now.day}</tt:Day></tt:Date></tt:UTCDateTime></tds:SystemDateAndTime>"
                     "</tds:GetSystemDateAndTimeResponse>")
             return self._send(200, _answer(body))
-        if not self._logged_in(request, now):
+        if self.http_digest and not self._digest_logged_in():
+            challenge = f'Digest realm="{DIGEST_REALM}", qop="auth", nonce="{DIGEST_NONCE}"'
+            return self._send(401, NOT_AUTHORIZED, {"WWW-Authenticate": challenge})
+        if not self.http_digest and not self._logged_in(request, now):
             return self._send(self.fault_status, NOT_AUTHORIZED)
         port = self.server.server_address[1]
         version2 = asked.tag.startswith(f"{{{NS['tr2']}}}")
@@ -120,8 +126,24 @@ class _Camera(BaseHTTPRequestHandler):
         when = datetime.strptime(created, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
         return token.findtext(f"{{{WSSE}}}Password") == digest and abs(when - now) < timedelta(seconds=5)
 
-    def _send(self, status: int, data: bytes) -> None:
+    def _digest_logged_in(self) -> bool:
+        scheme, _, login = self.headers.get("Authorization", "").partition(" ")
+        if scheme != "Digest":
+            return False
+        said = urllib.request.parse_keqv_list(urllib.request.parse_http_list(login))
+
+        def md5(text: str) -> str:
+            return hashlib.md5(text.encode()).hexdigest()
+
+        known = md5(f"admin:{DIGEST_REALM}:{self.password}")
+        asked = md5(f"POST:{said['uri']}")
+        expected = md5(f"{known}:{DIGEST_NONCE}:{said['nc']}:{said['cnonce']}:auth:{asked}")
+        return said["username"] == "admin" and said["nonce"] == DIGEST_NONCE and said["response"] == expected
+
+    def _send(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/soap+xml")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -167,7 +189,9 @@ def _cameras(*args: str) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
-def test_a_camera_is_found_and_its_streams_listed_with_their_urls():
+@pytest.mark.parametrize("http_digest", [False, True], ids=["ws-usernametoken", "http-digest"])
+def test_a_camera_is_found_and_its_streams_listed_with_their_urls(http_digest, monkeypatch):
+    monkeypatch.setattr(_Camera, "http_digest", http_digest)
     with _onvif_camera() as port:
         out = _cameras("--address", f"127.0.0.1:{port}", "--user", "admin", "--password", "right", "--timeout", "1")
     assert out.returncode == 0, out.stderr
@@ -244,6 +268,19 @@ def test_a_refused_or_missing_login_is_said_and_the_camera_still_listed(status, 
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[1] == ("  streams not read: NotAuthorized: Sender not Authorized (the camera lists "
                                           "its streams only to a login: give --user and --password)")
+
+
+def test_a_refused_http_digest_login_is_said_as_a_refused_login(monkeypatch):
+    monkeypatch.setattr(_Camera, "http_digest", True)
+    with _onvif_camera() as port:
+        wrong = _cameras("--address", f"127.0.0.1:{port}", "--user", "admin", "--password", "wrong", "--timeout", "1")
+        missing = _cameras("--address", f"127.0.0.1:{port}", "--timeout", "1")
+    assert wrong.returncode == 0 and missing.returncode == 0, wrong.stderr + missing.stderr
+    assert wrong.stdout.splitlines()[1] == (
+        "  streams not read: NotAuthorized: HTTP 401 digest auth failed (a wrong user or password; or not the "
+        "camera's ONVIF user, which many cameras keep apart from the web one)")
+    assert missing.stdout.splitlines()[1] == ("  streams not read: NotAuthorized: Sender not Authorized (the camera "
+                                              "lists its streams only to a login: give --user and --password)")
 
 
 def test_no_answer_is_an_error_that_says_what_to_try():
