@@ -265,6 +265,9 @@ def _run(args: argparse.Namespace) -> None:
     if (args.opcua_certificate is None) != (args.opcua_key is None) or (args.opcua_certificate and not args.opcua_user):
         raise EdgeAdError("--opcua-certificate and --opcua-key: both, the plant's certificate for the server and its "
                           "key, and with --opcua-user (without a login the server is not encrypted)")
+    if args.opcua_trust is not None and not args.opcua_user:
+        raise EdgeAdError(f"--opcua-trust {args.opcua_trust}: with --opcua-user (without a login the server takes no "
+                          "client certificates)")
     jetson = {"auto": None, "jetson": True, "generic": False}[args.platform]
     streams = _streams(args)
     if args.print_pipeline:
@@ -290,6 +293,7 @@ def _run(args: argparse.Namespace) -> None:
         opcua_port=args.opcua_port,
         opcua_user=args.opcua_user,
         opcua_certificate=(Path(args.opcua_certificate), Path(args.opcua_key)) if args.opcua_certificate else None,
+        opcua_trust=Path(args.opcua_trust) if args.opcua_trust else None,
         max_frames=args.max_frames,
         jetson=jetson,
         drift=args.drift,
@@ -908,6 +912,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--opcua-user: the plant's certificate for the server instead (PEM or DER, with an "
                         "application URI), from its IT's certificate authority")
     p.add_argument("--opcua-key", metavar="FILE", help="--opcua-certificate's private key (RSA, unencrypted)")
+    p.add_argument("--opcua-trust", metavar="DIR",
+                   help="--opcua-user: take sessions only from clients whose certificates, or the certificate "
+                        "authorities that issued them, are in DIR (PEM or DER); a refused one is kept for moving in")
     p.add_argument("--max-frames", type=_positive_int, help="stop each source after this many frames")
     p.add_argument("--calibration-frames", type=_positive_int, metavar="N",
                    help="frames a calibration on the line keeps (asked by SIGUSR1, Modbus register +11 or OPC UA "

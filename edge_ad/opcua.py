@@ -11,7 +11,8 @@ urn:edge-ad:HOSTNAME) and kept (`certificate_dir`), so that a client told to tru
 on trusting it, until it runs out a year later and is made anew; the log names the file and its
 SHA-1 thumbprint, which clients show when they ask. A plant whose IT issues certificates gives
 its own with --opcua-certificate and --opcua-key (PEM or DER; the application URI is read from it).
-Client certificates are not checked: the password is the login.
+Client certificates are taken from any client unless --opcua-trust DIR names the trusted ones
+(edge_ad.opcua_trust); the password is the login either way.
 
 In the namespace `urn:edge-ad` the object `edge-ad` (under Objects) holds one object per source,
 named and with node id as MQTT spells the source (sinks.slug: `ns=2;s=line1`), and in it, with
@@ -47,7 +48,6 @@ name, "" for any; another name is answered BadInvalidArgument).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import os
@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import EdgeAdError, listen_reason
+from .opcua_trust import ClientTrust, read_certificates, thumbprint
 from .sinks import slug
 
 log = logging.getLogger("edge_ad.opcua")
@@ -75,12 +76,12 @@ class OpcUaServer:
     client's SetVariant says and `on_calibrate(source, start)` what its Calibrate says (none: no
     such method). With `user`, that user's login alone, over signed and encrypted messages (see
     above), with `certificate` (the plant's certificate file and its key's) or a certificate of its
-    own."""
+    own, from the clients whose certificates are in `trust` (a folder; none: any client's)."""
 
     def __init__(self, port: int, sources: Sequence[str], variants: dict[str, Sequence[str]] | None = None,
                  host: str = "0.0.0.0", on_variant: Callable[[str, str | None], None] | None = None,
                  on_calibrate: Callable[[str, bool], None] | None = None, user: str | None = None,
-                 certificate: tuple[Path, Path] | None = None):
+                 certificate: tuple[Path, Path] | None = None, trust: Path | None = None):
         try:
             from asyncua import Server, ua, uamethod  # only when asked for
         except ImportError as exc:
@@ -102,6 +103,7 @@ class OpcUaServer:
         self.on_variant, self.on_calibrate = on_variant, on_calibrate
         self.user = user
         self._plant = _plant_certificate(*certificate) if certificate else None  # (certificate, key, its file)
+        self._trust = ClientTrust(trust, certificate_dir() / "rejected") if trust else None
         self._server = Server(user_manager=login)
         self._nodes: dict[str, tuple] = {}  # "line1.Score" -> its NodeId and VariantType
         self._frames = dict.fromkeys(self.sources, 0)
@@ -171,9 +173,10 @@ class OpcUaServer:
                                                               serialization.NoEncryption()), None, "pem")
         self._server.set_security_policy([self._ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
         self._server.set_identity_tokens([self._ua.UserNameIdentityToken])
-        thumbprint = hashlib.sha1(der).hexdigest()
+        if self._trust is not None:
+            self._server.set_certificate_validator(self._trust)
         log.info("opcua: login of %s only, signed and encrypted (Basic256Sha256); certificate %s (%s), SHA-1 %s",
-                 self.user, shown, uri, ":".join(thumbprint[i : i + 2] for i in range(0, 40, 2)))
+                 self.user, shown, uri, thumbprint(der))
 
     async def _own_certificate(self) -> tuple:
         """This machine's self-signed certificate and key, made at the first start and kept."""
@@ -302,18 +305,17 @@ def certificate_dir() -> Path:
 def _plant_certificate(certificate_path: Path, key_path: Path) -> tuple:
     """The plant's certificate and its key (PEM or DER, told apart by their content); refused by
     file when one does not read, the key is encrypted, or it is not the certificate's key."""
-    from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     read = {}
     for option, path in (("--opcua-certificate", certificate_path), ("--opcua-key", key_path)):
         try:
-            data = path.read_bytes()
-            pem = data.lstrip().startswith(b"-----BEGIN")
             if option == "--opcua-certificate":
-                read[option] = (x509.load_pem_x509_certificate if pem else x509.load_der_x509_certificate)(data)
+                read[option] = read_certificates(path)[0]  # the server's; a chain after it is not served
             else:
+                data = path.read_bytes()
+                pem = data.lstrip().startswith(b"-----BEGIN")
                 load = serialization.load_pem_private_key if pem else serialization.load_der_private_key
                 read[option] = load(data, password=None)
         except OSError as exc:

@@ -71,6 +71,7 @@ class RunConfig:
     opcua_port: int | None = None  # ... and as OPC UA variables (edge_ad.opcua)
     opcua_user: str | None = None  # ... to that user's login alone, signed and encrypted
     opcua_certificate: tuple[Path, Path] | None = None  # ... with the plant's certificate and key
+    opcua_trust: Path | None = None  # ... from the clients whose certificates are in that folder
     max_frames: int | None = None  # per source
     jetson: bool | None = None  # None: detect
     output_bitrate_kbps: int | None = None  # H.264 of the video outputs (None: the encoder's default)
@@ -315,30 +316,29 @@ class _Sinks:
 
         return told
 
-    def serve_plcs(self, modbus_port: int | None, opcua_port: int | None, variants: dict[str, list[str]],
-                   hints: VariantHints | None, opcua_user: str | None = None,
-                   opcua_certificate: tuple[Path, Path] | None = None) -> None:
-        """Modbus registers and alarm latches (edge_ad.modbus), OPC UA variables (edge_ad.opcua; with
-        `opcua_user`, to that user's login alone, with `opcua_certificate` or a certificate of its
-        own), or both, for each source of `variants` (source name -> its variants' names, none for
-        one bundle), in that order; the variant a PLC says a source's line makes goes to `hints`,
-        and a calibration it asks for to that source's calibration on the line."""
+    def serve_plcs(self, config: RunConfig, variants: dict[str, list[str]], hints: VariantHints | None) -> None:
+        """Modbus registers and alarm latches (edge_ad.modbus), OPC UA variables (edge_ad.opcua, with
+        the login, certificate and trusted clients `config` gives), or both, as `config` asks, for
+        each source of `variants` (source name -> its variants' names, none for one bundle), in that
+        order; the variant a PLC says a source's line makes goes to `hints`, and a calibration it
+        asks for to that source's calibration on the line."""
         told = (lambda source, variant: hints.set(slug(source), variant)) if hints is not None else None
 
         def calibrate(source: str, start: bool) -> None:
             self.line[source].ask(start)
 
-        if modbus_port is not None:
+        if config.modbus_port is not None:
             from .modbus import ModbusServer
 
-            self.plcs.append(ModbusServer(modbus_port, list(variants), variants, on_variant=told,
+            self.plcs.append(ModbusServer(config.modbus_port, list(variants), variants, on_variant=told,
                                           on_calibrate=calibrate))
             self.stack.callback(self.plcs[-1].close)
-        if opcua_port is not None:
+        if config.opcua_port is not None:
             from .opcua import OpcUaServer  # asyncua, only when asked for
 
-            self.plcs.append(OpcUaServer(opcua_port, list(variants), variants, on_variant=told,
-                                         on_calibrate=calibrate, user=opcua_user, certificate=opcua_certificate))
+            self.plcs.append(OpcUaServer(config.opcua_port, list(variants), variants, on_variant=told,
+                                         on_calibrate=calibrate, user=config.opcua_user,
+                                         certificate=config.opcua_certificate, trust=config.opcua_trust))
             self.stack.callback(self.plcs[-1].close)
 
     def _guard(self, name: str, call) -> Guarded:
@@ -883,9 +883,8 @@ def run(
         hints = VariantHints() if (config.mqtt or plcs) and variants else None
         sinks = _Sinks(config, stack, _drift_bands(detectors) if config.drift else None, hints, line)
         if plcs:
-            sinks.serve_plcs(config.modbus_port, config.opcua_port,
-                             {s.name: [v for v in bundles_of(detectors[s.name]) if v is not None] for s in streams},
-                             hints, config.opcua_user, config.opcua_certificate)
+            sinks.serve_plcs(config, {s.name: [v for v in bundles_of(detectors[s.name]) if v is not None]
+                                      for s in streams}, hints)
         for name, calibration in line.items():
             calibration.on_change = sinks.calibration_told(name)
         captures: list[_Capture] = []

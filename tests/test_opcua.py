@@ -2,6 +2,7 @@
 line's variant by asyncua's client, as a SCADA system or a PLC's OPC UA client would."""
 
 import asyncio
+import hashlib
 import json
 import signal
 import subprocess
@@ -32,12 +33,22 @@ def _values(client: Client, source: str, *names: str) -> dict:
     return dict(zip(names, client.read_values(nodes)))
 
 
-def _secure_client(port: int, folder, user: str | None, password: str | None) -> Client:
-    """A client as plants set them: Basic256Sha256, signed and encrypted, with its own certificate."""
+def _self_signed(folder, uri: str) -> tuple:
+    """The key and certificate files in `folder` of a client of application `uri`, made (self-signed,
+    as SCADA systems make theirs) unless there."""
     key, certificate = folder / "client-key.pem", folder / "client-certificate.der"
-    asyncio.run(setup_self_signed_certificate(key, certificate, "urn:scada", "scada",
-                                              [ExtendedKeyUsageOID.CLIENT_AUTH], {"commonName": "scada"}))
+    name = uri.rpartition(":")[2]
+    asyncio.run(setup_self_signed_certificate(key, certificate, uri, name, [ExtendedKeyUsageOID.CLIENT_AUTH],
+                                              {"commonName": name}))
+    return key, certificate
+
+
+def _secure_client(port: int, folder, user: str | None, password: str | None, uri: str = "urn:scada") -> Client:
+    """A client as plants set them: Basic256Sha256, signed and encrypted, with its own certificate
+    (self-signed for application `uri`, made unless `folder` holds one)."""
+    key, certificate = _self_signed(folder, uri)
     client = Client(f"opc.tcp://127.0.0.1:{port}/edge-ad/", timeout=10)
+    client.application_uri = uri  # as its certificate names it, which OPC UA asks of a client
     client.set_security(SecurityPolicyBasic256Sha256, str(certificate), str(key),
                         mode=ua.MessageSecurityMode.SignAndEncrypt)
     if user is not None:
@@ -275,6 +286,103 @@ def test_the_plants_certificate_is_served_when_given(tmp_path, monkeypatch):
         with pytest.raises(EdgeAdError, match=said):
             OpcUaServer(free_port(), ["line1"], user="scada", certificate=(certificate, its_key))
 
+def _issued_client(folder, authority_key, authority) -> None:
+    """A client certificate for urn:mes issued by `authority` (as a plant's CA issues them), with its
+    key, in `folder` where `_secure_client` looks (and keeps it: the URI and host name it asks for)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    folder.mkdir()
+    (folder / "client-key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                              serialization.PrivateFormat.PKCS8,
+                                                              serialization.NoEncryption()))
+    now = datetime.now(timezone.utc)
+    certificate = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "mes")]))
+                   .issuer_name(authority.subject).public_key(key.public_key()).serial_number(2)
+                   .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=365))
+                   .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier("urn:mes"),
+                                                               x509.DNSName("mes")]), False)
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+                   .sign(authority_key, hashes.SHA256()))
+    (folder / "client-certificate.der").write_bytes(certificate.public_bytes(serialization.Encoding.DER))
+
+
+def _authority():
+    """A plant's certificate authority: its key and certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Plant 7 CA")])
+    now = datetime.now(timezone.utc)
+    usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                          encipher_only=False, decipher_only=False)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(1).not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=3650))
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+                   .add_extension(usage, True)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+                   .sign(key, hashes.SHA256()))
+    return key, certificate
+
+
+def test_with_a_trust_list_only_clients_trusted_or_issued_by_a_trusted_authority_get_a_session(tmp_path, monkeypatch,
+                                                                                              caplog):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    monkeypatch.setenv("EDGE_AD_OPCUA_PASSWORD", "pw")
+    scada, stranger, mes, trusted = (tmp_path / name for name in ("scada", "stranger", "mes", "trusted"))
+    for client in (scada, stranger, trusted):
+        client.mkdir()
+    # The SCADA system's own certificate, as PEM under a name that does not say so; the plant's CA.
+    own = x509.load_der_x509_certificate(_self_signed(scada, "urn:scada")[1].read_bytes())
+    (trusted / "scada.crt").write_bytes(own.public_bytes(serialization.Encoding.PEM))
+    authority_key, authority = _authority()
+    (trusted / "plant-ca.der").write_bytes(authority.public_bytes(serialization.Encoding.DER))
+    _issued_client(mes, authority_key, authority)
+    server = OpcUaServer(free_port(), ["line1"], user="scada", trust=trusted)
+    try:
+        for client, uri in ((scada, "urn:scada"), (mes, "urn:mes")):
+            with _secure_client(server.port, client, "scada", "pw", uri) as session:
+                assert _values(session, "line1", "Frames") == {"Frames": 0}
+        assert x509.load_der_x509_certificate((mes / "client-certificate.der").read_bytes()).issuer == authority.subject
+        with caplog.at_level("WARNING", logger="edge_ad.opcua"):
+            for _ in range(2):  # a client tries again and again: said once
+                with pytest.raises(ua.UaStatusCodeError, match="BadCertificateUntrusted"):
+                    with _secure_client(server.port, stranger, "scada", "pw", "urn:stranger"):
+                        pass
+            impostor = _secure_client(server.port, scada, "scada", "pw")
+            impostor.application_uri = "urn:mes"  # the trusted certificate of another application
+            with pytest.raises(ua.UaStatusCodeError, match="BadCertificateUriInvalid"):
+                with impostor:
+                    pass
+        assert any(r.getMessage().startswith("opcua: refused urn:mes: its certificate (SHA-1 ") and
+                   r.getMessage().endswith("does not name the application URI the client gives") for r in caplog.records)
+        refused = (stranger / "client-certificate.der").read_bytes()
+        kept = tmp_path / "state" / "opcua" / "rejected" / f"{hashlib.sha1(refused).hexdigest()}.der"
+        assert kept.read_bytes() == refused
+        said = [r.getMessage() for r in caplog.records if "refused urn:stranger" in r.getMessage()]
+        assert len(said) == 1 and f"is not in --opcua-trust {trusted}, nor issued by one there; kept as {kept}: " \
+                                  f"move it into {trusted} to trust it" in said[0]
+        kept.rename(trusted / kept.name)  # trusted from its next attempt, without a restart
+        with _secure_client(server.port, stranger, "scada", "pw", "urn:stranger") as session:
+            assert _values(session, "line1", "Frames") == {"Frames": 0}
+    finally:
+        server.close()
+    (trusted / "notes.txt").write_text("ask Jo for the MES certificate")
+    with pytest.raises(EdgeAdError, match=f"--opcua-trust: {trusted / 'notes.txt'} is not a certificate in PEM or "
+                                          "DER .*; take it out of the folder"):
+        OpcUaServer(free_port(), ["line1"], user="scada", trust=trusted)
+
+
 def test_a_user_without_a_server_or_a_name_is_refused(tiny_bundle, spotted_frames):
     out = edge_ad("run", "--bundle", tiny_bundle, "--input", spotted_frames, "--opcua-user", "scada")
     assert out.returncode != 0 and "--opcua-user scada: needs --opcua-port PORT" in out.stderr
@@ -284,4 +392,7 @@ def test_a_user_without_a_server_or_a_name_is_refused(tiny_bundle, spotted_frame
     out = edge_ad("run", "--bundle", tiny_bundle, "--input", spotted_frames, "--opcua-port", free_port(),
                   "--opcua-user", "scada", "--opcua-certificate", "line7.crt")
     assert out.returncode != 0 and "--opcua-certificate and --opcua-key: both" in out.stderr
+    out = edge_ad("run", "--bundle", tiny_bundle, "--input", spotted_frames, "--opcua-port", free_port(),
+                  "--opcua-trust", "trusted")
+    assert out.returncode != 0 and "--opcua-trust trusted: with --opcua-user" in out.stderr
 
