@@ -906,8 +906,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "PLCs that read OPC UA (4840 is OPC UA's port; needs asyncua: pip install 'edge-ad[opcua]')")
     p.add_argument("--opcua-user", metavar="NAME",
                    help="--opcua-port: that user's login alone, its password in EDGE_AD_OPCUA_PASSWORD, over "
-                        "Basic256Sha256 signed and encrypted messages only (a self-signed certificate, made once "
-                        "and kept; the log gives its thumbprint)")
+                        "signed and encrypted messages only (Basic256Sha256, Aes128Sha256RsaOaep, "
+                        "Aes256Sha256RsaPss; a self-signed certificate, made once and kept; the log gives its "
+                        "thumbprint)")
     p.add_argument("--opcua-certificate", metavar="FILE",
                    help="--opcua-user: the plant's certificate for the server instead (PEM or DER, with an "
                         "application URI), from its IT's certificate authority")

@@ -4,9 +4,9 @@ the PLCs that read OPC UA (Siemens S7-1500, Beckhoff, Ignition, Kepware) rather 
 The server (asyncua, an event loop in a thread of its own) listens on opc.tcp://0.0.0.0:N/edge-ad/,
 without security or login, as the Modbus server: a line's network is closed to the outside. With
 `--opcua-user NAME` (its password in EDGE_AD_OPCUA_PASSWORD, not on the command line, where `ps`
-shows it) it takes that user's login alone, over Basic256Sha256 signed and encrypted messages only,
-as plants whose IT asks for OPC UA security set their clients: no anonymous session, no plain
-endpoint. Its certificate is made on the first such start (self-signed, application URI
+shows it) it takes that user's login alone, over signed and encrypted messages only
+(Basic256Sha256, Aes128Sha256RsaOaep or Aes256Sha256RsaPss, as the client picks), as plants whose
+IT asks for OPC UA security set their clients: no anonymous session, no plain endpoint. Its certificate is made on the first such start (self-signed, application URI
 urn:edge-ad:HOSTNAME) and kept (`certificate_dir`), so that a client told to trust it once goes
 on trusting it, until it runs out a year later and is made anew; the log names the file and its
 SHA-1 thumbprint, which clients show when they ask. A plant whose IT issues certificates gives
@@ -153,7 +153,7 @@ class OpcUaServer:
             await self._server.stop()
 
     async def _secure(self) -> None:
-        """Basic256Sha256 signed and encrypted, a user's login only, with the plant's certificate
+        """Signed and encrypted messages, a user's login only, with the plant's certificate
         (--opcua-certificate) or this machine's own."""
         certificate, key, shown = self._plant or await self._own_certificate()
         from cryptography import x509
@@ -171,11 +171,15 @@ class OpcUaServer:
         await self._server.load_private_key(key.private_bytes(serialization.Encoding.PEM,
                                                               serialization.PrivateFormat.PKCS8,
                                                               serialization.NoEncryption()), None, "pem")
-        self._server.set_security_policy([self._ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        policy = self._ua.SecurityPolicyType  # the three OPC UA 1.04 asks for; the client picks
+        self._server.set_security_policy([policy.Basic256Sha256_SignAndEncrypt,
+                                          policy.Aes128Sha256RsaOaep_SignAndEncrypt,
+                                          policy.Aes256Sha256RsaPss_SignAndEncrypt])
         self._server.set_identity_tokens([self._ua.UserNameIdentityToken])
         if self._trust is not None:
             self._server.set_certificate_validator(self._trust)
-        log.info("opcua: login of %s only, signed and encrypted (Basic256Sha256); certificate %s (%s), SHA-1 %s",
+        log.info("opcua: login of %s only, signed and encrypted (Basic256Sha256, Aes128Sha256RsaOaep, "
+                 "Aes256Sha256RsaPss); certificate %s (%s), SHA-1 %s",
                  self.user, shown, uri, thumbprint(der))
 
     async def _own_certificate(self) -> tuple:
@@ -328,7 +332,7 @@ def _plant_certificate(certificate_path: Path, key_path: Path) -> tuple:
             raise EdgeAdError(f"{option} {path}: not a {what} in PEM or DER ({str(exc).split('. ')[0]})") from exc
     certificate, key = read["--opcua-certificate"], read["--opcua-key"]
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise EdgeAdError(f"--opcua-key {key_path}: Basic256Sha256 takes an RSA key, not {type(key).__name__}")
+        raise EdgeAdError(f"--opcua-key {key_path}: OPC UA's security policies take an RSA key, not {type(key).__name__}")
     public = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if certificate.public_key().public_bytes(*public) != key.public_key().public_bytes(*public):
         raise EdgeAdError(f"--opcua-key {key_path}: not the key of --opcua-certificate {certificate_path}")

@@ -15,7 +15,8 @@ import pytest
 asyncua = pytest.importorskip("asyncua")  # the [opcua] extra, which the Makefile installs
 from asyncua import ua  # noqa: E402
 from asyncua.crypto.cert_gen import setup_self_signed_certificate  # noqa: E402
-from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256  # noqa: E402
+from asyncua.crypto.security_policies import (  # noqa: E402
+    SecurityPolicyAes128Sha256RsaOaep, SecurityPolicyAes256Sha256RsaPss, SecurityPolicyBasic256Sha256)
 from asyncua.sync import Client  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
 
@@ -43,13 +44,14 @@ def _self_signed(folder, uri: str) -> tuple:
     return key, certificate
 
 
-def _secure_client(port: int, folder, user: str | None, password: str | None, uri: str = "urn:scada") -> Client:
-    """A client as plants set them: Basic256Sha256, signed and encrypted, with its own certificate
-    (self-signed for application `uri`, made unless `folder` holds one)."""
+def _secure_client(port: int, folder, user: str | None, password: str | None, uri: str = "urn:scada",
+                   policy=SecurityPolicyBasic256Sha256) -> Client:
+    """A client as plants set them: signed and encrypted (Basic256Sha256 unless `policy`), with its
+    own certificate (self-signed for application `uri`, made unless `folder` holds one)."""
     key, certificate = _self_signed(folder, uri)
     client = Client(f"opc.tcp://127.0.0.1:{port}/edge-ad/", timeout=10)
     client.application_uri = uri  # as its certificate names it, which OPC UA asks of a client
-    client.set_security(SecurityPolicyBasic256Sha256, str(certificate), str(key),
+    client.set_security(policy, str(certificate), str(key),
                         mode=ua.MessageSecurityMode.SignAndEncrypt)
     if user is not None:
         client.set_user(user)
@@ -222,6 +224,9 @@ def test_with_a_user_only_its_login_over_encrypted_messages_is_served(tmp_path, 
             assert wait_for(lambda: _values(client, "line1", "Score")["Score"] == 0.8)
             client.get_node("ns=2;s=line1.AlarmLatch").write_value(False)  # the user may acknowledge
             assert wait_for(lambda: _values(client, "line1", "AlarmLatch")["AlarmLatch"] is False)
+        for policy in (SecurityPolicyAes128Sha256RsaOaep, SecurityPolicyAes256Sha256RsaPss):  # newer clients' choice
+            with _secure_client(server.port, tmp_path, "scada", "line 7, not 8", policy=policy) as client:
+                assert _values(client, "line1", "Score") == {"Score": 0.8}
         for user, password, refused in (("scada", "line 8", "BadUserAccessDenied"), ("mes", "line 7, not 8",
                                         "BadUserAccessDenied"), (None, None, "BadIdentityTokenRejected")):
             with pytest.raises(ua.UaStatusCodeError, match=refused):
