@@ -6,10 +6,11 @@ without security or login, as the Modbus server: a line's network is closed to t
 `--opcua-user NAME` (its password in EDGE_AD_OPCUA_PASSWORD, not on the command line, where `ps`
 shows it) it takes that user's login alone, over signed and encrypted messages only
 (Basic256Sha256, Aes128Sha256RsaOaep or Aes256Sha256RsaPss, as the client picks), as plants whose
-IT asks for OPC UA security set their clients: no anonymous session, no plain endpoint. Its certificate is made on the first such start (self-signed, application URI
-urn:edge-ad:HOSTNAME) and kept (`certificate_dir`), so that a client told to trust it once goes
-on trusting it, until it runs out a year later and is made anew; the log names the file and its
-SHA-1 thumbprint, which clients show when they ask. A plant whose IT issues certificates gives
+IT asks for OPC UA security set their clients: no anonymous session, no plain endpoint. Its
+certificate is made on the first such start (self-signed for ten years, application URI
+urn:edge-ad:HOSTNAME, its key readable by its owner only) and kept (`certificate_dir`), so that
+a client told to trust it once goes on trusting it; the log names the file and its SHA-1
+thumbprint, which clients show when they ask. A plant whose IT issues certificates gives
 its own with --opcua-certificate and --opcua-key (PEM or DER; the application URI is read from it).
 Client certificates are taken from any client unless --opcua-trust DIR names the trusted ones
 (edge_ad.opcua_trust); the password is the login either way.
@@ -53,7 +54,7 @@ import logging
 import os
 import socket
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -68,6 +69,10 @@ START_S = 60.0  # asyncua builds its standard address space at the start: 2 s on
 WRAP = 1 << 32
 PASSWORD_VARIABLE = "EDGE_AD_OPCUA_PASSWORD"  # the password of --opcua-user
 CERTIFICATE, KEY = "server-certificate.der", "server-key.pem"
+# The server's own certificate: every client trusts it by hand, and must again when it is made anew,
+# so it is made for a line's life, and the log says so weeks before it runs out.
+OWN_CERTIFICATE_DAYS = 3650
+RENEW_NOTICE = timedelta(days=60)
 
 
 class OpcUaServer:
@@ -183,19 +188,31 @@ class OpcUaServer:
                  self.user, shown, uri, thumbprint(der))
 
     async def _own_certificate(self) -> tuple:
-        """This machine's self-signed certificate and key, made at the first start and kept."""
+        """This machine's self-signed certificate and key, made at the first start and kept: made
+        anew only when it has run out (said), as every client must then be told to trust it again."""
         from asyncua.crypto import uacrypto
-        from asyncua.crypto.cert_gen import setup_self_signed_certificate
-        from cryptography.x509.oid import ExtendedKeyUsageOID
 
-        host = socket.gethostname()
         folder = certificate_dir()
+        key_file, certificate_file = folder / KEY, folder / CERTIFICATE
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            await setup_self_signed_certificate(folder / KEY, folder / CERTIFICATE, f"urn:edge-ad:{host}", host,
-                                                [ExtendedKeyUsageOID.SERVER_AUTH], {"commonName": f"edge-ad {host}"})
-            certificate = await uacrypto.load_certificate(folder / CERTIFICATE)
-            return certificate, await uacrypto.load_private_key(folder / KEY), folder / CERTIFICATE
+            if key_file.is_file() and certificate_file.is_file():
+                if key_file.stat().st_mode & 0o077:  # as asyncua wrote it before: readable by every user
+                    key_file.chmod(0o600)
+                    log.warning("opcua: %s was readable by other users; now by its owner only", key_file)
+                key = await uacrypto.load_private_key(key_file)
+                certificate = await uacrypto.load_certificate(certificate_file)
+                left = certificate.not_valid_after_utc - datetime.now(timezone.utc)
+                if left > RENEW_NOTICE:
+                    return certificate, key, certificate_file
+                if left > timedelta(0):
+                    log.warning("opcua: the server's certificate %s runs out on %s; to go on, delete it and %s, "
+                                "restart and have the clients trust the new one", certificate_file,
+                                f"{certificate.not_valid_after_utc:%Y-%m-%d}", key_file.name)
+                    return certificate, key, certificate_file
+                log.warning("opcua: the server's certificate %s ran out on %s: a new one is made, which the clients "
+                            "must be told to trust", certificate_file, f"{certificate.not_valid_after_utc:%Y-%m-%d}")
+            return _made_certificate(key_file, certificate_file)
         except OSError as exc:
             raise EdgeAdError(f"--opcua-user: cannot keep the server's certificate in {folder} "
                               f"({exc.strerror})") from exc
@@ -294,6 +311,29 @@ class OpcUaServer:
             except RuntimeError:  # the loop ended between the check and the call
                 pass
         self._thread.join(timeout=5.0)
+
+
+def _made_certificate(key_file: Path, certificate_file: Path) -> tuple:
+    """A new RSA key (readable by its owner only) and a certificate for it, self-signed for
+    OWN_CERTIFICATE_DAYS, application URI urn:edge-ad:HOSTNAME; both written, the key first."""
+    from asyncua.crypto.cert_gen import (dump_private_key_as_pem, generate_private_key,
+                                         generate_self_signed_app_certificate)
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    host = socket.gethostname()
+    uri = f"urn:edge-ad:{host}"
+    key = generate_private_key()
+    certificate = generate_self_signed_app_certificate(
+        key, uri, {"commonName": f"edge-ad {host}"}, [x509.UniformResourceIdentifier(uri), x509.DNSName(host)],
+        extended=[ExtendedKeyUsageOID.SERVER_AUTH], days=OWN_CERTIFICATE_DAYS)
+    written = key_file.with_name(key_file.name + ".new")
+    with open(os.open(written, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+        out.write(dump_private_key_as_pem(key))
+    os.replace(written, key_file)
+    certificate_file.write_bytes(certificate.public_bytes(serialization.Encoding.DER))
+    return certificate, key, certificate_file
 
 
 def certificate_dir() -> Path:

@@ -250,6 +250,53 @@ def test_with_a_user_only_its_login_over_encrypted_messages_is_served(tmp_path, 
     assert certificate.read_bytes() == first
 
 
+def _certificate_until(key_file, certificate_file, until: datetime) -> None:
+    """`certificate_file` written over with one for the same key and URI that runs out at `until`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    key = serialization.load_pem_private_key(key_file.read_bytes(), None)
+    old = x509.load_der_x509_certificate(certificate_file.read_bytes())
+    builder = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(old.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(until - timedelta(days=365)).not_valid_after(until))
+    for extension in old.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    certificate_file.write_bytes(builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+
+
+def test_the_servers_own_certificate_lasts_ten_years_and_is_made_anew_only_when_run_out(tmp_path, monkeypatch,
+                                                                                         caplog):
+    from cryptography import x509
+
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    monkeypatch.setenv("EDGE_AD_OPCUA_PASSWORD", "pw")
+    OpcUaServer(free_port(), ["line1"], user="scada").close()
+    folder = tmp_path / "state" / "opcua"
+    key, certificate = folder / "server-key.pem", folder / "server-certificate.der"
+    assert key.stat().st_mode & 0o777 == 0o600  # the server's secret: no other user reads it
+    made = x509.load_der_x509_certificate(certificate.read_bytes())
+    assert made.not_valid_after_utc - made.not_valid_before_utc >= timedelta(days=3649)
+    key.chmod(0o644)  # as edge-ad before this kept it
+    soon = datetime.now(timezone.utc) + timedelta(days=20)
+    _certificate_until(key, certificate, soon)
+    kept = certificate.read_bytes()
+    with caplog.at_level("WARNING", logger="edge_ad.opcua"):
+        OpcUaServer(free_port(), ["line1"], user="scada").close()
+        assert certificate.read_bytes() == kept  # still valid: the clients trust it
+        assert key.stat().st_mode & 0o777 == 0o600
+        _certificate_until(key, certificate, datetime.now(timezone.utc) - timedelta(days=1))
+        OpcUaServer(free_port(), ["line1"], user="scada").close()
+    said = [record.getMessage() for record in caplog.records]
+    assert f"opcua: {key} was readable by other users; now by its owner only" in said
+    assert f"opcua: the server's certificate {certificate} runs out on {soon:%Y-%m-%d}; to go on, delete it and " \
+           "server-key.pem, restart and have the clients trust the new one" in said
+    assert any(line.startswith(f"opcua: the server's certificate {certificate} ran out on ") and
+               line.endswith(": a new one is made, which the clients must be told to trust") for line in said)
+    renewed = x509.load_der_x509_certificate(certificate.read_bytes())
+    assert renewed.not_valid_after_utc > datetime.now(timezone.utc) + timedelta(days=3600)
+
+
 def test_the_plants_certificate_is_served_when_given(tmp_path, monkeypatch):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
