@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from .errors import EdgeAdError, ImageError, SourceError, http_failure, without_passwords
+from .http_digest import DigestAuthHandler
 from .images import decode_image
 from .pipelines import SourceOptions, flip_of, login_escaped
 from .sources import Backoff, Frame, picture_frame
@@ -61,7 +62,7 @@ class HttpPictures:
         logins = urllib.request.HTTPPasswordMgrWithDefaultRealm()
         logins.add_password(None, self.url, unquote(parsed.username or ""), unquote(parsed.password or ""))
         self._opener = urllib.request.build_opener(
-            urllib.request.HTTPBasicAuthHandler(logins), urllib.request.HTTPDigestAuthHandler(logins),
+            urllib.request.HTTPBasicAuthHandler(logins), DigestAuthHandler(logins),
             urllib.request.HTTPSHandler(context=ssl.create_default_context()))
 
     def _fetch(self) -> np.ndarray:

@@ -9,8 +9,8 @@ JPEG), a size and a rate, and a stream URL (GetStreamUri). A login (WS-UsernameT
 password digested with a nonce and the time) is needed for the profiles by most cameras; the
 time is the camera's own (GetSystemDateAndTime, which needs none), as cameras refuse a login
 whose time is off theirs by more than a few seconds. A camera set to HTTP digest logins instead
-(ONVIF's other one) answers 401 with a challenge, which urllib's digest handler answers with the
-same user and password.
+(ONVIF's other one) answers 401 with a challenge, which urllib's digest handler (SHA-256 too:
+edge_ad.http_digest) answers with the same user and password.
 
 The standard library's sockets, urllib and ElementTree, no SOAP library: four requests.
 """
@@ -36,6 +36,7 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import unquote, urlparse
 
 from .errors import EdgeAdError, http_failure
+from .http_digest import DigestAuthHandler
 
 DISCOVERY = ("239.255.255.250", 3702)
 NS = {
@@ -173,7 +174,7 @@ class Soap:
     def __init__(self, user: str | None, password: str, timeout_s: float):
         self.user, self.password, self.timeout_s = user, password, timeout_s
         self.clock_offset = timedelta(0)  # the camera's clock minus this machine's
-        digest = [urllib.request.HTTPDigestAuthHandler(_CameraLogin(user, password))] if user else []
+        digest = [DigestAuthHandler(_CameraLogin(user, password))] if user else []
         self._opener = urllib.request.build_opener(*digest)
 
     def call(self, url: str, body: str, signed: bool = True) -> ElementTree.Element:
@@ -194,7 +195,7 @@ class Soap:
                 refused = "NotAuthorized: " if exc.code == 401 else ""  # an HTTP digest login refused, or missing
                 raise EdgeAdError(f"{refused}HTTP {exc.code} {exc.reason}") from exc
             raise EdgeAdError(fault) from exc
-        except ValueError as exc:  # not an http:// URL, or a digest login urllib cannot make (SHA-256)
+        except ValueError as exc:  # not an http:// URL, or a digest login urllib cannot make (MD5-sess)
             raise EdgeAdError(str(exc)) from exc
         except (OSError, http.client.HTTPException) as exc:
             raise EdgeAdError(http_failure(exc)) from exc

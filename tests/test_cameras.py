@@ -58,7 +58,8 @@ class _Camera(BaseHTTPRequestHandler):
     fault_status = 400  # what a refused login is sent with (some cameras send 200)
     password = "right"  # the ONVIF user admin's
     media2 = False  # a Profile T camera: its streams in Media2 too, the main one in H.265
-    http_digest = False  # logins by HTTP digest (RFC 2617, MD5, qop=auth) instead of WS-UsernameToken
+    http_digest = ""  # logins by HTTP digest (RFC 7616, qop=auth) with this hash ("MD5", "SHA-256") instead of
+    # WS-UsernameToken
 
     def log_message(self, *args) -> None:
         pass
@@ -76,7 +77,7 @@ class _Camera(BaseHTTPRequestHandler):
                     "</tds:GetSystemDateAndTimeResponse>")
             return self._send(200, _answer(body))
         if self.http_digest and not self._digest_logged_in():
-            challenge = f'Digest realm="{DIGEST_REALM}", qop="auth", nonce="{DIGEST_NONCE}"'
+            challenge = f'Digest realm="{DIGEST_REALM}", qop="auth", nonce="{DIGEST_NONCE}", algorithm={self.http_digest}'
             return self._send(401, NOT_AUTHORIZED, {"WWW-Authenticate": challenge})
         if not self.http_digest and not self._logged_in(request, now):
             return self._send(self.fault_status, NOT_AUTHORIZED)
@@ -132,13 +133,14 @@ class _Camera(BaseHTTPRequestHandler):
             return False
         said = urllib.request.parse_keqv_list(urllib.request.parse_http_list(login))
 
-        def md5(text: str) -> str:
-            return hashlib.md5(text.encode()).hexdigest()
+        def digest(text: str) -> str:
+            return hashlib.new(self.http_digest.replace("-", ""), text.encode()).hexdigest()
 
-        known = md5(f"admin:{DIGEST_REALM}:{self.password}")
-        asked = md5(f"POST:{said['uri']}")
-        expected = md5(f"{known}:{DIGEST_NONCE}:{said['nc']}:{said['cnonce']}:auth:{asked}")
-        return said["username"] == "admin" and said["nonce"] == DIGEST_NONCE and said["response"] == expected
+        known = digest(f"admin:{DIGEST_REALM}:{self.password}")
+        asked = digest(f"POST:{said['uri']}")
+        expected = digest(f"{known}:{DIGEST_NONCE}:{said['nc']}:{said['cnonce']}:auth:{asked}")
+        return said["username"] == "admin" and said["algorithm"] == self.http_digest and \
+            said["nonce"] == DIGEST_NONCE and said["response"] == expected
 
     def _send(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
@@ -189,7 +191,8 @@ def _cameras(*args: str) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
-@pytest.mark.parametrize("http_digest", [False, True], ids=["ws-usernametoken", "http-digest"])
+@pytest.mark.parametrize("http_digest", ["", "MD5", "SHA-256"], ids=["ws-usernametoken", "http-digest-md5",
+                                                                     "http-digest-sha256"])
 def test_a_camera_is_found_and_its_streams_listed_with_their_urls(http_digest, monkeypatch):
     monkeypatch.setattr(_Camera, "http_digest", http_digest)
     with _onvif_camera() as port:
@@ -271,7 +274,7 @@ def test_a_refused_or_missing_login_is_said_and_the_camera_still_listed(status, 
 
 
 def test_a_refused_http_digest_login_is_said_as_a_refused_login(monkeypatch):
-    monkeypatch.setattr(_Camera, "http_digest", True)
+    monkeypatch.setattr(_Camera, "http_digest", "MD5")
     with _onvif_camera() as port:
         wrong = _cameras("--address", f"127.0.0.1:{port}", "--user", "admin", "--password", "wrong", "--timeout", "1")
         missing = _cameras("--address", f"127.0.0.1:{port}", "--timeout", "1")

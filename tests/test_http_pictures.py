@@ -29,36 +29,42 @@ PAGES = ("/snapshot.jpg", "/", "/video")
 USER, PASSWORD = "admin", "p@ss word"
 
 
-def _md5(text: str) -> str:
-    return hashlib.md5(text.encode()).hexdigest()
+DIGESTS = {"digest": ("MD5", hashlib.md5), "digest-sha256": ("SHA-256", hashlib.sha256)}
 
 
-def _digest_ok(header: str, method: str) -> bool:
-    """Whether a Digest Authorization header (RFC 7616, MD5, qop=auth) proves USER's PASSWORD."""
+def _digest_ok(header: str, method: str, login: str) -> bool:
+    """Whether a Digest Authorization header (RFC 7616, qop=auth, the hash of `login`) proves
+    USER's PASSWORD."""
+    algorithm, function = DIGESTS[login]
+
+    def digest(text: str) -> str:
+        return function(text.encode()).hexdigest()
+
     fields = dict(re.findall(r'(\w+)="?([^",]*)"?', header.removeprefix("Digest ")))
     if fields.get("username") != USER or not {"uri", "nonce", "nc", "cnonce", "qop"} <= set(fields):
         return False
-    known = _md5(f"{USER}:camera:{PASSWORD}")
-    asked = _md5(f"{method}:{fields['uri']}")
-    proof = _md5(f"{known}:{fields['nonce']}:{fields['nc']}:{fields['cnonce']}:{fields['qop']}:{asked}")
-    return fields.get("response") == proof
+    known = digest(f"{USER}:camera:{PASSWORD}")
+    asked = digest(f"{method}:{fields['uri']}")
+    proof = digest(f"{known}:{fields['nonce']}:{fields['nc']}:{fields['cnonce']}:{fields['qop']}:{asked}")
+    return fields.get("algorithm") == algorithm and fields.get("response") == proof
 
 
 @contextmanager
 def _camera(picture: np.ndarray, login: str):
     """A camera's web server: its picture at /snapshot.jpg (a new JPEG of it at each request, the
     requests counted), a page at /, and an MJPEG stream's header at /video, to a client that
-    gives USER and PASSWORD by `login` ("basic" or "digest") authentication; its address."""
+    gives USER and PASSWORD by `login` ("basic", "digest" or "digest-sha256") authentication; its
+    address."""
     jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
     basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 
     class Camera(BaseHTTPRequestHandler):
         def do_GET(self):
             given = self.headers.get("Authorization") or ""
-            if not (given == basic if login == "basic" else _digest_ok(given, "GET")):
+            if not (given == basic if login == "basic" else _digest_ok(given, "GET", login)):
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Basic realm="camera"' if login == "basic" else
-                                 'Digest realm="camera", qop="auth", nonce="5f1e2d", algorithm=MD5')
+                                 f'Digest realm="camera", qop="auth", nonce="5f1e2d", algorithm={DIGESTS[login][0]}')
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
@@ -111,7 +117,7 @@ def _answering(reply: bytes):
         listener.close()
 
 
-@pytest.mark.parametrize("login", ["basic", "digest"])
+@pytest.mark.parametrize("login", ["basic", "digest", "digest-sha256"])
 def test_a_camera_s_still_picture_is_fetched_again_and_again_no_faster_than_asked(login):
     picture = np.zeros((48, 64, 3), np.uint8)
     picture[:, 32:] = (40, 160, 250)
