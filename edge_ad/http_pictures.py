@@ -77,6 +77,9 @@ class HttpPictures:
             raise EdgeAdError(f"the camera answers {exc.code} {exc.reason}") from exc
         except (OSError, http.client.HTTPException) as exc:
             raise EdgeAdError(http_failure(exc)) from exc
+        except ValueError as exc:  # urllib's word for a login scheme or digest it does not make
+            raise EdgeAdError(f"the camera asks for a login edge-ad does not make ({exc}; it makes basic ones and "
+                              "digest ones with MD5 or SHA-256)") from exc
         if not kind.startswith("image/"):
             raise EdgeAdError(f"the URL answers with {kind}, not a picture: give the camera's still picture URL")
         try:
