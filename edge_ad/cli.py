@@ -765,7 +765,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on normal images (workstation, needs torch)")
     p.add_argument("--data", required=True,
-                   help="'elpv' (or elpv:mono, elpv:poly), a folder of normal images, or an MVTec category")
+                   help="'elpv' (or elpv:mono, elpv:poly), a folder of normal images, a quoted wildcard of them "
+                        "('archive/OK_*.jpg'), or an MVTec category")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--model", choices=MODEL_TYPES, default="prototype",
                    help="nearest prototype (baseline), the closed-form Gaussian-mixture bridge over prototypes "

@@ -7,6 +7,8 @@ the normal indices, test = the other 377 normal images and all anomalous ones.
 
 from __future__ import annotations
 
+import glob
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -98,6 +100,21 @@ def _mvtec_masks(root: Path, defect: str) -> dict[str, Path]:
         {stem[: -len("_mask")]: path for stem, path in files.items() if stem.endswith("_mask")}
 
 
+def _matching_samples(pattern: str, split: str) -> list[Sample]:
+    """The pictures a wildcard matches ('archive/OK_*.jpg': the good parts of a folder where the
+    line's vision system saves good and rejected ones side by side), as normal training images."""
+    if split == "test":
+        raise DataError(f"{pattern}: a wildcard of normal images has no test split; evaluation needs an "
+                        "MVTec-layout category (train/good, test/<defect>, ground_truth/<defect>) or 'elpv'")
+    matched = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    images = [Path(path) for path in matched if is_image_file(Path(path))]
+    if not images:
+        found = f"{len(matched)} file{'s' * (len(matched) != 1)} but no picture" if matched else "nothing"
+        raise DataError(f"{pattern}: the wildcard matches {found} (quote it, so that the shell leaves it to "
+                        "edge-ad)")
+    return [_file_sample(path, 0, "good") for path in images]
+
+
 def _folder_samples(root: Path, split: str) -> list[Sample]:
     if not root.exists():
         raise DataError(f"{root}: no such dataset folder")
@@ -184,7 +201,8 @@ def load_defects(spec: str) -> list[Sample]:
 
 def load_samples(data: str, split: str) -> list[Sample]:
     """Samples of `split` ('train' or 'test') for 'elpv', 'elpv:mono' or 'elpv:poly' (the ELPV
-    protocol's images of one module type: one product variant) or a dataset folder (layout detected)."""
+    protocol's images of one module type: one product variant), a dataset folder (layout detected)
+    or a wildcard of normal pictures (train only)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if data == "elpv" or data.startswith("elpv:"):
@@ -194,6 +212,8 @@ def load_samples(data: str, split: str) -> list[Sample]:
                             "or 'elpv' for all")
         train, test = elpv_split()
         samples = [s for s in (train if split == "train" else test) if module_type in ("", s.group)]
+    elif glob.has_magic(data) and not Path(data).exists():
+        samples = _matching_samples(data, split)
     else:
         samples = _folder_samples(Path(data), split)
     if not samples:

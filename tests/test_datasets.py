@@ -162,6 +162,28 @@ def test_missing_and_empty_folders(tmp_path):
         load_defects(str(tmp_path))
 
 
+def test_a_wildcard_trains_on_the_good_parts_of_a_folder_that_holds_both(tmp_path):
+    # A vision system's archive: good and rejected parts side by side, told apart by name.
+    for name in ("OK_0001.png", "OK_0002.jpg", "NG_0003.png", "OK_0004.txt"):
+        if name.endswith(".txt"):
+            (tmp_path / name).write_text("a part's measurements")
+        else:
+            cv2.imwrite(str(tmp_path / name), np.full((32, 32, 3), 100, np.uint8))
+    samples = load_samples(str(tmp_path / "OK_*"), "train")
+    assert [Path(s.name).name for s in samples] == ["OK_0001.png", "OK_0002.jpg"]
+    assert {s.label for s in samples} == {0}
+    (tmp_path / "day2").mkdir()
+    cv2.imwrite(str(tmp_path / "day2" / "OK_0005.png"), np.full((32, 32, 3), 100, np.uint8))
+    assert len(load_samples(str(tmp_path / "**" / "OK_*.png"), "train")) == 2  # ** reaches into subfolders
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'OK_*.txt'}: the wildcard matches 1 file but no "
+                                                  "picture")):
+        load_samples(str(tmp_path / "OK_*.txt"), "train")
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'GOOD_*'}: the wildcard matches nothing (quote it")):
+        load_samples(str(tmp_path / "GOOD_*"), "train")
+    with pytest.raises(DataError, match="a wildcard of normal images has no test split"):
+        load_samples(str(tmp_path / "OK_*"), "test")
+
+
 def test_bad_files_are_listed_and_skipped_only_when_asked(tmp_path):
     cv2.imwrite(str(tmp_path / "good.png"), np.full((32, 32), 100, np.uint8))
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
