@@ -1062,8 +1062,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.error(_unrecognized(extra))
     return report_errors("edge-ad", lambda: args.func(args))
+
+
+def _unrecognized(extra: list[str]) -> str:
+    """argparse's error for arguments left over; when they are all files, what is likely: a
+    wildcard the shell expanded (`--data archive/OK_*.jpg`), whose first file the option took."""
+    if not all(Path(argument).is_file() for argument in extra):
+        return f"unrecognized arguments: {' '.join(extra)}"
+    shown = " ".join(extra[:3]) + (" ..." if len(extra) > 3 else "")
+    return (f"unrecognized arguments: {len(extra)} files ({shown}): the shell expanded a wildcard into them, and "
+            "the option before took only the first; quote the wildcard (--data 'archive/OK_*.jpg') for edge-ad "
+            "to read it")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,18 @@ def test_options_that_are_not_ones_or_out_of_range_are_named():
     by abbreviation."""
     _one_line_error(edge_ad("run", "--source", "cam1"), "unrecognized arguments: --source cam1")
     _one_line_error(edge_ad("calibrate", "--bundle", "b", "--frame", "10"), "unrecognized arguments: --frame 10")
+
+
+def test_a_wildcard_the_shell_expanded_is_said_with_what_to_do(tmp_path):
+    pictures = [str(tmp_path / f"OK_{i}.png") for i in range(5)]
+    for picture in pictures:
+        cv2.imwrite(picture, np.zeros((8, 8), np.uint8))
+    # What `edge-ad train --data archive/OK_*.png --out run` hands edge-ad: the option takes the first.
+    _one_line_error(edge_ad("train", "--data", *pictures, "--out", str(tmp_path / "run")),
+                    f"unrecognized arguments: 4 files ({' '.join(pictures[1:4])} ...): the shell expanded a wildcard "
+                    "into them, and the option before took only the first; quote the wildcard (--data "
+                    "'archive/OK_*.jpg') for edge-ad to read it")
+    assert not (tmp_path / "run").exists()
     _one_line_error(edge_ad("record", "--input", "test://", "--out", "good", "--interval", "-1"),
                     "--interval: must be 0 or more, got -1", program="edge-ad record")
     for option in ("--metrics-port", "--modbus-port"):  # bind()'s OverflowError and its traceback before
