@@ -265,6 +265,9 @@ def _run(args: argparse.Namespace) -> None:
     if (args.opcua_certificate is None) != (args.opcua_key is None) or (args.opcua_certificate and not args.opcua_user):
         raise EdgeAdError("--opcua-certificate and --opcua-key: both, the plant's certificate for the server and its "
                           "key, and with --opcua-user (without a login the server is not encrypted)")
+    if args.opcua_reader is not None and (not args.opcua_user or args.opcua_reader.strip() in ("", args.opcua_user)):
+        raise EdgeAdError(f"--opcua-reader {args.opcua_reader}: a second user's name, beside --opcua-user's (the "
+                          "server takes logins only with --opcua-user)")
     if args.opcua_trust is not None and not args.opcua_user:
         raise EdgeAdError(f"--opcua-trust {args.opcua_trust}: with --opcua-user (without a login the server takes no "
                           "client certificates)")
@@ -292,6 +295,7 @@ def _run(args: argparse.Namespace) -> None:
         modbus_port=args.modbus_port,
         opcua_port=args.opcua_port,
         opcua_user=args.opcua_user,
+        opcua_reader=args.opcua_reader,
         opcua_certificate=(Path(args.opcua_certificate), Path(args.opcua_key)) if args.opcua_certificate else None,
         opcua_trust=Path(args.opcua_trust) if args.opcua_trust else None,
         max_frames=args.max_frames,
@@ -910,6 +914,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "signed and encrypted messages only (Basic256Sha256, Aes128Sha256RsaOaep, "
                         "Aes256Sha256RsaPss; a self-signed certificate, made once and kept; the log gives its "
                         "thumbprint)")
+    p.add_argument("--opcua-reader", metavar="NAME",
+                   help="--opcua-user: a second login, its password in EDGE_AD_OPCUA_READER_PASSWORD, that reads "
+                        "and subscribes but may not write (acknowledge) or call methods (a historian's, an MES's)")
     p.add_argument("--opcua-certificate", metavar="FILE",
                    help="--opcua-user: the plant's certificate for the server instead (PEM or DER, with an "
                         "application URI), from its IT's certificate authority")

@@ -13,7 +13,9 @@ a client told to trust it once goes on trusting it; the log names the file and i
 thumbprint, which clients show when they ask. A plant whose IT issues certificates gives
 its own with --opcua-certificate and --opcua-key (PEM or DER; the application URI is read from it).
 Client certificates are taken from any client unless --opcua-trust DIR names the trusted ones
-(edge_ad.opcua_trust); the password is the login either way.
+(edge_ad.opcua_trust); the password is the login either way. A second login, --opcua-reader NAME
+(EDGE_AD_OPCUA_READER_PASSWORD), reads, browses and subscribes, and is refused writes and method
+calls: for a historian or MES that should not acknowledge alarms or start calibrations.
 
 In the namespace `urn:edge-ad` the object `edge-ad` (under Objects) holds one object per source,
 named and with node id as MQTT spells the source (sinks.slug: `ns=2;s=line1`), and in it, with
@@ -68,6 +70,7 @@ NAMESPACE = "urn:edge-ad"
 START_S = 60.0  # asyncua builds its standard address space at the start: 2 s on a 2-core x86
 WRAP = 1 << 32
 PASSWORD_VARIABLE = "EDGE_AD_OPCUA_PASSWORD"  # the password of --opcua-user
+READER_PASSWORD_VARIABLE = "EDGE_AD_OPCUA_READER_PASSWORD"  # ... of --opcua-reader
 CERTIFICATE, KEY = "server-certificate.der", "server-key.pem"
 # The server's own certificate: every client trusts it by hand, and must again when it is made anew,
 # so it is made for a line's life, and the log says so weeks before it runs out.
@@ -80,24 +83,27 @@ class OpcUaServer:
     per source, its bundles' variant names; `on_variant(source, variant or None)` is told what a
     client's SetVariant says and `on_calibrate(source, start)` what its Calibrate says (none: no
     such method). With `user`, that user's login alone, over signed and encrypted messages (see
-    above), with `certificate` (the plant's certificate file and its key's) or a certificate of its
-    own, from the clients whose certificates are in `trust` (a folder; none: any client's)."""
+    above), and `reader`'s that only reads, with `certificate` (the plant's certificate file and
+    its key's) or a certificate of its own, from the clients whose certificates are in `trust` (a
+    folder; none: any client's)."""
 
     def __init__(self, port: int, sources: Sequence[str], variants: dict[str, Sequence[str]] | None = None,
                  host: str = "0.0.0.0", on_variant: Callable[[str, str | None], None] | None = None,
                  on_calibrate: Callable[[str, bool], None] | None = None, user: str | None = None,
-                 certificate: tuple[Path, Path] | None = None, trust: Path | None = None):
+                 reader: str | None = None, certificate: tuple[Path, Path] | None = None,
+                 trust: Path | None = None):
         try:
             from asyncua import Server, ua, uamethod  # only when asked for
         except ImportError as exc:
             raise EdgeAdError(f"--opcua-port needs asyncua: pip install 'edge-ad[opcua]' ({exc})") from exc
-        login = None
-        if user is not None:
-            password = os.environ.get(PASSWORD_VARIABLE)
-            if not password:
-                raise EdgeAdError(f"--opcua-user {user}: set the user's password in the environment variable "
-                                  f"{PASSWORD_VARIABLE} (not on the command line, where ps shows it)")
-            login = _Login(user, password)
+        passwords = {}
+        for option, name, variable in (("--opcua-user", user, PASSWORD_VARIABLE),
+                                       ("--opcua-reader", reader, READER_PASSWORD_VARIABLE)):
+            if name is not None:
+                passwords[name] = os.environ.get(variable)
+                if not passwords[name]:
+                    raise EdgeAdError(f"{option} {name}: set the user's password in the environment variable "
+                                      f"{variable} (not on the command line, where ps shows it)")
         # asyncua warns of every client's session timeout, and logs a port in use with a traceback
         # before __init__ says it in a line.
         logging.getLogger("asyncua").setLevel(logging.CRITICAL)
@@ -106,10 +112,10 @@ class OpcUaServer:
         self.sources = list(sources)
         self.variants = {name: list(names) for name, names in (variants or {}).items()}
         self.on_variant, self.on_calibrate = on_variant, on_calibrate
-        self.user = user
+        self.user, self.reader = user, reader
         self._plant = _plant_certificate(*certificate) if certificate else None  # (certificate, key, its file)
         self._trust = ClientTrust(trust, certificate_dir() / "rejected") if trust else None
-        self._server = Server(user_manager=login)
+        self._server = Server(user_manager=_Login(passwords) if passwords else None)
         self._nodes: dict[str, tuple] = {}  # "line1.Score" -> its NodeId and VariantType
         self._frames = dict.fromkeys(self.sources, 0)
         self._ready = threading.Event()
@@ -179,13 +185,14 @@ class OpcUaServer:
         policy = self._ua.SecurityPolicyType  # the three OPC UA 1.04 asks for; the client picks
         self._server.set_security_policy([policy.Basic256Sha256_SignAndEncrypt,
                                           policy.Aes128Sha256RsaOaep_SignAndEncrypt,
-                                          policy.Aes256Sha256RsaPss_SignAndEncrypt])
+                                          policy.Aes256Sha256RsaPss_SignAndEncrypt],
+                                         _read_only_for(self.reader) if self.reader else None)
         self._server.set_identity_tokens([self._ua.UserNameIdentityToken])
         if self._trust is not None:
             self._server.set_certificate_validator(self._trust)
+        logins = self.user + (f" and of {self.reader} (reads only)" if self.reader else "")
         log.info("opcua: login of %s only, signed and encrypted (Basic256Sha256, Aes128Sha256RsaOaep, "
-                 "Aes256Sha256RsaPss); certificate %s (%s), SHA-1 %s",
-                 self.user, shown, uri, thumbprint(der))
+                 "Aes256Sha256RsaPss); certificate %s (%s), SHA-1 %s", logins, shown, uri, thumbprint(der))
 
     async def _own_certificate(self) -> tuple:
         """This machine's self-signed certificate and key, made at the first start and kept: made
@@ -380,16 +387,37 @@ def _plant_certificate(certificate_path: Path, key_path: Path) -> tuple:
 
 
 class _Login:
-    """asyncua's user manager for one user and password: a session of anyone else is refused."""
+    """asyncua's user manager for the users and passwords given: a session of anyone else is refused."""
 
-    def __init__(self, user: str, password: str) -> None:
-        self.user, self.password = user, password
+    def __init__(self, passwords: dict[str, str]) -> None:
+        self.passwords = passwords
 
     def get_user(self, iserver, username: str | None = None, password: str | None = None, certificate=None):
         from asyncua.crypto.permission_rules import User, UserRole
 
-        if username == self.user and password is not None and hmac.compare_digest(password.encode(),
-                                                                                   self.password.encode()):
+        known = self.passwords.get(username or "")
+        if known is not None and password is not None and hmac.compare_digest(password.encode(), known.encode()):
             return User(role=UserRole.User, name=username)
         log.warning("opcua: a client's login as %r was refused", username)
         return None
+
+
+def _read_only_for(reader: str):
+    """asyncua's ruleset of what each user may ask, with `reader`'s writes and method calls refused
+    (BadUserAccessDenied): it reads, browses and subscribes."""
+    from asyncua import ua
+    from asyncua.crypto.permission_rules import SimpleRoleRuleset
+
+    class ReadOnly(SimpleRoleRuleset):
+        changes = {ua.NodeId(ua.ObjectIds.WriteRequest_Encoding_DefaultBinary),
+                   ua.NodeId(ua.ObjectIds.CallRequest_Encoding_DefaultBinary)}
+
+        def check_validity(self, user, action_type_id, body) -> bool:
+            if user is not None and user.name == reader and action_type_id in self.changes:
+                log.warning("opcua: %s reads only: its %s was refused", reader,
+                            "write" if action_type_id.Identifier == ua.ObjectIds.WriteRequest_Encoding_DefaultBinary
+                            else "method call")
+                return False
+            return super().check_validity(user, action_type_id, body)
+
+    return ReadOnly()

@@ -70,6 +70,7 @@ class RunConfig:
     modbus_port: int | None = None  # each source's last result as Modbus TCP registers, for a PLC (edge_ad.modbus)
     opcua_port: int | None = None  # ... and as OPC UA variables (edge_ad.opcua)
     opcua_user: str | None = None  # ... to that user's login alone, signed and encrypted
+    opcua_reader: str | None = None  # ... and that one's, which only reads
     opcua_certificate: tuple[Path, Path] | None = None  # ... with the plant's certificate and key
     opcua_trust: Path | None = None  # ... from the clients whose certificates are in that folder
     max_frames: int | None = None  # per source
@@ -338,7 +339,8 @@ class _Sinks:
 
             self.plcs.append(OpcUaServer(config.opcua_port, list(variants), variants, on_variant=told,
                                          on_calibrate=calibrate, user=config.opcua_user,
-                                         certificate=config.opcua_certificate, trust=config.opcua_trust))
+                                         reader=config.opcua_reader, certificate=config.opcua_certificate,
+                                         trust=config.opcua_trust))
             self.stack.callback(self.plcs[-1].close)
 
     def _guard(self, name: str, call) -> Guarded:

@@ -338,6 +338,45 @@ def test_the_plants_certificate_is_served_when_given(tmp_path, monkeypatch):
         with pytest.raises(EdgeAdError, match=said):
             OpcUaServer(free_port(), ["line1"], user="scada", certificate=(certificate, its_key))
 
+def test_a_reader_reads_but_may_not_acknowledge_or_call_methods(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    monkeypatch.setenv("EDGE_AD_OPCUA_PASSWORD", "hmi pw")
+    monkeypatch.delenv("EDGE_AD_OPCUA_READER_PASSWORD", raising=False)
+    with pytest.raises(EdgeAdError, match="--opcua-reader historian: set the user's password in the environment "
+                                          "variable EDGE_AD_OPCUA_READER_PASSWORD"):
+        OpcUaServer(free_port(), ["line1"], user="hmi", reader="historian")
+    monkeypatch.setenv("EDGE_AD_OPCUA_READER_PASSWORD", "historian pw")
+    asked = []
+    server = OpcUaServer(free_port(), ["line1"], {"line1": ["mono", "poly"]}, user="hmi", reader="historian",
+                         on_calibrate=lambda *told: asked.append(told))
+    try:
+        server.update("line1", 9, 0.8, 0.5, True, True, None, 1, 1, None)
+        with _secure_client(server.port, tmp_path, "historian", "historian pw") as client:
+            assert wait_for(lambda: _values(client, "line1", "Score", "AlarmLatch") == {"Score": 0.8,
+                                                                                       "AlarmLatch": True})
+            ns = client.get_namespace_index(NAMESPACE)
+            with caplog.at_level("WARNING", logger="edge_ad.opcua"):
+                with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):
+                    client.get_node(f"ns={ns};s=line1.AlarmLatch").write_value(False)
+                with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):
+                    client.get_node(f"ns={ns};s=line1").call_method(f"{ns}:Calibrate", True)
+            assert _values(client, "line1", "AlarmLatch") == {"AlarmLatch": True} and asked == []
+        assert [r.getMessage() for r in caplog.records if "reads only" in r.getMessage()] == [
+            "opcua: historian reads only: its write was refused", "opcua: historian reads only: its method call was "
+                                                                   "refused"]
+        with _secure_client(server.port, tmp_path, "hmi", "hmi pw") as client:  # the other user still may
+            ns = client.get_namespace_index(NAMESPACE)
+            client.get_node(f"ns={ns};s=line1.AlarmLatch").write_value(False)
+            client.get_node(f"ns={ns};s=line1").call_method(f"{ns}:Calibrate", True)
+            assert wait_for(lambda: _values(client, "line1", "AlarmLatch")["AlarmLatch"] is False)
+        assert asked == [("line1", True)]
+        with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):  # each its own password
+            with _secure_client(server.port, tmp_path, "historian", "hmi pw"):
+                pass
+    finally:
+        server.close()
+
+
 def _issued_client(folder, authority_key, authority) -> None:
     """A client certificate for urn:mes issued by `authority` (as a plant's CA issues them), with its
     key, in `folder` where `_secure_client` looks (and keeps it: the URI and host name it asks for)."""
@@ -444,6 +483,11 @@ def test_a_user_without_a_server_or_a_name_is_refused(tiny_bundle, spotted_frame
     out = edge_ad("run", "--bundle", tiny_bundle, "--input", spotted_frames, "--opcua-port", free_port(),
                   "--opcua-user", "scada", "--opcua-certificate", "line7.crt")
     assert out.returncode != 0 and "--opcua-certificate and --opcua-key: both" in out.stderr
+    for reader in ("scada", " "):
+        out = edge_ad("run", "--bundle", tiny_bundle, "--input", spotted_frames, "--opcua-port", free_port(),
+                      "--opcua-user", "scada", "--opcua-reader", reader)
+        assert out.returncode != 0 and f"--opcua-reader {reader}: a second user's name, beside --opcua-user's" \
+            in out.stderr
     out = edge_ad("run", "--bundle", tiny_bundle, "--input", spotted_frames, "--opcua-port", free_port(),
                   "--opcua-trust", "trusted")
     assert out.returncode != 0 and "--opcua-trust trusted: with --opcua-user" in out.stderr
