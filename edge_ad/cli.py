@@ -923,7 +923,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opcua-key", metavar="FILE", help="--opcua-certificate's private key (RSA, unencrypted)")
     p.add_argument("--opcua-trust", metavar="DIR",
                    help="--opcua-user: take sessions only from clients whose certificates, or the certificate "
-                        "authorities that issued them, are in DIR (PEM or DER); a refused one is kept for moving in")
+                        "authorities that issued them, are in DIR (PEM or DER; their revocation lists too); a "
+                        "refused one is kept for moving in")
     p.add_argument("--max-frames", type=_positive_int, help="stop each source after this many frames")
     p.add_argument("--calibration-frames", type=_positive_int, metavar="N",
                    help="frames a calibration on the line keeps (asked by SIGUSR1, Modbus register +11 or OPC UA "

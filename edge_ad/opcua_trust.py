@@ -4,11 +4,13 @@ refused, as OPC UA servers keep a trust list.
 A client's certificate is trusted when it is in DIR itself (a client's self-signed certificate,
 as SCADA systems and UaExpert make) or was issued by a certificate authority in DIR (a plant's
 own CA); PEM or DER, any file name, a PEM file with several certificates too. It must also be
-within its validity period and name the client's application URI (asyncua's basic validation).
-A refused certificate is kept in `rejected/` beside the server's own certificate, named by its
-SHA-1 thumbprint, and the log says which file to move into DIR to trust it; DIR is read again
-at each refusal, so a certificate moved in counts from the client's next attempt, without a
-restart.
+within its validity period and name the client's application URI (asyncua's basic validation),
+and not be revoked by a certificate revocation list (CRL) in DIR, which one of its authorities
+signed. A refused certificate is kept in `rejected/` beside the server's own certificate, named
+by its SHA-1 thumbprint, and the log says which file to move into DIR to trust it. DIR is read
+again at each new session (sessions are few: a client keeps its own for hours), so a
+certificate moved in or a renewed list counts from the client's next attempt, without a
+restart; a session already open stays open.
 """
 
 from __future__ import annotations
@@ -32,6 +34,22 @@ def read_certificates(path: Path) -> list:
     return [x509.load_der_x509_certificate(data)]
 
 
+def _read_trust_file(path: Path) -> tuple[list, object | None]:
+    """The certificates in a file of the trust folder, or its certificate revocation list (PEM or
+    DER); ValueError when it holds neither."""
+    from cryptography import x509
+
+    data = path.read_bytes()
+    if b"-----BEGIN X509 CRL-----" in data:
+        return [], x509.load_pem_x509_crl(data)
+    try:
+        return read_certificates(path), None
+    except ValueError:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            raise
+        return [], x509.load_der_x509_crl(data)  # ValueError again when it is no CRL either
+
+
 def thumbprint(der: bytes) -> str:
     """A certificate's SHA-1 thumbprint as OPC UA clients show it: 40 hex digits in pairs."""
     digest = hashlib.sha1(der).hexdigest()
@@ -49,29 +67,41 @@ class ClientTrust:
         self._basic = CertificateValidator(CertificateValidatorOptions.BASIC_VALIDATION)
         self._trusted: set[bytes] = set()  # the DER of each certificate in the folder
         self._authorities: list = []  # those of them that are certificate authorities
-        self._said: set[bytes] = set()  # the certificates refused and logged: a client retries every few seconds
+        self._revoked: dict = {}  # an authority's name -> the serial numbers its revocation lists name
+        self._said: set[bytes] = set()  # the certificates refused and logged
         self.load(strict=True)
 
     def load(self, strict: bool = False) -> None:
-        """Read the folder's certificates. `strict` (at the start): a file that is not one is an
-        error that names it; later it is skipped with a warning, as a file being copied in may be."""
+        """Read the folder's certificates and revocation lists. `strict` (at the start): a file
+        that is neither, or a list no authority there signed, is an error that names it; later it
+        is left out with a warning (a file being copied in), and a folder that cannot be read
+        leaves what was read before."""
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
+
+        def refuse(problem: str, exc: Exception | None = None) -> None:
+            if strict:
+                raise EdgeAdError(f"{problem}; take it out of the folder") from exc
+            log.warning("opcua: %s; left out", problem)
 
         try:
             files = sorted(path for path in self.folder.iterdir() if path.is_file() and not path.name.startswith("."))
         except OSError as exc:
-            raise EdgeAdError(f"--opcua-trust {self.folder}: cannot read the folder ({exc.strerror})") from exc
-        trusted, authorities = set(), []
+            if strict:
+                raise EdgeAdError(f"--opcua-trust {self.folder}: cannot read the folder ({exc.strerror})") from exc
+            log.warning("opcua: --opcua-trust %s: cannot read the folder (%s); what was read before is used",
+                        self.folder, exc.strerror)
+            return
+        trusted, authorities, lists = set(), [], []
         for path in files:
             try:
-                certificates = read_certificates(path)
+                certificates, revocations = _read_trust_file(path)
             except (OSError, ValueError) as exc:
-                problem = f"--opcua-trust: {path} is not a certificate in PEM or DER ({_first_sentence(exc)})"
-                if strict:
-                    raise EdgeAdError(f"{problem}; take it out of the folder") from exc
-                log.warning("opcua: %s; left out", problem)
+                refuse(f"--opcua-trust: {path} is not a certificate or a revocation list (CRL) in PEM or DER "
+                       f"({_first_sentence(exc)})", exc)
                 continue
+            if revocations is not None:
+                lists.append((path, revocations))
             for certificate in certificates:
                 trusted.add(certificate.public_bytes(serialization.Encoding.DER))
                 try:
@@ -79,10 +109,18 @@ class ClientTrust:
                         authorities.append(certificate)
                 except x509.ExtensionNotFound:
                     pass
-        self._trusted, self._authorities = trusted, authorities
+        revoked: dict = {}  # issuer's name -> the serial numbers its lists revoke
+        for path, revocations in lists:
+            if not any(authority.subject == revocations.issuer and revocations.is_signature_valid(
+                    authority.public_key()) for authority in authorities):
+                refuse(f"--opcua-trust: {path} is a revocation list that no certificate authority there signed "
+                       f"(its issuer: {revocations.issuer.rfc4514_string()})")
+                continue
+            revoked.setdefault(revocations.issuer, set()).update(entry.serial_number for entry in revocations)
+        self._trusted, self._authorities, self._revoked = trusted, authorities, revoked
         if strict:
-            log.info("opcua: clients trusted: the %d certificates in %s (%d of them certificate authorities)",
-                     len(trusted), self.folder, len(authorities))
+            log.info("opcua: clients trusted: the %d certificates in %s (%d of them certificate authorities, "
+                     "%d revocation lists)", len(trusted), self.folder, len(authorities), len(lists))
 
     async def __call__(self, certificate, application) -> None:
         """Raise asyncua's ServiceError (the client is told why) unless `certificate` is taken."""
@@ -98,23 +136,28 @@ class ClientTrust:
             log.warning("opcua: refused %s: its certificate (SHA-1 %s) %s", client, thumbprint(der),
                         _basic_refusal(exc.code, certificate))
             raise
-        if self._trusts(certificate, der):
-            return
-        self.load()  # a certificate moved in since
-        if self._trusts(certificate, der):
-            return
-        kept = self.rejected / f"{hashlib.sha1(der).hexdigest()}.der"
-        try:
-            self.rejected.mkdir(parents=True, exist_ok=True)
-            kept.write_bytes(der)
-            what_to_do = f"kept as {kept}: move it into {self.folder} to trust it"
-        except OSError as exc:
-            what_to_do = f"not kept ({kept}: {exc.strerror}): get it from the client's side to trust it"
+        self.load()  # the folder as it is now: a certificate moved in, a revocation list renewed
+        if not self._trusts(certificate, der):
+            kept = self.rejected / f"{hashlib.sha1(der).hexdigest()}.der"
+            try:
+                self.rejected.mkdir(parents=True, exist_ok=True)
+                kept.write_bytes(der)
+                what_to_do = f"kept as {kept}: move it into {self.folder} to trust it"
+            except OSError as exc:
+                what_to_do = f"not kept ({kept}: {exc.strerror}): get it from the client's side to trust it"
+            self._say(der, "opcua: refused %s: its certificate (SHA-1 %s) is not in --opcua-trust %s, nor issued by "
+                      "one there; %s", client, thumbprint(der), self.folder, what_to_do)
+            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+        if certificate.serial_number in self._revoked.get(certificate.issuer, ()):
+            self._say(der, "opcua: refused %s: its certificate (SHA-1 %s, serial %x) is revoked by a revocation list "
+                      "in %s", client, thumbprint(der), certificate.serial_number, self.folder)
+            raise ServiceError(ua.StatusCodes.BadCertificateRevoked)
+
+    def _say(self, der: bytes, *message) -> None:
+        """Log a refusal once per certificate: a client tries again every few seconds."""
         if der not in self._said:
             self._said.add(der)
-            log.warning("opcua: refused %s: its certificate (SHA-1 %s) is not in --opcua-trust %s, nor issued by "
-                        "one there; %s", client, thumbprint(der), self.folder, what_to_do)
-        raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+            log.warning(*message)
 
     def _trusts(self, certificate, der: bytes) -> bool:
         from cryptography.x509 import verification

@@ -402,6 +402,20 @@ def _issued_client(folder, authority_key, authority) -> None:
     (folder / "client-certificate.der").write_bytes(certificate.public_bytes(serialization.Encoding.DER))
 
 
+def _revocation_list(key, authority, serials: list[int]) -> bytes:
+    """A certificate revocation list (PEM) in `authority`'s name, signed by `key`, revoking `serials`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    now = datetime.now(timezone.utc)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(authority.subject).last_update(now)
+               .next_update(now + timedelta(days=7)))
+    for serial in serials:
+        builder = builder.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(serial)
+                                                  .revocation_date(now).build())
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
 def _authority():
     """A plant's certificate authority: its key and certificate."""
     from cryptography import x509
@@ -466,11 +480,30 @@ def test_with_a_trust_list_only_clients_trusted_or_issued_by_a_trusted_authority
         kept.rename(trusted / kept.name)  # trusted from its next attempt, without a restart
         with _secure_client(server.port, stranger, "scada", "pw", "urn:stranger") as session:
             assert _values(session, "line1", "Frames") == {"Frames": 0}
+        # The MES's laptop is stolen: the plant's CA revokes its certificate, and its list is copied in.
+        (trusted / "plant-ca.crl").write_bytes(_revocation_list(authority_key, authority, [2]))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="edge_ad.opcua"):
+            with pytest.raises(ua.UaStatusCodeError, match="BadCertificateRevoked"):
+                with _secure_client(server.port, mes, "scada", "pw", "urn:mes"):
+                    pass
+        assert any(r.getMessage().startswith("opcua: refused urn:mes: its certificate (SHA-1 ") and
+                   r.getMessage().endswith(f", serial 2) is revoked by a revocation list in {trusted}")
+                   for r in caplog.records)
+        with _secure_client(server.port, scada, "scada", "pw") as session:  # the others still get in
+            assert _values(session, "line1", "Frames") == {"Frames": 0}
     finally:
         server.close()
+    forged_key, forged = _authority()  # a list signed by a key that is not the plant CA's
+    (trusted / "plant-ca.crl").write_bytes(_revocation_list(forged_key, authority, [3]))
+    with pytest.raises(EdgeAdError, match=f"--opcua-trust: {trusted / 'plant-ca.crl'} is a revocation list that no "
+                                          "certificate authority there signed \\(its issuer: CN=Plant 7 CA\\); take it "
+                                          "out of the folder"):
+        OpcUaServer(free_port(), ["line1"], user="scada", trust=trusted)
+    (trusted / "plant-ca.crl").unlink()
     (trusted / "notes.txt").write_text("ask Jo for the MES certificate")
-    with pytest.raises(EdgeAdError, match=f"--opcua-trust: {trusted / 'notes.txt'} is not a certificate in PEM or "
-                                          "DER .*; take it out of the folder"):
+    with pytest.raises(EdgeAdError, match=f"--opcua-trust: {trusted / 'notes.txt'} is not a certificate or a "
+                                          "revocation list \\(CRL\\) in PEM or DER .*; take it out of the folder"):
         OpcUaServer(free_port(), ["line1"], user="scada", trust=trusted)
 
 
