@@ -190,9 +190,9 @@ class OpcUaServer:
         self._server.set_identity_tokens([self._ua.UserNameIdentityToken])
         if self._trust is not None:
             self._server.set_certificate_validator(self._trust)
-        logins = self.user + (f" and of {self.reader} (reads only)" if self.reader else "")
-        log.info("opcua: login of %s only, signed and encrypted (Basic256Sha256, Aes128Sha256RsaOaep, "
-                 "Aes256Sha256RsaPss); certificate %s (%s), SHA-1 %s", logins, shown, uri, thumbprint(der))
+        logins = f"{self.user}'s login" + (f" and {self.reader}'s (reads only)" if self.reader else "")
+        log.info("opcua: %s alone, signed and encrypted (Basic256Sha256, Aes128Sha256RsaOaep, Aes256Sha256RsaPss); "
+                 "certificate %s (%s), SHA-1 %s", logins, shown, uri, thumbprint(der))
 
     async def _own_certificate(self) -> tuple:
         """This machine's self-signed certificate and key, made at the first start and kept: made
@@ -379,7 +379,8 @@ def _plant_certificate(certificate_path: Path, key_path: Path) -> tuple:
             raise EdgeAdError(f"{option} {path}: not a {what} in PEM or DER ({str(exc).split('. ')[0]})") from exc
     certificate, key = read["--opcua-certificate"], read["--opcua-key"]
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise EdgeAdError(f"--opcua-key {key_path}: OPC UA's security policies take an RSA key, not {type(key).__name__}")
+        raise EdgeAdError(f"--opcua-key {key_path}: OPC UA's security policies take an RSA key, not "
+                          f"{type(key).__name__}")
     public = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if certificate.public_key().public_bytes(*public) != key.public_key().public_bytes(*public):
         raise EdgeAdError(f"--opcua-key {key_path}: not the key of --opcua-certificate {certificate_path}")

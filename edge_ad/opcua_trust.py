@@ -23,6 +23,8 @@ from .errors import EdgeAdError
 
 log = logging.getLogger("edge_ad.opcua")
 
+REJECTED_KEPT = 100  # refused certificates kept at most: a client with a new one at each try would fill the disk
+
 
 def read_certificates(path: Path) -> list:
     """The certificates in one file (PEM, one or more, or DER); ValueError when it holds none."""
@@ -68,7 +70,7 @@ class ClientTrust:
         self._trusted: set[bytes] = set()  # the DER of each certificate in the folder
         self._authorities: list = []  # those of them that are certificate authorities
         self._revoked: dict = {}  # an authority's name -> the serial numbers its revocation lists name
-        self._said: set[bytes] = set()  # the certificates refused and logged
+        self._said: set[bytes] = set()  # the SHA-1 of each certificate refused and logged
         self.load(strict=True)
 
     def load(self, strict: bool = False) -> None:
@@ -133,16 +135,20 @@ class ClientTrust:
         try:
             await self._basic.validate(certificate, application)
         except ServiceError as exc:
-            log.warning("opcua: refused %s: its certificate (SHA-1 %s) %s", client, thumbprint(der),
-                        _basic_refusal(exc.code, certificate))
+            self._say(der, "opcua: refused %s: its certificate (SHA-1 %s) %s", client, thumbprint(der),
+                      _basic_refusal(exc.code, certificate))
             raise
         self.load()  # the folder as it is now: a certificate moved in, a revocation list renewed
         if not self._trusts(certificate, der):
             kept = self.rejected / f"{hashlib.sha1(der).hexdigest()}.der"
             try:
                 self.rejected.mkdir(parents=True, exist_ok=True)
-                kept.write_bytes(der)
-                what_to_do = f"kept as {kept}: move it into {self.folder} to trust it"
+                if not kept.exists() and sum(1 for _ in self.rejected.iterdir()) >= REJECTED_KEPT:
+                    what_to_do = (f"not kept: {self.rejected} holds {REJECTED_KEPT} refused certificates already "
+                                  "(empty it); get it from the client's side to trust it")
+                else:
+                    kept.write_bytes(der)
+                    what_to_do = f"kept as {kept}: move it into {self.folder} to trust it"
             except OSError as exc:
                 what_to_do = f"not kept ({kept}: {exc.strerror}): get it from the client's side to trust it"
             self._say(der, "opcua: refused %s: its certificate (SHA-1 %s) is not in --opcua-trust %s, nor issued by "
@@ -155,8 +161,9 @@ class ClientTrust:
 
     def _say(self, der: bytes, *message) -> None:
         """Log a refusal once per certificate: a client tries again every few seconds."""
-        if der not in self._said:
-            self._said.add(der)
+        digest = hashlib.sha1(der).digest()
+        if digest not in self._said:
+            self._said.add(digest)
             log.warning(*message)
 
     def _trusts(self, certificate, der: bytes) -> bool:

@@ -21,6 +21,7 @@ from asyncua.sync import Client  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
 
 from edge_ad.errors import EdgeAdError  # noqa: E402
+from edge_ad import opcua_trust  # noqa: E402
 from edge_ad.opcua import NAMESPACE, OpcUaServer  # noqa: E402
 from edge_ad.sinks import slug  # noqa: E402
 
@@ -429,7 +430,8 @@ def _authority():
                           data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
                           encipher_only=False, decipher_only=False)
     certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                   .serial_number(1).not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=3650))
+                   .serial_number(1).not_valid_before(now - timedelta(days=1))
+                   .not_valid_after(now + timedelta(days=3650))
                    .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
                    .add_extension(usage, True)
                    .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
@@ -445,7 +447,7 @@ def test_with_a_trust_list_only_clients_trusted_or_issued_by_a_trusted_authority
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
     monkeypatch.setenv("EDGE_AD_OPCUA_PASSWORD", "pw")
     scada, stranger, mes, trusted = (tmp_path / name for name in ("scada", "stranger", "mes", "trusted"))
-    for client in (scada, stranger, trusted):
+    for client in (scada, stranger, trusted, tmp_path / "intruder"):
         client.mkdir()
     # The SCADA system's own certificate, as PEM under a name that does not say so; the plant's CA.
     own = x509.load_der_x509_certificate(_self_signed(scada, "urn:scada")[1].read_bytes())
@@ -470,7 +472,8 @@ def test_with_a_trust_list_only_clients_trusted_or_issued_by_a_trusted_authority
                 with impostor:
                     pass
         assert any(r.getMessage().startswith("opcua: refused urn:mes: its certificate (SHA-1 ") and
-                   r.getMessage().endswith("does not name the application URI the client gives") for r in caplog.records)
+                   r.getMessage().endswith("does not name the application URI the client gives")
+                   for r in caplog.records)
         refused = (stranger / "client-certificate.der").read_bytes()
         kept = tmp_path / "state" / "opcua" / "rejected" / f"{hashlib.sha1(refused).hexdigest()}.der"
         assert kept.read_bytes() == refused
@@ -492,6 +495,16 @@ def test_with_a_trust_list_only_clients_trusted_or_issued_by_a_trusted_authority
                    for r in caplog.records)
         with _secure_client(server.port, scada, "scada", "pw") as session:  # the others still get in
             assert _values(session, "line1", "Frames") == {"Frames": 0}
+        # A client with a new certificate at each try would fill the disk: refused ones are kept up to a count.
+        monkeypatch.setattr(opcua_trust, "REJECTED_KEPT", 1)
+        (kept.parent / "earlier.der").write_bytes(refused)
+        with caplog.at_level("WARNING", logger="edge_ad.opcua"):
+            with pytest.raises(ua.UaStatusCodeError, match="BadCertificateUntrusted"):
+                with _secure_client(server.port, tmp_path / "intruder", "scada", "pw", "urn:intruder"):
+                    pass
+        assert [p.name for p in kept.parent.iterdir()] == ["earlier.der"]
+        assert any(f"not kept: {kept.parent} holds 1 refused certificates already (empty it)" in r.getMessage()
+                   for r in caplog.records)
     finally:
         server.close()
     forged_key, forged = _authority()  # a list signed by a key that is not the plant CA's
