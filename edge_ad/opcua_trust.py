@@ -120,7 +120,10 @@ class ClientTrust:
                 continue
             revoked.setdefault(revocations.issuer, set()).update(entry.serial_number for entry in revocations)
         self._trusted, self._authorities, self._revoked = trusted, authorities, revoked
-        if strict:
+        if strict and not trusted:  # the way to begin: each client's first attempt leaves its certificate
+            log.warning("opcua: no certificate in --opcua-trust %s: every client is refused, and its certificate "
+                        "kept in %s to be moved in", self.folder, self.rejected)
+        elif strict:
             log.info("opcua: clients trusted: the %d certificates in %s (%d of them certificate authorities, "
                      "%d revocation lists)", len(trusted), self.folder, len(authorities), len(lists))
 

@@ -520,6 +520,14 @@ def test_with_a_trust_list_only_clients_trusted_or_issued_by_a_trusted_authority
         OpcUaServer(free_port(), ["line1"], user="scada", trust=trusted)
 
 
+def test_an_empty_trust_folder_is_said_to_refuse_every_client_until_one_is_moved_in(tmp_path, caplog):
+    (tmp_path / "trusted").mkdir()
+    with caplog.at_level("INFO", logger="edge_ad.opcua"):
+        opcua_trust.ClientTrust(tmp_path / "trusted", tmp_path / "rejected")
+    assert caplog.messages == [f"opcua: no certificate in --opcua-trust {tmp_path / 'trusted'}: every client is "
+                               f"refused, and its certificate kept in {tmp_path / 'rejected'} to be moved in"]
+
+
 def test_a_user_without_a_server_or_a_name_is_refused(tiny_bundle, spotted_frames):
     out = edge_ad("run", "--bundle", tiny_bundle, "--input", spotted_frames, "--opcua-user", "scada")
     assert out.returncode != 0 and "--opcua-user scada: needs --opcua-port PORT" in out.stderr
