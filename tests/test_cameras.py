@@ -58,8 +58,7 @@ class _Camera(BaseHTTPRequestHandler):
     fault_status = 400  # what a refused login is sent with (some cameras send 200)
     password = "right"  # the ONVIF user admin's
     media2 = False  # a Profile T camera: its streams in Media2 too, the main one in H.265
-    http_digest = ""  # logins by HTTP digest (RFC 7616, qop=auth) with this hash ("MD5", "SHA-256") instead of
-    # WS-UsernameToken
+    http_digest = ""  # "MD5", "SHA-256": logins by HTTP digest (RFC 7616) instead of WS-UsernameToken
 
     def log_message(self, *args) -> None:
         pass
@@ -77,7 +76,8 @@ class _Camera(BaseHTTPRequestHandler):
                     "</tds:GetSystemDateAndTimeResponse>")
             return self._send(200, _answer(body))
         if self.http_digest and not self._digest_logged_in():
-            challenge = f'Digest realm="{DIGEST_REALM}", qop="auth", nonce="{DIGEST_NONCE}", algorithm={self.http_digest}'
+            challenge = (f'Digest realm="{DIGEST_REALM}", qop="auth", nonce="{DIGEST_NONCE}", '
+                         f"algorithm={self.http_digest}")
             return self._send(401, NOT_AUTHORIZED, {"WWW-Authenticate": challenge})
         if not self.http_digest and not self._logged_in(request, now):
             return self._send(self.fault_status, NOT_AUTHORIZED)
