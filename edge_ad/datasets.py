@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from .errors import DataError, ImageError
-from .images import as_grey, is_image_file, no_images_in, read_image, resize_to_input, to_rgb
+from .images import as_grey, is_image_file, no_images_in, pictures_matching, read_image, resize_to_input, to_rgb
 from .pipelines import local_path
 
 ELPV_TRAIN_SIZE = 1131
@@ -106,10 +106,10 @@ def _matching_samples(pattern: str, split: str) -> list[Sample]:
     if split == "test":
         raise DataError(f"{pattern}: a wildcard of normal images has no test split; evaluation needs an "
                         "MVTec-layout category (train/good, test/<defect>, ground_truth/<defect>) or 'elpv'")
-    matched = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-    images = [Path(path) for path in matched if is_image_file(Path(path))]
+    images = pictures_matching(pattern)
     if not images:
-        found = f"{len(matched)} file{'s' * (len(matched) != 1)} but no picture" if matched else "nothing"
+        others = len(glob.glob(os.path.expanduser(pattern), recursive=True))  # what it matched, if anything
+        found = f"{others} file{'s' * (others != 1)} but no picture" if others else "nothing"
         raise DataError(f"{pattern}: the wildcard matches {found} (quote it, so that the shell leaves it to "
                         "edge-ad)")
     return [_file_sample(path, 0, "good") for path in images]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import os
 from pathlib import Path
 
 import cv2
@@ -22,6 +24,12 @@ def is_image_file(path: Path) -> bool:
     """A file with an image suffix that is not hidden: a folder copied from a Mac onto a USB stick
     or a network share holds a `._NAME.png` of metadata beside each picture (AppleDouble)."""
     return not path.name.startswith(".") and path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def pictures_matching(pattern: str) -> list[Path]:
+    """The pictures a wildcard matches ('parts/*.jpg', '~/archive/**/OK_*.png'), sorted."""
+    return sorted(path for path in map(Path, glob.glob(os.path.expanduser(pattern), recursive=True))
+                  if is_image_file(path))
 
 
 def no_images_in(folder: Path) -> str:

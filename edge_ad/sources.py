@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import glob
 import logging
-import os
 import re
 import threading
 import time
@@ -28,7 +26,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from .errors import ImageError, SourceError, without_passwords
-from .images import IMAGE_SUFFIXES, is_image_file, no_images_in, read_image
+from .images import IMAGE_SUFFIXES, is_image_file, no_images_in, pictures_matching, read_image
 from .pipelines import (UDP_BUFFER_BYTES, SourceOptions, SourcePipeline, check_crop, flip_of, local_path, opencv_input,
                         source_pipeline)
 from .rtp_packets import HEADS, RtpPackets
@@ -586,7 +584,7 @@ class PictureSource:
             if not self.files:
                 raise SourceError(no_images_in(path))
         else:
-            self.files = sorted(p for p in map(Path, glob.glob(os.path.expanduser(path))) if is_image_file(p))  # quoted ~
+            self.files = pictures_matching(str(path))
             if not self.files:
                 raise SourceError(f"{path}: no picture matches this pattern (the suffixes read: "
                                   f"{', '.join(IMAGE_SUFFIXES)})")
