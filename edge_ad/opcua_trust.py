@@ -28,9 +28,12 @@ REJECTED_KEPT = 100  # refused certificates kept at most: a client with a new on
 
 def read_certificates(path: Path) -> list:
     """The certificates in one file (PEM, one or more, or DER); ValueError when it holds none."""
+    return _certificates_in(path.read_bytes())
+
+
+def _certificates_in(data: bytes) -> list:
     from cryptography import x509
 
-    data = path.read_bytes()
     if data.lstrip().startswith(b"-----BEGIN"):
         return x509.load_pem_x509_certificates(data)
     return [x509.load_der_x509_certificate(data)]
@@ -45,7 +48,7 @@ def _read_trust_file(path: Path) -> tuple[list, object | None]:
     if b"-----BEGIN X509 CRL-----" in data:
         return [], x509.load_pem_x509_crl(data)
     try:
-        return read_certificates(path), None
+        return _certificates_in(data), None
     except ValueError:
         if data.lstrip().startswith(b"-----BEGIN"):
             raise
