@@ -481,8 +481,14 @@ def test_with_a_trust_list_only_clients_trusted_or_issued_by_a_trusted_authority
         assert len(said) == 1 and f"is not in --opcua-trust {trusted}, nor issued by one there; kept as {kept}: " \
                                   f"move it into {trusted} to trust it" in said[0]
         kept.rename(trusted / kept.name)  # trusted from its next attempt, without a restart
-        with _secure_client(server.port, stranger, "scada", "pw", "urn:stranger") as session:
-            assert _values(session, "line1", "Frames") == {"Frames": 0}
+        (trusted / "readme.txt").write_text("certificates of line 7's clients")  # put there while running
+        with caplog.at_level("WARNING", logger="edge_ad.opcua"):
+            with _secure_client(server.port, stranger, "scada", "pw", "urn:stranger") as session:
+                assert _values(session, "line1", "Frames") == {"Frames": 0}
+        assert any(r.getMessage().startswith(f"opcua: --opcua-trust: {trusted / 'readme.txt'} is not a certificate "
+                                             "or a revocation list (CRL) in PEM or DER") and
+                   r.getMessage().endswith("; left out") for r in caplog.records)
+        (trusted / "readme.txt").unlink()
         # The MES's laptop is stolen: the plant's CA revokes its certificate, and its list is copied in.
         (trusted / "plant-ca.crl").write_bytes(_revocation_list(authority_key, authority, [2]))
         caplog.clear()
