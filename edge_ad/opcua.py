@@ -410,14 +410,18 @@ def _read_only_for(reader: str):
     from asyncua.crypto.permission_rules import SimpleRoleRuleset
 
     class ReadOnly(SimpleRoleRuleset):
-        changes = {ua.NodeId(ua.ObjectIds.WriteRequest_Encoding_DefaultBinary),
-                   ua.NodeId(ua.ObjectIds.CallRequest_Encoding_DefaultBinary)}
+        changes = {ua.NodeId(ua.ObjectIds.WriteRequest_Encoding_DefaultBinary): "write",
+                   ua.NodeId(ua.ObjectIds.CallRequest_Encoding_DefaultBinary): "method call"}
+        def __init__(self) -> None:
+            super().__init__()
+            self.said: set[str] = set()  # a client set to write each cycle would log a line a cycle: each kind once
 
         def check_validity(self, user, action_type_id, body) -> bool:
             if user is not None and user.name == reader and action_type_id in self.changes:
-                log.warning("opcua: %s reads only: its %s was refused", reader,
-                            "write" if action_type_id.Identifier == ua.ObjectIds.WriteRequest_Encoding_DefaultBinary
-                            else "method call")
+                kind = self.changes[action_type_id]
+                if kind not in self.said:
+                    self.said.add(kind)
+                    log.warning("opcua: %s reads only: its %s was refused", reader, kind)
                 return False
             return super().check_validity(user, action_type_id, body)
 
