@@ -181,7 +181,7 @@ def _source_options(args: argparse.Namespace) -> SourceOptions:
     return SourceOptions(args.input_width, args.input_height, args.input_framerate, args.input_codec,
                          args.latency, args.timeout, transport=args.rtsp_transport, flip=args.input_flip,
                          crop=args.input_crop, realtime=getattr(args, "realtime", False),
-                         loop=getattr(args, "input_loop", 0), follow=args.follow)
+                         loop=getattr(args, "input_loop", 0), follow=args.follow, certificate=args.input_certificate)
 
 
 def _streams(args: argparse.Namespace) -> list:
@@ -714,6 +714,10 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
                    help="rotate or mirror the frames, for a camera mounted turned (nvvidconv on a Jetson)")
     p.add_argument("--input-crop", type=_crop, metavar="X,Y,W,H",
                    help="keep only this part of each (turned) frame, in pixels: the part on the line")
+    p.add_argument("--input-certificate", metavar="FILE",
+                   help="an https:// or rtsps:// camera's own certificate (PEM or DER; self-signed, as cameras make "
+                        "them): trusted as it is, whatever name and dates it bears; without it the system's trust "
+                        "store decides, and a refused camera's certificate is kept and named in the log")
     p.add_argument("--latency", type=int, default=200, help="RTSP/RTP jitter-buffer latency in ms")
     p.add_argument("--rtsp-transport", choices=("tcp", "udp"),
                    help="RTSP over TCP (through firewalls and NAT) or UDP (default: UDP, then TCP if UDP fails; "

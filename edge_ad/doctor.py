@@ -326,6 +326,7 @@ def _check_source(report: Report, stream: Stream, jetson: bool, root: Path) -> N
     """One source of a --sources file as `edge-ad run` would start it, without opening it: its
     pipeline and output (and their GStreamer elements, and the UDP buffer its video gets), and its
     inspection mask."""
+    from .camera_certificates import camera_tls
     from .followed_pictures import check_followable
     from .http_pictures import HttpPictures, is_http_pictures
     from .masks import InspectionMask
@@ -343,6 +344,9 @@ def _check_source(report: Report, stream: Stream, jetson: bool, root: Path) -> N
         else:
             pipelines = [source_pipeline(stream.input, stream.options, jetson).description]
             kind = without_passwords(stream.input)  # doctor's output goes into support tickets
+        if not stream.pipeline and stream.options.certificate:
+            camera_tls(stream.input, stream.options.certificate)  # the file reads, and the camera speaks TLS
+            kind += f", its certificate pinned ({stream.options.certificate})"
         if stream.output:
             pipelines.append(output_description(stream.output, 64, 64, 30, jetson))
             if stream.output.startswith("rtsp://"):

@@ -42,6 +42,11 @@ class SourceError(EdgeAdError):
     """A video source cannot be opened or fails while streaming."""
 
 
+class CertificateRefused(OSError):
+    """A camera's TLS certificate refused (edge_ad.camera_certificates): an OSError, so that urllib
+    hands it on as a URLError's reason, as it does the system's refusals."""
+
+
 def report_errors(program: str, run: Callable[[], object]) -> int:
     """Run a command and return its exit code. An error meant for the user (EdgeAdError, a missing
     optional package, a file-system error) becomes one line `<program>: error: <what>` on stderr
@@ -91,6 +96,8 @@ def http_failure(exc: Exception) -> str:
     one that is not HTTP (http.client's errors are not OSErrors)."""
     if isinstance(exc, urllib.error.URLError):
         reason = exc.reason
+        if isinstance(reason, CertificateRefused):
+            return str(reason)
         if isinstance(reason, ssl.SSLCertVerificationError):
             return (f"the camera's certificate is not trusted here ({reason.verify_message}, as cameras' are): use "
                     "http://, or add its certificate to the system's")

@@ -29,6 +29,16 @@ LEFTOVER_S = 60.0  # a temporary picture older than this is no write in progress
 _LEFTOVER = re.compile(r"\..+\.(?:jpe?g|png)\.[a-z0-9_]{8}")  # mkstemp's name for write_atomic: .NAME.XXXXXXXX
 
 
+def state_folder() -> Path:
+    """Where edge-ad keeps what must outlast a restart, not a cache that may be emptied (the OPC UA
+    server's certificate, cameras' refused ones): systemd's $STATE_DIRECTORY
+    (StateDirectory=edge-ad: /var/lib/edge-ad), else $XDG_STATE_HOME/edge-ad, else
+    ~/.local/state/edge-ad."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "edge-ad"
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """`data` into `path` (its folder made if missing), replacing what was there only when done."""
     tmp = None

@@ -7,8 +7,9 @@ It is a live source: the newest picture is scored, at most `--input-framerate` a
 (DEFAULT_FPS without it), so a camera's small web server is not asked faster than that; one
 that has not answered in `--timeout` seconds is said not to answer. A user
 and password in the URL are sent as basic or digest authentication, as the camera asks. A
-failed request (no answer, a wrong password, a page or an error instead of a picture) is said
-and tried again with the back-off of a camera, counted as reconnects."""
+failed request (no answer, a wrong password, a page or an error instead of a picture, a
+certificate refused: edge_ad.camera_certificates) is said and tried again with the back-off of a
+camera, counted as reconnects."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
+from .camera_certificates import camera_tls
 from .errors import EdgeAdError, ImageError, SourceError, http_failure, without_passwords
 from .http_digest import DigestAuthHandler
 from .images import decode_image
@@ -61,9 +63,10 @@ class HttpPictures:
         self.description = f"still pictures of {without_passwords(self.url)}, {self.fps:g} a second at most"
         logins = urllib.request.HTTPPasswordMgrWithDefaultRealm()
         logins.add_password(None, self.url, unquote(parsed.username or ""), unquote(parsed.password or ""))
+        tls = camera_tls(uri, options.certificate)
         self._opener = urllib.request.build_opener(
             urllib.request.HTTPBasicAuthHandler(logins), DigestAuthHandler(logins),
-            urllib.request.HTTPSHandler(context=ssl.create_default_context()))
+            tls.https_handler() if tls else urllib.request.HTTPSHandler(context=ssl.create_default_context()))
 
     def _fetch(self) -> np.ndarray:
         """The camera's picture now, as RGB (EdgeAdError saying why there is none)."""

@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import EdgeAdError, listen_reason
+from .files import state_folder
 from .opcua_trust import ClientTrust, read_certificates, thumbprint
 from .sinks import slug
 
@@ -344,13 +345,9 @@ def _made_certificate(key_file: Path, certificate_file: Path) -> tuple:
 
 
 def certificate_dir() -> Path:
-    """Where the server's certificate and key are kept: state that must outlast a restart, not a
-    cache that may be emptied (clients would have to trust a new certificate): systemd's
-    $STATE_DIRECTORY (StateDirectory=edge-ad: /var/lib/edge-ad), else $XDG_STATE_HOME/edge-ad, else
-    ~/.local/state/edge-ad; under `opcua/`."""
-    if os.environ.get("STATE_DIRECTORY"):
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / "opcua"
-    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "edge-ad" / "opcua"
+    """Where the server's certificate and key are kept, in the state folder (files.state_folder):
+    clients would have to trust a new certificate."""
+    return state_folder() / "opcua"
 
 
 def _plant_certificate(certificate_path: Path, key_path: Path) -> tuple:

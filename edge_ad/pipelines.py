@@ -83,6 +83,7 @@ class SourceOptions:
     realtime: bool = False  # video files play no faster than their own frame rate (appsink sync)
     loop: int = 0  # files and folders play again this many times after the first (-1: for ever)
     follow: bool = False  # an image folder or wildcard: its new pictures as they arrive (edge_ad.followed_pictures)
+    certificate: str | None = None  # an https:// or rtsps:// camera's own certificate, pinned (camera_certificates)
 
 
 @dataclass

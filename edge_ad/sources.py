@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from .camera_certificates import camera_tls
 from .errors import ImageError, SourceError, without_passwords
 from .images import IMAGE_SUFFIXES, is_image_file, no_images_in, pictures_matching, read_image
 from .pipelines import (UDP_BUFFER_BYTES, SourceOptions, SourcePipeline, check_crop, flip_of, local_path, opencv_input,
@@ -192,6 +193,7 @@ class GstSource:
         else:
             self.spec = source_pipeline(uri, self.options, jetson)
             self._custom = False
+        self._tls = None if self._custom else camera_tls(uri, self.options.certificate)
         self._jetson = jetson
         self.description = self.spec.description
         self.reconnects = 0
@@ -232,11 +234,15 @@ class GstSource:
             raise SourceError(f"{self.shown}: pipeline has no appsink named 'sink'")
         if not self._custom and self.uri.startswith(("rtp://", "udp://")):
             self._rtp = RtpPackets(Gst, next(_elements(self.pipeline, "udpsrc")))
+        if self._tls:
+            self._tls.refusal = None
+            for element in (*_elements(self.pipeline, "souphttpsrc"), *_elements(self.pipeline, "rtspsrc")):
+                element.set_property("tls-database", self._tls.gst_database())
         state = self.pipeline.set_state(Gst.State.PAUSED)
         if state == Gst.StateChangeReturn.FAILURE:
             error = bus_error(self.pipeline) or "pipeline failed to start"
             self.close()
-            raise SourceError(f"{self.shown}: {with_hint(self.description, error)}")
+            raise SourceError(f"{self.shown}: {self._said(error)}")
         if self._custom:  # a live source does not preroll: that is how GStreamer tells them apart
             self.spec.live = state == Gst.StateChangeReturn.NO_PREROLL
         live = self.spec.live
@@ -252,7 +258,14 @@ class GstSource:
         if self.pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
             error = bus_error(self.pipeline) or "pipeline failed to start"
             self.close()
-            raise SourceError(f"{self.shown}: {with_hint(self.description, error)}")
+            raise SourceError(f"{self.shown}: {self._said(error)}")
+
+    def _said(self, error: str) -> str:
+        """GStreamer's `error` with what helps, or the camera's certificate refused, which
+        souphttpsrc and rtspsrc say as a stream error only."""
+        if self._tls and self._tls.refusal:
+            return str(self._tls.refusal)
+        return with_hint(self.description, error)
 
     def _count_arrival(self, pad, info):
         self._numbers.append((info.get_buffer().pts, self._arrived_before + self._arrived_here))
@@ -302,7 +315,7 @@ class GstSource:
                 return sample
             error = bus_error(self.pipeline)
             if error:
-                error = with_hint(self.description, error)
+                error = self._said(error)
                 if self.live:
                     raise _Failure(self._codec_mismatch() or error)
                 raise SourceError(f"{self.shown}: {self._file_error(error)}")
@@ -534,9 +547,7 @@ def with_hint(description: str, error: str) -> str:
             if error.startswith(start):
                 return f"{error}: {hint}"
     if "souphttpsrc" in description and error.startswith("Internal data stream error. (souphttpsrc"):
-        tls = (", or a certificate this device does not trust: a camera's own is self-signed; add it to the system's "
-               "(update-ca-certificates) or use http://") if 'location="https://' in description else ""
-        return f"{error}: no answer (is the camera on, and its address and port right?){tls}"
+        return f"{error}: no answer (is the camera on, and its address and port right?)"
     if "souphttpsrc" in description and "(multipartdemux" in error:
         return (f"{error}: the URL answers, but not with an MJPEG stream (multipart/x-mixed-replace): give the "
                 "camera's MJPEG stream or its rtsp:// URL, or for a still picture's URL --input-codec jpeg, which "

@@ -38,7 +38,7 @@ class Stream:
 
 STREAM_KEYS = {"input", "name", "output", "pipeline", "mask", "bundle", "alarm_frames", "calibration"}
 OPTION_KEYS = {"width", "height", "framerate", "codec", "latency_ms", "timeout_s", "pattern", "transport", "flip",
-               "crop", "realtime", "loop", "follow"}
+               "crop", "realtime", "loop", "follow", "certificate"}
 
 
 def bundle_of(stream: Stream, default: Sequence[str] = ()) -> tuple[str, ...]:
@@ -63,7 +63,7 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
     optional `name`, `output`, `mask`, `bundle` (a path, or a list of NAME=PATH for one bundle per
     product variant), `calibration` (a folder for this camera's own site calibration of its
     bundle), `alarm_frames` and source options (width, height, framerate, codec, latency_ms,
-    timeout_s, pattern, transport, flip, crop, realtime, loop, follow); what is left out takes the command
+    timeout_s, pattern, transport, flip, crop, realtime, loop, follow, certificate); what is left out takes the command
     line's values. Relative paths in the file are from its folder (_from_folder)."""
     data = read_yaml(path)
     entries = data.get("sources")
@@ -85,15 +85,18 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
         for key in ("realtime", "follow"):
             if not isinstance(entry.get(key, False), bool):
                 raise EdgeAdError(f"{where}: '{key}' must be true or false, not {entry[key]!r}")
-        if not isinstance(entry.get("mask", ""), str):
-            raise EdgeAdError(f"{where}: 'mask' must be an image file name, not {entry['mask']!r}")
+        for key, what in (("mask", "an image file name"), ("certificate", "the file of the camera's certificate")):
+            if not isinstance(entry.get(key, ""), str):
+                raise EdgeAdError(f"{where}: '{key}' must be {what}, not {entry[key]!r}")
         if "calibration" in entry and not (isinstance(entry["calibration"], str) and entry["calibration"]):
             raise EdgeAdError(f"{where}: 'calibration' must be a folder, not {entry['calibration']!r}")
         alarm_frames = entry.get("alarm_frames")
         if alarm_frames is not None and (type(alarm_frames) is not int or alarm_frames < 1):
             raise EdgeAdError(f"{where}: 'alarm_frames' must be a whole number, 1 or more, not {alarm_frames!r}")
-        options = replace(defaults, **{k: entry[k] for k in OPTION_KEYS & set(entry)})
         folder, written = path.parent, str(entry.get("input") or "")
+        options = replace(defaults, **{k: entry[k] for k in OPTION_KEYS & set(entry)})
+        if entry.get("certificate"):
+            options.certificate = _from_folder(entry["certificate"], folder)
         mask = _from_folder(entry["mask"], folder) if "mask" in entry else default_mask
         streams.append(
             Stream(_from_folder(written, folder), str(entry.get("name") or written),

@@ -19,18 +19,20 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from edge_ad.datasets import calibration_frames
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError, SourceError
 from edge_ad import outputs, runner
+from edge_ad.camera_certificates import fingerprint
 from edge_ad.outputs import QUEUED_FRAMES, VideoOutput, check_servable, output_description, unused_path
 from edge_ad.runner import RunConfig, run
 from edge_ad.streams import Stream
 from edge_ad.pipelines import FLIPS, SourceOptions
 from edge_ad.sources import load_gst, open_source
 
-from conftest import frames_within, free_port, wait_for
+from conftest import certificate, frames_within, free_port, wait_for
 
 GST_LAUNCH = shutil.which("gst-launch-1.0")
 pytestmark = pytest.mark.skipif(GST_LAUNCH is None, reason="gst-launch-1.0 is not installed")
@@ -227,11 +229,12 @@ def test_rtsp_output_served_and_read_back(detector, tmp_path, transport):
 
 
 @contextmanager
-def _rtsp_camera(launch: str, login: tuple[str, str] | None = None):
+def _rtsp_camera(launch: str, login: tuple[str, str] | None = None, tls: tuple[Path, Path] | None = None):
     """An RTSP camera at rtsp://127.0.0.1:PORT/cam serving gst-rtsp-server's `launch`, to a
-    client that gives `login` (user, password: basic authentication) if one is given; its URI."""
+    client that gives `login` (user, password: basic authentication) if one is given; with `tls`
+    (its certificate and key files), RTSP over TLS only, at rtsps://; its URI."""
     _need_rtsp_server()
-    from gi.repository import GLib, GstRtspServer
+    from gi.repository import Gio, GLib, GstRtspServer
 
     port = free_port()
     server = GstRtspServer.RTSPServer()
@@ -248,6 +251,18 @@ def _rtsp_camera(launch: str, login: tuple[str, str] | None = None):
         for permission in ("media.factory.access", "media.factory.construct"):
             permissions.add_permission_for_role("user", permission, True)
         factory.set_permissions(permissions)
+    if tls is not None:
+        auth = server.get_auth() or GstRtspServer.RTSPAuth()
+        auth.set_tls_certificate(Gio.TlsCertificate.new_from_files(str(tls[0]), str(tls[1])))
+        if login is None:  # anyone may watch
+            token = GstRtspServer.RTSPToken()
+            token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "anyone")
+            auth.set_default_token(token)
+            permissions = GstRtspServer.RTSPPermissions()
+            for permission in ("media.factory.access", "media.factory.construct"):
+                permissions.add_permission_for_role("anyone", permission, True)
+            factory.set_permissions(permissions)
+        server.set_auth(auth)
     server.get_mount_points().add_factory("/cam", factory)
     context = GLib.MainContext.new()
     source_id = server.attach(context)
@@ -255,7 +270,7 @@ def _rtsp_camera(launch: str, login: tuple[str, str] | None = None):
     thread = threading.Thread(target=loop.run, daemon=True)
     thread.start()
     try:
-        yield f"rtsp://127.0.0.1:{port}/cam"
+        yield f"{'rtsps' if tls else 'rtsp'}://127.0.0.1:{port}/cam"
     finally:
         context.find_source_by_id(source_id).destroy()
         loop.quit()
@@ -343,6 +358,31 @@ def test_a_camera_password_is_read_as_typed_into_the_camera(caplog):
             read = frames_within(open_source(stream.input, SourceOptions(timeout_s=5)), 3, 30)
             assert [frame.image.shape for frame in read] == [(64, 96, 3)] * 3
     assert "p@ss" not in caplog.text and "ss#1" not in caplog.text
+
+
+def test_an_rtsps_camera_s_own_certificate_pinned_is_trusted_and_any_other_refused(tmp_path, monkeypatch, caplog):
+    """RTSP over TLS (rtsps://): the camera's own certificate, self-signed, is in no trust store;
+    given as --input-certificate, its stream comes; without it, or another, it is refused, kept,
+    and named with its fingerprint, which rtspsrc's own error does not say."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    own, _ = certificate(tmp_path, "camera")
+    certificate(tmp_path, "another")
+    frames = "videotestsrc is-live=true ! video/x-raw,width=96,height=64,framerate=15/1"
+    with _rtsp_camera(f"( {frames} ! x264enc tune=zerolatency key-int-max=15 ! rtph264pay name=pay0 )",
+                      tls=(tmp_path / "camera.pem", tmp_path / "camera.key")) as uri:
+        assert uri.startswith("rtsps://")
+        read = frames_within(open_source(uri, SourceOptions(certificate=str(tmp_path / "camera.pem"))), 3, 30)
+        assert [frame.image.shape for frame in read] == [(64, 96, 3)] * 3
+        kept = tmp_path / "state" / "cameras" / f"127.0.0.1-{uri.split(':')[2].split('/')[0]}.pem"
+        for pinned, said in ((None, "the camera's certificate is not trusted here (issued by no authority"),
+                             (tmp_path / "another.pem", "the camera's certificate is not the one in "
+                                                        f"--input-certificate {tmp_path / 'another.pem'}")):
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
+                options = SourceOptions(timeout_s=2, certificate=pinned and str(pinned))
+                assert frames_within(open_source(uri, options), 1, 2) == []
+            assert said in caplog.text and f"kept in {kept}" in caplog.text
+            assert f"SHA-256 {fingerprint(own.public_bytes(Encoding.DER))}" in caplog.text
 
 
 def test_a_wrong_login_stream_path_or_address_is_said_as_such(caplog):
