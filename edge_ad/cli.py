@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ from .backends import BACKENDS
 from .bundle import BACKBONES, MODEL_TYPES, load_bundle
 from .errors import EdgeAdError, report_errors, without_passwords
 from .freeze import FROZEN_WINDOW_S
+from .output_access import OUTPUT_PASSWORD_VARIABLE, OutputAccess
 from .pipelines import FLIPS, SourceOptions
 from .reports import write_report
 
@@ -252,6 +254,22 @@ def _print_pipelines(streams: list, jetson: bool | None, bitrate_kbps: int | Non
             print(f"{stream.name} -> {stream.output}: {pipeline}")
 
 
+def _output_access(args: argparse.Namespace) -> OutputAccess:
+    """Who may watch the run's RTSP and HTTP outputs (edge_ad.output_access)."""
+    if (args.output_certificate is None) != (args.output_key is None):
+        raise EdgeAdError("--output-certificate and --output-key: both, this device's certificate for the outputs "
+                          "and its key")
+    password = ""
+    if args.output_user is not None:
+        if not args.output_user.strip() or ":" in args.output_user:
+            raise EdgeAdError(f"--output-user '{args.output_user}': give the viewers' user name (not empty, no ':')")
+        password = os.environ.get(OUTPUT_PASSWORD_VARIABLE, "")
+        if not password:
+            raise EdgeAdError(f"--output-user {args.output_user}: set the viewers' password in the environment "
+                              f"variable {OUTPUT_PASSWORD_VARIABLE} (not on the command line, where ps shows it)")
+    return OutputAccess(args.output_user, password, args.output_certificate, args.output_key)
+
+
 def _run(args: argparse.Namespace) -> None:
     import logging
 
@@ -271,6 +289,7 @@ def _run(args: argparse.Namespace) -> None:
     if args.opcua_trust is not None and not args.opcua_user:
         raise EdgeAdError(f"--opcua-trust {args.opcua_trust}: with --opcua-user (without a login the server takes no "
                           "client certificates)")
+    output_access = _output_access(args)
     jetson = {"auto": None, "jetson": True, "generic": False}[args.platform]
     streams = _streams(args)
     if args.print_pipeline:
@@ -302,6 +321,7 @@ def _run(args: argparse.Namespace) -> None:
         jetson=jetson,
         drift=args.drift,
         output_bitrate_kbps=args.output_bitrate,
+        output_access=output_access,
         alarm_frames=args.alarm_frames,
         mqtt=args.mqtt,
         mqtt_tls=MqttTls(*(Path(f) if f else None for f in (args.mqtt_ca, args.mqtt_cert, args.mqtt_key))),
@@ -865,6 +885,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-bitrate", type=_positive_int, metavar="KBPS",
                    help="H.264 bit rate of the video outputs in kbit/s (default: the encoder's, 4000 for "
                         "nvv4l2h264enc, 2048 for x264enc)")
+    p.add_argument("--output-user", metavar="NAME",
+                   help="RTSP and HTTP outputs ask viewers for this user and the password in "
+                        f"{OUTPUT_PASSWORD_VARIABLE} (RTSP: digest login; browsers: basic, readable over http://)")
+    p.add_argument("--output-certificate", metavar="FILE",
+                   help="with --output-key: serve the RTSP and HTTP outputs over TLS only, written rtsps://@:PORT/PATH "
+                        "and https://@:PORT/PATH, with this certificate (PEM: the plant's, or one made with openssl)")
+    p.add_argument("--output-key", metavar="FILE", help="the unencrypted key (PEM) of --output-certificate")
     p.add_argument("--sources", help="YAML file listing several sources (input, name, output, bundle, mask, options)")
     p.add_argument("--pipeline", help="your own GStreamer source pipeline ending in 'appsink name=sink' (BGR)")
     p.add_argument("--print-pipeline", action="store_true", help="print the GStreamer pipelines and exit")

@@ -330,6 +330,7 @@ def _check_source(report: Report, stream: Stream, jetson: bool, root: Path) -> N
     from .followed_pictures import check_followable
     from .http_pictures import HttpPictures, is_http_pictures
     from .masks import InspectionMask
+    from .output_access import RTSP_OUTPUTS
     from .outputs import output_description, rtsp_server
     from .pipelines import opencv_input, source_pipeline
 
@@ -349,7 +350,7 @@ def _check_source(report: Report, stream: Stream, jetson: bool, root: Path) -> N
             kind += f", its certificate pinned ({stream.options.certificate})"
         if stream.output:
             pipelines.append(output_description(stream.output, 64, 64, 30, jetson))
-            if stream.output.startswith("rtsp://"):
+            if stream.output.startswith(RTSP_OUTPUTS):
                 rtsp_server(stream.output)
         mask = InspectionMask.load(stream.mask) if stream.mask else None
     except EdgeAdError as exc:

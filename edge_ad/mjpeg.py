@@ -11,6 +11,7 @@ client gets the newest one: a slow client skips pictures, it never holds up the 
 from __future__ import annotations
 
 import html
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,9 +21,11 @@ import cv2
 import numpy as np
 
 from .errors import SourceError, listen_reason, uri_port
+from .output_access import OutputAccess
 
 MJPEG_FPS = 10.0  # at most this many pictures a second: enough to watch, a third of a camera's bandwidth
 MJPEG_QUALITY = 80
+HANDSHAKE_S = 10.0  # a browser's TLS handshake takes milliseconds; one that has not finished by then never will
 
 
 def mjpeg_description(uri: str) -> str:
@@ -30,19 +33,45 @@ def mjpeg_description(uri: str) -> str:
     parsed, port = urlparse(uri), uri_port(uri)
     if port is None:
         raise SourceError(f"{uri}: an HTTP output needs a port, as in http://@:8080/line1")
-    return (f"MJPEG over HTTP on port {port}, path /{parsed.path.strip('/')}, at most {MJPEG_FPS:g} "
+    return (f"MJPEG over {parsed.scheme.upper()} on port {port}, path /{parsed.path.strip('/')}, at most {MJPEG_FPS:g} "
             f"pictures a second (JPEG quality {MJPEG_QUALITY})")
 
 
-class _Server:
-    """The HTTP server of one port: each output at its path, and a page of them all at `/`."""
+class _TlsServer(ThreadingHTTPServer):
+    """An HTTP server speaking TLS only, each client's handshake in its own thread (in the
+    listening one, a client that stalls it would hold up every other)."""
 
-    def __init__(self, uri: str, host: str, port: int):
+    def __init__(self, address: tuple[str, int], handler, context: ssl.SSLContext):
+        super().__init__(address, handler)
+        self.context = context
+
+    def finish_request(self, request, client_address) -> None:
+        request.settimeout(HANDSHAKE_S)
+        try:
+            tls = self.context.wrap_socket(request, server_side=True)
+        except OSError:  # a client that does not trust the certificate, or speaks plain HTTP (ssl.SSLError)
+            return
+        with tls:
+            tls.settimeout(None)
+            super().finish_request(tls, client_address)
+
+
+class _Server:
+    """The HTTP server of one port: each output at its path, and a page of them all at `/`, to
+    the viewers `access` lets in."""
+
+    def __init__(self, uri: str, host: str, port: int, access: OutputAccess):
         self.outputs: dict[str, MjpegOutput] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if not access.allows(self.headers.get("Authorization")):
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="edge-ad", charset="UTF-8"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 path = "/" + self.path.split("?")[0].strip("/")
                 output = server.outputs.get(path)
                 if output is not None:
@@ -65,7 +94,10 @@ class _Server:
                 pass
 
         try:
-            self.http = ThreadingHTTPServer((host, port), Handler)
+            if uri.startswith("https://"):
+                self.http = _TlsServer((host, port), Handler, access.ssl_context())
+            else:
+                self.http = ThreadingHTTPServer((host, port), Handler)
         except OSError as exc:
             raise SourceError(f"{uri}: cannot listen on port {port} ({listen_reason(exc)})") from exc
         self.http.daemon_threads = True
@@ -91,10 +123,11 @@ _servers_lock = threading.Lock()
 
 
 class MjpegOutput:
-    """http://[host]:port/path (host @ or none: every interface): the overlay of one source."""
+    """http://[host]:port/path (host @ or none: every interface; https:// over TLS): the overlay
+    of one source."""
 
     def __init__(self, uri: str, width: int, height: int, fps: int, jetson: bool | None = None,
-                 bitrate_kbps: int | None = None):
+                 bitrate_kbps: int | None = None, access: OutputAccess = OutputAccess()):
         self.uri, self.size = uri, (width, height)
         self.description = mjpeg_description(uri)
         parsed = urlparse(uri)
@@ -109,7 +142,7 @@ class MjpegOutput:
         self.closed = False
         self._next_s = 0.0
         with _servers_lock:
-            server = _servers.get(self.key) or _Server(uri, *self.key)
+            server = _servers.get(self.key) or _Server(uri, *self.key, access)
             if self.path in server.outputs:
                 raise SourceError(f"{uri}: another output already serves {self.path} on port {self.key[1]}")
             server.outputs[self.path] = self

@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import EdgeAdError, SourceError, listen_reason, uri_port
 from .mjpeg import MjpegOutput, mjpeg_description
+from .output_access import HTTP_OUTPUTS, RTSP_OUTPUTS, OutputAccess, viewer_permissions
 from .picture_output import is_picture_output, picture_description, picture_name_problem
 from .pipelines import output_pipeline, rtsp_launch
 from .sinks import ReportDue
@@ -250,16 +251,16 @@ def check_servable(outputs: list[str]) -> None:
     few seconds for the whole run, while it scored on.)"""
     kinds: dict[int, str] = {}  # port -> the first output on it
     for uri in outputs:
-        if not uri.startswith(("rtsp://", "http://")):
+        if not uri.startswith(RTSP_OUTPUTS + HTTP_OUTPUTS):
             continue
         parsed, port = urlparse(uri), uri_port(uri)
         if port in kinds:
-            if kinds[port].split("://")[0] != uri.split("://")[0]:
+            if kinds[port].startswith(RTSP_OUTPUTS) != uri.startswith(RTSP_OUTPUTS):
                 raise EdgeAdError(f"--output {uri}: port {port} is taken by --output {kinds[port]}; an RTSP and an "
                                   "HTTP output need ports of their own (outputs of one kind share theirs)")
             continue
         kinds[port] = uri
-        host = "" if uri.startswith("rtsp://") or parsed.hostname in (None, "@") else parsed.hostname
+        host = "" if uri.startswith(RTSP_OUTPUTS) or parsed.hostname in (None, "@") else parsed.hostname
         if port is not None and (problem := listen_problem(host, port)):
             raise EdgeAdError(f"--output {uri}: cannot listen on port {port} ({problem})")
 
@@ -267,11 +268,13 @@ def check_servable(outputs: list[str]) -> None:
 class _RtspServer:
     """The gst-rtsp-server of one port, serving in a thread of its own, and its outputs' paths."""
 
-    def __init__(self, uri: str, port: int):
+    def __init__(self, uri: str, port: int, access: OutputAccess):
         GLib, GstRtspServer = rtsp_server(uri)
         self.port, self.paths = port, set()
         self.server = GstRtspServer.RTSPServer()
         self.server.set_service(str(port))
+        if auth := access.rtsp_auth(GstRtspServer):
+            self.server.set_auth(auth)
         self.mounts = self.server.get_mount_points()
         self.context = GLib.MainContext.new()
         self.source_id = self.server.attach(self.context)
@@ -295,11 +298,11 @@ _rtsp_servers_lock = threading.Lock()
 
 
 class RtspOutput:
-    """rtsp://@:port/path: a gst-rtsp-server mount that every client shares; frames are dropped
-    while no client is connected."""
+    """rtsp://@:port/path (rtsps:// over TLS): a gst-rtsp-server mount that every client shares,
+    to the viewers `access` lets in; frames are dropped while no client is connected."""
 
     def __init__(self, uri: str, width: int, height: int, fps: int, jetson: bool | None = None,
-                 bitrate_kbps: int | None = None):
+                 bitrate_kbps: int | None = None, access: OutputAccess = OutputAccess()):
         self._Gst = load_gst()
         _, GstRtspServer = rtsp_server(uri)
         parsed = urlparse(uri)
@@ -311,9 +314,10 @@ class RtspOutput:
         factory = GstRtspServer.RTSPMediaFactory()
         factory.set_launch(self.description)
         factory.set_shared(True)
+        factory.set_permissions(viewer_permissions(GstRtspServer))
         factory.connect("media-configure", self._configure)
         with _rtsp_servers_lock:
-            server = _rtsp_servers.get(parsed.port) or _RtspServer(uri, parsed.port)
+            server = _rtsp_servers.get(parsed.port) or _RtspServer(uri, parsed.port, access)
             if self.path in server.paths:
                 raise SourceError(f"{uri}: another output already serves {self.path} on port {parsed.port}")
             server.mounts.add_factory(self.path, factory)
@@ -368,9 +372,9 @@ def output_description(
         return picture_description(uri)
     if problem := picture_name_problem(uri):
         raise SourceError(problem)
-    if uri.startswith("rtsp://"):
+    if uri.startswith(RTSP_OUTPUTS):
         return rtsp_launch(width, height, fps, jetson, bitrate_kbps)
-    if uri.startswith("http://"):
+    if uri.startswith(HTTP_OUTPUTS):
         return mjpeg_description(uri)
     return output_pipeline(uri, width, height, fps, jetson, bitrate_kbps)
 
@@ -386,14 +390,14 @@ def output_size(width: int, height: int) -> tuple[int, int]:
 
 def open_output(
     uri: str, width: int, height: int, fps: int, jetson: bool | None = None, bitrate_kbps: int | None = None,
-    live: bool = False,
+    live: bool = False, access: OutputAccess = OutputAccess(),
 ) -> VideoOutput | RtspOutput | MjpegOutput:
     """The video output for `--output URI` at the first frame's size and the source's frame rate,
     H.264 at `bitrate_kbps` (None: the encoder's default; MJPEG outputs have their own quality);
-    `live`: the frames come from a camera (see VideoOutput). Viewers of RTSP and MJPEG outputs
-    are shown the frames their encoder keeps up with."""
-    if uri.startswith("rtsp://"):
-        return RtspOutput(uri, width, height, fps, jetson, bitrate_kbps)
-    if uri.startswith("http://"):
-        return MjpegOutput(uri, width, height, fps, jetson, bitrate_kbps)
+    `live`: the frames come from a camera (see VideoOutput). Viewers of RTSP and MJPEG outputs,
+    those `access` lets in, are shown the frames their encoder keeps up with."""
+    if uri.startswith(RTSP_OUTPUTS):
+        return RtspOutput(uri, width, height, fps, jetson, bitrate_kbps, access)
+    if uri.startswith(HTTP_OUTPUTS):
+        return MjpegOutput(uri, width, height, fps, jetson, bitrate_kbps, access)
     return VideoOutput(uri, width, height, fps, jetson, bitrate_kbps, live)

@@ -33,6 +33,7 @@ from .freeze import FROZEN_WINDOW_S, FreezeWatch
 from .line_calibration import CALIBRATING, LineCalibration
 from .masks import InspectionMask, calibration_mismatch
 from .mqtt import MqttTls
+from .output_access import OutputAccess
 from .outputs import DiskRoom, check_servable, open_output, output_description, output_size
 from .picture_output import PictureOutput, is_picture_output
 from .regions import regions
@@ -76,6 +77,7 @@ class RunConfig:
     max_frames: int | None = None  # per source
     jetson: bool | None = None  # None: detect
     output_bitrate_kbps: int | None = None  # H.264 of the video outputs (None: the encoder's default)
+    output_access: OutputAccess = OutputAccess()  # who may watch the RTSP and HTTP outputs
     drift: bool = False  # watch the rolling median of normal scores against the calibrated band
     alarm_frames: int = 1  # anomalous frames in a row from a source before snapshots, hook and MQTT act (or Stream's)
     mqtt: str | None = None  # mqtt[s]://host[:port]/topic: alarm, drift, frozen, self-check events (edge_ad.mqtt)
@@ -190,8 +192,8 @@ class _VideoSink:
 
     RETRY_S = 5.0
 
-    def __init__(self, stream: Stream, source: Source, jetson: bool | None, bitrate_kbps: int | None):
-        self.stream, self.source, self.jetson, self.bitrate_kbps = stream, source, jetson, bitrate_kbps
+    def __init__(self, stream: Stream, source: Source, config: RunConfig):
+        self.stream, self.source, self.config = stream, source, config
         self.output = None
         self._next_try = 0.0
         self._said: str | None = None  # the output last named in the log
@@ -216,8 +218,9 @@ class _VideoSink:
             self._next_try = time.monotonic() + self.RETRY_S
             width, height = output_size(frame.image.shape[1], frame.image.shape[0])
             fps = round(self.source.fps or self.stream.options.framerate or DEFAULT_FPS)
-            self.output = open_output(self.stream.output, width, height, max(fps, 1), self.jetson, self.bitrate_kbps,
-                                      self.source.live)
+            config = self.config
+            self.output = open_output(self.stream.output, width, height, max(fps, 1), config.jetson,
+                                      config.output_bitrate_kbps, self.source.live, config.output_access)
             if self.output.uri != self._said:  # once, not at each try on a full disk
                 log.info("%s: video output %s", self.stream.name, self.output.description)
                 if self.output.uri != self.stream.output:
@@ -267,7 +270,7 @@ class _Sinks:
         self.events = self.snapshots = self.samples = self.hook = self.mqtt = None
         self.plcs: list = []  # the Modbus and OPC UA servers (ModbusServer, OpcUaServer), read by PLCs
         self.videos: dict[str, Guarded] = {}
-        self.jetson, self.bitrate_kbps = config.jetson, config.output_bitrate_kbps
+        self.config = config
         self.stack = stack
         if config.events is not None:
             events = EventLog(config.events, int(config.events_max_mb * (1 << 20)))
@@ -348,7 +351,7 @@ class _Sinks:
         return self.guards[-1]
 
     def add_video(self, stream: Stream, source: Source) -> None:
-        video = _VideoSink(stream, source, self.jetson, self.bitrate_kbps)
+        video = _VideoSink(stream, source, self.config)
         self.stack.callback(video.close)
         self.videos[stream.name] = self._guard(f"output {stream.output}", video)
 
@@ -860,6 +863,7 @@ def run(
                                   "(a copied line in the sources file?); give each its own output")
             writers[written] = stream.name
     check_servable([stream.output for stream in streams if stream.output])
+    config.output_access.check([stream.output for stream in streams if stream.output])
     detectors = detectors_of(detector, streams)
     masks = load_masks(detectors, streams)
     several = len({id(d) for d in detectors.values()}) > 1

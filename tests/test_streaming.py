@@ -1,6 +1,7 @@
 """Real GStreamer streams through the full run: test patterns, an MP4, an RTP loopback that dies
 and comes back, an RTSP output read back, two sources at once, signals and a full disk."""
 
+import base64
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -1354,3 +1356,81 @@ def test_a_usb_camera_that_is_not_there_says_what_names_it_for_good():
     with pytest.raises(SourceError, match=r"/dev/video93: Cannot identify device '/dev/video93'\. \(v4l2src\d+\): no "
                                           r"such camera now: unplugged, or numbered otherwise since a reboot"):
         next(iter(open_source("/dev/video93", SourceOptions(timeout_s=1))))
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["login", "login-over-tls"])
+def test_rtsp_and_http_outputs_let_in_only_viewers_with_the_login(detector, tmp_path, monkeypatch, caplog, tls):
+    """--output-user (and --output-certificate): the overlays of a line whose cameras ask for a
+    password were served to anyone on the network who asked, and over TLS to no one."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from edge_ad.output_access import OutputAccess
+
+    _need_rtsp_server()
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    certificate(tmp_path, "device")
+    pem = str(tmp_path / "device.pem")
+    access = OutputAccess("viewer", "s3cret", *((pem, str(tmp_path / "device.key")) if tls else (None, None)))
+    rtsp, http = ("rtsps", "https") if tls else ("rtsp", "http")
+    rtsp_port, http_port = free_port(), free_port()
+    streams = [Stream("test://ball?width=160&height=120&fps=20", "line1", output=f"{rtsp}://@:{rtsp_port}/line1"),
+               Stream("test://smpte?width=96&height=64&fps=20", "line2", output=f"{http}://@:{http_port}/line2")]
+    stop, thread, box = _run_in_thread(detector, streams, RunConfig(output_access=access))
+    options = SourceOptions(latency_ms=50, timeout_s=10, certificate=pem if tls else None)
+    context = ssl.create_default_context(cafile=pem)
+    context.check_hostname = False  # the device's certificate names no address
+    try:
+        assert wait_for(lambda: _port_open(http_port), 10)
+        seen = {uri: len(frames_within(open_source(uri, options), 3, 30)) for uri in (
+            f"{rtsp}://viewer:s3cret@127.0.0.1:{rtsp_port}/line1", f"{http}://viewer:s3cret@127.0.0.1:{http_port}/line2")}
+        with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
+            for login in ("viewer:wrong@", ""):
+                assert frames_within(open_source(f"{rtsp}://{login}127.0.0.1:{rtsp_port}/line1",
+                                                 replace(options, timeout_s=2)), 1, 2) == []
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(f"{http}://127.0.0.1:{http_port}/", timeout=5, context=context)
+        asked = urllib.request.Request(f"{http}://127.0.0.1:{http_port}/",
+                                       headers={"Authorization": "Basic " + base64.b64encode(b"viewer:s3cret").decode()})
+        page = urllib.request.urlopen(asked, timeout=5, context=context).read().decode()
+        if tls:  # over TLS only: plain RTSP and HTTP get nothing
+            assert frames_within(open_source(f"rtsp://viewer:s3cret@127.0.0.1:{rtsp_port}/line1",
+                                             SourceOptions(timeout_s=2)), 1, 2) == []
+            with pytest.raises((urllib.error.URLError, ConnectionError)):
+                urllib.request.urlopen(f"http://127.0.0.1:{http_port}/", timeout=5)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert list(seen.values()) == [3, 3] and '<img src="/line2"' in page
+    assert re.search(r"Unauthorized \(rtspsrc\d+\): the camera refused the user and password", caplog.text)
+    assert re.search(r"Unauthorized \(rtspsrc\d+\): the camera asks for a login", caplog.text)
+    assert box["summary"].sink_errors == {}
+
+
+def test_output_logins_and_certificates_are_refused_before_the_start_when_they_cannot_serve(tmp_path, caplog):
+    from edge_ad.output_access import OutputAccess
+
+    certificate(tmp_path, "device")
+    pem, key = str(tmp_path / "device.pem"), str(tmp_path / "device.key")
+    for access, served, said in (
+            (OutputAccess(), ["rtsps://@:8554/line"], "--output rtsps://@:8554/line: served over TLS, it needs "
+                                                      "--output-certificate FILE and --output-key FILE"),
+            (OutputAccess(certificate=pem, key=key), ["http://@:8080/line"],
+             "--output http://@:8080/line: with --output-certificate, outputs are served over TLS only: write it "
+             "https://@:8080/line"),
+            (OutputAccess("viewer", "pw"), ["out.mp4"], "--output-user and --output-certificate are for RTSP and "
+                                                        "HTTP outputs"),
+            (OutputAccess(certificate=pem, key=pem), ["https://@:8443/line"],
+             f"--output-certificate {pem} / --output-key {pem}: they do not read as a certificate (PEM) and its "
+             "unencrypted key")):
+        with pytest.raises(EdgeAdError, match=re.escape(said)):
+            access.check(served)
+    with caplog.at_level(logging.WARNING, logger="edge_ad.output_access"):
+        OutputAccess("viewer", "pw").check(["http://@:8080/line", "rtsp://@:8554/line"])
+    assert "browsers send the password of an http:// output readable" in caplog.text
+    result = subprocess.run([sys.executable, "-m", "edge_ad", "run", "--bundle", "nowhere", "--input", "test://ball",
+                             "--output", "rtsp://@:8554/line", "--output-user", "viewer"], capture_output=True,
+                            text=True, env={k: v for k, v in os.environ.items() if k != "EDGE_AD_OUTPUT_PASSWORD"})
+    assert result.returncode != 0 and ("--output-user viewer: set the viewers' password in the environment variable "
+                                       "EDGE_AD_OUTPUT_PASSWORD") in result.stderr
