@@ -222,9 +222,11 @@ class VideoOutput:
 
 def rtsp_server(uri: str):
     """GLib and GstRtspServer, for an RTSP output `uri`; what to install when they are missing."""
+    load_gst()  # first: it keeps C++ exceptions working once GStreamer's libraries are in (see there)
     try:
         import gi
 
+        gi.require_version("GstRtsp", "1.0")
         gi.require_version("GstRtspServer", "1.0")
         from gi.repository import GLib, GstRtspServer
     except (ImportError, ValueError) as exc:
@@ -315,6 +317,10 @@ class RtspOutput:
         factory.set_launch(self.description)
         factory.set_shared(True)
         factory.set_permissions(viewer_permissions(GstRtspServer))
+        if uri.startswith("rtsps://"):  # the video inside the TLS connection, never as plain RTP over UDP
+            from gi.repository import GstRtsp
+
+            factory.set_protocols(GstRtsp.RTSPLowerTrans.TCP)
         factory.connect("media-configure", self._configure)
         with _rtsp_servers_lock:
             server = _rtsp_servers.get(parsed.port) or _RtspServer(uri, parsed.port, access)

@@ -256,11 +256,13 @@ def _rtsp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     frame), over the transport asked for: TCP through firewalls and NAT, UDP for the least delay.
     H.264, H.265, or MJPEG as older and many industrial cameras send it (RTP/JPEG, RFC 2435), over
     TCP unless the transport is given: each JPEG picture is hundreds of packets, and one lost over
-    UDP loses the picture (where H.264 loses a slice of it until the next key frame)."""
+    UDP loses the picture (where H.264 loses a slice of it until the next key frame). rtsps://
+    goes over TCP too unless UDP is asked for: rtspsrc took UDP for the video, outside the TLS
+    connection, readable by anyone on the network."""
     codec = _codec(uri, options, "h264", ("h264", "h265", "mjpeg"))
     if options.transport not in (None, "tcp", "udp"):
         raise SourceError(f"{uri}: RTSP transport '{options.transport}' is not tcp or udp")
-    transport = options.transport or ("tcp" if codec == "mjpeg" else None)
+    transport = options.transport or ("tcp" if codec == "mjpeg" or uri.startswith("rtsps://") else None)
     protocols = f" protocols={transport}" if transport else ""
     buffer = "" if transport == "tcp" else f" udp-buffer-size={UDP_BUFFER_BYTES}"
     return SourcePipeline(

@@ -61,6 +61,8 @@ def test_rtsp_latency_and_csi_camera():
     assert " protocols=tcp !" in source_pipeline("rtsp://cam/s", SourceOptions(codec="mjpeg")).description
     udp = source_pipeline("rtsp://cam/s", SourceOptions(codec="mjpeg", transport="udp")).description
     assert " protocols=udp " in udp and "tcp" not in udp
+    # RTSPS over TCP too: the video inside the TLS connection (rtspsrc took UDP, which anyone could read)
+    assert " protocols=tcp !" in source_pipeline("rtsps://cam/s", jetson=False).description
     csi = source_pipeline("csi://1", jetson=True).description
     assert csi.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),width=1280,height=720")
 

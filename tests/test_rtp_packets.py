@@ -13,10 +13,10 @@ def _packets(encode: str, count: int = 200) -> tuple[list[bytes], int]:
     encoder and its payloader) makes of noise, and their payload type."""
     import gi
 
+    Gst = load_gst()  # before GStreamer's libraries come in any other way (see there)
     gi.require_version("GstRtp", "1.0")
     from gi.repository import GstRtp
 
-    Gst = load_gst()
     for element in encode.replace("!", " ").split():
         if "=" not in element and Gst.ElementFactory.find(element) is None:
             pytest.skip(f"{element} is not installed")

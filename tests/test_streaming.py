@@ -61,6 +61,8 @@ def mp4(tmp_path_factory):
 def _need_rtsp_server() -> None:
     import gi
 
+    load_gst()  # before gst-rtsp-server's libraries: it keeps C++ exceptions working (see there)
+
     try:
         gi.require_version("GstRtspServer", "1.0")
     except ValueError:
@@ -1394,9 +1396,11 @@ def test_rtsp_and_http_outputs_let_in_only_viewers_with_the_login(detector, tmp_
         asked = urllib.request.Request(f"{http}://127.0.0.1:{http_port}/",
                                        headers={"Authorization": "Basic " + base64.b64encode(b"viewer:s3cret").decode()})
         page = urllib.request.urlopen(asked, timeout=5, context=context).read().decode()
-        if tls:  # over TLS only: plain RTSP and HTTP get nothing
+        if tls:  # over TLS only: plain RTSP and HTTP get nothing, nor RTP over UDP, outside the TLS connection
             assert frames_within(open_source(f"rtsp://viewer:s3cret@127.0.0.1:{rtsp_port}/line1",
                                              SourceOptions(timeout_s=2)), 1, 2) == []
+            assert frames_within(open_source(f"rtsps://viewer:s3cret@127.0.0.1:{rtsp_port}/line1",
+                                             replace(options, timeout_s=2, transport="udp")), 1, 2) == []
             with pytest.raises((urllib.error.URLError, ConnectionError)):
                 urllib.request.urlopen(f"http://127.0.0.1:{http_port}/", timeout=5)
     finally:
