@@ -15,6 +15,7 @@ from .backends import BACKENDS
 from .bundle import BACKBONES, MODEL_TYPES, load_bundle
 from .errors import EdgeAdError, report_errors, without_passwords
 from .freeze import FROZEN_WINDOW_S
+from .modbus import allowed_networks
 from .output_access import OUTPUT_PASSWORD_VARIABLE, OutputAccess
 from .pipelines import FLIPS, SourceOptions
 from .reports import write_report
@@ -290,6 +291,11 @@ def _run(args: argparse.Namespace) -> None:
         raise EdgeAdError(f"--opcua-trust {args.opcua_trust}: with --opcua-user (without a login the server takes no "
                           "client certificates)")
     output_access = _output_access(args)
+    if args.modbus_allow and args.modbus_port is None:
+        raise EdgeAdError(f"--modbus-allow {','.join(args.modbus_allow)}: needs --modbus-port PORT, the server it "
+                          "guards")
+    if args.modbus_allow:
+        allowed_networks(args.modbus_allow)  # a mistyped address stops the run now, not once the bundles are loaded
     jetson = {"auto": None, "jetson": True, "generic": False}[args.platform]
     streams = _streams(args)
     if args.print_pipeline:
@@ -312,6 +318,7 @@ def _run(args: argparse.Namespace) -> None:
         metrics=Path(args.metrics) if args.metrics else None,
         metrics_port=args.metrics_port,
         modbus_port=args.modbus_port,
+        modbus_allow=tuple(args.modbus_allow) if args.modbus_allow else None,
         opcua_port=args.opcua_port,
         opcua_user=args.opcua_user,
         opcua_reader=args.opcua_reader,
@@ -937,6 +944,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modbus-port", type=_port, metavar="PORT",
                    help="serve each source's last result as Modbus TCP registers and its alarm as a latched coil, "
                         "for the line's PLC (502 is Modbus's port; map in README)")
+    p.add_argument("--modbus-allow", action="append", metavar="ADDRESS",
+                   help="--modbus-port: answer only clients at these addresses or networks (10.0.7.21, "
+                        "10.0.7.0/24; repeat or separate with commas): Modbus has no login, and a client can switch "
+                        "the variant, start a calibration or clear an alarm")
     p.add_argument("--opcua-port", type=_port, metavar="PORT",
                    help="serve the same as OPC UA variables at opc.tcp://0.0.0.0:PORT/edge-ad/, for SCADA, MES and "
                         "PLCs that read OPC UA (4840 is OPC UA's port; needs asyncua: pip install 'edge-ad[opcua]')")

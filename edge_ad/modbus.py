@@ -38,6 +38,10 @@ coils and discrete inputs (1, 2), read holding and input registers (3, 4), write
 variant and calibration registers (6, 16); other functions get exception 1, addresses outside the
 map or writes to the run's own registers exception 2, bad counts or values exception 3. Any unit
 id is answered.
+
+Modbus has no login: anyone who reaches the port can write the variant, start a calibration on
+the line or clear an alarm latch. `--modbus-allow` names the PLCs' and HMIs' addresses or
+networks; a connection from elsewhere is closed as it is accepted, and said once per address.
 pymodbus's server and datastore API was renamed in 3.10 and deprecated for a simulator API in
 3.16, and the runtime needs nothing more than this; the tests read the server with pymodbus's
 client.
@@ -45,6 +49,7 @@ client.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import socketserver
@@ -109,8 +114,10 @@ class ModbusServer:
 
     def __init__(self, port: int, sources: Sequence[str], variants: dict[str, Sequence[str]] | None = None,
                  host: str = "0.0.0.0", on_variant: Callable[[str, str | None], None] | None = None,
-                 on_calibrate: Callable[[str, bool], None] | None = None):
+                 on_calibrate: Callable[[str, bool], None] | None = None, allowed: Sequence[str] | None = None):
         self.sources = list(sources)
+        self.allowed = allowed_networks(allowed) if allowed is not None else None
+        self._refused: set[str] = set()  # addresses refused so far: each said once
         self.variants = {name: list(names) for name, names in (variants or {}).items()}
         self.on_variant, self.on_calibrate = on_variant, on_calibrate
         self._last = {name: _Last() for name in self.sources}
@@ -125,10 +132,27 @@ class ModbusServer:
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="modbus", daemon=True)
         self._thread.start()
-        log.info("modbus: serving on port %d: %s", self.port, "; ".join(
+        log.info("modbus: serving on port %d%s: %s", self.port,
+                 f" to {', '.join(map(str, self.allowed))} only" if self.allowed is not None else "", "; ".join(
             f"{name} input registers {REGISTERS_PER_SOURCE * i}-{REGISTERS_PER_SOURCE * (i + 1) - 1}, coil and "
             f"discrete input {i}"
             for i, name in enumerate(self.sources)))
+
+    def allows(self, address: str) -> bool:
+        """Whether a client at `address` may connect (--modbus-allow); a refused one is logged the
+        first time (a PLC that is refused tries again every few seconds)."""
+        if self.allowed is None:
+            return True
+        client = ipaddress.ip_address(address)
+        if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped:
+            client = client.ipv4_mapped
+        if any(client in network for network in self.allowed):
+            return True
+        if address not in self._refused:
+            self._refused.add(address)
+            log.warning("modbus: refused a connection from %s, which --modbus-allow does not name (%s); said once "
+                        "per address", address, ", ".join(map(str, self.allowed)))
+        return False
 
     def update(self, source: str, frame: int, score: float, threshold: float, anomaly: bool, alarm: bool,
                variant: str | None, anomalies: int, alarms: int, judged_by: tuple[str, str | None] | None = None
@@ -307,9 +331,26 @@ def _pack_bits(bits: Sequence[bool]) -> bytes:
     return bytes(packed)
 
 
+def allowed_networks(specs: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The addresses and networks of --modbus-allow (10.0.7.21, 10.0.7.0/24; commas or repeats)."""
+    networks = []
+    for spec in filter(None, (part.strip() for given in specs for part in given.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(spec, strict=False))
+        except ValueError as exc:
+            raise EdgeAdError(f"--modbus-allow {spec}: not an IP address or network ({exc}); give the PLC's "
+                              "address, as 10.0.7.21, or its network, as 10.0.7.0/24") from exc
+    if not networks:
+        raise EdgeAdError("--modbus-allow: give the addresses of the PLCs and HMIs that may connect")
+    return networks
+
+
 class _TcpServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
+
+    def verify_request(self, request, client_address) -> bool:
+        return self.modbus.allows(client_address[0])
 
     def __init__(self, address: tuple[str, int], handler: type, modbus: ModbusServer):
         self.modbus = modbus

@@ -69,6 +69,7 @@ class RunConfig:
     metrics: Path | None = None
     metrics_port: int | None = None
     modbus_port: int | None = None  # each source's last result as Modbus TCP registers, for a PLC (edge_ad.modbus)
+    modbus_allow: tuple[str, ...] | None = None  # the addresses or networks whose clients it answers (None: any)
     opcua_port: int | None = None  # ... and as OPC UA variables (edge_ad.opcua)
     opcua_user: str | None = None  # ... to that user's login alone, signed and encrypted
     opcua_reader: str | None = None  # ... and that one's, which only reads
@@ -335,7 +336,7 @@ class _Sinks:
             from .modbus import ModbusServer
 
             self.plcs.append(ModbusServer(config.modbus_port, list(variants), variants, on_variant=told,
-                                          on_calibrate=calibrate))
+                                          on_calibrate=calibrate, allowed=config.modbus_allow))
             self.stack.callback(self.plcs[-1].close)
         if config.opcua_port is not None:
             from .opcua import OpcUaServer  # asyncua, only when asked for

@@ -2,6 +2,7 @@
 coil, read and acknowledged by pymodbus's client as a PLC would."""
 
 import json
+import logging
 import re
 import signal
 import socket
@@ -282,6 +283,36 @@ def test_malformed_requests_are_refused_by_the_protocols_exceptions():
         client.close()
     finally:
         server.close()
+
+
+def test_only_the_plcs_modbus_allow_names_may_connect(caplog):
+    """Modbus has no login: anyone who reached the port could switch the variant, start a
+    calibration on the line or clear an alarm latch."""
+    with caplog.at_level(logging.WARNING, logger="edge_ad.modbus"):
+        guarded = ModbusServer(0, ["cam"], host="127.0.0.1", allowed=["10.0.7.21, 10.0.8.0/24"])
+        try:
+            for _ in range(3):  # a PLC that tries again and again: refused each time, said once
+                with socket.create_connection(("127.0.0.1", guarded.port), timeout=5) as raw:
+                    raw.sendall(struct.pack(">HHHB", 1, 0, 6, 1) + bytes([5, 0, 0, 0, 0]))  # clear the latch
+                    assert raw.recv(16) == b""  # closed unanswered
+        finally:
+            guarded.close()
+    assert caplog.text.count("modbus: refused a connection from 127.0.0.1, which --modbus-allow does not name "
+                             "(10.0.7.21/32, 10.0.8.0/24)") == 1
+    allowed = ModbusServer(0, ["cam"], host="127.0.0.1", allowed=["10.0.7.21", "127.0.0.0/8"])
+    try:
+        client = modbus_client(allowed.port)
+        assert input_registers(client, 0, REGISTERS_PER_SOURCE)[9] == 0xFFFF
+        client.close()
+    finally:
+        allowed.close()
+    for given, said in ((["10.0.7.300"], "--modbus-allow 10.0.7.300: not an IP address or network"),
+                        ([" , "], "--modbus-allow: give the addresses of the PLCs and HMIs that may connect")):
+        with pytest.raises(EdgeAdError, match=re.escape(said)):
+            ModbusServer(0, ["cam"], host="127.0.0.1", allowed=given)
+    result = subprocess.run([sys.executable, "-m", "edge_ad", "run", "--bundle", "nowhere", "--input", "test://ball",
+                             "--modbus-allow", "10.0.7.21"], capture_output=True, text=True)
+    assert result.returncode != 0 and "--modbus-allow 10.0.7.21: needs --modbus-port PORT" in result.stderr
 
 
 def test_a_port_that_is_taken_is_refused_by_name():
