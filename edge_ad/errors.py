@@ -90,6 +90,19 @@ def listen_reason(exc: OSError) -> str:
     return reason + ("; ports below 1024 need root or CAP_NET_BIND_SERVICE" if exc.errno == errno.EACCES else "")
 
 
+def encrypted_key(option: str, path: object) -> Callable[[], bytes]:
+    """The password callback of ssl's load_cert_chain for the key `option` names: it refuses an
+    encrypted key by name. Without one OpenSSL asks for the password on the terminal, where a
+    service has no one to type it (and a run in a shell waited there, before it had started)."""
+
+    def refuse() -> bytes:
+        raise EdgeAdError(f"{option} {path}: the key is encrypted; give it decrypted, readable by root only "
+                          "(openssl pkey -in KEY -out KEY.plain; chmod 600 KEY.plain): the service starts with no "
+                          "one to type its password")
+
+    return refuse
+
+
 def http_failure(exc: Exception) -> str:
     """What went wrong with a request to a camera over HTTP, but an HTTP status (HTTPError, which
     each caller says its own way): no answer, a certificate not trusted, an answer cut short, or

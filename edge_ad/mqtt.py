@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlparse
 
-from .errors import EdgeAdError, uri_port, without_passwords
+from .errors import EdgeAdError, encrypted_key, uri_port, without_passwords
 from .sinks import slug
 
 log = logging.getLogger("edge_ad.mqtt")
@@ -115,7 +115,9 @@ def _tls_context(broker: MqttBroker, tls: MqttTls) -> ssl.SSLContext | None:
         raise EdgeAdError(f"--mqtt-ca {tls.ca}: not a PEM certificate ({exc})") from None
     if tls.cert is not None:
         try:
-            context.load_cert_chain(str(tls.cert), str(tls.key) if tls.key is not None else None)
+            key = ("--mqtt-key", tls.key) if tls.key is not None else ("--mqtt-cert", tls.cert)  # a key in the cert
+            context.load_cert_chain(str(tls.cert), str(tls.key) if tls.key is not None else None,
+                                    password=encrypted_key(*key))
         except (ssl.SSLError, OSError) as exc:
             files = f"--mqtt-cert {tls.cert}" + (f", --mqtt-key {tls.key}" if tls.key is not None else "")
             raise EdgeAdError(f"{files}: not a PEM certificate and its private key ({exc})") from None

@@ -4,8 +4,10 @@ EDGE_AD_OUTPUT_PASSWORD) and `--output-certificate FILE --output-key FILE` (TLS)
 The overlays show the parts on the line: a camera that asks for a password should not be
 watchable through edge-ad without one. With a user, RTSP viewers log in by digest
 authentication (VLC, ffmpeg, NVRs and rtspsrc make it) and browsers by basic authentication,
-whose password crosses plain HTTP readable: said at the start, and https:// is the remedy. With a certificate (the plant's, or one made with openssl) the outputs
-are written `rtsps://@:8554/line` and `https://@:8443/line` and served over TLS only.
+whose password crosses plain HTTP readable: said at the start, and https:// is the remedy.
+With a certificate (the plant's, or one made with openssl) the outputs are written
+`rtsps://@:8554/line` and `https://@:8443/line` and served over TLS only, an RTSP output's
+video inside the TLS connection (RTP over TCP).
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import base64
 import hmac
 import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .errors import EdgeAdError
+from .errors import EdgeAdError, encrypted_key
 
 log = logging.getLogger("edge_ad.output_access")
 
@@ -32,7 +34,7 @@ class OutputAccess:
     """The login and the TLS certificate of a run's RTSP and HTTP outputs (none: open to all)."""
 
     user: str | None = None
-    password: str = ""
+    password: str = field(default="", repr=False)  # never in a log line or a traceback's locals
     certificate: str | None = None
     key: str | None = None
 
@@ -68,9 +70,14 @@ class OutputAccess:
         """The TLS of https:// outputs."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
-            context.load_cert_chain(self.certificate, self.key)
-        except (OSError, ssl.SSLError) as exc:
-            raise self._unreadable(getattr(exc, "strerror", None) or exc) from exc
+            context.load_cert_chain(self.certificate, self.key, password=encrypted_key("--output-key", self.key))
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                raise EdgeAdError(f"--output-key {self.key}: not the key of --output-certificate "
+                                  f"{self.certificate}") from exc
+            raise self._unreadable(exc.reason or exc) from exc
+        except OSError as exc:
+            raise self._unreadable(exc.strerror or exc) from exc
         return context
 
     def gio_certificate(self):

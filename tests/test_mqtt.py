@@ -260,6 +260,9 @@ def test_alarms_reach_a_tls_broker_with_a_client_certificate(tls_broker, tls_fil
 
 def test_tls_files_are_checked_before_the_run(tls_files, tmp_path):
     url = "mqtts://qa:hunter2@127.0.0.1:1/plant"
+    tls_files["locked.key"] = tmp_path / "locked.key"
+    subprocess.run([OPENSSL, "pkey", "-in", tls_files["client.key"], "-out", tls_files["locked.key"], "-aes256",
+                    "-passout", "pass:pw"], check=True, capture_output=True)
     for tls, error in [
         (MqttTls(tmp_path / "none.pem"), f"--mqtt-ca {tmp_path / 'none.pem'}: no such file"),
         (MqttTls(tmp_path / "san.ext"), f"--mqtt-ca {tmp_path / 'san.ext'}: not a PEM certificate"),
@@ -267,6 +270,9 @@ def test_tls_files_are_checked_before_the_run(tls_files, tmp_path):
          f"--mqtt-cert {tls_files['client']}, --mqtt-key {tls_files['server.key']}: not a PEM certificate and its "
          "private key"),
         (MqttTls(key=tls_files["client.key"]), "--mqtt-key: give the client certificate too (--mqtt-cert)"),
+        # OpenSSL asked for its password on the terminal, where the service has no one to type it
+        (MqttTls(tls_files["ca"], tls_files["client"], tls_files["locked.key"]),
+         f"--mqtt-key {tls_files['locked.key']}: the key is encrypted"),
     ]:
         with pytest.raises(EdgeAdError) as raised:
             MqttPublisher(url, tls)

@@ -1415,8 +1415,13 @@ def test_rtsp_and_http_outputs_let_in_only_viewers_with_the_login(detector, tmp_
 def test_output_logins_and_certificates_are_refused_before_the_start_when_they_cannot_serve(tmp_path, caplog):
     from edge_ad.output_access import OutputAccess
 
-    certificate(tmp_path, "device")
+    from cryptography.hazmat.primitives import serialization
+
+    _, device_key = certificate(tmp_path, "device")
+    certificate(tmp_path, "other")
     pem, key = str(tmp_path / "device.pem"), str(tmp_path / "device.key")
+    (tmp_path / "locked.key").write_bytes(device_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")))
     for access, served, said in (
             (OutputAccess(), ["rtsps://@:8554/line"], "--output rtsps://@:8554/line: served over TLS, it needs "
                                                       "--output-certificate FILE and --output-key FILE"),
@@ -1427,12 +1432,18 @@ def test_output_logins_and_certificates_are_refused_before_the_start_when_they_c
                                                         "HTTP outputs"),
             (OutputAccess(certificate=pem, key=pem), ["https://@:8443/line"],
              f"--output-certificate {pem} / --output-key {pem}: they do not read as a certificate (PEM) and its "
-             "unencrypted key")):
+             "unencrypted key"),
+            (OutputAccess(certificate=pem, key=str(tmp_path / "other.key")), ["https://@:8443/line"],
+             f"--output-key {tmp_path / 'other.key'}: not the key of --output-certificate {pem}"),
+            # before OpenSSL asked for its password on the terminal, where a service has no one to type it
+            (OutputAccess(certificate=pem, key=str(tmp_path / "locked.key")), ["https://@:8443/line"],
+             f"--output-key {tmp_path / 'locked.key'}: the key is encrypted")):
         with pytest.raises(EdgeAdError, match=re.escape(said)):
             access.check(served)
     with caplog.at_level(logging.WARNING, logger="edge_ad.output_access"):
         OutputAccess("viewer", "pw").check(["http://@:8080/line", "rtsp://@:8554/line"])
     assert "browsers send the password of an http:// output readable" in caplog.text
+    assert "s3cret" not in repr(OutputAccess("viewer", "s3cret"))  # as a RunConfig's part, in a log or a traceback
     result = subprocess.run([sys.executable, "-m", "edge_ad", "run", "--bundle", "nowhere", "--input", "test://ball",
                              "--output", "rtsp://@:8554/line", "--output-user", "viewer"], capture_output=True,
                             text=True, env={k: v for k, v in os.environ.items() if k != "EDGE_AD_OUTPUT_PASSWORD"})
