@@ -188,6 +188,9 @@ class GstSource:
             if self.options.flip != "none":
                 raise SourceError(f"--pipeline '{pipeline}': --input-flip turns the sources edge-ad builds; "
                                   "put videoflip (nvvidconv flip-method on a Jetson) in your own pipeline")
+            if self.options.certificate:
+                raise SourceError(f"--pipeline '{pipeline}': --input-certificate checks the https:// and rtsps:// "
+                                  "cameras edge-ad opens, not those of your own pipeline")
             self.spec = SourcePipeline(pipeline, live=False)
             self._custom = True
         else:

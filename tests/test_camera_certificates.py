@@ -152,6 +152,9 @@ def test_the_certificate_file_is_read_before_anything_starts_and_refused_by_name
             (tmp_path / name).write_text("-----BEGIN CERTIFICATE-----\nnot*base64\n-----END CERTIFICATE-----\n")
         with pytest.raises(SourceError, match=re.escape(f"--input-certificate {tmp_path / name}: {said}")):
             open_source("https://10.0.7.21/still.jpg", SourceOptions(codec="jpeg", certificate=str(tmp_path / name)))
+    with pytest.raises(SourceError, match="--input-certificate checks the https:// and rtsps:// cameras edge-ad "):
+        open_source("", SourceOptions(certificate=str(tmp_path / "camera.der")),
+                    pipeline="souphttpsrc location=https://10.0.7.21/video ! jpegdec ! videoconvert ! appsink name=sink")
     with pytest.raises(SourceError, match="--input-certificate is for https:// and rtsps:// cameras"):
         open_source("http://10.0.7.21/still.jpg", SourceOptions(codec="jpeg", certificate=str(tmp_path / "camera.der")))
 
