@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +18,7 @@ from .detector import Detector
 from .device import (Device, detect, int8_saturates, jetpack, load_configs, pick_config, read_sensors,
                      run_command, target_config)
 from .errors import EdgeAdError, without_passwords
+from .files import state_folder
 from .pipelines import UDP_BUFFER_BYTES
 from .streams import Stream, bundle_of, calibration_folder
 from .variants import comparability_problem, parse_variants
@@ -140,6 +142,35 @@ def _check_power(report: Report, device: Device, config: dict, root: Path) -> No
         except (OSError, ValueError):
             continue
         report.found("GPU clock", f"{cur / 1e6:.0f} of {top / 1e6:.0f} MHz" + (" (sudo jetson_clocks pins it)" if cur < top else ""))
+
+
+def _check_state(report: Report) -> None:
+    """What runs keep in the state folder: the OPC UA server's own certificate, whose end every
+    client must be told of before it comes (a run says so only at its start), and the cameras'
+    certificates refused (edge_ad.camera_certificates), for a support ticket."""
+    from .opcua import CERTIFICATE, RENEW_NOTICE, certificate_dir
+    from .opcua_trust import thumbprint
+
+    said = []
+    server = certificate_dir() / CERTIFICATE
+    if server.is_file():
+        der = server.read_bytes()
+        try:
+            from cryptography import x509
+
+            end = x509.load_der_x509_certificate(der).not_valid_after_utc
+        except (ImportError, ValueError):  # no OPC UA extra here, or a file cut short (a run says which)
+            end = None
+        said.append(f"OPC UA certificate SHA-1 {thumbprint(der)}" + (f", until {end:%Y-%m-%d}" if end else ""))
+        if end is not None and end - datetime.now(timezone.utc) < RENEW_NOTICE:
+            report.problems.append(f"the OPC UA server's certificate {server} runs out on {end:%Y-%m-%d}: delete it "
+                                   "and its key, restart the run, and have every client trust the new one")
+    refused = sorted((state_folder() / "cameras").glob("*.pem"))
+    if refused:
+        said.append(f"{len(refused)} camera certificate(s) refused, in cameras/: "
+                    + ", ".join(path.stem for path in refused[:5]) + (" ..." if len(refused) > 5 else ""))
+    if said:
+        report.found("state", f"{state_folder()}: " + "; ".join(said))
 
 
 def _check_disk(report: Report, folder: Path) -> None:
@@ -408,6 +439,7 @@ def doctor(bundles: str | Sequence[str] = (), target: str | None = None, root: P
     _check_software(report, device, config, root)
     _check_gstreamer(report, config)
     _check_power(report, device, config, root)
+    _check_state(report)
     if sources is None:
         _check_bundles(report, bundles, config, root)
     else:

@@ -266,6 +266,31 @@ def _certificate_until(key_file, certificate_file, until: datetime) -> None:
     certificate_file.write_bytes(builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
 
 
+def test_doctor_tells_when_the_servers_certificate_runs_out_and_which_cameras_were_refused(tmp_path, monkeypatch):
+    """A run says the server's certificate runs out at its start only: a service started a year
+    ago says it no more, and every client would lose the connection on the day."""
+    from edge_ad.doctor import doctor
+    from edge_ad.opcua_trust import thumbprint
+
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    monkeypatch.setenv("EDGE_AD_OPCUA_PASSWORD", "pw")
+    OpcUaServer(free_port(), ["line1"], user="scada").close()
+    folder = tmp_path / "state" / "opcua"
+    key, certificate = folder / "server-key.pem", folder / "server-certificate.der"
+    report = doctor()
+    (state,) = [line for line in report.lines if line.startswith("state")]
+    assert f"{tmp_path / 'state'}: OPC UA certificate SHA-1 {thumbprint(certificate.read_bytes())}, until " \
+           f"{datetime.now(timezone.utc) + timedelta(days=3650):%Y}" in state
+    assert not any("OPC UA" in problem for problem in report.problems)
+    soon = datetime.now(timezone.utc) + timedelta(days=20)
+    _certificate_until(key, certificate, soon)
+    (tmp_path / "state" / "cameras").mkdir()
+    (tmp_path / "state" / "cameras" / "10.0.7.21-443.pem").write_text("kept by a run")
+    report = doctor()
+    assert f"the OPC UA server's certificate {certificate} runs out on {soon:%Y-%m-%d}" in "\n".join(report.problems)
+    assert any(line.endswith("1 camera certificate(s) refused, in cameras/: 10.0.7.21-443") for line in report.lines)
+
+
 def test_the_servers_own_certificate_lasts_ten_years_and_is_made_anew_only_when_run_out(tmp_path, monkeypatch,
                                                                                          caplog):
     from cryptography import x509
