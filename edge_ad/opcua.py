@@ -77,6 +77,7 @@ CERTIFICATE, KEY = "server-certificate.der", "server-key.pem"
 # so it is made for a line's life, and the log says so weeks before it runs out.
 OWN_CERTIFICATE_DAYS = 3650
 RENEW_NOTICE = timedelta(days=60)
+TRUST_RECHECK_S = 30.0  # the open sessions' certificates against the trust folder: a SCADA stays connected for months
 
 
 class OpcUaServer:
@@ -159,10 +160,34 @@ class OpcUaServer:
             self._ready.set()
             return
         self._ready.set()
+        recheck = asyncio.create_task(self._close_distrusted()) if self._trust is not None else None
         try:
             await self._stopped.wait()
         finally:
+            if recheck is not None:
+                recheck.cancel()
             await self._server.stop()
+
+    async def _close_distrusted(self) -> None:
+        """Every TRUST_RECHECK_S, close the connection of a client whose certificate the trust
+        folder no longer takes: taken out, or revoked by a list copied in. The folder is read at
+        each new session otherwise, and a revoked SCADA kept its session until it reconnected."""
+        from cryptography import x509
+
+        while True:
+            await asyncio.sleep(TRUST_RECHECK_S)
+            self._trust.load()
+            for client in list(getattr(self._server.bserver, "clients", ())):
+                der = _peer_certificate(client)
+                if der is None or client.transport is None:
+                    continue
+                refusal = self._trust.refusal(x509.load_der_x509_certificate(der), der)
+                if refusal is not None:
+                    log.warning("opcua: closed the connection of %s: its certificate (SHA-1 %s) is %s now",
+                                client.peer_name[0] if client.peer_name else "a client", thumbprint(der),
+                                "revoked" if refusal == self._ua.StatusCodes.BadCertificateRevoked
+                                else f"not in --opcua-trust {self._trust.folder}")
+                    client.transport.close()
 
     async def _secure(self) -> None:
         """Signed and encrypted messages, a user's login only, with the plant's certificate
@@ -342,6 +367,13 @@ def _made_certificate(key_file: Path, certificate_file: Path) -> tuple:
     os.replace(written, key_file)
     certificate_file.write_bytes(certificate.public_bytes(serialization.Encoding.DER))
     return certificate, key, certificate_file
+
+
+def _peer_certificate(client) -> bytes | None:
+    """The certificate (DER) a connected client signs its messages with (asyncua's connection:
+    none before its secure channel opens, or on a channel without security)."""
+    connection = getattr(client.processor, "_connection", None)
+    return getattr(getattr(connection, "security_policy", None), "peer_certificate", None)
 
 
 def certificate_dir() -> Path:

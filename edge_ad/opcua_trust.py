@@ -145,7 +145,8 @@ class ClientTrust:
                       _basic_refusal(exc.code, certificate))
             raise
         self.load()  # the folder as it is now: a certificate moved in, a revocation list renewed
-        if not self._trusts(certificate, der):
+        refusal = self.refusal(certificate, der)
+        if refusal == ua.StatusCodes.BadCertificateUntrusted:
             kept = self.rejected / f"{hashlib.sha1(der).hexdigest()}.der"
             try:
                 self.rejected.mkdir(parents=True, exist_ok=True)
@@ -160,10 +161,21 @@ class ClientTrust:
             self._say(der, "opcua: refused %s: its certificate (SHA-1 %s) is not in --opcua-trust %s, nor issued by "
                       "one there; %s", client, thumbprint(der), self.folder, what_to_do)
             raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
-        if certificate.serial_number in self._revoked.get(certificate.issuer, ()):
+        if refusal == ua.StatusCodes.BadCertificateRevoked:
             self._say(der, "opcua: refused %s: its certificate (SHA-1 %s, serial %x) is revoked by a revocation list "
                       "in %s", client, thumbprint(der), certificate.serial_number, self.folder)
             raise ServiceError(ua.StatusCodes.BadCertificateRevoked)
+
+    def refusal(self, certificate, der: bytes) -> int | None:
+        """asyncua's status code of why the folder, as last read, does not take `certificate`
+        (BadCertificateUntrusted, BadCertificateRevoked), or None when it does."""
+        from asyncua import ua
+
+        if not self._trusts(certificate, der):
+            return ua.StatusCodes.BadCertificateUntrusted
+        if certificate.serial_number in self._revoked.get(certificate.issuer, ()):
+            return ua.StatusCodes.BadCertificateRevoked
+        return None
 
     def _say(self, der: bytes, *message) -> None:
         """Log a refusal once per certificate: a client tries again every few seconds."""

@@ -552,6 +552,59 @@ def test_with_a_trust_list_only_clients_trusted_or_issued_by_a_trusted_authority
         OpcUaServer(free_port(), ["line1"], user="scada", trust=trusted)
 
 
+def _reads(session: Client) -> bool:
+    """Whether `session` still reads the server (False once the server closed its connection)."""
+    try:
+        return _values(session, "line1", "Frames") == {"Frames": 0}
+    except Exception:  # asyncua's sync client: a closed connection, a timeout
+        return False
+
+
+def test_an_open_session_ends_when_its_certificate_is_revoked_or_taken_out(tmp_path, monkeypatch, caplog):
+    """The trust folder was read at new sessions only: a revoked client, or one taken out of the
+    folder, kept the session it had (a SCADA stays connected for months)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from edge_ad import opcua
+
+    monkeypatch.setattr(opcua, "TRUST_RECHECK_S", 0.3)
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    monkeypatch.setenv("EDGE_AD_OPCUA_PASSWORD", "pw")
+    scada, trusted = tmp_path / "scada", tmp_path / "trusted"
+    scada.mkdir()
+    trusted.mkdir()
+    own = x509.load_der_x509_certificate(_self_signed(scada, "urn:scada")[1].read_bytes())
+    (trusted / "scada.crt").write_bytes(own.public_bytes(serialization.Encoding.PEM))
+    authority_key, authority = _authority()
+    (trusted / "plant-ca.der").write_bytes(authority.public_bytes(serialization.Encoding.DER))
+    _issued_client(tmp_path / "mes", authority_key, authority)
+    server = OpcUaServer(free_port(), ["line1"], user="scada", trust=trusted)
+    scada_session = _secure_client(server.port, scada, "scada", "pw")
+    mes_session = _secure_client(server.port, tmp_path / "mes", "scada", "pw", "urn:mes")
+    try:
+        scada_session.connect()
+        mes_session.connect()
+        assert _reads(scada_session) and _reads(mes_session)
+        with caplog.at_level("WARNING", logger="edge_ad.opcua"):
+            (trusted / "plant-ca.crl").write_bytes(_revocation_list(authority_key, authority, [2]))  # the MES's
+            assert wait_for(lambda: not _reads(mes_session), 10)
+            assert _reads(scada_session)  # the others keep theirs
+            (trusted / "scada.crt").unlink()
+            assert wait_for(lambda: not _reads(scada_session), 10)
+    finally:
+        for session in (scada_session, mes_session):
+            try:
+                session.disconnect()
+            except Exception:  # closed by the server
+                pass
+        server.close()
+    said = [record.getMessage() for record in caplog.records]
+    assert any(line.startswith("opcua: closed the connection of 127.0.0.1: its certificate (SHA-1 ") and
+               line.endswith(") is revoked now") for line in said)
+    assert any(line.endswith(f") is not in --opcua-trust {trusted} now") for line in said)
+
+
 def test_an_empty_trust_folder_is_said_to_refuse_every_client_until_one_is_moved_in(tmp_path, caplog):
     (tmp_path / "trusted").mkdir()
     with caplog.at_level("INFO", logger="edge_ad.opcua"):
