@@ -10,7 +10,8 @@ signed. A refused certificate is kept in `rejected/` beside the server's own cer
 by its SHA-1 thumbprint, and the log says which file to move into DIR to trust it. DIR is read
 again at each new session (sessions are few: a client keeps its own for hours), so a
 certificate moved in or a renewed list counts from the client's next attempt, without a
-restart; a session already open stays open.
+restart; the server reads it again every TRUST_RECHECK_S for the sessions open, and closes
+those it no longer takes (edge_ad.opcua).
 """
 
 from __future__ import annotations
