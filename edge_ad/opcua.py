@@ -178,16 +178,17 @@ class OpcUaServer:
             await asyncio.sleep(TRUST_RECHECK_S)
             self._trust.load()
             for client in list(getattr(self._server.bserver, "clients", ())):
-                der = _peer_certificate(client)
-                if der is None or client.transport is None:
+                der, transport = _peer_certificate(client), getattr(client, "transport", None)
+                if der is None or transport is None:
                     continue
                 refusal = self._trust.refusal(x509.load_der_x509_certificate(der), der)
                 if refusal is not None:
+                    peer = getattr(client, "peer_name", None)
                     log.warning("opcua: closed the connection of %s: its certificate (SHA-1 %s) is %s now",
-                                client.peer_name[0] if client.peer_name else "a client", thumbprint(der),
+                                peer[0] if peer else "a client", thumbprint(der),
                                 "revoked" if refusal == self._ua.StatusCodes.BadCertificateRevoked
                                 else f"not in --opcua-trust {self._trust.folder}")
-                    client.transport.close()
+                    transport.close()
 
     async def _secure(self) -> None:
         """Signed and encrypted messages, a user's login only, with the plant's certificate
@@ -371,8 +372,9 @@ def _made_certificate(key_file: Path, certificate_file: Path) -> tuple:
 
 def _peer_certificate(client) -> bytes | None:
     """The certificate (DER) a connected client signs its messages with (asyncua's connection:
-    none before its secure channel opens, or on a channel without security)."""
-    connection = getattr(client.processor, "_connection", None)
+    none before its secure channel opens, or on a channel without security; none either from an
+    asyncua that keeps it elsewhere, which leaves the sessions to their next connection)."""
+    connection = getattr(getattr(client, "processor", None), "_connection", None)
     return getattr(getattr(connection, "security_policy", None), "peer_certificate", None)
 
 
