@@ -100,10 +100,11 @@ class CameraTls:
         return self.refusal
 
     def _keep(self, der: bytes) -> Path | str:
-        path = state_folder() / "cameras" / f"{self.host}-{self.port}.pem"
+        path, pem = state_folder() / "cameras" / f"{self.host}-{self.port}.pem", ssl.DER_cert_to_PEM_cert(der).encode()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, ssl.DER_cert_to_PEM_cert(der).encode("ascii"))
+            if not path.is_file() or path.read_bytes() != pem:  # not again at every retry of the camera
+                write_atomic(path, pem)
         except OSError as exc:
             return str(exc)
         return path

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .backends import BACKENDS
 from .bundle import BACKBONES, MODEL_TYPES, load_bundle
-from .errors import EdgeAdError, report_errors, without_passwords
+from .errors import EdgeAdError, password_from_environment, report_errors, without_passwords
 from .freeze import FROZEN_WINDOW_S
 from .modbus import allowed_networks
 from .output_access import OUTPUT_PASSWORD_VARIABLE, OutputAccess
@@ -264,10 +263,7 @@ def _output_access(args: argparse.Namespace) -> OutputAccess:
     if args.output_user is not None:
         if not args.output_user.strip() or ":" in args.output_user:
             raise EdgeAdError(f"--output-user '{args.output_user}': give the viewers' user name (not empty, no ':')")
-        password = os.environ.get(OUTPUT_PASSWORD_VARIABLE, "")
-        if not password:
-            raise EdgeAdError(f"--output-user {args.output_user}: set the viewers' password in the environment "
-                              f"variable {OUTPUT_PASSWORD_VARIABLE} (not on the command line, where ps shows it)")
+        password = password_from_environment("--output-user", args.output_user, OUTPUT_PASSWORD_VARIABLE)
     return OutputAccess(args.output_user, password, args.output_certificate, args.output_key)
 
 

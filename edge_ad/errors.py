@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import http.client
+import os
 import re
 import ssl
 import sys
@@ -88,6 +89,16 @@ def listen_reason(exc: OSError) -> str:
     this user may not take, what may."""
     reason = (exc.strerror or str(exc)).rpartition(": ")[2]
     return reason + ("; ports below 1024 need root or CAP_NET_BIND_SERVICE" if exc.errno == errno.EACCES else "")
+
+
+def password_from_environment(option: str, name: str, variable: str) -> str:
+    """The password of user `name` (given with `option`) from the environment variable `variable`:
+    not on the command line, where ps shows it to every user."""
+    password = os.environ.get(variable)
+    if not password:
+        raise EdgeAdError(f"{option} {name}: set the user's password in the environment variable {variable} (not on "
+                          "the command line, where ps shows it)")
+    return password
 
 
 def encrypted_key(option: str, path: object) -> Callable[[], bytes]:

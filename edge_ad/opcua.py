@@ -60,7 +60,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import EdgeAdError, listen_reason
+from .errors import EdgeAdError, listen_reason, password_from_environment
 from .files import state_folder
 from .opcua_trust import ClientTrust, read_certificates, thumbprint
 from .sinks import slug
@@ -102,10 +102,7 @@ class OpcUaServer:
         for option, name, variable in (("--opcua-user", user, PASSWORD_VARIABLE),
                                        ("--opcua-reader", reader, READER_PASSWORD_VARIABLE)):
             if name is not None:
-                passwords[name] = os.environ.get(variable)
-                if not passwords[name]:
-                    raise EdgeAdError(f"{option} {name}: set the user's password in the environment variable "
-                                      f"{variable} (not on the command line, where ps shows it)")
+                passwords[name] = password_from_environment(option, name, variable)
         # asyncua warns of every client's session timeout, and logs a port in use with a traceback
         # before __init__ says it in a line.
         logging.getLogger("asyncua").setLevel(logging.CRITICAL)

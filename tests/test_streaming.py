@@ -1447,5 +1447,5 @@ def test_output_logins_and_certificates_are_refused_before_the_start_when_they_c
     result = subprocess.run([sys.executable, "-m", "edge_ad", "run", "--bundle", "nowhere", "--input", "test://ball",
                              "--output", "rtsp://@:8554/line", "--output-user", "viewer"], capture_output=True,
                             text=True, env={k: v for k, v in os.environ.items() if k != "EDGE_AD_OUTPUT_PASSWORD"})
-    assert result.returncode != 0 and ("--output-user viewer: set the viewers' password in the environment variable "
+    assert result.returncode != 0 and ("--output-user viewer: set the user's password in the environment variable "
                                        "EDGE_AD_OUTPUT_PASSWORD") in result.stderr
