@@ -13,7 +13,12 @@ from collections.abc import Callable
 from urllib.parse import urlparse
 
 # scheme://user:password@host: the password runs to the last @ before the path (some hold an @)
-_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:'\"]*):[^\s/'\"]*@")
+# A host after a URI's login: a name or IPv4 address, or an IPv6 one in brackets, and a port.
+HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::\d+)?"
+# A URI's password: it ends at the first @ that a host follows, so that one with @, # or / in it
+# (as password rules ask for) is hidden whole; one starting with digits and a / reads as a port.
+_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:'\"]*):(?!\d*/)[^\s'\"]*?@(?=" + HOST
+                       + r"(?:[/\s'\",;)]|$))")
 
 
 def without_passwords(text: str) -> str:

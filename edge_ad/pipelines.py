@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, quote, unquote, urlparse
 import numpy as np
 
 from .device import detect, is_jetson, load_configs, pick_config
-from .errors import EdgeAdError, SourceError, uri_port
+from .errors import HOST, EdgeAdError, SourceError, uri_port
 from .images import IMAGE_SUFFIXES
 
 # A plain MP4 has its index written at the end, so a run that is killed (a power cut, the
@@ -96,19 +96,28 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+_LOGIN_END = re.compile("@(?=" + HOST + "(?:/|$))")  # the @ before a host, and a path or nothing
+
+
 def login_escaped(uri: str) -> str:
     """A camera's URI with its login percent-encoded when it was written as it is typed into the
     camera's web page: a password with @, #, ? or a space (rtsp://admin:p@ss#1@10.0.0.5/...),
     as password rules ask for, made rtspsrc say "Unhandled error" or "Could not open resource".
-    The login ends at the last @ before the first / (a / in it must be written %2F, as the logs
-    take it for the path); one without those characters is left as written, encoded or not."""
+    The login ends at the last @ before the first /; a password with a / in it
+    (rtsp://admin:pa/ss@10.0.0.5/...) runs on to the first @ that a host follows (errors.HOST),
+    unless what comes before its / reads as host:port (a / after digits: write it %2F). One
+    without those characters is left as written, encoded or not."""
     scheme, separator, rest = uri.partition("://")
-    authority, slash, path = rest.partition("/")
-    login, at, host = authority.rpartition("@")
-    if not separator or not at or not any(c in login for c in "@#? "):
+    authority = rest.partition("/")[0]
+    end = authority.rfind("@")
+    if end < 0 and separator and ":" in authority and not authority.partition(":")[2].isdigit():
+        found = _LOGIN_END.search(rest, len(authority))
+        end = found.start() if found else -1
+    login = rest[:end]
+    if not separator or end < 0 or not any(c in login for c in "@#? /"):
         return uri
     user, colon, password = login.partition(":")
-    return f"{scheme}://{quote(user, safe='')}{colon}{quote(password, safe='')}@{host}{slash}{path}"
+    return f"{scheme}://{quote(user, safe='')}{colon}{quote(password, safe='')}@{rest[end + 1:]}"
 
 
 def _codec(uri: str, options: SourceOptions, default: str, allowed: tuple[str, ...]) -> str:

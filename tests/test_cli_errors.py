@@ -20,6 +20,10 @@ def test_passwords_in_uris_are_masked_in_messages():
         'location="rtsp://u:***@h/x" ! mqtt://qa:***@b/t'
     for untouched in ("rtsp://admin@h/x", "rtsp://10.0.0.5:554/x@y", "file:///a/b:c@d", "/data/a:b@c.mp4"):
         assert without_passwords(untouched) == untouched
+    # A password with a / in it was shown whole: the / ended the match (and there was no @ before it).
+    assert without_passwords("failed: rtsp://admin:pa/ss@10.0.0.5/line, retrying") == \
+        "failed: rtsp://admin:***@10.0.0.5/line, retrying"
+    assert without_passwords("rtsp://u:a/b@c@[fe80::1]:554/x") == "rtsp://u:***@[fe80::1]:554/x"
 
 
 def _one_line_error(result, *fragments, program="edge-ad"):

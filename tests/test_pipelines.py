@@ -47,8 +47,12 @@ def test_a_login_typed_as_is_is_escaped_and_nothing_else():
     assert login_escaped("rtsp://admin:p@ss#1@10.0.0.5:554/Streaming/101?t=1") == \
         "rtsp://admin:p%40ss%231@10.0.0.5:554/Streaming/101?t=1"
     assert login_escaped("http://admin:a b?c@cam/mjpg") == "http://admin:a%20b%3Fc@cam/mjpg"
+    # A / in a password was taken for the path's start: no login, and rtspsrc's "Could not open resource".
+    assert login_escaped("rtsp://admin:pa/ss@10.0.0.5/Streaming/101") == "rtsp://admin:pa%2Fss@10.0.0.5/Streaming/101"
+    assert login_escaped("rtsp://admin:p#1/x@cam:554/s") == "rtsp://admin:p%231%2Fx@cam:554/s"
     for left in ("rtsp://admin:p%40ss@cam/x", "rtsp://10.0.0.5:554/x@y#z", "rtsp://admin@cam/x", "file:///a/b:c@d#e",
-                 "/data/a:b@c#d.mp4", "test://ball?width=64", "genicam://Basler-a1@b"):
+                 "/data/a:b@c#d.mp4", "test://ball?width=64", "genicam://Basler-a1@b", "http://cam:8080/x?to=a@b.c/",
+                 "http://cam/x?mail=a@b.c"):
         assert login_escaped(left) == left
 
 

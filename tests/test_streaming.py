@@ -361,7 +361,12 @@ def test_a_camera_password_is_read_as_typed_into_the_camera(caplog):
             assert stream.name == uri.replace("rtsp://", "rtsp://admin:***@")
             read = frames_within(open_source(stream.input, SourceOptions(timeout_s=5)), 3, 30)
             assert [frame.image.shape for frame in read] == [(64, 96, 3)] * 3
-    assert "p@ss" not in caplog.text and "ss#1" not in caplog.text
+    with _rtsp_camera(f"( {frames} ! x264enc tune=zerolatency key-int-max=15 ! rtph264pay name=pay0 )",
+                      ("admin", "pa/ss")) as uri:  # a / in it: taken for the path, and shown in the name
+        stream = Stream(uri.replace("rtsp://", "rtsp://admin:pa/ss@"))
+        assert stream.name == uri.replace("rtsp://", "rtsp://admin:***@")
+        assert len(frames_within(open_source(stream.input, SourceOptions(timeout_s=5)), 3, 30)) == 3
+    assert "p@ss" not in caplog.text and "ss#1" not in caplog.text and "pa/ss" not in caplog.text
 
 
 def test_an_rtsps_camera_s_own_certificate_pinned_is_trusted_and_any_other_refused(tmp_path, monkeypatch, caplog):
