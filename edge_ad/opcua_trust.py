@@ -75,6 +75,7 @@ class ClientTrust:
         self._authorities: list = []  # those of them that are certificate authorities
         self._revoked: dict = {}  # an authority's name -> the serial numbers its revocation lists name
         self._said: set[bytes] = set()  # the SHA-1 of each certificate refused and logged
+        self._warned: set[str] = set()  # the folder's problems logged: it is read every TRUST_RECHECK_S
         self.load(strict=True)
 
     def load(self, strict: bool = False) -> None:
@@ -88,15 +89,15 @@ class ClientTrust:
         def refuse(problem: str, exc: Exception | None = None) -> None:
             if strict:
                 raise EdgeAdError(f"{problem}; take it out of the folder") from exc
-            log.warning("opcua: %s; left out", problem)
+            self._warn(f"opcua: {problem}; left out")
 
         try:
             files = sorted(path for path in self.folder.iterdir() if path.is_file() and not path.name.startswith("."))
         except OSError as exc:
             if strict:
                 raise EdgeAdError(f"--opcua-trust {self.folder}: cannot read the folder ({exc.strerror})") from exc
-            log.warning("opcua: --opcua-trust %s: cannot read the folder (%s); what was read before is used",
-                        self.folder, exc.strerror)
+            self._warn(f"opcua: --opcua-trust {self.folder}: cannot read the folder ({exc.strerror}); what was read "
+                       "before is used")
             return
         trusted, authorities, lists = set(), [], []
         for path in files:
@@ -177,6 +178,12 @@ class ClientTrust:
         if certificate.serial_number in self._revoked.get(certificate.issuer, ()):
             return ua.StatusCodes.BadCertificateRevoked
         return None
+
+    def _warn(self, problem: str) -> None:
+        """Log a problem of the folder once: it is read again at each session and every half minute."""
+        if problem not in self._warned:
+            self._warned.add(problem)
+            log.warning("%s", problem)
 
     def _say(self, der: bytes, *message) -> None:
         """Log a refusal once per certificate: a client tries again every few seconds."""

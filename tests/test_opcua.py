@@ -587,6 +587,7 @@ def test_an_open_session_ends_when_its_certificate_is_revoked_or_taken_out(tmp_p
         mes_session.connect()
         assert _reads(scada_session) and _reads(mes_session)
         with caplog.at_level("WARNING", logger="edge_ad.opcua"):
+            (trusted / "notes.txt").write_text("ask Jo for the MES certificate")  # read every recheck: said once
             (trusted / "plant-ca.crl").write_bytes(_revocation_list(authority_key, authority, [2]))  # the MES's
             assert wait_for(lambda: not _reads(mes_session), 10)
             assert _reads(scada_session)  # the others keep theirs
@@ -603,6 +604,7 @@ def test_an_open_session_ends_when_its_certificate_is_revoked_or_taken_out(tmp_p
     assert any(line.startswith("opcua: closed the connection of 127.0.0.1: its certificate (SHA-1 ") and
                line.endswith(") is revoked now") for line in said)
     assert any(line.endswith(f") is not in --opcua-trust {trusted} now") for line in said)
+    assert sum(line.startswith(f"opcua: --opcua-trust: {trusted / 'notes.txt'} is not a certificate") for line in said) == 1
 
 
 def test_an_empty_trust_folder_is_said_to_refuse_every_client_until_one_is_moved_in(tmp_path, caplog):
