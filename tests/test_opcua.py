@@ -604,7 +604,8 @@ def test_an_open_session_ends_when_its_certificate_is_revoked_or_taken_out(tmp_p
     assert any(line.startswith("opcua: closed the connection of 127.0.0.1: its certificate (SHA-1 ") and
                line.endswith(") is revoked now") for line in said)
     assert any(line.endswith(f") is not in --opcua-trust {trusted} now") for line in said)
-    assert sum(line.startswith(f"opcua: --opcua-trust: {trusted / 'notes.txt'} is not a certificate") for line in said) == 1
+    notes = f"opcua: --opcua-trust: {trusted / 'notes.txt'} is not a certificate"
+    assert sum(line.startswith(notes) for line in said) == 1
 
 
 def test_an_empty_trust_folder_is_said_to_refuse_every_client_until_one_is_moved_in(tmp_path, caplog):
