@@ -575,11 +575,16 @@ def _time(text: str) -> float:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from .events_report import read_events, write_events_report
+    from .events_report import read_events, write_alarm_pictures, write_events_report
 
     events = Path(args.events)
     if args.since is not None and args.until is not None and args.since > args.until:
         raise EdgeAdError("--since is after --until: no event lies between them")
+    if args.alarms < 0:
+        raise EdgeAdError(f"--alarms {args.alarms}: must be 0 (no picture of the alarms) or more")
+    snapshots = Path(args.snapshots) if args.snapshots else None
+    if snapshots is not None and not snapshots.is_dir():
+        raise EdgeAdError(f"--snapshots {snapshots}: no such folder")
     read = read_events(events, args.since, args.until)
     for record in read.sources.values():
         print(record.summary())
@@ -590,6 +595,8 @@ def _report(args: argparse.Namespace) -> None:
               + (" ..." if read.skipped_count > len(read.skipped) else ""))
     out = Path(args.out) if args.out else events.with_name(f"{events.name.split('.')[0]}_report.png")
     print(f"report {write_events_report(read, out)}")
+    if args.alarms:
+        print(write_alarm_pictures(read, out.with_name(f"{out.stem}_alarms.png"), args.alarms, snapshots))
 
 
 def _cameras(args: argparse.Namespace) -> None:
@@ -1059,12 +1066,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_record)
 
     p = sub.add_parser("report", help="a picture of what a run saw, from its --events file: scores over time per "
-                                      "source against the threshold, alarms, drift, failed self-checks; and the "
-                                      "counts")
+                                      "source against the threshold, alarms, drift, failed self-checks; the "
+                                      "counts; and the overlays of the alarms")
     p.add_argument("--events", required=True, help="the events file of edge-ad run (its rotated .1 ... .5 are read too)")
     p.add_argument("--out", help="PNG to write (default: beside the events file, <name>_report.png)")
     p.add_argument("--since", type=_time, metavar="TIME", help="only events from this local time on (2026-12-03T06:00)")
     p.add_argument("--until", type=_time, metavar="TIME", help="only events up to this local time")
+    p.add_argument("--alarms", type=int, default=24, metavar="N",
+                   help="the saved overlays of the N highest-scoring alarms, as <out>_alarms.png (0: none)")
+    p.add_argument("--snapshots", metavar="DIR",
+                   help="where the run's --snapshots folder is now, if moved (its pictures are found by name)")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("cameras", help="the cameras there are and the --input of each: IP cameras' RTSP URLs "

@@ -6,7 +6,9 @@ run), appending across runs and rotating to FILE.1 ... FILE.5. This reads them b
 and draws, per source, the scores over time against the threshold, with anomalies, alarms, drift
 events, frozen pictures and failed self-checks marked, and
 the histogram of the scores; the counts come as text too. A line that is not an event (one cut
-short by a power loss, a file edited by hand) is skipped and counted, never fatal.
+short by a power loss, a file edited by hand) is skipped and counted, never fatal. The overlays
+that `--snapshots` kept of the alarms come as a second picture, the highest scores first: what
+the line was stopped for, to tell true defects from false alarms at a glance.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -25,6 +29,18 @@ from .files import save_figure
 ROTATED_FILES = 5  # EventLog's backups: FILE.1 (newest) ... FILE.5 (oldest)
 SHOWN_SKIPS = 5  # skipped lines named in the summary; the rest are counted
 MEDIAN_BINS, MIN_PER_BIN = 200, 10  # the median line over time: only where frames are dense enough
+SHEET_COLUMNS, TILE_PX = 4, 480  # the alarms' picture: tiles per row, and each tile's width in pixels
+
+
+class AlarmPicture(NamedTuple):
+    """An alarm frame whose overlay `--snapshots` saved (the path as the run wrote it)."""
+
+    source: str
+    frame: str  # the picture's file name for pictures read from a folder, else "frame N"
+    timestamp: float
+    score: float
+    threshold: float
+    overlay: str
 
 
 @dataclass
@@ -42,6 +58,7 @@ class SourceEvents:
     frozen: list[tuple[float, str]] = field(default_factory=list)  # (timestamp, "frozen" | "back") of the picture
     self_checks: list[tuple[float, str, str]] = field(default_factory=list)  # failed: (timestamp, bundle, problem)
     judges: list[tuple[str, str | None] | None] = field(default_factory=list)  # per frame: (bundle, calibration)
+    pictures: list[AlarmPicture] = field(default_factory=list)  # alarm frames with a saved overlay
 
     @property
     def frames(self) -> int:
@@ -194,6 +211,11 @@ def _add(record: SourceEvents, event: dict, judges: dict) -> None:
     if "bundle" in event:
         judge = (str(event["bundle"]), event.get("calibration") and str(event["calibration"]))
     record.judges.append(judges.setdefault(judge, judge))
+    if isinstance(event.get("overlay"), str):
+        name = event.get("name")  # a folder's picture's own name; a stream's frames carry the stream's
+        frame = name if isinstance(name, str) and name and name != record.name else f"frame {event.get('frame')}"
+        record.pictures.append(AlarmPicture(record.name, frame, record.times[-1], record.scores[-1],
+                                            record.thresholds[-1], event["overlay"]))
 
 
 def binned_medians(times: np.ndarray, scores: np.ndarray, bins: int = MEDIAN_BINS):
@@ -285,3 +307,74 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
     save_figure(figure, path, dpi=100)
     plt.close(figure)
     return path
+
+
+def _found(picture: AlarmPicture, snapshots: Path | None) -> Path | None:
+    """Where `picture`'s overlay is now: where the run wrote it, or by its name in `snapshots` (the
+    folder copied to a workstation with the events); None when the quota has deleted it since."""
+    written = Path(picture.overlay)
+    places = [written, *([snapshots / written.name] if snapshots is not None else [])]
+    return next((path for path in places if path.is_file()), None)
+
+
+def _tile(path: Path) -> np.ndarray | None:
+    """The picture at `path` as RGB, TILE_PX wide at most; None when it does not read as a picture."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+    if image.shape[1] > TILE_PX:
+        image = cv2.resize(image, (TILE_PX, max(1, round(image.shape[0] * TILE_PX / image.shape[1]))),
+                           interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def write_alarm_pictures(read: EventsRead, path: Path, count: int, snapshots: Path | None = None) -> str:
+    """The overlays of the `count` highest-scoring alarm frames still on disk (looked for where the
+    run wrote them, then in `snapshots`), as one picture at `path`, each titled with its source,
+    time, score and threshold; returns the line that says what it shows and what it could not."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alarms = sum(sum(record.alarms) for record in read.sources.values())
+    pictures = sorted((p for record in read.sources.values() for p in record.pictures), key=lambda p: -p.score)
+    if not pictures:
+        return (f"alarm pictures: none of the {alarms} alarms has one (edge-ad run --snapshots DIR keeps them)"
+                if alarms else "alarm pictures: no alarms")
+    found = [(picture, _found(picture, snapshots)) for picture in pictures]
+    gone = sum(where is None for _, where in found)
+    shown: list[tuple[AlarmPicture, np.ndarray]] = []
+    unreadable: list[str] = []
+    left = 0  # on disk, but past the `count` highest
+    for picture, where in found:
+        if where is None:
+            continue
+        if len(shown) == count:
+            left += 1
+            continue
+        tile = _tile(where)
+        if tile is None:
+            unreadable.append(str(where))
+        else:
+            shown.append((picture, tile))
+    problems = (f"; {gone} no longer on disk (deleted past --snapshot-quota-mb, or moved: --snapshots DIR finds "
+                f"them by name)" if gone else "") + (f"; not pictures: {', '.join(unreadable)}" if unreadable else "")
+    if not shown:
+        return f"alarm pictures: none of {len(pictures)} could be shown{problems}"
+    columns = min(SHEET_COLUMNS, len(shown))
+    rows = -(-len(shown) // columns)
+    tallest = max(tile.shape[0] / tile.shape[1] for _, tile in shown)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, (4 * tallest + 0.6) * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, (picture, tile) in zip(axes.flat, shown):
+        axis.imshow(tile)
+        source = picture.source if len(picture.source) <= 44 else "..." + picture.source[-41:]
+        axis.set_title(f"{source}\n{_clock(picture.timestamp)}  {picture.frame}\nscore {picture.score:.4g} "
+                       f"(threshold {picture.threshold:.4g})", fontsize=8)
+    figure.tight_layout()
+    save_figure(figure, path, dpi=100)
+    plt.close(figure)
+    which = f"the {len(shown)} highest-scoring of {len(pictures)}" if left else f"{len(shown)} of {len(pictures)}"
+    return f"alarm pictures: {which} in {path}{problems}"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge_ad.errors import EdgeAdError
-from edge_ad.events_report import binned_medians, read_events, write_events_report
+from edge_ad.events_report import binned_medians, read_events, write_alarm_pictures, write_events_report
 
 from conftest import edge_ad
 
@@ -43,6 +43,7 @@ def test_report_of_a_run(tiny_bundle, spotted_frames, tmp_path):
     assert out.returncode == 0, out.stderr
     out = edge_ad("report", "--events", events)
     assert out.returncode == 0, out.stderr
+    assert "alarm pictures: none of the 3 alarms has one (edge-ad run --snapshots DIR keeps them)" in out.stdout
     assert f"{spotted_frames}: frames 9  anomalies 6 (66.67%)  alarms 3  from " in out.stdout
     judged_by = hashlib.sha256((tiny_bundle / "bundle.yaml").read_bytes()).hexdigest()[:12]  # as sha256sum prints it
     assert f"\n  bundle {judged_by}, calibration " in out.stdout and ", 9 frames\n" in out.stdout
@@ -51,6 +52,57 @@ def test_report_of_a_run(tiny_bundle, spotted_frames, tmp_path):
     picture = cv2.imread(str(report))
     assert picture.shape == (360, 1500, 3)  # one row: one source
     assert _red_pixels(report) > 20  # the three alarms are marked
+
+    events.unlink()
+    out = edge_ad("run", "--bundle", tiny_bundle, "--input", spotted_frames, "--events", events, "--alarm-frames", 2,
+                  "--snapshots", tmp_path / "snapshots", "--snapshot-interval", 0)
+    assert out.returncode == 0, out.stderr
+    out = edge_ad("report", "--events", events)
+    assert out.returncode == 0, out.stderr
+    alarms = tmp_path / "events_report_alarms.png"
+    assert f"alarm pictures: 3 of 3 in {alarms}\n" in out.stdout
+    assert cv2.imread(str(alarms)).shape[1] == 1200  # three overlays in a row
+    assert "alarm pictures" not in edge_ad("report", "--events", events, "--alarms", 0).stdout
+
+
+def _overlay(folder, name, bgr) -> str:
+    path = folder / name
+    cv2.imwrite(str(path), np.full((300, 400, 3), bgr, np.uint8))
+    return str(path)
+
+
+def test_alarm_pictures_highest_scores_first_where_the_run_left_them_or_moved(tmp_path):
+    t0 = datetime(2026, 12, 3, 6, 0).timestamp()
+    kept = tmp_path / "snapshots"
+    kept.mkdir()
+    (kept / "damaged_overlay.jpg").write_bytes(b"\xff\xd8 cut short")
+    green, blue, red = (0, 200, 0), (200, 0, 0), (0, 0, 200)
+    events = tmp_path / "events.jsonl"
+    _write(events, [
+        _frame("cam", t0, 0.95, True, overlay=str(kept / "damaged_overlay.jpg")),
+        _frame("cam", t0 + 1, 0.9, True, overlay=_overlay(kept, "green_overlay.jpg", green)),
+        _frame("cam", t0 + 2, 0.6, True),  # an alarm without a snapshot (one per --snapshot-interval)
+        _frame("line2", t0 + 3, 0.8, True, overlay=_overlay(kept, "blue_overlay.jpg", blue), name="part-17.png"),
+        _frame("cam", t0 + 4, 0.7, True, overlay=_overlay(kept, "red_overlay.jpg", red)),
+        _frame("cam", t0 + 5, 0.85, True, overlay=str(kept / "deleted_overlay.jpg")),  # past the quota
+        _frame("cam", t0 + 6, 0.1, False),
+    ])
+    read = read_events(events)
+    assert [p.frame for p in read.sources["line2"].pictures] == ["part-17.png"]  # a folder's picture by its name
+    sheet = tmp_path / "alarms.png"
+    line = write_alarm_pictures(read, sheet, 2)
+    assert line == (f"alarm pictures: the 2 highest-scoring of 5 in {sheet}; 1 no longer on disk (deleted past "
+                    f"--snapshot-quota-mb, or moved: --snapshots DIR finds them by name); not pictures: "
+                    f"{kept / 'damaged_overlay.jpg'}")
+    assert _pixels(sheet, green) > 10_000 and _pixels(sheet, blue) > 10_000 and _pixels(sheet, red) == 0
+    assert "3 of 5" in write_alarm_pictures(read, sheet, 24) and _pixels(sheet, red) > 10_000
+
+    moved = kept.rename(tmp_path / "copied-to-the-workstation")
+    assert write_alarm_pictures(read, sheet, 2).startswith("alarm pictures: none of 5 could be shown; 5 no longer")
+    out = edge_ad("report", "--events", events, "--alarms", 2, "--snapshots", moved, "--out", tmp_path / "r.png")
+    assert out.returncode == 0, out.stderr
+    assert f"alarm pictures: the 2 highest-scoring of 5 in {tmp_path / 'r_alarms.png'}; 1 no longer" in out.stdout
+    assert _pixels(tmp_path / "r_alarms.png", green) > 10_000
 
 
 def test_events_across_rotated_files_runs_and_damaged_lines(tmp_path):
@@ -121,6 +173,10 @@ def test_report_errors_name_what_is_wrong(tmp_path):
     assert out.returncode == 2 and "'yesterday' is not a date and time such as 2026-12-03T06:00" in out.stderr
     out = edge_ad("report", "--events", empty, "--since", "2026-12-03T18:00", "--until", "2026-12-03T17:00")
     assert out.returncode == 2 and "--since is after --until" in out.stderr
+    out = edge_ad("report", "--events", empty, "--alarms", -1)
+    assert out.returncode == 2 and "--alarms -1: must be 0 (no picture of the alarms) or more" in out.stderr
+    out = edge_ad("report", "--events", empty, "--snapshots", tmp_path / "gone")
+    assert out.returncode == 2 and f"--snapshots {tmp_path / 'gone'}: no such folder" in out.stderr
 
 
 def test_the_median_line_follows_a_shift_and_breaks_where_the_camera_was_away():
