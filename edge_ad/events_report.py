@@ -14,6 +14,8 @@ the line was stopped for, to tell true defects from false alarms at a glance.
 from __future__ import annotations
 
 import json
+import time
+from array import array
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -43,17 +45,21 @@ class AlarmPicture(NamedTuple):
     overlay: str
 
 
+def _none() -> np.ndarray:
+    return np.zeros(0)
+
+
 @dataclass
 class SourceEvents:
     """One source's frames (in time order), drift events and failed self-checks."""
 
     name: str
-    times: list[float] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    thresholds: list[float] = field(default_factory=list)
-    anomalies: list[bool] = field(default_factory=list)
-    alarms: list[bool] = field(default_factory=list)
-    latencies_ms: list[float] = field(default_factory=list)
+    times: np.ndarray = field(default_factory=_none)
+    scores: np.ndarray = field(default_factory=_none)
+    thresholds: np.ndarray = field(default_factory=_none)
+    anomalies: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    alarms: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    latencies_ms: np.ndarray = field(default_factory=_none)  # of the frames whose events give it, any order
     drift: list[tuple[float, str]] = field(default_factory=list)  # (timestamp, "outside" | "flagged" | "back")
     frozen: list[tuple[float, str]] = field(default_factory=list)  # (timestamp, "frozen" | "back") of the picture
     self_checks: list[tuple[float, str, str]] = field(default_factory=list)  # failed: (timestamp, bundle, problem)
@@ -66,9 +72,9 @@ class SourceEvents:
 
     def counts(self) -> str:
         """Frames, anomalies (and their rate) and alarms, as the picture's titles show them."""
-        anomalies = sum(self.anomalies)
+        anomalies = int(self.anomalies.sum())
         return (f"{self.name}: frames {self.frames}  anomalies {anomalies} ({anomalies / self.frames:.2%})  "
-                f"alarms {sum(self.alarms)}")
+                f"alarms {int(self.alarms.sum())}")
 
     def summary(self) -> str:
         """One line of counts: frames, anomalies, alarms, time span, longest silence, latency, drift
@@ -76,12 +82,12 @@ class SourceEvents:
         froze = sum(state == "frozen" for _, state in self.frozen)
         rare = (f"  frozen pictures {froze}" if froze else "") + \
             (f"  failed self-checks {len(self.self_checks)}" if self.self_checks else "")
-        if not self.times:
+        if not self.frames:
             return f"{self.name}: no frames; {len(self.drift)} drift events{rare}"
-        start, end = min(self.times), max(self.times)
+        start, end = self.times.min(), self.times.max()
         gaps = np.diff(np.sort(self.times))
         latency = f"  latency p50 {np.percentile(self.latencies_ms, 50):.1f} ms p99 " \
-                  f"{np.percentile(self.latencies_ms, 99):.1f} ms" if self.latencies_ms else ""
+                  f"{np.percentile(self.latencies_ms, 99):.1f} ms" if self.latencies_ms.size else ""
         return (f"{self.counts()}  from {_clock(start)} to {_clock(end)}  "
                 f"longest gap {gaps.max() if gaps.size else 0.0:.1f} s{latency}  "
                 f"drift events {len(self.drift)} ({sum(state != 'back' for _, state in self.drift)} outside)"
@@ -154,6 +160,7 @@ def read_events(path: Path, since: float | None = None, until: float | None = No
     """Every event of `path` and its rotated files between `since` and `until` (Unix seconds)."""
     files = event_files(path)
     sources: dict[str, SourceEvents] = {}
+    frames: dict[str, _Frames] = {}
     skipped: list[str] = []
     skipped_count = lines = 0
     judges: dict = {}
@@ -177,20 +184,54 @@ def read_events(path: Path, since: float | None = None, until: float | None = No
                     moment = event["timestamp"]
                     if (since is not None and moment < since) or (until is not None and moment > until):
                         continue
-                    _add(sources.setdefault(str(event["source"]), SourceEvents(str(event["source"]))), event, judges)
-    for record in sources.values():  # files are appended by run after run: put each source in time order
-        order = np.argsort(record.times, kind="stable")
-        for name in ("times", "scores", "thresholds", "anomalies", "alarms", "judges"):
-            setattr(record, name, [getattr(record, name)[i] for i in order])
+                    name = str(event["source"])
+                    if name not in sources:
+                        sources[name], frames[name] = SourceEvents(name), _Frames()
+                    _add(sources[name], frames[name], event, judges)
+    for name, record in sources.items():  # files are appended by run after run: put each source in time order
+        frames.pop(name).into(record)
         record.drift.sort()
         record.frozen.sort()
         record.self_checks.sort()
     return EventsRead(sources, lines, skipped, skipped_count)
 
 
-def _add(record: SourceEvents, event: dict, judges: dict) -> None:
-    """`event` added to `record`; `judges` keeps one tuple per bundle and calibration, which every
-    frame they judged shares (a report of a million frames holds a few)."""
+class _Frames:
+    """One source's frames as read, in the files' order: array.array holds a number in 8 bytes, a
+    list a float object of 32 (the rotated files of a busy line hold millions of frames)."""
+
+    def __init__(self) -> None:
+        self.times, self.scores, self.thresholds, self.latencies_ms = (array("d") for _ in range(4))
+        self.anomalies, self.alarms = array("b"), array("b")
+        self.judges: list[tuple[str, str | None] | None] = []
+
+    def add(self, event: dict, judges: dict) -> None:
+        """A frame event; `judges` keeps one tuple per bundle and calibration, which every frame
+        they judged shares (a report of a million frames holds a few)."""
+        self.times.append(float(event["timestamp"]))
+        self.scores.append(float(event["score"]))
+        self.thresholds.append(float(event["threshold"]))
+        self.anomalies.append(bool(event["anomaly"]))
+        self.alarms.append(bool(event.get("alarm", event["anomaly"])))  # events from before --alarm-frames
+        if isinstance(event.get("latency_ms"), (int, float)):
+            self.latencies_ms.append(float(event["latency_ms"]))
+        judge = None  # events of runs from before they named it
+        if "bundle" in event:
+            judge = (str(event["bundle"]), event.get("calibration") and str(event["calibration"]))
+        self.judges.append(judges.setdefault(judge, judge))
+
+    def into(self, record: SourceEvents) -> None:
+        """The frames put into `record` in time order: runs append to the files one after another."""
+        order = np.argsort(self.times, kind="stable")
+        record.times, record.scores, record.thresholds = (np.asarray(column)[order] for column in
+                                                          (self.times, self.scores, self.thresholds))
+        record.anomalies, record.alarms = (np.asarray(column, bool)[order] for column in (self.anomalies, self.alarms))
+        record.latencies_ms = np.asarray(self.latencies_ms)
+        record.judges = [self.judges[i] for i in order]
+
+
+def _add(record: SourceEvents, frames: _Frames, event: dict, judges: dict) -> None:
+    """`event` added to `record`, or to `frames` when it is a frame's."""
     if event.get("event", "frame") == "drift":
         record.drift.append((float(event["timestamp"]), str(event["state"])))
         return
@@ -200,22 +241,12 @@ def _add(record: SourceEvents, event: dict, judges: dict) -> None:
     if event.get("event") == "self_check":
         record.self_checks.append((float(event["timestamp"]), str(event["bundle"]), str(event["problem"])))
         return
-    record.times.append(float(event["timestamp"]))
-    record.scores.append(float(event["score"]))
-    record.thresholds.append(float(event["threshold"]))
-    record.anomalies.append(bool(event["anomaly"]))
-    record.alarms.append(bool(event.get("alarm", event["anomaly"])))  # events from before --alarm-frames
-    if isinstance(event.get("latency_ms"), (int, float)):
-        record.latencies_ms.append(float(event["latency_ms"]))
-    judge = None  # events of runs from before they named it
-    if "bundle" in event:
-        judge = (str(event["bundle"]), event.get("calibration") and str(event["calibration"]))
-    record.judges.append(judges.setdefault(judge, judge))
+    frames.add(event, judges)
     if isinstance(event.get("overlay"), str):
         name = event.get("name")  # a folder's picture's own name; a stream's frames carry the stream's
         frame = name if isinstance(name, str) and name and name != record.name else f"frame {event.get('frame')}"
-        record.pictures.append(AlarmPicture(record.name, frame, record.times[-1], record.scores[-1],
-                                            record.thresholds[-1], event["overlay"]))
+        record.pictures.append(AlarmPicture(record.name, frame, float(event["timestamp"]), float(event["score"]),
+                                            float(event["threshold"]), event["overlay"]))
 
 
 def binned_medians(times: np.ndarray, scores: np.ndarray, bins: int = MEDIAN_BINS):
@@ -229,6 +260,16 @@ def binned_medians(times: np.ndarray, scores: np.ndarray, bins: int = MEDIAN_BIN
     edges = np.searchsorted(index, np.arange(bins + 1))  # each bin's frames are one slice: times are in order
     medians = np.array([np.median(scores[a:b]) if b - a >= MIN_PER_BIN else np.nan for a, b in zip(edges, edges[1:])])
     return times[0] + (np.arange(bins) + 0.5) * span / bins, medians, span / bins
+
+
+def _local_days(timestamps: np.ndarray | float) -> np.ndarray:
+    """Unix times as matplotlib's date numbers (days since 1970) of the local clock, without a
+    datetime object per frame: the offset from UTC is looked up once per quarter of an hour, the
+    step of every daylight-saving change."""
+    timestamps = np.asarray(timestamps, float)
+    quarters, where = np.unique(timestamps // 900 * 900, return_inverse=True)
+    offsets = np.array([time.localtime(q).tm_gmtoff for q in quarters])
+    return (timestamps + offsets[where.reshape(timestamps.shape)]) / 86400
 
 
 def _clock(timestamp: float) -> str:
@@ -251,8 +292,8 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
                                 gridspec_kw={"width_ratios": [4, 1]})
     changes = False  # another bundle or calibration took over somewhere: the picture says what the lines mean
     for (timeline, histogram), record in zip(axes, sources):
-        times = np.array([datetime.fromtimestamp(t) for t in record.times])
-        scores, anomalies, alarms = np.array(record.scores), np.array(record.anomalies), np.array(record.alarms)
+        times = _local_days(record.times)
+        scores, anomalies, alarms = record.scores, record.anomalies, record.alarms
         for kind, marker, size, colour, label in (
             (~anomalies, ".", 2, "tab:blue", "normal"),
             (anomalies & ~alarms, ".", 4, "tab:orange", "anomalous, no alarm"),
@@ -261,19 +302,21 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
             if kind.any():  # a kind without frames stays out of the legend too
                 timeline.plot(times[kind], scores[kind], marker, markersize=size, color=colour, rasterized=True,
                               label=f"{label} ({kind.sum()})")
-        timeline.step(times, record.thresholds, where="post", color="black", linewidth=1, label="threshold")
-        middle = binned_medians(np.array(record.times), scores)
+        steps = np.r_[0, np.flatnonzero(np.diff(record.thresholds)) + 1, record.frames - 1]  # a point per change
+        timeline.step(times[steps], record.thresholds[steps], where="post", color="black", linewidth=1,
+                      label="threshold")
+        middle = binned_medians(record.times, scores)
         if middle is not None:  # many frames hide their middle in a solid cloud: drift shows here
-            timeline.plot([datetime.fromtimestamp(t) for t in middle[0]], middle[1], color="navy", linewidth=1.2,
+            timeline.plot(_local_days(middle[0]), middle[1], color="navy", linewidth=1.2,
                           label=f"median per {middle[2]:.0f} s")
         for timestamp, state in record.drift:
             colour = "tab:green" if state == "back" else "tab:purple"
-            timeline.axvline(datetime.fromtimestamp(timestamp), color=colour, linestyle="--", linewidth=1)
+            timeline.axvline(_local_days(timestamp), color=colour, linestyle="--", linewidth=1)
         for timestamp, state in record.frozen:
             colour = "tab:green" if state == "back" else "black"
-            timeline.axvline(datetime.fromtimestamp(timestamp), color=colour, linestyle="-.", linewidth=1)
+            timeline.axvline(_local_days(timestamp), color=colour, linestyle="-.", linewidth=1)
         for timestamp, _, _ in record.self_checks:
-            timeline.axvline(datetime.fromtimestamp(timestamp), color="red", linewidth=2)
+            timeline.axvline(_local_days(timestamp), color="red", linewidth=2)
         stretches = record.stretches()
         changes |= len(stretches) > 1
         for n, ((bundle, calibration), start, _) in enumerate(stretches):
@@ -283,6 +326,7 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
                               xycoords=("data", "axes fraction"), rotation=90, fontsize=6, va="bottom", ha="left")
         timeline.set_title(record.counts(), fontsize=9, loc="left")
         timeline.set_ylabel("score")
+        timeline.xaxis.set_major_locator(mdates.AutoDateLocator())
         timeline.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M:%S"))
         timeline.tick_params(axis="x", labelrotation=20, labelsize=8)
         timeline.legend(loc="upper left", fontsize=7, markerscale=2)
@@ -337,7 +381,7 @@ def write_alarm_pictures(read: EventsRead, path: Path, count: int, snapshots: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    alarms = sum(sum(record.alarms) for record in read.sources.values())
+    alarms = sum(int(record.alarms.sum()) for record in read.sources.values())
     pictures = sorted((p for record in read.sources.values() for p in record.pictures), key=lambda p: -p.score)
     if not pictures:
         return (f"alarm pictures: none of the {alarms} alarms has one (edge-ad run --snapshots DIR keeps them)"

@@ -3,14 +3,16 @@ lines, drawn per source and counted."""
 
 import hashlib
 import json
+import time
 from datetime import datetime
 
 import cv2
+import matplotlib.dates as mdates
 import numpy as np
 import pytest
 
 from edge_ad.errors import EdgeAdError
-from edge_ad.events_report import binned_medians, read_events, write_alarm_pictures, write_events_report
+from edge_ad.events_report import _local_days, binned_medians, read_events, write_alarm_pictures, write_events_report
 
 from conftest import edge_ad
 
@@ -127,9 +129,10 @@ def test_events_across_rotated_files_runs_and_damaged_lines(tmp_path):
     ])
     read = read_events(events)
     cam, other = read.sources["cam"], read.sources["other"]
-    assert cam.times == [t0, t0 + 1, t0 + 2, t0 + 10, t0 + 11, t0 + 3600]
-    assert (cam.anomalies, cam.alarms) == ([False] * 3 + [True, True, False], [False] * 3 + [False, True, False])
-    assert cam.drift == [(t0 + 12, "outside")] and other.frames == 1 and other.latencies_ms == [20.0]
+    assert cam.times.tolist() == [t0, t0 + 1, t0 + 2, t0 + 10, t0 + 11, t0 + 3600]
+    assert cam.anomalies.tolist() == [False] * 3 + [True, True, False]
+    assert cam.alarms.tolist() == [False] * 3 + [False, True, False]
+    assert cam.drift == [(t0 + 12, "outside")] and other.frames == 1 and other.latencies_ms.tolist() == [20.0]
     assert read.lines == 12 and read.skipped_count == 4
     assert read.skipped == [f"{tmp_path / 'events.jsonl.1'}:3: not JSON (cut short?)",
                             f"{events}:2: not a JSON object",
@@ -146,7 +149,7 @@ def test_events_across_rotated_files_runs_and_damaged_lines(tmp_path):
     ]
 
     shift = read_events(events, since=t0 + 5, until=t0 + 60)  # a time range: only the frames in it
-    assert shift.sources["cam"].times == [t0 + 10, t0 + 11] and shift.sources["other"].frames == 1
+    assert shift.sources["cam"].times.tolist() == [t0 + 10, t0 + 11] and shift.sources["other"].frames == 1
     picture = write_events_report(shift, tmp_path / "shift.png")
     assert cv2.imread(str(picture)).shape == (720, 1500, 3)  # two sources, a row each
     assert _red_pixels(picture) > 0
@@ -189,3 +192,18 @@ def test_the_median_line_follows_a_shift_and_breaks_where_the_camera_was_away():
     assert gap.any() and np.isnan(medians[gap]).all()  # no line across the dropout
     assert np.allclose(medians[centres < 900], 0.1, atol=0.01) and np.allclose(medians[centres > 2100], 0.3, atol=0.01)
     assert binned_medians(times[:100], scores[:100], bins=40) is None  # too few frames for a line
+
+
+@pytest.mark.parametrize("zone", ["Europe/Berlin", "America/New_York", "Asia/Kolkata"])
+def test_frames_are_drawn_at_the_local_time_across_a_daylight_saving_change(zone, monkeypatch):
+    """The picture's time axis is the local clock, as the printed times are, also through the night
+    the clocks go back (2026-10-25 in Berlin, 11-01 in New York), without a datetime per frame."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        night = np.arange(datetime(2026, 10, 24, 22).timestamp(), datetime(2026, 11, 1, 8).timestamp(), 997.3)
+        clock = np.array([mdates.date2num(datetime.fromtimestamp(t)) for t in night])
+        assert np.abs(_local_days(night) - clock).max() * 86400 < 1e-3
+    finally:
+        monkeypatch.undo()
+        time.tzset()
