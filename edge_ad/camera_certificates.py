@@ -13,7 +13,8 @@ that file and the certificate's SHA-256 fingerprint, which the camera's web page
 browser's padlock) shows: once they match, that file is the one to give.
 
 One CameraTls per source checks still pictures fetched by urllib (edge_ad.http_pictures) and
-GStreamer's souphttpsrc and rtspsrc, as their `tls-database`.
+GStreamer's souphttpsrc and rtspsrc, as their `tls-database`; one per camera the ONVIF requests
+of `edge-ad cameras` (edge_ad.onvif) to a camera set to HTTPS.
 """
 
 from __future__ import annotations
@@ -35,21 +36,21 @@ _PORT_AND_PLAIN = {"https": (443, "http://"), "rtsps": (322, "rtsp://")}  # defa
 _PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
-def read_pinned(path: str) -> frozenset[bytes]:
-    """The certificates (DER) in `path`: PEM blocks (a private key beside them is left alone), or
-    one DER certificate."""
+def read_pinned(path: str, option: str = "--input-certificate") -> frozenset[bytes]:
+    """The certificates (DER) in `path`, which `option` gave: PEM blocks (a private key beside them
+    is left alone), or one DER certificate."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise SourceError(f"--input-certificate {path}: cannot read it ({exc.strerror})") from exc
+        raise SourceError(f"{option} {path}: cannot read it ({exc.strerror})") from exc
     try:
         pinned = frozenset(ssl.PEM_cert_to_DER_cert(block.decode("ascii")) for block in _PEM_BLOCK.findall(data))
     except ValueError as exc:  # base64 that does not decode
-        raise SourceError(f"--input-certificate {path}: a certificate in it does not read ({exc})") from exc
+        raise SourceError(f"{option} {path}: a certificate in it does not read ({exc})") from exc
     if not pinned and data.startswith(b"\x30") and b"-----" not in data:  # DER: an ASN.1 sequence
         pinned = frozenset([data])
     if not pinned:
-        raise SourceError(f"--input-certificate {path}: holds no certificate (PEM '-----BEGIN CERTIFICATE-----' "
+        raise SourceError(f"{option} {path}: holds no certificate (PEM '-----BEGIN CERTIFICATE-----' "
                           "or DER): save the camera's, from its web page or from the file a refusal names")
     return pinned
 
@@ -70,14 +71,15 @@ def camera_tls(uri: str, certificate: str | None) -> CameraTls | None:
 
 
 class CameraTls:
-    """A camera's certificate check (see the module's docstring), and the last refusal."""
+    """A camera's certificate check (see the module's docstring), and the last refusal. `option`
+    is what gives the certificate: `edge-ad cameras` calls it --certificate."""
 
-    def __init__(self, uri: str, certificate: str | None):
+    def __init__(self, uri: str, certificate: str | None, option: str = "--input-certificate"):
         parsed = urlparse(uri)
         port, self.plain = _PORT_AND_PLAIN[parsed.scheme]
         self.host, self.port = parsed.hostname or "", parsed.port or port
-        self.file = certificate
-        self.pinned = read_pinned(certificate) if certificate else None
+        self.file, self.option = certificate, option
+        self.pinned = read_pinned(certificate, option) if certificate else None
         self.refusal: CertificateRefused | None = None
         self._database = None
 
@@ -85,12 +87,12 @@ class CameraTls:
         """The refusal of what the camera presented (`der`; None when it could not be had), which
         is kept in the state folder, to be compared with the camera's web page and given."""
         if self.pinned is not None:
-            said = f"the camera's certificate is not the one in --input-certificate {self.file}"
+            said = f"the camera's certificate is not the one in {self.option} {self.file}"
             then = ("give that file instead (the camera has made a new one); if not, something else answers at its "
                     "address")
         else:
             said = f"the camera's certificate is not trusted here ({reason})"
-            then = f"give that file as --input-certificate (its own certificate, pinned), or use {self.plain}"
+            then = f"give that file as {self.option} (its own certificate, pinned), or use {self.plain}"
         if der:
             kept = self._keep(der)
             said += (f": it presented SHA-256 {fingerprint(der)}, "

@@ -64,12 +64,13 @@ def _read(path: Path) -> str:
 
 
 def sources_file(path: Path, onvif: list, attached: list[tuple[str, str]], user: str | None,
-                 password: str | None) -> int:
+                 password: str | None, certificate: str | None = None) -> int:
     """Write `path`, a --sources file of the cameras found (never over a file that is there):
     each ONVIF camera (edge_ad.onvif.Camera) by its first stream with a URL, its main stream on
-    the makes known, with the login in the URL, and each camera of `attached` ((--input, what
-    it is)); a camera whose streams could not be read as a comment that says why. Readable by
-    its owner only when it holds a password. Returns the number of sources written."""
+    the makes known, with the login in the URL (and `certificate`, the cameras' own, for an
+    rtsps:// one), and each camera of `attached` ((--input, what it is)); a camera whose streams
+    could not be read as a comment that says why. Readable by its owner only when it holds a
+    password. Returns the number of sources written."""
     lines = ["# Written by `edge-ad cameras --sources`: the cameras found, for `edge-ad run --sources FILE`.",
              "# Give each its bundle here (bundle: PATH), or one --bundle to run for all; name them as the",
              "# line knows them (a name is an MQTT topic and an OPC UA node id).", "sources:"]
@@ -91,6 +92,8 @@ def sources_file(path: Path, onvif: list, attached: list[tuple[str, str]], user:
         codec = CODECS.get(stream.encoding.upper())
         if codec and codec != "h264":
             entry["codec"] = codec
+        if certificate and stream.uri.startswith("rtsps://"):
+            entry["certificate"] = certificate
         source(f"{named}: {stream.name}, {stream.encoding} {stream.width}x{stream.height}", entry)
     for uri, what in attached:
         source(what, {"name": slug(uri.removeprefix("/dev/v4l/by-id/")), "input": uri})

@@ -602,9 +602,13 @@ def _report(args: argparse.Namespace) -> None:
 def _cameras(args: argparse.Namespace) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
+    from .camera_certificates import read_pinned
     from .camera_list import ARV_TOOL, genicam_cameras, sources_file, v4l2_cameras
     from .onvif import describe, discover, read_streams
 
+    certificate = args.certificate and str(Path(args.certificate).absolute())
+    if certificate:
+        read_pinned(certificate, "--certificate")  # a file that does not read is said before the cameras are asked
     password = args.password
     if args.user and password is None:
         if not sys.stdin.isatty():
@@ -628,15 +632,17 @@ def _cameras(args: argparse.Namespace) -> None:
                              "(aravis-tools-cli)")
         raise EdgeAdError("; ".join(said))
     with ThreadPoolExecutor(8) as pool:  # four requests a camera, each up to --timeout
-        read = list(pool.map(lambda camera: read_streams(camera, args.user, password or "", args.timeout), found))
+        read = list(pool.map(lambda camera: read_streams(camera, args.user, password or "", args.timeout,
+                                                         certificate), found))
     for camera in read:
-        print("\n".join(describe(camera)))
+        print("\n".join(describe(camera, certificate)))
     for uri, what in machine_vision or []:
         print(f"{uri}  {what}")
     if found:
         print("--input takes a URL with the login in it: rtsp://USER:PASSWORD@camera/... (the password as typed)")
     if args.sources:
-        count = sources_file(Path(args.sources), read, attached + (machine_vision or []), args.user, password)
+        count = sources_file(Path(args.sources), read, attached + (machine_vision or []), args.user, password,
+                             certificate)
         secret = " (with the cameras' password in it: readable by you only)" if args.user and password else ""
         print(f"{count} source(s) written to {args.sources}{secret}: edge-ad run --sources {args.sources} --bundle "
               "BUNDLE")
@@ -1086,6 +1092,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ask only this camera (one on another subnet), instead of multicasting to all and listing "
                         "this device's own; repeat for several")
     p.add_argument("--timeout", type=_positive_float, default=3.0, help="seconds to wait for the cameras' answers")
+    p.add_argument("--certificate", metavar="FILE",
+                   help="the own certificates (PEM) of cameras set to HTTPS, which no system trusts: one of them must "
+                        "be presented (as run's --input-certificate)")
     p.add_argument("--sources", metavar="FILE",
                    help="also write the cameras found into a new --sources file for run: each IP camera's main "
                         "stream with the login in its URL, and this device's own cameras")

@@ -6,7 +6,6 @@ import errno
 import http.client
 import os
 import re
-import ssl
 import sys
 import urllib.error
 from collections.abc import Callable
@@ -125,11 +124,8 @@ def http_failure(exc: Exception) -> str:
     one that is not HTTP (http.client's errors are not OSErrors)."""
     if isinstance(exc, urllib.error.URLError):
         reason = exc.reason
-        if isinstance(reason, CertificateRefused):
+        if isinstance(reason, CertificateRefused):  # edge_ad.camera_certificates checks every camera's
             return str(reason)
-        if isinstance(reason, ssl.SSLCertVerificationError):
-            return (f"the camera's certificate is not trusted here ({reason.verify_message}, as cameras' are): use "
-                    "http://, or add its certificate to the system's")
         return f"no answer ({getattr(reason, 'strerror', None) or reason})"
     if isinstance(exc, http.client.IncompleteRead):  # the camera closed the connection part-way
         return f"the answer was cut short ({len(exc.partial)} bytes, {exc.expected} more expected)"

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from urllib.parse import unquote, urlparse
 
+from .camera_certificates import CameraTls
 from .errors import EdgeAdError, http_failure
 from .http_digest import DigestAuthHandler
 
@@ -169,13 +170,13 @@ def _probe_match(data: bytes, sender: str) -> Camera | None:
 
 class Soap:
     """Requests to one camera's services, signed with `user` and `password` (none: unsigned) at
-    the camera's time."""
+    the camera's time; over HTTPS, its certificate checked by `tls`."""
 
-    def __init__(self, user: str | None, password: str, timeout_s: float):
+    def __init__(self, user: str | None, password: str, timeout_s: float, tls: CameraTls):
         self.user, self.password, self.timeout_s = user, password, timeout_s
         self.clock_offset = timedelta(0)  # the camera's clock minus this machine's
         digest = [DigestAuthHandler(_CameraLogin(user, password))] if user else []
-        self._opener = urllib.request.build_opener(*digest)
+        self._opener = urllib.request.build_opener(*digest, tls.https_handler())
 
     def call(self, url: str, body: str, signed: bool = True) -> ElementTree.Element:
         """The SOAP body's answer to `body`; an EdgeAdError that says why there is none."""
@@ -256,9 +257,13 @@ def _login_hint(problem: str, user: str | None) -> str:
            "from the web one)"
 
 
-def read_streams(camera: Camera, user: str | None, password: str, timeout_s: float) -> Camera:
-    """`camera` with its streams, or with the problem that kept them from being read."""
-    soap = Soap(user, password, timeout_s)
+def read_streams(camera: Camera, user: str | None, password: str, timeout_s: float,
+                 certificate: str | None = None) -> Camera:
+    """`camera` with its streams, or with the problem that kept them from being read. A camera set
+    to HTTPS must present a certificate of the file `certificate` (its own, pinned) or, without
+    one, a certificate the system trusts for its address."""
+    https = camera.service if camera.service.startswith("https://") else f"https://{camera.address}"
+    soap = Soap(user, password, timeout_s, CameraTls(https, certificate, "--certificate"))
     try:
         soap.clock_offset = _camera_time(soap, camera.service) - datetime.now(timezone.utc)
     except EdgeAdError:  # a camera that keeps its time to a login too: this machine's, then
@@ -353,8 +358,9 @@ def _camera_time(soap: Soap, service: str) -> datetime:
 
 
 
-def describe(camera: Camera) -> list[str]:
-    """Lines that show a camera and its streams, each stream's URL as --input takes it."""
+def describe(camera: Camera, certificate: str | None = None) -> list[str]:
+    """Lines that show a camera and its streams, each stream's URL as --input takes it (an
+    rtsps:// one with --input-certificate `certificate`, the camera's own, when given)."""
     lines = [f"{camera.address}  {' '.join(filter(None, [camera.name, camera.hardware])) or 'an ONVIF camera'}"
              f"  ({camera.service})"]
     if camera.problem:
@@ -363,6 +369,8 @@ def describe(camera: Camera) -> list[str]:
         rate = f" {stream.fps:g} fps" if stream.fps else ""
         codec = CODECS.get(stream.encoding.upper())
         option = f" --input-codec {codec}" if codec and codec != "h264" else ""
+        if certificate and stream.uri and stream.uri.startswith("rtsps://"):
+            option += f" --input-certificate {certificate}"
         where = stream.uri + option if stream.uri else f"(no URL: {stream.problem})"
         lines.append(f"  {stream.name}: {stream.encoding} {stream.width}x{stream.height}{rate}  {where}")
     return lines

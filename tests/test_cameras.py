@@ -6,6 +6,7 @@ import base64
 import hashlib
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -15,16 +16,18 @@ import xml.etree.ElementTree as ElementTree
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
+from edge_ad.camera_certificates import read_pinned
 from edge_ad.camera_list import sources_file, v4l2_cameras
 from edge_ad.errors import EdgeAdError
 from edge_ad.onvif import NS, WSSE, WSU, Camera, Stream, _probe_match
 from edge_ad.pipelines import SourceOptions
 from edge_ad.streams import streams_from_yaml
 
-from conftest import free_port
+from conftest import certificate, free_port
 
 FAKE_CAMERA = shutil.which("arv-fake-gv-camera-0.8")
 
@@ -38,7 +41,7 @@ MATCH = """<?xml version="1.0" encoding="UTF-8"?>
 <a:EndpointReference><a:Address>urn:uuid:1</a:Address></a:EndpointReference>
 <d:Scopes>onvif://www.onvif.org/type/video_encoder onvif://www.onvif.org/name/HIKVISION%20Line%201
 onvif://www.onvif.org/hardware/DS-2CD2043G2-I</d:Scopes>
-<d:XAddrs>http://10.9.9.9/onvif/device_service http://127.0.0.1:{http}/onvif/device_service</d:XAddrs>
+<d:XAddrs>{scheme}://10.9.9.9/onvif/device_service {scheme}://127.0.0.1:{http}/onvif/device_service</d:XAddrs>
 </d:ProbeMatch></d:ProbeMatches></s:Body></s:Envelope>"""
 
 
@@ -59,6 +62,7 @@ class _Camera(BaseHTTPRequestHandler):
     password = "right"  # the ONVIF user admin's
     media2 = False  # a Profile T camera: its streams in Media2 too, the main one in H.265
     http_digest = ""  # "MD5", "SHA-256": logins by HTTP digest (RFC 7616) instead of WS-UsernameToken
+    scheme, rtsp = "http", "rtsp://127.0.0.1:554"  # set to HTTPS: "https", "rtsps://127.0.0.1:322"
 
     def log_message(self, *args) -> None:
         pass
@@ -86,7 +90,7 @@ class _Camera(BaseHTTPRequestHandler):
         if name == "GetServices":
             listed = [("tds", "device_service"), ("trt", "media")] + ([("tr2", "media2")] if self.media2 else [])
             body = "<tds:GetServicesResponse>" + "".join(
-                f"<tds:Service><tds:Namespace>{NS[prefix]}</tds:Namespace><tds:XAddr>http://127.0.0.1:{port}/onvif/"
+                f"<tds:Service><tds:Namespace>{NS[prefix]}</tds:Namespace><tds:XAddr>{self.scheme}://127.0.0.1:{port}/onvif/"
                 f"{path}</tds:XAddr></tds:Service>" for prefix, path in listed) + "</tds:GetServicesResponse>"
         elif name == "GetProfiles" and version2:
             body = "<tr2:GetProfilesResponse>" + "".join(
@@ -97,10 +101,10 @@ class _Camera(BaseHTTPRequestHandler):
                 for label, token, encoding, width, height, fps in PROFILES_T) + "</tr2:GetProfilesResponse>"
         elif name == "GetStreamUri" and version2:
             token = asked.findtext("tr2:ProfileToken", "", NS)
-            body = (f"<tr2:GetStreamUriResponse><tr2:Uri>rtsp://127.0.0.1:554/Streaming/Channels/{token}</tr2:Uri>"
+            body = (f"<tr2:GetStreamUriResponse><tr2:Uri>{self.rtsp}/Streaming/Channels/{token}</tr2:Uri>"
                     "</tr2:GetStreamUriResponse>")
         elif name == "GetCapabilities":
-            body = (f"<tds:GetCapabilitiesResponse><tds:Capabilities><tt:Media><tt:XAddr>http://127.0.0.1:{port}"
+            body = (f"<tds:GetCapabilitiesResponse><tds:Capabilities><tt:Media><tt:XAddr>{self.scheme}://127.0.0.1:{port}"
                     "/onvif/media</tt:XAddr></tt:Media></tds:Capabilities></tds:GetCapabilitiesResponse>")
         elif name == "GetProfiles":
             body = "<trt:GetProfilesResponse>" + "".join(
@@ -111,7 +115,7 @@ class _Camera(BaseHTTPRequestHandler):
                 for label, token, encoding, width, height, fps in PROFILES) + "</trt:GetProfilesResponse>"
         elif name == "GetStreamUri":
             token = asked.findtext("trt:ProfileToken", "", NS)
-            body = ("<trt:GetStreamUriResponse><trt:MediaUri><tt:Uri>rtsp://127.0.0.1:554/Streaming/Channels/"
+            body = (f"<trt:GetStreamUriResponse><trt:MediaUri><tt:Uri>{self.rtsp}/Streaming/Channels/"
                     f"{token}</tt:Uri></trt:MediaUri></trt:GetStreamUriResponse>")
         else:
             return self._send(400, NOT_AUTHORIZED)
@@ -153,10 +157,14 @@ class _Camera(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def _onvif_camera():
+def _onvif_camera(tls: Path | None = None):
     """A camera answering WS-Discovery probes on a UDP port of 127.0.0.1, and its ONVIF services
-    over HTTP; the UDP port."""
+    over HTTP, or over HTTPS with the certificate `tls`.pem; the UDP port."""
     http = ThreadingHTTPServer(("127.0.0.1", 0), _Camera)
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls.with_suffix(".pem"), tls.with_suffix(".key"))
+        http.socket = context.wrap_socket(http.socket, server_side=True)
     probes = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probes.bind(("127.0.0.1", free_port(socket.SOCK_DGRAM)))
     stop = threading.Event()
@@ -169,7 +177,7 @@ def _onvif_camera():
             except TimeoutError:
                 continue
             if b"NetworkVideoTransmitter" in data:
-                reply = MATCH.format(**NS, http=http.server_address[1])
+                reply = MATCH.format(**NS, http=http.server_address[1], scheme=_Camera.scheme)
                 probes.sendto(reply.encode(), sender)
 
     threads = [threading.Thread(target=http.serve_forever, daemon=True), threading.Thread(target=answer, daemon=True)]
@@ -224,6 +232,38 @@ def test_the_cameras_found_are_written_into_a_sources_file_run_takes(tmp_path, m
                        "1", "--sources", str(sources))
     assert out.returncode != 0 and f"--sources {sources}: is there already; give a new file" in out.stderr
     assert len(streams_from_yaml(sources, SourceOptions())) == 1
+
+
+def test_a_camera_set_to_https_is_read_with_its_own_certificate_pinned(tmp_path, monkeypatch):
+    """A camera switched to HTTPS only speaks ONVIF over it too, with the certificate it made
+    itself: refused, kept and said by its fingerprint; given with --certificate, its streams are
+    read, and its RTSPS streams are listed, and written, with --input-certificate."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    monkeypatch.setattr(_Camera, "scheme", "https")
+    monkeypatch.setattr(_Camera, "rtsp", "rtsps://127.0.0.1:322")
+    certificate(tmp_path, "axis-accc8e012345")  # self-signed, named as the camera names itself
+    own, sources = tmp_path / "axis-accc8e012345.pem", tmp_path / "cams.yaml"
+    login = ("--user", "admin", "--password", "right", "--timeout", "1")
+    with _onvif_camera(tmp_path / "axis-accc8e012345") as port:
+        refused = _cameras("--address", f"127.0.0.1:{port}", *login)
+        pinned = _cameras("--address", f"127.0.0.1:{port}", *login, "--certificate", str(own), "--sources",
+                          str(sources))
+    assert refused.returncode == 0, refused.stderr
+    kept = tmp_path / "state" / "cameras" / f"127.0.0.1-{_port(refused)}.pem"
+    assert "  streams not read: the camera's certificate is not trusted here (" in refused.stdout
+    assert (f"kept in {kept}; if the camera's web page shows this fingerprint, give that file as --certificate "
+            "(its own certificate, pinned), or use http://") in refused.stdout
+    assert read_pinned(str(kept)) == read_pinned(str(own))
+    assert pinned.returncode == 0, pinned.stderr
+    assert pinned.stdout.splitlines()[1:3] == [
+        f"  mainStream: H264 1920x1080 25 fps  rtsps://127.0.0.1:322/Streaming/Channels/101 --input-certificate {own}",
+        "  subStream: JPEG 640x360 10 fps  rtsps://127.0.0.1:322/Streaming/Channels/102 --input-codec mjpeg "
+        f"--input-certificate {own}"]
+    (stream,) = streams_from_yaml(sources, SourceOptions())
+    assert (stream.input, stream.options.certificate) == ("rtsps://admin:right@127.0.0.1:322/Streaming/Channels/101",
+                                                          str(own))
+    out = _cameras("--address", "127.0.0.1:9", "--certificate", str(tmp_path / "none.pem"))
+    assert out.returncode == 2 and f"--certificate {tmp_path / 'none.pem'}: cannot read it" in out.stderr
 
 
 def test_a_sources_file_names_each_camera_and_why_one_has_no_stream(tmp_path):
@@ -299,7 +339,7 @@ def test_no_answer_is_an_error_that_says_what_to_try():
 
 
 def test_a_probe_match_names_the_camera_by_the_address_it_answered_from():
-    match = MATCH.format(**NS, http=8080).encode()
+    match = MATCH.format(**NS, http=8080, scheme="http").encode()
     camera = _probe_match(match, "127.0.0.1")
     assert (camera.address, camera.service) == ("127.0.0.1", "http://127.0.0.1:8080/onvif/device_service")
     assert (camera.name, camera.hardware) == ("HIKVISION Line 1", "DS-2CD2043G2-I")
