@@ -14,6 +14,7 @@ the line was stopped for, to tell true defects from false alarms at a glance.
 from __future__ import annotations
 
 import json
+import math
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from .files import save_figure
 
 ROTATED_FILES = 5  # EventLog's backups: FILE.1 (newest) ... FILE.5 (oldest)
 SHOWN_SKIPS = 5  # skipped lines named in the summary; the rest are counted
+LAST_TIME = 4102444800  # 2100-01-01 in Unix seconds: a later timestamp is a damaged line
 MEDIAN_BINS, MIN_PER_BIN = 200, 10  # the median line over time: only where frames are dense enough
 SHEET_COLUMNS, TILE_PX = 4, 480  # the alarms' picture: tiles per row, and each tile's width in pixels
 
@@ -153,6 +155,12 @@ def _problem(event: object) -> str | None:
     numbers = ("timestamp", "score", "threshold") if kind == "frame" else ("timestamp",)
     if not all(isinstance(event[key], (int, float)) and not isinstance(event[key], bool) for key in numbers):
         return f"{', '.join(numbers)} must be numbers"
+    if not all(math.isfinite(event[key]) for key in numbers):  # Python's json reads NaN and Infinity
+        return f"{', '.join(numbers)} must be finite"
+    if not 0 <= event["timestamp"] < LAST_TIME:
+        return "timestamp is not a Unix time"
+    if kind == "frame" and not all(isinstance(event.get(key, False), bool) for key in ("anomaly", "alarm")):
+        return "anomaly, alarm must be true or false"
     return None
 
 

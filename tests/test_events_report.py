@@ -165,6 +165,25 @@ def test_events_across_rotated_files_runs_and_damaged_lines(tmp_path):
     assert f"4 of 12 lines skipped: {tmp_path / 'events.jsonl.1'}:3: not JSON (cut short?);" in out.stdout
 
 
+def test_numbers_a_report_cannot_draw_are_skipped_as_damaged_lines(tmp_path):
+    """Python's json reads NaN and Infinity, and a timestamp past year 9999 stopped the report with
+    a traceback; such lines, from a file edited by hand, are skipped and said."""
+    t0 = datetime(2026, 12, 3, 6, 0).timestamp()
+    events = tmp_path / "events.jsonl"
+    _write(events, ['{"event": "frame", "source": "cam", "timestamp": %f, "score": NaN, "anomaly": false, '
+                    '"threshold": 0.5}\n' % t0,
+                    _frame("cam", 1e300, 0.2, False),
+                    _frame("cam", t0 + 1, 0.2, "no"),
+                    '{"event": "drift", "source": "cam", "timestamp": -Infinity, "state": "back"}\n',
+                    _frame("cam", t0 + 2, 0.2, False)])
+    out = edge_ad("report", "--events", events)
+    assert out.returncode == 0, out.stderr
+    assert "cam: frames 1  anomalies 0" in out.stdout
+    assert (f"4 of 5 lines skipped: {events}:1: timestamp, score, threshold must be finite; {events}:2: timestamp "
+            f"is not a Unix time; {events}:3: anomaly, alarm must be true or false; {events}:4: timestamp must be "
+            "finite\n") in out.stdout
+
+
 def test_report_errors_name_what_is_wrong(tmp_path):
     with pytest.raises(EdgeAdError, match=r"--events .*none.jsonl: no such file \(nor none.jsonl.1 ... .5\)"):
         read_events(tmp_path / "none.jsonl")
