@@ -596,7 +596,8 @@ def _report(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else events.with_name(f"{events.name.split('.')[0]}_report.png")
     print(f"report {write_events_report(read, out)}")
     if args.alarms:
-        print(write_alarm_pictures(read, out.with_name(f"{out.stem}_alarms.png"), args.alarms, snapshots))
+        sheet = out.with_name(f"{out.stem}_alarms{out.suffix or '.png'}")  # a PDF report, a PDF of the alarms
+        print(write_alarm_pictures(read, sheet, args.alarms, snapshots))
 
 
 def _cameras(args: argparse.Namespace) -> None:

@@ -105,6 +105,8 @@ def test_alarm_pictures_highest_scores_first_where_the_run_left_them_or_moved(tm
     assert out.returncode == 0, out.stderr
     assert f"alarm pictures: the 2 highest-scoring of 5 in {tmp_path / 'r_alarms.png'}; 1 no longer" in out.stdout
     assert _pixels(tmp_path / "r_alarms.png", green) > 10_000
+    out = edge_ad("report", "--events", events, "--snapshots", moved, "--out", tmp_path / "r.pdf")
+    assert out.returncode == 0 and (tmp_path / "r_alarms.pdf").read_bytes().startswith(b"%PDF")  # as --out is
 
 
 def test_events_across_rotated_files_runs_and_damaged_lines(tmp_path):
