@@ -14,7 +14,7 @@ from .backends import BACKENDS
 from .bundle import BACKBONES, MODEL_TYPES, load_bundle
 from .errors import EdgeAdError, password_from_environment, report_errors, without_passwords
 from .freeze import FROZEN_WINDOW_S
-from .modbus import allowed_networks
+from .modbus import modbus_clients
 from .output_access import OUTPUT_PASSWORD_VARIABLE, OutputAccess
 from .pipelines import FLIPS, SourceOptions
 from .reports import write_report
@@ -291,7 +291,14 @@ def _run(args: argparse.Namespace) -> None:
         raise EdgeAdError(f"--modbus-allow {','.join(args.modbus_allow)}: needs --modbus-port PORT, the server it "
                           "guards")
     if args.modbus_allow:
-        allowed_networks(args.modbus_allow)  # a mistyped address stops the run now, not once the bundles are loaded
+        modbus_clients(args.modbus_allow)  # a mistyped address stops the run now, not once the bundles are loaded
+    if args.metrics_allow and args.metrics_port is None:
+        raise EdgeAdError(f"--metrics-allow {','.join(args.metrics_allow)}: needs --metrics-port PORT, the server it "
+                          "guards")
+    if args.metrics_allow:
+        from .telemetry import metrics_clients
+
+        metrics_clients(args.metrics_allow)
     jetson = {"auto": None, "jetson": True, "generic": False}[args.platform]
     streams = _streams(args)
     if args.print_pipeline:
@@ -315,6 +322,7 @@ def _run(args: argparse.Namespace) -> None:
         metrics_port=args.metrics_port,
         modbus_port=args.modbus_port,
         modbus_allow=tuple(args.modbus_allow) if args.modbus_allow else None,
+        metrics_allow=tuple(args.metrics_allow) if args.metrics_allow else None,
         opcua_port=args.opcua_port,
         opcua_user=args.opcua_user,
         opcua_reader=args.opcua_reader,
@@ -951,6 +959,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-key", metavar="PEM", help="mqtts://: the client certificate's private key (if not in it)")
     p.add_argument("--metrics", help="file rewritten every 5 s with Prometheus-format metrics")
     p.add_argument("--metrics-port", type=_port, help="serve the metrics on http://0.0.0.0:PORT/metrics")
+    p.add_argument("--metrics-allow", action="append", metavar="ADDRESS",
+                   help="--metrics-port: answer only the Prometheus servers at these addresses or networks (as "
+                        "--modbus-allow); the metrics name the cameras, the bundles and the counts")
     p.add_argument("--modbus-port", type=_port, metavar="PORT",
                    help="serve each source's last result as Modbus TCP registers and its alarm as a latched coil, "
                         "for the line's PLC (502 is Modbus's port; map in README)")

@@ -49,7 +49,6 @@ client.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import socketserver
@@ -59,6 +58,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from .allowed_clients import AllowedClients
 from .errors import EdgeAdError, listen_reason
 
 log = logging.getLogger("edge_ad.modbus")
@@ -116,8 +116,7 @@ class ModbusServer:
                  host: str = "0.0.0.0", on_variant: Callable[[str, str | None], None] | None = None,
                  on_calibrate: Callable[[str, bool], None] | None = None, allowed: Sequence[str] | None = None):
         self.sources = list(sources)
-        self.allowed = allowed_networks(allowed) if allowed is not None else None
-        self._refused: set[str] = set()  # addresses refused so far: each said once
+        self.allowed = modbus_clients(allowed) if allowed is not None else None
         self.variants = {name: list(names) for name, names in (variants or {}).items()}
         self.on_variant, self.on_calibrate = on_variant, on_calibrate
         self._last = {name: _Last() for name in self.sources}
@@ -133,26 +132,10 @@ class ModbusServer:
         self._thread = threading.Thread(target=self._server.serve_forever, name="modbus", daemon=True)
         self._thread.start()
         log.info("modbus: serving on port %d%s: %s", self.port,
-                 f" to {', '.join(map(str, self.allowed))} only" if self.allowed is not None else "", "; ".join(
+                 f" to {self.allowed} only" if self.allowed is not None else "", "; ".join(
             f"{name} input registers {REGISTERS_PER_SOURCE * i}-{REGISTERS_PER_SOURCE * (i + 1) - 1}, coil and "
             f"discrete input {i}"
             for i, name in enumerate(self.sources)))
-
-    def allows(self, address: str) -> bool:
-        """Whether a client at `address` may connect (--modbus-allow); a refused one is logged the
-        first time (a PLC that is refused tries again every few seconds)."""
-        if self.allowed is None:
-            return True
-        client = ipaddress.ip_address(address)
-        if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped:
-            client = client.ipv4_mapped
-        if any(client in network for network in self.allowed):
-            return True
-        if address not in self._refused:
-            self._refused.add(address)
-            log.warning("modbus: refused a connection from %s, which --modbus-allow does not name (%s); said once "
-                        "per address", address, ", ".join(map(str, self.allowed)))
-        return False
 
     def update(self, source: str, frame: int, score: float, threshold: float, anomaly: bool, alarm: bool,
                variant: str | None, anomalies: int, alarms: int, judged_by: tuple[str, str | None] | None = None
@@ -331,26 +314,12 @@ def _pack_bits(bits: Sequence[bool]) -> bytes:
     return bytes(packed)
 
 
-def allowed_networks(specs: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """The addresses and networks of --modbus-allow (10.0.7.21, 10.0.7.0/24; commas or repeats)."""
-    networks = []
-    for spec in filter(None, (part.strip() for given in specs for part in given.split(","))):
-        try:
-            networks.append(ipaddress.ip_network(spec, strict=False))
-        except ValueError as exc:
-            raise EdgeAdError(f"--modbus-allow {spec}: not an IP address or network ({exc}); give the PLC's "
-                              "address, as 10.0.7.21, or its network, as 10.0.7.0/24") from exc
-    if not networks:
-        raise EdgeAdError("--modbus-allow: give the addresses of the PLCs and HMIs that may connect")
-    return networks
-
-
 class _TcpServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
 
     def verify_request(self, request, client_address) -> bool:
-        return self.modbus.allows(client_address[0])
+        return self.modbus.allowed is None or self.modbus.allowed.allows(client_address[0])
 
     def __init__(self, address: tuple[str, int], handler: type, modbus: ModbusServer):
         self.modbus = modbus
@@ -413,3 +382,8 @@ def _receive(connection: socket.socket, size: int) -> bytes | None:
             return None
         data += chunk
     return data
+
+
+def modbus_clients(specs: Sequence[str]) -> AllowedClients:
+    """The PLCs and HMIs --modbus-allow names."""
+    return AllowedClients(specs, "--modbus-allow", "the PLCs and HMIs", "modbus")

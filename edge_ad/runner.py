@@ -68,6 +68,7 @@ class RunConfig:
     on_anomaly: str | None = None
     metrics: Path | None = None
     metrics_port: int | None = None
+    metrics_allow: tuple[str, ...] | None = None  # the addresses or networks whose scrapers it answers (None: any)
     modbus_port: int | None = None  # each source's last result as Modbus TCP registers, for a PLC (edge_ad.modbus)
     modbus_allow: tuple[str, ...] | None = None  # the addresses or networks whose clients it answers (None: any)
     opcua_port: int | None = None  # ... and as OPC UA variables (edge_ad.opcua)
@@ -897,7 +898,8 @@ def run(
         captures: list[_Capture] = []
         tick = None
         if config.metrics is not None or config.metrics_port is not None:
-            telemetry = Telemetry(lambda: _current(stats, captures), sinks.errors, config.metrics, config.metrics_port)
+            telemetry = Telemetry(lambda: _current(stats, captures), sinks.errors, config.metrics, config.metrics_port,
+                                  allowed=config.metrics_allow)
             stack.callback(telemetry.close)
             # The file's writes fail as other sinks' do (a full disk): reported, counted, and the run goes on.
             tick = sinks._guard(f"metrics {config.metrics}", telemetry.tick) if config.metrics else telemetry.tick

@@ -5,21 +5,25 @@ beside them the board's temperatures and, on a Jetson, the power of its rails
 
 `--metrics FILE` rewrites FILE atomically in the Prometheus text format (node_exporter's
 textfile collector reads it; `cat` works too); `--metrics-port N` serves the same on
-http://host:N/metrics.
+http://host:N/metrics, to the scrapers `--metrics-allow` names only when it is given.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
-from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
+from prometheus_client import CollectorRegistry, make_wsgi_app, write_to_textfile
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
+from .allowed_clients import AllowedClients
 from .device import Sensors, read_sensors
 from .errors import EdgeAdError, listen_reason
 
@@ -129,6 +133,8 @@ class Telemetry:
         port: int | None = None,
         interval_s: float = 5.0,
         sensors: Callable[[], Sensors] = read_sensors,
+        allowed: Sequence[str] | None = None,
+        host: str = "0.0.0.0",
     ):
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(stats, sink_errors, sensors))
@@ -143,10 +149,14 @@ class Telemetry:
         self._written = -float("inf")
         self.server = None
         if port is not None:
+            clients = metrics_clients(allowed) if allowed is not None else None
             try:
-                self.server, _ = start_http_server(port, registry=self.registry)
+                self.server = make_server(host, port, make_wsgi_app(self.registry), _MetricsServer,
+                                          handler_class=_QuietHandler)
             except OSError as exc:
                 raise EdgeAdError(f"--metrics-port {port}: cannot listen ({listen_reason(exc)})") from exc
+            self.server.clients = clients
+            threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True).start()
 
     def tick(self, force: bool = False) -> None:
         """Rewrite the metrics file when `interval_s` has passed (or now, with `force`)."""
@@ -158,3 +168,24 @@ class Telemetry:
     def close(self) -> None:
         if self.server is not None:
             self.server.shutdown()
+            self.server.server_close()
+
+
+def metrics_clients(specs: Sequence[str]) -> AllowedClients:
+    """The Prometheus servers --metrics-allow names."""
+    return AllowedClients(specs, "--metrics-allow", "the Prometheus servers", "metrics")
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    """A request per thread (a slow scraper holds no other back), from `clients` only (None: any)."""
+
+    daemon_threads = True
+    clients: AllowedClients | None = None
+
+    def verify_request(self, request, client_address) -> bool:
+        return self.clients is None or self.clients.allows(client_address[0])
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # a line on stderr per scrape, every 15 s
+        pass

@@ -1,9 +1,13 @@
 """Event lines, snapshots, the anomaly hook, regions and metrics, without a stream."""
 
 import json
+import logging
 import re
+import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -295,6 +299,36 @@ def test_metrics_file_in_prometheus_format(tmp_path):
                  'edge_ad_bundle_info{bundle="90e7d5c3b1a2",calibration="",source="cam1",variant="poly"} 1.0'):
         assert line in text
     assert f'edge_ad_latency_ms{{quantile="0.99",source="cam1"}} {np.percentile(range(1, 101), 99)}' in text
+
+
+def test_the_metrics_port_answers_the_scrapers_metrics_allow_names_only(caplog):
+    """The metrics name the cameras (their addresses), the bundles and the counts: with
+    --metrics-allow, a scraper at another address is closed unanswered, and said once."""
+    stats = SourceStats("rtsp://10.0.7.21/stream1")
+    stats.add(12.0, anomaly=True)
+    served = Telemetry(lambda: [stats], dict, port=0, host="127.0.0.1", sensors=lambda: Sensors({}, {}),
+                       allowed=["10.0.7.0/24", "127.0.0.1"])
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{served.server.server_port}/metrics", timeout=5) as answer:
+            assert 'edge_ad_anomalies_total{source="rtsp://10.0.7.21/stream1"} 1.0' in answer.read().decode()
+    finally:
+        served.close()
+    guarded = Telemetry(lambda: [stats], dict, port=0, host="127.0.0.1", sensors=lambda: Sensors({}, {}),
+                        allowed=["10.0.7.0/24"])
+    try:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):  # Prometheus scrapes every 15 s: refused each time, said once
+                with pytest.raises((urllib.error.URLError, ConnectionError)):
+                    urllib.request.urlopen(f"http://127.0.0.1:{guarded.server.server_port}/metrics", timeout=5)
+    finally:
+        guarded.close()
+    assert caplog.text.count("metrics: refused a connection from 127.0.0.1, which --metrics-allow does not name "
+                             "(10.0.7.0/24)") == 1
+    with pytest.raises(EdgeAdError, match="--metrics-allow prometheus.plant: not an IP address or network"):
+        Telemetry(lambda: [stats], dict, port=0, host="127.0.0.1", allowed=["prometheus.plant"])
+    out = subprocess.run([sys.executable, "-m", "edge_ad", "run", "--bundle", "nowhere", "--input", "test://ball",
+                          "--metrics-allow", "10.0.7.5"], capture_output=True, text=True)
+    assert out.returncode == 2 and "--metrics-allow 10.0.7.5: needs --metrics-port PORT" in out.stderr
 
 
 def test_sources_yaml(tmp_path):
