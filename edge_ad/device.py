@@ -8,6 +8,7 @@ Every reader takes a root folder, so tests feed recorded files from each module.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import platform
 import re
@@ -105,6 +106,32 @@ def l4t_release(text: str) -> str | None:
     """'# R36 (release), REVISION: 4.3, ...' -> '36.4.3'."""
     match = re.search(r"R(\d+) \(release\), REVISION: ([\d.]+)", text)
     return f"{match.group(1)}.{match.group(2)}" if match else None
+
+
+TIME_ERROR = 5  # adjtimex(2)'s answer for a clock no time server keeps (STA_UNSYNC)
+TIMEX_BYTES = 512  # room for Linux's struct timex (208 bytes on 64-bit); zeroed: modes 0, only read
+
+
+def clock_state() -> int | None:
+    """The kernel's clock state (adjtimex(2), which timedatectl's NTPSynchronized reads too);
+    None where there is no adjtimex (not Linux)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).adjtimex(ctypes.create_string_buffer(TIMEX_BYTES))
+    except (OSError, AttributeError):
+        return None
+
+
+def unsynchronised_clock(state: int | None) -> str | None:
+    """What to say when no time server keeps this machine's clock, by its `state` (clock_state;
+    None when one does, or it cannot be told): a quality record's times and every TLS
+    certificate's dates rest on it."""
+    if state != TIME_ERROR:
+        return None
+    return ("this machine's clock is not kept by a time server (the kernel says it is not synchronised): the times "
+            "of events, snapshots and reports, --since/--until, and the dates every TLS certificate is checked "
+            "against (cameras, MQTT, OPC UA) rest on it, and a Jetson without a clock battery starts from the last "
+            "time it saved. Point systemd-timesyncd at the plant's time server (NTP= in "
+            "/etc/systemd/timesyncd.conf), then timedatectl set-ntp true")
 
 
 def run_command(argv: list[str]) -> str | None:

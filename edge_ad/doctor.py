@@ -15,8 +15,8 @@ from typing import Sequence
 from .bundle import Bundle, load_bundle, read_yaml, site_calibrated
 from .deepstream import CONFIG_FILE, DEEPSTREAM_DIR, missing_engine
 from .detector import Detector
-from .device import (Device, detect, int8_saturates, jetpack, load_configs, pick_config, read_sensors,
-                     run_command, target_config)
+from .device import (Device, clock_state, detect, int8_saturates, jetpack, load_configs, pick_config, read_sensors,
+                     run_command, target_config, unsynchronised_clock)
 from .errors import EdgeAdError, without_passwords
 from .files import state_folder
 from .pipelines import UDP_BUFFER_BYTES
@@ -439,6 +439,12 @@ def doctor(bundles: str | Sequence[str] = (), target: str | None = None, root: P
     _check_software(report, device, config, root)
     _check_gstreamer(report, config)
     _check_power(report, device, config, root)
+    state = clock_state()
+    clock = unsynchronised_clock(state)
+    report.found("clock", "unknown (no adjtimex here)" if state is None else "kept by a time server" if clock is None
+                 else "not kept by a time server (below)")
+    if clock:
+        report.problems.append(clock)
     _check_state(report)
     if sources is None:
         _check_bundles(report, bundles, config, root)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .bundle import Bundle, read_yaml
 from .bundle_swap import BundlePaths, BundleSwap, Specs
 from .detector import Detector, Result
+from .device import clock_state, unsynchronised_clock
 from .drift import DriftWatch
 from .errors import BundleError, EdgeAdError, SourceError, without_passwords
 from .followed_pictures import followed_folder
@@ -906,8 +907,9 @@ def run(
             stack.callback(tick, True)
             stack.callback(sinks.later.wait)  # runs before that last tick: it counts every frame's snapshot
         clock = next(filter(None, (b.clock_note() for d in detectors.values() for b in bundles_of(d).values())), None)
-        if clock:
-            log.warning("%s", clock)
+        for said in (clock, unsynchronised_clock(clock_state())):
+            if said:
+                log.warning("%s", said)
         for stream in streams:
             source = open_source(stream.input, stream.options, stream.pipeline, config.jetson)
             stack.callback(source.close)

@@ -1,6 +1,7 @@
 """Device detection from recorded module strings, the target configs, and `edge-ad doctor`."""
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -9,9 +10,13 @@ import sys
 import pytest
 import yaml
 
-from edge_ad.device import (CONFIGS, Sensors, detect, int8_saturates, jetpack, l4t_release, load_configs, pick_config,
-                            read_sensors)
+from edge_ad import doctor as doctor_module, runner
+from edge_ad.detector import Detector
+from edge_ad.device import (CONFIGS, TIME_ERROR, Sensors, clock_state, detect, int8_saturates, jetpack, l4t_release,
+                            load_configs, pick_config, read_sensors, unsynchronised_clock)
 from edge_ad.doctor import doctor
+from edge_ad.runner import RunConfig, run
+from edge_ad.streams import Stream
 from edge_ad.engines import check_dla_core
 from edge_ad.pipelines import hardware_encoder
 from edge_ad.errors import EdgeAdError
@@ -157,6 +162,25 @@ def test_doctor_on_a_jetpack_5_jetson_says_what_to_do(tmp_path):
     assert any(line.startswith("target       orin-nx-16gb") for line in report.lines)
     assert any("L4T 35.4.1 is not a JetPack release" in p and "flash JetPack 6" in p for p in report.problems)
     assert any("TensorRT's Python bindings are missing" in p and "python3-libnvinfer" in p for p in report.problems)
+
+
+def test_a_clock_no_time_server_keeps_is_said_by_doctor_and_run(tiny_bundle, spotted_frames, monkeypatch, caplog):
+    """Events, snapshots and reports carry this clock's times, and TLS certificates are checked
+    against its date: a Jetson on an isolated line, whose time server is not set, drifts."""
+    assert clock_state() in range(6)  # adjtimex answers here: TIME_OK ... TIME_ERROR
+    assert unsynchronised_clock(0) is None and unsynchronised_clock(None) is None
+    said = "this machine's clock is not kept by a time server (the kernel says it is not synchronised)"
+    for state, line in ((TIME_ERROR, "clock        not kept by a time server (below)"),
+                        (0, "clock        kept by a time server")):
+        monkeypatch.setattr(doctor_module, "clock_state", lambda: state)
+        report = doctor([])
+        assert line in report.lines
+        assert any(said in problem and "timedatectl set-ntp true" in problem for problem in report.problems) == \
+            (state == TIME_ERROR)
+    monkeypatch.setattr(runner, "clock_state", lambda: TIME_ERROR)
+    with caplog.at_level(logging.WARNING, logger="edge_ad.runner"):
+        run(Detector.load(tiny_bundle), [Stream(str(spotted_frames), "line")], RunConfig(max_frames=1))
+    assert caplog.text.count(said) == 1
 
 
 def test_doctor_here_reports_the_cpu_target_and_the_bundle(tiny_bundle):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import MODULE_TYPES, edge_ad
+from conftest import MODULE_TYPES, doctor_problems, edge_ad
 from edge_ad import runner
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError
@@ -235,7 +235,7 @@ def test_a_missing_or_foreign_calibration_is_said_and_the_bundle_numbers_used(
             f"{tmp_path / 'none' / 'poly'}: no calibration.yaml yet; scored with") in " ".join(warned)
 
     out = edge_ad("doctor", "--sources", sources)
-    problems = [line for line in out.stdout.splitlines() if line.startswith("problem:")]
+    problems = doctor_problems(out.stdout)
     assert problems[0] == (f"problem: source new: {tmp_path / 'none'}: no calibration.yaml yet: edge-ad calibrate "
                            "--sources ... --source new (until then it is scored with the bundle's own numbers)")
     assert problems[1].startswith(f"problem: source moved: {foreign / 'calibration.yaml'}: made for another bundle")
