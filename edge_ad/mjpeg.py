@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from .errors import SourceError, listen_reason, uri_port
+from .login_attempts import LOCKOUT_S
 from .output_access import OutputAccess
 
 MJPEG_FPS = 10.0  # at most this many pictures a second: enough to watch, a third of a camera's bandwidth
@@ -66,12 +67,23 @@ class _Server:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if not access.allows(self.headers.get("Authorization")):
+                address, login = self.client_address[0], self.headers.get("Authorization")
+                if access.attempts.locked(address):
+                    self.send_response(429)  # too many wrong logins: this address waits
+                    self.send_header("Retry-After", f"{LOCKOUT_S:.0f}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if not access.allows(login):
+                    if login is not None:  # a wrong one; a browser's first request has none
+                        access.attempts.failed(address)
                     self.send_response(401)
                     self.send_header("WWW-Authenticate", 'Basic realm="edge-ad", charset="UTF-8"')
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if login is not None:
+                    access.attempts.succeeded(address)
                 path = "/" + self.path.split("?")[0].strip("/")
                 output = server.outputs.get(path)
                 if output is not None:

@@ -7,18 +7,21 @@ authentication (VLC, ffmpeg, NVRs and rtspsrc make it) and browsers by basic aut
 whose password crosses plain HTTP readable: said at the start, and https:// is the remedy.
 With a certificate (the plant's, or one made with openssl) the outputs are written
 `rtsps://@:8554/line` and `https://@:8443/line` and served over TLS only, an RTSP output's
-video inside the TLS connection (RTP over TCP).
+video inside the TLS connection (RTP over TCP). Wrong passwords from one address are limited
+(edge_ad.login_attempts), over RTSP and HTTP together.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import logging
 import ssl
 from dataclasses import dataclass, field
 
 from .errors import EdgeAdError, encrypted_key
+from .login_attempts import LoginAttempts
 
 log = logging.getLogger("edge_ad.output_access")
 
@@ -37,6 +40,7 @@ class OutputAccess:
     password: str = field(default="", repr=False)  # never in a log line or a traceback's locals
     certificate: str | None = None
     key: str | None = None
+    attempts: LoginAttempts = field(default_factory=lambda: LoginAttempts("output login"), repr=False, compare=False)
 
     def check(self, outputs: list[str]) -> None:
         """Refuse, before the start, outputs whose scheme does not say what serves them (a TLS one
@@ -102,7 +106,8 @@ class OutputAccess:
             return None
         from gi.repository import GstRtsp
 
-        auth, token = GstRtspServer.RTSPAuth(), GstRtspServer.RTSPToken()
+        auth, token = _limited_auth_class(GstRtspServer)(), GstRtspServer.RTSPToken()
+        auth.attempts = self.attempts
         token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, VIEWER_ROLE)
         if self.certificate is not None:
             auth.set_tls_certificate(self.gio_certificate())
@@ -120,3 +125,26 @@ def viewer_permissions(GstRtspServer):
     for permission in ("media.factory.access", "media.factory.construct"):
         permissions.add_permission_for_role(VIEWER_ROLE, permission, True)
     return permissions
+
+
+@functools.cache
+def _limited_auth_class(GstRtspServer):
+    """gst-rtsp-server's RTSPAuth with wrong logins limited per address (made once: GObject types
+    are registered once per process)."""
+    from gi.repository import GstRtsp
+
+    class LimitedAuth(GstRtspServer.RTSPAuth):
+        attempts: LoginAttempts
+
+        def do_authenticate(self, ctx) -> bool:
+            address = ctx.conn.get_ip()
+            if self.attempts.locked(address):
+                return False  # answered 401, the password unchecked
+            authenticated = GstRtspServer.RTSPAuth.do_authenticate(self, ctx)  # true also without a login:
+            if ctx.token is not None:  # the user's token is set for a right one alone (no default token)
+                self.attempts.succeeded(address)
+            elif ctx.request.get_header(GstRtsp.RTSPHeaderField.AUTHORIZATION, 0)[0] == GstRtsp.RTSPResult.OK:
+                self.attempts.failed(address)  # a wrong login; a client's first request has none
+            return authenticated
+
+    return LimitedAuth

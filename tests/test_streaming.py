@@ -1417,6 +1417,50 @@ def test_rtsp_and_http_outputs_let_in_only_viewers_with_the_login(detector, tmp_
     assert box["summary"].sink_errors == {}
 
 
+def test_wrong_output_logins_from_one_address_shut_it_out_of_every_output_for_a_while(detector, monkeypatch, caplog):
+    """A viewer's password could be guessed at the network's speed: after five wrong logins in a row
+    (HTTP or RTSP), the address gets nothing for a while, even with the right one."""
+    import urllib.error
+    import urllib.request
+
+    from edge_ad import login_attempts
+    from edge_ad.output_access import OutputAccess
+
+    _need_rtsp_server()
+    monkeypatch.setattr(login_attempts, "LOCKOUT_S", 4.0)
+    rtsp_port, http_port = free_port(), free_port()
+    streams = [Stream("test://ball?width=160&height=120&fps=20", "line1", output=f"rtsp://@:{rtsp_port}/line1"),
+               Stream("test://smpte?width=96&height=64&fps=20", "line2", output=f"http://@:{http_port}/line2")]
+    stop, thread, box = _run_in_thread(detector, streams, RunConfig(output_access=OutputAccess("viewer", "s3cret")))
+
+    def page(password: str) -> int:
+        login = "Basic " + base64.b64encode(f"viewer:{password}".encode()).decode()
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{http_port}/",
+                                                               headers={"Authorization": login}), timeout=5) as answer:
+                return answer.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    rtsp = f"rtsp://viewer:s3cret@127.0.0.1:{rtsp_port}/line1"
+    options = SourceOptions(latency_ms=50, timeout_s=2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge_ad.login_attempts"):
+            assert wait_for(lambda: _port_open(http_port), 10)
+            assert [page("guess") for _ in range(5)] == [401] * 5
+            assert page("s3cret") == 429  # the right password too: the address waits
+            assert frames_within(open_source(rtsp, options), 1, 2) == []  # and over RTSP
+            time.sleep(4.0)
+            assert page("s3cret") == 200 and len(frames_within(open_source(rtsp, options), 2, 20)) == 2
+            assert frames_within(open_source(rtsp.replace("s3cret", "guess"), options), 1, 2) == []  # RTSP counts
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert caplog.text.count("output login: a wrong user or password from 127.0.0.1") == 2  # HTTP's, then RTSP's
+    assert caplog.text.count("output login: 5 wrong logins in a row from 127.0.0.1: refused for 4 s") == 1
+    assert box["summary"].sink_errors == {}
+
+
 def test_output_logins_and_certificates_are_refused_before_the_start_when_they_cannot_serve(tmp_path, caplog):
     from edge_ad.output_access import OutputAccess
 

@@ -1,0 +1,54 @@
+"""Wrong passwords from one address, limited (IEC 62443-3-3 SR 1.11, which plants' IT checks): after
+MAX_FAILURES wrong logins in a row, an address is refused for LOCKOUT_S without its password being
+checked, so that a password cannot be guessed at the speed of the network. The first wrong login
+of an address and each lockout are logged; a right login starts the count again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+log = logging.getLogger("edge_ad.login_attempts")
+
+MAX_FAILURES = 5  # wrong logins in a row from one address before it is refused for a while
+LOCKOUT_S = 60.0
+KEPT_ADDRESSES = 10_000  # past this many failing addresses, those not locked out are forgotten
+
+
+class LoginAttempts:
+    """The wrong logins of each address at `what` (the servers' name in the log lines)."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self._failures: dict[str, int] = {}
+        self._locked_until: dict[str, float] = {}
+        self._lock = threading.Lock()  # servers ask from their threads
+
+    def locked(self, address: str) -> bool:
+        """Whether `address` is refused now, its password unchecked."""
+        with self._lock:
+            return time.monotonic() < self._locked_until.get(address, 0.0)
+
+    def failed(self, address: str) -> None:
+        """A wrong user or password from `address`."""
+        with self._lock:
+            now = time.monotonic()
+            if len(self._failures) >= KEPT_ADDRESSES:  # addresses by the thousand: forget the harmless ones
+                self._failures = {a: n for a, n in self._failures.items() if self._locked_until.get(a, 0.0) > now}
+                self._locked_until = {a: t for a, t in self._locked_until.items() if t > now}
+            count = self._failures.get(address, 0) + 1
+            self._failures[address] = 0 if count >= MAX_FAILURES else count
+            if count >= MAX_FAILURES:
+                self._locked_until[address] = now + LOCKOUT_S
+        if count == 1:
+            log.warning("%s: a wrong user or password from %s", self.what, address)
+        elif count >= MAX_FAILURES:
+            log.warning("%s: %d wrong logins in a row from %s: refused for %.0f s", self.what, count, address,
+                        LOCKOUT_S)
+
+    def succeeded(self, address: str) -> None:
+        """A right login from `address`: its count starts again."""
+        with self._lock:
+            self._failures.pop(address, None)
