@@ -339,8 +339,15 @@ class GstSource:
     def _what_packets_say(self, silence: str) -> str:
         """`silence` ("no frame for N s"), with what an RTP or UDP source's packets tell of it: none
         came (a sender sending elsewhere, a firewall), they are RTP sent to udp:// or not RTP sent
-        to rtp://, hold video of none of RTP_CODECS, no key frame came, or no MJPEG picture came whole."""
+        to rtp://, hold video of none of RTP_CODECS, no key frame came, or no MJPEG picture came whole;
+        for an RTSP camera's MJPEG asked over UDP, that a lost packet loses a picture."""
         if self._rtp is None:
+            if (self.uri.startswith("rtsp://") and self.options.codec == "mjpeg" and self.options.transport == "udp"
+                    and not self._pulled_here):
+                return (f"{silence}: MJPEG over UDP (--rtsp-transport udp): a picture is hundreds of packets, and "
+                        "one lost loses it; leave the option out (MJPEG goes over TCP then), or raise "
+                        f"net.core.rmem_max, which caps the {UDP_BUFFER_BYTES >> 20} MiB UDP buffer edge-ad asks for "
+                        "unless it runs as root")
             return silence
         port = urlparse(self.uri).port
         no_key_frame = ("no key frame with its parameter sets came among them (key frames further apart than "

@@ -496,6 +496,20 @@ def test_an_rtp_stream_is_read_in_the_codec_and_payload_type_it_is_sent_in(caplo
         assert said.format(port=port) in caplog.text
 
 
+def test_an_rtsp_camera_s_mjpeg_asked_over_udp_whose_pictures_never_come_whole_is_said(caplog):
+    """MJPEG from an RTSP camera goes over TCP unless --rtsp-transport udp asks otherwise: then a
+    lost packet loses a picture (here a packet in three is dropped by the camera)."""
+    launch = ("( videotestsrc is-live=true ! video/x-raw,format=I420,width=320,height=240,framerate=10/1 ! jpegenc ! "
+              "rtpjpegpay mtu=400 ! identity drop-probability={} name=pay0 )")  # a picture is 20 packets and more
+    over_udp = SourceOptions(codec="mjpeg", transport="udp", timeout_s=2, latency_ms=50)
+    with _rtsp_camera(launch.format(0.0)) as uri:  # none lost: they come whole
+        assert len(frames_within(open_source(uri, over_udp), 2, 10)) == 2
+    with _rtsp_camera(launch.format(0.3)) as uri, caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
+        assert frames_within(open_source(uri, over_udp), 1, 2.5) == []
+    assert "no frame for 2 s: MJPEG over UDP (--rtsp-transport udp): a picture is hundreds of packets, and one lost " \
+           "loses it; leave the option out (MJPEG goes over TCP then)" in caplog.text
+
+
 def test_mjpeg_over_rtp_whose_pictures_never_come_whole_is_said(caplog):
     """A JPEG picture is hundreds of packets, and one lost loses it: packets a UDP buffer too
     small for a whole picture dropped. Here each picture's last packet (with the marker bit)
