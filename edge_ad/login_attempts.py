@@ -1,7 +1,8 @@
-"""Wrong passwords from one address, limited (IEC 62443-3-3 SR 1.11, which plants' IT checks): after
-MAX_FAILURES wrong logins in a row, an address is refused for LOCKOUT_S without its password being
-checked, so that a password cannot be guessed at the speed of the network. The first wrong login
-of an address and each lockout are logged; a right login starts the count again.
+"""Wrong passwords limited (IEC 62443-3-3 SR 1.11, which plants' IT checks): after MAX_FAILURES wrong
+logins in a row from one address (the outputs) or as one user (OPC UA, whose logins name no
+address), further logins are refused for LOCKOUT_S without their password being checked, so that
+a password cannot be guessed at the speed of the network. The first wrong login and each lockout
+are logged, not every one; a right login starts the count again.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ KEPT_ADDRESSES = 10_000  # past this many failing addresses, those not locked ou
 
 
 class LoginAttempts:
-    """The wrong logins of each address at `what` (the servers' name in the log lines)."""
+    """The wrong logins of each address (or user) at `what` (the servers' name in the log lines);
+    `who` words a key in them ("from 10.0.7.99")."""
 
-    def __init__(self, what: str):
-        self.what = what
+    def __init__(self, what: str, who: str = "from {}"):
+        self.what, self.who = what, who
         self._failures: dict[str, int] = {}
         self._locked_until: dict[str, float] = {}
         self._lock = threading.Lock()  # servers ask from their threads
@@ -43,10 +45,10 @@ class LoginAttempts:
             if count >= MAX_FAILURES:
                 self._locked_until[address] = now + LOCKOUT_S
         if count == 1:
-            log.warning("%s: a wrong user or password from %s", self.what, address)
+            log.warning("%s: a wrong user or password %s", self.what, self.who.format(address))
         elif count >= MAX_FAILURES:
-            log.warning("%s: %d wrong logins in a row from %s: refused for %.0f s", self.what, count, address,
-                        LOCKOUT_S)
+            log.warning("%s: %d wrong logins in a row %s: refused for %.0f s", self.what, count,
+                        self.who.format(address), LOCKOUT_S)
 
     def succeeded(self, address: str) -> None:
         """A right login from `address`: its count starts again."""

@@ -62,6 +62,7 @@ from typing import Callable, Sequence
 
 from .errors import EdgeAdError, listen_reason, password_from_environment
 from .files import state_folder
+from .login_attempts import LoginAttempts
 from .opcua_trust import ClientTrust, read_certificates, thumbprint
 from .sinks import slug
 
@@ -416,18 +417,25 @@ def _plant_certificate(certificate_path: Path, key_path: Path) -> tuple:
 
 
 class _Login:
-    """asyncua's user manager for the users and passwords given: a session of anyone else is refused."""
+    """asyncua's user manager for the users and passwords given: a session of anyone else is refused,
+    and after wrong logins in a row as one user (every unknown one counting as one), that user's
+    for a while (edge_ad.login_attempts); sessions already open go on."""
 
     def __init__(self, passwords: dict[str, str]) -> None:
         self.passwords = passwords
+        self.attempts = LoginAttempts("opcua", who="as {}")
 
     def get_user(self, iserver, username: str | None = None, password: str | None = None, certificate=None):
         from asyncua.crypto.permission_rules import User, UserRole
 
         known = self.passwords.get(username or "")
+        who = repr(username) if known is not None else "an unknown user"
+        if self.attempts.locked(who):
+            return None
         if known is not None and password is not None and hmac.compare_digest(password.encode(), known.encode()):
+            self.attempts.succeeded(who)
             return User(role=UserRole.User, name=username)
-        log.warning("opcua: a client's login as %r was refused", username)
+        self.attempts.failed(who)
         return None
 
 

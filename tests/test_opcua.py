@@ -251,6 +251,41 @@ def test_with_a_user_only_its_login_over_encrypted_messages_is_served(tmp_path, 
     assert certificate.read_bytes() == first
 
 
+def test_wrong_logins_as_a_user_shut_new_logins_as_it_out_for_a_while(tmp_path, monkeypatch, caplog):
+    """A password could be guessed at the network's speed: after wrong logins in a row as one user,
+    that user's logins are refused for a while, the right one too; a session open goes on, and
+    wrong names count as one user, so that guessing names is limited too."""
+    from edge_ad import login_attempts
+
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    monkeypatch.setenv("EDGE_AD_OPCUA_PASSWORD", "line 7, not 8")
+    monkeypatch.setattr(login_attempts, "MAX_FAILURES", 2)
+    monkeypatch.setattr(login_attempts, "LOCKOUT_S", 3.0)
+    server = OpcUaServer(free_port(), ["line1"], user="scada")
+    server.update("line1", 9, 0.8, 0.5, True, True, None, 1, 1, None)
+
+    def login(user: str, password: str) -> None:
+        with _secure_client(server.port, tmp_path, user, password) as client:
+            assert _values(client, "line1", "Score") == {"Score": 0.8}
+
+    try:
+        with caplog.at_level("WARNING", logger="edge_ad.login_attempts"), \
+                _secure_client(server.port, tmp_path, "scada", "line 7, not 8") as open_session:
+            for user, password in (("scada", "guess"), ("scada", "guess"), ("scada", "line 7, not 8"),
+                                   ("mes", "guess"), ("historian", "guess"), ("root", "line 7, not 8")):
+                with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):
+                    login(user, password)
+            assert _values(open_session, "line1", "Score") == {"Score": 0.8}
+            time.sleep(3.0)
+            login("scada", "line 7, not 8")
+    finally:
+        server.close()
+    for said in ("opcua: a wrong user or password as 'scada'", "opcua: 2 wrong logins in a row as 'scada': refused "
+                 "for 3 s", "opcua: a wrong user or password as an unknown user", "opcua: 2 wrong logins in a row "
+                 "as an unknown user: refused for 3 s"):
+        assert caplog.text.count(said) == 1
+
+
 def _certificate_until(key_file, certificate_file, until: datetime) -> None:
     """`certificate_file` written over with one for the same key and URI that runs out at `until`."""
     from cryptography import x509
