@@ -27,6 +27,8 @@ from .output_access import OutputAccess
 MJPEG_FPS = 10.0  # at most this many pictures a second: enough to watch, a third of a camera's bandwidth
 MJPEG_QUALITY = 80
 HANDSHAKE_S = 10.0  # a browser's TLS handshake takes milliseconds; one that has not finished by then never will
+REQUEST_S = 10.0  # so does its request: a connection silent this long (thousands would hold a thread each) is closed
+STALLED_S = 30.0  # a viewer that takes no picture data this long is gone (a cable pulled mid-stream): let go
 
 
 def mjpeg_description(uri: str) -> str:
@@ -66,6 +68,8 @@ class _Server:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = REQUEST_S
+
             def do_GET(self) -> None:
                 address, login = self.client_address[0], self.headers.get("Authorization")
                 if access.attempts.locked(address):
@@ -87,6 +91,7 @@ class _Server:
                 path = "/" + self.path.split("?")[0].strip("/")
                 output = server.outputs.get(path)
                 if output is not None:
+                    self.connection.settimeout(STALLED_S)
                     self.send_response(200)
                     self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
                     self.send_header("Cache-Control", "no-cache, no-store")

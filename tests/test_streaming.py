@@ -1340,6 +1340,29 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def test_a_connection_that_asks_nothing_is_closed_and_holds_no_thread(monkeypatch):
+    """Each connection to an HTTP output has a thread: ones opened and left silent (by the
+    thousand, from anyone on the network) held theirs for ever."""
+    import urllib.request
+
+    from edge_ad import mjpeg
+
+    monkeypatch.setattr(mjpeg, "REQUEST_S", 0.5)
+    port = free_port()
+    output = mjpeg.MjpegOutput(f"http://@:{port}/line", 64, 48, 10)
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+    try:
+        started = time.monotonic()
+        assert [client.recv(16) for client in silent] == [b""] * 20  # closed by the output (its threads end)
+        assert time.monotonic() - started < 3
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as page:  # a viewer is served still
+            assert b'<img src="/line"' in page.read()
+    finally:
+        output.close()
+        for client in silent:
+            client.close()
+
+
 def test_http_output_lets_clients_go_and_its_port_free():
     from edge_ad.mjpeg import MjpegOutput
 
