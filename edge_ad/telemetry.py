@@ -187,5 +187,7 @@ class _MetricsServer(ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 10.0  # a scrape's request takes milliseconds; a connection left silent would hold its thread for ever
+
     def log_message(self, format: str, *args) -> None:  # a line on stderr per scrape, every 15 s
         pass

@@ -3,6 +3,7 @@
 import json
 import logging
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from edge_ad.detector import Detector
 from edge_ad.runner import RunConfig, run
 from edge_ad.sinks import AnomalyHook, EventLog, Guarded, Samples, Snapshots, slug
 from edge_ad.streams import Stream
+from edge_ad import telemetry
 from edge_ad.telemetry import SourceStats, Telemetry
 
 from conftest import SPOT_PATTERN, full_disk
@@ -286,8 +288,8 @@ def test_metrics_file_in_prometheus_format(tmp_path):
     stats.thresholds = {"mono": 0.25, "poly": 0.3}
     stats.bundles = {"mono": ("3f2a9c1b7d0e", "a1b2c3d4e5f6"), "poly": ("90e7d5c3b1a2", None)}
     sensors = Sensors({"cpu-thermal": 47.5}, {"VDD_IN": 6.25})
-    telemetry = Telemetry(lambda: [stats], lambda: {"events e.jsonl": 2}, tmp_path / "m.prom", sensors=lambda: sensors)
-    telemetry.tick()
+    written = Telemetry(lambda: [stats], lambda: {"events e.jsonl": 2}, tmp_path / "m.prom", sensors=lambda: sensors)
+    written.tick()
     text = (tmp_path / "m.prom").read_text()
     for line in ('edge_ad_frames_total{source="cam1"} 100.0', 'edge_ad_anomalies_total{source="cam1"} 10.0',
                  'edge_ad_dropped_total{source="cam1"} 4.0', 'edge_ad_reconnects_total{source="cam1"} 1.0',
@@ -301,7 +303,7 @@ def test_metrics_file_in_prometheus_format(tmp_path):
     assert f'edge_ad_latency_ms{{quantile="0.99",source="cam1"}} {np.percentile(range(1, 101), 99)}' in text
 
 
-def test_the_metrics_port_answers_the_scrapers_metrics_allow_names_only(caplog):
+def test_the_metrics_port_answers_the_scrapers_metrics_allow_names_only(caplog, monkeypatch):
     """The metrics name the cameras (their addresses), the bundles and the counts: with
     --metrics-allow, a scraper at another address is closed unanswered, and said once."""
     stats = SourceStats("rtsp://10.0.7.21/stream1")
@@ -324,6 +326,13 @@ def test_the_metrics_port_answers_the_scrapers_metrics_allow_names_only(caplog):
         guarded.close()
     assert caplog.text.count("metrics: refused a connection from 127.0.0.1, which --metrics-allow does not name "
                              "(10.0.7.0/24)") == 1
+    monkeypatch.setattr(telemetry._QuietHandler, "timeout", 0.5)  # a connection that asks nothing is closed
+    served = Telemetry(lambda: [stats], dict, port=0, host="127.0.0.1", sensors=lambda: Sensors({}, {}))
+    try:
+        with socket.create_connection(("127.0.0.1", served.server.server_port), timeout=5) as silent:
+            assert silent.recv(16) == b""
+    finally:
+        served.close()
     with pytest.raises(EdgeAdError, match="--metrics-allow prometheus.plant: not an IP address or network"):
         Telemetry(lambda: [stats], dict, port=0, host="127.0.0.1", allowed=["prometheus.plant"])
     out = subprocess.run([sys.executable, "-m", "edge_ad", "run", "--bundle", "nowhere", "--input", "test://ball",
