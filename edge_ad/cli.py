@@ -592,7 +592,7 @@ def _report(args: argparse.Namespace) -> None:
         raise EdgeAdError(f"--alarms {args.alarms}: must be 0 (no picture of the alarms) or more")
     snapshots = Path(args.snapshots) if args.snapshots else None
     if snapshots is not None and not snapshots.is_dir():
-        raise EdgeAdError(f"--snapshots {snapshots}: no such folder")
+        raise EdgeAdError(f"--snapshots {snapshots}: {'not a folder' if snapshots.exists() else 'no such folder'}")
     read = read_events(events, args.since, args.until)
     for record in read.sources.values():
         print(record.summary())
