@@ -594,6 +594,12 @@ def _report(args: argparse.Namespace) -> None:
     if snapshots is not None and not snapshots.is_dir():
         raise EdgeAdError(f"--snapshots {snapshots}: {'not a folder' if snapshots.exists() else 'no such folder'}")
     read = read_events(events, args.since, args.until)
+    if args.source:
+        unknown = sorted(set(args.source) - set(read.sources))
+        if unknown:
+            raise EdgeAdError(f"--source {', '.join(unknown)}: no events of it in {events} (in this time range); its "
+                              f"sources: {', '.join(read.sources) or 'none'}")
+        read.sources = {name: read.sources[name] for name in args.source}
     for record in read.sources.values():
         print(record.summary())
         for line in [*record.judged_by(), *record.failed_checks()]:
@@ -1090,6 +1096,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="PNG to write (default: beside the events file, <name>_report.png)")
     p.add_argument("--since", type=_time, metavar="TIME", help="only events from this local time on (2026-12-03T06:00)")
     p.add_argument("--until", type=_time, metavar="TIME", help="only events up to this local time")
+    p.add_argument("--source", action="append", metavar="NAME",
+                   help="only this source's events (as the events name it; repeat for several)")
     p.add_argument("--alarms", type=int, default=24, metavar="N",
                    help="the saved overlays of the N highest-scoring alarms, as <out>_alarms.png (0: none)")
     p.add_argument("--snapshots", metavar="DIR",

@@ -108,6 +108,14 @@ def test_alarm_pictures_highest_scores_first_where_the_run_left_them_or_moved(tm
     out = edge_ad("report", "--events", events, "--snapshots", moved, "--out", tmp_path / "r.pdf")
     assert out.returncode == 0 and (tmp_path / "r_alarms.pdf").read_bytes().startswith(b"%PDF")  # as --out is
 
+    out = edge_ad("report", "--events", events, "--snapshots", moved, "--source", "line2", "--out", tmp_path / "2.png")
+    assert out.returncode == 0, out.stderr
+    assert "line2: frames 1" in out.stdout and "cam:" not in out.stdout  # one camera of the line's
+    assert "alarm pictures: 1 of 1 in" in out.stdout and _pixels(tmp_path / "2_alarms.png", green) == 0
+    out = edge_ad("report", "--events", events, "--source", "line3")
+    assert out.returncode == 2 and f"--source line3: no events of it in {events} (in this time range); its sources: " \
+                                   "cam, line2" in out.stderr
+
 
 def test_events_across_rotated_files_runs_and_damaged_lines(tmp_path):
     t0 = datetime(2026, 12, 3, 6, 0).timestamp()
