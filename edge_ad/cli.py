@@ -583,13 +583,14 @@ def _time(text: str) -> float:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from .events_report import read_events, write_alarm_pictures, write_events_report
+    from .events_report import MOST_PICTURES, read_events, write_alarm_pictures, write_events_report
 
     events = Path(args.events)
     if args.since is not None and args.until is not None and args.since > args.until:
         raise EdgeAdError("--since is after --until: no event lies between them")
-    if args.alarms < 0:
-        raise EdgeAdError(f"--alarms {args.alarms}: must be 0 (no picture of the alarms) or more")
+    if not 0 <= args.alarms <= MOST_PICTURES:
+        raise EdgeAdError(f"--alarms {args.alarms}: must be 0 (no picture of the alarms) to {MOST_PICTURES}; for "
+                          "others, --since, --until and --source choose")
     snapshots = Path(args.snapshots) if args.snapshots else None
     if snapshots is not None and not snapshots.is_dir():
         raise EdgeAdError(f"--snapshots {snapshots}: {'not a folder' if snapshots.exists() else 'no such folder'}")

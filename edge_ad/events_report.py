@@ -34,6 +34,8 @@ SHOWN_SKIPS = 5  # skipped lines named in the summary; the rest are counted
 LAST_TIME = 4102444800  # 2100-01-01 in Unix seconds: a later timestamp is a damaged line
 MEDIAN_BINS, MIN_PER_BIN = 200, 10  # the median line over time: only where frames are dense enough
 SHEET_COLUMNS, TILE_PX = 4, 480  # the alarms' picture: tiles per row, and each tile's width in pixels
+MOST_PICTURES = 100  # 25 rows: 700 made a picture 63,000 pixels tall (1.3 GB and 34 s to draw) that nobody reads
+TALLEST_TILE = 2.0  # height over width: a line-scan camera's strip is shown smaller, not row by row
 
 
 class AlarmPicture(NamedTuple):
@@ -416,7 +418,7 @@ def write_alarm_pictures(read: EventsRead, path: Path, count: int, snapshots: Pa
         return f"alarm pictures: none of {len(pictures)} could be shown{problems}"
     columns = min(SHEET_COLUMNS, len(shown))
     rows = -(-len(shown) // columns)
-    tallest = max(tile.shape[0] / tile.shape[1] for _, tile in shown)
+    tallest = min(max(tile.shape[0] / tile.shape[1] for _, tile in shown), TALLEST_TILE)
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, (4 * tallest + 0.6) * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")

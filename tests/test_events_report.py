@@ -175,6 +175,16 @@ def test_events_across_rotated_files_runs_and_damaged_lines(tmp_path):
     assert f"4 of 12 lines skipped: {tmp_path / 'events.jsonl.1'}:3: not JSON (cut short?);" in out.stdout
 
 
+def test_a_line_scan_camera_s_tall_strips_are_drawn_smaller_not_row_upon_row(tmp_path):
+    events = tmp_path / "events.jsonl"
+    strip = tmp_path / "strip_overlay.jpg"
+    cv2.imwrite(str(strip), np.full((8000, 400, 3), 128, np.uint8))  # 20 times as tall as wide
+    _write(events, [_frame("scan", 1.8e9, 0.9, True, overlay=str(strip))])
+    line = write_alarm_pictures(read_events(events), tmp_path / "alarms.png", 24)
+    assert line == f"alarm pictures: 1 of 1 in {tmp_path / 'alarms.png'}"
+    assert cv2.imread(str(tmp_path / "alarms.png")).shape[:2] == (860, 400)  # (4 x 2 + 0.6) x 100 dpi tall
+
+
 def test_numbers_a_report_cannot_draw_are_skipped_as_damaged_lines(tmp_path):
     """Python's json reads NaN and Infinity, and a timestamp past year 9999 stopped the report with
     a traceback; such lines, from a file edited by hand, are skipped and said."""
@@ -206,7 +216,9 @@ def test_report_errors_name_what_is_wrong(tmp_path):
     out = edge_ad("report", "--events", empty, "--since", "2026-12-03T18:00", "--until", "2026-12-03T17:00")
     assert out.returncode == 2 and "--since is after --until" in out.stderr
     out = edge_ad("report", "--events", empty, "--alarms", -1)
-    assert out.returncode == 2 and "--alarms -1: must be 0 (no picture of the alarms) or more" in out.stderr
+    assert out.returncode == 2 and "--alarms -1: must be 0 (no picture of the alarms) to 100" in out.stderr
+    out = edge_ad("report", "--events", empty, "--alarms", 700)
+    assert out.returncode == 2 and "--alarms 700: must be 0 (no picture of the alarms) to 100; for others" in out.stderr
     out = edge_ad("report", "--events", empty, "--snapshots", tmp_path / "gone")
     assert out.returncode == 2 and f"--snapshots {tmp_path / 'gone'}: no such folder" in out.stderr
 
