@@ -1100,7 +1100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", action="append", metavar="NAME",
                    help="only this source's events (as the events name it; repeat for several)")
     p.add_argument("--alarms", type=int, default=24, metavar="N",
-                   help="the saved overlays of the N highest-scoring alarms, as <out>_alarms.png (0: none)")
+                   help="the saved overlays of the N highest-scoring alarms, as <out>_alarms.png (default 24, at most "
+                        "100; 0: none)")
     p.add_argument("--snapshots", metavar="DIR",
                    help="where the run's --snapshots folder is now, if moved (its pictures are found by name)")
     p.set_defaults(func=_report)
