@@ -14,6 +14,7 @@ import html
 import ssl
 import threading
 import time
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
@@ -29,6 +30,7 @@ MJPEG_QUALITY = 80
 HANDSHAKE_S = 10.0  # a browser's TLS handshake takes milliseconds; one that has not finished by then never will
 REQUEST_S = 10.0  # so does its request: a connection silent this long (thousands would hold a thread each) is closed
 STALLED_S = 30.0  # a viewer that takes no picture data this long is gone (a cable pulled mid-stream): let go
+LAST_ALARM = "last-alarm.jpg"  # beside each output's path: the overlay of its source's last alarm, for an HMI
 
 
 def mjpeg_description(uri: str) -> str:
@@ -90,7 +92,10 @@ class _Server:
                     access.attempts.succeeded(address)
                 path = "/" + self.path.split("?")[0].strip("/")
                 output = server.outputs.get(path)
-                if output is not None:
+                alarmed = path.endswith("/" + LAST_ALARM) and server.outputs.get(path[:-len(LAST_ALARM) - 1] or "/")
+                if alarmed:
+                    self._last_alarm(alarmed)
+                elif output is not None:
                     self.connection.settimeout(STALLED_S)
                     self.send_response(200)
                     self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
@@ -106,6 +111,19 @@ class _Server:
                     self.wfile.write(page)
                 else:
                     self.send_error(404, f"the overlays are at {', '.join(sorted(server.outputs))}")
+
+            def _last_alarm(self, output: MjpegOutput) -> None:
+                jpeg, captured = output.last_alarm()
+                if jpeg is None:
+                    self.send_error(404, f"no alarm on {output.path} since the run started")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(len(jpeg)))
+                self.send_header("Last-Modified", formatdate(captured, usegmt=True))  # when the frame was taken
+                self.send_header("Cache-Control", "no-cache, no-store")
+                self.end_headers()
+                self.wfile.write(jpeg)
 
             def log_message(self, *args) -> None:  # no line per request on stderr
                 pass
@@ -123,8 +141,9 @@ class _Server:
 
     def index(self) -> str:
         figures = "".join(
-            f'<figure><img src="{html.escape(path)}" alt="{html.escape(path)}"><figcaption>{html.escape(path)}'
-            "</figcaption></figure>" for path in sorted(self.outputs)
+            f'<figure><img src="{html.escape(path)}" alt="{html.escape(path)}"><figcaption>{html.escape(path)} '
+            f'<a href="{html.escape(path.rstrip("/"))}/{LAST_ALARM}">last alarm</a></figcaption></figure>'
+            for path in sorted(self.outputs)
         )
         return ("<!doctype html><meta charset=utf-8><title>edge-ad</title>"
                 "<style>body{background:#111;color:#ddd;font-family:sans-serif}img{max-width:45vw}"
@@ -158,6 +177,7 @@ class MjpegOutput:
         self.clients = 0
         self.closed = False
         self._next_s = 0.0
+        self._alarm: tuple[bytes | None, float] = (None, 0.0)  # the last alarm's overlay (JPEG) and capture time
         with _servers_lock:
             server = _servers.get(self.key) or _Server(uri, *self.key, access)
             if self.path in server.outputs:
@@ -212,6 +232,18 @@ class MjpegOutput:
         with self.changed:
             self.picture, self.sequence = image, self.sequence + 1
             self.changed.notify_all()
+
+    def keep_alarm(self, image: np.ndarray, captured: float) -> None:
+        """The overlay of an alarm frame captured at `captured` (Unix time): served at
+        PATH/last-alarm.jpg until the next, whether anyone watches or not."""
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, MJPEG_QUALITY])
+        if not ok:
+            raise OSError(f"{self.uri}: cannot encode a picture of shape {image.shape} as JPEG")
+        self._alarm = (data.tobytes(), captured)  # one assignment: a request reads both or the ones before
+
+    def last_alarm(self) -> tuple[bytes | None, float]:
+        """The last alarm's overlay (JPEG; None before the first) and when its frame was captured."""
+        return self._alarm
 
     def close(self) -> None:
         """Stop serving this path: its clients are let go; the last output on a port releases it."""

@@ -34,7 +34,8 @@ from .freeze import FROZEN_WINDOW_S, FreezeWatch
 from .line_calibration import CALIBRATING, LineCalibration
 from .masks import InspectionMask, calibration_mismatch
 from .mqtt import MqttTls
-from .output_access import OutputAccess
+from .mjpeg import MjpegOutput
+from .output_access import HTTP_OUTPUTS, OutputAccess
 from .outputs import DiskRoom, check_servable, open_output, output_description, output_size
 from .picture_output import PictureOutput, is_picture_output
 from .regions import regions
@@ -52,6 +53,7 @@ DEFAULT_FPS = 30  # output frame rate for sources that do not say theirs (image 
 # Frames whose events, snapshots, hook call and MQTT message wait for the sinks' thread: a
 # 12-megapixel snapshot (300 ms to write) is two frames of a 6 fps camera.
 SINK_QUEUE = 4
+LAST_ALARM_S = 1.0  # a browser output's last-alarm picture: at most one drawn a second per source
 
 
 @dataclass
@@ -198,7 +200,7 @@ class _VideoSink:
     def __init__(self, stream: Stream, source: Source, config: RunConfig):
         self.stream, self.source, self.config = stream, source, config
         self.output = None
-        self._next_try = 0.0
+        self._next_try = self._next_alarm = 0.0
         self._said: str | None = None  # the output last named in the log
         self.pictures = None
         if is_picture_output(stream.output):
@@ -247,6 +249,20 @@ class _VideoSink:
             self._next_try = 0.0
         return picture
 
+    def keep_alarm(self, frame: Frame, result: Result, picture: np.ndarray | None) -> None:
+        """An alarm frame's overlay to a browser output, which serves its source's last at
+        PATH/last-alarm.jpg: `picture`, the one drawn for viewers, or drawn now at its size, at
+        most one a LAST_ALARM_S (a line whose every frame alarms would otherwise have an overlay
+        drawn per frame, for a picture an HMI shows)."""
+        output = self.output
+        if not isinstance(output, MjpegOutput) or time.monotonic() < self._next_alarm:  # not open, or too soon
+            return
+        self._next_alarm = time.monotonic() + LAST_ALARM_S
+        width, height = output.size
+        if picture is None:
+            picture = overlay(frame.image, result, size=fitted_size(frame.image.shape, height, width))
+        output.keep_alarm(fit(picture, height, width), frame.captured)
+
     def close(self) -> None:
         if self.output is not None:
             self.output.close()
@@ -273,6 +289,7 @@ class _Sinks:
         self.events = self.snapshots = self.samples = self.hook = self.mqtt = None
         self.plcs: list = []  # the Modbus and OPC UA servers (ModbusServer, OpcUaServer), read by PLCs
         self.videos: dict[str, Guarded] = {}
+        self.last_alarms: dict[str, Guarded] = {}  # of the sources with a browser output
         self.config = config
         self.stack = stack
         if config.events is not None:
@@ -357,6 +374,8 @@ class _Sinks:
         video = _VideoSink(stream, source, self.config)
         self.stack.callback(video.close)
         self.videos[stream.name] = self._guard(f"output {stream.output}", video)
+        if stream.output.startswith(HTTP_OUTPUTS):
+            self.last_alarms[stream.name] = self._guard(f"last alarm of {stream.output}", video.keep_alarm)
 
     def watch_anew(self, name: str, bands: dict[str | None, DriftWatch]) -> None:
         """Source `name` judged by a new calibration or bundle: its `bands`, watched from the start
@@ -452,6 +471,8 @@ class _Sinks:
         """Events every frame, snapshots, the hook and MQTT only for an `alarm`
         (RunConfig.alarm_frames anomalous frames in a row). A snapshot is saved first, so that the
         event names files that are there."""
+        if alarm and stream.name in self.last_alarms:
+            self.last_alarms[stream.name](frame, result, picture)
         snapshot = None
         if alarm and self.snapshots is not None:
             whole = picture is not None and picture.shape[:2] == frame.image.shape[:2]  # the video's, not smaller

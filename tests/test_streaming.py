@@ -1316,7 +1316,9 @@ def test_outputs_nobody_watches_draw_no_overlays(detector, tmp_path, monkeypatch
         pass
     summary = run(detector, streams, RunConfig(max_frames=20))
     assert summary.frames == 20 * len(streams) and summary.sink_errors == {}
-    assert drawn == [(96, 64)] * 20  # the file's
+    assert drawn.count((96, 64)) == 20  # the file's
+    assert drawn.count((64, 48)) <= 1  # at most one alarm's in a second, for the web output's last-alarm picture
+    assert len(drawn) <= 21
 
 
 def test_videos_of_frames_of_an_odd_size_or_larger_than_1080p(detector, tmp_path):
@@ -1338,6 +1340,58 @@ def test_videos_of_frames_of_an_odd_size_or_larger_than_1080p(detector, tmp_path
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_browser_output_serves_its_source_s_last_alarm_for_an_hmi(detector, spotted_frames):
+    """An HMI beside the line shows the last rejected part's picture from a fixed URL, as smart
+    cameras serve it: PATH/last-alarm.jpg, whether anyone watches the stream or not."""
+    import urllib.error
+    import urllib.request
+    from email.utils import formatdate
+
+    from edge_ad.mjpeg import MjpegOutput
+    from edge_ad.output_access import OutputAccess
+
+    port = free_port()
+    output = MjpegOutput(f"http://@:{port}/line", 64, 48, 10)
+    try:
+        with pytest.raises(urllib.error.HTTPError, match="404"):  # no alarm yet
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/line/last-alarm.jpg", timeout=5)
+        output.keep_alarm(np.full((48, 64, 3), (0, 0, 255), np.uint8), 1.8e9)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/line/last-alarm.jpg", timeout=5) as answer:
+            picture = cv2.imdecode(np.frombuffer(answer.read(), np.uint8), cv2.IMREAD_COLOR)
+            assert answer.headers["Last-Modified"] == formatdate(1.8e9, usegmt=True)  # when its frame was taken
+        assert picture.shape == (48, 64, 3) and picture[..., 2].mean() > 240
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as page:
+            assert b'<a href="/line/last-alarm.jpg">last alarm</a>' in page.read()
+    finally:
+        output.close()
+
+    # A run: the overlays of the folder's spotted cells, behind the outputs' login.
+    looped = Stream(str(spotted_frames), "line", output=f"http://@:{port}/line", options=SourceOptions(loop=-1))
+    stop, thread, box = _run_in_thread(detector, [looped], RunConfig(output_access=OutputAccess("hmi", "s3cret")))
+    asked = urllib.request.Request(f"http://127.0.0.1:{port}/line/last-alarm.jpg",
+                                   headers={"Authorization": "Basic " + base64.b64encode(b"hmi:s3cret").decode()})
+
+    def last_alarm() -> np.ndarray | None:
+        try:
+            with urllib.request.urlopen(asked, timeout=5) as answer:
+                return cv2.imdecode(np.frombuffer(answer.read(), np.uint8), cv2.IMREAD_COLOR)
+        except (urllib.error.URLError, ConnectionError):  # not serving yet, or no alarm yet
+            return None
+
+    try:
+        assert wait_for(lambda: last_alarm() is not None, 30)
+        picture = last_alarm()
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/line/last-alarm.jpg", timeout=5)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert picture.shape == (300, 300, 3)  # the output's size: the cells' own
+    red = (picture[..., 2] > 180) & (picture[..., 1] < 90) & (picture[..., 0] < 90)
+    assert red.sum() > 100  # the overlay's outline and NG label: an alarm's, not the camera's picture
+    assert box["summary"].sink_errors == {}
 
 
 def test_a_connection_that_asks_nothing_is_closed_and_holds_no_thread(monkeypatch):
