@@ -468,9 +468,9 @@ class _Sinks:
         self, stream: Stream, frame: Frame, result: Result, latency_ms: float, record: SourceStats, alarm: bool,
         bundle: Bundle, picture: np.ndarray | None,
     ) -> None:
-        """Events every frame, snapshots, the hook and MQTT only for an `alarm`
-        (RunConfig.alarm_frames anomalous frames in a row). A snapshot is saved first, so that the
-        event names files that are there."""
+        """Events every frame; a browser output's last-alarm picture, snapshots, the hook and MQTT
+        only for an `alarm` (RunConfig.alarm_frames anomalous frames in a row). A snapshot is saved
+        first, so that the event names files that are there."""
         if alarm and stream.name in self.last_alarms:
             self.last_alarms[stream.name](frame, result, picture)
         snapshot = None
