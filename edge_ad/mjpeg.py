@@ -74,19 +74,13 @@ class _Server:
 
             def do_GET(self) -> None:
                 address, login = self.client_address[0], self.headers.get("Authorization")
-                if access.attempts.locked(address):
-                    self.send_response(429)  # too many wrong logins: this address waits
-                    self.send_header("Retry-After", f"{LOCKOUT_S:.0f}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                if access.attempts.locked(address):  # too many wrong logins: this address waits
+                    self._empty(429, {"Retry-After": f"{LOCKOUT_S:.0f}"})
                     return
                 if not access.allows(login):
                     if login is not None:  # a wrong one; a browser's first request has none
                         access.attempts.failed(address)
-                    self.send_response(401)
-                    self.send_header("WWW-Authenticate", 'Basic realm="edge-ad", charset="UTF-8"')
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                    self._empty(401, {"WWW-Authenticate": 'Basic realm="edge-ad", charset="UTF-8"'})
                     return
                 if login is not None:
                     access.attempts.succeeded(address)
@@ -111,6 +105,12 @@ class _Server:
                     self.wfile.write(page)
                 else:
                     self.send_error(404, f"the overlays are at {', '.join(sorted(server.outputs))}")
+
+            def _empty(self, status: int, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": "0"}.items():
+                    self.send_header(name, value)
+                self.end_headers()
 
             def _last_alarm(self, output: MjpegOutput) -> None:
                 jpeg, captured = output.last_alarm()
@@ -214,11 +214,14 @@ class MjpegOutput:
         """The JPEG of picture number `sequence`, encoded by the first client thread that needs it."""
         with self.encoding:
             if self._jpeg_sequence != sequence:
-                ok, data = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, MJPEG_QUALITY])
-                if not ok:
-                    raise OSError(f"{self.uri}: cannot encode a picture of shape {picture.shape} as JPEG")
-                self._jpeg, self._jpeg_sequence = data.tobytes(), sequence
+                self._jpeg, self._jpeg_sequence = self._jpeg_of(picture), sequence
             return self._jpeg
+
+    def _jpeg_of(self, picture: np.ndarray) -> bytes:
+        ok, data = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, MJPEG_QUALITY])
+        if not ok:
+            raise OSError(f"{self.uri}: cannot encode a picture of shape {picture.shape} as JPEG")
+        return data.tobytes()
 
     def wants_frame(self) -> bool:
         """Whether a browser watches and its next picture is due (at most MJPEG_FPS a second)."""
@@ -236,10 +239,7 @@ class MjpegOutput:
     def keep_alarm(self, image: np.ndarray, captured: float) -> None:
         """The overlay of an alarm frame captured at `captured` (Unix time): served at
         PATH/last-alarm.jpg until the next, whether anyone watches or not."""
-        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, MJPEG_QUALITY])
-        if not ok:
-            raise OSError(f"{self.uri}: cannot encode a picture of shape {image.shape} as JPEG")
-        self._alarm = (data.tobytes(), captured)  # one assignment: a request reads both or the ones before
+        self._alarm = (self._jpeg_of(image), captured)  # one assignment: a request reads both or the ones before
 
     def last_alarm(self) -> tuple[bytes | None, float]:
         """The last alarm's overlay (JPEG; None before the first) and when its frame was captured."""
