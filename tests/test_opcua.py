@@ -260,7 +260,7 @@ def test_wrong_logins_as_a_user_shut_new_logins_as_it_out_for_a_while(tmp_path, 
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
     monkeypatch.setenv("EDGE_AD_OPCUA_PASSWORD", "line 7, not 8")
     monkeypatch.setattr(login_attempts, "MAX_FAILURES", 2)
-    monkeypatch.setattr(login_attempts, "LOCKOUT_S", 3.0)
+    monkeypatch.setattr(login_attempts, "LOCKOUT_S", 6.0)  # longer than a login takes on a loaded machine
     server = OpcUaServer(free_port(), ["line1"], user="scada")
     server.update("line1", 9, 0.8, 0.5, True, True, None, 1, 1, None)
 
@@ -276,13 +276,13 @@ def test_wrong_logins_as_a_user_shut_new_logins_as_it_out_for_a_while(tmp_path, 
                 with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):
                     login(user, password)
             assert _values(open_session, "line1", "Score") == {"Score": 0.8}
-            time.sleep(3.0)
+            time.sleep(6.0)
             login("scada", "line 7, not 8")
     finally:
         server.close()
     for said in ("opcua: a wrong user or password as 'scada'", "opcua: 2 wrong logins in a row as 'scada': refused "
-                 "for 3 s", "opcua: a wrong user or password as an unknown user", "opcua: 2 wrong logins in a row "
-                 "as an unknown user: refused for 3 s"):
+                 "for 6 s", "opcua: a wrong user or password as an unknown user", "opcua: 2 wrong logins in a row "
+                 "as an unknown user: refused for 6 s"):
         assert caplog.text.count(said) == 1
 
 
