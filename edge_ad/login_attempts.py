@@ -28,10 +28,10 @@ class LoginAttempts:
         self._locked_until: dict[str, float] = {}
         self._lock = threading.Lock()  # servers ask from their threads
 
-    def locked(self, address: str) -> bool:
-        """Whether `address` is refused now, its password unchecked."""
+    def refused_for(self, address: str) -> float:
+        """How many seconds more `address` is refused, its password unchecked (0: not refused)."""
         with self._lock:
-            return time.monotonic() < self._locked_until.get(address, 0.0)
+            return max(0.0, self._locked_until.get(address, 0.0) - time.monotonic())
 
     def failed(self, address: str) -> None:
         """A wrong user or password from `address`."""

@@ -11,6 +11,7 @@ client gets the newest one: a slow client skips pictures, it never holds up the 
 from __future__ import annotations
 
 import html
+import math
 import ssl
 import threading
 import time
@@ -22,7 +23,6 @@ import cv2
 import numpy as np
 
 from .errors import SourceError, listen_reason, uri_port
-from .login_attempts import LOCKOUT_S
 from .output_access import OutputAccess
 
 MJPEG_FPS = 10.0  # at most this many pictures a second: enough to watch, a third of a camera's bandwidth
@@ -74,8 +74,9 @@ class _Server:
 
             def do_GET(self) -> None:
                 address, login = self.client_address[0], self.headers.get("Authorization")
-                if access.attempts.locked(address):  # too many wrong logins: this address waits
-                    self._empty(429, {"Retry-After": f"{LOCKOUT_S:.0f}"})
+                waits = access.attempts.refused_for(address)
+                if waits:  # too many wrong logins: this address waits
+                    self._empty(429, {"Retry-After": str(math.ceil(waits))})
                     return
                 if not access.allows(login):
                     if login is not None:  # a wrong one; a browser's first request has none

@@ -430,7 +430,7 @@ class _Login:
 
         known = self.passwords.get(username or "")
         who = repr(username) if known is not None else "an unknown user"
-        if self.attempts.locked(who):
+        if self.attempts.refused_for(who):
             return None
         if known is not None and password is not None and hmac.compare_digest(password.encode(), known.encode()):
             self.attempts.succeeded(who)

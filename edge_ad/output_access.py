@@ -138,7 +138,7 @@ def _limited_auth_class(GstRtspServer):
 
         def do_authenticate(self, ctx) -> bool:
             address = ctx.conn.get_ip()
-            if self.attempts.locked(address):
+            if self.attempts.refused_for(address):
                 return False  # answered 401, the password unchecked
             authenticated = GstRtspServer.RTSPAuth.do_authenticate(self, ctx)  # true also without a login:
             if ctx.token is not None:  # the user's token is set for a right one alone (no default token)
