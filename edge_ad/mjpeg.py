@@ -76,12 +76,13 @@ class _Server:
                 address, login = self.client_address[0], self.headers.get("Authorization")
                 waits = access.attempts.refused_for(address)
                 if waits:  # too many wrong logins: this address waits
-                    self._empty(429, {"Retry-After": str(math.ceil(waits))})
+                    self._answer(429, {"Retry-After": str(math.ceil(waits))}, f"too many wrong logins from this "
+                                 f"address: try again in {math.ceil(waits)} s")
                     return
                 if not access.allows(login):
                     if login is not None:  # a wrong one; a browser's first request has none
                         access.attempts.failed(address)
-                    self._empty(401, {"WWW-Authenticate": 'Basic realm="edge-ad", charset="UTF-8"'})
+                    self._answer(401, {"WWW-Authenticate": 'Basic realm="edge-ad", charset="UTF-8"'})
                     return
                 if login is not None:
                     access.attempts.succeeded(address)
@@ -107,11 +108,15 @@ class _Server:
                 else:
                     self.send_error(404, f"the overlays are at {', '.join(sorted(server.outputs))}")
 
-            def _empty(self, status: int, headers: dict[str, str]) -> None:
+            def _answer(self, status: int, headers: dict[str, str], text: str = "") -> None:
+                """`status` with `headers` and `text` (a browser shows it; none for a login's 401)."""
+                body = text.encode()
                 self.send_response(status)
-                for name, value in {**headers, "Content-Length": "0"}.items():
+                for name, value in {**headers, "Content-Type": "text/plain; charset=utf-8",
+                                    "Content-Length": str(len(body))}.items():
                     self.send_header(name, value)
                 self.end_headers()
+                self.wfile.write(body)
 
             def _last_alarm(self, output: MjpegOutput) -> None:
                 jpeg, captured = output.last_alarm()

@@ -1531,7 +1531,9 @@ def test_wrong_output_logins_from_one_address_shut_it_out_of_every_output_for_a_
                 return answer.status
         except urllib.error.HTTPError as exc:
             if exc.code == 429:  # says when to try again: within the lockout's 4 s
-                assert 1 <= int(exc.headers["Retry-After"]) <= 4
+                waits = int(exc.headers["Retry-After"])
+                assert 1 <= waits <= 4
+                assert exc.read() == f"too many wrong logins from this address: try again in {waits} s".encode()
             return exc.code
 
     rtsp = f"rtsp://viewer:s3cret@127.0.0.1:{rtsp_port}/line1"
