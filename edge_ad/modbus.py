@@ -49,6 +49,7 @@ client.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import socketserver
@@ -72,6 +73,12 @@ ILLEGAL_FUNCTION, ILLEGAL_ADDRESS, ILLEGAL_VALUE = 1, 2, 3
 # TCP keepalive: the connection of a PLC that went without closing it (rebooted, unplugged) is
 # dropped after about IDLE + COUNT * INTERVAL seconds, not Linux's two hours.
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 30, 10, 3
+# Connections open at once. A new one beyond them closes the one that has gone longest without a
+# request, as the Modbus TCP implementation guide has a server do: a line has a PLC, an HMI and a
+# SCADA or two, and a client that opens connections and never closes them (or anyone on the
+# network) cannot take a thread and a file descriptor each until the run has none left.
+MAX_CONNECTIONS = 16
+CLOSED_SAID_S = 60.0  # the log says connections closed for room at most once a minute
 
 
 @dataclass
@@ -323,9 +330,45 @@ class _TcpServer(socketserver.ThreadingTCPServer):
 
     def __init__(self, address: tuple[str, int], handler: type, modbus: ModbusServer):
         self.modbus = modbus
-        self.connections: set[socket.socket] = set()
+        # each open connection: (a number that grows with each request, time of its last request)
+        self.connections: dict[socket.socket, tuple[int, float]] = {}
         self.connections_lock = threading.Lock()
+        self._requests = itertools.count()
+        self._closed_for_room, self._closed_said = 0, -CLOSED_SAID_S
         super().__init__(address, handler)
+
+    def process_request(self, request, client_address) -> None:
+        with self.connections_lock:
+            if len(self.connections) >= MAX_CONNECTIONS:
+                self._close_least_used(client_address[0])
+            self.connections[request] = (next(self._requests), time.monotonic())
+        super().process_request(request, client_address)
+
+    def _close_least_used(self, newcomer: str) -> None:
+        least_used = min(self.connections, key=self.connections.__getitem__)
+        idle_s = time.monotonic() - self.connections.pop(least_used)[1]
+        try:
+            held_by = least_used.getpeername()[0]
+            least_used.shutdown(socket.SHUT_RDWR)  # its thread's read ends, and it closes
+        except OSError:  # already gone
+            return
+        self._closed_for_room += 1
+        if time.monotonic() - self._closed_said >= CLOSED_SAID_S:
+            log.warning("modbus: %d connections open, the most there may be: closed the one from %s, "
+                        "without a request for %.0f s, for a new one from %s (%d closed for room since "
+                        "the run started: a client that opens connections and does not close them?)",
+                        MAX_CONNECTIONS, held_by, idle_s, newcomer, self._closed_for_room)
+            self._closed_said = time.monotonic()
+
+    def used(self, connection: socket.socket) -> None:
+        with self.connections_lock:
+            if connection in self.connections:  # not closed for room meanwhile
+                self.connections[connection] = (next(self._requests), time.monotonic())
+
+    def shutdown_request(self, request) -> None:
+        with self.connections_lock:
+            self.connections.pop(request, None)
+        super().shutdown_request(request)
 
     def close_connections(self) -> None:
         with self.connections_lock:
@@ -349,8 +392,6 @@ class _Connection(socketserver.BaseRequestHandler):
                 self.request.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
     def handle(self) -> None:
-        with self.server.connections_lock:
-            self.server.connections.add(self.request)
         try:
             while True:
                 header = _receive(self.request, 7)
@@ -364,13 +405,11 @@ class _Connection(socketserver.BaseRequestHandler):
                 pdu = _receive(self.request, length - 1)
                 if pdu is None:
                     return
+                self.server.used(self.request)
                 response = self.server.modbus.answer(pdu)
                 self.request.sendall(struct.pack(">HHHB", transaction, 0, len(response) + 1, unit) + response)
         except OSError:  # the client went away mid-request
             return
-        finally:
-            with self.server.connections_lock:
-                self.server.connections.discard(self.request)
 
 
 def _receive(connection: socket.socket, size: int) -> bytes | None:

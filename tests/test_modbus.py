@@ -20,7 +20,7 @@ from pymodbus.exceptions import ConnectionException
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError
 from edge_ad.line_calibration import CALIBRATED, CALIBRATING
-from edge_ad.modbus import KEEPALIVE_IDLE_S, REGISTERS_PER_SOURCE, VARIANT_REGISTER, ModbusServer
+from edge_ad.modbus import KEEPALIVE_IDLE_S, MAX_CONNECTIONS, REGISTERS_PER_SOURCE, VARIANT_REGISTER, ModbusServer
 from edge_ad.runner import RunConfig, run
 from edge_ad.sinks import Snapshots
 from edge_ad.sources import open_source
@@ -313,6 +313,49 @@ def test_only_the_plcs_modbus_allow_names_may_connect(caplog):
     result = subprocess.run([sys.executable, "-m", "edge_ad", "run", "--bundle", "nowhere", "--input", "test://ball",
                              "--modbus-allow", "10.0.7.21"], capture_output=True, text=True)
     assert result.returncode != 0 and "--modbus-allow 10.0.7.21: needs --modbus-port PORT" in result.stderr
+
+
+def _read_frames_scored(connection: socket.socket) -> int:
+    """Register +0 of source 0 (0 before its first frame), read as a PLC does (function 4)."""
+    connection.sendall(struct.pack(">HHHBBHH", 7, 0, 6, 1, 4, 0, 1))
+    reply = b""
+    while len(reply) < 11:
+        chunk = connection.recv(11 - len(reply))
+        assert chunk, "the connection was closed"
+        reply += chunk
+    return struct.unpack(">H", reply[9:])[0]
+
+
+def test_a_client_that_leaves_connections_open_cannot_take_them_all(caplog):
+    """An HMI that opens a connection per poll and never closes one (or anyone on the network)
+    took a thread and a file descriptor each until the run had none; the connection that has gone
+    longest without a request makes room for a new one, and the PLC that polls keeps its own."""
+    server = ModbusServer(0, ["cam"], host="127.0.0.1")
+    connections = []
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge_ad.modbus"):
+            connections = [socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                           for _ in range(MAX_CONNECTIONS)]
+            plc, forgotten = connections[0], connections[1]
+            assert _read_frames_scored(plc) == 0  # the PLC polls: connections[1] is now the least used
+            for _ in range(3):  # three more left open by a leaking client
+                newcomer = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                connections.append(newcomer)
+                assert _read_frames_scored(newcomer) == 0
+                assert _read_frames_scored(plc) == 0
+            assert forgotten.recv(16) == b""  # closed by the server
+            for closed in connections[2:4]:
+                assert closed.recv(16) == b""
+            for still_open in connections[4:]:
+                assert _read_frames_scored(still_open) == 0
+        assert len(server._server.connections) == MAX_CONNECTIONS
+        said = [record.getMessage() for record in caplog.records]
+        assert len(said) == 1 and said[0].startswith(  # once a minute, not once per connection
+            f"modbus: {MAX_CONNECTIONS} connections open, the most there may be: closed the one from 127.0.0.1")
+    finally:
+        for connection in connections:
+            connection.close()
+        server.close()
 
 
 def test_a_port_that_is_taken_is_refused_by_name():
