@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import cv2
 import numpy as np
 
+from .connection_limit import ConnectionLimit, RefusedConnections
 from .errors import SourceError, listen_reason, uri_port
 from .output_access import OutputAccess
 
@@ -42,7 +43,11 @@ def mjpeg_description(uri: str) -> str:
             f"pictures a second (JPEG quality {MJPEG_QUALITY})")
 
 
-class _TlsServer(ThreadingHTTPServer):
+class _HttpServer(ConnectionLimit, ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _TlsServer(_HttpServer):
     """An HTTP server speaking TLS only, each client's handshake in its own thread (in the
     listening one, a client that stalls it would hold up every other)."""
 
@@ -138,10 +143,10 @@ class _Server:
             if uri.startswith("https://"):
                 self.http = _TlsServer((host, port), Handler, access.ssl_context())
             else:
-                self.http = ThreadingHTTPServer((host, port), Handler)
+                self.http = _HttpServer((host, port), Handler)
         except OSError as exc:
             raise SourceError(f"{uri}: cannot listen on port {port} ({listen_reason(exc)})") from exc
-        self.http.daemon_threads = True
+        self.http.refusals = RefusedConnections(f"the browser outputs on port {port}")
         self.thread = threading.Thread(target=self.http.serve_forever, name=f"http :{port}", daemon=True)
         self.thread.start()
 

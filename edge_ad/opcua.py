@@ -60,6 +60,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
+from . import connection_limit
 from .errors import EdgeAdError, listen_reason, password_from_environment
 from .files import state_folder
 from .login_attempts import LoginAttempts
@@ -116,6 +117,9 @@ class OpcUaServer:
         self._plant = _plant_certificate(*certificate) if certificate else None  # (certificate, key, its file)
         self._trust = ClientTrust(trust, certificate_dir() / "rejected") if trust else None
         self._server = Server(user_manager=_Login(passwords) if passwords else None)
+        # asyncua refuses connections past its limit; its own 1,000 is about all a service's 1,024
+        # file descriptors, which the run needs for its snapshots, events and cameras
+        self._server.iserver.max_connections = connection_limit.MAX_CONNECTIONS
         self._nodes: dict[str, tuple] = {}  # "line1.Score" -> its NodeId and VariantType
         self._frames = dict.fromkeys(self.sources, 0)
         self._ready = threading.Event()

@@ -21,6 +21,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from . import connection_limit
+from .connection_limit import RefusedConnections
 from .errors import EdgeAdError, SourceError, listen_reason, uri_port
 from .mjpeg import MjpegOutput, mjpeg_description
 from .output_access import HTTP_OUTPUTS, RTSP_OUTPUTS, OutputAccess, viewer_permissions
@@ -279,12 +281,26 @@ class _RtspServer:
             self.server.set_auth(auth)
         self.mounts = self.server.get_mount_points()
         self.context = GLib.MainContext.new()
+        self._GLib, self._refusals = GLib, RefusedConnections(f"the RTSP outputs on port {port}")
+        self.server.connect("client-connected", self._limit_clients)
         self.source_id = self.server.attach(self.context)
         if self.source_id == 0:
             raise SourceError(f"{uri}: cannot listen on port {port} ({listen_problem('', port) or 'refused'})")
         self.loop = GLib.MainLoop.new(self.context, False)
         self.thread = threading.Thread(target=self.loop.run, name=f"rtsp :{port}", daemon=True)
         self.thread.start()
+
+    def _limit_clients(self, server, client) -> None:
+        """Closes a client past MAX_CONNECTIONS (the server lists those before it, not it yet),
+        once the server has set it up: closed within this signal, the server goes on to set up
+        a closed connection (GStreamer-RTSP-CRITICAL assertions)."""
+        if len(server.client_filter(None)) < connection_limit.MAX_CONNECTIONS:
+            return
+        self._refusals.refused(client.get_connection().get_ip(), connection_limit.MAX_CONNECTIONS)
+        later = self._GLib.idle_source_new()
+        later.set_priority(self._GLib.PRIORITY_HIGH)  # before the server reads what the client sent
+        later.set_callback(lambda *_: client.close())
+        later.attach(self.context)
 
     def stop(self) -> None:
         """Stop serving: the listening socket is released with the server's GLib source."""

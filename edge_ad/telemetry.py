@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app, write_to_textfil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 from .allowed_clients import AllowedClients
+from .connection_limit import ConnectionLimit, RefusedConnections
 from .device import Sensors, read_sensors
 from .errors import EdgeAdError, listen_reason
 
@@ -156,6 +157,7 @@ class Telemetry:
             except OSError as exc:
                 raise EdgeAdError(f"--metrics-port {port}: cannot listen ({listen_reason(exc)})") from exc
             self.server.clients = clients
+            self.server.refusals = RefusedConnections(f"the metrics port {port}")
             threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True).start()
 
     def tick(self, force: bool = False) -> None:
@@ -176,7 +178,7 @@ def metrics_clients(specs: Sequence[str]) -> AllowedClients:
     return AllowedClients(specs, "--metrics-allow", "the Prometheus servers", "metrics")
 
 
-class _MetricsServer(ThreadingMixIn, WSGIServer):
+class _MetricsServer(ConnectionLimit, ThreadingMixIn, WSGIServer):
     """A request per thread (a slow scraper holds no other back), from `clients` only (None: any)."""
 
     daemon_threads = True

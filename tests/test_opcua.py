@@ -5,6 +5,7 @@ import asyncio
 import hashlib
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -156,6 +157,35 @@ def test_a_port_that_is_taken_is_refused_by_name_and_a_closed_server_ends_sessio
             _values(client, "line2", "Frames")
     finally:
         client.disconnect()
+
+
+def test_a_flood_of_connections_leaves_the_run_its_file_descriptors(monkeypatch):
+    """asyncua's own limit, 1,000 connections, is about all of a service's 1,024 file
+    descriptors: past the run's, a new connection is closed as it is accepted."""
+    from edge_ad import connection_limit
+
+    monkeypatch.setattr(connection_limit, "MAX_CONNECTIONS", 2)
+    served = OpcUaServer(free_port(), ["line1"])
+    try:
+        held = [socket.create_connection(("127.0.0.1", served.port), timeout=5) for _ in range(2)]
+        with socket.create_connection(("127.0.0.1", served.port), timeout=5) as refused:
+            assert refused.recv(16) == b""
+        held.pop().close()
+        client = Client(f"opc.tcp://127.0.0.1:{served.port}/edge-ad/", timeout=5)
+        assert wait_for(lambda: _connects(client), 5)  # one that ends makes room
+        client.disconnect()
+        for connection in held:
+            connection.close()
+    finally:
+        served.close()
+
+
+def _connects(client: Client) -> bool:
+    try:
+        client.connect()
+    except (OSError, ConnectionError, asyncio.TimeoutError, ua.UaError):
+        return False
+    return True
 
 
 def test_a_client_reads_what_the_run_scored(spotted_frames, tiny_bundle, tmp_path):

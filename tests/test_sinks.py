@@ -24,7 +24,7 @@ from edge_ad.detector import Detector
 from edge_ad.runner import RunConfig, run
 from edge_ad.sinks import AnomalyHook, EventLog, Guarded, Samples, Snapshots, slug
 from edge_ad.streams import Stream
-from edge_ad import telemetry
+from edge_ad import connection_limit, telemetry
 from edge_ad.telemetry import SourceStats, Telemetry
 
 from conftest import SPOT_PATTERN, full_disk
@@ -331,6 +331,15 @@ def test_the_metrics_port_answers_the_scrapers_metrics_allow_names_only(caplog, 
     try:
         with socket.create_connection(("127.0.0.1", served.server.server_port), timeout=5) as silent:
             assert silent.recv(16) == b""
+    finally:
+        served.close()
+    monkeypatch.setattr(telemetry._QuietHandler, "timeout", 10.0)  # the first stays open for the test
+    monkeypatch.setattr(connection_limit, "MAX_CONNECTIONS", 1)  # past it, a new connection is closed
+    served = Telemetry(lambda: [stats], dict, port=0, host="127.0.0.1", sensors=lambda: Sensors({}, {}))
+    try:
+        with socket.create_connection(("127.0.0.1", served.server.server_port), timeout=5), \
+                socket.create_connection(("127.0.0.1", served.server.server_port), timeout=5) as refused:
+            assert refused.recv(16) == b""
     finally:
         served.close()
     with pytest.raises(EdgeAdError, match="--metrics-allow prometheus.plant: not an IP address or network"):

@@ -1416,6 +1416,56 @@ def test_a_connection_that_asks_nothing_is_closed_and_holds_no_thread(monkeypatc
             client.close()
 
 
+def _answered(port: int, request: bytes) -> tuple[bytes, bool]:
+    """What a server on `port` answers `request` with, and whether it then closes the connection
+    (within 2 s)."""
+    answer = b""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as client:
+            client.sendall(request)
+            while chunk := client.recv(4096):
+                answer += chunk
+    except ConnectionError:
+        pass
+    except TimeoutError:
+        return answer, False
+    return answer, True
+
+
+@pytest.mark.parametrize("scheme, request_, answer, kind", [
+    ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.0 200 OK", "browser"),
+    # gst-rtsp-server may have read and answered a request before the refused client is closed
+    ("rtsp", b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n", b"RTSP/1.0 200 OK", "RTSP"),
+])
+def test_a_flood_of_connections_to_an_output_leaves_the_run_its_threads(scheme, request_, answer, kind, monkeypatch,
+                                                                         caplog):
+    """Each connection held a thread (HTTP) or a file descriptor (both): a thousand opened at once
+    left the run none to open a snapshot, an events file or a camera. Past the limit a new
+    connection is closed as accepted (said once), and one that ends makes room for the next
+    viewer."""
+    from edge_ad import connection_limit
+
+    monkeypatch.setattr(connection_limit, "MAX_CONNECTIONS", 3)
+    port = free_port()
+    output = (outputs.RtspOutput if scheme == "rtsp" else outputs.MjpegOutput)(f"{scheme}://@:{port}/line", 64, 48,
+                                                                                10)
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge_ad.connection_limit"):
+            for _ in range(2):
+                said, closed = _answered(port, request_)
+                assert closed and (said == b"" or scheme == "rtsp")  # closed, unanswered
+        assert [record.getMessage() for record in caplog.records] == [
+            f"the {kind} outputs on port {port}: 3 connections open, the most there may be: closed a new one "
+            "from 127.0.0.1 (1 refused since the run started)"]
+        held.pop().close()  # a viewer leaves
+        assert wait_for(lambda: _answered(port, request_)[0].startswith(answer), 5)
+    finally:
+        output.close()
+        for client in held:
+            client.close()
+
+
 def test_http_output_lets_clients_go_and_its_port_free():
     from edge_ad.mjpeg import MjpegOutput
 

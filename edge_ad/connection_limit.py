@@ -1,0 +1,63 @@
+"""At most so many connections at once to the run's servers (its RTSP and browser outputs, its
+metrics port, its OPC UA server through asyncua's own limit); one past them is closed as it is
+accepted.
+
+Each connection holds a thread and a file descriptor until it ends: a thousand opened at once,
+from anyone on the network, left the run no descriptor to open a snapshot, an events file or a
+camera. A viewer's stream is in use for as long as it is watched, so the newcomer is the one
+refused (the Modbus server, whose clients poll, closes its least used connection instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+log = logging.getLogger("edge_ad.connection_limit")
+
+MAX_CONNECTIONS = 32  # a line's browsers, HMIs and scrapers; the run's threads and descriptors stay its own
+REFUSED_SAID_S = 60.0  # the log says refused connections at most once a minute
+
+
+class RefusedConnections:
+    """Says the connections `what` (a server, in the log) closed for being past the limit."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self._count, self._said = 0, -REFUSED_SAID_S
+
+    def refused(self, address: str, limit: int) -> None:
+        self._count += 1
+        if time.monotonic() - self._said >= REFUSED_SAID_S:
+            log.warning("%s: %d connections open, the most there may be: closed a new one from %s (%d refused "
+                        "since the run started)", self.what, limit, address, self._count)
+            self._said = time.monotonic()
+
+
+class ConnectionLimit:
+    """A mixin for a socketserver server, before ThreadingMixIn (or a class that has it); set
+    `refusals` to name the server in the log."""
+
+    def __init__(self, *args, **kwargs):
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        self.refusals = RefusedConnections("a server")
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address) -> None:
+        with self._open_lock:
+            full = len(self._open) >= MAX_CONNECTIONS
+            if not full:
+                self._open.add(request)
+        if full:
+            self.refusals.refused(client_address[0], MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
