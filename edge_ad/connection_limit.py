@@ -2,9 +2,9 @@
 metrics port, its OPC UA server through asyncua's own limit); one past them is closed as it is
 accepted.
 
-Each connection holds a thread and a file descriptor until it ends: a thousand opened at once,
-from anyone on the network, left the run no descriptor to open a snapshot, an events file or a
-camera. A viewer's stream is in use for as long as it is watched, so the newcomer is the one
+Each connection holds a file descriptor (and an HTTP one a thread) until it ends, and a service
+has 1,024 descriptors in all, for its snapshots, events files and cameras too: 1,020
+connections to the Modbus port, before it had a limit, left the run none. A viewer's stream is in use for as long as it is watched, so the newcomer is the one
 refused (the Modbus server, whose clients poll, closes its least used connection instead).
 """
 
@@ -19,6 +19,10 @@ log = logging.getLogger("edge_ad.connection_limit")
 
 MAX_CONNECTIONS = 32  # a line's browsers, HMIs and scrapers; the run's threads and descriptors stay its own
 REFUSED_SAID_S = 60.0  # the log says refused connections at most once a minute
+# Connections the system holds until the server takes them. socketserver's 5 filled with a
+# browser's burst (a page of streams, each a connection): past them the system drops the
+# request to connect and the browser asks again a second later.
+LISTEN_BACKLOG = 64
 
 
 class RefusedConnections:
@@ -39,6 +43,8 @@ class RefusedConnections:
 class ConnectionLimit:
     """A mixin for a socketserver server, before ThreadingMixIn (or a class that has it); set
     `refusals` to name the server in the log."""
+
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, *args, **kwargs):
         self._open: set[socket.socket] = set()

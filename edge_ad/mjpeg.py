@@ -32,6 +32,11 @@ HANDSHAKE_S = 10.0  # a browser's TLS handshake takes milliseconds; one that has
 REQUEST_S = 10.0  # so does its request: a connection silent this long (thousands would hold a thread each) is closed
 STALLED_S = 30.0  # a viewer that takes no picture data this long is gone (a cable pulled mid-stream): let go
 LAST_ALARM = "last-alarm.jpg"  # beside each output's path: the overlay of its source's last alarm, for an HMI
+# Beside each output's path too: its next picture, one per request. The page at / shows these:
+# a browser keeps at most 6 connections to a server, and each stream holds one for as long as it
+# is watched, so a page of 7 streams would show 6, and a second tab none.
+STILL = "frame.jpg"
+STILL_WAIT_S = 2.0  # a request for it waits this long for the next picture, drawn for this long after it
 
 
 def mjpeg_description(uri: str) -> str:
@@ -93,9 +98,14 @@ class _Server:
                     access.attempts.succeeded(address)
                 path = "/" + self.path.split("?")[0].strip("/")
                 output = server.outputs.get(path)
-                alarmed = path.endswith("/" + LAST_ALARM) and server.outputs.get(path[:-len(LAST_ALARM) - 1] or "/")
-                if alarmed:
+                if alarmed := server.output_beside(path, LAST_ALARM):
                     self._last_alarm(alarmed)
+                elif watched := server.output_beside(path, STILL):
+                    jpeg = watched.still()
+                    if jpeg is None:
+                        self.send_error(503, f"no picture from the source of {watched.path} in {STILL_WAIT_S:g} s")
+                    else:
+                        self._picture(jpeg)
                 elif output is not None:
                     self.connection.settimeout(STALLED_S)
                     self.send_response(200)
@@ -128,11 +138,13 @@ class _Server:
                 if jpeg is None:
                     self.send_error(404, f"no alarm on {output.path} since the run started")
                     return
+                self._picture(jpeg, {"Last-Modified": formatdate(captured, usegmt=True)})  # when the frame was taken
+
+            def _picture(self, jpeg: bytes, headers: dict[str, str] | None = None) -> None:
                 self.send_response(200)
-                self.send_header("Content-Type", "image/jpeg")
-                self.send_header("Content-Length", str(len(jpeg)))
-                self.send_header("Last-Modified", formatdate(captured, usegmt=True))  # when the frame was taken
-                self.send_header("Cache-Control", "no-cache, no-store")
+                for name, value in {"Content-Type": "image/jpeg", "Content-Length": str(len(jpeg)),
+                                    "Cache-Control": "no-cache, no-store", **(headers or {})}.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(jpeg)
 
@@ -150,15 +162,27 @@ class _Server:
         self.thread = threading.Thread(target=self.http.serve_forever, name=f"http :{port}", daemon=True)
         self.thread.start()
 
+    def output_beside(self, path: str, name: str) -> MjpegOutput | None:
+        """The output whose PATH/`name` `path` is, if any."""
+        if not path.endswith("/" + name):
+            return None
+        return self.outputs.get(path[:-len(name) - 1] or "/")
+
     def index(self) -> str:
+        """A page of every output, each its pictures asked for one after another (a stream each
+        would take the browser's connections) and linked to its stream and last alarm."""
         figures = "".join(
-            f'<figure><img src="{html.escape(path)}" alt="{html.escape(path)}"><figcaption>{html.escape(path)} '
+            f'<figure><img data-still="{html.escape(path.rstrip("/"))}/{STILL}" alt="{html.escape(path)}">'
+            f'<figcaption><a href="{html.escape(path)}">{html.escape(path)}</a> '
             f'<a href="{html.escape(path.rstrip("/"))}/{LAST_ALARM}">last alarm</a></figcaption></figure>'
             for path in sorted(self.outputs)
         )
         return ("<!doctype html><meta charset=utf-8><title>edge-ad</title>"
                 "<style>body{background:#111;color:#ddd;font-family:sans-serif}img{max-width:45vw}"
-                "figure{display:inline-block;margin:8px}</style><body>" + figures)
+                "a{color:#8bf}figure{display:inline-block;margin:8px}</style><body>" + figures +
+                "<script>for (const img of document.querySelectorAll('img[data-still]')) {"
+                "const next = () => { img.src = img.dataset.still + '?' + Date.now(); };"  # the server waits for a new one
+                "img.onload = next; img.onerror = () => setTimeout(next, 1000); next(); }</script>")
 
     def stop(self) -> None:
         self.http.shutdown()
@@ -189,6 +213,7 @@ class MjpegOutput:
         self.closed = False
         self._next_s = 0.0
         self._alarm: tuple[bytes | None, float] = (None, 0.0)  # the last alarm's overlay (JPEG) and capture time
+        self._still_until = 0.0  # time.monotonic() until which pictures are drawn for PATH/frame.jpg
         with _servers_lock:
             server = _servers.get(self.key) or _Server(uri, *self.key, access)
             if self.path in server.outputs:
@@ -234,9 +259,21 @@ class MjpegOutput:
             raise OSError(f"{self.uri}: cannot encode a picture of shape {picture.shape} as JPEG")
         return data.tobytes()
 
+    def still(self) -> bytes | None:
+        """The next picture as JPEG, for a request of PATH/frame.jpg; None when none comes within
+        STILL_WAIT_S (the source is away)."""
+        with self.changed:
+            seen = self.sequence
+            self._still_until = time.monotonic() + STILL_WAIT_S
+            self.changed.wait_for(lambda: self.closed or self.sequence != seen, timeout=STILL_WAIT_S)
+            picture, sequence = self.picture, self.sequence
+        return None if sequence == seen else self._encoded(picture, sequence)
+
     def wants_frame(self) -> bool:
-        """Whether a browser watches and its next picture is due (at most MJPEG_FPS a second)."""
-        return self.clients > 0 and time.monotonic() >= self._next_s
+        """Whether a browser watches (a stream, or a picture asked for within STILL_WAIT_S) and its
+        next picture is due (at most MJPEG_FPS a second)."""
+        now = time.monotonic()
+        return (self.clients > 0 or now < self._still_until) and now >= self._next_s
 
     def write(self, image: np.ndarray, timestamp: float) -> None:
         """Offer the newest overlay (not copied: the caller makes a new one for every frame)."""

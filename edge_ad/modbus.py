@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from .allowed_clients import AllowedClients
+from .connection_limit import LISTEN_BACKLOG
 from .errors import EdgeAdError, listen_reason
 
 log = logging.getLogger("edge_ad.modbus")
@@ -324,6 +325,7 @@ def _pack_bits(bits: Sequence[bool]) -> bytes:
 class _TcpServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
     def verify_request(self, request, client_address) -> bool:
         return self.modbus.allowed is None or self.modbus.allowed.allows(client_address[0])

@@ -277,6 +277,7 @@ class _RtspServer:
         self.port, self.paths = port, set()
         self.server = GstRtspServer.RTSPServer()
         self.server.set_service(str(port))
+        self.server.set_backlog(connection_limit.LISTEN_BACKLOG)
         if auth := access.rtsp_auth(GstRtspServer):
             self.server.set_auth(auth)
         self.mounts = self.server.get_mount_points()

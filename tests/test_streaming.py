@@ -1283,7 +1283,13 @@ def test_http_outputs_show_the_overlays_in_a_browser(detector):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=5)
         assert wait_for(lambda: b"/line2" in urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read(), 5)
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
-        assert '<img src="/line1"' in page and '<img src="/line2"' in page
+        # pictures one after another, not streams: a browser's 6 connections to a server would be
+        # held by 6 streams, and a seventh, or a second tab, would show nothing
+        assert '<img data-still="/line1/frame.jpg"' in page and '<img data-still="/line2/frame.jpg"' in page
+        assert '<a href="/line1">/line1</a>' in page  # the stream, for one source alone
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/line2/frame.jpg", timeout=5) as response:
+            assert response.headers["Content-Type"] == "image/jpeg"
+            still = cv2.imdecode(np.frombuffer(response.read(), np.uint8), cv2.IMREAD_COLOR)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/line1", timeout=5) as response:
             assert response.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=frame"
             parts = _mjpeg_parts(response, 8)
@@ -1292,7 +1298,7 @@ def test_http_outputs_show_the_overlays_in_a_browser(detector):
     finally:
         stop.set()
         thread.join(timeout=10)
-    assert all(picture.shape == (120, 160, 3) for _, picture in parts) and other.shape == (64, 96, 3)
+    assert all(picture.shape == (120, 160, 3) for _, picture in parts) and other.shape == still.shape == (64, 96, 3)
     # The overlay, not the bare frame: the score's text is drawn in OK green or NG red.
     assert any(np.any(np.all(np.abs(picture.astype(int) - colour) < 40, axis=2))
                for _, picture in parts for colour in ((80, 200, 80), (40, 40, 230)))
@@ -1409,7 +1415,7 @@ def test_a_connection_that_asks_nothing_is_closed_and_holds_no_thread(monkeypatc
     try:  # (each client gives up after 5 s: a connection left open fails the test)
         assert [client.recv(16) for client in silent] == [b""] * 20  # closed by the output (its threads end)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as page:  # a viewer is served still
-            assert b'<img src="/line"' in page.read()
+            assert b'<img data-still="/line/frame.jpg"' in page.read()
     finally:
         output.close()
         for client in silent:
@@ -1439,10 +1445,9 @@ def _answered(port: int, request: bytes) -> tuple[bytes, bool]:
 ])
 def test_a_flood_of_connections_to_an_output_leaves_the_run_its_threads(scheme, request_, answer, kind, monkeypatch,
                                                                          caplog):
-    """Each connection held a thread (HTTP) or a file descriptor (both): a thousand opened at once
-    left the run none to open a snapshot, an events file or a camera. Past the limit a new
-    connection is closed as accepted (said once), and one that ends makes room for the next
-    viewer."""
+    """Each connection holds a file descriptor (and an HTTP one a thread), of a service's 1,024
+    for its snapshots, events files and cameras too. Past the limit a new connection is closed
+    as accepted (said once), and one that ends makes room for the next viewer."""
     from edge_ad import connection_limit
 
     monkeypatch.setattr(connection_limit, "MAX_CONNECTIONS", 3)
@@ -1464,6 +1469,48 @@ def test_a_flood_of_connections_to_an_output_leaves_the_run_its_threads(scheme, 
         output.close()
         for client in held:
             client.close()
+
+
+def test_a_picture_asked_for_is_drawn_for_it_and_no_longer(monkeypatch):
+    """PATH/frame.jpg, what the page at / shows: the next picture, drawn for the request (nobody
+    watches a stream), and nothing drawn once nobody asks; a source that is away is said."""
+    import urllib.error
+    import urllib.request
+
+    from edge_ad import mjpeg
+
+    monkeypatch.setattr(mjpeg, "STILL_WAIT_S", 0.5)
+    port = free_port()
+    output = mjpeg.MjpegOutput(f"http://@:{port}/line", 64, 48, 10)
+    try:
+        assert not output.wants_frame()
+        with pytest.raises(urllib.error.HTTPError, match="503") as away:  # no frame comes
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/line/frame.jpg", timeout=5)
+        assert b"no picture from the source of /line in 0.5 s" in away.value.read()
+        drawn = []
+
+        def camera(stop: threading.Event) -> None:  # the runner draws a frame only when wanted
+            while not stop.is_set():
+                if output.wants_frame():
+                    drawn.append(time.monotonic())
+                    output.write(np.full((48, 64, 3), 200, np.uint8), time.time())
+                time.sleep(0.01)
+
+        stop = threading.Event()
+        thread = threading.Thread(target=camera, args=(stop,))
+        thread.start()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/line/frame.jpg", timeout=5) as answer:
+                picture = cv2.imdecode(np.frombuffer(answer.read(), np.uint8), cv2.IMREAD_GRAYSCALE)
+            asked_at = time.monotonic()
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            thread.join()
+        assert picture.shape == (48, 64) and abs(int(picture.mean()) - 200) <= 2
+        assert drawn and drawn[-1] <= asked_at + 0.5 + 0.1  # none drawn past STILL_WAIT_S after the request
+    finally:
+        output.close()
 
 
 def test_http_output_lets_clients_go_and_its_port_free():
@@ -1551,7 +1598,7 @@ def test_rtsp_and_http_outputs_let_in_only_viewers_with_the_login(detector, tmp_
     finally:
         stop.set()
         thread.join(timeout=10)
-    assert list(seen.values()) == [3, 3] and '<img src="/line2"' in page
+    assert list(seen.values()) == [3, 3] and '<img data-still="/line2/frame.jpg"' in page
     assert re.search(r"Unauthorized \(rtspsrc\d+\): the camera refused the user and password", caplog.text)
     assert re.search(r"Unauthorized \(rtspsrc\d+\): the camera asks for a login", caplog.text)
     assert box["summary"].sink_errors == {}
