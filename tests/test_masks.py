@@ -179,6 +179,8 @@ def test_mask_command_draws_rectangles_and_a_preview(normal_folder, tmp_path):
     done = edge_ad("mask", "--frame", frame, "--keep", "100,0,200,300", "--ignore", "150,100,50,50", "--out", out)
     assert done.returncode == 0, done.stderr
     assert f"--mask {out}" in done.stdout and "(64% of the frame inspected)" in done.stdout
+    small = edge_ad("mask", "--frame", frame, "--keep", "0,0,10,10", "--out", tmp_path / "small.png")
+    assert f"({100 / SIZE ** 2:.2%} of the frame inspected)" in small.stdout  # not "0%"
     mask = InspectionMask.load(out)
     expected = np.zeros((SIZE, SIZE), bool)
     expected[:, 100:] = True
