@@ -169,8 +169,8 @@ class _Server:
         return self.outputs.get(path[:-len(name) - 1] or "/")
 
     def index(self) -> str:
-        """A page of every output, each its pictures asked for one after another (a stream each
-        would take the browser's connections) and linked to its stream and last alarm."""
+        """A page of every output: its pictures asked for one after another (a stream each would
+        take the browser's connections), linked to its stream and its last alarm."""
         figures = "".join(
             f'<figure><img data-still="{html.escape(path.rstrip("/"))}/{STILL}" alt="{html.escape(path)}">'
             f'<figcaption><a href="{html.escape(path)}">{html.escape(path)}</a> '
