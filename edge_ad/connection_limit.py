@@ -19,9 +19,9 @@ log = logging.getLogger("edge_ad.connection_limit")
 
 MAX_CONNECTIONS = 32  # a line's browsers, HMIs and scrapers; the run's threads and descriptors stay its own
 REFUSED_SAID_S = 60.0  # the log says refused connections at most once a minute
-# Connections the system holds until the server takes them. socketserver's 5 filled with a
-# browser's burst (a page of streams, each a connection): past them the system drops the
-# request to connect and the browser asks again a second later.
+# Connections the system holds until the server takes them. The 5 of socketserver and
+# gst-rtsp-server filled with a burst (a browser's requests for a page, each a connection):
+# past them the system drops the request to connect and the client asks again a second later.
 LISTEN_BACKLOG = 64
 
 
