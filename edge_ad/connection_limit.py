@@ -4,8 +4,9 @@ accepted.
 
 Each connection holds a file descriptor (and an HTTP one a thread) until it ends, and a service
 has 1,024 descriptors in all, for its snapshots, events files and cameras too: 1,020
-connections to the Modbus port, before it had a limit, left the run none. A viewer's stream is in use for as long as it is watched, so the newcomer is the one
-refused (the Modbus server, whose clients poll, closes its least used connection instead).
+connections to the Modbus port, before it had a limit, left the run none. A viewer's stream is
+in use for as long as it is watched, so the newcomer is the one refused (the Modbus server,
+whose clients poll, closes its least used connection instead).
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from urllib.parse import urlparse
 import numpy as np
 
 from . import connection_limit
-from .connection_limit import RefusedConnections
 from .errors import EdgeAdError, SourceError, listen_reason, uri_port
 from .mjpeg import MjpegOutput, mjpeg_description
 from .output_access import HTTP_OUTPUTS, RTSP_OUTPUTS, OutputAccess, viewer_permissions
@@ -282,7 +281,7 @@ class _RtspServer:
             self.server.set_auth(auth)
         self.mounts = self.server.get_mount_points()
         self.context = GLib.MainContext.new()
-        self._GLib, self._refusals = GLib, RefusedConnections(f"the RTSP outputs on port {port}")
+        self._GLib, self._refusals = GLib, connection_limit.RefusedConnections(f"the RTSP outputs on port {port}")
         self.server.connect("client-connected", self._limit_clients)
         self.source_id = self.server.attach(self.context)
         if self.source_id == 0:
