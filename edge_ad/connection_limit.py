@@ -18,7 +18,10 @@ import time
 
 log = logging.getLogger("edge_ad.connection_limit")
 
-MAX_CONNECTIONS = 32  # a line's browsers, HMIs and scrapers; the run's threads and descriptors stay its own
+# A line's players, browsers, HMIs and scrapers: the page at / of N sources holds about N (each
+# asks for its next picture as the last comes), so 8 screens of 8 cameras fit; four such ports
+# leave the run most of a service's 1,024 file descriptors.
+MAX_CONNECTIONS = 64
 REFUSED_SAID_S = 60.0  # the log says refused connections at most once a minute
 # Connections the system holds until the server takes them. The 5 of socketserver and
 # gst-rtsp-server filled with a burst (a browser's requests for a page, each a connection):

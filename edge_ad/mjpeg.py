@@ -181,7 +181,9 @@ class _Server:
                 "<style>body{background:#111;color:#ddd;font-family:sans-serif}img{max-width:45vw}"
                 "a{color:#8bf}figure{display:inline-block;margin:8px}</style><body>" + figures +
                 "<script>for (const img of document.querySelectorAll('img[data-still]')) {"
-                "const next = () => { img.src = img.dataset.still + '?' + Date.now(); };"  # the server waits for a new one
+                # the server answers with the next picture; a tab out of sight asks once a second
+                "const next = () => { if (document.hidden) { setTimeout(next, 1000); return; }"
+                "img.src = img.dataset.still + '?' + Date.now(); };"
                 "img.onload = next; img.onerror = () => setTimeout(next, 1000); next(); }</script>")
 
     def stop(self) -> None:
