@@ -40,7 +40,8 @@ class RefusedConnections:
         self._count += 1
         if time.monotonic() - self._said >= REFUSED_SAID_S:
             log.warning("%s: %d connections open, the most there may be: closed a new one from %s (%d refused "
-                        "since the run started)", self.what, limit, address, self._count)
+                        "since the run started: more clients at once than that, or one that leaves its "
+                        "connections open)", self.what, limit, address, self._count)
             self._said = time.monotonic()
 
 
