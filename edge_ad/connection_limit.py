@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
+
+from .sinks import ReportDue
 
 log = logging.getLogger("edge_ad.connection_limit")
 
@@ -22,7 +23,6 @@ log = logging.getLogger("edge_ad.connection_limit")
 # asks for its next picture as the last comes), so 8 screens of 8 cameras fit; four such ports
 # leave the run most of a service's 1,024 file descriptors.
 MAX_CONNECTIONS = 64
-REFUSED_SAID_S = 60.0  # the log says refused connections at most once a minute
 # Connections the system holds until the server takes them. The 5 of socketserver and
 # gst-rtsp-server filled with a burst (a browser's requests for a page, each a connection):
 # past them the system drops the request to connect and the client asks again a second later.
@@ -34,15 +34,14 @@ class RefusedConnections:
 
     def __init__(self, what: str):
         self.what = what
-        self._count, self._said = 0, -REFUSED_SAID_S
+        self._count, self._report_due = 0, ReportDue()
 
     def refused(self, address: str, limit: int) -> None:
         self._count += 1
-        if time.monotonic() - self._said >= REFUSED_SAID_S:
+        if self._report_due():
             log.warning("%s: %d connections open, the most there may be: closed a new one from %s (%d refused "
                         "since the run started: more clients at once than that, or one that leaves its "
                         "connections open)", self.what, limit, address, self._count)
-            self._said = time.monotonic()
 
 
 class ConnectionLimit:

@@ -49,7 +49,6 @@ client.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import socket
 import socketserver
@@ -62,6 +61,7 @@ from typing import Callable, Sequence
 from .allowed_clients import AllowedClients
 from .connection_limit import LISTEN_BACKLOG
 from .errors import EdgeAdError, listen_reason
+from .sinks import ReportDue
 
 log = logging.getLogger("edge_ad.modbus")
 
@@ -79,7 +79,6 @@ KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 30, 10, 3
 # SCADA or two, and a client that opens connections and never closes them (or anyone on the
 # network) cannot take a thread and a file descriptor each until the run has none left.
 MAX_CONNECTIONS = 16
-CLOSED_SAID_S = 60.0  # the log says connections closed for room at most once a minute
 
 
 @dataclass
@@ -332,40 +331,37 @@ class _TcpServer(socketserver.ThreadingTCPServer):
 
     def __init__(self, address: tuple[str, int], handler: type, modbus: ModbusServer):
         self.modbus = modbus
-        # each open connection: (a number that grows with each request, time of its last request)
-        self.connections: dict[socket.socket, tuple[int, float]] = {}
+        self.connections: dict[socket.socket, float] = {}  # each open one: time.monotonic() of its last request
         self.connections_lock = threading.Lock()
-        self._requests = itertools.count()
-        self._closed_for_room, self._closed_said = 0, -CLOSED_SAID_S
+        self._closed_for_room, self._report_due = 0, ReportDue()
         super().__init__(address, handler)
 
     def process_request(self, request, client_address) -> None:
         with self.connections_lock:
             if len(self.connections) >= MAX_CONNECTIONS:
                 self._close_least_used(client_address[0])
-            self.connections[request] = (next(self._requests), time.monotonic())
+            self.connections[request] = time.monotonic()
         super().process_request(request, client_address)
 
     def _close_least_used(self, newcomer: str) -> None:
         least_used = min(self.connections, key=self.connections.__getitem__)
-        idle_s = time.monotonic() - self.connections.pop(least_used)[1]
+        idle_s = time.monotonic() - self.connections.pop(least_used)
         try:
             held_by = least_used.getpeername()[0]
             least_used.shutdown(socket.SHUT_RDWR)  # its thread's read ends, and it closes
         except OSError:  # already gone
             return
         self._closed_for_room += 1
-        if time.monotonic() - self._closed_said >= CLOSED_SAID_S:
+        if self._report_due():
             log.warning("modbus: %d connections open, the most there may be: closed the one from %s, "
                         "without a request for %.0f s, for a new one from %s (%d closed for room since "
                         "the run started: a client that opens connections and does not close them?)",
                         MAX_CONNECTIONS, held_by, idle_s, newcomer, self._closed_for_room)
-            self._closed_said = time.monotonic()
 
     def used(self, connection: socket.socket) -> None:
         with self.connections_lock:
             if connection in self.connections:  # not closed for room meanwhile
-                self.connections[connection] = (next(self._requests), time.monotonic())
+                self.connections[connection] = time.monotonic()
 
     def shutdown_request(self, request) -> None:
         with self.connections_lock:
