@@ -1450,6 +1450,8 @@ def test_a_flood_of_connections_to_an_output_leaves_the_run_its_threads(scheme, 
     as accepted (said once), and one that ends makes room for the next viewer."""
     from edge_ad import connection_limit
 
+    if scheme == "rtsp":
+        _need_rtsp_server()
     monkeypatch.setattr(connection_limit, "MAX_CONNECTIONS", 3)
     port = free_port()
     output = (outputs.RtspOutput if scheme == "rtsp" else outputs.MjpegOutput)(f"{scheme}://@:{port}/line", 64, 48,
