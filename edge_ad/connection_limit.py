@@ -27,6 +27,9 @@ MAX_CONNECTIONS = 64
 # gst-rtsp-server filled with a burst (a browser's requests for a page, each a connection):
 # past them the system drops the request to connect and the client asks again a second later.
 LISTEN_BACKLOG = 64
+# A request takes milliseconds: a connection silent this long (thousands would hold a thread each)
+# is closed, by the browser outputs and the metrics port alike.
+REQUEST_S = 10.0
 
 
 class RefusedConnections:

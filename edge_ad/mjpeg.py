@@ -22,14 +22,13 @@ from urllib.parse import urlparse
 import cv2
 import numpy as np
 
-from .connection_limit import ConnectionLimit, RefusedConnections
+from .connection_limit import REQUEST_S, ConnectionLimit, RefusedConnections
 from .errors import SourceError, listen_reason, uri_port
 from .output_access import OutputAccess
 
 MJPEG_FPS = 10.0  # at most this many pictures a second: enough to watch, a third of a camera's bandwidth
 MJPEG_QUALITY = 80
 HANDSHAKE_S = 10.0  # a browser's TLS handshake takes milliseconds; one that has not finished by then never will
-REQUEST_S = 10.0  # so does its request: a connection silent this long (thousands would hold a thread each) is closed
 STALLED_S = 30.0  # a viewer that takes no picture data this long is gone (a cable pulled mid-stream): let go
 LAST_ALARM = "last-alarm.jpg"  # beside each output's path: the overlay of its source's last alarm, for an HMI
 # Beside each output's path too: its next picture, one per request. The page at / shows these:

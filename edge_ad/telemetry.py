@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app, write_to_textfil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 from .allowed_clients import AllowedClients
-from .connection_limit import ConnectionLimit, RefusedConnections
+from .connection_limit import REQUEST_S, ConnectionLimit, RefusedConnections
 from .device import Sensors, read_sensors
 from .errors import EdgeAdError, listen_reason
 
@@ -189,7 +189,7 @@ class _MetricsServer(ConnectionLimit, ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
-    timeout = 10.0  # a scrape's request takes milliseconds; a connection left silent would hold its thread for ever
+    timeout = REQUEST_S  # a connection left silent would hold its thread for ever
 
     def log_message(self, format: str, *args) -> None:  # a line on stderr per scrape, every 15 s
         pass
