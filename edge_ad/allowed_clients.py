@@ -11,6 +11,7 @@ import threading
 from typing import Sequence
 
 from .errors import EdgeAdError
+from .login_attempts import KEPT_ADDRESSES
 
 log = logging.getLogger("edge_ad.allowed_clients")
 
@@ -46,6 +47,8 @@ class AllowedClients:
             return True
         with self._lock:
             first = address not in self._refused
+            if len(self._refused) >= KEPT_ADDRESSES:  # addresses by the thousand (an IPv6 network's): start again
+                self._refused.clear()
             self._refused.add(address)
         if first:
             log.warning("%s: refused a connection from %s, which %s does not name (%s); said once per address",

@@ -35,3 +35,19 @@ def test_addresses_by_the_thousand_are_forgotten_but_those_locked_out(monkeypatc
     for n in range(300):  # one wrong login each from many addresses (IPv6 gives an attacker plenty)
         attempts.failed(f"fd00::{n:x}")
     assert attempts.refused_for("10.0.7.99") > 0 and len(attempts._failures) <= 100
+
+
+def test_refused_addresses_are_said_once_each_and_not_kept_without_end(monkeypatch, caplog):
+    """--modbus-allow and --metrics-allow say a refused address once; an IPv6 network's clients,
+    new addresses by the thousand, were each kept for as long as the run went on."""
+    from edge_ad import allowed_clients
+
+    monkeypatch.setattr(allowed_clients, "KEPT_ADDRESSES", 3)
+    allowed = allowed_clients.AllowedClients(["10.0.7.21"], "--modbus-allow", "the PLCs", "modbus")
+    with caplog.at_level(logging.WARNING, logger="edge_ad.allowed_clients"):
+        assert allowed.allows("10.0.7.21")
+        for address in ("fd00::1", "fd00::1", "fd00::2", "fd00::3", "fd00::4"):
+            assert not allowed.allows(address)
+    assert [record.getMessage().split(" refused a connection from ")[1].split(",")[0]
+            for record in caplog.records] == ["fd00::1", "fd00::2", "fd00::3", "fd00::4"]
+    assert len(allowed._refused) <= 3
