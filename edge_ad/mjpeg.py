@@ -36,6 +36,8 @@ LAST_ALARM = "last-alarm.jpg"  # beside each output's path: the overlay of its s
 # is watched, so a page of 7 streams would show 6, and a second tab none.
 STILL = "frame.jpg"
 STILL_WAIT_S = 2.0  # a request for it waits this long for the next picture, drawn for this long after it
+TEXT = {"Content-Type": "text/plain; charset=utf-8"}  # headers of an answer a browser shows as text
+PICTURE = {"Content-Type": "image/jpeg", "Cache-Control": "no-cache, no-store"}  # of a picture of the present
 
 
 def mjpeg_description(uri: str) -> str:
@@ -85,13 +87,13 @@ class _Server:
                 address, login = self.client_address[0], self.headers.get("Authorization")
                 waits = access.attempts.refused_for(address)
                 if waits:  # too many wrong logins: this address waits
-                    self._answer(429, {"Retry-After": str(math.ceil(waits))}, f"too many wrong logins from this "
-                                 f"address: try again in {math.ceil(waits)} s")
+                    self._send(429, f"too many wrong logins from this address: try again in {math.ceil(waits)} s"
+                               .encode(), {"Retry-After": str(math.ceil(waits)), **TEXT})
                     return
                 if not access.allows(login):
                     if login is not None:  # a wrong one; a browser's first request has none
                         access.attempts.failed(address)
-                    self._answer(401, {"WWW-Authenticate": 'Basic realm="edge-ad", charset="UTF-8"'})
+                    self._send(401, b"", {"WWW-Authenticate": 'Basic realm="edge-ad", charset="UTF-8"', **TEXT})
                     return
                 if login is not None:
                     access.attempts.succeeded(address)
@@ -104,7 +106,7 @@ class _Server:
                     if jpeg is None:
                         self.send_error(503, f"no picture from the source of {watched.path} in {STILL_WAIT_S:g} s")
                     else:
-                        self._picture(jpeg)
+                        self._send(200, jpeg, PICTURE)
                 elif output is not None:
                     self.connection.settimeout(STALLED_S)
                     self.send_response(200)
@@ -113,21 +115,14 @@ class _Server:
                     self.end_headers()
                     output.serve(self.wfile)
                 elif path == "/":
-                    page = server.index().encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/html; charset=utf-8")
-                    self.send_header("Content-Length", str(len(page)))
-                    self.end_headers()
-                    self.wfile.write(page)
+                    self._send(200, server.index().encode(), {"Content-Type": "text/html; charset=utf-8"})
                 else:
                     self.send_error(404, f"the overlays are at {', '.join(sorted(server.outputs))}")
 
-            def _answer(self, status: int, headers: dict[str, str], text: str = "") -> None:
-                """`status` with `headers` and `text` (a browser shows it; none for a login's 401)."""
-                body = text.encode()
+            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+                """`status`, `headers` and `body` with its length (a browser shows a text one)."""
                 self.send_response(status)
-                for name, value in {**headers, "Content-Type": "text/plain; charset=utf-8",
-                                    "Content-Length": str(len(body))}.items():
+                for name, value in {**headers, "Content-Length": str(len(body))}.items():
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
@@ -137,15 +132,7 @@ class _Server:
                 if jpeg is None:
                     self.send_error(404, f"no alarm on {output.path} since the run started")
                     return
-                self._picture(jpeg, {"Last-Modified": formatdate(captured, usegmt=True)})  # when the frame was taken
-
-            def _picture(self, jpeg: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(200)
-                for name, value in {"Content-Type": "image/jpeg", "Content-Length": str(len(jpeg)),
-                                    "Cache-Control": "no-cache, no-store", **(headers or {})}.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(jpeg)
+                self._send(200, jpeg, {**PICTURE, "Last-Modified": formatdate(captured, usegmt=True)})  # its capture
 
             def log_message(self, *args) -> None:  # no line per request on stderr
                 pass
