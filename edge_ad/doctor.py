@@ -4,7 +4,6 @@ per problem saying what to do."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass, field, replace
@@ -44,6 +43,7 @@ STREAMING_ELEMENTS = ("appsink", "appsrc", "videoconvert", "videotestsrc", "deco
                       "rtph264depay", "rtph264pay", "h264parse", "mp4mux",
                       "rtph265depay", "h265parse")  # H.265 cameras (many IP cameras' default)
 MIN_FREE_GIB = 1.0
+CAP_NET_ADMIN = 12  # its bit in /proc/PID/status's CapEff (linux/capability.h)
 
 
 @dataclass
@@ -335,11 +335,24 @@ def _elements(description: str) -> list[str]:
     return [words[0] for words in names if words and "/" not in words[0] and "=" not in words[0]]
 
 
+def _forces_udp_buffer(root: Path) -> bool:
+    """Whether this process may force a socket's receive buffer past net.core.rmem_max
+    (SO_RCVBUFFORCE, which GStreamer's udpsrc tries first): it holds CAP_NET_ADMIN, as root does
+    (but not root in a container, which Docker starts without it) and as examples/edge-ad.service
+    gives its user."""
+    try:
+        status = (root / "proc/self/status").read_text()
+    except OSError:
+        return False
+    found = re.search(r"^CapEff:\s*([0-9a-fA-F]+)$", status, re.M)
+    return bool(found) and bool(int(found.group(1), 16) >> CAP_NET_ADMIN & 1)
+
+
 def _check_udp_buffer(report: Report, name: str, pipelines: list[str], root: Path) -> None:
     """Video over UDP (RTSP over UDP, rtp://, udp://) asks the kernel for UDP_BUFFER_BYTES of
-    receive buffer (its pipeline says `buffer-size=`); a user other than root gets at most
-    net.core.rmem_max (208 KiB by default), and a picture larger than that never comes whole."""
-    if os.geteuid() == 0 or not any("buffer-size=" in pipeline for pipeline in pipelines):
+    receive buffer (its pipeline says `buffer-size=`); a process without CAP_NET_ADMIN gets at
+    most net.core.rmem_max (208 KiB by default), and a picture larger than that never comes whole."""
+    if _forces_udp_buffer(root) or not any("buffer-size=" in pipeline for pipeline in pipelines):
         return
     try:
         limit = int((root / "proc/sys/net/core/rmem_max").read_text())
@@ -347,10 +360,11 @@ def _check_udp_buffer(report: Report, name: str, pipelines: list[str], root: Pat
         return
     if limit < UDP_BUFFER_BYTES:
         report.problems.append(
-            f"source {name}: video over UDP, of which a user other than root gets at most {limit >> 10} KiB of "
+            f"source {name}: video over UDP, of which a process without CAP_NET_ADMIN gets at most {limit >> 10} KiB of "
             f"receive buffer here (net.core.rmem_max), not the {UDP_BUFFER_BYTES >> 20} MiB edge-ad asks for: large "
             f"pictures (a camera's 1080p MJPEG) then never come whole. Raise it (sysctl -w net.core.rmem_max="
-            f"{UDP_BUFFER_BYTES}, and in /etc/sysctl.d/ for good), or run as root, as examples/edge-ad.service does")
+            f"{UDP_BUFFER_BYTES}, and in /etc/sysctl.d/ for good), or run it with CAP_NET_ADMIN, as "
+            "examples/edge-ad.service does")
 
 
 def _check_source(report: Report, stream: Stream, jetson: bool, root: Path) -> None:

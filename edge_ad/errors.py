@@ -111,9 +111,9 @@ def encrypted_key(option: str, path: object) -> Callable[[], bytes]:
     service has no one to type it (and a run in a shell waited there, before it had started)."""
 
     def refuse() -> bytes:
-        raise EdgeAdError(f"{option} {path}: the key is encrypted; give it decrypted, readable by root only "
-                          "(openssl pkey -in KEY -out KEY.plain; chmod 600 KEY.plain): the service starts with no "
-                          "one to type its password")
+        raise EdgeAdError(f"{option} {path}: the key is encrypted; give it decrypted, readable by the run's user "
+                          "only (openssl pkey -in KEY -out KEY.plain; chmod 600 KEY.plain; chown edge-ad KEY.plain "
+                          "for examples/edge-ad.service): the service starts with no one to type its password")
 
     return refuse
 

@@ -405,8 +405,8 @@ def _plant_certificate(certificate_path: Path, key_path: Path) -> tuple:
         except OSError as exc:
             raise EdgeAdError(f"{option} {path}: cannot read it ({exc.strerror})") from exc
         except TypeError as exc:  # a key that needs a password
-            raise EdgeAdError(f"{option} {path}: the key is encrypted; give it unencrypted, readable by root "
-                              "only") from exc
+            raise EdgeAdError(f"{option} {path}: the key is encrypted; give it unencrypted, readable by the run's "
+                              "user only") from exc
         except ValueError as exc:
             what = "certificate" if option == "--opcua-certificate" else "private key"
             raise EdgeAdError(f"{option} {path}: not a {what} in PEM or DER ({str(exc).split('. ')[0]})") from exc

@@ -37,8 +37,8 @@ V4L2_CAPS = {"mjpeg": "image/jpeg", "h264": "video/x-h264"}  # what a USB camera
 # The kernel's receive buffer asked for UDP video. A picture's packets come in a burst, and those
 # the buffer has no room for are lost, and the picture with them: through the 208 KiB most Linux
 # systems give (rtspsrc asks 512 KiB), no 1080p JPEG of 1.5 MB ever came whole over 127.0.0.1;
-# through 8 MiB every one did. Linux caps the size at net.core.rmem_max unless the process is
-# root (a service), and allocates it only as packets wait.
+# through 8 MiB every one did. Linux caps the size at net.core.rmem_max unless the process holds
+# CAP_NET_ADMIN (root, or the service's user), and allocates it only as packets wait.
 UDP_BUFFER_BYTES = 8 << 20
 
 

@@ -539,7 +539,7 @@ def test_mjpeg_over_rtp_whose_pictures_never_come_whole_is_said(caplog):
         sending.join()
     assert "no frame for 2 s: RTP packets of MJPEG video come, but no picture came whole: a picture is hundreds of " \
            "packets, and one lost loses it (the kernel's UDP buffer, which edge-ad asks to be 8 MiB, is capped at " \
-           "net.core.rmem_max unless it runs as root" in caplog.text
+           "net.core.rmem_max unless it runs with CAP_NET_ADMIN" in caplog.text
 
 
 def test_mpeg_ts_sent_straight_over_udp_is_read_as_udp(caplog):
