@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from edge_ad.bundle import BRANCHES, CALIBRATION_FILE, Bundle, read_yaml, write_yaml_atomic
 from edge_ad.detector import Detector, Result
-from edge_ad.errors import without_passwords
+from edge_ad.errors import os_reason, without_passwords
 from edge_ad.images import thumbnail
 from edge_ad.masks import InspectionMask
 from edge_ad.normalize import Quantiles, fit_quantiles
@@ -355,7 +355,7 @@ def save(folder: Path, data: dict) -> tuple[Path, Path | None]:
             os.replace(tmp, backup)
         write_yaml_atomic(path, data)
     except OSError as exc:
-        raise CalibrationError(f"{path}: cannot write the calibration ({exc.strerror or exc}); the previous one "
+        raise CalibrationError(f"{path}: cannot write the calibration ({os_reason(exc)}); the previous one "
                                "stays in use") from exc
     return path, backup
 
@@ -391,7 +391,7 @@ def calibrate_into(
     try:
         write_calibration_report(calibration, data["threshold"], report)
     except OSError as exc:  # calibration.yaml is written and judges from now on: the picture is for a person
-        report, problem = None, f"{report}: not written ({exc.strerror or exc})"
+        report, problem = None, f"{report}: not written ({os_reason(exc)})"
     return Written(calibration, data, path, backup, report, problem)
 
 

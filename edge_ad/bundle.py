@@ -32,7 +32,7 @@ import yaml
 
 from calibration.threshold import expected_rate_above, resolves
 
-from .errors import BundleError
+from .errors import BundleError, os_reason
 from .files import write_atomic
 from .images import is_grey
 from .normalize import Quantiles
@@ -269,7 +269,7 @@ def _unpacked(path: Path) -> Path:
     except OSError as exc:
         if exc.errno is None:  # the archive's compression is corrupt (bz2's "Invalid data stream", gzip's BadGzipFile)
             raise BundleError(f"{path}: not a readable bundle archive ({exc})") from exc
-        raise BundleError(f"{path}: cannot unpack the archive into {bundles} ({exc.strerror or exc}); "
+        raise BundleError(f"{path}: cannot unpack the archive into {bundles} ({os_reason(exc)}); "
                           "set EDGE_AD_CACHE to a writable folder with room for it") from exc
     found = sorted(folder.rglob(BUNDLE_FILE))
     if not found:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import http.client
 import os
+import pwd
 import re
 import sys
 import urllib.error
@@ -69,12 +70,31 @@ def report_errors(program: str, run: Callable[[], object]) -> int:
               "'edge-ad[mqtt]' for MQTT)", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"{program}: error: {exc}", file=sys.stderr)
+        print(f"{program}: error: {file_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{program}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def os_reason(exc: OSError) -> str:
+    """Why a file operation failed, in the system's words; a refusal with the user this process
+    runs as: under a service (examples/edge-ad.service: edge-ad) that is seldom whoever made the
+    file, and "Permission denied" alone does not say so."""
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, PermissionError):
+        try:
+            user = pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:  # a uid with no name (a container's)
+            user = f"uid {os.geteuid()}"
+        reason += f" to {user}, the user this runs as"
+    return reason
+
+
+def file_error(exc: OSError) -> str:
+    """A file-system error as one line: the file, then why."""
+    return f"{exc.filename}: {os_reason(exc)}" if exc.filename and exc.strerror else str(exc)
 
 
 def uri_port(uri: str) -> int | None:

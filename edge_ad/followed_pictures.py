@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .errors import ImageError, SourceError
+from .errors import ImageError, SourceError, os_reason
 from .images import IMAGE_SUFFIXES, read_image
 from .pipelines import SourceOptions, flip_of, local_path, opencv_input
 from .sources import BACKOFF_S, Backoff, Frame, picture_frame
@@ -97,7 +97,7 @@ class FollowedPictures:
         try:
             present = self._pictures()
         except OSError as exc:
-            raise SourceError(f"{path}: cannot follow {self.folder} ({exc.strerror or exc})") from exc
+            raise SourceError(f"{path}: cannot follow {self.folder} ({os_reason(exc)})") from exc
         self.reconnects = 0
         self.skipped: list[str] = []
         self._done = self._stamps(present)  # there at the start, or read, at the size and time they had
@@ -229,7 +229,7 @@ class FollowedPictures:
             try:
                 present = self._listing()
             except OSError as exc:
-                problem = f"cannot list {self.folder} ({exc.strerror or exc})"
+                problem = f"cannot list {self.folder} ({os_reason(exc)})"
                 if problem != failing:
                     log.warning("%s: %s; trying again, every %.0f s at most", self.uri, problem, BACKOFF_S[1])
                     failing = problem

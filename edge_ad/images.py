@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import ImageError
+from .errors import ImageError, os_reason
 
 # WebP: pictures saved from a browser or a labelling tool.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -65,7 +65,7 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+        raise ImageError(f"{path}: cannot read ({os_reason(exc)})") from exc
     if not data:
         raise ImageError(f"{path}: empty file")
     return decode_image(data, path)

@@ -20,7 +20,7 @@ import logging
 import ssl
 from dataclasses import dataclass, field
 
-from .errors import EdgeAdError, encrypted_key
+from .errors import EdgeAdError, encrypted_key, os_reason
 from .login_attempts import LoginAttempts
 
 log = logging.getLogger("edge_ad.output_access")
@@ -81,7 +81,7 @@ class OutputAccess:
                                   f"{self.certificate}") from exc
             raise self._unreadable(exc.reason or exc) from exc
         except OSError as exc:
-            raise self._unreadable(exc.strerror or exc) from exc
+            raise self._unreadable(os_reason(exc)) from exc
         return context
 
     def gio_certificate(self):

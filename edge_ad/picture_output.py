@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import EdgeAdError
+from .errors import EdgeAdError, os_reason
 from .files import remove_leftovers, write_picture
 from .images import IMAGE_SUFFIXES
 from .sinks import InOrder
@@ -75,7 +75,7 @@ class PictureOutput:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise EdgeAdError(f"--output {uri}: cannot create the folder ({exc.strerror or exc})") from exc
+            raise EdgeAdError(f"--output {uri}: cannot create the folder ({os_reason(exc)})") from exc
         remove_leftovers(self.folder)
         self._inputs = {p.resolve() for p in inputs}
         self._named: set[Path] = set()  # the folder's names given so far

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from calibration.statistics import COPIES_SHARE, near_duplicates
 
-from .errors import EdgeAdError
+from .errors import EdgeAdError, os_reason
 from .files import remove_leftovers, write_atomic
 from .images import thumbnail
 from .runner import stop_on_signals
@@ -45,7 +45,7 @@ def record(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         source.close()
-        raise EdgeAdError(f"{folder}: cannot create the folder ({exc.strerror or exc})") from exc
+        raise EdgeAdError(f"{folder}: cannot create the folder ({os_reason(exc)})") from exc
     remove_leftovers(folder)
     stop = stop or threading.Event()
     saved: list[Path] = []
@@ -67,7 +67,7 @@ def record(
                 try:
                     write_atomic(path, data.tobytes())  # a power cut or a full disk leaves no half picture
                 except OSError as exc:
-                    raise EdgeAdError(f"{path}: cannot write ({exc.strerror or exc}); the {len(saved)} pictures "
+                    raise EdgeAdError(f"{path}: cannot write ({os_reason(exc)}); the {len(saved)} pictures "
                                       "saved before it are kept") from exc
                 saved.append(path)
                 thumbnails.append(thumbnail(frame.image))
@@ -99,7 +99,7 @@ def record_sources(
         except EdgeAdError as exc:
             outcome[name] = exc
         except OSError as exc:  # the source's own failure, which `run` would reconnect
-            outcome[name] = EdgeAdError(f"{name}: {exc.strerror or exc}")
+            outcome[name] = EdgeAdError(f"{name}: {os_reason(exc)}")
 
     threads = [threading.Thread(target=one, args=(name, source, i), name=f"record {name}", daemon=True)
                for i, (name, source) in enumerate(sources.items())]

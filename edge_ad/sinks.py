@@ -24,7 +24,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import cv2
 import numpy as np
 
-from .errors import EdgeAdError
+from .errors import EdgeAdError, os_reason
 from .files import remove_leftovers, write_atomic
 
 log = logging.getLogger("edge_ad.sinks")
@@ -121,7 +121,7 @@ class EventLog:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(path, "ab", buffering=0)
         except OSError as exc:
-            raise EdgeAdError(f"{path}: cannot write events ({exc.strerror or exc})") from exc
+            raise EdgeAdError(f"{path}: cannot write events ({os_reason(exc)})") from exc
 
     def write(self, event: dict) -> None:
         self.file.write((json.dumps(event) + "\n").encode())
@@ -218,7 +218,7 @@ def _made(folder: Path, what: str) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise EdgeAdError(f"{folder}: cannot create the {what} folder ({exc.strerror or exc})") from exc
+        raise EdgeAdError(f"{folder}: cannot create the {what} folder ({os_reason(exc)})") from exc
     return folder.absolute()
 
 
@@ -348,7 +348,7 @@ class AnomalyHook:
         try:
             self.process = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL)
         except OSError as exc:
-            raise EdgeAdError(f"--on-anomaly '{self.argv[0]}': {exc.strerror or exc}") from exc
+            raise EdgeAdError(f"--on-anomaly '{self.argv[0]}': {os_reason(exc)}") from exc
         self.calls += 1
 
     def close(self) -> None:

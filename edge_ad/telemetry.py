@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from .allowed_clients import AllowedClients
 from .connection_limit import REQUEST_S, ConnectionLimit, RefusedConnections
 from .device import Sensors, read_sensors
-from .errors import EdgeAdError, listen_reason
+from .errors import EdgeAdError, listen_reason, os_reason
 
 WINDOW = 1000  # frames behind the latency percentiles and the frame rate
 
@@ -144,7 +144,7 @@ class Telemetry:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise EdgeAdError(f"--metrics {path}: cannot create its folder ({exc.strerror or exc})") from exc
+                raise EdgeAdError(f"--metrics {path}: cannot create its folder ({os_reason(exc)})") from exc
             if path.is_dir():
                 raise EdgeAdError(f"--metrics {path}: is a folder; give a file name (metrics.prom in it)")
         self._written = -float("inf")

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_ad.datasets import Sample, load_samples, normal_folder
-from edge_ad.errors import DataError
+from edge_ad.errors import DataError, os_reason
 from edge_ad.masks import InspectionMask
 from edge_ad.metrics import aupro, auroc, f1_max
 from edge_ad.render import overlay
@@ -152,7 +152,7 @@ def evaluate(
         try:
             report["picture"] = str(write_eval_report(report, labels, scores, threshold, overlays, Path(picture)))
         except OSError as exc:  # a full disk: the metrics measured are still given
-            report["picture_problem"] = f"{picture}: not written ({exc.strerror or exc})"
+            report["picture_problem"] = f"{picture}: not written ({os_reason(exc)})"
     return report
 
 

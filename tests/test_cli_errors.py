@@ -1,6 +1,8 @@
 """Every failure ends in one line on stderr naming the input, with a non-zero exit (no traceback)."""
 
 import errno
+import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -9,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_ad.errors import listen_reason, without_passwords
+from edge_ad.errors import listen_reason, report_errors, without_passwords
 
 from conftest import edge_ad
 
@@ -221,3 +223,19 @@ def test_a_port_a_server_cannot_take_is_said_in_the_systems_words_with_what_take
     asyncio_said = OSError(errno.EACCES,
                            "error while attempting to bind on address ('0.0.0.0', 502): permission denied")
     assert listen_reason(asyncio_said) == "permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE"
+
+
+def test_a_file_that_cannot_be_read_is_said_with_the_user_the_run_is(capsys):
+    """Under examples/edge-ad.service the run is the user edge-ad, seldom whoever made the bundle
+    or the --sources file: "Permission denied" names that user (before: "[Errno 13] Permission
+    denied: 'FILE'", and nothing said who was refused)."""
+    def fails(exc: OSError):
+        def run():
+            raise exc
+        return run
+
+    assert report_errors("edge-ad", fails(PermissionError(errno.EACCES, "Permission denied", "/opt/b/head.onnx"))) == 2
+    assert capsys.readouterr().err == \
+        f"edge-ad: error: /opt/b/head.onnx: Permission denied to {pwd.getpwuid(os.geteuid()).pw_name}, the user this runs as\n"
+    assert report_errors("edge-ad", fails(FileNotFoundError(errno.ENOENT, "No such file or directory", "cams.yaml"))) == 2
+    assert capsys.readouterr().err == "edge-ad: error: cams.yaml: No such file or directory\n"
