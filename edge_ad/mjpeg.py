@@ -82,6 +82,10 @@ class _Server:
 
         class Handler(BaseHTTPRequestHandler):
             timeout = REQUEST_S
+            # Kept alive between requests: the page asks each source's picture ten times a second,
+            # and over HTTPS a connection each was a TLS handshake each. A stream, which has no
+            # length, closes its connection when it ends.
+            protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
                 address, login = self.client_address[0], self.headers.get("Authorization")
@@ -112,6 +116,7 @@ class _Server:
                     self.send_response(200)
                     self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
                     self.send_header("Cache-Control", "no-cache, no-store")
+                    self.send_header("Connection", "close")
                     self.end_headers()
                     output.serve(self.wfile)
                 elif path == "/":
