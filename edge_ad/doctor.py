@@ -3,13 +3,16 @@ per problem saying what to do."""
 
 from __future__ import annotations
 
+import grp
 import json
+import os
+import pwd
 import re
 import shutil
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from .bundle import Bundle, load_bundle, read_yaml, site_calibrated
 from .deepstream import CONFIG_FILE, DEEPSTREAM_DIR, missing_engine
@@ -44,6 +47,8 @@ STREAMING_ELEMENTS = ("appsink", "appsrc", "videoconvert", "videotestsrc", "deco
                       "rtph265depay", "h265parse")  # H.265 cameras (many IP cameras' default)
 MIN_FREE_GIB = 1.0
 CAP_NET_ADMIN = 12  # its bit in /proc/PID/status's CapEff (linux/capability.h)
+SERVICE_UNIT = "etc/systemd/system/edge-ad.service"  # where examples/edge-ad.service is installed
+DEVICES = ("dev/nvmap", "dev/nvhost-ctrl-gpu", "dev/nvidiactl", "dev/video0")  # a Jetson's GPU, a PC's, a camera
 
 
 @dataclass
@@ -266,6 +271,58 @@ def _check_deepstream(report: Report, bundle_path: Path) -> None:
         report.found("deepstream", f"nvinfer config {config}")
 
 
+def _may(user: pwd.struct_passwd, path: Path, access: int) -> bool:
+    """Whether `user` has every one of the `access` bits (4 read, 2 write, 1 enter) on `path`, by
+    its owner, group and mode (access control lists left aside)."""
+    if user.pw_uid == 0:
+        return True
+    status = path.stat()
+    if status.st_uid == user.pw_uid:
+        mode = status.st_mode >> 6
+    elif status.st_gid in os.getgrouplist(user.pw_name, user.pw_gid):
+        mode = status.st_mode >> 3
+    else:
+        mode = status.st_mode
+    return mode & access == access
+
+
+def _check_service(report: Report, root: Path, written: Iterable[Path]) -> None:
+    """The installed service (examples/edge-ad.service in /etc/systemd/system) runs edge-ad as its
+    User=, who must be there, may use the GPU's and camera's devices, and may write the folders the
+    line's own calibration goes into (`written`): a site upgrading from the unit that ran edge-ad
+    as root has none of that yet (systemd fails the start with status=217/USER)."""
+    unit = root / SERVICE_UNIT
+    try:
+        named = re.search(r"^User=(\S+)\s*$", unit.read_text(), re.M)
+    except OSError:  # no service installed
+        return
+    if named is None:
+        report.found("service", f"{unit}: runs edge-ad as root (examples/edge-ad.service runs it as a user of "
+                                "its own, as its head says)")
+        return
+    name = named.group(1)
+    try:
+        user = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except KeyError:
+        report.problems.append(f"{unit} runs edge-ad as the user {name}, who is not there: sudo useradd --system "
+                               f"--home-dir /var/lib/edge-ad --groups video {name}")
+        return
+    report.found("service", f"{unit}: runs edge-ad as {user.pw_name}")
+    for device in (root / path for path in DEVICES):
+        if device.exists() and not _may(user, device, 6):
+            group = device.stat().st_gid
+            try:
+                group = grp.getgrgid(group).gr_name
+            except KeyError:  # a group with no name
+                pass
+            report.problems.append(f"{user.pw_name}, the service's user, may not use {device}: sudo usermod -aG "
+                                   f"{group} {user.pw_name}")
+    for folder in dict.fromkeys(written):
+        if folder.is_dir() and not _may(user, folder, 3):
+            report.problems.append(f"{user.pw_name}, the service's user, may not write {folder}, where the line's "
+                                   f"own calibration goes: sudo chown -R {user.pw_name} {folder}")
+
+
 def _check_bundles(report: Report, specs: str | Sequence[str], config: dict, root: Path) -> dict[str | None, Bundle]:
     """One bundle, or one per product variant ('NAME=BUNDLE', as `edge-ad run` takes them): each is
     checked, and several must also be comparable with each other. The bundles that load, by
@@ -417,9 +474,11 @@ def _check_source(report: Report, stream: Stream, jetson: bool, root: Path) -> N
 
 
 def _check_sources(report: Report, streams: Sequence[Stream], bundles: Sequence[str], config: dict, root: Path,
-                   jetson: bool) -> None:
+                   jetson: bool) -> list[Path]:
     """Every source of a --sources file, and each bundle once, for the sources it scores (their
-    own `bundle:`, else `bundles`, as `edge-ad run` takes them)."""
+    own `bundle:`, else `bundles`, as `edge-ad run` takes them). Returns the folders the line's
+    own calibration of each source goes into."""
+    written = []
     scored_by: dict[tuple[str, ...], list[str]] = {}
     for stream in streams:
         _check_source(report, stream, jetson, root)
@@ -431,8 +490,11 @@ def _check_sources(report: Report, streams: Sequence[Stream], bundles: Sequence[
         report.found("scores", ", ".join(names))
         bundles = _check_bundles(report, spec, config, root)
         for stream in streams:
+            if stream.name in names:
+                written += [calibration_folder(stream, variant) or bundle.root for variant, bundle in bundles.items()]
             if stream.name in names and stream.calibration:
                 _check_calibration(report, stream, bundles)
+    return written
 
 
 def doctor(bundles: str | Sequence[str] = (), target: str | None = None, root: Path = Path("/"),
@@ -461,8 +523,9 @@ def doctor(bundles: str | Sequence[str] = (), target: str | None = None, root: P
         report.problems.append(clock)
     _check_state(report)
     if sources is None:
-        _check_bundles(report, bundles, config, root)
+        written = [bundle.root for bundle in _check_bundles(report, bundles, config, root).values()]
     else:
-        _check_sources(report, sources, [bundles] if isinstance(bundles, str) else list(bundles), config, root,
-                       device.kind == "jetson")
+        written = _check_sources(report, sources, [bundles] if isinstance(bundles, str) else list(bundles), config,
+                                 root, device.kind == "jetson")
+    _check_service(report, root, written)
     return report

@@ -1,5 +1,6 @@
 """Device detection from recorded module strings, the target configs, and `edge-ad doctor`."""
 
+import grp
 import hashlib
 import logging
 import os
@@ -194,6 +195,50 @@ def test_doctor_here_reports_the_cpu_target_and_the_bundle(tiny_bundle):
                for line in lines), out.stdout
     assert any("engines      not needed" in line for line in lines)
     assert out.returncode == (1 if any(line.startswith("problem:") for line in lines) else 0)
+
+
+def test_doctor_checks_the_installed_service_s_user_can_run_it(tmp_path, tiny_bundle):
+    """examples/edge-ad.service runs edge-ad as a user of its own (before: as root). A site that
+    installs it needs that user, who must reach the GPU's device and write the bundle the line's
+    own calibration goes into, before systemd fails the start or the line's calibration is lost."""
+    import pwd
+
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user 'nobody' here")
+    root = tmp_path / "root"
+    unit = root / doctor_module.SERVICE_UNIT
+    unit.parent.mkdir(parents=True)
+    (root / "dev").mkdir()
+    gpu = root / "dev" / "nvmap"
+    gpu.write_text("")
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+
+    def said() -> list[str]:
+        report = doctor(str(bundle), root=root)
+        return [line for line in report.lines if line.startswith("service")] + \
+            [p for p in report.problems if "service" in p or "useradd" in p]
+
+    assert said() == []  # no service installed
+    unit.write_text("[Service]\nExecStart=/opt/edge-ad/.venv/bin/edge-ad run\n")
+    assert said() == [f"service      {unit}: runs edge-ad as root (examples/edge-ad.service runs it as a user of its "
+                      "own, as its head says)"]
+    unit.write_text("[Service]\nUser=edge-ad-nobody-has\n")
+    assert said() == [f"{unit} runs edge-ad as the user edge-ad-nobody-has, who is not there: sudo useradd --system "
+                      "--home-dir /var/lib/edge-ad --groups video edge-ad-nobody-has"]
+    unit.write_text("[Service]\nUser=nobody\n")
+    gpu.chmod(0o660)
+    bundle.chmod(0o755)
+    group = grp.getgrgid(gpu.stat().st_gid).gr_name
+    assert said() == [f"service      {unit}: runs edge-ad as nobody",
+                      f"nobody, the service's user, may not use {gpu}: sudo usermod -aG {group} nobody",
+                      f"nobody, the service's user, may not write {bundle}, where the line's own calibration goes: "
+                      f"sudo chown -R nobody {bundle}"]
+    gpu.chmod(0o666)
+    bundle.chmod(0o777)
+    assert said() == [f"service      {unit}: runs edge-ad as nobody"]
 
 
 def test_a_given_target_is_checked_against_the_schema(tmp_path):
