@@ -686,10 +686,10 @@ def _mask(args: argparse.Namespace) -> None:
 
 def _defects(args: argparse.Namespace) -> None:
     from export.defects import gallery
-    from .datasets import load_samples, read_all
+    from .datasets import load_samples, read_all, without_overlays
     from .files import write_picture
 
-    samples = load_samples(args.data, "train")[: args.images]
+    samples = without_overlays(load_samples(args.data, "train"))[0][: args.images]
     _, images, _ = read_all(samples, skip_bad=True)
     if not images:
         raise EdgeAdError(f"{args.data}: no readable training images for the gallery")

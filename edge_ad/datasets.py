@@ -19,6 +19,7 @@ import numpy as np
 from .errors import DataError, ImageError
 from .images import as_grey, is_image_file, no_images_in, pictures_matching, read_image, resize_to_input, to_rgb
 from .pipelines import local_path
+from .sinks import FRAME_SUFFIX, OVERLAY_SUFFIX
 
 ELPV_TRAIN_SIZE = 1131
 ELPV_TYPES = ("mono", "poly")  # module types; 'elpv:<type>' is the protocol restricted to one
@@ -221,6 +222,18 @@ def load_samples(data: str, split: str) -> list[Sample]:
     return samples
 
 
+def without_overlays(samples: list[Sample]) -> tuple[list[Sample], str | None]:
+    """`samples` less the alarm overlays of `run --snapshots` (a folder of snapshots copied whole to
+    train on its false alarms, or a wildcard that takes both of each pair), and what to say of
+    those left out: the heat map drawn over them would be learnt as normal."""
+    overlays = [s for s in samples if s.name.endswith(OVERLAY_SUFFIX)]
+    if not overlays:
+        return samples, None
+    return [s for s in samples if not s.name.endswith(OVERLAY_SUFFIX)], (
+        f"{len(overlays)} of edge-ad's own alarm overlays (*{OVERLAY_SUFFIX}, as {Path(overlays[0].name).name}): "
+        f"the heat map drawn over a frame, not a picture of a part; the *{FRAME_SUFFIX} beside each is the camera's")
+
+
 def read_all(
     samples: Iterable[Sample], skip_bad: bool, progress: Callable[[Iterable[Sample]], Iterable[Sample]] = iter,
     keep: Callable[[np.ndarray], Any] | None = None,
@@ -260,7 +273,7 @@ def calibration_frames(data: str, count: int, size: tuple[int, int], grey: bool 
         return as_grey(image) if grey else image
 
     if not local_path(data).is_file():
-        samples = load_samples(data, "train")
+        samples = without_overlays(load_samples(data, "train"))[0]  # as `train` leaves them out
         pick = np.linspace(0, len(samples) - 1, min(count, len(samples))).round().astype(int)
         return read_all([samples[i] for i in pick], True, lambda s: tqdm(s, desc="calibration images", unit="img"),
                         resized)[1]

@@ -182,6 +182,11 @@ def picture_paths(folder: Path, source: str, captured: float, index: int, ending
     return paths
 
 
+# A snapshot's two pictures: the camera's frame, and the overlay (the heat map drawn over it,
+# the score and threshold), which is never a picture of a part to train on.
+FRAME_SUFFIX, OVERLAY_SUFFIX = "_frame.jpg", "_overlay.jpg"
+
+
 class Snapshot(NamedTuple):
     """The files of one saved snapshot (absolute paths, for events, hooks and MQTT)."""
 
@@ -255,7 +260,7 @@ class Snapshots:
         one is due); their files, or None when the source had one less than `interval_s` ago."""
         if not self.rate.due(source):
             return None
-        saved = Snapshot(*picture_paths(self.folder, source, captured, index, ("_frame.jpg", "_overlay.jpg")))
+        saved = Snapshot(*picture_paths(self.folder, source, captured, index, (FRAME_SUFFIX, OVERLAY_SUFFIX)))
         for path, image in zip(saved, (frame, overlay())):
             self.quota.write(path, image, ".jpg")
         self.saved += 1

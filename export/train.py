@@ -17,7 +17,7 @@ from tqdm import tqdm
 from calibration.statistics import COPIES_SHARE, near_copies
 from edge_ad import __version__
 from edge_ad.bundle import MODEL_TYPES, read_yaml, write_yaml_atomic
-from edge_ad.datasets import Sample, load_defects, load_samples, read_all
+from edge_ad.datasets import Sample, load_defects, load_samples, read_all, without_overlays
 from edge_ad.errors import DataError
 from edge_ad.images import is_grey, resize_to_input, thumbnail
 
@@ -182,7 +182,9 @@ def train(config: TrainConfig, out: Path) -> Path:
     resume = _resume_state(config, out) if config.model == "bridge" and config.resume else None
     started = time.time()
     torch.manual_seed(config.seed)
-    samples = load_samples(config.data, "train")
+    samples, overlays = without_overlays(load_samples(config.data, "train"))
+    if overlays:
+        print(f"left out: {overlays}")
     kept, pictures, bad = read_all(samples, config.skip_bad, lambda s: tqdm(s, desc="reading images", unit="img"),
                                    lambda image: picture(image, config.input_size))
     for message in bad:

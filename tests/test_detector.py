@@ -2,6 +2,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from edge_ad import Detector
 from edge_ad.detector import frame_map
@@ -137,6 +138,29 @@ def test_train_says_when_a_square_input_squeezes_the_images(normal_folder, tmp_p
     tall = [picture(np.zeros((900, 300, 3), np.uint8), 256)] * 2
     assert "3 times as high as wide" in shape_note(tall, 256) and "--input-size 160x448" in shape_note(tall, 256)
     assert shape_note(tall, [448, 160]) is None  # already a rectangle: the user chose it
+
+
+def test_train_leaves_out_the_alarm_overlays_of_a_snapshots_folder(normal_folder, tmp_path):
+    """The false alarms of a run (`--snapshots`) are good parts for the next training set; a
+    folder of them copied whole, or a wildcard over it, also holds each frame's overlay, whose heat
+    map and score would be learnt as normal. The frames are trained on, the overlays left out."""
+    from edge_ad.sinks import Snapshots
+
+    snapshots = Snapshots(tmp_path / "snapshots", interval_s=0)
+    cells = [cv2.imread(str(p)) for p in sorted(normal_folder.glob("*.png"))[:6]]
+    for i, cell in enumerate(cells):
+        heat = cell.copy()
+        heat[..., 2] = 255  # as an overlay's red heat map
+        snapshots.save("line1", i, 1764900000.0 + i, cell, lambda: heat)
+    assert len(list(snapshots.folder.glob("*.jpg"))) == 12
+    flags = ["--input-size", 64, "--prototypes", 8]
+    done = edge_ad("train", "--data", snapshots.folder, "--out", tmp_path / "run", *flags)
+    assert done.returncode == 0, done.stderr
+    assert "left out: 6 of edge-ad's own alarm overlays (*_overlay.jpg, as line1_" in done.stdout
+    record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert record["train_images"] + record["validation_images"] == 6
+    only = edge_ad("train", "--data", str(snapshots.folder / "*_overlay.jpg"), "--out", tmp_path / "none", *flags)
+    assert only.returncode == 2 and "training needs at least 2 readable normal images, found 0" in only.stderr
 
 
 def test_train_says_when_16_bit_pictures_of_a_12_bit_camera_read_too_dark(normal_folder, tmp_path):
