@@ -417,9 +417,9 @@ def _check_udp_buffer(report: Report, name: str, pipelines: list[str], root: Pat
         return
     if limit < UDP_BUFFER_BYTES:
         report.problems.append(
-            f"source {name}: video over UDP, of which a process without CAP_NET_ADMIN gets at most {limit >> 10} KiB of "
-            f"receive buffer here (net.core.rmem_max), not the {UDP_BUFFER_BYTES >> 20} MiB edge-ad asks for: large "
-            f"pictures (a camera's 1080p MJPEG) then never come whole. Raise it (sysctl -w net.core.rmem_max="
+            f"source {name}: video over UDP, of which a process without CAP_NET_ADMIN gets at most {limit >> 10} KiB "
+            f"of receive buffer here (net.core.rmem_max), not the {UDP_BUFFER_BYTES >> 20} MiB edge-ad asks for: "
+            f"large pictures (a camera's 1080p MJPEG) then never come whole. Raise it (sysctl -w net.core.rmem_max="
             f"{UDP_BUFFER_BYTES}, and in /etc/sysctl.d/ for good), or run it with CAP_NET_ADMIN, as "
             "examples/edge-ad.service does")
 

@@ -234,8 +234,11 @@ def test_a_file_that_cannot_be_read_is_said_with_the_user_the_run_is(capsys):
             raise exc
         return run
 
-    assert report_errors("edge-ad", fails(PermissionError(errno.EACCES, "Permission denied", "/opt/b/head.onnx"))) == 2
-    assert capsys.readouterr().err == \
-        f"edge-ad: error: /opt/b/head.onnx: Permission denied to {pwd.getpwuid(os.geteuid()).pw_name}, the user this runs as\n"
-    assert report_errors("edge-ad", fails(FileNotFoundError(errno.ENOENT, "No such file or directory", "cams.yaml"))) == 2
+    refused = PermissionError(errno.EACCES, "Permission denied", "/opt/b/head.onnx")
+    assert report_errors("edge-ad", fails(refused)) == 2
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    said = f"edge-ad: error: /opt/b/head.onnx: Permission denied to {user}, the user this runs as\n"
+    assert capsys.readouterr().err == said
+    missing = FileNotFoundError(errno.ENOENT, "No such file or directory", "cams.yaml")
+    assert report_errors("edge-ad", fails(missing)) == 2
     assert capsys.readouterr().err == "edge-ad: error: cams.yaml: No such file or directory\n"
