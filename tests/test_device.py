@@ -4,6 +4,7 @@ import grp
 import hashlib
 import logging
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -201,8 +202,6 @@ def test_doctor_checks_the_installed_service_s_user_can_run_it(tmp_path, tiny_bu
     """examples/edge-ad.service runs edge-ad as a user of its own (before: as root). A site that
     installs it needs that user, who must reach the GPU's device and write the bundle the line's
     own calibration goes into, before systemd fails the start or the line's calibration is lost."""
-    import pwd
-
     try:
         pwd.getpwnam("nobody")
     except KeyError:
