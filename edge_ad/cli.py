@@ -517,7 +517,7 @@ def _doctor(args: argparse.Namespace) -> None:
         from .streams import streams_from_yaml
 
         sources = streams_from_yaml(Path(args.sources), SourceOptions())
-    report = doctor(args.bundle or (), args.target, sources=sources)
+    report = doctor(args.bundle or (), args.target, sources=sources, sources_file=Path(args.sources) if args.sources else None)
     for line in report.lines:
         print(line)
     for problem in report.problems:

@@ -286,11 +286,13 @@ def _may(user: pwd.struct_passwd, path: Path, access: int) -> bool:
     return mode & access == access
 
 
-def _check_service(report: Report, root: Path, written: Iterable[Path]) -> None:
+def _check_service(report: Report, root: Path, written: Iterable[Path], read: Iterable[Path]) -> None:
     """The installed service (examples/edge-ad.service in /etc/systemd/system) runs edge-ad as its
-    User=, who must be there, may use the GPU's and camera's devices, and may write the folders the
-    line's own calibration goes into (`written`): a site upgrading from the unit that ran edge-ad
-    as root has none of that yet (systemd fails the start with status=217/USER)."""
+    User=, who must be there, may use the GPU's and camera's devices, may write the folders the
+    line's own calibration goes into (`written`) and read the files given (`read`: a --sources
+    file, which `cameras --sources` makes readable by its owner only): a site upgrading from the
+    unit that ran edge-ad as root has none of that yet (systemd fails the start with
+    status=217/USER)."""
     unit = root / SERVICE_UNIT
     try:
         named = re.search(r"^User=(\S+)\s*$", unit.read_text(), re.M)
@@ -321,6 +323,10 @@ def _check_service(report: Report, root: Path, written: Iterable[Path]) -> None:
         if folder.is_dir() and not _may(user, folder, 3):
             report.problems.append(f"{user.pw_name}, the service's user, may not write {folder}, where the line's "
                                    f"own calibration goes: sudo chown -R {user.pw_name} {folder}")
+    for file in read:
+        if file.is_file() and not _may(user, file, 4):
+            report.problems.append(f"{user.pw_name}, the service's user, may not read {file}: sudo chown "
+                                   f"{user.pw_name} {file}")
 
 
 def _check_bundles(report: Report, specs: str | Sequence[str], config: dict, root: Path) -> dict[str | None, Bundle]:
@@ -498,11 +504,11 @@ def _check_sources(report: Report, streams: Sequence[Stream], bundles: Sequence[
 
 
 def doctor(bundles: str | Sequence[str] = (), target: str | None = None, root: Path = Path("/"),
-           sources: Sequence[Stream] | None = None) -> Report:
+           sources: Sequence[Stream] | None = None, sources_file: Path | None = None) -> Report:
     """Everything `edge-ad doctor` prints, for this machine (or the files under `root`), with the
     bundles given as `edge-ad run` takes them: 'BUNDLE', or 'NAME=BUNDLE' for each product variant.
-    With `sources` (a --sources file's streams), each source and the bundle of each is checked
-    as `edge-ad run --sources` would start them."""
+    With `sources` (a --sources file's streams, read from `sources_file`), each source and the
+    bundle of each is checked as `edge-ad run --sources` would start them."""
     report = Report()
     device = detect(root)
     config = target_config(target) if target is not None else pick_config(device, load_configs())
@@ -527,5 +533,5 @@ def doctor(bundles: str | Sequence[str] = (), target: str | None = None, root: P
     else:
         written = _check_sources(report, sources, [bundles] if isinstance(bundles, str) else list(bundles), config,
                                  root, device.kind == "jetson")
-    _check_service(report, root, written)
+    _check_service(report, root, written, [sources_file] if sources_file else [])
     return report

@@ -214,9 +214,11 @@ def test_doctor_checks_the_installed_service_s_user_can_run_it(tmp_path, tiny_bu
     gpu.write_text("")
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
+    cameras = tmp_path / "cams.yaml"  # as `cameras --sources` writes it, with passwords: its owner's only
+    cameras.write_text("sources: []\n")
 
     def said() -> list[str]:
-        report = doctor(str(bundle), root=root)
+        report = doctor(str(bundle), root=root, sources_file=cameras)
         return [line for line in report.lines if line.startswith("service")] + \
             [p for p in report.problems if "service" in p or "useradd" in p]
 
@@ -230,13 +232,16 @@ def test_doctor_checks_the_installed_service_s_user_can_run_it(tmp_path, tiny_bu
     unit.write_text("[Service]\nUser=nobody\n")
     gpu.chmod(0o660)
     bundle.chmod(0o755)
+    cameras.chmod(0o600)
     group = grp.getgrgid(gpu.stat().st_gid).gr_name
     assert said() == [f"service      {unit}: runs edge-ad as nobody",
                       f"nobody, the service's user, may not use {gpu}: sudo usermod -aG {group} nobody",
                       f"nobody, the service's user, may not write {bundle}, where the line's own calibration goes: "
-                      f"sudo chown -R nobody {bundle}"]
+                      f"sudo chown -R nobody {bundle}",
+                      f"nobody, the service's user, may not read {cameras}: sudo chown nobody {cameras}"]
     gpu.chmod(0o666)
     bundle.chmod(0o777)
+    cameras.chmod(0o644)
     assert said() == [f"service      {unit}: runs edge-ad as nobody"]
 
 
