@@ -8,8 +8,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 # libaravis-0.8-0: aravissrc for genicam:// inputs; aravis-tools(-cli): a simulated GigE camera and
-# arv-tool, for the tests; mosquitto: an MQTT broker, and openssl: certificates for its TLS, for the tests.
-SYSTEM_PACKAGES := python3-venv python3-dev gcc pkg-config libgirepository1.0-dev libcairo2-dev \
+# arv-tool, for the tests; mosquitto: an MQTT broker, and openssl: certificates for its TLS, for the tests;
+# systemd: its own reading of the unit `edge-ad service` writes (systemd --test, systemd-analyze), for the tests.
+SYSTEM_PACKAGES := python3-venv python3-dev gcc pkg-config libgirepository1.0-dev libcairo2-dev systemd \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
 	gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-rtsp-server-1.0 \

@@ -527,6 +527,23 @@ def _doctor(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def _service(args: argparse.Namespace) -> None:
+    from .service_unit import check_run, install_steps, unit_for
+
+    if args.run_command[:1] != ["run"]:
+        raise EdgeAdError("give the run's command line after service, as `edge-ad run` takes it: edge-ad service "
+                          "run --bundle BUNDLE --input csi://0 ...")
+    run_argv = args.run_command[1:]
+    parser = build_parser()
+    run, extra = parser.parse_known_args(["run", *run_argv])
+    if extra:
+        parser.error(_unrecognized(extra))
+    cwd = Path.cwd()
+    check_run(run_argv, run, cwd)
+    print(unit_for(run_argv, cwd), end="")
+    print("to install it:\n" + "".join(f"  {step}\n" for step in install_steps(run)), end="", file=sys.stderr)
+
+
 def _record(args: argparse.Namespace) -> None:
     from .record import record, record_sources
     from .sinks import shared_slugs, slug
@@ -1078,6 +1095,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check run's --sources file as `run` would start it, without opening a camera: each "
                         "source's pipeline and output elements, mask, and bundle (--bundle for those without one)")
     p.set_defaults(func=_doctor)
+
+    p = sub.add_parser("service", help="the systemd unit that starts a run at boot, from its command line: "
+                                       "edge-ad service run --bundle B --input csi://0 ...")
+    p.add_argument("run_command", nargs=argparse.REMAINDER, metavar="run ...",
+                   help="`run` and its arguments, as tried in a shell (relative paths: from this folder)")
+    p.set_defaults(func=_service)
 
     p = sub.add_parser("record", help="save pictures of good parts from the line camera, to train on")
     p.add_argument("--input", help="a camera or stream URI, or a video file")

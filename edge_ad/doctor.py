@@ -22,6 +22,7 @@ from .device import (Device, clock_state, detect, int8_saturates, jetpack, load_
 from .errors import EdgeAdError, without_passwords
 from .files import state_folder
 from .pipelines import UDP_BUFFER_BYTES
+from .service_unit import INSTALLED_UNIT, add_user, setting
 from .streams import Stream, bundle_of, calibration_folder
 from .variants import comparability_problem, parse_variants
 
@@ -47,7 +48,6 @@ STREAMING_ELEMENTS = ("appsink", "appsrc", "videoconvert", "videotestsrc", "deco
                       "rtph265depay", "h265parse")  # H.265 cameras (many IP cameras' default)
 MIN_FREE_GIB = 1.0
 CAP_NET_ADMIN = 12  # its bit in /proc/PID/status's CapEff (linux/capability.h)
-SERVICE_UNIT = "etc/systemd/system/edge-ad.service"  # where examples/edge-ad.service is installed
 DEVICES = ("dev/nvmap", "dev/nvhost-ctrl-gpu", "dev/nvidiactl", "dev/video0")  # a Jetson's GPU, a PC's, a camera
 
 
@@ -286,28 +286,47 @@ def _may(user: pwd.struct_passwd, path: Path, access: int) -> bool:
     return mode & access == access
 
 
+def _closed(user: pwd.struct_passwd, path: Path, access: int, top: Path = Path("/")) -> Path | None:
+    """What stops `user` from `access` to `path`: the first folder on the way from `top` it may
+    not enter, else `path` itself if it lacks the bits, else None."""
+    for folder in reversed(path.parents):
+        if folder.is_relative_to(top) and not _may(user, folder, 1):
+            return folder
+    return None if _may(user, path, access) else path
+
+
+def _started_program(unit_text: str) -> tuple[str | None, str | None]:
+    """The program of the unit's ExecStart= and its WorkingDirectory= (None for either missing), as
+    `edge-ad service` writes them: the program's word quoted where it has blanks."""
+    start = re.match(r'[-@:+!]*(?:"((?:[^"\\]|\\.)*)"|(\S+))', setting(unit_text, "ExecStart") or "")
+    program = None
+    if start and (start.group(1) or start.group(2)):
+        program = re.sub(r"\\(.)", r"\1", start.group(1) or start.group(2)).replace("%%", "%")
+    folder = setting(unit_text, "WorkingDirectory")
+    return program, folder and folder.lstrip("-").replace("%%", "%")
+
+
 def _check_service(report: Report, root: Path, written: Iterable[Path], read: Iterable[Path]) -> None:
-    """The installed service (examples/edge-ad.service in /etc/systemd/system) runs edge-ad as its
-    User=, who must be there, may use the GPU's and camera's devices, may write the folders the
+    """The installed service (as `edge-ad service` writes it) runs edge-ad as its User=, who must
+    be there, may use the GPU's and camera's devices, may write the folders the
     line's own calibration goes into (`written`) and read the files given (`read`: a --sources
     file, which `cameras --sources` makes readable by its owner only): a site upgrading from the
     unit that ran edge-ad as root has none of that yet (systemd fails the start with
     status=217/USER)."""
-    unit = root / SERVICE_UNIT
+    unit = root / INSTALLED_UNIT.relative_to("/")
     try:
-        named = re.search(r"^User=(\S+)\s*$", unit.read_text(), re.M)
+        text = unit.read_text()
     except OSError:  # no service installed
         return
-    if named is None:
-        report.found("service", f"{unit}: runs edge-ad as root (examples/edge-ad.service runs it as a user of "
-                                "its own, as its head says)")
+    name = setting(text, "User")
+    if name is None:
+        report.found("service", f"{unit}: runs edge-ad as root (edge-ad service writes a unit that runs it as "
+                                "a user of its own, and says how to make the user)")
         return
-    name = named.group(1)
     try:
         user = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
     except KeyError:
-        report.problems.append(f"{unit} runs edge-ad as the user {name}, who is not there: sudo useradd --system "
-                               f"--home-dir /var/lib/edge-ad --groups video {name}")
+        report.problems.append(f"{unit} runs edge-ad as the user {name}, who is not there: {add_user(name)}")
         return
     report.found("service", f"{unit}: runs edge-ad as {user.pw_name}")
     for device in (root / path for path in DEVICES):
@@ -319,14 +338,56 @@ def _check_service(report: Report, root: Path, written: Iterable[Path], read: It
                 pass
             report.problems.append(f"{user.pw_name}, the service's user, may not use {device}: sudo usermod -aG "
                                    f"{group} {user.pw_name}")
+    _check_started(report, unit, text, user, root)
+    who = f"{user.pw_name}, the service's user,"
     for folder in dict.fromkeys(written):
-        if folder.is_dir() and not _may(user, folder, 3):
-            report.problems.append(f"{user.pw_name}, the service's user, may not write {folder}, where the line's "
-                                   f"own calibration goes: sudo chown -R {user.pw_name} {folder}")
+        closed = _closed(user, folder, 3) if folder.is_dir() else None
+        if closed is not None:
+            report.problems.append(f"{who} may not write {folder}, where the line's own calibration goes: "
+                                   + _mend(closed, folder, f"sudo chown -R {user.pw_name} {folder}"))
     for file in read:
-        if file.is_file() and not _may(user, file, 4):
-            report.problems.append(f"{user.pw_name}, the service's user, may not read {file}: sudo chown "
-                                   f"{user.pw_name} {file}")
+        closed = _closed(user, file, 4) if file.is_file() else None
+        if closed is not None:
+            report.problems.append(f"{who} may not read {file}: "
+                                   + _mend(closed, file, f"sudo chown {user.pw_name} {file}"))
+
+
+def _check_started(report: Report, unit: Path, text: str, user: pwd.struct_passwd, root: Path) -> None:
+    """The unit's user may start its program, and the Python a venv's script names (linked to the
+    one the venv was made from), and enter its WorkingDirectory: edge-ad in a home closed to
+    others, or a venv made from a Python in /root, fails the start with status=203/EXEC."""
+    program, folder = _started_program(text)
+    started = [(root / program.lstrip("/"), 5, "start")] if program else []
+    try:
+        with open(started[0][0], "rb") as script:
+            first = script.readline(4096)
+        shebang = first[2:].split() if first.startswith(b"#!") else []  # else a program of its own
+    except (IndexError, OSError):  # no program, or none this user may read: it is said below
+        shebang = []
+    if shebang:
+        started.append(((root / os.fsdecode(shebang[0]).lstrip("/")).resolve(), 5, "start"))
+    if folder:
+        started.append((root / folder.lstrip("/"), 1, "enter"))
+    again = "write the unit again with edge-ad service from where edge-ad is (/opt/edge-ad in the README)"
+    said: set[Path] = set()  # a closed folder once, not for the program and the folder it starts in
+    for path, access, verb in started:
+        if not path.exists():
+            report.problems.append(f"{unit} would not start: {path} is not there: {again}")
+            continue
+        closed = _closed(user, path, access, root)
+        if closed is not None and closed not in said:
+            said.add(closed)
+            report.problems.append(f"{unit} would not start: {user.pw_name}, the service's user, may not {verb} "
+                                   f"{path}" + ("" if closed == path else f" ({closed} is closed to it)")
+                                   + f": put edge-ad where every user may reach it and {again}")
+
+
+def _mend(closed: Path, path: Path, own: str) -> str:
+    """What gives the service's user the `path` that `closed` keeps from it: `own` (a chown) for
+    the path itself, else a folder on the way to open."""
+    if closed == path:
+        return own
+    return f"{closed} is closed to it: move {path.name} out of it, or sudo chmod o+x {closed}"
 
 
 def _check_bundles(report: Report, specs: str | Sequence[str], config: dict, root: Path) -> dict[str | None, Bundle]:
@@ -401,7 +462,7 @@ def _elements(description: str) -> list[str]:
 def _forces_udp_buffer(root: Path) -> bool:
     """Whether this process may force a socket's receive buffer past net.core.rmem_max
     (SO_RCVBUFFORCE, which GStreamer's udpsrc tries first): it holds CAP_NET_ADMIN, as root does
-    (but not root in a container, which Docker starts without it) and as examples/edge-ad.service
+    (but not root in a container, which Docker starts without it) and as edge_ad/edge-ad.service
     gives its user."""
     try:
         status = (root / "proc/self/status").read_text()
@@ -427,7 +488,7 @@ def _check_udp_buffer(report: Report, name: str, pipelines: list[str], root: Pat
             f"of receive buffer here (net.core.rmem_max), not the {UDP_BUFFER_BYTES >> 20} MiB edge-ad asks for: "
             f"large pictures (a camera's 1080p MJPEG) then never come whole. Raise it (sysctl -w net.core.rmem_max="
             f"{UDP_BUFFER_BYTES}, and in /etc/sysctl.d/ for good), or run it with CAP_NET_ADMIN, as "
-            "examples/edge-ad.service does")
+            "the unit edge-ad service writes does")
 
 
 def _check_source(report: Report, stream: Stream, jetson: bool, root: Path) -> None:

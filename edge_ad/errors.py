@@ -80,7 +80,7 @@ def report_errors(program: str, run: Callable[[], object]) -> int:
 
 def os_reason(exc: OSError) -> str:
     """Why a file operation failed, in the system's words; a refusal with the user this process
-    runs as: under a service (examples/edge-ad.service: edge-ad) that is seldom whoever made the
+    runs as: under a service (the unit `edge-ad service` writes: edge-ad) that is seldom whoever made the
     file, and "Permission denied" alone does not say so."""
     reason = exc.strerror or str(exc)
     if isinstance(exc, PermissionError):
@@ -133,7 +133,7 @@ def encrypted_key(option: str, path: object) -> Callable[[], bytes]:
     def refuse() -> bytes:
         raise EdgeAdError(f"{option} {path}: the key is encrypted; give it decrypted, readable by the run's user "
                           "only (openssl pkey -in KEY -out KEY.plain; chmod 600 KEY.plain; chown edge-ad KEY.plain "
-                          "for examples/edge-ad.service): the service starts with no one to type its password")
+                          "for the unit edge-ad service writes): the service starts with no one to type its password")
 
     return refuse
 

@@ -347,7 +347,7 @@ class GstSource:
                 return (f"{silence}: MJPEG over UDP (--rtsp-transport udp): a picture is hundreds of packets, and "
                         "one lost loses it; leave the option out (MJPEG goes over TCP then), or raise "
                         f"net.core.rmem_max, which caps the {UDP_BUFFER_BYTES >> 20} MiB UDP buffer edge-ad asks for "
-                        "unless it runs with CAP_NET_ADMIN (as root, or under examples/edge-ad.service)")
+                        "unless it runs with CAP_NET_ADMIN (as root, or under the unit edge-ad service writes)")
             return silence
         port = urlparse(self.uri).port
         no_key_frame = ("no key frame with its parameter sets came among them (key frames further apart than "
@@ -371,7 +371,7 @@ class GstSource:
             return (f"{silence}: RTP packets of MJPEG video come, but no picture came whole: a picture is hundreds "
                     "of packets, and one lost loses it (the kernel's UDP buffer, which edge-ad asks to be "
                     f"{UDP_BUFFER_BYTES >> 20} MiB, is capped at net.core.rmem_max unless it runs with CAP_NET_ADMIN, "
-                    "as root or under examples/edge-ad.service: raise that, or lower the sender's resolution or JPEG "
+                    "as root or under the unit edge-ad service writes: raise that, or lower the sender's resolution or JPEG "
                     "quality)")
         if self._rtp.codec() is not None and not self._pulled_here:
             how = "h264parse/h265parse config-interval=-1 before the muxer" if self._rtp.codec() == "mpegts" \

@@ -226,7 +226,7 @@ def test_a_port_a_server_cannot_take_is_said_in_the_systems_words_with_what_take
 
 
 def test_a_file_that_cannot_be_read_is_said_with_the_user_the_run_is(capsys):
-    """Under examples/edge-ad.service the run is the user edge-ad, seldom whoever made the bundle
+    """Under the unit edge-ad service writes the run is the user edge-ad, seldom whoever made the bundle
     or the --sources file: "Permission denied" names that user (before: "[Errno 13] Permission
     denied: 'FILE'", and nothing said who was refused)."""
     def fails(exc: OSError):

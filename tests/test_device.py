@@ -8,6 +8,8 @@ import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import yaml
@@ -18,6 +20,7 @@ from edge_ad.device import (CONFIGS, TIME_ERROR, Sensors, clock_state, detect, i
                             load_configs, pick_config, read_sensors, unsynchronised_clock)
 from edge_ad.doctor import doctor
 from edge_ad.runner import RunConfig, run
+from edge_ad.service_unit import INSTALLED_UNIT
 from edge_ad.streams import Stream
 from edge_ad.engines import check_dla_core
 from edge_ad.pipelines import hardware_encoder
@@ -198,23 +201,40 @@ def test_doctor_here_reports_the_cpu_target_and_the_bundle(tiny_bundle):
     assert out.returncode == (1 if any(line.startswith("problem:") for line in lines) else 0)
 
 
-def test_doctor_checks_the_installed_service_s_user_can_run_it(tmp_path, tiny_bundle):
-    """examples/edge-ad.service runs edge-ad as a user of its own (before: as root). A site that
-    installs it needs that user, who must reach the GPU's device and write the bundle the line's
-    own calibration goes into, before systemd fails the start or the line's calibration is lost."""
+def test_doctor_checks_the_installed_service_s_user_can_run_it(tiny_bundle):
+    """The unit edge-ad service writes runs edge-ad as a user of its own (before: as root). A site that
+    installs it needs that user, who must reach the GPU's device, the program the unit starts (a
+    venv in a home closed to others: systemd's status=203/EXEC) and the bundle the line's own
+    calibration goes into, before systemd fails the start or the line's calibration is lost."""
     try:
         pwd.getpwnam("nobody")
     except KeyError:
         pytest.skip("no user 'nobody' here")
-    root = tmp_path / "root"
-    unit = root / doctor_module.SERVICE_UNIT
+    with tempfile.TemporaryDirectory() as folder:  # in /tmp: pytest's tmp_path is closed to others
+        base = Path(folder)
+        base.chmod(0o755)
+        _check_the_service_s_user(base, tiny_bundle)
+
+
+def _check_the_service_s_user(base: Path, tiny_bundle: Path) -> None:
+    root = base / "root"
+    unit = root / INSTALLED_UNIT.relative_to("/")
     unit.parent.mkdir(parents=True)
     (root / "dev").mkdir()
     gpu = root / "dev" / "nvmap"
     gpu.write_text("")
-    bundle = tmp_path / "bundle"
+    program = root / "opt" / "edge-ad" / ".venv" / "bin" / "edge-ad"
+    program.parent.mkdir(parents=True)
+    python = root / "root" / ".pyenv" / "python3.11"  # the Python a venv was made from
+    python.parent.mkdir(parents=True)
+    python.write_text("")
+    python.chmod(0o755)
+    (program.parent / "python").symlink_to(python)
+    program.write_text("#!/opt/edge-ad/.venv/bin/python\n")
+    program.chmod(0o755)
+    bundle = base / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    cameras = tmp_path / "cams.yaml"  # as `cameras --sources` writes it, with passwords: its owner's only
+    cameras = base / "cams.yaml"  # as `cameras --sources` writes it, with passwords: its owner's only
     cameras.write_text("sources: []\n")
 
     def said() -> list[str]:
@@ -224,25 +244,43 @@ def test_doctor_checks_the_installed_service_s_user_can_run_it(tmp_path, tiny_bu
 
     assert said() == []  # no service installed
     unit.write_text("[Service]\nExecStart=/opt/edge-ad/.venv/bin/edge-ad run\n")
-    assert said() == [f"service      {unit}: runs edge-ad as root (examples/edge-ad.service runs it as a user of its "
-                      "own, as its head says)"]
+    assert said() == [f"service      {unit}: runs edge-ad as root (edge-ad service writes a unit that runs it "
+                      "as a user of its own, and says how to make the user)"]
     unit.write_text("[Service]\nUser=edge-ad-nobody-has\n")
     assert said() == [f"{unit} runs edge-ad as the user edge-ad-nobody-has, who is not there: sudo useradd --system "
                       "--home-dir /var/lib/edge-ad --groups video edge-ad-nobody-has"]
-    unit.write_text("[Service]\nUser=nobody\n")
+    unit.write_text('[Service]\nUser=nobody\nExecStart="/opt/edge-ad/.venv/bin/edge-ad" run --bundle /b \\\n'
+                    "    --input csi://0\nWorkingDirectory=/opt/edge-ad\n")  # quoted as where it has blanks
     gpu.chmod(0o660)
     bundle.chmod(0o755)
     cameras.chmod(0o600)
+    program.parents[2].chmod(0o750)  # a home: its owner's and group's
     group = grp.getgrgid(gpu.stat().st_gid).gr_name
+    again = "write the unit again with edge-ad service from where edge-ad is (/opt/edge-ad in the README)"
     assert said() == [f"service      {unit}: runs edge-ad as nobody",
                       f"nobody, the service's user, may not use {gpu}: sudo usermod -aG {group} nobody",
+                      f"{unit} would not start: nobody, the service's user, may not start {program} "
+                      f"({program.parents[2]} is closed to it): put edge-ad where every user may reach it and {again}",
                       f"nobody, the service's user, may not write {bundle}, where the line's own calibration goes: "
                       f"sudo chown -R nobody {bundle}",
                       f"nobody, the service's user, may not read {cameras}: sudo chown nobody {cameras}"]
     gpu.chmod(0o666)
+    program.parents[2].chmod(0o755)
     bundle.chmod(0o777)
     cameras.chmod(0o644)
     assert said() == [f"service      {unit}: runs edge-ad as nobody"]
+    base.chmod(0o700)  # the folder of the bundle and the sources file closed, not they
+    assert said() == [f"service      {unit}: runs edge-ad as nobody",
+                      f"nobody, the service's user, may not write {bundle}, where the line's own calibration goes: "
+                      f"{base} is closed to it: move bundle out of it, or sudo chmod o+x {base}",
+                      f"nobody, the service's user, may not read {cameras}: {base} is closed to it: move cams.yaml "
+                      f"out of it, or sudo chmod o+x {base}"]
+    base.chmod(0o755)
+    (root / "root").chmod(0o700)  # root's home, where pyenv puts its Pythons
+    assert said()[1:] == [f"{unit} would not start: nobody, the service's user, may not start {python} "
+                          f"({root / 'root'} is closed to it): put edge-ad where every user may reach it and {again}"]
+    program.unlink()
+    assert said()[1:] == [f"{unit} would not start: {program} is not there: {again}"]
 
 
 def test_a_given_target_is_checked_against_the_schema(tmp_path):
@@ -264,9 +302,10 @@ def test_a_target_is_a_yaml_file_or_the_name_of_a_shipped_one(tmp_path):
         target_config("orin-nano-9gb")
 
 
-def test_an_installed_copy_has_the_targets(tmp_path):
+def test_an_installed_copy_has_the_targets_and_the_service_unit(tmp_path):
     """`pip install .` (not -e), as a Jetson image or a wheel from the workstation has it, keeps
-    firmware_configs/ beside edge_ad/, so `--target NAME` and `doctor` find every target."""
+    firmware_configs/ beside edge_ad/, so `--target NAME` and `doctor` find every target, and the
+    unit `edge-ad service` fills in."""
     root = CONFIGS.parent
     source = tmp_path / "source"  # a copy: the build writes build/ and *.egg-info beside its sources
     source.mkdir()
@@ -278,14 +317,16 @@ def test_an_installed_copy_has_the_targets(tmp_path):
     install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                               "--target", str(site), str(source)], capture_output=True, text=True)
     assert install.returncode == 0, install.stderr
-    check = ("import edge_ad.device as d; "
-             "print(d.__file__); print(' '.join(sorted(d.load_configs()))); print(d.target_config('orin-nx-16gb')['name'])")
+    check = ("import edge_ad.device as d, edge_ad.service_unit as s; print(d.__file__); "
+             "print(' '.join(sorted(d.load_configs()))); print(d.target_config('orin-nx-16gb')['name']); "
+             "print(s.UNIT_TEMPLATE.is_file())")
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(site)})
     assert out.returncode == 0, out.stderr
-    where, names, picked = out.stdout.splitlines()
+    where, names, picked, unit = out.stdout.splitlines()
     assert where.startswith(str(site))
     assert names.split() == sorted(p.stem for p in CONFIGS.glob("*.yaml")) and picked == "orin-nx-16gb"
+    assert unit == "True"  # the template of `edge-ad service`
 
 
 @pytest.mark.parametrize("flags, machine, saturates", [

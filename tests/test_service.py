@@ -17,6 +17,7 @@ from edge_ad.cli import build_parser
 from edge_ad.detector import Detector
 from edge_ad.runner import RunConfig, run
 from edge_ad.service import ServiceNotifier
+from edge_ad.service_unit import UNIT_TEMPLATE
 from edge_ad.streams import Stream
 
 
@@ -160,19 +161,17 @@ def test_the_watchdog_follows_the_scoring_loop_not_the_camera(tiny_bundle, manag
     assert any("line1" in fields["STATUS"] and "frames" in fields["STATUS"] for _, fields in messages[1:-1])
 
 
-EXAMPLE_UNIT = Path(__file__).parents[1] / "examples" / "edge-ad.service"
-
-
 def _example_service() -> configparser.SectionProxy:
-    """The [Service] section of examples/edge-ad.service, keys as written."""
+    """The [Service] section of edge_ad/edge-ad.service (as in the package, with its example
+    command line), keys as written."""
     unit = configparser.ConfigParser(interpolation=None, strict=False)
     unit.optionxform = str
-    unit.read(EXAMPLE_UNIT)
+    unit.read(UNIT_TEMPLATE)
     return unit["Service"]
 
 
 def test_the_example_unit_runs_a_valid_edge_ad_command_under_the_watchdog():
-    """examples/edge-ad.service: what systemd needs for the above, and a command line that
+    """edge_ad/edge-ad.service: what systemd needs for the above, and a command line that
     `edge-ad run` accepts (so the example does not rot as the options change)."""
     service = _example_service()
     assert (service["Type"], service["Restart"]) == ("notify", "on-failure") and int(service["WatchdogSec"]) >= 10
@@ -191,7 +190,7 @@ def test_the_example_unit_runs_as_a_user_of_its_own_with_what_the_run_needs(tmp_
     powers the run uses: ports below 1024 (Modbus's 502) and UDP video's forced receive buffer
     (udpsrc's SO_RCVBUFFORCE); /tmp and /dev left as they are (nvargus-daemon's socket, the GPU and
     cameras); the user made as the unit's head says, at home in the state folder."""
-    text, service = EXAMPLE_UNIT.read_text(), _example_service()
+    text, service = UNIT_TEMPLATE.read_text(), _example_service()
     assert service["User"] not in ("root", "0")
     useradd = next(shlex.split(line.lstrip("# ")) for line in text.splitlines() if "useradd" in line)
     assert useradd[-1] == service["User"] and "video" in useradd[useradd.index("--groups") + 1].split(",")

@@ -1,0 +1,155 @@
+"""`edge-ad service run ARGS`: the systemd unit (edge-ad.service beside this module) for a run
+command line that was tried in a shell.
+
+A command line copied into a unit by hand goes wrong in ways that only show at boot, in the
+journal: systemd reads `%` as its own specifiers (`--output out/%05d.jpg` fails to load) and `$`
+as a variable, quotes differently from a shell, and the unit is readable by every user of the
+device, `systemctl show` included, so a camera's password in a URL would be given away. The
+service's sandbox also sees /home, /root, /usr and /etc read-only, where a run tried in a shell
+may have written its events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pwd
+import re
+import shlex
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from .errors import EdgeAdError, without_passwords
+from .mqtt import PASSWORD_VARIABLE as MQTT_PASSWORD_VARIABLE
+from .opcua import PASSWORD_VARIABLE as OPCUA_PASSWORD_VARIABLE
+from .opcua import READER_PASSWORD_VARIABLE as OPCUA_READER_PASSWORD_VARIABLE
+from .output_access import OUTPUT_PASSWORD_VARIABLE
+from .variants import parse_variants
+
+UNIT_TEMPLATE = Path(__file__).with_name("edge-ad.service")
+INSTALLED_UNIT = Path("/etc/systemd/system/edge-ad.service")
+# What the unit's ProtectSystem=full and ProtectHome=read-only leave the run unable to write.
+READ_ONLY = (Path("/usr"), Path("/boot"), Path("/efi"), Path("/etc"), Path("/home"), Path("/root"),
+             Path("/run/user"))
+_PLAIN_WORD = re.compile(r"[\w@+=:,./-]+", re.ASCII)  # what systemd reads as it is written
+_PIPELINE_PASSWORD = re.compile(r"\b(user-pw=)[^\s!]+")  # rtspsrc's and souphttpsrc's property
+_LINE_WIDTH = 100
+
+
+def exec_word(word: str) -> str:
+    """`word` as one item of an ExecStart= line: `%` and `$` doubled (systemd's specifiers and
+    variables), quoted with C escapes where it holds anything else (systemd.syntax(7))."""
+    text = word.replace("%", "%%").replace("$", "$$")
+    if _PLAIN_WORD.fullmatch(word):
+        return text
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = "".join(f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in escaped)
+    return f'"{escaped}"'
+
+
+def exec_line(argv: Sequence[str]) -> str:
+    """`ExecStart=` for `argv`, folded onto continuation lines of about 100 characters."""
+    lines, line = [], "ExecStart="
+    for word in map(exec_word, argv):
+        if line.strip() and not line.endswith("=") and len(line) + 1 + len(word) > _LINE_WIDTH:
+            lines.append(line + " \\")
+            line = "    " + word
+        else:
+            line += word if line.endswith("=") else " " + word
+    return "\n".join([*lines, line])
+
+
+def edge_ad_command() -> list[str]:
+    """How the service starts this installation's edge-ad: the script beside its Python (a
+    venv's bin/), else that Python with -m edge_ad."""
+    script = Path(sys.executable).parent / "edge-ad"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "edge_ad"]
+
+
+def _written_paths(run: argparse.Namespace) -> Iterable[tuple[str, str]]:
+    """(option, path) of what the run writes into: its files and folders, and each bundle folder
+    (the line's own calibration)."""
+    for option in ("events", "snapshots", "samples", "metrics", "opcua_trust"):
+        if getattr(run, option):
+            yield "--" + option.replace("_", "-"), getattr(run, option)
+    for output in run.output or []:
+        if "://" not in output:
+            yield "--output", output
+    for path in parse_variants(run.bundle or []).values():
+        if path.is_dir():
+            yield "--bundle", str(path)
+
+
+def check_run(argv: Sequence[str], run: argparse.Namespace, cwd: Path) -> None:
+    """Refuse what would fail, or give a secret away, once the run is a service: a password in the
+    command line, and files or folders it writes where the unit's sandbox makes them read-only."""
+    problems = []
+    shown = [without_passwords(_PIPELINE_PASSWORD.sub(r"\1***", word)) for word in argv]
+    secrets = [hidden for hidden, word in zip(shown, argv) if hidden != word]
+    if secrets:
+        problems.append(f"{', '.join(secrets)}: a password on the command line would be in the unit, which every "
+                        "user of this device may read (systemctl show prints it): give cameras in a --sources file "
+                        "(edge-ad cameras --sources writes one readable by its owner only), --mqtt's in "
+                        f"{MQTT_PASSWORD_VARIABLE} (the unit's EnvironmentFile)")
+    for option, path in _written_paths(run):
+        absolute = (cwd / path).resolve()
+        inside = next((top for top in READ_ONLY if absolute.is_relative_to(top)), None)
+        if inside is not None:
+            problems.append(f"{option} {path}: the service sees {inside} read-only (the unit's ProtectSystem and "
+                            "ProtectHome), and its user may not enter others' homes: put it under "
+                            "/var/lib/edge-ad, the service's own folder, or /opt/edge-ad")
+    if problems:
+        raise EdgeAdError("the run as a service:\n  " + "\n  ".join(problems))
+
+
+def secret_variables(run: argparse.Namespace) -> list[str]:
+    """The password variables the run reads from its environment: the unit's EnvironmentFile."""
+    needed = {OUTPUT_PASSWORD_VARIABLE: run.output_user, OPCUA_PASSWORD_VARIABLE: run.opcua_user,
+              OPCUA_READER_PASSWORD_VARIABLE: run.opcua_reader,
+              MQTT_PASSWORD_VARIABLE: run.mqtt and re.match(r"mqtts?://[^/@:]+@", run.mqtt)}
+    return [variable for variable, wanted in needed.items() if wanted]
+
+
+def unit_for(argv: Sequence[str], cwd: Path) -> str:
+    """The unit's text with ExecStart running `edge-ad run ARGV` in `cwd` (its WorkingDirectory,
+    so that the command line's relative paths mean what they meant in the shell)."""
+    text = UNIT_TEMPLATE.read_text()
+    text, started = re.subn(r"^ExecStart=(?:.*\\\n)*.*$", lambda _: exec_line([*edge_ad_command(), "run", *argv]),
+                            text, count=1, flags=re.M)
+    text, placed = re.subn(r"^WorkingDirectory=.*$", lambda _: "WorkingDirectory=" + str(cwd).replace("%", "%%"),
+                           text, count=1, flags=re.M)
+    if (started, placed) != (1, 1):  # the template is this package's own file
+        raise EdgeAdError(f"{UNIT_TEMPLATE}: no ExecStart= or WorkingDirectory= line to fill in")
+    return text
+
+
+def setting(text: str, key: str) -> str | None:
+    """The value of a unit's first `key=` line (None without one)."""
+    found = re.search(rf"^{key}=(.*\S)\s*$", text, re.M)
+    return found.group(1) if found else None
+
+
+def add_user(name: str) -> str:
+    """The command that makes the service's user: a system user at home in the service's state
+    folder, in the group video (a Jetson's GPU and cameras)."""
+    return f"sudo useradd --system --home-dir /var/lib/edge-ad --groups video {name}"
+
+
+def install_steps(run: argparse.Namespace) -> list[str]:
+    """What to do with the unit `unit_for` wrote, on this device, in order."""
+    template = UNIT_TEMPLATE.read_text()
+    user = setting(template, "User") or "root"
+    steps = [f"edge-ad service run ... | sudo tee {INSTALLED_UNIT}  (this unit)"]
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        steps.append(add_user(user))
+    variables = secret_variables(run)
+    if variables:
+        secrets = (setting(template, "EnvironmentFile") or "").lstrip("-")
+        steps.append(f"sudo install -D -m 600 /dev/null {secrets}; sudoedit {secrets}  (the passwords: "
+                     + ", ".join(f"{variable}=..." for variable in variables) + ")")
+    checked = [*(word for spec in run.bundle or () for word in ("--bundle", spec)),
+               *(["--sources", run.sources] if run.sources else [])]
+    return [*steps, shlex.join(["edge-ad", "doctor", *checked]) + f"  (what {user}, the service's user, may not read "
+            "or write yet)", "sudo systemctl daemon-reload && sudo systemctl enable --now edge-ad"]
