@@ -31,7 +31,7 @@ INSTALLED_UNIT = Path("/etc/systemd/system/edge-ad.service")
 # What the unit's ProtectSystem=full and ProtectHome=read-only leave the run unable to write.
 READ_ONLY = (Path("/usr"), Path("/boot"), Path("/efi"), Path("/etc"), Path("/home"), Path("/root"),
              Path("/run/user"))
-_PLAIN_WORD = re.compile(r"[\w@+=:,./-]+", re.ASCII)  # what systemd reads as it is written
+_PLAIN_WORD = re.compile(r"[\w@%+=:,./-]+", re.ASCII)  # what systemd reads as it is written
 _PIPELINE_PASSWORD = re.compile(r"\b(user-pw=)[^\s!]+")  # rtspsrc's and souphttpsrc's property
 _LINE_WIDTH = 100
 
@@ -48,14 +48,21 @@ def exec_word(word: str) -> str:
 
 
 def exec_line(argv: Sequence[str]) -> str:
-    """`ExecStart=` for `argv`, folded onto continuation lines of about 100 characters."""
-    lines, line = [], "ExecStart="
+    """`ExecStart=` for `argv`, folded onto continuation lines of about 100 characters, each
+    option with its value."""
+    chunks: list[str] = []
     for word in map(exec_word, argv):
-        if line.strip() and not line.endswith("=") and len(line) + 1 + len(word) > _LINE_WIDTH:
-            lines.append(line + " \\")
-            line = "    " + word
+        if chunks and not word.startswith("--"):
+            chunks[-1] += " " + word
         else:
-            line += word if line.endswith("=") else " " + word
+            chunks.append(word)
+    lines, line = [], "ExecStart=" + chunks[0]
+    for chunk in chunks[1:]:
+        if len(line) + 1 + len(chunk) > _LINE_WIDTH:
+            lines.append(line + " \\")
+            line = "    " + chunk
+        else:
+            line += " " + chunk
     return "\n".join([*lines, line])
 
 
