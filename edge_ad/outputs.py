@@ -277,6 +277,11 @@ class _RtspServer:
         self.server = GstRtspServer.RTSPServer()
         self.server.set_service(str(port))
         self.server.set_backlog(connection_limit.LISTEN_BACKLOG)
+        # Clients in the server's own thread (the pool's default is one of their own): a client
+        # refused past the limit is closed from that thread, which closing it from another one
+        # raced with its reading, about once in 2,000 under load, leaving a watch that spun on
+        # the closed connection (GLib-GIO-CRITICAL by the hundred thousand, the client never closed).
+        self.server.get_thread_pool().set_max_threads(0)
         if auth := access.rtsp_auth(GstRtspServer):
             self.server.set_auth(auth)
         self.mounts = self.server.get_mount_points()
