@@ -118,7 +118,8 @@ class _Server:
                     self.send_header("Cache-Control", "no-cache, no-store")
                     self.send_header("Connection", "close")
                     self.end_headers()
-                    output.serve(self.wfile)
+                    if self.command != "HEAD":
+                        output.serve(self.wfile)
                 elif path == "/":
                     self._send(200, server.index().encode(), {"Content-Type": "text/html; charset=utf-8"})
                 else:
@@ -130,7 +131,13 @@ class _Server:
                 for name, value in {**headers, "Content-Length": str(len(body))}.items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(body)
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_HEAD(self) -> None:
+                """GET's answer without its body, as every HTTP server owes (RFC 9110, 9.1): uptime
+                monitors and `curl -I` ask so (it was 501, "Unsupported method")."""
+                self.do_GET()
 
             def _last_alarm(self, output: MjpegOutput) -> None:
                 jpeg, captured = output.last_alarm()

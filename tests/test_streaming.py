@@ -1520,7 +1520,8 @@ def test_a_picture_asked_for_is_drawn_for_it_and_no_longer(monkeypatch):
 def test_the_page_s_pictures_come_over_one_connection_and_a_stream_ends_its_own():
     """The page asks each source's picture ten times a second: over one kept connection (HTTP/1.1),
     not one each (over HTTPS, a TLS handshake each: 4.2-5.0 ms of CPU a picture here, 1.3-2.0 kept).
-    A stream has no length, so its connection closes with it."""
+    A stream has no length, so its connection closes with it. HEAD is answered as every HTTP
+    server must (it was 501)."""
     import http.client
 
     from edge_ad.mjpeg import MjpegOutput
@@ -1547,6 +1548,14 @@ def test_the_page_s_pictures_come_over_one_connection_and_a_stream_ends_its_own(
             kept.append((answer.status, answer.version, page.sock))
         assert [status for status, _, _ in kept] == [200, 200, 200, 404]
         assert all(version == 11 and sock is kept[0][2] for _, version, sock in kept[:3])  # one connection
+        # HEAD (uptime monitors, curl -I): GET's head, no body, the connection kept for the next request
+        for method, path in (("HEAD", "/line/frame.jpg"), ("GET", "/line/frame.jpg"), ("HEAD", "/line")):
+            page.request(method, path)
+            answer = page.getresponse()
+            kept.append((answer.status, answer.getheader("Content-Type"), answer.read()))
+        head, got, stream = kept[-3:]
+        assert head == (200, "image/jpeg", b"") and got[:2] == (200, "image/jpeg") and got[2].startswith(b"\xff\xd8")
+        assert stream == (200, "multipart/x-mixed-replace; boundary=frame", b"")
         page.close()
         with socket.create_connection(("127.0.0.1", port), timeout=5) as viewer:
             viewer.sendall(b"GET /line HTTP/1.1\r\nHost: x\r\n\r\n")
