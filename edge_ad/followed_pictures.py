@@ -208,7 +208,9 @@ class FollowedPictures:
             arrival.error = str(exc)  # half written, most likely: tried again once it stops changing
             return None
         del self._waiting[path]
-        self._done[path] = arrival.stamp  # as it was when it read: a change since is another picture
+        # As it was once read, not as listed: a writer that finished between the two (under load,
+        # one listed while it had only opened the file) wrote no second picture; a change after is one.
+        self._done[path] = self._stamps({path})[path] or arrival.stamp
         if arrival.said:
             log.info("%s: %s reads now", self.uri, os.path.basename(path))
         return picture_frame(rgb, self.turn, self.crop, path)

@@ -125,6 +125,24 @@ def test_a_picture_written_slowly_is_not_read_again_at_each_listing(tmp_path, mo
     assert [f.name for f in frames] == ["part.png"] and len(reads) <= 4
 
 
+def test_a_picture_its_writer_finished_between_listing_and_reading_is_read_once(tmp_path, monkeypatch):
+    """Listed while its writer had only opened it (0 bytes), whole by the time it is read: one
+    picture, not one read and then taken as written over in place (CI, under load, read it twice)."""
+    data = encoded(picture(50))
+
+    def finished_then_read(path: str) -> np.ndarray:
+        if os.path.getsize(path) == 0:
+            Path(path).write_bytes(data)  # the writer's one write, between the listing and the read
+        return read_image(path)
+
+    monkeypatch.setattr(followed_pictures, "read_image", finished_then_read)
+    source = open_source(str(tmp_path), FOLLOW)
+    reader = Reader(source)
+    (tmp_path / "part.png").write_bytes(b"")  # opened, nothing written yet
+    frames = reader.all(1)
+    assert [f.name for f in frames] == ["part.png"] and np.array_equal(frames[0].image, picture(50))
+
+
 def _overwrite(path: Path, image: np.ndarray, second: int) -> None:
     """As a camera that uploads every part under one name does: the same file written again (its
     time set apart, as a part's later upload has it, whatever the file system's clock step)."""
