@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import EdgeAdError, without_passwords
 from .mqtt import PASSWORD_VARIABLE as MQTT_PASSWORD_VARIABLE
+from .mqtt import parse_mqtt_url
 from .opcua import PASSWORD_VARIABLE as OPCUA_PASSWORD_VARIABLE
 from .opcua import READER_PASSWORD_VARIABLE as OPCUA_READER_PASSWORD_VARIABLE
 from .output_access import OUTPUT_PASSWORD_VARIABLE
@@ -113,7 +114,7 @@ def secret_variables(run: argparse.Namespace) -> list[str]:
     """The password variables the run reads from its environment: the unit's EnvironmentFile."""
     needed = {OUTPUT_PASSWORD_VARIABLE: run.output_user, OPCUA_PASSWORD_VARIABLE: run.opcua_user,
               OPCUA_READER_PASSWORD_VARIABLE: run.opcua_reader,
-              MQTT_PASSWORD_VARIABLE: run.mqtt and re.match(r"mqtts?://[^/@:]+@", run.mqtt)}
+              MQTT_PASSWORD_VARIABLE: run.mqtt and parse_mqtt_url(run.mqtt).user}
     return [variable for variable, wanted in needed.items() if wanted]
 
 
