@@ -133,7 +133,8 @@ def encrypted_key(option: str, path: object) -> Callable[[], bytes]:
     def refuse() -> bytes:
         raise EdgeAdError(f"{option} {path}: the key is encrypted; give it decrypted, readable by the run's user "
                           "only (openssl pkey -in KEY -out KEY.plain; chmod 600 KEY.plain; chown edge-ad KEY.plain "
-                          "for the unit edge-ad service writes): the service starts with no one to type its password")
+                          "for the unit edge-ad service writes): the service starts with no one to type its "
+                          "password")
 
     return refuse
 

@@ -1,10 +1,10 @@
 """`edge-ad run` as a systemd service: readiness, a watchdog and a status line.
 
-Under a unit with `Type=notify` and `WatchdogSec=` (edge_ad/edge-ad.service, which `edge-ad service` writes), the run says
-READY=1 once every source is open, sends WATCHDOG=1 from its scoring loop, so systemd restarts
-a run whose loop hangs (a stuck graph call, a wedged driver) but not one whose camera is away
-(the loop goes on while the camera reconnects), keeps a STATUS= line for `systemctl status`,
-and says STOPPING=1 on its way out.
+Under a unit with `Type=notify` and `WatchdogSec=` (edge_ad/edge-ad.service, which `edge-ad
+service` writes), the run says READY=1 once every source is open, sends WATCHDOG=1 from its
+scoring loop, so systemd restarts a run whose loop hangs (a stuck graph call, a wedged driver)
+but not one whose camera is away (the loop goes on while the camera reconnects), keeps a STATUS=
+line for `systemctl status`, and says STOPPING=1 on its way out.
 
 The protocol is one datagram per message to the socket named by $NOTIFY_SOCKET (sd_notify(3)),
 which systemd documents as stable for programs to speak themselves. It is written out here

@@ -371,8 +371,8 @@ class GstSource:
             return (f"{silence}: RTP packets of MJPEG video come, but no picture came whole: a picture is hundreds "
                     "of packets, and one lost loses it (the kernel's UDP buffer, which edge-ad asks to be "
                     f"{UDP_BUFFER_BYTES >> 20} MiB, is capped at net.core.rmem_max unless it runs with CAP_NET_ADMIN, "
-                    "as root or under the unit edge-ad service writes: raise that, or lower the sender's resolution or JPEG "
-                    "quality)")
+                    "as root or under the unit edge-ad service writes: raise that, or lower the sender's resolution "
+                    "or JPEG quality)")
         if self._rtp.codec() is not None and not self._pulled_here:
             how = "h264parse/h265parse config-interval=-1 before the muxer" if self._rtp.codec() == "mpegts" \
                 else "rtph264pay/rtph265pay config-interval=-1"
