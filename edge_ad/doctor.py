@@ -356,8 +356,10 @@ def _check_started(report: Report, unit: Path, text: str, user: pwd.struct_passw
     """The unit's user may start its program, and the Python a venv's script names (linked to the
     one the venv was made from), and enter its WorkingDirectory: edge-ad in a home closed to
     others, or a venv made from a Python in /root, fails the start with status=203/EXEC."""
+    again = "write the unit again with edge-ad service from where edge-ad is (/opt/edge-ad in the README)"
+    elsewhere = f"put edge-ad where every user may reach it and {again}"
     program, folder = _started_program(text)
-    started = [(root / program.lstrip("/"), 5, "start")] if program else []
+    started = [(root / program.lstrip("/"), 5, "start", elsewhere)] if program else []
     try:
         with open(started[0][0], "rb") as script:
             first = script.readline(4096)
@@ -365,12 +367,13 @@ def _check_started(report: Report, unit: Path, text: str, user: pwd.struct_passw
     except (IndexError, OSError):  # no program, or none this user may read: it is said below
         shebang = []
     if shebang:
-        started.append(((root / os.fsdecode(shebang[0]).lstrip("/")).resolve(), 5, "start"))
+        started.append(((root / os.fsdecode(shebang[0]).lstrip("/")).resolve(), 5, "start",
+                        "make edge-ad's venv from a Python every user may reach, as make runtime does from "
+                        f"/usr/bin/python3, and {again}"))
     if folder:
-        started.append((root / folder.lstrip("/"), 1, "enter"))
-    again = "write the unit again with edge-ad service from where edge-ad is (/opt/edge-ad in the README)"
+        started.append((root / folder.lstrip("/"), 1, "enter", elsewhere))
     said: set[Path] = set()  # a closed folder once, not for the program and the folder it starts in
-    for path, access, verb in started:
+    for path, access, verb, mend in started:
         if not path.exists():
             report.problems.append(f"{unit} would not start: {path} is not there: {again}")
             continue
@@ -379,7 +382,7 @@ def _check_started(report: Report, unit: Path, text: str, user: pwd.struct_passw
             said.add(closed)
             report.problems.append(f"{unit} would not start: {user.pw_name}, the service's user, may not {verb} "
                                    f"{path}" + ("" if closed == path else f" ({closed} is closed to it)")
-                                   + f": put edge-ad where every user may reach it and {again}")
+                                   + f": {mend}")
 
 
 def _mend(closed: Path, path: Path, own: str) -> str:

@@ -30,8 +30,9 @@ from .variants import parse_variants
 UNIT_TEMPLATE = Path(__file__).with_name("edge-ad.service")
 INSTALLED_UNIT = Path("/etc/systemd/system/edge-ad.service")
 # What the unit's ProtectSystem=full and ProtectHome=read-only leave the run unable to write.
-READ_ONLY = (Path("/usr"), Path("/boot"), Path("/efi"), Path("/etc"), Path("/home"), Path("/root"),
-             Path("/run/user"))
+READ_ONLY = {Path("/usr"): "ProtectSystem", Path("/boot"): "ProtectSystem", Path("/efi"): "ProtectSystem",
+             Path("/etc"): "ProtectSystem", Path("/home"): "ProtectHome", Path("/root"): "ProtectHome",
+             Path("/run/user"): "ProtectHome"}
 _PLAIN_WORD = re.compile(r"[\w@%+=:,./-]+", re.ASCII)  # what systemd reads as it is written
 _PIPELINE_PASSWORD = re.compile(r"\b(user-pw=)[^\s!]+")  # rtspsrc's and souphttpsrc's property
 _LINE_WIDTH = 100
@@ -103,9 +104,9 @@ def check_run(argv: Sequence[str], run: argparse.Namespace, cwd: Path) -> None:
         absolute = (cwd / path).resolve()
         inside = next((top for top in READ_ONLY if absolute.is_relative_to(top)), None)
         if inside is not None:
-            problems.append(f"{option} {path}: the service sees {inside} read-only (the unit's ProtectSystem and "
-                            "ProtectHome), and its user may not enter others' homes: put it under "
-                            "/var/lib/edge-ad, the service's own folder, or /opt/edge-ad")
+            homes = ", and its user may not enter others' homes" if READ_ONLY[inside] == "ProtectHome" else ""
+            problems.append(f"{option} {path}: the service sees {inside} read-only (the unit's {READ_ONLY[inside]})"
+                            f"{homes}: put it under /var/lib/edge-ad, the service's own folder, or /opt/edge-ad")
     if problems:
         raise EdgeAdError("the run as a service:\n  " + "\n  ".join(problems))
 

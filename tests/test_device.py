@@ -278,7 +278,8 @@ def _check_the_service_s_user(base: Path, tiny_bundle: Path) -> None:
     base.chmod(0o755)
     (root / "root").chmod(0o700)  # root's home, where pyenv puts its Pythons
     assert said()[1:] == [f"{unit} would not start: nobody, the service's user, may not start {python} "
-                          f"({root / 'root'} is closed to it): put edge-ad where every user may reach it and {again}"]
+                          f"({root / 'root'} is closed to it): make edge-ad's venv from a Python every user may "
+                          f"reach, as make runtime does from /usr/bin/python3, and {again}"]
     program.unlink()
     assert said()[1:] == [f"{unit} would not start: {program} is not there: {again}"]
 

@@ -101,10 +101,13 @@ def test_what_the_sandbox_keeps_read_only_is_refused_before_boot(tmp_path, monke
     in a shell, would fail the service at its start."""
     monkeypatch.chdir(tmp_path)
     code, unit, err = _service(["run", "--input", "csi://0", "--events", "/home/operator/events.jsonl",
-                                "--snapshots", "/etc/../root/snaps", "--metrics", "edge_ad.prom"], capsys)
+                                "--snapshots", "/etc/../root/snaps", "--metrics", "edge_ad.prom",
+                                "--samples", "/usr/local/share/good"], capsys)
     assert code == 2 and unit == ""
     assert "--events /home/operator/events.jsonl: the service sees /home read-only" in err
-    assert "--snapshots /etc/../root/snaps: the service sees /root read-only" in err
+    assert "--snapshots /etc/../root/snaps: the service sees /root read-only (the unit's ProtectHome), and its " \
+           "user may not enter others' homes" in err
+    assert "--samples /usr/local/share/good: the service sees /usr read-only (the unit's ProtectSystem): put it" in err
     assert "edge_ad.prom" not in err  # in this folder, which the unit works in
 
 
