@@ -90,9 +90,13 @@ def _written_paths(run: argparse.Namespace) -> Iterable[tuple[str, str]]:
 
 
 def check_run(argv: Sequence[str], run: argparse.Namespace, cwd: Path) -> None:
-    """Refuse what would fail, or give a secret away, once the run is a service: a password in the
-    command line, and files or folders it writes where the unit's sandbox makes them read-only."""
+    """Refuse what would fail, or give a secret away, once the run is a service: a working folder
+    whose name the unit cannot hold, a password in the command line, and files or folders it
+    writes where the unit's sandbox makes them read-only."""
     problems = []
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in str(cwd)):  # a newline would start a line of the unit's own
+        problems.append(f"{ascii(str(cwd))}: the folder this runs in has a control character in its name, which the "
+                        "unit's WorkingDirectory cannot hold: run edge-ad service from another folder")
     shown = [without_passwords(_PIPELINE_PASSWORD.sub(r"\1***", word)) for word in argv]
     secrets = [hidden for hidden, word in zip(shown, argv) if hidden != word]
     if secrets:

@@ -109,6 +109,11 @@ def test_what_the_sandbox_keeps_read_only_is_refused_before_boot(tmp_path, monke
            "user may not enter others' homes" in err
     assert "--samples /usr/local/share/good: the service sees /usr read-only (the unit's ProtectSystem): put it" in err
     assert "edge_ad.prom" not in err  # in this folder, which the unit works in
+    odd = tmp_path / "line\nUser=root"  # would have been a line of the unit's own
+    odd.mkdir()
+    monkeypatch.chdir(odd)
+    code, unit, err = _service(["run", "--input", "csi://0"], capsys)
+    assert code == 2 and unit == "" and "has a control character in its name" in err
 
 
 def test_a_command_line_that_is_not_a_run_is_refused(capsys):
