@@ -11,8 +11,10 @@ client gets the newest one: a slow client skips pictures, it never holds up the 
 from __future__ import annotations
 
 import html
+import logging
 import math
 import ssl
+import sys
 import threading
 import time
 from email.utils import formatdate
@@ -25,6 +27,8 @@ import numpy as np
 from .connection_limit import REQUEST_S, ConnectionLimit, RefusedConnections
 from .errors import SourceError, listen_reason, uri_port
 from .output_access import OutputAccess
+
+log = logging.getLogger("edge_ad.mjpeg")
 
 MJPEG_FPS = 10.0  # at most this many pictures a second: enough to watch, a third of a camera's bandwidth
 MJPEG_QUALITY = 80
@@ -51,6 +55,15 @@ def mjpeg_description(uri: str) -> str:
 
 class _HttpServer(ConnectionLimit, ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A viewer gone mid-answer (a tab closed or reloaded while its pictures came, a cable
+        pulled: the connection reset) is nobody's error: socketserver printed 25 lines of traceback
+        to stderr, the service's journal, for each. Anything else is logged, with its traceback."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        log.exception("the browser outputs on port %d: answering %s failed", self.server_address[1],
+                      client_address[0])
 
 
 class _TlsServer(_HttpServer):
