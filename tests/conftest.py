@@ -160,6 +160,18 @@ def test_cells(elpv_samples) -> dict[str, list[np.ndarray]]:
     return {t: [_bgr(s) for s in normal if s.group == t][:6] for t in MODULE_TYPES}
 
 
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+def check_with_systemd(unit: Path) -> None:
+    """systemd's own reading of `unit` (`systemd-analyze verify`) finds nothing wrong with it;
+    where systemd-analyze is not installed, nothing is checked."""
+    if SYSTEMD_ANALYZE is None:
+        return
+    checked = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and unit.name not in checked.stderr, checked.stderr
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     """A port on 127.0.0.1 that nothing listens on now (TCP, or UDP with socket.SOCK_DGRAM)."""
     with socket.socket(socket.AF_INET, kind) as s:

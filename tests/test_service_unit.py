@@ -3,7 +3,6 @@
 import os
 import pwd
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -12,6 +11,8 @@ import pytest
 
 from edge_ad.cli import main
 from edge_ad.service_unit import UNIT_TEMPLATE, setting
+
+from conftest import SYSTEMD_ANALYZE, check_with_systemd
 
 
 def _service(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -123,12 +124,11 @@ def test_a_command_line_that_is_not_a_run_is_refused(capsys):
     assert code == 2 and unit == "" and "unrecognized arguments: --event" in err
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="no systemd-analyze here")
 def test_systemd_finds_nothing_wrong_with_the_unit(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code, unit, err = _service(["run", "--input", "test://ball", "--output", "out/%05d.jpg"], capsys)
     assert code == 0, err
     path = tmp_path / "edge-ad.service"
     path.write_text(unit)
-    checked = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60)
-    assert checked.returncode == 0 and "edge-ad.service" not in checked.stderr, checked.stderr
+    check_with_systemd(path)
