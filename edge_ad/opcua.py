@@ -65,7 +65,7 @@ from .errors import EdgeAdError, listen_reason, password_from_environment
 from .files import state_folder
 from .login_attempts import LoginAttempts
 from .opcua_trust import ClientTrust, read_certificates, thumbprint
-from .sinks import slug
+from .sinks import ReportDue, slug
 
 log = logging.getLogger("edge_ad.opcua")
 
@@ -80,6 +80,10 @@ CERTIFICATE, KEY = "server-certificate.der", "server-key.pem"
 OWN_CERTIFICATE_DAYS = 3650
 RENEW_NOTICE = timedelta(days=60)
 TRUST_RECHECK_S = 30.0  # the open sessions' certificates against the trust folder: a SCADA stays connected for months
+# The most a client's message may hold, its chunks together: the default of the OPC Foundation's
+# .NET stack. Ours are a few kB (a session's certificate, reads of a few hundred variables); asyncua
+# took 100 MB, which 64 connections at once would hold in more memory than a Jetson has.
+MAX_MESSAGE_BYTES = 4 << 20
 
 
 class OpcUaServer:
@@ -120,6 +124,10 @@ class OpcUaServer:
         # asyncua refuses connections past its limit; its own 1,000 is about all a service's 1,024
         # file descriptors, which the run needs for its snapshots, events and cameras
         self._server.iserver.max_connections = connection_limit.MAX_CONNECTIONS
+        limits = self._server.limits
+        limits.max_message_size = MAX_MESSAGE_BYTES
+        limits.max_chunk_count = -(-MAX_MESSAGE_BYTES // limits.max_recv_buffer)
+        _bound_chunks()
         self._nodes: dict[str, tuple] = {}  # "line1.Score" -> its NodeId and VariantType
         self._frames = dict.fromkeys(self.sources, 0)
         self._ready = threading.Event()
@@ -347,6 +355,47 @@ class OpcUaServer:
             except RuntimeError:  # the loop ended between the check and the call
                 pass
         self._thread.join(timeout=5.0)
+
+
+def _bound_chunks() -> None:
+    """Makes asyncua's server close a connection as soon as the header of a message chunk says it
+    is larger than the server's receive buffer, answering Bad_TcpMessageTooLarge (OPC UA Part 6,
+    7.1.2.4): asyncua 2.1 gathered a chunk whole whatever size its header said, copying what it had
+    at every read, so that a client sending a header of 2 GB and then bytes held a core and 200 MB
+    until the session watchdog closed it 30 s later; four such slowed the run from 30 frames a
+    second to 5. asyncua makes its protocol by this module-level name, so the class is replaced
+    there, once (its server is the run's only one)."""
+    from asyncua import ua
+    from asyncua.server import binary_server_asyncio
+    from asyncua.ua.ua_binary import uatcp_to_binary
+
+    if getattr(binary_server_asyncio.OPCUAProtocol, "bounds_chunks", False):
+        return
+    closed, report_due = 0, ReportDue()
+
+    class ChunkBounded(binary_server_asyncio.OPCUAProtocol):
+        bounds_chunks = True
+
+        def data_received(self, data: bytes) -> None:
+            nonlocal closed
+            super().data_received(data)  # what stays in its buffer is a chunk not yet whole
+            if len(self._buffer) < 8 or self.transport is None or self.transport.is_closing():
+                return
+            size, most = int.from_bytes(self._buffer[4:8], "little"), self.limits.max_recv_buffer
+            if size <= most:
+                return
+            self._buffer = b""
+            error = ua.ErrorMessage(ua.StatusCode(ua.StatusCodes.BadTcpMessageTooLarge),
+                                    f"a message chunk of {size} bytes; the server receives at most {most}")
+            self.transport.write(uatcp_to_binary(ua.MessageType.Error, error))
+            self.transport.close()
+            closed += 1
+            if report_due():
+                log.warning("opcua: closed the connection of %s: it sent a message chunk of %d bytes, and the "
+                            "server receives at most %d (%d such connections closed since the run started)",
+                            self.peer_name[0] if self.peer_name else "a client", size, most, closed)
+
+    binary_server_asyncio.OPCUAProtocol = ChunkBounded
 
 
 def _made_certificate(key_file: Path, certificate_file: Path) -> tuple:

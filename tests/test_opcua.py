@@ -6,6 +6,7 @@ import hashlib
 import json
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
 
 from edge_ad.errors import EdgeAdError  # noqa: E402
 from edge_ad import opcua_trust  # noqa: E402
-from edge_ad.opcua import NAMESPACE, OpcUaServer  # noqa: E402
+from edge_ad.opcua import MAX_MESSAGE_BYTES, NAMESPACE, OpcUaServer  # noqa: E402
 from edge_ad.sinks import slug  # noqa: E402
 
 from conftest import SPOT_PATTERN, edge_ad, free_port, wait_for  # noqa: E402
@@ -178,6 +179,36 @@ def test_a_flood_of_connections_leaves_the_run_its_file_descriptors(monkeypatch)
             connection.close()
     finally:
         served.close()
+
+
+def _hello(port: int) -> bytes:
+    """The Hello an OPC UA client opens its connection with (Part 6, 7.1.2.3), setting no limit on
+    the size of a message."""
+    url = f"opc.tcp://127.0.0.1:{port}/edge-ad/".encode()
+    body = struct.pack("<5I", 0, 65535, 65535, 0, 0) + struct.pack("<i", len(url)) + url
+    return b"HELF" + struct.pack("<I", 8 + len(body)) + body
+
+
+def test_a_message_larger_than_the_server_receives_closes_its_connection_at_once(server, caplog):
+    """asyncua gathered a chunk of whatever size its header said, copying what it had at every
+    read: a client sending a header of 2 GB and then bytes held a core and 200 MB for 30 s, and
+    four such slowed the run from 30 frames a second to 5."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as connection:
+        connection.sendall(_hello(server.port))
+        acknowledged = connection.recv(64)
+        assert acknowledged[:4] == b"ACKF"
+        assert struct.unpack("<5I", acknowledged[8:28])[3] == MAX_MESSAGE_BYTES  # the most a message may hold
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as connection:
+        connection.sendall(b"HELF" + struct.pack("<I", 2**31 - 1) + bytes(1 << 16))
+        answer = b"".join(iter(lambda: connection.recv(4096), b""))  # to its end (the old server never answered)
+    assert answer[:4] == b"ERRF" and struct.unpack("<I", answer[8:12])[0] == ua.StatusCodes.BadTcpMessageTooLarge
+    assert "it sent a message chunk of 2147483647 bytes, and the server receives at most 65535" in caplog.text
+    client = Client(f"opc.tcp://127.0.0.1:{server.port}/edge-ad/", timeout=5)
+    client.connect()
+    try:
+        assert _values(client, "line2", "Frames") == {"Frames": 0}  # others are served as before
+    finally:
+        client.disconnect()
 
 
 def _connects(client: Client) -> bool:
