@@ -38,6 +38,10 @@ STALL_S = 10.0  # how long a write waits for an encoder that takes no frame befo
 DISK_RESERVE_BYTES = 1 << 30  # what a video file leaves free on its disk, for events and pictures
 ROTATE_BYTES = 64 << 20  # a video file this large goes on in a new one while its disk is short
 ROOM_CHECK_S = 1.0  # how often the free room on a video file's disk is looked at
+# The most a request to an RTSP output may carry after its headers: a viewer's GET_PARAMETER or
+# SET_PARAMETER holds a few names. gst-rtsp-server took whatever Content-Length said, and a
+# client announcing 2 GB had them all kept (300 MB sent, 300 MB more resident).
+RTSP_BODY_BYTES = 1 << 16
 # The largest video picture (width, height): what a screen or a browser shows whole, and a
 # Jetson's encoder takes at the camera's rate. Snapshots keep a larger camera's full frame.
 OUTPUT_LIMIT = (1920, 1080)
@@ -296,10 +300,12 @@ class _RtspServer:
         self.thread.start()
 
     def _limit_clients(self, server, client) -> None:
-        """Closes a client past MAX_CONNECTIONS (the server lists those before it, not it yet),
-        once the server has set it up: closed within this signal, the server goes on to set up
-        a closed connection (GStreamer-RTSP-CRITICAL assertions)."""
+        """Bounds the body of a client's requests (RTSP_BODY_BYTES); closes a client past
+        MAX_CONNECTIONS (the server lists those before it, not it yet), once the server has set it
+        up: closed within this signal, the server goes on to set up a closed connection
+        (GStreamer-RTSP-CRITICAL assertions)."""
         if len(server.client_filter(None)) < connection_limit.MAX_CONNECTIONS:
+            client.get_connection().set_content_length_limit(RTSP_BODY_BYTES)
             return
         self._refusals.refused(client.get_connection().get_ip(), connection_limit.MAX_CONNECTIONS)
         later = self._GLib.idle_source_new()

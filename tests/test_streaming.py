@@ -1474,6 +1474,28 @@ def test_a_flood_of_connections_to_an_output_leaves_the_run_its_threads(scheme, 
             client.close()
 
 
+def test_a_request_to_an_rtsp_output_announcing_a_larger_body_than_it_takes_is_refused():
+    """gst-rtsp-server took whatever body Content-Length announced: a client announcing 2 GB had
+    them all kept, 300 MB sent made the run 300 MB larger. Past RTSP_BODY_BYTES the request is
+    answered 413 and the connection closed; a viewer's GET_PARAMETER is answered as before."""
+    _need_rtsp_server()
+    port = free_port()
+    output = outputs.RtspOutput(f"rtsp://@:{port}/line", 64, 48, 10)
+
+    def asking(length: int) -> bytes:
+        return (b"GET_PARAMETER rtsp://127.0.0.1:%d/line RTSP/1.0\r\nCSeq: 1\r\nContent-Type: text/parameters\r\n"
+                b"Content-Length: %d\r\n\r\n" % (port, length))
+    try:
+        said, closed = _answered(port, asking(2_000_000_000))  # the body is not sent: the old server waited for it
+        assert said.startswith(b"RTSP/1.0 413 Request Entity Too Large") and closed
+        said, _ = _answered(port, asking(outputs.RTSP_BODY_BYTES + 1))
+        assert said.startswith(b"RTSP/1.0 413")
+        said, _ = _answered(port, asking(0))  # a keep-alive
+        assert said.startswith(b"RTSP/1.0 200 OK")
+    finally:
+        output.close()
+
+
 def test_a_picture_asked_for_is_drawn_for_it_and_no_longer(monkeypatch):
     """PATH/frame.jpg, what the page at / shows: the next picture, drawn for the request (nobody
     watches a stream), and nothing drawn once nobody asks; a source that is away is said."""
