@@ -12,6 +12,7 @@ may have written its events.
 from __future__ import annotations
 
 import argparse
+import glob
 import pwd
 import re
 import shlex
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .errors import EdgeAdError, without_passwords
+from .images import IMAGE_SUFFIXES
 from .mqtt import PASSWORD_VARIABLE as MQTT_PASSWORD_VARIABLE
 from .mqtt import parse_mqtt_url
 from .opcua import PASSWORD_VARIABLE as OPCUA_PASSWORD_VARIABLE
@@ -89,11 +91,33 @@ def _written_paths(run: argparse.Namespace) -> Iterable[tuple[str, str]]:
             yield "--bundle", str(path)
 
 
+def _endings(run: argparse.Namespace, cwd: Path) -> Iterable[str]:
+    """What would make the run end by itself, tried in a shell: the unit restarts a run that
+    fails (Restart=on-failure), not one that ends well, so the service would stay stopped until
+    the next boot."""
+    stays = "and the service would stay stopped until the next boot (systemd restarts a run that fails, not one that ends)"
+    if run.print_pipeline:
+        yield "--print-pipeline: the run prints its pipelines and ends: try it in a shell, and leave it out of the unit"
+    if run.max_frames:
+        yield f"--max-frames {run.max_frames}: the run ends after {run.max_frames} frames of each source, {stays}"
+    if run.follow or run.input_loop == -1:
+        return
+    for uri in run.input or []:
+        path = cwd / uri
+        if "://" in uri or not (path.is_dir() or path.is_file() or glob.has_magic(uri)):
+            continue  # a camera, a stream (a device, /dev/video0, is not a file)
+        if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
+            yield f"--input {uri}: the run ends with the video, {stays}: --input-loop -1 plays it for ever"
+        else:
+            yield (f"--input {uri}: the run ends with its last picture, {stays}: --follow scores the pictures the "
+                   "line writes there as they come, --input-loop -1 reads them again and again")
+
+
 def check_run(argv: Sequence[str], run: argparse.Namespace, cwd: Path) -> None:
     """Refuse what would fail, or give a secret away, once the run is a service: a working folder
-    whose name the unit cannot hold, a password in the command line, and files or folders it
-    writes where the unit's sandbox makes them read-only."""
-    problems = []
+    whose name the unit cannot hold, a command line that ends by itself, a password in it, and
+    files or folders it writes where the unit's sandbox makes them read-only."""
+    problems = list(_endings(run, cwd))
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in str(cwd)):  # a newline would start a line of the unit's own
         problems.append(f"{ascii(str(cwd))}: the folder this runs in has a control character in its name, which the "
                         "unit's WorkingDirectory cannot hold: run edge-ad service from another folder")
