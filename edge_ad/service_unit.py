@@ -91,26 +91,34 @@ def _written_paths(run: argparse.Namespace) -> Iterable[tuple[str, str]]:
             yield "--bundle", str(path)
 
 
+STAYS_STOPPED = ("and the service would stay stopped until the next boot (systemd restarts a run that fails, not one "
+                 "that ends)")
+
+
 def _endings(run: argparse.Namespace, cwd: Path) -> Iterable[str]:
     """What would make the run end by itself, tried in a shell: the unit restarts a run that
     fails (Restart=on-failure), not one that ends well, so the service would stay stopped until
-    the next boot."""
-    stays = "and the service would stay stopped until the next boot (systemd restarts a run that fails, not one that ends)"
+    the next boot. A run ends when all its sources have."""
     if run.print_pipeline:
         yield "--print-pipeline: the run prints its pipelines and ends: try it in a shell, and leave it out of the unit"
     if run.max_frames:
-        yield f"--max-frames {run.max_frames}: the run ends after {run.max_frames} frames of each source, {stays}"
-    if run.follow or run.input_loop == -1:
+        yield f"--max-frames {run.max_frames}: the run ends after {run.max_frames} frames of each source, {STAYS_STOPPED}"
+    if run.follow or run.input_loop == -1 or run.sources or run.pipeline:
         return
-    for uri in run.input or []:
-        path = cwd / uri
-        if "://" in uri or not (path.is_dir() or path.is_file() or glob.has_magic(uri)):
-            continue  # a camera, a stream (a device, /dev/video0, is not a file)
-        if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
-            yield f"--input {uri}: the run ends with the video, {stays}: --input-loop -1 plays it for ever"
-        else:
-            yield (f"--input {uri}: the run ends with its last picture, {stays}: --follow scores the pictures the "
-                   "line writes there as they come, --input-loop -1 reads them again and again")
+    endings = [_ending(uri, cwd) for uri in run.input or []]
+    if endings and all(endings):
+        yield from endings
+
+
+def _ending(uri: str, cwd: Path) -> str | None:
+    """Why `uri`, given to --input, ends (a video, pictures), None for a camera or a stream."""
+    path = cwd / uri
+    if "://" in uri or not (path.is_dir() or path.is_file() or glob.has_magic(uri)):
+        return None  # (a device, /dev/video0, is not a file)
+    if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
+        return f"--input {uri}: the run ends with the video, {STAYS_STOPPED}: --input-loop -1 plays it for ever"
+    return (f"--input {uri}: the run ends with its last picture, {STAYS_STOPPED}: --follow scores the pictures the "
+            "line writes there as they come, --input-loop -1 reads them again and again")
 
 
 def check_run(argv: Sequence[str], run: argparse.Namespace, cwd: Path) -> None:

@@ -118,25 +118,27 @@ def test_what_the_sandbox_keeps_read_only_is_refused_before_boot(tmp_path, monke
 
 
 def test_a_command_line_that_ends_by_itself_is_refused(tmp_path, monkeypatch, capsys):
-    """Tried in a shell, a run over a folder or a video ends with them, as --max-frames and
+    """Tried in a shell, a run over folders or videos ends with them, as --max-frames and
     --print-pipeline make it end: as a service it would end at boot and stay stopped (the unit
     restarts a run that fails, not one that ends)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "parts").mkdir()
     (tmp_path / "line.mp4").write_bytes(b"")
-    code, unit, err = _service(["run", "--input", "parts", "--input", "line.mp4", "--input", "shots/*.png",
-                                "--input", "/dev/null", "--input", "rtsp://10.0.0.5/s", "--max-frames", "100",
-                                "--print-pipeline"], capsys)
+    code, unit, err = _service(["run", "--input", "parts", "--input", "line.mp4", "--input", "/dev/video0",
+                                "--max-frames", "100", "--print-pipeline"], capsys)
     assert code == 2 and unit == ""
     assert "--print-pipeline: the run prints its pipelines and ends" in err
     assert "--max-frames 100: the run ends after 100 frames of each source, and the service would stay stopped" in err
+    assert "--input parts" not in err and "line.mp4" not in err  # a camera goes on after them: the run too
+    code, unit, err = _service(["run", "--input", "parts", "--input", "line.mp4", "--input", "shots/*.png"], capsys)
+    assert code == 2 and unit == ""
     assert "--input parts: the run ends with its last picture, and the service would stay stopped until the next " \
            "boot (systemd restarts a run that fails, not one that ends): --follow scores the pictures" in err
     assert "--input shots/*.png: the run ends with its last picture" in err
     assert "--input line.mp4: the run ends with the video, and the service would stay stopped until the next boot " \
            "(systemd restarts a run that fails, not one that ends): --input-loop -1 plays it for ever" in err
-    assert "/dev/null" not in err and "rtsp://" not in err  # a device and a stream go on
-    for going_on in (["--input", "parts", "--follow"], ["--input", "line.mp4", "--input-loop", "-1"]):
+    for going_on in (["--input", "parts", "--follow"], ["--input", "line.mp4", "--input-loop", "-1"],
+                     ["--input", "line.mp4", "--input", "rtsp://10.0.0.5/s"]):
         code, unit, err = _service(["run", *going_on], capsys)
         assert code == 0 and setting(unit, "ExecStart"), err
 
