@@ -36,6 +36,9 @@ log = logging.getLogger("edge_ad.http_pictures")
 
 DEFAULT_FPS = 2
 ANSWER_S = 10.0  # how long a camera may take to answer with --timeout 0 (a request that waits for ever is stuck)
+# The most a still picture may take: a 12-megapixel camera's, as a PNG that compressed nothing, is
+# 36 MB. A URL that answers more is no still picture (a video, a file share's listing of them).
+PICTURE_BYTES = 64 << 20
 
 
 def is_http_pictures(uri: str | None, options: SourceOptions) -> bool:
@@ -72,7 +75,11 @@ class HttpPictures:
         """The camera's picture now, as RGB (EdgeAdError saying why there is none)."""
         try:
             with self._opener.open(self.url, timeout=self.answer_s) as answer:
-                kind, data = answer.headers.get_content_type(), answer.read()
+                kind, data = answer.headers.get_content_type(), b""
+                if kind.startswith("image/"):  # (read after its type: an MJPEG stream's body never ends)
+                    data = answer.read(PICTURE_BYTES + 1)
+                    if len(data) <= PICTURE_BYTES and answer.length:  # bytes its Content-Length said are missing
+                        raise http.client.IncompleteRead(data, answer.length)
         except urllib.error.HTTPError as exc:  # (urllib's reason after a digest login failed: "digest auth failed")
             if exc.code == 401:
                 raise EdgeAdError("the camera refuses the login (HTTP 401: user or password wrong, or none given)") \
@@ -83,8 +90,14 @@ class HttpPictures:
         except ValueError as exc:  # urllib's word for a login scheme or digest it does not make
             raise EdgeAdError(f"the camera asks for a login edge-ad does not make ({exc}; it makes basic ones and "
                               "digest ones with MD5 or SHA-256)") from exc
+        if kind == "multipart/x-mixed-replace":
+            raise EdgeAdError("the URL answers with an MJPEG stream, not a still picture: give the stream without "
+                              "--input-codec jpeg, or the camera's still picture URL")
         if not kind.startswith("image/"):
             raise EdgeAdError(f"the URL answers with {kind}, not a picture: give the camera's still picture URL")
+        if len(data) > PICTURE_BYTES:
+            raise EdgeAdError(f"the URL answers with more than {PICTURE_BYTES / 2**20:g} MB, more than a still picture "
+                              "takes: give the camera's still picture URL")
         try:
             return decode_image(data, "the picture")
         except ImageError as exc:

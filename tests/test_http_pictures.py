@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_ad import http_pictures
 from edge_ad.errors import SourceError
 from edge_ad.pipelines import SourceOptions
 from edge_ad.sources import open_source
@@ -52,9 +53,9 @@ def _digest_ok(header: str, method: str, login: str) -> bool:
 @contextmanager
 def _camera(picture: np.ndarray, login: str):
     """A camera's web server: its picture at /snapshot.jpg (a new JPEG of it at each request, the
-    requests counted), a page at /, and an MJPEG stream's header at /video, to a client that
-    gives USER and PASSWORD by `login` ("basic", "digest" or "digest-sha256") authentication; its
-    address."""
+    requests counted), a page at /, and an MJPEG stream at /video (which ends when its client
+    leaves), to a client that gives USER and PASSWORD by `login` ("basic", "digest" or
+    "digest-sha256") authentication; its address."""
     jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
     basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 
@@ -71,8 +72,16 @@ def _camera(picture: np.ndarray, login: str):
             if self.path not in PAGES:
                 self.send_error(404)
                 return
-            body, kind = {"/snapshot.jpg": (jpeg, "image/jpeg"), "/": (b"<html>camera</html>", "text/html"),
-                          "/video": (b"", "multipart/x-mixed-replace; boundary=picture")}[self.path]
+            if self.path == "/video":
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=picture")
+                self.end_headers()
+                try:
+                    while True:
+                        self.wfile.write(b"--picture\r\nContent-Type: image/jpeg\r\n\r\n" + jpeg + b"\r\n")
+                except OSError:  # the client left
+                    return
+            body, kind = {"/snapshot.jpg": (jpeg, "image/jpeg"), "/": (b"<html>camera</html>", "text/html")}[self.path]
             server.requests += self.path == "/snapshot.jpg"
             self.send_response(200)
             self.send_header("Content-Type", kind)
@@ -134,7 +143,7 @@ def test_a_camera_s_still_picture_is_fetched_again_and_again_no_faster_than_aske
     assert took >= 0.3 and camera.requests == 4  # three waits of a tenth of a second between four requests
 
 
-def test_what_keeps_a_still_picture_from_coming_is_said_and_tried_again(caplog):
+def test_what_keeps_a_still_picture_from_coming_is_said_and_tried_again(caplog, monkeypatch):
     with _camera(np.zeros((48, 64, 3), np.uint8), "digest") as camera:
         address = f"127.0.0.1:{camera.server_port}"
         for uri, said in (
@@ -142,8 +151,9 @@ def test_what_keeps_a_still_picture_from_coming_is_said_and_tried_again(caplog):
              "the camera refuses the login (HTTP 401: user or password wrong, or none given)"),
             (f"http://admin:p%40ss%20word@{address}/nothing.jpg", "the camera answers 404 Not Found"),
             (f"http://admin:p%40ss%20word@{address}/", "the URL answers with text/html, not a picture"),
-            (f"http://admin:p%40ss%20word@{address}/video", "the URL answers with multipart/x-mixed-replace, not a "
-                                                             "picture"),
+            # the stream's pictures were read for ever (memory growing, nothing said)
+            (f"http://admin:p%40ss%20word@{address}/video", "the URL answers with an MJPEG stream, not a still "
+                                                             "picture: give the stream without --input-codec jpeg"),
             (f"http://127.0.0.1:{free_port()}/snapshot.jpg", "no answer (Connection refused)"),
         ):
             caplog.clear()
@@ -152,6 +162,7 @@ def test_what_keeps_a_still_picture_from_coming_is_said_and_tried_again(caplog):
                 assert frames_within(source, 1, 1.5) == []
             assert said in caplog.text and "; trying again in 1 s" in caplog.text and source.reconnects >= 1
             assert "n0tit" not in caplog.text and "p%40ss" not in caplog.text
+    monkeypatch.setattr(http_pictures, "PICTURE_BYTES", 1 << 16)
     for reply, said in (  # before, the source stopped for good with a traceback ("reading frames failed")
         (b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\n\xff\xd8" + b"x" * 100,
          "the answer was cut short (102 bytes, 4898 more expected)"),
@@ -159,6 +170,9 @@ def test_what_keeps_a_still_picture_from_coming_is_said_and_tried_again(caplog):
         (b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Negotiate\r\nContent-Length: 0\r\n\r\n",
          "the camera asks for a login edge-ad does not make (AbstractDigestAuthHandler does not support the "
          "following scheme: 'Negotiate'; it makes basic ones and digest ones with MD5 or SHA-256)"),
+        (b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8" + bytes(100_000),  # read whole before
+         "the URL answers with more than 0.0625 MB, more than a still picture takes: give the camera's still "
+         "picture URL"),
     ):
         caplog.clear()
         with _answering(reply) as port:
