@@ -364,7 +364,9 @@ def _bound_chunks() -> None:
     at every read, so that a client sending a header of 2 GB and then bytes held a core and 200 MB
     until the session watchdog closed it 30 s later; four such slowed the run from 30 frames a
     second to 5. asyncua makes its protocol by this module-level name, so the class is replaced
-    there, once (its server is the run's only one)."""
+    there, once (its server is the run's only one). What it reads of asyncua's protocol is read
+    with getattr: should a later asyncua name them otherwise, chunks go unbounded as before, and
+    the test of this fails, rather than every connection."""
     from asyncua import ua
     from asyncua.server import binary_server_asyncio
     from asyncua.ua.ua_binary import uatcp_to_binary
@@ -378,22 +380,25 @@ def _bound_chunks() -> None:
 
         def data_received(self, data: bytes) -> None:
             nonlocal closed
-            super().data_received(data)  # what stays in its buffer is a chunk not yet whole
-            if len(self._buffer) < 8 or self.transport is None or self.transport.is_closing():
+            super().data_received(data)
+            waiting = getattr(self, "_buffer", b"")  # a chunk not yet whole
+            transport, limits = getattr(self, "transport", None), getattr(self, "limits", None)
+            if len(waiting) < 8 or limits is None or transport is None or transport.is_closing():
                 return
-            size, most = int.from_bytes(self._buffer[4:8], "little"), self.limits.max_recv_buffer
+            size, most = int.from_bytes(waiting[4:8], "little"), limits.max_recv_buffer
             if size <= most:
                 return
             self._buffer = b""
             error = ua.ErrorMessage(ua.StatusCode(ua.StatusCodes.BadTcpMessageTooLarge),
                                     f"a message chunk of {size} bytes; the server receives at most {most}")
-            self.transport.write(uatcp_to_binary(ua.MessageType.Error, error))
-            self.transport.close()
+            transport.write(uatcp_to_binary(ua.MessageType.Error, error))
+            transport.close()
             closed += 1
             if report_due():
+                peer = getattr(self, "peer_name", None)
                 log.warning("opcua: closed the connection of %s: it sent a message chunk of %d bytes, and the "
                             "server receives at most %d (%d such connections closed since the run started)",
-                            self.peer_name[0] if self.peer_name else "a client", size, most, closed)
+                            peer[0] if peer else "a client", size, most, closed)
 
     binary_server_asyncio.OPCUAProtocol = ChunkBounded
 
