@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -539,7 +540,9 @@ def _service(args: argparse.Namespace) -> None:
     if extra:
         parser.error(_unrecognized(extra))
     cwd = Path.cwd()
-    check_run(run_argv, run, cwd)
+    # a --sources file may be its owner's only, the service's user's (doctor checks what that user reads)
+    streams = _streams(run) if not run.sources or os.access(run.sources, os.R_OK) else []
+    check_run(run_argv, run, cwd, streams)
     print(unit_for(run_argv, cwd), end="")
     print("to install it:\n" + "".join(f"  {step}\n" for step in install_steps(run)), end="", file=sys.stderr)
 

@@ -27,6 +27,7 @@ from .mqtt import parse_mqtt_url
 from .opcua import PASSWORD_VARIABLE as OPCUA_PASSWORD_VARIABLE
 from .opcua import READER_PASSWORD_VARIABLE as OPCUA_READER_PASSWORD_VARIABLE
 from .output_access import OUTPUT_PASSWORD_VARIABLE
+from .streams import Stream
 from .variants import parse_variants
 
 UNIT_TEMPLATE = Path(__file__).with_name("edge-ad.service")
@@ -95,37 +96,39 @@ STAYS_STOPPED = ("and the service would stay stopped until the next boot (system
                  "that ends)")
 
 
-def _endings(run: argparse.Namespace, cwd: Path) -> Iterable[str]:
+def _endings(run: argparse.Namespace, cwd: Path, streams: Sequence[Stream]) -> Iterable[str]:
     """What would make the run end by itself, tried in a shell: the unit restarts a run that
     fails (Restart=on-failure), not one that ends well, so the service would stay stopped until
-    the next boot. A run ends when all its sources have."""
+    the next boot. A run ends when all its sources (`streams`) have."""
     if run.print_pipeline:
         yield "--print-pipeline: the run prints its pipelines and ends: try it in a shell, and leave it out of the unit"
     if run.max_frames:
         yield f"--max-frames {run.max_frames}: the run ends after {run.max_frames} frames of each source, {STAYS_STOPPED}"
-    if run.follow or run.input_loop == -1 or run.sources or run.pipeline:
-        return
-    endings = [_ending(uri, cwd) for uri in run.input or []]
+    given = f"{run.sources}: input" if run.sources else "--input"
+    endings = [_ending(stream, cwd, given) for stream in streams]
     if endings and all(endings):
         yield from endings
 
 
-def _ending(uri: str, cwd: Path) -> str | None:
-    """Why `uri`, given to --input, ends (a video, pictures), None for a camera or a stream."""
-    path = cwd / uri
-    if "://" in uri or not (path.is_dir() or path.is_file() or glob.has_magic(uri)):
+def _ending(stream: Stream, cwd: Path, given: str) -> str | None:
+    """Why `stream` (its input `given` as "--input" or in a --sources file) ends (a video,
+    pictures), None for a camera, a stream or a pipeline (which may end or not)."""
+    uri, path = stream.input, cwd / stream.input
+    if stream.pipeline or stream.options.follow or stream.options.loop == -1 or "://" in uri \
+            or not (path.is_dir() or path.is_file() or glob.has_magic(uri)):
         return None  # (a device, /dev/video0, is not a file)
     if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
-        return f"--input {uri}: the run ends with the video, {STAYS_STOPPED}: --input-loop -1 plays it for ever"
-    return (f"--input {uri}: the run ends with its last picture, {STAYS_STOPPED}: --follow scores the pictures the "
+        return f"{given} {uri}: the run ends with the video, {STAYS_STOPPED}: --input-loop -1 plays it for ever"
+    return (f"{given} {uri}: the run ends with its last picture, {STAYS_STOPPED}: --follow scores the pictures the "
             "line writes there as they come, --input-loop -1 reads them again and again")
 
 
-def check_run(argv: Sequence[str], run: argparse.Namespace, cwd: Path) -> None:
+def check_run(argv: Sequence[str], run: argparse.Namespace, cwd: Path, streams: Sequence[Stream]) -> None:
     """Refuse what would fail, or give a secret away, once the run is a service: a working folder
-    whose name the unit cannot hold, a command line that ends by itself, a password in it, and
-    files or folders it writes where the unit's sandbox makes them read-only."""
-    problems = list(_endings(run, cwd))
+    whose name the unit cannot hold, a command line that ends by itself (its sources: `streams`),
+    a password in it, and files or folders it writes where the unit's sandbox makes them
+    read-only."""
+    problems = list(_endings(run, cwd, streams))
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in str(cwd)):  # a newline would start a line of the unit's own
         problems.append(f"{ascii(str(cwd))}: the folder this runs in has a control character in its name, which the "
                         "unit's WorkingDirectory cannot hold: run edge-ad service from another folder")

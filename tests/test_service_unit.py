@@ -66,7 +66,7 @@ def test_the_unit_runs_the_command_line_as_typed(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     run = ["--bundle", "my bundle", "--input", "test://ball", "--output", "out/%05d.jpg", "--events", "events.jsonl",
            "--on-anomaly", 'logger "part $EDGE_AD_SCORE" \\ ;', "--pipeline", "", "--input", "parts/it's\there.png",
-           "--platform", "generic"]
+           "--output", "over lays/", "--platform", "generic"]
     code, unit, err = _service(["run", *run], capsys)
     assert code == 0, err
     assert setting(unit, "WorkingDirectory") == str(tmp_path)  # relative paths as in the shell
@@ -137,8 +137,12 @@ def test_a_command_line_that_ends_by_itself_is_refused(tmp_path, monkeypatch, ca
     assert "--input shots/*.png: the run ends with its last picture" in err
     assert "--input line.mp4: the run ends with the video, and the service would stay stopped until the next boot " \
            "(systemd restarts a run that fails, not one that ends): --input-loop -1 plays it for ever" in err
+    (tmp_path / "cams.yaml").write_text("sources:\n  - input: parts\n  - input: line.mp4\n    loop: 2\n")
+    code, unit, err = _service(["run", "--sources", "cams.yaml"], capsys)
+    assert code == 2 and "cams.yaml: input line.mp4: the run ends with the video" in err
+    (tmp_path / "cams.yaml").write_text("sources:\n  - input: parts\n    follow: true\n  - input: line.mp4\n")
     for going_on in (["--input", "parts", "--follow"], ["--input", "line.mp4", "--input-loop", "-1"],
-                     ["--input", "line.mp4", "--input", "rtsp://10.0.0.5/s"]):
+                     ["--input", "line.mp4", "--input", "rtsp://10.0.0.5/s"], ["--sources", "cams.yaml"]):
         code, unit, err = _service(["run", *going_on], capsys)
         assert code == 0 and setting(unit, "ExecStart"), err
 
