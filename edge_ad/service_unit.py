@@ -6,7 +6,8 @@ journal: systemd reads `%` as its own specifiers (`--output out/%05d.jpg` fails 
 as a variable, quotes differently from a shell, and the unit is readable by every user of the
 device, `systemctl show` included, so a camera's password in a URL would be given away. The
 service's sandbox also sees /home, /root, /usr and /etc read-only, where a run tried in a shell
-may have written its events.
+may have written its events. And a run that ends by itself there (a folder read once,
+--max-frames) leaves the service stopped until the next boot: the unit restarts a run that fails.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .mqtt import parse_mqtt_url
 from .opcua import PASSWORD_VARIABLE as OPCUA_PASSWORD_VARIABLE
 from .opcua import READER_PASSWORD_VARIABLE as OPCUA_READER_PASSWORD_VARIABLE
 from .output_access import OUTPUT_PASSWORD_VARIABLE
+from .pipelines import local_path
 from .streams import Stream
 from .variants import parse_variants
 
@@ -113,10 +115,13 @@ def _endings(run: argparse.Namespace, cwd: Path, streams: Sequence[Stream]) -> I
 def _ending(stream: Stream, cwd: Path, given: str) -> str | None:
     """Why `stream` (its input `given` as "--input" or in a --sources file) ends (a video,
     pictures), None for a camera, a stream or a pipeline (which may end or not)."""
-    uri, path = stream.input, cwd / stream.input
-    if stream.pipeline or stream.options.follow or stream.options.loop == -1 or "://" in uri \
-            or not (path.is_dir() or path.is_file() or glob.has_magic(uri)):
-        return None  # (a device, /dev/video0, is not a file)
+    uri = stream.input
+    if stream.pipeline or stream.options.follow or stream.options.loop == -1 or \
+            ("://" in uri and not uri.startswith("file://")):
+        return None
+    path = cwd / local_path(uri)
+    if not (path.is_dir() or path.is_file() or glob.has_magic(uri)):
+        return None  # a camera (a device, /dev/video0, is not a file)
     if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
         return f"{given} {uri}: the run ends with the video, {STAYS_STOPPED}: --input-loop -1 plays it for ever"
     return (f"{given} {uri}: the run ends with its last picture, {STAYS_STOPPED}: --follow scores the pictures the "

@@ -130,12 +130,13 @@ def test_a_command_line_that_ends_by_itself_is_refused(tmp_path, monkeypatch, ca
     assert "--print-pipeline: the run prints its pipelines and ends" in err
     assert "--max-frames 100: the run ends after 100 frames of each source, and the service would stay stopped" in err
     assert "--input parts" not in err and "line.mp4" not in err  # a camera goes on after them: the run too
-    code, unit, err = _service(["run", "--input", "parts", "--input", "line.mp4", "--input", "shots/*.png"], capsys)
+    code, unit, err = _service(["run", "--input", "parts", "--input", f"file://{tmp_path}/line.mp4", "--input",
+                                "shots/*.png"], capsys)
     assert code == 2 and unit == ""
     assert "--input parts: the run ends with its last picture, and the service would stay stopped until the next " \
            "boot (systemd restarts a run that fails, not one that ends): --follow scores the pictures" in err
     assert "--input shots/*.png: the run ends with its last picture" in err
-    assert "--input line.mp4: the run ends with the video, and the service would stay stopped until the next boot " \
+    assert f"--input file://{tmp_path}/line.mp4: the run ends with the video, and the service would stay stopped until the next boot " \
            "(systemd restarts a run that fails, not one that ends): --input-loop -1 plays it for ever" in err
     (tmp_path / "cams.yaml").write_text("sources:\n  - input: parts\n  - input: line.mp4\n    loop: 2\n")
     code, unit, err = _service(["run", "--sources", "cams.yaml"], capsys)
