@@ -105,7 +105,8 @@ def _endings(run: argparse.Namespace, cwd: Path, streams: Sequence[Stream]) -> I
     if run.print_pipeline:
         yield "--print-pipeline: the run prints its pipelines and ends: try it in a shell, and leave it out of the unit"
     if run.max_frames:
-        yield f"--max-frames {run.max_frames}: the run ends after {run.max_frames} frames of each source, {STAYS_STOPPED}"
+        yield (f"--max-frames {run.max_frames}: the run ends after {run.max_frames} frames of each source, "
+               f"{STAYS_STOPPED}")
     given = f"{run.sources}: input" if run.sources else "--input"
     endings = [_ending(stream, cwd, given) for stream in streams]
     if endings and all(endings):

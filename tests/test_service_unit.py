@@ -136,8 +136,9 @@ def test_a_command_line_that_ends_by_itself_is_refused(tmp_path, monkeypatch, ca
     assert "--input parts: the run ends with its last picture, and the service would stay stopped until the next " \
            "boot (systemd restarts a run that fails, not one that ends): --follow scores the pictures" in err
     assert "--input shots/*.png: the run ends with its last picture" in err
-    assert f"--input file://{tmp_path}/line.mp4: the run ends with the video, and the service would stay stopped until the next boot " \
-           "(systemd restarts a run that fails, not one that ends): --input-loop -1 plays it for ever" in err
+    assert f"--input file://{tmp_path}/line.mp4: the run ends with the video, and the service would stay stopped " \
+           "until the next boot (systemd restarts a run that fails, not one that ends): --input-loop -1 plays it " \
+           "for ever" in err
     (tmp_path / "cams.yaml").write_text("sources:\n  - input: parts\n  - input: line.mp4\n    loop: 2\n")
     code, unit, err = _service(["run", "--sources", "cams.yaml"], capsys)
     assert code == 2 and "cams.yaml: input line.mp4: the run ends with the video" in err
