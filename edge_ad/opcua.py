@@ -127,7 +127,7 @@ class OpcUaServer:
         limits = self._server.limits
         limits.max_message_size = MAX_MESSAGE_BYTES
         limits.max_chunk_count = -(-MAX_MESSAGE_BYTES // limits.max_recv_buffer)
-        _bound_chunks()
+        _watch_connections()
         self._nodes: dict[str, tuple] = {}  # "line1.Score" -> its NodeId and VariantType
         self._frames = dict.fromkeys(self.sources, 0)
         self._ready = threading.Event()
@@ -357,26 +357,35 @@ class OpcUaServer:
         self._thread.join(timeout=5.0)
 
 
-def _bound_chunks() -> None:
-    """Makes asyncua's server close a connection as soon as the header of a message chunk says it
-    is larger than the server's receive buffer, answering Bad_TcpMessageTooLarge (OPC UA Part 6,
-    7.1.2.4): asyncua 2.1 gathered a chunk whole whatever size its header said, copying what it had
-    at every read, so that a client sending a header of 2 GB and then bytes held a core and 200 MB
-    until the session watchdog closed it 30 s later; four such slowed the run from 30 frames a
-    second to 5. asyncua makes its protocol by this module-level name, so the class is replaced
-    there, once (its server is the run's only one). What it reads of asyncua's protocol is read
-    with getattr: should a later asyncua name them otherwise, chunks go unbounded as before, and
-    the test of this fails, rather than every connection."""
+def _watch_connections() -> None:
+    """Makes asyncua's server say the connections it refuses past its limit, as the run's other
+    servers do (asyncua's own warning is muted with its other messages), and close a connection
+    as soon as the header of a message chunk says it is larger than the server's receive buffer,
+    answering Bad_TcpMessageTooLarge (OPC UA Part 6, 7.1.2.4): asyncua 2.1 gathered a chunk whole
+    whatever size its header said, copying what it had at every read, so that a client sending a
+    header of 2 GB and then bytes held a core and 200 MB until the session watchdog closed it 30 s
+    later; four such slowed the run from 30 frames a second to 5. asyncua makes its protocol by
+    this module-level name, so the class is replaced there, once (its server is the run's only
+    one). What it reads of asyncua's protocol is read with getattr: should a later asyncua name
+    them otherwise, this goes undone, and its tests fail, rather than every connection."""
     from asyncua import ua
     from asyncua.server import binary_server_asyncio
     from asyncua.ua.ua_binary import uatcp_to_binary
 
-    if getattr(binary_server_asyncio.OPCUAProtocol, "bounds_chunks", False):
+    if getattr(binary_server_asyncio.OPCUAProtocol, "watched", False):
         return
+    refusals = connection_limit.RefusedConnections("the OPC UA server")
     closed, report_due = 0, ReportDue()
 
-    class ChunkBounded(binary_server_asyncio.OPCUAProtocol):
-        bounds_chunks = True
+    class Watched(binary_server_asyncio.OPCUAProtocol):
+        watched = True
+
+        def connection_made(self, transport) -> None:
+            most = getattr(getattr(self, "iserver", None), "max_connections", None)
+            if most is not None and len(getattr(self, "clients", ())) >= most:  # asyncua closes it
+                peer = transport.get_extra_info("peername")
+                refusals.refused(peer[0] if peer else "a client", most)
+            super().connection_made(transport)
 
         def data_received(self, data: bytes) -> None:
             nonlocal closed
@@ -400,7 +409,7 @@ def _bound_chunks() -> None:
                             "server receives at most %d (%d such connections closed since the run started)",
                             peer[0] if peer else "a client", size, most, closed)
 
-    binary_server_asyncio.OPCUAProtocol = ChunkBounded
+    binary_server_asyncio.OPCUAProtocol = Watched
 
 
 def _made_certificate(key_file: Path, certificate_file: Path) -> tuple:

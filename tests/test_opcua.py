@@ -160,9 +160,10 @@ def test_a_port_that_is_taken_is_refused_by_name_and_a_closed_server_ends_sessio
         client.disconnect()
 
 
-def test_a_flood_of_connections_leaves_the_run_its_file_descriptors(monkeypatch):
+def test_a_flood_of_connections_leaves_the_run_its_file_descriptors(monkeypatch, caplog):
     """asyncua's own limit, 1,000 connections, is about all of a service's 1,024 file
-    descriptors: past the run's, a new connection is closed as it is accepted."""
+    descriptors: past the run's, a new connection is closed as it is accepted, and said (before,
+    not: asyncua's own warning is muted with its other messages)."""
     from edge_ad import connection_limit
 
     monkeypatch.setattr(connection_limit, "MAX_CONNECTIONS", 2)
@@ -171,6 +172,8 @@ def test_a_flood_of_connections_leaves_the_run_its_file_descriptors(monkeypatch)
         held = [socket.create_connection(("127.0.0.1", served.port), timeout=5) for _ in range(2)]
         with socket.create_connection(("127.0.0.1", served.port), timeout=5) as refused:
             assert refused.recv(16) == b""
+        assert "the OPC UA server: 2 connections open, the most there may be: closed a new one from 127.0.0.1 " \
+               "(1 refused since the run started" in caplog.text
         held.pop().close()
         client = Client(f"opc.tcp://127.0.0.1:{served.port}/edge-ad/", timeout=5)
         assert wait_for(lambda: _connects(client), 5)  # one that ends makes room
