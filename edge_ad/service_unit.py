@@ -80,9 +80,9 @@ def edge_ad_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "edge_ad"]
 
 
-def _written_paths(run: argparse.Namespace) -> Iterable[tuple[str, str]]:
+def _written_paths(run: argparse.Namespace, streams: Sequence[Stream]) -> Iterable[tuple[str, str]]:
     """(option, path) of what the run writes into: its files and folders, and each bundle folder
-    (the line's own calibration)."""
+    (the line's own calibration), on the command line and in a --sources file (its `streams`)."""
     for option in ("events", "snapshots", "samples", "metrics", "opcua_trust"):
         if getattr(run, option):
             yield "--" + option.replace("_", "-"), getattr(run, option)
@@ -92,6 +92,14 @@ def _written_paths(run: argparse.Namespace) -> Iterable[tuple[str, str]]:
     for path in parse_variants(run.bundle or []).values():
         if path.is_dir():
             yield "--bundle", str(path)
+    for stream in streams if run.sources else []:
+        if stream.output and "://" not in stream.output:
+            yield f"{run.sources}: output", stream.output
+        for path in parse_variants(stream.bundle or []).values():
+            if path.is_dir():
+                yield f"{run.sources}: bundle", str(path)
+        if stream.calibration:
+            yield f"{run.sources}: calibration", stream.calibration
 
 
 STAYS_STOPPED = ("and the service would stay stopped until the next boot (systemd restarts a run that fails, not one "
@@ -145,7 +153,7 @@ def check_run(argv: Sequence[str], run: argparse.Namespace, cwd: Path, streams: 
                         "user of this device may read (systemctl show prints it): give cameras in a --sources file "
                         "(edge-ad cameras --sources writes one readable by its owner only), --mqtt's in "
                         f"{MQTT_PASSWORD_VARIABLE} (the unit's EnvironmentFile)")
-    for option, path in _written_paths(run):
+    for option, path in _written_paths(run, streams):
         absolute = (cwd / path).resolve()
         inside = next((top for top in READ_ONLY if absolute.is_relative_to(top)), None)
         if inside is not None:

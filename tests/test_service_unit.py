@@ -110,6 +110,11 @@ def test_what_the_sandbox_keeps_read_only_is_refused_before_boot(tmp_path, monke
            "user may not enter others' homes" in err
     assert "--samples /usr/local/share/good: the service sees /usr read-only (the unit's ProtectSystem): put it" in err
     assert "edge_ad.prom" not in err  # in this folder, which the unit works in
+    (tmp_path / "cams.yaml").write_text("sources:\n  - input: rtsp://10.0.0.5/s\n    output: /home/operator/line1/\n"
+                                        "    calibration: /root/line1\n")
+    code, unit, err = _service(["run", "--sources", "cams.yaml"], capsys)
+    assert code == 2 and "cams.yaml: output /home/operator/line1/: the service sees /home read-only" in err
+    assert "cams.yaml: calibration /root/line1: the service sees /root read-only" in err
     odd = tmp_path / "line\nUser=root"  # would have been a line of the unit's own
     odd.mkdir()
     monkeypatch.chdir(odd)
