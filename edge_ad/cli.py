@@ -541,7 +541,8 @@ def _service(args: argparse.Namespace) -> None:
         parser.error(_unrecognized(extra))
     cwd = Path.cwd()
     # a --sources file may be its owner's only, the service's user's (doctor checks what that user reads)
-    streams = _streams(run) if not run.sources or os.access(run.sources, os.R_OK) else []
+    unreadable = run.sources and Path(run.sources).exists() and not os.access(run.sources, os.R_OK)
+    streams = [] if unreadable else _streams(run)
     check_run(run_argv, run, cwd, streams)
     print(unit_for(run_argv, cwd), end="")
     print("to install it:\n" + "".join(f"  {step}\n" for step in install_steps(run)), end="", file=sys.stderr)

@@ -159,6 +159,11 @@ def test_a_command_line_that_is_not_a_run_is_refused(capsys):
     assert code == 2 and unit == "" and "give the run's command line after service" in err
     code, unit, err = _service(["run", "--input", "csi://0", "--event", "e.jsonl"], capsys)
     assert code == 2 and unit == "" and "unrecognized arguments: --event" in err
+    for run, said in ((["--sources", "/nowhere/cams.yaml"], "/nowhere/cams.yaml: No such file or directory"),
+                      (["--input", "csi://0", "--input", "csi://1", "--output", "a.mp4"],
+                       "--output: give one per --input (2), got 1")):  # as run says them, before boot
+        code, unit, err = _service(["run", *run], capsys)
+        assert code == 2 and unit == "" and said in err
 
 
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="no systemd-analyze here")
