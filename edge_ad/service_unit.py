@@ -13,7 +13,6 @@ may have written its events. And a run that ends by itself there (a folder read 
 from __future__ import annotations
 
 import argparse
-import glob
 import pwd
 import re
 import shlex
@@ -22,13 +21,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .errors import EdgeAdError, without_passwords
-from .images import IMAGE_SUFFIXES
 from .mqtt import PASSWORD_VARIABLE as MQTT_PASSWORD_VARIABLE
 from .mqtt import parse_mqtt_url
 from .opcua import PASSWORD_VARIABLE as OPCUA_PASSWORD_VARIABLE
 from .opcua import READER_PASSWORD_VARIABLE as OPCUA_READER_PASSWORD_VARIABLE
 from .output_access import OUTPUT_PASSWORD_VARIABLE
-from .pipelines import local_path
+from .pipelines import local_path, opencv_input
 from .streams import Stream
 from .variants import parse_variants
 
@@ -106,7 +104,7 @@ STAYS_STOPPED = ("and the service would stay stopped until the next boot (system
                  "that ends)")
 
 
-def _endings(run: argparse.Namespace, cwd: Path, streams: Sequence[Stream]) -> Iterable[str]:
+def _endings(run: argparse.Namespace, streams: Sequence[Stream]) -> Iterable[str]:
     """What would make the run end by itself, tried in a shell: the unit restarts a run that
     fails (Restart=on-failure), not one that ends well, so the service would stay stopped until
     the next boot. A run ends when all its sources (`streams`) have."""
@@ -116,25 +114,23 @@ def _endings(run: argparse.Namespace, cwd: Path, streams: Sequence[Stream]) -> I
         yield (f"--max-frames {run.max_frames}: the run ends after {run.max_frames} frames of each source, "
                f"{STAYS_STOPPED}")
     given = f"{run.sources}: input" if run.sources else "--input"
-    endings = [_ending(stream, cwd, given) for stream in streams]
+    endings = [_ending(stream, given) for stream in streams]
     if endings and all(endings):
         yield from endings
 
 
-def _ending(stream: Stream, cwd: Path, given: str) -> str | None:
+def _ending(stream: Stream, given: str) -> str | None:
     """Why `stream` (its input `given` as "--input" or in a --sources file) ends (a video,
     pictures), None for a camera, a stream or a pipeline (which may end or not)."""
     uri = stream.input
-    if stream.pipeline or stream.options.follow or stream.options.loop == -1 or \
-            ("://" in uri and not uri.startswith("file://")):
+    if stream.pipeline or stream.options.follow or stream.options.loop == -1:
         return None
-    path = cwd / local_path(uri)
-    if not (path.is_dir() or path.is_file() or glob.has_magic(uri)):
-        return None  # a camera (a device, /dev/video0, is not a file)
-    if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
+    if opencv_input(uri):  # a folder, a picture, a wildcard: read as the run reads them
+        return (f"{given} {uri}: the run ends with its last picture, {STAYS_STOPPED}: --follow scores the pictures "
+                "the line writes there as they come, --input-loop -1 reads them again and again")
+    if local_path(uri).is_file():  # a video (a device, /dev/video0, is not a file)
         return f"{given} {uri}: the run ends with the video, {STAYS_STOPPED}: --input-loop -1 plays it for ever"
-    return (f"{given} {uri}: the run ends with its last picture, {STAYS_STOPPED}: --follow scores the pictures the "
-            "line writes there as they come, --input-loop -1 reads them again and again")
+    return None
 
 
 def check_run(argv: Sequence[str], run: argparse.Namespace, cwd: Path, streams: Sequence[Stream]) -> None:
@@ -142,7 +138,7 @@ def check_run(argv: Sequence[str], run: argparse.Namespace, cwd: Path, streams: 
     whose name the unit cannot hold, a command line that ends by itself (its sources: `streams`),
     a password in it, and files or folders it writes where the unit's sandbox makes them
     read-only."""
-    problems = list(_endings(run, cwd, streams))
+    problems = list(_endings(run, streams))
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in str(cwd)):  # a newline would start a line of the unit's own
         problems.append(f"{ascii(str(cwd))}: the folder this runs in has a control character in its name, which the "
                         "unit's WorkingDirectory cannot hold: run edge-ad service from another folder")
