@@ -406,8 +406,8 @@ def _watch_connections() -> None:
             if report_due():
                 peer = getattr(self, "peer_name", None)
                 log.warning("opcua: closed the connection of %s: it sent a message chunk of %d bytes, and the "
-                            "server receives at most %d (%d such connections closed since the run started)",
-                            peer[0] if peer else "a client", size, most, closed)
+                            "server receives at most %d (connections closed for a chunk too large since the run "
+                            "started: %d)", peer[0] if peer else "a client", size, most, closed)
 
     binary_server_asyncio.OPCUAProtocol = Watched
 

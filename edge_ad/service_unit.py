@@ -112,24 +112,25 @@ def _endings(run: argparse.Namespace, streams: Sequence[Stream]) -> Iterable[str
         yield "--print-pipeline: the run prints its pipelines and ends: try it in a shell, and leave it out of the unit"
     if run.max_frames:
         yield (f"--max-frames {run.max_frames}: the run ends after {run.max_frames} frames of each source, "
-               f"{STAYS_STOPPED}")
-    given = f"{run.sources}: input" if run.sources else "--input"
-    endings = [_ending(stream, given) for stream in streams]
+               f"{STAYS_STOPPED}: leave it out")
+    endings = [_ending(stream, run.sources) for stream in streams]
     if endings and all(endings):
         yield from endings
 
 
-def _ending(stream: Stream, given: str) -> str | None:
-    """Why `stream` (its input `given` as "--input" or in a --sources file) ends (a video,
+def _ending(stream: Stream, sources: str | None) -> str | None:
+    """Why `stream` (given by --input, or in the --sources file `sources`) ends (a video,
     pictures), None for a camera, a stream or a pipeline (which may end or not)."""
     uri = stream.input
     if stream.pipeline or stream.options.follow or stream.options.loop == -1:
         return None
+    given, follow, loop = (f"{sources}: input", "follow: true", "loop: -1") if sources else \
+        ("--input", "--follow", "--input-loop -1")
     if opencv_input(uri):  # a folder, a picture, a wildcard: read as the run reads them
-        return (f"{given} {uri}: the run ends with its last picture, {STAYS_STOPPED}: --follow scores the pictures "
-                "the line writes there as they come, --input-loop -1 reads them again and again")
+        return (f"{given} {uri}: the run ends with its last picture, {STAYS_STOPPED}: {follow} scores the pictures "
+                f"the line writes there as they come, {loop} reads them again and again")
     if local_path(uri).is_file():  # a video (a device, /dev/video0, is not a file)
-        return f"{given} {uri}: the run ends with the video, {STAYS_STOPPED}: --input-loop -1 plays it for ever"
+        return f"{given} {uri}: the run ends with the video, {STAYS_STOPPED}: {loop} plays it for ever"
     return None
 
 

@@ -146,7 +146,9 @@ def test_a_command_line_that_ends_by_itself_is_refused(tmp_path, monkeypatch, ca
            "for ever" in err
     (tmp_path / "cams.yaml").write_text("sources:\n  - input: parts\n  - input: line.mp4\n    loop: 2\n")
     code, unit, err = _service(["run", "--sources", "cams.yaml"], capsys)
-    assert code == 2 and "cams.yaml: input line.mp4: the run ends with the video" in err
+    assert code == 2 and "cams.yaml: input line.mp4: the run ends with the video, and the service would stay " \
+        "stopped until the next boot (systemd restarts a run that fails, not one that ends): loop: -1 plays it for " \
+        "ever" in err
     (tmp_path / "cams.yaml").write_text("sources:\n  - input: parts\n    follow: true\n  - input: line.mp4\n")
     for going_on in (["--input", "parts", "--follow"], ["--input", "line.mp4", "--input-loop", "-1"],
                      ["--input", "line.mp4", "--input", "rtsp://10.0.0.5/s"], ["--sources", "cams.yaml"]):
