@@ -3,6 +3,8 @@
 #   make test   the test suite
 # and one for the device at the line (a Jetson with JetPack 6, or any Debian/Ubuntu box):
 #   make runtime   the runtime alone, no torch (README "On the device")
+# with, for a device without internet, on a machine with it:
+#   make wheelhouse   the runtime's wheels for the device, in wheels/, which `make runtime` then installs from
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -26,7 +28,21 @@ RUNTIME_PACKAGES := python3-venv python3-gi \
 # CUDA buffers for the TensorRT backend on JetPack 6 (CUDA 12.6): cuda-python 13 needs CUDA 13.
 JETSON_CUDA_PYTHON := cuda-python>=12.6.1,<13
 
-.PHONY: demo test runtime system-packages venv clean
+# `make wheelhouse`, for one kind of device at a time (its requirements.txt pins that device's versions): the
+# device's Python and platform, JetPack 6's by default (Ubuntu 22.04: Python 3.10, glibc 2.35); a Debian 12
+# box: DEVICE_PYTHON=3.11 DEVICE_PLATFORM=x86_64-manylinux_2_36 (uv's names, ending in the glibc version).
+# uv resolves the dependencies for the device (pip download would take markers such as
+# python_version < "3.11" from the Python it runs on, leaving out wheels the device needs); pip downloads them.
+WHEELS ?= wheels
+DEVICE_PYTHON ?= 3.10
+DEVICE_PLATFORM ?= aarch64-manylinux_2_35
+DEVICE_ARCH = $(firstword $(subst -, ,$(DEVICE_PLATFORM)))
+DEVICE_GLIBC = $(lastword $(subst _, ,$(DEVICE_PLATFORM)))
+WHEELHOUSE_TOOLS ?= build/wheelhouse-tools
+# A wheelhouse is used when it is there: pip then reads nothing else (its constraints: the versions resolved for the device).
+OFFLINE = $(if $(wildcard $(WHEELS)/requirements.txt),--no-index --find-links $(WHEELS) --constraint $(WHEELS)/requirements.txt)
+
+.PHONY: demo test runtime wheelhouse system-packages venv clean
 
 define install_missing
 	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -54,12 +70,32 @@ demo: system-packages venv
 test: system-packages venv
 	$(PY) -m pytest -q
 
+# Ubuntu 22.04's venv (JetPack 6) comes with pip 22.0, whose build isolation lets the system's setuptools
+# (59) in beside the venv's site-packages: it fails on this project's pyproject.toml, so pip is upgraded first.
 runtime:
 	$(call install_missing,$(RUNTIME_PACKAGES))
 	$(RUNTIME_PYTHON) -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q -e ".[mqtt,opcua]"
-	@if [ -e /etc/nv_tegra_release ]; then $(PY) -m pip install -q "$(JETSON_CUDA_PYTHON)"; fi
+	$(PY) -m pip install -q $(OFFLINE) --upgrade pip
+	$(PY) -m pip install -q $(OFFLINE) -e ".[mqtt,opcua]"
+	@if [ -e /etc/nv_tegra_release ]; then $(PY) -m pip install -q $(OFFLINE) "$(JETSON_CUDA_PYTHON)"; fi
 	$(VENV)/bin/edge-ad doctor
+
+# pip and setuptools (what pyproject.toml's build-system requires): for the device's pip to install this clone.
+wheelhouse:
+	$(call install_missing,python3-venv)
+	$(PYTHON) -m venv $(WHEELHOUSE_TOOLS)
+	$(WHEELHOUSE_TOOLS)/bin/pip install -q "uv>=0.5"
+	printf '%s\n' pip "setuptools>=77" $(if $(filter aarch64,$(DEVICE_ARCH)),"$(JETSON_CUDA_PYTHON)") > $(WHEELHOUSE_TOOLS)/device.in
+	$(WHEELHOUSE_TOOLS)/bin/uv pip compile -q --no-header --no-annotate --only-binary :all: \
+		--python-version $(DEVICE_PYTHON) --python-platform $(DEVICE_PLATFORM) \
+		pyproject.toml --extra mqtt --extra opcua $(WHEELHOUSE_TOOLS)/device.in -o $(WHEELHOUSE_TOOLS)/requirements.txt
+	$(WHEELHOUSE_TOOLS)/bin/pip download -q --no-deps --only-binary=:all: -d $(WHEELS) \
+		--python-version $(DEVICE_PYTHON) --implementation cp \
+		$(foreach p,manylinux1 manylinux2010 manylinux2014 $(foreach v,$(shell seq 5 $(DEVICE_GLIBC)),manylinux_2_$(v)),--platform $(p)_$(DEVICE_ARCH)) \
+		-r $(WHEELHOUSE_TOOLS)/requirements.txt
+	cp $(WHEELHOUSE_TOOLS)/requirements.txt $(WHEELS)/requirements.txt
+	@echo "$(WHEELS)/: $$(grep -c == $(WHEELS)/requirements.txt) wheels, $$(du -sh $(WHEELS) | cut -f1), for Python $(DEVICE_PYTHON) on $(DEVICE_PLATFORM):" \
+		"copy this clone with it to the device; \`make runtime\` there installs from it alone"
 
 clean:
 	rm -rf $(VENV) edge-ad-demo

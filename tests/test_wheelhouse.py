@@ -1,0 +1,132 @@
+"""`make wheelhouse` then `make runtime` on a device without internet: the wheels the device needs,
+all of them, and an install that reads nothing else. Both need PyPI to make the wheelhouse."""
+
+import email.parser
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.tags import compatible_tags, cpython_tags
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# JetPack 6: Ubuntu 22.04's Python 3.10 and glibc 2.35 on aarch64, the Makefile's default device.
+JETPACK_6 = {
+    "python_version": "3.10", "python_full_version": "3.10.12", "implementation_version": "3.10.12",
+    "implementation_name": "cpython", "platform_python_implementation": "CPython",
+    "platform_machine": "aarch64", "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
+    "platform_release": "5.15.148-tegra", "platform_version": "", "extra": "",
+}
+JETPACK_6_PLATFORMS = [f"manylinux_2_{minor}_aarch64" for minor in range(35, 16, -1)] + ["manylinux2014_aarch64",
+                                                                                        "linux_aarch64"]
+JETPACK_6_TAGS = {*cpython_tags((3, 10), platforms=JETPACK_6_PLATFORMS),
+                  *compatible_tags((3, 10), platforms=JETPACK_6_PLATFORMS)}
+
+
+def _reach_pypi() -> None:
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=5).close()
+    except OSError as exc:
+        pytest.skip(f"PyPI cannot be reached from here ({exc}): the wheelhouse is made from it")
+
+
+def _make(target: str, *settings: str, network: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`make TARGET SETTINGS` in the clone; without `network`, in a network namespace of its own,
+    as on a device on a plant network. This machine's pip settings (its own wheel folders) are
+    left out, so that pip finds only what the wheelhouse holds."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")} | {"PIP_CONFIG_FILE": os.devnull}
+    command = ["make", "--no-print-directory", target, *settings]
+    if not network:
+        command = ["unshare", "--net", *command]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _wheelhouse(tmp_path: Path, *device: str) -> Path:
+    wheels = tmp_path / "wheels"
+    made = _make("wheelhouse", f"WHEELS={wheels}", f"WHEELHOUSE_TOOLS={tmp_path / 'tools'}", *device)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    return wheels
+
+
+def _wheels(folder: Path) -> dict[str, tuple[Path, object, frozenset]]:
+    found = {}
+    for path in folder.glob("*.whl"):
+        name, version, _, tags = parse_wheel_filename(path.name)
+        assert name not in found, f"two wheels of {name} in the wheelhouse: {found[name][0].name}, {path.name}"
+        found[name] = (path, version, tags)
+    return found
+
+
+def _requires(wheel: Path) -> list[Requirement]:
+    with zipfile.ZipFile(wheel) as archive:
+        # the wheel's own, at its top (setuptools carries the ones of what it vendors, deeper)
+        (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1]
+        text = archive.read(metadata).decode()
+    return [Requirement(r) for r in email.parser.Parser().parsestr(text).get_all("Requires-Dist") or []]
+
+
+def _project_requires() -> list[Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    return [Requirement(r) for r in [*project["project"]["dependencies"], *extras["mqtt"], *extras["opcua"],
+                                     *project["build-system"]["requires"], "pip", "cuda-python"]]
+
+
+def test_the_wheelhouse_for_jetpack_6_holds_every_wheel_the_jetson_needs(tmp_path):
+    """Resolved for Python 3.10 on aarch64 whatever Python makes it: a wheel needed only below
+    3.11 (anyio's exceptiongroup) is left out by a plain `pip download` run on a newer Python, and
+    the Jetson's offline install then fails. Checked here by following every wheel's own
+    requirements under JetPack 6's markers, independently of how the Makefile resolved them."""
+    _reach_pypi()
+    wheels = _wheels(_wheelhouse(tmp_path))
+    for name, (path, _, tags) in wheels.items():
+        assert tags & JETPACK_6_TAGS, f"{path.name} cannot be installed on JetPack 6"
+    needed, seen = [(r, "") for r in _project_requires()], set()
+    while needed:
+        requirement, extra = needed.pop()
+        if requirement.marker is not None and not requirement.marker.evaluate(JETPACK_6 | {"extra": extra}):
+            continue
+        name = canonicalize_name(requirement.name)
+        assert name in wheels, f"{requirement} is needed on JetPack 6 and has no wheel in the wheelhouse"
+        path, version, _ = wheels[name]
+        assert requirement.specifier.contains(version, prereleases=True), f"{path.name} does not satisfy {requirement}"
+        for asked in [""] + sorted(requirement.extras):
+            if (name, asked) not in seen:
+                seen.add((name, asked))
+                needed += [(r, asked) for r in _requires(path)]
+    assert "exceptiongroup" in wheels and "cuda-python" in wheels  # what the test is about, and the Jetson's CUDA buffers
+    pinned = (tmp_path / "wheels" / "requirements.txt").read_text()
+    assert all(f"{name}==" in pinned for name in ("pip", "setuptools", "numpy", "onnxruntime"))
+
+
+def test_runtime_installs_from_the_wheelhouse_with_no_network(tmp_path):
+    """`make runtime` on a machine that reaches nothing: pip and this clone's build take every
+    package from the wheelhouse. The wheelhouse is made for this machine's Python and processor."""
+    _reach_pypi()
+    if subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a network namespace here (unshare --net needs root)")
+    python = sys.executable  # a Python with a venv module; the device's would be /usr/bin/python3
+    glibc = os.confstr("CS_GNU_LIBC_VERSION").split()[1].split(".")[1]
+    platform = f"{os.uname().machine}-manylinux_2_{glibc}"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    wheels = _wheelhouse(tmp_path, f"DEVICE_PYTHON={version}", f"DEVICE_PLATFORM={platform}")
+    venv = tmp_path / "venv"
+    ran = _make("runtime", f"WHEELS={wheels}", f"VENV={venv}", f"RUNTIME_PYTHON={python}", "RUNTIME_PACKAGES=",
+                network=False)
+    # make stops at the first command that fails, so the doctor's report means both installs went
+    # through; the doctor itself may find problems on a test machine (no time server, no GStreamer).
+    assert "--no-index" in ran.stdout, ran.stdout
+    assert "ONNXRuntime" in ran.stdout, ran.stdout[-3000:] + ran.stderr[-3000:]
+    imported = subprocess.run([venv / "bin" / "python", "-c", "import edge_ad.cli, asyncua, paho.mqtt, scipy, cv2"],
+                              capture_output=True, text=True)
+    assert imported.returncode == 0, imported.stderr
