@@ -4,6 +4,7 @@ per problem saying what to do."""
 from __future__ import annotations
 
 import grp
+import importlib.util
 import json
 import os
 import pwd
@@ -17,6 +18,7 @@ from typing import Iterable, Sequence
 from .bundle import Bundle, load_bundle, read_yaml, site_calibrated
 from .deepstream import CONFIG_FILE, DEEPSTREAM_DIR, missing_engine
 from .detector import Detector
+from .engines import _tensorrt
 from .device import (Device, clock_state, detect, int8_saturates, jetpack, load_configs, pick_config, read_sensors,
                      run_command, target_config, unsynchronised_clock)
 from .errors import EdgeAdError, without_passwords
@@ -60,12 +62,14 @@ class Report:
         self.lines.append(f"{name:<12} {value}")
 
 
-def _tensorrt_version() -> str | None:
+def _tensorrt_version() -> tuple[str | None, str | None]:
+    """TensorRT's version, or None: with why, for a tensorrt package that is there but fails to import."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return None, None
     try:
-        import tensorrt
-    except ImportError:
-        return None
-    return tensorrt.__version__
+        return _tensorrt().__version__, None
+    except EdgeAdError as exc:
+        return None, str(exc)
 
 
 def _cuda_version(root: Path) -> str | None:
@@ -83,9 +87,11 @@ def _check_software(report: Report, device: Device, config: dict, root: Path) ->
             report.problems.append(f"L4T {device.l4t or 'unknown'} is not a JetPack release edge-ad supports on this "
                                    f"module ({known}): flash JetPack 6 with SDK Manager")
         report.found("JetPack", f"{release['jetpack']} (L4T {device.l4t})" if release else f"unknown (L4T {device.l4t})")
-    tensorrt = _tensorrt_version()
-    report.found("TensorRT", tensorrt or "not installed")
-    if config["backend"] == "tensorrt" and tensorrt is None:
+    tensorrt, broken = _tensorrt_version()
+    report.found("TensorRT", tensorrt or ("fails to import (below)" if broken else "not installed"))
+    if broken:
+        report.problems.append(broken)
+    elif config["backend"] == "tensorrt" and tensorrt is None:
         fix = ("sudo apt-get install python3-libnvinfer (part of JetPack)" if device.kind == "jetson"
                else "pip install 'edge-ad[tensorrt]'")
         report.problems.append(f"TensorRT's Python bindings are missing, so engines cannot be built or run: {fix}")

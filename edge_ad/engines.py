@@ -19,6 +19,7 @@ bundle so rebuilds are fast.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 from collections.abc import Iterator
@@ -83,15 +84,31 @@ def mismatch(manifest: dict, key: EngineKey, bundle: Bundle) -> str | None:
 
 
 def _tensorrt(alternative: str = ""):
-    """The tensorrt module; without it, an error that says how to install it, then `alternative`."""
+    """The tensorrt module; without it, an error that says how to install it, then `alternative`.
+    One that is there but fails to import (its libraries missing, or built for another NumPy or
+    CUDA than the environment has) raises whatever it raises: that is said as such, with where
+    it is, rather than as a traceback or as missing."""
     try:
         import tensorrt as trt
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name != "tensorrt":
+            raise EdgeAdError(_broken_tensorrt(exc) + alternative) from exc
         raise EdgeAdError(
             f"TensorRT engines need the tensorrt package and an NVIDIA GPU ({exc}); "
             f"pip install 'edge-ad[tensorrt]' on the device{alternative}"
         ) from exc
+    except Exception as exc:  # any failure of a package that is there
+        raise EdgeAdError(_broken_tensorrt(exc) + alternative) from exc
     return trt
+
+
+def _broken_tensorrt(exc: Exception) -> str:
+    spec = importlib.util.find_spec("tensorrt")
+    where = f" at {Path(spec.origin).parent}" if spec is not None and spec.origin else ""
+    said = " ".join(str(exc).split())  # one line, whatever it raised
+    return (f"the tensorrt package{where} is there but fails to import ({type(exc).__name__}: {said}): it does not "
+            "match this environment; reinstall it for this device (on a Jetson, JetPack's python3-libnvinfer), or, "
+            "where the error names NumPy, install the NumPy it was built for in the environment")
 
 
 def device_key(precision: str, dla_core: int | None) -> EngineKey:

@@ -169,6 +169,25 @@ def test_doctor_on_a_jetpack_5_jetson_says_what_to_do(tmp_path):
     assert any("TensorRT's Python bindings are missing" in p and "python3-libnvinfer" in p for p in report.problems)
 
 
+def test_a_tensorrt_there_that_fails_to_import_is_said_as_such(tmp_path, monkeypatch):
+    """JetPack's TensorRT bindings beside a NumPy or CUDA they were not built for fail at import,
+    with what they raise (an AttributeError for NumPy's C API): doctor says so and where the
+    package is, rather than a traceback, or "missing" with a line to install what is there."""
+    model, compatible, _, mem_kb = MODULES["orin-nx-16gb"]
+    root = _jetson_root(tmp_path, model, compatible, "3.0", mem_kb)
+    (root / "etc/nv_tegra_release").write_text(RELEASE.format("4.3"))
+    package = tmp_path / "site" / "tensorrt"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise AttributeError('_ARRAY_API not found')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    report = doctor(root=root)
+    assert "TensorRT     fails to import (below)" in report.lines
+    assert any(f"the tensorrt package at {package} is there but fails to import (AttributeError: _ARRAY_API not "
+               "found)" in p and "python3-libnvinfer" in p for p in report.problems), report.problems
+    assert not any("bindings are missing" in p for p in report.problems)
+
+
 def test_a_clock_no_time_server_keeps_is_said_by_doctor_and_run(tiny_bundle, spotted_frames, monkeypatch, caplog):
     """Events, snapshots and reports carry this clock's times, and TLS certificates are checked
     against its date: a Jetson on an isolated line, whose time server is not set, drifts."""

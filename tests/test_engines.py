@@ -149,6 +149,21 @@ def test_build_without_tensorrt_fails_with_one_line(tiny_bundle):
     assert "--backend" not in out.stderr  # build has no backend to switch
 
 
+@pytest.mark.parametrize("failure, said", [
+    ("raise AttributeError('_ARRAY_API not found')", "AttributeError: _ARRAY_API not found"),
+    ("import tensorrt_libs", "ModuleNotFoundError: No module named 'tensorrt_libs'")])
+def test_build_with_a_tensorrt_that_fails_to_import_says_so_in_one_line(tiny_bundle, tmp_path, failure, said):
+    """A tensorrt package that is there but breaks at import (its libraries missing, built for
+    another NumPy): one line naming it and why, not a traceback nor "pip install" what is there."""
+    (tmp_path / "tensorrt").mkdir()
+    (tmp_path / "tensorrt" / "__init__.py").write_text(failure + "\n")
+    out = subprocess.run([sys.executable, "-m", "edge_ad", "build", "--bundle", str(tiny_bundle)], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().count("\n") == 0, out.stderr
+    assert f"the tensorrt package at {tmp_path / 'tensorrt'} is there but fails to import ({said})" in out.stderr
+
+
 def test_build_engines_on_a_gpu(tiny_bundle, tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT is not installed (no NVIDIA GPU here)")
     if not cuda_memory_installed():
