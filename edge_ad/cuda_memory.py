@@ -20,11 +20,26 @@ from .errors import EdgeAdError
 
 
 def cuda_memory() -> PyCudaMemory | CudaPythonMemory:
-    """pycuda's memory when pycuda is installed, else cuda-python's; an error naming both when neither is."""
-    if _installed("pycuda.driver"):
-        return PyCudaMemory()
-    if _installed("cuda.bindings.runtime"):
-        return CudaPythonMemory()
+    """pycuda's memory when pycuda is installed and loads, else cuda-python's; an error naming
+    both when neither is installed. A package that is there but fails to load (built for another
+    CUDA than the device has, its libraries missing) gives way to the other, and is named with
+    what it raised when neither loads, rather than as a traceback."""
+    failures = []
+    for package, module, memory in (("pycuda", "pycuda.driver", PyCudaMemory),
+                                    ("cuda-python", "cuda.bindings.runtime", CudaPythonMemory)):
+        if not _installed(module):
+            continue
+        try:
+            return memory()
+        except EdgeAdError:  # it loaded: the GPU or CUDA itself failed, which the other would meet too
+            raise
+        except Exception as exc:  # any failure of a package that is there
+            said = " ".join(str(exc).split())
+            failures.append(f"{package} is installed but fails to load ({type(exc).__name__}: {said})")
+    if failures:
+        raise EdgeAdError(f"TensorRT on the GPU needs pycuda or cuda-python for its memory: {'; '.join(failures)}: "
+                          "reinstall it for this device's CUDA (on a Jetson with JetPack 6: pip install "
+                          "'cuda-python>=12.6.1,<13')")
     raise EdgeAdError("TensorRT on the GPU needs pycuda or cuda-python for its memory "
                       "(pip install 'edge-ad[tensorrt]', or pip install cuda-python)")
 

@@ -1,12 +1,17 @@
 """CUDA memory through cuda-python on a real GPU: what the TensorRT backend moves frames with."""
 
 import ctypes
+import sys
 
 import numpy as np
 import pytest
 
-from edge_ad.cuda_memory import CudaPythonMemory, host_array
+from edge_ad.cuda_memory import CudaPythonMemory, cuda_memory, host_array
 from edge_ad.errors import EdgeAdError
+
+BROKEN_PYCUDA = "raise ImportError('libcuda.so.1: cannot open shared object file: No such file or directory')\n"
+# cuda-python's runtime module as far as CudaPythonMemory() calls it: a GPU selected.
+WORKING_CUDA_PYTHON = "class cudaError_t:\n    cudaSuccess = 0\n\n\ndef cudaSetDevice(device):\n    return (0,)\n"
 
 
 def _gpu_here() -> bool:
@@ -29,6 +34,40 @@ def test_host_memory_is_seen_as_an_array_of_any_engine_dtype():
         assert array.dtype == dtype and array.nbytes == 64 and array.flags.writeable
         array[:] = np.arange(array.size).astype(dtype)  # written through to the memory itself
         assert bytes(memory) == np.arange(array.size).astype(dtype).tobytes()
+
+
+def _packages(site, monkeypatch, pycuda: str, cuda_python: str | None) -> None:
+    """pycuda and cuda-python made of the given module texts, found first on the path."""
+    (site / "pycuda").mkdir(parents=True)
+    (site / "pycuda" / "__init__.py").write_text("")
+    (site / "pycuda" / "driver.py").write_text(pycuda)
+    if cuda_python is not None:
+        (site / "cuda" / "bindings").mkdir(parents=True)
+        (site / "cuda" / "__init__.py").write_text("")
+        (site / "cuda" / "bindings" / "__init__.py").write_text("")
+        (site / "cuda" / "bindings" / "runtime.py").write_text(cuda_python)
+    monkeypatch.syspath_prepend(str(site))
+    for name in ("pycuda", "pycuda.driver", "cuda", "cuda.bindings", "cuda.bindings.runtime"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+def test_a_pycuda_that_fails_to_load_gives_way_to_cuda_python(tmp_path, monkeypatch):
+    """pycuda is compiled on the device against its CUDA: after a CUDA upgrade it fails at import.
+    cuda-python, when there, carries the frames instead."""
+    _packages(tmp_path, monkeypatch, BROKEN_PYCUDA, WORKING_CUDA_PYTHON)
+    assert isinstance(cuda_memory(), CudaPythonMemory)
+
+
+def test_cuda_memory_packages_that_fail_to_load_are_named_with_what_they_raised(tmp_path, monkeypatch):
+    _packages(tmp_path / "one", monkeypatch, BROKEN_PYCUDA, None)
+    with pytest.raises(EdgeAdError) as raised:
+        cuda_memory()
+    assert ("pycuda is installed but fails to load (ImportError: libcuda.so.1: cannot open shared object file: No "
+            "such file or directory)") in str(raised.value) and "cuda-python>=12.6.1,<13" in str(raised.value)
+    _packages(tmp_path / "both", monkeypatch, BROKEN_PYCUDA, "raise AttributeError('_ARRAY_API not found')\n")
+    with pytest.raises(EdgeAdError, match=r"pycuda is installed but fails to load .*; cuda-python is installed but fails to "
+                                          r"load \(AttributeError: _ARRAY_API not found\)"):
+        cuda_memory()
 
 
 @needs_gpu
