@@ -2,12 +2,13 @@
 all of them, and an install that reads nothing else. Both need PyPI to make the wheelhouse."""
 
 import email.parser
+import importlib.metadata
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -75,11 +76,12 @@ def _requires(wheel: Path) -> list[Requirement]:
     return [Requirement(r) for r in email.parser.Parser().parsestr(text).get_all("Requires-Dist") or []]
 
 
-def _project_requires() -> list[Requirement]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    extras = project["project"]["optional-dependencies"]
-    return [Requirement(r) for r in [*project["project"]["dependencies"], *extras["mqtt"], *extras["opcua"],
-                                     *project["build-system"]["requires"], "pip", "cuda-python"]]
+def _device_requires() -> list[tuple[Requirement, str]]:
+    """(requirement, extra it is read under): the runtime's with its mqtt and opcua extras (this
+    project's installed metadata), the build system's (pyproject.toml), pip, and cuda-python."""
+    runtime = [(Requirement(r), extra) for r in importlib.metadata.requires("edge-ad") for extra in ("", "mqtt", "opcua")]
+    build = re.search(r"^\[build-system\]\nrequires = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M)
+    return runtime + [(Requirement(r.strip(' "')), "") for r in [*build.group(1).split(","), "pip", "cuda-python"]]
 
 
 def test_the_wheelhouse_for_jetpack_6_holds_every_wheel_the_jetson_needs(tmp_path):
@@ -91,7 +93,7 @@ def test_the_wheelhouse_for_jetpack_6_holds_every_wheel_the_jetson_needs(tmp_pat
     wheels = _wheels(_wheelhouse(tmp_path))
     for name, (path, _, tags) in wheels.items():
         assert tags & JETPACK_6_TAGS, f"{path.name} cannot be installed on JetPack 6"
-    needed, seen = [(r, "") for r in _project_requires()], set()
+    needed, seen = _device_requires(), set()
     while needed:
         requirement, extra = needed.pop()
         if requirement.marker is not None and not requirement.marker.evaluate(JETPACK_6 | {"extra": extra}):
