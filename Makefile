@@ -72,7 +72,17 @@ test: system-packages venv
 
 # Ubuntu 22.04's venv (JetPack 6) comes with pip 22.0, whose build isolation lets the system's setuptools
 # (59) in beside the venv's site-packages: it fails on this project's pyproject.toml, so pip is upgraded first.
+# A wheelhouse made for another Python or processor is refused before anything is installed.
 runtime:
+	@if [ -n "$(OFFLINE)" ]; then \
+		here=$$($(RUNTIME_PYTHON) -c 'import platform, sys; print("%d.%d %s" % (*sys.version_info[:2], platform.machine()))'); \
+		made=$$(cat $(WHEELS)/device 2>/dev/null); \
+		if [ "$$here" != "$$made" ]; then \
+			echo "$(WHEELS)/ holds wheels for Python $${made:-unknown}, and this device runs Python $$here: make the" \
+				"wheelhouse for it (make wheelhouse DEVICE_PYTHON=... DEVICE_PLATFORM=...), or move $(WHEELS)/ away to install from PyPI" >&2; \
+			exit 1; \
+		fi; \
+	fi
 	$(call install_missing,$(RUNTIME_PACKAGES))
 	$(RUNTIME_PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q $(OFFLINE) --upgrade pip
@@ -94,6 +104,7 @@ wheelhouse:
 		$(foreach p,manylinux1 manylinux2010 manylinux2014 $(foreach v,$(shell seq 5 $(DEVICE_GLIBC)),manylinux_2_$(v)),--platform $(p)_$(DEVICE_ARCH)) \
 		-r $(WHEELHOUSE_TOOLS)/requirements.txt
 	cp $(WHEELHOUSE_TOOLS)/requirements.txt $(WHEELS)/requirements.txt
+	echo "$(DEVICE_PYTHON) $(DEVICE_ARCH)" > $(WHEELS)/device
 	@echo "$(WHEELS)/: $$(grep -c == $(WHEELS)/requirements.txt) wheels, $$(du -sh $(WHEELS) | cut -f1), for Python $(DEVICE_PYTHON) on $(DEVICE_PLATFORM):" \
 		"copy this clone with it to the device; \`make runtime\` there installs from it alone"
 

@@ -132,3 +132,20 @@ def test_runtime_installs_from_the_wheelhouse_with_no_network(tmp_path):
     imported = subprocess.run([venv / "bin" / "python", "-c", "import edge_ad.cli, asyncua, paho.mqtt, scipy, cv2"],
                               capture_output=True, text=True)
     assert imported.returncode == 0, imported.stderr
+
+
+def test_runtime_refuses_a_wheelhouse_made_for_another_device(tmp_path):
+    """Wheels of another Python or processor would fail in pip with "no matching distribution"
+    for the first pinned version: said before anything is installed, with what to do."""
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "requirements.txt").write_text("numpy==2.2.6\n")
+    (wheels / "device").write_text("3.9 riscv64\n")
+    venv = tmp_path / "venv"
+    ran = _make("runtime", f"WHEELS={wheels}", f"VENV={venv}", f"RUNTIME_PYTHON={sys.executable}", "RUNTIME_PACKAGES=")
+    here = f"{sys.version_info.major}.{sys.version_info.minor} {os.uname().machine}"
+    assert ran.returncode != 0
+    assert f"{wheels}/ holds wheels for Python 3.9 riscv64, and this device runs Python {here}" in ran.stderr, ran.stderr
+    assert "make wheelhouse DEVICE_PYTHON=" in ran.stderr and not venv.exists()
