@@ -1,4 +1,5 @@
-"""CUDA memory through cuda-python on a real GPU: what the TensorRT backend moves frames with."""
+"""CUDA memory through cuda-python on a real GPU: what the TensorRT backend moves frames with; and
+which package carries it when one is there but fails to load."""
 
 import ctypes
 import sys
@@ -37,13 +38,15 @@ def test_host_memory_is_seen_as_an_array_of_any_engine_dtype():
 
 
 def _packages(site, monkeypatch, pycuda: str, cuda_python: str | None) -> None:
-    """pycuda and cuda-python made of the given module texts, found first on the path."""
+    """pycuda and cuda-python made of the given module texts, found first on the path; without
+    `cuda_python`, a `cuda` package without its bindings hides any real one."""
     (site / "pycuda").mkdir(parents=True)
     (site / "pycuda" / "__init__.py").write_text("")
     (site / "pycuda" / "driver.py").write_text(pycuda)
+    (site / "cuda").mkdir()
+    (site / "cuda" / "__init__.py").write_text("")
     if cuda_python is not None:
-        (site / "cuda" / "bindings").mkdir(parents=True)
-        (site / "cuda" / "__init__.py").write_text("")
+        (site / "cuda" / "bindings").mkdir()
         (site / "cuda" / "bindings" / "__init__.py").write_text("")
         (site / "cuda" / "bindings" / "runtime.py").write_text(cuda_python)
     monkeypatch.syspath_prepend(str(site))
@@ -65,8 +68,8 @@ def test_cuda_memory_packages_that_fail_to_load_are_named_with_what_they_raised(
     assert ("pycuda is installed but fails to load (ImportError: libcuda.so.1: cannot open shared object file: No "
             "such file or directory)") in str(raised.value) and "cuda-python>=12.6.1,<13" in str(raised.value)
     _packages(tmp_path / "both", monkeypatch, BROKEN_PYCUDA, "raise AttributeError('_ARRAY_API not found')\n")
-    with pytest.raises(EdgeAdError, match=r"pycuda is installed but fails to load .*; cuda-python is installed but fails to "
-                                          r"load \(AttributeError: _ARRAY_API not found\)"):
+    with pytest.raises(EdgeAdError, match=r"pycuda is installed but fails to load .*; cuda-python is installed but "
+                                          r"fails to load \(AttributeError: _ARRAY_API not found\)"):
         cuda_memory()
 
 
