@@ -37,6 +37,20 @@ def test_host_memory_is_seen_as_an_array_of_any_engine_dtype():
         assert bytes(memory) == np.arange(array.size).astype(dtype).tobytes()
 
 
+PACKAGE_MODULES = ("pycuda", "pycuda.driver", "cuda", "cuda.bindings", "cuda.bindings.runtime")
+
+
+@pytest.fixture
+def packages(monkeypatch):
+    """`_packages` for a test, and afterwards the modules as they were: a made one left imported
+    would be found by the tests after it, whatever the path says."""
+    before = {name: sys.modules[name] for name in PACKAGE_MODULES if name in sys.modules}
+    yield lambda site, pycuda, cuda_python: _packages(site, monkeypatch, pycuda, cuda_python)
+    for name in PACKAGE_MODULES:
+        sys.modules.pop(name, None)
+    sys.modules.update(before)
+
+
 def _packages(site, monkeypatch, pycuda: str, cuda_python: str | None) -> None:
     """pycuda and cuda-python made of the given module texts, found first on the path; without
     `cuda_python`, a `cuda` package without its bindings hides any real one."""
@@ -50,24 +64,24 @@ def _packages(site, monkeypatch, pycuda: str, cuda_python: str | None) -> None:
         (site / "cuda" / "bindings" / "__init__.py").write_text("")
         (site / "cuda" / "bindings" / "runtime.py").write_text(cuda_python)
     monkeypatch.syspath_prepend(str(site))
-    for name in ("pycuda", "pycuda.driver", "cuda", "cuda.bindings", "cuda.bindings.runtime"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
+    for name in PACKAGE_MODULES:
+        sys.modules.pop(name, None)
 
 
-def test_a_pycuda_that_fails_to_load_gives_way_to_cuda_python(tmp_path, monkeypatch):
+def test_a_pycuda_that_fails_to_load_gives_way_to_cuda_python(tmp_path, packages):
     """pycuda is compiled on the device against its CUDA: after a CUDA upgrade it fails at import.
     cuda-python, when there, carries the frames instead."""
-    _packages(tmp_path, monkeypatch, BROKEN_PYCUDA, WORKING_CUDA_PYTHON)
+    packages(tmp_path, BROKEN_PYCUDA, WORKING_CUDA_PYTHON)
     assert isinstance(cuda_memory(), CudaPythonMemory)
 
 
-def test_cuda_memory_packages_that_fail_to_load_are_named_with_what_they_raised(tmp_path, monkeypatch):
-    _packages(tmp_path / "one", monkeypatch, BROKEN_PYCUDA, None)
+def test_cuda_memory_packages_that_fail_to_load_are_named_with_what_they_raised(tmp_path, packages):
+    packages(tmp_path / "one", BROKEN_PYCUDA, None)
     with pytest.raises(EdgeAdError) as raised:
         cuda_memory()
     assert ("pycuda is installed but fails to load (ImportError: libcuda.so.1: cannot open shared object file: No "
             "such file or directory)") in str(raised.value) and "cuda-python>=12.6.1,<13" in str(raised.value)
-    _packages(tmp_path / "both", monkeypatch, BROKEN_PYCUDA, "raise AttributeError('_ARRAY_API not found')\n")
+    packages(tmp_path / "both", BROKEN_PYCUDA, "raise AttributeError('_ARRAY_API not found')\n")
     with pytest.raises(EdgeAdError, match=r"pycuda is installed but fails to load .*; cuda-python is installed but "
                                           r"fails to load \(AttributeError: _ARRAY_API not found\)"):
         cuda_memory()
