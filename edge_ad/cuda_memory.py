@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EdgeAdError
+from .errors import EdgeAdError, raised
 
 
 def cuda_memory() -> PyCudaMemory | CudaPythonMemory:
@@ -34,8 +34,7 @@ def cuda_memory() -> PyCudaMemory | CudaPythonMemory:
         except EdgeAdError:  # it loaded: the GPU or CUDA itself failed, which the other would meet too
             raise
         except Exception as exc:  # any failure of a package that is there
-            said = " ".join(str(exc).split())
-            failures.append(f"{package} is installed but fails to load ({type(exc).__name__}: {said})")
+            failures.append(f"{package} is installed but fails to load ({raised(exc)})")
     if failures:
         raise EdgeAdError(f"TensorRT on the GPU needs pycuda or cuda-python for its memory: {'; '.join(failures)}: "
                           "reinstall it for this device's CUDA (on a Jetson with JetPack 6: pip install "

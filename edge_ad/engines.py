@@ -35,7 +35,7 @@ from tqdm import tqdm
 from .bundle import Bundle, cache_dir, write_yaml_atomic
 from .cuda_memory import cuda_memory
 from .device import detect, is_jetson, load_configs, pick_config
-from .errors import EdgeAdError
+from .errors import EdgeAdError, raised
 from .files import write_atomic
 
 ENGINES_DIR = "engines"
@@ -105,8 +105,7 @@ def _tensorrt(alternative: str = ""):
 def _broken_tensorrt(exc: Exception) -> str:
     spec = importlib.util.find_spec("tensorrt")
     where = f" at {Path(spec.origin).parent}" if spec is not None and spec.origin else ""
-    said = " ".join(str(exc).split())  # one line, whatever it raised
-    return (f"the tensorrt package{where} is there but fails to import ({type(exc).__name__}: {said}): it does not "
+    return (f"the tensorrt package{where} is there but fails to import ({raised(exc)}): it does not "
             "match this environment; reinstall it for this device (on a Jetson, JetPack's python3-libnvinfer), or, "
             "where the error names NumPy, install the NumPy it was built for in the environment")
 

@@ -139,6 +139,11 @@ def encrypted_key(option: str, path: object) -> Callable[[], bytes]:
     return refuse
 
 
+def raised(exc: BaseException) -> str:
+    """What an exception says, with its type, on one line: `AttributeError: _ARRAY_API not found`."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
 def http_failure(exc: Exception) -> str:
     """What went wrong with a request to a camera over HTTP, but an HTTP status (HTTPError, which
     each caller says its own way): no answer, a certificate not trusted, an answer cut short, or
