@@ -44,11 +44,15 @@ OFFLINE = $(if $(wildcard $(WHEELS)/requirements.txt),--no-index --find-links $(
 
 .PHONY: demo test runtime wheelhouse system-packages venv clean
 
+# A failed apt-get (no internet at the line, not root) is followed by the packages it was to install and the way.
 define install_missing
 	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-		echo "installing system packages: $$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		echo "installing system packages:" $$missing; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; } || { \
+			echo "could not install the system packages" $$missing "(apt-get failed, above): run as root with the" \
+				"Debian or Ubuntu archive reachable, or, without internet, bring them as .deb files (README 'On the device')" >&2; \
+			exit 1; }; \
 	fi
 endef
 

@@ -149,3 +149,22 @@ def test_runtime_refuses_a_wheelhouse_made_for_another_device(tmp_path):
     assert ran.returncode != 0
     assert f"{wheels}/ holds wheels for Python 3.9 riscv64, and this device runs Python {here}" in ran.stderr, ran.stderr
     assert "make wheelhouse DEVICE_PYTHON=" in ran.stderr and not venv.exists()
+
+
+def test_runtime_says_which_system_packages_it_could_not_install_and_how(tmp_path):
+    """At a line without internet apt-get fails with its own words (a fetch that failed); make
+    then names the packages it was to install and the way to bring them, and installs nothing."""
+    if shutil.which("make") is None or shutil.which("dpkg") is None:
+        pytest.skip("no make or dpkg here")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text("#!/bin/sh\necho 'E: Failed to fetch http://ports.ubuntu.com (no network)' >&2\n"
+                                     "exit 100\n")
+    (bin_dir / "apt-get").chmod(0o755)
+    venv = tmp_path / "venv"
+    ran = subprocess.run(["make", "--no-print-directory", "runtime", "RUNTIME_PACKAGES=edge-ad-no-such-package",
+                          f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert ran.returncode != 0 and not venv.exists()
+    assert ("could not install the system packages edge-ad-no-such-package (apt-get failed, above)" in ran.stderr
+            and "bring them as .deb files (README 'On the device')" in ran.stderr), ran.stderr
