@@ -82,7 +82,8 @@ runtime:
 		here=$$($(RUNTIME_PYTHON) -c 'import platform, sys; print("%d.%d %s" % (*sys.version_info[:2], platform.machine()))'); \
 		made=$$(cat $(WHEELS)/device 2>/dev/null); \
 		if [ "$$here" != "$$made" ]; then \
-			echo "$(WHEELS)/ holds wheels for Python $${made:-unknown}, and this device runs Python $$here: make the" \
+			echo "$(WHEELS)/ holds wheels for $${made:+Python }$${made:-a device it does not name (no $(WHEELS)/device)}," \
+				"and this device runs Python $$here: make the" \
 				"wheelhouse for it (make wheelhouse DEVICE_PYTHON=... DEVICE_PLATFORM=...), or move $(WHEELS)/ away to install from PyPI" >&2; \
 			exit 1; \
 		fi; \
