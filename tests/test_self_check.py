@@ -107,9 +107,12 @@ def test_maps_that_go_wrong_during_a_run_stop_it(tiny_bundle, normal_folder, tmp
     problem = (rf"{tiny_bundle} on onnxruntime: the maps of the bundle's 1 check images are not those it was exported "
                r"with \(branch 0: correlation 0.00 .*\): the graphs or engines give wrong results here; .* \(edge-ad "
                r"doctor names its version\)")
+    # A check after every frame (an interval shorter than any frame takes), so that how many frames
+    # are scored between the maps going wrong and the next check does not hang on this machine's
+    # speed: with 0.01 s, a fast spell scored 20 before the check came, and the bound below failed.
     with pytest.raises(BundleError, match=rf"^self-check during the run: {problem}\. The run stops rather than judge "
                                           r"parts with wrong maps$"):
-        run(detector, [stream], RunConfig(events=events, self_check_interval_s=0.01))
+        run(detector, [stream], RunConfig(events=events, self_check_interval_s=1e-6))
     *scored, failed = [json.loads(line) for line in events.read_text().splitlines()]
     frames = [event["frame"] for event in scored]
     # Every frame scored before it stopped is in the events, and it stopped soon after the maps went
