@@ -113,5 +113,6 @@ wheelhouse:
 	@echo "$(WHEELS)/: $$(grep -c == $(WHEELS)/requirements.txt) wheels, $$(du -sh $(WHEELS) | cut -f1), for Python $(DEVICE_PYTHON) on $(DEVICE_PLATFORM):" \
 		"copy this clone with it to the device; \`make runtime\` there installs from it alone"
 
+# wheels/ stays: it is what a device without internet is installed from.
 clean:
-	rm -rf $(VENV) edge-ad-demo
+	rm -rf $(VENV) edge-ad-demo $(WHEELHOUSE_TOOLS)
