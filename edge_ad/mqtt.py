@@ -15,7 +15,8 @@ TOPIC/SOURCE/self_check (SOURCE as snapshots name it), at QoS 1. TOPIC/status ho
 the broker itself (MQTT's last will) when the run dies or its network goes, so a PLC or SCADA
 knows whether the inspection is alive. With one bundle per product variant, the run listens on
 TOPIC/SOURCE/variant: a variant's name there (retained, as a PLC publishes its recipe) has that
-source's frames scored by that variant's bundle alone, an empty message by all of them again.
+source's frames scored by that variant's bundle alone, an empty message or a name that is none
+of its variants (warned about) by all of them again.
 "start" on TOPIC/SOURCE/calibrate has the run calibrate that source on its next frames, "cancel"
 stops that (edge_ad.line_calibration; not retained: a retained one would start a calibration at
 every connection, and is ignored), and TOPIC/SOURCE/calibration holds, retained, how that
@@ -32,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import reprlib
 import ssl
 import sys
 from dataclasses import dataclass
@@ -199,9 +201,7 @@ class MqttPublisher:
         if said is None:
             log.warning("--mqtt %s: %s is not text; ignored", self.url, message.topic)
             return
-        source, variant = said
-        log.info("--mqtt %s: %s: the line makes %s", self.url, source, variant or "any variant (all bundles score)")
-        self.on_variant(source, variant)
+        self.on_variant(*said)
 
     def _calibrate(self, message) -> None:
         source = message.topic[len(self.topic) + 1 : -len("/calibrate")]
@@ -210,7 +210,8 @@ class MqttPublisher:
             log.warning("--mqtt %s: %s is retained, so it would calibrate %s at every connection; ignored (publish "
                         "it without retain)", self.url, message.topic, source)
         elif command not in CALIBRATE_COMMANDS:
-            log.warning("--mqtt %s: %s: %r is neither 'start' nor 'cancel'; ignored", self.url, message.topic, command)
+            log.warning("--mqtt %s: %s: %s is neither 'start' nor 'cancel'; ignored", self.url, message.topic,
+                        reprlib.repr(command))
         else:
             self.on_calibrate(source, CALIBRATE_COMMANDS[command])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import reprlib
 import signal
 import threading
 import time
@@ -281,6 +282,7 @@ class _Sinks:
                  drift: dict[str, dict[str | None, DriftWatch]] | None = None, hints: VariantHints | None = None,
                  line: dict[str, LineCalibration] | None = None):
         self.guards: list[Guarded] = []
+        self.hints = hints
         self.line = line or {}  # each source's calibration on the line, which MQTT and Modbus can ask for
         self.publisher = None
         self.drift = drift  # per stream, its bundles' calibrated bands by variant (None: one bundle); a watch each
@@ -310,7 +312,8 @@ class _Sinks:
         if config.mqtt:
             from .mqtt import MqttPublisher  # paho-mqtt, only when asked for
 
-            publisher = MqttPublisher(config.mqtt, config.mqtt_tls, on_variant=hints.set if hints else None,
+            publisher = MqttPublisher(config.mqtt, config.mqtt_tls,
+                                      on_variant=self._variant_said if hints is not None else None,
                                       on_calibrate=self._calibrate_asked)
             stack.callback(publisher.close)
             self.mqtt = self._guard(f"mqtt {publisher.url}", publisher.publish)  # without its password
@@ -318,13 +321,28 @@ class _Sinks:
         self.later = InOrder("sinks", SINK_QUEUE)
         stack.callback(self.later.close)  # before the sinks close: what waits is written first
 
-    def _calibrate_asked(self, source: str, start: bool) -> None:
-        """MQTT's TOPIC/SOURCE/calibrate (SOURCE as topics spell it)."""
+    def _source_in_topic(self, source: str, asked: str) -> str | None:
+        """The name of the source that an MQTT topic spells `source` (sinks.slug), None (warned
+        about, with what the topic `asked`) where it is none of them."""
         names = {slug(name): name for name in self.line}
-        if source in names:
-            self.line[names[source]].ask(start)
-        else:
-            log.warning("mqtt: asked to calibrate %r, which is none of the sources (%s)", source, ", ".join(names))
+        if source not in names:
+            log.warning("mqtt: %s %s, which is none of the sources (%s); ignored", asked, reprlib.repr(source),
+                        ", ".join(names))
+        return names.get(source)
+
+    def _calibrate_asked(self, source: str, start: bool) -> None:
+        """MQTT's TOPIC/SOURCE/calibrate."""
+        name = self._source_in_topic(source, "asked to calibrate")
+        if name is not None:
+            self.line[name].ask(start)
+
+    def _variant_said(self, source: str, variant: str | None) -> None:
+        """MQTT's TOPIC/SOURCE/variant."""
+        name = self._source_in_topic(source, "told the variant of")
+        if name is not None:
+            log.info("mqtt: the line says %s makes %s", name,
+                     reprlib.repr(variant) if variant else "any variant (all bundles score)")
+            self.hints.set(name, variant)
 
     def calibration_told(self, source: str) -> Callable[[int, int], None]:
         """What a source's calibration on the line says as it goes: Modbus registers +11 and +12
@@ -346,7 +364,7 @@ class _Sinks:
         each source of `variants` (source name -> its variants' names, none for one bundle), in that
         order; the variant a PLC says a source's line makes goes to `hints`, and a calibration it
         asks for to that source's calibration on the line."""
-        told = (lambda source, variant: hints.set(slug(source), variant)) if hints is not None else None
+        told = hints.set if hints is not None else None
 
         def calibrate(source: str, start: bool) -> None:
             self.line[source].ask(start)
@@ -579,33 +597,28 @@ def _status(stats: list[SourceStats]) -> str:
 class VariantHints:
     """The product variant each source's line makes now, as the line says it (MQTT
     TOPIC/SOURCE/variant, edge_ad.mqtt; Modbus register +10, edge_ad.modbus; OPC UA SetVariant,
-    edge_ad.opcua): its frames are
-    then scored by that variant's bundle alone, not by all of them. A name that is none of the
-    source's variants is warned about once and ignored; an empty one (None) goes back to every
-    bundle."""
+    edge_ad.opcua): its frames are then scored by that variant's bundle alone, not by all of
+    them. An empty one (None) goes back to every bundle, and so does a name that is none of the
+    source's variants (warned about): the line makes something that no bundle of the source was
+    trained for, and the variant said before is no longer made."""
 
-    def __init__(self) -> None:
-        self.said: dict[str, str | None] = {}  # by source name as topics spell it (sinks.slug)
-        self._warned: set[tuple[str, str]] = set()
+    def __init__(self, variants: Mapping[str, Sequence[str]]) -> None:
+        self.variants = variants  # source name -> its bundles' variant names (none for one bundle)
+        self.said: dict[str, str] = {}  # source name -> the variant its line makes, where one was said
 
     def set(self, source: str, variant: str | None) -> None:
-        self.said[source] = variant
+        names = self.variants[source]
+        if variant is not None and variant not in names:
+            log.warning("%s: the line says variant %s, which is none of its variants (%s); scoring with all",
+                        source, reprlib.repr(variant), ", ".join(names) or "it has one bundle")
+            variant = None
+        if variant is None:
+            self.said.pop(source, None)
+        else:
+            self.said[source] = variant
 
     def of(self, capture: _Capture) -> str | None:
-        if not self.said:  # nothing said yet: no work per frame
-            return None
-        variant = self.said.get(slug(capture.stream.name))
-        if variant is None:
-            return None
-        detector = capture.detector
-        if isinstance(detector, VariantDetector) and variant in detector.detectors:
-            return variant
-        if (capture.stream.name, variant) not in self._warned:
-            self._warned.add((capture.stream.name, variant))
-            known = ", ".join(detector.detectors) if isinstance(detector, VariantDetector) else "it has one bundle"
-            log.warning("%s: the line says variant %r, which is none of its variants (%s); scoring with all",
-                        capture.stream.name, variant, known)
-        return None
+        return self.said.get(capture.stream.name)
 
 
 def _graphs_of(detector: AnyDetector) -> tuple[int, ...]:
@@ -910,11 +923,11 @@ def run(
         # OPC UA SetVariant).
         variants = any(isinstance(d, VariantDetector) for d in detectors.values())
         plcs = config.modbus_port is not None or config.opcua_port is not None
-        hints = VariantHints() if (config.mqtt or plcs) and variants else None
+        names = {s.name: [v for v in bundles_of(detectors[s.name]) if v is not None] for s in streams}
+        hints = VariantHints(names) if (config.mqtt or plcs) and variants else None
         sinks = _Sinks(config, stack, _drift_bands(detectors) if config.drift else None, hints, line)
         if plcs:
-            sinks.serve_plcs(config, {s.name: [v for v in bundles_of(detectors[s.name]) if v is not None]
-                                      for s in streams}, hints)
+            sinks.serve_plcs(config, names, hints)
         for name, calibration in line.items():
             calibration.on_change = sinks.calibration_told(name)
         captures: list[_Capture] = []

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -19,7 +20,7 @@ from edge_ad.detector import Detector
 from edge_ad.errors import BundleError, EdgeAdError
 from edge_ad.mqtt import PASSWORD_VARIABLE, MqttPublisher, MqttTls, parse_mqtt_url, variant_message
 from edge_ad.pipelines import SourceOptions
-from edge_ad.runner import RunConfig, run
+from edge_ad.runner import RunConfig, VariantHints, run
 from edge_ad.sources import open_source
 from edge_ad.streams import Stream
 from edge_ad.variants import VariantDetector
@@ -297,6 +298,7 @@ def test_the_line_says_which_variant_each_source_sees(broker, variant_bundles, t
     told = next(t for t in MODULE_TYPES if t != chosen)
     _publish_retained(broker, "plant/line1/cam-a/variant", told)
     _publish_retained(broker, "plant/line1/cam-b/variant", "tray")
+    _publish_retained(broker, "plant/line1/cam-c/variant", "mono")  # no such source
     events = tmp_path / "events.jsonl"
     config = RunConfig(mqtt=f"mqtt://127.0.0.1:{broker}/plant/line1", events=events, max_frames=60)
     with caplog.at_level(logging.INFO):
@@ -305,7 +307,8 @@ def test_the_line_says_which_variant_each_source_sees(broker, variant_bundles, t
     said = [e["variant"] for e in lines if e["source"] == "cam-a"]
     assert said[-30:] == [told] * 30  # once the retained message arrived (within ms of connecting)
     assert [e["variant"] for e in lines if e["source"] == "cam-b"][-30:] == [chosen] * 30
-    assert f"cam-a: the line makes {told}" in caplog.text
+    assert f"mqtt: the line says cam-a makes '{told}'" in caplog.text
+    assert "mqtt: told the variant of 'cam-c', which is none of the sources (cam-a, cam-b); ignored" in caplog.text
     assert "cam-b: the line says variant 'tray', which is none of its variants (mono, poly); scoring with all" \
         in caplog.text
 
@@ -314,6 +317,28 @@ def test_a_variant_message_names_its_source():
     assert variant_message("plant/line1", "plant/line1/cam-1/variant", b" poly\n") == ("cam-1", "poly")
     assert variant_message("plant/line1", "plant/line1/cam-1/variant", b"") == ("cam-1", None)  # every bundle again
     assert variant_message("plant/line1", "plant/line1/cam-1/variant", b"\xff") is None  # not text: ignored
+
+
+def test_a_variant_none_of_the_sources_has_scores_with_all_and_is_logged_clipped(caplog):
+    """What a client sends goes to the log on one line and cut short: a payload of any length, with
+    line breaks that would forge log lines of their own."""
+    hints = VariantHints({"cam-1": ["mono", "poly"], "cam-2": []})
+    capture = lambda name: SimpleNamespace(stream=Stream("test://", name))  # noqa: E731
+    hints.set("cam-1", "poly")
+    assert hints.of(capture("cam-1")) == "poly" and hints.of(capture("cam-2")) is None
+    with caplog.at_level(logging.WARNING, logger="edge_ad.runner"):
+        hints.set("cam-1", "tray\nERROR forged" + "x" * 100_000)
+        hints.set("cam-2", "mono")
+    assert hints.of(capture("cam-1")) is None  # poly is no longer made: every bundle scores
+    assert hints.of(capture("cam-2")) is None
+    first, second = caplog.messages
+    assert first.startswith("cam-1: the line says variant 'tray\\nERROR ...xxx") and len(first) < 200
+    assert "\n" not in first and first.endswith("which is none of its variants (mono, poly); scoring with all")
+    assert second == "cam-2: the line says variant 'mono', which is none of its variants (it has one bundle); " \
+        "scoring with all"
+    hints.set("cam-1", "mono")
+    hints.set("cam-1", None)  # an empty message: every bundle again
+    assert hints.of(capture("cam-1")) is None and hints.said == {}
 
 
 @needs_broker
