@@ -68,6 +68,7 @@ class _Arrival:
     stamp: tuple[int, int]  # its size and modification time (ns) when last looked at
     since: float  # monotonic time it has had this stamp
     seen: float  # wall-clock time it was first listed: the frame's `captured`
+    listed: float  # the same moment on the monotonic clock: the frame's `arrived`
     tried: bool = False  # read (and found wanting) at this stamp
     error: str = ""  # why it did not read, last time it was tried
     said: bool = False  # reported as unreadable
@@ -192,7 +193,7 @@ class FollowedPictures:
             stamp = (stat.st_size, stat.st_mtime_ns)
             arrival = self._waiting.get(path)
             if arrival is None:
-                arrival = self._waiting[path] = _Arrival(stamp, now, time.time())
+                arrival = self._waiting[path] = _Arrival(stamp, now, time.time(), now)
             elif arrival.stamp != stamp:
                 arrival.stamp, arrival.since, arrival.tried = stamp, now, False
                 continue
@@ -248,7 +249,8 @@ class FollowedPictures:
                     return
                 image = self._read(path, arrival)
                 if image is not None:
-                    yield Frame(index, time.time(), image, os.path.basename(path), captured=arrival.seen)
+                    yield Frame(index, time.time(), image, os.path.basename(path), captured=arrival.seen,
+                                arrived=arrival.listed)
                     index += 1
             self._report_unreadable(now)
             stop.wait(POLL_S)

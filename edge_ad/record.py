@@ -56,7 +56,7 @@ def record(
             for frame in source.frames(stop):
                 # Stream time for files; the arrival time for live sources, whose stream time starts
                 # again when they reconnect.
-                moment = frame.captured if source.live else frame.timestamp
+                moment = frame.arrived if source.live else frame.timestamp
                 if moment - last < interval_s - 1e-3:  # frame times are rounded to the nanosecond
                     continue
                 last = moment

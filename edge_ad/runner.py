@@ -439,7 +439,7 @@ class _Sinks:
     def _watch_freeze(self, stream: Stream, frame: Frame, freeze: FreezeWatch) -> None:
         """Whether a live camera's picture froze, or moves again: said in the log, the events, on MQTT
         and to the PLC (its Modbus discrete input)."""
-        event = freeze.add(frame.image, frame.captured)
+        event = freeze.add(frame.image, frame.arrived)
         if event is None:
             return
         if event["state"] == "frozen":
@@ -996,13 +996,13 @@ def run(
                 ready.clear()
                 continue
             results = _score(ready_frames, stats, hints)
-            done = time.time()
+            done = time.monotonic()
             judged = []
             for (capture, frame), result in zip(ready_frames, results):
                 if result is None:
                     continue
                 record = stats[capture.stream.name]
-                latency_ms = (done - frame.captured) * 1e3
+                latency_ms = (done - frame.arrived) * 1e3
                 alarm = record.add(latency_ms, result.is_anomaly, capture.stream.alarm_frames or config.alarm_frames)
                 bundle = _judged_by(capture.detector, result)
                 sinks.tell_plc(capture.stream, frame, result, record, alarm, bundle)

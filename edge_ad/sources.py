@@ -70,6 +70,9 @@ class Frame:
     image: np.ndarray  # uint8 BGR (H, W, 3)
     name: str = ""
     captured: float = field(default_factory=time.time)  # wall-clock seconds when the frame arrived
+    # The same moment on the monotonic clock, for latencies and intervals: a Jetson's wall clock is
+    # often set while a run goes on (NTP once the network is up, an RTC without a battery).
+    arrived: float = field(default_factory=time.monotonic)
 
 
 @functools.cache

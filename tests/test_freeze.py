@@ -75,3 +75,28 @@ def test_a_frozen_picture_is_not_kept_as_a_sample(tiny_bundle, mvtec_category, t
     assert len(normal) > len(before) >= 5  # good frames both before and after it froze
     kept = [int(p.stem.rsplit("_", 1)[1]) for p in (tmp_path / "samples" / "cam").glob("*.png")]  # their frames
     assert kept and max(kept) < froze["frame"]  # (a sample is left out while the writer is busy: not all before)
+
+
+def test_a_wall_clock_set_during_the_run_changes_no_latency_and_no_freeze(tiny_bundle, mvtec_category, tmp_path,
+                                                                          monkeypatch):
+    """A Jetson's clock is often set while the run goes on (NTP once the network is up, an RTC
+    without a battery): an hour back, one second into a frozen camera's run. Latencies and the
+    frozen picture's timing count on the monotonic clock, so neither moves."""
+    import time
+
+    from edge_ad.detector import Detector
+    from edge_ad.runner import RunConfig, run
+    from edge_ad.streams import Stream
+
+    good = sorted((mvtec_category / "train" / "good").glob("*.png"))[0]
+    frozen = (f'filesrc location="{good}" ! pngdec ! imagefreeze is-live=true ! videoconvert ! '
+              "video/x-raw,format=BGR,framerate=20/1 ! appsink name=sink")
+    wall, start = time.time, time.time()
+    monkeypatch.setattr(time, "time", lambda: wall() - (3600.0 if wall() - start > 1.0 else 0.0))
+    config = RunConfig(events=tmp_path / "ev.jsonl", frozen_window_s=2.0, max_frames=80)  # 4 s
+    run(Detector.load(tiny_bundle), [Stream("", "cam", pipeline=frozen)], config)
+    events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    latencies = [e["latency_ms"] for e in events if e["event"] == "frame"]
+    assert len(latencies) == 80 and 0.0 < min(latencies) and max(latencies) < 10_000.0
+    (froze,) = [e for e in events if e["event"] == "frozen"]
+    assert froze["state"] == "frozen" and 1.0 <= froze["still_s"] <= 2.0
