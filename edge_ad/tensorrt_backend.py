@@ -39,8 +39,11 @@ class TrtGraph:
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.max_shapes = {}
+        self.batched = []  # the inputs with a batch axis: a dynamic first one
         for name in self.inputs:
             shape = tuple(self.engine.get_tensor_shape(name))
+            if shape[:1] == (-1,):
+                self.batched.append(name)
             if -1 in shape:
                 shape = tuple(self.engine.get_tensor_profile_shape(name, 0)[2])  # (min, opt, max)
             self.max_shapes[name] = shape
@@ -50,6 +53,24 @@ class TrtGraph:
         with memory.current():
             self.device = {n: memory.alloc(int(np.prod(s)) * self.dtypes[n].itemsize) for n, s in self.max_shapes.items()}
             self.host = {n: memory.pinned(int(np.prod(s)), self.dtypes[n]) for n, s in self.max_shapes.items()}
+
+    @property
+    def batch_limit(self) -> int | None:
+        """The most frames a call takes at once: the profile's largest batch (`build --max-batch`)."""
+        return self.max_shapes[self.batched[0]][0] if self.batched else None
+
+    def _in_turns(self, call, *arrays: np.ndarray) -> list[np.ndarray] | None:
+        """`call` on at most batch_limit frames at a time, its outputs joined; None when the
+        arrays fit the profile at once. More frames than the engines were built for come together
+        when more cameras share a bundle than `--max-batch`."""
+        limit = self.batch_limit
+        total = len(arrays[self.inputs.index(self.batched[0])]) if limit else 0
+        if total <= (limit or 0):
+            return None
+        turns = [call(*(array[start : start + limit] if name in self.batched else array
+                        for name, array in zip(self.inputs, arrays)))
+                 for start in range(0, total, limit)]
+        return [np.concatenate(outputs) for outputs in zip(*turns)]
 
     def _check(self, name: str, array: np.ndarray) -> np.ndarray:
         limit = self.max_shapes[name]
@@ -68,6 +89,8 @@ class TrtGraph:
         return {name: tuple(self.context.get_tensor_shape(name)) for name in self.outputs}
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        if (joined := self._in_turns(self, *arrays)) is not None:
+            return joined
         memory = self.memory
         with memory.current():
             shapes = {}
@@ -101,6 +124,9 @@ class TrtStepGraph(TrtGraph):
             self.steps = self.memory.alloc(self.MAX_STEPS * int(np.prod(self.max_shapes[k_name])) * self.dtypes[k_name].itemsize)
 
     def restore(self, features: np.ndarray, condition: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+        joined = self._in_turns(lambda x, c, _: [self.restore(x, c, coefficients)], features, condition, coefficients)
+        if joined is not None:
+            return joined[0]
         memory = self.memory
         x_name, c_name, k_name = self.inputs
         (out_name,) = self.outputs

@@ -1,6 +1,7 @@
 """The TensorRT backend: refusals without TensorRT here; agreement with ONNX Runtime on a GPU."""
 
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -88,3 +89,89 @@ def test_tensorrt_agrees_with_onnxruntime(fixture, request, tmp_path):
         for coefficients in engine.bundle.coefficients:
             x = engine._graphs["step"](x, condition, coefficients)[0]
         np.testing.assert_allclose(on_device, x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def cpu_tensorrt(monkeypatch):
+    """TensorRT's API over ONNX Runtime and CUDA memory over host memory (tests/cpu_tensorrt.py),
+    for the build and the backend's own work: cache, profiles, buffers, steps on the device."""
+    import cpu_tensorrt
+
+    from edge_ad import engines, tensorrt_backend
+
+    monkeypatch.setitem(sys.modules, "tensorrt", cpu_tensorrt.module())
+    for module in (engines, tensorrt_backend):
+        monkeypatch.setattr(module, "cuda_memory", cpu_tensorrt.HostMemory)
+    return cpu_tensorrt
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_the_backend_on_tensorrts_api_gives_onnxruntimes_maps(cpu_tensorrt, tiny_bridge_bundle, tmp_path, steps):
+    """Engines built for batches up to 2 score batches of 1 to 5 frames (in turns of 2 past that,
+    as when more cameras share the bundle), and a bridge's K steps ping-pong between two device
+    buffers (K odd or even; K=2 is the bundle's fused graph): the maps are ONNX Runtime's."""
+    from edge_ad.engines import build_engines
+
+    bundle = shutil.copytree(tiny_bridge_bundle, tmp_path / "b")
+    folder = build_engines(load_bundle(bundle), "fp16", max_batch=2)
+    manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
+    assert folder.name == "cpu-stand-in-sm00-trt10.3.0-fp16" and (folder.parent / "timing.cache").is_file()
+    flags = {name: cpu_tensorrt.engine_parts((folder / entry["file"]).read_bytes())[0]["flags"]
+             for name, entry in manifest["graphs"].items()}
+    assert flags == {"encoder": ["FP16"], "step": ["FP16"], "fused": ["FP16"], "prior": [], "head": []}
+    reference = Detector.load(bundle, backend="onnxruntime", steps=steps)
+    engine = Detector.load(bundle, backend="auto", steps=steps)  # the engines there are taken
+    assert engine.backend == "tensorrt"
+    if steps != 2:
+        assert hasattr(engine.graphs["step"], "restore")
+    step_runs = engine.graphs["step"].context.runs
+    for count in (1, 2, 5):
+        frames = _frames(count)
+        inputs = np.stack([engine.preprocess(f) for f in frames])
+        np.testing.assert_allclose(engine.grid_maps(inputs), reference.grid_maps(inputs), rtol=1e-5, atol=1e-6)
+    if steps != 2:  # 1 + 1 + 3 calls of K steps on the device
+        assert engine.graphs["step"].context.runs - step_runs == 5 * steps
+
+
+def test_an_engine_tensorrt_cannot_load_is_named(cpu_tensorrt, tiny_bundle, tmp_path):
+    """An engine file TensorRT cannot deserialise (another TensorRT wrote it, or it is damaged):
+    --backend tensorrt names it and says what to do; auto says so and runs ONNX Runtime."""
+    from edge_ad.engines import build_engines
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "b")
+    folder = build_engines(load_bundle(bundle), "fp16")
+    assert Detector.load(bundle, backend="tensorrt").backend == "tensorrt"
+    (folder / "encoder.engine").write_bytes(b"written by another TensorRT")
+    with pytest.raises(EdgeAdError) as raised:
+        Detector.load(bundle, backend="tensorrt")
+    assert str(raised.value) == f"{folder / 'encoder.engine'}: TensorRT cannot load this engine (built by another " \
+        "TensorRT or GPU?)"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert Detector.load(bundle).backend == "onnxruntime"
+    assert any("TensorRT not used" in str(w.message) and "cannot load this engine" in str(w.message) for w in caught)
+
+
+def test_build_then_run_three_cameras_on_engines_for_two(cpu_tensorrt, tiny_bundle, normal_folder, tmp_path, capsys):
+    """`edge-ad build` once, again (up to date), for another batch (built again); then `run` with
+    three cameras sharing the bundle on engines built for batches of two: every frame gets ONNX
+    Runtime's score."""
+    from edge_ad.cli import main
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "b")
+    for max_batch, said in (("4", "building 2 TensorRT engines"), ("4", "are up to date"),
+                            ("2", "engines built for batches up to 4; building them again for batches up to 2")):
+        assert main(["build", "--bundle", str(bundle), "--max-batch", max_batch]) == 0
+        assert said in capsys.readouterr().out
+    sources = tmp_path / "cams.yaml"
+    sources.write_text(yaml.safe_dump({"sources": [{"input": str(normal_folder), "name": n} for n in "abc"]}))
+    scores = {}
+    for backend in ("tensorrt", "onnxruntime"):
+        events = tmp_path / f"{backend}.jsonl"
+        assert main(["run", "--bundle", str(bundle), "--sources", str(sources), "--backend", backend,
+                     "--events", str(events)]) == 0
+        lines = [json.loads(line) for line in events.read_text().splitlines()]
+        scores[backend] = {(e["source"], e["frame"]): e["score"] for e in lines if e["event"] == "frame"}
+    assert len(scores["tensorrt"]) == 36 and scores["tensorrt"].keys() == scores["onnxruntime"].keys()
+    for key, score in scores["onnxruntime"].items():
+        assert scores["tensorrt"][key] == pytest.approx(score, rel=1e-5, abs=1e-6)

@@ -1,0 +1,300 @@
+"""The part of TensorRT's Python API that edge-ad calls, over ONNX Runtime on the CPU, and CUDA
+memory over host memory: so that `edge-ad build` and the TensorRT backend (the engine cache and
+its manifest, profiles and dynamic batches, device buffers and copies, the bridge's K steps
+ping-ponging between two buffers) run where there is no GPU, as CI is. An "engine" is the ONNX
+graph with the build's profile and flags. What this cannot tell is whether TensorRT itself
+builds and runs the graphs right: only the GPU tests can (test_tensorrt_backend.py, test_engines.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import json
+import types
+from contextlib import nullcontext
+from enum import Enum
+
+import numpy as np
+import onnxruntime as ort
+
+from edge_ad.cuda_memory import host_array
+
+MAGIC = b"cpu-tensorrt-engine\n"
+VERSION = "10.3.0"
+
+
+class DataType(Enum):
+    FLOAT = np.float32
+    HALF = np.float16
+    INT32 = np.int32
+    INT8 = np.int8
+    UINT8 = np.uint8
+    BOOL = np.bool_
+
+
+ONNX_TYPES = {"tensor(float)": DataType.FLOAT, "tensor(float16)": DataType.HALF, "tensor(int32)": DataType.INT32,
+              "tensor(int8)": DataType.INT8, "tensor(uint8)": DataType.UINT8, "tensor(bool)": DataType.BOOL}
+
+
+class TensorIOMode(Enum):
+    INPUT = 1
+    OUTPUT = 2
+
+
+class Logger:
+    WARNING = 2
+
+    def __init__(self, level: int = WARNING) -> None:
+        self.level = level
+
+
+def _dims(shape) -> tuple[int, ...]:
+    """ONNX Runtime's shape with its named (dynamic) axes as TensorRT's -1."""
+    return tuple(d if isinstance(d, int) else -1 for d in shape)
+
+
+class _Tensor:
+    def __init__(self, name: str, shape: tuple[int, ...]) -> None:
+        self.name, self.shape = name, shape
+
+
+class _Network:
+    def __init__(self) -> None:
+        self.graph: bytes | None = None
+        self.inputs: list[_Tensor] = []
+        self.num_layers = 0  # no layers to constrain: FP32 layers are TensorRT's to keep
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.inputs)
+
+    def get_input(self, i: int) -> _Tensor:
+        return self.inputs[i]
+
+
+class OnnxParser:
+    def __init__(self, network: _Network, logger: Logger) -> None:
+        self.network, self.num_errors = network, 0
+
+    def parse(self, graph: bytes) -> bool:
+        try:
+            session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+        except Exception:  # not an ONNX graph
+            self.num_errors = 1
+            return False
+        self.network.graph = graph
+        self.network.inputs = [_Tensor(i.name, _dims(i.shape)) for i in session.get_inputs()]
+        return True
+
+    def get_error(self, i: int) -> str:
+        return "not an ONNX graph"
+
+
+class _Profile:
+    def __init__(self) -> None:
+        self.shapes: dict[str, list[list[int]]] = {}
+
+    def set_shape(self, name: str, smallest, usual, largest) -> None:
+        self.shapes[name] = [list(smallest), list(usual), list(largest)]
+
+
+class _TimingCache:
+    def __init__(self, data: bytes) -> None:
+        self.data = data or b"cpu timing cache"
+
+    def serialize(self) -> bytes:
+        return self.data
+
+
+class _Config:
+    def __init__(self) -> None:
+        self.flags: list[str] = []
+        self.profiles: list[_Profile] = []
+        self.timing_cache: _TimingCache | None = None
+        self.int8_calibrator = None
+
+    def set_memory_pool_limit(self, pool, size: int) -> None:
+        pass
+
+    def set_flag(self, flag: str) -> None:
+        self.flags.append(flag)
+
+    def create_timing_cache(self, data: bytes) -> _TimingCache:
+        return _TimingCache(data)
+
+    def set_timing_cache(self, cache: _TimingCache, ignore_mismatch: bool) -> bool:
+        self.timing_cache = cache
+        return True
+
+    def get_timing_cache(self) -> _TimingCache:
+        return self.timing_cache
+
+    def add_optimization_profile(self, profile: _Profile) -> int:
+        self.profiles.append(profile)
+        return len(self.profiles) - 1
+
+
+class Builder:
+    def __init__(self, logger: Logger) -> None:
+        self.logger = logger
+
+    def create_network(self, flags: int = 0) -> _Network:
+        return _Network()
+
+    def create_builder_config(self) -> _Config:
+        return _Config()
+
+    def create_optimization_profile(self) -> _Profile:
+        return _Profile()
+
+    def build_serialized_network(self, network: _Network, config: _Config) -> bytes | None:
+        if network.graph is None:
+            return None
+        header = json.dumps({"flags": config.flags, "profile": config.profiles[0].shapes}).encode()
+        return MAGIC + len(header).to_bytes(4, "little") + header + network.graph
+
+
+def engine_parts(serialized: bytes) -> tuple[dict, bytes]:
+    """The flags and profile an engine was built with, and its graph."""
+    start = len(MAGIC) + 4
+    end = start + int.from_bytes(serialized[len(MAGIC) : start], "little")
+    return json.loads(serialized[start:end]), serialized[end:]
+
+
+class _Engine:
+    def __init__(self, serialized: bytes) -> None:
+        self.header, graph = engine_parts(serialized)
+        self.session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+        io = [(i, TensorIOMode.INPUT) for i in self.session.get_inputs()]
+        io += [(o, TensorIOMode.OUTPUT) for o in self.session.get_outputs()]
+        self.names = [t.name for t, _ in io]
+        self.modes = {t.name: mode for t, mode in io}
+        self.types = {t.name: ONNX_TYPES[t.type] for t, _ in io}
+        self.shapes = {t.name: _dims(t.shape) for t, _ in io}
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self.names)
+
+    def get_tensor_name(self, i: int) -> str:
+        return self.names[i]
+
+    def get_tensor_mode(self, name: str) -> TensorIOMode:
+        return self.modes[name]
+
+    def get_tensor_dtype(self, name: str) -> DataType:
+        return self.types[name]
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return self.shapes[name]
+
+    def get_tensor_profile_shape(self, name: str, profile: int) -> list[list[int]]:
+        return self.header["profile"][name]
+
+    def create_execution_context(self) -> _Context:
+        return _Context(self)
+
+
+class _Context:
+    """Runs the engine's graph on the tensors at the addresses set, as TensorRT does on the GPU's."""
+
+    def __init__(self, engine: _Engine) -> None:
+        self.engine = engine
+        self.input_shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+        self.runs = 0
+
+    def set_input_shape(self, name: str, shape) -> bool:
+        smallest, _, largest = self.engine.get_tensor_profile_shape(name, 0) if -1 in self.engine.shapes[name] else (
+            self.engine.shapes[name],) * 3
+        if len(shape) != len(largest) or not all(a <= s <= b for a, s, b in zip(smallest, shape, largest)):
+            return False  # as TensorRT: outside the profile, and the next run fails
+        self.input_shapes[name] = tuple(shape)
+        return True
+
+    def _outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [n for n in self.engine.names if self.engine.modes[n] == TensorIOMode.OUTPUT]
+        return dict(zip(names, self.engine.session.run(names, inputs)))
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        if self.engine.modes[name] == TensorIOMode.INPUT:
+            return self.input_shapes[name]
+        zeros = {n: np.zeros(s, self.engine.types[n].value) for n, s in self.input_shapes.items()}
+        return self._outputs(zeros)[name].shape
+
+    def set_tensor_address(self, name: str, address: int) -> bool:
+        self.addresses[name] = address
+        return True
+
+    def execute_async_v3(self, stream: int) -> bool:
+        inputs = {}
+        for name, shape in self.input_shapes.items():
+            dtype = np.dtype(self.engine.types[name].value)
+            inputs[name] = host_array(self.addresses[name], int(np.prod(shape)), dtype).reshape(shape).copy()
+        for name, output in self._outputs(inputs).items():
+            output = np.ascontiguousarray(output)
+            ctypes.memmove(self.addresses[name], output.ctypes.data, output.nbytes)
+        self.runs += 1
+        return True
+
+
+class Runtime:
+    def __init__(self, logger: Logger) -> None:
+        self.DLA_core = -1
+
+    def deserialize_cuda_engine(self, serialized: bytes) -> _Engine | None:
+        return _Engine(serialized) if serialized.startswith(MAGIC) else None  # another TensorRT's: None, as TensorRT
+
+
+def module() -> types.ModuleType:
+    """A `tensorrt` module of the classes above."""
+    trt = types.ModuleType("tensorrt")
+    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None, origin=__file__)  # found where it is looked for
+    trt.__version__ = VERSION
+    trt.Logger, trt.Builder, trt.OnnxParser, trt.Runtime = Logger, Builder, OnnxParser, Runtime
+    trt.TensorIOMode, trt.DataType = TensorIOMode, DataType
+    trt.float32, trt.float16 = DataType.FLOAT, DataType.HALF
+    trt.nptype = lambda dtype: dtype.value
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0)
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
+    trt.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8", PREFER_PRECISION_CONSTRAINTS="PREFER",
+                                            GPU_FALLBACK="GPU_FALLBACK")
+    trt.DeviceType = types.SimpleNamespace(DLA="DLA", GPU="GPU")
+    return trt
+
+
+class _Buffer:
+    """A 'device' buffer in host memory; int() of it is its address, as of a CUDA one."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.memory = ctypes.create_string_buffer(max(1, nbytes))
+
+    def __int__(self) -> int:
+        return ctypes.addressof(self.memory)
+
+
+class HostMemory:
+    """edge_ad.cuda_memory's interface over host memory: copies are done when asked, as a CUDA
+    stream would have done them by its synchronize()."""
+
+    def gpu(self) -> tuple[str, str]:
+        return "CPU stand-in", "0.0"
+
+    def current(self):
+        return nullcontext()
+
+    def alloc(self, nbytes: int) -> _Buffer:
+        return _Buffer(nbytes)
+
+    def pinned(self, size: int, dtype) -> np.ndarray:
+        return np.empty(size, dtype)
+
+    def stream(self):
+        return types.SimpleNamespace(handle=0, synchronize=lambda: None)
+
+    def to_device(self, address, host: np.ndarray, stream) -> None:
+        ctypes.memmove(int(address), host.ctypes.data, host.nbytes)
+
+    def to_host(self, host: np.ndarray, address, stream) -> None:
+        ctypes.memmove(host.ctypes.data, int(address), host.nbytes)
