@@ -280,3 +280,17 @@ def spotted_frames(normal_folder, tmp_path) -> Path:
     for i, spot in enumerate(SPOT_PATTERN):
         cv2.imwrite(str(folder / f"{i}.png"), spotted if spot else cell)
     return folder
+
+
+@pytest.fixture
+def cpu_tensorrt(monkeypatch):
+    """TensorRT's API over ONNX Runtime and CUDA memory over host memory (tests/cpu_tensorrt.py),
+    for the build and the backend's own work: cache, profiles, buffers, steps on the device."""
+    import cpu_tensorrt
+
+    from edge_ad import engines, tensorrt_backend
+
+    monkeypatch.setitem(sys.modules, "tensorrt", cpu_tensorrt.module())
+    for module in (engines, tensorrt_backend):
+        monkeypatch.setattr(module, "cuda_memory", cpu_tensorrt.HostMemory)
+    return cpu_tensorrt

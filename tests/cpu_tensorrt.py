@@ -55,8 +55,8 @@ def _dims(shape) -> tuple[int, ...]:
 
 
 class _Tensor:
-    def __init__(self, name: str, shape: tuple[int, ...]) -> None:
-        self.name, self.shape = name, shape
+    def __init__(self, name: str, shape: tuple[int, ...], dtype: DataType) -> None:
+        self.name, self.shape, self.dtype = name, shape, dtype
 
 
 class _Network:
@@ -84,7 +84,7 @@ class OnnxParser:
             self.num_errors = 1
             return False
         self.network.graph = graph
-        self.network.inputs = [_Tensor(i.name, _dims(i.shape)) for i in session.get_inputs()]
+        self.network.inputs = [_Tensor(i.name, _dims(i.shape), ONNX_TYPES[i.type]) for i in session.get_inputs()]
         return True
 
     def get_error(self, i: int) -> str:
@@ -113,6 +113,7 @@ class _Config:
         self.profiles: list[_Profile] = []
         self.timing_cache: _TimingCache | None = None
         self.int8_calibrator = None
+        self.calibration_profile: _Profile | None = None
 
     def set_memory_pool_limit(self, pool, size: int) -> None:
         pass
@@ -134,6 +135,33 @@ class _Config:
         self.profiles.append(profile)
         return len(self.profiles) - 1
 
+    def set_calibration_profile(self, profile: _Profile) -> bool:
+        self.calibration_profile = profile
+        return True
+
+
+class IInt8EntropyCalibrator2:
+    """The base of a calibrator: TensorRT asks it for batches and for its cache."""
+
+
+def _calibrate(network: _Network, config: _Config) -> dict[str, float]:
+    """What TensorRT does with an INT8 calibrator, with the largest magnitude of each input for its
+    scale: the calibrator's cache when it has one, else every batch it gives (the device addresses
+    of each input, at the calibration profile's shapes) and the cache written from them."""
+    calibrator = config.int8_calibrator
+    cache = calibrator.read_calibration_cache()
+    if cache is None:
+        largest: dict[str, float] = {}
+        names = [tensor.name for tensor in network.inputs]
+        while (addresses := calibrator.get_batch(names)) is not None:
+            for tensor, address in zip(network.inputs, addresses):
+                shape = config.calibration_profile.shapes[tensor.name][0] if -1 in tensor.shape else tensor.shape
+                values = host_array(int(address), int(np.prod(shape)), np.dtype(tensor.dtype.value))
+                largest[tensor.name] = max(largest.get(tensor.name, 0.0), float(np.abs(values).max()))
+        cache = json.dumps(largest).encode()
+        calibrator.write_calibration_cache(cache)
+    return json.loads(cache)
+
 
 class Builder:
     def __init__(self, logger: Logger) -> None:
@@ -151,7 +179,9 @@ class Builder:
     def build_serialized_network(self, network: _Network, config: _Config) -> bytes | None:
         if network.graph is None:
             return None
-        header = json.dumps({"flags": config.flags, "profile": config.profiles[0].shapes}).encode()
+        calibration = _calibrate(network, config) if config.int8_calibrator is not None else None
+        header = json.dumps({"flags": config.flags, "profile": config.profiles[0].shapes,
+                             "calibration": calibration}).encode()
         return MAGIC + len(header).to_bytes(4, "little") + header + network.graph
 
 
@@ -253,6 +283,7 @@ def module() -> types.ModuleType:
     trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None, origin=__file__)  # found where it is looked for
     trt.__version__ = VERSION
     trt.Logger, trt.Builder, trt.OnnxParser, trt.Runtime = Logger, Builder, OnnxParser, Runtime
+    trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
     trt.TensorIOMode, trt.DataType = TensorIOMode, DataType
     trt.float32, trt.float16 = DataType.FLOAT, DataType.HALF
     trt.nptype = lambda dtype: dtype.value

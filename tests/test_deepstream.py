@@ -21,7 +21,7 @@ from edge_ad.deepstream import CONFIG_FILE, MODEL_FILE, OUTPUT, DeepStreamScorer
 from edge_ad.doctor import doctor
 from edge_ad.errors import BundleError, EdgeAdError
 from edge_ad.images import to_rgb
-from export.deepstream import write_deepstream
+from export.deepstream import single_graph, write_deepstream
 
 from conftest import full_disk
 
@@ -153,20 +153,20 @@ def test_a_build_without_tensorrt_keeps_the_network_and_config(tiny_bundle, tmp_
     assert not (out / engine_name("fp16")).exists()
 
 
+def _scaled(bundle):
+    """A join gone wrong: every map a tenth of what it should be."""
+    model = single_graph(bundle)  # the join itself, also where a test puts this function in its place
+    (last,) = [n for n in model.graph.node if OUTPUT in n.output]
+    last.output[:] = ["unscaled"]
+    model.graph.initializer.append(numpy_helper.from_array(np.array(0.1, np.float32), "tenth"))
+    model.graph.node.append(helper.make_node("Mul", ["unscaled", "tenth"], [OUTPUT]))
+    return model
+
+
 def test_a_joined_network_with_wrong_maps_is_not_written(tiny_bundle, tmp_path, monkeypatch):
     """nvinfer hands edge-ad maps only: the joined network is checked against the bundle's check
     images before it is written (and a built engine before it goes where the config names it)."""
-    join = export.deepstream.single_graph
-
-    def scaled(bundle):  # a join gone wrong: every map a tenth of what it should be
-        model = join(bundle)
-        (last,) = [n for n in model.graph.node if OUTPUT in n.output]
-        last.output[:] = ["unscaled"]
-        model.graph.initializer.append(numpy_helper.from_array(np.array(0.1, np.float32), "tenth"))
-        model.graph.node.append(helper.make_node("Mul", ["unscaled", "tenth"], [OUTPUT]))
-        return model
-
-    monkeypatch.setattr(export.deepstream, "single_graph", scaled)
+    monkeypatch.setattr(export.deepstream, "single_graph", _scaled)
     out = tmp_path / "ds"
     with pytest.raises(BundleError, match=rf"{out / MODEL_FILE} on onnxruntime: the maps of the bundle's 1 check "
                                           r"images are not those it was exported with \(branch 0: correlation 1.00 "
@@ -181,6 +181,28 @@ def test_an_engine_the_disk_has_no_room_for_leaves_nothing_behind(tiny_bundle, t
     with pytest.raises(OSError, match="No space left on device"):
         export.deepstream._place_checked_engine(load_bundle(tiny_bundle), b"engine" * 1000, engine)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_engine_is_built_for_the_batch_and_placed_once_its_maps_pass(cpu_tensorrt, tiny_bridge_bundle, tmp_path):
+    """--build on TensorRT's API (tests/cpu_tensorrt.py): the engine of the joined network, for
+    nvinfer's batch, goes where the config names it once the bundle's check images give their
+    maps through it; an engine whose maps are wrong (an FP16 one whose logits overflowed) is not
+    placed, and nothing of it is left."""
+    from edge_ad.engines import build_serialized_engine
+
+    out = write_deepstream(tiny_bridge_bundle, tmp_path / "ds", precision="fp16", build=True, batch_size=2)
+    header = cpu_tensorrt.engine_parts((out / engine_name("fp16", 2)).read_bytes())[0]
+    assert [shape[0] for shape in header["profile"]["input"]] == [1, 2, 2] and "FP16" in header["flags"]
+    assert _nvinfer_config(out)["model-engine-file"] == engine_name("fp16", 2)
+    bundle = load_bundle(tiny_bridge_bundle)
+    (tmp_path / "wrong.onnx").write_bytes(_scaled(bundle).SerializeToString())
+    wrong = build_serialized_engine(tmp_path / "wrong.onnx", "fp16")
+    placed = tmp_path / "placed" / engine_name("fp16")
+    placed.parent.mkdir()
+    with pytest.raises(BundleError, match=rf"{placed} on tensorrt: the maps of the bundle's 1 check images are not "
+                                          r"those it was exported with .*scale 0.10.*; the engine is not placed"):
+        export.deepstream._place_checked_engine(bundle, wrong, placed)
+    assert list(placed.parent.iterdir()) == []
 
 
 def test_engine_build_on_a_gpu(tiny_bridge_bundle, tmp_path):

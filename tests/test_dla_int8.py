@@ -1,13 +1,15 @@
-"""INT8 on a DLA core: TensorRT calibrates an FP32 bundle on the line's frames. What runs without
-TensorRT is checked here (the calibration inputs of every graph, the refusals); the build itself
-needs TensorRT and an NVIDIA GPU and is skipped without them."""
+"""INT8 on a DLA core: TensorRT calibrates an FP32 bundle on the line's frames. Checked here: the
+calibration inputs of every graph, the refusals, and the build on a stand-in of TensorRT's API
+(tests/cpu_tensorrt.py); the build by TensorRT itself needs an NVIDIA GPU and is skipped without."""
 
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
+import yaml
 
 from edge_ad.backends import onnxruntime_graphs
 from edge_ad.bundle import load_bundle
@@ -87,3 +89,41 @@ def test_calibrated_int8_engine_on_a_gpu(tiny_bundle, normal_folder, tmp_path):
                                              calibrator=entropy_calibrator(trt, memory, batches, cache))
     assert cache.stat().st_size > 0
     assert trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(serialized) is not None
+
+
+def test_int8_on_a_dla_core_is_calibrated_once_on_the_frames_and_run_before_fp16(
+        cpu_tensorrt, tiny_bridge_bundle, normal_folder, tmp_path, monkeypatch):
+    """On TensorRT's API (tests/cpu_tensorrt.py), as on an AGX Orin's DLA core 0: each
+    reduced-precision graph's calibrator hands TensorRT exactly the batches of its inputs that
+    graph_batches made (read back at the addresses it returns, at the calibration profile's
+    shapes), its cache is written once and read by the next build instead of calibrating again, and
+    `run --dla-core 0` takes these INT8 engines, ahead of FP16 ones built for that core too."""
+    from edge_ad import engines, tensorrt_backend
+
+    for module in (engines, tensorrt_backend):
+        monkeypatch.setattr(module, "check_dla_core", lambda core: None)  # the AGX Orin has DLA cores 0 and 1
+    bundle = shutil.copytree(tiny_bridge_bundle, tmp_path / "b")
+    fp16 = build_engines(load_bundle(bundle), "fp16", dla_core=0)
+    folder = build_engines(load_bundle(bundle), "int8", dla_core=0, calib_data=str(normal_folder), calib_images=12)
+    assert (fp16.name, folder.name) == ("cpu-stand-in-sm00-trt10.3.0-fp16-dla0", "cpu-stand-in-sm00-trt10.3.0-int8-dla0")
+    manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
+    assert manifest["calibration"]["source"] == str(normal_folder) and manifest["calibration"]["frames"] == 16
+
+    loaded = load_bundle(bundle)
+    batches = graph_batches(loaded, calibration_inputs(loaded, str(normal_folder), 12))
+    caches = sorted(folder.glob("*.calibration.cache"))
+    assert [c.name.split(".")[0] for c in caches] == ["encoder", "fused", "step"]
+    written = {cache: cache.stat().st_mtime_ns for cache in caches}
+    for name in ("encoder", "step", "fused"):
+        header = cpu_tensorrt.engine_parts((folder / f"{name}.engine").read_bytes())[0]
+        assert {"INT8", "FP16", "GPU_FALLBACK"} <= set(header["flags"])
+        largest = {key: max(float(np.abs(batch[key]).max()) for batch in batches[name]) for key in batches[name][0]}
+        assert header["calibration"] == pytest.approx(largest, rel=1e-6)
+    for name in ("prior", "head"):  # FP32 graphs: not calibrated
+        assert cpu_tensorrt.engine_parts((folder / f"{name}.engine").read_bytes())[0]["calibration"] is None
+
+    build_engines(load_bundle(bundle), "int8", dla_core=0, calib_data=str(normal_folder), calib_images=12, force=True)
+    assert {cache: cache.stat().st_mtime_ns for cache in caches} == written  # read, not calibrated again
+
+    detector = Detector.load(bundle, dla_core=0)
+    assert detector.backend == "tensorrt" and detector.graphs["encoder"].path.parent == folder

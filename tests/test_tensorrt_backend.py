@@ -1,4 +1,6 @@
-"""The TensorRT backend: refusals without TensorRT here; agreement with ONNX Runtime on a GPU."""
+"""The TensorRT backend: refusals without TensorRT here; its own work (engine cache, profiles,
+buffers, the bridge's steps on the device) on a stand-in of TensorRT's API over ONNX Runtime
+(tests/cpu_tensorrt.py); agreement with ONNX Runtime on a GPU."""
 
 import importlib.util
 import json
@@ -89,20 +91,6 @@ def test_tensorrt_agrees_with_onnxruntime(fixture, request, tmp_path):
         for coefficients in engine.bundle.coefficients:
             x = engine._graphs["step"](x, condition, coefficients)[0]
         np.testing.assert_allclose(on_device, x, rtol=1e-5, atol=1e-5)
-
-
-@pytest.fixture
-def cpu_tensorrt(monkeypatch):
-    """TensorRT's API over ONNX Runtime and CUDA memory over host memory (tests/cpu_tensorrt.py),
-    for the build and the backend's own work: cache, profiles, buffers, steps on the device."""
-    import cpu_tensorrt
-
-    from edge_ad import engines, tensorrt_backend
-
-    monkeypatch.setitem(sys.modules, "tensorrt", cpu_tensorrt.module())
-    for module in (engines, tensorrt_backend):
-        monkeypatch.setattr(module, "cuda_memory", cpu_tensorrt.HostMemory)
-    return cpu_tensorrt
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4])
