@@ -306,7 +306,8 @@ class OpcUaServer:
         """None, or a StatusCode for a name that is none of the source's variants."""
         names = self.variants[source]
         if variant and variant not in names:
-            log.warning("opcua: SetVariant(%s) for %s, which has the variants %s", reprlib.repr(variant), source, ", ".join(names))
+            log.warning("opcua: SetVariant(%s) for %s, which has the variants %s", reprlib.repr(variant), source,
+                        ", ".join(names))
             return self._ua.StatusCode(self._ua.StatusCodes.BadInvalidArgument)
         log.info("opcua: a client says %s makes %s", source, variant or "any variant (all bundles score)")
         self._write(source, {"LineVariant": variant})
