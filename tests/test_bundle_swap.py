@@ -194,3 +194,22 @@ def test_engines_built_for_a_bundle_in_use_are_taken_at_sighup(variant_bundles, 
     assert reloaded.backend == "onnxruntime" and changed_on_disk(specs, reloaded) == []
     built.unlink()
     assert changed_on_disk(specs, reloaded) == [str(bundle)]
+
+
+def test_engines_built_beside_the_line_run_after_sighup(cpu_tensorrt, tiny_bundle, tmp_path):
+    """On TensorRT's API (tests/cpu_tensorrt.py): the line runs on ONNX Runtime until `build`
+    makes this device's engines beside it; after SIGHUP the reloaded bundle runs on them."""
+    from edge_ad.bundle import load_bundle
+    from edge_ad.engines import build_engines
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    specs = (str(bundle),)
+    swap = BundleSwap(BundlePaths(specs))
+    in_use = swap.paths.load(specs)
+    assert in_use.backend == "onnxruntime" and changed_on_disk(specs, in_use) == []
+    build_engines(load_bundle(bundle), "fp16")
+    assert changed_on_disk(specs, in_use) == [str(bundle)]
+    swap.ask({specs: in_use})
+    swap._worker.join(60)
+    (reloaded,) = swap.take().values()
+    assert reloaded.backend == "tensorrt" and changed_on_disk(specs, reloaded) == []
