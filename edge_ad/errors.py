@@ -7,6 +7,7 @@ import http.client
 import os
 import pwd
 import re
+import reprlib
 import sys
 import urllib.error
 from collections.abc import Callable
@@ -26,6 +27,18 @@ def without_passwords(text: str) -> str:
     Cameras take theirs in the URI (rtsp://admin:...@10.0.0.5/...), and a source is named by its
     URI: its name goes to logs, events, snapshot names, MQTT, metrics and calibration files."""
     return _PASSWORD.sub(r"\1:***@", text)
+
+
+_CLIENT_TEXT = reprlib.Repr()
+_CLIENT_TEXT.maxstring = 100
+
+
+def client_text(text: object) -> str:
+    """What a client sent over the network (an MQTT topic or payload, an OPC UA argument), as a log
+    line may hold it: quoted, with line breaks and other control characters escaped (they would
+    start forged lines of their own), and at most about 100 characters of it (a payload may be
+    megabytes)."""
+    return _CLIENT_TEXT.repr(text)
 
 
 class EdgeAdError(Exception):

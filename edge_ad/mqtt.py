@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import reprlib
 import ssl
 import sys
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlparse
 
-from .errors import EdgeAdError, encrypted_key, uri_port, without_passwords
+from .errors import EdgeAdError, client_text, encrypted_key, uri_port, without_passwords
 from .sinks import slug
 
 log = logging.getLogger("edge_ad.mqtt")
@@ -199,7 +198,7 @@ class MqttPublisher:
             return
         said = variant_message(self.topic, message.topic, message.payload)
         if said is None:
-            log.warning("--mqtt %s: %s is not text; ignored", self.url, message.topic)
+            log.warning("--mqtt %s: %s is not text; ignored", self.url, client_text(message.topic))
             return
         self.on_variant(*said)
 
@@ -208,10 +207,10 @@ class MqttPublisher:
         command = message.payload.decode(errors="replace").strip().lower()
         if message.retain:
             log.warning("--mqtt %s: %s is retained, so it would calibrate %s at every connection; ignored (publish "
-                        "it without retain)", self.url, message.topic, source)
+                        "it without retain)", self.url, client_text(message.topic), client_text(source))
         elif command not in CALIBRATE_COMMANDS:
-            log.warning("--mqtt %s: %s: %s is neither 'start' nor 'cancel'; ignored", self.url, message.topic,
-                        reprlib.repr(command))
+            log.warning("--mqtt %s: %s: %s is neither 'start' nor 'cancel'; ignored", self.url,
+                        client_text(message.topic), client_text(command))
         else:
             self.on_calibrate(source, CALIBRATE_COMMANDS[command])
 

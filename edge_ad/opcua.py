@@ -54,7 +54,6 @@ import asyncio
 import hmac
 import logging
 import os
-import reprlib
 import socket
 import threading
 from datetime import datetime, timedelta, timezone
@@ -62,7 +61,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import connection_limit
-from .errors import EdgeAdError, listen_reason, password_from_environment
+from .errors import EdgeAdError, client_text, listen_reason, password_from_environment
 from .files import state_folder
 from .login_attempts import LoginAttempts
 from .opcua_trust import ClientTrust, read_certificates, thumbprint
@@ -306,7 +305,7 @@ class OpcUaServer:
         """None, or a StatusCode for a name that is none of the source's variants."""
         names = self.variants[source]
         if variant and variant not in names:
-            log.warning("opcua: SetVariant(%s) for %s, which has the variants %s", reprlib.repr(variant), source,
+            log.warning("opcua: SetVariant(%s) for %s, which has the variants %s", client_text(variant), source,
                         ", ".join(names))
             return self._ua.StatusCode(self._ua.StatusCodes.BadInvalidArgument)
         log.info("opcua: a client says %s makes %s", source, variant or "any variant (all bundles score)")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import reprlib
 import signal
 import threading
 import time
@@ -29,7 +28,7 @@ from .bundle_swap import BundlePaths, BundleSwap, Specs
 from .detector import Detector, Result
 from .device import clock_state, unsynchronised_clock
 from .drift import DriftWatch
-from .errors import BundleError, EdgeAdError, SourceError, without_passwords
+from .errors import BundleError, EdgeAdError, SourceError, client_text, without_passwords
 from .followed_pictures import followed_folder
 from .freeze import FROZEN_WINDOW_S, FreezeWatch
 from .line_calibration import CALIBRATING, LineCalibration
@@ -326,7 +325,7 @@ class _Sinks:
         about, with what the topic `asked`) where it is none of them."""
         names = {slug(name): name for name in self.line}
         if source not in names:
-            log.warning("mqtt: %s %s, which is none of the sources (%s); ignored", asked, reprlib.repr(source),
+            log.warning("mqtt: %s %s, which is none of the sources (%s); ignored", asked, client_text(source),
                         ", ".join(names))
         return names.get(source)
 
@@ -341,7 +340,7 @@ class _Sinks:
         name = self._source_in_topic(source, "told the variant of")
         if name is not None:
             log.info("mqtt: the line says %s makes %s", name,
-                     reprlib.repr(variant) if variant else "any variant (all bundles score)")
+                     client_text(variant) if variant else "any variant (all bundles score)")
             self.hints.set(name, variant)
 
     def calibration_told(self, source: str) -> Callable[[int, int], None]:
@@ -610,7 +609,7 @@ class VariantHints:
         names = self.variants[source]
         if variant is not None and variant not in names:
             log.warning("%s: the line says variant %s, which is none of its variants (%s); scoring with all",
-                        source, reprlib.repr(variant), ", ".join(names) or "it has one bundle")
+                        source, client_text(variant), ", ".join(names) or "it has one bundle")
             variant = None
         if variant is None:
             self.said.pop(source, None)
