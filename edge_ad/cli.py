@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .backends import BACKENDS
 from .bundle import BACKBONES, MODEL_TYPES, load_bundle
-from .errors import EdgeAdError, password_from_environment, report_errors, without_passwords
+from .errors import EdgeAdError, password_from_environment, printable, report_errors, without_passwords
 from .freeze import FROZEN_WINDOW_S
 from .modbus import modbus_clients
 from .output_access import OUTPUT_PASSWORD_VARIABLE, OutputAccess
@@ -657,7 +657,7 @@ def _cameras(args: argparse.Namespace) -> None:
         machine_vision = genicam.result() if genicam is not None else []
     attached = v4l2_cameras() if not args.address else []
     for uri, what in attached:
-        print(f"{uri}  {what}")
+        print(printable(f"{uri}  {what}"))
     if not found and not machine_vision and not attached:
         where = ", ".join(args.address) if args.address else "multicast on this machine's networks"
         said = [f"no ONVIF camera answered in {args.timeout:g} s ({where}): a camera on another subnet answers "
@@ -672,9 +672,9 @@ def _cameras(args: argparse.Namespace) -> None:
         read = list(pool.map(lambda camera: read_streams(camera, args.user, password or "", args.timeout,
                                                          certificate), found))
     for camera in read:
-        print("\n".join(describe(camera, certificate)))
+        print("\n".join(printable(line) for line in describe(camera, certificate)))
     for uri, what in machine_vision or []:
-        print(f"{uri}  {what}")
+        print(printable(f"{uri}  {what}"))
     if found:
         print("--input takes a URL with the login in it: rtsp://USER:PASSWORD@camera/... (the password as typed)")
     if args.sources:

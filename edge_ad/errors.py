@@ -41,6 +41,13 @@ def client_text(text: object) -> str:
     return _CLIENT_TEXT.repr(text)
 
 
+def printable(text: str) -> str:
+    """`text` that a device on the network gave (a camera's name, its stream URLs) as a terminal
+    may show it: characters it would not print, escape sequences that drive it among them, as
+    \\xNN or \\uNNNN."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 class EdgeAdError(Exception):
     """Base class for every error edge-ad reports to a user."""
 

@@ -213,6 +213,17 @@ def test_a_camera_is_found_and_its_streams_listed_with_their_urls(http_digest, m
         "--input takes a URL with the login in it: rtsp://USER:PASSWORD@camera/... (the password as typed)"]
 
 
+def test_what_a_camera_names_itself_cannot_drive_the_terminal(monkeypatch):
+    """Anyone on the network can answer a WS-Discovery probe: a name with escape sequences in it
+    (clear the screen, retitle the window) is shown as text, not sent to the terminal."""
+    monkeypatch.setattr(sys.modules[__name__], "MATCH",
+                        MATCH.replace("HIKVISION%20Line%201", "Line%201%1B%5B2J%1B%5D0;owned%07"))
+    with _onvif_camera() as port:
+        out = _cameras("--address", f"127.0.0.1:{port}", "--user", "admin", "--password", "right", "--timeout", "1")
+    assert out.returncode == 0, out.stderr
+    assert "127.0.0.1  Line 1\\x1b[2J\\x1b]0;owned\\x07 DS-2CD2043G2-I  (" in out.stdout and "\x1b" not in out.stdout
+
+
 def test_the_cameras_found_are_written_into_a_sources_file_run_takes(tmp_path, monkeypatch):
     monkeypatch.setattr(_Camera, "password", "p@ss:w/rd")  # percent-encoded in the URL, as --input takes it
     sources = tmp_path / "cams.yaml"
