@@ -192,8 +192,10 @@ def _check_disk(report: Report, folder: Path) -> None:
                                "room; free space or point --events/--snapshots to another disk")
 
 
-def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: dict, root: Path) -> Bundle | None:
-    """Report one bundle (variant `name`, None for a lone bundle) and its engines; the bundle, if it loads."""
+def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: dict, root: Path,
+                  sources: int = 1) -> Bundle | None:
+    """Report one bundle (variant `name`, None for a lone bundle) and its engines, for the number
+    of `sources` that share it; the bundle, if it loads."""
     label = "bundle" if name is None else f"bundle {name}"
     try:
         bundle = load_bundle(bundle_path)
@@ -224,18 +226,23 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
                                  "slower than FP32 on such CPUs (README): export FP32 for this one")
         _self_check(report, label, bundle)
         return bundle
-    from .engines import cached_engines, device_key, engine_precisions, other_engines
+    from .engines import device_key, engine_precisions, matching_build, other_engines
 
     try:
         key = device_key("int8" if bundle.precision == "int8" else "fp16", None)
     except EdgeAdError as exc:
         report.problems.append(f"engines of {label} cannot be checked: {exc}")
         return bundle
-    engines = cached_engines(bundle, key)
-    report.found("engines", f"{key.slug}: " + ("ready" if engines else "none"))
+    build = matching_build(bundle, key)  # (folder, manifest) of the engines run would take
+    largest = build[1].get("max_batch", 1) if build else None
+    report.found("engines", f"{key.slug}: " + (f"ready, batches up to {largest}" if build else "none"))
+    if largest is not None and sources > largest:
+        report.found("batches", f"{label}: {sources} sources share it, its engines take {largest} frames at once: "
+                                f"their frames are scored in turns of {largest} (edge-ad build --bundle {bundle_path} "
+                                f"--max-batch {sources} scores them together)")
     on_dla = [core for core in (0, 1) for precision in engine_precisions(bundle, core)
-              if cached_engines(bundle, replace(key, precision=precision, dla_core=core)) is not None]
-    if engines is None and not on_dla:
+              if matching_build(bundle, replace(key, precision=precision, dla_core=core)) is not None]
+    if build is None and not on_dla:
         report.problems.append(f"no engines for {label} on this device ({key.slug}): edge-ad build --bundle "
                                f"{bundle_path} --precision {key.precision}")
     for line in other_engines(bundle, key):
@@ -399,10 +406,11 @@ def _mend(closed: Path, path: Path, own: str) -> str:
     return f"{closed} is closed to it: move {path.name} out of it, or sudo chmod o+x {closed}"
 
 
-def _check_bundles(report: Report, specs: str | Sequence[str], config: dict, root: Path) -> dict[str | None, Bundle]:
-    """One bundle, or one per product variant ('NAME=BUNDLE', as `edge-ad run` takes them): each is
-    checked, and several must also be comparable with each other. The bundles that load, by
-    variant name (None for a lone bundle)."""
+def _check_bundles(report: Report, specs: str | Sequence[str], config: dict, root: Path,
+                   sources: int = 1) -> dict[str | None, Bundle]:
+    """One bundle, or one per product variant ('NAME=BUNDLE', as `edge-ad run` takes them), for
+    the number of `sources` that share them: each is checked, and several must also be comparable
+    with each other. The bundles that load, by variant name (None for a lone bundle)."""
     try:
         variants = parse_variants(specs)
     except EdgeAdError as exc:
@@ -413,7 +421,7 @@ def _check_bundles(report: Report, specs: str | Sequence[str], config: dict, roo
     several = len(variants) > 1
     loaded: dict[str | None, Bundle] = {}
     for name, path in variants.items():
-        bundle = _check_bundle(report, name if several else None, path, config, root)
+        bundle = _check_bundle(report, name if several else None, path, config, root, sources)
         if bundle is None:
             continue
         loaded[name if several else None] = bundle
@@ -564,7 +572,7 @@ def _check_sources(report: Report, streams: Sequence[Stream], bundles: Sequence[
             report.problems.append(f"source {exc}")
     for spec, names in scored_by.items():
         report.found("scores", ", ".join(names))
-        bundles = _check_bundles(report, spec, config, root)
+        bundles = _check_bundles(report, spec, config, root, len(names))
         for stream in streams:
             if stream.name in names:
                 written += [calibration_folder(stream, variant) or bundle.root for variant, bundle in bundles.items()]

@@ -173,7 +173,7 @@ def writable_engine_dir(bundle: Bundle) -> Path:
                       "set EDGE_AD_CACHE to a writable folder")
 
 
-def _newest_match(bundle: Bundle, key: EngineKey) -> tuple[Path, dict] | None:
+def matching_build(bundle: Bundle, key: EngineKey) -> tuple[Path, dict] | None:
     """The engine folder of `bundle` for `key` that matches, with its manifest (the newest build,
     when both engine_dirs hold one), else None."""
     matching = {}
@@ -190,7 +190,7 @@ def _newest_match(bundle: Bundle, key: EngineKey) -> tuple[Path, dict] | None:
 
 def cached_engines(bundle: Bundle, key: EngineKey) -> dict[str, Path] | None:
     """The engines of `bundle` for `key` when they exist and match, else None."""
-    found = _newest_match(bundle, key)
+    found = matching_build(bundle, key)
     if found is None:
         return None
     folder, manifest = found
@@ -263,7 +263,7 @@ def build_engines(
         inputs = calibration_inputs(bundle, calib_data, calib_images)
         calibration = {"source": calib_data, "frames": len(inputs),
                        "sha256": hashlib.sha256(inputs.tobytes()).hexdigest()[:16]}
-    cached = _newest_match(bundle, key)
+    cached = matching_build(bundle, key)
     if not force and cached is not None:
         folder, manifest = cached
         if (manifest.get("max_batch"), manifest.get("calibration")) == (max_batch, calibration):

@@ -63,7 +63,10 @@ def test_doctor_takes_dla_engines_for_engines(tiny_bundle, tmp_path, monkeypatch
     folder.mkdir(parents=True)
     (folder / MANIFEST).write_text(yaml.safe_dump(_manifest(bundle, replace(agx, dla_core=0))))
     # This machine has no GPU: the device key is the AGX Orin's, as TensorRT and CUDA would give it there.
-    monkeypatch.setattr("edge_ad.engines.device_key", lambda precision, dla_core: replace(agx, precision=precision))
+    # The backend imports the name too: it is imported (and its name replaced) first, so that it never
+    # keeps the replacement once the test is over.
+    for module in ("edge_ad.tensorrt_backend", "edge_ad.engines"):
+        monkeypatch.setattr(f"{module}.device_key", lambda precision, dla_core: replace(agx, precision=precision))
     target = str(CONFIGS / "agx-orin-64gb.yaml")
     # Nor a DLA: its engines stand in as ONNX Runtime's graphs, right and then handing back zeros.
     head_of = {"maps": lambda head: head, "zeros": lambda head: lambda *x: [np.zeros_like(head(*x)[0])]}

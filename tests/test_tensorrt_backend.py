@@ -163,3 +163,26 @@ def test_build_then_run_three_cameras_on_engines_for_two(cpu_tensorrt, tiny_bund
     assert len(scores["tensorrt"]) == 36 and scores["tensorrt"].keys() == scores["onnxruntime"].keys()
     for key, score in scores["onnxruntime"].items():
         assert scores["tensorrt"][key] == pytest.approx(score, rel=1e-5, abs=1e-6)
+
+
+def test_doctor_says_when_more_cameras_share_a_bundle_than_its_engines_take(cpu_tensorrt, tiny_bundle, normal_folder,
+                                                                            tmp_path):
+    """On a GPU target, with engines on TensorRT's API stand-in: three sources of a --sources file
+    share a bundle whose engines take two frames at once. Their frames are scored in turns, which
+    doctor says with the build that scores them together; engines for three say nothing."""
+    from edge_ad.doctor import doctor
+    from edge_ad.engines import build_engines
+    from edge_ad.pipelines import SourceOptions
+    from edge_ad.streams import streams_from_yaml
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "b")
+    sources = tmp_path / "cams.yaml"
+    sources.write_text(yaml.safe_dump({"sources": [{"input": str(normal_folder), "name": n} for n in "abc"]}))
+    streams = streams_from_yaml(sources, SourceOptions())
+    for max_batch, said in ((2, True), (3, False)):
+        build_engines(load_bundle(bundle), "fp16", max_batch=max_batch)
+        lines = doctor(str(bundle), "x86-nvidia-gpu", sources=streams, sources_file=sources).lines
+        assert f"engines      cpu-stand-in-sm00-trt10.3.0-fp16: ready, batches up to {max_batch}" in lines
+        hint = (f"batches      bundle: 3 sources share it, its engines take 2 frames at once: their frames are scored "
+                f"in turns of 2 (edge-ad build --bundle {bundle} --max-batch 3 scores them together)")
+        assert (hint in lines) == said
