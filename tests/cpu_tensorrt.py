@@ -234,6 +234,7 @@ class _Context:
         self.input_shapes: dict[str, tuple[int, ...]] = {}
         self.addresses: dict[str, int] = {}
         self.runs = 0
+        self._output_shapes: dict[tuple, dict[str, tuple[int, ...]]] = {}  # by the input shapes
 
     def set_input_shape(self, name: str, shape) -> bool:
         smallest, _, largest = self.engine.get_tensor_profile_shape(name, 0) if -1 in self.engine.shapes[name] else (
@@ -250,8 +251,11 @@ class _Context:
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         if self.engine.modes[name] == TensorIOMode.INPUT:
             return self.input_shapes[name]
-        zeros = {n: np.zeros(s, self.engine.types[n].value) for n, s in self.input_shapes.items()}
-        return self._outputs(zeros)[name].shape
+        given = tuple(sorted(self.input_shapes.items()))
+        if given not in self._output_shapes:  # TensorRT infers them; here the graph runs once on zeros
+            zeros = {n: np.zeros(s, self.engine.types[n].value) for n, s in self.input_shapes.items()}
+            self._output_shapes[given] = {n: a.shape for n, a in self._outputs(zeros).items()}
+        return self._output_shapes[given][name]
 
     def set_tensor_address(self, name: str, address: int) -> bool:
         self.addresses[name] = address
