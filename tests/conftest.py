@@ -284,13 +284,23 @@ def spotted_frames(normal_folder, tmp_path) -> Path:
 
 @pytest.fixture
 def cpu_tensorrt(monkeypatch):
-    """TensorRT's API over ONNX Runtime and CUDA memory over host memory (tests/cpu_tensorrt.py),
-    for the build and the backend's own work: cache, profiles, buffers, steps on the device."""
+    """TensorRT's API over ONNX Runtime, and cuda-python's runtime over host memory, under
+    edge-ad's own CudaPythonMemory (tests/cpu_tensorrt.py): for the build and the backend's own
+    work (cache, profiles, buffers, steps on the device)."""
+    import types
+
     import cpu_tensorrt
 
     from edge_ad import engines, tensorrt_backend
+    from edge_ad.cuda_memory import CudaPythonMemory
 
     monkeypatch.setitem(sys.modules, "tensorrt", cpu_tensorrt.module())
-    for module in (engines, tensorrt_backend):
-        monkeypatch.setattr(module, "cuda_memory", cpu_tensorrt.HostMemory)
+    runtime = cpu_tensorrt.cuda_runtime()
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = runtime
+    for name, module in (("cuda", types.ModuleType("cuda")), ("cuda.bindings", bindings),
+                         ("cuda.bindings.runtime", runtime)):
+        monkeypatch.setitem(sys.modules, name, module)
+    for module in (engines, tensorrt_backend):  # not pycuda, where a GPU machine has it: its memory is the GPU's
+        monkeypatch.setattr(module, "cuda_memory", CudaPythonMemory)
     return cpu_tensorrt

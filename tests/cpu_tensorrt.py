@@ -1,5 +1,5 @@
-"""The part of TensorRT's Python API that edge-ad calls, over ONNX Runtime on the CPU, and CUDA
-memory over host memory: so that `edge-ad build` and the TensorRT backend (the engine cache and
+"""The part of TensorRT's Python API that edge-ad calls, over ONNX Runtime on the CPU, and
+cuda-python's runtime over host memory: so that `edge-ad build` and the TensorRT backend (the engine cache and
 its manifest, profiles and dynamic batches, device buffers and copies, the bridge's K steps
 ping-ponging between two buffers) run where there is no GPU, as CI is. An "engine" is the ONNX
 graph with the build's profile and flags. What this cannot tell is whether TensorRT itself
@@ -12,7 +12,6 @@ import ctypes
 import importlib.machinery
 import json
 import types
-from contextlib import nullcontext
 from enum import Enum
 
 import numpy as np
@@ -22,6 +21,7 @@ from edge_ad.cuda_memory import host_array
 
 MAGIC = b"cpu-tensorrt-engine\n"
 VERSION = "10.3.0"
+SUCCESS = 0  # cudaError_t.cudaSuccess
 
 
 class DataType(Enum):
@@ -299,37 +299,32 @@ def module() -> types.ModuleType:
     return trt
 
 
-class _Buffer:
-    """A 'device' buffer in host memory; int() of it is its address, as of a CUDA one."""
+def cuda_runtime() -> types.ModuleType:
+    """cuda-python's runtime module (`cuda.bindings.runtime`) as far as edge_ad.cuda_memory calls
+    it, over host memory: an allocation, on the "device" or page-locked, is host memory at a real
+    address, and a copy is done when it is asked for, as the stream would have done it by its
+    synchronize(). edge_ad.cuda_memory.CudaPythonMemory runs on it unchanged."""
+    runtime = types.ModuleType("cuda.bindings.runtime")
+    runtime.__spec__ = importlib.machinery.ModuleSpec(runtime.__name__, None, origin=__file__)
+    held: dict[int, ctypes.Array] = {}  # what is allocated, by address
 
-    def __init__(self, nbytes: int) -> None:
-        self.memory = ctypes.create_string_buffer(max(1, nbytes))
+    def malloc(size: int) -> tuple[int, int]:
+        buffer = ctypes.create_string_buffer(size)
+        held[ctypes.addressof(buffer)] = buffer
+        return SUCCESS, ctypes.addressof(buffer)
 
-    def __int__(self) -> int:
-        return ctypes.addressof(self.memory)
+    def memcpy(destination: int, source: int, size: int, kind: int, stream: int) -> tuple[int]:
+        ctypes.memmove(destination, source, size)
+        return (SUCCESS,)
 
-
-class HostMemory:
-    """edge_ad.cuda_memory's interface over host memory: copies are done when asked, as a CUDA
-    stream would have done them by its synchronize()."""
-
-    def gpu(self) -> tuple[str, str]:
-        return "CPU stand-in", "0.0"
-
-    def current(self):
-        return nullcontext()
-
-    def alloc(self, nbytes: int) -> _Buffer:
-        return _Buffer(nbytes)
-
-    def pinned(self, size: int, dtype) -> np.ndarray:
-        return np.empty(size, dtype)
-
-    def stream(self):
-        return types.SimpleNamespace(handle=0, synchronize=lambda: None)
-
-    def to_device(self, address, host: np.ndarray, stream) -> None:
-        ctypes.memmove(int(address), host.ctypes.data, host.nbytes)
-
-    def to_host(self, host: np.ndarray, address, stream) -> None:
-        ctypes.memmove(host.ctypes.data, int(address), host.nbytes)
+    runtime.cudaError_t = types.SimpleNamespace(cudaSuccess=SUCCESS)
+    runtime.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
+    runtime.cudaSetDevice = lambda device: (SUCCESS,)
+    runtime.cudaGetDeviceProperties = lambda device: (SUCCESS, types.SimpleNamespace(name=b"CPU stand-in\x00",
+                                                                                       major=0, minor=0))
+    runtime.cudaMalloc = runtime.cudaMallocHost = malloc
+    runtime.cudaFree = runtime.cudaFreeHost = lambda address: (SUCCESS, held.pop(address))[:1]
+    runtime.cudaMemcpyAsync = memcpy
+    runtime.cudaStreamCreate = lambda: (SUCCESS, 0)
+    runtime.cudaStreamSynchronize = lambda stream: (SUCCESS,)
+    return runtime
