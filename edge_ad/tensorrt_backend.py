@@ -64,8 +64,10 @@ class TrtGraph:
         arrays fit the profile at once. More frames than the engines were built for come together
         when more cameras share a bundle than `--max-batch`."""
         limit = self.batch_limit
-        total = len(arrays[self.inputs.index(self.batched[0])]) if limit else 0
-        if total <= (limit or 0):
+        if limit is None:
+            return None
+        total = len(arrays[self.inputs.index(self.batched[0])])
+        if total <= limit:
             return None
         turns = [call(*(array[start : start + limit] if name in self.batched else array
                         for name, array in zip(self.inputs, arrays)))
