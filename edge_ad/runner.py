@@ -357,13 +357,13 @@ class _Sinks:
 
         return told
 
-    def serve_plcs(self, config: RunConfig, variants: dict[str, list[str]], hints: VariantHints | None) -> None:
+    def serve_plcs(self, config: RunConfig, variants: dict[str, list[str]]) -> None:
         """Modbus registers and alarm latches (edge_ad.modbus), OPC UA variables (edge_ad.opcua, with
         the login, certificate and trusted clients `config` gives), or both, as `config` asks, for
         each source of `variants` (source name -> its variants' names, none for one bundle), in that
-        order; the variant a PLC says a source's line makes goes to `hints`, and a calibration it
+        order; the variant a PLC says a source's line makes goes to the run's VariantHints, and a calibration it
         asks for to that source's calibration on the line."""
-        told = hints.set if hints is not None else None
+        told = self.hints.set if self.hints is not None else None
 
         def calibrate(source: str, start: bool) -> None:
             self.line[source].ask(start)
@@ -926,7 +926,7 @@ def run(
         hints = VariantHints(names) if (config.mqtt or plcs) and variants else None
         sinks = _Sinks(config, stack, _drift_bands(detectors) if config.drift else None, hints, line)
         if plcs:
-            sinks.serve_plcs(config, names, hints)
+            sinks.serve_plcs(config, names)
         for name, calibration in line.items():
             calibration.on_change = sinks.calibration_told(name)
         captures: list[_Capture] = []
