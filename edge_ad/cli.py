@@ -915,7 +915,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a bundle on a test split")
     _add_variant_bundles(p)
-    p.add_argument("--data", required=True, help="'elpv' (or elpv:mono, elpv:poly) or an MVTec category folder")
+    p.add_argument("--data", required=True,
+                   help="'elpv' (or elpv:mono, elpv:poly), an MVTec category folder (its train/ optional), or a "
+                        "folder holding good/ (or ok/) beside a folder per defect")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--report", help="PNG: score histograms with the thresholds, the ROC curve, and overlays of the "
                                     "highest-scoring normal and lowest-scoring anomalous images")

@@ -11,7 +11,7 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import cv2
 import numpy as np
@@ -25,6 +25,7 @@ ELPV_TRAIN_SIZE = 1131
 ELPV_TYPES = ("mono", "poly")  # module types; 'elpv:<type>' is the protocol restricted to one
 DEFECT_LEVEL = 128  # ground-truth masks: grey levels at or above it mark a defect (MVTec's masks hold 0 and 255)
 NORMAL_FOLDERS = ("good", "ok")  # MVTec AD and VisA name the normal pictures' folder good; BTAD, ok
+GROUND_TRUTH = "ground_truth"  # an MVTec-layout category's folder of masks, one subfolder per defect
 ASPECT_TOLERANCE = 0.01  # a mask scaled from its image keeps its aspect within rounding
 
 
@@ -92,10 +93,37 @@ def _holds_a_category(path: Path) -> bool:
         return False
 
 
-def _mvtec_masks(root: Path, defect: str) -> dict[str, Path]:
-    """The masks of test/<defect> by the name of their image: `ground_truth/<defect>/<image>_mask.png`
+class EvaluationFolders(NamedTuple):
+    """Where a test split's pictures are: one folder per class, in `classes`."""
+
+    classes: Path  # test/ of a category, or a folder that holds the class folders itself
+    normal: str  # the class folder of normal pictures: good (MVTec AD, VisA) or ok (BTAD)
+    ground_truth: Path  # ground_truth/<defect>/ holds the masks of <defect>'s pictures
+
+
+def evaluation_folders(root: Path) -> EvaluationFolders | None:
+    """The test split's folders under `root`: `root/test` of an MVTec-layout category, with or
+    without its `train/` (eval needs none: pictures of a line's good and rejected parts sorted into
+    `test/good` and `test/<defect>`), or `root` itself holding `good/` (or `ok/`) beside a folder
+    per defect (a category's `test/` given as it is, or such folders made on site). Masks are in
+    `root/ground_truth`, else, for a folder named test, in the `ground_truth/` beside it."""
+    normal = normal_folder(root)
+    if normal is not None:  # a category with its train/: test/ may hold defects alone, which eval names
+        return EvaluationFolders(root / "test", normal, root / GROUND_TRUTH) if (root / "test").is_dir() else None
+    for classes in (root / "test", root):
+        normal = next((name for name in NORMAL_FOLDERS if (classes / name).is_dir()), None)
+        if normal is not None:
+            ground_truth = root / GROUND_TRUTH
+            if not ground_truth.is_dir() and classes == root and root.name == "test":  # a category's test/ itself
+                ground_truth = root.parent / GROUND_TRUTH
+            return EvaluationFolders(classes, normal, ground_truth)
+    return None
+
+
+def _mvtec_masks(ground_truth: Path, defect: str) -> dict[str, Path]:
+    """The masks of the pictures of `defect` by the name of their image: `ground_truth/<defect>/<image>_mask.png`
     (MVTec AD), else a mask of the image's own name (VisA as anomalib lays it out, BTAD)."""
-    folder = root / "ground_truth" / defect
+    folder = ground_truth / defect
     files = {p.stem: p for p in _images_in(folder)} if folder.is_dir() else {}
     return {stem: files[stem] for stem in files if not stem.endswith("_mask")} | \
         {stem[: -len("_mask")]: path for stem, path in files.items() if stem.endswith("_mask")}
@@ -126,32 +154,33 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
         raise DataError(f"{root}: not a folder (expected 'elpv', a folder of normal images or an MVTec category); "
                         f"{hint}")
     normal = normal_folder(root)
-    if normal is not None:
-        if split == "train":
-            return [_file_sample(p, 0, "good") for p in _images_in(root / "train" / normal, required=True)]
-        test = root / "test"
-        if not test.is_dir():
-            raise DataError(f"{root}: MVTec layout without a test/ folder")
+    if split == "train" and normal is not None:
+        return [_file_sample(p, 0, "good") for p in _images_in(root / "train" / normal, required=True)]
+    folders = evaluation_folders(root) if split == "test" else None
+    if folders is not None:
         samples = []
-        for defect_dir in sorted(d for d in test.iterdir() if d.is_dir()):
+        for defect_dir in sorted(d for d in folders.classes.iterdir() if d.is_dir() and d.name != GROUND_TRUTH):
             defect = defect_dir.name
-            masks = {} if defect == normal else _mvtec_masks(root, defect)
+            masks = {} if defect == folders.normal else _mvtec_masks(folders.ground_truth, defect)
             for p in _images_in(defect_dir):
-                if defect == normal:
+                if defect == folders.normal:
                     samples.append(_file_sample(p, 0, "good"))
                 else:
                     samples.append(_file_sample(p, 1, defect, masks.get(p.stem)))
         return samples
+    if normal is not None:
+        raise DataError(f"{root}: MVTec layout without a test/ folder")
     categories = sorted(d.name for d in root.iterdir() if _holds_a_category(d))
     if categories:  # a data set's root (MVTec AD, VisA, BTAD), not one of its categories
         listed = ", ".join(categories[:5]) + (" ..." if len(categories) > 5 else "")
         raise DataError(f"{root}: a folder of {len(categories)} MVTec-layout categories ({listed}); "
                         f"give one of them, as {root / categories[0]}")
     if split == "test":
-        raise DataError(
-            f"{root}: a folder of normal images has no test split; evaluation needs an MVTec-layout "
-            "category (train/good, test/<defect>, ground_truth/<defect>) or 'elpv'"
-        )
+        what = "a folder of normal images has no test split" if any(map(is_image_file, root.iterdir())) else \
+            "no test split"
+        raise DataError(f"{root}: {what}; evaluation needs normal pictures in test/good (or test/ok) beside a folder "
+                        "of each defect's, test/<defect> (an MVTec-layout category; its train/ and ground_truth/ "
+                        "are optional), or 'elpv'")
     return [_file_sample(p, 0, "good") for p in _images_in(root, required=True)]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge_ad.datasets import Sample, load_samples, normal_folder
+from edge_ad.datasets import Sample, evaluation_folders, load_samples
 from edge_ad.errors import DataError, os_reason
 from edge_ad.masks import InspectionMask
 from edge_ad.metrics import aupro, auroc, f1_max
@@ -68,10 +68,11 @@ def evaluate(
     samples = [s for s in load_samples(data, "test") if s.name not in exclude]
     counts = [sum(s.label == label for s in samples) for label in (0, 1)]
     if not all(counts):  # before any image is scored: AUROC and F1 compare the two kinds
-        normal = normal_folder(Path(data)) or "good"
+        folders = evaluation_folders(Path(data))
+        normal = (folders.classes / folders.normal).relative_to(data) if folders else Path("test", "good")
+        where = f"{normal} and a folder per defect beside it"
         raise DataError(f"{data}: its test split has {counts[0]} normal and {counts[1]} anomalous images; eval "
-                        "compares the scores of both kinds, so it needs some of each "
-                        f"(test/{normal} and test/<defect>)")
+                        f"compares the scores of both kinds, so it needs some of each ({where})")
     with_masks = any(s.mask_path is not None for s in samples)
     # Pixel metrics count a defect image only with its mask: without one, all its pixels would count as normal.
     unmasked = [s.name for s in samples if with_masks and s.label == 1 and s.mask_path is None]

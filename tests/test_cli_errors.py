@@ -164,6 +164,9 @@ def test_eval_needs_normal_and_anomalous_test_images(tmp_path, tiny_bundle, mvte
     (btad / "train" / "good").rename(btad / "train" / "ok")
     shutil.rmtree(btad / "test" / "good")
     _one_line_error(edge_ad("eval", "--bundle", tiny_bundle, "--data", btad), "needs some of each (test/ok and")
+    sorted_on_site = shutil.copytree(mvtec_category / "test" / "good", tmp_path / "site" / "good")
+    _one_line_error(edge_ad("eval", "--bundle", tiny_bundle, "--data", sorted_on_site.parent),
+                    "has 4 normal and 0 anomalous images", "needs some of each (good and a folder per defect beside it)")
 
 
 def test_unsupported_source_and_unwritable_events(tmp_path, tiny_bundle):

@@ -130,10 +130,43 @@ def test_a_ground_truth_mask_is_read_as_its_dataset_drew_it(mvtec_category, tmp_
         defect.mask(128, 128, shape)
 
 
-def test_normal_folder_has_train_but_no_test(normal_folder):
+def _pictures_and_masks(samples):
+    """What eval reads of each test sample: its file's name, label, group and mask (at 64 x 64)."""
+    return [(Path(s.name).name, s.label, s.group, s.mask(64, 64, s.image().shape).tobytes()) for s in samples]
+
+
+def test_a_test_split_is_read_without_train_or_as_class_folders_of_its_own(mvtec_category, tmp_path):
+    """Eval reads the test split alone: pictures of a line's good and rejected parts sorted on site
+    into test/good and test/<defect> (no train/: eval never reads it), a category's test/ folder
+    given itself (masks in the ground_truth/ beside it), or good/ beside a folder per defect.
+    Each was refused as "a folder of normal images has no test split", though it holds no picture."""
+    import shutil
+
+    expected = _pictures_and_masks(load_samples(str(mvtec_category), "test"))
+    without_train = tmp_path / "site"
+    for folder in ("test", "ground_truth"):
+        shutil.copytree(mvtec_category / folder, without_train / folder)
+    assert _pictures_and_masks(load_samples(str(without_train), "test")) == expected
+    assert _pictures_and_masks(load_samples(str(without_train / "test"), "test")) == expected
+    flat = shutil.copytree(mvtec_category / "test", tmp_path / "sorted")
+    assert [row[:3] for row in _pictures_and_masks(load_samples(str(flat), "test"))] == [row[:3] for row in expected]
+    assert all(s.mask_path is None for s in load_samples(str(flat), "test"))  # no ground_truth/ of its own
+    shutil.copytree(mvtec_category / "ground_truth", flat / "ground_truth")  # masks, not a kind of defect
+    assert _pictures_and_masks(load_samples(str(flat), "test")) == expected
+    named_test = shutil.copytree(flat, tmp_path / "line" / "test")  # its own ground_truth/, not one beside it
+    assert _pictures_and_masks(load_samples(str(named_test), "test")) == expected
+    with pytest.raises(DataError, match="no image files"):  # training reads no test pictures
+        load_samples(str(without_train), "train")
+
+
+def test_normal_folder_has_train_but_no_test(normal_folder, tmp_path):
     assert len(load_samples(str(normal_folder), "train")) == 12
-    with pytest.raises(DataError, match="no test split"):
+    with pytest.raises(DataError, match=f"{re.escape(str(normal_folder))}: a folder of normal images has no test "
+                                        r"split; evaluation needs normal pictures in test/good \(or test/ok\)"):
         load_samples(str(normal_folder), "test")
+    (tmp_path / "test" / "defects").mkdir(parents=True)  # no folder of normal pictures: no test split either
+    with pytest.raises(DataError, match=f"{re.escape(str(tmp_path))}: no test split; evaluation needs"):
+        load_samples(str(tmp_path), "test")
 
 
 def test_missing_and_empty_folders(tmp_path):
