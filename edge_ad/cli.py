@@ -109,7 +109,7 @@ def _train(args: argparse.Namespace) -> None:
     defaults = ("whitening_eps", "steps", "distill_steps")  # None: TrainConfig's default
     optional = {name: getattr(args, name) for name in defaults if getattr(args, name) is not None}
     config = TrainConfig(
-        data=args.data,
+        data=args.data[0] if len(args.data) == 1 else args.data,  # one, as runs before several were recorded
         model=args.model,
         backbone=args.backbone,
         input_size=args.input_size,
@@ -846,9 +846,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model on normal images (workstation, needs torch)")
-    p.add_argument("--data", required=True,
+    p.add_argument("--data", required=True, action="append",
                    help="'elpv' (or elpv:mono, elpv:poly), a folder of normal images, a quoted wildcard of them "
-                        "('archive/OK_*.jpg'), or an MVTec category")
+                        "('archive/OK_*.jpg'), or an MVTec category; repeat it to train on the pictures of each "
+                        "(the first ones recorded and those run --samples kept)")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--model", choices=MODEL_TYPES, default="prototype",
                    help="nearest prototype (baseline), the closed-form Gaussian-mixture bridge over prototypes "

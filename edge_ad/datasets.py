@@ -11,7 +11,7 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -229,12 +229,15 @@ def load_defects(spec: str) -> list[Sample]:
     return [_file_sample(p, 1, "defect") for p in _images_in(folder, required=True)]
 
 
-def load_samples(data: str, split: str) -> list[Sample]:
+def load_samples(data: str | Sequence[str], split: str) -> list[Sample]:
     """Samples of `split` ('train' or 'test') for 'elpv', 'elpv:mono' or 'elpv:poly' (the ELPV
     protocol's images of one module type: one product variant), a dataset folder (layout detected)
-    or a wildcard of normal pictures (train only)."""
+    or a wildcard of normal pictures (train only); for several of them, theirs one after another
+    (pictures kept in several folders: the first ones recorded, and those `run --samples` kept)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if not isinstance(data, str):
+        return [sample for one in data for sample in load_samples(one, split)]
     if data == "elpv" or data.startswith("elpv:"):
         module_type = data.partition(":")[2]
         if module_type and module_type not in ELPV_TYPES:
@@ -289,7 +292,14 @@ def read_all(
     return kept, images, bad
 
 
-def calibration_frames(data: str, count: int, size: tuple[int, int], grey: bool = False) -> list[np.ndarray]:
+def data_text(data: str | Sequence[str]) -> str:
+    """`data` as `load_samples` takes it, for messages: one spec as given, several joined by commas."""
+    return data if isinstance(data, str) else ", ".join(data)
+
+
+def calibration_frames(
+    data: str | Sequence[str], count: int, size: tuple[int, int], grey: bool = False
+) -> list[np.ndarray]:
     """Up to `count` RGB frames to calibrate INT8 on, resized to the model input `size` (height,
     width) as they are read, with a progress bar: the first frames of a video file, or images
     evenly spaced over the training split of a data set ('elpv', a folder, an MVTec category;
@@ -301,7 +311,7 @@ def calibration_frames(data: str, count: int, size: tuple[int, int], grey: bool 
         image = resize_to_input(image, *size)
         return as_grey(image) if grey else image
 
-    if not local_path(data).is_file():
+    if not isinstance(data, str) or not local_path(data).is_file():
         samples = without_overlays(load_samples(data, "train"))[0]  # as `train` leaves them out
         pick = np.linspace(0, len(samples) - 1, min(count, len(samples))).round().astype(int)
         return read_all([samples[i] for i in pick], True, lambda s: tqdm(s, desc="calibration images", unit="img"),

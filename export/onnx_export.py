@@ -24,7 +24,7 @@ from calibration.statistics import score_percentiles
 from calibration.threshold import threshold_at_false_alarm_rate
 from edge_ad import __version__
 from edge_ad.bundle import BRANCHES, BUNDLE_FILE, SCHEMA_VERSION, file_sha256, write_yaml_atomic
-from edge_ad.datasets import calibration_frames
+from edge_ad.datasets import calibration_frames, data_text
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError
 from edge_ad.normalize import fit_quantiles
@@ -265,7 +265,7 @@ class CalibrationConfig:
     its training split) or a video file (None: the run's training data), and how many frames
     (evenly spaced over a data set, the first ones of a video)."""
 
-    data: str | None = None
+    data: str | list[str] | None = None  # a list: the training data of a run trained on several
     images: int = 300
     method: str = "minmax"
     activations: str = "int8"  # int8: symmetric, for TensorRT; uint8: faster on ONNX Runtime CPUs
@@ -292,7 +292,7 @@ def calibration_inputs(config: CalibrationConfig, size: tuple[int, int], grey: b
               f"frames at {size_text(size)} px (minmax uses them all)")
     inputs = calibration_frames(config.data, count, size, grey)
     if len(inputs) < CALIBRATION_BATCH:
-        raise EdgeAdError(f"{config.data}: INT8 calibration needs at least {CALIBRATION_BATCH} readable frames, "
+        raise EdgeAdError(f"{data_text(config.data)}: INT8 calibration needs at least {CALIBRATION_BATCH} readable frames, "
                           f"found {len(inputs)}")
     return np.stack(inputs)
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from calibration.statistics import COPIES_SHARE, near_copies
 from edge_ad import __version__
 from edge_ad.bundle import MODEL_TYPES, read_yaml, write_yaml_atomic
-from edge_ad.datasets import Sample, load_defects, load_samples, read_all, without_overlays
+from edge_ad.datasets import Sample, data_text, load_defects, load_samples, read_all, without_overlays
 from edge_ad.errors import DataError
 from edge_ad.images import is_grey, resize_to_input, thumbnail
 
@@ -56,7 +56,7 @@ DARK = 64
 
 @dataclass
 class TrainConfig:
-    data: str
+    data: str | list[str]  # what load_samples reads: one spec, or several whose pictures are trained on together
     model: str = "prototype"
     backbone: str = DEFAULT_BACKBONE  # feature encoder: efficientnet-lite0 or efficientnet-lite1
     input_size: int | list[int] = 256  # the side of a square input, or [height, width]
@@ -190,7 +190,7 @@ def train(config: TrainConfig, out: Path) -> Path:
     for message in bad:
         print(f"skipped: {message}")
     if len(kept) < 2:
-        raise DataError(f"{config.data}: training needs at least 2 readable normal images, found {len(kept)}")
+        raise DataError(f"{data_text(config.data)}: training needs at least 2 readable normal images, found {len(kept)}")
     notes = [note for note in (brightness_note(pictures), copies_note(pictures),
                                shape_note(pictures, config.input_size), colour_note(pictures, [s.name for s in kept]))
              if note]

@@ -163,6 +163,32 @@ def test_train_leaves_out_the_alarm_overlays_of_a_snapshots_folder(normal_folder
     assert only.returncode == 2 and "training needs at least 2 readable normal images, found 0" in only.stderr
 
 
+def test_train_takes_the_pictures_of_several_data(normal_folder, tmp_path):
+    """The first pictures recorded and those `run --samples` kept later lie in folders of their own;
+    `--data` repeated trains on them together (one `--data` took the last one alone), and INT8
+    calibrates on the same pictures."""
+    import shutil
+
+    pictures = sorted(normal_folder.glob("*.png"))
+    first, kept = tmp_path / "good", tmp_path / "samples" / "line1"
+    for folder, part in ((first, pictures[:5]), (kept, pictures[5:])):
+        folder.mkdir(parents=True)
+        for path in part:
+            shutil.copy(path, folder)
+    data = [str(first), str(kept / "*.png")]
+    done = edge_ad("train", "--data", data[0], "--data", data[1], "--out", tmp_path / "run", "--input-size", 64,
+                   "--prototypes", 8)
+    assert done.returncode == 0, done.stderr
+    record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert record["config"]["data"] == data
+    assert record["train_images"] + record["validation_images"] == 12
+    exported = edge_ad("export", "--run", tmp_path / "run", "--out", tmp_path / "bundle", "--precision", "int8",
+                       "--calib-images", 12)
+    assert exported.returncode == 0, exported.stderr
+    spec = yaml.safe_load((tmp_path / "bundle" / "bundle.yaml").read_text())
+    assert spec["quantization"]["calibration_source"] == data and spec["quantization"]["calibration_images"] == 12
+
+
 def test_train_says_when_16_bit_pictures_of_a_12_bit_camera_read_too_dark(normal_folder, tmp_path):
     twelve_bit = tmp_path / "mono12"  # as a camera tool saves Mono12: 0-4095 in 16-bit files
     twelve_bit.mkdir()
