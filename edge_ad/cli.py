@@ -535,10 +535,7 @@ def _service(args: argparse.Namespace) -> None:
         raise EdgeAdError("give the run's command line after service, as `edge-ad run` takes it: edge-ad service "
                           "run --bundle BUNDLE --input csi://0 ...")
     run_argv = args.run_command[1:]
-    parser = build_parser()
-    run, extra = parser.parse_known_args(["run", *run_argv])
-    if extra:
-        parser.error(_unrecognized(extra))
+    run = _parsed(build_parser(), ["run", *run_argv])
     cwd = Path.cwd()
     # a --sources file may be its owner's only, the service's user's (doctor checks what that user reads)
     unreadable = run.sources and Path(run.sources).exists() and not os.access(run.sources, os.R_OK)
@@ -840,8 +837,39 @@ def _add_spin_option(p: argparse.ArgumentParser) -> None:
                         "a lower latency tail for one camera at its frame rate on a CPU (README, Streaming soak)")
 
 
+_GIVEN = "_given"  # the namespace attribute in which _OneValue notes the options given, popped by `_parsed`
+
+
+class _OneValue(argparse.Action):
+    """argparse's plain `store`, except that an option given twice is an error: argparse keeps the
+    last value without a word, so `calibrate --input cam1 --input cam2` calibrated cam2 alone, as
+    `train --data good --data samples` trained on the samples alone before --data took several."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        given = vars(namespace).setdefault(_GIVEN, {})
+        if self.dest in given:
+            both = "" if self.dest == "password" else f" ({_shown(given[self.dest])}, then {_shown(values)})"
+            parser.error(without_passwords(f"{option_string} given twice{both}; give it once"))
+        given[self.dest] = values
+        setattr(namespace, self.dest, values)
+
+
+def _shown(values: object) -> str:
+    return " ".join(map(str, values)) if isinstance(values, list) else str(values)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The parser of edge-ad and of each of its commands: options that take one value take it once."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for name in (None, "store"):  # None: add_argument without action=
+            self.register("action", name, _OneValue)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-ad", description=__doc__, allow_abbrev=False)
+    parser = _Parser(prog="edge-ad", description=__doc__, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"edge-ad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -1181,11 +1209,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    args = _parsed(build_parser(), argv)
+    return report_errors("edge-ad", lambda: args.func(args))
+
+
+def _parsed(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """`argv` parsed; arguments left over are an error (`_unrecognized`)."""
     args, extra = parser.parse_known_args(argv)
     if extra:
         parser.error(_unrecognized(extra))
-    return report_errors("edge-ad", lambda: args.func(args))
+    vars(args).pop(_GIVEN, None)
+    return args
 
 
 def _unrecognized(extra: list[str]) -> str:

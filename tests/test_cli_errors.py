@@ -44,6 +44,25 @@ def test_options_that_are_not_ones_or_out_of_range_are_named():
     _one_line_error(edge_ad("calibrate", "--bundle", "b", "--frame", "10"), "unrecognized arguments: --frame 10")
 
 
+def test_an_option_of_one_value_given_twice_is_refused(tmp_path):
+    """argparse keeps the last of an option given twice without a word: `calibrate --input cam1
+    --input cam2` (as `run` takes several) calibrated cam2 alone, and a unit written by `service
+    run` with --events twice wrote the second."""
+    _one_line_error(edge_ad("calibrate", "--bundle", "b", "--input", "rtsp://admin:secret@10.0.0.5/1", "--input",
+                            "rtsp://10.0.0.6/1"),
+                    "--input given twice (rtsp://admin:***@10.0.0.5/1, then rtsp://10.0.0.6/1); give it once",
+                    program="edge-ad calibrate")
+    _one_line_error(edge_ad("train", "--data", "d", "--out", "r", "--defect-kinds", "spot", "scratch",
+                            "--defect-kinds", "spot"),
+                    "--defect-kinds given twice (spot scratch, then spot); give it once", program="edge-ad train")
+    refused = edge_ad("cameras", "--user", "admin", "--password", "first-secret", "--password", "second-secret")
+    _one_line_error(refused, "--password given twice; give it once", program="edge-ad cameras")
+    assert "secret" not in refused.stderr
+    _one_line_error(edge_ad("service", "run", "--bundle", "b", "--input", "test://", "--events", "a.jsonl", "--events",
+                            "b.jsonl"), "--events given twice (a.jsonl, then b.jsonl)", program="edge-ad run")
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_wildcard_the_shell_expanded_is_said_with_what_to_do(tmp_path):
     pictures = [str(tmp_path / f"OK_{i}.png") for i in range(5)]
     for picture in pictures:
