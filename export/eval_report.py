@@ -50,8 +50,9 @@ def write_eval_report(
                   label=f"{name} ({int((labels == label).sum())})")
     if threshold is not None:
         flagged = report["normal_images_flagged_by_bundle_threshold"]
+        missed = report["anomalous_images_missed_by_bundle_threshold"]
         hist.axvline(threshold, color="black", linestyle="--",
-                     label=f"bundle threshold {threshold:.3f} ({flagged} normal flagged)")
+                     label=f"bundle threshold {threshold:.3f} ({flagged} normal flagged, {missed} anomalous missed)")
     hist.axvline(report["image_f1_threshold"], color="tab:orange", linestyle=":",
                  label=f"F1-best {report['image_f1_threshold']:.3f} (F1 {report['image_f1_max']:.3f})")
     hist.set_xlabel("image score" + (" (relative to the variant's normal images)" if threshold is None else ""))

@@ -129,6 +129,8 @@ def evaluate(
     if detector is not None:
         report["bundle_threshold"] = detector.threshold
         report["normal_images_flagged_by_bundle_threshold"] = int((scores[labels == 0] >= detector.threshold).sum())
+        # the defective parts the bundle as it stands would pass: what the line would ship
+        report["anomalous_images_missed_by_bundle_threshold"] = int((scores[labels == 1] < detector.threshold).sum())
     if mask is not None:
         report["mask"] = mask.describe()
     if detector is not None and detector.bundle.min_defect_area is not None:

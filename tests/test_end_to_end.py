@@ -11,6 +11,7 @@ import pytest
 
 from edge_ad import Detector
 from edge_ad.device import read_sensors
+from export.evaluate import evaluate
 
 from conftest import edge_ad, full_disk
 
@@ -91,6 +92,11 @@ def test_eval_on_mvtec_layout_reports_all_metrics(tiny_bundle, mvtec_category, t
     assert report["bundle_threshold"] == detector.threshold
     assert report["normal_images_flagged_by_bundle_threshold"] == sum(detector(i).score >= detector.threshold
                                                                       for i in normals)
+    spots = [cv2.imread(str(path)) for path in sorted((mvtec_category / "test" / "spot").glob("*.png"))]
+    assert report["anomalous_images_missed_by_bundle_threshold"] == sum(not detector(i).is_anomaly for i in spots)
+    passed = evaluate(str(tiny_bundle), str(mvtec_category), min_defect_area=300 * 300 + 1)  # larger than a picture
+    assert passed["anomalous_images_missed_by_bundle_threshold"] == len(spots) == 4
+    assert passed["normal_images_flagged_by_bundle_threshold"] == 0
 
     # Within an inspection mask, as `run --mask` scores: the maps and pixel metrics of its part only.
     keep = np.zeros((300, 300), np.uint8)
