@@ -850,7 +850,8 @@ class _OneValue(argparse.Action):
         given = vars(namespace).setdefault(_GIVEN, {})
         if self.dest in given:
             both = "" if self.dest == "password" else f" ({_shown(given[self.dest])}, then {_shown(values)})"
-            parser.error(without_passwords(f"{option_string} given twice{both}; give it once"))
+            once = "give it once, with all its values after it" if self.nargs in ("+", "*") else "give it once"
+            parser.error(without_passwords(f"{option_string} given twice{both}; {once}"))
         given[self.dest] = values
         setattr(namespace, self.dest, values)
 

@@ -54,7 +54,8 @@ def test_an_option_of_one_value_given_twice_is_refused(tmp_path):
                     program="edge-ad calibrate")
     _one_line_error(edge_ad("train", "--data", "d", "--out", "r", "--defect-kinds", "spot", "scratch",
                             "--defect-kinds", "spot"),
-                    "--defect-kinds given twice (spot scratch, then spot); give it once", program="edge-ad train")
+                    "--defect-kinds given twice (spot scratch, then spot); give it once, with all its values after it",
+                    program="edge-ad train")
     refused = edge_ad("cameras", "--user", "admin", "--password", "first-secret", "--password", "second-secret")
     _one_line_error(refused, "--password given twice; give it once", program="edge-ad cameras")
     assert "secret" not in refused.stderr
