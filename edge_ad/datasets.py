@@ -233,11 +233,13 @@ def load_samples(data: str | Sequence[str], split: str) -> list[Sample]:
     """Samples of `split` ('train' or 'test') for 'elpv', 'elpv:mono' or 'elpv:poly' (the ELPV
     protocol's images of one module type: one product variant), a dataset folder (layout detected)
     or a wildcard of normal pictures (train only); for several of them, theirs one after another
-    (pictures kept in several folders: the first ones recorded, and those `run --samples` kept)."""
+    (pictures kept in several folders: the first ones recorded, and those `run --samples` kept),
+    each file once where two of them take it (a folder and a wildcard in it)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if not isinstance(data, str):
-        return [sample for one in data for sample in load_samples(one, split)]
+        samples = {os.path.realpath(s.name): s for one in data for s in load_samples(one, split)}
+        return list(samples.values())
     if data == "elpv" or data.startswith("elpv:"):
         module_type = data.partition(":")[2]
         if module_type and module_type not in ELPV_TYPES:

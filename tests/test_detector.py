@@ -165,8 +165,8 @@ def test_train_leaves_out_the_alarm_overlays_of_a_snapshots_folder(normal_folder
 
 def test_train_takes_the_pictures_of_several_data(normal_folder, tmp_path):
     """The first pictures recorded and those `run --samples` kept later lie in folders of their own;
-    `--data` repeated trains on them together (one `--data` took the last one alone), and INT8
-    calibrates on the same pictures."""
+    `--data` repeated trains on them together (one `--data` took the last one alone), each picture
+    once, and INT8 calibrates on the same pictures."""
     import shutil
 
     pictures = sorted(normal_folder.glob("*.png"))
@@ -175,13 +175,13 @@ def test_train_takes_the_pictures_of_several_data(normal_folder, tmp_path):
         folder.mkdir(parents=True)
         for path in part:
             shutil.copy(path, folder)
-    data = [str(first), str(kept / "*.png")]
-    done = edge_ad("train", "--data", data[0], "--data", data[1], "--out", tmp_path / "run", "--input-size", 64,
+    data = [str(first), str(kept / "*.png"), str(first / "*.png")]  # the last takes pictures the first took
+    done = edge_ad("train", *(f"--data={one}" for one in data), "--out", tmp_path / "run", "--input-size", 64,
                    "--prototypes", 8)
     assert done.returncode == 0, done.stderr
     record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert record["config"]["data"] == data
-    assert record["train_images"] + record["validation_images"] == 12
+    assert record["train_images"] + record["validation_images"] == 12  # each picture once
     exported = edge_ad("export", "--run", tmp_path / "run", "--out", tmp_path / "bundle", "--precision", "int8",
                        "--calib-images", 12)
     assert exported.returncode == 0, exported.stderr
