@@ -104,20 +104,22 @@ class EvaluationFolders(NamedTuple):
 def evaluation_folders(root: Path) -> EvaluationFolders | None:
     """The test split's folders under `root`: `root/test` of an MVTec-layout category, with or
     without its `train/` (eval needs none: pictures of a line's good and rejected parts sorted into
-    `test/good` and `test/<defect>`), or `root` itself holding `good/` (or `ok/`) beside a folder
-    per defect (a category's `test/` given as it is, or such folders made on site). Masks are in
-    `root/ground_truth`, else, for a folder named test, in the `ground_truth/` beside it."""
-    normal = normal_folder(root)
-    if normal is not None:  # a category with its train/: test/ may hold defects alone, which eval names
-        return EvaluationFolders(root / "test", normal, root / GROUND_TRUTH) if (root / "test").is_dir() else None
-    for classes in (root / "test", root):
-        normal = next((name for name in NORMAL_FOLDERS if (classes / name).is_dir()), None)
-        if normal is not None:
-            ground_truth = root / GROUND_TRUTH
-            if not ground_truth.is_dir() and classes == root and root.name == "test":  # a category's test/ itself
-                ground_truth = root.parent / GROUND_TRUTH
-            return EvaluationFolders(classes, normal, ground_truth)
-    return None
+    `test/good` and `test/<defect>`), or `root` itself when it is named test or holds `good/` (or
+    `ok/`) beside a folder per defect (a category's `test/` given as it is, or such folders made on
+    site). A folder named test may hold one kind alone (`test/<defect>`: a box of rejected parts);
+    another needs its folder of normal pictures, or its subfolders would all count as defects.
+    Masks are in `root/ground_truth`, else, for a folder named test, in the `ground_truth/` beside it."""
+    trained = normal_folder(root)  # train/<normal> of a category
+    classes = root / "test"
+    if not classes.is_dir():
+        classes = root
+        if trained is not None or (root.name != "test" and not any((root / n).is_dir() for n in NORMAL_FOLDERS)):
+            return None
+    normal = trained or next((name for name in NORMAL_FOLDERS if (classes / name).is_dir()), NORMAL_FOLDERS[0])
+    ground_truth = root / GROUND_TRUTH
+    if not ground_truth.is_dir() and classes == root and root.name == "test":  # a category's test/ itself
+        ground_truth = root.parent / GROUND_TRUTH
+    return EvaluationFolders(classes, normal, ground_truth)
 
 
 def _mvtec_masks(ground_truth: Path, defect: str) -> dict[str, Path]:

@@ -53,22 +53,26 @@ def write_eval_report(
         missed = report["anomalous_images_missed_by_bundle_threshold"]
         hist.axvline(threshold, color="black", linestyle="--",
                      label=f"bundle threshold {threshold:.3f} ({flagged} normal flagged, {missed} anomalous missed)")
-    hist.axvline(report["image_f1_threshold"], color="tab:orange", linestyle=":",
-                 label=f"F1-best {report['image_f1_threshold']:.3f} (F1 {report['image_f1_max']:.3f})")
+    if "image_f1_threshold" in report:  # a test split of both kinds
+        hist.axvline(report["image_f1_threshold"], color="tab:orange", linestyle=":",
+                     label=f"F1-best {report['image_f1_threshold']:.3f} (F1 {report['image_f1_max']:.3f})")
     hist.set_xlabel("image score" + (" (relative to the variant's normal images)" if threshold is None else ""))
     hist.set_ylabel("test images")
     hist.set_title(f"{report['data']}: {report['test_images']} test images")
     hist.legend(fontsize=8)
     roc = figure.add_subplot(grid[0, SHOWN:])
-    fpr, tpr = roc_curve(labels, scores)
-    groups = ", ".join(f"{g} {v:.4f}" for g, v in report["image_auroc_per_group"].items())
-    label = f"AUROC {report['image_auroc']:.4f}" + (f"\n({groups})" if groups else "")
-    roc.plot(fpr, tpr, color="tab:red", label=label)
     roc.plot([0, 1], [0, 1], color="grey", linestyle=":")
     roc.set_xlabel("false-alarm rate (normal images flagged)")
     roc.set_ylabel("detection rate (anomalous images flagged)")
     roc.set_title("ROC")
-    roc.legend(fontsize=8, loc="lower right")
+    if "image_auroc" in report:
+        fpr, tpr = roc_curve(labels, scores)
+        groups = ", ".join(f"{g} {v:.4f}" for g, v in report["image_auroc_per_group"].items())
+        label = f"AUROC {report['image_auroc']:.4f}" + (f"\n({groups})" if groups else "")
+        roc.plot(fpr, tpr, color="tab:red", label=label)
+        roc.legend(fontsize=8, loc="lower right")
+    else:
+        roc.text(0.5, 0.5, "no ROC: the test images are all of one kind", ha="center", va="center")
     for row, (kind, pictures) in enumerate(zip(("highest-scoring normal", "lowest-scoring anomalous"), overlays), 1):
         for column, (title, picture) in enumerate(pictures):
             show(figure.add_subplot(grid[row, 2 * column : 2 * column + 2]), picture, f"{kind} #{column + 1}\n{title}")

@@ -53,7 +53,9 @@ def evaluate(
     images of its size), images are scored as `edge-ad run --mask` scores frames, and the pixel
     metrics count its inspected pixels only. With `min_defect_area` (pixels of the image), each
     image is scored by its regions of at least that area, as a calibration with that least area
-    scores frames (in place of the bundle's calibration's).
+    scores frames (in place of the bundle's calibration's). A test split of one kind (a box of
+    rejected parts, a batch of new good ones) gets the count its bundle's threshold passes or
+    flags, without AUROC and F1, which compare the scores of both kinds.
 
     Several bundles ('NAME=BUNDLE', one per product variant) run as a VariantDetector: scores and
     maps are taken relative to each variant's normal images (the scale on which it compares
@@ -67,12 +69,14 @@ def evaluate(
             model.bundle = replace(model.bundle, min_defect_area=min_defect_area)
     samples = [s for s in load_samples(data, "test") if s.name not in exclude]
     counts = [sum(s.label == label for s in samples) for label in (0, 1)]
-    if not all(counts):  # before any image is scored: AUROC and F1 compare the two kinds
+    if not all(counts) and (detector is None or not any(counts)):  # before any image is scored
         folders = evaluation_folders(Path(data))
         normal = (folders.classes / folders.normal).relative_to(data) if folders else Path("test", "good")
         where = f"{normal} and a folder per defect beside it"
-        raise DataError(f"{data}: its test split has {counts[0]} normal and {counts[1]} anomalous images; eval "
-                        f"compares the scores of both kinds, so it needs some of each ({where})")
+        need = ("one bundle per variant has no one threshold to count either kind against, and AUROC and F1 "
+                "compare the scores of both kinds") if any(counts) else "eval scores test images"
+        raise DataError(f"{data}: its test split has {counts[0]} normal and {counts[1]} anomalous images; {need}, "
+                        f"so it needs some of each ({where})")
     with_masks = any(s.mask_path is not None for s in samples)
     # Pixel metrics count a defect image only with its mask: without one, all its pixels would count as normal.
     unmasked = [s.name for s in samples if with_masks and s.label == 1 and s.mask_path is None]
@@ -103,7 +107,6 @@ def evaluate(
                     masks.append(truth)
     scores = np.array(scores)
     labels = np.array([s.label for s in samples])
-    f1, f1_threshold = f1_max(labels, scores)
     if detector is not None:
         described = {"bundle": specs[0], "backend": detector.backend, "precision": detector.precision,
                      "bridge_steps": detector.steps}
@@ -121,11 +124,11 @@ def evaluate(
         "test_images": len(samples),
         "normal_images": int((labels == 0).sum()),
         "anomalous_images": int((labels == 1).sum()),
-        "image_auroc": auroc(labels, scores),
-        "image_auroc_per_group": _group_aurocs(samples, scores),
-        "image_f1_max": f1,
-        "image_f1_threshold": f1_threshold,
     }
+    if all(counts):  # else the one kind's count against the bundle's threshold below is what there is to say
+        f1, f1_threshold = f1_max(labels, scores)
+        report.update(image_auroc=auroc(labels, scores), image_auroc_per_group=_group_aurocs(samples, scores),
+                      image_f1_max=f1, image_f1_threshold=f1_threshold)
     if detector is not None:
         report["bundle_threshold"] = detector.threshold
         report["normal_images_flagged_by_bundle_threshold"] = int((scores[labels == 0] >= detector.threshold).sum())

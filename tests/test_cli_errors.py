@@ -1,6 +1,7 @@
 """Every failure ends in one line on stderr naming the input, with a non-zero exit (no traceback)."""
 
 import errno
+import json
 import os
 import pwd
 import shutil
@@ -172,20 +173,37 @@ def test_eval_needs_a_test_split(tmp_path, tiny_bundle):
     _one_line_error(edge_ad("eval", "--bundle", tiny_bundle, "--data", tmp_path), "no test split")
 
 
-def test_eval_needs_normal_and_anomalous_test_images(tmp_path, tiny_bundle, mvtec_category):
-    """A category with defect pictures only in its test split (or good ones only) ended in a traceback
-    from the metrics ("AUROC needs both normal and anomalous samples")."""
-    for kind, counts in (("good", "0 normal and 4 anomalous"), ("spot", "4 normal and 0 anomalous")):
+def test_eval_of_one_kind_of_test_images_counts_what_the_threshold_does(tmp_path, tiny_bundle, mvtec_category,
+                                                                        variant_bundles):
+    """A box of rejected parts, or a batch of good ones: AUROC and F1 compare the two kinds (once a
+    traceback from the metrics, then refused), but the bundle's threshold still passes or flags
+    each picture, which eval counts. One bundle per variant has no one threshold: refused."""
+    from edge_ad import Detector
+
+    detector = Detector.load(tiny_bundle)
+    variants = [f"--bundle={name}={path}" for name, path in variant_bundles.items()]
+    for kind, other, count, key in (("good", "spot", "0 normal and 4 anomalous", "anomalous_images_missed"),
+                                    ("spot", "good", "4 normal and 0 anomalous", "normal_images_flagged")):
         category = shutil.copytree(mvtec_category, tmp_path / kind)
         shutil.rmtree(category / "test" / kind)
-        _one_line_error(edge_ad("eval", "--bundle", tiny_bundle, "--data", category),
-                        f"{category}: its test split has {counts} images", "needs some of each (test/good and")
+        result = edge_ad("eval", "--bundle", tiny_bundle, "--data", category, "--report", tmp_path / f"{kind}.png")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        verdicts = [detector(cv2.imread(str(p))).is_anomaly for p in sorted((category / "test" / other).glob("*.png"))]
+        said = sum(verdicts) if other == "good" else verdicts.count(False)
+        assert report[f"{key}_by_bundle_threshold"] == said and "image_auroc" not in report
+        what = "normal: no AUROC or F1" if other == "good" else "anomalous: no AUROC or F1"
+        assert f"note: the 4 test images are all {what}" in result.stderr
+        assert cv2.imread(report["picture"]).shape == (840, 1040, 3)
+        _one_line_error(edge_ad("eval", *variants, "--data", category),
+                        f"{category}: its test split has {count} images; one bundle per variant has no one threshold",
+                        "needs some of each (test/good and")
     btad = shutil.copytree(mvtec_category, tmp_path / "btad")  # BTAD names the normal folders ok
     (btad / "train" / "good").rename(btad / "train" / "ok")
     shutil.rmtree(btad / "test" / "good")
-    _one_line_error(edge_ad("eval", "--bundle", tiny_bundle, "--data", btad), "needs some of each (test/ok and")
+    _one_line_error(edge_ad("eval", *variants, "--data", btad), "needs some of each (test/ok and")
     sorted_on_site = shutil.copytree(mvtec_category / "test" / "good", tmp_path / "site" / "good")
-    _one_line_error(edge_ad("eval", "--bundle", tiny_bundle, "--data", sorted_on_site.parent),
+    _one_line_error(edge_ad("eval", *variants, "--data", sorted_on_site.parent),
                     "has 4 normal and 0 anomalous images", "needs some of each (good and a folder per defect beside it)")
 
 

@@ -157,6 +157,10 @@ def test_a_test_split_is_read_without_train_or_as_class_folders_of_its_own(mvtec
     assert _pictures_and_masks(load_samples(str(named_test), "test")) == expected
     with pytest.raises(DataError, match="no image files"):  # training reads no test pictures
         load_samples(str(without_train), "train")
+    rejects = shutil.copytree(mvtec_category / "test" / "spot", tmp_path / "box" / "test" / "spot")  # one kind
+    assert _pictures_and_masks(load_samples(str(rejects.parents[1]), "test")) == [
+        row[:3] + (np.zeros(64 * 64, bool).tobytes(),) for row in expected if row[1] == 1]  # no masks of its own
+    assert [s.label for s in load_samples(str(rejects.parent), "test")] == [1] * 4
 
 
 def test_normal_folder_has_train_but_no_test(normal_folder, tmp_path):
@@ -164,7 +168,7 @@ def test_normal_folder_has_train_but_no_test(normal_folder, tmp_path):
     with pytest.raises(DataError, match=f"{re.escape(str(normal_folder))}: a folder of normal images has no test "
                                         r"split; evaluation needs normal pictures in test/good \(or test/ok\)"):
         load_samples(str(normal_folder), "test")
-    (tmp_path / "test" / "defects").mkdir(parents=True)  # no folder of normal pictures: no test split either
+    (tmp_path / "line1").mkdir()  # subfolders, none of normal pictures, none named test: no test split either
     with pytest.raises(DataError, match=f"{re.escape(str(tmp_path))}: no test split; evaluation needs"):
         load_samples(str(tmp_path), "test")
 
