@@ -172,8 +172,9 @@ def _eval(args: argparse.Namespace) -> None:
         normal = report["normal_images"] > 0
         kind, did, count = ("normal", "flags", report["normal_images_flagged_by_bundle_threshold"]) if normal else \
             ("anomalous", "passes", report["anomalous_images_missed_by_bundle_threshold"])
+        judged = "the bundle's threshold" if "bundle_threshold" in report else "their variants' thresholds"
         print(f"note: the {report['test_images']} test images are all {kind}: no AUROC or F1, which compare the "
-              f"scores of both kinds; the bundle's threshold {did} {count} of them", file=sys.stderr)
+              f"scores of both kinds; {judged} {did} {count} of them", file=sys.stderr)
     for key, what in (
         ("anomalous_images_without_mask", "have no ground-truth mask (ground_truth/<defect>/<image>_mask.png or <image>.png)"),
         ("anomalous_images_with_empty_mask", "have a ground-truth mask that marks no pixel at the bundle's input size"),

@@ -93,7 +93,7 @@ def _holds_a_category(path: Path) -> bool:
         return False
 
 
-class EvaluationFolders(NamedTuple):
+class _EvaluationFolders(NamedTuple):
     """Where a test split's pictures are: one folder per class, in `classes`."""
 
     classes: Path  # test/ of a category, or a folder that holds the class folders itself
@@ -101,7 +101,7 @@ class EvaluationFolders(NamedTuple):
     ground_truth: Path  # ground_truth/<defect>/ holds the masks of <defect>'s pictures
 
 
-def evaluation_folders(root: Path) -> EvaluationFolders | None:
+def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
     """The test split's folders under `root`: `root/test` of an MVTec-layout category, with or
     without its `train/` (eval needs none: pictures of a line's good and rejected parts sorted into
     `test/good` and `test/<defect>`), or `root` itself when it is named test or holds `good/` (or
@@ -119,7 +119,7 @@ def evaluation_folders(root: Path) -> EvaluationFolders | None:
     ground_truth = root / GROUND_TRUTH
     if not ground_truth.is_dir() and classes == root and root.name == "test":  # a category's test/ itself
         ground_truth = root.parent / GROUND_TRUTH
-    return EvaluationFolders(classes, normal, ground_truth)
+    return _EvaluationFolders(classes, normal, ground_truth)
 
 
 def _mvtec_masks(ground_truth: Path, defect: str) -> dict[str, Path]:
@@ -158,7 +158,7 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
     normal = normal_folder(root)
     if split == "train" and normal is not None:
         return [_file_sample(p, 0, "good") for p in _images_in(root / "train" / normal, required=True)]
-    folders = evaluation_folders(root) if split == "test" else None
+    folders = _evaluation_folders(root) if split == "test" else None
     if folders is not None:
         samples = []
         for defect_dir in sorted(d for d in folders.classes.iterdir() if d.is_dir() and d.name != GROUND_TRUTH):

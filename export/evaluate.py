@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge_ad.datasets import Sample, evaluation_folders, load_samples
+from edge_ad.datasets import Sample, load_samples
 from edge_ad.errors import DataError, os_reason
 from edge_ad.masks import InspectionMask
 from edge_ad.metrics import aupro, auroc, f1_max
@@ -54,8 +54,8 @@ def evaluate(
     metrics count its inspected pixels only. With `min_defect_area` (pixels of the image), each
     image is scored by its regions of at least that area, as a calibration with that least area
     scores frames (in place of the bundle's calibration's). A test split of one kind (a box of
-    rejected parts, a batch of new good ones) gets the count its bundle's threshold passes or
-    flags, without AUROC and F1, which compare the scores of both kinds.
+    rejected parts, a batch of new good ones) gets the counts of what the bundles' thresholds
+    pass and flag, without AUROC and F1, which compare the scores of both kinds.
 
     Several bundles ('NAME=BUNDLE', one per product variant) run as a VariantDetector: scores and
     maps are taken relative to each variant's normal images (the scale on which it compares
@@ -68,22 +68,13 @@ def evaluate(
         for model in models:
             model.bundle = replace(model.bundle, min_defect_area=min_defect_area)
     samples = [s for s in load_samples(data, "test") if s.name not in exclude]
-    counts = [sum(s.label == label for s in samples) for label in (0, 1)]
-    if not all(counts) and (detector is None or not any(counts)):  # before any image is scored
-        folders = evaluation_folders(Path(data))
-        normal = (folders.classes / folders.normal).relative_to(data) if folders else Path("test", "good")
-        where = f"{normal} and a folder per defect beside it"
-        need = ("one bundle per variant has no one threshold to count either kind against, and AUROC and F1 "
-                "compare the scores of both kinds") if any(counts) else "eval scores test images"
-        raise DataError(f"{data}: its test split has {counts[0]} normal and {counts[1]} anomalous images; {need}, "
-                        f"so it needs some of each ({where})")
     with_masks = any(s.mask_path is not None for s in samples)
     # Pixel metrics count a defect image only with its mask: without one, all its pixels would count as normal.
     unmasked = [s.name for s in samples if with_masks and s.label == 1 and s.mask_path is None]
     if with_masks and len({m.bundle.input_size for m in models}) > 1:
         raise DataError(f"{data}: pixel metrics over variants need bundles of one input size, got "
                         f"{sorted({m.bundle.input_size for m in models})}")
-    scores, maps, masks, taken, empty = [], [], [], {}, []
+    scores, verdicts, maps, masks, taken, empty = [], [], [], [], {}, []
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluating", unit="batch"):
         chunk = samples[start : start + batch_size]
         images = [s.image() for s in chunk]
@@ -98,6 +89,7 @@ def evaluate(
                 kind = taken.setdefault(sample.group, {}).setdefault("anomalous" if sample.label else "normal", {})
                 kind[result.variant] = kind.get(result.variant, 0) + 1
             scores.append(scale(result.score))
+            verdicts.append(result.is_anomaly)  # by its bundle's threshold, as the line would judge the part
             if with_masks and (sample.label == 0 or sample.mask_path is not None):
                 truth = sample.mask(*model.bundle.input_size, image.shape)
                 if sample.label == 1 and not truth.any():
@@ -105,7 +97,7 @@ def evaluate(
                 else:
                     maps.append(scale(model.normalised_maps(result.grid_map[None])[0]))
                     masks.append(truth)
-    scores = np.array(scores)
+    scores, verdicts = np.array(scores), np.array(verdicts, bool)
     labels = np.array([s.label for s in samples])
     if detector is not None:
         described = {"bundle": specs[0], "backend": detector.backend, "precision": detector.precision,
@@ -124,16 +116,16 @@ def evaluate(
         "test_images": len(samples),
         "normal_images": int((labels == 0).sum()),
         "anomalous_images": int((labels == 1).sum()),
+        "normal_images_flagged_by_bundle_threshold": int(verdicts[labels == 0].sum()),
+        # the defective parts the bundles as they stand would pass: what the line would ship
+        "anomalous_images_missed_by_bundle_threshold": int((~verdicts[labels == 1]).sum()),
     }
-    if all(counts):  # else the one kind's count against the bundle's threshold below is what there is to say
+    if len(set(labels)) == 2:  # else the counts above are what there is to say of one kind
         f1, f1_threshold = f1_max(labels, scores)
         report.update(image_auroc=auroc(labels, scores), image_auroc_per_group=_group_aurocs(samples, scores),
                       image_f1_max=f1, image_f1_threshold=f1_threshold)
     if detector is not None:
         report["bundle_threshold"] = detector.threshold
-        report["normal_images_flagged_by_bundle_threshold"] = int((scores[labels == 0] >= detector.threshold).sum())
-        # the defective parts the bundle as it stands would pass: what the line would ship
-        report["anomalous_images_missed_by_bundle_threshold"] = int((scores[labels == 1] < detector.threshold).sum())
     if mask is not None:
         report["mask"] = mask.describe()
     if detector is not None and detector.bundle.min_defect_area is not None:
