@@ -915,7 +915,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defect-kinds", nargs="+", metavar="KIND",
                    help="bridge: the synthetic defect kinds to train on (default: all of perlin_texture, "
                         "perlin_shift, cutpaste, scratch, spot; 'edge-ad defects' draws them)")
-    p.add_argument("--defects", help="a few known defect images (a folder, or elpv:M for the few-shot protocol): "
+    p.add_argument("--defects", help="a few known defect images (a folder, a quoted wildcard of them, or elpv:M for "
+                                     "the few-shot protocol): "
                                      "the prototypes they land on are taken out (DPDL's push-away)")
     p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
                    help="where the networks run: auto (default) takes the workstation's NVIDIA GPU when torch sees "
@@ -1075,7 +1076,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=_positive_int, default=3000, help="normal frames to collect")
     p.add_argument("--target-far", type=_rate, default=0.001, help="false-alarm rate to guarantee (default 1 in 1000)")
     p.add_argument("--confidence", type=_rate, default=0.95, help="confidence of the false-alarm bound")
-    p.add_argument("--defects", help="a few known defects (image folder or clip): recall and the F1-best threshold")
+    p.add_argument("--defects", help="a few known defects (image folder, a quoted wildcard of them, or clip): recall "
+                                     "and the F1-best threshold")
     p.add_argument("--threshold", choices=("far", "f1"), default="far",
                    help="write the false-alarm threshold (default) or the F1-best one (needs --defects)")
     _add_min_defect_area(p, "flag a frame only where a region of the map at least this large (frame pixels) "

@@ -137,13 +137,18 @@ def _matching_samples(pattern: str, split: str) -> list[Sample]:
     if split == "test":
         raise DataError(f"{pattern}: a wildcard of normal images has no test split; evaluation needs an "
                         "MVTec-layout category (train/good, test/<defect>, ground_truth/<defect>) or 'elpv'")
+    return [_file_sample(path, 0, "good") for path in _matching_pictures(pattern)]
+
+
+def _matching_pictures(pattern: str) -> list[Path]:
+    """The pictures a wildcard matches; none is an error that says what it matched instead."""
     images = pictures_matching(pattern)
     if not images:
         others = len(glob.glob(os.path.expanduser(pattern), recursive=True))  # what it matched, if anything
         found = f"{others} file{'s' * (others != 1)} but no picture" if others else "nothing"
         raise DataError(f"{pattern}: the wildcard matches {found} (quote it, so that the shell leaves it to "
                         "edge-ad)")
-    return [_file_sample(path, 0, "good") for path in images]
+    return images
 
 
 def _folder_samples(root: Path, split: str) -> list[Sample]:
@@ -219,12 +224,15 @@ def elpv_few_shot(count: int) -> list[Sample]:
 
 
 def load_defects(spec: str) -> list[Sample]:
-    """Known defect images: 'elpv:M' (the few-shot protocol's M) or a folder of images."""
+    """Known defect images: 'elpv:M' (the few-shot protocol's M), a folder of images or a wildcard
+    of them ('rejects/**/*': a folder of rejected parts sorted by defect)."""
     if spec.startswith("elpv:"):
         try:
             return elpv_few_shot(int(spec[len("elpv:") :]))
         except ValueError as exc:
             raise DataError(f"{spec}: expected elpv:<count>, e.g. elpv:10") from exc
+    if glob.has_magic(spec) and not Path(spec).exists():
+        return [_file_sample(p, 1, "defect") for p in _matching_pictures(spec)]
     folder = Path(spec)
     if not folder.is_dir():
         raise DataError(f"{spec}: not a folder of defect images (or elpv:<count>)")

@@ -36,7 +36,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .errors import ImageError, SourceError, os_reason
-from .images import IMAGE_SUFFIXES, read_image
+from .images import IMAGE_SUFFIXES, pattern_folder, read_image
 from .pipelines import SourceOptions, flip_of, local_path, opencv_input
 from .sources import BACKOFF_S, Backoff, Frame, picture_frame
 
@@ -90,10 +90,7 @@ class FollowedPictures:
             self.folder, self.pattern = path, None
         else:
             self.pattern = os.path.expanduser(str(path))  # quoted ~
-            fixed = Path(self.pattern).parent
-            while glob.has_magic(str(fixed)):  # 'cams/*/part_*.jpg' follows cams
-                fixed = fixed.parent
-            self.folder = fixed
+            self.folder = pattern_folder(self.pattern)  # 'cams/*/part_*.jpg' follows cams
         self._mount_point = os.path.ismount(self.folder)  # a share's: its own folder when unmounted is empty
         try:
             present = self._pictures()
@@ -249,7 +246,7 @@ class FollowedPictures:
                     return
                 image = self._read(path, arrival)
                 if image is not None:
-                    yield Frame(index, time.time(), image, os.path.basename(path), captured=arrival.seen,
+                    yield Frame(index, time.time(), image, os.path.relpath(path, self.folder), captured=arrival.seen,
                                 arrived=arrival.listed)
                     index += 1
             self._report_unreadable(now)

@@ -32,6 +32,15 @@ def pictures_matching(pattern: str) -> list[Path]:
                   if is_image_file(path))
 
 
+def pattern_folder(pattern: str) -> Path:
+    """The folder under which a wildcard's pictures lie: its path up to the first part with a
+    wildcard in it ('cams/*/part_*.jpg': cams), a quoted ~ expanded."""
+    fixed = Path(os.path.expanduser(pattern)).parent
+    while glob.has_magic(str(fixed)):
+        fixed = fixed.parent
+    return fixed
+
+
 def no_images_in(folder: Path) -> str:
     """The error for a folder without image files: the suffixes read, and which of its subfolders
     hold some (`run --samples` keeps each source's pictures in a subfolder of its own)."""
@@ -43,7 +52,8 @@ def no_images_in(folder: Path) -> str:
             count = 0
         if count:
             holding.append(f"{sub.name} ({count})")
-    found = f"; its subfolders {', '.join(holding)} hold some: give one of them" if holding else ""
+    found = (f"; its subfolders {', '.join(holding)} hold some: give one of them, or all of them as a quoted "
+             f"wildcard, '{folder / '**' / '*'}'") if holding else ""
     return f"{folder}: no image files ({' '.join(IMAGE_SUFFIXES)}) in the folder{found}"
 
 

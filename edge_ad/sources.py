@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
 import re
 import threading
 import time
@@ -27,7 +28,7 @@ import numpy as np
 
 from .camera_certificates import camera_tls
 from .errors import ImageError, SourceError, without_passwords
-from .images import IMAGE_SUFFIXES, is_image_file, no_images_in, pictures_matching, read_image
+from .images import IMAGE_SUFFIXES, is_image_file, no_images_in, pattern_folder, pictures_matching, read_image
 from .pipelines import (UDP_BUFFER_BYTES, SourceOptions, SourcePipeline, check_crop, flip_of, local_path, opencv_input,
                         source_pipeline)
 from .rtp_packets import HEADS, RtpPackets
@@ -602,6 +603,8 @@ class PictureSource:
         self.loop, self.crop = loop, crop
         self.description = f"{opencv_input(str(path))} {path}" + (f", flipped {flip}" if flip != "none" else "")
         self.turn = flip_of(str(path), flip).turn
+        # frames are named by their path under it: a wildcard's 'cams/*/part_*.jpg' as cam1/part_1.jpg
+        self.folder = path.parent if path.is_file() else path if path.is_dir() else pattern_folder(str(path))
         if path.is_file():
             self.files = [path]
         elif path.is_dir():
@@ -630,7 +633,7 @@ class PictureSource:
                         log.warning("%s", exc)
                     continue
                 image = picture_frame(rgb, self.turn, self.crop, str(path))
-                yield Frame(index, time.time(), image, path.name)
+                yield Frame(index, time.time(), image, os.path.relpath(path, self.folder))
                 index += 1
             if index == 0:  # a run, a calibration or a recording that saw nothing would seem to have passed
                 raise SourceError(f"{self.uri}: no picture could be read ({len(self.skipped)} unreadable, above)")

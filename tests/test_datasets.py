@@ -189,7 +189,8 @@ def test_missing_and_empty_folders(tmp_path):
         for i in range(count):
             cv2.imwrite(str(tmp_path / source / f"{i}.png"), np.full((32, 32), 100, np.uint8))
     (tmp_path / "notes").mkdir()
-    where = "in the folder; its subfolders cam1 (2), cam2 (1) hold some: give one of them"
+    where = (f"in the folder; its subfolders cam1 (2), cam2 (1) hold some: give one of them, or all of them as a "
+             f"quoted wildcard, '{tmp_path / '**' / '*'}'")
     suffixes = ".png .jpg .jpeg .bmp .tif .tiff .webp"
     with pytest.raises(DataError, match=re.escape(f"{tmp_path}: no image files ({suffixes}) {where}")):
         load_samples(str(tmp_path), "train")
@@ -197,6 +198,13 @@ def test_missing_and_empty_folders(tmp_path):
         open_source(str(tmp_path))
     with pytest.raises(DataError, match=re.escape(where)):
         load_defects(str(tmp_path))
+    everything = str(tmp_path / "**" / "*")  # what the message offers, taken by each reader
+    assert [(Path(s.name).parent.name, s.label) for s in load_samples(everything, "train")] == [("cam1", 0)] * 2 + [
+        ("cam2", 0)]
+    assert [(Path(s.name).parent.name, s.label) for s in load_defects(everything)] == [("cam1", 1)] * 2 + [("cam2", 1)]
+    assert [frame.name for frame in open_source(everything)] == ["cam1/0.png", "cam1/1.png", "cam2/0.png"]
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / '*.jpg'}: the wildcard matches nothing")):
+        load_defects(str(tmp_path / "*.jpg"))
 
 
 def test_a_wildcard_trains_on_the_good_parts_of_a_folder_that_holds_both(tmp_path):

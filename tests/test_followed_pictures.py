@@ -272,6 +272,14 @@ def test_a_wildcard_follows_only_the_pictures_it_matches(tmp_path):
     (tmp_path / "cam1_0001.png").write_bytes(encoded(picture(20)))
     frames = reader.all(1)
     assert [f.name for f in frames] == ["cam1_0001.png"]
+    # one folder a day, each starting its numbers again: a frame is named by its path under the
+    # wildcard's folder (events, the hook's EDGE_AD_NAME), not by a name both days have
+    for day in ("day1", "day2"):
+        (tmp_path / day).mkdir()
+    reader = Reader(open_source(str(tmp_path / "day*" / "part_*.png"), FOLLOW))
+    for day in ("day1", "day2"):
+        (tmp_path / day / "part_0001.png").write_bytes(encoded(picture(20)))
+    assert sorted(f.name for f in reader.all(2)) == ["day1/part_0001.png", "day2/part_0001.png"]
 
 
 def test_what_cannot_be_followed_is_said(tmp_path):

@@ -689,6 +689,10 @@ def test_pictures_by_a_wildcard_are_read_in_path_order(tmp_path, monkeypatch):
     (tmp_path / "day2" / "late").mkdir()
     cv2.imwrite(str(tmp_path / "day2" / "late" / "a.png"), np.full((8, 8, 3), 40, np.uint8))
     assert [int(frame.image[0, 0, 0]) for frame in open_source(str(tmp_path / "**" / "a.png"))] == [20, 30, 40]
+    # named by their paths under the wildcard's folder, which tell the three a.png apart
+    assert [frame.name for frame in open_source(str(tmp_path / "**" / "a.png"))] == [
+        "day1/a.png", "day2/a.png", "day2/late/a.png"]
+    assert [frame.name for frame in open_source(str(tmp_path / "day1"))] == ["a.png", "b.png"]
     with pytest.raises(SourceError, match=r"day\*/\*.mp4: no picture matches this pattern \(the suffixes read: .png"):
         open_source(str(tmp_path / "day*" / "*.mp4"))
 
