@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
+import io
 import json
 import os
 import sys
@@ -1221,6 +1223,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parsed(build_parser(), argv)
     return report_errors("edge-ad", lambda: args.func(args))
+
+
+def run_line_problem(argv: list[str]) -> str | None:
+    """What `edge-ad run ARGV` would refuse before it starts, as it would print it (argparse's
+    error line), or None: doctor reads the installed unit's line with it."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):  # --help prints to stdout
+            _parsed(build_parser(), ["run", *argv])
+    except SystemExit:
+        return said.getvalue().strip().splitlines()[-1] if said.getvalue().strip() else None
+    return None
 
 
 def _parsed(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -24,7 +24,7 @@ from .device import (Device, clock_state, detect, int8_saturates, jetpack, load_
 from .errors import EdgeAdError, without_passwords
 from .files import state_folder
 from .pipelines import UDP_BUFFER_BYTES
-from .service_unit import INSTALLED_UNIT, add_user, setting
+from .service_unit import INSTALLED_UNIT, add_user, setting, started_words
 from .streams import Stream, bundle_of, calibration_folder
 from .variants import comparability_problem, parse_variants
 
@@ -310,13 +310,10 @@ def _closed(user: pwd.struct_passwd, path: Path, access: int, top: Path = Path("
 
 def _started_program(unit_text: str) -> tuple[str | None, str | None]:
     """The program of the unit's ExecStart= and its WorkingDirectory= (None for either missing), as
-    `edge-ad service` writes them: the program's word quoted where it has blanks."""
-    start = re.match(r'[-@:+!]*(?:"((?:[^"\\]|\\.)*)"|(\S+))', setting(unit_text, "ExecStart") or "")
-    program = None
-    if start and (start.group(1) or start.group(2)):
-        program = re.sub(r"\\(.)", r"\1", start.group(1) or start.group(2)).replace("%%", "%")
+    `edge-ad service` writes them."""
+    words = started_words(unit_text)
     folder = setting(unit_text, "WorkingDirectory")
-    return program, folder and folder.lstrip("-").replace("%%", "%")
+    return (words[0] if words else None), folder and folder.lstrip("-").replace("%%", "%")
 
 
 def _check_service(report: Report, root: Path, written: Iterable[Path], read: Iterable[Path]) -> None:
@@ -331,6 +328,7 @@ def _check_service(report: Report, root: Path, written: Iterable[Path], read: It
         text = unit.read_text()
     except OSError:  # no service installed
         return
+    _check_run_line(report, unit, started_words(text))
     name = setting(text, "User")
     if name is None:
         report.found("service", f"{unit}: runs edge-ad as root (edge-ad service writes a unit that runs it as "
@@ -363,6 +361,18 @@ def _check_service(report: Report, root: Path, written: Iterable[Path], read: It
         if closed is not None:
             report.problems.append(f"{who} may not read {file}: "
                                    + _mend(closed, file, f"sudo chown {user.pw_name} {file}"))
+
+
+def _check_run_line(report: Report, unit: Path, words: list[str]) -> None:
+    """The unit's `edge-ad run` line is one this edge-ad takes: a unit written by an earlier
+    version (an option it took twice, keeping the last; an option since renamed) would stop at the
+    start after an upgrade, which `make runtime`'s doctor says before the service is restarted."""
+    from .cli import run_line_problem
+
+    problem = run_line_problem(words[2:]) if words[1:2] == ["run"] else None
+    if problem:
+        report.problems.append(f"{unit} would stop at the start: {problem}; write it again with edge-ad service run "
+                               "and the line meant")
 
 
 def _check_started(report: Report, unit: Path, text: str, user: pwd.struct_passwd, root: Path) -> None:

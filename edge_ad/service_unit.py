@@ -169,12 +169,31 @@ def secret_variables(run: argparse.Namespace) -> list[str]:
     return [variable for variable, wanted in needed.items() if wanted]
 
 
+_EXEC_START = re.compile(r"^ExecStart=((?:.*\\\n)*.*)$", re.M)  # with its continuation lines
+_EXEC_WORD = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
+
+
+def started_words(unit_text: str) -> list[str]:
+    """The words of the unit's ExecStart= as `exec_line` writes them (continuation lines, quotes,
+    C escapes, doubled % and $), its prefixes (`-`, `@`, ...) left out; [] without one."""
+    found = _EXEC_START.search(unit_text)
+    if found is None:
+        return []
+    line = re.sub(r"^\s*[-@:+!]*", "", found.group(1).replace("\\\n", " "))
+    words = []
+    for word in _EXEC_WORD.finditer(line):
+        quoted, plain = word.groups()
+        text = plain if quoted is None else re.sub(  # C escapes: \xNN, \\, \"
+            r"\\(?:x([0-9a-fA-F]{2})|(.))", lambda m: chr(int(m[1], 16)) if m[1] else m[2], quoted)
+        words.append(text.replace("%%", "%").replace("$$", "$"))
+    return words
+
+
 def unit_for(argv: Sequence[str], cwd: Path) -> str:
     """The unit's text with ExecStart running `edge-ad run ARGV` in `cwd` (its WorkingDirectory,
     so that the command line's relative paths mean what they meant in the shell)."""
     text = UNIT_TEMPLATE.read_text()
-    text, started = re.subn(r"^ExecStart=(?:.*\\\n)*.*$", lambda _: exec_line([*edge_ad_command(), "run", *argv]),
-                            text, count=1, flags=re.M)
+    text, started = _EXEC_START.subn(lambda _: exec_line([*edge_ad_command(), "run", *argv]), text, count=1)
     text, placed = re.subn(r"^WorkingDirectory=.*$", lambda _: "WorkingDirectory=" + str(cwd).replace("%", "%%"),
                            text, count=1, flags=re.M)
     if (started, placed) != (1, 1):  # the template is this package's own file

@@ -288,6 +288,12 @@ def _check_the_service_s_user(base: Path, tiny_bundle: Path) -> None:
     bundle.chmod(0o777)
     cameras.chmod(0o644)
     assert said() == [f"service      {unit}: runs edge-ad as nobody"]
+    written = unit.read_text()  # by an earlier edge-ad, which took an option given twice (the last)
+    unit.write_text(written.replace("--input csi://0", "--input csi://0 --events a.jsonl \\\n    --events b.jsonl"))
+    assert said() == [f"service      {unit}: runs edge-ad as nobody",
+                      f"{unit} would stop at the start: edge-ad run: error: --events given twice (a.jsonl, then "
+                      "b.jsonl); give it once; write it again with edge-ad service run and the line meant"]
+    unit.write_text(written)
     base.chmod(0o700)  # the folder of the bundle and the sources file closed, not they
     assert said() == [f"service      {unit}: runs edge-ad as nobody",
                       f"nobody, the service's user, may not write {bundle}, where the line's own calibration goes: "

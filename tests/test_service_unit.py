@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge_ad.cli import main
-from edge_ad.service_unit import UNIT_TEMPLATE, setting
+from edge_ad.service_unit import UNIT_TEMPLATE, setting, started_words
 
 from conftest import SYSTEMD_ANALYZE, check_with_systemd
 
@@ -70,6 +70,8 @@ def test_the_unit_runs_the_command_line_as_typed(tmp_path, monkeypatch, capsys):
     code, unit, err = _service(["run", *run], capsys)
     assert code == 0, err
     assert setting(unit, "WorkingDirectory") == str(tmp_path)  # relative paths as in the shell
+    words = started_words(unit)  # as doctor reads the installed unit back, and as systemd does below
+    assert words[words.index("run"):] == ["run", *run]
     argv = _systemd_command_line(unit)
     assert argv[0].endswith("edge-ad") or argv[1:3] == ["-m", "edge_ad"]
     assert argv[argv.index("run"):] == ["run", *run]
