@@ -292,8 +292,8 @@ def calibration_inputs(config: CalibrationConfig, size: tuple[int, int], grey: b
               f"frames at {size_text(size)} px (minmax uses them all)")
     inputs = calibration_frames(config.data, count, size, grey)
     if len(inputs) < CALIBRATION_BATCH:
-        raise EdgeAdError(f"{data_text(config.data)}: INT8 calibration needs at least {CALIBRATION_BATCH} readable frames, "
-                          f"found {len(inputs)}")
+        raise EdgeAdError(f"{data_text(config.data)}: INT8 calibration needs at least {CALIBRATION_BATCH} readable "
+                          f"frames, found {len(inputs)}")
     return np.stack(inputs)
 
 

@@ -71,7 +71,8 @@ def synthetic_eval(run: Path, steps: int = 2, seed: int = 777) -> dict:
     samples = load_samples(config["data"], "test")
     normal_samples = [s for s in samples if s.label == 0]
     if len(normal_samples) < 2:
-        raise DataError(f"{data_text(config['data'])}: the test split needs at least 2 normal images, found {len(normal_samples)}")
+        raise DataError(f"{data_text(config['data'])}: the test split needs at least 2 normal images, found "
+                        f"{len(normal_samples)}")
     scorer = Scorer(record, checkpoint)
     normal = read_inputs(normal_samples, scorer.size, "normal test images")
     made, masks, kinds = synthetic_defects(normal, seed)

@@ -190,7 +190,8 @@ def train(config: TrainConfig, out: Path) -> Path:
     for message in bad:
         print(f"skipped: {message}")
     if len(kept) < 2:
-        raise DataError(f"{data_text(config.data)}: training needs at least 2 readable normal images, found {len(kept)}")
+        raise DataError(f"{data_text(config.data)}: training needs at least 2 readable normal images, found "
+                        f"{len(kept)}")
     notes = [note for note in (brightness_note(pictures), copies_note(pictures),
                                shape_note(pictures, config.input_size), colour_note(pictures, [s.name for s in kept]))
              if note]
