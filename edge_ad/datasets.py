@@ -185,9 +185,9 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
     if split == "test":
         what = "a folder of normal images has no test split" if any(map(is_image_file, root.iterdir())) else \
             "no test split"
-        raise DataError(f"{root}: {what}; evaluation needs normal pictures in test/good (or test/ok) beside a folder "
-                        "of each defect's, test/<defect> (an MVTec-layout category; its train/ and ground_truth/ "
-                        "are optional), or 'elpv'")
+        raise DataError(f"{root}: {what}; evaluation reads pictures sorted into test/good (or test/ok) and a folder "
+                        "per defect, test/<defect> (an MVTec-layout category; its train/ and ground_truth/ are "
+                        "optional, and one kind alone is a test set too), or 'elpv'")
     return [_file_sample(p, 0, "good") for p in _images_in(root, required=True)]
 
 

@@ -166,10 +166,10 @@ def test_a_test_split_is_read_without_train_or_as_class_folders_of_its_own(mvtec
 def test_normal_folder_has_train_but_no_test(normal_folder, tmp_path):
     assert len(load_samples(str(normal_folder), "train")) == 12
     with pytest.raises(DataError, match=f"{re.escape(str(normal_folder))}: a folder of normal images has no test "
-                                        r"split; evaluation needs normal pictures in test/good \(or test/ok\)"):
+                                        r"split; evaluation reads pictures sorted into test/good \(or test/ok\)"):
         load_samples(str(normal_folder), "test")
     (tmp_path / "line1").mkdir()  # subfolders, none of normal pictures, none named test: no test split either
-    with pytest.raises(DataError, match=f"{re.escape(str(tmp_path))}: no test split; evaluation needs"):
+    with pytest.raises(DataError, match=f"{re.escape(str(tmp_path))}: no test split; evaluation reads"):
         load_samples(str(tmp_path), "test")
 
 
