@@ -166,10 +166,11 @@ def _eval(args: argparse.Namespace) -> None:
     mask = InspectionMask.load(args.mask) if args.mask else None
     report = evaluate(args.bundle, args.data, steps=args.steps, backend=args.backend, dla_core=args.dla_core,
                       picture=Path(args.report) if args.report else None, mask=mask,
-                      min_defect_area=args.min_defect_area)
+                      min_defect_area=args.min_defect_area, scores_file=Path(args.scores) if args.scores else None)
     _print_report(report, args.json)
-    if "picture_problem" in report:
-        print(f"warning: {report['picture_problem']}", file=sys.stderr)
+    for problem in ("scores_file_problem", "picture_problem"):
+        if problem in report:
+            print(f"warning: {report[problem]}", file=sys.stderr)
     if "image_auroc" not in report:  # a test split of one kind
         normal = report["normal_images"] > 0
         kind, did, count = ("normal", "flags", report["normal_images_flagged_by_bundle_threshold"]) if normal else \
@@ -961,6 +962,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--report", help="PNG: score histograms with the thresholds, the ROC curve, and overlays of the "
                                     "highest-scoring normal and lowest-scoring anomalous images")
+    p.add_argument("--scores", metavar="CSV", help="also write a line per test image: its path, group, truth, score, "
+                                                  "threshold and verdict (the parts missed and flagged, by name)")
     _add_mask_option(p)
     _add_min_defect_area(p, "score each image by its regions at least this large (pixels of the image), as a "
                             "calibration with --min-defect-area would (default: the bundle's calibration's)")

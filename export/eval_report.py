@@ -1,10 +1,13 @@
 """eval_report.png: what `edge-ad eval` measured, for a person to look at. The score histograms
 of the normal and anomalous test images with the thresholds, the ROC curve, and heat-map
 overlays of the normal images that score highest (the false alarms, if any) and of the
-anomalous images that score lowest (the misses)."""
+anomalous images that score lowest (the misses). And the table of every test image's score and
+verdict, for a spreadsheet."""
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import matplotlib
@@ -13,11 +16,23 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from edge_ad.files import save_figure  # noqa: E402
+from edge_ad.files import save_figure, write_atomic  # noqa: E402
 from edge_ad.metrics import roc_curve  # noqa: E402
 from edge_ad.render import show  # noqa: E402
 
 SHOWN = 4  # overlays per row
+SCORE_COLUMNS = ("image", "group", "truth", "score", "threshold", "verdict")
+
+
+def write_eval_scores(rows: list[dict], path: Path) -> Path:
+    """A CSV file of one line per test image (SCORE_COLUMNS, and `variant` with one bundle per
+    variant): the parts missed and the good parts flagged, by name, beside their scores."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue().encode())
+    return path
 
 
 def worst_cases(labels: np.ndarray, scores: np.ndarray, count: int = SHOWN) -> tuple[list[int], list[int]]:

@@ -4,6 +4,7 @@ the bundles as the device does."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from edge_ad.metrics import aupro, auroc, f1_max
 from edge_ad.render import overlay
 from edge_ad.variants import VariantDetector, load_detector, parse_variants
 
-from .eval_report import worst_cases, write_eval_report
+from .eval_report import worst_cases, write_eval_report, write_eval_scores
+
+_KINDS = ("normal", "anomalous")  # by label (0, 1) and by verdict (False, True)
 
 
 def _group_aurocs(samples: list[Sample], scores: np.ndarray) -> dict[str, float]:
@@ -46,6 +49,7 @@ def evaluate(
     picture: Path | None = None,
     mask: InspectionMask | None = None,
     min_defect_area: int | None = None,
+    scores_file: Path | None = None,
 ) -> dict:
     """Score every test image of `data` with the bundle (at `steps` bridge steps) and return the
     metrics; samples named in `exclude` (known defects used in training) are left out. With
@@ -53,7 +57,8 @@ def evaluate(
     images of its size), images are scored as `edge-ad run --mask` scores frames, and the pixel
     metrics count its inspected pixels only. With `min_defect_area` (pixels of the image), each
     image is scored by its regions of at least that area, as a calibration with that least area
-    scores frames (in place of the bundle's calibration's). A test split of one kind (a box of
+    scores frames (in place of the bundle's calibration's). With `scores_file`, each test image's
+    score, threshold and verdict (as the line would judge it) are written there as CSV. A test split of one kind (a box of
     rejected parts, a batch of new good ones) gets the counts of what the bundles' thresholds
     pass and flag, without AUROC and F1, which compare the scores of both kinds.
 
@@ -74,7 +79,7 @@ def evaluate(
     if with_masks and len({m.bundle.input_size for m in models}) > 1:
         raise DataError(f"{data}: pixel metrics over variants need bundles of one input size, got "
                         f"{sorted({m.bundle.input_size for m in models})}")
-    scores, verdicts, maps, masks, taken, empty = [], [], [], [], {}, []
+    scores, verdicts, rows, maps, masks, taken, empty = [], [], [], [], [], {}, []
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluating", unit="batch"):
         chunk = samples[start : start + batch_size]
         images = [s.image() for s in chunk]
@@ -90,6 +95,10 @@ def evaluate(
                 kind[result.variant] = kind.get(result.variant, 0) + 1
             scores.append(scale(result.score))
             verdicts.append(result.is_anomaly)  # by its bundle's threshold, as the line would judge the part
+            row = {"image": sample.name, "group": sample.group, "truth": _KINDS[sample.label],
+                   "score": round(result.score, 6), "threshold": round(result.threshold, 6),
+                   "verdict": _KINDS[int(result.is_anomaly)]}
+            rows.append(row if variants is None else row | {"variant": result.variant})
             if with_masks and (sample.label == 0 or sample.mask_path is not None):
                 truth = sample.mask(*model.bundle.input_size, image.shape)
                 if sample.label == 1 and not truth.any():
@@ -143,15 +152,24 @@ def evaluate(
             report["anomalous_images_without_mask"] = unmasked
         if empty:
             report["anomalous_images_with_empty_mask"] = empty
+    if scores_file is not None:
+        _write_or_say(report, "scores_file", Path(scores_file), lambda path: write_eval_scores(rows, path))
     if picture is not None:
         overlays = tuple([_overlay(loaded, samples[i], scores[i], mask) for i in indices]
                          for indices in worst_cases(labels, scores))
         threshold = detector.threshold if detector is not None else None
-        try:
-            report["picture"] = str(write_eval_report(report, labels, scores, threshold, overlays, Path(picture)))
-        except OSError as exc:  # a full disk: the metrics measured are still given
-            report["picture_problem"] = f"{picture}: not written ({os_reason(exc)})"
+        _write_or_say(report, "picture", Path(picture),
+                      lambda path: write_eval_report(report, labels, scores, threshold, overlays, path))
     return report
+
+
+def _write_or_say(report: dict, key: str, path: Path, write: Callable[[Path], Path]) -> None:
+    """report[key] is the file `write` made, or report[key + "_problem"] says why there is none: a
+    full disk loses none of the metrics measured."""
+    try:
+        report[key] = str(write(path))
+    except OSError as exc:
+        report[f"{key}_problem"] = f"{path}: not written ({os_reason(exc)})"
 
 
 def _overlay(loaded, sample: Sample, score: float, mask: InspectionMask | None) -> tuple[str, np.ndarray]:

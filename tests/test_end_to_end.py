@@ -1,5 +1,6 @@
 """Real images -> train -> export -> eval and GStreamer streaming, through the edge-ad command."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -77,7 +78,7 @@ def test_video_file_through_decodebin(cli_bundle, normal_folder, tmp_path):
 
 def test_eval_on_mvtec_layout_reports_all_metrics(tiny_bundle, mvtec_category, tmp_path):
     edge_ad("eval", "--bundle", tiny_bundle, "--data", mvtec_category, "--json", tmp_path / "m.json",
-            "--report", tmp_path / "eval.png", check=True)
+            "--report", tmp_path / "eval.png", "--scores", tmp_path / "scores.csv", check=True)
     report = json.loads((tmp_path / "m.json").read_text())
     # The picture: histograms and ROC above, two rows of four overlays below (13 x 10.5 in at 80 dpi).
     assert report["picture"] == str(tmp_path / "eval.png")
@@ -97,6 +98,22 @@ def test_eval_on_mvtec_layout_reports_all_metrics(tiny_bundle, mvtec_category, t
     passed = evaluate(str(tiny_bundle), str(mvtec_category), min_defect_area=300 * 300 + 1)  # larger than a picture
     assert passed["anomalous_images_missed_by_bundle_threshold"] == len(spots) == 4
     assert passed["normal_images_flagged_by_bundle_threshold"] == 0
+    # The table: every test image by name, with the score and verdict the bundle gives it on its own.
+    assert report["scores_file"] == str(tmp_path / "scores.csv")
+    with open(tmp_path / "scores.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["image", "group", "truth", "score", "threshold", "verdict"]
+    pictures = sorted((mvtec_category / "test").glob("*/*.png"))
+    assert sorted(row["image"] for row in rows) == [str(path) for path in pictures]
+    for row in rows:
+        result = detector(cv2.imread(row["image"]))
+        assert row["group"] == Path(row["image"]).parent.name
+        assert row["truth"] == ("normal" if row["group"] == "good" else "anomalous")
+        assert float(row["score"]) == pytest.approx(result.score, abs=1e-5)
+        assert float(row["threshold"]) == pytest.approx(detector.threshold, abs=1e-6)
+        assert row["verdict"] == ("anomalous" if result.is_anomaly else "normal")
+    missed = [row for row in rows if row["truth"] == "anomalous" and row["verdict"] == "normal"]
+    assert len(missed) == report["anomalous_images_missed_by_bundle_threshold"]
 
     # Within an inspection mask, as `run --mask` scores: the maps and pixel metrics of its part only.
     keep = np.zeros((300, 300), np.uint8)
@@ -158,9 +175,12 @@ def test_an_eval_picture_the_disk_has_no_room_for_loses_no_metric(tiny_bundle, m
     from export.evaluate import evaluate
 
     monkeypatch.setattr(export.eval_report, "save_figure", full_disk)
-    report = evaluate(tiny_bundle, str(mvtec_category), picture=tmp_path / "eval.png")
+    monkeypatch.setattr(export.eval_report, "write_atomic", full_disk)
+    report = evaluate(tiny_bundle, str(mvtec_category), picture=tmp_path / "eval.png", scores_file=tmp_path / "s.csv")
     assert report["picture_problem"] == f"{tmp_path / 'eval.png'}: not written (No space left on device)"
-    assert "picture" not in report and report["test_images"] == 8 and report["image_auroc"] > 0.9
+    assert report["scores_file_problem"] == f"{tmp_path / 's.csv'}: not written (No space left on device)"
+    assert "picture" not in report and "scores_file" not in report
+    assert report["test_images"] == 8 and report["image_auroc"] > 0.9
 
 
 def test_examples_run_against_a_bundle(cli_bundle, normal_folder, tmp_path):

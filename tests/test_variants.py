@@ -1,5 +1,6 @@
 """One bundle per product variant: ELPV mono and poly cells as two variants on one line."""
 
+import csv
 import json
 import shutil
 import subprocess
@@ -147,11 +148,20 @@ def test_eval_of_two_variant_bundles_from_the_command_line(variant_bundles, mvte
     out = subprocess.run(
         [sys.executable, "-m", "edge_ad", "eval", "--data", str(mvtec_category), "--json", str(tmp_path / "r.json"),
          "--bundle", f"mono={variant_bundles['mono']}", "--bundle", f"poly={variant_bundles['poly']}",
-         "--report", str(tmp_path / "r.png")],
+         "--report", str(tmp_path / "r.png"), "--scores", str(tmp_path / "r.csv")],
         capture_output=True, text=True,
     )
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "r.json").read_text())
+    with open(tmp_path / "r.csv", newline="") as handle:  # each image judged by the variant that took it
+        rows = {row["image"]: row for row in csv.DictReader(handle)}
+    variants = load_detector([f"{name}={path}" for name, path in variant_bundles.items()])
+    for name, row in rows.items():
+        result = variants(cv2.imread(name))
+        assert (row["variant"], float(row["threshold"])) == (result.variant, pytest.approx(result.threshold, abs=1e-6))
+        assert row["verdict"] == ("anomalous" if result.is_anomaly else "normal")
+    assert len(rows) == 8 and sum(row["verdict"] == "normal" for row in rows.values() if row["truth"] == "anomalous") \
+        == report["anomalous_images_missed_by_bundle_threshold"]
     assert (tmp_path / "r.png").stat().st_size > 20_000  # relative scores, no one threshold to draw
     assert set(report["bundles"]) == set(TYPES) and report["test_images"] == 8
     taken = report["variant_taking_each_group"]  # MVTec layout: group "good" is normal, "spot" anomalous
