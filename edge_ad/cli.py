@@ -161,6 +161,7 @@ def _print_report(report: dict, json_path: str | None) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from export.evaluate import evaluate
 
+    from .datasets import NOT_READ
     from .masks import InspectionMask
 
     mask = InspectionMask.load(args.mask) if args.mask else None
@@ -178,6 +179,10 @@ def _eval(args: argparse.Namespace) -> None:
         judged = "the bundle's threshold" if "bundle_threshold" in report else "their variants' thresholds"
         print(f"note: the {report['test_images']} test images are all {kind}: no AUROC or F1, which compare the "
               f"scores of both kinds; {judged} {did} {count} of them", file=sys.stderr)
+    unread = report.get("pictures_not_read", {})
+    if unread:
+        print(f"note: {sum(unread.values())} picture(s) not read, as they lie {NOT_READ}: "
+              f"{', '.join(f'{folder} ({count})' for folder, count in unread.items())}", file=sys.stderr)
     for key, what in (
         ("anomalous_images_without_mask", "have no ground-truth mask (ground_truth/<defect>/<image>_mask.png or <image>.png)"),
         ("anomalous_images_with_empty_mask", "have a ground-truth mask that marks no pixel at the bundle's input size"),

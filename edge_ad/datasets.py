@@ -26,6 +26,8 @@ ELPV_TYPES = ("mono", "poly")  # module types; 'elpv:<type>' is the protocol res
 DEFECT_LEVEL = 128  # ground-truth masks: grey levels at or above it mark a defect (MVTec's masks hold 0 and 255)
 NORMAL_FOLDERS = ("good", "ok")  # MVTec AD and VisA name the normal pictures' folder good; BTAD, ok
 GROUND_TRUTH = "ground_truth"  # an MVTec-layout category's folder of masks, one subfolder per defect
+NOT_READ = ("outside a class folder or in a subfolder of one (a test picture's kind is the folder it is in: good/ or "
+            "ok/, or a folder per defect)")  # where test_pictures_not_read finds pictures
 ASPECT_TOLERANCE = 0.01  # a mask scaled from its image keeps its aspect within rounding
 
 
@@ -122,6 +124,25 @@ def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
     return _EvaluationFolders(classes, normal, ground_truth)
 
 
+def test_pictures_not_read(data: str) -> dict[str, int]:
+    """The folders of `data`'s test split holding pictures that it does not read, and how many
+    each holds: those beside the class folders, of no kind, and those in a class folder's
+    subfolders (its own pictures are read; a share's thumbnail folders are not test pictures)."""
+    folders = _evaluation_folders(Path(data)) if Path(data).is_dir() else None
+    if folders is None:
+        return {}
+    unread = {folders.classes: len(_images_in(folders.classes))}
+    for class_dir in _class_folders(folders):
+        for sub in sorted(d for d in class_dir.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            unread[sub] = sum(map(is_image_file, sub.rglob("*")))
+    return {str(folder): count for folder, count in unread.items() if count}
+
+
+def _class_folders(folders: _EvaluationFolders) -> list[Path]:
+    """A test split's class folders: its normal pictures' and one per defect, sorted."""
+    return sorted(d for d in folders.classes.iterdir() if d.is_dir() and d.name != GROUND_TRUTH)
+
+
 def _mvtec_masks(ground_truth: Path, defect: str) -> dict[str, Path]:
     """The masks of the pictures of `defect` by the name of their image: `ground_truth/<defect>/<image>_mask.png`
     (MVTec AD), else a mask of the image's own name (VisA as anomalib lays it out, BTAD)."""
@@ -166,7 +187,7 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
     folders = _evaluation_folders(root) if split == "test" else None
     if folders is not None:
         samples = []
-        for defect_dir in sorted(d for d in folders.classes.iterdir() if d.is_dir() and d.name != GROUND_TRUTH):
+        for defect_dir in _class_folders(folders):
             defect = defect_dir.name
             masks = {} if defect == folders.normal else _mvtec_masks(folders.ground_truth, defect)
             for p in _images_in(defect_dir):
@@ -262,7 +283,9 @@ def load_samples(data: str | Sequence[str], split: str) -> list[Sample]:
     else:
         samples = _folder_samples(Path(data), split)
     if not samples:
-        raise DataError(f"{data}: no images found for the {split} split")
+        unread = test_pictures_not_read(data) if split == "test" else {}
+        where = f"; the pictures of {', '.join(unread)} are not read, as they lie {NOT_READ}" if unread else ""
+        raise DataError(f"{data}: no images found for the {split} split{where}")
     return samples
 
 

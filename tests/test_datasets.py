@@ -163,6 +163,35 @@ def test_a_test_split_is_read_without_train_or_as_class_folders_of_its_own(mvtec
     assert [s.label for s in load_samples(str(rejects.parent), "test")] == [1] * 4
 
 
+def test_test_pictures_outside_the_class_folders_are_named_not_lost(mvtec_category, tmp_path):
+    """A picture beside the class folders has no kind, and one in a subfolder of a class folder
+    (a box of rejects sorted by day) is not read: eval says where they are and how many, where it
+    left them out without a word; with no other picture, the error says so."""
+    import shutil
+
+    from edge_ad.datasets import NOT_READ, test_pictures_not_read
+
+    site = shutil.copytree(mvtec_category / "test", tmp_path / "site")
+    assert test_pictures_not_read(str(site)) == {} == test_pictures_not_read(str(mvtec_category))
+    picture = next((site / "spot").glob("*.png"))
+    shutil.copy(picture, site / "unsorted.png")
+    (site / "spot" / "day2" / "cam1").mkdir(parents=True)
+    for name in ("a.png", "cam1/b.png", "notes.txt"):
+        shutil.copy(picture, site / "spot" / "day2" / name)
+    (site / "good" / ".thumbnails").mkdir()  # hidden: not the line's pictures
+    shutil.copy(picture, site / "good" / ".thumbnails" / "c.png")
+    assert test_pictures_not_read(str(site)) == {str(site): 1, str(site / "spot" / "day2"): 2}
+    assert len(load_samples(str(site), "test")) == 8  # the class folders' own pictures, as before
+    box = tmp_path / "box" / "test"
+    (box / "crack" / "monday").mkdir(parents=True)
+    shutil.copy(picture, box / "crack" / "monday" / "a.png")
+    shutil.copy(picture, box / "b.png")
+    with pytest.raises(DataError) as error:
+        load_samples(str(box.parent), "test")
+    assert str(error.value) == (f"{box.parent}: no images found for the test split; the pictures of {box}, "
+                                f"{box / 'crack' / 'monday'} are not read, as they lie {NOT_READ}")
+
+
 def test_normal_folder_has_train_but_no_test(normal_folder, tmp_path):
     assert len(load_samples(str(normal_folder), "train")) == 12
     with pytest.raises(DataError, match=f"{re.escape(str(normal_folder))}: a folder of normal images has no test "
