@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 
 from .errors import DataError, ImageError
-from .images import as_grey, is_image_file, no_images_in, pictures_matching, read_image, resize_to_input, to_rgb
+from .images import (as_grey, is_image_file, no_images_in, pictures_in_subfolders, pictures_matching, read_image,
+                     resize_to_input, to_rgb)
 from .pipelines import local_path
 from .sinks import FRAME_SUFFIX, OVERLAY_SUFFIX
 
@@ -27,7 +28,7 @@ DEFECT_LEVEL = 128  # ground-truth masks: grey levels at or above it mark a defe
 NORMAL_FOLDERS = ("good", "ok")  # MVTec AD and VisA name the normal pictures' folder good; BTAD, ok
 GROUND_TRUTH = "ground_truth"  # an MVTec-layout category's folder of masks, one subfolder per defect
 NOT_READ = ("outside a class folder or in a subfolder of one (a test picture's kind is the folder it is in: good/ or "
-            "ok/, or a folder per defect)")  # where test_pictures_not_read finds pictures
+            "ok/, or a folder per defect)")  # where pictures_not_read finds a test split's
 ASPECT_TOLERANCE = 0.01  # a mask scaled from its image keeps its aspect within rounding
 
 
@@ -124,17 +125,23 @@ def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
     return _EvaluationFolders(classes, normal, ground_truth)
 
 
-def test_pictures_not_read(data: str) -> dict[str, int]:
-    """The folders of `data`'s test split holding pictures that it does not read, and how many
-    each holds: those beside the class folders, of no kind, and those in a class folder's
-    subfolders (its own pictures are read; a share's thumbnail folders are not test pictures)."""
-    folders = _evaluation_folders(Path(data)) if Path(data).is_dir() else None
-    if folders is None:
+def pictures_not_read(data: str, split: str) -> dict[str, int]:
+    """The folders under the dataset folder `data` holding pictures that its `split` does not
+    read, and how many each holds: those in the subfolders of the folder a training split is read
+    from, and of a test split's class folders (a folder's own pictures are read, not those a share
+    or a person sorted into subfolders), and a test split's beside its class folders, of no kind."""
+    root = Path(data)
+    if not root.is_dir():
         return {}
-    unread = {folders.classes: len(_images_in(folders.classes))}
-    for class_dir in _class_folders(folders):
-        for sub in sorted(d for d in class_dir.iterdir() if d.is_dir() and not d.name.startswith(".")):
-            unread[sub] = sum(map(is_image_file, sub.rglob("*")))
+    if split == "train":
+        normal = normal_folder(root)
+        unread = pictures_in_subfolders(root / "train" / normal if normal else root)
+    elif (folders := _evaluation_folders(root)) is not None:
+        unread = {folders.classes: len(_images_in(folders.classes))}
+        for class_dir in _class_folders(folders):
+            unread |= pictures_in_subfolders(class_dir)
+    else:
+        unread = {}
     return {str(folder): count for folder, count in unread.items() if count}
 
 
@@ -283,7 +290,7 @@ def load_samples(data: str | Sequence[str], split: str) -> list[Sample]:
     else:
         samples = _folder_samples(Path(data), split)
     if not samples:
-        unread = test_pictures_not_read(data) if split == "test" else {}
+        unread = pictures_not_read(data, split) if split == "test" else {}
         where = f"; the pictures of {', '.join(unread)} are not read, as they lie {NOT_READ}" if unread else ""
         raise DataError(f"{data}: no images found for the {split} split{where}")
     return samples

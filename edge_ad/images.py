@@ -41,17 +41,22 @@ def pattern_folder(pattern: str) -> Path:
     return fixed
 
 
+def pictures_in_subfolders(folder: Path) -> dict[Path, int]:
+    """How many pictures each subfolder of `folder` holds, its own subfolders' included, where it
+    holds some; hidden ones (a viewer's thumbnails) and those that cannot be listed hold none."""
+    counts = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            counts[sub] = sum(map(is_image_file, sub.rglob("*")))
+        except OSError:
+            counts[sub] = 0
+    return {sub: count for sub, count in counts.items() if count}
+
+
 def no_images_in(folder: Path) -> str:
     """The error for a folder without image files: the suffixes read, and which of its subfolders
     hold some (`run --samples` keeps each source's pictures in a subfolder of its own)."""
-    holding = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        try:
-            count = sum(is_image_file(p) for p in sub.iterdir())
-        except OSError:  # a subfolder that cannot be listed holds nothing to offer
-            count = 0
-        if count:
-            holding.append(f"{sub.name} ({count})")
+    holding = [f"{sub.name} ({count})" for sub, count in pictures_in_subfolders(folder).items()]
     found = (f"; its subfolders {', '.join(holding)} hold some: give one of them, or all of them as a quoted "
              f"wildcard, '{folder / '**' / '*'}'") if holding else ""
     return f"{folder}: no image files ({' '.join(IMAGE_SUFFIXES)}) in the folder{found}"

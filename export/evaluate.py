@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge_ad.datasets import Sample, load_samples, test_pictures_not_read
+from edge_ad.datasets import Sample, load_samples, pictures_not_read
 from edge_ad.errors import DataError, os_reason
 from edge_ad.masks import InspectionMask
 from edge_ad.metrics import aupro, auroc, f1_max
@@ -58,9 +58,10 @@ def evaluate(
     metrics count its inspected pixels only. With `min_defect_area` (pixels of the image), each
     image is scored by its regions of at least that area, as a calibration with that least area
     scores frames (in place of the bundle's calibration's). With `scores_file`, each test image's
-    score, threshold and verdict (as the line would judge it) are written there as CSV. A test split of one kind (a box of
-    rejected parts, a batch of new good ones) gets the counts of what the bundles' thresholds
-    pass and flag, without AUROC and F1, which compare the scores of both kinds.
+    score, threshold and verdict (as the line would judge it) are written there as CSV. A test
+    split of one kind (a box of rejected parts, a batch of new good ones) gets the counts of what
+    the bundles' thresholds pass and flag, without AUROC and F1, which compare the scores of both
+    kinds. Pictures of a test folder that no class folder holds are named in the report.
 
     Several bundles ('NAME=BUNDLE', one per product variant) run as a VariantDetector: scores and
     maps are taken relative to each variant's normal images (the scale on which it compares
@@ -135,7 +136,7 @@ def evaluate(
                       image_f1_max=f1, image_f1_threshold=f1_threshold)
     if detector is not None:
         report["bundle_threshold"] = detector.threshold
-    unread = test_pictures_not_read(data)
+    unread = pictures_not_read(data, "test")
     if unread:
         report["pictures_not_read"] = unread
     if mask is not None:

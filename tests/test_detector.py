@@ -175,10 +175,14 @@ def test_train_takes_the_pictures_of_several_data(normal_folder, tmp_path):
         folder.mkdir(parents=True)
         for path in part:
             shutil.copy(path, folder)
+    (first / "day2").mkdir()  # a folder's subfolders are not read: said, where it was left without a word
+    shutil.copy(pictures[0], first / "day2" / "later.png")
     data = [str(first), str(kept / "*.png"), str(first / "*.png")]  # the last takes pictures the first took
     done = edge_ad("train", *(f"--data={one}" for one in data), "--out", tmp_path / "run", "--input-size", 64,
                    "--prototypes", 8)
     assert done.returncode == 0, done.stderr
+    assert (f"note: not trained on: {first / 'day2'} (1): the pictures of {first} are read, not its subfolders'; give "
+            f"one as another --data, or all of them as a quoted wildcard, '{first / '**' / '*'}'") in done.stdout
     record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert record["config"]["data"] == data
     assert record["train_images"] + record["validation_images"] == 12  # each picture once
