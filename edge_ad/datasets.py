@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import DataError, ImageError
 from .images import (as_grey, is_image_file, no_images_in, pictures_in_subfolders, pictures_matching, read_image,
-                     resize_to_input, to_rgb)
+                     resize_to_input, subfolders_left, to_rgb)
 from .pipelines import local_path
 from .sinks import FRAME_SUFFIX, OVERLAY_SUFFIX
 
@@ -28,7 +28,7 @@ DEFECT_LEVEL = 128  # ground-truth masks: grey levels at or above it mark a defe
 NORMAL_FOLDERS = ("good", "ok")  # MVTec AD and VisA name the normal pictures' folder good; BTAD, ok
 GROUND_TRUTH = "ground_truth"  # an MVTec-layout category's folder of masks, one subfolder per defect
 NOT_READ = ("outside a class folder or in a subfolder of one (a test picture's kind is the folder it is in: good/ or "
-            "ok/, or a folder per defect)")  # where pictures_not_read finds a test split's
+            "ok/, or a folder per defect)")  # where test_pictures_not_read finds pictures
 ASPECT_TOLERANCE = 0.01  # a mask scaled from its image keeps its aspect within rounding
 
 
@@ -125,24 +125,26 @@ def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
     return _EvaluationFolders(classes, normal, ground_truth)
 
 
-def pictures_not_read(data: str, split: str) -> dict[str, int]:
-    """The folders under the dataset folder `data` holding pictures that its `split` does not
-    read, and how many each holds: those in the subfolders of the folder a training split is read
-    from, and of a test split's class folders (a folder's own pictures are read, not those a share
-    or a person sorted into subfolders), and a test split's beside its class folders, of no kind."""
-    root = Path(data)
-    if not root.is_dir():
+def test_pictures_not_read(data: str) -> dict[str, int]:
+    """The folders of the dataset folder `data`'s test split holding pictures that it does not
+    read, and how many each holds: those beside its class folders, of no kind, and those in the
+    subfolders of a class folder (its own pictures are read, not those sorted into subfolders)."""
+    folders = _evaluation_folders(Path(data)) if Path(data).is_dir() else None
+    if folders is None:
         return {}
-    if split == "train":
-        normal = normal_folder(root)
-        unread = pictures_in_subfolders(root / "train" / normal if normal else root)
-    elif (folders := _evaluation_folders(root)) is not None:
-        unread = {folders.classes: len(_images_in(folders.classes))}
-        for class_dir in _class_folders(folders):
-            unread |= pictures_in_subfolders(class_dir)
-    else:
-        unread = {}
+    unread = {folders.classes: len(_images_in(folders.classes))}
+    for class_dir in _class_folders(folders):
+        unread |= pictures_in_subfolders(class_dir)
     return {str(folder): count for folder, count in unread.items() if count}
+
+
+def training_subfolders_left(data: str) -> str | None:
+    """What to say of the pictures in the subfolders of the folder that `data`'s training split is
+    read from (images.subfolders_left): the folder itself, or an MVTec category's train/good."""
+    if not Path(data).is_dir():
+        return None
+    normal = normal_folder(Path(data))
+    return subfolders_left(Path(data) / "train" / normal if normal else Path(data))
 
 
 def _class_folders(folders: _EvaluationFolders) -> list[Path]:
@@ -290,7 +292,7 @@ def load_samples(data: str | Sequence[str], split: str) -> list[Sample]:
     else:
         samples = _folder_samples(Path(data), split)
     if not samples:
-        unread = pictures_not_read(data, split) if split == "test" else {}
+        unread = test_pictures_not_read(data) if split == "test" else {}
         where = f"; the pictures of {', '.join(unread)} are not read, as they lie {NOT_READ}" if unread else ""
         raise DataError(f"{data}: no images found for the {split} split{where}")
     return samples

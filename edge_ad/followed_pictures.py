@@ -24,6 +24,7 @@ the network, at boot) are taken as there at the start."""
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import logging
 import os
@@ -45,6 +46,16 @@ log = logging.getLogger("edge_ad.followed_pictures")
 POLL_S = 0.2  # between listings of the folder
 OVERWRITES_UP_TO = 1000  # pictures in the folder up to which those read before are looked at again
 SETTLE_S = 2.0  # a new picture unchanged this long that does not read is unreadable, not half written
+
+
+def _folder_matches(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether a folder's path (its parts) is one a wildcard's folders (theirs) match, `**` as
+    glob's recursive one: any number of folders, none included."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_folder_matches(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _folder_matches(parts[1:], pattern[1:])
 
 
 def check_followable(uri: str, options: SourceOptions) -> None:
@@ -94,6 +105,9 @@ class FollowedPictures:
         self._mount_point = os.path.ismount(self.folder)  # a share's: its own folder when unmounted is empty
         try:
             present = self._pictures()
+            with os.scandir(self.folder) as entries:  # not counted: a share may hold years of them
+                subfolders = [] if self.pattern else sorted(
+                    entry.name for entry in entries if entry.is_dir() and not entry.name.startswith("."))
         except OSError as exc:
             raise SourceError(f"{path}: cannot follow {self.folder} ({os_reason(exc)})") from exc
         self.reconnects = 0
@@ -105,6 +119,10 @@ class FollowedPictures:
         there = "none there now" if not present else f"the {len(present)} there now left alone"
         if self._many:
             there += f"; over {OVERWRITES_UP_TO}: new names only, not a picture written over in place"
+        if subfolders:
+            listed = ", ".join(subfolders[:3]) + (" ..." if len(subfolders) > 3 else "")
+            there += (f"; not those put into its subfolders ({listed}): '{self.folder / '**' / '*'}' follows them "
+                      "too")
         self.description = f"new pictures in {path} as they arrive{flipped} ({there})"
 
     def watches(self, folder: Path) -> bool:
@@ -112,7 +130,8 @@ class FollowedPictures:
         read its own overlays)."""
         if self.pattern is None:
             return folder.resolve() == self.folder.resolve()
-        return Path(os.path.abspath(folder)).match(os.path.abspath(Path(self.pattern).parent))
+        return _folder_matches(Path(os.path.abspath(folder)).parts,
+                               Path(os.path.abspath(Path(self.pattern).parent)).parts)
 
     def _listing(self) -> set[str]:
         """The folder's pictures now; OSError when it cannot be listed, or is a mount point with
@@ -139,7 +158,8 @@ class FollowedPictures:
                         if not entry.name.startswith(".") and entry.name.lower().endswith(IMAGE_SUFFIXES)
                         and entry.is_file()}
         self.folder.stat()  # glob says nothing of a folder gone: it finds no picture, as in an empty one
-        return {path for path in glob.glob(self.pattern) if path.lower().endswith(IMAGE_SUFFIXES)}  # * skips .names
+        # * and ** skip .names; ** is any number of folders, as for a played wildcard
+        return {path for path in glob.glob(self.pattern, recursive=True) if path.lower().endswith(IMAGE_SUFFIXES)}
 
     @staticmethod
     def _stamps(paths: set[str]) -> dict[str, tuple[int, int] | None]:

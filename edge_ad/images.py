@@ -53,6 +53,18 @@ def pictures_in_subfolders(folder: Path) -> dict[Path, int]:
     return {sub: count for sub, count in counts.items() if count}
 
 
+def subfolders_left(folder: Path) -> str | None:
+    """What to say where the subfolders of `folder` hold pictures, which a reader of its own
+    pictures leaves (a vision system's folder a day, a box of rejects sorted by kind): which
+    subfolders, how many pictures, and the wildcard that takes them all."""
+    held = pictures_in_subfolders(folder)
+    if not held:
+        return None
+    listed = ", ".join(f"{sub.name} ({count})" for sub, count in held.items())
+    return (f"{folder}: the pictures of its subfolders {listed} are not read, only its own; for all of them, give a "
+            f"quoted wildcard, '{folder / '**' / '*'}'")
+
+
 def no_images_in(folder: Path) -> str:
     """The error for a folder without image files: the suffixes read, and which of its subfolders
     hold some (`run --samples` keeps each source's pictures in a subfolder of its own)."""

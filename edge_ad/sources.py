@@ -28,7 +28,8 @@ import numpy as np
 
 from .camera_certificates import camera_tls
 from .errors import ImageError, SourceError, without_passwords
-from .images import IMAGE_SUFFIXES, is_image_file, no_images_in, pattern_folder, pictures_matching, read_image
+from .images import (IMAGE_SUFFIXES, is_image_file, no_images_in, pattern_folder, pictures_matching, read_image,
+                     subfolders_left)
 from .pipelines import (UDP_BUFFER_BYTES, SourceOptions, SourcePipeline, check_crop, flip_of, local_path, opencv_input,
                         source_pipeline)
 from .rtp_packets import HEADS, RtpPackets
@@ -611,6 +612,8 @@ class PictureSource:
             self.files = sorted(p for p in path.iterdir() if is_image_file(p))
             if not self.files:
                 raise SourceError(no_images_in(path))
+            if left := subfolders_left(path):
+                log.warning("%s", left)
         else:
             self.files = pictures_matching(str(path))
             if not self.files:

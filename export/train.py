@@ -17,7 +17,7 @@ from tqdm import tqdm
 from calibration.statistics import COPIES_SHARE, near_copies
 from edge_ad import __version__
 from edge_ad.bundle import MODEL_TYPES, read_yaml, write_yaml_atomic
-from edge_ad.datasets import (Sample, data_text, load_defects, load_samples, pictures_not_read, read_all,
+from edge_ad.datasets import (Sample, data_text, load_defects, load_samples, read_all, training_subfolders_left,
                               without_overlays)
 from edge_ad.errors import DataError
 from edge_ad.images import is_grey, resize_to_input, thumbnail
@@ -187,11 +187,8 @@ def train(config: TrainConfig, out: Path) -> Path:
     if overlays:
         print(f"left out: {overlays}")
     for data in [config.data] if isinstance(config.data, str) else config.data:
-        if unread := pictures_not_read(data, "train"):
-            folder = Path(next(iter(unread))).parent
-            print(f"note: not trained on: {', '.join(f'{sub} ({n})' for sub, n in unread.items())}: the pictures of "
-                  f"{folder} are read, not its subfolders'; give one as another --data, or all of them as a quoted "
-                  f"wildcard, '{folder / '**' / '*'}'")
+        if left := training_subfolders_left(data):
+            print(f"note: {left}")
     kept, pictures, bad = read_all(samples, config.skip_bad, lambda s: tqdm(s, desc="reading images", unit="img"),
                                    lambda image: picture(image, config.input_size))
     for message in bad:

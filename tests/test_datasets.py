@@ -1,3 +1,4 @@
+import logging
 import re
 from pathlib import Path
 
@@ -169,10 +170,10 @@ def test_test_pictures_outside_the_class_folders_are_named_not_lost(mvtec_catego
     left them out without a word; with no other picture, the error says so."""
     import shutil
 
-    from edge_ad.datasets import NOT_READ, pictures_not_read
+    from edge_ad.datasets import NOT_READ, test_pictures_not_read
 
     site = shutil.copytree(mvtec_category / "test", tmp_path / "site")
-    assert pictures_not_read(str(site), "test") == {} == pictures_not_read(str(mvtec_category), "test")
+    assert test_pictures_not_read(str(site)) == {} == test_pictures_not_read(str(mvtec_category))
     picture = next((site / "spot").glob("*.png"))
     shutil.copy(picture, site / "unsorted.png")
     (site / "spot" / "day2" / "cam1").mkdir(parents=True)
@@ -180,7 +181,7 @@ def test_test_pictures_outside_the_class_folders_are_named_not_lost(mvtec_catego
         shutil.copy(picture, site / "spot" / "day2" / name)
     (site / "good" / ".thumbnails").mkdir()  # hidden: not the line's pictures
     shutil.copy(picture, site / "good" / ".thumbnails" / "c.png")
-    assert pictures_not_read(str(site), "test") == {str(site): 1, str(site / "spot" / "day2"): 2}
+    assert test_pictures_not_read(str(site)) == {str(site): 1, str(site / "spot" / "day2"): 2}
     assert len(load_samples(str(site), "test")) == 8  # the class folders' own pictures, as before
     box = tmp_path / "box" / "test"
     (box / "crack" / "monday").mkdir(parents=True)
@@ -202,7 +203,7 @@ def test_normal_folder_has_train_but_no_test(normal_folder, tmp_path):
         load_samples(str(tmp_path), "test")
 
 
-def test_missing_and_empty_folders(tmp_path):
+def test_missing_and_empty_folders(tmp_path, caplog):
     with pytest.raises(DataError, match="no such dataset folder"):
         load_samples(str(tmp_path / "nope"), "train")
     (tmp_path / "line.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")  # a video of the line: record saves its frames
@@ -234,6 +235,11 @@ def test_missing_and_empty_folders(tmp_path):
     assert [frame.name for frame in open_source(everything)] == ["cam1/0.png", "cam1/1.png", "cam2/0.png"]
     with pytest.raises(DataError, match=re.escape(f"{tmp_path / '*.jpg'}: the wildcard matches nothing")):
         load_defects(str(tmp_path / "*.jpg"))
+    cv2.imwrite(str(tmp_path / "top.png"), np.full((32, 32), 100, np.uint8))  # its own picture is read, and said
+    with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
+        assert [frame.name for frame in open_source(str(tmp_path))] == ["top.png"]
+    assert caplog.messages == [f"{tmp_path}: the pictures of its subfolders cam1 (2), cam2 (1) are not read, only its "
+                               f"own; for all of them, give a quoted wildcard, '{everything}'"]
 
 
 def test_a_wildcard_trains_on_the_good_parts_of_a_folder_that_holds_both(tmp_path):

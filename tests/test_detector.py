@@ -181,8 +181,8 @@ def test_train_takes_the_pictures_of_several_data(normal_folder, tmp_path):
     done = edge_ad("train", *(f"--data={one}" for one in data), "--out", tmp_path / "run", "--input-size", 64,
                    "--prototypes", 8)
     assert done.returncode == 0, done.stderr
-    assert (f"note: not trained on: {first / 'day2'} (1): the pictures of {first} are read, not its subfolders'; give "
-            f"one as another --data, or all of them as a quoted wildcard, '{first / '**' / '*'}'") in done.stdout
+    assert (f"note: {first}: the pictures of its subfolders day2 (1) are not read, only its own; for all of them, "
+            f"give a quoted wildcard, '{first / '**' / '*'}'") in done.stdout
     record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert record["config"]["data"] == data
     assert record["train_images"] + record["validation_images"] == 12  # each picture once

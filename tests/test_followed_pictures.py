@@ -282,6 +282,27 @@ def test_a_wildcard_follows_only_the_pictures_it_matches(tmp_path):
     assert sorted(f.name for f in reader.all(2)) == ["day1/part_0001.png", "day2/part_0001.png"]
 
 
+def test_a_folder_says_its_subfolders_are_not_followed_and_a_double_star_follows_them(tmp_path):
+    """A vision PC that saves into a folder a day: following the folder reads none of them, which
+    it now says, with the wildcard that reads them; `**` is any number of folders there, as when a
+    wildcard is played (it was one folder, so 'DIR/**/*' missed DIR's own pictures and deeper ones)."""
+    (tmp_path / "2026-12-04").mkdir()
+    (tmp_path / ".thumbnails").mkdir()
+    source = open_source(str(tmp_path), FOLLOW)
+    assert source.description.endswith(f"(none there now; not those put into its subfolders (2026-12-04): "
+                                       f"'{tmp_path / '**' / '*'}' follows them too)")
+    deep = open_source(str(tmp_path / "**" / "*"), FOLLOW)
+    for folder in (tmp_path, tmp_path / "out", tmp_path / "2026-12-05" / "cam1"):
+        assert deep.watches(folder)  # an output written there would be read as new pictures
+    assert not deep.watches(tmp_path.parent) and open_source(str(tmp_path / "*" / "*.png"), FOLLOW).watches(
+        tmp_path / "out") and not open_source(str(tmp_path / "*" / "*.png"), FOLLOW).watches(tmp_path)
+    reader = Reader(deep)
+    (tmp_path / "2026-12-05" / "cam1").mkdir(parents=True)
+    for name in ("top.png", "2026-12-04/a.png", "2026-12-05/cam1/b.png", ".thumbnails/c.png"):
+        (tmp_path / name).write_bytes(encoded(picture(20)))
+    assert sorted(f.name for f in reader.all(3)) == ["2026-12-04/a.png", "2026-12-05/cam1/b.png", "top.png"]
+
+
 def test_what_cannot_be_followed_is_said(tmp_path):
     (tmp_path / "one.png").write_bytes(encoded(picture(10)))
     for uri, options, said in (
