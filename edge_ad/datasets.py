@@ -28,7 +28,7 @@ DEFECT_LEVEL = 128  # ground-truth masks: grey levels at or above it mark a defe
 NORMAL_FOLDERS = ("good", "ok")  # MVTec AD and VisA name the normal pictures' folder good; BTAD, ok
 GROUND_TRUTH = "ground_truth"  # an MVTec-layout category's folder of masks, one subfolder per defect
 NOT_READ = ("outside a class folder or in a subfolder of one (a test picture's kind is the folder it is in: good/ or "
-            "ok/, or a folder per defect)")  # where test_pictures_not_read finds pictures
+            "ok/, or a folder per defect)")  # where unread_test_pictures finds pictures
 ASPECT_TOLERANCE = 0.01  # a mask scaled from its image keeps its aspect within rounding
 
 
@@ -125,7 +125,7 @@ def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
     return _EvaluationFolders(classes, normal, ground_truth)
 
 
-def test_pictures_not_read(data: str) -> dict[str, int]:
+def unread_test_pictures(data: str) -> dict[str, int]:
     """The folders of the dataset folder `data`'s test split holding pictures that it does not
     read, and how many each holds: those beside its class folders, of no kind, and those in the
     subfolders of a class folder (its own pictures are read, not those sorted into subfolders)."""
@@ -292,7 +292,7 @@ def load_samples(data: str | Sequence[str], split: str) -> list[Sample]:
     else:
         samples = _folder_samples(Path(data), split)
     if not samples:
-        unread = test_pictures_not_read(data) if split == "test" else {}
+        unread = unread_test_pictures(data) if split == "test" else {}
         where = f"; the pictures of {', '.join(unread)} are not read, as they lie {NOT_READ}" if unread else ""
         raise DataError(f"{data}: no images found for the {split} split{where}")
     return samples

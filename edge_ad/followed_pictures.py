@@ -50,7 +50,7 @@ SETTLE_S = 2.0  # a new picture unchanged this long that does not read is unread
 
 def _folder_matches(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
     """Whether a folder's path (its parts) is one a wildcard's folders (theirs) match, `**` as
-    glob's recursive one: any number of folders, none included."""
+    glob's recursive one: any number of folders, or none."""
     if not pattern:
         return not parts
     if pattern[0] == "**":

@@ -21,12 +21,12 @@ from edge_ad.metrics import roc_curve  # noqa: E402
 from edge_ad.render import show  # noqa: E402
 
 SHOWN = 4  # overlays per row
-SCORE_COLUMNS = ("image", "group", "truth", "score", "threshold", "verdict")
 
 
 def write_eval_scores(rows: list[dict], path: Path) -> Path:
-    """A CSV file of one line per test image (SCORE_COLUMNS, and `variant` with one bundle per
-    variant): the parts missed and the good parts flagged, by name, beside their scores."""
+    """A CSV file of one line per test image, its columns the keys of `rows` (image, group, truth,
+    score, threshold, verdict, and variant with one bundle per variant): the parts missed and the
+    good parts flagged, by name, beside their scores."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge_ad.datasets import Sample, load_samples, test_pictures_not_read
+from edge_ad.datasets import Sample, load_samples, unread_test_pictures
 from edge_ad.errors import DataError, os_reason
 from edge_ad.masks import InspectionMask
 from edge_ad.metrics import aupro, auroc, f1_max
@@ -136,7 +136,7 @@ def evaluate(
                       image_f1_max=f1, image_f1_threshold=f1_threshold)
     if detector is not None:
         report["bundle_threshold"] = detector.threshold
-    unread = test_pictures_not_read(data)
+    unread = unread_test_pictures(data)
     if unread:
         report["pictures_not_read"] = unread
     if mask is not None:

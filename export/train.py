@@ -20,7 +20,7 @@ from edge_ad.bundle import MODEL_TYPES, read_yaml, write_yaml_atomic
 from edge_ad.datasets import (Sample, data_text, load_defects, load_samples, read_all, training_subfolders_left,
                               without_overlays)
 from edge_ad.errors import DataError
-from edge_ad.images import is_grey, resize_to_input, thumbnail
+from edge_ad.images import is_grey, resize_to_input, subfolders_left, thumbnail
 
 from .backbone import (BACKBONE_SPECS, DEFAULT_BACKBONE, WHITENING_EPS, FeatureEncoder, input_shape, position_whitening,
                        size_text)
@@ -275,6 +275,8 @@ def _push_away_defects(
 ) -> tuple[torch.Tensor, int]:
     """The prototypes without those the known defects of `config.defects` keep landing on."""
     samples = load_defects(config.defects)
+    if Path(config.defects).is_dir() and (left := subfolders_left(Path(config.defects))):
+        print(f"note: {left}")
     inputs = read_inputs(samples, config.input_size, "known defects")
     standardised = in_batches(encoder, inputs, config.batch_size, "defect features", device)
     kept, removed = push_away(prototypes, patches, anomalous_patches(standardised, prototypes), config.seed)

@@ -170,10 +170,10 @@ def test_test_pictures_outside_the_class_folders_are_named_not_lost(mvtec_catego
     left them out without a word; with no other picture, the error says so."""
     import shutil
 
-    from edge_ad.datasets import NOT_READ, test_pictures_not_read
+    from edge_ad.datasets import NOT_READ, unread_test_pictures
 
     site = shutil.copytree(mvtec_category / "test", tmp_path / "site")
-    assert test_pictures_not_read(str(site)) == {} == test_pictures_not_read(str(mvtec_category))
+    assert unread_test_pictures(str(site)) == {} == unread_test_pictures(str(mvtec_category))
     picture = next((site / "spot").glob("*.png"))
     shutil.copy(picture, site / "unsorted.png")
     (site / "spot" / "day2" / "cam1").mkdir(parents=True)
@@ -181,7 +181,7 @@ def test_test_pictures_outside_the_class_folders_are_named_not_lost(mvtec_catego
         shutil.copy(picture, site / "spot" / "day2" / name)
     (site / "good" / ".thumbnails").mkdir()  # hidden: not the line's pictures
     shutil.copy(picture, site / "good" / ".thumbnails" / "c.png")
-    assert test_pictures_not_read(str(site)) == {str(site): 1, str(site / "spot" / "day2"): 2}
+    assert unread_test_pictures(str(site)) == {str(site): 1, str(site / "spot" / "day2"): 2}
     assert len(load_samples(str(site), "test")) == 8  # the class folders' own pictures, as before
     box = tmp_path / "box" / "test"
     (box / "crack" / "monday").mkdir(parents=True)

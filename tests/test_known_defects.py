@@ -1,5 +1,6 @@
 """Known defects at training time: the few-shot protocol's picks and the DPDL-style push-away."""
 
+import shutil
 import subprocess
 import sys
 
@@ -53,12 +54,17 @@ def test_anomalous_patches_are_the_farthest_tenth_of_each_image():
 
 
 def test_train_with_defects_records_what_it_took_out(mvtec_category, tmp_path):
+    rejects = shutil.copytree(mvtec_category / "test" / "spot", tmp_path / "rejects")
+    (rejects / "crack").mkdir()  # a subfolder's pictures are not read: said, with the wildcard that reads them
+    shutil.copy(rejects / "000.png", rejects / "crack")
     out = subprocess.run(
         [sys.executable, "-m", "edge_ad", "train", "--data", str(mvtec_category), "--out", str(tmp_path / "run"),
-         "--input-size", "128", "--prototypes", "64", "--defects", str(mvtec_category / "test" / "spot")],
+         "--input-size", "128", "--prototypes", "64", "--defects", str(rejects)],
         capture_output=True, text=True,
     )
     assert out.returncode == 0, out.stderr
+    assert (f"note: {rejects}: the pictures of its subfolders crack (1) are not read, only its own; for all of "
+            f"them, give a quoted wildcard, '{rejects / '**' / '*'}'") in out.stdout
     record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     removed = record["prototypes_removed_by_defects"]
     assert record["prototypes"] == 64 - removed
