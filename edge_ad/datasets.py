@@ -129,7 +129,7 @@ def unread_test_pictures(data: str) -> dict[str, int]:
     """The folders of the dataset folder `data`'s test split holding pictures that it does not
     read, and how many each holds: those beside its class folders, of no kind, and those in the
     subfolders of a class folder (its own pictures are read, not those sorted into subfolders)."""
-    folders = _evaluation_folders(Path(data)) if Path(data).is_dir() else None
+    folders = _evaluation_folders(Path(data)) if not _is_elpv(data) and Path(data).is_dir() else None
     if folders is None:
         return {}
     unread = {folders.classes: len(_images_in(folders.classes))}
@@ -145,6 +145,11 @@ def training_subfolders_left(data: str) -> str | None:
         return None
     normal = normal_folder(Path(data))
     return subfolders_left(Path(data) / "train" / normal if normal else Path(data))
+
+
+def _is_elpv(data: str) -> bool:
+    """Whether `data` names the ELPV protocol ('elpv', 'elpv:mono'), not a folder of that name."""
+    return data == "elpv" or data.startswith("elpv:")
 
 
 def _class_folders(folders: _EvaluationFolders) -> list[Path]:
@@ -280,7 +285,7 @@ def load_samples(data: str | Sequence[str], split: str) -> list[Sample]:
     if not isinstance(data, str):
         samples = {os.path.realpath(s.name): s for one in data for s in load_samples(one, split)}
         return list(samples.values())
-    if data == "elpv" or data.startswith("elpv:"):
+    if _is_elpv(data):
         module_type = data.partition(":")[2]
         if module_type and module_type not in ELPV_TYPES:
             raise DataError(f"{data}: ELPV's module types are {', '.join(ELPV_TYPES)} (elpv:mono, elpv:poly), "

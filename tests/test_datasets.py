@@ -164,7 +164,7 @@ def test_a_test_split_is_read_without_train_or_as_class_folders_of_its_own(mvtec
     assert [s.label for s in load_samples(str(rejects.parent), "test")] == [1] * 4
 
 
-def test_test_pictures_outside_the_class_folders_are_named_not_lost(mvtec_category, tmp_path):
+def test_test_pictures_outside_the_class_folders_are_named_not_lost(mvtec_category, tmp_path, monkeypatch):
     """A picture beside the class folders has no kind, and one in a subfolder of a class folder
     (a box of rejects sorted by day) is not read: eval says where they are and how many, where it
     left them out without a word; with no other picture, the error says so."""
@@ -191,6 +191,9 @@ def test_test_pictures_outside_the_class_folders_are_named_not_lost(mvtec_catego
         load_samples(str(box.parent), "test")
     assert str(error.value) == (f"{box.parent}: no images found for the test split; the pictures of {box}, "
                                 f"{box / 'crack' / 'monday'} are not read, as they lie {NOT_READ}")
+    (tmp_path / "elpv").symlink_to(box.parent)  # 'elpv' is the data set's protocol, not a folder of that name
+    monkeypatch.chdir(tmp_path)
+    assert unread_test_pictures("./elpv") != {} and unread_test_pictures("elpv") == {}
 
 
 def test_normal_folder_has_train_but_no_test(normal_folder, tmp_path):
