@@ -162,6 +162,7 @@ def _eval(args: argparse.Namespace) -> None:
     from export.evaluate import evaluate
 
     from .datasets import NOT_READ
+    from .images import count_text
     from .masks import InspectionMask
 
     mask = InspectionMask.load(args.mask) if args.mask else None
@@ -181,8 +182,8 @@ def _eval(args: argparse.Namespace) -> None:
               f"scores of both kinds; {judged} {did} {count} of them", file=sys.stderr)
     unread = report.get("pictures_not_read", {})
     if unread:
-        print(f"note: {sum(unread.values())} picture(s) not read, as they lie {NOT_READ}: "
-              f"{', '.join(f'{folder} ({count})' for folder, count in unread.items())}", file=sys.stderr)
+        print(f"note: pictures not read, as they lie {NOT_READ}: "
+              f"{', '.join(f'{folder} ({count_text(count)})' for folder, count in unread.items())}", file=sys.stderr)
     for key, what in (
         ("anomalous_images_without_mask", "have no ground-truth mask (ground_truth/<defect>/<image>_mask.png or <image>.png)"),
         ("anomalous_images_with_empty_mask", "have a ground-truth mask that marks no pixel at the bundle's input size"),

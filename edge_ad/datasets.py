@@ -128,7 +128,8 @@ def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
 def unread_test_pictures(data: str) -> dict[str, int]:
     """The folders of the dataset folder `data`'s test split holding pictures that it does not
     read, and how many each holds: those beside its class folders, of no kind, and those in the
-    subfolders of a class folder (its own pictures are read, not those sorted into subfolders)."""
+    subfolders of a class folder (its own pictures are read, not those sorted into subfolders),
+    counted as images.pictures_in_subfolders counts."""
     folders = _evaluation_folders(Path(data)) if not _is_elpv(data) and Path(data).is_dir() else None
     if folders is None:
         return {}

@@ -13,6 +13,7 @@ from .errors import ImageError, os_reason
 
 # WebP: pictures saved from a browser or a labelling tool.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+COUNTED_UP_TO = 1000  # pictures counted in a subfolder left unread: a share's archive there may hold millions
 COLOR_ORDERS = ("BGR", "RGB", "GRAY")
 GREY_TOLERANCE = 2  # grey levels between the channels of a grey picture (a colour JPEG of one rounds them)
 
@@ -43,14 +44,36 @@ def pattern_folder(pattern: str) -> Path:
 
 def pictures_in_subfolders(folder: Path) -> dict[Path, int]:
     """How many pictures each subfolder of `folder` holds, its own subfolders' included, where it
-    holds some; hidden ones (a viewer's thumbnails) and those that cannot be listed hold none."""
-    counts = {}
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        try:
-            counts[sub] = sum(map(is_image_file, sub.rglob("*")))
-        except OSError:
-            counts[sub] = 0
+    holds some, counted up to COUNTED_UP_TO (count_text says so); hidden folders (a viewer's
+    thumbnails) and those that cannot be listed hold none, and links to folders are not followed."""
+    counts = {sub: _pictures_under(sub)
+              for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))}
     return {sub: count for sub, count in counts.items() if count}
+
+
+def _pictures_under(folder: Path) -> int:
+    """The pictures in `folder` and below it, up to COUNTED_UP_TO."""
+    count, pending = 0, [str(folder)]
+    while pending and count < COUNTED_UP_TO:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    elif entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
+                        count += 1
+                        if count == COUNTED_UP_TO:
+                            break
+        except OSError:  # a folder that cannot be listed holds nothing to offer
+            continue
+    return count
+
+
+def count_text(count: int) -> str:
+    """A count of pictures_in_subfolders, as a person reads it."""
+    return str(count) if count < COUNTED_UP_TO else f"{COUNTED_UP_TO} or more"
 
 
 def subfolders_left(folder: Path) -> str | None:
@@ -60,7 +83,7 @@ def subfolders_left(folder: Path) -> str | None:
     held = pictures_in_subfolders(folder)
     if not held:
         return None
-    listed = ", ".join(f"{sub.name} ({count})" for sub, count in held.items())
+    listed = ", ".join(f"{sub.name} ({count_text(count)})" for sub, count in held.items())
     return (f"{folder}: the pictures of its subfolders {listed} are not read, only its own; for all of them, give a "
             f"quoted wildcard, '{folder / '**' / '*'}'")
 
@@ -68,7 +91,7 @@ def subfolders_left(folder: Path) -> str | None:
 def no_images_in(folder: Path) -> str:
     """The error for a folder without image files: the suffixes read, and which of its subfolders
     hold some (`run --samples` keeps each source's pictures in a subfolder of its own)."""
-    holding = [f"{sub.name} ({count})" for sub, count in pictures_in_subfolders(folder).items()]
+    holding = [f"{sub.name} ({count_text(count)})" for sub, count in pictures_in_subfolders(folder).items()]
     found = (f"; its subfolders {', '.join(holding)} hold some: give one of them, or all of them as a quoted "
              f"wildcard, '{folder / '**' / '*'}'") if holding else ""
     return f"{folder}: no image files ({' '.join(IMAGE_SUFFIXES)}) in the folder{found}"

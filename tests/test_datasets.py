@@ -196,6 +196,25 @@ def test_test_pictures_outside_the_class_folders_are_named_not_lost(mvtec_catego
     assert unread_test_pictures("./elpv") != {} and unread_test_pictures("elpv") == {}
 
 
+def test_subfolders_left_are_counted_up_to_a_bound_without_following_links(tmp_path, monkeypatch):
+    """A run's folder on a share may have an archive of millions of pictures beneath it: saying
+    they are not read must not walk them all at the start, nor loop on a link to a folder above."""
+    from edge_ad import images
+
+    monkeypatch.setattr(images, "COUNTED_UP_TO", 3)
+    (tmp_path / "archive" / "2025").mkdir(parents=True)
+    for i in range(5):
+        (tmp_path / "archive" / "2025" / f"{i}.png").write_bytes(b"")  # named as pictures: not read to count them
+    (tmp_path / "archive" / "up").symlink_to(tmp_path)
+    (tmp_path / "today").mkdir()
+    (tmp_path / "today" / "a.jpg").write_bytes(b"")
+    (tmp_path / "today" / "notes.txt").write_text("not a picture")
+    assert images.pictures_in_subfolders(tmp_path) == {tmp_path / "archive": 3, tmp_path / "today": 1}
+    assert images.subfolders_left(tmp_path) == (
+        f"{tmp_path}: the pictures of its subfolders archive (3 or more), today (1) are not read, only its own; for "
+        f"all of them, give a quoted wildcard, '{tmp_path / '**' / '*'}'")
+
+
 def test_normal_folder_has_train_but_no_test(normal_folder, tmp_path):
     assert len(load_samples(str(normal_folder), "train")) == 12
     with pytest.raises(DataError, match=f"{re.escape(str(normal_folder))}: a folder of normal images has no test "

@@ -144,7 +144,7 @@ def test_a_defect_image_without_its_mask_is_left_out_of_the_pixel_metrics(tiny_b
     assert report["test_images"] == 8 and report["anomalous_images_without_mask"] == [str(category / "test/spot/001.png")]
     assert "note: 1 anomalous image(s) have no ground-truth mask" in out.stderr and "001.png" in out.stderr
     assert report["pictures_not_read"] == {str(category / "test" / "spot" / "day2"): 1}
-    assert f"note: 1 picture(s) not read, as they lie outside a class folder or in a subfolder of one (a test " \
+    assert f"note: pictures not read, as they lie outside a class folder or in a subfolder of one (a test " \
            f"picture's kind is the folder it is in: good/ or ok/, or a folder per defect): " \
            f"{category / 'test' / 'spot' / 'day2'} (1)" in out.stderr
     # Its pixels are not counted as normal ones: the pixel metrics are those of the other images.
