@@ -168,7 +168,8 @@ def _eval(args: argparse.Namespace) -> None:
     mask = InspectionMask.load(args.mask) if args.mask else None
     report = evaluate(args.bundle, args.data, steps=args.steps, backend=args.backend, dla_core=args.dla_core,
                       picture=Path(args.report) if args.report else None, mask=mask,
-                      min_defect_area=args.min_defect_area, scores_file=Path(args.scores) if args.scores else None)
+                      min_defect_area=args.min_defect_area, scores_file=Path(args.scores) if args.scores else None,
+                      skip_bad=args.skip_bad)
     _print_report(report, args.json)
     for problem in ("scores_file_problem", "picture_problem"):
         if problem in report:
@@ -180,6 +181,10 @@ def _eval(args: argparse.Namespace) -> None:
         judged = "the bundle's threshold" if "bundle_threshold" in report else "their variants' thresholds"
         print(f"note: the {report['test_images']} test images are all {kind}: no AUROC or F1, which compare the "
               f"scores of both kinds; {judged} {did} {count} of them", file=sys.stderr)
+    left_out = report.get("unreadable_images_left_out", [])
+    if left_out:
+        print(f"note: {len(left_out)} unreadable test image(s) left out (--skip-bad): {'; '.join(left_out[:3])}"
+              f"{'; ...' if len(left_out) > 3 else ''}", file=sys.stderr)
     unread = report.get("pictures_not_read", {})
     if unread:
         print(f"note: pictures not read, as they lie {NOT_READ}: "
@@ -970,6 +975,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "highest-scoring normal and lowest-scoring anomalous images")
     p.add_argument("--scores", metavar="CSV", help="also write a line per test image: its path, group, truth, score, "
                                                   "threshold and verdict (the parts missed and flagged, by name)")
+    p.add_argument("--skip-bad", action="store_true", help="leave out unreadable test images and list them")
     _add_mask_option(p)
     _add_min_defect_area(p, "score each image by its regions at least this large (pixels of the image), as a "
                             "calibration with --min-defect-area would (default: the bundle's calibration's)")

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge_ad.datasets import Sample, load_samples, unread_test_pictures
-from edge_ad.errors import DataError, os_reason
+from edge_ad.datasets import Sample, load_samples, read_all, unread_test_pictures
+from edge_ad.errors import DataError, ImageError, os_reason
 from edge_ad.masks import InspectionMask
 from edge_ad.metrics import aupro, auroc, f1_max
 from edge_ad.render import overlay
@@ -50,6 +50,7 @@ def evaluate(
     mask: InspectionMask | None = None,
     min_defect_area: int | None = None,
     scores_file: Path | None = None,
+    skip_bad: bool = False,
 ) -> dict:
     """Score every test image of `data` with the bundle (at `steps` bridge steps) and return the
     metrics; samples named in `exclude` (known defects used in training) are left out. With
@@ -61,7 +62,9 @@ def evaluate(
     score, threshold and verdict (as the line would judge it) are written there as CSV. A test
     split of one kind (a box of rejected parts, a batch of new good ones) gets the counts of what
     the bundles' thresholds pass and flag, without AUROC and F1, which compare the scores of both
-    kinds. Pictures of a test folder that no class folder holds are named in the report.
+    kinds. Pictures of a test folder that no class folder holds are named in the report. An
+    unreadable test image stops it, named with every other one, or with `skip_bad` is left out
+    and named in the report.
 
     Several bundles ('NAME=BUNDLE', one per product variant) run as a VariantDetector: scores and
     maps are taken relative to each variant's normal images (the scale on which it compares
@@ -73,17 +76,17 @@ def evaluate(
     if min_defect_area is not None:
         for model in models:
             model.bundle = replace(model.bundle, min_defect_area=min_defect_area)
-    samples = [s for s in load_samples(data, "test") if s.name not in exclude]
-    with_masks = any(s.mask_path is not None for s in samples)
-    # Pixel metrics count a defect image only with its mask: without one, all its pixels would count as normal.
-    unmasked = [s.name for s in samples if with_masks and s.label == 1 and s.mask_path is None]
+    listed = [s for s in load_samples(data, "test") if s.name not in exclude]
+    with_masks = any(s.mask_path is not None for s in listed)
     if with_masks and len({m.bundle.input_size for m in models}) > 1:
         raise DataError(f"{data}: pixel metrics over variants need bundles of one input size, got "
                         f"{sorted({m.bundle.input_size for m in models})}")
-    scores, verdicts, rows, maps, masks, taken, empty = [], [], [], [], [], {}, []
-    for start in tqdm(range(0, len(samples), batch_size), desc="evaluating", unit="batch"):
-        chunk = samples[start : start + batch_size]
-        images = [s.image() for s in chunk]
+    samples, unreadable, scores, verdicts, rows, maps, masks, taken, empty = [], [], [], [], [], [], [], {}, []
+    for start in tqdm(range(0, len(listed), batch_size), desc="evaluating", unit="batch"):
+        chunk, images = _read(listed[start : start + batch_size], listed[start:], skip_bad, unreadable)
+        samples += chunk
+        if not chunk:
+            continue
         if mask is not None:  # a test image of another size is named
             for sample, image in zip(chunk, images):
                 mask.check(image.shape, sample.name, of_camera=False)
@@ -107,8 +110,12 @@ def evaluate(
                 else:
                     maps.append(scale(model.normalised_maps(result.grid_map[None])[0]))
                     masks.append(truth)
+    if not samples:
+        raise DataError(f"{data}: none of its {len(listed)} test images could be read: {'; '.join(unreadable[:3])}")
     scores, verdicts = np.array(scores), np.array(verdicts, bool)
     labels = np.array([s.label for s in samples])
+    # Pixel metrics count a defect image only with its mask: without one, all its pixels would count as normal.
+    unmasked = [s.name for s in samples if with_masks and s.label == 1 and s.mask_path is None]
     if detector is not None:
         described = {"bundle": specs[0], "backend": detector.backend, "precision": detector.precision,
                      "bridge_steps": detector.steps}
@@ -139,6 +146,8 @@ def evaluate(
     unread = unread_test_pictures(data)
     if unread:
         report["pictures_not_read"] = unread
+    if unreadable:
+        report["unreadable_images_left_out"] = unreadable
     if mask is not None:
         report["mask"] = mask.describe()
     if detector is not None and detector.bundle.min_defect_area is not None:
@@ -165,6 +174,23 @@ def evaluate(
         _write_or_say(report, "picture", Path(picture),
                       lambda path: write_eval_report(report, labels, scores, threshold, overlays, path))
     return report
+
+
+def _read(chunk: list[Sample], rest: list[Sample], skip_bad: bool, unreadable: list[str]) -> tuple[list, list]:
+    """The samples of `chunk` that read, and their images. With `skip_bad` one that does not is
+    left out and said in `unreadable`; without, the error names it and every other unreadable one
+    of `rest` (the chunk and the samples after it), as `train` names them: one pass to mend them."""
+    kept, images = [], []
+    for sample in chunk:
+        try:
+            images.append(sample.image())
+            kept.append(sample)
+        except ImageError as exc:
+            if not skip_bad:
+                read_all(rest, False, keep=lambda image: None)  # raises DataError, naming each
+                raise
+            unreadable.append(str(exc))
+    return kept, images
 
 
 def _write_or_say(report: dict, key: str, path: Path, write: Callable[[Path], Path]) -> None:

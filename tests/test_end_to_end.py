@@ -153,6 +153,36 @@ def test_a_defect_image_without_its_mask_is_left_out_of_the_pixel_metrics(tiny_b
     assert "anomalous_images_without_mask" not in without
 
 
+def test_unreadable_test_images_are_named_together_or_left_out_with_skip_bad(tiny_bundle, mvtec_category, tmp_path):
+    """A test set copied from the line may hold a picture cut short: eval stopped at the first one,
+    so a set with several took a run for each; now the error names them all, and --skip-bad
+    leaves them out, naming them, as train does."""
+    import shutil
+
+    from edge_ad.errors import DataError
+
+    category = shutil.copytree(mvtec_category, tmp_path / "cell")
+    for kind in ("good", "spot"):
+        data = (category / "test" / kind / "000.png").read_bytes()
+        (category / "test" / kind / "cut.png").write_bytes(data[: len(data) // 2])
+    cut = [f"{category / 'test' / kind / 'cut.png'}: truncated PNG (no IEND chunk)" for kind in ("good", "spot")]
+    stopped = edge_ad("eval", "--bundle", tiny_bundle, "--data", category)
+    assert stopped.returncode == 2
+    assert f"2 unreadable image(s), rerun with --skip-bad to leave them out: {cut[0]}; {cut[1]}" in stopped.stderr
+    out = edge_ad("eval", "--bundle", tiny_bundle, "--data", category, "--skip-bad", "--json", tmp_path / "m.json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["unreadable_images_left_out"] == cut and report["test_images"] == 8
+    assert f"note: 2 unreadable test image(s) left out (--skip-bad): {cut[0]}; {cut[1]}" in out.stderr
+    assert report["image_auroc"] == evaluate(tiny_bundle, str(mvtec_category))["image_auroc"]
+    assert "anomalous_images_without_mask" not in report  # the one left out is not counted as unmasked either
+    shutil.rmtree(category / "test" / "spot")
+    for path in (category / "test" / "good").glob("0*.png"):
+        path.unlink()
+    with pytest.raises(DataError, match=r"cell: none of its 1 test images could be read: .*cut.png: truncated PNG"):
+        evaluate(tiny_bundle, str(category), skip_bad=True)
+
+
 def test_masks_saved_as_zero_and_one_count_and_an_empty_one_is_left_out(tiny_bundle, mvtec_category, tmp_path):
     """Masks saved as 0 and 1 give the pixel metrics of the same masks saved as 0 and 255 (they
     read as no defect at all before); a defect image whose mask marks nothing is left out of the
