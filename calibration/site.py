@@ -22,6 +22,7 @@ from edge_ad.errors import os_reason, without_passwords
 from edge_ad.images import thumbnail
 from edge_ad.masks import InspectionMask
 from edge_ad.normalize import Quantiles, fit_quantiles
+from edge_ad.pipelines import local_path, opencv_input
 from edge_ad.regions import input_area
 from edge_ad.render import fitted_size
 from edge_ad.variants import VariantDetector
@@ -291,9 +292,13 @@ def calibrate(
     return calibration
 
 
-def record(calibration: Calibration, detector: Detector, source: str, use_f1: bool = False) -> dict:
+def record(
+    calibration: Calibration, detector: Detector, source: str, use_f1: bool = False, defects_source: str | None = None
+) -> dict:
     """The calibration.yaml content: what the runtime reads (steps, normalization, threshold)
-    and what a person auditing it wants (source, time, frames, bundle hash, bounds, warnings)."""
+    and what a person auditing it wants (source, time, frames, bundle hash, bounds, warnings).
+    A source of pictures is also recorded by its absolute path, for `eval` to tell test images
+    the threshold was set on."""
     bundle = detector.bundle
     threshold = calibration.threshold.value
     if use_f1:
@@ -321,6 +326,7 @@ def record(calibration: Calibration, detector: Detector, source: str, use_f1: bo
         "frames": calibration.frames,
         "frames_per_independent_frame": round(calibration.threshold.per_draw, 2),  # what the bound counted as one
         "source": without_passwords(source),  # a camera's URI, without the password it may hold
+        **_picture_path(source),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "bundle_sha256": bundle.sha256,  # the model whose maps these are, even if another is on disk by now
         "split_half": {k: round(v, 4) for k, v in calibration.agreement.items()},
@@ -338,7 +344,17 @@ def record(calibration: Calibration, detector: Detector, source: str, use_f1: bo
         data["defects"] = {"frames": int(calibration.defect_scores.size), "recall": d.recall,
                            "f1_threshold": d.f1_threshold, "f1": d.f1, "f1_recall": d.f1_recall,
                            "f1_false_alarm_rate": d.f1_false_alarm_rate}
+        if defects_source is not None:
+            data["defects"] |= {"source": without_passwords(defects_source), **_picture_path(defects_source)}
     return data
+
+
+def _picture_path(source: str) -> dict[str, str]:
+    """{"source_path": its absolute path} for a source of pictures (a folder, a picture, a
+    wildcard), else {}."""
+    if opencv_input(source) is None:
+        return {}
+    return {"source_path": os.path.abspath(os.path.expanduser(local_path(source)))}
 
 
 def save(folder: Path, data: dict) -> tuple[Path, Path | None]:
@@ -377,7 +393,7 @@ class Written:
 def calibrate_into(
     folder: Path, detector: Detector, kept: Collected | None, far: float, confidence: float, source: str,
     defects: list[tuple[np.ndarray, tuple[int, int]]] | None = None, min_defect_area: int | None = None,
-    use_f1: bool = False,
+    use_f1: bool = False, defects_source: str | None = None,
 ) -> Written:
     """Calibrate `detector` on what was kept of its normal frames from `source` (`calibrate`),
     then write calibration.yaml and calibration_report.png into `folder`: what `edge-ad
@@ -385,7 +401,7 @@ def calibrate_into(
     from .report import write_calibration_report  # matplotlib; the report draws a Calibration
 
     calibration = calibrate(detector, kept or Collected(), far, confidence, defects, min_defect_area)
-    data = record(calibration, detector, source, use_f1=use_f1)
+    data = record(calibration, detector, source, use_f1=use_f1, defects_source=defects_source)
     path, backup = save(folder, data)
     report, problem = folder / "calibration_report.png", None
     try:

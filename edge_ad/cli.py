@@ -181,6 +181,12 @@ def _eval(args: argparse.Namespace) -> None:
         judged = "the bundle's threshold" if "bundle_threshold" in report else "their variants' thresholds"
         print(f"note: the {report['test_images']} test images are all {kind}: no AUROC or F1, which compare the "
               f"scores of both kinds; {judged} {did} {count} of them", file=sys.stderr)
+    seen = report.get("test_images_the_calibration_was_made_on")
+    if seen:
+        print(f"note: {seen['normal']} normal and {seen['anomalous']} anomalous test image(s) are pictures the "
+              "calibration in use was made on (its frames, or its --defects): the threshold was set on them, so what "
+              "it flags and passes of them says little of new parts; evaluate on pictures it has not seen",
+              file=sys.stderr)
     left_out = report.get("unreadable_images_left_out", [])
     if left_out:
         print(f"note: {len(left_out)} unreadable test image(s) left out (--skip-bad): {'; '.join(left_out[:3])}"
@@ -504,7 +510,7 @@ def _calibrate_bundle(
         raise CalibrationError("--threshold f1: none of the --defects frames were judged by this bundle")
     replaced = detector.bundle.min_defect_area  # that of the calibration this one replaces
     written = calibrate_into(folder, detector, kept, args.target_far, args.confidence, source, defects,
-                             args.min_defect_area, use_f1=args.threshold == "f1")
+                             args.min_defect_area, use_f1=args.threshold == "f1", defects_source=args.defects)
     result, data, path, backup = written.calibration, written.data, written.path, written.backup
     print(f"normal frames {result.frames}  threshold {data['threshold']:.4f} ({data['threshold_from']})  "
           f"false-alarm rate <= {result.threshold.far_bound:.2g} at {args.confidence:.0%} confidence "

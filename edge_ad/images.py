@@ -33,6 +33,16 @@ def pictures_matching(pattern: str) -> list[Path]:
                   if is_image_file(path))
 
 
+def pictures_of(path: Path) -> list[Path]:
+    """The pictures a picture source names, sorted: a picture itself, a folder's own (not its
+    subfolders'), or those a wildcard matches."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if is_image_file(p))
+    return pictures_matching(str(path))
+
+
 def pattern_folder(pattern: str) -> Path:
     """The folder under which a wildcard's pictures lie: its path up to the first part with a
     wildcard in it ('cams/*/part_*.jpg': cams), a quoted ~ expanded."""

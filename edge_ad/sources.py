@@ -28,8 +28,7 @@ import numpy as np
 
 from .camera_certificates import camera_tls
 from .errors import ImageError, SourceError, without_passwords
-from .images import (IMAGE_SUFFIXES, is_image_file, no_images_in, pattern_folder, pictures_matching, read_image,
-                     subfolders_left)
+from .images import IMAGE_SUFFIXES, no_images_in, pattern_folder, pictures_of, read_image, subfolders_left
 from .pipelines import (UDP_BUFFER_BYTES, SourceOptions, SourcePipeline, check_crop, flip_of, local_path, opencv_input,
                         source_pipeline)
 from .rtp_packets import HEADS, RtpPackets
@@ -606,19 +605,15 @@ class PictureSource:
         self.turn = flip_of(str(path), flip).turn
         # frames are named by their path under it: a wildcard's 'cams/*/part_*.jpg' as cam1/part_1.jpg
         self.folder = path.parent if path.is_file() else path if path.is_dir() else pattern_folder(str(path))
-        if path.is_file():
-            self.files = [path]
-        elif path.is_dir():
-            self.files = sorted(p for p in path.iterdir() if is_image_file(p))
+        self.files = pictures_of(path)
+        if path.is_dir():
             if not self.files:
                 raise SourceError(no_images_in(path))
             if left := subfolders_left(path):
                 log.warning("%s", left)
-        else:
-            self.files = pictures_matching(str(path))
-            if not self.files:
-                raise SourceError(f"{path}: no picture matches this pattern (the suffixes read: "
-                                  f"{', '.join(IMAGE_SUFFIXES)})")
+        elif not self.files:
+            raise SourceError(f"{path}: no picture matches this pattern (the suffixes read: "
+                              f"{', '.join(IMAGE_SUFFIXES)})")
         self.skipped: list[str] = []
 
     def frames(self, stop: threading.Event | None = None) -> Iterator[Frame]:

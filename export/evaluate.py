@@ -4,6 +4,7 @@ the bundles as the device does."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +13,9 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_ad.datasets import Sample, load_samples, read_all, unread_test_pictures
+from edge_ad.bundle import read_yaml
 from edge_ad.errors import DataError, ImageError, os_reason
+from edge_ad.images import pictures_of
 from edge_ad.masks import InspectionMask
 from edge_ad.metrics import aupro, auroc, f1_max
 from edge_ad.render import overlay
@@ -146,6 +149,10 @@ def evaluate(
     unread = unread_test_pictures(data)
     if unread:
         report["pictures_not_read"] = unread
+    calibrated = _calibration_pictures(models)
+    seen = [s.label for s in samples if os.path.realpath(s.name) in calibrated]
+    if seen:  # the threshold was set on them: what it flags or passes of them is no test of it
+        report["test_images_the_calibration_was_made_on"] = {"normal": seen.count(0), "anomalous": seen.count(1)}
     if unreadable:
         report["unreadable_images_left_out"] = unreadable
     if mask is not None:
@@ -174,6 +181,19 @@ def evaluate(
         _write_or_say(report, "picture", Path(picture),
                       lambda path: write_eval_report(report, labels, scores, threshold, overlays, path))
     return report
+
+
+def _calibration_pictures(models: list) -> set[str]:
+    """The real paths of the pictures the bundles' site calibrations were made on: their normal
+    frames and known defects, where those were pictures (calibration.yaml's `source_path`)."""
+    paths = set()
+    for model in models:
+        if model.bundle.calibration is not None:
+            data = read_yaml(model.bundle.calibration)
+            for source in (data, data.get("defects") or {}):
+                if "source_path" in source:
+                    paths |= {os.path.realpath(p) for p in pictures_of(Path(source["source_path"]))}
+    return paths
 
 
 def _read(chunk: list[Sample], rest: list[Sample], skip_bad: bool, unreadable: list[str]) -> tuple[list, list]:

@@ -1,5 +1,6 @@
 """On-site calibration: the false-alarm bound, stability checks, defects, and calibration.yaml."""
 
+import json
 import re
 import shutil
 
@@ -211,6 +212,30 @@ def test_calibrate_command_writes_calibration_the_runtime_uses(tiny_bundle, norm
     assert edge_ad(*args, "--threshold", "f1").returncode == 0
     assert (bundle / "calibration.yaml.bak").read_text() == first
     assert yaml.safe_load((bundle / "calibration.yaml").read_text())["threshold_from"] == "f1"
+
+
+def test_eval_says_which_test_images_the_calibration_in_use_was_made_on(tiny_bundle, mvtec_category, tmp_path,
+                                                                       monkeypatch):
+    """Pictures sorted on site serve to calibrate and then to evaluate: the counts of what the
+    threshold flags and passes of pictures it was set on are no test of it, which eval now says.
+    calibration.yaml records a source of pictures by its absolute path, and its --defects too."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    monkeypatch.chdir(mvtec_category)  # relative paths, as typed where the pictures are
+    edge_ad("calibrate", "--bundle", bundle, "--input", "test/good/*.png", "--frames", 4, "--target-far", 0.5,
+            "--confidence", 0.9, "--defects", "test/spot", check=True)
+    data = yaml.safe_load((bundle / "calibration.yaml").read_text())
+    assert (data["source"], data["source_path"]) == ("test/good/*.png", str(mvtec_category / "test/good/*.png"))
+    assert data["defects"]["source"] == "test/spot" and data["defects"]["source_path"] == str(mvtec_category / "test/spot")
+    monkeypatch.chdir(tmp_path)
+    out = edge_ad("eval", "--bundle", bundle, "--data", mvtec_category, check=True)
+    assert json.loads(out.stdout)["test_images_the_calibration_was_made_on"] == {"normal": 4, "anomalous": 4}
+    assert ("note: 4 normal and 4 anomalous test image(s) are pictures the calibration in use was made on (its "
+            "frames, or its --defects): the threshold was set on them") in out.stderr
+    edge_ad("calibrate", "--bundle", bundle, "--input", "test://", "--frames", 4, "--target-far", 0.5,
+            "--confidence", 0.9, check=True)  # a camera's frames: no pictures to tell
+    assert "source_path" not in yaml.safe_load((bundle / "calibration.yaml").read_text())
+    assert "test_images_the_calibration_was_made_on" not in json.loads(
+        edge_ad("eval", "--bundle", bundle, "--data", mvtec_category, check=True).stdout)
 
 
 def test_calibrate_opens_the_camera_as_run_does(tiny_bundle, tmp_path):
