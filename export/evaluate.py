@@ -161,17 +161,17 @@ def evaluate(
         report["min_defect_area"] = detector.bundle.min_defect_area
     elif variants is not None and any(m.bundle.min_defect_area is not None for m in models):
         report["min_defect_area"] = {name: m.bundle.min_defect_area for name, m in variants.detectors.items()}
-    if with_masks:
+    if maps:  # none where the images with masks were all unreadable, and the others anomalous
         maps_array, masks_array = np.stack(maps), np.stack(masks)
         valid = None if mask is None else mask.at(*maps_array.shape[1:])
         pixels = (masks_array, maps_array) if valid is None else (masks_array[:, valid], maps_array[:, valid])
         if pixels[0].any():  # else no mask marks a defect where it is inspected: no pixel metric to give
             report["pixel_auroc"] = auroc(*pixels)
             report["aupro_0.3"] = aupro(masks_array, maps_array, 0.3, valid)
-        if unmasked:
-            report["anomalous_images_without_mask"] = unmasked
-        if empty:
-            report["anomalous_images_with_empty_mask"] = empty
+    if unmasked:
+        report["anomalous_images_without_mask"] = unmasked
+    if empty:
+        report["anomalous_images_with_empty_mask"] = empty
     if scores_file is not None:
         _write_or_say(report, "scores_file", Path(scores_file), lambda path: write_eval_scores(rows, path))
     if picture is not None:

@@ -181,6 +181,16 @@ def test_unreadable_test_images_are_named_together_or_left_out_with_skip_bad(tin
         path.unlink()
     with pytest.raises(DataError, match=r"cell: none of its 1 test images could be read: .*cut.png: truncated PNG"):
         evaluate(tiny_bundle, str(category), skip_bad=True)
+    box = shutil.copytree(mvtec_category, tmp_path / "box")  # the one image with a mask left out: no pixel metric
+    shutil.rmtree(box / "test" / "good")
+    for name in ("002", "003"):
+        (box / "test" / "spot" / f"{name}.png").unlink()
+    (box / "test" / "spot" / "000.png").write_bytes((box / "test" / "spot" / "000.png").read_bytes()[:500])
+    for name in ("001", "002", "003"):
+        (box / "ground_truth" / "spot" / f"{name}_mask.png").unlink()
+    alone = evaluate(tiny_bundle, str(box), skip_bad=True)
+    assert alone["anomalous_images_without_mask"] == [str(box / "test" / "spot" / "001.png")]
+    assert alone["test_images"] == 1 and "pixel_auroc" not in alone
 
 
 def test_masks_saved_as_zero_and_one_count_and_an_empty_one_is_left_out(tiny_bundle, mvtec_category, tmp_path):
