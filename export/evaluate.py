@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge_ad.datasets import Sample, load_samples, read_all, unread_test_pictures
 from edge_ad.bundle import read_yaml
+from edge_ad.datasets import Sample, load_samples, read_all, unread_test_pictures
 from edge_ad.errors import DataError, ImageError, os_reason
 from edge_ad.images import pictures_of
 from edge_ad.masks import InspectionMask
@@ -185,14 +185,18 @@ def evaluate(
 
 def _calibration_pictures(models: list) -> set[str]:
     """The real paths of the pictures the bundles' site calibrations were made on: their normal
-    frames and known defects, where those were pictures (calibration.yaml's `source_path`)."""
+    frames and known defects, where those were pictures (calibration.yaml's `source_path`) that
+    can still be listed (a share gone, or a folder of another user's, holds none to compare)."""
     paths = set()
     for model in models:
         if model.bundle.calibration is not None:
             data = read_yaml(model.bundle.calibration)
             for source in (data, data.get("defects") or {}):
-                if "source_path" in source:
-                    paths |= {os.path.realpath(p) for p in pictures_of(Path(source["source_path"]))}
+                try:
+                    if "source_path" in source:
+                        paths |= {os.path.realpath(p) for p in pictures_of(Path(source["source_path"]))}
+                except OSError:
+                    continue
     return paths
 
 

@@ -231,6 +231,15 @@ def test_eval_says_which_test_images_the_calibration_in_use_was_made_on(tiny_bun
     assert json.loads(out.stdout)["test_images_the_calibration_was_made_on"] == {"normal": 4, "anomalous": 4}
     assert ("note: 4 normal and 4 anomalous test image(s) are pictures the calibration in use was made on (its "
             "frames, or its --defects): the threshold was set on them") in out.stderr
+    import export.evaluate
+
+    def unlistable(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(export.evaluate, "pictures_of", unlistable)  # a folder of another user's: nothing to compare
+    unseen = export.evaluate.evaluate(bundle, str(mvtec_category))
+    assert "test_images_the_calibration_was_made_on" not in unseen and unseen["test_images"] == 8
+    monkeypatch.undo()
     edge_ad("calibrate", "--bundle", bundle, "--input", "test://", "--frames", 4, "--target-far", 0.5,
             "--confidence", 0.9, check=True)  # a camera's frames: no pictures to tell
     assert "source_path" not in yaml.safe_load((bundle / "calibration.yaml").read_text())
