@@ -240,6 +240,34 @@ def test_anomaly_hook_gets_the_event_in_its_environment(tmp_path):
         AnomalyHook("no-such-command --x")({"source": "a", "frame": 0, "score": 1, "threshold": 0, "timestamp": 0})
 
 
+def test_alarms_the_hook_skipped_while_it_ran_are_said(tmp_path, caplog):
+    """A hook still running makes the next alarms skip it: a followed folder's rejected part whose
+    picture it would have moved went on without a word (the skips were counted, never said)."""
+    gate = tmp_path / "gate"
+    hook = AnomalyHook(f"{sys.executable} -c \"import os, time\nstart = time.time()\nwhile not "
+                       f"os.path.exists({str(gate)!r}) and time.time() < start + 30: time.sleep(0.02)\"")
+
+    def alarm(frame: int, name: str = "") -> dict:
+        return {"source": "incoming", "frame": frame, "name": name, "score": 0.5, "threshold": 0.3, "timestamp": 1.0}
+
+    with caplog.at_level(logging.WARNING, logger="edge_ad.sinks"):
+        hook(alarm(1, "a.png"))
+        for frame in range(2, 7):
+            hook(alarm(frame, f"{'bcdef'[frame - 2]}.png"))
+        assert caplog.messages == []  # said when the call has ended, once
+        gate.write_text("")
+        hook.process.wait(10)
+        gate.unlink()
+        hook(alarm(7, "g.png"))  # the call ended: the skips are said, and this one runs, waiting for the gate
+        assert caplog.messages == ["--on-anomaly: 5 alarm frame(s) not given to the command, which was still running: "
+                                   "incoming frame 2 (b.png), incoming frame 3 (c.png), incoming frame 4 (d.png) ..."]
+        hook(alarm(8))  # skipped, said at the end
+        hook.process.kill()
+        hook.close()
+    assert caplog.messages[1:] == ["--on-anomaly: 1 alarm frame(s) not given to the command, which was still running: "
+                                   "incoming frame 8"]
+
+
 def test_the_hook_hears_of_an_alarm_once_its_snapshot_is_written(tiny_bundle, spotted_frames, tmp_path, monkeypatch):
     """Snapshots are written in the sinks' thread while the scoring goes on: the hook (and MQTT)
     still hear of an alarm only once the files it names are whole, and events keep frame order."""
