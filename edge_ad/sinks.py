@@ -318,9 +318,6 @@ class Samples:
         self._writer.join()
 
 
-SAID_SKIPPED = 3  # alarms named in the warning for those an --on-anomaly call still running made skip
-
-
 class AnomalyHook:
     """Runs a command for an alarm frame (an anomalous one, by default), without waiting for it;
     the frame's facts are in its environment (EDGE_AD_SOURCE, EDGE_AD_FRAME, EDGE_AD_SCORE,
@@ -328,23 +325,24 @@ class AnomalyHook:
     from a folder (a followed one's: a hook can move the part's picture to rejects); EDGE_AD_VARIANT
     with one bundle per variant;
     EDGE_AD_SNAPSHOT and EDGE_AD_OVERLAY, the JPEG files, when --snapshots saved the frame).
-    While the previous call still runs, further alarms are skipped, and said once it has ended (a
-    part whose picture a hook moves to rejects must not pass without a word)."""
+    While the previous call still runs, further alarms are skipped: the first is said at once, and
+    how many were once it has ended (a part whose picture a hook moves to rejects must not pass
+    without a word)."""
 
     def __init__(self, command: str):
         self.argv = shlex.split(command)
         if not self.argv:
             raise EdgeAdError("--on-anomaly: empty command")
         self.process: subprocess.Popen | None = None
-        self.skipped: list[str] = []  # the alarms skipped while the call now running runs, the first SAID_SKIPPED
-        self.skipped_count = 0
+        self.skipped = 0  # alarms skipped while the call now running runs
 
     def __call__(self, event: dict) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.skipped_count += 1
-            if len(self.skipped) < SAID_SKIPPED:
-                self.skipped.append(f"{event['source']} frame {event['frame']}" +
-                                    (f" ({event['name']})" if event.get("name") else ""))
+            self.skipped += 1
+            if self.skipped == 1:
+                log.warning("--on-anomaly: the command still runs; alarm frames are not given to it until it has "
+                            "ended, from %s frame %s%s on", event["source"], event["frame"],
+                            f" ({event['name']})" if event.get("name") else "")
             return
         self._say_skipped()
         env = dict(
@@ -365,12 +363,10 @@ class AnomalyHook:
             raise EdgeAdError(f"--on-anomaly '{self.argv[0]}': {os_reason(exc)}") from exc
 
     def _say_skipped(self) -> None:
-        """One warning for the alarms skipped while the last call ran."""
-        if self.skipped_count:
-            more = " ..." if self.skipped_count > len(self.skipped) else ""
-            log.warning("--on-anomaly: %d alarm frame(s) not given to the command, which was still running: %s%s",
-                        self.skipped_count, ", ".join(self.skipped), more)
-            self.skipped, self.skipped_count = [], 0
+        """How many alarms were skipped while the last call ran."""
+        if self.skipped:
+            log.warning("--on-anomaly: %d alarm frame(s) were not given to the command while it ran", self.skipped)
+            self.skipped = 0
 
     def close(self) -> None:
         if self.process is not None:

@@ -254,18 +254,19 @@ def test_alarms_the_hook_skipped_while_it_ran_are_said(tmp_path, caplog):
         hook(alarm(1, "a.png"))
         for frame in range(2, 7):
             hook(alarm(frame, f"{'bcdef'[frame - 2]}.png"))
-        assert caplog.messages == []  # said when the call has ended, once
+        assert caplog.messages == ["--on-anomaly: the command still runs; alarm frames are not given to it until it "
+                                   "has ended, from incoming frame 2 (b.png) on"]  # the first at once, once
         gate.write_text("")
         hook.process.wait(10)
         gate.unlink()
-        hook(alarm(7, "g.png"))  # the call ended: the skips are said, and this one runs, waiting for the gate
-        assert caplog.messages == ["--on-anomaly: 5 alarm frame(s) not given to the command, which was still running: "
-                                   "incoming frame 2 (b.png), incoming frame 3 (c.png), incoming frame 4 (d.png) ..."]
-        hook(alarm(8))  # skipped, said at the end
+        hook(alarm(7, "g.png"))  # the call ended: the count is said, and this one runs, waiting for the gate
+        assert caplog.messages[1:] == ["--on-anomaly: 5 alarm frame(s) were not given to the command while it ran"]
+        hook(alarm(8))  # skipped; counted at the end
         hook.process.kill()
         hook.close()
-    assert caplog.messages[1:] == ["--on-anomaly: 1 alarm frame(s) not given to the command, which was still running: "
-                                   "incoming frame 8"]
+    assert caplog.messages[2:] == ["--on-anomaly: the command still runs; alarm frames are not given to it until it has "
+                                   "ended, from incoming frame 8 on",
+                                   "--on-anomaly: 1 alarm frame(s) were not given to the command while it ran"]
 
 
 def test_the_hook_hears_of_an_alarm_once_its_snapshot_is_written(tiny_bundle, spotted_frames, tmp_path, monkeypatch):
