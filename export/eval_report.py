@@ -21,16 +21,20 @@ from edge_ad.metrics import roc_curve  # noqa: E402
 from edge_ad.render import show  # noqa: E402
 
 SHOWN = 4  # overlays per row
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet cell starting so is read as a formula
 
 
 def write_eval_scores(rows: list[dict], path: Path) -> Path:
     """A CSV file of one line per test image, its columns the keys of `rows` (image, group, truth,
     score, threshold, verdict, and variant with one bundle per variant): the parts missed and the
-    good parts flagged, by name, beside their scores."""
+    good parts flagged, by name, beside their scores. A name a spreadsheet would take for a
+    formula (a folder named `=HYPERLINK(...)` on a stick of pictures) is written after a `'`,
+    which makes it text there (OWASP's CSV injection)."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({key: f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+                      for key, value in row.items()} for row in rows)
     write_atomic(path, text.getvalue().encode())
     return path
 

@@ -216,6 +216,21 @@ def test_masks_saved_as_zero_and_one_count_and_an_empty_one_is_left_out(tiny_bun
     assert (report["pixel_auroc"], report["aupro_0.3"]) == (without["pixel_auroc"], without["aupro_0.3"])
 
 
+def test_the_scores_table_writes_no_name_a_spreadsheet_would_run(tmp_path):
+    """Folder names come from whoever sorted the pictures (a stick, a share): one a spreadsheet
+    reads as a formula is written as text, the rest as they are."""
+    from export.eval_report import write_eval_scores
+
+    rows = [{"image": f"{start}cmd|' /C calc'!A0/001.png", "group": f"{start}crack", "truth": "anomalous",
+             "score": -0.25} for start in ("=", "+", "-", "@", "\t")]
+    rows.append({"image": "site/test/crack/002.png", "group": "crack", "truth": "anomalous", "score": 0.5})
+    with open(write_eval_scores(rows, tmp_path / "s.csv"), newline="") as handle:
+        read = list(csv.DictReader(handle))
+    assert [row["image"] for row in read[:5]] == [f"'{row['image']}" for row in rows[:5]]
+    assert [row["group"] for row in read] == [f"'{row['group']}" for row in rows[:5]] + ["crack"]
+    assert read[5]["image"] == "site/test/crack/002.png" and [row["score"] for row in read] == ["-0.25"] * 5 + ["0.5"]
+
+
 def test_an_eval_picture_the_disk_has_no_room_for_loses_no_metric(tiny_bundle, mvtec_category, tmp_path, monkeypatch):
     import export.eval_report
     from export.evaluate import evaluate
