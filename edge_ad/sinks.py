@@ -318,6 +318,9 @@ class Samples:
         self._writer.join()
 
 
+SKIPS_COUNTED_EVERY_S = 60.0  # the count of alarms an --on-anomaly call still running made skip, said at most so often
+
+
 class AnomalyHook:
     """Runs a command for an alarm frame (an anomalous one, by default), without waiting for it;
     the frame's facts are in its environment (EDGE_AD_SOURCE, EDGE_AD_FRAME, EDGE_AD_SCORE,
@@ -327,14 +330,16 @@ class AnomalyHook:
     EDGE_AD_SNAPSHOT and EDGE_AD_OVERLAY, the JPEG files, when --snapshots saved the frame).
     While the previous call still runs, further alarms are skipped: the first is said at once, and
     how many were once it has ended (a part whose picture a hook moves to rejects must not pass
-    without a word)."""
+    without a word), that count at most once a minute and at the end, so that a camera in alarm
+    at every frame writes two lines a minute, not two a call."""
 
     def __init__(self, command: str):
         self.argv = shlex.split(command)
         if not self.argv:
             raise EdgeAdError("--on-anomaly: empty command")
         self.process: subprocess.Popen | None = None
-        self.skipped = 0  # alarms skipped while the call now running runs
+        self.skipped = 0  # alarms skipped since the count was last said
+        self.counted_at = -float("inf")  # when it was (monotonic time)
 
     def __call__(self, event: dict) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -362,11 +367,12 @@ class AnomalyHook:
         except OSError as exc:
             raise EdgeAdError(f"--on-anomaly '{self.argv[0]}': {os_reason(exc)}") from exc
 
-    def _say_skipped(self) -> None:
-        """How many alarms were skipped while the last call ran."""
-        if self.skipped:
+    def _say_skipped(self, at_end: bool = False) -> None:
+        """How many alarms were skipped while the command ran, if a minute has gone by since the
+        count was last said (or at the end)."""
+        if self.skipped and (at_end or time.monotonic() >= self.counted_at + SKIPS_COUNTED_EVERY_S):
             log.warning("--on-anomaly: %d alarm frame(s) were not given to the command while it ran", self.skipped)
-            self.skipped = 0
+            self.skipped, self.counted_at = 0, time.monotonic()
 
     def close(self) -> None:
         if self.process is not None:
@@ -374,4 +380,4 @@ class AnomalyHook:
                 self.process.wait(timeout=1.0)
             except subprocess.TimeoutExpired:
                 log.warning("--on-anomaly command still running at exit; left to finish on its own")
-        self._say_skipped()
+        self._say_skipped(at_end=True)

@@ -261,7 +261,11 @@ def test_alarms_the_hook_skipped_while_it_ran_are_said(tmp_path, caplog):
         gate.unlink()
         hook(alarm(7, "g.png"))  # the call ended: the count is said, and this one runs, waiting for the gate
         assert caplog.messages[1:] == ["--on-anomaly: 5 alarm frame(s) were not given to the command while it ran"]
-        hook(alarm(8))  # skipped; counted at the end
+        hook(alarm(8))  # skipped: said at once, as the first of a new spell
+        hook.process.kill()
+        hook.process.wait(10)
+        hook(alarm(9))  # within a minute of the count: counted later, so that an alarm storm writes little
+        assert len(caplog.messages) == 3
         hook.process.kill()
         hook.close()
     assert caplog.messages[2:] == ["--on-anomaly: the command still runs; alarm frames are not given to it until it has "
