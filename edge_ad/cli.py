@@ -181,6 +181,12 @@ def _eval(args: argparse.Namespace) -> None:
         judged = "the bundle's threshold" if "bundle_threshold" in report else "their variants' thresholds"
         print(f"note: the {report['test_images']} test images are all {kind}: no AUROC or F1, which compare the "
               f"scores of both kinds; {judged} {did} {count} of them", file=sys.stderr)
+    trained = report.get("test_images_the_model_was_trained_on")
+    if trained:
+        print(f"note: {trained['normal']} normal and {trained['anomalous']} anomalous test image(s) are pictures the "
+              "model was trained on (train's --data, or its --defects): they score as no new part would, so the "
+              "AUROC and what the threshold flags and passes of them say little of new parts; evaluate on pictures "
+              "kept out of training", file=sys.stderr)
     seen = report.get("test_images_the_calibration_was_made_on")
     if seen:
         print(f"note: {seen['normal']} normal and {seen['anomalous']} anomalous test image(s) are pictures the "

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_ad.bundle import read_yaml
-from edge_ad.datasets import Sample, load_samples, read_all, unread_test_pictures
+from edge_ad.datasets import Sample, load_samples, read_all, training_pictures, unread_test_pictures
 from edge_ad.errors import DataError, ImageError, os_reason
 from edge_ad.images import pictures_of
 from edge_ad.masks import InspectionMask
@@ -149,10 +149,12 @@ def evaluate(
     unread = unread_test_pictures(data)
     if unread:
         report["pictures_not_read"] = unread
-    calibrated = _calibration_pictures(models)
-    seen = [s.label for s in samples if os.path.realpath(s.name) in calibrated]
-    if seen:  # the threshold was set on them: what it flags or passes of them is no test of it
-        report["test_images_the_calibration_was_made_on"] = {"normal": seen.count(0), "anomalous": seen.count(1)}
+    trained = set().union(*(training_pictures(model.bundle.training) for model in models))  # --data, --defects
+    for key, pictures in (("test_images_the_model_was_trained_on", trained),
+                          ("test_images_the_calibration_was_made_on", _calibration_pictures(models))):
+        seen = [s.label for s in samples if os.path.realpath(s.name) in pictures]
+        if seen:  # the model learnt them, or its threshold was set on them: what it does with them is no test of it
+            report[key] = {"normal": seen.count(0), "anomalous": seen.count(1)}
     if unreadable:
         report["unreadable_images_left_out"] = unreadable
     if mask is not None:

@@ -17,8 +17,8 @@ from tqdm import tqdm
 from calibration.statistics import COPIES_SHARE, near_copies
 from edge_ad import __version__
 from edge_ad.bundle import MODEL_TYPES, read_yaml, write_yaml_atomic
-from edge_ad.datasets import (Sample, data_text, load_defects, load_samples, read_all, training_subfolders_left,
-                              without_overlays)
+from edge_ad.datasets import (Sample, data_text, load_defects, load_samples, read_all, training_sources,
+                              training_subfolders_left, without_overlays)
 from edge_ad.errors import DataError
 from edge_ad.images import is_grey, resize_to_input, subfolders_left, thumbnail
 
@@ -255,6 +255,7 @@ def train(config: TrainConfig, out: Path) -> Path:
         "train_images": int(len(train_idx)),
         "validation_images": int(len(val_idx)),
         "skipped": bad,
+        **training_sources(config.data, config.defects),  # eval names the test images among them
         # the pictures as read, before resizing: `run` and `calibrate` compare the camera's frames with it
         "image_shape": [int(np.median([p.shape[axis] for p in pictures])) for axis in (0, 1)],
         # all grey: `run` scores a colour camera's frames in grey (Bundle.trained_on_grey)

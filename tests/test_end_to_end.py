@@ -14,7 +14,7 @@ from edge_ad import Detector
 from edge_ad.device import read_sensors
 from export.evaluate import evaluate
 
-from conftest import edge_ad, full_disk
+from conftest import TINY_INPUT, TINY_PROTOTYPES, edge_ad, full_disk
 
 pytest.importorskip("gi", reason="GStreamer Python bindings (PyGObject) are not installed")
 
@@ -191,6 +191,33 @@ def test_unreadable_test_images_are_named_together_or_left_out_with_skip_bad(tin
     alone = evaluate(tiny_bundle, str(box), skip_bad=True)
     assert alone["anomalous_images_without_mask"] == [str(box / "test" / "spot" / "001.png")]
     assert alone["test_images"] == 1 and "pixel_auroc" not in alone
+
+
+def test_eval_says_which_test_images_the_model_was_trained_on(mvtec_category, tmp_path, monkeypatch):
+    """Pictures sorted on site into good/ and a folder per defect serve to train (--data good,
+    --defects spot) and then to evaluate (--data on their folder): the model learnt them, which
+    eval now says. train records its pictures' folders by absolute path, so eval run from another
+    folder finds them; a model trained on pictures since moved has none to compare."""
+    import shutil
+
+    from export.onnx_export import export_bundle
+    from export.train import TrainConfig, train
+
+    site = tmp_path / "site"
+    shutil.copytree(mvtec_category / "test", site)
+    monkeypatch.chdir(site)  # relative paths, as typed where the pictures are
+    config = TrainConfig(data="good", defects="spot", input_size=TINY_INPUT, prototypes=TINY_PROTOTYPES)
+    bundle = export_bundle(train(config, tmp_path / "run"), tmp_path / "bundle")
+    monkeypatch.chdir(tmp_path)
+    out = edge_ad("eval", "--bundle", bundle, "--data", site, check=True)
+    assert json.loads(out.stdout)["test_images_the_model_was_trained_on"] == {"normal": 4, "anomalous": 4}
+    assert ("note: 4 normal and 4 anomalous test image(s) are pictures the model was trained on (train's --data, or "
+            "its --defects): they score as no new part would") in out.stderr
+    elsewhere = evaluate(str(bundle), str(mvtec_category))  # the same pictures in another folder: not the ones learnt
+    assert "test_images_the_model_was_trained_on" not in elsewhere and elsewhere["test_images"] == 8
+    site.rename(tmp_path / "moved")
+    moved = evaluate(str(bundle), str(tmp_path / "moved"))
+    assert "test_images_the_model_was_trained_on" not in moved and moved["test_images"] == 8
 
 
 def test_masks_saved_as_zero_and_one_count_and_an_empty_one_is_left_out(tiny_bundle, mvtec_category, tmp_path):
