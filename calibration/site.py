@@ -17,9 +17,10 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_ad.bundle import BRANCHES, CALIBRATION_FILE, Bundle, read_yaml, write_yaml_atomic
+from edge_ad.datasets import training_pictures
 from edge_ad.detector import Detector, Result
 from edge_ad.errors import os_reason, without_passwords
-from edge_ad.images import thumbnail
+from edge_ad.images import pictures_of, thumbnail
 from edge_ad.masks import InspectionMask
 from edge_ad.normalize import Quantiles, fit_quantiles
 from edge_ad.pipelines import local_path, opencv_input
@@ -57,6 +58,12 @@ SPLIT_HALF_LIMIT = 0.10  # relative disagreement of the halves above which a war
 # by chance at most 1 time in 2 ** 10.
 UNLIKE_SHARE = 0.5
 UNLIKE_MIN_VALIDATION = 10
+# Calibrating on pictures the model was trained on (_learnt_note): it scores them unlike new parts.
+LEARNT_FRAMES = ("{learnt} of the {count} pictures of {source} are pictures the model was trained on (train --data): "
+                 "it scores them lower than new good parts, so a threshold set on them flags more of those than its "
+                 "bound says. Calibrate on pictures kept out of training, or on the camera's frames")
+LEARNT_DEFECTS = ("{learnt} of the {count} known defects of {source} are pictures the model was trained on (train "
+                  "--defects): it learnt to score them high, so their recall says more of them than of new defects")
 PACE_EVERY, PACE_FROM = 250, 500  # while collecting: frames between estimates of independent frames, and the first
 APART_EVERY, APART_FROM = 10, 20  # frames between rough estimates of the frames of one part, for the report
 Q_ALPHA, Q_BETA = 0.9, 0.995  # ULSAD 3.5
@@ -349,6 +356,21 @@ def record(
     return data
 
 
+def _learnt_note(bundle: Bundle, source: str | None, note: str) -> str | None:
+    """`note`, when some pictures of `source` (none for a camera) are pictures the bundle's model
+    was trained on. All its pictures are compared, not those a calibration read: with a bundle
+    per variant, each variant takes some of them."""
+    located = _picture_path(source).get("source_path") if source is not None else None
+    if located is None:
+        return None
+    try:
+        pictures = {os.path.realpath(path) for path in pictures_of(Path(located))}
+    except OSError:
+        return None
+    learnt = len(pictures & training_pictures(bundle.training))
+    return note.format(learnt=learnt, count=len(pictures), source=source) if learnt else None
+
+
 def _picture_path(source: str) -> dict[str, str]:
     """{"source_path": its absolute path} for a source of pictures (a folder, a picture, a
     wildcard), else {}."""
@@ -401,6 +423,9 @@ def calibrate_into(
     from .report import write_calibration_report  # matplotlib; the report draws a Calibration
 
     calibration = calibrate(detector, kept or Collected(), far, confidence, defects, min_defect_area)
+    calibration.warnings += filter(None, [
+        _learnt_note(detector.bundle, source, LEARNT_FRAMES),
+        _learnt_note(detector.bundle, defects_source if defects else None, LEARNT_DEFECTS)])
     data = record(calibration, detector, source, use_f1=use_f1, defects_source=defects_source)
     path, backup = save(folder, data)
     report, problem = folder / "calibration_report.png", None
