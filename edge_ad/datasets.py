@@ -17,15 +17,14 @@ import cv2
 import numpy as np
 
 from .errors import DataError, ImageError
-from .images import (as_grey, is_image_file, no_images_in, pictures_in_subfolders, pictures_matching, read_image,
-                     resize_to_input, subfolders_left, to_rgb)
+from .images import (NORMAL_FOLDERS, as_grey, is_image_file, no_images_in, pictures_in_subfolders, pictures_matching,
+                     read_image, resize_to_input, subfolders_left, to_rgb)
 from .pipelines import local_path
 from .sinks import FRAME_SUFFIX, OVERLAY_SUFFIX
 
 ELPV_TRAIN_SIZE = 1131
 ELPV_TYPES = ("mono", "poly")  # module types; 'elpv:<type>' is the protocol restricted to one
 DEFECT_LEVEL = 128  # ground-truth masks: grey levels at or above it mark a defect (MVTec's masks hold 0 and 255)
-NORMAL_FOLDERS = ("good", "ok")  # MVTec AD and VisA name the normal pictures' folder good; BTAD, ok
 GROUND_TRUTH = "ground_truth"  # an MVTec-layout category's folder of masks, one subfolder per defect
 NOT_READ = ("outside a class folder or in a subfolder of one (a test picture's kind is the folder it is in: good/ or "
             "ok/, or a folder per defect)")  # where unread_test_pictures finds pictures

@@ -13,6 +13,7 @@ from .errors import ImageError, os_reason
 
 # WebP: pictures saved from a browser or a labelling tool.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+NORMAL_FOLDERS = ("good", "ok")  # MVTec AD and VisA name the normal pictures' folder good; BTAD, ok
 COUNTED_UP_TO = 1000  # pictures counted in a subfolder left unread: a share's archive there may hold millions
 COLOR_ORDERS = ("BGR", "RGB", "GRAY")
 GREY_TOLERANCE = 2  # grey levels between the channels of a grey picture (a colour JPEG of one rounds them)
@@ -100,10 +101,21 @@ def subfolders_left(folder: Path) -> str | None:
 
 def no_images_in(folder: Path) -> str:
     """The error for a folder without image files: the suffixes read, and which of its subfolders
-    hold some (`run --samples` keeps each source's pictures in a subfolder of its own)."""
-    holding = [f"{sub.name} ({count_text(count)})" for sub, count in pictures_in_subfolders(folder).items()]
-    found = (f"; its subfolders {', '.join(holding)} hold some: give one of them, or all of them as a quoted "
-             f"wildcard, '{folder / '**' / '*'}'") if holding else ""
+    hold some (`run --samples` keeps each source's pictures in a subfolder of its own). All of them
+    together are offered unless they are sorted by kind (good/ beside a folder per defect, or
+    test/ and train/ so sorted): those together would take rejected parts for good ones, or good
+    ones for defects."""
+    holding = ", ".join(f"{sub.name} ({count_text(count)})" for sub, count in pictures_in_subfolders(folder).items())
+    normal = next((parent / name for parent in (folder, folder / "test", folder / "train") for name in NORMAL_FOLDERS
+                   if (parent / name).is_dir()), None)
+    if not holding:
+        found = ""
+    elif normal is not None:
+        found = (f"; its subfolders {holding} hold some, sorted by kind: give the folder of the kind meant ({normal} "
+                 "holds good parts), not all of them together, which would mix good and rejected parts")
+    else:
+        found = f"; its subfolders {holding} hold some: give one of them, or all of them as a quoted wildcard, " \
+                f"'{folder / '**' / '*'}'"
     return f"{folder}: no image files ({' '.join(IMAGE_SUFFIXES)}) in the folder{found}"
 
 

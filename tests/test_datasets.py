@@ -225,6 +225,24 @@ def test_normal_folder_has_train_but_no_test(normal_folder, tmp_path):
         load_samples(str(tmp_path), "test")
 
 
+def test_a_folder_sorted_by_kind_is_not_offered_whole(tmp_path):
+    """`train --data site/test` (good/ beside crack/) was told to give all its subfolders as
+    'site/test/**/*': that trains on the rejected parts as good ones (and `--defects` on good
+    ones as defects). Sorted by kind, a folder's error names its good parts' folder instead."""
+    for kind in ("good", "crack"):
+        (tmp_path / "site" / "test" / kind).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "site" / "test" / kind / "0.png"), np.full((32, 32), 100, np.uint8))
+    for folder in (tmp_path / "site" / "test", tmp_path / "site"):
+        for read in (lambda: load_samples(str(folder), "train"), lambda: load_defects(str(folder)),
+                     lambda: open_source(str(folder))):
+            with pytest.raises((DataError, SourceError)) as error:
+                read()
+            assert (f"hold some, sorted by kind: give the folder of the kind meant ({tmp_path / 'site/test/good'} "
+                    "holds good parts), not all of them together, which would mix good and rejected parts"
+                    ) in str(error.value)
+            assert "**" not in str(error.value)
+
+
 def test_missing_and_empty_folders(tmp_path, caplog):
     with pytest.raises(DataError, match="no such dataset folder"):
         load_samples(str(tmp_path / "nope"), "train")
