@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -11,8 +12,8 @@ import numpy as np
 
 from .errors import ImageError, os_reason
 
-# WebP: pictures saved from a browser or a labelling tool.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# WebP: pictures saved from a browser or a labelling tool; PGM and PPM: from machine-vision tools.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 NORMAL_FOLDERS = ("good", "ok")  # MVTec AD and VisA name the normal pictures' folder good; BTAD, ok
 COUNTED_UP_TO = 1000  # pictures counted in a subfolder left unread: a share's archive there may hold millions
 COLOR_ORDERS = ("BGR", "RGB", "GRAY")
@@ -20,6 +21,10 @@ GREY_TOLERANCE = 2  # grey levels between the channels of a grey picture (a colo
 
 _JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
 _PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+# A PGM or PPM header: its kind (2 and 3 plain text, 5 and 6 binary; 3 and 6 colour), width,
+# height and maximum value, each after blanks or comment lines, and the one blank before the pixels.
+_BLANKS = rb"(?:\s|#[^\n]*\n)+"
+_NETPBM_HEADER = re.compile(rb"\AP([2356])" + rb"".join([_BLANKS + rb"(\d+)"] * 3) + rb"\s")
 
 
 def is_image_file(path: Path) -> bool:
@@ -146,6 +151,9 @@ def read_image(path: str | Path) -> np.ndarray:
 def decode_image(data: bytes, name: Path | str) -> np.ndarray:
     """An image file's bytes (named `name` in errors) as read_image reads the file."""
     _check_complete(name, data)
+    header = _NETPBM_HEADER.match(data)
+    if header is not None:
+        return to_rgb(_netpbm(data, header, name), "RGB")
     # Any depth and any colour keeps 16-bit and grey pictures as they are, drops alpha, and (unlike
     # IMREAD_UNCHANGED) applies the EXIF orientation.
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
@@ -156,6 +164,29 @@ def decode_image(data: bytes, name: Path | str) -> np.ndarray:
     if decoded.dtype != np.uint8:
         raise ImageError(f"{name}: {decoded.dtype} pixels are not read; save pictures with 8 or 16 bits per channel")
     return to_rgb(decoded, "GRAY" if decoded.ndim == 2 else "BGR")
+
+
+def _netpbm(data: bytes, header: re.Match, name: Path | str) -> np.ndarray:
+    """A PGM or PPM picture as uint8 grey or RGB, its values scaled from the maximum its header
+    states (4095 for a 12-bit camera's) to 255. Read here, as OpenCV scales plain-text files of 8
+    bits and no others: a 12-bit camera's binary PGM read at most 16 of 255."""
+    kind, (width, height, maximum) = header.group(1), map(int, header.group(2, 3, 4))
+    channels, what = (3, "PPM") if kind in b"36" else (1, "PGM")
+    if not 0 < maximum < 65536:
+        raise ImageError(f"{name}: a {what} whose maximum value is {maximum} (it is 1 to 65535)")
+    count, raster = width * height * channels, data[header.end():]
+    if kind in b"56":
+        dtype = np.dtype(">u2" if maximum > 255 else "u1")
+        values = np.frombuffer(raster, dtype, min(count, len(raster) // dtype.itemsize))
+    else:
+        try:
+            values = np.array(raster.split()[:count]).astype(np.int64)
+        except ValueError as exc:
+            raise ImageError(f"{name}: a plain-text {what} with values that are not numbers") from exc
+    if len(values) < count:
+        raise ImageError(f"{name}: truncated {what} ({len(values)} of its {count} values)")
+    picture = np.round(np.minimum(values, maximum) * (255.0 / maximum)).astype(np.uint8)
+    return picture.reshape((height, width, channels) if channels == 3 else (height, width))
 
 
 def check_frame(frame: object, name: str = "frame") -> np.ndarray:

@@ -86,6 +86,8 @@ class PictureOutput:
         if self.numbered:
             return self.folder / NUMBER.sub(lambda m: f"%{m.group(1)}d" % index, Path(self.uri).name)
         named = Path(name).name
+        if named.lower().endswith(".pgm"):  # a grey picture's kind, and the overlay is in colour
+            named = str(Path(named).with_suffix(".png"))
         path = self.folder / (named if Path(named).suffix.lower() in IMAGE_SUFFIXES else f"{index:08d}.jpg")
         if path in self._named:  # two folders' a.png, through a wildcard
             path = path.with_name(f"{path.stem}_{index}{path.suffix}")

@@ -251,7 +251,8 @@ def test_missing_and_empty_folders(tmp_path, caplog):
                                                   f"{tmp_path / 'line.mp4'} --out DIR' saves its frames")):
         load_samples(str(tmp_path / "line.mp4"), "train")
     (tmp_path / "line.mp4").unlink()
-    with pytest.raises(DataError, match=r"no image files \(.png .jpg .jpeg .bmp .tif .tiff .webp\) in the folder$"):
+    with pytest.raises(DataError, match=r"no image files \(.png .jpg .jpeg .bmp .tif .tiff .webp .pgm .ppm\) in the "
+                                        "folder$"):
         load_samples(str(tmp_path), "train")
     # pictures one level down, as `run --samples` keeps each source's: the message says where
     for source, count in (("cam1", 2), ("cam2", 1)):
@@ -261,7 +262,7 @@ def test_missing_and_empty_folders(tmp_path, caplog):
     (tmp_path / "notes").mkdir()
     where = (f"in the folder; its subfolders cam1 (2), cam2 (1) hold some: give one of them, or all of them as a "
              f"quoted wildcard, '{tmp_path / '**' / '*'}'")
-    suffixes = ".png .jpg .jpeg .bmp .tif .tiff .webp"
+    suffixes = ".png .jpg .jpeg .bmp .tif .tiff .webp .pgm .ppm"
     with pytest.raises(DataError, match=re.escape(f"{tmp_path}: no image files ({suffixes}) {where}")):
         load_samples(str(tmp_path), "train")
     with pytest.raises(SourceError, match=re.escape(where)):

@@ -58,6 +58,30 @@ def test_webp_pictures_in_a_folder_are_read(tmp_path):
     assert np.array_equal(frames[1].image, bgr)
 
 
+def test_pgm_and_ppm_pictures_are_read_at_the_maximum_they_state(tmp_path):
+    """Machine-vision tools save PGM (grey) and PPM (colour); a 12-bit camera's PGM states 4095 as
+    its maximum, which OpenCV does not scale by: 4095 is white, not 16 of 255 as value / 257 gives.
+    Each is read from a folder with the others, and an overlay of a PGM is written as a PNG (a
+    PGM holds no colour)."""
+    from edge_ad.picture_output import PictureOutput
+    from edge_ad.sources import PictureSource
+
+    twelve_bits = np.tile(np.array([0, 1024, 2048, 4095], ">u2"), (8, 2))
+    (tmp_path / "a.pgm").write_bytes(b"P5\n# saved by a camera tool\n8 8\n4095\n" + twelve_bits.tobytes())
+    assert read_image(tmp_path / "a.pgm")[0, :4, 0].tolist() == [0, 64, 128, 255]
+    (tmp_path / "b.pgm").write_bytes(b"P2 8 8 15 " + b" 0 5 10 15" * 16)  # plain text, at 4 bits
+    assert read_image(tmp_path / "b.pgm")[0, :4, 1].tolist() == [0, 85, 170, 255]
+    bgr = np.random.default_rng(2).integers(0, 256, (8, 12, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / "c.ppm"), bgr)
+    assert np.array_equal(read_image(tmp_path / "c.ppm"), bgr[..., ::-1])
+    assert [frame.name for frame in PictureSource(tmp_path)] == ["a.pgm", "b.pgm", "c.ppm"]
+    (tmp_path / "cut.pgm").write_bytes((tmp_path / "a.pgm").read_bytes()[:-3])
+    with pytest.raises(ImageError, match=r"cut.pgm: truncated PGM \(62 of its 64 values\)"):
+        read_image(tmp_path / "cut.pgm")
+    output = PictureOutput(f"{tmp_path / 'overlays'}/", [], live=False)
+    assert [output.path_for(0, "a.pgm").name, output.path_for(1, "c.ppm").name] == ["a.png", "c.ppm"]
+
+
 def test_pictures_taken_turned_are_read_as_a_viewer_shows_them(tmp_path):
     """A phone or a camera held upright stores a landscape JPEG and an EXIF orientation (6: turn a
     quarter clockwise); read without it, such pictures train and score lying on their side."""
