@@ -3,6 +3,7 @@ and the learned bridge's teacher and student (bridge)."""
 
 from __future__ import annotations
 
+import os
 import time
 import zipfile
 from collections.abc import Sequence
@@ -189,6 +190,7 @@ def train(config: TrainConfig, out: Path) -> Path:
     for data in [config.data] if isinstance(config.data, str) else config.data:
         if left := training_subfolders_left(data):
             print(f"note: {left}")
+    defects = _known_defects(config.defects, samples) if config.defects else []  # before the long work
     kept, pictures, bad = read_all(samples, config.skip_bad, lambda s: tqdm(s, desc="reading images", unit="img"),
                                    lambda image: picture(image, config.input_size))
     for message in bad:
@@ -222,8 +224,8 @@ def train(config: TrainConfig, out: Path) -> Path:
     prototypes = greedy_coreset(patches, prototype_count(config), config.seed)
     timings = {}
     if config.defects:
-        prototypes, timings["prototypes_removed_by_defects"] = _push_away_defects(config, encoder, prototypes, patches,
-                                                                                  device)
+        prototypes, timings["prototypes_removed_by_defects"] = _push_away_defects(config, defects, encoder, prototypes,
+                                                                                  patches, device)
     checkpoint = {
         "backbone": config.backbone,
         "feature_mean": encoder.feature_mean,
@@ -270,15 +272,27 @@ def train(config: TrainConfig, out: Path) -> Path:
     return out
 
 
-def _push_away_defects(
-    config: TrainConfig, encoder: FeatureEncoder, prototypes: torch.Tensor, patches: torch.Tensor,
-    device: torch.device
-) -> tuple[torch.Tensor, int]:
-    """The prototypes without those the known defects of `config.defects` keep landing on."""
-    samples = load_defects(config.defects)
-    if Path(config.defects).is_dir() and (left := subfolders_left(Path(config.defects))):
+def _known_defects(spec: str, normal: list[Sample]) -> list[Sample]:
+    """The known defects of `--defects spec`; one that is also among the `normal` training
+    pictures (a wildcard that took the rejected parts' folder too) is refused."""
+    defects = load_defects(spec)
+    if Path(spec).is_dir() and (left := subfolders_left(Path(spec))):
         print(f"note: {left}")
-    inputs = read_inputs(samples, config.input_size, "known defects")
+    normal_paths = {os.path.realpath(sample.name) for sample in normal}
+    both = [sample.name for sample in defects if os.path.realpath(sample.name) in normal_paths]
+    if both:
+        raise DataError(f"{len(both)} picture(s) are both in --data and in --defects {spec} ({', '.join(both[:3])}"
+                        f"{', ...' if len(both) > 3 else ''}): a part is good or rejected, not both. Give --data "
+                        "the good parts' pictures alone")
+    return defects
+
+
+def _push_away_defects(
+    config: TrainConfig, defects: list[Sample], encoder: FeatureEncoder, prototypes: torch.Tensor,
+    patches: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, int]:
+    """The prototypes without those the known `defects` keep landing on."""
+    inputs = read_inputs(defects, config.input_size, "known defects")
     standardised = in_batches(encoder, inputs, config.batch_size, "defect features", device)
     kept, removed = push_away(prototypes, patches, anomalous_patches(standardised, prototypes), config.seed)
     print(f"known defects: {len(inputs)} images; {removed} of {prototypes.shape[0]} prototypes taken out")

@@ -69,3 +69,18 @@ def test_train_with_defects_records_what_it_took_out(mvtec_category, tmp_path):
     removed = record["prototypes_removed_by_defects"]
     assert record["prototypes"] == 64 - removed
     assert f"known defects: 4 images; {removed} of 64 prototypes taken out" in out.stdout
+
+
+def test_a_picture_both_in_data_and_in_defects_is_refused_before_training(mvtec_category, tmp_path):
+    """`train --data 'site/**/*' --defects site/crack` took the rejected parts as good ones too, and
+    a --defects folder that is not there stopped training only once the prototypes were made."""
+    from export.train import TrainConfig, train
+
+    site = shutil.copytree(mvtec_category / "test", tmp_path / "site")
+    config = TrainConfig(data=str(site / "**" / "*"), defects=str(site / "spot"), input_size=128, prototypes=64)
+    with pytest.raises(DataError, match=rf"4 picture\(s\) are both in --data and in --defects {site / 'spot'} "
+                                        rf"\({site / 'spot' / '000.png'}, .*, \.\.\.\): a part is good or rejected"):
+        train(config, tmp_path / "run")
+    with pytest.raises(DataError, match="/nowhere: not a folder of defect images"):
+        train(TrainConfig(data=str(site / "good"), defects="/nowhere"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
