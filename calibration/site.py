@@ -8,6 +8,7 @@ import datetime as dt
 import math
 import os
 import shutil
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -334,6 +335,7 @@ def record(
         "frames_per_independent_frame": round(calibration.threshold.per_draw, 2),  # what the bound counted as one
         "source": without_passwords(source),  # a camera's URI, without the password it may hold
         **_picture_path(source),
+        "host": socket.gethostname(),  # the machine whose paths `source_path` (and the defects') are
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "bundle_sha256": bundle.sha256,  # the model whose maps these are, even if another is on disk by now
         "split_half": {k: round(v, 4) for k, v in calibration.agreement.items()},

@@ -5,6 +5,7 @@ the bundles as the device does."""
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -187,12 +188,15 @@ def evaluate(
 
 def _calibration_pictures(models: list) -> set[str]:
     """The real paths of the pictures the bundles' site calibrations were made on: their normal
-    frames and known defects, where those were pictures (calibration.yaml's `source_path`) that
-    can still be listed (a share gone, or a folder of another user's, holds none to compare)."""
+    frames and known defects, where those were pictures (calibration.yaml's `source_path`) of this
+    machine (another's folders of the same names hold other pictures) that can still be listed (a
+    share gone, or a folder of another user's, holds none to compare)."""
     paths = set()
     for model in models:
         if model.bundle.calibration is not None:
             data = read_yaml(model.bundle.calibration)
+            if data.get("host") != socket.gethostname():
+                continue
             for source in (data, data.get("defects") or {}):
                 try:
                     if "source_path" in source:

@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+import socket
 
 import cv2
 import numpy as np
@@ -240,6 +241,9 @@ def test_eval_says_which_test_images_the_calibration_in_use_was_made_on(tiny_bun
     unseen = export.evaluate.evaluate(bundle, str(mvtec_category))
     assert "test_images_the_calibration_was_made_on" not in unseen and unseen["test_images"] == 8
     monkeypatch.undo()
+    monkeypatch.setattr(socket, "gethostname", lambda: "workstation")  # calibrated on the line's machine
+    assert "test_images_the_calibration_was_made_on" not in export.evaluate.evaluate(bundle, str(mvtec_category))
+    monkeypatch.undo()
     edge_ad("calibrate", "--bundle", bundle, "--input", "test://", "--frames", 4, "--target-far", 0.5,
             "--confidence", 0.9, check=True)  # a camera's frames: no pictures to tell
     assert "source_path" not in yaml.safe_load((bundle / "calibration.yaml").read_text())
@@ -271,6 +275,11 @@ def test_calibrate_says_which_of_its_pictures_the_model_was_trained_on(mvtec_cat
     other = edge_ad("calibrate", "--bundle", bundle, "--input", mvtec_category / "train" / "good", *settings,
                     check=True)  # pictures of the same part kept out of training
     assert "the model was trained on" not in other.stdout
+    spec = yaml.safe_load((bundle / "bundle.yaml").read_text())
+    spec["provenance"]["training"]["host"] = "workstation"  # trained there: its folders are not this machine's
+    (bundle / "bundle.yaml").write_text(yaml.safe_dump(spec))
+    elsewhere = edge_ad("calibrate", "--bundle", bundle, "--input", site / "good", *settings, check=True)
+    assert "the model was trained on" not in elsewhere.stdout
 
 
 def test_calibrate_opens_the_camera_as_run_does(tiny_bundle, tmp_path):

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -197,7 +198,8 @@ def test_eval_says_which_test_images_the_model_was_trained_on(mvtec_category, tm
     """Pictures sorted on site into good/ and a folder per defect serve to train (--data good,
     --defects spot) and then to evaluate (--data on their folder): the model learnt them, which
     eval now says. train records its pictures' folders by absolute path, so eval run from another
-    folder finds them; a model trained on pictures since moved has none to compare."""
+    folder finds them; one trained on another machine (whose folders of the same names hold other
+    pictures), or on pictures since moved, has none to compare."""
     import shutil
 
     from export.onnx_export import export_bundle
@@ -215,6 +217,9 @@ def test_eval_says_which_test_images_the_model_was_trained_on(mvtec_category, tm
             "its --defects): they score as no new part would") in out.stderr
     elsewhere = evaluate(str(bundle), str(mvtec_category))  # the same pictures in another folder: not the ones learnt
     assert "test_images_the_model_was_trained_on" not in elsewhere and elsewhere["test_images"] == 8
+    with monkeypatch.context() as patched:
+        patched.setattr(socket, "gethostname", lambda: "jetson-line-3")
+        assert "test_images_the_model_was_trained_on" not in evaluate(str(bundle), str(site))
     site.rename(tmp_path / "moved")
     moved = evaluate(str(bundle), str(tmp_path / "moved"))
     assert "test_images_the_model_was_trained_on" not in moved and moved["test_images"] == 8
