@@ -181,6 +181,12 @@ def _eval(args: argparse.Namespace) -> None:
         judged = "the bundle's threshold" if "bundle_threshold" in report else "their variants' thresholds"
         print(f"note: the {report['test_images']} test images are all {kind}: no AUROC or F1, which compare the "
               f"scores of both kinds; {judged} {did} {count} of them", file=sys.stderr)
+    both = report.get("test_images_of_both_kinds", [])
+    if both:
+        pairs = ", ".join(f"{normal} = {anomalous}" for normal, anomalous in both[:3]) + ", ..." * (len(both) > 3)
+        print(f"note: {len(both)} picture(s) are both a normal and an anomalous test image ({pairs}): one of each "
+              "pair is sorted into the wrong folder, and counts against the AUROC whatever the model scores it",
+              file=sys.stderr)
     trained = report.get("test_images_the_model_was_trained_on")
     if trained:
         print(f"note: {trained['normal']} normal and {trained['anomalous']} anomalous test image(s) are pictures the "

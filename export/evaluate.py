@@ -4,6 +4,7 @@ the bundles as the device does."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from collections.abc import Callable
@@ -86,11 +87,17 @@ def evaluate(
         raise DataError(f"{data}: pixel metrics over variants need bundles of one input size, got "
                         f"{sorted({m.bundle.input_size for m in models})}")
     samples, unreadable, scores, verdicts, rows, maps, masks, taken, empty = [], [], [], [], [], [], [], {}, []
+    first_of: dict[tuple, Sample] = {}  # by a digest of its pixels: the first test image that is that picture
+    both_kinds = []  # [normal, anomalous]: one picture sorted as a good part and as a defect
     for start in tqdm(range(0, len(listed), batch_size), desc="evaluating", unit="batch"):
         chunk, images = _read(listed[start : start + batch_size], listed[start:], skip_bad, unreadable)
         samples += chunk
         if not chunk:
             continue
+        for sample, image in zip(chunk, images):
+            first = first_of.setdefault((image.shape, hashlib.blake2b(image.tobytes()).digest()), sample)
+            if first.label != sample.label:
+                both_kinds.append([first.name, sample.name][:: 1 if first.label == 0 else -1])
         if mask is not None:  # a test image of another size is named
             for sample, image in zip(chunk, images):
                 mask.check(image.shape, sample.name, of_camera=False)
@@ -156,6 +163,8 @@ def evaluate(
         seen = [s.label for s in samples if os.path.realpath(s.name) in pictures]
         if seen:  # the model learnt them, or its threshold was set on them: what it does with them is no test of it
             report[key] = {"normal": seen.count(0), "anomalous": seen.count(1)}
+    if both_kinds:
+        report["test_images_of_both_kinds"] = both_kinds
     if unreadable:
         report["unreadable_images_left_out"] = unreadable
     if mask is not None:

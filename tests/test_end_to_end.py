@@ -225,6 +225,26 @@ def test_eval_says_which_test_images_the_model_was_trained_on(mvtec_category, tm
     assert "test_images_the_model_was_trained_on" not in moved and moved["test_images"] == 8
 
 
+def test_eval_names_a_picture_sorted_both_as_a_good_part_and_as_a_defect(tiny_bundle, mvtec_category, tmp_path):
+    """A picture copied into good/ and into a defect's folder (a slip while sorting by hand) is
+    scored alike as both, and costs the AUROC whatever its score: eval names each such pair. A
+    picture twice in one kind's folder is no such slip."""
+    import shutil
+
+    category = shutil.copytree(mvtec_category, tmp_path / "cell")
+    good, spot = category / "test" / "good", category / "test" / "spot"
+    shutil.copy(good / "001.png", spot / "copy_of_001.png")
+    shutil.copy(spot / "002.png", good / "ok_002.png")
+    shutil.copy(good / "003.png", good / "again_003.png")
+    out = edge_ad("eval", "--bundle", tiny_bundle, "--data", category, check=True)
+    assert json.loads(out.stdout)["test_images_of_both_kinds"] == [[str(good / "ok_002.png"), str(spot / "002.png")],
+                                                                   [str(good / "001.png"), str(spot / "copy_of_001.png")]]
+    assert (f"note: 2 picture(s) are both a normal and an anomalous test image ({good / 'ok_002.png'} = "
+            f"{spot / '002.png'}, {good / '001.png'} = {spot / 'copy_of_001.png'}): one of each pair is sorted "
+            "into the wrong folder") in out.stderr
+    assert "test_images_of_both_kinds" not in evaluate(str(tiny_bundle), str(mvtec_category))
+
+
 def test_masks_saved_as_zero_and_one_count_and_an_empty_one_is_left_out(tiny_bundle, mvtec_category, tmp_path):
     """Masks saved as 0 and 1 give the pixel metrics of the same masks saved as 0 and 255 (they
     read as no defect at all before); a defect image whose mask marks nothing is left out of the
