@@ -187,6 +187,11 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"note: {len(both)} picture(s) are both a normal and an anomalous test image ({pairs}): one of each "
               "pair is sorted into the wrong folder, and counts against the AUROC whatever the model scores it",
               file=sys.stderr)
+    unlike = report.get("test_images_unlike_training")
+    if unlike:
+        images = unlike["images"]
+        print(f"note: {len(images)} test image(s) look unlike the training pictures, as {images[0]}, where run would "
+              f"say: {unlike['first']}", file=sys.stderr)
     trained = report.get("test_images_the_model_was_trained_on")
     if trained:
         print(f"note: {trained['normal']} normal and {trained['anomalous']} anomalous test image(s) are pictures the "

@@ -89,6 +89,7 @@ def evaluate(
     samples, unreadable, scores, verdicts, rows, maps, masks, taken, empty = [], [], [], [], [], [], [], {}, []
     first_of: dict[tuple, Sample] = {}  # by a digest of its pixels: the first test image that is that picture
     both_kinds = []  # [normal, anomalous]: one picture sorted as a good part and as a defect
+    unlike: dict = {}  # test images framed or coloured unlike the training pictures, and what run says of the first
     for start in tqdm(range(0, len(listed), batch_size), desc="evaluating", unit="batch"):
         chunk, images = _read(listed[start : start + batch_size], listed[start:], skip_bad, unreadable)
         samples += chunk
@@ -114,6 +115,9 @@ def evaluate(
                    "score": round(result.score, 6), "threshold": round(result.threshold, 6),
                    "verdict": _KINDS[int(result.is_anomaly)]}
             rows.append(row if variants is None else row | {"variant": result.variant})
+            if note := model.bundle.frame_shape_note(image.shape) or model.bundle.frame_colour_note(image):
+                unlike.setdefault("first", note)
+                unlike.setdefault("images", []).append(sample.name)
             if with_masks and (sample.label == 0 or sample.mask_path is not None):
                 truth = sample.mask(*model.bundle.input_size, image.shape)
                 if sample.label == 1 and not truth.any():
@@ -165,6 +169,8 @@ def evaluate(
             report[key] = {"normal": seen.count(0), "anomalous": seen.count(1)}
     if both_kinds:
         report["test_images_of_both_kinds"] = both_kinds
+    if unlike:
+        report["test_images_unlike_training"] = unlike
     if unreadable:
         report["unreadable_images_left_out"] = unreadable
     if mask is not None:

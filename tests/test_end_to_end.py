@@ -245,6 +245,22 @@ def test_eval_names_a_picture_sorted_both_as_a_good_part_and_as_a_defect(tiny_bu
     assert "test_images_of_both_kinds" not in evaluate(str(tiny_bundle), str(mvtec_category))
 
 
+def test_eval_says_when_test_images_are_framed_unlike_the_training_pictures(tiny_bundle, mvtec_category, tmp_path):
+    """Test pictures of the whole camera frame, for a model trained on the part cropped: normal
+    parts look anomalous, and eval said nothing of why (run and calibrate say it of frames)."""
+    category = tmp_path / "cell"
+    for picture in (mvtec_category / "test").glob("*/*.png"):
+        wide = category / "test" / picture.parent.name / picture.name
+        wide.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(wide), cv2.copyMakeBorder(cv2.imread(str(picture)), 0, 0, 150, 150, cv2.BORDER_REPLICATE))
+    out = edge_ad("eval", "--bundle", tiny_bundle, "--data", category, check=True)
+    unlike = json.loads(out.stdout)["test_images_unlike_training"]
+    assert len(unlike["images"]) == 8 and unlike["first"].startswith("frames of 600x300 are shaped unlike the pictures")
+    assert (f"note: 8 test image(s) look unlike the training pictures, as {unlike['images'][0]}, where run would say: "
+            "frames of 600x300") in out.stderr
+    assert "test_images_unlike_training" not in evaluate(str(tiny_bundle), str(mvtec_category))
+
+
 def test_masks_saved_as_zero_and_one_count_and_an_empty_one_is_left_out(tiny_bundle, mvtec_category, tmp_path):
     """Masks saved as 0 and 1 give the pixel metrics of the same masks saved as 0 and 255 (they
     read as no defect at all before); a defect image whose mask marks nothing is left out of the
