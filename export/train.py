@@ -3,7 +3,7 @@ and the learned bridge's teacher and student (bridge)."""
 
 from __future__ import annotations
 
-import os
+import hashlib
 import time
 import zipfile
 from collections.abc import Sequence
@@ -190,7 +190,7 @@ def train(config: TrainConfig, out: Path) -> Path:
     for data in [config.data] if isinstance(config.data, str) else config.data:
         if left := training_subfolders_left(data):
             print(f"note: {left}")
-    defects = _known_defects(config.defects, samples) if config.defects else []  # before the long work
+    defects = _known_defects(config.defects) if config.defects else []  # a wrong folder said before the long work
     kept, pictures, bad = read_all(samples, config.skip_bad, lambda s: tqdm(s, desc="reading images", unit="img"),
                                    lambda image: picture(image, config.input_size))
     for message in bad:
@@ -203,6 +203,7 @@ def train(config: TrainConfig, out: Path) -> Path:
              if note]
     for note in notes:
         print(f"note: {note}")
+    defect_inputs = _defect_inputs(defects, kept, pictures, config.input_size) if defects else None
     inputs = np.stack([p.input for p in pictures])
     order = np.random.default_rng(config.seed).permutation(len(inputs))
     n_val = min(max(1, round(config.val_fraction * len(inputs))), len(inputs) - 1)
@@ -224,8 +225,8 @@ def train(config: TrainConfig, out: Path) -> Path:
     prototypes = greedy_coreset(patches, prototype_count(config), config.seed)
     timings = {}
     if config.defects:
-        prototypes, timings["prototypes_removed_by_defects"] = _push_away_defects(config, defects, encoder, prototypes,
-                                                                                  patches, device)
+        prototypes, timings["prototypes_removed_by_defects"] = _push_away_defects(config, defect_inputs, encoder,
+                                                                                  prototypes, patches, device)
     checkpoint = {
         "backbone": config.backbone,
         "feature_mean": encoder.feature_mean,
@@ -272,27 +273,40 @@ def train(config: TrainConfig, out: Path) -> Path:
     return out
 
 
-def _known_defects(spec: str, normal: list[Sample]) -> list[Sample]:
-    """The known defects of `--defects spec`; one that is also among the `normal` training
-    pictures (a wildcard that took the rejected parts' folder too) is refused."""
+def _known_defects(spec: str) -> list[Sample]:
+    """The known defects of `--defects spec`, and a note of the pictures its subfolders hold."""
     defects = load_defects(spec)
     if Path(spec).is_dir() and (left := subfolders_left(Path(spec))):
         print(f"note: {left}")
-    normal_paths = {os.path.realpath(sample.name) for sample in normal}
-    both = [sample.name for sample in defects if os.path.realpath(sample.name) in normal_paths]
-    if both:
-        raise DataError(f"{len(both)} picture(s) are both in --data and in --defects {spec} ({', '.join(both[:3])}"
-                        f"{', ...' if len(both) > 3 else ''}): a part is good or rejected, not both. Give --data "
-                        "the good parts' pictures alone")
     return defects
 
 
+def _defect_inputs(defects: list[Sample], normal: list[Sample], pictures: list[Picture], size: int | Sequence[int]
+                   ) -> np.ndarray:
+    """The model inputs of the known `defects`; one that is a training picture of `normal` too (its
+    pixels, whatever its name: a wildcard over the rejected parts' folder, a rejected part copied
+    into good/) is refused, naming both."""
+    inputs = read_inputs(defects, size, "known defects")
+    normal_of = {_digest(picture.input): sample.name for sample, picture in zip(normal, pictures)}
+    both = [(defect.name, normal_of[_digest(array)]) for defect, array in zip(defects, inputs)
+            if _digest(array) in normal_of]
+    if both:
+        listed = ", ".join(name if name == other else f"{name} = {other}" for name, other in both[:3])
+        raise DataError(f"{len(both)} known defect(s) of --defects are pictures of --data too ({listed}"
+                        f"{', ...' if len(both) > 3 else ''}): a part is good or rejected, not both. Give --data the "
+                        "good parts' pictures alone")
+    return inputs
+
+
+def _digest(array: np.ndarray) -> bytes:
+    return hashlib.blake2b(array.tobytes()).digest()
+
+
 def _push_away_defects(
-    config: TrainConfig, defects: list[Sample], encoder: FeatureEncoder, prototypes: torch.Tensor,
+    config: TrainConfig, inputs: np.ndarray, encoder: FeatureEncoder, prototypes: torch.Tensor,
     patches: torch.Tensor, device: torch.device
 ) -> tuple[torch.Tensor, int]:
-    """The prototypes without those the known `defects` keep landing on."""
-    inputs = read_inputs(defects, config.input_size, "known defects")
+    """The prototypes without those the known defects (their model `inputs`) keep landing on."""
     standardised = in_batches(encoder, inputs, config.batch_size, "defect features", device)
     kept, removed = push_away(prototypes, patches, anomalous_patches(standardised, prototypes), config.seed)
     print(f"known defects: {len(inputs)} images; {removed} of {prototypes.shape[0]} prototypes taken out")

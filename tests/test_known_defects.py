@@ -1,5 +1,6 @@
 """Known defects at training time: the few-shot protocol's picks and the DPDL-style push-away."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -72,15 +73,21 @@ def test_train_with_defects_records_what_it_took_out(mvtec_category, tmp_path):
 
 
 def test_a_picture_both_in_data_and_in_defects_is_refused_before_training(mvtec_category, tmp_path):
-    """`train --data 'site/**/*' --defects site/crack` took the rejected parts as good ones too, and
-    a --defects folder that is not there stopped training only once the prototypes were made."""
+    """`train --data 'site/**/*' --defects site/crack` took the rejected parts as good ones too, as
+    did a rejected part copied into good/; and a --defects folder that is not there stopped
+    training only once the prototypes were made."""
     from export.train import TrainConfig, train
 
     site = shutil.copytree(mvtec_category / "test", tmp_path / "site")
     config = TrainConfig(data=str(site / "**" / "*"), defects=str(site / "spot"), input_size=128, prototypes=64)
-    with pytest.raises(DataError, match=rf"4 picture\(s\) are both in --data and in --defects {site / 'spot'} "
+    with pytest.raises(DataError, match=rf"4 known defect\(s\) of --defects are pictures of --data too "
                                         rf"\({site / 'spot' / '000.png'}, .*, \.\.\.\): a part is good or rejected"):
         train(config, tmp_path / "run")
+    shutil.copy(site / "spot" / "002.png", site / "good" / "part_17.png")
+    with pytest.raises(DataError, match=re.escape(f"1 known defect(s) of --defects are pictures of --data too "
+                                                  f"({site / 'spot' / '002.png'} = {site / 'good' / 'part_17.png'})")):
+        train(TrainConfig(data=str(site / "good"), defects=str(site / "spot"), input_size=128, prototypes=64),
+              tmp_path / "run")
     with pytest.raises(DataError, match="/nowhere: not a folder of defect images"):
         train(TrainConfig(data=str(site / "good"), defects="/nowhere"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
