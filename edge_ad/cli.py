@@ -462,6 +462,8 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
 
     bundle = bundle_of(stream, args.bundle or ())
     mask = InspectionMask.load(stream.mask) if stream.mask else None
+    if args.defects and stream.input:
+        _refuse_defects_among_frames(stream.input, args.defects)
     source = open_source(stream.input, stream.options, pipeline=stream.pipeline)  # a bad input fails first
     try:
         detector = load_detector(bundle, backend=args.backend, steps=args.steps, dla_core=args.dla_core)
@@ -479,11 +481,18 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
         print(f"{stream.name}: ended after {read} of {args.frames} frames")
     defects: dict[str | None, list] = {}  # known defects' grid maps and sizes, by the variant that judges each
     if args.defects:
+        from tqdm import tqdm
+
         defect_source = open_source(args.defects)
-        for frame in defect_source.frames():
-            result = detector(frame.image, mask=mask)
-            defects.setdefault(result.variant, []).append((result.grid_map, frame.image.shape[:2]))
-        defect_source.close()
+        try:
+            if defect_source.live:  # its frames would be read for ever
+                raise EdgeAdError(f"--defects {args.defects}: a live source's frames do not end; give a folder, a "
+                                  "wildcard or a clip of known bad parts")
+            for frame in tqdm(defect_source.frames(), desc="known defects", unit="frame"):
+                result = detector(frame.image, mask=mask)
+                defects.setdefault(result.variant, []).append((result.grid_map, frame.image.shape[:2]))
+        finally:
+            defect_source.close()
     source_name = stream.input or stream.pipeline
     if not isinstance(detector, VariantDetector):
         folder = calibration_folder(stream) or detector.bundle.root
@@ -503,6 +512,22 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
     if failed:
         raise EdgeAdError(f"not calibrated: {', '.join(failed)} (above); the other variants were. Give more frames "
                           "of those variants, or calibrate each alone (--bundle BUNDLE) on frames of that variant")
+
+
+def _refuse_defects_among_frames(normal: str, defects: str) -> None:
+    """Refuse known defects that are pictures of the normal frames' source too (`--input 'site/**/*'`
+    over the rejected parts' folder): counted as normal, they would raise the threshold to pass them."""
+    from .images import pictures_of
+    from .pipelines import local_path, opencv_input
+
+    if opencv_input(normal) is None or opencv_input(defects) is None:
+        return
+    frames = {os.path.realpath(path) for path in pictures_of(local_path(normal))}
+    both = [str(path) for path in pictures_of(local_path(defects)) if os.path.realpath(path) in frames]
+    if both:
+        raise EdgeAdError(f"--defects {defects}: {len(both)} of its pictures are frames of --input {normal} too "
+                          f"({', '.join(both[:3])}{', ...' if len(both) > 3 else ''}): a part is good or rejected, not "
+                          "both; give --input the good parts' pictures alone")
 
 
 def _checked_frames(source, mask, name: str):

@@ -254,7 +254,9 @@ def test_eval_says_which_test_images_the_calibration_in_use_was_made_on(tiny_bun
 def test_calibrate_says_which_of_its_pictures_the_model_was_trained_on(mvtec_category, tmp_path):
     """A model scores its own training pictures lower than new good parts: a threshold set on them
     flagged 60 of 80 new good cells where its bound said at most 14 % (README). calibrate now says
-    how many pictures of its source, and of its known defects, the model was trained on."""
+    how many pictures of its source, and of its known defects, the model was trained on; and it
+    refuses known defects among the normal frames (a wildcard over good/ and the defects' folder)
+    and a live source as --defects (read for ever before)."""
     from export.onnx_export import export_bundle
     from export.train import TrainConfig, train
 
@@ -275,6 +277,11 @@ def test_calibrate_says_which_of_its_pictures_the_model_was_trained_on(mvtec_cat
     other = edge_ad("calibrate", "--bundle", bundle, "--input", mvtec_category / "train" / "good", *settings,
                     check=True)  # pictures of the same part kept out of training
     assert "the model was trained on" not in other.stdout
+    both = edge_ad("calibrate", "--bundle", bundle, "--input", site / "**" / "*", *settings, "--defects", site / "spot")
+    assert both.returncode == 2 and (f"--defects {site / 'spot'}: 4 of its pictures are frames of --input "
+                                     f"{site / '**' / '*'} too ({site / 'spot' / '000.png'}, ") in both.stderr
+    live = edge_ad("calibrate", "--bundle", bundle, "--input", site / "good", *settings, "--defects", "test://")
+    assert live.returncode == 2 and "--defects test://: a live source's frames do not end" in live.stderr
     spec = yaml.safe_load((bundle / "bundle.yaml").read_text())
     spec["provenance"]["training"]["host"] = "workstation"  # trained there: its folders are not this machine's
     (bundle / "bundle.yaml").write_text(yaml.safe_dump(spec))
