@@ -59,7 +59,7 @@ SPLIT_HALF_LIMIT = 0.10  # relative disagreement of the halves above which a war
 # by chance at most 1 time in 2 ** 10.
 UNLIKE_SHARE = 0.5
 UNLIKE_MIN_VALIDATION = 10
-# Calibrating on pictures the model was trained on (_learnt_note): it scores them unlike new parts.
+# Calibrating on pictures the model was trained on (_learnt_notes): it scores them unlike new parts.
 LEARNT_FRAMES = ("{learnt} of the {count} pictures of {source} are pictures the model was trained on (train --data): "
                  "it scores them lower than new good parts, so a threshold set on them flags more of those than its "
                  "bound says. Calibrate on pictures kept out of training, or on the camera's frames")
@@ -358,19 +358,22 @@ def record(
     return data
 
 
-def _learnt_note(bundle: Bundle, source: str | None, note: str) -> str | None:
-    """`note`, when some pictures of `source` (none for a camera) are pictures the bundle's model
-    was trained on. All its pictures are compared, not those a calibration read: with a bundle
-    per variant, each variant takes some of them."""
-    located = _picture_path(source).get("source_path") if source is not None else None
-    if located is None:
-        return None
-    try:
-        pictures = {os.path.realpath(path) for path in pictures_of(Path(located))}
-    except OSError:
-        return None
-    learnt = len(pictures & training_pictures(bundle.training))
-    return note.format(learnt=learnt, count=len(pictures), source=source) if learnt else None
+def _learnt_notes(bundle: Bundle, sources: list[tuple[str | None, str]]) -> list[str]:
+    """For each (source, note) whose source (none for a camera) holds pictures the bundle's model
+    was trained on, its note. All a source's pictures are compared, not those a calibration read:
+    with a bundle per variant, each variant takes some of them."""
+    located = [(source, note, path) for source, note in sources if source is not None
+               and (path := _picture_path(source).get("source_path")) is not None]
+    trained = training_pictures(bundle.training) if located else set()  # listed once, for both sources
+    notes = []
+    for source, note, path in located:
+        try:
+            pictures = {os.path.realpath(picture) for picture in pictures_of(Path(path))}
+        except OSError:
+            continue
+        if learnt := len(pictures & trained):
+            notes.append(note.format(learnt=learnt, count=len(pictures), source=source))
+    return notes
 
 
 def _picture_path(source: str) -> dict[str, str]:
@@ -425,9 +428,8 @@ def calibrate_into(
     from .report import write_calibration_report  # matplotlib; the report draws a Calibration
 
     calibration = calibrate(detector, kept or Collected(), far, confidence, defects, min_defect_area)
-    calibration.warnings += filter(None, [
-        _learnt_note(detector.bundle, source, LEARNT_FRAMES),
-        _learnt_note(detector.bundle, defects_source if defects else None, LEARNT_DEFECTS)])
+    calibration.warnings += _learnt_notes(detector.bundle, [(source, LEARNT_FRAMES),
+                                                            (defects_source if defects else None, LEARNT_DEFECTS)])
     data = record(calibration, detector, source, use_f1=use_f1, defects_source=defects_source)
     path, backup = save(folder, data)
     report, problem = folder / "calibration_report.png", None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -187,6 +188,12 @@ def _netpbm(data: bytes, header: re.Match, name: Path | str) -> np.ndarray:
         raise ImageError(f"{name}: truncated {what} ({len(values)} of its {count} values)")
     picture = np.round(np.minimum(values, maximum) * (255.0 / maximum)).astype(np.uint8)
     return picture.reshape((height, width, channels) if channels == 3 else (height, width))
+
+
+def pixel_digest(picture: np.ndarray) -> tuple[tuple[int, ...], bytes]:
+    """What tells two pictures of the same pixels (whatever their names) from others: the shape
+    and a hash of the pixels."""
+    return picture.shape, hashlib.blake2b(picture.tobytes()).digest()
 
 
 def check_frame(frame: object, name: str = "frame") -> np.ndarray:

@@ -4,7 +4,6 @@ the bundles as the device does."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from tqdm import tqdm
 from edge_ad.bundle import read_yaml
 from edge_ad.datasets import Sample, load_samples, read_all, training_pictures, unread_test_pictures
 from edge_ad.errors import DataError, ImageError, os_reason
-from edge_ad.images import pictures_of
+from edge_ad.images import pictures_of, pixel_digest
 from edge_ad.masks import InspectionMask
 from edge_ad.metrics import aupro, auroc, f1_max
 from edge_ad.render import overlay
@@ -87,7 +86,7 @@ def evaluate(
         raise DataError(f"{data}: pixel metrics over variants need bundles of one input size, got "
                         f"{sorted({m.bundle.input_size for m in models})}")
     samples, unreadable, scores, verdicts, rows, maps, masks, taken, empty = [], [], [], [], [], [], [], {}, []
-    first_of: dict[tuple, Sample] = {}  # by a digest of its pixels: the first test image that is that picture
+    first_of: dict[tuple, Sample] = {}  # by its pixel_digest: the first test image that is that picture
     both_kinds = []  # [normal, anomalous]: one picture sorted as a good part and as a defect
     unlike: dict = {}  # test images framed or coloured unlike the training pictures, and what run says of the first
     for start in tqdm(range(0, len(listed), batch_size), desc="evaluating", unit="batch"):
@@ -96,9 +95,9 @@ def evaluate(
         if not chunk:
             continue
         for sample, image in zip(chunk, images):
-            first = first_of.setdefault((image.shape, hashlib.blake2b(image.tobytes()).digest()), sample)
+            first = first_of.setdefault(pixel_digest(image), sample)
             if first.label != sample.label:
-                both_kinds.append([first.name, sample.name][:: 1 if first.label == 0 else -1])
+                both_kinds.append([first.name, sample.name] if first.label == 0 else [sample.name, first.name])
         if mask is not None:  # a test image of another size is named
             for sample, image in zip(chunk, images):
                 mask.check(image.shape, sample.name, of_camera=False)

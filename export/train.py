@@ -3,7 +3,6 @@ and the learned bridge's teacher and student (bridge)."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 import zipfile
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from edge_ad.bundle import MODEL_TYPES, read_yaml, write_yaml_atomic
 from edge_ad.datasets import (Sample, data_text, load_defects, load_samples, read_all, training_sources,
                               training_subfolders_left, without_overlays)
 from edge_ad.errors import DataError
-from edge_ad.images import is_grey, resize_to_input, subfolders_left, thumbnail
+from edge_ad.images import is_grey, pixel_digest, resize_to_input, subfolders_left, thumbnail
 
 from .backbone import (BACKBONE_SPECS, DEFAULT_BACKBONE, WHITENING_EPS, FeatureEncoder, input_shape, position_whitening,
                        size_text)
@@ -287,19 +286,15 @@ def _defect_inputs(defects: list[Sample], normal: list[Sample], pictures: list[P
     pixels, whatever its name: a wildcard over the rejected parts' folder, a rejected part copied
     into good/) is refused, naming both."""
     inputs = read_inputs(defects, size, "known defects")
-    normal_of = {_digest(picture.input): sample.name for sample, picture in zip(normal, pictures)}
-    both = [(defect.name, normal_of[_digest(array)]) for defect, array in zip(defects, inputs)
-            if _digest(array) in normal_of]
+    normal_of = {pixel_digest(picture.input): sample.name for sample, picture in zip(normal, pictures)}
+    both = [(defect.name, normal_of[pixel_digest(array)]) for defect, array in zip(defects, inputs)
+            if pixel_digest(array) in normal_of]
     if both:
         listed = ", ".join(name if name == other else f"{name} = {other}" for name, other in both[:3])
         raise DataError(f"{len(both)} known defect(s) of --defects are pictures of --data too ({listed}"
                         f"{', ...' if len(both) > 3 else ''}): a part is good or rejected, not both. Give --data the "
                         "good parts' pictures alone")
     return inputs
-
-
-def _digest(array: np.ndarray) -> bytes:
-    return hashlib.blake2b(array.tobytes()).digest()
 
 
 def _push_away_defects(
