@@ -17,11 +17,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from edge_ad import training_pictures
 from edge_ad.bundle import BRANCHES, CALIBRATION_FILE, Bundle, read_yaml, write_yaml_atomic
-from edge_ad.datasets import training_pictures
 from edge_ad.detector import Detector, Result
 from edge_ad.errors import os_reason, without_passwords
-from edge_ad.images import pictures_of, thumbnail
+from edge_ad.images import pixel_digest, thumbnail
 from edge_ad.masks import InspectionMask
 from edge_ad.normalize import Quantiles, fit_quantiles
 from edge_ad.pipelines import local_path, opencv_input
@@ -60,7 +60,7 @@ SPLIT_HALF_LIMIT = 0.10  # relative disagreement of the halves above which a war
 UNLIKE_SHARE = 0.5
 UNLIKE_MIN_VALIDATION = 10
 # Calibrating on pictures the model was trained on (_learnt_notes): it scores them unlike new parts.
-LEARNT_FRAMES = ("{learnt} of the {count} pictures of {source} are pictures the model was trained on (train --data): "
+LEARNT_FRAMES = ("{learnt} of the {count} frames of {source} are pictures the model was trained on (train --data): "
                  "it scores them lower than new good parts, so a threshold set on them flags more of those than its "
                  "bound says. Calibrate on pictures kept out of training, or on the camera's frames")
 LEARNT_DEFECTS = ("{learnt} of the {count} known defects of {source} are pictures the model was trained on (train "
@@ -84,6 +84,8 @@ class Collected:
     scores: list[float] = field(default_factory=list)  # the bundle's own, in capture order: their pace
     top: list[tuple[float, int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (score, i, frame, grid)
     mask: InspectionMask | None = None  # the frames' inspection mask: quantiles and scores are of its white part
+    # images.pixel_digest of each frame, where they are picture files (`collect`): training pictures among them are said
+    digests: list[str] = field(default_factory=list)
     apart: int = 1  # frames fewer than this apart show one part (`frames_of_one_part`), for `top`
 
     def add(self, i: int, frame: np.ndarray, result: Result, rng: np.random.Generator) -> None:
@@ -137,9 +139,10 @@ def one_per_part(items: list, apart: int) -> list:
 
 def collect(
     detector: Detector | VariantDetector, frames: Iterable[np.ndarray], count: int, seed: int = 0,
-    mask: InspectionMask | None = None, needed: int | None = None,
+    mask: InspectionMask | None = None, needed: int | None = None, digests: bool = False,
 ) -> dict[str | None, Collected]:
-    """Run the detector on up to `count` normal BGR frames (progress bar), within `mask` if given.
+    """Run the detector on up to `count` normal BGR frames (progress bar), within `mask` if given;
+    with `digests` (frames that are picture files), each frame's pixel digest is kept too.
     What is kept of each frame goes to the variant that took it (a VariantDetector: each variant
     is then calibrated on its own frames), or under None for a single bundle. The bar shows about
     how many independent frames there are so far; when `count` frames will not give a variant the
@@ -152,7 +155,10 @@ def collect(
         if i >= count:
             break
         result = detector(frame, mask=mask)
-        kept.setdefault(result.variant, Collected(mask=mask)).add(i, frame, result, rng)
+        collected = kept.setdefault(result.variant, Collected(mask=mask))
+        collected.add(i, frame, result, rng)
+        if digests:  # of the RGB picture, as training keeps them
+            collected.digests.append(pixel_digest(frame[..., ::-1]))
         if (i + 1) % PACE_EVERY or i + 1 < PACE_FROM:
             continue
         scores = {variant: collected.scores for variant, collected in kept.items()}
@@ -235,14 +241,14 @@ def calibrate(
     kept: Collected,
     far: float,
     confidence: float,
-    defects: list[tuple[np.ndarray, tuple[int, int]]] | None = None,
+    defects: list[tuple[np.ndarray, tuple[int, int], str]] | None = None,
     min_defect_area: int | None = None,
 ) -> Calibration:
     """Quantiles, scores and the threshold from what `collect` kept; stability warnings; and,
-    with `defects` (Result.grid_map and frame shape of each known defect frame), recall at the
-    threshold and the F1-best threshold. With `min_defect_area` (frame pixels), a frame's score
-    is the highest level at which a region of its map that large lies above it, so the threshold
-    flags a frame when such a region reaches it."""
+    with `defects` (Result.grid_map, frame shape and pixel digest of each known defect frame),
+    recall at the threshold and the F1-best threshold. With `min_defect_area` (frame pixels), a
+    frame's score is the highest level at which a region of its map that large lies above it, so
+    the threshold flags a frame when such a region reaches it."""
     n = len(kept.samples)
     if n < 4:
         raise CalibrationError(f"only {n} normal frames were read; calibration needs many more")
@@ -293,7 +299,7 @@ def calibrate(
     calibration = Calibration(n, quantiles, scores, threshold, far, confidence, agreement, warnings, top,
                               mask=kept.mask, min_defect_area=min_defect_area)
     if defects:
-        grids, shapes = zip(*defects)
+        grids, shapes, _ = zip(*defects)
         defect_scores = _scores(detector, list(grids), list(shapes), quantiles, kept.mask, min_defect_area)
         calibration.defects = check_defects(scores, defect_scores, threshold.value)
         calibration.defect_scores = defect_scores
@@ -358,21 +364,15 @@ def record(
     return data
 
 
-def _learnt_notes(bundle: Bundle, sources: list[tuple[str | None, str]]) -> list[str]:
-    """For each (source, note) whose source (none for a camera) holds pictures the bundle's model
-    was trained on, its note. All a source's pictures are compared, not those a calibration read:
-    with a bundle per variant, each variant takes some of them."""
-    located = [(source, note, path) for source, note in sources if source is not None
-               and (path := _picture_path(source).get("source_path")) is not None]
-    trained = training_pictures(bundle.training) if located else set()  # listed once, for both sources
+def _learnt_notes(bundle: Bundle, checks: list[tuple[str | None, list[str], str, str]]) -> list[str]:
+    """For each (source, pixel digests of the frames read from it, kind, note) where some of those
+    frames are pictures the bundle's model was trained on as that kind (training_pictures), its
+    note: the same pixels, wherever the pictures were copied to since."""
+    learnt = bundle.training_pictures() if any(digests for _, digests, _, _ in checks) else {}
     notes = []
-    for source, note, path in located:
-        try:
-            pictures = {os.path.realpath(picture) for picture in pictures_of(Path(path))}
-        except OSError:
-            continue
-        if learnt := len(pictures & trained):
-            notes.append(note.format(learnt=learnt, count=len(pictures), source=source))
+    for source, digests, kind, note in checks:
+        if count := sum(learnt.get(digest) == kind for digest in digests):
+            notes.append(note.format(learnt=count, count=len(digests), source=source))
     return notes
 
 
@@ -419,7 +419,7 @@ class Written:
 
 def calibrate_into(
     folder: Path, detector: Detector, kept: Collected | None, far: float, confidence: float, source: str,
-    defects: list[tuple[np.ndarray, tuple[int, int]]] | None = None, min_defect_area: int | None = None,
+    defects: list[tuple[np.ndarray, tuple[int, int], str]] | None = None, min_defect_area: int | None = None,
     use_f1: bool = False, defects_source: str | None = None,
 ) -> Written:
     """Calibrate `detector` on what was kept of its normal frames from `source` (`calibrate`),
@@ -428,8 +428,9 @@ def calibrate_into(
     from .report import write_calibration_report  # matplotlib; the report draws a Calibration
 
     calibration = calibrate(detector, kept or Collected(), far, confidence, defects, min_defect_area)
-    calibration.warnings += _learnt_notes(detector.bundle, [(source, LEARNT_FRAMES),
-                                                            (defects_source if defects else None, LEARNT_DEFECTS)])
+    calibration.warnings += _learnt_notes(detector.bundle, [
+        (source, kept.digests if kept else [], training_pictures.NORMAL, LEARNT_FRAMES),
+        (defects_source, [digest for _, _, digest in defects or []], training_pictures.DEFECT, LEARNT_DEFECTS)])
     data = record(calibration, detector, source, use_f1=use_f1, defects_source=defects_source)
     path, backup = save(folder, data)
     report, problem = folder / "calibration_report.png", None

@@ -32,6 +32,7 @@ import yaml
 
 from calibration.threshold import expected_rate_above, resolves
 
+from . import training_pictures
 from .errors import BundleError, os_reason
 from .files import write_atomic
 from .images import is_grey
@@ -107,6 +108,11 @@ class Bundle:
         """What training recorded of the run (`provenance.training`); empty where the bundle does not say."""
         training = (self.spec.get("provenance") or {}).get("training")
         return training if isinstance(training, dict) else {}
+
+    def training_pictures(self) -> dict[str, str]:
+        """{pixel digest: kind} of the pictures the model was trained on (edge_ad.training_pictures);
+        {} for bundles trained before training kept them."""
+        return training_pictures.read(self.root, self.training.get("pictures_sha256"))
 
     @property
     def trained_on_grey(self) -> bool:

@@ -456,6 +456,7 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
     from calibration.statistics import frames_needed
 
     from .masks import InspectionMask
+    from .pipelines import opencv_input
     from .sources import open_source
     from .streams import bundle_of, calibration_folder
     from .variants import VariantDetector, load_detector
@@ -473,7 +474,8 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
             except EdgeAdError as exc:  # one that cannot be read is what this calibration replaces
                 print(f"{stream.name}: {exc}; it is replaced by the calibration made now")
         kept = collect(detector, _checked_frames(source, mask, stream.name), args.frames, mask=mask,
-                       needed=frames_needed(args.target_far, args.confidence))
+                       needed=frames_needed(args.target_far, args.confidence),
+                       digests=stream.input is not None and opencv_input(stream.input) is not None)
     finally:
         source.close()
     read = sum(len(k.samples) for k in kept.values())
@@ -483,6 +485,8 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
     if args.defects:
         from tqdm import tqdm
 
+        from .images import pixel_digest
+
         defect_source = open_source(args.defects)
         try:
             if defect_source.live:  # its frames would be read for ever
@@ -490,7 +494,8 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
                                   "wildcard or a clip of known bad parts")
             for frame in tqdm(defect_source.frames(), desc="known defects", unit="frame"):
                 result = detector(frame.image, mask=mask)
-                defects.setdefault(result.variant, []).append((result.grid_map, frame.image.shape[:2]))
+                defects.setdefault(result.variant, []).append(
+                    (result.grid_map, frame.image.shape[:2], pixel_digest(frame.image[..., ::-1])))
         finally:
             defect_source.close()
     source_name = stream.input or stream.pipeline

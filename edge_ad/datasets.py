@@ -348,36 +348,17 @@ def data_text(data: str | Sequence[str]) -> str:
 
 
 def training_sources(data: str | Sequence[str], defects: str | None) -> dict[str, Any]:
-    """Where a training run's pictures are, recorded so that a command run from another folder
-    lists them again (eval names the test images among them): `data_paths`, the folders and
-    wildcards of `data` by absolute path (not ELPV's protocol: its test split holds none of its
-    training images), `defects_path`, the known defects (by absolute path; elpv:M as it is, as
-    the few-shot protocol draws them from ELPV's test split), and `host`, the machine whose
-    paths they are."""
+    """Where a training run's pictures were, for a person reading the bundle's provenance:
+    `data_paths`, the folders and wildcards of `data` by absolute path (not ELPV's protocol),
+    `defects_path`, the known defects (by absolute path; elpv:M as it is), and `host`, the machine
+    whose paths they are. eval and calibrate know the pictures by their pixels
+    (edge_ad.training_pictures), not by these paths."""
     specs = [data] if isinstance(data, str) else list(data)
     record: dict[str, Any] = {"data_paths": [_absolute(spec) for spec in specs if not _is_elpv(spec)],
                               "host": socket.gethostname()}
     if defects is not None:
         record["defects_path"] = defects if _is_elpv(defects) else _absolute(defects)
     return record
-
-
-def training_pictures(record: dict) -> set[str]:
-    """The real paths of the pictures a training record names (training_sources), those that can
-    still be listed: a bundle trained on another machine (whose folders of the same names hold
-    other pictures), or on pictures since moved, names none."""
-    if record.get("host") != socket.gethostname():
-        return set()
-    readers = [lambda path=path: load_samples(path, "train") for path in record.get("data_paths") or []]
-    if record.get("defects_path"):
-        readers.append(lambda: load_defects(record["defects_path"]))
-    paths = set()
-    for read in readers:
-        try:
-            paths |= {os.path.realpath(sample.name) for sample in read()}
-        except (DataError, OSError):
-            continue
-    return paths
 
 
 def _absolute(spec: str) -> str:

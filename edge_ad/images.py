@@ -192,10 +192,13 @@ def _netpbm(data: bytes, header: re.Match, name: Path | str) -> np.ndarray:
     return values.astype(np.uint8).reshape((height, width, channels) if channels == 3 else (height, width))
 
 
-def pixel_digest(picture: np.ndarray) -> tuple[tuple[int, ...], bytes]:
-    """What tells two pictures of the same pixels (whatever their names) from others: the shape
-    and a hash of the pixels."""
-    return picture.shape, hashlib.blake2b(picture.tobytes()).digest()
+def pixel_digest(picture: np.ndarray) -> str:
+    """What tells two pictures of the same pixels (whatever their names, folders or machines) from
+    others: a hash of the shape and the pixels, in hex. Training keeps those of its pictures, so
+    that eval and calibrate know them again (bundle.Bundle.training_pictures)."""
+    digest = hashlib.blake2b(str(picture.shape).encode(), digest_size=16)
+    digest.update(np.ascontiguousarray(picture).data)
+    return digest.hexdigest()
 
 
 def check_frame(frame: object, name: str = "frame") -> np.ndarray:

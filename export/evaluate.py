@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_ad.bundle import read_yaml
-from edge_ad.datasets import Sample, load_samples, read_all, training_pictures, unread_test_pictures
+from edge_ad.datasets import Sample, load_samples, read_all, unread_test_pictures
 from edge_ad.errors import DataError, ImageError, os_reason
 from edge_ad.images import pictures_of, pixel_digest
 from edge_ad.masks import InspectionMask
@@ -86,7 +86,11 @@ def evaluate(
         raise DataError(f"{data}: pixel metrics over variants need bundles of one input size, got "
                         f"{sorted({m.bundle.input_size for m in models})}")
     samples, unreadable, scores, verdicts, rows, maps, masks, taken, empty = [], [], [], [], [], [], [], {}, []
-    first_of: dict[tuple, Sample] = {}  # by its pixel_digest: the first test image that is that picture
+    first_of: dict[str, Sample] = {}  # by its pixel_digest: the first test image that is that picture
+    learnt = {}  # {pixel digest: kind} of the pictures the bundles were trained on (train's --data, --defects)
+    for model in models:
+        learnt |= model.bundle.training_pictures()
+    trained = []  # the labels of the test images among them
     both_kinds = []  # [normal, anomalous]: one picture sorted as a good part and as a defect
     unlike: dict = {}  # test images framed or coloured unlike the training pictures, and what run says of the first
     for start in tqdm(range(0, len(listed), batch_size), desc="evaluating", unit="batch"):
@@ -95,7 +99,10 @@ def evaluate(
         if not chunk:
             continue
         for sample, image in zip(chunk, images):
-            first = first_of.setdefault(pixel_digest(image), sample)
+            digest = pixel_digest(image)
+            if digest in learnt:
+                trained.append(sample.label)
+            first = first_of.setdefault(digest, sample)
             if first.label != sample.label:
                 both_kinds.append([first.name, sample.name] if first.label == 0 else [sample.name, first.name])
         if mask is not None:  # a test image of another size is named
@@ -160,12 +167,12 @@ def evaluate(
     unread = unread_test_pictures(data)
     if unread:
         report["pictures_not_read"] = unread
-    trained = set().union(*(training_pictures(model.bundle.training) for model in models))  # --data, --defects
-    for key, pictures in (("test_images_the_model_was_trained_on", trained),
-                          ("test_images_the_calibration_was_made_on", _calibration_pictures(models))):
-        seen = [s.label for s in samples if os.path.realpath(s.name) in pictures]
-        if seen:  # the model learnt them, or its threshold was set on them: what it does with them is no test of it
-            report[key] = {"normal": seen.count(0), "anomalous": seen.count(1)}
+    calibrated = _calibration_pictures(models)
+    seen = [s.label for s in samples if os.path.realpath(s.name) in calibrated]
+    for key, labels_seen in (("test_images_the_model_was_trained_on", trained),
+                             ("test_images_the_calibration_was_made_on", seen)):
+        if labels_seen:  # the model learnt them, or its threshold was set on them: what it does with them is no test
+            report[key] = {"normal": labels_seen.count(0), "anomalous": labels_seen.count(1)}
     if both_kinds:
         report["test_images_of_both_kinds"] = both_kinds
     if unlike:

@@ -3,6 +3,7 @@ and the learned bridge's teacher and student (bridge)."""
 
 from __future__ import annotations
 
+import os
 import time
 import zipfile
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from calibration.statistics import COPIES_SHARE, near_copies
-from edge_ad import __version__
+from edge_ad import __version__, training_pictures
 from edge_ad.bundle import MODEL_TYPES, read_yaml, write_yaml_atomic
 from edge_ad.datasets import (Sample, data_text, load_defects, load_samples, read_all, training_sources,
                               training_subfolders_left, without_overlays)
@@ -97,12 +98,14 @@ class Picture(NamedTuple):
     shape: tuple[int, int]  # the picture's (height, width)
     brightest: int  # its brightest pixel value
     thumbnail: np.ndarray  # 32 x 32 grey, for near-copies
+    digest: str  # its pixels' (images.pixel_digest), for the training pictures file
 
 
 def picture(image: np.ndarray, size: int | Sequence[int]) -> Picture:
     """What training keeps of the RGB `image` for a model input of `size` (see `input_shape`)."""
     height, width = input_shape(size)
-    return Picture(resize_to_input(image, height, width), image.shape[:2], int(image.max()), thumbnail(image, "RGB"))
+    return Picture(resize_to_input(image, height, width), image.shape[:2], int(image.max()), thumbnail(image, "RGB"),
+                   pixel_digest(image))
 
 
 def shape_note(pictures: list[Picture], size: int | Sequence[int]) -> str | None:
@@ -202,7 +205,7 @@ def train(config: TrainConfig, out: Path) -> Path:
              if note]
     for note in notes:
         print(f"note: {note}")
-    defect_inputs = _defect_inputs(defects, kept, pictures, config.input_size) if defects else None
+    defect_inputs, defect_digests = _defect_inputs(defects, kept, pictures, config.input_size)
     inputs = np.stack([p.input for p in pictures])
     order = np.random.default_rng(config.seed).permutation(len(inputs))
     n_val = min(max(1, round(config.val_fraction * len(inputs))), len(inputs) - 1)
@@ -223,7 +226,7 @@ def train(config: TrainConfig, out: Path) -> Path:
     del feats, standardised
     prototypes = greedy_coreset(patches, prototype_count(config), config.seed)
     timings = {}
-    if config.defects:
+    if defects:
         prototypes, timings["prototypes_removed_by_defects"] = _push_away_defects(config, defect_inputs, encoder,
                                                                                   prototypes, patches, device)
     checkpoint = {
@@ -249,6 +252,10 @@ def train(config: TrainConfig, out: Path) -> Path:
     (out / CONFIG).unlink(missing_ok=True)
     save_checkpoint(out / CHECKPOINT, checkpoint)
     save_arrays(out / VALIDATION, inputs=inputs[val_idx])
+    listed = [(training_pictures.NORMAL, p.digest, s.name) for s, p in zip(kept, pictures)] + [
+        (training_pictures.DEFECT, digest, s.name) for s, digest in zip(defects, defect_digests)]
+    pictures_sha256 = training_pictures.write(out / training_pictures.FILE,
+                                              [(kind, digest, os.path.abspath(name)) for kind, digest, name in listed])
     record = {
         "model": config.model,
         "edge_ad_version": __version__,
@@ -257,7 +264,8 @@ def train(config: TrainConfig, out: Path) -> Path:
         "train_images": int(len(train_idx)),
         "validation_images": int(len(val_idx)),
         "skipped": bad,
-        **training_sources(config.data, config.defects),  # eval names the test images among them
+        **training_sources(config.data, config.defects),  # where the pictures were, for a person
+        "pictures_sha256": pictures_sha256,  # of the file that lists them: eval and calibrate know them again
         # the pictures as read, before resizing: `run` and `calibrate` compare the camera's frames with it
         "image_shape": [int(np.median([p.shape[axis] for p in pictures])) for axis in (0, 1)],
         # all grey: `run` scores a colour camera's frames in grey (Bundle.trained_on_grey)
@@ -281,20 +289,24 @@ def _known_defects(spec: str) -> list[Sample]:
 
 
 def _defect_inputs(defects: list[Sample], normal: list[Sample], pictures: list[Picture], size: int | Sequence[int]
-                   ) -> np.ndarray:
-    """The model inputs of the known `defects`; one that is a training picture of `normal` too (its
-    pixels, whatever its name: a wildcard over the rejected parts' folder, a rejected part copied
-    into good/) is refused, naming both."""
-    inputs = read_inputs(defects, size, "known defects")
-    normal_of = {pixel_digest(picture.input): sample.name for sample, picture in zip(normal, pictures)}
-    both = [(defect.name, normal_of[pixel_digest(array)]) for defect, array in zip(defects, inputs)
-            if pixel_digest(array) in normal_of]
+                   ) -> tuple[np.ndarray | None, list[str]]:
+    """The model inputs and pixel digests of the known `defects` (None and [] for none); one that is a
+    training picture of `normal` too (its pixels, whatever its name: a wildcard over the rejected
+    parts' folder, a rejected part copied into good/) is refused, naming both."""
+    if not defects:
+        return None, []
+    height, width = input_shape(size)
+    _, read, _ = read_all(defects, False, lambda s: tqdm(s, desc="reading known defects", unit="img"),
+                          lambda image: (resize_to_input(image, height, width), pixel_digest(image)))
+    inputs, digests = np.stack([array for array, _ in read]), [digest for _, digest in read]
+    normal_of = {picture.digest: sample.name for sample, picture in zip(normal, pictures)}
+    both = [(defect.name, normal_of[digest]) for defect, digest in zip(defects, digests) if digest in normal_of]
     if both:
         listed = ", ".join(name if name == other else f"{name} = {other}" for name, other in both[:3])
         raise DataError(f"{len(both)} known defect(s) of --defects are pictures of --data too ({listed}"
                         f"{', ...' if len(both) > 3 else ''}): a part is good or rejected, not both. Give --data the "
                         "good parts' pictures alone")
-    return inputs
+    return inputs, digests
 
 
 def _push_away_defects(

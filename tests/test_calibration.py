@@ -254,9 +254,10 @@ def test_eval_says_which_test_images_the_calibration_in_use_was_made_on(tiny_bun
 def test_calibrate_says_which_of_its_pictures_the_model_was_trained_on(mvtec_category, tmp_path):
     """A model scores its own training pictures lower than new good parts: a threshold set on them
     flagged 60 of 80 new good cells where its bound said at most 14 % (README). calibrate now says
-    how many pictures of its source, and of its known defects, the model was trained on; and it
-    refuses known defects among the normal frames (a wildcard over good/ and the defects' folder)
-    and a live source as --defects (read for ever before)."""
+    how many of its frames, and of its known defects, are pictures the model was trained on,
+    copies too (a training folder copied from the workstation to the Jetson); and it refuses known
+    defects among the normal frames (a wildcard over good/ and the defects' folder) and a live
+    source as --defects (read for ever before)."""
     from export.onnx_export import export_bundle
     from export.train import TrainConfig, train
 
@@ -267,7 +268,7 @@ def test_calibrate_says_which_of_its_pictures_the_model_was_trained_on(mvtec_cat
     settings = ("--frames", 4, "--target-far", 0.5, "--confidence", 0.9)
     out = edge_ad("calibrate", "--bundle", bundle, "--input", site / "good", *settings, "--defects", site / "spot",
                   check=True)
-    said = [f"4 of the 4 pictures of {site / 'good'} are pictures the model was trained on (train --data): it "
+    said = [f"4 of the 4 frames of {site / 'good'} are pictures the model was trained on (train --data): it "
             "scores them lower than new good parts, so a threshold set on them flags more of those than its bound says",
             f"4 of the 4 known defects of {site / 'spot'} are pictures the model was trained on (train --defects)"]
     for warning in said:
@@ -283,10 +284,12 @@ def test_calibrate_says_which_of_its_pictures_the_model_was_trained_on(mvtec_cat
     live = edge_ad("calibrate", "--bundle", bundle, "--input", site / "good", *settings, "--defects", "test://")
     assert live.returncode == 2 and "--defects test://: a live source's frames do not end" in live.stderr
     spec = yaml.safe_load((bundle / "bundle.yaml").read_text())
-    spec["provenance"]["training"]["host"] = "workstation"  # trained there: its folders are not this machine's
+    spec["provenance"]["training"]["host"] = "workstation"  # trained there, and its pictures copied here
     (bundle / "bundle.yaml").write_text(yaml.safe_dump(spec))
-    elsewhere = edge_ad("calibrate", "--bundle", bundle, "--input", site / "good", *settings, check=True)
-    assert "the model was trained on" not in elsewhere.stdout
+    copied = shutil.copytree(site / "good", tmp_path / "copied")
+    elsewhere = edge_ad("calibrate", "--bundle", bundle, "--input", copied, *settings, check=True)
+    assert f"warning: 4 of the 4 frames of {copied} are pictures the model was trained on (train --data)" in (
+        elsewhere.stdout)
 
 
 def test_calibrate_opens_the_camera_as_run_does(tiny_bundle, tmp_path):

@@ -354,3 +354,29 @@ def test_int8_calibration_frames_of_a_grey_bundle_are_grey(tmp_path):
     colour, grey = (calibration_frames(str(tmp_path), 3, (32, 32), grey) for grey in (False, True))
     assert not any(is_grey(frame) for frame in colour)
     assert all(is_grey(frame) and np.array_equal(frame, as_grey(rgb)) for frame, rgb in zip(grey, colour))
+
+
+def test_training_pictures_are_known_by_their_pixels_and_only_from_the_file_the_bundle_names(tmp_path):
+    """The training pictures file lists each picture's pixel digest: the same pixels give the same
+    digest whatever the file's name (a copy), other pixels or the same ones in another shape
+    another. It is read only where its SHA-256 is the one recorded: an export of an older run into
+    a bundle folder leaves that run's file, which lists other pictures."""
+    from edge_ad import training_pictures
+    from edge_ad.images import pixel_digest, read_image
+
+    cell = np.random.default_rng(0).integers(0, 256, (40, 60, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / "part.png"), cell[..., ::-1])
+    copy = read_image(tmp_path / "part.png")  # as train, eval and calibrate read pictures
+    assert pixel_digest(copy) == pixel_digest(cell)
+    other = cell.copy()
+    other[0, 0, 0] ^= 1
+    assert len({pixel_digest(cell), pixel_digest(other), pixel_digest(cell.reshape(60, 40, 3))}) == 3
+    sha256 = training_pictures.write(tmp_path / training_pictures.FILE, [
+        (training_pictures.NORMAL, pixel_digest(cell), "/site/good/a, b.png"),
+        (training_pictures.DEFECT, pixel_digest(other), "/site/crack/c.png")])
+    assert training_pictures.read(tmp_path, sha256) == {pixel_digest(cell): "normal", pixel_digest(other): "defect"}
+    assert training_pictures.read(tmp_path, None) == {}  # a bundle trained before the file was written
+    training_pictures.write(tmp_path / training_pictures.FILE, [(training_pictures.NORMAL, pixel_digest(other), "x")])
+    assert training_pictures.read(tmp_path, sha256) == {}  # another run's file
+    (tmp_path / training_pictures.FILE).unlink()
+    assert training_pictures.read(tmp_path, sha256) == {}

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from edge_ad import Detector
 from edge_ad.device import read_sensors
@@ -194,12 +195,12 @@ def test_unreadable_test_images_are_named_together_or_left_out_with_skip_bad(tin
     assert alone["test_images"] == 1 and "pixel_auroc" not in alone
 
 
-def test_eval_says_which_test_images_the_model_was_trained_on(mvtec_category, tmp_path, monkeypatch):
+def test_eval_says_which_test_images_the_model_was_trained_on(tiny_bundle, mvtec_category, tmp_path, monkeypatch):
     """Pictures sorted on site into good/ and a folder per defect serve to train (--data good,
     --defects spot) and then to evaluate (--data on their folder): the model learnt them, which
-    eval now says. train records its pictures' folders by absolute path, so eval run from another
-    folder finds them; one trained on another machine (whose folders of the same names hold other
-    pictures), or on pictures since moved, has none to compare."""
+    eval now says. Training keeps its pictures' pixel digests in the bundle, so copies of them
+    are known too: in another folder, moved, or on another machine (a training folder copied to
+    the Jetson). A bundle trained on other pictures, or before training kept them, names none."""
     import shutil
 
     from export.onnx_export import export_bundle
@@ -215,14 +216,19 @@ def test_eval_says_which_test_images_the_model_was_trained_on(mvtec_category, tm
     assert json.loads(out.stdout)["test_images_the_model_was_trained_on"] == {"normal": 4, "anomalous": 4}
     assert ("note: 4 normal and 4 anomalous test image(s) are pictures the model was trained on (train's --data, or "
             "its --defects): they score as no new part would") in out.stderr
-    elsewhere = evaluate(str(bundle), str(mvtec_category))  # the same pictures in another folder: not the ones learnt
-    assert "test_images_the_model_was_trained_on" not in elsewhere and elsewhere["test_images"] == 8
+    site.rename(tmp_path / "moved")
     with monkeypatch.context() as patched:
         patched.setattr(socket, "gethostname", lambda: "jetson-line-3")
-        assert "test_images_the_model_was_trained_on" not in evaluate(str(bundle), str(site))
-    site.rename(tmp_path / "moved")
-    moved = evaluate(str(bundle), str(tmp_path / "moved"))
-    assert "test_images_the_model_was_trained_on" not in moved and moved["test_images"] == 8
+        moved = evaluate(str(bundle), str(tmp_path / "moved"))
+    assert moved["test_images_the_model_was_trained_on"] == {"normal": 4, "anomalous": 4}
+    copies = evaluate(str(bundle), str(mvtec_category))  # the same pictures, in the folder they were copied from
+    assert copies["test_images_the_model_was_trained_on"] == {"normal": 4, "anomalous": 4}
+    assert "test_images_the_model_was_trained_on" not in evaluate(str(tiny_bundle), str(mvtec_category))
+    spec = yaml.safe_load((bundle / "bundle.yaml").read_text())
+    del spec["provenance"]["training"]["pictures_sha256"]  # as bundles trained before it
+    (bundle / "bundle.yaml").write_text(yaml.safe_dump(spec))
+    before = evaluate(str(bundle), str(mvtec_category))
+    assert "test_images_the_model_was_trained_on" not in before and before["test_images"] == 8
 
 
 def test_eval_names_a_picture_sorted_both_as_a_good_part_and_as_a_defect(tiny_bundle, mvtec_category, tmp_path):
