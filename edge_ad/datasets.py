@@ -348,11 +348,11 @@ def data_text(data: str | Sequence[str]) -> str:
 
 
 def training_sources(data: str | Sequence[str], defects: str | None) -> dict[str, Any]:
-    """Where a training run's pictures were, for a person reading the bundle's provenance:
-    `data_paths`, the folders and wildcards of `data` by absolute path (not ELPV's protocol),
-    `defects_path`, the known defects (by absolute path; elpv:M as it is), and `host`, the machine
-    whose paths they are. eval and calibrate know the pictures by their pixels
-    (edge_ad.training_pictures), not by these paths."""
+    """Where a training run's pictures were: `data_paths`, the folders and wildcards of `data` by
+    absolute path (not ELPV's protocol; export's INT8 calibration frames by default, read from
+    whatever folder export runs in), `defects_path`, the known defects (by absolute path; elpv:M
+    as it is), and `host`, the machine whose paths they are, for a person reading the bundle's
+    provenance. eval and calibrate know the pictures by their pixels (edge_ad.training_pictures)."""
     specs = [data] if isinstance(data, str) else list(data)
     record: dict[str, Any] = {"data_paths": [_absolute(spec) for spec in specs if not _is_elpv(spec)],
                               "host": socket.gethostname()}

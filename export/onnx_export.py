@@ -26,7 +26,7 @@ from edge_ad import __version__, training_pictures
 from edge_ad.bundle import BRANCHES, BUNDLE_FILE, SCHEMA_VERSION, file_sha256, write_yaml_atomic
 from edge_ad.datasets import calibration_frames, data_text
 from edge_ad.detector import Detector
-from edge_ad.errors import EdgeAdError
+from edge_ad.errors import DataError, EdgeAdError
 from edge_ad.normalize import fit_quantiles
 from edge_ad.self_check import CHECK_FILE, maps_key
 
@@ -433,9 +433,16 @@ def _write_bundle(
         half = model.half(out, graphs)
     if precision == "int8":
         calibration = calibration or CalibrationConfig()
-        if calibration.data is None:
-            calibration = replace(calibration, data=record["config"]["data"])
-        quantization = model.quantize(out, graphs, calibration)
+        given = calibration.data is not None
+        if not given:
+            calibration = replace(calibration, data=_training_data(record))
+        try:
+            quantization = model.quantize(out, graphs, calibration)
+        except DataError as exc:
+            if given:
+                raise
+            raise DataError(f"{exc} (the run's training data, which INT8 calibrates on unless --calib-data names "
+                            "other frames of the camera)") from exc
     save_checkpoint(out / REFERENCE_FILE, {k: v for k, v in checkpoint.items() if k != "teacher"})
     if (run / training_pictures.FILE).is_file():  # eval and calibrate know the training pictures by it
         shutil.copyfile(run / training_pictures.FILE, out / training_pictures.FILE)
@@ -492,6 +499,18 @@ def _write_bundle(
     }
     write_yaml_atomic(out / BUNDLE_FILE, spec)
     Detector.load(out)  # its graphs pass their own check here, on ONNX Runtime, or the export fails
+
+
+def _training_data(record: dict) -> str | list[str]:
+    """The run's training data, INT8 calibration frames by default: its folders by the absolute
+    paths train recorded (`data_paths`), so that an export run from another folder reads them, not
+    a folder of the same name there (or none: "good: no such dataset folder"); as typed for ELPV's
+    protocol, which has no path, and for runs trained before the paths were recorded."""
+    data = record["config"]["data"]
+    paths = record.get("data_paths")
+    if not isinstance(paths, list) or len(paths) != (1 if isinstance(data, str) else len(data)):
+        return data
+    return paths[0] if isinstance(data, str) else paths
 
 
 def _check_images(val_inputs: np.ndarray) -> np.ndarray:

@@ -17,11 +17,13 @@ from edge_ad.backends import exact_int8_kernels
 from edge_ad.device import CONFIGS
 from edge_ad.doctor import doctor
 from edge_ad.engines import build_engines
-from edge_ad.errors import BundleError, EdgeAdError
+from edge_ad.errors import BundleError, DataError, EdgeAdError
 from edge_ad.metrics import auroc
 from export.deepstream import write_deepstream
 from export.onnx_export import SYMMETRIC_ENCODER_FP32, CalibrationConfig, calibration_count, export_bundle
 from export.quantize import _whitening_nodes, integer_whitening, quantize_distance_graph, quantize_graph
+
+from conftest import TINY_INPUT, TINY_PROTOTYPES
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +279,27 @@ def test_a_search_that_makes_the_output_worse_is_undone(tiny_bundle, mvtec_categ
                             keep_below_db=1000.0)
     assert result["kept_fp32"] == [_whitening_matmul(tiny_bundle / "encoder.onnx")] and result["search_rejected"] and result["output_sqnr_db"] == 30.0
     assert _quantised_convs(tmp_path / "e.onnx")  # written again fully quantised
+
+
+def test_int8_calibrates_on_the_training_folder_from_wherever_export_runs(mvtec_category, tmp_path, monkeypatch):
+    """`train --data good` typed in the pictures' folder, then `export --precision int8` from
+    another: the calibration frames (the run's training data by default) came from `good` as
+    typed, so export failed there ("good: no such dataset folder"), or calibrated on another
+    product's `good` folder where there was one. It reads the folder train recorded; a folder
+    gone since is named as the run's training data."""
+    from export.train import TrainConfig, train
+
+    site = shutil.copytree(mvtec_category / "train", tmp_path / "site")
+    monkeypatch.chdir(site)
+    run = train(TrainConfig(data="good", input_size=TINY_INPUT, prototypes=TINY_PROTOTYPES), tmp_path / "run")
+    elsewhere = tmp_path / "other_product"
+    (elsewhere / "good").mkdir(parents=True)
+    cv2.imwrite(str(elsewhere / "good" / "000.png"), np.zeros((64, 64), np.uint8))
+    monkeypatch.chdir(elsewhere)
+    bundle = export_bundle(run, tmp_path / "bundle", precision="int8", calibration=CalibrationConfig(images=12))
+    spec = yaml.safe_load((bundle / "bundle.yaml").read_text())
+    assert spec["quantization"]["calibration_source"] == str(site / "good")
+    (site / "good").rename(site / "moved")
+    with pytest.raises(DataError, match=f"{site / 'good'}: no such dataset folder \\(the run's training data, which "
+                                        "INT8 calibrates on unless --calib-data names other frames of the camera\\)"):
+        export_bundle(run, tmp_path / "again", precision="int8", calibration=CalibrationConfig(images=12))
