@@ -162,7 +162,7 @@ def _eval(args: argparse.Namespace) -> None:
     from export.evaluate import evaluate
 
     from .datasets import NOT_READ
-    from .images import count_text
+    from .images import DARK_CAUSE, count_text
     from .masks import InspectionMask
 
     mask = InspectionMask.load(args.mask) if args.mask else None
@@ -192,6 +192,13 @@ def _eval(args: argparse.Namespace) -> None:
         images = unlike["images"]
         print(f"note: {len(images)} test image(s) look unlike the training pictures, as {images[0]}, where run would "
               f"say: {unlike['first']}", file=sys.stderr)
+    dark = report.get("test_images_dark")
+    if dark:
+        print(f"note: the brightest pixel of all {dark['images']} test images is {dark['brightest']} of 255. "
+              f"{DARK_CAUSE}; the line camera's 8-bit frames are far brighter, and a model trained on them finds such "
+              "images anomalous: the AUROC and what the threshold flags say little of the line. Evaluate on 8-bit "
+              "pictures (edge-ad record saves them) or shift such files up to 16 bits first (README: 16-bit "
+              "pictures)", file=sys.stderr)
     trained = report.get("test_images_the_model_was_trained_on")
     if trained:
         print(f"note: {trained['normal']} normal and {trained['anomalous']} anomalous test image(s) are pictures the "

@@ -15,6 +15,14 @@ from .errors import ImageError, os_reason
 
 # WebP: pictures saved from a browser or a labelling tool; PGM and PPM: from machine-vision tools.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+# Pictures whose brightest pixel is this or less (a quarter of the range), all of a training or a
+# test set, are far darker than the line camera's 8-bit frames: 16-bit files of a 12-bit camera
+# read at the full 16-bit range come out at 16 of 255 at most; a bundle trained on such files
+# flagged every normal 8-bit ELPV frame, and one trained on 8-bit cells 19 of 20 normal ones saved
+# so (README: 16-bit pictures).
+DARK = 64
+DARK_CAUSE = ("16-bit files of a 10-, 12- or 14-bit camera read this dark (16-bit pictures are read at their full "
+              "range, value / 257), as do pictures taken without light")
 NORMAL_FOLDERS = ("good", "ok")  # MVTec AD and VisA name the normal pictures' folder good; BTAD, ok
 COUNTED_UP_TO = 1000  # pictures counted in a subfolder left unread: a share's archive there may hold millions
 COLOR_ORDERS = ("BGR", "RGB", "GRAY")

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from edge_ad.bundle import read_yaml
 from edge_ad.datasets import Sample, load_samples, read_all, unread_test_pictures
 from edge_ad.errors import DataError, ImageError, os_reason
-from edge_ad.images import pictures_of, pixel_digest
+from edge_ad.images import DARK, pictures_of, pixel_digest
 from edge_ad.masks import InspectionMask
 from edge_ad.metrics import aupro, auroc, f1_max
 from edge_ad.render import overlay
@@ -91,6 +91,7 @@ def evaluate(
     for model in models:
         learnt |= model.bundle.training_pictures()
     trained = []  # the labels of the test images among them
+    brightest = 0  # pixel value of all test images: a test set of 16-bit files of a 12-bit camera is at most 16
     both_kinds = []  # [normal, anomalous]: one picture sorted as a good part and as a defect
     unlike: dict = {}  # test images framed or coloured unlike the training pictures, and what run says of the first
     for start in tqdm(range(0, len(listed), batch_size), desc="evaluating", unit="batch"):
@@ -99,7 +100,7 @@ def evaluate(
         if not chunk:
             continue
         for sample, image in zip(chunk, images):
-            digest = pixel_digest(image)
+            digest, brightest = pixel_digest(image), max(brightest, int(image.max()))
             if digest in learnt:
                 trained.append(sample.label)
             first = first_of.setdefault(digest, sample)
@@ -175,6 +176,8 @@ def evaluate(
             report[key] = {"normal": labels_seen.count(0), "anomalous": labels_seen.count(1)}
     if both_kinds:
         report["test_images_of_both_kinds"] = both_kinds
+    if brightest <= DARK:
+        report["test_images_dark"] = {"images": len(samples), "brightest": brightest}
     if unlike:
         report["test_images_unlike_training"] = unlike
     if unreadable:

@@ -21,7 +21,7 @@ from edge_ad.bundle import MODEL_TYPES, read_yaml, write_yaml_atomic
 from edge_ad.datasets import (Sample, data_text, load_defects, load_samples, read_all, training_sources,
                               training_subfolders_left, without_overlays)
 from edge_ad.errors import DataError
-from edge_ad.images import is_grey, pixel_digest, resize_to_input, subfolders_left, thumbnail
+from edge_ad.images import DARK, DARK_CAUSE, is_grey, pixel_digest, resize_to_input, subfolders_left, thumbnail
 
 from .backbone import (BACKBONE_SPECS, DEFAULT_BACKBONE, WHITENING_EPS, FeatureEncoder, input_shape, position_whitening,
                        size_text)
@@ -49,11 +49,6 @@ MIN_INPUT_SIZE = 64
 # Images this much wider than high (or higher than wide) lose detail in a square input: on ELPV
 # cells three in a row (3:1), 448x160 scored 0.019 above 256 at 7 % fewer frames per second (README).
 WIDE = 1.5
-# Training images whose brightest pixel is this or less (a quarter of the range) are too dark for
-# the line camera's 8-bit frames: 16-bit files of a 12-bit camera read at the full 16-bit range
-# come out at 16 of 255 at most, and a bundle trained on such files flagged every normal 8-bit
-# ELPV frame (README: 16-bit pictures).
-DARK = 64
 
 
 @dataclass
@@ -128,11 +123,9 @@ def brightness_note(pictures: list[Picture]) -> str | None:
     brightest = max(p.brightest for p in pictures)
     if brightest > DARK:
         return None
-    return (f"the brightest pixel of all {len(pictures)} training images is {brightest} of 255. 16-bit files of a "
-            "10-, 12- or 14-bit camera read this dark (16-bit pictures are read at their full range, value / 257), "
-            "as do pictures taken without light; the camera's 8-bit frames on the line would all look anomalous "
-            "to this model. Train on 8-bit pictures (edge-ad record saves them) or shift such files up to 16 bits "
-            "first (README: 16-bit pictures)")
+    return (f"the brightest pixel of all {len(pictures)} training images is {brightest} of 255. {DARK_CAUSE}; the "
+            "camera's 8-bit frames on the line would all look anomalous to this model. Train on 8-bit pictures "
+            "(edge-ad record saves them) or shift such files up to 16 bits first (README: 16-bit pictures)")
 
 
 def copies_note(pictures: list[Picture]) -> str | None:

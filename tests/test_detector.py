@@ -193,7 +193,14 @@ def test_train_takes_the_pictures_of_several_data(normal_folder, tmp_path):
     assert spec["quantization"]["calibration_source"] == data and spec["quantization"]["calibration_images"] == 12
 
 
-def test_train_says_when_16_bit_pictures_of_a_12_bit_camera_read_too_dark(normal_folder, tmp_path):
+def test_train_and_eval_say_when_16_bit_pictures_of_a_12_bit_camera_read_too_dark(normal_folder, tiny_bundle,
+                                                                                   tmp_path):
+    """Such pictures read at most 16 of 255: a model trained on them finds the camera's 8-bit frames
+    anomalous, and a test set of them says little of a model trained on 8-bit frames (19 of 20
+    normal ELPV cells flagged: README). train and eval say so."""
+    import json
+    import shutil
+
     twelve_bit = tmp_path / "mono12"  # as a camera tool saves Mono12: 0-4095 in 16-bit files
     twelve_bit.mkdir()
     for path in sorted(normal_folder.glob("*.png")):
@@ -209,6 +216,14 @@ def test_train_says_when_16_bit_pictures_of_a_12_bit_camera_read_too_dark(normal
     # the run and its bundle keep what training said, and `doctor` shows it wherever the bundle goes
     export_bundle(tmp_path / "dark", tmp_path / "bundle")
     assert any(line.startswith(f"training     bundle: {said}") for line in doctor(str(tmp_path / "bundle")).lines)
+    test_set = shutil.copytree(twelve_bit, tmp_path / "set" / "good")
+    evaluated = edge_ad("eval", "--bundle", tiny_bundle, "--data", test_set.parent, check=True)
+    assert json.loads(evaluated.stdout)["test_images_dark"] == {"images": 12, "brightest": brightest}
+    assert (f"note: the brightest pixel of all 12 test images is {brightest} of 255. 16-bit files of a 10-, 12- or "
+            "14-bit camera read this dark") in evaluated.stderr
+    eight_bit = shutil.copytree(normal_folder, tmp_path / "set8" / "good").parent
+    assert "test_images_dark" not in json.loads(edge_ad("eval", "--bundle", tiny_bundle, "--data", eight_bit,
+                                                         check=True).stdout)
     # the README's remedy, shifting the values up to 16 bits, gives back the 8-bit pictures exactly
     for path in twelve_bit.glob("*.png"):
         cv2.imwrite(str(path), cv2.imread(str(path), cv2.IMREAD_UNCHANGED) << 4)
