@@ -488,7 +488,8 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
     read = sum(len(k.samples) for k in kept.values())
     if read < args.frames:
         print(f"{stream.name}: ended after {read} of {args.frames} frames")
-    defects: dict[str | None, list] = {}  # known defects' grid maps and sizes, by the variant that judges each
+    source_name = stream.input or stream.pipeline
+    defects: dict[str | None, list] = {}  # known defects' grid maps, sizes and digests, by the variant judging each
     if args.defects:
         from tqdm import tqdm
 
@@ -499,13 +500,16 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
             if defect_source.live:  # its frames would be read for ever
                 raise EdgeAdError(f"--defects {args.defects}: a live source's frames do not end; give a folder, a "
                                   "wildcard or a clip of known bad parts")
+            frames = {digest for collected in kept.values() for digest in collected.digests}
+            among = []  # copies of the frames' pictures (a rejected part copied into good/), by pixels
             for frame in tqdm(defect_source.frames(), desc="known defects", unit="frame"):
-                result = detector(frame.image, mask=mask)
-                defects.setdefault(result.variant, []).append(
-                    (result.grid_map, frame.image.shape[:2], pixel_digest(frame.image[..., ::-1])))
+                result, digest = detector(frame.image, mask=mask), pixel_digest(frame.image[..., ::-1])
+                defects.setdefault(result.variant, []).append((result.grid_map, frame.image.shape[:2], digest))
+                if digest in frames:
+                    among.append(frame.name)
         finally:
             defect_source.close()
-    source_name = stream.input or stream.pipeline
+        _refuse_defects_named(source_name, args.defects, among)
     if not isinstance(detector, VariantDetector):
         folder = calibration_folder(stream) or detector.bundle.root
         _calibrate_bundle(detector, kept.get(None), defects.get(None), source_name, folder, args)
@@ -535,7 +539,12 @@ def _refuse_defects_among_frames(normal: str, defects: str) -> None:
     if opencv_input(normal) is None or opencv_input(defects) is None:
         return
     frames = {os.path.realpath(path) for path in pictures_of(local_path(normal))}
-    both = [str(path) for path in pictures_of(local_path(defects)) if os.path.realpath(path) in frames]
+    _refuse_defects_named(normal, defects, [str(path) for path in pictures_of(local_path(defects))
+                                            if os.path.realpath(path) in frames])
+
+
+def _refuse_defects_named(normal: str, defects: str, both: list[str]) -> None:
+    """Refuse the known defects `both` of `defects`, which are frames of `normal` too."""
     if both:
         raise EdgeAdError(f"--defects {defects}: {len(both)} of its pictures are frames of --input {normal} too "
                           f"({', '.join(both[:3])}{', ...' if len(both) > 3 else ''}): a part is good or rejected, not "

@@ -256,8 +256,9 @@ def test_calibrate_says_which_of_its_pictures_the_model_was_trained_on(mvtec_cat
     flagged 60 of 80 new good cells where its bound said at most 14 % (README). calibrate now says
     how many of its frames, and of its known defects, are pictures the model was trained on,
     copies too (a training folder copied from the workstation to the Jetson); and it refuses known
-    defects among the normal frames (a wildcard over good/ and the defects' folder) and a live
-    source as --defects (read for ever before)."""
+    defects among the normal frames (a wildcard over good/ and the defects' folder, before reading;
+    a rejected part copied into good/, by its pixels) and a live source as --defects (read for
+    ever before)."""
     from export.onnx_export import export_bundle
     from export.train import TrainConfig, train
 
@@ -281,6 +282,12 @@ def test_calibrate_says_which_of_its_pictures_the_model_was_trained_on(mvtec_cat
     both = edge_ad("calibrate", "--bundle", bundle, "--input", site / "**" / "*", *settings, "--defects", site / "spot")
     assert both.returncode == 2 and (f"--defects {site / 'spot'}: 4 of its pictures are frames of --input "
                                      f"{site / '**' / '*'} too ({site / 'spot' / '000.png'}, ") in both.stderr
+    mixed = shutil.copytree(site / "good", tmp_path / "mixed")
+    shutil.copy(site / "spot" / "001.png", mixed / "000a.png")  # a rejected part copied among the good ones
+    copied_in = edge_ad("calibrate", "--bundle", bundle, "--input", mixed, *settings, "--defects", site / "spot")
+    assert copied_in.returncode == 2 and (f"--defects {site / 'spot'}: 1 of its pictures are frames of --input {mixed} "
+                                          "too (001.png): a part is good or rejected") in (
+        copied_in.stderr)
     live = edge_ad("calibrate", "--bundle", bundle, "--input", site / "good", *settings, "--defects", "test://")
     assert live.returncode == 2 and "--defects test://: a live source's frames do not end" in live.stderr
     spec = yaml.safe_load((bundle / "bundle.yaml").read_text())
