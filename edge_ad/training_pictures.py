@@ -11,6 +11,7 @@ import io
 from collections.abc import Iterable
 from pathlib import Path
 
+from .errors import BundleError
 from .files import write_atomic
 
 FILE = "training_pictures.csv"
@@ -33,7 +34,8 @@ def write(path: Path, rows: Iterable[tuple[str, str, str]]) -> str:
 def read(folder: Path, sha256: object) -> dict[str, str]:
     """{pixel digest: kind} of the pictures file in `folder` whose SHA-256 is `sha256`; {} where it
     is not there, or is another (a run trained before this file was written, whose export into a
-    bundle folder left an older run's file there)."""
+    bundle folder left an older run's file there). One with that hash but not these columns is
+    named in a BundleError."""
     if not isinstance(sha256, str):
         return {}
     try:
@@ -42,4 +44,8 @@ def read(folder: Path, sha256: object) -> dict[str, str]:
         return {}
     if hashlib.sha256(data).hexdigest() != sha256:
         return {}
-    return {row["digest"]: row["kind"] for row in csv.DictReader(io.StringIO(data.decode()))}
+    rows = csv.DictReader(io.StringIO(data.decode(errors="replace")))
+    if not set(COLUMNS) <= set(rows.fieldnames or ()):  # written by hand, or by another tool, with its hash
+        raise BundleError(f"{folder / FILE}: not a list of training pictures (columns {', '.join(COLUMNS)}); delete it "
+                          "or train again")
+    return {row["digest"]: row["kind"] for row in rows}

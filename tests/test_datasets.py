@@ -361,7 +361,10 @@ def test_training_pictures_are_known_by_their_pixels_and_only_from_the_file_the_
     digest whatever the file's name (a copy), other pixels or the same ones in another shape
     another. It is read only where its SHA-256 is the one recorded: an export of an older run into
     a bundle folder leaves that run's file, which lists other pictures."""
+    import hashlib
+
     from edge_ad import training_pictures
+    from edge_ad.errors import BundleError
     from edge_ad.images import pixel_digest, read_image
 
     cell = np.random.default_rng(0).integers(0, 256, (40, 60, 3), np.uint8)
@@ -380,3 +383,7 @@ def test_training_pictures_are_known_by_their_pixels_and_only_from_the_file_the_
     assert training_pictures.read(tmp_path, sha256) == {}  # another run's file
     (tmp_path / training_pictures.FILE).unlink()
     assert training_pictures.read(tmp_path, sha256) == {}
+    other_tool = b"name,sha\npart.png,0\xff\n"  # with its own hash recorded: named, not a KeyError
+    (tmp_path / training_pictures.FILE).write_bytes(other_tool)
+    with pytest.raises(BundleError, match="training_pictures.csv: not a list of training pictures"):
+        training_pictures.read(tmp_path, hashlib.sha256(other_tool).hexdigest())
