@@ -11,13 +11,13 @@ import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edge_ad import training_pictures
+from edge_ad import picture_lists
 from edge_ad.bundle import BRANCHES, CALIBRATION_FILE, Bundle, read_yaml, write_yaml_atomic
 from edge_ad.detector import Detector, Result
 from edge_ad.errors import os_reason, without_passwords
@@ -84,8 +84,10 @@ class Collected:
     scores: list[float] = field(default_factory=list)  # the bundle's own, in capture order: their pace
     top: list[tuple[float, int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (score, i, frame, grid)
     mask: InspectionMask | None = None  # the frames' inspection mask: quantiles and scores are of its white part
-    # images.pixel_digest of each frame, where they are picture files (`collect`): training pictures among them are said
+    # images.pixel_digest and name of each frame, where they are picture files (`collect`): training pictures among
+    # them are said, and eval knows them again (calibration_pictures.csv)
     digests: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
     apart: int = 1  # frames fewer than this apart show one part (`frames_of_one_part`), for `top`
 
     def add(self, i: int, frame: np.ndarray, result: Result, rng: np.random.Generator) -> None:
@@ -139,10 +141,11 @@ def one_per_part(items: list, apart: int) -> list:
 
 def collect(
     detector: Detector | VariantDetector, frames: Iterable[np.ndarray], count: int, seed: int = 0,
-    mask: InspectionMask | None = None, needed: int | None = None, digests: bool = False,
+    mask: InspectionMask | None = None, needed: int | None = None, names: list[str] | None = None,
 ) -> dict[str | None, Collected]:
     """Run the detector on up to `count` normal BGR frames (progress bar), within `mask` if given;
-    with `digests` (frames that are picture files), each frame's pixel digest is kept too.
+    with `names` (of frames that are picture files: the list the frames' generator fills as it
+    yields each), each frame's pixel digest is kept too, with its name.
     What is kept of each frame goes to the variant that took it (a VariantDetector: each variant
     is then calibrated on its own frames), or under None for a single bundle. The bar shows about
     how many independent frames there are so far; when `count` frames will not give a variant the
@@ -157,8 +160,9 @@ def collect(
         result = detector(frame, mask=mask)
         collected = kept.setdefault(result.variant, Collected(mask=mask))
         collected.add(i, frame, result, rng)
-        if digests:  # of the RGB picture, as training keeps them
+        if names is not None:  # of the RGB picture, as training keeps them
             collected.digests.append(pixel_digest(frame[..., ::-1]))
+            collected.names.append(names[i])
         if (i + 1) % PACE_EVERY or i + 1 < PACE_FROM:
             continue
         scores = {variant: collected.scores for variant, collected in kept.items()}
@@ -245,7 +249,7 @@ def calibrate(
     min_defect_area: int | None = None,
 ) -> Calibration:
     """Quantiles, scores and the threshold from what `collect` kept; stability warnings; and,
-    with `defects` (Result.grid_map, frame shape and pixel digest of each known defect frame),
+    with `defects` (Result.grid_map, frame shape, pixel digest and name of each known defect frame),
     recall at the threshold and the F1-best threshold. With `min_defect_area` (frame pixels), a
     frame's score is the highest level at which a region of its map that large lies above it, so
     the threshold flags a frame when such a region reaches it."""
@@ -299,7 +303,7 @@ def calibrate(
     calibration = Calibration(n, quantiles, scores, threshold, far, confidence, agreement, warnings, top,
                               mask=kept.mask, min_defect_area=min_defect_area)
     if defects:
-        grids, shapes, _ = zip(*defects)
+        grids, shapes, _, _ = zip(*defects)
         defect_scores = _scores(detector, list(grids), list(shapes), quantiles, kept.mask, min_defect_area)
         calibration.defects = check_defects(scores, defect_scores, threshold.value)
         calibration.defect_scores = defect_scores
@@ -311,8 +315,8 @@ def record(
 ) -> dict:
     """The calibration.yaml content: what the runtime reads (steps, normalization, threshold)
     and what a person auditing it wants (source, time, frames, bundle hash, bounds, warnings).
-    A source of pictures is also recorded by its absolute path, for `eval` to tell test images
-    the threshold was set on."""
+    A source of pictures is also recorded by its absolute path on this host, for a person to find
+    it again (`eval` knows the pictures by their pixels: `save`)."""
     bundle = detector.bundle
     threshold = calibration.threshold.value
     if use_f1:
@@ -341,7 +345,7 @@ def record(
         "frames_per_independent_frame": round(calibration.threshold.per_draw, 2),  # what the bound counted as one
         "source": without_passwords(source),  # a camera's URI, without the password it may hold
         **_picture_path(source),
-        "host": socket.gethostname(),  # the machine whose paths `source_path` (and the defects') are
+        "host": socket.gethostname(),  # the machine whose paths `source_path` (and the defects') are, for a person
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "bundle_sha256": bundle.sha256,  # the model whose maps these are, even if another is on disk by now
         "split_half": {k: round(v, 4) for k, v in calibration.agreement.items()},
@@ -366,7 +370,7 @@ def record(
 
 def _learnt_notes(bundle: Bundle, checks: list[tuple[str | None, list[str], str, str]]) -> list[str]:
     """For each (source, pixel digests of the frames read from it, kind, note) where some of those
-    frames are pictures the bundle's model was trained on as that kind (training_pictures), its
+    frames are pictures the bundle's model was trained on as that kind (Bundle.training_pictures), its
     note: the same pixels, wherever the pictures were copied to since."""
     learnt = bundle.training_pictures() if any(digests for _, digests, _, _ in checks) else {}
     notes = []
@@ -384,10 +388,11 @@ def _picture_path(source: str) -> dict[str, str]:
     return {"source_path": os.path.abspath(os.path.expanduser(local_path(source)))}
 
 
-def save(folder: Path, data: dict) -> tuple[Path, Path | None]:
+def save(folder: Path, data: dict, pictures: Sequence[tuple[str, str, str]] = ()) -> tuple[Path, Path | None]:
     """calibration.yaml into `folder` (the bundle, or one camera's folder, made if missing), the
     previous one kept as calibration.yaml.bak; returns both paths (no backup when there was no
-    previous calibration)."""
+    previous calibration). `pictures` (picture_lists rows of the frames and known defects that
+    were pictures) go beside it first, in calibration_pictures.csv, whose hash `data` records."""
     path = folder / CALIBRATION_FILE
     backup = path.with_name(path.name + ".bak") if path.is_file() else None
     try:
@@ -396,6 +401,8 @@ def save(folder: Path, data: dict) -> tuple[Path, Path | None]:
             tmp = backup.with_name(f".{backup.name}.tmp")
             shutil.copyfile(path, tmp)
             os.replace(tmp, backup)
+        if pictures:  # else a file left there by an earlier calibration is not this one's: its hash is not recorded
+            data["pictures_sha256"] = picture_lists.write(folder / picture_lists.CALIBRATION, pictures)
         write_yaml_atomic(path, data)
     except OSError as exc:
         raise CalibrationError(f"{path}: cannot write the calibration ({os_reason(exc)}); the previous one "
@@ -419,7 +426,7 @@ class Written:
 
 def calibrate_into(
     folder: Path, detector: Detector, kept: Collected | None, far: float, confidence: float, source: str,
-    defects: list[tuple[np.ndarray, tuple[int, int], str]] | None = None, min_defect_area: int | None = None,
+    defects: list[tuple[np.ndarray, tuple[int, int], str, str]] | None = None, min_defect_area: int | None = None,
     use_f1: bool = False, defects_source: str | None = None,
 ) -> Written:
     """Calibrate `detector` on what was kept of its normal frames from `source` (`calibrate`),
@@ -428,11 +435,13 @@ def calibrate_into(
     from .report import write_calibration_report  # matplotlib; the report draws a Calibration
 
     calibration = calibrate(detector, kept or Collected(), far, confidence, defects, min_defect_area)
+    pictures = [(picture_lists.NORMAL, digest, name) for digest, name in zip(kept.digests, kept.names)] if kept else []
+    pictures += [(picture_lists.DEFECT, digest, name) for _, _, digest, name in defects or []]
     calibration.warnings += _learnt_notes(detector.bundle, [
-        (source, kept.digests if kept else [], training_pictures.NORMAL, LEARNT_FRAMES),
-        (defects_source, [digest for _, _, digest in defects or []], training_pictures.DEFECT, LEARNT_DEFECTS)])
+        (source, kept.digests if kept else [], picture_lists.NORMAL, LEARNT_FRAMES),
+        (defects_source, [digest for _, _, digest, _ in defects or []], picture_lists.DEFECT, LEARNT_DEFECTS)])
     data = record(calibration, detector, source, use_f1=use_f1, defects_source=defects_source)
-    path, backup = save(folder, data)
+    path, backup = save(folder, data, pictures)
     report, problem = folder / "calibration_report.png", None
     try:
         write_calibration_report(calibration, data["threshold"], report)

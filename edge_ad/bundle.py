@@ -32,7 +32,7 @@ import yaml
 
 from calibration.threshold import expected_rate_above, resolves
 
-from . import training_pictures
+from . import picture_lists
 from .errors import BundleError, os_reason
 from .files import write_atomic
 from .images import is_grey
@@ -110,9 +110,19 @@ class Bundle:
         return training if isinstance(training, dict) else {}
 
     def training_pictures(self) -> dict[str, str]:
-        """{pixel digest: kind} of the pictures the model was trained on (edge_ad.training_pictures);
+        """{pixel digest: kind} of the pictures the model was trained on (edge_ad.picture_lists);
         {} for bundles trained before training kept them."""
-        return training_pictures.read(self.root, self.training.get("pictures_sha256"))
+        return picture_lists.read(self.root / picture_lists.TRAINING, self.training.get("pictures_sha256"),
+                                  "train again")
+
+    def calibration_pictures(self) -> dict[str, str]:
+        """{pixel digest: kind} of the frames and known defects the site calibration in use was made
+        on, where those were pictures (edge_ad.picture_lists); {} without one, or for one made of a
+        camera's frames, or before calibrations kept them."""
+        if self.calibration is None:
+            return {}
+        return picture_lists.read(self.calibration.with_name(picture_lists.CALIBRATION),
+                                  read_yaml(self.calibration).get("pictures_sha256"), "calibrate again")
 
     @property
     def trained_on_grey(self) -> bool:

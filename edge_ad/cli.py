@@ -480,16 +480,17 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
                 detector, _ = detector.calibrated(stream.calibration)
             except EdgeAdError as exc:  # one that cannot be read is what this calibration replaces
                 print(f"{stream.name}: {exc}; it is replaced by the calibration made now")
-        kept = collect(detector, _checked_frames(source, mask, stream.name), args.frames, mask=mask,
-                       needed=frames_needed(args.target_far, args.confidence),
-                       digests=stream.input is not None and opencv_input(stream.input) is not None)
+        pictures = stream.input is not None and opencv_input(stream.input) is not None
+        names: list[str] = []  # of the frames, as _checked_frames yields them: pictures are kept by name and pixels
+        kept = collect(detector, _checked_frames(source, mask, stream.name, names), args.frames, mask=mask,
+                       needed=frames_needed(args.target_far, args.confidence), names=names if pictures else None)
     finally:
         source.close()
     read = sum(len(k.samples) for k in kept.values())
     if read < args.frames:
         print(f"{stream.name}: ended after {read} of {args.frames} frames")
     source_name = stream.input or stream.pipeline
-    defects: dict[str | None, list] = {}  # known defects' grid maps, sizes and digests, by the variant judging each
+    defects: dict[str | None, list] = {}  # known defects' grid maps, sizes, digests, names, by the variant judging each
     if args.defects:
         from tqdm import tqdm
 
@@ -504,7 +505,8 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
             among = []  # copies of the frames' pictures (a rejected part copied into good/), by pixels
             for frame in tqdm(defect_source.frames(), desc="known defects", unit="frame"):
                 result, digest = detector(frame.image, mask=mask), pixel_digest(frame.image[..., ::-1])
-                defects.setdefault(result.variant, []).append((result.grid_map, frame.image.shape[:2], digest))
+                defects.setdefault(result.variant, []).append((result.grid_map, frame.image.shape[:2], digest,
+                                                               frame.name))
                 if digest in frames:
                     among.append(frame.name)
         finally:
@@ -551,11 +553,13 @@ def _refuse_defects_named(normal: str, defects: str, both: list[str]) -> None:
                           "both; give --input the good parts' pictures alone")
 
 
-def _checked_frames(source, mask, name: str):
-    """The source's frames (BGR arrays); with a mask, one of another size stops it, naming the source."""
+def _checked_frames(source, mask, name: str, names: list[str]):
+    """The source's frames (BGR arrays), each one's name added to `names` as it is yielded; with a
+    mask, one of another size stops it, naming the source."""
     for frame in source.frames():
         if mask is not None:
             mask.check(frame.image.shape, name)
+        names.append(frame.name)
         yield frame.image
 
 

@@ -352,7 +352,7 @@ def training_sources(data: str | Sequence[str], defects: str | None) -> dict[str
     absolute path (not ELPV's protocol; export's INT8 calibration frames by default, read from
     whatever folder export runs in), `defects_path`, the known defects (by absolute path; elpv:M
     as it is), and `host`, the machine whose paths they are, for a person reading the bundle's
-    provenance. eval and calibrate know the pictures by their pixels (edge_ad.training_pictures)."""
+    provenance. eval and calibrate know the pictures by their pixels (edge_ad.picture_lists)."""
     specs = [data] if isinstance(data, str) else list(data)
     record: dict[str, Any] = {"data_paths": [_absolute(spec) for spec in specs if not _is_elpv(spec)],
                               "host": socket.gethostname()}

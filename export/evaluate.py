@@ -4,8 +4,6 @@ the bundles as the device does."""
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -13,10 +11,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge_ad.bundle import read_yaml
 from edge_ad.datasets import Sample, load_samples, read_all, unread_test_pictures
 from edge_ad.errors import DataError, ImageError, os_reason
-from edge_ad.images import DARK, pictures_of, pixel_digest
+from edge_ad.images import DARK, pixel_digest
 from edge_ad.masks import InspectionMask
 from edge_ad.metrics import aupro, auroc, f1_max
 from edge_ad.render import overlay
@@ -87,10 +84,11 @@ def evaluate(
                         f"{sorted({m.bundle.input_size for m in models})}")
     samples, unreadable, scores, verdicts, rows, maps, masks, taken, empty = [], [], [], [], [], [], [], {}, []
     first_of: dict[str, Sample] = {}  # by its pixel_digest: the first test image that is that picture
-    learnt = {}  # {pixel digest: kind} of the pictures the bundles were trained on (train's --data, --defects)
+    learnt, calibrated = {}, {}  # {pixel digest: kind} of the pictures the bundles were trained and calibrated on
     for model in models:
         learnt |= model.bundle.training_pictures()
-    trained = []  # the labels of the test images among them
+        calibrated |= model.bundle.calibration_pictures()
+    trained, seen = [], []  # the labels of the test images among each
     brightest = 0  # pixel value of all test images: a test set of 16-bit files of a 12-bit camera is at most 16
     both_kinds = []  # [normal, anomalous]: one picture sorted as a good part and as a defect
     unlike: dict = {}  # test images framed or coloured unlike the training pictures, and what run says of the first
@@ -103,6 +101,8 @@ def evaluate(
             digest, brightest = pixel_digest(image), max(brightest, int(image.max()))
             if digest in learnt:
                 trained.append(sample.label)
+            if digest in calibrated:
+                seen.append(sample.label)
             first = first_of.setdefault(digest, sample)
             if first.label != sample.label:
                 both_kinds.append([first.name, sample.name] if first.label == 0 else [sample.name, first.name])
@@ -168,8 +168,6 @@ def evaluate(
     unread = unread_test_pictures(data)
     if unread:
         report["pictures_not_read"] = unread
-    calibrated = _calibration_pictures(models)
-    seen = [s.label for s in samples if os.path.realpath(s.name) in calibrated]
     for key, labels_seen in (("test_images_the_model_was_trained_on", trained),
                              ("test_images_the_calibration_was_made_on", seen)):
         if labels_seen:  # the model learnt them, or its threshold was set on them: what it does with them is no test
@@ -208,26 +206,6 @@ def evaluate(
         _write_or_say(report, "picture", Path(picture),
                       lambda path: write_eval_report(report, labels, scores, threshold, overlays, path))
     return report
-
-
-def _calibration_pictures(models: list) -> set[str]:
-    """The real paths of the pictures the bundles' site calibrations were made on: their normal
-    frames and known defects, where those were pictures (calibration.yaml's `source_path`) of this
-    machine (another's folders of the same names hold other pictures) that can still be listed (a
-    share gone, or a folder of another user's, holds none to compare)."""
-    paths = set()
-    for model in models:
-        if model.bundle.calibration is not None:
-            data = read_yaml(model.bundle.calibration)
-            if data.get("host") != socket.gethostname():
-                continue
-            for source in (data, data.get("defects") or {}):
-                try:
-                    if "source_path" in source:
-                        paths |= {os.path.realpath(p) for p in pictures_of(Path(source["source_path"]))}
-                except OSError:
-                    continue
-    return paths
 
 
 def _read(chunk: list[Sample], rest: list[Sample], skip_bad: bool, unreadable: list[str]) -> tuple[list, list]:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from calibration.statistics import score_percentiles
 from calibration.threshold import threshold_at_false_alarm_rate
-from edge_ad import __version__, training_pictures
+from edge_ad import __version__, picture_lists
 from edge_ad.bundle import BRANCHES, BUNDLE_FILE, SCHEMA_VERSION, file_sha256, write_yaml_atomic
 from edge_ad.datasets import calibration_frames, data_text
 from edge_ad.detector import Detector
@@ -444,8 +444,8 @@ def _write_bundle(
             raise DataError(f"{exc} (the run's training data, which INT8 calibrates on unless --calib-data names "
                             "other frames of the camera)") from exc
     save_checkpoint(out / REFERENCE_FILE, {k: v for k, v in checkpoint.items() if k != "teacher"})
-    if (run / training_pictures.FILE).is_file():  # eval and calibrate know the training pictures by it
-        shutil.copyfile(run / training_pictures.FILE, out / training_pictures.FILE)
+    if (run / picture_lists.TRAINING).is_file():  # eval and calibrate know the training pictures by it
+        shutil.copyfile(run / picture_lists.TRAINING, out / picture_lists.TRAINING)
     spec = {
         "schema_version": SCHEMA_VERSION,
         "edge_ad_version": __version__,

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from calibration.statistics import COPIES_SHARE, near_copies
-from edge_ad import __version__, training_pictures
+from edge_ad import __version__, picture_lists
 from edge_ad.bundle import MODEL_TYPES, read_yaml, write_yaml_atomic
 from edge_ad.datasets import (Sample, data_text, load_defects, load_samples, read_all, training_sources,
                               training_subfolders_left, without_overlays)
@@ -245,10 +245,10 @@ def train(config: TrainConfig, out: Path) -> Path:
     (out / CONFIG).unlink(missing_ok=True)
     save_checkpoint(out / CHECKPOINT, checkpoint)
     save_arrays(out / VALIDATION, inputs=inputs[val_idx])
-    listed = [(training_pictures.NORMAL, p.digest, s.name) for s, p in zip(kept, pictures)] + [
-        (training_pictures.DEFECT, digest, s.name) for s, digest in zip(defects, defect_digests)]
-    pictures_sha256 = training_pictures.write(out / training_pictures.FILE,
-                                              [(kind, digest, os.path.abspath(name)) for kind, digest, name in listed])
+    listed = [(picture_lists.NORMAL, p.digest, s.name) for s, p in zip(kept, pictures)] + [
+        (picture_lists.DEFECT, digest, s.name) for s, digest in zip(defects, defect_digests)]
+    pictures_sha256 = picture_lists.write(out / picture_lists.TRAINING,
+                                          [(kind, digest, os.path.abspath(name)) for kind, digest, name in listed])
     record = {
         "model": config.model,
         "edge_ad_version": __version__,

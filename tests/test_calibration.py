@@ -217,9 +217,11 @@ def test_calibrate_command_writes_calibration_the_runtime_uses(tiny_bundle, norm
 
 def test_eval_says_which_test_images_the_calibration_in_use_was_made_on(tiny_bundle, mvtec_category, tmp_path,
                                                                        monkeypatch):
-    """Pictures sorted on site serve to calibrate and then to evaluate: the counts of what the
-    threshold flags and passes of pictures it was set on are no test of it, which eval now says.
-    calibration.yaml records a source of pictures by its absolute path, and its --defects too."""
+    """Pictures sorted on site serve to calibrate there and then to evaluate, often on the
+    workstation they were copied to: the counts of what the threshold flags and passes of pictures
+    it was set on are no test of it, which eval says. calibrate lists its frames and known defects
+    by their pixels beside calibration.yaml, so copies under other names, in another folder or on
+    another machine, are known."""
     bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
     monkeypatch.chdir(mvtec_category)  # relative paths, as typed where the pictures are
     edge_ad("calibrate", "--bundle", bundle, "--input", "test/good/*.png", "--frames", 4, "--target-far", 0.5,
@@ -227,28 +229,32 @@ def test_eval_says_which_test_images_the_calibration_in_use_was_made_on(tiny_bun
     data = yaml.safe_load((bundle / "calibration.yaml").read_text())
     assert (data["source"], data["source_path"]) == ("test/good/*.png", str(mvtec_category / "test/good/*.png"))
     assert data["defects"]["source"] == "test/spot" and data["defects"]["source_path"] == str(mvtec_category / "test/spot")
+    listed = (bundle / "calibration_pictures.csv").read_text().splitlines()
+    assert listed[0] == "kind,digest,picture" and len(listed) == 9
+    assert {tuple(row.split(",")[::2]) for row in listed[1:]} == {
+        (kind, f"{i:03d}.png") for kind in ("normal", "defect") for i in range(4)}
+    copied = tmp_path / "workstation" / "cell"  # the sorted pictures copied, renamed
+    for folder in ("test/good", "test/spot"):
+        (copied / folder).mkdir(parents=True)
+        for path in sorted((mvtec_category / folder).glob("*.png")):
+            shutil.copyfile(path, copied / folder / f"part_{path.name}")
     monkeypatch.chdir(tmp_path)
-    out = edge_ad("eval", "--bundle", bundle, "--data", mvtec_category, check=True)
+    out = edge_ad("eval", "--bundle", bundle, "--data", copied, check=True)
     assert json.loads(out.stdout)["test_images_the_calibration_was_made_on"] == {"normal": 4, "anomalous": 4}
     assert ("note: 4 normal and 4 anomalous test image(s) are pictures the calibration in use was made on (its "
             "frames, or its --defects): the threshold was set on them") in out.stderr
     import export.evaluate
 
-    def unlistable(path):
-        raise PermissionError(13, "Permission denied", str(path))
-
-    monkeypatch.setattr(export.evaluate, "pictures_of", unlistable)  # a folder of another user's: nothing to compare
-    unseen = export.evaluate.evaluate(bundle, str(mvtec_category))
-    assert "test_images_the_calibration_was_made_on" not in unseen and unseen["test_images"] == 8
-    monkeypatch.undo()
     monkeypatch.setattr(socket, "gethostname", lambda: "workstation")  # calibrated on the line's machine
-    assert "test_images_the_calibration_was_made_on" not in export.evaluate.evaluate(bundle, str(mvtec_category))
+    assert export.evaluate.evaluate(bundle, str(copied))["test_images_the_calibration_was_made_on"] == {
+        "normal": 4, "anomalous": 4}
     monkeypatch.undo()
     edge_ad("calibrate", "--bundle", bundle, "--input", "test://", "--frames", 4, "--target-far", 0.5,
-            "--confidence", 0.9, check=True)  # a camera's frames: no pictures to tell
+            "--confidence", 0.9, check=True)  # a camera's frames: no pictures to tell, and the old list is not its own
     assert "source_path" not in yaml.safe_load((bundle / "calibration.yaml").read_text())
+    assert (bundle / "calibration_pictures.csv").is_file()
     assert "test_images_the_calibration_was_made_on" not in json.loads(
-        edge_ad("eval", "--bundle", bundle, "--data", mvtec_category, check=True).stdout)
+        edge_ad("eval", "--bundle", bundle, "--data", copied, check=True).stdout)
 
 
 def test_calibrate_says_which_of_its_pictures_the_model_was_trained_on(mvtec_category, tmp_path):

@@ -356,14 +356,15 @@ def test_int8_calibration_frames_of_a_grey_bundle_are_grey(tmp_path):
     assert all(is_grey(frame) and np.array_equal(frame, as_grey(rgb)) for frame, rgb in zip(grey, colour))
 
 
-def test_training_pictures_are_known_by_their_pixels_and_only_from_the_file_the_bundle_names(tmp_path):
-    """The training pictures file lists each picture's pixel digest: the same pixels give the same
-    digest whatever the file's name (a copy), other pixels or the same ones in another shape
-    another. It is read only where its SHA-256 is the one recorded: an export of an older run into
-    a bundle folder leaves that run's file, which lists other pictures."""
+def test_pictures_are_known_by_their_pixels_and_only_from_the_file_the_bundle_names(tmp_path):
+    """A pictures file (the training pictures, a calibration's frames) lists each picture's pixel
+    digest: the same pixels give the same digest whatever the file's name (a copy), other pixels or
+    the same ones in another shape another. It is read only where its SHA-256 is the one recorded:
+    an export of an older run into a bundle folder leaves that run's file, which lists other
+    pictures, and a calibration of a camera's frames leaves the previous one's."""
     import hashlib
 
-    from edge_ad import training_pictures
+    from edge_ad import picture_lists
     from edge_ad.errors import BundleError
     from edge_ad.images import pixel_digest, read_image
 
@@ -374,16 +375,17 @@ def test_training_pictures_are_known_by_their_pixels_and_only_from_the_file_the_
     other = cell.copy()
     other[0, 0, 0] ^= 1
     assert len({pixel_digest(cell), pixel_digest(other), pixel_digest(cell.reshape(60, 40, 3))}) == 3
-    sha256 = training_pictures.write(tmp_path / training_pictures.FILE, [
-        (training_pictures.NORMAL, pixel_digest(cell), "/site/good/a, b.png"),
-        (training_pictures.DEFECT, pixel_digest(other), "/site/crack/c.png")])
-    assert training_pictures.read(tmp_path, sha256) == {pixel_digest(cell): "normal", pixel_digest(other): "defect"}
-    assert training_pictures.read(tmp_path, None) == {}  # a bundle trained before the file was written
-    training_pictures.write(tmp_path / training_pictures.FILE, [(training_pictures.NORMAL, pixel_digest(other), "x")])
-    assert training_pictures.read(tmp_path, sha256) == {}  # another run's file
-    (tmp_path / training_pictures.FILE).unlink()
-    assert training_pictures.read(tmp_path, sha256) == {}
+    path = tmp_path / picture_lists.TRAINING
+    sha256 = picture_lists.write(path, [(picture_lists.NORMAL, pixel_digest(cell), "/site/good/a, b.png"),
+                                        (picture_lists.DEFECT, pixel_digest(other), "/site/crack/c.png")])
+    assert picture_lists.read(path, sha256, "train again") == {pixel_digest(cell): "normal",
+                                                                pixel_digest(other): "defect"}
+    assert picture_lists.read(path, None, "train again") == {}  # a bundle trained before the file was written
+    picture_lists.write(path, [(picture_lists.NORMAL, pixel_digest(other), "x")])
+    assert picture_lists.read(path, sha256, "train again") == {}  # another run's file
+    path.unlink()
+    assert picture_lists.read(path, sha256, "train again") == {}
     other_tool = b"name,sha\npart.png,0\xff\n"  # with its own hash recorded: named, not a KeyError
-    (tmp_path / training_pictures.FILE).write_bytes(other_tool)
-    with pytest.raises(BundleError, match="training_pictures.csv: not a list of training pictures"):
-        training_pictures.read(tmp_path, hashlib.sha256(other_tool).hexdigest())
+    path.write_bytes(other_tool)
+    with pytest.raises(BundleError, match="training_pictures.csv: not a list of pictures .*; delete it or train again"):
+        picture_lists.read(path, hashlib.sha256(other_tool).hexdigest(), "train again")
