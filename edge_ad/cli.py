@@ -165,11 +165,22 @@ def _eval(args: argparse.Namespace) -> None:
     from .images import DARK_CAUSE, count_text
     from .masks import InspectionMask
 
-    mask = InspectionMask.load(args.mask) if args.mask else None
-    report = evaluate(args.bundle, args.data, steps=args.steps, backend=args.backend, dla_core=args.dla_core,
+    bundle, mask_path, calibration = args.bundle, args.mask, None
+    if args.sources:  # the camera's bundle, mask and calibration folder, as run judges it
+        from .streams import bundle_of
+
+        stream = _named_stream(args, SourceOptions(), required=True)
+        bundle, mask_path, calibration = list(bundle_of(stream, args.bundle or ())), stream.mask, stream.calibration
+    elif args.source:
+        raise EdgeAdError(f"--source {args.source}: needs --sources FILE, the file that names it")
+    elif not bundle:
+        raise EdgeAdError("eval: give --bundle, or --sources FILE --source NAME (that camera's bundle, mask and "
+                          "calibration)")
+    mask = InspectionMask.load(mask_path) if mask_path else None
+    report = evaluate(bundle, args.data, steps=args.steps, backend=args.backend, dla_core=args.dla_core,
                       picture=Path(args.report) if args.report else None, mask=mask,
                       min_defect_area=args.min_defect_area, scores_file=Path(args.scores) if args.scores else None,
-                      skip_bad=args.skip_bad)
+                      skip_bad=args.skip_bad, calibration=Path(calibration) if calibration else None)
     _print_report(report, args.json)
     for problem in ("scores_file_problem", "picture_problem"):
         if problem in report:
@@ -260,7 +271,7 @@ def _streams(args: argparse.Namespace) -> list:
 def _the_stream(args: argparse.Namespace):
     """The one source `calibrate` and `record` read: the --sources entry named --source (its input,
     options, mask and bundle, as `run` takes them), or --input / --pipeline with the command line's."""
-    from .streams import Stream, streams_from_yaml
+    from .streams import Stream
 
     mask = getattr(args, "mask", None)
     if not args.sources:
@@ -270,10 +281,21 @@ def _the_stream(args: argparse.Namespace):
     if args.input or args.pipeline:
         raise EdgeAdError("--sources: the source is in the YAML file (choose it with --source NAME), not also --input "
                           "or --pipeline")
-    streams = {s.name: s for s in streams_from_yaml(Path(args.sources), _source_options(args), mask)}
+    return _named_stream(args, _source_options(args))
+
+
+def _named_stream(args: argparse.Namespace, options: SourceOptions, required: bool = False):
+    """The --sources entry named --source, or the file's only one. Without --source, calibrate
+    and record take every source of several; with `required` (eval) that is refused."""
+    from .streams import streams_from_yaml
+
+    streams = {s.name: s for s in streams_from_yaml(Path(args.sources), options, getattr(args, "mask", None))}
     if args.source is None and len(streams) == 1:
         return next(iter(streams.values()))
-    if args.source not in streams:  # (without --source, calibrate and record take every source)
+    if args.source is None and required:
+        raise EdgeAdError(f"--sources {args.sources} names the sources {sorted(streams)}: give --source NAME, the "
+                          "camera whose pictures these are")
+    if args.source not in streams:
         raise EdgeAdError(f"--source {args.source}: {args.sources} names the sources {sorted(streams)}; give one of them")
     return streams[args.source]
 
@@ -1039,7 +1061,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_export)
 
     p = sub.add_parser("eval", help="evaluate a bundle on a test split")
-    _add_variant_bundles(p)
+    _add_variant_bundles(p, required=False)
+    p.add_argument("--sources", metavar="FILE", help="run's --sources YAML file: judge the test images as run judges "
+                                                     "the source --source names, with its bundle, mask and "
+                                                     "calibration folder")
+    p.add_argument("--source", metavar="NAME", help="which source of --sources (the camera whose pictures these are)")
     p.add_argument("--data", required=True,
                    help="'elpv' (or elpv:mono, elpv:poly), an MVTec category folder (its train/ optional), or a "
                         "folder holding good/ (or ok/) beside a folder per defect")

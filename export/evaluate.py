@@ -52,6 +52,7 @@ def evaluate(
     min_defect_area: int | None = None,
     scores_file: Path | None = None,
     skip_bad: bool = False,
+    calibration: Path | None = None,
 ) -> dict:
     """Score every test image of `data` with the bundle (at `steps` bridge steps) and return the
     metrics; samples named in `exclude` (known defects used in training) are left out. With
@@ -65,13 +66,20 @@ def evaluate(
     the bundles' thresholds pass and flag, without AUROC and F1, which compare the scores of both
     kinds. Pictures of a test folder that no class folder holds are named in the report. An
     unreadable test image stops it, named with every other one, or with `skip_bad` is left out
-    and named in the report.
+    and named in the report. With `calibration` (a camera's calibration folder: `calibration:` in
+    --sources), the bundles judge by the site calibration there, as `run` judges that camera; a
+    folder that holds none for them is refused.
 
     Several bundles ('NAME=BUNDLE', one per product variant) run as a VariantDetector: scores and
     maps are taken relative to each variant's normal images (the scale on which it compares
     variants), and the report says which variant took each group's normal and anomalous images."""
     specs = [str(bundle)] if isinstance(bundle, (str, Path)) else list(bundle)
     loaded = load_detector(specs, backend=backend, steps=steps, dla_core=dla_core)
+    if calibration is not None:
+        loaded, problem = loaded.calibrated(calibration)
+        if problem is not None:  # run would judge by the bundle's own numbers, with a warning: not what was asked
+            raise DataError(f"{problem}; calibrate that camera first (edge-ad calibrate --sources FILE "
+                            "--source NAME), or evaluate the bundle's own numbers with --bundle")
     detector, variants = (None, loaded) if isinstance(loaded, VariantDetector) else (loaded, None)
     models = [detector] if variants is None else list(variants.detectors.values())
     if min_defect_area is not None:
@@ -165,6 +173,12 @@ def evaluate(
                       image_f1_max=f1, image_f1_threshold=f1_threshold)
     if detector is not None:
         report["bundle_threshold"] = detector.threshold
+    # the site calibration.yaml whose quantiles and threshold judged (none: the bundle's own numbers)
+    if detector is not None and detector.bundle.calibration is not None:
+        report["calibration"] = str(detector.bundle.calibration)
+    elif variants is not None and any(m.bundle.calibration is not None for m in models):
+        report["calibration"] = {name: None if m.bundle.calibration is None else str(m.bundle.calibration)
+                                 for name, m in variants.detectors.items()}
     unread = unread_test_pictures(data)
     if unread:
         report["pictures_not_read"] = unread

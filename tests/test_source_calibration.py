@@ -95,6 +95,49 @@ def test_cameras_sharing_a_bundle_each_get_their_own_calibration(variant_bundles
     assert not np.allclose(dim_scores, plain_scores, atol=1e-3)  # same frames, other quantiles
 
 
+def test_eval_judges_a_cameras_pictures_by_its_own_calibration_and_mask(variant_bundles, lit_cells, tmp_path):
+    """Pictures sorted from one camera of several that share a bundle are judged as run judges that
+    camera (`eval --sources FILE --source NAME`): its calibration folder's threshold, its mask;
+    the bundle's own numbers would say what another camera's threshold does with them."""
+    bundle = shutil.copytree(variant_bundles["poly"], tmp_path / "bundle")
+    shape = cv2.imread(str(next(lit_cells["dim"].glob("*.png")))).shape
+    inspect = np.full(shape[:2], 255, np.uint8)
+    inspect[: shape[0] // 4] = 0  # the fixture's edge, out of inspection
+    cv2.imwrite(str(tmp_path / "dim-mask.png"), inspect)
+    sources = tmp_path / "cams.yaml"
+    sources.write_text(yaml.safe_dump({"sources": [
+        {"input": str(lit_cells["bright"]), "name": "bright", "bundle": str(bundle), "calibration": "calib/bright"},
+        {"input": str(lit_cells["dim"]), "name": "dim", "bundle": str(bundle), "calibration": "calib/dim",
+         "mask": "dim-mask.png"},
+        {"input": str(lit_cells["dim"]), "name": "new", "bundle": str(bundle), "calibration": "calib/new"},
+    ]}))
+    for name in ("bright", "dim"):
+        _calibrate(sources, name)
+    thresholds = {name: yaml.safe_load((tmp_path / "calib" / name / "calibration.yaml").read_text())["threshold"]
+                  for name in ("bright", "dim")}
+    sorted_dim = tmp_path / "sorted" / "good"  # the dim camera's pictures, sorted on site
+    shutil.copytree(lit_cells["dim"], sorted_dim)
+    reports = {}
+    for name in ("bright", "dim"):
+        out = edge_ad("eval", "--sources", sources, "--source", name, "--data", sorted_dim.parent)
+        assert out.returncode == 0, out.stderr
+        reports[name] = json.loads(out.stdout)
+    assert reports["dim"]["bundle_threshold"] == thresholds["dim"] != thresholds["bright"]
+    assert reports["dim"]["calibration"] == str(tmp_path / "calib" / "dim" / "calibration.yaml")
+    assert reports["dim"]["mask"]["inspected"] == pytest.approx(0.75, abs=0.01)
+    assert reports["dim"]["test_images_the_calibration_was_made_on"] == {"normal": 6, "anomalous": 0}
+    assert reports["bright"]["bundle_threshold"] == thresholds["bright"]
+    assert "mask" not in reports["bright"] and "test_images_the_calibration_was_made_on" not in reports["bright"]
+    plain = json.loads(edge_ad("eval", "--bundle", bundle, "--data", sorted_dim.parent, check=True).stdout)
+    assert "calibration" not in plain and plain["bundle_threshold"] not in thresholds.values()
+    uncalibrated = edge_ad("eval", "--sources", sources, "--source", "new", "--data", sorted_dim.parent)
+    assert uncalibrated.returncode != 0 and not uncalibrated.stdout
+    assert f"{tmp_path / 'calib' / 'new'}: no calibration.yaml yet; calibrate that camera first" in uncalibrated.stderr
+    unnamed = edge_ad("eval", "--sources", sources, "--data", sorted_dim.parent)
+    assert unnamed.returncode != 0
+    assert "names the sources ['bright', 'dim', 'new']: give --source NAME, the camera whose pictures" in unnamed.stderr
+
+
 def test_frames_of_calibrated_views_share_one_graph_call(variant_bundles, lit_cells, tmp_path, monkeypatch):
     bundle = tmp_path / "bundle"
     shutil.copytree(variant_bundles["poly"], bundle)
@@ -198,6 +241,10 @@ def test_variants_of_a_camera_are_calibrated_into_its_folder(variant_bundles, te
     assert isinstance(detector, VariantDetector)
     assert {n: d.bundle.calibration for n, d in detector.detectors.items()} == {
         t: folder / t / "calibration.yaml" for t in MODULE_TYPES}
+    shutil.copytree(frames, tmp_path / "sorted" / "good")  # the camera's pictures, judged as run judges them
+    report = json.loads(edge_ad("eval", "--sources", sources, "--data", tmp_path / "sorted", check=True).stdout)
+    assert report["calibration"] == {t: str(folder / t / "calibration.yaml") for t in MODULE_TYPES}
+    assert report["test_images_the_calibration_was_made_on"] == {"normal": 12, "anomalous": 0}
 
 
 def test_a_missing_or_foreign_calibration_is_said_and_the_bundle_numbers_used(
