@@ -166,13 +166,11 @@ def _eval(args: argparse.Namespace) -> None:
     from .masks import InspectionMask
 
     bundle, mask_path, calibration = args.bundle, args.mask, None
-    if args.sources:  # the camera's bundle, mask and calibration folder, as run judges it
+    if args.sources or args.source:  # the camera's bundle, mask and calibration folder, as run judges it
         from .streams import bundle_of
 
         stream = _named_stream(args, SourceOptions(), required=True)
         bundle, mask_path, calibration = list(bundle_of(stream, args.bundle or ())), stream.mask, stream.calibration
-    elif args.source:
-        raise EdgeAdError(f"--source {args.source}: needs --sources FILE, the file that names it")
     elif not bundle:
         raise EdgeAdError("eval: give --bundle, or --sources FILE --source NAME (that camera's bundle, mask and "
                           "calibration)")
@@ -273,15 +271,13 @@ def _the_stream(args: argparse.Namespace):
     options, mask and bundle, as `run` takes them), or --input / --pipeline with the command line's."""
     from .streams import Stream
 
-    mask = getattr(args, "mask", None)
-    if not args.sources:
-        if args.source:
-            raise EdgeAdError(f"--source {args.source}: needs --sources FILE, the file that names it")
-        return Stream(args.input or "", options=_source_options(args), pipeline=args.pipeline, mask=mask)
-    if args.input or args.pipeline:
+    if args.sources and (args.input or args.pipeline):
         raise EdgeAdError("--sources: the source is in the YAML file (choose it with --source NAME), not also --input "
                           "or --pipeline")
-    return _named_stream(args, _source_options(args))
+    if args.sources or args.source:
+        return _named_stream(args, _source_options(args))
+    return Stream(args.input or "", options=_source_options(args), pipeline=args.pipeline,
+                  mask=getattr(args, "mask", None))
 
 
 def _named_stream(args: argparse.Namespace, options: SourceOptions, required: bool = False):
@@ -289,6 +285,8 @@ def _named_stream(args: argparse.Namespace, options: SourceOptions, required: bo
     and record take every source of several; with `required` (eval) that is refused."""
     from .streams import streams_from_yaml
 
+    if not args.sources:
+        raise EdgeAdError(f"--source {args.source}: needs --sources FILE, the file that names it")
     streams = {s.name: s for s in streams_from_yaml(Path(args.sources), options, getattr(args, "mask", None))}
     if args.source is None and len(streams) == 1:
         return next(iter(streams.values()))
