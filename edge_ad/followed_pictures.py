@@ -2,17 +2,18 @@
 it arrives. A camera triggered by the part uploads one picture per part by FTP, or the line's
 vision PC saves them to a share; the results go to the PLC, MQTT and the events as a camera's.
 
-The folder is listed every POLL_S, not watched with inotify: it is often a network share (SMB,
-NFS), where inotify hears nothing another machine writes. A picture written over in place (a
-camera that uploads every part as `image.jpg`) is a new one: while the folder holds at most
-OVERWRITES_UP_TO pictures, the size and time of those read before (or there at the start) are
-looked at again at each listing; a larger folder, an archive of a picture per part, costs a
-listing and looks at its new names only (a stat of 10,000 pictures took 22 ms, as much again as
-three listings, on a 2-core EPYC). A new picture is tried as soon as it is seen, and read if
-it reads whole (every format read has an end the reader checks, images.read_image); one still
-being written is tried again once its size and time stood still between two listings, and one
-unchanged for SETTLE_S that still does not read is reported and passed over, as a folder's
-unreadable pictures are (read if it changes later).
+The folder is listed every POLL_S (less often where listing it takes long: LISTING_SHARE), not
+watched with inotify: it is often a network share (SMB, NFS), where inotify hears nothing another
+machine writes. A picture written over in place (a camera that uploads every part as
+`image.jpg`) is a new one: while the folder holds at most OVERWRITES_UP_TO pictures, the size
+and time of those read before (or there at the start) are looked at again at each listing; a
+larger folder, an archive of a picture per part, costs a listing and looks at its new names
+only (a stat of 10,000 pictures took 22 ms, as much again as three listings, on a 2-core EPYC).
+A new picture is tried as soon as it is seen, and read if it reads whole (every format read has
+an end the reader checks, images.read_image); one still being written is tried again once its
+size and time stood still between two listings, and one unchanged for SETTLE_S that still does
+not read is reported and passed over, as a folder's unreadable pictures are (read if it changes
+later).
 
 Pictures already there when the run starts are left alone: their parts are gone, and their
 results would reach the PLC as those of the part now at the camera. A folder that cannot be
@@ -43,7 +44,12 @@ from .sources import BACKOFF_S, Backoff, Frame, picture_frame
 
 log = logging.getLogger("edge_ad.followed_pictures")
 
-POLL_S = 0.2  # between listings of the folder
+POLL_S = 0.2  # between listings of the folder, at least
+# Of the time, at most, spent listing the folder and comparing the listing with the last: a wildcard
+# over a folder a day lists every day's pictures (a year of 300 a day: 160 ms a listing and 45 ms
+# to compare on a 2-core EPYC, half a core listed every 0.2 s), so a tree that takes longer is listed
+# less often (`listing_interval`), and the log says so once.
+LISTING_SHARE = 0.25
 OVERWRITES_UP_TO = 1000  # pictures in the folder up to which those read before are looked at again
 SETTLE_S = 2.0  # a new picture unchanged this long that does not read is unreadable, not half written
 
@@ -56,6 +62,12 @@ def _folder_matches(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
     if pattern[0] == "**":
         return any(_folder_matches(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
     return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _folder_matches(parts[1:], pattern[1:])
+
+
+def listing_interval(cost_s: float) -> float:
+    """Seconds to wait before the next listing, after one that took `cost_s` to list and compare:
+    POLL_S, or long enough that listing takes LISTING_SHARE of the time at most."""
+    return max(POLL_S, cost_s * (1 - LISTING_SHARE) / LISTING_SHARE)
 
 
 def check_followable(uri: str, options: SourceOptions) -> None:
@@ -245,7 +257,9 @@ class FollowedPictures:
         stop = stop or threading.Event()
         index, backoff = 0, Backoff()
         failing: str | None = None
+        said_slow = False
         while not stop.is_set():
+            began = time.monotonic()
             try:
                 present = self._listing()
             except OSError as exc:
@@ -261,7 +275,16 @@ class FollowedPictures:
                 failing = None
                 backoff.reset()
             now = time.monotonic()
-            for path, arrival in self._arrivals(present, now):
+            arrivals = self._arrivals(present, now)
+            cost = time.monotonic() - began  # reading and scoring the pictures not counted
+            wait = listing_interval(cost)
+            if wait > POLL_S and not said_slow:
+                said_slow = True
+                log.warning("%s: listing its %d pictures and comparing takes %.0f ms: listed every %.1f s, not every "
+                            "%.1f s, to spend at most a quarter of a core on it, and a new picture waits that much "
+                            "longer; have old pictures moved out of %s now and then", self.uri, len(present),
+                            cost * 1000, wait, POLL_S, self.folder)
+            for path, arrival in arrivals:
                 if stop.is_set():
                     return
                 image = self._read(path, arrival)
@@ -270,7 +293,7 @@ class FollowedPictures:
                                 arrived=arrival.listed)
                     index += 1
             self._report_unreadable(now)
-            stop.wait(POLL_S)
+            stop.wait(wait)
 
     def __iter__(self) -> Iterator[Frame]:
         return self.frames()
