@@ -89,6 +89,7 @@ class Collected:
     digests: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     apart: int = 1  # frames fewer than this apart show one part (`frames_of_one_part`), for `top`
+    brightest: int = 0  # pixel value of all frames (Bundle.dark_frames_note)
 
     def add(self, i: int, frame: np.ndarray, result: Result, rng: np.random.Generator) -> None:
         raw = result.raw_map
@@ -97,6 +98,7 @@ class Collected:
         self.grids.append(result.grid_map)
         self.thumbnails.append(thumbnail(frame))
         self.shapes.append(frame.shape[:2])
+        self.brightest = max(self.brightest, int(frame.max()))
         self.scores.append(result.score)
         if len(self.scores) % APART_EVERY == 0:  # how many frames show one part, roughly, so far
             self.set_apart(frames_of_one_part(frames_per_draw(np.array(self.scores), APART_FROM)))
@@ -288,6 +290,7 @@ def calibrate(
                         "independent frames: check in the report that they show parts")
     warnings += filter(None, [detector.bundle.frame_shape_note(kept.shapes[0]),
                               detector.bundle.frame_colour_note(kept.top[0][2]) if kept.top else None,
+                              detector.bundle.dark_frames_note(kept.brightest),
                               unlike_training(detector.bundle, kept.scores)])
     coefficient = bimodality(scores)
     if coefficient > BIMODALITY_LIMIT:

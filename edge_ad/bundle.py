@@ -35,7 +35,7 @@ from calibration.threshold import expected_rate_above, resolves
 from . import picture_lists
 from .errors import BundleError, os_reason
 from .files import write_atomic
-from .images import is_grey
+from .images import DARK, DARK_CAUSE, is_grey
 from .normalize import Quantiles
 
 SCHEMA_VERSION = 2
@@ -180,6 +180,18 @@ class Bundle:
         return (f"the frames are grey, but bundle {self.root} was trained on colour pictures, and normal parts may "
                 "all look anomalous. Set the camera to send colour (a GenICam colour camera's mosaic: --input-codec "
                 "bayer), or train on pictures of this camera (edge-ad record)")
+
+    def dark_frames_note(self, brightest: int) -> str | None:
+        """What to say when frames whose brightest pixel is `brightest` are far darker than the
+        pictures the bundle was trained on (`provenance.training.brightest_pixel`): a bundle trained
+        on 8-bit ELPV cells flagged 19 of 20 normal ones saved as a 12-bit camera's 16-bit files
+        (README: 16-bit pictures). None otherwise, and for bundles that do not record it."""
+        trained = self.training.get("brightest_pixel")
+        if not isinstance(trained, int) or trained <= DARK or brightest > DARK:
+            return None
+        return (f"the brightest pixel of the frames is {brightest} of 255, that of the pictures bundle {self.root} was "
+                f"trained on {trained}: {DARK_CAUSE}, and normal parts may all look anomalous. Shift such files up to "
+                "16 bits first, or have the camera's tool save 8-bit pictures (README: 16-bit pictures)")
 
     def frame_shape_note(self, shape: tuple[int, ...]) -> str | None:
         """What to say when frames of `shape` (as scored: turned and cropped) are shaped unlike the

@@ -135,13 +135,19 @@ class _Capture(threading.Thread):
         self.finished = False
         self.shape: tuple[int, ...] | None = None  # of its last frame
 
+    def _dark_note(self, bundle: Bundle, image: np.ndarray) -> str | None:
+        """Bundle.dark_frames_note of a first frame read from a file: a live camera's first frames
+        may be dark while its exposure settles."""
+        return None if self.source.live else bundle.dark_frames_note(int(image.max()))
+
     def run(self) -> None:
         try:
             for frame in self.source.frames(self.stop):
                 self.shape = frame.image.shape
                 if not self.delivered:
                     for bundle in bundles_of(self.detector).values():
-                        for note in (bundle.frame_shape_note(frame.image.shape), bundle.frame_colour_note(frame.image)):
+                        for note in (bundle.frame_shape_note(frame.image.shape), bundle.frame_colour_note(frame.image),
+                                     self._dark_note(bundle, frame.image)):
                             if note:
                                 log.warning("%s: %s", self.stream.name, note)
                 if self.mask is not None:  # a mask of another size stops this source at its first frame

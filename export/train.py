@@ -263,6 +263,8 @@ def train(config: TrainConfig, out: Path) -> Path:
         "image_shape": [int(np.median([p.shape[axis] for p in pictures])) for axis in (0, 1)],
         # all grey: `run` scores a colour camera's frames in grey (Bundle.trained_on_grey)
         "grey_pictures": all(is_grey(p.input) for p in pictures),
+        # of all of them: `run` and `calibrate` say when the frames are far darker (Bundle.dark_frames_note)
+        "brightest_pixel": max(p.brightest for p in pictures),
         "notes": notes,  # what training said of its pictures; the bundle keeps them and `doctor` shows them
         "prototypes": int(prototypes.shape[0]),
         "train_seconds": round(time.time() - started, 1),

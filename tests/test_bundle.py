@@ -267,6 +267,51 @@ def test_a_grey_camera_in_front_of_a_bundle_trained_on_colour_is_named_by_run_an
     assert load_bundle(bundle_copy).frame_colour_note(frames[0]) is None
 
 
+def test_pictures_far_darker_than_the_training_ones_are_named_by_run_and_calibrate(bundle_copy, normal_folder,
+                                                                                  tmp_path):
+    """The cells saved as a 12-bit camera's 16-bit files read at most 16 of 255 (a bundle trained
+    on 8-bit cells flagged 19 of 20 normal ones saved so): `run` says so at the first picture of a
+    folder, and `calibrate` among its warnings; the 8-bit cells, a live camera's first frames (dark
+    while its exposure settles) and bundles that do not record their pictures' brightness are not
+    named."""
+    import cv2
+
+    from calibration import site
+    from edge_ad.detector import Detector
+
+    bundle = load_bundle(bundle_copy)
+    trained = bundle.training["brightest_pixel"]
+    assert trained == max(int(cv2.imread(str(p)).max()) for p in normal_folder.iterdir()) > 64  # of all 12 cells
+    dark = tmp_path / "dark"
+    dark.mkdir()
+    for picture in sorted(normal_folder.iterdir()):
+        cv2.imwrite(str(dark / picture.name), cv2.imread(str(picture)).astype(np.uint16) << 4)  # 12-bit values
+    frames = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(dark.iterdir())]
+    said = (f"of 255, that of the pictures bundle {bundle_copy} was trained on {trained}: 16-bit files of a 10-, "
+            "12- or 14-bit camera read this dark")
+    assert bundle.dark_frames_note(64).startswith("the brightest pixel") and bundle.dark_frames_note(65) is None
+
+    def run(source: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "edge_ad", "run", "--bundle", str(bundle_copy), "--input", source,
+                              "--max-frames", "3"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stderr
+
+    first = round(frames[0].max() / 257)
+    assert run(str(dark)).count(f"the brightest pixel of the frames is {first} {said}") == 1  # at the first picture
+    assert "the brightest pixel" not in run(str(normal_folder)) + run("test://black")
+    detector = Detector.load(bundle_copy)
+    read = [(f // 257).astype(np.uint8) for f in frames]  # as edge_ad reads them
+    calibration = site.calibrate(detector, site.collect(detector, iter(read), len(read))[None], 0.3, 0.9)
+    brightest = max(int(f.max()) for f in read)  # of all frames
+    assert any(w.startswith(f"the brightest pixel of the frames is {brightest} {said}") for w in calibration.warnings)
+    bright = [cv2.imread(str(p)) for p in sorted(normal_folder.iterdir())]
+    calibration = site.calibrate(detector, site.collect(detector, iter(bright), len(bright))[None], 0.3, 0.9)
+    assert not any("the brightest pixel" in w for w in calibration.warnings)
+    _edit(bundle_copy, lambda spec: spec["provenance"]["training"].pop("brightest_pixel"))  # a bundle from before
+    assert load_bundle(bundle_copy).dark_frames_note(10) is None
+
+
 def test_a_failed_export_leaves_the_bundle_in_its_folder_as_it_was(bundle_copy, tiny_bridge_bundle):
     from edge_ad.errors import DataError
     from export.onnx_export import CalibrationConfig, export_bundle
