@@ -7,6 +7,7 @@ import contextlib
 import getpass
 import io
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -28,11 +29,17 @@ if TYPE_CHECKING:  # the commands import what they need when they run
     from .detector import Detector
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str) -> float:
+    """`text` as a number; NaN where it is none (nan, inf and words fail every check below)."""
     try:
         value = float(text)
     except ValueError:
-        value = 0.0
+        return math.nan
+    return value if math.isfinite(value) else math.nan
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
@@ -49,17 +56,22 @@ def _crop(text: str) -> tuple[int, int, int, int]:
 
 
 def _non_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
+    value = _number(text)
+    if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
+    if not (text.strip().isdigit() and int(text) > 0):
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+    return int(text)
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, got {text}")
+    return int(text)
 
 
 def _port(text: str) -> int:
@@ -903,7 +915,7 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
                    help="an https:// or rtsps:// camera's own certificate (PEM or DER; self-signed, as cameras make "
                         "them): trusted as it is, whatever name and dates it bears; without it the system's trust "
                         "store decides, and a refused camera's certificate is kept and named in the log")
-    p.add_argument("--latency", type=int, default=200, help="RTSP/RTP jitter-buffer latency in ms")
+    p.add_argument("--latency", type=_non_negative_int, default=200, help="RTSP/RTP jitter-buffer latency in ms")
     p.add_argument("--rtsp-transport", choices=("tcp", "udp"),
                    help="RTSP over TCP (through firewalls and NAT) or UDP (default: UDP, then TCP if UDP fails; "
                         "TCP for MJPEG)")
@@ -1112,15 +1124,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-loop", type=int, default=0, metavar="N",
                    help="files and folders play N more times after the first (-1: for ever), as in jetson-utils")
     p.add_argument("--events", help="JSON-lines file, one line per frame (rotated by size)")
-    p.add_argument("--events-max-mb", type=float, default=100.0, help="rotate the events file at this size")
+    p.add_argument("--events-max-mb", type=_positive_float, default=100.0, help="rotate the events file at this size")
     p.add_argument("--snapshots", help="folder for the frame and overlay of alarm frames (see --alarm-frames)")
-    p.add_argument("--snapshot-interval", type=float, default=1.0, help="at most one snapshot per source per N seconds")
-    p.add_argument("--snapshot-quota-mb", type=float, default=500.0, help="oldest snapshots go beyond this size")
+    p.add_argument("--snapshot-interval", type=_non_negative, default=1.0,
+                   help="at most one snapshot per source per N seconds")
+    p.add_argument("--snapshot-quota-mb", type=_non_negative, default=500.0,
+                   help="oldest snapshots go beyond this size (0: only the newest one's frame and overlay are kept)")
     p.add_argument("--samples", metavar="DIR",
                    help="good pictures from the line, to train and calibrate a new bundle on: frames judged normal, "
                         "lossless PNG, into DIR/<source>")
-    p.add_argument("--sample-interval", type=float, default=60.0, help="at most one sample per source per N seconds")
-    p.add_argument("--sample-quota-mb", type=float, default=2000.0, help="oldest samples go beyond this size")
+    p.add_argument("--sample-interval", type=_non_negative, default=60.0,
+                   help="at most one sample per source per N seconds")
+    p.add_argument("--sample-quota-mb", type=_non_negative, default=2000.0,
+                   help="oldest samples go beyond this size (0: only the newest is kept)")
     p.add_argument("--self-check-interval", type=_non_negative, default=600.0, metavar="SECONDS",
                    help="score the bundles' check images again this often; maps that are not those it was exported "
                         "with stop the run (default 600; 0: only at load)")

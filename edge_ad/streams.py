@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -93,6 +94,7 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
         alarm_frames = entry.get("alarm_frames")
         if alarm_frames is not None and (type(alarm_frames) is not int or alarm_frames < 1):
             raise EdgeAdError(f"{where}: 'alarm_frames' must be a whole number, 1 or more, not {alarm_frames!r}")
+        _check_numbers(entry, where)
         folder, written = path.parent, str(entry.get("input") or "")
         options = replace(defaults, **{k: entry[k] for k in OPTION_KEYS & set(entry)})
         if entry.get("certificate"):
@@ -105,6 +107,18 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
                    _from_folder(entry.get("calibration"), folder))
         )
     return streams
+
+
+def _check_numbers(entry: dict, where: str) -> None:
+    """Refuse a source's numbers that GStreamer would take wrong, as the command line refuses
+    them: a latency of -5 is read as 50 days, a height of 2.5 as frames 2 pixels high."""
+    for key, least in (("width", 1), ("height", 1), ("framerate", 1), ("latency_ms", 0)):
+        value = entry.get(key)
+        if value is not None and (type(value) is not int or value < least):
+            raise EdgeAdError(f"{where}: '{key}' must be a whole number, {least} or more, not {value!r}")
+    timeout = entry.get("timeout_s")
+    if timeout is not None and (type(timeout) not in (int, float) or not 0 <= timeout < math.inf):
+        raise EdgeAdError(f"{where}: 'timeout_s' must be a number of seconds, 0 or more (0: never), not {timeout!r}")
 
 
 def _from_folder(value: str | None, folder: Path) -> str | None:

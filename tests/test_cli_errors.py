@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from edge_ad.errors import listen_reason, report_errors, without_passwords
 
@@ -80,6 +81,26 @@ def test_a_wildcard_the_shell_expanded_is_said_with_what_to_do(tmp_path):
     for option in ("--metrics-port", "--modbus-port"):  # bind()'s OverflowError and its traceback before
         _one_line_error(edge_ad("run", "--input", "test://", option, "70000"),
                         f"{option}: must be a port from 1 to 65535, got 70000", program="edge-ad run")
+
+
+def test_numbers_that_would_be_read_wrong_are_refused_naming_the_option(capsys):
+    """A latency of -5 ms reached GStreamer as about 50 days (a lost packet stopped the frames);
+    an events file rotated at -1 MB was rotated at every line, keeping the last five; words gave
+    argparse's "invalid _positive_int value"."""
+    from edge_ad.cli import build_parser
+
+    for option, value, said in [("--latency", "-5", "must be a whole number, 0 or more"),
+                                ("--events-max-mb", "-1", "must be a positive number"),
+                                ("--events-max-mb", "inf", "must be a positive number"),
+                                ("--snapshot-quota-mb", "-1", "must be 0 or more"),
+                                ("--sample-interval", "nan", "must be 0 or more"),
+                                ("--timeout", "abc", "must be 0 or more"),
+                                ("--max-frames", "1.5", "must be a positive integer")]:
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["run", "--input", "test://", option, value])
+        assert f"argument {option}: {said}, got {value}" in capsys.readouterr().err
+    args = build_parser().parse_args(["run", "--input", "test://", "--latency", "0", "--snapshot-quota-mb", "0"])
+    assert (args.latency, args.snapshot_quota_mb) == (0, 0.0)
 
 
 def test_missing_data_folder(tmp_path):
