@@ -1023,7 +1023,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="regulariser added to each position's covariance, relative to a channel's variance "
                         "(default 0.1; PaDiM's 0.01 is 0.002 AUROC better in FP32 on ELPV, 0.02-0.03 worse in "
                         "symmetric INT8)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=_non_negative_int, default=0,
                    help="seed of the prototype choice, the split of validation images and bridge training: "
                         "the same seed and data give the same run")
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images and list them")
@@ -1335,7 +1335,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'elpv' (or elpv:mono, elpv:poly), a folder of normal images, or an MVTec category")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--images", type=_positive_int, default=50, help="how many training images to draw from")
-    p.add_argument("--seed", type=int, default=0, help="the same seed draws the same gallery")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="the same seed draws the same gallery")
     p.set_defaults(func=_defects)
 
     p = sub.add_parser("demo", help="train, export, evaluate and stream on ELPV end to end")

@@ -99,6 +99,10 @@ def test_numbers_that_would_be_read_wrong_are_refused_naming_the_option(capsys):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["run", "--input", "test://", option, value])
         assert f"argument {option}: {said}, got {value}" in capsys.readouterr().err
+    for command in (["train", "--data", "good", "--out", "run"], ["defects", "--data", "good", "--out", "g.png"]):
+        with pytest.raises(SystemExit):  # numpy's "expected non-negative integer", with a traceback, after reading
+            build_parser().parse_args([*command, "--seed", "-1"])
+        assert "argument --seed: must be a whole number, 0 or more, got -1" in capsys.readouterr().err
     args = build_parser().parse_args(["run", "--input", "test://", "--latency", "0", "--snapshot-quota-mb", "0"])
     assert (args.latency, args.snapshot_quota_mb) == (0, 0.0)
 
