@@ -3,6 +3,7 @@ detector, in `edge-ad run` and in `edge-ad calibrate`; a mask that cannot apply 
 
 import json
 import logging
+import re
 import shutil
 
 import cv2
@@ -191,6 +192,12 @@ def test_mask_command_draws_rectangles_and_a_preview(normal_folder, tmp_path):
     assert np.array_equal(look[5:95, 5:95], original[5:95, 5:95] // 3)  # ignored: darkened
     assert np.array_equal(look[5:95, 110:290], original[5:95, 110:290])  # inspected: as it is
     assert np.all(look[50, 100] == MASK_COLOUR)  # the edge of the inspected part
+    # The preview or the frame given for the mask inspected wherever the cell was bright; a JPEG of the mask is one.
+    for picture in (tmp_path / "masks" / "line1_preview.png", frame):
+        with pytest.raises(ImageError, match=rf"{re.escape(str(picture))}: not a mask: \d+% of its pixels are grey"):
+            InspectionMask.load(picture)
+    cv2.imwrite(str(tmp_path / "line1.jpg"), cv2.imread(str(out)), [cv2.IMWRITE_JPEG_QUALITY, 70])
+    assert np.array_equal(InspectionMask.load(tmp_path / "line1.jpg").inspect, expected)
 
     outside = edge_ad("mask", "--frame", frame, "--ignore", "250,0,100,10", "--out", out)
     assert outside.returncode == 2 and "rectangle 250,0,100,10 reaches outside the 300x300 frame" in outside.stderr
