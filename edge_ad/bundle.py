@@ -241,6 +241,8 @@ class _Fields:
         if isinstance(node, bool) or not isinstance(node, kind):
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             raise BundleError(f"{self.path}: field '{dotted}' must be {names}, got {node!r}")
+        if isinstance(node, float) and not math.isfinite(node):  # a threshold of .nan flagged no part at all
+            raise BundleError(f"{self.path}: field '{dotted}' must be a finite number, got {node!r}")
         return node
 
     def positive(self, dotted: str, kind: type | tuple[type, ...] = (int, float)) -> Any:

@@ -261,6 +261,9 @@ def check_servable(outputs: list[str]) -> None:
         if not uri.startswith(RTSP_OUTPUTS + HTTP_OUTPUTS):
             continue
         parsed, port = urlparse(uri), uri_port(uri)
+        if port == 0:  # served, but on a port the system picks and nobody is told
+            raise EdgeAdError(f"--output {uri}: port 0 would be a free port the system picks, which no viewer would "
+                              "know; name the port, as in rtsp://@:8554/inspection or http://@:8080/line1")
         if port in kinds:
             if kinds[port].startswith(RTSP_OUTPUTS) != uri.startswith(RTSP_OUTPUTS):
                 raise EdgeAdError(f"--output {uri}: port {port} is taken by --output {kinds[port]}; an RTSP and an "

@@ -459,7 +459,7 @@ def output_pipeline(
         return f"{src} ! {sink}"
     if uri.startswith("rtp://"):
         parsed = urlparse(uri)
-        if not parsed.hostname or uri_port(uri) is None:
+        if not parsed.hostname or not uri_port(uri):  # port 0: sent nowhere
             raise SourceError(f"{uri}: an RTP output needs a host and a port, as in rtp://192.168.1.10:5000")
         return (
             f"{src} ! {_encoder(fps, jetson, bitrate_kbps)} ! rtph264pay config-interval=1 pt=96 ! "

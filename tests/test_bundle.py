@@ -168,6 +168,11 @@ def test_site_calibration_overrides_quantiles_and_threshold(bundle_copy):
     (bundle_copy / "calibration.yaml").write_text("threshold: [0.5\n")
     with pytest.raises(BundleError, match=r"calibration.yaml: malformed YAML"):
         load_bundle(bundle_copy)
+    for value in (".nan", ".inf"):  # a threshold of .nan flagged no part, and said nothing
+        (bundle_copy / "calibration.yaml").write_text(yaml.safe_dump(calibration).replace("threshold: 0.75",
+                                                                                          f"threshold: {value}"))
+        with pytest.raises(BundleError, match=r"calibration.yaml: field 'threshold' must be a finite number, got"):
+            load_bundle(bundle_copy)
 
 
 def test_a_threshold_from_too_few_validation_images_says_so_until_a_site_calibration(bundle_copy):

@@ -1656,6 +1656,11 @@ def test_http_output_lets_clients_go_and_its_port_free():
             check_servable([uri])
     with pytest.raises(SourceError, match="rtp://10.0.0.9:99999: the port is not a number from 0 to 65535"):
         output_description("rtp://10.0.0.9:99999", 64, 48, 10, False)
+    for uri in ("http://@:0/line1", "rtsp://@:0/line1"):  # served on a port the system picked, told to nobody
+        with pytest.raises(EdgeAdError, match=f"--output {uri}: port 0 would be a free port the system picks"):
+            check_servable([uri])
+    with pytest.raises(SourceError, match="rtp://10.0.0.9:0: an RTP output needs a host and a port"):
+        output_description("rtp://10.0.0.9:0", 64, 48, 10, False)
 
 
 def test_a_usb_camera_that_is_not_there_says_what_names_it_for_good():
