@@ -63,13 +63,13 @@ def _non_negative(text: str) -> float:
 
 
 def _positive_int(text: str) -> int:
-    if not (text.strip().isdigit() and int(text) > 0):
+    if not (text.strip().isdecimal() and int(text) > 0):
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return int(text)
 
 
 def _non_negative_int(text: str) -> int:
-    if not text.strip().isdigit():
+    if not text.strip().isdecimal():
         raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, got {text}")
     return int(text)
 

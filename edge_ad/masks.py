@@ -25,9 +25,10 @@ from .errors import ImageError
 from .images import read_image
 
 INSPECT_LEVEL = 128  # grey levels at or above it are inspected; below it, ignored
-# More pixels than this share neither near black nor near white (32 to 223): a picture, not a mask.
+# More pixels than PICTURE_SHARE neither near black nor near white (GREYS): a picture, not a mask.
 # A camera frame and the preview `edge-ad mask` writes beside its mask measured 92 to 99 %; masks
 # 0 %, saved as JPEG or drawn with anti-aliased edges under 1 %, one blurred by 5 pixels 11 %.
+GREYS = (32, 223)
 PICTURE_SHARE = 0.5
 
 
@@ -54,11 +55,11 @@ class InspectionMask:
         mostly grey is refused: the frame or the mask's preview given for the mask would otherwise
         inspect wherever the part happens to be bright."""
         grey = cv2.cvtColor(read_image(path), cv2.COLOR_RGB2GRAY)
-        share = float(((grey >= 32) & (grey <= 223)).mean())
+        share = float(((grey >= GREYS[0]) & (grey <= GREYS[1])).mean())
         if share > PICTURE_SHARE:
-            raise ImageError(f"{path}: not a mask: {share:.0%} of its pixels are grey (32 to 223 of 255), as in a "
-                             "picture of the part, such as a frame or the NAME_preview.png that edge-ad mask writes "
-                             "beside a mask; a mask is white where to inspect and black where not")
+            raise ImageError(f"{path}: not a mask: {share:.0%} of its pixels are grey ({GREYS[0]} to {GREYS[1]} of "
+                             "255), as in a picture of the part, such as a frame or the NAME_preview.png that edge-ad "
+                             "mask writes beside a mask; a mask is white where to inspect and black where not")
         return cls(grey >= INSPECT_LEVEL, str(path))
 
     @property

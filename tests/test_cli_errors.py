@@ -95,7 +95,8 @@ def test_numbers_that_would_be_read_wrong_are_refused_naming_the_option(capsys):
                                 ("--snapshot-quota-mb", "-1", "must be 0 or more"),
                                 ("--sample-interval", "nan", "must be 0 or more"),
                                 ("--timeout", "abc", "must be 0 or more"),
-                                ("--max-frames", "1.5", "must be a positive integer")]:
+                                ("--max-frames", "1.5", "must be a positive integer"),
+                                ("--max-frames", "²", "must be a positive integer")]:  # a digit, not a number
         with pytest.raises(SystemExit):
             build_parser().parse_args(["run", "--input", "test://", option, value])
         assert f"argument {option}: {said}, got {value}" in capsys.readouterr().err
