@@ -86,7 +86,9 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
         for key in ("realtime", "follow"):
             if not isinstance(entry.get(key, False), bool):
                 raise EdgeAdError(f"{where}: '{key}' must be true or false, not {entry[key]!r}")
-        for key, what in (("mask", "an image file name"), ("certificate", "the file of the camera's certificate")):
+        for key, what in (("mask", "an image file name"), ("certificate", "the file of the camera's certificate"),
+                          ("output", "a video file, a folder or a URI"),
+                          ("pipeline", "a GStreamer pipeline ending in 'appsink name=sink'")):
             if not isinstance(entry.get(key, ""), str):
                 raise EdgeAdError(f"{where}: '{key}' must be {what}, not {entry[key]!r}")
         if "calibration" in entry and not (isinstance(entry["calibration"], str) and entry["calibration"]):

@@ -425,6 +425,13 @@ def test_sources_yaml(tmp_path):
         bad.write_text(f"sources:\n  - {{input: 'rtsp://cam/1', {entry}}}\n")
         with pytest.raises(EdgeAdError, match=re.escape(f"bad.yaml: source 1: {said}")):
             streams_from_yaml(bad, SourceOptions())
+    for entry, said in [("output: 5", "'output' must be a video file, a folder or a URI, not 5"),  # tracebacks before
+                        ("output: [a.mp4]", "'output' must be a video file, a folder or a URI, not ['a.mp4']"),
+                        ("pipeline: 5",
+                         "'pipeline' must be a GStreamer pipeline ending in 'appsink name=sink', not 5")]:
+        bad.write_text(f"sources:\n  - {{input: 'rtsp://cam/1', {entry}}}\n")
+        with pytest.raises(EdgeAdError, match=re.escape(f"bad.yaml: source 1: {said}")):
+            streams_from_yaml(bad, SourceOptions())
     bad.write_text("sources:\n  - {input: 'rtsp://cam/1', latency_ms: 0, timeout_s: 2.5, width: 1920}\n")
     assert streams_from_yaml(bad, SourceOptions())[0].options.latency_ms == 0
     bad.write_text("sources: [\n")
