@@ -25,11 +25,14 @@ from .errors import ImageError
 from .images import read_image
 
 INSPECT_LEVEL = 128  # grey levels at or above it are inspected; below it, ignored
-# More pixels than PICTURE_SHARE neither near black nor near white (GREYS): a picture, not a mask.
-# A camera frame and the preview `edge-ad mask` writes beside its mask measured 92 to 99 %; masks
-# 0 %, saved as JPEG or drawn with anti-aliased edges under 1 %, one blurred by 5 pixels 11 %.
+# A picture, not a mask: more pixels than PICTURE_SHARE neither near black nor near white (GREYS),
+# spread over at least PICTURE_LEVELS grey levels that hold 0.5 % of the pixels each. ELPV cells and
+# the preview `edge-ad mask` writes beside its mask measured 81 to 100 % in 47 to 75 levels; masks
+# 0 to 1 % (written by `edge-ad mask`, saved as JPEG, drawn with anti-aliased edges), one blurred by
+# 5 or 20 pixels 11 or 36 %, one painted light grey (inspected: 128 or more) 60 % in 2 levels.
 GREYS = (32, 223)
 PICTURE_SHARE = 0.5
+PICTURE_LEVELS = 16
 
 
 class InspectionMask:
@@ -51,15 +54,17 @@ class InspectionMask:
 
     @classmethod
     def load(cls, path: str | Path) -> "InspectionMask":
-        """A mask from an image file (colour or grey): grey level 128 or more is inspected. A file
-        mostly grey is refused: the frame or the mask's preview given for the mask would otherwise
-        inspect wherever the part happens to be bright."""
+        """A mask from an image file (colour or grey): grey level 128 or more is inspected. A
+        picture is refused (PICTURE_SHARE): the frame or the mask's preview given for the mask would
+        otherwise inspect wherever the part happens to be bright."""
         grey = cv2.cvtColor(read_image(path), cv2.COLOR_RGB2GRAY)
         share = float(((grey >= GREYS[0]) & (grey <= GREYS[1])).mean())
-        if share > PICTURE_SHARE:
+        levels = int((np.bincount(grey.ravel(), minlength=256) >= 0.005 * grey.size).sum())
+        if share > PICTURE_SHARE and levels >= PICTURE_LEVELS:
             raise ImageError(f"{path}: not a mask: {share:.0%} of its pixels are grey ({GREYS[0]} to {GREYS[1]} of "
-                             "255), as in a picture of the part, such as a frame or the NAME_preview.png that edge-ad "
-                             "mask writes beside a mask; a mask is white where to inspect and black where not")
+                             f"255), in {levels} grey levels, as in a picture of the part, such as a frame or the "
+                             "NAME_preview.png that edge-ad mask writes beside a mask; a mask is painted white (or "
+                             f"grey of {INSPECT_LEVEL} or more) where to inspect and black where not")
         return cls(grey >= INSPECT_LEVEL, str(path))
 
     @property

@@ -198,6 +198,8 @@ def test_mask_command_draws_rectangles_and_a_preview(normal_folder, tmp_path):
             InspectionMask.load(picture)
     cv2.imwrite(str(tmp_path / "line1.jpg"), cv2.imread(str(out)), [cv2.IMWRITE_JPEG_QUALITY, 70])
     assert np.array_equal(InspectionMask.load(tmp_path / "line1.jpg").inspect, expected)
+    cv2.imwrite(str(tmp_path / "light.png"), expected * np.uint8(200))  # painted light grey: inspected, as documented
+    assert np.array_equal(InspectionMask.load(tmp_path / "light.png").inspect, expected)
 
     outside = edge_ad("mask", "--frame", frame, "--ignore", "250,0,100,10", "--out", out)
     assert outside.returncode == 2 and "rectangle 250,0,100,10 reaches outside the 300x300 frame" in outside.stderr
