@@ -89,8 +89,11 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
         for key, what in (("mask", "an image file name"), ("certificate", "the file of the camera's certificate"),
                           ("output", "a video file, a folder or a URI"),
                           ("pipeline", "a GStreamer pipeline ending in 'appsink name=sink'")):
-            if not isinstance(entry.get(key, ""), str):
-                raise EdgeAdError(f"{where}: '{key}' must be {what}, not {entry[key]!r}")
+            value = entry.get(key, "")
+            if value is None and key in ("output", "pipeline"):  # left empty (`output:`): none, as if left out
+                continue
+            if not isinstance(value, str):
+                raise EdgeAdError(f"{where}: '{key}' must be {what}, not {value!r}")
         if "calibration" in entry and not (isinstance(entry["calibration"], str) and entry["calibration"]):
             raise EdgeAdError(f"{where}: 'calibration' must be a folder, not {entry['calibration']!r}")
         alarm_frames = entry.get("alarm_frames")

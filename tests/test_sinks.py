@@ -432,6 +432,8 @@ def test_sources_yaml(tmp_path):
         bad.write_text(f"sources:\n  - {{input: 'rtsp://cam/1', {entry}}}\n")
         with pytest.raises(EdgeAdError, match=re.escape(f"bad.yaml: source 1: {said}")):
             streams_from_yaml(bad, SourceOptions())
+    bad.write_text("sources:\n  - {input: 'rtsp://cam/1', output: }\n  - {input: 'rtsp://cam/2', pipeline: }\n")
+    assert [(s.output, s.pipeline) for s in streams_from_yaml(bad, SourceOptions())] == [(None, None)] * 2  # none
     bad.write_text("sources:\n  - {input: 'rtsp://cam/1', latency_ms: 0, timeout_s: 2.5, width: 1920}\n")
     assert streams_from_yaml(bad, SourceOptions())[0].options.latency_ms == 0
     bad.write_text("sources: [\n")
