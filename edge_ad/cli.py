@@ -1124,7 +1124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-loop", type=int, default=0, metavar="N",
                    help="files and folders play N more times after the first (-1: for ever), as in jetson-utils")
     p.add_argument("--events", help="JSON-lines file, one line per frame (rotated by size)")
-    p.add_argument("--events-max-mb", type=_positive_float, default=100.0, help="rotate the events file at this size")
+    p.add_argument("--events-max-mb", type=_non_negative, default=100.0,
+                   help="rotate the events file at this size (0: never; it then grows until the disk is full)")
     p.add_argument("--snapshots", help="folder for the frame and overlay of alarm frames (see --alarm-frames)")
     p.add_argument("--snapshot-interval", type=_non_negative, default=1.0,
                    help="at most one snapshot per source per N seconds")

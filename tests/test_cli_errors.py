@@ -90,8 +90,8 @@ def test_numbers_that_would_be_read_wrong_are_refused_naming_the_option(capsys):
     from edge_ad.cli import build_parser
 
     for option, value, said in [("--latency", "-5", "must be a whole number, 0 or more"),
-                                ("--events-max-mb", "-1", "must be a positive number"),
-                                ("--events-max-mb", "inf", "must be a positive number"),
+                                ("--events-max-mb", "-1", "must be 0 or more"),
+                                ("--events-max-mb", "inf", "must be 0 or more"),
                                 ("--snapshot-quota-mb", "-1", "must be 0 or more"),
                                 ("--sample-interval", "nan", "must be 0 or more"),
                                 ("--timeout", "abc", "must be 0 or more"),
@@ -104,8 +104,9 @@ def test_numbers_that_would_be_read_wrong_are_refused_naming_the_option(capsys):
         with pytest.raises(SystemExit):  # numpy's "expected non-negative integer", with a traceback, after reading
             build_parser().parse_args([*command, "--seed", "-1"])
         assert "argument --seed: must be a whole number, 0 or more, got -1" in capsys.readouterr().err
-    args = build_parser().parse_args(["run", "--input", "test://", "--latency", "0", "--snapshot-quota-mb", "0"])
-    assert (args.latency, args.snapshot_quota_mb) == (0, 0.0)
+    args = build_parser().parse_args(["run", "--input", "test://", "--latency", "0", "--snapshot-quota-mb", "0",
+                                      "--events-max-mb", "0"])  # 0: never rotated, as before
+    assert (args.latency, args.snapshot_quota_mb, args.events_max_mb) == (0, 0.0, 0.0)
 
 
 def test_missing_data_folder(tmp_path):
