@@ -34,6 +34,9 @@ BGR_SINK = "videoconvert ! video/x-raw,format=BGR ! appsink name=sink"
 RTP_DEPAY = {"h264": "rtph264depay", "h265": "rtph265depay", "mjpeg": "rtpjpegdepay"}
 RTP_ENCODING = {"h264": "H264", "h265": "H265", "mjpeg": "JPEG"}
 V4L2_CAPS = {"mjpeg": "image/jpeg", "h264": "video/x-h264"}  # what a USB camera sends in each
+# rtspsrc's and rtpjitterbuffer's latency is a guint of milliseconds: a larger number reached
+# them wrapped round (99999999999 as 1215752191, about 14 days).
+LATENCY_MAX_MS = 2**32 - 1
 # The kernel's receive buffer asked for UDP video. A picture's packets come in a burst, and those
 # the buffer has no room for are lost, and the picture with them: through the 208 KiB most Linux
 # systems give (rtspsrc asks 512 KiB), no 1080p JPEG of 1.5 MB ever came whole over 127.0.0.1;
@@ -274,8 +277,9 @@ def _rtsp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     transport = options.transport or ("tcp" if codec == "mjpeg" or uri.startswith("rtsps://") else None)
     protocols = f" protocols={transport}" if transport else ""
     buffer = "" if transport == "tcp" else f" udp-buffer-size={UDP_BUFFER_BYTES}"
+    latency = _latency(uri, options)
     return SourcePipeline(
-        f"rtspsrc location={_quote(login_escaped(uri))} latency={options.latency_ms} drop-on-latency=true{protocols}"
+        f"rtspsrc location={_quote(login_escaped(uri))} latency={latency} drop-on-latency=true{protocols}"
         f"{buffer} ! {RTP_DEPAY[codec]} ! {_decode(uri, codec, options, jetson)}",
         True,
     )
@@ -294,11 +298,26 @@ def _rtp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     else:
         name, depay, decode = RTP_ENCODING[codec], RTP_DEPAY[codec], _decode(uri, codec, options, jetson)
     caps = f"application/x-rtp,media=video,clock-rate=90000,encoding-name={name}"
+    latency = _latency(uri, options)
+    if 0 < options.timeout_s * 1000 <= latency:
+        raise SourceError(
+            f"{uri}: latency {latency} ms is not below the timeout of {options.timeout_s:g} s: the jitter buffer holds "
+            "an RTP stream's first packets for the latency, so no frame would come before the source reconnects, "
+            "again and again. Give a shorter latency (--latency, or latency_ms in --sources; 200 ms is usual) or "
+            "a longer timeout (--timeout, timeout_s)"
+        )
     return SourcePipeline(
         f'udpsrc port={port}{address} buffer-size={UDP_BUFFER_BYTES} caps="{caps}" ! '
-        f"rtpjitterbuffer latency={options.latency_ms} ! {depay} ! {decode}",
+        f"rtpjitterbuffer latency={latency} ! {depay} ! {decode}",
         True,
     )
+
+
+def _latency(uri: str, options: SourceOptions) -> int:
+    if options.latency_ms > LATENCY_MAX_MS:
+        raise SourceError(f"{uri}: latency {options.latency_ms} ms is more than GStreamer takes "
+                          f"({LATENCY_MAX_MS} ms, about 50 days); 200 ms is usual")
+    return options.latency_ms
 
 
 def _udp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:

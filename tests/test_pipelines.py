@@ -71,6 +71,27 @@ def test_rtsp_latency_and_csi_camera():
     assert csi.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),width=1280,height=720")
 
 
+def test_a_latency_that_would_stop_the_frames_is_refused_naming_the_source():
+    """rtpjitterbuffer holds an RTP stream's first packets for its latency: at 10000 ms with the
+    5 s timeout no frame came in 25 s, only reconnections (4500 ms gave frames). rtspsrc did not
+    hold them (frames at once at 10000 ms), so RTSP keeps any latency GStreamer can take; a
+    larger one reached both wrapped round (99999999999 ms as about 14 days)."""
+    for latency, timeout in [(10000, 5.0), (5000, 5.0), (1000, 0.5)]:
+        with pytest.raises(SourceError, match=f"rtp://@:5600: latency {latency} ms is not below the timeout"):
+            source_pipeline("rtp://@:5600", SourceOptions(latency_ms=latency, timeout_s=timeout), jetson=False)
+    for latency, timeout in [(4999, 5.0), (10000, 0.0)]:  # 0: never reconnects; the first frame waits 10 s
+        rtp = source_pipeline("rtp://@:5600", SourceOptions(latency_ms=latency, timeout_s=timeout), jetson=False)
+        assert f"rtpjitterbuffer latency={latency} !" in rtp.description
+    rtsp = source_pipeline("rtsp://cam/s", SourceOptions(latency_ms=10000, timeout_s=5.0), jetson=False)
+    assert "latency=10000 drop-on-latency=true" in rtsp.description
+    for uri in ("rtsp://cam/s", "rtp://@:5600"):
+        too_long = SourceOptions(latency_ms=99999999999, timeout_s=0.0)
+        with pytest.raises(SourceError, match=f"{uri}: latency 99999999999 ms is more than GStreamer takes"):
+            source_pipeline(uri, too_long, jetson=False)
+        assert "latency=4294967295 " in source_pipeline(uri, SourceOptions(latency_ms=2**32 - 1, timeout_s=0.0),
+                                                         jetson=False).description
+
+
 def test_a_turned_camera_is_flipped_by_nvvidconv_on_a_jetson_and_videoflip_elsewhere(tmp_path):
     turned = SourceOptions(flip="clockwise")
     csi = source_pipeline("csi://0", turned, jetson=True).description
