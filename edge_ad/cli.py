@@ -38,6 +38,13 @@ def _number(text: str) -> float:
     return value if math.isfinite(value) else math.nan
 
 
+def _finite(text: str) -> float:
+    value = _number(text)
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError(f"must be a number, got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = _number(text)
     if not value > 0:
@@ -1066,7 +1073,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: symmetric, for TensorRT (default); uint8: asymmetric, faster on ONNX Runtime CPUs")
     p.add_argument("--keep-fp32", nargs="+", metavar="GRAPH:NODE",
                    help="int8: leave these nodes in FP32, e.g. encoder:/blocks.0/_depthwise_conv/Conv")
-    p.add_argument("--keep-fp32-below", type=float, metavar="DB",
+    p.add_argument("--keep-fp32-below", type=_finite, metavar="DB",
                    help="int8: also leave in FP32 every node whose output SQNR is below DB (sensitivity search)")
     p.set_defaults(func=_export)
 

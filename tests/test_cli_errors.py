@@ -104,6 +104,11 @@ def test_numbers_that_would_be_read_wrong_are_refused_naming_the_option(capsys):
         with pytest.raises(SystemExit):  # numpy's "expected non-negative integer", with a traceback, after reading
             build_parser().parse_args([*command, "--seed", "-1"])
         assert "argument --seed: must be a whole number, 0 or more, got -1" in capsys.readouterr().err
+    export = ["export", "--run", "run", "--out", "b", "--precision", "int8", "--keep-fp32-below"]
+    with pytest.raises(SystemExit):  # nan kept no node in FP32 (every SQNR < nan is false), without a word
+        build_parser().parse_args([*export, "nan"])
+    assert "argument --keep-fp32-below: must be a number, got nan" in capsys.readouterr().err
+    assert build_parser().parse_args([*export, "-5"]).keep_fp32_below == -5.0  # an SQNR in dB may be below 0
     args = build_parser().parse_args(["run", "--input", "test://", "--latency", "0", "--snapshot-quota-mb", "0",
                                       "--events-max-mb", "0"])  # 0: never rotated, as before
     assert (args.latency, args.snapshot_quota_mb, args.events_max_mb) == (0, 0.0, 0.0)
