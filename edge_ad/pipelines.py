@@ -37,6 +37,10 @@ V4L2_CAPS = {"mjpeg": "image/jpeg", "h264": "video/x-h264"}  # what a USB camera
 # rtspsrc's and rtpjitterbuffer's latency is a guint of milliseconds: a larger number reached
 # them wrapped round (99999999999 as 1215752191, about 14 days).
 LATENCY_MAX_MS = 2**32 - 1
+# Aravis hands a GenICam camera's Mono10, Mono12 and Mono14 pixels on as GRAY16_LE with the
+# values in the low bits, and videoconvert keeps the top 8 of the 16: Mono12's white (4095) was
+# read as 15 of 255.
+DEEP_MONO = re.compile(r"PixelFormat=Mono(1[024])(?:Packed)?")
 # The kernel's receive buffer asked for UDP video. A picture's packets come in a burst, and those
 # the buffer has no room for are lost, and the picture with them: through the 208 KiB most Linux
 # systems give (rtspsrc asks 512 KiB), no 1080p JPEG of 1.5 MB ever came whole over 127.0.0.1;
@@ -93,6 +97,7 @@ class SourceOptions:
 class SourcePipeline:
     description: str
     live: bool  # live sources keep only the newest frame and reconnect; files end at EOS
+    note: str | None = None  # what the frames will be like, said when the source opens (and by doctor)
 
 
 def _quote(value: str) -> str:
@@ -248,7 +253,22 @@ def _genicam(uri: str, options: SourceOptions) -> SourcePipeline:
     caps = _caps("video/x-bayer" if codec == "bayer" else "video/x-raw", options)
     demosaic = "bayer2rgb ! " if codec == "bayer" else ""
     source = " ".join(["aravissrc", *properties])
-    return SourcePipeline(f"{source} ! {caps} ! {demosaic}{_bgr_sink(uri, options, False)}", True)
+    return SourcePipeline(f"{source} ! {caps} ! {demosaic}{_bgr_sink(uri, options, False)}", True,
+                          _deep_mono_note(uri, features))
+
+
+def _deep_mono_note(uri: str, features: list[str]) -> str | None:
+    """Not refused: a line trained on frames read so (edge-ad record with the same URI) keeps
+    scoring as it did."""
+    deep = [match for feature in features if (match := DEEP_MONO.fullmatch(feature))]
+    if not deep:
+        return None
+    bits = int(deep[-1][1])
+    white = (2**bits - 1) >> 8
+    return (f"{uri}: {deep[-1][0]}: Aravis hands {bits}-bit pixels on in 16 bits, the values in the low {bits}, "
+            f"and frames are read as the top 8 of those 16: the camera's white is read as {white} of 255, every "
+            f"frame dark, in {white + 1} grey levels at most. edge-ad scores 8-bit frames, so the extra bits gain "
+            "nothing: set feature=PixelFormat=Mono8")
 
 
 def _csi(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:

@@ -5,14 +5,16 @@ import shutil
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from edge_ad.detector import Detector
+from edge_ad.doctor import Report, _check_source
 from edge_ad.errors import SourceError
 from edge_ad.pipelines import SourceOptions, source_pipeline
 from edge_ad.runner import RunConfig, run
-from edge_ad.sources import load_gst, open_source
+from edge_ad.sources import GstSource, load_gst, open_source
 from edge_ad.streams import Stream
 
 FAKE_CAMERA = shutil.which("arv-fake-gv-camera-0.8")
@@ -65,6 +67,24 @@ def test_genicam_pipelines():
                        ("genicam://cam?fps=5", r"unknown settings \['fps'\]")):
         with pytest.raises(SourceError, match=error):
             source_pipeline(uri)
+
+
+def test_a_camera_set_to_more_than_8_bits_a_pixel_is_named_when_it_opens(caplog):
+    """Aravis hands Mono10/12/14 on as GRAY16_LE with the values in the low bits; videoconvert
+    keeps the top 8 (a GRAY16_LE frame of 4095 was read as 15 and 16 of 255). Said, not refused:
+    a line trained on frames read so keeps scoring as it did."""
+    for feature, white in [("Mono12", 15), ("Mono10", 3), ("Mono14Packed", 63)]:
+        uri = f"genicam://cam?exposure=5000&feature=PixelFormat={feature}"
+        assert f"the camera's white is read as {white} of 255" in source_pipeline(uri).note
+    for uri in ("genicam://cam?feature=PixelFormat=Mono8", "genicam://cam?feature=PixelFormat=Mono16",
+                "genicam://cam?feature=PixelFormat=RGB8", "genicam://cam"):
+        assert source_pipeline(uri).note is None
+    with caplog.at_level("WARNING", logger="edge_ad.sources"), pytest.raises(SourceError, match="cam"):
+        GstSource("genicam://cam?feature=PixelFormat=Mono12")  # no such camera here: said before it is looked for
+    assert "PixelFormat=Mono12: Aravis hands 12-bit pixels on in 16 bits" in caplog.text
+    report = Report()
+    _check_source(report, Stream("genicam://cam?feature=PixelFormat=Mono12", "side"), jetson=False, root=Path("/"))
+    assert report.problems[0].startswith("source side: genicam://cam?feature=PixelFormat=Mono12: PixelFormat=Mono12:")
 
 
 @needs_camera
