@@ -136,10 +136,13 @@ def _codec(uri: str, options: SourceOptions, default: str, allowed: tuple[str, .
 
 
 def check_crop(uri: str, crop: object) -> tuple[int, int, int, int] | None:
-    """`crop` as (x, y, width, height): whole numbers, the corner not negative, the size positive."""
+    """`crop` as (x, y, width, height): whole numbers, the corner not negative, the size positive.
+    A --sources file may write it as the command line does (`crop: 0,0,640,480`, read as text)."""
     if crop is None:
         return None
-    values = list(crop) if isinstance(crop, (list, tuple)) else []
+    written = crop.split(",") if isinstance(crop, str) else crop
+    values = list(written) if isinstance(written, (list, tuple)) else []
+    values = [int(v) if isinstance(v, str) and v.strip().isdecimal() else v for v in values]
     if len(values) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values) \
             or min(values[:2]) < 0 or min(values[2:]) <= 0:
         raise SourceError(f"{uri}: crop {crop!r} is not x, y, width, height in pixels (whole numbers, size above 0)")

@@ -94,6 +94,8 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
                 continue
             if not isinstance(value, str):
                 raise EdgeAdError(f"{where}: '{key}' must be {what}, not {value!r}")
+        if isinstance(entry.get("name"), (list, dict)):  # a number names its camera too (name: 5)
+            raise EdgeAdError(f"{where}: 'name' must be a name for the source, not {entry['name']!r}")
         if "calibration" in entry and not (isinstance(entry["calibration"], str) and entry["calibration"]):
             raise EdgeAdError(f"{where}: 'calibration' must be a folder, not {entry['calibration']!r}")
         alarm_frames = entry.get("alarm_frames")

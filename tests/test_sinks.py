@@ -426,7 +426,8 @@ def test_sources_yaml(tmp_path):
                         ("output: 5", "'output' must be a video file, a folder or a URI, not 5"),
                         ("output: [a.mp4]", "'output' must be a video file, a folder or a URI, not ['a.mp4']"),
                         ("pipeline: 5",
-                         "'pipeline' must be a GStreamer pipeline ending in 'appsink name=sink', not 5")]:
+                         "'pipeline' must be a GStreamer pipeline ending in 'appsink name=sink', not 5"),
+                        ("name: [left]", "'name' must be a name for the source, not ['left']")]:  # named "['left']"
         bad.write_text(f"sources:\n  - {{input: 'rtsp://cam/1', {entry}}}\n")
         with pytest.raises(EdgeAdError, match=re.escape(f"bad.yaml: source 1: {said}")):
             streams_from_yaml(bad, SourceOptions())
@@ -434,6 +435,8 @@ def test_sources_yaml(tmp_path):
     assert [(s.output, s.pipeline) for s in streams_from_yaml(bad, SourceOptions())] == [(None, None)] * 2  # none
     bad.write_text("sources:\n  - {input: 'rtsp://cam/1', latency_ms: 0, timeout_s: 2.5, width: 1920}\n")
     assert streams_from_yaml(bad, SourceOptions())[0].options.latency_ms == 0
+    bad.write_text("sources:\n  - {input: 'rtsp://cam/1', name: 5}\n")  # camera 5
+    assert streams_from_yaml(bad, SourceOptions())[0].name == "5"
     bad.write_text("sources: [\n")
     with pytest.raises(EdgeAdError, match="malformed YAML"):
         streams_from_yaml(bad, SourceOptions())
