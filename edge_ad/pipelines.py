@@ -37,10 +37,23 @@ V4L2_CAPS = {"mjpeg": "image/jpeg", "h264": "video/x-h264"}  # what a USB camera
 # rtspsrc's and rtpjitterbuffer's latency is a guint of milliseconds: a larger number reached
 # them wrapped round (99999999999 as 1215752191, about 14 days).
 LATENCY_MAX_MS = 2**32 - 1
-# Aravis hands a GenICam camera's Mono10, Mono12 and Mono14 pixels on as GRAY16_LE with the
-# values in the low bits, and videoconvert keeps the top 8 of the 16: Mono12's white (4095) was
-# read as 15 of 255.
-DEEP_MONO = re.compile(r"PixelFormat=Mono(1[024])(?:Packed)?")
+# The caps aravissrc gives a GenICam pixel format (Aravis's arv_pixel_format_to_gst_caps_string),
+# by the names cameras list it under, older names too: (codec, caps). aravissrc picks the frames'
+# format from its caps, then sets its `features`: a PixelFormat there that differed came in
+# buffers of another size (RGB8 after GRAY8 was picked: three times the bytes, read as grey
+# frames of noise). The format's caps make both agree.
+GENICAM_FORMATS = {
+    "Mono8": ("raw", "video/x-raw,format=GRAY8"), "Mono16": ("raw", "video/x-raw,format=GRAY16_LE"),
+    "RGB8": ("raw", "video/x-raw,format=RGB"), "RGB8Packed": ("raw", "video/x-raw,format=RGB"),
+    "RGBa8": ("raw", "video/x-raw,format=RGBA"), "RGBA8Packed": ("raw", "video/x-raw,format=RGBA"),
+    "YUV422_8_UYVY": ("raw", "video/x-raw,format=UYVY"), "YUV422Packed": ("raw", "video/x-raw,format=UYVY"),
+    "YUV422_8": ("raw", "video/x-raw,format=YUY2"), "YUV422_YUYV_Packed": ("raw", "video/x-raw,format=YUY2"),
+    "BayerRG8": ("bayer", "video/x-bayer,format=rggb"), "BayerGR8": ("bayer", "video/x-bayer,format=grbg"),
+    "BayerGB8": ("bayer", "video/x-bayer,format=gbrg"), "BayerBG8": ("bayer", "video/x-bayer,format=bggr"),
+}
+# Mono10, Mono12 and Mono14 have no caps of their own: Aravis hands them on as GRAY16_LE, which
+# aravissrc asks the camera for as Mono16, and videoconvert keeps the top 8 of the 16 bits.
+DEEP_MONO = re.compile(r"Mono(1[024])(?:p|Packed)?")
 # The kernel's receive buffer asked for UDP video. A picture's packets come in a burst, and those
 # the buffer has no room for are lost, and the picture with them: through the 208 KiB most Linux
 # systems give (rtspsrc asks 512 KiB), no 1080p JPEG of 1.5 MB ever came whole over 127.0.0.1;
@@ -253,25 +266,41 @@ def _genicam(uri: str, options: SourceOptions) -> SourcePipeline:
     if features:
         properties.append(f"features={_quote(' '.join(features))}")
     codec = _codec(uri, options, "raw", ("raw", "bayer"))
-    caps = _caps("video/x-bayer" if codec == "bayer" else "video/x-raw", options)
+    pinned, note = _pixel_format(uri, features, codec)
+    caps = _caps(pinned or ("video/x-bayer" if codec == "bayer" else "video/x-raw"), options)
     demosaic = "bayer2rgb ! " if codec == "bayer" else ""
     source = " ".join(["aravissrc", *properties])
-    return SourcePipeline(f"{source} ! {caps} ! {demosaic}{_bgr_sink(uri, options, False)}", True,
-                          _deep_mono_note(uri, features))
+    return SourcePipeline(f"{source} ! {caps} ! {demosaic}{_bgr_sink(uri, options, False)}", True, note)
 
 
-def _deep_mono_note(uri: str, features: list[str]) -> str | None:
-    """Not refused: a line trained on frames read so (edge-ad record with the same URI) keeps
-    scoring as it did."""
-    deep = [match for feature in features if (match := DEEP_MONO.fullmatch(feature))]
-    if not deep:
-        return None
-    bits = int(deep[-1][1])
-    white = (2**bits - 1) >> 8
-    return (f"{uri}: {deep[-1][0]}: Aravis hands {bits}-bit pixels on in 16 bits, the values in the low {bits}, "
-            f"and frames are read as the top 8 of those 16: the camera's white is read as {white} of 255, every "
-            f"frame dark, in {white + 1} grey levels at most. edge-ad scores 8-bit frames, so the extra bits gain "
-            "nothing: set feature=PixelFormat=Mono8")
+def _pixel_format(uri: str, features: list[str], codec: str) -> tuple[str | None, str | None]:
+    """The caps of a `feature=PixelFormat=...` (the last one: Aravis sets them in order), and what
+    to say where they cannot be known. A format edge-ad does not know, or one for the other codec,
+    is said, not refused, and read as before (a Bayer mosaic read as grey frames kept scoring as it
+    did); Mono10/12/14 are refused: they came as noise, or dark (white at 15 of 255 for Mono12)."""
+    formats = [feature.partition("=")[2] for feature in features if feature.startswith("PixelFormat=")]
+    if not formats:
+        return None, None
+    name = formats[-1]
+    if deep := DEEP_MONO.fullmatch(name):
+        bits = int(deep[1])
+        raise SourceError(
+            f"{uri}: PixelFormat={name} cannot be read: Aravis has no 8-bit form of {bits}-bit pixels, so frames came "
+            "as noise (read in the format aravissrc had picked before the feature was set) or as 16-bit ones with "
+            f"the camera's white at {(2**bits - 1) >> 8} of 255. edge-ad scores 8-bit frames, so more bits gain "
+            "nothing: set feature=PixelFormat=Mono8 (or Mono16)")
+    if name not in GENICAM_FORMATS:
+        return None, (f"{uri}: PixelFormat={name} is none of those edge-ad reads ({', '.join(GENICAM_FORMATS)}): "
+                      "aravissrc picks the frames' format before it sets the feature, and frames come as noise "
+                      "where the two differ")
+    wanted, caps = GENICAM_FORMATS[name]
+    if wanted == "bayer" != codec:
+        return None, (f"{uri}: PixelFormat={name} is the sensor's Bayer mosaic: without --input-codec bayer (codec: "
+                      "bayer in --sources) frames are that mosaic in grey, not in colour")
+    if wanted != codec:
+        return None, (f"{uri}: PixelFormat={name} is not a Bayer mosaic, which --input-codec bayer (codec: bayer in "
+                      "--sources) reads: leave that out; read as a mosaic, frames come as noise or in false colours")
+    return caps, None
 
 
 def _csi(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:

@@ -7,7 +7,9 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import frames_within
 
 from edge_ad.detector import Detector
 from edge_ad.doctor import Report, _check_source
@@ -69,22 +71,49 @@ def test_genicam_pipelines():
             source_pipeline(uri)
 
 
-def test_a_camera_set_to_more_than_8_bits_a_pixel_is_named_when_it_opens(caplog):
-    """Aravis hands Mono10/12/14 on as GRAY16_LE with the values in the low bits; videoconvert
-    keeps the top 8 (a GRAY16_LE frame of 4095 was read as 15 and 16 of 255). Said, not refused:
-    a line trained on frames read so keeps scoring as it did."""
-    for feature, white in [("Mono12", 15), ("Mono10", 3), ("Mono14Packed", 63)]:
-        uri = f"genicam://cam?exposure=5000&feature=PixelFormat={feature}"
-        assert f"the camera's white is read as {white} of 255" in source_pipeline(uri).note
-    for uri in ("genicam://cam?feature=PixelFormat=Mono8", "genicam://cam?feature=PixelFormat=Mono16",
-                "genicam://cam?feature=PixelFormat=RGB8", "genicam://cam"):
-        assert source_pipeline(uri).note is None
+def test_a_pixel_format_set_as_a_feature_is_asked_for_in_the_caps(caplog):
+    """aravissrc picks the frames' format from its caps, then sets the features: PixelFormat=RGB8
+    after GRAY8 was picked came as grey noise. Its caps make both agree; formats that cannot be
+    read so are refused (Mono10/12/14) or said (one edge-ad does not know, or for the other codec)."""
+    caps = {uri: source_pipeline(uri, SourceOptions(codec=codec, width=640)).description.split(" ! ")[1]
+            for uri, codec in [("genicam://cam?feature=PixelFormat=Mono8", None),
+                               ("genicam://cam?feature=PixelFormat=RGB8Packed", "raw"),
+                               ("genicam://cam?feature=PixelFormat=Mono12&feature=PixelFormat=Mono16", None),
+                               ("genicam://cam?feature=PixelFormat=BayerGB8", "bayer")]}
+    assert list(caps.values()) == ["video/x-raw,format=GRAY8,width=640", "video/x-raw,format=RGB,width=640",
+                                   "video/x-raw,format=GRAY16_LE,width=640", "video/x-bayer,format=gbrg,width=640"]
+    for feature, white in [("Mono12", 15), ("Mono10", 3), ("Mono14p", 63)]:
+        with pytest.raises(SourceError, match=f"PixelFormat={feature} cannot be read: .* white at {white} of 255"):
+            source_pipeline(f"genicam://cam?exposure=5000&feature=PixelFormat={feature}")
+    for uri, codec, said in [("genicam://cam?feature=PixelFormat=BayerRG8", None, "is the sensor's Bayer mosaic"),
+                             ("genicam://cam?feature=PixelFormat=RGB8", "bayer", "is not a Bayer mosaic"),
+                             ("genicam://cam?feature=PixelFormat=Coord3D_C16", None, "is none of those edge-ad reads")]:
+        spec = source_pipeline(uri, SourceOptions(codec=codec))
+        assert said in spec.note and "format=" not in spec.description.split(" ! ")[1]  # the caps as before
+    assert source_pipeline("genicam://cam").note is None
     with caplog.at_level("WARNING", logger="edge_ad.sources"), pytest.raises(SourceError, match="cam"):
-        GstSource("genicam://cam?feature=PixelFormat=Mono12")  # no such camera here: said before it is looked for
-    assert "PixelFormat=Mono12: Aravis hands 12-bit pixels on in 16 bits" in caplog.text
+        GstSource("genicam://cam?feature=PixelFormat=BayerRG8")  # no such camera here: said before it is looked for
+    assert "PixelFormat=BayerRG8 is the sensor's Bayer mosaic" in caplog.text
     report = Report()
-    _check_source(report, Stream("genicam://cam?feature=PixelFormat=Mono12", "side"), jetson=False, root=Path("/"))
-    assert report.problems[0].startswith("source side: genicam://cam?feature=PixelFormat=Mono12: PixelFormat=Mono12:")
+    _check_source(report, Stream("genicam://cam?feature=PixelFormat=BayerRG8", "side"), jetson=False, root=Path("/"))
+    assert report.problems[0].startswith("source side: genicam://cam?feature=PixelFormat=BayerRG8: PixelFormat=")
+
+
+@needs_camera
+def test_a_camera_set_to_colour_by_a_feature_gives_colour_frames(camera):
+    """The simulated camera's Mono8 and Mono16 frames are grey diagonal stripes, its RGB8 ones
+    coloured stripes. Before, RGB8 and Mono16 came as grey noise."""
+    def first(uri: str) -> np.ndarray:
+        (frame,) = frames_within(open_source(uri, SourceOptions(timeout_s=5)), 1, 10)
+        return frame.image.astype(int)
+
+    grey, deep, colour = (first("genicam://127.0.0.1" + query)
+                          for query in ("", "?feature=PixelFormat=Mono16", "?feature=PixelFormat=RGB8"))
+    for image in (grey, deep, colour):
+        assert np.abs(np.diff(image, axis=1)).mean() < 10  # smooth stripes, not noise
+    for image in (grey, deep):
+        assert np.abs(image[..., 0] - image[..., 2]).max() <= 1  # grey (videoconvert dithers 16 bits to 8)
+    assert np.abs(colour[..., 0] - colour[..., 2]).mean() > 50
 
 
 @needs_camera
