@@ -35,7 +35,7 @@ from calibration.threshold import expected_rate_above, resolves
 from . import picture_lists
 from .errors import BundleError, os_reason
 from .files import write_atomic
-from .images import DARK, DARK_CAUSE, is_grey
+from .images import DARK, DARK_CAUSE, ENLARGED, is_grey
 from .normalize import Quantiles
 
 SCHEMA_VERSION = 2
@@ -195,15 +195,16 @@ class Bundle:
 
     def frame_shape_note(self, shape: tuple[int, ...]) -> str | None:
         """What to say when frames of `shape` (as scored: turned and cropped) are shaped unlike the
-        pictures the bundle was trained on (median height and width, `provenance.training.image_shape`).
-        None otherwise, and for bundles that do not record that shape."""
+        pictures the bundle was trained on (median height and width, `provenance.training.image_shape`),
+        or twice their size or more where the input enlarged those more than ENLARGED times. None
+        otherwise, and for bundles that do not record that shape."""
         trained = self.training.get("image_shape")
         if not (isinstance(trained, list) and len(trained) == 2 and all(isinstance(v, int) and v > 0 for v in trained)):
             return None
         (trained_height, trained_width), (height, width) = trained, shape[:2]
         aspect, trained_aspect = width / height, trained_width / trained_height
         if 1 / ASPECT_SLACK < aspect / trained_aspect < ASPECT_SLACK:
-            return None
+            return self._frame_size_note(height, width, trained_height, trained_width)
         turned_fits = 1 / ASPECT_SLACK < aspect * trained_aspect < ASPECT_SLACK  # turned a quarter, they would fit
         turned = ", or is turned a quarter (--input-flip)" if turned_fits else ""
         return (f"frames of {width}x{height} are shaped unlike the pictures bundle {self.root} was trained on "
@@ -211,6 +212,17 @@ class Bundle:
                 f"model learned{turned}, and normal parts may all look anomalous. Crop the frames to "
                 "what the training pictures showed (--input-crop X,Y,W,H), or train on pictures of this camera as "
                 "run scores them (edge-ad record with the same options)")
+
+    def _frame_size_note(self, height: int, width: int, trained_height: int, trained_width: int) -> str | None:
+        enlarged = min(self.input_height / trained_height, self.input_width / trained_width)
+        larger = min(height / trained_height, width / trained_width)
+        if enlarged <= ENLARGED or larger < 2:
+            return None
+        return (f"frames of {width}x{height} are {larger:.0f} times the size of the pictures bundle {self.root} was "
+                f"trained on ({trained_width}x{trained_height}, median), which its {self.input_width}x"
+                f"{self.input_height} input enlarged {enlarged:.0f} times: the model learned them blurred, and sharper "
+                "frames of normal parts may all look anomalous. Train on pictures as this camera takes them (edge-ad "
+                "record with the same options)")
 
     @property
     def short_ids(self) -> tuple[str, str | None]:

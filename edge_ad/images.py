@@ -21,6 +21,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 # flagged every normal 8-bit ELPV frame, and one trained on 8-bit cells 19 of 20 normal ones saved
 # so (README: 16-bit pictures).
 DARK = 64
+# An input that enlarges pictures more than this many times a side leaves the finest features
+# (stride 8) fewer than 2 picture pixels across a cell: blur, no texture. A bundle trained on ELPV
+# cells shrunk to 32x32 (enlarged 8 times into 256) flagged all 20 normal 300x300 cells; shrunk to
+# 64x64 (4 times), 3 of them, and to 128x128, none (README: Pictures smaller than the input).
+ENLARGED = 4
 DARK_CAUSE = ("16-bit files of a 10-, 12- or 14-bit camera read this dark (16-bit pictures are read at their full "
               "range, value / 257), as do pictures taken without light")
 NORMAL_FOLDERS = ("good", "ok")  # MVTec AD and VisA name the normal pictures' folder good; BTAD, ok

@@ -21,7 +21,8 @@ from edge_ad.bundle import MODEL_TYPES, read_yaml, write_yaml_atomic
 from edge_ad.datasets import (Sample, data_text, load_defects, load_samples, read_all, training_sources,
                               training_subfolders_left, without_overlays)
 from edge_ad.errors import DataError
-from edge_ad.images import DARK, DARK_CAUSE, is_grey, pixel_digest, resize_to_input, subfolders_left, thumbnail
+from edge_ad.images import (DARK, DARK_CAUSE, ENLARGED, is_grey, pixel_digest, resize_to_input, subfolders_left,
+                             thumbnail)
 
 from .backbone import (BACKBONE_SPECS, DEFAULT_BACKBONE, WHITENING_EPS, FeatureEncoder, input_shape, position_whitening,
                        size_text)
@@ -118,6 +119,19 @@ def shape_note(pictures: list[Picture], size: int | Sequence[int]) -> str | None
             "(README: Frames far from square)")
 
 
+def small_note(pictures: list[Picture], size: int | Sequence[int]) -> str | None:
+    """What to say when the input enlarges the pictures more than ENLARGED times (thumbnails)."""
+    height, width = input_shape(size)
+    median_height, median_width = (int(v) for v in np.median([p.shape for p in pictures], axis=0))
+    enlarged = min(height / median_height, width / median_width)
+    if enlarged <= ENLARGED:
+        return None
+    return (f"the training images are {median_width}x{median_height} (median); the {width}x{height} input enlarges "
+            f"them {enlarged:.0f} times, so the model learns them blurred, and frames of the same parts larger than "
+            "these would all look anomalous. Train on pictures at the size the camera takes them (edge-ad record), "
+            "not thumbnails (README: Pictures smaller than the input)")
+
+
 def brightness_note(pictures: list[Picture]) -> str | None:
     """What to say when the training pictures are far darker than a camera's 8-bit frames; None otherwise."""
     brightest = max(p.brightest for p in pictures)
@@ -193,9 +207,9 @@ def train(config: TrainConfig, out: Path) -> Path:
     if len(kept) < 2:
         raise DataError(f"{data_text(config.data)}: training needs at least 2 readable normal images, found "
                         f"{len(kept)}")
-    notes = [note for note in (brightness_note(pictures), copies_note(pictures),
-                               shape_note(pictures, config.input_size), colour_note(pictures, [s.name for s in kept]))
-             if note]
+    said = (brightness_note(pictures), copies_note(pictures), shape_note(pictures, config.input_size),
+            small_note(pictures, config.input_size), colour_note(pictures, [s.name for s in kept]))
+    notes = [note for note in said if note]
     for note in notes:
         print(f"note: {note}")
     defect_inputs, defect_digests = _defect_inputs(defects, kept, pictures, config.input_size)

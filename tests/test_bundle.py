@@ -239,6 +239,13 @@ def test_frames_shaped_unlike_the_training_pictures_are_named_by_run_and_calibra
 
     _edit(bundle_copy, lambda spec: spec["provenance"]["training"].update(image_shape=[100, 300]))  # rows of cells
     assert ", or is turned a quarter (--input-flip)" in load_bundle(bundle_copy).frame_shape_note((300, 100, 3))
+    _edit(bundle_copy, lambda spec: spec["provenance"]["training"].update(image_shape=[16, 16]))  # thumbnails
+    small = (f"frames of 160x160 are 10 times the size of the pictures bundle {bundle_copy} was trained on (16x16, "
+             "median), which its 128x128 input enlarged 8 times")  # one of 256 px on 32x32 flagged every normal cell
+    assert load_bundle(bundle_copy).frame_shape_note((160, 160, 3)).startswith(small)
+    assert load_bundle(bundle_copy).frame_shape_note((24, 24, 3)) is None  # frames as small: as it learned them
+    _edit(bundle_copy, lambda spec: spec["provenance"]["training"].update(image_shape=[64, 64]))
+    assert load_bundle(bundle_copy).frame_shape_note((1024, 1024, 3)) is None  # enlarged 2 times: none flagged
     _edit(bundle_copy, lambda spec: spec["provenance"]["training"].pop("image_shape"))  # a bundle from before
     assert load_bundle(bundle_copy).frame_shape_note((300, 900, 3)) is None
 

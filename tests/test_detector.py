@@ -13,7 +13,8 @@ from export.backbone import encoder_from_checkpoint
 from export.evaluate import evaluate
 from export.onnx_export import export_bundle
 from export.prototype import PrototypeHead
-from export.train import TrainConfig, brightness_note, colour_note, copies_note, load_run, picture, shape_note, train
+from export.train import (TrainConfig, brightness_note, colour_note, copies_note, load_run, picture, shape_note,
+                          small_note, train)
 
 from conftest import edge_ad
 
@@ -138,6 +139,18 @@ def test_train_says_when_a_square_input_squeezes_the_images(normal_folder, tmp_p
     tall = [picture(np.zeros((900, 300, 3), np.uint8), 256)] * 2
     assert "3 times as high as wide" in shape_note(tall, 256) and "--input-size 160x448" in shape_note(tall, 256)
     assert shape_note(tall, [448, 160]) is None  # already a rectangle: the user chose it
+
+
+def test_train_says_when_its_input_enlarges_thumbnails():
+    """ELPV cells shrunk to 32x32 trained a bundle that flagged all 20 normal 300x300 cells (64x64:
+    3 of them, 128x128: none)."""
+    def pictures(height: int, width: int) -> list:
+        return [picture(np.zeros((height, width, 3), np.uint8), 256)] * 2
+
+    said = small_note(pictures(32, 32), 256)
+    assert said.startswith("the training images are 32x32 (median); the 256x256 input enlarges them 8 times")
+    assert small_note(pictures(64, 64), 256) is None and small_note(pictures(300, 300), 256) is None
+    assert "768x256 input enlarges them 6 times" in small_note(pictures(40, 120), [256, 768])  # height, width
 
 
 def test_train_leaves_out_the_alarm_overlays_of_a_snapshots_folder(normal_folder, tmp_path):
