@@ -51,8 +51,9 @@ GENICAM_FORMATS = {
     "BayerRG8": ("bayer", "video/x-bayer,format=rggb"), "BayerGR8": ("bayer", "video/x-bayer,format=grbg"),
     "BayerGB8": ("bayer", "video/x-bayer,format=gbrg"), "BayerBG8": ("bayer", "video/x-bayer,format=bggr"),
 }
-# Mono10, Mono12 and Mono14 have no caps of their own: Aravis hands them on as GRAY16_LE, which
-# aravissrc asks the camera for as Mono16, and videoconvert keeps the top 8 of the 16 bits.
+# Mono10, Mono12 and Mono14 have no 8-bit caps: Aravis hands them on as GRAY16_LE, which aravissrc
+# asks the camera for as Mono16, and videoconvert keeps the top 8 of the 16 bits; their packed
+# forms it does not hand on at all.
 DEEP_MONO = re.compile(r"Mono(1[024])(?:p|Packed)?")
 # The kernel's receive buffer asked for UDP video. A picture's packets come in a burst, and those
 # the buffer has no room for are lost, and the picture with them: through the 208 KiB most Linux
