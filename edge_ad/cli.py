@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .backends import BACKENDS
 from .bundle import BACKBONES, MODEL_TYPES, load_bundle
-from .errors import EdgeAdError, password_from_environment, printable, report_errors, without_passwords
+from .errors import EdgeAdError, SourceError, password_from_environment, printable, report_errors, without_passwords
 from .freeze import FROZEN_WINDOW_S
 from .modbus import modbus_clients
 from .output_access import OUTPUT_PASSWORD_VARIABLE, OutputAccess
-from .pipelines import FLIPS, SourceOptions
+from .pipelines import FLIPS, SourceOptions, check_crop
 from .reports import write_report
 
 if TYPE_CHECKING:  # the commands import what they need when they run
@@ -54,12 +54,10 @@ def _positive_float(text: str) -> float:
 
 def _crop(text: str) -> tuple[int, int, int, int]:
     try:
-        x, y, width, height = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be X,Y,WIDTH,HEIGHT in pixels, got {text}") from None
-    if min(x, y) < 0 or min(width, height) <= 0:
-        raise argparse.ArgumentTypeError(f"needs X, Y of 0 or more and WIDTH, HEIGHT above 0, got {text}")
-    return x, y, width, height
+        return check_crop(text, text)
+    except SourceError:
+        raise argparse.ArgumentTypeError(
+            f"must be X,Y,WIDTH,HEIGHT in pixels, X, Y 0 or more and WIDTH, HEIGHT above 0, got {text}") from None
 
 
 def _non_negative(text: str) -> float:
