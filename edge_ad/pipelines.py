@@ -286,14 +286,14 @@ def _pixel_format(uri: str, features: list[str], codec: str) -> tuple[str | None
     if deep := DEEP_MONO.fullmatch(name):
         bits = int(deep[1])
         raise SourceError(
-            f"{uri}: PixelFormat={name} cannot be read: Aravis has no 8-bit form of {bits}-bit pixels, so frames came "
-            "as noise (read in the format aravissrc had picked before the feature was set) or as 16-bit ones with "
+            f"{uri}: PixelFormat={name} cannot be read: Aravis has no 8-bit form of {bits}-bit pixels, so frames would "
+            "come as noise (read in the format aravissrc picked before the feature was set) or as 16-bit ones with "
             f"the camera's white at {(2**bits - 1) >> 8} of 255. edge-ad scores 8-bit frames, so more bits gain "
             "nothing: set feature=PixelFormat=Mono8 (or Mono16)")
     if name not in GENICAM_FORMATS:
         return None, (f"{uri}: PixelFormat={name} is none of those edge-ad reads ({', '.join(GENICAM_FORMATS)}): "
                       "aravissrc picks the frames' format before it sets the feature, and frames come as noise "
-                      "where the two differ")
+                      "where the two differ: set one of those")
     wanted, caps = GENICAM_FORMATS[name]
     if wanted == "bayer" != codec:
         return None, (f"{uri}: PixelFormat={name} is the sensor's Bayer mosaic: without --input-codec bayer (codec: "
