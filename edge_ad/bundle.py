@@ -447,6 +447,8 @@ def _mapping(path: Path, raw: bytes) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise BundleError(f"{path}: malformed YAML{where}") from exc
+    except ValueError as exc:  # int() refuses a number of more than 4300 digits (a traceback before)
+        raise BundleError(f"{path}: malformed YAML: a number of more than 4300 digits") from exc
     if not isinstance(data, dict):
         raise BundleError(f"{path}: expected a mapping at the top level")
     return data

@@ -156,7 +156,8 @@ def check_crop(uri: str, crop: object) -> tuple[int, int, int, int] | None:
         return None
     written = crop.split(",") if isinstance(crop, str) else crop
     values = list(written) if isinstance(written, (list, tuple)) else []
-    values = [int(v) if isinstance(v, str) and v.strip().isdecimal() else v for v in values]
+    # int() refuses text of more than 4300 digits with a ValueError; no frame is 10**19 pixels wide
+    values = [int(v) if isinstance(v, str) and v.strip().isdecimal() and len(v) < 20 else v for v in values]
     if len(values) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values) \
             or min(values[:2]) < 0 or min(values[2:]) <= 0:
         raise SourceError(f"{uri}: crop {crop!r} is not x, y, width, height in pixels (whole numbers, size above 0)")

@@ -437,9 +437,10 @@ def test_sources_yaml(tmp_path):
     assert streams_from_yaml(bad, SourceOptions())[0].options.latency_ms == 0
     bad.write_text("sources:\n  - {input: 'rtsp://cam/1', name: 5}\n")  # camera 5
     assert streams_from_yaml(bad, SourceOptions())[0].name == "5"
-    bad.write_text("sources: [\n")
-    with pytest.raises(EdgeAdError, match="malformed YAML"):
-        streams_from_yaml(bad, SourceOptions())
+    for text in ("sources: [\n", f"sources:\n  - {{input: 'rtsp://cam/1', latency_ms: {'1' * 5000}}}\n"):
+        bad.write_text(text)  # the second: int()'s ValueError, with a traceback
+        with pytest.raises(EdgeAdError, match="malformed YAML"):
+            streams_from_yaml(bad, SourceOptions())
 
 
 def test_a_metrics_file_that_cannot_be_written_is_counted_and_the_run_goes_on(tiny_bundle, spotted_frames, tmp_path,
