@@ -178,8 +178,9 @@ class Bundle:
         if self.training.get("grey_pictures") is not False or not is_grey(frame[::4, ::4]):
             return None
         return (f"the frames are grey, but bundle {self.root} was trained on colour pictures, and normal parts may "
-                "all look anomalous. Set the camera to send colour (a GenICam colour camera's mosaic: --input-codec "
-                "bayer), or train on pictures of this camera (edge-ad record)")
+                "all look anomalous. Set the camera to send colour (a GenICam colour camera: feature=PixelFormat=RGB8 "
+                "in its URI, or its mosaic with --input-codec bayer), or train on pictures of this camera (edge-ad "
+                "record)")
 
     def dark_frames_note(self, brightest: int) -> str | None:
         """What to say when frames whose brightest pixel is `brightest` are far darker than the
