@@ -542,7 +542,7 @@ def _check_source(report: Report, stream: Stream, jetson: bool, root: Path) -> N
             spec = source_pipeline(stream.input, stream.options, jetson)
             pipelines, kind = [spec.description], without_passwords(stream.input)  # output goes into support tickets
             if spec.note:
-                report.problems.append(f"source {stream.name}: {spec.note}")
+                report.problems.append(f"source {stream.name}: {without_passwords(spec.note)}")
         if not stream.pipeline and stream.options.certificate:
             camera_tls(stream.input, stream.options.certificate)  # the file reads, and the camera speaks TLS
             kind += f", its certificate pinned ({stream.options.certificate})"

@@ -201,7 +201,7 @@ class GstSource:
             self.spec = source_pipeline(uri, self.options, jetson)
             self._custom = False
             if self.spec.note:
-                log.warning("%s", self.spec.note)
+                log.warning("%s", without_passwords(self.spec.note))
         self._tls = None if self._custom else camera_tls(uri, self.options.certificate)
         self._jetson = jetson
         self.description = self.spec.description
