@@ -518,6 +518,13 @@ def _check_udp_buffer(report: Report, name: str, pipelines: list[str], root: Pat
             "the unit edge-ad service writes does")
 
 
+def _source_problem(name: str, text: str) -> str:
+    """`text` said of the source `name`, which a source without a name of its own (its URI) would
+    otherwise begin twice: its errors begin with the URI too."""
+    text = without_passwords(text)
+    return f"source {text}" if text.startswith(f"{name}: ") else f"source {name}: {text}"
+
+
 def _check_source(report: Report, stream: Stream, jetson: bool, root: Path) -> None:
     """One source of a --sources file as `edge-ad run` would start it, without opening it: its
     pipeline and output (and their GStreamer elements, and the UDP buffer its video gets), and its
@@ -542,7 +549,7 @@ def _check_source(report: Report, stream: Stream, jetson: bool, root: Path) -> N
             spec = source_pipeline(stream.input, stream.options, jetson)
             pipelines, kind = [spec.description], without_passwords(stream.input)  # output goes into support tickets
             if spec.note:
-                report.problems.append(f"source {stream.name}: {without_passwords(spec.note)}")
+                report.problems.append(_source_problem(stream.name, spec.note))
         if not stream.pipeline and stream.options.certificate:
             camera_tls(stream.input, stream.options.certificate)  # the file reads, and the camera speaks TLS
             kind += f", its certificate pinned ({stream.options.certificate})"
@@ -552,7 +559,7 @@ def _check_source(report: Report, stream: Stream, jetson: bool, root: Path) -> N
                 rtsp_server(stream.output)
         mask = InspectionMask.load(stream.mask) if stream.mask else None
     except EdgeAdError as exc:
-        report.problems.append(f"source {stream.name}: {without_passwords(str(exc))}")
+        report.problems.append(_source_problem(stream.name, str(exc)))
         return
     report.found("source", f"{stream.name}: {kind}" + (f" -> {stream.output}" if stream.output else "")
                            + (f", mask {stream.mask} ({mask.describe()['inspected']:.0%} inspected)" if mask else ""))

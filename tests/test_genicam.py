@@ -97,6 +97,8 @@ def test_a_pixel_format_set_as_a_feature_is_asked_for_in_the_caps(caplog):
     report = Report()
     _check_source(report, Stream("genicam://cam?feature=PixelFormat=BayerRG8", "side"), jetson=False, root=Path("/"))
     assert report.problems[0].startswith("source side: genicam://cam?feature=PixelFormat=BayerRG8: PixelFormat=")
+    _check_source(report, Stream("genicam://cam?feature=PixelFormat=Mono12"), jetson=False, root=Path("/"))
+    assert report.problems[1].startswith("source genicam://cam?feature=PixelFormat=Mono12: PixelFormat=Mono12 cannot")
 
 
 @needs_camera
