@@ -229,13 +229,22 @@ def check_frame(frame: object, name: str = "frame") -> np.ndarray:
 
 
 def _to_8_bits(frame: np.ndarray) -> str:
-    """How to make a frame of another dtype the 8-bit frame the model expects; "" when unclear."""
-    if frame.dtype == np.uint16:
+    """How to make a frame of another dtype the 8-bit frame the model expects, from the values it
+    holds (a float frame of 0-255 multiplied by 255 would wrap round); "" when unclear."""
+    if frame.dtype.kind not in "biuf" or frame.size == 0:
+        return ""
+    if frame.dtype.kind == "f" and not np.isfinite(frame).all():
+        return "; it holds NaN or infinite values"
+    low, high = frame.min().item(), frame.max().item()
+    held = f"; its values lie from {low:g} to {high:g}"
+    if frame.dtype == np.uint16 and high > 255:
         return ("; a 10-, 12- or 14-bit camera's values scale down as its 8-bit output would: "
                 "(frame >> (bits - 8)).astype(np.uint8), or (frame // 257).astype(np.uint8) for the full 16-bit range")
-    if frame.dtype.kind == "f":
-        return "; values from 0 to 1: (frame * 255).round().astype(np.uint8)"
-    return ""
+    if frame.dtype.kind in "bf" and low >= 0 and high <= 1:
+        return f"{held}, as in a picture of 0 to 1: (frame * 255).round().astype(np.uint8)"
+    if low >= 0 and high <= 255:
+        return f"{held}: {'frame.round()' if frame.dtype.kind == 'f' else 'frame'}.astype(np.uint8)"
+    return f"{held}, beyond 0 to 255: scale them to 0-255 as the camera's 8-bit output would"
 
 
 def to_rgb(frame: np.ndarray, color: str = "BGR", name: str = "frame", size: tuple[int, int] | None = None

@@ -151,8 +151,13 @@ def test_not_an_image_and_empty_and_missing(tmp_path):
 @pytest.mark.parametrize(
     "frame, message",
     [
-        (np.zeros((32, 32, 3), np.float32), r"dtype float32, expected uint8 .* \(frame \* 255\)"),
-        (np.zeros((32, 32), np.uint16), r"dtype uint16, expected uint8 .* \(frame >> \(bits - 8\)\)"),
+        (np.zeros((32, 32, 3), np.float32), r"dtype float32, expected uint8 .* from 0 to 0, .* \(frame \* 255\)"),
+        (np.full((32, 32, 3), 0.5, np.float64), r"from 0.5 to 0.5, as in a picture of 0 to 1: \(frame \* 255\)"),
+        (np.full((32, 32, 3), 200, np.float32), r"from 200 to 200: frame.round\(\).astype\(np.uint8\)"),  # not * 255
+        (np.full((32, 32), np.nan, np.float32), "NaN or infinite"),
+        (np.full((32, 32), 4095, np.uint16), r"dtype uint16, expected uint8 .* \(frame >> \(bits - 8\)\)"),
+        (np.full((32, 32), 200, np.uint16), r"from 200 to 200: frame.astype\(np.uint8\)"),  # already 8-bit values
+        (np.full((32, 32), -3, np.int32), "from -3 to -3, beyond 0 to 255"),
         (np.zeros((32, 32, 2), np.uint8), "shape"),
         (np.zeros((0, 32, 3), np.uint8), "too small"),
         ([[0, 1]], "numpy array"),
