@@ -326,6 +326,8 @@ def bundle_yaml(path: str | Path) -> Path:
     if path.is_dir():
         root = path
     elif path.is_file():
+        if path.name == BUNDLE_FILE:
+            raise BundleError(f"{path}: a bundle's own file; give its folder, {path.parent}, which holds its graphs")
         if not tarfile.is_tarfile(path):
             raise BundleError(f"{path}: not a readable bundle archive (.tar, compressed or not): damaged, or "
                               "another kind of file; a bundle is a folder or such an archive of one")
@@ -334,6 +336,9 @@ def bundle_yaml(path: str | Path) -> Path:
         raise BundleError(f"{path}: no such bundle folder or archive")
     yaml_path = root / BUNDLE_FILE
     if not yaml_path.is_file():
+        if (root / "model.pt").is_file() and (root / "config.yaml").is_file():  # export.train's CHECKPOINT and CONFIG
+            raise BundleError(f"{path}: a training run, not a bundle: edge-ad export --run {path} --out BUNDLE makes "
+                              "the bundle that run, eval and calibrate take")
         raise BundleError(f"{path}: no {BUNDLE_FILE} inside")
     return yaml_path
 

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from .backends import load_graphs
-from .bundle import Bundle, load_bundle, site_calibrated
+from .bundle import PRECISIONS, Bundle, load_bundle, site_calibrated
 from .engines import engine_builds
 from .errors import BundleError, EdgeAdError
 from .images import as_grey, to_rgb
@@ -204,6 +204,8 @@ class Detector(MapScorer):
         while a graph runs (more frames per second; False: a lower latency tail for one camera
         at its frame rate on a CPU, README "Streaming soak"); dla_core: run the TensorRT engines
         built for that DLA core (`edge-ad build --dla-core`)."""
+        if precision is not None and precision not in PRECISIONS:
+            raise BundleError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         loaded = load_bundle(bundle, steps)
         if precision is not None and precision != loaded.precision:
             raise BundleError(

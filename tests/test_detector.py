@@ -320,6 +320,18 @@ def test_unknown_backend_and_missing_precision_are_refused(tiny_bundle):
         Detector.load(tiny_bundle, backend="cuda-magic")
     with pytest.raises(BundleError, match=r"holds fp32 graphs, not int8 \(export with --precision int8\)"):
         Detector.load(tiny_bundle, precision="int8")
+    with pytest.raises(BundleError, match="precision 'int4' is not one of fp32, fp16, int8"):  # not "export with" it
+        Detector.load(tiny_bundle, precision="int4")
+
+
+def test_a_bundle_s_own_file_and_a_training_run_are_told_apart_from_a_bundle(tiny_bundle):
+    """Both are what a person points --bundle at by mistake: the file inside the bundle, and the
+    run folder train wrote (the fixture's bundle was exported from run/ beside it)."""
+    with pytest.raises(BundleError, match=f"bundle.yaml: a bundle's own file; give its folder, {tiny_bundle},"):
+        Detector.load(tiny_bundle / "bundle.yaml")
+    run = tiny_bundle.parent / "run"
+    with pytest.raises(BundleError, match=f"a training run, not a bundle: edge-ad export --run {run} --out BUNDLE"):
+        Detector.load(run)
 
 
 def test_onnx_sessions_spin_within_a_run_and_not_between_graphs(tiny_bridge_bundle):
