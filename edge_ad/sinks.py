@@ -111,9 +111,9 @@ class InOrder:
 
 
 class EventLog:
-    """JSON lines, one per frame, each appended by one unbuffered write (a line that fails on a
-    full disk is lost whole, never left half-written or retried twice); the file is rotated when
-    it passes `max_bytes` (events.jsonl -> events.jsonl.1 -> ... -> events.jsonl.<backups>)."""
+    """JSON lines, one per frame, each appended unbuffered (a line that fails on a full disk is lost
+    whole, never left half-written or retried twice); the file is rotated when it passes
+    `max_bytes` (events.jsonl -> events.jsonl.1 -> ... -> events.jsonl.<backups>)."""
 
     def __init__(self, path: Path, max_bytes: int = 100 << 20, backups: int = 5):
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
@@ -124,7 +124,18 @@ class EventLog:
             raise EdgeAdError(f"{path}: cannot write events ({os_reason(exc)})") from exc
 
     def write(self, event: dict) -> None:
-        self.file.write((json.dumps(event) + "\n").encode())
+        """Append one line. A disk that fills within the line takes part of it and says nothing (a
+        short write); the rest, written again, gets the error, and the part is taken back: left, it
+        would be glued to the next line written once there is room, and both would be lost."""
+        line = (json.dumps(event) + "\n").encode()
+        start, written = self.file.seek(0, os.SEEK_END), 0  # not tell(): truncate() leaves the position past the end
+        try:
+            while written < len(line):
+                written += self.file.write(line[written:])
+        except OSError:
+            if written:
+                self.file.truncate(start)
+            raise
         if self.max_bytes and self.path.is_file() and self.file.tell() >= self.max_bytes:
             self._rotate()
 

@@ -69,6 +69,37 @@ def test_a_full_disk_is_reported_and_retried_not_raised(caplog):
     assert caplog.text.count("failed") == 1  # reported once, not per frame
 
 
+FILLED_WITHIN_A_LINE = """
+import resource, signal, sys
+from pathlib import Path
+from edge_ad.sinks import EventLog
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit is cut short, the next fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))  # the disk full at 1000 bytes
+log, written = EventLog(Path(sys.argv[1]), max_bytes=0), []
+for frame in range(20):
+    try:
+        log.write({"frame": frame, "padding": "x" * 80})
+        written.append(frame)
+    except OSError:
+        pass
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # room made
+log.write({"frame": 20})
+print(written + [20])
+"""
+
+
+def test_a_disk_filling_within_a_line_leaves_no_half_line(tmp_path):
+    """The kernel writes what fits of a line and says nothing; before, the part stayed, and the
+    next line written once there was room was glued to it: both lost to edge-ad report."""
+    path = tmp_path / "events.jsonl"
+    out = subprocess.run([sys.executable, "-c", FILLED_WITHIN_A_LINE, str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    written = json.loads(out.stdout)
+    assert written[-2] < 19 and written[-1] == 20  # the limit was reached, then lines were written again
+    assert [json.loads(line)["frame"] for line in path.read_text().splitlines()] == written
+
+
 def test_snapshots_keep_a_rate_limit_and_a_disk_quota(tmp_path):
     frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)  # noise: JPEG of a few KB
     snaps = Snapshots(tmp_path, interval_s=0.0, quota_bytes=40_000)
