@@ -185,7 +185,8 @@ def read_events(path: Path, since: float | None = None, until: float | None = No
                         event = json.loads(raw)
                         problem = _problem(event)
                     except (json.JSONDecodeError, UnicodeDecodeError):
-                        problem = "not JSON (cut short?)"
+                        problem = "NUL bytes (the machine lost power while it was written?)" if b"\0" in raw else \
+                            "not JSON (cut short?)"
                     if problem is not None:
                         skipped_count += 1
                         if len(skipped) < SHOWN_SKIPS:

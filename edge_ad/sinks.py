@@ -120,20 +120,33 @@ class EventLog:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(path, "ab", buffering=0)
+            self.regular = path.is_file()  # not a pipe (--events /dev/stdout), which cannot seek
+            if self.regular:
+                self._end_last_line()
         except OSError as exc:
             raise EdgeAdError(f"{path}: cannot write events ({os_reason(exc)})") from exc
+
+    def _end_last_line(self) -> None:
+        """A file whose last line has no end (the machine lost power while it was written, or left
+        NUL bytes where it was) gets one, so that the first line of this run is not glued to it."""
+        with open(self.path, "rb") as old:
+            size = old.seek(0, os.SEEK_END)
+            ended = not size or os.pread(old.fileno(), 1, size - 1) == b"\n"
+        if not ended:
+            self.file.write(b"\n")
 
     def write(self, event: dict) -> None:
         """Append one line. A disk that fills within the line takes part of it and says nothing (a
         short write); the rest, written again, gets the error, and the part is taken back: left, it
         would be glued to the next line written once there is room, and both would be lost."""
         line = (json.dumps(event) + "\n").encode()
-        start, written = self.file.seek(0, os.SEEK_END), 0  # not tell(): truncate() leaves the position past the end
+        start = self.file.seek(0, os.SEEK_END) if self.regular else None  # not tell(): truncate() leaves it past
+        written = 0
         try:
             while written < len(line):
                 written += self.file.write(line[written:])
         except OSError:
-            if written:
+            if written and start is not None:
                 self.file.truncate(start)
             raise
         if self.max_bytes and self.path.is_file() and self.file.tell() >= self.max_bytes:

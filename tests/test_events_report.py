@@ -128,6 +128,7 @@ def test_events_across_rotated_files_runs_and_damaged_lines(tmp_path):
         _frame("cam", t0 + 10, 0.9, True, alarm=False, **judged),
         _frame("cam", t0 + 11, 0.8, True),  # an event from before --alarm-frames (and the bundle fields)
         "{\"event\": \"frame\", \"source\": \"cam\", \"timesta\n",  # cut short by a power loss
+        "\0" * 64 + "\n",  # where ext4 had not written the line's block before the power loss
         {"event": "drift", "source": "cam", "timestamp": t0 + 12, "state": "outside", "median": 0.3},
         _frame("other", t0 + 12, 0.2, False, latency_ms=20.0),
     ])
@@ -143,8 +144,10 @@ def test_events_across_rotated_files_runs_and_damaged_lines(tmp_path):
     assert cam.anomalies.tolist() == [False] * 3 + [True, True, False]
     assert cam.alarms.tolist() == [False] * 3 + [False, True, False]
     assert cam.drift == [(t0 + 12, "outside")] and other.frames == 1 and other.latencies_ms.tolist() == [20.0]
-    assert read.lines == 12 and read.skipped_count == 4
+    assert read.lines == 13 and read.skipped_count == 5
     assert read.skipped == [f"{tmp_path / 'events.jsonl.1'}:3: not JSON (cut short?)",
+                            f"{tmp_path / 'events.jsonl.1'}:4: NUL bytes (the machine lost power while it was "
+                            "written?)",
                             f"{events}:2: not a JSON object",
                             f"{events}:3: timestamp, score, threshold must be numbers",
                             f"{events}:4: unknown event 'heartbeat'"]
@@ -172,7 +175,7 @@ def test_events_across_rotated_files_runs_and_damaged_lines(tmp_path):
                   "--out", tmp_path / "r.png")
     assert out.returncode == 0, out.stderr
     assert "cam: frames 2  anomalies 2 (100.00%)  alarms 1" in out.stdout
-    assert f"4 of 12 lines skipped: {tmp_path / 'events.jsonl.1'}:3: not JSON (cut short?);" in out.stdout
+    assert f"5 of 13 lines skipped: {tmp_path / 'events.jsonl.1'}:3: not JSON (cut short?);" in out.stdout
 
 
 def test_a_line_scan_camera_s_tall_strips_are_drawn_smaller_not_row_upon_row(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import re
 import socket
 import subprocess
@@ -57,6 +58,29 @@ def test_event_log_appends_and_rotates_by_size(tmp_path):
     assert kept == list(range(kept[0], 20)) and kept[0] > 0  # newest lines kept in order, oldest gone
     EventLog(path).write({"frame": 20})  # a restarted run appends
     assert json.loads(path.read_text().splitlines()[-1])["frame"] == 20
+
+
+@pytest.mark.parametrize("left", [b'{"frame": 21, "pad', b"\0" * 4096])
+def test_a_run_after_a_power_loss_starts_a_line_of_its_own(tmp_path, left):
+    """The machine lost power while a line was written: part of it, or NUL bytes where ext4 had
+    not written the line's block yet. Before, the next run's first line was glued to it."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"frame": 20}\n' + left)
+    EventLog(path).write({"frame": 22})
+    assert path.read_bytes().splitlines() == [b'{"frame": 20}', left, b'{"frame": 22}']
+    EventLog(path).write({"frame": 23})  # a file that ends its lines gets no empty one
+    assert path.read_bytes().endswith(b'{"frame": 22}\n{"frame": 23}\n')
+
+
+def test_events_go_through_a_pipe(tmp_path):
+    """--events /dev/stdout, or a named pipe another program reads: nothing to seek or take back."""
+    os.mkfifo(tmp_path / "pipe")
+    reader = subprocess.Popen(["cat", str(tmp_path / "pipe")], stdout=subprocess.PIPE)
+    log = EventLog(tmp_path / "pipe")
+    for frame in range(3):
+        log.write({"frame": frame})
+    log.close()
+    assert [json.loads(line)["frame"] for line in reader.communicate(timeout=10)[0].splitlines()] == [0, 1, 2]
 
 
 def test_a_full_disk_is_reported_and_retried_not_raised(caplog):
