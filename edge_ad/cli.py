@@ -67,21 +67,30 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _whole(text: str, rule: str) -> int:
+    """`text` as a whole number, 0 or more; else the error that says `rule`."""
+    digits = text.strip()
+    if not digits.isdecimal():
+        raise argparse.ArgumentTypeError(f"{rule}, got {text}")
+    if len(digits) > 4300:  # int() refuses more with a ValueError, which argparse said as "invalid _port value"
+        raise argparse.ArgumentTypeError(f"{rule}, got a number of {len(digits)} digits")
+    return int(digits)
+
+
 def _positive_int(text: str) -> int:
-    if not (text.strip().isdecimal() and int(text) > 0):
+    value = _whole(text, "must be a positive integer")
+    if value == 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return int(text)
+    return value
 
 
 def _non_negative_int(text: str) -> int:
-    if not text.strip().isdecimal():
-        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, got {text}")
-    return int(text)
+    return _whole(text, "must be a whole number, 0 or more")
 
 
 def _port(text: str) -> int:
     """A TCP port to serve on (bind() raised OverflowError, with a traceback, past 65535)."""
-    value = int(text)
+    value = _whole(text, "must be a port from 1 to 65535")
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, got {text}")
     return value

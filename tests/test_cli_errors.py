@@ -96,10 +96,15 @@ def test_numbers_that_would_be_read_wrong_are_refused_naming_the_option(capsys):
                                 ("--sample-interval", "nan", "must be 0 or more"),
                                 ("--timeout", "abc", "must be 0 or more"),
                                 ("--max-frames", "1.5", "must be a positive integer"),
-                                ("--max-frames", "²", "must be a positive integer")]:  # a digit, not a number
+                                ("--max-frames", "²", "must be a positive integer"),  # a digit, not a number
+                                ("--modbus-port", "abc", "must be a port from 1 to 65535")]:  # "invalid _port value"
         with pytest.raises(SystemExit):
             build_parser().parse_args(["run", "--input", "test://", option, value])
         assert f"argument {option}: {said}, got {value}" in capsys.readouterr().err
+    for option in ("--max-frames", "--latency", "--metrics-port"):  # int()'s ValueError past 4300 digits
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["run", "--input", "test://", option, "9" * 5000])
+        assert f"argument {option}: must be a " in capsys.readouterr().err
     for command in (["train", "--data", "good", "--out", "run"], ["defects", "--data", "good", "--out", "g.png"]):
         with pytest.raises(SystemExit):  # numpy's "expected non-negative integer", with a traceback, after reading
             build_parser().parse_args([*command, "--seed", "-1"])
