@@ -435,6 +435,19 @@ def _listed_file(root: Path, fields: _Fields, entry: str) -> Path:
     return file
 
 
+def drift_band(calibration: Path) -> tuple[float, float, int]:
+    """The drift band a site calibration holds (low, high, window: edge_ad.drift), each value
+    checked as the bundle's own fields are."""
+    data = read_yaml(calibration)
+    if not isinstance(data.get("drift"), dict):
+        raise BundleError(f"{calibration}: no 'drift' band (low, high, window); recalibrate with this edge-ad")
+    fields = _Fields(calibration, data)
+    window = fields.get("drift.window", (int, float))  # 300.0 was read as 300 before
+    if window != int(window):
+        raise BundleError(f"{calibration}: field 'drift.window' must be a whole number of frames, got {window!r}")
+    return float(fields.get("drift.low", (int, float))), float(fields.get("drift.high", (int, float))), int(window)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML file that must hold a mapping; a malformed one is named with its line."""
     return _mapping(path, path.read_bytes())

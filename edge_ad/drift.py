@@ -10,7 +10,7 @@ from collections import deque
 
 import numpy as np
 
-from .bundle import Bundle, read_yaml
+from .bundle import Bundle, drift_band
 from .errors import EdgeAdError
 
 CHECK_EVERY = 30  # frames between checks
@@ -34,10 +34,7 @@ class DriftWatch:
     def from_bundle(cls, bundle: Bundle) -> "DriftWatch":
         if bundle.calibration is None:
             raise EdgeAdError(f"{bundle.root}: --drift needs a site calibration; run 'edge-ad calibrate' first")
-        band = read_yaml(bundle.calibration).get("drift")
-        if not isinstance(band, dict) or not {"low", "high", "window"} <= set(band):
-            raise EdgeAdError(f"{bundle.calibration}: no 'drift' band (low, high, window); recalibrate with this edge-ad")
-        return cls(float(band["low"]), float(band["high"]), int(band["window"]))
+        return cls(*drift_band(bundle.calibration))
 
     def add(self, score: float, anomaly: bool) -> dict | None:
         """Record a frame's score and verdict; returns a drift event when the state changes (once

@@ -61,6 +61,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def write_picture(path: Path, image: np.ndarray) -> None:
     """A BGR or grey picture (OpenCV's order) as a file of the kind its name says."""
+    if path.is_dir():  # else said as "cannot write a picture of that kind": a folder's name has no .png
+        raise EdgeAdError(f"{path}: a folder; give the picture's file name (ending in .png or .jpg)")
     try:
         ok, data = cv2.imencode(path.suffix, image)
     except cv2.error:

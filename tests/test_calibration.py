@@ -423,6 +423,27 @@ def test_run_drift_needs_a_calibration_and_then_reports(tiny_bundle, normal_fold
     assert "100% of the last 2 frames flagged: has the view changed" in out.stderr
 
 
+@pytest.mark.parametrize("band, said", [
+    ({"low": "abc", "high": 1.0, "window": 2}, "field 'drift.low' must be int or float, got 'abc'"),
+    ({"low": 0.0, "high": 1.0, "window": 1.5}, "field 'drift.window' must be a whole number of frames, got 1.5"),
+    ({"low": 0.0, "window": 2}, "missing field 'drift.high'"),
+])
+def test_a_hand_edited_drift_band_is_refused_naming_its_field(tiny_bundle, tmp_path, band, said):
+    """Before, float() and int() of such values stopped `run --drift` with a ValueError traceback
+    or a KeyError, or read a window of 1.5 frames as 1."""
+    from edge_ad.bundle import load_bundle
+    from edge_ad.drift import DriftWatch
+    from edge_ad.errors import BundleError
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "calibration.yaml").write_text(yaml.safe_dump(
+        {"steps": None, "threshold": 100.0, "drift": band,
+         "normalization": yaml.safe_load((tiny_bundle / "bundle.yaml").read_text())["normalization"]}))
+    with pytest.raises(BundleError, match=f"calibration.yaml: {re.escape(said)}"):
+        DriftWatch.from_bundle(load_bundle(bundle))
+
+
 def test_a_calibration_of_another_bundle_is_set_aside(tiny_bundle, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

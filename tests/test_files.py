@@ -44,6 +44,8 @@ def test_pictures_take_their_kind_from_the_name(tmp_path):
     with pytest.raises(EdgeAdError, match=r"a\.xyz: cannot write a picture of that kind"):
         write_picture(tmp_path / "a.xyz", image)
     assert not (tmp_path / "a.xyz").exists()
+    with pytest.raises(EdgeAdError, match=f"{tmp_path}: a folder; give the picture's file name"):
+        write_picture(tmp_path, image)  # edge-ad defects --out FOLDER
 
 
 def test_figures_take_their_kind_from_the_name(tmp_path):
