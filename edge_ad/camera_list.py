@@ -15,10 +15,16 @@ import yaml
 
 from .errors import EdgeAdError
 from .onvif import CODECS
+from .pipelines import GENICAM_FORMATS
 from .sinks import slug
 
 ARV_TOOL = "arv-tool-0.8"  # apt-get install aravis-tools-cli
 LISTED = re.compile(r"(\S+) \((.*)\)")  # "Basler-acA1920-40gc-23456789 (192.168.10.20)"
+# `arv-tool-0.8 -n CAMERA features`: the PixelFormat enumeration, then its entries, one a line.
+PIXEL_FORMAT = re.compile(r"\s*Enumeration\s*:.*'PixelFormat'")
+ENUM_ENTRY = re.compile(r"\s*EnumEntry\s*:\s*'(\w+)'(.*)")
+# A colour camera's formats, the first it offers named: its own demosaicing first, then edge-ad's.
+COLOUR_FORMATS = ("RGB8", "RGB8Packed", "BayerRG8", "BayerGR8", "BayerGB8", "BayerBG8")
 
 
 def genicam_cameras(timeout_s: float) -> list[tuple[str, str]] | None:
@@ -31,8 +37,38 @@ def genicam_cameras(timeout_s: float) -> list[tuple[str, str]] | None:
         listed = subprocess.run([tool], capture_output=True, text=True, timeout=timeout_s + 10).stdout
     except subprocess.TimeoutExpired:
         return []
-    return [(f"genicam://{match[1]}", f"GigE Vision or USB3 Vision camera at {match[2]}")
+    return [(f"genicam://{match[1]}", f"GigE Vision or USB3 Vision camera at {match[2]}"
+             f"{_colour(match[1], _pixel_formats(tool, match[1], timeout_s))}")
             for match in map(LISTED.fullmatch, listed.splitlines()) if match]
+
+
+def _pixel_formats(tool: str, camera: str, timeout_s: float) -> list[str]:
+    """The PixelFormat values `camera` offers now; none where it does not say (held by another
+    program, or gone)."""
+    try:
+        listed = subprocess.run([tool, "-n", camera, "features"], capture_output=True, text=True,
+                                timeout=timeout_s + 10).stdout
+    except subprocess.TimeoutExpired:
+        return []
+    formats, inside = [], False
+    for line in listed.splitlines():
+        entry = ENUM_ENTRY.fullmatch(line)
+        if inside and entry is None:
+            break
+        if inside and "Not available" not in entry[2]:
+            formats.append(entry[1])
+        inside = inside or PIXEL_FORMAT.match(line) is not None
+    return formats
+
+
+def _colour(camera: str, formats: list[str]) -> str:
+    """What to add to a GigE or USB3 camera's line where it is a colour camera that also sends grey
+    frames: aravissrc then picks grey (Mono8), and the colour is lost unless the URI asks for it."""
+    colour = next((name for name in COLOUR_FORMATS if name in formats), None)
+    if colour is None or "Mono8" not in formats:
+        return ""
+    codec = " with --input-codec bayer" if GENICAM_FORMATS[colour][0] == "bayer" else ""
+    return f", read in grey as listed; in colour as genicam://{camera}?feature=PixelFormat={colour}{codec}"
 
 
 def v4l2_cameras(root: Path = Path("/")) -> list[tuple[str, str]]:

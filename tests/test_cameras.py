@@ -370,10 +370,38 @@ def test_gige_vision_cameras_are_listed_beside_onvif_ones():
         camera.kill()
         camera.wait()
     assert out.returncode == 0, out.stderr
-    assert "genicam://Aravis-Fake-GV01  GigE Vision or USB3 Vision camera at 127.0.0.1" in out.stdout.splitlines()
+    # Its PixelFormat offers Mono16, RGB8, Mono8 and Bayer mosaics: aravissrc picks Mono8 (grey).
+    assert ("genicam://Aravis-Fake-GV01  GigE Vision or USB3 Vision camera at 127.0.0.1, read in grey as listed; in "
+            "colour as genicam://Aravis-Fake-GV01?feature=PixelFormat=RGB8") in out.stdout.splitlines()
     out = _cameras("--timeout", "0.5")  # nothing on this machine's network now
     assert out.returncode != 0 and "; no USB or CSI camera is attached (/sys/class/video4linux); Aravis found no " \
                                    "GigE Vision or USB3 Vision camera (arv-tool-0.8)" in out.stderr
+
+
+def test_a_colour_gige_camera_is_listed_with_the_uri_that_reads_it_in_colour(monkeypatch):
+    """arv-tool-0.8's list of a camera's features, of which its PixelFormat entries count, not
+    those it marks unavailable; a camera that sends no grey is read as it is."""
+    from edge_ad import camera_list
+
+    listed = """Category    : 'Root'
+    Category    : 'ImageFormatControl'
+        Integer      : [RW] 'Width'
+        Enumeration  : [RW] 'PixelFormat'
+            EnumEntry   : 'Mono8'
+            EnumEntry   : 'RGB8' (Not available)
+            EnumEntry   : 'BayerGR8'
+    Category    : 'AcquisitionControl'
+        Enumeration  : [RW] 'AcquisitionMode'
+            EnumEntry   : 'Continuous'
+"""
+    monkeypatch.setattr(camera_list.subprocess, "run",
+                        lambda *args, **kwargs: subprocess.CompletedProcess(args, 0, stdout=listed))
+    formats = camera_list._pixel_formats("arv-tool-0.8", "Basler-1", 1.0)
+    assert formats == ["Mono8", "BayerGR8"]
+    assert camera_list._colour("Basler-1", formats) == (", read in grey as listed; in colour as genicam://Basler-1?"
+                                                        "feature=PixelFormat=BayerGR8 with --input-codec bayer")
+    assert camera_list._colour("Basler-1", ["Mono8", "Mono16"]) == ""  # a grey camera
+    assert camera_list._colour("Basler-1", ["RGB8", "BayerRG8"]) == ""  # no grey to pick instead
 
 
 def test_usb_and_csi_cameras_are_listed_by_the_input_that_opens_them(tmp_path):
