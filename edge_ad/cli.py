@@ -72,7 +72,7 @@ def _whole(text: str, rule: str) -> int:
     digits = text.strip()
     if not digits.isdecimal():
         raise argparse.ArgumentTypeError(f"{rule}, got {text}")
-    if len(digits) > 4300:  # int() refuses more with a ValueError, which argparse said as "invalid _port value"
+    if len(digits) > 4300:  # int() refuses more with a ValueError, said by argparse as "invalid _positive_int value"
         raise argparse.ArgumentTypeError(f"{rule}, got a number of {len(digits)} digits")
     return int(digits)
 
