@@ -123,6 +123,8 @@ class InspectionMask:
 def calibration_mismatch(calibrated: dict | None, mask: InspectionMask | None) -> str | None:
     """Why a run's mask does not match the one its site calibration was made with (`calibrated`:
     calibration.yaml's 'mask' field, None when calibrated without one), or None when they match."""
+    if calibrated is not None and not isinstance(calibrated, dict):  # edited by hand: an AttributeError before
+        return f"its 'mask' field is {calibrated!r}, not what calibrate writes (the mask's file, size and sha256)"
     if mask is None:
         return None if calibrated is None else f"calibrated with --mask {calibrated.get('file')}, scored without one"
     if calibrated is None:

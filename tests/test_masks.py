@@ -162,6 +162,17 @@ def test_calibrate_within_a_mask_and_run_warns_on_another(tiny_bundle, normal_fo
     assert "same: " not in caplog.text and "copy: " not in caplog.text
 
 
+def test_a_hand_edited_mask_field_of_a_calibration_is_said_not_raised(mask_file):
+    """`mask: abc` in calibration.yaml stopped `run` with an AttributeError traceback."""
+    from edge_ad.masks import calibration_mismatch
+
+    mask = InspectionMask.load(mask_file)
+    for scored_with in (None, mask):
+        assert calibration_mismatch("abc", scored_with) == ("its 'mask' field is 'abc', not what calibrate writes (the "
+                                                            "mask's file, size and sha256)")
+    assert calibration_mismatch(mask.describe(), mask) is None
+
+
 def test_masks_from_the_command_line_and_sources_yaml(tiny_bundle, tmp_path, mask_file):
     sources = tmp_path / "cams.yaml"
     sources.write_text(f"sources:\n  - {{input: a.mp4, mask: {mask_file}}}\n  - {{input: b.mp4}}\n")
