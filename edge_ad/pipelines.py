@@ -336,21 +336,22 @@ def _rtsp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
         f"rtspsrc location={_quote(login_escaped(uri))} latency={latency} drop-on-latency=true{protocols}"
         f"{buffer} ! {RTP_DEPAY[codec]} ! {_decode(uri, codec, options, jetson)}",
         True,
-        None if transport == "tcp" else _lost_packet_note(uri, latency, options.timeout_s),
+        None if transport == "tcp" else _latency_past_timeout(  # said, not refused: without loss the frames come
+            uri, latency, options.timeout_s, "at a packet lost over UDP the jitter buffer holds the frames after it "
+            "for up to the latency, so the source goes without a frame for the timeout and reconnects (2 % of the "
+            "packets lost: 63 frames in 30 s of 300, a reconnection every 7 s)",
+            ", or read it over TCP (--rtsp-transport tcp)"),
     )
 
 
-def _lost_packet_note(uri: str, latency: int, timeout_s: float) -> str | None:
-    """What to say of an RTSP stream over UDP whose latency is not below the timeout. Said, not
-    refused: without a lost packet its frames come as they should (_rtp refuses it, whose first
-    packets the jitter buffer holds)."""
+def _latency_past_timeout(uri: str, latency: int, timeout_s: float, then: str, other: str = "") -> str | None:
+    """What to say where a jitter buffer's `latency` is not below the source's timeout (0: none),
+    and `then` happens; None where it is below."""
     if not 0 < timeout_s * 1000 <= latency:
         return None
-    return (f"{uri}: latency {latency} ms is not below the timeout of {timeout_s:g} s: at a packet lost over UDP the "
-            "jitter buffer holds the frames after it for up to the latency, so the source goes without a frame for "
-            "the timeout and reconnects (2 % of the packets lost: 63 frames in 30 s of 300, a reconnection every 7 "
-            "s). Give a shorter latency (--latency, or latency_ms in --sources; 200 ms is usual), a longer timeout "
-            "(--timeout, timeout_s), or --rtsp-transport tcp")
+    return (f"{uri}: latency {latency} ms is not below the timeout of {timeout_s:g} s: {then}. Give a shorter "
+            "latency (--latency, or latency_ms in --sources; 200 ms is usual) or a longer timeout (--timeout, "
+            f"timeout_s){other}")
 
 
 def _rtp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
@@ -367,13 +368,11 @@ def _rtp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
         name, depay, decode = RTP_ENCODING[codec], RTP_DEPAY[codec], _decode(uri, codec, options, jetson)
     caps = f"application/x-rtp,media=video,clock-rate=90000,encoding-name={name}"
     latency = _latency(uri, options)
-    if 0 < options.timeout_s * 1000 <= latency:
-        raise SourceError(
-            f"{uri}: latency {latency} ms is not below the timeout of {options.timeout_s:g} s: the jitter buffer holds "
-            "an RTP stream's first packets for the latency, so no frame would come before the source reconnects, "
-            "again and again. Give a shorter latency (--latency, or latency_ms in --sources; 200 ms is usual) or "
-            "a longer timeout (--timeout, timeout_s)"
-        )
+    held = _latency_past_timeout(uri, latency, options.timeout_s, "the jitter buffer holds an RTP stream's first "
+                                 "packets for the latency, so no frame would come before the source reconnects, again "
+                                 "and again")
+    if held:
+        raise SourceError(held)
     return SourcePipeline(
         f'udpsrc port={port}{address} buffer-size={UDP_BUFFER_BYTES} caps="{caps}" ! '
         f"rtpjitterbuffer latency={latency} ! {depay} ! {decode}",
