@@ -338,7 +338,7 @@ def bundle_yaml(path: str | Path) -> Path:
     if not yaml_path.is_file():
         if (root / "model.pt").is_file() and (root / "config.yaml").is_file():  # export.train's CHECKPOINT and CONFIG
             raise BundleError(f"{path}: a training run, not a bundle: edge-ad export --run {path} --out BUNDLE makes "
-                              "the bundle that run, eval and calibrate take")
+                              "the bundle that edge-ad run, eval and calibrate take")
         raise BundleError(f"{path}: no {BUNDLE_FILE} inside")
     return yaml_path
 
