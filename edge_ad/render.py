@@ -50,6 +50,8 @@ def overlay(frame_bgr: np.ndarray, result: Result, alpha: float = 0.45, size: tu
     if result.variant is not None:
         text += f" {result.variant}"
     scale = max(0.4, min(out.shape[:2]) / 400)
+    text_width = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness + 2)[0][0]
+    scale *= min(1.0, max(out.shape[1] - 12, 1) / text_width)  # a narrow frame: smaller, not cut at its edge
     cv2.putText(out, text, (8, int(30 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2)
     cv2.putText(out, text, (8, int(30 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness)
     return out

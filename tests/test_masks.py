@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import yaml
 
-from edge_ad.detector import Detector
+from edge_ad.detector import Detector, Result
 from edge_ad.errors import EdgeAdError, ImageError, SourceError
 from edge_ad.masks import InspectionMask
 from edge_ad.pipelines import SourceOptions
-from edge_ad.render import MASK_COLOUR, overlay
+from edge_ad.render import MASK_COLOUR, NG_COLOUR, overlay
 from edge_ad.runner import RunConfig, detectors_of, load_masks, run
 from edge_ad.streams import Stream, streams_from_yaml
 
@@ -101,6 +101,18 @@ def test_overlay_outlines_the_inspected_part(detector, cells, mask_file):
     assert not edge[:, 10:INSPECTED_FROM // 2 - 10].any()
     shrunk = cv2.resize(picture, (half, half), interpolation=cv2.INTER_AREA)
     assert np.abs(small.astype(int) - shrunk).mean() < 8  # the same picture, smaller
+
+
+@pytest.mark.parametrize("height, width, variant", [(48, 48, None), (8000, 400, "monocrystalline-m6")])
+def test_the_overlay_s_label_lies_within_a_narrow_frame(height, width, variant):
+    """'NG 0.186' ran past a 48-pixel frame's right edge, and a variant's name past a line scan
+    camera's 400-pixel strip: the label is made smaller to fit."""
+    flat = np.zeros((height, width), np.float32)  # no region above the threshold: only the label is drawn
+    result = Result(0.186, True, 0.18, flat, (height, width), flat[None], (height, width), 0.0, variant=variant)
+    drawn = overlay(np.full((height, width, 3), 100, np.uint8), result)
+    label = np.all(drawn == NG_COLOUR, axis=2) | np.all(drawn == 0, axis=2)  # red, outlined in black
+    columns = np.nonzero(label.any(axis=0))[0]
+    assert len(columns) and columns.max() < width - 2
 
 
 def test_run_scores_each_source_within_its_mask(detector, cells, mask_file, tmp_path):
