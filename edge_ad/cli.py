@@ -731,11 +731,13 @@ def _recorded(folder: Path, saved: list | EdgeAdError, name: str | None = None) 
 
 
 def _time(text: str) -> float:
-    """A local date and time (ISO 8601, as 2026-12-03T06:00 or 2026-12-03 06:00) as Unix seconds."""
+    """A local date and time (ISO 8601, as 2026-12-03T06:00 or 2026-12-03 06:00), or one with its offset
+    (06:00+01:00, 06:00Z for UTC), as Unix seconds. The Z is read here: Python 3.10's fromisoformat, a
+    Jetson's on JetPack 6, refuses it (3.11 takes it)."""
     from datetime import datetime
 
     try:
-        return datetime.fromisoformat(text).timestamp()
+        return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text).timestamp()
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date and time such as 2026-12-03T06:00") from None
 
@@ -1309,7 +1311,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "counts; and the overlays of the alarms")
     p.add_argument("--events", required=True, help="the events file of edge-ad run (its rotated .1 ... .5 are read too)")
     p.add_argument("--out", help="PNG to write (default: beside the events file, <name>_report.png)")
-    p.add_argument("--since", type=_time, metavar="TIME", help="only events from this local time on (2026-12-03T06:00)")
+    p.add_argument("--since", type=_time, metavar="TIME", help="only events from this local time on (2026-12-03T06:00; 06:00Z for UTC)")
     p.add_argument("--until", type=_time, metavar="TIME", help="only events up to this local time")
     p.add_argument("--source", action="append", metavar="NAME",
                    help="only this source's events (as the events name it; repeat for several)")

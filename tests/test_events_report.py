@@ -4,7 +4,7 @@ lines, drawn per source and counted."""
 import hashlib
 import json
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 
 import cv2
 import matplotlib.dates as mdates
@@ -176,6 +176,10 @@ def test_events_across_rotated_files_runs_and_damaged_lines(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "cam: frames 2  anomalies 2 (100.00%)  alarms 1" in out.stdout
     assert f"5 of 13 lines skipped: {tmp_path / 'events.jsonl.1'}:3: not JSON (cut short?);" in out.stdout
+    utc = [f"{datetime.fromtimestamp(t, timezone.utc):%Y-%m-%dT%H:%M:%S}Z" for t in (t0 + 5, t0 + 60)]
+    out = edge_ad("report", "--events", events, "--since", utc[0], "--until", utc[1], "--out", tmp_path / "r.png")
+    assert out.returncode == 0, out.stderr  # the same times in UTC, Z as ISO 8601 writes it: Python 3.10 refused it
+    assert "cam: frames 2  anomalies 2 (100.00%)  alarms 1" in out.stdout
 
 
 def test_a_line_scan_camera_s_tall_strips_are_drawn_smaller_not_row_upon_row(tmp_path):
