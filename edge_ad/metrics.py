@@ -26,6 +26,13 @@ def _ranked_counts(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, 
     return tps, fps, scores[last_of_tie]
 
 
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    """Area under y(x) by the trapezoid rule: np.trapezoid, numpy 2.0's name for np.trapz. The
+    numpy 1.24 to 1.26 that pyproject admits (a Jetson may keep one for modules built against it)
+    has only trapz, and `edge-ad eval` runs there."""
+    return float((np.trapezoid if hasattr(np, "trapezoid") else np.trapz)(y, x))
+
+
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """False- and true-positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
     tps, fps, _ = _ranked_counts(labels, scores)
@@ -37,7 +44,7 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve; ties count half, as in scikit-learn's roc_auc_score."""
     fpr, tpr = roc_curve(labels, scores)
-    return float(np.trapezoid(tpr, fpr))
+    return _trapezoid(tpr, fpr)
 
 
 def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
@@ -93,4 +100,4 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3, valid: np
         pro_at_limit = np.interp(fpr_limit, fpr[end - 1 : end + 1], pro[end - 1 : end + 1])
         fpr = np.r_[fpr[:end], fpr_limit]
         pro = np.r_[pro[:end], pro_at_limit]
-    return float(np.trapezoid(pro, fpr) / fpr_limit)
+    return _trapezoid(pro, fpr) / fpr_limit
