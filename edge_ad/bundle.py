@@ -385,7 +385,7 @@ def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
         input_height=fields.positive("input.height", int),
         input_width=fields.positive("input.width", int),
         graphs=graphs,
-        smoothing_sigma=float(fields.get("postprocess.smoothing_sigma", (int, float))),
+        smoothing_sigma=_smoothing_sigma(fields),
         steps=steps,
         coefficients=coefficients,
         calibration=None if calibration is None else calibration.path,
@@ -395,6 +395,16 @@ def load_bundle(path: str | Path, steps: int | None = None) -> Bundle:
         sha256=sha256,
         **_numbers(selected if calibration is None else calibration, model_type),
     )
+
+
+def _smoothing_sigma(fields: _Fields) -> float:
+    """postprocess.smoothing_sigma, in input pixels; 0 smooths nothing. A hand-edited -1 was taken
+    as no smoothing without a word."""
+    sigma = float(fields.get("postprocess.smoothing_sigma", (int, float)))
+    if sigma < 0:
+        raise BundleError(f"{fields.path}: field 'postprocess.smoothing_sigma' must be 0 (no smoothing) or more, "
+                          f"got {sigma:g}")
+    return sigma
 
 
 def site_calibrated(bundle: Bundle, folder: str | Path) -> tuple[Bundle, str | None]:

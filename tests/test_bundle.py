@@ -124,6 +124,15 @@ def test_wrong_type_is_named(bundle_copy):
         load_bundle(bundle_copy)
 
 
+def test_a_negative_smoothing_is_refused_and_none_is_taken(bundle_copy):
+    _edit(bundle_copy, lambda s: s["postprocess"].update(smoothing_sigma=-1))  # was taken as no smoothing
+    with pytest.raises(BundleError, match=r"field 'postprocess.smoothing_sigma' must be 0 \(no smoothing\) or more, "
+                                          "got -1"):
+        load_bundle(bundle_copy)
+    _edit(bundle_copy, lambda s: s["postprocess"].update(smoothing_sigma=0))
+    assert load_bundle(bundle_copy).smoothing_sigma == 0
+
+
 def test_changed_graph_fails_its_hash(bundle_copy):
     with open(bundle_copy / "head.onnx", "ab") as handle:
         handle.write(b"\x00")
