@@ -1311,7 +1311,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "counts; and the overlays of the alarms")
     p.add_argument("--events", required=True, help="the events file of edge-ad run (its rotated .1 ... .5 are read too)")
     p.add_argument("--out", help="PNG to write (default: beside the events file, <name>_report.png)")
-    p.add_argument("--since", type=_time, metavar="TIME", help="only events from this local time on (2026-12-03T06:00; 06:00Z for UTC)")
+    p.add_argument("--since", type=_time, metavar="TIME",
+                   help="only events from this local time on (2026-12-03T06:00; 06:00Z for UTC)")
     p.add_argument("--until", type=_time, metavar="TIME", help="only events up to this local time")
     p.add_argument("--source", action="append", metavar="NAME",
                    help="only this source's events (as the events name it; repeat for several)")

@@ -92,7 +92,7 @@ INSTALLS = {
 
 
 def install_advice(module: str | None) -> str:
-    """How to install the package `module` (as ModuleNotFoundError.name gives it) is imported from."""
+    """How to install the package that `module` (as ModuleNotFoundError.name gives it) comes from."""
     top = (module or "").split(".")[0]
     return INSTALLS.get(top, "pip install the extra of edge-ad that has it: train, gst, data, tensorrt, mqtt or "
                              "opcua (pyproject.toml)")
