@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import errno
 import fcntl
+import inspect
 import os
 import shutil
 import warnings
@@ -77,6 +78,9 @@ def _export_graph(
     has a dynamic batch axis (every output has one)."""
     dynamic = {name: {0: "batch"} for name, batched in inputs.items() if batched}
     dynamic.update({name: {0: "batch"} for name in outputs})
+    # TorchScript, not the dynamo exporter that torch 2.9 made the default; torch before 2.5 has
+    # only TorchScript and no `dynamo` keyword (pyproject admits torch from 2.2)
+    tracing = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
@@ -85,7 +89,7 @@ def _export_graph(
             module,
             examples,
             str(path),
-            dynamo=False,
+            **tracing,
             opset_version=OPSET,
             input_names=list(inputs),
             output_names=outputs,

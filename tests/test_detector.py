@@ -353,3 +353,26 @@ def test_onnx_sessions_can_sleep_between_operators(tiny_bridge_bundle):
     for graph in detector._graphs.values():
         options = graph.session.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_a_graph_exports_with_a_torch_from_before_the_dynamo_keyword(monkeypatch, tmp_path):
+    """torch before 2.5 (pyproject admits 2.2) has no `dynamo` keyword: export stopped there with
+    "export() got an unexpected keyword argument 'dynamo'" (seen with torch 2.2.2)."""
+    import onnxruntime
+
+    from export.onnx_export import _export_graph
+
+    newer = torch.onnx.export
+
+    def export_of_torch_2_2(module, args, f, *, opset_version, input_names, output_names, dynamic_axes):
+        return newer(module, args, f, dynamo=False, opset_version=opset_version, input_names=input_names,
+                     output_names=output_names, dynamic_axes=dynamic_axes)
+
+    monkeypatch.setattr(torch.onnx, "export", export_of_torch_2_2)
+    conv = torch.nn.Conv2d(3, 4, 3).eval()
+    _export_graph(conv, (torch.zeros(1, 3, 8, 8),), tmp_path / "conv.onnx", {"image": True}, ["features"])
+    session = onnxruntime.InferenceSession(str(tmp_path / "conv.onnx"), providers=["CPUExecutionProvider"])
+    scored = session.run(None, {"image": np.ones((2, 3, 8, 8), np.float32)})[0]  # a batch of 2: the axis is dynamic
+    with torch.no_grad():
+        expected = conv(torch.ones(2, 3, 8, 8)).numpy()
+    np.testing.assert_allclose(scored, expected, rtol=1e-5, atol=1e-5)
