@@ -151,9 +151,11 @@ def _train(args: argparse.Namespace) -> None:
         defect_kinds=args.defect_kinds,
         device=args.device,
     )
+    # A GPU's out-of-memory error (batches of 16 pictures of --input-size go to it), by the name every torch
+    # from 2.2 has: torch.OutOfMemoryError came with 2.5.
     try:
         run = train(config, Path(args.out))
-    except torch.OutOfMemoryError as exc:  # a GPU's: batches of 16 pictures of --input-size go to it
+    except torch.cuda.OutOfMemoryError as exc:
         said = str(exc).split(". ")[:3]  # "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has ..."
         raise EdgeAdError(f"--device {args.device}: the GPU ran out of memory ({'. '.join(said)}); train with "
                           "--device cpu, or a smaller --input-size") from exc

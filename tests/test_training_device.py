@@ -82,13 +82,22 @@ def test_a_run_started_on_the_cpu_goes_on_on_the_gpu(mvtec_category, tmp_path):
     assert yaml.safe_load((run / "config.yaml").read_text())["device"].startswith("cuda:0")
 
 
+def test_a_training_error_is_said_with_a_torch_from_before_its_out_of_memory_name(tmp_path, monkeypatch, capsys):
+    """torch before 2.5 (pyproject admits 2.2) has no torch.OutOfMemoryError: looking it up to
+    catch it turned every error of train, a missing folder as much, into an AttributeError."""
+    monkeypatch.delattr(torch, "OutOfMemoryError", raising=False)
+    assert cli.main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run")]) == 2
+    said = capsys.readouterr().err
+    assert "nope" in said and "AttributeError" not in said and "Traceback" not in said
+
+
 def test_a_gpu_out_of_memory_says_what_to_do(normal_folder, tmp_path, monkeypatch, capsys):
     """A workstation's small GPU and a large --input-size: torch's out-of-memory error, which
     names no option, is said with what to change."""
     def out_of_memory(config, out):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
-                                     "3.81 GiB of which 1.20 GiB is free. Including non-PyTorch memory, this process "
-                                     "has 2.60 GiB memory in use.")
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+                                          "of 3.81 GiB of which 1.20 GiB is free. Including non-PyTorch memory, this "
+                                          "process has 2.60 GiB memory in use.")
 
     monkeypatch.setattr(export.train, "train", out_of_memory)
     assert cli.main(["train", "--data", str(normal_folder), "--out", str(tmp_path / "run"), "--device", "cuda",
