@@ -1,3 +1,5 @@
+import inspect
+
 import cv2
 import numpy as np
 import pytest
@@ -362,11 +364,12 @@ def test_a_graph_exports_with_a_torch_from_before_the_dynamo_keyword(monkeypatch
 
     from export.onnx_export import _export_graph
 
-    newer = torch.onnx.export
+    export = torch.onnx.export
+    tracing = {"dynamo": False} if "dynamo" in inspect.signature(export).parameters else {}  # this torch's
 
     def export_of_torch_2_2(module, args, f, *, opset_version, input_names, output_names, dynamic_axes):
-        return newer(module, args, f, dynamo=False, opset_version=opset_version, input_names=input_names,
-                     output_names=output_names, dynamic_axes=dynamic_axes)
+        return export(module, args, f, **tracing, opset_version=opset_version, input_names=input_names,
+                      output_names=output_names, dynamic_axes=dynamic_axes)
 
     monkeypatch.setattr(torch.onnx, "export", export_of_torch_2_2)
     conv = torch.nn.Conv2d(3, 4, 3).eval()
