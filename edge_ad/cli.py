@@ -1314,7 +1314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", required=True, help="the events file of edge-ad run (its rotated .1 ... .5 are read too)")
     p.add_argument("--out", help="PNG to write (default: beside the events file, <name>_report.png)")
     p.add_argument("--since", type=_time, metavar="TIME",
-                   help="only events from this local time on (2026-12-03T06:00; 06:00Z for UTC)")
+                   help="only events from this local time on (2026-12-03T06:00; 2026-12-03T06:00Z in UTC)")
     p.add_argument("--until", type=_time, metavar="TIME", help="only events up to this local time")
     p.add_argument("--source", action="append", metavar="NAME",
                    help="only this source's events (as the events name it; repeat for several)")
