@@ -197,8 +197,9 @@ class Bundle:
     def frame_shape_note(self, shape: tuple[int, ...]) -> str | None:
         """What to say when frames of `shape` (as scored: turned and cropped) are shaped unlike the
         pictures the bundle was trained on (median height and width, `provenance.training.image_shape`),
-        or twice their size or more where the input enlarged those more than ENLARGED times. None
-        otherwise, and for bundles that do not record that shape."""
+        twice their size or more where the input enlarged those more than ENLARGED times, or half their
+        size or less where the input enlarges the frames more than ENLARGED times. None otherwise, and
+        for bundles that do not record that shape."""
         trained = self.training.get("image_shape")
         if not (isinstance(trained, list) and len(trained) == 2 and all(isinstance(v, int) and v > 0 for v in trained)):
             return None
@@ -215,15 +216,22 @@ class Bundle:
                 "run scores them (edge-ad record with the same options)")
 
     def _frame_size_note(self, height: int, width: int, trained_height: int, trained_width: int) -> str | None:
-        enlarged = min(self.input_height / trained_height, self.input_width / trained_width)
+        trained = f"the pictures bundle {self.root} was trained on ({trained_width}x{trained_height}, median)"
+        trained_enlarged = min(self.input_height / trained_height, self.input_width / trained_width)
+        frames_enlarged = min(self.input_height / height, self.input_width / width)
         larger = min(height / trained_height, width / trained_width)
-        if enlarged <= ENLARGED or larger < 2:
-            return None
-        return (f"frames of {width}x{height} are {larger:.0f} times the size of the pictures bundle {self.root} was "
-                f"trained on ({trained_width}x{trained_height}, median), which its {self.input_width}x"
-                f"{self.input_height} input enlarged {enlarged:.0f} times: the model learned them blurred, and sharper "
-                "frames of normal parts may all look anomalous. Train on pictures as this camera takes them (edge-ad "
-                "record with the same options)")
+        if trained_enlarged > ENLARGED and larger >= 2:
+            return (f"frames of {width}x{height} are {larger:.0f} times the size of {trained}, which its "
+                    f"{self.input_width}x{self.input_height} input enlarged {trained_enlarged:.0f} times: the model "
+                    "learned them blurred, and sharper frames of normal parts may all look anomalous. Train on "
+                    "pictures as this camera takes them (edge-ad record with the same options)")
+        if frames_enlarged > ENLARGED and larger <= 1 / 2:
+            return (f"frames of {width}x{height} are 1/{1 / larger:.0f} the size of {trained}, and its "
+                    f"{self.input_width}x{self.input_height} input enlarges them {frames_enlarged:.0f} times: the "
+                    "model learned sharp pictures, and blurred frames of normal parts may look anomalous. Give the "
+                    "part more of the camera's pixels (a closer camera, a longer lens, a camera of more pixels), or train on "
+                    "pictures as this camera takes them (edge-ad record with the same options)")
+        return None
 
     @property
     def short_ids(self) -> tuple[str, str | None]:

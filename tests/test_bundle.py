@@ -218,8 +218,9 @@ def test_a_clock_behind_the_export_is_named_by_doctor_and_run(bundle_copy, norma
 
 def test_frames_shaped_unlike_the_training_pictures_are_named_by_run_and_calibrate(bundle_copy, normal_folder,
                                                                                   tmp_path):
-    """A camera that sees more than the part (its training pictures were cropped to the part) or is
-    turned a quarter: `run` says so at a source's first frame, and `calibrate` among its warnings."""
+    """A camera that sees more than the part (its training pictures were cropped to the part), is
+    turned a quarter, or gives the part far fewer pixels: `run` says so at a source's first frame,
+    and `calibrate` among its warnings."""
     import cv2
 
     from calibration import site
@@ -232,6 +233,10 @@ def test_frames_shaped_unlike_the_training_pictures_are_named_by_run_and_calibra
     said = f"frames of 400x300 are shaped unlike the pictures bundle {bundle_copy} was trained on (300x300, median)"
     assert bundle.frame_shape_note((300, 400, 3)).startswith(said)
     assert "turned" not in bundle.frame_shape_note((300, 400, 3))
+    tiny = (f"frames of 24x24 are 1/12 the size of the pictures bundle {bundle_copy} was trained on (300x300, median), "
+            "and its 128x128 input enlarges them 5 times")  # 32x32 cells: 150 of 377 normal ones flagged at 256 px
+    assert bundle.frame_shape_note((24, 24, 3)).startswith(tiny)
+    assert bundle.frame_shape_note((40, 40, 3)) is None  # enlarged 3.2 times
 
     wide = tmp_path / "wide"  # the cells in the middle of 4:3 frames, a grey background beside them
     wide.mkdir()
