@@ -14,6 +14,7 @@ from edge_ad.files import save_figure  # noqa: E402
 from edge_ad.render import overlay, show  # noqa: E402
 
 from .site import Calibration, overlay_result  # noqa: E402
+from .statistics import rounded_up  # noqa: E402
 
 
 def write_calibration_report(calibration: Calibration, threshold: float, path: Path) -> Path:
@@ -30,7 +31,7 @@ def write_calibration_report(calibration: Calibration, threshold: float, path: P
         hist.axvline(calibration.defects.f1_threshold, color="tab:orange", linestyle=":",
                      label=f"F1-best {calibration.defects.f1_threshold:.3f} (F1 {calibration.defects.f1:.2f})")
     hist.axvline(threshold, color="black", linestyle="--",
-                 label=f"threshold {threshold:.3f} (false alarms <= {calibration.threshold.far_bound:.2g} "
+                 label=f"threshold {threshold:.3f} (false alarms <= {rounded_up(calibration.threshold.far_bound):g} "
                        f"at {calibration.confidence:.0%})")
     hist.set_yscale("log")
     hist.set_xlabel("image score")

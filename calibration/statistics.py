@@ -36,6 +36,21 @@ def frames_needed(far: float, confidence: float) -> int:
     return math.ceil(math.log(1.0 - confidence) / math.log(1.0 - far))
 
 
+def rounded_up(rate: float) -> float:
+    """`rate` (above 0) to two significant digits, rounded up: a bound said as "<= X" or a rate
+    to ask for must not come out below what the frames show (rounded to the nearest, 300 frames'
+    smallest rate 0.009937 was said as 0.0099, for which 302 are needed)."""
+    scale = 10.0 ** (1 - math.floor(math.log10(rate)))
+    return math.ceil(rate * scale * (1 - 1e-12)) / scale  # (1 - 1e-12): 0.15 * 100 is 15.000000000000002
+
+
+def smallest_far(draws: float, confidence: float) -> float:
+    """The smallest false-alarm rate that `draws` independent normal frames can show with
+    `confidence` (none of them at or above the threshold), rounded up: the --target-far that a
+    refusal suggests, which must not be refused in turn."""
+    return rounded_up(1.0 - (1.0 - confidence) ** (1.0 / draws))
+
+
 def far_upper_bound(exceedances: float, frames: float, confidence: float) -> float:
     """One-sided Clopper-Pearson upper bound on the false-alarm rate after `exceedances` of
     `frames` normal frames scored at or above the threshold (counts of independent draws: not
@@ -66,17 +81,17 @@ def threshold_for_far(scores: np.ndarray, far: float, confidence: float, per_dra
     ordered = np.sort(np.asarray(scores, np.float64))[::-1]
     n = ordered.size
     draws, needed = n / per_draw, frames_needed(far, confidence)
-    if draws < needed:
+    if draws < math.log(1.0 - confidence) / math.log(1.0 - far):  # `needed` rounded up: draws need not be whole
         if per_draw > 1:
             frames = (f"{n} normal frames, about {per_draw:.0f} in a row scoring alike (a part in view that long), are "
-                      f"worth about {draws:.0f} independent ones: they")
+                      f"worth about {math.floor(draws)} independent ones: they")
             more = (f"at least {needed} independent ones are needed (about {needed * per_draw:.0f} frames at this "
                     "pace: collect more with --frames, over more parts")
         else:
             frames, more = f"{n} normal frames", f"at least {needed} are needed (collect more with --frames"
         raise CalibrationError(
             f"{frames} cannot show a false-alarm rate of {far:g} with {confidence:.0%} confidence: {more}, or ask "
-            f"for --target-far {1 - (1 - confidence) ** (1 / draws):.2g} or more)"
+            f"for --target-far {smallest_far(draws, confidence):g} or more)"
         )
     k = 0  # the largest count of normal frames above the threshold that the bound allows
     while k + 1 < n and far_upper_bound((k + 1) / per_draw, draws, confidence) <= far:

@@ -457,14 +457,14 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
-    from calibration.statistics import CalibrationError, frames_needed
+    from calibration.statistics import CalibrationError, frames_needed, smallest_far
 
     needed = frames_needed(args.target_far, args.confidence)
     if args.frames < needed:  # fewer frames than independent ones needed: refused before any is read
         raise CalibrationError(f"--frames {args.frames} cannot show a false-alarm rate of {args.target_far:g} with "
                                f"{args.confidence:.0%} confidence: at least {needed} normal frames are needed, more "
                                f"where consecutive ones score alike (or ask for --target-far "
-                               f"{1 - (1 - args.confidence) ** (1 / args.frames):.2g} or more)")
+                               f"{smallest_far(args.frames, args.confidence):g} or more)")
     if args.sources and not args.source and not args.input and not args.pipeline:
         from .streams import streams_from_yaml
 
@@ -619,7 +619,7 @@ def _calibrate_bundle(
     defects' grid maps; write calibration.yaml and the report into `folder` (the bundle's, or
     the camera's own: `calibration:` in --sources)."""
     from calibration.site import calibrate_into
-    from calibration.statistics import CalibrationError
+    from calibration.statistics import CalibrationError, rounded_up
 
     if args.threshold == "f1" and args.defects and not defects:
         raise CalibrationError("--threshold f1: none of the --defects frames were judged by this bundle")
@@ -628,7 +628,7 @@ def _calibrate_bundle(
                              args.min_defect_area, use_f1=args.threshold == "f1", defects_source=args.defects)
     result, data, path, backup = written.calibration, written.data, written.path, written.backup
     print(f"normal frames {result.frames}  threshold {data['threshold']:.4f} ({data['threshold_from']})  "
-          f"false-alarm rate <= {result.threshold.far_bound:.2g} at {args.confidence:.0%} confidence "
+          f"false-alarm rate <= {rounded_up(result.threshold.far_bound):g} at {args.confidence:.0%} confidence "
           f"({result.threshold.exceedances} normal frames above it"
           + (f"; about {result.frames / result.threshold.per_draw:.0f} independent frames, consecutive ones scoring "
              "alike" if result.threshold.per_draw > 1 else "") + ")"

@@ -130,6 +130,7 @@ class LineCalibration:
         from those frames, written; then read in. A variant that took none is left as it was (the
         line did not make it meanwhile)."""
         from calibration.site import calibrate_into
+        from calibration.statistics import rounded_up
 
         bundles = bundles_of(detector)
         refused = []
@@ -150,9 +151,9 @@ class LineCalibration:
                 log.exception("%s: not calibrated", who)
                 refused.append(variant)
                 continue
-            log.info("%s: calibrated on %d frames: threshold %.4f, false-alarm rate <= %.2g at %.0f%% confidence; "
+            log.info("%s: calibrated on %d frames: threshold %.4f, false-alarm rate <= %g at %.0f%% confidence; "
                      "written to %s", who, written.calibration.frames, written.data["threshold"],
-                     written.calibration.threshold.far_bound, 100 * settings["confidence"], written.path)
+                     rounded_up(written.calibration.threshold.far_bound), 100 * settings["confidence"], written.path)
             if written.report_problem:
                 log.warning("%s: %s", who, written.report_problem)
         untouched = [v for v in bundles if v not in self._collected]

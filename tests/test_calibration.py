@@ -1,6 +1,7 @@
 """On-site calibration: the false-alarm bound, stability checks, defects, and calibration.yaml."""
 
 import json
+import math
 import re
 import shutil
 import socket
@@ -20,6 +21,7 @@ from calibration.statistics import (
     frames_per_draw,
     near_copies,
     near_duplicates,
+    rounded_up,
     threshold_for_far,
 )
 from edge_ad.detector import Detector
@@ -57,6 +59,24 @@ def test_threshold_keeps_the_bound_and_is_the_lowest_that_does():
 def test_too_few_frames_are_refused_with_what_to_do():
     with pytest.raises(CalibrationError, match=r"500 normal frames .* at least 2995 are needed .* --target-far 0.006"):
         threshold_for_far(np.zeros(500), 0.001, 0.95)
+
+
+@pytest.mark.parametrize("frames, per_draw", [(12, 1.0), (300, 1.0), (500, 1.0), (4000, 1.0), (300, 16.04)])
+def test_the_target_far_a_refusal_suggests_is_not_refused_in_turn(frames, per_draw):
+    """Rounded to the nearest, 300 frames' smallest rate (0.009937) was said as 0.0099, for which
+    302 are needed; 300 frames 16 to a part (18.7 independent ones) were refused 0.15, which 18.43 show."""
+    with pytest.raises(CalibrationError) as refused:
+        threshold_for_far(np.zeros(frames), 0.0001, 0.95, per_draw)
+    suggested = float(re.search(r"--target-far (\S+) or more\)$", str(refused.value))[1])
+    exact = 1 - 0.05 ** (per_draw / frames)
+    assert exact <= suggested <= 1.1 * exact  # two digits, rounded up
+    assert threshold_for_far(np.zeros(frames), suggested, 0.95, per_draw).far_bound <= suggested
+
+
+def test_a_bound_is_said_rounded_up():
+    """"false-alarm rate <= X": X is never below the bound (0.009937 was said as 0.0099)."""
+    assert [rounded_up(rate) for rate in (0.009937, 0.0099, 0.15, 0.1449, 0.00074, 0.99)] == \
+        [0.01, 0.0099, 0.15, 0.15, 0.00074, 0.99]
 
 
 def test_defects_recall_and_f1_best_threshold_by_hand():
@@ -125,7 +145,7 @@ def test_calibrating_on_a_slow_line_counts_its_parts(tiny_bundle, normal_folder,
 
     refused = edge_ad(*calibrate, "--target-far", 0.1)  # 22 independent frames needed
     assert refused.returncode == 2
-    assert f"are worth about {120 / per_draw:.0f} independent ones" in refused.stderr
+    assert f"are worth about {math.floor(120 / per_draw)} independent ones" in refused.stderr  # below 22, as said
     assert "at least 22 independent ones are needed" in refused.stderr
 
 
@@ -334,6 +354,7 @@ def test_too_few_frames_on_the_command_line(tiny_bundle, normal_folder, tmp_path
     assert asked.returncode == 2 and "normal frames:" not in asked.stderr  # no progress bar: refused before reading
     assert asked.stderr.strip().splitlines()[-1].startswith("edge-ad: error: --frames 12 cannot show a false-alarm "
                                                             "rate of 0.001 with 95% confidence: at least 2995")
+    assert asked.stderr.strip().endswith("(or ask for --target-far 0.23 or more)")  # 0.2209: 0.22 needs 13 frames
     read = edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--frames", 30, "--target-far", 0.1)
     assert read.returncode == 2  # the folder ends after 12 of the 30 frames asked for, 29 needed
     assert read.stderr.strip().splitlines()[-1].startswith("edge-ad: error: 12 normal frames cannot show")
