@@ -9,13 +9,14 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Callable
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import yaml
 
 from .errors import EdgeAdError
 from .onvif import CODECS
-from .pipelines import GENICAM_FORMATS
+from .pipelines import GENICAM_FORMATS, V4L2_CAPS
 from .sinks import slug
 
 ARV_TOOL = "arv-tool-0.8"  # apt-get install aravis-tools-cli
@@ -25,11 +26,13 @@ PIXEL_FORMAT = re.compile(r"\s*Enumeration\s*:.*'PixelFormat'")
 ENUM_ENTRY = re.compile(r"\s*EnumEntry\s*:\s*'(\w+)'(.*)")
 # A colour camera's formats, the first it offers named: its own demosaicing first, then edge-ad's.
 COLOUR_FORMATS = ("RGB8", "RGB8Packed", "BayerRG8", "BayerGR8", "BayerGB8", "BayerBG8")
+# What a USB camera sends, as v4l2src's caps name it, by the --input-codec that reads it.
+V4L2_CODECS = {"video/x-raw": "raw", **{caps: codec for codec, caps in V4L2_CAPS.items()}}
 
 
-def genicam_cameras(timeout_s: float) -> list[tuple[str, str]] | None:
-    """(the --input that opens it, what it is) of each camera Aravis finds, or None when
-    arv-tool-0.8 is not installed."""
+def genicam_cameras(timeout_s: float) -> list[tuple[str, str, dict]] | None:
+    """(the --input that opens it, what it is, no source options) of each camera Aravis finds, or
+    None when arv-tool-0.8 is not installed."""
     tool = shutil.which(ARV_TOOL)
     if tool is None:
         return None
@@ -38,7 +41,7 @@ def genicam_cameras(timeout_s: float) -> list[tuple[str, str]] | None:
     except subprocess.TimeoutExpired:
         return []
     return [(f"genicam://{match[1]}", f"GigE Vision or USB3 Vision camera at {match[2]}"
-             f"{_colour(match[1], _pixel_formats(tool, match[1], timeout_s))}")
+             f"{_colour(match[1], _pixel_formats(tool, match[1], timeout_s))}", {})
             for match in map(LISTED.fullmatch, listed.splitlines()) if match]
 
 
@@ -71,11 +74,15 @@ def _colour(camera: str, formats: list[str]) -> str:
     return f", read in grey as listed; in colour as genicam://{camera}?feature=PixelFormat={colour}{codec}"
 
 
-def v4l2_cameras(root: Path = Path("/")) -> list[tuple[str, str]]:
-    """(the --input that opens it, what it is) of each V4L2 camera: a Jetson's CSI cameras
-    (nodes named "vi-output, SENSOR") as csi://0, 1... in their order, and each USB camera by its
-    udev name for good (/dev/v4l/by-id/...; /dev/videoN without one). A USB camera has a second
-    node, for metadata, which captures nothing (index 1): left out."""
+def v4l2_cameras(
+    root: Path = Path("/"), formats: Callable[[str], tuple[str, dict]] | None = None,
+) -> list[tuple[str, str, dict]]:
+    """(the --input that opens it, what it is, the source options to read it with) of each V4L2
+    camera: a Jetson's CSI cameras (nodes named "vi-output, SENSOR") as csi://0, 1... in their
+    order, and each USB camera by its udev name for good (/dev/v4l/by-id/...; /dev/videoN without
+    one), with what `formats` (by default usb_formats) says of it and advises. A USB camera has a
+    second node, for metadata, which captures nothing (index 1): left out."""
+    formats = formats or usb_formats
     stable = {}  # "video0" -> its /dev/v4l/by-id/ link
     for link in sorted((root / "dev/v4l/by-id").glob("*")):
         stable.setdefault(Path(os.path.realpath(link)).name, f"/{link.relative_to(root)}")
@@ -85,11 +92,74 @@ def v4l2_cameras(root: Path = Path("/")) -> list[tuple[str, str]]:
     for node in nodes:
         name = _read(node / "name")
         if name.startswith("vi-output"):
-            listed.append((f"csi://{csi}", f"CSI camera {name.partition(',')[2].strip() or name}"))
+            listed.append((f"csi://{csi}", f"CSI camera {name.partition(',')[2].strip() or name}", {}))
             csi += 1
         elif _read(node / "index") in ("", "0"):
-            listed.append((stable.get(node.name, f"/dev/{node.name}"), f"USB camera {name or node.name}"))
+            device = stable.get(node.name, f"/dev/{node.name}")
+            said, options = formats(device)
+            listed.append((device, f"USB camera {name or node.name}{said}", options))
     return listed
+
+
+def usb_formats(device: str) -> tuple[str, dict]:
+    """What to add to a USB camera's line, each --input-codec it sends, and the options that read
+    it best (caps_formats); or why they could not be read, or nothing where GStreamer is not
+    installed, and no options. By default `run` reads a
+    USB camera raw, whose largest frames many cameras send at a few frames a second (v4l2src
+    then takes a smaller frame, or that rate, by GStreamer's version), and their MJPEG at 30."""
+    from .sources import SourceError, bus_error, load_gst, with_hint
+
+    try:
+        Gst = load_gst()
+    except SourceError:
+        return "", {}
+    pipeline, source = Gst.Pipeline.new(), Gst.ElementFactory.make("v4l2src", "v4l2src")  # its errors name it so
+    if source is None:  # gstreamer1.0-plugins-good, which has it, not installed: doctor says so
+        return "", {}
+    source.set_property("device", device)
+    pipeline.add(source)
+    try:
+        if pipeline.set_state(Gst.State.READY) == Gst.StateChangeReturn.FAILURE:  # READY opens the device
+            error = bus_error(pipeline) or "the device did not open"
+            return f"; its formats not read: {with_hint(f'v4l2src device={device}', error)}", {}
+        return caps_formats(source.get_static_pad("src").query_caps(None))
+    finally:
+        pipeline.set_state(Gst.State.NULL)
+
+
+def caps_formats(caps) -> tuple[str, dict]:
+    """`caps` of a USB camera (v4l2src's) said as its largest frame and the highest rate at that
+    size for each --input-codec it sends, and the source options (codec, width, height) that read
+    another codec's largest frames where they are larger or faster than raw's: said too, and none
+    otherwise. (Without the size, v4l2src may pick a smaller frame of a higher rate.)"""
+    largest: dict[str, tuple[int, int, float]] = {}  # codec: (width, height, fps)
+    for i in range(caps.get_size()):
+        structure = caps.get_structure(i).copy()
+        codec = V4L2_CODECS.get(structure.get_name())
+        if codec is None:
+            continue
+        for side in ("width", "height"):  # a range becomes its largest
+            structure.fixate_field_nearest_int(side, 1 << 30)
+        structure.fixate_field_nearest_fraction("framerate", 1 << 30, 1)
+        (has_width, width), (has_height, height) = structure.get_int("width"), structure.get_int("height")
+        has_rate, numerator, denominator = structure.get_fraction("framerate")
+        fps = numerator / denominator if has_rate and denominator else 0.0
+        if has_width and has_height and (width * height, fps) > _size_and_rate(largest.get(codec)):
+            largest[codec] = (width, height, fps)
+    if not largest:
+        return "", {}
+    said = ", ".join(f"{codec} {width}x{height} at {fps:g} fps" for codec, (width, height, fps) in largest.items())
+    raw = _size_and_rate(largest.get("raw"))
+    faster = [codec for codec in largest if codec != "raw" and _size_and_rate(largest[codec]) > raw]
+    if not faster:
+        return f": {said} (each its largest frame)", {}
+    width, height, fps = largest[faster[0]]
+    return (f": {said} (each its largest frame); --input-codec {faster[0]} --input-width {width} --input-height "
+            f"{height} for {fps:g} fps", {"codec": faster[0], "width": width, "height": height})
+
+
+def _size_and_rate(frame: tuple[int, int, float] | None) -> tuple[int, float]:
+    return (0, 0.0) if frame is None else (frame[0] * frame[1], frame[2])
 
 
 def _read(path: Path) -> str:
@@ -99,14 +169,14 @@ def _read(path: Path) -> str:
         return ""
 
 
-def sources_file(path: Path, onvif: list, attached: list[tuple[str, str]], user: str | None,
+def sources_file(path: Path, onvif: list, attached: list[tuple[str, str, dict]], user: str | None,
                  password: str | None, certificate: str | None = None) -> int:
     """Write `path`, a --sources file of the cameras found (never over a file that is there):
     each ONVIF camera (edge_ad.onvif.Camera) by its first stream with a URL, its main stream on
     the makes known, with the login in the URL (and `certificate`, the cameras' own, for an
-    rtsps:// one), and each camera of `attached` ((--input, what it is)); a camera whose streams
-    could not be read as a comment that says why. Readable by its owner only when it holds a
-    password. Returns the number of sources written."""
+    rtsps:// one), and each camera of `attached` ((--input, what it is, its source options)); a
+    camera whose streams could not be read as a comment that says why. Readable by its owner only
+    when it holds a password. Returns the number of sources written."""
     lines = ["# Written by `edge-ad cameras --sources`: the cameras found, for `edge-ad run --sources FILE`.",
              "# Give each its bundle here (bundle: PATH), or one --bundle to run for all; name them as the",
              "# line knows them (a name is an MQTT topic and an OPC UA node id).", "sources:"]
@@ -131,8 +201,8 @@ def sources_file(path: Path, onvif: list, attached: list[tuple[str, str]], user:
         if certificate and stream.uri.startswith("rtsps://"):
             entry["certificate"] = certificate
         source(f"{named}: {stream.name}, {stream.encoding} {stream.width}x{stream.height}", entry)
-    for uri, what in attached:
-        source(what, {"name": slug(uri.removeprefix("/dev/v4l/by-id/")), "input": uri})
+    for uri, what, options in attached:
+        source(what, {"name": slug(uri.removeprefix("/dev/v4l/by-id/")), "input": uri, **options})
     if not count:
         raise EdgeAdError(f"--sources {path}: not written: no camera's stream URL was read (see above)")
     secret = password is not None and user is not None

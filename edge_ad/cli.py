@@ -797,7 +797,7 @@ def _cameras(args: argparse.Namespace) -> None:
         found = discover(args.timeout, args.address)
         machine_vision = genicam.result() if genicam is not None else []
     attached = v4l2_cameras() if not args.address else []
-    for uri, what in attached:
+    for uri, what, _ in attached:
         print(printable(f"{uri}  {what}"))
     if not found and not machine_vision and not attached:
         where = ", ".join(args.address) if args.address else "multicast on this machine's networks"
@@ -814,7 +814,7 @@ def _cameras(args: argparse.Namespace) -> None:
                                                          certificate), found))
     for camera in read:
         print("\n".join(printable(line) for line in describe(camera, certificate)))
-    for uri, what in machine_vision or []:
+    for uri, what, _ in machine_vision or []:
         print(printable(f"{uri}  {what}"))
     if found:
         print("--input takes a URL with the login in it: rtsp://USER:PASSWORD@camera/... (the password as typed)")

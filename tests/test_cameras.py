@@ -20,11 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from edge_ad import camera_list
 from edge_ad.camera_certificates import read_pinned
 from edge_ad.camera_list import sources_file, v4l2_cameras
 from edge_ad.errors import EdgeAdError
 from edge_ad.onvif import NS, WSSE, WSU, Camera, Stream, _probe_match
 from edge_ad.pipelines import SourceOptions
+from edge_ad.sources import load_gst
 from edge_ad.streams import streams_from_yaml
 
 from conftest import certificate, free_port
@@ -281,13 +283,17 @@ def test_a_sources_file_names_each_camera_and_why_one_has_no_stream(tmp_path):
     listed = Camera("10.0.0.5", "http://10.0.0.5/onvif/device_service", "Gate", "", [
         Stream("profile_1", "JPEG", 1280, 720, 10.0, "rtsp://10.0.0.5/jpeg")])
     refused = Camera("10.0.0.6", "http://10.0.0.6/onvif/device_service", problem="NotAuthorized: Sender not Authorized")
-    attached = [("csi://0", "CSI camera imx219 9-0010"), ("genicam://Basler-acA1920-40gc-23456789", "GigE camera")]
-    assert sources_file(tmp_path / "cams.yaml", [listed, refused], attached, None, None) == 3
+    attached = [("csi://0", "CSI camera imx219 9-0010", {}),
+                ("genicam://Basler-acA1920-40gc-23456789", "GigE camera", {}),
+                ("/dev/v4l/by-id/usb-046d_C920-video-index0", "USB camera C920: ...", {"codec": "mjpeg", "width": 1920,
+                                                                                       "height": 1080})]
+    assert sources_file(tmp_path / "cams.yaml", [listed, refused], attached, None, None) == 4
     assert (tmp_path / "cams.yaml").stat().st_mode & 0o777 == 0o644  # no password in it
     streams = streams_from_yaml(tmp_path / "cams.yaml", SourceOptions())
-    assert [(s.name, s.input, s.options.codec) for s in streams] == [
-        ("camera-10-0-0-5", "rtsp://10.0.0.5/jpeg", "mjpeg"), ("csi-0", "csi://0", None),
-        ("genicam-Basler-acA1920-40gc-23456789", "genicam://Basler-acA1920-40gc-23456789", None)]
+    assert [(s.name, s.input, s.options.codec, s.options.width) for s in streams] == [
+        ("camera-10-0-0-5", "rtsp://10.0.0.5/jpeg", "mjpeg", None), ("csi-0", "csi://0", None, None),
+        ("genicam-Basler-acA1920-40gc-23456789", "genicam://Basler-acA1920-40gc-23456789", None, None),
+        ("usb-046d-C920-video-index0", "/dev/v4l/by-id/usb-046d_C920-video-index0", "mjpeg", 1920)]
     assert "# 10.0.0.6: no stream URL (NotAuthorized: Sender not Authorized)" in (tmp_path / "cams.yaml").read_text()
     with pytest.raises(EdgeAdError, match="no camera's stream URL was read"):  # a file run would refuse: none
         sources_file(tmp_path / "none.yaml", [refused], [], None, None)
@@ -381,8 +387,6 @@ def test_gige_vision_cameras_are_listed_beside_onvif_ones():
 def test_a_colour_gige_camera_is_listed_with_the_uri_that_reads_it_in_colour(monkeypatch):
     """arv-tool-0.8's list of a camera's features, of which its PixelFormat entries count, not
     those it marks unavailable; a camera that sends no grey is read as it is."""
-    from edge_ad import camera_list
-
     listed = """Category    : 'Root'
     Category    : 'ImageFormatControl'
         Integer      : [RW] 'Width'
@@ -421,8 +425,51 @@ def test_usb_and_csi_cameras_are_listed_by_the_input_that_opens_them(tmp_path):
     for index in (0, 1):
         (tmp_path / f"dev/v4l/by-id/usb-046d_HD_Pro_Webcam_C920_A1B2C3-video-index{index}").symlink_to(
             f"../../video{index}")
-    assert v4l2_cameras(tmp_path) == [
-        ("/dev/v4l/by-id/usb-046d_HD_Pro_Webcam_C920_A1B2C3-video-index0", "USB camera HD Pro Webcam C920"),
-        ("csi://0", "CSI camera imx219 9-0010"), ("/dev/video3", "USB camera USB Camera"),
-        ("csi://1", "CSI camera imx219 10-0010")]
+    probed = []
+
+    def formats(device: str) -> tuple[str, dict]:
+        probed.append(device)
+        return (": mjpeg 1920x1080 at 30 fps", {"codec": "mjpeg"}) if "C920" in device else ("", {})
+
+    assert v4l2_cameras(tmp_path, formats) == [
+        ("/dev/v4l/by-id/usb-046d_HD_Pro_Webcam_C920_A1B2C3-video-index0",
+         "USB camera HD Pro Webcam C920: mjpeg 1920x1080 at 30 fps", {"codec": "mjpeg"}),
+        ("csi://0", "CSI camera imx219 9-0010", {}), ("/dev/video3", "USB camera USB Camera", {}),
+        ("csi://1", "CSI camera imx219 10-0010", {})]
+    assert probed == ["/dev/v4l/by-id/usb-046d_HD_Pro_Webcam_C920_A1B2C3-video-index0", "/dev/video3"]  # USB only
     assert v4l2_cameras(tmp_path / "nothing") == []
+
+
+# A Logitech C920's modes written as v4l2src's caps give them (its published modes, not read from a
+# camera: none here): its largest raw frames come at 5 fps, its MJPEG and H.264 ones at 30.
+C920_CAPS = ("video/x-raw, format=(string)YUY2, width=(int)1920, height=(int)1080, framerate=(fraction)5/1; "
+             "video/x-raw, format=(string)YUY2, width=(int)640, height=(int)480, "
+             "framerate=(fraction){ 30/1, 24/1, 20/1, 15/1, 10/1, 15/2, 5/1 }; "
+             "image/jpeg, width=(int)1920, height=(int)1080, framerate=(fraction){ 30/1, 24/1, 20/1, 15/1 }; "
+             "image/jpeg, width=(int)640, height=(int)480, framerate=(fraction){ 60/1, 30/1 }; "
+             "video/x-h264, stream-format=(string)byte-stream, alignment=(string)au, width=(int)1920, "
+             "height=(int)1080, framerate=(fraction){ 30/1, 15/1 }")
+
+
+def test_a_usb_cameras_line_says_the_codec_of_its_largest_frames():
+    """Read raw by default, a camera whose largest raw frames come at 5 fps gave those, or
+    640x480 (v4l2src's choice, by GStreamer's version): its line says each codec's largest frame
+    and what reads the MJPEG ones at 30 fps, and --sources writes those options."""
+    Gst = load_gst()
+    said, options = camera_list.caps_formats(Gst.Caps.from_string(C920_CAPS))
+    assert said == (": raw 1920x1080 at 5 fps, mjpeg 1920x1080 at 30 fps, h264 1920x1080 at 30 fps (each its "
+                    "largest frame); --input-codec mjpeg --input-width 1920 --input-height 1080 for 30 fps")
+    assert options == {"codec": "mjpeg", "width": 1920, "height": 1080}
+    ranges = "video/x-raw, format=YUY2, width=(int)[ 16, 4096 ], height=(int)[ 16, 2160 ], framerate=(fraction)[ 1/1, 60/1 ]"
+    assert camera_list.caps_formats(Gst.Caps.from_string(ranges)) == (": raw 4096x2160 at 60 fps (each its largest "
+                                                                      "frame)", {})  # raw is best: nothing to add
+    only_mjpeg = "image/jpeg, width=(int)1280, height=(int)720, framerate=(fraction)30/1"  # raw would not negotiate
+    assert camera_list.caps_formats(Gst.Caps.from_string(only_mjpeg))[1] == {"codec": "mjpeg", "width": 1280,
+                                                                               "height": 720}
+    gone = "/dev/v4l/by-id/usb-046d_C920-video-index0"  # v4l2src's own error, read through GStreamer
+    assert camera_list.usb_formats(gone) == (f"; its formats not read: Cannot identify device '{gone}'. (v4l2src): "
+                                             "no such camera now: unplugged, or numbered otherwise since a reboot or a "
+                                             "replug (/dev/v4l/by-id/ names each USB camera for good: ls -l "
+                                             "/dev/v4l/by-id)", {})
+    said, options = camera_list.usb_formats("/dev/null")  # a device, not a camera's
+    assert said.startswith("; its formats not read: Error getting capabilities for device '/dev/null'") and not options
