@@ -460,7 +460,8 @@ def test_a_usb_cameras_line_says_the_codec_of_its_largest_frames():
     assert said == (": raw 1920x1080 at 5 fps, mjpeg 1920x1080 at 30 fps, h264 1920x1080 at 30 fps (each its "
                     "largest frame); --input-codec mjpeg --input-width 1920 --input-height 1080 for 30 fps")
     assert options == {"codec": "mjpeg", "width": 1920, "height": 1080}
-    ranges = "video/x-raw, format=YUY2, width=(int)[ 16, 4096 ], height=(int)[ 16, 2160 ], framerate=(fraction)[ 1/1, 60/1 ]"
+    ranges = ("video/x-raw, format=YUY2, width=(int)[ 16, 4096 ], height=(int)[ 16, 2160 ], "
+              "framerate=(fraction)[ 1/1, 60/1 ]")
     assert camera_list.caps_formats(Gst.Caps.from_string(ranges)) == (": raw 4096x2160 at 60 fps (each its largest "
                                                                       "frame)", {})  # raw is best: nothing to add
     only_mjpeg = "image/jpeg, width=(int)1280, height=(int)720, framerate=(fraction)30/1"  # raw would not negotiate
