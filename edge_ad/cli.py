@@ -329,7 +329,8 @@ def _named_stream(args: argparse.Namespace, options: SourceOptions, required: bo
 def _print_pipelines(streams: list, jetson: bool | None, bitrate_kbps: int | None) -> None:
     """The GStreamer pipelines of each stream (outputs at the input's size, else 1280x720, as
     `run` fits it: `output_size`), with passwords as ***, as the run logs them: printed pipelines
-    get pasted into tickets and forums."""
+    get pasted into tickets and forums. What `run` would warn of a source's settings (a latency
+    not below the timeout, a GigE camera's pixel format) is said too, on stderr."""
     from .followed_pictures import check_followable
     from .http_pictures import HttpPictures, is_http_pictures
     from .outputs import output_description, output_size
@@ -343,8 +344,11 @@ def _print_pipelines(streams: list, jetson: bool | None, bitrate_kbps: int | Non
         elif not stream.pipeline and is_http_pictures(stream.input, stream.options):
             print(f"{stream.name}: {HttpPictures(stream.input, stream.options).description}, fetched with urllib")
         else:
-            pipeline = stream.pipeline or source_pipeline(stream.input, stream.options, jetson).description
+            spec = None if stream.pipeline else source_pipeline(stream.input, stream.options, jetson)
+            pipeline = stream.pipeline or spec.description
             print(f"{stream.name}: {without_passwords(pipeline)}")
+            if spec is not None and spec.note:
+                print(without_passwords(spec.note), file=sys.stderr)
             if without_passwords(pipeline) != pipeline:
                 print(f"{stream.name}: its password is shown as ***; put it back to run the pipeline with "
                       "gst-launch-1.0", file=sys.stderr)

@@ -6,6 +6,8 @@ from edge_ad.errors import SourceError
 from edge_ad.pipelines import SourceOptions, local_path, login_escaped, output_pipeline, rtsp_launch, source_pipeline
 from edge_ad.sources import with_hint
 
+from conftest import edge_ad
+
 
 def test_test_pattern_is_live_with_size_and_rate_from_the_uri():
     spec = source_pipeline("test://ball?width=320&height=240&fps=15", jetson=False)
@@ -228,3 +230,16 @@ def test_a_usb_camera_is_taken_by_its_stable_name(tmp_path):
     assert with_hint(v4l2, "Could not open device '/dev/video0' for reading and writing. (v4l2src0)").endswith(
         "is this user in the video group? sudo usermod -aG video $USER, then log in again")
 
+
+
+def test_print_pipeline_says_what_run_would_warn_of_the_source():
+    """`run --print-pipeline` printed an RTSP source's pipeline over UDP with a latency past the
+    timeout without the warning `run` logs as it opens the source."""
+    printed = edge_ad("run", "--input", "rtsp://admin:secret@cam/s", "--rtsp-transport", "udp", "--latency", 6000,
+                      "--print-pipeline", check=True)
+    assert printed.stdout.startswith('rtsp://admin:***@cam/s: rtspsrc location="rtsp://admin:***@cam/s" latency=6000')
+    assert "rtsp://admin:***@cam/s: latency 6000 ms is not below the timeout of 5 s" in printed.stderr
+    assert "secret" not in printed.stdout + printed.stderr
+    quiet = edge_ad("run", "--input", "rtsp://cam/s", "--rtsp-transport", "tcp", "--latency", 6000, "--print-pipeline",
+                    check=True)
+    assert "latency" not in quiet.stderr  # nothing lost over TCP: nothing to say
