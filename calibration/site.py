@@ -455,12 +455,22 @@ def calibrate_into(
 
 def recorded_settings(bundle: Bundle) -> dict:
     """The rate, confidence, frames and least defect area of the site calibration `bundle` uses
-    (calibration.yaml), for a calibration made again the same way; {} without one."""
+    (calibration.yaml), for a calibration made again the same way; {} without one. A value that
+    calibrate would not have written (a hand edit) is refused, naming its field: the runtime
+    reads only the threshold and quantiles of the file, and would otherwise stop at it only when
+    the line asks for a calibration."""
     if bundle.calibration is None:
         return {}
     data = read_yaml(bundle.calibration)
     keys = {"target_false_alarm_rate": "far", "confidence": "confidence", "frames": "frames",
             "min_defect_area": "min_defect_area"}
+    for key in [key for key in keys if key in data]:
+        value, rate = data[key], key in ("target_false_alarm_rate", "confidence")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not (number and (0 < value < 1 if rate else isinstance(value, int) and value >= 1)):
+            raise CalibrationError(f"{bundle.calibration}: field '{key}' must be "
+                                   f"{'a number between 0 and 1' if rate else 'a whole number, 1 or more'}, "
+                                   f"got {value!r}")
     return {name: data[key] for key, name in keys.items() if key in data}
 
 

@@ -79,6 +79,26 @@ def test_a_run_calibrates_a_source_on_its_own_frames(tiny_bundle, normal_folder,
     assert (frames[0]["calibration"], frames[-1]["calibration"]) == tuple(named)  # the events say which
 
 
+def test_a_hand_edited_setting_of_the_calibration_in_use_is_named_and_left_for_the_defaults(
+        tiny_bundle, normal_folder, tmp_path, caplog):
+    """calibration.yaml's rate, confidence and frames are read only when the line asks for a new
+    calibration: a confidence written as 95 (for 95 %) or frames as text stopped it with a
+    TypeError in the run's thread; each is named, and calibrate's defaults are taken."""
+    bundle = calibrated_copy(tiny_bundle, normal_folder, tmp_path / "bundle")
+    data = yaml.safe_load((bundle / "calibration.yaml").read_text())
+    line = LineCalibration(Stream(str(normal_folder), name="cam"), frames=60)
+    assert line._recorded(Detector.load(bundle).bundle) == {"far": 0.3, "confidence": 0.9, "frames": 12}
+    for key, value, said in [("confidence", 95, "a number between 0 and 1, got 95"),
+                             ("frames", "3000", "a whole number, 1 or more, got '3000'"),
+                             ("target_false_alarm_rate", 0.0, "a number between 0 and 1, got 0.0"),
+                             ("frames", 12.5, "a whole number, 1 or more, got 12.5")]:
+        (bundle / "calibration.yaml").write_text(yaml.safe_dump({**data, key: value}))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert line._recorded(Detector.load(bundle).bundle) == {}
+        assert f"calibration.yaml: field '{key}' must be {said}; calibrating with calibrate's defaults" in caplog.text
+
+
 def test_a_calibration_the_frames_cannot_support_is_refused(tiny_bundle, normal_folder, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)  # no calibration yet: calibrate's defaults, 1 in 1,000 at 95 %
