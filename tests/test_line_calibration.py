@@ -82,8 +82,8 @@ def test_a_run_calibrates_a_source_on_its_own_frames(tiny_bundle, normal_folder,
 def test_a_hand_edited_setting_of_the_calibration_in_use_is_named_and_left_for_the_defaults(
         tiny_bundle, normal_folder, tmp_path, caplog):
     """calibration.yaml's rate, confidence and frames are read only when the line asks for a new
-    calibration: a confidence written as 95 (for 95 %) or frames as text stopped it with a
-    TypeError in the run's thread; each is named, and calibrate's defaults are taken."""
+    calibration: a confidence written as 95 (for 95 %) stopped the whole run then ("math domain
+    error"), frames as text with a TypeError; each is named, and calibrate's defaults are taken."""
     bundle = calibrated_copy(tiny_bundle, normal_folder, tmp_path / "bundle")
     data = yaml.safe_load((bundle / "calibration.yaml").read_text())
     line = LineCalibration(Stream(str(normal_folder), name="cam"), frames=60)
