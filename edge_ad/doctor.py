@@ -468,6 +468,12 @@ def _calibration_warnings(report: Report, label: str, bundle: Bundle) -> None:
         warnings = read_yaml(bundle.calibration).get("warnings") or []
     except (OSError, EdgeAdError):  # replaced or removed since it was loaded: the next run reads it again
         return
+    if isinstance(warnings, str):  # one, edited by hand: not one line per letter
+        warnings = [warnings]
+    if not isinstance(warnings, list):
+        report.found("calibration", f"{label}: its field 'warnings' is not the list calibrate writes (edited by "
+                                    f"hand?), got {warnings!r}")
+        return
     for warning in warnings:
         report.found("calibration", f"{label}: made with the warning: {warning}")
 

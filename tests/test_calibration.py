@@ -27,7 +27,7 @@ from calibration.statistics import (
 from edge_ad.detector import Detector
 from edge_ad.doctor import doctor
 
-from conftest import TINY_INPUT, TINY_PROTOTYPES, edge_ad, full_disk
+from conftest import TINY_INPUT, TINY_PROTOTYPES, calibrated_copy, edge_ad, full_disk
 
 
 def test_near_copies_are_found_in_any_order():
@@ -510,3 +510,17 @@ def test_calibrating_on_frames_unlike_the_training_pictures_warns(elpv_samples, 
     # the calibration records the warning, and `doctor` shows it to whoever checks the device later
     assert any(line.startswith("calibration  bundle: made with the warning: 100% of these normal frames score above")
                for line in doctor(str(bundle)).lines)
+
+
+def test_doctor_reads_a_hand_edited_warnings_field(tiny_bundle, normal_folder, tmp_path):
+    """`warnings: 5` stopped doctor with "'int' object is not iterable", and one warning written
+    as a line of text was shown a letter a line."""
+    bundle = calibrated_copy(tiny_bundle, normal_folder, tmp_path / "bundle")
+    data = yaml.safe_load((bundle / "calibration.yaml").read_text())
+    (bundle / "calibration.yaml").write_text(yaml.safe_dump({**data, "warnings": "checked by hand"}))
+    said = [line for line in doctor(str(bundle)).lines if line.startswith("calibration  bundle: ")]
+    assert said == ["calibration  bundle: made with the warning: checked by hand"]
+    (bundle / "calibration.yaml").write_text(yaml.safe_dump({**data, "warnings": 5}))
+    said = [line for line in doctor(str(bundle)).lines if line.startswith("calibration  bundle: ")]
+    assert said == ["calibration  bundle: its field 'warnings' is not the list calibrate writes (edited by hand?), "
+                        "got 5"]
