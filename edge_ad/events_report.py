@@ -283,6 +283,18 @@ def _local_days(timestamps: np.ndarray | float) -> np.ndarray:
     return (timestamps + offsets[where.reshape(timestamps.shape)]) / 86400
 
 
+def time_labels(span_s: float):
+    """The time axis's tick labels for frames that span `span_s` seconds: to the second, or to the
+    millisecond under a minute, where AutoDateLocator puts ticks less than a second apart (a short
+    run's, `edge-ad demo`'s 60 frames in 0.7 s, all read the same second)."""
+    import matplotlib.dates as mdates
+    import matplotlib.ticker as ticker
+
+    if span_s >= 60:
+        return mdates.DateFormatter("%m-%d %H:%M:%S")
+    return ticker.FuncFormatter(lambda day, _: mdates.num2date(day).strftime("%m-%d %H:%M:%S.%f")[:-3])
+
+
 def _clock(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -338,7 +350,7 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         timeline.set_title(record.counts(), fontsize=9, loc="left")
         timeline.set_ylabel("score")
         timeline.xaxis.set_major_locator(mdates.AutoDateLocator())
-        timeline.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M:%S"))
+        timeline.xaxis.set_major_formatter(time_labels(float(record.times[-1] - record.times[0])))
         timeline.tick_params(axis="x", labelrotation=20, labelsize=8)
         timeline.legend(loc="upper left", fontsize=7, markerscale=2)
         histogram.hist(scores, bins=60, color="tab:blue", alpha=0.8, orientation="horizontal", log=True)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from edge_ad.errors import EdgeAdError
-from edge_ad.events_report import _local_days, binned_medians, read_events, write_alarm_pictures, write_events_report
+from edge_ad.events_report import (_local_days, binned_medians, read_events, time_labels, write_alarm_pictures,
+                                   write_events_report)
 
 from conftest import edge_ad
 
@@ -255,3 +256,13 @@ def test_frames_are_drawn_at_the_local_time_across_a_daylight_saving_change(zone
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_a_short_runs_time_axis_is_labelled_to_the_millisecond():
+    """`edge-ad demo`'s run (60 frames in 0.7 s) had every tick of its time axis read the same
+    second; a run of a minute or more keeps its labels to the second."""
+    start = datetime(2026, 12, 6, 12, 10, 30, 100_000).timestamp()
+    days = _local_days(np.array([start, start + 0.2]))
+    short = [time_labels(0.7)(day, 0) for day in days]
+    assert short == ["12-06 12:10:30.100", "12-06 12:10:30.300"]  # local time, as the frames were
+    assert [time_labels(3600.0)(day, 0) for day in days] == ["12-06 12:10:30"] * 2
