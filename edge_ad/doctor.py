@@ -208,7 +208,10 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
                         f"bundle.yaml {model}, calibration: "
                         + (f"{bundle.calibration} ({calibration})" if calibration else "from export")
                         + _least_area(bundle))
-    notes = bundle.training.get("notes")  # bundles from before notes: none
+    notes = _recorded_lines(bundle.training.get("notes") or [])  # bundles from before notes: none
+    if notes is None:
+        report.found("training", f"{label}: its field 'provenance.training.notes' is not the list training writes "
+                                 f"(edited by hand?), got {bundle.training['notes']!r}")
     for note in notes or []:
         report.found("training", f"{label}: {note}")
     _calibration_warnings(report, label, bundle)
@@ -468,14 +471,20 @@ def _calibration_warnings(report: Report, label: str, bundle: Bundle) -> None:
         warnings = read_yaml(bundle.calibration).get("warnings") or []
     except (OSError, EdgeAdError):  # replaced or removed since it was loaded: the next run reads it again
         return
-    if isinstance(warnings, str):  # one, edited by hand: not one line per letter
-        warnings = [warnings]
-    if not isinstance(warnings, list):
+    lines = _recorded_lines(warnings)
+    if lines is None:
         report.found("calibration", f"{label}: its field 'warnings' is not the list calibrate writes (edited by "
                                     f"hand?), got {warnings!r}")
-        return
-    for warning in warnings:
+    for warning in lines or []:
         report.found("calibration", f"{label}: made with the warning: {warning}")
+
+
+def _recorded_lines(value: object) -> list | None:
+    """The lines that training or calibrate recorded (notes, warnings: a list), where a hand edit
+    may have left one line of text (not shown a letter a line) or something else (None)."""
+    if isinstance(value, str):
+        return [value]
+    return value if isinstance(value, list) else None
 
 
 def _least_area(bundle: Bundle) -> str:

@@ -512,9 +512,9 @@ def test_calibrating_on_frames_unlike_the_training_pictures_warns(elpv_samples, 
                for line in doctor(str(bundle)).lines)
 
 
-def test_doctor_reads_a_hand_edited_warnings_field(tiny_bundle, normal_folder, tmp_path):
+def test_doctor_reads_hand_edited_warnings_and_notes(tiny_bundle, normal_folder, tmp_path):
     """`warnings: 5` stopped doctor with "'int' object is not iterable", and one warning written
-    as a line of text was shown a letter a line."""
+    as a line of text was shown a letter a line; so were training's notes in bundle.yaml."""
     bundle = calibrated_copy(tiny_bundle, normal_folder, tmp_path / "bundle")
     data = yaml.safe_load((bundle / "calibration.yaml").read_text())
     (bundle / "calibration.yaml").write_text(yaml.safe_dump({**data, "warnings": "checked by hand"}))
@@ -524,3 +524,11 @@ def test_doctor_reads_a_hand_edited_warnings_field(tiny_bundle, normal_folder, t
     said = [line for line in doctor(str(bundle)).lines if line.startswith("calibration  bundle: ")]
     assert said == ["calibration  bundle: its field 'warnings' is not the list calibrate writes (edited by hand?), "
                         "got 5"]
+    (bundle / "calibration.yaml").unlink()  # made for the bundle.yaml edited below: said so, and left
+    spec = yaml.safe_load((bundle / "bundle.yaml").read_text())
+    for notes, lines in [("cells from line 2", ["training     bundle: cells from line 2"]),
+                         (7, ["training     bundle: its field 'provenance.training.notes' is not the list training "
+                              "writes (edited by hand?), got 7"])]:
+        spec["provenance"]["training"]["notes"] = notes
+        (bundle / "bundle.yaml").write_text(yaml.safe_dump(spec))
+        assert [line for line in doctor(str(bundle)).lines if line.startswith("training     bundle: ")] == lines
