@@ -229,8 +229,8 @@ class Bundle:
             return (f"frames of {width}x{height} are 1/{1 / larger:.0f} the size of {trained}, and its "
                     f"{self.input_width}x{self.input_height} input enlarges them {frames_enlarged:.0f} times: the "
                     "model learned sharp pictures, and blurred frames of normal parts may look anomalous. Give the "
-                    "part more of the camera's pixels (a closer camera, a longer lens, a camera of more pixels), or train on "
-                    "pictures as this camera takes them (edge-ad record with the same options)")
+                    "part more of the camera's pixels (a closer camera, a longer lens, a camera of more pixels), or "
+                    "train on pictures as this camera takes them (edge-ad record with the same options)")
         return None
 
     @property

@@ -104,9 +104,9 @@ def v4l2_cameras(
 def usb_formats(device: str) -> tuple[str, dict]:
     """What to add to a USB camera's line, each --input-codec it sends, and the options that read
     it best (caps_formats); or why they could not be read, or nothing where GStreamer is not
-    installed, and no options. By default `run` reads a
-    USB camera raw, whose largest frames many cameras send at a few frames a second (v4l2src
-    then takes a smaller frame, or that rate, by GStreamer's version), and their MJPEG at 30."""
+    installed, and no options. By default `run` reads a USB camera raw, whose largest frames
+    many cameras send at a few frames a second (v4l2src then takes a smaller frame, or that
+    rate, by GStreamer's version), and their MJPEG at 30."""
     from .sources import SourceError, bus_error, load_gst, with_hint
 
     try:
