@@ -177,7 +177,7 @@ def collect(
                 who = "" if variant is None else f"variant {variant}: "
                 bar.write(f"{who}about {per_draw[variant]:.0f} frames in a row score alike, so the {count} frames "
                           f"will be worth about {projected:.0f} independent ones, of the {needed} needed: "
-                          f"--frames {needed * per_draw[variant] * (i + 1) / len(values):.0f} would do "
+                          f"--frames {math.ceil(needed * per_draw[variant] * (i + 1) / len(values))} would do "
                           "(Ctrl-C and start again), or a larger --target-far")
     return kept
 
