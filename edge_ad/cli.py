@@ -845,8 +845,7 @@ def _mask(args: argparse.Namespace) -> None:
     look = out.with_name(f"{out.stem}_preview.png")
     for path, image in ((out, picture), (look, mask_preview(frame, mask))):
         write_picture(path, image)
-    share = f"{mask.share:.0%}" if mask.share >= 0.01 else f"{mask.share * 100:.2g}%"  # never a "0%" that inspects
-    print(f"mask {out} ({share} of the frame inspected); check it in {look}, then paint it further in "
+    print(f"mask {out} ({mask.share_text} of the frame inspected); check it in {look}, then paint it further in "
           f"any editor (white: inspect, black: ignore) or use it: --mask {out}")
 
 

@@ -577,7 +577,7 @@ def _check_source(report: Report, stream: Stream, jetson: bool, root: Path) -> N
         report.problems.append(_source_problem(stream.name, str(exc)))
         return
     report.found("source", f"{stream.name}: {kind}" + (f" -> {stream.output}" if stream.output else "")
-                           + (f", mask {stream.mask} ({mask.describe()['inspected']:.0%} inspected)" if mask else ""))
+                           + (f", mask {stream.mask} ({mask.share_text} inspected)" if mask else ""))
     _check_udp_buffer(report, stream.name, pipelines, root)
     try:
         from .sources import load_gst

@@ -15,6 +15,7 @@ ELPV's AUROC fell from 0.88 to 0.76 that way.
 from __future__ import annotations
 
 import hashlib
+import math
 from functools import cached_property
 from pathlib import Path
 
@@ -75,6 +76,17 @@ class InspectionMask:
     def share(self) -> float:
         """The inspected share of the frame."""
         return float(self.inspect.mean())
+
+    @property
+    def share_text(self) -> str:
+        """The inspected share as a person reads it: never "0%" for a mask that inspects a little
+        (a part of a 12-megapixel frame), nor "100%" for one that leaves a little out."""
+        share = self.share
+        if share < 0.01:
+            return f"{share * 100:.2g}%"
+        if 0.99 < share < 1:
+            return f"{math.floor(share * 1000) / 10:g}%"
+        return f"{share:.0%}"
 
     def check(self, frame_shape: tuple[int, ...], where: str, of_camera: bool = True) -> None:
         """Refuse frames of another size than the mask, naming both: frames a source delivers

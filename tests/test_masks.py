@@ -228,3 +228,16 @@ def test_mask_command_draws_rectangles_and_a_preview(normal_folder, tmp_path):
     assert outside.returncode == 2 and "rectangle 250,0,100,10 reaches outside the 300x300 frame" in outside.stderr
     nothing = edge_ad("mask", "--frame", frame, "--ignore", "0,0,300,300", "--out", out)
     assert nothing.returncode == 2 and "the mask is black everywhere" in nothing.stderr
+
+
+def test_the_inspected_share_is_never_said_as_none_or_all_when_it_is_not():
+    """doctor said a mask that inspects a 100x100 part of a 4000x3000 frame "0% inspected", and one
+    that leaves out a 20x20 corner of it "100% inspected"; the mask command already said "0.083%"."""
+    part = np.zeros((3000, 4000), bool)
+    part[:100, :100] = True
+    assert InspectionMask(part, "part").share_text == "0.083%"
+    assert InspectionMask(~np.pad(np.ones((20, 20), bool), ((0, 2980), (0, 3980))), "corner").share_text == "99.9%"
+    assert InspectionMask(np.ones((10, 10), bool), "all").share_text == "100%"
+    half = np.zeros((10, 10), bool)
+    half[:, :5] = True
+    assert InspectionMask(half, "half").share_text == "50%"
