@@ -738,14 +738,22 @@ def _recorded(folder: Path, saved: list | EdgeAdError, name: str | None = None) 
 
 def _time(text: str) -> float:
     """A local date and time (ISO 8601, as 2026-12-03T06:00 or 2026-12-03 06:00), or one with its offset
-    (06:00+01:00, 06:00Z for UTC), as Unix seconds. The Z is read here: Python 3.10's fromisoformat, a
-    Jetson's on JetPack 6, refuses it (3.11 takes it)."""
-    from datetime import datetime
+    (06:00+01:00, 06:00Z for UTC), as Unix seconds; a time of day alone (06:00) is today's, as
+    journalctl --since takes it. The Z is read here: Python 3.10's fromisoformat, a Jetson's on
+    JetPack 6, refuses it (3.11 takes it)."""
+    from datetime import datetime, time
 
+    iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
     try:
-        return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text).timestamp()
+        return datetime.fromisoformat(iso).timestamp()
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date and time such as 2026-12-03T06:00") from None
+        pass
+    try:
+        clock = time.fromisoformat(iso)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date and time such as 2026-12-03T06:00, or a time of "
+                                         "day such as 06:00 (today's)") from None
+    return datetime.combine(datetime.now(clock.tzinfo).date(), clock).timestamp()
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -1317,7 +1325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", required=True, help="the events file of edge-ad run (its rotated .1 ... .5 are read too)")
     p.add_argument("--out", help="PNG to write (default: beside the events file, <name>_report.png)")
     p.add_argument("--since", type=_time, metavar="TIME",
-                   help="only events from this local time on (2026-12-03T06:00; 2026-12-03T06:00Z in UTC)")
+                   help="only events from this local time on (2026-12-03T06:00, or 06:00 for today's; "
+                        "2026-12-03T06:00Z in UTC)")
     p.add_argument("--until", type=_time, metavar="TIME", help="only events up to this local time")
     p.add_argument("--source", action="append", metavar="NAME",
                    help="only this source's events (as the events name it; repeat for several)")

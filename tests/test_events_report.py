@@ -221,6 +221,9 @@ def test_report_errors_name_what_is_wrong(tmp_path):
         write_events_report(read_events(empty), tmp_path / "r.png")
     out = edge_ad("report", "--events", empty, "--since", "yesterday")
     assert out.returncode == 2 and "'yesterday' is not a date and time such as 2026-12-03T06:00" in out.stderr
+    out = edge_ad("report", "--events", empty, "--since", "25:00Z")
+    assert out.returncode == 2 and "'25:00Z' is not a date and time such as 2026-12-03T06:00, or a time of day such " \
+                                   "as 06:00 (today's)" in out.stderr
     out = edge_ad("report", "--events", empty, "--since", "2026-12-03T18:00", "--until", "2026-12-03T17:00")
     assert out.returncode == 2 and "--since is after --until" in out.stderr
     out = edge_ad("report", "--events", empty, "--alarms", -1)
@@ -266,3 +269,13 @@ def test_a_short_runs_time_axis_is_labelled_to_the_millisecond():
     short = [time_labels(0.7)(day, 0) for day in days]
     assert short == ["12-06 12:10:30.100", "12-06 12:10:30.300"]  # local time, as the frames were
     assert [time_labels(3600.0)(day, 0) for day in days] == ["12-06 12:10:30"] * 2
+
+
+def test_a_time_of_day_alone_is_today_s():
+    """`report --since 06:00` after a shift, as journalctl takes it, was refused as not a date."""
+    from edge_ad.cli import _time
+
+    assert _time("06:00") == datetime.now().replace(hour=6, minute=0, second=0, microsecond=0).timestamp()
+    assert _time("06:00:30.500") - _time("06:00") == 30.5  # three or six digits: Python 3.10 takes no other
+    assert _time("06:00Z") == datetime.now(timezone.utc).replace(hour=6, minute=0, second=0, microsecond=0).timestamp()
+    assert _time("2026-12-03T06:00") == datetime(2026, 12, 3, 6).timestamp()  # a date and time as before
