@@ -30,10 +30,20 @@ class CalibrationError(EdgeAdError):
     """Calibration cannot give what was asked with the frames it has."""
 
 
+def draws_needed(far: float, confidence: float) -> float:
+    """The independent normal frames N that show a false-alarm rate of at most `far` with
+    `confidence` when none of them exceeds the threshold: 1 - (1 - far)^N = confidence (log1p:
+    1 - 1e-17 is 1.0 in floating point, and log(1.0) a division by zero)."""
+    needed = math.log1p(-confidence) / math.log1p(-far)
+    if not math.isfinite(needed):  # a rate below about 1e-308
+        raise CalibrationError(f"--target-far {far!r}: no number of frames can show a false-alarm rate that small")
+    return needed
+
+
 def frames_needed(far: float, confidence: float) -> int:
     """The fewest normal frames that can show a false-alarm rate of at most `far` with
     `confidence` even when none of them exceeds the threshold: 1 - (1 - far)^N >= confidence."""
-    return math.ceil(math.log(1.0 - confidence) / math.log(1.0 - far))
+    return math.ceil(draws_needed(far, confidence))
 
 
 def rounded_up(rate: float) -> float:
@@ -81,7 +91,7 @@ def threshold_for_far(scores: np.ndarray, far: float, confidence: float, per_dra
     ordered = np.sort(np.asarray(scores, np.float64))[::-1]
     n = ordered.size
     draws, needed = n / per_draw, frames_needed(far, confidence)
-    if draws < math.log(1.0 - confidence) / math.log(1.0 - far):  # `needed` rounded up: draws need not be whole
+    if draws < draws_needed(far, confidence):  # not `needed`, rounded up: draws need not be whole
         if per_draw > 1:
             frames = (f"{n} normal frames, about {per_draw:.0f} in a row scoring alike (a part in view that long), are "
                       f"worth about {math.floor(draws)} independent ones: they")

@@ -95,12 +95,17 @@ class LineCalibration:
             return
         if self.state == CALIBRATING:
             return
-        from calibration.statistics import frames_needed
+        from calibration.statistics import CalibrationError, frames_needed
 
         bundles = bundles_of(detector)
         self._settings = {variant: {**DEFAULTS, **self._recorded(bundle)} for variant, bundle in bundles.items()}
         self._target = self.frames or max(s["frames"] for s in self._settings.values())
-        needed = max(frames_needed(s["far"], s["confidence"]) for s in self._settings.values())
+        try:
+            needed = max(frames_needed(s["far"], s["confidence"]) for s in self._settings.values())
+        except CalibrationError as exc:  # a rate of 1e-320 in a calibration.yaml edited by hand
+            log.error("%s: not calibrating: %s", self.stream.name, exc)
+            self._set(REFUSED)
+            return
         if self._target < needed:
             log.error("%s: not calibrating: %d frames cannot show the false-alarm rate asked (%d needed; "
                       "--calibration-frames)", self.stream.name, self._target, needed)

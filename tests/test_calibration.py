@@ -73,6 +73,15 @@ def test_the_target_far_a_refusal_suggests_is_not_refused_in_turn(frames, per_dr
     assert threshold_for_far(np.zeros(frames), suggested, 0.95, per_draw).far_bound <= suggested
 
 
+def test_a_rate_too_small_for_floating_point_is_refused_by_name():
+    """--target-far 1e-17 is 1.0 subtracted from 1, and 1e-320 below what a division can take:
+    both stopped calibrate with a ZeroDivisionError traceback."""
+    assert frames_needed(1e-17, 0.95) == 299573227355398976  # about 3 / rate, as for 0.001
+    with pytest.raises(CalibrationError, match=r"--target-far 1e-320: no number of frames can show a false-alarm "
+                                               r"rate that small"):
+        threshold_for_far(np.zeros(3000), 1e-320, 0.95)
+
+
 def test_a_bound_is_said_rounded_up():
     """"false-alarm rate <= X": X is never below the bound (0.009937 was said as 0.0099)."""
     assert [rounded_up(rate) for rate in (0.009937, 0.0099, 0.15, 0.1449, 0.00074, 0.99)] == \

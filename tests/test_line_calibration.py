@@ -97,6 +97,12 @@ def test_a_hand_edited_setting_of_the_calibration_in_use_is_named_and_left_for_t
         with caplog.at_level(logging.WARNING):
             assert line._recorded(Detector.load(bundle).bundle) == {}
         assert f"calibration.yaml: field '{key}' must be {said}; calibrating with calibrate's defaults" in caplog.text
+    (bundle / "calibration.yaml").write_text(yaml.safe_dump({**data, "target_false_alarm_rate": 1e-320}))
+    line.ask(True)
+    line._loader.join()
+    with caplog.at_level(logging.ERROR):  # a rate no number of frames can show: refused, and the run goes on
+        line.take(Detector.load(bundle), None, cv2.imread(str(next(normal_folder.glob("*.png")))), None)
+    assert line.state == REFUSED and "cam: not calibrating: --target-far 1e-320: no number of frames" in caplog.text
 
 
 def test_a_calibration_the_frames_cannot_support_is_refused(tiny_bundle, normal_folder, tmp_path):
