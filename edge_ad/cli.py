@@ -67,6 +67,15 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _megabytes(text: str) -> float:
+    """A size in megabytes, 0 or more, whose bytes are a number: 1e308 MB stopped run with an
+    OverflowError traceback."""
+    value = _non_negative(text)
+    if not math.isfinite(value * (1 << 20)):
+        raise argparse.ArgumentTypeError(f"must be a size in megabytes that a disk could hold, got {text}")
+    return value
+
+
 def _whole(text: str, rule: str) -> int:
     """`text` as a whole number, 0 or more; else the error that says `rule`."""
     digits = text.strip()
@@ -1153,19 +1162,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-loop", type=int, default=0, metavar="N",
                    help="files and folders play N more times after the first (-1: for ever), as in jetson-utils")
     p.add_argument("--events", help="JSON-lines file, one line per frame (rotated by size)")
-    p.add_argument("--events-max-mb", type=_non_negative, default=100.0,
+    p.add_argument("--events-max-mb", type=_megabytes, default=100.0,
                    help="rotate the events file at this size (0: never; it then grows until the disk is full)")
     p.add_argument("--snapshots", help="folder for the frame and overlay of alarm frames (see --alarm-frames)")
     p.add_argument("--snapshot-interval", type=_non_negative, default=1.0,
                    help="at most one snapshot per source per N seconds")
-    p.add_argument("--snapshot-quota-mb", type=_non_negative, default=500.0,
+    p.add_argument("--snapshot-quota-mb", type=_megabytes, default=500.0,
                    help="oldest snapshots go beyond this size (0: only the newest one's frame and overlay are kept)")
     p.add_argument("--samples", metavar="DIR",
                    help="good pictures from the line, to train and calibrate a new bundle on: frames judged normal, "
                         "lossless PNG, into DIR/<source>")
     p.add_argument("--sample-interval", type=_non_negative, default=60.0,
                    help="at most one sample per source per N seconds")
-    p.add_argument("--sample-quota-mb", type=_non_negative, default=2000.0,
+    p.add_argument("--sample-quota-mb", type=_megabytes, default=2000.0,
                    help="oldest samples go beyond this size (0: only the newest is kept)")
     p.add_argument("--self-check-interval", type=_non_negative, default=600.0, metavar="SECONDS",
                    help="score the bundles' check images again this often; maps that are not those it was exported "

@@ -86,12 +86,14 @@ def test_a_wildcard_the_shell_expanded_is_said_with_what_to_do(tmp_path):
 def test_numbers_that_would_be_read_wrong_are_refused_naming_the_option(capsys):
     """A latency of -5 ms reached GStreamer as about 50 days (a lost packet stopped the frames);
     an events file rotated at -1 MB was rotated at every line, keeping the last five; words gave
-    argparse's "invalid _positive_int value"."""
+    argparse's "invalid _positive_int value"; 1e308 MB, an OverflowError traceback."""
     from edge_ad.cli import build_parser
 
     for option, value, said in [("--latency", "-5", "must be a whole number, 0 or more"),
                                 ("--events-max-mb", "-1", "must be 0 or more"),
                                 ("--events-max-mb", "inf", "must be 0 or more"),
+                                ("--events-max-mb", "1e308", "must be a size in megabytes that a disk could hold"),
+                                ("--sample-quota-mb", "1e308", "must be a size in megabytes that a disk could hold"),
                                 ("--snapshot-quota-mb", "-1", "must be 0 or more"),
                                 ("--sample-interval", "nan", "must be 0 or more"),
                                 ("--timeout", "abc", "must be 0 or more"),
