@@ -100,9 +100,9 @@ def install_advice(module: str | None) -> str:
 
 def report_errors(program: str, run: Callable[[], object]) -> int:
     """Run a command and return its exit code. An error meant for the user (EdgeAdError, a missing
-    optional package, a file-system error) becomes one line `<program>: error: <what>` on stderr
-    and exit code 2, not a traceback; Ctrl-C exits with 130. Every edge-ad command and benchmark
-    script ends this way."""
+    optional package, a file-system error, memory run out) becomes one line `<program>: error:
+    <what>` on stderr and exit code 2, not a traceback; Ctrl-C exits with 130. Every edge-ad
+    command and benchmark script ends this way."""
     try:
         run()
     except EdgeAdError as exc:
@@ -114,6 +114,10 @@ def report_errors(program: str, run: Callable[[], object]) -> int:
         return 2
     except OSError as exc:
         print(f"{program}: error: {file_error(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:  # numpy's names the array it could not allocate
+        print(f"{program}: error: not enough memory{f' ({exc})' if str(exc) else ''}: ask for less (smaller frames, "
+              "batches or --input-size) or run it on a machine with more", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{program}: interrupted", file=sys.stderr)

@@ -339,3 +339,10 @@ def test_a_missing_package_is_said_with_what_installs_it(capsys, module, advice)
     assert report_errors("edge-ad", run) == 2
     assert capsys.readouterr().err.startswith(f"edge-ad: error: needs the Python package '{module}', which is not "
                                               f"installed: {advice}")
+
+
+def test_memory_run_out_is_one_line(tiny_bundle):
+    """`bench --width 99999999999 --height 99999` ended in numpy's _ArrayMemoryError traceback."""
+    said = edge_ad("bench", "--bundle", tiny_bundle, "--width", 99999999999, "--height", 99999)
+    _one_line_error(said, "not enough memory (Unable to allocate ", "ask for less (smaller frames, batches or "
+                    "--input-size) or run it on a machine with more")
