@@ -117,6 +117,12 @@ def evaluate(
         if mask is not None:  # a test image of another size is named
             for sample, image in zip(chunk, images):
                 mask.check(image.shape, sample.name, of_camera=False)
+        if min_defect_area is not None:  # no region larger than an image: every image passed, said as an AUROC
+            for sample, image in zip(chunk, images):
+                inspected = int(mask.inspect.sum()) if mask is not None else image.shape[0] * image.shape[1]
+                if min_defect_area > inspected:
+                    raise DataError(f"--min-defect-area {min_defect_area}: more pixels than test image {sample.name} "
+                                    f"inspects ({inspected} of {image.shape[1]}x{image.shape[0]})")
         results = loaded.batch(images, color="RGB", masks=[mask] * len(chunk))
         for sample, image, result in zip(chunk, images, results):
             model, scale = detector, (lambda values: values)

@@ -13,7 +13,7 @@ from skimage.morphology import area_opening
 
 from edge_ad.bundle import site_calibrated
 from edge_ad.detector import Detector
-from edge_ad.errors import BundleError
+from edge_ad.errors import BundleError, DataError
 from edge_ad.regions import input_area, region_score
 from export.evaluate import evaluate
 
@@ -78,6 +78,9 @@ def test_a_calibrated_area_flags_frames_by_their_regions(tiny_bundle, normal_fol
     assert [json.loads(line)["anomaly"] for line in events.read_text().splitlines()] == verdicts
 
     assert evaluate(str(bundle), str(mvtec_category))["min_defect_area"] == AREA
+    with pytest.raises(DataError, match=r"--min-defect-area 10000000: more pixels than test image .* inspects "
+                                        r"\(\d+ of \d+x\d+\)"):  # every image passed, said as an AUROC of 0.5
+        evaluate(str(bundle), str(mvtec_category), min_defect_area=10**7)
     doctor = edge_ad("doctor", "--bundle", bundle)
     named = hashlib.sha256((bundle / "calibration.yaml").read_bytes()).hexdigest()[:12]
     assert f"calibration: {bundle / 'calibration.yaml'} ({named}), flags regions of at least {AREA} pixels" in doctor.stdout
