@@ -113,7 +113,9 @@ def usb_formats(device: str) -> tuple[str, dict]:
         Gst = load_gst()
     except SourceError:
         return "", {}
-    pipeline, source = Gst.Pipeline.new(), Gst.ElementFactory.make("v4l2src", "v4l2src")  # its errors name it so
+    # Names given, not left out: its errors name the source so, and PyGObject 3.42 (JetPack 6's) may
+    # not take a nullable argument left out.
+    pipeline, source = Gst.Pipeline.new("usb-formats"), Gst.ElementFactory.make("v4l2src", "v4l2src")
     if source is None:  # gstreamer1.0-plugins-good, which has it, not installed: doctor says so
         return "", {}
     source.set_property("device", device)
