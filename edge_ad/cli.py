@@ -1051,7 +1051,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frozen ImageNet feature encoder: Lite1 scored 0.005-0.009 higher on ELPV in FP32 (less in INT8) "
                         "for about a fifth more time per frame (README, 'A larger backbone')")
     p.add_argument("--input-size", type=parse_input_size, default=256,
-                   help="model input in pixels: a square's side, or WIDTHxHEIGHT (448x256); each side 64 to 8192")
+                   help="model input in pixels: a square's side, or WIDTHxHEIGHT (448x256); each side 64 to 65536")
     p.add_argument("--prototypes", type=_positive_int,
                    help="number of normal prototypes (default: 256 with position whitening, 2048 without)")
     p.add_argument("--no-position-whitening", action="store_true",

@@ -47,9 +47,10 @@ RUN_FILES = (CONFIG, CHECKPOINT, VALIDATION)  # what a finished training run fol
 # The feature grid is an eighth of the input: below 64 px it has fewer than 8 x 8 cells, and the
 # 3x3 local average and the smoothing then spread one defect over much of the part.
 MIN_INPUT_SIZE = 64
-# An 8K camera's frame is 7680 wide: a larger input only enlarges. 99999999999 reached OpenCV's
-# resize as a side it cannot take, a traceback after the pictures were read.
-MAX_INPUT_SIZE = 8192
+# A line-scan camera's line is up to 16,384 pixels; a side past this is a typo: 99999999999 reached
+# OpenCV's resize as a side it cannot take, a traceback after the pictures were read (one that
+# fits no memory is said as such: report_errors).
+MAX_INPUT_SIZE = 65536
 # Images this much wider than high (or higher than wide) lose detail in a square input: on ELPV
 # cells three in a row (3:1), 448x160 scored 0.019 above 256 at 7 % fewer frames per second (README).
 WIDE = 1.5
@@ -190,8 +191,8 @@ def train(config: TrainConfig, out: Path) -> Path:
                         f"feature grid is an eighth of it ({-(-width // 8)} x {-(-height // 8)} cells), too coarse "
                         "to place a defect")
     if max(height, width) > MAX_INPUT_SIZE:
-        raise DataError(f"input size {size_text(config.input_size)} px: each side at most {MAX_INPUT_SIZE}, past an "
-                        "8K camera's frame (a larger input only enlarges the pictures)")
+        raise DataError(f"input size {size_text(config.input_size)} px: each side at most {MAX_INPUT_SIZE}, four "
+                        "times a line-scan camera's longest line")
     kinds = config.defect_kinds
     if kinds is not None and (not kinds or set(kinds) - set(KINDS)):
         raise DataError(f"defect kinds {kinds}: pick one or more of {', '.join(KINDS)}")
