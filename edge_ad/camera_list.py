@@ -150,14 +150,19 @@ def caps_formats(caps) -> tuple[str, dict]:
             largest[codec] = (width, height, fps)
     if not largest:
         return "", {}
-    said = ", ".join(f"{codec} {width}x{height} at {fps:g} fps" for codec, (width, height, fps) in largest.items())
+    said = ", ".join(f"{codec} {width}x{height}{_at(fps)}" for codec, (width, height, fps) in largest.items())
     raw = _size_and_rate(largest.get("raw"))
     faster = [codec for codec in largest if codec != "raw" and _size_and_rate(largest[codec]) > raw]
     if not faster:
         return f": {said} (each its largest frame)", {}
     width, height, fps = largest[faster[0]]
     return (f": {said} (each its largest frame); --input-codec {faster[0]} --input-width {width} --input-height "
-            f"{height} for {fps:g} fps", {"codec": faster[0], "width": width, "height": height})
+            f"{height}{_at(fps, 'for')}", {"codec": faster[0], "width": width, "height": height})
+
+
+def _at(fps: float, word: str = "at") -> str:
+    """A frame's rate as said after its size: nothing where the caps give none (0)."""
+    return f" {word} {fps:g} fps" if fps else ""
 
 
 def _size_and_rate(frame: tuple[int, int, float] | None) -> tuple[int, float]:

@@ -467,6 +467,10 @@ def test_a_usb_cameras_line_says_the_codec_of_its_largest_frames():
     only_mjpeg = "image/jpeg, width=(int)1280, height=(int)720, framerate=(fraction)30/1"  # raw would not negotiate
     assert camera_list.caps_formats(Gst.Caps.from_string(only_mjpeg))[1] == {"codec": "mjpeg", "width": 1280,
                                                                                "height": 720}
+    no_rate = "video/x-raw, format=YUY2, width=(int)640, height=(int)480; image/jpeg, width=(int)1280, height=(int)720"
+    assert camera_list.caps_formats(Gst.Caps.from_string(no_rate))[0] == (  # no rate said, not "at 0 fps"
+        ": raw 640x480, mjpeg 1280x720 (each its largest frame); --input-codec mjpeg --input-width 1280 "
+        "--input-height 720")
     gone = "/dev/v4l/by-id/usb-046d_C920-video-index0"  # v4l2src's own error, read through GStreamer
     assert camera_list.usb_formats(gone) == (f"; its formats not read: Cannot identify device '{gone}'. (v4l2src): "
                                              "no such camera now: unplugged, or numbered otherwise since a reboot or a "
