@@ -12,6 +12,7 @@ from scipy import stats
 from edge_ad.errors import EdgeAdError
 
 BIMODALITY_LIMIT = 0.555  # the bimodality coefficient of a uniform distribution; above: two modes likely
+ALIKE = 1e-5  # scores whose spread is at most this share of the largest are alike: no bimodality
 DUPLICATE_LEVELS = 1.0  # mean absolute difference (grey levels, 32x32 thumbnails) below which frames match
 DUPLICATE_SHARE = 0.5  # warn when more than this share of consecutive frames match
 # Pictures to train on of which this share or more are near-copies show fewer parts than pictures:
@@ -141,9 +142,12 @@ def score_percentiles(scores: np.ndarray) -> dict[str, float]:
 
 def bimodality(scores: np.ndarray) -> float:
     """Sarle's bimodality coefficient (skewness^2 + 1) / kurtosis, bias-corrected; above 0.555
-    the scores likely come from two populations (two products, a light change)."""
+    the scores likely come from two populations (two products, a light change). Scores alike to
+    five digits (a frozen camera, a lens cap on) have no shape to measure: 0, where scipy's
+    moments would warn of precision loss and give NaN."""
     n = scores.size
-    if n < 4:
+    scores = scores.astype(np.float64)
+    if n < 4 or np.ptp(scores) <= ALIKE * np.abs(scores).max():
         return 0.0
     skew = stats.skew(scores, bias=False)
     excess = stats.kurtosis(scores, bias=False)
