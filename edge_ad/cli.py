@@ -20,7 +20,7 @@ from .errors import EdgeAdError, SourceError, password_from_environment, printab
 from .freeze import FROZEN_WINDOW_S
 from .modbus import modbus_clients
 from .output_access import OUTPUT_PASSWORD_VARIABLE, OutputAccess
-from .pipelines import FLIPS, SourceOptions, check_crop
+from .pipelines import FLIPS, MAX_BITRATE_KBPS, SourceOptions, check_crop
 from .reports import write_report
 
 if TYPE_CHECKING:  # the commands import what they need when they run
@@ -73,6 +73,17 @@ def _megabytes(text: str) -> float:
     value = _non_negative(text)
     if not math.isfinite(value * (1 << 20)):
         raise argparse.ArgumentTypeError(f"must be a size in megabytes that a disk could hold, got {text}")
+    return value
+
+
+def _kilobits(text: str) -> int:
+    """An H.264 bit rate in kbit/s, up to MAX_BITRATE_KBPS: past x264enc's most (2,048,000) it kept
+    its default with only GLib's warning, and a rate given in bit/s (4000000 for 4 Mbit/s) asked
+    nvv4l2h264enc for 4 Gbit/s."""
+    value = _positive_int(text)
+    if value > MAX_BITRATE_KBPS:
+        raise argparse.ArgumentTypeError(f"must be a bit rate in kbit/s from 1 to {MAX_BITRATE_KBPS} (H.264 level "
+                                         f"5.2's most), got {text} (bit/s? 4000 is 4 Mbit/s)")
     return value
 
 
@@ -1140,9 +1151,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overlay video per --input: a .mp4/.mkv file, rtp://host:port, rtsp://@:port/path, "
                         "http://@:port/path (MJPEG for a web browser), display://0; or for a file or folder, a "
                         "picture per frame: out/overlay_%%i.jpg or a folder out/")
-    p.add_argument("--output-bitrate", type=_positive_int, metavar="KBPS",
-                   help="H.264 bit rate of the video outputs in kbit/s (default: the encoder's, 4000 for "
-                        "nvv4l2h264enc, 2048 for x264enc)")
+    p.add_argument("--output-bitrate", type=_kilobits, metavar="KBPS",
+                   help="H.264 bit rate of the video outputs in kbit/s, up to 300000 (default: the encoder's, "
+                        "4000 for nvv4l2h264enc, 2048 for x264enc)")
     p.add_argument("--output-user", metavar="NAME",
                    help="RTSP and HTTP outputs ask viewers for this user and the password in "
                         f"{OUTPUT_PASSWORD_VARIABLE} (RTSP: digest login; browsers: basic, readable over http://)")

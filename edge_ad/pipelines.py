@@ -37,6 +37,7 @@ V4L2_CAPS = {"mjpeg": "image/jpeg", "h264": "video/x-h264"}  # what a USB camera
 # rtspsrc's and rtpjitterbuffer's latency is a guint of milliseconds: a larger number reached
 # them wrapped round (99999999999 as 1215752191, about 14 days).
 LATENCY_MAX_MS = 2**32 - 1
+MAX_BITRATE_KBPS = 300_000  # --output-bitrate: H.264 level 5.2's most (High profile), past any overlay's need
 # The caps aravissrc gives a GenICam pixel format (Aravis's arv_pixel_format_to_gst_caps_string),
 # by the names cameras list it under, older names too: (codec, caps). aravissrc picks the frames'
 # format from its caps, then sets its `features`: a PixelFormat there that differed came in

@@ -86,7 +86,8 @@ def test_a_wildcard_the_shell_expanded_is_said_with_what_to_do(tmp_path):
 def test_numbers_that_would_be_read_wrong_are_refused_naming_the_option(capsys):
     """A latency of -5 ms reached GStreamer as about 50 days (a lost packet stopped the frames);
     an events file rotated at -1 MB was rotated at every line, keeping the last five; words gave
-    argparse's "invalid _positive_int value"; 1e308 MB, an OverflowError traceback."""
+    argparse's "invalid _positive_int value"; 1e308 MB, an OverflowError traceback; a bit rate
+    given in bit/s, 4 Gbit/s to a Jetson's encoder (past 2 Gbit/s, x264enc's default)."""
     from edge_ad.cli import build_parser
 
     for option, value, said in [("--latency", "-5", "must be a whole number, 0 or more"),
@@ -99,6 +100,8 @@ def test_numbers_that_would_be_read_wrong_are_refused_naming_the_option(capsys):
                                 ("--timeout", "abc", "must be 0 or more"),
                                 ("--max-frames", "1.5", "must be a positive integer"),
                                 ("--max-frames", "²", "must be a positive integer"),  # a digit, not a number
+                                ("--output-bitrate", "4000000",
+                                 "must be a bit rate in kbit/s from 1 to 300000 (H.264 level 5.2's most)"),
                                 ("--modbus-port", "abc", "must be a port from 1 to 65535")]:  # "invalid _port value"
         with pytest.raises(SystemExit):
             build_parser().parse_args(["run", "--input", "test://", option, value])
@@ -117,8 +120,8 @@ def test_numbers_that_would_be_read_wrong_are_refused_naming_the_option(capsys):
     assert "argument --keep-fp32-below: must be a number, got nan" in capsys.readouterr().err
     assert build_parser().parse_args([*export, "-5"]).keep_fp32_below == -5.0  # an SQNR in dB may be below 0
     args = build_parser().parse_args(["run", "--input", "test://", "--latency", "0", "--snapshot-quota-mb", "0",
-                                      "--events-max-mb", "0"])  # 0: never rotated, as before
-    assert (args.latency, args.snapshot_quota_mb, args.events_max_mb) == (0, 0.0, 0.0)
+                                      "--events-max-mb", "0", "--output-bitrate", "300000"])  # 0: never rotated
+    assert (args.latency, args.snapshot_quota_mb, args.events_max_mb, args.output_bitrate) == (0, 0.0, 0.0, 300000)
 
 
 def test_missing_data_folder(tmp_path):
