@@ -1152,7 +1152,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "http://@:port/path (MJPEG for a web browser), display://0; or for a file or folder, a "
                         "picture per frame: out/overlay_%%i.jpg or a folder out/")
     p.add_argument("--output-bitrate", type=_kilobits, metavar="KBPS",
-                   help="H.264 bit rate of the video outputs in kbit/s, up to 300000 (default: the encoder's, "
+                   help=f"H.264 bit rate of the video outputs in kbit/s, up to {MAX_BITRATE_KBPS} (default: the encoder's, "
                         "4000 for nvv4l2h264enc, 2048 for x264enc)")
     p.add_argument("--output-user", metavar="NAME",
                    help="RTSP and HTTP outputs ask viewers for this user and the password in "
