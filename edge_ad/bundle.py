@@ -22,6 +22,7 @@ import tempfile
 import time
 import warnings
 import zlib
+from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -477,13 +478,32 @@ def _read_hashed(path: Path) -> tuple[dict[str, Any], str]:
     return _mapping(path, raw), hashlib.sha256(raw).hexdigest()
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a key given twice in one mapping, of which PyYAML keeps
+    the last without a word: a source's `input:` copied and not taken out, a second `threshold:`."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden, as YAML means
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable):  # an unhashable one SafeLoader refuses itself
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"{key!r} is given twice in one mapping (YAML would keep the last)",
+                        problem_mark=key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _mapping(path: Path, raw: bytes) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(raw)
+        data = yaml.load(raw, Loader=_UniqueKeys)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise BundleError(f"{path}: malformed YAML{where}") from exc
+        raise BundleError(f"{path}: malformed YAML{where}{f': {problem}' if problem else ''}") from exc
     except ValueError as exc:  # int() refuses a number of more than 4300 digits (a traceback before)
         raise BundleError(f"{path}: malformed YAML: a number of more than 4300 digits") from exc
     if not isinstance(data, dict):

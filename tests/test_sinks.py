@@ -496,6 +496,14 @@ def test_sources_yaml(tmp_path):
         bad.write_text(text)  # the second: int()'s ValueError, with a traceback
         with pytest.raises(EdgeAdError, match="malformed YAML"):
             streams_from_yaml(bad, SourceOptions())
+    # A block copied for a second camera with its old input left in: PyYAML kept the last without a word.
+    bad.write_text("sources:\n  - name: left\n    input: rtsp://cam/1\n    mask: left.png\n    input: rtsp://cam/2\n")
+    with pytest.raises(EdgeAdError, match=re.escape("bad.yaml: malformed YAML at line 5: 'input' is given twice in one "
+                                                    "mapping (YAML would keep the last)")):
+        streams_from_yaml(bad, SourceOptions())
+    bad.write_text("base: &camera {width: 1920, timeout_s: 5}\nsources:\n  - {<<: *camera, input: 'rtsp://cam/1', "
+                   "width: 1280}\n")  # a merged mapping's keys may be overridden: that is what YAML means by it
+    assert streams_from_yaml(bad, SourceOptions())[0].options.width == 1280
 
 
 def test_a_metrics_file_that_cannot_be_written_is_counted_and_the_run_goes_on(tiny_bundle, spotted_frames, tmp_path,
