@@ -52,6 +52,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _answer_wait(text: str) -> float:
+    """Seconds to wait for cameras' answers, up to ANSWER_WAIT_MAX_S: 1e308 stopped `cameras` with
+    an OverflowError traceback (a socket's timeout past the system's time)."""
+    value = _positive_float(text)
+    if value > ANSWER_WAIT_MAX_S:
+        raise argparse.ArgumentTypeError(f"must be seconds above 0, up to {ANSWER_WAIT_MAX_S:g} (cameras answer "
+                                         f"within seconds), got {text}")
+    return value
+
+
 def _crop(text: str) -> tuple[int, int, int, int]:
     try:
         return check_crop(text, text)
@@ -139,6 +149,8 @@ def _rate(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
     return value
 
+
+ANSWER_WAIT_MAX_S = 600.0  # cameras --timeout
 
 # The learned bridge's training options: with another model they would be silently ignored.
 BRIDGE_TRAIN_OPTIONS = {"steps": "--steps", "distill_steps": "--distill-steps", "resume": "--resume",
@@ -1364,7 +1376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", action="append", metavar="ADDRESS[:PORT]",
                    help="ask only this camera (one on another subnet), instead of multicasting to all and listing "
                         "this device's own; repeat for several")
-    p.add_argument("--timeout", type=_positive_float, default=3.0, help="seconds to wait for the cameras' answers")
+    p.add_argument("--timeout", type=_answer_wait, default=3.0, help="seconds to wait for the cameras' answers")
     p.add_argument("--certificate", metavar="FILE",
                    help="the own certificates (PEM) of cameras set to HTTPS, which no system trusts: one of them must "
                         "be presented (as run's --input-certificate)")

@@ -106,6 +106,10 @@ def test_numbers_that_would_be_read_wrong_are_refused_naming_the_option(capsys):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["run", "--input", "test://", option, value])
         assert f"argument {option}: {said}, got {value}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an OverflowError traceback: a socket's timeout past the system's time
+        build_parser().parse_args(["cameras", "--timeout", "1e308"])
+    assert "argument --timeout: must be seconds above 0, up to 600 (cameras answer within seconds), got 1e308" in \
+        capsys.readouterr().err
     for option in ("--max-frames", "--latency", "--metrics-port"):  # int()'s ValueError past 4300 digits
         with pytest.raises(SystemExit):
             build_parser().parse_args(["run", "--input", "test://", option, "9" * 5000])
