@@ -69,8 +69,9 @@ def bench(detector: Detector | VariantDetector, frames: int, warmup: int, height
                           "or more, or a smaller --batch (a run batches at most one frame per camera)")
     pixels = batch * height * width * 3
     if pixels > os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"):
-        raise MemoryError(f"a call of {batch} frame{'s' if batch > 1 else ''} of {width}x{height} holds {pixels / 2**30:.1f} GiB of pixels, "
-                          "more than this machine's memory")
+        frames_said = f"{batch} frame{'s' if batch > 1 else ''}"
+        raise MemoryError(f"a call of {frames_said} of {width}x{height} holds {pixels / 2**30:.1f} GiB of pixels, more "
+                          "than this machine's memory")
     pool = synthetic_frames(height, width)
     calls = -(-frames // batch)
     for i in range(-(-warmup // batch)):
