@@ -638,9 +638,11 @@ def _refuse_defects_named(normal: str, defects: str, both: list[str]) -> None:
 
 
 def _checked_frames(source, mask, name: str, names: list[str]):
-    """The source's frames (BGR arrays), each one's name added to `names` as it is yielded; with a
-    mask, one of another size stops it, naming the source."""
-    for frame in source.frames():
+    """The source's settled frames (BGR arrays), each one's name added to `names` as it is yielded;
+    with a mask, one of another size stops it, naming the source."""
+    from .sources import settled_frames
+
+    for frame in settled_frames(source):
         if mask is not None:
             mask.check(frame.image.shape, name)
         names.append(frame.name)

@@ -113,6 +113,7 @@ class SourcePipeline:
     description: str
     live: bool  # live sources keep only the newest frame and reconnect; files end at EOS
     note: str | None = None  # what the frames will be like, said when the source opens (and by doctor)
+    settles: bool = False  # a camera whose automatic exposure settles once it starts (sources.settled_frames)
 
 
 def _quote(value: str) -> str:
@@ -234,7 +235,7 @@ def _v4l2(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
         decode, caps = _decode(uri, codec, options, jetson), _caps(V4L2_CAPS[codec], options)
     else:  # raw frames stay in system memory: videoconvert (and videoflip) are enough
         decode, caps = _bgr_sink(uri, options, False), _caps("video/x-raw", options)
-    return SourcePipeline(f"v4l2src device={_quote(device)} ! {caps} ! {decode}", True)
+    return SourcePipeline(f"v4l2src device={_quote(device)} ! {caps} ! {decode}", True, settles=True)
 
 
 def _genicam(uri: str, options: SourceOptions) -> SourcePipeline:
@@ -314,8 +315,8 @@ def _csi(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
         raise SourceError(f"{uri}: the CSI sensor must be a number, as in csi://0")
     caps = _caps("video/x-raw(memory:NVMM)", options, (1280, 720, 30))
     return SourcePipeline(
-        f"nvarguscamerasrc sensor-id={sensor} ! {caps},format=NV12 ! {_bgr_sink(uri, options, True)}", True
-    )
+        f"nvarguscamerasrc sensor-id={sensor} ! {caps},format=NV12 ! {_bgr_sink(uri, options, True)}", True,
+        settles=True)
 
 
 def _rtsp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:

@@ -25,7 +25,7 @@ from .files import remove_leftovers, write_atomic
 from .images import thumbnail
 from .runner import stop_on_signals
 from .sinks import picture_paths, slug
-from .sources import Source
+from .sources import Source, settled_frames
 
 FORMATS = ("png", "jpg")
 
@@ -34,10 +34,10 @@ def record(
     source: Source, folder: Path, count: int, interval_s: float = 1.0, fmt: str = "png",
     stop: threading.Event | None = None, label: str = "recording", position: int | None = None,
 ) -> list[Path]:
-    """Save up to `count` frames of `source` into `folder`, one per `interval_s` at most; the
-    paths written, in order. `label` and `position` place its progress bar. At the end it says
-    when many pictures are near-copies of the one before. The source is closed at the end, also
-    when it could not start."""
+    """Save up to `count` settled frames of `source` (sources.settled_frames) into `folder`, one
+    per `interval_s` at most; the paths written, in order. `label` and `position` place its
+    progress bar. At the end it says when many pictures are near-copies of the one before. The
+    source is closed at the end, also when it could not start."""
     if fmt not in FORMATS:
         source.close()
         raise EdgeAdError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
@@ -53,7 +53,7 @@ def record(
     last = -float("inf")
     with stop_on_signals(stop), tqdm(total=count, desc=label, unit="picture", position=position) as bar:
         try:
-            for frame in source.frames(stop):
+            for frame in settled_frames(source, stop):
                 # Stream time for files; the arrival time for live sources, whose stream time starts
                 # again when they reconnect.
                 moment = frame.arrived if source.live else frame.timestamp

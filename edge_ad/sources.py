@@ -44,6 +44,10 @@ BACKOFF_S = (1.0, 30.0)  # first and largest wait between reconnection attempts
 # A file whose last frame ends this much, and 5 % of it, before the duration its header gives was
 # cut short; less is a container's rounding, or a sound track a little longer than the video.
 CUT_SHORT_S = 1.0
+# A USB or CSI camera's automatic exposure and white balance settle within this after it starts:
+# its first frames come dark, blown out or tinted (fswebcam's default of 2 frames skipped was too
+# few for USB cameras, 25 were enough; makers' manuals give 2 s).
+SETTLE_S = 2.0
 
 
 class Backoff:
@@ -215,6 +219,7 @@ class GstSource:
         self._numbers: deque[tuple[int, int]] = deque(maxlen=16)  # (pts, arrival number) of recent buffers
         self.pipeline = None
         self._rtp: RtpPackets | None = None  # an rtp:// or udp:// source's first packets, of its pipeline now
+        self.started = 0.0  # time.monotonic() of the last start
         self._start()  # the first start fails loudly: a wrong URI should not retry for ever
 
     @property
@@ -268,6 +273,7 @@ class GstSource:
             error = bus_error(self.pipeline) or "pipeline failed to start"
             self.close()
             raise SourceError(f"{self.shown}: {self._said(error)}")
+        self.started = time.monotonic()
 
     def _said(self, error: str) -> str:
         """GStreamer's `error` with what helps, or the camera's certificate refused, which
@@ -648,6 +654,17 @@ class PictureSource:
 
 
 Source = Union[GstSource, PictureSource, "FollowedPictures", "HttpPictures"]
+
+
+def settled_frames(source: Source, stop: threading.Event | None = None) -> Iterator[Frame]:
+    """The frames of `source`, but for a camera whose exposure settles once it starts (USB, CSI:
+    SourcePipeline.settles) not those that arrive in the first SETTLE_S after each start, dark or
+    blown out while it settles. For `calibrate` and `record`: taken as normal, such frames would
+    set the threshold above them, or be trained on as good parts. `run` judges every frame."""
+    settles = isinstance(source, GstSource) and source.spec.settles
+    for frame in source.frames(stop):
+        if not (settles and frame.arrived - source.started < SETTLE_S):
+            yield frame
 
 
 def open_source(

@@ -103,6 +103,42 @@ def test_live_source_keeps_only_the_newest_frame_and_counts_drops():
     assert min(b - a for a, b in zip(pts, pts[1:])) > 0.05
 
 
+def test_calibrate_and_record_take_a_cameras_frames_once_its_exposure_has_settled(monkeypatch, tmp_path):
+    """A USB or CSI camera's first frames come dark or blown out while its automatic exposure
+    settles: calibrate took them as normal (the threshold then passes them) and `record --frames 1`
+    saved the first (the frame a mask is drawn on). Here test:// plays such a camera (its pipeline
+    marked so), with 0.5 s to settle; other sources' frames come from the first, as run's do."""
+    from edge_ad.cli import _checked_frames
+    from edge_ad.pipelines import source_pipeline
+    from edge_ad.record import record
+    from edge_ad.sources import settled_frames
+
+    assert source_pipeline("/dev/video0", jetson=False).settles and source_pipeline("csi://0", jetson=True).settles
+    assert not source_pipeline("rtsp://10.0.0.5/s", jetson=False).settles  # a camera running before we came
+    monkeypatch.setattr("edge_ad.sources.SETTLE_S", 0.5)
+
+    def camera():
+        source = open_source("test://ball?width=64&height=48&fps=30")
+        source.spec.settles = True
+        return source
+
+    source = camera()
+    frame = next(settled_frames(source))
+    assert frame.arrived - source.started >= 0.5
+    source.close()
+    source = camera()
+    next(_checked_frames(source, None, "cam", []))  # calibrate's frames
+    assert time.monotonic() - source.started >= 0.5
+    source.close()
+    source = camera()
+    assert len(record(source, tmp_path / "good", 1, interval_s=0)) == 1
+    assert time.monotonic() - source.started >= 0.5
+    source = open_source("test://ball?width=64&height=48&fps=30")
+    frame = next(settled_frames(source))
+    assert frame.arrived - source.started < 0.5  # no camera to settle: its first frame
+    source.close()
+
+
 def test_mp4_in_every_frame_scored_overlay_video_out(detector, mp4, tmp_path):
     out = tmp_path / "overlay.mkv"
     summary = run(detector, [Stream(str(mp4), output=str(out))],
