@@ -99,13 +99,14 @@ class Picture(NamedTuple):
     brightest: int  # its brightest pixel value
     thumbnail: np.ndarray  # 32 x 32 grey, for near-copies
     digest: str  # its pixels' (images.pixel_digest), for the training pictures file
+    plain: bool  # every pixel one colour: a covered lens, no light, a blank file
 
 
 def picture(image: np.ndarray, size: int | Sequence[int]) -> Picture:
     """What training keeps of the RGB `image` for a model input of `size` (see `input_shape`)."""
     height, width = input_shape(size)
     return Picture(resize_to_input(image, height, width), image.shape[:2], int(image.max()), thumbnail(image, "RGB"),
-                   pixel_digest(image))
+                   pixel_digest(image), bool((image.min(axis=(0, 1)) == image.max(axis=(0, 1))).all()))
 
 
 def shape_note(pictures: list[Picture], size: int | Sequence[int]) -> str | None:
@@ -155,6 +156,17 @@ def copies_note(pictures: list[Picture]) -> str | None:
             "a stopped line, a picture saved twice). The model sees fewer parts than pictures, and held-out pictures "
             "with a copy in training set the threshold from export too low. Record while parts pass "
             "(edge-ad record --interval), or leave the copies out (README: near-copies)")
+
+
+def plain_note(pictures: list[Picture], names: list[str]) -> str | None:
+    """What to say when some training pictures are of one colour; None otherwise."""
+    plain = [name for name, p in zip(names, pictures) if p.plain]
+    if not plain:
+        return None
+    listed = ", ".join(plain[:3]) + (", ..." if len(plain) > 3 else "")
+    return (f"{len(plain)} of the {len(pictures)} training pictures are of one colour ({listed}): a covered lens, no "
+            "light or a blank file, not a part. The model learns them as normal, so a covered or dark camera on the "
+            "line would pass every part: leave them out")
 
 
 def colour_note(pictures: list[Picture], names: list[str]) -> str | None:
@@ -214,8 +226,15 @@ def train(config: TrainConfig, out: Path) -> Path:
     if len(kept) < 2:
         raise DataError(f"{data_text(config.data)}: training needs at least 2 readable normal images, found "
                         f"{len(kept)}")
-    said = (brightness_note(pictures), copies_note(pictures), shape_note(pictures, config.input_size),
-            small_note(pictures, config.input_size), colour_note(pictures, [s.name for s in kept]))
+    # Nothing to learn; and the export of such a run failed its check of its own graphs, blaming ONNX Runtime.
+    if all(p.plain for p in pictures):
+        raise DataError(f"{data_text(config.data)}: every training picture is of one colour (each pixel alike: a "
+                        "covered lens, no light or blank files), with no part to learn; train on pictures of good "
+                        "parts (edge-ad record)")
+    names = [s.name for s in kept]
+    said = (plain_note(pictures, names), brightness_note(pictures), copies_note(pictures),
+            shape_note(pictures, config.input_size), small_note(pictures, config.input_size),
+            colour_note(pictures, names))
     notes = [note for note in said if note]
     for note in notes:
         print(f"note: {note}")

@@ -15,8 +15,8 @@ from export.backbone import encoder_from_checkpoint
 from export.evaluate import evaluate
 from export.onnx_export import export_bundle
 from export.prototype import PrototypeHead
-from export.train import (TrainConfig, brightness_note, colour_note, copies_note, load_run, picture, shape_note,
-                          small_note, train)
+from export.train import (TrainConfig, brightness_note, colour_note, copies_note, load_run, picture, plain_note,
+                          shape_note, small_note, train)
 
 from conftest import edge_ad
 
@@ -257,6 +257,24 @@ def test_train_says_when_many_pictures_are_near_copies(normal_folder):
     assert copies_note(cells + twice[:4]).startswith("6 of the 16 training pictures")  # 2 cells, 3 times each
     assert copies_note(cells + twice[:1]) is None  # 2 of 13, under a fifth
     assert copies_note(cells) is None
+
+
+def test_train_says_pictures_of_one_colour_and_refuses_only_those(normal_folder, tmp_path):
+    """Pictures of one colour (a covered lens, no light, a blank file) were learnt as normal without
+    a word; with nothing else, the run trained and its export failed its check, blaming ONNX Runtime."""
+    cells = [picture(read_image(p), 64) for p in sorted(normal_folder.glob("*.png"))[:3]]
+    blank = [picture(np.full((48, 64, 3), value, np.uint8), 64) for value in ((0, 0, 0), (255, 0, 0))]  # red too
+    assert not any(p.plain for p in cells) and all(p.plain for p in blank)
+    assert plain_note(cells + blank, ["a.png", "b.png", "c.png", "black.png", "red.png"]) == (
+        "2 of the 5 training pictures are of one colour (black.png, red.png): a covered lens, no light or a blank "
+        "file, not a part. The model learns them as normal, so a covered or dark camera on the line would pass every "
+        "part: leave them out")
+    assert plain_note(cells, ["a.png", "b.png", "c.png"]) is None
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"dark_{i}.png"), np.zeros((48, 64, 3), np.uint8))
+    done = edge_ad("train", "--data", tmp_path, "--out", tmp_path / "run", "--input-size", 64)
+    assert done.returncode == 2 and "every training picture is of one colour (each pixel alike: a covered lens, no " \
+        "light or blank files), with no part to learn" in done.stderr and not (tmp_path / "run").exists()
 
 
 def test_train_says_when_some_pictures_are_grey_and_the_others_colour(normal_folder):
