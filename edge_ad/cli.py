@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # the commands import what they need when they run
     from .detector import Detector
 
 
+ANSWER_WAIT_MAX_S = 600.0  # cameras --timeout: the most seconds to wait for cameras' answers
+
+
 def _number(text: str) -> float:
     """`text` as a number; NaN where it is none (nan, inf and words fail every check below)."""
     try:
@@ -149,8 +152,6 @@ def _rate(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
     return value
 
-
-ANSWER_WAIT_MAX_S = 600.0  # cameras --timeout
 
 # The learned bridge's training options: with another model they would be silently ignored.
 BRIDGE_TRAIN_OPTIONS = {"steps": "--steps", "distill_steps": "--distill-steps", "resume": "--resume",
@@ -1166,8 +1167,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "http://@:port/path (MJPEG for a web browser), display://0; or for a file or folder, a "
                         "picture per frame: out/overlay_%%i.jpg or a folder out/")
     p.add_argument("--output-bitrate", type=_kilobits, metavar="KBPS",
-                   help=f"H.264 bit rate of the video outputs in kbit/s, up to {MAX_BITRATE_KBPS} (default: the encoder's, "
-                        "4000 for nvv4l2h264enc, 2048 for x264enc)")
+                   help=f"H.264 bit rate of the video outputs in kbit/s, up to {MAX_BITRATE_KBPS} (default: the "
+                        "encoder's, 4000 for nvv4l2h264enc, 2048 for x264enc)")
     p.add_argument("--output-user", metavar="NAME",
                    help="RTSP and HTTP outputs ask viewers for this user and the password in "
                         f"{OUTPUT_PASSWORD_VARIABLE} (RTSP: digest login; browsers: basic, readable over http://)")
