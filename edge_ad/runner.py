@@ -42,7 +42,7 @@ from .regions import regions
 from .render import fit, fitted_size, overlay
 from .service import ServiceNotifier
 from .sinks import AnomalyHook, EventLog, Guarded, InOrder, Samples, Snapshot, Snapshots, shared_slugs, slug
-from .sources import Frame, Source, open_source
+from .sources import Frame, Source, open_source, settling
 from .streams import Stream
 from .telemetry import SourceStats, Telemetry
 from .variants import AnyDetector, VariantDetector, bundles_of, detectors_by_variant, score_views
@@ -1014,7 +1014,8 @@ def run(
                 judged.append((capture, frame, result, latency_ms, record, alarm, bundle))
             for capture, frame, result, latency_ms, record, alarm, bundle in judged:
                 sinks.deliver(capture.stream, frame, result, latency_ms, record, alarm, bundle)
-                line[capture.stream.name].take(capture.detector, capture.mask, frame.image, result)
+                if not settling(capture.source, frame):  # a line calibration asked as the camera starts
+                    line[capture.stream.name].take(capture.detector, capture.mask, frame.image, result)
                 if config.max_frames is not None and record.frames >= config.max_frames:
                     capture.stop.set()
             bar.update(len(ready_frames))

@@ -656,15 +656,17 @@ class PictureSource:
 Source = Union[GstSource, PictureSource, "FollowedPictures", "HttpPictures"]
 
 
+def settling(source: Source, frame: Frame) -> bool:
+    """Whether `frame` of `source` came while its camera's exposure settles: in the first SETTLE_S
+    after a start of a USB or CSI camera (SourcePipeline.settles), dark or blown out. Calibrations
+    and recordings leave such frames out: taken as normal, they would set the threshold above
+    them, or be trained on as good parts. `run` judges every frame."""
+    return isinstance(source, GstSource) and source.spec.settles and frame.arrived - source.started < SETTLE_S
+
+
 def settled_frames(source: Source, stop: threading.Event | None = None) -> Iterator[Frame]:
-    """The frames of `source`, but for a camera whose exposure settles once it starts (USB, CSI:
-    SourcePipeline.settles) not those that arrive in the first SETTLE_S after each start, dark or
-    blown out while it settles. For `calibrate` and `record`: taken as normal, such frames would
-    set the threshold above them, or be trained on as good parts. `run` judges every frame."""
-    settles = isinstance(source, GstSource) and source.spec.settles
-    for frame in source.frames(stop):
-        if not (settles and frame.arrived - source.started < SETTLE_S):
-            yield frame
+    """The frames of `source` but those `settling`, for `calibrate` and `record`."""
+    return (frame for frame in source.frames(stop) if not settling(source, frame))
 
 
 def open_source(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -77,6 +78,32 @@ def test_a_run_calibrates_a_source_on_its_own_frames(tiny_bundle, normal_folder,
     named = [hashlib.sha256((bundle / name).read_bytes()).hexdigest()[:12]
              for name in ("calibration.yaml.bak", "calibration.yaml")]
     assert (frames[0]["calibration"], frames[-1]["calibration"]) == tuple(named)  # the events say which
+
+
+def test_a_line_calibration_asked_as_a_camera_starts_keeps_its_frames_once_it_has_settled(
+        tiny_bundle, normal_folder, tmp_path, monkeypatch):
+    """Asked as the run starts (commissioning: the service started, then the PLC's button), a line
+    calibration kept a USB or CSI camera's first frames as normal ones, dark while its exposure
+    settles. test:// plays such a camera here (its pipeline marked so), with 1.5 s to settle."""
+    import calibration.report  # noqa: F401 (the calibration code an ask loads first, here at once)
+    from edge_ad import sources
+
+    pipeline = sources.source_pipeline
+    monkeypatch.setattr(sources, "source_pipeline", lambda *args, **kwargs: replace(pipeline(*args, **kwargs),
+                                                                                    settles=True))
+    monkeypatch.setattr(sources, "SETTLE_S", 1.5)
+    offered = []  # when the run offered the calibration each frame
+    take = LineCalibration.take
+    monkeypatch.setattr(LineCalibration, "take", lambda self, *args: (offered.append(time.monotonic()),
+                                                                       take(self, *args)))
+    stream = Stream("test://ball?width=64&height=48&fps=30", name="cam")
+    line = {"cam": LineCalibration(stream, frames=10)}
+    line["cam"].ask(True)
+    detector = Detector.load(calibrated_copy(tiny_bundle, normal_folder, tmp_path / "bundle"))
+    stop = _stop_at(line["cam"], CALIBRATED)
+    started = time.monotonic()
+    run(detector, [stream], RunConfig(), stop=stop, line=line)
+    assert offered[0] - started >= 1.5 and line["cam"].state == CALIBRATED
 
 
 def test_a_hand_edited_setting_of_the_calibration_in_use_is_named_and_left_for_the_defaults(
