@@ -141,10 +141,12 @@ class _Capture(threading.Thread):
         return None if self.source.live else bundle.dark_frames_note(int(image.max()))
 
     def run(self) -> None:
+        noted = False  # what the first frame says of the source (a camera's once it has settled: not a black one)
         try:
             for frame in self.source.frames(self.stop):
                 self.shape = frame.image.shape
-                if not self.delivered:
+                if not noted and not settling(self.source, frame):
+                    noted = True
                     for bundle in bundles_of(self.detector).values():
                         for note in (bundle.frame_shape_note(frame.image.shape), bundle.frame_colour_note(frame.image),
                                      self._dark_note(bundle, frame.image)):

@@ -140,6 +140,28 @@ def test_calibrate_and_record_take_a_cameras_frames_once_its_exposure_has_settle
     source.close()
 
 
+def test_run_reads_what_a_cameras_frames_are_like_once_its_exposure_has_settled(detector, monkeypatch):
+    """`run` says at a source's first frame when its frames are shaped or coloured unlike the
+    training pictures: a USB camera's first frame, black while its exposure settles, reads as grey
+    (a colour camera then told its frames are grey). test:// plays such a camera (marked so)."""
+    from edge_ad import sources
+    from edge_ad.bundle import Bundle
+
+    pipeline = sources.source_pipeline
+    monkeypatch.setattr(sources, "source_pipeline", lambda *args, **kwargs: replace(pipeline(*args, **kwargs),
+                                                                                    settles=True))
+    monkeypatch.setattr(sources, "SETTLE_S", 1.0)
+    read = []  # when run read a frame for what it is like
+    note = Bundle.frame_colour_note
+    monkeypatch.setattr(Bundle, "frame_colour_note", lambda self, image: (read.append(time.monotonic()),
+                                                                          note(self, image))[1])
+    stop = threading.Event()
+    threading.Timer(2.5, stop.set).start()
+    started = time.monotonic()
+    run(detector, [Stream("test://ball?width=64&height=48&fps=30")], RunConfig(), stop=stop)
+    assert len(read) == 1 and read[0] - started >= 1.0
+
+
 def test_mp4_in_every_frame_scored_overlay_video_out(detector, mp4, tmp_path):
     out = tmp_path / "overlay.mkv"
     summary = run(detector, [Stream(str(mp4), output=str(out))],
