@@ -354,9 +354,7 @@ def test_memory_run_out_is_one_line(tiny_bundle, capsys):
     said = edge_ad("bench", "--bundle", tiny_bundle, "--width", 99999999999, "--height", 99999)
     _one_line_error(said, "not enough memory (a call of 1 frame of 99999999999x99999 holds ", "ask for less (smaller "
                     "frames, batches or --input-size) or run it on a machine with more")
-    said = edge_ad("bench", "--bundle", tiny_bundle, "--batch", 99999999999, "--frames", 99999999999)
-    _one_line_error(said, "not enough memory (a call of 99999999999 frames of ")
     _one_line_error(edge_ad("bench", "--bundle", tiny_bundle, "--batch", 99999999999),
-                    "bench: a batch of 99999999999 is more than the 1000 frames timed: ask for --frames 99999999999")
+                    "not enough memory (a call of 99999999999 frames of ")
     assert report_errors("edge-ad", lambda: np.empty(1 << 60, np.uint8)) == 2  # numpy's own words
     assert capsys.readouterr().err.startswith("edge-ad: error: not enough memory (Unable to allocate 1.00 EiB ")
