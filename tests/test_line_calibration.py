@@ -2,6 +2,7 @@
 SIGUSR1 or by the PLC (Modbus register +11), writes it as `calibrate` would and judges by it."""
 
 import hashlib
+import importlib
 import json
 import logging
 import shutil
@@ -85,8 +86,9 @@ def test_a_line_calibration_asked_as_a_camera_starts_keeps_its_frames_once_it_ha
     """Asked as the run starts (commissioning: the service started, then the PLC's button), a line
     calibration kept a USB or CSI camera's first frames as normal ones, dark while its exposure
     settles. test:// plays such a camera here (its pipeline marked so), with 1.5 s to settle."""
-    import calibration.report  # noqa: F401 (the calibration code an ask loads first, here at once)
     from edge_ad import sources
+
+    importlib.import_module("calibration.report")  # the calibration code an ask loads first, here at once
 
     pipeline = sources.source_pipeline
     monkeypatch.setattr(sources, "source_pipeline", lambda *args, **kwargs: replace(pipeline(*args, **kwargs),
