@@ -45,8 +45,8 @@ BACKOFF_S = (1.0, 30.0)  # first and largest wait between reconnection attempts
 # cut short; less is a container's rounding, or a sound track a little longer than the video.
 CUT_SHORT_S = 1.0
 # A USB or CSI camera's automatic exposure and white balance settle within this after it starts:
-# its first frames come dark, blown out or tinted (fswebcam's default of 2 frames skipped was too
-# few for USB cameras, 25 were enough; makers' manuals give 2 s).
+# its first frames come dark, blown out or tinted (2 frames skipped with fswebcam were too few for
+# USB cameras, 25 enough; a camera maker's manual asks for 2 s).
 SETTLE_S = 2.0
 
 
