@@ -156,7 +156,15 @@ def test_run_reads_what_a_cameras_frames_are_like_once_its_exposure_has_settled(
     monkeypatch.setattr(Bundle, "frame_colour_note", lambda self, image: (read.append(time.monotonic()),
                                                                           note(self, image))[1])
     stop = threading.Event()
-    threading.Timer(2.5, stop.set).start()
+
+    def stop_once_read() -> None:
+        deadline = time.monotonic() + 30
+        while not read and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # a few frames more, which are not read again
+        stop.set()
+
+    threading.Thread(target=stop_once_read, daemon=True).start()
     started = time.monotonic()
     run(detector, [Stream("test://ball?width=64&height=48&fps=30")], RunConfig(), stop=stop)
     assert len(read) == 1 and read[0] - started >= 1.0
