@@ -113,7 +113,7 @@ class SourcePipeline:
     description: str
     live: bool  # live sources keep only the newest frame and reconnect; files end at EOS
     note: str | None = None  # what the frames will be like, said when the source opens (and by doctor)
-    settles: bool = False  # a camera whose automatic exposure settles once it starts (sources.settled_frames)
+    settles: bool = False  # a camera whose automatic exposure settles once it starts (sources.settling)
 
 
 def _quote(value: str) -> str:
