@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # the commands import what they need when they run
     from .detector import Detector
 
 
-ANSWER_WAIT_MAX_S = 600.0  # cameras --timeout: the most seconds to wait for cameras' answers
+MAX_ANSWER_WAIT_S = 600.0  # cameras --timeout: the most seconds to wait for cameras' answers
 
 
 def _number(text: str) -> float:
@@ -56,11 +56,11 @@ def _positive_float(text: str) -> float:
 
 
 def _answer_wait(text: str) -> float:
-    """Seconds to wait for cameras' answers, up to ANSWER_WAIT_MAX_S: 1e308 stopped `cameras` with
+    """Seconds to wait for cameras' answers, up to MAX_ANSWER_WAIT_S: 1e308 stopped `cameras` with
     an OverflowError traceback (a socket's timeout past the system's time)."""
     value = _positive_float(text)
-    if value > ANSWER_WAIT_MAX_S:
-        raise argparse.ArgumentTypeError(f"must be seconds above 0, up to {ANSWER_WAIT_MAX_S:g} (cameras answer "
+    if value > MAX_ANSWER_WAIT_S:
+        raise argparse.ArgumentTypeError(f"must be seconds above 0, up to {MAX_ANSWER_WAIT_S:g} (cameras answer "
                                          f"within seconds), got {text}")
     return value
 
