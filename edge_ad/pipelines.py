@@ -38,6 +38,9 @@ V4L2_CAPS = {"mjpeg": "image/jpeg", "h264": "video/x-h264"}  # what a USB camera
 # them wrapped round (99999999999 as 1215752191, about 14 days).
 LATENCY_MAX_MS = 2**32 - 1
 MAX_BITRATE_KBPS = 300_000  # --output-bitrate: H.264 level 5.2's most (High profile), past any overlay's need
+# The elements of cameras that expose and balance white by themselves from their start (USB and
+# CSI cameras, a Raspberry Pi's): their first frames come dark or tinted (sources.SETTLE_S).
+SETTLING_CAMERAS = ("v4l2src", "nvarguscamerasrc", "nvv4l2camerasrc", "libcamerasrc")
 # The caps aravissrc gives a GenICam pixel format (Aravis's arv_pixel_format_to_gst_caps_string),
 # by the names cameras list it under, older names too: (codec, caps). aravissrc picks the frames'
 # format from its caps, then sets its `features`: a PixelFormat there that differed came in
@@ -274,7 +277,10 @@ def _genicam(uri: str, options: SourceOptions) -> SourcePipeline:
     caps = _caps(pinned or ("video/x-bayer" if codec == "bayer" else "video/x-raw"), options)
     demosaic = "bayer2rgb ! " if codec == "bayer" else ""
     source = " ".join(["aravissrc", *properties])
-    return SourcePipeline(f"{source} ! {caps} ! {demosaic}{_bgr_sink(uri, options, False)}", True, note)
+    # ExposureAuto, GainAuto, BalanceWhiteAuto: Once or Continuous adjust from the camera's start.
+    automatic = any(re.fullmatch(r"\w+Auto=(?!off$).*", feature, re.IGNORECASE) for feature in features)
+    return SourcePipeline(f"{source} ! {caps} ! {demosaic}{_bgr_sink(uri, options, False)}", True, note,
+                          settles=automatic)
 
 
 def _pixel_format(uri: str, features: list[str], codec: str) -> tuple[str | None, str | None]:

@@ -29,8 +29,8 @@ import numpy as np
 from .camera_certificates import camera_tls
 from .errors import ImageError, SourceError, without_passwords
 from .images import IMAGE_SUFFIXES, no_images_in, pattern_folder, pictures_of, read_image, subfolders_left
-from .pipelines import (UDP_BUFFER_BYTES, SourceOptions, SourcePipeline, check_crop, flip_of, local_path, opencv_input,
-                        source_pipeline)
+from .pipelines import (SETTLING_CAMERAS, UDP_BUFFER_BYTES, SourceOptions, SourcePipeline, check_crop, flip_of,
+                        local_path, opencv_input, source_pipeline)
 from .rtp_packets import HEADS, RtpPackets
 
 if TYPE_CHECKING:
@@ -130,6 +130,11 @@ def _elements(pipeline, factory: str) -> Iterator:
             return
         if element.get_factory().get_name() == factory:
             yield element
+
+
+def has_settling_camera(pipeline) -> bool:
+    """Whether `pipeline` (the user's own) reads a camera whose exposure settles once it starts."""
+    return any(next(_elements(pipeline, factory), None) is not None for factory in SETTLING_CAMERAS)
 
 
 def _pad_caps(pipeline, factory: str) -> Iterator:
@@ -259,6 +264,7 @@ class GstSource:
             raise SourceError(f"{self.shown}: {self._said(error)}")
         if self._custom:  # a live source does not preroll: that is how GStreamer tells them apart
             self.spec.live = state == Gst.StateChangeReturn.NO_PREROLL
+            self.spec.settles = has_settling_camera(self.pipeline)
         live = self.spec.live
         # A file with `realtime` plays at its own pace: the appsink waits for each frame's time
         # (and hands on late ones: appsink keeps max-lateness -1). Live sources never wait.
@@ -658,7 +664,8 @@ Source = Union[GstSource, PictureSource, "FollowedPictures", "HttpPictures"]
 
 def settling(source: Source, frame: Frame) -> bool:
     """Whether `frame` of `source` came while its camera's exposure settles: in the first SETTLE_S
-    after a start of a USB or CSI camera (SourcePipeline.settles), dark or blown out. Calibrations
+    after a start of a camera that exposes by itself (SourcePipeline.settles: USB, CSI, a GenICam
+    camera set so, one's own pipeline's), dark or blown out. Calibrations
     and recordings leave such frames out: taken as normal, they would set the threshold above
     them, or be trained on as good parts. `run` judges every frame."""
     return isinstance(source, GstSource) and source.spec.settles and frame.arrived - source.started < SETTLE_S

@@ -62,6 +62,10 @@ def test_genicam_pipelines():
     fixed = source_pipeline("genicam://cam?exposure=5000&gain=0&feature=BalanceWhiteAuto=Off&feature=GammaEnable=0")
     assert fixed.description.startswith('aravissrc camera-name="cam" exposure=5000.0 gain=0.0 '
                                         'features="BalanceWhiteAuto=Off GammaEnable=0" ! ')
+    # A camera left to expose or balance white by itself settles after its start (sources.settling).
+    assert not fixed.settles and not plain.settles  # aravissrc's own exposure-auto and gain-auto are off
+    for automatic in ("ExposureAuto=Continuous", "GainAuto=Once", "BalanceWhiteAuto=continuous"):
+        assert source_pipeline(f"genicam://cam?feature={automatic}").settles
     for uri, error in (("genicam://cam?exposure=0", "exposure must be a number above 0, got '0'"),
                        ("genicam://cam?gain=high", "gain must be a number 0 or more, got 'high'"),
                        ("genicam://cam?exposure=nan", "exposure must be a number above 0, got 'nan'"),

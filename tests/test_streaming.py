@@ -111,10 +111,13 @@ def test_calibrate_and_record_take_a_cameras_frames_once_its_exposure_has_settle
     from edge_ad.cli import _checked_frames
     from edge_ad.pipelines import source_pipeline
     from edge_ad.record import record
-    from edge_ad.sources import settled_frames
+    from edge_ad.sources import has_settling_camera, settled_frames
 
     assert source_pipeline("/dev/video0", jetson=False).settles and source_pipeline("csi://0", jetson=True).settles
     assert not source_pipeline("rtsp://10.0.0.5/s", jetson=False).settles  # a camera running before we came
+    Gst = load_gst()  # one's own --pipeline: by its camera element (no camera here to start it)
+    assert has_settling_camera(Gst.parse_launch("v4l2src device=/dev/video0 ! videoconvert ! appsink name=sink"))
+    assert not has_settling_camera(Gst.parse_launch("videotestsrc is-live=true ! videoconvert ! appsink name=sink"))
     monkeypatch.setattr("edge_ad.sources.SETTLE_S", 0.5)
 
     def camera():
@@ -137,6 +140,13 @@ def test_calibrate_and_record_take_a_cameras_frames_once_its_exposure_has_settle
     source = open_source("test://ball?width=64&height=48&fps=30")
     frame = next(settled_frames(source))
     assert frame.arrived - source.started < 30.0  # no camera to settle: its first frame, not one 30 s on
+    source.close()
+    monkeypatch.setattr("edge_ad.sources.SETTLING_CAMERAS", ("videotestsrc",))  # one's own pipeline, as a USB camera
+    monkeypatch.setattr("edge_ad.sources.SETTLE_S", 0.5)
+    source = open_source("", pipeline="videotestsrc is-live=true ! video/x-raw,width=64,height=48 ! videoconvert ! "
+                                      "video/x-raw,format=BGR ! appsink name=sink")
+    frame = next(settled_frames(source))
+    assert frame.arrived - source.started >= 0.5
     source.close()
 
 
