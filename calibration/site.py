@@ -90,6 +90,7 @@ class Collected:
     names: list[str] = field(default_factory=list)
     apart: int = 1  # frames fewer than this apart show one part (`frames_of_one_part`), for `top`
     brightest: int = 0  # pixel value of all frames (Bundle.dark_frames_note)
+    camera: bool = False  # the frames are a live camera's: dark ones want light, not other files
 
     def add(self, i: int, frame: np.ndarray, result: Result, rng: np.random.Generator) -> None:
         raw = result.raw_map
@@ -144,10 +145,12 @@ def one_per_part(items: list, apart: int) -> list:
 def collect(
     detector: Detector | VariantDetector, frames: Iterable[np.ndarray], count: int, seed: int = 0,
     mask: InspectionMask | None = None, needed: int | None = None, names: list[str] | None = None,
+    camera: bool = False,
 ) -> dict[str | None, Collected]:
     """Run the detector on up to `count` normal BGR frames (progress bar), within `mask` if given;
     with `names` (of frames that are picture files: the list the frames' generator fills as it
-    yields each), each frame's pixel digest is kept too, with its name.
+    yields each), each frame's pixel digest is kept too, with its name; `camera`: the frames are
+    a live camera's (Collected.camera).
     What is kept of each frame goes to the variant that took it (a VariantDetector: each variant
     is then calibrated on its own frames), or under None for a single bundle. The bar shows about
     how many independent frames there are so far; when `count` frames will not give a variant the
@@ -160,7 +163,7 @@ def collect(
         if i >= count:
             break
         result = detector(frame, mask=mask)
-        collected = kept.setdefault(result.variant, Collected(mask=mask))
+        collected = kept.setdefault(result.variant, Collected(mask=mask, camera=camera))
         collected.add(i, frame, result, rng)
         if names is not None:  # of the RGB picture, as training keeps them
             collected.digests.append(pixel_digest(frame[..., ::-1]))
@@ -290,7 +293,7 @@ def calibrate(
                         "independent frames: check in the report that they show parts")
     warnings += filter(None, [detector.bundle.frame_shape_note(kept.shapes[0]),
                               detector.bundle.frame_colour_note(kept.top[0][2]) if kept.top else None,
-                              detector.bundle.dark_frames_note(kept.brightest),
+                              detector.bundle.dark_frames_note(kept.brightest, kept.camera),
                               unlike_training(detector.bundle, kept.scores)])
     coefficient = bimodality(scores)
     if coefficient > BIMODALITY_LIMIT:

@@ -183,17 +183,23 @@ class Bundle:
                 "in its URI, or its mosaic with --input-codec bayer), or train on pictures of this camera (edge-ad "
                 "record)")
 
-    def dark_frames_note(self, brightest: int) -> str | None:
+    def dark_frames_note(self, brightest: int, camera: bool = False) -> str | None:
         """What to say when frames whose brightest pixel is `brightest` are far darker than the
         pictures the bundle was trained on (`provenance.training.brightest_pixel`): a bundle trained
         on 8-bit ELPV cells flagged 19 of 20 normal ones saved as a 12-bit camera's 16-bit files
-        (README: 16-bit pictures). None otherwise, and for bundles that do not record it."""
+        (README: 16-bit pictures). A live `camera`'s frames are dark for want of light, not for
+        their files. None otherwise, and for bundles that do not record it."""
         trained = self.training.get("brightest_pixel")
         if not isinstance(trained, int) or trained <= DARK or brightest > DARK:
             return None
-        return (f"the brightest pixel of the frames is {brightest} of 255, that of the pictures bundle {self.root} was "
-                f"trained on {trained}: {DARK_CAUSE}, and normal parts may all look anomalous. Shift such files up to "
-                "16 bits first, or have the camera's tool save 8-bit pictures (README: 16-bit pictures)")
+        said = (f"the brightest pixel of the frames is {brightest} of 255, that of the pictures bundle {self.root} was "
+                f"trained on {trained}")
+        if camera:
+            return (f"{said}: the camera sees too little light (a lens cap, the lights off, too short an exposure or "
+                    "too small an aperture), and normal parts may all look anomalous. Light the part and set the "
+                    "camera as when the training pictures were taken")
+        return (f"{said}: {DARK_CAUSE}, and normal parts may all look anomalous. Shift such files up to 16 bits first, "
+                "or have the camera's tool save 8-bit pictures (README: 16-bit pictures)")
 
     def frame_shape_note(self, shape: tuple[int, ...]) -> str | None:
         """What to say when frames of `shape` (as scored: turned and cropped) are shaped unlike the

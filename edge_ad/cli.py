@@ -568,7 +568,8 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
         pictures = stream.input is not None and opencv_input(stream.input) is not None
         names: list[str] = []  # of the frames, as _checked_frames yields them: pictures are kept by name and pixels
         kept = collect(detector, _checked_frames(source, mask, stream.name, names), args.frames, mask=mask,
-                       needed=frames_needed(args.target_far, args.confidence), names=names if pictures else None)
+                       needed=frames_needed(args.target_far, args.confidence), names=names if pictures else None,
+                       camera=source.live)
     finally:
         source.close()
     read = sum(len(k.samples) for k in kept.values())

@@ -62,8 +62,9 @@ class LineCalibration:
                                             name="calibration import")
             self._loader.start()
 
-    def take(self, detector, mask: InspectionMask | None, frame: np.ndarray, result: Result) -> None:
-        """A frame of this source as scored (with `detector` within `mask`): kept while calibrating."""
+    def take(self, detector, mask: InspectionMask | None, frame: np.ndarray, result: Result, camera: bool) -> None:
+        """A frame of this source as scored (with `detector` within `mask`): kept while calibrating.
+        `camera`: the source is a live camera (Collected.camera)."""
         if self._loader is None or self._loader.is_alive():
             return  # nothing asked yet, or the calibration code still loading: the asks wait
         while not self._asked.empty():
@@ -72,7 +73,7 @@ class LineCalibration:
             return
         from calibration.site import Collected
 
-        collected = self._collected.setdefault(result.variant, Collected(mask=mask))
+        collected = self._collected.setdefault(result.variant, Collected(mask=mask, camera=camera))
         collected.add(self.kept, frame, result, self._rng)
         self.kept += 1
         self.on_change(self.state, self.kept)

@@ -135,11 +135,6 @@ class _Capture(threading.Thread):
         self.finished = False
         self.shape: tuple[int, ...] | None = None  # of its last frame
 
-    def _dark_note(self, bundle: Bundle, image: np.ndarray) -> str | None:
-        """Bundle.dark_frames_note of a first frame read from a file: a live camera's first frames
-        may be dark while its exposure settles."""
-        return None if self.source.live else bundle.dark_frames_note(int(image.max()))
-
     def run(self) -> None:
         noted = False  # what the first frame says of the source (a camera's once it has settled: not a black one)
         try:
@@ -149,7 +144,7 @@ class _Capture(threading.Thread):
                     noted = True
                     for bundle in bundles_of(self.detector).values():
                         for note in (bundle.frame_shape_note(frame.image.shape), bundle.frame_colour_note(frame.image),
-                                     self._dark_note(bundle, frame.image)):
+                                     bundle.dark_frames_note(int(frame.image.max()), self.source.live)):
                             if note:
                                 log.warning("%s: %s", self.stream.name, note)
                 if self.mask is not None:  # a mask of another size stops this source at its first frame
@@ -1017,7 +1012,8 @@ def run(
             for capture, frame, result, latency_ms, record, alarm, bundle in judged:
                 sinks.deliver(capture.stream, frame, result, latency_ms, record, alarm, bundle)
                 if not settling(capture.source, frame):  # a line calibration asked as the camera starts
-                    line[capture.stream.name].take(capture.detector, capture.mask, frame.image, result)
+                    line[capture.stream.name].take(capture.detector, capture.mask, frame.image, result,
+                                                   capture.source.live)
                 if config.max_frames is not None and record.frames >= config.max_frames:
                     capture.stop.set()
             bar.update(len(ready_frames))

@@ -297,9 +297,9 @@ def test_pictures_far_darker_than_the_training_ones_are_named_by_run_and_calibra
                                                                                   tmp_path):
     """The cells saved as a 12-bit camera's 16-bit files read at most 16 of 255 (a bundle trained
     on 8-bit cells flagged 19 of 20 normal ones saved so): `run` says so at the first picture of a
-    folder, and `calibrate` among its warnings; the 8-bit cells, a live camera's first frames (dark
-    while its exposure settles) and bundles that do not record their pictures' brightness are not
-    named."""
+    folder, and `calibrate` among its warnings; a live camera's dark frames are said as wanting
+    light, not other files; the 8-bit cells and bundles that do not record their pictures'
+    brightness are not named."""
     import cv2
 
     from calibration import site
@@ -325,12 +325,18 @@ def test_pictures_far_darker_than_the_training_ones_are_named_by_run_and_calibra
 
     first = round(frames[0].max() / 257)
     assert run(str(dark)).count(f"the brightest pixel of the frames is {first} {said}") == 1  # at the first picture
-    assert "the brightest pixel" not in run(str(normal_folder)) + run("test://black")
+    assert "the brightest pixel" not in run(str(normal_folder))
+    lit = (f"the brightest pixel of the frames is 0 of 255, that of the pictures bundle {bundle_copy} was trained on "
+           f"{trained}: the camera sees too little light (a lens cap")
+    assert run("test://black").count(lit) == 1  # a camera's: not its files
     detector = Detector.load(bundle_copy)
     read = [(f // 257).astype(np.uint8) for f in frames]  # as edge_ad reads them
     calibration = site.calibrate(detector, site.collect(detector, iter(read), len(read))[None], 0.3, 0.9)
     brightest = max(int(f.max()) for f in read)  # of all frames
     assert any(w.startswith(f"the brightest pixel of the frames is {brightest} {said}") for w in calibration.warnings)
+    calibration = site.calibrate(detector, site.collect(detector, iter(read), len(read), camera=True)[None], 0.3, 0.9)
+    assert any(w.startswith(f"the brightest pixel of the frames is {brightest} of 255") and "too little light" in w
+               for w in calibration.warnings)
     bright = [cv2.imread(str(p)) for p in sorted(normal_folder.iterdir())]
     calibration = site.calibrate(detector, site.collect(detector, iter(bright), len(bright))[None], 0.3, 0.9)
     assert not any("the brightest pixel" in w for w in calibration.warnings)

@@ -130,7 +130,7 @@ def test_a_hand_edited_setting_of_the_calibration_in_use_is_named_and_left_for_t
     line.ask(True)
     line._loader.join()
     with caplog.at_level(logging.ERROR):  # a rate no number of frames can show: refused, and the run goes on
-        line.take(Detector.load(bundle), None, cv2.imread(str(next(normal_folder.glob("*.png")))), None)
+        line.take(Detector.load(bundle), None, cv2.imread(str(next(normal_folder.glob("*.png")))), None, True)
     assert line.state == REFUSED and "cam: not calibrating: --target-far 1e-320: no number of frames" in caplog.text
 
 
