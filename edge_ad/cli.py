@@ -767,7 +767,8 @@ def _recorded(folder: Path, saved: list | EdgeAdError, name: str | None = None) 
     if isinstance(saved, EdgeAdError):
         print(f"{where}{saved}")
         return
-    print(f"{where}{len(saved)} pictures in {folder}" + (f" ({saved[0].name} ... {saved[-1].name})" if saved else ""))
+    names = f" ({saved[0].name})" if len(saved) == 1 else f" ({saved[0].name} ... {saved[-1].name})" if saved else ""
+    print(f"{where}{len(saved)} picture{'' if len(saved) == 1 else 's'} in {folder}{names}")
     if saved:
         print(f"{where}train on them once they show only good parts: edge-ad train --data {folder} --out RUN")
 

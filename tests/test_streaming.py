@@ -890,6 +890,11 @@ def test_record_saves_one_picture_per_interval_as_run_would_see_it(mp4, tmp_path
                             "--interval", "0.5", "--frames", "3"], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert len(list(out.glob("*.png"))) == 6 and all(p.read_bytes() == data for p, data in first.items())
+    one = subprocess.run([sys.executable, "-m", "edge_ad", "record", "--input", str(mp4), "--out",
+                          str(tmp_path / "mask"), "--frames", "1"],
+                         capture_output=True, text=True, timeout=120)  # the frame to draw a mask on
+    (picture,) = (tmp_path / "mask").glob("*.png")
+    assert f"1 picture in {tmp_path / 'mask'} ({picture.name})\n" in one.stdout
 
 
 def test_record_says_when_its_pictures_are_near_copies(normal_folder, tmp_path, capsys):
