@@ -665,9 +665,9 @@ Source = Union[GstSource, PictureSource, "FollowedPictures", "HttpPictures"]
 def settling(source: Source, frame: Frame) -> bool:
     """Whether `frame` of `source` came while its camera's exposure settles: in the first SETTLE_S
     after a start of a camera that exposes by itself (SourcePipeline.settles: USB, CSI, a GenICam
-    camera set so, one's own pipeline's), dark or blown out. Calibrations
-    and recordings leave such frames out: taken as normal, they would set the threshold above
-    them, or be trained on as good parts. `run` judges every frame."""
+    camera set so, one's own pipeline's), dark or blown out. Calibrations and recordings leave
+    such frames out: taken as normal, they would set the threshold above them, or be trained on
+    as good parts. `run` judges every frame."""
     return isinstance(source, GstSource) and source.spec.settles and frame.arrived - source.started < SETTLE_S
 
 
