@@ -41,6 +41,9 @@ MAX_BITRATE_KBPS = 300_000  # --output-bitrate: H.264 level 5.2's most (High pro
 # The elements of cameras that expose and balance white by themselves from their start (USB and
 # CSI cameras, a Raspberry Pi's): their first frames come dark or tinted (sources.SETTLE_S).
 SETTLING_CAMERAS = ("v4l2src", "nvarguscamerasrc", "nvv4l2camerasrc", "libcamerasrc")
+# A GenICam camera does so where a feature sets it to (ExposureAuto, GainAuto, BalanceWhiteAuto:
+# Once or Continuous); aravissrc's own exposure-auto and gain-auto are off unless set.
+AUTOMATIC_FEATURE = re.compile(r"\w+Auto=(?!off$)\S+", re.IGNORECASE)
 # The caps aravissrc gives a GenICam pixel format (Aravis's arv_pixel_format_to_gst_caps_string),
 # by the names cameras list it under, older names too: (codec, caps). aravissrc picks the frames'
 # format from its caps, then sets its `features`: a PixelFormat there that differed came in
@@ -277,8 +280,7 @@ def _genicam(uri: str, options: SourceOptions) -> SourcePipeline:
     caps = _caps(pinned or ("video/x-bayer" if codec == "bayer" else "video/x-raw"), options)
     demosaic = "bayer2rgb ! " if codec == "bayer" else ""
     source = " ".join(["aravissrc", *properties])
-    # ExposureAuto, GainAuto, BalanceWhiteAuto: Once or Continuous adjust from the camera's start.
-    automatic = any(re.fullmatch(r"\w+Auto=(?!off$).*", feature, re.IGNORECASE) for feature in features)
+    automatic = any(AUTOMATIC_FEATURE.fullmatch(feature) for feature in features)
     return SourcePipeline(f"{source} ! {caps} ! {demosaic}{_bgr_sink(uri, options, False)}", True, note,
                           settles=automatic)
 

@@ -29,8 +29,8 @@ import numpy as np
 from .camera_certificates import camera_tls
 from .errors import ImageError, SourceError, without_passwords
 from .images import IMAGE_SUFFIXES, no_images_in, pattern_folder, pictures_of, read_image, subfolders_left
-from .pipelines import (SETTLING_CAMERAS, UDP_BUFFER_BYTES, SourceOptions, SourcePipeline, check_crop, flip_of,
-                        local_path, opencv_input, source_pipeline)
+from .pipelines import (AUTOMATIC_FEATURE, SETTLING_CAMERAS, UDP_BUFFER_BYTES, SourceOptions, SourcePipeline,
+                        check_crop, flip_of, local_path, opencv_input, source_pipeline)
 from .rtp_packets import HEADS, RtpPackets
 
 if TYPE_CHECKING:
@@ -133,8 +133,18 @@ def _elements(pipeline, factory: str) -> Iterator:
 
 
 def has_settling_camera(pipeline) -> bool:
-    """Whether `pipeline` (the user's own) reads a camera whose exposure settles once it starts."""
-    return any(next(_elements(pipeline, factory), None) is not None for factory in SETTLING_CAMERAS)
+    """Whether `pipeline` (the user's own) reads a camera whose exposure settles once it starts:
+    a USB or CSI camera's element, or an aravissrc set to expose, gain or balance white by itself."""
+    if any(next(_elements(pipeline, factory), None) is not None for factory in SETTLING_CAMERAS):
+        return True
+    return any(_exposes_itself(camera) for camera in _elements(pipeline, "aravissrc"))
+
+
+def _exposes_itself(aravissrc) -> bool:
+    """Whether an aravissrc leaves its camera to expose, gain or balance white by itself."""
+    features = (aravissrc.get_property("features") or "").split()
+    return bool(int(aravissrc.get_property("exposure-auto")) or int(aravissrc.get_property("gain-auto"))
+                or any(AUTOMATIC_FEATURE.fullmatch(feature) for feature in features))
 
 
 def _pad_caps(pipeline, factory: str) -> Iterator:

@@ -16,7 +16,7 @@ from edge_ad.doctor import Report, _check_source
 from edge_ad.errors import SourceError
 from edge_ad.pipelines import SourceOptions, source_pipeline
 from edge_ad.runner import RunConfig, run
-from edge_ad.sources import GstSource, load_gst, open_source
+from edge_ad.sources import GstSource, has_settling_camera, load_gst, open_source
 from edge_ad.streams import Stream
 
 FAKE_CAMERA = shutil.which("arv-fake-gv-camera-0.8")
@@ -73,6 +73,18 @@ def test_genicam_pipelines():
                        ("genicam://cam?fps=5", r"unknown settings \['fps'\]")):
         with pytest.raises(SourceError, match=error):
             source_pipeline(uri)
+
+
+@pytest.mark.skipif(not _aravis_plugin(), reason="Aravis's GStreamer plugin (libaravis-0.8-0) is not installed")
+def test_ones_own_aravissrc_pipeline_settles_where_the_camera_exposes_by_itself():
+    """calibrate and record pass over the first frames of one's own --pipeline too where its
+    aravissrc leaves the camera to expose, gain or balance white by itself (sources.settling)."""
+    Gst = load_gst()
+    for description, settles in [("aravissrc exposure=5000", False), ("aravissrc exposure-auto=on", True),
+                                 ("aravissrc gain-auto=once", True),
+                                 ('aravissrc features="BalanceWhiteAuto=Continuous"', True),
+                                 ('aravissrc features="ExposureAuto=Off GammaEnable=0"', False)]:
+        assert has_settling_camera(Gst.parse_launch(f"{description} ! videoconvert ! appsink name=sink")) == settles
 
 
 def test_a_pixel_format_set_as_a_feature_is_asked_for_in_the_caps(caplog):
