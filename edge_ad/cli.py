@@ -728,7 +728,7 @@ def _service(args: argparse.Namespace) -> None:
 
 
 def _record(args: argparse.Namespace) -> None:
-    from .record import record, record_sources
+    from .record import one_picture, record, record_sources
     from .sinks import shared_slugs, slug
     from .sources import open_source
 
@@ -737,6 +737,9 @@ def _record(args: argparse.Namespace) -> None:
 
         streams = streams_from_yaml(Path(args.sources), _source_options(args))
         if len(streams) > 1:  # every camera at once, a folder each
+            if one_picture(Path(args.out)):
+                raise EdgeAdError(f"--out {args.out}: the name of one picture, but the {len(streams)} sources of "
+                                  f"{args.sources} record a folder each in it; give a folder, or --source NAME")
             shared = shared_slugs(stream.name for stream in streams)
             if shared:
                 raise EdgeAdError(f"record: sources {shared} would share the folder {slug(shared[0])}; give them names "
@@ -762,10 +765,15 @@ def _record(args: argparse.Namespace) -> None:
 
 
 def _recorded(folder: Path, saved: list | EdgeAdError, name: str | None = None) -> None:
-    """What `record` saved into `folder` (of source `name`, with several), and what to do next."""
+    """What `record` saved into `folder` (of source `name`, with several), or as the one picture
+    `folder` names, and what to do next."""
     where = f"{name}: " if name else ""
     if isinstance(saved, EdgeAdError):
         print(f"{where}{saved}")
+        return
+    if saved == [folder]:
+        print(f"a frame saved as {folder}; draw an inspection mask on it: edge-ad mask --frame {folder} --keep "
+              "X,Y,W,H --out mask.png")
         return
     names = f" ({saved[0].name})" if len(saved) == 1 else f" ({saved[0].name} ... {saved[-1].name})" if saved else ""
     print(f"{where}{len(saved)} picture{'' if len(saved) == 1 else 's'} in {folder}{names}")
@@ -1348,11 +1356,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="a camera or stream URI, or a video file")
     p.add_argument("--pipeline", help="or your own GStreamer source pipeline ending in 'appsink name=sink' (BGR)")
     _add_sources_choice(p)
-    p.add_argument("--out", required=True, help="folder for the pictures")
+    p.add_argument("--out", required=True,
+                   help="folder for the pictures, or with --frames 1 a picture's name (frame.png)")
     p.add_argument("--frames", type=_positive_int, default=300, help="pictures to save")
     p.add_argument("--interval", type=_non_negative, default=1.0,
                    help="seconds between pictures at least (of the video for a file), so they show different parts")
-    p.add_argument("--format", choices=("png", "jpg"), default="png", help="png: lossless (default)")
+    p.add_argument("--format", choices=("png", "jpg"), default="png",
+                   help="of the pictures in a folder (one picture's is its name's); png: lossless (default)")
     _add_source_options(p)  # the camera as `run` opens it
     p.set_defaults(func=_record)
 
@@ -1391,7 +1401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cameras)
 
     p = sub.add_parser("mask", help="draw an inspection mask from rectangles on a frame of the camera, with a preview")
-    p.add_argument("--frame", required=True, help="a frame of the camera as it is scored (edge-ad record --frames 1)")
+    p.add_argument("--frame", required=True,
+                   help="a frame of the camera as it is scored (edge-ad record --frames 1 --out frame.png)")
     p.add_argument("--keep", type=_crop, action="append", metavar="X,Y,W,H",
                    help="inspect only inside this rectangle (repeat for several; default: the whole frame)")
     p.add_argument("--ignore", type=_crop, action="append", metavar="X,Y,W,H",

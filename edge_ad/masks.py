@@ -95,7 +95,8 @@ class InspectionMask:
             return
         size = f"{frame_shape[1]}x{frame_shape[0]}"
         seen = (f"the frames are {size} (after --input-flip and --input-crop); paint the mask on a frame of this "
-                "camera as it is scored ('edge-ad record --frames 1' with the same options saves one)" if of_camera
+                "camera as it is scored ('edge-ad record --frames 1 --out frame.png' with the same options saves one)"
+                if of_camera
                 else f"the image is {size}; the mask applies to images of its own size, the camera's frames")
         height, width = self.shape
         raise ImageError(f"{where}: --mask {self.name} is {width}x{height} pixels, but {seen}")

@@ -4,7 +4,8 @@ Frames come through the same sources as `edge-ad run` (the same camera options a
 the pictures are the frames `run` will score), at most one per `interval_s` (of the video's
 time for a file, of the clock for a camera), as lossless PNG (or JPEG) files named as `run`'s
 snapshots are, after the source, the capture time and the frame number, so that a second
-recording into the same folder adds to the first. Recording stops after `count` pictures, at
+recording into the same folder adds to the first; or one frame as the picture named (frame.png,
+the frame a mask is drawn on). Recording stops after `count` pictures, at
 the end of a file, or on SIGINT / SIGTERM, and keeps every picture saved. `record_sources` records several cameras at
 once (a run's --sources), each into its own folder, for a bundle per camera.
 """
@@ -28,25 +29,41 @@ from .sinks import picture_paths, slug
 from .sources import Source, settled_frames
 
 FORMATS = ("png", "jpg")
+# The names of one picture rather than of a folder for them, and the format each is written in.
+PICTURE_SUFFIXES = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg"}
+
+
+def one_picture(out: Path) -> bool:
+    """Whether `--out` names one picture (frame.png) rather than a folder of pictures; a folder
+    that exists keeps its meaning, whatever its name."""
+    return out.suffix.lower() in PICTURE_SUFFIXES and not out.is_dir()
 
 
 def record(
-    source: Source, folder: Path, count: int, interval_s: float = 1.0, fmt: str = "png",
+    source: Source, out: Path, count: int, interval_s: float = 1.0, fmt: str = "png",
     stop: threading.Event | None = None, label: str = "recording", position: int | None = None,
 ) -> list[Path]:
-    """Save up to `count` settled frames of `source` (sources.settled_frames) into `folder`, one
-    per `interval_s` at most; the paths written, in order. `label` and `position` place its
+    """Save up to `count` settled frames of `source` (sources.settled_frames) into the folder
+    `out`, one per `interval_s` at most, or one frame as the picture `out` names (one_picture:
+    its format then its name's); the paths written, in order. `label` and `position` place its
     progress bar. At the end it says when many pictures are near-copies of the one before. The
     source is closed at the end, also when it could not start."""
+    single = one_picture(out)
+    if single and count != 1:
+        source.close()
+        raise EdgeAdError(f"--out {out} names one picture, but --frames asks for {count}; give a folder for them, or "
+                          f"--frames 1 to save one frame as {out.name}")
     if fmt not in FORMATS:
         source.close()
         raise EdgeAdError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    folder = out.parent if single else out
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         source.close()
         raise EdgeAdError(f"{folder}: cannot create the folder ({os_reason(exc)})") from exc
-    remove_leftovers(folder)
+    if not single:  # the parent of one picture is the user's folder, not ours to tidy
+        remove_leftovers(folder)
     stop = stop or threading.Event()
     saved: list[Path] = []
     thumbnails = []
@@ -60,8 +77,9 @@ def record(
                 if moment - last < interval_s - 1e-3:  # frame times are rounded to the nanosecond
                     continue
                 last = moment
-                (path,) = picture_paths(folder, source.shown, frame.captured, frame.index, (f".{fmt}",))
-                ok, data = cv2.imencode(f".{fmt}", frame.image)
+                (path,) = [out] if single else picture_paths(folder, source.shown, frame.captured, frame.index,
+                                                             (f".{fmt}",))
+                ok, data = cv2.imencode(path.suffix, frame.image)
                 if not ok:
                     raise EdgeAdError(f"{path}: cannot encode the frame ({frame.image.shape})")
                 try:

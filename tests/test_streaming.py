@@ -895,6 +895,18 @@ def test_record_saves_one_picture_per_interval_as_run_would_see_it(mp4, tmp_path
                          capture_output=True, text=True, timeout=120)  # the frame to draw a mask on
     (picture,) = (tmp_path / "mask").glob("*.png")
     assert f"1 picture in {tmp_path / 'mask'} ({picture.name})\n" in one.stdout
+    # The frame to draw a mask on, under the name `mask --frame` is then given (it made a folder
+    # of that name, which `mask` could not read); with more frames such a name is refused.
+    frame = tmp_path / "frame.JPG"
+    one = subprocess.run([sys.executable, "-m", "edge_ad", "record", "--input", str(mp4), "--out", str(frame),
+                          "--frames", "1"], capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    assert f"a frame saved as {frame}; draw an inspection mask on it: edge-ad mask --frame {frame}" in one.stdout
+    assert cv2.imread(str(frame)).shape == frames[0].image.shape and frame.read_bytes()[:2] == b"\xff\xd8"  # JPEG
+    many = subprocess.run([sys.executable, "-m", "edge_ad", "record", "--input", str(mp4), "--out",
+                           str(tmp_path / "f.png"), "--frames", "2"], capture_output=True, text=True, timeout=120)
+    assert many.returncode == 2 and "names one picture, but --frames asks for 2" in many.stderr
+    assert not (tmp_path / "f.png").exists()
 
 
 def test_record_says_when_its_pictures_are_near_copies(normal_folder, tmp_path, capsys):
