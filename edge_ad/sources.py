@@ -121,9 +121,10 @@ def bus_error(pipeline) -> str | None:
 
 
 def _elements(pipeline, factory: str) -> Iterator:
-    """The elements of `pipeline` made by `factory`."""
+    """The elements of `pipeline` made by `factory`, inside its bins too (one's own pipeline may
+    hold its camera in one: `bin.( v4l2src ! ... ) ! ...`)."""
     Gst = load_gst()
-    elements = pipeline.iterate_elements()
+    elements = pipeline.iterate_recurse()
     while True:
         result, element = elements.next()
         if result != Gst.IteratorResult.OK:

@@ -117,6 +117,7 @@ def test_calibrate_and_record_take_a_cameras_frames_once_its_exposure_has_settle
     assert not source_pipeline("rtsp://10.0.0.5/s", jetson=False).settles  # a camera running before we came
     Gst = load_gst()  # one's own --pipeline: by its camera element (no camera here to start it)
     assert has_settling_camera(Gst.parse_launch("v4l2src device=/dev/video0 ! videoconvert ! appsink name=sink"))
+    assert has_settling_camera(Gst.parse_launch("bin.( v4l2src ! videoconvert ) ! videoconvert ! appsink name=sink"))
     assert not has_settling_camera(Gst.parse_launch("videotestsrc is-live=true ! videoconvert ! appsink name=sink"))
     monkeypatch.setattr("edge_ad.sources.SETTLE_S", 0.5)
 
