@@ -193,6 +193,18 @@ def test_a_line_scan_camera_s_tall_strips_are_drawn_smaller_not_row_upon_row(tmp
     assert cv2.imread(str(tmp_path / "alarms.png")).shape[:2] == (860, 400)  # (4 x 2 + 0.6) x 100 dpi tall
 
 
+def test_the_histogram_shows_scores_close_together_under_a_threshold_far_above(tmp_path):
+    """The histogram's 60 bins spanned the scores alone and were drawn on the timeline's height,
+    which reaches up to the threshold: a steady line's scores, 0.005 apart under a threshold of
+    0.5, came in bars a fraction of a pixel thin, so the histogram looked empty."""
+    events = tmp_path / "events.jsonl"
+    _write(events, [_frame("cam", 1.8e9 + n, score, False) for n, score in enumerate((0.090, 0.092, 0.095, 0.093))])
+    write_events_report(read_events(events), tmp_path / "report.png")
+    histogram = cv2.imread(str(tmp_path / "report.png"))[:, 1200:]  # the right-hand fifth
+    bar_blue = (195, 146, 76)  # tab:blue at alpha 0.8 on white, BGR
+    assert np.all(np.abs(histogram.astype(int) - bar_blue) <= 12, axis=2).sum() > 100
+
+
 def test_numbers_a_report_cannot_draw_are_skipped_as_damaged_lines(tmp_path):
     """Python's json reads NaN and Infinity, and a timestamp past year 9999 stopped the report with
     a traceback; such lines, from a file edited by hand, are skipped and said."""
