@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as ticker  # noqa: E402
 
 from edge_ad.files import save_figure  # noqa: E402
 from edge_ad.render import overlay, show  # noqa: E402
@@ -23,7 +25,10 @@ def write_calibration_report(calibration: Calibration, threshold: float, path: P
     grid = figure.add_gridspec(2, columns, height_ratios=[1.1, 1])
     hist = figure.add_subplot(grid[0, :])
     scores = calibration.scores
-    bins = 60
+    # One set of bins for the normal frames and the defects, spanning the threshold too: bins
+    # over each set alone differ in width, and scores close together came in bars too thin to see.
+    shown = [scores, [threshold]] + ([] if calibration.defect_scores is None else [calibration.defect_scores])
+    bins = np.histogram_bin_edges(np.concatenate(shown), bins=60)
     hist.hist(scores, bins=bins, color="tab:blue", alpha=0.75, label=f"normal frames ({scores.size})")
     if calibration.defect_scores is not None:
         hist.hist(calibration.defect_scores, bins=bins, color="tab:red", alpha=0.6,
@@ -34,6 +39,10 @@ def write_calibration_report(calibration: Calibration, threshold: float, path: P
                  label=f"threshold {threshold:.3f} (false alarms <= {rounded_up(calibration.threshold.far_bound):g} "
                        f"at {calibration.confidence:.0%})")
     hist.set_yscale("log")
+    # Counts as plain numbers (1, 2, 10), not as 2x10^0: matplotlib's mathtext for those looks for
+    # TeX fonts it does not ship and warns on every report.
+    hist.yaxis.set_major_formatter(ticker.LogFormatter())
+    hist.yaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False))
     hist.set_xlabel("image score")
     hist.set_ylabel("frames")
     per_draw = calibration.threshold.per_draw

@@ -220,6 +220,29 @@ def test_a_large_cameras_frames_are_kept_small_for_the_report(tiny_bundle, norma
     assert not edge[:, 10:270].any()
 
 
+def test_the_report_s_histogram_shows_scores_close_together_in_plain_counts(tiny_bundle, normal_folder,
+                                                                          monkeypatch, tmp_path):
+    """Normal scores 0.005 apart under a threshold far above came in bars too thin to see (the
+    bins spanned the scores alone), and a count axis under a decade was labelled 2x10^0 in
+    mathtext, which made matplotlib warn of TeX fonts it lacks on every such report."""
+    from dataclasses import replace
+
+    import calibration.report
+
+    drawn = []
+    monkeypatch.setattr(calibration.report, "save_figure", lambda figure, path, dpi: drawn.append(figure))
+    detector = Detector.load(tiny_bundle)
+    frames = [cv2.imread(str(p)) for p in sorted(normal_folder.glob("*.png"))]
+    written = site.calibrate_into(tmp_path, detector, site.collect(detector, iter(frames), 12)[None], 0.3, 0.9, "x")
+    close = replace(written.calibration, scores=np.linspace(0.100, 0.105, 12))
+    calibration.report.write_calibration_report(close, 0.5, tmp_path / "report.png")
+    hist = drawn[-1].axes[0]
+    drawn[-1].canvas.draw()
+    assert min(bar.get_width() for bar in hist.patches) > 0.9 * (0.5 - 0.1) / 60  # bins over the threshold too
+    labels = [label.get_text() for label in hist.yaxis.get_ticklabels(which="both") if label.get_text()]
+    assert "1" in labels and "10" in labels and not any("$" in label for label in labels)
+
+
 def test_calibrate_command_writes_calibration_the_runtime_uses(tiny_bundle, normal_folder, mvtec_category, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
