@@ -669,7 +669,7 @@ def _calibrate_bundle(
     result, data, path, backup = written.calibration, written.data, written.path, written.backup
     print(f"normal frames {result.frames}  threshold {data['threshold']:.4f} ({data['threshold_from']})  "
           f"false-alarm rate <= {rounded_up(result.threshold.far_bound):g} at {args.confidence:.0%} confidence "
-          f"({result.threshold.exceedances} normal frames above it"
+          f"({result.threshold.exceedances} normal frame{'' if result.threshold.exceedances == 1 else 's'} above it"
           + (f"; about {result.frames / result.threshold.per_draw:.0f} independent frames, consecutive ones scoring "
              "alike" if result.threshold.per_draw > 1 else "") + ")"
           + (f"; a frame is flagged where a region of at least {args.min_defect_area} pixels reaches it"
