@@ -63,7 +63,9 @@ def write_eval_report(
     figure = plt.figure(figsize=(13, 10.5))
     grid = figure.add_gridspec(3, 2 * SHOWN, height_ratios=[1.2, 1, 1])
     hist = figure.add_subplot(grid[0, :SHOWN])
-    bins = np.histogram_bin_edges(scores, bins=60)
+    # Bins over the threshold too: one far from the scores (a bundle calibrated on other frames)
+    # would leave them in bins too thin to see.
+    bins = np.histogram_bin_edges(np.r_[scores, [] if threshold is None else [threshold]], bins=60)
     for label, name, colour in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
         hist.hist(scores[labels == label], bins=bins, color=colour, alpha=0.6,
                   label=f"{name} ({int((labels == label).sum())})")

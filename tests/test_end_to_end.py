@@ -305,6 +305,22 @@ def test_the_scores_table_writes_no_name_a_spreadsheet_would_run(tmp_path):
     assert read[5]["image"] == "site/test/crack/002.png" and [row["score"] for row in read] == ["-0.25"] * 5 + ["0.5"]
 
 
+def test_the_eval_picture_shows_scores_far_under_the_bundle_threshold(tmp_path, monkeypatch):
+    """A bundle calibrated on other frames has its threshold far from the test images' scores
+    (README: what the picture is for); the bins spanned the scores alone, so those came in bars
+    a fraction of a pixel thin beside the threshold's line."""
+    import export.eval_report
+
+    drawn = []
+    monkeypatch.setattr(export.eval_report, "save_figure", lambda figure, path, dpi: drawn.append(figure))
+    labels, scores = np.array([0] * 6 + [1] * 6), np.r_[np.linspace(0.10, 0.102, 6), np.linspace(0.103, 0.105, 6)]
+    report = {"data": "site", "test_images": 12, "normal_images_flagged_by_bundle_threshold": 0,
+              "anomalous_images_missed_by_bundle_threshold": 6}
+    export.eval_report.write_eval_report(report, labels, scores, 0.9, ([], []), tmp_path / "eval.png")
+    hist = drawn[-1].axes[0]
+    assert min(bar.get_width() for bar in hist.patches) > 0.9 * (0.9 - 0.1) / 60
+
+
 def test_an_eval_picture_the_disk_has_no_room_for_loses_no_metric(tiny_bundle, mvtec_category, tmp_path, monkeypatch):
     import export.eval_report
     from export.evaluate import evaluate
