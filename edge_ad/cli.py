@@ -893,9 +893,13 @@ def _mask(args: argparse.Namespace) -> None:
 
     frame = cv2.cvtColor(read_image(args.frame), cv2.COLOR_RGB2BGR)
     out = Path(args.out)
+    look = out.with_name(f"{out.stem}_preview.png")
+    for path, what in ((out, "the mask"), (look, "the mask's preview")):
+        if path.resolve() == Path(args.frame).resolve():  # the frame, to draw another mask on, would be lost
+            raise EdgeAdError(f"--out {out}: {what} would be written over the --frame picture {args.frame}; give "
+                              "the mask another name (mask.png)")
     picture = draw_mask(frame.shape, args.keep or [], args.ignore or [])
     mask = InspectionMask(picture > 0, str(out))  # refuses a mask with nothing left to inspect
-    look = out.with_name(f"{out.stem}_preview.png")
     for path, image in ((out, picture), (look, mask_preview(frame, mask))):
         write_picture(path, image)
     print(f"mask {out} ({mask.share_text} of the frame inspected); check it in {look}, then paint it further in "

@@ -228,6 +228,12 @@ def test_mask_command_draws_rectangles_and_a_preview(normal_folder, tmp_path):
     assert outside.returncode == 2 and "rectangle 250,0,100,10 reaches outside the 300x300 frame" in outside.stderr
     nothing = edge_ad("mask", "--frame", frame, "--ignore", "0,0,300,300", "--out", out)
     assert nothing.returncode == 2 and "the mask is black everywhere" in nothing.stderr
+    # The frame, to draw another mask on, was written over by the mask (or by its preview).
+    shutil.copy(frame, tmp_path / "cam_preview.png")
+    for given in (tmp_path / "cam_preview.png", tmp_path / "cam.png"):
+        over = edge_ad("mask", "--frame", tmp_path / "cam_preview.png", "--keep", "0,0,10,10", "--out", given)
+        assert over.returncode == 2 and "would be written over the --frame picture" in over.stderr
+    assert (tmp_path / "cam_preview.png").read_bytes() == frame.read_bytes() and not (tmp_path / "cam.png").exists()
 
 
 def test_the_inspected_share_is_never_said_as_none_or_all_when_it_is_not():
