@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.client
+import logging
 import os
 import pwd
 import re
 import reprlib
 import sys
 import urllib.error
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TextIO
 from urllib.parse import urlparse
 
 # scheme://user:password@host: the password runs to the last @ before the path (some hold an @)
@@ -98,13 +103,43 @@ def install_advice(module: str | None) -> str:
                              "opcua (pyproject.toml)")
 
 
+# The folders of edge-ad's own modules, whose warnings are meant for the user.
+_OWN_MODULES = {Path(__file__).resolve().parents[1] / name for name in ("edge_ad", "calibration", "export")}
+
+
+@contextlib.contextmanager
+def warnings_said(program: str) -> Iterator[None]:
+    """edge-ad's own warnings (a calibration made for another bundle, TensorRT not used) as the
+    user reads them: one line `<program>: warning: <what>`, or a log line where the command logs
+    (`run`: with its time, in the journal), not Python's file, line number and line of code. The
+    libraries' warnings keep Python's form: where they came from helps whoever reports them."""
+    shown = warnings.showwarning
+
+    def say(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: TextIO | None = None,
+            line: str | None = None) -> None:
+        if Path(filename).resolve().parent not in _OWN_MODULES:
+            shown(message, category, filename, lineno, file, line)
+        elif logging.getLogger().handlers:
+            logging.getLogger("edge_ad").warning("%s", without_passwords(str(message)))
+        else:
+            print(f"{program}: warning: {without_passwords(str(message))}", file=sys.stderr)
+
+    warnings.showwarning = say
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def report_errors(program: str, run: Callable[[], object]) -> int:
     """Run a command and return its exit code. An error meant for the user (EdgeAdError, a missing
     optional package, a file-system error, memory run out) becomes one line `<program>: error:
-    <what>` on stderr and exit code 2, not a traceback; Ctrl-C exits with 130. Every edge-ad
-    command and benchmark script ends this way."""
+    <what>` on stderr and exit code 2, not a traceback; Ctrl-C exits with 130; edge-ad's own
+    warnings come as lines too (warnings_said). Every edge-ad command and benchmark script ends
+    this way."""
     try:
-        run()
+        with warnings_said(program):
+            run()
     except EdgeAdError as exc:
         print(f"{program}: error: {without_passwords(str(exc))}", file=sys.stderr)
         return 2

@@ -511,6 +511,9 @@ def test_a_calibration_of_another_bundle_is_set_aside(tiny_bundle, tmp_path):
     with pytest.warns(UserWarning, match="made for another bundle"):
         detector = Detector.load(bundle)
     assert detector.bundle.calibration is None and detector.threshold == spec["threshold"]
+    out = edge_ad("bench", "--bundle", bundle, "--frames", 2, "--warmup", 1)
+    assert out.returncode == 0 and f"edge-ad: warning: {bundle / 'calibration.yaml'}: made for another" in out.stderr
+    assert "UserWarning" not in out.stderr
 
 
 def test_calibrating_on_frames_unlike_the_training_pictures_warns(elpv_samples, tmp_path):

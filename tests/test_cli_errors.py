@@ -39,6 +39,22 @@ def _one_line_error(result, *fragments, program="edge-ad"):
         assert fragment in lines[-1]
 
 
+def test_edge_ads_own_warnings_are_said_as_lines_and_the_libraries_as_python_shows_them():
+    """`run` on a bundle whose calibration was made for another put Python's form in the journal
+    (edge_ad/bundle.py:394: UserWarning: ..., and the line of code), without the run's time."""
+    script = (
+        "import warnings, numpy, edge_ad.errors as e\n"
+        "def go():\n"
+        "    warnings.warn_explicit(\"a library's\", UserWarning, numpy.__file__, 7)\n"
+        "    warnings.warn_explicit('ours, rtsp://u:secret@cam/s', UserWarning, e.__file__, 9)\n"
+        "raise SystemExit(e.report_errors('prog', go))\n"
+    )
+    said = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert said.returncode == 0
+    assert "__init__.py:7: UserWarning: a library's" in said.stderr
+    assert "prog: warning: ours, rtsp://u:***@cam/s\n" in said.stderr and "errors.py:9" not in said.stderr
+
+
 def test_options_that_are_not_ones_or_out_of_range_are_named():
     """`run` has --sources and no --source: an option that is not one is named, not taken as another
     by abbreviation."""
