@@ -5,8 +5,8 @@ the pictures are the frames `run` will score), at most one per `interval_s` (of 
 time for a file, of the clock for a camera), as lossless PNG (or JPEG) files named as `run`'s
 snapshots are, after the source, the capture time and the frame number, so that a second
 recording into the same folder adds to the first; or one frame as the picture named (frame.png,
-the frame a mask is drawn on). Recording stops after `count` pictures, at
-the end of a file, or on SIGINT / SIGTERM, and keeps every picture saved. `record_sources` records several cameras at
+the frame a mask is drawn on). Recording stops after `count` pictures, at the end of a file, or
+on SIGINT / SIGTERM, and keeps every picture saved. `record_sources` records several cameras at
 once (a run's --sources), each into its own folder, for a bundle per camera.
 """
 
