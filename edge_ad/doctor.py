@@ -21,10 +21,10 @@ from .detector import Detector
 from .engines import _tensorrt
 from .device import (Device, clock_state, detect, int8_saturates, jetpack, load_configs, pick_config, read_sensors,
                      run_command, target_config, unsynchronised_clock)
-from .errors import EdgeAdError, without_passwords
+from .errors import EdgeAdError, os_reason, without_passwords
 from .files import state_folder
 from .pipelines import UDP_BUFFER_BYTES
-from .service_unit import INSTALLED_UNIT, add_user, setting, started_words
+from .service_unit import INSTALLED_UNIT, add_user, setting, started_words, unit_files
 from .streams import Stream, bundle_of, calibration_folder
 from .variants import comparability_problem, parse_variants
 
@@ -326,23 +326,35 @@ def _check_service(report: Report, root: Path, written: Iterable[Path], read: It
     file, which `cameras --sources` makes readable by its owner only): a site upgrading from the
     unit that ran edge-ad as root has none of that yet (systemd fails the start with
     status=217/USER)."""
-    unit = root / INSTALLED_UNIT.relative_to("/")
+    unit, *drop_ins = unit_files(root / INSTALLED_UNIT.relative_to("/"))
     try:
         text = unit.read_text()
     except OSError:  # no service installed
         return
-    _check_run_line(report, unit, started_words(text))
+    started_in = unit  # the file whose ExecStart= systemd runs
+    for drop_in in drop_ins:  # as systemctl edit writes them: what they set is what systemd runs
+        try:
+            own = drop_in.read_text()
+        except OSError as exc:
+            report.problems.append(f"{drop_in}: cannot read ({os_reason(exc)}); what it changes in the service is "
+                                   "not checked")
+            continue
+        text += "\n" + own
+        if setting(own, "ExecStart") is not None:
+            started_in = drop_in
+    shown = f"{unit} (with {', '.join(map(str, drop_ins))})" if drop_ins else str(unit)
+    _check_run_line(report, started_in, unit, started_words(text))
     name = setting(text, "User")
     if name is None:
-        report.found("service", f"{unit}: runs edge-ad as root (edge-ad service writes a unit that runs it as "
+        report.found("service", f"{shown}: runs edge-ad as root (edge-ad service writes a unit that runs it as "
                                 "a user of its own, and says how to make the user)")
         return
     try:
         user = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
     except KeyError:
-        report.problems.append(f"{unit} runs edge-ad as the user {name}, who is not there: {add_user(name)}")
+        report.problems.append(f"{shown} runs edge-ad as the user {name}, who is not there: {add_user(name)}")
         return
-    report.found("service", f"{unit}: runs edge-ad as {user.pw_name}")
+    report.found("service", f"{shown}: runs edge-ad as {user.pw_name}")
     for device in (root / path for path in DEVICES):
         if device.exists() and not _may(user, device, 6):
             group = device.stat().st_gid
@@ -352,7 +364,7 @@ def _check_service(report: Report, root: Path, written: Iterable[Path], read: It
                 pass
             report.problems.append(f"{user.pw_name}, the service's user, may not use {device}: sudo usermod -aG "
                                    f"{group} {user.pw_name}")
-    _check_started(report, unit, text, user, root)
+    _check_started(report, shown, text, user, root)
     who = f"{user.pw_name}, the service's user,"
     for folder in dict.fromkeys(written):
         closed = _closed(user, folder, 3) if folder.is_dir() else None
@@ -366,19 +378,22 @@ def _check_service(report: Report, root: Path, written: Iterable[Path], read: It
                                    + _mend(closed, file, f"sudo chown {user.pw_name} {file}"))
 
 
-def _check_run_line(report: Report, unit: Path, words: list[str]) -> None:
-    """The unit's `edge-ad run` line is one this edge-ad takes: a unit written by an earlier
-    version (an option it took twice, keeping the last; an option since renamed) would stop at the
-    start after an upgrade, which `make runtime`'s doctor says before the service is restarted."""
+def _check_run_line(report: Report, started_in: Path, unit: Path, words: list[str]) -> None:
+    """The unit's `edge-ad run` line (in `started_in`: the unit, or a drop-in of it) is one this
+    edge-ad takes: a unit written by an earlier version (an option it took twice, keeping the last;
+    an option since renamed) would stop at the start after an upgrade, which `make runtime`'s
+    doctor says before the service is restarted."""
     from .cli import run_line_problem
 
     problem = run_line_problem(words[2:]) if words[1:2] == ["run"] else None
     if problem:
-        report.problems.append(f"{unit} would stop at the start: {problem}; write it again with edge-ad service run "
-                               "and the line meant")
+        mend = ("write it again with edge-ad service run and the line meant" if started_in == unit else
+                f"mend its ExecStart= (sudo systemctl edit edge-ad), or delete the file and write {unit} again with "
+                "edge-ad service run and the line meant")
+        report.problems.append(f"{started_in} would stop at the start: {problem}; {mend}")
 
 
-def _check_started(report: Report, unit: Path, text: str, user: pwd.struct_passwd, root: Path) -> None:
+def _check_started(report: Report, unit: str, text: str, user: pwd.struct_passwd, root: Path) -> None:
     """The unit's user may start its program, and the Python a venv's script names (linked to the
     one the venv was made from), and enter its WorkingDirectory: edge-ad in a home closed to
     others, or a venv made from a Python in /root, fails the start with status=203/EXEC."""

@@ -173,13 +173,21 @@ _EXEC_START = re.compile(r"^ExecStart=((?:.*\\\n)*.*)$", re.M)  # with its conti
 _EXEC_WORD = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
 
 
+def unit_files(unit: Path) -> list[Path]:
+    """The unit and its drop-ins (`edge-ad.service.d/*.conf`: `systemctl edit edge-ad` writes
+    override.conf there), in the order systemd reads them, by name: a drop-in's setting overrides
+    the unit's, and an empty `ExecStart=` in it drops the unit's before its own."""
+    return [unit, *sorted(unit.with_name(f"{unit.name}.d").glob("*.conf"))]
+
+
 def started_words(unit_text: str) -> list[str]:
-    """The words of the unit's ExecStart= as `exec_line` writes them (continuation lines, quotes,
-    C escapes, doubled % and $), its prefixes (`-`, `@`, ...) left out; [] without one."""
-    found = _EXEC_START.search(unit_text)
-    if found is None:
+    """The words of the last ExecStart= of the unit's text (with its drop-ins' after it) as
+    `exec_line` writes them (continuation lines, quotes, C escapes, doubled % and $), its prefixes
+    (`-`, `@`, ...) left out; [] without one, or where the last is empty (a drop-in's reset)."""
+    found = list(_EXEC_START.finditer(unit_text))
+    if not found:
         return []
-    line = re.sub(r"^\s*[-@:+!]*", "", found.group(1).replace("\\\n", " "))
+    line = re.sub(r"^\s*[-@:+!]*", "", found[-1].group(1).replace("\\\n", " "))
     words = []
     for word in _EXEC_WORD.finditer(line):
         quoted, plain = word.groups()
@@ -202,9 +210,10 @@ def unit_for(argv: Sequence[str], cwd: Path) -> str:
 
 
 def setting(text: str, key: str) -> str | None:
-    """The value of a unit's first `key=` line (None without one)."""
-    found = re.search(rf"^{key}=(.*\S)\s*$", text, re.M)
-    return found.group(1) if found else None
+    """The value of a unit's last `key=` line, as systemd takes it where a drop-in sets it again
+    (None without one, or where the last is empty: back to systemd's default)."""
+    values = re.findall(rf"^{key}=(.*)$", text, re.M)
+    return values[-1].strip() or None if values else None
 
 
 def add_user(name: str) -> str:
@@ -218,6 +227,14 @@ def install_steps(run: argparse.Namespace) -> list[str]:
     template = UNIT_TEMPLATE.read_text()
     user = setting(template, "User") or "root"
     steps = [f"edge-ad service run ... | sudo tee {INSTALLED_UNIT}  (this unit)"]
+    for drop_in in unit_files(INSTALLED_UNIT)[1:]:  # one from systemctl edit would run its line, not this one
+        try:
+            overrides = setting(drop_in.read_text(), "ExecStart") is not None
+        except OSError:  # not readable here: systemd reads it, doctor says so
+            continue
+        if overrides:
+            steps.append(f"sudoedit {drop_in}  (delete its ExecStart= lines: systemd runs them instead of this "
+                         "unit's)")
     try:
         pwd.getpwnam(user)
     except KeyError:

@@ -307,6 +307,23 @@ def _check_the_service_s_user(base: Path, tiny_bundle: Path) -> None:
                           f"reach, as make runtime does from /usr/bin/python3, and {again}"]
     program.unlink()
     assert said()[1:] == [f"{unit} would not start: {program} is not there: {again}"]
+    (root / "root").chmod(0o755)
+    program.write_text("#!/opt/edge-ad/.venv/bin/python\n")
+    program.chmod(0o755)
+    # `systemctl edit edge-ad` writes a drop-in whose settings systemd takes over the unit's: doctor
+    # read the unit alone, so an upgrade that refuses the drop-in's run line went unsaid, and a
+    # unit written again with edge-ad service still ran the drop-in's line.
+    override = unit.with_name("edge-ad.service.d") / "override.conf"
+    override.parent.mkdir()
+    override.write_text("[Service]\nExecStart=\nExecStart=/opt/edge-ad/.venv/bin/edge-ad run --events a.jsonl "
+                        "--events b.jsonl\n")
+    assert said() == [f"service      {unit} (with {override}): runs edge-ad as nobody",
+                      f"{override} would stop at the start: edge-ad run: error: --events given twice (a.jsonl, then "
+                      f"b.jsonl); give it once; mend its ExecStart= (sudo systemctl edit edge-ad), or delete the file "
+                      f"and write {unit} again with edge-ad service run and the line meant"]
+    override.write_text("[Service]\nUser=edge-ad-nobody-has\n")
+    assert said() == [f"{unit} (with {override}) runs edge-ad as the user edge-ad-nobody-has, who is not there: "
+                      "sudo useradd --system --home-dir /var/lib/edge-ad --groups video edge-ad-nobody-has"]
 
 
 def test_a_given_target_is_checked_against_the_schema(tmp_path):

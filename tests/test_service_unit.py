@@ -78,6 +78,18 @@ def test_the_unit_runs_the_command_line_as_typed(tmp_path, monkeypatch, capsys):
     assert setting(unit, "User") == setting(UNIT_TEMPLATE.read_text(), "User") != "root"
     assert "sudo systemctl daemon-reload && sudo systemctl enable --now edge-ad" in err
     assert "edge-ad doctor --bundle 'my bundle'" in err  # what the user may not read or write yet
+    assert "sudoedit" not in err
+    # A drop-in of the installed unit (`systemctl edit edge-ad`) with a line of its own: systemd
+    # runs that one, and the unit written again would change nothing.
+    installed = tmp_path / "etc" / "edge-ad.service"
+    monkeypatch.setattr("edge_ad.service_unit.INSTALLED_UNIT", installed)
+    override = tmp_path / "etc" / "edge-ad.service.d" / "override.conf"
+    override.parent.mkdir(parents=True)
+    override.write_text("[Service]\nEnvironment=A=1\n")
+    assert "sudoedit" not in _service(["run", *run], capsys)[2]
+    override.write_text("[Service]\nExecStart=\nExecStart=/usr/bin/edge-ad run --input csi://0\n")
+    err = _service(["run", *run], capsys)[2]
+    assert f"sudoedit {override}  (delete its ExecStart= lines: systemd runs them instead of this unit's)" in err
 
 
 def test_passwords_stay_out_of_the_unit(tmp_path, monkeypatch, capsys):
