@@ -94,8 +94,9 @@ def _tensorrt(alternative: str = ""):
         if exc.name != "tensorrt":
             raise EdgeAdError(_broken_tensorrt(exc) + alternative) from exc
         raise EdgeAdError(
-            f"TensorRT engines need the tensorrt package and an NVIDIA GPU ({exc}); "
-            f"pip install 'edge-ad[tensorrt]' on the device{alternative}"
+            f"TensorRT engines need the tensorrt package and an NVIDIA GPU ({exc}): on a Jetson, JetPack's (sudo "
+            "apt-get install python3-libnvinfer; a venv made with --system-site-packages, as make runtime makes it, "
+            f"sees it), elsewhere pip install 'edge-ad[tensorrt]'{alternative}"
         ) from exc
     except Exception as exc:  # any failure of a package that is there
         raise EdgeAdError(_broken_tensorrt(exc) + alternative) from exc

@@ -150,6 +150,8 @@ def test_build_without_tensorrt_fails_with_one_line(tiny_bundle):
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "TensorRT engines need the tensorrt package" in out.stderr
     assert "--backend" not in out.stderr  # build has no backend to switch
+    # A Jetson's TensorRT is JetPack's (apt), not a wheel from PyPI, which has none for Jetsons.
+    assert "sudo apt-get install python3-libnvinfer" in out.stderr and "pip install 'edge-ad[tensorrt]'" in out.stderr
 
 
 @pytest.mark.parametrize("failure, said", [
