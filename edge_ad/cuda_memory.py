@@ -35,12 +35,13 @@ def cuda_memory() -> PyCudaMemory | CudaPythonMemory:
             raise
         except Exception as exc:  # any failure of a package that is there
             failures.append(f"{package} is installed but fails to load ({raised(exc)})")
+    # cuda-python 13 needs CUDA 13; JetPack 6 has CUDA 12.6
+    jetson = "on a Jetson with JetPack 6: pip install 'cuda-python>=12.6.1,<13'"
     if failures:
         raise EdgeAdError(f"TensorRT on the GPU needs pycuda or cuda-python for its memory: {'; '.join(failures)}: "
-                          "reinstall it for this device's CUDA (on a Jetson with JetPack 6: pip install "
-                          "'cuda-python>=12.6.1,<13')")
-    raise EdgeAdError("TensorRT on the GPU needs pycuda or cuda-python for its memory "
-                      "(pip install 'edge-ad[tensorrt]', or pip install cuda-python)")
+                          f"reinstall it for this device's CUDA ({jetson})")
+    raise EdgeAdError(f"TensorRT on the GPU needs pycuda or cuda-python for its memory ({jetson}; elsewhere pip "
+                      "install 'edge-ad[tensorrt]', or cuda-python for the CUDA installed)")
 
 
 def cuda_memory_installed() -> bool:
