@@ -213,7 +213,7 @@ def setting(text: str, key: str) -> str | None:
     """The value of a unit's last `key=` line, as systemd takes it where a drop-in sets it again
     (None without one, or where the last is empty: back to systemd's default)."""
     values = re.findall(rf"^{key}=(.*)$", text, re.M)
-    return values[-1].strip() or None if values else None
+    return (values[-1].strip() or None) if values else None
 
 
 def add_user(name: str) -> str:
