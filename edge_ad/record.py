@@ -23,20 +23,18 @@ from calibration.statistics import COPIES_SHARE, near_duplicates
 
 from .errors import EdgeAdError, os_reason
 from .files import remove_leftovers, write_atomic
-from .images import thumbnail
+from .images import IMAGE_SUFFIXES, thumbnail
 from .runner import stop_on_signals
 from .sinks import picture_paths, slug
 from .sources import Source, settled_frames
 
 FORMATS = ("png", "jpg")
-# The names of one picture rather than of a folder for them, and the format each is written in.
-PICTURE_SUFFIXES = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg"}
 
 
 def one_picture(out: Path) -> bool:
-    """Whether `--out` names one picture (frame.png) rather than a folder of pictures; a folder
-    that exists keeps its meaning, whatever its name."""
-    return out.suffix.lower() in PICTURE_SUFFIXES and not out.is_dir()
+    """Whether `--out` names one picture (frame.png: a name edge-ad reads as a picture) rather
+    than a folder of pictures; a folder that exists keeps its meaning, whatever its name."""
+    return out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
 
 
 def record(
@@ -79,9 +77,13 @@ def record(
                 last = moment
                 (path,) = [out] if single else picture_paths(folder, source.shown, frame.captured, frame.index,
                                                              (f".{fmt}",))
-                ok, data = cv2.imencode(path.suffix, frame.image)
-                if not ok:
-                    raise EdgeAdError(f"{path}: cannot encode the frame ({frame.image.shape})")
+                try:
+                    ok, data = cv2.imencode(path.suffix, frame.image)
+                except cv2.error:
+                    ok = False
+                if not ok:  # a colour frame as grey-only .pgm
+                    raise EdgeAdError(f"{path}: OpenCV cannot write a frame of shape {frame.image.shape} as "
+                                      f"{path.suffix}; give a .png or .jpg name")
                 try:
                     write_atomic(path, data.tobytes())  # a power cut or a full disk leaves no half picture
                 except OSError as exc:

@@ -908,6 +908,9 @@ def test_record_saves_one_picture_per_interval_as_run_would_see_it(mp4, tmp_path
                            str(tmp_path / "f.png"), "--frames", "2"], capture_output=True, text=True, timeout=120)
     assert many.returncode == 2 and "names one picture, but --frames asks for 2" in many.stderr
     assert not (tmp_path / "f.png").exists()
+    grey = subprocess.run([sys.executable, "-m", "edge_ad", "record", "--input", str(mp4), "--out",
+                           str(tmp_path / "f.pgm"), "--frames", "1"], capture_output=True, text=True, timeout=120)
+    assert grey.returncode == 2 and "as .pgm; give a .png or .jpg name" in grey.stderr  # PGM is grey only
 
 
 def test_record_says_when_its_pictures_are_near_copies(normal_folder, tmp_path, capsys):
