@@ -40,7 +40,7 @@ def write_calibration_report(calibration: Calibration, threshold: float, path: P
                        f"at {calibration.confidence:.0%})")
     hist.set_yscale("log")
     # Counts as plain numbers (1, 2, 10), not as 2x10^0: matplotlib's mathtext for those looks for
-    # TeX fonts it does not ship and warns on every report.
+    # TeX fonts it does not ship, and printed findfont lines wherever counts spanned under a decade.
     hist.yaxis.set_major_formatter(ticker.LogFormatter())
     hist.yaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False))
     hist.set_xlabel("image score")

@@ -764,21 +764,21 @@ def _record(args: argparse.Namespace) -> None:
     _recorded(Path(args.out), record(source, Path(args.out), args.frames, args.interval, args.format))
 
 
-def _recorded(folder: Path, saved: list | EdgeAdError, name: str | None = None) -> None:
-    """What `record` saved into `folder` (of source `name`, with several), or as the one picture
-    `folder` names, and what to do next."""
+def _recorded(out: Path, saved: list | EdgeAdError, name: str | None = None) -> None:
+    """What `record` saved into the folder `out` (of source `name`, with several), or as the one
+    picture `out` names, and what to do next."""
     where = f"{name}: " if name else ""
     if isinstance(saved, EdgeAdError):
         print(f"{where}{saved}")
         return
-    if saved == [folder]:
-        print(f"a frame saved as {folder}; draw an inspection mask on it: edge-ad mask --frame {folder} --keep "
+    if saved == [out]:
+        print(f"a frame saved as {out}; draw an inspection mask on it: edge-ad mask --frame {out} --keep "
               "X,Y,W,H --out mask.png")
         return
     names = f" ({saved[0].name})" if len(saved) == 1 else f" ({saved[0].name} ... {saved[-1].name})" if saved else ""
-    print(f"{where}{len(saved)} picture{'' if len(saved) == 1 else 's'} in {folder}{names}")
+    print(f"{where}{len(saved)} picture{'' if len(saved) == 1 else 's'} in {out}{names}")
     if saved:
-        print(f"{where}train on them once they show only good parts: edge-ad train --data {folder} --out RUN")
+        print(f"{where}train on them once they show only good parts: edge-ad train --data {out} --out RUN")
 
 
 def _time(text: str) -> float:
