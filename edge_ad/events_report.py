@@ -359,7 +359,9 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         histogram.hist(scores, bins=60, range=drawn, color="tab:blue", alpha=0.8, orientation="horizontal", log=True)
         histogram.axhline(record.thresholds[-1], color="black", linewidth=1)
         histogram.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-        histogram.xaxis.set_minor_formatter(ticker.NullFormatter())
+        # 2, 3, 5 between 1 and 10 where the counts span less than a decade (a short run), as
+        # matplotlib picks them; none where they span several
+        histogram.xaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False))
         histogram.set_xlabel("frames (log scale)")
         histogram.sharey(timeline)
     notes = []

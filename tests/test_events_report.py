@@ -205,6 +205,22 @@ def test_the_histogram_shows_scores_close_together_under_a_threshold_far_above(t
     assert np.all(np.abs(histogram.astype(int) - bar_blue) <= 12, axis=2).sum() > 100
 
 
+def test_a_short_run_s_histogram_counts_are_labelled_between_1_and_10(tmp_path, monkeypatch):
+    """The count axis labelled its powers of ten alone: a short run's (counts under 10) read
+    "1" and nothing else."""
+    import edge_ad.events_report
+
+    drawn = []
+    monkeypatch.setattr(edge_ad.events_report, "save_figure", lambda figure, path, dpi: drawn.append(figure))
+    events = tmp_path / "events.jsonl"
+    _write(events, [_frame("cam", 1.8e9 + n, 0.1, False) for n in range(4)] + [_frame("cam", 1.8e9 + 9, 0.3, False)])
+    write_events_report(read_events(events), tmp_path / "report.png")
+    counts = drawn[-1].axes[1].xaxis
+    drawn[-1].canvas.draw()
+    labels = {label.get_text() for label in counts.get_ticklabels(which="both") if label.get_visible()}
+    assert {"1", "2", "3", "4"} <= labels
+
+
 def test_numbers_a_report_cannot_draw_are_skipped_as_damaged_lines(tmp_path):
     """Python's json reads NaN and Infinity, and a timestamp past year 9999 stopped the report with
     a traceback; such lines, from a file edited by hand, are skipped and said."""
