@@ -24,7 +24,7 @@ from .device import (Device, clock_state, detect, int8_saturates, jetpack, load_
 from .errors import EdgeAdError, os_reason, without_passwords
 from .files import state_folder
 from .pipelines import UDP_BUFFER_BYTES
-from .service_unit import INSTALLED_UNIT, add_user, setting, started_words, unit_files
+from .service_unit import INSTALLED_UNIT, add_user, sets_exec_start, setting, started_words, unit_files
 from .streams import Stream, bundle_of, calibration_folder
 from .variants import comparability_problem, parse_variants
 
@@ -340,7 +340,7 @@ def _check_service(report: Report, root: Path, written: Iterable[Path], read: It
                                    "not checked")
             continue
         text += "\n" + own
-        if setting(own, "ExecStart") is not None:
+        if sets_exec_start(own):
             started_in = drop_in
     shown = f"{unit} (with {', '.join(map(str, drop_ins))})" if drop_ins else str(unit)
     _check_run_line(report, started_in, unit, started_words(text))
@@ -379,17 +379,22 @@ def _check_service(report: Report, root: Path, written: Iterable[Path], read: It
 
 
 def _check_run_line(report: Report, started_in: Path, unit: Path, words: list[str]) -> None:
-    """The unit's `edge-ad run` line (in `started_in`: the unit, or a drop-in of it) is one this
+    """The unit's `edge-ad run` line (in `started_in`: the unit, or a drop-in of it) is there (a
+    drop-in's empty `ExecStart=` alone leaves none, and systemd refuses the unit) and is one this
     edge-ad takes: a unit written by an earlier version (an option it took twice, keeping the last;
     an option since renamed) would stop at the start after an upgrade, which `make runtime`'s
     doctor says before the service is restarted."""
     from .cli import run_line_problem
 
+    mend = ("write it again with edge-ad service run and the line meant" if started_in == unit else
+            f"mend its ExecStart= (sudo systemctl edit edge-ad), or delete the file and write {unit} again with "
+            "edge-ad service run and the line meant")
+    if not words:  # a drop-in's `ExecStart=` alone drops the unit's line and gives none
+        none = "has no ExecStart= line" if started_in == unit else "leaves the service no ExecStart= line"
+        report.problems.append(f"{started_in} would not start: it {none} (systemd refuses such a unit); {mend}")
+        return
     problem = run_line_problem(words[2:]) if words[1:2] == ["run"] else None
     if problem:
-        mend = ("write it again with edge-ad service run and the line meant" if started_in == unit else
-                f"mend its ExecStart= (sudo systemctl edit edge-ad), or delete the file and write {unit} again with "
-                "edge-ad service run and the line meant")
         report.problems.append(f"{started_in} would stop at the start: {problem}; {mend}")
 
 

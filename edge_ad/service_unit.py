@@ -180,6 +180,12 @@ def unit_files(unit: Path) -> list[Path]:
     return [unit, *sorted(unit.with_name(f"{unit.name}.d").glob("*.conf"))]
 
 
+def sets_exec_start(text: str) -> bool:
+    """Whether a unit file's text has an `ExecStart=` line: in a drop-in, an empty one too drops the
+    unit's line (and, with no other after it, leaves the service none to run)."""
+    return _EXEC_START.search(text) is not None
+
+
 def started_words(unit_text: str) -> list[str]:
     """The words of the last ExecStart= of the unit's text (with its drop-ins' after it) as
     `exec_line` writes them (continuation lines, quotes, C escapes, doubled % and $), its prefixes
@@ -229,11 +235,11 @@ def install_steps(run: argparse.Namespace) -> list[str]:
     steps = [f"edge-ad service run ... | sudo tee {INSTALLED_UNIT}  (this unit)"]
     for drop_in in unit_files(INSTALLED_UNIT)[1:]:  # one from systemctl edit would run its line, not this one
         try:
-            overrides = setting(drop_in.read_text(), "ExecStart") is not None
+            overrides = sets_exec_start(drop_in.read_text())
         except OSError:  # not readable here: systemd reads it, doctor says so
             continue
         if overrides:
-            steps.append(f"sudoedit {drop_in}  (delete its ExecStart= lines: systemd runs them instead of this "
+            steps.append(f"sudoedit {drop_in}  (delete its ExecStart= lines: systemd takes them instead of this "
                          "unit's)")
     try:
         pwd.getpwnam(user)

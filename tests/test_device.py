@@ -262,10 +262,13 @@ def _check_the_service_s_user(base: Path, tiny_bundle: Path) -> None:
             [p for p in report.problems if "service" in p or "useradd" in p]
 
     assert said() == []  # no service installed
+    unit.write_text("[Service]\nWorkingDirectory=/opt/edge-ad\n")  # edited by hand: nothing to run
+    assert said()[1:] == [f"{unit} would not start: it has no ExecStart= line (systemd refuses such a unit); write "
+                          "it again with edge-ad service run and the line meant"]
     unit.write_text("[Service]\nExecStart=/opt/edge-ad/.venv/bin/edge-ad run\n")
     assert said() == [f"service      {unit}: runs edge-ad as root (edge-ad service writes a unit that runs it "
                       "as a user of its own, and says how to make the user)"]
-    unit.write_text("[Service]\nUser=edge-ad-nobody-has\n")
+    unit.write_text("[Service]\nUser=edge-ad-nobody-has\nExecStart=/opt/edge-ad/.venv/bin/edge-ad run\n")
     assert said() == [f"{unit} runs edge-ad as the user edge-ad-nobody-has, who is not there: sudo useradd --system "
                       "--home-dir /var/lib/edge-ad --groups video edge-ad-nobody-has"]
     unit.write_text('[Service]\nUser=nobody\nExecStart="/opt/edge-ad/.venv/bin/edge-ad" run --bundle /b \\\n'
@@ -321,6 +324,11 @@ def _check_the_service_s_user(base: Path, tiny_bundle: Path) -> None:
                       f"{override} would stop at the start: edge-ad run: error: --events given twice (a.jsonl, then "
                       f"b.jsonl); give it once; mend its ExecStart= (sudo systemctl edit edge-ad), or delete the file "
                       f"and write {unit} again with edge-ad service run and the line meant"]
+    override.write_text("[Service]\nExecStart=\n")  # the unit's line dropped, none given: systemd refuses it
+    assert said() == [f"service      {unit} (with {override}): runs edge-ad as nobody",
+                      f"{override} would not start: it leaves the service no ExecStart= line (systemd refuses such a "
+                      f"unit); mend its ExecStart= (sudo systemctl edit edge-ad), or delete the file and write {unit} "
+                      "again with edge-ad service run and the line meant"]
     override.write_text("[Service]\nUser=edge-ad-nobody-has\n")
     assert said() == [f"{unit} (with {override}) runs edge-ad as the user edge-ad-nobody-has, who is not there: "
                       "sudo useradd --system --home-dir /var/lib/edge-ad --groups video edge-ad-nobody-has"]

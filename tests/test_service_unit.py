@@ -87,9 +87,11 @@ def test_the_unit_runs_the_command_line_as_typed(tmp_path, monkeypatch, capsys):
     override.parent.mkdir(parents=True)
     override.write_text("[Service]\nEnvironment=A=1\n")
     assert "sudoedit" not in _service(["run", *run], capsys)[2]
+    sudoedit = f"sudoedit {override}  (delete its ExecStart= lines: systemd takes them instead of this unit's)"
     override.write_text("[Service]\nExecStart=\nExecStart=/usr/bin/edge-ad run --input csi://0\n")
-    err = _service(["run", *run], capsys)[2]
-    assert f"sudoedit {override}  (delete its ExecStart= lines: systemd runs them instead of this unit's)" in err
+    assert sudoedit in _service(["run", *run], capsys)[2]
+    override.write_text("[Service]\nExecStart=\n")  # the unit's line dropped and none given
+    assert sudoedit in _service(["run", *run], capsys)[2]
 
 
 def test_passwords_stay_out_of_the_unit(tmp_path, monkeypatch, capsys):
