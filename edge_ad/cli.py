@@ -897,7 +897,7 @@ def _mask(args: argparse.Namespace) -> None:
     for path, what in ((out, "the mask"), (look, "the mask's preview")):
         if path.resolve() == Path(args.frame).resolve():  # the frame, to draw another mask on, would be lost
             raise EdgeAdError(f"--out {out}: {what} would be written over the --frame picture {args.frame}; give "
-                              "the mask another name (mask.png)")
+                              f"the mask another name ({Path(args.frame).stem}_mask.png)")
     picture = draw_mask(frame.shape, args.keep or [], args.ignore or [])
     mask = InspectionMask(picture > 0, str(out))  # refuses a mask with nothing left to inspect
     for path, image in ((out, picture), (look, mask_preview(frame, mask))):
