@@ -345,8 +345,10 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         for n, ((bundle, calibration), start, _) in enumerate(stretches):
             if n:  # where another bundle or calibration took over; the first is named too
                 timeline.axvline(times[start], color="tab:brown", linestyle=":", linewidth=1.5)
-            timeline.annotate(f" {bundle[:8]} / {(calibration or 'own')[:8]}", (times[start], 0.0),
-                              xycoords=("data", "axes fraction"), rotation=90, fontsize=6, va="bottom", ha="left")
+            timeline.annotate(f"{bundle[:8]} / {(calibration or 'own')[:8]}", (times[start], 0.0),
+                              xycoords=("data", "axes fraction"), rotation=90, fontsize=6, va="bottom", ha="left",
+                              bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1},
+                              zorder=5)  # over the points it stands among, readable
         timeline.set_title(record.counts(), fontsize=9, loc="left")
         timeline.set_ylabel("score")
         timeline.xaxis.set_major_locator(mdates.AutoDateLocator())

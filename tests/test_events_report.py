@@ -10,6 +10,7 @@ import cv2
 import matplotlib.dates as mdates
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from edge_ad.errors import EdgeAdError
 from edge_ad.events_report import (_local_days, binned_medians, read_events, time_labels, write_alarm_pictures,
@@ -219,6 +220,29 @@ def test_a_short_run_s_histogram_counts_are_labelled_between_1_and_10(tmp_path, 
     drawn[-1].canvas.draw()
     labels = {label.get_text() for label in counts.get_ticklabels(which="both") if label.get_visible()}
     assert {"1", "2", "3", "4"} <= labels
+
+
+def test_the_bundle_and_calibration_named_on_the_timeline_are_not_hidden_by_its_points(tmp_path, monkeypatch):
+    """The label naming the bundle and calibration stands at the bottom of the timeline, among a
+    steady line's scores: drawn on them, its letters were lost in the cloud of blue points."""
+    import edge_ad.events_report
+
+    drawn = []
+    monkeypatch.setattr(edge_ad.events_report, "save_figure", lambda figure, path, dpi: drawn.append(figure))
+    events = tmp_path / "events.jsonl"
+    scores = np.random.default_rng(0).uniform(0.0, 0.2, 3000)
+    _write(events, [_frame("cam", 1.8e9 + n / 5, float(score), False, bundle="3f2a9c1b7d0e")
+                    for n, score in enumerate(scores)])
+    write_events_report(read_events(events), tmp_path / "report.png")
+    canvas = FigureCanvasAgg(drawn[-1])  # the report closed its figure, which took its canvas
+    canvas.draw()
+    label = next(text for text in drawn[-1].axes[0].texts if "3f2a9c1b / own" in text.get_text())
+    box = label.get_window_extent()
+    picture = np.asarray(canvas.buffer_rgba())[..., :3]
+    top, bottom = picture.shape[0] - int(box.y1), picture.shape[0] - int(box.y0)
+    under = picture[top:bottom, int(box.x0):int(box.x1)].astype(int)
+    point_blue = (31, 119, 180)  # tab:blue, RGB
+    assert under.size and np.all(np.abs(under - point_blue) <= 12, axis=2).sum() == 0
 
 
 def test_numbers_a_report_cannot_draw_are_skipped_as_damaged_lines(tmp_path):
