@@ -6,6 +6,7 @@ from __future__ import annotations
 import grp
 import importlib.util
 import json
+import math
 import os
 import pwd
 import re
@@ -135,15 +136,30 @@ def _check_gstreamer(report: Report, config: dict) -> None:
                  else f"aravissrc missing: genicam:// inputs need apt-get install {ELEMENT_PACKAGES['aravissrc']}")
 
 
+def _power_budget_w(mode: str) -> float | None:
+    """The power an nvpmodel mode's name allows: 15 for 15W (and MODE_15W_6CORE), unbounded for
+    MAXN and MAXN_SUPER (JetPack 6.2's for the Orin Nano and NX); None for a name without watts."""
+    if mode.startswith("MAXN"):
+        return math.inf
+    watts = re.search(r"(\d+)W", mode)
+    return float(watts.group(1)) if watts else None
+
+
 def _check_power(report: Report, device: Device, config: dict, root: Path) -> None:
     if device.kind == "jetson":
         out = run_command(["nvpmodel", "-q"])
         mode = re.search(r"NV Power Mode:\s*(\S+)", out or "")
-        wanted = config["power_mode"]
-        report.found("power mode", mode.group(1) if mode else "unknown (nvpmodel not readable)")
-        if mode and wanted and mode.group(1) != wanted["name"]:
-            report.problems.append(f"power mode {mode.group(1)}, this target wants {wanted['name']}: "
-                                   f"sudo nvpmodel -m {wanted['nvpmodel_id']} (check the id with nvpmodel -p --verbose)")
+        name, wanted = mode and mode.group(1), config["power_mode"]
+        other = name is not None and wanted is not None and name != wanted["name"]
+        have, want = (_power_budget_w(name), _power_budget_w(wanted["name"])) if other else (None, None)
+        more = have is not None and want is not None and have > want  # MAXN_SUPER where 15W was asked: not slower
+        shown = name or "unknown (nvpmodel not readable)"
+        if more:
+            shown += f" (more power than the {wanted['name']} this target's frame rates were estimated at)"
+        report.found("power mode", shown)
+        if other and not more:
+            report.problems.append(f"power mode {name}, this target wants {wanted['name']}: sudo nvpmodel -m "
+                                   f"{wanted['nvpmodel_id']} (check the id with nvpmodel -p --verbose)")
     freqs = []
     for cpu in sorted((root / "sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq")):
         try:

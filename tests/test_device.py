@@ -182,6 +182,28 @@ def test_doctor_takes_jetpack_6_point_releases_listed_or_not(tmp_path):
         assert not any("is not a JetPack release" in problem for problem in report.problems)
 
 
+def test_a_power_mode_with_more_power_than_the_target_s_is_not_a_problem(tmp_path, monkeypatch):
+    """An Orin Nano at MAXN_SUPER (JetPack 6.2's fastest) was told to go down to its target's
+    15W, as a problem that failed make runtime; one at 7W is still told to go up."""
+    import edge_ad.doctor
+
+    model, compatible, revision, mem_kb = MODULES["orin-nano-8gb"]
+    root = _jetson_root(tmp_path, model, compatible, revision, mem_kb)
+    for mode, found, problem in (
+            ("MAXN_SUPER", "MAXN_SUPER (more power than the 15W this target's frame rates were estimated at)", None),
+            ("25W", "25W (more power than the 15W this target's frame rates were estimated at)", None),
+            ("15W", "15W", None),
+            ("7W", "7W", "power mode 7W, this target wants 15W: sudo nvpmodel -m 0 (check the id with nvpmodel -p "
+                         "--verbose)"),
+            ("LINE_MODE", "LINE_MODE", "power mode LINE_MODE, this target wants 15W: sudo nvpmodel -m 0 (check the id "
+                                       "with nvpmodel -p --verbose)")):  # a mode of one's own: its power unknown
+        monkeypatch.setattr(edge_ad.doctor, "run_command",
+                            lambda argv, mode=mode: f"NV Power Mode: {mode}\n2\n" if argv[0] == "nvpmodel" else None)
+        report = doctor(root=root)
+        assert f"power mode   {found}" in report.lines
+        assert [p for p in report.problems if p.startswith("power mode")] == ([problem] if problem else [])
+
+
 def test_a_tensorrt_there_that_fails_to_import_is_said_as_such(tmp_path, monkeypatch):
     """JetPack's TensorRT bindings beside a NumPy or CUDA they were not built for fail at import,
     with what they raise (an AttributeError for NumPy's C API): doctor says so and where the
