@@ -136,13 +136,14 @@ def _check_gstreamer(report: Report, config: dict) -> None:
                  else f"aravissrc missing: genicam:// inputs need apt-get install {ELEMENT_PACKAGES['aravissrc']}")
 
 
-def _power_budget_w(mode: str) -> float | None:
-    """The power an nvpmodel mode's name allows: 15 for 15W (and MODE_15W_6CORE), unbounded for
-    MAXN and MAXN_SUPER (JetPack 6.2's for the Orin Nano and NX); None for a name without watts."""
-    if mode.startswith("MAXN"):
-        return math.inf
+def _power_rank(mode: str) -> tuple[float, bool] | None:
+    """How much power an nvpmodel mode's name allows, to compare modes: its watts (15 for 15W and
+    MODE_15W_6CORE, unbounded for MAXN), then whether it is a Super one (JetPack 6.2's MAXN_SUPER
+    of the Orin Nano and NX, above MAXN); None for a name without watts (a mode of one's own)."""
     watts = re.search(r"(\d+)W", mode)
-    return float(watts.group(1)) if watts else None
+    if not mode.startswith("MAXN") and watts is None:
+        return None
+    return (math.inf if mode.startswith("MAXN") else float(watts.group(1))), "SUPER" in mode
 
 
 def _check_power(report: Report, device: Device, config: dict, root: Path) -> None:
@@ -151,7 +152,7 @@ def _check_power(report: Report, device: Device, config: dict, root: Path) -> No
         mode = re.search(r"NV Power Mode:\s*(\S+)", out or "")
         name, wanted = mode and mode.group(1), config["power_mode"]
         other = name is not None and wanted is not None and name != wanted["name"]
-        have, want = (_power_budget_w(name), _power_budget_w(wanted["name"])) if other else (None, None)
+        have, want = (_power_rank(name), _power_rank(wanted["name"])) if other else (None, None)
         more = have is not None and want is not None and have > want  # MAXN_SUPER where 15W was asked: not slower
         shown = name or "unknown (nvpmodel not readable)"
         if more:

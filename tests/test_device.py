@@ -187,6 +187,10 @@ def test_a_power_mode_with_more_power_than_the_target_s_is_not_a_problem(tmp_pat
     15W, as a problem that failed make runtime; one at 7W is still told to go up."""
     import edge_ad.doctor
 
+    def nvpmodel_says(mode: str) -> None:
+        monkeypatch.setattr(edge_ad.doctor, "run_command",
+                            lambda argv: f"NV Power Mode: {mode}\n2\n" if argv[0] == "nvpmodel" else None)
+
     model, compatible, revision, mem_kb = MODULES["orin-nano-8gb"]
     root = _jetson_root(tmp_path, model, compatible, revision, mem_kb)
     for mode, found, problem in (
@@ -197,11 +201,18 @@ def test_a_power_mode_with_more_power_than_the_target_s_is_not_a_problem(tmp_pat
                          "--verbose)"),
             ("LINE_MODE", "LINE_MODE", "power mode LINE_MODE, this target wants 15W: sudo nvpmodel -m 0 (check the id "
                                        "with nvpmodel -p --verbose)")):  # a mode of one's own: its power unknown
-        monkeypatch.setattr(edge_ad.doctor, "run_command",
-                            lambda argv, mode=mode: f"NV Power Mode: {mode}\n2\n" if argv[0] == "nvpmodel" else None)
+        nvpmodel_says(mode)
         report = doctor(root=root)
         assert f"power mode   {found}" in report.lines
         assert [p for p in report.problems if p.startswith("power mode")] == ([problem] if problem else [])
+    model, compatible, revision, mem_kb = MODULES["orin-nx-16gb"]  # its target has MAXN
+    root = _jetson_root(tmp_path / "nx", model, compatible, revision, mem_kb)
+    nvpmodel_says("MAXN_SUPER")
+    assert "power mode   MAXN_SUPER (more power than the MAXN this target's frame rates were estimated at)" in \
+        doctor(root=root).lines
+    nvpmodel_says("40W")
+    assert "power mode 40W, this target wants MAXN: sudo nvpmodel -m 0 (check the id with nvpmodel -p --verbose)" in \
+        doctor(root=root).problems
 
 
 def test_a_tensorrt_there_that_fails_to_import_is_said_as_such(tmp_path, monkeypatch):
