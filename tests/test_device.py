@@ -170,15 +170,15 @@ def test_doctor_on_a_jetpack_5_jetson_says_what_to_do(tmp_path):
 
 
 def test_doctor_takes_jetpack_6_point_releases_listed_or_not(tmp_path):
-    """JetPack 6.2.1 (L4T 36.4.4) was called 6.1, and 6.2.2 (L4T 36.5.0, the release NVIDIA
-    recommends for Orin in 2026) "not a JetPack release edge-ad supports": doctor exited 1 and
-    make runtime failed on a supported device. A later JetPack 6 release is taken as one."""
+    """JetPack 6.2.1 (L4T 36.4.4) was called 6.1, and 6.2.2 (L4T 36.5.0, of 2026) "not a JetPack
+    release edge-ad supports": doctor exited 1 and make runtime failed on a supported device. A
+    later JetPack 6 release is taken as one."""
     model, compatible, _, mem_kb = MODULES["orin-nano-8gb"]
-    for revision, jetpack in (("4.4", "6.2.1 (L4T 36.4.4)"), ("5.0", "6.2.2 (L4T 36.5.0)"),
-                              ("5.2", "6.x (L4T 36.5.2, a release this target does not list: 6.0 (L4T 36.3), ")):
+    for revision, said in (("4.4", "6.2.1 (L4T 36.4.4)"), ("5.0", "6.2.2 (L4T 36.5.0)"),
+                           ("5.2", "6.x (L4T 36.5.2, a release this target does not list: 6.0 (L4T 36.3), ")):
         root = _jetson_root(tmp_path / revision, model, compatible, revision, mem_kb)
         report = doctor(root=root)
-        assert any(line.startswith(f"JetPack      {jetpack}") for line in report.lines), report.lines
+        assert any(line.startswith(f"JetPack      {said}") for line in report.lines), report.lines
         assert not any("is not a JetPack release" in problem for problem in report.problems)
 
 
