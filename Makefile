@@ -25,6 +25,9 @@ RUNTIME_PACKAGES := python3-venv python3-gi \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
 	gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-rtsp-server-1.0
+# On a Jetson, JetPack's TensorRT bindings too: a Jetson flashed without SDK Manager's "Jetson SDK
+# Components" lacks them (NVIDIA's apt repository, which JetPack sets up, has them).
+RUNTIME_PACKAGES += $(if $(wildcard /etc/nv_tegra_release),python3-libnvinfer)
 # CUDA buffers for the TensorRT backend on JetPack 6 (CUDA 12.6): cuda-python 13 needs CUDA 13.
 JETSON_CUDA_PYTHON := cuda-python>=12.6.1,<13
 
