@@ -28,8 +28,10 @@ RUNTIME_PACKAGES := python3-venv python3-gi \
 # On a Jetson, JetPack's TensorRT bindings too: a Jetson flashed without SDK Manager's "Jetson SDK
 # Components" lacks them (NVIDIA's apt repository, which JetPack sets up, has them).
 RUNTIME_PACKAGES += $(if $(wildcard /etc/nv_tegra_release),python3-libnvinfer)
-# CUDA buffers for the TensorRT backend on JetPack 6 (CUDA 12.6): cuda-python 13 needs CUDA 13.
-JETSON_CUDA_PYTHON := cuda-python>=12.6.1,<13
+# CUDA buffers for the TensorRT backend on JetPack 6 (CUDA 12.6): cuda-python built for 12.6. From 12.9 on it
+# links CUDA 12.9's runtime into itself, which a Jetson's older driver refuses (cudaErrorInsufficientDriver:
+# no minor-version compatibility on a Jetson without NVIDIA's cuda-compat package); 13 needs CUDA 13.
+JETSON_CUDA_PYTHON := cuda-python>=12.6.1,<12.7
 
 # `make wheelhouse`, for one kind of device at a time (its requirements.txt pins that device's versions): the
 # device's Python and platform, JetPack 6's by default (Ubuntu 22.04: Python 3.10, glibc 2.35); a Debian 12

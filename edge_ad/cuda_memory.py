@@ -35,8 +35,9 @@ def cuda_memory() -> PyCudaMemory | CudaPythonMemory:
             raise
         except Exception as exc:  # any failure of a package that is there
             failures.append(f"{package} is installed but fails to load ({raised(exc)})")
-    # cuda-python 13 needs CUDA 13; JetPack 6 has CUDA 12.6
-    jetson = "on a Jetson with JetPack 6: pip install 'cuda-python>=12.6.1,<13'"
+    # JetPack 6 has CUDA 12.6: cuda-python 12.9 on carries CUDA 12.9's runtime, which a Jetson's
+    # CUDA 12.6 driver refuses (the Makefile's JETSON_CUDA_PYTHON says more); 13 needs CUDA 13
+    jetson = "on a Jetson with JetPack 6: pip install 'cuda-python>=12.6.1,<12.7'"
     if failures:
         raise EdgeAdError(f"TensorRT on the GPU needs pycuda or cuda-python for its memory: {'; '.join(failures)}: "
                           f"reinstall it for this device's CUDA ({jetson})")

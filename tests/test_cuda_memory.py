@@ -80,7 +80,7 @@ def test_cuda_memory_packages_that_fail_to_load_are_named_with_what_they_raised(
     with pytest.raises(EdgeAdError) as raised:
         cuda_memory()
     assert ("pycuda is installed but fails to load (ImportError: libcuda.so.1: cannot open shared object file: No "
-            "such file or directory)") in str(raised.value) and "cuda-python>=12.6.1,<13" in str(raised.value)
+            "such file or directory)") in str(raised.value) and "cuda-python>=12.6.1,<12.7" in str(raised.value)
     packages(tmp_path / "both", BROKEN_PYCUDA, "raise AttributeError('_ARRAY_API not found')\n")
     with pytest.raises(EdgeAdError, match=r"pycuda is installed but fails to load .*; cuda-python is installed but "
                                           r"fails to load \(AttributeError: _ARRAY_API not found\)"):

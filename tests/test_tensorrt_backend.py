@@ -27,8 +27,9 @@ def _tensorrt_here() -> bool:
 def test_cuda_memory_without_pycuda_or_cuda_python_names_both():
     with pytest.raises(EdgeAdError, match="needs pycuda or cuda-python") as refused:
         cuda_memory()
-    # cuda-python from PyPI alone is 13, which needs CUDA 13: a Jetson on JetPack 6 has 12.6
-    assert "on a Jetson with JetPack 6: pip install 'cuda-python>=12.6.1,<13'" in str(refused.value)
+    # cuda-python from PyPI alone is 13, which needs CUDA 13, and 12.9 carries CUDA 12.9's runtime,
+    # which a Jetson's driver refuses: JetPack 6 has 12.6
+    assert "on a Jetson with JetPack 6: pip install 'cuda-python>=12.6.1,<12.7'" in str(refused.value)
 
 
 @pytest.mark.skipif(_tensorrt_here(), reason="TensorRT is installed here")
