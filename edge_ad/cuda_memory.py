@@ -19,6 +19,11 @@ import numpy as np
 from .errors import EdgeAdError, raised
 
 
+# JetPack 6 has CUDA 12.6: cuda-python 12.9 on carries CUDA 12.9's runtime, which a Jetson's CUDA
+# 12.6 driver refuses (the Makefile's JETSON_CUDA_PYTHON says more); 13 needs CUDA 13.
+JETSON_CUDA_PYTHON = "on a Jetson with JetPack 6: pip install 'cuda-python>=12.6.1,<12.7'"
+
+
 def cuda_memory() -> PyCudaMemory | CudaPythonMemory:
     """pycuda's memory when pycuda is installed and loads, else cuda-python's; an error naming
     both when neither is installed. A package that is there but fails to load (built for another
@@ -35,14 +40,11 @@ def cuda_memory() -> PyCudaMemory | CudaPythonMemory:
             raise
         except Exception as exc:  # any failure of a package that is there
             failures.append(f"{package} is installed but fails to load ({raised(exc)})")
-    # JetPack 6 has CUDA 12.6: cuda-python 12.9 on carries CUDA 12.9's runtime, which a Jetson's
-    # CUDA 12.6 driver refuses (the Makefile's JETSON_CUDA_PYTHON says more); 13 needs CUDA 13
-    jetson = "on a Jetson with JetPack 6: pip install 'cuda-python>=12.6.1,<12.7'"
     if failures:
         raise EdgeAdError(f"TensorRT on the GPU needs pycuda or cuda-python for its memory: {'; '.join(failures)}: "
-                          f"reinstall it for this device's CUDA ({jetson})")
-    raise EdgeAdError(f"TensorRT on the GPU needs pycuda or cuda-python for its memory ({jetson}; elsewhere pip "
-                      "install 'edge-ad[tensorrt]', or cuda-python for the CUDA installed)")
+                          f"reinstall it for this device's CUDA ({JETSON_CUDA_PYTHON})")
+    raise EdgeAdError(f"TensorRT on the GPU needs pycuda or cuda-python for its memory ({JETSON_CUDA_PYTHON}; "
+                      "elsewhere pip install 'edge-ad[tensorrt]', or cuda-python for the CUDA installed)")
 
 
 def cuda_memory_installed() -> bool:
@@ -122,7 +124,11 @@ class CudaPythonMemory:
     def _call(self, result: tuple, what: str) -> Any:
         error, *values = result
         if error != self.rt.cudaError_t.cudaSuccess:
-            raise EdgeAdError(f"CUDA could not {what}: {getattr(error, 'name', error)}")
+            name = getattr(error, "name", error)
+            way = (f" (this cuda-python's CUDA runtime is newer than the GPU's driver: {JETSON_CUDA_PYTHON}; "
+                   "elsewhere a cuda-python no newer than the CUDA version nvidia-smi names)"
+                   if name == "cudaErrorInsufficientDriver" else "")
+            raise EdgeAdError(f"CUDA could not {what}: {name}{way}")
         return values[0] if len(values) == 1 else values
 
     def gpu(self) -> tuple[str, str]:

@@ -68,6 +68,18 @@ def _packages(site, monkeypatch, pycuda: str, cuda_python: str | None) -> None:
         sys.modules.pop(name, None)
 
 
+def test_a_cuda_python_newer_than_the_driver_is_said_with_the_one_to_install(tmp_path, packages):
+    """cuda-python 12.9 carries CUDA 12.9's runtime, which JetPack 6's CUDA 12.6 driver refuses:
+    said as the error's name alone, it left the user to find which cuda-python fits."""
+    packages(tmp_path, BROKEN_PYCUDA, "class cudaError_t:\n    cudaSuccess = 0\n\n\nclass _Refused:\n"
+                                      "    name = 'cudaErrorInsufficientDriver'\n\n\n"
+                                      "def cudaSetDevice(device):\n    return (_Refused(),)\n")
+    with pytest.raises(EdgeAdError, match=r"CUDA could not select the GPU: cudaErrorInsufficientDriver \(this "
+                                          r"cuda-python's CUDA runtime is newer than the GPU's driver: on a Jetson "
+                                          r"with JetPack 6: pip install 'cuda-python>=12.6.1,<12.7'; elsewhere"):
+        cuda_memory()
+
+
 def test_a_pycuda_that_fails_to_load_gives_way_to_cuda_python(tmp_path, packages):
     """pycuda is compiled on the device against its CUDA: after a CUDA upgrade it fails at import.
     cuda-python, when there, carries the frames instead."""
