@@ -32,6 +32,12 @@ RUNTIME_PACKAGES += $(if $(wildcard /etc/nv_tegra_release),python3-libnvinfer)
 # links CUDA 12.9's runtime into itself, which a Jetson's older driver refuses (cudaErrorInsufficientDriver:
 # no minor-version compatibility on a Jetson without NVIDIA's cuda-compat package); 13 needs CUDA 13.
 JETSON_CUDA_PYTHON := cuda-python>=12.6.1,<12.7
+# cuda-python 12.8 on comes as cuda-bindings, whose files 12.6 (one package) would be written over: an earlier
+# install's goes first, or the two would be mixed.
+define jetson_cuda_python
+if $(PY) -m pip show -q cuda-bindings >/dev/null 2>&1; then $(PY) -m pip uninstall -q -y cuda-python cuda-bindings; fi; \
+	$(PY) -m pip install -q $(OFFLINE) "$(JETSON_CUDA_PYTHON)"
+endef
 
 # `make wheelhouse`, for one kind of device at a time (its requirements.txt pins that device's versions): the
 # device's Python and platform, JetPack 6's by default (Ubuntu 22.04: Python 3.10, glibc 2.35); a Debian 12
@@ -97,7 +103,7 @@ runtime:
 	$(RUNTIME_PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q $(OFFLINE) --upgrade pip
 	$(PY) -m pip install -q $(OFFLINE) -e ".[mqtt,opcua]"
-	@if [ -e /etc/nv_tegra_release ]; then $(PY) -m pip install -q $(OFFLINE) "$(JETSON_CUDA_PYTHON)"; fi
+	@if [ -e /etc/nv_tegra_release ]; then $(call jetson_cuda_python); fi
 	$(VENV)/bin/edge-ad doctor
 
 # pip and setuptools (what pyproject.toml's build-system requires): for the device's pip to install this clone.
