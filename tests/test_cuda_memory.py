@@ -2,12 +2,14 @@
 which package carries it when one is there but fails to load."""
 
 import ctypes
+import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edge_ad.cuda_memory import CudaPythonMemory, cuda_memory, host_array
+from edge_ad.cuda_memory import JETSON_CUDA_PYTHON, CudaPythonMemory, cuda_memory, host_array
 from edge_ad.errors import EdgeAdError
 
 BROKEN_PYCUDA = "raise ImportError('libcuda.so.1: cannot open shared object file: No such file or directory')\n"
@@ -66,6 +68,14 @@ def _packages(site, monkeypatch, pycuda: str, cuda_python: str | None) -> None:
     monkeypatch.syspath_prepend(str(site))
     for name in PACKAGE_MODULES:
         sys.modules.pop(name, None)
+
+
+def test_the_cuda_python_said_to_a_jetson_is_the_one_make_runtime_installs():
+    """The pin lives in two places, the Makefile's install and the errors' advice: one changed
+    alone would tell a Jetson to install what make runtime replaces."""
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    pin = re.search(r"^JETSON_CUDA_PYTHON := (.+)$", makefile, re.M).group(1)
+    assert f"pip install '{pin}'" in JETSON_CUDA_PYTHON
 
 
 def test_a_cuda_python_newer_than_the_driver_is_said_with_the_one_to_install(tmp_path, packages):
