@@ -21,7 +21,11 @@ from .errors import EdgeAdError, raised
 
 # JetPack 6 has CUDA 12.6: cuda-python 12.9 on carries CUDA 12.9's runtime, which a Jetson's CUDA
 # 12.6 driver refuses (the Makefile's JETSON_CUDA_PYTHON says more); 13 needs CUDA 13.
-JETSON_CUDA_PYTHON = "on a Jetson with JetPack 6: pip install 'cuda-python>=12.6.1,<12.7'"
+JETSON_CUDA_PYTHON = "cuda-python>=12.6.1,<12.7"
+# One installed already is taken out first: from 12.8 on it comes as cuda-bindings, whose files
+# the one package of 12.6 would be written over, the two mixed.
+JETSON_REPLACE = ("on a Jetson with JetPack 6: make runtime again, which puts cuda-python 12.6 in its place (by hand: "
+                  f"pip uninstall -y cuda-python cuda-bindings, then pip install '{JETSON_CUDA_PYTHON}')")
 
 
 def cuda_memory() -> PyCudaMemory | CudaPythonMemory:
@@ -42,9 +46,10 @@ def cuda_memory() -> PyCudaMemory | CudaPythonMemory:
             failures.append(f"{package} is installed but fails to load ({raised(exc)})")
     if failures:
         raise EdgeAdError(f"TensorRT on the GPU needs pycuda or cuda-python for its memory: {'; '.join(failures)}: "
-                          f"reinstall it for this device's CUDA ({JETSON_CUDA_PYTHON})")
-    raise EdgeAdError(f"TensorRT on the GPU needs pycuda or cuda-python for its memory ({JETSON_CUDA_PYTHON}; "
-                      "elsewhere pip install 'edge-ad[tensorrt]', or cuda-python for the CUDA installed)")
+                          f"reinstall it for this device's CUDA ({JETSON_REPLACE})")
+    raise EdgeAdError(f"TensorRT on the GPU needs pycuda or cuda-python for its memory (on a Jetson with JetPack 6: "
+                      f"pip install '{JETSON_CUDA_PYTHON}'; elsewhere pip install 'edge-ad[tensorrt]', or cuda-python "
+                      "for the CUDA installed)")
 
 
 def cuda_memory_installed() -> bool:
@@ -125,7 +130,7 @@ class CudaPythonMemory:
         error, *values = result
         if error != self.rt.cudaError_t.cudaSuccess:
             name = getattr(error, "name", error)
-            way = (f" (this cuda-python's CUDA runtime is newer than the GPU's driver: {JETSON_CUDA_PYTHON}; "
+            way = (f" (this cuda-python's CUDA runtime is newer than the GPU's driver: {JETSON_REPLACE}; "
                    "elsewhere a cuda-python no newer than the CUDA version nvidia-smi names)"
                    if name == "cudaErrorInsufficientDriver" else "")
             raise EdgeAdError(f"CUDA could not {what}: {name}{way}")

@@ -75,7 +75,7 @@ def test_the_cuda_python_said_to_a_jetson_is_the_one_make_runtime_installs():
     alone would tell a Jetson to install what make runtime replaces."""
     makefile = (Path(__file__).parents[1] / "Makefile").read_text()
     pin = re.search(r"^JETSON_CUDA_PYTHON := (.+)$", makefile, re.M).group(1)
-    assert f"pip install '{pin}'" in JETSON_CUDA_PYTHON
+    assert pin == JETSON_CUDA_PYTHON
 
 
 def test_a_cuda_python_newer_than_the_driver_is_said_with_the_one_to_install(tmp_path, packages):
@@ -86,7 +86,9 @@ def test_a_cuda_python_newer_than_the_driver_is_said_with_the_one_to_install(tmp
                                       "def cudaSetDevice(device):\n    return (_Refused(),)\n")
     with pytest.raises(EdgeAdError, match=r"CUDA could not select the GPU: cudaErrorInsufficientDriver \(this "
                                           r"cuda-python's CUDA runtime is newer than the GPU's driver: on a Jetson "
-                                          r"with JetPack 6: pip install 'cuda-python>=12.6.1,<12.7'; elsewhere"):
+                                          r"with JetPack 6: make runtime again, which puts cuda-python 12.6 in its "
+                                          r"place \(by hand: pip uninstall -y cuda-python cuda-bindings, then pip "
+                                          r"install 'cuda-python>=12.6.1,<12.7'\); elsewhere"):
         cuda_memory()
 
 
