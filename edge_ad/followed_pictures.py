@@ -250,8 +250,8 @@ class FollowedPictures:
         for path, arrival in self._waiting.items():
             if not arrival.said and now - arrival.since >= SETTLE_S:
                 arrival.said = True
-                self.skipped.append(arrival.error)
                 log.warning("%s (unchanged for %.0f s: passed over)", arrival.error, SETTLE_S)
+                self.skipped.append(arrival.error)  # after the line: whoever sees it listed may read the log
 
     def frames(self, stop: threading.Event | None = None) -> Iterator[Frame]:
         stop = stop or threading.Event()
