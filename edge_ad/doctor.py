@@ -88,13 +88,13 @@ def _check_software(report: Report, device: Device, config: dict, root: Path) ->
         # A point release of the same JetPack that came after this target was written (L4T 36.5.0,
         # JetPack 6.2.2, was refused so and failed make runtime): engines are built on the device
         # for the L4T it runs whatever its name, so only the TensorRT version is left unchecked.
-        kin = next((r for r in releases if device.l4t and r["l4t"] and
-                    device.l4t.split(".")[0] == r["l4t"].split(".")[0]), None)
+        same_major = next((r for r in releases if device.l4t and r["l4t"] and
+                           device.l4t.split(".")[0] == r["l4t"].split(".")[0]), None)
         if release:
             report.found("JetPack", f"{release['jetpack']} (L4T {device.l4t})")
-        elif kin:
-            report.found("JetPack", f"{kin['jetpack'].split('.')[0]}.x (L4T {device.l4t}, a release this target does "
-                                    f"not list: {known}; TensorRT's version is not compared with JetPack's)")
+        elif same_major:
+            report.found("JetPack", f"{same_major['jetpack'].split('.')[0]}.x (L4T {device.l4t}, a release this target "
+                                    f"does not list: {known}; TensorRT's version is not compared with JetPack's)")
         else:
             report.problems.append(f"L4T {device.l4t or 'unknown'} is not a JetPack release edge-ad supports on this "
                                    f"module ({known}): flash JetPack 6 with SDK Manager")

@@ -233,7 +233,7 @@ def install_steps(run: argparse.Namespace) -> list[str]:
     template = UNIT_TEMPLATE.read_text()
     user = setting(template, "User") or "root"
     steps = [f"edge-ad service run ... | sudo tee {INSTALLED_UNIT}  (this unit)"]
-    for drop_in in unit_files(INSTALLED_UNIT)[1:]:  # one from systemctl edit would run its line, not this one
+    for drop_in in unit_files(INSTALLED_UNIT)[1:]:  # one from systemctl edit: its ExecStart= is taken, not this one's
         try:
             overrides = sets_exec_start(drop_in.read_text())
         except OSError:  # not readable here: systemd reads it, doctor says so
