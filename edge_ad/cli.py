@@ -772,8 +772,9 @@ def _recorded(out: Path, saved: list | EdgeAdError, name: str | None = None) -> 
         print(f"{where}{saved}")
         return
     if saved == [out]:
+        mask = out.with_name(f"{out.stem}_mask.png")  # beside it, and never it (a frame named mask.png)
         print(f"a frame saved as {out}; draw an inspection mask on it: edge-ad mask --frame {out} --keep "
-              "X,Y,W,H --out mask.png")
+              f"X,Y,W,H --out {mask}")
         return
     names = f" ({saved[0].name})" if len(saved) == 1 else f" ({saved[0].name} ... {saved[-1].name})" if saved else ""
     print(f"{where}{len(saved)} picture{'' if len(saved) == 1 else 's'} in {out}{names}")

@@ -902,7 +902,8 @@ def test_record_saves_one_picture_per_interval_as_run_would_see_it(mp4, tmp_path
     one = subprocess.run([sys.executable, "-m", "edge_ad", "record", "--input", str(mp4), "--out", str(frame),
                           "--frames", "1"], capture_output=True, text=True, timeout=120)
     assert one.returncode == 0, one.stderr
-    assert f"a frame saved as {frame}; draw an inspection mask on it: edge-ad mask --frame {frame}" in one.stdout
+    assert (f"a frame saved as {frame}; draw an inspection mask on it: edge-ad mask --frame {frame} --keep X,Y,W,H "
+            f"--out {tmp_path / 'frame_mask.png'}\n") in one.stdout  # beside the frame, and never the frame
     assert cv2.imread(str(frame)).shape == frames[0].image.shape and frame.read_bytes()[:2] == b"\xff\xd8"  # JPEG
     many = subprocess.run([sys.executable, "-m", "edge_ad", "record", "--input", str(mp4), "--out",
                            str(tmp_path / "f.png"), "--frames", "2"], capture_output=True, text=True, timeout=120)
