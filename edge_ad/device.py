@@ -234,6 +234,19 @@ def pick_config(device: Device, configs: dict[str, dict]) -> dict:
                       f"target YAML to {CONFIGS} or pass --target")
 
 
+def describes(config: dict, device: Device) -> bool:
+    """Whether the target `config` is one for `device`: on a Jetson, a Jetson target of its module (by
+    part number where both list them, else by model string); elsewhere, any target but a Jetson's."""
+    if (device.kind == "jetson") != (config["kind"] == "jetson"):
+        return False
+    if device.kind != "jetson":
+        return True
+    module = config["module"]
+    if device.part_numbers and module["part_numbers"]:
+        return bool(set(device.part_numbers) & set(module["part_numbers"]))
+    return any(m.lower() in device.model.lower() for m in module["model_contains"])
+
+
 def jetpack(device: Device, config: dict) -> dict | None:
     """The JetPack release of the target whose L4T version this device runs (longest match)."""
     if device.l4t is None:

@@ -20,8 +20,8 @@ from .bundle import Bundle, load_bundle, read_yaml, site_calibrated
 from .deepstream import CONFIG_FILE, DEEPSTREAM_DIR, missing_engine
 from .detector import Detector
 from .engines import _tensorrt
-from .device import (Device, clock_state, detect, int8_saturates, jetpack, load_configs, pick_config, read_sensors,
-                     run_command, target_config, unsynchronised_clock)
+from .device import (Device, clock_state, describes, detect, int8_saturates, jetpack, load_configs, pick_config,
+                     read_sensors, run_command, target_config, unsynchronised_clock)
 from .errors import EdgeAdError, os_reason, without_passwords
 from .files import state_folder
 from .pipelines import UDP_BUFFER_BYTES
@@ -82,7 +82,9 @@ def _cuda_version(root: Path) -> str | None:
 
 def _check_software(report: Report, device: Device, config: dict, root: Path) -> None:
     release = jetpack(device, config)
-    if device.kind == "jetson":
+    if device.kind == "jetson" and config["kind"] != "jetson":  # --target cpu on a Jetson: said by doctor()
+        report.found("L4T", device.l4t or "unknown")
+    elif device.kind == "jetson":
         releases = config["software"]["releases"]
         known = ", ".join(f"{r['jetpack']} (L4T {r['l4t']})" for r in releases)
         # A point release of the same JetPack that came after this target was written (L4T 36.5.0,
@@ -663,6 +665,23 @@ def _check_sources(report: Report, streams: Sequence[Stream], bundles: Sequence[
     return written
 
 
+def _another_device(device: Device, config: dict) -> str:
+    """Why --target does not describe this device, and what edge-ad itself takes it for."""
+    try:
+        own = pick_config(device, load_configs())["name"]
+    except EdgeAdError:  # a Jetson module no shipped target describes
+        own = None
+    this = (f"{device.model or 'a Jetson'}, parts {', '.join(device.part_numbers) or 'none'}"
+            if device.kind == "jetson" else f"a machine with an {device.model}" if device.kind == "x86-gpu"
+            else "a machine with no NVIDIA GPU")
+    taken = f"which edge-ad takes for {own}" if own else "which no target in firmware_configs/ describes"
+    way = ("run edge-ad doctor on the Jetson" if config["kind"] == "jetson" and device.kind != "jetson"
+           else "leave --target out" if own else "give a target YAML whose module lists its part numbers")
+    return (f"--target {config['name']} ({config['description']}) does not describe this device ({this}), {taken}: "
+            f"doctor's checks of JetPack, power mode, GStreamer elements and precisions are {config['name']}'s here, "
+            f"not this device's; {way}")
+
+
 def doctor(bundles: str | Sequence[str] = (), target: str | None = None, root: Path = Path("/"),
            sources: Sequence[Stream] | None = None, sources_file: Path | None = None) -> Report:
     """Everything `edge-ad doctor` prints, for this machine (or the files under `root`), with the
@@ -678,6 +697,8 @@ def doctor(bundles: str | Sequence[str] = (), target: str | None = None, root: P
     report.found("target", f"{config['name']} ({config['description']}); backend {config['backend']}, "
                            f"precision {'/'.join(config['precision'])}, input {config['input_size']}, "
                            f"K={config['bridge_steps']}")
+    if target is not None and not describes(config, device):
+        report.problems.append(_another_device(device, config))
     _check_software(report, device, config, root)
     _check_gstreamer(report, config)
     _check_power(report, device, config, root)

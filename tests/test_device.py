@@ -17,7 +17,7 @@ import yaml
 from edge_ad import doctor as doctor_module, runner
 from edge_ad.detector import Detector
 from edge_ad.device import (CONFIGS, TIME_ERROR, Sensors, clock_state, detect, int8_saturates, jetpack, l4t_release,
-                            load_configs, pick_config, read_sensors, unsynchronised_clock)
+                            load_configs, pick_config, read_sensors, target_config, unsynchronised_clock)
 from edge_ad.doctor import doctor
 from edge_ad.runner import RunConfig, run
 from edge_ad.service_unit import INSTALLED_UNIT
@@ -180,6 +180,37 @@ def test_doctor_takes_jetpack_6_point_releases_listed_or_not(tmp_path):
         report = doctor(root=root)
         assert any(line.startswith(f"JetPack      {said}") for line in report.lines), report.lines
         assert not any("is not a JetPack release" in problem for problem in report.problems)
+
+
+def test_a_target_given_for_another_device_is_said_with_the_one_edge_ad_takes(tmp_path):
+    """An Orin Nano given --target cpu was told "L4T 36.4.3 is not a JetPack release edge-ad supports
+    on this module (None (L4T None))": flash JetPack 6; given the AGX Orin's, nothing said that
+    every check was the AGX's. A target of one's own for the same module is this device's."""
+    model, compatible, revision, mem_kb = MODULES["orin-nano-8gb"]
+    root = _jetson_root(tmp_path / "nano", model, compatible, revision, mem_kb)
+    for target in ("cpu", "x86-nvidia-gpu", "agx-orin-64gb"):
+        report = doctor(target=target, root=root)
+        assert [p for p in report.problems if p.startswith("--target")] == [
+            f"--target {target} ({target_config(target)['description']}) does not describe this device ({model}, "
+            "parts p3767-0005, p3768-0000), which edge-ad takes for orin-nano-8gb: doctor's checks of JetPack, power "
+            f"mode, GStreamer elements and precisions are {target}'s here, not this device's; leave --target out"]
+        assert not any("JetPack release" in p for p in report.problems), report.problems
+        assert ("L4T          36.4.3" if target != "agx-orin-64gb" else "JetPack      6.2 (L4T 36.4.3)") in report.lines
+    own = tmp_path / "line3.yaml"
+    own.write_text((CONFIGS / "orin-nano-8gb.yaml").read_text().replace("name: orin-nano-8gb", "name: line3"))
+    for target in ("orin-nano-8gb", str(own)):
+        assert not any(p.startswith("--target") for p in doctor(target=target, root=root).problems)
+    model, compatible, revision, mem_kb = MODULES["orin-nx-16gb"]
+    unknown = _jetson_root(tmp_path / "other", "Jetson Orin Carrier X", compatible.replace("3767-0000", "3767-0099")
+                           .replace("3768", "9999"), revision, mem_kb)  # a module no shipped target lists
+    assert [p for p in doctor(target=str(own), root=unknown).problems if p.startswith("--target")] == [
+        "--target line3 (Jetson Orin Nano 8GB, module or developer kit (JetPack 6.x)) does not describe this device "
+        "(Jetson Orin Carrier X, parts p3767-0099, p9999-0000), which no target in firmware_configs/ describes: "
+        "doctor's checks of JetPack, power mode, GStreamer elements and precisions are line3's here, not this "
+        "device's; give a target YAML whose module lists its part numbers"]
+    report = doctor(target="orin-nano-8gb", root=tmp_path / "a-pc")  # a PC: a Jetson target is checked on the Jetson
+    assert any(p.startswith("--target orin-nano-8gb (Jetson Orin Nano 8GB") and p.endswith("run edge-ad doctor on the "
+               "Jetson") for p in report.problems), report.problems
 
 
 def test_a_power_mode_with_more_power_than_the_target_s_is_not_a_problem(tmp_path, monkeypatch):
@@ -388,7 +419,7 @@ def test_a_given_target_is_checked_against_the_schema(tmp_path):
 
 
 def test_a_target_is_a_yaml_file_or_the_name_of_a_shipped_one(tmp_path):
-    from edge_ad.device import load_config, target_config
+    from edge_ad.device import load_config
 
     assert target_config("orin-nano-8gb") == load_config(CONFIGS / "orin-nano-8gb.yaml")
     own = tmp_path / "orin-nano-8gb"  # a file of that name, where the command runs, is the one meant
