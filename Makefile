@@ -82,8 +82,10 @@ venv: $(VENV)/.installed
 demo: system-packages venv
 	$(VENV)/bin/edge-ad demo --workdir edge-ad-demo
 
+# Two workers (pytest-xdist): about half the time on two cores; the streaming tests' timeouts were checked
+# under that load, not under more workers than cores.
 test: system-packages venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 # Ubuntu 22.04's venv (JetPack 6) comes with pip 22.0, whose build isolation lets the system's setuptools
 # (59) in beside the venv's site-packages: it fails on this project's pyproject.toml, so pip is upgraded first.
