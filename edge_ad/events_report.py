@@ -354,10 +354,14 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         timeline.xaxis.set_major_locator(mdates.AutoDateLocator())
         timeline.xaxis.set_major_formatter(time_labels(float(record.times[-1] - record.times[0])))
         timeline.tick_params(axis="x", labelrotation=20, labelsize=8)
-        timeline.legend(loc="upper left", fontsize=7, markerscale=2)
         # Bins over the height drawn (the scores and the threshold), not over the scores alone: scores
         # close together under a threshold far above came in bins too thin to see.
         drawn = (min(scores.min(), record.thresholds.min()), max(scores.max(), record.thresholds.max()))
+        # The legend in one row, in a band left empty above the highest score: in the corner of the
+        # points it covered a run's first alarms.
+        span = drawn[1] - drawn[0] or abs(drawn[1]) or 1.0
+        timeline.set_ylim(drawn[0] - 0.05 * span, drawn[1] + 0.3 * span)
+        timeline.legend(loc="upper left", fontsize=7, markerscale=2, ncol=len(timeline.get_legend_handles_labels()[0]))
         histogram.hist(scores, bins=60, range=drawn, color="tab:blue", alpha=0.8, orientation="horizontal", log=True)
         histogram.axhline(record.thresholds[-1], color="black", linewidth=1)
         histogram.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))

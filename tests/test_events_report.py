@@ -245,6 +245,28 @@ def test_the_bundle_and_calibration_named_on_the_timeline_are_not_hidden_by_its_
     assert under.size and np.all(np.abs(under - point_blue) <= 12, axis=2).sum() == 0
 
 
+def test_the_legend_covers_no_score_nor_the_threshold(tmp_path, monkeypatch):
+    """The legend stood in the timeline's top left corner, on the points there: a run's first
+    alarms, the highest scores at its start, were hidden under it."""
+    import edge_ad.events_report
+
+    drawn = []
+    monkeypatch.setattr(edge_ad.events_report, "save_figure", lambda figure, path, dpi: drawn.append(figure))
+    events = tmp_path / "events.jsonl"
+    rng = np.random.default_rng(0)
+    first = [_frame("cam", 1.8e9 + n, float(score), True) for n, score in enumerate(rng.uniform(0.6, 1.0, 30))]
+    _write(events, first + [_frame("cam", 1.8e9 + 30 + n / 5, float(score), bool(score > 0.5), alarm=False)
+                            for n, score in enumerate(rng.uniform(0.0, 0.55, 3000))])
+    write_events_report(read_events(events), tmp_path / "report.png")
+    FigureCanvasAgg(drawn[-1]).draw()  # the report closed its figure, which took its canvas
+    timeline = drawn[-1].axes[0]
+    legend = timeline.get_legend().get_window_extent()
+    assert len(timeline.get_legend().get_texts()) == 5  # normal, anomalous, alarm, threshold, median
+    for line in timeline.lines:
+        points = timeline.transData.transform(line.get_xydata())
+        assert not legend.count_contains(points), line.get_label()
+
+
 def test_numbers_a_report_cannot_draw_are_skipped_as_damaged_lines(tmp_path):
     """Python's json reads NaN and Infinity, and a timestamp past year 9999 stopped the report with
     a traceback; such lines, from a file edited by hand, are skipped and said."""
