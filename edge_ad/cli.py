@@ -772,9 +772,10 @@ def _recorded(out: Path, saved: list | EdgeAdError, name: str | None = None) -> 
         print(f"{where}{saved}")
         return
     if saved == [out]:
-        mask = out.with_name(f"{out.stem}_mask.png")  # beside it, and never it (a frame named mask.png)
+        from .masks import mask_beside
+
         print(f"a frame saved as {out}; draw an inspection mask on it: edge-ad mask --frame {out} --keep "
-              f"X,Y,W,H --out {mask}")
+              f"X,Y,W,H --out {mask_beside(out)}")
         return
     names = f" ({saved[0].name})" if len(saved) == 1 else f" ({saved[0].name} ... {saved[-1].name})" if saved else ""
     print(f"{where}{len(saved)} picture{'' if len(saved) == 1 else 's'} in {out}{names}")
@@ -889,7 +890,7 @@ def _mask(args: argparse.Namespace) -> None:
 
     from .files import write_picture
     from .images import read_image
-    from .masks import InspectionMask, draw_mask
+    from .masks import InspectionMask, draw_mask, mask_beside
     from .render import mask_preview
 
     frame = cv2.cvtColor(read_image(args.frame), cv2.COLOR_RGB2BGR)
@@ -898,7 +899,7 @@ def _mask(args: argparse.Namespace) -> None:
     for path, what in ((out, "the mask"), (look, "the mask's preview")):
         if path.resolve() == Path(args.frame).resolve():  # the frame, to draw another mask on, would be lost
             raise EdgeAdError(f"--out {out}: {what} would be written over the --frame picture {args.frame}; give "
-                              f"the mask another name ({Path(args.frame).stem}_mask.png)")
+                              f"the mask another name (--out {mask_beside(Path(args.frame))})")
     picture = draw_mask(frame.shape, args.keep or [], args.ignore or [])
     mask = InspectionMask(picture > 0, str(out))  # refuses a mask with nothing left to inspect
     for path, image in ((out, picture), (look, mask_preview(frame, mask))):

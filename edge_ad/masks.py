@@ -147,6 +147,11 @@ def calibration_mismatch(calibrated: dict | None, mask: InspectionMask | None) -
     return None
 
 
+def mask_beside(frame: Path) -> Path:
+    """The name offered for a mask drawn on `frame`: beside it, and never it (a frame named mask.png)."""
+    return frame.with_name(f"{frame.stem}_mask.png")
+
+
 def draw_mask(
     shape: tuple[int, ...], keep: list[tuple[int, int, int, int]], ignore: list[tuple[int, int, int, int]]
 ) -> np.ndarray:

@@ -233,7 +233,7 @@ def test_mask_command_draws_rectangles_and_a_preview(normal_folder, tmp_path):
     for given in (tmp_path / "cam_preview.png", tmp_path / "cam.png"):
         over = edge_ad("mask", "--frame", tmp_path / "cam_preview.png", "--keep", "0,0,10,10", "--out", given)
         assert over.returncode == 2 and "would be written over the --frame picture" in over.stderr
-        assert "give the mask another name (cam_preview_mask.png)" in over.stderr  # not the frame's own name
+        assert f"give the mask another name (--out {tmp_path / 'cam_preview_mask.png'})" in over.stderr  # not its own
     assert (tmp_path / "cam_preview.png").read_bytes() == frame.read_bytes() and not (tmp_path / "cam.png").exists()
 
 
