@@ -34,7 +34,7 @@ import yaml
 from calibration.threshold import expected_rate_above, resolves
 
 from . import picture_lists
-from .errors import BundleError, os_reason
+from .errors import BundleError, os_reason, shell_word
 from .files import write_atomic
 from .images import DARK, DARK_CAUSE, ENLARGED, is_grey
 from .normalize import Quantiles
@@ -352,8 +352,8 @@ def bundle_yaml(path: str | Path) -> Path:
     yaml_path = root / BUNDLE_FILE
     if not yaml_path.is_file():
         if (root / "model.pt").is_file() and (root / "config.yaml").is_file():  # export.train's CHECKPOINT and CONFIG
-            raise BundleError(f"{path}: a training run, not a bundle: edge-ad export --run {path} --out BUNDLE makes "
-                              "the bundle that edge-ad run, eval and calibrate take")
+            raise BundleError(f"{path}: a training run, not a bundle: edge-ad export --run {shell_word(path)} --out "
+                              "BUNDLE makes the bundle that edge-ad run, eval and calibrate take")
         raise BundleError(f"{path}: no {BUNDLE_FILE} inside")
     return yaml_path
 

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .backends import BACKENDS
 from .bundle import BACKBONES, MODEL_TYPES, load_bundle
-from .errors import EdgeAdError, SourceError, password_from_environment, printable, report_errors, without_passwords
+from .errors import (EdgeAdError, SourceError, password_from_environment, printable, report_errors, shell_word,
+                     without_passwords)
 from .freeze import FROZEN_WINDOW_S
 from .modbus import modbus_clients
 from .output_access import OUTPUT_PASSWORD_VARIABLE, OutputAccess
@@ -774,13 +775,13 @@ def _recorded(out: Path, saved: list | EdgeAdError, name: str | None = None) -> 
     if saved == [out]:
         from .masks import mask_beside
 
-        print(f"a frame saved as {out}; draw an inspection mask on it: edge-ad mask --frame {out} --keep "
-              f"X,Y,W,H --out {mask_beside(out)}")
+        print(f"a frame saved as {out}; draw an inspection mask on it: edge-ad mask --frame {shell_word(out)} --keep "
+              f"X,Y,W,H --out {shell_word(mask_beside(out))}")
         return
     names = f" ({saved[0].name})" if len(saved) == 1 else f" ({saved[0].name} ... {saved[-1].name})" if saved else ""
     print(f"{where}{len(saved)} picture{'' if len(saved) == 1 else 's'} in {out}{names}")
     if saved:
-        print(f"{where}train on them once they show only good parts: edge-ad train --data {out} --out RUN")
+        print(f"{where}train on them once they show only good parts: edge-ad train --data {shell_word(out)} --out RUN")
 
 
 def _time(text: str) -> float:
@@ -881,8 +882,8 @@ def _cameras(args: argparse.Namespace) -> None:
         count = sources_file(Path(args.sources), read, attached + (machine_vision or []), args.user, password,
                              certificate)
         secret = " (with the cameras' password in it: readable by you only)" if args.user and password else ""
-        print(f"{count} source(s) written to {args.sources}{secret}: edge-ad run --sources {args.sources} --bundle "
-              "BUNDLE")
+        print(f"{count} source(s) written to {args.sources}{secret}: edge-ad run --sources "
+              f"{shell_word(args.sources)} --bundle BUNDLE")
 
 
 def _mask(args: argparse.Namespace) -> None:
@@ -899,7 +900,7 @@ def _mask(args: argparse.Namespace) -> None:
     for path, what in ((out, "the mask"), (look, "the mask's preview")):
         if path.resolve() == Path(args.frame).resolve():  # the frame, to draw another mask on, would be lost
             raise EdgeAdError(f"--out {out}: {what} would be written over the --frame picture {args.frame}; give "
-                              f"the mask another name (--out {mask_beside(Path(args.frame))})")
+                              f"the mask another name (--out {shell_word(mask_beside(Path(args.frame)))})")
     picture = draw_mask(frame.shape, args.keep or [], args.ignore or [])
     mask = InspectionMask(picture > 0, str(out))  # refuses a mask with nothing left to inspect
     for path, image in ((out, picture), (look, mask_preview(frame, mask))):

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 import cv2
 import numpy as np
 
-from .errors import DataError, ImageError
+from .errors import DataError, ImageError, shell_word
 from .images import (NORMAL_FOLDERS, as_grey, is_image_file, no_images_in, pictures_in_subfolders, pictures_matching,
                      read_image, resize_to_input, subfolders_left, to_rgb)
 from .pipelines import local_path
@@ -193,8 +193,8 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
         raise DataError(f"{root}: no such dataset folder")
     if not root.is_dir():
         hint = ("a picture: training needs a folder of many" if is_image_file(root) else
-                f"if it is a video of the line, 'edge-ad record --input {root} --out DIR' saves its frames into a "
-                "folder to train on")
+                f"if it is a video of the line, edge-ad record --input {shell_word(root)} --out DIR saves its frames "
+                "into a folder to train on")
         raise DataError(f"{root}: not a folder (expected 'elpv', a folder of normal images or an MVTec category); "
                         f"{hint}")
     normal = normal_folder(root)

@@ -15,7 +15,7 @@ import numpy as np
 from .backends import load_graphs
 from .bundle import PRECISIONS, Bundle, load_bundle, site_calibrated
 from .engines import engine_builds
-from .errors import BundleError, EdgeAdError
+from .errors import BundleError, EdgeAdError, shell_word
 from .images import as_grey, to_rgb
 from .masks import InspectionMask
 from .normalize import Quantiles
@@ -179,7 +179,7 @@ class Detector(MapScorer):
         """What to do when the check images fail on this backend."""
         if self.backend == "tensorrt":
             core = f" --dla-core {self.dla_core}" if self.dla_core is not None else ""
-            return (f"build its engines again (edge-ad build --bundle {self.bundle.root}{core} --force); "
+            return (f"build its engines again (edge-ad build --bundle {shell_word(self.bundle.root)}{core} --force); "
                     "--backend onnxruntime runs its graphs without them meanwhile")
         graphs = "graphs" if self.backend == "onnxruntime" else "reference.pt"
         # Their files are intact (load checks each SHA-256): what differs from export is the runtime

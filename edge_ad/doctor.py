@@ -22,7 +22,7 @@ from .detector import Detector
 from .engines import _tensorrt
 from .device import (Device, clock_state, describes, detect, int8_saturates, jetpack, load_configs, pick_config,
                      read_sensors, run_command, target_config, unsynchronised_clock)
-from .errors import EdgeAdError, os_reason, without_passwords
+from .errors import EdgeAdError, os_reason, shell_word, without_passwords
 from .files import state_folder
 from .pipelines import UDP_BUFFER_BYTES
 from .service_unit import INSTALLED_UNIT, add_user, sets_exec_start, setting, started_words, unit_files
@@ -271,13 +271,13 @@ def _check_bundle(report: Report, name: str | None, bundle_path: Path, config: d
     report.found("engines", f"{key.slug}: " + (f"ready, batches up to {largest}" if build else "none"))
     if largest is not None and sources > largest:
         report.found("batches", f"{label}: {sources} sources share it, its engines take {largest} frames at once: "
-                                f"their frames are scored in turns of {largest} (edge-ad build --bundle {bundle_path} "
-                                f"--max-batch {sources} scores them together)")
+                                f"their frames are scored in turns of {largest} (edge-ad build --bundle "
+                                f"{shell_word(bundle_path)} --max-batch {sources} scores them together)")
     on_dla = [core for core in (0, 1) for precision in engine_precisions(bundle, core)
               if matching_build(bundle, replace(key, precision=precision, dla_core=core)) is not None]
     if build is None and not on_dla:
         report.problems.append(f"no engines for {label} on this device ({key.slug}): edge-ad build --bundle "
-                               f"{bundle_path} --precision {key.precision}")
+                               f"{shell_word(bundle_path)} --precision {key.precision}")
     for line in other_engines(bundle, key):
         report.found("", line)
     _self_check(report, label, bundle)
@@ -312,7 +312,8 @@ def _check_deepstream(report: Report, bundle_path: Path) -> None:
         return
     if engine:
         report.problems.append(f"{config} names {engine}, which is not built: edge-ad deepstream --bundle "
-                               f"{bundle_path} --build (with the same --precision, --steps and --batch-size)")
+                               f"{shell_word(bundle_path)} --build (with the same --precision, --steps and "
+                               "--batch-size)")
     else:
         report.found("deepstream", f"nvinfer config {config}")
 
@@ -504,8 +505,8 @@ def _check_calibration(report: Report, stream: Stream, bundles: dict[str | None,
             report.problems.append(f"source {label}: {exc}")
             continue
         if problem is not None:
-            report.problems.append(f"source {label}: {problem}: edge-ad calibrate --sources ... --source {stream.name} "
-                                   "(until then it is scored with the bundle's own numbers)")
+            report.problems.append(f"source {label}: {problem}: edge-ad calibrate --sources ... --source "
+                                   f"{shell_word(stream.name)} (until then it is scored with the bundle's own numbers)")
         else:
             report.found("calibration", f"{label}: {calibrated.calibration} ({calibrated.short_ids[1]}), threshold "
                                         f"{calibrated.threshold:.4f}{_least_area(calibrated)}")

@@ -10,6 +10,7 @@ import os
 import pwd
 import re
 import reprlib
+import shlex
 import sys
 import urllib.error
 import warnings
@@ -32,6 +33,12 @@ def without_passwords(text: str) -> str:
     Cameras take theirs in the URI (rtsp://admin:...@10.0.0.5/...), and a source is named by its
     URI: its name goes to logs, events, snapshot names, MQTT, metrics and calibration files."""
     return _PASSWORD.sub(r"\1:***@", text)
+
+
+def shell_word(value: object) -> str:
+    """`value` (a path) as one word of a command a message offers, quoted where a shell would split
+    it (a folder named `good parts`), so that the command can be copied as it is printed."""
+    return shlex.quote(str(value))
 
 
 _CLIENT_TEXT = reprlib.Repr()

@@ -21,7 +21,7 @@ import numpy as np
 from .bundle import Bundle
 from .cuda_memory import CudaPythonMemory, PyCudaMemory, cuda_memory
 from .engines import cached_engines, check_dla_core, device_key, engine_precisions, other_engines
-from .errors import EdgeAdError
+from .errors import EdgeAdError, shell_word
 
 
 class TrtGraph:
@@ -193,5 +193,6 @@ def tensorrt_graphs(bundle: Bundle, dla_core: int | None = None) -> dict[str, Tr
         reasons = "; ".join(other_engines(bundle, key)) or "no engines in the bundle"
         dla = f" --dla-core {dla_core}" if dla_core is not None else ""
         raise EdgeAdError(f"{bundle.root}: no TensorRT engines for this device ({key.slug}): {reasons}. "
-                          f"Build them here: edge-ad build --bundle {bundle.root} --precision {key.precision}{dla}")
+                          f"Build them here: edge-ad build --bundle {shell_word(bundle.root)} --precision "
+                          f"{key.precision}{dla}")
     return {name: (TrtStepGraph if name == "step" else TrtGraph)(path, *runtime) for name, path in engines.items()}

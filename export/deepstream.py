@@ -32,7 +32,7 @@ from edge_ad import __version__
 from edge_ad.bundle import Bundle, load_bundle
 from edge_ad.deepstream import CONFIG_FILE, DEEPSTREAM_DIR, MODEL_FILE, OUTPUT, engine_name
 from edge_ad.engines import build_serialized_engine, refuse_unsigned_int8
-from edge_ad.errors import EdgeAdError
+from edge_ad.errors import EdgeAdError, shell_word
 from edge_ad.files import write_atomic
 from edge_ad.self_check import check_maps
 
@@ -241,6 +241,6 @@ def write_deepstream(
                                              max_batch=batch_size, opt_batch=batch_size)
         _place_checked_engine(bundle, serialized, out / engine)
     elif engine:
-        print(f"{out / CONFIG_FILE} names {engine}: build it on the device with "
-              f"'edge-ad deepstream --bundle {bundle_path} --precision {precision} --batch-size {batch_size} --build'")
+        print(f"{out / CONFIG_FILE} names {engine}: build it on the device with edge-ad deepstream --bundle "
+              f"{shell_word(bundle_path)} --precision {precision} --batch-size {batch_size} --build")
     return out

@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 import sys
@@ -383,3 +384,26 @@ def test_memory_run_out_is_one_line(tiny_bundle, capsys):
                     "not enough memory (a call of 99999999999 frames of ")
     assert report_errors("edge-ad", lambda: np.empty(1 << 60, np.uint8)) == 2  # numpy's own words
     assert capsys.readouterr().err.startswith("edge-ad: error: not enough memory (Unable to allocate 1.00 EiB ")
+
+
+def test_a_command_offered_with_a_path_can_be_copied_as_it_is_printed(tmp_path):
+    """A folder named with a blank was offered as two words: `edge-ad export --run good parts/run`,
+    copied, exported a run named `good`."""
+    from edge_ad.bundle import load_bundle
+    from edge_ad.datasets import load_samples
+    from edge_ad.errors import BundleError, DataError
+
+    run = tmp_path / "good parts" / "run"
+    run.mkdir(parents=True)
+    (run / "model.pt").write_bytes(b"")
+    (run / "config.yaml").write_text("model: prototype\n")
+    with pytest.raises(BundleError) as error:
+        load_bundle(run)
+    offered = str(error.value).split("a training run, not a bundle: ")[1].split(" makes ")[0]
+    assert shlex.split(offered) == ["edge-ad", "export", "--run", str(run), "--out", "BUNDLE"]
+    video = tmp_path / "line 1 (left).mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    with pytest.raises(DataError) as error:
+        load_samples(str(video), "train")
+    offered = str(error.value).split("if it is a video of the line, ")[1].split(" saves ")[0]
+    assert shlex.split(offered) == ["edge-ad", "record", "--input", str(video), "--out", "DIR"]

@@ -247,8 +247,8 @@ def test_missing_and_empty_folders(tmp_path, caplog):
     with pytest.raises(DataError, match="no such dataset folder"):
         load_samples(str(tmp_path / "nope"), "train")
     (tmp_path / "line.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")  # a video of the line: record saves its frames
-    with pytest.raises(DataError, match=re.escape(f"if it is a video of the line, 'edge-ad record --input "
-                                                  f"{tmp_path / 'line.mp4'} --out DIR' saves its frames")):
+    with pytest.raises(DataError, match=re.escape(f"if it is a video of the line, edge-ad record --input "
+                                                  f"{tmp_path / 'line.mp4'} --out DIR saves its frames")):
         load_samples(str(tmp_path / "line.mp4"), "train")
     (tmp_path / "line.mp4").unlink()
     with pytest.raises(DataError, match=r"no image files \(.png .jpg .jpeg .bmp .tif .tiff .webp .pgm .ppm\) in the "
