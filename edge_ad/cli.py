@@ -947,14 +947,10 @@ def _deepstream(args: argparse.Namespace) -> None:
 
 
 def _build(args: argparse.Namespace) -> None:
-    from .device import target_config
-    from .engines import build_engines
+    from .engines import build_engines, memory_pool_mib
 
-    workspace = args.workspace_mib
-    if args.target:
-        target = target_config(args.target)
-        workspace = workspace or (target["tensorrt"] or {}).get("memory_pool_mib")
-    folder = build_engines(load_bundle(args.bundle), args.precision, args.dla_core, workspace or 1024, args.max_batch,
+    workspace = args.workspace_mib or memory_pool_mib(args.target)
+    folder = build_engines(load_bundle(args.bundle), args.precision, args.dla_core, workspace, args.max_batch,
                            args.force, args.calib_data, args.calib_images)
     print(f"engines in {folder}")
 
@@ -1317,14 +1313,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True, help="the bundle folder; its engines are written into it")
     p.add_argument("--precision", choices=("fp16", "int8"), default="fp16",
                    help="fp16: builder flag on FP32 graphs; int8: a bundle exported with --precision int8")
-    p.add_argument("--target", help="a target YAML, or the name of one in firmware_configs/ such as orin-nano-8gb "
-                   "(memory-pool limit)")
+    p.add_argument("--target", help="a target YAML, or the name of one in firmware_configs/ such as orin-nano-8gb, "
+                   "whose memory-pool limit to build with instead of this device's target's")
     p.add_argument("--dla-core", type=int, choices=(0, 1),
                    help="build for this DLA core, GPU fallback for unsupported layers (run with --dla-core N too)")
     p.add_argument("--calib-data", help="INT8 on a DLA core: frames TensorRT calibrates an FP32 bundle on ('elpv', "
                                         "an image folder, an MVTec category or a video file)")
     p.add_argument("--calib-images", type=_positive_int, default=300, help="INT8 on a DLA core: calibration frames")
-    p.add_argument("--workspace-mib", type=_positive_int, help="TensorRT memory-pool limit (default 1024 or the target's)")
+    p.add_argument("--workspace-mib", type=_positive_int,
+                   help="TensorRT memory-pool limit (default: the target's; 1024 where none gives one)")
     p.add_argument("--max-batch", type=_positive_int, default=8, help="largest batch of the optimisation profile")
     p.add_argument("--force", action="store_true", help="rebuild even when matching engines are cached")
     p.set_defaults(func=_build)

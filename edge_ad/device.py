@@ -36,6 +36,12 @@ class Device:
     gpu: str | None = None
     compute_capability: str | None = None
 
+    def named(self) -> str:
+        """This device as a message names it: a Jetson's model and part numbers, a GPU's name."""
+        if self.kind == "jetson":
+            return f"{self.model or 'a Jetson'}, parts {', '.join(self.part_numbers) or 'none'}"
+        return f"a machine with an {self.model}" if self.kind == "x86-gpu" else "a machine with no NVIDIA GPU"
+
 
 def _read(root: Path, path: str) -> str | None:
     file = root / path.lstrip("/")

@@ -672,13 +672,11 @@ def _another_device(device: Device, config: dict) -> str:
         own = pick_config(device, load_configs())["name"]
     except EdgeAdError:  # a Jetson module no shipped target describes
         own = None
-    this = (f"{device.model or 'a Jetson'}, parts {', '.join(device.part_numbers) or 'none'}"
-            if device.kind == "jetson" else f"a machine with an {device.model}" if device.kind == "x86-gpu"
-            else "a machine with no NVIDIA GPU")
     taken = f"which edge-ad takes for {own}" if own else "which no target in firmware_configs/ describes"
     way = ("run edge-ad doctor on the Jetson" if config["kind"] == "jetson" and device.kind != "jetson"
            else "leave --target out" if own else "give a target YAML whose module lists its part numbers")
-    return (f"--target {config['name']} ({config['description']}) does not describe this device ({this}), {taken}: "
+    return (f"--target {config['name']} ({config['description']}) does not describe this device "
+            f"({device.named()}), {taken}: "
             f"doctor's checks of JetPack, power mode, GStreamer elements and precisions are {config['name']}'s here, "
             f"not this device's; {way}")
 

@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
@@ -34,7 +35,7 @@ from tqdm import tqdm
 
 from .bundle import Bundle, cache_dir, write_yaml_atomic
 from .cuda_memory import cuda_memory
-from .device import detect, is_jetson, load_configs, pick_config
+from .device import describes, detect, is_jetson, load_configs, pick_config, target_config
 from .errors import EdgeAdError, raised
 from .files import write_atomic
 
@@ -42,6 +43,7 @@ ENGINES_DIR = "engines"
 MANIFEST = "manifest.yaml"
 TIMING_CACHE = "timing.cache"
 BUILD_PRECISIONS = ("fp16", "int8")
+DEFAULT_WORKSPACE_MIB = 1024  # TensorRT's memory-pool limit where no target gives one
 REDUCED_PRECISION_GRAPHS = ("encoder", "step", "fused")  # the others stay FP32 (distances, softmax gates)
 
 
@@ -119,6 +121,25 @@ def device_key(precision: str, dla_core: int | None) -> EngineKey:
     jetson = detect() if is_jetson() else None
     module, l4t = (jetson.module, jetson.l4t) if jetson else (None, None)
     return EngineKey(name, capability, trt.__version__, precision, dla_core, module, l4t)
+
+
+def memory_pool_mib(target: str | None = None, root: Path = Path("/")) -> int:
+    """TensorRT's memory-pool limit for `build`: that of the target given (--target), else of the
+    target that describes this device (firmware_configs/), else DEFAULT_WORKSPACE_MIB. A target
+    given that does not describe this device is warned of, and its limit used all the same."""
+    device = detect(root)
+    if target is not None:
+        config = target_config(target)
+    else:
+        try:
+            config = pick_config(device, load_configs())
+        except EdgeAdError:  # a module no target describes
+            config = {}
+    limit = (config.get("tensorrt") or {}).get("memory_pool_mib") or DEFAULT_WORKSPACE_MIB
+    if target is not None and not describes(config, device):
+        warnings.warn(f"--target {config['name']} ({config['description']}) does not describe this device "
+                      f"({device.named()}): its memory-pool limit, {limit} MiB, is used all the same")
+    return limit
 
 
 def check_dla_core(dla_core: int | None, root: Path = Path("/")) -> None:
@@ -241,7 +262,7 @@ def build_engines(
     bundle: Bundle,
     precision: str,
     dla_core: int | None = None,
-    workspace_mib: int = 1024,
+    workspace_mib: int = DEFAULT_WORKSPACE_MIB,
     max_batch: int = 8,
     force: bool = False,
     calib_data: str | None = None,
@@ -279,7 +300,8 @@ def build_engines(
     folder.mkdir(parents=True, exist_ok=True)
     cache_path = root / TIMING_CACHE
     entries = {}
-    print(f"building {len(bundle.graphs)} TensorRT engines into {folder}, this can take minutes")
+    print(f"building {len(bundle.graphs)} TensorRT engines into {folder} (memory-pool limit {workspace_mib} MiB), "
+          "this can take minutes")
     with _calibrators(bundle, inputs, folder, calibration) as calibrators:
         for name, path in tqdm(bundle.graphs.items(), desc="TensorRT engines", unit="graph"):
             graph_precision = precision if name in REDUCED_PRECISION_GRAPHS else "fp32"
@@ -317,7 +339,7 @@ def build_serialized_engine(
     precision: str,
     fp32_layers: tuple[str, ...] = (),
     dla_core: int | None = None,
-    workspace_mib: int = 1024,
+    workspace_mib: int = DEFAULT_WORKSPACE_MIB,
     max_batch: int = 8,
     timing_cache: Path | None = None,
     opt_batch: int = 1,

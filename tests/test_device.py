@@ -5,6 +5,7 @@ import hashlib
 import logging
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -211,6 +212,31 @@ def test_a_target_given_for_another_device_is_said_with_the_one_edge_ad_takes(tm
     report = doctor(target="orin-nano-8gb", root=tmp_path / "a-pc")  # a PC: a Jetson target is checked on the Jetson
     assert any(p.startswith("--target orin-nano-8gb (Jetson Orin Nano 8GB") and p.endswith("run edge-ad doctor on the "
                "Jetson") for p in report.problems), report.problems
+
+
+def test_build_takes_the_memory_pool_limit_of_this_device_s_target(tmp_path):
+    """`build` without --target took TensorRT's memory-pool limit as 1024 MiB on every device, where
+    the AGX Orin's target gives 4096 and the Orin NX's 2048; the README's device steps give none."""
+    import warnings
+
+    from edge_ad.device import nvidia_smi
+    from edge_ad.engines import memory_pool_mib
+
+    for name, limit in (("agx-orin-64gb", 4096), ("orin-nx-16gb", 2048), ("orin-nano-8gb", 1536)):
+        root = _jetson_root(tmp_path / name, *MODULES[name])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # its own target, given or not: nothing to warn of
+            assert memory_pool_mib(root=root) == memory_pool_mib(name, root) == limit
+    model, _, _, _ = MODULES["orin-nano-8gb"]
+    with pytest.warns(UserWarning, match=re.escape(
+            f"--target agx-orin-64gb (Jetson AGX Orin 64GB (JetPack 6.x)) does not describe this device ({model}, "
+            "parts p3767-0005, p3768-0000): its memory-pool limit, 4096 MiB, is used all the same")):
+        assert memory_pool_mib("agx-orin-64gb", root) == 4096
+    model, compatible, revision, mem_kb = MODULES["orin-nx-16gb"]
+    unknown = _jetson_root(tmp_path / "other", "Jetson Orin Carrier X", compatible.replace("3767-0000", "3767-0099"),
+                           revision, mem_kb)
+    assert memory_pool_mib(root=unknown) == 1024  # a module no target describes
+    assert memory_pool_mib(root=tmp_path / "a-pc") == (4096 if nvidia_smi() else 1024)
 
 
 def test_a_power_mode_with_more_power_than_the_target_s_is_not_a_problem(tmp_path, monkeypatch):
