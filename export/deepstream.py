@@ -31,7 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edge_ad import __version__
 from edge_ad.bundle import Bundle, load_bundle
 from edge_ad.deepstream import CONFIG_FILE, DEEPSTREAM_DIR, MODEL_FILE, OUTPUT, engine_name
-from edge_ad.engines import build_serialized_engine, refuse_unsigned_int8
+from edge_ad.engines import build_serialized_engine, memory_pool_mib, refuse_unsigned_int8
 from edge_ad.errors import EdgeAdError, shell_word
 from edge_ad.files import write_atomic
 from edge_ad.self_check import check_maps
@@ -236,9 +236,10 @@ def write_deepstream(
     engine = engine_name(precision, batch_size) if build or precision != "fp32" else None
     write_atomic(out / CONFIG_FILE, nvinfer_config(bundle, precision, engine, batch_size).encode())
     if build:  # after the network and config are written: a failed build loses neither
-        print("building the TensorRT engine, this can take minutes")
+        workspace = memory_pool_mib()
+        print(f"building the TensorRT engine (memory-pool limit {workspace} MiB), this can take minutes")
         serialized = build_serialized_engine(model_path, precision, fp32_layers=DISTANCE_LAYERS,
-                                             max_batch=batch_size, opt_batch=batch_size)
+                                             workspace_mib=workspace, max_batch=batch_size, opt_batch=batch_size)
         _place_checked_engine(bundle, serialized, out / engine)
     elif engine:
         print(f"{out / CONFIG_FILE} names {engine}: build it on the device with edge-ad deepstream --bundle "
