@@ -193,7 +193,8 @@ def _train(args: argparse.Namespace) -> None:
         said = str(exc).split(". ")[:3]  # "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has ..."
         raise EdgeAdError(f"--device {args.device}: the GPU ran out of memory ({'. '.join(said)}); train with "
                           "--device cpu, or a smaller --input-size") from exc
-    print(f"run written to {run}")
+    print(f"run written to {run}; its bundle, for eval, calibrate and run: edge-ad export --run {shell_word(run)} "
+          "--out BUNDLE")
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -386,9 +386,9 @@ def test_memory_run_out_is_one_line(tiny_bundle, capsys):
     assert capsys.readouterr().err.startswith("edge-ad: error: not enough memory (Unable to allocate 1.00 EiB ")
 
 
-def test_a_command_offered_with_a_path_can_be_copied_as_it_is_printed(tmp_path):
+def test_a_command_offered_with_a_path_can_be_copied_as_it_is_printed(normal_folder, tmp_path):
     """A folder named with a blank was offered as two words: `edge-ad export --run good parts/run`,
-    copied, exported a run named `good`."""
+    copied, exported a run named `good`. train's next step is run as it prints it."""
     from edge_ad.bundle import load_bundle
     from edge_ad.datasets import load_samples
     from edge_ad.errors import BundleError, DataError
@@ -407,3 +407,10 @@ def test_a_command_offered_with_a_path_can_be_copied_as_it_is_printed(tmp_path):
         load_samples(str(video), "train")
     offered = str(error.value).split("if it is a video of the line, ")[1].split(" saves ")[0]
     assert shlex.split(offered) == ["edge-ad", "record", "--input", str(video), "--out", "DIR"]
+    trained = edge_ad("train", "--data", normal_folder, "--out", tmp_path / "line 1" / "run", "--input-size", 128,
+                      "--prototypes", 16, check=True)
+    command = shlex.split(trained.stdout.splitlines()[-1].split(": ", 1)[1])
+    assert command[:2] == ["edge-ad", "export"]
+    exported = edge_ad(*[str(tmp_path / "line 1" / "bundle") if word == "BUNDLE" else word for word in command[1:]],
+                       check=True)
+    assert f"bundle written to {tmp_path / 'line 1' / 'bundle'}" in exported.stdout
