@@ -99,7 +99,8 @@ def threshold_for_far(scores: np.ndarray, far: float, confidence: float, per_dra
             more = (f"at least {needed} independent ones are needed (about {needed * per_draw:.0f} frames at this "
                     "pace: collect more with --frames, over more parts")
         else:
-            frames, more = f"{n} normal frames", f"at least {needed} are needed (collect more with --frames"
+            frames, more = f"{n} normal frames", (f"at least {needed} are needed (collect more with --frames from a "
+                                                  "source that has them (a folder or video ends at its last picture)")
         raise CalibrationError(
             f"{frames} cannot show a false-alarm rate of {far:g} with {confidence:.0%} confidence: {more}, or ask "
             f"for --target-far {smallest_far(draws, confidence):g} or more)"

@@ -58,7 +58,10 @@ def test_threshold_keeps_the_bound_and_is_the_lowest_that_does():
 
 
 def test_too_few_frames_are_refused_with_what_to_do():
-    with pytest.raises(CalibrationError, match=r"500 normal frames .* at least 2995 are needed .* --target-far 0.006"):
+    """A folder of 12 pictures calibrated with --frames 30 was told to collect more with --frames."""
+    with pytest.raises(CalibrationError, match=r"500 normal frames .* at least 2995 are needed \(collect more with "
+                                               r"--frames from a source that has them \(a folder or video ends at its "
+                                               r"last picture\), or ask for --target-far 0.006 or more\)"):
         threshold_for_far(np.zeros(500), 0.001, 0.95)
 
 
