@@ -907,7 +907,7 @@ def _mask(args: argparse.Namespace) -> None:
     for path, image in ((out, picture), (look, mask_preview(frame, mask))):
         write_picture(path, image)
     print(f"mask {out} ({mask.share_text} of the frame inspected); check it in {look}, then paint it further in "
-          f"any editor (white: inspect, black: ignore) or use it: --mask {out}")
+          f"any editor (white: inspect, black: ignore) or use it: --mask {shell_word(out)}")
 
 
 def _defects(args: argparse.Namespace) -> None:

@@ -36,7 +36,7 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import unquote, urlparse
 
 from .camera_certificates import CameraTls
-from .errors import EdgeAdError, http_failure
+from .errors import EdgeAdError, http_failure, shell_word
 from .http_digest import DigestAuthHandler
 
 DISCOVERY = ("239.255.255.250", 3702)
@@ -370,7 +370,7 @@ def describe(camera: Camera, certificate: str | None = None) -> list[str]:
         codec = CODECS.get(stream.encoding.upper())
         option = f" --input-codec {codec}" if codec and codec != "h264" else ""
         if certificate and stream.uri and stream.uri.startswith("rtsps://"):
-            option += f" --input-certificate {certificate}"
+            option += f" --input-certificate {shell_word(certificate)}"
         where = stream.uri + option if stream.uri else f"(no URL: {stream.problem})"
         lines.append(f"  {stream.name}: {stream.encoding} {stream.width}x{stream.height}{rate}  {where}")
     return lines
