@@ -138,7 +138,7 @@ def memory_pool_mib(target: str | None = None, root: Path = Path("/")) -> int:
     limit = (config.get("tensorrt") or {}).get("memory_pool_mib") or DEFAULT_WORKSPACE_MIB
     if target is not None and not describes(config, device):
         warnings.warn(f"--target {config['name']} ({config['description']}) does not describe this device "
-                      f"({device.named()}): its memory-pool limit, {limit} MiB, is used all the same")
+                      f"({device.named()}): the engines are built with a {limit} MiB memory-pool limit all the same")
     return limit
 
 

@@ -230,7 +230,7 @@ def test_build_takes_the_memory_pool_limit_of_this_device_s_target(tmp_path):
     model, _, _, _ = MODULES["orin-nano-8gb"]
     with pytest.warns(UserWarning, match=re.escape(
             f"--target agx-orin-64gb (Jetson AGX Orin 64GB (JetPack 6.x)) does not describe this device ({model}, "
-            "parts p3767-0005, p3768-0000): its memory-pool limit, 4096 MiB, is used all the same")):
+            "parts p3767-0005, p3768-0000): the engines are built with a 4096 MiB memory-pool limit all the same")):
         assert memory_pool_mib("agx-orin-64gb", root) == 4096
     model, compatible, revision, mem_kb = MODULES["orin-nx-16gb"]
     unknown = _jetson_root(tmp_path / "other", "Jetson Orin Carrier X", compatible.replace("3767-0000", "3767-0099"),
