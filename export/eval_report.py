@@ -21,6 +21,7 @@ from edge_ad.metrics import roc_curve  # noqa: E402
 from edge_ad.render import show  # noqa: E402
 
 SHOWN = 4  # overlays per row
+LEGEND_HEADROOM = 1.6  # the histogram's height over its tallest bar: room for a legend of four lines
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet cell starting so is read as a formula
 
 
@@ -66,9 +67,11 @@ def write_eval_report(
     # Bins over the threshold too: one far from the scores (a bundle calibrated on other frames)
     # would leave them in bins too thin to see.
     bins = np.histogram_bin_edges(np.r_[scores, [] if threshold is None else [threshold]], bins=60)
+    tallest = 0
     for label, name, colour in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
-        hist.hist(scores[labels == label], bins=bins, color=colour, alpha=0.6,
-                  label=f"{name} ({int((labels == label).sum())})")
+        counts, _, _ = hist.hist(scores[labels == label], bins=bins, color=colour, alpha=0.6,
+                                 label=f"{name} ({int((labels == label).sum())})")
+        tallest = max(tallest, counts.max(initial=0))
     if threshold is not None:
         flagged = report["normal_images_flagged_by_bundle_threshold"]
         missed = report["anomalous_images_missed_by_bundle_threshold"]
@@ -80,7 +83,10 @@ def write_eval_report(
     hist.set_xlabel("image score" + (" (relative to the variant's normal images)" if threshold is None else ""))
     hist.set_ylabel("test images")
     hist.set_title(f"{report['data']}: {report['test_images']} test images")
-    hist.legend(fontsize=8)
+    # Its legend, as wide as the panel, in a band left empty above the tallest bar: on the bars it
+    # hid the peak of the normal scores and the first anomalous ones.
+    hist.set_ylim(0, max(tallest, 1) * LEGEND_HEADROOM)
+    hist.legend(fontsize=8, loc="upper left")
     roc = figure.add_subplot(grid[0, SHOWN:])
     roc.plot([0, 1], [0, 1], color="grey", linestyle=":")
     roc.set_xlabel("false-alarm rate (normal images flagged)")

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from edge_ad import Detector
 from edge_ad.device import read_sensors
@@ -319,6 +320,27 @@ def test_the_eval_picture_shows_scores_far_under_the_bundle_threshold(tmp_path, 
     export.eval_report.write_eval_report(report, labels, scores, 0.9, ([], []), tmp_path / "eval.png")
     hist = drawn[-1].axes[0]
     assert min(bar.get_width() for bar in hist.patches) > 0.9 * (0.9 - 0.1) / 60
+
+
+def test_the_eval_histogram_s_legend_hides_no_bar(tmp_path, monkeypatch):
+    """The legend, as wide as the histogram with the threshold's and the F1-best's lines in it, stood
+    on the bars: the peak of the normal scores and the anomalous ones beside it were under it."""
+    import export.eval_report
+
+    drawn = []
+    monkeypatch.setattr(export.eval_report, "save_figure", lambda figure, path, dpi: drawn.append(figure))
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(377, int), np.ones(715, int)]
+    scores = np.r_[rng.normal(0.03, 0.04, 377), rng.normal(0.2, 0.1, 715)]  # as ELPV's: the normal peak at the left
+    report = {"data": "elpv", "test_images": 1092, "normal_images_flagged_by_bundle_threshold": 1,
+              "anomalous_images_missed_by_bundle_threshold": 356, "image_f1_threshold": 0.065, "image_f1_max": 0.88}
+    export.eval_report.write_eval_report(report, labels, scores, 0.183, ([], []), tmp_path / "eval.png")
+    FigureCanvasAgg(drawn[-1]).draw()  # the report closed its figure, which took its canvas
+    hist = drawn[-1].axes[0]
+    legend = hist.get_legend()
+    assert len(legend.get_texts()) == 4
+    box = legend.get_window_extent()
+    assert not [bar for bar in hist.patches if bar.get_height() > 0 and bar.get_window_extent().overlaps(box)]
 
 
 def test_an_eval_picture_the_disk_has_no_room_for_loses_no_metric(tiny_bundle, mvtec_category, tmp_path, monkeypatch):
