@@ -94,7 +94,8 @@ def threshold_for_far(scores: np.ndarray, far: float, confidence: float, per_dra
     draws, needed = n / per_draw, frames_needed(far, confidence)
     if draws < draws_needed(far, confidence):  # not `needed`, rounded up: draws need not be whole
         if per_draw > 1:
-            frames = (f"{n} normal frames, about {per_draw:.0f} in a row scoring alike (a part in view that long), are "
+            frames = (f"{n} normal frames, about {per_draw:.0f} in a row scoring alike (a part in view that long, or "
+                      "neighbouring pictures of a folder that look alike), are "
                       f"worth about {math.floor(draws)} independent ones: they")
             more = (f"at least {needed} independent ones are needed (about {needed * per_draw:.0f} frames at this "
                     "pace: collect more with --frames, over more parts")

@@ -133,7 +133,9 @@ def test_a_threshold_counts_frames_that_repeat_as_one():
     assert repeated.value == once.value and repeated.exceedances == 10 * once.exceedances
     assert repeated.far_bound <= 0.005 and repeated.per_draw == 10
     assert threshold_for_far(np.repeat(scores, 10), 0.005, 0.95).value < once.value  # as if 40,000 parts
-    with pytest.raises(CalibrationError, match=r"40000 normal frames, about 10 in a row scoring alike .* worth about "
+    with pytest.raises(CalibrationError, match=r"40000 normal frames, about 10 in a row scoring alike \(a part in view "
+                                               r"that long, or neighbouring pictures of a folder that look alike\), "
+                                               r"are worth about "
                                                r"4000 independent ones: .* at least 5990 independent ones are needed "
                                                r"\(about 59900 frames at this pace"):
         threshold_for_far(np.repeat(scores, 10), 0.0005, 0.95, 10)
