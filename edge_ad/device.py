@@ -240,6 +240,15 @@ def pick_config(device: Device, configs: dict[str, dict]) -> dict:
                       f"target YAML to {CONFIGS} or pass --target")
 
 
+def own_target(device: Device) -> dict | None:
+    """The target in firmware_configs/ that edge-ad takes `device` for, or None for a Jetson module
+    none describes (where the callers fall back to what serves most modules)."""
+    try:
+        return pick_config(device, load_configs())
+    except EdgeAdError:
+        return None
+
+
 def describes(config: dict, device: Device) -> bool:
     """Whether the target `config` is one for `device`: on a Jetson, a Jetson target of its module (by
     part number where both list them, else by model string); elsewhere, any target but a Jetson's."""

@@ -20,8 +20,8 @@ from .bundle import Bundle, load_bundle, read_yaml, site_calibrated
 from .deepstream import CONFIG_FILE, DEEPSTREAM_DIR, missing_engine
 from .detector import Detector
 from .engines import _tensorrt
-from .device import (Device, clock_state, describes, detect, int8_saturates, jetpack, load_configs, pick_config,
-                     read_sensors, run_command, target_config, unsynchronised_clock)
+from .device import (Device, clock_state, describes, detect, int8_saturates, jetpack, load_configs, own_target,
+                     pick_config, read_sensors, run_command, target_config, unsynchronised_clock)
 from .errors import EdgeAdError, os_reason, shell_word, without_passwords
 from .files import state_folder
 from .pipelines import UDP_BUFFER_BYTES
@@ -668,10 +668,7 @@ def _check_sources(report: Report, streams: Sequence[Stream], bundles: Sequence[
 
 def _another_device(device: Device, config: dict) -> str:
     """Why --target does not describe this device, and what edge-ad itself takes it for."""
-    try:
-        own = pick_config(device, load_configs())["name"]
-    except EdgeAdError:  # a Jetson module no shipped target describes
-        own = None
+    own = (own_target(device) or {}).get("name")
     taken = f"which edge-ad takes for {own}" if own else "which no target in firmware_configs/ describes"
     way = ("run edge-ad doctor on the Jetson" if config["kind"] == "jetson" and device.kind != "jetson"
            else "leave --target out" if own else "give a target YAML whose module lists its part numbers")

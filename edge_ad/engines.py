@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from .bundle import Bundle, cache_dir, write_yaml_atomic
 from .cuda_memory import cuda_memory
-from .device import describes, detect, is_jetson, load_configs, pick_config, target_config
+from .device import describes, detect, is_jetson, own_target, target_config
 from .errors import EdgeAdError, raised
 from .files import write_atomic
 
@@ -128,13 +128,7 @@ def memory_pool_mib(target: str | None = None, root: Path = Path("/")) -> int:
     target that describes this device (firmware_configs/), else DEFAULT_WORKSPACE_MIB. A target
     given that does not describe this device is warned of, and its limit used all the same."""
     device = detect(root)
-    if target is not None:
-        config = target_config(target)
-    else:
-        try:
-            config = pick_config(device, load_configs())
-        except EdgeAdError:  # a module no target describes
-            config = {}
+    config = target_config(target) if target is not None else own_target(device) or {}
     limit = (config.get("tensorrt") or {}).get("memory_pool_mib") or DEFAULT_WORKSPACE_MIB
     if target is not None and not describes(config, device):
         warnings.warn(f"--target {config['name']} ({config['description']}) does not describe this device "
@@ -147,9 +141,8 @@ def check_dla_core(dla_core: int | None, root: Path = Path("/")) -> None:
     GPUs have none, the Orin NX 8GB one, the Orin NX 16GB and AGX Orin two."""
     if dla_core is None:
         return
-    try:
-        target = pick_config(detect(root), load_configs())
-    except EdgeAdError:  # a module no target describes: TensorRT will say
+    target = own_target(detect(root))
+    if target is None:  # a module no target describes: TensorRT will say
         return
     cores = target["dla_cores"]
     if dla_core >= cores:

@@ -19,8 +19,8 @@ from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import numpy as np
 
-from .device import detect, is_jetson, load_configs, pick_config
-from .errors import HOST, EdgeAdError, SourceError, uri_port
+from .device import detect, is_jetson, own_target
+from .errors import HOST, SourceError, uri_port
 from .images import IMAGE_SUFFIXES
 
 # A plain MP4 has its index written at the end, so a run that is killed (a power cut, the
@@ -515,12 +515,8 @@ def hardware_encoder(root: Path = Path("/")) -> bool:
     not x264enc (every Orin but the Nano). True elsewhere, where `--platform jetson` asks for the
     pipelines of a Jetson that has one."""
     device = detect(root)
-    if device.kind != "jetson":
-        return True
-    try:
-        return pick_config(device, load_configs())["gstreamer"]["encoder"] != "x264enc"
-    except EdgeAdError:  # a module no target describes: the encoder every other Orin has
-        return True
+    target = own_target(device) if device.kind == "jetson" else None
+    return target is None or target["gstreamer"]["encoder"] != "x264enc"  # no target: what every other Orin has
 
 
 def _encoder(fps: int, jetson: bool, bitrate_kbps: int | None = None) -> str:
