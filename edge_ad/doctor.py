@@ -666,13 +666,13 @@ def _check_sources(report: Report, streams: Sequence[Stream], bundles: Sequence[
     return written
 
 
-def _another_device(device: Device, config: dict) -> str:
-    """Why --target does not describe this device, and what edge-ad itself takes it for."""
+def _another_device(device: Device, given: str, config: dict) -> str:
+    """Why --target `given` (`config`) does not describe this device, and what edge-ad takes it for."""
     own = (own_target(device) or {}).get("name")
     taken = f"which edge-ad takes for {own}" if own else "which no target in firmware_configs/ describes"
     way = ("run edge-ad doctor on the Jetson" if config["kind"] == "jetson" and device.kind != "jetson"
            else "leave --target out" if own else "give a target YAML whose module lists its part numbers")
-    return (f"--target {config['name']} ({config['description']}) does not describe this device "
+    return (f"--target {given} ({config['description']}) does not describe this device "
             f"({device.named()}), {taken}: "
             f"doctor's checks of JetPack, power mode, GStreamer elements and precisions are {config['name']}'s here, "
             f"not this device's; {way}")
@@ -694,7 +694,7 @@ def doctor(bundles: str | Sequence[str] = (), target: str | None = None, root: P
                            f"precision {'/'.join(config['precision'])}, input {config['input_size']}, "
                            f"K={config['bridge_steps']}")
     if target is not None and not describes(config, device):
-        report.problems.append(_another_device(device, config))
+        report.problems.append(_another_device(device, target, config))
     _check_software(report, device, config, root)
     _check_gstreamer(report, config)
     _check_power(report, device, config, root)

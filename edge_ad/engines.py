@@ -131,7 +131,7 @@ def memory_pool_mib(target: str | None = None, root: Path = Path("/")) -> int:
     config = target_config(target) if target is not None else own_target(device) or {}
     limit = (config.get("tensorrt") or {}).get("memory_pool_mib") or DEFAULT_WORKSPACE_MIB
     if target is not None and not describes(config, device):
-        warnings.warn(f"--target {config['name']} ({config['description']}) does not describe this device "
+        warnings.warn(f"--target {target} ({config['description']}) does not describe this device "
                       f"({device.named()}): the engines are built with a {limit} MiB memory-pool limit all the same")
     return limit
 

@@ -205,7 +205,7 @@ def test_a_target_given_for_another_device_is_said_with_the_one_edge_ad_takes(tm
     unknown = _jetson_root(tmp_path / "other", "Jetson Orin Carrier X", compatible.replace("3767-0000", "3767-0099")
                            .replace("3768", "9999"), revision, mem_kb)  # a module no shipped target lists
     assert [p for p in doctor(target=str(own), root=unknown).problems if p.startswith("--target")] == [
-        "--target line3 (Jetson Orin Nano 8GB, module or developer kit (JetPack 6.x)) does not describe this device "
+        f"--target {own} (Jetson Orin Nano 8GB, module or developer kit (JetPack 6.x)) does not describe this device "
         "(Jetson Orin Carrier X, parts p3767-0099, p9999-0000), which no target in firmware_configs/ describes: "
         "doctor's checks of JetPack, power mode, GStreamer elements and precisions are line3's here, not this "
         "device's; give a target YAML whose module lists its part numbers"]
