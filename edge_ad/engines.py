@@ -125,8 +125,8 @@ def device_key(precision: str, dla_core: int | None) -> EngineKey:
 
 def memory_pool_mib(target: str | None = None, root: Path = Path("/")) -> int:
     """TensorRT's memory-pool limit for `build`: that of the target given (--target), else of the
-    target that describes this device (firmware_configs/), else DEFAULT_WORKSPACE_MIB. A target
-    given that does not describe this device is warned of, and its limit used all the same."""
+    target edge-ad takes this device for (own_target), else DEFAULT_WORKSPACE_MIB. A target given
+    that does not describe this device is warned of, and its limit used all the same."""
     device = detect(root)
     config = target_config(target) if target is not None else own_target(device) or {}
     limit = (config.get("tensorrt") or {}).get("memory_pool_mib") or DEFAULT_WORKSPACE_MIB
