@@ -245,6 +245,34 @@ def unlike_training(bundle: Bundle, scores: list[float]) -> str | None:
             "camera as it is mounted (edge-ad record)")
 
 
+def _normal_threshold(
+    detector: Detector, kept: Collected, far: float, confidence: float, min_defect_area: int | None
+) -> tuple[np.ndarray, list[Quantiles], np.ndarray, Threshold]:
+    """The kept normal frames' pooled map values, quantiles, scores and threshold; CalibrationError
+    where they cannot give one."""
+    n = len(kept.samples)
+    if n < 4:
+        raise CalibrationError(f"only {n} normal frames were read; calibration needs many more")
+    height, width = kept.shapes[0]
+    inspected = int(kept.mask.inspect.sum()) if kept.mask is not None else height * width
+    if min_defect_area is not None and min_defect_area > inspected:
+        raise CalibrationError(f"--min-defect-area {min_defect_area}: more pixels than the frames inspect "
+                               f"({inspected} of {width}x{height})")
+    samples = np.stack(kept.samples)
+    quantiles = _fit(samples)
+    scores = _scores(detector, kept.grids, kept.shapes, quantiles, kept.mask, min_defect_area)
+    return samples, quantiles, scores, threshold_for_far(scores, far, confidence, frames_per_draw(scores))
+
+
+def refuse_unless_enough(
+    detector: Detector, kept: Collected, far: float, confidence: float, min_defect_area: int | None = None
+) -> None:
+    """Raise the CalibrationError `calibrate` would raise for these normal frames: known defects,
+    each scored through the detector, are then not read for a calibration that cannot be made.
+    Costs the normal frames' quantiles and scores a second time (milliseconds)."""
+    _normal_threshold(detector, kept, far, confidence, min_defect_area)
+
+
 def calibrate(
     detector: Detector,
     kept: Collected,
@@ -258,20 +286,8 @@ def calibrate(
     recall at the threshold and the F1-best threshold. With `min_defect_area` (frame pixels), a
     frame's score is the highest level at which a region of its map that large lies above it, so
     the threshold flags a frame when such a region reaches it."""
-    n = len(kept.samples)
-    if n < 4:
-        raise CalibrationError(f"only {n} normal frames were read; calibration needs many more")
-    height, width = kept.shapes[0]
-    inspected = int(kept.mask.inspect.sum()) if kept.mask is not None else height * width
-    if min_defect_area is not None and min_defect_area > inspected:
-        raise CalibrationError(f"--min-defect-area {min_defect_area}: more pixels than the frames inspect "
-                               f"({inspected} of {width}x{height})")
-    samples = np.stack(kept.samples)
-    quantiles = _fit(samples)
-    scores = _scores(detector, kept.grids, kept.shapes, quantiles, kept.mask, min_defect_area)
-    per_draw = frames_per_draw(scores)
-    threshold = threshold_for_far(scores, far, confidence, per_draw)
-
+    samples, quantiles, scores, threshold = _normal_threshold(detector, kept, far, confidence, min_defect_area)
+    n, per_draw = len(samples), threshold.per_draw
     half = n // 2
     first, second = _fit(samples[:half]), _fit(samples[half:])
     agreement = {}

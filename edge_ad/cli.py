@@ -546,7 +546,8 @@ def _calibrate_sources(streams: list, args: argparse.Namespace) -> None:
 
 def _calibrate_stream(stream, args: argparse.Namespace) -> None:
     """Calibrate the bundle(s) of one source on its frames (into its calibration folder, if any)."""
-    from calibration.site import collect
+    from calibration.site import Collected, collect, refuse_unless_enough
+    from calibration.statistics import CalibrationError
     from calibration.statistics import frames_needed
 
     from .masks import InspectionMask
@@ -578,8 +579,18 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
     if read < args.frames:
         print(f"{stream.name}: ended after {read} of {args.frames} frames")
     source_name = stream.input or stream.pipeline
+    bundles = detector.detectors if isinstance(detector, VariantDetector) else {None: detector}
+    calibratable = 0  # bundles whose normal frames give a threshold: known defects are read for those alone
+    for name, one in bundles.items():
+        try:
+            refuse_unless_enough(one, kept.get(name) or Collected(), args.target_far, args.confidence,
+                                 args.min_defect_area)
+            calibratable += 1
+        except CalibrationError:
+            if name is None:  # one bundle: refused now, not after its known defects are scored
+                raise
     defects: dict[str | None, list] = {}  # known defects' grid maps, sizes, digests, names, by the variant judging each
-    if args.defects:
+    if args.defects and calibratable:
         from tqdm import tqdm
 
         from .images import pixel_digest
