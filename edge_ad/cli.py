@@ -31,6 +31,10 @@ if TYPE_CHECKING:  # the commands import what they need when they run
 
 
 MAX_ANSWER_WAIT_S = 600.0  # cameras --timeout: the most seconds to wait for cameras' answers
+# train --whitening-eps: the features are standardised per channel, so each grid position's
+# covariance has a trace of about the channel count (152) or less; far above that, the
+# whitening is a scaled identity, the distance a Euclidean one.
+MAX_WHITENING_EPS = 1e6
 
 
 def _number(text: str) -> float:
@@ -63,6 +67,17 @@ def _answer_wait(text: str) -> float:
     if value > MAX_ANSWER_WAIT_S:
         raise argparse.ArgumentTypeError(f"must be seconds above 0, up to {MAX_ANSWER_WAIT_S:g} (cameras answer "
                                          f"within seconds), got {text}")
+    return value
+
+
+def _whitening_eps(text: str) -> float:
+    """The whitening's regulariser, up to MAX_WHITENING_EPS: 1e60 trained, then stopped export with
+    a ValueError traceback (the whitened features underflowed float32 to maps of zeros)."""
+    value = _positive_float(text)
+    if value > MAX_WHITENING_EPS:
+        raise argparse.ArgumentTypeError(f"must be a positive number up to {MAX_WHITENING_EPS:.0f} (relative to "
+                                         "a channel's variance; far above 152, the channel count, the distance "
+                                         f"is a Euclidean one already), got {text}")
     return value
 
 
@@ -1108,7 +1123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-position-whitening", action="store_true",
                    help="standardise features per channel only; by default they are also whitened per grid "
                         "position, which helps parts that sit in the same place in every frame")
-    p.add_argument("--whitening-eps", type=_positive_float,
+    p.add_argument("--whitening-eps", type=_whitening_eps,
                    help="regulariser added to each position's covariance, relative to a channel's variance "
                         "(default 0.1; PaDiM's 0.01 is 0.002 AUROC better in FP32 on ELPV, 0.02-0.03 worse in "
                         "symmetric INT8)")
