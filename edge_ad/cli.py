@@ -21,7 +21,7 @@ from .errors import (EdgeAdError, SourceError, password_from_environment, printa
 from .freeze import FROZEN_WINDOW_S
 from .modbus import modbus_clients
 from .output_access import OUTPUT_PASSWORD_VARIABLE, OutputAccess
-from .pipelines import FLIPS, MAX_BITRATE_KBPS, SourceOptions, check_crop
+from .pipelines import FLIPS, MAX_BITRATE_KBPS, MAX_CAMERA_SIDE, SourceOptions, check_crop
 from .reports import write_report
 
 if TYPE_CHECKING:  # the commands import what they need when they run
@@ -78,6 +78,15 @@ def _whitening_eps(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a positive number up to {MAX_WHITENING_EPS:.0f} (relative to "
                                          "a channel's variance; far above 152, the channel count, the distance "
                                          f"is a Euclidean one already), got {text}")
+    return value
+
+
+def _camera_side(text: str) -> int:
+    """A frame width or height to ask a camera for, up to pipelines.MAX_CAMERA_SIDE."""
+    value = _positive_int(text)
+    if value > MAX_CAMERA_SIDE:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_CAMERA_SIDE} pixels (a line-scan camera's line is up to "
+                                         f"16384), got {text}")
     return value
 
 
@@ -997,10 +1006,10 @@ def _add_variant_bundles(p: argparse.ArgumentParser, required: bool = True) -> N
 
 def _add_source_options(p: argparse.ArgumentParser) -> None:
     """How `run`, `calibrate` and `record` open a camera or stream (jetson-utils' --input-* names)."""
-    p.add_argument("--input-width", type=_positive_int,
+    p.add_argument("--input-width", type=_camera_side,
                    help="frame width the camera is asked for (V4L2, GenICam region, CSI default 1280, test:// "
                         "default 640); streams and files keep their own")
-    p.add_argument("--input-height", type=_positive_int,
+    p.add_argument("--input-height", type=_camera_side,
                    help="frame height the camera is asked for (CSI default 720, test:// default 480)")
     p.add_argument("--input-framerate", type=_positive_int,
                    help="frames per second the camera is asked for (CSI and test:// default 30)")

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from .bundle import read_yaml
 from .errors import EdgeAdError, without_passwords
-from .pipelines import SourceOptions, camera_number_hint, local_path, login_escaped
+from .pipelines import MAX_CAMERA_SIDE, SourceOptions, camera_number_hint, local_path, login_escaped
 from .variants import parse_variants, split_spec
 
 
@@ -123,6 +123,10 @@ def _check_numbers(entry: dict, where: str) -> None:
         value = entry.get(key)
         if value is not None and (type(value) is not int or value < least):
             raise EdgeAdError(f"{where}: '{key}' must be a whole number, {least} or more, not {value!r}")
+    for key in ("width", "height"):
+        if (entry.get(key) or 0) > MAX_CAMERA_SIDE:
+            raise EdgeAdError(f"{where}: '{key}' must be {MAX_CAMERA_SIDE} pixels or fewer (a line-scan camera's line "
+                              f"is up to 16384), not {entry[key]}")
     timeout = entry.get("timeout_s")
     if timeout is not None and (type(timeout) not in (int, float) or not 0 <= timeout < math.inf):
         raise EdgeAdError(f"{where}: 'timeout_s' must be a number of seconds, 0 or more (0: never), not {timeout!r}")

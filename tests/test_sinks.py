@@ -475,6 +475,8 @@ def test_sources_yaml(tmp_path):
     # texts that are not (tracebacks before)
     for entry, said in [("latency_ms: -5", "'latency_ms' must be a whole number, 0 or more, not -5"),
                         ("height: 2.5", "'height' must be a whole number, 1 or more, not 2.5"),
+                        ("width: 99999999999", "'width' must be 65536 pixels or fewer (a line-scan camera's line is "
+                                               "up to 16384), not 99999999999"),  # caps GStreamer cannot parse
                         ("framerate: '30'", "'framerate' must be a whole number, 1 or more, not '30'"),
                         ("timeout_s: soon",
                          "'timeout_s' must be a number of seconds, 0 or more (0: never), not 'soon'"),
