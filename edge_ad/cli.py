@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # the commands import what they need when they run
 
 
 MAX_ANSWER_WAIT_S = 600.0  # cameras --timeout: the most seconds to wait for cameras' answers
+MAX_BATCH_SIZE = 1024  # deepstream --batch-size: nvstreammux's batch-size property, 0 to 1024
 # train --whitening-eps: the features are standardised per channel, so each grid position's
 # covariance has a trace of about the channel count (152) or less; far above that, the
 # whitening is a scaled identity, the distance a Euclidean one.
@@ -87,6 +88,16 @@ def _camera_side(text: str) -> int:
     if value > MAX_CAMERA_SIDE:
         raise argparse.ArgumentTypeError(f"must be 1 to {MAX_CAMERA_SIDE} pixels (a line-scan camera's line is up to "
                                          f"16384), got {text}")
+    return value
+
+
+def _batch_size(text: str) -> int:
+    """deepstream --batch-size, up to MAX_BATCH_SIZE: 100000 was written into the nvinfer config,
+    and `--build` would have sized the engine's input for it (79 GB of FP32 frames at 256 px)."""
+    value = _positive_int(text)
+    if value > MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_BATCH_SIZE} frames (nvstreammux batches at most "
+                                         f"{MAX_BATCH_SIZE}), got {text}")
     return value
 
 
@@ -1371,7 +1382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build", action="store_true",
                    help="also build the TensorRT engine (on the device: needs TensorRT and an NVIDIA GPU); "
                         "required for fp16 and int8")
-    p.add_argument("--batch-size", type=_positive_int, default=1,
+    p.add_argument("--batch-size", type=_batch_size, default=1,
                    help="frames per nvinfer call, e.g. the number of cameras nvstreammux batches (default 1)")
     p.set_defaults(func=_deepstream)
 

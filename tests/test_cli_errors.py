@@ -299,6 +299,8 @@ def test_unsupported_source_and_unwritable_events(tmp_path, tiny_bundle):
                     "WIDTH, HEIGHT above 0", program="edge-ad record")
     _one_line_error(edge_ad("run", "--bundle", tmp_path, "--input", "test://", "--input-width", "99999999999"),
                     "--input-width: must be 1 to 65536 pixels", program="edge-ad run")  # as read, before the bundle
+    _one_line_error(edge_ad("deepstream", "--bundle", tmp_path, "--batch-size", "100000"),
+                    "--batch-size: must be 1 to 1024 frames", program="edge-ad deepstream")  # nvstreammux's most
 
 
 def test_position_whitening_is_on_by_default_and_can_be_turned_off(tmp_path, normal_folder):
