@@ -11,7 +11,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from . import __version__
 from .backends import BACKENDS
@@ -58,46 +58,6 @@ def _positive_float(text: str) -> float:
     value = _number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _answer_wait(text: str) -> float:
-    """Seconds to wait for cameras' answers, up to MAX_ANSWER_WAIT_S: 1e308 stopped `cameras` with
-    an OverflowError traceback (a socket's timeout past the system's time)."""
-    value = _positive_float(text)
-    if value > MAX_ANSWER_WAIT_S:
-        raise argparse.ArgumentTypeError(f"must be seconds above 0, up to {MAX_ANSWER_WAIT_S:g} (cameras answer "
-                                         f"within seconds), got {text}")
-    return value
-
-
-def _whitening_eps(text: str) -> float:
-    """The whitening's regulariser, up to MAX_WHITENING_EPS: 1e60 trained, then stopped export with
-    a ValueError traceback (the whitened features underflowed float32 to maps of zeros)."""
-    value = _positive_float(text)
-    if value > MAX_WHITENING_EPS:
-        raise argparse.ArgumentTypeError(f"must be a positive number up to {MAX_WHITENING_EPS:.0f} (relative to "
-                                         "a channel's variance; far above 152, the channel count, the distance "
-                                         f"is a Euclidean one already), got {text}")
-    return value
-
-
-def _camera_side(text: str) -> int:
-    """A frame width or height to ask a camera for, up to pipelines.MAX_CAMERA_SIDE."""
-    value = _positive_int(text)
-    if value > MAX_CAMERA_SIDE:
-        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_CAMERA_SIDE} pixels (a line-scan camera's line is up to "
-                                         f"16384), got {text}")
-    return value
-
-
-def _batch_size(text: str) -> int:
-    """deepstream --batch-size, up to MAX_BATCH_SIZE: 100000 was written into the nvinfer config,
-    and `--build` would have sized the engine's input for it (79 GB of FP32 frames at 256 px)."""
-    value = _positive_int(text)
-    if value > MAX_BATCH_SIZE:
-        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_BATCH_SIZE} frames (nvstreammux batches at most "
-                                         f"{MAX_BATCH_SIZE}), got {text}")
     return value
 
 
@@ -155,6 +115,32 @@ def _positive_int(text: str) -> int:
 
 def _non_negative_int(text: str) -> int:
     return _whole(text, "must be a whole number, 0 or more")
+
+
+def _at_most(parse: Callable[[str], float], most: float, allowed: str) -> Callable[[str], float]:
+    """`parse`, refusing a value above `most`: 'must be ALLOWED, got TEXT'."""
+    def parsed(text: str) -> float:
+        value = parse(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
+        return value
+    return parsed
+
+
+# 1e308 stopped `cameras` with an OverflowError traceback (a socket's timeout past the system's time).
+_answer_wait = _at_most(_positive_float, MAX_ANSWER_WAIT_S,
+                        f"seconds above 0, up to {MAX_ANSWER_WAIT_S:g} (cameras answer within seconds)")
+# 1e60 trained, then stopped export with a ValueError traceback: the whitened features underflowed
+# float32 to maps of zeros.
+_whitening_eps = _at_most(_positive_float, MAX_WHITENING_EPS,
+                          f"a positive number up to {MAX_WHITENING_EPS:.0f} (relative to a channel's variance; far "
+                          "above 152, the channel count, the distance is a Euclidean one already)")
+_camera_side = _at_most(_positive_int, MAX_CAMERA_SIDE,
+                        f"1 to {MAX_CAMERA_SIDE} pixels (a line-scan camera's line is up to 16384)")
+# 100000 was written into the nvinfer config, and `--build` would have sized the engine's input
+# for it (79 GB of FP32 frames at 256 px).
+_batch_size = _at_most(_positive_int, MAX_BATCH_SIZE,
+                       f"1 to {MAX_BATCH_SIZE} frames (nvstreammux batches at most {MAX_BATCH_SIZE})")
 
 
 def _port(text: str) -> int:
