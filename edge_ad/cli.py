@@ -568,8 +568,7 @@ def _calibrate_sources(streams: list, args: argparse.Namespace) -> None:
 def _calibrate_stream(stream, args: argparse.Namespace) -> None:
     """Calibrate the bundle(s) of one source on its frames (into its calibration folder, if any)."""
     from calibration.site import Collected, collect, refuse_unless_enough
-    from calibration.statistics import CalibrationError
-    from calibration.statistics import frames_needed
+    from calibration.statistics import CalibrationError, frames_needed
 
     from .masks import InspectionMask
     from .pipelines import opencv_input
