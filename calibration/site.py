@@ -9,7 +9,7 @@ import math
 import os
 import shutil
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -41,6 +41,7 @@ from .statistics import (
     near_duplicates,
     score_percentiles,
     split_half,
+    threshold_at,
     threshold_for_far,
 )
 from .threshold import expected_rate_above
@@ -222,6 +223,7 @@ class Calibration:
     defect_scores: np.ndarray | None = None
     mask: InspectionMask | None = None
     min_defect_area: int | None = None  # frame pixels a region above the threshold must cover
+    threshold_from: str = "false-alarm rate"  # or "f1": the known defects' F1-best threshold (`threshold`)
 
 
 def unlike_training(bundle: Bundle, scores: list[float]) -> str | None:
@@ -280,12 +282,16 @@ def calibrate(
     confidence: float,
     defects: list[tuple[np.ndarray, tuple[int, int], str]] | None = None,
     min_defect_area: int | None = None,
+    use_f1: bool = False,
 ) -> Calibration:
     """Quantiles, scores and the threshold from what `collect` kept; stability warnings; and,
     with `defects` (Result.grid_map, frame shape, pixel digest and name of each known defect frame),
-    recall at the threshold and the F1-best threshold. With `min_defect_area` (frame pixels), a
-    frame's score is the highest level at which a region of its map that large lies above it, so
-    the threshold flags a frame when such a region reaches it."""
+    recall at the threshold and the F1-best threshold; with `use_f1`, that one is the threshold,
+    with its own false-alarm bound and recall. With `min_defect_area` (frame pixels), a frame's
+    score is the highest level at which a region of its map that large lies above it, so the
+    threshold flags a frame when such a region reaches it."""
+    if use_f1 and not defects:
+        raise CalibrationError("--threshold f1 needs --defects")
     samples, quantiles, scores, threshold = _normal_threshold(detector, kept, far, confidence, min_defect_area)
     n, per_draw = len(samples), threshold.per_draw
     half = n // 2
@@ -329,22 +335,19 @@ def calibrate(
         defect_scores = _scores(detector, list(grids), list(shapes), quantiles, kept.mask, min_defect_area)
         calibration.defects = check_defects(scores, defect_scores, threshold.value)
         calibration.defect_scores = defect_scores
+    if use_f1:  # the count above it and the bound recorded are this threshold's, not the false-alarm one's
+        calibration.threshold = threshold_at(scores, calibration.defects.f1_threshold, confidence, per_draw)
+        calibration.defects = replace(calibration.defects, recall=calibration.defects.f1_recall)
+        calibration.threshold_from = "f1"
     return calibration
 
 
-def record(
-    calibration: Calibration, detector: Detector, source: str, use_f1: bool = False, defects_source: str | None = None
-) -> dict:
+def record(calibration: Calibration, detector: Detector, source: str, defects_source: str | None = None) -> dict:
     """The calibration.yaml content: what the runtime reads (steps, normalization, threshold)
     and what a person auditing it wants (source, time, frames, bundle hash, bounds, warnings).
     A source of pictures is also recorded by its absolute path on this host, for a person to find
     it again (`eval` knows the pictures by their pixels: `save`)."""
     bundle = detector.bundle
-    threshold = calibration.threshold.value
-    if use_f1:
-        if calibration.defects is None:
-            raise CalibrationError("--threshold f1 needs --defects")
-        threshold = calibration.defects.f1_threshold
     scores = calibration.scores
     percentiles = score_percentiles(scores)
     data = {
@@ -357,8 +360,8 @@ def record(
                 for name, q in zip(BRANCHES[bundle.model_type], calibration.quantiles)
             ],
         },
-        "threshold": float(threshold),
-        "threshold_from": "f1" if use_f1 else "false-alarm rate",
+        "threshold": float(calibration.threshold.value),
+        "threshold_from": calibration.threshold_from,
         "target_false_alarm_rate": calibration.far,
         "confidence": calibration.confidence,
         "false_alarm_rate_bound": calibration.threshold.far_bound,
@@ -456,13 +459,13 @@ def calibrate_into(
     calibrate` and a calibration asked of a running `edge-ad run` both do."""
     from .report import write_calibration_report  # matplotlib; the report draws a Calibration
 
-    calibration = calibrate(detector, kept or Collected(), far, confidence, defects, min_defect_area)
+    calibration = calibrate(detector, kept or Collected(), far, confidence, defects, min_defect_area, use_f1)
     pictures = [(picture_lists.NORMAL, digest, name) for digest, name in zip(kept.digests, kept.names)] if kept else []
     pictures += [(picture_lists.DEFECT, digest, name) for _, _, digest, name in defects or []]
     calibration.warnings += _learnt_notes(detector.bundle, [
         (source, kept.digests if kept else [], picture_lists.NORMAL, LEARNT_FRAMES),
         (defects_source, [digest for _, _, digest, _ in defects or []], picture_lists.DEFECT, LEARNT_DEFECTS)])
-    data = record(calibration, detector, source, use_f1=use_f1, defects_source=defects_source)
+    data = record(calibration, detector, source, defects_source=defects_source)
     path, backup = save(folder, data, pictures)
     report, problem = folder / "calibration_report.png", None
     try:

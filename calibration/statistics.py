@@ -110,8 +110,14 @@ def threshold_for_far(scores: np.ndarray, far: float, confidence: float, per_dra
     while k + 1 < n and far_upper_bound((k + 1) / per_draw, draws, confidence) <= far:
         k += 1
     value = float(np.nextafter(ordered[k], np.inf))  # just above the (k+1)-th highest normal score
-    above = int((ordered >= value).sum())  # k, or fewer where scores tie (frames that repeat)
-    return Threshold(value, above, far_upper_bound(above / per_draw, draws, confidence), per_draw)
+    return threshold_at(ordered, value, confidence, per_draw)  # k above it, or fewer where scores tie
+
+
+def threshold_at(scores: np.ndarray, value: float, confidence: float, per_draw: float = 1.0) -> Threshold:
+    """The threshold `value` over these normal scores: the frames at or above it, and the upper
+    bound on its false-alarm rate at `confidence` (`per_draw` as threshold_for_far counts)."""
+    above = int((np.asarray(scores) >= value).sum())
+    return Threshold(value, above, far_upper_bound(above / per_draw, len(scores) / per_draw, confidence), per_draw)
 
 
 def frames_per_draw(scores: np.ndarray, min_frames: int = CORRELATION_MIN_FRAMES) -> float:

@@ -519,6 +519,9 @@ def _run(args: argparse.Namespace) -> None:
 def _calibrate(args: argparse.Namespace) -> None:
     from calibration.statistics import CalibrationError, frames_needed, smallest_far
 
+    if args.threshold == "f1" and not args.defects:  # refused before any frame is read, not after them all
+        raise CalibrationError("--threshold f1 needs --defects: the F1-best threshold is set between the normal "
+                               "frames' scores and the known defects'")
     needed = frames_needed(args.target_far, args.confidence)
     if args.frames < needed:  # fewer frames than independent ones needed: refused before any is read
         raise CalibrationError(f"--frames {args.frames} cannot show a false-alarm rate of {args.target_far:g} with "
@@ -707,6 +710,9 @@ def _calibrate_bundle(
              "alike" if result.threshold.per_draw > 1 else "") + ")"
           + (f"; a frame is flagged where a region of at least {args.min_defect_area} pixels reaches it"
              if args.min_defect_area else ""))
+    if result.threshold_from == "f1" and result.threshold.far_bound > args.target_far:
+        print(f"note: that is more than --target-far {args.target_far:g}: the F1-best threshold misses fewer known "
+              "defects for more false alarms (without --threshold f1 the threshold keeps to --target-far)")
     if replaced is not None and args.min_defect_area is None:
         print(f"note: the calibration this replaces flagged regions of at least {replaced} pixels only; this one "
               f"flags any (--min-defect-area {replaced} to keep that)")

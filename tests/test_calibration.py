@@ -272,9 +272,24 @@ def test_calibrate_command_writes_calibration_the_runtime_uses(tiny_bundle, norm
     assert sum(s >= data["threshold"] for s in scores) == data["normal_frames_above_threshold"]
 
     first = (bundle / "calibration.yaml").read_text()
-    assert edge_ad(*args, "--threshold", "f1").returncode == 0
+    out = edge_ad(*args, "--threshold", "f1")
+    assert out.returncode == 0, out.stderr
     assert (bundle / "calibration.yaml.bak").read_text() == first
-    assert yaml.safe_load((bundle / "calibration.yaml").read_text())["threshold_from"] == "f1"
+    f1 = yaml.safe_load((bundle / "calibration.yaml").read_text())
+    assert f1["threshold_from"] == "f1" and f1["threshold"] == f1["defects"]["f1_threshold"]
+    # The count above it, the bound and the recall recorded are the F1-best threshold's: they were
+    # the false-alarm threshold's, recorded beside another threshold.
+    scores = [Detector.load(bundle)(cv2.imread(str(p))).score for p in sorted(normal_folder.glob("*.png"))]
+    above = sum(s >= f1["threshold"] for s in scores)
+    assert above == f1["normal_frames_above_threshold"] == round(f1["defects"]["f1_false_alarm_rate"] * 12)
+    assert above != data["normal_frames_above_threshold"] and f1["frames_per_independent_frame"] == 1
+    assert f1["false_alarm_rate_bound"] == pytest.approx(far_upper_bound(above, 12, 0.9))
+    assert f1["defects"]["recall"] == f1["defects"]["f1_recall"]
+    assert f"threshold {f1['threshold']:.4f} (f1)  false-alarm rate <= " in out.stdout
+    refused = edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--threshold", "f1")
+    assert refused.returncode == 2 and "normal frames:" not in refused.stderr  # before any frame is read
+    assert refused.stderr.strip().endswith("--threshold f1 needs --defects: the F1-best threshold is set between the "
+                                           "normal frames' scores and the known defects'")
 
 
 def test_eval_says_which_test_images_the_calibration_in_use_was_made_on(tiny_bundle, mvtec_category, tmp_path,
