@@ -700,6 +700,10 @@ def _calibrate_bundle(
     if args.threshold == "f1" and args.defects and not defects:
         raise CalibrationError("--threshold f1: none of the --defects frames were judged by this bundle")
     replaced = detector.bundle.min_defect_area  # that of the calibration this one replaces
+    in_use = detector.bundle.calibration  # the calibration this one replaces, if any
+    # What it (its quantiles, least area and threshold) made of these frames as they were read:
+    # whether the line changed since it was made, told on the same frames.
+    flagged = sum(score >= detector.threshold for score in kept.scores) if in_use and kept else None
     written = calibrate_into(folder, detector, kept, args.target_far, args.confidence, source, defects,
                              args.min_defect_area, use_f1=args.threshold == "f1", defects_source=args.defects)
     result, data, path, backup = written.calibration, written.data, written.path, written.backup
@@ -710,6 +714,9 @@ def _calibrate_bundle(
              "alike" if result.threshold.per_draw > 1 else "") + ")"
           + (f"; a frame is flagged where a region of at least {args.min_defect_area} pixels reaches it"
              if args.min_defect_area else ""))
+    if flagged is not None:
+        print(f"the calibration this replaces ({in_use}) flags {flagged} of these "
+              f"{result.frames} frames (its threshold {detector.threshold:.4f})")
     if result.threshold_from == "f1" and result.threshold.far_bound > args.target_far:
         print(f"note: that is more than --target-far {args.target_far:g}: the F1-best threshold misses fewer known "
               "defects for more false alarms (without --threshold f1 the threshold keeps to --target-far)")

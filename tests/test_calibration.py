@@ -286,6 +286,9 @@ def test_calibrate_command_writes_calibration_the_runtime_uses(tiny_bundle, norm
     assert f1["false_alarm_rate_bound"] == pytest.approx(far_upper_bound(above, 12, 0.9))
     assert f1["defects"]["recall"] == f1["defects"]["f1_recall"]
     assert f"threshold {f1['threshold']:.4f} (f1)  false-alarm rate <= " in out.stdout
+    assert (f"the calibration this replaces ({bundle / 'calibration.yaml'}) flags "  # on the same frames: exact
+            f"{data['normal_frames_above_threshold']} of these 12 frames (its threshold {data['threshold']:.4f})\n"
+            ) in out.stdout
     refused = edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--threshold", "f1")
     assert refused.returncode == 2 and "normal frames:" not in refused.stderr  # before any frame is read
     assert refused.stderr.strip().endswith("--threshold f1 needs --defects: the F1-best threshold is set between the "
