@@ -266,6 +266,15 @@ def _normal_threshold(
     return samples, quantiles, scores, threshold_for_far(scores, far, confidence, frames_per_draw(scores))
 
 
+def flagged_in_use(detector: Detector, kept: Collected | None) -> int | None:
+    """How many of the kept frames the calibration in use, which a new one replaces, flagged as
+    they were read (its quantiles, least area and threshold): whether the line changed since it
+    was made, told on the same frames. None without one."""
+    if detector.bundle.calibration is None or kept is None:
+        return None
+    return sum(score >= detector.threshold for score in kept.scores)
+
+
 def refuse_unless_enough(
     detector: Detector, kept: Collected, far: float, confidence: float, min_defect_area: int | None = None
 ) -> None:

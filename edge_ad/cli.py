@@ -694,16 +694,13 @@ def _calibrate_bundle(
     """Calibrate one bundle on what `collect` kept of its frames from `source` and its known
     defects' grid maps; write calibration.yaml and the report into `folder` (the bundle's, or
     the camera's own: `calibration:` in --sources)."""
-    from calibration.site import calibrate_into
+    from calibration.site import calibrate_into, flagged_in_use
     from calibration.statistics import CalibrationError, rounded_up
 
     if args.threshold == "f1" and args.defects and not defects:
         raise CalibrationError("--threshold f1: none of the --defects frames were judged by this bundle")
     replaced = detector.bundle.min_defect_area  # that of the calibration this one replaces
-    in_use = detector.bundle.calibration  # the calibration this one replaces, if any
-    # What it (its quantiles, least area and threshold) made of these frames as they were read:
-    # whether the line changed since it was made, told on the same frames.
-    flagged = sum(score >= detector.threshold for score in kept.scores) if in_use and kept else None
+    in_use, flagged = detector.bundle.calibration, flagged_in_use(detector, kept)  # the one this replaces
     written = calibrate_into(folder, detector, kept, args.target_far, args.confidence, source, defects,
                              args.min_defect_area, use_f1=args.threshold == "f1", defects_source=args.defects)
     result, data, path, backup = written.calibration, written.data, written.path, written.backup

@@ -135,7 +135,7 @@ class LineCalibration:
         """In its own thread: the calibration of each variant that took frames (one bundle: of it),
         from those frames, written; then read in. A variant that took none is left as it was (the
         line did not make it meanwhile)."""
-        from calibration.site import calibrate_into
+        from calibration.site import calibrate_into, flagged_in_use
         from calibration.statistics import rounded_up
 
         bundles = bundles_of(detector)
@@ -146,6 +146,7 @@ class LineCalibration:
             one = detector.detectors[variant] if isinstance(detector, VariantDetector) else detector
             who = self.stream.name if variant is None else f"{self.stream.name}, variant {variant}"
             source = f"{self.stream.input or self.stream.pipeline} (edge-ad run)"
+            flagged = flagged_in_use(one, collected)
             try:
                 written = calibrate_into(folder, one, collected, settings["far"], settings["confidence"], source,
                                          min_defect_area=settings.get("min_defect_area"))
@@ -158,8 +159,9 @@ class LineCalibration:
                 refused.append(variant)
                 continue
             log.info("%s: calibrated on %d frames: threshold %.4f, false-alarm rate <= %g at %.0f%% confidence; "
-                     "written to %s", who, written.calibration.frames, written.data["threshold"],
-                     rounded_up(written.calibration.threshold.far_bound), 100 * settings["confidence"], written.path)
+                     "written to %s%s", who, written.calibration.frames, written.data["threshold"],
+                     rounded_up(written.calibration.threshold.far_bound), 100 * settings["confidence"], written.path,
+                     "" if flagged is None else f" (the calibration it replaces flagged {flagged} of these frames)")
             if written.report_problem:
                 log.warning("%s: %s", who, written.report_problem)
         untouched = [v for v in bundles if v not in self._collected]

@@ -5,6 +5,7 @@ import hashlib
 import importlib
 import json
 import logging
+import re
 import shutil
 import signal
 import subprocess
@@ -216,6 +217,8 @@ def test_the_plc_or_a_signal_asks_a_running_run_to_calibrate(tiny_bundle, normal
     assert process.returncode == 0, log
     assert "modbus: the PLC asks to calibrate" in log and "SIGUSR1: calibrating every source" in log
     assert log.count("calibrated on 40 frames") == 2
+    assert len(re.findall(r"calibrated on 40 frames: .* \(the calibration it replaces flagged \d+ of these frames\)",
+                          log)) == 2
 
 
 def test_with_a_bundle_per_variant_the_variant_the_line_made_is_calibrated(variant_bundles, test_cells, tmp_path):
