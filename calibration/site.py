@@ -41,7 +41,7 @@ from .statistics import (
     near_duplicates,
     score_percentiles,
     split_half,
-    threshold_at,
+    threshold_at_value,
     threshold_for_far,
 )
 from .threshold import expected_rate_above
@@ -345,7 +345,7 @@ def calibrate(
         calibration.defects = check_defects(scores, defect_scores, threshold.value)
         calibration.defect_scores = defect_scores
     if use_f1:  # the count above it and the bound recorded are this threshold's, not the false-alarm one's
-        calibration.threshold = threshold_at(scores, calibration.defects.f1_threshold, confidence, per_draw)
+        calibration.threshold = threshold_at_value(scores, calibration.defects.f1_threshold, confidence, per_draw)
         calibration.defects = replace(calibration.defects, recall=calibration.defects.f1_recall)
         calibration.threshold_from = "f1"
     return calibration

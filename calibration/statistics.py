@@ -110,10 +110,10 @@ def threshold_for_far(scores: np.ndarray, far: float, confidence: float, per_dra
     while k + 1 < n and far_upper_bound((k + 1) / per_draw, draws, confidence) <= far:
         k += 1
     value = float(np.nextafter(ordered[k], np.inf))  # just above the (k+1)-th highest normal score
-    return threshold_at(ordered, value, confidence, per_draw)  # k above it, or fewer where scores tie
+    return threshold_at_value(ordered, value, confidence, per_draw)  # k above it, or fewer where scores tie
 
 
-def threshold_at(scores: np.ndarray, value: float, confidence: float, per_draw: float = 1.0) -> Threshold:
+def threshold_at_value(scores: np.ndarray, value: float, confidence: float, per_draw: float = 1.0) -> Threshold:
     """The threshold `value` over these normal scores: the frames at or above it, and the upper
     bound on its false-alarm rate at `confidence` (`per_draw` as threshold_for_far counts)."""
     above = int((np.asarray(scores) >= value).sum())
