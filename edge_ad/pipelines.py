@@ -37,9 +37,9 @@ V4L2_CAPS = {"mjpeg": "image/jpeg", "h264": "video/x-h264"}  # what a USB camera
 # rtspsrc's and rtpjitterbuffer's latency is a guint of milliseconds: a larger number reached
 # them wrapped round (99999999999 as 1215752191, about 14 days).
 LATENCY_MAX_MS = 2**32 - 1
-# --input-width and --input-height (and width:, height: in --sources), as train's --input-size: a
-# line-scan camera's line is up to 16,384 pixels; 99999999999 reached GStreamer as a caps field it
-# cannot parse (`could not link videotestsrc0 to videoconvert0`).
+# --input-width and --input-height (and width:, height: in --sources; train's --input-size too):
+# four times a line-scan camera's line of up to 16,384 pixels; 99999999999 reached GStreamer as a
+# caps field it cannot parse (`could not link videotestsrc0 to videoconvert0`).
 MAX_CAMERA_SIDE = 65536
 MAX_BITRATE_KBPS = 300_000  # --output-bitrate: H.264 level 5.2's most (High profile), past any overlay's need
 # The elements of cameras that expose and balance white by themselves from their start (USB and

@@ -23,6 +23,7 @@ from edge_ad.datasets import (Sample, data_text, load_defects, load_samples, rea
 from edge_ad.errors import DataError
 from edge_ad.images import (DARK, DARK_CAUSE, ENLARGED, is_grey, pixel_digest, resize_to_input, subfolders_left,
                              thumbnail)
+from edge_ad.pipelines import MAX_CAMERA_SIDE
 
 from .backbone import (BACKBONE_SPECS, DEFAULT_BACKBONE, WHITENING_EPS, FeatureEncoder, input_shape, position_whitening,
                        size_text)
@@ -47,10 +48,10 @@ RUN_FILES = (CONFIG, CHECKPOINT, VALIDATION)  # what a finished training run fol
 # The feature grid is an eighth of the input: below 64 px it has fewer than 8 x 8 cells, and the
 # 3x3 local average and the smoothing then spread one defect over much of the part.
 MIN_INPUT_SIZE = 64
-# A line-scan camera's line is up to 16,384 pixels; a side past this is a typo: 99999999999 reached
-# OpenCV's resize as a side it cannot take, a traceback after the pictures were read (one that
-# fits no memory is said as such: report_errors).
-MAX_INPUT_SIZE = 65536
+# No input side is larger than the frames a camera can be asked for (pipelines.MAX_CAMERA_SIDE);
+# a side past it is a typo: 99999999999 reached OpenCV's resize as a side it cannot take, a
+# traceback after the pictures were read (one that fits no memory is said as such: report_errors).
+MAX_INPUT_SIZE = MAX_CAMERA_SIDE
 # Images this much wider than high (or higher than wide) lose detail in a square input: on ELPV
 # cells three in a row (3:1), 448x160 scored 0.019 above 256 at 7 % fewer frames per second (README).
 WIDE = 1.5
