@@ -181,24 +181,37 @@ class OpcUaServer:
     async def _close_distrusted(self) -> None:
         """Every TRUST_RECHECK_S, close the connection of a client whose certificate the trust
         folder no longer takes: taken out, or revoked by a list copied in. The folder is read at
-        each new session otherwise, and a revoked SCADA kept its session until it reconnected."""
-        from cryptography import x509
-
+        each new session otherwise, and a revoked SCADA kept its session until it reconnected.
+        A recheck that fails is logged (once for each fault) and made again: had the task ended,
+        revoked clients would have kept their sessions for months, and nothing would have said so."""
+        failures: set[str] = set()
         while True:
             await asyncio.sleep(TRUST_RECHECK_S)
-            self._trust.load()
-            for client in list(getattr(self._server.bserver, "clients", ())):
-                der, transport = _peer_certificate(client), getattr(client, "transport", None)
-                if der is None or transport is None:
-                    continue
-                refusal = self._trust.refusal(x509.load_der_x509_certificate(der), der)
-                if refusal is not None:
-                    peer = getattr(client, "peer_name", None)
-                    log.warning("opcua: closed the connection of %s: its certificate (SHA-1 %s) is %s now",
-                                peer[0] if peer else "a client", thumbprint(der),
-                                "revoked" if refusal == self._ua.StatusCodes.BadCertificateRevoked
-                                else f"not in --opcua-trust {self._trust.folder}")
-                    transport.close()
+            try:
+                self._close_distrusted_once()
+            except Exception as exc:
+                if repr(exc) not in failures:
+                    failures.add(repr(exc))
+                    log.exception("opcua: the open sessions' certificates could not be checked against "
+                                  "--opcua-trust %s (%s); tried again every %g s", self._trust.folder, exc,
+                                  TRUST_RECHECK_S)
+
+    def _close_distrusted_once(self) -> None:
+        from cryptography import x509
+
+        self._trust.load()
+        for client in list(getattr(self._server.bserver, "clients", ())):
+            der, transport = _peer_certificate(client), getattr(client, "transport", None)
+            if der is None or transport is None:
+                continue
+            refusal = self._trust.refusal(x509.load_der_x509_certificate(der), der)
+            if refusal is not None:
+                peer = getattr(client, "peer_name", None)
+                log.warning("opcua: closed the connection of %s: its certificate (SHA-1 %s) is %s now",
+                            peer[0] if peer else "a client", thumbprint(der),
+                            "revoked" if refusal == self._ua.StatusCodes.BadCertificateRevoked
+                            else f"not in --opcua-trust {self._trust.folder}")
+                transport.close()
 
     async def _secure(self) -> None:
         """Signed and encrypted messages, a user's login only, with the plant's certificate
@@ -438,10 +451,11 @@ def _made_certificate(key_file: Path, certificate_file: Path) -> tuple:
 
 def _peer_certificate(client) -> bytes | None:
     """The certificate (DER) a connected client signs its messages with (asyncua's connection:
-    none before its secure channel opens, or on a channel without security; none either from an
-    asyncua that keeps it elsewhere, which leaves the sessions to their next connection)."""
+    none before its secure channel opens, or on a channel without security, as a client asking
+    for the endpoints opens, where asyncua keeps b""; none either from an asyncua that keeps it
+    elsewhere, which leaves the sessions to their next connection)."""
     connection = getattr(getattr(client, "processor", None), "_connection", None)
-    return getattr(getattr(connection, "security_policy", None), "peer_certificate", None)
+    return getattr(getattr(connection, "security_policy", None), "peer_certificate", None) or None
 
 
 def certificate_dir() -> Path:

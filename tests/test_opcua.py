@@ -659,15 +659,15 @@ def _reads(session: Client) -> bool:
         return False
 
 
-def test_an_open_session_ends_when_its_certificate_is_revoked_or_taken_out(tmp_path, monkeypatch, caplog):
-    """The trust folder was read at new sessions only: a revoked client, or one taken out of the
-    folder, kept the session it had (a SCADA stays connected for months)."""
+def _scada_trusted(tmp_path, monkeypatch, recheck_s: float) -> tuple:
+    """The folders of a SCADA's self-signed certificate and of a trust folder holding it (PEM),
+    for a server that reads it again every `recheck_s`."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     from edge_ad import opcua
 
-    monkeypatch.setattr(opcua, "TRUST_RECHECK_S", 0.3)
+    monkeypatch.setattr(opcua, "TRUST_RECHECK_S", recheck_s)
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
     monkeypatch.setenv("EDGE_AD_OPCUA_PASSWORD", "pw")
     scada, trusted = tmp_path / "scada", tmp_path / "trusted"
@@ -675,13 +675,28 @@ def test_an_open_session_ends_when_its_certificate_is_revoked_or_taken_out(tmp_p
     trusted.mkdir()
     own = x509.load_der_x509_certificate(_self_signed(scada, "urn:scada")[1].read_bytes())
     (trusted / "scada.crt").write_bytes(own.public_bytes(serialization.Encoding.PEM))
+    return scada, trusted
+
+
+def test_an_open_session_ends_when_its_certificate_is_revoked_or_taken_out(tmp_path, monkeypatch, caplog):
+    """The trust folder was read at new sessions only: a revoked client, or one taken out of the
+    folder, kept the session it had (a SCADA stays connected for months). Then a channel without
+    a certificate, as a client asking for the endpoints opens, ended the recheck at its first
+    round (a loaded CI had the clients' own discovery channels still open)."""
+    from cryptography.hazmat.primitives import serialization
+
+    scada, trusted = _scada_trusted(tmp_path, monkeypatch, recheck_s=0.3)
     authority_key, authority = _authority()
     (trusted / "plant-ca.der").write_bytes(authority.public_bytes(serialization.Encoding.DER))
     _issued_client(tmp_path / "mes", authority_key, authority)
     server = OpcUaServer(free_port(), ["line1"], user="scada", trust=trusted)
     scada_session = _secure_client(server.port, scada, "scada", "pw")
     mes_session = _secure_client(server.port, tmp_path / "mes", "scada", "pw", "urn:mes")
+    looking = Client(f"opc.tcp://127.0.0.1:{server.port}/edge-ad/", timeout=10)  # for the endpoints: no security
     try:
+        looking.connect_socket()
+        looking.send_hello()
+        looking.open_secure_channel()
         scada_session.connect()
         mes_session.connect()
         assert _reads(scada_session) and _reads(mes_session)
@@ -698,6 +713,7 @@ def test_an_open_session_ends_when_its_certificate_is_revoked_or_taken_out(tmp_p
                 session.disconnect()
             except Exception:  # closed by the server
                 pass
+        looking.disconnect_socket()
         server.close()
     said = [record.getMessage() for record in caplog.records]
     assert any(line.startswith("opcua: closed the connection of 127.0.0.1: its certificate (SHA-1 ") and
@@ -705,6 +721,39 @@ def test_an_open_session_ends_when_its_certificate_is_revoked_or_taken_out(tmp_p
     assert any(line.endswith(f") is not in --opcua-trust {trusted} now") for line in said)
     notes = f"opcua: --opcua-trust: {trusted / 'notes.txt'} is not a certificate"
     assert sum(line.startswith(notes) for line in said) == 1
+
+
+def test_the_recheck_of_open_sessions_outlives_a_fault_and_says_it_once(tmp_path, monkeypatch, caplog):
+    """A fault in one recheck ended the task for good, unsaid: a client later taken out of the
+    trust folder kept its session."""
+    scada, trusted = _scada_trusted(tmp_path, monkeypatch, recheck_s=0.2)
+    server = OpcUaServer(free_port(), ["line1"], user="scada", trust=trusted)
+    session = _secure_client(server.port, scada, "scada", "pw")
+    refusal, faults = opcua_trust.ClientTrust.refusal, []
+
+    def failing_at_first(trust, certificate, der):
+        if len(faults) < 3:
+            faults.append(certificate)
+            raise RuntimeError("a fault")
+        return refusal(trust, certificate, der)
+
+    try:
+        session.connect()
+        with caplog.at_level("WARNING", logger="edge_ad.opcua"):
+            monkeypatch.setattr(opcua_trust.ClientTrust, "refusal", failing_at_first)
+            assert wait_for(lambda: len(faults) == 3, 10)
+            (trusted / "scada.crt").unlink()
+            assert wait_for(lambda: not _reads(session), 10)
+    finally:
+        try:
+            session.disconnect()
+        except Exception:  # closed by the server
+            pass
+        server.close()
+    said = [record.getMessage() for record in caplog.records]
+    assert said.count(f"opcua: the open sessions' certificates could not be checked against --opcua-trust {trusted} "
+                      "(a fault); tried again every 0.2 s") == 1
+    assert any(line.endswith(f") is not in --opcua-trust {trusted} now") for line in said)
 
 
 def test_an_empty_trust_folder_is_said_to_refuse_every_client_until_one_is_moved_in(tmp_path, caplog):
