@@ -115,6 +115,12 @@ class LineCalibration:
         self._collected, self.kept, self._rng = {}, 0, np.random.default_rng(0)
         log.info("%s: calibrating on the next %d frames, which must show good parts only", self.stream.name,
                  self._target)
+        for variant, settings in self._settings.items():
+            if settings.get("threshold_from") == "f1":
+                log.warning("%s: the calibration in use has the known defects' F1-best threshold (calibrate "
+                            "--threshold f1); the line shows no known defects, so the new one's threshold keeps to "
+                            "its false-alarm rate %g instead (edge-ad calibrate --defects DIR --threshold f1 makes "
+                            "an F1-best one again)", self._who(variant), settings["far"])
         self._set(CALIBRATING)
 
     def _recorded(self, bundle) -> dict:
@@ -126,6 +132,9 @@ class LineCalibration:
         except (EdgeAdError, OSError) as exc:  # removed or broken since it was read in
             log.warning("%s: %s; calibrating with calibrate's defaults", self.stream.name, exc)
             return {}
+
+    def _who(self, variant: str | None) -> str:
+        return self.stream.name if variant is None else f"{self.stream.name}, variant {variant}"
 
     def _set(self, state: int) -> None:
         self.state = state
@@ -144,7 +153,7 @@ class LineCalibration:
             settings = self._settings[variant]
             folder = calibration_folder(self.stream, variant) or bundles[variant].root
             one = detector.detectors[variant] if isinstance(detector, VariantDetector) else detector
-            who = self.stream.name if variant is None else f"{self.stream.name}, variant {variant}"
+            who = self._who(variant)
             source = f"{self.stream.input or self.stream.pipeline} (edge-ad run)"
             flagged = flagged_in_use(one, collected)
             try:

@@ -82,6 +82,29 @@ def test_a_run_calibrates_a_source_on_its_own_frames(tiny_bundle, normal_folder,
     assert (frames[0]["calibration"], frames[-1]["calibration"]) == tuple(named)  # the events say which
 
 
+def test_a_calibration_with_the_f1_best_threshold_is_said_to_be_replaced_by_a_false_alarm_one(
+        tiny_bundle, normal_folder, tmp_path, caplog):
+    """`calibrate --threshold f1` takes the threshold from known defects, which the line does not
+    show: the calibration made on the line kept to the recorded rate instead, and said nothing of
+    the threshold moving."""
+    bundle = calibrated_copy(tiny_bundle, normal_folder, tmp_path / "bundle")
+    data = yaml.safe_load((bundle / "calibration.yaml").read_text())
+    (bundle / "calibration.yaml").write_text(yaml.safe_dump({**data, "threshold_from": "f1"}))
+    stream = Stream(str(normal_folder), name="cam", options=SourceOptions(loop=-1))
+    line = {"cam": LineCalibration(stream, frames=60)}
+    line["cam"].ask(True)
+    with caplog.at_level(logging.WARNING, logger="edge_ad.calibration"):
+        run(Detector.load(bundle), [stream], RunConfig(), stop=_stop_at(line["cam"], CALIBRATED), line=line)
+    assert line["cam"].state == CALIBRATED
+    said = [record.getMessage() for record in caplog.records if record.name == "edge_ad.calibration"]
+    assert said == ["cam: the calibration in use has the known defects' F1-best threshold (calibrate "
+                    "--threshold f1); the line shows no known defects, so the new one's threshold keeps to its "
+                    "false-alarm rate 0.3 instead (edge-ad calibrate --defects DIR --threshold f1 makes an F1-best "
+                    "one again)"]
+    after = yaml.safe_load((bundle / "calibration.yaml").read_text())
+    assert (after["threshold_from"], after["target_false_alarm_rate"]) == ("false-alarm rate", 0.3)
+
+
 def test_a_line_calibration_asked_as_a_camera_starts_keeps_its_frames_once_it_has_settled(
         tiny_bundle, normal_folder, tmp_path, monkeypatch):
     """Asked as the run starts (commissioning: the service started, then the PLC's button), a line
@@ -117,7 +140,8 @@ def test_a_hand_edited_setting_of_the_calibration_in_use_is_named_and_left_for_t
     bundle = calibrated_copy(tiny_bundle, normal_folder, tmp_path / "bundle")
     data = yaml.safe_load((bundle / "calibration.yaml").read_text())
     line = LineCalibration(Stream(str(normal_folder), name="cam"), frames=60)
-    assert line._recorded(Detector.load(bundle).bundle) == {"far": 0.3, "confidence": 0.9, "frames": 12}
+    assert line._recorded(Detector.load(bundle).bundle) == {"far": 0.3, "confidence": 0.9, "frames": 12,
+                                                            "threshold_from": "false-alarm rate"}
     for key, value, said in [("confidence", 95, "a number between 0 and 1, got 95"),
                              ("frames", "3000", "a whole number, 1 or more, got '3000'"),
                              ("target_false_alarm_rate", 0.0, "a number between 0 and 1, got 0.0"),
