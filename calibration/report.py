@@ -19,7 +19,8 @@ from .site import Calibration, overlay_result  # noqa: E402
 from .statistics import rounded_up  # noqa: E402
 
 
-def write_calibration_report(calibration: Calibration, threshold: float, path: Path) -> Path:
+def write_calibration_report(calibration: Calibration, path: Path) -> Path:
+    threshold = calibration.threshold.value
     columns = max(len(calibration.top), 1)
     figure = plt.figure(figsize=(3.2 * max(columns, 3), 7.5))
     grid = figure.add_gridspec(2, columns, height_ratios=[1.1, 1])

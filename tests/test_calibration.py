@@ -239,8 +239,9 @@ def test_the_report_s_histogram_shows_scores_close_together_in_plain_counts(tiny
     detector = Detector.load(tiny_bundle)
     frames = [cv2.imread(str(p)) for p in sorted(normal_folder.glob("*.png"))]
     written = site.calibrate_into(tmp_path, detector, site.collect(detector, iter(frames), 12)[None], 0.3, 0.9, "x")
-    close = replace(written.calibration, scores=np.linspace(0.100, 0.105, 12))
-    calibration.report.write_calibration_report(close, 0.5, tmp_path / "report.png")
+    close = replace(written.calibration, scores=np.linspace(0.100, 0.105, 12),
+                    threshold=replace(written.calibration.threshold, value=0.5))
+    calibration.report.write_calibration_report(close, tmp_path / "report.png")
     hist = drawn[-1].axes[0]
     drawn[-1].canvas.draw()
     assert min(bar.get_width() for bar in hist.patches) > 0.9 * (0.5 - 0.1) / 60  # bins over the threshold too
