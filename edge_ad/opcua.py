@@ -179,8 +179,8 @@ class OpcUaServer:
             await self._server.stop()
 
     async def _close_distrusted(self) -> None:
-        """Every TRUST_RECHECK_S, close the connection of a client whose certificate the trust
-        folder no longer takes: taken out, or revoked by a list copied in. The folder is read at
+        """Every TRUST_RECHECK_S, close the connection of a client whose certificate is refused now:
+        taken out of the trust folder, revoked by a list copied in, or run out. The folder is read at
         each new session otherwise, and a revoked SCADA kept its session until it reconnected.
         A recheck that fails is logged (once for each fault) and made again: had the task ended,
         revoked clients would have kept their sessions for months, and nothing would have said so."""
@@ -204,13 +204,11 @@ class OpcUaServer:
             der, transport = _peer_certificate(client), getattr(client, "transport", None)
             if der is None or transport is None:
                 continue
-            refusal = self._trust.refusal(x509.load_der_x509_certificate(der), der)
+            refusal = self._trust.refusal_now(x509.load_der_x509_certificate(der), der)
             if refusal is not None:
                 peer = getattr(client, "peer_name", None)
-                log.warning("opcua: closed the connection of %s: its certificate (SHA-1 %s) is %s now",
-                            peer[0] if peer else "a client", thumbprint(der),
-                            "revoked" if refusal == self._ua.StatusCodes.BadCertificateRevoked
-                            else f"not in --opcua-trust {self._trust.folder}")
+                log.warning("opcua: closed the connection of %s: its certificate (SHA-1 %s) %s",
+                            peer[0] if peer else "a client", thumbprint(der), refusal)
                 transport.close()
 
     async def _secure(self) -> None:

@@ -11,13 +11,14 @@ by its SHA-1 thumbprint, and the log says which file to move into DIR to trust i
 again at each new session (sessions are few: a client keeps its own for hours), so a
 certificate moved in or a renewed list counts from the client's next attempt, without a
 restart; the server reads it again every TRUST_RECHECK_S for the sessions open, and closes
-those it no longer takes (edge_ad.opcua).
+those it no longer takes or whose certificates have run out (edge_ad.opcua).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import EdgeAdError
@@ -178,6 +179,21 @@ class ClientTrust:
         if certificate.serial_number in self._revoked.get(certificate.issuer, ()):
             return ua.StatusCodes.BadCertificateRevoked
         return None
+
+    def refusal_now(self, certificate, der: bytes) -> str | None:
+        """Why the certificate of a session open for a while is refused now, in words (its dates
+        passed, or the folder as last read does not take it), or None. A certificate the plant's CA
+        issued and that ran out was said to be not in the folder, and a self-signed one in it kept
+        its session."""
+        from asyncua import ua
+
+        now = datetime.now(timezone.utc)
+        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+            return _basic_refusal(ua.StatusCodes.BadCertificateTimeInvalid, certificate)
+        refusal = self.refusal(certificate, der)
+        if refusal == ua.StatusCodes.BadCertificateRevoked:
+            return "is revoked now"
+        return None if refusal is None else f"is not in --opcua-trust {self.folder} now"
 
     def _warn(self, problem: str) -> None:
         """Log a problem of the folder once: it is read again at each session and every half minute."""

@@ -503,9 +503,10 @@ def test_a_reader_reads_but_may_not_acknowledge_or_call_methods(tmp_path, monkey
         server.close()
 
 
-def _issued_client(folder, authority_key, authority) -> None:
-    """A client certificate for urn:mes issued by `authority` (as a plant's CA issues them), with its
-    key, in `folder` where `_secure_client` looks (and keeps it: the URI and host name it asks for)."""
+def _issued_client(folder, authority_key, authority, valid_days: tuple[int, int] = (-1, 365)) -> None:
+    """A client certificate for urn:mes issued by `authority` (as a plant's CA issues them), valid
+    from and to those days from now, with its key, in `folder` where `_secure_client` looks (and
+    keeps it: the URI and host name it asks for)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -519,7 +520,8 @@ def _issued_client(folder, authority_key, authority) -> None:
     certificate = (x509.CertificateBuilder()
                    .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "mes")]))
                    .issuer_name(authority.subject).public_key(key.public_key()).serial_number(2)
-                   .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=365))
+                   .not_valid_before(now + timedelta(days=valid_days[0]))
+                   .not_valid_after(now + timedelta(days=valid_days[1]))
                    .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier("urn:mes"),
                                                                x509.DNSName("mes")]), False)
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
@@ -754,6 +756,72 @@ def test_the_recheck_of_open_sessions_outlives_a_fault_and_says_it_once(tmp_path
     assert said.count(f"opcua: the open sessions' certificates could not be checked against --opcua-trust {trusted} "
                       "(a fault); tried again every 0.2 s") == 1
     assert any(line.endswith(f") is not in --opcua-trust {trusted} now") for line in said)
+
+
+def test_a_client_whose_certificate_ran_out_is_told_its_dates(tmp_path, monkeypatch, caplog):
+    """Client certificates are issued for a year or two: one that ran out is refused, and the log
+    gives its dates and the other way it happens, this machine's clock being wrong."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    _, trusted = _scada_trusted(tmp_path, monkeypatch, recheck_s=30.0)
+    authority_key, authority = _authority()
+    (trusted / "plant-ca.der").write_bytes(authority.public_bytes(serialization.Encoding.DER))
+    _issued_client(tmp_path / "mes", authority_key, authority, valid_days=(-400, -1))
+    certificate = x509.load_der_x509_certificate((tmp_path / "mes" / "client-certificate.der").read_bytes())
+    server = OpcUaServer(free_port(), ["line1"], user="scada", trust=trusted)
+    client = Client(f"opc.tcp://127.0.0.1:{server.port}/edge-ad/", timeout=10)  # _secure_client would renew it
+    client.application_uri = "urn:mes"
+    client.set_security(SecurityPolicyBasic256Sha256, str(tmp_path / "mes" / "client-certificate.der"),
+                        str(tmp_path / "mes" / "client-key.pem"), mode=ua.MessageSecurityMode.SignAndEncrypt)
+    client.set_user("scada")
+    client.set_password("pw")
+    try:
+        with caplog.at_level("WARNING", logger="edge_ad.opcua"):
+            with pytest.raises(ua.UaStatusCodeError, match="BadCertificateTimeInvalid"):
+                with client:
+                    pass
+    finally:
+        server.close()
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    assert (f"opcua: refused urn:mes: its certificate (SHA-1 {opcua_trust.thumbprint(der)}) is valid only from "
+            f"{certificate.not_valid_before_utc:%Y-%m-%d %H:%M} to {certificate.not_valid_after_utc:%Y-%m-%d %H:%M} "
+            "UTC (or this machine's clock is wrong)") in caplog.messages
+
+
+def test_an_open_session_ends_when_its_certificate_runs_out(tmp_path, monkeypatch, caplog):
+    """A certificate that ran out during a session: the plant CA's kind was closed as "not in
+    --opcua-trust" (the folder's check takes dates into account), and one in the folder itself kept
+    its session until the client reconnected, to be refused then."""
+    from cryptography import x509
+
+    scada, trusted = _scada_trusted(tmp_path, monkeypatch, recheck_s=0.2)
+    der = (scada / "client-certificate.der").read_bytes()
+    certificate = x509.load_der_x509_certificate(der)
+    server = OpcUaServer(free_port(), ["line1"], user="scada", trust=trusted)
+    session = _secure_client(server.port, scada, "scada", "pw")
+
+    class AfterItRanOut(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return certificate.not_valid_after_utc + timedelta(minutes=1)
+
+    try:
+        session.connect()
+        assert _reads(session)
+        with caplog.at_level("WARNING", logger="edge_ad.opcua"):
+            monkeypatch.setattr(opcua_trust, "datetime", AfterItRanOut)
+            assert wait_for(lambda: not _reads(session), 10)
+    finally:
+        try:
+            session.disconnect()
+        except Exception:  # closed by the server
+            pass
+        server.close()
+    dates = f"{certificate.not_valid_before_utc:%Y-%m-%d %H:%M} to {certificate.not_valid_after_utc:%Y-%m-%d %H:%M}"
+    assert [message for message in caplog.messages if message.startswith("opcua: closed")] == [
+        f"opcua: closed the connection of 127.0.0.1: its certificate (SHA-1 {opcua_trust.thumbprint(der)}) is valid "
+        f"only from {dates} UTC (or this machine's clock is wrong)"]
 
 
 def test_an_empty_trust_folder_is_said_to_refuse_every_client_until_one_is_moved_in(tmp_path, caplog):
