@@ -661,6 +661,16 @@ def _reads(session: Client) -> bool:
         return False
 
 
+def _end(server: OpcUaServer, *sessions: Client) -> None:
+    """Disconnect `sessions`, those the server closed too, then stop `server`."""
+    for session in sessions:
+        try:
+            session.disconnect()
+        except Exception:  # closed by the server
+            pass
+    server.close()
+
+
 def _scada_trusted(tmp_path, monkeypatch, recheck_s: float) -> tuple:
     """The folders of a SCADA's self-signed certificate and of a trust folder holding it (PEM),
     for a server that reads it again every `recheck_s`."""
@@ -710,13 +720,8 @@ def test_an_open_session_ends_when_its_certificate_is_revoked_or_taken_out(tmp_p
             (trusted / "scada.crt").unlink()
             assert wait_for(lambda: not _reads(scada_session), 10)
     finally:
-        for session in (scada_session, mes_session):
-            try:
-                session.disconnect()
-            except Exception:  # closed by the server
-                pass
         looking.disconnect_socket()
-        server.close()
+        _end(server, scada_session, mes_session)
     said = [record.getMessage() for record in caplog.records]
     assert any(line.startswith("opcua: closed the connection of 127.0.0.1: its certificate (SHA-1 ") and
                line.endswith(") is revoked now") for line in said)
@@ -747,11 +752,7 @@ def test_the_recheck_of_open_sessions_outlives_a_fault_and_says_it_once(tmp_path
             (trusted / "scada.crt").unlink()
             assert wait_for(lambda: not _reads(session), 10)
     finally:
-        try:
-            session.disconnect()
-        except Exception:  # closed by the server
-            pass
-        server.close()
+        _end(server, session)
     said = [record.getMessage() for record in caplog.records]
     assert said.count(f"opcua: the open sessions' certificates could not be checked against --opcua-trust {trusted} "
                       "(a fault); tried again every 0.2 s") == 1
@@ -813,11 +814,7 @@ def test_an_open_session_ends_when_its_certificate_runs_out(tmp_path, monkeypatc
             monkeypatch.setattr(opcua_trust, "datetime", AfterItRanOut)
             assert wait_for(lambda: not _reads(session), 10)
     finally:
-        try:
-            session.disconnect()
-        except Exception:  # closed by the server
-            pass
-        server.close()
+        _end(server, session)
     dates = f"{certificate.not_valid_before_utc:%Y-%m-%d %H:%M} to {certificate.not_valid_after_utc:%Y-%m-%d %H:%M}"
     assert [message for message in caplog.messages if message.startswith("opcua: closed")] == [
         f"opcua: closed the connection of 127.0.0.1: its certificate (SHA-1 {opcua_trust.thumbprint(der)}) is valid "
