@@ -75,7 +75,7 @@ class ClientTrust:
         self._trusted: set[bytes] = set()  # the DER of each certificate in the folder
         self._authorities: list = []  # those of them that are certificate authorities
         self._revoked: dict = {}  # an authority's name -> the serial numbers its revocation lists name
-        self._said: set[bytes] = set()  # the SHA-1 of each certificate refused and logged
+        self._said: dict[bytes, set[str]] = {}  # a refused certificate's SHA-1 -> the refusals logged since
         self._warned: set[str] = set()  # the folder's problems logged: it is read every TRUST_RECHECK_S
         self.load(strict=True)
 
@@ -168,6 +168,7 @@ class ClientTrust:
             self._say(der, "opcua: refused %s: its certificate (SHA-1 %s, serial %x) is revoked by a revocation list "
                       "in %s", client, thumbprint(der), certificate.serial_number, self.folder)
             raise ServiceError(ua.StatusCodes.BadCertificateRevoked)
+        self._said.pop(hashlib.sha1(der).digest(), None)  # taken: a later refusal is said again
 
     def refusal(self, certificate, der: bytes) -> int | None:
         """asyncua's status code of why the folder, as last read, does not take `certificate`
@@ -202,11 +203,15 @@ class ClientTrust:
             log.warning("%s", problem)
 
     def _say(self, der: bytes, *message) -> None:
-        """Log a refusal once per certificate: a client tries again every few seconds."""
-        digest = hashlib.sha1(der).digest()
-        if digest not in self._said:
-            self._said.add(digest)
-            log.warning(*message)
+        """Log a refusal once per certificate and reason until the certificate is taken again: a
+        client tries again every few seconds. Once for good, as before, silenced every refusal of
+        a client set up the way the README says (refused once, then moved in) for the rest of the
+        run: revoked, run out or taken out months later."""
+        text = message[0] % message[1:]
+        said = self._said.setdefault(hashlib.sha1(der).digest(), set())
+        if text not in said:
+            said.add(text)
+            log.warning("%s", text)
 
     def _trusts(self, certificate, der: bytes) -> bool:
         from cryptography.x509 import verification

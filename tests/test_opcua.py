@@ -821,6 +821,34 @@ def test_an_open_session_ends_when_its_certificate_runs_out(tmp_path, monkeypatc
         f"only from {dates} UTC (or this machine's clock is wrong)"]
 
 
+def test_a_refusal_is_said_again_once_the_certificate_was_taken_in_between(tmp_path, monkeypatch, caplog):
+    """A refusal is said once per certificate, as a client tries again every few seconds; once for
+    good silenced a client set up as the README says (refused once, its certificate moved in) when
+    it was refused again, months later in the same run."""
+    _, trusted = _scada_trusted(tmp_path, monkeypatch, recheck_s=30.0)
+    (tmp_path / "mes").mkdir()
+    server = OpcUaServer(free_port(), ["line1"], user="scada", trust=trusted)
+
+    def refused_twice() -> None:
+        with caplog.at_level("WARNING", logger="edge_ad.opcua"):
+            for _ in range(2):
+                with pytest.raises(ua.UaStatusCodeError, match="BadCertificateUntrusted"):
+                    with _secure_client(server.port, tmp_path / "mes", "scada", "pw", "urn:mes"):
+                        pass
+
+    try:
+        refused_twice()
+        (kept,) = (tmp_path / "state" / "opcua" / "rejected").iterdir()
+        kept.rename(trusted / kept.name)
+        with _secure_client(server.port, tmp_path / "mes", "scada", "pw", "urn:mes") as session:
+            assert _reads(session)
+        (trusted / kept.name).unlink()  # its laptop retired
+        refused_twice()
+    finally:
+        server.close()
+    assert sum(message.startswith("opcua: refused urn:mes: ") for message in caplog.messages) == 2
+
+
 def test_an_empty_trust_folder_is_said_to_refuse_every_client_until_one_is_moved_in(tmp_path, caplog):
     (tmp_path / "trusted").mkdir()
     with caplog.at_level("INFO", logger="edge_ad.opcua"):
