@@ -76,7 +76,7 @@ class ClientTrust:
         self._authorities: list = []  # those of them that are certificate authorities
         self._revoked: dict = {}  # an authority's name -> the serial numbers its revocation lists name
         self._said: dict[bytes, set[str]] = {}  # a refused certificate's SHA-1 -> the refusals logged since
-        self._warned: set[str] = set()  # the folder's problems logged: it is read every TRUST_RECHECK_S
+        self._warned: set[str] = set()  # the folder's problems at its last read, each logged as it came
         self.load(strict=True)
 
     def load(self, strict: bool = False) -> None:
@@ -87,18 +87,20 @@ class ClientTrust:
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
 
+        problems: list[str] = []
+
         def refuse(problem: str, exc: Exception | None = None) -> None:
             if strict:
                 raise EdgeAdError(f"{problem}; take it out of the folder") from exc
-            self._warn(f"opcua: {problem}; left out")
+            problems.append(f"opcua: {problem}; left out")
 
         try:
             files = sorted(path for path in self.folder.iterdir() if path.is_file() and not path.name.startswith("."))
         except OSError as exc:
             if strict:
                 raise EdgeAdError(f"--opcua-trust {self.folder}: cannot read the folder ({exc.strerror})") from exc
-            self._warn(f"opcua: --opcua-trust {self.folder}: cannot read the folder ({exc.strerror}); what was read "
-                       "before is used")
+            self._warn([f"opcua: --opcua-trust {self.folder}: cannot read the folder ({exc.strerror}); what was read "
+                        "before is used"])
             return
         trusted, authorities, lists = set(), [], []
         for path in files:
@@ -126,6 +128,7 @@ class ClientTrust:
                 continue
             revoked.setdefault(revocations.issuer, set()).update(entry.serial_number for entry in revocations)
         self._trusted, self._authorities, self._revoked = trusted, authorities, revoked
+        self._warn(problems)
         if strict and not trusted:  # the way to begin: each client's first attempt leaves its certificate
             log.warning("opcua: no certificate in --opcua-trust %s: every client is refused, and its certificate "
                         "kept in %s to be moved in", self.folder, self.rejected)
@@ -196,11 +199,14 @@ class ClientTrust:
             return "is revoked now"
         return None if refusal is None else f"is not in --opcua-trust {self.folder} now"
 
-    def _warn(self, problem: str) -> None:
-        """Log a problem of the folder once: it is read again at each session and every half minute."""
-        if problem not in self._warned:
-            self._warned.add(problem)
-            log.warning("%s", problem)
+    def _warn(self, problems: list[str]) -> None:
+        """Log the problems of the folder that its last read did not have: it is read at each
+        session and every TRUST_RECHECK_S. One gone and come back (a list copied in half again,
+        weeks later) is said again; once for good, it was not."""
+        for problem in problems:
+            if problem not in self._warned:
+                log.warning("%s", problem)
+        self._warned = set(problems)
 
     def _say(self, der: bytes, *message) -> None:
         """Log a refusal once per certificate and reason until the certificate is taken again: a

@@ -849,6 +849,24 @@ def test_a_refusal_is_said_again_once_the_certificate_was_taken_in_between(tmp_p
     assert sum(message.startswith("opcua: refused urn:mes: ") for message in caplog.messages) == 2
 
 
+def test_a_problem_of_the_trust_folder_gone_and_back_is_said_again(tmp_path, caplog):
+    """The folder is read at each session and every half minute: a problem is said as it comes,
+    once, and again should it come back after it was mended (said once for good, a list copied in
+    half a second time, weeks later, went unsaid)."""
+    (tmp_path / "trusted").mkdir()
+    trust = opcua_trust.ClientTrust(tmp_path / "trusted", tmp_path / "rejected")
+    half_copied = tmp_path / "trusted" / "plant-ca.crl"
+    with caplog.at_level("WARNING", logger="edge_ad.opcua"):
+        for there in (True, True, False, True, True):
+            if there:
+                half_copied.write_bytes(b"-----BEGIN X509 CRL-----\nMIIBvDCBpQIBATANBgkqhkiG9w0BAQsFADAV")
+            else:
+                half_copied.unlink()
+            trust.load()
+    said = f"opcua: --opcua-trust: {half_copied} is not a certificate or a revocation list (CRL) in PEM or DER"
+    assert sum(message.startswith(said) for message in caplog.messages) == 2
+
+
 def test_an_empty_trust_folder_is_said_to_refuse_every_client_until_one_is_moved_in(tmp_path, caplog):
     (tmp_path / "trusted").mkdir()
     with caplog.at_level("INFO", logger="edge_ad.opcua"):
