@@ -486,8 +486,7 @@ def calibrate_into(
 
 def recorded_settings(bundle: Bundle) -> dict:
     """The rate, confidence, frames and least defect area of the site calibration `bundle` uses
-    (calibration.yaml), for a calibration made again the same way, and where its threshold came
-    from ("threshold_from": "f1" or "false-alarm rate"); {} without one. A number that
+    (calibration.yaml), for a calibration made again the same way; {} without one. A value that
     calibrate would not have written (a hand edit) is refused, naming its field: the runtime
     reads only the threshold and quantiles of the file, and would otherwise stop at it only when
     the line asks for a calibration."""
@@ -503,8 +502,7 @@ def recorded_settings(bundle: Bundle) -> dict:
             raise CalibrationError(f"{bundle.calibration}: field '{key}' must be "
                                    f"{'a number between 0 and 1' if rate else 'a whole number, 1 or more'}, "
                                    f"got {value!r}")
-    return {name: data[key] for key, name in keys.items() if key in data} | {
-        "threshold_from": data.get("threshold_from", "false-alarm rate")}
+    return {name: data[key] for key, name in keys.items() if key in data}
 
 
 def overlay_result(

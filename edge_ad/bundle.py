@@ -98,6 +98,7 @@ class Bundle:
     fused_steps: int | None = None  # K of the optional fused graph (graphs["fused"]: all K steps in one)
     normal_scores: tuple[float, float] | None = None  # (p50, p90) of normal image scores, where recorded
     min_defect_area: int | None = None  # frame pixels a region above the threshold must cover (site calibration)
+    f1_threshold: bool = False  # the site calibration's threshold is the known defects' F1-best (--threshold f1)
     check: Path | None = None  # images scored at load and their reference maps (edge_ad.self_check); older bundles: none
 
     @property
@@ -438,15 +439,16 @@ def site_calibrated(bundle: Bundle, folder: str | Path) -> tuple[Bundle, str | N
 
 def _numbers(selected: _Fields, model_type: str) -> dict[str, Any]:
     """The Bundle fields a site calibration replaces (branches, quantiles, threshold, normal
-    scores, least defect area), from the bundle's own numbers (bundle.yaml, or a bridge schedule's
-    entry) or a calibration.yaml."""
+    scores, least defect area, whether the threshold is an F1-best one), from the bundle's own
+    numbers (bundle.yaml, or a bridge schedule's entry) or a calibration.yaml."""
     names, quantiles = _branches(selected)
     if names != BRANCHES[model_type]:
         raise BundleError(f"{selected.path}: normalisation branches {list(names)} do not match a "
                           f"{model_type} model's {list(BRANCHES[model_type])}")
     area = selected.positive("min_defect_area", int) if "min_defect_area" in selected.data else None
     return {"branches": names, "quantiles": quantiles, "threshold": float(selected.get("threshold", (int, float))),
-            "normal_scores": _normal_scores(selected), "min_defect_area": area}
+            "normal_scores": _normal_scores(selected), "min_defect_area": area,
+            "f1_threshold": selected.data.get("threshold_from") == "f1"}
 
 
 def _listed_file(root: Path, fields: _Fields, entry: str) -> Path:

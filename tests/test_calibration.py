@@ -290,6 +290,11 @@ def test_calibrate_command_writes_calibration_the_runtime_uses(tiny_bundle, norm
     assert (f"the calibration this replaces ({bundle / 'calibration.yaml'}) flags "  # on the same frames: exact
             f"{data['normal_frames_above_threshold']} of these 12 frames (its threshold {data['threshold']:.4f})\n"
             ) in out.stdout
+    assert Detector.load(bundle).bundle.f1_threshold and not detector.bundle.f1_threshold
+    again = edge_ad(*args)  # without --threshold f1 again: said, as a --min-defect-area left out is
+    assert again.returncode == 0, again.stderr
+    assert ("note: the calibration this replaces had the known defects' F1-best threshold; this one keeps to "
+            "--target-far 0.3 (--threshold f1 to keep that)\n") in again.stdout
     refused = edge_ad("calibrate", "--bundle", bundle, "--input", normal_folder, "--threshold", "f1")
     assert refused.returncode == 2 and "normal frames:" not in refused.stderr  # before any frame is read
     assert refused.stderr.strip().endswith("--threshold f1 needs --defects: the F1-best threshold is set between the "

@@ -140,8 +140,7 @@ def test_a_hand_edited_setting_of_the_calibration_in_use_is_named_and_left_for_t
     bundle = calibrated_copy(tiny_bundle, normal_folder, tmp_path / "bundle")
     data = yaml.safe_load((bundle / "calibration.yaml").read_text())
     line = LineCalibration(Stream(str(normal_folder), name="cam"), frames=60)
-    assert line._recorded(Detector.load(bundle).bundle) == {"far": 0.3, "confidence": 0.9, "frames": 12,
-                                                            "threshold_from": "false-alarm rate"}
+    assert line._recorded(Detector.load(bundle).bundle) == {"far": 0.3, "confidence": 0.9, "frames": 12}
     for key, value, said in [("confidence", 95, "a number between 0 and 1, got 95"),
                              ("frames", "3000", "a whole number, 1 or more, got '3000'"),
                              ("target_false_alarm_rate", 0.0, "a number between 0 and 1, got 0.0"),
