@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -865,6 +866,38 @@ def test_a_problem_of_the_trust_folder_gone_and_back_is_said_again(tmp_path, cap
             trust.load()
     said = f"opcua: --opcua-trust: {half_copied} is not a certificate or a revocation list (CRL) in PEM or DER"
     assert sum(message.startswith(said) for message in caplog.messages) == 2
+
+
+def test_the_scada_example_is_trusted_once_its_certificate_is_moved_in_and_acknowledges_an_alarm(tmp_path,
+                                                                                                 monkeypatch):
+    """examples/scada_opcua.py, as a plant checks the wiring before its SCADA is set up: refused at
+    first by a trust folder, which keeps its certificate, then trusted once that is moved in; it
+    prints each source's variables and an alarm, which it acknowledges (AlarmLatch False)."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    monkeypatch.setenv("EDGE_AD_OPCUA_PASSWORD", "pw")
+    (tmp_path / "trusted").mkdir()
+    server = OpcUaServer(free_port(), ["top", "side"], user="scada", trust=tmp_path / "trusted")
+    example = [sys.executable, Path(__file__).parents[1] / "examples" / "scada_opcua.py", f"127.0.0.1:{server.port}",
+               "0.5", "scada"]
+    try:
+        refused = subprocess.run(example, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1 and refused.stderr.strip().endswith(
+            "refused (The certificate is not trusted.(BadCertificateUntrusted)); with --opcua-trust, the run's log "
+            "names the file to move into the trust folder")
+        (kept,) = (tmp_path / "state" / "opcua" / "rejected").iterdir()
+        assert kept.read_bytes() == (tmp_path / "opcua-client" / "certificate.der").read_bytes()
+        kept.rename(tmp_path / "trusted" / kept.name)
+        server.update("side", 7, 0.42, 0.18, anomaly=True, alarm=True, variant=None, anomalies=1, alarms=1)
+        out = subprocess.run(example, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines() == [
+            "top: Frames 0  Score 0.0  Threshold 0.0  Alarm False  Variant   CalibrationState 0",
+            "side: Frames 1  Score 0.42  Threshold 0.18  Alarm True  Variant   CalibrationState 0",
+            "side: ALARM  frame 7  score 0.420 (threshold 0.180)"]
+        again = subprocess.run(example, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0 and "ALARM" not in again.stdout  # acknowledged: the latch is down
+    finally:
+        server.close()
 
 
 def test_an_empty_trust_folder_is_said_to_refuse_every_client_until_one_is_moved_in(tmp_path, caplog):
