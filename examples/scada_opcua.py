@@ -72,7 +72,8 @@ try:
     with client:  # disconnected at the end, and on a refusal (its thread would keep this script from ending)
         watch()
 except ua.UaStatusCodeError as exc:  # an untrusted certificate, a wrong password
-    sys.exit(f"{sys.argv[1]}: refused ({exc}); with --opcua-trust, the run's log names the file to move into "
-             "the trust folder")
+    untrusted = exc.code == ua.StatusCodes.BadCertificateUntrusted
+    sys.exit(f"{sys.argv[1]}: refused ({exc})" + ("; the run's log names the file to move into its --opcua-trust "
+                                                  "folder" if untrusted else ""))
 except OSError as exc:
     sys.exit(f"{sys.argv[1]}: no OPC UA server answers there ({exc}; edge-ad run --opcua-port PORT)")

@@ -882,8 +882,8 @@ def test_the_scada_example_is_trusted_once_its_certificate_is_moved_in_and_ackno
     try:
         refused = subprocess.run(example, cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert refused.returncode == 1 and refused.stderr.strip().endswith(
-            "refused (The certificate is not trusted.(BadCertificateUntrusted)); with --opcua-trust, the run's log "
-            "names the file to move into the trust folder")
+            "refused (The certificate is not trusted.(BadCertificateUntrusted)); the run's log names the file to "
+            "move into its --opcua-trust folder")
         (kept,) = (tmp_path / "state" / "opcua" / "rejected").iterdir()
         assert kept.read_bytes() == (tmp_path / "opcua-client" / "certificate.der").read_bytes()
         kept.rename(tmp_path / "trusted" / kept.name)
