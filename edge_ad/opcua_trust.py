@@ -21,7 +21,7 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import EdgeAdError
+from .errors import EdgeAdError, client_text
 
 log = logging.getLogger("edge_ad.opcua")
 
@@ -143,7 +143,7 @@ class ClientTrust:
         from cryptography.hazmat.primitives import serialization
 
         der = certificate.public_bytes(serialization.Encoding.DER)
-        client = application.ApplicationUri or "a client"
+        client = client_text(application.ApplicationUri) if application.ApplicationUri else "a client"  # its own word
         try:
             await self._basic.validate(certificate, application)
         except ServiceError as exc:

@@ -595,17 +595,18 @@ def test_with_a_trust_list_only_clients_trusted_or_issued_by_a_trusted_authority
                     with _secure_client(server.port, stranger, "scada", "pw", "urn:stranger"):
                         pass
             impostor = _secure_client(server.port, scada, "scada", "pw")
-            impostor.application_uri = "urn:mes"  # the trusted certificate of another application
+            # The trusted certificate of another application, and a line of its own forged into the log:
+            impostor.application_uri = "urn:mes\nopcua: all clear"  # line breaks come escaped
             with pytest.raises(ua.UaStatusCodeError, match="BadCertificateUriInvalid"):
                 with impostor:
                     pass
-        assert any(r.getMessage().startswith("opcua: refused urn:mes: its certificate (SHA-1 ") and
+        assert any(r.getMessage().startswith("opcua: refused 'urn:mes\\nopcua: all clear': its certificate (SHA-1 ") and
                    r.getMessage().endswith("does not name the application URI the client gives")
                    for r in caplog.records)
         refused = (stranger / "client-certificate.der").read_bytes()
         kept = tmp_path / "state" / "opcua" / "rejected" / f"{hashlib.sha1(refused).hexdigest()}.der"
         assert kept.read_bytes() == refused
-        said = [r.getMessage() for r in caplog.records if "refused urn:stranger" in r.getMessage()]
+        said = [r.getMessage() for r in caplog.records if "refused 'urn:stranger'" in r.getMessage()]
         assert len(said) == 1 and f"is not in --opcua-trust {trusted}, nor issued by one there; kept as {kept}: " \
                                   f"move it into {trusted} to trust it" in said[0]
         kept.rename(trusted / kept.name)  # trusted from its next attempt, without a restart
@@ -624,7 +625,7 @@ def test_with_a_trust_list_only_clients_trusted_or_issued_by_a_trusted_authority
             with pytest.raises(ua.UaStatusCodeError, match="BadCertificateRevoked"):
                 with _secure_client(server.port, mes, "scada", "pw", "urn:mes"):
                     pass
-        assert any(r.getMessage().startswith("opcua: refused urn:mes: its certificate (SHA-1 ") and
+        assert any(r.getMessage().startswith("opcua: refused 'urn:mes': its certificate (SHA-1 ") and
                    r.getMessage().endswith(f", serial 2) is revoked by a revocation list in {trusted}")
                    for r in caplog.records)
         with _secure_client(server.port, scada, "scada", "pw") as session:  # the others still get in
@@ -786,7 +787,7 @@ def test_a_client_whose_certificate_ran_out_is_told_its_dates(tmp_path, monkeypa
     finally:
         server.close()
     der = certificate.public_bytes(serialization.Encoding.DER)
-    assert (f"opcua: refused urn:mes: its certificate (SHA-1 {opcua_trust.thumbprint(der)}) is valid only from "
+    assert (f"opcua: refused 'urn:mes': its certificate (SHA-1 {opcua_trust.thumbprint(der)}) is valid only from "
             f"{certificate.not_valid_before_utc:%Y-%m-%d %H:%M} to {certificate.not_valid_after_utc:%Y-%m-%d %H:%M} "
             "UTC (or this machine's clock is wrong)") in caplog.messages
 
@@ -847,7 +848,7 @@ def test_a_refusal_is_said_again_once_the_certificate_was_taken_in_between(tmp_p
         refused_twice()
     finally:
         server.close()
-    assert sum(message.startswith("opcua: refused urn:mes: ") for message in caplog.messages) == 2
+    assert sum(message.startswith("opcua: refused 'urn:mes': ") for message in caplog.messages) == 2
 
 
 def test_a_problem_of_the_trust_folder_gone_and_back_is_said_again(tmp_path, caplog):
