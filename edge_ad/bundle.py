@@ -98,7 +98,7 @@ class Bundle:
     fused_steps: int | None = None  # K of the optional fused graph (graphs["fused"]: all K steps in one)
     normal_scores: tuple[float, float] | None = None  # (p50, p90) of normal image scores, where recorded
     min_defect_area: int | None = None  # frame pixels a region above the threshold must cover (site calibration)
-    f1_threshold: bool = False  # the site calibration's threshold is the known defects' F1-best (--threshold f1)
+    threshold_is_f1: bool = False  # the site calibration's threshold is the known defects' F1-best (--threshold f1)
     check: Path | None = None  # images scored at load and their reference maps (edge_ad.self_check); older bundles: none
 
     @property
@@ -448,7 +448,7 @@ def _numbers(selected: _Fields, model_type: str) -> dict[str, Any]:
     area = selected.positive("min_defect_area", int) if "min_defect_area" in selected.data else None
     return {"branches": names, "quantiles": quantiles, "threshold": float(selected.get("threshold", (int, float))),
             "normal_scores": _normal_scores(selected), "min_defect_area": area,
-            "f1_threshold": selected.data.get("threshold_from") == "f1"}
+            "threshold_is_f1": selected.data.get("threshold_from") == "f1"}
 
 
 def _listed_file(root: Path, fields: _Fields, entry: str) -> Path:

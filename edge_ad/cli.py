@@ -717,7 +717,7 @@ def _calibrate_bundle(
     if result.threshold_from == "f1" and result.threshold.far_bound > args.target_far:
         print(f"note: that is more than --target-far {args.target_far:g}: the F1-best threshold misses fewer known "
               "defects for more false alarms (without --threshold f1 the threshold keeps to --target-far)")
-    if detector.bundle.f1_threshold and args.threshold != "f1":
+    if detector.bundle.threshold_is_f1 and args.threshold != "f1":
         print("note: the calibration this replaces had the known defects' F1-best threshold; this one keeps to "
               f"--target-far {args.target_far:g} (--threshold f1{'' if args.defects else ' --defects DIR'} to keep "
               "that)")

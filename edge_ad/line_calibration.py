@@ -116,7 +116,7 @@ class LineCalibration:
         log.info("%s: calibrating on the next %d frames, which must show good parts only", self.stream.name,
                  self._target)
         for variant, settings in self._settings.items():
-            if bundles[variant].f1_threshold:
+            if bundles[variant].threshold_is_f1:
                 log.warning("%s: the calibration in use has the known defects' F1-best threshold (calibrate "
                             "--threshold f1); the line shows no known defects, so the new one's threshold keeps to "
                             "its false-alarm rate %g instead (edge-ad calibrate --defects DIR --threshold f1 makes "

@@ -290,7 +290,7 @@ def test_calibrate_command_writes_calibration_the_runtime_uses(tiny_bundle, norm
     assert (f"the calibration this replaces ({bundle / 'calibration.yaml'}) flags "  # on the same frames: exact
             f"{data['normal_frames_above_threshold']} of these 12 frames (its threshold {data['threshold']:.4f})\n"
             ) in out.stdout
-    assert Detector.load(bundle).bundle.f1_threshold and not detector.bundle.f1_threshold
+    assert Detector.load(bundle).bundle.threshold_is_f1 and not detector.bundle.threshold_is_f1
     again = edge_ad(*args)  # without --threshold f1 again: said, as a --min-defect-area left out is
     assert again.returncode == 0, again.stderr
     assert ("note: the calibration this replaces had the known defects' F1-best threshold; this one keeps to "
