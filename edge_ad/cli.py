@@ -577,7 +577,7 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
     from .pipelines import opencv_input
     from .sources import open_source
     from .streams import bundle_of, calibration_folder
-    from .variants import VariantDetector, load_detector
+    from .variants import VariantDetector, detectors_by_variant, load_detector
 
     bundle = bundle_of(stream, args.bundle or ())
     mask = InspectionMask.load(stream.mask) if stream.mask else None
@@ -602,7 +602,7 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
     if read < args.frames:
         print(f"{stream.name}: ended after {read} of {args.frames} frames")
     source_name = stream.input or stream.pipeline
-    bundles = detector.detectors if isinstance(detector, VariantDetector) else {None: detector}
+    bundles = detectors_by_variant(detector)
     calibratable = 0  # bundles whose normal frames give a threshold: known defects are read for those alone
     for name, one in bundles.items():
         try:

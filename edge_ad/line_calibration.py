@@ -25,7 +25,7 @@ from .detector import Result
 from .errors import EdgeAdError
 from .masks import InspectionMask
 from .streams import Stream, calibration_folder
-from .variants import VariantDetector, bundles_of
+from .variants import bundles_of, detectors_by_variant
 
 log = logging.getLogger("edge_ad.calibration")
 
@@ -152,7 +152,7 @@ class LineCalibration:
         for variant, collected in self._collected.items():
             settings = self._settings[variant]
             folder = calibration_folder(self.stream, variant) or bundles[variant].root
-            one = detector.detectors[variant] if isinstance(detector, VariantDetector) else detector
+            one = detectors_by_variant(detector)[variant]
             who = self._who(variant)
             source = f"{self.stream.input or self.stream.pipeline} (edge-ad run)"
             flagged = flagged_in_use(one, collected)
