@@ -362,7 +362,7 @@ class GstSource:
                 silence = f"no frame for {self.options.timeout_s:g} s"
                 if self.live:
                     raise _Failure(self._what_packets_say(silence))
-                raise SourceError(f"{self.shown}: {silence}")
+                raise SourceError(f"{self.shown}: {self._file_error(silence)}")
         return None
 
     def _what_packets_say(self, silence: str) -> str:
@@ -438,9 +438,10 @@ class GstSource:
                 "so from the start)")
 
     def _file_error(self, error: str) -> str:
-        """GStreamer's error for a file, and what it means when the file gave no frame: GStreamer
-        says "Internal data stream error" of a file without video (a sound recording), and "Could
-        not determine type of stream" of one that is no media file at all."""
+        """GStreamer's error for a file (or its silence: "no frame for N s"), and what it means when
+        the file gave no frame: GStreamer says "Internal data stream error" of a file without video
+        (a sound recording), at times nothing at all, and "Could not determine type of stream" of
+        one that is no media file at all."""
         if self._custom or self._pulled_here:
             return error
         kinds = decoded_media(self.pipeline)
