@@ -422,21 +422,33 @@ def _picture_path(source: str) -> dict[str, str]:
     return {"source_path": os.path.abspath(os.path.expanduser(local_path(source)))}
 
 
+def _keep_copy(path: Path) -> Path:
+    """`path` copied to `path`.bak, then renamed into place: a backup is never half-written either."""
+    backup = path.with_name(path.name + ".bak")
+    tmp = backup.with_name(f".{backup.name}.tmp")
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, backup)
+    return backup
+
+
 def save(folder: Path, data: dict, pictures: Sequence[tuple[str, str, str]] = ()) -> tuple[Path, Path | None]:
     """calibration.yaml into `folder` (the bundle, or one camera's folder, made if missing), the
     previous one kept as calibration.yaml.bak; returns both paths (no backup when there was no
     previous calibration). `pictures` (picture_lists rows of the frames and known defects that
-    were pictures) go beside it first, in calibration_pictures.csv, whose hash `data` records."""
+    were pictures) go beside it first, in calibration_pictures.csv, whose hash `data` records;
+    the list they replace is kept as calibration_pictures.csv.bak, which a calibration.yaml.bak
+    put back in use is read with (Bundle.calibration_pictures)."""
     path = folder / CALIBRATION_FILE
-    backup = path.with_name(path.name + ".bak") if path.is_file() else None
+    listed = folder / picture_lists.CALIBRATION
+    backup = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        if backup is not None:  # copied, then renamed into place: the backup is never half-written either
-            tmp = backup.with_name(f".{backup.name}.tmp")
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, backup)
+        if path.is_file():
+            backup = _keep_copy(path)
         if pictures:  # else a file left there by an earlier calibration is not this one's: its hash is not recorded
-            data["pictures_sha256"] = picture_lists.write(folder / picture_lists.CALIBRATION, pictures)
+            if backup is not None and listed.is_file():
+                _keep_copy(listed)
+            data["pictures_sha256"] = picture_lists.write(listed, pictures)
         write_yaml_atomic(path, data)
     except OSError as exc:
         raise CalibrationError(f"{path}: cannot write the calibration ({os_reason(exc)}); the previous one "

@@ -120,11 +120,16 @@ class Bundle:
     def calibration_pictures(self) -> dict[str, str]:
         """{pixel digest: kind} of the frames and known defects the site calibration in use was made
         on, where those were pictures (edge_ad.picture_lists); {} without one, or for one made of a
-        camera's frames, or before calibrations kept them."""
+        camera's frames, or before calibrations kept them. A calibration.yaml.bak put back in use
+        finds its list in the calibration_pictures.csv.bak kept beside the newer one's."""
         if self.calibration is None:
             return {}
-        return picture_lists.read(self.calibration.with_name(picture_lists.CALIBRATION),
-                                  read_yaml(self.calibration).get("pictures_sha256"), "calibrate again")
+        sha256 = read_yaml(self.calibration).get("pictures_sha256")
+        listed = self.calibration.with_name(picture_lists.CALIBRATION)
+        for path in (listed, listed.with_name(listed.name + ".bak")):
+            if pictures := picture_lists.read(path, sha256, "calibrate again"):
+                return pictures
+        return {}
 
     @property
     def trained_on_grey(self) -> bool:

@@ -343,6 +343,23 @@ def test_eval_says_which_test_images_the_calibration_in_use_was_made_on(tiny_bun
         edge_ad("eval", "--bundle", bundle, "--data", copied, check=True).stdout)
 
 
+def test_a_calibration_put_back_in_use_is_read_with_its_own_list_of_pictures(tiny_bundle, mvtec_category, tmp_path):
+    """A recalibration keeps the calibration it replaces as calibration.yaml.bak, for the plant to
+    put back; the list of pictures that calibration was made on was overwritten by the new one's,
+    so eval no longer said which test images the calibration put back was made on. The list it
+    replaces is kept beside it, and read with it."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    edge_ad("calibrate", "--bundle", bundle, "--input", mvtec_category / "test" / "good", "--frames", 4,
+            "--target-far", 0.5, "--confidence", 0.9, "--defects", mvtec_category / "test" / "spot", check=True)
+    first = Detector.load(bundle).bundle.calibration_pictures()
+    assert sorted(first.values()) == ["defect"] * 4 + ["normal"] * 4
+    data = yaml.safe_load((bundle / "calibration.yaml").read_text())
+    site.save(bundle, data, [("normal", "0" * 32, "other.png")])  # a calibration on other pictures
+    assert Detector.load(bundle).bundle.calibration_pictures() == {"0" * 32: "normal"}
+    (bundle / "calibration.yaml.bak").replace(bundle / "calibration.yaml")
+    assert Detector.load(bundle).bundle.calibration_pictures() == first
+
+
 def test_calibrate_says_which_of_its_pictures_the_model_was_trained_on(mvtec_category, tmp_path):
     """A model scores its own training pictures lower than new good parts: a threshold set on them
     flagged 60 of 80 new good cells where its bound said at most 14 % (README). calibrate now says
