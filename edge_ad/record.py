@@ -109,9 +109,12 @@ def record_sources(
 ) -> dict[str, list[Path] | EdgeAdError]:
     """Record every source at once, each into `folder`/<source name> (as `record` does, `count`
     pictures each); per source, the paths written or the error that stopped it (the others go
-    on). SIGINT / SIGTERM stop them all, keeping what they saved."""
+    on). SIGINT / SIGTERM stop them all, keeping what they saved. Any other exception in a
+    source's thread (memory run out, a fault of edge-ad's own) is raised here once every source
+    has stopped, not left in the thread."""
     stop = threading.Event()
     outcome: dict[str, list[Path] | EdgeAdError] = {}
+    faults: list[Exception] = []
 
     def one(name: str, source: Source, position: int) -> None:
         try:
@@ -120,6 +123,8 @@ def record_sources(
             outcome[name] = exc
         except OSError as exc:  # the source's own failure, which `run` would reconnect
             outcome[name] = EdgeAdError(f"{name}: {os_reason(exc)}")
+        except Exception as exc:
+            faults.append(exc)
 
     threads = [threading.Thread(target=one, args=(name, source, i), name=f"record {name}", daemon=True)
                for i, (name, source) in enumerate(sources.items())]
@@ -129,4 +134,6 @@ def record_sources(
         for thread in threads:
             while thread.is_alive():  # in short waits, so that a signal is handled at once
                 thread.join(0.2)
+    if faults:
+        raise faults[0]
     return {name: outcome[name] for name in sources}

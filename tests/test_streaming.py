@@ -937,6 +937,27 @@ def test_record_says_when_its_pictures_are_near_copies(normal_folder, tmp_path, 
     assert "near-copies" not in capsys.readouterr().out  # six different cells
 
 
+def test_recording_every_camera_raises_what_stopped_one_once_the_others_are_done(tmp_path, monkeypatch):
+    """A camera's recording stopped by memory run out (or a fault of edge-ad's own) was left in
+    its thread: the thread's traceback, then a KeyError of the source's name instead of report_errors'
+    line. It is raised once the other cameras' recordings have ended, which keep their pictures."""
+    from edge_ad import record
+
+    finished = []
+
+    def recording(source, out, *args):
+        if source == "wide":
+            raise MemoryError("Unable to allocate 36.0 MiB for an array")
+        time.sleep(0.5)
+        finished.append(source)
+        return [out / "0.png"]
+
+    monkeypatch.setattr(record, "record", recording)
+    with pytest.raises(MemoryError, match="36.0 MiB"):
+        record.record_sources({"wide": "wide", "left": "left"}, tmp_path, 1)
+    assert finished == ["left"]
+
+
 def test_record_keeps_what_it_saved_when_the_disk_fills(mp4, tmp_path, monkeypatch):
     from edge_ad.record import record
 
