@@ -129,6 +129,17 @@ class EventsRead:
     lines: int
     skipped: list[str]  # "FILE:LINE: why", the first SHOWN_SKIPS
     skipped_count: int
+    frame_span: tuple[float, float] | None = None  # first and last time of the frame events, in the time range or not
+
+    def no_frames(self) -> str:
+        """Why there is no frame event to draw."""
+        if not self.lines:
+            return "the events file is empty (the run judged no frame yet?)"
+        if self.frame_span is None:
+            lines = "its one line is not" if self.lines == 1 else f"none of its {self.lines} lines is"
+            return f"{lines} a frame event" + (" (lines skipped: above)" if self.skipped_count else "")
+        first, last = self.frame_span
+        return f"none in this time range; its frame events run from {_clock(first)} to {_clock(last)}"
 
 
 def event_files(path: Path) -> list[Path]:
@@ -173,6 +184,7 @@ def read_events(path: Path, since: float | None = None, until: float | None = No
     frames: dict[str, _Frames] = {}
     skipped: list[str] = []
     skipped_count = lines = 0
+    first = last = None
     judges: dict = {}
     with tqdm(total=sum(f.stat().st_size for f in files), desc="reading events", unit="B", unit_scale=True,
               disable=None) as bar:
@@ -193,6 +205,9 @@ def read_events(path: Path, since: float | None = None, until: float | None = No
                             skipped.append(f"{file}:{number}: {problem}")
                         continue
                     moment = event["timestamp"]
+                    if event.get("event", "frame") == "frame":
+                        first = moment if first is None else min(first, moment)
+                        last = moment if last is None else max(last, moment)
                     if (since is not None and moment < since) or (until is not None and moment > until):
                         continue
                     name = str(event["source"])
@@ -204,7 +219,7 @@ def read_events(path: Path, since: float | None = None, until: float | None = No
         record.drift.sort()
         record.frozen.sort()
         record.self_checks.sort()
-    return EventsRead(sources, lines, skipped, skipped_count)
+    return EventsRead(sources, lines, skipped, skipped_count, None if first is None else (first, last))
 
 
 class _Frames:
@@ -310,7 +325,7 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
 
     sources = [s for s in read.sources.values() if s.frames]
     if not sources:
-        raise EdgeAdError("report: no frame events to draw (in this time range)")
+        raise EdgeAdError(f"report: no frame events to draw: {read.no_frames()}")
     figure, axes = plt.subplots(len(sources), 2, figsize=(15, 3.6 * len(sources)), squeeze=False,
                                 gridspec_kw={"width_ratios": [4, 1]})
     changes = False  # another bundle or calibration took over somewhere: the picture says what the lines mean

@@ -289,10 +289,23 @@ def test_numbers_a_report_cannot_draw_are_skipped_as_damaged_lines(tmp_path):
 def test_report_errors_name_what_is_wrong(tmp_path):
     with pytest.raises(EdgeAdError, match=r"--events .*none.jsonl: no such file \(nor none.jsonl.1 ... .5\)"):
         read_events(tmp_path / "none.jsonl")
+    # Why there is nothing to draw: "(in this time range)" was said of every case, a range given or not.
     empty = tmp_path / "events.jsonl"
-    _write(empty, [{"event": "drift", "source": "cam", "timestamp": 1.0, "state": "back"}])
-    with pytest.raises(EdgeAdError, match="report: no frame events to draw"):
+    empty.touch()
+    with pytest.raises(EdgeAdError, match=r"^report: no frame events to draw: the events file is empty \(the run "
+                                          r"judged no frame yet\?\)$"):
         write_events_report(read_events(empty), tmp_path / "r.png")
+    _write(empty, [{"event": "drift", "source": "cam", "timestamp": 1.0, "state": "back"}])
+    with pytest.raises(EdgeAdError, match="report: no frame events to draw: its one line is not a frame event$"):
+        write_events_report(read_events(empty), tmp_path / "r.png")
+    t0 = datetime(2026, 12, 3, 6, 0).timestamp()
+    _write(empty, ["{cut\n", '{"event": "frame"}\n'])
+    with pytest.raises(EdgeAdError, match="none of its 2 lines is a frame event \\(lines skipped: above\\)$"):
+        write_events_report(read_events(empty), tmp_path / "r.png")
+    _write(empty, [_frame("cam", t0 + 60, 0.2, False), _frame("cam", t0, 0.2, False)])
+    with pytest.raises(EdgeAdError, match="none in this time range; its frame events run from 2026-12-03 06:00:00 to "
+                                          "2026-12-03 06:01:00$"):
+        write_events_report(read_events(empty, since=t0 + 120), tmp_path / "r.png")
     out = edge_ad("report", "--events", empty, "--since", "yesterday")
     assert out.returncode == 2 and "'yesterday' is not a date and time such as 2026-12-03T06:00" in out.stderr
     out = edge_ad("report", "--events", empty, "--since", "25:00Z")
