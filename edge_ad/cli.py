@@ -863,10 +863,12 @@ def _report(args: argparse.Namespace) -> None:
     if snapshots is not None and not snapshots.is_dir():
         raise EdgeAdError(f"--snapshots {snapshots}: {'not a folder' if snapshots.exists() else 'no such folder'}")
     read = read_events(events, args.since, args.until)
+    ranged = args.since is not None or args.until is not None
     if args.source:
         unknown = sorted(set(args.source) - set(read.sources))
         if unknown:
-            raise EdgeAdError(f"--source {', '.join(unknown)}: no events of it in {events} (in this time range); its "
+            raise EdgeAdError(f"--source {', '.join(unknown)}: no events of it in {events}"
+                              f"{' in this time range' if ranged else ''}; its "
                               f"sources: {', '.join(read.sources) or 'none'}")
         read.sources = {name: read.sources[name] for name in args.source}
     for record in read.sources.values():

@@ -115,8 +115,11 @@ def test_alarm_pictures_highest_scores_first_where_the_run_left_them_or_moved(tm
     assert "line2: frames 1" in out.stdout and "cam:" not in out.stdout  # one camera of the line's
     assert "alarm pictures: 1 of 1 in" in out.stdout and _pixels(tmp_path / "2_alarms.png", green) == 0
     out = edge_ad("report", "--events", events, "--source", "line3")
-    assert out.returncode == 2 and f"--source line3: no events of it in {events} (in this time range); its sources: " \
-                                   "cam, line2" in out.stderr
+    assert out.returncode == 2 and f"--source line3: no events of it in {events}; its sources: cam, line2" in out.stderr
+    out = edge_ad("report", "--events", events, "--source", "cam", "--since", "2026-12-03T06:00:03", "--until",
+                  "2026-12-03T06:00:03")
+    assert out.returncode == 2 and f"--source cam: no events of it in {events} in this time range; its sources: " \
+                                   "line2" in out.stderr
 
 
 def test_events_across_rotated_files_runs_and_damaged_lines(tmp_path):
