@@ -519,22 +519,26 @@ def _run(args: argparse.Namespace) -> None:
 def _calibrate(args: argparse.Namespace) -> None:
     from calibration.statistics import CalibrationError, frames_needed, smallest_far
 
+    streams = None
+    if args.sources and not args.source and not args.input and not args.pipeline:
+        from .streams import streams_from_yaml
+
+        streams = streams_from_yaml(Path(args.sources), _source_options(args), args.mask)
+    every = streams is not None and len(streams) > 1  # every camera, one after the other
     if args.threshold == "f1" and not args.defects:  # refused before any frame is read, not after them all
+        each = (f"; known defects are one camera's: calibrate each camera of {args.sources} with --source NAME "
+                "--defects DIR --threshold f1") if every else ""
         raise CalibrationError("--threshold f1 needs --defects: the F1-best threshold is set between the normal "
-                               "frames' scores and the known defects'")
+                               f"frames' scores and the known defects'{each}")
     needed = frames_needed(args.target_far, args.confidence)
     if args.frames < needed:  # fewer frames than independent ones needed: refused before any is read
         raise CalibrationError(f"--frames {args.frames} cannot show a false-alarm rate of {args.target_far:g} with "
                                f"{args.confidence:.0%} confidence: at least {needed} normal frames are needed, more "
                                f"where consecutive ones score alike (or ask for --target-far "
                                f"{smallest_far(args.frames, args.confidence):g} or more)")
-    if args.sources and not args.source and not args.input and not args.pipeline:
-        from .streams import streams_from_yaml
-
-        streams = streams_from_yaml(Path(args.sources), _source_options(args), args.mask)
-        if len(streams) > 1:  # every camera, one after the other
-            _calibrate_sources(streams, args)
-            return
+    if every:
+        _calibrate_sources(streams, args)
+        return
     _calibrate_stream(_the_stream(args), args)
 
 

@@ -348,6 +348,11 @@ def test_calibrate_takes_every_source_in_turn(variant_bundles, lit_cells, tmp_pa
                                     f"give each a 'calibration:' folder of its own in {sources}") in out.stderr
     out = edge_ad("calibrate", "--sources", sources, "--bundle", bundle, "--defects", few)
     assert out.returncode == 2 and "--defects: known defects are one camera's" in out.stderr
+    out = edge_ad("calibrate", "--sources", sources, "--bundle", bundle, "--threshold", "f1")  # not refused twice
+    assert out.returncode == 2 and out.stderr.endswith(
+        f"--threshold f1 needs --defects: the F1-best threshold is set between the normal frames' scores and the known "
+        f"defects'; known defects are one camera's: calibrate each camera of {sources} with --source NAME --defects "
+        "DIR --threshold f1\n")
 
 
 def _frame_events(path: Path, source: str) -> list[dict]:
