@@ -431,9 +431,15 @@ def _http(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
 def local_path(uri: str) -> Path:
     """The path of a video file or folder given as a path or a file:// URI, which file managers
     and GStreamer write percent-encoded (file:///data/line%203/a.mp4) and may name the host
-    (file://localhost/...); another machine's file is not this machine's to read."""
+    (file://localhost/...); another machine's file is not this machine's to read. A raw '#' or
+    '?' ends a URI's path (GLib refuses the '#'): said, not read as a file of the name before it."""
     if not uri.startswith("file://"):
         return Path(uri)
+    cut = next((c for c in "#?" if c in uri), None)
+    if cut is not None:
+        escaped = uri.replace("#", "%23").replace("?", "%3F")
+        raise SourceError(f"{uri}: a '{cut}' ends the path of a file:// URI; write it {quote(cut)} ({escaped}), or "
+                          "give the path itself")
     parsed = urlparse(uri)
     if parsed.netloc not in ("", "localhost"):
         raise SourceError(f"{uri}: a file on host '{parsed.netloc}': give a path on this machine (mount the share)")
@@ -475,6 +481,8 @@ def camera_number_hint(value: object) -> str:
 
 def _file(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     path = local_path(uri)
+    if not path.is_file() and uri.startswith("file://"):  # the path its %-escapes stand for
+        raise SourceError(f"{uri}: no such file or folder: {path}")
     if not path.is_file():
         raise SourceError(f"{uri}: no such file, folder or supported source URI{camera_number_hint(uri)}")
     if path.stat().st_size == 0:

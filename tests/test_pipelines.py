@@ -1,5 +1,7 @@
 """Pipeline descriptions per URI and per platform (Jetson NVMM elements or generic ones)."""
 
+import re
+
 import pytest
 
 from edge_ad.errors import SourceError
@@ -160,6 +162,19 @@ def test_file_uris_are_read_as_file_managers_write_them(tmp_path):
         source_pipeline("file://nas/videos/line3.mp4", jetson=False)
     with pytest.raises(SourceError, match="file://: names no file or folder"):  # not the current folder
         local_path("file://")
+    # A raw '#' or '?' ends the URI's path: "line#2.mp4" was looked for as "line", said as no such file.
+    hashed = tmp_path / "line#2.mp4"
+    hashed.write_bytes(b"x")
+    with pytest.raises(SourceError, match=re.escape(f"file://{hashed}: a '#' ends the path of a file:// URI; write it "
+                                                    f"%23 (file://{tmp_path}/line%232.mp4), or give the path itself")):
+        source_pipeline(f"file://{hashed}", jetson=False)
+    assert f'filesrc location="{hashed}"' in source_pipeline(hashed.as_uri(), jetson=False).description  # %23
+    with pytest.raises(SourceError, match=r"a '\?' ends the path of a file:// URI; write it %3F \(file:///a%3F.mp4\)"):
+        local_path("file:///a?.mp4")
+    # Not found: the path the %-escapes stand for, which the URI does not show.
+    with pytest.raises(SourceError, match=re.escape(f"{tmp_path.as_uri()}/a%20b%20.mp4: no such file or folder: "
+                                                    f"{tmp_path}/a b .mp4")):
+        source_pipeline(f"{tmp_path.as_uri()}/a%20b%20.mp4", jetson=False)
 
 
 @pytest.mark.parametrize(
