@@ -10,7 +10,7 @@ from typing import Sequence
 
 from .bundle import read_yaml
 from .errors import EdgeAdError, without_passwords
-from .pipelines import MAX_CAMERA_SIDE, SourceOptions, camera_number_hint, local_path, login_escaped
+from .pipelines import FLIPS, MAX_CAMERA_SIDE, SourceOptions, camera_number_hint, local_path, login_escaped
 from .variants import parse_variants, split_spec
 
 
@@ -64,8 +64,9 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
     optional `name`, `output`, `mask`, `bundle` (a path, or a list of NAME=PATH for one bundle per
     product variant), `calibration` (a folder for this camera's own site calibration of its
     bundle), `alarm_frames` and source options (width, height, framerate, codec, latency_ms,
-    timeout_s, pattern, transport, flip, crop, realtime, loop, follow, certificate); what is left out takes the command
-    line's values. Relative paths in the file are from its folder (_from_folder)."""
+    timeout_s, pattern, transport, flip, crop, realtime, loop, follow, certificate); what is left out, or left
+    empty (`latency_ms:`), takes the command line's values. Relative paths in the file are from its folder
+    (_from_folder)."""
     data = read_yaml(path)
     entries = data.get("sources")
     if not isinstance(entries, list) or not entries:
@@ -84,8 +85,12 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
         if not entry.get("input") and not entry.get("pipeline"):
             raise EdgeAdError(f"{where}: needs 'input' (a URI, file or folder) or 'pipeline'")
         for key in ("realtime", "follow"):
-            if not isinstance(entry.get(key, False), bool):
+            if entry.get(key) is not None and not isinstance(entry[key], bool):
                 raise EdgeAdError(f"{where}: '{key}' must be true or false, not {entry[key]!r}")
+        for key, what in (("codec", "a codec's name, as h264"), ("pattern", "a test pattern's name, as ball"),
+                          ("transport", "tcp or udp"), ("flip", f"one of {', '.join(FLIPS)}")):
+            if entry.get(key) is not None and not isinstance(entry[key], str):  # codec: 264
+                raise EdgeAdError(f"{where}: '{key}' must be {what}, not {entry[key]!r}")
         for key, what in (("mask", "an image file name"), ("certificate", "the file of the camera's certificate"),
                           ("output", "a video file, a folder or a URI"),
                           ("pipeline", "a GStreamer pipeline ending in 'appsink name=sink'")):
@@ -103,7 +108,7 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
             raise EdgeAdError(f"{where}: 'alarm_frames' must be a whole number, 1 or more, not {alarm_frames!r}")
         _check_numbers(entry, where)
         folder, written = path.parent, str(entry.get("input") or "")
-        options = replace(defaults, **{k: entry[k] for k in OPTION_KEYS & set(entry)})
+        options = replace(defaults, **{k: entry[k] for k in OPTION_KEYS & set(entry) if entry[k] is not None})
         if entry.get("certificate"):
             options.certificate = _from_folder(entry["certificate"], folder)
         mask = _from_folder(entry["mask"], folder) if "mask" in entry else default_mask

@@ -484,12 +484,22 @@ def test_sources_yaml(tmp_path):
                         ("output: [a.mp4]", "'output' must be a video file, a folder or a URI, not ['a.mp4']"),
                         ("pipeline: 5",
                          "'pipeline' must be a GStreamer pipeline ending in 'appsink name=sink', not 5"),
-                        ("name: [left]", "'name' must be a name for the source, not ['left']")]:  # named "['left']"
+                        ("name: [left]", "'name' must be a name for the source, not ['left']"),  # named "['left']"
+                        ("codec: 264", "'codec' must be a codec's name, as h264, not 264"),  # the rest: tracebacks
+                        ("flip: {mirror: true}", "'flip' must be one of none, counterclockwise, rotate-180"),
+                        ("transport: [tcp]", "'transport' must be tcp or udp, not ['tcp']"),
+                        ("pattern: 18", "'pattern' must be a test pattern's name, as ball, not 18")]:
         bad.write_text(f"sources:\n  - {{input: 'rtsp://cam/1', {entry}}}\n")
         with pytest.raises(EdgeAdError, match=re.escape(f"bad.yaml: source 1: {said}")):
             streams_from_yaml(bad, SourceOptions())
     bad.write_text("sources:\n  - {input: 'rtsp://cam/1', output: }\n  - {input: 'rtsp://cam/2', pipeline: }\n")
     assert [(s.output, s.pipeline) for s in streams_from_yaml(bad, SourceOptions())] == [(None, None)] * 2  # none
+    # An option left empty takes the command line's value, as one left out (a traceback for latency_ms and timeout_s,
+    # the URI's own codec for codec; realtime was refused)
+    bad.write_text("sources:\n  - {input: 'rtsp://cam/1', latency_ms: , timeout_s: , codec: , realtime: }\n")
+    (emptied,) = streams_from_yaml(bad, SourceOptions(latency_ms=80, timeout_s=3, codec="h265", realtime=True))
+    assert (emptied.options.latency_ms, emptied.options.timeout_s, emptied.options.codec, emptied.options.realtime) == \
+        (80, 3, "h265", True)
     bad.write_text("sources:\n  - {input: 'rtsp://cam/1', latency_ms: 0, timeout_s: 2.5, width: 1920}\n")
     assert streams_from_yaml(bad, SourceOptions())[0].options.latency_ms == 0
     bad.write_text("sources:\n  - {input: 'rtsp://cam/1', name: 5}\n")  # camera 5
