@@ -101,8 +101,8 @@ def pytorch_graphs(bundle: Bundle) -> dict[str, Graph]:
     except ModuleNotFoundError as exc:
         raise EdgeAdError(f"the pytorch backend needs '{exc.name}': pip install 'edge-ad[train]'") from exc
     entry = bundle.spec.get("reference")
-    record = bundle.spec.get("provenance", {}).get("training")
-    if not isinstance(entry, dict) or not {"file", "sha256"} <= set(entry) or not isinstance(record, dict):
+    record = bundle.training
+    if not isinstance(entry, dict) or not {"file", "sha256"} <= set(entry) or not record:
         raise BundleError(f"{bundle.root}: bundle.yaml has no 'reference' checkpoint, so no pytorch backend")
     path = bundle.root / entry["file"]
     if not path.is_file() or file_sha256(path) != entry["sha256"]:

@@ -106,9 +106,16 @@ class Bundle:
         return self.input_height, self.input_width
 
     @property
+    def provenance(self) -> dict:
+        """What export recorded of where the bundle came from; empty where the bundle does not say
+        (or says it as no mapping: a bundle.yaml edited by hand)."""
+        provenance = self.spec.get("provenance")
+        return provenance if isinstance(provenance, dict) else {}
+
+    @property
     def training(self) -> dict:
         """What training recorded of the run (`provenance.training`); empty where the bundle does not say."""
-        training = (self.spec.get("provenance") or {}).get("training")
+        training = self.provenance.get("training")
         return training if isinstance(training, dict) else {}
 
     def training_pictures(self) -> dict[str, str]:
@@ -141,8 +148,7 @@ class Bundle:
         """The held-out training images the threshold from export was set on and its false-alarm
         rate, while that threshold judges: None once a site calibration does, and for bundles that
         do not record them."""
-        provenance = self.spec.get("provenance") or {}
-        images, rate = provenance.get("validation_images"), provenance.get("threshold_false_alarm_rate")
+        images, rate = self.provenance.get("validation_images"), self.provenance.get("threshold_false_alarm_rate")
         if self.calibration is not None or not isinstance(images, int) or not isinstance(rate, float):
             return None
         return images, rate
@@ -168,7 +174,7 @@ class Bundle:
         or a clock battery starts from the last time it saved). None otherwise, and for bundles
         that do not record that time."""
         try:
-            made = datetime.fromisoformat((self.spec.get("provenance") or {}).get("created"))
+            made = datetime.fromisoformat(self.provenance.get("created"))
         except (TypeError, ValueError):
             return None
         now = now or datetime.now(timezone.utc)

@@ -124,6 +124,18 @@ def test_wrong_type_is_named(bundle_copy):
         load_bundle(bundle_copy)
 
 
+def test_a_provenance_that_is_no_mapping_is_taken_as_none(bundle_copy):
+    """A bundle.yaml edited by hand to `provenance: none`: what export recorded is informative only
+    (the training pictures' colour, brightness and shape, the clock), and the first frame scored
+    stopped on an AttributeError of it."""
+    from edge_ad.detector import Detector
+
+    _edit(bundle_copy, lambda s: s.update(provenance="none"))
+    detector = Detector.load(bundle_copy)
+    assert detector.bundle.training == {} and detector.bundle.clock_note() is None
+    assert np.isfinite(detector(np.full((64, 64, 3), 128, np.uint8)).score)
+
+
 def test_a_negative_smoothing_is_refused_and_none_is_taken(bundle_copy):
     _edit(bundle_copy, lambda s: s["postprocess"].update(smoothing_sigma=-1))  # was taken as no smoothing
     with pytest.raises(BundleError, match=r"field 'postprocess.smoothing_sigma' must be 0 \(no smoothing\) or more, "
