@@ -169,7 +169,7 @@ def decode_image(data: bytes, name: Path | str) -> np.ndarray:
     _check_complete(name, data)
     header = _NETPBM_HEADER.match(data)
     if header is not None:
-        return to_rgb(_netpbm(data, header, name), "RGB")
+        return to_rgb(_netpbm(data, header, name), "RGB", str(name))
     # Any depth and any colour keeps 16-bit and grey pictures as they are, drops alpha, and (unlike
     # IMREAD_UNCHANGED) applies the EXIF orientation.
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
@@ -179,7 +179,7 @@ def decode_image(data: bytes, name: Path | str) -> np.ndarray:
         decoded = (decoded / 257.0).round().astype(np.uint8)
     if decoded.dtype != np.uint8:
         raise ImageError(f"{name}: {decoded.dtype} pixels are not read; save pictures with 8 or 16 bits per channel")
-    return to_rgb(decoded, "GRAY" if decoded.ndim == 2 else "BGR")
+    return to_rgb(decoded, "GRAY" if decoded.ndim == 2 else "BGR", str(name))
 
 
 def _netpbm(data: bytes, header: re.Match, name: Path | str) -> np.ndarray:

@@ -146,6 +146,9 @@ def test_not_an_image_and_empty_and_missing(tmp_path):
         read_image(tmp_path / "empty.jpg")
     with pytest.raises(ImageError, match="missing.png: cannot read"):
         read_image(tmp_path / "missing.png")
+    cv2.imwrite(str(tmp_path / "dot.png"), np.full((1, 1), 255, np.uint8))  # a mask of one pixel: was "frame: shape"
+    with pytest.raises(ImageError, match=r"dot.png: shape \(1, 1\) is too small \(at least 8x8 pixels\)"):
+        read_image(tmp_path / "dot.png")
 
 
 @pytest.mark.parametrize(
