@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlparse
 
-from .errors import EdgeAdError, client_text, encrypted_key, uri_port, without_passwords
+from .errors import EdgeAdError, client_text, encrypted_key, os_reason, uri_port, without_passwords
 from .sinks import slug
 
 log = logging.getLogger("edge_ad.mqtt")
@@ -109,19 +109,23 @@ def _tls_context(broker: MqttBroker, tls: MqttTls) -> ssl.SSLContext | None:
         raise EdgeAdError("--mqtt-key: give the client certificate too (--mqtt-cert)")
     for flag, path in given.items():
         if not Path(path).is_file():
-            raise EdgeAdError(f"{flag} {path}: no such file")
+            raise EdgeAdError(f"{flag} {path}: {'a folder, not a file' if Path(path).is_dir() else 'no such file'}")
     try:  # the plant's CA alone when given, else the system's
         context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca is not None else None)
-    except (ssl.SSLError, OSError) as exc:
+    except ssl.SSLError as exc:
         raise EdgeAdError(f"--mqtt-ca {tls.ca}: not a PEM certificate ({exc})") from None
+    except OSError as exc:  # not readable by the user the run runs as
+        raise EdgeAdError(f"--mqtt-ca {tls.ca}: cannot read it ({os_reason(exc)})") from None
     if tls.cert is not None:
+        files = f"--mqtt-cert {tls.cert}" + (f", --mqtt-key {tls.key}" if tls.key is not None else "")
         try:
             key = ("--mqtt-key", tls.key) if tls.key is not None else ("--mqtt-cert", tls.cert)  # a key in the cert
             context.load_cert_chain(str(tls.cert), str(tls.key) if tls.key is not None else None,
                                     password=encrypted_key(*key))
-        except (ssl.SSLError, OSError) as exc:
-            files = f"--mqtt-cert {tls.cert}" + (f", --mqtt-key {tls.key}" if tls.key is not None else "")
+        except ssl.SSLError as exc:
             raise EdgeAdError(f"{files}: not a PEM certificate and its private key ({exc})") from None
+        except OSError as exc:  # a key readable by root only, the run another user (README: chown edge-ad)
+            raise EdgeAdError(f"{files}: cannot read them ({os_reason(exc)})") from None
     return context
 
 

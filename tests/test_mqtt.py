@@ -4,8 +4,10 @@ subscriber; a broker that is away does not stop the run."""
 import getpass
 import json
 import logging
+import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -259,13 +261,14 @@ def test_alarms_reach_a_tls_broker_with_a_client_certificate(tls_broker, tls_fil
         subscriber.loop_stop()
 
 
-def test_tls_files_are_checked_before_the_run(tls_files, tmp_path):
+def test_tls_files_are_checked_before_the_run(tls_files, tmp_path, monkeypatch):
     url = "mqtts://qa:hunter2@127.0.0.1:1/plant"
     tls_files["locked.key"] = tmp_path / "locked.key"
     subprocess.run([OPENSSL, "pkey", "-in", tls_files["client.key"], "-out", tls_files["locked.key"], "-aes256",
                     "-passout", "pass:pw"], check=True, capture_output=True)
     for tls, error in [
         (MqttTls(tmp_path / "none.pem"), f"--mqtt-ca {tmp_path / 'none.pem'}: no such file"),
+        (MqttTls(tmp_path), f"--mqtt-ca {tmp_path}: a folder, not a file"),  # was "no such file"
         (MqttTls(tmp_path / "san.ext"), f"--mqtt-ca {tmp_path / 'san.ext'}: not a PEM certificate"),
         (MqttTls(tls_files["ca"], tls_files["client"], tls_files["server.key"]),
          f"--mqtt-cert {tls_files['client']}, --mqtt-key {tls_files['server.key']}: not a PEM certificate and its "
@@ -278,6 +281,14 @@ def test_tls_files_are_checked_before_the_run(tls_files, tmp_path):
         with pytest.raises(EdgeAdError) as raised:
             MqttPublisher(url, tls)
         assert error in str(raised.value)
+    # A key the run's user may not read was "not a PEM certificate and its private key"
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(ssl.SSLContext, "load_cert_chain", denied)
+    with pytest.raises(EdgeAdError, match=re.escape(f"--mqtt-cert {tls_files['client']}, --mqtt-key "
+                                                    f"{tls_files['client.key']}: cannot read them (Permission denied to")):
+        MqttPublisher(url, MqttTls(tls_files["ca"], tls_files["client"], tls_files["client.key"]))
     with pytest.raises(EdgeAdError) as raised:
         MqttPublisher("mqtt://qa:hunter2@127.0.0.1:1/plant", MqttTls(tls_files["ca"]))
     assert str(raised.value) == "--mqtt-ca: TLS files need an mqtts:// URL, not mqtt://qa:***@127.0.0.1:1/plant"
