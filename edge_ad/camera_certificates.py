@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import CertificateRefused, SourceError, without_passwords
+from .errors import CertificateRefused, SourceError, os_reason, without_passwords
 from .files import state_folder, write_atomic
 
 TLS_SCHEMES = ("https://", "rtsps://")
@@ -42,7 +42,7 @@ def read_pinned(path: str, option: str = "--input-certificate") -> frozenset[byt
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise SourceError(f"{option} {path}: cannot read it ({exc.strerror})") from exc
+        raise SourceError(f"{option} {path}: cannot read it ({os_reason(exc)})") from exc
     try:
         pinned = frozenset(ssl.PEM_cert_to_DER_cert(block.decode("ascii")) for block in _PEM_BLOCK.findall(data))
     except ValueError as exc:  # base64 that does not decode

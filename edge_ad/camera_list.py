@@ -14,7 +14,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import yaml
 
-from .errors import EdgeAdError
+from .errors import EdgeAdError, os_reason
 from .onvif import CODECS
 from .pipelines import GENICAM_FORMATS, V4L2_CAPS
 from .sinks import slug
@@ -219,7 +219,7 @@ def sources_file(path: Path, onvif: list, attached: list[tuple[str, str, dict]],
         raise EdgeAdError(f"--sources {path}: is there already; give a new file (a sources file may have been "
                           "edited by hand, so it is not written over)") from exc
     except OSError as exc:
-        raise EdgeAdError(f"--sources {path}: cannot write it ({exc.strerror})") from exc
+        raise EdgeAdError(f"--sources {path}: cannot write it ({os_reason(exc)})") from exc
     with os.fdopen(handle, "w") as out:
         out.write("\n".join(lines) + "\n")
     return count

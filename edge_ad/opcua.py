@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import connection_limit
-from .errors import EdgeAdError, client_text, listen_reason, password_from_environment
+from .errors import EdgeAdError, client_text, listen_reason, os_reason, password_from_environment
 from .files import state_folder
 from .login_attempts import LoginAttempts
 from .opcua_trust import ClientTrust, read_certificates, thumbprint
@@ -270,7 +270,7 @@ class OpcUaServer:
             return _made_certificate(key_file, certificate_file)
         except OSError as exc:
             raise EdgeAdError(f"--opcua-user: cannot keep the server's certificate in {folder} "
-                              f"({exc.strerror})") from exc
+                              f"({os_reason(exc)})") from exc
         except ValueError as exc:  # cryptography's word for a file that is not a key or certificate
             raise EdgeAdError(f"--opcua-user: {folder / KEY} or {folder / CERTIFICATE} does not read (cut short, or "
                               f"not one edge-ad made: {str(exc).split('. ')[0]}); delete both to have new ones made, "
@@ -479,7 +479,7 @@ def _plant_certificate(certificate_path: Path, key_path: Path) -> tuple:
                 load = serialization.load_pem_private_key if pem else serialization.load_der_private_key
                 read[option] = load(data, password=None)
         except OSError as exc:
-            raise EdgeAdError(f"{option} {path}: cannot read it ({exc.strerror})") from exc
+            raise EdgeAdError(f"{option} {path}: cannot read it ({os_reason(exc)})") from exc
         except TypeError as exc:  # a key that needs a password
             raise EdgeAdError(f"{option} {path}: the key is encrypted; give it unencrypted, readable by the run's "
                               "user only") from exc

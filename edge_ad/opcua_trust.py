@@ -21,7 +21,7 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import EdgeAdError, client_text
+from .errors import EdgeAdError, client_text, os_reason
 
 log = logging.getLogger("edge_ad.opcua")
 
@@ -89,24 +89,28 @@ class ClientTrust:
 
         problems: list[str] = []
 
-        def refuse(problem: str, exc: Exception | None = None) -> None:
+        def refuse(problem: str, exc: Exception | None = None, remedy: str = "take it out of the folder") -> None:
             if strict:
-                raise EdgeAdError(f"{problem}; take it out of the folder") from exc
+                raise EdgeAdError(f"{problem}; {remedy}") from exc
             problems.append(f"opcua: {problem}; left out")
 
         try:
             files = sorted(path for path in self.folder.iterdir() if path.is_file() and not path.name.startswith("."))
         except OSError as exc:
             if strict:
-                raise EdgeAdError(f"--opcua-trust {self.folder}: cannot read the folder ({exc.strerror})") from exc
-            self._warn([f"opcua: --opcua-trust {self.folder}: cannot read the folder ({exc.strerror}); what was read "
+                raise EdgeAdError(f"--opcua-trust {self.folder}: cannot read the folder ({os_reason(exc)})") from exc
+            self._warn([f"opcua: --opcua-trust {self.folder}: cannot read the folder ({os_reason(exc)}); what was read "
                         "before is used"])
             return
         trusted, authorities, lists = set(), [], []
         for path in files:
             try:
                 certificates, revocations = _read_trust_file(path)
-            except (OSError, ValueError) as exc:
+            except OSError as exc:  # a file the run's user may not read (copied in by root)
+                refuse(f"--opcua-trust: cannot read {path} ({os_reason(exc)})", exc,
+                       "make it readable, or take it out of the folder")
+                continue
+            except ValueError as exc:
                 refuse(f"--opcua-trust: {path} is not a certificate or a revocation list (CRL) in PEM or DER "
                        f"({_first_sentence(exc)})", exc)
                 continue
@@ -163,7 +167,7 @@ class ClientTrust:
                     kept.write_bytes(der)
                     what_to_do = f"kept as {kept}: move it into {self.folder} to trust it"
             except OSError as exc:
-                what_to_do = f"not kept ({kept}: {exc.strerror}): get it from the client's side to trust it"
+                what_to_do = f"not kept ({kept}: {os_reason(exc)}): get it from the client's side to trust it"
             self._say(der, "opcua: refused %s: its certificate (SHA-1 %s) is not in --opcua-trust %s, nor issued by "
                       "one there; %s", client, thumbprint(der), self.folder, what_to_do)
             raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)

@@ -27,7 +27,7 @@ from edge_ad import __version__, picture_lists
 from edge_ad.bundle import BRANCHES, BUNDLE_FILE, SCHEMA_VERSION, file_sha256, write_yaml_atomic
 from edge_ad.datasets import calibration_frames, data_text
 from edge_ad.detector import Detector
-from edge_ad.errors import DataError, EdgeAdError
+from edge_ad.errors import DataError, EdgeAdError, os_reason
 from edge_ad.normalize import fit_quantiles
 from edge_ad.self_check import CHECK_FILE, maps_key
 
@@ -409,7 +409,7 @@ def export_bundle(
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
-                raise EdgeAdError(f"{out}: cannot write the bundle ({exc.strerror}); the folder was "
+                raise EdgeAdError(f"{out}: cannot write the bundle ({os_reason(exc)}); the folder was "
                                   "left as it was and the partial files removed") from exc
             out.mkdir(exist_ok=True)
             for file in sorted(staging.iterdir(), key=lambda f: f.name == BUNDLE_FILE):

@@ -4,6 +4,7 @@ line's variant by asyncua's client, as a SCADA system or a PLC's OPC UA client w
 import asyncio
 import hashlib
 import json
+import re
 import signal
 import socket
 import struct
@@ -867,6 +868,22 @@ def test_a_problem_of_the_trust_folder_gone_and_back_is_said_again(tmp_path, cap
             trust.load()
     said = f"opcua: --opcua-trust: {half_copied} is not a certificate or a revocation list (CRL) in PEM or DER"
     assert sum(message.startswith(said) for message in caplog.messages) == 2
+
+
+def test_a_trust_file_the_run_cannot_read_is_said_as_such(tmp_path, monkeypatch):
+    """A certificate copied in by root, readable by root only, was "not a certificate or a
+    revocation list (CRL) in PEM or DER (Permission denied)": a wrong word, the file is fine."""
+    (tmp_path / "trusted").mkdir()
+    locked = tmp_path / "trusted" / "mes.der"
+    locked.write_bytes(b"0")
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(opcua_trust, "_read_trust_file", denied)
+    with pytest.raises(EdgeAdError, match=re.escape(f"--opcua-trust: cannot read {locked} (Permission denied to ")
+                       + ".*the user this runs as\\); make it readable, or take it out of the folder$"):
+        opcua_trust.ClientTrust(tmp_path / "trusted", tmp_path / "rejected")
 
 
 def test_the_scada_example_is_trusted_once_its_certificate_is_moved_in_and_acknowledges_an_alarm(tmp_path,
