@@ -144,6 +144,8 @@ class EventsRead:
 
 def event_files(path: Path) -> list[Path]:
     """The events file and those it was rotated to, oldest first."""
+    if path.is_dir():  # `--events ''` too: the current folder
+        raise EdgeAdError(f"--events {path}: a folder; give the events file of a run (its --events FILE)")
     rotated = [path.with_name(f"{path.name}.{n}") for n in range(ROTATED_FILES, 0, -1)]
     files = [f for f in [*rotated, path] if f.is_file()]
     if not files:

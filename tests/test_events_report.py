@@ -5,6 +5,7 @@ import hashlib
 import json
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import cv2
 import matplotlib.dates as mdates
@@ -292,6 +293,8 @@ def test_numbers_a_report_cannot_draw_are_skipped_as_damaged_lines(tmp_path):
 def test_report_errors_name_what_is_wrong(tmp_path):
     with pytest.raises(EdgeAdError, match=r"--events .*none.jsonl: no such file \(nor none.jsonl.1 ... .5\)"):
         read_events(tmp_path / "none.jsonl")
+    with pytest.raises(EdgeAdError, match=r"--events .: a folder; give the events file of a run \(its --events FILE\)"):
+        read_events(Path(""))  # `--events ''`: a traceback of Path.with_name
     # Why there is nothing to draw: "(in this time range)" was said of every case, a range given or not.
     empty = tmp_path / "events.jsonl"
     empty.touch()
