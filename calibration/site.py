@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
-import shutil
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from edge_ad import picture_lists
 from edge_ad.bundle import BRANCHES, CALIBRATION_FILE, Bundle, read_yaml, write_yaml_atomic
 from edge_ad.detector import Detector, Result
 from edge_ad.errors import os_reason, without_passwords
+from edge_ad.files import write_atomic
 from edge_ad.images import pixel_digest, thumbnail
 from edge_ad.masks import InspectionMask
 from edge_ad.normalize import Quantiles, fit_quantiles
@@ -423,11 +423,9 @@ def _picture_path(source: str) -> dict[str, str]:
 
 
 def _keep_copy(path: Path) -> Path:
-    """`path` copied to `path`.bak, then renamed into place: a backup is never half-written either."""
+    """`path` copied to `path`.bak, atomically: a backup is never half-written either."""
     backup = path.with_name(path.name + ".bak")
-    tmp = backup.with_name(f".{backup.name}.tmp")
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, backup)
+    write_atomic(backup, path.read_bytes())
     return backup
 
 
