@@ -95,7 +95,7 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
                           ("output", "a video file, a folder or a URI"),
                           ("pipeline", "a GStreamer pipeline ending in 'appsink name=sink'")):
             value = entry.get(key, "")
-            if value is None and key in ("output", "pipeline"):  # left empty (`output:`): none, as if left out
+            if value is None and key in ("output", "pipeline", "certificate"):  # left empty (`output:`): as left out
                 continue
             if not isinstance(value, str):
                 raise EdgeAdError(f"{where}: '{key}' must be {what}, not {value!r}")

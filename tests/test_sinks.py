@@ -495,11 +495,13 @@ def test_sources_yaml(tmp_path):
     bad.write_text("sources:\n  - {input: 'rtsp://cam/1', output: }\n  - {input: 'rtsp://cam/2', pipeline: }\n")
     assert [(s.output, s.pipeline) for s in streams_from_yaml(bad, SourceOptions())] == [(None, None)] * 2  # none
     # An option left empty takes the command line's value, as one left out (a traceback for latency_ms and timeout_s,
-    # the URI's own codec for codec; realtime was refused)
-    bad.write_text("sources:\n  - {input: 'rtsp://cam/1', latency_ms: , timeout_s: , codec: , realtime: }\n")
-    (emptied,) = streams_from_yaml(bad, SourceOptions(latency_ms=80, timeout_s=3, codec="h265", realtime=True))
-    assert (emptied.options.latency_ms, emptied.options.timeout_s, emptied.options.codec, emptied.options.realtime) == \
-        (80, 3, "h265", True)
+    # the URI's own codec for codec; realtime and certificate were refused)
+    bad.write_text("sources:\n  - {input: 'rtsp://cam/1', latency_ms: , timeout_s: , codec: , realtime: , "
+                   "certificate: }\n")
+    (emptied,) = streams_from_yaml(bad, SourceOptions(latency_ms=80, timeout_s=3, codec="h265", realtime=True,
+                                                      certificate="/etc/cam.pem"))
+    assert (emptied.options.latency_ms, emptied.options.timeout_s, emptied.options.codec, emptied.options.realtime,
+            emptied.options.certificate) == (80, 3, "h265", True, "/etc/cam.pem")
     bad.write_text("sources:\n  - {input: 'rtsp://cam/1', latency_ms: 0, timeout_s: 2.5, width: 1920}\n")
     assert streams_from_yaml(bad, SourceOptions())[0].options.latency_ms == 0
     bad.write_text("sources:\n  - {input: 'rtsp://cam/1', name: 5}\n")  # camera 5
