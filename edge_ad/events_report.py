@@ -131,7 +131,7 @@ class EventsRead:
     skipped_count: int
     frame_span: tuple[float, float] | None = None  # first and last time of the frame events, in the time range or not
 
-    def no_frames(self) -> str:
+    def why_no_frames(self) -> str:
         """Why there is no frame event to draw."""
         if not self.lines:
             return "the events file is empty (the run judged no frame yet?)"
@@ -327,7 +327,7 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
 
     sources = [s for s in read.sources.values() if s.frames]
     if not sources:
-        raise EdgeAdError(f"report: no frame events to draw: {read.no_frames()}")
+        raise EdgeAdError(f"report: no frame events to draw: {read.why_no_frames()}")
     figure, axes = plt.subplots(len(sources), 2, figsize=(15, 3.6 * len(sources)), squeeze=False,
                                 gridspec_kw={"width_ratios": [4, 1]})
     changes = False  # another bundle or calibration took over somewhere: the picture says what the lines mean
