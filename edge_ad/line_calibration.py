@@ -144,6 +144,20 @@ class LineCalibration:
         """In its own thread: the calibration of each variant that took frames (one bundle: of it),
         from those frames, written; then read in. A variant that took none is left as it was (the
         line did not make it meanwhile)."""
+        refused = []
+        try:
+            refused = self._calibrate_each(detector)
+        except Exception:  # a fault of edge-ad's own outside one variant's: said; the run goes on, as below
+            log.exception("%s: not calibrated", self.stream.name)
+            refused = list(self._collected)
+        finally:  # never left "being made": later asks would all be turned away
+            self._worker = None
+            self._set(REFUSED if refused else CALIBRATED)
+        if len(refused) < len(self._collected):
+            self.on_written()
+
+    def _calibrate_each(self, detector) -> list:
+        """The variants not calibrated (the reason logged); the others' calibrations written."""
         from calibration.site import calibrate_into, flagged_in_use
         from calibration.statistics import rounded_up
 
@@ -151,12 +165,12 @@ class LineCalibration:
         refused = []
         for variant, collected in self._collected.items():
             settings = self._settings[variant]
-            folder = calibration_folder(self.stream, variant) or bundles[variant].root
-            one = detectors_by_variant(detector)[variant]
             who = self._who(variant)
             source = f"{self.stream.input or self.stream.pipeline} (edge-ad run)"
-            flagged = flagged_in_use(one, collected)
             try:
+                folder = calibration_folder(self.stream, variant) or bundles[variant].root
+                one = detectors_by_variant(detector)[variant]
+                flagged = flagged_in_use(one, collected)
                 written = calibrate_into(folder, one, collected, settings["far"], settings["confidence"], source,
                                          min_defect_area=settings.get("min_defect_area"))
             except (EdgeAdError, OSError) as exc:  # --frames, if it says so, is --calibration-frames here
@@ -177,10 +191,7 @@ class LineCalibration:
         if untouched:
             log.info("%s: variant(s) %s took none of the frames and keep their calibration", self.stream.name,
                      ", ".join(untouched))
-        self._worker = None
-        self._set(REFUSED if refused else CALIBRATED)
-        if len(refused) < len(self._collected):
-            self.on_written()
+        return refused
 
     def join(self, timeout: float) -> None:
         """Wait for a calibration being made (at the end of the run, so that it is not lost)."""

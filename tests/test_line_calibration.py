@@ -195,6 +195,46 @@ def test_frames_that_score_alike_can_refuse_a_calibration_at_its_end(tiny_bundle
     assert "independent ones" in refusal and "--calibration-frames" in refusal and " --frames" not in refusal
 
 
+def test_a_calibration_that_fails_unexpectedly_leaves_the_line_free_to_ask_again(tiny_bundle, normal_folder, tmp_path,
+                                                                                monkeypatch, caplog):
+    """A fault of edge-ad's own while the calibration is made (here in reading which frames the
+    calibration in use flagged) is logged and refuses it; the calibration in use stays, and the
+    next ask makes one: it is not left "being made" for the rest of the run."""
+    import calibration.site
+
+    bundle = calibrated_copy(tiny_bundle, normal_folder, tmp_path / "bundle")
+    before = (bundle / "calibration.yaml").read_text()
+    flagged_in_use = calibration.site.flagged_in_use
+    faults = iter([RuntimeError("a fault of edge-ad's own")])
+
+    def failing_once(*args):
+        fault = next(faults, None)
+        if fault is not None:
+            raise fault
+        return flagged_in_use(*args)
+
+    monkeypatch.setattr(calibration.site, "flagged_in_use", failing_once)
+    stream = Stream(str(normal_folder), name="cam", options=SourceOptions(loop=-1))
+    line = {"cam": LineCalibration(stream, frames=24)}
+    line["cam"].ask(True)
+    states = []
+
+    def ask_again_once_refused() -> None:
+        deadline = time.monotonic() + 60
+        while line["cam"].state != REFUSED and time.monotonic() < deadline:
+            time.sleep(0.02)
+        states.append((line["cam"].state, (bundle / "calibration.yaml").read_text() == before))
+        line["cam"].ask(True)
+
+    threading.Thread(target=ask_again_once_refused, daemon=True).start()
+    with caplog.at_level(logging.INFO):
+        run(Detector.load(bundle), [stream], RunConfig(), stop=_stop_at(line["cam"], CALIBRATED), line=line)
+    assert states == [(REFUSED, True)]
+    assert any(r.levelno == logging.ERROR and r.getMessage() == "cam: not calibrated" and r.exc_info
+               for r in caplog.records)
+    assert line["cam"].state == CALIBRATED and (bundle / "calibration.yaml").read_text() != before
+
+
 def _wait_for(client: ModbusTcpClient, state: int, within_s: float = 90.0) -> list[int]:
     """Registers +11 and +12 of the first source once +11 shows `state`."""
     deadline = time.monotonic() + within_s
