@@ -334,7 +334,19 @@ class _TcpServer(socketserver.ThreadingTCPServer):
         self.connections: dict[socket.socket, float] = {}  # each open one: time.monotonic() of its last request
         self.connections_lock = threading.Lock()
         self._closed_for_room, self._report_due = 0, ReportDue()
+        self._not_modbus, self._not_modbus_due = 0, ReportDue()
         super().__init__(address, handler)
+
+    def not_modbus(self, client: str) -> None:
+        """Said of a connection closed for a frame that is not Modbus TCP: once, then at most every
+        REPORT_EVERY_S (a client set up wrongly tries again and again), with the count."""
+        with self.connections_lock:
+            self._not_modbus += 1
+            if not self._not_modbus_due():
+                return
+            log.warning("modbus: %s sent a frame that is not Modbus TCP (a client set to Modbus RTU over TCP, "
+                        "or not a Modbus client?); closing its connection (%d closed for this since the run started)",
+                        client, self._not_modbus)
 
     def process_request(self, request, client_address) -> None:
         with self.connections_lock:
@@ -397,8 +409,7 @@ class _Connection(socketserver.BaseRequestHandler):
                     return
                 transaction, protocol, length, unit = struct.unpack(">HHHB", header)
                 if protocol != 0 or not 2 <= length <= 254:  # not Modbus TCP: nothing sensible to answer
-                    log.warning("modbus: %s sent a frame that is not Modbus TCP; closing its connection",
-                                self.client_address[0])
+                    self.server.not_modbus(self.client_address[0])
                     return
                 pdu = _receive(self.request, length - 1)
                 if pdu is None:
