@@ -26,6 +26,7 @@ from .sinks import InOrder
 log = logging.getLogger("edge_ad.picture_output")
 
 QUEUED = 4  # pictures that wait to be written
+FORGET_AT = 10_000  # names given, past which those whose pictures are gone are forgotten (see path_for)
 NUMBER = re.compile(r"%(0?\d*)[di]")  # printf's integer directives, as jetson-utils takes them
 
 
@@ -78,7 +79,8 @@ class PictureOutput:
             raise EdgeAdError(f"--output {uri}: cannot create the folder ({os_reason(exc)})") from exc
         remove_leftovers(self.folder)
         self._inputs = {p.resolve() for p in inputs}
-        self._named: set[Path] = set()  # the folder's names given so far
+        self._named: dict[Path, None] = {}  # the folder's names given so far, in order
+        self._forget_at = FORGET_AT
         self._writes = InOrder(f"pictures {uri}", QUEUED)
 
     def path_for(self, index: int, name: str) -> Path:
@@ -91,8 +93,18 @@ class PictureOutput:
         path = self.folder / (named if Path(named).suffix.lower() in IMAGE_SUFFIXES else f"{index:08d}.jpg")
         if path in self._named:  # two folders' a.png, through a wildcard
             path = path.with_name(f"{path.stem}_{index}{path.suffix}")
-        self._named.add(path)
+        self._named[path] = None
+        if len(self._named) >= self._forget_at:
+            self._forget_gone()
         return path
+
+    def _forget_gone(self) -> None:
+        """Forgets the names whose pictures are gone (deleted by the plant), but for the last ones,
+        not yet written. A --follow run names a picture per part for months: its names would
+        fill the memory; a name forgotten can be given again, as it holds nothing to write over."""
+        unwritten = set(list(self._named)[-(QUEUED + 2):])  # waiting, being written, and this one
+        self._named = {path: None for path in self._named if path in unwritten or path.exists()}
+        self._forget_at = max(FORGET_AT, 2 * len(self._named))
 
     def write(self, picture: np.ndarray, index: int, name: str) -> None:
         """Hands the picture to the writing thread; a write that failed (a full disk) is raised

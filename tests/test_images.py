@@ -82,6 +82,25 @@ def test_pgm_and_ppm_pictures_are_read_at_the_maximum_they_state(tmp_path):
     assert [output.path_for(0, "a.pgm").name, output.path_for(1, "c.ppm").name] == ["a.png", "c.ppm"]
 
 
+def test_a_followed_folders_overlay_names_are_forgotten_once_their_pictures_are_gone(tmp_path, monkeypatch):
+    """`--follow` with a folder output names an overlay per part for months; the names are kept to
+    tell a camera's repeated name from a new one, and those whose overlays the plant has deleted
+    are forgotten, so the memory they take stays bounded. A name still on disk keeps its mark."""
+    from edge_ad import picture_output
+
+    monkeypatch.setattr(picture_output, "FORGET_AT", 8)
+    output = picture_output.PictureOutput(f"{tmp_path / 'overlays'}/", [], live=False)
+    for index in range(40):
+        path = output.path_for(index, f"part{index:03d}.png")
+        path.touch()  # as the writing thread writes it
+        if index < 20:
+            path.unlink()  # the plant deletes the older ones
+    assert len(output._named) < 30  # forgotten as they went, not one per part
+    assert output.path_for(41, "part005.png").name == "part005.png"  # deleted: nothing to write over
+    assert output.path_for(42, "part020.png").name == "part020_42.png"  # still there
+    assert output.path_for(43, "part039.png").name == "part039_43.png"
+
+
 def test_pictures_taken_turned_are_read_as_a_viewer_shows_them(tmp_path):
     """A phone or a camera held upright stores a landscape JPEG and an EXIF orientation (6: turn a
     quarter clockwise); read without it, such pictures train and score lying on their side."""
