@@ -58,7 +58,7 @@ import socket
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from . import connection_limit
 from .errors import EdgeAdError, client_text, listen_reason, os_reason, password_from_environment
@@ -101,7 +101,7 @@ class OpcUaServer:
                  reader: str | None = None, certificate: tuple[Path, Path] | None = None,
                  trust: Path | None = None):
         try:
-            from asyncua import Server, ua, uamethod  # only when asked for
+            from asyncua import Server, ua  # only when asked for
         except ImportError as exc:
             raise EdgeAdError(f"--opcua-port needs asyncua: pip install 'edge-ad[opcua]' ({exc})") from exc
         passwords = {}
@@ -112,7 +112,7 @@ class OpcUaServer:
         # asyncua warns of every client's session timeout, and logs a port in use with a traceback
         # before __init__ says it in a line.
         logging.getLogger("asyncua").setLevel(logging.CRITICAL)
-        self._ua, self._uamethod = ua, uamethod
+        self._ua = ua
         self.port, self.url = port, f"opc.tcp://{host}:{port}/edge-ad/"
         self.sources = list(sources)
         self.variants = {name: list(names) for name, names in (variants or {}).items()}
@@ -299,13 +299,44 @@ class OpcUaServer:
             self._nodes[f"{name}.{variable}"] = node_id, kind
         if self.on_calibrate is not None:
             await source.add_method(ua.NodeId(f"{key}.Calibrate", namespace), ua.QualifiedName("Calibrate", namespace),
-                                    self._uamethod(lambda _parent, start: self._calibrate(name, start)),
+                                    self._method(f"{name}: Calibrate", ua.VariantType.Boolean,
+                                                 lambda start: self._calibrate(name, start)),
                                     [ua.VariantType.Boolean], [])
         if variants and self.on_variant is not None:
             await source.add_method(ua.NodeId(f"{key}.SetVariant", namespace),
                                     ua.QualifiedName("SetVariant", namespace),
-                                    self._uamethod(lambda _parent, variant: self._set_variant(name, variant)),
+                                    self._method(f"{name}: SetVariant", ua.VariantType.String,
+                                                 lambda variant: self._set_variant(name, variant)),
                                     [ua.VariantType.String], [])
+
+    def _method(self, what: str, kind, call: Callable[[Any], Any]) -> Callable[..., Any]:
+        """Method `what` of one argument of `kind` (a ua.VariantType), handed to `call`, which
+        returns None or a StatusCode. asyncua checks neither the count nor the type of what a
+        client sends: a Calibrate("false") was taken as true, and started a calibration. Others
+        are refused with the Call service's codes (OPC UA Part 4, 5.11.2), and said once per kind
+        (a client set up so calls again and again)."""
+        ua, said = self._ua, set()
+
+        def refused(problem: str) -> None:
+            if problem not in said:
+                said.add(problem)
+                log.warning("opcua: %s called with %s; refused (said once)", what, problem)
+
+        def method(_parent, *arguments):
+            if len(arguments) != 1:
+                refused(f"{len(arguments)} arguments, not 1 ({kind.name})")
+                return ua.StatusCode(ua.StatusCodes.BadTooManyArguments if arguments else
+                                     ua.StatusCodes.BadArgumentsMissing)
+            (argument,) = arguments
+            if argument.VariantType != kind or argument.is_array:
+                refused(f"{'an array of' if argument.is_array else 'a value of type'} {argument.VariantType.name}, "
+                        f"not a {kind.name}")
+                return ua.CallMethodResult(StatusCode=ua.StatusCode(ua.StatusCodes.BadInvalidArgument),
+                                           InputArgumentResults=[ua.StatusCode(ua.StatusCodes.BadTypeMismatch)])
+            outcome = call(argument.Value)
+            return [] if outcome is None else outcome
+
+        return method
 
     def _calibrate(self, source: str, start: bool) -> None:
         log.info("opcua: a client asks to %s %s on its next frames", "calibrate" if start else "stop calibrating",

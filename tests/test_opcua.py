@@ -4,6 +4,7 @@ line's variant by asyncua's client, as a SCADA system or a PLC's OPC UA client w
 import asyncio
 import hashlib
 import json
+import logging
 import re
 import signal
 import socket
@@ -145,6 +146,36 @@ def test_a_client_tells_the_variant_and_asks_a_calibration(server):
             cam.call_method(f"{ns}:SetVariant", "mono")
     assert server.asked == [("variant", "line2", "mono"), ("calibrate", "line2", True), ("variant", "line2", None),
                             ("calibrate", "rtsp://10.0.0.5/cam", False)]
+
+
+def test_a_method_called_with_arguments_of_another_kind_is_refused_not_taken_for_true(server, caplog):
+    """asyncua passes on whatever a client sends: Calibrate("false") started a calibration (a
+    non-empty string is true), SetVariant(0) said "any variant". Each is refused with the Call
+    service's codes, and the log says it once per kind, for the one who set up the client."""
+    before = list(server.asked)
+    with caplog.at_level(logging.WARNING, logger="edge_ad.opcua"), \
+            Client(f"opc.tcp://127.0.0.1:{server.port}/edge-ad/") as client:
+        ns = client.get_namespace_index(NAMESPACE)
+        line2 = client.get_node(f"ns={ns};s=line2")
+        for _ in range(2):
+            with pytest.raises(ua.UaStatusCodeError, match="BadInvalidArgument"):
+                line2.call_method(f"{ns}:Calibrate", ua.Variant("false", ua.VariantType.String))
+        with pytest.raises(ua.UaStatusCodeError, match="BadInvalidArgument"):
+            line2.call_method(f"{ns}:SetVariant", ua.Variant(0, ua.VariantType.Int32))
+        with pytest.raises(ua.UaStatusCodeError, match="BadInvalidArgument"):
+            line2.call_method(f"{ns}:SetVariant", ua.Variant(["mono"], ua.VariantType.String))
+        with pytest.raises(ua.UaStatusCodeError, match="BadArgumentsMissing"):
+            line2.call_method(f"{ns}:Calibrate")
+        with pytest.raises(ua.UaStatusCodeError, match="BadTooManyArguments"):
+            line2.call_method(f"{ns}:Calibrate", True, True)
+        line2.call_method(f"{ns}:Calibrate", False)  # a Boolean is taken
+    assert server.asked == [*before, ("calibrate", "line2", False)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "opcua: line2: Calibrate called with a value of type String, not a Boolean; refused (said once)",
+        "opcua: line2: SetVariant called with a value of type Int32, not a String; refused (said once)",
+        "opcua: line2: SetVariant called with an array of String, not a String; refused (said once)",
+        "opcua: line2: Calibrate called with 0 arguments, not 1 (Boolean); refused (said once)",
+        "opcua: line2: Calibrate called with 2 arguments, not 1 (Boolean); refused (said once)"]
 
 
 def test_a_port_that_is_taken_is_refused_by_name_and_a_closed_server_ends_sessions(server):
