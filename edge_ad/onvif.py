@@ -146,9 +146,19 @@ def discover(timeout_s: float, addresses: list[str] | None = None) -> list[Camer
     return list(cameras.values())
 
 
+def _host(url: str) -> str | None:
+    """The host of an http(s) URL a device sent; None for anything else ("http://[::1/x")."""
+    try:
+        parsed = urlparse(url)
+        return parsed.hostname if parsed.scheme in ("http", "https") else None
+    except ValueError:
+        return None
+
+
 def _probe_match(data: bytes, sender: str) -> Camera | None:
     """The camera a ProbeMatch describes (None: not one), its first service URL on the address it
-    answered from when it gives several (a camera lists each of its addresses)."""
+    answered from when it gives several (a camera lists each of its addresses); one whose URLs
+    are none that can be read is listed with that problem (any device on the network answers)."""
     try:
         root = ElementTree.fromstring(data)
     except ElementTree.ParseError:
@@ -157,7 +167,8 @@ def _probe_match(data: bytes, sender: str) -> Camera | None:
     addresses = (match.findtext("d:XAddrs", "", NS) if match is not None else "").split()
     if not addresses:
         return None
-    service = next((a for a in addresses if urlparse(a).hostname == sender), addresses[0])
+    readable = [a for a in addresses if _host(a)]
+    service = next((a for a in readable if _host(a) == sender), readable[0] if readable else addresses[0])
     scopes = (match.findtext("d:Scopes", "", NS) or "").split()
 
     def scope(kind: str) -> str:
@@ -165,7 +176,8 @@ def _probe_match(data: bytes, sender: str) -> Camera | None:
         said = [s[len(prefix):] for s in scopes if s.startswith(prefix)]
         return unquote(said[0]).replace("_", " ") if said else ""
 
-    return Camera(urlparse(service).hostname or sender, service, scope("name"), scope("hardware"))
+    problem = None if readable else f"its answer names no http:// or https:// URL that reads ({' '.join(addresses)})"
+    return Camera(_host(service) or sender, service, scope("name"), scope("hardware"), problem=problem)
 
 
 class Soap:
@@ -262,6 +274,8 @@ def read_streams(camera: Camera, user: str | None, password: str, timeout_s: flo
     """`camera` with its streams, or with the problem that kept them from being read. A camera set
     to HTTPS must present a certificate of the file `certificate` (its own, pinned) or, without
     one, a certificate the system trusts for its address."""
+    if camera.problem:
+        return camera
     https = camera.service if camera.service.startswith("https://") else f"https://{camera.address}"
     soap = Soap(user, password, timeout_s, CameraTls(https, certificate, "--certificate"))
     try:
@@ -353,7 +367,7 @@ def _camera_time(soap: Soap, service: str) -> datetime:
         return datetime(*(int(date.findtext(f"tt:{k}", "", NS)) for k in ("Year", "Month", "Day")),
                         *(int(clock.findtext(f"tt:{k}", "", NS)) for k in ("Hour", "Minute", "Second")),
                         tzinfo=timezone.utc)
-    except (AttributeError, TypeError, ValueError):
+    except (AttributeError, TypeError, ValueError, OverflowError):  # OverflowError: a year of 20 digits
         return datetime.now(timezone.utc)
 
 

@@ -4,6 +4,7 @@ GigE Vision cameras Aravis finds; USB and CSI cameras by the --input that opens 
 
 import base64
 import hashlib
+import re
 import shutil
 import socket
 import ssl
@@ -20,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_ad import camera_list
+from edge_ad import camera_list, onvif
 from edge_ad.camera_certificates import read_pinned
 from edge_ad.camera_list import sources_file, v4l2_cameras
 from edge_ad.errors import EdgeAdError
-from edge_ad.onvif import NS, WSSE, WSU, Camera, Stream, _probe_match
+from edge_ad.onvif import NS, WSSE, WSU, Camera, Stream, _camera_time, _probe_match, describe, read_streams
 from edge_ad.pipelines import SourceOptions
 from edge_ad.sources import load_gst
 from edge_ad.streams import streams_from_yaml
@@ -363,6 +364,38 @@ def test_a_probe_match_names_the_camera_by_the_address_it_answered_from():
     assert _probe_match(match, "10.9.9.9").service == "http://10.9.9.9/onvif/device_service"
     assert _probe_match(b"<not xml", "127.0.0.1") is None
     assert _probe_match(b"<a/>", "127.0.0.1") is None
+
+
+def test_a_device_whose_answer_names_a_url_that_does_not_read_is_listed_with_that_problem(monkeypatch):
+    """Any device on the network answers the probe: one whose service URL does not parse
+    (`http://[::1/onvif`) stopped `edge-ad cameras` with a ValueError, listing no camera at all.
+    A readable URL beside it is taken; without one, the device is listed with the problem, and
+    its streams are not asked for."""
+    match = MATCH.format(**NS, http=8080, scheme="http").encode()
+    beside = match.replace(b"<d:XAddrs>", b"<d:XAddrs>http://[::1/onvif ")
+    assert _probe_match(beside, "127.0.0.1").service == "http://127.0.0.1:8080/onvif/device_service"
+    broken = re.sub(rb"<d:XAddrs>.*</d:XAddrs>", b"<d:XAddrs>http://[::1/onvif</d:XAddrs>", match, flags=re.S)
+    camera = _probe_match(broken, "10.0.0.5")
+    assert camera.address == "10.0.0.5"
+    monkeypatch.setattr(onvif.Soap, "call", lambda *args, **kwargs: pytest.fail("a URL that does not read was asked"))
+    assert describe(read_streams(camera, None, "", 1.0)) == [
+        "10.0.0.5  HIKVISION Line 1 DS-2CD2043G2-I  (http://[::1/onvif)",
+        "  streams not read: its answer names no http:// or https:// URL that reads (http://[::1/onvif)"]
+
+
+def test_a_camera_clock_that_is_no_date_is_taken_as_this_machines():
+    """The time a camera says is what its logins are signed against; a year of twenty digits
+    (OverflowError, not ValueError) stopped the listing."""
+    parts = {"Date": {"Year": "9" * 20, "Month": "1", "Day": "1"}, "Time": {"Hour": "0", "Minute": "0", "Second": "0"}}
+    said = "".join(f"<tt:{part}>" + "".join(f"<tt:{k}>{v}</tt:{k}>" for k, v in values.items()) + f"</tt:{part}>"
+                   for part, values in parts.items())
+    answer = ElementTree.fromstring(f'<r xmlns:tt="{NS["tt"]}"><tt:UTCDateTime>{said}</tt:UTCDateTime></r>')
+
+    class Answers:
+        def call(self, *args, **kwargs):
+            return answer
+
+    assert abs(_camera_time(Answers(), "http://10.0.0.5/onvif") - datetime.now(timezone.utc)) < timedelta(seconds=5)
 
 
 @pytest.mark.skipif(FAKE_CAMERA is None or shutil.which("arv-tool-0.8") is None,
