@@ -166,13 +166,19 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def decode_image(data: bytes, name: Path | str) -> np.ndarray:
     """An image file's bytes (named `name` in errors) as read_image reads the file."""
+    if not data:  # (OpenCV's imdecode asserts on none)
+        raise ImageError(f"{name}: empty (no bytes)")
     _check_complete(name, data)
     header = _NETPBM_HEADER.match(data)
     if header is not None:
         return to_rgb(_netpbm(data, header, name), "RGB", str(name))
     # Any depth and any colour keeps 16-bit and grey pictures as they are, drops alpha, and (unlike
     # IMREAD_UNCHANGED) applies the EXIF orientation.
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    except cv2.error as exc:  # OpenCV asserts, rather than gives none, for some damaged headers
+        why = "its header states a size past OpenCV's limits" if exc.func == "validateInputImageSize" else exc.err
+        raise ImageError(f"{name}: not a decodable image ({why})") from exc
     if decoded is None:
         raise ImageError(f"{name}: not a decodable image")
     if decoded.dtype == np.uint16:

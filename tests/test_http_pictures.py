@@ -167,6 +167,8 @@ def test_what_keeps_a_still_picture_from_coming_is_said_and_tried_again(caplog, 
         (b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\n\xff\xd8" + b"x" * 100,
          "the answer was cut short (102 bytes, 4898 more expected)"),
         (b"garbage\r\n\r\n", "the answer is not HTTP (BadStatusLine: garbage)"),
+        (b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 0\r\n\r\n",  # OpenCV's cv2.error
+         "the picture: empty (no bytes)"),
         (b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Negotiate\r\nContent-Length: 0\r\n\r\n",
          "the camera asks for a login edge-ad does not make (AbstractDigestAuthHandler does not support the "
          "following scheme: 'Negotiate'; it makes basic ones and digest ones with MD5 or SHA-256)"),

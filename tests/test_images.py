@@ -82,6 +82,19 @@ def test_pgm_and_ppm_pictures_are_read_at_the_maximum_they_state(tmp_path):
     assert [output.path_for(0, "a.pgm").name, output.path_for(1, "c.ppm").name] == ["a.png", "c.ppm"]
 
 
+def test_a_picture_whose_header_states_a_size_past_opencvs_limits_is_an_unreadable_one(tmp_path):
+    """OpenCV asserts (cv2.error), rather than gives none, for a damaged BMP header that states a
+    height of 2^30: `train` stopped with a traceback instead of naming the file (--skip-bad)."""
+    import struct
+
+    damaged = bytearray(cv2.imencode(".bmp", np.zeros((40, 50, 3), np.uint8))[1].tobytes())
+    damaged[22:26] = struct.pack("<i", 2**30)  # BITMAPINFOHEADER's height
+    (tmp_path / "cell.bmp").write_bytes(damaged)
+    with pytest.raises(ImageError, match=r"cell.bmp: not a decodable image \(its header states a size past OpenCV's "
+                                         r"limits\)"):
+        read_image(tmp_path / "cell.bmp")
+
+
 def test_a_followed_folders_overlay_names_are_forgotten_once_their_pictures_are_gone(tmp_path, monkeypatch):
     """`--follow` with a folder output names an overlay per part for months; the names are kept to
     tell a camera's repeated name from a new one, and those whose overlays the plant has deleted
