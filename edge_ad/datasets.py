@@ -56,7 +56,10 @@ class Sample:
         is refused: stretched over the image, it would mark the wrong pixels."""
         if self.mask_path is None:
             return np.zeros((height, width), bool)
-        mask = cv2.imread(str(self.mask_path), cv2.IMREAD_GRAYSCALE)
+        try:
+            mask = cv2.imread(str(self.mask_path), cv2.IMREAD_GRAYSCALE)
+        except cv2.error:  # a damaged header OpenCV asserts on (images.decode_image)
+            mask = None
         if mask is None:
             raise ImageError(f"{self.mask_path}: not a readable mask image")
         (mask_h, mask_w), (image_h, image_w) = mask.shape, image_shape[:2]

@@ -414,7 +414,10 @@ def _found(picture: AlarmPicture, snapshots: Path | None) -> Path | None:
 
 def _tile(path: Path) -> np.ndarray | None:
     """The picture at `path` as RGB, TILE_PX wide at most; None when it does not read as a picture."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error:  # a damaged header OpenCV asserts on (images.decode_image)
+        return None
     if image is None:
         return None
     if image.shape[1] > TILE_PX:

@@ -1,5 +1,6 @@
 import logging
 import re
+import struct
 from pathlib import Path
 
 import cv2
@@ -128,6 +129,11 @@ def test_a_ground_truth_mask_is_read_as_its_dataset_drew_it(mvtec_category, tmp_
     cv2.imwrite(str(defect.mask_path), saved[:, :200])
     with pytest.raises(ImageError, match=re.escape(f"{defect.mask_path}: a 200x300 mask for the 300x300 image "
                                                    f"{defect.name}; a mask has its image's size")):
+        defect.mask(128, 128, shape)
+    damaged = bytearray(cv2.imencode(".bmp", saved)[1].tobytes())
+    damaged[22:26] = struct.pack("<i", 2**30)  # a height OpenCV asserts on (cv2.error) rather than reads as none
+    defect.mask_path.write_bytes(damaged)
+    with pytest.raises(ImageError, match=re.escape(f"{defect.mask_path}: not a readable mask image")):
         defect.mask(128, 128, shape)
 
 

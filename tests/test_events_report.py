@@ -3,6 +3,7 @@ lines, drawn per source and counted."""
 
 import hashlib
 import json
+import struct
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -101,6 +102,12 @@ def test_alarm_pictures_highest_scores_first_where_the_run_left_them_or_moved(tm
                     f"{kept / 'damaged_overlay.jpg'}")
     assert _pixels(sheet, green) > 10_000 and _pixels(sheet, blue) > 10_000 and _pixels(sheet, red) == 0
     assert "3 of 5" in write_alarm_pictures(read, sheet, 24) and _pixels(sheet, red) > 10_000
+    asserted = bytearray(cv2.imencode(".bmp", np.zeros((30, 40, 3), np.uint8))[1].tobytes())
+    asserted[22:26] = struct.pack("<i", 2**30)  # a height OpenCV asserts on (cv2.error) rather than reads as none
+    (kept / "asserted_overlay.jpg").write_bytes(asserted)
+    _write(tmp_path / "one.jsonl", [_frame("cam", t0, 0.95, True, overlay=str(kept / "asserted_overlay.jpg"))])
+    assert write_alarm_pictures(read_events(tmp_path / "one.jsonl"), sheet, 2).endswith(
+        f"not pictures: {kept / 'asserted_overlay.jpg'}")
 
     moved = kept.rename(tmp_path / "copied-to-the-workstation")
     assert write_alarm_pictures(read, sheet, 2).startswith("alarm pictures: none of 5 could be shown; 5 no longer")
