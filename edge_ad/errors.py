@@ -237,14 +237,17 @@ def raised(exc: BaseException) -> str:
 def http_failure(exc: Exception) -> str:
     """What went wrong with a request to a camera over HTTP, but an HTTP status (HTTPError, which
     each caller says its own way): no answer, a certificate not trusted, an answer cut short, or
-    one that is not HTTP (http.client's errors are not OSErrors)."""
+    one that is not HTTP (http.client's errors are not OSErrors), or states a length past reading."""
     if isinstance(exc, urllib.error.URLError):
         reason = exc.reason
         if isinstance(reason, CertificateRefused):  # edge_ad.camera_certificates checks every camera's
             return str(reason)
         return f"no answer ({getattr(reason, 'strerror', None) or reason})"
     if isinstance(exc, http.client.IncompleteRead):  # the camera closed the connection part-way
-        return f"the answer was cut short ({len(exc.partial)} bytes, {exc.expected} more expected)"
+        expected = "" if exc.expected is None else f", {exc.expected} more expected"  # None: in a chunk
+        return f"the answer was cut short ({len(exc.partial)} bytes{expected})"
     if isinstance(exc, http.client.HTTPException):  # a status line that is not HTTP's
         return f"the answer is not HTTP ({type(exc).__name__}: {str(exc).strip()})"
+    if isinstance(exc, OverflowError):  # http.client reading a body of the length it states
+        return "the answer states a length no answer has (a Content-Length or chunk size of 20 digits)"
     return f"no answer ({getattr(exc, 'strerror', None) or str(exc) or 'timed out'})"  # a timeout, a reset

@@ -85,7 +85,7 @@ class HttpPictures:
                 raise EdgeAdError("the camera refuses the login (HTTP 401: user or password wrong, or none given)") \
                     from exc
             raise EdgeAdError(f"the camera answers {exc.code} {exc.reason}") from exc
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, OverflowError) as exc:
             raise EdgeAdError(http_failure(exc)) from exc
         except ValueError as exc:  # urllib's word for a login scheme or digest it does not make
             raise EdgeAdError(f"the camera asks for a login edge-ad does not make ({exc}; it makes basic ones and "

@@ -210,7 +210,7 @@ class Soap:
             raise EdgeAdError(fault) from exc
         except ValueError as exc:  # not an http:// URL, or a digest login urllib cannot make (MD5-sess)
             raise EdgeAdError(str(exc)) from exc
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, OverflowError) as exc:
             raise EdgeAdError(http_failure(exc)) from exc
         try:
             root = ElementTree.fromstring(data)

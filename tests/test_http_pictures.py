@@ -166,9 +166,14 @@ def test_what_keeps_a_still_picture_from_coming_is_said_and_tried_again(caplog, 
     for reply, said in (  # before, the source stopped for good with a traceback ("reading frames failed")
         (b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\n\xff\xd8" + b"x" * 100,
          "the answer was cut short (102 bytes, 4898 more expected)"),
+        (b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
+         b"4\r\n\xff\xd8ab\r\n10\r\nabc",
+         "the answer was cut short (4 bytes)"),  # a chunk cut short: http.client expects None more
         (b"garbage\r\n\r\n", "the answer is not HTTP (BadStatusLine: garbage)"),
         (b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 0\r\n\r\n",  # OpenCV's cv2.error
          "the picture: empty (no bytes)"),
+        (b"HTTP/1.1 302 Found\r\nLocation: /other.jpg\r\nContent-Length: 99999999999999999999\r\n\r\n",  # OverflowError
+         "the answer states a length no answer has (a Content-Length or chunk size of 20 digits)"),
         (b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Negotiate\r\nContent-Length: 0\r\n\r\n",
          "the camera asks for a login edge-ad does not make (AbstractDigestAuthHandler does not support the "
          "following scheme: 'Negotiate'; it makes basic ones and digest ones with MD5 or SHA-256)"),
