@@ -14,7 +14,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import yaml
 
-from .errors import EdgeAdError, os_reason
+from .errors import EdgeAdError, os_reason, printable
 from .onvif import CODECS
 from .pipelines import GENICAM_FORMATS, V4L2_CAPS
 from .sinks import slug
@@ -183,7 +183,9 @@ def sources_file(path: Path, onvif: list, attached: list[tuple[str, str, dict]],
     the makes known, with the login in the URL (and `certificate`, the cameras' own, for an
     rtsps:// one), and each camera of `attached` ((--input, what it is, its source options)); a
     camera whose streams could not be read as a comment that says why. Readable by its owner only
-    when it holds a password. Returns the number of sources written."""
+    when it holds a password. Returns the number of sources written. What a camera says of itself
+    goes into comments as `printable` shows it: a name with a line break in it would end its
+    comment and write YAML of the camera's choosing (a source of its own) into the file."""
     lines = ["# Written by `edge-ad cameras --sources`: the cameras found, for `edge-ad run --sources FILE`.",
              "# Give each its bundle here (bundle: PATH), or one --bundle to run for all; name them as the",
              "# line knows them (a name is an MQTT topic and an OPC UA node id).", "sources:"]
@@ -191,7 +193,7 @@ def sources_file(path: Path, onvif: list, attached: list[tuple[str, str, dict]],
 
     def source(what: str, entry: dict) -> None:
         nonlocal count
-        lines.append(f"  # {what}")
+        lines.append(f"  # {printable(what)}")
         lines.extend("  " + line for line in yaml.safe_dump([entry], sort_keys=False, allow_unicode=True).splitlines())
         count += 1
 
@@ -199,7 +201,7 @@ def sources_file(path: Path, onvif: list, attached: list[tuple[str, str, dict]],
         named = " ".join(filter(None, [camera.address, camera.name, camera.hardware]))
         stream = next((s for s in camera.streams if s.uri), None)
         if stream is None:
-            lines.append(f"  # {named}: no stream URL ({camera.problem or 'none of its streams has one'})")
+            lines.append(printable(f"  # {named}: no stream URL ({camera.problem or 'none of its streams has one'})"))
             continue
         entry = {"name": f"camera-{camera.address.replace('.', '-')}", "input": _with_login(stream.uri, user, password)}
         codec = CODECS.get(stream.encoding.upper())

@@ -336,17 +336,23 @@ def _video_profiles(answer: ElementTree.Element, profile: str, name: str,
 
 
 def _stream_uri(soap: Soap, media: tuple[str, str], token: str) -> str | None:
-    """The RTSP URL of a profile, from Media2 or Media1 (whose answers differ in shape)."""
+    """The RTSP URL of a profile, from Media2 or Media1 (whose answers differ in shape). One that
+    is not rtsp:// or rtsps:// (a file:// or device path, which `run` would read) is refused: it
+    goes into the --sources file the cameras found are written to."""
     address, version = media
     token = escape(token)
     if version == "tr2":
         answer = soap.call(address, f"<tr2:GetStreamUri><tr2:Protocol>RTSP</tr2:Protocol><tr2:ProfileToken>{token}"
                                     "</tr2:ProfileToken></tr2:GetStreamUri>")
-        return answer.findtext("tr2:Uri", "", NS).strip() or None
-    answer = soap.call(address, "<trt:GetStreamUri><trt:StreamSetup><tt:Stream>RTP-Unicast</tt:Stream><tt:Transport>"
-                                "<tt:Protocol>RTSP</tt:Protocol></tt:Transport></trt:StreamSetup>"
-                                f"<trt:ProfileToken>{token}</trt:ProfileToken></trt:GetStreamUri>")
-    return answer.findtext(".//tt:Uri", "", NS).strip() or None
+        uri = answer.findtext("tr2:Uri", "", NS).strip()
+    else:
+        answer = soap.call(address, "<trt:GetStreamUri><trt:StreamSetup><tt:Stream>RTP-Unicast</tt:Stream>"
+                                    "<tt:Transport><tt:Protocol>RTSP</tt:Protocol></tt:Transport></trt:StreamSetup>"
+                                    f"<trt:ProfileToken>{token}</trt:ProfileToken></trt:GetStreamUri>")
+        uri = answer.findtext(".//tt:Uri", "", NS).strip()
+    if uri and not uri.lower().startswith(("rtsp://", "rtsps://")):
+        raise EdgeAdError(f"the camera gives a stream URL that is not rtsp:// or rtsps:// ({uri})")
+    return uri or None
 
 def _number(text: str) -> float | None:
     """A number a camera wrote, None for none (or one that is not a number)."""

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -278,6 +279,30 @@ def test_a_camera_set_to_https_is_read_with_its_own_certificate_pinned(tmp_path,
                                                           str(own))
     out = _cameras("--address", "127.0.0.1:9", "--certificate", str(tmp_path / "none.pem"))
     assert out.returncode == 2 and f"--certificate {tmp_path / 'none.pem'}: cannot read it" in out.stderr
+
+
+def test_what_a_camera_says_of_itself_cannot_write_sources_of_its_own(tmp_path, monkeypatch):
+    """Anyone on the network can answer the probe. A name with line breaks in it (%0A in its
+    scope) ended its comment in the sources file and wrote the YAML that followed, a source of
+    the device's choosing; a stream URL that is a file or a device would be read by `run`."""
+    injected = quote("\n  - name: injected\n    input: /dev/video9\n  #")  # scopes are split at spaces
+    monkeypatch.setattr(sys.modules[__name__], "MATCH", MATCH.replace("HIKVISION%20Line%201", f"Line{injected}"))
+    sources = tmp_path / "cams.yaml"
+    with _onvif_camera() as port:
+        out = _cameras("--address", f"127.0.0.1:{port}", "--user", "admin", "--password", "right", "--timeout", "1",
+                       "--sources", str(sources))
+    assert out.returncode == 0, out.stderr
+    assert [s.name for s in streams_from_yaml(sources, SourceOptions())] == ["camera-127-0-0-1"]
+    assert "# 127.0.0.1 Line\\n  - name: injected\\n    input: /dev/video9\\n  # DS-2CD2043G2-I: mainStream" in \
+        sources.read_text()
+
+    monkeypatch.setattr(_Camera, "rtsp", "file:///var/lib/edge-ad")
+    with _onvif_camera() as port:
+        out = _cameras("--address", f"127.0.0.1:{port}", "--user", "admin", "--password", "right", "--timeout", "1",
+                       "--sources", str(tmp_path / "file.yaml"))
+    assert out.returncode != 0 and not (tmp_path / "file.yaml").exists()
+    assert ("  mainStream: H264 1920x1080 25 fps  (no URL: the camera gives a stream URL that is not rtsp:// or "
+            "rtsps:// (file:///var/lib/edge-ad/Streaming/Channels/101))") in out.stdout
 
 
 def test_a_sources_file_names_each_camera_and_why_one_has_no_stream(tmp_path):
