@@ -196,9 +196,9 @@ class Soap:
         envelope = (f'<?xml version="1.0" encoding="UTF-8"?><s:Envelope xmlns:s="{NS["s"]}" '
                     f'xmlns:tds="{NS["tds"]}" xmlns:trt="{NS["trt"]}" xmlns:tr2="{NS["tr2"]}" xmlns:tt="{NS["tt"]}">'
                     f"<s:Header>{header}</s:Header><s:Body>{body}</s:Body></s:Envelope>")
-        request = urllib.request.Request(url, envelope.encode(),
-                                         {"Content-Type": "application/soap+xml; charset=utf-8"})
-        try:
+        try:  # (a URL the camera named for a service: Request refuses one that is not a URL)
+            request = urllib.request.Request(url, envelope.encode(),
+                                             {"Content-Type": "application/soap+xml; charset=utf-8"})
             with self._opener.open(request, timeout=self.timeout_s) as answer:
                 data = answer.read()
         except urllib.error.HTTPError as exc:  # a SOAP fault comes with 400 or 500, a refused login often 401

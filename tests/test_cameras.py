@@ -23,7 +23,7 @@ from urllib.parse import quote
 import pytest
 
 from edge_ad import camera_list, onvif
-from edge_ad.camera_certificates import read_pinned
+from edge_ad.camera_certificates import CameraTls, read_pinned
 from edge_ad.camera_list import sources_file, v4l2_cameras
 from edge_ad.errors import EdgeAdError
 from edge_ad.onvif import NS, WSSE, WSU, Camera, Stream, _camera_time, _probe_match, describe, read_streams
@@ -406,6 +406,15 @@ def test_a_device_whose_answer_names_a_url_that_does_not_read_is_listed_with_tha
     assert describe(read_streams(camera, None, "", 1.0)) == [
         "10.0.0.5  HIKVISION Line 1 DS-2CD2043G2-I  (http://[::1/onvif)",
         "  streams not read: its answer names no http:// or https:// URL that reads (http://[::1/onvif)"]
+
+
+def test_a_service_url_a_camera_names_that_is_no_url_is_said_as_its_problem():
+    """The media service's address comes from the camera's answer: one that is no URL (a firmware
+    that writes "JPEG" there) stopped the listing with urllib's ValueError."""
+    soap = onvif.Soap(None, "", 1.0, CameraTls("https://10.0.0.5", None, "--certificate"))
+    for url, said in (("JPEG", "unknown url type: 'JPEG'"), ("http://[::1/media", "Invalid IPv6 URL")):
+        with pytest.raises(EdgeAdError, match=re.escape(said)):
+            soap.call(url, "<trt:GetProfiles/>")
 
 
 def test_a_camera_clock_that_is_no_date_is_taken_as_this_machines():
