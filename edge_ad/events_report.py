@@ -32,6 +32,7 @@ from .files import save_figure
 ROTATED_FILES = 5  # EventLog's backups: FILE.1 (newest) ... FILE.5 (oldest)
 SHOWN_SKIPS = 5  # skipped lines named in the summary; the rest are counted
 LAST_TIME = 4102444800  # 2100-01-01 in Unix seconds: a later timestamp is a damaged line
+LARGEST_SCORE = 1e9  # a score or threshold larger than this is a damaged line (drawn, it overflows the axes)
 MEDIAN_BINS, MIN_PER_BIN = 200, 10  # the median line over time: only where frames are dense enough
 SHEET_COLUMNS, TILE_PX = 4, 480  # the alarms' picture: tiles per row, and each tile's width in pixels
 MOST_PICTURES = 100  # 25 rows: 700 made a picture 63,000 pixels tall (1.3 GB and 34 s to draw) that nobody reads
@@ -172,6 +173,8 @@ def _problem(event: object) -> str | None:
         return f"{', '.join(numbers)} must be numbers"
     if not all(math.isfinite(event[key]) for key in numbers):  # Python's json reads NaN and Infinity
         return f"{', '.join(numbers)} must be finite"
+    if kind == "frame" and not all(abs(event[key]) <= LARGEST_SCORE for key in ("score", "threshold")):
+        return f"score, threshold must be within ±{LARGEST_SCORE:g} (a damaged digit?)"
     if not 0 <= event["timestamp"] < LAST_TIME:
         return "timestamp is not a Unix time"
     if kind == "frame" and not all(isinstance(event.get(key, False), bool) for key in ("anomaly", "alarm")):
@@ -374,6 +377,8 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         # Bins over the height drawn (the scores and the threshold), not over the scores alone: scores
         # close together under a threshold far above came in bins too thin to see.
         drawn = (min(scores.min(), record.thresholds.min()), max(scores.max(), record.thresholds.max()))
+        if drawn[1] - drawn[0] < 1e-9 * max(1.0, abs(drawn[1])):  # one score, or ones that differ past what a bin shows
+            drawn = (drawn[0], drawn[0])
         # The legend in one row, in a band left empty above the highest score: in the corner of the
         # points it covered a run's first alarms.
         span = drawn[1] - drawn[0] or abs(drawn[1]) or 1.0

@@ -279,8 +279,9 @@ def test_the_legend_covers_no_score_nor_the_threshold(tmp_path, monkeypatch):
 
 
 def test_numbers_a_report_cannot_draw_are_skipped_as_damaged_lines(tmp_path):
-    """Python's json reads NaN and Infinity, and a timestamp past year 9999 stopped the report with
-    a traceback; such lines, from a file edited by hand, are skipped and said."""
+    """Python's json reads NaN and Infinity, and a timestamp past year 9999 or a score of 1e300
+    stopped the report with a traceback; such lines, from a file edited by hand or damaged, are
+    skipped and said. Scores that differ past what a bin can show are drawn as one."""
     t0 = datetime(2026, 12, 3, 6, 0).timestamp()
     events = tmp_path / "events.jsonl"
     _write(events, ['{"event": "frame", "source": "cam", "timestamp": %f, "score": NaN, "anomaly": false, '
@@ -288,13 +289,16 @@ def test_numbers_a_report_cannot_draw_are_skipped_as_damaged_lines(tmp_path):
                     _frame("cam", 1e300, 0.2, False),
                     _frame("cam", t0 + 1, 0.2, "no"),
                     '{"event": "drift", "source": "cam", "timestamp": -Infinity, "state": "back"}\n',
-                    _frame("cam", t0 + 2, 0.2, False)])
+                    _frame("cam", t0 + 2, 0.2, False),
+                    _frame("cam", t0 + 3, 1e300, True),
+                    _frame("still", t0 + 4, 0.0, False, threshold=0.0),
+                    _frame("still", t0 + 5, 5e-324, False, threshold=0.0)])  # numpy: "too many bins"
     out = edge_ad("report", "--events", events)
     assert out.returncode == 0, out.stderr
-    assert "cam: frames 1  anomalies 0" in out.stdout
-    assert (f"4 of 5 lines skipped: {events}:1: timestamp, score, threshold must be finite; {events}:2: timestamp "
+    assert "cam: frames 1  anomalies 0" in out.stdout and "still: frames 2  anomalies 0" in out.stdout
+    assert (f"5 of 8 lines skipped: {events}:1: timestamp, score, threshold must be finite; {events}:2: timestamp "
             f"is not a Unix time; {events}:3: anomaly, alarm must be true or false; {events}:4: timestamp must be "
-            "finite\n") in out.stdout
+            f"finite; {events}:6: score, threshold must be within ±1e+09 (a damaged digit?)\n") in out.stdout
 
 
 def test_report_errors_name_what_is_wrong(tmp_path):
