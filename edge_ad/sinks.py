@@ -113,7 +113,10 @@ class InOrder:
 class EventLog:
     """JSON lines, one per frame, each appended unbuffered (a line that fails on a full disk is lost
     whole, never left half-written or retried twice); the file is rotated when it passes
-    `max_bytes` (events.jsonl -> events.jsonl.1 -> ... -> events.jsonl.<backups>)."""
+    `max_bytes` (events.jsonl -> events.jsonl.1 -> ... -> events.jsonl.<backups>). A file deleted
+    or moved away during the run (to free the disk, by hand or by logrotate) is written anew:
+    the lines went into the deleted file, out of sight, and took the disk it was to free, never
+    rotated again."""
 
     def __init__(self, path: Path, max_bytes: int = 100 << 20, backups: int = 5):
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
@@ -140,6 +143,8 @@ class EventLog:
         short write); the rest, written again, gets the error, and the part is taken back: left, it
         would be glued to the next line written once there is room, and both would be lost."""
         line = (json.dumps(event) + "\n").encode()
+        if self.regular and not self._still_there():
+            self._write_anew()
         start = self.file.seek(0, os.SEEK_END) if self.regular else None  # not tell(): truncate() leaves it past
         written = 0
         try:
@@ -149,8 +154,26 @@ class EventLog:
             if written and start is not None:
                 self.file.truncate(start)
             raise
-        if self.max_bytes and self.path.is_file() and self.file.tell() >= self.max_bytes:
+        if self.max_bytes and self.regular and self.file.tell() >= self.max_bytes:
             self._rotate()
+
+    def _still_there(self) -> bool:
+        """Whether the path still names the file being written."""
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        open_file = os.fstat(self.file.fileno())
+        return (named.st_dev, named.st_ino) == (open_file.st_dev, open_file.st_ino)
+
+    def _write_anew(self) -> None:
+        """The new file, opened before the old is closed: where it cannot be (a folder that cannot
+        be made), the write fails as on a full disk, and the next tries again."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = open(self.path, "ab", buffering=0)
+        self.file.close()
+        self.file = new
+        log.warning("%s: deleted or moved away during the run; the events go into a new file of that name", self.path)
 
     def _rotate(self) -> None:
         self.file.close()

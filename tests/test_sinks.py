@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -58,6 +59,27 @@ def test_event_log_appends_and_rotates_by_size(tmp_path):
     assert kept == list(range(kept[0], 20)) and kept[0] > 0  # newest lines kept in order, oldest gone
     EventLog(path).write({"frame": 20})  # a restarted run appends
     assert json.loads(path.read_text().splitlines()[-1])["frame"] == 20
+
+
+def test_an_events_file_deleted_or_moved_during_the_run_is_written_anew(tmp_path, caplog):
+    """Deleted to free the disk (or its folder), or moved by logrotate: the lines went on into the
+    deleted file, out of sight, holding the disk it was to free, and it was never rotated again."""
+    path = tmp_path / "events" / "events.jsonl"
+    log = EventLog(path, max_bytes=200, backups=1)
+    with caplog.at_level(logging.WARNING, logger="edge_ad.sinks"):
+        log.write({"frame": 0})
+        path.rename(tmp_path / "events.jsonl.old")  # logrotate without copytruncate
+        log.write({"frame": 1})
+        assert (tmp_path / "events.jsonl.old").read_text() == '{"frame": 0}\n'
+        assert path.read_text() == '{"frame": 1}\n'
+        shutil.rmtree(path.parent)
+        for frame in range(2, 20):
+            log.write({"frame": frame, "pad": "x" * 20})
+    log.close()
+    assert caplog.text.count("deleted or moved away during the run") == 2  # once each time, not at each line
+    kept = [json.loads(line)["frame"] for name in ("events.jsonl.1", "events.jsonl")
+            for line in (path.parent / name).read_text().splitlines()]
+    assert kept == list(range(kept[0], 20)) and kept[0] > 2  # written, and rotated again
 
 
 @pytest.mark.parametrize("left", [b'{"frame": 21, "pad', b"\0" * 4096])
