@@ -354,6 +354,7 @@ def _stream_uri(soap: Soap, media: tuple[str, str], token: str) -> str | None:
         raise EdgeAdError(f"the camera gives a stream URL that is not rtsp:// or rtsps:// ({uri})")
     return uri or None
 
+
 def _number(text: str) -> float | None:
     """A number a camera wrote, None for none (or one that is not a number)."""
     try:

@@ -26,7 +26,7 @@ from .sinks import InOrder
 log = logging.getLogger("edge_ad.picture_output")
 
 QUEUED = 4  # pictures that wait to be written
-FORGET_AT = 10_000  # names given, past which those whose pictures are gone are forgotten (see path_for)
+FORGET_AT = 10_000  # names given, past which those whose pictures are gone are forgotten (_forget_gone)
 NUMBER = re.compile(r"%(0?\d*)[di]")  # printf's integer directives, as jetson-utils takes them
 
 
