@@ -170,7 +170,7 @@ def test_a_method_called_with_arguments_of_another_kind_is_refused_not_taken_for
             line2.call_method(f"{ns}:Calibrate", True, True)
         line2.call_method(f"{ns}:Calibrate", False)  # a Boolean is taken
     assert server.asked == [*before, ("calibrate", "line2", False)]
-    assert [r.getMessage() for r in caplog.records] == [
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
         "opcua: line2: Calibrate called with a value of type String, not a Boolean; refused (said once)",
         "opcua: line2: SetVariant called with a value of type Int32, not a String; refused (said once)",
         "opcua: line2: SetVariant called with an array of String, not a String; refused (said once)",
