@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker as ticker  # noqa: E402
 
-from edge_ad.files import save_figure  # noqa: E402
+from edge_ad.files import histogram_range, save_figure  # noqa: E402
 from edge_ad.render import overlay, show  # noqa: E402
 
 from .site import Calibration, overlay_result  # noqa: E402
@@ -28,8 +28,9 @@ def write_calibration_report(calibration: Calibration, path: Path) -> Path:
     scores = calibration.scores
     # One set of bins for the normal frames and the defects, spanning the threshold too: bins
     # over each set alone differ in width, and scores close together came in bars too thin to see.
-    shown = [scores, [threshold]] + ([] if calibration.defect_scores is None else [calibration.defect_scores])
-    bins = np.histogram_bin_edges(np.concatenate(shown), bins=60)
+    shown = np.concatenate([scores, [threshold]] + ([] if calibration.defect_scores is None else
+                                                    [calibration.defect_scores]))
+    bins = np.histogram_bin_edges(shown, bins=60, range=histogram_range(shown.min(), shown.max()))
     hist.hist(scores, bins=bins, color="tab:blue", alpha=0.75, label=f"normal frames ({scores.size})")
     if calibration.defect_scores is not None:
         hist.hist(calibration.defect_scores, bins=bins, color="tab:red", alpha=0.6,

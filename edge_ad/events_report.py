@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import EdgeAdError
-from .files import save_figure
+from .files import histogram_range, save_figure
 
 ROTATED_FILES = 5  # EventLog's backups: FILE.1 (newest) ... FILE.5 (oldest)
 SHOWN_SKIPS = 5  # skipped lines named in the summary; the rest are counted
@@ -376,9 +376,7 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         timeline.tick_params(axis="x", labelrotation=20, labelsize=8)
         # Bins over the height drawn (the scores and the threshold), not over the scores alone: scores
         # close together under a threshold far above came in bins too thin to see.
-        drawn = (min(scores.min(), record.thresholds.min()), max(scores.max(), record.thresholds.max()))
-        if drawn[1] - drawn[0] < 1e-9 * max(1.0, abs(drawn[1])):  # one score, or ones that differ past what a bin shows
-            drawn = (drawn[0], drawn[0])
+        drawn = histogram_range(min(scores.min(), record.thresholds.min()), max(scores.max(), record.thresholds.max()))
         # The legend in one row, in a band left empty above the highest score: in the corner of the
         # points it covered a run's first alarms.
         span = drawn[1] - drawn[0] or abs(drawn[1]) or 1.0

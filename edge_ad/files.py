@@ -82,6 +82,14 @@ def save_figure(figure: Any, path: Path, dpi: int) -> None:
     write_atomic(path, buffer.getvalue())
 
 
+def histogram_range(low: float, high: float) -> tuple[float, float]:
+    """The range a figure's histogram bins values from `low` to `high` over: one value where they
+    differ by less than a billionth, past what a bin shows. numpy refuses to cut a range of a few
+    float steps into bins ("Too many bins for data range"): scores equal but for rounding stopped
+    the picture, and with it the command that drew it."""
+    return (low, low) if high - low < 1e-9 * max(1.0, abs(high)) else (low, high)
+
+
 def remove_leftovers(folder: Path, recursive: bool = False) -> None:
     """Delete the temporary pictures write_atomic left in `folder` (and its subfolders) when the
     process was killed while writing them (a power cut, the service's watchdog, the OOM killer):

@@ -247,6 +247,11 @@ def test_the_report_s_histogram_shows_scores_close_together_in_plain_counts(tiny
     assert min(bar.get_width() for bar in hist.patches) > 0.9 * (0.5 - 0.1) / 60  # bins over the threshold too
     labels = [label.get_text() for label in hist.yaxis.get_ticklabels(which="both") if label.get_text()]
     assert "1" in labels and "10" in labels and not any("$" in label for label in labels)
+    # Scores equal but for rounding (numpy: "Too many bins for data range") are drawn in one bar.
+    rounded = replace(close, scores=np.array([0.1, 0.1000000000000001] * 6),
+                      threshold=replace(close.threshold, value=0.1))
+    calibration.report.write_calibration_report(rounded, tmp_path / "report.png")
+    assert max(bar.get_height() for bar in drawn[-1].axes[0].patches) == 12
 
 
 def test_calibrate_command_writes_calibration_the_runtime_uses(tiny_bundle, normal_folder, mvtec_category, tmp_path):
