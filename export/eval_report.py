@@ -16,7 +16,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from edge_ad.files import save_figure, write_atomic  # noqa: E402
+from edge_ad.files import histogram_range, save_figure, write_atomic  # noqa: E402
 from edge_ad.metrics import roc_curve  # noqa: E402
 from edge_ad.render import show  # noqa: E402
 
@@ -66,7 +66,8 @@ def write_eval_report(
     hist = figure.add_subplot(grid[0, :SHOWN])
     # Bins over the threshold too: one far from the scores (a bundle calibrated on other frames)
     # would leave them in bins too thin to see.
-    bins = np.histogram_bin_edges(np.r_[scores, [] if threshold is None else [threshold]], bins=60)
+    shown = np.r_[scores, [] if threshold is None else [threshold]]
+    bins = np.histogram_bin_edges(shown, bins=60, range=histogram_range(shown.min(), shown.max()))
     tallest = 0
     for label, name, colour in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
         counts, _, _ = hist.hist(scores[labels == label], bins=bins, color=colour, alpha=0.6,

@@ -320,6 +320,10 @@ def test_the_eval_picture_shows_scores_far_under_the_bundle_threshold(tmp_path, 
     export.eval_report.write_eval_report(report, labels, scores, 0.9, ([], []), tmp_path / "eval.png")
     hist = drawn[-1].axes[0]
     assert min(bar.get_width() for bar in hist.patches) > 0.9 * (0.9 - 0.1) / 60
+    # A model that scores every image alike but for rounding (numpy: "Too many bins for data range")
+    alike = np.r_[[0.1] * 6, [0.1000000000000001] * 6]
+    export.eval_report.write_eval_report(report, labels, alike, None, ([], []), tmp_path / "eval.png")
+    assert sorted(bar.get_height() for bar in drawn[-1].axes[0].patches if bar.get_height())[-2:] == [6, 6]
 
 
 def test_the_eval_histogram_s_legend_hides_no_bar(tmp_path, monkeypatch):
