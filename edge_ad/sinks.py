@@ -357,8 +357,8 @@ class Samples:
                 _made(path.parent, "samples")
                 self.quota.write(path, frame, ".png")
                 self.saved += 1
-            except (EdgeAdError, OSError) as exc:  # a full disk: said at the next sample, retried then
-                self._failed = exc
+            except Exception as exc:  # a full disk: said at the next sample, retried then; a fault of edge-ad's
+                self._failed = exc  # own raised there too (it stops the run), not left to end this thread unsaid
 
     def close(self) -> None:
         self._pending.put(None)

@@ -267,6 +267,31 @@ def test_a_sample_that_cannot_be_written_is_said_at_the_next_one(tmp_path):
     samples.close()
 
 
+def test_a_fault_of_edge_ads_own_in_the_samples_writer_is_raised_not_left_to_stop_the_samples(tmp_path, monkeypatch):
+    """The writer thread caught a full disk only: anything else (memory run out, a bug) ended it
+    with a traceback, and every later sample was handed to no one, without a word."""
+    samples = Samples(tmp_path, interval_s=0.0)
+    write = samples.quota.write
+    faults = iter([MemoryError("a 12-megapixel PNG")])
+
+    def failing_once(*args):
+        fault = next(faults, None)
+        if fault is not None:
+            raise fault
+        return write(*args)
+
+    monkeypatch.setattr(samples.quota, "write", failing_once)
+    frame = np.zeros((8, 8, 3), np.uint8)
+    samples.save("cam", 0, 0.0, frame)
+    deadline = time.monotonic() + 10
+    with pytest.raises(MemoryError, match="12-megapixel"):  # at a later sample, in the caller's thread
+        while time.monotonic() < deadline:
+            samples.save("cam", 1, 0.0, frame)
+            time.sleep(0.01)
+    assert _saved(samples, "cam", 2, 0.0, frame).is_file()  # the writer goes on
+    samples.close()
+
+
 def _saved(samples: Samples, *args, **kwargs):
     """Samples.save, once the writer took the sample before (not skipped as busy), and written."""
     deadline = time.monotonic() + 10
