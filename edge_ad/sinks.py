@@ -14,6 +14,7 @@ import os
 import queue
 import re
 import shlex
+import shutil
 import subprocess
 import threading
 import time
@@ -381,9 +382,16 @@ class AnomalyHook:
     at every frame writes two lines a minute, not two a call."""
 
     def __init__(self, command: str):
+        """`command` checked before the run starts: a program not found (a typo, or a PATH the
+        service does not have) was said at the first alarm, days later on a good line."""
         self.argv = shlex.split(command)
         if not self.argv:
             raise EdgeAdError("--on-anomaly: empty command")
+        program = self.argv[0]
+        if shutil.which(program) is None:
+            where = "is no executable file" if os.sep in program else \
+                f"is on no folder of PATH ({os.environ.get('PATH', '')})"
+            raise EdgeAdError(f"--on-anomaly: {program} {where}; give the program's full path, executable (chmod +x)")
         self.process: subprocess.Popen | None = None
         self.skipped = 0  # alarms skipped since the count was last said
         self.counted_at = -float("inf")  # when it was (monotonic time)

@@ -338,8 +338,20 @@ def test_anomaly_hook_gets_the_event_in_its_environment(tmp_path):
           "snapshot": "/s/cam1_00000007_frame.jpg", "overlay": "/s/cam1_00000007_overlay.jpg"})
     hook.close()
     assert out.read_text() == "/s/cam1_00000007_frame.jpg /s/cam1_00000007_overlay.jpg"
-    with pytest.raises(EdgeAdError, match="no-such-command"):
-        AnomalyHook("no-such-command --x")({"source": "a", "frame": 0, "score": 1, "threshold": 0, "timestamp": 0})
+
+
+def test_an_anomaly_hook_that_cannot_run_is_refused_as_the_run_starts(tmp_path, monkeypatch):
+    """A typo in the program, or a PATH the service does not have, was said at the first alarm:
+    days later on a good line, and the rejects it was to move went down the line meanwhile."""
+    monkeypatch.setenv("PATH", "/usr/bin")
+    with pytest.raises(EdgeAdError, match=r"--on-anomaly: no-such-command is on no folder of PATH \(/usr/bin\); give "
+                                          r"the program's full path, executable \(chmod \+x\)"):
+        AnomalyHook("no-such-command --x")
+    (tmp_path / "reject.sh").write_text("#!/bin/sh\n")  # not made executable
+    with pytest.raises(EdgeAdError, match=f"--on-anomaly: {tmp_path / 'reject.sh'} is no executable file"):
+        AnomalyHook(f"{tmp_path / 'reject.sh'} --part")
+    (tmp_path / "reject.sh").chmod(0o755)
+    AnomalyHook(f"{tmp_path / 'reject.sh'} --part").close()
 
 
 def test_alarms_the_hook_skipped_while_it_ran_are_said(tmp_path, caplog):
