@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from . import connection_limit
-from .errors import EdgeAdError, SourceError, listen_reason, uri_port
+from .errors import EdgeAdError, SourceError, listen_reason, os_reason, uri_port
 from .mjpeg import MjpegOutput, mjpeg_description
 from .output_access import HTTP_OUTPUTS, RTSP_OUTPUTS, OutputAccess, viewer_permissions
 from .picture_output import is_picture_output, picture_description, picture_name_problem
@@ -273,6 +273,20 @@ def check_servable(outputs: list[str]) -> None:
         host = "" if uri.startswith(RTSP_OUTPUTS) or parsed.hostname in (None, "@") else parsed.hostname
         if port is not None and (problem := listen_problem(host, port)):
             raise EdgeAdError(f"--output {uri}: cannot listen on port {port} ({problem})")
+
+
+def make_file_folders(outputs: list[str]) -> None:
+    """Makes the folder of each video file output before any frame, refusing one that cannot be
+    made, as --events and --snapshots are refused: opened at the first frame, such an output
+    failed there, and at every frame after, while the run scored on."""
+    for uri in outputs:
+        if "://" in uri or is_picture_output(uri):  # picture outputs make their folder as they open
+            continue
+        folder = Path(uri).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EdgeAdError(f"--output {uri}: cannot create its folder {folder} ({os_reason(exc)})") from exc
 
 
 class _RtspServer:

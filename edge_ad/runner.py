@@ -36,7 +36,7 @@ from .masks import InspectionMask, calibration_mismatch
 from .mqtt import MqttTls
 from .mjpeg import MjpegOutput
 from .output_access import HTTP_OUTPUTS, OutputAccess
-from .outputs import DiskRoom, check_servable, open_output, output_description, output_size
+from .outputs import DiskRoom, check_servable, make_file_folders, open_output, output_description, output_size
 from .picture_output import PictureOutput, is_picture_output
 from .regions import regions
 from .render import fit, fitted_size, overlay
@@ -902,6 +902,7 @@ def run(
                                   "(a copied line in the sources file?); give each its own output")
             writers[written] = stream.name
     check_servable([stream.output for stream in streams if stream.output])
+    make_file_folders([stream.output for stream in streams if stream.output])
     config.output_access.check([stream.output for stream in streams if stream.output])
     detectors = detectors_of(detector, streams)
     masks = load_masks(detectors, streams)

@@ -205,6 +205,19 @@ def test_two_sources_may_not_write_one_output(tiny_bundle, tmp_path, monkeypatch
     assert summary.frames == 3 and (tmp_path / "a.mkv").is_file()  # windows on one screen may share it
 
 
+def test_a_video_file_output_whose_folder_cannot_be_made_is_refused_before_any_frame(tiny_bundle, tmp_path):
+    """As --events and --snapshots are: it failed at the first frame, and at every one after (said
+    every 30 s with Python's raw error), while the run scored on without the video asked for."""
+    (tmp_path / "videos").write_text("a file where the folder would go")
+    with pytest.raises(EdgeAdError, match=re.escape(f"--output {tmp_path}/videos/line.mkv: cannot create its folder "
+                                                    f"{tmp_path}/videos (")):
+        run(Detector.load(tiny_bundle), [Stream("test://", "a", output=str(tmp_path / "videos" / "line.mkv"))],
+            RunConfig(max_frames=1))
+    summary = run(Detector.load(tiny_bundle), [Stream("test://", "a", output=str(tmp_path / "new" / "line.mkv"))],
+                  RunConfig(max_frames=1))
+    assert summary.frames == 1 and (tmp_path / "new" / "line.mkv").is_file()
+
+
 def test_a_restarted_run_keeps_the_snapshots_its_events_name(tiny_bundle, spotted_frames, tmp_path):
     """Frame numbers start at 0 in every run: a service restarted (or run again on the camera)
     adds its snapshots beside those of the run before, and each event's files show its frame."""
