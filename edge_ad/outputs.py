@@ -289,6 +289,24 @@ def make_file_folders(outputs: list[str]) -> None:
             raise EdgeAdError(f"--output {uri}: cannot create its folder {folder} ({os_reason(exc)})") from exc
 
 
+def resolve_rtp_hosts(outputs: list[str]) -> None:
+    """Refuses, before any frame, an RTP output whose host does not resolve: udpsink sends such a
+    video nowhere and says so only in GStreamer's debug log, and resolves it once, as it starts
+    (a service waits for the network: edge-ad.service's network-online.target)."""
+    for uri in outputs:
+        if not uri.startswith("rtp://"):
+            continue
+        host = urlparse(uri).hostname
+        if host is None:
+            continue  # output_description says what an RTP output needs
+        try:
+            socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+        except OSError as exc:  # socket.gaierror
+            raise EdgeAdError(f"--output {uri}: {host} does not resolve ({exc.strerror or exc}): the video would go "
+                              "nowhere; give the receiver's address, or a name this machine's DNS or /etc/hosts "
+                              "knows") from exc
+
+
 class _RtspServer:
     """The gst-rtsp-server of one port, serving in a thread of its own, and its outputs' paths."""
 

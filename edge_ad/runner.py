@@ -36,7 +36,8 @@ from .masks import InspectionMask, calibration_mismatch
 from .mqtt import MqttTls
 from .mjpeg import MjpegOutput
 from .output_access import HTTP_OUTPUTS, OutputAccess
-from .outputs import DiskRoom, check_servable, make_file_folders, open_output, output_description, output_size
+from .outputs import (DiskRoom, check_servable, make_file_folders, open_output, output_description, output_size,
+                      resolve_rtp_hosts)
 from .picture_output import PictureOutput, is_picture_output
 from .regions import regions
 from .render import fit, fitted_size, overlay
@@ -901,9 +902,11 @@ def run(
                 raise EdgeAdError(f"run: sources {writers[written]} and {stream.name} would both write {stream.output} "
                                   "(a copied line in the sources file?); give each its own output")
             writers[written] = stream.name
-    check_servable([stream.output for stream in streams if stream.output])
-    make_file_folders([stream.output for stream in streams if stream.output])
-    config.output_access.check([stream.output for stream in streams if stream.output])
+    outputs = [stream.output for stream in streams if stream.output]
+    check_servable(outputs)
+    make_file_folders(outputs)
+    resolve_rtp_hosts(outputs)
+    config.output_access.check(outputs)
     detectors = detectors_of(detector, streams)
     masks = load_masks(detectors, streams)
     several = len({id(d) for d in detectors.values()}) > 1

@@ -218,6 +218,15 @@ def test_a_video_file_output_whose_folder_cannot_be_made_is_refused_before_any_f
     assert summary.frames == 1 and (tmp_path / "new" / "line.mkv").is_file()
 
 
+def test_an_rtp_output_to_a_host_that_does_not_resolve_is_refused_before_any_frame(tiny_bundle):
+    """udpsink sends such a video nowhere, and says so only in GStreamer's debug log: the run
+    went on, the receiver saw nothing, and nothing said why."""
+    with pytest.raises(EdgeAdError, match=r"--output rtp://no-such-host.invalid:5000: no-such-host.invalid does not "
+                                          r"resolve \(.*\): the video would go nowhere"):
+        run(Detector.load(tiny_bundle), [Stream("test://", "a", output="rtp://no-such-host.invalid:5000")],
+            RunConfig(max_frames=1))
+
+
 def test_a_restarted_run_keeps_the_snapshots_its_events_name(tiny_bundle, spotted_frames, tmp_path):
     """Frame numbers start at 0 in every run: a service restarted (or run again on the camera)
     adds its snapshots beside those of the run before, and each event's files show its frame."""
