@@ -265,6 +265,20 @@ def full_disk(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
+def failing_once(function, fault: BaseException):
+    """`function`, but its first call raises `fault`: a fault of edge-ad's own (or memory run out)
+    in a thread's work, which the thread must not die of unsaid."""
+    faults = iter([fault])
+
+    def call(*args):
+        raised = next(faults, None)
+        if raised is not None:
+            raise raised
+        return function(*args)
+
+    return call
+
+
 SPOT_PATTERN = (False, True, False, True, True, False, True, True, True)  # which frames of `spotted_frames` have the spot
 
 

@@ -27,7 +27,7 @@ from edge_ad.pipelines import SourceOptions
 from edge_ad.runner import RunConfig, load_detectors, run
 from edge_ad.streams import Stream
 
-from conftest import calibrated_copy, free_port, input_registers, modbus_client
+from conftest import calibrated_copy, failing_once, free_port, input_registers, modbus_client
 
 
 def _darker(normal_folder, folder):
@@ -204,16 +204,8 @@ def test_a_calibration_that_fails_unexpectedly_leaves_the_line_free_to_ask_again
 
     bundle = calibrated_copy(tiny_bundle, normal_folder, tmp_path / "bundle")
     before = (bundle / "calibration.yaml").read_text()
-    flagged_in_use = calibration.site.flagged_in_use
-    faults = iter([RuntimeError("a fault of edge-ad's own")])
-
-    def failing_once(*args):
-        fault = next(faults, None)
-        if fault is not None:
-            raise fault
-        return flagged_in_use(*args)
-
-    monkeypatch.setattr(calibration.site, "flagged_in_use", failing_once)
+    monkeypatch.setattr(calibration.site, "flagged_in_use",
+                        failing_once(calibration.site.flagged_in_use, RuntimeError("a fault of edge-ad's own")))
     stream = Stream(str(normal_folder), name="cam", options=SourceOptions(loop=-1))
     line = {"cam": LineCalibration(stream, frames=24)}
     line["cam"].ask(True)

@@ -29,7 +29,7 @@ from edge_ad.streams import Stream
 from edge_ad import connection_limit, telemetry
 from edge_ad.telemetry import SourceStats, Telemetry
 
-from conftest import SPOT_PATTERN, full_disk
+from conftest import SPOT_PATTERN, failing_once, full_disk
 
 
 def test_regions_are_connected_areas_above_threshold_largest_first():
@@ -293,16 +293,7 @@ def test_a_fault_of_edge_ads_own_in_the_samples_writer_is_raised_not_left_to_sto
     """The writer thread caught a full disk only: anything else (memory run out, a bug) ended it
     with a traceback, and every later sample was handed to no one, without a word."""
     samples = Samples(tmp_path, interval_s=0.0)
-    write = samples.quota.write
-    faults = iter([MemoryError("a 12-megapixel PNG")])
-
-    def failing_once(*args):
-        fault = next(faults, None)
-        if fault is not None:
-            raise fault
-        return write(*args)
-
-    monkeypatch.setattr(samples.quota, "write", failing_once)
+    monkeypatch.setattr(samples.quota, "write", failing_once(samples.quota.write, MemoryError("a 12-megapixel PNG")))
     frame = np.zeros((8, 8, 3), np.uint8)
     samples.save("cam", 0, 0.0, frame)
     deadline = time.monotonic() + 10
