@@ -26,8 +26,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .errors import EdgeAdError
+from .errors import EdgeAdError, ImageError
 from .files import histogram_range, save_figure
+from .images import read_image
 
 ROTATED_FILES = 5  # EventLog's backups: FILE.1 (newest) ... FILE.5 (oldest)
 SHOWN_SKIPS = 5  # skipped lines named in the summary; the rest are counted
@@ -418,15 +419,13 @@ def _found(picture: AlarmPicture, snapshots: Path | None) -> Path | None:
 def _tile(path: Path) -> np.ndarray | None:
     """The picture at `path` as RGB, TILE_PX wide at most; None when it does not read as a picture."""
     try:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    except cv2.error:  # a damaged header OpenCV asserts on (images.decode_image)
-        return None
-    if image is None:
+        image = read_image(path)
+    except ImageError:  # cut short, damaged, not a picture
         return None
     if image.shape[1] > TILE_PX:
         image = cv2.resize(image, (TILE_PX, max(1, round(image.shape[0] * TILE_PX / image.shape[1]))),
                            interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
 
 
 def write_alarm_pictures(read: EventsRead, path: Path, count: int, snapshots: Path | None = None) -> str:
