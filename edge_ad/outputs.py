@@ -283,6 +283,8 @@ def make_file_folders(outputs: list[str]) -> None:
         if "://" in uri or is_picture_output(uri):  # picture outputs make their folder as they open
             continue
         folder = Path(uri).parent
+        if folder.exists() and not folder.is_dir():
+            raise EdgeAdError(f"--output {uri}: {folder} is a file, not a folder")
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -390,7 +390,7 @@ class AnomalyHook:
         program = self.argv[0]
         if shutil.which(program) is None:
             where = "is no executable file" if os.sep in program else \
-                f"is on no folder of PATH ({os.environ.get('PATH', '')})"
+                f"is on no folder of PATH ({os.environ.get('PATH', os.defpath)})"
             raise EdgeAdError(f"--on-anomaly: {program} {where}; give the program's full path, executable (chmod +x)")
         self.process: subprocess.Popen | None = None
         self.skipped = 0  # alarms skipped since the count was last said
