@@ -22,12 +22,12 @@ from urllib.parse import urlparse
 import numpy as np
 
 from . import connection_limit
-from .errors import EdgeAdError, SourceError, listen_reason, os_reason, uri_port
+from .errors import EdgeAdError, SourceError, listen_reason, uri_port
 from .mjpeg import MjpegOutput, mjpeg_description
 from .output_access import HTTP_OUTPUTS, RTSP_OUTPUTS, OutputAccess, viewer_permissions
 from .picture_output import is_picture_output, picture_description, picture_name_problem
 from .pipelines import output_pipeline, rtsp_launch
-from .sinks import ReportDue
+from .sinks import ReportDue, made_folder
 from .sources import bus_error, load_gst
 
 log = logging.getLogger("edge_ad.outputs")
@@ -282,13 +282,10 @@ def make_file_folders(outputs: list[str]) -> None:
     for uri in outputs:
         if "://" in uri or is_picture_output(uri):  # picture outputs make their folder as they open
             continue
-        folder = Path(uri).parent
-        if folder.exists() and not folder.is_dir():
-            raise EdgeAdError(f"--output {uri}: {folder} is a file, not a folder")
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise EdgeAdError(f"--output {uri}: cannot create its folder {folder} ({os_reason(exc)})") from exc
+            made_folder(Path(uri).parent, "video")
+        except EdgeAdError as exc:
+            raise EdgeAdError(f"--output {uri}: {exc}") from exc
 
 
 def resolve_rtp_hosts(outputs: list[str]) -> None:

@@ -265,7 +265,9 @@ class _Quota:
             self.used -= size
 
 
-def _made(folder: Path, what: str) -> Path:
+def made_folder(folder: Path, what: str) -> Path:
+    """`folder` made where it is not there (its absolute path); one that is a file, or cannot be
+    made, refused with a message that names it as `what` folder."""
     if folder.exists() and not folder.is_dir():
         raise EdgeAdError(f"{folder}: is a file, not a {what} folder")
     try:
@@ -296,7 +298,7 @@ class Snapshots:
     `quota_bytes`."""
 
     def __init__(self, folder: Path, interval_s: float = 1.0, quota_bytes: int = 500 << 20):
-        self.folder = _made(folder, "snapshot")
+        self.folder = made_folder(folder, "snapshot")
         remove_leftovers(self.folder)
         self.rate = _PerSource(interval_s)
         self.quota = _Quota(self.folder.glob("*.jpg"), quota_bytes, keep=2)
@@ -326,7 +328,7 @@ class Samples:
     loop would drop. `close` writes the last one."""
 
     def __init__(self, folder: Path, interval_s: float = 60.0, quota_bytes: int = 2000 << 20):
-        self.folder = _made(folder, "samples")
+        self.folder = made_folder(folder, "samples")
         remove_leftovers(self.folder, recursive=True)  # a folder per source (and variant)
         self.rate = _PerSource(interval_s)
         self.quota = _Quota(self.folder.rglob("*.png"), quota_bytes, keep=1)
@@ -355,7 +357,7 @@ class Samples:
         while (item := self._pending.get()) is not None:
             path, frame = item
             try:
-                _made(path.parent, "samples")
+                made_folder(path.parent, "samples")
                 self.quota.write(path, frame, ".png")
                 self.saved += 1
             except Exception as exc:  # a full disk: said at the next sample, retried then; a fault of edge-ad's

@@ -209,12 +209,12 @@ def test_a_video_file_output_whose_folder_cannot_be_made_is_refused_before_any_f
     """As --events and --snapshots are: it failed at the first frame, and at every one after (said
     every 30 s with Python's raw error), while the run scored on without the video asked for."""
     (tmp_path / "videos").write_text("a file where the folder would go")
-    with pytest.raises(EdgeAdError, match=re.escape(f"--output {tmp_path}/videos/line.mkv: {tmp_path}/videos is a "
-                                                    "file, not a folder")):
+    with pytest.raises(EdgeAdError, match=re.escape(f"--output {tmp_path}/videos/line.mkv: {tmp_path}/videos: is a "
+                                                    "file, not a video folder")):
         run(Detector.load(tiny_bundle), [Stream("test://", "a", output=str(tmp_path / "videos" / "line.mkv"))],
             RunConfig(max_frames=1))
-    with pytest.raises(EdgeAdError, match=re.escape(f"--output {tmp_path}/videos/new/line.mkv: cannot create its "
-                                                    f"folder {tmp_path}/videos/new (")):
+    with pytest.raises(EdgeAdError, match=re.escape(f"--output {tmp_path}/videos/new/line.mkv: {tmp_path}/videos/new: "
+                                                    "cannot create the video folder (")):
         run(Detector.load(tiny_bundle), [Stream("test://", "a", output=str(tmp_path / "videos" / "new" / "line.mkv"))],
             RunConfig(max_frames=1))
     summary = run(Detector.load(tiny_bundle), [Stream("test://", "a", output=str(tmp_path / "new" / "line.mkv"))],
