@@ -904,9 +904,9 @@ def run(
             writers[written] = stream.name
     outputs = [stream.output for stream in streams if stream.output]
     check_servable(outputs)
-    make_file_folders(outputs)
     resolve_rtp_hosts(outputs)
     config.output_access.check(outputs)
+    make_file_folders(outputs)  # last: a run refused by the checks above leaves no folder made
     detectors = detectors_of(detector, streams)
     masks = load_masks(detectors, streams)
     several = len({id(d) for d in detectors.values()}) > 1
