@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import EdgeAdError
+from .errors import EdgeAdError, os_reason
 
 log = logging.getLogger("edge_ad.files")
 
@@ -37,6 +37,25 @@ def state_folder() -> Path:
     if os.environ.get("STATE_DIRECTORY"):
         return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "edge-ad"
+
+
+def made_folder(folder: Path, what: str) -> Path:
+    """`folder` made where it is not there (its absolute path); one that is a file, cannot be
+    made, or takes no new file (a folder of another user's, a read-only file system), refused
+    with a message that names it as `what` folder. Checked by writing a nameless file: said at
+    the first snapshot or sample instead, the fault came hours into a run, with the pictures it
+    was to keep lost."""
+    if folder.exists() and not folder.is_dir():
+        raise EdgeAdError(f"{folder}: is a file, not a {what} folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgeAdError(f"{folder}: cannot create the {what} folder ({os_reason(exc)})") from exc
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise EdgeAdError(f"{folder}: cannot write in the {what} folder ({os_reason(exc)})") from exc
+    return folder.absolute()
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from .detector import Result
 from .errors import EdgeAdError
+from .files import made_folder
 from .masks import InspectionMask
 from .streams import Stream, calibration_folder
 from .variants import bundles_of, detectors_by_variant
@@ -112,6 +113,13 @@ class LineCalibration:
                       "--calibration-frames)", self.stream.name, self._target, needed)
             self._set(REFUSED)
             return
+        for variant, bundle in bundles.items():  # a folder the run's user may not write: said now, not after the frames
+            try:
+                made_folder(calibration_folder(self.stream, variant) or bundle.root, "calibration")
+            except EdgeAdError as exc:
+                log.error("%s: not calibrating: %s", self._who(variant), exc)
+                self._set(REFUSED)
+                return
         self._collected, self.kept, self._rng = {}, 0, np.random.default_rng(0)
         log.info("%s: calibrating on the next %d frames, which must show good parts only", self.stream.name,
                  self._target)

@@ -23,11 +23,12 @@ import numpy as np
 
 from . import connection_limit
 from .errors import EdgeAdError, SourceError, listen_reason, uri_port
+from .files import made_folder
 from .mjpeg import MjpegOutput, mjpeg_description
 from .output_access import HTTP_OUTPUTS, RTSP_OUTPUTS, OutputAccess, viewer_permissions
 from .picture_output import is_picture_output, picture_description, picture_name_problem
 from .pipelines import output_pipeline, rtsp_launch
-from .sinks import ReportDue, made_folder
+from .sinks import ReportDue
 from .sources import bus_error, load_gst
 
 log = logging.getLogger("edge_ad.outputs")

@@ -18,8 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import EdgeAdError, os_reason
-from .files import remove_leftovers, write_picture
+from .errors import EdgeAdError
+from .files import made_folder, remove_leftovers, write_picture
 from .images import IMAGE_SUFFIXES
 from .sinks import InOrder
 
@@ -74,9 +74,9 @@ class PictureOutput:
             raise EdgeAdError(f"--output {uri}: this is the folder --follow reads new pictures from, and each overlay "
                               "would be read as one; give another folder")
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise EdgeAdError(f"--output {uri}: cannot create the folder ({os_reason(exc)})") from exc
+            made_folder(self.folder, "picture")
+        except EdgeAdError as exc:
+            raise EdgeAdError(f"--output {uri}: {exc}") from exc
         remove_leftovers(self.folder)
         self._inputs = {p.resolve() for p in inputs}
         self._named: dict[Path, None] = {}  # the folder's names given so far, in order

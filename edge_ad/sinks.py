@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from .errors import EdgeAdError, os_reason
-from .files import remove_leftovers, write_atomic
+from .files import made_folder, remove_leftovers, write_atomic
 
 log = logging.getLogger("edge_ad.sinks")
 
@@ -263,18 +263,6 @@ class _Quota:
             old, size = self.files.popleft()
             old.unlink(missing_ok=True)
             self.used -= size
-
-
-def made_folder(folder: Path, what: str) -> Path:
-    """`folder` made where it is not there (its absolute path); one that is a file, or cannot be
-    made, refused with a message that names it as `what` folder."""
-    if folder.exists() and not folder.is_dir():
-        raise EdgeAdError(f"{folder}: is a file, not a {what} folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EdgeAdError(f"{folder}: cannot create the {what} folder ({os_reason(exc)})") from exc
-    return folder.absolute()
 
 
 class _PerSource:

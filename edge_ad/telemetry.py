@@ -26,7 +26,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from .allowed_clients import AllowedClients
 from .connection_limit import REQUEST_S, ConnectionLimit, RefusedConnections
 from .device import Sensors, read_sensors
-from .errors import EdgeAdError, listen_reason, os_reason
+from .errors import EdgeAdError, listen_reason
+from .files import made_folder
 
 WINDOW = 1000  # frames behind the latency percentiles and the frame rate
 
@@ -141,12 +142,12 @@ class Telemetry:
         self.registry.register(_Collector(stats, sink_errors, sensors))
         self.path, self.interval_s = path, interval_s
         if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise EdgeAdError(f"--metrics {path}: cannot create its folder ({os_reason(exc)})") from exc
             if path.is_dir():
                 raise EdgeAdError(f"--metrics {path}: is a folder; give a file name (metrics.prom in it)")
+            try:
+                made_folder(path.parent, "metrics")
+            except EdgeAdError as exc:
+                raise EdgeAdError(f"--metrics {path}: {exc}") from exc
         self._written = -float("inf")
         self.server = None
         if port is not None:

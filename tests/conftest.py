@@ -25,6 +25,7 @@ from edge_ad.detector import Detector
 TINY_INPUT = 128
 TINY_PROTOTYPES = 64
 MODULE_TYPES = ("mono", "poly")  # ELPV's two module types: two product variants
+UNWRITABLE = Path("/sys/kernel")  # a folder that takes no new file, for root too (sysfs)
 
 
 def edge_ad(*args, check: bool = False) -> subprocess.CompletedProcess:

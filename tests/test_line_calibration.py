@@ -27,7 +27,7 @@ from edge_ad.pipelines import SourceOptions
 from edge_ad.runner import RunConfig, load_detectors, run
 from edge_ad.streams import Stream
 
-from conftest import calibrated_copy, failing_once, free_port, input_registers, modbus_client
+from conftest import UNWRITABLE, calibrated_copy, failing_once, free_port, input_registers, modbus_client
 
 
 def _darker(normal_folder, folder):
@@ -166,6 +166,20 @@ def test_a_calibration_the_frames_cannot_support_is_refused(tiny_bundle, normal_
     line["cam"].ask(True)
     run(Detector.load(bundle), [stream], RunConfig(), stop=_stop_at(line["cam"], REFUSED), line=line)
     assert line["cam"].state == REFUSED and not (bundle / "calibration.yaml").exists()
+
+
+def test_a_calibration_folder_that_takes_no_file_is_refused_as_it_is_asked(tiny_bundle, normal_folder, caplog):
+    """A folder the run's user may not write in (a bundle installed by root for a service that
+    runs as edge-ad) was said after the frames, with the good parts they showed gone by."""
+    stream = Stream(str(normal_folder), name="cam", options=SourceOptions(loop=-1), calibration=str(UNWRITABLE))
+    line = {"cam": LineCalibration(stream, frames=3000)}  # enough for calibrate's defaults
+    line["cam"].ask(True)
+    with caplog.at_level(logging.INFO):
+        run(load_detectors([stream], str(tiny_bundle)), [stream], RunConfig(), stop=_stop_at(line["cam"], REFUSED),
+            line=line)
+    assert line["cam"].state == REFUSED and line["cam"].kept == 0
+    (said,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert said.startswith(f"cam: not calibrating: {UNWRITABLE}: cannot write in the calibration folder (")
 
 
 def test_frames_that_score_alike_can_refuse_a_calibration_at_its_end(tiny_bundle, normal_folder, tmp_path,

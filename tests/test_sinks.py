@@ -29,7 +29,7 @@ from edge_ad.streams import Stream
 from edge_ad import connection_limit, telemetry
 from edge_ad.telemetry import SourceStats, Telemetry
 
-from conftest import SPOT_PATTERN, failing_once, full_disk
+from conftest import SPOT_PATTERN, UNWRITABLE, failing_once, full_disk
 
 
 def test_regions_are_connected_areas_above_threshold_largest_first():
@@ -220,6 +220,24 @@ def test_a_video_file_output_whose_folder_cannot_be_made_is_refused_before_any_f
     summary = run(Detector.load(tiny_bundle), [Stream("test://", "a", output=str(tmp_path / "new" / "line.mkv"))],
                   RunConfig(max_frames=1))
     assert summary.frames == 1 and (tmp_path / "new" / "line.mkv").is_file()
+
+
+def test_output_folders_that_take_no_file_are_refused_before_any_frame(tiny_bundle, normal_folder):
+    """A folder the run's user may not write in (another user's, a read-only file system) passed
+    the start: snapshots and samples failed at the first picture, hours into a run, with Python's
+    raw error; the metrics and a video at every write, while the run scored on without them."""
+    detector = Detector.load(tiny_bundle)
+    cases = [(RunConfig(snapshots=UNWRITABLE), None, f"{UNWRITABLE}: cannot write in the snapshot folder ("),
+             (RunConfig(samples=UNWRITABLE), None, f"{UNWRITABLE}: cannot write in the samples folder ("),
+             (RunConfig(metrics=UNWRITABLE / "edge-ad.prom"), None,
+              f"--metrics {UNWRITABLE}/edge-ad.prom: {UNWRITABLE}: cannot write in the metrics folder ("),
+             (RunConfig(), f"{UNWRITABLE}/line.mkv",
+              f"--output {UNWRITABLE}/line.mkv: {UNWRITABLE}: cannot write in the video folder ("),
+             (RunConfig(), f"{UNWRITABLE}/",
+              f"--output {UNWRITABLE}/: {UNWRITABLE}: cannot write in the picture folder (")]
+    for config, output, said in cases:
+        with pytest.raises(EdgeAdError, match=re.escape(said)):
+            run(detector, [Stream(str(normal_folder), "a", output=output)], config)
 
 
 def test_an_rtp_output_to_a_host_that_does_not_resolve_is_refused_before_any_frame(tiny_bundle):
