@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 
 from .sinks import ReportDue
@@ -69,6 +70,15 @@ class ConnectionLimit:
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def handle_error(self, request, client_address) -> None:
+        """A client gone mid-answer (a tab closed or reloaded while its pictures came, a cable
+        pulled: the connection reset) or silent till REQUEST_S (one that connects and waits) is
+        nobody's error: socketserver printed 25 lines of traceback to stderr, the service's
+        journal, for each. Anything else is logged, with its traceback."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        log.exception("%s: answering %s failed", self.refusals.what, client_address[0])
 
     def shutdown_request(self, request) -> None:
         with self._open_lock:

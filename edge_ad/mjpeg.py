@@ -14,7 +14,6 @@ import html
 import logging
 import math
 import ssl
-import sys
 import threading
 import time
 from email.utils import formatdate
@@ -55,15 +54,6 @@ def mjpeg_description(uri: str) -> str:
 
 class _HttpServer(ConnectionLimit, ThreadingHTTPServer):
     daemon_threads = True
-
-    def handle_error(self, request, client_address) -> None:
-        """A viewer gone mid-answer (a tab closed or reloaded while its pictures came, a cable
-        pulled: the connection reset) is nobody's error: socketserver printed 25 lines of traceback
-        to stderr, the service's journal, for each. Anything else is logged, with its traceback."""
-        if isinstance(sys.exc_info()[1], OSError):
-            return
-        log.exception("the browser outputs on port %d: answering %s failed", self.server_address[1],
-                      client_address[0])
 
 
 class _TlsServer(_HttpServer):

@@ -488,7 +488,7 @@ def test_metrics_file_in_prometheus_format(tmp_path):
     assert f'edge_ad_latency_ms{{quantile="0.99",source="cam1"}} {np.percentile(range(1, 101), 99)}' in text
 
 
-def test_the_metrics_port_answers_the_scrapers_metrics_allow_names_only(caplog, monkeypatch):
+def test_the_metrics_port_answers_the_scrapers_metrics_allow_names_only(caplog, monkeypatch, capfd):
     """The metrics name the cameras (their addresses), the bundles and the counts: with
     --metrics-allow, a scraper at another address is closed unanswered, and said once."""
     stats = SourceStats("rtsp://10.0.7.21/stream1")
@@ -518,6 +518,8 @@ def test_the_metrics_port_answers_the_scrapers_metrics_allow_names_only(caplog, 
             assert silent.recv(16) == b""
     finally:
         served.close()
+    # without a traceback: socketserver printed one to the journal for each
+    assert "Traceback" not in capfd.readouterr().err
     monkeypatch.setattr(telemetry._QuietHandler, "timeout", 10.0)  # the first stays open for the test
     monkeypatch.setattr(connection_limit, "MAX_CONNECTIONS", 1)  # past it, a new connection is closed
     served = Telemetry(lambda: [stats], dict, port=0, host="127.0.0.1", sensors=lambda: Sensors({}, {}))

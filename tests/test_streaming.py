@@ -1752,7 +1752,7 @@ def test_a_viewer_gone_mid_answer_prints_no_traceback(capfd, caplog, monkeypatch
         time.sleep(mjpeg.STILL_WAIT_S + 1.0)
         assert "Traceback" not in capfd.readouterr().err
         monkeypatch.setattr(mjpeg._Server, "index", lambda self: 1 / 0)
-        with caplog.at_level(logging.ERROR, logger="edge_ad.mjpeg"):
+        with caplog.at_level(logging.ERROR, logger="edge_ad.connection_limit"):
             assert _answered(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == (b"", True)
         assert f"the browser outputs on port {port}: answering 127.0.0.1 failed" in caplog.text
         assert "ZeroDivisionError" in caplog.text
