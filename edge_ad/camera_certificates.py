@@ -26,9 +26,8 @@ import re
 import ssl
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlparse
 
-from .errors import CertificateRefused, SourceError, os_reason, without_passwords
+from .errors import CertificateRefused, SourceError, os_reason, parsed_uri, without_passwords
 from .files import state_folder, write_atomic
 
 TLS_SCHEMES = ("https://", "rtsps://")
@@ -75,7 +74,7 @@ class CameraTls:
     is what gives the certificate: `edge-ad cameras` calls it --certificate."""
 
     def __init__(self, uri: str, certificate: str | None, option: str = "--input-certificate"):
-        parsed = urlparse(uri)
+        parsed = parsed_uri(uri)
         port, self.plain = _PORT_AND_PLAIN[parsed.scheme]
         self.host, self.port = parsed.hostname or "", parsed.port or port
         self.file, self.option = certificate, option

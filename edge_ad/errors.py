@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, urlparse
 
 # scheme://user:password@host: the password runs to the last @ before the path (some hold an @)
 # A host after a URI's login: a name or IPv4 address, or an IPv6 one in brackets, and a port.
@@ -187,12 +187,23 @@ def file_error(exc: OSError) -> str:
     return f"{exc.filename}: {os_reason(exc)}" if exc.filename and exc.strerror else str(exc)
 
 
-def uri_port(uri: str) -> int | None:
-    """The port a camera's, stream's, output's or broker's URI names (None: none). urllib raises a
-    bare ValueError for a port that is no number or above 65535, which ended the command with a
-    traceback; this names the URI."""
+def parsed_uri(uri: str) -> ParseResult:
+    """urlparse's parts of a camera's, stream's, output's or broker's URI. urllib raises a bare
+    ValueError for an IPv6 address whose ']' is missing (rtsp://[fe80::1/x), which ended the
+    command with a traceback; this names the URI."""
     try:
-        return urlparse(uri).port
+        return urlparse(uri)
+    except ValueError as exc:
+        raise SourceError(f"{without_passwords(uri)}: not a URI that reads ({exc}: an IPv6 address goes "
+                          "between [ and ])") from exc
+
+
+def uri_port(uri: str) -> int | None:
+    """The port `uri` names (None: none), after parsed_uri. urllib raises a bare ValueError for a
+    port that is no number or above 65535 too."""
+    parsed = parsed_uri(uri)
+    try:
+        return parsed.port
     except ValueError as exc:
         raise SourceError(f"{without_passwords(uri)}: the port is not a number from 0 to 65535") from exc
 

@@ -21,12 +21,12 @@ import time
 import urllib.error
 import urllib.request
 from typing import Iterator
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 import numpy as np
 
 from .camera_certificates import camera_tls
-from .errors import EdgeAdError, ImageError, SourceError, http_failure, without_passwords
+from .errors import EdgeAdError, ImageError, SourceError, http_failure, parsed_uri, without_passwords
 from .http_digest import DigestAuthHandler
 from .images import decode_image
 from .pipelines import SourceOptions, flip_of, login_escaped
@@ -54,7 +54,7 @@ class HttpPictures:
 
     def __init__(self, uri: str, options: SourceOptions):
         self.uri, self.shown = uri, without_passwords(uri)
-        parsed = urlparse(login_escaped(uri))
+        parsed = parsed_uri(login_escaped(uri))
         if not parsed.hostname:
             raise SourceError(f"{self.shown}: names no camera (http://[user:password@]camera/path)")
         host = parsed.netloc.rpartition("@")[2]

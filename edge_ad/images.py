@@ -15,6 +15,7 @@ from .errors import ImageError, os_reason
 
 # WebP: pictures saved from a browser or a labelling tool; PGM and PPM: from machine-vision tools.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+MIN_FRAME_SIDE = 8  # pixels: a frame smaller is no picture of a part
 # Pictures whose brightest pixel is this or less (a quarter of the range), all of a training or a
 # test set, are far darker than the line camera's 8-bit frames: 16-bit files of a 12-bit camera
 # read at the full 16-bit range come out at 16 of 255 at most; a bundle trained on such files
@@ -231,8 +232,8 @@ def check_frame(frame: object, name: str = "frame") -> np.ndarray:
                          f"{_to_8_bits(frame)}")
     if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (1, 3, 4)):
         raise ImageError(f"{name}: shape {frame.shape}, expected (H, W) or (H, W, 1|3|4)")
-    if frame.shape[0] < 8 or frame.shape[1] < 8:
-        raise ImageError(f"{name}: shape {frame.shape} is too small (at least 8x8 pixels)")
+    if frame.shape[0] < MIN_FRAME_SIDE or frame.shape[1] < MIN_FRAME_SIDE:
+        raise ImageError(f"{name}: shape {frame.shape} is too small (at least {MIN_FRAME_SIDE}x{MIN_FRAME_SIDE} pixels)")
     return frame
 
 

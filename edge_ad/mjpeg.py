@@ -18,13 +18,12 @@ import threading
 import time
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlparse
 
 import cv2
 import numpy as np
 
 from .connection_limit import REQUEST_S, ConnectionLimit, RefusedConnections
-from .errors import SourceError, listen_reason, uri_port
+from .errors import SourceError, listen_reason, parsed_uri, uri_port
 from .output_access import OutputAccess
 
 log = logging.getLogger("edge_ad.mjpeg")
@@ -45,7 +44,7 @@ PICTURE = {"Content-Type": "image/jpeg", "Cache-Control": "no-cache, no-store"} 
 
 def mjpeg_description(uri: str) -> str:
     """What an http:// output is, after checking that it names a port."""
-    parsed, port = urlparse(uri), uri_port(uri)
+    parsed, port = parsed_uri(uri), uri_port(uri)
     if port is None:
         raise SourceError(f"{uri}: an HTTP output needs a port, as in http://@:8080/line1")
     return (f"MJPEG over {parsed.scheme.upper()} on port {port}, path /{parsed.path.strip('/')}, at most {MJPEG_FPS:g} "
@@ -204,7 +203,7 @@ class MjpegOutput:
                  bitrate_kbps: int | None = None, access: OutputAccess = OutputAccess()):
         self.uri, self.size = uri, (width, height)
         self.description = mjpeg_description(uri)
-        parsed = urlparse(uri)
+        parsed = parsed_uri(uri)
         self.path = "/" + parsed.path.strip("/")
         self.key = ("" if parsed.hostname in (None, "@") else parsed.hostname, parsed.port)
         self.changed = threading.Condition()

@@ -38,9 +38,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
-from .errors import EdgeAdError, client_text, encrypted_key, os_reason, uri_port, without_passwords
+from .errors import EdgeAdError, client_text, encrypted_key, os_reason, parsed_uri, uri_port, without_passwords
 from .sinks import slug
 
 log = logging.getLogger("edge_ad.mqtt")
@@ -76,7 +76,10 @@ class MqttTls:
 def parse_mqtt_url(url: str) -> MqttBroker:
     """The broker and topic of mqtt[s]://[user[:password]@]host[:port]/topic; a user without a
     password takes it from the environment variable EDGE_AD_MQTT_PASSWORD, if set."""
-    parsed = urlparse(url)
+    try:
+        parsed, port = parsed_uri(url), uri_port(url)
+    except EdgeAdError as exc:
+        raise EdgeAdError(f"--mqtt {exc}") from None
     topic = parsed.path.strip("/")
     shown = without_passwords(url)
     if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname or not topic:
@@ -89,10 +92,6 @@ def parse_mqtt_url(url: str) -> MqttBroker:
     if user is not None and password is None:
         password = os.environ.get(PASSWORD_VARIABLE)
     tls = parsed.scheme == "mqtts"
-    try:
-        port = uri_port(url)
-    except EdgeAdError as exc:
-        raise EdgeAdError(f"--mqtt {exc}") from None
     return MqttBroker(parsed.hostname, port or (8883 if tls else 1883), topic, user, password, tls, shown)
 
 

@@ -17,12 +17,11 @@ import socket
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 
 from . import connection_limit
-from .errors import EdgeAdError, SourceError, listen_reason, uri_port
+from .errors import EdgeAdError, SourceError, listen_reason, parsed_uri, uri_port
 from .files import made_folder
 from .mjpeg import MjpegOutput, mjpeg_description
 from .output_access import HTTP_OUTPUTS, RTSP_OUTPUTS, OutputAccess, viewer_permissions
@@ -261,7 +260,7 @@ def check_servable(outputs: list[str]) -> None:
     for uri in outputs:
         if not uri.startswith(RTSP_OUTPUTS + HTTP_OUTPUTS):
             continue
-        parsed, port = urlparse(uri), uri_port(uri)
+        parsed, port = parsed_uri(uri), uri_port(uri)
         if port == 0:  # served, but on a port the system picks and nobody is told
             raise EdgeAdError(f"--output {uri}: port 0 would be a free port the system picks, which no viewer would "
                               "know; name the port, as in rtsp://@:8554/inspection or http://@:8080/line1")
@@ -296,7 +295,7 @@ def resolve_rtp_hosts(outputs: list[str]) -> None:
     for uri in outputs:
         if not uri.startswith("rtp://"):
             continue
-        host = urlparse(uri).hostname
+        host = parsed_uri(uri).hostname
         if host is None:
             continue  # output_description says what an RTP output needs
         try:
@@ -369,7 +368,7 @@ class RtspOutput:
                  bitrate_kbps: int | None = None, access: OutputAccess = OutputAccess()):
         self._Gst = load_gst()
         _, GstRtspServer = rtsp_server(uri)
-        parsed = urlparse(uri)
+        parsed = parsed_uri(uri)
         if uri_port(uri) is None or not parsed.path.strip("/"):
             raise SourceError(f"{uri}: an RTSP output needs a port and a path, as in rtsp://@:8554/inspection")
         self.uri, self.size = uri, (width, height)

@@ -15,13 +15,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-from urllib.parse import parse_qs, quote, unquote, urlparse
+from urllib.parse import parse_qs, quote, unquote
 
 import numpy as np
 
 from .device import detect, is_jetson, own_target
-from .errors import HOST, SourceError, uri_port
-from .images import IMAGE_SUFFIXES
+from .errors import HOST, SourceError, parsed_uri, uri_port
+from .images import IMAGE_SUFFIXES, MIN_FRAME_SIDE
 
 # A plain MP4 has its index written at the end, so a run that is killed (a power cut, the
 # service's watchdog, the OOM killer) would leave a file that nothing plays. A fragmented one is
@@ -41,6 +41,10 @@ LATENCY_MAX_MS = 2**32 - 1
 # four times a line-scan camera's line of up to 16,384 pixels; 99999999999 reached GStreamer as a
 # caps field it cannot parse (`could not link videotestsrc0 to videoconvert0`).
 MAX_CAMERA_SIDE = 65536
+MAX_TEST_FPS = 1000  # test://'s fps: above any camera's; 0 made one frame, then a reconnection
+# videotestsrc's ball pattern (number 18) in frames 10 pixels wide or fewer corrupts the process's
+# memory, which aborts (GStreamer 1.22: "free(): invalid pointer"); from 11 on it ran 5,000 frames.
+BALL_MIN_WIDTH = 16
 MAX_BITRATE_KBPS = 300_000  # --output-bitrate: H.264 level 5.2's most (High profile), past any overlay's need
 # The elements of cameras that expose and balance white by themselves from their start (USB and
 # CSI cameras, a Raspberry Pi's): their first frames come dark or tinted (sources.SETTLE_S).
@@ -223,8 +227,13 @@ def _caps(kind: str, options: SourceOptions, defaults: tuple[int, int, int] | No
 
 
 def _test(uri: str, options: SourceOptions) -> SourcePipeline:
-    parsed = urlparse(uri)
+    """videotestsrc's `pattern` at `width` x `height` and `fps`: what it cannot make is refused
+    here, not left to GStreamer's "could not link" or to a crash, and a key it does not take
+    (`w=`) is not passed over."""
+    parsed = parsed_uri(uri)
     query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+    if unknown := sorted(set(query) - {"width", "height", "fps"}):
+        raise SourceError(f"{uri}: test:// takes width, height and fps, not {', '.join(unknown)}")
     pattern = parsed.netloc or parsed.path.strip("/") or options.pattern or "smpte"
     try:
         width = int(query.get("width", options.width or 640))
@@ -232,6 +241,14 @@ def _test(uri: str, options: SourceOptions) -> SourcePipeline:
         rate = int(query.get("fps", options.framerate or 30))
     except ValueError as exc:
         raise SourceError(f"{uri}: width, height and fps must be integers") from exc
+    if not (MIN_FRAME_SIDE <= width <= MAX_CAMERA_SIDE and MIN_FRAME_SIDE <= height <= MAX_CAMERA_SIDE):
+        raise SourceError(f"{uri}: width and height must be {MIN_FRAME_SIDE} to {MAX_CAMERA_SIDE} pixels (frames "
+                          f"smaller than {MIN_FRAME_SIDE}x{MIN_FRAME_SIDE} cannot be scored), not {width}x{height}")
+    if pattern in ("ball", "18") and width < BALL_MIN_WIDTH:
+        raise SourceError(f"{uri}: the ball pattern needs frames {BALL_MIN_WIDTH} pixels wide or more, not {width} "
+                          "(GStreamer's videotestsrc writes past narrower ones: the process aborts)")
+    if not 1 <= rate <= MAX_TEST_FPS:
+        raise SourceError(f"{uri}: fps must be 1 to {MAX_TEST_FPS}, not {rate}")
     caps = f"video/x-raw,width={width},height={height},framerate={rate}/1"
     # is-live: frames come at the frame rate, like a camera's, and the newest one wins.
     return SourcePipeline(f"videotestsrc is-live=true pattern={pattern} ! {caps} ! {_bgr_sink(uri, options, False)}",
@@ -339,6 +356,7 @@ def _rtsp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     UDP loses the picture (where H.264 loses a slice of it until the next key frame). rtsps://
     goes over TCP too unless UDP is asked for: rtspsrc took UDP for the video, outside the TLS
     connection, readable by anyone on the network."""
+    uri_port(uri)  # one past 65535, or an IPv6 address without its ']': refused, not tried for the whole run
     codec = _codec(uri, options, "h264", ("h264", "h265", "mjpeg"))
     if options.transport not in (None, "tcp", "udp"):
         raise SourceError(f"{uri}: RTSP transport '{options.transport}' is not tcp or udp")
@@ -369,7 +387,7 @@ def _latency_past_timeout(uri: str, latency: int, timeout_s: float, then: str, o
 
 
 def _rtp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
-    parsed, port = urlparse(uri), uri_port(uri)
+    parsed, port = parsed_uri(uri), uri_port(uri)
     if port is None:
         raise SourceError(f"{uri}: an RTP source needs a port, as in rtp://@:5000")
     codec = _codec(uri, options, "h264", ("h264", "h265", "mjpeg", "mpegts"))
@@ -405,7 +423,7 @@ def _udp(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     """MPEG-TS sent straight over UDP (`udp://@:5000`, or a multicast group `udp://239.0.0.1:5000`),
     as ffmpeg (`-f mpegts udp://JETSON:5000`), VLC and hardware encoders send it. decodebin reads
     its H.264 or H.265 as the stream's tables say, as it reads a video file, and leaves its sound."""
-    parsed, port = urlparse(uri), uri_port(uri)
+    parsed, port = parsed_uri(uri), uri_port(uri)
     if port is None:
         raise SourceError(f"{uri}: a UDP source needs a port, as in udp://@:5000")
     address = "" if parsed.hostname in (None, "@", "") else f" address={parsed.hostname}"
@@ -420,6 +438,7 @@ def _http(uri: str, options: SourceOptions, jetson: bool) -> SourcePipeline:
     """An IP camera's MJPEG stream over HTTP (multipart/x-mixed-replace), which many cameras serve
     besides RTSP (Axis's /axis-cgi/mjpg/video.cgi, ESP32-CAM, another edge-ad's --output http://).
     A user and password in the URL are sent as HTTP authentication (basic or digest)."""
+    uri_port(uri)  # as for RTSP
     _codec(uri, options, "mjpeg", ("mjpeg", "jpeg"))  # jpeg: a still picture's URL, read by http_pictures instead
     return SourcePipeline(
         f"souphttpsrc location={_quote(login_escaped(uri))} is-live=true do-timestamp=true ! multipartdemux ! "
@@ -440,7 +459,7 @@ def local_path(uri: str) -> Path:
         escaped = uri.replace("#", "%23").replace("?", "%3F")
         raise SourceError(f"{uri}: a '{cut}' ends the path of a file:// URI; write it {quote(cut)} ({escaped}), or "
                           "give the path itself")
-    parsed = urlparse(uri)
+    parsed = parsed_uri(uri)
     if parsed.netloc not in ("", "localhost"):
         raise SourceError(f"{uri}: a file on host '{parsed.netloc}': give a path on this machine (mount the share)")
     if not parsed.path:  # Path("") would be the current folder
@@ -562,7 +581,7 @@ def output_pipeline(
         sink = "nvvidconv ! nv3dsink sync=false" if jetson else "videoconvert ! autovideosink name=display sync=false"
         return f"{src} ! {sink}"
     if uri.startswith("rtp://"):
-        parsed = urlparse(uri)
+        parsed = parsed_uri(uri)
         if not parsed.hostname or not uri_port(uri):  # port 0: sent nowhere
             raise SourceError(f"{uri}: an RTP output needs a host and a port, as in rtp://192.168.1.10:5000")
         return (

@@ -190,6 +190,18 @@ def test_file_uris_are_read_as_file_managers_write_them(tmp_path):
         ("/nowhere/missing.mp4", SourceOptions(), "no such file"),
         ("1", SourceOptions(), r"no such file.*; a camera by its number is /dev/video1 \(USB, V4L2\) or csi://1"),
         ("test://ball?fps=fast", SourceOptions(), "must be integers"),
+        # tried for the whole run before, or a traceback (rtp, udp), from urllib's ValueError
+        ("rtsp://[fe80::10/stream1", SourceOptions(), r"not a URI that reads \(Invalid IPv6 URL"),
+        ("rtp://[fe80::10:5004", SourceOptions(), r"not a URI that reads \(Invalid IPv6 URL"),
+        ("rtsp://cam:99999/stream1", SourceOptions(), "the port is not a number from 0 to 65535"),
+        ("http://cam:99999/video.mjpg", SourceOptions(), "the port is not a number from 0 to 65535"),
+        # passed over, or GStreamer's "could not link"; 0 fps, one frame then a reconnection
+        ("test://ball?w=320", SourceOptions(), "test:// takes width, height and fps, not w"),
+        ("test://smpte?width=4&height=4", SourceOptions(), "width and height must be 8 to 65536 pixels"),
+        ("test://", SourceOptions(width=99999), "width and height must be 8 to 65536 pixels"),
+        ("test://?fps=0", SourceOptions(), "fps must be 1 to 1000, not 0"),
+        # the process aborted, its memory corrupted by videotestsrc
+        ("test://ball?width=10&height=64", SourceOptions(), "the ball pattern needs frames 16 pixels wide or more"),
     ],
 )
 def test_bad_source_uris_are_named(uri, options, message):
