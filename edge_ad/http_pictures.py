@@ -30,7 +30,7 @@ from .errors import EdgeAdError, ImageError, SourceError, http_failure, parsed_u
 from .http_digest import DigestAuthHandler
 from .images import decode_image
 from .pipelines import SourceOptions, flip_of, login_escaped
-from .sources import Backoff, Frame, picture_frame
+from .sources import Backoff, Frame, Outage, picture_frame
 
 log = logging.getLogger("edge_ad.http_pictures")
 
@@ -105,13 +105,14 @@ class HttpPictures:
 
     def frames(self, stop: threading.Event | None = None) -> Iterator[Frame]:
         stop = stop or threading.Event()
-        index, backoff, failing = 0, Backoff(), False
+        index, backoff, outage, failing = 0, Backoff(), Outage(), False
         while not stop.is_set():
             asked = time.monotonic()
             try:
                 rgb = self._fetch()
             except EdgeAdError as exc:
-                log.warning("%s: %s; trying again in %.0f s", self.shown, exc, backoff.wait)
+                if outage.due(backoff, str(exc)):
+                    log.warning("%s: %s; trying again in %.0f s%s", self.shown, exc, backoff.wait, outage.note(backoff))
                 self.reconnects += 1
                 failing = True
                 backoff.sleep(stop)
@@ -119,7 +120,7 @@ class HttpPictures:
             if failing:
                 log.warning("%s: the camera answers again", self.shown)
                 failing = False
-                backoff.reset()
+                backoff, outage = Backoff(), Outage()
             yield Frame(index, time.time(), picture_frame(rgb, self.turn, self.crop, self.shown))
             index += 1
             stop.wait(max(0.0, 1.0 / self.fps - (time.monotonic() - asked)))

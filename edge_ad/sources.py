@@ -41,6 +41,9 @@ log = logging.getLogger("edge_ad.sources")
 
 POLL_S = 0.2  # appsink pulls wait this long at most, so a stop request is seen within it
 BACKOFF_S = (1.0, 30.0)  # first and largest wait between reconnection attempts
+# A source that fails on with the wait at its largest is said this often (and when its reason
+# changes): at every attempt, a camera away for a weekend wrote 11,520 lines into the journal.
+OUTAGE_SAID_EVERY_S = 600.0
 # A file whose last frame ends this much, and 5 % of it, before the duration its header gives was
 # cut short; less is a container's rounding, or a sound track a little longer than the video.
 CUT_SHORT_S = 1.0
@@ -66,6 +69,33 @@ class Backoff:
 
     def reset(self) -> None:
         self.wait = BACKOFF_S[0]
+
+
+class Outage:
+    """Whether a source's failure is said: each one while the wait between attempts grows (its
+    first minute), then one every OUTAGE_SAID_EVERY_S, or as soon as the reason differs."""
+
+    def __init__(self) -> None:
+        self._said: tuple[float, str] | None = None  # at the largest wait: when, and the reason said
+
+    def due(self, backoff: Backoff, reason: str) -> bool:
+        if backoff.wait < BACKOFF_S[1]:
+            return True
+        now, kind = time.monotonic(), re.sub(r"\(([a-z_]+)\d+\)", r"(\1)", reason)  # rtspsrc3: rtspsrc
+        if self._said is not None and now - self._said[0] < OUTAGE_SAID_EVERY_S and kind == self._said[1]:
+            return False
+        self._said = (now, kind)
+        return True
+
+    @property
+    def long(self) -> bool:
+        """Whether it has gone on past the wait's growing (and so was said in part only)."""
+        return self._said is not None
+
+    def note(self, backoff: Backoff) -> str:
+        """What a line said at the largest wait adds."""
+        return (f" (tried every {BACKOFF_S[1]:.0f} s; said every {OUTAGE_SAID_EVERY_S / 60:.0f} min while it fails)"
+                if backoff.wait >= BACKOFF_S[1] else "")
 
 
 @dataclass
@@ -227,6 +257,7 @@ class GstSource:
         self.description = self.spec.description
         self.reconnects = 0
         self._backoff, self._attempt = Backoff(), 0  # before the next reconnection attempt; its number
+        self._outage = Outage()
         self.passes = 0  # how many times a file has started playing in frames() (options.loop)
         self.fps: float | None = None  # from the caps of the first frame (None: variable or unknown)
         self._dropped_before = 0  # frames the appsinks of earlier connections dropped
@@ -342,8 +373,9 @@ class GstSource:
             sample = self.appsink.try_pull_sample(int(POLL_S * Gst.SECOND))
             if sample is not None:
                 self._pulled_here += 1
-                self._backoff.reset()  # connected: the next failure starts over
-                self._attempt = 0
+                if self._outage.long:
+                    log.warning("%s: frames again, after %d reconnection attempts", self.shown, self._attempt)
+                self._backoff, self._attempt, self._outage = Backoff(), 0, Outage()  # the next failure starts over
                 return sample
             error = bus_error(self.pipeline)
             if error:
@@ -458,17 +490,23 @@ class GstSource:
         and must not be asked again every second (cameras lock an account out after a few failed
         logins, and each attempt logs two lines)."""
         self.close()
-        log.warning("%s: %s; reconnecting in %.0f s", self.shown, reason, self._backoff.wait)
+        said = self._outage.due(self._backoff, reason)
+        if said:
+            log.warning("%s: %s; reconnecting in %.0f s%s", self.shown, reason, self._backoff.wait,
+                        self._outage.note(self._backoff))
         while not stop.is_set():
             self._attempt += 1
             if self._backoff.sleep(stop):
                 return
-            log.warning("%s: reconnection attempt %d", self.shown, self._attempt)
+            if said:
+                log.warning("%s: reconnection attempt %d", self.shown, self._attempt)
             try:
                 self._start()
             except SourceError as exc:
-                log.warning("%s: attempt %d failed: %s; next in %.0f s", self.shown, self._attempt,
-                            without_passwords(str(exc)), self._backoff.wait)
+                failure = without_passwords(str(exc))
+                if said := self._outage.due(self._backoff, failure):
+                    log.warning("%s: attempt %d failed: %s; next in %.0f s%s", self.shown, self._attempt, failure,
+                                self._backoff.wait, self._outage.note(self._backoff))
                 continue
             self.reconnects += 1
             return

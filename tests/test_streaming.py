@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from edge_ad.datasets import calibration_frames
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError, SourceError
-from edge_ad import outputs, runner
+from edge_ad import outputs, runner, sources
 from edge_ad.camera_certificates import fingerprint
 from edge_ad.outputs import QUEUED_FRAMES, VideoOutput, check_servable, output_description, unused_path
 from edge_ad.runner import RunConfig, run
@@ -687,6 +687,50 @@ def test_a_camera_that_is_off_is_asked_less_and_less_often(caplog):
     attempts = [r.created for r in caplog.records if "reconnection attempt" in r.getMessage()]
     gaps = np.diff(attempts)  # attempts at about 1, 3 and 7 s: 7 of them, every 1.2 s, before
     assert 2 <= len(attempts) <= 3 and gaps[0] > 1.5 and all(b > 1.5 * a for a, b in zip(gaps, gaps[1:]))
+
+
+def test_a_camera_away_for_long_is_said_every_few_minutes_and_its_return_once(caplog, monkeypatch):
+    """A camera away for a weekend wrote two lines at every attempt, every 30 s: 11,520 lines into
+    the journal, hiding the rest. Once the wait between attempts is at its largest, the failure is
+    said every OUTAGE_SAID_EVERY_S (here 1.5 s, with waits of 0.05 to 0.15 s); the frames coming
+    again are said once."""
+    monkeypatch.setattr(sources, "BACKOFF_S", (0.05, 0.15))
+    monkeypatch.setattr(sources, "OUTAGE_SAID_EVERY_S", 1.5)
+    port = free_port(socket.SOCK_DGRAM)
+    source = open_source(f"rtp://@:{port}", SourceOptions(timeout_s=0.2, latency_ms=50))
+    stop = threading.Event()
+    reader = threading.Thread(target=lambda: list(source.frames(stop)))
+    sender = None
+    with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
+        reader.start()
+        try:
+            time.sleep(6.0)  # no sender: no frame within the timeout, and again after each attempt
+            said = [r for r in caplog.records if "reconnecting in" in r.getMessage()]
+            attempts = source.reconnects
+            sender = subprocess.Popen([GST_LAUNCH, "-q", "videotestsrc", "is-live=true", "!",
+                                       "video/x-raw,width=160,height=120,framerate=20/1", "!", "x264enc",
+                                       "tune=zerolatency", "key-int-max=10", "!", "rtph264pay", "config-interval=1",
+                                       "pt=96", "!", "udpsink", "host=127.0.0.1", f"port={port}"])
+            assert wait_for(lambda: any("frames again" in r.getMessage() for r in caplog.records), 30)
+        finally:
+            stop.set()
+            reader.join(timeout=10)
+            if sender is not None:
+                sender.kill()
+    quiet = [r for r in said if "said every" in r.getMessage()]  # those at the largest wait
+    assert len(said) <= attempts - 2 and 2 <= len(quiet) <= 5
+    assert all(b.created - a.created > 1.4 for a, b in zip(quiet, quiet[1:]))
+    (back,) = [r.getMessage() for r in caplog.records if "frames again" in r.getMessage()]
+    assert re.fullmatch(rf"rtp://@:{port}: frames again, after \d+ reconnection attempts", back)
+
+
+def test_a_long_outage_is_said_again_at_once_when_its_reason_changes():
+    backoff = sources.Backoff()
+    backoff.wait = sources.BACKOFF_S[1]
+    outage = sources.Outage()
+    assert outage.due(backoff, "Could not open resource for reading. (rtspsrc0)")
+    assert not outage.due(backoff, "Could not open resource for reading. (rtspsrc1)")  # the same, by the next element
+    assert outage.due(backoff, "Unauthorized (rtspsrc2)")  # the camera is back, and refuses the login
 
 
 def test_a_file_plays_at_its_own_pace_with_realtime(mp4):
