@@ -58,6 +58,20 @@ def made_folder(folder: Path, what: str) -> Path:
     return folder.absolute()
 
 
+def writable_later(folder: Path, what: str) -> None:
+    """Refuse now a `what` folder that could not be made or written when the work that fills it
+    is done (another user's, a read-only file system, a file in its place); nothing is made, so
+    that work which fails leaves no folder."""
+    if folder.exists() and not folder.is_dir():
+        raise EdgeAdError(f"{folder}: is a file, not a {what} folder")
+    there = next(path for path in (folder, *folder.parents) if path.exists())
+    try:
+        tempfile.TemporaryFile(dir=there).close()
+    except OSError as exc:
+        done = "write in" if there == folder else "create"
+        raise EdgeAdError(f"{folder}: cannot {done} the {what} folder ({os_reason(exc)})") from exc
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """`data` into `path` (its folder made if missing), replacing what was there only when done."""
     tmp = None

@@ -21,6 +21,7 @@ from edge_ad.bundle import MODEL_TYPES, read_yaml, write_yaml_atomic
 from edge_ad.datasets import (Sample, data_text, load_defects, load_samples, read_all, training_sources,
                               training_subfolders_left, without_overlays)
 from edge_ad.errors import DataError
+from edge_ad.files import writable_later
 from edge_ad.images import (DARK, DARK_CAUSE, ENLARGED, is_grey, pixel_digest, resize_to_input, subfolders_left,
                              thumbnail)
 from edge_ad.pipelines import MAX_CAMERA_SIDE
@@ -212,6 +213,7 @@ def train(config: TrainConfig, out: Path) -> Path:
     kinds = config.defect_kinds
     if kinds is not None and (not kinds or set(kinds) - set(KINDS)):
         raise DataError(f"defect kinds {kinds}: pick one or more of {', '.join(KINDS)}")
+    writable_later(out, "run")  # said now, not after the features and prototypes (a failed run leaves no folder)
     device = training_device(config.device)
     resume = _resume_state(config, out) if config.model == "bridge" and config.resume else None
     started = time.time()

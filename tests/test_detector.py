@@ -1,4 +1,5 @@
 import inspect
+import re
 
 import cv2
 import numpy as np
@@ -18,7 +19,7 @@ from export.prototype import PrototypeHead
 from export.train import (TrainConfig, brightness_note, colour_note, copies_note, load_run, picture, plain_note,
                           shape_note, small_note, train)
 
-from conftest import edge_ad
+from conftest import UNWRITABLE, edge_ad
 
 
 @pytest.fixture(scope="module")
@@ -290,6 +291,16 @@ def test_train_says_when_some_pictures_are_grey_and_the_others_colour(normal_fol
                                  "...): ")
     assert colour_note([picture(image, 64) for image in cells], names) is None
     assert colour_note([picture(image, 64) for image in tinted], names) is None
+
+
+def test_a_run_folder_that_could_not_be_written_is_refused_before_any_image_is_read(tmp_path):
+    """It was found when the run was written, after the features and prototypes (minutes of a
+    large training set; the data here does not even exist); nothing is made, as for any failed run."""
+    (tmp_path / "taken").write_text("")
+    for out, said in ((UNWRITABLE / "run", f"{UNWRITABLE}/run: cannot create the run folder ("),
+                      (tmp_path / "taken", f"{tmp_path}/taken: is a file, not a run folder")):
+        with pytest.raises(EdgeAdError, match=re.escape(said)):
+            train(TrainConfig(data=str(tmp_path / "nowhere")), out)
 
 
 def test_an_unknown_backbone_is_refused_before_any_image_is_read(tmp_path):
