@@ -577,6 +577,7 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
     from calibration.site import Collected, collect, refuse_unless_enough
     from calibration.statistics import CalibrationError, frames_needed
 
+    from .files import writable_later
     from .masks import InspectionMask
     from .pipelines import opencv_input
     from .sources import open_source
@@ -595,6 +596,8 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
                 detector, _ = detector.calibrated(stream.calibration)
             except EdgeAdError as exc:  # one that cannot be read is what this calibration replaces
                 print(f"{stream.name}: {exc}; it is replaced by the calibration made now")
+        for name, one in detectors_by_variant(detector).items():  # said now, not after the good parts went by
+            writable_later(calibration_folder(stream, name) or one.bundle.root, "calibration")
         pictures = stream.input is not None and opencv_input(stream.input) is not None
         names: list[str] = []  # of the frames, as _checked_frames yields them: pictures are kept by name and pixels
         kept = collect(detector, _checked_frames(source, mask, stream.name, names), args.frames, mask=mask,

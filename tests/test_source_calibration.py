@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import MODULE_TYPES, doctor_problems, edge_ad
+from conftest import MODULE_TYPES, UNWRITABLE, doctor_problems, edge_ad
 from edge_ad import runner
 from edge_ad.detector import Detector
 from edge_ad.errors import EdgeAdError
@@ -245,6 +245,18 @@ def test_variants_of_a_camera_are_calibrated_into_its_folder(variant_bundles, te
     report = json.loads(edge_ad("eval", "--sources", sources, "--data", tmp_path / "sorted", check=True).stdout)
     assert report["calibration"] == {t: str(folder / t / "calibration.yaml") for t in MODULE_TYPES}
     assert report["test_images_the_calibration_was_made_on"] == {"normal": 12, "anomalous": 0}
+
+
+def test_a_calibration_folder_that_could_not_be_written_is_refused_before_any_frame(tiny_bundle, tmp_path):
+    """It was found after the frames: with a camera, after minutes of good parts shown to it for
+    nothing (here 3,000 frames of a test pattern at 30 fps, 100 s)."""
+    sources = tmp_path / "cams.yaml"
+    sources.write_text(yaml.safe_dump({"sources": [
+        {"input": "test://", "name": "line", "calibration": str(UNWRITABLE / "line")}]}))
+    result = edge_ad("calibrate", "--sources", sources, "--source", "line", "--bundle", tiny_bundle)
+    assert result.returncode == 2
+    assert f"{UNWRITABLE}/line: cannot create the calibration folder (" in result.stderr
+    assert "normal frames" not in result.stderr  # the progress of the frames kept: none was
 
 
 def test_a_missing_or_foreign_calibration_is_said_and_the_bundle_numbers_used(
