@@ -23,7 +23,7 @@ import numpy as np
 
 from .detector import Result
 from .errors import EdgeAdError
-from .files import made_folder
+from .files import writable_later
 from .masks import InspectionMask
 from .streams import Stream, calibration_folder
 from .variants import bundles_of, detectors_by_variant
@@ -115,7 +115,7 @@ class LineCalibration:
             return
         for variant, bundle in bundles.items():  # a folder the run's user may not write: said now, not after the frames
             try:
-                made_folder(calibration_folder(self.stream, variant) or bundle.root, "calibration")
+                writable_later(calibration_folder(self.stream, variant) or bundle.root, "calibration")
             except EdgeAdError as exc:
                 log.error("%s: not calibrating: %s", self._who(variant), exc)
                 self._set(REFUSED)
