@@ -951,7 +951,8 @@ def run(
             if said:
                 log.warning("%s", said)
         for stream in streams:
-            source = open_source(stream.input, stream.options, stream.pipeline, config.jetson)
+            # One camera of several not there (a cable, a camera booting slower) must not stop the others.
+            source = open_source(stream.input, stream.options, stream.pipeline, config.jetson, wait=len(streams) > 1)
             stack.callback(source.close)
             log.info("%s: %s", stream.name, without_passwords(source.description))
             bundles = bundles_of(detectors[stream.name]).values()

@@ -218,11 +218,21 @@ class _Failure(Exception):
     """A live pipeline stopped delivering; the source reconnects."""
 
 
+class _NotStarted(SourceError):
+    """A pipeline built but not started: its camera is not there, or busy (`reason`)."""
+
+    def __init__(self, shown: str, reason: str):
+        super().__init__(f"{shown}: {reason}")
+        self.reason = reason
+
+
 class GstSource:
     """Frames from a GStreamer pipeline ending in `appsink name=sink`.
 
     `uri` is a source URI (see `edge_ad.pipelines.source_pipeline`) or, with `pipeline`, a name
-    for the user's own pipeline description. Counters: `dropped` frames, `reconnects`.
+    for the user's own pipeline description. Counters: `dropped` frames, `reconnects`. A camera
+    that does not start refuses the source, unless `wait`: then it is tried again as one that went
+    away is (one of several cameras, which must not stop the others).
     """
 
     def __init__(
@@ -231,6 +241,7 @@ class GstSource:
         options: SourceOptions | None = None,
         pipeline: str | None = None,
         jetson: bool | None = None,
+        wait: bool = False,
     ):
         self._Gst = load_gst()
         self.uri = uri
@@ -267,7 +278,15 @@ class GstSource:
         self.pipeline = None
         self._rtp: RtpPackets | None = None  # an rtp:// or udp:// source's first packets, of its pipeline now
         self.started = 0.0  # time.monotonic() of the last start
-        self._start()  # the first start fails loudly: a wrong URI should not retry for ever
+        self._waited = False  # a camera not there at the start, tried again from the first frames() call
+        try:
+            self._start()  # the first start fails loudly: a wrong URI should not retry for ever
+        except _NotStarted as exc:
+            if not (wait and self.live):
+                raise
+            log.warning("%s: %s; not there as the run starts: the other sources go on, and this one is tried "
+                        "again as a camera that went away is", self.shown, without_passwords(exc.reason))
+            self._waited = True
 
     @property
     def live(self) -> bool:
@@ -303,7 +322,7 @@ class GstSource:
         if state == Gst.StateChangeReturn.FAILURE:
             error = bus_error(self.pipeline) or "pipeline failed to start"
             self.close()
-            raise SourceError(f"{self.shown}: {self._said(error)}")
+            raise _NotStarted(self.shown, self._said(error))
         if self._custom:  # a live source does not preroll: that is how GStreamer tells them apart
             self.spec.live = state == Gst.StateChangeReturn.NO_PREROLL
             self.spec.settles = has_settling_camera(self.pipeline)
@@ -320,7 +339,7 @@ class GstSource:
         if self.pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
             error = bus_error(self.pipeline) or "pipeline failed to start"
             self.close()
-            raise SourceError(f"{self.shown}: {self._said(error)}")
+            raise _NotStarted(self.shown, self._said(error))
         self.started = time.monotonic()
 
     def _said(self, error: str) -> str:
@@ -483,15 +502,15 @@ class GstSource:
             return f"not a video file that GStreamer recognises ({error})"
         return error
 
-    def _reconnect(self, reason: str, stop: threading.Event) -> None:
+    def _reconnect(self, reason: str | None, stop: threading.Event) -> None:
         """Restart the pipeline until it starts, waiting 1, 2, 4 ... 30 s between attempts. The
         wait goes on growing until a frame comes, not only until the pipeline starts: an RTSP
         camera that is off, or refuses the login, lets rtspsrc start and fails it a moment later,
         and must not be asked again every second (cameras lock an account out after a few failed
-        logins, and each attempt logs two lines)."""
+        logins, and each attempt logs two lines). `reason` None: said already (a camera waited for)."""
         self.close()
-        said = self._outage.due(self._backoff, reason)
-        if said:
+        said = reason is None or self._outage.due(self._backoff, reason)
+        if said and reason is not None:
             log.warning("%s: %s; reconnecting in %.0f s%s", self.shown, reason, self._backoff.wait,
                         self._outage.note(self._backoff))
         while not stop.is_set():
@@ -502,8 +521,8 @@ class GstSource:
                 log.warning("%s: reconnection attempt %d", self.shown, self._attempt)
             try:
                 self._start()
-            except SourceError as exc:
-                failure = without_passwords(str(exc))
+            except SourceError as exc:  # a _NotStarted's reason without the source's name, which the line has
+                failure = without_passwords(exc.reason if isinstance(exc, _NotStarted) else str(exc))
                 if said := self._outage.due(self._backoff, failure):
                     log.warning("%s: attempt %d failed: %s; next in %.0f s%s", self.shown, self._attempt, failure,
                                 self._backoff.wait, self._outage.note(self._backoff))
@@ -524,6 +543,10 @@ class GstSource:
         pts = Gst.CLOCK_TIME_NONE
         try:
             while not stop.is_set():
+                if self._waited:
+                    self._waited = False
+                    self._reconnect(None, stop)
+                    continue
                 if self.pipeline is None:
                     self._start()
                 try:
@@ -727,11 +750,13 @@ def settled_frames(source: Source, stop: threading.Event | None = None) -> Itera
 
 
 def open_source(
-    uri: str, options: SourceOptions | None = None, pipeline: str | None = None, jetson: bool | None = None
+    uri: str, options: SourceOptions | None = None, pipeline: str | None = None, jetson: bool | None = None,
+    wait: bool = False,
 ) -> Source:
     """A frame source for a URI (test://, csi://N, /dev/videoN, rtsp://, rtp://, udp:// MPEG-TS,
     http:// MJPEG, a video file), an image folder, picture or wildcard (followed with
-    `options.follow`), or the user's own GStreamer `pipeline` ending in `appsink name=sink`."""
+    `options.follow`), or the user's own GStreamer `pipeline` ending in `appsink name=sink`.
+    `wait`: a camera that does not start is tried again, not refused (GstSource)."""
     options = options or SourceOptions()
     options = replace(options, crop=check_crop(uri or "pipeline", options.crop))  # a YAML list becomes a tuple
     if isinstance(options.loop, bool) or not isinstance(options.loop, int) or options.loop < -1:
@@ -750,4 +775,4 @@ def open_source(
         return GstSource(uri or "pipeline", options, pipeline=pipeline)
     if opencv_input(uri):
         return PictureSource(local_path(uri), options.flip, options.loop, options.crop)
-    return GstSource(uri, options, jetson=jetson)
+    return GstSource(uri, options, jetson=jetson, wait=wait)

@@ -724,6 +724,29 @@ def test_a_camera_away_for_long_is_said_every_few_minutes_and_its_return_once(ca
     assert re.fullmatch(rf"rtp://@:{port}: frames again, after \d+ reconnection attempts", back)
 
 
+def test_one_camera_of_several_not_there_at_the_start_is_waited_for_and_the_others_go_on(detector, caplog):
+    """A camera of several not there as the run starts (a loose cable, one that boots slower)
+    stopped the run: under systemd, restarted every 5 s, no camera of the line was inspected until
+    it came. Alone, it is still refused at once (a wrong path is said, not tried for ever)."""
+    missing = "/dev/video97"  # no camera behind it
+    with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
+        stop, thread, box = _run_in_thread(detector, [Stream("test://ball?width=64&height=48", "a"),
+                                                      Stream(missing, "b")], RunConfig())
+        try:
+            time.sleep(3.0)
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+    a, b = box["summary"].sources
+    assert a.frames > 10 and a.error is None
+    assert b.frames == 0 and b.error is None  # tried again and again, as a camera that went away
+    assert any(r.getMessage().startswith(f"{missing}: Cannot identify device") and "not there as the run starts: the "
+               "other sources go on" in r.getMessage() for r in caplog.records)
+    assert any(r.getMessage() == f"{missing}: reconnection attempt 1" for r in caplog.records)
+    with pytest.raises(SourceError, match=f"{missing}: Cannot identify device .*no such camera now"):
+        run(detector, [Stream(missing, "b")], RunConfig())
+
+
 def test_a_long_outage_is_said_again_at_once_when_its_reason_changes():
     backoff = sources.Backoff()
     backoff.wait = sources.BACKOFF_S[1]
