@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -84,6 +85,7 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
                               f"{camera_number_hint(entry['input'])}")
         if not entry.get("input") and not entry.get("pipeline"):
             raise EdgeAdError(f"{where}: needs 'input' (a URI, file or folder) or 'pipeline'")
+        _refuse_control_characters(entry, where)
         for key in ("realtime", "follow"):
             if entry.get(key) is not None and not isinstance(entry[key], bool):
                 raise EdgeAdError(f"{where}: '{key}' must be true or false, not {entry[key]!r}")
@@ -119,6 +121,20 @@ def streams_from_yaml(path: Path, defaults: SourceOptions, default_mask: str | N
                    _from_folder(entry.get("calibration"), folder))
         )
     return streams
+
+
+def _refuse_control_characters(entry: dict, where: str) -> None:
+    """Refuse text a YAML escape can hold and nothing downstream takes: a NUL (a path with one
+    ended the run with a traceback, as did an unpaired surrogate in a name given to --on-anomaly),
+    a line break or another control character (a name with one forged lines of the log). A
+    pipeline may span lines (a YAML block)."""
+    for key, value in entry.items():
+        spaces = "\t\n\r" if key == "pipeline" else ""
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and any(unicodedata.category(c) in ("Cc", "Cs") and c not in spaces for c in text):
+                raise EdgeAdError(f"{where}: '{key}' holds a control character or a broken one "
+                                  f"({without_passwords(repr(text))}); a stray escape (\\0, \\n, \\ud800) in the "
+                                  "file?")
 
 
 def _check_numbers(entry: dict, where: str) -> None:

@@ -536,6 +536,23 @@ def test_the_metrics_port_answers_the_scrapers_metrics_allow_names_only(caplog, 
     assert out.returncode == 2 and "--metrics-allow 10.0.7.5: needs --metrics-port PORT" in out.stderr
 
 
+def test_sources_yaml_refuses_the_control_characters_a_stray_escape_gives(tmp_path):
+    """A NUL in a path ended the run with a traceback (ValueError: embedded null byte), as did an
+    unpaired surrogate in a name handed to --on-anomaly; a line break in a name forged a log line."""
+    cams = tmp_path / "cams.yaml"
+    for entry, key in (('{input: "clip.mp4\\0", name: a}', "input"), ('{input: "test://", name: "a\\nb"}', "name"),
+                       ('{input: "test://", output: "o\\0.mkv"}', "output"),
+                       ('{input: "test://", name: "a\\ud800"}', "name"),
+                       ('{input: "rtsp://admin:secret@cam/s\\x01"}', "input")):
+        cams.write_text(f"sources:\n  - {entry}\n")
+        with pytest.raises(EdgeAdError, match=f"source 1: '{key}' holds a control character") as error:
+            streams_from_yaml(cams, SourceOptions())
+        assert "secret" not in str(error.value)
+    cams.write_text('sources:\n  - {pipeline: "videotestsrc\\n ! appsink name=sink"}\n')  # a pipeline over lines
+    (stream,) = streams_from_yaml(cams, SourceOptions())
+    assert stream.pipeline == "videotestsrc\n ! appsink name=sink"
+
+
 def test_sources_yaml(tmp_path):
     good = tmp_path / "cams.yaml"
     good.write_text("sources:\n  - {input: 'test://ball', name: line1, output: l1.mp4, latency_ms: 50}\n"
