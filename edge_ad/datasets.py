@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 import cv2
 import numpy as np
 
-from .errors import DataError, ImageError, shell_word
+from .errors import DataError, ImageError, shell_word, without_passwords
 from .images import (NORMAL_FOLDERS, as_grey, is_image_file, no_images_in, pictures_in_subfolders, pictures_matching,
                      read_image, resize_to_input, subfolders_left, to_rgb)
 from .pipelines import local_path
@@ -390,6 +390,11 @@ def calibration_frames(
         image = resize_to_input(image, *size)
         return as_grey(image) if grey else image
 
+    if isinstance(data, str) and "://" in data and not data.startswith("file://"):  # read as a folder before
+        shown = without_passwords(data)
+        raise DataError(f"{shown}: a camera or stream; INT8 calibrates on pictures or a video file of the line: "
+                        f"record them first (edge-ad record --input {shell_word(shown)} --out calib --frames 200), "
+                        "then give --calib-data calib")
     if not isinstance(data, str) or not local_path(data).is_file():
         samples = without_overlays(load_samples(data, "train"))[0]  # as `train` leaves them out
         pick = np.linspace(0, len(samples) - 1, min(count, len(samples))).round().astype(int)
