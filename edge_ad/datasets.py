@@ -21,7 +21,7 @@ import numpy as np
 from .errors import DataError, ImageError, shell_word, without_passwords
 from .images import (NORMAL_FOLDERS, as_grey, is_image_file, no_images_in, pictures_in_subfolders, pictures_matching,
                      read_image, resize_to_input, subfolders_left, to_rgb)
-from .pipelines import local_path
+from .pipelines import is_v4l2_device, local_path
 from .sinks import FRAME_SUFFIX, OVERLAY_SUFFIX
 
 ELPV_TRAIN_SIZE = 1131
@@ -297,6 +297,10 @@ def load_samples(data: str | Sequence[str], split: str) -> list[Sample]:
     if not isinstance(data, str):
         samples = {os.path.realpath(s.name): s for one in data for s in load_samples(one, split)}
         return list(samples.values())
+    if ("://" in data and not data.startswith("file://")) or is_v4l2_device(data):  # read as a folder before
+        shown = without_passwords(data)
+        raise DataError(f"{shown}: a camera or stream, not pictures: record its frames first (edge-ad record "
+                        f"--input {shell_word(shown)} --out frames --frames 200), then give that folder")
     if _is_elpv(data):
         module_type = data.partition(":")[2]
         if module_type and module_type not in ELPV_TYPES:
@@ -390,11 +394,6 @@ def calibration_frames(
         image = resize_to_input(image, *size)
         return as_grey(image) if grey else image
 
-    if isinstance(data, str) and "://" in data and not data.startswith("file://"):  # read as a folder before
-        shown = without_passwords(data)
-        raise DataError(f"{shown}: a camera or stream; INT8 calibrates on pictures or a video file of the line: "
-                        f"record them first (edge-ad record --input {shell_word(shown)} --out calib --frames 200), "
-                        "then give --calib-data calib")
     if not isinstance(data, str) or not local_path(data).is_file():
         samples = without_overlays(load_samples(data, "train"))[0]  # as `train` leaves them out
         pick = np.linspace(0, len(samples) - 1, min(count, len(samples))).round().astype(int)

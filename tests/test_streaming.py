@@ -226,9 +226,10 @@ def test_int8_calibration_frames_from_a_video_given_as_a_file_uri(mp4, tmp_path)
     shutil.copy(mp4, video)
     frames = calibration_frames(video.as_uri(), 5, (64, 96))  # file:///.../line%203/clip.mp4
     assert len(frames) == 5 and all(frame.shape == (64, 96, 3) for frame in frames)
-    # a camera: taken for a folder before ("rtsp:/cam/s: no such dataset folder", test:// for a wildcard)
-    with pytest.raises(DataError, match=r"^rtsp://admin:\*\*\*@cam/s: a camera or stream; .* \(edge-ad record "):
-        calibration_frames("rtsp://admin:secret@cam/s", 5, (64, 96))
+    # a camera, as train --data and eval --data take one: a folder before ("rtsp:/cam/s: no such dataset folder")
+    for camera, shown in (("rtsp://admin:secret@cam/s", r"rtsp://admin:\*\*\*@cam/s"), ("/dev/video0", "/dev/video0")):
+        with pytest.raises(DataError, match=f"^{shown}: a camera or stream, not pictures: record its frames first"):
+            calibration_frames(camera, 5, (64, 96))
 
 
 def test_a_file_cut_short_plays_the_frames_it_has_and_says_so(tmp_path, caplog):
