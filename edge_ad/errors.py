@@ -193,9 +193,10 @@ def parsed_uri(uri: str) -> ParseResult:
     command with a traceback; this names the URI."""
     try:
         return urlparse(uri)
-    except ValueError as exc:
-        raise SourceError(f"{without_passwords(uri)}: not a URI that reads ({exc}: an IPv6 address goes "
-                          "between [ and ])") from exc
+    except ValueError as exc:  # its text may quote the login and password: not shown
+        why = ("an IPv6 address without its ']'" if "IPv6" in str(exc) else
+               "a character in its host or login that Unicode normalisation reads as another, as a full-width ＃")
+        raise SourceError(f"{without_passwords(uri)}: not a URI that reads ({why})") from exc
 
 
 def uri_port(uri: str) -> int | None:

@@ -71,8 +71,8 @@ def test_mqtt_urls(monkeypatch):
     with pytest.raises(EdgeAdError, match=r"--mqtt mqtt://qa:\*\*\*@b:99999/line: the port is not a number from 0 "
                                           r"to 65535$"):  # a traceback before, from urllib's ValueError
         parse_mqtt_url("mqtt://qa:hunter2@b:99999/line")
-    with pytest.raises(EdgeAdError, match=re.escape("--mqtt mqtt://[fd00::5/line: not a URI that reads (Invalid IPv6 URL: "
-                                                    "an IPv6 address goes between [ and ])")):
+    with pytest.raises(EdgeAdError, match=re.escape("--mqtt mqtt://[fd00::5/line: not a URI that reads (an IPv6 "
+                                                    "address without its ']')")):
         parse_mqtt_url("mqtt://[fd00::5/line")  # a traceback before
 
 

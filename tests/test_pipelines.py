@@ -191,8 +191,8 @@ def test_file_uris_are_read_as_file_managers_write_them(tmp_path):
         ("1", SourceOptions(), r"no such file.*; a camera by its number is /dev/video1 \(USB, V4L2\) or csi://1"),
         ("test://ball?fps=fast", SourceOptions(), "must be integers"),
         # tried for the whole run before, or a traceback (rtp, udp), from urllib's ValueError
-        ("rtsp://[fe80::10/stream1", SourceOptions(), r"not a URI that reads \(Invalid IPv6 URL"),
-        ("rtp://[fe80::10:5004", SourceOptions(), r"not a URI that reads \(Invalid IPv6 URL"),
+        ("rtsp://[fe80::10/stream1", SourceOptions(), r"not a URI that reads \(an IPv6 address without its '\]'\)"),
+        ("rtp://[fe80::10:5004", SourceOptions(), r"not a URI that reads \(an IPv6 address without its '\]'\)"),
         ("rtsp://cam:99999/stream1", SourceOptions(), "the port is not a number from 0 to 65535"),
         ("http://cam:99999/video.mjpg", SourceOptions(), "the port is not a number from 0 to 65535"),
         # passed over, or GStreamer's "could not link"; 0 fps, one frame then a reconnection
@@ -208,6 +208,15 @@ def test_bad_source_uris_are_named(uri, options, message):
     with pytest.raises(SourceError, match=message) as error:
         source_pipeline(uri, options, jetson=False)
     assert uri.split("?")[0] in str(error.value)
+
+
+def test_a_uri_urllib_cannot_read_is_named_without_its_password():
+    """urllib's ValueError quotes the login of a host it cannot normalise: a traceback before, with
+    the camera's password in it."""
+    with pytest.raises(SourceError) as error:
+        source_pipeline("rtsp://admin:pass\uff03word@cam/s", SourceOptions(), jetson=False)
+    assert str(error.value) == ("rtsp://admin:***@cam/s: not a URI that reads (a character in its host or login that "
+                                "Unicode normalisation reads as another, as a full-width \uff03)")
 
 
 def test_a_jetson_without_a_hardware_encoder_encodes_with_x264(monkeypatch):
