@@ -345,7 +345,8 @@ class Samples:
         while (item := self._pending.get()) is not None:
             path, frame = item
             try:
-                made_folder(path.parent, "samples")
+                if not path.parent.is_dir():  # a source's (or variant's) first, or one deleted during the run
+                    made_folder(path.parent, "samples")
                 self.quota.write(path, frame, ".png")
                 self.saved += 1
             except Exception as exc:  # a full disk: said at the next sample, retried then; a fault of edge-ad's
