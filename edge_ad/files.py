@@ -9,6 +9,7 @@ where runs write them."""
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -51,10 +52,7 @@ def made_folder(folder: Path, what: str) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EdgeAdError(f"{folder}: cannot create the {what} folder ({os_reason(exc)})") from exc
-    try:
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as exc:
-        raise EdgeAdError(f"{folder}: cannot write in the {what} folder ({os_reason(exc)})") from exc
+    _takes_files(folder, folder, what)
     return folder.absolute()
 
 
@@ -64,10 +62,17 @@ def writable_later(folder: Path, what: str) -> None:
     that work which fails leaves no folder."""
     if folder.exists() and not folder.is_dir():
         raise EdgeAdError(f"{folder}: is a file, not a {what} folder")
-    there = next(path for path in (folder, *folder.parents) if path.exists())
+    _takes_files(next(path for path in (folder, *folder.parents) if path.exists()), folder, what)
+
+
+def _takes_files(there: Path, folder: Path, what: str) -> None:
+    """Refuse `folder` (`there`, or where it would be made) where a nameless file cannot be
+    written. A full disk is not refused: the writes say so as they fail, and quotas make room."""
     try:
         tempfile.TemporaryFile(dir=there).close()
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return
         done = "write in" if there == folder else "create"
         raise EdgeAdError(f"{folder}: cannot {done} the {what} folder ({os_reason(exc)})") from exc
 

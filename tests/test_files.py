@@ -92,3 +92,21 @@ def test_pictures_a_killed_run_left_unfinished_are_removed_when_the_next_starts(
     Snapshots(snapshots)
     Samples(samples).close()
     assert [path.exists() for path in old] == [False, False] and young.exists() and mine.exists()
+
+
+def test_a_full_disk_is_no_folder_that_cannot_be_written(tmp_path, monkeypatch):
+    """The start's check writes a nameless file: where the disk is full at the start, the run goes
+    on (its writes fail and are said, and the quotas make room), not refused as another user's
+    folder is."""
+    from edge_ad import files
+
+    monkeypatch.setattr(files.tempfile, "TemporaryFile", full_disk)
+    assert files.made_folder(tmp_path / "snaps", "snapshot") == tmp_path / "snaps"
+    files.writable_later(tmp_path / "run", "run")
+
+    def refused(**kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(files.tempfile, "TemporaryFile", refused)
+    with pytest.raises(EdgeAdError, match="snaps: cannot write in the snapshot folder \\(Permission denied to "):
+        files.made_folder(tmp_path / "snaps", "snapshot")
