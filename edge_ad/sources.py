@@ -392,9 +392,10 @@ class GstSource:
             sample = self.appsink.try_pull_sample(int(POLL_S * Gst.SECOND))
             if sample is not None:
                 self._pulled_here += 1
-                if self._outage.long:
-                    log.warning("%s: frames again, after %d reconnection attempts", self.shown, self._attempt)
-                self._backoff, self._attempt, self._outage = Backoff(), 0, Outage()  # the next failure starts over
+                if self._attempt:  # the first frame after reconnecting: the next failure starts over
+                    if self._outage.long:
+                        log.warning("%s: frames again, after %d reconnection attempts", self.shown, self._attempt)
+                    self._backoff, self._attempt, self._outage = Backoff(), 0, Outage()
                 return sample
             error = bus_error(self.pipeline)
             if error:
