@@ -24,7 +24,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from tqdm import tqdm
 from .bundle import Bundle, cache_dir, write_yaml_atomic
 from .cuda_memory import cuda_memory
 from .device import describes, detect, is_jetson, own_target, target_config
-from .errors import EdgeAdError, raised
+from .errors import EdgeAdError, os_reason, raised
 from .files import write_atomic
 
 ENGINES_DIR = "engines"
@@ -165,14 +165,65 @@ def engine_dirs(bundle: Bundle) -> list[Path]:
     return [bundle.root / ENGINES_DIR, cache_dir() / ENGINES_DIR / bundle.sha256[:16]]
 
 
+_PASSED_OVER: set[Path] = set()
+READABLE_ADVICE = "let this user read it, or build the engines again as this user"
+
+
+def _pass_over(path: Path, reason: str) -> None:
+    """Say, once per process, that the engines at `path` are not used and why."""
+    if path not in _PASSED_OVER:
+        _PASSED_OVER.add(path)
+        warnings.warn(f"{path}: its engines are not used: {reason}")
+
+
+def _manifests(bundle: Bundle) -> dict[Path, int]:
+    """The engine manifests of `bundle` on disk (`build` writes each last), engine_dirs' order,
+    with their modification times. A folder this process cannot read (another user's cache,
+    engines built under root's umask 077) is said once and passed over, as its engines could
+    not be loaded: unsaid, the run went on ONNX Runtime, or ended in Python's PermissionError."""
+    manifests = {}
+    own, cached = engine_dirs(bundle)
+    for root in (own, cached):
+        try:
+            folders = sorted(root.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            _pass_over(root, os_reason(exc) + ("; set EDGE_AD_CACHE to a folder of this user's" if root == cached
+                                               else f"; {READABLE_ADVICE}"))
+            continue
+        for folder in folders:
+            try:
+                manifests[folder / MANIFEST] = (folder / MANIFEST).stat().st_mtime_ns
+            except (FileNotFoundError, NotADirectoryError):  # not an engine folder, or removed while listed
+                continue
+            except OSError as exc:
+                _pass_over(folder, f"{os_reason(exc)}; {READABLE_ADVICE}")
+    return manifests
+
+
+def _read_manifest(path: Path) -> dict | None:
+    """The manifest at `path`, or None (said once) when it cannot be read or is not one."""
+    try:
+        manifest = yaml.safe_load(path.read_text())
+    except FileNotFoundError:  # removed meanwhile
+        return None
+    except OSError as exc:
+        _pass_over(path.parent, f"{path.name}: {os_reason(exc)}; {READABLE_ADVICE}")
+        return None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        manifest = exc
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("key"), dict)
+            and isinstance(manifest.get("graphs"), dict)):
+        _pass_over(path.parent, f"{path.name} is not an engine manifest; build them again (edge-ad build --force)")
+        return None
+    return manifest
+
+
 def engine_builds(bundle: Bundle) -> frozenset[tuple[Path, int]]:
-    """The engine builds of `bundle` on disk: each manifest (which `build` writes last) with its
-    modification time, so that another build, or one removed, changes the set."""
-    builds = set()
-    for manifest in (path for folder in engine_dirs(bundle) for path in folder.glob(f"*/{MANIFEST}")):
-        with suppress(FileNotFoundError):  # removed while listed
-            builds.add((manifest, manifest.stat().st_mtime_ns))
-    return frozenset(builds)
+    """The engine builds of `bundle` on disk: each manifest with its modification time, so that
+    another build, or one removed, changes the set."""
+    return frozenset(_manifests(bundle).items())
 
 
 def writable_engine_dir(bundle: Bundle) -> Path:
@@ -192,15 +243,15 @@ def matching_build(bundle: Bundle, key: EngineKey) -> tuple[Path, dict] | None:
     """The engine folder of `bundle` for `key` that matches, with its manifest (the newest build,
     when both engine_dirs hold one), else None."""
     matching = {}
-    for folder in (root / key.slug for root in engine_dirs(bundle)):
-        if (folder / MANIFEST).is_file():
-            manifest = yaml.safe_load((folder / MANIFEST).read_text()) or {}
-            if mismatch(manifest, key, bundle) is None:
-                matching[folder] = manifest
+    for path, modified in _manifests(bundle).items():
+        if path.parent.name != key.slug or not (manifest := _read_manifest(path)):
+            continue
+        if mismatch(manifest, key, bundle) is None:
+            matching[path.parent] = modified, manifest
     if not matching:
         return None
-    folder = max(matching, key=lambda f: (f / MANIFEST).stat().st_mtime)
-    return folder, matching[folder]
+    folder = max(matching, key=lambda f: matching[f][0])
+    return folder, matching[folder][1]
 
 
 def cached_engines(bundle: Bundle, key: EngineKey) -> dict[str, Path] | None:
@@ -215,11 +266,10 @@ def cached_engines(bundle: Bundle, key: EngineKey) -> dict[str, Path] | None:
 def other_engines(bundle: Bundle, key: EngineKey) -> list[str]:
     """One line per cached engine folder that must not run here, saying why."""
     lines = []
-    for manifest_path in (path for root in engine_dirs(bundle) for path in sorted(root.glob(f"*/{MANIFEST}"))):
-        if manifest_path.parent.name == key.slug:
-            continue
-        reason = mismatch(yaml.safe_load(manifest_path.read_text()) or {}, key, bundle)
-        lines.append(f"{manifest_path.parent}: not used here, {reason or 'built with other settings'}")
+    for path in _manifests(bundle):
+        if path.parent.name != key.slug and (manifest := _read_manifest(path)):
+            reason = mismatch(manifest, key, bundle)
+            lines.append(f"{path.parent}: not used here, {reason or 'built with other settings'}")
     return lines
 
 

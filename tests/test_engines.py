@@ -1,10 +1,12 @@
 """TensorRT engine cache: keys, refusal of engines from another device or bundle, and the build
 command. Building itself needs TensorRT and an NVIDIA GPU and is skipped without them."""
 
+import errno
 import os
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,12 +16,12 @@ import yaml
 
 from edge_ad.backends import onnxruntime_graphs
 from edge_ad.bundle import load_bundle
-from edge_ad.engines import (ENGINES_DIR, MANIFEST, EngineKey, build_engines, cached_engines, engine_dirs, mismatch,
-                             other_engines, writable_engine_dir)
+from edge_ad.engines import (ENGINES_DIR, MANIFEST, EngineKey, build_engines, cached_engines, engine_builds,
+                             engine_dirs, mismatch, other_engines, writable_engine_dir)
 from edge_ad.cuda_memory import cuda_memory_installed
 from edge_ad.device import CONFIGS
 from edge_ad.doctor import doctor
-from edge_ad.errors import EdgeAdError
+from edge_ad.errors import EdgeAdError, os_reason
 
 ORIN = EngineKey("Orin (nvgpu)", "8.7", "10.3.0", "fp16")
 
@@ -131,6 +133,48 @@ def test_engines_of_a_bundle_folder_that_cannot_be_written_go_to_the_cache(tiny_
     (own / MANIFEST).write_text(yaml.safe_dump(_manifest(bundle, ORIN)))
     os.utime(own / MANIFEST, (1, 1))
     assert cached_engines(bundle, ORIN)["encoder"].parent == folder / ORIN.slug
+
+
+def test_engines_this_user_cannot_read_are_said_once_and_passed_over(tiny_bundle, tmp_path, monkeypatch):
+    # A service user whose HOME is another user's (its cache unreadable), engines built by root under umask 077,
+    # a manifest broken by hand or by the disk: those engines cannot be loaded, and the run goes on without them.
+    monkeypatch.setenv("EDGE_AD_CACHE", str(tmp_path / "cache"))
+    bundle = load_bundle(shutil.copytree(tiny_bundle, tmp_path / "b"))
+    own, cached = engine_dirs(bundle)
+    for root, key in ((own, ORIN), (own, replace(ORIN, precision="int8")), (own, replace(ORIN, tensorrt="8.6.2")),
+                      (cached, ORIN)):
+        (root / key.slug).mkdir(parents=True, exist_ok=True)
+        (root / key.slug / MANIFEST).write_text(yaml.safe_dump(_manifest(bundle, key)))
+    locked, broken = own / replace(ORIN, precision="int8").slug, own / replace(ORIN, tensorrt="8.6.2").slug
+    (broken / MANIFEST).write_text("key: [unclosed")
+    refused = PermissionError(errno.EACCES, "Permission denied")
+    iterdir, stat = Path.iterdir, Path.stat
+
+    def unreadable(method, folder):
+        def call(path, *args, **kwargs):
+            if path == folder or path.parent == folder:
+                raise refused
+            return method(path, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(Path, "iterdir", unreadable(iterdir, cached))
+    monkeypatch.setattr(Path, "stat", unreadable(stat, locked))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert cached_engines(bundle, ORIN)["encoder"].parent == own / ORIN.slug
+        assert other_engines(bundle, ORIN) == []
+        assert cached_engines(bundle, replace(ORIN, precision="int8")) is None
+        assert {path.parent for path, _ in engine_builds(bundle)} == {own / ORIN.slug, broken}
+    assert sorted(str(w.message) for w in said) == sorted([
+        f"{cached}: its engines are not used: {os_reason(refused)}; set EDGE_AD_CACHE to a folder of this user's",
+        f"{locked}: its engines are not used: {os_reason(refused)}; let this user read it, or build the engines again "
+        "as this user",
+        f"{broken}: its engines are not used: {MANIFEST} is not an engine manifest; build them again "
+        "(edge-ad build --force)"])
+    # Every other kind of broken manifest the same: not loaded, no traceback.
+    for text in ("- a list", "key: a text\ngraphs: {}", "", "\xff\xfe"):
+        (broken / MANIFEST).write_bytes(text.encode("latin-1"))
+        assert cached_engines(bundle, replace(ORIN, tensorrt="8.6.2")) is None
 
 
 def test_int8_engines_need_tensorrt_form_qdq_graphs(tiny_bundle):
