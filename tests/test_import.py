@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -20,6 +21,24 @@ def test_running_a_bridge_bundle_does_not_pull_in_torch(tiny_bridge_bundle):
         "d(numpy.zeros((90, 120, 3), numpy.uint8)); sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code, str(tiny_bridge_bundle)]).returncode == 0
+
+
+def test_onnx_runtime_keeps_no_device_id_and_calls_nobody(tiny_bundle, tmp_path):
+    # ONNX Runtime's Linux wheels keep a device ID under ~/.cache/Microsoft and look up Microsoft's
+    # collector while frames are scored, unless told not to before onnxruntime is imported: the
+    # runtime, and export (whose quantiser imports onnxruntime first), tell it.
+    env = {name: value for name, value in os.environ.items() if name not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    env["HOME"] = str(tmp_path)
+    for first in ("edge_ad", "export.quantize"):
+        code = (f"import sys, numpy, {first}, edge_ad; d = edge_ad.Detector.load(sys.argv[1]); "
+                "d(numpy.zeros((90, 120, 3), numpy.uint8))")
+        subprocess.run([sys.executable, "-c", code, str(tiny_bundle)], env=env, check=True)
+    assert list(tmp_path.iterdir()) == []
+    code = "import os, edge_ad; print(os.environ['ORT_DISABLE_TELEMETRY'])"
+    for given, kept in ((None, "1"), ("0", "0")):
+        run_env = env if given is None else {**env, "ORT_DISABLE_TELEMETRY": given}
+        said = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, check=True)
+        assert said.stdout.strip() == kept
 
 
 def test_version_command():
