@@ -34,8 +34,8 @@ import yaml
 from calibration.threshold import expected_rate_above, resolves
 
 from . import picture_lists
-from .errors import BundleError, os_reason, shell_word
-from .files import write_atomic
+from .errors import BundleError, EdgeAdError, os_reason, shell_word
+from .files import home_folder, write_atomic
 from .images import DARK, DARK_CAUSE, ENLARGED, is_grey
 from .normalize import Quantiles
 
@@ -297,7 +297,7 @@ def cache_dir() -> Path:
     $XDG_CACHE_HOME/edge-ad, else ~/.cache/edge-ad."""
     if os.environ.get("EDGE_AD_CACHE"):
         return Path(os.environ["EDGE_AD_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-ad"
+    return Path(os.environ.get("XDG_CACHE_HOME") or home_folder("EDGE_AD_CACHE") / ".cache") / "edge-ad"
 
 
 STALE_STAGING_S = 24 * 3600  # an unpack folder this old was left by a process killed mid-unpack
@@ -318,7 +318,10 @@ def _unpacked(path: Path) -> Path:
     The folder persists, so the engines `edge-ad build` makes for the archive and the site
     calibration `edge-ad calibrate` writes for it are there the next time it is loaded. It is
     unpacked into a hidden folder and renamed into place whole: never half an archive."""
-    bundles = cache_dir() / "bundles"
+    try:
+        bundles = cache_dir() / "bundles"
+    except EdgeAdError as exc:
+        raise BundleError(f"{path}: an archive is unpacked into edge-ad's cache, and {exc}") from exc
     try:
         folder = bundles / file_sha256(path)[:16]
         if not folder.is_dir():

@@ -27,7 +27,7 @@ import ssl
 import urllib.request
 from pathlib import Path
 
-from .errors import CertificateRefused, SourceError, os_reason, parsed_uri, without_passwords
+from .errors import CertificateRefused, EdgeAdError, SourceError, os_reason, parsed_uri, without_passwords
 from .files import state_folder, write_atomic
 
 TLS_SCHEMES = ("https://", "rtsps://")
@@ -101,12 +101,13 @@ class CameraTls:
         return self.refusal
 
     def _keep(self, der: bytes) -> Path | str:
-        path, pem = state_folder() / "cameras" / f"{self.host}-{self.port}.pem", ssl.DER_cert_to_PEM_cert(der).encode()
+        pem = ssl.DER_cert_to_PEM_cert(der).encode()
         try:
+            path = state_folder() / "cameras" / f"{self.host}-{self.port}.pem"
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.is_file() or path.read_bytes() != pem:  # not again at every retry of the camera
                 write_atomic(path, pem)
-        except OSError as exc:
+        except (OSError, EdgeAdError) as exc:
             return str(exc)
         return path
 

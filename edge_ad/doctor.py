@@ -192,6 +192,11 @@ def _check_state(report: Report) -> None:
     from .opcua import CERTIFICATE, RENEW_NOTICE, certificate_dir
     from .opcua_trust import thumbprint
 
+    try:
+        state_folder()
+    except EdgeAdError as exc:  # a user without a home folder: runs that keep nothing there still run
+        report.found("state", f"none: {exc}")
+        return
     said = []
     server = certificate_dir() / CERTIFICATE
     if server.is_file():

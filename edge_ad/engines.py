@@ -161,8 +161,12 @@ def engine_precisions(bundle: Bundle, dla_core: int | None) -> tuple[str, ...]:
 
 def engine_dirs(bundle: Bundle) -> list[Path]:
     """Where engines of `bundle` may be: its own engines/ folder, then edge-ad's cache, where they
-    go when the bundle folder cannot be written (a read-only mount, another user's files)."""
-    return [bundle.root / ENGINES_DIR, cache_dir() / ENGINES_DIR / bundle.sha256[:16]]
+    go when the bundle folder cannot be written (a read-only mount, another user's files), and
+    which a user without a home folder has not (its bundle's folder is still searched)."""
+    try:
+        return [bundle.root / ENGINES_DIR, cache_dir() / ENGINES_DIR / bundle.sha256[:16]]
+    except EdgeAdError:
+        return [bundle.root / ENGINES_DIR]
 
 
 _PASSED_OVER: set[Path] = set()
@@ -182,14 +186,14 @@ def _manifests(bundle: Bundle) -> dict[Path, int]:
     engines built under root's umask 077) is said once and passed over, as its engines could
     not be loaded: unsaid, the run went on ONNX Runtime, or ended in Python's PermissionError."""
     manifests = {}
-    own, cached = engine_dirs(bundle)
-    for root in (own, cached):
+    for root in engine_dirs(bundle):
         try:
             folders = sorted(root.iterdir())
         except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as exc:
-            _pass_over(root, os_reason(exc) + ("; set EDGE_AD_CACHE to a folder of this user's" if root == cached
+            cached = root.parent != bundle.root
+            _pass_over(root, os_reason(exc) + ("; set EDGE_AD_CACHE to a folder of this user's" if cached
                                                else f"; {READABLE_ADVICE}"))
             continue
         for folder in folders:
@@ -235,7 +239,11 @@ def writable_engine_dir(bundle: Bundle) -> Path:
             continue
         if os.access(folder, os.W_OK):
             return folder
-    raise EdgeAdError(f"{bundle.root}: neither its engines folder nor {cache_dir()} can be written; "
+    try:
+        cache = cache_dir()
+    except EdgeAdError as exc:
+        raise EdgeAdError(f"{bundle.root}: its engines folder cannot be written, and {exc}") from exc
+    raise EdgeAdError(f"{bundle.root}: neither its engines folder nor {cache} can be written; "
                       "set EDGE_AD_CACHE to a writable folder")
 
 

@@ -37,7 +37,18 @@ def state_folder() -> Path:
     ~/.local/state/edge-ad."""
     if os.environ.get("STATE_DIRECTORY"):
         return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "edge-ad"
+    return Path(os.environ.get("XDG_STATE_HOME") or home_folder("XDG_STATE_HOME") / ".local" / "state") / "edge-ad"
+
+
+def home_folder(variable: str) -> Path:
+    """This user's home folder, under which a folder that `variable` would set is by default. A
+    user without one (a container's uid, with neither HOME nor an entry in /etc/passwd) is told
+    to set `variable`, not Python's "Could not determine home directory"."""
+    try:
+        return Path.home()
+    except RuntimeError as exc:
+        raise EdgeAdError(f"this user (uid {os.geteuid()}) has no home folder (HOME is not set, nor is the user in "
+                          f"/etc/passwd): set {variable} to the folder edge-ad should use") from exc
 
 
 def made_folder(folder: Path, what: str) -> Path:

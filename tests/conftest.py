@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import errno
 import ipaddress
+import os
 import shutil
 import socket
 import subprocess
@@ -56,6 +57,22 @@ def edge_ad_cache(tmp_path_factory) -> Path:
         folder = tmp_path_factory.mktemp("edge-ad-cache")
         patch.setenv("EDGE_AD_CACHE", str(folder))
         yield folder
+
+
+@pytest.fixture
+def no_home(monkeypatch) -> str:
+    """This process as a container's uid: HOME not set, no entry in /etc/passwd, none of the
+    folders' own variables set. What edge-ad says of it (files.home_folder), as a pattern."""
+    for name in ("HOME", "EDGE_AD_CACHE", "XDG_CACHE_HOME", "XDG_STATE_HOME", "STATE_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
+
+    def unknown(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr("pwd.getpwuid", unknown)
+    with pytest.raises(RuntimeError):
+        Path.home()  # as Python has it for such a user
+    return rf"this user \(uid {os.geteuid()}\) has no home folder \(HOME is not set, nor is the user in /etc/passwd\)"
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,10 @@ import pytest
 import yaml
 
 from edge_ad.bundle import load_bundle
+from edge_ad.detector import Detector
 from edge_ad.doctor import doctor
-from edge_ad.errors import BundleError
+from edge_ad.errors import BundleError, EdgeAdError
+from edge_ad.files import state_folder
 
 from conftest import full_disk
 
@@ -110,6 +112,23 @@ def test_an_archive_without_a_writable_cache_is_refused_in_one_line(tiny_bundle,
     monkeypatch.setenv("EDGE_AD_CACHE", str(tmp_path / "a-file"))
     with pytest.raises(BundleError, match="bundle.tar: cannot unpack the archive into .*set EDGE_AD_CACHE"):
         load_bundle(archive)
+
+
+def test_a_user_without_a_home_folder_runs_a_bundle_folder_and_is_told_what_to_set(tiny_bundle, tmp_path, no_home):
+    # Python's "Could not determine home directory" came from the engines' lookup, for a bundle folder that
+    # needs no cache.
+    detector = Detector.load(tiny_bundle)
+    assert detector(np.zeros((90, 120, 3), np.uint8)).score >= 0
+    archive = tmp_path / "bundle.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tiny_bundle, arcname="bundle")
+    with pytest.raises(BundleError, match=f"bundle.tar: an archive is unpacked into edge-ad's cache, and {no_home}: "
+                                          "set EDGE_AD_CACHE to the folder edge-ad should use"):
+        load_bundle(archive)
+    with pytest.raises(EdgeAdError, match=f"{no_home}: set XDG_STATE_HOME"):
+        state_folder()
+    assert [line for line in doctor([str(tiny_bundle)]).lines if line.startswith("state")] == [
+        f"state        none: {no_home.replace(chr(92), '')}: set XDG_STATE_HOME to the folder edge-ad should use"]
 
 
 def test_missing_field_is_named(bundle_copy):

@@ -140,6 +140,13 @@ def test_without_a_pinned_certificate_the_system_s_trust_store_decides_names_inc
     assert ("IP address mismatch" if codec == "jpeg" else "made out for another name than the address") in caplog.text
 
 
+def test_a_certificate_refused_where_there_is_no_state_folder_is_said_not_kept(tmp_path, no_home):
+    own, _ = certificate(tmp_path, "camera")
+    der = own.public_bytes(serialization.Encoding.DER)
+    said = str(camera_certificates.CameraTls("https://10.0.0.7/still.jpg", None).refuse(der, "self-signed"))
+    assert re.search(rf"it presented SHA-256 {fingerprint(der)}, not kept \({no_home}: set XDG_STATE_HOME", said)
+
+
 def test_the_certificate_file_is_read_before_anything_starts_and_refused_by_name(tmp_path):
     own, key = certificate(tmp_path, "camera")
     der = own.public_bytes(serialization.Encoding.DER)
