@@ -21,7 +21,7 @@ from .errors import (EdgeAdError, SourceError, password_from_environment, printa
 from .freeze import FROZEN_WINDOW_S
 from .modbus import modbus_clients
 from .output_access import OUTPUT_PASSWORD_VARIABLE, OutputAccess
-from .pipelines import FLIPS, MAX_BITRATE_KBPS, MAX_CAMERA_SIDE, SourceOptions, check_crop
+from .pipelines import FLIPS, MAX_BITRATE_KBPS, MAX_CAMERA_SIDE, SourceOptions, check_crop, local_path
 from .reports import write_report
 
 if TYPE_CHECKING:  # the commands import what they need when they run
@@ -67,6 +67,17 @@ def _crop(text: str) -> tuple[int, int, int, int]:
     except SourceError:
         raise argparse.ArgumentTypeError(
             f"must be X,Y,WIDTH,HEIGHT in pixels, X, Y 0 or more and WIDTH, HEIGHT above 0, got {text}") from None
+
+
+def _pictures(text: str) -> str:
+    """Pictures to read (--data, --defects, --calib-data): a file:// URI, as a file manager copies
+    a folder's location, as its path; the path was read as a folder named 'file:'."""
+    if not text.startswith("file://"):
+        return text
+    try:
+        return str(local_path(text))
+    except SourceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _non_negative(text: str) -> float:
@@ -665,7 +676,7 @@ def _refuse_defects_among_frames(normal: str, defects: str) -> None:
     """Refuse known defects that are pictures of the normal frames' source too (`--input 'site/**/*'`
     over the rejected parts' folder): counted as normal, they would raise the threshold to pass them."""
     from .images import pictures_of
-    from .pipelines import local_path, opencv_input
+    from .pipelines import opencv_input
 
     if opencv_input(normal) is None or opencv_input(defects) is None:
         return
@@ -1133,7 +1144,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model on normal images (workstation, needs torch)")
-    p.add_argument("--data", required=True, action="append",
+    p.add_argument("--data", required=True, action="append", type=_pictures,
                    help="'elpv' (or elpv:mono, elpv:poly), a folder of normal images, a quoted wildcard of them "
                         "('archive/OK_*.jpg'), or an MVTec category; repeat it to train on the pictures of each "
                         "(the first ones recorded and those run --samples kept)")
@@ -1166,9 +1177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defect-kinds", nargs="+", metavar="KIND",
                    help="bridge: the synthetic defect kinds to train on (default: all of perlin_texture, "
                         "perlin_shift, cutpaste, scratch, spot; 'edge-ad defects' draws them)")
-    p.add_argument("--defects", help="a few known defect images (a folder, a quoted wildcard of them, or elpv:M for "
-                                     "the few-shot protocol): "
-                                     "the prototypes they land on are taken out (DPDL's push-away)")
+    p.add_argument("--defects", type=_pictures,
+                   help="a few known defect images (a folder, a quoted wildcard of them, or elpv:M for the few-shot "
+                        "protocol): the prototypes they land on are taken out (DPDL's push-away)")
     p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
                    help="where the networks run: auto (default) takes the workstation's NVIDIA GPU when torch sees "
                         "one (a CUDA build of torch), else the CPU")
@@ -1186,8 +1197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                    help="int8: Q/DQ graphs from ONNX Runtime's static quantiser (TensorRT explicit quantisation); "
                         "fp16: FP16 convolution graphs for ONNX Runtime's CUDA provider")
-    p.add_argument("--calib-data", help="INT8 calibration frames: 'elpv', an image folder, an MVTec category or a "
-                                        "video file (default: the run's training data)")
+    p.add_argument("--calib-data", type=_pictures,
+                   help="INT8 calibration frames: 'elpv', an image folder, an MVTec category or a video file "
+                        "(default: the run's training data)")
     p.add_argument("--calib-images", type=_positive_int, default=300,
                    help="INT8 calibration frames (entropy and percentile use at most 64 at 256 px, fewer for "
                         "larger inputs: they hold every activation in memory)")
@@ -1208,7 +1220,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "the source --source names, with its bundle, mask and "
                                                      "calibration folder")
     p.add_argument("--source", metavar="NAME", help="which source of --sources (the camera whose pictures these are)")
-    p.add_argument("--data", required=True,
+    p.add_argument("--data", required=True, type=_pictures,
                    help="'elpv' (or elpv:mono, elpv:poly), an MVTec category folder (its train/ optional), or a "
                         "folder holding good/ (or ok/) beside a folder per defect")
     p.add_argument("--json", help="also write the metrics to this JSON file")
@@ -1372,8 +1384,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "whose memory-pool limit to build with instead of this device's target's")
     p.add_argument("--dla-core", type=int, choices=(0, 1),
                    help="build for this DLA core, GPU fallback for unsupported layers (run with --dla-core N too)")
-    p.add_argument("--calib-data", help="INT8 on a DLA core: frames TensorRT calibrates an FP32 bundle on ('elpv', "
-                                        "an image folder, an MVTec category or a video file)")
+    p.add_argument("--calib-data", type=_pictures,
+                   help="INT8 on a DLA core: frames TensorRT calibrates an FP32 bundle on ('elpv', an image folder, "
+                        "an MVTec category or a video file)")
     p.add_argument("--calib-images", type=_positive_int, default=300, help="INT8 on a DLA core: calibration frames")
     p.add_argument("--workspace-mib", type=_positive_int,
                    help="TensorRT memory-pool limit (default: the target's; 1024 where none gives one)")
@@ -1470,7 +1483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_mask)
 
     p = sub.add_parser("defects", help="write a gallery picture of the synthetic training defects")
-    p.add_argument("--data", required=True,
+    p.add_argument("--data", required=True, type=_pictures,
                    help="'elpv' (or elpv:mono, elpv:poly), a folder of normal images, or an MVTec category")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--images", type=_positive_int, default=50, help="how many training images to draw from")

@@ -158,6 +158,27 @@ def test_missing_data_folder(tmp_path):
     _one_line_error(edge_ad("train", "--data", tmp_path / "nope", "--out", tmp_path / "r"), "nope", "no such")
 
 
+def test_pictures_given_as_a_file_uri_are_read_from_its_path(tmp_path, capsys):
+    # As a file manager copies a folder's location: read as a folder named 'file:' before.
+    from edge_ad.cli import build_parser
+
+    folder = tmp_path / "line 3" / "good #1"
+    commands = {"train": (["--data", "--defects"], ["--out", "r", "--data", "elpv"]),
+                "export": (["--calib-data"], ["--run", "r", "--out", "b"]),
+                "eval": (["--data"], ["--bundle", "b"]), "defects": (["--data"], ["--out", "g.png"]),
+                "build": (["--calib-data"], ["--bundle", "b"])}
+    for command, (options, rest) in commands.items():
+        for option in options:
+            args = vars(build_parser().parse_args([command, *rest, option, folder.as_uri()]))
+            given = args[option[2:].replace("-", "_")]
+            assert (given[-1] if isinstance(given, list) else given) == str(folder), (command, option)
+    assert build_parser().parse_args(["eval", "--bundle", "b", "--data", "rtsp://cam/s"]).data == "rtsp://cam/s"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "--bundle", "b", "--data", "file://nas/line/good"])
+    assert "argument --data: file://nas/line/good: a file on host 'nas': give a path on this machine" in \
+        capsys.readouterr().err
+
+
 def test_input_size_too_small_for_a_feature_grid(tmp_path, normal_folder):
     result = edge_ad("train", "--data", normal_folder, "--out", tmp_path / "r", "--input-size", 30)
     _one_line_error(result, "input size 30 px", "at least 64")
