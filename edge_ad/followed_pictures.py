@@ -103,6 +103,7 @@ class FollowedPictures:
 
     live = False  # every picture is a part: none is dropped for a newer one
     dropped = 0
+    away = False  # its folder cannot be listed (a share gone), and has not been since
     fps = None
 
     def __init__(self, path: Path, flip: str = "none", crop: tuple[int, int, int, int] | None = None):
@@ -268,11 +269,12 @@ class FollowedPictures:
                     log.warning("%s: %s; trying again, every %.0f s at most", self.uri, problem, BACKOFF_S[1])
                     failing = problem
                 self.reconnects += 1
+                self.away = True
                 backoff.sleep(stop)
                 continue
             if failing is not None:
                 log.warning("%s: %s can be listed again", self.uri, self.folder)
-                failing = None
+                failing, self.away = None, False
                 backoff.reset()
             now = time.monotonic()
             arrivals = self._arrivals(present, now)

@@ -51,6 +51,7 @@ class HttpPictures:
 
     live = True
     dropped = 0
+    away = False  # the camera fails to answer, and has not answered since
 
     def __init__(self, uri: str, options: SourceOptions):
         self.uri, self.shown = uri, without_passwords(uri)
@@ -105,7 +106,7 @@ class HttpPictures:
 
     def frames(self, stop: threading.Event | None = None) -> Iterator[Frame]:
         stop = stop or threading.Event()
-        index, backoff, outage, failing = 0, Backoff(), Outage(), False
+        index, backoff, outage = 0, Backoff(), Outage()
         while not stop.is_set():
             asked = time.monotonic()
             try:
@@ -114,12 +115,12 @@ class HttpPictures:
                 if outage.due(backoff, str(exc)):
                     log.warning("%s: %s; trying again in %.0f s%s", self.shown, exc, backoff.wait, outage.note(backoff))
                 self.reconnects += 1
-                failing = True
+                self.away = True
                 backoff.sleep(stop)
                 continue
-            if failing:
+            if self.away:
                 log.warning("%s: the camera answers again", self.shown)
-                failing = False
+                self.away = False
                 backoff, outage = Backoff(), Outage()
             yield Frame(index, time.time(), picture_frame(rgb, self.turn, self.crop, self.shown))
             index += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 
@@ -11,6 +13,7 @@ from .masks import InspectionMask
 OK_COLOUR = (80, 200, 80)  # BGR
 NG_COLOUR = (40, 40, 230)
 MASK_COLOUR = (230, 170, 50)  # the edge of the inspected part of an inspection mask: blue
+AWAY_COLOUR = (0, 160, 255)  # orange
 
 
 def overlay(frame_bgr: np.ndarray, result: Result, alpha: float = 0.45, size: tuple[int, int] | None = None
@@ -55,6 +58,33 @@ def overlay(frame_bgr: np.ndarray, result: Result, alpha: float = 0.45, size: tu
     cv2.putText(out, text, (8, int(30 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2)
     cv2.putText(out, text, (8, int(30 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness)
     return out
+
+
+def away_card(size: tuple[int, int], source: str, since: float) -> np.ndarray:
+    """What a live output shows while its source is away: a dark (width, height) picture saying
+    that nothing has been inspected since `since` (Unix time, shown in local time), instead of
+    the last frame's overlay and its OK standing still on a screen at the line."""
+    width, height = size
+    card = np.full((height, width, 3), 32, np.uint8)
+    last = time.localtime(since)
+    day = "" if last[:3] == time.localtime()[:3] else time.strftime(" on %Y-%m-%d", last)
+    lines = [("NO FRAMES", AWAY_COLOUR, 3.5), (source, (230, 230, 230), 1.4),
+             (f"nothing inspected since {time.strftime('%H:%M:%S', last)}{day}", (230, 230, 230), 1.4),
+             ("away: tried again until it is back", (160, 160, 160), 1.4)]
+    drawn = []  # (text, colour, scale, thickness, its height)
+    for text, colour, size_factor in lines:
+        scale = size_factor * height / 720
+        thickness = max(1, round(2 * scale))
+        (text_width, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        scale = max(0.1, scale * min(1.0, (width - 16) / max(text_width, 1)))  # narrower than the line: smaller
+        thickness = max(1, round(2 * scale))
+        drawn.append((text, colour, scale, thickness, cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale,
+                                                                      thickness)[0][1]))
+    y = (height - sum(round(1.8 * h) for *_, h in drawn)) // 2  # the lines in the middle
+    for text, colour, scale, thickness, text_height in drawn:
+        y += round(1.8 * text_height)
+        cv2.putText(card, text, (8, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
+    return card
 
 
 def fitted_size(shape: tuple[int, ...], height: int, width: int) -> tuple[int, int]:

@@ -40,7 +40,7 @@ from .outputs import (DiskRoom, check_servable, make_file_folders, open_output, 
                       resolve_rtp_hosts)
 from .picture_output import PictureOutput, is_picture_output
 from .regions import regions
-from .render import fit, fitted_size, overlay
+from .render import away_card, fit, fitted_size, overlay
 from .service import ServiceNotifier
 from .sinks import AnomalyHook, EventLog, Guarded, InOrder, Samples, Snapshot, Snapshots, shared_slugs, slug
 from .sources import Frame, Source, open_source, settling
@@ -55,6 +55,7 @@ DEFAULT_FPS = 30  # output frame rate for sources that do not say theirs (image 
 # 12-megapixel snapshot (300 ms to write) is two frames of a 6 fps camera.
 SINK_QUEUE = 4
 LAST_ALARM_S = 1.0  # a browser output's last-alarm picture: at most one drawn a second per source
+AWAY_CARD_S = 1.0  # a source away: its live output shows a card saying so, one this often
 
 
 @dataclass
@@ -204,8 +205,9 @@ class _VideoSink:
     def __init__(self, stream: Stream, source: Source, config: RunConfig):
         self.stream, self.source, self.config = stream, source, config
         self.output = None
-        self._next_try = self._next_alarm = 0.0
+        self._next_try = self._next_alarm = self._next_card = 0.0
         self._said: str | None = None  # the output last named in the log
+        self._last_frame: tuple[float, float, float] | None = None  # its timestamp, monotonic and Unix time
         self.pictures = None
         if is_picture_output(stream.output):
             self.pictures = PictureOutput(stream.output, getattr(source, "files", []), source.live,
@@ -217,6 +219,7 @@ class _VideoSink:
         """The frame's overlay, drawn by `draw` at the (width, height) it is shown at, only when
         the output takes it: an RTSP or browser output nobody watches costs nothing (a
         12-megapixel overlay takes 100 ms or more); None when none was drawn."""
+        self._last_frame = (frame.timestamp, time.monotonic(), time.time())
         if self.pictures is not None:  # each at its frame's own size
             picture = draw(frame.image.shape[1::-1])
             self.pictures.write(picture, frame.index, frame.name)
@@ -252,6 +255,27 @@ class _VideoSink:
             self.close()  # the next frame opens the next file (see DiskRoom)
             self._next_try = 0.0
         return picture
+
+    def away(self) -> None:
+        """While the source is away (edge_ad.sources: reconnecting), a card saying so to a live
+        output (RTSP, a browser, RTP, a screen) once every AWAY_CARD_S: the last frame's overlay,
+        its OK included, stood still there as if parts were passing inspection. Not into a file
+        or pictures, which keep the gap as it was; nothing before the source's first frame (the
+        output opens at its size)."""
+        if (self.output is None or self._last_frame is None or self.pictures is not None
+                or "://" not in self.stream.output or time.monotonic() < self._next_card):
+            return
+        self._next_card = time.monotonic() + AWAY_CARD_S
+        if not self.output.wants_frame():
+            return
+        timestamp, monotonic, unix = self._last_frame
+        card = away_card(self.output.size, self.stream.name, unix)
+        try:  # in the source's time, as if its frames went on (an RTP stream's or a screen's clock)
+            self.output.write(card, timestamp + time.monotonic() - monotonic)
+        except SourceError:
+            self.close()
+            self.output, self._next_try = None, time.monotonic() + self.RETRY_S
+            raise
 
     def keep_alarm(self, frame: Frame, result: Result, picture: np.ndarray | None) -> None:
         """An alarm frame's overlay to a browser output, which serves its source's last at
@@ -295,6 +319,7 @@ class _Sinks:
         self.plcs: list = []  # the Modbus and OPC UA servers (ModbusServer, OpcUaServer), read by PLCs
         self.videos: dict[str, Guarded] = {}
         self.last_alarms: dict[str, Guarded] = {}  # of the sources with a browser output
+        self.away_cards: dict[str, Guarded] = {}
         self.config = config
         self.stack = stack
         if config.events is not None:
@@ -395,6 +420,7 @@ class _Sinks:
         video = _VideoSink(stream, source, self.config)
         self.stack.callback(video.close)
         self.videos[stream.name] = self._guard(f"output {stream.output}", video)
+        self.away_cards[stream.name] = self._guard(f"output {stream.output} (the card of a source away)", video.away)
         if stream.output.startswith(HTTP_OUTPUTS):
             self.last_alarms[stream.name] = self._guard(f"last alarm of {stream.output}", video.keep_alarm)
 
@@ -994,6 +1020,9 @@ def run(
                     swap.ask({paths.of(c.stream): c.detector for c in captures})
             if swap is not None and (loaded := swap.take()):
                 _swap_bundles(captures, loaded, paths, sinks, line)
+            for capture in captures:
+                if capture.source.away and capture.stream.name in sinks.away_cards:
+                    sinks.away_cards[capture.stream.name]()
             # A capture stopped at max_frames may still hold a frame: it is not scored.
             ready_frames = [(c, f) for c in captures if not c.stop.is_set() and (f := c.take()) is not None]
             if not ready_frames:

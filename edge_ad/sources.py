@@ -293,6 +293,12 @@ class GstSource:
         return self.spec.live
 
     @property
+    def away(self) -> bool:
+        """Whether it is being reconnected: it failed (or was not there at the start), and no frame
+        has come since."""
+        return self._attempt > 0 or self._waited
+
+    @property
     def dropped(self) -> int:
         """Frames the appsink dropped because a newer one arrived before they were pulled."""
         if not self.live:
@@ -681,7 +687,7 @@ class PictureSource:
     path order), `loop` more times after the first (-1: for ever); unreadable files are reported
     and skipped."""
 
-    live = False
+    live = away = False
     dropped = reconnects = 0
     fps = None
 

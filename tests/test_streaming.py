@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -726,6 +728,50 @@ def test_a_camera_away_for_long_is_said_every_few_minutes_and_its_return_once(ca
     assert all(b.created - a.created > 1.4 for a, b in zip(quiet, quiet[1:]))
     (back,) = [r.getMessage() for r in caplog.records if "frames again" in r.getMessage()]
     assert re.fullmatch(rf"rtp://@:{port}: frames again, after \d+ reconnection attempts", back)
+
+
+def _away_card_shown(port: int) -> bool | None:
+    """Whether the browser output at http://127.0.0.1:PORT/line shows the card of a source away (a
+    dark picture with orange words) rather than an overlay; None when it gives no picture (not
+    open before the first frame, or none within 2 s)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/line/frame.jpg", timeout=5) as answer:
+            picture = cv2.imdecode(np.frombuffer(answer.read(), np.uint8), cv2.IMREAD_COLOR)
+    except urllib.error.URLError:
+        return None
+    dark = (np.abs(picture.astype(int) - 32).max(axis=2) < 24).mean()
+    orange = ((picture[..., 2].astype(int) - picture[..., 0] > 80) & (picture[..., 1] > 60)).sum()
+    return bool(dark > 0.7 and orange > 100)
+
+
+def test_a_live_output_says_that_its_camera_is_away_until_it_is_back(detector, monkeypatch):
+    """The last overlay stood still on an operator's screen while the camera was away, its OK read
+    as parts passing inspection; a browser asking for the picture got 503. While the source is
+    reconnected, its live outputs show a card saying so, and since when; its frames, once back."""
+    monkeypatch.setattr(sources, "BACKOFF_S", (0.05, 0.15))
+    port, rtp_port = free_port(), free_port(socket.SOCK_DGRAM)
+    sender = [GST_LAUNCH, "-q", *(
+        "videotestsrc is-live=true ! video/x-raw,format=I420,width=320,height=240,framerate=15/1 ! x264enc "
+        f"tune=zerolatency key-int-max=5 ! rtph264pay config-interval=1 ! udpsink host=127.0.0.1 port={rtp_port}"
+    ).split()]
+    camera = Stream(f"rtp://@:{rtp_port}", options=SourceOptions(timeout_s=0.5, latency_ms=50),
+                    output=f"http://@:{port}/line")
+    sending = subprocess.Popen(sender)
+    stop, thread, _ = _run_in_thread(detector, [camera], RunConfig())
+    try:
+        assert wait_for(lambda: _away_card_shown(port) is False, 30)  # its overlays
+        sending.kill()
+        sending.wait()
+        assert wait_for(lambda: _away_card_shown(port), 15)
+        picture = urllib.request.urlopen(f"http://127.0.0.1:{port}/line/frame.jpg", timeout=5).read()
+        assert cv2.imdecode(np.frombuffer(picture, np.uint8), cv2.IMREAD_COLOR).shape == (240, 320, 3)
+        sending = subprocess.Popen(sender)
+        assert wait_for(lambda: _away_card_shown(port) is False, 30)
+    finally:
+        sending.kill()
+        sending.wait()
+        stop.set()
+        thread.join(timeout=10)
 
 
 def test_one_camera_of_several_not_there_at_the_start_is_waited_for_and_the_others_go_on(detector, caplog):
