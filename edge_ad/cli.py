@@ -611,9 +611,13 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
             writable_later(calibration_folder(stream, name) or one.bundle.root, "calibration")
         pictures = stream.input is not None and opencv_input(stream.input) is not None
         names: list[str] = []  # of the frames, as _checked_frames yields them: pictures are kept by name and pixels
-        kept = collect(detector, _checked_frames(source, mask, stream.name, names), args.frames, mask=mask,
-                       needed=frames_needed(args.target_far, args.confidence), names=names if pictures else None,
-                       camera=source.live)
+        try:
+            kept = collect(detector, _checked_frames(source, mask, stream.name, names), args.frames, mask=mask,
+                           needed=frames_needed(args.target_far, args.confidence), names=names if pictures else None,
+                           camera=source.live)
+        except KeyboardInterrupt:  # "Ctrl-C and start again", as collect advises: say that nothing changed
+            raise KeyboardInterrupt(f"while the frames of {stream.name} were read: its calibration is as it was "
+                                    "(nothing written)") from None
     finally:
         source.close()
     read = sum(len(k.samples) for k in kept.values())

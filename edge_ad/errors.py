@@ -162,8 +162,8 @@ def report_errors(program: str, run: Callable[[], object]) -> int:
         print(f"{program}: error: not enough memory{f' ({exc})' if str(exc) else ''}: ask for less (smaller frames, "
               "batches or --input-size) or run it on a machine with more", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{program}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # its text, if any, says what the interruption left
+        print(f"{program}: interrupted{f' {exc}' if str(exc) else ''}", file=sys.stderr)
         return 130
     return 0
 

@@ -4,7 +4,10 @@ import json
 import math
 import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import warnings
 
 import cv2
@@ -460,6 +463,24 @@ def test_a_failed_write_leaves_the_old_calibration(tmp_path, monkeypatch):
     with pytest.raises(CalibrationError, match="No space left on device"):
         site.save(tmp_path, {"threshold": 0.7})
     assert path.read_text() == "threshold: 0.5\n"
+
+
+def test_calibrate_stopped_with_ctrl_c_says_that_the_calibration_is_as_it_was(tiny_bundle, tmp_path):
+    # collect advises "Ctrl-C and start again" when the frames will not do; the run said "interrupted" alone.
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "b")
+    before = sorted((p.name, p.read_bytes()) for p in bundle.iterdir() if p.is_file())
+    camera = "test://smpte?width=160&height=120&fps=30"
+    process = subprocess.Popen([sys.executable, "-m", "edge_ad", "calibrate", "--bundle", str(bundle), "--input",
+                                camera, "--target-far", "0.1"], stderr=subprocess.PIPE, text=True)
+    said = ""
+    while "normal frames:" not in said and process.poll() is None:  # the frames being read (tqdm's bar)
+        said += process.stderr.read(1)
+    process.send_signal(signal.SIGINT)
+    said += process.stderr.read()
+    assert process.wait(timeout=30) == 130
+    assert said.rstrip().endswith(f"edge-ad: interrupted while the frames of {camera} were read: its calibration is "
+                                  "as it was (nothing written)")
+    assert sorted((p.name, p.read_bytes()) for p in bundle.iterdir() if p.is_file()) == before
 
 
 def test_a_report_that_cannot_be_written_leaves_the_calibration_written(tiny_bundle, normal_folder, tmp_path,
