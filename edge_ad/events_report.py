@@ -68,6 +68,7 @@ class SourceEvents:
     latencies_ms: np.ndarray = field(default_factory=_none)  # of the frames whose events give it, any order
     drift: list[tuple[float, str]] = field(default_factory=list)  # (timestamp, "outside" | "flagged" | "back")
     frozen: list[tuple[float, str]] = field(default_factory=list)  # (timestamp, "frozen" | "back") of the picture
+    away: list[tuple[float, str]] = field(default_factory=list)  # (timestamp, "away" | "back") of the source
     self_checks: list[tuple[float, str, str]] = field(default_factory=list)  # failed: (timestamp, bundle, problem)
     judges: list[tuple[str, str | None] | None] = field(default_factory=list)  # per frame: (bundle, calibration)
     pictures: list[AlarmPicture] = field(default_factory=list)  # alarm frames with a saved overlay
@@ -82,11 +83,23 @@ class SourceEvents:
         return (f"{self.name}: frames {self.frames}  anomalies {anomalies} ({anomalies / self.frames:.2%})  "
                 f"alarms {int(self.alarms.sum())}")
 
+    def away_spans(self) -> list[tuple[float, float]]:
+        """(from, to) of each time the source was away; one the events end in, (from, from)."""
+        spans, start = [], None
+        for timestamp, state in self.away:
+            if state == "away" and start is None:
+                start = timestamp
+            elif state == "back" and start is not None:
+                spans.append((start, timestamp))
+                start = None
+        return spans + ([(start, start)] if start is not None else [])
+
     def summary(self) -> str:
         """One line of counts: frames, anomalies, alarms, time span, longest silence, latency, drift
-        and (where any) frozen pictures and failed self-checks."""
+        and (where any) frozen pictures, times away and failed self-checks."""
         froze = sum(state == "frozen" for _, state in self.frozen)
-        rare = (f"  frozen pictures {froze}" if froze else "") + \
+        went = sum(state == "away" for _, state in self.away)
+        rare = (f"  frozen pictures {froze}" if froze else "") + (f"  away {went} times" if went else "") + \
             (f"  failed self-checks {len(self.self_checks)}" if self.self_checks else "")
         if not self.frames:
             return f"{self.name}: no frames; {len(self.drift)} drift events{rare}"
@@ -156,13 +169,14 @@ def event_files(path: Path) -> list[Path]:
 
 
 def _problem(event: object) -> str | None:
-    """Why a parsed line is not a frame, drift, frozen or self-check event of `edge-ad run`, or None."""
+    """Why a parsed line is not a frame, drift, frozen, away or self-check event of `edge-ad run`, or None."""
     if not isinstance(event, dict):
         return "not a JSON object"
     kind = event.get("event", "frame")
     needs = {"frame": ("source", "timestamp", "score", "anomaly", "threshold"),
              "drift": ("source", "timestamp", "state"),
              "frozen": ("source", "timestamp", "state"),
+             "away": ("source", "timestamp", "state"),
              "self_check": ("source", "timestamp", "bundle", "problem")}
     if kind not in needs:
         return f"unknown event {kind!r}"
@@ -224,6 +238,7 @@ def read_events(path: Path, since: float | None = None, until: float | None = No
         frames.pop(name).into(record)
         record.drift.sort()
         record.frozen.sort()
+        record.away.sort()
         record.self_checks.sort()
     return EventsRead(sources, lines, skipped, skipped_count, None if first is None else (first, last))
 
@@ -269,6 +284,9 @@ def _add(record: SourceEvents, frames: _Frames, event: dict, judges: dict) -> No
         return
     if event.get("event") == "frozen":
         record.frozen.append((float(event["timestamp"]), str(event["state"])))
+        return
+    if event.get("event") == "away":
+        record.away.append((float(event["timestamp"]), str(event["state"])))
         return
     if event.get("event") == "self_check":
         record.self_checks.append((float(event["timestamp"]), str(event["bundle"]), str(event["problem"])))
@@ -359,6 +377,10 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         for timestamp, state in record.frozen:
             colour = "tab:green" if state == "back" else "black"
             timeline.axvline(_local_days(timestamp), color=colour, linestyle="-.", linewidth=1)
+        for start, end in record.away_spans():
+            timeline.axvspan(_local_days(start), _local_days(end), color="0.8", alpha=0.6, zorder=0)
+            if start == end:  # away as the events end: where it went
+                timeline.axvline(_local_days(start), color="0.6", linewidth=2, zorder=0)
         for timestamp, _, _ in record.self_checks:
             timeline.axvline(_local_days(timestamp), color="red", linewidth=2)
         stretches = record.stretches()
@@ -396,6 +418,8 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         notes.append("dashed lines: drift out of the calibrated band or most frames flagged (purple), back (green)")
     if any(record.frozen for record in sources):
         notes.append("dash-dot lines: the camera's picture froze (black), changes again (green)")
+    if any(record.away for record in sources):
+        notes.append("grey bands: the source was away (no frames, reconnected; a grey line: away at the end)")
     if any(record.self_checks for record in sources):
         notes.append("solid red lines: a self-check failed and the run stopped (edge-ad report prints why)")
     if changes:

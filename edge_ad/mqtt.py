@@ -227,8 +227,8 @@ class MqttPublisher:
             log.warning("--mqtt %s: disconnected (%s)%s; reconnecting", self.url, reason, self._hint)
 
     def publish(self, event: dict) -> None:
-        """One event: a frame's (an alarm), a drift, frozen or self-check event."""
-        kind = event["event"] if event.get("event") in ("drift", "frozen", "self_check") else "alarm"
+        """One event: a frame's (an alarm), a drift, frozen, self-check or away event."""
+        kind = event["event"] if event.get("event") in ("drift", "frozen", "self_check", "away") else "alarm"
         info = self.client.publish(f"{self.topic}/{slug(event['source'])}/{kind}", json.dumps(event), qos=1)
         if info.rc not in (self._mqtt.MQTT_ERR_SUCCESS, self._mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: queued
             raise EdgeAdError(f"--mqtt {self.url}: message dropped ({self._mqtt.error_string(info.rc)}; "

@@ -136,6 +136,7 @@ class _Capture(threading.Thread):
         self.delivered = 0
         self.finished = False
         self.shape: tuple[int, ...] | None = None  # of its last frame
+        self.away_since: float | None = None  # time.monotonic() when its source was found away (reconnecting)
 
     def run(self) -> None:
         noted = False  # what the first frame says of the source (a camera's once it has settled: not a black one)
@@ -481,8 +482,23 @@ class _Sinks:
             plc.set_frozen(stream.name, event["state"] == "frozen")
         self._tell({"source": stream.name, "frame": frame.index, "timestamp": round(frame.captured, 6), **event})
 
+    def watch_away(self, capture: _Capture) -> None:
+        """Whether the source of `capture` is away (being reconnected), or back: an event in the
+        events file and on MQTT's TOPIC/SOURCE/away when that changes, as for a picture that froze
+        (the PLCs read how long since the last frame); while it is away, its live output's card."""
+        away = capture.source.away
+        if away != (capture.away_since is not None):
+            event = {"event": "away", "source": capture.stream.name, "timestamp": round(time.time(), 6),
+                     "state": "away" if away else "back"}
+            if not away:
+                event["away_s"] = round(time.monotonic() - capture.away_since, 1)
+            capture.away_since = time.monotonic() if away else None
+            self.later.call(self._tell, event)
+        if away and capture.stream.name in self.away_cards:
+            self.away_cards[capture.stream.name]()
+
     def _tell(self, event: dict) -> None:
-        """An event that is not a frame's (drift, self-check, frozen) to the events file and MQTT."""
+        """An event that is not a frame's (drift, self-check, frozen, away) to the events file and MQTT."""
         if self.events is not None:
             self.events(event)
         if self.mqtt is not None:
@@ -1021,8 +1037,7 @@ def run(
             if swap is not None and (loaded := swap.take()):
                 _swap_bundles(captures, loaded, paths, sinks, line)
             for capture in captures:
-                if capture.source.away and capture.stream.name in sinks.away_cards:
-                    sinks.away_cards[capture.stream.name]()
+                sinks.watch_away(capture)
             # A capture stopped at max_frames may still hold a frame: it is not scored.
             ready_frames = [(c, f) for c in captures if not c.stop.is_set() and (f := c.take()) is not None]
             if not ready_frames:

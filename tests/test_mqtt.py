@@ -170,6 +170,28 @@ def test_a_live_camera_whose_picture_froze_is_told(broker, tiny_bundle, tmp_path
 
 
 @needs_broker
+def test_a_camera_away_is_told_on_its_away_topic(broker, tiny_bundle, normal_folder):
+    """A camera not there (here from the start, beside one that is): TOPIC/SOURCE/away, as a PLC
+    gateway or SCADA could not tell a camera away from a line without parts before."""
+    subscriber, received = _subscribe(broker, "plant/#")
+    streams = [Stream(str(normal_folder), "cam 1", options=SourceOptions(loop=-1)), Stream("/dev/video97", "cam 2")]
+    stop = threading.Event()
+    config = RunConfig(mqtt=f"mqtt://127.0.0.1:{broker}/plant/line1")
+    thread = threading.Thread(target=run, args=(Detector.load(tiny_bundle), streams, config, stop))
+    thread.start()
+    try:
+        assert wait_for(lambda: any(topic.endswith("/away") for topic, _ in received), 20)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        subscriber.loop_stop()
+    [(topic, payload)] = [(topic, payload) for topic, payload in received if topic.endswith("/away")]
+    event = json.loads(payload)
+    assert topic == "plant/line1/cam-2/away" and (event["event"], event["source"], event["state"]) == \
+        ("away", "cam 2", "away")
+
+
+@needs_broker
 def test_a_broker_that_is_away_does_not_stop_the_run(spotted_frames, tiny_bundle):
     config = RunConfig(alarm_frames=2, mqtt=f"mqtt://127.0.0.1:{free_port()}/plant/line1")  # nobody listens
     summary = run(Detector.load(tiny_bundle), [Stream(str(spotted_frames), "cam")], config)

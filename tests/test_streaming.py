@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from edge_ad.datasets import calibration_frames
 from edge_ad.detector import Detector
+from edge_ad.events_report import read_events, write_events_report
 from edge_ad.errors import DataError, EdgeAdError, SourceError
 from edge_ad import outputs, runner, sources
 from edge_ad.camera_certificates import fingerprint
@@ -261,8 +262,12 @@ def test_rtp_loopback_killed_and_restarted_reconnects(detector, tmp_path):
     sender = subprocess.Popen(sender_args)
     stream = Stream(f"rtp://@:{port}", options=SourceOptions(timeout_s=1.0, latency_ms=50))
     stop, thread, box = _run_in_thread(detector, [stream], RunConfig(events=tmp_path / "ev.jsonl"))
+
+    def events():  # the frames' (a camera away and back has one each too)
+        path = tmp_path / "ev.jsonl"
+        return [e for e in _events(path) if e["event"] == "frame"] if path.exists() else []
+
     try:
-        events = lambda: _events(tmp_path / "ev.jsonl") if (tmp_path / "ev.jsonl").exists() else []  # noqa: E731
         assert wait_for(lambda: len(events()) >= 10, 30), "no frames from the RTP stream"
         sender.kill()
         sender.wait()
@@ -277,6 +282,7 @@ def test_rtp_loopback_killed_and_restarted_reconnects(detector, tmp_path):
     (stats,) = box["summary"].sources
     assert stats.reconnects >= 1 and stats.error is None
     assert stats.frames == len(events())
+    assert [e["state"] for e in _events(tmp_path / "ev.jsonl") if e["event"] == "away"] == ["away", "back"]
 
 
 def test_timeout_0_keeps_a_silent_camera_waiting():
@@ -744,10 +750,11 @@ def _away_card_shown(port: int) -> bool | None:
     return bool(dark > 0.7 and orange > 100)
 
 
-def test_a_live_output_says_that_its_camera_is_away_until_it_is_back(detector, monkeypatch):
+def test_a_live_output_says_that_its_camera_is_away_until_it_is_back(detector, monkeypatch, tmp_path):
     """The last overlay stood still on an operator's screen while the camera was away, its OK read
     as parts passing inspection; a browser asking for the picture got 503. While the source is
-    reconnected, its live outputs show a card saying so, and since when; its frames, once back."""
+    reconnected, its live outputs show a card saying so, and since when; its frames, once back.
+    The events (and MQTT) say when it went away and came back; `report` shades the time away."""
     monkeypatch.setattr(sources, "BACKOFF_S", (0.05, 0.15))
     port, rtp_port = free_port(), free_port(socket.SOCK_DGRAM)
     sender = [GST_LAUNCH, "-q", *(
@@ -757,21 +764,35 @@ def test_a_live_output_says_that_its_camera_is_away_until_it_is_back(detector, m
     camera = Stream(f"rtp://@:{rtp_port}", options=SourceOptions(timeout_s=0.5, latency_ms=50),
                     output=f"http://@:{port}/line")
     sending = subprocess.Popen(sender)
-    stop, thread, _ = _run_in_thread(detector, [camera], RunConfig())
+    events = tmp_path / "ev.jsonl"
+    stop, thread, _ = _run_in_thread(detector, [camera], RunConfig(events=events))
     try:
         assert wait_for(lambda: _away_card_shown(port) is False, 30)  # its overlays
         sending.kill()
         sending.wait()
+        gone = time.time()
         assert wait_for(lambda: _away_card_shown(port), 15)
         picture = urllib.request.urlopen(f"http://127.0.0.1:{port}/line/frame.jpg", timeout=5).read()
         assert cv2.imdecode(np.frombuffer(picture, np.uint8), cv2.IMREAD_COLOR).shape == (240, 320, 3)
         sending = subprocess.Popen(sender)
         assert wait_for(lambda: _away_card_shown(port) is False, 30)
+        back = time.time()
     finally:
         sending.kill()
         sending.wait()
         stop.set()
         thread.join(timeout=10)
+    said = [json.loads(line) for line in events.read_text().splitlines()]
+    away = [e for e in said if e.get("event") == "away"]
+    assert [(e["source"], e["state"]) for e in away] == [(camera.name, "away"), (camera.name, "back")]
+    assert gone < away[0]["timestamp"] < away[1]["timestamp"] < back
+    assert away[1]["away_s"] == pytest.approx(away[1]["timestamp"] - away[0]["timestamp"], abs=0.2)
+    frames = [e["timestamp"] for e in said if e.get("event", "frame") == "frame"]
+    assert not any(away[0]["timestamp"] < t < away[1]["timestamp"] - 0.2 for t in frames)  # none while away
+    (record,) = read_events(events).sources.values()
+    assert record.away_spans() == [(away[0]["timestamp"], away[1]["timestamp"])]
+    assert "  away 1 times" in record.summary()
+    assert write_events_report(read_events(events), tmp_path / "report.png").is_file()
 
 
 def test_one_camera_of_several_not_there_at_the_start_is_waited_for_and_the_others_go_on(detector, caplog):
