@@ -470,8 +470,11 @@ def test_calibrate_stopped_with_ctrl_c_says_that_the_calibration_is_as_it_was(ti
     bundle = shutil.copytree(tiny_bundle, tmp_path / "b")
     before = sorted((p.name, p.read_bytes()) for p in bundle.iterdir() if p.is_file())
     camera = "test://smpte?width=160&height=120&fps=30"
+    # SIGINT as a terminal's Ctrl-C gives it: a shell's background job (as CI may be) ignores it, and so would its
+    # children, Python taking no KeyboardInterrupt handler where SIGINT is ignored as it starts.
     process = subprocess.Popen([sys.executable, "-m", "edge_ad", "calibrate", "--bundle", str(bundle), "--input",
-                                camera, "--target-far", "0.1"], stderr=subprocess.PIPE, text=True)
+                                camera, "--target-far", "0.1"], stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     said = ""
     while "normal frames:" not in said and process.poll() is None:  # the frames being read (tqdm's bar)
         said += process.stderr.read(1)
