@@ -99,7 +99,7 @@ class SourceEvents:
         and (where any) frozen pictures, times away and failed self-checks."""
         froze = sum(state == "frozen" for _, state in self.frozen)
         went = sum(state == "away" for _, state in self.away)
-        rare = (f"  frozen pictures {froze}" if froze else "") + (f"  away {went} times" if went else "") + \
+        rare = (f"  frozen pictures {froze}" if froze else "") + (f"  times away {went}" if went else "") + \
             (f"  failed self-checks {len(self.self_checks)}" if self.self_checks else "")
         if not self.frames:
             return f"{self.name}: no frames; {len(self.drift)} drift events{rare}"

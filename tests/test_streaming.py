@@ -791,7 +791,7 @@ def test_a_live_output_says_that_its_camera_is_away_until_it_is_back(detector, m
     assert not any(away[0]["timestamp"] < t < away[1]["timestamp"] - 0.2 for t in frames)  # none while away
     (record,) = read_events(events).sources.values()
     assert record.away_spans() == [(away[0]["timestamp"], away[1]["timestamp"])]
-    assert "  away 1 times" in record.summary()
+    assert "  times away 1" in record.summary()
     assert write_events_report(read_events(events), tmp_path / "report.png").is_file()
 
 
