@@ -35,7 +35,7 @@ from .line_calibration import CALIBRATING, LineCalibration
 from .masks import InspectionMask, calibration_mismatch
 from .mqtt import MqttTls
 from .mjpeg import MjpegOutput
-from .output_access import HTTP_OUTPUTS, OutputAccess
+from .output_access import HTTP_OUTPUTS, RTSP_OUTPUTS, OutputAccess
 from .outputs import (DiskRoom, check_servable, make_file_folders, open_output, output_description, output_size,
                       resolve_rtp_hosts)
 from .picture_output import PictureOutput, is_picture_output
@@ -56,6 +56,7 @@ DEFAULT_FPS = 30  # output frame rate for sources that do not say theirs (image 
 SINK_QUEUE = 4
 LAST_ALARM_S = 1.0  # a browser output's last-alarm picture: at most one drawn a second per source
 AWAY_CARD_S = 1.0  # a source away: its live output shows a card saying so, one this often
+CARD_SIZE = (1280, 720)  # a live output opened for that card before the source's first frame, without its size
 
 
 @dataclass
@@ -209,6 +210,8 @@ class _VideoSink:
         self._next_try = self._next_alarm = self._next_card = 0.0
         self._said: str | None = None  # the output last named in the log
         self._last_frame: tuple[float, float, float] | None = None  # its timestamp, monotonic and Unix time
+        self._created, self._created_unix = time.monotonic(), time.time()  # "nothing inspected since" the start
+        self._size_said: str | None = None  # the output whose size was compared with the frames'
         self.pictures = None
         if is_picture_output(stream.output):
             self.pictures = PictureOutput(stream.output, getattr(source, "files", []), source.live,
@@ -228,21 +231,12 @@ class _VideoSink:
         if self.output is None:
             if time.monotonic() < self._next_try:
                 return None
-            self._next_try = time.monotonic() + self.RETRY_S
-            width, height = output_size(frame.image.shape[1], frame.image.shape[0])
-            fps = round(self.source.fps or self.stream.options.framerate or DEFAULT_FPS)
-            config = self.config
-            self.output = open_output(self.stream.output, width, height, max(fps, 1), config.jetson,
-                                      config.output_bitrate_kbps, self.source.live, config.output_access)
-            if self.output.uri != self._said:  # once, not at each try on a full disk
-                log.info("%s: video output %s", self.stream.name, self.output.description)
-                if self.output.uri != self.stream.output:
-                    log.info("%s: %s holds an earlier video; this one goes to %s", self.stream.name,
-                             self.stream.output, self.output.uri)
-                if (width, height) != frame.image.shape[1::-1]:
-                    log.info("%s: the video shows its %dx%d frames at %dx%d", self.stream.name,
-                             frame.image.shape[1], frame.image.shape[0], width, height)
-                self._said = self.output.uri
+            self._open(*output_size(frame.image.shape[1], frame.image.shape[0]))
+        if self._size_said != self.output.uri:  # once, not at each try on a full disk
+            self._size_said = self.output.uri
+            if self.output.size != frame.image.shape[1::-1]:
+                log.info("%s: the video shows its %dx%d frames at %dx%d", self.stream.name,
+                         frame.image.shape[1], frame.image.shape[0], *self.output.size)
         if not self.output.wants_frame():
             return None
         picture = draw(fitted_size(frame.image.shape, self.output.size[1], self.output.size[0]))
@@ -257,19 +251,51 @@ class _VideoSink:
             self._next_try = 0.0
         return picture
 
+    def _open(self, width: int, height: int) -> None:
+        """The output opened at width x height, at most once every RETRY_S (a full disk, a port taken)."""
+        self._next_try = time.monotonic() + self.RETRY_S
+        fps = round(self.source.fps or self.stream.options.framerate or DEFAULT_FPS)
+        config = self.config
+        self.output = open_output(self.stream.output, width, height, max(fps, 1), config.jetson,
+                                  config.output_bitrate_kbps, self.source.live, config.output_access)
+        if self.output.uri != self._said:  # once, not at each try on a full disk
+            log.info("%s: video output %s", self.stream.name, self.output.description)
+            if self.output.uri != self.stream.output:
+                log.info("%s: %s holds an earlier video; this one goes to %s", self.stream.name,
+                         self.stream.output, self.output.uri)
+            self._said = self.output.uri
+
+    def _card_size(self) -> tuple[int, int]:
+        """The size of a live output opened for the card of a source away before its first frame:
+        its frames' as the options give them (a crop's, or --input-width and -height), else 1280 x
+        720; the frames are then shown fitted to it."""
+        options = self.stream.options
+        if options.crop is not None:
+            return output_size(options.crop[2], options.crop[3])
+        if options.width and options.height:
+            return output_size(options.width, options.height)
+        return CARD_SIZE
+
     def away(self) -> None:
         """While the source is away (edge_ad.sources: reconnecting), a card saying so to a live
         output (RTSP, a browser, RTP, a screen) once every AWAY_CARD_S: the last frame's overlay,
-        its OK included, stood still there as if parts were passing inspection. Not into a file
-        or pictures, which keep the gap as it was; nothing before the source's first frame (the
-        output opens at its size)."""
-        if (self.output is None or self._last_frame is None or self.pictures is not None
-                or "://" not in self.stream.output or time.monotonic() < self._next_card):
+        its OK included, stood still there as if parts were passing inspection, and a camera away
+        from the run's start (a power cut, IP cameras booting slower than the device) had no output
+        at all: an RTSP or browser output is opened for it. Not into a file or pictures, which keep
+        the gap as it was."""
+        if self.pictures is not None or "://" not in self.stream.output or time.monotonic() < self._next_card:
             return
+        if self.output is None:
+            # Closed after a failure: opened again at the next frame. RTP and screens are not opened for it: they
+            # time the frames by the source's clock, which the card cannot know before the first.
+            if (self._last_frame is not None or time.monotonic() < self._next_try
+                    or not self.stream.output.startswith(RTSP_OUTPUTS + HTTP_OUTPUTS)):
+                return
+            self._open(*self._card_size())
         self._next_card = time.monotonic() + AWAY_CARD_S
         if not self.output.wants_frame():
             return
-        timestamp, monotonic, unix = self._last_frame
+        timestamp, monotonic, unix = self._last_frame or (0.0, self._created, self._created_unix)  # RTSP, HTTP: unused
         card = away_card(self.output.size, self.stream.name, unix)
         try:  # in the source's time, as if its frames went on (an RTP stream's or a screen's clock)
             self.output.write(card, timestamp + time.monotonic() - monotonic)

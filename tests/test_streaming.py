@@ -795,6 +795,24 @@ def test_a_live_output_says_that_its_camera_is_away_until_it_is_back(detector, m
     assert write_events_report(read_events(events), tmp_path / "report.png").is_file()
 
 
+def test_a_camera_away_from_the_start_has_its_browser_output_show_the_card(detector):
+    """A power cut: the device boots faster than the IP cameras, whose outputs were opened only
+    at their first frame (a browser or VLC at the line got no answer). An RTSP or browser output
+    opens for the card, at the frames' size as the options give it, else 1280 x 720."""
+    for options, shape in ((SourceOptions(timeout_s=1.0), (720, 1280, 3)),
+                           (SourceOptions(timeout_s=1.0, width=640, height=480), (480, 640, 3))):
+        port = free_port()
+        camera = Stream(f"rtsp://127.0.0.1:{free_port()}/line", options=options, output=f"http://@:{port}/line")
+        stop, thread, _ = _run_in_thread(detector, [camera], RunConfig())
+        try:
+            assert wait_for(lambda: _away_card_shown(port), 20)
+            picture = urllib.request.urlopen(f"http://127.0.0.1:{port}/line/frame.jpg", timeout=5).read()
+            assert cv2.imdecode(np.frombuffer(picture, np.uint8), cv2.IMREAD_COLOR).shape == shape
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+
+
 def test_one_camera_of_several_not_there_at_the_start_is_waited_for_and_the_others_go_on(detector, caplog):
     """A camera of several not there as the run starts (a loose cable, one that boots slower)
     stopped the run: under systemd, restarted every 5 s, no camera of the line was inspected until
