@@ -652,7 +652,7 @@ def _current(stats: dict[str, SourceStats], captures: list[_Capture]) -> list[So
     """The statistics with the sources' own counters (drops, reconnects) and thresholds read now."""
     for capture in captures:
         record = stats[capture.stream.name]
-        record.dropped, record.reconnects = capture.dropped, capture.source.reconnects
+        record.dropped, record.reconnects, record.away = capture.dropped, capture.source.reconnects, capture.source.away
         in_use = bundles_of(capture.detector).items()
         record.thresholds = {variant or "": b.threshold for variant, b in in_use}
         record.bundles = {variant or "": b.short_ids for variant, b in in_use}
@@ -660,8 +660,8 @@ def _current(stats: dict[str, SourceStats], captures: list[_Capture]) -> list[So
 
 
 def _status(stats: list[SourceStats]) -> str:
-    """One line for `systemctl status`: each source's frames and rate, and the anomalies."""
-    sources = ", ".join(f"{s.name} {s.frames} frames {s.fps:.1f} fps" for s in stats)
+    """One line for `systemctl status`: each source's frames and rate (or that it is away), and the anomalies."""
+    sources = ", ".join(f"{s.name} {s.frames} frames " + ("away" if s.away else f"{s.fps:.1f} fps") for s in stats)
     return f"{sources}; {sum(s.anomalies for s in stats)} anomalies"
 
 

@@ -45,6 +45,7 @@ class SourceStats:
     reconnects: int = 0
     snapshots: int = 0
     failed: int = 0  # frames the detector could not score (logged and skipped)
+    away: bool = False  # the source is being reconnected (edge_ad.sources), as last read
     error: str | None = None
     thresholds: dict[str, float] = field(default_factory=dict)  # in use, by variant ("" for a lone bundle)
     bundles: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # Bundle.short_ids in use, by variant
@@ -65,8 +66,9 @@ class SourceStats:
 
     @property
     def fps(self) -> float:
-        """Frames per second over the last WINDOW frames."""
-        if len(self._done) < 2:
+        """Frames per second over the last WINDOW frames; 0 while the source is away, whose last
+        frames' rate stood there (a dashboard's "fps below 1" never fired for a camera gone)."""
+        if len(self._done) < 2 or self.away:
             return 0.0
         return (len(self._done) - 1) / max(self._done[-1] - self._done[0], 1e-9)
 
@@ -91,7 +93,10 @@ class _Collector:
                 ("failed", "Frames the detector could not score"),
             )
         }
-        fps = GaugeMetricFamily("edge_ad_fps", "Frames per second over the last 1000 frames", labels=["source"])
+        fps = GaugeMetricFamily("edge_ad_fps", "Frames per second over the last 1000 frames (0 while the source is "
+                                "away)", labels=["source"])
+        away = GaugeMetricFamily("edge_ad_away", "1 while the source is away: being reconnected, no frame since it "
+                                 "failed", labels=["source"])
         latency = GaugeMetricFamily(
             "edge_ad_latency_ms", "Capture-to-result latency percentile over the last 1000 frames",
             labels=["source", "quantile"],
@@ -104,6 +109,7 @@ class _Collector:
             for name, family in counters.items():
                 family.add_metric([s.name], getattr(s, name))
             fps.add_metric([s.name], s.fps)
+            away.add_metric([s.name], int(s.away))
             for q in (0.5, 0.99):
                 latency.add_metric([s.name, str(q)], s.latency(100 * q))
             for variant, value in s.thresholds.items():
@@ -121,7 +127,7 @@ class _Collector:
                                   labels=["rail"])
         for rail, watts in sensors.power_w.items():
             power.add_metric([rail], watts)
-        yield from (*counters.values(), fps, latency, threshold, bundle, errors, temperature, power)
+        yield from (*counters.values(), fps, away, latency, threshold, bundle, errors, temperature, power)
 
 
 class Telemetry:

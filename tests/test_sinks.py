@@ -26,7 +26,7 @@ from edge_ad.detector import Detector
 from edge_ad.runner import RunConfig, run
 from edge_ad.sinks import AnomalyHook, EventLog, Guarded, Samples, Snapshots, slug
 from edge_ad.streams import Stream
-from edge_ad import connection_limit, telemetry
+from edge_ad import connection_limit, runner, telemetry
 from edge_ad.telemetry import SourceStats, Telemetry
 
 from conftest import SPOT_PATTERN, UNWRITABLE, failing_once, full_disk
@@ -486,6 +486,13 @@ def test_metrics_file_in_prometheus_format(tmp_path):
                  'edge_ad_bundle_info{bundle="90e7d5c3b1a2",calibration="",source="cam1",variant="poly"} 1.0'):
         assert line in text
     assert f'edge_ad_latency_ms{{quantile="0.99",source="cam1"}} {np.percentile(range(1, 101), 99)}' in text
+    assert 'edge_ad_away{source="cam1"} 0.0' in text and 'edge_ad_fps{source="cam1"} 0.0' not in text
+    # A camera away: its last frames' rate stood in edge_ad_fps, and a dashboard's "fps below 1" never fired.
+    stats.away = True
+    written.tick(True)
+    text = (tmp_path / "m.prom").read_text()
+    assert 'edge_ad_away{source="cam1"} 1.0' in text and 'edge_ad_fps{source="cam1"} 0.0' in text
+    assert runner._status([stats]) == "cam1 100 frames away; 10 anomalies"  # systemctl status
 
 
 def test_the_metrics_port_answers_the_scrapers_metrics_allow_names_only(caplog, monkeypatch, capfd):
