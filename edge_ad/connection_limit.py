@@ -31,6 +31,9 @@ LISTEN_BACKLOG = 64
 # A request takes milliseconds: a connection silent this long (thousands would hold a thread each)
 # is closed, by the browser outputs and the metrics port alike.
 REQUEST_S = 10.0
+# What the browser outputs and the metrics port answer as their Server header: Python's own,
+# "BaseHTTP/0.6 Python/3.11.7", is the version disclosure that plants' network scanners flag.
+SERVER_NAME = "edge-ad"
 
 
 class RefusedConnections:

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cv2
 import numpy as np
 
-from .connection_limit import REQUEST_S, ConnectionLimit, RefusedConnections
+from .connection_limit import REQUEST_S, SERVER_NAME, ConnectionLimit, RefusedConnections
 from .errors import SourceError, listen_reason, parsed_uri, uri_port
 from .output_access import OutputAccess
 
@@ -84,6 +84,9 @@ class _Server:
 
         class Handler(BaseHTTPRequestHandler):
             timeout = REQUEST_S
+
+            def version_string(self) -> str:
+                return SERVER_NAME
             # Kept alive between requests: the page asks each source's picture ten times a second,
             # and over HTTPS a connection each was a TLS handshake each. A stream, which has no
             # length, closes its connection when it ends.

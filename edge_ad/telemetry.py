@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app, write_to_textfil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 from .allowed_clients import AllowedClients
-from .connection_limit import REQUEST_S, ConnectionLimit, RefusedConnections
+from .connection_limit import REQUEST_S, SERVER_NAME, ConnectionLimit, RefusedConnections
 from .device import Sensors, read_sensors
 from .errors import EdgeAdError, listen_reason
 from .files import made_folder
@@ -159,7 +159,7 @@ class Telemetry:
         if port is not None:
             clients = metrics_clients(allowed) if allowed is not None else None
             try:
-                self.server = make_server(host, port, make_wsgi_app(self.registry), _MetricsServer,
+                self.server = make_server(host, port, _named(make_wsgi_app(self.registry)), _MetricsServer,
                                           handler_class=_QuietHandler)
             except OSError as exc:
                 raise EdgeAdError(f"--metrics-port {port}: cannot listen ({listen_reason(exc)})") from exc
@@ -195,8 +195,19 @@ class _MetricsServer(ConnectionLimit, ThreadingMixIn, WSGIServer):
         return self.clients is None or self.clients.allows(client_address[0])
 
 
+def _named(app: Callable) -> Callable:
+    """The WSGI `app` with edge-ad's Server header in its answers (wsgiref's own names Python's version)."""
+    def named(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        return app(environ, lambda status, headers, *error: start_response(status, [*headers, ("Server", SERVER_NAME)],
+                                                                          *error))
+    return named
+
+
 class _QuietHandler(WSGIRequestHandler):
     timeout = REQUEST_S  # a connection left silent would hold its thread for ever
+
+    def version_string(self) -> str:  # in the errors the handler answers itself (a request that does not parse)
+        return SERVER_NAME
 
     def log_message(self, format: str, *args) -> None:  # a line on stderr per scrape, every 15 s
         pass

@@ -29,7 +29,7 @@ from edge_ad.streams import Stream
 from edge_ad import connection_limit, runner, telemetry
 from edge_ad.telemetry import SourceStats, Telemetry
 
-from conftest import SPOT_PATTERN, UNWRITABLE, failing_once, full_disk
+from conftest import SPOT_PATTERN, UNWRITABLE, failing_once, free_port, full_disk
 
 
 def test_regions_are_connected_areas_above_threshold_largest_first():
@@ -493,6 +493,29 @@ def test_metrics_file_in_prometheus_format(tmp_path):
     text = (tmp_path / "m.prom").read_text()
     assert 'edge_ad_away{source="cam1"} 1.0' in text and 'edge_ad_fps{source="cam1"} 0.0' in text
     assert runner._status([stats]) == "cam1 100 frames away; 10 anomalies"  # systemctl status
+
+
+def test_the_servers_do_not_name_python_s_version():
+    """Python's Server header ("BaseHTTP/0.6 Python/3.11.7", "WSGIServer/0.2 CPython/3.11.7") is the
+    version disclosure plants' network scanners flag: the browser outputs and the metrics port, in
+    their answers and in the errors their handlers answer themselves, name edge-ad alone."""
+    from edge_ad.mjpeg import MjpegOutput
+
+    port = free_port()
+    output = MjpegOutput(f"http://@:{port}/line", 64, 48, 10)
+    served = Telemetry(lambda: [SourceStats("cam")], dict, port=0, host="127.0.0.1", sensors=lambda: Sensors({}, {}))
+    try:
+        for url in (f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{served.server.server_port}/metrics"):
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                assert answer.headers.get_all("Server") == ["edge-ad"]
+        for address in (("127.0.0.1", port), ("127.0.0.1", served.server.server_port)):
+            with socket.create_connection(address, timeout=5) as connection:
+                connection.sendall(b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n")  # 431, by Python's handler
+                answer = connection.recv(4096).decode("latin-1")
+            assert answer.startswith("HTTP/1.") and "\r\nServer: edge-ad\r\n" in answer, answer
+    finally:
+        output.close()
+        served.close()
 
 
 def test_the_metrics_port_answers_the_scrapers_metrics_allow_names_only(caplog, monkeypatch, capfd):
