@@ -52,9 +52,8 @@ def overlay(frame_bgr: np.ndarray, result: Result, alpha: float = 0.45, size: tu
     text = f"{'NG' if result.is_anomaly else 'OK'} {result.score:.3f}"
     if result.variant is not None:
         text += f" {result.variant}"
-    scale = max(0.4, min(out.shape[:2]) / 400)
-    text_width = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness + 2)[0][0]
-    scale *= min(1.0, max(out.shape[1] - 12, 1) / text_width)  # a narrow frame: smaller, not cut at its edge
+    # a narrow frame: smaller, not cut at its edge
+    scale = _fitting_scale(text, max(0.4, min(out.shape[:2]) / 400), thickness + 2, max(out.shape[1] - 12, 1))
     cv2.putText(out, text, (8, int(30 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2)
     cv2.putText(out, text, (8, int(30 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness)
     return out
@@ -74,9 +73,7 @@ def away_card(size: tuple[int, int], source: str, since: float) -> np.ndarray:
     drawn = []  # (text, colour, scale, thickness, its height)
     for text, colour, size_factor in lines:
         scale = size_factor * height / 720
-        thickness = max(1, round(2 * scale))
-        (text_width, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-        scale = max(0.1, scale * min(1.0, (width - 16) / max(text_width, 1)))  # narrower than the line: smaller
+        scale = max(0.1, _fitting_scale(text, scale, max(1, round(2 * scale)), width - 16))  # a narrow output: smaller
         thickness = max(1, round(2 * scale))
         drawn.append((text, colour, scale, thickness, cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale,
                                                                       thickness)[0][1]))
@@ -85,6 +82,12 @@ def away_card(size: tuple[int, int], source: str, since: float) -> np.ndarray:
         y += round(1.8 * text_height)
         cv2.putText(card, text, (8, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
     return card
+
+
+def _fitting_scale(text: str, scale: float, thickness: int, room: int) -> float:
+    """`scale`, made smaller where `text` drawn at it (and `thickness`) would be wider than `room` pixels."""
+    text_width = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0]
+    return scale * min(1.0, room / max(text_width, 1))
 
 
 def fitted_size(shape: tuple[int, ...], height: int, width: int) -> tuple[int, int]:
