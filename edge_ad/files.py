@@ -51,19 +51,25 @@ def home_folder(variable: str) -> Path:
                           f"/etc/passwd): set {variable} to the folder edge-ad should use") from exc
 
 
-def made_folder(folder: Path, what: str) -> Path:
+def made_folder(folder: Path, what: str, given: str | None = None) -> Path:
     """`folder` made where it is not there (its absolute path); one that is a file, cannot be
     made, or takes no new file (a folder of another user's, a read-only file system), refused
-    with a message that names it as `what` folder. Checked by writing a nameless file: said at
-    the first snapshot or sample instead, the fault came hours into a run, with the pictures it
-    was to keep lost."""
-    if folder.exists() and not folder.is_dir():
-        raise EdgeAdError(f"{folder}: is a file, not a {what} folder")
+    with a message that names it as `what` folder, after `given` (the option that gave it, as
+    `--output out/line.mkv`) if any. Checked by writing a nameless file: said at the first
+    snapshot or sample instead, the fault came hours into a run, with the pictures it was to
+    keep lost."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EdgeAdError(f"{folder}: cannot create the {what} folder ({os_reason(exc)})") from exc
-    _takes_files(folder, folder, what)
+        if folder.exists() and not folder.is_dir():
+            raise EdgeAdError(f"{folder}: is a file, not a {what} folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EdgeAdError(f"{folder}: cannot create the {what} folder ({os_reason(exc)})") from exc
+        _takes_files(folder, folder, what)
+    except EdgeAdError as exc:
+        if given is None:
+            raise
+        raise EdgeAdError(f"{given}: {exc}") from exc
     return folder.absolute()
 
 

@@ -282,10 +282,7 @@ def make_file_folders(outputs: list[str]) -> None:
     for uri in outputs:
         if "://" in uri or is_picture_output(uri):  # picture outputs make their folder as they open
             continue
-        try:
-            made_folder(Path(uri).parent, "video")
-        except EdgeAdError as exc:
-            raise EdgeAdError(f"--output {uri}: {exc}") from exc
+        made_folder(Path(uri).parent, "video", f"--output {uri}")
 
 
 def resolve_rtp_hosts(outputs: list[str]) -> None:

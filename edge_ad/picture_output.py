@@ -73,10 +73,7 @@ class PictureOutput:
         if followed is not None and followed(self.folder):
             raise EdgeAdError(f"--output {uri}: this is the folder --follow reads new pictures from, and each overlay "
                               "would be read as one; give another folder")
-        try:
-            made_folder(self.folder, "picture")
-        except EdgeAdError as exc:
-            raise EdgeAdError(f"--output {uri}: {exc}") from exc
+        made_folder(self.folder, "picture", f"--output {uri}")
         remove_leftovers(self.folder)
         self._inputs = {p.resolve() for p in inputs}
         self._named: dict[Path, None] = {}  # the folder's names given so far, in order

@@ -150,10 +150,7 @@ class Telemetry:
         if path is not None:
             if path.is_dir():
                 raise EdgeAdError(f"--metrics {path}: is a folder; give a file name (metrics.prom in it)")
-            try:
-                made_folder(path.parent, "metrics")
-            except EdgeAdError as exc:
-                raise EdgeAdError(f"--metrics {path}: {exc}") from exc
+            made_folder(path.parent, "metrics", f"--metrics {path}")
         self._written = -float("inf")
         self.server = None
         if port is not None:
