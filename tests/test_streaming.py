@@ -1576,7 +1576,9 @@ def test_http_outputs_show_the_overlays_in_a_browser(detector):
         assert wait_for(lambda: box or _port_open(port), 10)
         with pytest.raises(urllib.error.HTTPError, match="404"):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=5)
-        assert wait_for(lambda: b"/line2" in urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read(), 5)
+        # each output opens at its source's first frame: both there (under load the ball's came seconds after)
+        assert wait_for(lambda: all(path in urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+                                    for path in (b"/line1", b"/line2")), 10)
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
         # pictures one after another, not streams: a browser's 6 connections to a server would be
         # held by 6 streams, and a seventh, or a second tab, would show nothing
