@@ -1,8 +1,12 @@
 """calibration_report.png: the normal-score histogram with the threshold (and the known defects
-when given), and overlays of the highest-scoring normal frames, for a person to check."""
+when given), overlays of the highest-scoring normal frames, and the calibration's warnings, for a
+person to check: the picture is what is opened later, or sent to a colleague, without the
+terminal that calibrate printed the warnings on."""
 
 from __future__ import annotations
 
+import datetime as dt
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -19,10 +23,31 @@ from .site import Calibration, overlay_result  # noqa: E402
 from .statistics import rounded_up  # noqa: E402
 
 
-def write_calibration_report(calibration: Calibration, path: Path) -> Path:
+# Characters of the warnings' 8-point text per inch of the figure's width, with room to spare,
+# and of the title's 12 points (a source's long path or URI is wrapped too).
+CHARACTERS_PER_INCH = 14
+TITLE_CHARACTERS_PER_INCH = 8
+LINE_INCHES = 8 * 1.2 * 1.4 / 72  # the height of one line of that text: 8 points, the font's 1.2, the spacing's 1.4
+
+
+def warning_lines(warnings: list[str], width: int) -> list[str]:
+    """The calibration's warnings, numbered and wrapped at `width` characters."""
+    lines = []
+    for number, warning in enumerate(warnings, 1):
+        lines += textwrap.wrap(warning, width, initial_indent=f"{number}. ", subsequent_indent="    ")
+    return lines
+
+
+def write_calibration_report(calibration: Calibration, path: Path, record: dict | None = None) -> Path:
+    """The report of `calibration`, titled with the source and time of its calibration.yaml
+    content `record` when given."""
     threshold = calibration.threshold.value
     columns = max(len(calibration.top), 1)
-    figure = plt.figure(figsize=(3.2 * max(columns, 3), 7.5))
+    width = 3.2 * max(columns, 3)
+    lines = warning_lines(calibration.warnings, int(width * CHARACTERS_PER_INCH))
+    text_inches = (len(lines) + 2) * LINE_INCHES if lines else 0.0  # a line's room above and below too
+    height = 7.5 + text_inches
+    figure = plt.figure(figsize=(width, height))
     grid = figure.add_gridspec(2, columns, height_ratios=[1.1, 1])
     hist = figure.add_subplot(grid[0, :])
     scores = calibration.scores
@@ -48,15 +73,24 @@ def write_calibration_report(calibration: Calibration, path: Path) -> Path:
     hist.set_xlabel("image score")
     hist.set_ylabel("frames")
     per_draw = calibration.threshold.per_draw
-    hist.set_title(f"calibration on {calibration.frames} normal frames"
+    count = len(calibration.warnings)
+    # In this machine's time, with its zone's name, as the other pictures and the overlays' times are
+    made = dt.datetime.fromisoformat(record["created"]).astimezone().strftime("%Y-%m-%d %H:%M %Z") if record else ""
+    hist.set_title((textwrap.fill(f"{record['source']}, {made}", int(width * TITLE_CHARACTERS_PER_INCH)) + "\n"
+                    if record else "")
+                   + f"calibration on {calibration.frames} normal frames"
                    + (f" (about {calibration.frames / per_draw:.0f} independent)" if per_draw > 1 else "")
-                   + (f"  -  {len(calibration.warnings)} warning(s)" if calibration.warnings else ""))
+                   + (f"  -  {count} warning{'s' if count > 1 else ''}, below" if count else ""))
     hist.legend(fontsize=8)
     for column, (score, index, frame, normalised) in enumerate(calibration.top):
         picture = overlay(frame, overlay_result(score, threshold, frame, normalised, calibration.mask))
         show(figure.add_subplot(grid[1, column]), picture, f"normal #{column + 1}, frame {index}: {score:.3f}",
              fontsize=9)
-    figure.tight_layout()
+    if lines:  # under the rest, which tight_layout keeps above them
+        figure.text(0.1 / width, (text_inches - LINE_INCHES) / height, "\n".join(["warnings:"] + lines), fontsize=8,
+                    va="top", linespacing=1.4)
+    for _ in range(2):  # one pass in a rect leaves the histogram's label under the frames' titles
+        figure.tight_layout(rect=(0, text_inches / height, 1, 1))
     save_figure(figure, path, dpi=90)
     plt.close(figure)
     return path

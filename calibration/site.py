@@ -488,7 +488,7 @@ def calibrate_into(
     path, backup = save(folder, data, pictures)
     report, problem = folder / "calibration_report.png", None
     try:
-        write_calibration_report(calibration, report)
+        write_calibration_report(calibration, report, data)
     except OSError as exc:  # calibration.yaml is written and judges from now on: the picture is for a person
         report, problem = None, f"{report}: not written ({os_reason(exc)})"
     return Written(calibration, data, path, backup, report, problem)

@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import warnings
+from datetime import datetime, timedelta
 
 import cv2
 import numpy as np
@@ -255,6 +257,55 @@ def test_the_report_s_histogram_shows_scores_close_together_in_plain_counts(tiny
                       threshold=replace(close.threshold, value=0.1))
     calibration.report.write_calibration_report(rounded, tmp_path / "report.png")
     assert max(bar.get_height() for bar in drawn[-1].axes[0].patches) == 12
+
+
+def test_the_report_lists_the_warnings_and_names_the_source(tiny_bundle, normal_folder, monkeypatch, tmp_path):
+    """The report said "3 warning(s)" and not which: the picture is what is opened later, or sent
+    to a colleague, without the terminal calibrate printed them on. It lists them, wrapped within
+    the picture, and names the source and the time of the calibration."""
+    from dataclasses import replace
+
+    import calibration.report
+
+    drawn = []
+    monkeypatch.setattr(calibration.report, "save_figure", lambda figure, path, dpi: drawn.append(figure))
+    detector = Detector.load(tiny_bundle)
+    frames = [cv2.imread(str(p)) for p in sorted(normal_folder.glob("*.png"))]
+    kept = site.collect(detector, iter(frames), 12)[None]
+    try:
+        with monkeypatch.context() as zone:
+            zone.setenv("TZ", "CET-1")  # the machine's zone: an hour east of UTC (POSIX's form, without tzdata)
+            time.tzset()
+            written = site.calibrate_into(tmp_path, detector, kept, 0.3, 0.9, "rtsp://cam2.line/stream")
+    finally:
+        time.tzset()
+    made = datetime.fromisoformat(written.data["created"]) + timedelta(hours=1)  # written in UTC
+    assert drawn[-1].axes[0].get_title().startswith(
+        f"rtsp://cam2.line/stream, {made:%Y-%m-%d %H:%M} CET\ncalibration on 12 ")
+
+    long_path = "/srv/pictures/" + "line-4-station-2-" * 8 + "good"
+    warnings = ["the normal scores look bimodal: two products or a light change?",
+                f"40 of the 40 frames of {long_path} are pictures the model was trained on " + "and so on " * 40]
+    calibration.report.write_calibration_report(replace(written.calibration, warnings=warnings),
+                                                tmp_path / "report.png", written.data | {"source": long_path})
+    figure = drawn[-1]
+    title_text = figure.axes[0].get_title()
+    assert title_text.endswith("2 warnings, below")
+    (text,) = figure.texts
+    shown = text.get_text()
+    assert shown.startswith("warnings:\n1. the normal scores look bimodal") and "\n2. 40 of the 40 frames" in shown
+    assert "".join(shown.split()).endswith("andsoon" * 40) and "line-4-station-2-" in shown
+    figure.canvas.draw()
+    title = figure.axes[0].title.get_window_extent()
+    assert figure.bbox.x0 < title.x0 and title.x1 < figure.bbox.x1 and long_path in "".join(title_text.split())
+    assert figure.bbox.x0 < text.get_window_extent().x0 and text.get_window_extent().x1 < figure.bbox.x1
+    assert text.get_window_extent().y0 > figure.bbox.y0  # none of it below the picture's edge
+    assert all(text.get_window_extent().y1 < axis.get_tightbbox().y0 for axis in figure.axes)  # nor over the frames
+    label = figure.axes[0].xaxis.label.get_window_extent().y0
+    assert all(label > axis.title.get_window_extent().y1 for axis in figure.axes[1:])  # titles under the histogram
+
+    calibration.report.write_calibration_report(replace(written.calibration, warnings=[]), tmp_path / "report.png")
+    assert not drawn[-1].texts and "warning" not in drawn[-1].axes[0].get_title()
 
 
 def test_calibrate_command_writes_calibration_the_runtime_uses(tiny_bundle, normal_folder, mvtec_category, tmp_path):
