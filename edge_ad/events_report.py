@@ -484,6 +484,9 @@ def write_alarm_pictures(read: EventsRead, path: Path, count: int, snapshots: Pa
             shown.append((picture, tile))
     problems = (f"; {gone} no longer on disk (deleted past --snapshot-quota-mb, or moved: --snapshots DIR finds "
                 f"them by name)" if gone else "") + (f"; not pictures: {', '.join(unreadable)}" if unreadable else "")
+    if len(pictures) < alarms:  # "1 of 1" beside 22 alarms read as every alarm's picture
+        problems += (f"; {alarms - len(pictures)} of the {alarms} alarms kept none (a run keeps one per "
+                     "--snapshot-interval and source)")
     if not shown:
         return f"alarm pictures: none of {len(pictures)} could be shown{problems}"
     columns = min(SHEET_COLUMNS, len(shown))

@@ -99,7 +99,8 @@ def test_alarm_pictures_highest_scores_first_where_the_run_left_them_or_moved(tm
     line = write_alarm_pictures(read, sheet, 2)
     assert line == (f"alarm pictures: the 2 highest-scoring of 5 in {sheet}; 1 no longer on disk (deleted past "
                     f"--snapshot-quota-mb, or moved: --snapshots DIR finds them by name); not pictures: "
-                    f"{kept / 'damaged_overlay.jpg'}")
+                    f"{kept / 'damaged_overlay.jpg'}; 1 of the 6 alarms kept none (a run keeps one per "
+                    "--snapshot-interval and source)")
     assert _pixels(sheet, green) > 10_000 and _pixels(sheet, blue) > 10_000 and _pixels(sheet, red) == 0
     assert "3 of 5" in write_alarm_pictures(read, sheet, 24) and _pixels(sheet, red) > 10_000
     asserted = bytearray(cv2.imencode(".bmp", np.zeros((30, 40, 3), np.uint8))[1].tobytes())
