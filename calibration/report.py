@@ -17,25 +17,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker as ticker  # noqa: E402
 
 from edge_ad.files import histogram_range, save_figure  # noqa: E402
-from edge_ad.render import overlay, show  # noqa: E402
+from edge_ad.render import lay_out_above_notes, notes_text, overlay, show  # noqa: E402
 
 from .site import Calibration, overlay_result  # noqa: E402
 from .statistics import rounded_up  # noqa: E402
 
 
-# Characters of the warnings' 8-point text per inch of the figure's width, with room to spare,
-# and of the title's 12 points (a source's long path or URI is wrapped too).
-CHARACTERS_PER_INCH = 14
+# Characters of the title's 12 points per inch of the figure's width, with room to spare: a
+# source's long path or URI is wrapped.
 TITLE_CHARACTERS_PER_INCH = 8
-LINE_INCHES = 8 * 1.2 * 1.4 / 72  # the height of one line of that text: 8 points, the font's 1.2, the spacing's 1.4
-
-
-def warning_lines(warnings: list[str], width: int) -> list[str]:
-    """The calibration's warnings, numbered and wrapped at `width` characters."""
-    lines = []
-    for number, warning in enumerate(warnings, 1):
-        lines += textwrap.wrap(warning, width, initial_indent=f"{number}. ", subsequent_indent="    ")
-    return lines
 
 
 def write_calibration_report(calibration: Calibration, path: Path, record: dict | None = None) -> Path:
@@ -44,10 +34,8 @@ def write_calibration_report(calibration: Calibration, path: Path, record: dict 
     threshold = calibration.threshold.value
     columns = max(len(calibration.top), 1)
     width = 3.2 * max(columns, 3)
-    lines = warning_lines(calibration.warnings, int(width * CHARACTERS_PER_INCH))
-    text_inches = (len(lines) + 2) * LINE_INCHES if lines else 0.0  # a line's room above and below too
-    height = 7.5 + text_inches
-    figure = plt.figure(figsize=(width, height))
+    warnings, warnings_inches = notes_text("warnings:", calibration.warnings, width)
+    figure = plt.figure(figsize=(width, 7.5 + warnings_inches))
     grid = figure.add_gridspec(2, columns, height_ratios=[1.1, 1])
     hist = figure.add_subplot(grid[0, :])
     scores = calibration.scores
@@ -86,11 +74,7 @@ def write_calibration_report(calibration: Calibration, path: Path, record: dict 
         picture = overlay(frame, overlay_result(score, threshold, frame, normalised, calibration.mask))
         show(figure.add_subplot(grid[1, column]), picture, f"normal #{column + 1}, frame {index}: {score:.3f}",
              fontsize=9)
-    if lines:  # under the rest, which tight_layout keeps above them
-        figure.text(0.1 / width, (text_inches - LINE_INCHES) / height, "\n".join(["warnings:"] + lines), fontsize=8,
-                    va="top", linespacing=1.4)
-    for _ in range(2):  # one pass in a rect leaves the histogram's label under the frames' titles
-        figure.tight_layout(rect=(0, text_inches / height, 1, 1))
+    lay_out_above_notes(figure, warnings, warnings_inches)
     save_figure(figure, path, dpi=90)
     plt.close(figure)
     return path

@@ -254,10 +254,9 @@ def _print_report(report: dict, json_path: str | None) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from export.eval_report import eval_notes
     from export.evaluate import evaluate
 
-    from .datasets import NOT_READ
-    from .images import DARK_CAUSE, count_text
     from .masks import InspectionMask
 
     bundle, mask_path, calibration = args.bundle, args.mask, None
@@ -278,59 +277,8 @@ def _eval(args: argparse.Namespace) -> None:
     for problem in ("scores_file_problem", "picture_problem"):
         if problem in report:
             print(f"warning: {report[problem]}", file=sys.stderr)
-    if "image_auroc" not in report:  # a test split of one kind
-        normal = report["normal_images"] > 0
-        kind, did, count = ("normal", "flags", report["normal_images_flagged_by_bundle_threshold"]) if normal else \
-            ("anomalous", "passes", report["anomalous_images_missed_by_bundle_threshold"])
-        judged = "the bundle's threshold" if "bundle_threshold" in report else "their variants' thresholds"
-        print(f"note: the {report['test_images']} test images are all {kind}: no AUROC or F1, which compare the "
-              f"scores of both kinds; {judged} {did} {count} of them", file=sys.stderr)
-    both = report.get("test_images_of_both_kinds", [])
-    if both:
-        pairs = ", ".join(f"{normal} = {anomalous}" for normal, anomalous in both[:3]) + ", ..." * (len(both) > 3)
-        print(f"note: {len(both)} picture(s) are both a normal and an anomalous test image ({pairs}): one of each "
-              "pair is sorted into the wrong folder, and counts against the AUROC whatever the model scores it",
-              file=sys.stderr)
-    unlike = report.get("test_images_unlike_training")
-    if unlike:
-        images = unlike["images"]
-        print(f"note: {len(images)} test image(s) look unlike the training pictures, as {images[0]}, where run would "
-              f"say: {unlike['first']}", file=sys.stderr)
-    dark = report.get("test_images_dark")
-    if dark:
-        print(f"note: the brightest pixel of all {dark['images']} test images is {dark['brightest']} of 255. "
-              f"{DARK_CAUSE}; the line camera's 8-bit frames are far brighter, and a model trained on them finds such "
-              "images anomalous: the AUROC and what the threshold flags say little of the line. Evaluate on 8-bit "
-              "pictures (edge-ad record saves them) or shift such files up to 16 bits first (README: 16-bit "
-              "pictures)", file=sys.stderr)
-    trained = report.get("test_images_the_model_was_trained_on")
-    if trained:
-        print(f"note: {trained['normal']} normal and {trained['anomalous']} anomalous test image(s) are pictures the "
-              "model was trained on (train's --data, or its --defects): they score as no new part would, so the "
-              "AUROC and what the threshold flags and passes of them say little of new parts; evaluate on pictures "
-              "kept out of training", file=sys.stderr)
-    seen = report.get("test_images_the_calibration_was_made_on")
-    if seen:
-        print(f"note: {seen['normal']} normal and {seen['anomalous']} anomalous test image(s) are pictures the "
-              "calibration in use was made on (its frames, or its --defects): the threshold was set on them, so what "
-              "it flags and passes of them says little of new parts; evaluate on pictures it has not seen",
-              file=sys.stderr)
-    left_out = report.get("unreadable_images_left_out", [])
-    if left_out:
-        print(f"note: {len(left_out)} unreadable test image(s) left out (--skip-bad): {'; '.join(left_out[:3])}"
-              f"{'; ...' if len(left_out) > 3 else ''}", file=sys.stderr)
-    unread = report.get("pictures_not_read", {})
-    if unread:
-        print(f"note: pictures not read, as they lie {NOT_READ}: "
-              f"{', '.join(f'{folder} ({count_text(count)})' for folder, count in unread.items())}", file=sys.stderr)
-    for key, what in (
-        ("anomalous_images_without_mask", "have no ground-truth mask (ground_truth/<defect>/<image>_mask.png or <image>.png)"),
-        ("anomalous_images_with_empty_mask", "have a ground-truth mask that marks no pixel at the bundle's input size"),
-    ):
-        names = report.get(key, [])
-        if names:
-            print(f"note: {len(names)} anomalous image(s) {what} and are left out of the pixel metrics: "
-                  f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}", file=sys.stderr)
+    for note in eval_notes(report):
+        print(f"note: {note}", file=sys.stderr)
 
 
 def _source_options(args: argparse.Namespace) -> SourceOptions:

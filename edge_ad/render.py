@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 import time
 
 import cv2
@@ -14,6 +15,10 @@ OK_COLOUR = (80, 200, 80)  # BGR
 NG_COLOUR = (40, 40, 230)
 MASK_COLOUR = (230, 170, 50)  # the edge of the inspected part of an inspection mask: blue
 AWAY_COLOUR = (0, 160, 255)  # orange
+# The notes under a report's picture: 8-point text, this many characters to an inch of its width
+# (with room to spare), and this tall a line (8 points, the font's 1.2, the spacing's 1.4).
+NOTE_CHARACTERS_PER_INCH = 14
+NOTE_LINE_INCHES = 8 * 1.2 * 1.4 / 72
 
 
 def overlay(frame_bgr: np.ndarray, result: Result, alpha: float = 0.45, size: tuple[int, int] | None = None
@@ -127,3 +132,26 @@ def show(ax, picture_bgr: np.ndarray, title: str, fontsize: int = 8) -> None:
     ax.imshow(cv2.cvtColor(picture_bgr, cv2.COLOR_BGR2RGB))
     ax.set_title(title, fontsize=fontsize)
     ax.axis("off")
+
+
+def notes_text(heading: str, notes: list[str], width: float) -> tuple[str, float]:
+    """`notes` numbered under `heading`, wrapped for a report figure `width` inches wide, and the
+    inches of its height they take ("" and 0 without notes). A report's picture is what is
+    opened later, or sent to a colleague, without the terminal its command printed them on."""
+    if not notes:
+        return "", 0.0
+    lines = [heading]
+    for number, note in enumerate(notes, 1):
+        lines += textwrap.wrap(note, int(width * NOTE_CHARACTERS_PER_INCH), initial_indent=f"{number}. ",
+                               subsequent_indent="    ")
+    return "\n".join(lines), (len(lines) + 1) * NOTE_LINE_INCHES  # with a line's room around them
+
+
+def lay_out_above_notes(figure, text: str, inches: float) -> None:
+    """Lay `figure`'s axes out (tight_layout) above a band `inches` high at its bottom, and put
+    `text` (notes_text's) in that band."""
+    width, height = figure.get_size_inches()
+    if text:
+        figure.text(0.1 / width, (inches - NOTE_LINE_INCHES) / height, text, fontsize=8, va="top", linespacing=1.4)
+    for _ in range(2):  # one pass in a rect left a histogram's label under the titles of the row below it
+        figure.tight_layout(rect=(0, inches / height, 1, 1))

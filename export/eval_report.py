@@ -1,8 +1,9 @@
 """eval_report.png: what `edge-ad eval` measured, for a person to look at. The score histograms
 of the normal and anomalous test images with the thresholds, the ROC curve, and heat-map
 overlays of the normal images that score highest (the false alarms, if any) and of the
-anomalous images that score lowest (the misses). And the table of every test image's score and
-verdict, for a spreadsheet."""
+anomalous images that score lowest (the misses), and under them the notes eval prints (test
+images the model was trained on, and the like: what the picture's numbers say little of). And
+the table of every test image's score and verdict, for a spreadsheet."""
 
 from __future__ import annotations
 
@@ -16,13 +17,77 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from edge_ad.datasets import NOT_READ  # noqa: E402
 from edge_ad.files import histogram_range, save_figure, write_atomic  # noqa: E402
+from edge_ad.images import DARK_CAUSE, count_text  # noqa: E402
 from edge_ad.metrics import roc_curve  # noqa: E402
-from edge_ad.render import show  # noqa: E402
+from edge_ad.render import lay_out_above_notes, notes_text, show  # noqa: E402
 
 SHOWN = 4  # overlays per row
 LEGEND_HEADROOM = 1.6  # the histogram's height over its tallest bar: room for a legend of four lines
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet cell starting so is read as a formula
+
+
+def eval_notes(report: dict) -> list[str]:
+    """What a person should know before taking `report`'s numbers (evaluate()'s) as those of new
+    parts: `eval` prints each as a note, and its picture lists them under the overlays, as the
+    picture is what is shown to others, without the terminal."""
+    notes = []
+    if "image_auroc" not in report:  # a test split of one kind
+        normal = report["normal_images"] > 0
+        kind, did, count = ("normal", "flags", report["normal_images_flagged_by_bundle_threshold"]) if normal else \
+            ("anomalous", "passes", report["anomalous_images_missed_by_bundle_threshold"])
+        judged = "the bundle's threshold" if "bundle_threshold" in report else "their variants' thresholds"
+        notes.append(f"the {report['test_images']} test images are all {kind}: no AUROC or F1, which compare the "
+                     f"scores of both kinds; {judged} {did} {count} of them")
+    both = report.get("test_images_of_both_kinds", [])
+    if both:
+        pairs = ", ".join(f"{normal} = {anomalous}" for normal, anomalous in both[:3]) + ", ..." * (len(both) > 3)
+        notes.append(f"{len(both)} picture(s) are both a normal and an anomalous test image ({pairs}): one of each "
+                     "pair is sorted into the wrong folder, and counts against the AUROC whatever the model scores it")
+    unlike = report.get("test_images_unlike_training")
+    if unlike:
+        images = unlike["images"]
+        notes.append(f"{len(images)} test image(s) look unlike the training pictures, as {images[0]}, where run "
+                     f"would say: {unlike['first']}")
+    dark = report.get("test_images_dark")
+    if dark:
+        notes.append(f"the brightest pixel of all {dark['images']} test images is {dark['brightest']} of 255. "
+                     f"{DARK_CAUSE}; the line camera's 8-bit frames are far brighter, and a model trained on them "
+                     "finds such images anomalous: the AUROC and what the threshold flags say little of the line. "
+                     "Evaluate on 8-bit pictures (edge-ad record saves them) or shift such files up to 16 bits first "
+                     "(README: 16-bit pictures)")
+    trained = report.get("test_images_the_model_was_trained_on")
+    if trained:
+        notes.append(f"{trained['normal']} normal and {trained['anomalous']} anomalous test image(s) are pictures "
+                     "the model was trained on (train's --data, or its --defects): they score as no new part would, "
+                     "so the AUROC and what the threshold flags and passes of them say little of new parts; evaluate "
+                     "on pictures kept out of training")
+    seen = report.get("test_images_the_calibration_was_made_on")
+    if seen:
+        notes.append(f"{seen['normal']} normal and {seen['anomalous']} anomalous test image(s) are pictures the "
+                     "calibration in use was made on (its frames, or its --defects): the threshold was set on them, "
+                     "so what it flags and passes of them says little of new parts; evaluate on pictures it has not "
+                     "seen")
+    left_out = report.get("unreadable_images_left_out", [])
+    if left_out:
+        notes.append(f"{len(left_out)} unreadable test image(s) left out (--skip-bad): {'; '.join(left_out[:3])}"
+                     f"{'; ...' if len(left_out) > 3 else ''}")
+    unread = report.get("pictures_not_read", {})
+    if unread:
+        notes.append(f"pictures not read, as they lie {NOT_READ}: "
+                     f"{', '.join(f'{folder} ({count_text(count)})' for folder, count in unread.items())}")
+    for key, what in (
+        ("anomalous_images_without_mask",
+         "have no ground-truth mask (ground_truth/<defect>/<image>_mask.png or <image>.png)"),
+        ("anomalous_images_with_empty_mask",
+         "have a ground-truth mask that marks no pixel at the bundle's input size"),
+    ):
+        names = report.get(key, [])
+        if names:
+            notes.append(f"{len(names)} anomalous image(s) {what} and are left out of the pixel metrics: "
+                         f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}")
+    return notes
 
 
 def write_eval_scores(rows: list[dict], path: Path) -> Path:
@@ -60,8 +125,10 @@ def write_eval_report(
     """The picture of an evaluation: `report` is evaluate()'s, `scores` on the scale its AUROC
     was measured on, `threshold` the bundle's on that scale (None where there is none, as with
     one bundle per variant), `overlays` (title, BGR picture) of the worst normal and anomalous
-    images."""
-    figure = plt.figure(figsize=(13, 10.5))
+    images. Under them, eval_notes' notes."""
+    said = eval_notes(report)
+    notes, notes_inches = notes_text("notes:", said, 13)
+    figure = plt.figure(figsize=(13, 10.5 + notes_inches))
     grid = figure.add_gridspec(3, 2 * SHOWN, height_ratios=[1.2, 1, 1])
     hist = figure.add_subplot(grid[0, :SHOWN])
     # Bins over the threshold too: one far from the scores (a bundle calibrated on other frames)
@@ -83,7 +150,8 @@ def write_eval_report(
                      label=f"F1-best {report['image_f1_threshold']:.3f} (F1 {report['image_f1_max']:.3f})")
     hist.set_xlabel("image score" + (" (relative to the variant's normal images)" if threshold is None else ""))
     hist.set_ylabel("test images")
-    hist.set_title(f"{report['data']}: {report['test_images']} test images")
+    hist.set_title(f"{report['data']}: {report['test_images']} test images"
+                   + (f"  -  {len(said)} note{'s' if len(said) > 1 else ''}, below" if said else ""))
     # Its legend, as wide as the panel, in a band left empty above the tallest bar: on the bars it
     # hid the peak of the normal scores and the first anomalous ones.
     hist.set_ylim(0, max(tallest, 1) * LEGEND_HEADROOM)
@@ -104,7 +172,7 @@ def write_eval_report(
     for row, (kind, pictures) in enumerate(zip(("highest-scoring normal", "lowest-scoring anomalous"), overlays), 1):
         for column, (title, picture) in enumerate(pictures):
             show(figure.add_subplot(grid[row, 2 * column : 2 * column + 2]), picture, f"{kind} #{column + 1}\n{title}")
-    figure.tight_layout()
+    lay_out_above_notes(figure, notes, notes_inches)
     save_figure(figure, path, dpi=80)
     plt.close(figure)
     return path

@@ -315,7 +315,7 @@ def test_the_eval_picture_shows_scores_far_under_the_bundle_threshold(tmp_path, 
     drawn = []
     monkeypatch.setattr(export.eval_report, "save_figure", lambda figure, path, dpi: drawn.append(figure))
     labels, scores = np.array([0] * 6 + [1] * 6), np.r_[np.linspace(0.10, 0.102, 6), np.linspace(0.103, 0.105, 6)]
-    report = {"data": "site", "test_images": 12, "normal_images_flagged_by_bundle_threshold": 0,
+    report = {"data": "site", "test_images": 12, "normal_images": 6, "normal_images_flagged_by_bundle_threshold": 0,
               "anomalous_images_missed_by_bundle_threshold": 6}
     export.eval_report.write_eval_report(report, labels, scores, 0.9, ([], []), tmp_path / "eval.png")
     hist = drawn[-1].axes[0]
@@ -324,6 +324,47 @@ def test_the_eval_picture_shows_scores_far_under_the_bundle_threshold(tmp_path, 
     alike = np.r_[[0.1] * 6, [0.1000000000000001] * 6]
     export.eval_report.write_eval_report(report, labels, alike, None, ([], []), tmp_path / "eval.png")
     assert sorted(bar.get_height() for bar in drawn[-1].axes[0].patches if bar.get_height())[-2:] == [6, 6]
+
+
+def test_the_eval_picture_lists_the_notes_eval_prints(tiny_bundle, mvtec_category, tmp_path, monkeypatch):
+    """An AUROC of test images the model was trained on says little of new parts, which eval
+    printed on the terminal alone: the picture, what is shown to others, showed the AUROC without
+    it. It lists the notes eval prints, numbered and wrapped within the picture."""
+    import shutil
+
+    import export.eval_report
+
+    drawn = []
+    monkeypatch.setattr(export.eval_report, "save_figure", lambda figure, path, dpi: drawn.append(figure))
+    labels, scores = np.array([0] * 6 + [1] * 6), np.r_[np.linspace(0.1, 0.2, 6), np.linspace(0.3, 0.4, 6)]
+    long_name = "/srv/site/test/good/" + "line-4-station-2-" * 10 + "001.png"
+    report = {"data": "site", "test_images": 12, "normal_images": 6, "normal_images_flagged_by_bundle_threshold": 0,
+              "anomalous_images_missed_by_bundle_threshold": 0, "image_auroc": 1.0, "image_auroc_per_group": {},
+              "image_f1_threshold": 0.25, "image_f1_max": 1.0,
+              "test_images_the_model_was_trained_on": {"normal": 6, "anomalous": 0},
+              "test_images_unlike_training": {"images": [long_name], "first": "a frame of 640x480 " * 20}}
+    export.eval_report.write_eval_report(report, labels, scores, 0.25, ([], []), tmp_path / "eval.png")
+    figure = drawn[-1]
+    FigureCanvasAgg(figure).draw()  # the report closed its figure, which took its canvas
+    (text,) = figure.texts
+    shown = text.get_text()
+    assert shown.startswith("notes:\n1. 1 test image(s) look unlike the training pictures, as /srv/site/test/good/")
+    assert "\n2. 6 normal and 0 anomalous test image(s) are pictures the model was trained on" in shown
+    whole = "".join(shown.split())  # nothing of the notes lost to the wrapping
+    assert "aframeof640x480" * 20 + "2.6normal" in whole and long_name in whole
+    assert figure.axes[0].get_title() == "site: 12 test images  -  2 notes, below"
+    box = text.get_window_extent()
+    assert figure.bbox.x0 < box.x0 and box.x1 < figure.bbox.x1 and box.y0 > figure.bbox.y0
+    assert all(box.y1 < axis.get_tightbbox().y0 for axis in figure.axes)  # under the histogram, the ROC, the overlays
+
+    out = edge_ad("eval", "--bundle", tiny_bundle, "--data", mvtec_category, "--report", tmp_path / "e.png")
+    assert out.returncode == 0 and "note:" not in out.stderr, out.stderr
+    site = tmp_path / "site"  # its good parts the pictures the bundle was trained on
+    shutil.copytree(mvtec_category / "train" / "good", site / "good")
+    shutil.copytree(mvtec_category / "test" / "spot", site / "spot")
+    out = edge_ad("eval", "--bundle", tiny_bundle, "--data", site, "--report", tmp_path / "n.png")
+    assert out.returncode == 0 and "note: 12 normal and 0 anomalous test image(s) are pictures" in out.stderr
+    assert cv2.imread(str(tmp_path / "n.png")).shape[0] > cv2.imread(str(tmp_path / "e.png")).shape[0]
 
 
 def test_the_eval_histogram_s_legend_hides_no_bar(tmp_path, monkeypatch):
@@ -336,7 +377,7 @@ def test_the_eval_histogram_s_legend_hides_no_bar(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     labels = np.r_[np.zeros(377, int), np.ones(715, int)]
     scores = np.r_[rng.normal(0.03, 0.04, 377), rng.normal(0.2, 0.1, 715)]  # as ELPV's: the normal peak at the left
-    report = {"data": "elpv", "test_images": 1092, "normal_images_flagged_by_bundle_threshold": 1,
+    report = {"data": "elpv", "test_images": 1092, "normal_images": 377, "normal_images_flagged_by_bundle_threshold": 1,
               "anomalous_images_missed_by_bundle_threshold": 356, "image_f1_threshold": 0.065, "image_f1_max": 0.88}
     export.eval_report.write_eval_report(report, labels, scores, 0.183, ([], []), tmp_path / "eval.png")
     FigureCanvasAgg(drawn[-1]).draw()  # the report closed its figure, which took its canvas
