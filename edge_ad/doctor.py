@@ -695,9 +695,10 @@ def doctor(bundles: str | Sequence[str] = (), target: str | None = None, root: P
     memory = f", {device.memory_gb:.1f} GB" if device.memory_gb else ""
     report.found("device", f"{device.kind}: {device.model or 'no NVIDIA module or GPU'}{memory}"
                            + (f", parts {', '.join(device.part_numbers)}" if device.part_numbers else ""))
+    # (the input size and K to train a model for this target at, for 30 fps: not the bundle's)
     report.found("target", f"{config['name']} ({config['description']}); backend {config['backend']}, "
-                           f"precision {'/'.join(config['precision'])}, input {config['input_size']}, "
-                           f"K={config['bridge_steps']}")
+                           f"precision {'/'.join(config['precision'])}; models sized for it: input "
+                           f"{config['input_size']}, K={config['bridge_steps']}")
     if target is not None and not describes(config, device):
         report.problems.append(_another_device(device, target, config))
     _check_software(report, device, config, root)

@@ -165,7 +165,8 @@ def test_doctor_on_a_jetpack_5_jetson_says_what_to_do(tmp_path):
     root = _jetson_root(tmp_path, model, compatible, "3.0", mem_kb)
     (root / "etc/nv_tegra_release").write_text(RELEASE.replace("R36", "R35").format("4.1"))
     report = doctor(root=root)
-    assert any(line.startswith("target       orin-nx-16gb") for line in report.lines)
+    (target,) = [line for line in report.lines if line.startswith("target       orin-nx-16gb")]
+    assert target.endswith("; models sized for it: input 256, K=4")  # advice: it said "input 256" beside any bundle
     assert any("L4T 35.4.1 is not a JetPack release" in p and "flash JetPack 6" in p for p in report.problems)
     assert any("TensorRT's Python bindings are missing" in p and "python3-libnvinfer" in p for p in report.problems)
 
