@@ -698,6 +698,15 @@ def _graphs_of(detector: AnyDetector) -> tuple[int, ...]:
     return tuple(id(d.graphs) for d in detectors_by_variant(detector).values())
 
 
+def _bar_text(stats: dict[str, SourceStats], source: str | None, result: Result) -> str:
+    """What the terminal's bar says after its count and rate: the anomalies so far, and the last
+    frame's score and verdict (with its source's name, where there are several): for a person
+    setting a camera up, who had frames and a rate and nothing of what they scored until Ctrl-C."""
+    anomalies = sum(record.anomalies for record in stats.values())
+    return f"anomalies {anomalies}, last{f' {source}' if source else ''}: {'NG' if result.is_anomaly else 'OK'} " \
+           f"{result.score:.3f}"
+
+
 def _score(ready: list[tuple[_Capture, Frame]], stats: dict[str, SourceStats], hints: VariantHints | None) -> list:
     """Results of the ready frames, each by its source's detector, in one batch per detector (per
     set of graphs: cameras with their own calibration of one bundle share a batch)."""
@@ -1044,8 +1053,10 @@ def run(
         stack.callback(lambda: [c.join(timeout=2.0) for c in captures])
         stack.callback(lambda: [c.stop.set() for c in captures])  # runs first: stop, then join
 
-        # A bar for a person at a terminal; none into a log (journald under systemd, a file).
-        bar = stack.enter_context(tqdm(desc="frames", unit="frame", leave=False, disable=None))
+        # A bar for a person at a terminal; none into a log (journald under systemd, a file). Its
+        # rate always in frames a second: tqdm's "5.00s/ frames" for a slow line read as a typo.
+        bar = stack.enter_context(tqdm(desc="scored", unit=" frames", leave=False, disable=None,
+                                       bar_format="{desc}: {n_fmt} frames [{elapsed}, {rate_noinv_fmt}{postfix}]"))
         start = time.perf_counter()
         for capture in captures:
             capture.start()
@@ -1091,6 +1102,10 @@ def run(
                                                    capture.source.live)
                 if config.max_frames is not None and record.frames >= config.max_frames:
                     capture.stop.set()
+            if judged and not bar.disable:
+                last, _, verdict, *_ = judged[-1]
+                bar.set_postfix_str(_bar_text(stats, last.stream.name if len(captures) > 1 else None, verdict),
+                                    refresh=False)
             bar.update(len(ready_frames))
             if tick is not None:
                 tick()

@@ -37,7 +37,7 @@ from edge_ad.streams import Stream
 from edge_ad.pipelines import FLIPS, SourceOptions
 from edge_ad.sources import load_gst, open_source
 
-from conftest import certificate, frames_within, free_port, wait_for
+from conftest import certificate, edge_ad, frames_within, free_port, wait_for
 
 GST_LAUNCH = shutil.which("gst-launch-1.0")
 pytestmark = pytest.mark.skipif(GST_LAUNCH is None, reason="gst-launch-1.0 is not installed")
@@ -880,6 +880,44 @@ def test_files_and_folders_play_again_with_loop(mp4, normal_folder, tmp_path):
     assert len(source.skipped) == 1 and "zz_broken.png" in source.skipped[0]
     with pytest.raises(SourceError, match=f"{mp4}: loop -2 is not a number of repeats"):
         open_source(str(mp4), SourceOptions(loop=-2))
+
+
+def test_a_person_at_a_terminal_sees_the_anomalies_and_the_last_verdict_as_frames_are_scored(tiny_bundle):
+    """At a terminal the run's bar said frames and a rate, and nothing of what they scored until
+    Ctrl-C: a person setting a camera up could not see a part flagged. It says the anomalies so
+    far and the last frame's verdict and score; into a pipe or a log (journald), no bar."""
+    import fcntl
+    import select
+    import struct
+    import termios
+
+    args = ["run", "--bundle", str(tiny_bundle), "--input", "test://smpte?width=320&height=240", "--max-frames", "45"]
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a terminal 160 wide
+    child = subprocess.Popen([sys.executable, "-m", "edge_ad", *args], stdin=follower, stdout=follower,
+                             stderr=follower)
+    os.close(follower)
+    shown, deadline = b"", time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and select.select([leader], [], [], deadline - time.monotonic())[0]:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the run has ended, and with it the terminal's other side
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    try:
+        assert child.wait(timeout=30) == 0, shown.decode(errors="replace")
+    finally:
+        child.kill()  # one that hung (nothing to kill once it has ended)
+    text = shown.decode(errors="replace")
+    bars = re.findall(r"scored: (\d+) frames \[[^\]]* frames/s, anomalies (\d+), last: (OK|NG) (\d+\.\d{3})\]", text)
+    assert bars and all(int(anomalies) <= int(frames) <= 45 for frames, anomalies, _, _ in bars), text
+    anomalies = int(re.search(r"frames 45 .*anomalies (\d+)", text).group(1))
+    assert int(bars[-1][1]) <= anomalies
+    piped = edge_ad(*args)
+    assert piped.returncode == 0 and "scored:" not in piped.stderr + piped.stdout, piped.stderr
 
 
 def test_one_picture_is_read_as_the_training_pictures_are(tmp_path):
