@@ -11,11 +11,12 @@ every backend.
 
 `auto` tries TensorRT when the bundle holds engines or a DLA core is asked for, and runs it when
 it is installed, a GPU is there and the engines are for it; else ONNX Runtime (with a warning
-saying why, when TensorRT was tried).
+saying why, when TensorRT was tried, or when it runs on the CPU beside a GPU TensorRT could use).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -23,9 +24,9 @@ from typing import Any, Callable
 import numpy as np
 
 from .bundle import Bundle, file_sha256
-from .device import int8_saturates
-from .engines import engine_builds
-from .errors import BundleError, EdgeAdError
+from .device import detect, int8_saturates
+from .engines import engine_builds, engine_dirs
+from .errors import BundleError, EdgeAdError, shell_word
 
 Graph = Callable[..., list[np.ndarray]]
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "pytorch")
@@ -140,4 +141,24 @@ def load_graphs(
             if backend == "tensorrt":
                 raise
             warnings.warn(f"TensorRT not used, ONNX Runtime runs the bundle: {exc}")
+    elif backend == "auto" and (idle := gpu_left_idle(bundle)):
+        warnings.warn(idle)
     return "onnxruntime", onnxruntime_graphs(bundle, threads, spin)
+
+
+def gpu_left_idle(bundle: Bundle) -> str | None:
+    """What to say when `bundle`, without engines for this device, would run on ONNX Runtime's
+    CPU beside an NVIDIA GPU that TensorRT could run it on (a Jetson's; an x86 box's with
+    TensorRT installed and without onnxruntime-gpu); None elsewhere (a workstation without
+    TensorRT evaluates on its CPU as it did). Unsaid, a line whose engines were never built, or
+    were built into another user's cache than the service's, ran at a few frames a second with
+    nothing but its rate to show."""
+    if "CUDAExecutionProvider" in onnxruntime_providers():
+        return None
+    device = detect()
+    if device.kind == "cpu" or (device.kind != "jetson" and importlib.util.find_spec("tensorrt") is None):
+        return None
+    folders = " and ".join(str(folder) for folder in engine_dirs(bundle))
+    return (f"{bundle.root}: no TensorRT engines for it on {device.named()} (looked for in {folders}): ONNX Runtime "
+            f"runs it on the CPU, many times slower than the GPU would. Build them here: edge-ad build --bundle "
+            f"{shell_word(bundle.root)} (as the user that runs it, or with its EDGE_AD_CACHE)")

@@ -485,7 +485,7 @@ def _write_bundle(
 
     parity = {}
     for steps in steps_list:
-        detector = Detector.load(out, steps=steps)
+        detector = Detector.load(out, backend="onnxruntime", steps=steps)  # the graphs just written
         calibrated = _calibrate(detector, val_inputs)
         if steps is None or steps == default_steps:
             spec.update(calibrated)
@@ -502,7 +502,7 @@ def _write_bundle(
         "parity_onnxruntime_vs_torch": parity,
     }
     write_yaml_atomic(out / BUNDLE_FILE, spec)
-    Detector.load(out)  # its graphs pass their own check here, on ONNX Runtime, or the export fails
+    Detector.load(out, backend="onnxruntime")  # its graphs pass their own check here, or the export fails
 
 
 def _training_data(record: dict) -> str | list[str]:

@@ -54,6 +54,41 @@ def test_auto_falls_back_to_onnxruntime_when_engines_cannot_run(tiny_bundle, tmp
     assert any("TensorRT not used" in str(w.message) for w in caught)
 
 
+def test_a_bundle_without_engines_beside_a_gpu_is_said_to_run_on_the_cpu(tiny_bundle, monkeypatch):
+    """A Jetson whose engines were never built, or were built into another user's cache than the
+    service's, ran the bundle on ONNX Runtime's CPU at a few frames a second, unsaid. `auto` says
+    so, naming where it looked, there and beside a GPU where TensorRT is installed; asked for ONNX
+    Runtime, without an NVIDIA GPU, with onnxruntime-gpu, or on a workstation without TensorRT
+    (which evaluates on its CPU as it did), nothing."""
+    import edge_ad.backends as backends
+    from edge_ad.device import Device
+
+    jetson = Device("jetson", "NVIDIA Jetson Orin Nano Developer Kit", ["p3767-0005"])
+    monkeypatch.setattr(backends, "detect", lambda: jetson)
+    monkeypatch.setenv("EDGE_AD_CACHE", "/var/cache/edge-ad")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert Detector.load(tiny_bundle).backend == "onnxruntime"
+        Detector.load(tiny_bundle, backend="onnxruntime")
+    (said,) = [str(w.message) for w in caught if "TensorRT" in str(w.message)]
+    looked = f"{tiny_bundle / 'engines'} and /var/cache/edge-ad/engines/{load_bundle(tiny_bundle).sha256[:16]}"
+    assert said == (f"{tiny_bundle}: no TensorRT engines for it on NVIDIA Jetson Orin Nano Developer Kit, parts "
+                    f"p3767-0005 (looked for in {looked}): ONNX Runtime runs it on the CPU, many times slower than the "
+                    f"GPU would. Build them here: edge-ad build --bundle {tiny_bundle} (as the user that runs it, or "
+                    "with its EDGE_AD_CACHE)")
+    monkeypatch.setattr(backends, "onnxruntime_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert backends.gpu_left_idle(load_bundle(tiny_bundle)) is None  # onnxruntime-gpu: ONNX Runtime has the GPU
+    monkeypatch.setattr(backends, "onnxruntime_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(backends, "detect", lambda: Device("cpu"))
+    assert backends.gpu_left_idle(load_bundle(tiny_bundle)) is None  # no NVIDIA GPU: the CPU is all there is
+    monkeypatch.setattr(backends, "detect", lambda: Device("x86-gpu", "NVIDIA RTX A4000", gpu="NVIDIA RTX A4000"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert backends.gpu_left_idle(load_bundle(tiny_bundle)) is None  # a workstation without TensorRT
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert backends.gpu_left_idle(load_bundle(tiny_bundle)).startswith(
+        f"{tiny_bundle}: no TensorRT engines for it on a machine with an NVIDIA RTX A4000 (looked for in ")
+
+
 def test_a_dla_core_is_refused_by_the_backends_without_one(tiny_bundle):
     with pytest.raises(EdgeAdError, match="--dla-core runs TensorRT engines; the onnxruntime backend has no DLA"):
         Detector.load(tiny_bundle, backend="onnxruntime", dla_core=0)
