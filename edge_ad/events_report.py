@@ -29,6 +29,7 @@ from tqdm import tqdm
 from .errors import EdgeAdError, ImageError
 from .files import histogram_range, save_figure
 from .images import read_image
+from .render import lay_out_above_notes, notes_text
 
 ROTATED_FILES = 5  # EventLog's backups: FILE.1 (newest) ... FILE.5 (oldest)
 SHOWN_SKIPS = 5  # skipped lines named in the summary; the rest are counted
@@ -350,10 +351,11 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
     sources = [s for s in read.sources.values() if s.frames]
     if not sources:
         raise EdgeAdError(f"report: no frame events to draw: {read.why_no_frames()}")
-    figure, axes = plt.subplots(len(sources), 2, figsize=(15, 3.6 * len(sources)), squeeze=False,
+    stretches = [record.stretches() for record in sources]  # (a loop over every frame: once)
+    notes, notes_inches = notes_text("the lines and bands:", _line_notes(sources, stretches), 15)
+    figure, axes = plt.subplots(len(sources), 2, figsize=(15, 3.6 * len(sources) + notes_inches), squeeze=False,
                                 gridspec_kw={"width_ratios": [4, 1]})
-    changes = False  # another bundle or calibration took over somewhere: the picture says what the lines mean
-    for (timeline, histogram), record in zip(axes, sources):
+    for (timeline, histogram), record, judged in zip(axes, sources, stretches):
         times = _local_days(record.times)
         scores, anomalies, alarms = record.scores, record.anomalies, record.alarms
         for kind, marker, size, colour, label in (
@@ -383,9 +385,7 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
                 timeline.axvline(_local_days(start), color="0.6", linewidth=2, zorder=0)
         for timestamp, _, _ in record.self_checks:
             timeline.axvline(_local_days(timestamp), color="red", linewidth=2)
-        stretches = record.stretches()
-        changes |= len(stretches) > 1
-        for n, ((bundle, calibration), start, _) in enumerate(stretches):
+        for n, ((bundle, calibration), start, _) in enumerate(judged):
             if n:  # where another bundle or calibration took over; the first is named too
                 timeline.axvline(times[start], color="tab:brown", linestyle=":", linewidth=1.5)
             timeline.annotate(f"{bundle[:8]} / {(calibration or 'own')[:8]}", (times[start], 0.0),
@@ -413,6 +413,16 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         histogram.xaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False))
         histogram.set_xlabel("frames (log scale)")
         histogram.sharey(timeline)
+    lay_out_above_notes(figure, notes, notes_inches)
+    save_figure(figure, path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _line_notes(sources: list[SourceEvents], stretches: list[list]) -> list[str]:
+    """What the lines and bands drawn on the timelines of `sources` (with their `stretches`)
+    mean, for those drawn. They were one line under the picture, past its edge where several
+    were drawn, over the lowest timeline's times."""
     notes = []
     if any(record.drift for record in sources):
         notes.append("dashed lines: drift out of the calibrated band or most frames flagged (purple), back (green)")
@@ -422,14 +432,10 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
         notes.append("grey bands: the source was away (no frames, reconnected; a grey line: away at the end)")
     if any(record.self_checks for record in sources):
         notes.append("solid red lines: a self-check failed and the run stopped (edge-ad report prints why)")
-    if changes:
-        notes.append("dotted lines: another bundle / calibration judged from there (short SHA-256, 'own': the bundle's)")
-    if notes:
-        figure.text(0.01, 0.005, "; ".join(notes), fontsize=8)
-    figure.tight_layout()
-    save_figure(figure, path, dpi=100)
-    plt.close(figure)
-    return path
+    if any(len(judged) > 1 for judged in stretches):
+        notes.append("dotted lines: another bundle / calibration judged from there (short SHA-256, 'own': the "
+                     "bundle's)")
+    return notes
 
 
 def _found(picture: AlarmPicture, snapshots: Path | None) -> Path | None:

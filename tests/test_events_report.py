@@ -178,7 +178,8 @@ def test_events_across_rotated_files_runs_and_damaged_lines(tmp_path):
     shift = read_events(events, since=t0 + 5, until=t0 + 60)  # a time range: only the frames in it
     assert shift.sources["cam"].times.tolist() == [t0 + 10, t0 + 11] and shift.sources["other"].frames == 1
     picture = write_events_report(shift, tmp_path / "shift.png")
-    assert cv2.imread(str(picture)).shape == (720, 1500, 3)  # two sources, a row each
+    height, width, _ = cv2.imread(str(picture)).shape
+    assert width == 1500 and 720 < height < 800  # two sources, a row each, and what the drift's line means
     assert _red_pixels(picture) > 0
     assert _pixels(picture, BUNDLE_BROWN) == 0  # one bundle and calibration judged these: no line
     assert _pixels(write_events_report(read, tmp_path / "all.png"), BUNDLE_BROWN) > 50  # where others took over
@@ -232,6 +233,35 @@ def test_a_short_run_s_histogram_counts_are_labelled_between_1_and_10(tmp_path, 
     drawn[-1].canvas.draw()
     labels = {label.get_text() for label in counts.get_ticklabels(which="both") if label.get_visible()}
     assert {"1", "2", "3", "4"} <= labels
+
+
+def test_what_the_lines_and_bands_mean_is_said_within_the_picture_under_the_timelines(tmp_path, monkeypatch):
+    """A run with drift, a frozen picture, a camera away, a failed self-check and a new bundle
+    had the five meanings joined on one line under the picture: past its right edge (cut off)
+    and over the lowest timeline's times. They are listed, wrapped, under the timelines."""
+    import edge_ad.events_report
+
+    drawn = []
+    monkeypatch.setattr(edge_ad.events_report, "save_figure", lambda figure, path, dpi: drawn.append(figure))
+    t0, events = 1.8e9, tmp_path / "events.jsonl"
+    _write(events, [_frame("cam", t0 + n, 0.1, False, bundle="90e7d5c3b1a2" if n < 50 else "3f2a9c1b7d0e")
+                    for n in range(100)] + [
+        {"event": "drift", "source": "cam", "timestamp": t0 + 20, "state": "outside", "median": 0.3},
+        {"event": "frozen", "source": "cam", "timestamp": t0 + 30, "state": "frozen", "still_s": 30.0},
+        {"event": "away", "source": "cam", "timestamp": t0 + 60, "state": "away"},
+        {"event": "away", "source": "cam", "timestamp": t0 + 70, "state": "back", "away_s": 10.0},
+        {"event": "self_check", "source": "cam", "timestamp": t0 + 99, "bundle": "3f2a9c1b7d0e", "problem": "NaN"}])
+    write_events_report(read_events(events), tmp_path / "report.png")
+    figure = drawn[-1]
+    FigureCanvasAgg(figure).draw()  # the report closed its figure, which took its canvas
+    (text,) = figure.texts
+    lines = text.get_text().splitlines()
+    assert lines[0] == "the lines and bands:" and [line[:3] for line in lines if line[0].isdigit()] == \
+        ["1. ", "2. ", "3. ", "4. ", "5. "]
+    assert lines[1].startswith("1. dashed lines: drift") and lines[-1].endswith("'own': the bundle's)")
+    box = text.get_window_extent()
+    assert figure.bbox.x0 < box.x0 and box.x1 < figure.bbox.x1 and box.y0 > figure.bbox.y0
+    assert all(box.y1 < axis.get_tightbbox().y0 for axis in figure.axes)  # under the times, not on them
 
 
 def test_the_bundle_and_calibration_named_on_the_timeline_are_not_hidden_by_its_points(tmp_path, monkeypatch):
