@@ -2,7 +2,8 @@
 
 Trains the baseline, exports the bundle, evaluates the ELPV test split, writes a
 short video of test images, streams it through the same loop as `edge-ad run`
-(GStreamer decode), saves overlays of anomalous frames, and prints one table.
+(GStreamer decode), saves overlays of anomalous frames, draws its scores over time (as `edge-ad
+report` does from a run's events), and prints one table.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from edge_ad.datasets import elpv_split
 from edge_ad.detector import Detector
+from edge_ad.events_report import read_events, write_events_report
 from edge_ad.reports import write_report
 from edge_ad.runner import RunConfig
 from edge_ad.runner import run as run_stream
@@ -72,6 +74,7 @@ def demo(workdir: Path) -> None:
     # Every anomalous frame leaves an overlay here (no snapshot rate limit): the demo is for looking.
     config = RunConfig(events=workdir / "events.jsonl", snapshots=workdir / "snapshots", snapshot_interval_s=0.0)
     summary = run_stream(Detector.load(bundle), [Stream(str(video))], config)
+    timeline = write_events_report(read_events(config.events), workdir / "events_report.png")
 
     groups = report["image_auroc_per_group"]
     rows = [
@@ -86,6 +89,7 @@ def demo(workdir: Path) -> None:
         ("metrics", str(workdir / "eval.json")),
         ("histograms, ROC, worst images", report["picture"]),
         ("events", str(workdir / "events.jsonl")),
+        ("the stream's scores over time", str(timeline)),
         ("overlays", str(workdir / "snapshots")),
     ]
     width = max(len(name) for name, _ in rows)
