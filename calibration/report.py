@@ -68,7 +68,7 @@ def write_calibration_report(calibration: Calibration, path: Path, record: dict 
                     if record else "")
                    + f"calibration on {calibration.frames} normal frames"
                    + (f" (about {calibration.frames / per_draw:.0f} independent)" if per_draw > 1 else "")
-                   + (f"  -  {count} warning{'s' if count > 1 else ''}, below" if count else ""))
+                   + (f"  -  {count} warning{'s' if count > 1 else ''}, below" if count else ""), parse_math=False)
     hist.legend(fontsize=8)
     for column, (score, index, frame, normalised) in enumerate(calibration.top):
         picture = overlay(frame, overlay_result(score, threshold, frame, normalised, calibration.mask))

@@ -392,7 +392,7 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
                               xycoords=("data", "axes fraction"), rotation=90, fontsize=6, va="bottom", ha="left",
                               bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1},
                               zorder=5)  # over the points it stands among, readable
-        timeline.set_title(record.counts(), fontsize=9, loc="left")
+        timeline.set_title(record.counts(), fontsize=9, loc="left", parse_math=False)  # a source named as typed
         timeline.set_ylabel("score")
         timeline.xaxis.set_major_locator(mdates.AutoDateLocator())
         timeline.xaxis.set_major_formatter(time_labels(float(record.times[-1] - record.times[0])))
@@ -505,7 +505,7 @@ def write_alarm_pictures(read: EventsRead, path: Path, count: int, snapshots: Pa
         axis.imshow(tile)
         source = picture.source if len(picture.source) <= 44 else "..." + picture.source[-41:]
         axis.set_title(f"{source}\n{_clock(picture.timestamp)}  {picture.frame}\nscore {picture.score:.4g} "
-                       f"(threshold {picture.threshold:.4g})", fontsize=8)
+                       f"(threshold {picture.threshold:.4g})", fontsize=8, parse_math=False)
     figure.tight_layout()
     save_figure(figure, path, dpi=100)
     plt.close(figure)

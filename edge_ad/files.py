@@ -128,12 +128,13 @@ def write_picture(path: Path, image: np.ndarray) -> None:
 
 
 def save_figure(figure: Any, path: Path, dpi: int) -> None:
-    """A matplotlib figure as a picture of the kind its name says (PNG without a suffix)."""
+    """A matplotlib figure as a picture of the kind its name says (PNG without a suffix). The kind
+    is checked first, not read from savefig's ValueError, which a fault in drawing raises too."""
+    kind = path.suffix[1:].lower() or "png"
+    if kind not in figure.canvas.get_supported_filetypes():
+        raise EdgeAdError(f"{path}: cannot write a picture of that kind (use a .png, .pdf or .svg name)")
     buffer = io.BytesIO()
-    try:
-        figure.savefig(buffer, format=path.suffix[1:].lower() or "png", dpi=dpi)
-    except ValueError as exc:  # matplotlib's "Format 'xyz' is not supported"
-        raise EdgeAdError(f"{path}: cannot write a picture of that kind (use a .png, .pdf or .svg name)") from exc
+    figure.savefig(buffer, format=kind, dpi=dpi)
     write_atomic(path, buffer.getvalue())
 
 

@@ -130,7 +130,7 @@ def _thickness(picture: np.ndarray) -> int:
 def show(ax, picture_bgr: np.ndarray, title: str, fontsize: int = 8) -> None:
     """A BGR picture on a matplotlib axis of a report figure, titled, without axes."""
     ax.imshow(cv2.cvtColor(picture_bgr, cv2.COLOR_BGR2RGB))
-    ax.set_title(title, fontsize=fontsize)
+    ax.set_title(title, fontsize=fontsize, parse_math=False)  # (see lay_out_above_notes)
     ax.axis("off")
 
 
@@ -151,7 +151,8 @@ def lay_out_above_notes(figure, text: str, inches: float) -> None:
     """Lay `figure`'s axes out (tight_layout) above a band `inches` high at its bottom, and put
     `text` (notes_text's) in that band."""
     width, height = figure.get_size_inches()
-    if text:
-        figure.text(0.1 / width, (inches - NOTE_LINE_INCHES) / height, text, fontsize=8, va="top", linespacing=1.4)
+    if text:  # as typed: matplotlib read "$...$" in a path as TeX, and "$\frac$" stopped the picture
+        figure.text(0.1 / width, (inches - NOTE_LINE_INCHES) / height, text, fontsize=8, va="top", linespacing=1.4,
+                    parse_math=False)
     for _ in range(2):  # one pass in a rect left a histogram's label under the titles of the row below it
         figure.tight_layout(rect=(0, inches / height, 1, 1))

@@ -151,7 +151,7 @@ def write_eval_report(
     hist.set_xlabel("image score" + (" (relative to the variant's normal images)" if threshold is None else ""))
     hist.set_ylabel("test images")
     hist.set_title(f"{report['data']}: {report['test_images']} test images"
-                   + (f"  -  {len(said)} note{'s' if len(said) > 1 else ''}, below" if said else ""))
+                   + (f"  -  {len(said)} note{'s' if len(said) > 1 else ''}, below" if said else ""), parse_math=False)
     # Its legend, as wide as the panel, in a band left empty above the tallest bar: on the bars it
     # hid the peak of the normal scores and the first anomalous ones.
     hist.set_ylim(0, max(tallest, 1) * LEGEND_HEADROOM)
@@ -166,7 +166,8 @@ def write_eval_report(
         groups = ", ".join(f"{g} {v:.4f}" for g, v in report["image_auroc_per_group"].items())
         label = f"AUROC {report['image_auroc']:.4f}" + (f"\n({groups})" if groups else "")
         roc.plot(fpr, tpr, color="tab:red", label=label)
-        roc.legend(fontsize=8, loc="lower right")
+        for text in roc.legend(fontsize=8, loc="lower right").get_texts():
+            text.set_parse_math(False)  # the defect folders' names, as typed (render.lay_out_above_notes)
     else:
         roc.text(0.5, 0.5, "no ROC: the test images are all of one kind", ha="center", va="center")
     for row, (kind, pictures) in enumerate(zip(("highest-scoring normal", "lowest-scoring anomalous"), overlays), 1):

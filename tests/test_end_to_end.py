@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -365,6 +366,30 @@ def test_the_eval_picture_lists_the_notes_eval_prints(tiny_bundle, mvtec_categor
     out = edge_ad("eval", "--bundle", tiny_bundle, "--data", site, "--report", tmp_path / "n.png")
     assert out.returncode == 0 and "note: 12 normal and 0 anomalous test image(s) are pictures" in out.stderr
     assert cv2.imread(str(tmp_path / "n.png")).shape[0] > cv2.imread(str(tmp_path / "e.png")).shape[0]
+
+
+def test_names_with_dollar_signs_are_drawn_as_typed_in_every_picture(tiny_bundle, mvtec_category, tmp_path):
+    """matplotlib reads what stands between two $ as TeX: a folder of a Windows share mounted with
+    its $ came out in the pictures as math, and one with "$\\frac$" in its name stopped them with
+    a traceback from the TeX parser. The eval, calibration and events pictures draw names as typed."""
+    import shutil
+
+    site = shutil.copytree(mvtec_category, tmp_path / "qs$\\frac$line$_{$" / "cell")
+    (site / "test" / "spot").rename(site / "test" / "spot$\\frac$")  # a defect's name, in the ROC's legend
+    out = edge_ad("eval", "--bundle", tiny_bundle, "--data", site, "--report", tmp_path / "eval.png")
+    assert out.returncode == 0 and cv2.imread(str(tmp_path / "eval.png")) is not None, out.stderr
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    out = edge_ad("calibrate", "--bundle", bundle, "--input", site / "train" / "good", "--frames", 12, "--target-far",
+                  0.3, "--confidence", 0.9)
+    assert out.returncode == 0 and cv2.imread(str(bundle / "calibration_report.png")) is not None, out.stderr
+    events = tmp_path / "events.jsonl"
+    out = edge_ad("run", "--bundle", bundle, "--input", site / "test" / "spot$\\frac$", "--events", events,
+                  "--snapshots", tmp_path / "snapshots", "--snapshot-interval", 0)
+    assert out.returncode == 0 and "alarms 0 " not in out.stdout, out.stderr
+    out = edge_ad("report", "--events", events, "--out", tmp_path / "report.png")
+    assert out.returncode == 0 and re.search(r"alarm pictures: (\d+) of \1 in", out.stdout), out.stderr
+    assert cv2.imread(str(tmp_path / "report.png")) is not None and cv2.imread(str(tmp_path / "report_alarms.png")) \
+        is not None
 
 
 def test_the_eval_histogram_s_legend_hides_no_bar(tmp_path, monkeypatch):
