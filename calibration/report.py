@@ -6,7 +6,6 @@ terminal that calibrate printed the warnings on."""
 from __future__ import annotations
 
 import datetime as dt
-import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -17,15 +16,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker as ticker  # noqa: E402
 
 from edge_ad.files import histogram_range, save_figure  # noqa: E402
-from edge_ad.render import lay_out_above_notes, notes_text, overlay, show  # noqa: E402
+from edge_ad.render import fitted, lay_out_above_notes, notes_text, overlay, show  # noqa: E402
 
 from .site import Calibration, overlay_result  # noqa: E402
 from .statistics import rounded_up  # noqa: E402
 
-
-# Characters of the title's 12 points per inch of the figure's width, with room to spare: a
-# source's long path or URI is wrapped.
-TITLE_CHARACTERS_PER_INCH = 8
 
 
 def write_calibration_report(calibration: Calibration, path: Path, record: dict | None = None) -> Path:
@@ -64,11 +59,11 @@ def write_calibration_report(calibration: Calibration, path: Path, record: dict 
     count = len(calibration.warnings)
     # In this machine's time, with its zone's name, as the other pictures and the overlays' times are
     made = dt.datetime.fromisoformat(record["created"]).astimezone().strftime("%Y-%m-%d %H:%M %Z") if record else ""
-    hist.set_title((textwrap.fill(f"{record['source']}, {made}", int(width * TITLE_CHARACTERS_PER_INCH)) + "\n"
-                    if record else "")
-                   + f"calibration on {calibration.frames} normal frames"
-                   + (f" (about {calibration.frames / per_draw:.0f} independent)" if per_draw > 1 else "")
-                   + (f"  -  {count} warning{'s' if count > 1 else ''}, below" if count else ""), parse_math=False)
+    title = ((f"{record['source']}, {made}\n" if record else "")
+             + f"calibration on {calibration.frames} normal frames"
+             + (f" (about {calibration.frames / per_draw:.0f} independent)" if per_draw > 1 else "")
+             + (f"  -  {count} warning{'s' if count > 1 else ''}, below" if count else ""))
+    hist.set_title(fitted(hist, title, 12), parse_math=False)
     hist.legend(fontsize=8)
     for column, (score, index, frame, normalised) in enumerate(calibration.top):
         picture = overlay(frame, overlay_result(score, threshold, frame, normalised, calibration.mask))

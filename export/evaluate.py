@@ -220,7 +220,7 @@ def evaluate(
     if scores_file is not None:
         _write_or_say(report, "scores_file", Path(scores_file), lambda path: write_eval_scores(rows, path))
     if picture is not None:
-        overlays = tuple([_overlay(loaded, samples[i], scores[i], mask) for i in indices]
+        overlays = tuple([_overlay(loaded, samples[i], scores[i], mask, data) for i in indices]
                          for indices in worst_cases(labels, scores))
         threshold = detector.threshold if detector is not None else None
         _write_or_say(report, "picture", Path(picture),
@@ -254,8 +254,19 @@ def _write_or_say(report: dict, key: str, path: Path, write: Callable[[Path], Pa
         report[f"{key}_problem"] = f"{path}: not written ({os_reason(exc)})"
 
 
-def _overlay(loaded, sample: Sample, score: float, mask: InspectionMask | None) -> tuple[str, np.ndarray]:
+def _overlay(loaded, sample: Sample, score: float, mask: InspectionMask | None, data: str) -> tuple[str, np.ndarray]:
     """A title and the heat-map overlay of one test image, scored again for its map."""
     image = sample.image()
     (result,) = loaded.batch([image], color="RGB", masks=[mask])
-    return f"{sample.name} ({sample.group}): {score:.3f}", overlay(np.ascontiguousarray(image[..., ::-1]), result)
+    return f"{_shown_name(sample.name, data)} ({sample.group}): {score:.3f}", \
+        overlay(np.ascontiguousarray(image[..., ::-1]), result)
+
+
+def _shown_name(name: str, data: str) -> str:
+    """`name` as a picture's title shows it: within the folder `data` where it lies there (the
+    histogram's title names that folder; eight titles of a long absolute path each filled three
+    lines with it), else whole."""
+    try:
+        return str(Path(name).resolve().relative_to(Path(data).resolve()))
+    except (ValueError, OSError):  # not in it (elpv:0715, another folder), or no such path
+        return name

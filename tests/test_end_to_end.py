@@ -368,6 +368,34 @@ def test_the_eval_picture_lists_the_notes_eval_prints(tiny_bundle, mvtec_categor
     assert cv2.imread(str(tmp_path / "n.png")).shape[0] > cv2.imread(str(tmp_path / "e.png")).shape[0]
 
 
+def test_long_names_in_the_eval_picture_are_wrapped_within_their_panels(tiny_bundle, mvtec_category, tmp_path,
+                                                                        monkeypatch):
+    """Eight overlays titled with their test image's absolute path ran into one another, one
+    unreadable band, and the histogram's title, naming the data folder, ran past the picture's
+    left edge. The overlays name their image within the data folder, and titles are wrapped to
+    their panel."""
+    import shutil
+
+    import export.eval_report
+
+    drawn = []
+    monkeypatch.setattr(export.eval_report, "save_figure", lambda figure, path, dpi: drawn.append(figure))
+    site = shutil.copytree(mvtec_category, tmp_path / ("qa-datasets-line4-station2-december-" * 3) / "cell_images")
+    for picture in site.glob("test/*/*.png"):
+        picture.rename(picture.with_name(f"IMG_20261207_101512_{picture.name}"))
+    evaluate(str(tiny_bundle), str(site), picture=tmp_path / "eval.png")
+    figure = drawn[-1]
+    FigureCanvasAgg(figure).draw()  # the report closed its figure, which took its canvas
+    titles = [axis.title for axis in figure.axes[2:]]  # after the histogram and the ROC: the overlays
+    named = ["".join(title.get_text().split("\n")[1:]) for title in titles]  # the wrapped lines under "#1" joined
+    assert [name.split("/IMG_20261207_101512_")[0] for name in named] == ["test/good"] * 4 + ["test/spot"] * 4
+    for row in (titles[:4], titles[4:]):
+        boxes = [title.get_window_extent() for title in row]
+        assert all(left.x1 < right.x0 for left, right in zip(boxes, boxes[1:]))  # apart, not one band
+    histogram = figure.axes[0].title.get_window_extent()
+    assert figure.bbox.x0 < histogram.x0 and histogram.x1 < figure.axes[1].get_window_extent().x0
+
+
 def test_names_with_dollar_signs_are_drawn_as_typed_in_every_picture(tiny_bundle, mvtec_category, tmp_path):
     """matplotlib reads what stands between two $ as TeX: a folder of a Windows share mounted with
     its $ came out in the pictures as math, and one with "$\\frac$" in its name stopped them with
