@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker as ticker  # noqa: E402
 
 from edge_ad.files import histogram_range, save_figure  # noqa: E402
-from edge_ad.render import fitted, lay_out_above_notes, notes_text, overlay, show  # noqa: E402
+from edge_ad.render import lay_out_above_notes, notes_text, overlay, show, title_of  # noqa: E402
 
 from .site import Calibration, overlay_result  # noqa: E402
 from .statistics import rounded_up  # noqa: E402
@@ -63,7 +63,7 @@ def write_calibration_report(calibration: Calibration, path: Path, record: dict 
              + f"calibration on {calibration.frames} normal frames"
              + (f" (about {calibration.frames / per_draw:.0f} independent)" if per_draw > 1 else "")
              + (f"  -  {count} warning{'s' if count > 1 else ''}, below" if count else ""))
-    hist.set_title(fitted(hist, title, 12), parse_math=False)
+    title_of(hist, title)
     hist.legend(fontsize=8)
     for column, (score, index, frame, normalised) in enumerate(calibration.top):
         picture = overlay(frame, overlay_result(score, threshold, frame, normalised, calibration.mask))

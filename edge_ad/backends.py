@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .bundle import Bundle, file_sha256
-from .device import detect, int8_saturates
+from .device import detect, int8_saturates, is_jetson
 from .engines import engine_builds, engine_dirs
 from .errors import BundleError, EdgeAdError, shell_word
 
@@ -155,8 +155,10 @@ def gpu_left_idle(bundle: Bundle) -> str | None:
     nothing but its rate to show."""
     if "CUDAExecutionProvider" in onnxruntime_providers():
         return None
+    if not is_jetson() and importlib.util.find_spec("tensorrt") is None:  # (before nvidia-smi, up to 10 s)
+        return None
     device = detect()
-    if device.kind == "cpu" or (device.kind != "jetson" and importlib.util.find_spec("tensorrt") is None):
+    if device.kind == "cpu":
         return None
     folders = " and ".join(str(folder) for folder in engine_dirs(bundle))
     return (f"{bundle.root}: no TensorRT engines for it on {device.named()} (looked for in {folders}): ONNX Runtime "

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from .errors import EdgeAdError, ImageError
 from .files import histogram_range, save_figure
 from .images import read_image
-from .render import fitted, lay_out_above_notes, notes_text
+from .render import lay_out_above_notes, notes_text, title_of
 
 ROTATED_FILES = 5  # EventLog's backups: FILE.1 (newest) ... FILE.5 (oldest)
 SHOWN_SKIPS = 5  # skipped lines named in the summary; the rest are counted
@@ -392,7 +392,7 @@ def write_events_report(read: EventsRead, path: Path) -> Path:
                               xycoords=("data", "axes fraction"), rotation=90, fontsize=6, va="bottom", ha="left",
                               bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1},
                               zorder=5)  # over the points it stands among, readable
-        timeline.set_title(fitted(timeline, record.counts(), 9), fontsize=9, loc="left", parse_math=False)  # as typed
+        title_of(timeline, record.counts(), 9, loc="left")
         timeline.set_ylabel("score")
         timeline.xaxis.set_major_locator(mdates.AutoDateLocator())
         timeline.xaxis.set_major_formatter(time_labels(float(record.times[-1] - record.times[0])))
@@ -506,7 +506,7 @@ def write_alarm_pictures(read: EventsRead, path: Path, count: int, snapshots: Pa
         source = picture.source if len(picture.source) <= 44 else "..." + picture.source[-41:]
         title = f"{source}\n{_clock(picture.timestamp)}  {picture.frame}\nscore {picture.score:.4g} " \
                 f"(threshold {picture.threshold:.4g})"
-        axis.set_title(fitted(axis, title, 8), fontsize=8, parse_math=False)
+        title_of(axis, title, 8)
     figure.tight_layout()
     save_figure(figure, path, dpi=100)
     plt.close(figure)

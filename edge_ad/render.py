@@ -130,17 +130,19 @@ def _thickness(picture: np.ndarray) -> int:
 def show(ax, picture_bgr: np.ndarray, title: str, fontsize: int = 8) -> None:
     """A BGR picture on a matplotlib axis of a report figure, titled, without axes."""
     ax.imshow(cv2.cvtColor(picture_bgr, cv2.COLOR_BGR2RGB))
-    ax.set_title(fitted(ax, title, fontsize), fontsize=fontsize, parse_math=False)  # (see lay_out_above_notes)
+    title_of(ax, title, fontsize)
     ax.axis("off")
 
 
-def fitted(ax, text: str, fontsize: float) -> str:
-    """`text` wrapped to the width of the axis `ax` at `fontsize` points: a title naming a long
-    path ran over its neighbours' (eight overlays' titles in one unreadable band) or past the
-    picture's edge."""
+def title_of(ax, text: str, fontsize: float = 12, **options) -> None:
+    """`text` as the title of the axis `ax` in a report's picture: wrapped to its width at
+    `fontsize` points (a long path ran over its neighbours' titles, eight overlays' in one
+    unreadable band, or past the picture's edge) and drawn as typed (see lay_out_above_notes).
+    `options` are matplotlib's (loc)."""
     inches = ax.get_position().width * ax.figure.get_size_inches()[0]
     characters = max(10, int(inches * NOTE_CHARACTERS_PER_INCH * 8 / fontsize))
-    return "\n".join(textwrap.fill(line, characters) for line in text.split("\n"))
+    wrapped = "\n".join(textwrap.fill(line, characters) for line in text.split("\n"))
+    ax.set_title(wrapped, fontsize=fontsize, parse_math=False, **options)
 
 
 def notes_text(heading: str, notes: list[str], width: float) -> tuple[str, float]:

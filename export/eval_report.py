@@ -21,7 +21,7 @@ from edge_ad.datasets import NOT_READ  # noqa: E402
 from edge_ad.files import histogram_range, save_figure, write_atomic  # noqa: E402
 from edge_ad.images import DARK_CAUSE, count_text  # noqa: E402
 from edge_ad.metrics import roc_curve  # noqa: E402
-from edge_ad.render import fitted, lay_out_above_notes, notes_text, show  # noqa: E402
+from edge_ad.render import lay_out_above_notes, notes_text, show, title_of  # noqa: E402
 
 SHOWN = 4  # overlays per row
 LEGEND_HEADROOM = 1.6  # the histogram's height over its tallest bar: room for a legend of four lines
@@ -152,7 +152,7 @@ def write_eval_report(
     hist.set_ylabel("test images")
     title = f"{report['data']}: {report['test_images']} test images" + \
         (f"  -  {len(said)} note{'s' if len(said) > 1 else ''}, below" if said else "")
-    hist.set_title(fitted(hist, title, 12), parse_math=False)
+    title_of(hist, title)
     # Its legend, as wide as the panel, in a band left empty above the tallest bar: on the bars it
     # hid the peak of the normal scores and the first anomalous ones.
     hist.set_ylim(0, max(tallest, 1) * LEGEND_HEADROOM)

@@ -65,6 +65,7 @@ def test_a_bundle_without_engines_beside_a_gpu_is_said_to_run_on_the_cpu(tiny_bu
 
     jetson = Device("jetson", "NVIDIA Jetson Orin Nano Developer Kit", ["p3767-0005"])
     monkeypatch.setattr(backends, "detect", lambda: jetson)
+    monkeypatch.setattr(backends, "is_jetson", lambda: True)
     monkeypatch.setenv("EDGE_AD_CACHE", "/var/cache/edge-ad")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -79,12 +80,14 @@ def test_a_bundle_without_engines_beside_a_gpu_is_said_to_run_on_the_cpu(tiny_bu
     monkeypatch.setattr(backends, "onnxruntime_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert backends.gpu_left_idle(load_bundle(tiny_bundle)) is None  # onnxruntime-gpu: ONNX Runtime has the GPU
     monkeypatch.setattr(backends, "onnxruntime_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(backends, "is_jetson", lambda: False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(backends, "detect", lambda: pytest.fail("nvidia-smi asked where no TensorRT could use a GPU"))
+    assert backends.gpu_left_idle(load_bundle(tiny_bundle)) is None  # a workstation without TensorRT
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())  # TensorRT installed
     monkeypatch.setattr(backends, "detect", lambda: Device("cpu"))
     assert backends.gpu_left_idle(load_bundle(tiny_bundle)) is None  # no NVIDIA GPU: the CPU is all there is
     monkeypatch.setattr(backends, "detect", lambda: Device("x86-gpu", "NVIDIA RTX A4000", gpu="NVIDIA RTX A4000"))
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    assert backends.gpu_left_idle(load_bundle(tiny_bundle)) is None  # a workstation without TensorRT
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
     assert backends.gpu_left_idle(load_bundle(tiny_bundle)).startswith(
         f"{tiny_bundle}: no TensorRT engines for it on a machine with an NVIDIA RTX A4000 (looked for in ")
 
