@@ -151,8 +151,8 @@ def gpu_left_idle(bundle: Bundle) -> str | None:
     CPU beside an NVIDIA GPU that TensorRT could run it on (a Jetson's; an x86 box's with
     TensorRT installed and without onnxruntime-gpu); None elsewhere (a workstation without
     TensorRT evaluates on its CPU as it did). Unsaid, a line whose engines were never built, or
-    were built into another user's cache than the service's, ran at a few frames a second with
-    nothing but its rate to show."""
+    were built into another user's cache than the service's, ran on the CPU with nothing but its
+    rate to show (how much slower on a Jetson was not measured: none was at hand)."""
     if "CUDAExecutionProvider" in onnxruntime_providers():
         return None
     if not is_jetson() and importlib.util.find_spec("tensorrt") is None:  # (before nvidia-smi, up to 10 s)
@@ -162,5 +162,5 @@ def gpu_left_idle(bundle: Bundle) -> str | None:
         return None
     folders = " and ".join(str(folder) for folder in engine_dirs(bundle))
     return (f"{bundle.root}: no TensorRT engines for it on {device.named()} (looked for in {folders}): ONNX Runtime "
-            f"runs it on the CPU, many times slower than the GPU would. Build them here: edge-ad build --bundle "
+            f"runs it on the CPU, and the GPU stays idle. Build them here: edge-ad build --bundle "
             f"{shell_word(bundle.root)} (as the user that runs it, or with its EDGE_AD_CACHE)")
