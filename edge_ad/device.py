@@ -176,8 +176,11 @@ def detect(root: Path = Path("/"), smi: Callable[[], str | None] = nvidia_smi) -
                       module=module.group(1) if module else None)
     csv = smi()
     if csv and csv.strip():
-        name, capability, memory = (field.strip() for field in csv.strip().splitlines()[0].split(","))
-        return Device("x86-gpu", name, memory_gb=float(memory) / 1024, gpu=name, compute_capability=capability)
+        name, capability, memory = ([field.strip() for field in csv.strip().splitlines()[0].split(",")] + ["", ""])[:3]
+        # A field a GPU does not give reads "[N/A]" (a virtual GPU's memory): not a reason to stop
+        # the load of a bundle, which asks what the device is (backends.gpu_left_idle)
+        memory_gb = float(memory) / 1024 if memory.replace(".", "", 1).isdigit() else None
+        return Device("x86-gpu", name, memory_gb=memory_gb, gpu=name, compute_capability=capability or None)
     return Device("cpu", memory_gb=_memory_gb(root))
 
 

@@ -120,6 +120,9 @@ def test_x86_gpu_and_cpu_only(tmp_path):
     assert (gpu.kind, gpu.gpu, gpu.compute_capability) == ("x86-gpu", "NVIDIA H100 80GB HBM3", "9.0")
     assert pick_config(gpu, load_configs())["name"] == "x86-nvidia-gpu"
     assert pick_config(detect(tmp_path, smi=lambda: None), load_configs())["name"] == "cpu"
+    virtual = detect(tmp_path, smi=lambda: "GRID A100D-4C, 8.0, [N/A]\n")  # a field the GPU does not give
+    assert (virtual.kind, virtual.gpu, virtual.memory_gb) == ("x86-gpu", "GRID A100D-4C", None)
+    assert gpu.memory_gb == pytest.approx(79.65, abs=0.01)  # 81559 MiB
     assert l4t_release(RELEASE.format("4.3")) == "36.4.3"
 
 
