@@ -157,6 +157,15 @@ class BridgeTrainer:
         self.seed = seed
         self.settings = settings  # stored with every checkpoint: what a resumed run must match
         self.batch_size = batch_size
+        self.saved: tuple[str, int] | None = None  # (phase, iteration) of the checkpoint on disk
+
+    def interrupted_text(self) -> str:
+        """What an interruption (Ctrl-C) of training leaves: the checkpoint --resume continues from."""
+        if self.saved is None:
+            return f"before the first checkpoint (every {CHECKPOINT_EVERY} iterations): none to resume from"
+        phase, iteration = self.saved
+        return (f"after the checkpoint of the {phase}'s iteration {iteration} ({self.state_path}): the same command "
+                "with --resume continues from there")
 
     def _rows(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         rows = rng.integers(len(self.pairs.corrupted), size=self.batch_size)
@@ -171,6 +180,7 @@ class BridgeTrainer:
             optimiser.load_state_dict(resume["optimiser"])
             scheduler.load_state_dict(resume["scheduler"])
             start, losses = resume["iteration"], resume["losses"]
+            self.saved = phase, start
         rng = np.random.default_rng([self.seed, start, 0 if phase == "teacher" else 1])
         bar = tqdm(range(start, iterations), desc=phase, unit="it", initial=start, total=iterations)
         for iteration in bar:
@@ -198,6 +208,7 @@ class BridgeTrainer:
         if phase == "student":
             state["teacher"] = self.teacher_state
         save_checkpoint(self.state_path, state)
+        self.saved = phase, iteration
 
     def _teacher_loss(self, net: Denoiser, rng: np.random.Generator) -> torch.Tensor:
         x0, x1, condition, weight = self.pairs.batch(*self._rows(rng), self.device)
@@ -210,6 +221,7 @@ class BridgeTrainer:
         net = Denoiser(self.channels).to(self.device)
         if resume is not None and resume["phase"] == "student":
             net.load_state_dict(resume["teacher"])
+            self.saved = "student", resume["iteration"]
             return net.eval(), []
         losses = self._loop("teacher", net, iterations, self._teacher_loss, resume)
         return net.eval(), losses

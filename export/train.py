@@ -391,9 +391,13 @@ def _train_bridge(
     trainer = BridgeTrainer(pairs, encoder.channels, out, config.seed, _resume_settings(config), config.batch_size,
                             device)
     pairs_seconds, clock = time.time() - clock, time.time()
-    teacher, teacher_losses = trainer.train_teacher(config.steps, resume)
-    teacher_seconds, clock = time.time() - clock, time.time()
-    student, student_losses = trainer.train_student(teacher, config.distill_steps, config.distill_targets, resume)
+    try:
+        teacher, teacher_losses = trainer.train_teacher(config.steps, resume)
+        teacher_seconds, clock = time.time() - clock, time.time()
+        student, student_losses = trainer.train_student(teacher, config.distill_steps, config.distill_targets,
+                                                        resume)
+    except KeyboardInterrupt:  # a long run stopped by hand: say what it kept
+        raise KeyboardInterrupt(trainer.interrupted_text()) from None
     checkpoint["teacher"] = teacher.state_dict()
     checkpoint["student"] = student.state_dict()
     return {

@@ -118,6 +118,41 @@ def test_training_resumes_from_its_checkpoint(mvtec_category, tmp_path):
         train(config, run)
 
 
+def test_interrupted_training_says_what_resume_continues_from(mvtec_category, tmp_path, monkeypatch):
+    """Ctrl-C on a long bridge run names the checkpoint it kept, and --resume goes on from it."""
+    from export import bridge_train
+
+    monkeypatch.setattr(bridge_train, "CHECKPOINT_EVERY", 3)
+    calls, teacher_loss = [], bridge_train.BridgeTrainer._teacher_loss
+
+    def interrupted_at(call: int):
+        def loss(self, net, rng):
+            calls.append(1)
+            if len(calls) == call:
+                raise KeyboardInterrupt
+            return teacher_loss(self, net, rng)
+        return loss
+
+    config = TrainConfig(data=str(mvtec_category), model="bridge", input_size=64, prototypes=16,
+                         steps=6, distill_steps=2, variants=1, distill_targets=8)
+    run = tmp_path / "run"
+    monkeypatch.setattr(bridge_train.BridgeTrainer, "_teacher_loss", interrupted_at(2))
+    with pytest.raises(KeyboardInterrupt, match=r"^before the first checkpoint \(every 3 iterations\): none"):
+        train(config, run)
+    calls.clear()
+    monkeypatch.setattr(bridge_train.BridgeTrainer, "_teacher_loss", interrupted_at(5))
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        train(config, run)
+    assert str(interrupted.value) == (f"after the checkpoint of the teacher's iteration 3 ({run / STATE_FILE}): the "
+                                      "same command with --resume continues from there")
+    assert torch.load(run / STATE_FILE, weights_only=True)["iteration"] == 3
+    calls.clear()
+    config.resume = True
+    train(config, run)
+    assert len(calls) == 3  # the teacher's iterations 4 to 6, not all six again
+    assert torch.load(run / STATE_FILE, weights_only=True)["phase"] == "student"
+
+
 def test_fused_graph_runs_all_k_steps_in_one_call(tiny_bridge_bundle, tmp_path):
     from export.onnx_export import export_bundle
 
