@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from calibration.statistics import COPIES_SHARE, near_copies
 from edge_ad import __version__, picture_lists
-from edge_ad.bundle import MODEL_TYPES, read_yaml, write_yaml_atomic
+from edge_ad.bundle import ASPECT_SLACK, MODEL_TYPES, read_yaml, write_yaml_atomic
 from edge_ad.datasets import (Sample, data_text, load_defects, load_samples, read_all, training_sources,
                               training_subfolders_left, without_overlays)
 from edge_ad.errors import DataError
@@ -127,6 +128,33 @@ def shape_note(pictures: list[Picture], size: int | Sequence[int]) -> str | None
     return (f"the training images are {shape} (median); the square {height} px input squeezes them, losing "
             f"detail along their long side. --input-size {suggested} keeps their shape with about as many pixels "
             "(README: Frames far from square)")
+
+
+def mixed_shapes_note(pictures: list[Picture], names: list[str], size: int | Sequence[int]) -> str | None:
+    """What to say when some training pictures are shaped unlike most (width to height beyond
+    ASPECT_SLACK of the commonest shape's): pictures of two cameras or framings, which the input
+    squeezes each its own way; None otherwise."""
+    aspects = np.array([width / height for height, width in (p.shape for p in pictures)])
+    ordered = np.sort(aspects)
+    alike = np.searchsorted(ordered, aspects * ASPECT_SLACK) - np.searchsorted(ordered, aspects / ASPECT_SLACK)
+    common = aspects[np.argmax(alike)]  # the aspect most pictures share
+    unlike = ~((common / ASPECT_SLACK < aspects) & (aspects < common * ASPECT_SLACK))
+    if not unlike.any():
+        return None
+
+    def commonest(flags: np.ndarray) -> str:
+        shapes = Counter(f"{width}x{height}" for (height, width), flag in zip((p.shape for p in pictures), flags)
+                         if flag)
+        return shapes.most_common(1)[0][0]
+
+    odd = [name for name, flag in zip(names, unlike) if flag]
+    listed = ", ".join(odd[:3]) + (", ..." if len(odd) > 3 else "")
+    height, width = input_shape(size)
+    return (f"{len(odd)} of the {len(pictures)} training pictures are shaped unlike the others ({commonest(unlike)} "
+            f"where most are {commonest(~unlike)}: {listed}): the {width}x{height} input squeezes each shape its own "
+            "way, so a part is wider or narrower in some, and the model learns both as normal. Pictures of two "
+            "cameras or framings: train on pictures of the line's camera alone, framed as on the line (edge-ad "
+            "record), or leave the others out")
 
 
 def small_note(pictures: list[Picture], size: int | Sequence[int]) -> str | None:
@@ -239,7 +267,8 @@ def train(config: TrainConfig, out: Path) -> Path:
                         "parts (edge-ad record)")
     names = [s.name for s in kept]
     said = (plain_note(pictures, names), brightness_note(pictures), copies_note(pictures),
-            shape_note(pictures, config.input_size), small_note(pictures, config.input_size),
+            shape_note(pictures, config.input_size), mixed_shapes_note(pictures, names, config.input_size),
+            small_note(pictures, config.input_size),
             colour_note(pictures, names))
     notes = [note for note in said if note]
     for note in notes:

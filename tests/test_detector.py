@@ -16,8 +16,8 @@ from export.backbone import encoder_from_checkpoint
 from export.evaluate import evaluate
 from export.onnx_export import export_bundle
 from export.prototype import PrototypeHead
-from export.train import (TrainConfig, brightness_note, colour_note, copies_note, load_run, picture, plain_note,
-                          shape_note, small_note, train)
+from export.train import (TrainConfig, brightness_note, colour_note, copies_note, load_run, mixed_shapes_note, picture,
+                          plain_note, shape_note, small_note, train)
 
 from conftest import UNWRITABLE, edge_ad
 
@@ -291,6 +291,26 @@ def test_train_says_when_some_pictures_are_grey_and_the_others_colour(normal_fol
                                  "...): ")
     assert colour_note([picture(image, 64) for image in cells], names) is None
     assert colour_note([picture(image, 64) for image in tinted], names) is None
+
+
+def test_train_says_when_some_pictures_are_shaped_unlike_the_others(normal_folder):
+    """A folder of two cameras' or framings' pictures: each shape is squeezed to the input its own
+    way, and the median shape the bundle records hides the mix."""
+    cells = [read_image(p) for p in sorted(normal_folder.glob("*.png"))]  # 300x300
+    names = [f"{i}.png" for i in range(len(cells))]
+    wider = [cv2.resize(cell, (400, 300)) for cell in cells]  # 4:3
+    said = mixed_shapes_note([picture(image, 64) for image in cells[:9] + wider[9:]], names, 64)
+    assert said.startswith("3 of the 12 training pictures are shaped unlike the others (400x300 where most are "
+                           "300x300: 9.png, 10.png, 11.png): the 64x64 input squeezes each shape its own way")
+    turned = mixed_shapes_note([picture(image, 64) for image in wider[:8] + [w.transpose(1, 0, 2) for w in wider[8:]]],
+                               names, [64, 96])  # four taken turned a quarter
+    assert turned.startswith("4 of the 12 training pictures are shaped unlike the others (300x400 where most are "
+                             "400x300: 8.png, 9.png, 10.png, ...): the 96x64 input")
+    half = mixed_shapes_note([picture(image, 64) for image in cells[:6] + wider[6:]], names, 64)
+    assert half.startswith("6 of the 12 training pictures are shaped unlike the others")  # no median between them
+    cropped = [cv2.resize(cell, (280 + 10 * i, 300)) for i, cell in enumerate(cells[:10])]  # 280 to 370 wide
+    assert mixed_shapes_note([picture(image, 64) for image in cropped], names, 64) is None  # within 1.2 of 320 wide
+    assert mixed_shapes_note([picture(image, 64) for image in cells], names, 64) is None
 
 
 def test_a_run_folder_that_could_not_be_written_is_refused_before_any_image_is_read(tmp_path):
