@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import DataError, ImageError, shell_word, without_passwords
 from .images import (NORMAL_FOLDERS, as_grey, is_image_file, no_images_in, pictures_in_subfolders, pictures_matching,
-                     read_image, resize_to_input, subfolders_left, to_rgb)
+                     read_image, resize_to_input, subfolders_left, to_rgb, unread_formats, unread_formats_text)
 from .pipelines import is_v4l2_device, local_path
 from .sinks import FRAME_SUFFIX, OVERLAY_SUFFIX
 
@@ -134,7 +134,7 @@ def unread_test_pictures(data: str) -> dict[str, int]:
     read, and how many each holds: those beside its class folders, of no kind, and those in the
     subfolders of a class folder (its own pictures are read, not those sorted into subfolders),
     counted as images.pictures_in_subfolders counts."""
-    folders = _evaluation_folders(Path(data)) if not _is_elpv(data) and Path(data).is_dir() else None
+    folders = _test_folders(data)
     if folders is None:
         return {}
     unread = {folders.classes: len(_images_in(folders.classes))}
@@ -143,13 +143,32 @@ def unread_test_pictures(data: str) -> dict[str, int]:
     return {str(folder): count for folder, count in unread.items() if count}
 
 
-def training_subfolders_left(data: str) -> str | None:
-    """What to say of the pictures in the subfolders of the folder that `data`'s training split is
-    read from (images.subfolders_left): the folder itself, or an MVTec category's train/good."""
+def test_formats_unread(data: str) -> dict[str, str]:
+    """The class folders of the dataset folder `data`'s test split that hold pictures in formats
+    not read, each with what it holds (images.unread_formats_text)."""
+    folders = _test_folders(data)
+    found = {str(d): unread_formats(d) for d in _class_folders(folders)} if folders is not None else {}
+    return {folder: unread_formats_text(files) for folder, files in found.items() if files}
+
+
+def _test_folders(data: str) -> _EvaluationFolders | None:
+    """The test split's folders of `data` where it is a dataset folder."""
+    return _evaluation_folders(Path(data)) if not _is_elpv(data) and Path(data).is_dir() else None
+
+
+def training_pictures_left(data: str) -> list[str]:
+    """What to say of the pictures that the folder `data`'s training split is read from (the
+    folder itself, or an MVTec category's train/good) holds and are not read: those in its
+    subfolders (images.subfolders_left), and those in formats not read."""
     if not Path(data).is_dir():
-        return None
+        return []
     normal = normal_folder(Path(data))
-    return subfolders_left(Path(data) / "train" / normal if normal else Path(data))
+    folder = Path(data) / "train" / normal if normal else Path(data)
+    said = [subfolders_left(folder)]
+    if unread := unread_formats(folder):
+        said.append(f"{folder}: {unread_formats_text(unread)} left out; save such pictures as PNG or JPEG to train on "
+                    "them")
+    return [line for line in said if line]
 
 
 def _is_elpv(data: str) -> bool:

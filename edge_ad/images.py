@@ -15,6 +15,9 @@ from .errors import ImageError, os_reason
 
 # WebP: pictures saved from a browser or a labelling tool; PGM and PPM: from machine-vision tools.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+# Pictures in formats that are not read: a phone's (HEIC: an iPhone's by default), a camera's raw
+# files, others a browser saves. A folder of them is said to hold them, not passed over in silence.
+UNREAD_SUFFIXES = (".heic", ".heif", ".avif", ".jxl", ".gif", ".jp2", ".dng", ".raw", ".cr2", ".cr3", ".nef", ".arw")
 MIN_FRAME_SIDE = 8  # pixels: a frame smaller is no picture of a part
 # Pictures whose brightest pixel is this or less (a quarter of the range), all of a training or a
 # test set, are far darker than the line camera's 8-bit frames: 16-bit files of a 12-bit camera
@@ -121,6 +124,21 @@ def subfolders_left(folder: Path) -> str | None:
             f"quoted wildcard, '{folder / '**' / '*'}'")
 
 
+def unread_formats(folder: Path) -> list[Path]:
+    """The pictures of `folder` (its own) in formats that are not read (UNREAD_SUFFIXES), sorted."""
+    try:
+        return sorted(p for p in folder.iterdir()
+                      if not p.name.startswith(".") and p.suffix.lower() in UNREAD_SUFFIXES and p.is_file())
+    except OSError:  # a folder that cannot be listed is said where its pictures are read
+        return []
+
+
+def unread_formats_text(files: list[Path]) -> str:
+    """How many pictures of unread formats there are, of which kinds, the first by name."""
+    kinds = " ".join(sorted({p.suffix for p in files}))
+    return f"{len(files)} picture{'s' * (len(files) != 1)} in formats not read ({kinds}, as {files[0].name})"
+
+
 def no_images_in(folder: Path) -> str:
     """The error for a folder without image files: the suffixes read, and which of its subfolders
     hold some (`run --samples` keeps each source's pictures in a subfolder of its own). All of them
@@ -138,7 +156,9 @@ def no_images_in(folder: Path) -> str:
     else:
         found = f"; its subfolders {holding} hold some: give one of them, or all of them as a quoted wildcard, " \
                 f"'{folder / '**' / '*'}'"
-    return f"{folder}: no image files ({' '.join(IMAGE_SUFFIXES)}) in the folder{found}"
+    unread = unread_formats(folder)
+    held = f"; it holds {unread_formats_text(unread)}: save such pictures as PNG or JPEG" if unread else ""
+    return f"{folder}: no image files ({' '.join(IMAGE_SUFFIXES)}) in the folder{held}{found}"
 
 
 def _check_complete(path: Path | str, data: bytes) -> None:

@@ -77,6 +77,10 @@ def eval_notes(report: dict) -> list[str]:
     if unread:
         notes.append(f"pictures not read, as they lie {NOT_READ}: "
                      f"{', '.join(f'{folder} ({count_text(count)})' for folder, count in unread.items())}")
+    formats = report.get("pictures_in_formats_not_read", {})
+    if formats:
+        notes.append(f"left out: {'; '.join(f'{folder}: {held}' for folder, held in formats.items())}; save such "
+                     "pictures as PNG or JPEG to evaluate on them")
     for key, what in (
         ("anomalous_images_without_mask",
          "have no ground-truth mask (ground_truth/<defect>/<image>_mask.png or <image>.png)"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge_ad.datasets import Sample, load_samples, read_all, unread_test_pictures
+from edge_ad.datasets import Sample, load_samples, read_all, test_formats_unread, unread_test_pictures
 from edge_ad.errors import DataError, ImageError, os_reason
 from edge_ad.images import DARK, pixel_digest
 from edge_ad.masks import InspectionMask
@@ -188,6 +188,8 @@ def evaluate(
     unread = unread_test_pictures(data)
     if unread:
         report["pictures_not_read"] = unread
+    if formats := test_formats_unread(data):
+        report["pictures_in_formats_not_read"] = formats
     for key, labels_seen in (("test_images_the_model_was_trained_on", trained),
                              ("test_images_the_calibration_was_made_on", seen)):
         if labels_seen:  # the model learnt them, or its threshold was set on them: what it does with them is no test

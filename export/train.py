@@ -20,7 +20,7 @@ from calibration.statistics import COPIES_SHARE, near_copies
 from edge_ad import __version__, picture_lists
 from edge_ad.bundle import ASPECT_SLACK, MODEL_TYPES, read_yaml, write_yaml_atomic
 from edge_ad.datasets import (Sample, data_text, load_defects, load_samples, read_all, training_sources,
-                              training_subfolders_left, without_overlays)
+                              training_pictures_left, without_overlays)
 from edge_ad.errors import DataError
 from edge_ad.files import writable_later
 from edge_ad.images import (DARK, DARK_CAUSE, ENLARGED, is_grey, pixel_digest, resize_to_input, subfolders_left,
@@ -250,7 +250,7 @@ def train(config: TrainConfig, out: Path) -> Path:
     if overlays:
         print(f"left out: {overlays}")
     for data in [config.data] if isinstance(config.data, str) else config.data:
-        if left := training_subfolders_left(data):
+        for left in training_pictures_left(data):
             print(f"note: {left}")
     defects = _known_defects(config.defects) if config.defects else []  # a wrong folder said before the long work
     kept, pictures, bad = read_all(samples, config.skip_bad, lambda s: tqdm(s, desc="reading images", unit="img"),

@@ -289,6 +289,29 @@ def test_missing_and_empty_folders(tmp_path, caplog):
                                f"own; for all of them, give a quoted wildcard, '{everything}'"]
 
 
+def test_pictures_in_formats_not_read_are_said_not_passed_over(tmp_path):
+    """An iPhone saves HEIC by default, a camera raw files: a folder of them was "no image files",
+    and beside pictures that are read they were left out of training without a word."""
+    from edge_ad.datasets import training_pictures_left
+
+    for name in ("IMG_0001.HEIC", "IMG_0002.HEIC", "part.dng"):
+        (tmp_path / name).write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (tmp_path / "labels.json").write_text("{}")  # a labelling tool's file is no picture
+    held = "3 pictures in formats not read (.HEIC .dng, as IMG_0001.HEIC)"
+    with pytest.raises(DataError, match=re.escape(f"in the folder; it holds {held}: save such pictures as PNG or JPEG")):
+        load_samples(str(tmp_path), "train")
+    with pytest.raises(SourceError, match=re.escape(held)):
+        open_source(str(tmp_path))
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((32, 32), 100, np.uint8))
+    assert [Path(s.name).name for s in load_samples(str(tmp_path), "train")] == ["a.png"]
+    assert training_pictures_left(str(tmp_path)) == [f"{tmp_path}: {held} left out; save such pictures as PNG or JPEG "
+                                                     "to train on them"]
+    (tmp_path / "IMG_0001.HEIC").unlink()
+    (tmp_path / "IMG_0002.HEIC").unlink()
+    assert training_pictures_left(str(tmp_path)) == [f"{tmp_path}: 1 picture in formats not read (.dng, as part.dng) "
+                                                     "left out; save such pictures as PNG or JPEG to train on them"]
+
+
 def test_a_wildcard_trains_on_the_good_parts_of_a_folder_that_holds_both(tmp_path):
     # A vision system's archive: good and rejected parts side by side, told apart by name.
     for name in ("OK_0001.png", "OK_0002.jpg", "NG_0003.png", "OK_0004.txt"):

@@ -143,6 +143,7 @@ def test_a_defect_image_without_its_mask_is_left_out_of_the_pixel_metrics(tiny_b
     (category / "ground_truth" / "spot" / "001_mask.png").unlink()
     (category / "test" / "spot" / "day2").mkdir()  # and a picture eval does not read, which it says
     shutil.copy(category / "test" / "spot" / "001.png", category / "test" / "spot" / "day2")
+    (category / "test" / "spot" / "IMG_0002.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")  # an iPhone's: said too
     out = edge_ad("eval", "--bundle", tiny_bundle, "--data", category, "--json", tmp_path / "m.json", check=True)
     report = json.loads((tmp_path / "m.json").read_text())
     assert report["test_images"] == 8 and report["anomalous_images_without_mask"] == [str(category / "test/spot/001.png")]
@@ -151,6 +152,8 @@ def test_a_defect_image_without_its_mask_is_left_out_of_the_pixel_metrics(tiny_b
     assert f"note: pictures not read, as they lie outside a class folder or in a subfolder of one (a test " \
            f"picture's kind is the folder it is in: good/ or ok/, or a folder per defect): " \
            f"{category / 'test' / 'spot' / 'day2'} (1)" in out.stderr
+    assert f"note: left out: {category / 'test' / 'spot'}: 1 picture in formats not read (.HEIC, as IMG_0002.HEIC); " \
+           "save such pictures as PNG or JPEG to evaluate on them" in out.stderr
     # Its pixels are not counted as normal ones: the pixel metrics are those of the other images.
     without = evaluate(tiny_bundle, str(category), exclude=frozenset(report["anomalous_images_without_mask"]))
     assert (report["pixel_auroc"], report["aupro_0.3"]) == (without["pixel_auroc"], without["aupro_0.3"])
