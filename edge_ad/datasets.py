@@ -19,8 +19,9 @@ import cv2
 import numpy as np
 
 from .errors import DataError, ImageError, shell_word, without_passwords
-from .images import (NORMAL_FOLDERS, as_grey, is_image_file, no_images_in, pictures_in_subfolders, pictures_matching,
-                     read_image, resize_to_input, subfolders_left, to_rgb, unread_formats, unread_formats_text)
+from .images import (NORMAL_FOLDERS, as_grey, is_image_file, no_images_in, normal_subfolder, pictures_in_subfolders,
+                     pictures_matching, read_image, resize_to_input, subfolders_left, to_rgb, unread_formats,
+                     unread_formats_text)
 from .pipelines import is_v4l2_device, local_path
 from .sinks import FRAME_SUFFIX, OVERLAY_SUFFIX
 
@@ -84,7 +85,8 @@ def _images_in(folder: Path, required: bool = False) -> list[Path]:
 
 def normal_folder(root: Path) -> str | None:
     """The name of an MVTec-layout category's normal pictures' folder (train/NAME, test/NAME)."""
-    return next((name for name in NORMAL_FOLDERS if (root / "train" / name).is_dir()), None)
+    normal = normal_subfolder(root / "train")
+    return normal.name if normal else None
 
 
 def is_mvtec_category(root: Path) -> bool:
@@ -120,9 +122,10 @@ def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
     classes = root / "test"
     if not classes.is_dir():
         classes = root
-        if trained is not None or (root.name != "test" and not any((root / n).is_dir() for n in NORMAL_FOLDERS)):
+        if trained is not None or (root.name != "test" and normal_subfolder(root) is None):
             return None
-    normal = trained or next((name for name in NORMAL_FOLDERS if (classes / name).is_dir()), NORMAL_FOLDERS[0])
+    tested = normal_subfolder(classes)
+    normal = tested.name if tested else trained or NORMAL_FOLDERS[0]
     ground_truth = root / GROUND_TRUTH
     if not ground_truth.is_dir() and classes == root and root.name == "test":  # a category's test/ itself
         ground_truth = root.parent / GROUND_TRUTH

@@ -139,6 +139,17 @@ def unread_formats_text(files: list[Path]) -> str:
     return f"{len(files)} picture{'s' * (len(files) != 1)} in formats not read ({kinds}, as {files[0].name})"
 
 
+def normal_subfolder(parent: Path) -> Path | None:
+    """`parent`'s folder of normal pictures: good (MVTec AD, VisA) or ok (BTAD), in any case (Good
+    or OK, as folders made by hand are often named: read as a defect's, their good parts were
+    counted as defects); None where it has none."""
+    try:
+        found = {p.name.lower(): p for p in sorted(parent.iterdir()) if p.is_dir()}  # good over Good where both are
+    except OSError:  # not there, or not a folder that can be listed
+        return None
+    return next((found[name] for name in NORMAL_FOLDERS if name in found), None)
+
+
 def no_images_in(folder: Path) -> str:
     """The error for a folder without image files: the suffixes read, and which of its subfolders
     hold some (`run --samples` keeps each source's pictures in a subfolder of its own). All of them
@@ -146,8 +157,8 @@ def no_images_in(folder: Path) -> str:
     test/ and train/ so sorted): those together would take rejected parts for good ones, or good
     ones for defects."""
     holding = ", ".join(f"{sub.name} ({count_text(count)})" for sub, count in pictures_in_subfolders(folder).items())
-    normal = next((parent / name for parent in (folder, folder / "test", folder / "train") for name in NORMAL_FOLDERS
-                   if (parent / name).is_dir()), None)
+    normal = next((sub for parent in (folder, folder / "test", folder / "train") if (sub := normal_subfolder(parent))),
+                  None)
     if not holding:
         found = ""
     elif normal is not None:

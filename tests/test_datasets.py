@@ -52,10 +52,14 @@ def test_mvtec_layout_is_detected(mvtec_category):
 
 @pytest.mark.parametrize("normal, defect, mask_name", [("good", "spot", "{}.png"),  # VisA as anomalib lays it out
                                                        ("ok", "ko", "{}.png"),  # BTAD's 01 and 02
-                                                       ("ok", "ko", "{}.bmp")])  # BTAD's 03
+                                                       ("ok", "ko", "{}.bmp"),  # BTAD's 03
+                                                       ("Good", "Crack", "{}_mask.png"),  # folders made by hand
+                                                       ("OK", "NG", "{}.png")])
 def test_visa_and_btad_layouts_are_read_as_mvtec_ones(mvtec_category, tmp_path, normal, defect, mask_name):
     """Normal pictures in train/ok and test/ok (BTAD), defects in test/ko, and masks named as their
-    image (both): the same samples and masks as the MVTec category they were made from."""
+    image (both): the same samples and masks as the MVTec category they were made from. Good or
+    OK, as folders made by hand are named, are normal pictures too: test/Good was read as a defect,
+    and train/Good as no category (its error offered a wildcard that took the defects too)."""
     import shutil
 
     expected = load_samples(str(mvtec_category), "test")
@@ -70,6 +74,7 @@ def test_visa_and_btad_layouts_are_read_as_mvtec_ones(mvtec_category, tmp_path, 
     assert len(load_samples(str(root), "train")) == 12
     test = sorted(load_samples(str(root), "test"), key=lambda s: s.label)  # BTAD's ko comes before ok
     assert [(s.label, s.group) for s in test] == [(0, "good")] * 4 + [(1, defect)] * 4
+    assert [Path(s.name).parent.name for s in test] == [normal] * 4 + [defect] * 4
     for got, want in zip(test, expected):
         assert Path(got.name).name == Path(want.name).name
         shape = want.image().shape
