@@ -29,8 +29,8 @@ ELPV_TRAIN_SIZE = 1131
 ELPV_TYPES = ("mono", "poly")  # module types; 'elpv:<type>' is the protocol restricted to one
 DEFECT_LEVEL = 128  # ground-truth masks: grey levels at or above it mark a defect (MVTec's masks hold 0 and 255)
 GROUND_TRUTH = "ground_truth"  # an MVTec-layout category's folder of masks, one subfolder per defect
-NOT_READ = ("outside a class folder or in a subfolder of one (a test picture's kind is the folder it is in: good/ or "
-            "ok/, or a folder per defect)")  # where unread_test_pictures finds pictures
+NOT_READ = ("outside a class folder or in a subfolder of one (a test picture's kind is the folder it is in: good/, "
+            "ok/ or normal/, or a folder per defect)")  # where unread_test_pictures finds pictures
 ASPECT_TOLERANCE = 0.01  # a mask scaled from its image keeps its aspect within rounding
 
 
@@ -106,7 +106,7 @@ class _EvaluationFolders(NamedTuple):
     """Where a test split's pictures are: one folder per class, in `classes`."""
 
     classes: Path  # test/ of a category, or a folder that holds the class folders itself
-    normal: str  # the class folder of normal pictures: good (MVTec AD, VisA) or ok (BTAD)
+    normal: str  # the class folder of normal pictures (images.NORMAL_FOLDERS, in any case)
     ground_truth: Path  # ground_truth/<defect>/ holds the masks of <defect>'s pictures
 
 
@@ -247,7 +247,7 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
     if split == "test":
         what = "a folder of normal images has no test split" if any(map(is_image_file, root.iterdir())) else \
             "no test split"
-        raise DataError(f"{root}: {what}; evaluation reads pictures sorted into test/good (or test/ok) and a folder "
+        raise DataError(f"{root}: {what}; evaluation reads pictures sorted into test/good (or ok, normal) and a folder "
                         "per defect, test/<defect> (an MVTec-layout category; its train/ and ground_truth/ are "
                         "optional, and one kind alone is a test set too), or 'elpv'")
     return [_file_sample(p, 0, "good") for p in _images_in(root, required=True)]

@@ -34,7 +34,8 @@ DARK = 64
 ENLARGED = 4
 DARK_CAUSE = ("16-bit files of a 10-, 12- or 14-bit camera read this dark (16-bit pictures are read at their full "
               "range, value / 257), as do pictures taken without light")
-NORMAL_FOLDERS = ("good", "ok")  # MVTec AD and VisA name the normal pictures' folder good; BTAD, ok
+# The normal pictures' folder: MVTec AD and VisA name it good; BTAD, ok; VisA's own download, Normal.
+NORMAL_FOLDERS = ("good", "ok", "normal")
 COUNTED_UP_TO = 1000  # pictures counted in a subfolder left unread: a share's archive there may hold millions
 COLOR_ORDERS = ("BGR", "RGB", "GRAY")
 GREY_TOLERANCE = 2  # grey levels between the channels of a grey picture (a colour JPEG of one rounds them)
@@ -140,9 +141,9 @@ def unread_formats_text(files: list[Path]) -> str:
 
 
 def normal_subfolder(parent: Path) -> Path | None:
-    """`parent`'s folder of normal pictures: good (MVTec AD, VisA) or ok (BTAD), in any case (Good
-    or OK, as folders made by hand are often named: read as a defect's, their good parts were
-    counted as defects); None where it has none."""
+    """`parent`'s folder of normal pictures (NORMAL_FOLDERS), in any case (Good or OK, as folders
+    made by hand are often named: read as a defect's, their good parts were counted as defects);
+    None where it has none."""
     try:
         found = {p.name.lower(): p for p in sorted(parent.iterdir()) if p.is_dir()}  # good over Good where both are
     except OSError:  # not there, or not a folder that can be listed

@@ -54,7 +54,8 @@ def test_mvtec_layout_is_detected(mvtec_category):
                                                        ("ok", "ko", "{}.png"),  # BTAD's 01 and 02
                                                        ("ok", "ko", "{}.bmp"),  # BTAD's 03
                                                        ("Good", "Crack", "{}_mask.png"),  # folders made by hand
-                                                       ("OK", "NG", "{}.png")])
+                                                       ("OK", "NG", "{}.png"),
+                                                       ("Normal", "Anomaly", "{}.png")])  # VisA's own download
 def test_visa_and_btad_layouts_are_read_as_mvtec_ones(mvtec_category, tmp_path, normal, defect, mask_name):
     """Normal pictures in train/ok and test/ok (BTAD), defects in test/ko, and masks named as their
     image (both): the same samples and masks as the MVTec category they were made from. Good or
@@ -229,7 +230,7 @@ def test_subfolders_left_are_counted_up_to_a_bound_without_following_links(tmp_p
 def test_normal_folder_has_train_but_no_test(normal_folder, tmp_path):
     assert len(load_samples(str(normal_folder), "train")) == 12
     with pytest.raises(DataError, match=f"{re.escape(str(normal_folder))}: a folder of normal images has no test "
-                                        r"split; evaluation reads pictures sorted into test/good \(or test/ok\)"):
+                                        r"split; evaluation reads pictures sorted into test/good \(or ok, normal\)"):
         load_samples(str(normal_folder), "test")
     (tmp_path / "line1").mkdir()  # subfolders, none of normal pictures, none named test: no test split either
     with pytest.raises(DataError, match=f"{re.escape(str(tmp_path))}: no test split; evaluation reads"):

@@ -150,7 +150,7 @@ def test_a_defect_image_without_its_mask_is_left_out_of_the_pixel_metrics(tiny_b
     assert "note: 1 anomalous image(s) have no ground-truth mask" in out.stderr and "001.png" in out.stderr
     assert report["pictures_not_read"] == {str(category / "test" / "spot" / "day2"): 1}
     assert f"note: pictures not read, as they lie outside a class folder or in a subfolder of one (a test " \
-           f"picture's kind is the folder it is in: good/ or ok/, or a folder per defect): " \
+           f"picture's kind is the folder it is in: good/, ok/ or normal/, or a folder per defect): " \
            f"{category / 'test' / 'spot' / 'day2'} (1)" in out.stderr
     assert f"note: left out: {category / 'test' / 'spot'}: 1 picture in formats not read (.HEIC, as IMG_0002.HEIC); " \
            "save such pictures as PNG or JPEG to evaluate on them" in out.stderr
