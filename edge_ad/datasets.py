@@ -32,6 +32,10 @@ GROUND_TRUTH = "ground_truth"  # an MVTec-layout category's folder of masks, one
 NOT_READ = ("outside a class folder or in a subfolder of one (a test picture's kind is the folder it is in: good/, "
             "ok/ or normal/, or a folder per defect)")  # where unread_test_pictures finds pictures
 ASPECT_TOLERANCE = 0.01  # a mask scaled from its image keeps its aspect within rounding
+# A mask saved beside its image in a class folder, named as the image with one of these endings (any
+# case): MVTec's _mask, KolektorSDD2's _GT, KolektorSDD's _label, as labelling tools export them.
+# Read as that image's mask; before, as one more test image.
+MASK_ENDINGS = ("_mask", "_gt", "_label")
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,29 @@ def test_formats_unread(data: str) -> dict[str, str]:
     return {folder: unread_formats_text(files) for folder, files in found.items() if files}
 
 
+def masks_beside_test_images(data: str) -> list[str]:
+    """The masks that the class folders of the dataset folder `data`'s test split hold beside their
+    images (MASK_ENDINGS), read as those images' masks and not as test images."""
+    folders = _test_folders(data)
+    found = [_masks_beside(_images_in(d)).values() for d in _class_folders(folders)] if folders is not None else []
+    return [str(mask) for masks in found for mask in sorted(masks)]
+
+
+def _masks_beside(images: list[Path]) -> dict[str, Path]:
+    """The masks among a class folder's `images`: those named as another of them with one of
+    MASK_ENDINGS (000_mask.png beside 000.png), by the stem of their image."""
+    stems = {p.stem for p in images}
+    return {p.stem[: -len(end)]: p for p in images for end in MASK_ENDINGS
+            if p.stem.lower().endswith(end) and p.stem[: -len(end)] in stems}
+
+
+def _without_masks(images: list[Path]) -> list[Path]:
+    """A folder of training or known defect pictures less the masks beside them (KolektorSDD2's
+    pictures each have a 000_GT.png): a mask is no picture of a part."""
+    masks = set(_masks_beside(images).values())
+    return [p for p in images if p not in masks]
+
+
 def _test_folders(data: str) -> _EvaluationFolders | None:
     """The test split's folders of `data` where it is a dataset folder."""
     return _evaluation_folders(Path(data)) if not _is_elpv(data) and Path(data).is_dir() else None
@@ -162,12 +189,16 @@ def _test_folders(data: str) -> _EvaluationFolders | None:
 def training_pictures_left(data: str) -> list[str]:
     """What to say of the pictures that the folder `data`'s training split is read from (the
     folder itself, or an MVTec category's train/good) holds and are not read: those in its
-    subfolders (images.subfolders_left), and those in formats not read."""
+    subfolders (images.subfolders_left), the masks beside its pictures, and those in formats not
+    read."""
     if not Path(data).is_dir():
         return []
     normal = normal_folder(Path(data))
     folder = Path(data) / "train" / normal if normal else Path(data)
     said = [subfolders_left(folder)]
+    if masks := sorted(_masks_beside(_images_in(folder)).values()):
+        said.append(f"{folder}: {len(masks)} mask(s) of the pictures beside them ({masks[0].name}) left out; a mask "
+                    "is no picture of a part")
     if unread := unread_formats(folder):
         said.append(f"{folder}: {unread_formats_text(unread)} left out; save such pictures as PNG or JPEG to train on "
                     "them")
@@ -224,14 +255,17 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
                         f"{hint}")
     normal = normal_folder(root)
     if split == "train" and normal is not None:
-        return [_file_sample(p, 0, "good") for p in _images_in(root / "train" / normal, required=True)]
+        return [_file_sample(p, 0, "good") for p in _without_masks(_images_in(root / "train" / normal, required=True))]
     folders = _evaluation_folders(root) if split == "test" else None
     if folders is not None:
         samples = []
         for defect_dir in _class_folders(folders):
             defect = defect_dir.name
-            masks = {} if defect == folders.normal else _mvtec_masks(folders.ground_truth, defect)
-            for p in _images_in(defect_dir):
+            images = _images_in(defect_dir)
+            beside = _masks_beside(images)
+            masks = {} if defect == folders.normal else beside | _mvtec_masks(folders.ground_truth, defect)
+            taken = set(beside.values())
+            for p in (p for p in images if p not in taken):
                 if defect == folders.normal:
                     samples.append(_file_sample(p, 0, "good"))
                 else:
@@ -250,7 +284,7 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
         raise DataError(f"{root}: {what}; evaluation reads pictures sorted into test/good (or ok, normal) and a folder "
                         "per defect, test/<defect> (an MVTec-layout category; its train/ and ground_truth/ are "
                         "optional, and one kind alone is a test set too), or 'elpv'")
-    return [_file_sample(p, 0, "good") for p in _images_in(root, required=True)]
+    return [_file_sample(p, 0, "good") for p in _without_masks(_images_in(root, required=True))]
 
 
 @functools.cache
@@ -305,7 +339,7 @@ def load_defects(spec: str) -> list[Sample]:
     folder = Path(spec)
     if not folder.is_dir():
         raise DataError(f"{spec}: not a folder of defect images (or elpv:<count>)")
-    return [_file_sample(p, 1, "defect") for p in _images_in(folder, required=True)]
+    return [_file_sample(p, 1, "defect") for p in _without_masks(_images_in(folder, required=True))]
 
 
 def load_samples(data: str | Sequence[str], split: str) -> list[Sample]:

@@ -77,6 +77,10 @@ def eval_notes(report: dict) -> list[str]:
     if unread:
         notes.append(f"pictures not read, as they lie {NOT_READ}: "
                      f"{', '.join(f'{folder} ({count_text(count)})' for folder, count in unread.items())}")
+    beside = report.get("masks_beside_their_images", [])
+    if beside:
+        notes.append(f"{len(beside)} picture(s) named as the mask of a test image beside them ({beside[0]}) are read as "
+                     "its mask, not as test images")
     formats = report.get("pictures_in_formats_not_read", {})
     if formats:
         notes.append(f"left out: {'; '.join(f'{folder}: {held}' for folder, held in formats.items())}; save such "

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge_ad.datasets import Sample, load_samples, read_all, test_formats_unread, unread_test_pictures
+from edge_ad.datasets import (Sample, load_samples, masks_beside_test_images, read_all, test_formats_unread,
+                              unread_test_pictures)
 from edge_ad.errors import DataError, ImageError, os_reason
 from edge_ad.images import DARK, pixel_digest
 from edge_ad.masks import InspectionMask
@@ -190,6 +191,8 @@ def evaluate(
         report["pictures_not_read"] = unread
     if formats := test_formats_unread(data):
         report["pictures_in_formats_not_read"] = formats
+    if beside := masks_beside_test_images(data):
+        report["masks_beside_their_images"] = beside
     for key, labels_seen in (("test_images_the_model_was_trained_on", trained),
                              ("test_images_the_calibration_was_made_on", seen)):
         if labels_seen:  # the model learnt them, or its threshold was set on them: what it does with them is no test

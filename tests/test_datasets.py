@@ -318,6 +318,30 @@ def test_pictures_in_formats_not_read_are_said_not_passed_over(tmp_path):
                                                      "left out; save such pictures as PNG or JPEG to train on them"]
 
 
+def test_masks_beside_training_and_defect_pictures_are_no_pictures_of_parts(tmp_path):
+    """KolektorSDD2 keeps a 000_GT.png beside every picture (black for a good part): trained on,
+    each was one more normal picture, of nothing."""
+    from edge_ad.datasets import training_pictures_left
+
+    category = tmp_path / "ksdd2"
+    for folder in ("train/good", "test/good", "test/crack"):
+        (category / folder).mkdir(parents=True)
+        for stem in ("10000", "10001"):
+            cv2.imwrite(str(category / folder / f"{stem}.png"), np.full((32, 32), 100, np.uint8))
+            cv2.imwrite(str(category / folder / f"{stem}_GT.png"), np.zeros((32, 32), np.uint8))
+    cv2.imwrite(str(category / "train" / "good" / "10002_GT.png"), np.zeros((32, 32), np.uint8))  # no image: a picture
+    train = category / "train" / "good"
+    assert [Path(s.name).name for s in load_samples(str(category), "train")] == ["10000.png", "10001.png", "10002_GT.png"]
+    assert training_pictures_left(str(category)) == [f"{train}: 2 mask(s) of the pictures beside them (10000_GT.png) "
+                                                     "left out; a mask is no picture of a part"]
+    assert [Path(s.name).name for s in load_samples(str(train), "train")] == ["10000.png", "10001.png", "10002_GT.png"]
+    defects = load_defects(str(category / "test" / "crack"))
+    assert [Path(s.name).name for s in defects] == ["10000.png", "10001.png"]
+    test = load_samples(str(category), "test")
+    assert [(Path(s.name).name, s.label, s.mask_path and s.mask_path.name) for s in test] == [
+        ("10000.png", 1, "10000_GT.png"), ("10001.png", 1, "10001_GT.png"), ("10000.png", 0, None), ("10001.png", 0, None)]
+
+
 def test_a_wildcard_trains_on_the_good_parts_of_a_folder_that_holds_both(tmp_path):
     # A vision system's archive: good and rejected parts side by side, told apart by name.
     for name in ("OK_0001.png", "OK_0002.jpg", "NG_0003.png", "OK_0004.txt"):

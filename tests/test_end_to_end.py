@@ -160,6 +160,39 @@ def test_a_defect_image_without_its_mask_is_left_out_of_the_pixel_metrics(tiny_b
     assert "anomalous_images_without_mask" not in without
 
 
+def test_masks_saved_beside_their_images_are_their_masks_not_test_images(tiny_bundle, mvtec_category, tmp_path):
+    """Labelling tools export a mask beside its image (000_mask.png, KolektorSDD2's 000_GT.png):
+    each was scored as one more test image, an anomalous one in a defect's folder."""
+    import shutil
+
+    from edge_ad.datasets import load_samples
+    from export.eval_report import eval_notes
+    from export.evaluate import evaluate
+
+    category = shutil.copytree(mvtec_category, tmp_path / "cell")
+    masks = sorted((category / "ground_truth" / "spot").iterdir())
+    for i, mask in enumerate(masks):  # 000_mask.png, 001_GT.png, ...
+        stem = mask.stem.removesuffix("_mask")
+        shutil.move(mask, category / "test" / "spot" / f"{stem}{('_mask', '_GT')[i % 2]}.png")
+    shutil.rmtree(category / "ground_truth")
+    good = sorted((category / "test" / "good").glob("*.png"))[0]
+    shutil.copy(good, good.with_name(f"{good.stem}_label.png"))  # a good part's, marking nothing: not scored either
+    moved = sorted(load_samples(str(category), "test"), key=lambda s: s.name)
+    expected = sorted(load_samples(str(mvtec_category), "test"), key=lambda s: s.name)
+    assert [Path(s.name).relative_to(category) for s in moved] == \
+        [Path(s.name).relative_to(mvtec_category) for s in expected]
+    for got, want in zip(moved, expected):
+        shape = want.image().shape
+        assert np.array_equal(got.mask(64, 64, shape), want.mask(64, 64, shape))
+    report, original = evaluate(tiny_bundle, str(category)), evaluate(tiny_bundle, str(mvtec_category))
+    assert report["test_images"] == original["test_images"] == 8
+    assert (report["image_auroc"], report["pixel_auroc"]) == (original["image_auroc"], original["pixel_auroc"])
+    assert report["masks_beside_their_images"] == [str(good.with_name(f"{good.stem}_label.png"))] + \
+        [str(category / "test" / "spot" / f"{i:03d}{('_mask', '_GT')[i % 2]}.png") for i in range(len(masks))]
+    assert f"{len(masks) + 1} picture(s) named as the mask of a test image beside them ({good.parent}" \
+           in "\n".join(eval_notes(report))
+
+
 def test_unreadable_test_images_are_named_together_or_left_out_with_skip_bad(tiny_bundle, mvtec_category, tmp_path):
     """A test set copied from the line may hold a picture cut short: eval stopped at the first one,
     so a set with several took a run for each; now the error names them all, and --skip-bad
