@@ -29,6 +29,9 @@ ELPV_TRAIN_SIZE = 1131
 ELPV_TYPES = ("mono", "poly")  # module types; 'elpv:<type>' is the protocol restricted to one
 DEFECT_LEVEL = 128  # ground-truth masks: grey levels at or above it mark a defect (MVTec's masks hold 0 and 255)
 GROUND_TRUTH = "ground_truth"  # an MVTec-layout category's folder of masks, one subfolder per defect
+# A category's test split: MVTec AD's test/, MVTec AD 2's test_public/ (its masks in
+# test_public/ground_truth/; its test_private/ has none, and is scored by MVTec's server).
+TEST_SPLITS = ("test", "test_public")
 NOT_READ = ("outside a class folder or in a subfolder of one (a test picture's kind is the folder it is in: good/, "
             "ok/ or normal/, or a folder per defect)")  # where unread_test_pictures finds pictures
 ASPECT_TOLERANCE = 0.01  # a mask scaled from its image keeps its aspect within rounding
@@ -115,23 +118,24 @@ class _EvaluationFolders(NamedTuple):
 
 
 def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
-    """The test split's folders under `root`: `root/test` of an MVTec-layout category, with or
-    without its `train/` (eval needs none: pictures of a line's good and rejected parts sorted into
-    `test/good` and `test/<defect>`), or `root` itself when it is named test or holds `good/` (or
-    `ok/`) beside a folder per defect (a category's `test/` given as it is, or such folders made on
-    site). A folder named test may hold one kind alone (`test/<defect>`: a box of rejected parts);
-    another needs its folder of normal pictures, or its subfolders would all count as defects.
-    Masks are in `root/ground_truth`, else, for a folder named test, in the `ground_truth/` beside it."""
+    """The test split's folders under `root`: `root/test` of an MVTec-layout category (MVTec AD 2:
+    `root/test_public`), with or without its `train/` (eval needs none: pictures of a line's good
+    and rejected parts sorted into `test/good` and `test/<defect>`), or `root` itself when it is
+    named test or holds `good/` (or `ok/`) beside a folder per defect (a category's `test/` given
+    as it is, or such folders made on site). A folder named test may hold one kind alone
+    (`test/<defect>`: a box of rejected parts); another needs its folder of normal pictures, or
+    its subfolders would all count as defects. Masks are in `root/ground_truth`, else in the test
+    split's own (MVTec AD 2's), else, for a folder named test, in the `ground_truth/` beside it."""
     trained = normal_folder(root)  # train/<normal> of a category
-    classes = root / "test"
-    if not classes.is_dir():
-        classes = root
-        if trained is not None or (root.name != "test" and normal_subfolder(root) is None):
-            return None
+    classes = next((root / name for name in TEST_SPLITS if (root / name).is_dir()), root)
+    if classes == root and (trained is not None or (root.name != "test" and normal_subfolder(root) is None)):
+        return None
     tested = normal_subfolder(classes)
     normal = tested.name if tested else trained or NORMAL_FOLDERS[0]
     ground_truth = root / GROUND_TRUTH
-    if not ground_truth.is_dir() and classes == root and root.name == "test":  # a category's test/ itself
+    if not ground_truth.is_dir() and classes != root:  # MVTec AD 2's, in test_public/
+        ground_truth = classes / GROUND_TRUTH
+    elif not ground_truth.is_dir() and root.name == "test":  # a category's test/ itself
         ground_truth = root.parent / GROUND_TRUTH
     return _EvaluationFolders(classes, normal, ground_truth)
 
@@ -272,7 +276,7 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
                     samples.append(_file_sample(p, 1, defect, masks.get(p.stem)))
         return samples
     if normal is not None:
-        raise DataError(f"{root}: MVTec layout without a test/ folder")
+        raise DataError(f"{root}: MVTec layout without a test/ (or test_public/) folder")
     categories = sorted(d.name for d in root.iterdir() if _holds_a_category(d))
     if categories:  # a data set's root (MVTec AD, VisA, BTAD), not one of its categories
         listed = ", ".join(categories[:5]) + (" ..." if len(categories) > 5 else "")

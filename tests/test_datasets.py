@@ -83,6 +83,30 @@ def test_visa_and_btad_layouts_are_read_as_mvtec_ones(mvtec_category, tmp_path, 
         assert np.array_equal(got.mask(64, 64, shape), want.mask(64, 64, shape))
 
 
+def test_mvtec_ad_2_categories_are_read_with_their_public_test_split(mvtec_category, tmp_path):
+    """MVTec AD 2: train/good, validation/good, test_public/{good,bad} with the masks in
+    test_public/ground_truth/bad, and test_private/ without masks (scored by MVTec's server):
+    eval said "MVTec layout without a test/ folder"."""
+    import shutil
+
+    root = tmp_path / "can"
+    shutil.copytree(mvtec_category / "train" / "good", root / "train" / "good")
+    shutil.copytree(mvtec_category / "train" / "good", root / "validation" / "good")
+    shutil.copytree(mvtec_category / "test" / "good", root / "test_public" / "good")
+    shutil.copytree(mvtec_category / "test" / "spot", root / "test_public" / "bad")
+    shutil.copytree(mvtec_category / "ground_truth" / "spot", root / "test_public" / "ground_truth" / "bad")
+    shutil.copytree(mvtec_category / "test" / "spot", root / "test_private")
+    def read(data: Path) -> list[tuple]:
+        samples = load_samples(str(data), "test")
+        return sorted((s.label, Path(s.name).name, s.mask_path and s.mask_path.name) for s in samples)
+
+    expected = read(mvtec_category)
+    assert len(expected) == 8 and sum(mask is not None for *_, mask in expected) == 4
+    assert read(root) == read(root / "test_public") == expected
+    assert {Path(s.name).parent.name for s in load_samples(str(root), "test")} == {"good", "bad"}
+    assert len(load_samples(str(root), "train")) == 12  # train/good; validation/ is not trained on
+
+
 def test_a_data_sets_root_names_its_categories(mvtec_category, tmp_path):
     """`--data` at MVTec AD's (or BTAD's) root rather than a category: training said "no image files",
     and eval "a folder of normal images has no test split"."""
