@@ -36,7 +36,7 @@ NOT_READ = ("outside a class folder or in a subfolder of one (a test picture's k
             "ok/ or normal/, or a folder per defect)")  # where unread_test_pictures finds pictures
 ASPECT_TOLERANCE = 0.01  # a mask scaled from its image keeps its aspect within rounding
 # A mask saved beside its image in a class folder, named as the image with one of these endings (any
-# case): MVTec's _mask, KolektorSDD2's _GT, KolektorSDD's _label, as labelling tools export them.
+# case): MVTec's _mask, KolektorSDD2's _GT, KolektorSDD's _label, as some labelling tools export them.
 # Read as that image's mask; before, as one more test image.
 MASK_ENDINGS = ("_mask", "_gt", "_label")
 
@@ -112,7 +112,7 @@ def _holds_a_category(path: Path) -> bool:
 class _EvaluationFolders(NamedTuple):
     """Where a test split's pictures are: one folder per class, in `classes`."""
 
-    classes: Path  # test/ of a category, or a folder that holds the class folders itself
+    classes: Path  # test/ (test_public/) of a category, or a folder that holds the class folders itself
     normal: str  # the class folder of normal pictures (images.NORMAL_FOLDERS, in any case)
     ground_truth: Path  # ground_truth/<defect>/ holds the masks of <defect>'s pictures
 
@@ -121,11 +121,12 @@ def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
     """The test split's folders under `root`: `root/test` of an MVTec-layout category (MVTec AD 2:
     `root/test_public`), with or without its `train/` (eval needs none: pictures of a line's good
     and rejected parts sorted into `test/good` and `test/<defect>`), or `root` itself when it is
-    named test or holds `good/` (or `ok/`) beside a folder per defect (a category's `test/` given
-    as it is, or such folders made on site). A folder named test may hold one kind alone
-    (`test/<defect>`: a box of rejected parts); another needs its folder of normal pictures, or
-    its subfolders would all count as defects. Masks are in `root/ground_truth`, else in the test
-    split's own (MVTec AD 2's), else, for a folder named test, in the `ground_truth/` beside it."""
+    named test or holds `good/` (or `ok/`, `normal/`, in any case) beside a folder per defect (a
+    category's `test/` given as it is, or such folders made on site). A folder named test may hold
+    one kind alone (`test/<defect>`: a box of rejected parts); another needs its folder of normal
+    pictures, or its subfolders would all count as defects. Masks are in `root/ground_truth`, else
+    in the test split's own (MVTec AD 2's), else, for a folder named test, in the `ground_truth/`
+    beside it."""
     trained = normal_folder(root)  # train/<normal> of a category
     classes = next((root / name for name in TEST_SPLITS if (root / name).is_dir()), root)
     if classes == root and (trained is not None or (root.name != "test" and normal_subfolder(root) is None)):

@@ -268,8 +268,7 @@ def train(config: TrainConfig, out: Path) -> Path:
     names = [s.name for s in kept]
     said = (plain_note(pictures, names), brightness_note(pictures), copies_note(pictures),
             shape_note(pictures, config.input_size), mixed_shapes_note(pictures, names, config.input_size),
-            small_note(pictures, config.input_size),
-            colour_note(pictures, names))
+            small_note(pictures, config.input_size), colour_note(pictures, names))
     notes = [note for note in said if note]
     for note in notes:
         print(f"note: {note}")
