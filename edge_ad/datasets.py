@@ -193,13 +193,17 @@ def _test_folders(data: str) -> _EvaluationFolders | None:
 
 def training_pictures_left(data: str) -> list[str]:
     """What to say of the pictures that the folder `data`'s training split is read from (the
-    folder itself, or an MVTec category's train/good) holds and are not read: those in its
-    subfolders (images.subfolders_left), the masks beside its pictures, and those in formats not
-    read."""
+    folder itself, or an MVTec category's train/good) holds and are not read (pictures_left)."""
     if not Path(data).is_dir():
         return []
     normal = normal_folder(Path(data))
-    folder = Path(data) / "train" / normal if normal else Path(data)
+    return pictures_left(Path(data) / "train" / normal if normal else Path(data))
+
+
+def pictures_left(folder: Path) -> list[str]:
+    """What to say of the pictures a folder of training or known defect pictures holds and are
+    not read: those in its subfolders (images.subfolders_left), the masks beside its pictures,
+    and those in formats not read."""
     said = [subfolders_left(folder)]
     if masks := sorted(_masks_beside(_images_in(folder)).values()):
         said.append(f"{folder}: {len(masks)} mask(s) of the pictures beside them ({masks[0].name}) left out; a mask "

@@ -19,12 +19,11 @@ from tqdm import tqdm
 from calibration.statistics import COPIES_SHARE, near_copies
 from edge_ad import __version__, picture_lists
 from edge_ad.bundle import ASPECT_SLACK, MODEL_TYPES, read_yaml, write_yaml_atomic
-from edge_ad.datasets import (Sample, data_text, load_defects, load_samples, read_all, training_sources,
-                              training_pictures_left, without_overlays)
+from edge_ad.datasets import (Sample, data_text, load_defects, load_samples, pictures_left, read_all,
+                              training_pictures_left, training_sources, without_overlays)
 from edge_ad.errors import DataError
 from edge_ad.files import writable_later
-from edge_ad.images import (DARK, DARK_CAUSE, ENLARGED, is_grey, pixel_digest, resize_to_input, subfolders_left,
-                             thumbnail)
+from edge_ad.images import DARK, DARK_CAUSE, ENLARGED, is_grey, pixel_digest, resize_to_input, thumbnail
 from edge_ad.pipelines import MAX_CAMERA_SIDE
 
 from .backbone import (BACKBONE_SPECS, DEFAULT_BACKBONE, WHITENING_EPS, FeatureEncoder, input_shape, position_whitening,
@@ -350,9 +349,10 @@ def train(config: TrainConfig, out: Path) -> Path:
 
 
 def _known_defects(spec: str) -> list[Sample]:
-    """The known defects of `--defects spec`, and a note of the pictures its subfolders hold."""
+    """The known defects of `--defects spec`, and a note of the pictures its folder holds and are
+    not read."""
     defects = load_defects(spec)
-    if Path(spec).is_dir() and (left := subfolders_left(Path(spec))):
+    for left in pictures_left(Path(spec)) if Path(spec).is_dir() else []:
         print(f"note: {left}")
     return defects
 

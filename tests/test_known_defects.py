@@ -58,6 +58,8 @@ def test_train_with_defects_records_what_it_took_out(mvtec_category, tmp_path):
     rejects = shutil.copytree(mvtec_category / "test" / "spot", tmp_path / "rejects")
     (rejects / "crack").mkdir()  # a subfolder's pictures are not read: said, with the wildcard that reads them
     shutil.copy(rejects / "000.png", rejects / "crack")
+    shutil.copy(mvtec_category / "ground_truth" / "spot" / "000_mask.png", rejects)  # its mask: no picture of a part
+    (rejects / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")  # a phone's: not read, and said
     out = subprocess.run(
         [sys.executable, "-m", "edge_ad", "train", "--data", str(mvtec_category), "--out", str(tmp_path / "run"),
          "--input-size", "128", "--prototypes", "64", "--defects", str(rejects)],
@@ -66,6 +68,8 @@ def test_train_with_defects_records_what_it_took_out(mvtec_category, tmp_path):
     assert out.returncode == 0, out.stderr
     assert (f"note: {rejects}: the pictures of its subfolders crack (1) are not read, only its own; for all of "
             f"them, give a quoted wildcard, '{rejects / '**' / '*'}'") in out.stdout
+    assert f"note: {rejects}: 1 mask(s) of the pictures beside them (000_mask.png) left out" in out.stdout
+    assert f"note: {rejects}: 1 picture in formats not read (.HEIC, as IMG_0001.HEIC) left out" in out.stdout
     record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     removed = record["prototypes_removed_by_defects"]
     assert record["prototypes"] == 64 - removed
