@@ -64,18 +64,24 @@ class Sample:
         is refused: stretched over the image, it would mark the wrong pixels."""
         if self.mask_path is None:
             return np.zeros((height, width), bool)
-        try:
-            mask = cv2.imread(str(self.mask_path), cv2.IMREAD_GRAYSCALE)
-        except cv2.error:  # a damaged header OpenCV asserts on (images.decode_image)
-            mask = None
-        if mask is None:
-            raise ImageError(f"{self.mask_path}: not a readable mask image")
-        (mask_h, mask_w), (image_h, image_w) = mask.shape, image_shape[:2]
+        defect = _defect_pixels(self.mask_path)
+        (mask_h, mask_w), (image_h, image_w) = defect.shape, image_shape[:2]
         if abs(mask_w * image_h / (mask_h * image_w) - 1) > ASPECT_TOLERANCE:
             raise ImageError(f"{self.mask_path}: a {mask_w}x{mask_h} mask for the {image_w}x{image_h} image "
                              f"{self.name}; a mask has its image's size (or its aspect): is it that image's mask?")
-        defect = mask >= (DEFECT_LEVEL if mask.max() >= DEFECT_LEVEL else 1)
         return cv2.resize(defect.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+
+
+def _defect_pixels(path: Path) -> np.ndarray:
+    """Where the mask at `path` marks a defect (bool): its pixels at DEFECT_LEVEL or above, or, in a
+    mask with no pixel that bright (saved as 0 and 1, or as class numbers), above 0."""
+    try:
+        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    except cv2.error:  # a damaged header OpenCV asserts on (images.decode_image)
+        mask = None
+    if mask is None:
+        raise ImageError(f"{path}: not a readable mask image")
+    return mask >= (DEFECT_LEVEL if mask.max() >= DEFECT_LEVEL else 1)
 
 
 def _file_sample(path: Path, label: int, group: str, mask_path: Path | None = None) -> Sample:
@@ -180,10 +186,24 @@ def _masks_beside(images: list[Path]) -> dict[str, Path]:
 
 
 def _without_masks(images: list[Path]) -> list[Path]:
-    """A folder of training or known defect pictures less the masks beside them (KolektorSDD2's
-    pictures each have a 000_GT.png): a mask is no picture of a part."""
+    """A folder of known defect pictures less the masks beside them (000_mask.png): a mask is no
+    picture of a part."""
     masks = set(_masks_beside(images).values())
     return [p for p in images if p not in masks]
+
+
+def _good_pictures(images: list[Path]) -> list[Path]:
+    """A folder of training pictures less the masks beside them, and less the pictures whose mask
+    marks a defect (KolektorSDD2's train/ keeps a 10000_GT.png beside each picture, and 246 of its
+    2,331 pictures are of defective parts): training takes good parts only."""
+    defective = set(_marked_defective(images))
+    return [p for p in _without_masks(images) if p not in defective]
+
+
+def _marked_defective(images: list[Path]) -> list[Path]:
+    """The pictures of a folder whose mask beside them marks a defect."""
+    named = {p.stem: p for p in images}
+    return [named[stem] for stem, mask in sorted(_masks_beside(images).items()) if _defect_pixels(mask).any()]
 
 
 def _test_folders(data: str) -> _EvaluationFolders | None:
@@ -193,11 +213,17 @@ def _test_folders(data: str) -> _EvaluationFolders | None:
 
 def training_pictures_left(data: str) -> list[str]:
     """What to say of the pictures that the folder `data`'s training split is read from (the
-    folder itself, or an MVTec category's train/good) holds and are not read (pictures_left)."""
+    folder itself, or an MVTec category's train/good) holds and are not read (pictures_left), and of
+    those of defective parts by their masks beside them."""
     if not Path(data).is_dir():
         return []
     normal = normal_folder(Path(data))
-    return pictures_left(Path(data) / "train" / normal if normal else Path(data))
+    folder = Path(data) / "train" / normal if normal else Path(data)
+    said = pictures_left(folder)
+    if defective := _marked_defective(_images_in(folder)):
+        said.append(f"{folder}: {len(defective)} picture(s) whose mask beside them marks a defect ({defective[0].name}) "
+                    "left out; training takes good parts only")
+    return said
 
 
 def pictures_left(folder: Path) -> list[str]:
@@ -264,7 +290,7 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
                         f"{hint}")
     normal = normal_folder(root)
     if split == "train" and normal is not None:
-        return [_file_sample(p, 0, "good") for p in _without_masks(_images_in(root / "train" / normal, required=True))]
+        return [_file_sample(p, 0, "good") for p in _good_pictures(_images_in(root / "train" / normal, required=True))]
     folders = _evaluation_folders(root) if split == "test" else None
     if folders is not None:
         samples = []
@@ -293,7 +319,7 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
         raise DataError(f"{root}: {what}; evaluation reads pictures sorted into test/good (or ok, normal) and a folder "
                         "per defect, test/<defect> (an MVTec-layout category; its train/ and ground_truth/ are "
                         "optional, and one kind alone is a test set too), or 'elpv'")
-    return [_file_sample(p, 0, "good") for p in _without_masks(_images_in(root, required=True))]
+    return [_file_sample(p, 0, "good") for p in _good_pictures(_images_in(root, required=True))]
 
 
 @functools.cache

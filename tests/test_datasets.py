@@ -344,7 +344,8 @@ def test_pictures_in_formats_not_read_are_said_not_passed_over(tmp_path):
 
 def test_masks_beside_training_and_defect_pictures_are_no_pictures_of_parts(tmp_path):
     """KolektorSDD2 keeps a 000_GT.png beside every picture (black for a good part): trained on,
-    each was one more normal picture, of nothing."""
+    each was one more normal picture, of nothing; and a picture whose mask marks a defect (246 of
+    its 2,331 training pictures) was trained on as a good part."""
     from edge_ad.datasets import training_pictures_left
 
     category = tmp_path / "ksdd2"
@@ -358,7 +359,13 @@ def test_masks_beside_training_and_defect_pictures_are_no_pictures_of_parts(tmp_
     assert [Path(s.name).name for s in load_samples(str(category), "train")] == ["10000.png", "10001.png", "10002_GT.png"]
     assert training_pictures_left(str(category)) == [f"{train}: 2 mask(s) of the pictures beside them (10000_GT.png) "
                                                      "left out; a mask is no picture of a part"]
-    assert [Path(s.name).name for s in load_samples(str(train), "train")] == ["10000.png", "10001.png", "10002_GT.png"]
+    defect = np.zeros((32, 32), np.uint8)
+    defect[10:14, 10:20] = 1  # saved as 0 and 1, as some tools save them
+    cv2.imwrite(str(train / "10001_GT.png"), defect)
+    for data in (category, train):
+        assert [Path(s.name).name for s in load_samples(str(data), "train")] == ["10000.png", "10002_GT.png"]
+    assert training_pictures_left(str(train))[1:] == [f"{train}: 1 picture(s) whose mask beside them marks a defect "
+                                                      "(10001.png) left out; training takes good parts only"]
     defects = load_defects(str(category / "test" / "crack"))
     assert [Path(s.name).name for s in defects] == ["10000.png", "10001.png"]
     test = load_samples(str(category), "test")
