@@ -155,7 +155,10 @@ def unread_test_pictures(data: str) -> dict[str, int]:
     folders = _test_folders(data)
     if folders is None:
         return {}
-    unread = {folders.classes: len(_images_in(folders.classes))}
+    loose = _images_in(folders.classes)
+    beside = _masks_beside(loose)
+    read = set(beside.values()) | {p for p in loose if p.stem in beside}  # pictures with their masks, and the masks
+    unread = {folders.classes: len([p for p in loose if p not in read])}
     for class_dir in _class_folders(folders):
         unread |= pictures_in_subfolders(class_dir)
     return {str(folder): count for folder, count in unread.items() if count}
@@ -185,6 +188,15 @@ def _masks_beside(images: list[Path]) -> dict[str, Path]:
             if p.stem.lower().endswith(end) and p.stem[: -len(end)] in stems}
 
 
+def _labelled_by_masks(images: list[Path]) -> list[Sample]:
+    """The test pictures of a folder of them, outside any class folder, that have their mask beside
+    them (KolektorSDD2's test/: 10000.png beside 10000_GT.png, black for a good part): each is
+    anomalous where its mask marks a defect, and normal where it marks none."""
+    named = {p.stem: p for p in images}
+    return [_file_sample(named[stem], 1, "defect", mask) if _defect_pixels(mask).any() else
+            _file_sample(named[stem], 0, "good") for stem, mask in sorted(_masks_beside(images).items())]
+
+
 def _without_masks(images: list[Path]) -> list[Path]:
     """A folder of known defect pictures less the masks beside them (000_mask.png): a mask is no
     picture of a part."""
@@ -204,6 +216,13 @@ def _marked_defective(images: list[Path]) -> list[Path]:
     """The pictures of a folder whose mask beside them marks a defect."""
     named = {p.stem: p for p in images}
     return [named[stem] for stem, mask in sorted(_masks_beside(images).items()) if _defect_pixels(mask).any()]
+
+
+def test_split_folder(data: str) -> Path | None:
+    """The folder that holds the class folders of the dataset folder `data`'s test split (its test/),
+    where the pictures outside them that have their masks beside them are read too."""
+    folders = _test_folders(data)
+    return folders.classes if folders is not None else None
 
 
 def _test_folders(data: str) -> _EvaluationFolders | None:
@@ -305,7 +324,7 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
                     samples.append(_file_sample(p, 0, "good"))
                 else:
                     samples.append(_file_sample(p, 1, defect, masks.get(p.stem)))
-        return samples
+        return samples + _labelled_by_masks(_images_in(folders.classes))
     if normal is not None:
         raise DataError(f"{root}: MVTec layout without a test/ (or test_public/) folder")
     categories = sorted(d.name for d in root.iterdir() if _holds_a_category(d))

@@ -155,8 +155,8 @@ def no_images_in(folder: Path) -> str:
     """The error for a folder without image files: the suffixes read, and which of its subfolders
     hold some (`run --samples` keeps each source's pictures in a subfolder of its own). All of them
     together are offered unless they are sorted by kind (good/ beside a folder per defect, or
-    test/ and train/ so sorted): those together would take rejected parts for good ones, or good
-    ones for defects."""
+    test/ and train/ so sorted) or split into train/ and test/: those together would take
+    rejected parts for good ones, good ones for defects, or test pictures for training ones."""
     holding = ", ".join(f"{sub.name} ({count_text(count)})" for sub, count in pictures_in_subfolders(folder).items())
     normal = next((sub for parent in (folder, folder / "test", folder / "train") if (sub := normal_subfolder(parent))),
                   None)
@@ -165,6 +165,9 @@ def no_images_in(folder: Path) -> str:
     elif normal is not None:
         found = (f"; its subfolders {holding} hold some, sorted by kind: give the folder of the kind meant ({normal} "
                  "holds good parts), not all of them together, which would mix good and rejected parts")
+    elif (folder / "train").is_dir() and (folder / "test").is_dir():  # KolektorSDD2's: pictures and masks in each
+        found = (f"; its subfolders {holding} hold some, split into train/ and test/: give {folder / 'train'} to train "
+                 "on, not all of them together, which would train on the test pictures too")
     else:
         found = f"; its subfolders {holding} hold some: give one of them, or all of them as a quoted wildcard, " \
                 f"'{folder / '**' / '*'}'"

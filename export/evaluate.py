@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_ad.datasets import (Sample, load_samples, masks_beside_test_images, read_all, test_formats_unread,
-                              unread_test_pictures)
+                              test_split_folder, unread_test_pictures)
 from edge_ad.errors import DataError, ImageError, os_reason
 from edge_ad.images import DARK, pixel_digest
 from edge_ad.masks import InspectionMask
@@ -193,6 +193,10 @@ def evaluate(
         report["pictures_in_formats_not_read"] = formats
     if beside := masks_beside_test_images(data):
         report["masks_beside_their_images"] = beside
+    loose = test_split_folder(data)
+    if by_masks := [s.label for s in samples if Path(s.name).parent == loose]:
+        report["test_images_labelled_by_their_masks"] = {"folder": str(loose), "normal": by_masks.count(0),
+                                                         "anomalous": by_masks.count(1)}
     for key, labels_seen in (("test_images_the_model_was_trained_on", trained),
                              ("test_images_the_calibration_was_made_on", seen)):
         if labels_seen:  # the model learnt them, or its threshold was set on them: what it does with them is no test

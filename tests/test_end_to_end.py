@@ -193,6 +193,40 @@ def test_masks_saved_beside_their_images_are_their_masks_not_test_images(tiny_bu
            in "\n".join(eval_notes(report))
 
 
+def test_a_kolektorsdd2_layout_is_labelled_by_the_masks_beside_its_pictures(tiny_bundle, mvtec_category, tmp_path):
+    """KolektorSDD2: train/ and test/ hold pictures, each with its mask beside it (10000_GT.png,
+    black for a good part), not sorted into class folders: eval read none of them ("not read, as
+    they lie outside a class folder"), and `train --data ksdd2` offered a wildcard over both."""
+    import shutil
+
+    from edge_ad.datasets import load_samples
+    from edge_ad.errors import DataError
+    from export.eval_report import eval_notes
+    from export.evaluate import evaluate
+
+    root = tmp_path / "ksdd2"
+    shutil.copytree(mvtec_category / "train" / "good", root / "train")
+    for picture in sorted((root / "train").iterdir()):
+        cv2.imwrite(str(picture.with_name(f"{picture.stem}_GT.png")), np.zeros((300, 300), np.uint8))
+    (root / "test").mkdir()
+    for picture in sorted((mvtec_category / "test" / "good").iterdir()):
+        shutil.copy(picture, root / "test" / f"good{picture.name}")
+        cv2.imwrite(str(root / "test" / f"good{picture.stem}_GT.png"), np.zeros((300, 300), np.uint8))
+    for picture in sorted((mvtec_category / "test" / "spot").iterdir()):
+        shutil.copy(picture, root / "test" / f"spot{picture.name}")
+        shutil.copy(mvtec_category / "ground_truth" / "spot" / f"{picture.stem}_mask.png",
+                    root / "test" / f"spot{picture.stem}_GT.png")
+    report, original = evaluate(tiny_bundle, str(root)), evaluate(tiny_bundle, str(mvtec_category))
+    assert (report["normal_images"], report["anomalous_images"]) == (4, 4)
+    assert (report["image_auroc"], report["pixel_auroc"]) == (original["image_auroc"], original["pixel_auroc"])
+    assert "pictures_not_read" not in report
+    assert f"the 8 test images in {root / 'test'} lie outside a class folder, with their masks beside them: labelled " \
+           "by those masks, 4 anomalous (a mask that marks a defect) and 4 normal" in eval_notes(report)
+    with pytest.raises(DataError, match=re.escape(f"split into train/ and test/: give {root / 'train'} to train on")):
+        load_samples(str(root), "train")
+    assert len(load_samples(str(root / "train"), "train")) == 12  # the pictures, not their masks
+
+
 def test_unreadable_test_images_are_named_together_or_left_out_with_skip_bad(tiny_bundle, mvtec_category, tmp_path):
     """A test set copied from the line may hold a picture cut short: eval stopped at the first one,
     so a set with several took a run for each; now the error names them all, and --skip-bad
