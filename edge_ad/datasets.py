@@ -240,8 +240,8 @@ def training_pictures_left(data: str) -> list[str]:
     folder = Path(data) / "train" / normal if normal else Path(data)
     said = pictures_left(folder)
     if defective := _marked_defective(_images_in(folder)):
-        said.append(f"{folder}: {len(defective)} picture(s) whose mask beside them marks a defect ({defective[0].name}) "
-                    "left out; training takes good parts only")
+        said.append(f"{folder}: {len(defective)} picture(s) whose mask beside them marks a defect "
+                    f"({defective[0].name}) left out; training takes good parts only")
     return said
 
 

@@ -79,13 +79,14 @@ def eval_notes(report: dict) -> list[str]:
                      f"{', '.join(f'{folder} ({count_text(count)})' for folder, count in unread.items())}")
     beside = report.get("masks_beside_their_images", [])
     if beside:
-        notes.append(f"{len(beside)} picture(s) named as the mask of a test image beside them ({beside[0]}) are read as "
-                     "its mask, not as test images")
+        notes.append(f"{len(beside)} picture(s) named as the mask of a test image beside them ({beside[0]}) are read "
+                     "as its mask, not as test images")
     labelled = report.get("test_images_labelled_by_their_masks")
     if labelled:
-        notes.append(f"the {labelled['normal'] + labelled['anomalous']} test images in {labelled['folder']} lie outside a "
-                     f"class folder, with their masks beside them: labelled by those masks, {labelled['anomalous']} "
-                     f"anomalous (a mask that marks a defect) and {labelled['normal']} normal")
+        count = labelled["normal"] + labelled["anomalous"]
+        notes.append(f"the {count} test images in {labelled['folder']} lie outside a class folder, with their masks "
+                     f"beside them: labelled by those masks, {labelled['anomalous']} anomalous (a mask that marks a "
+                     f"defect) and {labelled['normal']} normal")
     formats = report.get("pictures_in_formats_not_read", {})
     if formats:
         notes.append(f"left out: {'; '.join(f'{folder}: {held}' for folder, held in formats.items())}; save such "
