@@ -164,7 +164,7 @@ def unread_test_pictures(data: str) -> dict[str, int]:
     return {str(folder): count for folder, count in unread.items() if count}
 
 
-def test_formats_unread(data: str) -> dict[str, str]:
+def unread_test_formats(data: str) -> dict[str, str]:
     """The class folders of the dataset folder `data`'s test split that hold pictures in formats
     not read, each with what it holds (images.unread_formats_text)."""
     folders = _test_folders(data)
@@ -218,7 +218,7 @@ def _marked_defective(images: list[Path]) -> list[Path]:
     return [named[stem] for stem, mask in sorted(_masks_beside(images).items()) if _defect_pixels(mask).any()]
 
 
-def test_split_folder(data: str) -> Path | None:
+def loose_test_folder(data: str) -> Path | None:
     """The folder that holds the class folders of the dataset folder `data`'s test split (its test/),
     where the pictures outside them that have their masks beside them are read too."""
     folders = _test_folders(data)

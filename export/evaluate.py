@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge_ad.datasets import (Sample, load_samples, masks_beside_test_images, read_all, test_formats_unread,
-                              test_split_folder, unread_test_pictures)
+from edge_ad.datasets import (Sample, load_samples, loose_test_folder, masks_beside_test_images, read_all,
+                              unread_test_formats, unread_test_pictures)
 from edge_ad.errors import DataError, ImageError, os_reason
 from edge_ad.images import DARK, pixel_digest
 from edge_ad.masks import InspectionMask
@@ -189,11 +189,11 @@ def evaluate(
     unread = unread_test_pictures(data)
     if unread:
         report["pictures_not_read"] = unread
-    if formats := test_formats_unread(data):
+    if formats := unread_test_formats(data):
         report["pictures_in_formats_not_read"] = formats
     if beside := masks_beside_test_images(data):
         report["masks_beside_their_images"] = beside
-    loose = test_split_folder(data)
+    loose = loose_test_folder(data)
     if by_masks := [s.label for s in samples if Path(s.name).parent == loose]:
         report["test_images_labelled_by_their_masks"] = {"folder": str(loose), "normal": by_masks.count(0),
                                                          "anomalous": by_masks.count(1)}
