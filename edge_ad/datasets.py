@@ -164,20 +164,29 @@ def unread_test_pictures(data: str) -> dict[str, int]:
     return {str(folder): count for folder, count in unread.items() if count}
 
 
-def unread_test_formats(data: str) -> dict[str, str]:
-    """The class folders of the dataset folder `data`'s test split that hold pictures in formats
-    not read, each with what it holds (images.unread_formats_text)."""
+def eval_folder_notes(data: str, samples: Sequence[Sample]) -> dict:
+    """What eval's report says of how the dataset folder `data`'s test split was read into
+    `samples`, each where there is something to say: the pictures it does not read
+    (`pictures_not_read`: unread_test_pictures), the pictures in formats not read, per class
+    folder (`pictures_in_formats_not_read`), the masks beside their images in a class folder, read
+    as those images' masks and not as test images (`masks_beside_their_images`), and the samples
+    outside the class folders, labelled by the masks beside them
+    (`test_images_labelled_by_their_masks`)."""
     folders = _test_folders(data)
-    found = {str(d): unread_formats(d) for d in _class_folders(folders)} if folders is not None else {}
-    return {folder: unread_formats_text(files) for folder, files in found.items() if files}
-
-
-def masks_beside_test_images(data: str) -> list[str]:
-    """The masks that the class folders of the dataset folder `data`'s test split hold beside their
-    images (MASK_ENDINGS), read as those images' masks and not as test images."""
-    folders = _test_folders(data)
-    found = [_masks_beside(_images_in(d)).values() for d in _class_folders(folders)] if folders is not None else []
-    return [str(mask) for masks in found for mask in sorted(masks)]
+    if folders is None:
+        return {}
+    class_folders = _class_folders(folders)
+    labels = [s.label for s in samples if Path(s.name).parent == folders.classes]
+    notes = {
+        "pictures_not_read": unread_test_pictures(data),
+        "pictures_in_formats_not_read": {str(d): unread_formats_text(files) for d in class_folders
+                                         if (files := unread_formats(d))},
+        "masks_beside_their_images": [str(mask) for d in class_folders
+                                      for mask in sorted(_masks_beside(_images_in(d)).values())],
+        "test_images_labelled_by_their_masks": {"folder": str(folders.classes), "normal": labels.count(0),
+                                                "anomalous": labels.count(1)} if labels else None,
+    }
+    return {key: value for key, value in notes.items() if value}
 
 
 def _masks_beside(images: list[Path]) -> dict[str, Path]:
@@ -216,13 +225,6 @@ def _marked_defective(images: list[Path]) -> list[Path]:
     """The pictures of a folder whose mask beside them marks a defect."""
     named = {p.stem: p for p in images}
     return [named[stem] for stem, mask in sorted(_masks_beside(images).items()) if _defect_pixels(mask).any()]
-
-
-def loose_test_folder(data: str) -> Path | None:
-    """The folder that holds the class folders of the dataset folder `data`'s test split (its test/),
-    where the pictures outside them that have their masks beside them are read too."""
-    folders = _test_folders(data)
-    return folders.classes if folders is not None else None
 
 
 def _test_folders(data: str) -> _EvaluationFolders | None:

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge_ad.datasets import (Sample, load_samples, loose_test_folder, masks_beside_test_images, read_all,
-                              unread_test_formats, unread_test_pictures)
+from edge_ad.datasets import Sample, eval_folder_notes, load_samples, read_all
 from edge_ad.errors import DataError, ImageError, os_reason
 from edge_ad.images import DARK, pixel_digest
 from edge_ad.masks import InspectionMask
@@ -186,17 +185,7 @@ def evaluate(
     elif variants is not None and any(m.bundle.calibration is not None for m in models):
         report["calibration"] = {name: None if m.bundle.calibration is None else str(m.bundle.calibration)
                                  for name, m in variants.detectors.items()}
-    unread = unread_test_pictures(data)
-    if unread:
-        report["pictures_not_read"] = unread
-    if formats := unread_test_formats(data):
-        report["pictures_in_formats_not_read"] = formats
-    if beside := masks_beside_test_images(data):
-        report["masks_beside_their_images"] = beside
-    loose = loose_test_folder(data)
-    if by_masks := [s.label for s in samples if Path(s.name).parent == loose]:
-        report["test_images_labelled_by_their_masks"] = {"folder": str(loose), "normal": by_masks.count(0),
-                                                         "anomalous": by_masks.count(1)}
+    report.update(eval_folder_notes(data, samples))
     for key, labels_seen in (("test_images_the_model_was_trained_on", trained),
                              ("test_images_the_calibration_was_made_on", seen)):
         if labels_seen:  # the model learnt them, or its threshold was set on them: what it does with them is no test
