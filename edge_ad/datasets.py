@@ -128,14 +128,14 @@ def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
     `root/test_public`), with or without its `train/` (eval needs none: pictures of a line's good
     and rejected parts sorted into `test/good` and `test/<defect>`), or `root` itself when it is
     named test or holds `good/` (or `ok/`, `normal/`, in any case) beside a folder per defect (a
-    category's `test/` given as it is, or such folders made on site). A folder named test may hold
-    one kind alone (`test/<defect>`: a box of rejected parts); another needs its folder of normal
-    pictures, or its subfolders would all count as defects. Masks are in `root/ground_truth`, else
-    in the test split's own (MVTec AD 2's), else, for a folder named test, in the `ground_truth/`
-    beside it."""
+    category's `test/` given as it is, or such folders made on site), or pictures with their masks
+    beside them (KolektorSDD's board folders). A folder named test may hold one kind alone
+    (`test/<defect>`: a box of rejected parts); another needs its folder of normal pictures, or its
+    subfolders would all count as defects. Masks are in `root/ground_truth`, else in the test
+    split's own (MVTec AD 2's), else, for a folder named test, in the `ground_truth/` beside it."""
     trained = normal_folder(root)  # train/<normal> of a category
     classes = next((root / name for name in TEST_SPLITS if (root / name).is_dir()), root)
-    if classes == root and (trained is not None or (root.name != "test" and normal_subfolder(root) is None)):
+    if classes == root and (trained is not None or not _holds_test_pictures(root)):
         return None
     tested = normal_subfolder(classes)
     normal = tested.name if tested else trained or NORMAL_FOLDERS[0]
@@ -145,6 +145,12 @@ def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
     elif not ground_truth.is_dir() and root.name == "test":  # a category's test/ itself
         ground_truth = root.parent / GROUND_TRUTH
     return _EvaluationFolders(classes, normal, ground_truth)
+
+
+def _holds_test_pictures(root: Path) -> bool:
+    """Whether the folder `root` is a test split itself: it is named test, holds a folder of
+    normal pictures (beside a folder per defect), or pictures with their masks beside them."""
+    return root.name == "test" or normal_subfolder(root) is not None or bool(_masks_beside(_images_in(root)))
 
 
 def unread_test_pictures(data: str) -> dict[str, int]:

@@ -225,6 +225,13 @@ def test_a_kolektorsdd2_layout_is_labelled_by_the_masks_beside_its_pictures(tiny
     with pytest.raises(DataError, match=re.escape(f"split into train/ and test/: give {root / 'train'} to train on")):
         load_samples(str(root), "train")
     assert len(load_samples(str(root / "train"), "train")) == 12  # the pictures, not their masks
+    board = shutil.copytree(root / "test", tmp_path / "kos01")  # KolektorSDD's folder per board, not named test
+
+    def read(data: Path) -> list[tuple]:
+        return sorted((s.label, Path(s.name).name, s.mask_path and s.mask_path.name)
+                      for s in load_samples(str(data), "test"))
+
+    assert read(board) == read(root) and len(read(board)) == 8
 
 
 def test_unreadable_test_images_are_named_together_or_left_out_with_skip_bad(tiny_bundle, mvtec_category, tmp_path):
