@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 
 from .errors import DataError, ImageError, shell_word, without_passwords
-from .images import (NORMAL_FOLDERS, as_grey, is_image_file, no_images_in, normal_subfolder, pictures_in_subfolders,
-                     pictures_matching, read_image, resize_to_input, subfolders_left, to_rgb, unread_formats,
-                     unread_formats_text)
+from .images import (NORMAL_FOLDERS, as_grey, is_image_file, masks_beside, masks_left_text, no_images_in,
+                     normal_subfolder, pictures_in_subfolders, pictures_matching, read_image, resize_to_input,
+                     subfolders_left, to_rgb, unread_formats, unread_formats_text)
 from .pipelines import is_v4l2_device, local_path
 from .sinks import FRAME_SUFFIX, OVERLAY_SUFFIX
 
@@ -35,10 +35,6 @@ TEST_SPLITS = ("test", "test_public")
 NOT_READ = ("outside a class folder or in a subfolder of one (a test picture's kind is the folder it is in: good/, "
             "ok/ or normal/, or a folder per defect)")  # where unread_test_pictures finds pictures
 ASPECT_TOLERANCE = 0.01  # a mask scaled from its image keeps its aspect within rounding
-# A mask saved beside its image in a class folder, named as the image with one of these endings (any
-# case): MVTec's _mask, KolektorSDD2's _GT, KolektorSDD's _label, as some labelling tools export them.
-# Read as that image's mask; before, as one more test image.
-MASK_ENDINGS = ("_mask", "_gt", "_label")
 
 
 @dataclass(frozen=True)
@@ -150,7 +146,7 @@ def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
 def _holds_test_pictures(root: Path) -> bool:
     """Whether the folder `root` is a test split itself: it is named test, holds a folder of
     normal pictures (beside a folder per defect), or pictures with their masks beside them."""
-    return root.name == "test" or normal_subfolder(root) is not None or bool(_masks_beside(_images_in(root)))
+    return root.name == "test" or normal_subfolder(root) is not None or bool(masks_beside(_images_in(root)))
 
 
 def unread_test_pictures(data: str) -> dict[str, int]:
@@ -162,8 +158,8 @@ def unread_test_pictures(data: str) -> dict[str, int]:
     if folders is None:
         return {}
     loose = _images_in(folders.classes)
-    beside = _masks_beside(loose)
-    read = set(beside.values()) | {p for p in loose if p.stem in beside}  # pictures with their masks, and the masks
+    beside = masks_beside(loose)
+    read = set(beside) | set(beside.values())  # pictures with their masks, and the masks
     unread = {folders.classes: len([p for p in loose if p not in read])}
     for class_dir in _class_folders(folders):
         unread |= pictures_in_subfolders(class_dir)
@@ -188,34 +184,25 @@ def eval_folder_notes(data: str, samples: Sequence[Sample]) -> dict:
         "pictures_in_formats_not_read": {str(d): unread_formats_text(files) for d in class_folders
                                          if (files := unread_formats(d))},
         "masks_beside_their_images": [str(mask) for d in class_folders
-                                      for mask in sorted(_masks_beside(_images_in(d)).values())],
+                                      for mask in sorted(masks_beside(_images_in(d)).values())],
         "test_images_labelled_by_their_masks": {"folder": str(folders.classes), "normal": labels.count(0),
                                                 "anomalous": labels.count(1)} if labels else None,
     }
     return {key: value for key, value in notes.items() if value}
 
 
-def _masks_beside(images: list[Path]) -> dict[str, Path]:
-    """The masks among a class folder's `images`: those named as another of them with one of
-    MASK_ENDINGS (000_mask.png beside 000.png), by the stem of their image."""
-    stems = {p.stem for p in images}
-    return {p.stem[: -len(end)]: p for p in images for end in MASK_ENDINGS
-            if p.stem.lower().endswith(end) and p.stem[: -len(end)] in stems}
-
-
 def _labelled_by_masks(images: list[Path]) -> list[Sample]:
     """The test pictures of a folder of them, outside any class folder, that have their mask beside
     them (KolektorSDD2's test/: 10000.png beside 10000_GT.png, black for a good part): each is
     anomalous where its mask marks a defect, and normal where it marks none."""
-    named = {p.stem: p for p in images}
-    return [_file_sample(named[stem], 1, "defect", mask) if _defect_pixels(mask).any() else
-            _file_sample(named[stem], 0, "good") for stem, mask in sorted(_masks_beside(images).items())]
+    return [_file_sample(image, 1, "defect", mask) if _defect_pixels(mask).any() else
+            _file_sample(image, 0, "good") for image, mask in sorted(masks_beside(images).items())]
 
 
 def _without_masks(images: list[Path]) -> list[Path]:
     """A folder of known defect pictures less the masks beside them (000_mask.png): a mask is no
     picture of a part."""
-    masks = set(_masks_beside(images).values())
+    masks = set(masks_beside(images).values())
     return [p for p in images if p not in masks]
 
 
@@ -228,9 +215,8 @@ def _good_pictures(images: list[Path]) -> list[Path]:
 
 
 def _marked_defective(images: list[Path]) -> list[Path]:
-    """The pictures of a folder whose mask beside them marks a defect."""
-    named = {p.stem: p for p in images}
-    return [named[stem] for stem, mask in sorted(_masks_beside(images).items()) if _defect_pixels(mask).any()]
+    """The pictures whose mask beside them marks a defect."""
+    return [image for image, mask in sorted(masks_beside(images).items()) if _defect_pixels(mask).any()]
 
 
 def _test_folders(data: str) -> _EvaluationFolders | None:
@@ -239,32 +225,46 @@ def _test_folders(data: str) -> _EvaluationFolders | None:
 
 
 def training_pictures_left(data: str) -> list[str]:
-    """What to say of the pictures that the folder `data`'s training split is read from (the
-    folder itself, or an MVTec category's train/good) holds and are not read (pictures_left), and of
-    those of defective parts by their masks beside them."""
-    if not Path(data).is_dir():
+    """What to say of the pictures that `data`'s training split is read from (a wildcard's, a
+    folder's own, or an MVTec category's train/good) holds and are not read (pictures_left), and
+    of those of defective parts by their masks beside them."""
+    if _is_wildcard(data):
+        where, pictures = data, pictures_matching(data)
+    elif Path(data).is_dir():
+        normal = normal_folder(Path(data))
+        where = str(Path(data) / "train" / normal if normal else Path(data))
+        pictures = _images_in(Path(where))
+    else:
         return []
-    normal = normal_folder(Path(data))
-    folder = Path(data) / "train" / normal if normal else Path(data)
-    said = pictures_left(folder)
-    if defective := _marked_defective(_images_in(folder)):
-        said.append(f"{folder}: {len(defective)} picture(s) whose mask beside them marks a defect "
+    said = pictures_left(where)
+    if defective := _marked_defective(pictures):
+        said.append(f"{where}: {len(defective)} picture(s) whose mask beside them marks a defect "
                     f"({defective[0].name}) left out; training takes good parts only")
     return said
 
 
-def pictures_left(folder: Path) -> list[str]:
-    """What to say of the pictures a folder of training or known defect pictures holds and are
-    not read: those in its subfolders (images.subfolders_left), the masks beside its pictures,
-    and those in formats not read."""
+def pictures_left(spec: str) -> list[str]:
+    """What to say of the pictures a folder of training or known defect pictures (or a wildcard
+    of them) holds and are not read: those in its subfolders (images.subfolders_left), the masks
+    beside its pictures, and those in formats not read."""
+    if _is_wildcard(spec):
+        masks = sorted(masks_beside(pictures_matching(spec)).values())
+        return [masks_left_text(spec, masks)] if masks else []
+    folder = Path(spec)
+    if not folder.is_dir():
+        return []
     said = [subfolders_left(folder)]
-    if masks := sorted(_masks_beside(_images_in(folder)).values()):
-        said.append(f"{folder}: {len(masks)} mask(s) of the pictures beside them ({masks[0].name}) left out; a mask "
-                    "is no picture of a part")
+    if masks := sorted(masks_beside(_images_in(folder)).values()):
+        said.append(masks_left_text(folder, masks))
     if unread := unread_formats(folder):
         said.append(f"{folder}: {unread_formats_text(unread)} left out; save such pictures as PNG or JPEG to train on "
                     "them")
     return [line for line in said if line]
+
+
+def _is_wildcard(spec: str) -> bool:
+    """Whether `spec` is a wildcard of pictures ('archive/OK_*.jpg'), not a path that holds one."""
+    return glob.has_magic(spec) and not Path(spec).exists()
 
 
 def _is_elpv(data: str) -> bool:
@@ -292,7 +292,7 @@ def _matching_samples(pattern: str, split: str) -> list[Sample]:
     if split == "test":
         raise DataError(f"{pattern}: a wildcard of normal images has no test split; evaluation needs an "
                         "MVTec-layout category (train/good, test/<defect>, ground_truth/<defect>) or 'elpv'")
-    return [_file_sample(path, 0, "good") for path in _matching_pictures(pattern)]
+    return [_file_sample(path, 0, "good") for path in _good_pictures(_matching_pictures(pattern))]
 
 
 def _matching_pictures(pattern: str) -> list[Path]:
@@ -324,14 +324,14 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
         for defect_dir in _class_folders(folders):
             defect = defect_dir.name
             images = _images_in(defect_dir)
-            beside = _masks_beside(images)
-            masks = {} if defect == folders.normal else beside | _mvtec_masks(folders.ground_truth, defect)
+            beside = masks_beside(images)
+            ground_truth = {} if defect == folders.normal else _mvtec_masks(folders.ground_truth, defect)
             taken = set(beside.values())
             for p in (p for p in images if p not in taken):
                 if defect == folders.normal:
                     samples.append(_file_sample(p, 0, "good"))
                 else:
-                    samples.append(_file_sample(p, 1, defect, masks.get(p.stem)))
+                    samples.append(_file_sample(p, 1, defect, ground_truth.get(p.stem) or beside.get(p)))
         return samples + _labelled_by_masks(_images_in(folders.classes))
     if normal is not None:
         raise DataError(f"{root}: MVTec layout without a test/ (or test_public/) folder")
@@ -396,8 +396,8 @@ def load_defects(spec: str) -> list[Sample]:
             return elpv_few_shot(int(spec[len("elpv:") :]))
         except ValueError as exc:
             raise DataError(f"{spec}: expected elpv:<count>, e.g. elpv:10") from exc
-    if glob.has_magic(spec) and not Path(spec).exists():
-        return [_file_sample(p, 1, "defect") for p in _matching_pictures(spec)]
+    if _is_wildcard(spec):
+        return [_file_sample(p, 1, "defect") for p in _without_masks(_matching_pictures(spec))]
     folder = Path(spec)
     if not folder.is_dir():
         raise DataError(f"{spec}: not a folder of defect images (or elpv:<count>)")
@@ -426,7 +426,7 @@ def load_samples(data: str | Sequence[str], split: str) -> list[Sample]:
                             "or 'elpv' for all")
         train, test = elpv_split()
         samples = [s for s in (train if split == "train" else test) if module_type in ("", s.group)]
-    elif glob.has_magic(data) and not Path(data).exists():
+    elif _is_wildcard(data):
         samples = _matching_samples(data, split)
     else:
         samples = _folder_samples(Path(data), split)

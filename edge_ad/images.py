@@ -36,6 +36,9 @@ DARK_CAUSE = ("16-bit files of a 10-, 12- or 14-bit camera read this dark (16-bi
               "range, value / 257), as do pictures taken without light")
 # The normal pictures' folder: MVTec AD and VisA name it good; BTAD, ok; VisA's own download, Normal.
 NORMAL_FOLDERS = ("good", "ok", "normal")
+# A mask saved beside its picture, named as the picture with one of these endings (any case):
+# MVTec's _mask, KolektorSDD2's _GT, KolektorSDD's _label, as some labelling tools export them.
+MASK_ENDINGS = ("_mask", "_gt", "_label")
 COUNTED_UP_TO = 1000  # pictures counted in a subfolder left unread: a share's archive there may hold millions
 COLOR_ORDERS = ("BGR", "RGB", "GRAY")
 GREY_TOLERANCE = 2  # grey levels between the channels of a grey picture (a colour JPEG of one rounds them)
@@ -68,6 +71,21 @@ def pictures_of(path: Path) -> list[Path]:
     if path.is_dir():
         return sorted(p for p in path.iterdir() if is_image_file(p))
     return pictures_matching(str(path))
+
+
+def masks_beside(pictures: list[Path]) -> dict[Path, Path]:
+    """The masks among `pictures`, by their picture: each named as another picture of its folder
+    with one of MASK_ENDINGS (000_mask.png beside 000.png)."""
+    named = {(p.parent, p.stem): p for p in pictures}
+    return {named[p.parent, p.stem[: -len(end)]]: p for p in pictures for end in MASK_ENDINGS
+            if p.stem.lower().endswith(end) and (p.parent, p.stem[: -len(end)]) in named}
+
+
+def masks_left_text(where: str | Path, masks: list[Path]) -> str:
+    """What to say of the masks beside the pictures of a folder or wildcard, left out where
+    pictures of parts are read: scored, each was one more frame of nothing."""
+    return (f"{where}: {len(masks)} mask(s) of the pictures beside them ({masks[0].name}) left out; a mask is no "
+            "picture of a part")
 
 
 def pattern_folder(pattern: str) -> Path:

@@ -28,7 +28,8 @@ import numpy as np
 
 from .camera_certificates import camera_tls
 from .errors import ImageError, SourceError, without_passwords
-from .images import IMAGE_SUFFIXES, no_images_in, pattern_folder, pictures_of, read_image, subfolders_left
+from .images import (IMAGE_SUFFIXES, masks_beside, masks_left_text, no_images_in, pattern_folder, pictures_of,
+                     read_image, subfolders_left)
 from .pipelines import (AUTOMATIC_FEATURE, SETTLING_CAMERAS, UDP_BUFFER_BYTES, SourceOptions, SourcePipeline,
                         check_crop, flip_of, local_path, opencv_input, source_pipeline)
 from .rtp_packets import HEADS, RtpPackets
@@ -700,6 +701,10 @@ class PictureSource:
         # frames are named by their path under it: a wildcard's 'cams/*/part_*.jpg' as cam1/part_1.jpg
         self.folder = path.parent if path.is_file() else path if path.is_dir() else pattern_folder(str(path))
         self.files = pictures_of(path)
+        masks = set(masks_beside(self.files).values())  # as a labelling tool exports them (000_mask.png)
+        if masks:
+            log.warning("%s", masks_left_text(path, sorted(masks)))
+            self.files = [p for p in self.files if p not in masks]
         if path.is_dir():
             if not self.files:
                 raise SourceError(no_images_in(path))

@@ -352,7 +352,7 @@ def _known_defects(spec: str) -> list[Sample]:
     """The known defects of `--defects spec`, and a note of the pictures its folder holds and are
     not read."""
     defects = load_defects(spec)
-    for left in pictures_left(Path(spec)) if Path(spec).is_dir() else []:
+    for left in pictures_left(spec):
         print(f"note: {left}")
     return defects
 

@@ -375,6 +375,39 @@ def test_masks_beside_training_and_defect_pictures_are_no_pictures_of_parts(tmp_
         ("10000.png", 0, None), ("10001.png", 0, None)]
 
 
+def test_masks_beside_pictures_are_no_frames_and_no_pictures_a_wildcard_takes(tmp_path, caplog):
+    """Rejected parts exported with their masks (000_mask.png) and given to `calibrate --defects`
+    counted each mask as one more known defect (40 of 30 cracked cells seen), and `run --input`
+    scored each as a frame; a wildcard given to `train` trained on them, and on the pictures whose
+    masks mark a defect, as good parts."""
+    from edge_ad.datasets import pictures_left, training_pictures_left
+
+    for folder in ("cam1", "cam2"):
+        (tmp_path / folder).mkdir()
+        for stem in ("000", "001"):
+            cv2.imwrite(str(tmp_path / folder / f"{stem}.png"), np.full((32, 32), 100, np.uint8))
+    defect = np.zeros((32, 32), np.uint8)
+    defect[10:14, 10:20] = 255
+    cv2.imwrite(str(tmp_path / "cam1" / "000_mask.png"), np.zeros((32, 32), np.uint8))
+    cv2.imwrite(str(tmp_path / "cam2" / "001_GT.png"), defect)
+    cv2.imwrite(str(tmp_path / "cam2" / "002_mask.png"), defect)  # no picture of its name beside it: a picture itself
+    with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
+        assert [frame.name for frame in open_source(str(tmp_path / "cam1"))] == ["000.png", "001.png"]
+    masks_said = "mask(s) of the pictures beside them (000_mask.png) left out; a mask is no picture of a part"
+    assert caplog.messages == [f"{tmp_path / 'cam1'}: 1 {masks_said}"]
+    everything = str(tmp_path / "**" / "*")
+    parts = ["cam1/000.png", "cam1/001.png", "cam2/000.png", "cam2/001.png", "cam2/002_mask.png"]
+    assert [frame.name for frame in open_source(everything)] == parts
+    assert [Path(s.name).relative_to(tmp_path).as_posix() for s in load_defects(everything)] == parts
+    assert [Path(s.name).relative_to(tmp_path).as_posix() for s in load_samples(everything, "train")] == [
+        "cam1/000.png", "cam1/001.png", "cam2/000.png", "cam2/002_mask.png"]
+    assert pictures_left(everything) == [f"{everything}: 2 {masks_said}"]
+    assert training_pictures_left(everything) == [
+        f"{everything}: 2 {masks_said}",
+        f"{everything}: 1 picture(s) whose mask beside them marks a defect (001.png) left out; training takes good "
+        "parts only"]
+
+
 def test_a_wildcard_trains_on_the_good_parts_of_a_folder_that_holds_both(tmp_path):
     # A vision system's archive: good and rejected parts side by side, told apart by name.
     for name in ("OK_0001.png", "OK_0002.jpg", "NG_0003.png", "OK_0004.txt"):
