@@ -1377,14 +1377,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_service)
 
     p = sub.add_parser("record", help="save pictures of good parts from the line camera, to train on")
-    p.add_argument("--input", help="a camera or stream URI, or a video file")
+    p.add_argument("--input", help="a camera or stream URI, a video file, or a folder or quoted wildcard of pictures "
+                   "(each saved, turned and cropped as run takes it)")
     p.add_argument("--pipeline", help="or your own GStreamer source pipeline ending in 'appsink name=sink' (BGR)")
     _add_sources_choice(p)
     p.add_argument("--out", required=True,
                    help="folder for the pictures, or with --frames 1 a picture's name (frame.png)")
     p.add_argument("--frames", type=_positive_int, default=300, help="pictures to save")
     p.add_argument("--interval", type=_non_negative, default=1.0,
-                   help="seconds between pictures at least (of the video for a file), so they show different parts")
+                   help="seconds between pictures at least (of the video for a file; not for pictures), so they show "
+                   "different parts")
     p.add_argument("--format", choices=("png", "jpg"), default="png",
                    help="of the pictures in a folder (one picture's is its name's); png: lossless (default)")
     _add_source_options(p)  # the camera as `run` opens it

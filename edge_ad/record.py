@@ -2,12 +2,13 @@
 
 Frames come through the same sources as `edge-ad run` (the same camera options and flip, so
 the pictures are the frames `run` will score), at most one per `interval_s` (of the video's
-time for a file, of the clock for a camera), as lossless PNG (or JPEG) files named as `run`'s
-snapshots are, after the source, the capture time and the frame number, so that a second
-recording into the same folder adds to the first; or one frame as the picture named (frame.png,
-the frame a mask is drawn on). Recording stops after `count` pictures, at the end of a file, or
-on SIGINT / SIGTERM, and keeps every picture saved. `record_sources` records several cameras at
-once (a run's --sources), each into its own folder, for a bundle per camera.
+time for a file, of the clock for a camera; every picture of a folder or wildcard), as lossless
+PNG (or JPEG) files named as `run`'s snapshots are, after the source, the capture time and the
+frame number, so that a second recording into the same folder adds to the first; or one frame
+as the picture named (frame.png, the frame a mask is drawn on). Recording stops after `count`
+pictures, at the end of a file, or on SIGINT / SIGTERM, and keeps every picture saved.
+`record_sources` records several cameras at once (a run's --sources), each into its own folder,
+for a bundle per camera.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .files import remove_leftovers, write_atomic
 from .images import IMAGE_SUFFIXES, thumbnail
 from .runner import stop_on_signals
 from .sinks import picture_paths, slug
-from .sources import Source, settled_frames
+from .sources import PictureSource, Source, settled_frames
 
 FORMATS = ("png", "jpg")
 
@@ -66,13 +67,16 @@ def record(
     saved: list[Path] = []
     thumbnails = []
     last = -float("inf")
+    # A folder's pictures come as fast as they are read, each a part of its own (kept with the
+    # crop and flip `run` applies): the clock between them says nothing of the parts.
+    spaced = not isinstance(source, PictureSource)
     with stop_on_signals(stop), tqdm(total=count, desc=label, unit="picture", position=position) as bar:
         try:
             for frame in settled_frames(source, stop):
                 # Stream time for files; the arrival time for live sources, whose stream time starts
                 # again when they reconnect.
                 moment = frame.arrived if source.live else frame.timestamp
-                if moment - last < interval_s - 1e-3:  # frame times are rounded to the nanosecond
+                if spaced and moment - last < interval_s - 1e-3:  # frame times are rounded to the nanosecond
                     continue
                 last = moment
                 (path,) = [out] if single else picture_paths(folder, source.shown, frame.captured, frame.index,

@@ -107,8 +107,7 @@ def test_calibrate_and_record_take_a_source_from_the_sources_file(variant_bundle
     assert data["mask"]["file"] == str(mask) and data["mask"]["inspected"] == 1.0
     assert not (bundles["mono"] / "calibration.yaml").exists()  # only the named source's bundle
 
-    out = edge_ad("record", "--sources", sources, "--source", "line2", "--out", tmp_path / "pictures",
-                  "--interval", 0)
+    out = edge_ad("record", "--sources", sources, "--source", "line2", "--out", tmp_path / "pictures")
     assert out.returncode == 0, out.stderr
     pictures = sorted((tmp_path / "pictures").glob("*.png"))
     first = cv2.imread(str(sorted(cell_folders["poly"].glob("*.png"))[0]))
@@ -171,7 +170,7 @@ def test_record_takes_every_source_at_once_into_a_folder_each(cell_folders, tmp_
     ]}))
     (tmp_path / "good").mkdir()
     (tmp_path / "good" / "line-3").write_text("a file where line 3's folder would go")  # that one cannot record
-    out = edge_ad("record", "--sources", sources, "--out", tmp_path / "good", "--interval", 0)
+    out = edge_ad("record", "--sources", sources, "--out", tmp_path / "good")
     assert out.returncode == 2, out.stderr
     folders = {name: sorted((tmp_path / "good" / name).glob("*.png")) for name in ("line-1", "line-2")}
     assert [len(pictures) for pictures in folders.values()] == [4, 4]  # the others went on
