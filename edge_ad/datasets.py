@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 
 from .errors import DataError, ImageError, shell_word, without_passwords
-from .images import (NORMAL_FOLDERS, as_grey, is_image_file, masks_beside, masks_left_text, no_images_in,
-                     normal_subfolder, pictures_in_subfolders, pictures_matching, read_image, resize_to_input,
-                     subfolders_left, to_rgb, unread_formats, unread_formats_text)
+from .images import (IMAGE_SUFFIXES, NORMAL_FOLDERS, as_grey, is_image_file, masks_beside, masks_left_text,
+                     no_images_in, normal_subfolder, pictures_in_subfolders, pictures_matching, read_image,
+                     resize_to_input, subfolders_left, to_rgb, unread_formats, unread_formats_text)
 from .pipelines import is_v4l2_device, local_path
 from .sinks import FRAME_SUFFIX, OVERLAY_SUFFIX
 
@@ -70,7 +70,17 @@ class Sample:
 
 def _defect_pixels(path: Path) -> np.ndarray:
     """Where the mask at `path` marks a defect (bool): its pixels at DEFECT_LEVEL or above, or, in a
-    mask with no pixel that bright (saved as 0 and 1, or as class numbers), above 0."""
+    mask with no pixel that bright (saved as 0 and 1, or as class numbers), above 0. A folder of
+    masks (MVTec LOCO AD's, one per defect of the image): where any of them marks one."""
+    if path.is_dir():
+        masks = _images_in(path)
+        if not masks:
+            raise ImageError(f"{path}: a folder of masks without any mask image ({' '.join(IMAGE_SUFFIXES)})")
+        defects = [_defect_pixels(mask) for mask in masks]
+        if len({d.shape for d in defects}) > 1:
+            sizes = ", ".join(f"{m.name} {d.shape[1]}x{d.shape[0]}" for m, d in zip(masks, defects))
+            raise ImageError(f"{path}: masks of one image, of different sizes ({sizes})")
+        return np.logical_or.reduce(defects)
     try:
         mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     except cv2.error:  # a damaged header OpenCV asserts on (images.decode_image)
@@ -279,10 +289,14 @@ def _class_folders(folders: _EvaluationFolders) -> list[Path]:
 
 def _mvtec_masks(ground_truth: Path, defect: str) -> dict[str, Path]:
     """The masks of the pictures of `defect` by the name of their image: `ground_truth/<defect>/<image>_mask.png`
-    (MVTec AD), else a mask of the image's own name (VisA as anomalib lays it out, BTAD)."""
+    (MVTec AD), else a mask of the image's own name (VisA as anomalib lays it out, BTAD), else a
+    folder of the image's name of a mask per defect (MVTec LOCO AD: ground_truth/<defect>/000/000.png)."""
     folder = ground_truth / defect
-    files = {p.stem: p for p in _images_in(folder)} if folder.is_dir() else {}
-    return {stem: files[stem] for stem in files if not stem.endswith("_mask")} | \
+    if not folder.is_dir():
+        return {}
+    files = {p.stem: p for p in _images_in(folder)}
+    return {p.name: p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")} | \
+        {stem: files[stem] for stem in files if not stem.endswith("_mask")} | \
         {stem[: -len("_mask")]: path for stem, path in files.items() if stem.endswith("_mask")}
 
 

@@ -107,6 +107,43 @@ def test_mvtec_ad_2_categories_are_read_with_their_public_test_split(mvtec_categ
     assert len(load_samples(str(root), "train")) == 12  # train/good; validation/ is not trained on
 
 
+def test_mvtec_loco_masks_are_a_folder_per_image_read_together(mvtec_category, tmp_path):
+    """MVTec LOCO AD keeps an image's masks in a folder of its name, one per defect
+    (ground_truth/structural_anomalies/000/000.png, 001.png): eval read none and gave no pixel
+    metric, without a word."""
+    import shutil
+
+    from edge_ad.errors import ImageError
+
+    root = tmp_path / "juice_bottle"
+    for split in ("train", "validation", "test"):
+        shutil.copytree(mvtec_category / split.replace("validation", "train") / "good", root / split / "good")
+    shutil.copytree(mvtec_category / "test" / "spot", root / "test" / "structural_anomalies")
+    for mask in sorted((mvtec_category / "ground_truth" / "spot").iterdir()):
+        folder = root / "ground_truth" / "structural_anomalies" / mask.stem.removesuffix("_mask")
+        folder.mkdir(parents=True)
+        whole = cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE)
+        top, bottom = whole.copy(), whole.copy()
+        top[whole.shape[0] // 2 :], bottom[: whole.shape[0] // 2] = 0, 0  # one defect split in two masks
+        cv2.imwrite(str(folder / "000.png"), top)
+        cv2.imwrite(str(folder / "001.png"), bottom)
+    expected, test = load_samples(str(mvtec_category), "test"), load_samples(str(root), "test")
+    assert [(s.label, Path(s.name).name) for s in test] == [(s.label, Path(s.name).name) for s in expected]
+    for got, want in zip(test[4:], expected[4:]):
+        shape = want.image().shape
+        assert got.mask_path.parent.name == "structural_anomalies"
+        assert np.array_equal(got.mask(64, 64, shape), want.mask(64, 64, shape)) and want.mask(64, 64, shape).any()
+    assert len(load_samples(str(root), "train")) == 12  # train/good; validation/ is not trained on
+    first = test[4].mask_path
+    cv2.imwrite(str(first / "001.png"), np.zeros((16, 16), np.uint8))
+    with pytest.raises(ImageError, match=re.escape(f"{first}: masks of one image, of different sizes (000.png ")):
+        test[4].mask(64, 64, test[4].image().shape)
+    shutil.rmtree(first)
+    first.mkdir()
+    with pytest.raises(ImageError, match=re.escape(f"{first}: a folder of masks without any mask image (.png")):
+        test[4].mask(64, 64, test[4].image().shape)
+
+
 def test_a_data_sets_root_names_its_categories(mvtec_category, tmp_path):
     """`--data` at MVTec AD's (or BTAD's) root rather than a category: training said "no image files",
     and eval "a folder of normal images has no test split"."""
