@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 
 from .errors import DataError, ImageError, shell_word, without_passwords
-from .images import (IMAGE_SUFFIXES, NORMAL_FOLDERS, as_grey, is_image_file, masks_beside, masks_left_text,
-                     no_images_in, normal_subfolder, pictures_in_subfolders, pictures_matching, read_image,
-                     resize_to_input, subfolders_left, to_rgb, unread_formats, unread_formats_text)
+from .images import (IMAGE_SUFFIXES, NORMAL_FOLDERS, as_grey, is_image_file, masked_stem, masks_beside,
+                     masks_left_text, no_images_in, normal_subfolder, pictures_in_subfolders, pictures_matching,
+                     read_image, resize_to_input, subfolders_left, to_rgb, unread_formats, unread_formats_text)
 from .pipelines import is_v4l2_device, local_path
 from .sinks import FRAME_SUFFIX, OVERLAY_SUFFIX
 
@@ -181,8 +181,9 @@ def eval_folder_notes(data: str, samples: Sequence[Sample]) -> dict:
     `samples`, each where there is something to say: the pictures it does not read
     (`pictures_not_read`: unread_test_pictures), the pictures in formats not read, per class
     folder (`pictures_in_formats_not_read`), the masks beside their images in a class folder, read
-    as those images' masks and not as test images (`masks_beside_their_images`), and the samples
-    outside the class folders, labelled by the masks beside them
+    as those images' masks and not as test images (`masks_beside_their_images`), the masks of a
+    defect's ground-truth folder named as none of its test images (`masks_of_no_test_image`), and
+    the samples outside the class folders, labelled by the masks beside them
     (`test_images_labelled_by_their_masks`)."""
     folders = _test_folders(data)
     if folders is None:
@@ -195,10 +196,21 @@ def eval_folder_notes(data: str, samples: Sequence[Sample]) -> dict:
                                          if (files := unread_formats(d))},
         "masks_beside_their_images": [str(mask) for d in class_folders
                                       for mask in sorted(masks_beside(_images_in(d)).values())],
+        "masks_of_no_test_image": {str(folders.ground_truth / d.name): {"images": str(d), "masks": len(masks),
+                                                                        "first": masks[0].name}
+                                   for d in class_folders if (masks := _masks_of_no_image(folders.ground_truth, d))},
         "test_images_labelled_by_their_masks": {"folder": str(folders.classes), "normal": labels.count(0),
                                                 "anomalous": labels.count(1)} if labels else None,
     }
     return {key: value for key, value in notes.items() if value}
+
+
+def _masks_of_no_image(ground_truth: Path, class_dir: Path) -> list[Path]:
+    """The masks in the ground-truth folder of the class folder `class_dir` named as none of its
+    pictures (ground_truth/crack/000_defect.png for test/crack/000.png): read as no image's mask,
+    they leave their images out of the pixel metrics, or all of those metrics out."""
+    stems = {p.stem for p in _images_in(class_dir)}
+    return sorted(mask for stem, mask in _mvtec_masks(ground_truth, class_dir.name).items() if stem not in stems)
 
 
 def _labelled_by_masks(images: list[Path]) -> list[Sample]:
@@ -289,15 +301,16 @@ def _class_folders(folders: _EvaluationFolders) -> list[Path]:
 
 def _mvtec_masks(ground_truth: Path, defect: str) -> dict[str, Path]:
     """The masks of the pictures of `defect` by the name of their image: `ground_truth/<defect>/<image>_mask.png`
-    (MVTec AD), else a mask of the image's own name (VisA as anomalib lays it out, BTAD), else a
-    folder of the image's name of a mask per defect (MVTec LOCO AD: ground_truth/<defect>/000/000.png)."""
+    (MVTec AD; or another of MASK_ENDINGS, as _GT), else a mask of the image's own name (VisA as
+    anomalib lays it out, BTAD), else a folder of the image's name of a mask per defect (MVTec
+    LOCO AD: ground_truth/<defect>/000/000.png)."""
     folder = ground_truth / defect
     if not folder.is_dir():
         return {}
-    files = {p.stem: p for p in _images_in(folder)}
+    files = _images_in(folder)
     return {p.name: p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")} | \
-        {stem: files[stem] for stem in files if not stem.endswith("_mask")} | \
-        {stem[: -len("_mask")]: path for stem, path in files.items() if stem.endswith("_mask")}
+        {p.stem: p for p in files if masked_stem(p.stem) is None} | \
+        {stem: p for p in files if (stem := masked_stem(p.stem)) is not None}
 
 
 def _matching_samples(pattern: str, split: str) -> list[Sample]:

@@ -73,12 +73,18 @@ def pictures_of(path: Path) -> list[Path]:
     return pictures_matching(str(path))
 
 
+def masked_stem(stem: str) -> str | None:
+    """The name of the picture that a mask named `stem` is of (000 for 000_mask or 000_GT: one of
+    MASK_ENDINGS), or None where `stem` is named as no mask."""
+    return next((stem[: -len(end)] for end in MASK_ENDINGS if stem.lower().endswith(end)), None)
+
+
 def masks_beside(pictures: list[Path]) -> dict[Path, Path]:
     """The masks among `pictures`, by their picture: each named as another picture of its folder
     with one of MASK_ENDINGS (000_mask.png beside 000.png)."""
     named = {(p.parent, p.stem): p for p in pictures}
-    return {named[p.parent, p.stem[: -len(end)]]: p for p in pictures for end in MASK_ENDINGS
-            if p.stem.lower().endswith(end) and (p.parent, p.stem[: -len(end)]) in named}
+    return {named[p.parent, stem]: p for p in pictures
+            if (stem := masked_stem(p.stem)) is not None and (p.parent, stem) in named}
 
 
 def masks_left_text(where: str | Path, masks: list[Path]) -> str:

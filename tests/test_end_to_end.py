@@ -140,7 +140,9 @@ def test_a_defect_image_without_its_mask_is_left_out_of_the_pixel_metrics(tiny_b
     from export.evaluate import evaluate
 
     category = shutil.copytree(mvtec_category, tmp_path / "cell")
-    (category / "ground_truth" / "spot" / "001_mask.png").unlink()
+    spot_masks = category / "ground_truth" / "spot"
+    (spot_masks / "001_mask.png").rename(spot_masks / "001_defect.png")  # named as no test image: said
+    (spot_masks / "002_mask.png").rename(spot_masks / "002_GT.png")  # KolektorSDD2's ending: read as 002's
     (category / "test" / "spot" / "day2").mkdir()  # and a picture eval does not read, which it says
     shutil.copy(category / "test" / "spot" / "001.png", category / "test" / "spot" / "day2")
     (category / "test" / "spot" / "IMG_0002.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")  # an iPhone's: said too
@@ -148,6 +150,11 @@ def test_a_defect_image_without_its_mask_is_left_out_of_the_pixel_metrics(tiny_b
     report = json.loads((tmp_path / "m.json").read_text())
     assert report["test_images"] == 8 and report["anomalous_images_without_mask"] == [str(category / "test/spot/001.png")]
     assert "note: 1 anomalous image(s) have no ground-truth mask" in out.stderr and "001.png" in out.stderr
+    assert report["masks_of_no_test_image"] == {str(spot_masks): {"images": str(category / "test" / "spot"),
+                                                                  "masks": 1, "first": "001_defect.png"}}
+    assert f"note: {spot_masks}: 1 mask(s) named as no test image of {category / 'test' / 'spot'} (as " \
+           "001_defect.png), read as none's: a mask is named as its image (000.png), or as it with _mask, _GT or " \
+           "_label (000_mask.png), or is a folder of its name" in out.stderr
     assert report["pictures_not_read"] == {str(category / "test" / "spot" / "day2"): 1}
     assert f"note: pictures not read, as they lie outside a class folder or in a subfolder of one (a test " \
            f"picture's kind is the folder it is in: good/, ok/ or normal/, or a folder per defect): " \
