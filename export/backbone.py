@@ -20,6 +20,8 @@ from torch.nn import functional as F
 from edge_ad.bundle import BACKBONES
 from edge_ad.errors import EdgeAdError
 
+from .batching import in_batches
+
 # TensorFlow's EfficientNet-Lite preprocessing: (x - 127) / 128 on RGB in [0, 255].
 LITE_MEAN = 127.0
 LITE_STD = 128.0
@@ -203,3 +205,15 @@ def encoder_from_checkpoint(size: int | Sequence[int], checkpoint: dict) -> Feat
     if "position_whitening" in checkpoint:
         encoder.set_whitening(checkpoint["position_mean"], checkpoint["position_whitening"])
     return encoder
+
+
+def fit_encoder(encoder: FeatureEncoder, raw: torch.Tensor, whitening_eps: float | None, batch_size: int,
+                device: torch.device) -> torch.Tensor:
+    """Fit `encoder`'s channel statistics and, with `whitening_eps`, its position whitening to the
+    raw features `raw` (B, C, h, w) of the training pictures; their features as it now gives them."""
+    encoder.set_statistics(raw.mean(dim=(0, 2, 3)), raw.std(dim=(0, 2, 3)))
+    standardised = in_batches(encoder.standardise, raw, batch_size, device=device)  # no whitening yet
+    if whitening_eps is not None:
+        encoder.set_whitening(*position_whitening(standardised, whitening_eps))
+        standardised = in_batches(encoder.whiten, standardised, batch_size, device=device)
+    return standardised

@@ -26,7 +26,7 @@ from edge_ad.files import writable_later
 from edge_ad.images import DARK, DARK_CAUSE, ENLARGED, is_grey, pixel_digest, resize_to_input, thumbnail
 from edge_ad.pipelines import MAX_CAMERA_SIDE
 
-from .backbone import (BACKBONE_SPECS, DEFAULT_BACKBONE, WHITENING_EPS, FeatureEncoder, input_shape, position_whitening,
+from .backbone import (BACKBONE_SPECS, DEFAULT_BACKBONE, WHITENING_EPS, FeatureEncoder, fit_encoder, input_shape,
                        size_text)
 from .batching import in_batches
 from .bridge_train import BridgeTrainer, build_pairs, load_resume_state
@@ -34,6 +34,7 @@ from .checkpoint import load_checkpoint, save_arrays, save_checkpoint
 from .defects import KINDS
 from .gmm_bridge import GmmBridgeHead, gate_temperature
 from .known_defects import anomalous_patches, push_away
+from .least_typical import MIN_PICTURES, PICTURE, least_typical, other_half_maps, write_picture
 from .prototype import greedy_coreset
 from .torch_device import device_text, training_device, unused_gpu_note
 
@@ -281,15 +282,16 @@ def train(config: TrainConfig, out: Path) -> Path:
     if note := unused_gpu_note(device):
         print(f"note: {note}")
     encoder = FeatureEncoder((height, width), config.backbone).to(device)
-    feats = in_batches(encoder.raw_features, inputs[train_idx], config.batch_size, "features", device)
-    mean, std = feats.mean(dim=(0, 2, 3)), feats.std(dim=(0, 2, 3))
-    encoder.set_statistics(mean, std)
-    standardised = in_batches(encoder.standardise, feats, config.batch_size, device=device)  # no whitening yet
-    if config.position_whitening:
-        encoder.set_whitening(*position_whitening(standardised, config.whitening_eps))
-        standardised = in_batches(encoder.whiten, standardised, config.batch_size, device=device)
+    raw = in_batches(encoder.raw_features, inputs, config.batch_size, "features", device)
+    whitening_eps = config.whitening_eps if config.position_whitening else None
+    maps = other_half_maps(raw, lambda: FeatureEncoder((height, width), config.backbone).to(device), whitening_eps,
+                           prototype_count(config), config.seed, config.batch_size, device) \
+        if len(inputs) >= MIN_PICTURES else None
+    raw_train = raw[train_idx]
+    del raw  # the fit holds two more copies of the features: its peak stays what it was before least_typical
+    standardised = fit_encoder(encoder, raw_train, whitening_eps, config.batch_size, device)
     patches = standardised.permute(0, 2, 3, 1).reshape(-1, standardised.shape[1])
-    del feats, standardised
+    del raw_train, standardised
     prototypes = greedy_coreset(patches, prototype_count(config), config.seed)
     timings = {}
     if defects:
@@ -309,6 +311,7 @@ def train(config: TrainConfig, out: Path) -> Path:
         checkpoint["tau"] = torch.tensor(gate_temperature(patches, prototypes, config.seed))
     del patches
     out.mkdir(parents=True, exist_ok=True)
+    typical = _least_typical(maps, inputs, names, out) if maps is not None else []
     losses = {}
     if config.model == "bridge":
         losses = _train_bridge(config, encoder, checkpoint, inputs[train_idx], out, resume, device)
@@ -339,6 +342,7 @@ def train(config: TrainConfig, out: Path) -> Path:
         # of all of them: `run` and `calibrate` say when the frames are far darker (Bundle.dark_frames_note)
         "brightest_pixel": max(p.brightest for p in pictures),
         "notes": notes,  # what training said of its pictures; the bundle keeps them and `doctor` shows them
+        "least_typical": typical,  # each picture's score (largest distance) by the model of the other half
         "prototypes": int(prototypes.shape[0]),
         "train_seconds": round(time.time() - started, 1),
         **timings,
@@ -346,6 +350,20 @@ def train(config: TrainConfig, out: Path) -> Path:
     }
     write_yaml_atomic(out / CONFIG, record)
     return out
+
+
+def _least_typical(maps: np.ndarray, inputs: np.ndarray, names: list[str], out: Path) -> list[dict]:
+    """Say which training pictures are least like the others (least_typical.py), with a picture of
+    them in `out`; what config.yaml records of them."""
+    picked = least_typical(maps.max(axis=(1, 2)))
+    if not picked:
+        return []
+    drawn = write_picture(out / PICTURE, inputs, maps, picked, names)
+    listed = ", ".join(Path(names[i]).name for i in picked[:3]) + (", ..." if len(picked) > 3 else "")
+    print(f"note: the {len(picked)} training pictures least like the others, each scored as a new part by a model "
+          f"of the other half of them: {listed}; {drawn} shows where each differs. Look at them: a defective part "
+          "among the good ones is learnt as a good one")
+    return [{"picture": os.path.abspath(names[i]), "distance": round(float(maps[i].max()), 4)} for i in picked]
 
 
 def _known_defects(spec: str) -> list[Sample]:

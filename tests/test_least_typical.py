@@ -1,0 +1,45 @@
+"""export/least_typical.py: the training pictures least like the others, listed and drawn by `train`."""
+
+import shutil
+
+import cv2
+import numpy as np
+import yaml
+
+from conftest import TINY_INPUT, TINY_PROTOTYPES, _bgr, add_spot
+from export.least_typical import PICTURE, least_typical
+
+
+def test_one_picture_in_five_is_listed_at_most_eight():
+    scores = np.arange(200, dtype=float)
+    assert least_typical(scores[:20]) == [19, 18, 17, 16]
+    assert least_typical(scores) == list(range(199, 191, -1))
+
+
+def test_train_lists_and_draws_a_defective_part_among_the_good_ones(elpv_samples, tmp_path, capsys):
+    """Scored by the model of all the pictures, leaving out only its own prototypes, the spotted
+    cell was 9th of 25 (the whitening is fitted to it too): by that of the other half, 1st."""
+    from export.train import TrainConfig, train
+
+    data = tmp_path / "good"
+    data.mkdir()
+    for sample in elpv_samples[0][:24]:
+        cv2.imwrite(str(data / f"{sample.name.split(':')[1]}.png"), _bgr(sample))
+    spotted, _ = add_spot(_bgr(elpv_samples[0][24]), np.random.default_rng(0))
+    cv2.imwrite(str(data / "slipped_in.png"), spotted)  # a rejected part, put with the good ones by mistake
+    run = train(TrainConfig(data=str(data), input_size=TINY_INPUT, prototypes=TINY_PROTOTYPES), tmp_path / "run")
+    listed = yaml.safe_load((run / "config.yaml").read_text())["least_typical"]
+    assert len(listed) == 5 and listed[0]["picture"] == str(data / "slipped_in.png")  # 25 pictures: 5 listed
+    said = capsys.readouterr().out
+    assert "note: the 5 training pictures least like the others, each scored as a new part by a model of the other " \
+           "half of them: slipped_in.png, " in said and f"; {run / PICTURE} shows where each differs" in said
+    drawn = cv2.imread(str(run / PICTURE))
+    assert drawn is not None and drawn.shape[0] > 200
+    few = tmp_path / "few"
+    few.mkdir()
+    for picture in sorted(data.glob("*.png"))[:19]:
+        shutil.copy(picture, few)
+    fewer = train(TrainConfig(data=str(few), input_size=TINY_INPUT, prototypes=TINY_PROTOTYPES),
+                  tmp_path / "fewer")  # fewer than 20: none is listed
+    assert yaml.safe_load((fewer / "config.yaml").read_text())["least_typical"] == []
+    assert not (fewer / PICTURE).exists()
