@@ -414,7 +414,7 @@ def test_masks_beside_training_and_defect_pictures_are_no_pictures_of_parts(tmp_
 
 def test_masks_beside_pictures_are_no_frames_and_no_pictures_a_wildcard_takes(tmp_path, caplog):
     """Rejected parts exported with their masks (000_mask.png) and given to `calibrate --defects`
-    counted each mask as one more known defect (40 of 30 cracked cells seen), and `run --input`
+    counted each mask as one more known defect (40 for 30 cracked cells, seen), and `run --input`
     scored each as a frame; a wildcard given to `train` trained on them, and on the pictures whose
     masks mark a defect, as good parts."""
     from edge_ad.datasets import pictures_left, training_pictures_left
