@@ -82,9 +82,9 @@ def eval_notes(report: dict) -> list[str]:
         notes.append(f"{len(beside)} picture(s) named as the mask of a test image beside them ({beside[0]}) are read "
                      "as its mask, not as test images")
     for folder, masks in report.get("masks_of_no_test_image", {}).items():
-        notes.append(f"{folder}: {masks['masks']} mask(s) named as no test image of {masks['images']} (as "
-                     f"{masks['first']}), read as none's: a mask is named as its image (000.png), or as it with _mask, "
-                     "_GT or _label (000_mask.png), or is a folder of its name")
+        notes.append(f"{folder}: {masks['masks']} mask(s) named as none of the test images of {masks['images']} (as "
+                     f"{masks['first']}), so not read: a mask is named as its image (000.png), as it with _mask, _GT or "
+                     "_label (000_mask.png), or is a folder of its name")
     labelled = report.get("test_images_labelled_by_their_masks")
     if labelled:
         count = labelled["normal"] + labelled["anomalous"]

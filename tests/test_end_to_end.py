@@ -152,9 +152,9 @@ def test_a_defect_image_without_its_mask_is_left_out_of_the_pixel_metrics(tiny_b
     assert "note: 1 anomalous image(s) have no ground-truth mask" in out.stderr and "001.png" in out.stderr
     assert report["masks_of_no_test_image"] == {str(spot_masks): {"images": str(category / "test" / "spot"),
                                                                   "masks": 1, "first": "001_defect.png"}}
-    assert f"note: {spot_masks}: 1 mask(s) named as no test image of {category / 'test' / 'spot'} (as " \
-           "001_defect.png), read as none's: a mask is named as its image (000.png), or as it with _mask, _GT or " \
-           "_label (000_mask.png), or is a folder of its name" in out.stderr
+    assert f"note: {spot_masks}: 1 mask(s) named as none of the test images of {category / 'test' / 'spot'} (as " \
+           "001_defect.png), so not read: a mask is named as its image (000.png), as it with _mask, _GT or _label " \
+           "(000_mask.png), or is a folder of its name" in out.stderr
     assert report["pictures_not_read"] == {str(category / "test" / "spot" / "day2"): 1}
     assert f"note: pictures not read, as they lie outside a class folder or in a subfolder of one (a test " \
            f"picture's kind is the folder it is in: good/, ok/ or normal/, or a folder per defect): " \
