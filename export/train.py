@@ -363,7 +363,9 @@ def _least_typical(maps: np.ndarray, inputs: np.ndarray, names: list[str], out: 
     print(f"note: the {len(picked)} training pictures least like the others, each scored as a new part by a model "
           f"of the other half of them: {listed}; {drawn} shows where each differs. Look at them: a defective part "
           "among the good ones is learnt as a good one")
-    return [{"picture": os.path.abspath(names[i]), "distance": round(float(maps[i].max()), 4)} for i in picked]
+    # a file by its absolute path, for a person reading config.yaml from elsewhere; elpv:0409 as it is
+    return [{"picture": os.path.abspath(names[i]) if os.path.exists(names[i]) else names[i],
+             "distance": round(float(maps[i].max()), 4)} for i in picked]
 
 
 def _known_defects(spec: str) -> list[Sample]:
