@@ -43,3 +43,16 @@ def test_train_lists_and_draws_a_defective_part_among_the_good_ones(elpv_samples
                   tmp_path / "fewer")  # fewer than 20: none is listed
     assert yaml.safe_load((fewer / "config.yaml").read_text())["least_typical"] == []
     assert not (fewer / PICTURE).exists()
+
+
+def test_pictures_that_are_not_files_are_recorded_by_their_names(tmp_path, capsys):
+    """ELPV's cells are named elpv:0409: recorded as paths, they were put under the folder train ran in."""
+    from export.train import _least_typical
+
+    maps = np.zeros((20, 4, 4), np.float32)
+    maps[7, 1, 2] = 3.0
+    listed = _least_typical(maps, np.zeros((20, 64, 64, 3), np.uint8), [f"elpv:{i:04d}" for i in range(20)], tmp_path)
+    assert [entry["picture"] for entry in listed][:1] == ["elpv:0007"] and len(listed) == 4
+    assert listed[0]["distance"] == 3.0 and (tmp_path / PICTURE).exists()
+    assert "least like the others, each scored as a new part by a model of the other half of them: elpv:0007, " in \
+        capsys.readouterr().out
