@@ -308,7 +308,9 @@ def _mvtec_masks(ground_truth: Path, defect: str) -> dict[str, Path]:
     if not folder.is_dir():
         return {}
     files = _images_in(folder)
-    return {p.name: p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")} | \
+    # asked what it is only for a name without a picture's suffix: a share's folder of masks is not stat'ed twice
+    folders = [p for p in folder.iterdir() if p.suffix.lower() not in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    return {p.name: p for p in folders if p.is_dir()} | \
         {p.stem: p for p in files if masked_stem(p.stem) is None} | \
         {stem: p for p in files if (stem := masked_stem(p.stem)) is not None}
 
