@@ -1382,7 +1382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", help="or your own GStreamer source pipeline ending in 'appsink name=sink' (BGR)")
     _add_sources_choice(p)
     p.add_argument("--out", required=True,
-                   help="folder for the pictures, or with --frames 1 a picture's name (frame.png)")
+                   help="folder for the pictures (those of a folder or wildcard keep their names; not the folder "
+                        "read), or with --frames 1 a picture's name (frame.png)")
     p.add_argument("--frames", type=_positive_int, default=300, help="pictures to save")
     p.add_argument("--interval", type=_non_negative, default=1.0,
                    help="seconds between pictures at least (of the video for a file; not for pictures), so they show "

@@ -1,14 +1,14 @@
 """`edge-ad record`: pictures of good parts from the line camera, to train and calibrate on.
 
-Frames come through the same sources as `edge-ad run` (the same camera options and flip, so
-the pictures are the frames `run` will score), at most one per `interval_s` (of the video's
-time for a file, of the clock for a camera; every picture of a folder or wildcard), as lossless
-PNG (or JPEG) files named as `run`'s snapshots are, after the source, the capture time and the
-frame number, so that a second recording into the same folder adds to the first; or one frame
-as the picture named (frame.png, the frame a mask is drawn on). Recording stops after `count`
-pictures, at the end of a file, or on SIGINT / SIGTERM, and keeps every picture saved.
-`record_sources` records several cameras at once (a run's --sources), each into its own folder,
-for a bundle per camera.
+Frames come through the same sources as `edge-ad run` (the same camera options and flip, so the
+pictures are the frames `run` will score), at most one per `interval_s` (of the video's time for
+a file, of the clock for a camera; every picture of a folder or wildcard, followed or not), as
+lossless PNG (or JPEG) files named as `run`'s snapshots are, after the source, the capture time
+and the frame number, so that a second recording into the same folder adds to the first (a
+folder's pictures keep their own names: picture_path); or one frame as the picture named
+(frame.png, the frame a mask is drawn on). Recording stops after `count` pictures, at the end of
+a file, or on SIGINT / SIGTERM, and keeps every picture saved. `record_sources` records several
+cameras at once (a run's --sources), each into its own folder, for a bundle per camera.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from calibration.statistics import COPIES_SHARE, near_duplicates
 
 from .errors import EdgeAdError, os_reason
 from .files import remove_leftovers, write_atomic
+from .followed_pictures import FollowedPictures
 from .images import IMAGE_SUFFIXES, thumbnail
 from .runner import stop_on_signals
 from .sinks import picture_paths, slug
@@ -36,6 +37,19 @@ def one_picture(out: Path) -> bool:
     """Whether `--out` names one picture (frame.png: a name edge-ad reads as a picture) rather
     than a folder of pictures; a folder that exists keeps its meaning, whatever its name."""
     return out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
+
+
+def picture_path(folder: Path, name: str, suffix: str) -> Path:
+    """Where a picture of a folder or wildcard, `name` under it, is saved: under its own name
+    (a wildcard's cam1/part_7.jpg as cam1_part_7.png), so that each can be traced to the picture
+    it was cut from (a serial number, a label given later); -2, -3, ... where that name is taken
+    (a second recording, the input folder itself), as nothing is written over."""
+    stem = "_".join(Path(name).with_suffix("").parts)
+    path, n = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}-{n}{suffix}"
+    return path
 
 
 def record(
@@ -67,9 +81,10 @@ def record(
     saved: list[Path] = []
     thumbnails = []
     last = -float("inf")
-    # A folder's pictures come as fast as they are read, each a part of its own (kept with the
-    # crop and flip `run` applies): the clock between them says nothing of the parts.
-    spaced = not isinstance(source, PictureSource)
+    # A folder's pictures come as fast as they are read, a followed folder's as the line puts them
+    # there, each a part of its own (kept with the crop and flip `run` applies): the clock between
+    # them says nothing of the parts.
+    spaced = not isinstance(source, (PictureSource, FollowedPictures))
     with stop_on_signals(stop), tqdm(total=count, desc=label, unit="picture", position=position) as bar:
         try:
             for frame in settled_frames(source, stop):
@@ -79,8 +94,12 @@ def record(
                 if spaced and moment - last < interval_s - 1e-3:  # frame times are rounded to the nanosecond
                     continue
                 last = moment
-                (path,) = [out] if single else picture_paths(folder, source.shown, frame.captured, frame.index,
-                                                             (f".{fmt}",))
+                if single:
+                    path = out
+                elif spaced:
+                    (path,) = picture_paths(folder, source.shown, frame.captured, frame.index, (f".{fmt}",))
+                else:
+                    path = picture_path(folder, frame.name, f".{fmt}")
                 try:
                     ok, data = cv2.imencode(path.suffix, frame.image)
                 except cv2.error:
@@ -102,9 +121,10 @@ def record(
             source.close()
         share = near_duplicates(np.stack(thumbnails)) if thumbnails else 0.0
         if share >= COPIES_SHARE:
+            advice = " Record while parts pass, or with a longer --interval" if spaced else ""
             bar.write(f"{label}: {share:.0%} of the pictures after the first are near-copies of the one before (parts "
                       "at rest in view, a stopped line): they show fewer parts than pictures, and a model trained on "
-                      "them learns fewer. Record while parts pass, or with a longer --interval")
+                      f"them learns fewer.{advice}")
     return saved
 
 

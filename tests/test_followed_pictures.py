@@ -92,6 +92,25 @@ def test_new_pictures_are_read_once_in_the_order_they_arrived_and_earlier_ones_l
     assert source.skipped == []
 
 
+def test_record_saves_every_picture_that_arrives_under_its_own_name(tmp_path):
+    """`record --follow`: the line's vision PC puts its pictures into the folder, each a part, at
+    times of its own; spaced by --interval on the clock, only the first of three that came
+    together was saved (and named by the time it was read)."""
+    from edge_ad.record import record
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    source, stop, saved = open_source(str(incoming), FOLLOW), threading.Event(), []
+    thread = threading.Thread(target=lambda: saved.extend(record(source, tmp_path / "good", 3, stop=stop)))
+    thread.start()
+    for name, shade in (("x.png", 60), ("y.jpg", 90), ("z.png", 120)):
+        (incoming / name).write_bytes(encoded(picture(shade), Path(name).suffix))
+    thread.join(30)
+    stop.set()
+    assert sorted(p.name for p in saved) == ["x.png", "y.png", "z.png"]
+    assert np.array_equal(cv2.imread(str(tmp_path / "good" / "z.png")), picture(120))
+
+
 def test_a_picture_still_being_written_is_read_whole_once_it_is(tmp_path):
     source = open_source(str(tmp_path), FOLLOW)
     reader = Reader(source)

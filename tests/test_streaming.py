@@ -1133,6 +1133,29 @@ def test_record_says_when_its_pictures_are_near_copies(normal_folder, tmp_path, 
     assert "near-copies" not in capsys.readouterr().out  # six different cells
 
 
+def test_record_keeps_a_folder_s_picture_names_and_writes_over_none(normal_folder, tmp_path):
+    """A folder's pictures, turned and cropped as `run` takes them, keep their names, so each can be
+    traced to the picture it was cut from (a serial number, a label given later); before, they were
+    named by the time and order of reading. A name taken is not written over."""
+    from edge_ad.record import record
+
+    first, second = (cv2.imread(str(p)) for p in sorted(normal_folder.glob("*.png"))[:2])
+    cams = tmp_path / "cams"
+    for cam, picture, suffix in (("cam1", first, ".png"), ("cam2", second, ".jpg")):
+        (cams / cam).mkdir(parents=True)
+        cv2.imwrite(str(cams / cam / f"part_7{suffix}"), picture)
+    out = tmp_path / "good"
+    saved = record(open_source(f"{cams}/*/*"), out, count=10)  # a wildcard's two folders: the same name
+    assert [p.name for p in saved] == ["cam1_part_7.png", "cam2_part_7.png"]
+    assert [p.name for p in record(open_source(str(cams / "cam1")), out, count=10)] == ["part_7.png"]
+    assert [p.name for p in record(open_source(str(cams / "cam1")), out, count=10, fmt="jpg")] == ["part_7.jpg"]
+    assert [p.name for p in record(open_source(str(cams / "cam1")), out, count=10)] == ["part_7-2.png"]
+    into_itself = record(open_source(str(cams / "cam1")), cams / "cam1", count=10)
+    assert [p.name for p in into_itself] == ["part_7-2.png"]
+    np.testing.assert_array_equal(cv2.imread(str(cams / "cam1" / "part_7.png")), first)  # the input kept
+    np.testing.assert_array_equal(cv2.imread(str(out / "cam1_part_7.png")), first)
+
+
 def test_recording_every_camera_raises_what_stopped_one_once_the_others_are_done(tmp_path, monkeypatch):
     """A camera's recording stopped by memory run out (or a fault of edge-ad's own) was left in
     its thread: the thread's traceback, then a KeyError of the source's name instead of report_errors'
