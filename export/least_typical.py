@@ -36,11 +36,11 @@ def other_half_maps(raw: torch.Tensor, new_encoder: Callable[[], FeatureEncoder]
     whitening (None: none), `prototypes` their count."""
     halves = [np.sort(half) for half in np.array_split(np.random.default_rng(seed).permutation(len(raw)), 2)]
     maps = np.empty((len(raw), *raw.shape[2:]), np.float32)
-    for fitted, scored in (halves, halves[::-1]):
+    for half, (fitted, scored) in enumerate((halves, halves[::-1]), 1):
         encoder = new_encoder()
         features = fit_encoder(encoder, raw[fitted], whitening_eps, batch_size, device)
         head = PrototypeHead(greedy_coreset(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]), prototypes,
-                                            seed)).to(device)
+                                            seed, f"least typical: half {half} of 2")).to(device)
         del features
         maps[scored] = in_batches(lambda x: head(encoder.standardise(x)), raw[scored], batch_size,
                                   device=device)[:, 0].numpy()

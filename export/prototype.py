@@ -17,8 +17,9 @@ MAX_CANDIDATES = 200_000
 PROJECTION_DIM = 128
 
 
-def greedy_coreset(features: torch.Tensor, count: int, seed: int) -> torch.Tensor:
-    """Pick `count` rows of `features` (N, C) that cover them best (k-center greedy).
+def greedy_coreset(features: torch.Tensor, count: int, seed: int, label: str = "coreset") -> torch.Tensor:
+    """Pick `count` rows of `features` (N, C) that cover them best (k-center greedy); `label`
+    names its progress bar.
 
     Distances are computed in a random projection to PROJECTION_DIM dimensions (as PatchCore
     does) for speed; the selected rows are returned in full dimension.
@@ -40,7 +41,7 @@ def greedy_coreset(features: torch.Tensor, count: int, seed: int) -> torch.Tenso
     first = int(torch.randint(features.shape[0], (1,), generator=generator))
     selected = [first]
     min_dist = sq_dist_to(first)
-    for _ in tqdm(range(count - 1), desc="coreset", unit="proto"):
+    for _ in tqdm(range(count - 1), desc=label, unit="proto"):
         index = int(torch.argmax(min_dist))
         selected.append(index)
         torch.minimum(min_dist, sq_dist_to(index), out=min_dist)
