@@ -539,7 +539,7 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
     from .files import writable_later
     from .masks import InspectionMask
     from .pipelines import opencv_input
-    from .sources import open_source
+    from .sources import PictureSource, open_source
     from .streams import bundle_of, calibration_folder
     from .variants import VariantDetector, detectors_by_variant, load_detector
 
@@ -549,6 +549,8 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
         _refuse_defects_among_frames(stream.input, args.defects)
     source = open_source(stream.input, stream.options, pipeline=stream.pipeline)  # a bad input fails first
     try:
+        if isinstance(source, PictureSource):
+            source.keep_only(defective=False, why="normal frames are pictures of good parts")
         detector = load_detector(bundle, backend=args.backend, steps=args.steps, dla_core=args.dla_core)
         if stream.calibration:  # variants are told apart by this camera's numbers, as `run` will
             try:
@@ -593,6 +595,8 @@ def _calibrate_stream(stream, args: argparse.Namespace) -> None:
             if defect_source.live:  # its frames would be read for ever
                 raise EdgeAdError(f"--defects {args.defects}: a live source's frames do not end; give a folder, a "
                                   "wildcard or a clip of known bad parts")
+            if isinstance(defect_source, PictureSource):
+                defect_source.keep_only(defective=True, why="known defects are pictures of defective parts")
             frames = {digest for collected in kept.values() for digest in collected.digests}
             among = []  # copies of the frames' pictures (a rejected part copied into good/), by pixels
             for frame in tqdm(defect_source.frames(), desc="known defects", unit="frame"):

@@ -221,24 +221,35 @@ def _labelled_by_masks(images: list[Path]) -> list[Sample]:
             _file_sample(image, 0, "good") for image, mask in sorted(masks_beside(images).items())]
 
 
-def _without_masks(images: list[Path]) -> list[Path]:
-    """A folder of known defect pictures less the masks beside them (000_mask.png): a mask is no
-    picture of a part."""
-    masks = set(masks_beside(images).values())
-    return [p for p in images if p not in masks]
+def _defect_pictures(images: list[Path]) -> list[Path]:
+    """A folder of known defect pictures less the masks beside them (000_mask.png: a mask is no
+    picture of a part), and less the pictures whose mask marks no defect (KolektorSDD2's test/
+    keeps a black 10000_GT.png beside each picture of a good part)."""
+    masks = masks_beside(images)
+    left = set(masks.values()) | set(marked(masks, defective=False))
+    return [p for p in images if p not in left]
 
 
 def _good_pictures(images: list[Path]) -> list[Path]:
     """A folder of training pictures less the masks beside them, and less the pictures whose mask
     marks a defect (KolektorSDD2's train/ keeps a 10000_GT.png beside each picture, and 246 of its
     2,331 pictures are of defective parts): training takes good parts only."""
-    defective = set(_marked_defective(images))
-    return [p for p in _without_masks(images) if p not in defective]
+    masks = masks_beside(images)
+    left = set(masks.values()) | set(marked(masks, defective=True))
+    return [p for p in images if p not in left]
 
 
-def _marked_defective(images: list[Path]) -> list[Path]:
-    """The pictures whose mask beside them marks a defect."""
-    return [image for image, mask in sorted(masks_beside(images).items()) if _defect_pixels(mask).any()]
+def marked(masks: dict[Path, Path], defective: bool) -> list[Path]:
+    """The pictures of `masks` (each picture's mask beside it: images.masks_beside) whose mask
+    marks a defect (`defective`), or marks none (a good part's)."""
+    return [image for image, mask in sorted(masks.items()) if _defect_pixels(mask).any() == defective]
+
+
+def marked_left_text(where: str | Path, pictures: list[Path], defective: bool, why: str) -> str:
+    """What to say of the `pictures` of a folder or wildcard left out because their masks beside
+    them mark a defect (`defective`) or none, `why` saying what is read instead."""
+    return (f"{where}: {len(pictures)} picture(s) whose mask beside them marks {'a' if defective else 'no'} defect "
+            f"({pictures[0].name}) left out; {why}")
 
 
 def _test_folders(data: str) -> _EvaluationFolders | None:
@@ -259,9 +270,23 @@ def training_pictures_left(data: str) -> list[str]:
     else:
         return []
     said = pictures_left(where)
-    if defective := _marked_defective(pictures):
-        said.append(f"{where}: {len(defective)} picture(s) whose mask beside them marks a defect "
-                    f"({defective[0].name}) left out; training takes good parts only")
+    if defective := marked(masks_beside(pictures), defective=True):
+        said.append(marked_left_text(where, defective, True, "training takes good parts only"))
+    return said
+
+
+def known_defects_left(spec: str) -> list[str]:
+    """What to say of the pictures that the known defects `spec` (a folder or a wildcard) holds and
+    are not read (pictures_left), and of those of good parts by their masks beside them."""
+    if _is_wildcard(spec):
+        pictures = pictures_matching(spec)
+    elif Path(spec).is_dir():
+        pictures = _images_in(Path(spec))
+    else:
+        return []
+    said = pictures_left(spec)
+    if good := marked(masks_beside(pictures), defective=False):
+        said.append(marked_left_text(spec, good, False, "known defects are pictures of defective parts"))
     return said
 
 
@@ -426,11 +451,11 @@ def load_defects(spec: str) -> list[Sample]:
         except ValueError as exc:
             raise DataError(f"{spec}: expected elpv:<count>, e.g. elpv:10") from exc
     if _is_wildcard(spec):
-        return [_file_sample(p, 1, "defect") for p in _without_masks(_matching_pictures(spec))]
+        return [_file_sample(p, 1, "defect") for p in _defect_pictures(_matching_pictures(spec))]
     folder = Path(spec)
     if not folder.is_dir():
         raise DataError(f"{spec}: not a folder of defect images (or elpv:<count>)")
-    return [_file_sample(p, 1, "defect") for p in _without_masks(_images_in(folder, required=True))]
+    return [_file_sample(p, 1, "defect") for p in _defect_pictures(_images_in(folder, required=True))]
 
 
 def load_samples(data: str | Sequence[str], split: str) -> list[Sample]:

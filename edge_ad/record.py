@@ -69,6 +69,8 @@ def record(
     if fmt not in FORMATS:
         source.close()
         raise EdgeAdError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    if isinstance(source, PictureSource):
+        source.keep_only(defective=False, why="record saves pictures of good parts, to train on")
     folder = out.parent if single else out
     try:
         folder.mkdir(parents=True, exist_ok=True)

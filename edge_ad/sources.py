@@ -701,9 +701,10 @@ class PictureSource:
         # frames are named by their path under it: a wildcard's 'cams/*/part_*.jpg' as cam1/part_1.jpg
         self.folder = path.parent if path.is_file() else path if path.is_dir() else pattern_folder(str(path))
         self.files = pictures_of(path)
-        masks = set(masks_beside(self.files).values())  # as a labelling tool exports them (000_mask.png)
-        if masks:
-            log.warning("%s", masks_left_text(path, sorted(masks)))
+        self.masks = masks_beside(self.files)  # by picture, as a labelling tool exports them (000_mask.png)
+        if self.masks:
+            log.warning("%s", masks_left_text(path, sorted(self.masks.values())))
+            masks = set(self.masks.values())
             self.files = [p for p in self.files if p not in masks]
         if path.is_dir():
             if not self.files:
@@ -714,6 +715,21 @@ class PictureSource:
             raise SourceError(f"{path}: no picture matches this pattern (the suffixes read: "
                               f"{', '.join(IMAGE_SUFFIXES)})")
         self.skipped: list[str] = []
+
+    def keep_only(self, defective: bool, why: str) -> None:
+        """Leave out the pictures whose mask beside them says they are of other parts than those
+        read: of defective parts where good ones are (`defective` False: calibrate's normal frames,
+        record's pictures to train on), of good parts (a mask marking nothing) where known defects
+        are; pictures without a mask stay. Said with how many, the first, and `why`."""
+        from .datasets import marked, marked_left_text
+
+        other = marked(self.masks, not defective)
+        if other:
+            log.warning("%s", marked_left_text(self.uri, other, not defective, why))
+            left = set(other)
+            self.files = [p for p in self.files if p not in left]
+            if not self.files:
+                raise SourceError(f"{self.uri}: no picture left to read (above)")
 
     def frames(self, stop: threading.Event | None = None) -> Iterator[Frame]:
         index = passes = 0

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from calibration.statistics import COPIES_SHARE, near_copies
 from edge_ad import __version__, picture_lists
 from edge_ad.bundle import ASPECT_SLACK, MODEL_TYPES, read_yaml, write_yaml_atomic
-from edge_ad.datasets import (Sample, data_text, load_defects, load_samples, pictures_left, read_all,
+from edge_ad.datasets import (Sample, data_text, known_defects_left, load_defects, load_samples, read_all,
                               training_pictures_left, training_sources, without_overlays)
 from edge_ad.errors import DataError
 from edge_ad.files import writable_later
@@ -372,7 +372,7 @@ def _known_defects(spec: str) -> list[Sample]:
     """The known defects of `--defects spec`, and a note of the pictures its folder holds and are
     not read."""
     defects = load_defects(spec)
-    for left in pictures_left(spec):
+    for left in known_defects_left(spec):
         print(f"note: {left}")
     return defects
 

@@ -381,9 +381,10 @@ def test_pictures_in_formats_not_read_are_said_not_passed_over(tmp_path):
 
 def test_masks_beside_training_and_defect_pictures_are_no_pictures_of_parts(tmp_path):
     """KolektorSDD2 keeps a 000_GT.png beside every picture (black for a good part): trained on,
-    each was one more normal picture, of nothing; and a picture whose mask marks a defect (246 of
-    its 2,331 training pictures) was trained on as a good part."""
-    from edge_ad.datasets import training_pictures_left
+    each was one more normal picture, of nothing; a picture whose mask marks a defect (246 of its
+    2,331 training pictures) was trained on as a good part; and as known defects, the pictures
+    whose mask marks none were taken for defective parts."""
+    from edge_ad.datasets import known_defects_left, training_pictures_left
 
     category = tmp_path / "ksdd2"
     for folder in ("train/good", "test/good", "test/crack"):
@@ -404,8 +405,11 @@ def test_masks_beside_training_and_defect_pictures_are_no_pictures_of_parts(tmp_
         assert [Path(s.name).name for s in load_samples(str(data), "train")] == ["10000.png", "10002_GT.png"]
     assert training_pictures_left(str(train))[1:] == [f"{train}: 1 picture(s) whose mask beside them marks a defect "
                                                       "(10001.png) left out; training takes good parts only"]
-    defects = load_defects(str(category / "test" / "crack"))
-    assert [Path(s.name).name for s in defects] == ["10000.png", "10001.png"]
+    crack = category / "test" / "crack"
+    cv2.imwrite(str(crack / "10001_GT.png"), defect)
+    assert [Path(s.name).name for s in load_defects(str(crack))] == ["10001.png"]
+    assert known_defects_left(str(crack))[1:] == [f"{crack}: 1 picture(s) whose mask beside them marks no defect "
+                                                  "(10000.png) left out; known defects are pictures of defective parts"]
     test = load_samples(str(category), "test")
     assert [(Path(s.name).name, s.label, s.mask_path and s.mask_path.name) for s in test] == [
         ("10000.png", 1, "10000_GT.png"), ("10001.png", 1, "10001_GT.png"),
@@ -416,7 +420,8 @@ def test_masks_beside_pictures_are_no_frames_and_no_pictures_a_wildcard_takes(tm
     """Rejected parts exported with their masks (000_mask.png) and given to `calibrate --defects`
     counted each mask as one more known defect (40 for 30 cracked cells, seen), and `run --input`
     scored each as a frame; a wildcard given to `train` trained on them, and on the pictures whose
-    masks mark a defect, as good parts."""
+    masks mark a defect, as good parts. Read as known defects, the pictures whose masks mark none
+    are left out, and as good parts (`calibrate --input`, `record`) those whose masks mark one."""
     from edge_ad.datasets import pictures_left, training_pictures_left
 
     for folder in ("cam1", "cam2"):
@@ -435,7 +440,16 @@ def test_masks_beside_pictures_are_no_frames_and_no_pictures_a_wildcard_takes(tm
     everything = str(tmp_path / "**" / "*")
     parts = ["cam1/000.png", "cam1/001.png", "cam2/000.png", "cam2/001.png", "cam2/002_mask.png"]
     assert [frame.name for frame in open_source(everything)] == parts
-    assert [Path(s.name).relative_to(tmp_path).as_posix() for s in load_defects(everything)] == parts
+    defective = ["cam1/001.png", "cam2/000.png", "cam2/001.png", "cam2/002_mask.png"]  # cam1/000's mask: nothing
+    assert [Path(s.name).relative_to(tmp_path).as_posix() for s in load_defects(everything)] == defective
+    for read_as_defects, kept in ((True, defective), (False, [p for p in parts if p != "cam2/001.png"])):
+        caplog.clear()
+        source = open_source(everything)
+        source.keep_only(read_as_defects, "why")
+        assert [frame.name for frame in source] == kept
+        left = "cam1/000.png" if read_as_defects else "cam2/001.png"
+        assert caplog.messages[-1] == (f"{everything}: 1 picture(s) whose mask beside them marks "
+                                       f"{'no' if read_as_defects else 'a'} defect ({Path(left).name}) left out; why")
     assert [Path(s.name).relative_to(tmp_path).as_posix() for s in load_samples(everything, "train")] == [
         "cam1/000.png", "cam1/001.png", "cam2/000.png", "cam2/002_mask.png"]
     assert pictures_left(everything) == [f"{everything}: 2 {masks_said}"]
@@ -443,6 +457,11 @@ def test_masks_beside_pictures_are_no_frames_and_no_pictures_a_wildcard_takes(tm
         f"{everything}: 2 {masks_said}",
         f"{everything}: 1 picture(s) whose mask beside them marks a defect (001.png) left out; training takes good "
         "parts only"]
+    only_good = tmp_path / "cam1" / "0*.png"
+    cv2.imwrite(str(tmp_path / "cam1" / "001_mask.png"), np.zeros((32, 32), np.uint8))
+    source = open_source(str(only_good))
+    with pytest.raises(SourceError, match=re.escape(f"{only_good}: no picture left to read (above)")):
+        source.keep_only(True, "known defects are pictures of defective parts")
 
 
 def test_a_wildcard_trains_on_the_good_parts_of_a_folder_that_holds_both(tmp_path):

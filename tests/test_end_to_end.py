@@ -240,6 +240,19 @@ def test_a_kolektorsdd2_layout_is_labelled_by_the_masks_beside_its_pictures(tiny
 
     assert read(board) == read(root) and len(read(board)) == 8
 
+    # calibrate on the training pictures and the test ones as known defects: the 4 good parts of
+    # test/ were counted as defects, and a training picture whose mask marks one as a normal frame
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    first = sorted((mvtec_category / "train" / "good").iterdir())[0]
+    shutil.copy(mvtec_category / "ground_truth" / "spot" / "000_mask.png", root / "train" / f"{first.stem}_GT.png")
+    out = edge_ad("calibrate", "--bundle", bundle, "--input", root / "train", "--defects", root / "test",
+                  "--frames", 100, "--target-far", 0.5, "--confidence", 0.5)
+    assert out.returncode == 0, out.stderr
+    data = yaml.safe_load((bundle / "calibration.yaml").read_text())
+    assert (data["frames"], data["defects"]["frames"]) == (11, 4)
+    assert (f"{root / 'test'}: 4 picture(s) whose mask beside them marks no defect (good000.png) left out; known "
+            "defects are pictures of defective parts") in out.stderr
+
 
 def test_unreadable_test_images_are_named_together_or_left_out_with_skip_bad(tiny_bundle, mvtec_category, tmp_path):
     """A test set copied from the line may hold a picture cut short: eval stopped at the first one,
