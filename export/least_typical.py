@@ -52,6 +52,13 @@ def least_typical(scores: np.ndarray) -> list[int]:
     return [int(i) for i in np.argsort(-scores, kind="stable")[: min(len(scores) // PER, SHOWN)]]
 
 
+def shown_name(name: str) -> str:
+    """A training picture's name as the note and the picture give it: with its folder, which
+    tells apart the 005.png of two folders trained on together (elpv:0409 has none)."""
+    path = Path(name)
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
 def write_picture(path: Path, inputs: np.ndarray, maps: np.ndarray, picked: list[int], names: list[str]) -> Path:
     """The `picked` model inputs (RGB) with their distance maps blended in (inferno: from the
     median distance of all the pictures' patches, black, to the largest distance shown), each
@@ -76,9 +83,8 @@ def write_picture(path: Path, inputs: np.ndarray, maps: np.ndarray, picked: list
         image = np.ascontiguousarray(inputs[index][..., ::-1])
         shown = cv2.resize(maps[index], (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
         heat = cv2.applyColorMap(np.clip((shown - floor) / top * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
-        name = Path(names[index])
-        shown_name = f"{name.parent.name}/{name.name}" if name.parent.name else name.name  # elpv:0409 has none
-        show(ax, cv2.addWeighted(image, 0.55, heat, 0.45, 0.0), f"{rank}. {float(maps[index].max()):.2f}\n{shown_name}")
+        show(ax, cv2.addWeighted(image, 0.55, heat, 0.45, 0.0),
+             f"{rank}. {float(maps[index].max()):.2f}\n{shown_name(names[index])}")
     figure.suptitle("the training pictures least like the others: is each a good part?", fontsize=11)
     for _ in range(2):  # one pass left a wrapped title over the pictures of the row above it
         figure.tight_layout()
