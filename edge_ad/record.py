@@ -43,13 +43,30 @@ def picture_path(folder: Path, name: str, suffix: str) -> Path:
     """Where a picture of a folder or wildcard, `name` under it, is saved: under its own name
     (a wildcard's cam1/part_7.jpg as cam1_part_7.png), so that each can be traced to the picture
     it was cut from (a serial number, a label given later); -2, -3, ... where that name is taken
-    (a second recording, the input folder itself), as nothing is written over."""
+    (a second recording), as nothing is written over."""
     stem = "_".join(Path(name).with_suffix("").parts)
     path, n = folder / f"{stem}{suffix}", 1
     while path.exists():
         n += 1
         path = folder / f"{stem}-{n}{suffix}"
     return path
+
+
+def _own_input(source: Source, out: Path, folder: Path, single: bool) -> str | None:
+    """What is wrong with saving into `folder` (`out` itself where `single`) the pictures `source`
+    reads, if anything: a followed folder would read each picture saved as a new part (seen:
+    x.png saved as x-2.png, x-2-2.png, ... until --frames), a folder's copies would lie among the
+    pictures they were cut from (to be trained on twice), and one picture would be written over."""
+    if isinstance(source, FollowedPictures) and source.watches(folder):
+        return "the folder --follow reads new pictures from: each picture saved would be read as a new part"
+    if isinstance(source, PictureSource):
+        read = {path.resolve() for path in [*source.files, *source.masks.values()]}
+        if single and out.resolve() in read:
+            return "a picture of the folder the frames are read from, which the frame would be written over"
+        if not single and any(path.parent == folder.resolve() for path in read):
+            return ("the folder the pictures are read from: their copies, turned and cropped, would lie among them, "
+                    "to be trained on twice")
+    return None
 
 
 def record(
@@ -69,9 +86,12 @@ def record(
     if fmt not in FORMATS:
         source.close()
         raise EdgeAdError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    folder = out.parent if single else out
+    if problem := _own_input(source, out, folder, single):
+        source.close()
+        raise EdgeAdError(f"--out {out}: {problem}; give another {'name' if single else 'folder'}")
     if isinstance(source, PictureSource):
         source.keep_only(defective=False, why="record saves pictures of good parts, to train on")
-    folder = out.parent if single else out
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

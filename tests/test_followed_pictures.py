@@ -4,6 +4,7 @@ as they arrive. Before, a folder was read as it was at the start, and the run en
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -109,6 +110,13 @@ def test_record_saves_every_picture_that_arrives_under_its_own_name(tmp_path):
     stop.set()
     assert sorted(p.name for p in saved) == ["x.png", "y.png", "z.png"]
     assert np.array_equal(cv2.imread(str(tmp_path / "good" / "z.png")), picture(120))
+    # into the folder followed, each picture saved was read as a new part: x-2.png, x-2-2.png, ...
+    stop = threading.Event()
+    timer = threading.Timer(5, stop.set)  # a recording not refused ends then, having saved nothing
+    timer.start()
+    with pytest.raises(EdgeAdError, match=re.escape(f"--out {incoming}: the folder --follow reads new pictures from")):
+        record(open_source(str(incoming), FOLLOW), incoming, 6, stop=stop)
+    timer.cancel()
 
 
 def test_a_picture_still_being_written_is_read_whole_once_it_is(tmp_path):

@@ -1150,10 +1150,13 @@ def test_record_keeps_a_folder_s_picture_names_and_writes_over_none(normal_folde
     assert [p.name for p in record(open_source(str(cams / "cam1")), out, count=10)] == ["part_7.png"]
     assert [p.name for p in record(open_source(str(cams / "cam1")), out, count=10, fmt="jpg")] == ["part_7.jpg"]
     assert [p.name for p in record(open_source(str(cams / "cam1")), out, count=10)] == ["part_7-2.png"]
-    into_itself = record(open_source(str(cams / "cam1")), cams / "cam1", count=10)
-    assert [p.name for p in into_itself] == ["part_7-2.png"]
-    np.testing.assert_array_equal(cv2.imread(str(cams / "cam1" / "part_7.png")), first)  # the input kept
     np.testing.assert_array_equal(cv2.imread(str(out / "cam1_part_7.png")), first)
+    # into the folder read (a cropped copy among the pictures it was cut from), or over one of its pictures
+    for into, single in ((cams / "cam1", False), (cams / "cam1" / "part_7.png", True)):
+        with pytest.raises(EdgeAdError, match=re.escape(f"--out {into}: ")):
+            record(open_source(str(cams / "cam1")), into, count=1 if single else 10)
+    assert sorted(p.name for p in (cams / "cam1").iterdir()) == ["part_7.png"]
+    np.testing.assert_array_equal(cv2.imread(str(cams / "cam1" / "part_7.png")), first)
 
 
 def test_recording_every_camera_raises_what_stopped_one_once_the_others_are_done(tmp_path, monkeypatch):
