@@ -945,6 +945,18 @@ def _drift_bands(detectors: Mapping[str, AnyDetector]) -> dict[str, dict[str | N
     return {name: bands[id(detector)] for name, detector in detectors.items()}
 
 
+def _refuse_saving_into(watches: Callable[[Path], bool], name: str, config: RunConfig) -> None:
+    """Refuse --snapshots and --samples into a folder that source `name` follows (`watches`):
+    each picture saved there was read as a new part and scored (seen: one cracked cell put into
+    the folder, 3 frames scored and 3 alarms, its snapshot's frame and overlay the 2 more)."""
+    samples = config.samples / slug(name) if config.samples is not None else None
+    for option, given, folder in (("--snapshots", config.snapshots, config.snapshots),
+                                  ("--samples", config.samples, samples)):
+        if folder is not None and watches(folder):
+            raise EdgeAdError(f"{option} {given}: source {name} follows the folder its pictures go to (--follow), and "
+                              "would read each as a new part, to be scored; give another folder")
+
+
 def run(
     detector: AnyDetector | Mapping[str, AnyDetector], streams: list[Stream], config: RunConfig,
     stop: threading.Event | None = None, reload: threading.Event | None = None,
@@ -1032,6 +1044,8 @@ def run(
             source = open_source(stream.input, stream.options, stream.pipeline, config.jetson, wait=len(streams) > 1)
             stack.callback(source.close)
             log.info("%s: %s", stream.name, without_passwords(source.description))
+            if watches := followed_folder(source):
+                _refuse_saving_into(watches, stream.name, config)
             bundles = bundles_of(detectors[stream.name]).values()
             if several:
                 roots = [f"{b.root} (calibration {b.calibration or 'from export'})" for b in bundles]

@@ -401,14 +401,14 @@ def test_a_run_scores_each_new_picture_and_writes_no_overlay_where_it_would_be_r
         for number in range(2):
             (incoming / f"part{number}.png").write_bytes(encoded(picture(40 + number, 64, 64)))
 
-    def bounded_run(output: str, max_frames: int):
+    def bounded_run(output: str, max_frames: int, **saved: Path):
         """A followed folder never ends: a run that waits 30 s for a picture is stopped."""
         stop = threading.Event()
         timer = threading.Timer(30, stop.set)
         timer.start()
         try:
-            return run(detector, [Stream(str(incoming), output=output, options=FOLLOW)],
-                       RunConfig(max_frames=max_frames), stop)
+            return run(detector, [Stream(str(incoming), name="incoming", output=output, options=FOLLOW)],
+                       RunConfig(max_frames=max_frames, **saved), stop)
         finally:
             timer.cancel()
 
@@ -421,6 +421,11 @@ def test_a_run_scores_each_new_picture_and_writes_no_overlay_where_it_would_be_r
     for output in (f"{incoming}/", str(incoming / "overlay_%i.jpg")):
         with pytest.raises(EdgeAdError, match="the folder --follow reads new pictures from"):
             bounded_run(output, 1)
+    # an alarm's snapshot (its frame and overlay) saved there was read as two new parts, and two more alarms;
+    # samples go to SAMPLES/<source>
+    for option, folder in (("snapshots", incoming), ("samples", tmp_path)):
+        with pytest.raises(EdgeAdError, match=re.escape(f"--{option} {folder}: source incoming follows the folder")):
+            bounded_run(f"{tmp_path / 'overlays'}/", 1, **{option: folder})
     assert sorted(p.name for p in incoming.iterdir()) == ["before.png", "part0.png", "part1.png"]
 
 
