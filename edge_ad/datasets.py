@@ -19,9 +19,10 @@ import cv2
 import numpy as np
 
 from .errors import DataError, ImageError, shell_word, without_passwords
-from .images import (IMAGE_SUFFIXES, NORMAL_FOLDERS, as_grey, is_image_file, masked_stem, masks_beside,
-                     masks_left_text, no_images_in, normal_subfolder, pictures_in_subfolders, pictures_matching,
-                     read_image, resize_to_input, subfolders_left, to_rgb, unread_formats, unread_formats_text)
+from .images import (IMAGE_SUFFIXES, NORMAL_FOLDERS, as_grey, is_image_file, label_folder, masked_stem,
+                     masks_beside, masks_left_text, masks_of, no_images_in, normal_subfolder, pictures_in_subfolders,
+                     pictures_matching, read_image, resize_to_input, subfolders_left, to_rgb, unread_formats,
+                     unread_formats_text)
 from .pipelines import is_v4l2_device, local_path
 from .sinks import FRAME_SUFFIX, OVERLAY_SUFFIX
 
@@ -140,7 +141,8 @@ def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
     subfolders would all count as defects. Masks are in `root/ground_truth`, else in the test
     split's own (MVTec AD 2's), else, for a folder named test, in the `ground_truth/` beside it."""
     trained = normal_folder(root)  # train/<normal> of a category
-    classes = next((root / name for name in TEST_SPLITS if (root / name).is_dir()), root)
+    splits = {p.name.lower(): p for p in root.iterdir() if p.name.lower() in TEST_SPLITS and p.is_dir()}  # DAGM's Test
+    classes = next((splits[name] for name in TEST_SPLITS if name in splits), root)
     if classes == root and (trained is not None or not _holds_test_pictures(root)):
         return None
     tested = normal_subfolder(classes)
@@ -156,7 +158,7 @@ def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
 def _holds_test_pictures(root: Path) -> bool:
     """Whether the folder `root` is a test split itself: it is named test, holds a folder of
     normal pictures (beside a folder per defect), or pictures with their masks beside them."""
-    return root.name == "test" or normal_subfolder(root) is not None or bool(masks_beside(_images_in(root)))
+    return root.name.lower() == "test" or normal_subfolder(root) is not None or bool(masks_of(_images_in(root)))
 
 
 def unread_test_pictures(data: str) -> dict[str, int]:
@@ -168,8 +170,7 @@ def unread_test_pictures(data: str) -> dict[str, int]:
     if folders is None:
         return {}
     loose = _images_in(folders.classes)
-    beside = masks_beside(loose)
-    read = set(beside) | set(beside.values())  # pictures with their masks, and the masks
+    read = set(masks_of(loose)) | set(masks_beside(loose).values())  # pictures labelled by masks, and the masks
     unread = {folders.classes: len([p for p in loose if p not in read])}
     for class_dir in _class_folders(folders):
         unread |= pictures_in_subfolders(class_dir)
@@ -183,13 +184,14 @@ def eval_folder_notes(data: str, samples: Sequence[Sample]) -> dict:
     folder (`pictures_in_formats_not_read`), the masks beside their images in a class folder, read
     as those images' masks and not as test images (`masks_beside_their_images`), the masks of a
     defect's ground-truth folder named as none of its test images (`masks_of_no_test_image`), and
-    the samples outside the class folders, labelled by the masks beside them
-    (`test_images_labelled_by_their_masks`)."""
+    the samples outside the class folders, labelled by the masks beside them, or in their label
+    folder (`test_images_labelled_by_their_masks`, with `label_folder`)."""
     folders = _test_folders(data)
     if folders is None:
         return {}
     class_folders = _class_folders(folders)
     labels = [s.label for s in samples if Path(s.name).parent == folders.classes]
+    masks_folder = {"label_folder": str(found)} if (found := label_folder(folders.classes)) else {}
     notes = {
         "pictures_not_read": unread_test_pictures(data),
         "pictures_in_formats_not_read": {str(d): unread_formats_text(files) for d in class_folders
@@ -200,7 +202,7 @@ def eval_folder_notes(data: str, samples: Sequence[Sample]) -> dict:
                                                                         "first": masks[0].name}
                                    for d in class_folders if (masks := _masks_of_no_image(folders.ground_truth, d))},
         "test_images_labelled_by_their_masks": {"folder": str(folders.classes), "normal": labels.count(0),
-                                                "anomalous": labels.count(1)} if labels else None,
+                                                "anomalous": labels.count(1)} | masks_folder if labels else None,
     }
     return {key: value for key, value in notes.items() if value}
 
@@ -215,18 +217,19 @@ def _masks_of_no_image(ground_truth: Path, class_dir: Path) -> list[Path]:
 
 def _labelled_by_masks(images: list[Path]) -> list[Sample]:
     """The test pictures of a folder of them, outside any class folder, that have their mask beside
-    them (KolektorSDD2's test/: 10000.png beside 10000_GT.png, black for a good part): each is
-    anomalous where its mask marks a defect, and normal where it marks none."""
-    return [_file_sample(image, 1, "defect", mask) if _defect_pixels(mask).any() else
-            _file_sample(image, 0, "good") for image, mask in sorted(masks_beside(images).items())]
+    them (KolektorSDD2's test/: 10000.png beside 10000_GT.png, black for a good part) or are in a
+    folder with a label folder (DAGM 2007's Test/Label/, a mask for each defective part's picture
+    only): each is anomalous where its mask marks a defect, and normal where it marks none or it
+    has none."""
+    return [_file_sample(image, 1, "defect", mask) if mask is not None and _defect_pixels(mask).any() else
+            _file_sample(image, 0, "good") for image, mask in sorted(masks_of(images).items())]
 
 
 def _defect_pictures(images: list[Path]) -> list[Path]:
     """A folder of known defect pictures less the masks beside them (000_mask.png: a mask is no
     picture of a part), and less the pictures whose mask marks no defect (KolektorSDD2's test/
     keeps a black 10000_GT.png beside each picture of a good part)."""
-    masks = masks_beside(images)
-    left = set(masks.values()) | set(marked(masks, defective=False))
+    left = set(masks_beside(images).values()) | set(marked(masks_of(images), defective=False))
     return [p for p in images if p not in left]
 
 
@@ -234,22 +237,22 @@ def _good_pictures(images: list[Path]) -> list[Path]:
     """A folder of training pictures less the masks beside them, and less the pictures whose mask
     marks a defect (KolektorSDD2's train/ keeps a 10000_GT.png beside each picture, and 246 of its
     2,331 pictures are of defective parts): training takes good parts only."""
-    masks = masks_beside(images)
-    left = set(masks.values()) | set(marked(masks, defective=True))
+    left = set(masks_beside(images).values()) | set(marked(masks_of(images), defective=True))
     return [p for p in images if p not in left]
 
 
-def marked(masks: dict[Path, Path], defective: bool) -> list[Path]:
-    """The pictures of `masks` (each picture's mask beside it: images.masks_beside) whose mask
-    marks a defect (`defective`), or marks none (a good part's)."""
-    return [image for image, mask in sorted(masks.items()) if _defect_pixels(mask).any() == defective]
+def marked(masks: dict[Path, Path | None], defective: bool) -> list[Path]:
+    """The pictures of `masks` (each picture's mask: images.masks_of) whose mask marks a defect
+    (`defective`), or marks none or is none (a good part's)."""
+    return [image for image, mask in sorted(masks.items())
+            if (mask is not None and bool(_defect_pixels(mask).any())) == defective]
 
 
 def marked_left_text(where: str | Path, pictures: list[Path], defective: bool, why: str) -> str:
     """What to say of the `pictures` of a folder or wildcard left out because their masks beside
     them mark a defect (`defective`) or none, `why` saying what is read instead."""
-    return (f"{where}: {len(pictures)} picture(s) whose mask beside them marks {'a' if defective else 'no'} defect "
-            f"({pictures[0].name}) left out; {why}")
+    return (f"{where}: {len(pictures)} picture(s) that their masks say are of {'defective' if defective else 'good'} "
+            f"parts ({pictures[0].name}) left out; {why}")
 
 
 def _test_folders(data: str) -> _EvaluationFolders | None:
@@ -270,7 +273,7 @@ def training_pictures_left(data: str) -> list[str]:
     else:
         return []
     said = pictures_left(where)
-    if defective := marked(masks_beside(pictures), defective=True):
+    if defective := marked(masks_of(pictures), defective=True):
         said.append(marked_left_text(where, defective, True, "training takes good parts only"))
     return said
 
@@ -285,7 +288,7 @@ def known_defects_left(spec: str) -> list[str]:
     else:
         return []
     said = pictures_left(spec)
-    if good := marked(masks_beside(pictures), defective=False):
+    if good := marked(masks_of(pictures), defective=False):
         said.append(marked_left_text(spec, good, False, "known defects are pictures of defective parts"))
     return said
 
@@ -320,8 +323,13 @@ def _is_elpv(data: str) -> bool:
 
 
 def _class_folders(folders: _EvaluationFolders) -> list[Path]:
-    """A test split's class folders: its normal pictures' and one per defect, sorted."""
-    return sorted(d for d in folders.classes.iterdir() if d.is_dir() and d.name != GROUND_TRUTH)
+    """A test split's class folders: its normal pictures' and one per defect, sorted; not the label
+    folder of its own pictures (DAGM 2007's Test/Label/: masks; where it holds none, a folder
+    named so is a defect's)."""
+    labels = label_folder(folders.classes)
+    if labels is not None and not _images_in(folders.classes):
+        labels = None
+    return sorted(d for d in folders.classes.iterdir() if d.is_dir() and d.name != GROUND_TRUTH and d != labels)
 
 
 def _mvtec_masks(ground_truth: Path, defect: str) -> dict[str, Path]:

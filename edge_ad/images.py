@@ -39,6 +39,9 @@ NORMAL_FOLDERS = ("good", "ok", "normal")
 # A mask saved beside its picture, named as the picture with one of these endings (any case):
 # MVTec's _mask, KolektorSDD2's _GT, KolektorSDD's _label, as some labelling tools export them.
 MASK_ENDINGS = ("_mask", "_gt", "_label")
+# A folder's subfolder of the masks of its pictures of defective parts (DAGM 2007's Train/Label/:
+# 0002_label.PNG for 0002.PNG), any case; its pictures without a mask there are of good parts.
+LABEL_FOLDER = "label"
 COUNTED_UP_TO = 1000  # pictures counted in a subfolder left unread: a share's archive there may hold millions
 COLOR_ORDERS = ("BGR", "RGB", "GRAY")
 GREY_TOLERANCE = 2  # grey levels between the channels of a grey picture (a colour JPEG of one rounds them)
@@ -81,10 +84,55 @@ def masked_stem(stem: str) -> str | None:
 
 def masks_beside(pictures: list[Path]) -> dict[Path, Path]:
     """The masks among `pictures`, by their picture: each named as another picture of its folder
-    with one of MASK_ENDINGS (000_mask.png beside 000.png)."""
+    with one of MASK_ENDINGS (000_mask.png beside 000.png), or of the folder above its label
+    folder (a wildcard's Train/Label/0002_label.PNG, of Train/0002.PNG)."""
     named = {(p.parent, p.stem): p for p in pictures}
-    return {named[p.parent, stem]: p for p in pictures
-            if (stem := masked_stem(p.stem)) is not None and (p.parent, stem) in named}
+    masks = {}
+    for mask in pictures:
+        if (stem := masked_stem(mask.stem)) is None:
+            continue
+        picture = named.get((mask.parent, stem))
+        if picture is None and mask.parent.name.lower() == LABEL_FOLDER:
+            picture = named.get((mask.parent.parent, stem))
+        if picture is not None:
+            masks[picture] = mask
+    return masks
+
+
+def label_folder(folder: Path) -> Path | None:
+    """The subfolder of `folder` that holds the masks of its pictures of defective parts (DAGM
+    2007's Train/Label/, in any case), if it has one: a folder so named without a mask in it
+    (pictures of the parts' printed labels) is none."""
+    try:
+        found = next((p for p in folder.iterdir() if p.name.lower() == LABEL_FOLDER and p.is_dir()), None)
+    except OSError:  # not a folder that can be listed
+        return None
+    return found if found is not None and _label_masks(found) else None
+
+
+def _label_masks(labels: Path) -> dict[str, Path]:
+    """The masks of a label folder by the name of their picture: those named with one of
+    MASK_ENDINGS (0002_label.PNG for 0002.PNG)."""
+    return {stem: mask for mask in sorted(labels.iterdir())
+            if (stem := masked_stem(mask.stem)) is not None and is_image_file(mask)}
+
+
+def masks_of(pictures: list[Path]) -> dict[Path, Path | None]:
+    """What says which parts `pictures` show, by picture: its mask beside it (masks_beside), or in
+    its folder's label folder (label_folder), where a picture without one is of a good part (None).
+    The masks among `pictures` are none of its keys."""
+    beside = masks_beside(pictures)
+    masks: dict[Path, Path | None] = dict(beside)
+    left = set(beside.values())
+    by_folder: dict[Path, list[Path]] = {}
+    for picture in pictures:
+        if picture not in masks and picture not in left:
+            by_folder.setdefault(picture.parent, []).append(picture)
+    for folder, unmasked in by_folder.items():
+        if (labels := label_folder(folder)) is not None:
+            named = _label_masks(labels)
+            masks |= {picture: named.get(picture.stem) for picture in unmasked}
+    return masks
 
 
 def masks_left_text(where: str | Path, masks: list[Path]) -> str:
@@ -107,8 +155,9 @@ def pictures_in_subfolders(folder: Path) -> dict[Path, int]:
     """How many pictures each subfolder of `folder` holds, its own subfolders' included, where it
     holds some, counted up to COUNTED_UP_TO (count_text says so); hidden folders (a viewer's
     thumbnails) and those that cannot be listed hold none, and links to folders are not followed."""
-    counts = {sub: _pictures_under(sub)
-              for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))}
+    masks = label_folder(folder)  # its pictures' masks, read with them
+    counts = {sub: _pictures_under(sub) for sub in sorted(p for p in folder.iterdir()
+                                                          if p.is_dir() and not p.name.startswith(".") and p != masks)}
     return {sub: count for sub, count in counts.items() if count}
 
 
@@ -190,8 +239,9 @@ def no_images_in(folder: Path) -> str:
     elif normal is not None:
         found = (f"; its subfolders {holding} hold some, sorted by kind: give the folder of the kind meant ({normal} "
                  "holds good parts), not all of them together, which would mix good and rejected parts")
-    elif (folder / "train").is_dir() and (folder / "test").is_dir():  # KolektorSDD2's: pictures and masks in each
-        found = (f"; its subfolders {holding} hold some, split into train/ and test/: give {folder / 'train'} to train "
+    elif "train" in (splits := {p.name.lower(): p for p in folder.iterdir() if p.is_dir()}) and "test" in splits:
+        # KolektorSDD2's: pictures and masks in each; DAGM 2007's Train/ and Test/
+        found = (f"; its subfolders {holding} hold some, split into train/ and test/: give {splits['train']} to train "
                  "on, not all of them together, which would train on the test pictures too")
     else:
         found = f"; its subfolders {holding} hold some: give one of them, or all of them as a quoted wildcard, " \

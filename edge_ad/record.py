@@ -60,7 +60,7 @@ def _own_input(source: Source, out: Path, folder: Path, single: bool) -> str | N
     if isinstance(source, FollowedPictures) and source.watches(folder):
         return "the folder --follow reads new pictures from: each picture saved would be read as a new part"
     if isinstance(source, PictureSource):
-        read = {path.resolve() for path in [*source.files, *source.masks.values()]}
+        read = {path.resolve() for path in [*source.files, *source.masks.values()] if path is not None}
         if single and out.resolve() in read:
             return "a picture of the folder the frames are read from, which the frame would be written over"
         if not single and any(path.parent == folder.resolve() for path in read):

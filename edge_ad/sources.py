@@ -28,7 +28,7 @@ import numpy as np
 
 from .camera_certificates import camera_tls
 from .errors import ImageError, SourceError, without_passwords
-from .images import (IMAGE_SUFFIXES, masks_beside, masks_left_text, no_images_in, pattern_folder, pictures_of,
+from .images import (IMAGE_SUFFIXES, masks_beside, masks_left_text, masks_of, no_images_in, pattern_folder, pictures_of,
                      read_image, subfolders_left)
 from .pipelines import (AUTOMATIC_FEATURE, SETTLING_CAMERAS, UDP_BUFFER_BYTES, SourceOptions, SourcePipeline,
                         check_crop, flip_of, local_path, opencv_input, source_pipeline)
@@ -700,11 +700,10 @@ class PictureSource:
         self.turn = flip_of(str(path), flip).turn
         # frames are named by their path under it: a wildcard's 'cams/*/part_*.jpg' as cam1/part_1.jpg
         self.folder = path.parent if path.is_file() else path if path.is_dir() else pattern_folder(str(path))
-        self.files = pictures_of(path)
-        self.masks = masks_beside(self.files)  # by picture, as a labelling tool exports them (000_mask.png)
-        if self.masks:
-            log.warning("%s", masks_left_text(path, sorted(self.masks.values())))
-            masks = set(self.masks.values())
+        self.files = self._listed = pictures_of(path)
+        if beside := masks_beside(self.files):  # as a labelling tool exports them (000_mask.png)
+            log.warning("%s", masks_left_text(path, sorted(beside.values())))
+            masks = set(beside.values())
             self.files = [p for p in self.files if p not in masks]
         if path.is_dir():
             if not self.files:
@@ -716,11 +715,18 @@ class PictureSource:
                               f"{', '.join(IMAGE_SUFFIXES)})")
         self.skipped: list[str] = []
 
+    @functools.cached_property
+    def masks(self) -> dict[Path, Path | None]:
+        """What says which parts the pictures show, by picture (images.masks_of): looked for only
+        where asked (a label folder is one more listing of each folder of a wildcard's)."""
+        return masks_of(self._listed)
+
     def keep_only(self, defective: bool, why: str) -> None:
-        """Leave out the pictures whose mask beside them says they are of other parts than those
-        read: of defective parts where good ones are (`defective` False: calibrate's normal frames,
-        record's pictures to train on), of good parts (a mask marking nothing) where known defects
-        are; pictures without a mask stay. Said with how many, the first, and `why`."""
+        """Leave out the pictures whose mask says they are of other parts than those read: of
+        defective parts where good ones are (`defective` False: calibrate's normal frames, record's
+        pictures to train on), of good parts (a mask marking nothing, or none in a folder with a
+        label folder: images.masks_of) where known defects are; pictures without a mask stay. Said
+        with how many, the first, and `why`."""
         from .datasets import marked, marked_left_text
 
         other = marked(self.masks, not defective)

@@ -88,9 +88,11 @@ def eval_notes(report: dict) -> list[str]:
     labelled = report.get("test_images_labelled_by_their_masks")
     if labelled:
         count = labelled["normal"] + labelled["anomalous"]
-        notes.append(f"the {count} test images in {labelled['folder']} lie outside a class folder, with their masks "
-                     f"beside them: labelled by those masks, {labelled['anomalous']} anomalous (a mask that marks a "
-                     f"defect) and {labelled['normal']} normal")
+        where = f"the masks of its defective parts in {labels}" if (labels := labelled.get("label_folder")) else \
+            "their masks beside them"
+        notes.append(f"the {count} test images in {labelled['folder']} lie outside a class folder, with {where}: "
+                     f"labelled by those masks, {labelled['anomalous']} anomalous (a mask that marks a defect) and "
+                     f"{labelled['normal']} normal")
     formats = report.get("pictures_in_formats_not_read", {})
     if formats:
         notes.append(f"left out: {'; '.join(f'{folder}: {held}' for folder, held in formats.items())}; save such "

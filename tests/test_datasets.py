@@ -403,12 +403,12 @@ def test_masks_beside_training_and_defect_pictures_are_no_pictures_of_parts(tmp_
     cv2.imwrite(str(train / "10001_GT.png"), defect)
     for data in (category, train):
         assert [Path(s.name).name for s in load_samples(str(data), "train")] == ["10000.png", "10002_GT.png"]
-    assert training_pictures_left(str(train))[1:] == [f"{train}: 1 picture(s) whose mask beside them marks a defect "
-                                                      "(10001.png) left out; training takes good parts only"]
+    assert training_pictures_left(str(train))[1:] == [f"{train}: 1 picture(s) that their masks say are of defective "
+                                                      "parts (10001.png) left out; training takes good parts only"]
     crack = category / "test" / "crack"
     cv2.imwrite(str(crack / "10001_GT.png"), defect)
     assert [Path(s.name).name for s in load_defects(str(crack))] == ["10001.png"]
-    assert known_defects_left(str(crack))[1:] == [f"{crack}: 1 picture(s) whose mask beside them marks no defect "
+    assert known_defects_left(str(crack))[1:] == [f"{crack}: 1 picture(s) that their masks say are of good parts "
                                                   "(10000.png) left out; known defects are pictures of defective parts"]
     test = load_samples(str(category), "test")
     assert [(Path(s.name).name, s.label, s.mask_path and s.mask_path.name) for s in test] == [
@@ -448,15 +448,16 @@ def test_masks_beside_pictures_are_no_frames_and_no_pictures_a_wildcard_takes(tm
         source.keep_only(read_as_defects, "why")
         assert [frame.name for frame in source] == kept
         left = "cam1/000.png" if read_as_defects else "cam2/001.png"
-        assert caplog.messages[-1] == (f"{everything}: 1 picture(s) whose mask beside them marks "
-                                       f"{'no' if read_as_defects else 'a'} defect ({Path(left).name}) left out; why")
+        assert caplog.messages[-1] == (f"{everything}: 1 picture(s) that their masks say are of "
+                                       f"{'good' if read_as_defects else 'defective'} parts ({Path(left).name}) left "
+                                       "out; why")
     assert [Path(s.name).relative_to(tmp_path).as_posix() for s in load_samples(everything, "train")] == [
         "cam1/000.png", "cam1/001.png", "cam2/000.png", "cam2/002_mask.png"]
     assert pictures_left(everything) == [f"{everything}: 2 {masks_said}"]
     assert training_pictures_left(everything) == [
         f"{everything}: 2 {masks_said}",
-        f"{everything}: 1 picture(s) whose mask beside them marks a defect (001.png) left out; training takes good "
-        "parts only"]
+        f"{everything}: 1 picture(s) that their masks say are of defective parts (001.png) left out; training takes "
+        "good parts only"]
     only_good = tmp_path / "cam1" / "0*.png"
     cv2.imwrite(str(tmp_path / "cam1" / "001_mask.png"), np.zeros((32, 32), np.uint8))
     source = open_source(str(only_good))

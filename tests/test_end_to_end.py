@@ -250,8 +250,55 @@ def test_a_kolektorsdd2_layout_is_labelled_by_the_masks_beside_its_pictures(tiny
     assert out.returncode == 0, out.stderr
     data = yaml.safe_load((bundle / "calibration.yaml").read_text())
     assert (data["frames"], data["defects"]["frames"]) == (11, 4)
-    assert (f"{root / 'test'}: 4 picture(s) whose mask beside them marks no defect (good000.png) left out; known "
+    assert (f"{root / 'test'}: 4 picture(s) that their masks say are of good parts (good000.png) left out; known "
             "defects are pictures of defective parts") in out.stderr
+
+
+def test_a_dagm_layout_is_labelled_by_the_masks_of_its_label_folders(tiny_bundle, mvtec_category, tmp_path):
+    """DAGM 2007: Train/ and Test/ hold pictures, and their Label/ subfolders a mask for each of a
+    defective part only (0002_label.PNG). Trained on, its defective pictures were taken for good
+    parts; eval found no test split."""
+    import shutil
+
+    from edge_ad.datasets import known_defects_left, load_defects, load_samples, training_pictures_left
+    from edge_ad.errors import DataError
+    from export.eval_report import eval_notes
+
+    root = tmp_path / "Class1"
+
+    def put(split: str, number: int, picture: Path) -> None:
+        (root / split / "Label").mkdir(parents=True, exist_ok=True)
+        shutil.copy(picture, root / split / f"{number:04d}.PNG")
+        mask = mvtec_category / "ground_truth" / "spot" / f"{picture.stem}_mask.png"
+        if picture.parent.name == "spot":
+            shutil.copy(mask, root / split / "Label" / f"{number:04d}_label.PNG")
+
+    spots = sorted((mvtec_category / "test" / "spot").iterdir())
+    for number, picture in enumerate(sorted((mvtec_category / "train" / "good").iterdir()) + spots[:1]):
+        put("Train", number, picture)
+    for number, picture in enumerate(sorted((mvtec_category / "test" / "good").iterdir()) + spots):
+        put("Test", number, picture)
+    (root / "Test" / "Label" / "Labels.txt").write_text("1\n")
+    train = root / "Train"
+    assert [Path(s.name).name for s in load_samples(str(train), "train")] == [f"{i:04d}.PNG" for i in range(12)]
+    assert training_pictures_left(str(train)) == [f"{train}: 1 picture(s) that their masks say are of defective "
+                                                  "parts (0012.PNG) left out; training takes good parts only"]
+    with pytest.raises(DataError, match=re.escape(f"split into train/ and test/: give {train} to train on")):
+        load_samples(str(root), "train")
+    report, original = evaluate(tiny_bundle, str(root)), evaluate(tiny_bundle, str(mvtec_category))
+    assert (report["normal_images"], report["anomalous_images"]) == (4, 4)
+    assert (report["image_auroc"], report["pixel_auroc"]) == (original["image_auroc"], original["pixel_auroc"])
+    assert f"the 8 test images in {root / 'Test'} lie outside a class folder, with the masks of its defective parts " \
+           f"in {root / 'Test' / 'Label'}: labelled by those masks, 4 anomalous" in "\n".join(eval_notes(report))
+    assert len(load_defects(str(root / "Test"))) == 4
+    assert known_defects_left(str(root / "Test")) == [f"{root / 'Test'}: 4 picture(s) that their masks say are of "
+                                                      "good parts (0000.PNG) left out; known defects are pictures of "
+                                                      "defective parts"]
+    # a folder named label of pictures, not masks (the parts' printed labels): no label folder
+    shutil.rmtree(train / "Label")
+    (train / "label").mkdir()
+    shutil.copy(train / "0000.PNG", train / "label" / "0012.PNG")
+    assert len(load_samples(str(train), "train")) == 13
 
 
 def test_unreadable_test_images_are_named_together_or_left_out_with_skip_bad(tiny_bundle, mvtec_category, tmp_path):
