@@ -157,7 +157,8 @@ def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
 
 def _holds_test_pictures(root: Path) -> bool:
     """Whether the folder `root` is a test split itself: it is named test, holds a folder of
-    normal pictures (beside a folder per defect), or pictures with their masks beside them."""
+    normal pictures (beside a folder per defect), or pictures labelled by their masks (beside
+    them, or in its label folder: images.masks_of)."""
     return root.name.lower() == "test" or normal_subfolder(root) is not None or bool(masks_of(_images_in(root)))
 
 
@@ -227,8 +228,8 @@ def _labelled_by_masks(images: list[Path]) -> list[Sample]:
 
 def _defect_pictures(images: list[Path]) -> list[Path]:
     """A folder of known defect pictures less the masks beside them (000_mask.png: a mask is no
-    picture of a part), and less the pictures whose mask marks no defect (KolektorSDD2's test/
-    keeps a black 10000_GT.png beside each picture of a good part)."""
+    picture of a part), and less the pictures of good parts by their masks (marked: KolektorSDD2's
+    test/ keeps a black 10000_GT.png beside each; DAGM's Test/ none in its Label/)."""
     left = set(masks_beside(images).values()) | set(marked(masks_of(images), defective=False))
     return [p for p in images if p not in left]
 
@@ -249,8 +250,8 @@ def marked(masks: dict[Path, Path | None], defective: bool) -> list[Path]:
 
 
 def marked_left_text(where: str | Path, pictures: list[Path], defective: bool, why: str) -> str:
-    """What to say of the `pictures` of a folder or wildcard left out because their masks beside
-    them mark a defect (`defective`) or none, `why` saying what is read instead."""
+    """What to say of the `pictures` of a folder or wildcard left out because their masks say they
+    are of defective parts (`defective`) or of good ones (marked), `why` saying what is read."""
     return (f"{where}: {len(pictures)} picture(s) that their masks say are of {'defective' if defective else 'good'} "
             f"parts ({pictures[0].name}) left out; {why}")
 
@@ -263,7 +264,7 @@ def _test_folders(data: str) -> _EvaluationFolders | None:
 def training_pictures_left(data: str) -> list[str]:
     """What to say of the pictures that `data`'s training split is read from (a wildcard's, a
     folder's own, or an MVTec category's train/good) holds and are not read (pictures_left), and
-    of those of defective parts by their masks beside them."""
+    of those of defective parts by their masks (marked)."""
     if _is_wildcard(data):
         where, pictures = data, pictures_matching(data)
     elif Path(data).is_dir():
@@ -280,7 +281,7 @@ def training_pictures_left(data: str) -> list[str]:
 
 def known_defects_left(spec: str) -> list[str]:
     """What to say of the pictures that the known defects `spec` (a folder or a wildcard) holds and
-    are not read (pictures_left), and of those of good parts by their masks beside them."""
+    are not read (pictures_left), and of those of good parts by their masks (marked)."""
     if _is_wildcard(spec):
         pictures = pictures_matching(spec)
     elif Path(spec).is_dir():

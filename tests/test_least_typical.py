@@ -31,9 +31,9 @@ def test_train_lists_and_draws_a_defective_part_among_the_good_ones(elpv_samples
     listed = yaml.safe_load((run / "config.yaml").read_text())["least_typical"]
     assert len(listed) == 5 and listed[0]["picture"] == str(data / "slipped_in.png")  # 25 pictures: 5 listed
     said = capsys.readouterr().out
-    named = "half of them: good/slipped_in.png, "  # with its folder, as the picture names it
-    assert f"note: the 5 training pictures least like the others, each scored as a new part by a model of the other " \
-           f"{named}" in said and f"; {run / PICTURE} shows where each differs" in said
+    said_first = "note: the 5 training pictures least like the others, each scored as a new part by a model of the " \
+                 "other half of them: good/slipped_in.png, "  # with its folder, as the picture names it
+    assert said_first in said and f"; {run / PICTURE} shows where each differs" in said
     drawn = cv2.imread(str(run / PICTURE))
     assert drawn is not None and drawn.shape[0] > 200
     few = tmp_path / "few"
