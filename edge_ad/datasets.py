@@ -35,6 +35,9 @@ GROUND_TRUTH = "ground_truth"  # an MVTec-layout category's folder of masks, one
 TEST_SPLITS = ("test", "test_public")
 NOT_READ = ("outside a class folder or in a subfolder of one (a test picture's kind is the folder it is in: good/, "
             "ok/ or normal/, or a folder per defect)")  # where unread_test_pictures finds pictures
+# MVTec 3D-AD keeps a class folder's pictures in rgb/, their masks (named as they are) in gt/, and
+# their depth maps in xyz/ (not read: edge-ad scores pictures).
+RGB_FOLDER, GT_FOLDER, XYZ_FOLDER = "rgb", "gt", "xyz"
 ASPECT_TOLERANCE = 0.01  # a mask scaled from its image keeps its aspect within rounding
 
 
@@ -93,6 +96,21 @@ def _defect_pixels(path: Path) -> np.ndarray:
 
 def _file_sample(path: Path, label: int, group: str, mask_path: Path | None = None) -> Sample:
     return Sample(str(path), label, group, lambda: read_image(path), mask_path)
+
+
+def _pictures_folder(folder: Path) -> Path:
+    """Where the pictures of a folder of them are: itself, or, where it holds none of its own, its
+    rgb/ (MVTec 3D-AD's: train/good/rgb/, test/<defect>/rgb/)."""
+    rgb = folder / RGB_FOLDER
+    return rgb if rgb.is_dir() and not _images_in(folder) else folder
+
+
+def _three_d_masks(class_dir: Path) -> dict[str, Path]:
+    """The masks of an MVTec 3D-AD class folder's pictures by their name (gt/000.png for
+    rgb/000.png); none for another layout."""
+    if _pictures_folder(class_dir) == class_dir or not (class_dir / GT_FOLDER).is_dir():
+        return {}
+    return {p.stem: p for p in _images_in(class_dir / GT_FOLDER)}
 
 
 def _images_in(folder: Path, required: bool = False) -> list[Path]:
@@ -174,7 +192,9 @@ def unread_test_pictures(data: str) -> dict[str, int]:
     read = set(masks_of(loose)) | set(masks_beside(loose).values())  # pictures labelled by masks, and the masks
     unread = {folders.classes: len([p for p in loose if p not in read])}
     for class_dir in _class_folders(folders):
-        unread |= pictures_in_subfolders(class_dir)
+        read_apart = set() if _pictures_folder(class_dir) == class_dir else \
+            {class_dir / name for name in (RGB_FOLDER, GT_FOLDER, XYZ_FOLDER)}  # MVTec 3D-AD's
+        unread |= {sub: count for sub, count in pictures_in_subfolders(class_dir).items() if sub not in read_apart}
     return {str(folder): count for folder, count in unread.items() if count}
 
 
@@ -269,7 +289,7 @@ def training_pictures_left(data: str) -> list[str]:
         where, pictures = data, pictures_matching(data)
     elif Path(data).is_dir():
         normal = normal_folder(Path(data))
-        where = str(Path(data) / "train" / normal if normal else Path(data))
+        where = str(_pictures_folder(Path(data) / "train" / normal if normal else Path(data)))
         pictures = _images_in(Path(where))
     else:
         return []
@@ -380,15 +400,17 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
                         f"{hint}")
     normal = normal_folder(root)
     if split == "train" and normal is not None:
-        return [_file_sample(p, 0, "good") for p in _good_pictures(_images_in(root / "train" / normal, required=True))]
+        return [_file_sample(p, 0, "good")
+                for p in _good_pictures(_images_in(_pictures_folder(root / "train" / normal), required=True))]
     folders = _evaluation_folders(root) if split == "test" else None
     if folders is not None:
         samples = []
         for defect_dir in _class_folders(folders):
             defect = defect_dir.name
-            images = _images_in(defect_dir)
+            images = _images_in(_pictures_folder(defect_dir))
             beside = masks_beside(images)
-            ground_truth = {} if defect == folders.normal else _mvtec_masks(folders.ground_truth, defect)
+            ground_truth = {} if defect == folders.normal else \
+                _mvtec_masks(folders.ground_truth, defect) | _three_d_masks(defect_dir)
             taken = set(beside.values())
             for p in (p for p in images if p not in taken):
                 if defect == folders.normal:
@@ -409,7 +431,7 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
         raise DataError(f"{root}: {what}; evaluation reads pictures sorted into test/good (or ok, normal) and a folder "
                         "per defect, test/<defect> (an MVTec-layout category; its train/ and ground_truth/ are "
                         "optional, and one kind alone is a test set too), or 'elpv'")
-    return [_file_sample(p, 0, "good") for p in _good_pictures(_images_in(root, required=True))]
+    return [_file_sample(p, 0, "good") for p in _good_pictures(_images_in(_pictures_folder(root), required=True))]
 
 
 @functools.cache

@@ -301,6 +301,34 @@ def test_a_dagm_layout_is_labelled_by_the_masks_of_its_label_folders(tiny_bundle
     assert len(load_samples(str(train), "train")) == 13
 
 
+def test_an_mvtec_3d_ad_layout_is_read_from_its_rgb_and_gt_folders(tiny_bundle, mvtec_category, tmp_path):
+    """MVTec 3D-AD keeps each class folder's pictures in rgb/, their masks in gt/ (named as they
+    are) and depth maps in xyz/: `train` found no picture in train/good and offered a wildcard
+    over rgb/ and xyz/ together; eval found no test picture."""
+    import shutil
+
+    from edge_ad.datasets import load_samples, training_pictures_left
+
+    root = tmp_path / "bagel"
+    for kind in ("train/good", "test/good", "test/spot"):
+        for number, picture in enumerate(sorted((mvtec_category / kind).iterdir())):
+            for folder in ("rgb", "xyz") + (("gt",) if kind.startswith("test") else ()):
+                (root / kind / folder).mkdir(parents=True, exist_ok=True)
+            shutil.copy(picture, root / kind / "rgb" / f"{number:03d}.png")
+            cv2.imwrite(str(root / kind / "xyz" / f"{number:03d}.tiff"), np.zeros((8, 8, 3), np.float32))
+            if kind == "test/spot":
+                shutil.copy(mvtec_category / "ground_truth" / "spot" / f"{picture.stem}_mask.png",
+                            root / kind / "gt" / f"{number:03d}.png")
+            elif kind == "test/good":
+                cv2.imwrite(str(root / kind / "gt" / f"{number:03d}.png"), np.zeros((300, 300), np.uint8))
+    assert len(load_samples(str(root), "train")) == len(load_samples(str(root / "train" / "good"), "train")) == 12
+    assert training_pictures_left(str(root)) == []  # xyz/ beside rgb/ is not offered as more pictures
+    report, original = evaluate(tiny_bundle, str(root)), evaluate(tiny_bundle, str(mvtec_category))
+    assert (report["normal_images"], report["anomalous_images"]) == (4, 4)
+    assert (report["image_auroc"], report["pixel_auroc"]) == (original["image_auroc"], original["pixel_auroc"])
+    assert "pictures_not_read" not in report
+
+
 def test_unreadable_test_images_are_named_together_or_left_out_with_skip_bad(tiny_bundle, mvtec_category, tmp_path):
     """A test set copied from the line may hold a picture cut short: eval stopped at the first one,
     so a set with several took a run for each; now the error names them all, and --skip-bad
