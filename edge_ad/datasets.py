@@ -242,8 +242,10 @@ def _labelled_by_masks(images: list[Path]) -> list[Sample]:
     folder with a label folder (DAGM 2007's Test/Label/, a mask for each defective part's picture
     only): each is anomalous where its mask marks a defect, and normal where it marks none or it
     has none."""
-    return [_file_sample(image, 1, "defect", mask) if mask is not None and _defect_pixels(mask).any() else
-            _file_sample(image, 0, "good") for image, mask in sorted(masks_of(images).items())]
+    masks = masks_of(images)
+    defective = set(marked(masks, defective=True))
+    return [_file_sample(image, 1, "defect", masks[image]) if image in defective else _file_sample(image, 0, "good")
+            for image in sorted(masks)]
 
 
 def _defect_pictures(images: list[Path]) -> list[Path]:
@@ -293,10 +295,7 @@ def training_pictures_left(data: str) -> list[str]:
         pictures = _images_in(Path(where))
     else:
         return []
-    said = pictures_left(where)
-    if defective := marked(masks_of(pictures), defective=True):
-        said.append(marked_left_text(where, defective, True, "training takes good parts only"))
-    return said
+    return _left_by_masks(where, pictures, True, "training takes good parts only")
 
 
 def known_defects_left(spec: str) -> list[str]:
@@ -308,9 +307,15 @@ def known_defects_left(spec: str) -> list[str]:
         pictures = _images_in(Path(spec))
     else:
         return []
-    said = pictures_left(spec)
-    if good := marked(masks_of(pictures), defective=False):
-        said.append(marked_left_text(spec, good, False, "known defects are pictures of defective parts"))
+    return _left_by_masks(spec, pictures, False, "known defects are pictures of defective parts")
+
+
+def _left_by_masks(where: str, pictures: list[Path], defective: bool, why: str) -> list[str]:
+    """What to say of the pictures of the folder or wildcard `where` that are not read
+    (pictures_left), and of those left out as `defective` parts, or good ones, by their masks."""
+    said = pictures_left(where)
+    if left := marked(masks_of(pictures), defective):
+        said.append(marked_left_text(where, left, defective, why))
     return said
 
 
