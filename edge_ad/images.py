@@ -105,9 +105,9 @@ def label_folder(folder: Path) -> Path | None:
     (pictures of the parts' printed labels) is none."""
     try:
         found = next((p for p in folder.iterdir() if p.name.lower() == LABEL_FOLDER and p.is_dir()), None)
+        return found if found is not None and _label_masks(found) else None
     except OSError:  # not a folder that can be listed
         return None
-    return found if found is not None and _label_masks(found) else None
 
 
 def _label_masks(labels: Path) -> dict[str, Path]:

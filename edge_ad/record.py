@@ -5,7 +5,7 @@ pictures are the frames `run` will score), at most one per `interval_s` (of the 
 a file, of the clock for a camera; every picture of a folder or wildcard, followed or not), as
 lossless PNG (or JPEG) files named as `run`'s snapshots are, after the source, the capture time
 and the frame number, so that a second recording into the same folder adds to the first (a
-folder's pictures keep their own names: picture_path); or one frame as the picture named
+folder's pictures keep their own names: own_name_path); or one frame as the picture named
 (frame.png, the frame a mask is drawn on). Recording stops after `count` pictures, at the end of
 a file, or on SIGINT / SIGTERM, and keeps every picture saved. `record_sources` records several
 cameras at once (a run's --sources), each into its own folder, for a bundle per camera.
@@ -39,7 +39,7 @@ def one_picture(out: Path) -> bool:
     return out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
 
 
-def picture_path(folder: Path, name: str, suffix: str) -> Path:
+def own_name_path(folder: Path, name: str, suffix: str) -> Path:
     """Where a picture of a folder or wildcard, `name` under it, is saved: under its own name
     (a wildcard's cam1/part_7.jpg as cam1_part_7.png), so that each can be traced to the picture
     it was cut from (a serial number, a label given later); -2, -3, ... where that name is taken
@@ -121,7 +121,7 @@ def record(
                 elif spaced:
                     (path,) = picture_paths(folder, source.shown, frame.captured, frame.index, (f".{fmt}",))
                 else:
-                    path = picture_path(folder, frame.name, f".{fmt}")
+                    path = own_name_path(folder, frame.name, f".{fmt}")
                 try:
                     ok, data = cv2.imencode(path.suffix, frame.image)
                 except cv2.error:
