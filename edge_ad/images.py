@@ -104,10 +104,17 @@ def label_folder(folder: Path) -> Path | None:
     2007's Train/Label/, in any case), if it has one: a folder so named without a mask in it
     (pictures of the parts' printed labels) is none."""
     try:
-        found = next((p for p in folder.iterdir() if p.name.lower() == LABEL_FOLDER and p.is_dir()), None)
-        return found if found is not None and _label_masks(found) else None
+        return next((p for p in folder.iterdir() if p.name.lower() == LABEL_FOLDER and _is_label_folder(p)), None)
     except OSError:  # not a folder that can be listed
         return None
+
+
+def _is_label_folder(path: Path) -> bool:
+    """Whether `path` is a label folder (label_folder): named so, and holding masks."""
+    try:
+        return path.name.lower() == LABEL_FOLDER and path.is_dir() and bool(_label_masks(path))
+    except OSError:  # a label folder that cannot be listed is none, as a folder that cannot be is
+        return False
 
 
 def _label_masks(labels: Path) -> dict[str, Path]:
@@ -154,10 +161,10 @@ def pattern_folder(pattern: str) -> Path:
 def pictures_in_subfolders(folder: Path) -> dict[Path, int]:
     """How many pictures each subfolder of `folder` holds, its own subfolders' included, where it
     holds some, counted up to COUNTED_UP_TO (count_text says so); hidden folders (a viewer's
-    thumbnails) and those that cannot be listed hold none, and links to folders are not followed."""
-    masks = label_folder(folder)  # its pictures' masks, read with them
-    counts = {sub: _pictures_under(sub) for sub in sorted(p for p in folder.iterdir()
-                                                          if p.is_dir() and not p.name.startswith(".") and p != masks)}
+    thumbnails) and those that cannot be listed hold none, and links to folders are not followed.
+    A label folder (label_folder) is none: its masks are read with the pictures."""
+    counts = {sub: _pictures_under(sub) for sub in sorted(p for p in folder.iterdir() if p.is_dir()
+                                                          and not p.name.startswith(".") and not _is_label_folder(p))}
     return {sub: count for sub, count in counts.items() if count}
 
 
