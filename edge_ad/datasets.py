@@ -107,10 +107,8 @@ def _pictures_folder(folder: Path) -> Path:
 
 def _three_d_masks(class_dir: Path) -> dict[str, Path]:
     """The masks of an MVTec 3D-AD class folder's pictures by their name (gt/000.png for
-    rgb/000.png); none for another layout."""
-    if _pictures_folder(class_dir) == class_dir or not (class_dir / GT_FOLDER).is_dir():
-        return {}
-    return {p.stem: p for p in _images_in(class_dir / GT_FOLDER)}
+    rgb/000.png), read as a ground-truth folder's are; none for another layout."""
+    return {} if _pictures_folder(class_dir) == class_dir else _mvtec_masks(class_dir, GT_FOLDER)
 
 
 def _images_in(folder: Path, required: bool = False) -> list[Path]:
