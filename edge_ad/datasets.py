@@ -246,19 +246,13 @@ def _labelled_by_masks(images: list[Path]) -> list[Sample]:
             for image in sorted(masks)]
 
 
-def _defect_pictures(images: list[Path]) -> list[Path]:
-    """A folder of known defect pictures less the masks beside them (000_mask.png: a mask is no
-    picture of a part), and less the pictures of good parts by their masks (marked: KolektorSDD2's
-    test/ keeps a black 10000_GT.png beside each; DAGM's Test/ none in its Label/)."""
-    left = set(masks_beside(images).values()) | set(marked(masks_of(images), defective=False))
-    return [p for p in images if p not in left]
-
-
-def _good_pictures(images: list[Path]) -> list[Path]:
-    """A folder of training pictures less the masks beside them, and less the pictures whose mask
-    marks a defect (KolektorSDD2's train/ keeps a 10000_GT.png beside each picture, and 246 of its
-    2,331 pictures are of defective parts): training takes good parts only."""
-    left = set(masks_beside(images).values()) | set(marked(masks_of(images), defective=True))
+def _pictures_showing(images: list[Path], defective: bool) -> list[Path]:
+    """The pictures of a folder (or wildcard) read as `defective` parts (known defects) or good ones
+    (training pictures): less the masks beside them (000_mask.png: a mask is no picture of a part),
+    and less the pictures whose masks say they show the other kind (marked). KolektorSDD2 keeps a
+    10000_GT.png beside each picture, black for a good part (246 of its 2,331 training pictures
+    are of defective parts); DAGM's Train/ and Test/ a mask in Label/ for each defective one."""
+    left = set(masks_beside(images).values()) | set(marked(masks_of(images), not defective))
     return [p for p in images if p not in left]
 
 
@@ -378,7 +372,7 @@ def _matching_samples(pattern: str, split: str) -> list[Sample]:
     if split == "test":
         raise DataError(f"{pattern}: a wildcard of normal images has no test split; evaluation needs an "
                         "MVTec-layout category (train/good, test/<defect>, ground_truth/<defect>) or 'elpv'")
-    return [_file_sample(path, 0, "good") for path in _good_pictures(_matching_pictures(pattern))]
+    return [_file_sample(path, 0, "good") for path in _pictures_showing(_matching_pictures(pattern), defective=False)]
 
 
 def _matching_pictures(pattern: str) -> list[Path]:
@@ -403,8 +397,8 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
                         f"{hint}")
     normal = normal_folder(root)
     if split == "train" and normal is not None:
-        return [_file_sample(p, 0, "good")
-                for p in _good_pictures(_images_in(_pictures_folder(root / "train" / normal), required=True))]
+        good = _images_in(_pictures_folder(root / "train" / normal), required=True)
+        return [_file_sample(p, 0, "good") for p in _pictures_showing(good, defective=False)]
     folders = _evaluation_folders(root) if split == "test" else None
     if folders is not None:
         samples = []
@@ -434,7 +428,8 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
         raise DataError(f"{root}: {what}; evaluation reads pictures sorted into test/good (or ok, normal) and a folder "
                         "per defect, test/<defect> (an MVTec-layout category; its train/ and ground_truth/ are "
                         "optional, and one kind alone is a test set too), or 'elpv'")
-    return [_file_sample(p, 0, "good") for p in _good_pictures(_images_in(_pictures_folder(root), required=True))]
+    good = _images_in(_pictures_folder(root), required=True)
+    return [_file_sample(p, 0, "good") for p in _pictures_showing(good, defective=False)]
 
 
 @functools.cache
@@ -485,11 +480,11 @@ def load_defects(spec: str) -> list[Sample]:
         except ValueError as exc:
             raise DataError(f"{spec}: expected elpv:<count>, e.g. elpv:10") from exc
     if _is_wildcard(spec):
-        return [_file_sample(p, 1, "defect") for p in _defect_pictures(_matching_pictures(spec))]
+        return [_file_sample(p, 1, "defect") for p in _pictures_showing(_matching_pictures(spec), defective=True)]
     folder = Path(spec)
     if not folder.is_dir():
         raise DataError(f"{spec}: not a folder of defect images (or elpv:<count>)")
-    return [_file_sample(p, 1, "defect") for p in _defect_pictures(_images_in(folder, required=True))]
+    return [_file_sample(p, 1, "defect") for p in _pictures_showing(_images_in(folder, required=True), defective=True)]
 
 
 def load_samples(data: str | Sequence[str], split: str) -> list[Sample]:
