@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import os
@@ -85,7 +86,8 @@ def masked_stem(stem: str) -> str | None:
 def masks_beside(pictures: list[Path]) -> dict[Path, Path]:
     """The masks among `pictures`, by their picture: each named as another picture of its folder
     with one of MASK_ENDINGS (000_mask.png beside 000.png), or of the folder above its label
-    folder (a wildcard's Train/Label/0002_label.PNG, of Train/0002.PNG)."""
+    folder (a wildcard's Train/Label/0002_label.PNG, of Train/0002.PNG), or named as its picture,
+    in another format (_masks_named_alike)."""
     named = {(p.parent, p.stem): p for p in pictures}
     masks = {}
     for mask in pictures:
@@ -96,7 +98,45 @@ def masks_beside(pictures: list[Path]) -> dict[Path, Path]:
             picture = named.get((mask.parent.parent, stem))
         if picture is not None:
             masks[picture] = mask
+    return _masks_named_alike(pictures) | masks
+
+
+def _masks_named_alike(pictures: list[Path]) -> dict[Path, Path]:
+    """The masks among `pictures` named as their picture in another format, by their picture (the
+    Magnetic Tile Defect data set's exp1_num_4727.png beside exp1_num_4727.jpg, black for a good
+    part): of two pictures of one folder so named, the one of two grey levels or fewer, where the
+    other is not (a photograph is never so flat)."""
+    alike: dict[tuple[Path, str], list[Path]] = {}
+    for picture in pictures:
+        alike.setdefault((picture.parent, picture.stem), []).append(picture)
+    masks = {}
+    for pair in alike.values():
+        if len(pair) == 2 and _two_levels(pair[0]) != _two_levels(pair[1]):
+            picture, mask = sorted(pair, key=_two_levels)
+            masks[picture] = mask
     return masks
+
+
+def _two_levels(path: Path) -> bool:
+    """Whether the picture at `path` is grey, of two grey levels or fewer, as a mask is; one that
+    cannot be read is not (read as a picture, what is wrong with it is named)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    return _two_levels_as_saved(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16384)
+def _two_levels_as_saved(path: Path, modified_ns: int, size: int) -> bool:
+    """_two_levels of `path` as it was saved at `modified_ns`, `size` bytes long: a command asks it
+    of a folder's pairs a few times (the pictures to read, the masks to leave out, a note)."""
+    try:
+        rgb = read_image(path)
+    except ImageError:
+        return False
+    grey = rgb[..., 0]
+    return bool((rgb == grey[..., None]).all()) and np.count_nonzero(np.bincount(grey.ravel(), minlength=256)) <= 2
 
 
 def label_folder(folder: Path) -> Path | None:

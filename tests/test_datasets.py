@@ -465,6 +465,34 @@ def test_masks_beside_pictures_are_no_frames_and_no_pictures_a_wildcard_takes(tm
         source.keep_only(True, "known defects are pictures of defective parts")
 
 
+def test_masks_named_as_their_picture_in_another_format_are_masks(tmp_path, caplog):
+    """The Magnetic Tile Defect data set keeps each picture's mask beside it, named as it, as a PNG
+    (MT_Free/Imgs/exp1_num_4727.jpg and .png, black for a good part): `train` on MT_Free/Imgs
+    trained on the masks as pictures of good parts (half its pictures black), `run` scored each as
+    a frame. The mask is the one of two grey levels or fewer; a part's picture saved twice, as a
+    JPEG and a PNG, is two pictures."""
+    rng = np.random.default_rng(0)
+    free, crack = tmp_path / "MT_Free" / "Imgs", tmp_path / "MT_Crack" / "Imgs"
+    defect = np.zeros((40, 48), np.uint8)
+    defect[10:20, 5:30] = 255
+    for folder, mask in ((free, np.zeros_like(defect)), (crack, defect)):
+        folder.mkdir(parents=True)
+        for number in (1, 2):
+            cv2.imwrite(str(folder / f"exp1_num_{number}.jpg"), rng.integers(0, 256, (40, 48), np.uint8))
+            cv2.imwrite(str(folder / f"exp1_num_{number}.png"), mask)
+    part = rng.integers(0, 256, (40, 48, 3), np.uint8)
+    cv2.imwrite(str(free / "saved_twice.jpg"), part)
+    cv2.imwrite(str(free / "saved_twice.png"), part)
+    assert [Path(s.name).name for s in load_samples(str(free), "train")] == [
+        "exp1_num_1.jpg", "exp1_num_2.jpg", "saved_twice.jpg", "saved_twice.png"]
+    assert [Path(s.name).relative_to(tmp_path).as_posix() for s in load_defects(str(tmp_path / "*" / "*" / "exp1_*"))
+            ] == ["MT_Crack/Imgs/exp1_num_1.jpg", "MT_Crack/Imgs/exp1_num_2.jpg"]
+    with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
+        assert [frame.name for frame in open_source(str(crack))] == ["exp1_num_1.jpg", "exp1_num_2.jpg"]
+    assert caplog.messages == [f"{crack}: 2 mask(s) of the pictures beside them (exp1_num_1.png) left out; a mask is "
+                               "no picture of a part"]
+
+
 def test_a_wildcard_trains_on_the_good_parts_of_a_folder_that_holds_both(tmp_path):
     # A vision system's archive: good and rejected parts side by side, told apart by name.
     for name in ("OK_0001.png", "OK_0002.jpg", "NG_0003.png", "OK_0004.txt"):
