@@ -1179,7 +1179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=_pictures,
                    help="'elpv' (or elpv:mono, elpv:poly), an MVTec category folder (its train/ optional), a "
                         "folder holding good/ (or ok/, normal/) beside a folder per defect, or pictures labelled by "
-                        "their masks (KolektorSDD2's test/: beside them; DAGM 2007's Test/: in its Label/)")
+                        "their masks (KolektorSDD2's test/: beside them; DAGM 2007's Test/: in its Label/), a "
+                        "folder of them or a quoted wildcard ('KolektorSDD/kos*/*')")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--report", help="PNG: score histograms with the thresholds, the ROC curve, and overlays of the "
                                     "highest-scoring normal and lowest-scoring anomalous images")

@@ -204,7 +204,10 @@ def eval_folder_notes(data: str, samples: Sequence[Sample]) -> dict:
     as those images' masks and not as test images (`masks_beside_their_images`), the masks of a
     defect's ground-truth folder named as none of its test images (`masks_of_no_test_image`), and
     the samples outside the class folders, labelled by the masks beside them, or in their label
-    folder (`test_images_labelled_by_their_masks`, with `label_folder`)."""
+    folder (`test_images_labelled_by_their_masks`, with `label_folder`); of a wildcard's, those
+    labelled by their masks and the pictures it matches that have none (_wildcard_notes)."""
+    if _is_wildcard(data):
+        return _wildcard_notes(data, samples)
     folders = _test_folders(data)
     if folders is None:
         return {}
@@ -223,6 +226,20 @@ def eval_folder_notes(data: str, samples: Sequence[Sample]) -> dict:
         "test_images_labelled_by_their_masks": {"folder": str(folders.classes), "normal": labels.count(0),
                                                 "anomalous": labels.count(1)} | masks_folder if labels else None,
     }
+    return {key: value for key, value in notes.items() if value}
+
+
+def _wildcard_notes(pattern: str, samples: Sequence[Sample]) -> dict:
+    """What eval's report says of the test images a wildcard matches (eval_folder_notes): how many
+    of each kind their masks labelled (`test_images_labelled_by_their_masks`), and the pictures that
+    have no mask, not read (`pictures_without_mask`, how many and the first)."""
+    pictures = pictures_matching(pattern)
+    labelled = set(masks_of(pictures)) | set(masks_beside(pictures).values())  # and the masks themselves
+    unlabelled = [p for p in pictures if p not in labelled]
+    labels = [s.label for s in samples]
+    notes = {"test_images_labelled_by_their_masks": {"wildcard": pattern, "normal": labels.count(0),
+                                                     "anomalous": labels.count(1)},
+             "pictures_without_mask": {"count": len(unlabelled), "first": str(unlabelled[0])} if unlabelled else None}
     return {key: value for key, value in notes.items() if value}
 
 
@@ -367,12 +384,19 @@ def _mvtec_masks(ground_truth: Path, defect: str) -> dict[str, Path]:
 
 
 def _matching_samples(pattern: str, split: str) -> list[Sample]:
-    """The pictures a wildcard matches ('archive/OK_*.jpg': the good parts of a folder where the
-    line's vision system saves good and rejected ones side by side), as normal training images."""
+    """The pictures a wildcard matches: as normal training images ('archive/OK_*.jpg': the good
+    parts of a folder where the line's vision system saves good and rejected ones side by side), or
+    as test images labelled by their masks (KolektorSDD's 'kos*/*': a folder per board, a mask
+    beside each picture; the Magnetic Tile Defect data set's 'MT_*/Imgs/*')."""
+    pictures = _matching_pictures(pattern)
     if split == "test":
-        raise DataError(f"{pattern}: a wildcard of normal images has no test split; evaluation needs an "
-                        "MVTec-layout category (train/good, test/<defect>, ground_truth/<defect>) or 'elpv'")
-    return [_file_sample(path, 0, "good") for path in _pictures_showing(_matching_pictures(pattern), defective=False)]
+        if not (labelled := _labelled_by_masks(pictures)):
+            raise DataError(f"{pattern}: none of the {len(pictures)} pictures the wildcard matches has a mask, beside "
+                            "it or in a label folder, to say which part it shows; evaluation reads pictures so "
+                            "labelled, an MVTec-layout category (train/good, test/<defect>, ground_truth/<defect>) "
+                            "or 'elpv'")
+        return labelled
+    return [_file_sample(path, 0, "good") for path in _pictures_showing(pictures, defective=False)]
 
 
 def _matching_pictures(pattern: str) -> list[Path]:

@@ -86,13 +86,20 @@ def eval_notes(report: dict) -> list[str]:
                      f"{masks['first']}), so not read: a mask is named as its image (000.png), as it with _mask, _GT or "
                      "_label (000_mask.png), or is a folder of its name")
     labelled = report.get("test_images_labelled_by_their_masks")
-    if labelled:
+    if labelled and "wildcard" in labelled:
+        notes.append(f"the test images {labelled['wildcard']} matches are labelled by their masks (beside them, or "
+                     f"in a label folder): {labelled['anomalous']} anomalous (a mask that marks a defect) and "
+                     f"{labelled['normal']} normal")
+    elif labelled:
         count = labelled["normal"] + labelled["anomalous"]
         where = f"the masks of its defective parts in {labels}" if (labels := labelled.get("label_folder")) else \
             "their masks beside them"
         notes.append(f"the {count} test images in {labelled['folder']} lie outside a class folder, with {where}: "
                      f"labelled by those masks, {labelled['anomalous']} anomalous (a mask that marks a defect) and "
                      f"{labelled['normal']} normal")
+    if without := report.get("pictures_without_mask"):
+        notes.append(f"{without['count']} picture(s) the wildcard matches ({without['first']}) have no mask, beside "
+                     "them or in a label folder, to say which part they show: not read")
     formats = report.get("pictures_in_formats_not_read", {})
     if formats:
         notes.append(f"left out: {'; '.join(f'{folder}: {held}' for folder, held in formats.items())}; save such "

@@ -471,6 +471,8 @@ def test_masks_named_as_their_picture_in_another_format_are_masks(tmp_path, capl
     trained on the masks as pictures of good parts (half its pictures black), `run` scored each as
     a frame. The mask is the one of two grey levels or fewer; a part's picture saved twice, as a
     JPEG and a PNG, is two pictures."""
+    from edge_ad.datasets import eval_folder_notes
+
     rng = np.random.default_rng(0)
     free, crack = tmp_path / "MT_Free" / "Imgs", tmp_path / "MT_Crack" / "Imgs"
     defect = np.zeros((40, 48), np.uint8)
@@ -491,6 +493,15 @@ def test_masks_named_as_their_picture_in_another_format_are_masks(tmp_path, capl
         assert [frame.name for frame in open_source(str(crack))] == ["exp1_num_1.jpg", "exp1_num_2.jpg"]
     assert caplog.messages == [f"{crack}: 2 mask(s) of the pictures beside them (exp1_num_1.png) left out; a mask is "
                                "no picture of a part"]
+    tiles = str(tmp_path / "MT_*" / "Imgs" / "*")  # a test split, labelled by the masks: before, refused
+    test = load_samples(tiles, "test")
+    assert [(Path(s.name).relative_to(tmp_path).as_posix(), s.label, s.mask_path and s.mask_path.name)
+            for s in test] == [("MT_Crack/Imgs/exp1_num_1.jpg", 1, "exp1_num_1.png"),
+                               ("MT_Crack/Imgs/exp1_num_2.jpg", 1, "exp1_num_2.png"),
+                               ("MT_Free/Imgs/exp1_num_1.jpg", 0, None), ("MT_Free/Imgs/exp1_num_2.jpg", 0, None)]
+    assert eval_folder_notes(tiles, test) == {
+        "test_images_labelled_by_their_masks": {"wildcard": tiles, "normal": 2, "anomalous": 2},
+        "pictures_without_mask": {"count": 2, "first": str(free / "saved_twice.jpg")}}
 
 
 def test_a_wildcard_trains_on_the_good_parts_of_a_folder_that_holds_both(tmp_path):
@@ -511,7 +522,8 @@ def test_a_wildcard_trains_on_the_good_parts_of_a_folder_that_holds_both(tmp_pat
         load_samples(str(tmp_path / "OK_*.txt"), "train")
     with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'GOOD_*'}: the wildcard matches nothing (quote it")):
         load_samples(str(tmp_path / "GOOD_*"), "train")
-    with pytest.raises(DataError, match="a wildcard of normal images has no test split"):
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'OK_*'}: none of the 2 pictures the wildcard matches "
+                                                  "has a mask, beside it or in a label folder, to say which part")):
         load_samples(str(tmp_path / "OK_*"), "test")
 
 

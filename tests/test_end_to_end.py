@@ -239,6 +239,14 @@ def test_a_kolektorsdd2_layout_is_labelled_by_the_masks_beside_its_pictures(tiny
                       for s in load_samples(str(data), "test"))
 
     assert read(board) == read(root) and len(read(board)) == 8
+    second = tmp_path / "kos02"  # the boards at once, by a wildcard: before, it "has no test split"
+    second.mkdir()
+    for picture in sorted(board.glob("spot*")):
+        picture.rename(second / picture.name)
+    boards = evaluate(tiny_bundle, pattern := str(tmp_path / "kos*" / "*"))
+    assert (boards["image_auroc"], boards["pixel_auroc"]) == (original["image_auroc"], original["pixel_auroc"])
+    assert f"the test images {pattern} matches are labelled by their masks (beside them, or in a label folder): 4 " \
+           "anomalous (a mask that marks a defect) and 4 normal" in eval_notes(boards)
 
     # calibrate on the training pictures and the test ones as known defects: the 4 good parts of
     # test/ were counted as defects, and a training picture whose mask marks one as a normal frame
