@@ -43,6 +43,7 @@ MASK_ENDINGS = ("_mask", "_gt", "_label")
 # A folder's subfolder of the masks of its pictures of defective parts (DAGM 2007's Train/Label/:
 # 0002_label.PNG for 0002.PNG), any case; its pictures without a mask there are of good parts.
 LABEL_FOLDER = "label"
+MASK_EDGE = 0.01  # of a mask's pixels, at most, between its two levels (painted with a soft brush)
 COUNTED_UP_TO = 1000  # pictures counted in a subfolder left unread: a share's archive there may hold millions
 COLOR_ORDERS = ("BGR", "RGB", "GRAY")
 GREY_TOLERANCE = 2  # grey levels between the channels of a grey picture (a colour JPEG of one rounds them)
@@ -104,8 +105,8 @@ def masks_beside(pictures: list[Path]) -> dict[Path, Path]:
 def _masks_named_alike(pictures: list[Path]) -> dict[Path, Path]:
     """The masks among `pictures` named as their picture in another format, by their picture (the
     Magnetic Tile Defect data set's exp1_num_4727.png beside exp1_num_4727.jpg, black for a good
-    part): of two pictures of one folder so named, the one of two grey levels or fewer, where the
-    other is not (a photograph is never so flat)."""
+    part): of two pictures of one folder so named, the one of two grey levels (_two_levels), where
+    the other is not (a photograph is never so flat)."""
     alike: dict[tuple[Path, str], list[Path]] = {}
     for picture in pictures:
         alike.setdefault((picture.parent, picture.stem), []).append(picture)
@@ -118,8 +119,9 @@ def _masks_named_alike(pictures: list[Path]) -> dict[Path, Path]:
 
 
 def _two_levels(path: Path) -> bool:
-    """Whether the picture at `path` is grey, of two grey levels or fewer, as a mask is; one that
-    cannot be read is not (read as a picture, what is wrong with it is named)."""
+    """Whether the picture at `path` is grey, of two grey levels, as a mask is: all but a few of
+    its pixels (MASK_EDGE: a brush's soft edge) at its two commonest levels, or at one (a good
+    part's). One that cannot be read is not (read as a picture, what is wrong with it is named)."""
     try:
         stat = path.stat()
     except OSError:
@@ -136,7 +138,10 @@ def _two_levels_as_saved(path: Path, modified_ns: int, size: int) -> bool:
     except ImageError:
         return False
     grey = rgb[..., 0]
-    return bool((rgb == grey[..., None]).all()) and np.count_nonzero(np.bincount(grey.ravel(), minlength=256)) <= 2
+    if not (rgb == grey[..., None]).all():
+        return False
+    counts = np.sort(np.bincount(grey.ravel(), minlength=256))
+    return counts[:-2].sum() <= MASK_EDGE * grey.size
 
 
 def label_folder(folder: Path) -> Path | None:

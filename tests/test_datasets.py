@@ -469,20 +469,21 @@ def test_masks_named_as_their_picture_in_another_format_are_masks(tmp_path, capl
     """The Magnetic Tile Defect data set keeps each picture's mask beside it, named as it, as a PNG
     (MT_Free/Imgs/exp1_num_4727.jpg and .png, black for a good part): `train` on MT_Free/Imgs
     trained on the masks as pictures of good parts (half its pictures black), `run` scored each as
-    a frame. The mask is the one of two grey levels or fewer; a part's picture saved twice, as a
-    JPEG and a PNG, is two pictures."""
+    a frame. The mask is the one of two grey levels, but for a soft edge; a part's picture saved
+    twice, as a JPEG and a PNG, is two pictures."""
     from edge_ad.datasets import eval_folder_notes
 
     rng = np.random.default_rng(0)
     free, crack = tmp_path / "MT_Free" / "Imgs", tmp_path / "MT_Crack" / "Imgs"
-    defect = np.zeros((40, 48), np.uint8)
-    defect[10:20, 5:30] = 255
+    defect = np.zeros((160, 192), np.uint8)
+    defect[40:60, 20:70] = 128  # painted with a soft brush: an edge of 136 pixels between the two levels
+    defect[41:59, 21:69] = 255
     for folder, mask in ((free, np.zeros_like(defect)), (crack, defect)):
         folder.mkdir(parents=True)
         for number in (1, 2):
-            cv2.imwrite(str(folder / f"exp1_num_{number}.jpg"), rng.integers(0, 256, (40, 48), np.uint8))
+            cv2.imwrite(str(folder / f"exp1_num_{number}.jpg"), rng.integers(0, 256, defect.shape, np.uint8))
             cv2.imwrite(str(folder / f"exp1_num_{number}.png"), mask)
-    part = rng.integers(0, 256, (40, 48, 3), np.uint8)
+    part = rng.integers(0, 256, (*defect.shape, 3), np.uint8)
     cv2.imwrite(str(free / "saved_twice.jpg"), part)
     cv2.imwrite(str(free / "saved_twice.png"), part)
     assert [Path(s.name).name for s in load_samples(str(free), "train")] == [
