@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 
 from .errors import DataError, ImageError, shell_word, without_passwords
-from .images import (IMAGE_SUFFIXES, NORMAL_FOLDERS, as_grey, is_image_file, label_folder, masked_stem,
-                     masks_beside, masks_left_text, masks_of, no_images_in, normal_subfolder, pictures_in_subfolders,
-                     pictures_matching, read_image, resize_to_input, subfolders_left, to_rgb, unread_formats,
-                     unread_formats_text)
+from .images import (GT_FOLDER, IMAGE_SUFFIXES, NORMAL_FOLDERS, RGB_FOLDER, XYZ_FOLDER, as_grey, is_image_file,
+                     label_folder, masked_stem, masks_beside, masks_left_text, masks_of, no_images_in, normal_subfolder,
+                     pictures_in_subfolders, pictures_matching, read_image, resize_to_input, subfolders_left, to_rgb,
+                     unread_formats, unread_formats_text)
 from .pipelines import is_v4l2_device, local_path
 from .sinks import FRAME_SUFFIX, OVERLAY_SUFFIX
 
@@ -35,9 +35,6 @@ GROUND_TRUTH = "ground_truth"  # an MVTec-layout category's folder of masks, one
 TEST_SPLITS = ("test", "test_public")
 NOT_READ = ("outside a class folder or in a subfolder of one (a test picture's kind is the folder it is in: good/, "
             "ok/ or normal/, or a folder per defect)")  # where unread_test_pictures finds pictures
-# MVTec 3D-AD keeps a class folder's pictures in rgb/, their masks (named as they are) in gt/, and
-# their depth maps in xyz/ (not read: edge-ad scores pictures).
-RGB_FOLDER, GT_FOLDER, XYZ_FOLDER = "rgb", "gt", "xyz"
 ASPECT_TOLERANCE = 0.01  # a mask scaled from its image keeps its aspect within rounding
 
 

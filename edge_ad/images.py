@@ -43,6 +43,9 @@ MASK_ENDINGS = ("_mask", "_gt", "_label")
 # A folder's subfolder of the masks of its pictures of defective parts (DAGM 2007's Train/Label/:
 # 0002_label.PNG for 0002.PNG), any case; its pictures without a mask there are of good parts.
 LABEL_FOLDER = "label"
+# MVTec 3D-AD keeps a class folder's pictures in rgb/, their masks (named as they are) in gt/, and
+# their depth maps in xyz/ (not read: edge-ad scores pictures).
+RGB_FOLDER, GT_FOLDER, XYZ_FOLDER = "rgb", "gt", "xyz"
 MASK_EDGE = 0.01  # of a mask's pixels, at most, between its two levels (painted with a soft brush)
 COUNTED_UP_TO = 1000  # pictures counted in a subfolder left unread: a share's archive there may hold millions
 COLOR_ORDERS = ("BGR", "RGB", "GRAY")
@@ -282,8 +285,10 @@ def no_images_in(folder: Path) -> str:
     hold some (`run --samples` keeps each source's pictures in a subfolder of its own). All of them
     together are offered unless they are sorted by kind (good/ beside a folder per defect, or
     test/ and train/ so sorted) or split into train/ and test/: those together would take
-    rejected parts for good ones, good ones for defects, or test pictures for training ones."""
-    holding = ", ".join(f"{sub.name} ({count_text(count)})" for sub, count in pictures_in_subfolders(folder).items())
+    rejected parts for good ones, good ones for defects, or test pictures for training ones; nor
+    are an MVTec 3D-AD class folder's, pictures beside depth maps (and masks)."""
+    subfolders = pictures_in_subfolders(folder)
+    holding = ", ".join(f"{sub.name} ({count_text(count)})" for sub, count in subfolders.items())
     normal = next((sub for parent in (folder, folder / "test", folder / "train") if (sub := normal_subfolder(parent))),
                   None)
     if not holding:
@@ -295,6 +300,9 @@ def no_images_in(folder: Path) -> str:
         # KolektorSDD2's: pictures and masks in each; DAGM 2007's Train/ and Test/
         found = (f"; its subfolders {holding} hold some, split into train/ and test/: give {splits['train']} to train "
                  "on, not all of them together, which would train on the test pictures too")
+    elif {RGB_FOLDER, XYZ_FOLDER} <= {sub.name for sub in subfolders}:
+        found = (f"; its pictures are in {folder / RGB_FOLDER} (MVTec 3D-AD's layout; its {XYZ_FOLDER}/ holds depth "
+                 "maps, which edge-ad does not read): give that folder")
     else:
         found = f"; its subfolders {holding} hold some: give one of them, or all of them as a quoted wildcard, " \
                 f"'{folder / '**' / '*'}'"

@@ -312,10 +312,13 @@ def test_a_dagm_layout_is_labelled_by_the_masks_of_its_label_folders(tiny_bundle
 def test_an_mvtec_3d_ad_layout_is_read_from_its_rgb_and_gt_folders(tiny_bundle, mvtec_category, tmp_path):
     """MVTec 3D-AD keeps each class folder's pictures in rgb/, their masks in gt/ (named as they
     are) and depth maps in xyz/: `train` found no picture in train/good and offered a wildcard
-    over rgb/ and xyz/ together; eval found no test picture."""
+    over rgb/ and xyz/ together; eval found no test picture. A class folder given where a folder of
+    pictures is read (`run --input`, `calibrate --defects`) offered that wildcard too: it names rgb/."""
     import shutil
 
-    from edge_ad.datasets import load_samples, training_pictures_left
+    from edge_ad.datasets import load_defects, load_samples, training_pictures_left
+    from edge_ad.errors import DataError, SourceError
+    from edge_ad.sources import open_source
 
     root = tmp_path / "bagel"
     for kind in ("train/good", "test/good", "test/spot"):
@@ -335,6 +338,13 @@ def test_an_mvtec_3d_ad_layout_is_read_from_its_rgb_and_gt_folders(tiny_bundle, 
     assert (report["normal_images"], report["anomalous_images"]) == (4, 4)
     assert (report["image_auroc"], report["pixel_auroc"]) == (original["image_auroc"], original["pixel_auroc"])
     assert "pictures_not_read" not in report
+    in_rgb = re.escape(f"{root / 'test' / 'spot'}: no image files (.png .jpg .jpeg .bmp .tif .tiff .webp .pgm .ppm) "
+                       f"in the folder; its pictures are in {root / 'test' / 'spot' / 'rgb'} (MVTec 3D-AD's layout; "
+                       "its xyz/ holds depth maps, which edge-ad does not read): give that folder")
+    with pytest.raises(DataError, match=in_rgb):
+        load_defects(str(root / "test" / "spot"))
+    with pytest.raises(SourceError, match=in_rgb):
+        open_source(str(root / "test" / "spot"))
 
 
 def test_unreadable_test_images_are_named_together_or_left_out_with_skip_bad(tiny_bundle, mvtec_category, tmp_path):
