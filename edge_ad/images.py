@@ -191,10 +191,10 @@ def masks_of(pictures: list[Path]) -> dict[Path, Path | None]:
 
 
 def masks_left_text(where: str | Path, masks: list[Path]) -> str:
-    """What to say of the masks beside the pictures of a folder or wildcard, left out where
-    pictures of parts are read: scored, each was one more frame of nothing."""
-    return (f"{where}: {len(masks)} mask(s) of the pictures beside them ({masks[0].name}) left out; a mask is no "
-            "picture of a part")
+    """What to say of the masks among the pictures of a folder or wildcard (masks_beside: beside
+    their pictures, or in their label folder), left out where pictures of parts are read: scored,
+    each was one more frame of nothing."""
+    return f"{where}: {len(masks)} mask(s) of its pictures ({masks[0].name}) left out; a mask is no picture of a part"
 
 
 def pattern_folder(pattern: str) -> Path:

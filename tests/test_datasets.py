@@ -396,7 +396,7 @@ def test_masks_beside_training_and_defect_pictures_are_no_pictures_of_parts(tmp_
     train = category / "train" / "good"
     names = ["10000.png", "10001.png", "10002_GT.png"]
     assert [Path(s.name).name for s in load_samples(str(category), "train")] == names
-    assert training_pictures_left(str(category)) == [f"{train}: 2 mask(s) of the pictures beside them (10000_GT.png) "
+    assert training_pictures_left(str(category)) == [f"{train}: 2 mask(s) of its pictures (10000_GT.png) "
                                                      "left out; a mask is no picture of a part"]
     defect = np.zeros((32, 32), np.uint8)
     defect[10:14, 10:20] = 1  # saved as 0 and 1, as some tools save them
@@ -435,7 +435,7 @@ def test_masks_beside_pictures_are_no_frames_and_no_pictures_a_wildcard_takes(tm
     cv2.imwrite(str(tmp_path / "cam2" / "002_mask.png"), defect)  # no picture of its name beside it: a picture itself
     with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
         assert [frame.name for frame in open_source(str(tmp_path / "cam1"))] == ["000.png", "001.png"]
-    masks_said = "mask(s) of the pictures beside them (000_mask.png) left out; a mask is no picture of a part"
+    masks_said = "mask(s) of its pictures (000_mask.png) left out; a mask is no picture of a part"
     assert caplog.messages == [f"{tmp_path / 'cam1'}: 1 {masks_said}"]
     everything = str(tmp_path / "**" / "*")
     parts = ["cam1/000.png", "cam1/001.png", "cam2/000.png", "cam2/001.png", "cam2/002_mask.png"]
@@ -492,7 +492,7 @@ def test_masks_named_as_their_picture_in_another_format_are_masks(tmp_path, capl
             ] == ["MT_Crack/Imgs/exp1_num_1.jpg", "MT_Crack/Imgs/exp1_num_2.jpg"]
     with caplog.at_level(logging.WARNING, logger="edge_ad.sources"):
         assert [frame.name for frame in open_source(str(crack))] == ["exp1_num_1.jpg", "exp1_num_2.jpg"]
-    assert caplog.messages == [f"{crack}: 2 mask(s) of the pictures beside them (exp1_num_1.png) left out; a mask is "
+    assert caplog.messages == [f"{crack}: 2 mask(s) of its pictures (exp1_num_1.png) left out; a mask is "
                                "no picture of a part"]
     tiles = str(tmp_path / "MT_*" / "Imgs" / "*")  # a test split, labelled by the masks: before, refused
     test = load_samples(tiles, "test")

@@ -68,7 +68,7 @@ def test_train_with_defects_records_what_it_took_out(mvtec_category, tmp_path):
     assert out.returncode == 0, out.stderr
     assert (f"note: {rejects}: the pictures of its subfolders crack (1) are not read, only its own; for all of "
             f"them, give a quoted wildcard, '{rejects / '**' / '*'}'") in out.stdout
-    assert f"note: {rejects}: 1 mask(s) of the pictures beside them (000_mask.png) left out" in out.stdout
+    assert f"note: {rejects}: 1 mask(s) of its pictures (000_mask.png) left out" in out.stdout
     assert f"note: {rejects}: 1 picture in formats not read (.HEIC, as IMG_0001.HEIC) left out" in out.stdout
     record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     removed = record["prototypes_removed_by_defects"]
