@@ -203,7 +203,7 @@ def eval_folder_notes(data: str, samples: Sequence[Sample]) -> dict:
     the samples outside the class folders, labelled by the masks beside them, or in their label
     folder (`test_images_labelled_by_their_masks`, with `label_folder`); of a wildcard's, those
     labelled by their masks and the pictures it matches that have none (_wildcard_notes)."""
-    if _is_wildcard(data):
+    if is_wildcard(data):
         return _wildcard_notes(data, samples)
     folders = _test_folders(data)
     if folders is None:
@@ -293,7 +293,7 @@ def training_pictures_left(data: str) -> list[str]:
     """What to say of the pictures that `data`'s training split is read from (a wildcard's, a
     folder's own, or an MVTec category's train/good) holds and are not read (pictures_left), and
     of those of defective parts by their masks (marked)."""
-    if _is_wildcard(data):
+    if is_wildcard(data):
         where, pictures = data, pictures_matching(data)
     elif Path(data).is_dir():
         normal = normal_folder(Path(data))
@@ -307,7 +307,7 @@ def training_pictures_left(data: str) -> list[str]:
 def known_defects_left(spec: str) -> list[str]:
     """What to say of the pictures that the known defects `spec` (a folder or a wildcard) holds and
     are not read (pictures_left), and of those of good parts by their masks (marked)."""
-    if _is_wildcard(spec):
+    if is_wildcard(spec):
         pictures = pictures_matching(spec)
     elif Path(spec).is_dir():
         pictures = _images_in(Path(spec))
@@ -329,7 +329,7 @@ def pictures_left(spec: str) -> list[str]:
     """What to say of the pictures a folder of training or known defect pictures (or a wildcard
     of them) holds and are not read: those in its subfolders (images.subfolders_left), the masks
     beside its pictures, and those in formats not read."""
-    if _is_wildcard(spec):
+    if is_wildcard(spec):
         masks = sorted(masks_beside(pictures_matching(spec)).values())
         return [masks_left_text(spec, masks)] if masks else []
     folder = Path(spec)
@@ -344,7 +344,7 @@ def pictures_left(spec: str) -> list[str]:
     return [line for line in said if line]
 
 
-def _is_wildcard(spec: str) -> bool:
+def is_wildcard(spec: str) -> bool:
     """Whether `spec` is a wildcard of pictures ('archive/OK_*.jpg'), not a path that holds one."""
     return glob.has_magic(spec) and not Path(spec).exists()
 
@@ -500,7 +500,7 @@ def load_defects(spec: str) -> list[Sample]:
             return elpv_few_shot(int(spec[len("elpv:") :]))
         except ValueError as exc:
             raise DataError(f"{spec}: expected elpv:<count>, e.g. elpv:10") from exc
-    if _is_wildcard(spec):
+    if is_wildcard(spec):
         return [_file_sample(p, 1, "defect") for p in _pictures_showing(_matching_pictures(spec), defective=True)]
     folder = Path(spec)
     if not folder.is_dir():
@@ -530,7 +530,7 @@ def load_samples(data: str | Sequence[str], split: str) -> list[Sample]:
                             "or 'elpv' for all")
         train, test = elpv_split()
         samples = [s for s in (train if split == "train" else test) if module_type in ("", s.group)]
-    elif _is_wildcard(data):
+    elif is_wildcard(data):
         samples = _matching_samples(data, split)
     else:
         samples = _folder_samples(Path(data), split)

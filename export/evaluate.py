@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge_ad.datasets import Sample, eval_folder_notes, load_samples, read_all
+from edge_ad.datasets import Sample, eval_folder_notes, is_wildcard, load_samples, read_all
 from edge_ad.errors import DataError, ImageError, os_reason
-from edge_ad.images import DARK, pixel_digest
+from edge_ad.images import DARK, pattern_folder, pixel_digest
 from edge_ad.masks import InspectionMask
 from edge_ad.metrics import aupro, auroc, f1_max
 from edge_ad.render import overlay
@@ -261,10 +261,11 @@ def _overlay(loaded, sample: Sample, score: float, mask: InspectionMask | None, 
 
 
 def _shown_name(name: str, data: str) -> str:
-    """`name` as a picture's title shows it: within the folder `data` where it lies there (the
-    histogram's title names that folder; eight titles of a long absolute path each filled three
-    lines with it), else whole."""
+    """`name` as a picture's title shows it: within the folder `data` (or the folder of the wildcard
+    `data`) where it lies there (the histogram's title names `data`; eight titles of a long
+    absolute path each filled three lines with it), else whole."""
+    folder = pattern_folder(data) if is_wildcard(data) else Path(data)
     try:
-        return str(Path(name).resolve().relative_to(Path(data).resolve()))
+        return str(Path(name).resolve().relative_to(folder.resolve()))
     except (ValueError, OSError):  # not in it (elpv:0715, another folder), or no such path
         return name

@@ -200,12 +200,14 @@ def test_masks_saved_beside_their_images_are_their_masks_not_test_images(tiny_bu
            in "\n".join(eval_notes(report))
 
 
-def test_a_kolektorsdd2_layout_is_labelled_by_the_masks_beside_its_pictures(tiny_bundle, mvtec_category, tmp_path):
+def test_a_kolektorsdd2_layout_is_labelled_by_the_masks_beside_its_pictures(tiny_bundle, mvtec_category, tmp_path,
+                                                                            monkeypatch):
     """KolektorSDD2: train/ and test/ hold pictures, each with its mask beside it (10000_GT.png,
     black for a good part), not sorted into class folders: eval read none of them ("not read, as
     they lie outside a class folder"), and `train --data ksdd2` offered a wildcard over both."""
     import shutil
 
+    import export.eval_report
     from edge_ad.datasets import load_samples
     from edge_ad.errors import DataError
     from export.eval_report import eval_notes
@@ -243,10 +245,14 @@ def test_a_kolektorsdd2_layout_is_labelled_by_the_masks_beside_its_pictures(tiny
     second.mkdir()
     for picture in sorted(board.glob("spot*")):
         picture.rename(second / picture.name)
-    boards = evaluate(tiny_bundle, pattern := str(tmp_path / "kos*" / "*"))
+    drawn = []
+    monkeypatch.setattr(export.eval_report, "save_figure", lambda figure, path, dpi: drawn.append(figure))
+    boards = evaluate(tiny_bundle, pattern := str(tmp_path / "kos*" / "*"), picture=tmp_path / "boards.png")
     assert (boards["image_auroc"], boards["pixel_auroc"]) == (original["image_auroc"], original["pixel_auroc"])
     assert f"the test images {pattern} matches are labelled by their masks (beside them, or in a label folder): 4 " \
            "anomalous (a mask that marks a defect) and 4 normal" in eval_notes(boards)
+    named = ["".join(axis.title.get_text().split("\n")[1:]) for axis in drawn[-1].axes[2:]]  # the overlays' titles
+    assert [name.split("/")[0] for name in named] == ["kos01"] * 4 + ["kos02"] * 4  # within the wildcard's folder
 
     # calibrate on the training pictures and the test ones as known defects: the 4 good parts of
     # test/ were counted as defects, and a training picture whose mask marks one as a normal frame
