@@ -8,6 +8,7 @@ import pytest
 import torch
 from skimage import data
 
+import export.backbone
 from edge_ad.bundle import BACKBONES
 from edge_ad.errors import EdgeAdError
 from export.backbone import (
@@ -68,7 +69,9 @@ def test_feature_encoder_grid_and_standardisation(backbone):
     assert torch.allclose(standardised.std(dim=(0, 2, 3)), torch.ones(152), atol=1e-3)
 
 
-def test_position_whitening_gives_mahalanobis_distance_per_position():
+@pytest.mark.parametrize("positions_at_once", [64, 3])  # all 4 positions at once, or 3 then 1
+def test_position_whitening_gives_mahalanobis_distance_per_position(positions_at_once, monkeypatch):
+    monkeypatch.setattr(export.backbone, "POSITIONS_AT_ONCE", positions_at_once)
     rng = np.random.default_rng(0)
     # 200 samples of 3 channels on a 2x2 grid, each position with its own mean and covariance.
     mixing = rng.normal(size=(4, 3, 3))
