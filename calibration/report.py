@@ -65,10 +65,10 @@ def write_calibration_report(calibration: Calibration, path: Path, record: dict 
              + (f"  -  {count} warning{'s' if count > 1 else ''}, below" if count else ""))
     title_of(hist, title)
     hist.legend(fontsize=8)
-    for column, (score, index, frame, normalised) in enumerate(calibration.top):
+    for column, (score, index, frame, normalised, name) in enumerate(calibration.top):
         picture = overlay(frame, overlay_result(score, threshold, frame, normalised, calibration.mask))
-        show(figure.add_subplot(grid[1, column]), picture, f"normal #{column + 1}, frame {index}: {score:.3f}",
-             fontsize=9)
+        show(figure.add_subplot(grid[1, column]), picture, f"normal #{column + 1}, {name or f'frame {index}'}: "
+             f"{score:.3f}", fontsize=9)
     lay_out_above_notes(figure, warnings, warnings_inches)
     save_figure(figure, path, dpi=90)
     plt.close(figure)

@@ -83,7 +83,8 @@ class Collected:
     thumbnails: list[np.ndarray] = field(default_factory=list)
     shapes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) per frame
     scores: list[float] = field(default_factory=list)  # the bundle's own, in capture order: their pace
-    top: list[tuple[float, int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (score, i, frame, grid)
+    # (score, i, frame, grid, name: the picture file's, None for a camera's frame)
+    top: list[tuple[float, int, np.ndarray, np.ndarray, str | None]] = field(default_factory=list)
     mask: InspectionMask | None = None  # the frames' inspection mask: quantiles and scores are of its white part
     # images.pixel_digest and name of each frame, where they are picture files (`collect`): training pictures among
     # them are said, and eval knows them again (calibration_pictures.csv)
@@ -93,7 +94,7 @@ class Collected:
     brightest: int = 0  # pixel value of all frames (Bundle.dark_frames_note)
     camera: bool = False  # the frames are a live camera's: dark ones want light, not other files
 
-    def add(self, i: int, frame: np.ndarray, result: Result, rng: np.random.Generator) -> None:
+    def add(self, i: int, frame: np.ndarray, result: Result, rng: np.random.Generator, name: str | None = None) -> None:
         raw = result.raw_map
         inside = raw[:, self.mask.at(*raw.shape[1:])] if self.mask is not None else raw.reshape(raw.shape[0], -1)
         self.samples.append(inside[:, rng.integers(0, inside.shape[1], PIXELS_PER_FRAME)].astype(np.float32))
@@ -108,7 +109,7 @@ class Collected:
         if any(item[0] >= result.score for item in same_part):
             return
         self.top = [item for item in self.top if i - item[1] >= self.apart]
-        self.top.append((result.score, i, _for_report(frame), result.grid_map))
+        self.top.append((result.score, i, _for_report(frame), result.grid_map, name))
         self.top.sort(key=lambda item: -item[0])
         del self.top[CANDIDATES:]
 
@@ -165,7 +166,7 @@ def collect(
             break
         result = detector(frame, mask=mask)
         collected = kept.setdefault(result.variant, Collected(mask=mask, camera=camera))
-        collected.add(i, frame, result, rng)
+        collected.add(i, frame, result, rng, names[i] if names is not None else None)
         if names is not None:  # of the RGB picture, as training keeps them
             collected.digests.append(pixel_digest(frame[..., ::-1]))
             collected.names.append(names[i])
@@ -218,7 +219,8 @@ class Calibration:
     confidence: float
     agreement: dict[str, float]  # split-half relative disagreements
     warnings: list[str]
-    top: list[tuple[float, int, np.ndarray, np.ndarray]]  # (score, frame index, frame, normalised map), one per part
+    # (score, frame index, frame, normalised map, picture file's name or None), one per part
+    top: list[tuple[float, int, np.ndarray, np.ndarray, str | None]]
     defects: DefectCheck | None = None
     defect_scores: np.ndarray | None = None
     mask: InspectionMask | None = None
@@ -333,10 +335,10 @@ def calibrate(
                         "(two products: one bundle per variant, README 'Several variants on one line')")
 
     top = []
-    for _, i, frame, grid in one_per_part(kept.top, frames_of_one_part(per_draw))[:TOP_FRAMES]:  # by own scores
+    for _, i, frame, grid, name in one_per_part(kept.top, frames_of_one_part(per_draw))[:TOP_FRAMES]:  # by own scores
         normalised = detector.normalised_maps(grid[None], quantiles)[0]
         area = _min_area(detector, min_defect_area, frame.shape)
-        top.append((detector.image_score(normalised, kept.mask, area), i, frame, normalised))
+        top.append((detector.image_score(normalised, kept.mask, area), i, frame, normalised, name))
     calibration = Calibration(n, quantiles, scores, threshold, far, confidence, agreement, warnings, top,
                               mask=kept.mask, min_defect_area=min_defect_area)
     if defects:

@@ -141,7 +141,10 @@ def title_of(ax, text: str, fontsize: float = 12, **options) -> None:
     `options` are matplotlib's (loc)."""
     inches = ax.get_position().width * ax.figure.get_size_inches()[0]
     characters = max(10, int(inches * NOTE_CHARACTERS_PER_INCH * 8 / fontsize))
-    wrapped = "\n".join(textwrap.fill(line, characters) for line in text.split("\n"))
+    # a path is broken after one of its slashes, not within a name: a space is put after each, and
+    # taken out again where the line did not break there
+    wrapped = "\n".join(textwrap.fill(line.replace("/", "/\0 "), characters).replace("\0 ", "").replace("\0", "")
+                         for line in text.split("\n"))
     ax.set_title(wrapped, fontsize=fontsize, parse_math=False, **options)
 
 

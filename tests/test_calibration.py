@@ -199,12 +199,35 @@ def test_the_report_shows_different_parts(tiny_bundle, normal_folder):
 
     slow_line = [cell for cell in cells for _ in range(10)]
     calibration = site.calibrate(detector, site.collect(detector, iter(slow_line), 120)[None], 0.3, 0.9)
-    shown = [i // 10 for _, i, _, _ in calibration.top]
+    shown = [i // 10 for _, i, _, _, _ in calibration.top]
     assert len(set(shown)) == len(shown) == site.TOP_FRAMES
     assert shown[0] == ranked[0]
 
     calibration = site.calibrate(detector, site.collect(detector, iter(cells), 12)[None], 0.3, 0.9)
-    assert [i for _, i, _, _ in calibration.top] == list(ranked[: site.TOP_FRAMES])
+    assert [(i, name) for _, i, _, _, name in calibration.top] == [(i, None) for i in ranked[: site.TOP_FRAMES]]
+
+
+def test_the_report_names_the_pictures_it_shows(tiny_bundle, normal_folder, tmp_path, monkeypatch):
+    """Calibrated on a folder of pictures, the report titled its highest-scoring normal frames
+    "frame 27": the person who is to look at the picture (a defective part among the good ones
+    raises the threshold) had to count to it. A picture's frame is titled with its name."""
+    import calibration.report
+
+    drawn = []
+    monkeypatch.setattr(calibration.report, "save_figure", lambda figure, path, dpi: drawn.append(figure))
+    detector = Detector.load(tiny_bundle)
+    pictures = sorted(normal_folder.glob("*.png"))
+    ranked = np.argsort([-detector(cv2.imread(str(p))).score for p in pictures])
+    names = [f"qa_line4_station2/december_batch_0042/{p.name}" for p in pictures]
+    kept = site.collect(detector, (cv2.imread(str(p)) for p in pictures), 12, names=names)[None]
+    written = site.calibrate_into(tmp_path, detector, kept, 0.3, 0.9, "line4")
+    titles = [axis.title.get_text() for axis in drawn[-1].axes[1:]]  # after the histogram
+    assert len(titles) == site.TOP_FRAMES
+    for rank, (i, title) in enumerate(zip(ranked, titles)):
+        assert title.startswith(f"normal #{rank + 1},") and names[i] in title.replace("\n", ""), title
+        lines = title.split("\n")  # wrapped to the panel after a slash, not within a folder's or file's name
+        assert len(lines) > 1 and all(any(part in line for line in lines) for part in names[i].split("/")), title
+    assert written.report is not None
 
 
 def test_a_large_cameras_frames_are_kept_small_for_the_report(tiny_bundle, normal_folder, tmp_path):
@@ -222,7 +245,7 @@ def test_a_large_cameras_frames_are_kept_small_for_the_report(tiny_bundle, norma
     kept = site.collect(detector, iter(large), 12, mask=mask)[None]
     written = site.calibrate_into(tmp_path, detector, kept, 0.3, 0.9, "large")
     assert written.report is not None and written.report.stat().st_size > 10_000
-    (score, _, frame, normalised), *_ = written.calibration.top
+    (score, _, frame, normalised, _), *_ = written.calibration.top
     assert frame.shape == (720, 864, 3)  # 1800 x 1500 made to fit 960 x 720
     drawn = overlay(frame, site.overlay_result(score, 0.3, frame, normalised, mask))
     edge = np.all(drawn == MASK_COLOUR, axis=2)
