@@ -140,9 +140,9 @@ def _two_levels_as_saved(path: Path, modified_ns: int, size: int) -> bool:
         rgb = read_image(path)
     except ImageError:
         return False
-    grey = rgb[..., 0]
-    if not (rgb == grey[..., None]).all():
+    if not is_grey(rgb):
         return False
+    grey = rgb[..., 0]
     counts = np.sort(np.bincount(grey.ravel(), minlength=256))
     return counts[:-2].sum() <= MASK_EDGE * grey.size
 
