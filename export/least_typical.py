@@ -11,6 +11,7 @@ model of all of them, leaving out only their own prototypes, 1 and 3.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,17 +53,28 @@ def least_typical(scores: np.ndarray) -> list[int]:
     return [int(i) for i in np.argsort(-scores, kind="stable")[: min(len(scores) // PER, SHOWN)]]
 
 
-def shown_name(name: str) -> str:
-    """A training picture's name as the note and the picture give it: with its folder, which
-    tells apart the 005.png of two folders trained on together (elpv:0409 has none)."""
-    path = Path(name)
-    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+def shown_names(names: list[str]) -> list[str]:
+    """The training pictures' names as the note and the picture give them: within the folder they
+    all lie in, with at least the folder each is in (good/005.png), which tells apart the 005.png
+    of two folders trained on together, also two named alike (line1/good/, line2/good/: before,
+    both good/005.png); elpv:0409, in no folder, as it is."""
+    folders = [os.path.dirname(os.path.abspath(name)) for name in names if Path(name).parent.name]
+    common = os.path.commonpath(folders) if folders else ""
+
+    def shown(name: str) -> str:
+        path = Path(name)
+        if not path.parent.name:
+            return name
+        within = os.path.relpath(os.path.abspath(name), common)
+        return within if os.sep in within else f"{path.parent.name}/{path.name}"
+
+    return [shown(name) for name in names]
 
 
 def write_picture(path: Path, inputs: np.ndarray, maps: np.ndarray, picked: list[int], names: list[str]) -> Path:
     """The `picked` model inputs (RGB) with their distance maps blended in (inferno: from the
     median distance of all the pictures' patches, black, to the largest distance shown), each
-    titled with its rank, name and score."""
+    titled with its rank, score and name (`names`: shown_names)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,7 +96,7 @@ def write_picture(path: Path, inputs: np.ndarray, maps: np.ndarray, picked: list
         shown = cv2.resize(maps[index], (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
         heat = cv2.applyColorMap(np.clip((shown - floor) / top * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
         show(ax, cv2.addWeighted(image, 0.55, heat, 0.45, 0.0),
-             f"{rank}. {float(maps[index].max()):.2f}\n{shown_name(names[index])}")
+             f"{rank}. {float(maps[index].max()):.2f}\n{names[index]}")
     figure.suptitle("the training pictures least like the others: is each a good part?", fontsize=11)
     for _ in range(2):  # one pass left a wrapped title over the pictures of the row above it
         figure.tight_layout()

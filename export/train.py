@@ -34,7 +34,7 @@ from .checkpoint import load_checkpoint, save_arrays, save_checkpoint
 from .defects import KINDS
 from .gmm_bridge import GmmBridgeHead, gate_temperature
 from .known_defects import anomalous_patches, push_away
-from .least_typical import MIN_PICTURES, PICTURE, least_typical, other_half_maps, shown_name, write_picture
+from .least_typical import MIN_PICTURES, PICTURE, least_typical, other_half_maps, shown_names, write_picture
 from .prototype import greedy_coreset
 from .torch_device import device_text, training_device, unused_gpu_note
 
@@ -358,8 +358,9 @@ def _least_typical(maps: np.ndarray, inputs: np.ndarray, names: list[str], out: 
     picked = least_typical(maps.max(axis=(1, 2)))
     if not picked:
         return []
-    drawn = write_picture(out / PICTURE, inputs, maps, picked, names)
-    listed = ", ".join(shown_name(names[i]) for i in picked[:3]) + (", ..." if len(picked) > 3 else "")
+    named = shown_names(names)
+    drawn = write_picture(out / PICTURE, inputs, maps, picked, named)
+    listed = ", ".join(named[i] for i in picked[:3]) + (", ..." if len(picked) > 3 else "")
     print(f"note: the {len(picked)} training pictures least like the others, each scored as a new part by a model "
           f"of the other half of them: {listed}; {drawn} shows where each differs. Look at them: a defective part "
           "among the good ones is learnt as a good one")

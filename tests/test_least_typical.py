@@ -7,7 +7,7 @@ import numpy as np
 import yaml
 
 from conftest import TINY_INPUT, TINY_PROTOTYPES, _bgr, add_spot
-from export.least_typical import PICTURE, least_typical
+from export.least_typical import PICTURE, least_typical, shown_names
 
 
 def test_one_picture_in_five_is_listed_at_most_eight():
@@ -44,6 +44,15 @@ def test_train_lists_and_draws_a_defective_part_among_the_good_ones(elpv_samples
                   tmp_path / "fewer")  # fewer than 20: none is listed
     assert yaml.safe_load((fewer / "config.yaml").read_text())["least_typical"] == []
     assert not (fewer / PICTURE).exists()
+
+
+def test_pictures_are_named_within_the_folder_they_all_lie_in():
+    """Two folders named alike trained on together (line1/good, line2/good) were both named
+    good/005.png in the note and the picture; one folder's pictures keep its name."""
+    assert shown_names(["site/line1/good/005.png", "site/line2/good/005.png"]) == ["line1/good/005.png",
+                                                                                 "line2/good/005.png"]
+    assert shown_names(["cell/good/005.png", "cell/good/006.png"]) == ["good/005.png", "good/006.png"]
+    assert shown_names(["elpv:0409", "site/a/1.png", "site/b/1.png"]) == ["elpv:0409", "a/1.png", "b/1.png"]
 
 
 def test_pictures_that_are_not_files_are_recorded_by_their_names(tmp_path, capsys):
