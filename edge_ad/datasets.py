@@ -183,9 +183,7 @@ def unread_test_pictures(data: str) -> dict[str, int]:
     folders = _test_folders(data)
     if folders is None:
         return {}
-    loose = _images_in(folders.classes)
-    read = set(masks_of(loose)) | set(masks_beside(loose).values())  # pictures labelled by masks, and the masks
-    unread = {folders.classes: len([p for p in loose if p not in read])}
+    unread = {folders.classes: len(_unlabelled(_images_in(folders.classes)))}
     for class_dir in _class_folders(folders):
         read_apart = set() if _pictures_folder(class_dir) == class_dir else \
             {class_dir / name for name in (RGB_FOLDER, GT_FOLDER, XYZ_FOLDER)}  # MVTec 3D-AD's
@@ -230,14 +228,19 @@ def _wildcard_notes(pattern: str, samples: Sequence[Sample]) -> dict:
     """What eval's report says of the test images a wildcard matches (eval_folder_notes): how many
     of each kind their masks labelled (`test_images_labelled_by_their_masks`), and the pictures that
     have no mask, not read (`pictures_without_mask`, how many and the first)."""
-    pictures = pictures_matching(pattern)
-    labelled = set(masks_of(pictures)) | set(masks_beside(pictures).values())  # and the masks themselves
-    unlabelled = [p for p in pictures if p not in labelled]
+    unlabelled = _unlabelled(pictures_matching(pattern))
     labels = [s.label for s in samples]
     notes = {"test_images_labelled_by_their_masks": {"wildcard": pattern, "normal": labels.count(0),
                                                      "anomalous": labels.count(1)},
              "pictures_without_mask": {"count": len(unlabelled), "first": str(unlabelled[0])} if unlabelled else None}
     return {key: value for key, value in notes.items() if value}
+
+
+def _unlabelled(pictures: list[Path]) -> list[Path]:
+    """The `pictures` that no mask labels (images.masks_of) and that are no mask themselves: not
+    read where pictures outside a class folder, or a wildcard's, are read by their masks."""
+    read = set(masks_of(pictures)) | set(masks_beside(pictures).values())
+    return [p for p in pictures if p not in read]
 
 
 def _masks_of_no_image(ground_truth: Path, class_dir: Path) -> list[Path]:
