@@ -21,8 +21,8 @@ import numpy as np
 from .errors import DataError, ImageError, shell_word, without_passwords
 from .images import (GT_FOLDER, IMAGE_SUFFIXES, NORMAL_FOLDERS, RGB_FOLDER, XYZ_FOLDER, as_grey, is_image_file,
                      label_folder, masked_stem, masks_beside, masks_left_text, masks_of, no_images_in, normal_subfolder,
-                     pictures_in_subfolders, pictures_matching, read_image, resize_to_input, subfolders_left, to_rgb,
-                     unread_formats, unread_formats_text)
+                     pictures_below, pictures_in_subfolders, pictures_matching, pictures_under, read_image,
+                     resize_to_input, subfolders_left, to_rgb, unread_formats, unread_formats_text)
 from .pipelines import is_v4l2_device, local_path
 from .sinks import FRAME_SUFFIX, OVERLAY_SUFFIX
 
@@ -33,8 +33,8 @@ GROUND_TRUTH = "ground_truth"  # an MVTec-layout category's folder of masks, one
 # A category's test split: MVTec AD's test/, MVTec AD 2's test_public/ (its masks in
 # test_public/ground_truth/; its test_private/ has none, and is scored by MVTec's server).
 TEST_SPLITS = ("test", "test_public")
-NOT_READ = ("outside a class folder or in a subfolder of one (a test picture's kind is the folder it is in: good/, "
-            "ok/ or normal/, or a folder per defect)")  # where unread_test_pictures finds pictures
+NOT_READ = ("outside a class folder (a test picture's kind is the class folder it is in or below: good/, ok/ or "
+            "normal/, or a folder per defect), or in a folder of masks (masks/, gt/, label/)")  # unread_test_pictures
 ASPECT_TOLERANCE = 0.01  # a mask scaled from its image keeps its aspect within rounding
 
 
@@ -100,6 +100,14 @@ def _pictures_folder(folder: Path) -> Path:
     rgb/ (MVTec 3D-AD's: train/good/rgb/, test/<defect>/rgb/)."""
     rgb = folder / RGB_FOLDER
     return rgb if rgb.is_dir() and not _images_in(folder) else folder
+
+
+def _class_pictures(class_dir: Path) -> list[Path]:
+    """The pictures of a test split's class folder: MVTec 3D-AD's in its rgb/, else those in it and
+    below it at any depth (images.pictures_below: a box of rejects sorted by day, crack/monday/;
+    Real-IAD's folder per part, OK/S0001/), less those in folders of masks."""
+    folder = _pictures_folder(class_dir)
+    return _images_in(folder) if folder != class_dir else pictures_below(class_dir)[0]
 
 
 def _three_d_masks(class_dir: Path) -> dict[str, Path]:
@@ -177,17 +185,19 @@ def _holds_test_pictures(root: Path) -> bool:
 
 def unread_test_pictures(data: str) -> dict[str, int]:
     """The folders of the dataset folder `data`'s test split holding pictures that it does not
-    read, and how many each holds: those beside its class folders, of no kind, and those in the
-    subfolders of a class folder (its own pictures are read, not those sorted into subfolders),
-    counted as images.pictures_in_subfolders counts."""
+    read, and how many each holds: those beside its class folders, of no kind, and the folders of
+    masks below a class folder (images.pictures_below), counted as images.pictures_under counts."""
     folders = _test_folders(data)
     if folders is None:
         return {}
     unread = {folders.classes: len(_unlabelled(_images_in(folders.classes)))}
     for class_dir in _class_folders(folders):
-        read_apart = set() if _pictures_folder(class_dir) == class_dir else \
-            {class_dir / name for name in (RGB_FOLDER, GT_FOLDER, XYZ_FOLDER)}  # MVTec 3D-AD's
-        unread |= {sub: count for sub, count in pictures_in_subfolders(class_dir).items() if sub not in read_apart}
+        if _pictures_folder(class_dir) == class_dir:  # its label folders' masks are read with its pictures
+            unread |= {masks: pictures_under(masks) for masks in pictures_below(class_dir)[1]
+                       if label_folder(masks.parent) != masks}
+        else:  # MVTec 3D-AD's: rgb/ read, gt/ its masks, xyz/ depth maps
+            unread |= {sub: count for sub, count in pictures_in_subfolders(class_dir).items()
+                       if sub.name not in (RGB_FOLDER, GT_FOLDER, XYZ_FOLDER)}
     return {str(folder): count for folder, count in unread.items() if count}
 
 
@@ -214,7 +224,7 @@ def eval_folder_notes(data: str, samples: Sequence[Sample]) -> dict:
         "pictures_in_formats_not_read": {str(d): unread_formats_text(files) for d in class_folders
                                          if (files := unread_formats(d))},
         "masks_beside_their_images": [str(mask) for d in class_folders
-                                      for mask in sorted(masks_beside(_images_in(d)).values())],
+                                      for mask in sorted(masks_beside(_class_pictures(d)).values())],
         "masks_of_no_test_image": {str(folders.ground_truth / d.name): {"images": str(d), "masks": len(masks),
                                                                         "first": masks[0].name}
                                    for d in class_folders if (masks := _masks_of_no_image(folders.ground_truth, d))},
@@ -249,6 +259,24 @@ def _masks_of_no_image(ground_truth: Path, class_dir: Path) -> list[Path]:
     they leave their images out of the pixel metrics, or all of those metrics out."""
     stems = {p.stem for p in _images_in(class_dir)}
     return sorted(mask for stem, mask in _mvtec_masks(ground_truth, class_dir.name).items() if stem not in stems)
+
+
+def _class_samples(class_dir: Path, folders: _EvaluationFolders) -> list[Sample]:
+    """The test samples of a class folder's pictures (_class_pictures): good parts' in the normal
+    pictures' folder, else of its defect, each with its mask: by its name in the defect's
+    ground-truth folder (its own pictures': ground_truth/<defect>/000_mask.png; MVTec 3D-AD's
+    gt/), else beside it or in its folder's label folder (images.masks_of). The masks among the
+    pictures are none."""
+    images = _class_pictures(class_dir)
+    masks = masks_of(images)
+    among = set(masks.values())
+    pictures = [p for p in images if p not in among]
+    if class_dir.name == folders.normal:
+        return [_file_sample(p, 0, "good") for p in pictures]
+    own = _pictures_folder(class_dir)
+    ground_truth = _mvtec_masks(folders.ground_truth, class_dir.name) | _three_d_masks(class_dir)
+    return [_file_sample(p, 1, class_dir.name, (ground_truth.get(p.stem) if p.parent == own else None) or masks.get(p))
+            for p in pictures]
 
 
 def _labelled_by_masks(images: list[Path]) -> list[Sample]:
@@ -425,19 +453,7 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
         return [_file_sample(p, 0, "good") for p in _pictures_showing(good, defective=False)]
     folders = _evaluation_folders(root) if split == "test" else None
     if folders is not None:
-        samples = []
-        for defect_dir in _class_folders(folders):
-            defect = defect_dir.name
-            images = _images_in(_pictures_folder(defect_dir))
-            beside = masks_beside(images)
-            ground_truth = {} if defect == folders.normal else \
-                _mvtec_masks(folders.ground_truth, defect) | _three_d_masks(defect_dir)
-            taken = set(beside.values())
-            for p in (p for p in images if p not in taken):
-                if defect == folders.normal:
-                    samples.append(_file_sample(p, 0, "good"))
-                else:
-                    samples.append(_file_sample(p, 1, defect, ground_truth.get(p.stem) or beside.get(p)))
+        samples = [sample for class_dir in _class_folders(folders) for sample in _class_samples(class_dir, folders)]
         return samples + _labelled_by_masks(_images_in(folders.classes))
     if normal is not None:
         raise DataError(f"{root}: MVTec layout without a test/ (or test_public/) folder")

@@ -46,6 +46,9 @@ LABEL_FOLDER = "label"
 # MVTec 3D-AD keeps a class folder's pictures in rgb/, their masks (named as they are) in gt/, and
 # their depth maps in xyz/ (not read: edge-ad scores pictures).
 RGB_FOLDER, GT_FOLDER, XYZ_FOLDER = "rgb", "gt", "xyz"
+# Folders of masks, by their name in any case: passed over where the pictures below a folder are
+# read (pictures_below), as a mask is no picture of a part.
+MASK_FOLDERS = ("ground_truth", GT_FOLDER, LABEL_FOLDER, "labels", "mask", "masks")
 MASK_EDGE = 0.01  # of a mask's pixels, at most, between its two levels (painted with a soft brush)
 COUNTED_UP_TO = 1000  # pictures counted in a subfolder left unread: a share's archive there may hold millions
 COLOR_ORDERS = ("BGR", "RGB", "GRAY")
@@ -211,12 +214,34 @@ def pictures_in_subfolders(folder: Path) -> dict[Path, int]:
     holds some, counted up to COUNTED_UP_TO (count_text says so); hidden folders (a viewer's
     thumbnails) and those that cannot be listed hold none, and links to folders are not followed.
     A label folder (label_folder) is none: its masks are read with the pictures."""
-    counts = {sub: _pictures_under(sub) for sub in sorted(p for p in folder.iterdir() if p.is_dir()
+    counts = {sub: pictures_under(sub) for sub in sorted(p for p in folder.iterdir() if p.is_dir()
                                                           and not p.name.startswith(".") and not _is_label_folder(p))}
     return {sub: count for sub, count in counts.items() if count}
 
 
-def _pictures_under(folder: Path) -> int:
+def pictures_below(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The pictures in `folder` and in its subfolders at any depth, sorted (each folder's entries
+    are taken in order), and the folders of masks below it (MASK_FOLDERS), whose files are not
+    among them. Hidden folders (a viewer's thumbnails) are passed over, and links to folders not
+    followed (one to a folder above would never end); a folder that cannot be listed is an error,
+    as its pictures would be lost."""
+    pictures, mask_folders = [], []
+    with os.scandir(folder) as listing:  # what each entry is, from the listing: no file asked (a share's 100,000)
+        entries = sorted((entry for entry in listing if not entry.name.startswith(".")), key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            if entry.name.lower() in MASK_FOLDERS:
+                mask_folders.append(Path(entry.path))
+                continue
+            below, masks_below = pictures_below(Path(entry.path))
+            pictures += below
+            mask_folders += masks_below
+        elif entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
+            pictures.append(Path(entry.path))
+    return pictures, mask_folders
+
+
+def pictures_under(folder: Path) -> int:
     """The pictures in `folder` and below it, up to COUNTED_UP_TO."""
     count, pending = 0, [str(folder)]
     while pending and count < COUNTED_UP_TO:

@@ -238,32 +238,41 @@ def test_a_test_split_is_read_without_train_or_as_class_folders_of_its_own(mvtec
 
 
 def test_test_pictures_outside_the_class_folders_are_named_not_lost(mvtec_category, tmp_path, monkeypatch):
-    """A picture beside the class folders has no kind, and one in a subfolder of a class folder
-    (a box of rejects sorted by day) is not read: eval says where they are and how many, where it
-    left them out without a word; with no other picture, the error says so."""
+    """A picture beside the class folders has no kind, and one in a folder of masks below a class
+    folder is no part's: eval says where they are and how many, where it left them out without a
+    word; with no other picture, the error says so. Those in a class folder's subfolders (a box of
+    rejects sorted by day) are of its kind: before, they were not read."""
     import shutil
 
     from edge_ad.datasets import NOT_READ, unread_test_pictures
 
     site = shutil.copytree(mvtec_category / "test", tmp_path / "site")
+    shutil.copytree(mvtec_category / "ground_truth", site / "ground_truth")  # beside the class folders
     assert unread_test_pictures(str(site)) == {} == unread_test_pictures(str(mvtec_category))
     picture = next((site / "spot").glob("*.png"))
     shutil.copy(picture, site / "unsorted.png")
     (site / "spot" / "day2" / "cam1").mkdir(parents=True)
-    for name in ("a.png", "cam1/b.png", "notes.txt"):
+    (site / "spot" / "day2" / "Masks").mkdir()
+    for name in ("000.png", "cam1/b.png", "notes.txt", "Masks/000.png"):
         shutil.copy(picture, site / "spot" / "day2" / name)
     (site / "good" / ".thumbnails").mkdir()  # hidden: not the line's pictures
     shutil.copy(picture, site / "good" / ".thumbnails" / "c.png")
-    assert unread_test_pictures(str(site)) == {str(site): 1, str(site / "spot" / "day2"): 2}
-    assert len(load_samples(str(site), "test")) == 8  # the class folders' own pictures, as before
+    assert unread_test_pictures(str(site)) == {str(site): 1, str(site / "spot" / "day2" / "Masks"): 1}
+    samples = load_samples(str(site), "test")
+    assert [(Path(s.name).relative_to(site).as_posix(), s.label, s.group) for s in samples[-6:]] == [
+        ("spot/000.png", 1, "spot"), ("spot/001.png", 1, "spot"), ("spot/002.png", 1, "spot"),
+        ("spot/003.png", 1, "spot"), ("spot/day2/000.png", 1, "spot"), ("spot/day2/cam1/b.png", 1, "spot")]
+    # ground_truth/spot/000_mask.png is spot/000.png's, not spot/day2/000.png's
+    assert len(samples) == 10
+    assert [s.mask_path and s.mask_path.name for s in samples[-3:]] == ["003_mask.png", None, None]
     box = tmp_path / "box" / "test"
-    (box / "crack" / "monday").mkdir(parents=True)
-    shutil.copy(picture, box / "crack" / "monday" / "a.png")
+    (box / "crack" / "masks").mkdir(parents=True)
+    shutil.copy(picture, box / "crack" / "masks" / "a.png")
     shutil.copy(picture, box / "b.png")
     with pytest.raises(DataError) as error:
         load_samples(str(box.parent), "test")
     assert str(error.value) == (f"{box.parent}: no images found for the test split; the pictures of {box}, "
-                                f"{box / 'crack' / 'monday'} are not read, as they lie {NOT_READ}")
+                                f"{box / 'crack' / 'masks'} are not read, as they lie {NOT_READ}")
     (tmp_path / "elpv").symlink_to(box.parent)  # 'elpv' is the data set's protocol, not a folder of that name
     monkeypatch.chdir(tmp_path)
     assert unread_test_pictures("./elpv") != {} and unread_test_pictures("elpv") == {}
@@ -503,6 +512,34 @@ def test_masks_named_as_their_picture_in_another_format_are_masks(tmp_path, capl
     assert eval_folder_notes(tiles, test) == {
         "test_images_labelled_by_their_masks": {"wildcard": tiles, "normal": 2, "anomalous": 2},
         "pictures_without_mask": {"count": 2, "first": str(free / "saved_twice.jpg")}}
+
+
+def test_class_folders_of_subfolders_are_read_as_their_kind(tmp_path):
+    """Real-IAD keeps a folder per part below OK/ and NG/<defect>/, each picture's mask beside it
+    named as it (audiojack/NG/AK/S0002/audiojack_0002_NG_AK_C1.jpg and .png); a line's archive, a
+    folder a day below OK/ and NG/. `eval --data audiojack` found no test image in either."""
+    from edge_ad.datasets import eval_folder_notes, unread_test_pictures
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "audiojack"
+    defect = np.zeros((48, 64), np.uint8)
+    defect[10:20, 30:40] = 255
+    for folder, stem in (("OK/S0001", "0001_OK_C1"), ("OK/S0001", "0001_OK_C2"), ("NG/AK/S0002", "0002_NG_AK_C1"),
+                         ("NG/BX/S0003", "0003_NG_BX_C1")):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / folder / f"audiojack_{stem}.jpg"), rng.integers(0, 256, (*defect.shape, 3), np.uint8))
+        if "NG" in stem:
+            cv2.imwrite(str(root / folder / f"audiojack_{stem}.png"), defect)
+    samples = load_samples(str(root), "test")
+    assert [(Path(s.name).relative_to(root).as_posix(), s.label, s.group, s.mask_path and s.mask_path.name)
+            for s in samples] == [
+        ("NG/AK/S0002/audiojack_0002_NG_AK_C1.jpg", 1, "NG", "audiojack_0002_NG_AK_C1.png"),
+        ("NG/BX/S0003/audiojack_0003_NG_BX_C1.jpg", 1, "NG", "audiojack_0003_NG_BX_C1.png"),
+        ("OK/S0001/audiojack_0001_OK_C1.jpg", 0, "good", None), ("OK/S0001/audiojack_0001_OK_C2.jpg", 0, "good", None)]
+    assert samples[0].mask(48, 64, (48, 64, 3)).sum() == 100
+    assert unread_test_pictures(str(root)) == {}
+    assert eval_folder_notes(str(root), samples) == {"masks_beside_their_images": [
+        str(root / "NG/AK/S0002/audiojack_0002_NG_AK_C1.png"), str(root / "NG/BX/S0003/audiojack_0003_NG_BX_C1.png")]}
 
 
 def test_a_wildcard_trains_on_the_good_parts_of_a_folder_that_holds_both(tmp_path):

@@ -143,8 +143,8 @@ def test_a_defect_image_without_its_mask_is_left_out_of_the_pixel_metrics(tiny_b
     spot_masks = category / "ground_truth" / "spot"
     (spot_masks / "001_mask.png").rename(spot_masks / "001_defect.png")  # named as no test image: said
     (spot_masks / "002_mask.png").rename(spot_masks / "002_GT.png")  # KolektorSDD2's ending: read as 002's
-    (category / "test" / "spot" / "day2").mkdir()  # and a picture eval does not read, which it says
-    shutil.copy(category / "test" / "spot" / "001.png", category / "test" / "spot" / "day2")
+    (category / "test" / "spot" / "masks").mkdir()  # and a folder of masks eval does not read, which it says
+    shutil.copy(category / "test" / "spot" / "001.png", category / "test" / "spot" / "masks")
     (category / "test" / "spot" / "IMG_0002.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")  # an iPhone's: said too
     out = edge_ad("eval", "--bundle", tiny_bundle, "--data", category, "--json", tmp_path / "m.json", check=True)
     report = json.loads((tmp_path / "m.json").read_text())
@@ -155,10 +155,10 @@ def test_a_defect_image_without_its_mask_is_left_out_of_the_pixel_metrics(tiny_b
     assert f"note: {spot_masks}: 1 mask(s) named as none of the test images of {category / 'test' / 'spot'} (as " \
            "001_defect.png), so not read: a mask is named as its image (000.png), as it with _mask, _GT or _label " \
            "(000_mask.png), or is a folder of its name" in out.stderr
-    assert report["pictures_not_read"] == {str(category / "test" / "spot" / "day2"): 1}
-    assert f"note: pictures not read, as they lie outside a class folder or in a subfolder of one (a test " \
-           f"picture's kind is the folder it is in: good/, ok/ or normal/, or a folder per defect): " \
-           f"{category / 'test' / 'spot' / 'day2'} (1)" in out.stderr
+    assert report["pictures_not_read"] == {str(category / "test" / "spot" / "masks"): 1}
+    assert f"note: pictures not read, as they lie outside a class folder (a test picture's kind is the class folder " \
+           "it is in or below: good/, ok/ or normal/, or a folder per defect), or in a folder of masks (masks/, gt/, " \
+           f"label/): {category / 'test' / 'spot' / 'masks'} (1)" in out.stderr
     assert f"note: left out: {category / 'test' / 'spot'}: 1 picture in formats not read (.HEIC, as IMG_0002.HEIC); " \
            "save such pictures as PNG or JPEG to evaluate on them" in out.stderr
     # Its pixels are not counted as normal ones: the pixel metrics are those of the other images.
