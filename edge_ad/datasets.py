@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 
 from .errors import DataError, ImageError, shell_word, without_passwords
-from .images import (GT_FOLDER, IMAGE_SUFFIXES, NORMAL_FOLDERS, RGB_FOLDER, XYZ_FOLDER, as_grey, is_image_file,
-                     label_folder, masked_stem, masks_beside, masks_left_text, masks_of, no_images_in, normal_subfolder,
-                     pictures_below, pictures_in_subfolders, pictures_matching, pictures_under, read_image,
-                     resize_to_input, subfolders_left, to_rgb, unread_formats, unread_formats_text)
+from .images import (GT_FOLDER, IMAGE_SUFFIXES, NORMAL_FOLDERS, RGB_FOLDER, XYZ_FOLDER, as_grey, counts_text,
+                     is_image_file, label_folder, masked_stem, masks_beside, masks_left_text, masks_of, no_images_in,
+                     normal_subfolder, pictures_below, pictures_in_subfolders, pictures_matching, pictures_under,
+                     read_image, resize_to_input, subfolders_left, to_rgb, unread_formats, unread_formats_text)
 from .pipelines import is_v4l2_device, local_path
 from .sinks import FRAME_SUFFIX, OVERLAY_SUFFIX
 
@@ -555,7 +555,7 @@ def load_samples(data: str | Sequence[str], split: str) -> list[Sample]:
         samples = _folder_samples(Path(data), split)
     if not samples:
         unread = unread_test_pictures(data) if split == "test" else {}
-        where = f"; the pictures of {', '.join(unread)} are not read, as they lie {NOT_READ}" if unread else ""
+        where = f"; the pictures of {counts_text(unread)} are not read, as they lie {NOT_READ}" if unread else ""
         raise DataError(f"{data}: no images found for the {split} split{where}")
     return samples
 

@@ -51,6 +51,7 @@ RGB_FOLDER, GT_FOLDER, XYZ_FOLDER = "rgb", "gt", "xyz"
 MASK_FOLDERS = ("ground_truth", GT_FOLDER, LABEL_FOLDER, "labels", "mask", "masks")
 MASK_EDGE = 0.01  # of a mask's pixels, at most, between its two levels (painted with a soft brush)
 COUNTED_UP_TO = 1000  # pictures counted in a subfolder left unread: a share's archive there may hold millions
+LISTED = 10  # folders named in a message, the first: a folder a day, or Real-IAD's folder a part, makes hundreds
 COLOR_ORDERS = ("BGR", "RGB", "GRAY")
 GREY_TOLERANCE = 2  # grey levels between the channels of a grey picture (a colour JPEG of one rounds them)
 
@@ -211,7 +212,7 @@ def pattern_folder(pattern: str) -> Path:
 
 def pictures_in_subfolders(folder: Path) -> dict[Path, int]:
     """How many pictures each subfolder of `folder` holds, its own subfolders' included, where it
-    holds some, counted up to COUNTED_UP_TO (count_text says so); hidden folders (a viewer's
+    holds some, counted up to COUNTED_UP_TO (counts_text says so); hidden folders (a viewer's
     thumbnails) and those that cannot be listed hold none, and links to folders are not followed.
     A label folder (label_folder) is none: its masks are read with the pictures."""
     counts = {sub: pictures_under(sub) for sub in sorted(p for p in folder.iterdir() if p.is_dir()
@@ -261,9 +262,16 @@ def pictures_under(folder: Path) -> int:
     return count
 
 
-def count_text(count: int) -> str:
+def _count_text(count: int) -> str:
     """A count of pictures_in_subfolders, as a person reads it."""
     return str(count) if count < COUNTED_UP_TO else f"{COUNTED_UP_TO} or more"
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """Folders by name and how many pictures each holds (_count_text), as a person reads them: the
+    first LISTED, and how many more there are (800 of them made a 9,000-character message)."""
+    listed = ", ".join(f"{name} ({_count_text(count)})" for name, count in list(counts.items())[:LISTED])
+    return listed + (f" and {len(counts) - LISTED} more" if len(counts) > LISTED else "")
 
 
 def subfolders_left(folder: Path) -> str | None:
@@ -273,7 +281,7 @@ def subfolders_left(folder: Path) -> str | None:
     held = pictures_in_subfolders(folder)
     if not held:
         return None
-    listed = ", ".join(f"{sub.name} ({count_text(count)})" for sub, count in held.items())
+    listed = counts_text({sub.name: count for sub, count in held.items()})
     return (f"{folder}: the pictures of its subfolders {listed} are not read, only its own; for all of them, give a "
             f"quoted wildcard, '{folder / '**' / '*'}'")
 
@@ -313,7 +321,7 @@ def no_images_in(folder: Path) -> str:
     rejected parts for good ones, good ones for defects, or test pictures for training ones; nor
     are an MVTec 3D-AD class folder's, pictures beside depth maps (and masks)."""
     subfolders = pictures_in_subfolders(folder)
-    holding = ", ".join(f"{sub.name} ({count_text(count)})" for sub, count in subfolders.items())
+    holding = counts_text({sub.name: count for sub, count in subfolders.items()})
     normal = next((sub for parent in (folder, folder / "test", folder / "train") if (sub := normal_subfolder(parent))),
                   None)
     if not holding:

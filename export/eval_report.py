@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from edge_ad.datasets import NOT_READ  # noqa: E402
 from edge_ad.files import histogram_range, save_figure, write_atomic  # noqa: E402
-from edge_ad.images import DARK_CAUSE, count_text  # noqa: E402
+from edge_ad.images import DARK_CAUSE, counts_text  # noqa: E402
 from edge_ad.metrics import roc_curve  # noqa: E402
 from edge_ad.render import lay_out_above_notes, notes_text, show, title_of  # noqa: E402
 
@@ -75,8 +75,7 @@ def eval_notes(report: dict) -> list[str]:
                      f"{'; ...' if len(left_out) > 3 else ''}")
     unread = report.get("pictures_not_read", {})
     if unread:
-        notes.append(f"pictures not read, as they lie {NOT_READ}: "
-                     f"{', '.join(f'{folder} ({count_text(count)})' for folder, count in unread.items())}")
+        notes.append(f"pictures not read, as they lie {NOT_READ}: {counts_text(unread)}")
     beside = report.get("masks_beside_their_images", [])
     if beside:
         notes.append(f"{len(beside)} picture(s) named as the mask of a test image beside them ({beside[0]}) are read "

@@ -271,8 +271,8 @@ def test_test_pictures_outside_the_class_folders_are_named_not_lost(mvtec_catego
     shutil.copy(picture, box / "b.png")
     with pytest.raises(DataError) as error:
         load_samples(str(box.parent), "test")
-    assert str(error.value) == (f"{box.parent}: no images found for the test split; the pictures of {box}, "
-                                f"{box / 'crack' / 'masks'} are not read, as they lie {NOT_READ}")
+    assert str(error.value) == (f"{box.parent}: no images found for the test split; the pictures of {box} (1), "
+                                f"{box / 'crack' / 'masks'} (1) are not read, as they lie {NOT_READ}")
     (tmp_path / "elpv").symlink_to(box.parent)  # 'elpv' is the data set's protocol, not a folder of that name
     monkeypatch.chdir(tmp_path)
     assert unread_test_pictures("./elpv") != {} and unread_test_pictures("elpv") == {}
@@ -295,6 +295,9 @@ def test_subfolders_left_are_counted_up_to_a_bound_without_following_links(tmp_p
     assert images.subfolders_left(tmp_path) == (
         f"{tmp_path}: the pictures of its subfolders archive (3 or more), today (1) are not read, only its own; for "
         f"all of them, give a quoted wildcard, '{tmp_path / '**' / '*'}'")
+    monkeypatch.setattr(images, "LISTED", 1)  # a folder a part (Real-IAD's), hundreds: 800 made 9,000 characters
+    assert "subfolders archive (3 or more) and 1 more are not read" in images.subfolders_left(tmp_path)
+    assert "subfolders archive (3 or more) and 1 more hold some: give one" in images.no_images_in(tmp_path)
 
 
 def test_normal_folder_has_train_but_no_test(normal_folder, tmp_path):
