@@ -21,8 +21,9 @@ import numpy as np
 from .errors import DataError, ImageError, shell_word, without_passwords
 from .images import (GT_FOLDER, IMAGE_SUFFIXES, NORMAL_FOLDERS, RGB_FOLDER, XYZ_FOLDER, as_grey, counts_text,
                      is_image_file, label_folder, masked_stem, masks_beside, masks_left_text, masks_of, no_images_in,
-                     normal_subfolder, pictures_below, pictures_in_subfolders, pictures_matching, pictures_under,
-                     read_image, resize_to_input, subfolders_left, to_rgb, unread_formats, unread_formats_text)
+                     normal_below, normal_subfolder, pictures_below, pictures_in_subfolders, pictures_matching,
+                     pictures_under, read_image, resize_to_input, subfolders_left, to_rgb, unread_formats,
+                     unread_formats_text)
 from .pipelines import is_v4l2_device, local_path
 from .sinks import FRAME_SUFFIX, OVERLAY_SUFFIX
 
@@ -30,6 +31,7 @@ ELPV_TRAIN_SIZE = 1131
 ELPV_TYPES = ("mono", "poly")  # module types; 'elpv:<type>' is the protocol restricted to one
 DEFECT_LEVEL = 128  # ground-truth masks: grey levels at or above it mark a defect (MVTec's masks hold 0 and 255)
 GROUND_TRUTH = "ground_truth"  # an MVTec-layout category's folder of masks, one subfolder per defect
+MASKS = "masks"  # VisA's own download's (Masks/, beside Images/): one subfolder per defect, as ground_truth/
 # A category's test split: MVTec AD's test/, MVTec AD 2's test_public/ (its masks in
 # test_public/ground_truth/; its test_private/ has none, and is scored by MVTec's server).
 TEST_SPLITS = ("test", "test_public")
@@ -160,7 +162,8 @@ def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
     beside them (KolektorSDD's board folders). A folder named test may hold one kind alone
     (`test/<defect>`: a box of rejected parts); another needs its folder of normal pictures, or its
     subfolders would all count as defects. Masks are in `root/ground_truth`, else in the test
-    split's own (MVTec AD 2's), else, for a folder named test, in the `ground_truth/` beside it."""
+    split's own (MVTec AD 2's), else, for a folder named test, in the `ground_truth/` beside it,
+    else in a `masks/` beside `root` (VisA's own download)."""
     trained = normal_folder(root)  # train/<normal> of a category
     splits = {p.name.lower(): p for p in root.iterdir() if p.name.lower() in TEST_SPLITS and p.is_dir()}  # DAGM's Test
     classes = next((splits[name] for name in TEST_SPLITS if name in splits), root)
@@ -173,7 +176,18 @@ def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
         ground_truth = classes / GROUND_TRUTH
     elif not ground_truth.is_dir() and root.name == "test":  # a category's test/ itself
         ground_truth = root.parent / GROUND_TRUTH
+    elif not ground_truth.is_dir() and (masks := _masks_beside_folder(root)) is not None:
+        ground_truth = masks
     return _EvaluationFolders(classes, normal, ground_truth)
+
+
+def _masks_beside_folder(root: Path) -> Path | None:
+    """The folder of masks beside the folder `root` of class folders, named masks in any case
+    (VisA's own download: Data/Masks/Anomaly/000.png, of Data/Images/Anomaly/000.JPG)."""
+    try:
+        return next((p for p in sorted(root.parent.iterdir()) if p.name.lower() == MASKS and p.is_dir()), None)
+    except OSError:  # a parent that cannot be listed
+        return None
 
 
 def _holds_test_pictures(root: Path) -> bool:
@@ -465,9 +479,11 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
     if split == "test":
         what = "a folder of normal images has no test split" if any(map(is_image_file, root.iterdir())) else \
             "no test split"
+        below = f"; {found.parent} holds the class folder {found.name}/ (good parts): give that folder" \
+            if (found := normal_below(root)) is not None else ""
         raise DataError(f"{root}: {what}; evaluation reads pictures sorted into test/good (or ok, normal) and a folder "
                         "per defect, test/<defect> (an MVTec-layout category; its train/ and ground_truth/ are "
-                        "optional, and one kind alone is a test set too), or 'elpv'")
+                        f"optional, and one kind alone is a test set too), or 'elpv'{below}")
     good = _images_in(_pictures_folder(root), required=True)
     return [_file_sample(p, 0, "good") for p in _pictures_showing(good, defective=False)]
 

@@ -313,17 +313,40 @@ def normal_subfolder(parent: Path) -> Path | None:
     return next((found[name] for name in NORMAL_FOLDERS if name in found), None)
 
 
+def normal_below(folder: Path, depth: int = 4) -> Path | None:
+    """The first folder of normal pictures (normal_subfolder) in `folder` or in its subfolders
+    down to `depth` folders below it, breadth first: test/good of an MVTec-layout category, VisA's
+    own download's Data/Images/Normal beside Data/Images/Anomaly (from the data set's root,
+    candle/Data/Images/Normal)."""
+    level = [folder]
+    for _ in range(depth):
+        for parent in level:
+            if (found := normal_subfolder(parent)) is not None:
+                return found
+        level = [sub for parent in level for sub in _subfolders(parent)]
+    return None
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """The folders in `folder`, sorted, hidden ones and links not; none where it cannot be listed."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(Path(entry.path) for entry in entries
+                          if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+
+
 def no_images_in(folder: Path) -> str:
     """The error for a folder without image files: the suffixes read, and which of its subfolders
     hold some (`run --samples` keeps each source's pictures in a subfolder of its own). All of them
-    together are offered unless they are sorted by kind (good/ beside a folder per defect, or
-    test/ and train/ so sorted) or split into train/ and test/: those together would take
+    together are offered unless they are sorted by kind (good/ beside a folder per defect, in it
+    or further below: normal_below) or split into train/ and test/: those together would take
     rejected parts for good ones, good ones for defects, or test pictures for training ones; nor
     are an MVTec 3D-AD class folder's, pictures beside depth maps (and masks)."""
     subfolders = pictures_in_subfolders(folder)
     holding = counts_text({sub.name: count for sub, count in subfolders.items()})
-    normal = next((sub for parent in (folder, folder / "test", folder / "train") if (sub := normal_subfolder(parent))),
-                  None)
+    normal = normal_below(folder)
     if not holding:
         found = ""
     elif normal is not None:

@@ -83,6 +83,36 @@ def test_visa_and_btad_layouts_are_read_as_mvtec_ones(mvtec_category, tmp_path, 
         assert np.array_equal(got.mask(64, 64, shape), want.mask(64, 64, shape))
 
 
+def test_visa_as_downloaded_is_read_with_its_masks_and_pointed_to(mvtec_category, tmp_path):
+    """VisA's own download keeps a category's pictures in Data/Images/{Normal,Anomaly} and their
+    masks, named as they are, in Data/Masks/Anomaly: eval read no mask; `train` on the category
+    (or the data set's root) offered a wildcard that took its anomalies and masks as good parts,
+    and `eval` on it named no folder to give."""
+    import shutil
+
+    expected = load_samples(str(mvtec_category), "test")
+    candle = tmp_path / "VisA" / "candle"
+    images = candle / "Data" / "Images"
+    shutil.copytree(mvtec_category / "test" / "good", images / "Normal")
+    shutil.copytree(mvtec_category / "test" / "spot", images / "Anomaly")
+    (candle / "Data" / "Masks" / "Anomaly").mkdir(parents=True)
+    for mask in (mvtec_category / "ground_truth" / "spot").iterdir():
+        shutil.copy(mask, candle / "Data" / "Masks" / "Anomaly" / mask.name.replace("_mask", ""))
+    (candle / "image_anno.csv").write_text("image,label,mask\n")
+    test = sorted(load_samples(str(images), "test"), key=lambda s: s.label)
+    assert [(Path(s.name).name, s.label) for s in test] == [(Path(s.name).name, s.label) for s in expected]
+    assert all(np.array_equal(got.mask(64, 64, (300, 300)), want.mask(64, 64, (300, 300)))
+               for got, want in zip(test, expected)) and test[-1].mask_path is not None
+    for root in (candle, candle.parent):
+        with pytest.raises(DataError) as error:
+            load_samples(str(root), "train")
+        assert f"give the folder of the kind meant ({images / 'Normal'} holds good parts)" in str(error.value)
+        assert "**" not in str(error.value)
+        with pytest.raises(DataError) as error:
+            load_samples(str(root), "test")
+        assert str(error.value).endswith(f"; {images} holds the class folder Normal/ (good parts): give that folder")
+
+
 def test_mvtec_ad_2_categories_are_read_with_their_public_test_split(mvtec_category, tmp_path):
     """MVTec AD 2: train/good, validation/good, test_public/{good,bad} with the masks in
     test_public/ground_truth/bad, and test_private/ without masks (scored by MVTec's server):
