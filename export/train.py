@@ -37,6 +37,7 @@ from .known_defects import anomalous_patches, push_away
 from .least_typical import MIN_PICTURES, PICTURE, least_typical, other_half_maps, shown_names, write_picture
 from .prototype import greedy_coreset
 from .torch_device import device_text, training_device, unused_gpu_note
+from .training_memory import memory_note
 
 # Whitened features need far fewer prototypes: on ELPV the nearest of 256 scores within 0.001 of
 # the nearest of 2048 whitened, but 0.03-0.04 below it unwhitened; the prototype head's and the
@@ -253,6 +254,8 @@ def train(config: TrainConfig, out: Path) -> Path:
         for left in training_pictures_left(data):
             print(f"note: {left}")
     defects = _known_defects(config.defects) if config.defects else []  # a wrong folder said before the long work
+    if warning := memory_note(len(samples), height, width, sum(BACKBONE_SPECS[config.backbone].tap_channels)):
+        print(f"warning: {warning}")
     kept, pictures, bad = read_all(samples, config.skip_bad, lambda s: tqdm(s, desc="reading images", unit="img"),
                                    lambda image: picture(image, config.input_size))
     for message in bad:
