@@ -22,8 +22,8 @@ from .errors import DataError, ImageError, shell_word, without_passwords
 from .images import (GT_FOLDER, IMAGE_SUFFIXES, NORMAL_FOLDERS, RGB_FOLDER, XYZ_FOLDER, as_grey, counts_text,
                      is_image_file, label_folder, masked_stem, masks_beside, masks_left_text, masks_of, no_images_in,
                      normal_below, normal_subfolder, pictures_below, pictures_in_subfolders, pictures_matching,
-                     pictures_under, read_image, resize_to_input, subfolders_left, to_rgb, unread_formats,
-                     unread_formats_text)
+                     pictures_under, read_image, resize_to_input, subfolders, subfolders_left, to_rgb,
+                     unread_formats, unread_formats_text)
 from .pipelines import is_v4l2_device, local_path
 from .sinks import FRAME_SUFFIX, OVERLAY_SUFFIX
 
@@ -35,6 +35,7 @@ MASKS = "masks"  # VisA's own download's (Masks/, beside Images/): one subfolder
 # A category's test split: MVTec AD's test/, MVTec AD 2's test_public/ (its masks in
 # test_public/ground_truth/; its test_private/ has none, and is scored by MVTec's server).
 TEST_SPLITS = ("test", "test_public")
+TRAINING_SPLITS = ("train", "validation")  # MVTec AD 2's validation/good is trained or calibrated on
 NOT_READ = ("outside a class folder (a test picture's kind is the class folder it is in or below: good/, ok/ or "
             "normal/, or a folder per defect), or in a folder of masks (masks/, gt/, label/)")  # unread_test_pictures
 ASPECT_TOLERANCE = 0.01  # a mask scaled from its image keeps its aspect within rounding
@@ -188,6 +189,39 @@ def _masks_beside_folder(root: Path) -> Path | None:
         return next((p for p in sorted(root.parent.iterdir()) if p.name.lower() == MASKS and p.is_dir()), None)
     except OSError:  # a parent that cannot be listed
         return None
+
+
+def _labelled_folders_text(root: Path, depth: int = 2) -> str:
+    """What to say of the folders down to `depth` below `root` whose pictures have masks (masks_of),
+    where `root` has no test split of its own: give one, or all of them as a wildcard that takes
+    them (KolektorSDD's boards, 'KolektorSDD/*/*'; the Magnetic Tile Defect data set's
+    'MTD/*/Imgs/*'); nothing where there are none. Training splits are none: evaluated, their
+    pictures would be the model's own (DAGM 2007's Class1/Train beside Class1/Test)."""
+    found, level = [], [root]
+    for _ in range(depth):
+        level = [sub for parent in level for sub in subfolders(parent)
+                 if sub.name.lower() not in TRAINING_SPLITS]
+        found += [folder for folder in level if _labelled(folder)]
+    if len(found) == 1:
+        return f"; {found[0]} holds pictures labelled by their masks: give that folder"
+    if not found:
+        return ""
+    named = ", ".join(str(folder.relative_to(root)) for folder in found[:3]) + (", ..." if len(found) > 3 else "")
+    said = f"; {len(found)} of its subfolders hold pictures labelled by their masks ({named}): give one of them"
+    parts = [folder.relative_to(root).parts for folder in found]
+    if len({len(p) for p in parts}) > 1:  # at two depths: '**' would take training splits too
+        return said
+    within = "/".join(names[0] if len(set(names)) == 1 else "*" for names in zip(*parts))
+    return f"{said}, or all of them as a quoted wildcard, '{root / within / '*'}'"
+
+
+def _labelled(folder: Path) -> bool:
+    """Whether some of the pictures of `folder` have a mask (images.masks_of); not where it cannot
+    be listed."""
+    try:
+        return bool(masks_of(_images_in(folder)))
+    except OSError:
+        return False
 
 
 def _holds_test_pictures(root: Path) -> bool:
@@ -480,7 +514,7 @@ def _folder_samples(root: Path, split: str) -> list[Sample]:
         what = "a folder of normal images has no test split" if any(map(is_image_file, root.iterdir())) else \
             "no test split"
         below = f"; {found.parent} holds the class folder {found.name}/ (good parts): give that folder" \
-            if (found := normal_below(root)) is not None else ""
+            if (found := normal_below(root)) is not None else _labelled_folders_text(root)
         raise DataError(f"{root}: {what}; evaluation reads pictures sorted into test/good (or ok, normal) and a folder "
                         "per defect, test/<defect> (an MVTec-layout category; its train/ and ground_truth/ are "
                         f"optional, and one kind alone is a test set too), or 'elpv'{below}")

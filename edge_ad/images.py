@@ -323,11 +323,11 @@ def normal_below(folder: Path, depth: int = 4) -> Path | None:
         for parent in level:
             if (found := normal_subfolder(parent)) is not None:
                 return found
-        level = [sub for parent in level for sub in _subfolders(parent)]
+        level = [sub for parent in level for sub in subfolders(parent)]
     return None
 
 
-def _subfolders(folder: Path) -> list[Path]:
+def subfolders(folder: Path) -> list[Path]:
     """The folders in `folder`, sorted, hidden ones and links not; none where it cannot be listed."""
     try:
         with os.scandir(folder) as entries:

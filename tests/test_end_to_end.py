@@ -253,6 +253,17 @@ def test_a_kolektorsdd2_layout_is_labelled_by_the_masks_beside_its_pictures(tiny
            "anomalous (a mask that marks a defect) and 4 normal" in eval_notes(boards)
     named = ["".join(axis.title.get_text().split("\n")[1:]) for axis in drawn[-1].axes[2:]]  # the overlays' titles
     assert [name.split("/")[0] for name in named] == ["kos01"] * 4 + ["kos02"] * 4  # within the wildcard's folder
+    kolektor = tmp_path / "KolektorSDD"  # the data set's folder given: eval named no folder to give
+    for folder in (board, second):
+        shutil.copytree(folder, kolektor / folder.name)
+    with pytest.raises(DataError) as error:
+        load_samples(str(kolektor), "test")
+    assert str(error.value).endswith("; 2 of its subfolders hold pictures labelled by their masks (kos01, kos02): give "
+                                     f"one of them, or all of them as a quoted wildcard, '{kolektor / '*' / '*'}'")
+    shutil.copytree(root, kolektor / "ksdd2")  # at another depth, and its train/ not among them: no wildcard
+    with pytest.raises(DataError) as error:
+        load_samples(str(kolektor), "test")
+    assert str(error.value).endswith("(kos01, kos02, ksdd2/test): give one of them")
 
     # calibrate on the training pictures and the test ones as known defects: the 4 good parts of
     # test/ were counted as defects, and a training picture whose mask marks one as a normal frame
