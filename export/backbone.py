@@ -52,7 +52,7 @@ DEFAULT_BACKBONE = BACKBONES[0]
 # INT8 encoders (the TensorRT form) the bridge model loses 0.029 AUROC at 0.01, 0.008 at 0.1 (README).
 WHITENING_EPS = 0.1
 # Grid positions whose covariance is computed at once: in float64, all of them held 2.5 MB more per
-# training picture at 256 px than its features (1,131 pictures peaked at 6.2 GB).
+# training picture at 256 px than its features (1,131 pictures peaked at 6.3 GB).
 POSITIONS_AT_ONCE = 64
 
 
