@@ -31,7 +31,7 @@ ELPV_TRAIN_SIZE = 1131
 ELPV_TYPES = ("mono", "poly")  # module types; 'elpv:<type>' is the protocol restricted to one
 DEFECT_LEVEL = 128  # ground-truth masks: grey levels at or above it mark a defect (MVTec's masks hold 0 and 255)
 GROUND_TRUTH = "ground_truth"  # an MVTec-layout category's folder of masks, one subfolder per defect
-MASKS = "masks"  # VisA's own download's (Masks/, beside Images/): one subfolder per defect, as ground_truth/
+MASKS = "masks"  # as ground_truth/, one subfolder per defect; VisA's own download's Masks/ is beside Images/
 # A category's test split: MVTec AD's test/, MVTec AD 2's test_public/ (its masks in
 # test_public/ground_truth/; its test_private/ has none, and is scored by MVTec's server).
 TEST_SPLITS = ("test", "test_public")
@@ -164,7 +164,7 @@ def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
     (`test/<defect>`: a box of rejected parts); another needs its folder of normal pictures, or its
     subfolders would all count as defects. Masks are in `root/ground_truth`, else in the test
     split's own (MVTec AD 2's), else, for a folder named test, in the `ground_truth/` beside it,
-    else in a `masks/` beside `root` (VisA's own download)."""
+    else in a `masks/` beside the class folders, else beside `root` (VisA's own download)."""
     trained = normal_folder(root)  # train/<normal> of a category
     splits = {p.name.lower(): p for p in root.iterdir() if p.name.lower() in TEST_SPLITS and p.is_dir()}  # DAGM's Test
     classes = next((splits[name] for name in TEST_SPLITS if name in splits), root)
@@ -177,18 +177,24 @@ def _evaluation_folders(root: Path) -> _EvaluationFolders | None:
         ground_truth = classes / GROUND_TRUTH
     elif not ground_truth.is_dir() and root.name == "test":  # a category's test/ itself
         ground_truth = root.parent / GROUND_TRUTH
-    elif not ground_truth.is_dir() and (masks := _masks_beside_folder(root)) is not None:
+    elif not ground_truth.is_dir() and (masks := _masks_folder(classes) or _masks_folder(_parent(root))):
         ground_truth = masks
     return _EvaluationFolders(classes, normal, ground_truth)
 
 
-def _masks_beside_folder(root: Path) -> Path | None:
-    """The folder of masks beside the folder `root` of class folders, named masks in any case
-    (VisA's own download: Data/Masks/Anomaly/000.png, of Data/Images/Anomaly/000.JPG)."""
+def _masks_folder(folder: Path) -> Path | None:
+    """The subfolder of `folder` named masks, in any case, one subfolder per defect as in
+    ground_truth/: beside the class folders, or beside the folder of them (VisA's own download:
+    Data/Masks/Anomaly/000.png, of Data/Images/Anomaly/000.JPG)."""
     try:
-        return next((p for p in sorted(root.parent.iterdir()) if p.name.lower() == MASKS and p.is_dir()), None)
-    except OSError:  # a parent that cannot be listed
+        return next((p for p in sorted(folder.iterdir()) if p.name.lower() == MASKS and p.is_dir()), None)
+    except OSError:  # a folder that cannot be listed
         return None
+
+
+def _parent(folder: Path) -> Path:
+    """The folder above `folder`, also where it is given as '.' (whose Path.parent is itself)."""
+    return Path(os.path.normpath(folder / os.pardir))
 
 
 def _labelled_folders_text(root: Path, depth: int = 2) -> str:
@@ -436,11 +442,12 @@ def _is_elpv(data: str) -> bool:
 def _class_folders(folders: _EvaluationFolders) -> list[Path]:
     """A test split's class folders: its normal pictures' and one per defect, sorted; not the label
     folder of its own pictures (DAGM 2007's Test/Label/: masks; where it holds none, a folder
-    named so is a defect's)."""
+    named so is a defect's), nor a folder of masks, ground_truth/ or masks/ (_masks_folder)."""
     labels = label_folder(folders.classes)
     if labels is not None and not _images_in(folders.classes):
         labels = None
-    return sorted(d for d in folders.classes.iterdir() if d.is_dir() and d.name != GROUND_TRUTH and d != labels)
+    return sorted(d for d in folders.classes.iterdir()
+                  if d.is_dir() and d.name != GROUND_TRUTH and d.name.lower() != MASKS and d != labels)
 
 
 def _mvtec_masks(ground_truth: Path, defect: str) -> dict[str, Path]:

@@ -103,6 +103,11 @@ def test_visa_as_downloaded_is_read_with_its_masks_and_pointed_to(mvtec_category
     assert [(Path(s.name).name, s.label) for s in test] == [(Path(s.name).name, s.label) for s in expected]
     assert all(np.array_equal(got.mask(64, 64, (300, 300)), want.mask(64, 64, (300, 300)))
                for got, want in zip(test, expected)) and test[-1].mask_path is not None
+    site = tmp_path / "site"  # masks/ beside the class folders, as ground_truth/: before, read as a defect's pictures
+    shutil.copytree(images, site)
+    shutil.copytree(candle / "Data" / "Masks", site / "masks")
+    assert [(Path(s.name).name, s.label, s.mask_path and s.mask_path.name) for s in load_samples(str(site), "test")] \
+        == [(Path(s.name).name, s.label, s.mask_path and s.mask_path.name) for s in load_samples(str(images), "test")]
     for root in (candle, candle.parent):
         with pytest.raises(DataError) as error:
             load_samples(str(root), "train")
