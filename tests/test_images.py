@@ -24,6 +24,11 @@ def test_grey_pictures_are_told_from_colour_ones(tmp_path):
     warm = np.clip(cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB) * np.array([1.05, 1.0, 0.95]), 0, 255).astype(np.uint8)
     assert not is_grey(warm)
     assert is_grey(as_grey(warm)) and np.array_equal(as_grey(as_grey(warm)), as_grey(warm))
+    rgba = np.dstack([cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB), np.full_like(grey, 255)])  # a PNG's alpha is no colour
+    for step, blue, grey_still in ((1, 2, True), (1, 3, False), (4, 3, False)):  # in a frame's every fourth pixel too
+        tinted = rgba.copy()
+        tinted[8, 8, 2] = min(255, int(tinted[8, 8, 0]) + blue)  # the third channel alone, by 2 or 3 levels
+        assert is_grey(tinted[::step, ::step]) == grey_still
 
 
 def test_colour_file_is_returned_as_rgb(tmp_path):
