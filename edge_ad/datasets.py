@@ -19,19 +19,17 @@ import cv2
 import numpy as np
 
 from .errors import DataError, ImageError, shell_word, without_passwords
-from .images import (GT_FOLDER, IMAGE_SUFFIXES, NORMAL_FOLDERS, RGB_FOLDER, XYZ_FOLDER, as_grey, counts_text,
-                     is_image_file, label_folder, masked_stem, masks_beside, masks_left_text, masks_of, no_images_in,
-                     normal_below, normal_subfolder, pictures_below, pictures_in_subfolders, pictures_matching,
-                     pictures_under, read_image, resize_to_input, subfolders, subfolders_left, to_rgb,
-                     unread_formats, unread_formats_text)
+from .images import (GROUND_TRUTH, GT_FOLDER, IMAGE_SUFFIXES, MASKS, NORMAL_FOLDERS, RGB_FOLDER, XYZ_FOLDER, as_grey,
+                     counts_text, is_image_file, label_folder, masked_stem, masks_beside, masks_left_text, masks_of,
+                     no_images_in, normal_below, normal_subfolder, pictures_below, pictures_in_subfolders,
+                     pictures_matching, pictures_under, read_image, resize_to_input, subfolders, subfolders_left,
+                     to_rgb, unread_formats, unread_formats_text)
 from .pipelines import is_v4l2_device, local_path
 from .sinks import FRAME_SUFFIX, OVERLAY_SUFFIX
 
 ELPV_TRAIN_SIZE = 1131
 ELPV_TYPES = ("mono", "poly")  # module types; 'elpv:<type>' is the protocol restricted to one
 DEFECT_LEVEL = 128  # ground-truth masks: grey levels at or above it mark a defect (MVTec's masks hold 0 and 255)
-GROUND_TRUTH = "ground_truth"  # an MVTec-layout category's folder of masks, one subfolder per defect
-MASKS = "masks"  # as ground_truth/, one subfolder per defect; VisA's own download's Masks/ is beside Images/
 # A category's test split: MVTec AD's test/, MVTec AD 2's test_public/ (its masks in
 # test_public/ground_truth/; its test_private/ has none, and is scored by MVTec's server).
 TEST_SPLITS = ("test", "test_public")

@@ -46,9 +46,11 @@ LABEL_FOLDER = "label"
 # MVTec 3D-AD keeps a class folder's pictures in rgb/, their masks (named as they are) in gt/, and
 # their depth maps in xyz/ (not read: edge-ad scores pictures).
 RGB_FOLDER, GT_FOLDER, XYZ_FOLDER = "rgb", "gt", "xyz"
+GROUND_TRUTH = "ground_truth"  # an MVTec-layout category's folder of masks, one subfolder per defect
+MASKS = "masks"  # as ground_truth/, one subfolder per defect; VisA's own download's Masks/ is beside Images/
 # Folders of masks, by their name in any case: passed over where the pictures below a folder are
 # read (pictures_below), as a mask is no picture of a part.
-MASK_FOLDERS = ("ground_truth", GT_FOLDER, LABEL_FOLDER, "labels", "mask", "masks")
+MASK_FOLDERS = (GROUND_TRUTH, GT_FOLDER, LABEL_FOLDER, "labels", "mask", MASKS)
 MASK_EDGE = 0.01  # of a mask's pixels, at most, between its two levels (painted with a soft brush)
 COUNTED_UP_TO = 1000  # pictures counted in a subfolder left unread: a share's archive there may hold millions
 LISTED = 10  # folders named in a message, the first: a folder a day, or Real-IAD's folder a part, makes hundreds
